@@ -1,0 +1,92 @@
+"""Idempotency keys for internal actions.
+
+An action called with an ``Idempotency-Key`` header claims the key in the same transaction as its
+effect and stores its response there too. A replay (same key, same payload) returns the stored
+response without running the effect again; the same key with another payload is a 422. If the
+effect fails, the transaction rolls back and the key is free again, so nothing half-written stays.
+
+Concurrent calls with one key serialise on the key's row: the second ``INSERT ... ON CONFLICT``
+waits for the first transaction, then reads its committed response.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from sqlalchemy import Column, DateTime, MetaData, String, Table, func, select
+from sqlalchemy.dialects.postgresql import JSONB, insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from apps.common.problems import InvalidInput
+
+MAX_KEY_LENGTH = 200
+
+
+def idempotency_table(metadata: MetaData) -> Table:
+    """The ``idempotency_keys`` table of a service, in that service's schema."""
+    return Table(
+        "idempotency_keys",
+        metadata,
+        Column("action", String(64), primary_key=True),
+        Column("key", String(MAX_KEY_LENGTH), primary_key=True),
+        Column("request_hash", String(64), nullable=False),
+        Column("response", JSONB, nullable=False),
+        Column("created_at", DateTime(timezone=True), server_default=func.now(), nullable=False),
+    )
+
+
+def payload_hash(payload: Any) -> str:
+    canonical = msgspec.json.encode(msgspec.to_builtins(payload), order="sorted")
+    return hashlib.sha256(canonical).hexdigest()
+
+
+async def run_idempotent(
+    session: AsyncSession,
+    table: Table,
+    *,
+    action: str,
+    key: str | None,
+    payload: Any,
+    effect: Callable[[], Awaitable[Any]],
+) -> Any:
+    """Run ``effect`` at most once per (action, key), then commit. Returns JSON-ready builtins."""
+    if key is None:
+        result = msgspec.to_builtins(await effect())
+        await session.commit()
+        return result
+    if not key or len(key) > MAX_KEY_LENGTH:
+        raise InvalidInput(
+            f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters", field="Idempotency-Key"
+        )
+    request_hash = payload_hash(payload)
+    # Claim with a placeholder response; the real one is written before commit.
+    claimed = await session.execute(
+        insert(table)
+        .values(action=action, key=key, request_hash=request_hash, response={})
+        .on_conflict_do_nothing(index_elements=["action", "key"])
+        .returning(table.c.key)
+    )
+    if claimed.first() is None:
+        stored = (
+            await session.execute(
+                select(table.c.request_hash, table.c.response).where(
+                    table.c.action == action, table.c.key == key
+                )
+            )
+        ).one()
+        await session.rollback()
+        if stored.request_hash != request_hash:
+            raise InvalidInput(
+                f"Idempotency-Key {key!r} was already used for {action} with another payload",
+                field="Idempotency-Key",
+            )
+        return stored.response
+    result = msgspec.to_builtins(await effect())
+    await session.execute(
+        table.update().where(table.c.action == action, table.c.key == key).values(response=result)
+    )
+    await session.commit()
+    return result

@@ -1,0 +1,35 @@
+"""Column sets and tables every service's migrations create the same way."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+from apps.common.idempotency import MAX_KEY_LENGTH
+
+
+def timestamps() -> list[sa.Column]:
+    return [
+        sa.Column(
+            "created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
+        ),
+        sa.Column(
+            "updated_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
+        ),
+        sa.Column("deleted_at", sa.DateTime(timezone=True), nullable=True),
+    ]
+
+
+def create_idempotency_keys(schema: str) -> None:
+    """The table behind :func:`apps.common.idempotency.run_idempotent` in ``schema``."""
+    op.create_table(
+        "idempotency_keys",
+        sa.Column("action", sa.String(64), primary_key=True),
+        sa.Column("key", sa.String(MAX_KEY_LENGTH), primary_key=True),
+        sa.Column("request_hash", sa.String(64), nullable=False),
+        sa.Column("response", sa.dialects.postgresql.JSONB, nullable=False),
+        sa.Column(
+            "created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
+        ),
+        schema=schema,
+    )

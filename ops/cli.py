@@ -1,0 +1,352 @@
+"""``rose``: run, provision, inspect and operate the rose-ash services."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from apps.common.services import SERVICES, service_spec
+from apps.common.settings import ConfigError
+from ops.credentials import Credentials, rose_home
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
+db_app = typer.Typer(help="Databases, roles, FDW edges and migrations.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+DEFAULT_PG_PORT = 55432
+STATE_FILE = "stack.json"
+
+DatabaseUrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        envvar="ROSE_ADMIN_URL",
+        help="Superuser DSN of an existing PostgreSQL server (default: the running stack's).",
+    ),
+]
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    err_console.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code)
+
+
+def _state_path() -> Path:
+    return rose_home() / STATE_FILE
+
+
+def _admin_url(database_url: str | None) -> str:
+    from ops.stack import read_state
+
+    if database_url:
+        return database_url
+    state = read_state(_state_path())
+    if state is None:
+        raise fail("no database: start the stack with `rose up` or pass --database-url")
+    return str(state["database_url"])
+
+
+# -- rose up ---------------------------------------------------------------------------------
+@app.command()
+def up(
+    fresh: Annotated[bool, typer.Option(help="Start from an empty embedded database.")] = False,
+    database_url: Annotated[
+        str | None,
+        typer.Option(help="Superuser DSN of an existing server instead of the embedded one."),
+    ] = None,
+    pg_port: Annotated[int, typer.Option(help="Port of the embedded PostgreSQL.")] = (
+        DEFAULT_PG_PORT
+    ),
+    only: Annotated[
+        str | None, typer.Option(help="Comma-separated services to run (default: all).")
+    ] = None,
+    demo: Annotated[bool, typer.Option(help="Load demo data into empty tables.")] = True,
+) -> None:
+    """Run the whole system: database, provisioning, migrations, every service. Ctrl-C stops."""
+    from ops.demo import seed_demo_data
+    from ops.migrate import migrate, services_with_migrations
+    from ops.pgserver import LocalPostgres, port_is_free
+    from ops.provision import provision_edges, provision_services
+    from ops.stack import (
+        LogSink,
+        ProcessGroup,
+        available_services,
+        read_state,
+        service_environment,
+        write_state,
+    )
+    from ops.topology import Topology
+
+    home = rose_home()
+    home.mkdir(parents=True, exist_ok=True)
+    running = read_state(_state_path())
+    if running is not None:
+        raise fail(f"a stack already runs (pid {running['pid']}); stop it first")
+    names = available_services()
+    if only:
+        wanted = [name.strip() for name in only.split(",") if name.strip()]
+        for name in wanted:
+            service_spec(name)
+        names = [name for name in names if name in wanted]
+    busy = [
+        f"{name} ({SERVICES[name].dev_port})"
+        for name in names
+        if not port_is_free(SERVICES[name].dev_port)
+    ]
+    if busy:
+        raise fail(f"ports in use: {', '.join(busy)}")
+
+    credentials = Credentials.for_environment(home)
+    sink = LogSink(home / "rose.log")
+    say = lambda message: sink.write("rose", message)  # noqa: E731
+    embedded: LocalPostgres | None = None
+    stop_requested = False
+
+    def request_stop(signum: int, _frame: Any) -> None:
+        nonlocal stop_requested
+        stop_requested = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+
+    group: ProcessGroup | None = None
+    try:
+        if database_url is None:
+            embedded = LocalPostgres(home / "pgdata", pg_port, credentials.superuser_password())
+            if fresh:
+                say("--fresh: removing the embedded database")
+                embedded.destroy()
+            say(f"starting embedded PostgreSQL on 127.0.0.1:{pg_port} ({embedded.data_dir})")
+            embedded.start()
+            database_url = embedded.superuser_url()
+        topology = Topology.single_server(database_url)
+        provision_services(topology, credentials, say=say)
+        migrated = migrate({name: topology.admin_url(name) for name in services_with_migrations()})
+        say(f"migrated: {', '.join(migrated)}")
+        provision_edges(topology, credentials, say=say)
+        if demo:
+            seed_demo_data(topology, names, say)
+
+        ports = {name: SERVICES[name].dev_port for name in names}
+        environment = service_environment(topology, credentials, ports)
+        group = ProcessGroup(sink, environment)
+        for name in names:
+            group.start_service(name, ports[name])
+        not_ready = group.wait_ready(names, timeout=60)
+        if not_ready:
+            for name in not_ready:
+                for line in group.processes[name].last_lines[-10:]:
+                    sink.write(name, line)
+            raise fail(f"not ready: {', '.join(not_ready)} (see {home / 'rose.log'})")
+        urls = {name: group.processes[name].url for name in names}
+        write_state(_state_path(), database_url, urls)
+        for name in names:
+            say(f"{name:<10} {urls[name]}  ready")
+        say(f"log: {home / 'rose.log'}; Ctrl-C stops everything")
+        while not stop_requested:
+            dead = group.exited()
+            if dead:
+                for entry in dead:
+                    code = entry.process.returncode if entry.process else None
+                    say(f"{entry.name} exited with code {code}; stopping the stack")
+                raise typer.Exit(1)
+            time.sleep(0.3)
+        say("stopping")
+    finally:
+        if group is not None:
+            group.stop()
+        _state_path().unlink(missing_ok=True)
+        if embedded is not None:
+            embedded.stop()
+            say("embedded PostgreSQL stopped")
+        sink.close()
+
+
+# -- rose status -----------------------------------------------------------------------------
+@app.command()
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Where the running stack's database and services are."""
+    from ops.stack import read_state
+
+    state = read_state(_state_path())
+    if state is None:
+        raise fail("no stack is running (start one with `rose up`)")
+    services: dict[str, str] = state["services"]  # type: ignore[assignment]
+    if as_json:
+        print(json.dumps({"database_url": state["database_url"], "services": services}))
+        return
+    table = Table("service", "url", "health")
+    with httpx.Client(timeout=2.0) as client:
+        for name, url in services.items():
+            try:
+                health = "ready" if client.get(url + "/readyz").status_code == 200 else "not ready"
+            except httpx.HTTPError:
+                health = "down"
+            table.add_row(name, url, health)
+    console.print(table)
+
+
+# -- rose data / rose action -----------------------------------------------------------------
+def _internal_client() -> Any:
+    from apps.common.internal_client import InternalClient
+    from ops.stack import read_state
+
+    state = read_state(_state_path())
+    urls = dict(state["services"]) if state else {}  # type: ignore[call-overload]
+    for name in SERVICES:
+        env_url = os.environ.get(f"INTERNAL_URL_{name.upper()}")
+        if env_url:
+            urls[name] = env_url
+    secret = os.environ.get("INTERNAL_SECRET") or Credentials.for_environment().internal_secret()
+    return InternalClient(caller="rose-cli", secret=secret, base_urls=urls)
+
+
+def _run_internal(call: Any) -> None:
+    from apps.common.internal_client import InternalCallError
+
+    async def run() -> Any:
+        client = _internal_client()
+        try:
+            return await call(client)
+        finally:
+            await client.aclose()
+
+    try:
+        result = asyncio.run(run())
+    except InternalCallError as exc:
+        detail = json.dumps(exc.problem) if exc.problem else str(exc)
+        raise fail(f"{exc} {detail if exc.problem else ''}".strip()) from None
+    print(json.dumps(result, indent=2))
+
+
+def _parse_params(pairs: list[str]) -> dict[str, str | list[str]]:
+    params: dict[str, str | list[str]] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise fail(f"parameters are key=value, not {pair!r}")
+        key, value = pair.split("=", 1)
+        if key in params:
+            existing = params[key]
+            params[key] = [*existing, value] if isinstance(existing, list) else [existing, value]
+        else:
+            params[key] = value
+    return params
+
+
+@app.command()
+def data(
+    service: str,
+    name: str,
+    params: Annotated[list[str] | None, typer.Argument(help="key=value ...")] = None,
+) -> None:
+    """Signed internal data call: rose data relations get-children parent_type=page parent_id=1"""
+    service_spec(service)
+    query = _parse_params(params or [])
+    _run_internal(lambda client: client.fetch_data(service, name, query))
+
+
+@app.command()
+def action(
+    service: str,
+    name: str,
+    payload: Annotated[str, typer.Argument(help="JSON payload")],
+    idempotency_key: Annotated[str | None, typer.Option(help="Idempotency-Key header.")] = None,
+) -> None:
+    """Signed internal action call: rose action relations attach-child '{...}'"""
+    service_spec(service)
+    try:
+        body = json.loads(payload)
+    except json.JSONDecodeError as exc:
+        raise fail(f"payload is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise fail("payload must be a JSON object")
+    _run_internal(
+        lambda client: client.call_action(service, name, body, idempotency_key=idempotency_key)
+    )
+
+
+# -- rose db ---------------------------------------------------------------------------------
+@db_app.command("provision")
+def db_provision(database_url: DatabaseUrlOption = None) -> None:
+    """Create what is missing: databases, roles, schemas, grants, FDW edges. Idempotent."""
+    from ops.provision import provision
+    from ops.topology import Topology
+
+    topology = Topology.single_server(_admin_url(database_url))
+    try:
+        report = provision(topology, Credentials.for_environment(), say=console.print)
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+    console.print(f"{len(report.created)} FDW edge(s) in place, {len(report.pending)} pending")
+
+
+@db_app.command("migrate")
+def db_migrate(
+    service: Annotated[str | None, typer.Option(help="Only this service.")] = None,
+    database_url: DatabaseUrlOption = None,
+) -> None:
+    """Upgrade every service's database to its latest migration, then refresh FDW edges."""
+    from ops.migrate import migrate, services_with_migrations
+    from ops.provision import provision_edges
+    from ops.topology import Topology
+
+    topology = Topology.single_server(_admin_url(database_url))
+    services = [service_spec(service).name] if service else services_with_migrations()
+    migrated = migrate({name: topology.admin_url(name) for name in services}, services)
+    console.print(f"migrated: {', '.join(migrated)}")
+    provision_edges(topology, Credentials.for_environment(), say=console.print)
+
+
+@db_app.command("check")
+def db_check(database_url: DatabaseUrlOption = None) -> None:
+    """Compare the databases with what db/ declares; exit 1 naming each difference."""
+    from ops.dbcheck import check
+    from ops.topology import Topology
+
+    differences, notes = check(Topology.single_server(_admin_url(database_url)))
+    for note in notes:
+        console.print(f"[dim]note: {note}[/dim]")
+    if differences:
+        for line in differences:
+            console.print(f"[red]drift[/red] {line}")
+        raise typer.Exit(1)
+    console.print("[green]ok[/green]: databases, roles, privileges and FDW edges as declared")
+
+
+# -- rose sumup-sandbox ----------------------------------------------------------------------
+@app.command("sumup-sandbox")
+def sumup_sandbox(
+    host: str = "127.0.0.1",
+    port: int = 8099,
+) -> None:
+    """Run the local SumUp sandbox (checkout API, hosted page, webhooks)."""
+    from ops.sumup_sandbox.app import run
+
+    run(host=host, port=port)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    try:
+        app()
+    except ConfigError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        sys.exit(2)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

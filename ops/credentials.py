@@ -1,0 +1,85 @@
+"""Role passwords and shared secrets.
+
+In development they are generated on first use and kept in a git-ignored file
+(``.rose/credentials.json``, mode 0600). In production (``ROSE_ENV=prod``) nothing is generated:
+every value comes from the environment (``ROSE_DB_PASSWORD_<ROLE>``, ``INTERNAL_SECRET``,
+``SESSION_SECRET``, ``ROSE_DB_SUPERUSER_PASSWORD``) and a missing one is an error naming it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+
+from apps.common.settings import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def rose_home() -> Path:
+    """Where the local stack keeps its state: ``ROSE_HOME`` or ``.rose`` in the repository."""
+    return Path(os.environ.get("ROSE_HOME", REPO_ROOT / ".rose")).resolve()
+
+
+def role_env_name(role: str) -> str:
+    return f"ROSE_DB_PASSWORD_{role.upper()}"
+
+
+class Credentials:
+    def __init__(
+        self,
+        path: Path | None,
+        *,
+        environ: Mapping[str, str] | None = None,
+        generate: bool = True,
+    ) -> None:
+        self.path = path
+        self._env = os.environ if environ is None else environ
+        self._generate = generate
+        self._values: dict[str, str] = {}
+        if path is not None and path.exists():
+            self._values = json.loads(path.read_text())
+
+    @classmethod
+    def for_environment(cls, home: Path | None = None) -> Credentials:
+        production = os.environ.get("ROSE_ENV", "dev") == "prod"
+        if production:
+            return cls(None, generate=False)
+        return cls((home or rose_home()) / "credentials.json")
+
+    def _get(self, key: str, env_name: str, length: int = 24) -> str:
+        value = self._env.get(env_name)
+        if value:
+            return value
+        if key in self._values:
+            return self._values[key]
+        if not self._generate:
+            raise ConfigError(f"missing required setting {env_name}")
+        value = secrets.token_urlsafe(length)
+        self._values[key] = value
+        self._save()
+        return value
+
+    def _save(self) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(self._values, indent=2, sort_keys=True))
+        temporary.chmod(0o600)
+        temporary.replace(self.path)
+
+    def role_password(self, role: str) -> str:
+        return self._get(f"role:{role}", role_env_name(role))
+
+    def superuser_password(self) -> str:
+        return self._get("superuser", "ROSE_DB_SUPERUSER_PASSWORD")
+
+    def internal_secret(self) -> str:
+        return self._get("internal_secret", "INTERNAL_SECRET", 32)
+
+    def session_secret(self) -> str:
+        return self._get("session_secret", "SESSION_SECRET", 32)
