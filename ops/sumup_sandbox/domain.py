@@ -1,0 +1,225 @@
+"""Checkouts and their payment state machine, as SumUp documents them.
+
+Pure logic without HTTP or I/O: the service layer adds locking and webhooks, the routes add the
+wire format. Status rules (reference/sumup.md): PENDING -> PAID | FAILED | EXPIRED; FAILED is not
+final (the buyer may retry on the hosted page); PAID and EXPIRED are final.
+"""
+
+from __future__ import annotations
+
+import secrets
+import string
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+
+
+class CheckoutStatus(StrEnum):
+    PENDING = "PENDING"
+    PAID = "PAID"
+    FAILED = "FAILED"
+    EXPIRED = "EXPIRED"
+
+
+class TransactionStatus(StrEnum):
+    SUCCESSFUL = "SUCCESSFUL"
+    FAILED = "FAILED"
+
+
+# SumUp's sandbox declines these amounts whatever card is used; the local sandbox does the same so
+# that failure paths can be exercised with the same test data as a real sandbox account.
+ALWAYS_FAILING_AMOUNTS: frozenset[Decimal] = frozenset(
+    {Decimal("11.00"), Decimal("42.01"), Decimal("42.76"), Decimal("42.91")}
+)
+
+PAYABLE_STATUSES: frozenset[CheckoutStatus] = frozenset(
+    {CheckoutStatus.PENDING, CheckoutStatus.FAILED}
+)
+
+
+class CheckoutError(Exception):
+    """Base class of the domain errors; the message is meant for humans."""
+
+
+class CheckoutNotFound(CheckoutError):
+    def __init__(self, checkout_id: str) -> None:
+        super().__init__(f"Checkout {checkout_id} not found")
+        self.checkout_id = checkout_id
+
+
+class DuplicateCheckout(CheckoutError):
+    def __init__(self, merchant_code: str, checkout_reference: str) -> None:
+        super().__init__(
+            f"Checkout with reference {checkout_reference!r} already exists "
+            f"for merchant {merchant_code}"
+        )
+
+
+class CheckoutAlreadyPaid(CheckoutError):
+    def __init__(self, checkout_id: str) -> None:
+        super().__init__(f"Checkout {checkout_id} has already been processed (paid)")
+
+
+class CheckoutExpired(CheckoutError):
+    def __init__(self, checkout_id: str) -> None:
+        super().__init__(f"Checkout {checkout_id} has expired and can no longer be paid")
+
+
+class CheckoutHasNoReturnUrl(CheckoutError):
+    def __init__(self, checkout_id: str) -> None:
+        super().__init__(f"Checkout {checkout_id} has no return_url to send webhooks to")
+
+
+@dataclass
+class Transaction:
+    id: str
+    transaction_code: str
+    amount: Decimal
+    currency: str
+    status: TransactionStatus
+    timestamp: datetime
+    merchant_code: str
+    auth_code: str | None
+
+
+@dataclass(frozen=True)
+class NewCheckout:
+    """A validated create-checkout request."""
+
+    checkout_reference: str
+    amount: Decimal
+    currency: str
+    merchant_code: str
+    description: str | None = None
+    return_url: str | None = None
+    redirect_url: str | None = None
+    hosted_checkout_enabled: bool = False
+    valid_until: datetime | None = None
+    customer_id: str | None = None
+    purpose: str | None = None
+
+
+@dataclass
+class Checkout:
+    id: str
+    checkout_reference: str
+    # `amount` is what the API reports; `created_amount` is what the merchant asked for. They only
+    # differ when a test overrides the charged amount to simulate a mismatch.
+    amount: Decimal
+    created_amount: Decimal
+    currency: str
+    merchant_code: str
+    date: datetime
+    description: str | None
+    return_url: str | None
+    redirect_url: str | None
+    hosted_checkout_url: str | None
+    valid_until: datetime | None
+    customer_id: str | None
+    purpose: str | None
+    status: CheckoutStatus = CheckoutStatus.PENDING
+    transactions: list[Transaction] = field(default_factory=list)
+
+    @property
+    def successful_transaction(self) -> Transaction | None:
+        return next(
+            (tx for tx in self.transactions if tx.status is TransactionStatus.SUCCESSFUL), None
+        )
+
+    @property
+    def is_payable(self) -> bool:
+        return self.status in PAYABLE_STATUSES
+
+
+def open_checkout(new: NewCheckout, *, hosted_page_base_url: str, now: datetime) -> Checkout:
+    checkout_id = str(uuid.uuid4())
+    hosted_url = f"{hosted_page_base_url}/{checkout_id}" if new.hosted_checkout_enabled else None
+    return Checkout(
+        id=checkout_id,
+        checkout_reference=new.checkout_reference,
+        amount=new.amount,
+        created_amount=new.amount,
+        currency=new.currency,
+        merchant_code=new.merchant_code,
+        date=now,
+        description=new.description,
+        return_url=new.return_url,
+        redirect_url=new.redirect_url,
+        hosted_checkout_url=hosted_url,
+        valid_until=new.valid_until,
+        customer_id=new.customer_id,
+        purpose=new.purpose,
+    )
+
+
+def _new_transaction_code() -> str:
+    # SumUp transaction codes look like "TEENSK4W2K": ten upper-case letters and digits.
+    alphabet = string.ascii_uppercase + string.digits
+    return "T" + "".join(secrets.choice(alphabet) for _ in range(9))
+
+
+def _ensure_payable(checkout: Checkout) -> None:
+    if checkout.status is CheckoutStatus.PAID:
+        raise CheckoutAlreadyPaid(checkout.id)
+    if checkout.status is CheckoutStatus.EXPIRED:
+        raise CheckoutExpired(checkout.id)
+
+
+def _record_transaction(
+    checkout: Checkout, status: TransactionStatus, amount: Decimal, now: datetime
+) -> Transaction:
+    transaction = Transaction(
+        id=str(uuid.uuid4()),
+        transaction_code=_new_transaction_code(),
+        amount=amount,
+        currency=checkout.currency,
+        status=status,
+        timestamp=now,
+        merchant_code=checkout.merchant_code,
+        auth_code=f"{secrets.randbelow(1_000_000):06d}"
+        if status is TransactionStatus.SUCCESSFUL
+        else None,
+    )
+    checkout.transactions.append(transaction)
+    return transaction
+
+
+def attempt_payment(
+    checkout: Checkout, *, now: datetime, amount_override: Decimal | None = None
+) -> Transaction:
+    """The buyer pressed Pay: succeed unless the amount is one SumUp's sandbox always declines."""
+    _ensure_payable(checkout)
+    charged_amount = checkout.amount if amount_override is None else amount_override
+    checkout.amount = charged_amount
+    if checkout.created_amount in ALWAYS_FAILING_AMOUNTS:
+        checkout.status = CheckoutStatus.FAILED
+        return _record_transaction(checkout, TransactionStatus.FAILED, charged_amount, now)
+    checkout.status = CheckoutStatus.PAID
+    return _record_transaction(checkout, TransactionStatus.SUCCESSFUL, charged_amount, now)
+
+
+def decline_payment(checkout: Checkout, *, now: datetime) -> Transaction:
+    """The buyer's payment was declined: FAILED, which still allows another attempt."""
+    _ensure_payable(checkout)
+    checkout.status = CheckoutStatus.FAILED
+    return _record_transaction(checkout, TransactionStatus.FAILED, checkout.amount, now)
+
+
+def expire_checkout(checkout: Checkout) -> bool:
+    """End the attempt (deactivation or end of lifetime). Returns whether the status changed."""
+    if checkout.status is CheckoutStatus.PAID:
+        raise CheckoutAlreadyPaid(checkout.id)
+    if checkout.status is CheckoutStatus.EXPIRED:
+        return False
+    checkout.status = CheckoutStatus.EXPIRED
+    return True
+
+
+def expire_if_overdue(checkout: Checkout, *, now: datetime) -> bool:
+    """A checkout past its `valid_until` becomes unusable. Returns whether the status changed."""
+    if checkout.valid_until is None or not checkout.is_payable or now < checkout.valid_until:
+        return False
+    checkout.status = CheckoutStatus.EXPIRED
+    return True

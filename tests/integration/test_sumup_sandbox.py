@@ -1,0 +1,844 @@
+"""The local SumUp sandbox over real HTTP, driven through the official `sumup` SDK.
+
+The sandbox runs in a background thread on a free port; webhooks go to a small real HTTP
+receiver on another port. Nothing here measures time: waits only bound how long we look.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+from sumup import AsyncSumup, Sumup
+from sumup.errors import (
+    APIError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    ConflictError,
+    InternalServerError,
+    NotFoundError,
+    PermissionDeniedError,
+)
+from sumup.types import Checkout, CheckoutSuccess
+
+from ops.sumup_sandbox.app import DEFAULT_API_KEY, DEFAULT_MERCHANT_CODE
+from ops.sumup_sandbox.server import BackgroundSandbox
+from ops.sumup_sandbox.state import SandboxControls, SandboxState
+
+OTHER_API_KEY = "sup_sk_sandbox_other"
+OTHER_MERCHANT_CODE = "MOTHER42"
+REQUEST_TIMEOUT = 5.0
+WAIT_TIMEOUT = 5.0
+# Short retry pauses keep the retry tests fast; the production-like defaults are 0.5-5 s.
+TEST_RETRY_DELAYS = (0.05, 0.1, 0.2)
+REDIRECT_URL = "https://shop.example/checkout/return/1/"
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ReceivedWebhook:
+    path: str
+    content_type: str
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class WebhookReceiver:
+    """A real HTTP endpoint that records every POST and answers scripted status codes."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._received: list[ReceivedWebhook] = []
+        self._scripted_statuses: deque[int] = deque()
+        receiver = self
+
+        class RecordingHandler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                status = receiver._record(
+                    ReceivedWebhook(self.path, self.headers.get("Content-Type", ""), body)
+                )
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                # Silence http.server's per-request stderr lines.
+                return
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), RecordingHandler)
+        self.base_url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"{self.base_url}/webhook"
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _record(self, webhook: ReceivedWebhook) -> int:
+        with self._condition:
+            self._received.append(webhook)
+            self._condition.notify_all()
+            return self._scripted_statuses.popleft() if self._scripted_statuses else 200
+
+    def respond_with(self, *statuses: int) -> None:
+        """Answer the next requests with these statuses, then 200 again."""
+        with self._condition:
+            self._scripted_statuses.extend(statuses)
+
+    def clear(self) -> None:
+        with self._condition:
+            self._received.clear()
+            self._scripted_statuses.clear()
+
+    @property
+    def received(self) -> list[ReceivedWebhook]:
+        with self._condition:
+            return list(self._received)
+
+    def wait_for(self, count: int) -> list[ReceivedWebhook]:
+        with self._condition:
+            if not self._condition.wait_for(lambda: len(self._received) >= count, WAIT_TIMEOUT):
+                raise AssertionError(f"expected {count} webhooks, got {len(self._received)}")
+            return list(self._received)
+
+
+def wait_until(probe: Callable[[], T], what: str) -> T:
+    """Poll until `probe` returns something truthy; fail with `what` if it never does."""
+    deadline = time.monotonic() + WAIT_TIMEOUT
+    while True:
+        result = probe()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def error_code_of(error: APIError) -> object:
+    return getattr(error.body, "error_code", None)
+
+
+def free_closed_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+# --- Fixtures -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Iterator[BackgroundSandbox]:
+    state = SandboxState(SandboxControls(webhook_retry_delays=TEST_RETRY_DELAYS))
+    api_keys = {DEFAULT_API_KEY: DEFAULT_MERCHANT_CODE, OTHER_API_KEY: OTHER_MERCHANT_CODE}
+    with BackgroundSandbox(state=state, api_keys=api_keys) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[WebhookReceiver]:
+    webhook_receiver = WebhookReceiver()
+    webhook_receiver.start()
+    yield webhook_receiver
+    webhook_receiver.stop()
+
+
+@pytest.fixture
+def operator(sandbox: BackgroundSandbox) -> Iterator[httpx.Client]:
+    """Plain HTTP for the hosted page and the /_sandbox/ controls."""
+    with httpx.Client(base_url=sandbox.url, timeout=REQUEST_TIMEOUT) as client:
+        yield client
+
+
+@pytest.fixture(autouse=True)
+def clean_sandbox(sandbox: BackgroundSandbox, receiver: WebhookReceiver) -> None:
+    response = httpx.post(f"{sandbox.url}/_sandbox/reset", timeout=REQUEST_TIMEOUT)
+    assert response.status_code == 200
+    receiver.clear()
+
+
+@pytest.fixture
+def sumup_client(sandbox: BackgroundSandbox) -> Iterator[Sumup]:
+    with Sumup(api_key=DEFAULT_API_KEY, base_url=sandbox.url, timeout=REQUEST_TIMEOUT) as client:
+        yield client
+
+
+@pytest.fixture
+def other_merchant_client(sandbox: BackgroundSandbox) -> Iterator[Sumup]:
+    with Sumup(api_key=OTHER_API_KEY, base_url=sandbox.url, timeout=REQUEST_TIMEOUT) as client:
+        yield client
+
+
+def create_checkout(
+    client: Sumup,
+    receiver: WebhookReceiver | None = None,
+    *,
+    amount: float = 10.0,
+    reference: str | None = None,
+    redirect_url: str | None = REDIRECT_URL,
+    merchant_code: str = DEFAULT_MERCHANT_CODE,
+) -> Checkout:
+    optional: dict[str, Any] = {}
+    if receiver is not None:
+        optional["return_url"] = receiver.url
+    if redirect_url is not None:
+        optional["redirect_url"] = redirect_url
+    return client.checkouts.create(
+        checkout_reference=reference or f"order-{uuid.uuid4()}",
+        amount=amount,
+        currency="EUR",
+        merchant_code=merchant_code,
+        description="Rose Ash order",
+        hosted_checkout={"enabled": True},
+        **optional,
+    )
+
+
+def set_controls(operator: httpx.Client, **changes: object) -> dict[str, Any]:
+    response = operator.post("/_sandbox/controls", json=changes)
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def deliveries_for(operator: httpx.Client, checkout_id: str) -> list[dict[str, Any]]:
+    log = operator.get("/_sandbox/deliveries").json()
+    return [record for record in log if record["checkout_id"] == checkout_id]
+
+
+def delivered_for(operator: httpx.Client, checkout_id: str) -> list[dict[str, Any]]:
+    return [r for r in deliveries_for(operator, checkout_id) if r["outcome"] == "delivered"]
+
+
+def expected_webhook_body(checkout_id: str) -> dict[str, str]:
+    return {"event_type": "CHECKOUT_STATUS_CHANGED", "id": checkout_id}
+
+
+# --- Checkout API ---------------------------------------------------------------------------
+
+
+def test_create_returns_pending_checkout_with_hosted_url(
+    sandbox: BackgroundSandbox, sumup_client: Sumup, receiver: WebhookReceiver
+) -> None:
+    checkout = create_checkout(sumup_client, receiver, amount=12.5, reference="order-create-1")
+
+    assert checkout.id is not None
+    uuid.UUID(checkout.id)
+    assert checkout.status == "PENDING"
+    assert checkout.checkout_reference == "order-create-1"
+    assert checkout.amount == 12.5
+    assert checkout.currency == "EUR"
+    assert checkout.merchant_code == DEFAULT_MERCHANT_CODE
+    assert checkout.description == "Rose Ash order"
+    assert checkout.return_url == receiver.url
+    assert checkout.transactions == []
+    assert checkout.date is not None
+    assert checkout.hosted_checkout_url == f"{sandbox.url}/pay/{checkout.id}"
+
+
+def test_create_answers_201_with_redirect_url_and_no_hosted_url_unless_enabled(
+    sandbox: BackgroundSandbox,
+) -> None:
+    response = httpx.post(
+        f"{sandbox.url}/v0.1/checkouts",
+        headers={"Authorization": f"Bearer {DEFAULT_API_KEY}"},
+        json={
+            "checkout_reference": "order-raw-1",
+            "amount": 10.1,
+            "currency": "EUR",
+            "merchant_code": DEFAULT_MERCHANT_CODE,
+            "redirect_url": REDIRECT_URL,
+        },
+        timeout=REQUEST_TIMEOUT,
+    )
+
+    assert response.status_code == 201
+    body = response.json()
+    assert body["amount"] == 10.1
+    assert body["redirect_url"] == REDIRECT_URL
+    assert body["status"] == "PENDING"
+    assert "hosted_checkout_url" not in body
+
+
+def test_duplicate_reference_is_a_conflict_for_the_same_merchant_only(
+    sumup_client: Sumup, other_merchant_client: Sumup
+) -> None:
+    create_checkout(sumup_client, reference="order-dup-1")
+
+    with pytest.raises(ConflictError) as conflict:
+        create_checkout(sumup_client, reference="order-dup-1")
+
+    assert conflict.value.status == 409
+    assert error_code_of(conflict.value) == "DUPLICATED_CHECKOUT"
+    other = create_checkout(
+        other_merchant_client, reference="order-dup-1", merchant_code=OTHER_MERCHANT_CODE
+    )
+    assert other.status == "PENDING"
+
+
+@pytest.mark.parametrize("missing", ["checkout_reference", "amount", "currency", "merchant_code"])
+def test_missing_required_field_is_named(sandbox: BackgroundSandbox, missing: str) -> None:
+    body = {
+        "checkout_reference": "order-missing-1",
+        "amount": 10.0,
+        "currency": "EUR",
+        "merchant_code": DEFAULT_MERCHANT_CODE,
+    }
+    del body[missing]
+
+    response = httpx.post(
+        f"{sandbox.url}/v0.1/checkouts",
+        headers={"Authorization": f"Bearer {DEFAULT_API_KEY}"},
+        json=body,
+        timeout=REQUEST_TIMEOUT,
+    )
+
+    assert response.status_code == 400
+    assert response.json()["error_code"] == "MISSING"
+    assert response.json()["param"] == missing
+    assert response.json()["message"]
+
+
+def test_sdk_reports_missing_amount_as_bad_request(sumup_client: Sumup) -> None:
+    with pytest.raises(BadRequestError) as bad_request:
+        sumup_client.checkouts.create(
+            checkout_reference="order-missing-2",
+            amount=None,  # type: ignore[arg-type]
+            currency="EUR",
+            merchant_code=DEFAULT_MERCHANT_CODE,
+        )
+
+    assert error_code_of(bad_request.value) == "MISSING"
+    assert getattr(bad_request.value.body, "param", None) == "amount"
+
+
+@pytest.mark.parametrize("amount", [0, -1.5, 10.123])
+def test_invalid_amount_is_rejected(sumup_client: Sumup, amount: float) -> None:
+    with pytest.raises(BadRequestError) as bad_request:
+        create_checkout(sumup_client, amount=amount)
+
+    assert error_code_of(bad_request.value) == "INVALID"
+    assert getattr(bad_request.value.body, "param", None) == "amount"
+
+
+def test_reference_longer_than_90_characters_is_rejected(sumup_client: Sumup) -> None:
+    accepted = create_checkout(sumup_client, reference="r" * 90)
+    assert accepted.status == "PENDING"
+
+    with pytest.raises(BadRequestError) as bad_request:
+        create_checkout(sumup_client, reference="r" * 91)
+
+    assert error_code_of(bad_request.value) == "INVALID"
+    assert getattr(bad_request.value.body, "param", None) == "checkout_reference"
+
+
+def test_unknown_api_key_is_unauthorized(sandbox: BackgroundSandbox) -> None:
+    with (
+        Sumup(api_key="sup_sk_wrong", base_url=sandbox.url, timeout=REQUEST_TIMEOUT) as client,
+        pytest.raises(AuthenticationError) as unauthorized,
+    ):
+        client.checkouts.list(checkout_reference="anything")
+
+    assert unauthorized.value.status == 401
+    assert unauthorized.value.problem is not None
+    assert unauthorized.value.problem.status == 401
+
+
+def test_missing_authorization_header_gets_a_problem_document(sandbox: BackgroundSandbox) -> None:
+    response = httpx.get(f"{sandbox.url}/v0.1/checkouts/some-id", timeout=REQUEST_TIMEOUT)
+
+    assert response.status_code == 401
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert response.json()["status"] == 401
+    assert response.json()["type"]
+
+
+def test_creating_for_another_merchant_is_forbidden(sumup_client: Sumup) -> None:
+    with pytest.raises(PermissionDeniedError) as forbidden:
+        create_checkout(sumup_client, merchant_code=OTHER_MERCHANT_CODE)
+
+    assert forbidden.value.status == 403
+    assert error_code_of(forbidden.value) == "FORBIDDEN"
+    assert getattr(forbidden.value.body, "error_message", None)
+
+
+def test_get_unknown_checkout_is_not_found(sumup_client: Sumup) -> None:
+    with pytest.raises(NotFoundError) as not_found:
+        sumup_client.checkouts.get(str(uuid.uuid4()))
+
+    assert error_code_of(not_found.value) == "NOT_FOUND"
+
+
+def test_a_key_only_sees_its_own_merchants_checkouts(
+    sumup_client: Sumup, other_merchant_client: Sumup
+) -> None:
+    checkout = create_checkout(sumup_client, reference="order-private-1")
+    assert checkout.id is not None
+
+    with pytest.raises(NotFoundError):
+        other_merchant_client.checkouts.get(checkout.id)
+    assert other_merchant_client.checkouts.list(checkout_reference="order-private-1") == []
+
+
+def test_list_by_reference_returns_an_array(sumup_client: Sumup) -> None:
+    wanted = create_checkout(sumup_client, reference="order-list-1")
+    create_checkout(sumup_client, reference="order-list-2")
+
+    found = sumup_client.checkouts.list(checkout_reference="order-list-1")
+
+    assert [checkout.id for checkout in found] == [wanted.id]
+    assert found[0].status == "PENDING"
+    assert sumup_client.checkouts.list(checkout_reference="order-list-unknown") == []
+
+
+def test_deactivate_expires_a_pending_checkout(
+    sumup_client: Sumup, receiver: WebhookReceiver
+) -> None:
+    checkout = create_checkout(sumup_client, receiver)
+    assert checkout.id is not None
+
+    deactivated = sumup_client.checkouts.deactivate(checkout.id)
+
+    assert deactivated.status == "EXPIRED"
+    assert sumup_client.checkouts.get(checkout.id).status == "EXPIRED"
+    assert receiver.wait_for(1)[0].json() == expected_webhook_body(checkout.id)
+
+
+def test_deactivate_paid_checkout_is_a_conflict(
+    sumup_client: Sumup, operator: httpx.Client
+) -> None:
+    checkout = create_checkout(sumup_client)
+    assert checkout.id is not None
+    assert operator.post(f"/_sandbox/checkouts/{checkout.id}/pay").status_code == 200
+
+    with pytest.raises(ConflictError) as conflict:
+        sumup_client.checkouts.deactivate(checkout.id)
+
+    assert error_code_of(conflict.value) == "CHECKOUT_PROCESSED"
+    assert sumup_client.checkouts.get(checkout.id).status == "PAID"
+
+
+def test_checkout_past_valid_until_is_expired(sumup_client: Sumup) -> None:
+    checkout = sumup_client.checkouts.create(
+        checkout_reference=f"order-{uuid.uuid4()}",
+        amount=10.0,
+        currency="EUR",
+        merchant_code=DEFAULT_MERCHANT_CODE,
+        valid_until=datetime.now(UTC) - timedelta(minutes=1),
+    )
+    assert checkout.id is not None
+    assert checkout.valid_until is not None
+
+    assert sumup_client.checkouts.get(checkout.id).status == "EXPIRED"
+
+
+@pytest.mark.asyncio
+async def test_concurrent_creates_with_one_reference_make_one_checkout(
+    sandbox: BackgroundSandbox,
+) -> None:
+    async with AsyncSumup(
+        api_key=DEFAULT_API_KEY, base_url=sandbox.url, timeout=REQUEST_TIMEOUT
+    ) as client:
+        outcomes = await asyncio.gather(
+            *(
+                client.checkouts.create(
+                    checkout_reference="order-race-1",
+                    amount=10.0,
+                    currency="EUR",
+                    merchant_code=DEFAULT_MERCHANT_CODE,
+                )
+                for _ in range(8)
+            ),
+            return_exceptions=True,
+        )
+        listed = await client.checkouts.list(checkout_reference="order-race-1")
+
+    created = [outcome for outcome in outcomes if isinstance(outcome, Checkout)]
+    conflicts = [outcome for outcome in outcomes if isinstance(outcome, ConflictError)]
+    assert len(created) == 1
+    assert len(conflicts) == 7
+    assert [checkout.id for checkout in listed] == [created[0].id]
+
+
+# --- Hosted checkout page -------------------------------------------------------------------
+
+
+def test_hosted_page_pay_redirects_and_sends_the_webhook(
+    sumup_client: Sumup, receiver: WebhookReceiver
+) -> None:
+    checkout = create_checkout(sumup_client, receiver, amount=12.5)
+    assert checkout.id is not None
+    assert checkout.hosted_checkout_url is not None
+
+    page = httpx.get(checkout.hosted_checkout_url, timeout=REQUEST_TIMEOUT)
+    assert page.status_code == 200
+    assert "12.50" in page.text
+    assert "EUR" in page.text
+    assert "Rose Ash order" in page.text
+    assert DEFAULT_MERCHANT_CODE in page.text
+    assert f'action="/pay/{checkout.id}/pay"' in page.text
+    assert f'action="/pay/{checkout.id}/fail"' in page.text
+
+    paid = httpx.post(f"{checkout.hosted_checkout_url}/pay", timeout=REQUEST_TIMEOUT)
+
+    assert paid.status_code == 303
+    assert paid.headers["location"] == REDIRECT_URL
+    fetched: CheckoutSuccess = sumup_client.checkouts.get(checkout.id)
+    assert fetched.status == "PAID"
+    assert fetched.transactions is not None
+    assert len(fetched.transactions) == 1
+    assert fetched.transactions[0].status == "SUCCESSFUL"
+    assert fetched.transactions[0].amount == 12.5
+    assert fetched.transactions[0].currency == "EUR"
+    assert fetched.transaction_code == fetched.transactions[0].transaction_code
+    assert fetched.transaction_id == fetched.transactions[0].id
+    webhook = receiver.wait_for(1)[0]
+    assert webhook.path == "/webhook"
+    assert webhook.content_type.startswith("application/json")
+    assert webhook.json() == expected_webhook_body(checkout.id)
+
+
+def test_hosted_page_without_redirect_url_shows_the_result(
+    sumup_client: Sumup, operator: httpx.Client
+) -> None:
+    checkout = create_checkout(sumup_client, redirect_url=None)
+
+    result = operator.post(f"/pay/{checkout.id}/pay")
+
+    assert result.status_code == 200
+    assert "Payment successful" in result.text
+
+
+@pytest.mark.parametrize("amount", [11.00, 42.01, 42.76, 42.91])
+def test_sandbox_failing_amounts_fail_on_pay(
+    sumup_client: Sumup, operator: httpx.Client, receiver: WebhookReceiver, amount: float
+) -> None:
+    checkout = create_checkout(sumup_client, receiver, amount=amount)
+    assert checkout.id is not None
+
+    response = operator.post(f"/pay/{checkout.id}/pay")
+
+    assert response.status_code == 303
+    fetched = sumup_client.checkouts.get(checkout.id)
+    assert fetched.status == "FAILED"
+    assert fetched.transaction_code is None
+    assert [tx.status for tx in fetched.transactions or []] == ["FAILED"]
+    assert receiver.wait_for(1)[0].json() == expected_webhook_body(checkout.id)
+    # The amount keeps failing on a retry, as in SumUp's sandbox.
+    operator.post(f"/pay/{checkout.id}/pay")
+    assert sumup_client.checkouts.get(checkout.id).status == "FAILED"
+
+
+def test_failed_checkout_can_be_paid_on_retry(
+    sumup_client: Sumup, operator: httpx.Client, receiver: WebhookReceiver
+) -> None:
+    checkout = create_checkout(sumup_client, receiver)
+    assert checkout.id is not None
+
+    assert operator.post(f"/pay/{checkout.id}/fail").status_code == 303
+    assert sumup_client.checkouts.get(checkout.id).status == "FAILED"
+    retry_page = operator.get(f"/pay/{checkout.id}")
+    assert retry_page.status_code == 200
+    assert "previous payment attempt failed" in retry_page.text
+    assert operator.post(f"/pay/{checkout.id}/pay").status_code == 303
+
+    fetched = sumup_client.checkouts.get(checkout.id)
+    assert fetched.status == "PAID"
+    assert [tx.status for tx in fetched.transactions or []] == ["FAILED", "SUCCESSFUL"]
+    assert [w.json() for w in receiver.wait_for(2)] == [expected_webhook_body(checkout.id)] * 2
+
+
+def test_paid_checkout_cannot_be_paid_again(sumup_client: Sumup, operator: httpx.Client) -> None:
+    checkout = create_checkout(sumup_client)
+    assert checkout.id is not None
+    operator.post(f"/pay/{checkout.id}/pay")
+
+    page = operator.get(f"/pay/{checkout.id}")
+    again = operator.post(f"/pay/{checkout.id}/pay")
+    via_control = operator.post(f"/_sandbox/checkouts/{checkout.id}/pay")
+
+    assert "already been paid" in page.text
+    assert 'action="/pay/' not in page.text
+    assert again.status_code == 409
+    assert "already been paid" in again.text
+    assert via_control.status_code == 409
+    assert via_control.json()["error_code"] == "CHECKOUT_PROCESSED"
+    assert len(sumup_client.checkouts.get(checkout.id).transactions or []) == 1
+
+
+def test_expired_checkout_cannot_be_paid(
+    sumup_client: Sumup, operator: httpx.Client, receiver: WebhookReceiver
+) -> None:
+    checkout = create_checkout(sumup_client, receiver)
+    assert checkout.id is not None
+
+    expired = operator.post(f"/_sandbox/checkouts/{checkout.id}/expire")
+    attempt = operator.post(f"/pay/{checkout.id}/pay")
+
+    assert expired.json()["status"] == "EXPIRED"
+    assert attempt.status_code == 409
+    assert "expired" in attempt.text
+    assert sumup_client.checkouts.get(checkout.id).status == "EXPIRED"
+    assert receiver.wait_for(1)[0].json() == expected_webhook_body(checkout.id)
+
+
+def test_hosted_page_of_unknown_checkout_is_not_found(operator: httpx.Client) -> None:
+    response = operator.get(f"/pay/{uuid.uuid4()}")
+
+    assert response.status_code == 404
+    assert "Checkout not found" in response.text
+
+
+# --- Sandbox controls -----------------------------------------------------------------------
+
+
+def test_amount_override_reports_a_different_amount(
+    sumup_client: Sumup, operator: httpx.Client
+) -> None:
+    checkout = create_checkout(sumup_client, amount=10.0)
+    assert checkout.id is not None
+
+    response = operator.post(
+        f"/_sandbox/checkouts/{checkout.id}/pay", json={"amount_override": 12.34}
+    )
+
+    assert response.status_code == 200
+    assert response.json()["status"] == "PAID"
+    fetched = sumup_client.checkouts.get(checkout.id)
+    assert fetched.amount == 12.34
+    assert [tx.amount for tx in fetched.transactions or []] == [12.34]
+
+
+def test_control_fail_records_a_failed_transaction(
+    sumup_client: Sumup, operator: httpx.Client
+) -> None:
+    checkout = create_checkout(sumup_client)
+
+    response = operator.post(f"/_sandbox/checkouts/{checkout.id}/fail")
+
+    assert response.status_code == 200
+    assert response.json()["status"] == "FAILED"
+    assert [tx["status"] for tx in response.json()["transactions"]] == ["FAILED"]
+
+
+def test_controls_can_be_read_changed_validated_and_reset(
+    sumup_client: Sumup, operator: httpx.Client
+) -> None:
+    defaults = operator.get("/_sandbox/controls").json()
+    assert defaults["webhooks"] == "deliver"
+    assert defaults["webhook_retry_delays"] == list(TEST_RETRY_DELAYS)
+    create_checkout(sumup_client)
+
+    changed = set_controls(operator, webhooks="hold", duplicate_webhooks=2, webhook_delay=0.1)
+    bad_mode = operator.post("/_sandbox/controls", json={"webhooks": "sometimes"})
+    unknown = operator.post("/_sandbox/controls", json={"no_such_control": True})
+
+    assert changed == {
+        **defaults,
+        "webhooks": "hold",
+        "duplicate_webhooks": 2,
+        "webhook_delay": 0.1,
+    }
+    assert bad_mode.status_code == 400
+    assert bad_mode.json()["error_code"] == "INVALID"
+    assert unknown.status_code == 400
+    assert operator.post("/_sandbox/reset").status_code == 200
+    assert operator.get("/_sandbox/controls").json() == defaults
+    assert operator.get("/_sandbox/checkouts").json() == []
+
+
+def test_unknown_route_is_a_json_404(operator: httpx.Client) -> None:
+    response = operator.get("/v0.1/no-such-thing")
+
+    assert response.status_code == 404
+    assert response.json()["error_code"] == "NOT_FOUND"
+
+
+def test_api_unavailable_makes_the_sdk_raise_a_server_error(
+    sumup_client: Sumup, operator: httpx.Client
+) -> None:
+    set_controls(operator, api_unavailable=True)
+
+    with pytest.raises(InternalServerError) as unavailable:
+        create_checkout(sumup_client)
+
+    assert unavailable.value.status == 503
+    assert operator.get("/_sandbox/controls").status_code == 200
+    set_controls(operator, api_unavailable=False)
+    assert create_checkout(sumup_client).status == "PENDING"
+
+
+def test_api_latency_beyond_the_sdk_timeout_raises_a_timeout(
+    sandbox: BackgroundSandbox, operator: httpx.Client
+) -> None:
+    set_controls(operator, api_latency=1.0)
+
+    with (
+        Sumup(api_key=DEFAULT_API_KEY, base_url=sandbox.url, timeout=0.2) as impatient,
+        pytest.raises(APITimeoutError),
+    ):
+        impatient.checkouts.list(checkout_reference="order-slow-1")
+
+
+# --- Webhook delivery -----------------------------------------------------------------------
+
+
+def test_webhook_is_retried_after_a_server_error(
+    sumup_client: Sumup, operator: httpx.Client, receiver: WebhookReceiver
+) -> None:
+    receiver.respond_with(500)
+    checkout = create_checkout(sumup_client, receiver)
+    assert checkout.id is not None
+
+    operator.post(f"/_sandbox/checkouts/{checkout.id}/pay")
+
+    webhooks = receiver.wait_for(2)
+    assert [w.json() for w in webhooks] == [expected_webhook_body(checkout.id)] * 2
+    wait_until(lambda: delivered_for(operator, checkout.id or ""), "a successful retry")
+    # Longer than any retry pause: a retry after the success would have shown up by now.
+    time.sleep(2 * max(TEST_RETRY_DELAYS))
+    attempts = [
+        (r["attempt"], r["outcome"], r["http_status"])
+        for r in deliveries_for(operator, checkout.id)
+    ]
+    assert attempts == [(1, "failed", 500), (2, "delivered", 200)]
+
+
+def test_unreachable_webhook_is_retried_on_schedule_then_given_up(
+    sumup_client: Sumup, operator: httpx.Client
+) -> None:
+    checkout = sumup_client.checkouts.create(
+        checkout_reference=f"order-{uuid.uuid4()}",
+        amount=10.0,
+        currency="EUR",
+        merchant_code=DEFAULT_MERCHANT_CODE,
+        return_url=f"http://127.0.0.1:{free_closed_port()}/webhook",
+    )
+    assert checkout.id is not None
+
+    operator.post(f"/_sandbox/checkouts/{checkout.id}/pay")
+
+    total_attempts = 1 + len(TEST_RETRY_DELAYS)
+    wait_until(
+        lambda: len(deliveries_for(operator, checkout.id or "")) >= total_attempts,
+        "every retry",
+    )
+    # Longer than the last retry pause: an extra attempt would have shown up by now.
+    time.sleep(2 * max(TEST_RETRY_DELAYS))
+    records = deliveries_for(operator, checkout.id)
+    assert [r["attempt"] for r in records] == list(range(1, total_attempts + 1))
+    assert all(r["outcome"] == "failed" and r["error"] for r in records)
+
+
+def test_drop_mode_records_but_sends_nothing(
+    sumup_client: Sumup, operator: httpx.Client, receiver: WebhookReceiver
+) -> None:
+    set_controls(operator, webhooks="drop")
+    dropped = create_checkout(sumup_client, receiver)
+    operator.post(f"/_sandbox/checkouts/{dropped.id}/pay")
+    records = deliveries_for(operator, dropped.id or "")
+
+    # A later delivered event is the barrier: had the dropped one been sent, it came first.
+    set_controls(operator, webhooks="deliver")
+    delivered = create_checkout(sumup_client, receiver)
+    operator.post(f"/_sandbox/checkouts/{delivered.id}/pay")
+    receiver.wait_for(1)
+    wait_until(lambda: delivered_for(operator, delivered.id or ""), "the barrier delivery")
+
+    assert [(r["outcome"], r["attempt"]) for r in records] == [("dropped", None)]
+    assert [w.json()["id"] for w in receiver.received] == [delivered.id]
+
+
+# Events in the order the checkouts changed: first fails, then first is paid, then second.
+HELD_SEQUENCE = [("first", "FAILED"), ("first", "PAID"), ("second", "PAID")]
+
+
+@pytest.mark.parametrize(
+    ("order", "expected"),
+    [("fifo", HELD_SEQUENCE), ("reverse", list(reversed(HELD_SEQUENCE)))],
+)
+def test_held_webhooks_are_released_in_the_requested_order(
+    sumup_client: Sumup,
+    operator: httpx.Client,
+    receiver: WebhookReceiver,
+    order: str,
+    expected: list[tuple[str, str]],
+) -> None:
+    set_controls(operator, webhooks="hold")
+    first = create_checkout(sumup_client, receiver)
+    second = create_checkout(sumup_client, receiver)
+    names = {first.id: "first", second.id: "second"}
+    operator.post(f"/_sandbox/checkouts/{first.id}/fail")
+    operator.post(f"/_sandbox/checkouts/{first.id}/pay")
+    operator.post(f"/_sandbox/checkouts/{second.id}/pay")
+    held = operator.get("/_sandbox/webhooks/held").json()
+    assert [(names[e["checkout_id"]], e["checkout_status"]) for e in held] == HELD_SEQUENCE
+
+    released = operator.post("/_sandbox/webhooks/release", json={"order": order})
+
+    assert released.status_code == 200
+    sent = [(names[d["checkout_id"]], d["checkout_status"]) for d in released.json()["deliveries"]]
+    assert sent == expected
+    assert all(d["outcome"] == "delivered" for d in released.json()["deliveries"])
+    assert [names[w.json()["id"]] for w in receiver.received] == [name for name, _ in expected]
+    assert operator.get("/_sandbox/webhooks/held").json() == []
+
+
+def test_duplicate_webhooks_sends_each_event_n_times(
+    sumup_client: Sumup, operator: httpx.Client, receiver: WebhookReceiver
+) -> None:
+    set_controls(operator, duplicate_webhooks=3)
+    checkout = create_checkout(sumup_client, receiver)
+    assert checkout.id is not None
+
+    operator.post(f"/_sandbox/checkouts/{checkout.id}/pay")
+
+    wait_until(lambda: len(delivered_for(operator, checkout.id or "")) >= 3, "3 deliveries")
+    assert len(delivered_for(operator, checkout.id)) == 3
+    assert [w.json() for w in receiver.received] == [expected_webhook_body(checkout.id)] * 3
+
+
+def test_webhook_can_be_resent_on_demand(
+    sumup_client: Sumup, operator: httpx.Client, receiver: WebhookReceiver
+) -> None:
+    checkout = create_checkout(sumup_client, receiver)
+    assert checkout.id is not None
+
+    response = operator.post(f"/_sandbox/checkouts/{checkout.id}/webhook", json={"count": 2})
+
+    assert response.status_code == 200
+    assert [d["outcome"] for d in response.json()["deliveries"]] == ["delivered", "delivered"]
+    assert [w.json() for w in receiver.received] == [expected_webhook_body(checkout.id)] * 2
+
+
+def test_resending_without_a_return_url_is_refused(
+    sumup_client: Sumup, operator: httpx.Client
+) -> None:
+    checkout = create_checkout(sumup_client)
+
+    response = operator.post(f"/_sandbox/checkouts/{checkout.id}/webhook")
+
+    assert response.status_code == 409
+    assert response.json()["error_code"] == "NO_RETURN_URL"
