@@ -74,6 +74,9 @@ def up(
         str | None, typer.Option(help="Comma-separated services to run (default: all).")
     ] = None,
     demo: Annotated[bool, typer.Option(help="Load demo data into empty tables.")] = True,
+    port_offset: Annotated[
+        int, typer.Option(help="Add this to every service's dev port (to run a second stack).")
+    ] = 0,
 ) -> None:
     """Run the whole system: database, provisioning, migrations, every service. Ctrl-C stops."""
     from ops.demo import seed_demo_data
@@ -101,11 +104,8 @@ def up(
         for name in wanted:
             service_spec(name)
         names = [name for name in names if name in wanted]
-    busy = [
-        f"{name} ({SERVICES[name].dev_port})"
-        for name in names
-        if not port_is_free(SERVICES[name].dev_port)
-    ]
+    ports = {name: SERVICES[name].dev_port + port_offset for name in names}
+    busy = [f"{name} ({port})" for name, port in ports.items() if not port_is_free(port)]
     if busy:
         raise fail(f"ports in use: {', '.join(busy)}")
 
@@ -140,7 +140,6 @@ def up(
         if demo:
             seed_demo_data(topology, names, say)
 
-        ports = {name: SERVICES[name].dev_port for name in names}
         environment = service_environment(topology, credentials, ports)
         group = ProcessGroup(sink, environment)
         for name in names:

@@ -9,9 +9,9 @@ from typing import Any
 from urllib.parse import urlencode
 
 from litestar import MediaType, Request, Response, get, post
-from litestar.contrib.jinja import JinjaTemplateEngine
 from litestar.datastructures import State
 from litestar.params import Parameter
+from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect, Template
 from litestar.template import TemplateConfig
 from markupsafe import Markup, escape

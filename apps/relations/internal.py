@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from litestar import Request
-from litestar.params import Parameter
-from sqlalchemy.ext.asyncio import AsyncSession
+from litestar.params import JSONBody, Parameter
 
+from apps.common.deps import DbSession
 from apps.common.idempotency import run_idempotent
 from apps.common.internal import action_route, data_route
 from apps.common.internal_client import IDEMPOTENCY_HEADER
@@ -19,7 +19,7 @@ TypeParam = Parameter(pattern=r"^[a-z][a-z0-9_]{0,31}$")
 
 @data_route("get-children")
 async def get_children(
-    db_session: AsyncSession,
+    db_session: DbSession,
     parent_type: Annotated[str, TypeParam],
     parent_id: Annotated[int, Parameter(ge=1)],
     child_type: Annotated[str | None, TypeParam] = None,
@@ -29,7 +29,7 @@ async def get_children(
 
 @action_route("attach-child")
 async def attach_child(
-    db_session: AsyncSession, request: Request, data: service.AttachChild
+    db_session: DbSession, request: Request, data: JSONBody[service.AttachChild]
 ) -> dict[str, Any]:
     return await run_idempotent(
         db_session,
@@ -43,7 +43,7 @@ async def attach_child(
 
 @action_route("detach-child")
 async def detach_child(
-    db_session: AsyncSession, request: Request, data: service.DetachChild
+    db_session: DbSession, request: Request, data: JSONBody[service.DetachChild]
 ) -> dict[str, Any]:
     return await run_idempotent(
         db_session,

@@ -1,0 +1,154 @@
+"""Fixtures shared by every test: one PostgreSQL per session, provisioned and migrated once;
+in-process stacks of real apps talking to each other over real (ASGI) HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+
+from apps.common.internal_client import InternalClient, close_client, install_client
+from apps.common.services import SERVICES, service_spec
+from apps.common.settings import Settings
+from ops.credentials import Credentials
+from ops.migrate import migrate, services_with_migrations
+from ops.provision import provision, provision_edges
+from ops.stack import available_services
+from tests.pg import TestServer, session_server
+
+INTERNAL_SECRET = "test-internal-secret-0123456789"
+SESSION_SECRET = "test-session-secret-0123456789"
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[TestServer]:
+    with session_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def credentials(tmp_path_factory: pytest.TempPathFactory) -> Credentials:
+    return Credentials(tmp_path_factory.mktemp("credentials") / "credentials.json", environ={})
+
+
+@pytest.fixture(scope="session")
+def provisioned(pg_server: TestServer, credentials: Credentials) -> TestServer:
+    topology = pg_server.topology
+    provision(topology, credentials, say=lambda _: None)
+    migrate({name: topology.admin_url(name) for name in services_with_migrations()})
+    provision_edges(topology, credentials, say=lambda _: None)
+    return pg_server
+
+
+def admin_connect(server: TestServer, service: str | None = None) -> psycopg.Connection:
+    database = service_spec(service).database if service else "postgres"
+    return psycopg.connect(server.topology.admin_url(service, database), autocommit=True)
+
+
+def truncate_all(server: TestServer) -> None:
+    """Empty every service table (not the migration versions), so tests do not see each other."""
+    for name in services_with_migrations():
+        with admin_connect(server, name) as connection:
+            tables = connection.execute(
+                """
+                SELECT format('%%I.%%I', schemaname, tablename) FROM pg_tables
+                WHERE schemaname = %s AND tablename <> 'alembic_version'
+                """,
+                (name,),
+            ).fetchall()
+            if tables:
+                names = ", ".join(row[0] for row in tables)
+                connection.execute(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
+
+
+@pytest.fixture
+def clean_db(provisioned: TestServer) -> Iterator[TestServer]:
+    truncate_all(provisioned)
+    yield provisioned
+    truncate_all(provisioned)
+
+
+def make_settings(
+    server: TestServer,
+    credentials: Credentials,
+    service: str,
+    *,
+    env: str = "dev",
+    **overrides: Any,
+) -> Settings:
+    values: dict[str, Any] = {
+        "service": service,
+        "env": env,
+        "database_url": server.topology.app_url(service, credentials),
+        "internal_secret": INTERNAL_SECRET,
+        "session_secret": SESSION_SECRET if service_spec(service).public else None,
+        "editor_user_ids": frozenset({1}),
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@dataclass
+class InProcessStack:
+    """Real apps of several services in this process; internal calls go over ASGI HTTP."""
+
+    apps: dict[str, Litestar]
+    clients: dict[str, AsyncTestClient[Litestar]] = field(default_factory=dict)
+
+    def client(self, service: str) -> AsyncTestClient[Litestar]:
+        return self.clients[service]
+
+    def browser(self, service: str) -> httpx.AsyncClient:
+        """A cookie-keeping client of one public service, like a browser tab."""
+        return httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=self.apps[service]),
+            base_url=f"http://{service}.test",
+            follow_redirects=False,
+        )
+
+
+@asynccontextmanager
+async def in_process_stack(
+    server: TestServer,
+    credentials: Credentials,
+    services: list[str] | None = None,
+    *,
+    env: str = "dev",
+    settings_overrides: dict[str, dict[str, Any]] | None = None,
+) -> AsyncIterator[InProcessStack]:
+    import importlib
+
+    names = services or available_services()
+    apps: dict[str, Litestar] = {}
+    for name in names:
+        overrides = (settings_overrides or {}).get(name, {})
+        settings = make_settings(server, credentials, name, env=env, **overrides)
+        apps[name] = importlib.import_module(SERVICES[name].app_module).create_app(settings)
+    install_client(InternalClient(caller="tests", secret=INTERNAL_SECRET, asgi_apps=apps))
+    stack = InProcessStack(apps)
+    try:
+        async with AsyncExitStack() as exits:
+            for name, app in apps.items():
+                stack.clients[name] = await exits.enter_async_context(
+                    AsyncTestClient(app, base_url=f"http://{name}.test")
+                )
+            yield stack
+    finally:
+        await close_client()
+
+
+@pytest.fixture
+async def stack(clean_db: TestServer, credentials: Credentials) -> AsyncIterator[InProcessStack]:
+    async with in_process_stack(clean_db, credentials) as running:
+        yield running
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -1,0 +1,107 @@
+"""`rose up` as a user runs it: real processes, the embedded PostgreSQL, signed CLI calls."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ops.pgserver import free_port, port_is_free
+
+PORT_OFFSET = 20000
+
+
+def rose(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ops.cli", *args],
+        env={**os.environ, "ROSE_HOME": str(home)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=check,
+    )
+
+
+@pytest.fixture
+def running_stack(tmp_path: Path):
+    home = tmp_path / "rose-home"
+    pg_port = free_port()
+    log = (tmp_path / "up.log").open("w")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ops.cli",
+            "up",
+            "--fresh",
+            "--pg-port",
+            str(pg_port),
+            "--port-offset",
+            str(PORT_OFFSET),
+            "--only",
+            "relations",
+        ],
+        env={**os.environ, "ROSE_HOME": str(home)},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 60
+    state = None
+    while time.monotonic() < deadline and process.poll() is None:
+        status = rose(home, "status", "--json", check=False)
+        if status.returncode == 0:
+            state = json.loads(status.stdout)
+            break
+        time.sleep(0.5)
+    try:
+        assert state is not None, (tmp_path / "up.log").read_text()
+        yield home, process, state, pg_port
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=30)
+        log.close()
+
+
+def test_rose_up_runs_relations_and_cli_calls_reach_it(running_stack):
+    home, process, state, pg_port = running_stack
+    relations_url = state["services"]["relations"]
+    assert relations_url.endswith(str(8008 + PORT_OFFSET))
+    assert httpx.get(relations_url + "/readyz").status_code == 200
+    assert state["database_url"].startswith("postgresql://postgres:")
+
+    attached = rose(
+        home,
+        "action",
+        "relations",
+        "attach-child",
+        '{"parent_type":"page","parent_id":1,"child_type":"market","child_id":7}',
+    )
+    relation = json.loads(attached.stdout)
+    children = rose(home, "data", "relations", "get-children", "parent_type=page", "parent_id=1")
+    assert [child["child_id"] for child in json.loads(children.stdout)] == [7]
+    assert [child["id"] for child in json.loads(children.stdout)] == [relation["id"]]
+
+    bad = rose(home, "action", "relations", "attach-child", '{"parent_type":"page"}', check=False)
+    assert bad.returncode == 1
+    assert "422" in bad.stderr
+
+    check = rose(home, "db", "check")
+    assert check.returncode == 0, check.stdout
+
+    # Ctrl-C / SIGTERM stops everything: services, database, state file.
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0
+    assert not (home / "stack.json").exists()
+    assert port_is_free(8008 + PORT_OFFSET)
+    assert port_is_free(pg_port)
+    log = (home / "rose.log").read_text()
+    assert "relations  http://127.0.0.1:28008  ready" in log
+    assert "embedded PostgreSQL stopped" in log

@@ -1,0 +1,228 @@
+"""The database-level split: one database and role set per service, least privilege, drift
+detection, idempotent provisioning, FDW edges that are read-only."""
+
+from __future__ import annotations
+
+import itertools
+
+import psycopg
+import pytest
+from typer.testing import CliRunner
+
+from apps.common.services import SERVICES
+from ops.cli import app as rose_cli
+from ops.migrate import current_heads
+from ops.provision import provision
+from tests.conftest import admin_connect, in_process_stack
+from tests.pg import docker_engine_available
+from tests.signed import internal_post
+
+runner = CliRunner()
+
+
+def catalog_snapshot(server) -> dict[str, list[tuple]]:
+    """Everything provisioning declares, as plain rows, to compare two runs."""
+    snapshot: dict[str, list[tuple]] = {}
+    with admin_connect(server) as connection:
+        snapshot["roles"] = connection.execute(
+            """
+            SELECT rolname, rolcanlogin, rolsuper, rolinherit, rolconfig, oid
+            FROM pg_roles WHERE rolname !~ '^pg_' ORDER BY rolname
+            """
+        ).fetchall()
+        snapshot["databases"] = connection.execute(
+            "SELECT datname, datdba, datacl::text, oid FROM pg_database ORDER BY datname"
+        ).fetchall()
+        snapshot["role_settings"] = connection.execute(
+            "SELECT setdatabase, setrole, setconfig FROM pg_db_role_setting ORDER BY 1, 2"
+        ).fetchall()
+    for name in SERVICES:
+        with admin_connect(server, name) as connection:
+            snapshot[f"{name}.namespaces"] = connection.execute(
+                "SELECT nspname, nspowner, nspacl::text, oid FROM pg_namespace ORDER BY nspname"
+            ).fetchall()
+            snapshot[f"{name}.relations"] = connection.execute(
+                """
+                SELECT c.oid, c.relname, c.relowner, c.relacl::text FROM pg_class AS c
+                JOIN pg_namespace AS n ON n.oid = c.relnamespace
+                WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
+                ORDER BY c.oid
+                """
+            ).fetchall()
+            snapshot[f"{name}.default_acl"] = connection.execute(
+                "SELECT defaclrole, defaclnamespace, defaclobjtype, defaclacl::text "
+                "FROM pg_default_acl ORDER BY 1, 2, 3"
+            ).fetchall()
+            snapshot[f"{name}.servers"] = connection.execute(
+                "SELECT oid, srvname, srvoptions, srvacl::text FROM pg_foreign_server ORDER BY 1"
+            ).fetchall()
+            snapshot[f"{name}.mappings"] = connection.execute(
+                "SELECT umid, srvname, usename, umoptions FROM pg_user_mappings ORDER BY 1"
+            ).fetchall()
+    return snapshot
+
+
+def test_provisioning_twice_changes_nothing(provisioned, credentials):
+    before = catalog_snapshot(provisioned)
+    provision(provisioned.topology, credentials, say=lambda _: None)
+    after = catalog_snapshot(provisioned)
+    for key in before:
+        assert after[key] == before[key], f"provisioning again changed {key}"
+
+
+def test_each_app_role_connects_only_to_its_own_database(provisioned):
+    with admin_connect(provisioned) as connection:
+        for role_service, db_service in itertools.product(SERVICES, SERVICES):
+            allowed = connection.execute(
+                "SELECT has_database_privilege(%s, %s, 'CONNECT')",
+                (f"{role_service}_app", f"db_{db_service}"),
+            ).fetchone()[0]
+            assert allowed is (role_service == db_service), (role_service, db_service)
+        public_connect = connection.execute(
+            """
+            SELECT d.datname FROM pg_database AS d,
+                   aclexplode(coalesce(d.datacl, acldefault('d', d.datdba))) AS a
+            WHERE a.grantee = 0 AND a.privilege_type IN ('CONNECT', 'TEMPORARY')
+              AND d.datname LIKE 'db\\_%%'
+            """
+        ).fetchall()
+    assert public_connect == []
+
+
+def test_an_app_role_really_cannot_connect_to_another_database(provisioned, credentials):
+    own = provisioned.topology.app_url("cart", credentials)
+    with psycopg.connect(own) as connection:
+        assert connection.execute("SELECT current_user").fetchone() == ("cart_app",)
+    other = own.replace("/db_cart", "/db_relations")
+    with pytest.raises(psycopg.OperationalError, match="CONNECT privilege"):
+        psycopg.connect(other)
+
+
+def test_owner_roles_cannot_log_in_and_own_the_objects(provisioned):
+    with admin_connect(provisioned) as connection:
+        owners = connection.execute(
+            "SELECT rolname, rolcanlogin FROM pg_roles WHERE rolname = ANY(%s)",
+            ([f"{name}_owner" for name in SERVICES],),
+        ).fetchall()
+    assert sorted(owners) == sorted((f"{name}_owner", False) for name in SERVICES)
+    with admin_connect(provisioned, "relations") as connection:
+        table_owner = connection.execute(
+            "SELECT tableowner FROM pg_tables WHERE schemaname = 'relations' "
+            "AND tablename = 'container_relations'"
+        ).fetchone()
+        version_table = connection.execute(
+            "SELECT schemaname, tableowner FROM pg_tables WHERE tablename = 'alembic_version'"
+        ).fetchall()
+    assert table_owner == ("relations_owner",)
+    assert version_table == [("relations", "relations_owner")]
+    assert current_heads("relations", provisioned.topology.admin_url("relations")) == {"0001"}
+
+
+def test_db_check_passes_then_names_an_injected_grant(provisioned):
+    url = provisioned.admin_url
+    clean = runner.invoke(rose_cli, ["db", "check", "--database-url", url])
+    assert clean.exit_code == 0, clean.output
+
+    with admin_connect(provisioned, "relations") as connection:
+        connection.execute("GRANT SELECT ON relations.container_relations TO cart_app")
+    try:
+        drift = runner.invoke(rose_cli, ["db", "check", "--database-url", url])
+    finally:
+        with admin_connect(provisioned, "relations") as connection:
+            connection.execute("REVOKE SELECT ON relations.container_relations FROM cart_app")
+    assert drift.exit_code == 1
+    output = " ".join(drift.output.split())
+    assert "extra privilege SELECT on table relations.container_relations for cart_app" in output
+
+    healed = runner.invoke(rose_cli, ["db", "check", "--database-url", url])
+    assert healed.exit_code == 0, healed.output
+
+
+def test_db_check_names_missing_roles_privileges_and_stale_foreign_tables(provisioned, credentials):
+    from ops.dbcheck import check
+
+    topology = provisioned.topology
+    with admin_connect(provisioned, "relations") as relations_db:
+        relations_db.execute("REVOKE CONNECT ON DATABASE db_relations FROM relations_app")
+        relations_db.execute("GRANT CONNECT ON DATABASE db_relations TO PUBLIC")
+    with admin_connect(provisioned, "blog") as blog_db:
+        blog_db.execute("ALTER FOREIGN TABLE relations.container_relations DROP COLUMN label")
+    try:
+        differences, _ = check(topology)
+    finally:
+        with admin_connect(provisioned, "relations") as relations_db:
+            relations_db.execute("GRANT CONNECT ON DATABASE db_relations TO relations_app")
+            relations_db.execute("REVOKE CONNECT ON DATABASE db_relations FROM PUBLIC")
+        # Provisioning repairs the out-of-date foreign table by importing it again.
+        provision(topology, credentials, say=lambda _: None)
+    text = "\n".join(differences)
+    assert "missing privilege CONNECT on database db_relations for relations_app" in text
+    assert "extra privilege CONNECT on database db_relations for PUBLIC" in text
+    assert "foreign table relations.container_relations is out of date" in text
+    assert check(topology)[0] == []
+
+
+async def test_blog_reads_relations_through_fdw_read_only(provisioned, credentials, clean_db):
+    async with in_process_stack(clean_db, credentials, ["relations"]) as running:
+        response = await internal_post(
+            running.client("relations"),
+            "attach-child",
+            {"parent_type": "page", "parent_id": 5, "child_type": "calendar", "child_id": 3},
+        )
+        assert response.status_code == 200
+    with psycopg.connect(provisioned.topology.app_url("blog", credentials)) as blog:
+        rows = blog.execute(
+            "SELECT parent_id, child_type, child_id FROM relations.container_relations"
+        ).fetchall()
+        assert rows == [(5, "calendar", 3)]
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            blog.execute("DELETE FROM relations.container_relations")
+    # Even the consumer's owner, who owns the foreign table, cannot write through it.
+    with admin_connect(provisioned, "blog") as blog_admin:
+        blog_admin.execute("SET ROLE blog_owner")
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="does not allow"):
+            blog_admin.execute("DELETE FROM relations.container_relations")
+        # And with the local guard removed, the remote side still refuses: the reader role is
+        # read-only by default and has only SELECT.
+        blog_admin.execute("RESET ROLE")
+        blog_admin.execute(
+            "ALTER FOREIGN TABLE relations.container_relations OPTIONS (ADD updatable 'true')"
+        )
+        try:
+            blog_admin.execute("SET ROLE blog_owner")
+            with pytest.raises(
+                (psycopg.errors.ReadOnlySqlTransaction, psycopg.errors.InsufficientPrivilege)
+            ):
+                blog_admin.execute("DELETE FROM relations.container_relations")
+        finally:
+            blog_admin.execute("RESET ROLE")
+            blog_admin.execute(
+                "ALTER FOREIGN TABLE relations.container_relations OPTIONS (DROP updatable)"
+            )
+
+
+def test_reader_role_sees_only_the_export_view_and_is_read_only(provisioned, credentials):
+    password = credentials.role_password("relations_ro_blog")
+    url = provisioned.topology.app_url("relations", credentials)
+    reader_url = url.replace("relations_app:", "relations_ro_blog:").replace(
+        url.split(":")[2].split("@")[0], password
+    )
+    with psycopg.connect(reader_url) as reader:
+        assert reader.execute("SELECT count(*) FROM export.container_relations").fetchone()
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            reader.execute("SELECT * FROM relations.container_relations")
+    with psycopg.connect(reader_url) as reader:
+        assert reader.execute("SHOW default_transaction_read_only").fetchone() == ("on",)
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            reader.execute("CREATE TEMP TABLE scratch (id int)")
+
+
+def test_container_backend_needs_a_docker_engine():
+    """The testcontainers path of the test database; it needs a Docker engine to run."""
+    available, reason = docker_engine_available()
+    if not available:
+        pytest.skip(f"PostgreSQL 18 container backend: {reason}")
+    from tests.pg import container_server
+
+    with container_server() as server, psycopg.connect(server.admin_url) as connection:
+        assert connection.execute("SHOW server_version_num").fetchone()[0].startswith("18")

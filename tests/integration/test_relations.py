@@ -1,0 +1,291 @@
+"""relations over real HTTP (in-process ASGI), against its real database."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from apps.common.signing import sign_headers
+from tests.conftest import INTERNAL_SECRET, admin_connect, in_process_stack
+from tests.signed import internal_get, internal_post
+
+PAGE_1_MARKET_7 = {"parent_type": "page", "parent_id": 1, "child_type": "market", "child_id": 7}
+
+
+@pytest.fixture
+async def relations(clean_db, credentials):
+    async with in_process_stack(clean_db, credentials, ["relations"]) as running:
+        yield running.client("relations")
+
+
+def active_rows(server) -> list[tuple]:
+    with admin_connect(server, "relations") as connection:
+        return connection.execute(
+            """
+            SELECT parent_type, parent_id, child_type, child_id, deleted_at IS NULL
+            FROM relations.container_relations ORDER BY id
+            """
+        ).fetchall()
+
+
+async def test_attach_then_get_children(relations, clean_db):
+    attached = await internal_post(relations, "attach-child", PAGE_1_MARKET_7)
+    assert attached.status_code == 200
+    relation = attached.json()
+    assert relation["child_id"] == 7
+    assert relation["sort_order"] == 0
+
+    children = await internal_get(
+        relations, "get-children", {"parent_type": "page", "parent_id": 1}
+    )
+    assert children.status_code == 200
+    assert [child["id"] for child in children.json()] == [relation["id"]]
+    assert active_rows(clean_db) == [("page", 1, "market", 7, True)]
+
+
+async def test_attach_twice_returns_the_same_row_unchanged(relations, clean_db):
+    first = (await internal_post(relations, "attach-child", PAGE_1_MARKET_7)).json()
+    second = await internal_post(
+        relations, "attach-child", {**PAGE_1_MARKET_7, "label": "other", "sort_order": 9}
+    )
+    assert second.status_code == 200
+    assert second.json() == first
+    assert len(active_rows(clean_db)) == 1
+
+
+async def test_detach_and_restore(relations, clean_db):
+    first = (await internal_post(relations, "attach-child", PAGE_1_MARKET_7)).json()
+    detached = await internal_post(relations, "detach-child", PAGE_1_MARKET_7)
+    assert detached.json() == {"detached": True}
+    again = await internal_post(relations, "detach-child", PAGE_1_MARKET_7)
+    assert again.json() == {"detached": False}
+    children = await internal_get(
+        relations, "get-children", {"parent_type": "page", "parent_id": 1}
+    )
+    assert children.json() == []
+
+    restored = (await internal_post(relations, "attach-child", PAGE_1_MARKET_7)).json()
+    assert restored["id"] == first["id"]
+    assert active_rows(clean_db) == [("page", 1, "market", 7, True)]
+
+
+async def test_detach_of_what_was_never_attached(relations):
+    response = await internal_post(relations, "detach-child", PAGE_1_MARKET_7)
+    assert response.status_code == 200
+    assert response.json() == {"detached": False}
+
+
+async def test_children_in_sort_order_and_filtered_by_type(relations):
+    for child_type, child_id, sort_order in [
+        ("market", 3, 5),
+        ("calendar", 4, 1),
+        ("market", 2, None),
+        ("market", 9, 1),
+    ]:
+        payload = {"parent_type": "page", "parent_id": 2, "child_type": child_type}
+        payload["child_id"] = child_id
+        if sort_order is not None:
+            payload["sort_order"] = sort_order
+        assert (await internal_post(relations, "attach-child", payload)).status_code == 200
+
+    everything = await internal_get(
+        relations, "get-children", {"parent_type": "page", "parent_id": 2}
+    )
+    assert [(c["child_type"], c["child_id"], c["sort_order"]) for c in everything.json()] == [
+        ("calendar", 4, 1),
+        ("market", 9, 1),
+        ("market", 3, 5),
+        ("market", 2, 6),
+    ]
+    markets = await internal_get(
+        relations, "get-children", {"parent_type": "page", "parent_id": 2, "child_type": "market"}
+    )
+    assert [c["child_id"] for c in markets.json()] == [9, 3, 2]
+
+
+async def test_concurrent_attaches_leave_one_active_row(relations, clean_db):
+    responses = await asyncio.gather(
+        *(internal_post(relations, "attach-child", PAGE_1_MARKET_7) for _ in range(20))
+    )
+    assert {response.status_code for response in responses} == {200}
+    assert len({response.json()["id"] for response in responses}) == 1
+    assert active_rows(clean_db) == [("page", 1, "market", 7, True)]
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({"parent_type": "page", "parent_id": 1, "child_type": "market"}, "child_id"),
+        ({**PAGE_1_MARKET_7, "parent_id": "one"}, "parent_id"),
+        ({**PAGE_1_MARKET_7, "child_id": -7}, "child_id"),
+        ({**PAGE_1_MARKET_7, "parent_id": 0}, "parent_id"),
+        ({**PAGE_1_MARKET_7, "parent_type": "Page!"}, "parent_type"),
+        ({**PAGE_1_MARKET_7, "sort_order": -1}, "sort_order"),
+        ({**PAGE_1_MARKET_7, "colour": "red"}, "colour"),
+    ],
+)
+async def test_bad_attach_input_is_422_naming_the_field(relations, clean_db, payload, field):
+    response = await internal_post(relations, "attach-child", payload)
+    assert response.status_code == 422
+    assert response.headers["content-type"].startswith("application/problem+json")
+    problem = response.json()
+    assert problem["status"] == 422
+    assert field in problem["detail"]
+    assert any(error["field"] == field for error in problem["errors"])
+    assert active_rows(clean_db) == []
+
+
+async def test_malformed_json_is_a_problem(relations):
+    response = await internal_post(relations, "attach-child", None, raw=b'{"parent_type": ')
+    assert response.status_code in (400, 422)
+    assert response.headers["content-type"].startswith("application/problem+json")
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"parent_type": "page"}, "parent_id"),
+        ({"parent_type": "page", "parent_id": "x"}, "parent_id"),
+        ({"parent_type": "page", "parent_id": -1}, "parent_id"),
+        ({"parent_id": 1}, "parent_type"),
+    ],
+)
+async def test_bad_get_children_input_is_422_naming_the_field(relations, params, field):
+    response = await internal_get(relations, "get-children", params)
+    assert response.status_code == 422
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert field in response.json()["detail"]
+
+
+async def test_unsigned_stale_and_tampered_requests_are_401(relations, clean_db):
+    path = "/internal/actions/attach-child"
+    body = json.dumps(PAGE_1_MARKET_7).encode()
+
+    unsigned = await relations.post(path, content=body)
+    stale_headers = sign_headers(
+        INTERNAL_SECRET, "POST", path, body, caller="t", now=time.time() - 3600
+    )
+    stale = await relations.post(path, content=body, headers=stale_headers)
+    good_headers = sign_headers(INTERNAL_SECRET, "POST", path, body, caller="t")
+    tampered_body = body.replace(b"7", b"8")
+    tampered = await relations.post(path, content=tampered_body, headers=good_headers)
+    wrong_secret = sign_headers("another-secret-0123456789", "POST", path, body, caller="t")
+    wrong = await relations.post(path, content=body, headers=wrong_secret)
+
+    for response, reason in [
+        (unsigned, "missing"),
+        (stale, "stale"),
+        (tampered, "wrong"),
+        (wrong, "wrong"),
+    ]:
+        assert response.status_code == 401
+        assert response.headers["content-type"].startswith("application/problem+json")
+        assert reason in response.json()["detail"]
+    assert active_rows(clean_db) == []
+
+    query_path = "/internal/data/get-children?parent_type=page&parent_id=1"
+    signed_for_other_query = sign_headers(INTERNAL_SECRET, "GET", query_path, b"", caller="t")
+    response = await relations.get(
+        "/internal/data/get-children?parent_type=page&parent_id=2", headers=signed_for_other_query
+    )
+    assert response.status_code == 401
+
+
+async def test_idempotency_key_replays_and_rejects_other_payloads(relations, clean_db):
+    first = await internal_post(relations, "attach-child", PAGE_1_MARKET_7, idempotency_key="k-1")
+    await internal_post(relations, "detach-child", PAGE_1_MARKET_7)
+    replay = await internal_post(relations, "attach-child", PAGE_1_MARKET_7, idempotency_key="k-1")
+    assert replay.status_code == 200
+    assert replay.json() == first.json()
+    # The replay did not run the effect again: the child stays detached.
+    assert active_rows(clean_db) == [("page", 1, "market", 7, False)]
+
+    other = await internal_post(
+        relations, "attach-child", {**PAGE_1_MARKET_7, "child_id": 8}, idempotency_key="k-1"
+    )
+    assert other.status_code == 422
+    assert "Idempotency-Key" in other.json()["detail"]
+
+
+async def test_concurrent_calls_with_one_key_run_the_effect_once(relations, clean_db):
+    responses = await asyncio.gather(
+        *(
+            internal_post(relations, "detach-child", PAGE_1_MARKET_7, idempotency_key="same")
+            for _ in range(10)
+        )
+    )
+    assert {r.status_code for r in responses} == {200}
+    assert {json.dumps(r.json()) for r in responses} == {json.dumps({"detached": False})}
+    with admin_connect(clean_db, "relations") as connection:
+        stored = connection.execute(
+            "SELECT count(*) FROM relations.idempotency_keys WHERE key = 'same'"
+        ).fetchone()
+    assert stored == (1,)
+
+
+async def test_failed_action_leaves_no_key_behind(relations, clean_db):
+    bad = await internal_post(
+        relations, "attach-child", {**PAGE_1_MARKET_7, "child_id": 0}, idempotency_key="k-bad"
+    )
+    assert bad.status_code == 422
+    with admin_connect(clean_db, "relations") as connection:
+        assert connection.execute("SELECT count(*) FROM relations.idempotency_keys").fetchone() == (
+            0,
+        )
+
+
+async def test_unknown_route_and_wrong_method_are_problems(relations):
+    missing = await relations.get("/no/such/page")
+    assert missing.status_code == 404
+    assert missing.headers["content-type"].startswith("application/problem+json")
+    assert missing.json()["status"] == 404
+    wrong_method = await relations.delete("/healthz")
+    assert wrong_method.status_code == 405
+    assert wrong_method.headers["content-type"].startswith("application/problem+json")
+
+
+async def test_health_and_readiness(relations):
+    assert (await relations.get("/healthz")).json()["status"] == "alive"
+    assert (await relations.get("/readyz")).status_code == 200
+    schema = await relations.get("/schema/openapi.json")
+    assert schema.status_code == 200
+    assert "/internal/actions/attach-child" in schema.json()["paths"]
+
+
+async def test_readyz_is_503_when_the_database_is_unreachable(clean_db, credentials):
+    unreachable = "postgresql://relations_app:x@127.0.0.1:1/db_relations"
+    overrides = {"relations": {"database_url": unreachable}}
+    async with in_process_stack(
+        clean_db, credentials, ["relations"], settings_overrides=overrides
+    ) as running:
+        response = await running.client("relations").get("/readyz")
+    assert response.status_code == 503
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert "database unreachable" in response.json()["detail"]
+
+
+async def test_internal_client_calls_relations_over_http(clean_db, credentials):
+    from apps.common.internal_client import call_action, fetch_data
+
+    async with in_process_stack(clean_db, credentials, ["relations"]):
+        relation = await call_action("relations", "attach-child", PAGE_1_MARKET_7)
+        children = await fetch_data(
+            "relations", "get-children", {"parent_type": "page", "parent_id": 1}
+        )
+    assert [child["id"] for child in children] == [relation["id"]]
+
+
+async def test_internal_client_raises_typed_errors(clean_db, credentials):
+    from apps.common.internal_client import InternalCallError, call_action, fetch_data
+
+    async with in_process_stack(clean_db, credentials, ["relations"]):
+        with pytest.raises(InternalCallError) as bad_input:
+            await call_action("relations", "attach-child", {"parent_type": "page"})
+        with pytest.raises(InternalCallError) as unconfigured:
+            await fetch_data("likes", "is-liked", {"user_id": 1})
+    assert bad_input.value.remote_status == 422
+    assert bad_input.value.http_status == 502
+    assert unconfigured.value.http_status == 503

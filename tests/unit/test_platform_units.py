@@ -1,0 +1,90 @@
+"""Pure pieces of the platform: signatures, settings, the session cookie, the SQL file reader."""
+
+from __future__ import annotations
+
+import pytest
+
+from apps.common.identity import Identity, SessionCodec
+from apps.common.settings import ConfigError, Settings
+from apps.common.signing import sign_headers, verify
+from ops.sqlfiles import parse
+
+SECRET = "unit-test-secret-0123456789"
+
+
+def test_signature_round_trip_and_every_kind_of_tampering():
+    headers = sign_headers(SECRET, "POST", "/internal/actions/x?a=1", b'{"a":1}', caller="t")
+    args = (headers["X-Rose-Timestamp"], headers["X-Rose-Signature"])
+    assert verify(SECRET, "POST", "/internal/actions/x?a=1", b'{"a":1}', *args) is None
+    assert verify(SECRET, "POST", "/internal/actions/x?a=2", b'{"a":1}', *args) is not None
+    assert verify(SECRET, "POST", "/internal/actions/x?a=1", b'{"a":2}', *args) is not None
+    assert verify(SECRET, "GET", "/internal/actions/x?a=1", b'{"a":1}', *args) is not None
+    assert verify("other-secret-0123456789", "POST", "/internal/actions/x?a=1", b'{"a":1}', *args)
+    stale = sign_headers(SECRET, "GET", "/p", b"", caller="t", now=1_000_000)
+    reason = verify(SECRET, "GET", "/p", b"", stale["X-Rose-Timestamp"], stale["X-Rose-Signature"])
+    assert reason == "stale request signature"
+    assert verify(SECRET, "GET", "/p", b"", None, None) == "missing request signature"
+
+
+def test_missing_settings_stop_start_up_naming_them():
+    base = {"INTERNAL_SECRET": SECRET, "SESSION_SECRET": SECRET}
+    with pytest.raises(ConfigError, match="DATABASE_URL_MARKET or DATABASE_URL"):
+        Settings.from_env("market", base)
+    with pytest.raises(ConfigError, match="SESSION_SECRET"):
+        Settings.from_env("market", {"INTERNAL_SECRET": SECRET, "DATABASE_URL": "postgresql://x"})
+    with pytest.raises(ConfigError, match="INTERNAL_SECRET"):
+        Settings.from_env("relations", {"DATABASE_URL": "postgresql://x"})
+    with pytest.raises(ConfigError, match="ROSE_ENV"):
+        Settings.from_env("relations", {**base, "DATABASE_URL": "x", "ROSE_ENV": "staging"})
+    with pytest.raises(ConfigError, match="at least 16"):
+        Settings.from_env("relations", {"DATABASE_URL": "x", "INTERNAL_SECRET": "short"})
+
+
+def test_settings_read_per_service_urls():
+    settings = Settings.from_env(
+        "relations",
+        {
+            "DATABASE_URL_RELATIONS": "postgresql://own",
+            "DATABASE_URL": "postgresql://shared",
+            "INTERNAL_SECRET": SECRET,
+            "INTERNAL_URL_LIKES": "http://likes:8000/",
+            "ROSE_ENV": "dev",
+        },
+    )
+    assert settings.database_url == "postgresql://own"
+    assert settings.internal_urls == {"likes": "http://likes:8000"}
+    assert settings.is_dev
+    # Internal-only services need no session secret; the default environment is production.
+    prod = Settings.from_env("likes", {"DATABASE_URL": "x", "INTERNAL_SECRET": SECRET})
+    assert prod.env == "prod"
+    assert prod.session_secret is None
+
+
+def test_session_cookie_cannot_be_forged():
+    codec = SessionCodec(SECRET)
+    cookie = codec.encode(Identity(session_id="abc", user_id=7))
+    assert codec.decode(cookie) == Identity(session_id="abc", user_id=7)
+    _payload, mac = cookie.split(".")
+    forged_payload = SessionCodec(SECRET).encode(Identity("abc", 8)).split(".")[0]
+    assert codec.decode(f"{forged_payload}.{mac}") is None
+    assert SessionCodec("another-secret-0123456789").decode(cookie) is None
+    assert codec.decode("garbage") is None
+    assert codec.csrf_token(Identity("abc")) != codec.csrf_token(Identity("abd"))
+
+
+def test_sql_files_are_read_like_psql():
+    statements = parse(
+        """
+        -- a comment with ; and :'name'
+        SELECT format('CREATE ROLE %I', :'role') WHERE true \\gexec
+        GRANT USAGE ON SCHEMA :"schema" TO :"role";
+        SELECT $$ keeps ; and :'role' $$, 'it''s', 1::int;
+        """,
+        {"role": "o'neil", "schema": 'we"ird'},
+    )
+    assert [s.gexec for s in statements] == [True, False, False]
+    assert statements[0].sql == "SELECT format('CREATE ROLE %I', 'o''neil') WHERE true"
+    assert statements[1].sql == 'GRANT USAGE ON SCHEMA "we""ird" TO "o\'neil"'
+    assert statements[2].sql == "SELECT $$ keeps ; and :'role' $$, 'it''s', 1::int"
+    with pytest.raises(KeyError, match="missing"):
+        parse("SELECT :'missing';", {})
