@@ -11,10 +11,13 @@ CREATE EXTENSION IF NOT EXISTS postgres_fdw;
 -- updatable 'false': the first of three read-only guards (the remote role's SELECT-only grants
 -- and its default_transaction_read_only are the other two). fetch_size: fewer round trips for
 -- list pages. keep_connections: one remote connection per local session, not per transaction.
+-- connect_timeout: an unreachable provider costs seconds, not minutes (queries that read
+-- foreign tables also run under a statement timeout).
 SELECT format(
     'CREATE SERVER %I FOREIGN DATA WRAPPER postgres_fdw OPTIONS '
-    '(host %L, port %L, dbname %L, updatable %L, fetch_size %L, keep_connections %L)',
-    :'server', :'host', :'port', :'dbname', 'false', '1000', 'on')
+    '(host %L, port %L, dbname %L, updatable %L, fetch_size %L, keep_connections %L, '
+    'connect_timeout %L)',
+    :'server', :'host', :'port', :'dbname', 'false', '1000', 'on', '2')
 WHERE NOT EXISTS (SELECT FROM pg_foreign_server WHERE srvname = :'server') \gexec
 
 -- When the provider moves (another host or port), point the server there.
