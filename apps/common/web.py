@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlencode
 
 from litestar import MediaType, Request, Response, get, post
 from litestar.datastructures import State
-from litestar.params import Parameter
+from litestar.params import Parameter, QueryParameter
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect, Template
 from litestar.template import TemplateConfig
@@ -96,12 +96,34 @@ def page_context(request: Request, **context: Any) -> dict[str, Any]:
     return {"identity": identity, "csrf_input": csrf_input(request), "request": request, **context}
 
 
-def render(request: Request, template: str, *, status_code: int = 200, **context: Any) -> Template:
+def render(
+    request: Request,
+    template: str,
+    *,
+    status_code: int = 200,
+    headers: dict[str, str] | None = None,
+    **context: Any,
+) -> Template:
     return Template(
         template_name=template,
         context=page_context(request, **context),
         status_code=status_code,
         media_type=MediaType.HTML,
+        headers=headers,
+    )
+
+
+def degraded_headers(degraded: Sequence[str]) -> dict[str, str]:
+    """``X-Rose-Degraded: likes``: the answer lacks what these dependencies would have added."""
+    return {"X-Rose-Degraded": ", ".join(degraded)} if degraded else {}
+
+
+async def redirect_back(request: Request, default: str) -> Redirect:
+    """After a form post: back to the form's ``next`` field (same-site paths only)."""
+    form = await request.form()
+    target = form.get("next")
+    return Redirect(
+        path=safe_next(target if isinstance(target, str) else None, default), status_code=303
     )
 
 
@@ -136,8 +158,8 @@ def auth_handlers(settings: Settings, sign_in_hooks: Sequence[SignInHook]) -> li
         async def dev_login(
             request: Request,
             state: State,
-            user_id: int = Parameter(ge=1, le=2_147_483_647),
-            next_path: str | None = Parameter(query="next", default=None),
+            user_id: Annotated[int, Parameter(ge=1, le=2_147_483_647)],
+            next_path: Annotated[str | None, QueryParameter(name="next")] = None,
         ) -> Response[Any]:
             before = identity_from_scope(request.scope)
             after = Identity(session_id=before.session_id, user_id=user_id)

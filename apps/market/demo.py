@@ -1,0 +1,62 @@
+"""Demo data: two market places (selling through the demo pages 1 and 2) and 300 products."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from sqlalchemy import Connection, text
+
+PRODUCE = [
+    "apple", "pear", "plum", "cherry", "quince", "rhubarb", "damson", "gooseberry", "blackcurrant",
+    "raspberry", "strawberry", "elderflower", "rosehip", "honey", "walnut", "hazelnut",
+    "cider", "chutney", "marmalade", "cordial",
+]  # fmt: skip
+KINDS = ["jam", "jelly", "juice", "crumble", "tart", "vinegar", "syrup", "preserve", "cake",
+         "compote", "sauce", "pickle", "loaf", "wedge", "box"]  # fmt: skip
+MARKET_PLACES = [
+    ("farm-shop-market", "Farm Shop Market", 1),
+    ("hall-market", "Market Hall Stalls", 2),
+]
+
+
+def seed(connection: Connection) -> str | None:
+    if connection.execute(text("SELECT EXISTS (SELECT FROM market.products)")).scalar():
+        return None
+    place_ids = []
+    for slug, name, page_id in MARKET_PLACES:
+        place_ids.append(
+            connection.execute(
+                text(
+                    "INSERT INTO market.market_places (slug, name, container_type, container_id)"
+                    " VALUES (:slug, :name, 'page', :page_id) RETURNING id"
+                ),
+                {"slug": slug, "name": name, "page_id": page_id},
+            ).scalar_one()
+        )
+    rows = []
+    for index in range(300):
+        produce = PRODUCE[index % len(PRODUCE)]
+        kind = KINDS[(index // len(PRODUCE)) % len(KINDS)]
+        price = Decimal(250 + (index * 37) % 1750) / 100
+        rows.append(
+            {
+                "slug": f"{produce}-{kind}",
+                "title": f"{produce.capitalize()} {kind}",
+                "image": f"/static/{produce}.jpg",
+                "regular_price": price,
+                "special_price": (price * Decimal("0.8")).quantize(Decimal("0.01"))
+                if index % 7 == 0
+                else None,
+                "market_place_id": place_ids[index % 2],
+            }
+        )
+    connection.execute(
+        text(
+            "INSERT INTO market.products"
+            " (slug, title, image, regular_price, special_price, price_currency, market_place_id)"
+            " VALUES (:slug, :title, :image, :regular_price, :special_price, 'EUR',"
+            " :market_place_id)"
+        ),
+        rows,
+    )
+    return f"{len(place_ids)} market places, {len(rows)} products"

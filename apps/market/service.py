@@ -1,0 +1,201 @@
+"""Domain logic of market: product lists and pages, with like states read through FDW.
+
+Likes live in db_likes; db_market sees them as the read-only foreign table ``likes.likes``.
+"Products this user liked" is one SQL query: the remote scan is filtered by user and type (pushed
+down), then joined locally with products by slug. Like states of a page of products come from
+one remote query with the page's slugs as one array. Never a remote query per product.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import msgspec
+from sqlalchemy import Select, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from apps.common.fdw import ProviderUnavailable, foreign_likes, liked_slugs_among, remote_read
+from apps.common.problems import NotFound
+from apps.market.models import MarketPlace, Product
+
+DEFAULT_PAGE_SIZE = 24
+MAX_PAGE_SIZE = 100
+
+
+class MarketPlaceView(msgspec.Struct):
+    id: int
+    slug: str
+    name: str
+    container_type: str
+    container_id: int
+
+
+class ProductView(msgspec.Struct):
+    id: int
+    slug: str
+    title: str
+    image: str | None
+    regular_price: Decimal
+    special_price: Decimal | None
+    price_currency: str
+    market_place: MarketPlaceView
+    # None when nobody is signed in, or when likes could not be read (see ``degraded``).
+    is_liked: bool | None
+
+    @property
+    def price(self) -> Decimal:
+        return self.special_price if self.special_price is not None else self.regular_price
+
+
+class ProductPage(msgspec.Struct):
+    items: list[ProductView]
+    page: int
+    per_page: int
+    total: int
+    liked_only: bool
+    degraded: list[str]
+
+    @property
+    def pages(self) -> int:
+        return max(1, -(-self.total // self.per_page))
+
+
+def to_view(product: Product, liked: bool | None) -> ProductView:
+    place = product.market_place
+    return ProductView(
+        id=product.id,
+        slug=product.slug,
+        title=product.title,
+        image=product.image,
+        regular_price=product.regular_price,
+        special_price=product.special_price,
+        price_currency=product.price_currency,
+        market_place=MarketPlaceView(
+            id=place.id,
+            slug=place.slug,
+            name=place.name,
+            container_type=place.container_type,
+            container_id=place.container_id,
+        ),
+        is_liked=liked,
+    )
+
+
+def _live_products(market_slug: str | None) -> Select[tuple[Product]]:
+    query = select(Product).where(Product.deleted_at.is_(None))
+    if market_slug is not None:
+        query = query.where(
+            Product.market_place_id.in_(
+                select(MarketPlace.id).where(
+                    MarketPlace.slug == market_slug, MarketPlace.deleted_at.is_(None)
+                )
+            )
+        )
+    return query
+
+
+def liked_products_query(
+    user_id: int, *, market_slug: str | None, limit: int, offset: int
+) -> Select[tuple[Product, int]]:
+    """One page of the products ``user_id`` liked, with the total in the same query.
+
+    The user's likes are a MATERIALIZED CTE: one remote scan filtered by user and type, then a
+    local join by slug. Without it the planner may pick a nested loop that runs a parameterised
+    remote scan per product (foreign tables have no statistics), the N+1 trap over the network.
+    """
+    liked = (
+        select(foreign_likes.c.target_slug)
+        .where(foreign_likes.c.user_id == user_id, foreign_likes.c.target_type == "product")
+        .cte("liked")
+        .prefix_with("MATERIALIZED")
+    )
+    return (
+        _live_products(market_slug)
+        .add_columns(func.count().over().label("total"))
+        .join(liked, liked.c.target_slug == Product.slug)
+        .order_by(Product.title, Product.id)
+        .limit(limit)
+        .offset(offset)
+    )
+
+
+async def list_products(
+    session: AsyncSession,
+    *,
+    user_id: int | None,
+    page: int = 1,
+    per_page: int = DEFAULT_PAGE_SIZE,
+    liked_only: bool = False,
+    market_slug: str | None = None,
+) -> ProductPage:
+    offset = (page - 1) * per_page
+    if liked_only:
+        if user_id is None:
+            raise ValueError("liked_only needs a user")
+        # No degraded answer exists for "my liked products": ProviderUnavailable propagates
+        # (a 503 problem).
+        async with remote_read(session, "likes"):
+            rows = (
+                await session.execute(
+                    liked_products_query(
+                        user_id, market_slug=market_slug, limit=per_page, offset=offset
+                    )
+                )
+            ).all()
+            if rows:
+                total = rows[0].total
+            else:
+                counted = liked_products_query(user_id, market_slug=market_slug, limit=1, offset=0)
+                total = (
+                    await session.scalar(select(func.count()).select_from(counted.subquery()))
+                    if page > 1
+                    else 0
+                ) or 0
+        items = [to_view(row.Product, True) for row in rows]
+        return ProductPage(items, page, per_page, total, liked_only=True, degraded=[])
+
+    query = _live_products(market_slug)
+    total = await session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    products = list(
+        await session.scalars(
+            query.order_by(Product.title, Product.id).limit(per_page).offset(offset)
+        )
+    )
+    liked, degraded = await _liked_among(session, user_id, [product.slug for product in products])
+    items = [to_view(product, _state(liked, product.slug)) for product in products]
+    return ProductPage(items, page, per_page, total, liked_only=False, degraded=degraded)
+
+
+async def _liked_among(
+    session: AsyncSession, user_id: int | None, slugs: list[str]
+) -> tuple[set[str] | None, list[str]]:
+    """The liked slugs among ``slugs`` (None when unknown), and the degraded dependencies."""
+    if user_id is None:
+        return None, []
+    try:
+        async with remote_read(session, "likes"):
+            return await liked_slugs_among(session, user_id, slugs), []
+    except ProviderUnavailable:
+        return None, ["likes"]
+
+
+def _state(liked: set[str] | None, slug: str) -> bool | None:
+    return None if liked is None else slug in liked
+
+
+async def get_product(
+    session: AsyncSession, slug: str, user_id: int | None
+) -> tuple[ProductView, list[str]]:
+    product = await session.scalar(_live_products(None).where(Product.slug == slug))
+    if product is None:
+        raise NotFound(f"Product {slug!r} does not exist")
+    liked, degraded = await _liked_among(session, user_id, [product.slug])
+    return to_view(product, _state(liked, product.slug)), degraded
+
+
+async def require_product(session: AsyncSession, slug: str) -> None:
+    found = await session.scalar(
+        select(Product.id).where(Product.slug == slug, Product.deleted_at.is_(None))
+    )
+    if found is None:
+        raise NotFound(f"Product {slug!r} does not exist")

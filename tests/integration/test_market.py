@@ -1,0 +1,272 @@
+"""market's public pages and API, with like states read through postgres_fdw from db_likes."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import psycopg
+import pytest
+from sqlalchemy import String, any_, bindparam, select
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects.postgresql import ARRAY
+
+from apps.common.fdw import foreign_likes
+from apps.market.service import liked_products_query
+from tests.conftest import admin_connect, in_process_stack
+from tests.integration.market_fixtures import seed_products
+from tests.signed import internal_post
+
+JSON = {"accept": "application/json"}
+HTML = {"accept": "text/html"}
+
+
+@pytest.fixture
+async def market_stack(clean_db, credentials):
+    async with in_process_stack(clean_db, credentials, ["market", "likes"]) as running:
+        yield running
+
+
+async def sign_in(client, user_id: int = 1) -> dict[str, str]:
+    response = await client.get(f"/auth/dev-login?user_id={user_id}", headers=JSON)
+    assert response.status_code == 200
+    return {"x-csrf-token": response.json()["csrf_token"], **JSON}
+
+
+async def like(likes_client, user_id: int, slug: str) -> None:
+    payload = {"user_id": user_id, "target_type": "product", "target_slug": slug}
+    assert (await internal_post(likes_client, "toggle", payload)).json() == {"liked": True}
+
+
+@contextmanager
+def likes_unreachable(server, consumer: str = "market"):
+    """Point the consumer's FDW server at a closed port: the likes database is unreachable."""
+    with admin_connect(server, consumer) as connection:
+        connection.execute("ALTER SERVER likes_server OPTIONS (SET port '1')")
+    try:
+        yield
+    finally:
+        port = str(server.topology.fdw_address("likes")[1])
+        with admin_connect(server, consumer) as connection:
+            connection.execute(f"ALTER SERVER likes_server OPTIONS (SET port '{port}')")
+
+
+async def test_product_list_json_is_paginated(market_stack, clean_db):
+    slugs = seed_products(clean_db, 30)
+    async with market_stack.browser("market") as browser:
+        first = await browser.get("/api/products?per_page=12")
+        third = await browser.get("/api/products?per_page=12&page=3")
+    assert first.status_code == 200
+    body = first.json()
+    assert body["total"] == 30
+    assert [item["slug"] for item in body["items"]] == slugs[:12]
+    assert body["items"][0]["is_liked"] is None  # nobody signed in
+    assert body["items"][0]["regular_price"] == "1.50"
+    assert body["items"][0]["special_price"] == "1.00"
+    assert body["items"][0]["market_place"]["container_id"] == 1
+    assert [item["slug"] for item in third.json()["items"]] == slugs[24:]
+
+
+async def test_like_states_follow_the_signed_in_user(market_stack, clean_db):
+    slugs = seed_products(clean_db, 5)
+    await like(market_stack.client("likes"), 1, slugs[1])
+    await like(market_stack.client("likes"), 2, slugs[2])
+    async with market_stack.browser("market") as browser:
+        await sign_in(browser, 1)
+        items = (await browser.get("/api/products")).json()["items"]
+        product = (await browser.get(f"/api/products/{slugs[1]}")).json()
+    assert [item["is_liked"] for item in items] == [False, True, False, False, False]
+    assert product["is_liked"] is True
+
+
+async def test_like_route_toggles_through_the_likes_service(market_stack, clean_db):
+    slugs = seed_products(clean_db, 6)
+    async with market_stack.browser("market") as browser:
+        headers = await sign_in(browser, 7)
+        for slug in (slugs[4], slugs[2]):
+            response = await browser.post(f"/product/{slug}/like/", headers=headers)
+            assert response.status_code == 200
+            assert response.json() == {"liked": True}
+        liked = (await browser.get("/api/products?liked=true")).json()
+        unliked = await browser.post(f"/product/{slugs[4]}/like/", headers=headers)
+        after = (await browser.get("/api/products?liked=true")).json()
+    assert [item["slug"] for item in liked["items"]] == [slugs[2], slugs[4]]
+    assert liked["total"] == 2
+    assert all(item["is_liked"] for item in liked["items"])
+    assert unliked.json() == {"liked": False}
+    assert [item["slug"] for item in after["items"]] == [slugs[2]]
+    with admin_connect(clean_db, "likes") as connection:
+        rows = connection.execute(
+            "SELECT user_id, target_slug, deleted_at IS NULL FROM likes.likes ORDER BY id"
+        ).fetchall()
+    assert rows == [(7, slugs[4], False), (7, slugs[2], True)]
+
+
+async def test_like_form_redirects_back_and_needs_csrf(market_stack, clean_db):
+    slugs = seed_products(clean_db, 3)
+    async with market_stack.browser("market") as browser:
+        token = (await sign_in(browser, 3))["x-csrf-token"]
+        no_token = await browser.post(f"/product/{slugs[0]}/like/", data={"next": "/"})
+        form = await browser.post(
+            f"/product/{slugs[0]}/like/",
+            data={"_csrf": token, "next": "/?page=1"},
+            headers=HTML,
+        )
+        page = await browser.get("/", headers=HTML)
+    assert no_token.status_code == 403
+    assert form.status_code == 303
+    assert form.headers["location"] == "/?page=1"
+    assert f'data-slug="{slugs[0]}" data-liked="true"' in page.text
+
+
+async def test_liking_needs_a_user_and_an_existing_product(market_stack, clean_db):
+    seed_products(clean_db, 1)
+    async with market_stack.browser("market") as browser:
+        session = (await browser.get("/auth/session")).json()
+        anonymous = await browser.post(
+            "/product/item-000/like/", headers={"x-csrf-token": session["csrf_token"], **JSON}
+        )
+        headers = await sign_in(browser, 1)
+        unknown = await browser.post("/product/no-such-thing/like/", headers=headers)
+        liked_anonymous = await market_stack.browser("market").get("/api/products?liked=true")
+    assert anonymous.status_code == 403
+    assert unknown.status_code == 404
+    assert unknown.headers["content-type"].startswith("application/problem+json")
+    assert liked_anonymous.status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("page=0", "page"),
+        ("per_page=1000", "per_page"),
+        ("liked=maybe", "liked"),
+        ("page=x", "page"),
+    ],
+)
+async def test_bad_list_parameters_are_422_naming_them(market_stack, query, field):
+    async with market_stack.browser("market") as browser:
+        response = await browser.get(f"/api/products?{query}")
+    assert response.status_code == 422
+    assert field in response.json()["detail"]
+
+
+async def test_product_pages_render_and_unknown_is_404(market_stack, clean_db):
+    slugs = seed_products(clean_db, 2)
+    async with market_stack.browser("market") as browser:
+        page = await browser.get(f"/product/{slugs[1]}/", headers=HTML)
+        missing = await browser.get("/product/nope/", headers=HTML)
+        missing_json = await browser.get("/api/products/nope")
+    assert page.status_code == 200
+    assert "Item 001" in page.text
+    assert missing.status_code == 404
+    assert "does not exist" in missing.text
+    assert missing_json.headers["content-type"].startswith("application/problem+json")
+
+
+async def test_likes_unreachable_degrades_lists_and_refuses_liked_filter(market_stack, clean_db):
+    slugs = seed_products(clean_db, 4)
+    await like(market_stack.client("likes"), 1, slugs[0])
+    async with market_stack.browser("market") as browser:
+        await sign_in(browser, 1)
+        with likes_unreachable(clean_db):
+            listing = await browser.get("/api/products")
+            html = await browser.get("/", headers=HTML)
+            product = await browser.get(f"/product/{slugs[0]}/", headers=HTML)
+            liked = await browser.get("/api/products?liked=true")
+        healed = await browser.get("/api/products")
+    assert listing.status_code == 200
+    assert listing.headers["x-rose-degraded"] == "likes"
+    assert [item["is_liked"] for item in listing.json()["items"]] == [None] * 4
+    assert listing.json()["degraded"] == ["likes"]
+    assert html.status_code == 200
+    assert html.headers["x-rose-degraded"] == "likes"
+    assert 'id="degraded-notice"' in html.text
+    assert product.status_code == 200
+    assert 'id="degraded-notice"' in product.text
+    assert liked.status_code == 503
+    assert liked.headers["content-type"].startswith("application/problem+json")
+    assert "likes" in liked.json()["detail"]
+    assert "x-rose-degraded" not in healed.headers
+    assert healed.json()["items"][0]["is_liked"] is True
+
+
+def _explain(server, credentials, sql: str, params: tuple = ()) -> list[dict]:
+    """EXPLAIN (ANALYZE, VERBOSE) as market_app: every plan node, flattened."""
+    with psycopg.connect(server.topology.app_url("market", credentials)) as connection:
+        plan = connection.execute(
+            f"EXPLAIN (ANALYZE, VERBOSE, FORMAT JSON) {sql}", params
+        ).fetchone()[0]
+    nodes = []
+
+    def walk(node: dict) -> None:
+        nodes.append(node)
+        for child in node.get("Plans", []):
+            walk(child)
+
+    walk(plan[0]["Plan"])
+    return nodes
+
+
+async def test_liked_listing_pushes_the_user_filter_down_in_one_remote_scan(
+    market_stack, clean_db, credentials
+):
+    slugs = seed_products(clean_db, 40)
+    for slug in slugs[::3]:
+        await like(market_stack.client("likes"), 5, slug)
+    await like(market_stack.client("likes"), 6, slugs[1])
+    query = liked_products_query(5, market_slug=None, limit=24, offset=0)
+    sql = str(query.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
+    nodes = _explain(clean_db, credentials, sql)
+    remote = [node for node in nodes if node["Node Type"] == "Foreign Scan"]
+    assert len(remote) == 1
+    remote_sql = remote[0]["Remote SQL"]
+    assert "user_id = 5" in remote_sql
+    assert "target_type = 'product'" in remote_sql
+    # One remote scan in all, not one per product.
+    assert remote[0]["Actual Loops"] == 1
+    assert remote[0]["Actual Rows"] == len(slugs[::3])
+
+
+async def test_like_annotation_is_one_remote_query_with_an_array(clean_db, credentials):
+    slugs = seed_products(clean_db, 30)
+
+
+    query = select(foreign_likes.c.target_slug).where(
+        foreign_likes.c.user_id == 5,
+        foreign_likes.c.target_type == "product",
+        foreign_likes.c.target_slug == any_(bindparam("slugs", slugs[:24], type_=ARRAY(String))),
+    )
+    sql = str(query.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
+    nodes = _explain(clean_db, credentials, sql)
+    remote = [node for node in nodes if node["Node Type"] == "Foreign Scan"]
+    assert len(remote) == 1
+    assert remote[0]["Actual Loops"] == 1
+    assert "target_slug = ANY (" in remote[0]["Remote SQL"]
+    assert "user_id = 5" in remote[0]["Remote SQL"]
+
+
+def test_market_cannot_write_likes_and_its_reader_sees_only_the_export_view(
+    provisioned, credentials
+):
+    market_url = provisioned.topology.app_url("market", credentials)
+    with (
+        psycopg.connect(market_url) as market,
+        pytest.raises(psycopg.errors.InsufficientPrivilege),
+    ):
+        market.execute(
+            "INSERT INTO likes.likes (id, user_id, target_type, target_slug) "
+            "VALUES (1, 1, 'product', 'x')"
+        )
+    reader_password = credentials.role_password("likes_ro_market")
+    likes_url = provisioned.topology.app_url("likes", credentials)
+    user_info = likes_url.split("//")[1].split("@")[0]
+    reader_url = likes_url.replace(user_info, f"likes_ro_market:{reader_password}")
+    with psycopg.connect(reader_url) as reader:
+        assert reader.execute("SELECT count(*) FROM export.likes").fetchone() is not None
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            reader.execute("SELECT * FROM likes.likes")
+    with (
+        psycopg.connect(reader_url) as reader,
+        pytest.raises(psycopg.errors.ReadOnlySqlTransaction),
+    ):
+        reader.execute("CREATE TEMP TABLE x (id int)")
