@@ -20,6 +20,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     MetaData,
+    Select,
     String,
     Table,
     any_,
@@ -94,20 +95,21 @@ foreign_likes = Table(
 )
 
 
-async def liked_slugs_among(session: AsyncSession, user_id: int, slugs: Iterable[str]) -> set[str]:
+def liked_slugs_query(user_id: int, slugs: list[str]) -> Select[tuple[str]]:
     """Which of these products the user likes: one remote query, the page's keys as one array
     (pushed down as ``target_slug = ANY($1)``), never a query per product."""
+    return select(foreign_likes.c.target_slug).where(
+        foreign_likes.c.user_id == user_id,
+        foreign_likes.c.target_type == "product",
+        foreign_likes.c.target_slug == any_(bindparam("slugs", slugs, type_=ARRAY(String))),
+    )
+
+
+async def liked_slugs_among(session: AsyncSession, user_id: int, slugs: Iterable[str]) -> set[str]:
     keys = list(slugs)
     if not keys:
         return set()
-    rows = await session.scalars(
-        select(foreign_likes.c.target_slug).where(
-            foreign_likes.c.user_id == user_id,
-            foreign_likes.c.target_type == "product",
-            foreign_likes.c.target_slug == any_(bindparam("slugs", keys, type_=ARRAY(String))),
-        )
-    )
-    return set(rows)
+    return set(await session.scalars(liked_slugs_query(user_id, keys)))
 
 
 async def liked_ids_among(session: AsyncSession, user_id: int, ids: Iterable[int]) -> set[int]:

@@ -6,11 +6,9 @@ from contextlib import contextmanager
 
 import psycopg
 import pytest
-from sqlalchemy import String, any_, bindparam, select
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.dialects.postgresql import ARRAY
 
-from apps.common.fdw import foreign_likes
+from apps.common.fdw import liked_slugs_query
 from apps.market.service import liked_products_query
 from tests.conftest import admin_connect, in_process_stack
 from tests.integration.market_fixtures import seed_products
@@ -230,12 +228,7 @@ async def test_liked_listing_pushes_the_user_filter_down_in_one_remote_scan(
 async def test_like_annotation_is_one_remote_query_with_an_array(clean_db, credentials):
     slugs = seed_products(clean_db, 30)
 
-
-    query = select(foreign_likes.c.target_slug).where(
-        foreign_likes.c.user_id == 5,
-        foreign_likes.c.target_type == "product",
-        foreign_likes.c.target_slug == any_(bindparam("slugs", slugs[:24], type_=ARRAY(String))),
-    )
+    query = liked_slugs_query(5, slugs[:24])
     sql = str(query.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
     nodes = _explain(clean_db, credentials, sql)
     remote = [node for node in nodes if node["Node Type"] == "Foreign Scan"]
