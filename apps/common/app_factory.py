@@ -23,7 +23,12 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from apps.common.db import create_engine, database_reachable, session_scope, sessionmaker_for
-from apps.common.identity import Identity, SessionCodec, identity_from_scope, identity_middleware
+from apps.common.identity import (
+    Identity,
+    SessionCodec,
+    identity_from_scope,
+    identity_middleware,
+)
 from apps.common.internal import internal_router
 from apps.common.internal_client import (
     InternalClient,
@@ -36,6 +41,7 @@ from apps.common.settings import Settings
 from apps.common.web import (
     SignInHook,
     auth_handlers,
+    csrf_input,
     page_context,
     template_config,
     wants_html,
@@ -203,6 +209,6 @@ def _html_problem(request: Request, status: int, problem: dict[str, Any]) -> Res
     engine = request.app.template_engine
     assert engine is not None
     html = engine.get_template("error.html").render(
-        **page_context(request, problem=problem, status=status)
+        **page_context(request, problem=problem, status=status, csrf_input=csrf_input(request))
     )
     return Response(html, status_code=status, media_type=MediaType.HTML)

@@ -5,8 +5,9 @@ The cookie holds an anonymous session id, and the user id once signed in. It is 
 cookie is shared across ports; in production ``SESSION_COOKIE_DOMAIN`` shares it across hosts.
 
 Forms are protected against cross-site request forgery with a token derived from the session id:
-every unsafe public request must carry it as the ``_csrf`` form field or the ``X-CSRF-Token``
-header. API clients read it from ``GET /auth/session``.
+every unsafe public request must carry it as the ``_csrf_token`` form field (templates write it
+with ``{{ csrf_input }}``) or the ``X-CSRF-Token`` header. API clients read it from
+``GET /auth/session``.
 """
 
 from __future__ import annotations
@@ -23,13 +24,15 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.utils.scope.state import ScopeState
 
 from apps.common.asgi import BodyTooLarge, header, read_body, replaying_receive, send_problem
 from apps.common.internal import INTERNAL_PREFIX
 
 COOKIE_NAME = "rose_session"
 COOKIE_MAX_AGE = 60 * 60 * 24 * 30
-CSRF_FIELD = "_csrf"
+# The field name Litestar's ``{{ csrf_input }}`` template helper renders; we fill in our token.
+CSRF_FIELD = "_csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 STATE_KEY = "rose_identity"
@@ -100,10 +103,11 @@ def identity_from_scope(scope: Scope) -> Identity:
     return identity
 
 
-def set_identity(scope: Scope, identity: Identity) -> None:
+def set_identity(scope: Scope, identity: Identity, codec: SessionCodec) -> None:
     """Switch the request's identity; the middleware writes the new cookie on the response."""
     scope.setdefault("state", {})[STATE_KEY] = identity
     scope["state"][CHANGED_KEY] = True
+    ScopeState.from_scope(scope).csrf_token = codec.csrf_token(identity)
 
 
 def identity_middleware(
@@ -128,6 +132,8 @@ def identity_middleware(
             identity = codec.decode(morsel.value) if morsel else None
             state[CHANGED_KEY] = identity is None
             state[STATE_KEY] = identity or new_anonymous_identity()
+            # Litestar's template helper {{ csrf_input }} renders this token.
+            ScopeState.from_scope(scope).csrf_token = codec.csrf_token(state[STATE_KEY])
 
             if scope["method"] not in SAFE_METHODS and not scope["path"].startswith(
                 exempt_prefixes
@@ -143,7 +149,7 @@ def identity_middleware(
                     await send_problem(
                         send,
                         403,
-                        "Missing or wrong CSRF token: send the _csrf form field or the "
+                        "Missing or wrong CSRF token: send the _csrf_token form field or the "
                         "X-CSRF-Token header from GET /auth/session",
                         scope["path"],
                     )

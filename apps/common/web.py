@@ -14,6 +14,7 @@ from litestar.params import Parameter, QueryParameter
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect, Template
 from litestar.template import TemplateConfig
+from litestar.utils.scope.state import ScopeState
 from markupsafe import Markup, escape
 
 from apps.common.identity import (
@@ -84,16 +85,26 @@ def wants_html(request: Request) -> bool:
     return "text/html" in accept
 
 
-def csrf_input(request: Request) -> Markup:
-    codec: SessionCodec = request.app.state.session_codec
-    token = codec.csrf_token(identity_from_scope(request.scope))
-    return Markup(f'<input type="hidden" name="{CSRF_FIELD}" value="{escape(token)}">')
-
-
 def page_context(request: Request, **context: Any) -> dict[str, Any]:
-    """What every page template needs: who is asking and the CSRF field for its forms."""
+    """What every page template needs: who is asking (``{{ csrf_input }}``, the CSRF field of
+    forms, is Litestar's own helper, filled with our token by the identity middleware)."""
     identity = identity_from_scope(request.scope)
-    return {"identity": identity, "csrf_input": csrf_input(request), "request": request, **context}
+    return {"identity": identity, "request": request, **context}
+
+
+class PageTemplate(Template):
+    """A template response whose ``{{ csrf_input }}`` is safe markup (Litestar's is a plain
+    string, which autoescaping would print as text) carrying our CSRF token."""
+
+    def create_template_context(self, request: Request) -> dict[str, Any]:
+        context = super().create_template_context(request)
+        context["csrf_input"] = csrf_input(request)
+        return context
+
+
+def csrf_input(request: Request) -> Markup:
+    token = ScopeState.from_scope(request.scope).csrf_token or ""
+    return Markup(f'<input type="hidden" name="{CSRF_FIELD}" value="{escape(token)}">')
 
 
 def render(
@@ -104,7 +115,7 @@ def render(
     headers: dict[str, str] | None = None,
     **context: Any,
 ) -> Template:
-    return Template(
+    return PageTemplate(
         template_name=template,
         context=page_context(request, **context),
         status_code=status_code,
@@ -148,7 +159,7 @@ def auth_handlers(settings: Settings, sign_in_hooks: Sequence[SignInHook]) -> li
     @post("/auth/logout", operation_id="auth_logout", tags=["auth"], status_code=303)
     async def logout(request: Request) -> Redirect:
         # A fresh anonymous session: nothing of the signed-in session carries over.
-        set_identity(request.scope, new_anonymous_identity())
+        set_identity(request.scope, new_anonymous_identity(), request.app.state.session_codec)
         return Redirect(path="/", status_code=303)
 
     handlers: list[Any] = [session_info, logout]
@@ -163,7 +174,7 @@ def auth_handlers(settings: Settings, sign_in_hooks: Sequence[SignInHook]) -> li
         ) -> Response[Any]:
             before = identity_from_scope(request.scope)
             after = Identity(session_id=before.session_id, user_id=user_id)
-            set_identity(request.scope, after)
+            set_identity(request.scope, after, state.session_codec)
             for hook in sign_in_hooks:
                 await hook(before, after)
             if wants_html(request) or next_path:

@@ -64,9 +64,7 @@ async def test_liked_slugs_and_ids_list_active_likes_of_one_user(likes):
 
 
 async def test_set_is_idempotent_and_writes_nothing_when_unchanged(likes, clean_db):
-    assert (await internal_post(likes, "set", {**PRODUCT, "liked": True})).json() == {
-        "liked": True
-    }
+    assert (await internal_post(likes, "set", {**PRODUCT, "liked": True})).json() == {"liked": True}
     with admin_connect(clean_db, "likes") as connection:
         before = connection.execute("SELECT xmin::text, updated_at FROM likes.likes").fetchall()
     for _ in range(3):

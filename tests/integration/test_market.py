@@ -106,7 +106,7 @@ async def test_like_form_redirects_back_and_needs_csrf(market_stack, clean_db):
         no_token = await browser.post(f"/product/{slugs[0]}/like/", data={"next": "/"})
         form = await browser.post(
             f"/product/{slugs[0]}/like/",
-            data={"_csrf": token, "next": "/?page=1"},
+            data={"_csrf_token": token, "next": "/?page=1"},
             headers=HTML,
         )
         page = await browser.get("/", headers=HTML)

@@ -1,0 +1,94 @@
+"""Real processes and a real browser.
+
+``live_stack(...)`` starts services as real uvicorn processes (``python -m ops.serve``) against
+the test session's database, on free ports; ``browser`` is Debian's chromium driven by Playwright
+(never a browser a tool downloads).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import pytest
+
+from ops.credentials import Credentials
+from ops.pgserver import free_port
+from ops.stack import LogSink, ProcessGroup, service_environment
+from tests.pg import TestServer
+
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+
+
+@dataclass
+class LiveStack:
+    urls: dict[str, str]
+    group: ProcessGroup
+
+    def url(self, service: str, path: str = "") -> str:
+        return self.urls[service].rstrip("/") + path
+
+
+@contextmanager
+def live_stack(
+    server: TestServer,
+    credentials: Credentials,
+    services: list[str],
+    *,
+    extra_env: dict[str, str] | None = None,
+) -> Iterator[LiveStack]:
+    ports = {name: free_port() for name in services}
+    environment = service_environment(
+        server.topology, credentials, ports, env="dev", extra=extra_env
+    )
+    sink = LogSink(None, echo=sys.stderr)
+    group = ProcessGroup(sink, environment)
+    try:
+        for name in services:
+            group.start_service(name, ports[name])
+        not_ready = group.wait_ready(services, timeout=60)
+        assert not not_ready, f"not ready: {not_ready}"
+        # Browsers use "localhost" so the session cookie is shared by every service.
+        yield LiveStack({name: f"http://localhost:{port}" for name, port in ports.items()}, group)
+    finally:
+        group.stop()
+        sink.close()
+
+
+def chromium_path() -> str:
+    path = shutil.which("chromium")
+    if path is None:
+        pytest.fail("Debian's chromium is not installed: ops/test.sh installs it (apt-get)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=chromium_path(), headless=True, args=CHROMIUM_FLAGS
+        )
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context()
+    opened = context.new_page()
+    opened.set_default_timeout(15_000)
+    yield opened
+    context.close()
