@@ -1,0 +1,81 @@
+"""Internal routes of blog (DESIGN.md section 4, plan 3.1 and 3.2): data page-config,
+page-config-by-id, page-configs-batch, page-config-ensure; action update-page-config.
+Every answer is a page config dict without the SumUp API key."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from litestar import Request
+from litestar.params import FromQuery, JSONBody, Parameter, QueryParameter
+
+from apps.blog import service
+from apps.blog.models import idempotency_keys
+from apps.common.deps import DbSession
+from apps.common.idempotency import run_idempotent
+from apps.common.internal import action_route, data_route
+from apps.common.internal_client import IDEMPOTENCY_HEADER
+
+ContainerTypeParam = Annotated[str, Parameter(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+ContainerIdParam = Annotated[int, Parameter(ge=0, le=service.MAX_ID)]
+Ids = Annotated[list[int] | None, Parameter(max_items=service.MAX_BATCH)]
+
+
+@data_route("page-config")
+async def page_config(
+    db_session: DbSession, container_type: ContainerTypeParam, container_id: ContainerIdParam
+) -> service.PageConfigData:
+    return await service.get_page_config(db_session, container_type, container_id)
+
+
+@data_route("page-config-by-id")
+async def page_config_by_id(
+    db_session: DbSession,
+    config_id: Annotated[int, QueryParameter(name="id", ge=1, le=service.MAX_ID)],
+) -> service.PageConfigData:
+    return await service.get_page_config_by_id(db_session, config_id)
+
+
+@data_route("page-configs-batch")
+async def page_configs_batch(
+    db_session: DbSession,
+    ids: Ids = None,
+    container_ids: Ids = None,
+    container_type: FromQuery[str | None] = None,
+) -> list[service.PageConfigData]:
+    return await service.page_configs_batch(
+        db_session, ids=ids, container_type=container_type, container_ids=container_ids
+    )
+
+
+@data_route("page-config-ensure")
+async def page_config_ensure(
+    db_session: DbSession, container_type: ContainerTypeParam, container_id: ContainerIdParam
+) -> service.PageConfigData:
+    # A read that may write: safe to repeat (GETs are retried), committed before answering.
+    config = await service.ensure_page_config(db_session, container_type, container_id)
+    await db_session.commit()
+    return config
+
+
+@action_route("update-page-config")
+async def update_page_config(
+    db_session: DbSession, request: Request, data: JSONBody[service.UpdatePageConfig]
+) -> dict[str, Any]:
+    return await run_idempotent(
+        db_session,
+        idempotency_keys,
+        action="update-page-config",
+        key=request.headers.get(IDEMPOTENCY_HEADER),
+        payload=data,
+        effect=lambda: service.update_page_config(db_session, data),
+    )
+
+
+handlers = [
+    page_config,
+    page_config_by_id,
+    page_configs_batch,
+    page_config_ensure,
+    update_page_config,
+]

@@ -1,0 +1,259 @@
+"""Public routes of blog: the post list and post/page views (HTML, and JSON under /api), the
+like toggle, and the page admin (page config form, market places attached to the page).
+
+Slugs ``api``, ``auth``, ``schema``, ``healthz`` and ``readyz`` are taken by other routes.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Request, Response, get, post
+from litestar.connection import ASGIConnection
+from litestar.datastructures import FormMultiDict
+from litestar.handlers import BaseRouteHandler
+from litestar.params import FromQuery, Parameter, URLEncodedBody
+from litestar.response import Redirect, Template
+
+from apps.blog import service
+from apps.blog.models import PAGE_CONTAINER
+from apps.common.deps import AppSettings, CurrentIdentity, DbSession
+from apps.common.identity import identity_from_scope
+from apps.common.problems import InvalidInput
+from apps.common.settings import Settings
+from apps.common.web import (
+    degraded_headers,
+    redirect_back,
+    render,
+    require_editor,
+    require_signed_in,
+    wants_html,
+)
+
+SlugParam = Annotated[str, Parameter(pattern=r"^[a-z0-9][a-z0-9-]{0,254}$")]
+PageNumber = Annotated[int, Parameter(ge=1, le=100_000)]
+
+
+def wants_json(request: Request) -> bool:
+    """API clients say so with Accept: application/json; forms (browsers) get redirects."""
+    return "application/json" in request.headers.get("accept", "")
+
+
+def editors_only(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+    """Guard of the admin routes: runs before the body is read, so others get 403 first."""
+    settings: Settings = connection.app.state.settings
+    require_editor(settings, identity_from_scope(connection.scope))
+
+
+def admin_path(slug: str, *, saved: bool = False) -> str:
+    return f"/{slug}/admin/page-config/" + ("?saved=1" if saved else "")
+
+
+# -- reading ----------------------------------------------------------------------------------
+@get("/", operation_id="post_list_html")
+async def post_list(
+    request: Request, db_session: DbSession, identity: CurrentIdentity, page: PageNumber = 1
+) -> Template:
+    posts = await service.list_published_posts(db_session, user_id=identity.user_id, page=page)
+    pages = await service.list_published_pages(db_session)
+    return render(
+        request,
+        "blog/index.html",
+        headers=degraded_headers(posts.degraded),
+        posts=posts,
+        pages=pages,
+    )
+
+
+@get("/api/posts", operation_id="post_list")
+async def api_post_list(
+    db_session: DbSession, identity: CurrentIdentity, page: PageNumber = 1
+) -> Response[service.PostList]:
+    posts = await service.list_published_posts(db_session, user_id=identity.user_id, page=page)
+    return Response(posts, headers=degraded_headers(posts.degraded))
+
+
+@get("/{slug:str}/", operation_id="post_html")
+async def post_page(
+    request: Request,
+    db_session: DbSession,
+    identity: CurrentIdentity,
+    settings: AppSettings,
+    slug: SlugParam,
+) -> Template:
+    post = await service.get_published_post(db_session, slug, user_id=identity.user_id)
+    return render(
+        request,
+        "blog/post.html",
+        headers=degraded_headers(post.degraded),
+        post=post,
+        is_editor=identity.user_id in settings.editor_user_ids,
+    )
+
+
+@get("/api/posts/{slug:str}", operation_id="post")
+async def api_post(
+    db_session: DbSession, identity: CurrentIdentity, slug: SlugParam
+) -> Response[service.PostDetail]:
+    post = await service.get_published_post(db_session, slug, user_id=identity.user_id)
+    return Response(post, headers=degraded_headers(post.degraded))
+
+
+@post("/{slug:str}/like/", operation_id="post_like_toggle", status_code=200)
+async def toggle_like(
+    request: Request, db_session: DbSession, identity: CurrentIdentity, slug: SlugParam
+) -> Any:
+    user_id = require_signed_in(identity, "like posts")
+    post_id = (await service.require_published_post(db_session, slug)).id
+    await db_session.rollback()  # end the read before waiting on another service
+    liked = await service.toggle_post_like(user_id, post_id)
+    if wants_json(request):
+        return {"liked": liked}
+    return await redirect_back(request, f"/{slug}/")
+
+
+# -- page admin -------------------------------------------------------------------------------
+def update_from_form(page_id: int, form: FormMultiDict) -> service.UpdatePageConfig:
+    """The admin form as an update: ticked features on, the others off; blank merchant code or
+    prefix clears it; the API key is write-only, so blank keeps it and a tick removes it."""
+
+    def text(name: str) -> str:
+        value = form.get(name)
+        return value.strip() if isinstance(value, str) else ""
+
+    ticked = {value for value in form.getall("features", []) if isinstance(value, str)}
+    features = {name: True for name in ticked} | {
+        name: False for name in service.FEATURES if name not in ticked
+    }
+    api_key: str | msgspec.UnsetType | None = service.UNSET
+    if form.get("clear_sumup_api_key"):
+        api_key = None
+    elif text("sumup_api_key"):
+        api_key = text("sumup_api_key")
+    return service.UpdatePageConfig(
+        container_type=PAGE_CONTAINER,
+        container_id=page_id,
+        features=features,
+        sumup_merchant_code=text("sumup_merchant_code") or None,
+        sumup_api_key=api_key,
+        sumup_checkout_prefix=text("sumup_checkout_prefix") or None,
+    )
+
+
+async def _admin_page(
+    request: Request,
+    db_session: DbSession,
+    slug: str,
+    *,
+    saved: bool = False,
+    error: InvalidInput | None = None,
+    form: FormMultiDict | None = None,
+    status_code: int = 200,
+) -> Template:
+    page = await service.require_page(db_session, slug)
+    config = await service.find_page_config(db_session, PAGE_CONTAINER, page.id)
+    attachments, degraded = await service.page_attachments(db_session, page.id)
+    return render(
+        request,
+        "blog/page_admin.html",
+        status_code=status_code,
+        headers=degraded_headers(degraded),
+        page=page,
+        config=config,
+        markets=[item for item in attachments if item.child_type == "market"],
+        degraded=degraded,
+        features=service.FEATURE_LABELS,
+        max_prefix=service.MAX_CHECKOUT_PREFIX,
+        saved=saved,
+        error=error,
+        form=form,
+    )
+
+
+@get(
+    "/{slug:str}/admin/page-config/",
+    operation_id="page_config_admin",
+    guards=[editors_only],
+)
+async def page_config_admin(
+    request: Request, db_session: DbSession, slug: SlugParam, saved: FromQuery[bool] = False
+) -> Template:
+    return await _admin_page(request, db_session, slug, saved=saved)
+
+
+@post(
+    "/{slug:str}/admin/page-config/",
+    operation_id="page_config_update",
+    guards=[editors_only],
+    status_code=200,
+)
+async def page_config_update(request: Request, db_session: DbSession, slug: SlugParam) -> Any:
+    page_id = (await service.require_page(db_session, slug)).id
+    form = await request.form()
+    try:
+        config = await service.update_page_config(db_session, update_from_form(page_id, form))
+    except InvalidInput as problem:
+        if not wants_html(request):
+            raise
+        # Validation happens before any write: show the form again with what was typed.
+        return await _admin_page(
+            request, db_session, slug, error=problem, form=form, status_code=422
+        )
+    await db_session.commit()
+    if wants_json(request):
+        return config
+    return Redirect(admin_path(slug, saved=True), status_code=303)
+
+
+@post(
+    "/{slug:str}/admin/menu-items/attach/",
+    operation_id="menu_item_attach",
+    guards=[editors_only],
+    status_code=200,
+)
+async def attach_menu_item(
+    request: Request,
+    db_session: DbSession,
+    slug: SlugParam,
+    data: URLEncodedBody[service.MenuItemForm],
+) -> Any:
+    page_id = (await service.require_page(db_session, slug)).id
+    await db_session.rollback()  # end the read before waiting on relations
+    relation = await service.attach_market_place(page_id, data)
+    if wants_json(request):
+        return relation
+    return Redirect(admin_path(slug), status_code=303)
+
+
+@post(
+    "/{slug:str}/admin/menu-items/detach/",
+    operation_id="menu_item_detach",
+    guards=[editors_only],
+    status_code=200,
+)
+async def detach_menu_item(
+    request: Request,
+    db_session: DbSession,
+    slug: SlugParam,
+    data: URLEncodedBody[service.MenuItemForm],
+) -> Any:
+    page_id = (await service.require_page(db_session, slug)).id
+    await db_session.rollback()
+    detached = await service.detach_market_place(page_id, data.market_place_id)
+    if wants_json(request):
+        return {"detached": detached}
+    return Redirect(admin_path(slug), status_code=303)
+
+
+handlers = [
+    post_list,
+    api_post_list,
+    post_page,
+    api_post,
+    toggle_like,
+    page_config_admin,
+    page_config_update,
+    attach_menu_item,
+    detach_menu_item,
+]

@@ -1,0 +1,539 @@
+"""Domain logic of blog: published posts and pages, page configs (moved here from cart in the
+split), likes of posts (written through the likes service, read through FDW) and the markets and
+calendars attached to a page (written through relations, read through FDW).
+
+Page configs
+    One active config per container: ("page", posts.id) for a page, ("site", 0) for the
+    site-wide default that serves checkouts whose items span pages. Every dict this module
+    returns says ``sumup_configured`` and never contains the SumUp API key, which is write-only
+    here and readable only by orders through ``export.page_payment_configs``.
+
+Feature flags (``features``), all booleans, absent meaning off:
+    calendar   the page shows the calendars attached to it and takes bookings into a cart
+    market     the page shows the market places attached to it
+    cart       the page has its own cart and page-scoped checkout (cart's /page/{slug}/checkout/)
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Annotated, Any
+
+import msgspec
+from sqlalchemy import Select, and_, func, select, type_coerce, update
+from sqlalchemy.dialects.postgresql import JSONB, insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from apps.blog.models import (
+    CONTAINER_TYPES,
+    PAGE_CONTAINER,
+    SITE_CONTAINER,
+    SITE_CONTAINER_ID,
+    PageConfig,
+    Post,
+    foreign_container_relations,
+)
+from apps.common.fdw import ProviderUnavailable, liked_ids_among, remote_read
+from apps.common.internal_client import call_action
+from apps.common.problems import InvalidInput, NotFound
+
+MAX_ID = 2**63 - 1
+PAGE_SIZE = 20
+MAX_BATCH = 500
+EXCERPT_LENGTH = 240
+
+FEATURES: dict[str, type] = {"calendar": bool, "market": bool, "cart": bool}
+FEATURE_LABELS = {
+    "calendar": "Calendars: show attached calendars and take bookings",
+    "market": "Market: show attached market places",
+    "cart": "Cart: a page cart with its own checkout",
+}
+
+# SumUp merchant codes are short uppercase codes ("MH4H92C7", "MSANDBOX1").
+MERCHANT_CODE = re.compile(r"^[A-Z0-9]{6,12}$")
+# SumUp limits checkout_reference to 64 characters. Orders builds it as
+# "{prefix}{order_id}-{attempt}" with an order id of up to 19 digits (bigint) and an attempt
+# number of up to 4 digits, which leaves 64 - 19 - 1 - 4 = 40 characters for the prefix.
+SUMUP_REFERENCE_MAX = 64
+MAX_CHECKOUT_PREFIX = SUMUP_REFERENCE_MAX - 19 - 1 - 4
+CHECKOUT_PREFIX = re.compile(rf"^[A-Za-z0-9_-]{{1,{MAX_CHECKOUT_PREFIX}}}$")
+API_KEY = re.compile(r"^[\x21-\x7e]{8,255}$")  # printable ASCII, no spaces
+
+ContainerType = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+ContainerId = Annotated[int, msgspec.Meta(ge=0, le=MAX_ID)]
+UNSET = msgspec.UNSET
+
+
+# -- page configs -----------------------------------------------------------------------------
+class PageConfigData(msgspec.Struct):
+    """A page config as every endpoint returns it (and as export.page_configs shows it)."""
+
+    id: int
+    container_type: str
+    container_id: int
+    page_slug: str | None
+    page_title: str | None
+    features: dict[str, Any]
+    sumup_merchant_code: str | None
+    sumup_checkout_prefix: str | None
+    sumup_configured: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class UpdatePageConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """Payload of update-page-config. Absent fields stay as they are; ``null`` clears a SumUp
+    field; ``features`` sets the flags it names and leaves the others."""
+
+    container_type: ContainerType
+    container_id: ContainerId
+    features: dict[str, Any] | msgspec.UnsetType = UNSET
+    sumup_merchant_code: str | msgspec.UnsetType | None = UNSET
+    sumup_api_key: str | msgspec.UnsetType | None = UNSET
+    sumup_checkout_prefix: str | msgspec.UnsetType | None = UNSET
+
+
+def check_container(container_type: str, container_id: int) -> None:
+    if container_type not in CONTAINER_TYPES:
+        raise InvalidInput(
+            f"container_type must be one of {', '.join(CONTAINER_TYPES)}, not {container_type!r}",
+            field="container_type",
+        )
+    if container_type == SITE_CONTAINER and container_id != SITE_CONTAINER_ID:
+        raise InvalidInput(
+            f"the site-wide config is container_id {SITE_CONTAINER_ID}", field="container_id"
+        )
+    if container_type == PAGE_CONTAINER and not 1 <= container_id <= MAX_ID:
+        raise InvalidInput("a page's container_id is its post id (>= 1)", field="container_id")
+
+
+def check_features(features: dict[str, Any]) -> None:
+    for key, value in features.items():
+        wanted = FEATURES.get(key)
+        if wanted is None:
+            raise InvalidInput(
+                f"features.{key} is not a known feature; known: {', '.join(FEATURES)}",
+                field=f"features.{key}",
+            )
+        if not isinstance(value, wanted):
+            raise InvalidInput(
+                f"features.{key} must be a {wanted.__name__}", field=f"features.{key}"
+            )
+
+
+def check_update(request: UpdatePageConfig) -> None:
+    check_container(request.container_type, request.container_id)
+    if request.features is not UNSET:
+        check_features(request.features)
+    code = request.sumup_merchant_code
+    if isinstance(code, str) and not MERCHANT_CODE.match(code):
+        raise InvalidInput(
+            "sumup_merchant_code must be 6 to 12 uppercase letters or digits (SumUp's form)",
+            field="sumup_merchant_code",
+        )
+    prefix = request.sumup_checkout_prefix
+    if isinstance(prefix, str) and not CHECKOUT_PREFIX.match(prefix):
+        raise InvalidInput(
+            f"sumup_checkout_prefix must be 1 to {MAX_CHECKOUT_PREFIX} letters, digits, '-' or "
+            f"'_', so that every checkout reference stays within SumUp's {SUMUP_REFERENCE_MAX} "
+            "characters",
+            field="sumup_checkout_prefix",
+        )
+    key = request.sumup_api_key
+    if isinstance(key, str) and not API_KEY.match(key):
+        raise InvalidInput(
+            "sumup_api_key must be 8 to 255 printable characters without spaces",
+            field="sumup_api_key",
+        )
+
+
+def _configs() -> Select[tuple[PageConfig, str | None, str | None]]:
+    """Active configs with their page's slug and title (the shape of export.page_configs)."""
+    is_page = PageConfig.container_type == PAGE_CONTAINER
+    return (
+        select(PageConfig, Post.slug, Post.title)
+        .outerjoin(Post, and_(is_page, Post.id == PageConfig.container_id))
+        .where(PageConfig.deleted_at.is_(None))
+        # Rows written by Core UPDATEs in this session must not come back stale.
+        .execution_options(populate_existing=True)
+    )
+
+
+def _to_data(config: PageConfig, page_slug: str | None, page_title: str | None) -> PageConfigData:
+    return PageConfigData(
+        id=config.id,
+        container_type=config.container_type,
+        container_id=config.container_id,
+        page_slug=page_slug,
+        page_title=page_title,
+        features=dict(config.features or {}),
+        sumup_merchant_code=config.sumup_merchant_code,
+        sumup_checkout_prefix=config.sumup_checkout_prefix,
+        sumup_configured=bool(config.sumup_merchant_code and config.sumup_api_key),
+        created_at=config.created_at,
+        updated_at=config.updated_at,
+    )
+
+
+def _is_container(container_type: str, container_id: int) -> list[Any]:
+    return [
+        PageConfig.container_type == container_type,
+        PageConfig.container_id == container_id,
+        PageConfig.deleted_at.is_(None),
+    ]
+
+
+async def find_page_config(
+    session: AsyncSession, container_type: str, container_id: int
+) -> PageConfigData | None:
+    check_container(container_type, container_id)
+    row = (
+        await session.execute(
+            _configs().where(
+                PageConfig.container_type == container_type,
+                PageConfig.container_id == container_id,
+            )
+        )
+    ).first()
+    return None if row is None else _to_data(*row)
+
+
+async def get_page_config(
+    session: AsyncSession, container_type: str, container_id: int
+) -> PageConfigData:
+    found = await find_page_config(session, container_type, container_id)
+    if found is None:
+        raise NotFound(f"no page config for {container_type} {container_id}")
+    return found
+
+
+async def get_page_config_by_id(session: AsyncSession, config_id: int) -> PageConfigData:
+    row = (await session.execute(_configs().where(PageConfig.id == config_id))).first()
+    if row is None:
+        raise NotFound(f"no page config {config_id}")
+    return _to_data(*row)
+
+
+async def page_configs_batch(
+    session: AsyncSession,
+    *,
+    ids: Sequence[int] | None = None,
+    container_type: str | None = None,
+    container_ids: Sequence[int] | None = None,
+) -> list[PageConfigData]:
+    """Many configs in one query: by ``ids``, or by ``container_ids`` of one ``container_type``.
+    Unknown keys are left out; the result is ordered by id."""
+    if ids and container_ids:
+        raise InvalidInput("give either ids or container_ids, not both", field="container_ids")
+    if not ids and not container_ids:
+        raise InvalidInput("give ids, or container_type with container_ids", field="ids")
+    keys = list(ids or container_ids or [])
+    field = "ids" if ids else "container_ids"
+    if len(keys) > MAX_BATCH:
+        raise InvalidInput(f"at most {MAX_BATCH} {field} in one call", field=field)
+    query = _configs().order_by(PageConfig.id)
+    if ids:
+        query = query.where(PageConfig.id.in_(keys))
+    else:
+        if container_type is None:
+            raise InvalidInput("container_ids need a container_type", field="container_type")
+        for container_id in keys:
+            check_container(container_type, container_id)
+        query = query.where(
+            PageConfig.container_type == container_type, PageConfig.container_id.in_(keys)
+        )
+    return [_to_data(*row) for row in (await session.execute(query)).all()]
+
+
+async def _require_container(session: AsyncSession, container_type: str, container_id: int) -> None:
+    """A page's config needs the page (a post with is_page); the site container always exists."""
+    if container_type != PAGE_CONTAINER:
+        return
+    found = await session.scalar(
+        select(Post.id).where(Post.id == container_id, Post.is_page.is_(True))
+    )
+    if found is None:
+        raise NotFound(f"no page {container_id}")
+
+
+async def _insert_if_missing(session: AsyncSession, container_type: str, container_id: int) -> None:
+    """Create an empty config unless an active one exists. Concurrent calls for one container
+    create one row: the partial unique index is the ON CONFLICT arbiter."""
+    table = PageConfig.__table__
+    await session.execute(
+        insert(table)
+        .values(container_type=container_type, container_id=container_id)
+        .on_conflict_do_nothing(
+            index_elements=["container_type", "container_id"],
+            index_where=table.c.deleted_at.is_(None),
+        )
+    )
+
+
+async def ensure_page_config(
+    session: AsyncSession, container_type: str, container_id: int
+) -> PageConfigData:
+    check_container(container_type, container_id)
+    await _require_container(session, container_type, container_id)
+    await _insert_if_missing(session, container_type, container_id)
+    return await get_page_config(session, container_type, container_id)
+
+
+async def update_page_config(session: AsyncSession, request: UpdatePageConfig) -> PageConfigData:
+    """Apply ``request`` to the container's config, creating the config first if missing."""
+    check_update(request)
+    await _require_container(session, request.container_type, request.container_id)
+    await _insert_if_missing(session, request.container_type, request.container_id)
+    changes: dict[str, Any] = {}
+    if request.features is not UNSET:
+        # Merged in the statement (jsonb ||), so concurrent updates of other flags are kept.
+        changes["features"] = PageConfig.features.op("||")(type_coerce(request.features, JSONB))
+    for name in ("sumup_merchant_code", "sumup_api_key", "sumup_checkout_prefix"):
+        value = getattr(request, name)
+        if value is not UNSET:
+            changes[name] = value
+    if changes:
+        await session.execute(
+            update(PageConfig)
+            .where(*_is_container(request.container_type, request.container_id))
+            .values(**changes, updated_at=func.now())
+        )
+    return await get_page_config(session, request.container_type, request.container_id)
+
+
+# -- posts ------------------------------------------------------------------------------------
+class Attachment(msgspec.Struct):
+    """A market place or calendar attached to a page (a relation read through FDW)."""
+
+    child_type: str
+    child_id: int
+    label: str | None
+    sort_order: int
+
+
+class PostSummary(msgspec.Struct):
+    id: int
+    slug: str
+    title: str
+    excerpt: str
+    is_page: bool
+    published_at: datetime | None
+    # None when nobody is signed in, or when likes could not be read (see ``degraded``).
+    is_liked: bool | None
+
+
+class PostList(msgspec.Struct):
+    posts: list[PostSummary]
+    page: int
+    per_page: int
+    total: int
+    pages: int
+    degraded: list[str]
+
+
+class PostDetail(msgspec.Struct):
+    id: int
+    slug: str
+    title: str
+    body: str
+    is_page: bool
+    published_at: datetime | None
+    is_liked: bool | None
+    # Pages only: what is attached to the page (empty for posts, or when relations is down).
+    markets: list[Attachment]
+    calendars: list[Attachment]
+    degraded: list[str]
+
+
+class PageLink(msgspec.Struct):
+    slug: str
+    title: str
+
+
+def _excerpt(body: str) -> str:
+    text = " ".join(body.split())
+    if len(text) <= EXCERPT_LENGTH:
+        return text
+    return text[:EXCERPT_LENGTH].rsplit(" ", 1)[0] + "…"
+
+
+def _published() -> list[Any]:
+    return [Post.status == "published"]
+
+
+async def liked_post_ids(
+    session: AsyncSession, user_id: int | None, post_ids: Iterable[int]
+) -> tuple[set[int] | None, list[str]]:
+    """The liked ones among ``post_ids`` (one remote query for them all), or None with
+    ``["likes"]`` when the likes database cannot be reached."""
+    ids = list(post_ids)
+    if user_id is None or not ids:
+        return None, []
+    try:
+        async with remote_read(session, "likes"):
+            return await liked_ids_among(session, user_id, ids), []
+    except ProviderUnavailable:
+        return None, ["likes"]
+
+
+def _liked(liked: set[int] | None, post_id: int) -> bool | None:
+    return None if liked is None else post_id in liked
+
+
+async def list_published_posts(
+    session: AsyncSession, *, user_id: int | None, page: int = 1, per_page: int = PAGE_SIZE
+) -> PostList:
+    """One page of published posts (not pages), newest first, with the user's like states."""
+    listed = [*_published(), Post.is_page.is_(False)]
+    total = await session.scalar(select(func.count()).select_from(Post).where(*listed)) or 0
+    posts = list(
+        await session.scalars(
+            select(Post)
+            .where(*listed)
+            .order_by(Post.published_at.desc(), Post.id.desc())
+            .limit(per_page)
+            .offset((page - 1) * per_page)
+        )
+    )
+    liked, degraded = await liked_post_ids(session, user_id, (post.id for post in posts))
+    summaries = [
+        PostSummary(
+            id=post.id,
+            slug=post.slug,
+            title=post.title,
+            excerpt=_excerpt(post.body),
+            is_page=post.is_page,
+            published_at=post.published_at,
+            is_liked=_liked(liked, post.id),
+        )
+        for post in posts
+    ]
+    pages = max(1, -(-total // per_page))
+    return PostList(summaries, page, per_page, total, pages, degraded)
+
+
+async def list_published_pages(session: AsyncSession) -> list[PageLink]:
+    rows = await session.execute(
+        select(Post.slug, Post.title)
+        .where(*_published(), Post.is_page.is_(True))
+        .order_by(Post.title, Post.id)
+    )
+    return [PageLink(slug, title) for slug, title in rows]
+
+
+async def require_published_post(session: AsyncSession, slug: str) -> Post:
+    post = await session.scalar(select(Post).where(Post.slug == slug, *_published()))
+    if post is None:
+        raise NotFound(f"no post {slug!r}")
+    return post
+
+
+async def require_page(session: AsyncSession, slug: str) -> Post:
+    """A page by slug, published or not (the admin pages edit drafts too)."""
+    page = await session.scalar(select(Post).where(Post.slug == slug, Post.is_page.is_(True)))
+    if page is None:
+        raise NotFound(f"no page {slug!r}")
+    return page
+
+
+async def page_attachments(
+    session: AsyncSession, page_id: int
+) -> tuple[list[Attachment], list[str]]:
+    """What is attached to a page, read through FDW (one remote query), or ``["relations"]``
+    as degraded when relations cannot be reached."""
+    relations = foreign_container_relations.c
+    try:
+        async with remote_read(session, "relations"):
+            rows = await session.execute(
+                select(
+                    relations.child_type, relations.child_id, relations.label, relations.sort_order
+                )
+                .where(
+                    relations.parent_type == PAGE_CONTAINER,
+                    relations.parent_id == page_id,
+                    relations.child_type.in_(("market", "calendar")),
+                )
+                .order_by(relations.sort_order, relations.id)
+            )
+            return [Attachment(*row) for row in rows], []
+    except ProviderUnavailable:
+        return [], ["relations"]
+
+
+async def get_published_post(
+    session: AsyncSession, slug: str, *, user_id: int | None
+) -> PostDetail:
+    post = await require_published_post(session, slug)
+    liked, degraded = await liked_post_ids(session, user_id, [post.id])
+    attachments: list[Attachment] = []
+    if post.is_page:
+        attachments, relations_degraded = await page_attachments(session, post.id)
+        degraded = [*degraded, *relations_degraded]
+    return PostDetail(
+        id=post.id,
+        slug=post.slug,
+        title=post.title,
+        body=post.body,
+        is_page=post.is_page,
+        published_at=post.published_at,
+        is_liked=_liked(liked, post.id),
+        markets=[item for item in attachments if item.child_type == "market"],
+        calendars=[item for item in attachments if item.child_type == "calendar"],
+        degraded=degraded,
+    )
+
+
+# -- writes in other services -----------------------------------------------------------------
+def _one_call_key(action: str) -> str:
+    """An idempotency key for one logical call, so the internal client may retry it safely."""
+    return f"blog:{action}:{uuid.uuid4()}"
+
+
+async def toggle_post_like(user_id: int, post_id: int) -> bool:
+    result = await call_action(
+        "likes",
+        "toggle",
+        {"user_id": user_id, "target_type": "post", "target_id": post_id},
+        idempotency_key=_one_call_key("toggle"),
+    )
+    return bool(result["liked"])
+
+
+class MenuItemForm(msgspec.Struct):
+    """The admin form that attaches or detaches a market place (a menu item) of a page."""
+
+    market_place_id: Annotated[int, msgspec.Meta(ge=1, le=MAX_ID)]
+    label: Annotated[str, msgspec.Meta(max_length=255)] | None = None
+
+
+async def attach_market_place(page_id: int, item: MenuItemForm) -> dict[str, Any]:
+    payload: dict[str, Any] = {
+        "parent_type": PAGE_CONTAINER,
+        "parent_id": page_id,
+        "child_type": "market",
+        "child_id": item.market_place_id,
+    }
+    label = (item.label or "").strip()
+    if label:
+        payload["label"] = label
+    return await call_action(
+        "relations", "attach-child", payload, idempotency_key=_one_call_key("attach")
+    )
+
+
+async def detach_market_place(page_id: int, market_place_id: int) -> bool:
+    result = await call_action(
+        "relations",
+        "detach-child",
+        {
+            "parent_type": PAGE_CONTAINER,
+            "parent_id": page_id,
+            "child_type": "market",
+            "child_id": market_place_id,
+        },
+        idempotency_key=_one_call_key("detach"),
+    )
+    return bool(result["detached"])

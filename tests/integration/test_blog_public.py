@@ -1,0 +1,451 @@
+"""blog's public routes with likes and relations running in process: post lists and pages,
+like toggles through likes, like states and attachments read through FDW, degradation, and
+the page admin (page config form, market places attached through relations)."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from tests.conftest import in_process_stack
+from tests.integration.blog_fixtures import (
+    HTML,
+    JSON,
+    SANDBOX_KEY,
+    anonymous_csrf,
+    config_rows,
+    insert_post,
+    like_rows,
+    provider_unreachable,
+    recorded_statements,
+    relation_rows,
+    sign_in,
+)
+
+
+@pytest.fixture
+async def running(clean_db, credentials):
+    async with in_process_stack(clean_db, credentials, ["blog", "likes", "relations"]) as stack:
+        yield stack
+
+
+@pytest.fixture
+async def browser(running):
+    async with running.browser("blog") as client:
+        yield client
+
+
+def seed_posts(server, count: int) -> list[int]:
+    """``count`` published posts, post-0 the newest; returns their ids, newest first."""
+    return [insert_post(server, f"post-{n}", age_days=n + 1) for n in range(count)]
+
+
+# -- reading ----------------------------------------------------------------------------------
+async def test_post_list_shows_published_posts_newest_first_20_a_page(browser, clean_db):
+    ids = seed_posts(clean_db, 23)
+    insert_post(clean_db, "a-draft", status="draft")
+    insert_post(clean_db, "farm-shop", title="Farm shop", is_page=True)
+
+    first = await browser.get("/api/posts")
+    assert first.status_code == 200
+    body = first.json()
+    assert (body["total"], body["pages"], body["page"], body["per_page"]) == (23, 2, 1, 20)
+    assert [post["id"] for post in body["posts"]] == ids[:20]
+    # Nobody is signed in: no like states, and no remote query was needed for them.
+    assert {post["is_liked"] for post in body["posts"]} == {None}
+    assert "X-Rose-Degraded" not in first.headers
+
+    second = (await browser.get("/api/posts", params={"page": 2})).json()
+    assert [post["slug"] for post in second["posts"]] == ["post-20", "post-21", "post-22"]
+    beyond = (await browser.get("/api/posts", params={"page": 5})).json()
+    assert beyond["posts"] == []
+
+    html = await browser.get("/", headers=HTML)
+    assert html.status_code == 200
+    assert html.headers["content-type"].startswith("text/html")
+    assert "post-0" in html.text
+    assert "a-draft" not in html.text
+    assert 'href="/farm-shop/"' in html.text  # pages are linked, not listed as posts
+    assert 'href="/?page=2"' in html.text
+
+
+@pytest.mark.parametrize("page", ["0", "-1", "two"])
+async def test_bad_page_number_is_422_naming_page(browser, page):
+    for path in ("/api/posts", "/"):
+        response = await browser.get(path, params={"page": page}, headers=JSON)
+        assert response.status_code == 422
+        assert response.headers["content-type"].startswith("application/problem+json")
+        assert "page" in response.json()["detail"]
+
+
+async def test_a_post_or_page_is_shown_unknown_and_draft_are_404(browser, clean_db):
+    post_id = insert_post(clean_db, "jam-day", title="Jam day", body="Forty jars.\n\nSticky.")
+    insert_post(clean_db, "secret-plans", status="draft")
+
+    api = await browser.get("/api/posts/jam-day")
+    assert api.status_code == 200
+    assert api.json()["id"] == post_id
+    assert api.json()["body"] == "Forty jars.\n\nSticky."
+    html = await browser.get("/jam-day/", headers=HTML)
+    assert html.status_code == 200
+    assert "<h1>Jam day</h1>" in html.text
+
+    for slug in ("secret-plans", "no-such-post"):
+        for path in (f"/{slug}/", f"/api/posts/{slug}"):
+            response = await browser.get(path, headers=JSON)
+            assert response.status_code == 404
+            assert response.headers["content-type"].startswith("application/problem+json")
+        page = await browser.get(f"/{slug}/", headers=HTML)
+        assert page.status_code == 404
+        assert page.headers["content-type"].startswith("text/html")
+
+
+# -- likes ------------------------------------------------------------------------------------
+async def test_like_toggle_reaches_likes_and_shows_in_the_list(browser, clean_db):
+    ids = seed_posts(clean_db, 3)
+    token = await sign_in(browser, user_id=7)
+    headers = {**JSON, "X-CSRF-Token": token}
+
+    liked = await browser.post("/post-1/like/", headers=headers)
+    assert liked.status_code == 200
+    assert liked.json() == {"liked": True}
+    assert like_rows(clean_db) == [(7, "post", ids[1], True)]
+
+    listed = (await browser.get("/api/posts")).json()["posts"]
+    assert [(post["slug"], post["is_liked"]) for post in listed] == [
+        ("post-0", False),
+        ("post-1", True),
+        ("post-2", False),
+    ]
+    assert (await browser.get("/api/posts/post-1")).json()["is_liked"] is True
+    html = await browser.get("/", headers=HTML)
+    assert 'data-slug="post-1" data-liked="true"' in html.text
+
+    unliked = await browser.post("/post-1/like/", headers=headers)
+    assert unliked.json() == {"liked": False}
+    assert like_rows(clean_db) == [(7, "post", ids[1], False)]
+    assert (await browser.get("/api/posts/post-1")).json()["is_liked"] is False
+
+
+async def test_like_form_post_redirects_back(browser, clean_db):
+    seed_posts(clean_db, 1)
+    token = await sign_in(browser)
+    form = await browser.post("/post-0/like/", headers={**HTML, "X-CSRF-Token": token})
+    assert form.status_code == 303
+    assert form.headers["location"] == "/post-0/"
+    back_to_list = await browser.post(
+        "/post-0/like/",
+        data={"next": "/?page=1"},
+        headers={**HTML, "X-CSRF-Token": token},
+    )
+    assert back_to_list.status_code == 303
+    assert back_to_list.headers["location"] == "/?page=1"
+    offsite = await browser.post(
+        "/post-0/like/",
+        data={"next": "https://evil.example/"},
+        headers={**HTML, "X-CSRF-Token": token},
+    )
+    assert offsite.headers["location"] == "/post-0/"
+
+
+async def test_liking_needs_a_signed_in_user_a_csrf_token_and_a_published_post(browser, clean_db):
+    seed_posts(clean_db, 1)
+    insert_post(clean_db, "a-draft", status="draft")
+    anonymous = await browser.post(
+        "/post-0/like/", headers={**JSON, "X-CSRF-Token": await anonymous_csrf(browser)}
+    )
+    assert anonymous.status_code == 403
+    assert "Sign in" in anonymous.json()["detail"]
+
+    token = await sign_in(browser)
+    without_token = await browser.post("/post-0/like/", headers=JSON)
+    assert without_token.status_code == 403
+    assert "CSRF" in without_token.json()["detail"]
+    for slug in ("a-draft", "no-such-post"):
+        missing = await browser.post(f"/{slug}/like/", headers={**JSON, "X-CSRF-Token": token})
+        assert missing.status_code == 404
+    assert like_rows(clean_db) == []
+
+
+async def test_like_states_of_a_page_come_from_one_remote_query_with_an_array(
+    running, browser, clean_db, credentials
+):
+    ids = seed_posts(clean_db, 25)
+    token = await sign_in(browser, user_id=3)
+    for slug in ("post-2", "post-7"):
+        await browser.post(f"/{slug}/like/", headers={**JSON, "X-CSRF-Token": token})
+
+    with recorded_statements(running.apps["blog"]) as statements:
+        listed = (await browser.get("/api/posts")).json()["posts"]
+    assert [post["id"] for post in listed if post["is_liked"]] == [ids[2], ids[7]]
+    remote = [(sql, params) for sql, params in statements if "likes.likes" in sql]
+    assert len(remote) == 1, remote
+
+    # The statement exactly as the app ran it: one foreign scan, the page's ids as one array.
+    sql, params = remote[0]
+    with psycopg.connect(clean_db.topology.app_url("blog", credentials)) as connection:
+        plan = connection.execute(
+            f"EXPLAIN (ANALYZE, VERBOSE, FORMAT JSON) {sql}", params
+        ).fetchone()[0]
+    nodes, pending = [], [plan[0]["Plan"]]
+    while pending:
+        node = pending.pop()
+        nodes.append(node)
+        pending.extend(node.get("Plans", []))
+    scans = [node for node in nodes if node["Node Type"] == "Foreign Scan"]
+    assert len(scans) == 1
+    assert scans[0]["Actual Loops"] == 1
+    assert "target_id = ANY (" in scans[0]["Remote SQL"]
+    assert "user_id = 3" in scans[0]["Remote SQL"]
+
+
+async def test_likes_unreachable_degrades_to_200_with_header_and_notice(browser, clean_db):
+    seed_posts(clean_db, 2)
+    insert_post(clean_db, "farm-shop", is_page=True)
+    await sign_in(browser)
+    with provider_unreachable(clean_db, "blog", "likes_server"):
+        api = await browser.get("/api/posts")
+        html = await browser.get("/", headers=HTML)
+        post = await browser.get("/post-0/", headers=HTML)
+        api_post = await browser.get("/api/posts/post-0")
+    for response in (api, html, post, api_post):
+        assert response.status_code == 200
+        assert response.headers["X-Rose-Degraded"] == "likes"
+    assert {item["is_liked"] for item in api.json()["posts"]} == {None}
+    assert api.json()["degraded"] == ["likes"]
+    assert api_post.json()["is_liked"] is None
+    for page in (html, post):
+        assert 'id="degraded-likes"' in page.text
+        assert "Likes are unavailable right now" in page.text
+        assert 'class="like"' not in page.text  # no like button without a known state
+
+    healthy = await browser.get("/api/posts")
+    assert "X-Rose-Degraded" not in healthy.headers
+    assert {item["is_liked"] for item in healthy.json()["posts"]} == {False}
+
+
+# -- page admin -------------------------------------------------------------------------------
+async def test_editor_updates_the_page_config_through_the_admin_form(browser, clean_db):
+    page_id = insert_post(clean_db, "farm-shop", title="Farm shop", is_page=True)
+    token = await sign_in(browser, user_id=1)
+
+    form = await browser.get("/farm-shop/admin/page-config/", headers=HTML)
+    assert form.status_code == 200
+    assert 'id="page-config-form"' in form.text
+    assert config_rows(clean_db) == []  # looking does not create
+
+    saved = await browser.post(
+        "/farm-shop/admin/page-config/",
+        data={
+            "features": ["cart", "market"],
+            "sumup_merchant_code": "MSANDBOX1",
+            "sumup_checkout_prefix": "rose-farm-",
+            "sumup_api_key": SANDBOX_KEY,
+        },
+        headers={**HTML, "X-CSRF-Token": token},
+    )
+    assert saved.status_code == 303
+    assert saved.headers["location"] == "/farm-shop/admin/page-config/?saved=1"
+    assert config_rows(clean_db) == [
+        (
+            "page",
+            page_id,
+            {"cart": True, "market": True, "calendar": False},
+            "MSANDBOX1",
+            SANDBOX_KEY,
+            "rose-farm-",
+            True,
+        )
+    ]
+
+    shown = await browser.get(saved.headers["location"], headers=HTML)
+    assert 'id="saved"' in shown.text
+    assert "SumUp is configured for this page." in shown.text
+    assert 'value="MSANDBOX1"' in shown.text
+    assert SANDBOX_KEY not in shown.text
+
+    # A blank key keeps the stored one; unticking turns features off.
+    await browser.post(
+        "/farm-shop/admin/page-config/",
+        data={"features": "calendar", "sumup_merchant_code": "MSANDBOX1"},
+        headers={**HTML, "X-CSRF-Token": token},
+    )
+    assert config_rows(clean_db)[0][2:6] == (
+        {"cart": False, "market": False, "calendar": True},
+        "MSANDBOX1",
+        SANDBOX_KEY,
+        None,
+    )
+    as_json = await browser.post(
+        "/farm-shop/admin/page-config/",
+        data={"clear_sumup_api_key": "1", "sumup_merchant_code": "MSANDBOX1"},
+        headers={**JSON, "X-CSRF-Token": token},
+    )
+    assert as_json.status_code == 200
+    assert as_json.json()["sumup_configured"] is False
+    assert "sumup_api_key" not in as_json.text
+    assert config_rows(clean_db)[0][4] is None
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"sumup_merchant_code": "not valid"}, "sumup_merchant_code"),
+        ({"sumup_checkout_prefix": "x" * 41}, "sumup_checkout_prefix"),
+        ({"sumup_api_key": "tiny"}, "sumup_api_key"),
+        ({"features": "colour"}, "features.colour"),
+    ],
+)
+async def test_bad_admin_form_input_is_422_naming_the_field(browser, clean_db, data, field):
+    insert_post(clean_db, "farm-shop", is_page=True)
+    token = await sign_in(browser)
+    page = await browser.post(
+        "/farm-shop/admin/page-config/", data=data, headers={**HTML, "X-CSRF-Token": token}
+    )
+    assert page.status_code == 422
+    assert 'id="form-error"' in page.text
+    assert f"<code>{field}</code>" in page.text
+    api = await browser.post(
+        "/farm-shop/admin/page-config/", data=data, headers={**JSON, "X-CSRF-Token": token}
+    )
+    assert api.status_code == 422
+    assert api.headers["content-type"].startswith("application/problem+json")
+    assert field in api.json()["detail"]
+    assert config_rows(clean_db) == []
+
+
+async def test_the_admin_is_for_editors_only(browser, clean_db):
+    insert_post(clean_db, "farm-shop", is_page=True)
+    anonymous_token = await anonymous_csrf(browser)
+    paths = [
+        "/farm-shop/admin/page-config/",
+        "/farm-shop/admin/menu-items/attach/",
+        "/farm-shop/admin/menu-items/detach/",
+    ]
+    anonymous = await browser.get(paths[0], headers=JSON)
+    assert anonymous.status_code == 403
+    for path in paths:
+        posted = await browser.post(
+            path,
+            data={"market_place_id": "3", "sumup_merchant_code": "MSANDBOX1"},
+            headers={**JSON, "X-CSRF-Token": anonymous_token},
+        )
+        assert posted.status_code == 403
+
+    token = await sign_in(browser, user_id=2)  # signed in, not an editor
+    assert (await browser.get(paths[0], headers=JSON)).status_code == 403
+    html = await browser.get(paths[0], headers=HTML)
+    assert html.status_code == 403
+    assert "Only editors" in html.text
+    for path in paths:
+        posted = await browser.post(
+            path,
+            data={"market_place_id": "3", "sumup_merchant_code": "MSANDBOX1"},
+            headers={**JSON, "X-CSRF-Token": token},
+        )
+        assert posted.status_code == 403
+        assert "Only editors" in posted.json()["detail"]
+    assert config_rows(clean_db) == []
+
+
+async def test_admin_of_a_post_that_is_not_a_page_is_404(browser, clean_db):
+    insert_post(clean_db, "jam-day")
+    await sign_in(browser)
+    response = await browser.get("/jam-day/admin/page-config/", headers=JSON)
+    assert response.status_code == 404
+    assert "no page" in response.json()["detail"]
+
+
+async def test_attach_and_detach_market_places_from_the_admin(browser, clean_db):
+    page_id = insert_post(clean_db, "market-hall", title="Market hall", is_page=True)
+    token = await sign_in(browser)
+    form_headers = {**HTML, "X-CSRF-Token": token}
+
+    attached = await browser.post(
+        "/market-hall/admin/menu-items/attach/",
+        data={"market_place_id": "4", "label": "Saturday stalls"},
+        headers=form_headers,
+    )
+    assert attached.status_code == 303
+    assert attached.headers["location"] == "/market-hall/admin/page-config/"
+    assert relation_rows(clean_db) == [("page", page_id, "market", 4, "Saturday stalls", True)]
+    await browser.post(
+        "/market-hall/admin/menu-items/attach/", data={"market_place_id": "9"}, headers=form_headers
+    )
+    # Attaching again is a no-op in relations.
+    await browser.post(
+        "/market-hall/admin/menu-items/attach/", data={"market_place_id": "4"}, headers=form_headers
+    )
+    assert relation_rows(clean_db) == [
+        ("page", page_id, "market", 4, "Saturday stalls", True),
+        ("page", page_id, "market", 9, None, True),
+    ]
+
+    shown = await browser.get("/market-hall/", headers=HTML)
+    assert shown.status_code == 200
+    assert 'data-market-place-id="4"' in shown.text
+    assert "Saturday stalls" in shown.text
+    assert 'data-market-place-id="9"' in shown.text
+    api = (await browser.get("/api/posts/market-hall")).json()
+    assert [(item["child_id"], item["label"]) for item in api["markets"]] == [
+        (4, "Saturday stalls"),
+        (9, None),
+    ]
+    admin = await browser.get("/market-hall/admin/page-config/", headers=HTML)
+    assert 'data-market-place-id="4"' in admin.text
+
+    detached = await browser.post(
+        "/market-hall/admin/menu-items/detach/",
+        data={"market_place_id": "4", "label": "Saturday stalls"},
+        headers=form_headers,
+    )
+    assert detached.status_code == 303
+    assert relation_rows(clean_db) == [
+        ("page", page_id, "market", 4, "Saturday stalls", False),
+        ("page", page_id, "market", 9, None, True),
+    ]
+    as_json = await browser.post(
+        "/market-hall/admin/menu-items/detach/",
+        data={"market_place_id": "9"},
+        headers={**JSON, "X-CSRF-Token": token},
+    )
+    assert as_json.json() == {"detached": True}
+    assert [row[-1] for row in relation_rows(clean_db)] == [False, False]
+    shown = await browser.get("/market-hall/", headers=HTML)
+    assert "data-market-place-id" not in shown.text
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({}, "market_place_id"),
+        ({"market_place_id": "four"}, "market_place_id"),
+        ({"market_place_id": "0"}, "market_place_id"),
+        ({"market_place_id": "3", "label": "x" * 256}, "label"),
+    ],
+)
+async def test_bad_menu_item_input_is_422_naming_the_field(browser, clean_db, data, field):
+    insert_post(clean_db, "market-hall", is_page=True)
+    token = await sign_in(browser)
+    for action in ("attach", "detach"):
+        response = await browser.post(
+            f"/market-hall/admin/menu-items/{action}/",
+            data=data,
+            headers={**JSON, "X-CSRF-Token": token},
+        )
+        assert response.status_code == 422
+        assert response.headers["content-type"].startswith("application/problem+json")
+        assert field in response.json()["detail"]
+    assert relation_rows(clean_db) == []
+
+
+async def test_relations_unreachable_degrades_the_page(browser, clean_db):
+    insert_post(clean_db, "market-hall", is_page=True)
+    with provider_unreachable(clean_db, "blog", "relations_server"):
+        page = await browser.get("/market-hall/", headers=HTML)
+        api = await browser.get("/api/posts/market-hall")
+    assert page.status_code == 200
+    assert page.headers["X-Rose-Degraded"] == "relations"
+    assert 'id="degraded-relations"' in page.text
+    assert api.json()["degraded"] == ["relations"]
+    assert api.json()["markets"] == []
