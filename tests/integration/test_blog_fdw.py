@@ -1,0 +1,251 @@
+"""What other services read of blog through postgres_fdw: cart sees page configs without the
+SumUp API key and cannot reach the key by any path; orders sees the key. Plus the demo data."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+from sqlalchemy.engine import make_url
+
+from ops.dbcheck import check
+from ops.demo import seed_demo_data
+from tests.conftest import admin_connect
+from tests.integration.blog_fixtures import SANDBOX_KEY, insert_post
+
+PAGE_CONFIG_COLUMNS = [
+    "id",
+    "container_type",
+    "container_id",
+    "page_slug",
+    "page_title",
+    "features",
+    "sumup_merchant_code",
+    "sumup_checkout_prefix",
+    "sumup_configured",
+    "created_at",
+    "updated_at",
+]
+PAYMENT_CONFIG_COLUMNS = [
+    "id",
+    "container_type",
+    "container_id",
+    "sumup_merchant_code",
+    "sumup_api_key",
+    "sumup_checkout_prefix",
+]
+
+
+def role_url(server, credentials, service: str, role: str) -> str:
+    """A DSN of ``service``'s database as ``role`` (an FDW reader role, say)."""
+    url = make_url(server.topology.app_url(service, credentials))
+    return url.set(username=role, password=credentials.role_password(role)).render_as_string(
+        hide_password=False
+    )
+
+
+def insert_config(server, container_type: str, container_id: int, **fields) -> int:
+    values = {
+        "features": '{"cart": true}',
+        "sumup_merchant_code": "MSANDBOX1",
+        "sumup_api_key": SANDBOX_KEY,
+        "sumup_checkout_prefix": "rose-farm-",
+        **fields,
+    }
+    with admin_connect(server, "blog") as connection:
+        row = connection.execute(
+            """
+            INSERT INTO blog.page_configs (container_type, container_id, features,
+                sumup_merchant_code, sumup_api_key, sumup_checkout_prefix, deleted_at)
+            VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id
+            """,
+            (
+                container_type,
+                container_id,
+                values["features"],
+                values["sumup_merchant_code"],
+                values["sumup_api_key"],
+                values["sumup_checkout_prefix"],
+                values.get("deleted_at"),
+            ),
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def columns_of(connection: psycopg.Connection, schema: str, name: str) -> list[str]:
+    rows = connection.execute(
+        """
+        SELECT column_name FROM information_schema.columns
+        WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position
+        """,
+        (schema, name),
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
+def test_export_views_have_exactly_the_agreed_columns(provisioned):
+    with admin_connect(provisioned, "blog") as connection:
+        assert columns_of(connection, "export", "page_configs") == PAGE_CONFIG_COLUMNS
+        assert columns_of(connection, "export", "page_payment_configs") == PAYMENT_CONFIG_COLUMNS
+
+
+def test_cart_reads_page_configs_without_any_key_column(clean_db, credentials):
+    page_id = insert_post(clean_db, "farm-shop", title="Farm shop", is_page=True)
+    insert_config(clean_db, "page", page_id)
+    insert_config(clean_db, "site", 0, sumup_api_key=None)
+    insert_config(clean_db, "page", page_id, deleted_at="2026-01-01T00:00:00Z")
+
+    with psycopg.connect(clean_db.topology.app_url("cart", credentials)) as cart:
+        assert columns_of(cart, "blog", "page_configs") == PAGE_CONFIG_COLUMNS
+        cursor = cart.execute("SELECT * FROM blog.page_configs ORDER BY id")
+        names = [column.name for column in cursor.description]
+        rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        assert not any("key" in name for name in names)
+        assert SANDBOX_KEY not in repr(rows)
+        # Active rows only; the page's slug and title come along; the key only as a yes/no.
+        assert [
+            (
+                row["container_type"],
+                row["container_id"],
+                row["page_slug"],
+                row["page_title"],
+                row["features"],
+                row["sumup_merchant_code"],
+                row["sumup_checkout_prefix"],
+                row["sumup_configured"],
+            )
+            for row in rows
+        ] == [
+            (
+                "page",
+                page_id,
+                "farm-shop",
+                "Farm shop",
+                {"cart": True},
+                "MSANDBOX1",
+                "rose-farm-",
+                True,
+            ),
+            ("site", 0, None, None, {"cart": True}, "MSANDBOX1", "rose-farm-", False),
+        ]
+        with pytest.raises(psycopg.errors.UndefinedColumn):
+            cart.execute("SELECT sumup_api_key FROM blog.page_configs")
+    with psycopg.connect(clean_db.topology.app_url("cart", credentials)) as cart:
+        # cart was given no foreign table with the key.
+        assert columns_of(cart, "blog", "page_payment_configs") == []
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            cart.execute("UPDATE blog.page_configs SET sumup_merchant_code = 'STOLEN1'")
+
+
+def test_the_cart_reader_role_cannot_read_the_key_by_any_path(clean_db, credentials):
+    page_id = insert_post(clean_db, "farm-shop", is_page=True)
+    insert_config(clean_db, "page", page_id)
+
+    reader = role_url(clean_db, credentials, "blog", "blog_ro_cart")
+    with psycopg.connect(reader) as connection:
+        assert connection.execute("SELECT count(*) FROM export.page_configs").fetchone() == (1,)
+    for forbidden in (
+        "SELECT sumup_api_key FROM blog.page_configs",
+        "SELECT sumup_api_key FROM export.page_payment_configs",
+        "SELECT * FROM blog.page_configs",
+    ):
+        with (
+            psycopg.connect(reader) as connection,
+            pytest.raises(psycopg.errors.InsufficientPrivilege),
+        ):
+            connection.execute(forbidden)
+
+    # Even a foreign table pointed at the key's view or base table through the cart edge's own
+    # server (which only a superuser or cart's owner could create) gets nothing: the remote
+    # role has no privilege there.
+    sneaky = {
+        "sneaky_payment": ("export", "page_payment_configs"),
+        "sneaky_base": ("blog", "page_configs"),
+    }
+    with admin_connect(clean_db, "cart") as admin:
+        for name, (schema, table) in sneaky.items():
+            admin.execute(
+                f"""
+                CREATE FOREIGN TABLE blog.{name} (id bigint, sumup_api_key text)
+                SERVER blog_server OPTIONS (schema_name '{schema}', table_name '{table}')
+                """
+            )
+            admin.execute(f"GRANT SELECT ON blog.{name} TO cart_app")
+    try:
+        for name in sneaky:
+            with (
+                psycopg.connect(clean_db.topology.app_url("cart", credentials)) as cart,
+                pytest.raises(psycopg.errors.InsufficientPrivilege) as refused,
+            ):
+                cart.execute(f"SELECT sumup_api_key FROM blog.{name}")
+            # Refused by db_blog itself, not by a local grant.
+            assert "permission denied" in str(refused.value)
+            assert "remote SQL command" in (refused.value.diag.context or "")
+    finally:
+        with admin_connect(clean_db, "cart") as admin:
+            for name in sneaky:
+                admin.execute(f"DROP FOREIGN TABLE IF EXISTS blog.{name}")
+
+
+def test_orders_reads_the_key_through_page_payment_configs(clean_db, credentials):
+    page_id = insert_post(clean_db, "farm-shop", is_page=True)
+    config_id = insert_config(clean_db, "page", page_id)
+    with psycopg.connect(clean_db.topology.app_url("orders", credentials)) as orders:
+        assert columns_of(orders, "blog", "page_payment_configs") == PAYMENT_CONFIG_COLUMNS
+        assert orders.execute(
+            "SELECT id, sumup_merchant_code, sumup_api_key, sumup_checkout_prefix "
+            "FROM blog.page_payment_configs WHERE container_type = 'page' AND container_id = %s",
+            (page_id,),
+        ).fetchall() == [(config_id, "MSANDBOX1", SANDBOX_KEY, "rose-farm-")]
+        assert orders.execute("SELECT page_slug FROM blog.page_configs").fetchall() == [
+            ("farm-shop",)
+        ]
+    # And only orders: its reader role, not cart's, is granted the view.
+    with admin_connect(clean_db, "blog") as connection:
+        grantees = connection.execute(
+            """
+            SELECT grantee FROM information_schema.role_table_grants
+            WHERE table_schema = 'export' AND table_name = 'page_payment_configs'
+              AND grantee <> 'blog_owner'
+            """
+        ).fetchall()
+    assert grantees == [("blog_ro_orders",)]
+
+
+def test_blog_edges_are_provisioned_without_drift(provisioned):
+    differences, notes = check(provisioned.topology)
+    assert [line for line in differences if "blog" in line] == []
+    assert [note for note in notes if "<- blog" in note or "blog <-" in note] == []
+
+
+def test_demo_data_seeds_once(clean_db):
+    said: list[str] = []
+    seed_demo_data(clean_db.topology, ["blog"], said.append)
+    assert len(said) == 1
+    assert "12 posts" in said[0]
+    seed_demo_data(clean_db.topology, ["blog"], said.append)
+    assert len(said) == 1  # not empty any more: nothing seeded, nothing said
+
+    with admin_connect(clean_db, "blog") as connection:
+        published_posts = connection.execute(
+            "SELECT count(*) FROM blog.posts WHERE NOT is_page AND status = 'published'"
+        ).fetchone()
+        pages = connection.execute(
+            "SELECT slug FROM blog.posts WHERE is_page ORDER BY slug"
+        ).fetchall()
+        configs = connection.execute(
+            """
+            SELECT coalesce(p.slug, pc.container_type), pc.sumup_merchant_code,
+                   pc.sumup_api_key, pc.sumup_checkout_prefix IS NOT NULL
+            FROM blog.page_configs AS pc
+            LEFT JOIN blog.posts AS p ON pc.container_type = 'page' AND p.id = pc.container_id
+            ORDER BY 1
+            """
+        ).fetchall()
+    assert published_posts == (12,)
+    assert pages == [("farm-shop",), ("market-hall",)]
+    assert configs == [
+        ("farm-shop", "MSANDBOX1", SANDBOX_KEY, True),
+        ("market-hall", "MSANDBOX1", SANDBOX_KEY, True),
+        ("site", "MSANDBOX1", SANDBOX_KEY, True),
+    ]
