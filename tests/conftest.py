@@ -3,6 +3,7 @@ in-process stacks of real apps talking to each other over real (ASGI) HTTP."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -13,7 +14,6 @@ import httpx
 import psycopg
 import pytest
 from litestar import Litestar
-from litestar.testing import AsyncTestClient
 
 from apps.common.internal_client import InternalClient, close_client, install_client
 from apps.common.services import SERVICES, service_spec
@@ -98,12 +98,15 @@ def make_settings(
 
 @dataclass
 class InProcessStack:
-    """Real apps of several services in this process; internal calls go over ASGI HTTP."""
+    """Real apps of several services in this process; internal calls go over ASGI HTTP.
+
+    Everything runs on the test's event loop (Litestar's AsyncTestClient would run the app on a
+    loop of its own, and connection pools must not be shared across loops)."""
 
     apps: dict[str, Litestar]
-    clients: dict[str, AsyncTestClient[Litestar]] = field(default_factory=dict)
+    clients: dict[str, httpx.AsyncClient] = field(default_factory=dict)
 
-    def client(self, service: str) -> AsyncTestClient[Litestar]:
+    def client(self, service: str) -> httpx.AsyncClient:
         return self.clients[service]
 
     def browser(self, service: str) -> httpx.AsyncClient:
@@ -113,6 +116,30 @@ class InProcessStack:
             base_url=f"http://{service}.test",
             follow_redirects=False,
         )
+
+
+@asynccontextmanager
+async def lifespan_running(app: Litestar) -> AsyncIterator[None]:
+    """Run the app's lifespan (start-up, shut-down) in a task of its own on this loop, so it is
+    entered and exited in the same task whatever task the test's fixtures run in."""
+    started, stop = asyncio.Event(), asyncio.Event()
+
+    async def run() -> None:
+        async with app.lifespan():
+            started.set()
+            await stop.wait()
+
+    task = asyncio.create_task(run())
+    waiter = asyncio.create_task(started.wait())
+    await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        waiter.cancel()
+        task.result()  # start-up failed: raise its error
+    try:
+        yield
+    finally:
+        stop.set()
+        await task
 
 
 @asynccontextmanager
@@ -137,9 +164,8 @@ async def in_process_stack(
     try:
         async with AsyncExitStack() as exits:
             for name, app in apps.items():
-                stack.clients[name] = await exits.enter_async_context(
-                    AsyncTestClient(app, base_url=f"http://{name}.test")
-                )
+                await exits.enter_async_context(lifespan_running(app))
+                stack.clients[name] = await exits.enter_async_context(stack.browser(name))
             yield stack
     finally:
         await close_client()

@@ -33,3 +33,31 @@ def create_idempotency_keys(schema: str) -> None:
         ),
         schema=schema,
     )
+
+
+def create_outbox(schema: str) -> None:
+    """The table behind :mod:`apps.common.outbox` in ``schema``."""
+    op.create_table(
+        "outbox",
+        sa.Column("id", sa.BigInteger, sa.Identity(always=False), primary_key=True),
+        sa.Column("service", sa.String(32), nullable=False),
+        sa.Column("action", sa.String(64), nullable=False),
+        sa.Column("payload", sa.dialects.postgresql.JSONB, nullable=False),
+        sa.Column("idempotency_key", sa.String(200), nullable=False, unique=True),
+        sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("next_attempt_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+        sa.Column("delivered_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("last_error", sa.Text, nullable=True),
+        sa.Column(
+            "created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
+        ),
+        schema=schema,
+    )
+    # The relay's scan: undelivered messages by due time.
+    op.create_index(
+        f"ix_{schema}_outbox_due",
+        "outbox",
+        ["next_attempt_at"],
+        schema=schema,
+        postgresql_where=sa.text("delivered_at IS NULL"),
+    )

@@ -165,9 +165,13 @@ def _validation_problem(request: Request, exc: ValidationException) -> Response[
 def handle_exception(request: Request, exc: Exception) -> Response[dict[str, Any]]:
     if isinstance(exc, Problem):
         errors = [{"field": exc.field, "message": exc.detail}] if exc.field else None
+        # The detail always names the field it is about.
+        detail = exc.detail
+        if exc.field and exc.field not in detail:
+            detail = f"{exc.field}: {detail}"
         return problem_response(
             exc.status_code,
-            exc.detail,
+            detail,
             title=exc.title,
             instance=request.url.path,
             headers=exc.headers,

@@ -1,0 +1,187 @@
+"""A transactional outbox: actions to call on other services, written in the same transaction as
+the change that requires them, delivered later by a relay with retries and backoff until the
+other service acknowledges.
+
+Each message carries an idempotency key (unique), sent as the ``Idempotency-Key`` header, so a
+redelivery after a lost acknowledgement is harmless: the receiver replays its stored answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Identity,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB, insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from apps.common.internal_client import InternalCallError, current_client
+
+logger = logging.getLogger("rose.outbox")
+
+MAX_BACKOFF_SECONDS = 300
+
+
+def outbox_table(metadata: MetaData) -> Table:
+    return Table(
+        "outbox",
+        metadata,
+        Column("id", BigInteger, Identity(always=False), primary_key=True),
+        Column("service", String(32), nullable=False),
+        Column("action", String(64), nullable=False),
+        Column("payload", JSONB, nullable=False),
+        Column("idempotency_key", String(200), nullable=False, unique=True),
+        Column("attempts", Integer, nullable=False, server_default="0"),
+        Column("next_attempt_at", DateTime(timezone=True), server_default=func.now()),
+        Column("delivered_at", DateTime(timezone=True), nullable=True),
+        Column("last_error", Text, nullable=True),
+        Column("created_at", DateTime(timezone=True), server_default=func.now(), nullable=False),
+    )
+
+
+async def enqueue(
+    session: AsyncSession,
+    table: Table,
+    *,
+    service: str,
+    action: str,
+    payload: Mapping[str, Any],
+    idempotency_key: str,
+) -> bool:
+    """Add a message in the caller's transaction; False when that key is already queued."""
+    result = await session.execute(
+        insert(table)
+        .values(
+            service=service,
+            action=action,
+            payload=dict(payload),
+            idempotency_key=idempotency_key,
+        )
+        .on_conflict_do_nothing(index_elements=["idempotency_key"])
+        .returning(table.c.id)
+    )
+    return result.first() is not None
+
+
+def backoff(attempts: int) -> timedelta:
+    return timedelta(seconds=min(2 ** max(attempts - 1, 0), MAX_BACKOFF_SECONDS))
+
+
+class OutboxRelay:
+    """Delivers due messages. ``wake()`` after a commit that queued messages; otherwise it polls.
+
+    Each message is delivered in its own transaction holding the row lock (``FOR UPDATE SKIP
+    LOCKED``), so several processes can relay one outbox without delivering a message twice
+    at once."""
+
+    def __init__(
+        self,
+        maker: async_sessionmaker[AsyncSession],
+        table: Table,
+        *,
+        poll_seconds: float = 2.0,
+        batch: int = 20,
+    ) -> None:
+        self._maker = maker
+        self._table = table
+        self._poll = poll_seconds
+        self._batch = batch
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="outbox-relay")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                delivered = await self.deliver_due()
+            except Exception:  # the relay must outlive any single failure
+                logger.exception("outbox relay pass failed")
+                delivered = 0
+            if delivered:
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout=self._poll)
+            self._wakeup.clear()
+
+    async def deliver_due(self) -> int:
+        """Deliver what is due now; returns how many messages were acknowledged."""
+        table = self._table
+        acknowledged = 0
+        for _ in range(self._batch):
+            async with self._maker() as session, session.begin():
+                message = (
+                    await session.execute(
+                        select(table)
+                        .where(
+                            table.c.delivered_at.is_(None), table.c.next_attempt_at <= func.now()
+                        )
+                        .order_by(table.c.id)
+                        .limit(1)
+                        .with_for_update(skip_locked=True)
+                    )
+                ).first()
+                if message is None:
+                    return acknowledged
+                try:
+                    await current_client().call_action(
+                        message.service,
+                        message.action,
+                        message.payload,
+                        idempotency_key=message.idempotency_key,
+                    )
+                except InternalCallError as exc:
+                    attempts = message.attempts + 1
+                    logger.warning(
+                        "outbox %s %s.%s failed (attempt %d): %s",
+                        message.id,
+                        message.service,
+                        message.action,
+                        attempts,
+                        exc,
+                    )
+                    await session.execute(
+                        update(table)
+                        .where(table.c.id == message.id)
+                        .values(
+                            attempts=attempts,
+                            last_error=str(exc)[:2000],
+                            next_attempt_at=func.now() + backoff(attempts),
+                        )
+                    )
+                    continue
+                await session.execute(
+                    update(table)
+                    .where(table.c.id == message.id)
+                    .values(delivered_at=func.now(), attempts=message.attempts + 1, last_error=None)
+                )
+                acknowledged += 1
+        return acknowledged

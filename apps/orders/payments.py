@@ -1,0 +1,192 @@
+"""SumUp through its official SDK (pinned: ``sumup==0.4.0``), behind a small gateway.
+
+Amounts go out as the float of a 2-decimal Decimal (the SDK cannot send a Decimal) and come back
+compared as ``Decimal(str(amount))``. Every call has a timeout (the SDK's default is none). SDK
+errors become :class:`PaymentProviderUnavailable` (no answer, 5xx: try again later) or
+:class:`PaymentProviderError` (an answer we cannot use).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from decimal import Decimal
+
+import httpx
+from sumup import AsyncSumup
+from sumup.errors import APIConnectionError, APIError, ConflictError, NotFoundError
+
+from apps.common.problems import BadGateway, DependencyUnavailable
+
+logger = logging.getLogger("rose.orders.sumup")
+
+SUMUP_BASE_URL = "https://api.sumup.com"
+CENT = Decimal("0.01")
+
+
+class PaymentProviderUnavailable(DependencyUnavailable):
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"SumUp is unavailable: {detail}", service="sumup")
+
+
+class PaymentProviderError(BadGateway):
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"SumUp refused the request: {detail}", service="sumup")
+
+
+class CheckoutNotFound(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class RemoteCheckout:
+    id: str
+    reference: str
+    status: str
+    amount: Decimal
+    currency: str
+    hosted_url: str | None
+    transaction_code: str | None
+
+
+@dataclass(frozen=True)
+class MerchantAccount:
+    merchant_code: str
+    api_key: str
+
+
+def as_amount(value: Decimal) -> float:
+    return float(value.quantize(CENT))
+
+
+def _remote(checkout: object) -> RemoteCheckout:
+    status = getattr(checkout, "status", None)
+    currency = getattr(checkout, "currency", None)
+    return RemoteCheckout(
+        id=str(checkout.id),  # type: ignore[attr-defined]
+        reference=str(checkout.checkout_reference),  # type: ignore[attr-defined]
+        status=str(getattr(status, "value", status) or "PENDING"),
+        amount=Decimal(str(checkout.amount)).quantize(CENT),  # type: ignore[attr-defined]
+        currency=str(getattr(currency, "value", currency)),
+        hosted_url=getattr(checkout, "hosted_checkout_url", None),
+        transaction_code=getattr(checkout, "transaction_code", None),
+    )
+
+
+class SumUpGateway:
+    def __init__(self, base_url: str = SUMUP_BASE_URL, timeout_seconds: float = 10.0) -> None:
+        self.base_url = base_url
+        self.timeout = httpx.Timeout(timeout_seconds, connect=min(3.0, timeout_seconds))
+        # One SDK client (one connection pool) per merchant API key.
+        self._clients: dict[str, AsyncSumup] = {}
+
+    def _client(self, account: MerchantAccount) -> AsyncSumup:
+        if not account.api_key:
+            # The SDK would send "Bearer None"; refuse instead.
+            raise PaymentProviderError("no API key is configured for this merchant")
+        client = self._clients.get(account.api_key)
+        if client is None:
+            client = AsyncSumup(
+                api_key=account.api_key, base_url=self.base_url, timeout=self.timeout
+            )
+            self._clients[account.api_key] = client
+        return client
+
+    async def aclose(self) -> None:
+        for client in self._clients.values():
+            await client.aclose()
+        self._clients.clear()
+
+    async def create_checkout(
+        self,
+        account: MerchantAccount,
+        *,
+        reference: str,
+        amount: Decimal,
+        currency: str,
+        description: str,
+        webhook_url: str,
+        redirect_url: str,
+    ) -> RemoteCheckout:
+        """Create a hosted checkout; a reference SumUp already has (409 DUPLICATED_CHECKOUT,
+        e.g. our earlier try whose answer was lost) is recovered by listing by reference."""
+        client = self._client(account)
+        try:
+            created = await client.checkouts.create(
+                checkout_reference=reference,
+                amount=as_amount(amount),
+                currency=currency,  # type: ignore[arg-type]
+                merchant_code=account.merchant_code,
+                description=description,
+                return_url=webhook_url,
+                redirect_url=redirect_url,
+                hosted_checkout={"enabled": True},  # type: ignore[arg-type]
+            )
+            return _remote(created)
+        except ConflictError as exc:
+            if _error_code(exc) != "DUPLICATED_CHECKOUT":
+                raise PaymentProviderError(str(exc)) from exc
+            logger.info("checkout %s already exists at SumUp; recovering it", reference)
+            try:
+                found = await self._by_reference(client, reference)
+            except APIConnectionError as lookup_error:
+                raise PaymentProviderUnavailable(type(lookup_error).__name__) from exc
+            except APIError as lookup_error:
+                raise _classify(lookup_error) from exc
+            if found is None:
+                raise PaymentProviderError(
+                    f"SumUp reports {reference} as duplicated but does not list it"
+                ) from exc
+            return found
+        except APIConnectionError as exc:
+            raise PaymentProviderUnavailable(type(exc).__name__) from exc
+        except APIError as exc:
+            raise _classify(exc) from exc
+
+    async def _by_reference(self, client: AsyncSumup, reference: str) -> RemoteCheckout | None:
+        for checkout in await client.checkouts.list(checkout_reference=reference):
+            if checkout.checkout_reference == reference:
+                return _remote(checkout)
+        return None
+
+    async def get_checkout(self, account: MerchantAccount, checkout_id: str) -> RemoteCheckout:
+        client = self._client(account)
+        try:
+            return _remote(await client.checkouts.get(checkout_id))
+        except NotFoundError as exc:
+            raise CheckoutNotFound(checkout_id) from exc
+        except APIConnectionError as exc:
+            raise PaymentProviderUnavailable(type(exc).__name__) from exc
+        except APIError as exc:
+            raise _classify(exc) from exc
+
+    async def deactivate_checkout(
+        self, account: MerchantAccount, checkout_id: str
+    ) -> RemoteCheckout:
+        """Close a checkout so it cannot be paid any more; one SumUp already processed (409
+        CHECKOUT_PROCESSED) is returned as it is, so its payment is not lost."""
+        client = self._client(account)
+        try:
+            return _remote(await client.checkouts.deactivate(checkout_id))
+        except ConflictError:
+            return await self.get_checkout(account, checkout_id)
+        except NotFoundError as exc:
+            raise CheckoutNotFound(checkout_id) from exc
+        except APIConnectionError as exc:
+            raise PaymentProviderUnavailable(type(exc).__name__) from exc
+        except APIError as exc:
+            raise _classify(exc) from exc
+
+
+def _error_code(exc: APIError) -> str | None:
+    body = exc.body
+    code = getattr(body, "error_code", None)
+    if code is None and isinstance(body, dict):
+        code = body.get("error_code")
+    return str(code) if code is not None else None
+
+
+def _classify(exc: APIError) -> Exception:
+    if exc.status is None or exc.status >= 500 or exc.status == 429:
+        return PaymentProviderUnavailable(str(exc))
+    return PaymentProviderError(str(exc))

@@ -1,0 +1,216 @@
+"""Public routes of orders (orders.rose-ash.com): the SumUp webhook and return page, the order
+list and detail pages, pay again and recheck. HTML for browsers, JSON for API clients."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Request, Response, get, post
+from litestar.datastructures import State
+from litestar.params import Parameter
+from litestar.response import Redirect
+
+from apps.common.deps import CurrentIdentity, DbSession
+from apps.common.problems import Conflict, DependencyUnavailable, InvalidInput
+from apps.common.web import render, wants_html
+from apps.orders import service
+from apps.orders.models import Order
+
+WEBHOOK_PREFIX = "/checkout/webhook/"
+STATUS_CHANGED = "CHECKOUT_STATUS_CHANGED"
+OrderId = Annotated[int, Parameter(ge=1, le=2**63 - 1)]
+
+
+class WebhookEvent(msgspec.Struct):
+    event_type: str
+    id: str | None = None
+
+
+def payment_state(order: Order) -> str:
+    """What the buyer is told: paid, review (flagged), failed (pay again), or waiting."""
+    if order.status == "paid":
+        return "paid"
+    if order.flagged:
+        return "review"
+    if order.status == "cancelled":
+        return "cancelled"
+    attempt = order.current_attempt
+    if attempt is not None and attempt.status in ("FAILED", "EXPIRED"):
+        return "failed"
+    return "waiting"
+
+
+@post(
+    f"{WEBHOOK_PREFIX}{{order_id:int}}/",
+    operation_id="sumup_webhook",
+    status_code=204,
+    tags=["checkout"],
+)
+async def sumup_webhook(
+    request: Request, db_session: DbSession, state: State, order_id: OrderId
+) -> None:
+    """SumUp's notification: ``{"event_type": "CHECKOUT_STATUS_CHANGED", "id": ...}``, unsigned.
+    An unknown checkout gets a 2xx and no SumUp call; a known one is re-fetched and applied.
+    A SumUp or blog outage answers 503, so SumUp delivers again later."""
+    try:
+        event = msgspec.json.decode(await request.body(), type=WebhookEvent)
+    except msgspec.ValidationError as exc:
+        raise InvalidInput(f"not a SumUp event: {exc}", field="body") from None
+    except msgspec.DecodeError:
+        raise InvalidInput("the body is not JSON", field="body") from None
+    if event.event_type != STATUS_CHANGED:
+        return
+    if not event.id:
+        raise InvalidInput("a checkout status event needs the checkout id", field="id")
+    applied = await service.handle_webhook(db_session, order_id, event.id, state.gateway)
+    await db_session.commit()
+    if applied is not None and applied.paid:
+        state.relay.wake()
+
+
+async def _rechecked(db_session: DbSession, state: State, order: Order) -> tuple[Order, list[str]]:
+    """Re-fetch a pending order's checkout; SumUp being down only means "still waiting"."""
+    degraded: list[str] = []
+    try:
+        applied = await service.recheck(db_session, order, state.gateway)
+        await db_session.commit()
+        if applied is not None and applied.paid:
+            state.relay.wake()
+    except DependencyUnavailable:
+        await db_session.rollback()
+        degraded.append("sumup")
+    await db_session.refresh(order)
+    return order, degraded
+
+
+@get("/checkout/return/{order_id:int}/", operation_id="checkout_return", tags=["checkout"])
+async def checkout_return(
+    request: Request,
+    db_session: DbSession,
+    identity: CurrentIdentity,
+    state: State,
+    order_id: OrderId,
+) -> Any:
+    """Where SumUp sends the buyer back. The checkout may still be pending: re-check it."""
+    order = await service.get_owned_order(
+        db_session, order_id, identity.user_id, identity.session_id
+    )
+    order, degraded = await _rechecked(db_session, state, order)
+    result = payment_state(order)
+    if not wants_html(request):
+        return {"state": result, "order": service.order_dict(order), "degraded": degraded}
+    return render(request, "return.html", order=order, state=result, degraded=degraded, refresh=3)
+
+
+@get("/", operation_id="order_list_html")
+async def order_list(
+    request: Request,
+    db_session: DbSession,
+    identity: CurrentIdentity,
+    page: Annotated[int, Parameter(ge=1, le=100_000)] = 1,
+) -> Any:
+    orders, total = await service.list_orders(
+        db_session, identity.user_id, identity.session_id, page
+    )
+    pages = max(1, -(-total // service.ORDERS_PER_PAGE))
+    return render(
+        request,
+        "orders.html",
+        orders=orders,
+        total=total,
+        page=page,
+        pages=pages,
+        state_of=payment_state,
+    )
+
+
+@get("/api/orders", operation_id="order_list")
+async def api_order_list(
+    db_session: DbSession,
+    identity: CurrentIdentity,
+    page: Annotated[int, Parameter(ge=1, le=100_000)] = 1,
+) -> dict[str, Any]:
+    orders, total = await service.list_orders(
+        db_session, identity.user_id, identity.session_id, page
+    )
+    return {
+        "items": [service.order_dict(order) for order in orders],
+        "page": page,
+        "per_page": service.ORDERS_PER_PAGE,
+        "total": total,
+    }
+
+
+@get("/order/{order_id:int}/", operation_id="order_html")
+async def order_detail(
+    request: Request, db_session: DbSession, identity: CurrentIdentity, order_id: OrderId
+) -> Any:
+    order = await service.get_owned_order(
+        db_session, order_id, identity.user_id, identity.session_id
+    )
+    return render(request, "order.html", order=order, state=payment_state(order))
+
+
+@get("/api/orders/{order_id:int}", operation_id="order")
+async def api_order_detail(
+    db_session: DbSession, identity: CurrentIdentity, order_id: OrderId
+) -> dict[str, Any]:
+    order = await service.get_owned_order(
+        db_session, order_id, identity.user_id, identity.session_id
+    )
+    return {**service.order_dict(order), "state": payment_state(order)}
+
+
+@post("/order/{order_id:int}/pay/", operation_id="order_pay", status_code=200)
+async def pay_again(
+    request: Request,
+    db_session: DbSession,
+    identity: CurrentIdentity,
+    state: State,
+    order_id: OrderId,
+) -> Any:
+    """A new payment attempt (new checkout, new reference); the browser goes to SumUp."""
+    order = await service.get_owned_order(
+        db_session, order_id, identity.user_id, identity.session_id
+    )
+    attempt = await service.start_new_attempt(db_session, order, state.gateway, state.order_urls)
+    await db_session.commit()
+    if attempt is None:
+        state.relay.wake()
+        raise Conflict(f"order {order.id} is already {payment_state(order)}; nothing to pay")
+    hosted_url = attempt.hosted_url or ""
+    if wants_html(request):
+        return Redirect(path=hosted_url, status_code=303)
+    return {"order_id": order.id, "attempt": attempt.number, "sumup_hosted_url": hosted_url}
+
+
+@post("/order/{order_id:int}/recheck/", operation_id="order_recheck", status_code=200)
+async def recheck(
+    request: Request,
+    db_session: DbSession,
+    identity: CurrentIdentity,
+    state: State,
+    order_id: OrderId,
+) -> Any:
+    order = await service.get_owned_order(
+        db_session, order_id, identity.user_id, identity.session_id
+    )
+    order, degraded = await _rechecked(db_session, state, order)
+    if wants_html(request):
+        return Redirect(path=f"/order/{order.id}/", status_code=303)
+    return Response(
+        {"state": payment_state(order), "order": service.order_dict(order), "degraded": degraded}
+    )
+
+
+handlers = [
+    sumup_webhook,
+    checkout_return,
+    order_list,
+    api_order_list,
+    order_detail,
+    api_order_detail,
+    pay_again,
+    recheck,
+]

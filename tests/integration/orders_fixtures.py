@@ -1,0 +1,142 @@
+"""What orders tests need: a real SumUp sandbox over HTTP, page configs in db_blog, in-process
+orders and blog apps, and create-order payloads."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+
+from ops.sumup_sandbox.app import DEFAULT_API_KEY, DEFAULT_MERCHANT_CODE
+from ops.sumup_sandbox.server import BackgroundSandbox
+from ops.sumup_sandbox.state import SandboxControls, SandboxState
+from tests.conftest import admin_connect, in_process_stack
+
+ORDERS_PUBLIC_URL = "http://orders.test"
+
+
+def sandbox_state(**controls: Any) -> SandboxState:
+    # In-process orders listen on no port: the tests deliver webhooks themselves.
+    defaults: dict[str, Any] = {"webhooks": "drop", "webhook_retry_delays": ()}
+    return SandboxState(SandboxControls(**{**defaults, **controls}))
+
+
+def add_page_config(
+    server,
+    container_type: str,
+    container_id: int,
+    *,
+    merchant_code: str | None = DEFAULT_MERCHANT_CODE,
+    api_key: str | None = DEFAULT_API_KEY,
+    prefix: str | None = "rose-test-",
+) -> int:
+    with admin_connect(server, "blog") as connection:
+        return connection.execute(
+            """
+            INSERT INTO blog.page_configs (container_type, container_id, sumup_merchant_code,
+                                           sumup_api_key, sumup_checkout_prefix)
+            VALUES (%s, %s, %s, %s, %s) RETURNING id
+            """,
+            (container_type, container_id, merchant_code, api_key, prefix),
+        ).fetchone()[0]
+
+
+def orders_overrides(sandbox_url: str, **extra: str) -> dict[str, dict[str, Any]]:
+    return {
+        "orders": {
+            "extra": {
+                "ORDERS_SUMUP_BASE_URL": sandbox_url,
+                "ORDERS_SUMUP_TIMEOUT": "3",
+                "ORDERS_RECONCILE_SECONDS": "3600",
+                **extra,
+            },
+            "app_urls": {"orders": ORDERS_PUBLIC_URL},
+        }
+    }
+
+
+@asynccontextmanager
+async def orders_stack(server, credentials, sandbox: BackgroundSandbox, services=None, **extra):
+    names = services or ["orders", "blog"]
+    async with in_process_stack(
+        server, credentials, names, settings_overrides=orders_overrides(sandbox.url, **extra)
+    ) as running:
+        yield running
+
+
+def product_line(
+    product_id: int = 1, price: str = "10.00", quantity: int = 1, **overrides: Any
+) -> dict[str, Any]:
+    line = {
+        "product_id": product_id,
+        "product_title": f"Product {product_id}",
+        "product_slug": f"product-{product_id}",
+        "product_image": None,
+        "product_regular_price": price,
+        "product_special_price": None,
+        "product_price_currency": "EUR",
+        "quantity": quantity,
+        "market_place_container_id": 1,
+    }
+    line.update(overrides)
+    return line
+
+
+def order_payload(*lines: dict[str, Any], **overrides: Any) -> dict[str, Any]:
+    from decimal import Decimal
+
+    cart_items = list(lines) or [product_line()]
+    product_total = sum(
+        (
+            Decimal(line["product_special_price"] or line["product_regular_price"])
+            * line["quantity"]
+            for line in cart_items
+        ),
+        Decimal(0),
+    )
+    payload: dict[str, Any] = {
+        "cart_items": cart_items,
+        "calendar_entries": [],
+        "tickets": [],
+        "user_id": 1,
+        "session_id": "session-1",
+        "product_total": str(product_total),
+        "calendar_total": "0",
+        "ticket_total": "0",
+        "page_post_id": None,
+    }
+    payload.update(overrides)
+    return payload
+
+
+class Sandbox:
+    """The sandbox's control endpoints, as a test drives them."""
+
+    def __init__(self, server: BackgroundSandbox) -> None:
+        self.server = server
+        self.client = httpx.Client(base_url=server.url, timeout=10)
+
+    def checkout(self, checkout_id: str) -> dict[str, Any]:
+        response = self.client.get(
+            f"/v0.1/checkouts/{checkout_id}",
+            headers={"Authorization": f"Bearer {DEFAULT_API_KEY}"},
+        )
+        response.raise_for_status()
+        return response.json()
+
+    def checkouts(self) -> list[dict[str, Any]]:
+        return self.client.get("/_sandbox/checkouts").json()
+
+    def pay(self, checkout_id: str, **body: Any) -> dict[str, Any]:
+        response = self.client.post(f"/_sandbox/checkouts/{checkout_id}/pay", json=body or None)
+        response.raise_for_status()
+        return response.json()
+
+    def fail(self, checkout_id: str) -> dict[str, Any]:
+        response = self.client.post(f"/_sandbox/checkouts/{checkout_id}/fail")
+        response.raise_for_status()
+        return response.json()
+
+    def controls(self, **changes: Any) -> None:
+        self.client.post("/_sandbox/controls", json=changes).raise_for_status()

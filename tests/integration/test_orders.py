@@ -1,0 +1,399 @@
+"""orders: create-order against the SumUp sandbox over real HTTP, the webhook, the return page,
+order pages, pay again, reconciliation. Page configs come from db_blog through postgres_fdw."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from decimal import Decimal
+
+import pytest
+
+from ops.sumup_sandbox.server import BackgroundSandbox
+from tests.conftest import admin_connect
+from tests.integration.orders_fixtures import (
+    ORDERS_PUBLIC_URL,
+    Sandbox,
+    add_page_config,
+    order_payload,
+    orders_stack,
+    product_line,
+    sandbox_state,
+)
+from tests.signed import internal_get, internal_post
+from tests.waiting import eventually
+
+JSON = {"accept": "application/json"}
+HTML = {"accept": "text/html"}
+
+
+@pytest.fixture
+def sandbox():
+    with BackgroundSandbox(state=sandbox_state()) as server:
+        yield Sandbox(server)
+
+
+@pytest.fixture
+def site_config(clean_db) -> int:
+    return add_page_config(clean_db, "site", 0)
+
+
+@pytest.fixture
+async def orders(clean_db, credentials, sandbox, site_config):
+    async with orders_stack(clean_db, credentials, sandbox.server) as running:
+        yield running
+
+
+def order_rows(server) -> list[tuple]:
+    with admin_connect(server, "orders") as connection:
+        return connection.execute(
+            "SELECT id, status, flagged, total, currency FROM orders.orders ORDER BY id"
+        ).fetchall()
+
+
+def outbox_rows(server) -> list[tuple]:
+    with admin_connect(server, "orders") as connection:
+        return connection.execute(
+            "SELECT service, action, payload, idempotency_key FROM orders.outbox ORDER BY id"
+        ).fetchall()
+
+
+def checkout_id_of(server, order_id: int, attempt: int = 1) -> str:
+    with admin_connect(server, "orders") as connection:
+        return connection.execute(
+            "SELECT sumup_checkout_id FROM orders.payment_attempts "
+            "WHERE order_id = %s AND number = %s",
+            (order_id, attempt),
+        ).fetchone()[0]
+
+
+async def create(orders, payload=None, key=None):
+    return await internal_post(
+        orders.client("orders"), "create-order", payload or order_payload(), idempotency_key=key
+    )
+
+
+async def webhook(orders, order_id: int, checkout_id: str):
+    return await orders.client("orders").post(
+        f"/checkout/webhook/{order_id}/",
+        content=json.dumps({"event_type": "CHECKOUT_STATUS_CHANGED", "id": checkout_id}),
+        headers={"content-type": "application/json"},
+    )
+
+
+async def signed_in(orders, user_id: int = 1):
+    browser = orders.browser("orders")
+    response = await browser.get(f"/auth/dev-login?user_id={user_id}", headers=JSON)
+    browser.headers["x-csrf-token"] = response.json()["csrf_token"]
+    return browser
+
+
+async def test_create_order_snapshots_lines_and_creates_a_hosted_checkout(
+    orders, clean_db, sandbox, site_config
+):
+    payload = order_payload(
+        product_line(1, "10.00", 2),
+        product_line(2, "5.50", 1, product_special_price="4.25"),
+    )
+    response = await create(orders, payload)
+    assert response.status_code == 200, response.text
+    created = response.json()
+    order_id = created["order_id"]
+    assert created["page_config_id"] == site_config
+    assert created["sumup_reference"] == f"rose-test-{order_id}-1"
+    assert created["description"] == f"rose-ash order #{order_id}"
+    assert order_rows(clean_db) == [(order_id, "pending", False, Decimal("24.25"), "EUR")]
+
+    checkout = sandbox.checkout(checkout_id_of(clean_db, order_id))
+    assert created["sumup_hosted_url"] == checkout["hosted_checkout_url"]
+    assert checkout["amount"] == 24.25
+    assert checkout["currency"] == "EUR"
+    assert checkout["merchant_code"] == "MSANDBOX1"
+    assert checkout["checkout_reference"] == created["sumup_reference"]
+    assert checkout["return_url"] == f"{ORDERS_PUBLIC_URL}/checkout/webhook/{order_id}/"
+    assert checkout["redirect_url"] == f"{ORDERS_PUBLIC_URL}/checkout/return/{order_id}/"
+
+    with admin_connect(clean_db, "orders") as connection:
+        items = connection.execute(
+            "SELECT kind, source_id, title, unit_price, quantity FROM orders.order_items "
+            "WHERE order_id = %s ORDER BY id",
+            (order_id,),
+        ).fetchall()
+    assert [
+        (kind, source, title, str(price), qty) for kind, source, title, price, qty in items
+    ] == [
+        ("product", 1, "Product 1", "10.00", 2),
+        ("product", 2, "Product 2", "4.25", 1),
+    ]
+
+
+async def test_page_config_of_the_page_wins_over_the_site_default(orders, clean_db, sandbox):
+    page_config = add_page_config(clean_db, "page", 7, prefix="farm-")
+    response = await create(orders, order_payload(product_line(3, market_place_container_id=7)))
+    assert response.json()["page_config_id"] == page_config
+    assert response.json()["sumup_reference"].startswith("farm-")
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        (order_payload(product_line(1, "10.00"), product_total="11.00"), "product_total"),
+        (order_payload(product_line(1), calendar_total="1.00"), "calendar_total"),
+        (
+            order_payload(
+                product_line(1),
+                product_line(2, product_price_currency="GBP"),
+                product_total="20.00",
+            ),
+            "currency",
+        ),
+        (order_payload(product_line(1), cart_items=[], product_total="0"), "cart_items"),
+        (order_payload(product_line(1, quantity=0)), "quantity"),
+        (order_payload(product_line(1), user_id=None, session_id=None), "user_id"),
+        (order_payload(product_line(1, product_price_currency="euro")), "product_price_currency"),
+        (
+            order_payload(product_line(1), webhook_base_url="https://evil.example"),
+            "webhook_base_url",
+        ),
+        ({**order_payload(product_line(1)), "colour": "red"}, "colour"),
+    ],
+)
+async def test_bad_create_order_is_422_and_leaves_nothing(
+    orders, clean_db, sandbox, payload, field
+):
+    response = await create(orders, payload)
+    assert response.status_code == 422, response.text
+    assert field in response.json()["detail"]
+    assert order_rows(clean_db) == []
+    assert sandbox.checkouts() == []
+
+
+async def test_sumup_unavailable_at_checkout_leaves_no_order(orders, clean_db, sandbox):
+    sandbox.controls(api_unavailable=True)
+    response = await create(orders)
+    assert response.status_code == 503
+    assert "SumUp" in response.json()["detail"]
+    assert order_rows(clean_db) == []
+
+
+async def test_no_payment_config_is_a_clear_conflict(clean_db, credentials, sandbox):
+    async with orders_stack(clean_db, credentials, sandbox.server) as running:
+        response = await create(running)
+    assert response.status_code == 409
+    assert "not configured" in response.json()["detail"]
+    assert order_rows(clean_db) == []
+
+
+async def test_create_order_is_idempotent_per_key(orders, clean_db, sandbox):
+    first = await create(orders, key="cart-snapshot-1")
+    again = await create(orders, key="cart-snapshot-1")
+    assert again.json() == first.json()
+    concurrent = await asyncio.gather(*(create(orders, key="cart-snapshot-2") for _ in range(5)))
+    assert len({json.dumps(r.json(), sort_keys=True) for r in concurrent}) == 1
+    assert len(order_rows(clean_db)) == 2
+    assert len(sandbox.checkouts()) == 2
+    other = await create(orders, order_payload(product_line(9, "3.00")), key="cart-snapshot-1")
+    assert other.status_code == 422
+    assert "Idempotency-Key" in other.json()["detail"]
+
+
+async def test_paid_webhook_marks_the_order_paid_once_and_queues_the_effects(
+    orders, clean_db, sandbox
+):
+    payload = order_payload(
+        product_line(1, "10.00"),
+        calendar_entries=[{"id": 5, "title": "Tour", "price": "2.00", "currency": "EUR"}],
+        tickets=[{"id": 8, "title": "Tour - adult", "price": "3.00", "currency": "EUR"}],
+        calendar_total="2.00",
+        ticket_total="3.00",
+    )
+    order_id = (await create(orders, payload)).json()["order_id"]
+    checkout_id = checkout_id_of(clean_db, order_id)
+    sandbox.pay(checkout_id)
+
+    responses = await asyncio.gather(*(webhook(orders, order_id, checkout_id) for _ in range(50)))
+    assert {response.status_code for response in responses} == {204}
+    assert order_rows(clean_db)[0][1] == "paid"
+    effects = outbox_rows(clean_db)
+    assert [(service, action) for service, action, _, _ in effects] == [
+        ("cart", "clear-cart-for-order"),
+        ("events", "confirm-for-order"),
+    ]
+    assert effects[0][2] == {
+        "order_id": order_id,
+        "user_id": 1,
+        "session_id": "session-1",
+        "page_post_id": None,
+        "product_ids": [1],
+    }
+    assert effects[1][2] == {"order_id": order_id, "entry_ids": [5], "ticket_ids": [8]}
+
+
+async def test_failed_is_not_final_and_never_undoes_paid(orders, clean_db, sandbox):
+    order_id = (await create(orders)).json()["order_id"]
+    checkout_id = checkout_id_of(clean_db, order_id)
+    sandbox.fail(checkout_id)
+    assert (await webhook(orders, order_id, checkout_id)).status_code == 204
+    assert order_rows(clean_db)[0][1] == "pending"
+    browser = await signed_in(orders)
+    failed = (await browser.get(f"/api/orders/{order_id}")).json()
+    assert failed["state"] == "failed"
+
+    sandbox.pay(checkout_id)  # the buyer retries on the hosted page
+    assert (await webhook(orders, order_id, checkout_id)).status_code == 204
+    # The FAILED notification arrives late, after the PAID one: it changes nothing.
+    assert (await webhook(orders, order_id, checkout_id)).status_code == 204
+    assert order_rows(clean_db)[0][1] == "paid"
+    assert len(outbox_rows(clean_db)) == 1
+
+
+async def test_forged_webhook_for_an_unknown_checkout_calls_nobody(orders, clean_db, sandbox):
+    order_id = (await create(orders)).json()["order_id"]
+    sandbox.controls(api_unavailable=True)  # any call to SumUp would now fail the request
+    forged = await webhook(orders, order_id, "00000000-0000-0000-0000-000000000000")
+    other_order = await webhook(orders, order_id + 1, checkout_id_of(clean_db, order_id))
+    assert forged.status_code == 204
+    assert other_order.status_code == 204
+    assert order_rows(clean_db)[0][1] == "pending"
+    ignored = await orders.client("orders").post(
+        f"/checkout/webhook/{order_id}/", json={"event_type": "SOMETHING_ELSE", "id": "x"}
+    )
+    assert ignored.status_code == 204
+    garbage = await orders.client("orders").post(
+        f"/checkout/webhook/{order_id}/", content=b"not json"
+    )
+    assert garbage.status_code == 422
+
+
+async def test_known_webhook_while_sumup_is_down_asks_for_a_retry(orders, clean_db, sandbox):
+    order_id = (await create(orders)).json()["order_id"]
+    checkout_id = checkout_id_of(clean_db, order_id)
+    sandbox.pay(checkout_id)
+    sandbox.controls(api_unavailable=True)
+    assert (await webhook(orders, order_id, checkout_id)).status_code == 503
+    sandbox.controls(api_unavailable=False)
+    assert (await webhook(orders, order_id, checkout_id)).status_code == 204
+    assert order_rows(clean_db)[0][1] == "paid"
+
+
+async def test_return_page_waits_then_shows_paid_after_recheck(orders, clean_db, sandbox):
+    order_id = (await create(orders)).json()["order_id"]
+    browser = await signed_in(orders)
+    waiting = await browser.get(f"/checkout/return/{order_id}/", headers=HTML)
+    assert waiting.status_code == 200
+    assert 'data-state="waiting"' in waiting.text
+    assert 'http-equiv="refresh"' in waiting.text
+
+    sandbox.pay(checkout_id_of(clean_db, order_id))  # paid, but no webhook arrives
+    rechecked = await browser.post(f"/order/{order_id}/recheck/")
+    assert rechecked.json()["state"] == "paid"
+    page = await browser.get(f"/checkout/return/{order_id}/", headers=HTML)
+    assert 'data-state="paid"' in page.text
+    assert order_rows(clean_db)[0][1] == "paid"
+
+
+async def test_another_amount_from_sumup_flags_the_order(orders, clean_db, sandbox):
+    order_id = (await create(orders)).json()["order_id"]
+    checkout_id = checkout_id_of(clean_db, order_id)
+    sandbox.pay(checkout_id, amount_override=1.00)
+    assert (await webhook(orders, order_id, checkout_id)).status_code == 204
+    status, flagged = order_rows(clean_db)[0][1:3]
+    assert (status, flagged) == ("pending", True)
+    assert outbox_rows(clean_db) == []
+    browser = await signed_in(orders)
+    page = await browser.get(f"/checkout/return/{order_id}/", headers=HTML)
+    assert 'data-state="review"' in page.text
+
+
+async def test_pay_again_closes_the_old_checkout_and_opens_a_new_one(orders, clean_db, sandbox):
+    order_id = (await create(orders)).json()["order_id"]
+    first_checkout = checkout_id_of(clean_db, order_id)
+    sandbox.fail(first_checkout)
+    browser = await signed_in(orders)
+    again = await browser.post(f"/order/{order_id}/pay/")
+    assert again.status_code == 200, again.text
+    assert again.json()["attempt"] == 2
+    second_checkout = checkout_id_of(clean_db, order_id, 2)
+    assert again.json()["sumup_hosted_url"].endswith(second_checkout)
+    assert sandbox.checkout(first_checkout)["status"] == "EXPIRED"
+    assert sandbox.checkout(second_checkout)["checkout_reference"] == f"rose-test-{order_id}-2"
+
+    sandbox.pay(second_checkout)
+    assert (await webhook(orders, order_id, second_checkout)).status_code == 204
+    assert order_rows(clean_db)[0][1] == "paid"
+    paid_again = await browser.post(f"/order/{order_id}/pay/")
+    assert paid_again.status_code == 409
+
+
+async def test_pay_again_when_the_old_checkout_was_paid_meanwhile(orders, clean_db, sandbox):
+    order_id = (await create(orders)).json()["order_id"]
+    sandbox.pay(checkout_id_of(clean_db, order_id))  # paid in another tab; no webhook yet
+    browser = await signed_in(orders)
+    response = await browser.post(f"/order/{order_id}/pay/")
+    assert response.status_code == 409
+    assert order_rows(clean_db)[0][1] == "paid"
+    assert len(sandbox.checkouts()) == 1
+
+
+async def test_reconciliation_at_start_up_pays_orders_whose_webhooks_were_lost(
+    clean_db, credentials, sandbox, site_config
+):
+    async with orders_stack(clean_db, credentials, sandbox.server) as running:
+        order_id = (await create(running)).json()["order_id"]
+    sandbox.pay(checkout_id_of(clean_db, order_id))  # every webhook delivery is dropped
+    assert order_rows(clean_db)[0][1] == "pending"
+
+    async with orders_stack(clean_db, credentials, sandbox.server):
+        await eventually(lambda: order_rows(clean_db)[0][1] == "paid")
+    assert order_rows(clean_db)[0][1] == "paid"
+    assert [row[1] for row in outbox_rows(clean_db)] == ["clear-cart-for-order"]
+
+
+async def test_orders_are_listed_20_a_page_and_private(orders, clean_db, sandbox):
+    for _ in range(22):
+        assert (await create(orders)).status_code == 200
+    other = (await create(orders, order_payload(product_line(1), user_id=2))).json()["order_id"]
+    browser = await signed_in(orders, 1)
+    first = (await browser.get("/api/orders")).json()
+    second = (await browser.get("/api/orders?page=2")).json()
+    assert first["total"] == 22
+    assert len(first["items"]) == 20
+    assert len(second["items"]) == 2
+    assert other not in [item["id"] for item in first["items"] + second["items"]]
+    assert (await browser.get(f"/api/orders/{other}")).status_code == 404
+    assert (await browser.get(f"/order/{other}/", headers=HTML)).status_code == 404
+    mine = first["items"][0]["id"]
+    detail = await browser.get(f"/order/{mine}/", headers=HTML)
+    assert detail.status_code == 200
+    assert 'id="order-total"' in detail.text
+    html_list = await browser.get("/", headers=HTML)
+    assert html_list.text.count('class="order"') == 20
+
+
+async def test_anonymous_orders_belong_to_their_session(orders, clean_db, sandbox):
+    browser = orders.browser("orders")
+    session = (await browser.get("/auth/session")).json()
+    cookie = browser.cookies.get("rose_session")
+    assert cookie
+    codec = orders.apps["orders"].state.session_codec
+    session_id = codec.decode(cookie).session_id
+    order_id = (
+        await create(orders, order_payload(product_line(1), user_id=None, session_id=session_id))
+    ).json()["order_id"]
+    assert (await browser.get(f"/api/orders/{order_id}")).status_code == 200
+    stranger = orders.browser("orders")
+    assert (await stranger.get(f"/api/orders/{order_id}")).status_code == 404
+    assert session["signed_in"] is False
+
+
+async def test_account_nav_item_fragment(orders, clean_db, sandbox):
+    await create(orders)
+    response = await internal_get(
+        orders.client("orders"), "account-nav-item", {"user_id": 1}, kind="fragments"
+    )
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    assert "Orders (1)" in response.text
+    assert f'href="{ORDERS_PUBLIC_URL}/"' in response.text
+    missing = await internal_get(orders.client("orders"), "account-nav-item", {}, kind="fragments")
+    assert missing.status_code == 422
