@@ -40,6 +40,7 @@ from apps.common.problems import handle_exception, problem_response
 from apps.common.settings import Settings
 from apps.common.web import (
     SignInHook,
+    adopt_cart_on_sign_in,
     auth_handlers,
     csrf_input,
     page_context,
@@ -94,7 +95,7 @@ def create_base_app(
     on_startup: Sequence[LifespanHook] = (),
     on_shutdown: Sequence[LifespanHook] = (),
     csrf_exempt: Sequence[str] = (),
-    sign_in_hooks: Sequence[SignInHook] = (),
+    sign_in_hooks: Sequence[SignInHook] = (adopt_cart_on_sign_in,),
     dependencies: dict[str, Provide] | None = None,
     pool_size: int = 5,
 ) -> Litestar:

@@ -36,6 +36,7 @@ class Problem(Exception):
         *,
         status_code: int | None = None,
         field: str | None = None,
+        title: str | None = None,
         headers: dict[str, str] | None = None,
         **extra: Any,
     ) -> None:
@@ -43,6 +44,8 @@ class Problem(Exception):
         self.detail = detail
         if status_code is not None:
             self.status_code = status_code
+        if title is not None:
+            self.title = title
         self.field = field
         self.headers = headers or {}
         self.extra = extra

@@ -3,6 +3,7 @@ routes, HTML rendering of problems for browsers, and public URLs of every servic
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any
@@ -25,13 +26,31 @@ from apps.common.identity import (
     new_anonymous_identity,
     set_identity,
 )
+from apps.common.internal_client import InternalCallError, call_action
 from apps.common.problems import Forbidden
 from apps.common.services import SERVICES
 from apps.common.settings import Settings
 
 COMMON_TEMPLATES = Path(__file__).parent / "templates"
+logger = logging.getLogger("rose.web")
 
 SignInHook = Callable[[Identity, Identity], Awaitable[None]]
+
+
+async def adopt_cart_on_sign_in(before: Identity, after: Identity) -> None:
+    """On sign-in, the anonymous cart joins the user's (cart's adopt-cart-for-user). A cart
+    that cannot be reached must not block signing in: it is logged, and the lines stay with the
+    anonymous session."""
+    if after.user_id is None or before.user_id == after.user_id:
+        return
+    try:
+        await call_action(
+            "cart",
+            "adopt-cart-for-user",
+            {"user_id": after.user_id, "session_id": before.session_id},
+        )
+    except InternalCallError as exc:
+        logger.warning("could not adopt the anonymous cart on sign-in: %s", exc)
 
 
 def public_url(settings: Settings, service: str, path: str = "/") -> str:

@@ -1,0 +1,112 @@
+"""Internal routes of cart (the plan's post-split list): data cart-summary and cart-items;
+actions adopt-cart-for-user and clear-cart-for-order; fragment cart-mini."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+from litestar.params import JSONBody, Parameter
+from markupsafe import escape
+
+from apps.cart import service
+from apps.common.deps import AppSettings, DbSession
+from apps.common.internal import action_route, data_route, fragment_route
+from apps.common.web import cart_url
+
+UserIdParam = Annotated[int | None, Parameter(ge=1, le=2**63 - 1)]
+SessionParam = Annotated[str | None, Parameter(min_length=1, max_length=64)]
+PageParam = Annotated[int | None, Parameter(ge=1, le=2**63 - 1)]
+
+
+class AdoptCart(msgspec.Struct, forbid_unknown_fields=True):
+    user_id: service.PositiveId
+    session_id: service.SessionId
+
+
+class ClearCartForOrder(msgspec.Struct, forbid_unknown_fields=True):
+    order_id: service.PositiveId
+    user_id: service.PositiveId | None = None
+    session_id: service.SessionId | None = None
+    page_post_id: service.PositiveId | None = None
+    # Beyond the plan: the products the order paid for, so lines added after checkout stay.
+    product_ids: list[service.PositiveId] | None = None
+
+
+@data_route("cart-summary")
+async def cart_summary(
+    db_session: DbSession,
+    user_id: UserIdParam = None,
+    session_id: SessionParam = None,
+    page_post_id: PageParam = None,
+) -> dict[str, Any]:
+    cart = await service.load_cart(db_session, service.Owner(user_id, session_id), page_post_id)
+    return {
+        "count": cart.count,
+        "total": str(cart.total),
+        "currency": cart.currency,
+        "pages": [
+            {
+                "page_id": page.page_id,
+                "page_slug": page.page_slug,
+                "page_title": page.page_title,
+                "count": page.count,
+                "total": str(page.total),
+            }
+            for page in cart.pages
+        ],
+        "degraded": cart.degraded,
+    }
+
+
+@data_route("cart-items")
+async def cart_items(
+    db_session: DbSession,
+    user_id: UserIdParam = None,
+    session_id: SessionParam = None,
+    page_post_id: PageParam = None,
+) -> dict[str, Any]:
+    cart = await service.load_cart(db_session, service.Owner(user_id, session_id), page_post_id)
+    return {
+        "lines": msgspec.to_builtins(cart.lines),
+        "bookings": msgspec.to_builtins(cart.bookings),
+        "degraded": cart.degraded,
+    }
+
+
+@action_route("adopt-cart-for-user")
+async def adopt_cart_for_user(db_session: DbSession, data: JSONBody[AdoptCart]) -> dict[str, int]:
+    adopted = await service.adopt_cart(db_session, data.user_id, data.session_id)
+    await db_session.commit()
+    return {"adopted": adopted}
+
+
+@action_route("clear-cart-for-order")
+async def clear_cart_for_order(
+    db_session: DbSession, data: JSONBody[ClearCartForOrder]
+) -> dict[str, int]:
+    """Idempotent per order without a key store: the cleared lines record the order."""
+    cleared = await service.clear_for_order(
+        db_session,
+        data.order_id,
+        service.Owner(data.user_id, data.session_id),
+        data.page_post_id,
+        data.product_ids,
+    )
+    await db_session.commit()
+    return {"cleared": cleared}
+
+
+@fragment_route("cart-mini")
+async def cart_mini(
+    db_session: DbSession,
+    settings: AppSettings,
+    user_id: UserIdParam = None,
+    session_id: SessionParam = None,
+) -> str:
+    count = await service.line_count(db_session, service.Owner(user_id, session_id))
+    href = escape(cart_url(settings, "/"))
+    return f'<a class="cart-mini" href="{href}">Cart ({count})</a>'
+
+
+handlers = [cart_summary, cart_items, adopt_cart_for_user, clear_cart_for_order, cart_mini]

@@ -1,0 +1,164 @@
+"""Public routes of cart: the cart, page carts, add / change / remove lines, and checkout, which
+hands over to orders and sends the browser to SumUp's hosted checkout."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from litestar import Request, get, post
+from litestar.params import Parameter
+from litestar.response import Redirect, Template
+
+from apps.cart import service
+from apps.common.deps import CurrentIdentity, DbSession
+from apps.common.identity import Identity
+from apps.common.internal_client import InternalCallError, call_action
+from apps.common.problems import InvalidInput, Problem
+from apps.common.web import degraded_headers, redirect_back, render, wants_html
+
+ItemId = Annotated[int, Parameter(ge=1, le=2**63 - 1)]
+PageSlug = Annotated[str, Parameter(pattern=r"^[a-z0-9][a-z0-9-]{0,254}$")]
+
+
+def owner_of(identity: Identity) -> service.Owner:
+    return service.Owner(identity.user_id, None if identity.signed_in else identity.session_id)
+
+
+async def _form_int(request: Request, name: str, default: int | None = None) -> int:
+    """An integer from a form field or a JSON body (API clients)."""
+    if request.headers.get("content-type", "").startswith("application/json"):
+        body = await request.json()
+        value = body.get(name, default) if isinstance(body, dict) else default
+    else:
+        value = (await request.form()).get(name, default)
+    try:
+        if value is None or isinstance(value, bool):
+            raise ValueError
+        return int(value)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"{name} must be a whole number", field=name) from None
+
+
+def _cart_page(request: Request, cart: service.CartView, **context: Any) -> Template:
+    return render(
+        request, "cart.html", headers=degraded_headers(cart.degraded), cart=cart, **context
+    )
+
+
+@get("/", operation_id="cart_html")
+async def cart_page(request: Request, db_session: DbSession, identity: CurrentIdentity) -> Any:
+    cart = await service.load_cart(db_session, owner_of(identity))
+    return _cart_page(request, cart, page_slug=None)
+
+
+@get("/api/cart", operation_id="cart")
+async def api_cart(db_session: DbSession, identity: CurrentIdentity) -> service.CartView:
+    return await service.load_cart(db_session, owner_of(identity))
+
+
+@get("/page/{page_slug:str}/", operation_id="page_cart_html")
+async def page_cart(
+    request: Request, db_session: DbSession, identity: CurrentIdentity, page_slug: PageSlug
+) -> Any:
+    page_id = await service.page_id_for_slug(db_session, page_slug)
+    cart = await service.load_cart(db_session, owner_of(identity), page_id)
+    return _cart_page(request, cart, page_slug=page_slug)
+
+
+@get("/api/page/{page_slug:str}", operation_id="page_cart")
+async def api_page_cart(
+    db_session: DbSession, identity: CurrentIdentity, page_slug: PageSlug
+) -> service.CartView:
+    page_id = await service.page_id_for_slug(db_session, page_slug)
+    return await service.load_cart(db_session, owner_of(identity), page_id)
+
+
+@post("/add/{product_id:int}/", operation_id="cart_add", status_code=200)
+async def add_to_cart(
+    request: Request, db_session: DbSession, identity: CurrentIdentity, product_id: ItemId
+) -> Any:
+    quantity = await _form_int(request, "quantity", 1)
+    item = await service.add_item(db_session, owner_of(identity), product_id, quantity)
+    await db_session.commit()
+    if wants_html(request):
+        return await redirect_back(request, "/")
+    return {"id": item.id, "product_id": item.product_id, "quantity": item.quantity}
+
+
+@post("/item/{item_id:int}/quantity/", operation_id="cart_item_quantity", status_code=200)
+async def change_quantity(
+    request: Request, db_session: DbSession, identity: CurrentIdentity, item_id: ItemId
+) -> Any:
+    quantity = await _form_int(request, "quantity")
+    if quantity < 0:
+        raise InvalidInput("quantity must be 0 (remove) or more", field="quantity")
+    new_quantity = await service.set_quantity(db_session, owner_of(identity), item_id, quantity)
+    await db_session.commit()
+    if wants_html(request):
+        return await redirect_back(request, "/")
+    return {"id": item_id, "quantity": new_quantity}
+
+
+@post("/item/{item_id:int}/delete/", operation_id="cart_item_delete", status_code=200)
+async def delete_item(
+    request: Request, db_session: DbSession, identity: CurrentIdentity, item_id: ItemId
+) -> Any:
+    await service.remove_item(db_session, owner_of(identity), item_id)
+    await db_session.commit()
+    if wants_html(request):
+        return await redirect_back(request, "/")
+    return {"id": item_id, "deleted": True}
+
+
+async def _checkout(
+    request: Request, db_session: DbSession, identity: Identity, page_id: int | None
+) -> Any:
+    owner = owner_of(identity)
+    cart = await service.load_cart(db_session, owner, page_id)
+    payload, key = service.checkout_request(cart, owner, page_id)
+    # Nothing of the cart changes here: it is cleared by orders once the payment is confirmed.
+    await db_session.rollback()
+    try:
+        created = await call_action("orders", "create-order", payload, idempotency_key=key)
+    except InternalCallError as exc:
+        raise checkout_failed(exc) from exc
+    if wants_html(request):
+        return Redirect(path=created["sumup_hosted_url"], status_code=303)
+    return created
+
+
+def checkout_failed(exc: InternalCallError) -> Problem:
+    """Tell the buyer why checkout failed, and that the cart is as it was."""
+    detail = str(exc.problem.get("detail") or exc).rstrip(".")
+    status = exc.remote_status if exc.remote_status in (409, 422) else exc.http_status
+    return Problem(
+        f"Checkout failed: {detail}. Your cart has not changed; please try again.",
+        status_code=status,
+        title="Checkout failed",
+    )
+
+
+@post("/checkout/", operation_id="cart_checkout", status_code=200)
+async def checkout(request: Request, db_session: DbSession, identity: CurrentIdentity) -> Any:
+    return await _checkout(request, db_session, identity, None)
+
+
+@post("/page/{page_slug:str}/checkout/", operation_id="page_cart_checkout", status_code=200)
+async def page_checkout(
+    request: Request, db_session: DbSession, identity: CurrentIdentity, page_slug: PageSlug
+) -> Any:
+    page_id = await service.page_id_for_slug(db_session, page_slug)
+    return await _checkout(request, db_session, identity, page_id)
+
+
+handlers = [
+    cart_page,
+    api_cart,
+    page_cart,
+    api_page_cart,
+    add_to_cart,
+    change_quantity,
+    delete_item,
+    checkout,
+    page_checkout,
+]

@@ -1,0 +1,481 @@
+"""Domain logic of cart: lines in, lines out, carts per page, and the checkout hand-off.
+
+Titles and prices come from market's ``products`` view, bookings from events'
+``pending_bookings``, page names from blog's ``page_configs``, all read through postgres_fdw
+with one query per source (the page's keys as one array), bounded by a statement timeout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any
+
+import msgspec
+from sqlalchemy import ColumnElement, and_, any_, bindparam, func, select, text, update
+from sqlalchemy.dialects.postgresql import ARRAY, insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from apps.cart.models import CartItem, page_configs, pending_bookings, products
+from apps.common.fdw import ProviderUnavailable, remote_read
+from apps.common.problems import Conflict, InvalidInput, NotFound
+
+MAX_QUANTITY = 99
+PositiveId = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
+SessionId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Whose cart: a signed-in user's, or an anonymous session's."""
+
+    user_id: int | None
+    session_id: str | None
+
+    def __post_init__(self) -> None:
+        if self.user_id is None and not self.session_id:
+            raise InvalidInput("user_id or session_id is required", field="user_id")
+
+    def clause(self) -> ColumnElement[bool]:
+        if self.user_id is not None:
+            return CartItem.user_id == self.user_id
+        return and_(CartItem.session_id == self.session_id, CartItem.user_id.is_(None))
+
+    def booking_clause(self) -> ColumnElement[bool]:
+        if self.user_id is not None:
+            return pending_bookings.c.user_id == self.user_id
+        return and_(
+            pending_bookings.c.session_id == self.session_id, pending_bookings.c.user_id.is_(None)
+        )
+
+
+class Line(msgspec.Struct):
+    id: int
+    product_id: int
+    slug: str | None
+    title: str
+    image: str | None
+    regular_price: Decimal | None
+    special_price: Decimal | None
+    unit_price: Decimal | None
+    currency: str | None
+    quantity: int
+    line_total: Decimal | None
+    page_id: int
+    # False when market no longer sells the product: it cannot be checked out.
+    available: bool
+
+
+class Booking(msgspec.Struct):
+    kind: str
+    id: int
+    title: str
+    price: Decimal
+    currency: str
+    starts_at: datetime | None
+    page_id: int | None
+
+
+class PageCart(msgspec.Struct):
+    page_id: int | None
+    page_slug: str | None
+    page_title: str
+    lines: list[Line]
+    bookings: list[Booking]
+    total: Decimal
+    count: int
+
+
+class CartView(msgspec.Struct):
+    pages: list[PageCart]
+    count: int
+    total: Decimal
+    currency: str | None
+    degraded: list[str]
+
+    @property
+    def lines(self) -> list[Line]:
+        return [line for page in self.pages for line in page.lines]
+
+    @property
+    def bookings(self) -> list[Booking]:
+        return [booking for page in self.pages for booking in page.bookings]
+
+
+# -- reading ----------------------------------------------------------------------------------
+async def _active_items(
+    session: AsyncSession, owner: Owner, page_id: int | None = None
+) -> list[CartItem]:
+    query = select(CartItem).where(owner.clause(), CartItem.deleted_at.is_(None))
+    if page_id is not None:
+        query = query.where(CartItem.market_place_container_id == page_id)
+    return list(await session.scalars(query.order_by(CartItem.id)))
+
+
+async def _products(session: AsyncSession, ids: list[int]) -> dict[int, Any]:
+    if not ids:
+        return {}
+    async with remote_read(session, "market"):
+        rows = await session.execute(
+            select(products).where(
+                products.c.id == any_(bindparam("ids", ids, type_=ARRAY(products.c.id.type)))
+            )
+        )
+        return {row.id: row for row in rows}
+
+
+async def _bookings(session: AsyncSession, owner: Owner, page_id: int | None) -> list[Booking]:
+    query = select(pending_bookings).where(owner.booking_clause())
+    if page_id is not None:
+        query = query.where(
+            pending_bookings.c.container_type == "page", pending_bookings.c.container_id == page_id
+        )
+    async with remote_read(session, "events"):
+        rows = (await session.execute(query.order_by(pending_bookings.c.starts_at))).all()
+    return [
+        Booking(
+            kind=row.kind,
+            id=row.id,
+            title=row.title,
+            price=row.price,
+            currency=row.currency,
+            starts_at=row.starts_at,
+            page_id=row.container_id if row.container_type == "page" else None,
+        )
+        for row in rows
+    ]
+
+
+async def _page_names(session: AsyncSession, page_ids: list[int]) -> dict[int, tuple[str, str]]:
+    if not page_ids:
+        return {}
+    async with remote_read(session, "blog"):
+        rows = await session.execute(
+            select(
+                page_configs.c.container_id, page_configs.c.page_slug, page_configs.c.page_title
+            ).where(
+                page_configs.c.container_type == "page",
+                page_configs.c.container_id
+                == any_(
+                    bindparam("pages", page_ids, type_=ARRAY(page_configs.c.container_id.type))
+                ),
+            )
+        )
+        return {row.container_id: (row.page_slug, row.page_title) for row in rows}
+
+
+async def page_id_for_slug(session: AsyncSession, page_slug: str) -> int:
+    async with remote_read(session, "blog"):
+        page_id = await session.scalar(
+            select(page_configs.c.container_id).where(
+                page_configs.c.container_type == "page", page_configs.c.page_slug == page_slug
+            )
+        )
+    if page_id is None:
+        raise NotFound(f"Page {page_slug!r} does not exist")
+    return int(page_id)
+
+
+def _line(item: CartItem, product: Any | None) -> Line:
+    if product is None:
+        return Line(
+            id=item.id,
+            product_id=item.product_id,
+            slug=None,
+            title=f"Product {item.product_id} (no longer sold)",
+            image=None,
+            regular_price=None,
+            special_price=None,
+            unit_price=None,
+            currency=None,
+            quantity=item.quantity,
+            line_total=None,
+            page_id=item.market_place_container_id,
+            available=False,
+        )
+    unit_price = (
+        product.special_price if product.special_price is not None else product.regular_price
+    )
+    return Line(
+        id=item.id,
+        product_id=item.product_id,
+        slug=product.slug,
+        title=product.title,
+        image=product.image,
+        regular_price=product.regular_price,
+        special_price=product.special_price,
+        unit_price=unit_price,
+        currency=product.price_currency,
+        quantity=item.quantity,
+        line_total=unit_price * item.quantity,
+        page_id=item.market_place_container_id,
+        available=True,
+    )
+
+
+async def load_cart(session: AsyncSession, owner: Owner, page_id: int | None = None) -> CartView:
+    """The cart, grouped by the page each line is sold through. Without market there are no
+    prices: that is an error (503). Without events the bookings are missing and without blog the
+    page names are: the cart still answers, and says what is missing in ``degraded``."""
+    items = await _active_items(session, owner, page_id)
+    known = await _products(session, sorted({item.product_id for item in items}))
+    lines = [_line(item, known.get(item.product_id)) for item in items]
+    degraded: list[str] = []
+    try:
+        bookings = await _bookings(session, owner, page_id)
+    except ProviderUnavailable:
+        bookings, degraded = [], ["events"]
+    page_ids = sorted(
+        {line.page_id for line in lines}
+        | {booking.page_id for booking in bookings if booking.page_id is not None}
+    )
+    try:
+        names = await _page_names(session, page_ids)
+    except ProviderUnavailable:
+        names = {}
+        degraded.append("blog")
+
+    pages: list[PageCart] = []
+    for pid in [*page_ids, None]:
+        page_lines = [line for line in lines if line.page_id == pid]
+        page_bookings = [booking for booking in bookings if booking.page_id == pid]
+        if not page_lines and not page_bookings:
+            continue
+        slug, title = names.get(pid, (None, "Other") if pid is None else (None, f"Page {pid}"))
+        total = sum((line.line_total or Decimal(0) for line in page_lines), Decimal(0)) + sum(
+            (booking.price for booking in page_bookings), Decimal(0)
+        )
+        count = sum(line.quantity for line in page_lines) + len(page_bookings)
+        pages.append(PageCart(pid, slug, title, page_lines, page_bookings, total, count))
+    currencies = {line.currency for line in lines if line.currency} | {
+        booking.currency for booking in bookings
+    }
+    return CartView(
+        pages=pages,
+        count=sum(page.count for page in pages),
+        total=sum((page.total for page in pages), Decimal(0)),
+        currency=next(iter(currencies)) if len(currencies) == 1 else None,
+        degraded=degraded,
+    )
+
+
+async def line_count(session: AsyncSession, owner: Owner) -> int:
+    total = await session.scalar(
+        select(func.coalesce(func.sum(CartItem.quantity), 0)).where(
+            owner.clause(), CartItem.deleted_at.is_(None)
+        )
+    )
+    return int(total or 0)
+
+
+# -- writing ----------------------------------------------------------------------------------
+def _check_quantity(quantity: int) -> None:
+    if not 1 <= quantity <= MAX_QUANTITY:
+        raise InvalidInput(f"quantity must be 1 to {MAX_QUANTITY}", field="quantity")
+
+
+async def add_item(
+    session: AsyncSession, owner: Owner, product_id: int, quantity: int = 1
+) -> CartItem:
+    """Add a product (or more of it) in one statement; concurrent adds never duplicate a line."""
+    _check_quantity(quantity)
+    product = (await _products(session, [product_id])).get(product_id)
+    if product is None:
+        raise NotFound(f"Product {product_id} does not exist")
+    if product.container_type != "page":
+        raise Conflict(f"Product {product_id} is not sold through a page")
+    if owner.user_id is not None:
+        arbiter = {
+            "index_elements": ["user_id", "product_id"],
+            "index_where": text("deleted_at IS NULL AND user_id IS NOT NULL"),
+        }
+    else:
+        arbiter = {
+            "index_elements": ["session_id", "product_id"],
+            "index_where": text("deleted_at IS NULL AND user_id IS NULL"),
+        }
+    table = CartItem.__table__
+    statement = (
+        insert(table)
+        .values(
+            user_id=owner.user_id,
+            session_id=owner.session_id,
+            product_id=product_id,
+            quantity=quantity,
+            market_place_container_id=product.container_id,
+        )
+        .on_conflict_do_update(
+            **arbiter,
+            set_={
+                "quantity": func.least(table.c.quantity + quantity, MAX_QUANTITY),
+                "updated_at": func.now(),
+            },
+        )
+        .returning(table.c.id)
+    )
+    item_id = (await session.execute(statement)).scalar_one()
+    item = await session.get(CartItem, item_id, populate_existing=True)
+    assert item is not None
+    return item
+
+
+async def _owned_item(session: AsyncSession, owner: Owner, item_id: int) -> CartItem:
+    item = await session.scalar(
+        select(CartItem).where(
+            CartItem.id == item_id, owner.clause(), CartItem.deleted_at.is_(None)
+        )
+    )
+    if item is None:
+        raise NotFound(f"Cart line {item_id} does not exist")
+    return item
+
+
+async def set_quantity(session: AsyncSession, owner: Owner, item_id: int, quantity: int) -> int:
+    """Change a line's quantity; 0 removes the line. Returns the new quantity."""
+    item = await _owned_item(session, owner, item_id)
+    if quantity == 0:
+        item.deleted_at = func.now()  # type: ignore[assignment]
+        return 0
+    _check_quantity(quantity)
+    item.quantity = quantity
+    item.updated_at = func.now()  # type: ignore[assignment]
+    return quantity
+
+
+async def remove_item(session: AsyncSession, owner: Owner, item_id: int) -> None:
+    item = await _owned_item(session, owner, item_id)
+    item.deleted_at = func.now()  # type: ignore[assignment]
+
+
+async def adopt_cart(session: AsyncSession, user_id: int, session_id: str) -> int:
+    """On sign-in, the anonymous session's lines join the user's cart (quantities of a product
+    in both are added). Returns how many anonymous lines were adopted; a second call adopts 0."""
+    anonymous = CartItem.__table__.alias("anonymous")
+    table = CartItem.__table__
+    await session.execute(
+        text("SELECT pg_advisory_xact_lock(hashtext('cart-adopt:' || :sid))"), {"sid": session_id}
+    )
+    merged = await session.execute(
+        update(table)
+        .where(
+            table.c.user_id == user_id,
+            table.c.deleted_at.is_(None),
+            table.c.product_id == anonymous.c.product_id,
+            anonymous.c.session_id == session_id,
+            anonymous.c.user_id.is_(None),
+            anonymous.c.deleted_at.is_(None),
+        )
+        .values(
+            quantity=func.least(table.c.quantity + anonymous.c.quantity, MAX_QUANTITY),
+            updated_at=func.now(),
+        )
+        .returning(anonymous.c.id)
+    )
+    merged_ids = [row[0] for row in merged]
+    if merged_ids:
+        await session.execute(
+            update(table).where(table.c.id.in_(merged_ids)).values(deleted_at=func.now())
+        )
+    moved = await session.execute(
+        update(table)
+        .where(
+            table.c.session_id == session_id,
+            table.c.user_id.is_(None),
+            table.c.deleted_at.is_(None),
+        )
+        .values(user_id=user_id, updated_at=func.now())
+        .returning(table.c.id)
+    )
+    return len(merged_ids) + len(moved.all())
+
+
+async def clear_for_order(
+    session: AsyncSession,
+    order_id: int,
+    owner: Owner,
+    page_post_id: int | None,
+    product_ids: list[int] | None,
+) -> int:
+    """Remove the lines an order paid for, once: a repeat for the same order removes nothing
+    more and answers the same count (the lines remember the order)."""
+    await session.execute(text("SELECT pg_advisory_xact_lock(:order_id)"), {"order_id": order_id})
+    already = await session.scalar(
+        select(func.count()).select_from(CartItem).where(CartItem.order_id == order_id)
+    )
+    if already:
+        return int(already)
+    query = (
+        update(CartItem)
+        .where(owner.clause(), CartItem.deleted_at.is_(None))
+        .values(deleted_at=func.now(), order_id=order_id, updated_at=func.now())
+        .returning(CartItem.id)
+    )
+    if page_post_id is not None:
+        query = query.where(CartItem.market_place_container_id == page_post_id)
+    if product_ids is not None:
+        query = query.where(CartItem.product_id.in_(product_ids))
+    return len((await session.execute(query)).all())
+
+
+# -- checkout ---------------------------------------------------------------------------------
+def checkout_request(
+    cart: CartView, owner: Owner, page_post_id: int | None
+) -> tuple[dict[str, Any], str]:
+    """The create-order payload (the plan's section 4.3) and an idempotency key derived from
+    this cart snapshot: a double submit creates one order; a changed cart another."""
+    lines = cart.lines
+    bookings = cart.bookings
+    if not lines and not bookings:
+        raise Conflict("The cart is empty")
+    unavailable = [line.title for line in lines if not line.available]
+    if unavailable:
+        raise Conflict(
+            f"Remove what is no longer sold before checking out: {', '.join(unavailable)}"
+        )
+    if cart.currency is None:
+        raise Conflict("The cart mixes currencies; check out one page at a time")
+    entries = [b for b in bookings if b.kind == "entry"]
+    tickets = [b for b in bookings if b.kind == "ticket"]
+
+    def booking_line(booking: Booking) -> dict[str, Any]:
+        return {
+            "id": booking.id,
+            "title": booking.title,
+            "price": str(booking.price),
+            "currency": booking.currency,
+            "container_id": booking.page_id,
+        }
+
+    payload: dict[str, Any] = {
+        "cart_items": [
+            {
+                "product_id": line.product_id,
+                "product_title": line.title,
+                "product_slug": line.slug,
+                "product_image": line.image,
+                "product_regular_price": str(line.regular_price),
+                "product_special_price": None
+                if line.special_price is None
+                else str(line.special_price),
+                "product_price_currency": line.currency,
+                "quantity": line.quantity,
+                "market_place_container_id": line.page_id,
+            }
+            for line in lines
+        ],
+        "calendar_entries": [booking_line(entry) for entry in entries],
+        "tickets": [booking_line(ticket) for ticket in tickets],
+        "user_id": owner.user_id,
+        "session_id": owner.session_id,
+        "product_total": str(sum((line.line_total or Decimal(0) for line in lines), Decimal(0))),
+        "calendar_total": str(sum((entry.price for entry in entries), Decimal(0))),
+        "ticket_total": str(sum((ticket.price for ticket in tickets), Decimal(0))),
+        "page_post_id": page_post_id,
+    }
+    # Line ids are part of the snapshot: the same products bought again later are new lines.
+    snapshot = {"line_ids": [line.id for line in lines], **payload}
+    digest = hashlib.sha256(json.dumps(snapshot, sort_keys=True).encode()).hexdigest()
+    return payload, f"cart-checkout:{digest}"

@@ -1,0 +1,107 @@
+"""A small shop for cart and checkout tests: two pages with page configs (SumUp sandbox
+merchant) in db_blog, products sold through them in db_market, a calendar entry in db_events,
+and an in-process stack of every service with the sandbox as SumUp."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+
+from ops.sumup_sandbox.server import BackgroundSandbox
+from tests.conftest import admin_connect, in_process_stack
+from tests.integration.blog_fixtures import insert_post
+from tests.integration.market_fixtures import seed_products
+from tests.integration.orders_fixtures import add_page_config, orders_overrides
+
+ALL_SERVICES = ["cart", "orders", "market", "blog", "events", "likes", "relations"]
+JSON = {"accept": "application/json"}
+
+
+@dataclass
+class Shop:
+    page_ids: dict[str, int]
+    product_ids: list[int]
+    entry_id: int
+
+
+def product_ids(server) -> list[int]:
+    with admin_connect(server, "market") as connection:
+        return [row[0] for row in connection.execute("SELECT id FROM market.products ORDER BY id")]
+
+
+def open_shop(server) -> Shop:
+    page_ids = {
+        slug: insert_post(server, slug, is_page=True) for slug in ("farm-shop", "market-hall")
+    }
+    assert page_ids == {"farm-shop": 1, "market-hall": 2}  # products are sold through pages 1, 2
+    for page_id in page_ids.values():
+        add_page_config(server, "page", page_id, prefix=f"page{page_id}-")
+    add_page_config(server, "site", 0, prefix="site-")
+    seed_products(server, 6, prefix="shop")
+    with admin_connect(server, "events") as connection:
+        calendar_id = connection.execute(
+            "INSERT INTO events.calendars (slug, name, container_type, container_id) "
+            "VALUES ('farm-tours', 'Farm tours', 'page', 1) RETURNING id"
+        ).fetchone()[0]
+        entry_id = connection.execute(
+            "INSERT INTO events.calendar_entries (calendar_id, name, starts_at, cost) "
+            "VALUES (%s, 'Morning tour', %s, 7.50) RETURNING id",
+            (calendar_id, datetime.now(UTC) + timedelta(days=3)),
+        ).fetchone()[0]
+    return Shop(page_ids, product_ids(server), entry_id)
+
+
+@asynccontextmanager
+async def shop_stack(server, credentials, sandbox: BackgroundSandbox, services=None, **extra):
+    async with in_process_stack(
+        server,
+        credentials,
+        services or ALL_SERVICES,
+        settings_overrides=orders_overrides(sandbox.url, ORDERS_OUTBOX_POLL_SECONDS="0.2", **extra),
+    ) as running:
+        yield running
+
+
+async def browser_of(stack, service: str, user_id: int | None = None) -> httpx.AsyncClient:
+    """A browser on one service; signed in when ``user_id`` is given; sends its CSRF token."""
+    browser = stack.browser(service)
+    if user_id is None:
+        token = (await browser.get("/auth/session")).json()["csrf_token"]
+    else:
+        response = await browser.get(f"/auth/dev-login?user_id={user_id}", headers=JSON)
+        token = response.json()["csrf_token"]
+    browser.headers["x-csrf-token"] = token
+    browser.headers["accept"] = "application/json"
+    return browser
+
+
+def session_cookie(client: httpx.AsyncClient) -> str:
+    return client.cookies.get("rose_session", domain=client.base_url.host) or ""
+
+
+def share_cookies(source: httpx.AsyncClient, *targets: httpx.AsyncClient) -> None:
+    """One browser across services: the session cookie is shared (same site in production)."""
+    for target in targets:
+        target.cookies.set("rose_session", session_cookie(source), domain=target.base_url.host)
+        target.headers["x-csrf-token"] = source.headers["x-csrf-token"]
+        target.headers["accept"] = source.headers["accept"]
+
+
+def cart_rows(server) -> list[tuple[Any, ...]]:
+    with admin_connect(server, "cart") as connection:
+        return connection.execute(
+            "SELECT user_id, session_id IS NOT NULL, product_id, quantity, "
+            "market_place_container_id, order_id, deleted_at IS NULL "
+            "FROM cart.cart_items ORDER BY id"
+        ).fetchall()
+
+
+def entry_state(server, entry_id: int) -> tuple[str, int | None]:
+    with admin_connect(server, "events") as connection:
+        return connection.execute(
+            "SELECT state, order_id FROM events.calendar_entries WHERE id = %s", (entry_id,)
+        ).fetchone()

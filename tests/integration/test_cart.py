@@ -1,0 +1,305 @@
+"""cart after the split: lines only, products / bookings / page configs read through FDW,
+checkout handed to orders and SumUp, cleared by orders' outbox once paid."""
+
+from __future__ import annotations
+
+import pytest
+
+from apps.cart.models import metadata as cart_metadata
+from ops.sumup_sandbox.server import BackgroundSandbox
+from tests.conftest import admin_connect
+from tests.integration.commerce_fixtures import (
+    browser_of,
+    cart_rows,
+    entry_state,
+    open_shop,
+    share_cookies,
+    shop_stack,
+)
+from tests.integration.orders_fixtures import Sandbox, sandbox_state
+from tests.integration.test_orders import checkout_id_of, order_rows, outbox_rows, webhook
+from tests.signed import internal_get, internal_post
+from tests.waiting import eventually
+
+HTML = {"accept": "text/html"}
+
+
+@pytest.fixture
+def sandbox():
+    with BackgroundSandbox(state=sandbox_state()) as server:
+        yield Sandbox(server)
+
+
+@pytest.fixture
+def shop(clean_db):
+    return open_shop(clean_db)
+
+
+@pytest.fixture
+async def stack(clean_db, credentials, sandbox, shop):
+    async with shop_stack(clean_db, credentials, sandbox.server) as running:
+        yield running
+
+
+async def test_add_change_remove_and_group_by_page(stack, clean_db, shop):
+    cart = await browser_of(stack, "cart", user_id=5)
+    first, second, third = shop.product_ids[:3]
+    assert (await cart.post(f"/add/{first}/", json={"quantity": 2})).json()["quantity"] == 2
+    assert (await cart.post(f"/add/{first}/")).json()["quantity"] == 3
+    await cart.post(f"/add/{second}/")
+    line = (await cart.post(f"/add/{third}/")).json()
+
+    view = (await cart.get("/api/cart")).json()
+    assert [page["page_id"] for page in view["pages"]] == [1, 2]
+    assert view["pages"][0]["page_title"] == "Farm Shop"
+    assert [(x["product_id"], x["quantity"]) for x in view["pages"][0]["lines"]] == [
+        (first, 3),
+        (third, 1),
+    ]
+    assert view["pages"][0]["lines"][0]["title"] == "Item 000"
+    assert view["pages"][0]["lines"][0]["unit_price"] == "1.00"  # special price of item 0
+    assert view["total"] == "9.00"  # 3 x 1.00 (special price) + 2.50 + 3.50
+
+    changed = await cart.post(f"/item/{line['id']}/quantity/", json={"quantity": 4})
+    assert changed.json()["quantity"] == 4
+    removed = await cart.post(f"/item/{line['id']}/delete/")
+    assert removed.json()["deleted"] is True
+    page_two = (await cart.get("/api/page/market-hall")).json()
+    assert [x["product_id"] for x in page_two["pages"][0]["lines"]] == [second]
+    assert [row[2] for row in cart_rows(clean_db) if row[6]] == [first, second]
+
+
+async def test_bad_cart_input_is_a_clear_problem(stack, shop):
+    cart = await browser_of(stack, "cart", user_id=5)
+    unknown = await cart.post("/add/999999/")
+    assert unknown.status_code == 404
+    too_many = await cart.post(f"/add/{shop.product_ids[0]}/", json={"quantity": 500})
+    assert too_many.status_code == 422
+    assert "quantity" in too_many.json()["detail"]
+    not_a_number = await cart.post(f"/add/{shop.product_ids[0]}/", json={"quantity": "lots"})
+    assert not_a_number.status_code == 422
+    someone_elses = await cart.post("/item/12345/delete/")
+    assert someone_elses.status_code == 404
+    no_page = await cart.get("/api/page/no-such-page")
+    assert no_page.status_code == 404
+    empty_checkout = await cart.post("/checkout/")
+    assert empty_checkout.status_code == 409
+    assert "empty" in empty_checkout.json()["detail"]
+
+
+async def test_anonymous_cart_is_adopted_on_sign_in(stack, clean_db, shop):
+    cart = await browser_of(stack, "cart")
+    first, second = shop.product_ids[:2]
+    await cart.post(f"/add/{first}/")
+    await cart.post(f"/add/{second}/", json={"quantity": 2})
+    assert {row[0] for row in cart_rows(clean_db)} == {None}
+
+    # The user already has one of these products in their cart from another device.
+    other_device = await browser_of(stack, "cart", user_id=9)
+    await other_device.post(f"/add/{second}/")
+
+    market = stack.browser("market")
+    share_cookies(cart, market)
+    signed = await market.get("/auth/dev-login?user_id=9")  # sign in on market
+    assert signed.status_code == 200
+    share_cookies(market, cart)
+    view = (await cart.get("/api/cart")).json()
+    lines = sorted(
+        (x["product_id"], x["quantity"]) for page in view["pages"] for x in page["lines"]
+    )
+    assert lines == [(first, 1), (second, 3)]
+    active = [row for row in cart_rows(clean_db) if row[6]]
+    assert {row[0] for row in active} == {9}
+
+
+async def test_checkout_pays_and_clears_the_cart_and_confirms_bookings(
+    stack, clean_db, shop, sandbox
+):
+    """Plan verification 4: add to cart, checkout, hosted page, pay, webhook, order paid, cart
+    empty, bookings confirmed, order in the list and detail pages."""
+    cart = await browser_of(stack, "cart", user_id=3)
+    events = stack.browser("events")
+    orders = stack.browser("orders")
+    share_cookies(cart, events, orders)
+    await cart.post(f"/add/{shop.product_ids[0]}/", json={"quantity": 2})
+    await cart.post(f"/add/{shop.product_ids[2]}/")
+    booked = await events.post(f"/entries/{shop.entry_id}/book/")
+    assert booked.status_code == 200, booked.text
+    view = (await cart.get("/api/cart")).json()
+    assert [b["id"] for b in view["pages"][0]["bookings"]] == [shop.entry_id]
+
+    checkout = await cart.post("/checkout/", headers=HTML)
+    assert checkout.status_code == 303
+    hosted_url = checkout.headers["location"]
+    assert hosted_url.startswith(sandbox.server.url + "/pay/")
+    [(order_id, status, _, total, _)] = order_rows(clean_db)
+    assert (status, str(total)) == ("pending", "13.00")  # 2 x 1.00 + 3.50 + 7.50
+    assert len([row for row in cart_rows(clean_db) if row[6]]) == 2  # untouched until paid
+
+    hosted_page = sandbox.client.get(hosted_url)
+    assert "13.00" in hosted_page.text
+    sandbox.client.post(hosted_url + "/pay")  # the buyer pays on SumUp's page
+    assert (await webhook(stack, order_id, checkout_id_of(clean_db, order_id))).status_code == 204
+    assert order_rows(clean_db)[0][1] == "paid"
+
+    assert await eventually(lambda: not [row for row in cart_rows(clean_db) if row[6]])
+    assert {row[5] for row in cart_rows(clean_db)} == {order_id}
+    assert await eventually(lambda: entry_state(clean_db, shop.entry_id) == ("confirmed", order_id))
+    listing = (await orders.get("/api/orders")).json()
+    assert [item["id"] for item in listing["items"]] == [order_id]
+    detail = await orders.get(f"/order/{order_id}/", headers=HTML)
+    assert 'data-state="paid"' in detail.text
+
+
+async def test_page_checkout_uses_the_page_config_and_only_its_lines(stack, clean_db, shop):
+    cart = await browser_of(stack, "cart", user_id=4)
+    await cart.post(f"/add/{shop.product_ids[0]}/")  # page 1
+    await cart.post(f"/add/{shop.product_ids[1]}/")  # page 2
+    created = (await cart.post("/page/market-hall/checkout/")).json()
+    assert created["sumup_reference"].startswith("page2-")
+    with admin_connect(clean_db, "orders") as connection:
+        order = connection.execute(
+            "SELECT page_post_id, total FROM orders.orders WHERE id = %s", (created["order_id"],)
+        ).fetchone()
+    assert (order[0], str(order[1])) == (2, "2.50")
+
+
+async def test_sumup_unavailable_at_checkout_leaves_the_cart_and_no_order(
+    stack, clean_db, shop, sandbox
+):
+    cart = await browser_of(stack, "cart", user_id=3)
+    await cart.post(f"/add/{shop.product_ids[0]}/")
+    before = cart_rows(clean_db)
+    sandbox.controls(api_unavailable=True)
+    page = await cart.post("/checkout/", headers=HTML)
+    assert page.status_code == 503
+    assert "Checkout failed" in page.text
+    assert "Your cart has not changed" in page.text
+    api = await cart.post("/checkout/")
+    assert api.headers["content-type"].startswith("application/problem+json")
+    assert cart_rows(clean_db) == before
+    assert order_rows(clean_db) == []
+
+
+async def test_double_submitted_checkout_creates_one_order(stack, clean_db, shop, sandbox):
+    cart = await browser_of(stack, "cart", user_id=3)
+    await cart.post(f"/add/{shop.product_ids[0]}/")
+    first = (await cart.post("/checkout/")).json()
+    second = (await cart.post("/checkout/")).json()
+    assert first == second
+    assert len(order_rows(clean_db)) == 1
+    await cart.post(f"/add/{shop.product_ids[0]}/")  # the cart changed: a new order
+    third = (await cart.post("/checkout/")).json()
+    assert third["order_id"] != first["order_id"]
+
+
+async def test_cart_down_when_paid_is_cleared_once_it_is_back(clean_db, credentials, sandbox, shop):
+    without_cart = ["orders", "market", "blog", "events"]
+    async with shop_stack(clean_db, credentials, sandbox.server) as running:
+        cart = await browser_of(running, "cart", user_id=6)
+        await cart.post(f"/add/{shop.product_ids[0]}/")
+        order_id = (await cart.post("/checkout/")).json()["order_id"]
+    sandbox.pay(checkout_id_of(clean_db, order_id))
+
+    async with shop_stack(clean_db, credentials, sandbox.server, services=without_cart) as down:
+        assert (
+            await webhook(down, order_id, checkout_id_of(clean_db, order_id))
+        ).status_code == 204
+
+        def attempted() -> bool:
+            with admin_connect(clean_db, "orders") as connection:
+                return bool(
+                    connection.execute(
+                        "SELECT attempts > 0 AND delivered_at IS NULL FROM orders.outbox "
+                        "WHERE action = 'clear-cart-for-order'"
+                    ).fetchone()[0]
+                )
+
+        assert await eventually(attempted)
+    assert [row[6] for row in cart_rows(clean_db)] == [True]  # still in the cart
+
+    async with shop_stack(clean_db, credentials, sandbox.server):
+        assert await eventually(lambda: cart_rows(clean_db)[0][6] is False, timeout=30)
+    assert cart_rows(clean_db)[0][5] == order_id
+    delivered = [row for row in outbox_rows(clean_db) if row[1] == "clear-cart-for-order"]
+    assert len(delivered) == 1
+
+
+async def test_clear_cart_for_order_is_idempotent_and_keeps_later_lines(stack, clean_db, shop):
+    cart_client = stack.client("cart")
+    owner = {"user_id": 8}
+    for product_id in shop.product_ids[:2]:
+        browser = await browser_of(stack, "cart", user_id=8)
+        await browser.post(f"/add/{product_id}/")
+    payload = {
+        "order_id": 77,
+        **owner,
+        "session_id": None,
+        "page_post_id": None,
+        "product_ids": [shop.product_ids[0]],
+    }
+    first = await internal_post(cart_client, "clear-cart-for-order", payload)
+    again = await internal_post(cart_client, "clear-cart-for-order", payload)
+    assert first.json() == again.json() == {"cleared": 1}
+    assert [(row[2], row[6]) for row in cart_rows(clean_db)] == [
+        (shop.product_ids[0], False),
+        (shop.product_ids[1], True),
+    ]
+    bad = await internal_post(cart_client, "clear-cart-for-order", {"order_id": -1})
+    assert bad.status_code == 422
+    assert "order_id" in bad.json()["detail"]
+
+
+async def test_data_endpoints_and_fragment(stack, shop):
+    browser = await browser_of(stack, "cart", user_id=2)
+    await browser.post(f"/add/{shop.product_ids[0]}/", json={"quantity": 3})
+    await browser.post(f"/add/{shop.product_ids[1]}/")
+    client = stack.client("cart")
+    summary = (await internal_get(client, "cart-summary", {"user_id": 2})).json()
+    assert summary["count"] == 4
+    assert summary["total"] == "5.50"
+    assert [page["page_slug"] for page in summary["pages"]] == ["farm-shop", "market-hall"]
+    items = (await internal_get(client, "cart-items", {"user_id": 2, "page_post_id": 1})).json()
+    assert [line["quantity"] for line in items["lines"]] == [3]
+    mini = await internal_get(client, "cart-mini", {"user_id": 2}, kind="fragments")
+    assert "Cart (4)" in mini.text
+    missing = await internal_get(client, "cart-summary", {})
+    assert missing.status_code == 422
+    assert "user_id" in missing.json()["detail"]
+    adopted = await internal_post(client, "adopt-cart-for-user", {"user_id": 2})
+    assert adopted.status_code == 422
+    assert "session_id" in adopted.json()["detail"]
+
+
+async def test_cart_is_exactly_what_the_plan_leaves_it(stack, clean_db):
+    """The plan's post-split cart state: table, Alembic environment, routes, data, actions."""
+    assert set(cart_metadata.tables) == {"cart.cart_items"}
+    with admin_connect(clean_db, "cart") as connection:
+        tables = connection.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'cart' ORDER BY 1"
+        ).fetchall()
+    assert tables == [("alembic_version",), ("cart_items",)]
+    schema = (await stack.client("cart").get("/schema/openapi.json")).json()
+    paths = set(schema["paths"])
+    internal = {path for path in paths if path.startswith("/internal/")}
+    assert internal == {
+        "/internal/data/cart-summary",
+        "/internal/data/cart-items",
+        "/internal/actions/adopt-cart-for-user",
+        "/internal/actions/clear-cart-for-order",
+        "/internal/fragments/cart-mini",
+    }
+    public = {path for path in paths if not path.startswith(("/internal/", "/auth/"))}
+    assert public == {
+        "/",
+        "/api/cart",
+        "/page/{page_slug}",
+        "/api/page/{page_slug}",
+        "/add/{product_id}",
+        "/item/{item_id}/quantity",
+        "/item/{item_id}/delete",
+        "/checkout",
+        "/page/{page_slug}/checkout",
+        "/healthz",
+        "/readyz",
+    }
