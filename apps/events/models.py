@@ -1,0 +1,143 @@
+"""Tables of the events service (schema ``events`` in ``db_events``): calendars attached to pages,
+their bookable entries, and tickets for those entries."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import (
+    CHAR,
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Numeric,
+    String,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from apps.common.db import IdentityPkMixin, TimestampedMixin, service_metadata
+from apps.common.idempotency import idempotency_table
+
+metadata = service_metadata("events")
+
+ENTRY_STATES = ("open", "pending", "confirmed", "cancelled")
+TICKET_STATES = ("pending", "confirmed", "cancelled")
+DEFAULT_CURRENCY = "EUR"
+SESSION_ID_LENGTH = 64
+
+# A booking belongs to exactly one identity: a signed-in user or an anonymous session.
+ONE_OWNER = "num_nonnulls(user_id, session_id) = 1"
+
+
+class Base(DeclarativeBase):
+    metadata = metadata
+
+
+class Calendar(IdentityPkMixin, TimestampedMixin, Base):
+    """A calendar of one page (container ``('page', post id)``); both container columns are null
+    while it is detached. relations holds the same attachment for the other services."""
+
+    __tablename__ = "calendars"
+    __table_args__ = (
+        UniqueConstraint("slug"),
+        CheckConstraint(
+            "(container_type IS NULL) = (container_id IS NULL)", name="container_complete"
+        ),
+        Index("ix_calendars_container", "container_type", "container_id"),
+    )
+
+    slug: Mapped[str] = mapped_column(String(64), nullable=False)
+    name: Mapped[str] = mapped_column(String(255), nullable=False)
+    container_type: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    container_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class CalendarEntry(IdentityPkMixin, TimestampedMixin, Base):
+    """A bookable slot. ``open`` -> ``pending`` (booked by one identity, waiting in a cart) ->
+    ``confirmed`` (paid, with its order id); ``cancelled`` by the calendar's editors."""
+
+    __tablename__ = "calendar_entries"
+    __table_args__ = (
+        CheckConstraint("cost >= 0", name="cost_not_negative"),
+        CheckConstraint(f"state IN {ENTRY_STATES!r}", name="state_known"),
+        CheckConstraint(
+            "state <> 'open' OR (user_id IS NULL AND session_id IS NULL AND order_id IS NULL)",
+            name="open_has_no_booking",
+        ),
+        CheckConstraint(
+            f"state <> 'pending' OR ({ONE_OWNER} AND order_id IS NULL)",
+            name="pending_has_one_owner",
+        ),
+        CheckConstraint(
+            f"state <> 'confirmed' OR ({ONE_OWNER} AND order_id IS NOT NULL)",
+            name="confirmed_has_owner_and_order",
+        ),
+        Index("ix_calendar_entries_calendar_id_starts_at", "calendar_id", "starts_at"),
+        # The pending bookings of one identity: the remote scan behind cart's FDW reads.
+        Index(
+            "ix_calendar_entries_pending_user",
+            "user_id",
+            postgresql_where=text("state = 'pending'"),
+        ),
+        Index(
+            "ix_calendar_entries_pending_session",
+            "session_id",
+            postgresql_where=text("state = 'pending'"),
+        ),
+        Index("ix_calendar_entries_order_id", "order_id"),
+    )
+
+    calendar_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("events.calendars.id"), nullable=False
+    )
+    name: Mapped[str] = mapped_column(String(255), nullable=False)
+    starts_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    cost: Mapped[Decimal] = mapped_column(Numeric(10, 2), nullable=False)
+    currency: Mapped[str] = mapped_column(CHAR(3), nullable=False, server_default=DEFAULT_CURRENCY)
+    state: Mapped[str] = mapped_column(String(16), nullable=False, server_default="open")
+    user_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    session_id: Mapped[str | None] = mapped_column(String(SESSION_ID_LENGTH), nullable=True)
+    order_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class Ticket(IdentityPkMixin, TimestampedMixin, Base):
+    """A ticket for an entry, priced when it is added; pending until its order is paid."""
+
+    __tablename__ = "tickets"
+    __table_args__ = (
+        CheckConstraint("price >= 0", name="price_not_negative"),
+        CheckConstraint(f"state IN {TICKET_STATES!r}", name="state_known"),
+        CheckConstraint(
+            f"state <> 'pending' OR ({ONE_OWNER} AND order_id IS NULL)",
+            name="pending_has_one_owner",
+        ),
+        CheckConstraint(
+            f"state <> 'confirmed' OR ({ONE_OWNER} AND order_id IS NOT NULL)",
+            name="confirmed_has_owner_and_order",
+        ),
+        Index("ix_tickets_calendar_entry_id", "calendar_entry_id"),
+        Index("ix_tickets_pending_user", "user_id", postgresql_where=text("state = 'pending'")),
+        Index(
+            "ix_tickets_pending_session", "session_id", postgresql_where=text("state = 'pending'")
+        ),
+        Index("ix_tickets_order_id", "order_id"),
+    )
+
+    calendar_entry_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("events.calendar_entries.id"), nullable=False
+    )
+    ticket_type: Mapped[str] = mapped_column(String(64), nullable=False)
+    price: Mapped[Decimal] = mapped_column(Numeric(10, 2), nullable=False)
+    currency: Mapped[str] = mapped_column(CHAR(3), nullable=False, server_default=DEFAULT_CURRENCY)
+    state: Mapped[str] = mapped_column(String(16), nullable=False, server_default="pending")
+    user_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    session_id: Mapped[str | None] = mapped_column(String(SESSION_ID_LENGTH), nullable=True)
+    order_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+idempotency_keys = idempotency_table(metadata)
