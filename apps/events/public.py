@@ -1,0 +1,163 @@
+"""Public routes of events: calendars and their entries (HTML, and JSON under /api), bookings,
+tickets, and the editors' admin routes for calendars, their pages and their entries.
+
+Writes take form fields (``application/x-www-form-urlencoded``), from browsers and API clients
+alike. Browsers (``Accept: text/html``) are sent back to the page with a 303; API clients get
+the JSON of what changed. Errors are problems (problem+json, or an error page for browsers).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from litestar import Request, Response, Router, get, post
+from litestar.connection import ASGIConnection
+from litestar.enums import RequestEncodingType
+from litestar.handlers.base import BaseRouteHandler
+from litestar.params import Body, Parameter
+from litestar.response import Template
+
+from apps.common.deps import AppSettings, CurrentIdentity, DbSession
+from apps.common.identity import Identity, identity_from_scope
+from apps.common.settings import Settings
+from apps.common.web import redirect_back, render, require_editor, wants_html
+from apps.events import service
+
+PageIdParam = Annotated[int | None, Parameter(ge=1, le=2**63 - 1)]
+IdParam = Annotated[int, Parameter(ge=1, le=2**63 - 1)]
+
+
+# Request bodies are URL-encoded form fields.
+FormBody = Body(media_type=RequestEncodingType.URL_ENCODED)
+NewTicketsForm = Annotated[service.NewTickets, FormBody]
+NewCalendarForm = Annotated[service.NewCalendar, FormBody]
+PageChoiceForm = Annotated[service.PageChoice, FormBody]
+NewEntryForm = Annotated[service.NewEntry, FormBody]
+
+
+def owner(identity: Identity) -> service.BookingOwner:
+    return service.owner_of(identity.as_params())
+
+
+def is_editor(settings: Settings, identity: Identity) -> bool:
+    return identity.user_id is not None and identity.user_id in settings.editor_user_ids
+
+
+async def answer(request: Request, body: Any, *, status_code: int = 200) -> Response[Any]:
+    """JSON for API clients; back to the page the form was on for browsers."""
+    if wants_html(request):
+        return await redirect_back(request, "/")
+    return Response(body, status_code=status_code)
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+
+@get("/", operation_id="calendars_html")
+async def calendars_page(
+    request: Request,
+    db_session: DbSession,
+    identity: CurrentIdentity,
+    settings: AppSettings,
+    page_id: PageIdParam = None,
+) -> Template:
+    calendars = await service.list_calendars(db_session, owner=owner(identity), page_id=page_id)
+    return render(
+        request,
+        "calendars.html",
+        calendars=calendars,
+        page_id=page_id,
+        is_editor=is_editor(settings, identity),
+    )
+
+
+@get("/api/calendars", operation_id="calendars")
+async def api_calendars(
+    db_session: DbSession, identity: CurrentIdentity, page_id: PageIdParam = None
+) -> list[service.CalendarWithEntries]:
+    return await service.list_calendars(db_session, owner=owner(identity), page_id=page_id)
+
+
+# -- booking ----------------------------------------------------------------------------------
+
+
+@post("/entries/{entry_id:int}/book/", operation_id="entry_book")
+async def book_entry(
+    request: Request, db_session: DbSession, identity: CurrentIdentity, entry_id: IdParam
+) -> Response[Any]:
+    booked = await service.book_entry(db_session, entry_id, owner(identity))
+    await db_session.commit()
+    return await answer(request, booked)
+
+
+@post("/entries/{entry_id:int}/tickets/", operation_id="entry_tickets_add")
+async def add_tickets(
+    request: Request,
+    db_session: DbSession,
+    identity: CurrentIdentity,
+    entry_id: IdParam,
+    data: NewTicketsForm,
+) -> Response[Any]:
+    tickets = await service.add_tickets(db_session, entry_id, owner(identity), data)
+    await db_session.commit()
+    return await answer(request, tickets, status_code=201)
+
+
+# -- admin (editors only) ---------------------------------------------------------------------
+
+
+def editors_only(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """A guard: it runs before the body is read, so a non-editor gets 403 whatever they send."""
+    require_editor(connection.app.state.settings, identity_from_scope(connection.scope))
+
+
+@post("/calendars/", operation_id="calendar_create")
+async def create_calendar(
+    request: Request, db_session: DbSession, data: NewCalendarForm
+) -> Response[Any]:
+    change = await service.create_calendar(db_session, data)
+    calendar = await service.commit_or_revert(db_session, change)
+    return await answer(request, calendar, status_code=201)
+
+
+@post("/calendars/{calendar_id:int}/attach/", operation_id="calendar_attach")
+async def attach_calendar(
+    request: Request,
+    db_session: DbSession,
+    calendar_id: IdParam,
+    data: PageChoiceForm,
+) -> Response[Any]:
+    change = await service.attach_calendar(db_session, calendar_id, data.page_id)
+    calendar = await service.commit_or_revert(db_session, change)
+    return await answer(request, calendar)
+
+
+@post("/calendars/{calendar_id:int}/detach/", operation_id="calendar_detach")
+async def detach_calendar(
+    request: Request, db_session: DbSession, calendar_id: IdParam
+) -> Response[Any]:
+    change = await service.detach_calendar(db_session, calendar_id)
+    calendar = await service.commit_or_revert(db_session, change)
+    return await answer(request, calendar)
+
+
+@post("/calendars/{calendar_id:int}/entries/", operation_id="calendar_entry_create")
+async def create_entry(
+    request: Request,
+    db_session: DbSession,
+    calendar_id: IdParam,
+    data: NewEntryForm,
+) -> Response[Any]:
+    entry = await service.create_entry(db_session, calendar_id, data)
+    await db_session.commit()
+    return await answer(request, entry, status_code=201)
+
+
+admin = Router(
+    path="/admin",
+    route_handlers=[create_calendar, attach_calendar, detach_calendar, create_entry],
+    guards=[editors_only],
+    tags=["events admin"],
+)
+
+handlers = [calendars_page, api_calendars, book_entry, add_tickets, admin]
