@@ -1,0 +1,965 @@
+"""events over real HTTP (in-process ASGI) against its real database, with relations running
+beside it: calendars on pages kept in step with relations, bookings, tickets, the export view
+cart reads through postgres_fdw, and confirm-for-order."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from sqlalchemy import create_engine, pool, text
+from sqlalchemy.engine import make_url
+
+from apps.common.asgi import read_body, replaying_receive, send_problem
+from apps.common.identity import COOKIE_NAME, CSRF_FIELD, SessionCodec
+from apps.common.internal_client import InternalClient, current_client, install_client
+from tests.conftest import INTERNAL_SECRET, SESSION_SECRET, admin_connect, in_process_stack
+from tests.signed import internal_get, internal_post
+
+JSON = {"Accept": "application/json"}
+HTML = {"Accept": "text/html"}
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+async def sign_in(stack, user_id: int) -> httpx.AsyncClient:
+    """A browser-like client of events signed in as ``user_id``, sending its CSRF token."""
+    client = stack.browser("events")
+    response = await client.get("/auth/dev-login", params={"user_id": user_id}, headers=JSON)
+    assert response.status_code == 200, response.text
+    client.headers["X-CSRF-Token"] = response.json()["csrf_token"]
+    return client
+
+
+async def anonymous(stack) -> httpx.AsyncClient:
+    client = stack.browser("events")
+    response = await client.get("/auth/session", headers=JSON)
+    assert response.status_code == 200
+    client.headers["X-CSRF-Token"] = response.json()["csrf_token"]
+    return client
+
+
+def session_id_of(client: httpx.AsyncClient) -> str:
+    identity = SessionCodec(SESSION_SECRET).decode(client.cookies[COOKIE_NAME])
+    assert identity is not None
+    return identity.session_id
+
+
+def events_rows(server, sql: str, params: tuple = ()) -> list[tuple]:
+    with admin_connect(server, "events") as connection:
+        return connection.execute(sql, params).fetchall()
+
+
+def relation_rows(server) -> list[tuple]:
+    """Every relations row, detached ones included: (parent, child, active)."""
+    with admin_connect(server, "relations") as connection:
+        return connection.execute(
+            """
+            SELECT parent_type, parent_id, child_type, child_id, deleted_at IS NULL
+            FROM relations.container_relations ORDER BY parent_id, id
+            """
+        ).fetchall()
+
+
+def active_relations(server) -> list[tuple]:
+    return [row[:4] for row in relation_rows(server) if row[4]]
+
+
+def calendar_container(server, calendar_id: int) -> tuple:
+    return events_rows(
+        server,
+        "SELECT container_type, container_id FROM events.calendars WHERE id = %s",
+        (calendar_id,),
+    )[0]
+
+
+def insert_calendar(server, slug: str = "tours", page_id: int | None = 1) -> int:
+    return events_rows(
+        server,
+        """
+        INSERT INTO events.calendars (slug, name, container_type, container_id)
+        VALUES (%s, %s, %s, %s) RETURNING id
+        """,
+        (slug, slug.capitalize(), "page" if page_id else None, page_id),
+    )[0][0]
+
+
+def insert_entry(
+    server,
+    calendar_id: int,
+    name: str = "Orchard walk",
+    *,
+    starts_in: timedelta = timedelta(days=3),
+    cost: str = "12.50",
+    state: str = "open",
+) -> int:
+    return events_rows(
+        server,
+        """
+        INSERT INTO events.calendar_entries (calendar_id, name, starts_at, cost, state)
+        VALUES (%s, %s, %s, %s, %s) RETURNING id
+        """,
+        (calendar_id, name, datetime.now(UTC) + starts_in, Decimal(cost), state),
+    )[0][0]
+
+
+def entry_state(server, entry_id: int) -> tuple:
+    return events_rows(
+        server,
+        "SELECT state, user_id, session_id, order_id FROM events.calendar_entries WHERE id = %s",
+        (entry_id,),
+    )[0]
+
+
+def names_field(problem: dict[str, Any], field: str) -> bool:
+    """The problem's errors name ``field`` (or an item of it: ``entry_ids[0]``)."""
+    return any(error["field"].split("[")[0] == field for error in problem.get("errors") or [])
+
+
+def assert_problem(response: httpx.Response, status: int, *words: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    problem = response.json()
+    assert problem["status"] == status
+    for word in words:
+        assert word in problem["detail"], problem
+    return problem
+
+
+@pytest.fixture
+async def stack(clean_db, credentials) -> AsyncIterator[Any]:
+    async with in_process_stack(clean_db, credentials, ["events", "relations"]) as running:
+        yield running
+
+
+@pytest.fixture
+async def editor(stack) -> AsyncIterator[httpx.AsyncClient]:
+    client = await sign_in(stack, 1)  # conftest's settings make user 1 an editor
+    yield client
+    await client.aclose()
+
+
+# -- calendars on pages: plan verification 1 for events ---------------------------------------
+
+
+async def test_create_attach_detach_keep_relations_in_step(stack, editor, clean_db):
+    created = await editor.post(
+        "/admin/calendars/", data={"name": "Farm tours", "slug": "farm-tours", "page_id": "5"}
+    )
+    assert created.status_code == 201, created.text
+    calendar = created.json()
+    calendar_id = calendar["id"]
+    assert (calendar["slug"], calendar["container_type"], calendar["container_id"]) == (
+        "farm-tours",
+        "page",
+        5,
+    )
+    assert calendar_container(clean_db, calendar_id) == ("page", 5)
+    assert relation_rows(clean_db) == [("page", 5, "calendar", calendar_id, True)]
+    with admin_connect(clean_db, "relations") as connection:
+        label = connection.execute("SELECT label FROM relations.container_relations").fetchone()
+    assert label == ("Farm tours",)
+
+    moved = await editor.post(f"/admin/calendars/{calendar_id}/attach/", data={"page_id": "6"})
+    assert moved.status_code == 200, moved.text
+    assert (moved.json()["container_type"], moved.json()["container_id"]) == ("page", 6)
+    assert calendar_container(clean_db, calendar_id) == ("page", 6)
+    assert relation_rows(clean_db) == [
+        ("page", 5, "calendar", calendar_id, False),
+        ("page", 6, "calendar", calendar_id, True),
+    ]
+
+    # Attaching to the page it is on changes nothing, anywhere.
+    again = await editor.post(f"/admin/calendars/{calendar_id}/attach/", data={"page_id": "6"})
+    assert again.status_code == 200
+    assert again.json()["container_id"] == 6
+    assert active_relations(clean_db) == [("page", 6, "calendar", calendar_id)]
+    assert len(relation_rows(clean_db)) == 2
+
+    detached = await editor.post(f"/admin/calendars/{calendar_id}/detach/")
+    assert detached.status_code == 200, detached.text
+    assert (detached.json()["container_type"], detached.json()["container_id"]) == (None, None)
+    assert calendar_container(clean_db, calendar_id) == (None, None)
+    assert active_relations(clean_db) == []
+
+    # Detaching what is on no page is a no-op; attaching again restores relations' row.
+    assert (await editor.post(f"/admin/calendars/{calendar_id}/detach/")).status_code == 200
+    back = await editor.post(f"/admin/calendars/{calendar_id}/attach/", data={"page_id": "5"})
+    assert back.status_code == 200
+    assert calendar_container(clean_db, calendar_id) == ("page", 5)
+    assert relation_rows(clean_db) == [
+        ("page", 5, "calendar", calendar_id, True),
+        ("page", 6, "calendar", calendar_id, False),
+    ]
+
+
+async def test_attaching_repairs_a_calendar_relations_does_not_know(stack, editor, clean_db):
+    # Like the demo calendars: stored on page 1 by events, never attached in relations.
+    calendar_id = insert_calendar(clean_db, "tours", page_id=1)
+    response = await editor.post(f"/admin/calendars/{calendar_id}/attach/", data={"page_id": "1"})
+    assert response.status_code == 200
+    assert relation_rows(clean_db) == [("page", 1, "calendar", calendar_id, True)]
+
+
+async def test_admin_forms_from_a_browser_redirect_back(stack, editor, clean_db):
+    page = await editor.get("/", headers=HTML)
+    token = editor.headers.pop("X-CSRF-Token")
+    assert f'value="{token}"' in page.text  # the forms carry the CSRF field
+    created = await editor.post(
+        "/admin/calendars/",
+        data={"name": "Tastings", "slug": "tastings", "page_id": "2", CSRF_FIELD: token},
+        headers=HTML,
+    )
+    assert created.status_code == 303
+    assert created.headers["location"] == "/"
+    calendar_id = events_rows(clean_db, "SELECT id FROM events.calendars")[0][0]
+    entry = await editor.post(
+        f"/admin/calendars/{calendar_id}/entries/",
+        data={
+            "name": "Cider tasting",
+            "starts_at": (datetime.now(UTC) + timedelta(days=2)).strftime("%Y-%m-%dT%H:%M"),
+            "cost": "18",
+            CSRF_FIELD: token,
+            "next": "/?page_id=2",
+        },
+        headers=HTML,
+    )
+    assert entry.status_code == 303
+    assert entry.headers["location"] == "/?page_id=2"
+    assert active_relations(clean_db) == [("page", 2, "calendar", calendar_id)]
+
+    listing = await editor.get("/?page_id=2", headers=HTML)
+    assert listing.status_code == 200
+    assert "Tastings" in listing.text
+    assert "Cider tasting" in listing.text
+    assert "18.00 EUR" in listing.text
+    assert f'action="/admin/calendars/{calendar_id}/detach/"' in listing.text
+
+
+async def test_a_taken_slug_is_409_before_relations_is_asked(stack, editor, clean_db):
+    insert_calendar(clean_db, "tours", page_id=None)
+    response = await editor.post(
+        "/admin/calendars/", data={"name": "Tours", "slug": "tours", "page_id": "3"}
+    )
+    assert_problem(response, 409, "tours")
+    assert relation_rows(clean_db) == []
+    assert events_rows(clean_db, "SELECT count(*) FROM events.calendars") == [(1,)]
+
+
+async def test_relations_down_is_a_clear_problem_and_nothing_is_written(clean_db, credentials):
+    calendar_id = insert_calendar(clean_db, "tours", page_id=5)
+    async with in_process_stack(clean_db, credentials, ["events"]) as events_only:
+        editor = await sign_in(events_only, 1)
+        created = await editor.post(
+            "/admin/calendars/", data={"name": "New", "slug": "new", "page_id": "5"}
+        )
+        problem = assert_problem(created, 503, "relations", "Nothing was changed")
+        assert problem["service"] == "relations"
+        moved = await editor.post(f"/admin/calendars/{calendar_id}/attach/", data={"page_id": "6"})
+        assert_problem(moved, 503, "relations")
+        # The failed request let go of the calendar's row at once (no lock left behind).
+        with admin_connect(clean_db, "events") as connection:
+            locked = connection.execute(
+                "SELECT id FROM events.calendars WHERE id = %s FOR UPDATE NOWAIT", (calendar_id,)
+            ).fetchall()
+            idle = connection.execute(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE usename = 'events_app' AND state = 'idle in transaction'"
+            ).fetchone()
+        assert locked == [(calendar_id,)]
+        assert idle == (0,)
+        detached = await editor.post(f"/admin/calendars/{calendar_id}/detach/")
+        assert_problem(detached, 503, "relations")
+        await editor.aclose()
+    assert events_rows(
+        clean_db, "SELECT slug, container_type, container_id FROM events.calendars"
+    ) == [("tours", "page", 5)]
+
+
+async def test_relations_erroring_leaves_no_local_half_write(clean_db, credentials):
+    # relations runs but cannot reach its database: it answers 500 to every action.
+    unreachable = {"database_url": "postgresql://relations_app:x@127.0.0.1:1/db_relations"}
+    async with in_process_stack(
+        clean_db,
+        credentials,
+        ["events", "relations"],
+        settings_overrides={"relations": unreachable},
+    ) as broken:
+        editor = await sign_in(broken, 1)
+        created = await editor.post(
+            "/admin/calendars/", data={"name": "New", "slug": "new", "page_id": "5"}
+        )
+        assert_problem(created, 502, "relations", "attach-child")
+        await editor.aclose()
+    assert events_rows(clean_db, "SELECT count(*) FROM events.calendars") == [(0,)]
+
+
+class FailingDetach:
+    """relations, except that detaching anything from one page answers 500: a failure half-way
+    through moving a calendar off that page."""
+
+    def __init__(self, app: Any, page_id: int) -> None:
+        self.app = app
+        self.page_id = page_id
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] != "/internal/actions/detach-child":
+            await self.app(scope, receive, send)
+            return
+        body = await read_body(receive)
+        if json.loads(body)["parent_id"] == self.page_id:
+            await send_problem(send, 500, "boom", scope["path"])
+            return
+        await self.app(scope, replaying_receive(body, receive), send)
+
+
+async def test_a_move_that_fails_half_way_is_undone_in_relations(stack, editor, clean_db):
+    created = await editor.post(
+        "/admin/calendars/", data={"name": "Tours", "slug": "tours", "page_id": "5"}
+    )
+    calendar_id = created.json()["id"]
+    previous = current_client()
+    install_client(
+        InternalClient(
+            caller="tests",
+            secret=INTERNAL_SECRET,
+            asgi_apps={"relations": FailingDetach(stack.apps["relations"], page_id=5)},
+        )
+    )
+    await previous.aclose()
+
+    moved = await editor.post(f"/admin/calendars/{calendar_id}/attach/", data={"page_id": "6"})
+    assert_problem(moved, 502, "relations", "detach-child")
+    # The attach to page 6 that had succeeded was taken back; events did not move either.
+    assert calendar_container(clean_db, calendar_id) == ("page", 5)
+    assert active_relations(clean_db) == [("page", 5, "calendar", calendar_id)]
+
+    detached = await editor.post(f"/admin/calendars/{calendar_id}/detach/")
+    assert_problem(detached, 502, "detach-child")
+    assert calendar_container(clean_db, calendar_id) == ("page", 5)
+
+
+async def test_admin_routes_are_for_editors_only(stack, clean_db):
+    calendar_id = insert_calendar(clean_db, "tours", page_id=5)
+    not_editor = await sign_in(stack, 2)
+    visitor = await anonymous(stack)
+    attempts = [
+        ("/admin/calendars/", {"name": "X", "slug": "x", "page_id": "1"}),
+        (f"/admin/calendars/{calendar_id}/attach/", {"page_id": "6"}),
+        (f"/admin/calendars/{calendar_id}/detach/", {}),
+        (
+            f"/admin/calendars/{calendar_id}/entries/",
+            {"name": "X", "starts_at": "2030-01-01T10:00", "cost": "1"},
+        ),
+        # Even with bad input, the answer is 403: the guard runs before the body is read.
+        ("/admin/calendars/", {"slug": "NOT A SLUG"}),
+    ]
+    for client in (not_editor, visitor):
+        for path, form in attempts:
+            response = await client.post(path, data=form)
+            assert_problem(response, 403)
+    page = await not_editor.get("/", headers=HTML)
+    assert "/admin/calendars/" not in page.text
+    assert events_rows(clean_db, "SELECT slug, container_id FROM events.calendars") == [
+        ("tours", 5)
+    ]
+    assert events_rows(clean_db, "SELECT count(*) FROM events.calendar_entries") == [(0,)]
+    assert relation_rows(clean_db) == []
+    await not_editor.aclose()
+    await visitor.aclose()
+
+
+async def test_unknown_calendars_and_entries_are_404(stack, editor):
+    assert_problem(await editor.post("/admin/calendars/999/attach/", data={"page_id": "1"}), 404)
+    assert_problem(await editor.post("/admin/calendars/999/detach/"), 404)
+    entry_form = {"name": "X", "starts_at": "2030-01-01T10:00:00Z", "cost": "1"}
+    assert_problem(await editor.post("/admin/calendars/999/entries/", data=entry_form), 404)
+    assert_problem(await editor.post("/entries/999/book/"), 404, "999")
+    assert_problem(await editor.post("/entries/999/tickets/", data={"ticket_type": "a"}), 404)
+
+
+async def test_editors_create_entries(stack, editor, clean_db):
+    calendar_id = insert_calendar(clean_db)
+    response = await editor.post(
+        f"/admin/calendars/{calendar_id}/entries/",
+        data={"name": "Tractor ride", "starts_at": "2030-05-01T09:30", "cost": "5.5"},
+    )
+    assert response.status_code == 201, response.text
+    entry = response.json()
+    assert entry["state"] == "open"
+    assert entry["bookable"] is True
+    assert Decimal(entry["cost"]) == Decimal("5.50")
+    offset = await editor.post(
+        f"/admin/calendars/{calendar_id}/entries/",
+        data={
+            "name": "Tasting",
+            "starts_at": "2030-05-01T18:00+02:00",
+            "cost": "0",
+            "currency": "GBP",
+        },
+    )
+    assert offset.status_code == 201
+    rows = events_rows(
+        clean_db,
+        "SELECT name, starts_at, cost, currency, state FROM events.calendar_entries ORDER BY id",
+    )
+    assert rows == [
+        ("Tractor ride", datetime(2030, 5, 1, 9, 30, tzinfo=UTC), Decimal("5.50"), "EUR", "open"),
+        ("Tasting", datetime(2030, 5, 1, 16, 0, tzinfo=UTC), Decimal("0.00"), "GBP", "open"),
+    ]
+
+
+# -- listing ----------------------------------------------------------------------------------
+
+
+async def test_calendars_list_upcoming_entries_with_their_state(stack, clean_db):
+    tours = insert_calendar(clean_db, "tours", page_id=1)
+    tastings = insert_calendar(clean_db, "tastings", page_id=2)
+    insert_entry(clean_db, tours, "Yesterday's walk", starts_in=timedelta(days=-1))
+    later = insert_entry(clean_db, tours, "Later walk", starts_in=timedelta(days=5))
+    sooner = insert_entry(clean_db, tours, "Sooner walk", starts_in=timedelta(days=2), cost="0")
+    cancelled = insert_entry(clean_db, tastings, "Cider", state="cancelled")
+    visitor = await anonymous(stack)
+    assert (await visitor.post(f"/entries/{later}/book/")).status_code == 200
+    other = await anonymous(stack)
+
+    listing = await other.get("/api/calendars")
+    assert listing.status_code == 200
+    calendars = {calendar["slug"]: calendar for calendar in listing.json()}
+    assert [entry["id"] for entry in calendars["tours"]["entries"]] == [sooner, later]
+    entries = {entry["id"]: entry for entry in calendars["tours"]["entries"]}
+    assert (entries[sooner]["state"], entries[sooner]["bookable"]) == ("open", True)
+    assert (entries[later]["state"], entries[later]["bookable"]) == ("pending", False)
+    assert entries[later]["booked_by_you"] is False
+    assert "user_id" not in entries[later]
+    assert "session_id" not in entries[later]
+    assert calendars["tastings"]["entries"][0]["state"] == "cancelled"
+    assert calendars["tastings"]["entries"][0]["bookable"] is False
+    assert calendars["tastings"]["entries"][0]["id"] == cancelled
+
+    mine = await visitor.get("/api/calendars", params={"page_id": 1})
+    assert [calendar["slug"] for calendar in mine.json()] == ["tours"]
+    assert {e["id"]: e["booked_by_you"] for e in mine.json()[0]["entries"]} == {
+        sooner: False,
+        later: True,
+    }
+
+    page = await other.get("/", headers=HTML)
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert f'action="/entries/{sooner}/book/"' in page.text
+    assert f'action="/entries/{later}/book/"' not in page.text
+    assert "Yesterday's walk" not in page.text
+    assert "free" in page.text
+    await visitor.aclose()
+    await other.aclose()
+
+
+# -- booking ----------------------------------------------------------------------------------
+
+
+async def test_signed_in_booking_is_pending_for_the_user(stack, clean_db):
+    entry_id = insert_entry(clean_db, insert_calendar(clean_db))
+    user = await sign_in(stack, 7)
+    response = await user.post(f"/entries/{entry_id}/book/")
+    assert response.status_code == 200, response.text
+    booked = response.json()
+    assert (booked["id"], booked["state"], booked["booked_by_you"]) == (entry_id, "pending", True)
+    assert entry_state(clean_db, entry_id) == ("pending", 7, None, None)
+
+    twice = await user.post(f"/entries/{entry_id}/book/")
+    assert_problem(twice, 409, "pending")
+    someone_else = await sign_in(stack, 8)
+    assert_problem(await someone_else.post(f"/entries/{entry_id}/book/"), 409)
+    assert entry_state(clean_db, entry_id) == ("pending", 7, None, None)
+    await user.aclose()
+    await someone_else.aclose()
+
+
+async def test_anonymous_booking_is_pending_for_the_session(stack, clean_db):
+    entry_id = insert_entry(clean_db, insert_calendar(clean_db))
+    visitor = await anonymous(stack)
+    response = await visitor.post(f"/entries/{entry_id}/book/")
+    assert response.status_code == 200, response.text
+    assert entry_state(clean_db, entry_id) == ("pending", None, session_id_of(visitor), None)
+    await visitor.aclose()
+
+
+async def test_booking_from_a_form_redirects_back(stack, clean_db):
+    entry_id = insert_entry(clean_db, insert_calendar(clean_db))
+    visitor = await anonymous(stack)
+    token = visitor.headers.pop("X-CSRF-Token")
+    response = await visitor.post(
+        f"/entries/{entry_id}/book/", data={CSRF_FIELD: token, "next": "/?page_id=1"}, headers=HTML
+    )
+    assert response.status_code == 303
+    assert response.headers["location"] == "/?page_id=1"
+    assert entry_state(clean_db, entry_id)[0] == "pending"
+    # Booked already: a browser gets the problem as a page, with the same status.
+    again = await visitor.post(f"/entries/{entry_id}/book/", data={CSRF_FIELD: token}, headers=HTML)
+    assert again.status_code == 409
+    assert again.headers["content-type"].startswith("text/html")
+    await visitor.aclose()
+
+
+async def test_booking_without_csrf_token_is_refused(stack, clean_db):
+    entry_id = insert_entry(clean_db, insert_calendar(clean_db))
+    visitor = await anonymous(stack)
+    del visitor.headers["X-CSRF-Token"]
+    assert_problem(await visitor.post(f"/entries/{entry_id}/book/"), 403, "CSRF")
+    assert entry_state(clean_db, entry_id)[0] == "open"
+    await visitor.aclose()
+
+
+async def test_entries_that_are_not_open_or_started_cannot_be_booked(stack, clean_db):
+    calendar_id = insert_calendar(clean_db)
+    started = insert_entry(clean_db, calendar_id, starts_in=timedelta(minutes=-5))
+    cancelled = insert_entry(clean_db, calendar_id, state="cancelled")
+    user = await sign_in(stack, 3)
+    assert_problem(await user.post(f"/entries/{started}/book/"), 409, "started")
+    assert_problem(await user.post(f"/entries/{cancelled}/book/"), 409, "cancelled")
+    assert entry_state(clean_db, started) == ("open", None, None, None)
+    await user.aclose()
+
+
+async def test_ten_concurrent_bookings_of_one_entry_have_one_winner(stack, clean_db):
+    entry_id = insert_entry(clean_db, insert_calendar(clean_db))
+    users = [await sign_in(stack, user_id) for user_id in range(10, 20)]
+    responses = await asyncio.gather(*(user.post(f"/entries/{entry_id}/book/") for user in users))
+    statuses = [response.status_code for response in responses]
+    assert sorted(statuses) == [200] + [409] * 9
+    winner = 10 + statuses.index(200)
+    assert entry_state(clean_db, entry_id) == ("pending", winner, None, None)
+    for user in users:
+        await user.aclose()
+
+
+async def test_tickets_are_pending_at_the_entry_cost(stack, clean_db):
+    calendar_id = insert_calendar(clean_db)
+    entry_id = insert_entry(clean_db, calendar_id, cost="9.00")
+    cancelled = insert_entry(clean_db, calendar_id, state="cancelled")
+    user = await sign_in(stack, 4)
+    response = await user.post(
+        f"/entries/{entry_id}/tickets/", data={"ticket_type": "adult", "quantity": "2"}
+    )
+    assert response.status_code == 201, response.text
+    tickets = response.json()
+    assert [(t["ticket_type"], Decimal(t["price"]), t["state"]) for t in tickets] == [
+        ("adult", Decimal("9.00"), "pending")
+    ] * 2
+    rows = events_rows(
+        clean_db,
+        "SELECT calendar_entry_id, state, user_id, session_id, order_id FROM events.tickets",
+    )
+    assert rows == [(entry_id, "pending", 4, None, None)] * 2
+    # Tickets do not book the slot itself.
+    assert entry_state(clean_db, entry_id)[0] == "open"
+    refused = await user.post(f"/entries/{cancelled}/tickets/", data={"ticket_type": "adult"})
+    assert_problem(refused, 409, "cancelled")
+    await user.aclose()
+
+
+# -- the export view, through postgres_fdw as cart ---------------------------------------------
+
+
+async def book_things(stack, clean_db) -> dict[str, Any]:
+    """User 1 books an entry and buys two tickets; a visitor books another; one stays open."""
+    calendar_id = insert_calendar(clean_db, "tours", page_id=4)
+    walk = insert_entry(clean_db, calendar_id, "Orchard walk", cost="12.50")
+    ride = insert_entry(clean_db, calendar_id, "Tractor ride", cost="0")
+    still_open = insert_entry(clean_db, calendar_id, "Foraging", cost="3")
+    user = await sign_in(stack, 1)
+    visitor = await anonymous(stack)
+    assert (await user.post(f"/entries/{walk}/book/")).status_code == 200
+    tickets = await user.post(
+        f"/entries/{ride}/tickets/", data={"ticket_type": "child", "quantity": "2"}
+    )
+    assert tickets.status_code == 201
+    assert (await visitor.post(f"/entries/{ride}/book/")).status_code == 200
+    things = {
+        "calendar_id": calendar_id,
+        "walk": walk,
+        "ride": ride,
+        "open": still_open,
+        "ticket_ids": [ticket["id"] for ticket in tickets.json()],
+        "session_id": session_id_of(visitor),
+    }
+    await user.aclose()
+    await visitor.aclose()
+    return things
+
+
+VIEW_COLUMNS = [
+    ("kind", "text"),
+    ("id", "bigint"),
+    ("user_id", "bigint"),
+    ("session_id", "character varying"),
+    ("title", "text"),
+    ("price", "numeric"),
+    ("currency", "character"),
+    ("calendar_id", "bigint"),
+    ("starts_at", "timestamp with time zone"),
+    ("container_type", "character varying"),
+    ("container_id", "bigint"),
+]
+VIEW_SELECT = (
+    "SELECT kind, id, user_id, session_id, title, price, currency, calendar_id,"
+    " container_type, container_id FROM {} ORDER BY kind, id"
+)
+
+
+async def test_pending_bookings_view_holds_pending_entries_and_tickets(stack, clean_db):
+    things = await book_things(stack, clean_db)
+    with admin_connect(clean_db, "events") as connection:
+        columns = connection.execute(
+            """
+            SELECT column_name, data_type FROM information_schema.columns
+            WHERE table_schema = 'export' AND table_name = 'pending_bookings'
+            ORDER BY ordinal_position
+            """
+        ).fetchall()
+        precision = connection.execute(
+            """
+            SELECT numeric_precision, numeric_scale FROM information_schema.columns
+            WHERE table_schema = 'export' AND table_name = 'pending_bookings'
+              AND column_name = 'price'
+            """
+        ).fetchone()
+        rows = connection.execute(VIEW_SELECT.format("export.pending_bookings")).fetchall()
+    assert columns == VIEW_COLUMNS
+    assert precision == (10, 2)
+    calendar_id, walk, ride = things["calendar_id"], things["walk"], things["ride"]
+    first_ticket, second_ticket = things["ticket_ids"]
+    expected = [
+        ("entry", walk, 1, None, "Orchard walk", Decimal("12.50"), "EUR", calendar_id, "page", 4),
+        ("entry", ride, None, things["session_id"], "Tractor ride", Decimal("0.00"), "EUR",
+         calendar_id, "page", 4),
+        ("ticket", first_ticket, 1, None, "Tractor ride \u2013 child", Decimal("0.00"), "EUR",
+         calendar_id, "page", 4),
+        ("ticket", second_ticket, 1, None, "Tractor ride \u2013 child", Decimal("0.00"), "EUR",
+         calendar_id, "page", 4),
+    ]  # fmt: skip
+    assert rows == expected
+
+    # Confirmed rows leave the view.
+    confirm = {"order_id": 50, "entry_ids": [walk], "ticket_ids": [first_ticket]}
+    assert (await internal_post(stack.client("events"), "confirm-for-order", confirm)).json()[
+        "confirmed"
+    ] == 2
+    with admin_connect(clean_db, "events") as connection:
+        remaining = connection.execute(VIEW_SELECT.format("export.pending_bookings")).fetchall()
+    assert remaining == [expected[1], expected[3]]
+
+
+async def test_cart_reads_pending_bookings_through_fdw(stack, clean_db, provisioned, credentials):
+    things = await book_things(stack, clean_db)
+    cart_url = provisioned.topology.app_url("cart", credentials)
+    with psycopg.connect(cart_url) as cart:
+        assert cart.execute("SELECT current_user").fetchone() == ("cart_app",)
+        mine = cart.execute(
+            "SELECT kind, id, title, price, container_id FROM events.pending_bookings"
+            " WHERE user_id = %s ORDER BY kind, id",
+            (1,),
+        ).fetchall()
+        visitors = cart.execute(
+            "SELECT kind, id FROM events.pending_bookings WHERE session_id = %s",
+            (things["session_id"],),
+        ).fetchall()
+        plan = "\n".join(
+            row[0]
+            for row in cart.execute(
+                "EXPLAIN (VERBOSE) SELECT id FROM events.pending_bookings WHERE user_id = %s",
+                (1,),
+            )
+        )
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            cart.execute("DELETE FROM events.pending_bookings")
+    first_ticket, second_ticket = things["ticket_ids"]
+    assert mine == [
+        ("entry", things["walk"], "Orchard walk", Decimal("12.50"), 4),
+        ("ticket", first_ticket, "Tractor ride \u2013 child", Decimal("0.00"), 4),
+        ("ticket", second_ticket, "Tractor ride \u2013 child", Decimal("0.00"), 4),
+    ]
+    assert visitors == [("entry", things["ride"])]
+    # The identity filter runs remotely: only this user's rows cross the wire.
+    assert "Remote SQL: SELECT id FROM export.pending_bookings WHERE ((user_id = 1" in plan
+
+
+async def test_pending_bookings_data_matches_the_view(stack, clean_db):
+    things = await book_things(stack, clean_db)
+    events = stack.client("events")
+    by_user = await internal_get(events, "pending-bookings", {"user_id": 1})
+    by_session = await internal_get(
+        events, "pending-bookings", {"session_id": things["session_id"]}
+    )
+    nobody = await internal_get(events, "pending-bookings", {"user_id": 99})
+    assert by_user.status_code == by_session.status_code == 200
+    assert nobody.json() == []
+    with admin_connect(clean_db, "events") as connection:
+        view_rows = connection.execute(
+            "SELECT kind, id, user_id, session_id, title, price, currency, calendar_id,"
+            " container_type, container_id FROM export.pending_bookings ORDER BY kind, id"
+        ).fetchall()
+    keys = ["kind", "id", "user_id", "session_id", "title", "price", "currency", "calendar_id",
+            "container_type", "container_id"]  # fmt: skip
+    data_rows = sorted(
+        (
+            tuple(Decimal(row[key]) if key == "price" else row[key] for key in keys)
+            for row in by_user.json() + by_session.json()
+        ),
+        key=lambda row: (row[0], row[1]),
+    )
+    assert data_rows == view_rows
+    assert all("starts_at" in row for row in by_user.json())
+
+
+# -- confirm-for-order ------------------------------------------------------------------------
+
+
+async def test_confirm_for_order_confirms_once_and_never_steals(stack, clean_db):
+    things = await book_things(stack, clean_db)
+    events = stack.client("events")
+    walk, ride, still_open = things["walk"], things["ride"], things["open"]
+    first_ticket, second_ticket = things["ticket_ids"]
+    # The visitor's booking of the ride is paid by order 200 first.
+    other = await internal_post(
+        events, "confirm-for-order", {"order_id": 200, "entry_ids": [ride], "ticket_ids": []}
+    )
+    assert other.json() == {"confirmed": 1, "unconfirmed": {"entry_ids": [], "ticket_ids": []}}
+
+    payload = {
+        "order_id": 100,
+        "entry_ids": [walk, ride, still_open, 999],
+        "ticket_ids": [first_ticket, second_ticket],
+    }
+    first = await internal_post(events, "confirm-for-order", payload)
+    assert first.status_code == 200, first.text
+    assert first.json() == {
+        "confirmed": 3,
+        "unconfirmed": {"entry_ids": sorted([ride, still_open, 999]), "ticket_ids": []},
+    }
+    assert entry_state(clean_db, walk)[::3] == ("confirmed", 100)
+    assert entry_state(clean_db, ride)[::3] == ("confirmed", 200)  # not stolen
+    assert entry_state(clean_db, still_open) == ("open", None, None, None)
+    tickets = events_rows(clean_db, "SELECT state, order_id FROM events.tickets ORDER BY id")
+    assert tickets == [("confirmed", 100), ("confirmed", 100)]
+
+    before = events_rows(
+        clean_db, "SELECT id, xmin::text FROM events.calendar_entries ORDER BY id"
+    ) + events_rows(clean_db, "SELECT id, xmin::text FROM events.tickets ORDER BY id")
+    replay = await internal_post(events, "confirm-for-order", payload)
+    assert replay.json() == first.json()
+    after = events_rows(
+        clean_db, "SELECT id, xmin::text FROM events.calendar_entries ORDER BY id"
+    ) + events_rows(clean_db, "SELECT id, xmin::text FROM events.tickets ORDER BY id")
+    assert after == before  # the replay wrote nothing
+
+    thief = await internal_post(
+        events,
+        "confirm-for-order",
+        {"order_id": 300, "entry_ids": [walk], "ticket_ids": [first_ticket]},
+    )
+    assert thief.json() == {
+        "confirmed": 0,
+        "unconfirmed": {"entry_ids": [walk], "ticket_ids": [first_ticket]},
+    }
+    assert entry_state(clean_db, walk)[::3] == ("confirmed", 100)
+
+
+async def test_confirm_for_order_with_an_idempotency_key_replays_its_answer(stack, clean_db):
+    things = await book_things(stack, clean_db)
+    events = stack.client("events")
+    payload = {"order_id": 7, "entry_ids": [things["walk"]], "ticket_ids": []}
+    first = await internal_post(events, "confirm-for-order", payload, idempotency_key="order-7")
+    replay = await internal_post(events, "confirm-for-order", payload, idempotency_key="order-7")
+    assert first.status_code == replay.status_code == 200
+    assert first.json() == replay.json()
+    assert first.json()["confirmed"] == 1
+    other = await internal_post(
+        events, "confirm-for-order", {**payload, "order_id": 8}, idempotency_key="order-7"
+    )
+    assert_problem(other, 422, "Idempotency-Key")
+    assert entry_state(clean_db, things["walk"])[::3] == ("confirmed", 7)
+
+
+async def test_concurrent_confirms_of_one_entry_by_two_orders_have_one_winner(stack, clean_db):
+    things = await book_things(stack, clean_db)
+    events = stack.client("events")
+    responses = await asyncio.gather(
+        *(
+            internal_post(
+                events,
+                "confirm-for-order",
+                {"order_id": order_id, "entry_ids": [things["walk"]], "ticket_ids": []},
+            )
+            for order_id in range(1, 11)
+        )
+    )
+    assert sorted(response.json()["confirmed"] for response in responses) == [0] * 9 + [1]
+    winner = next(r for r in responses if r.json()["confirmed"] == 1)
+    assert winner.status_code == 200
+    assert entry_state(clean_db, things["walk"])[0] == "confirmed"
+
+
+# -- bad input: 422 naming the field, everywhere -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("form", "field"),
+    [
+        ({"slug": "tours", "page_id": "1"}, "name"),
+        ({"name": "", "slug": "tours", "page_id": "1"}, "name"),
+        ({"name": "Tours", "page_id": "1"}, "slug"),
+        ({"name": "Tours", "slug": "Not a slug!", "page_id": "1"}, "slug"),
+        ({"name": "Tours", "slug": "tours"}, "page_id"),
+        ({"name": "Tours", "slug": "tours", "page_id": "one"}, "page_id"),
+        ({"name": "Tours", "slug": "tours", "page_id": "0"}, "page_id"),
+    ],
+)
+async def test_bad_calendar_input_is_422_naming_the_field(stack, editor, clean_db, form, field):
+    response = await editor.post("/admin/calendars/", data=form)
+    problem = assert_problem(response, 422, field)
+    assert names_field(problem, field), problem
+    assert events_rows(clean_db, "SELECT count(*) FROM events.calendars") == [(0,)]
+    assert relation_rows(clean_db) == []
+
+
+@pytest.mark.parametrize(
+    ("form", "field"),
+    [
+        ({"starts_at": "2030-01-01T10:00", "cost": "1"}, "name"),
+        ({"name": "Walk", "cost": "1"}, "starts_at"),
+        ({"name": "Walk", "starts_at": "next tuesday", "cost": "1"}, "starts_at"),
+        ({"name": "Walk", "starts_at": "2030-01-01T10:00"}, "cost"),
+        ({"name": "Walk", "starts_at": "2030-01-01T10:00", "cost": "cheap"}, "cost"),
+        ({"name": "Walk", "starts_at": "2030-01-01T10:00", "cost": "-1"}, "cost"),
+        ({"name": "Walk", "starts_at": "2030-01-01T10:00", "cost": "1.234"}, "cost"),
+        ({"name": "Walk", "starts_at": "2030-01-01T10:00", "cost": "NaN"}, "cost"),
+        ({"name": "Walk", "starts_at": "2030-01-01T10:00", "cost": "1", "currency": "eur"},
+         "currency"),
+    ],
+)  # fmt: skip
+async def test_bad_entry_input_is_422_naming_the_field(stack, editor, clean_db, form, field):
+    calendar_id = insert_calendar(clean_db)
+    response = await editor.post(f"/admin/calendars/{calendar_id}/entries/", data=form)
+    problem = assert_problem(response, 422, field)
+    assert names_field(problem, field), problem
+    assert events_rows(clean_db, "SELECT count(*) FROM events.calendar_entries") == [(0,)]
+
+
+async def test_bad_attach_and_path_input_is_422_naming_the_field(stack, editor, clean_db):
+    calendar_id = insert_calendar(clean_db, page_id=3)
+    for form in ({}, {"page_id": "x"}, {"page_id": "-2"}):
+        response = await editor.post(f"/admin/calendars/{calendar_id}/attach/", data=form)
+        assert_problem(response, 422, "page_id")
+    assert_problem(await editor.post("/admin/calendars/0/detach/"), 422, "calendar_id")
+    assert_problem(await editor.post("/entries/0/book/"), 422, "entry_id")
+    assert calendar_container(clean_db, calendar_id) == ("page", 3)
+    assert relation_rows(clean_db) == []
+
+
+async def test_bad_ticket_and_listing_input_is_422_naming_the_field(stack, clean_db):
+    entry_id = insert_entry(clean_db, insert_calendar(clean_db))
+    visitor = await anonymous(stack)
+    for form, field in [
+        ({"quantity": "1"}, "ticket_type"),
+        ({"ticket_type": "", "quantity": "1"}, "ticket_type"),
+        ({"ticket_type": "adult", "quantity": "0"}, "quantity"),
+        ({"ticket_type": "adult", "quantity": "21"}, "quantity"),
+        ({"ticket_type": "adult", "quantity": "two"}, "quantity"),
+    ]:
+        response = await visitor.post(f"/entries/{entry_id}/tickets/", data=form)
+        assert_problem(response, 422, field)
+    assert events_rows(clean_db, "SELECT count(*) FROM events.tickets") == [(0,)]
+    assert_problem(await visitor.get("/api/calendars", params={"page_id": "x"}), 422, "page_id")
+    assert_problem(await visitor.get("/api/calendars", params={"page_id": "0"}), 422, "page_id")
+    page = await visitor.get("/", params={"page_id": "x"}, headers=HTML)
+    assert page.status_code == 422
+    assert "page_id" in page.text
+    await visitor.aclose()
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({"entry_ids": [1], "ticket_ids": []}, "order_id"),
+        ({"order_id": 0, "entry_ids": [1]}, "order_id"),
+        ({"order_id": "seven", "entry_ids": [1]}, "order_id"),
+        ({"order_id": 1, "entry_ids": "1"}, "entry_ids"),
+        ({"order_id": 1, "entry_ids": [0]}, "entry_ids"),
+        ({"order_id": 1, "ticket_ids": ["x"]}, "ticket_ids"),
+        ({"order_id": 1, "entry_ids": [], "tickets": [1]}, "tickets"),
+    ],
+)
+async def test_bad_confirm_input_is_422_naming_the_field(stack, clean_db, payload, field):
+    response = await internal_post(stack.client("events"), "confirm-for-order", payload)
+    problem = assert_problem(response, 422, field)
+    assert names_field(problem, field), problem
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({}, "user_id"),
+        ({"user_id": "me"}, "user_id"),
+        ({"user_id": 0}, "user_id"),
+        ({"user_id": 1, "session_id": "abc"}, "session_id"),
+        ({"session_id": "x" * 65}, "session_id"),
+    ],
+)
+async def test_bad_pending_bookings_input_is_422_naming_the_field(stack, params, field):
+    response = await internal_get(stack.client("events"), "pending-bookings", params)
+    assert_problem(response, 422, field)
+
+
+async def test_internal_routes_need_a_signature(stack, clean_db):
+    events = stack.client("events")
+    response = await events.post(
+        "/internal/actions/confirm-for-order", json={"order_id": 1, "entry_ids": [1]}
+    )
+    assert_problem(response, 401)
+
+
+# -- demo data --------------------------------------------------------------------------------
+
+
+def test_demo_seed_fills_empty_tables_once(clean_db):
+    from apps.events.demo import seed
+
+    url = make_url(clean_db.topology.admin_url("events")).set(drivername="postgresql+psycopg")
+    engine = create_engine(url, poolclass=pool.NullPool)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text("SET LOCAL ROLE events_owner"))
+            summary = seed(connection)
+        with engine.begin() as connection:
+            connection.execute(text("SET LOCAL ROLE events_owner"))
+            again = seed(connection)
+    finally:
+        engine.dispose()
+    assert summary is not None
+    assert "12 open entries" in summary
+    assert again is None
+    calendars = events_rows(
+        clean_db,
+        "SELECT name, container_type, container_id FROM events.calendars ORDER BY container_id",
+    )
+    assert calendars == [("Farm tours", "page", 1), ("Tastings", "page", 2)]
+    entries = events_rows(
+        clean_db,
+        "SELECT count(*), count(*) FILTER (WHERE cost = 0), bool_and(state = 'open'),"
+        " bool_and(starts_at > now()), bool_and(user_id IS NULL AND session_id IS NULL)"
+        " FROM events.calendar_entries",
+    )
+    assert entries[0][0] == 12
+    assert 0 < entries[0][1] < 12
+    assert entries[0][2:] == (True, True, True)
+    assert events_rows(clean_db, "SELECT count(*) FROM events.tickets") == [(0,)]
