@@ -78,6 +78,20 @@ async def test_bad_page_number_is_422_naming_page(browser, page):
         assert "page" in response.json()["detail"]
 
 
+async def test_a_malformed_slug_is_422_naming_slug(browser):
+    token = await sign_in(browser)
+    for method, path in [
+        ("GET", "/Not_A_Slug/"),
+        ("GET", "/api/posts/Not_A_Slug"),
+        ("POST", "/Not_A_Slug/like/"),
+        ("GET", "/Not_A_Slug/admin/page-config/"),
+    ]:
+        response = await browser.request(method, path, headers={**JSON, "X-CSRF-Token": token})
+        assert response.status_code == 422, (method, path)
+        assert response.headers["content-type"].startswith("application/problem+json")
+        assert "slug" in response.json()["detail"]
+
+
 async def test_a_post_or_page_is_shown_unknown_and_draft_are_404(browser, clean_db):
     post_id = insert_post(clean_db, "jam-day", title="Jam day", body="Forty jars.\n\nSticky.")
     insert_post(clean_db, "secret-plans", status="draft")
