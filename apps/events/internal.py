@@ -1,4 +1,5 @@
-"""Internal routes of events: data pending-bookings; action confirm-for-order."""
+"""Internal routes of events: data pending-bookings; actions confirm-for-order and
+adopt-bookings-for-user."""
 
 from __future__ import annotations
 
@@ -40,4 +41,19 @@ async def confirm_for_order(
     )
 
 
-handlers = [pending_bookings, confirm_for_order]
+@action_route("adopt-bookings-for-user")
+async def adopt_bookings_for_user(
+    db_session: DbSession, request: Request, data: JSONBody[service.AdoptBookings]
+) -> dict[str, Any]:
+    """For the sign-in flow, like cart's adopt-cart-for-user: {"adopted": n}."""
+    return await run_idempotent(
+        db_session,
+        idempotency_keys,
+        action="adopt-bookings-for-user",
+        key=request.headers.get(IDEMPOTENCY_HEADER),
+        payload=data,
+        effect=lambda: service.adopt_bookings(db_session, data),
+    )
+
+
+handlers = [pending_bookings, confirm_for_order, adopt_bookings_for_user]

@@ -40,6 +40,7 @@ from apps.common.internal_client import InternalCallError, call_action
 from apps.common.problems import Conflict, InvalidInput, NotFound, Problem
 from apps.events.models import (
     DEFAULT_CURRENCY,
+    SESSION_ID_LENGTH,
     Calendar,
     CalendarEntry,
     Ticket,
@@ -92,6 +93,11 @@ class ConfirmForOrder(msgspec.Struct, forbid_unknown_fields=True):
     order_id: DbId
     entry_ids: Annotated[list[DbId], msgspec.Meta(max_length=MAX_IDS_PER_ORDER)] = []
     ticket_ids: Annotated[list[DbId], msgspec.Meta(max_length=MAX_IDS_PER_ORDER)] = []
+
+
+class AdoptBookings(msgspec.Struct, forbid_unknown_fields=True):
+    user_id: DbId
+    session_id: Annotated[str, msgspec.Meta(min_length=1, max_length=SESSION_ID_LENGTH)]
 
 
 @dataclass(frozen=True)
@@ -389,6 +395,25 @@ async def add_tickets(
         * request.quantity,
     )
     return [to_ticket(ticket) for ticket in tickets]
+
+
+async def adopt_bookings(session: AsyncSession, request: AdoptBookings) -> dict[str, int]:
+    """At sign-in, the anonymous session's pending bookings become the user's, so they stay in
+    the cart (which looks bookings up by user id once signed in). A second call adopts 0."""
+    adopted = 0
+    for model in (CalendarEntry, Ticket):
+        result = await session.execute(
+            update(model)
+            .where(
+                model.session_id == request.session_id,
+                model.user_id.is_(None),
+                model.state == "pending",
+            )
+            .values(user_id=request.user_id, session_id=None, updated_at=func.now())
+            .returning(model.id)
+        )
+        adopted += len(result.all())
+    return {"adopted": adopted}
 
 
 # -- confirming -------------------------------------------------------------------------------

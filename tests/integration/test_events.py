@@ -809,6 +809,42 @@ async def test_concurrent_confirms_of_one_entry_by_two_orders_have_one_winner(st
     assert entry_state(clean_db, things["walk"])[0] == "confirmed"
 
 
+# -- adopting an anonymous session's bookings at sign-in --------------------------------------
+
+
+async def test_adopt_bookings_for_user_moves_pending_bookings_once(stack, clean_db):
+    things = await book_things(stack, clean_db)  # the visitor holds the ride, pending
+    calendar_id = things["calendar_id"]
+    confirmed = insert_entry(clean_db, calendar_id, "Paid walk")
+    visitor = await anonymous(stack)
+    session_id = session_id_of(visitor)
+    assert (await visitor.post(f"/entries/{confirmed}/book/")).status_code == 200
+    ticket = await visitor.post(f"/entries/{confirmed}/tickets/", data={"ticket_type": "adult"})
+    assert ticket.status_code == 201
+    events = stack.client("events")
+    paid = {"order_id": 9, "entry_ids": [confirmed], "ticket_ids": []}
+    assert (await internal_post(events, "confirm-for-order", paid)).json()["confirmed"] == 1
+
+    adopt = {"user_id": 42, "session_id": session_id}
+    first = await internal_post(events, "adopt-bookings-for-user", adopt)
+    assert first.status_code == 200, first.text
+    assert first.json() == {"adopted": 1}  # the pending ticket; the paid entry stays as it is
+    assert (await internal_post(events, "adopt-bookings-for-user", adopt)).json() == {"adopted": 0}
+    assert entry_state(clean_db, confirmed) == ("confirmed", None, session_id, 9)
+    assert events_rows(
+        clean_db,
+        "SELECT user_id, session_id FROM events.tickets WHERE id = %s",
+        (ticket.json()[0]["id"],),
+    ) == [(42, None)]
+    # Someone else's session is not touched.
+    assert entry_state(clean_db, things["ride"]) == ("pending", None, things["session_id"], None)
+    by_user = await internal_get(events, "pending-bookings", {"user_id": 42})
+    assert [(row["kind"], row["id"]) for row in by_user.json()] == [
+        ("ticket", ticket.json()[0]["id"])
+    ]
+    await visitor.aclose()
+
+
 # -- bad input: 422 naming the field, everywhere -----------------------------------------------
 
 
@@ -918,6 +954,21 @@ async def test_bad_confirm_input_is_422_naming_the_field(stack, clean_db, payloa
 async def test_bad_pending_bookings_input_is_422_naming_the_field(stack, params, field):
     response = await internal_get(stack.client("events"), "pending-bookings", params)
     assert_problem(response, 422, field)
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({"session_id": "abc"}, "user_id"),
+        ({"user_id": 0, "session_id": "abc"}, "user_id"),
+        ({"user_id": 1}, "session_id"),
+        ({"user_id": 1, "session_id": ""}, "session_id"),
+    ],
+)
+async def test_bad_adopt_input_is_422_naming_the_field(stack, payload, field):
+    response = await internal_post(stack.client("events"), "adopt-bookings-for-user", payload)
+    problem = assert_problem(response, 422, field)
+    assert names_field(problem, field), problem
 
 
 async def test_internal_routes_need_a_signature(stack, clean_db):
