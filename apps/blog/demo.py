@@ -1,6 +1,6 @@
-"""Demo data for ``rose up``: a dozen published posts, the pages ``farm-shop`` and ``market-hall``,
-and page configs for both pages and for the site default, all paying into the local SumUp
-sandbox merchant."""
+"""Demo data for ``rose up``: the pages ``farm-shop`` and ``market-hall`` (posts 1 and 2 on a fresh
+stack, which market's and events' demo data refer to), a dozen published posts, and page configs
+for both pages and for the site default, all paying into the local SumUp sandbox merchant."""
 
 from __future__ import annotations
 
@@ -41,20 +41,8 @@ def seed(connection: Connection) -> str | None:
         return None
     now = datetime.now(UTC)
     posts = Post.__table__
-    connection.execute(
-        insert(posts),
-        [
-            {
-                "slug": slug,
-                "title": title,
-                "body": f"{summary}\n\nMore news from the farm next week.",
-                "is_page": False,
-                "status": "published",
-                "published_at": now - timedelta(days=3 * number + 1),
-            }
-            for number, (slug, title, summary) in enumerate(POSTS)
-        ],
-    )
+    # Pages first: on a fresh stack they are posts 1 and 2, the pages market's and events'
+    # demo data attach their market places and calendars to.
     page_ids = {
         slug: connection.scalar(
             insert(posts)
@@ -70,6 +58,20 @@ def seed(connection: Connection) -> str | None:
         )
         for slug, title, body in PAGES
     }
+    connection.execute(
+        insert(posts),
+        [
+            {
+                "slug": slug,
+                "title": title,
+                "body": f"{summary}\n\nMore news from the farm next week.",
+                "is_page": False,
+                "status": "published",
+                "published_at": now - timedelta(days=3 * number + 1),
+            }
+            for number, (slug, title, summary) in enumerate(POSTS)
+        ],
+    )
     sandbox = {"sumup_merchant_code": SANDBOX_MERCHANT_CODE, "sumup_api_key": SANDBOX_API_KEY}
     connection.execute(
         insert(PageConfig.__table__),
@@ -84,7 +86,7 @@ def seed(connection: Connection) -> str | None:
             {
                 "container_type": "page",
                 "container_id": page_ids["market-hall"],
-                "features": {"cart": True, "market": True, "calendar": False},
+                "features": {"cart": True, "market": True, "calendar": True},
                 "sumup_checkout_prefix": "rose-hall-",
                 **sandbox,
             },

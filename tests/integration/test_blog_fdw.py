@@ -231,7 +231,7 @@ def test_demo_data_seeds_once(clean_db):
             "SELECT count(*) FROM blog.posts WHERE NOT is_page AND status = 'published'"
         ).fetchone()
         pages = connection.execute(
-            "SELECT slug FROM blog.posts WHERE is_page ORDER BY slug"
+            "SELECT id, slug FROM blog.posts WHERE is_page ORDER BY slug"
         ).fetchall()
         configs = connection.execute(
             """
@@ -243,7 +243,8 @@ def test_demo_data_seeds_once(clean_db):
             """
         ).fetchall()
     assert published_posts == (12,)
-    assert pages == [("farm-shop",), ("market-hall",)]
+    # Pages 1 and 2: the containers market's and events' demo data use.
+    assert pages == [(1, "farm-shop"), (2, "market-hall")]
     assert configs == [
         ("farm-shop", "MSANDBOX1", SANDBOX_KEY, True),
         ("market-hall", "MSANDBOX1", SANDBOX_KEY, True),
