@@ -459,6 +459,9 @@ async def test_calendars_list_upcoming_entries_with_their_state(stack, clean_db)
     assert f'action="/entries/{later}/book/"' not in page.text
     assert "Yesterday's walk" not in page.text
     assert "free" in page.text
+    assert "(yours)" not in page.text
+    own_page = await visitor.get("/", headers=HTML)
+    assert "(yours): in your <a href=" in own_page.text
     await visitor.aclose()
     await other.aclose()
 
@@ -977,6 +980,22 @@ async def test_internal_routes_need_a_signature(stack, clean_db):
         "/internal/actions/confirm-for-order", json={"order_id": 1, "entry_ids": [1]}
     )
     assert_problem(response, 401)
+
+
+async def test_health_readiness_and_schema(stack):
+    events = stack.client("events")
+    assert (await events.get("/readyz")).status_code == 200
+    schema = await events.get("/schema/openapi.json")
+    assert schema.status_code == 200
+    paths = schema.json()["paths"]
+    for path in [
+        "/api/calendars",
+        "/entries/{entry_id}/book",
+        "/admin/calendars",
+        "/internal/actions/confirm-for-order",
+        "/internal/data/pending-bookings",
+    ]:
+        assert any(known.rstrip("/") == path for known in paths), (path, sorted(paths))
 
 
 # -- demo data --------------------------------------------------------------------------------
