@@ -40,7 +40,7 @@ from apps.common.problems import handle_exception, problem_response
 from apps.common.settings import Settings
 from apps.common.web import (
     SignInHook,
-    adopt_cart_on_sign_in,
+    adopt_anonymous_on_sign_in,
     auth_handlers,
     csrf_input,
     page_context,
@@ -95,7 +95,7 @@ def create_base_app(
     on_startup: Sequence[LifespanHook] = (),
     on_shutdown: Sequence[LifespanHook] = (),
     csrf_exempt: Sequence[str] = (),
-    sign_in_hooks: Sequence[SignInHook] = (adopt_cart_on_sign_in,),
+    sign_in_hooks: Sequence[SignInHook] = (adopt_anonymous_on_sign_in,),
     dependencies: dict[str, Provide] | None = None,
     pool_size: int = 5,
 ) -> Litestar:
@@ -129,7 +129,7 @@ def create_base_app(
             await engine.dispose()
 
     async def provide_db_session(state: State) -> AsyncIterator[AsyncSession]:
-        async for session in session_scope(state.sessionmaker):
+        async with session_scope(state.sessionmaker) as session:
             yield session
 
     @get("/healthz", operation_id="healthz", tags=["health"], sync_to_thread=False)

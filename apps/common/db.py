@@ -7,6 +7,7 @@ a response is never sent for a write that did not commit.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import datetime
 
 from sqlalchemy import BigInteger, DateTime, MetaData, func, text
@@ -73,8 +74,10 @@ def sessionmaker_for(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
 
+@asynccontextmanager
 async def session_scope(maker: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
-    """One session per request. Uncommitted work is rolled back when the request ends."""
+    """One session per request. Uncommitted work is rolled back when the request ends, at once,
+    errors included (a connection must never stay idle in a transaction holding locks)."""
     async with maker() as session:
         try:
             yield session
