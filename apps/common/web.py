@@ -37,20 +37,21 @@ logger = logging.getLogger("rose.web")
 SignInHook = Callable[[Identity, Identity], Awaitable[None]]
 
 
-async def adopt_cart_on_sign_in(before: Identity, after: Identity) -> None:
-    """On sign-in, the anonymous cart joins the user's (cart's adopt-cart-for-user). A cart
-    that cannot be reached must not block signing in: it is logged, and the lines stay with the
-    anonymous session."""
+# On sign-in, what the visitor gathered anonymously joins the user: cart lines, and bookings.
+ADOPT_ON_SIGN_IN = (("cart", "adopt-cart-for-user"), ("events", "adopt-bookings-for-user"))
+
+
+async def adopt_anonymous_on_sign_in(before: Identity, after: Identity) -> None:
+    """A service that cannot be reached must not block signing in: it is logged, and what it
+    holds stays with the anonymous session."""
     if after.user_id is None or before.user_id == after.user_id:
         return
-    try:
-        await call_action(
-            "cart",
-            "adopt-cart-for-user",
-            {"user_id": after.user_id, "session_id": before.session_id},
-        )
-    except InternalCallError as exc:
-        logger.warning("could not adopt the anonymous cart on sign-in: %s", exc)
+    payload = {"user_id": after.user_id, "session_id": before.session_id}
+    for service, action in ADOPT_ON_SIGN_IN:
+        try:
+            await call_action(service, action, payload)
+        except InternalCallError as exc:
+            logger.warning("sign-in: %s %s failed: %s", service, action, exc)
 
 
 def public_url(settings: Settings, service: str, path: str = "/") -> str:

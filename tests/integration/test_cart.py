@@ -93,6 +93,9 @@ async def test_anonymous_cart_is_adopted_on_sign_in(stack, clean_db, shop):
     await cart.post(f"/add/{first}/")
     await cart.post(f"/add/{second}/", json={"quantity": 2})
     assert {row[0] for row in cart_rows(clean_db)} == {None}
+    events = stack.browser("events")
+    share_cookies(cart, events)
+    assert (await events.post(f"/entries/{shop.entry_id}/book/")).status_code == 200
 
     # The user already has one of these products in their cart from another device.
     other_device = await browser_of(stack, "cart", user_id=9)
@@ -110,6 +113,8 @@ async def test_anonymous_cart_is_adopted_on_sign_in(stack, clean_db, shop):
     assert lines == [(first, 1), (second, 3)]
     active = [row for row in cart_rows(clean_db) if row[6]]
     assert {row[0] for row in active} == {9}
+    # The anonymous booking joined the user too (events' adopt-bookings-for-user).
+    assert [booking["id"] for booking in view["pages"][0]["bookings"]] == [shop.entry_id]
 
 
 async def test_checkout_pays_and_clears_the_cart_and_confirms_bookings(
