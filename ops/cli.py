@@ -27,6 +27,7 @@ console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
 DEFAULT_PG_PORT = 55432
+SUMUP_SANDBOX_PORT = 8099
 STATE_FILE = "stack.json"
 
 DatabaseUrlOption = Annotated[
@@ -105,7 +106,12 @@ def up(
             service_spec(name)
         names = [name for name in names if name in wanted]
     ports = {name: SERVICES[name].dev_port + port_offset for name in names}
-    busy = [f"{name} ({port})" for name, port in ports.items() if not port_is_free(port)]
+    sandbox_port = SUMUP_SANDBOX_PORT + port_offset
+    busy = [
+        f"{name} ({port})"
+        for name, port in [*ports.items(), ("sumup sandbox", sandbox_port)]
+        if not port_is_free(port)
+    ]
     if busy:
         raise fail(f"ports in use: {', '.join(busy)}")
 
@@ -140,11 +146,21 @@ def up(
         if demo:
             seed_demo_data(topology, names, say)
 
-        environment = service_environment(topology, credentials, ports)
+        sandbox_url = f"http://127.0.0.1:{sandbox_port}"
+        environment = service_environment(
+            topology, credentials, ports, extra={"ORDERS_SUMUP_BASE_URL": sandbox_url}
+        )
         group = ProcessGroup(sink, environment)
+        # The local SumUp sandbox stands in for SumUp (orders' SDK points at it).
+        group.start(
+            "sumup",
+            sandbox_port,
+            [sys.executable, "-m", "ops.cli", "sumup-sandbox", "--port", str(sandbox_port)],
+        )
         for name in names:
             group.start_service(name, ports[name])
-        not_ready = group.wait_ready(names, timeout=60)
+        not_ready = group.wait_ready(["sumup"], timeout=30, path="/_sandbox/controls")
+        not_ready += group.wait_ready(names, timeout=60)
         if not_ready:
             for name in not_ready:
                 for line in group.processes[name].last_lines[-10:]:
@@ -154,6 +170,7 @@ def up(
         write_state(_state_path(), database_url, urls)
         for name in names:
             say(f"{name:<10} {urls[name]}  ready")
+        say(f"{'sumup':<10} {sandbox_url}  SumUp sandbox (hosted checkout pages, webhooks)")
         say(f"log: {home / 'rose.log'}; Ctrl-C stops everything")
         while not stop_requested:
             dead = group.exited()

@@ -158,6 +158,16 @@ class LocalPostgres:
         try:
             if _running_as_root():
                 os.chown(pwfile.name, _system_user().pw_uid, -1)
+            self._initdb(pwfile.name)
+        finally:
+            os.unlink(pwfile.name)
+        (self.data_dir / "pg_hba.conf").write_text(HBA_CONF)
+        with (self.data_dir / "postgresql.conf").open("a") as conf:
+            conf.write("\n# rose: settings that change between starts live here\n")
+            conf.write("include_if_exists = 'rose.conf'\n")
+
+    def _initdb(self, password_file: str) -> None:
+        try:
             self._run(
                 [
                     str(pg_binary("initdb")),
@@ -165,18 +175,16 @@ class LocalPostgres:
                     str(self.data_dir),
                     "-U",
                     SUPERUSER,
-                    f"--pwfile={pwfile.name}",
+                    f"--pwfile={password_file}",
                     "--auth=scram-sha-256",
                     "--encoding=UTF8",
                     "--locale=C.UTF-8",
                 ]
             )
-        finally:
-            os.unlink(pwfile.name)
-        (self.data_dir / "pg_hba.conf").write_text(HBA_CONF)
-        with (self.data_dir / "postgresql.conf").open("a") as conf:
-            conf.write("\n# rose: settings that change between starts live here\n")
-            conf.write("include_if_exists = 'rose.conf'\n")
+        except subprocess.CalledProcessError as exc:
+            raise RuntimeError(
+                f"initdb failed in {self.data_dir}: {exc.stderr or exc.stdout}"
+            ) from exc
 
     def _write_runtime_settings(self) -> None:
         settings = {

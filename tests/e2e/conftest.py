@@ -35,6 +35,7 @@ CHROMIUM_FLAGS = [
 class LiveStack:
     urls: dict[str, str]
     group: ProcessGroup
+    sandbox_url: str | None = None
 
     def url(self, service: str, path: str = "") -> str:
         return self.urls[service].rstrip("/") + path
@@ -47,20 +48,36 @@ def live_stack(
     services: list[str],
     *,
     extra_env: dict[str, str] | None = None,
+    sandbox: bool = False,
 ) -> Iterator[LiveStack]:
+    """Services as real processes; with ``sandbox``, the SumUp sandbox as one more process,
+    delivering its webhooks to the orders process over HTTP."""
     ports = {name: free_port() for name in services}
-    environment = service_environment(
-        server.topology, credentials, ports, env="dev", extra=extra_env
-    )
+    sandbox_port = free_port()
+    sandbox_url = f"http://127.0.0.1:{sandbox_port}"
+    extra = {"ORDERS_SUMUP_BASE_URL": sandbox_url, **(extra_env or {})}
+    environment = service_environment(server.topology, credentials, ports, env="dev", extra=extra)
     sink = LogSink(None, echo=sys.stderr)
     group = ProcessGroup(sink, environment)
     try:
+        if sandbox:
+            command = [
+                sys.executable,
+                "-m",
+                "ops.cli",
+                "sumup-sandbox",
+                "--port",
+                str(sandbox_port),
+            ]
+            group.start("sumup", sandbox_port, command)
+            assert not group.wait_ready(["sumup"], timeout=30, path="/_sandbox/controls")
         for name in services:
             group.start_service(name, ports[name])
         not_ready = group.wait_ready(services, timeout=60)
         assert not not_ready, f"not ready: {not_ready}"
         # Browsers use "localhost" so the session cookie is shared by every service.
-        yield LiveStack({name: f"http://localhost:{port}" for name, port in ports.items()}, group)
+        urls = {name: f"http://localhost:{port}" for name, port in ports.items()}
+        yield LiveStack(urls, group, sandbox_url if sandbox else None)
     finally:
         group.stop()
         sink.close()
@@ -73,7 +90,9 @@ def chromium_path() -> str:
     return path
 
 
-@pytest.fixture(scope="session")
+# Module scope: sync Playwright runs an event loop of its own, which must be gone before the
+# async tests (on pytest-asyncio's loop) of other modules run.
+@pytest.fixture(scope="module")
 def browser():
     from playwright.sync_api import sync_playwright
 

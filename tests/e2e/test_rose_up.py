@@ -19,14 +19,16 @@ PORT_OFFSET = 20000
 
 
 def rose(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    result = subprocess.run(
         [sys.executable, "-m", "ops.cli", *args],
         env={**os.environ, "ROSE_HOME": str(home)},
         capture_output=True,
         text=True,
         timeout=60,
-        check=check,
     )
+    if check:
+        assert result.returncode == 0, f"rose {' '.join(args)}: {result.stdout}{result.stderr}"
+    return result
 
 
 @pytest.fixture

@@ -1,0 +1,64 @@
+"""Plan verification 4 in a real browser against real processes and the SumUp sandbox process:
+add to cart, checkout, SumUp's hosted page, pay, webhook, order paid, cart empty, order listed."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+import pytest
+
+from tests.conftest import truncate_all
+from tests.e2e.conftest import live_stack
+from tests.integration.commerce_fixtures import ALL_SERVICES, cart_rows, entry_state, open_shop
+from tests.integration.test_orders import order_rows
+from tests.waiting import eventually_sync
+
+
+@pytest.fixture(scope="module")
+def shop_live(provisioned, credentials):
+    truncate_all(provisioned)
+    with live_stack(provisioned, credentials, ALL_SERVICES, sandbox=True) as stack:
+        yield stack
+    truncate_all(provisioned)
+
+
+def test_buy_in_the_browser_from_product_page_to_paid_order(shop_live, provisioned, page):
+    shop = open_shop(provisioned)
+    product_id = shop.product_ids[3]
+    market, cart, orders = (shop_live.url(name) for name in ("market", "cart", "orders"))
+
+    page.goto(f"{market}/auth/dev-login?user_id=31&next=/product/shop-003/")
+    assert page.locator("h1").inner_text() == "Item 003"
+    page.locator("#add-to-cart").click()
+    page.wait_for_url(f"{cart}/")
+    line = page.locator(f'.line[data-product-id="{product_id}"]')
+    assert line.get_attribute("data-quantity") == "1"
+
+    # A booking from events joins the same cart.
+    page.goto(f"{shop_live.url('events')}/")
+    page.locator(f'form[action="/entries/{shop.entry_id}/book/"] button').click()
+    page.goto(f"{cart}/")
+    assert page.locator(f'.booking[data-id="{shop.entry_id}"]').count() == 1
+
+    page.locator("#checkout").click()
+    page.wait_for_url(re.compile(re.escape(shop_live.sandbox_url) + r"/pay/.+"))
+    assert "12.00" in page.content()  # 4.50 + 7.50, the total SumUp is asked to take
+    page.get_by_role("button", name=re.compile("Pay", re.I)).first.click()
+
+    page.wait_for_url(re.compile(re.escape(orders) + r"/checkout/return/\d+/"))
+    order_id = int(re.search(r"/checkout/return/(\d+)/", page.url).group(1))
+    assert eventually_sync(lambda: order_rows(provisioned)[0][1] == "paid")
+    page.reload()
+    assert page.locator("#payment-state").get_attribute("data-state") == "paid"
+
+    assert eventually_sync(lambda: not [row for row in cart_rows(provisioned) if row[6]])
+    assert eventually_sync(
+        lambda: entry_state(provisioned, shop.entry_id) == ("confirmed", order_id)
+    )
+    page.goto(f"{cart}/")
+    assert page.locator("#empty-cart").count() == 1
+    page.goto(f"{orders}/")
+    assert page.locator(f'.order[data-order-id="{order_id}"]').get_attribute("data-state") == "paid"
+    deliveries = httpx.get(f"{shop_live.sandbox_url}/_sandbox/deliveries").json()
+    assert any(entry["outcome"] == "delivered" for entry in deliveries)
