@@ -344,6 +344,25 @@ def db_check(database_url: DatabaseUrlOption = None) -> None:
     console.print("[green]ok[/green]: databases, roles, privileges and FDW edges as declared")
 
 
+# -- rose env-template -----------------------------------------------------------------------
+@app.command("env-template")
+def env_template() -> None:
+    """Print every secret a production deployment needs, freshly generated, as an env file."""
+    import secrets as random_secrets
+
+    from ops.credentials import role_env_name
+    from ops.manifest import load_edges
+
+    roles = [SERVICES[name].app_role for name in SERVICES]
+    roles += sorted({edge.reader_role for edge in load_edges()})
+    print("# rose-ash production secrets (compose.yaml reads this as .env). Keep it private.")
+    print(f"ROSE_DB_SUPERUSER_PASSWORD={random_secrets.token_urlsafe(24)}")
+    print(f"INTERNAL_SECRET={random_secrets.token_urlsafe(32)}")
+    print(f"SESSION_SECRET={random_secrets.token_urlsafe(32)}")
+    for role in roles:
+        print(f"{role_env_name(role)}={random_secrets.token_urlsafe(24)}")
+
+
 # -- rose sumup-sandbox ----------------------------------------------------------------------
 @app.command("sumup-sandbox")
 def sumup_sandbox(

@@ -1,0 +1,76 @@
+"""compose.yaml, the Caddyfile and the env template agree with the services the code defines."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from apps.common.services import SERVICES
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def compose() -> dict:
+    return yaml.safe_load((REPO / "compose.yaml").read_text())
+
+
+def env_template_names() -> set[str]:
+    output = subprocess.run(
+        [sys.executable, "-m", "ops.cli", "env-template"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+    ).stdout
+    return {line.split("=", 1)[0] for line in output.splitlines() if "=" in line}
+
+
+def test_every_service_runs_on_its_own_database_and_role():
+    services = compose()["services"]
+    for name in SERVICES:
+        environment = services[name]["environment"]
+        assert environment["APP"] == name
+        assert re.fullmatch(
+            rf"postgresql://{name}_app:\$\{{ROSE_DB_PASSWORD_{name.upper()}_APP\}}"
+            rf"@postgres:5432/db_{name}",
+            environment["DATABASE_URL"],
+        ), environment["DATABASE_URL"]
+        for peer in SERVICES:
+            assert environment[f"INTERNAL_URL_{peer.upper()}"] == f"http://{peer}:8000"
+        assert environment["ROSE_ENV"] == "prod"
+
+
+def test_only_caddy_is_published_and_it_routes_orders_only():
+    services = compose()["services"]
+    published = {name for name, service in services.items() if service.get("ports")}
+    assert published == {"caddy"}
+    caddyfile = (REPO / "ops" / "Caddyfile").read_text()
+    sites = re.findall(r"^([a-z0-9.-]+\.[a-z]+) \{", caddyfile, flags=re.MULTILINE)
+    assert sites == ["orders.rose-ash.com"]
+    assert "@internal path /internal/*" in caddyfile
+    assert "respond @internal 404" in caddyfile
+    assert "reverse_proxy orders:8000" in caddyfile
+
+
+def test_every_secret_compose_needs_is_in_the_env_template():
+    text = (REPO / "compose.yaml").read_text()
+    needed = {
+        match.group(1)
+        for match in re.finditer(r"\$\{([A-Z0-9_]+)(?::?[-?][^}]*)?\}", text)
+        if not re.search(rf"\$\{{{match.group(1)}:-", text)
+    }
+    assert needed <= env_template_names()
+    assert {"ROSE_DB_PASSWORD_LIKES_RO_MARKET", "ROSE_DB_PASSWORD_BLOG_RO_ORDERS"} <= (
+        env_template_names()
+    )
+
+
+def test_deploy_script_deploys_every_service():
+    script = (REPO / "ops" / "deploy.sh").read_text()
+    apps = re.search(r"^APPS=\(([^)]*)\)", script, flags=re.MULTILINE)
+    assert apps is not None
+    assert set(apps.group(1).split()) == set(SERVICES)
