@@ -35,6 +35,7 @@ CHROMIUM_FLAGS = [
 class LiveStack:
     urls: dict[str, str]
     group: ProcessGroup
+    internal_secret: str
     sandbox_url: str | None = None
 
     def url(self, service: str, path: str = "") -> str:
@@ -77,7 +78,9 @@ def live_stack(
         assert not not_ready, f"not ready: {not_ready}"
         # Browsers use "localhost" so the session cookie is shared by every service.
         urls = {name: f"http://localhost:{port}" for name, port in ports.items()}
-        yield LiveStack(urls, group, sandbox_url if sandbox else None)
+        yield LiveStack(
+            urls, group, credentials.internal_secret(), sandbox_url if sandbox else None
+        )
     finally:
         group.stop()
         sink.close()
