@@ -4,17 +4,14 @@ Every answer is a page config dict without the SumUp API key."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
-from litestar import Request
-from litestar.params import FromQuery, JSONBody, Parameter, QueryParameter
+from litestar.params import FromQuery, Parameter, QueryParameter
 
 from apps.blog import service
 from apps.blog.models import idempotency_keys
 from apps.common.deps import DbSession
-from apps.common.idempotency import run_idempotent
-from apps.common.internal import action_route, data_route
-from apps.common.internal_client import IDEMPOTENCY_HEADER
+from apps.common.internal import data_route, keyed_action
 
 ContainerTypeParam = Annotated[str, Parameter(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
 ContainerIdParam = Annotated[int, Parameter(ge=0, le=service.MAX_ID)]
@@ -58,18 +55,9 @@ async def page_config_ensure(
     return config
 
 
-@action_route("update-page-config")
-async def update_page_config(
-    db_session: DbSession, request: Request, data: JSONBody[service.UpdatePageConfig]
-) -> dict[str, Any]:
-    return await run_idempotent(
-        db_session,
-        idempotency_keys,
-        action="update-page-config",
-        key=request.headers.get(IDEMPOTENCY_HEADER),
-        payload=data,
-        effect=lambda: service.update_page_config(db_session, data),
-    )
+update_page_config = keyed_action(
+    "update-page-config", service.UpdatePageConfig, idempotency_keys, service.update_page_config
+)
 
 
 handlers = [

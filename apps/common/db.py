@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
 
+from litestar.di import NamedDependency
 from sqlalchemy import BigInteger, DateTime, MetaData, func, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
@@ -19,6 +20,9 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.orm import Mapped, mapped_column
+
+# The request-scoped session handlers receive as ``db_session: DbSession``.
+DbSession = NamedDependency[AsyncSession]
 
 # One naming convention for every service, so constraint names are stable across migrations.
 NAMING_CONVENTION = {

@@ -7,11 +7,12 @@
 from __future__ import annotations
 
 from litestar.di import NamedDependency
-from sqlalchemy.ext.asyncio import AsyncSession
 
+from apps.common.db import DbSession
 from apps.common.identity import Identity
 from apps.common.settings import Settings
 
-DbSession = NamedDependency[AsyncSession]
 AppSettings = NamedDependency[Settings]
 CurrentIdentity = NamedDependency[Identity]
+
+__all__ = ["AppSettings", "CurrentIdentity", "DbSession"]

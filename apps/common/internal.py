@@ -6,13 +6,19 @@ else is a 401 problem before any handler runs. Public routing (Caddy) never expo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from litestar import MediaType, Router, get, post
+from litestar import MediaType, Request, Router, get, post
+from litestar.params import JSONBody
 from litestar.types import ASGIApp, Receive, Scope, Send
+from sqlalchemy import Table
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from apps.common.asgi import BodyTooLarge, header, read_body, replaying_receive, send_problem
+from apps.common.db import DbSession
+from apps.common.idempotency import run_idempotent
+from apps.common.internal_client import IDEMPOTENCY_HEADER
 from apps.common.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 
 INTERNAL_PREFIX = "/internal"
@@ -84,3 +90,36 @@ def fragment_route(name: str, **kwargs: Any) -> Callable[[Any], Any]:
         media_type=MediaType.HTML,
         **kwargs,
     )
+
+
+def keyed_action(
+    name: str,
+    payload_type: type[Any],
+    keys_table: Table,
+    effect: Callable[[AsyncSession, Any], Awaitable[Any]],
+    **route_kwargs: Any,
+) -> Any:
+    """An action route whose effect honours ``Idempotency-Key`` (see :mod:`.idempotency`):
+    the payload is validated as ``payload_type``, ``effect(session, payload)`` runs at most once
+    per key, and the result is committed with the key in one transaction."""
+
+    async def handler(db_session: AsyncSession, request: Request, data: Any) -> dict[str, Any]:
+        return await run_idempotent(  # type: ignore[no-any-return]
+            db_session,
+            keys_table,
+            action=name,
+            key=request.headers.get(IDEMPOTENCY_HEADER),
+            payload=data,
+            effect=lambda: effect(db_session, data),
+        )
+
+    # Real objects, not strings: the payload type is only known here, at run time.
+    handler.__annotations__ = {
+        "db_session": DbSession,
+        "request": Request,
+        "data": JSONBody[payload_type],  # type: ignore[valid-type]
+        "return": dict[str, Any],
+    }
+    handler.__name__ = handler.__qualname__ = name.replace("-", "_")
+    handler.__doc__ = effect.__doc__
+    return action_route(name, **route_kwargs)(handler)

@@ -3,15 +3,12 @@ adopt-bookings-for-user."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
-from litestar import Request
-from litestar.params import JSONBody, Parameter
+from litestar.params import Parameter
 
 from apps.common.deps import DbSession
-from apps.common.idempotency import run_idempotent
-from apps.common.internal import action_route, data_route
-from apps.common.internal_client import IDEMPOTENCY_HEADER
+from apps.common.internal import data_route, keyed_action
 from apps.events import service
 from apps.events.models import SESSION_ID_LENGTH, idempotency_keys
 
@@ -26,34 +23,12 @@ async def pending_bookings(
     return await service.pending_bookings(db_session, user_id=user_id, session_id=session_id)
 
 
-@action_route("confirm-for-order")
-async def confirm_for_order(
-    db_session: DbSession, request: Request, data: JSONBody[service.ConfirmForOrder]
-) -> dict[str, Any]:
-    """Called by orders (through its outbox) when an order is paid."""
-    return await run_idempotent(
-        db_session,
-        idempotency_keys,
-        action="confirm-for-order",
-        key=request.headers.get(IDEMPOTENCY_HEADER),
-        payload=data,
-        effect=lambda: service.confirm_for_order(db_session, data),
-    )
-
-
-@action_route("adopt-bookings-for-user")
-async def adopt_bookings_for_user(
-    db_session: DbSession, request: Request, data: JSONBody[service.AdoptBookings]
-) -> dict[str, Any]:
-    """For the sign-in flow, like cart's adopt-cart-for-user: {"adopted": n}."""
-    return await run_idempotent(
-        db_session,
-        idempotency_keys,
-        action="adopt-bookings-for-user",
-        key=request.headers.get(IDEMPOTENCY_HEADER),
-        payload=data,
-        effect=lambda: service.adopt_bookings(db_session, data),
-    )
+confirm_for_order = keyed_action(
+    "confirm-for-order", service.ConfirmForOrder, idempotency_keys, service.confirm_for_order
+)
+adopt_bookings_for_user = keyed_action(
+    "adopt-bookings-for-user", service.AdoptBookings, idempotency_keys, service.adopt_bookings
+)
 
 
 handlers = [pending_bookings, confirm_for_order, adopt_bookings_for_user]

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
-from litestar import Request
-from litestar.params import FromQuery, JSONBody, Parameter
+from litestar.params import FromQuery, Parameter
 
 from apps.common.deps import DbSession
-from apps.common.idempotency import run_idempotent
-from apps.common.internal import action_route, data_route
-from apps.common.internal_client import IDEMPOTENCY_HEADER
+from apps.common.internal import data_route, keyed_action
 from apps.likes import service
 from apps.likes.models import idempotency_keys
 
@@ -43,32 +40,8 @@ async def liked_ids(
     return await service.liked_ids(db_session, user_id, target_type)
 
 
-@action_route("toggle")
-async def toggle(
-    db_session: DbSession, request: Request, data: JSONBody[service.LikeTarget]
-) -> dict[str, Any]:
-    return await run_idempotent(
-        db_session,
-        idempotency_keys,
-        action="toggle",
-        key=request.headers.get(IDEMPOTENCY_HEADER),
-        payload=data,
-        effect=lambda: service.toggle(db_session, data),
-    )
-
-
-@action_route("set")
-async def set_like(
-    db_session: DbSession, request: Request, data: JSONBody[service.SetLike]
-) -> dict[str, Any]:
-    return await run_idempotent(
-        db_session,
-        idempotency_keys,
-        action="set",
-        key=request.headers.get(IDEMPOTENCY_HEADER),
-        payload=data,
-        effect=lambda: service.set_liked(db_session, data),
-    )
+toggle = keyed_action("toggle", service.LikeTarget, idempotency_keys, service.toggle)
+set_like = keyed_action("set", service.SetLike, idempotency_keys, service.set_liked)
 
 
 handlers = [is_liked, liked_slugs, liked_ids, toggle, set_like]

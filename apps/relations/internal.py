@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
-from litestar import Request
-from litestar.params import JSONBody, Parameter
+from litestar.params import Parameter
 
 from apps.common.deps import DbSession
-from apps.common.idempotency import run_idempotent
-from apps.common.internal import action_route, data_route
-from apps.common.internal_client import IDEMPOTENCY_HEADER
+from apps.common.internal import data_route, keyed_action
 from apps.relations import service
 from apps.relations.models import idempotency_keys
 
@@ -27,32 +24,12 @@ async def get_children(
     return await service.get_children(db_session, parent_type, parent_id, child_type)
 
 
-@action_route("attach-child")
-async def attach_child(
-    db_session: DbSession, request: Request, data: JSONBody[service.AttachChild]
-) -> dict[str, Any]:
-    return await run_idempotent(
-        db_session,
-        idempotency_keys,
-        action="attach-child",
-        key=request.headers.get(IDEMPOTENCY_HEADER),
-        payload=data,
-        effect=lambda: service.attach_child(db_session, data),
-    )
-
-
-@action_route("detach-child")
-async def detach_child(
-    db_session: DbSession, request: Request, data: JSONBody[service.DetachChild]
-) -> dict[str, Any]:
-    return await run_idempotent(
-        db_session,
-        idempotency_keys,
-        action="detach-child",
-        key=request.headers.get(IDEMPOTENCY_HEADER),
-        payload=data,
-        effect=lambda: service.detach_child(db_session, data),
-    )
+attach_child = keyed_action(
+    "attach-child", service.AttachChild, idempotency_keys, service.attach_child
+)
+detach_child = keyed_action(
+    "detach-child", service.DetachChild, idempotency_keys, service.detach_child
+)
 
 
 handlers = [get_children, attach_child, detach_child]
