@@ -5,8 +5,9 @@ a slow or unreachable provider costs a bounded wait and leaves the local transac
 failure to reach the provider raises :class:`ProviderUnavailable`, which callers turn into a
 degraded answer (``X-Rose-Degraded``) or, when they cannot answer without it, a 503 problem.
 
-Foreign tables are never in a service's MetaData (migrations do not manage them); they are
-declared here, once, in the schema named after their provider.
+Foreign tables are never in a service's MetaData (migrations do not manage them). A consumer
+declares the ones only it reads in its models module, in a MetaData of their own named after the
+provider; the likes table, read by market and blog alike, is declared here.
 """
 
 from __future__ import annotations
