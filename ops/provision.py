@@ -41,7 +41,7 @@ def provision_services(
     services: Iterable[str] = SERVICES,
     say: Say = logger.info,
 ) -> None:
-    for name in services:
+    for name in [name for name in SERVICES if name in set(services)]:
         spec = service_spec(name)
         variables = {
             "svc": spec.name,
@@ -162,5 +162,8 @@ def provision(
     services: Iterable[str] = SERVICES,
     say: Say = logger.info,
 ) -> EdgeReport:
-    provision_services(topology, credentials, services, say)
-    return provision_edges(topology, credentials, say=say)
+    chosen = set(services)
+    provision_services(topology, credentials, chosen, say)
+    # Only the edges between the services provisioned here (the others' databases may not exist).
+    edges = [edge for edge in load_edges() if {edge.consumer, edge.provider} <= chosen]
+    return provision_edges(topology, credentials, edges, say=say)

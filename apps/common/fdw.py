@@ -60,24 +60,34 @@ def _sqlstate(exc: DBAPIError) -> str:
 
 @asynccontextmanager
 async def remote_read(
-    session: AsyncSession, provider: str, *, timeout_ms: int = DEFAULT_REMOTE_TIMEOUT_MS
+    session: AsyncSession,
+    provider: str,
+    *,
+    timeout_ms: int = DEFAULT_REMOTE_TIMEOUT_MS,
+    isolate: bool = True,
 ) -> AsyncIterator[None]:
-    """Bound and isolate the FDW queries run inside the block."""
-    savepoint = await session.begin_nested()
+    """Bound (and by default isolate) the FDW queries run inside the block.
+
+    ``isolate=False`` is for requests that cannot answer at all without the provider: no
+    savepoint (two local and two remote round trips fewer), the timeout stays on until the
+    transaction ends, and a failure leaves the transaction to be rolled back by the caller."""
+    savepoint = await session.begin_nested() if isolate else None
     await session.execute(text(f"SET LOCAL statement_timeout = {int(timeout_ms)}"))
     try:
         yield
     except DBAPIError as exc:
-        await savepoint.rollback()
+        if savepoint is not None:
+            await savepoint.rollback()
         state = _sqlstate(exc)
         if state.startswith("08") or state in UNAVAILABLE_SQLSTATES:
             logger.warning("%s unavailable through FDW: %s %s", provider, state, exc.orig)
             raise ProviderUnavailable(provider, "timeout" if state == "57014" else state) from exc
         raise
     else:
-        # Back to the session's own timeout for whatever the transaction does next.
-        await session.execute(text("SET LOCAL statement_timeout TO DEFAULT"))
-        await savepoint.commit()
+        if savepoint is not None:
+            # Back to the session's own timeout for whatever the transaction does next.
+            await session.execute(text("SET LOCAL statement_timeout TO DEFAULT"))
+            await savepoint.commit()
 
 
 # -- foreign tables -------------------------------------------------------------------------

@@ -133,8 +133,8 @@ async def list_products(
         if user_id is None:
             raise ValueError("liked_only needs a user")
         # No degraded answer exists for "my liked products": ProviderUnavailable propagates
-        # (a 503 problem).
-        async with remote_read(session, "likes"):
+        # (a 503 problem), so nothing needs isolating from a failure.
+        async with remote_read(session, "likes", isolate=False):
             rows = (
                 await session.execute(
                     liked_products_query(
