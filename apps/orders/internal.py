@@ -16,7 +16,7 @@ from apps.common.internal_client import IDEMPOTENCY_HEADER
 from apps.common.problems import InvalidInput, NotFound
 from apps.common.web import orders_url
 from apps.orders import service
-from apps.orders.models import Order, idempotency_keys
+from apps.orders.models import idempotency_keys
 
 
 @action_route("create-order")
@@ -38,7 +38,7 @@ async def create_order(
 async def order_data(
     db_session: DbSession, order_id: Annotated[int, Parameter(ge=1)]
 ) -> dict[str, Any]:
-    order = await db_session.get(Order, order_id)
+    order = await service.load_order(db_session, order_id)
     if order is None:
         raise NotFound(f"Order {order_id} does not exist")
     return service.order_dict(order)

@@ -80,11 +80,12 @@ class Order(IdentityPkMixin, Base):
         DateTime(timezone=True), server_default=func.now(), nullable=False
     )
 
+    # Loaded explicitly where a page needs them (service.load_order); never behind our back.
     items: Mapped[list[OrderItem]] = relationship(
-        back_populates="order", order_by="OrderItem.id", lazy="selectin"
+        back_populates="order", order_by="OrderItem.id", lazy="raise"
     )
     attempts: Mapped[list[PaymentAttempt]] = relationship(
-        back_populates="order", order_by="PaymentAttempt.number", lazy="selectin"
+        back_populates="order", order_by="PaymentAttempt.number", lazy="raise"
     )
 
     @property
@@ -114,7 +115,7 @@ class OrderItem(IdentityPkMixin, Base):
     quantity: Mapped[int] = mapped_column(Integer, nullable=False)
     market_place_container_id: Mapped[int | None] = mapped_column(BigInteger)
 
-    order: Mapped[Order] = relationship(back_populates="items")
+    order: Mapped[Order] = relationship(back_populates="items", lazy="raise")
 
     @property
     def line_total(self) -> Decimal:
@@ -148,7 +149,7 @@ class PaymentAttempt(IdentityPkMixin, Base):
         DateTime(timezone=True), server_default=func.now(), nullable=False
     )
 
-    order: Mapped[Order] = relationship(back_populates="attempts")
+    order: Mapped[Order] = relationship(back_populates="attempts", lazy="raise")
 
 
 outbox = outbox_table(metadata)

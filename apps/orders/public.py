@@ -71,6 +71,7 @@ async def sumup_webhook(
 
 async def _rechecked(db_session: DbSession, state: State, order: Order) -> tuple[Order, list[str]]:
     """Re-fetch a pending order's checkout; SumUp being down only means "still waiting"."""
+    order_id = order.id  # the objects expire if the transaction is rolled back
     degraded: list[str] = []
     try:
         applied = await service.recheck(db_session, order, state.gateway)
@@ -80,8 +81,9 @@ async def _rechecked(db_session: DbSession, state: State, order: Order) -> tuple
     except DependencyUnavailable:
         await db_session.rollback()
         degraded.append("sumup")
-    await db_session.refresh(order)
-    return order, degraded
+    reloaded = await service.load_order(db_session, order_id)
+    assert reloaded is not None
+    return reloaded, degraded
 
 
 @get("/checkout/return/{order_id:int}/", operation_id="checkout_return", tags=["checkout"])

@@ -21,6 +21,7 @@ from typing import Annotated, Any
 import msgspec
 from sqlalchemy import func, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import selectinload
 
 from apps.common.fdw import remote_read
 from apps.common.outbox import enqueue
@@ -220,7 +221,8 @@ async def resolve_payment_config(
         candidates.append(("page", next(iter(containers))))
     candidates.append(SITE_CONTAINER)
     table = page_payment_configs
-    async with remote_read(session, "blog"):
+    # No savepoint: nothing can go on without the config, a failure ends the transaction.
+    async with remote_read(session, "blog", isolate=False):
         rows = (
             await session.execute(
                 select(table).where(
@@ -247,7 +249,7 @@ async def resolve_payment_config(
 
 async def merchant_account(session: AsyncSession, page_config_id: int) -> MerchantAccount:
     table = page_payment_configs
-    async with remote_read(session, "blog"):
+    async with remote_read(session, "blog", isolate=False):
         row = (await session.execute(select(table).where(table.c.id == page_config_id))).first()
     if row is None or not row.sumup_api_key:
         raise Conflict(f"page config {page_config_id} has no SumUp key any more")
@@ -431,8 +433,15 @@ async def apply_checkout(
         if transitioned is not None:
             paid = True
             await _enqueue_after_payment(session, order)
-    await session.refresh(order)
-    await session.refresh(attempt)
+        else:
+            # Paid (or flagged) by someone else meanwhile: report what the database says.
+            current = (
+                await session.execute(
+                    select(Order.status, Order.flagged).where(Order.id == order.id)
+                )
+            ).one()
+            return Applied(current.status, attempt.status, flagged=current.flagged)
+    # ORM-enabled UPDATEs keep the in-session order and attempt in step with the database.
     return Applied(order.status, attempt.status, paid=paid, flagged=order.flagged)
 
 
@@ -469,16 +478,14 @@ async def _enqueue_after_payment(session: AsyncSession, order: Order) -> None:
 async def attempt_for_checkout(
     session: AsyncSession, order_id: int, checkout_id: str
 ) -> tuple[Order, PaymentAttempt] | None:
-    attempt = await session.scalar(
-        select(PaymentAttempt).where(
-            PaymentAttempt.order_id == order_id, PaymentAttempt.sumup_checkout_id == checkout_id
+    found = (
+        await session.execute(
+            select(Order, PaymentAttempt)
+            .join(PaymentAttempt, PaymentAttempt.order_id == Order.id)
+            .where(Order.id == order_id, PaymentAttempt.sumup_checkout_id == checkout_id)
         )
-    )
-    if attempt is None:
-        return None
-    order = await session.get(Order, order_id)
-    assert order is not None
-    return order, attempt
+    ).first()
+    return None if found is None else (found.Order, found.PaymentAttempt)
 
 
 async def handle_webhook(
@@ -519,12 +526,16 @@ async def start_new_attempt(
     """Pay again: first make sure the current attempt is not paid (and close it at SumUp so it
     cannot be paid as well), then create a new checkout with a new reference. None when the
     order turned out to be settled meanwhile: the caller commits that finding and says so."""
-    if order.status != "pending":
-        raise Conflict(f"order {order.id} is {order.status}; it cannot be paid again")
-    if order.flagged:
+    # One new attempt at a time per order; the lock also shows a payment that landed meanwhile.
+    locked = (
+        await session.execute(
+            select(Order.status, Order.flagged).where(Order.id == order.id).with_for_update()
+        )
+    ).one()
+    if locked.status != "pending":
+        raise Conflict(f"order {order.id} is {locked.status}; it cannot be paid again")
+    if locked.flagged:
         raise Conflict(f"order {order.id} is under review; it cannot be paid again now")
-    # One new attempt at a time per order.
-    await session.execute(select(Order.id).where(Order.id == order.id).with_for_update())
     current = order.current_attempt
     account = await merchant_account(session, order.page_config_id)
     if current is not None and current.status in ("PENDING", "FAILED"):
@@ -542,7 +553,7 @@ async def start_new_attempt(
                     return None
     number = (current.number + 1) if current is not None else 1
     attempt = await _new_attempt(session, order, number, gateway, account, urls)
-    await session.refresh(order, ["attempts"])
+    order.attempts.append(attempt)
     return attempt
 
 
@@ -553,12 +564,20 @@ def owned_by(order: Order, user_id: int | None, session_id: str) -> bool:
     return order.session_id == session_id
 
 
+# What a page or an answer about orders shows: the lines and the payment attempts.
+WITH_DETAILS = (selectinload(Order.items), selectinload(Order.attempts))
+
+
+async def load_order(session: AsyncSession, order_id: int) -> Order | None:
+    return await session.scalar(select(Order).options(*WITH_DETAILS).where(Order.id == order_id))
+
+
 async def get_owned_order(
     session: AsyncSession, order_id: int, user_id: int | None, session_id: str
 ) -> Order:
     """The order if it belongs to this identity; another's order is indistinguishable from a
     missing one (404)."""
-    order = await session.get(Order, order_id)
+    order = await load_order(session, order_id)
     if order is None or not owned_by(order, user_id, session_id):
         raise NotFound(f"Order {order_id} does not exist")
     return order
@@ -576,6 +595,7 @@ async def list_orders(
     orders = list(
         await session.scalars(
             select(Order)
+            .options(*WITH_DETAILS)
             .where(owner)
             .order_by(Order.id.desc())
             .limit(ORDERS_PER_PAGE)
@@ -644,7 +664,7 @@ async def reconcile_pending(
     for order_id in order_ids:
         async with maker() as session:
             try:
-                order = await session.get(Order, order_id)
+                order = await load_order(session, order_id)
                 if order is None:
                     continue
                 applied = await recheck(session, order, gateway)

@@ -397,3 +397,16 @@ async def test_account_nav_item_fragment(orders, clean_db, sandbox):
     assert f'href="{ORDERS_PUBLIC_URL}/"' in response.text
     missing = await internal_get(orders.client("orders"), "account-nav-item", {}, kind="fragments")
     assert missing.status_code == 422
+
+
+async def test_return_page_while_sumup_is_down_says_waiting(orders, clean_db, sandbox):
+    order_id = (await create(orders)).json()["order_id"]
+    sandbox.controls(api_unavailable=True)
+    browser = await signed_in(orders)
+    page = await browser.get(f"/checkout/return/{order_id}/", headers=HTML)
+    answer = (await browser.get(f"/checkout/return/{order_id}/")).json()
+    assert page.status_code == 200
+    assert 'data-state="waiting"' in page.text
+    assert "SumUp cannot be reached" in page.text
+    assert answer["degraded"] == ["sumup"]
+    assert answer["state"] == "waiting"
