@@ -1,0 +1,34 @@
+-- Freeze the legacy tables a move reads, in their source database: any INSERT, UPDATE, DELETE or
+-- TRUNCATE fails with SQLSTATE 25006 (read_only_sql_transaction) naming the move. The monolith
+-- must not write while its rows are copied; after the split the tables are only history.
+--
+-- Run as a superuser connected to the source database (idempotent):
+--   psql -d db_cart -v owner=cart_owner -v move=orders -v tables=orders,order_items \
+--        -f db/migrations/split/freeze.sql
+-- `rose split run` runs it before copying each move; `rose split finalize` drops the tables and
+-- these triggers with them.
+
+-- Wait at most this long for writers that hold a table (creating a trigger waits for them);
+-- queueing every other query behind a long wait would stall the monolith instead.
+SET lock_timeout = '10s';
+SET ROLE :"owner";
+
+CREATE OR REPLACE FUNCTION legacy.split_refuse_write() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION '%.% is frozen by the rose-ash split (move %)',
+        TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[0]
+        USING ERRCODE = 'read_only_sql_transaction',
+              HINT = 'Its rows are moving to their new service, which takes the writes now.';
+END
+$$;
+
+-- One statement-level trigger per table and move (a table read by two moves has two).
+SELECT format(
+    'CREATE OR REPLACE TRIGGER %I BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON legacy.%I '
+    'FOR EACH STATEMENT EXECUTE FUNCTION legacy.split_refuse_write(%L)',
+    'split_freeze_' || :'move', source_table, :'move')
+FROM unnest(string_to_array(:'tables', ',')) AS source_table \gexec
+
+RESET ROLE;
+RESET lock_timeout;

@@ -1,0 +1,43 @@
+-- The split's ledger in one target database (db_relations, db_likes, db_blog, db_orders): one
+-- row per move that writes into this database. `rose split finalize` keeps it.
+--
+-- Run as a superuser connected to the target database (idempotent):
+--   psql -d db_likes -v owner=likes_owner -f db/migrations/split/ledger.sql
+
+-- Owned by the database's owner; no privileges for anyone else (`rose db check` reports any
+-- grant here as drift). Only a superuser running `rose split` reads or writes it.
+CREATE SCHEMA IF NOT EXISTS split AUTHORIZATION :"owner";
+REVOKE ALL ON SCHEMA split FROM PUBLIC;
+SET ROLE :"owner";
+
+CREATE TABLE IF NOT EXISTS split.ledger (
+    move           text PRIMARY KEY,
+    -- How many runs started the move, and when the last one started. A row with started_at and
+    -- no finished_at is a run that did not finish (crashed or failed): nothing of it is in the
+    -- target, and the next run starts the move again.
+    runs           integer NOT NULL DEFAULT 0,
+    started_at     timestamptz,
+    -- Set in the move's own transaction, with the moved rows: the move is done.
+    finished_at    timestamptz,
+    seconds        numeric(10, 3),
+    -- Accounting of the source rows: source_rows = moved_rows + collapsed_rows + skipped_rows.
+    source_rows    bigint,
+    moved_rows     bigint,
+    collapsed_rows bigint,
+    skipped_rows   bigint,
+    -- Every source row not moved as it was, by outcome and reason, with its id:
+    -- {"skipped": {"<reason>": {"count": n, "rows": {"<legacy table>": [id, ...]}}},
+    --  "collapsed": {...}, "moved": {...notes on rows moved with a change...}}
+    reasons        jsonb,
+    -- Rows inserted per target table: {"orders.orders": n, ...}.
+    inserted       jsonb,
+    -- Checksums of the target tables right after the move (count, bit_xor and sum of per-row
+    -- hashes, under fixed session settings).
+    checksum       text,
+    -- The last `rose split verify`: verified_at is set only when it found no difference.
+    verified_at    timestamptz,
+    verification   jsonb,
+    finalized_at   timestamptz
+);
+
+RESET ROLE;

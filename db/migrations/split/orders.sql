@@ -1,0 +1,247 @@
+-- Move `orders`: db_cart legacy.orders + legacy.order_items -> db_orders orders.orders,
+-- orders.order_items, orders.payment_attempts
+--
+-- Runs in db_orders, in the move's one transaction, as orders_owner, after `rose split run` has
+-- copied into temporary tables (legacy columns and types, unchanged):
+--   stage_orders, stage_order_items, stage_page_configs   from db_cart
+--   stage_products                                        from db_market
+-- Parts: setup, `-- split:classify` (temporary tables only; `rose split plan` runs it read-only),
+-- `-- split:apply` (writes the target). See relations.sql for the conventions.
+--
+-- Orders and items keep their ids (buyers have order numbers; events stored order ids).
+-- The legacy order carried its one SumUp checkout; the target keeps checkouts as payment
+-- attempts: one attempt (number 1) per order that had a checkout.
+--
+-- Statuses (the orders service's rules: FAILED is not final, an expired checkout ends an attempt,
+-- not the order; the buyer may pay again while the order is pending):
+--   legacy status   order       attempt
+--   pending         pending     PENDING   (reconciliation asks SumUp, as for any pending order)
+--   paid            paid        PAID      paid_at = the legacy updated_at (when it was marked paid)
+--   failed          pending     FAILED
+--   expired         pending     EXPIRED
+--   cancelled       cancelled   EXPIRED   (a cancelled order's checkout can no longer be paid)
+-- An order without a checkout gets no attempt.
+--
+-- The merchant snapshot (page_config_id, merchant_code, checkout_prefix), resolved as the orders
+-- service does: the order's own config when it recorded one, else its page's active config, else
+-- the site default ('site', 0); the first of them with a SumUp merchant code. No prefix: 'rose-'.
+--
+-- Quirks:
+--   no description             moved as 'rose-ash order #<id>' (noted)
+--   checkout, no reference     the attempt's reference is '<prefix><id>-1' (noted)
+--   item of a product gone     moved as is: the item is a snapshot (title, slug, price) (noted)
+--   item with quantity 0       skipped (a line removed before checkout; the target wants > 0)
+--   neither user nor session   skipped with its items (nobody could own it in the service)
+--   total <> sum of its parts  skipped with its items (the target checks the sum)
+--   no merchant resolvable     skipped with its items (the target needs the snapshot)
+-- Every skipped row is listed in the ledger with its id and reason.
+
+CREATE TEMP TABLE split_orders (
+    id                 bigint PRIMARY KEY,
+    status             text NOT NULL,
+    attempt_status     text,
+    paid_at            timestamptz,
+    description        text NOT NULL,
+    page_config_id     bigint,
+    merchant_code      text,
+    checkout_prefix    text,
+    checkout_reference text,
+    in_target          boolean NOT NULL
+) ON COMMIT DROP;
+
+-- split:classify
+
+INSERT INTO split_orders
+SELECT o.id,
+       CASE o.status WHEN 'paid' THEN 'paid' WHEN 'cancelled' THEN 'cancelled' ELSE 'pending' END,
+       CASE WHEN o.sumup_checkout_id IS NOT NULL THEN
+           CASE o.status
+               WHEN 'pending' THEN 'PENDING'
+               WHEN 'paid' THEN 'PAID'
+               WHEN 'failed' THEN 'FAILED'
+               ELSE 'EXPIRED'
+           END
+       END,
+       CASE WHEN o.status = 'paid' THEN o.updated_at AT TIME ZONE 'UTC' END,
+       coalesce(nullif(o.description, ''), 'rose-ash order #' || o.id),
+       chosen.id,
+       chosen.sumup_merchant_code,
+       coalesce(chosen.sumup_checkout_prefix, 'rose-'),
+       coalesce(o.sumup_reference, coalesce(chosen.sumup_checkout_prefix, 'rose-') || o.id || '-1'),
+       EXISTS (SELECT FROM orders.orders AS existing WHERE existing.id = o.id)
+FROM stage_orders AS o
+LEFT JOIN stage_page_configs AS own
+       ON own.id = o.page_config_id AND own.sumup_merchant_code IS NOT NULL
+LEFT JOIN stage_page_configs AS page
+       ON page.container_type = 'page' AND page.container_id = o.page_post_id
+      AND page.deleted_at IS NULL AND page.sumup_merchant_code IS NOT NULL
+LEFT JOIN stage_page_configs AS site
+       ON site.container_type = 'site' AND site.container_id = 0
+      AND site.deleted_at IS NULL AND site.sumup_merchant_code IS NOT NULL
+LEFT JOIN LATERAL (
+    SELECT candidate.id, candidate.sumup_merchant_code, candidate.sumup_checkout_prefix
+    FROM (
+        VALUES (1, own.id, own.sumup_merchant_code, own.sumup_checkout_prefix),
+               (2, page.id, page.sumup_merchant_code, page.sumup_checkout_prefix),
+               (3, site.id, site.sumup_merchant_code, site.sumup_checkout_prefix)
+    ) AS candidate (preference, id, sumup_merchant_code, sumup_checkout_prefix)
+    WHERE candidate.id IS NOT NULL
+    ORDER BY candidate.preference
+    LIMIT 1
+) AS chosen ON true;
+
+INSERT INTO split_outcome (source_table, source_id, outcome, reason)
+SELECT 'orders', id,
+       CASE WHEN skip_reason IS NULL THEN 'moved' ELSE 'skipped' END,
+       coalesce(skip_reason, note)
+FROM (
+    SELECT o.id,
+           CASE
+               WHEN s.in_target THEN 'already in the target'
+               WHEN o.user_id IS NULL AND o.session_id IS NULL
+                   THEN 'neither user nor session: nobody could own it in the orders service'
+               WHEN o.total_amount <> o.product_total + o.calendar_total + o.ticket_total
+                   THEN 'total_amount is not the sum of the product, calendar and ticket totals'
+               WHEN s.page_config_id IS NULL
+                   THEN 'no page config with a SumUp merchant (its own, its page''s or the site''s)'
+           END AS skip_reason,
+           nullif(concat_ws('; ',
+               CASE WHEN nullif(o.description, '') IS NULL
+                    THEN 'no description: moved as "rose-ash order #<id>"' END,
+               CASE WHEN o.sumup_checkout_id IS NOT NULL AND o.sumup_reference IS NULL
+                    THEN 'no sumup_reference: the payment attempt''s is <prefix><id>-1' END
+           ), '') AS note
+    FROM stage_orders AS o
+    JOIN split_orders AS s ON s.id = o.id
+) AS decided;
+
+INSERT INTO split_outcome (source_table, source_id, outcome, reason)
+SELECT 'order_items', id,
+       CASE WHEN skip_reason IS NULL THEN 'moved' ELSE 'skipped' END,
+       coalesce(skip_reason, note)
+FROM (
+    SELECT i.id,
+           CASE
+               WHEN EXISTS (SELECT FROM orders.order_items AS existing WHERE existing.id = i.id)
+                   THEN 'already in the target'
+               WHEN order_outcome.outcome IS DISTINCT FROM 'moved' THEN 'its order is not moved'
+               WHEN i.quantity <= 0
+                   THEN 'quantity 0: a line removed from the order before checkout'
+               WHEN i.unit_price < 0 THEN 'a negative unit price'
+           END AS skip_reason,
+           CASE WHEN p.id IS NULL
+                THEN 'the product no longer exists: moved as is (the item is a snapshot)' END
+               AS note
+    FROM stage_order_items AS i
+    LEFT JOIN split_outcome AS order_outcome
+           ON order_outcome.source_table = 'orders' AND order_outcome.source_id = i.order_id
+    LEFT JOIN stage_products AS p ON p.id = i.product_id
+) AS decided;
+
+INSERT INTO split_planned (target_table, planned)
+SELECT 'orders.orders', count(*)
+FROM split_outcome WHERE source_table = 'orders' AND outcome = 'moved'
+UNION ALL
+SELECT 'orders.order_items', count(*)
+FROM split_outcome WHERE source_table = 'order_items' AND outcome = 'moved'
+UNION ALL
+SELECT 'orders.payment_attempts', count(*)
+FROM split_outcome AS outcome
+JOIN split_orders AS s ON s.id = outcome.source_id
+WHERE outcome.source_table = 'orders' AND outcome.outcome = 'moved'
+  AND s.attempt_status IS NOT NULL;
+
+-- split:apply
+
+WITH wanted AS (
+    SELECT o.*, s.status AS target_status, s.paid_at, s.description AS target_description,
+           s.page_config_id AS target_page_config_id, s.merchant_code, s.checkout_prefix
+    FROM stage_orders AS o
+    JOIN split_orders AS s ON s.id = o.id
+    JOIN split_outcome AS outcome ON outcome.source_table = 'orders' AND outcome.source_id = o.id
+    WHERE outcome.outcome = 'moved'
+),
+inserted AS (
+    INSERT INTO orders.orders
+        (id, user_id, session_id, page_post_id, status, currency, product_total,
+         calendar_total, ticket_total, total, description, page_config_id, merchant_code,
+         checkout_prefix, paid_at, created_at, updated_at)
+    SELECT id, user_id, session_id, page_post_id, target_status, currency, product_total,
+           calendar_total, ticket_total, total_amount, target_description,
+           target_page_config_id, merchant_code, checkout_prefix, paid_at,
+           created_at AT TIME ZONE 'UTC', updated_at AT TIME ZONE 'UTC'
+    FROM wanted
+    ORDER BY id
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+)
+INSERT INTO split_inserted (target_table, wanted, inserted)
+SELECT 'orders.orders', (SELECT count(*) FROM wanted), (SELECT count(*) FROM inserted);
+
+-- Items take the order's currency (the legacy item had none of its own).
+WITH wanted AS (
+    SELECT i.*, o.currency
+    FROM stage_order_items AS i
+    JOIN stage_orders AS o ON o.id = i.order_id
+    JOIN split_outcome AS outcome
+      ON outcome.source_table = 'order_items' AND outcome.source_id = i.id
+    WHERE outcome.outcome = 'moved'
+),
+inserted AS (
+    INSERT INTO orders.order_items
+        (id, order_id, kind, source_id, title, slug, image, unit_price, currency, quantity,
+         market_place_container_id)
+    SELECT id, order_id, 'product', product_id, product_title, product_slug, product_image,
+           unit_price, currency, quantity, market_place_container_id
+    FROM wanted
+    ORDER BY id
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+)
+INSERT INTO split_inserted (target_table, wanted, inserted)
+SELECT 'orders.order_items', (SELECT count(*) FROM wanted), (SELECT count(*) FROM inserted);
+
+WITH wanted AS (
+    SELECT o.id AS order_id, s.checkout_reference, o.sumup_checkout_id, o.sumup_hosted_url,
+           s.attempt_status, o.total_amount, o.currency, o.created_at, o.updated_at
+    FROM stage_orders AS o
+    JOIN split_orders AS s ON s.id = o.id
+    JOIN split_outcome AS outcome ON outcome.source_table = 'orders' AND outcome.source_id = o.id
+    WHERE outcome.outcome = 'moved' AND s.attempt_status IS NOT NULL
+),
+inserted AS (
+    INSERT INTO orders.payment_attempts
+        (order_id, number, checkout_reference, sumup_checkout_id, hosted_url, status, amount,
+         currency, created_at, updated_at)
+    SELECT order_id, 1, checkout_reference, sumup_checkout_id, sumup_hosted_url,
+           attempt_status, total_amount, currency,
+           created_at AT TIME ZONE 'UTC', updated_at AT TIME ZONE 'UTC'
+    FROM wanted
+    ORDER BY order_id
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+)
+INSERT INTO split_inserted (target_table, wanted, inserted)
+SELECT 'orders.payment_attempts', (SELECT count(*) FROM wanted), (SELECT count(*) FROM inserted);
+
+-- Past the largest id, never backwards (see relations.sql). Payment attempts got new ids from
+-- their own sequence.
+SELECT setval(
+    pg_get_serial_sequence('orders.orders', 'id'),
+    greatest(
+        max(id) + 1,
+        coalesce(pg_sequence_last_value(
+            pg_get_serial_sequence('orders.orders', 'id')::regclass) + 1, 1)),
+    false)
+FROM orders.orders
+HAVING max(id) IS NOT NULL;
+
+SELECT setval(
+    pg_get_serial_sequence('orders.order_items', 'id'),
+    greatest(
+        max(id) + 1,
+        coalesce(pg_sequence_last_value(
+            pg_get_serial_sequence('orders.order_items', 'id')::regclass) + 1, 1)),
+    false)
+FROM orders.order_items
+HAVING max(id) IS NOT NULL;

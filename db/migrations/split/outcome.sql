@@ -1,0 +1,31 @@
+-- The temporary tables every move writes what it decided into, in the move's transaction in the
+-- target database (`rose split run` and `rose split plan` create them before the move's file).
+-- Dropped at the end of the transaction.
+
+-- One row per staged source row of a moved table (lookup tables such as legacy.products have
+-- none): moved, collapsed into another row, or skipped, with the reason. The primary key makes
+-- classifying a row twice an error; `rose split` checks that no row was left out.
+CREATE TEMP TABLE split_outcome (
+    source_table text NOT NULL,
+    source_id    bigint NOT NULL,
+    outcome      text NOT NULL CHECK (outcome IN ('moved', 'collapsed', 'skipped')),
+    -- Required unless moved unchanged; on a moved row it notes what changed on the way.
+    reason       text,
+    PRIMARY KEY (source_table, source_id),
+    CHECK (outcome = 'moved' OR reason IS NOT NULL)
+) ON COMMIT DROP;
+
+-- What the classification plans to insert into each target table ...
+CREATE TEMP TABLE split_planned (
+    target_table text PRIMARY KEY,
+    planned      bigint NOT NULL
+) ON COMMIT DROP;
+
+-- ... and what the apply part wanted to insert and did insert. A row the target already holds
+-- under a unique key is not inserted (ON CONFLICT DO NOTHING); `rose split run` refuses to
+-- commit unless planned = wanted = inserted for every target table.
+CREATE TEMP TABLE split_inserted (
+    target_table text PRIMARY KEY,
+    wanted       bigint NOT NULL,
+    inserted     bigint NOT NULL
+) ON COMMIT DROP;
