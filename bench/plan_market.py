@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 import uvicorn
 from litestar import Litestar, Response, get
@@ -26,17 +27,17 @@ from apps.common.problems import BadRequest, Forbidden
 from apps.common.settings import Settings
 from apps.market.models import Product
 from apps.market.public import ListingQuery, listing_dependencies
-from apps.market.service import ProductPage, _live_products, to_view
+from apps.market.service import ProductPage, product_rows, to_view
 from ops.serve import configure_logging
 
 
 def liked_in_list_query(
     slugs: list[str], *, market_slug: str | None, limit: int, offset: int
-) -> Select[tuple[Product, int]]:
+) -> Select[Any]:
     """One page of the products among ``slugs``, ordered like market's listing, with the total
     in the same query (as ``apps.market.service.liked_products_query`` does)."""
     return (
-        _live_products(market_slug)
+        product_rows(market_slug)
         .add_columns(func.count().over().label("total"))
         .where(Product.slug.in_(slugs))
         .order_by(Product.title, Product.id)
@@ -67,11 +68,11 @@ async def liked_products_over_http(
         total = rows[0].total
     elif page > 1:
         # Past the last page the window count has no row to ride on: count separately.
-        matching = _live_products(market_slug).where(Product.slug.in_(slugs))
+        matching = product_rows(market_slug).where(Product.slug.in_(slugs))
         total = await session.scalar(select(func.count()).select_from(matching.subquery())) or 0
     else:
         total = 0
-    items = [to_view(row.Product, True) for row in rows]
+    items = [to_view(row, True) for row in rows]
     return ProductPage(items, page, per_page, total, liked_only=True, degraded=[])
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Numeric, String
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from apps.common.db import IdentityPkMixin, TimestampedMixin, service_metadata
 
@@ -44,5 +44,3 @@ class Product(IdentityPkMixin, TimestampedMixin, Base):
     market_place_id: Mapped[int] = mapped_column(
         BigInteger, ForeignKey("market.market_places.id"), nullable=False, index=True
     )
-
-    market_place: Mapped[MarketPlace] = relationship(lazy="joined")

@@ -9,6 +9,7 @@ one remote query with the page's slugs as one array. Never a remote query per pr
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 import msgspec
 from sqlalchemy import Select, func, select
@@ -60,43 +61,56 @@ class ProductPage(msgspec.Struct):
         return max(1, -(-self.total // self.per_page))
 
 
-def to_view(product: Product, liked: bool | None) -> ProductView:
-    place = product.market_place
+def product_rows(market_slug: str | None) -> Select[Any]:
+    """Live products of live market places, as plain rows (no ORM objects to build: list pages
+    are the hot path)."""
+    query = (
+        select(
+            Product.id,
+            Product.slug,
+            Product.title,
+            Product.image,
+            Product.regular_price,
+            Product.special_price,
+            Product.price_currency,
+            MarketPlace.id.label("place_id"),
+            MarketPlace.slug.label("place_slug"),
+            MarketPlace.name.label("place_name"),
+            MarketPlace.container_type,
+            MarketPlace.container_id,
+        )
+        .join(MarketPlace, MarketPlace.id == Product.market_place_id)
+        .where(Product.deleted_at.is_(None), MarketPlace.deleted_at.is_(None))
+    )
+    if market_slug is not None:
+        query = query.where(MarketPlace.slug == market_slug)
+    return query
+
+
+def to_view(row: Any, liked: bool | None) -> ProductView:
+    """A row of :func:`product_rows` as the API shows it."""
     return ProductView(
-        id=product.id,
-        slug=product.slug,
-        title=product.title,
-        image=product.image,
-        regular_price=product.regular_price,
-        special_price=product.special_price,
-        price_currency=product.price_currency,
+        id=row.id,
+        slug=row.slug,
+        title=row.title,
+        image=row.image,
+        regular_price=row.regular_price,
+        special_price=row.special_price,
+        price_currency=row.price_currency,
         market_place=MarketPlaceView(
-            id=place.id,
-            slug=place.slug,
-            name=place.name,
-            container_type=place.container_type,
-            container_id=place.container_id,
+            id=row.place_id,
+            slug=row.place_slug,
+            name=row.place_name,
+            container_type=row.container_type,
+            container_id=row.container_id,
         ),
         is_liked=liked,
     )
 
 
-def _live_products(market_slug: str | None) -> Select[tuple[Product]]:
-    query = select(Product).where(Product.deleted_at.is_(None))
-    if market_slug is not None:
-        query = query.where(
-            Product.market_place_id.in_(
-                select(MarketPlace.id).where(
-                    MarketPlace.slug == market_slug, MarketPlace.deleted_at.is_(None)
-                )
-            )
-        )
-    return query
-
-
 def liked_products_query(
     user_id: int, *, market_slug: str | None, limit: int, offset: int
-) -> Select[tuple[Product, int]]:
+) -> Select[Any]:
     """One page of the products ``user_id`` liked, with the total in the same query.
 
     The user's likes are a MATERIALIZED CTE: one remote scan filtered by user and type, then a
@@ -110,7 +124,7 @@ def liked_products_query(
         .prefix_with("MATERIALIZED")
     )
     return (
-        _live_products(market_slug)
+        product_rows(market_slug)
         .add_columns(func.count().over().label("total"))
         .join(liked, liked.c.target_slug == Product.slug)
         .order_by(Product.title, Product.id)
@@ -151,18 +165,18 @@ async def list_products(
                     if page > 1
                     else 0
                 ) or 0
-        items = [to_view(row.Product, True) for row in rows]
+        items = [to_view(row, True) for row in rows]
         return ProductPage(items, page, per_page, total, liked_only=True, degraded=[])
 
-    query = _live_products(market_slug)
+    query = product_rows(market_slug)
     total = await session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    products = list(
-        await session.scalars(
+    rows = (
+        await session.execute(
             query.order_by(Product.title, Product.id).limit(per_page).offset(offset)
         )
-    )
-    liked, degraded = await _liked_among(session, user_id, [product.slug for product in products])
-    items = [to_view(product, _state(liked, product.slug)) for product in products]
+    ).all()
+    liked, degraded = await _liked_among(session, user_id, [row.slug for row in rows])
+    items = [to_view(row, _state(liked, row.slug)) for row in rows]
     return ProductPage(items, page, per_page, total, liked_only=False, degraded=degraded)
 
 
@@ -186,11 +200,11 @@ def _state(liked: set[str] | None, slug: str) -> bool | None:
 async def get_product(
     session: AsyncSession, slug: str, user_id: int | None
 ) -> tuple[ProductView, list[str]]:
-    product = await session.scalar(_live_products(None).where(Product.slug == slug))
-    if product is None:
+    row = (await session.execute(product_rows(None).where(Product.slug == slug))).first()
+    if row is None:
         raise NotFound(f"Product {slug!r} does not exist")
-    liked, degraded = await _liked_among(session, user_id, [product.slug])
-    return to_view(product, _state(liked, product.slug)), degraded
+    liked, degraded = await _liked_among(session, user_id, [row.slug])
+    return to_view(row, _state(liked, row.slug)), degraded
 
 
 async def require_product(session: AsyncSession, slug: str) -> None:
