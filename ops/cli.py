@@ -19,10 +19,12 @@ from rich.table import Table
 from apps.common.services import SERVICES, service_spec
 from apps.common.settings import ConfigError
 from ops.credentials import Credentials, rose_home
+from ops.split import split_app
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 db_app = typer.Typer(help="Databases, roles, FDW edges and migrations.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(split_app, name="split")
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
 

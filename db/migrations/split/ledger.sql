@@ -37,6 +37,8 @@ CREATE TABLE IF NOT EXISTS split.ledger (
     -- The last `rose split verify`: verified_at is set only when it found no difference.
     verified_at    timestamptz,
     verification   jsonb,
+    -- Set when `rose split finalize` drops the sources (just before; a finalize interrupted
+    -- between the drops finishes on its next run).
     finalized_at   timestamptz
 );
 

@@ -1,0 +1,291 @@
+"""``rose split``: the one-time data migration of the split (docs/DESIGN.md section 6).
+
+A DBA runs, in order: ``plan`` (read-only: what would move), ``run`` (freeze, copy, transform,
+fix sequences, record in the ledger; one target transaction per move; idempotent and resumable),
+``verify`` (counts and checksums of source and target; exit 1 naming each difference) and
+``finalize`` (drop the legacy sources, only when every move is verified). ``seed-legacy`` makes
+a practice monolith. The SQL is in ``db/legacy`` and ``db/migrations/split``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import psycopg
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from ops.split_db import SplitError
+from ops.split_moves import Move, select_moves
+from ops.split_run import MovePlan, MoveReport, Outcome
+from ops.split_verify import MoveVerification
+from ops.topology import Topology
+
+split_app = typer.Typer(
+    help="The split: move the monolith's data into the new services (plan, run, verify, finalize).",
+    no_args_is_help=True,
+)
+console = Console(highlight=False, soft_wrap=True)
+
+# The same option as `rose db ...` (ops/cli.py); resolved by ops.cli._admin_url.
+DatabaseUrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        envvar="ROSE_ADMIN_URL",
+        help="Superuser DSN of an existing PostgreSQL server (default: the running stack's).",
+    ),
+]
+MoveOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--move",
+        help="Only this move (relations, likes, page_configs, orders); repeatable.",
+    ),
+]
+SHOWN_IDS = 12
+
+
+def _topology(database_url: str | None) -> Topology:
+    from ops.cli import _admin_url  # here, not at import: ops.cli imports this module
+
+    return Topology.single_server(_admin_url(database_url))
+
+
+def _moves(names: list[str] | None) -> list[Move]:
+    try:
+        return select_moves(names)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _fail(message: str) -> typer.Exit:
+    console.print(f"[red]error:[/red] {escape(message)}")
+    return typer.Exit(1)
+
+
+def _say(line: str) -> None:
+    console.print(escape(line))
+
+
+def _ids(rows: dict[str, list[int]]) -> str:
+    parts = []
+    for table, ids in rows.items():
+        shown = ", ".join(str(source_id) for source_id in ids[:SHOWN_IDS])
+        more = f" and {len(ids) - SHOWN_IDS:,} more" if len(ids) > SHOWN_IDS else ""
+        parts.append(f"legacy.{table} {shown}{more}")
+    return "; ".join(parts)
+
+
+def _reason_lines(reasons: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    lines = []
+    for outcome in ("skipped", "collapsed", "moved"):
+        for reason, entry in sorted(reasons.get(outcome, {}).items()):
+            label = "moved, noted" if outcome == "moved" else outcome
+            lines.append(f"{entry['count']:,} {label}: {reason} (ids {_ids(entry['rows'])})")
+    return lines
+
+
+# -- seed-legacy ---------------------------------------------------------------------------------
+@split_app.command("seed-legacy")
+def seed_legacy_command(
+    scale: Annotated[
+        int, typer.Option(min=1, help="1: ~15,000 rows; 10: ~100,000 likes, 10,000 orders.")
+    ] = 1,
+    replace: Annotated[
+        bool, typer.Option(help="Drop schema legacy (and its freeze triggers) and seed again.")
+    ] = False,
+    database_url: DatabaseUrlOption = None,
+) -> None:
+    """Create schema legacy in db_cart, db_market, db_blog and fill a practice monolith."""
+    from ops.split_seed import seed_legacy
+
+    try:
+        result = seed_legacy(_topology(database_url), scale, replace=replace, say=_say)
+    except (SplitError, psycopg.Error) as exc:
+        raise _fail(str(exc)) from None
+    console.print(
+        f"seeded {sum(result.rows.values()):,} legacy rows at scale {scale} "
+        f"in {result.seconds:.2f} s"
+    )
+
+
+# -- plan ----------------------------------------------------------------------------------------
+def _distinct(outcome: Outcome, table: str) -> int:
+    counts = outcome.by_table.get(table, {})
+    return sum(counts.values()) - counts.get("collapsed", 0)
+
+
+def _print_plan(plan: MovePlan) -> None:
+    move = plan.move
+    sources = ", ".join(str(source) for source in move.sources if source.moved)
+    console.print(
+        f"[bold]{move.name}[/bold]: {escape(sources)} -> {move.target_database} "
+        f"{', '.join(move.target_tables)}"
+    )
+    state = plan.ledger.state() if plan.ledger is not None else "not started"
+    console.print(f"  ledger:     {escape(state)}")
+    targets = ", ".join(f"{table} {rows:,} rows" for table, rows in plan.target_rows.items())
+    console.print(f"  target now: {targets}")
+    if plan.ledger is not None and plan.ledger.done:
+        console.print("  run will:   nothing (the move is done)")
+        return
+    if plan.missing_sources:
+        console.print(
+            f"  source:     [red]missing[/red] {escape(', '.join(plan.missing_sources))}; "
+            "run will refuse (`rose split seed-legacy` makes a practice monolith)"
+        )
+        return
+    outcome = plan.outcome
+    assert outcome is not None
+    described = []
+    for source in move.sources:
+        rows = plan.source_rows[str(source)]
+        if not source.moved:
+            described.append(f"{source} {rows:,} rows (looked up)")
+        elif outcome.by_table[source.table].get("collapsed"):
+            distinct = _distinct(outcome, source.table)
+            described.append(f"{source} {rows:,} rows ({distinct:,} distinct)")
+        else:
+            described.append(f"{source} {rows:,} rows")
+    console.print(f"  source:     {escape('; '.join(described))}")
+    quirks = _reason_lines(outcome.reasons)
+    console.print(f"  quirks:     {escape(quirks[0]) if quirks else 'none found'}")
+    for line in quirks[1:]:
+        console.print(f"              {escape(line)}")
+    frozen = ", ".join(str(source) for source in move.sources)
+    inserts = ", ".join(f"{rows:,} into {table}" for table, rows in outcome.planned.items())
+    console.print(
+        f"  run will:   freeze {escape(frozen)}; copy {sum(plan.source_rows.values()):,} rows; "
+        f"move {outcome.total('moved'):,}, collapse {outcome.total('collapsed'):,}, skip "
+        f"{outcome.total('skipped'):,} (listed in the ledger); insert {inserts}; "
+        + ("keep the ids and move the id sequences past them; " if move.keeps_ids else "")
+        + "record the move"
+    )
+
+
+@split_app.command("plan")
+def plan_command(move: MoveOption = None, database_url: DatabaseUrlOption = None) -> None:
+    """What would move, and what run would do. Reads only (a rolled-back, read-only dry run)."""
+    from ops.split_run import plan_move
+
+    topology = _topology(database_url)
+    for selected in _moves(move):
+        try:
+            _print_plan(plan_move(topology, selected))
+        except (SplitError, psycopg.Error) as exc:
+            raise _fail(f"{selected.name}: {exc}") from None
+
+
+# -- run -----------------------------------------------------------------------------------------
+def _print_run_summary(reports: list[MoveReport]) -> None:
+    table = Table("move", "source rows", "moved", "collapsed", "skipped", "seconds", "rows/s")
+    for report in reports:
+        if report.outcome is None:
+            table.add_row(report.move.name, "already done", "", "", "", "", "")
+            continue
+        outcome = report.outcome
+        table.add_row(
+            report.move.name,
+            f"{outcome.source_rows:,}",
+            f"{outcome.total('moved'):,}",
+            f"{outcome.total('collapsed'):,}",
+            f"{outcome.total('skipped'):,}",
+            f"{report.seconds:.2f}",
+            f"{report.rows_per_second:,.0f}",
+        )
+    console.print(table)
+
+
+@split_app.command("run")
+def run_command(move: MoveOption = None, database_url: DatabaseUrlOption = None) -> None:
+    """Move what is not moved yet: freeze, copy, transform, fix sequences, record. Idempotent."""
+    from ops.split_run import run_move
+
+    topology = _topology(database_url)
+    reports: list[MoveReport] = []
+    for selected in _moves(move):
+        try:
+            reports.append(run_move(topology, selected, _say))
+        except (SplitError, psycopg.Error) as exc:
+            if reports:
+                _print_run_summary(reports)
+            raise _fail(
+                f"{selected.name}: {exc}\nNothing of move {selected.name} was committed "
+                "(its sources stay frozen); moves before it are done. Run again to resume."
+            ) from None
+    if all(report.outcome is None for report in reports):
+        console.print("nothing to do: every move is already done (0 rows moved)")
+    else:
+        _print_run_summary(reports)
+
+
+# -- verify --------------------------------------------------------------------------------------
+def _print_verification(result: MoveVerification) -> None:
+    name = result.move.name
+    ledger = result.ledger
+    if result.finalized and ledger is not None:
+        console.print(
+            f"[green]ok[/green] {name}: finalized (sources dropped); "
+            f"verified at {escape(str(ledger.verified_at))}"
+        )
+        return
+    status = "[green]ok[/green]" if result.ok else "[red]DIFFERENT[/red]"
+    console.print(f"{status} {name}")
+    if ledger is not None and ledger.done:
+        console.print(
+            f"  accounting: {ledger.source_rows:,} source rows = {ledger.moved_rows:,} moved "
+            f"+ {ledger.collapsed_rows:,} collapsed + {ledger.skipped_rows:,} skipped"
+        )
+        for line in _reason_lines(ledger.reasons or {}):
+            console.print(f"  listed:     {escape(line)}")
+    for check in result.checks:
+        console.print(f"  checksum:   {escape(check.describe())}")
+    for problem in result.problems:
+        console.print(f"  [red]problem[/red]:    {escape(problem)}")
+
+
+@split_app.command("verify")
+def verify_command(move: MoveOption = None, database_url: DatabaseUrlOption = None) -> None:
+    """Compare each move's source and target: counts and checksums; exit 1 naming each
+    difference. Records the result in the ledger."""
+    from ops.split_verify import verify_move
+
+    topology = _topology(database_url)
+    failed = []
+    for selected in _moves(move):
+        try:
+            result = verify_move(topology, selected)
+        except (SplitError, psycopg.Error) as exc:
+            raise _fail(f"{selected.name}: {exc}") from None
+        _print_verification(result)
+        if not (result.ok or result.finalized):
+            failed.append(result)
+    if failed:
+        for result in failed:
+            for difference in result.differences():
+                console.print(f"[red]difference[/red] {result.move.name}: {escape(difference)}")
+        raise typer.Exit(1)
+
+
+# -- finalize ------------------------------------------------------------------------------------
+@split_app.command("finalize")
+def finalize_command(database_url: DatabaseUrlOption = None) -> None:
+    """Drop the legacy tables the moves read, once every move is verified. Keeps the ledgers."""
+    from ops.split_verify import finalize
+
+    try:
+        result = finalize(_topology(database_url), _say)
+    except (SplitError, psycopg.Error) as exc:
+        raise _fail(str(exc)) from None
+    if result.refused:
+        console.print("[red]refused[/red]: finalize needs every move verified:")
+        for line in result.refused:
+            console.print(f"  {escape(line)}")
+        raise typer.Exit(1)
+    if result.already_finalized and not any(result.dropped.values()):
+        console.print("already finalized: nothing left to drop")
+    else:
+        console.print("finalized: the legacy sources are dropped; the ledgers stay")

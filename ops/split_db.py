@@ -1,0 +1,206 @@
+"""What every step of ``rose split`` shares: connections with fixed session settings, the SQL
+files of ``db/migrations/split`` (with their classify/apply parts), the ledger, and the fault
+injection that tests use to crash a run at a chosen point."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from apps.common.services import service_spec
+from ops.split_moves import SPLIT_DIR, Move
+from ops.sqlfiles import parse
+from ops.topology import Topology
+
+Say = Callable[[str], None]
+
+# Checksums hash the text form of rows, and the text of timestamptz, dates, intervals and floats
+# depends on these settings: both sides of a comparison use the same ones.
+FIXED_SETTINGS: tuple[tuple[str, str], ...] = (
+    ("TimeZone", "UTC"),
+    ("DateStyle", "ISO, YMD"),
+    ("IntervalStyle", "postgres"),
+    ("extra_float_digits", "3"),
+)
+
+CRASH_ENV = "ROSE_SPLIT_CRASH"
+CRASH_EXIT_CODE = 86
+CRASH_POINTS = ("after-freeze", "after-copy", "after-transform", "before-commit")
+FaultHook = Callable[[str, str], None]
+
+_SECTION_MARKER = re.compile(r"^-- split:(classify|apply)\b.*$", re.MULTILINE)
+
+
+class SplitError(Exception):
+    """A refusal or a failed check, with a message for the operator."""
+
+
+def connect(topology: Topology, service: str) -> psycopg.Connection[Any]:
+    """A superuser connection to ``service``'s database, autocommit, with the fixed settings."""
+    connection = psycopg.connect(
+        topology.admin_url(service),
+        autocommit=True,
+        connect_timeout=10,
+        application_name="rose split",
+    )
+    for name, value in FIXED_SETTINGS:
+        connection.execute("SELECT set_config(%s, %s, false)", (name, value))
+    return connection
+
+
+def execute_sql(
+    connection: psycopg.Connection[Any], text: str, variables: Mapping[str, str] | None = None
+) -> None:
+    """Run psql-style SQL text (see :mod:`ops.sqlfiles`) on ``connection``, in whatever
+    transaction it is in."""
+    for statement in parse(text, variables or {}):
+        cursor = connection.execute(statement.sql)
+        if statement.gexec:
+            for row in cursor.fetchall():
+                for generated in row:
+                    if generated is not None:
+                        connection.execute(generated)
+
+
+def run_file(
+    connection: psycopg.Connection[Any], path: Path, variables: Mapping[str, str] | None = None
+) -> None:
+    execute_sql(connection, path.read_text(), variables)
+
+
+@dataclass(frozen=True)
+class TransformParts:
+    """A move's SQL file cut at its ``-- split:classify`` and ``-- split:apply`` lines."""
+
+    setup: str
+    classify: str
+    apply: str
+
+
+def transform_parts(path: Path) -> TransformParts:
+    text = path.read_text()
+    markers = list(_SECTION_MARKER.finditer(text))
+    names = [marker.group(1) for marker in markers]
+    if names != ["classify", "apply"]:
+        raise SplitError(
+            f"{path}: expected one '-- split:classify' line, then one '-- split:apply' line"
+        )
+    classify, apply = markers
+    return TransformParts(
+        setup=text[: classify.start()],
+        classify=text[classify.end() : apply.start()],
+        apply=text[apply.end() :],
+    )
+
+
+def crash_from_environment(move: str, point: str) -> None:
+    """Die at once, like a killed process, when ``ROSE_SPLIT_CRASH`` names this move and point
+    (``likes:after-copy``). Nothing is cleaned up: the server sees the connection drop."""
+    if os.environ.get(CRASH_ENV) == f"{move}:{point}":
+        print(f"{move}: crashing {point} ({CRASH_ENV})", flush=True)
+        os._exit(CRASH_EXIT_CODE)
+
+
+# -- the ledger ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LedgerEntry:
+    move: str
+    runs: int
+    started_at: datetime | None
+    finished_at: datetime | None
+    seconds: Decimal | None
+    source_rows: int | None
+    moved_rows: int | None
+    collapsed_rows: int | None
+    skipped_rows: int | None
+    reasons: dict[str, Any] | None
+    inserted: dict[str, int] | None
+    checksum: str | None
+    verified_at: datetime | None
+    verification: dict[str, Any] | None
+    finalized_at: datetime | None
+
+    @property
+    def done(self) -> bool:
+        return self.finished_at is not None
+
+    def state(self) -> str:
+        if self.finalized_at is not None:
+            return f"finalized at {_when(self.finalized_at)}"
+        if self.verified_at is not None:
+            return f"moved at {_when(self.finished_at)}, verified at {_when(self.verified_at)}"
+        if self.finished_at is not None:
+            if self.verification and not self.verification.get("ok", False):
+                return f"moved at {_when(self.finished_at)}; the last verify found differences"
+            return f"moved at {_when(self.finished_at)}, not verified"
+        return (
+            f"started at {_when(self.started_at)} and not finished ({self.runs} run(s); "
+            "crashed, failed or still running): nothing of it is in the target until it "
+            "commits; run starts it again"
+        )
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S %Z").strip() if moment else "?"
+
+
+def ensure_ledger(connection: psycopg.Connection[Any], target: str) -> None:
+    run_file(connection, SPLIT_DIR / "ledger.sql", {"owner": service_spec(target).owner_role})
+
+
+def ledger_exists(connection: psycopg.Connection[Any]) -> bool:
+    return connection.execute("SELECT to_regclass('split.ledger') IS NOT NULL").fetchone()[0]
+
+
+def read_ledger(
+    connection: psycopg.Connection[Any], move: str, *, lock: bool = False
+) -> LedgerEntry | None:
+    if not ledger_exists(connection):
+        return None
+    query = "SELECT * FROM split.ledger WHERE move = %s" + (" FOR UPDATE" if lock else "")
+    with connection.cursor(row_factory=dict_row) as cursor:
+        row = cursor.execute(query, (move,)).fetchone()
+    return LedgerEntry(**row) if row else None
+
+
+def ledger_of(topology: Topology, move: Move) -> LedgerEntry | None:
+    with connect(topology, move.target) as connection:
+        return read_ledger(connection, move.name)
+
+
+def mark_started(connection: psycopg.Connection[Any], move: str) -> None:
+    """Committed on its own, before the move's transaction: a run that dies leaves this trace."""
+    connection.execute(
+        """
+        INSERT INTO split.ledger (move, runs, started_at) VALUES (%s, 1, clock_timestamp())
+        ON CONFLICT (move) DO UPDATE
+            SET runs = split.ledger.runs + 1, started_at = excluded.started_at
+            WHERE split.ledger.finished_at IS NULL
+        """,
+        (move,),
+    )
+
+
+def as_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def table_exists(connection: psycopg.Connection[Any], qualified_name: str) -> bool:
+    return connection.execute("SELECT to_regclass(%s) IS NOT NULL", (qualified_name,)).fetchone()[0]
+
+
+def count_rows(connection: psycopg.Connection[Any], qualified_name: str) -> int:
+    schema, table = qualified_name.split(".")
+    query = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, table))
+    return int(connection.execute(query).fetchone()[0])

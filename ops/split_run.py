@@ -1,0 +1,371 @@
+"""``rose split plan`` and ``rose split run``.
+
+A move, in order: freeze its source tables (committed in the source database, so the monolith can
+no longer write them); then ONE transaction in the target database, as the target's owner:
+stage the source rows (psycopg streamed binary COPY from ``COPY (SELECT ...) TO STDOUT`` of the
+source into ``COPY stage_<table> FROM STDIN``), classify and apply them with the move's SQL file,
+check that every source row got one outcome and that every planned row was inserted, fix the
+sequences (in the file), checksum the target, and record the move in the ledger. A crash
+anywhere before the commit leaves nothing of the move in the target; the next run starts it
+again (the freeze is idempotent). A move the ledger records as finished is never run again.
+
+``plan`` does the same staging and classification in a transaction that is read-only from the
+classification on and always rolled back, without freezing anything.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import IsolationLevel, sql
+
+from apps.common.services import service_spec
+from ops.split_checksum import checksum
+from ops.split_db import (
+    FaultHook,
+    LedgerEntry,
+    Say,
+    SplitError,
+    as_json,
+    connect,
+    count_rows,
+    crash_from_environment,
+    ensure_ledger,
+    execute_sql,
+    mark_started,
+    read_ledger,
+    run_file,
+    table_exists,
+    transform_parts,
+)
+from ops.split_moves import SPLIT_DIR, Move, SourceTable
+from ops.topology import Topology
+
+OUTCOME_FILE = SPLIT_DIR / "outcome.sql"
+OUTCOMES = ("moved", "collapsed", "skipped")
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+@dataclass
+class Outcome:
+    """What the classification decided for every staged row of a move's moved tables."""
+
+    staged: dict[str, int]
+    by_table: dict[str, dict[str, int]]
+    # {"skipped": {reason: {"count": n, "rows": {table: [ids]}}}, "collapsed": ..., "moved": ...}
+    reasons: dict[str, dict[str, dict[str, Any]]]
+    planned: dict[str, int]
+
+    def total(self, outcome: str) -> int:
+        return sum(counts.get(outcome, 0) for counts in self.by_table.values())
+
+    @property
+    def source_rows(self) -> int:
+        return sum(sum(counts.values()) for counts in self.by_table.values())
+
+
+@dataclass
+class MoveReport:
+    move: Move
+    done_before: LedgerEntry | None = None
+    outcome: Outcome | None = None
+    inserted: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def rows_per_second(self) -> float:
+        if self.outcome is None or self.seconds <= 0:
+            return 0.0
+        return self.outcome.source_rows / self.seconds
+
+
+@dataclass
+class MovePlan:
+    move: Move
+    ledger: LedgerEntry | None
+    target_rows: dict[str, int]
+    source_rows: dict[str, int] = field(default_factory=dict)
+    missing_sources: list[str] = field(default_factory=list)
+    outcome: Outcome | None = None
+
+
+# -- staging -------------------------------------------------------------------------------------
+def _source_columns(source: psycopg.Connection[Any], table: str) -> list[tuple[str, str]]:
+    rows = source.execute(
+        """
+        SELECT a.attname, format_type(a.atttypid, a.atttypmod)
+        FROM pg_attribute AS a
+        WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped
+        ORDER BY a.attnum
+        """,
+        (f"legacy.{table}",),
+    ).fetchall()
+    return [(name, type_name) for name, type_name in rows]
+
+
+def _copy_table(
+    source: psycopg.Connection[Any], target: psycopg.Connection[Any], table: SourceTable
+) -> int:
+    """Stream one legacy table into its staging table. The staging table has the source's
+    column types, so the binary format needs no conversion."""
+    columns = _source_columns(source, table.table)
+    names = sql.SQL(", ").join(sql.Identifier(name) for name, _ in columns)
+    target.execute(
+        sql.SQL("CREATE TEMP TABLE {stage} ({columns}) ON COMMIT DROP").format(
+            stage=sql.Identifier(table.stage),
+            columns=sql.SQL(", ").join(
+                sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(type_name))
+                for name, type_name in columns
+            ),
+        )
+    )
+    read = sql.SQL("COPY (SELECT {names} FROM legacy.{table}) TO STDOUT (FORMAT BINARY)").format(
+        names=names, table=sql.Identifier(table.table)
+    )
+    write = sql.SQL("COPY {stage} ({names}) FROM STDIN (FORMAT BINARY)").format(
+        stage=sql.Identifier(table.stage), names=names
+    )
+    with source.cursor() as reader, target.cursor() as writer:
+        with reader.copy(read) as rows_out, writer.copy(write) as rows_in:
+            for chunk in rows_out:
+                rows_in.write(chunk)
+        return writer.rowcount
+
+
+def stage_sources(
+    topology: Topology, move: Move, target: psycopg.Connection[Any], say: Say
+) -> dict[str, int]:
+    """Copy every source table of ``move`` into the target's transaction. The tables of one
+    source database are read in one repeatable-read snapshot."""
+    staged: dict[str, int] = {}
+    for service in move.source_services:
+        with connect(topology, service) as source:
+            source.isolation_level = IsolationLevel.REPEATABLE_READ
+            source.read_only = True
+            with source.transaction():
+                for table in move.sources_in(service):
+                    started = time.perf_counter()
+                    staged[str(table)] = _copy_table(source, target, table)
+                    elapsed = time.perf_counter() - started
+                    say(
+                        f"{move.name}: copied {staged[str(table)]:,} rows of {table} "
+                        f"({elapsed:.2f} s)"
+                    )
+    return staged
+
+
+def missing_sources(topology: Topology, move: Move) -> list[str]:
+    missing = []
+    for service in move.source_services:
+        with connect(topology, service) as source:
+            missing += [
+                str(table)
+                for table in move.sources_in(service)
+                if not table_exists(source, f"legacy.{table.table}")
+            ]
+    return missing
+
+
+# -- classification ------------------------------------------------------------------------------
+def _classify(target: psycopg.Connection[Any], move: Move, *, read_only: bool) -> None:
+    parts = transform_parts(move.transform_file)
+    run_file(target, OUTCOME_FILE)
+    execute_sql(target, parts.setup)
+    if read_only:
+        # From here on the transaction cannot write anything but temporary tables.
+        target.execute("SET LOCAL transaction_read_only = on")
+    execute_sql(target, parts.classify)
+
+
+def _read_outcome(target: psycopg.Connection[Any], move: Move, staged: dict[str, int]) -> Outcome:
+    by_table: dict[str, dict[str, int]] = {table.table: {} for table in move.moved_tables}
+    reasons: dict[str, dict[str, dict[str, Any]]] = {}
+    for source_table, outcome, reason, rows, ids in target.execute(
+        """
+        SELECT source_table, outcome, reason, count(*), array_agg(source_id ORDER BY source_id)
+        FROM split_outcome GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+        """
+    ):
+        if source_table not in by_table:
+            raise SplitError(
+                f"{move.name}: {move.transform_file.name} classified rows of {source_table}, "
+                "which the move does not move"
+            )
+        by_table[source_table][outcome] = by_table[source_table].get(outcome, 0) + rows
+        if reason is None:
+            continue
+        entry = reasons.setdefault(outcome, {}).setdefault(reason, {"count": 0, "rows": {}})
+        entry["count"] += rows
+        entry["rows"][source_table] = list(ids)
+    for table in move.moved_tables:
+        classified = sum(by_table[table.table].values())
+        if classified != staged[str(table)]:
+            raise SplitError(
+                f"{move.name}: {staged[str(table)]:,} rows of {table} were copied but "
+                f"{classified:,} got an outcome: {move.transform_file.name} leaves rows out"
+            )
+    planned = {row[0]: int(row[1]) for row in target.execute("SELECT * FROM split_planned")}
+    return Outcome(staged=staged, by_table=by_table, reasons=reasons, planned=planned)
+
+
+def _check_inserted(
+    target: psycopg.Connection[Any], move: Move, outcome: Outcome
+) -> dict[str, int]:
+    """Refuse the move unless every planned row was wanted and inserted: a row the target
+    already held under another unique key would otherwise be lost silently."""
+    results = {
+        table: (int(wanted), int(inserted))
+        for table, wanted, inserted in target.execute("SELECT * FROM split_inserted")
+    }
+    for table in move.target_tables:
+        planned = outcome.planned.get(table)
+        wanted, inserted = results.get(table, (None, None))
+        if planned is None or wanted is None:
+            raise SplitError(f"{move.name}: {move.transform_file.name} does not fill {table}")
+        if planned != wanted or wanted != inserted:
+            raise SplitError(
+                f"{move.name}: {table}: {planned:,} rows planned, {wanted:,} wanted, "
+                f"{inserted:,} inserted; the difference conflicts with rows the target already "
+                "holds (a unique key). Nothing of the move was committed."
+            )
+    return {table: results[table][1] for table in move.target_tables}
+
+
+# -- plan ----------------------------------------------------------------------------------------
+def plan_move(topology: Topology, move: Move) -> MovePlan:
+    with connect(topology, move.target) as target:
+        ledger = read_ledger(target, move.name)
+        target_rows = {table: count_rows(target, table) for table in move.target_tables}
+        result = MovePlan(move=move, ledger=ledger, target_rows=target_rows)
+        if ledger is not None and ledger.done:
+            return result
+        result.missing_sources = missing_sources(topology, move)
+        if result.missing_sources:
+            return result
+        for service in move.source_services:
+            with connect(topology, service) as source:
+                for table in move.sources_in(service):
+                    result.source_rows[str(table)] = count_rows(source, f"legacy.{table.table}")
+        with target.transaction(force_rollback=True):
+            target.execute(
+                sql.SQL("SET LOCAL ROLE {}").format(
+                    sql.Identifier(service_spec(move.target).owner_role)
+                )
+            )
+            staged = stage_sources(topology, move, target, _quiet)
+            _classify(target, move, read_only=True)
+            result.outcome = _read_outcome(target, move, staged)
+    return result
+
+
+# -- run -----------------------------------------------------------------------------------------
+def _freeze(topology: Topology, move: Move, say: Say) -> None:
+    for service in move.source_services:
+        tables = [table.table for table in move.sources_in(service)]
+        with connect(topology, service) as source:
+            run_file(
+                source,
+                SPLIT_DIR / "freeze.sql",
+                {
+                    "owner": service_spec(service).owner_role,
+                    "move": move.name,
+                    "tables": ",".join(tables),
+                },
+            )
+        listed = ", ".join(f"legacy.{table}" for table in tables)
+        say(f"{move.name}: froze {service_spec(service).database} {listed}")
+
+
+def _target_checksums(target: psycopg.Connection[Any], move: Move) -> str:
+    run_file(target, move.checksum_file("target"))
+    return "; ".join(
+        f"{check.target_table}: {checksum([target], check.view)[0]}" for check in move.checks
+    )
+
+
+def run_move(
+    topology: Topology, move: Move, say: Say, fault: FaultHook = crash_from_environment
+) -> MoveReport:
+    owner = service_spec(move.target).owner_role
+    with connect(topology, move.target) as target:
+        ensure_ledger(target, move.target)
+        ledger = read_ledger(target, move.name)
+        if ledger is not None and ledger.done:
+            say(f"{move.name}: already done ({ledger.state()}); nothing to do")
+            return MoveReport(move=move, done_before=ledger)
+        missing = missing_sources(topology, move)
+        if missing:
+            raise SplitError(
+                f"{move.name}: no source table {', '.join(missing)} "
+                "(`rose split seed-legacy` makes a practice monolith)"
+            )
+        mark_started(target, move.name)
+        _freeze(topology, move, say)
+        fault(move.name, "after-freeze")
+
+        started = time.perf_counter()
+        with target.transaction():
+            target.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(owner)))
+            # A concurrent run waits here, then finds the move done.
+            ledger = read_ledger(target, move.name, lock=True)
+            if ledger is not None and ledger.done:
+                say(f"{move.name}: done meanwhile by another run; nothing to do")
+                return MoveReport(move=move, done_before=ledger)
+            staged = stage_sources(topology, move, target, say)
+            fault(move.name, "after-copy")
+            _classify(target, move, read_only=False)
+            outcome = _read_outcome(target, move, staged)
+            execute_sql(target, transform_parts(move.transform_file).apply)
+            inserted = _check_inserted(target, move, outcome)
+            fault(move.name, "after-transform")
+            say(
+                f"{move.name}: {outcome.source_rows:,} source rows: "
+                f"{outcome.total('moved'):,} moved, {outcome.total('collapsed'):,} collapsed, "
+                f"{outcome.total('skipped'):,} skipped; inserted "
+                + ", ".join(f"{rows:,} into {table}" for table, rows in inserted.items())
+            )
+            target_checksum = _target_checksums(target, move)
+            seconds = time.perf_counter() - started
+            target.execute(
+                """
+                UPDATE split.ledger
+                SET finished_at = clock_timestamp(), seconds = %s, source_rows = %s,
+                    moved_rows = %s, collapsed_rows = %s, skipped_rows = %s, reasons = %s,
+                    inserted = %s, checksum = %s, verified_at = NULL, verification = NULL
+                WHERE move = %s
+                """,
+                (
+                    round(seconds, 3),
+                    outcome.source_rows,
+                    outcome.total("moved"),
+                    outcome.total("collapsed"),
+                    outcome.total("skipped"),
+                    as_json(outcome.reasons),
+                    as_json(inserted),
+                    target_checksum,
+                    move.name,
+                ),
+            )
+            fault(move.name, "before-commit")
+        report = MoveReport(move=move, outcome=outcome, inserted=inserted)
+        report.seconds = time.perf_counter() - started
+        say(
+            f"{move.name}: committed in {report.seconds:.2f} s "
+            f"({report.rows_per_second:,.0f} rows/s)"
+        )
+        return report
+
+
+def run_moves(
+    topology: Topology,
+    moves: list[Move],
+    say: Say,
+    fault: FaultHook = crash_from_environment,
+) -> list[MoveReport]:
+    return [run_move(topology, move, say, fault) for move in moves]
