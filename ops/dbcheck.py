@@ -17,6 +17,7 @@ import psycopg
 from apps.common.services import SERVICES, ServiceSpec, service_spec
 from ops.manifest import Edge, load_edges
 from ops.provision import connect, missing_export_views, view_columns
+from ops.split_moves import tables_read_in
 from ops.topology import Topology
 
 TABLE_PRIVILEGES = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE"})
@@ -32,6 +33,10 @@ KIND_NAMES = {
 }
 
 Grants = dict[str, set[str]]  # grantee ("PUBLIC" or role) -> privileges
+
+# `rose split`: its ledger schema in each target database, and the monolith's tables it reads.
+SPLIT_SCHEMA = "split"
+LEGACY_SCHEMA = "legacy"
 
 
 def _compare(where: str, what: str, actual: Grants, expected: Grants) -> list[str]:
@@ -213,6 +218,11 @@ class Checker:
                 """
             )
         }
+        if SPLIT_SCHEMA in schemas:
+            # The split's ledger (ops/split.py) is the owner's alone: any grant there is drift.
+            schema_expectations[SPLIT_SCHEMA] = {}
+        if LEGACY_SCHEMA in schemas:
+            self._note_legacy(spec, connection)
         for schema, expected in schema_expectations.items():
             if schema not in schemas:
                 self.report(f"{where}: missing schema {schema}")
@@ -233,7 +243,7 @@ class Checker:
                 )
             )
             self.differences.extend(_compare(where, f"schema {schema}", actual, expected))
-        for schema in sorted(set(schemas) - set(schema_expectations) - {"public"}):
+        for schema in sorted(set(schemas) - set(schema_expectations) - {"public", LEGACY_SCHEMA}):
             self.report(f"{where}: unexpected schema {schema}")
 
         expected_views = {
@@ -253,6 +263,8 @@ class Checker:
             ORDER BY 1, 2
             """
         ).fetchall():
+            if schema == LEGACY_SCHEMA:
+                continue  # the monolith's, until `rose split finalize`: a note, not drift
             what = f"{KIND_NAMES[kind]} {schema}.{name}"
             acl_kind = "s" if kind == "S" else "r"
             actual = _grants(
@@ -270,7 +282,9 @@ class Checker:
             self._check_column_grants(connection, where, what, oid)
             if owner != spec.owner_role:
                 self.report(f"{where}: {what} is owned by {owner}, not {spec.owner_role}")
-            if schema == spec.name:
+            if schema == SPLIT_SCHEMA:
+                expected = {}
+            elif schema == spec.name:
                 privileges = SEQUENCE_PRIVILEGES if kind == "S" else TABLE_PRIVILEGES
                 expected = {spec.app_role: set(privileges)}
             elif schema == "export" and kind == "v":
@@ -295,6 +309,25 @@ class Checker:
                 f"(edge {expected_foreign[(schema, name)]})"
             )
         self._check_servers(spec, connection, consumed)
+
+    def _note_legacy(self, spec: ServiceSpec, connection: psycopg.Connection) -> None:
+        tables = [
+            row[0]
+            for row in connection.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = %s ORDER BY 1", (LEGACY_SCHEMA,)
+            )
+        ]
+        read_by_split = set(tables_read_in(spec.name))
+        if read_by_split & set(tables):
+            self.notes.append(
+                f"{spec.database}: legacy tables present ({', '.join(tables)}): "
+                "the split is not finalized"
+            )
+        else:
+            self.notes.append(
+                f"{spec.database}: legacy tables outside the split remain "
+                f"({', '.join(tables) or 'none'})"
+            )
 
     def _check_column_grants(
         self, connection: psycopg.Connection, where: str, what: str, oid: int
