@@ -1,0 +1,73 @@
+"""Helpers of the split's tests: the rose CLI in process, plain queries, and the cleanup that
+leaves no legacy schema and no ledger behind for other tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from click.testing import Result
+from typer.testing import CliRunner
+
+from ops.cli import app as rose_cli
+from ops.split_moves import LEGACY_SERVICES, MOVES
+from tests.conftest import admin_connect
+from tests.pg import TestServer
+
+runner = CliRunner()
+
+# The status a legacy order gets in orders, and its payment attempt's (orders.sql, its header).
+STATUS_MAPPING = {
+    "pending": ("pending", "PENDING"),
+    "paid": ("paid", "PAID"),
+    "failed": ("pending", "FAILED"),
+    "expired": ("pending", "EXPIRED"),
+    "cancelled": ("cancelled", "EXPIRED"),
+}
+
+
+def rose_split(server: TestServer, *args: str) -> Result:
+    return runner.invoke(rose_cli, ["split", *args, "--database-url", server.admin_url])
+
+
+def rows(server: TestServer, service: str, query: str, params: tuple[Any, ...] = ()) -> list[Any]:
+    with admin_connect(server, service) as connection:
+        return connection.execute(query, params).fetchall()
+
+
+def value(server: TestServer, service: str, query: str, params: tuple[Any, ...] = ()) -> Any:
+    return rows(server, service, query, params)[0][0]
+
+
+def drop_split_state(server: TestServer) -> None:
+    """Drop schema legacy (its freeze triggers with it) in the source databases and the split
+    schema (the ledger) in the targets. The ``clean_db`` fixture empties the target tables."""
+    for service in LEGACY_SERVICES:
+        with admin_connect(server, service) as connection:
+            connection.execute("DROP SCHEMA IF EXISTS legacy CASCADE")
+    for service in dict.fromkeys(move.target for move in MOVES):
+        with admin_connect(server, service) as connection:
+            connection.execute("DROP SCHEMA IF EXISTS split CASCADE")
+
+
+def ledger(server: TestServer, move: str) -> dict[str, Any] | None:
+    target = next(candidate for candidate in MOVES if candidate.name == move).target
+    with admin_connect(server, target) as connection:
+        if not connection.execute("SELECT to_regclass('split.ledger') IS NOT NULL").fetchone()[0]:
+            return None
+        cursor = connection.execute("SELECT * FROM split.ledger WHERE move = %s", (move,))
+        found = cursor.fetchone()
+        if found is None:
+            return None
+        return dict(zip([column.name for column in cursor.description], found, strict=True))
+
+
+def listed_ids(entry: dict[str, Any], outcome: str, reason: str, table: str) -> list[int]:
+    return entry["reasons"].get(outcome, {}).get(reason, {}).get("rows", {}).get(table, [])
+
+
+def target_counts(server: TestServer) -> dict[str, int]:
+    counts = {}
+    for move in MOVES:
+        for table in move.target_tables:
+            counts[table] = value(server, move.target, f"SELECT count(*) FROM {table}")
+    return counts

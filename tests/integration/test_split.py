@@ -1,0 +1,487 @@
+"""The split (`rose split`): a seeded monolith moved into the new services' databases, checked
+against expectations computed from the legacy rows here, not by the split's own SQL."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import psycopg
+import pytest
+
+from ops.dbcheck import check
+from ops.split_db import CRASH_ENV, CRASH_EXIT_CODE, SplitError
+from ops.split_moves import MOVES, MOVES_BY_NAME
+from ops.split_run import run_moves
+from ops.split_seed import seed_legacy
+from tests.conftest import REPO_ROOT, admin_connect, in_process_stack
+from tests.integration.split_fixtures import (
+    STATUS_MAPPING,
+    drop_split_state,
+    ledger,
+    listed_ids,
+    rose_split,
+    rows,
+    target_counts,
+    value,
+)
+from tests.signed import internal_get, internal_post
+
+if TYPE_CHECKING:
+    from tests.pg import TestServer
+
+SCALE = 1
+
+
+@pytest.fixture
+def monolith(clean_db: TestServer) -> Iterator[TestServer]:
+    """Empty targets and a freshly seeded legacy monolith; afterwards no legacy schema and no
+    ledger are left (clean_db empties the target tables)."""
+    drop_split_state(clean_db)
+    try:
+        seed_legacy(clean_db.topology, SCALE, replace=False, say=lambda _: None)
+        yield clean_db
+    finally:
+        drop_split_state(clean_db)
+
+
+def expected_target_counts(server: TestServer) -> dict[str, int]:
+    """What the targets must hold, from the legacy rows and the documented rules."""
+    relations = value(
+        server,
+        "cart",
+        # Detached rows all move; active rows collapse to one per parent/child pair.
+        """
+        SELECT count(*) FILTER (WHERE deleted_at IS NOT NULL)
+               + count(DISTINCT (parent_type, parent_id, child_type, child_id))
+                     FILTER (WHERE deleted_at IS NULL)
+        FROM legacy.container_relations
+        """,
+    )
+    product_likes = value(
+        server,
+        "market",
+        "SELECT count(DISTINCT (l.user_id, p.slug)) FROM legacy.product_likes AS l "
+        "JOIN legacy.products AS p ON p.id = l.product_id",
+    )
+    post_likes = value(
+        server,
+        "blog",
+        "SELECT count(DISTINCT (l.user_id, l.post_id)) FROM legacy.post_likes AS l "
+        "JOIN legacy.posts AS p ON p.id = l.post_id",
+    )
+    owned = "(o.user_id IS NOT NULL OR o.session_id IS NOT NULL)"
+    orders, attempts = rows(
+        server,
+        "cart",
+        f"SELECT count(*), count(sumup_checkout_id) FROM legacy.orders AS o WHERE {owned}",
+    )[0]
+    items = value(
+        server,
+        "cart",
+        "SELECT count(*) FROM legacy.order_items AS i JOIN legacy.orders AS o "
+        f"ON o.id = i.order_id WHERE {owned} AND i.quantity > 0",
+    )
+    return {
+        "relations.container_relations": relations,
+        "likes.likes": product_likes + post_likes,
+        "blog.page_configs": value(server, "cart", "SELECT count(*) FROM legacy.page_configs"),
+        "orders.orders": orders,
+        "orders.order_items": items,
+        "orders.payment_attempts": attempts,
+    }
+
+
+# -- plan, run, the moved rows -----------------------------------------------------------------
+def test_plan_reads_only_and_run_does_what_it_said(monolith):
+    expected = expected_target_counts(monolith)
+    planned = rose_split(monolith, "plan")
+    assert planned.exit_code == 0, planned.output
+    for table in expected:
+        assert f"{expected[table]:,} into {table}" in planned.output
+    assert "the product no longer exists" in planned.output
+    # Read only: no row, no ledger, no freeze trigger.
+    assert set(target_counts(monolith).values()) == {0}
+    assert ledger(monolith, "likes") is None
+    assert value(monolith, "market", "SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal") == 0
+
+    moved = rose_split(monolith, "run")
+    assert moved.exit_code == 0, moved.output
+    assert target_counts(monolith) == expected
+    for move in MOVES:
+        assert f"{move.name}: committed in" in moved.output
+        assert "rows/s" in moved.output
+        entry = ledger(monolith, move.name)
+        assert entry is not None
+        assert entry["finished_at"] is not None
+        assert entry["source_rows"] == (
+            entry["moved_rows"] + entry["collapsed_rows"] + entry["skipped_rows"]
+        )
+    assert ledger(monolith, "likes")["inserted"] == {"likes.likes": expected["likes.likes"]}
+
+
+def test_duplicate_likes_collapse_to_one_row_and_orphans_are_listed(monolith):
+    twice_one_deleted = rows(
+        monolith,
+        "market",
+        """
+        SELECT l.user_id, p.slug, min(l.created_at) AT TIME ZONE 'UTC'
+        FROM legacy.product_likes AS l JOIN legacy.products AS p ON p.id = l.product_id
+        GROUP BY l.user_id, p.slug
+        HAVING count(*) = 2 AND count(l.deleted_at) = 1
+        ORDER BY 1, 2 LIMIT 5
+        """,
+    )
+    all_unliked = rows(
+        monolith,
+        "blog",
+        """
+        SELECT l.user_id, l.post_id, max(l.deleted_at) AT TIME ZONE 'UTC'
+        FROM legacy.post_likes AS l JOIN legacy.posts AS p ON p.id = l.post_id
+        GROUP BY l.user_id, l.post_id
+        HAVING count(*) = 2 AND count(l.deleted_at) = 2
+        ORDER BY 1, 2 LIMIT 5
+        """,
+    )
+    orphans = [
+        row[0]
+        for row in rows(
+            monolith,
+            "market",
+            "SELECT id FROM legacy.product_likes WHERE product_id NOT IN "
+            "(SELECT id FROM legacy.products) ORDER BY id",
+        )
+    ]
+    assert twice_one_deleted
+    assert all_unliked
+    assert orphans
+    assert rose_split(monolith, "run", "--move", "likes").exit_code == 0
+
+    for user_id, slug, earliest in twice_one_deleted:
+        assert rows(
+            monolith,
+            "likes",
+            "SELECT deleted_at, created_at FROM likes.likes "
+            "WHERE user_id = %s AND target_type = 'product' AND target_slug = %s",
+            (user_id, slug),
+        ) == [(None, earliest)]
+    for user_id, post_id, latest in all_unliked:
+        assert rows(
+            monolith,
+            "likes",
+            "SELECT deleted_at FROM likes.likes "
+            "WHERE user_id = %s AND target_type = 'post' AND target_id = %s",
+            (user_id, post_id),
+        ) == [(latest,)]
+    entry = ledger(monolith, "likes")
+    assert listed_ids(entry, "skipped", "the product no longer exists", "product_likes") == orphans
+
+
+def test_orders_map_every_status_and_keep_their_snapshots(monolith):
+    legacy_orders = {
+        row[0]: row[1:]
+        for row in rows(
+            monolith,
+            "cart",
+            "SELECT id, status, sumup_checkout_id, sumup_reference FROM legacy.orders",
+        )
+    }
+    assert {status for status, _, _ in legacy_orders.values()} == set(STATUS_MAPPING)
+    products = {row[0] for row in rows(monolith, "market", "SELECT id FROM legacy.products")}
+    gone_product_items = {
+        row[0]: row[1:]
+        for row in rows(
+            monolith,
+            "cart",
+            "SELECT i.id, i.product_title, i.unit_price, i.quantity FROM legacy.order_items AS i "
+            "JOIN legacy.orders AS o ON o.id = i.order_id "
+            "WHERE i.quantity > 0 AND (o.user_id IS NOT NULL OR o.session_id IS NOT NULL) "
+            "AND NOT i.product_id = ANY(%s)",
+            (list(products),),
+        )
+    }
+    assert gone_product_items
+    assert rose_split(monolith, "run", "--move", "page_configs", "--move", "orders").exit_code == 0
+
+    moved = rows(
+        monolith,
+        "orders",
+        """
+        SELECT o.id, o.status, a.status, a.sumup_checkout_id, a.checkout_reference,
+               o.paid_at IS NOT NULL
+        FROM orders.orders AS o LEFT JOIN orders.payment_attempts AS a ON a.order_id = o.id
+        """,
+    )
+    assert moved
+    for order_id, status, attempt_status, checkout_id, reference, has_paid_at in moved:
+        legacy_status, legacy_checkout, legacy_reference = legacy_orders[order_id]
+        order_status, expected_attempt = STATUS_MAPPING[legacy_status]
+        assert status == order_status, order_id
+        assert has_paid_at == (legacy_status == "paid")
+        assert checkout_id == legacy_checkout
+        if legacy_checkout is None:
+            assert attempt_status is None
+        else:
+            assert attempt_status == expected_attempt, order_id
+            assert reference == legacy_reference or (
+                legacy_reference is None and reference.endswith(f"{order_id}-1")
+            )
+    assert {
+        row[0]: row[1:]
+        for row in rows(
+            monolith,
+            "orders",
+            "SELECT id, title, unit_price, quantity FROM orders.order_items WHERE id = ANY(%s)",
+            (list(gone_product_items),),
+        )
+    } == gone_product_items
+    # Lines with quantity 0 do not move; the ledger lists each.
+    zero_lines = [
+        row[0]
+        for row in rows(
+            monolith, "cart", "SELECT id FROM legacy.order_items WHERE quantity = 0 ORDER BY id"
+        )
+    ]
+    reason = "quantity 0: a line removed from the order before checkout"
+    assert listed_ids(ledger(monolith, "orders"), "skipped", reason, "order_items") == zero_lines
+
+
+def test_page_configs_relation_history_and_sequences(monolith):
+    keys = rows(monolith, "cart", "SELECT id, sumup_api_key FROM legacy.page_configs ORDER BY id")
+    detached = rows(
+        monolith,
+        "cart",
+        "SELECT id, parent_id, child_type, child_id, deleted_at AT TIME ZONE 'UTC' "
+        "FROM legacy.container_relations WHERE deleted_at IS NOT NULL ORDER BY id",
+    )
+    assert any(key for _, key in keys)
+    assert detached
+    assert rose_split(monolith, "run").exit_code == 0
+
+    moved_keys = rows(
+        monolith, "blog", "SELECT id, sumup_api_key FROM blog.page_configs ORDER BY id"
+    )
+    assert moved_keys == keys
+    moved_history = rows(
+        monolith,
+        "relations",
+        "SELECT id, parent_id, child_type, child_id, deleted_at "
+        "FROM relations.container_relations WHERE deleted_at IS NOT NULL ORDER BY id",
+    )
+    assert moved_history == detached
+    for table in ("blog.page_configs", "orders.orders", "orders.order_items"):
+        service = table.split(".")[0]
+        assert value(
+            monolith,
+            service,
+            f"SELECT nextval(pg_get_serial_sequence('{table}', 'id')) > max(id) FROM {table}",
+        ), table
+
+
+async def test_the_services_serve_the_moved_rows(monolith, credentials):
+    active = rows(
+        monolith,
+        "cart",
+        "SELECT DISTINCT child_type, child_id FROM legacy.container_relations "
+        "WHERE parent_type = 'page' AND parent_id = 10 AND deleted_at IS NULL ORDER BY 1, 2",
+    )
+    liked_twice = rows(
+        monolith,
+        "market",
+        """
+        SELECT l.user_id, p.slug FROM legacy.product_likes AS l
+        JOIN legacy.products AS p ON p.id = l.product_id
+        GROUP BY 1, 2 HAVING count(*) = 2 AND count(l.deleted_at) = 1 LIMIT 1
+        """,
+    )[0]
+    assert len(active) == 2  # page 10: its market and its calendar, attached twice
+    assert rose_split(monolith, "run").exit_code == 0
+    largest_id = value(monolith, "relations", "SELECT max(id) FROM relations.container_relations")
+
+    async with in_process_stack(monolith, credentials, ["relations", "likes"]) as stack:
+        relations = stack.client("relations")
+        children = await internal_get(
+            relations, "get-children", {"parent_type": "page", "parent_id": 10}
+        )
+        assert children.status_code == 200
+        assert sorted((child["child_type"], child["child_id"]) for child in children.json()) == (
+            active
+        )
+        attached = await internal_post(
+            relations,
+            "attach-child",
+            {"parent_type": "page", "parent_id": 10, "child_type": "market", "child_id": 999},
+        )
+        assert attached.status_code == 200
+        assert attached.json()["id"] > largest_id
+
+        user_id, slug = liked_twice
+        liked = await internal_get(
+            stack.client("likes"),
+            "is-liked",
+            {"user_id": user_id, "target_type": "product", "target_slug": slug},
+        )
+        assert liked.json() == {"liked": True}
+
+
+# -- freeze, idempotence, crashes --------------------------------------------------------------
+def test_the_sources_are_frozen_once_moved(monolith):
+    with admin_connect(monolith, "market") as connection:
+        connection.execute("UPDATE legacy.product_likes SET deleted_at = NULL WHERE id = 1")
+    assert rose_split(monolith, "run", "--move", "likes").exit_code == 0
+    for service, statement in (
+        ("market", "UPDATE legacy.product_likes SET deleted_at = NULL WHERE id = 1"),
+        ("market", "INSERT INTO legacy.products (slug, title, regular_price) VALUES ('x', 'x', 1)"),
+        ("blog", "DELETE FROM legacy.post_likes"),
+        ("blog", "TRUNCATE legacy.post_likes"),
+    ):
+        frozen = pytest.raises(psycopg.errors.ReadOnlySqlTransaction, match="move likes")
+        with admin_connect(monolith, service) as connection, frozen:
+            connection.execute(statement)
+    # Tables of moves not run yet are still writable.
+    with admin_connect(monolith, "cart") as connection:
+        connection.execute("UPDATE legacy.orders SET description = description WHERE id = 1")
+
+
+def test_a_second_run_moves_nothing(monolith):
+    assert rose_split(monolith, "run").exit_code == 0
+    counts = target_counts(monolith)
+    again = rose_split(monolith, "run")
+    assert again.exit_code == 0, again.output
+    assert "nothing to do: every move is already done" in again.output
+    for move in MOVES:
+        assert f"{move.name}: already done" in again.output
+    assert target_counts(monolith) == counts
+
+
+def test_a_run_killed_before_commit_leaves_nothing_and_the_rerun_completes(monolith):
+    expected = expected_target_counts(monolith)
+    crashed = subprocess.run(
+        [sys.executable, "-m", "ops.cli", "split", "run", "--database-url", monolith.admin_url],
+        cwd=REPO_ROOT,
+        env={**os.environ, CRASH_ENV: "likes:before-commit"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert crashed.returncode == CRASH_EXIT_CODE, crashed.stdout + crashed.stderr
+    assert "likes: crashing before-commit" in crashed.stdout
+    counts = target_counts(monolith)
+    assert counts["relations.container_relations"] == expected["relations.container_relations"]
+    assert counts["likes.likes"] == 0
+    assert counts["orders.orders"] == 0
+    interrupted = ledger(monolith, "likes")
+    assert interrupted["finished_at"] is None
+    assert interrupted["runs"] == 1
+
+    # An error inside the transaction (not a crash) rolls the move back the same way.
+    def fail_after_copy(move: str, point: str) -> None:
+        if (move, point) == ("orders", "after-copy"):
+            raise SplitError("injected failure")
+
+    moves = [MOVES_BY_NAME[name] for name in ("likes", "page_configs", "orders")]
+    with pytest.raises(SplitError, match="injected failure"):
+        run_moves(monolith.topology, moves, lambda _: None, fail_after_copy)
+    assert target_counts(monolith)["orders.orders"] == 0
+    assert target_counts(monolith)["likes.likes"] == expected["likes.likes"]
+
+    resumed = rose_split(monolith, "run")
+    assert resumed.exit_code == 0, resumed.output
+    assert "relations: already done" in resumed.output
+    assert target_counts(monolith) == expected
+    assert ledger(monolith, "orders")["runs"] == 2
+    verified = rose_split(monolith, "verify")
+    assert verified.exit_code == 0, verified.output
+
+
+# -- verify and finalize -----------------------------------------------------------------------
+def test_verify_locates_a_tampered_row_and_finalize_refuses(monolith):
+    assert rose_split(monolith, "run").exit_code == 0
+    item_id = value(monolith, "orders", "SELECT min(id) + 17 FROM orders.order_items")
+    user_id = value(monolith, "likes", "SELECT user_id FROM likes.likes ORDER BY id LIMIT 1")
+    with admin_connect(monolith, "orders") as connection:
+        connection.execute(
+            "UPDATE orders.order_items SET quantity = quantity + 1 WHERE id = %s", (item_id,)
+        )
+    with admin_connect(monolith, "likes") as connection:
+        connection.execute(
+            "DELETE FROM likes.likes WHERE id = (SELECT min(id) FROM likes.likes "
+            "WHERE user_id = %s)",
+            (user_id,),
+        )
+
+    verified = rose_split(monolith, "verify")
+    assert verified.exit_code == 1
+    output = verified.output
+    assert "ok relations" in output
+    assert "ok page_configs" in output
+    assert "difference orders: orders.order_items: " in output
+    assert f"differences at id {item_id} (source 1 rows, target 1 rows)" in output
+    assert "orders.orders: " in output
+    assert "orders.orders: source" not in output
+    assert f"at user_id {user_id} " in output
+    entry = ledger(monolith, "orders")
+    assert entry["verified_at"] is None
+    assert entry["verification"]["ok"] is False
+    assert entry["verification"]["checks"]["order_items"]["differences"][0]["from"] == item_id
+
+    refused = rose_split(monolith, "finalize")
+    assert refused.exit_code == 1
+    assert "likes: the last verify found differences" in refused.output
+    assert "orders: the last verify found differences" in refused.output
+    assert value(monolith, "cart", "SELECT to_regclass('legacy.orders') IS NOT NULL")
+
+
+def test_finalize_refuses_before_verification_then_drops_the_sources(monolith):
+    refused = rose_split(monolith, "finalize")
+    assert refused.exit_code == 1
+    assert "relations: not moved" in refused.output
+    assert rose_split(monolith, "run").exit_code == 0
+    refused = rose_split(monolith, "finalize")
+    assert refused.exit_code == 1
+    assert "likes: moved, not verified" in refused.output
+
+    verified = rose_split(monolith, "verify")
+    assert verified.exit_code == 0, verified.output
+    assert all(ledger(monolith, move.name)["verified_at"] is not None for move in MOVES)
+
+    finalized = rose_split(monolith, "finalize")
+    assert finalized.exit_code == 0, finalized.output
+    legacy_tables = {
+        service: {
+            row[0]
+            for row in rows(
+                monolith, service, "SELECT tablename FROM pg_tables WHERE schemaname = 'legacy'"
+            )
+        }
+        for service in ("cart", "market", "blog")
+    }
+    # cart_items is no move's source: it stays (and says so).
+    assert legacy_tables == {"cart": {"cart_items"}, "market": set(), "blog": set()}
+    assert "kept db_cart legacy.cart_items" in finalized.output
+    assert value(monolith, "market", "SELECT to_regnamespace('legacy') IS NULL")
+    assert all(ledger(monolith, move.name)["finalized_at"] is not None for move in MOVES)
+
+    again = rose_split(monolith, "finalize")
+    assert again.exit_code == 0
+    assert "already finalized" in again.output
+    after = rose_split(monolith, "verify")
+    assert after.exit_code == 0
+    assert "finalized (sources dropped)" in after.output
+
+
+def test_db_check_accepts_the_ledger_and_notes_legacy_tables(monolith):
+    assert rose_split(monolith, "run", "--move", "likes").exit_code == 0
+    differences, notes = check(monolith.topology)
+    assert not [line for line in differences if "split" in line or "legacy" in line]
+    assert any("db_market: legacy tables present" in note for note in notes)
+
+    with admin_connect(monolith, "likes") as connection:
+        connection.execute("GRANT SELECT ON split.ledger TO likes_app")
+        connection.execute("GRANT USAGE ON SCHEMA split TO likes_app")
+    differences, _ = check(monolith.topology)
+    assert "db_likes: extra privilege SELECT on table split.ledger for likes_app" in differences
+    assert "db_likes: extra privilege USAGE on schema split for likes_app" in differences
