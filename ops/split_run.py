@@ -45,7 +45,6 @@ from ops.split_moves import SPLIT_DIR, Move, SourceTable
 from ops.topology import Topology
 
 OUTCOME_FILE = SPLIT_DIR / "outcome.sql"
-OUTCOMES = ("moved", "collapsed", "skipped")
 
 
 def _quiet(_: str) -> None:
