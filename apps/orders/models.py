@@ -142,6 +142,8 @@ class PaymentAttempt(IdentityPkMixin, Base):
     amount: Mapped[Decimal] = mapped_column(Numeric(12, 2), nullable=False)
     currency: Mapped[str] = mapped_column(String(3), nullable=False)
     transaction_code: Mapped[str | None] = mapped_column(String(64))
+    # When SumUp was last asked about this attempt (reconciliation works least recent first).
+    checked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), nullable=False
     )

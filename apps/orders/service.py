@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 from decimal import Decimal
 from typing import Annotated, Any
 
 import msgspec
-from sqlalchemy import func, select, tuple_, update
+from sqlalchemy import exists, func, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.orm import selectinload
+from sqlalchemy.orm import aliased, selectinload
 
 from apps.common.fdw import remote_read
 from apps.common.outbox import enqueue
@@ -643,11 +644,25 @@ def order_dict(order: Order) -> dict[str, Any]:
     }
 
 
+# A checkout that has not settled in this long never will: it is no longer asked about.
+RECONCILE_WINDOW = timedelta(days=14)
+
+
 async def pending_orders_to_reconcile(session: AsyncSession, limit: int = 200) -> list[int]:
+    """Pending orders whose current attempt may still change at SumUp (PENDING, or FAILED and
+    retried on the hosted page), least recently checked first."""
+    later = aliased(PaymentAttempt)
     rows = await session.scalars(
         select(Order.id)
-        .where(Order.status == "pending", Order.flagged.is_(False))
-        .order_by(Order.id)
+        .join(PaymentAttempt, PaymentAttempt.order_id == Order.id)
+        .where(
+            Order.status == "pending",
+            Order.flagged.is_(False),
+            PaymentAttempt.status.in_(("PENDING", "FAILED")),
+            PaymentAttempt.created_at > func.now() - RECONCILE_WINDOW,
+            ~exists().where(later.order_id == Order.id, later.number > PaymentAttempt.number),
+        )
+        .order_by(PaymentAttempt.checked_at.asc().nulls_first(), Order.id)
         .limit(limit)
     )
     return list(rows)
@@ -665,8 +680,13 @@ async def reconcile_pending(
         async with maker() as session:
             try:
                 order = await load_order(session, order_id)
-                if order is None:
+                if order is None or order.current_attempt is None:
                     continue
+                await session.execute(
+                    update(PaymentAttempt)
+                    .where(PaymentAttempt.id == order.current_attempt.id)
+                    .values(checked_at=func.now())
+                )
                 applied = await recheck(session, order, gateway)
                 await session.commit()
             except Exception:  # one order's trouble must not stop the others

@@ -410,3 +410,30 @@ async def test_return_page_while_sumup_is_down_says_waiting(orders, clean_db, sa
     assert "SumUp cannot be reached" in page.text
     assert answer["degraded"] == ["sumup"]
     assert answer["state"] == "waiting"
+
+
+async def test_reconciliation_asks_about_open_attempts_least_recently_checked_first(
+    orders, clean_db, sandbox
+):
+    from apps.orders.service import pending_orders_to_reconcile, reconcile_pending
+
+    first, second, third = [(await create(orders)).json()["order_id"] for _ in range(3)]
+    with admin_connect(clean_db, "orders") as connection:
+        connection.execute(
+            "UPDATE orders.payment_attempts SET status = 'EXPIRED' WHERE order_id = %s", (first,)
+        )
+        connection.execute(
+            "UPDATE orders.payment_attempts SET created_at = now() - interval '30 days' "
+            "WHERE order_id = %s",
+            (second,),
+        )
+    maker = orders.apps["orders"].state.sessionmaker
+    async with maker() as session:
+        assert await pending_orders_to_reconcile(session) == [third]
+
+    fourth = (await create(orders)).json()["order_id"]
+    await reconcile_pending(maker, orders.apps["orders"].state.gateway)
+    fifth = (await create(orders)).json()["order_id"]
+    async with maker() as session:
+        # Never checked comes first; then the least recently checked.
+        assert await pending_orders_to_reconcile(session) == [fifth, third, fourth]
