@@ -62,7 +62,7 @@ async def run_idempotent(
             f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters", field="Idempotency-Key"
         )
     request_hash = payload_hash(payload)
-    # Claim with a placeholder response; the real one is written before commit.
+    # Claim the key with an empty response; the real one is written before commit.
     claimed = await session.execute(
         insert(table)
         .values(action=action, key=key, request_hash=request_hash, response={})
