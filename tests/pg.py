@@ -22,6 +22,7 @@ from ops.topology import Topology
 
 @dataclass
 class TestServer:
+    __test__ = False  # a fixture value, not a test class
     admin_url: str
     topology: Topology
     backend: str
