@@ -362,6 +362,12 @@ async def _new_attempt(
     )
     if not remote.hosted_url:
         raise PaymentProviderError("the checkout has no hosted checkout URL")
+    if _money(remote.amount) != order.total or remote.currency != order.currency:
+        # A checkout recovered by reference (409) must be ours: same amount, same currency.
+        raise PaymentProviderError(
+            f"SumUp already holds {reference} for {remote.amount} {remote.currency}, "
+            f"not {order.total} {order.currency}"
+        )
     attempt = PaymentAttempt(
         order_id=order.id,
         number=number,

@@ -437,3 +437,43 @@ async def test_reconciliation_asks_about_open_attempts_least_recently_checked_fi
     async with maker() as session:
         # Never checked comes first; then the least recently checked.
         assert await pending_orders_to_reconcile(session) == [fifth, third, fourth]
+
+
+async def test_a_reference_sumup_already_has_is_recovered_by_listing(orders, clean_db, sandbox):
+    """Our earlier try created the checkout but its answer was lost: SumUp says 409
+    DUPLICATED_CHECKOUT for the reference, and orders finds the checkout by listing it."""
+    existing = sandbox.client.post(
+        "/v0.1/checkouts",
+        json={
+            "checkout_reference": "rose-test-1-1",  # what the first order's first attempt uses
+            "amount": 10.0,
+            "currency": "EUR",
+            "merchant_code": "MSANDBOX1",
+            "hosted_checkout": {"enabled": True},
+        },
+        headers={"Authorization": "Bearer sup_sk_sandbox_rose"},
+    )
+    assert existing.status_code == 201
+    created = await create(orders)
+    assert created.status_code == 200, created.text
+    assert created.json()["sumup_reference"] == "rose-test-1-1"
+    assert checkout_id_of(clean_db, created.json()["order_id"]) == existing.json()["id"]
+    assert len(sandbox.checkouts()) == 1
+
+
+async def test_a_recovered_checkout_for_another_amount_is_refused(orders, clean_db, sandbox):
+    sandbox.client.post(
+        "/v0.1/checkouts",
+        json={
+            "checkout_reference": "rose-test-1-1",
+            "amount": 99.0,
+            "currency": "EUR",
+            "merchant_code": "MSANDBOX1",
+            "hosted_checkout": {"enabled": True},
+        },
+        headers={"Authorization": "Bearer sup_sk_sandbox_rose"},
+    ).raise_for_status()
+    refused = await create(orders)
+    assert refused.status_code == 502
+    assert "99" in refused.json()["detail"]
+    assert order_rows(clean_db) == []
