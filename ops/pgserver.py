@@ -226,7 +226,11 @@ class LocalPostgres:
     def start(self, timeout: float = 60.0) -> None:
         self.initialize()
         if self.is_running():
-            raise RuntimeError(f"a PostgreSQL server already runs in {self.data_dir}")
+            # Left running by a stack that was killed: stop it and start afresh with this run's
+            # settings (port, options) rather than refuse.
+            self.stop()
+            if self.is_running():
+                raise RuntimeError(f"a PostgreSQL server still runs in {self.data_dir}")
         if not port_is_free(self.port):
             raise RuntimeError(
                 f"port {self.port} is taken: stop what listens there or choose another port"
