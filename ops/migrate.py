@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable
-from pathlib import Path
 
 from alembic import command, context
 from alembic.config import Config
@@ -93,7 +92,3 @@ def current_heads(service: str, admin_url: str) -> set[str]:
         heads = set(migration.get_current_heads())
     engine.dispose()
     return heads
-
-
-def migrations_path(service: str) -> Path:
-    return MIGRATIONS_DIR / service

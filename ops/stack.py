@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -202,6 +202,3 @@ def read_state(path: Path) -> dict[str, object] | None:
     except PermissionError:
         pass
     return state
-
-
-StopRequested = Callable[[], bool]

@@ -90,11 +90,6 @@ async def session_scope(maker: async_sessionmaker[AsyncSession]) -> AsyncIterato
                 await session.rollback()
 
 
-async def set_statement_timeout(session: AsyncSession, milliseconds: int) -> None:
-    """Bound the current transaction; used on every query path that reads through postgres_fdw."""
-    await session.execute(text(f"SET LOCAL statement_timeout = {int(milliseconds)}"))
-
-
 async def database_reachable(engine: AsyncEngine) -> bool:
     try:
         async with engine.connect() as connection:

@@ -12,7 +12,7 @@ import re
 from http import HTTPStatus
 from typing import Any
 
-from litestar import MediaType, Request, Response
+from litestar import Request, Response
 from litestar.exceptions import (
     HTTPException,
     NotAuthorizedException,
@@ -208,7 +208,3 @@ def handle_exception(request: Request, exc: Exception) -> Response[dict[str, Any
         "An unexpected error happened; it has been logged.",
         instance=request.url.path,
     )
-
-
-def problem_media_type(media_type: str | MediaType) -> bool:
-    return str(media_type).startswith(PROBLEM_MEDIA_TYPE)

@@ -7,7 +7,6 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import urlencode
 
 from litestar import MediaType, Request, Response, get, post
 from litestar.datastructures import State
@@ -217,8 +216,3 @@ def require_editor(settings: Settings, identity: Identity) -> int:
     if user_id not in settings.editor_user_ids:
         raise Forbidden("Only editors may change this page")
     return user_id
-
-
-def with_query(path: str, **params: Any) -> str:
-    pairs = {key: value for key, value in params.items() if value is not None}
-    return f"{path}?{urlencode(pairs)}" if pairs else path

@@ -36,10 +36,6 @@ from apps.common.outbox import outbox_table
 
 metadata = service_metadata("orders")
 
-ORDER_STATUSES = ("pending", "paid", "cancelled")
-ATTEMPT_STATUSES = ("PENDING", "PAID", "FAILED", "EXPIRED")
-ITEM_KINDS = ("product", "calendar_entry", "ticket")
-
 
 class Base(DeclarativeBase):
     metadata = metadata

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
+from litestar.di import NamedDependency, Provide
 from litestar.params import Parameter
 from litestar.response import Redirect
 
@@ -20,6 +21,19 @@ from apps.orders.models import Order
 WEBHOOK_PREFIX = "/checkout/webhook/"
 STATUS_CHANGED = "CHECKOUT_STATUS_CHANGED"
 OrderId = Annotated[int, Parameter(ge=1, le=2**63 - 1)]
+
+
+async def provide_owned_order(
+    db_session: DbSession, identity: CurrentIdentity, order_id: OrderId
+) -> Order:
+    """The order of the path, if it belongs to whoever asks (another's order is a 404)."""
+    return await service.get_owned_order(
+        db_session, order_id, identity.user_id, identity.session_id
+    )
+
+
+OwnedOrder = NamedDependency[Order]
+OWNED_ORDER = {"order": Provide(provide_owned_order)}
 
 
 class WebhookEvent(msgspec.Struct):
@@ -86,18 +100,19 @@ async def _rechecked(db_session: DbSession, state: State, order: Order) -> tuple
     return reloaded, degraded
 
 
-@get("/checkout/return/{order_id:int}/", operation_id="checkout_return", tags=["checkout"])
+@get(
+    "/checkout/return/{order_id:int}/",
+    operation_id="checkout_return",
+    tags=["checkout"],
+    dependencies=OWNED_ORDER,
+)
 async def checkout_return(
     request: Request,
     db_session: DbSession,
-    identity: CurrentIdentity,
     state: State,
-    order_id: OrderId,
+    order: OwnedOrder,
 ) -> Any:
     """Where SumUp sends the buyer back. The checkout may still be pending: re-check it."""
-    order = await service.get_owned_order(
-        db_session, order_id, identity.user_id, identity.session_id
-    )
     order, degraded = await _rechecked(db_session, state, order)
     result = payment_state(order)
     if not wants_html(request):
@@ -144,38 +159,29 @@ async def api_order_list(
     }
 
 
-@get("/order/{order_id:int}/", operation_id="order_html")
-async def order_detail(
-    request: Request, db_session: DbSession, identity: CurrentIdentity, order_id: OrderId
-) -> Any:
-    order = await service.get_owned_order(
-        db_session, order_id, identity.user_id, identity.session_id
-    )
+@get("/order/{order_id:int}/", operation_id="order_html", dependencies=OWNED_ORDER)
+async def order_detail(request: Request, order: OwnedOrder) -> Any:
     return render(request, "order.html", order=order, state=payment_state(order))
 
 
-@get("/api/orders/{order_id:int}", operation_id="order")
-async def api_order_detail(
-    db_session: DbSession, identity: CurrentIdentity, order_id: OrderId
-) -> dict[str, Any]:
-    order = await service.get_owned_order(
-        db_session, order_id, identity.user_id, identity.session_id
-    )
+@get("/api/orders/{order_id:int}", operation_id="order", dependencies=OWNED_ORDER)
+async def api_order_detail(order: OwnedOrder) -> dict[str, Any]:
     return {**service.order_dict(order), "state": payment_state(order)}
 
 
-@post("/order/{order_id:int}/pay/", operation_id="order_pay", status_code=200)
+@post(
+    "/order/{order_id:int}/pay/",
+    operation_id="order_pay",
+    status_code=200,
+    dependencies=OWNED_ORDER,
+)
 async def pay_again(
     request: Request,
     db_session: DbSession,
-    identity: CurrentIdentity,
     state: State,
-    order_id: OrderId,
+    order: OwnedOrder,
 ) -> Any:
     """A new payment attempt (new checkout, new reference); the browser goes to SumUp."""
-    order = await service.get_owned_order(
-        db_session, order_id, identity.user_id, identity.session_id
-    )
     attempt = await service.start_new_attempt(db_session, order, state.gateway, state.order_urls)
     await db_session.commit()
     if attempt is None:
@@ -187,17 +193,18 @@ async def pay_again(
     return {"order_id": order.id, "attempt": attempt.number, "sumup_hosted_url": hosted_url}
 
 
-@post("/order/{order_id:int}/recheck/", operation_id="order_recheck", status_code=200)
+@post(
+    "/order/{order_id:int}/recheck/",
+    operation_id="order_recheck",
+    status_code=200,
+    dependencies=OWNED_ORDER,
+)
 async def recheck(
     request: Request,
     db_session: DbSession,
-    identity: CurrentIdentity,
     state: State,
-    order_id: OrderId,
+    order: OwnedOrder,
 ) -> Any:
-    order = await service.get_owned_order(
-        db_session, order_id, identity.user_id, identity.session_id
-    )
     order, degraded = await _rechecked(db_session, state, order)
     if wants_html(request):
         return Redirect(path=f"/order/{order.id}/", status_code=303)
