@@ -234,7 +234,7 @@ def _internal_client() -> Any:
     return InternalClient(caller="rose-cli", secret=secret, base_urls=urls)
 
 
-def _run_internal(call: Any) -> None:
+def _call_internal(call: Any) -> Any:
     from apps.common.internal_client import InternalCallError
 
     async def run() -> Any:
@@ -245,11 +245,14 @@ def _run_internal(call: Any) -> None:
             await client.aclose()
 
     try:
-        result = asyncio.run(run())
+        return asyncio.run(run())
     except InternalCallError as exc:
         detail = json.dumps(exc.problem) if exc.problem else str(exc)
         raise fail(f"{exc} {detail if exc.problem else ''}".strip()) from None
-    print(json.dumps(result, indent=2))
+
+
+def _run_internal(call: Any) -> None:
+    print(json.dumps(_call_internal(call), indent=2))
 
 
 def _parse_params(pairs: list[str]) -> dict[str, str | list[str]]:
@@ -347,6 +350,44 @@ def db_check(database_url: DatabaseUrlOption = None) -> None:
 
 
 # -- rose env-template -----------------------------------------------------------------------
+orders_app = typer.Typer(help="Orders that need a person.", no_args_is_help=True)
+app.add_typer(orders_app, name="orders")
+
+
+@orders_app.command("attention")
+def orders_attention(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Orders a person must look at: flagged payments, money owed back, refunds SumUp refused."""
+
+    async def fetch(client: Any) -> Any:
+        return await client.fetch_data("orders", "attention")
+
+    rows = _call_internal(fetch)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        console.print("nothing needs attention")
+        return
+    table = Table("order", "status", "total", "why", "refunds")
+    for row in rows:
+        why = row["flag_reason"] if row["flagged"] else ""
+        refunds = "; ".join(
+            f"{refund['amount']} {refund['currency']} {refund['status']}: {refund['reason']}"
+            + (f" ({refund['last_error']})" if refund["last_error"] else "")
+            for refund in row["refunds"]
+        )
+        table.add_row(
+            str(row["order_id"]),
+            "flagged" if row["flagged"] else row["status"],
+            f"{row['total']} {row['currency']}",
+            why,
+            refunds,
+        )
+    console.print(table)
+
+
 @app.command("env-template")
 def env_template() -> None:
     """Print every secret a production deployment needs, freshly generated, as an env file."""
