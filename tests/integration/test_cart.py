@@ -6,33 +6,19 @@ from __future__ import annotations
 import pytest
 
 from apps.cart.models import metadata as cart_metadata
-from ops.sumup_sandbox.server import BackgroundSandbox
 from tests.conftest import admin_connect
 from tests.integration.commerce_fixtures import (
     browser_of,
     cart_rows,
     entry_state,
-    open_shop,
     share_cookies,
     shop_stack,
 )
-from tests.integration.orders_fixtures import Sandbox, sandbox_state
 from tests.integration.test_orders import checkout_id_of, order_rows, outbox_rows, webhook
 from tests.signed import internal_get, internal_post
 from tests.waiting import eventually
 
 HTML = {"accept": "text/html"}
-
-
-@pytest.fixture
-def sandbox():
-    with BackgroundSandbox(state=sandbox_state()) as server:
-        yield Sandbox(server)
-
-
-@pytest.fixture
-def shop(clean_db):
-    return open_shop(clean_db)
 
 
 @pytest.fixture

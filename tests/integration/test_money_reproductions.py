@@ -13,32 +13,19 @@ import pytest
 
 from apps.common.problems import PROBLEM_MEDIA_TYPE
 from ops.sumup_sandbox.app import DEFAULT_API_KEY, DEFAULT_MERCHANT_CODE
-from ops.sumup_sandbox.server import BackgroundSandbox
 from tests.conftest import admin_connect
 from tests.integration.commerce_fixtures import (
     browser_of,
     cart_rows,
     entry_state,
-    open_shop,
     share_cookies,
     shop_stack,
 )
-from tests.integration.orders_fixtures import Sandbox, sandbox_state
+from tests.integration.orders_fixtures import Sandbox
 from tests.integration.test_orders import checkout_id_of, webhook
 from tests.waiting import eventually
 
 HTML = {"accept": "text/html"}
-
-
-@pytest.fixture
-def sandbox():
-    with BackgroundSandbox(state=sandbox_state()) as server:
-        yield Sandbox(server)
-
-
-@pytest.fixture
-def shop(clean_db):
-    return open_shop(clean_db)
 
 
 @pytest.fixture

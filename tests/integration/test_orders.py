@@ -9,29 +9,20 @@ from decimal import Decimal
 
 import pytest
 
-from ops.sumup_sandbox.server import BackgroundSandbox
 from tests.conftest import admin_connect
 from tests.integration.orders_fixtures import (
     ORDERS_PUBLIC_URL,
-    Sandbox,
     add_page_config,
     held_bookings,
     order_payload,
     orders_stack,
     product_line,
-    sandbox_state,
 )
 from tests.signed import internal_get, internal_post
 from tests.waiting import eventually
 
 JSON = {"accept": "application/json"}
 HTML = {"accept": "text/html"}
-
-
-@pytest.fixture
-def sandbox():
-    with BackgroundSandbox(state=sandbox_state()) as server:
-        yield Sandbox(server)
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-from ops.sumup_sandbox.server import BackgroundSandbox
 from tests.conftest import admin_connect
 from tests.integration.orders_fixtures import (
     Sandbox,
@@ -13,16 +12,9 @@ from tests.integration.orders_fixtures import (
     order_payload,
     orders_stack,
     product_line,
-    sandbox_state,
 )
 from tests.integration.test_orders import checkout_id_of, create, webhook
 from tests.signed import internal_get
-
-
-@pytest.fixture
-def sandbox():
-    with BackgroundSandbox(state=sandbox_state()) as server:
-        yield Sandbox(server)
 
 
 @pytest.fixture
@@ -93,7 +85,7 @@ async def test_a_refund_whose_answer_was_lost_is_settled_by_reading_sumup_not_by
 
 async def test_sumup_down_for_a_refund_retries_it_next_pass(orders, clean_db, sandbox):
     sandbox.controls(refunds="unavailable")
-    older, transaction_id = await late_payment(orders, clean_db, sandbox)
+    _, transaction_id = await late_payment(orders, clean_db, sandbox)
     reconciler = orders.apps["orders"].state.reconciler
     await reconciler.quiet()
     assert refunds(clean_db)[0][1] == "requested"
