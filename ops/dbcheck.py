@@ -76,8 +76,13 @@ def probe_edges(topology: Topology, edges: Iterable[Edge]) -> list[Probe]:
 
 
 def _first_line(exc: BaseException) -> str:
+    """The error's first line, and its detail's (where postgres_fdw says why it could not
+    connect: "password authentication failed for user ...")."""
     lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
+    text = lines[0] if lines else type(exc).__name__
+    diag = getattr(exc, "diag", None)
+    detail = (diag.message_detail or "").strip().splitlines() if diag is not None else []
+    return f"{text} ({detail[0]})" if detail else text
 
 
 def legacy_notes(topology: Topology, services: Iterable[str]) -> list[str]:

@@ -25,7 +25,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import psycopg
-from psycopg import sql
 from sqlalchemy.engine import make_url
 
 from apps.common.services import SERVICES, service_spec
@@ -236,10 +235,9 @@ def password_changes(
     for role, password in with_password.items():
         if role not in verifiers or password_matches(verifiers[role], role, password):
             continue  # a missing role is created with its password by roles.sql
-        statement = sql.SQL("ALTER ROLE {} PASSWORD {}").format(
-            sql.Identifier(role), sql.Literal(password)
-        )
-        text = statement.as_string(connection)
+        text = connection.execute(
+            "SELECT format('ALTER ROLE %%I PASSWORD %%L', %s::text, %s::text)", (role, password)
+        ).fetchone()[0]
         changes.append(Change(f"cluster: role {role} password is not the declared one", text))
         if apply:
             connection.execute(text)

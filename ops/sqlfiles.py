@@ -50,6 +50,10 @@ def _identifier_end(text: str, start: int) -> int:
     return end
 
 
+# Where something other than plain text may start: comments, quotes, variables, ends, commands.
+_SPECIAL = re.compile(r"--|/\*|['\"$:;\\]")
+
+
 def parse(sql: str, variables: Mapping[str, str]) -> list[Statement]:
     statements: list[Statement] = []
     current: list[str] = []
@@ -68,6 +72,12 @@ def parse(sql: str, variables: Mapping[str, str]) -> list[Statement]:
         return variables[name]
 
     while i < length:
+        special = _SPECIAL.search(sql, i)
+        if special is None or special.start() > i:  # a run of plain text, copied at once
+            end = length if special is None else special.start()
+            current.append(sql[i:end])
+            i = end
+            continue
         char = sql[i]
         pair = sql[i : i + 2]
         if pair == "--":
