@@ -21,7 +21,7 @@ import psycopg
 from apps.common.services import SERVICES, service_spec
 from ops.credentials import Credentials
 from ops.manifest import Edge, load_edges
-from ops.provision import connect, provision
+from ops.provision import Connections, provision
 from ops.split_moves import tables_read_in
 from ops.topology import Topology
 
@@ -42,9 +42,14 @@ class Probe:
         return f"{self.edge.provider}.{self.view}"
 
 
-def probe_edges(topology: Topology, edges: Iterable[Edge]) -> list[Probe]:
+def probe_edges(
+    topology: Topology, edges: Iterable[Edge], connections: Connections | None = None
+) -> list[Probe]:
     """Read one row through every foreign table of these edges, as each consumer's app role (a
     superuser session under SET ROLE: the app's user mapping and the remote grants apply)."""
+    if connections is None:
+        with Connections() as own:
+            return probe_edges(topology, edges, own)
     probes = []
     by_consumer: dict[str, list[Edge]] = {}
     for edge in edges:
@@ -52,26 +57,26 @@ def probe_edges(topology: Topology, edges: Iterable[Edge]) -> list[Probe]:
     for consumer, consumer_edges in by_consumer.items():
         app = service_spec(consumer).app_role
         try:
-            connection = connect(topology.admin_url(consumer))
+            connection = connections.get(topology.admin_url(consumer))
         except psycopg.OperationalError as exc:
             probes += [Probe(e, v, _first_line(exc)) for e in consumer_edges for v in e.views]
             continue
-        with connection:
-            connection.execute(f"SET statement_timeout = '{PROBE_TIMEOUT}'")
-            for edge in consumer_edges:
-                for view in edge.views:
-                    columns = ", ".join(f'"{column.name}"' for column in edge.columns[view])
-                    error = None
-                    try:
-                        connection.execute(f'SET ROLE "{app}"')
-                        connection.execute(
-                            f'SELECT {columns} FROM "{edge.provider}"."{view}" LIMIT 1'
-                        ).fetchall()
-                    except psycopg.Error as exc:
-                        error = _first_line(exc)
-                    finally:
-                        connection.execute("RESET ROLE")
-                    probes.append(Probe(edge, view, error))
+        connection.execute(f"SET statement_timeout = '{PROBE_TIMEOUT}'")
+        for edge in consumer_edges:
+            for view in edge.views:
+                columns = ", ".join(f'"{column.name}"' for column in edge.columns[view])
+                error = None
+                try:
+                    connection.execute(f'SET ROLE "{app}"')
+                    connection.execute(
+                        f'SELECT {columns} FROM "{edge.provider}"."{view}" LIMIT 1'
+                    ).fetchall()
+                except psycopg.Error as exc:
+                    error = _first_line(exc)
+                finally:
+                    connection.execute("RESET ROLE")
+                probes.append(Probe(edge, view, error))
+        connection.execute("RESET statement_timeout")
     return probes
 
 
@@ -85,23 +90,24 @@ def _first_line(exc: BaseException) -> str:
     return f"{text} ({detail[0]})" if detail else text
 
 
-def legacy_notes(topology: Topology, services: Iterable[str]) -> list[str]:
+def legacy_notes(
+    topology: Topology, services: Iterable[str], connections: Connections
+) -> list[str]:
     """The monolith's tables (``rose split``): a note until the split is finalized."""
     notes = []
     for name in services:
         spec = service_spec(name)
         try:
-            connection = connect(topology.admin_url(name))
+            connection = connections.get(topology.admin_url(name))
         except psycopg.OperationalError:
             continue  # a missing database is a difference already
-        with connection:
-            tables = [
-                row[0]
-                for row in connection.execute(
-                    "SELECT tablename FROM pg_tables WHERE schemaname = %s ORDER BY 1",
-                    (LEGACY_SCHEMA,),
-                )
-            ]
+        tables = [
+            row[0]
+            for row in connection.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = %s ORDER BY 1",
+                (LEGACY_SCHEMA,),
+            )
+        ]
         if not tables:
             continue
         if set(tables_read_in(name)) & set(tables):
@@ -125,7 +131,20 @@ def check(
     probes still find a reader password that does not work)."""
     chosen = [service_spec(name).name for name in services]
     edges = load_edges()
-    report = provision(topology, credentials, chosen, say=lambda _: None, dry_run=True)
+    with Connections() as connections:
+        return _check(topology, chosen, edges, credentials, connections)
+
+
+def _check(
+    topology: Topology,
+    chosen: list[str],
+    edges: list[Edge],
+    credentials: Credentials | None,
+    connections: Connections,
+) -> tuple[list[str], list[str]]:
+    report = provision(
+        topology, credentials, chosen, say=lambda _: None, dry_run=True, connections=connections
+    )
     differences = [change.line for change in report.changes]
     missing = {change.line.split(": ", 1)[0] for change in report.pending}
     readable = [
@@ -136,14 +155,14 @@ def check(
         and not {service_spec(edge.consumer).database, service_spec(edge.provider).database}
         & missing
     ]
-    for probe in probe_edges(topology, readable):
+    for probe in probe_edges(topology, readable, connections):
         if probe.error is not None:
             differences.append(
                 f"{service_spec(probe.edge.consumer).database}: edge {probe.edge.consumer} <- "
                 f"{probe.edge.provider}: {probe.table} cannot be read as "
                 f"{service_spec(probe.edge.consumer).app_role}: {probe.error}"
             )
-    return differences, legacy_notes(topology, chosen)
+    return differences, legacy_notes(topology, chosen, connections)
 
 
 def describe_edges(topology: Topology) -> list[dict[str, object]]:
@@ -158,7 +177,9 @@ def describe_edges(topology: Topology) -> list[dict[str, object]]:
     for edge in edges:
         options: dict[str, str] = {}
         try:
-            with connect(topology.admin_url(edge.consumer)) as connection:
+            with psycopg.connect(
+                topology.admin_url(edge.consumer), connect_timeout=10
+            ) as connection:
                 row = connection.execute(
                     "SELECT srvoptions FROM pg_foreign_server WHERE srvname = %s",
                     (edge.server_name,),

@@ -54,6 +54,29 @@ def connect(url: str) -> psycopg.Connection:
     return psycopg.connect(url, autocommit=True, connect_timeout=10)
 
 
+class Connections:
+    """Superuser connections by DSN, each opened once (a check visits every database twice)."""
+
+    def __init__(self) -> None:
+        self._open: dict[str, psycopg.Connection] = {}
+
+    def get(self, url: str) -> psycopg.Connection:
+        if url not in self._open or self._open[url].closed:
+            self._open[url] = connect(url)
+        return self._open[url]
+
+    def close(self) -> None:
+        for connection in self._open.values():
+            connection.close()
+        self._open.clear()
+
+    def __enter__(self) -> Connections:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
 @dataclass(frozen=True)
 class Server:
     """One PostgreSQL server and the services whose databases live on it."""
@@ -314,10 +337,17 @@ def provision(
     prune: bool = False,
     edges: list[Edge] | None = None,
     secrets: list[Secret] | None = None,
+    connections: Connections | None = None,
 ) -> ProvisionReport:
     """Converge the chosen services' roles, databases, privileges and FDW edges.
 
     ``credentials`` None (``rose db check``) compares everything but passwords."""
+    if connections is None:
+        with Connections() as own:
+            return provision(
+                topology, credentials, services, say, dry_run=dry_run, prune=prune,
+                edges=edges, secrets=secrets, connections=own,
+            )  # fmt: skip
     chosen = {service_spec(name).name for name in services}
     edges = load_edges() if edges is None else edges
     secrets = load_secrets() if secrets is None else secrets
@@ -348,27 +378,27 @@ def provision(
             }
             for name in hosted
         ]
-        with connect(server.maintenance_url) as connection:
-            common = {"namespace": namespace, "known": _json(known_roles)}
-            run(connection, "schemas/roles.sql", {**common, "roles": _json(roles)})
-            changes = password_changes(connection, roles, apply=apply)
-            for change in changes:
-                say(change.text() if dry_run else change.line)
-            report.changes.extend(changes)
-            known_databases = [service_spec(name).database for name in server.services]
-            run(
-                connection,
-                "schemas/databases.sql",
-                {
-                    "namespace": namespace,
-                    "known": _json(known_databases),
-                    "databases": _json(databases),
-                },
-            )
-            report.inventory += len(roles) + len(databases)
-            existing |= {
-                name for name in hosted if database_exists(connection, service_spec(name).database)
-            }
+        connection = connections.get(server.maintenance_url)
+        common = {"namespace": namespace, "known": _json(known_roles)}
+        run(connection, "schemas/roles.sql", {**common, "roles": _json(roles)})
+        changes = password_changes(connection, roles, apply=apply)
+        for change in changes:
+            say(change.text() if dry_run else change.line)
+        report.changes.extend(changes)
+        known_databases = [service_spec(name).database for name in server.services]
+        run(
+            connection,
+            "schemas/databases.sql",
+            {
+                "namespace": namespace,
+                "known": _json(known_databases),
+                "databases": _json(databases),
+            },
+        )
+        report.inventory += len(roles) + len(databases)
+        existing |= {
+            name for name in hosted if database_exists(connection, service_spec(name).database)
+        }
 
     for name in [name for name in SERVICES if name in chosen]:
         spec = service_spec(name)
@@ -382,29 +412,29 @@ def provision(
                 )
             )
             continue
-        with connect(topology.admin_url(name)) as connection:
-            providers = sorted({edge.provider for edge in edges if edge.consumer == name})
-            run(
-                connection,
-                "schemas/service_database.sql",
-                {
-                    "svc": name,
-                    "owner": spec.owner_role,
-                    "app": spec.app_role,
-                    "providers": _json(providers),
-                },
-            )
-            run(connection, "fdw/export_grants.sql", export_variables(name, edges, secrets))
-            run(
-                connection,
-                "fdw/consumer_edges.sql",
-                {
-                    "owner": spec.owner_role,
-                    "app": spec.app_role,
-                    "edges": _json(consumer_edges(topology, name, edges, credentials)),
-                },
-            )
-            report.inventory += connection.execute(_INVENTORY).fetchone()[0]
+        connection = connections.get(topology.admin_url(name))
+        providers = sorted({edge.provider for edge in edges if edge.consumer == name})
+        run(
+            connection,
+            "schemas/service_database.sql",
+            {
+                "svc": name,
+                "owner": spec.owner_role,
+                "app": spec.app_role,
+                "providers": _json(providers),
+            },
+        )
+        run(connection, "fdw/export_grants.sql", export_variables(name, edges, secrets))
+        run(
+            connection,
+            "fdw/consumer_edges.sql",
+            {
+                "owner": spec.owner_role,
+                "app": spec.app_role,
+                "edges": _json(consumer_edges(topology, name, edges, credentials)),
+            },
+        )
+        report.inventory += connection.execute(_INVENTORY).fetchone()[0]
 
     if prune:
         for server in servers(topology):
@@ -414,12 +444,11 @@ def provision(
             known_roles = [
                 role["name"] for role in declared_roles(server.services, hosted_edges, None)
             ]
-            with connect(server.maintenance_url) as connection:
-                run(
-                    connection,
-                    "schemas/prune_roles.sql",
-                    {"namespace": namespace, "known": _json(known_roles)},
-                )
+            run(
+                connections.get(server.maintenance_url),
+                "schemas/prune_roles.sql",
+                {"namespace": namespace, "known": _json(known_roles)},
+            )
         dropped = {
             change.subject for change in report.changes if change.sql.startswith("DROP ROLE")
         }

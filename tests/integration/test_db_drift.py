@@ -5,7 +5,7 @@ holds again."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import psycopg
@@ -16,18 +16,16 @@ from tests.integration.db_fixtures import (
     Cluster,
     catalog_snapshot,
     differing_keys,
-    start_cluster,
 )
 
 Property = Callable[[Cluster], None]
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    for started in start_cluster():
-        check = started.rose("db", "check")
-        assert check.exit_code == 0, check.output
-        yield started
+def cluster(db_cluster: Cluster) -> Cluster:
+    check = db_cluster.rose("db", "check")
+    assert check.exit_code == 0, check.output
+    return db_cluster
 
 
 def run_as(cluster: Cluster, service: str, role: str, sql: str) -> list[tuple]:
