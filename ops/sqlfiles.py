@@ -146,27 +146,6 @@ def parse(sql: str, variables: Mapping[str, str]) -> list[Statement]:
     return statements
 
 
-def run_sql_file(
-    connection: psycopg.Connection, path: Path, variables: Mapping[str, str]
-) -> list[str]:
-    """Run a psql-style file on an autocommit connection. Returns the statements executed."""
-    executed: list[str] = []
-    for statement in parse(path.read_text(), variables):
-        cursor = connection.execute(statement.sql)
-        if not statement.gexec:
-            executed.append(statement.sql)
-            continue
-        rows = cursor.fetchall()
-        for row in rows:
-            for generated in row:
-                if generated is None:
-                    continue
-                logger.info("%s: %s", path.name, redact(generated))
-                connection.execute(generated)
-                executed.append(generated)
-    return executed
-
-
 # What a difference is about, for the summary: the first "<kind> <name>" its line names.
 _SUBJECT = re.compile(
     r"\b(materialized view|foreign table|foreign server|export view|view|table|sequence|schema|"

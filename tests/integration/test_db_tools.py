@@ -101,6 +101,18 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def watch(process: subprocess.Popen[str]) -> tuple[str, str, list[bytes]]:
+    """Wait for the process, reading the command line of it and its children meanwhile."""
+    command_lines: list[bytes] = []
+    while process.poll() is None:
+        for pid in [process.pid, *descendants(process.pid)]:
+            with contextlib.suppress(OSError):  # it may have ended meanwhile
+                command_lines.append(Path(f"/proc/{pid}/cmdline").read_bytes())
+        time.sleep(0.05)
+    out, err = process.communicate()
+    return out, err, command_lines
+
+
 def rose_process(cluster: Cluster, *args: str) -> subprocess.Popen[str]:
     env = {
         **environ_without_rose(),
@@ -111,6 +123,7 @@ def rose_process(cluster: Cluster, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "ops.cli", *args],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdin=subprocess.DEVNULL,
     )  # fmt: skip
 
 
@@ -120,16 +133,22 @@ def test_psql_as_app_prints_its_role_and_no_password_is_on_any_command_line(db_c
         db_cluster, "db", "psql", "likes", "--as", "app", "-c",
         "SELECT current_user FROM pg_sleep(1)",
     )  # fmt: skip
-    command_lines: list[bytes] = []
-    while process.poll() is None:
-        for pid in [process.pid, *descendants(process.pid)]:
-            with contextlib.suppress(OSError):  # it may have ended meanwhile
-                command_lines.append(Path(f"/proc/{pid}/cmdline").read_bytes())
-        time.sleep(0.05)
-    out, err = process.communicate()
+    out, err, command_lines = watch(process)
     assert process.returncode == 0, err
     assert "likes_app" in out
     assert any(b"psql" in line for line in command_lines), "psql was never seen running"
+    assert not [line for line in command_lines if password.encode() in line]
+
+
+def test_pgcli_as_app_lists_the_databases_without_a_password_on_any_command_line(
+    db_cluster: Cluster,
+):
+    password = db_cluster.credentials.role_password("likes_app")
+    process = rose_process(db_cluster, "db", "pgcli", "likes", "--as", "app", "--list")
+    out, err, command_lines = watch(process)
+    assert process.returncode == 0, err
+    assert "db_likes" in out
+    assert any(b"pgcli" in line for line in command_lines), "pgcli was never seen running"
     assert not [line for line in command_lines if password.encode() in line]
 
 
