@@ -14,6 +14,7 @@ One line per difference, from three sources:
 from __future__ import annotations
 
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import psycopg
@@ -21,7 +22,7 @@ import psycopg
 from apps.common.services import SERVICES, service_spec
 from ops.credentials import Credentials
 from ops.manifest import Edge, load_edges
-from ops.provision import Connections, provision
+from ops.provision import DATABASE_WORKERS, Connections, provision
 from ops.split_moves import tables_read_in
 from ops.topology import Topology
 
@@ -50,17 +51,18 @@ def probe_edges(
     if connections is None:
         with Connections() as own:
             return probe_edges(topology, edges, own)
-    probes = []
     by_consumer: dict[str, list[Edge]] = {}
     for edge in edges:
         by_consumer.setdefault(edge.consumer, []).append(edge)
-    for consumer, consumer_edges in by_consumer.items():
+
+    def probe_consumer(consumer: str) -> list[Probe]:
+        consumer_edges = by_consumer[consumer]
         app = service_spec(consumer).app_role
         try:
             connection = connections.get(topology.admin_url(consumer))
         except psycopg.OperationalError as exc:
-            probes += [Probe(e, v, _first_line(exc)) for e in consumer_edges for v in e.views]
-            continue
+            return [Probe(e, v, _first_line(exc)) for e in consumer_edges for v in e.views]
+        probes = []
         connection.execute(f"SET statement_timeout = '{PROBE_TIMEOUT}'")
         for edge in consumer_edges:
             for view in edge.views:
@@ -77,7 +79,10 @@ def probe_edges(
                     connection.execute("RESET ROLE")
                 probes.append(Probe(edge, view, error))
         connection.execute("RESET statement_timeout")
-    return probes
+        return probes
+
+    with ThreadPoolExecutor(max_workers=DATABASE_WORKERS) as pool:
+        return [probe for found in pool.map(probe_consumer, by_consumer) for probe in found]
 
 
 def _first_line(exc: BaseException) -> str:

@@ -21,7 +21,9 @@ import hashlib
 import hmac
 import json
 import logging
+import threading
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import psycopg
@@ -41,6 +43,9 @@ FDW_DIR = DB_DIR / "fdw"
 
 # Role settings (ALTER ROLE ... SET). The app: a runaway query must not hold locks forever.
 # A reader: read-only even if a write grant is added by mistake, and short queries only.
+# Service databases converged at the same time (each on its own connection).
+DATABASE_WORKERS = 4
+
 APP_SETTINGS = {"statement_timeout": "30s", "idle_in_transaction_session_timeout": "60s"}
 READER_SETTINGS = {"default_transaction_read_only": "on", "statement_timeout": "10s"}
 
@@ -55,20 +60,27 @@ def connect(url: str) -> psycopg.Connection:
 
 
 class Connections:
-    """Superuser connections by DSN, each opened once (a check visits every database twice)."""
+    """Superuser connections by DSN, each opened once (a check visits every database twice).
+    Threads may share it as long as each uses its own DSN."""
 
     def __init__(self) -> None:
         self._open: dict[str, psycopg.Connection] = {}
+        self._lock = threading.Lock()
 
     def get(self, url: str) -> psycopg.Connection:
-        if url not in self._open or self._open[url].closed:
-            self._open[url] = connect(url)
-        return self._open[url]
+        with self._lock:
+            known = self._open.get(url)
+        if known is None or known.closed:
+            known = connect(url)
+            with self._lock:
+                self._open[url] = known
+        return known
 
     def close(self) -> None:
-        for connection in self._open.values():
-            connection.close()
-        self._open.clear()
+        with self._lock:
+            for connection in self._open.values():
+                connection.close()
+            self._open.clear()
 
     def __enter__(self) -> Connections:
         return self
@@ -400,41 +412,54 @@ def provision(
             name for name in hosted if database_exists(connection, service_spec(name).database)
         }
 
-    for name in [name for name in SERVICES if name in chosen]:
+    # Inside each database: independent of one another, so they run side by side (one
+    # connection each); their changes are reported in service order.
+    def converge_database(name: str) -> tuple[list[Change], int]:
         spec = service_spec(name)
-        if name not in existing:
-            # Only in a dry run: a real run has just created it.
+        connection = connections.get(topology.admin_url(name))
+        providers = sorted({edge.provider for edge in edges if edge.consumer == name})
+        files = [
+            (
+                "schemas/service_database.sql",
+                {
+                    "svc": name,
+                    "owner": spec.owner_role,
+                    "app": spec.app_role,
+                    "providers": _json(providers),
+                },
+            ),
+            ("fdw/export_grants.sql", export_variables(name, edges, secrets)),
+            (
+                "fdw/consumer_edges.sql",
+                {
+                    "owner": spec.owner_role,
+                    "app": spec.app_role,
+                    "edges": _json(consumer_edges(topology, name, edges, credentials)),
+                },
+            ),
+        ]
+        changes = []
+        for path, variables in files:
+            changes += converge_file(connection, DB_DIR / path, variables, apply=apply)
+        return changes, connection.execute(_INVENTORY).fetchone()[0]
+
+    names = [name for name in SERVICES if name in chosen]
+    for name in names:
+        if name not in existing:  # only in a dry run: a real run has just created it
             report.changes.append(
                 Change(
-                    f"{spec.database}: pending: the database does not exist yet (provisioning "
-                    "creates it, then its schemas, privileges and FDW edges)",
+                    f"{service_spec(name).database}: pending: the database does not exist yet "
+                    "(provisioning creates it, then its schemas, privileges and FDW edges)",
                     "",
                 )
             )
-            continue
-        connection = connections.get(topology.admin_url(name))
-        providers = sorted({edge.provider for edge in edges if edge.consumer == name})
-        run(
-            connection,
-            "schemas/service_database.sql",
-            {
-                "svc": name,
-                "owner": spec.owner_role,
-                "app": spec.app_role,
-                "providers": _json(providers),
-            },
-        )
-        run(connection, "fdw/export_grants.sql", export_variables(name, edges, secrets))
-        run(
-            connection,
-            "fdw/consumer_edges.sql",
-            {
-                "owner": spec.owner_role,
-                "app": spec.app_role,
-                "edges": _json(consumer_edges(topology, name, edges, credentials)),
-            },
-        )
-        report.inventory += connection.execute(_INVENTORY).fetchone()[0]
+    with ThreadPoolExecutor(max_workers=DATABASE_WORKERS) as pool:
+        results = list(pool.map(converge_database, [name for name in names if name in existing]))
+    for changes, inventory in results:
+        for change in changes:
+            say(change.text() if dry_run else change.line)
+        report.changes.extend(changes)
+        report.inventory += inventory
 
     if prune:
         for server in servers(topology):
