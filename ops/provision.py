@@ -108,22 +108,6 @@ def servers(topology: Topology) -> list[Server]:
     return [Server(urls[key], tuple(names)) for key, names in grouped.items()]
 
 
-def view_columns(connection: psycopg.Connection, schema: str, relation: str) -> list[str]:
-    """Columns of a view or foreign table as 'name type', in order."""
-    rows = connection.execute(
-        """
-        SELECT a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
-        FROM pg_attribute AS a
-        JOIN pg_class AS c ON c.oid = a.attrelid
-        JOIN pg_namespace AS n ON n.oid = c.relnamespace
-        WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped
-        ORDER BY a.attnum
-        """,
-        (schema, relation),
-    ).fetchall()
-    return [row[0] for row in rows]
-
-
 # -- what the files are given --------------------------------------------------------------------
 def _password(credentials: Credentials | None, role: str) -> str | None:
     return credentials.role_password(role) if credentials is not None else None
@@ -325,10 +309,10 @@ def _json(value: object) -> str:
 
 _INVENTORY = """
 SELECT (SELECT count(*) FROM pg_namespace
-        WHERE nspname NOT LIKE 'pg\\_%%' AND nspname NOT IN ('information_schema', 'legacy'))
+        WHERE nspname NOT LIKE 'pg\\_%' AND nspname NOT IN ('information_schema', 'legacy'))
      + (SELECT count(*) FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
         WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
-          AND n.nspname NOT LIKE 'pg\\_%%' AND n.nspname NOT IN ('information_schema', 'legacy'))
+          AND n.nspname NOT LIKE 'pg\\_%' AND n.nspname NOT IN ('information_schema', 'legacy'))
      + (SELECT count(*) FROM pg_foreign_server)
      + (SELECT count(*) FROM pg_user_mappings)
 """
