@@ -41,6 +41,14 @@ class Checksum:
     def as_dict(self) -> dict[str, Any]:
         return {"rows": self.rows, "xor": f"{self.xor & UNSIGNED_64:016x}", "sum": str(self.total)}
 
+    @classmethod
+    def from_dict(cls, entry: dict[str, Any]) -> Checksum:
+        """The inverse of :meth:`as_dict` (the xor is a signed bigint in PostgreSQL)."""
+        xor = int(entry["xor"], 16)
+        if xor >= 1 << 63:
+            xor -= 1 << 64
+        return cls(int(entry["rows"]), xor, int(entry["sum"]))
+
 
 @dataclass(frozen=True)
 class Located:
@@ -78,6 +86,17 @@ def checksum(connections: Connections, view: str) -> tuple[Checksum, int | None,
             low = part_low if low is None else min(low, part_low)
             high = part_high if high is None else max(high, part_high)
     return total, low, high
+
+
+def table_checksum(connection: psycopg.Connection[Any], qualified_name: str) -> Checksum:
+    """The checksum of every row of a table (its text form, all columns): what finalize compares
+    between a backup's snapshot and the rows it drops."""
+    query = sql.SQL(
+        "SELECT count(*), coalesce(bit_xor(h), 0), coalesce(sum(h), 0) "
+        "FROM (SELECT {hash} AS h FROM (SELECT t::text AS row_text FROM {table} AS t) AS r) AS x"
+    ).format(hash=ROW_HASH, table=sql.Identifier(*qualified_name.split(".")))
+    rows, xor, total = connection.execute(query).fetchone()
+    return Checksum(int(rows), int(xor), int(total))
 
 
 def _bucket_checksums(

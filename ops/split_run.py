@@ -15,7 +15,9 @@ classification on and always rolled back, without freezing anything.
 
 from __future__ import annotations
 
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,10 +43,14 @@ from ops.split_db import (
     table_exists,
     transform_parts,
 )
+from ops.split_freeze import FREEZE_LOCK_TIMEOUT, freeze
 from ops.split_moves import SPLIT_DIR, Move, SourceTable
 from ops.topology import Topology
 
 OUTCOME_FILE = SPLIT_DIR / "outcome.sql"
+# Moves run at the same time by default: the machine's cores, at most 4 (the server does the
+# work; more connections than cores only queue).
+DEFAULT_JOBS = min(4, os.cpu_count() or 2)
 
 
 def _quiet(_: str) -> None:
@@ -220,7 +226,9 @@ def _check_inserted(
     already held under another unique key would otherwise be lost silently."""
     results = {
         table: (int(wanted), int(inserted))
-        for table, wanted, inserted in target.execute("SELECT * FROM split_inserted")
+        for table, wanted, inserted in target.execute(
+            "SELECT target_table, wanted, inserted FROM split_inserted"
+        )
     }
     for table in move.target_tables:
         planned = outcome.planned.get(table)
@@ -264,50 +272,45 @@ def plan_move(topology: Topology, move: Move) -> MovePlan:
 
 
 # -- run -----------------------------------------------------------------------------------------
-def _freeze(topology: Topology, move: Move, say: Say) -> None:
-    for service in move.source_services:
-        tables = [table.table for table in move.sources_in(service)]
-        with connect(topology, service) as source:
-            run_file(
-                source,
-                SPLIT_DIR / "freeze.sql",
-                {
-                    "owner": service_spec(service).owner_role,
-                    "move": move.name,
-                    "tables": ",".join(tables),
-                },
-            )
-        listed = ", ".join(f"legacy.{table}" for table in tables)
-        say(f"{move.name}: froze {service_spec(service).database} {listed}")
-
-
-def _target_checksums(target: psycopg.Connection[Any], move: Move) -> str:
+def _target_checksums(target: psycopg.Connection[Any], move: Move) -> dict[str, dict[str, Any]]:
+    """The checksum of each check view of the target, as the ledger records it."""
     run_file(target, move.checksum_file("target"))
-    return "; ".join(
-        f"{check.target_table}: {checksum([target], check.view)[0]}" for check in move.checks
-    )
+    recorded = {}
+    for check in move.checks:
+        found = checksum([target], check.view)[0]
+        recorded[check.name] = {"target_table": check.target_table, **found.as_dict()}
+    return recorded
 
 
-def run_move(
-    topology: Topology, move: Move, say: Say, fault: FaultHook = crash_from_environment
-) -> MoveReport:
-    owner = service_spec(move.target).owner_role
+def _inserted_ids(target: psycopg.Connection[Any]) -> dict[str, str]:
+    return {
+        table: ids or "{}"
+        for table, ids in target.execute("SELECT target_table, ids::text FROM split_inserted")
+    }
+
+
+def _pending(topology: Topology, move: Move, say: Say) -> LedgerEntry | None:
+    """The ledger of a move that is done (nothing to do), else None; refuses a move whose
+    sources are missing."""
     with connect(topology, move.target) as target:
         ensure_ledger(target, move.target)
         ledger = read_ledger(target, move.name)
-        if ledger is not None and ledger.done:
-            say(f"{move.name}: already done ({ledger.state()}); nothing to do")
-            return MoveReport(move=move, done_before=ledger)
-        missing = missing_sources(topology, move)
-        if missing:
-            raise SplitError(
-                f"{move.name}: no source table {', '.join(missing)} "
-                "(`rose split seed-legacy` makes a practice monolith)"
-            )
-        mark_started(target, move.name)
-        _freeze(topology, move, say)
-        fault(move.name, "after-freeze")
+    if ledger is not None and ledger.done:
+        say(f"{move.name}: already done ({ledger.state()}); nothing to do")
+        return ledger
+    missing = missing_sources(topology, move)
+    if missing:
+        raise SplitError(
+            f"{move.name}: no source table {', '.join(missing)} "
+            "(`rose split seed-legacy` makes a practice monolith)"
+        )
+    return None
 
+
+def _move_transaction(topology: Topology, move: Move, say: Say, fault: FaultHook) -> MoveReport:
+    """The move's one transaction in its target (its sources are frozen already)."""
+    owner = service_spec(move.target).owner_role
+    with connect(topology, move.target) as target:
         started = time.perf_counter()
         with target.transaction():
             target.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(owner)))
@@ -329,14 +332,16 @@ def run_move(
                 f"{outcome.total('skipped'):,} skipped; inserted "
                 + ", ".join(f"{rows:,} into {table}" for table, rows in inserted.items())
             )
-            target_checksum = _target_checksums(target, move)
+            checksums = _target_checksums(target, move)
             seconds = time.perf_counter() - started
             target.execute(
                 """
                 UPDATE split.ledger
                 SET finished_at = clock_timestamp(), seconds = %s, source_rows = %s,
                     moved_rows = %s, collapsed_rows = %s, skipped_rows = %s, reasons = %s,
-                    inserted = %s, checksum = %s, verified_at = NULL, verification = NULL
+                    inserted = %s, checksum = %s, checksums = %s, inserted_ids = %s,
+                    verified_at = NULL, verification = NULL, verified_by = NULL,
+                    aborted_at = NULL, aborted_by = NULL
                 WHERE move = %s
                 """,
                 (
@@ -347,7 +352,13 @@ def run_move(
                     outcome.total("skipped"),
                     as_json(outcome.reasons),
                     as_json(inserted),
-                    target_checksum,
+                    "; ".join(
+                        f"{entry['target_table']}: {entry['rows']} rows, xor {entry['xor']}, "
+                        f"sum {entry['sum']}"
+                        for entry in checksums.values()
+                    ),
+                    as_json(checksums),
+                    as_json(_inserted_ids(target)),
                     move.name,
                 ),
             )
@@ -361,10 +372,64 @@ def run_move(
         return report
 
 
+@dataclass
+class RunResult:
+    reports: list[MoveReport] = field(default_factory=list)
+    # Moves that failed, with the error; the others committed (or were done before).
+    failed: dict[str, Exception] = field(default_factory=dict)
+
+
 def run_moves(
     topology: Topology,
     moves: list[Move],
     say: Say,
     fault: FaultHook = crash_from_environment,
+    jobs: int = DEFAULT_JOBS,
 ) -> list[MoveReport]:
-    return [run_move(topology, move, say, fault) for move in moves]
+    """Run ``moves`` (see :func:`run_all`); raise the first failure."""
+    result = run_all(topology, moves, say, fault, jobs=jobs)
+    for error in result.failed.values():
+        raise error
+    return result.reports
+
+
+def run_all(
+    topology: Topology,
+    moves: list[Move],
+    say: Say,
+    fault: FaultHook = crash_from_environment,
+    *,
+    jobs: int = DEFAULT_JOBS,
+    lock_timeout: float = FREEZE_LOCK_TIMEOUT,
+) -> RunResult:
+    """Freeze the sources of every move not done yet (one transaction per source database),
+    then run their transactions, ``jobs`` at a time: the moves are independent (each reads
+    frozen sources and writes its own target tables)."""
+    result = RunResult()
+    reports: dict[str, MoveReport] = {}
+    pending: list[Move] = []
+    for move in moves:
+        done = _pending(topology, move, say)
+        if done is not None:
+            reports[move.name] = MoveReport(move=move, done_before=done)
+        else:
+            pending.append(move)
+    if pending:
+        for move in pending:
+            with connect(topology, move.target) as target:
+                mark_started(target, move.name)
+        freeze(topology, pending, say, lock_timeout)
+        for move in pending:
+            fault(move.name, "after-freeze")
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            futures = {
+                pool.submit(_move_transaction, topology, move, say, fault): move for move in pending
+            }
+            for future in as_completed(futures):
+                move = futures[future]
+                try:
+                    reports[move.name] = future.result()
+                except (SplitError, psycopg.Error) as exc:
+                    result.failed[move.name] = exc
+    result.reports = [reports[move.name] for move in moves if move.name in reports]
+    return result

@@ -37,9 +37,32 @@ CREATE TABLE IF NOT EXISTS split.ledger (
     -- The last `rose split verify`: verified_at is set only when it found no difference.
     verified_at    timestamptz,
     verification   jsonb,
-    -- Set when `rose split finalize` drops the sources (just before; a finalize interrupted
-    -- between the drops finishes on its next run).
+    -- Set when `rose split finalize` has dropped every source table the move owns (confirmed
+    -- from the records split.dropped in the source databases; see drop_sources.sql).
     finalized_at   timestamptz
 );
+
+-- Added after the first nights (a ledger made by an earlier version gets them here).
+-- Who did what, as "<os user>@<host>".
+ALTER TABLE split.ledger ADD COLUMN IF NOT EXISTS run_by text;
+ALTER TABLE split.ledger ADD COLUMN IF NOT EXISTS verified_by text;
+ALTER TABLE split.ledger ADD COLUMN IF NOT EXISTS finalized_by text;
+-- The checksums of the target when the move committed, per check view:
+-- {"<check>": {"target_table": ..., "rows": n, "xor": "<hex>", "sum": "<n>"}}; `verify` after
+-- finalize compares the targets with them.
+ALTER TABLE split.ledger ADD COLUMN IF NOT EXISTS checksums jsonb;
+-- The ids the move inserted, per target table, as a multirange: {"likes.likes": "{[1,86749)}"}.
+-- `abort` deletes exactly these rows; `verify` after finalize checks each is still there.
+ALTER TABLE split.ledger ADD COLUMN IF NOT EXISTS inserted_ids jsonb;
+-- Finalize's intent, committed before it drops anything: when, by whom, and the backups it
+-- took ({"<database>": {"file": ..., "bytes": n, "sha256": ..., "tables": {...}}}). A ledger
+-- with finalizing_at and no finalized_at is a finalize that did not confirm: the records in the
+-- source databases (split.dropped) say what was dropped; the next finalize completes it.
+ALTER TABLE split.ledger ADD COLUMN IF NOT EXISTS finalizing_at timestamptz;
+ALTER TABLE split.ledger ADD COLUMN IF NOT EXISTS backups jsonb;
+-- `rose split abort`: the move's target rows were deleted and its freeze lifted; `run` moves
+-- it again from scratch.
+ALTER TABLE split.ledger ADD COLUMN IF NOT EXISTS aborted_at timestamptz;
+ALTER TABLE split.ledger ADD COLUMN IF NOT EXISTS aborted_by text;
 
 RESET ROLE;

@@ -125,7 +125,9 @@ inserted AS (
     FROM wanted
     ORDER BY user_id, target_type, target_key
     ON CONFLICT DO NOTHING
-    RETURNING 1
+    RETURNING id
 )
-INSERT INTO split_inserted (target_table, wanted, inserted)
-SELECT 'likes.likes', (SELECT count(*) FROM wanted), (SELECT count(*) FROM inserted);
+INSERT INTO split_inserted (target_table, wanted, inserted, ids)
+SELECT 'likes.likes', (SELECT count(*) FROM wanted),
+       (SELECT count(*) FROM inserted),
+       (SELECT range_agg(int8range(id, id, '[]')) FROM inserted);

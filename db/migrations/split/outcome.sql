@@ -21,11 +21,14 @@ CREATE TEMP TABLE split_planned (
     planned      bigint NOT NULL
 ) ON COMMIT DROP;
 
--- ... and what the apply part wanted to insert and did insert. A row the target already holds
--- under a unique key is not inserted (ON CONFLICT DO NOTHING); `rose split run` refuses to
--- commit unless planned = wanted = inserted for every target table.
+-- ... and what the apply part wanted to insert and did insert, with the ids of the inserted rows
+-- (as ranges: `abort` deletes exactly these rows, and `verify` after finalize checks that every
+-- one of them is still there). A row the target already holds under a unique key is not inserted
+-- (ON CONFLICT DO NOTHING); `rose split run` refuses to commit unless planned = wanted =
+-- inserted for every target table.
 CREATE TEMP TABLE split_inserted (
     target_table text PRIMARY KEY,
     wanted       bigint NOT NULL,
-    inserted     bigint NOT NULL
+    inserted     bigint NOT NULL,
+    ids          int8multirange
 ) ON COMMIT DROP;
