@@ -410,3 +410,23 @@ def abort_command(move: MoveOption = None, database_url: DatabaseUrlOption = Non
         for line in result.refused:
             console.print(f"[red]refused[/red]: {escape(line)}")
         raise typer.Exit(1)
+
+
+@split_app.command("restore")
+def restore_command(
+    archive: Annotated[
+        Path, typer.Argument(help="A backup finalize took (<database>.legacy.dump).")
+    ],
+    database_url: DatabaseUrlOption = None,
+) -> None:
+    """Put back the legacy tables finalize dropped, from its backup (checked against the
+    sha256 and the row checksums it recorded). Moves whose sources are all back can then be
+    aborted, or finalized again."""
+    from ops.split_restore import restore
+
+    try:
+        result = restore(_topology(database_url), archive, _say)
+    except (SplitError, psycopg.Error, OSError) as exc:
+        raise _fail(f"restore: {exc}") from None
+    tables = ", ".join(f"legacy.{table} ({rows:,} rows)" for table, rows in result.tables.items())
+    console.print(f"restored {tables}")

@@ -264,6 +264,29 @@ def _legacy_tables(connection: psycopg.Connection[Any]) -> list[str]:
     ]
 
 
+def _kept_relations(connection: psycopg.Connection[Any], dropped: list[str]) -> list[str]:
+    """The tables of schema legacy that stay, and every sequence not owned by a dropped table
+    (pg_dump --exclude-table leaves an excluded table's sequence in the archive)."""
+    return [
+        row[0]
+        for row in connection.execute(
+            """
+            SELECT c.relname
+            FROM pg_class AS c
+            JOIN pg_namespace AS n ON n.oid = c.relnamespace
+            LEFT JOIN pg_depend AS owned
+                   ON owned.classid = 'pg_class'::regclass AND owned.objid = c.oid
+                  AND owned.refclassid = 'pg_class'::regclass AND owned.deptype IN ('a', 'i')
+            LEFT JOIN pg_class AS owner ON owner.oid = owned.refobjid
+            WHERE n.nspname = 'legacy' AND c.relkind IN ('r', 'p', 'S')
+              AND coalesce(owner.relname, c.relname) <> ALL(%s)
+            ORDER BY 1
+            """,
+            (dropped,),
+        )
+    ]
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as file:
@@ -288,9 +311,8 @@ def back_up(
             checksums = {table: table_checksum(connection, f"legacy.{table}") for table in tables}
             excluded = [
                 argument
-                for table in _legacy_tables(connection)
-                if table not in tables
-                for argument in ("--exclude-table", f"legacy.{table}")
+                for relation in _kept_relations(connection, tables)
+                for argument in ("--exclude-table", f"legacy.{relation}")
             ]
             dumped = subprocess.run(
                 [
@@ -452,21 +474,19 @@ def finalize(
         drop_sessions: list[tuple[str, psycopg.Connection[Any]]] = []
         try:
             for service, tables in drops.items():
-                kept = keeps[service]
-                if not tables and not kept:
+                if not tables:
                     continue
                 with _open_transaction(stack, topology, service, DROP_IDLE_TIMEOUT) as source:
                     database = service_spec(service).database
-                    if tables:
-                        lock_tables(
-                            source,
-                            [f"legacy.{t}" for t in tables],
-                            "ACCESS EXCLUSIVE",
-                            options,
-                            database,
-                            say,
-                        )
-                        _check_unchanged(source, database, backups[service])
+                    lock_tables(
+                        source,
+                        [f"legacy.{t}" for t in tables],
+                        "ACCESS EXCLUSIVE",
+                        options,
+                        database,
+                        say,
+                    )
+                    _check_unchanged(source, database, backups[service])
                     drop_sessions.append((service, source))
         except LockNotAvailable as exc:
             raise LockNotAvailable(
@@ -479,38 +499,27 @@ def finalize(
         for service, source in drop_sessions:
             spec = service_spec(service)
             tables = drops[service]
-            if tables:
-                manifest = [
-                    {
-                        "source_table": table,
-                        "move": _mover(service, table),
-                        "dropped_by": by,
-                        "rows": backups[service].tables[table].rows,
-                        "checksum": str(backups[service].tables[table]),
-                        "backup_file": str(backups[service].file),
-                        "backup_sha256": backups[service].sha256,
-                    }
-                    for table in tables
-                ]
-                execute_sql(
-                    source,
-                    (SPLIT_DIR / "drop_sources.sql").read_text(),
-                    {
-                        "owner": spec.owner_role,
-                        "tables": ",".join(tables),
-                        "manifest": as_json(manifest),
-                    },
-                )
-            if keeps[service]:
-                execute_sql(
-                    source,
-                    (SPLIT_DIR / "unfreeze.sql").read_text(),
-                    {
-                        "owner": spec.owner_role,
-                        "moves": ",".join(moves_done),
-                        "tables": ",".join(keeps[service]),
-                    },
-                )
+            manifest = [
+                {
+                    "source_table": table,
+                    "move": _mover(service, table),
+                    "dropped_by": by,
+                    "rows": backups[service].tables[table].rows,
+                    "checksum": str(backups[service].tables[table]),
+                    "backup_file": str(backups[service].file),
+                    "backup_sha256": backups[service].sha256,
+                }
+                for table in tables
+            ]
+            execute_sql(
+                source,
+                (SPLIT_DIR / "drop_sources.sql").read_text(),
+                {
+                    "owner": spec.owner_role,
+                    "tables": ",".join(tables),
+                    "manifest": as_json(manifest),
+                },
+            )
         fault("finalize", "after-drop")
 
         # 5. Commit each database, then confirm in the ledgers.
@@ -520,8 +529,6 @@ def finalize(
             result.dropped[database] = drops[service]
             for table in drops[service]:
                 say(f"dropped {database} legacy.{table} (its rows are in the backup)")
-            for table in keeps[service]:
-                say(f"kept {database} legacy.{table}: {_why_kept(service, table)}")
             if index == 0:
                 fault("finalize", "between-commits")
         for move in pending:
@@ -533,6 +540,14 @@ def finalize(
             )
             target.execute("COMMIT")
             result.finalized.append(move.name)
+    # Last: the tables the split keeps are the monolith's again (a finalize killed before this
+    # lifts it on its next run).
+    _lift_kept_freezes(topology, keeps, say)
+    for service, tables in keeps.items():
+        for table in tables:
+            say(
+                f"kept {service_spec(service).database} legacy.{table}: {_why_kept(service, table)}"
+            )
     return result
 
 

@@ -160,7 +160,7 @@ WHERE items.order_id = o.id;
 -- carries the session it was added in). Product (17i mod 505N)+1: ids above 500N and every 97th
 -- no longer exist; every 53rd is withdrawn. The page is 1 + i % 20N, NULL when i % 101 = 0 (older
 -- lines). Every 9th line was removed (deleted_at). Quirks: i % 25 = 0 has quantity 0 (set to 0,
--- never removed), i % 40 = 7 has quantity 150 (nothing capped it), i % 30 = 11 a second live
+-- never removed), i % 40 = 7 has quantity 150 (nothing capped it), i % 15 = 11 a second live
 -- line of the same product in the same cart, added a minute later (two concurrent adds), and
 -- i % 250 = 125 neither user nor session.
 WITH lines AS (
@@ -182,7 +182,7 @@ all_lines AS (
     UNION ALL
     SELECT i, 1, user_id, session_id, product_id, 2, page, added_at + interval '1 minute', NULL
     FROM lines
-    WHERE i % 30 = 11 AND deleted_at IS NULL
+    WHERE i % 15 = 11 AND deleted_at IS NULL
 )
 INSERT INTO legacy.cart_items
     (user_id, session_id, product_id, quantity, market_place_container_id,

@@ -16,15 +16,14 @@ from ops.dbcheck import check
 from ops.split_db import CRASH_ENV, CRASH_EXIT_CODE, SplitError
 from ops.split_moves import MOVES, MOVES_BY_NAME
 from ops.split_run import run_moves
-from ops.split_seed import seed_legacy
 from tests.conftest import REPO_ROOT, admin_connect, in_process_stack
 from tests.integration.split_fixtures import (
     STATUS_MAPPING,
-    drop_split_state,
     ledger,
     listed_ids,
     rose_split,
     rows,
+    seeded_monolith,
     target_counts,
     value,
 )
@@ -33,19 +32,10 @@ from tests.signed import internal_get, internal_post
 if TYPE_CHECKING:
     from tests.pg import TestServer
 
-SCALE = 1
-
 
 @pytest.fixture
 def monolith(clean_db: TestServer) -> Iterator[TestServer]:
-    """Empty targets and a freshly seeded legacy monolith; afterwards no legacy schema and no
-    ledger are left (clean_db empties the target tables)."""
-    drop_split_state(clean_db)
-    try:
-        seed_legacy(clean_db.topology, SCALE, replace=False, say=lambda _: None)
-        yield clean_db
-    finally:
-        drop_split_state(clean_db)
+    yield from seeded_monolith(clean_db)
 
 
 def expected_target_counts(server: TestServer) -> dict[str, int]:
