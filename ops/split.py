@@ -293,18 +293,21 @@ def _print_verification(result: MoveVerification) -> None:
 
 
 @split_app.command("verify")
-def verify_command(move: MoveOption = None, database_url: DatabaseUrlOption = None) -> None:
+def verify_command(
+    move: MoveOption = None, jobs: JobsOption = None, database_url: DatabaseUrlOption = None
+) -> None:
     """Compare each move's source and target: counts and checksums; exit 1 naming each
-    difference. Records the result in the ledger."""
-    from ops.split_verify import verify_move
+    difference. Records the result in the ledger. After finalize: the target against the
+    checksums of the move's commit (a lost row is a difference)."""
+    from ops.split_verify import DEFAULT_JOBS, verify_moves
 
     topology = _topology(database_url)
     failed = []
-    for selected in _moves(move):
-        try:
-            result = verify_move(topology, selected)
-        except (SplitError, psycopg.Error) as exc:
-            raise _fail(f"{selected.name}: {exc}") from None
+    try:
+        results = verify_moves(topology, _moves(move), jobs or DEFAULT_JOBS)
+    except (SplitError, psycopg.Error) as exc:
+        raise _fail(str(exc)) from None
+    for result in results:
         _print_verification(result)
         if not result.ok:
             failed.append(result)

@@ -12,6 +12,7 @@ parts are cut again, down to single bucket values or ``MAX_LOCATED`` ranges.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,8 +80,12 @@ def checksum(connections: Connections, view: str) -> tuple[Checksum, int | None,
     total = Checksum()
     low: int | None = None
     high: int | None = None
-    for connection in connections:
-        rows, xor, hash_sum, part_low, part_high = connection.execute(query).fetchone()
+    # The parts (one per source database) at the same time.
+    with ThreadPoolExecutor(max_workers=max(1, len(connections))) as parts:
+        results = list(
+            parts.map(lambda connection: connection.execute(query).fetchone(), connections)
+        )
+    for rows, xor, hash_sum, part_low, part_high in results:
         total += Checksum(int(rows), int(xor), int(hash_sum))
         if part_low is not None:
             low = part_low if low is None else min(low, part_low)

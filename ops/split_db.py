@@ -51,12 +51,18 @@ class SplitError(Exception):
     """A refusal or a failed check, with a message for the operator."""
 
 
-# Sent with every connection: the fixed settings, and a server that notices a dead client
-# within a second even in the middle of a statement (a lock wait included), so the work of a
-# killed `rose split` dies with it instead of going on alone.
+# Sent with every connection: the fixed settings; a server that notices a dead client within a
+# second even in the middle of a statement (a lock wait included), so the work of a killed
+# `rose split` dies with it instead of going on alone; and memory for a move's sorts, hashes,
+# temporary tables (staged rows: the default 8MB spills them to disk) and index builds.
 SESSION_OPTIONS = " ".join(
     [f"-c {name}={value.replace(' ', '')}" for name, value in FIXED_SETTINGS]
-    + ["-c client_connection_check_interval=1000"]
+    + [
+        "-c client_connection_check_interval=1000",
+        "-c work_mem=64MB",
+        "-c temp_buffers=256MB",
+        "-c maintenance_work_mem=256MB",
+    ]
 )
 
 

@@ -65,7 +65,7 @@ from ops.split_moves import (
     Move,
     tables_dropped_in,
 )
-from ops.split_verify import MoveVerification, verify_against_commit, verify_move
+from ops.split_verify import MoveVerification, verify_against_commit, verify_moves
 from ops.topology import Topology
 
 # A client that hangs (rather than dies) with locks held is cut off after this long idle.
@@ -379,20 +379,33 @@ def _not_frozen(topology: Topology, moves: list[Move]) -> list[str]:
     return missing
 
 
-def _reverify(
-    topology: Topology, move: Move, target: psycopg.Connection[Any], ledger: LedgerEntry
-) -> MoveVerification:
-    sources_present = True
-    for service in move.source_services:
-        with connect(topology, service) as source:
-            sources_present &= all(
-                table_exists(source, f"legacy.{table.table}") for table in move.sources_in(service)
-            )
-    if sources_present:
-        return verify_move(topology, move, against_sources=True)
-    # An interrupted finalize dropped part of the sources (and verified them before it did):
-    # the target must still be exactly what the move committed.
-    return verify_against_commit(target, move, ledger, strict=True)
+def _reverify_all(
+    topology: Topology,
+    moves: list[Move],
+    targets: dict[str, psycopg.Connection[Any]],
+    ledgers: dict[str, LedgerEntry | None],
+) -> list[MoveVerification]:
+    """Sources against targets, the moves at the same time. A move whose sources an
+    interrupted finalize dropped in part (after verifying them) is checked against its commit
+    instead: its target must be exactly what the move committed."""
+    whole, partial = [], []
+    for move in moves:
+        present = True
+        for service in move.source_services:
+            with connect(topology, service) as source:
+                present &= all(
+                    table_exists(source, f"legacy.{table.table}")
+                    for table in move.sources_in(service)
+                )
+        (whole if present else partial).append(move)
+    results = {
+        result.move.name: result for result in verify_moves(topology, whole, against_sources=True)
+    }
+    for move in partial:
+        ledger = ledgers[move.name]
+        assert ledger is not None
+        results[move.name] = verify_against_commit(targets[move.name], move, ledger, strict=True)
+    return [results[move.name] for move in moves]
 
 
 def finalize(
@@ -445,8 +458,9 @@ def finalize(
                     say,
                 )
                 targets[move.name] = target
-        for move in pending:
-            verification = _reverify(topology, move, targets[move.name], ledgers[move.name])  # type: ignore[arg-type]
+        for move, verification in zip(
+            pending, _reverify_all(topology, pending, targets, ledgers), strict=True
+        ):
             if not verification.ok:
                 result.refused += [
                     f"{move.name}: {difference}" for difference in verification.differences()

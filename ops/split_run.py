@@ -15,7 +15,6 @@ classification on and always rolled back, without freezing anything.
 
 from __future__ import annotations
 
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -45,12 +44,10 @@ from ops.split_db import (
 )
 from ops.split_freeze import FREEZE_LOCK_TIMEOUT, freeze
 from ops.split_moves import SPLIT_DIR, Move, SourceTable
+from ops.split_verify import DEFAULT_JOBS
 from ops.topology import Topology
 
 OUTCOME_FILE = SPLIT_DIR / "outcome.sql"
-# Moves run at the same time by default: the machine's cores, at most 4 (the server does the
-# work; more connections than cores only queue).
-DEFAULT_JOBS = min(4, os.cpu_count() or 2)
 
 
 def _quiet(_: str) -> None:
@@ -191,12 +188,18 @@ def _classify(target: psycopg.Connection[Any], move: Move, *, read_only: bool) -
 def _read_outcome(target: psycopg.Connection[Any], move: Move, staged: dict[str, int]) -> Outcome:
     by_table: dict[str, dict[str, int]] = {table.table: {} for table in move.moved_tables}
     reasons: dict[str, dict[str, dict[str, Any]]] = {}
-    for source_table, outcome, reason, rows, ids in target.execute(
-        """
-        SELECT source_table, outcome, reason, count(*), array_agg(source_id ORDER BY source_id)
-        FROM split_outcome GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
-        """
-    ):
+    # Counted by a hash aggregate; the ids only of the rows listed with a reason (sorting all
+    # of them would cost more than the rest of the accounting).
+    listed = {
+        (source_table, outcome, reason): list(ids)
+        for source_table, outcome, reason, ids in target.execute(
+            "SELECT source_table, outcome, reason, array_agg(source_id ORDER BY source_id) "
+            "FROM split_outcome WHERE reason IS NOT NULL GROUP BY 1, 2, 3"
+        )
+    }
+    for source_table, outcome, reason, rows in target.execute(
+        "SELECT source_table, outcome, reason, count(*) FROM split_outcome GROUP BY 1, 2, 3"
+    ).fetchall():
         if source_table not in by_table:
             raise SplitError(
                 f"{move.name}: {move.transform_file.name} classified rows of {source_table}, "
@@ -207,7 +210,16 @@ def _read_outcome(target: psycopg.Connection[Any], move: Move, staged: dict[str,
             continue
         entry = reasons.setdefault(outcome, {}).setdefault(reason, {"count": 0, "rows": {}})
         entry["count"] += rows
-        entry["rows"][source_table] = list(ids)
+        entry["rows"][source_table] = listed[(source_table, outcome, reason)]
+    twice = target.execute(
+        "SELECT source_table, count(*) FROM (SELECT source_table, source_id FROM split_outcome "
+        "GROUP BY 1, 2 HAVING count(*) > 1) AS repeated GROUP BY 1"
+    ).fetchall()
+    for source_table, extra in twice:
+        raise SplitError(
+            f"{move.name}: {move.transform_file.name} gave {extra:,} rows of {source_table} "
+            "more than one outcome"
+        )
     for table in move.moved_tables:
         classified = sum(by_table[table.table].values())
         if classified != staged[str(table)]:
@@ -272,6 +284,67 @@ def plan_move(topology: Topology, move: Move) -> MovePlan:
 
 
 # -- run -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DeferredIndex:
+    """An index (or the unique constraint it backs) dropped for a bulk load, and the statement
+    that creates it again, as it was."""
+
+    table: str
+    name: str
+    create: str
+
+
+def defer_indexes(target: psycopg.Connection[Any], move: Move) -> list[DeferredIndex]:
+    """Drop the secondary indexes of the move's EMPTY target tables, to build them once after
+    the insert (a bulk load: several times cheaper than maintaining them row by row). Kept:
+    primary keys, indexes a foreign key uses, indexes with a comment. Inside the move's
+    transaction, which holds the table (ACCESS EXCLUSIVE) until it commits; a failure rolls the
+    drops back with everything else."""
+    deferred: list[DeferredIndex] = []
+    for table in move.target_tables:
+        name = sql.Identifier(*table.split("."))
+        if target.execute(sql.SQL("SELECT EXISTS (SELECT FROM {})").format(name)).fetchone()[0]:
+            continue
+        target.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(name))
+        for index, constraint, create in target.execute(
+            """
+            SELECT i.indexrelid::regclass::text, c.conname,
+                   CASE WHEN c.oid IS NOT NULL
+                        THEN format('ALTER TABLE %%s ADD CONSTRAINT %%I %%s', i.indrelid::regclass,
+                                    c.conname, pg_get_constraintdef(c.oid))
+                        ELSE pg_get_indexdef(i.indexrelid) END
+            FROM pg_index AS i
+            LEFT JOIN pg_constraint AS c
+                   ON c.conindid = i.indexrelid AND c.conrelid = i.indrelid
+                  AND c.contype IN ('u', 'x')
+            WHERE i.indrelid = %s::regclass AND NOT i.indisprimary
+              AND NOT EXISTS (
+                  SELECT FROM pg_constraint AS fk
+                  WHERE fk.contype = 'f' AND fk.conindid = i.indexrelid
+              )
+              AND NOT EXISTS (SELECT FROM pg_description AS d WHERE d.objoid = i.indexrelid)
+            ORDER BY 1
+            """,
+            (table,),
+        ).fetchall():
+            if constraint is not None:
+                target.execute(
+                    sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(
+                        name, sql.Identifier(constraint)
+                    )
+                )
+            else:
+                target.execute(sql.SQL("DROP INDEX {}").format(sql.SQL(index)))
+            deferred.append(DeferredIndex(table, constraint or index, create))
+    return deferred
+
+
+def build_indexes(target: psycopg.Connection[Any], deferred: list[DeferredIndex]) -> None:
+    """Create the deferred indexes again (a duplicate under a unique one fails the move)."""
+    for index in deferred:
+        target.execute(index.create)
+
+
 def _target_checksums(target: psycopg.Connection[Any], move: Move) -> dict[str, dict[str, Any]]:
     """The checksum of each check view of the target, as the ledger records it."""
     run_file(target, move.checksum_file("target"))
@@ -323,7 +396,9 @@ def _move_transaction(topology: Topology, move: Move, say: Say, fault: FaultHook
             fault(move.name, "after-copy")
             _classify(target, move, read_only=False)
             outcome = _read_outcome(target, move, staged)
+            deferred = defer_indexes(target, move)
             execute_sql(target, transform_parts(move.transform_file).apply)
+            build_indexes(target, deferred)
             inserted = _check_inserted(target, move, outcome)
             fault(move.name, "after-transform")
             say(
