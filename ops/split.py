@@ -370,6 +370,7 @@ def _when(moment: Any) -> str:
 @split_app.command("status")
 def status_command(database_url: DatabaseUrlOption = None) -> None:
     """The ledgers as a table, what is frozen and what finalize dropped. Reads only."""
+    from apps.common.services import service_spec
     from ops.split_status import split_status
 
     try:
@@ -390,7 +391,8 @@ def status_command(database_url: DatabaseUrlOption = None) -> None:
     console.print("frozen: " + (escape("; ".join(status.frozen)) if status.frozen else "nothing"))
     for record in status.dropped:
         console.print(
-            f"dropped: {escape(record['source_table'])} ({escape(record['move'])}) at "
+            f"dropped: {service_spec(record['service']).database} "
+            f"legacy.{escape(record['source_table'])} ({escape(record['move'])}) at "
             f"{_when(record['dropped_at'])} by {escape(record['dropped_by'])}, "
             f"{record['rows']:,} rows; backup {escape(record['backup_file'])} "
             f"sha256 {record['backup_sha256']}"

@@ -75,6 +75,7 @@ def abort_move(topology: Topology, move: Move, say: Say, fault: FaultHook) -> di
             "are in the backups finalize took (docs/runbook-split.md: restoring)"
         )
     deleted: dict[str, int] = {}
+    already = True  # no ledger: the move never started
     with connect(topology, move.target) as target:
         if ledger_exists(target):
             with target.transaction():
@@ -109,7 +110,8 @@ def abort_move(topology: Topology, move: Move, say: Say, fault: FaultHook) -> di
                             f"{move.name}: deleting the moved rows found {deleted}, the ledger "
                             f"records {expected}; nothing was aborted"
                         )
-                if ledger is not None and (ledger.done or ledger.aborted_at is None):
+                already = ledger is None or (not ledger.done and ledger.aborted_at is not None)
+                if not already:
                     target.execute(
                         """
                         UPDATE split.ledger
@@ -125,7 +127,10 @@ def abort_move(topology: Topology, move: Move, say: Say, fault: FaultHook) -> di
                     )
     rows = ", ".join(f"{count:,} from {table}" for table, count in deleted.items() if count)
     database = service_spec(move.target).database
-    say(f"{move.name}: deleted {rows or 'nothing'} in {database}; recorded as aborted")
+    if already:
+        say(f"{move.name}: nothing of it in {database} (not started, or aborted before)")
+    else:
+        say(f"{move.name}: deleted {rows or 'nothing'} in {database}; recorded as aborted")
     fault("abort", "after-target")
     unfreeze(
         topology,
