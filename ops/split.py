@@ -237,9 +237,8 @@ def run_command(
             topology, _moves(move), _say, jobs=jobs or DEFAULT_JOBS, lock_timeout=lock_timeout
         )
     except (SplitError, psycopg.Error) as exc:
-        raise _fail(
-            f"{exc}\nNothing was moved by this run. {describe_frozen(topology, LEGACY_SERVICES)}"
-        ) from None
+        frozen = "" if "frozen now" in str(exc) else describe_frozen(topology, LEGACY_SERVICES)
+        raise _fail(f"{exc}\nNothing was moved by this run. {frozen}".rstrip()) from None
     if result.failed:
         if result.reports:
             _print_run_summary(result.reports)

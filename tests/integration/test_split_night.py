@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 
 from ops.split_db import CRASH_ENV, CRASH_EXIT_CODE, operator
 from ops.split_moves import LEGACY_SERVICES, LEGACY_TABLES, MOVES
+from ops.split_run import run_all
 from tests.conftest import REPO_ROOT, admin_connect, in_process_stack
 from tests.integration.split_fixtures import (
     ledger,
@@ -537,3 +539,24 @@ def test_a_lock_timeout_while_freezing_tells_what_is_frozen(monolith):
     assert "frozen now: nothing" in output
     assert freeze_triggers(monolith) == []
     assert set(target_counts(monolith).values()) == {0}
+
+
+def test_two_runs_at_once_move_each_row_once(monolith):
+    """Two DBAs start `run` at the same moment: each move commits once, neither run fails."""
+    results: list[Any] = []
+
+    def one_run() -> None:
+        results.append(run_all(monolith.topology, list(MOVES), lambda _: None, jobs=2))
+
+    runs = [threading.Thread(target=one_run) for _ in range(2)]
+    for started in runs:
+        started.start()
+    for started in runs:
+        started.join(timeout=300)
+    assert [result.failed for result in results] == [{}, {}]
+    committed = [
+        report.move.name for result in results for report in result.reports if report.outcome
+    ]
+    assert sorted(committed) == sorted(move.name for move in MOVES)
+    verified = rose_split(monolith, "verify")
+    assert verified.exit_code == 0, verified.output

@@ -7,6 +7,9 @@
 
 -- Owned by the database's owner, granted to nobody (as the ledger; `rose db check` reports a
 -- grant here as drift).
+-- Two `rose split` at once would both try to create what is missing (a duplicate key in the
+-- catalog): one at a time.
+SELECT pg_advisory_lock(hashtext('rose split schema'));
 CREATE SCHEMA IF NOT EXISTS split AUTHORIZATION :"owner";
 REVOKE ALL ON SCHEMA split FROM PUBLIC;
 SET ROLE :"owner";
@@ -26,3 +29,4 @@ CREATE TABLE IF NOT EXISTS split.dropped (
 );
 
 RESET ROLE;
+SELECT pg_advisory_unlock(hashtext('rose split schema'));

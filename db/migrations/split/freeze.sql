@@ -13,6 +13,9 @@
 -- Wait at most this long for writers that hold a table (creating a trigger waits for them);
 -- queueing every other query behind a long wait would stall the monolith instead.
 SELECT set_config('lock_timeout', :'lock_timeout', true);
+-- One freeze or unfreeze at a time per database: two runs at once would otherwise replace the
+-- freeze function concurrently ("tuple concurrently updated").
+SELECT pg_advisory_xact_lock(hashtext('rose split freeze'));
 SET LOCAL ROLE :"owner";
 
 CREATE OR REPLACE FUNCTION legacy.split_refuse_write() RETURNS trigger

@@ -6,6 +6,9 @@
 
 -- Owned by the database's owner; no privileges for anyone else (`rose db check` reports any
 -- grant here as drift). Only a superuser running `rose split` reads or writes it.
+-- Two `rose split` at once would both try to create what is missing (a duplicate key in the
+-- catalog): one at a time.
+SELECT pg_advisory_lock(hashtext('rose split schema'));
 CREATE SCHEMA IF NOT EXISTS split AUTHORIZATION :"owner";
 REVOKE ALL ON SCHEMA split FROM PUBLIC;
 SET ROLE :"owner";
@@ -66,3 +69,4 @@ ALTER TABLE split.ledger ADD COLUMN IF NOT EXISTS aborted_at timestamptz;
 ALTER TABLE split.ledger ADD COLUMN IF NOT EXISTS aborted_by text;
 
 RESET ROLE;
+SELECT pg_advisory_unlock(hashtext('rose split schema'));

@@ -9,6 +9,8 @@
 --        -f db/migrations/split/unfreeze.sql
 
 SET LOCAL lock_timeout = '10s';
+-- One freeze or unfreeze at a time per database (see freeze.sql).
+SELECT pg_advisory_xact_lock(hashtext('rose split freeze'));
 SET LOCAL ROLE :"owner";
 
 SELECT format('DROP TRIGGER IF EXISTS %I ON legacy.%I', 'split_freeze_' || move, source_table)
