@@ -34,6 +34,7 @@ from bench.checkout_stack import embedded_cluster, set_up_databases
 from ops.credentials import Credentials
 from ops.pgserver import pg_binary
 from ops.split_abort import abort
+from ops.split_db import client_tool_target
 from ops.split_moves import LEGACY_DIR, LEGACY_SERVICES, LEGACY_TABLES, MOVES
 from ops.split_run import DEFAULT_JOBS, run_all
 from ops.split_seed import seed_legacy
@@ -63,6 +64,7 @@ def create_copies(topology: Topology) -> None:
             connection.execute(
                 sql.SQL("CREATE DATABASE {}").format(sql.Identifier(copy_database(service)))
             )
+        dsn, environment = client_tool_target(topology.admin_url(service, copy_database(service)))
         subprocess.run(
             [
                 str(pg_binary("psql")),
@@ -70,10 +72,11 @@ def create_copies(topology: Topology) -> None:
                 "--set=ON_ERROR_STOP=1",
                 f"--set=owner={service_spec(service).owner_role}",
                 f"--file={LEGACY_DIR / f'{service}.sql'}",
-                topology.admin_url(service, copy_database(service)),
+                dsn,
             ],
             check=True,
             capture_output=True,
+            env=environment,
         )
 
 
@@ -87,26 +90,31 @@ def baseline(topology: Topology) -> float:
             )
             connection.execute(sql.SQL("TRUNCATE {}").format(tables))
             connection.execute(sql.SQL("VACUUM ANALYZE {}").format(tables))
+    targets = {
+        service: (
+            client_tool_target(topology.admin_url(service)),
+            client_tool_target(topology.admin_url(service, copy_database(service))),
+        )
+        for service in LEGACY_SERVICES
+    }
     started = time.perf_counter()
     for service in LEGACY_SERVICES:
+        (source, source_env), (copy, copy_env) = targets[service]
         dump = subprocess.Popen(
             [
                 str(pg_binary("pg_dump")),
                 "--data-only",
                 *[f"--table=legacy.{table}" for table in read_tables(service)],
-                f"--dbname={topology.admin_url(service)}",
+                f"--dbname={source}",
             ],
             stdout=subprocess.PIPE,
+            env=source_env,
         )
         load = subprocess.run(
-            [
-                str(pg_binary("psql")),
-                "--quiet",
-                "--set=ON_ERROR_STOP=1",
-                topology.admin_url(service, copy_database(service)),
-            ],
+            [str(pg_binary("psql")), "--quiet", "--set=ON_ERROR_STOP=1", copy],
             stdin=dump.stdout,
             capture_output=True,
+            env=copy_env,
         )
         assert dump.stdout is not None
         dump.stdout.close()

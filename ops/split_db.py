@@ -18,6 +18,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 
 from apps.common.services import service_spec
@@ -75,6 +76,17 @@ def connect(topology: Topology, service: str) -> psycopg.Connection[Any]:
         application_name="rose split",
         options=SESSION_OPTIONS,
     )
+
+
+def client_tool_target(url: str) -> tuple[str, dict[str, str]]:
+    """A DSN for pg_dump / pg_restore / psql without the password, and the environment that
+    carries it (PGPASSWORD): a password on a command line is visible to every local user."""
+    params = conninfo_to_dict(url)
+    password = params.pop("password", None)
+    environment = dict(os.environ)
+    if password is not None:
+        environment["PGPASSWORD"] = str(password)
+    return make_conninfo(**{key: str(value) for key, value in params.items()}), environment
 
 
 def operator() -> str:

@@ -47,6 +47,7 @@ from ops.split_db import (
     Say,
     SplitError,
     as_json,
+    client_tool_target,
     connect,
     crash_from_environment,
     dropped_records,
@@ -314,6 +315,7 @@ def back_up(
                 for relation in _kept_relations(connection, tables)
                 for argument in ("--exclude-table", f"legacy.{relation}")
             ]
+            dsn, environment = client_tool_target(topology.admin_url(service))
             dumped = subprocess.run(
                 [
                     str(pg_binary("pg_dump")),
@@ -323,11 +325,12 @@ def back_up(
                     "--schema=legacy",
                     *excluded,
                     f"--file={path}",
-                    f"--dbname={topology.admin_url(service)}",
+                    f"--dbname={dsn}",
                 ],
                 capture_output=True,
                 text=True,
                 timeout=3600,
+                env=environment,
             )
         finally:
             connection.execute("ROLLBACK")

@@ -20,7 +20,7 @@ from pathlib import Path
 from apps.common.services import service_spec
 from ops.pgserver import pg_binary
 from ops.split_checksum import table_checksum
-from ops.split_db import Say, SplitError, connect, dropped_records
+from ops.split_db import Say, SplitError, client_tool_target, connect, dropped_records
 from ops.split_finalize import dropped_of, owned_tables, source_records
 from ops.split_freeze import freeze
 from ops.split_moves import LEGACY_SERVICES, MOVES, MOVES_BY_NAME
@@ -95,6 +95,7 @@ def restore(topology: Topology, archive: Path, say: Say) -> RestoreResult:
         if " SCHEMA - legacy " not in line
         and not (freeze_function and " FUNCTION legacy split_refuse_write()" in line)
     ]
+    dsn, environment = client_tool_target(topology.admin_url(service))
     with tempfile.NamedTemporaryFile("w", suffix=".list") as selection:
         selection.write("\n".join(entries) + "\n")
         selection.flush()
@@ -104,9 +105,10 @@ def restore(topology: Topology, archive: Path, say: Say) -> RestoreResult:
                 "--single-transaction",
                 "--exit-on-error",
                 f"--use-list={selection.name}",
-                f"--dbname={topology.admin_url(service)}",
+                f"--dbname={dsn}",
                 str(archive),
             ],
+            env=environment,
             capture_output=True,
             text=True,
             timeout=3600,
