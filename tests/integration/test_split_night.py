@@ -253,11 +253,25 @@ async def test_carts_survive_the_cut_over_and_the_services_serve_the_moved_data(
     )[0]
     _catalogue(monolith, sorted(set(lines) | {anonymous_product}), page=1)
     page_config_id = value(monolith, "cart", "SELECT max(id) FROM legacy.page_configs")
+    order_id = value(monolith, "cart", "SELECT min(id) FROM legacy.orders WHERE status = 'paid'")
     run_and_verify(monolith)
     assert finalize(monolith, tmp_path).exit_code == 0
 
-    services = ["cart", "relations", "likes", "blog"]
-    async with in_process_stack(monolith, credentials, services) as stack:
+    services = ["cart", "relations", "likes", "blog", "orders"]
+    # Orders reconciles pending orders with SumUp at start-up: here nothing answers (refused at
+    # once, logged); it does not touch what it reads.
+    unreachable = {
+        "orders": {
+            "extra": {
+                "ORDERS_SUMUP_BASE_URL": "http://127.0.0.1:9",
+                "ORDERS_SUMUP_TIMEOUT": "1",
+                "ORDERS_RECONCILE_SECONDS": "3600",
+            }
+        }
+    }
+    async with in_process_stack(
+        monolith, credentials, services, settings_overrides=unreachable
+    ) as stack:
         cart = await internal_get(stack.client("cart"), "cart-items", {"user_id": user_id})
         assert cart.status_code == 200, cart.text
         shown = {line["product_id"]: line for line in cart.json()["lines"]}
@@ -279,6 +293,9 @@ async def test_carts_survive_the_cut_over_and_the_services_serve_the_moved_data(
             stack.client("blog"), "page-config-by-id", {"id": page_config_id}
         )
         assert config.status_code == 200, config.text
+        order = await internal_get(stack.client("orders"), "order", {"order_id": order_id})
+        assert order.status_code == 200, order.text
+        assert order.json()["status"] == "paid"
         liked = await internal_get(
             stack.client("likes"), "liked-slugs", {"user_id": 2, "target_type": "product"}
         )
