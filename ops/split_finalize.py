@@ -288,6 +288,19 @@ def _kept_relations(connection: psycopg.Connection[Any], dropped: list[str]) -> 
     ]
 
 
+def _new_backup_directory(root: Path) -> Path:
+    """A directory of its own for this finalize's backups (never an earlier one's files)."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    for attempt in range(100):
+        directory = root / (stamp if attempt == 0 else f"{stamp}-{attempt + 1}")
+        try:
+            directory.mkdir(parents=True)
+        except FileExistsError:
+            continue
+        return directory
+    raise SplitError(f"could not make a new backup directory under {root}")
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as file:
@@ -303,7 +316,6 @@ def back_up(
     (so the archive holds the tables to drop, their triggers and the freeze function), from a
     snapshot exported by a transaction that also takes each table's checksum."""
     database = service_spec(service).database
-    directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{database}.legacy.dump"
     with connect(topology, service) as connection:
         connection.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
@@ -445,8 +457,6 @@ def finalize(
     if result.refused:
         return result
 
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    directory = options.backup_dir / stamp
     with ExitStack() as stack:
         # 2. Targets locked against writes until the end, then re-verified.
         targets: dict[str, psycopg.Connection[Any]] = {}
@@ -474,6 +484,7 @@ def finalize(
             return result
 
         # 3. Backups.
+        directory = _new_backup_directory(options.backup_dir)
         for service, tables in drops.items():
             if not tables:
                 continue
