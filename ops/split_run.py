@@ -447,6 +447,21 @@ def _move_transaction(topology: Topology, move: Move, say: Say, fault: FaultHook
         return report
 
 
+def _estimated_rows(topology: Topology, moves: list[Move]) -> dict[str, float]:
+    """The planner's row estimates of each move's moved source tables (no scan)."""
+    sizes = dict.fromkeys((move.name for move in moves), 0.0)
+    for service in dict.fromkeys(s for move in moves for s in move.source_services):
+        with connect(topology, service) as source:
+            for move in moves:
+                for table in move.sources_in(service):
+                    if table.moved:
+                        sizes[move.name] += source.execute(
+                            "SELECT greatest(reltuples, 0) FROM pg_class WHERE oid = %s::regclass",
+                            (f"legacy.{table.table}",),
+                        ).fetchone()[0]
+    return sizes
+
+
 @dataclass
 class RunResult:
     reports: list[MoveReport] = field(default_factory=list)
@@ -496,9 +511,13 @@ def run_all(
         freeze(topology, pending, say, lock_timeout)
         for move in pending:
             fault(move.name, "after-freeze")
+        # The biggest first, so that the small ones fill in around them rather than after.
+        sizes = _estimated_rows(topology, pending)
+        largest_first = sorted(pending, key=lambda move: -sizes[move.name])
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
             futures = {
-                pool.submit(_move_transaction, topology, move, say, fault): move for move in pending
+                pool.submit(_move_transaction, topology, move, say, fault): move
+                for move in largest_first
             }
             for future in as_completed(futures):
                 move = futures[future]
