@@ -8,6 +8,7 @@ The generation is deterministic: the same options give the same data.
 
 from __future__ import annotations
 
+import json
 import math
 from urllib.parse import quote
 
@@ -16,7 +17,7 @@ from sqlalchemy.engine import make_url
 
 from ops.credentials import Credentials
 from ops.migrate import migrate
-from ops.sqlfiles import DB_DIR, run_sql_file
+from ops.sqlfiles import DB_DIR, converge_file
 from ops.topology import Topology
 
 MONOLITH_DATABASE = "db_bench_monolith"
@@ -112,19 +113,42 @@ def build_monolith(topology: Topology, credentials: Credentials) -> str:
     """The monolith baseline: one database with market's schema (market's own migrations) and a
     local ``likes.likes`` with the columns of likes' export view, filled from db_market and
     db_likes. Returns the DSN its market process uses (a login role that can read it)."""
-    variables = {
-        "svc": "market",
-        "db": MONOLITH_DATABASE,
-        "owner": "market_owner",
-        "app": MONOLITH_APP_ROLE,
-        "app_password": credentials.role_password(MONOLITH_APP_ROLE),
+    app_role = {
+        "name": MONOLITH_APP_ROLE,
+        "login": True,
+        "inherit": False,
+        "password": credentials.role_password(MONOLITH_APP_ROLE),
+        "settings": {},
     }
-    # The same provisioning SQL as a service database: owner, app role, schemas, grants.
+    database = {"name": MONOLITH_DATABASE, "owner": "market_owner", "connect": [MONOLITH_APP_ROLE]}
+    # The same provisioning SQL as a service database: its app role, the database, schemas, grants.
     with connect(topology.maintenance_url("market")) as connection:
-        run_sql_file(connection, DB_DIR / "schemas" / "service_cluster.sql", variables)
+        cluster = {"namespace": "^bench_", "known": json.dumps([MONOLITH_APP_ROLE])}
+        converge_file(
+            connection,
+            DB_DIR / "schemas" / "roles.sql",
+            {**cluster, "roles": json.dumps([app_role])},
+            apply=True,
+        )
+        converge_file(
+            connection,
+            DB_DIR / "schemas" / "databases.sql",
+            {
+                **cluster,
+                "known": json.dumps([MONOLITH_DATABASE]),
+                "databases": json.dumps([database]),
+            },
+            apply=True,
+        )
     monolith_admin = topology.admin_url("market", MONOLITH_DATABASE)
     with connect(monolith_admin) as connection:
-        run_sql_file(connection, DB_DIR / "schemas" / "service_database.sql", variables)
+        variables = {"svc": "market", "owner": "market_owner", "app": MONOLITH_APP_ROLE}
+        converge_file(
+            connection,
+            DB_DIR / "schemas" / "service_database.sql",
+            {**variables, "providers": "[]"},
+            apply=True,
+        )
     migrate({"market": monolith_admin}, ["market"])
 
     with connect(monolith_admin) as connection:

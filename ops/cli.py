@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import httpx
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from apps.common.services import SERVICES, service_spec
@@ -43,7 +44,8 @@ DatabaseUrlOption = Annotated[
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    err_console.print(f"[red]error:[/red] {message}")
+    # One line, however narrow the terminal (soft_wrap: no inserted line breaks).
+    err_console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -234,7 +236,7 @@ def _internal_client() -> Any:
     return InternalClient(caller="rose-cli", secret=secret, base_urls=urls)
 
 
-def _run_internal(call: Any) -> None:
+def _call_internal(call: Any) -> Any:
     from apps.common.internal_client import InternalCallError
 
     async def run() -> Any:
@@ -245,11 +247,14 @@ def _run_internal(call: Any) -> None:
             await client.aclose()
 
     try:
-        result = asyncio.run(run())
+        return asyncio.run(run())
     except InternalCallError as exc:
         detail = json.dumps(exc.problem) if exc.problem else str(exc)
         raise fail(f"{exc} {detail if exc.problem else ''}".strip()) from None
-    print(json.dumps(result, indent=2))
+
+
+def _run_internal(call: Any) -> None:
+    print(json.dumps(_call_internal(call), indent=2))
 
 
 def _parse_params(pairs: list[str]) -> dict[str, str | list[str]]:
@@ -300,17 +305,36 @@ def action(
 
 # -- rose db ---------------------------------------------------------------------------------
 @db_app.command("provision")
-def db_provision(database_url: DatabaseUrlOption = None) -> None:
-    """Create what is missing: databases, roles, schemas, grants, FDW edges. Idempotent."""
+def db_provision(
+    database_url: DatabaseUrlOption = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the exact SQL it would run; change nothing.")
+    ] = False,
+    prune: Annotated[
+        bool, typer.Option(help="Drop roles of rose's namespace that db/ does not declare.")
+    ] = False,
+) -> None:
+    """Make the cluster equal to db/: create what is missing, revoke and reset what is extra."""
     from ops.provision import provision
+    from ops.sqlfiles import ConvergeError
     from ops.topology import Topology
 
     topology = Topology.single_server(_admin_url(database_url))
+    show = (lambda text: print(text, flush=True)) if dry_run else (lambda text: None)
     try:
-        report = provision(topology, Credentials.for_environment(), say=console.print)
-    except ConfigError as exc:
+        report = provision(
+            topology, Credentials.for_environment(), say=show, dry_run=dry_run, prune=prune
+        )
+    except (ConfigError, ConvergeError) as exc:
         raise fail(str(exc)) from None
-    console.print(f"{len(report.created)} FDW edge(s) in place, {len(report.pending)} pending")
+    if not dry_run:
+        for change in report.statements:
+            print(change.line)
+    for change in report.left:
+        err_console.print(f"left: {change.line}", markup=False, soft_wrap=True)
+    console.print(report.summary(), markup=False, soft_wrap=True)
+    if report.left:
+        raise typer.Exit(1)
 
 
 @db_app.command("migrate")
@@ -318,7 +342,7 @@ def db_migrate(
     service: Annotated[str | None, typer.Option(help="Only this service.")] = None,
     database_url: DatabaseUrlOption = None,
 ) -> None:
-    """Upgrade every service's database to its latest migration, then refresh FDW edges."""
+    """Upgrade every service's database to its latest migration, then converge (provision)."""
     from ops.migrate import migrate, services_with_migrations
     from ops.provision import provision_edges
     from ops.topology import Topology
@@ -327,26 +351,151 @@ def db_migrate(
     services = [service_spec(service).name] if service else services_with_migrations()
     migrated = migrate({name: topology.admin_url(name) for name in services}, services)
     console.print(f"migrated: {', '.join(migrated)}")
-    provision_edges(topology, Credentials.for_environment(), say=console.print)
+    provision_edges(topology, Credentials.for_environment(), say=print)
 
 
 @db_app.command("check")
-def db_check(database_url: DatabaseUrlOption = None) -> None:
-    """Compare the databases with what db/ declares; exit 1 naming each difference."""
+def db_check(
+    database_url: DatabaseUrlOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
+) -> None:
+    """Compare the cluster with what db/ declares: one line per difference; exit 1 on any."""
     from ops.dbcheck import check
     from ops.topology import Topology
 
-    differences, notes = check(Topology.single_server(_admin_url(database_url)))
-    for note in notes:
-        console.print(f"[dim]note: {note}[/dim]")
-    if differences:
+    topology = Topology.single_server(_admin_url(database_url))
+    credentials = Credentials.for_environment(generate=False)
+    try:
+        differences, notes = check(topology, credentials=credentials)
+    except ConfigError as exc:
+        differences, notes = check(topology)
+        notes.append(f"role passwords not compared: {exc}")
+    if as_json:
+        print(json.dumps({"ok": not differences, "differences": differences, "notes": notes}))
+    else:
+        for note in notes:
+            err_console.print(f"note: {note}", markup=False, soft_wrap=True, style="dim")
         for line in differences:
-            console.print(f"[red]drift[/red] {line}")
+            print(line)
+        if not differences:
+            console.print(
+                "ok: roles, databases, privileges and FDW edges as db/ declares", markup=False
+            )
+    if differences:
         raise typer.Exit(1)
-    console.print("[green]ok[/green]: databases, roles, privileges and FDW edges as declared")
+
+
+@db_app.command("edges")
+def db_edges(
+    database_url: DatabaseUrlOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
+) -> None:
+    """Every FDW edge: consumer, provider, views and columns, reader role, server options, and
+    whether each foreign table answers (read as the consumer's app role)."""
+    from ops.dbcheck import describe_edges
+    from ops.topology import Topology
+
+    edges = describe_edges(Topology.single_server(_admin_url(database_url)))
+    if as_json:
+        print(json.dumps(edges, indent=2))
+        return
+    for edge in edges:
+        state = "reachable" if edge["reachable"] else "NOT reachable"
+        print(f"{edge['consumer']} <- {edge['provider']}  reader {edge['reader']}  {state}")
+        options = edge["server_options"] or {}
+        listed = ", ".join(f"{key}={value}" for key, value in options.items())  # type: ignore[union-attr]
+        print(f"  server {edge['server']}: {listed or 'missing'}")
+        for view in edge["views"]:  # type: ignore[attr-defined]
+            answer = "ok" if view["reachable"] else f"error: {view['error']}"
+            print(f"  {edge['provider']}.{view['view']} ({answer})")
+            print(f"    {', '.join(view['columns'])}")
+
+
+DBA_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True}
+AsRoleOption = Annotated[
+    str, typer.Option("--as", help="owner, app or reader:<consumer> (default: owner).")
+]
+
+
+def _dba_session(
+    ctx: typer.Context, client: str, service: str, as_role: str, url: str | None
+) -> None:
+    from ops.dba import DbaError, login_for, pgcli_binary, psql_binary, run_client
+    from ops.topology import Topology
+
+    try:
+        service_spec(service)
+        login = login_for(
+            Topology.single_server(_admin_url(url)), Credentials.for_environment(), service, as_role
+        )
+        binary = psql_binary() if client == "psql" else pgcli_binary()
+    except (DbaError, ValueError, ConfigError) as exc:
+        raise fail(str(exc)) from None
+    raise typer.Exit(run_client(binary, login, ctx.args))
+
+
+@db_app.command("psql", context_settings=DBA_CONTEXT)
+def db_psql(
+    ctx: typer.Context,
+    service: str,
+    as_role: AsRoleOption = "owner",
+    database_url: DatabaseUrlOption = None,
+) -> None:
+    """psql in a service's database over TCP (extra arguments go to psql, e.g. -c 'SQL').
+    The password goes through a 0600 passfile, never the command line."""
+    _dba_session(ctx, "psql", service, as_role, database_url)
+
+
+@db_app.command("pgcli", context_settings=DBA_CONTEXT)
+def db_pgcli(
+    ctx: typer.Context,
+    service: str,
+    as_role: AsRoleOption = "owner",
+    database_url: DatabaseUrlOption = None,
+) -> None:
+    """pgcli (the optional dba extra) in a service's database, like `rose db psql`."""
+    _dba_session(ctx, "pgcli", service, as_role, database_url)
 
 
 # -- rose env-template -----------------------------------------------------------------------
+orders_app = typer.Typer(help="Orders that need a person.", no_args_is_help=True)
+app.add_typer(orders_app, name="orders")
+
+
+@orders_app.command("attention")
+def orders_attention(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Orders a person must look at: flagged payments, money owed back, refunds SumUp refused."""
+
+    async def fetch(client: Any) -> Any:
+        return await client.fetch_data("orders", "attention")
+
+    rows = _call_internal(fetch)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        console.print("nothing needs attention")
+        return
+    table = Table("order", "status", "total", "why", "refunds")
+    for row in rows:
+        why = row["flag_reason"] if row["flagged"] else ""
+        refunds = "; ".join(
+            f"{refund['amount']} {refund['currency']} {refund['status']}: {refund['reason']}"
+            + (f" ({refund['last_error']})" if refund["last_error"] else "")
+            for refund in row["refunds"]
+        )
+        table.add_row(
+            str(row["order_id"]),
+            "flagged" if row["flagged"] else row["status"],
+            f"{row['total']} {row['currency']}",
+            why,
+            refunds,
+        )
+    console.print(table)
+
+
 @app.command("env-template")
 def env_template() -> None:
     """Print every secret a production deployment needs, freshly generated, as an env file."""

@@ -44,11 +44,13 @@ class Credentials:
             self._values = json.loads(path.read_text())
 
     @classmethod
-    def for_environment(cls, home: Path | None = None) -> Credentials:
+    def for_environment(cls, home: Path | None = None, *, generate: bool = True) -> Credentials:
+        """Production: the environment only. Development: the environment, then the file;
+        ``generate=False`` (for read-only commands) makes a missing value an error instead."""
         production = os.environ.get("ROSE_ENV", "dev") == "prod"
         if production:
             return cls(None, generate=False)
-        return cls((home or rose_home()) / "credentials.json")
+        return cls((home or rose_home()) / "credentials.json", generate=generate)
 
     def _get(self, key: str, env_name: str, length: int = 24) -> str:
         value = self._env.get(env_name)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
+import psycopg
 from alembic import command, context
 from alembic.config import Config
 from sqlalchemy import MetaData, create_engine, pool, text
@@ -51,8 +52,15 @@ def _admin_url_for(service: str) -> str:
     return make_url(url).set(database=service_spec(service).database).render_as_string(False)
 
 
-def run_env(service: str, target_metadata: MetaData | None) -> None:
-    """The body of every ``db/migrations/<svc>/env.py`` (online mode only)."""
+def run_env(
+    service: str,
+    target_metadata: MetaData | None,
+    after_migrations: Callable[[psycopg.Connection, str], object] | None = None,
+) -> None:
+    """The body of every ``db/migrations/<svc>/env.py`` (online mode only).
+
+    ``after_migrations`` runs on the same connection, still as the owner, in a transaction of
+    its own (the environments restore the FDW readers' grants on views a migration recreated)."""
     spec = service_spec(service)
     url = context.config.attributes.get("admin_url") or _admin_url_for(service)
     url = make_url(url).set(drivername="postgresql+psycopg")
@@ -69,6 +77,10 @@ def run_env(service: str, target_metadata: MetaData | None) -> None:
         )
         with context.begin_transaction():
             context.run_migrations()
+        if after_migrations is not None:
+            raw = connection.connection.driver_connection
+            after_migrations(raw, service)
+            raw.commit()
     engine.dispose()
 
 

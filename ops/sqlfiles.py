@@ -5,11 +5,18 @@ so a DBA can read and run them by hand. This module understands the subset they 
 ``:'name'`` (a quoted literal), ``:"name"`` (a quoted identifier), ``:name`` (the raw value),
 statements ending in ``;`` and ``\\gexec`` (run the query, then run each value it returns as a
 statement). Quotes, dollar quotes and comments are respected.
+
+Convergence files (``db/schemas``, ``db/fdw``) are made of ``\\gexec`` queries only: each returns
+the statements that repair one kind of difference, each statement led by a ``-- <where>:
+<difference>`` comment line (a comment alone is a difference left to a person).
+:func:`converge_file` runs such a file: it always runs the queries, and runs the statements they
+return only when applying, so a dry run (and ``rose db check``) changes nothing.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +50,10 @@ def _identifier_end(text: str, start: int) -> int:
     return end
 
 
+# Where something other than plain text may start: comments, quotes, variables, ends, commands.
+_SPECIAL = re.compile(r"--|/\*|['\"$:;\\]")
+
+
 def parse(sql: str, variables: Mapping[str, str]) -> list[Statement]:
     statements: list[Statement] = []
     current: list[str] = []
@@ -61,6 +72,12 @@ def parse(sql: str, variables: Mapping[str, str]) -> list[Statement]:
         return variables[name]
 
     while i < length:
+        special = _SPECIAL.search(sql, i)
+        if special is None or special.start() > i:  # a run of plain text, copied at once
+            end = length if special is None else special.start()
+            current.append(sql[i:end])
+            i = end
+            continue
         char = sql[i]
         pair = sql[i : i + 2]
         if pair == "--":
@@ -129,32 +146,87 @@ def parse(sql: str, variables: Mapping[str, str]) -> list[Statement]:
     return statements
 
 
-def run_sql_file(
-    connection: psycopg.Connection, path: Path, variables: Mapping[str, str]
-) -> list[str]:
-    """Run a psql-style file on an autocommit connection. Returns the statements executed."""
-    executed: list[str] = []
+# What a difference is about, for the summary: the first "<kind> <name>" its line names.
+_SUBJECT = re.compile(
+    r"\b(materialized view|foreign table|foreign server|export view|view|table|sequence|schema|"
+    r"database|role|user mapping for \S+ on)\s+([\w.\"$]+)"
+)
+
+
+@dataclass(frozen=True)
+class Change:
+    """One difference from the declaration, and the SQL that repairs it ("" if none does)."""
+
+    line: str
+    sql: str
+
+    @classmethod
+    def parse(cls, generated: str) -> Change:
+        first, _, rest = generated.partition("\n")
+        if not first.startswith("-- "):
+            raise ValueError(f"generated statement without its '-- <difference>' line: {first}")
+        return cls(first[3:].strip(), rest.strip())
+
+    @property
+    def where(self) -> str:
+        return self.line.split(": ", 1)[0]
+
+    @property
+    def pending(self) -> bool:
+        """A difference that resolves itself later (an export view its migrations will create)."""
+        return ": pending: " in self.line
+
+    @property
+    def action(self) -> str:
+        if not self.sql:
+            return "pending" if self.pending else "left"
+        return "created" if self.sql.upper().startswith("CREATE") else "changed"
+
+    @property
+    def subject(self) -> str:
+        match = _SUBJECT.search(self.line)
+        return f"{self.where}: {match[1]} {match[2]}" if match else self.line
+
+    def text(self) -> str:
+        """The statement as --dry-run prints it (passwords hidden), with its comment."""
+        return f"-- {self.line}" + (f"\n{redact(self.sql)};" if self.sql else "")
+
+
+class ConvergeError(RuntimeError):
+    pass
+
+
+def converge_file(
+    connection: psycopg.Connection,
+    path: Path,
+    variables: Mapping[str, str],
+    *,
+    apply: bool,
+) -> list[Change]:
+    """Run a convergence file: its queries always, the statements they return only if ``apply``.
+
+    Each returned statement runs as one simple query, so the several statements of one repair
+    (drop and create a foreign table, say) commit together or not at all."""
+    changes: list[Change] = []
     for statement in parse(path.read_text(), variables):
-        cursor = connection.execute(statement.sql)
         if not statement.gexec:
-            executed.append(statement.sql)
-            continue
-        rows = cursor.fetchall()
-        for row in rows:
-            for generated in row:
-                if generated is None:
-                    continue
-                logger.info("%s: %s", path.name, _redact(generated))
-                connection.execute(generated)
-                executed.append(generated)
-    return executed
+            raise ValueError(f"{path.name}: a convergence file holds \\gexec queries only")
+        for (generated,) in connection.execute(statement.sql).fetchall():
+            change = Change.parse(generated)
+            changes.append(change)
+            if apply and change.sql:
+                logger.info("%s: %s", path.name, redact(change.sql))
+                try:
+                    connection.execute(generated)
+                except psycopg.Error as exc:
+                    message = str(exc).strip().splitlines()[0]
+                    raise ConvergeError(f"{change.line}: {message}") from exc
+    return changes
 
 
-def _redact(statement: str) -> str:
-    marker = "PASSWORD "
-    upper = statement.upper()
-    if marker in upper:
-        return statement[: upper.index(marker) + len(marker)] + "'***'"
-    if "password '" in statement:
-        return statement.split("password '")[0] + "password '***')"
-    return statement
+_PASSWORD = re.compile(r"\b(password\s+)'(?:[^']|'')*'", re.IGNORECASE)
+
+
+def redact(statement: str) -> str:
+    """The statement with every password literal replaced by '***'."""
+    return _PASSWORD.sub(r"\1'***'", statement)

@@ -22,6 +22,7 @@ from ops.credentials import Credentials
 from ops.migrate import migrate, services_with_migrations
 from ops.provision import provision, provision_edges
 from ops.stack import available_services
+from tests.integration.db_fixtures import Cluster, start_cluster
 from tests.pg import TestServer, session_server
 
 INTERNAL_SECRET = "test-internal-secret-0123456789"
@@ -32,6 +33,12 @@ SESSION_SECRET = "test-session-secret-0123456789"
 def pg_server() -> Iterator[TestServer]:
     with session_server() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def db_cluster() -> Iterator[Cluster]:
+    """A provisioned cluster of its own, for tests that break it on purpose (and repair it)."""
+    yield from start_cluster()
 
 
 @pytest.fixture(scope="session")

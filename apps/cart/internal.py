@@ -10,6 +10,7 @@ from litestar.params import JSONBody, Parameter
 from markupsafe import escape
 
 from apps.cart import service
+from apps.cart.contract import AdoptCart, ClearCartForOrder, Cleared
 from apps.common.deps import AppSettings, DbSession
 from apps.common.internal import action_route, data_route, fragment_route
 from apps.common.web import cart_url
@@ -17,20 +18,6 @@ from apps.common.web import cart_url
 UserIdParam = Annotated[int | None, Parameter(ge=1, le=2**63 - 1)]
 SessionParam = Annotated[str | None, Parameter(min_length=1, max_length=64)]
 PageParam = Annotated[int | None, Parameter(ge=1, le=2**63 - 1)]
-
-
-class AdoptCart(msgspec.Struct, forbid_unknown_fields=True):
-    user_id: service.PositiveId
-    session_id: service.SessionId
-
-
-class ClearCartForOrder(msgspec.Struct, forbid_unknown_fields=True):
-    order_id: service.PositiveId
-    user_id: service.PositiveId | None = None
-    session_id: service.SessionId | None = None
-    page_post_id: service.PositiveId | None = None
-    # Beyond the plan: the products the order paid for, so lines added after checkout stay.
-    product_ids: list[service.PositiveId] | None = None
 
 
 @data_route("cart-summary")
@@ -82,19 +69,11 @@ async def adopt_cart_for_user(db_session: DbSession, data: JSONBody[AdoptCart]) 
 
 
 @action_route("clear-cart-for-order")
-async def clear_cart_for_order(
-    db_session: DbSession, data: JSONBody[ClearCartForOrder]
-) -> dict[str, int]:
+async def clear_cart_for_order(db_session: DbSession, data: JSONBody[ClearCartForOrder]) -> Cleared:
     """Idempotent per order without a key store: the cleared lines record the order."""
-    cleared = await service.clear_for_order(
-        db_session,
-        data.order_id,
-        service.Owner(data.user_id, data.session_id),
-        data.page_post_id,
-        data.product_ids,
-    )
+    cleared = await service.clear_for_order(db_session, data)
     await db_session.commit()
-    return {"cleared": cleared}
+    return Cleared(cleared=cleared)
 
 
 @fragment_route("cart-mini")

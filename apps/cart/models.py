@@ -13,6 +13,7 @@ from sqlalchemy import (
     CheckConstraint,
     Column,
     DateTime,
+    ForeignKey,
     Index,
     Integer,
     MetaData,
@@ -58,6 +59,11 @@ class CartItem(IdentityPkMixin, TimestampedMixin, Base):
             postgresql_where=text("deleted_at IS NULL AND user_id IS NULL"),
         ),
         Index("ix_cart_items_order_id", "order_id"),
+        Index(
+            "ix_cart_items_merged_into_id",
+            "merged_into_id",
+            postgresql_where=text("merged_into_id IS NOT NULL"),
+        ),
     )
 
     user_id: Mapped[int | None] = mapped_column(BigInteger)
@@ -67,6 +73,8 @@ class CartItem(IdentityPkMixin, TimestampedMixin, Base):
     # The page the product is sold through (its market place's container).
     market_place_container_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
     order_id: Mapped[int | None] = mapped_column(BigInteger)
+    # Sign-in merged this anonymous line into the user's line of the same product.
+    merged_into_id: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("cart.cart_items.id"))
 
 
 # -- foreign tables: other services' export views ---------------------------------------------

@@ -3,18 +3,21 @@ hands over to orders and sends the browser to SumUp's hosted checkout."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
+import msgspec
 from litestar import Request, get, post
-from litestar.params import Parameter
+from litestar.params import FromPath, Parameter
 from litestar.response import Redirect, Template
 
 from apps.cart import service
-from apps.common.deps import CurrentIdentity, DbSession
+from apps.common.deps import AppSettings, CurrentIdentity, DbSession
 from apps.common.identity import Identity
 from apps.common.internal_client import InternalCallError, call_action
-from apps.common.problems import InvalidInput, Problem
-from apps.common.web import degraded_headers, redirect_back, render, wants_html
+from apps.common.problems import InvalidInput, Problem, TooManyRequests
+from apps.common.settings import Settings
+from apps.common.web import degraded_headers, orders_url, redirect_back, render, wants_html
+from apps.orders.contract import CREATE_ORDER_CALLER_TIMEOUT
 
 ItemId = Annotated[int, Parameter(ge=1, le=2**63 - 1)]
 PageSlug = Annotated[str, Parameter(pattern=r"^[a-z0-9][a-z0-9-]{0,254}$")]
@@ -111,25 +114,50 @@ async def delete_item(
 
 
 async def _checkout(
-    request: Request, db_session: DbSession, identity: Identity, page_id: int | None
+    request: Request,
+    db_session: DbSession,
+    identity: Identity,
+    settings: Settings,
+    page_id: int | None,
 ) -> Any:
     owner = owner_of(identity)
     cart = await service.load_cart(db_session, owner, page_id)
-    payload, key = service.checkout_request(cart, owner, page_id)
+    order, key = service.checkout_request(cart, owner, identity.session_id, page_id)
     # Nothing of the cart changes here: it is cleared by orders once the payment is confirmed.
     await db_session.rollback()
     try:
-        created = await call_action("orders", "create-order", payload, idempotency_key=key)
+        # Orders answers within its budget (the contract); waiting longer means never giving
+        # up on an order that is still being made. No retry: the answer is awaited, not raced.
+        created = await call_action(
+            "orders",
+            "create-order",
+            msgspec.to_builtins(order),
+            idempotency_key=key,
+            timeout=CREATE_ORDER_CALLER_TIMEOUT,
+            retry=False,
+        )
     except InternalCallError as exc:
-        raise checkout_failed(exc) from exc
+        raise checkout_failed(exc, orders_url(settings, "/")) from exc
     if wants_html(request):
         return Redirect(path=created["sumup_hosted_url"], status_code=303)
     return created
 
 
-def checkout_failed(exc: InternalCallError) -> Problem:
-    """Tell the buyer why checkout failed, and that the cart is as it was."""
+def checkout_failed(exc: InternalCallError, orders_page: str) -> Problem:
+    """Tell the buyer the truth about a checkout that did not end with a payment page: the cart
+    never changes at checkout, and when orders may have made the order, say where it is."""
+    if exc.outcome_unknown:
+        return Problem(
+            "We could not confirm your checkout in time. If your order was made, it is in your "
+            f"orders ({orders_page}). Checking out again is safe: the same cart never makes a "
+            "second order.",
+            status_code=503,
+            title="Checkout not confirmed",
+            orders=orders_page,
+        )
     detail = str(exc.problem.get("detail") or exc).rstrip(".")
+    if exc.remote_status == 429:
+        return TooManyRequests(detail, retry_after=int(exc.problem.get("retry_after") or 60))
     status = exc.remote_status if exc.remote_status in (409, 422) else exc.http_status
     return Problem(
         f"Checkout failed: {detail}. Your cart has not changed; please try again.",
@@ -139,16 +167,51 @@ def checkout_failed(exc: InternalCallError) -> Problem:
 
 
 @post("/checkout/", operation_id="cart_checkout", status_code=200)
-async def checkout(request: Request, db_session: DbSession, identity: CurrentIdentity) -> Any:
-    return await _checkout(request, db_session, identity, None)
+async def checkout(
+    request: Request, db_session: DbSession, identity: CurrentIdentity, settings: AppSettings
+) -> Any:
+    return await _checkout(request, db_session, identity, settings, None)
 
 
 @post("/page/{page_slug:str}/checkout/", operation_id="page_cart_checkout", status_code=200)
 async def page_checkout(
-    request: Request, db_session: DbSession, identity: CurrentIdentity, page_slug: PageSlug
+    request: Request,
+    db_session: DbSession,
+    identity: CurrentIdentity,
+    settings: AppSettings,
+    page_slug: PageSlug,
 ) -> Any:
     page_id = await service.page_id_for_slug(db_session, page_slug)
-    return await _checkout(request, db_session, identity, page_id)
+    return await _checkout(request, db_session, identity, settings, page_id)
+
+
+@post(
+    "/booking/{kind:str}/{booking_id:int}/delete/",
+    operation_id="cart_booking_delete",
+    status_code=200,
+)
+async def delete_booking(
+    request: Request,
+    identity: CurrentIdentity,
+    kind: FromPath[Literal["entry", "ticket"]],
+    booking_id: ItemId,
+) -> Any:
+    """Remove a booking from the cart: events releases its hold at once."""
+    try:
+        released = await call_action(
+            "events",
+            "release-booking",
+            {"kind": kind, "id": booking_id, **identity.as_params()},
+        )
+    except InternalCallError as exc:
+        if exc.remote_status in (404, 409, 422):
+            raise Problem(
+                str(exc.problem.get("detail") or exc), status_code=exc.remote_status
+            ) from exc
+        raise
+    if wants_html(request):
+        return await redirect_back(request, "/")
+    return released
 
 
 handlers = [
@@ -161,4 +224,5 @@ handlers = [
     delete_item,
     checkout,
     page_checkout,
+    delete_booking,
 ]

@@ -8,20 +8,33 @@ with one query per source (the page's keys as one array), bounded by a statement
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
 import msgspec
-from sqlalchemy import ColumnElement, and_, any_, bindparam, func, select, text, update
-from sqlalchemy.dialects.postgresql import ARRAY, insert
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    and_,
+    any_,
+    bindparam,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import insert as upsert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from apps.cart.contract import ClearCartForOrder, PaidLine
 from apps.cart.models import CartItem, page_configs, pending_bookings, products
 from apps.common.fdw import ProviderUnavailable, remote_read
 from apps.common.problems import Conflict, InvalidInput, NotFound
+from apps.orders.contract import BookingLine, CartLine, CreateOrder
 
 MAX_QUANTITY = 99
 PositiveId = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
@@ -67,6 +80,9 @@ class Line(msgspec.Struct):
     page_id: int
     # False when market no longer sells the product: it cannot be checked out.
     available: bool
+    # This line and the anonymous lines sign-in merged into it (not yet paid for): what an
+    # order of this line claims.
+    cart_line_ids: list[int] = []
 
 
 class Booking(msgspec.Struct):
@@ -113,6 +129,25 @@ async def _active_items(
     if page_id is not None:
         query = query.where(CartItem.market_place_container_id == page_id)
     return list(await session.scalars(query.order_by(CartItem.id)))
+
+
+async def _merged_into(session: AsyncSession, line_ids: list[int]) -> dict[int, list[int]]:
+    """For each live line, the anonymous lines sign-in merged into it that no paid order has
+    cleared yet."""
+    if not line_ids:
+        return {}
+    rows = await session.execute(
+        select(CartItem.merged_into_id, CartItem.id)
+        .where(
+            CartItem.merged_into_id == any_(bindparam("lines", line_ids, type_=ARRAY(BigInteger))),
+            CartItem.order_id.is_(None),
+        )
+        .order_by(CartItem.id)
+    )
+    merged: dict[int, list[int]] = {}
+    for into, line_id in rows:
+        merged.setdefault(into, []).append(line_id)
+    return merged
 
 
 async def _products(session: AsyncSession, ids: list[int]) -> dict[int, Any]:
@@ -179,7 +214,8 @@ async def page_id_for_slug(session: AsyncSession, page_slug: str) -> int:
     return int(page_id)
 
 
-def _line(item: CartItem, product: Any | None) -> Line:
+def _line(item: CartItem, product: Any | None, merged: list[int]) -> Line:
+    line_ids = [item.id, *merged]
     if product is None:
         return Line(
             id=item.id,
@@ -195,6 +231,7 @@ def _line(item: CartItem, product: Any | None) -> Line:
             line_total=None,
             page_id=item.market_place_container_id,
             available=False,
+            cart_line_ids=line_ids,
         )
     unit_price = (
         product.special_price if product.special_price is not None else product.regular_price
@@ -213,6 +250,7 @@ def _line(item: CartItem, product: Any | None) -> Line:
         line_total=unit_price * item.quantity,
         page_id=item.market_place_container_id,
         available=True,
+        cart_line_ids=line_ids,
     )
 
 
@@ -222,7 +260,8 @@ async def load_cart(session: AsyncSession, owner: Owner, page_id: int | None = N
     page names are: the cart still answers, and says what is missing in ``degraded``."""
     items = await _active_items(session, owner, page_id)
     known = await _products(session, sorted({item.product_id for item in items}))
-    lines = [_line(item, known.get(item.product_id)) for item in items]
+    merged = await _merged_into(session, [item.id for item in items])
+    lines = [_line(item, known.get(item.product_id), merged.get(item.id, [])) for item in items]
     degraded: list[str] = []
     try:
         bookings = await _bookings(session, owner, page_id)
@@ -299,7 +338,7 @@ async def add_item(
         }
     table = CartItem.__table__
     statement = (
-        insert(table)
+        upsert(table)
         .values(
             user_id=owner.user_id,
             session_id=owner.session_id,
@@ -352,32 +391,37 @@ async def remove_item(session: AsyncSession, owner: Owner, item_id: int) -> None
 
 async def adopt_cart(session: AsyncSession, user_id: int, session_id: str) -> int:
     """On sign-in, the anonymous session's lines join the user's cart (quantities of a product
-    in both are added). Returns how many anonymous lines were adopted; a second call adopts 0."""
+    in both are added; the anonymous line records the line it was merged into, so an order
+    made before sign-in still finds what it bought). Returns how many anonymous lines were
+    adopted; a second call adopts 0."""
     anonymous = CartItem.__table__.alias("anonymous")
     table = CartItem.__table__
     await session.execute(
         text("SELECT pg_advisory_xact_lock(hashtext('cart-adopt:' || :sid))"), {"sid": session_id}
     )
-    merged = await session.execute(
-        update(table)
-        .where(
-            table.c.user_id == user_id,
-            table.c.deleted_at.is_(None),
-            table.c.product_id == anonymous.c.product_id,
-            anonymous.c.session_id == session_id,
-            anonymous.c.user_id.is_(None),
-            anonymous.c.deleted_at.is_(None),
-        )
-        .values(
-            quantity=func.least(table.c.quantity + anonymous.c.quantity, MAX_QUANTITY),
-            updated_at=func.now(),
-        )
-        .returning(anonymous.c.id)
-    )
-    merged_ids = [row[0] for row in merged]
-    if merged_ids:
+    merged = (
         await session.execute(
-            update(table).where(table.c.id.in_(merged_ids)).values(deleted_at=func.now())
+            update(table)
+            .where(
+                table.c.user_id == user_id,
+                table.c.deleted_at.is_(None),
+                table.c.product_id == anonymous.c.product_id,
+                anonymous.c.session_id == session_id,
+                anonymous.c.user_id.is_(None),
+                anonymous.c.deleted_at.is_(None),
+            )
+            .values(
+                quantity=func.least(table.c.quantity + anonymous.c.quantity, MAX_QUANTITY),
+                updated_at=func.now(),
+            )
+            .returning(anonymous.c.id, table.c.id)
+        )
+    ).all()
+    for anonymous_id, user_line_id in merged:
+        await session.execute(
+            update(table)
+            .where(table.c.id == anonymous_id)
+            .values(deleted_at=func.now(), merged_into_id=user_line_id, updated_at=func.now())
         )
     moved = await session.execute(
         update(table)
@@ -389,32 +433,102 @@ async def adopt_cart(session: AsyncSession, user_id: int, session_id: str) -> in
         .values(user_id=user_id, updated_at=func.now())
         .returning(table.c.id)
     )
-    return len(merged_ids) + len(moved.all())
+    return len(merged) + len(moved.all())
 
 
-async def clear_for_order(
+async def clear_for_order(session: AsyncSession, request: ClearCartForOrder) -> int:
+    """Remove what a paid order bought, once: a repeat for the same order removes nothing more
+    and answers the same count (the lines remember the order).
+
+    Line by line when the order names its lines: the line as it was at checkout is removed
+    wherever sign-in moved it (if sign-in merged it into the user's line of the same product,
+    the quantity paid for comes off that line); a quantity added after checkout stays in the
+    cart as a line of its own. Orders that name no lines remove the owner's lines of their
+    products."""
+    await session.execute(
+        text("SELECT pg_advisory_xact_lock(:order_id)"), {"order_id": request.order_id}
+    )
+    if request.lines is None:
+        return await _clear_by_products(session, request)
+    cleared = 0
+    for paid in request.lines:
+        if not paid.cart_line_ids:
+            owner = Owner(request.user_id, request.session_id)
+            cleared += await _clear_by_products(
+                session, request, owner=owner, product_ids=[paid.product_id]
+            )
+            continue
+        cleared += await _clear_line(session, request.order_id, paid)
+    return cleared
+
+
+async def _clear_line(session: AsyncSession, order_id: int, paid: PaidLine) -> int:
+    line = await session.scalar(
+        select(CartItem).where(CartItem.id == paid.cart_line_ids[0]).with_for_update()
+    )
+    if line is None or line.order_id is not None:
+        return int(line is not None and line.order_id == order_id)
+    line.order_id = order_id
+    line.updated_at = func.now()  # type: ignore[assignment]
+    if line.deleted_at is None:
+        line.deleted_at = func.now()  # type: ignore[assignment]
+        surplus = line.quantity - paid.quantity
+        if surplus > 0:
+            await session.flush()  # the paid line leaves before its surplus takes its place
+            await session.execute(
+                insert(CartItem).values(
+                    user_id=line.user_id,
+                    session_id=line.session_id,
+                    product_id=line.product_id,
+                    quantity=surplus,
+                    market_place_container_id=line.market_place_container_id,
+                )
+            )
+        return 1
+    if line.merged_into_id is not None:
+        into = await session.scalar(
+            select(CartItem)
+            .where(CartItem.id == line.merged_into_id, CartItem.deleted_at.is_(None))
+            .with_for_update()
+        )
+        if into is not None:
+            if into.quantity > paid.quantity:
+                into.quantity -= paid.quantity
+            else:
+                into.deleted_at = func.now()  # type: ignore[assignment]
+                into.order_id = order_id
+            into.updated_at = func.now()  # type: ignore[assignment]
+        return 1
+    return 1  # the buyer had removed it already
+
+
+async def _clear_by_products(
     session: AsyncSession,
-    order_id: int,
-    owner: Owner,
-    page_post_id: int | None,
-    product_ids: list[int] | None,
+    request: ClearCartForOrder,
+    *,
+    owner: Owner | None = None,
+    product_ids: list[int] | None = None,
 ) -> int:
-    """Remove the lines an order paid for, once: a repeat for the same order removes nothing
-    more and answers the same count (the lines remember the order)."""
-    await session.execute(text("SELECT pg_advisory_xact_lock(:order_id)"), {"order_id": order_id})
+    owner = owner or Owner(request.user_id, request.session_id)
+    product_ids = product_ids if product_ids is not None else request.product_ids
     already = await session.scalar(
-        select(func.count()).select_from(CartItem).where(CartItem.order_id == order_id)
+        select(func.count())
+        .select_from(CartItem)
+        .where(
+            CartItem.order_id == request.order_id,
+            *([CartItem.product_id.in_(product_ids)] if product_ids is not None else []),
+        )
     )
     if already:
         return int(already)
     query = (
         update(CartItem)
         .where(owner.clause(), CartItem.deleted_at.is_(None))
-        .values(deleted_at=func.now(), order_id=order_id, updated_at=func.now())
+        .values(deleted_at=func.now(), order_id=request.order_id, updated_at=func.now())
         .returning(CartItem.id)
     )
-    if page_post_id is not None:
-        query = query.where(CartItem.market_place_container_id == page_post_id)
+    if request.page_post_id is not None:
+        query = query.where(CartItem.market_place_container_id == request.page_post_id)
     if product_ids is not None:
         query = query.where(CartItem.product_id.in_(product_ids))
     return len((await session.execute(query)).all())
@@ -422,10 +536,12 @@ async def clear_for_order(
 
 # -- checkout ---------------------------------------------------------------------------------
 def checkout_request(
-    cart: CartView, owner: Owner, page_post_id: int | None
-) -> tuple[dict[str, Any], str]:
-    """The create-order payload (the plan's section 4.3) and an idempotency key derived from
-    this cart snapshot: a double submit creates one order; a changed cart another."""
+    cart: CartView, owner: Owner, session_id: str, page_post_id: int | None
+) -> tuple[CreateOrder, str]:
+    """The create-order request (orders' contract) and an idempotency key derived from this
+    cart snapshot: a double submit creates one order; a changed cart another. ``session_id`` is
+    the browser session, sent even when signed in: orders made before sign-in are the same
+    buyer's."""
     lines = cart.lines
     bookings = cart.bookings
     if not lines and not bookings:
@@ -440,42 +556,41 @@ def checkout_request(
     entries = [b for b in bookings if b.kind == "entry"]
     tickets = [b for b in bookings if b.kind == "ticket"]
 
-    def booking_line(booking: Booking) -> dict[str, Any]:
-        return {
-            "id": booking.id,
-            "title": booking.title,
-            "price": str(booking.price),
-            "currency": booking.currency,
-            "container_id": booking.page_id,
-        }
+    def booking_line(booking: Booking) -> BookingLine:
+        return BookingLine(
+            id=booking.id,
+            title=booking.title,
+            price=booking.price,
+            currency=booking.currency,
+            container_id=booking.page_id,
+        )
 
-    payload: dict[str, Any] = {
-        "cart_items": [
-            {
-                "product_id": line.product_id,
-                "product_title": line.title,
-                "product_slug": line.slug,
-                "product_image": line.image,
-                "product_regular_price": str(line.regular_price),
-                "product_special_price": None
-                if line.special_price is None
-                else str(line.special_price),
-                "product_price_currency": line.currency,
-                "quantity": line.quantity,
-                "market_place_container_id": line.page_id,
-            }
+    request = CreateOrder(
+        cart_items=[
+            CartLine(
+                product_id=line.product_id,
+                product_title=line.title,
+                product_slug=line.slug or str(line.product_id),
+                product_image=line.image,
+                product_regular_price=line.regular_price or Decimal(0),
+                product_special_price=line.special_price,
+                product_price_currency=line.currency or "",
+                quantity=line.quantity,
+                market_place_container_id=line.page_id,
+                cart_line_ids=line.cart_line_ids,
+            )
             for line in lines
         ],
-        "calendar_entries": [booking_line(entry) for entry in entries],
-        "tickets": [booking_line(ticket) for ticket in tickets],
-        "user_id": owner.user_id,
-        "session_id": owner.session_id,
-        "product_total": str(sum((line.line_total or Decimal(0) for line in lines), Decimal(0))),
-        "calendar_total": str(sum((entry.price for entry in entries), Decimal(0))),
-        "ticket_total": str(sum((ticket.price for ticket in tickets), Decimal(0))),
-        "page_post_id": page_post_id,
-    }
+        calendar_entries=[booking_line(entry) for entry in entries],
+        tickets=[booking_line(ticket) for ticket in tickets],
+        user_id=owner.user_id,
+        session_id=session_id,
+        product_total=sum((line.line_total or Decimal(0) for line in lines), Decimal(0)),
+        calendar_total=sum((entry.price for entry in entries), Decimal(0)),
+        ticket_total=sum((ticket.price for ticket in tickets), Decimal(0)),
+        page_post_id=page_post_id,
+    )
     # Line ids are part of the snapshot: the same products bought again later are new lines.
-    snapshot = {"line_ids": [line.id for line in lines], **payload}
-    digest = hashlib.sha256(json.dumps(snapshot, sort_keys=True).encode()).hexdigest()
-    return payload, f"cart-checkout:{digest}"
+    snapshot = msgspec.json.encode(request, order="sorted")
+    digest = hashlib.sha256(snapshot).hexdigest()
+    return request, f"cart-checkout:{digest}"

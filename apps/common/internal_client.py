@@ -39,6 +39,7 @@ class InternalCallError(Exception):
         http_status: int = 502,
         remote_status: int | None = None,
         problem: Mapping[str, Any] | None = None,
+        outcome_unknown: bool = False,
     ) -> None:
         super().__init__(f"{service} {name}: {message}")
         self.service = service
@@ -46,6 +47,10 @@ class InternalCallError(Exception):
         self.http_status = http_status
         self.remote_status = remote_status
         self.problem = dict(problem or {})
+        # True when the request may have reached the other service and had its effect (it
+        # timed out or the connection broke after sending): the caller must not say "nothing
+        # happened".
+        self.outcome_unknown = outcome_unknown
 
 
 class InternalClient:
@@ -120,12 +125,23 @@ class InternalClient:
                     headers=request_headers,
                     timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
                 )
+            except (httpx.ConnectTimeout, httpx.PoolTimeout, httpx.ConnectError) as exc:
+                last_error = InternalCallError(
+                    service, name, f"unreachable ({type(exc).__name__})", http_status=503
+                )
+                continue
             except httpx.TimeoutException:
-                last_error = InternalCallError(service, name, "timed out", http_status=503)
+                last_error = InternalCallError(
+                    service, name, "timed out", http_status=503, outcome_unknown=True
+                )
                 continue
             except httpx.TransportError as exc:
                 last_error = InternalCallError(
-                    service, name, f"unreachable ({type(exc).__name__})", http_status=503
+                    service,
+                    name,
+                    f"connection lost ({type(exc).__name__})",
+                    http_status=503,
+                    outcome_unknown=True,
                 )
                 continue
             if response.status_code in RETRYABLE_STATUSES and attempt + 1 < attempts:
@@ -158,7 +174,9 @@ class InternalClient:
         *,
         idempotency_key: str | None = None,
         timeout: float | None = None,
+        retry: bool | None = None,
     ) -> Any:
+        """``retry`` defaults to: only when the action carries an idempotency key."""
         body = json.dumps(payload, separators=(",", ":"), default=str).encode()
         headers = {IDEMPOTENCY_HEADER: idempotency_key} if idempotency_key else None
         response = await self._request(
@@ -168,7 +186,7 @@ class InternalClient:
             f"/internal/actions/{name}",
             body=body,
             headers=headers,
-            retry=idempotency_key is not None,
+            retry=idempotency_key is not None if retry is None else retry,
             timeout=timeout,
         )
         return _json(service, name, response)
@@ -260,10 +278,16 @@ async def fetch_data(service: str, name: str, params: Mapping[str, Any] | None =
 
 
 async def call_action(
-    service: str, name: str, payload: Mapping[str, Any], *, idempotency_key: str | None = None
+    service: str,
+    name: str,
+    payload: Mapping[str, Any],
+    *,
+    idempotency_key: str | None = None,
+    timeout: float | None = None,
+    retry: bool | None = None,
 ) -> Any:
     return await current_client().call_action(
-        service, name, payload, idempotency_key=idempotency_key
+        service, name, payload, idempotency_key=idempotency_key, timeout=timeout, retry=retry
     )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -32,11 +32,15 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from apps.common.internal_client import InternalCallError, current_client
+from apps.common.internal_client import InternalCallError, InternalClient, current_client
 
 logger = logging.getLogger("rose.outbox")
 
 MAX_BACKOFF_SECONDS = 300
+
+# What a sender does with the receiver's answer, in the transaction that records the delivery:
+# ``(session, payload, answer)``. Keyed by (service, action).
+ReplyHandler = Callable[[AsyncSession, Mapping[str, Any], Any], Awaitable[None]]
 
 
 def outbox_table(metadata: MetaData) -> Table:
@@ -89,7 +93,9 @@ class OutboxRelay:
 
     Each message is delivered in its own transaction holding the row lock (``FOR UPDATE SKIP
     LOCKED``), so several processes can relay one outbox without delivering a message twice
-    at once."""
+    at once. A reply handler registered for the message's action sees the receiver's answer
+    in the transaction that records the delivery (an answer that needs acting on is never
+    just logged)."""
 
     def __init__(
         self,
@@ -98,9 +104,13 @@ class OutboxRelay:
         *,
         poll_seconds: float = 2.0,
         batch: int = 20,
+        client: InternalClient | None = None,
+        replies: Mapping[tuple[str, str], ReplyHandler] | None = None,
     ) -> None:
         self._maker = maker
         self._table = table
+        self._client = client
+        self._replies = dict(replies or {})
         self._poll = poll_seconds
         self._batch = batch
         self._wakeup = asyncio.Event()
@@ -151,8 +161,9 @@ class OutboxRelay:
                 ).first()
                 if message is None:
                     return acknowledged
+                client = self._client or current_client()
                 try:
-                    await current_client().call_action(
+                    answer = await client.call_action(
                         message.service,
                         message.action,
                         message.payload,
@@ -178,6 +189,9 @@ class OutboxRelay:
                         )
                     )
                     continue
+                reply = self._replies.get((message.service, message.action))
+                if reply is not None:
+                    await reply(session, message.payload, answer)
                 await session.execute(
                     update(table)
                     .where(table.c.id == message.id)

@@ -71,6 +71,18 @@ class Conflict(Problem):
     status_code = 409
 
 
+class TooManyRequests(Problem):
+    """A rate limit was hit; ``retry_after`` seconds until it is lifted (``Retry-After``)."""
+
+    status_code = 429
+
+    def __init__(self, detail: str, *, retry_after: int, **extra: Any) -> None:
+        seconds = max(1, retry_after)
+        super().__init__(
+            detail, headers={"Retry-After": str(seconds)}, retry_after=seconds, **extra
+        )
+
+
 class InvalidInput(Problem):
     """Input that parses but breaks a rule; names the field."""
 

@@ -36,8 +36,13 @@ logger = logging.getLogger("rose.web")
 SignInHook = Callable[[Identity, Identity], Awaitable[None]]
 
 
-# On sign-in, what the visitor gathered anonymously joins the user: cart lines, and bookings.
-ADOPT_ON_SIGN_IN = (("cart", "adopt-cart-for-user"), ("events", "adopt-bookings-for-user"))
+# On sign-in, what the visitor gathered anonymously joins the user: cart lines, bookings and
+# orders (an order made before sign-in shows in the user's list, and is cleared when paid).
+ADOPT_ON_SIGN_IN = (
+    ("cart", "adopt-cart-for-user"),
+    ("events", "adopt-bookings-for-user"),
+    ("orders", "adopt-orders-for-user"),
+)
 
 
 async def adopt_anonymous_on_sign_in(before: Identity, after: Identity) -> None:

@@ -1,22 +1,59 @@
-"""events: public. Calendars attached to pages, bookable entries and tickets that go into a cart,
-confirmed when their order is paid."""
+"""events: public. Calendars attached to pages, bookable entries and tickets that go into a cart
+(held for a while, then free for others), confirmed when their order is paid."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from pathlib import Path
 
 from litestar import Litestar
+from litestar.di import Provide
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from apps.common.app_factory import create_base_app
 from apps.common.settings import Settings
-from apps.events import internal, public
+from apps.events import internal, public, service
+from apps.events.settings import EventsSettings
+
+logger = logging.getLogger("rose.events")
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
+    settings = settings or Settings.from_env("events")
+    own = EventsSettings.from_settings(settings)
+
+    async def start(app: Litestar) -> None:
+        app.state.sweeper = asyncio.create_task(
+            _sweep_forever(app.state.sessionmaker, own.sweep_seconds), name="events-sweep"
+        )
+
+    async def stop(app: Litestar) -> None:
+        app.state.sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await app.state.sweeper
+
     return create_base_app(
         "events",
         settings=settings,
         internal_handlers=internal.handlers,
         public_handlers=public.handlers,
         templates=Path(__file__).parent / "templates",
+        on_startup=[start],
+        on_shutdown=[stop],
+        dependencies={"own_settings": Provide(lambda: own, use_cache=True, sync_to_thread=False)},
     )
+
+
+async def _sweep_forever(maker: async_sessionmaker[AsyncSession], every: float) -> None:
+    while True:
+        await asyncio.sleep(every)
+        try:
+            async with maker() as session:
+                swept = await service.sweep_ended_holds(session)
+                await session.commit()
+            if swept:
+                logger.info("released %d booking(s) whose hold ended", swept)
+        except Exception:
+            logger.exception("sweeping ended holds failed")

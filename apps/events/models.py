@@ -32,6 +32,8 @@ SESSION_ID_LENGTH = 64
 
 # A booking belongs to exactly one identity: a signed-in user or an anonymous session.
 ONE_OWNER = "num_nonnulls(user_id, session_id) = 1"
+# A pending booking always has an end to its hold.
+PENDING_HAS_HOLD = "state <> 'pending' OR hold_expires_at IS NOT NULL"
 
 
 class Base(DeclarativeBase):
@@ -77,6 +79,7 @@ class CalendarEntry(IdentityPkMixin, TimestampedMixin, Base):
             f"state <> 'confirmed' OR ({ONE_OWNER} AND order_id IS NOT NULL)",
             name="confirmed_has_owner_and_order",
         ),
+        CheckConstraint(PENDING_HAS_HOLD, name="pending_has_hold"),
         Index("ix_calendar_entries_calendar_id_starts_at", "calendar_id", "starts_at"),
         # The pending bookings of one identity: the remote scan behind cart's FDW reads.
         Index(
@@ -103,6 +106,10 @@ class CalendarEntry(IdentityPkMixin, TimestampedMixin, Base):
     user_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     session_id: Mapped[str | None] = mapped_column(String(SESSION_ID_LENGTH), nullable=True)
     order_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # A pending booking is held for its owner until then; afterwards it blocks nobody.
+    hold_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The order the hold was extended for (confirm-for-order confirms only for it).
+    hold_order_id: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class Ticket(IdentityPkMixin, TimestampedMixin, Base):
@@ -120,6 +127,7 @@ class Ticket(IdentityPkMixin, TimestampedMixin, Base):
             f"state <> 'confirmed' OR ({ONE_OWNER} AND order_id IS NOT NULL)",
             name="confirmed_has_owner_and_order",
         ),
+        CheckConstraint(PENDING_HAS_HOLD, name="pending_has_hold"),
         Index("ix_tickets_calendar_entry_id", "calendar_entry_id"),
         Index("ix_tickets_pending_user", "user_id", postgresql_where=text("state = 'pending'")),
         Index(
@@ -138,6 +146,10 @@ class Ticket(IdentityPkMixin, TimestampedMixin, Base):
     user_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     session_id: Mapped[str | None] = mapped_column(String(SESSION_ID_LENGTH), nullable=True)
     order_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # A pending booking is held for its owner until then; afterwards it blocks nobody.
+    hold_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The order the hold was extended for (confirm-for-order confirms only for it).
+    hold_order_id: Mapped[int | None] = mapped_column(BigInteger)
 
 
 idempotency_keys = idempotency_table(metadata)

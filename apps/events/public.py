@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 from litestar import Request, Response, Router, get, post
 from litestar.connection import ASGIConnection
+from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
 from litestar.handlers.base import BaseRouteHandler
 from litestar.params import Body, Parameter
@@ -22,6 +23,9 @@ from apps.common.identity import Identity, identity_from_scope
 from apps.common.settings import Settings
 from apps.common.web import redirect_back, render, require_editor, wants_html
 from apps.events import service
+from apps.events.settings import EventsSettings
+
+OwnSettings = NamedDependency[EventsSettings]
 
 PageIdParam = Annotated[int | None, Parameter(ge=1, le=2**63 - 1)]
 IdParam = Annotated[int, Parameter(ge=1, le=2**63 - 1)]
@@ -83,9 +87,13 @@ async def api_calendars(
 
 @post("/entries/{entry_id:int}/book/", operation_id="entry_book")
 async def book_entry(
-    request: Request, db_session: DbSession, identity: CurrentIdentity, entry_id: IdParam
+    request: Request,
+    db_session: DbSession,
+    identity: CurrentIdentity,
+    own_settings: OwnSettings,
+    entry_id: IdParam,
 ) -> Response[Any]:
-    booked = await service.book_entry(db_session, entry_id, owner(identity))
+    booked = await service.book_entry(db_session, entry_id, owner(identity), own_settings.hold)
     await db_session.commit()
     return await answer(request, booked)
 
@@ -95,10 +103,13 @@ async def add_tickets(
     request: Request,
     db_session: DbSession,
     identity: CurrentIdentity,
+    own_settings: OwnSettings,
     entry_id: IdParam,
     data: NewTicketsForm,
 ) -> Response[Any]:
-    tickets = await service.add_tickets(db_session, entry_id, owner(identity), data)
+    tickets = await service.add_tickets(
+        db_session, entry_id, owner(identity), data, own_settings.hold
+    )
     await db_session.commit()
     return await answer(request, tickets, status_code=201)
 

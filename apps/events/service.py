@@ -16,18 +16,21 @@ import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any
 
 import msgspec
 from sqlalchemy import (
+    ColumnElement,
     Subquery,
+    and_,
     any_,
     bindparam,
     func,
     insert,
     literal,
+    or_,
     select,
     union_all,
     update,
@@ -38,9 +41,18 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from apps.common.internal_client import InternalCallError, call_action
 from apps.common.problems import Conflict, InvalidInput, NotFound, Problem
+from apps.events.contract import (
+    AdoptBookings,
+    ConfirmForOrder,
+    ConfirmResult,
+    Held,
+    HoldForOrder,
+    ReleaseBooking,
+    Released,
+    Unconfirmed,
+)
 from apps.events.models import (
     DEFAULT_CURRENCY,
-    SESSION_ID_LENGTH,
     Calendar,
     CalendarEntry,
     Ticket,
@@ -48,10 +60,11 @@ from apps.events.models import (
 
 logger = logging.getLogger("rose.events")
 
+# Orders may hold a booking for an order at most this long (its payable time is 30 minutes).
+MAX_ORDER_HOLD = timedelta(hours=2)
 PAGE = "page"
 CALENDAR = "calendar"
 MAX_COST = Decimal("99999999.99")  # numeric(10, 2)
-MAX_IDS_PER_ORDER = 1000
 # A ticket's title in the cart: entry name, en dash, ticket type (as in the export view).
 TICKET_TITLE_SEPARATOR = " \u2013 "
 
@@ -89,17 +102,6 @@ class NewTickets(msgspec.Struct):
     quantity: Annotated[int, msgspec.Meta(ge=1, le=20)] = 1
 
 
-class ConfirmForOrder(msgspec.Struct, forbid_unknown_fields=True):
-    order_id: DbId
-    entry_ids: Annotated[list[DbId], msgspec.Meta(max_length=MAX_IDS_PER_ORDER)] = []
-    ticket_ids: Annotated[list[DbId], msgspec.Meta(max_length=MAX_IDS_PER_ORDER)] = []
-
-
-class AdoptBookings(msgspec.Struct, forbid_unknown_fields=True):
-    user_id: DbId
-    session_id: Annotated[str, msgspec.Meta(min_length=1, max_length=SESSION_ID_LENGTH)]
-
-
 @dataclass(frozen=True)
 class BookingOwner:
     """Who books: a signed-in user, else the anonymous session (``Identity.as_params()``)."""
@@ -110,6 +112,21 @@ class BookingOwner:
     def __post_init__(self) -> None:
         if (self.user_id is None) == (self.session_id is None):
             raise ValueError("a booking owner is a user id or a session id, exactly one")
+
+    def owns(self, model: type[CalendarEntry] | type[Ticket]) -> ColumnElement[bool]:
+        if self.user_id is not None:
+            return model.user_id == self.user_id
+        return and_(model.session_id == self.session_id, model.user_id.is_(None))
+
+
+def held(model: type[CalendarEntry] | type[Ticket]) -> ColumnElement[bool]:
+    """Pending and still held: what blocks others and sits in a cart."""
+    return and_(model.state == "pending", model.hold_expires_at > func.now())
+
+
+def hold_ended(model: type[CalendarEntry] | type[Ticket]) -> ColumnElement[bool]:
+    """Pending in name only: the hold ended, the slot is free for anyone."""
+    return and_(model.state == "pending", model.hold_expires_at <= func.now())
 
 
 # -- outputs ----------------------------------------------------------------------------------
@@ -168,20 +185,6 @@ class PendingBooking(msgspec.Struct):
     container_id: int | None
 
 
-class Unconfirmed(msgspec.Struct):
-    entry_ids: list[int]
-    ticket_ids: list[int]
-
-
-class ConfirmResult(msgspec.Struct):
-    # Entries and tickets among the ids that are confirmed for this order (replays included).
-    confirmed: int
-    # Ids that are not confirmed for this order: confirmed for another order, never booked,
-    # cancelled, or unknown. Reported, not refused: the order is paid either way, and refusing
-    # would only make the caller's outbox retry for ever.
-    unconfirmed: Unconfirmed
-
-
 def to_calendar(row: Calendar) -> CalendarOut:
     return CalendarOut(
         id=row.id,
@@ -195,9 +198,12 @@ def to_calendar(row: Calendar) -> CalendarOut:
 
 
 def to_entry(row: CalendarEntry, owner: BookingOwner | None, now: datetime) -> EntryOut:
+    # A pending entry whose hold ended is open to anyone (whether or not it was swept yet).
+    ended = row.state == "pending" and (row.hold_expires_at is None or row.hold_expires_at <= now)
+    state = "open" if ended else row.state
     booked_by_you = (
         owner is not None
-        and row.state in ("pending", "confirmed")
+        and state in ("pending", "confirmed")
         and (row.user_id, row.session_id) == (owner.user_id, owner.session_id)
     )
     return EntryOut(
@@ -207,8 +213,8 @@ def to_entry(row: CalendarEntry, owner: BookingOwner | None, now: datetime) -> E
         starts_at=row.starts_at,
         cost=row.cost,
         currency=row.currency,
-        state=row.state,
-        bookable=row.state == "open" and row.starts_at > now,
+        state=state,
+        bookable=state == "open" and row.starts_at > now,
         booked_by_you=booked_by_you,
     )
 
@@ -281,7 +287,7 @@ def _pending_bookings_query() -> Subquery:
         )
         .join(Calendar, Calendar.id == CalendarEntry.calendar_id)
         .where(
-            CalendarEntry.state == "pending",
+            held(CalendarEntry),
             CalendarEntry.deleted_at.is_(None),
             Calendar.deleted_at.is_(None),
         )
@@ -303,7 +309,7 @@ def _pending_bookings_query() -> Subquery:
         .join(CalendarEntry, CalendarEntry.id == Ticket.calendar_entry_id)
         .join(Calendar, Calendar.id == CalendarEntry.calendar_id)
         .where(
-            Ticket.state == "pending",
+            held(Ticket),
             Ticket.deleted_at.is_(None),
             CalendarEntry.deleted_at.is_(None),
             Calendar.deleted_at.is_(None),
@@ -333,14 +339,17 @@ async def pending_bookings(
 # -- booking ----------------------------------------------------------------------------------
 
 
-async def book_entry(session: AsyncSession, entry_id: int, owner: BookingOwner) -> EntryOut:
-    """Make an open, not yet started entry pending for ``owner``. One conditional UPDATE, so of
-    concurrent bookings of one entry exactly one wins; the others see it is no longer open."""
+async def book_entry(
+    session: AsyncSession, entry_id: int, owner: BookingOwner, hold: timedelta
+) -> EntryOut:
+    """Make an open (or no longer held), not yet started entry pending for ``owner``, held for
+    ``hold``. One conditional UPDATE, so of concurrent bookings of one entry exactly one wins;
+    the others see it is held. Booking an entry one already holds answers it as it is."""
     booked = await session.scalar(
         update(CalendarEntry)
         .where(
             CalendarEntry.id == entry_id,
-            CalendarEntry.state == "open",
+            or_(CalendarEntry.state == "open", hold_ended(CalendarEntry)),
             CalendarEntry.starts_at > func.now(),
             CalendarEntry.deleted_at.is_(None),
         )
@@ -348,6 +357,8 @@ async def book_entry(session: AsyncSession, entry_id: int, owner: BookingOwner) 
             state="pending",
             user_id=owner.user_id,
             session_id=owner.session_id,
+            hold_expires_at=func.now() + hold,
+            hold_order_id=None,
             updated_at=func.now(),
         )
         .returning(CalendarEntry)
@@ -358,13 +369,23 @@ async def book_entry(session: AsyncSession, entry_id: int, owner: BookingOwner) 
     entry = await session.get(CalendarEntry, entry_id)
     if entry is None or entry.deleted_at is not None:
         raise NotFound(f"There is no calendar entry {entry_id}")
-    if entry.state != "open":
-        raise Conflict(f"Calendar entry {entry_id} cannot be booked: it is {entry.state}")
+    current = to_entry(entry, owner, now)
+    if current.booked_by_you and current.state == "pending":
+        return current
+    if current.state != "open":
+        held_note = " (held in someone's cart)" if current.state == "pending" else ""
+        raise Conflict(
+            f"Calendar entry {entry_id} cannot be booked: it is {current.state}{held_note}"
+        )
     raise Conflict(f"Calendar entry {entry_id} cannot be booked: it has already started")
 
 
 async def add_tickets(
-    session: AsyncSession, entry_id: int, owner: BookingOwner, request: NewTickets
+    session: AsyncSession,
+    entry_id: int,
+    owner: BookingOwner,
+    request: NewTickets,
+    hold: timedelta,
 ) -> list[TicketOut]:
     """Pending tickets for an entry that is not cancelled and has not started, at its cost.
     The entry's row is locked, so a cancellation cannot slip in between check and insert."""
@@ -390,6 +411,7 @@ async def add_tickets(
                 "state": "pending",
                 "user_id": owner.user_id,
                 "session_id": owner.session_id,
+                "hold_expires_at": await database_now(session) + hold,
             }
         ]
         * request.quantity,
@@ -398,7 +420,7 @@ async def add_tickets(
 
 
 async def adopt_bookings(session: AsyncSession, request: AdoptBookings) -> dict[str, int]:
-    """At sign-in, the anonymous session's pending bookings become the user's, so they stay in
+    """At sign-in, the anonymous session's held bookings become the user's, so they stay in
     the cart (which looks bookings up by user id once signed in). A second call adopts 0."""
     adopted = 0
     for model in (CalendarEntry, Ticket):
@@ -407,7 +429,7 @@ async def adopt_bookings(session: AsyncSession, request: AdoptBookings) -> dict[
             .where(
                 model.session_id == request.session_id,
                 model.user_id.is_(None),
-                model.state == "pending",
+                held(model),
             )
             .values(user_id=request.user_id, session_id=None, updated_at=func.now())
             .returning(model.id)
@@ -420,11 +442,16 @@ async def adopt_bookings(session: AsyncSession, request: AdoptBookings) -> dict[
 
 
 async def confirm_for_order(session: AsyncSession, request: ConfirmForOrder) -> ConfirmResult:
-    """Pending entries and tickets among the ids become confirmed for the order.
+    """Bookings held for the order become confirmed for it.
+
+    A booking is confirmed for the order when orders held it for this order, or (bookings held
+    before orders held them for orders) when it is still held for the order's buyer. Never one
+    whose hold ended and someone else took, nor one confirmed for another order: those are
+    reported as unconfirmed, and orders gives their money back.
 
     Idempotent per order: the answer counts what is confirmed *for this order* among the ids, so
-    a replay confirms nothing new and answers the same. A row pending for nobody or confirmed
-    for another order is never taken over (the UPDATE only matches ``state = 'pending'``)."""
+    a replay confirms nothing new and answers the same."""
+    buyer = _buyer(request.user_id, request.session_id)
     results: dict[str, list[int]] = {}
     confirmed = 0
     for model, ids in ((CalendarEntry, request.entry_ids), (Ticket, request.ticket_ids)):
@@ -433,9 +460,14 @@ async def confirm_for_order(session: AsyncSession, request: ConfirmForOrder) -> 
             results[model.__tablename__] = []
             continue
         id_list = bindparam(f"{model.__tablename__}_ids", wanted, type_=ARRAY(model.id.type))
+        held_for_it = model.hold_order_id == request.order_id
+        if buyer is not None:
+            held_for_it = or_(
+                held_for_it, and_(model.hold_order_id.is_(None), held(model), buyer.owns(model))
+            )
         await session.execute(
             update(model)
-            .where(model.id == any_(id_list), model.state == "pending")
+            .where(model.id == any_(id_list), model.state == "pending", held_for_it)
             .values(state="confirmed", order_id=request.order_id, updated_at=func.now())
         )
         mine = set(
@@ -452,12 +484,110 @@ async def confirm_for_order(session: AsyncSession, request: ConfirmForOrder) -> 
     unconfirmed = Unconfirmed(entry_ids=results["calendar_entries"], ticket_ids=results["tickets"])
     if unconfirmed.entry_ids or unconfirmed.ticket_ids:
         logger.warning(
-            "order %s: not confirmed for it: entries %s, tickets %s",
+            "order %s: not confirmed for it (orders refunds them): entries %s, tickets %s",
             request.order_id,
             unconfirmed.entry_ids,
             unconfirmed.ticket_ids,
         )
     return ConfirmResult(confirmed=confirmed, unconfirmed=unconfirmed)
+
+
+def _buyer(user_id: int | None, session_id: str | None) -> BookingOwner | None:
+    if user_id is not None:
+        return BookingOwner(user_id=user_id)
+    if session_id is not None:
+        return BookingOwner(session_id=session_id)
+    return None
+
+
+async def hold_for_order(session: AsyncSession, request: HoldForOrder) -> Held:
+    """Hold the buyer's bookings for an order until ``until`` (when it can no longer be paid).
+    Every booking must still be held for the buyer; otherwise nothing is held (409)."""
+    buyer = _buyer(request.user_id, request.session_id)
+    if buyer is None:
+        raise InvalidInput("user_id or session_id is required", field="user_id")
+    now = await database_now(session)
+    if not now < request.until <= now + MAX_ORDER_HOLD:
+        raise InvalidInput(
+            f"until must be in the next {MAX_ORDER_HOLD}, not {request.until.isoformat()}",
+            field="until",
+        )
+    held_count = 0
+    lost: list[str] = []
+    for model, ids, label in (
+        (CalendarEntry, request.entry_ids, "entries"),
+        (Ticket, request.ticket_ids, "tickets"),
+    ):
+        wanted = sorted(set(ids))
+        if not wanted:
+            continue
+        id_list = bindparam(f"{model.__tablename__}_ids", wanted, type_=ARRAY(model.id.type))
+        got = set(
+            await session.scalars(
+                update(model)
+                .where(
+                    model.id == any_(id_list),
+                    buyer.owns(model),
+                    or_(held(model), model.hold_order_id == request.order_id),
+                )
+                .values(
+                    hold_order_id=request.order_id,
+                    hold_expires_at=func.greatest(model.hold_expires_at, request.until),
+                    updated_at=func.now(),
+                )
+                .returning(model.id)
+            )
+        )
+        held_count += len(got)
+        missing = [item for item in wanted if item not in got]
+        if missing:
+            lost.append(f"{label} {', '.join(map(str, missing))}")
+    if lost:
+        raise Conflict(
+            f"Your bookings are no longer held for you ({'; '.join(lost)}): their hold ended "
+            "and they may have been taken. Book them again, then check out.",
+            field="bookings",
+        )
+    return Held(held=held_count)
+
+
+async def release_booking(session: AsyncSession, request: ReleaseBooking) -> Released:
+    """Take a booking out of its owner's cart: an entry is open again at once, a ticket is
+    cancelled. Someone else's booking (or none) is a 404."""
+    owner = _buyer(request.user_id, request.session_id)
+    if owner is None:
+        raise InvalidInput("user_id or session_id is required", field="user_id")
+    model: type[CalendarEntry] | type[Ticket] = CalendarEntry if request.kind == "entry" else Ticket
+    freed = {"state": "open", "user_id": None, "session_id": None}
+    if model is Ticket:
+        freed = {"state": "cancelled"}
+    released = await session.scalar(
+        update(model)
+        .where(model.id == request.id, model.state == "pending", owner.owns(model))
+        .values(**freed, hold_expires_at=None, hold_order_id=None, updated_at=func.now())
+        .returning(model.id)
+    )
+    if released is None:
+        raise NotFound(f"There is no {request.kind} {request.id} in your cart")
+    return Released(released=True)
+
+
+async def sweep_ended_holds(session: AsyncSession) -> int:
+    """Tidy up: entries whose hold ended are open again, such tickets cancelled. Correctness
+    never waits for this (an ended hold blocks nobody)."""
+    swept = 0
+    for model, freed in (
+        (CalendarEntry, {"state": "open", "user_id": None, "session_id": None}),
+        (Ticket, {"state": "cancelled"}),
+    ):
+        result = await session.execute(
+            update(model)
+            .where(hold_ended(model))
+            .values(**freed, hold_expires_at=None, hold_order_id=None, updated_at=func.now())
+            .returning(model.id)
+        )
+        swept += len(result.all())
+    return swept
 
 
 # -- calendars and their pages ----------------------------------------------------------------

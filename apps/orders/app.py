@@ -1,5 +1,5 @@
 """orders: public (orders.rose-ash.com). Orders, SumUp hosted checkout, webhook, return page,
-order pages, reconciliation of pending orders, and the outbox relay."""
+order pages, reconciliation of orders and refunds, and the outbox relay."""
 
 from __future__ import annotations
 
@@ -9,48 +9,67 @@ import logging
 from pathlib import Path
 
 from litestar import Litestar
+from litestar.datastructures import State
+from litestar.di import Provide
 
 from apps.common.app_factory import create_base_app
+from apps.common.internal_client import current_client
 from apps.common.outbox import OutboxRelay
 from apps.common.settings import Settings
 from apps.common.web import orders_url
-from apps.orders import internal, public, service
+from apps.orders import internal, public
 from apps.orders.models import outbox
-from apps.orders.payments import SUMUP_BASE_URL, SumUpGateway
+from apps.orders.payments import SumUpGateway
+from apps.orders.reconciliation import Reconciler
+from apps.orders.runtime import OrdersRuntime, OrderUrls
+from apps.orders.settings import OrdersSettings
+from apps.orders.settlement import bookings_not_confirmed
 
 logger = logging.getLogger("rose.orders")
-
-DEFAULT_RECONCILE_SECONDS = 300.0
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or Settings.from_env("orders")
-    extra = settings.extra
-    reconcile_every = float(extra.get("ORDERS_RECONCILE_SECONDS", DEFAULT_RECONCILE_SECONDS))
+    own = OrdersSettings.from_settings(settings)
 
     async def start(app: Litestar) -> None:
-        app.state.gateway = SumUpGateway(
-            base_url=extra.get("ORDERS_SUMUP_BASE_URL", SUMUP_BASE_URL),
-            timeout_seconds=float(extra.get("ORDERS_SUMUP_TIMEOUT", "10")),
-        )
-        app.state.order_urls = service.OrderUrls(orders_url(settings, "").rstrip("/"))
-        app.state.relay = OutboxRelay(
+        client = current_client()
+        relay = OutboxRelay(
             app.state.sessionmaker,
             outbox,
-            poll_seconds=float(extra.get("ORDERS_OUTBOX_POLL_SECONDS", "2")),
+            poll_seconds=own.outbox_poll_seconds,
+            client=client,
+            # Bookings events could not confirm for a paid order are money that goes back.
+            replies={("events", "confirm-for-order"): bookings_not_confirmed},
         )
-        app.state.relay.start()
+        runtime = OrdersRuntime(
+            settings=own,
+            gateway=SumUpGateway(base_url=own.sumup_base_url, timeout_seconds=own.sumup_timeout),
+            urls=OrderUrls(orders_url(settings, "").rstrip("/")),
+            client=client,
+            maker=app.state.sessionmaker,
+            relay=relay,
+        )
+        runtime.jobs = Reconciler(runtime)
+        app.state.runtime = runtime
+        app.state.reconciler = runtime.jobs
+        relay.start()
         # At start-up and then periodically: webhooks can be lost for good.
-        app.state.reconciler = asyncio.create_task(
-            _reconcile_forever(app, reconcile_every), name="orders-reconcile"
+        app.state.reconcile_task = asyncio.create_task(
+            runtime.jobs.run_forever(own.reconcile_seconds), name="orders-reconcile"
         )
 
     async def stop(app: Litestar) -> None:
-        app.state.reconciler.cancel()
+        runtime: OrdersRuntime = app.state.runtime
+        app.state.reconcile_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await app.state.reconciler
-        await app.state.relay.stop()
-        await app.state.gateway.aclose()
+            await app.state.reconcile_task
+        await runtime.jobs.aclose()
+        await runtime.relay.stop()
+        await runtime.gateway.aclose()
+
+    def provide_runtime(state: State) -> OrdersRuntime:
+        return state.runtime  # type: ignore[no-any-return]
 
     return create_base_app(
         "orders",
@@ -62,15 +81,5 @@ def create_app(settings: Settings | None = None) -> Litestar:
         on_shutdown=[stop],
         # SumUp cannot send a CSRF token; the webhook trusts nothing it is told (it re-fetches).
         csrf_exempt=[public.WEBHOOK_PREFIX],
+        dependencies={"runtime": Provide(provide_runtime, sync_to_thread=False)},
     )
-
-
-async def _reconcile_forever(app: Litestar, every: float) -> None:
-    while True:
-        try:
-            paid = await service.reconcile_pending(app.state.sessionmaker, app.state.gateway)
-            if paid:
-                app.state.relay.wake()
-        except Exception:
-            logger.exception("reconciliation pass failed")
-        await asyncio.sleep(every)

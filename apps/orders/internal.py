@@ -1,11 +1,11 @@
-"""Internal routes of orders: action create-order, data order, fragment account-nav-item."""
+"""Internal routes of orders: actions create-order and adopt-orders-for-user; data order and
+attention; fragment account-nav-item."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
 from litestar import Request
-from litestar.datastructures import State
 from litestar.params import JSONBody, Parameter
 from markupsafe import escape
 
@@ -16,27 +16,50 @@ from apps.common.internal_client import IDEMPOTENCY_HEADER
 from apps.common.problems import InvalidInput, NotFound
 from apps.common.web import orders_url
 from apps.orders import service
+from apps.orders.contract import AdoptedOrders, AdoptOrders, CreatedOrder, CreateOrder
 from apps.orders.models import idempotency_keys
+from apps.orders.runtime import Runtime
 
 
 @action_route("create-order")
 async def create_order(
-    db_session: DbSession, request: Request, state: State, data: JSONBody[service.CreateOrder]
+    db_session: DbSession, request: Request, runtime: Runtime, data: JSONBody[CreateOrder]
 ) -> dict[str, Any]:
-    """Called by cart at checkout; answers with the SumUp hosted checkout URL."""
-    return await run_idempotent(
+    """Called by cart at checkout; answers with the SumUp hosted checkout URL. Earlier orders
+    the new one supersedes have their checkouts closed right after the commit."""
+    superseded: list[int] = []
+
+    async def effect() -> CreatedOrder:
+        made = await service.create_order(db_session, data, runtime)
+        superseded.extend(made.superseded)
+        return made.created
+
+    created = await run_idempotent(
         db_session,
         idempotency_keys,
         action="create-order",
         key=request.headers.get(IDEMPOTENCY_HEADER),
         payload=data,
-        effect=lambda: service.create_order(db_session, data, state.gateway, state.order_urls),
+        effect=effect,
     )
+    runtime.jobs.close_soon(superseded)
+    return created  # type: ignore[no-any-return]
+
+
+@action_route("adopt-orders-for-user")
+async def adopt_orders_for_user(
+    db_session: DbSession, runtime: Runtime, data: JSONBody[AdoptOrders]
+) -> AdoptedOrders:
+    """Sign-in: the anonymous session's orders become the user's (and show in their list)."""
+    adopted = await service.adopt_orders(db_session, data)
+    await db_session.commit()
+    runtime.jobs.close_soon(adopted.superseded)
+    return adopted
 
 
 @data_route("order")
 async def order_data(
-    db_session: DbSession, order_id: Annotated[int, Parameter(ge=1)]
+    db_session: DbSession, order_id: Annotated[int, Parameter(ge=1, le=2**63 - 1)]
 ) -> dict[str, Any]:
     order = await service.load_order(db_session, order_id)
     if order is None:
@@ -44,11 +67,17 @@ async def order_data(
     return service.order_dict(order)
 
 
+@data_route("attention")
+async def attention(db_session: DbSession) -> list[dict[str, Any]]:
+    """Orders a person must look at: flagged, money owed back, refunds SumUp refused."""
+    return await service.orders_needing_attention(db_session)
+
+
 @fragment_route("account-nav-item")
 async def account_nav_item(
     db_session: DbSession,
     settings: AppSettings,
-    user_id: Annotated[int | None, Parameter(ge=1)] = None,
+    user_id: Annotated[int | None, Parameter(ge=1, le=2**63 - 1)] = None,
     session_id: Annotated[str | None, Parameter(min_length=1, max_length=64)] = None,
 ) -> str:
     """The "Orders" link other services put in their account menu."""
@@ -59,4 +88,4 @@ async def account_nav_item(
     return f'<a class="account-nav-item" href="{href}">Orders ({total})</a>'
 
 
-handlers = [create_order, order_data, account_nav_item]
+handlers = [create_order, adopt_orders_for_user, order_data, attention, account_nav_item]

@@ -3,6 +3,10 @@
 An order snapshots what was bought (titles, prices, quantities) when it is created and never
 reads them again from market or events. Each payment attempt is one SumUp checkout with its own
 reference; status changes are conditional updates, so a replayed webhook is harmless.
+
+What an order claims (its cart lines and bookings) is kept in ``order_claims``: a newer order
+of the same buyer that shares a claim supersedes the older one, and a claim already paid for
+cannot be ordered again. Money that must go back is a row in ``refunds``.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from sqlalchemy import (
     func,
     text,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from apps.common.db import IdentityPkMixin, service_metadata
@@ -41,10 +46,28 @@ class Base(DeclarativeBase):
     metadata = metadata
 
 
+# pending: payable. paid: money taken and kept. superseded: a newer order of the same buyer
+# took over its goods. expired: its payable time passed. cancelled: from the monolith.
+# refund_due / refunded: money arrived for an order that could not be honoured.
+ORDER_STATES = (
+    "pending",
+    "paid",
+    "superseded",
+    "expired",
+    "cancelled",
+    "refund_due",
+    "refunded",
+)
+# An order in one of these states will not be paid: a payment that still arrives is refunded.
+CLOSED_UNPAID_STATES = ("superseded", "expired", "cancelled")
+CLAIM_KINDS = ("cart_line", "calendar_entry", "ticket")
+REFUND_STATES = ("due", "requested", "done", "failed")
+
+
 class Order(IdentityPkMixin, Base):
     __tablename__ = "orders"
     __table_args__ = (
-        CheckConstraint("status IN ('pending', 'paid', 'cancelled')", name="status_known"),
+        CheckConstraint(f"status IN {ORDER_STATES!r}", name="status_known"),
         CheckConstraint("user_id IS NOT NULL OR session_id IS NOT NULL", name="has_owner"),
         Index("ix_orders_user", "user_id", "id"),
         Index("ix_orders_session", "session_id", "id"),
@@ -68,6 +91,11 @@ class Order(IdentityPkMixin, Base):
     # order is not marked paid and a person has to look at it.
     flagged: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default="false")
     flag_reason: Mapped[str | None] = mapped_column(Text)
+    # The newer order of the same buyer that took over this one's goods.
+    superseded_by: Mapped[int | None] = mapped_column(BigInteger)
+    # Until when it can be paid (its SumUp checkouts' valid_until, its bookings' holds); None
+    # for orders made before orders expired (they are reconciled for RECONCILE_WINDOW).
+    payable_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     paid_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), nullable=False
@@ -83,6 +111,7 @@ class Order(IdentityPkMixin, Base):
     attempts: Mapped[list[PaymentAttempt]] = relationship(
         back_populates="order", order_by="PaymentAttempt.number", lazy="raise"
     )
+    refunds: Mapped[list[Refund]] = relationship(order_by="Refund.id", lazy="raise")
 
     @property
     def current_attempt(self) -> PaymentAttempt | None:
@@ -110,6 +139,9 @@ class OrderItem(IdentityPkMixin, Base):
     currency: Mapped[str] = mapped_column(String(3), nullable=False)
     quantity: Mapped[int] = mapped_column(Integer, nullable=False)
     market_place_container_id: Mapped[int | None] = mapped_column(BigInteger)
+    # The cart lines a product line stands for (the live line, then lines merged into it at
+    # sign-in): what clear-cart-for-order removes once the order is paid.
+    cart_line_ids: Mapped[list[int] | None] = mapped_column(ARRAY(BigInteger))
 
     order: Mapped[Order] = relationship(back_populates="items", lazy="raise")
 
@@ -138,6 +170,8 @@ class PaymentAttempt(IdentityPkMixin, Base):
     amount: Mapped[Decimal] = mapped_column(Numeric(12, 2), nullable=False)
     currency: Mapped[str] = mapped_column(String(3), nullable=False)
     transaction_code: Mapped[str | None] = mapped_column(String(64))
+    # SumUp's id of the successful transaction: what a refund names.
+    transaction_id: Mapped[str | None] = mapped_column(String(64))
     # When SumUp was last asked about this attempt (reconciliation works least recent first).
     checked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(
@@ -148,6 +182,58 @@ class PaymentAttempt(IdentityPkMixin, Base):
     )
 
     order: Mapped[Order] = relationship(back_populates="attempts", lazy="raise")
+
+
+class OrderClaim(Base):
+    """One cart line or booking an order asks to be paid for (``ref_id`` is its id in cart or
+    events)."""
+
+    __tablename__ = "order_claims"
+    __table_args__ = (CheckConstraint(f"kind IN {CLAIM_KINDS!r}", name="kind_known"),)
+
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    ref_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    order_id: Mapped[int] = mapped_column(
+        BigInteger,
+        ForeignKey("orders.orders.id", ondelete="CASCADE"),
+        primary_key=True,
+        index=True,
+    )
+
+
+class Refund(IdentityPkMixin, Base):
+    """Money that must go back to the buyer, once per order and reason. ``due`` until orders
+    asks SumUp (``requested``, recorded before the call), ``done`` once SumUp confirms, or
+    ``failed`` when SumUp refuses and a person has to act."""
+
+    __tablename__ = "refunds"
+    __table_args__ = (
+        UniqueConstraint("order_id", "reason_key"),
+        CheckConstraint(f"status IN {REFUND_STATES!r}", name="status_known"),
+        CheckConstraint("amount > 0", name="amount_positive"),
+        Index("ix_refunds_open", "id", postgresql_where=text("status IN ('due', 'requested')")),
+    )
+
+    order_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("orders.orders.id", ondelete="CASCADE"), nullable=False
+    )
+    attempt_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("orders.payment_attempts.id", ondelete="CASCADE"), nullable=False
+    )
+    reason_key: Mapped[str] = mapped_column(String(64), nullable=False)
+    reason: Mapped[str] = mapped_column(Text, nullable=False)
+    amount: Mapped[Decimal] = mapped_column(Numeric(12, 2), nullable=False)
+    currency: Mapped[str] = mapped_column(String(3), nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False, server_default="due")
+    tries: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    last_error: Mapped[str | None] = mapped_column(Text)
+    refunded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), nullable=False
+    )
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), nullable=False
+    )
 
 
 outbox = outbox_table(metadata)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 
 import httpx
@@ -38,6 +39,14 @@ class CheckoutNotFound(Exception):
     pass
 
 
+class RefundRefused(Exception):
+    """SumUp answered a refund with a refusal (400, 403, 404, 409, 422): a person must look."""
+
+    def __init__(self, status: int | None, detail: str) -> None:
+        super().__init__(f"SumUp refused the refund ({status}): {detail}")
+        self.status = status
+
+
 @dataclass(frozen=True)
 class RemoteCheckout:
     id: str
@@ -47,6 +56,8 @@ class RemoteCheckout:
     currency: str
     hosted_url: str | None
     transaction_code: str | None
+    # SumUp's id of the successful transaction (what a refund names), once paid.
+    transaction_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -57,6 +68,14 @@ class MerchantAccount:
 
 def as_amount(value: Decimal) -> float:
     return float(value.quantize(CENT))
+
+
+def _successful_transaction_id(checkout: object) -> str | None:
+    for transaction in getattr(checkout, "transactions", None) or ():
+        status = getattr(transaction, "status", None)
+        if str(getattr(status, "value", status)) == "SUCCESSFUL" and transaction.id:
+            return str(transaction.id)
+    return None
 
 
 def _remote(checkout: object) -> RemoteCheckout:
@@ -70,6 +89,7 @@ def _remote(checkout: object) -> RemoteCheckout:
         currency=str(getattr(currency, "value", currency)),
         hosted_url=getattr(checkout, "hosted_checkout_url", None),
         transaction_code=getattr(checkout, "transaction_code", None),
+        transaction_id=_successful_transaction_id(checkout),
     )
 
 
@@ -107,6 +127,7 @@ class SumUpGateway:
         description: str,
         webhook_url: str,
         redirect_url: str,
+        valid_until: datetime | None = None,
     ) -> RemoteCheckout:
         """Create a hosted checkout; a reference SumUp already has (409 DUPLICATED_CHECKOUT,
         e.g. our earlier try whose answer was lost) is recovered by listing by reference."""
@@ -121,6 +142,7 @@ class SumUpGateway:
                 return_url=webhook_url,
                 redirect_url=redirect_url,
                 hosted_checkout={"enabled": True},  # type: ignore[arg-type]
+                valid_until=valid_until,
             )
             return _remote(created)
         except ConflictError as exc:
@@ -176,6 +198,39 @@ class SumUpGateway:
             raise PaymentProviderUnavailable(type(exc).__name__) from exc
         except APIError as exc:
             raise _classify(exc) from exc
+
+    async def refund(self, account: MerchantAccount, transaction_id: str, amount: Decimal) -> None:
+        """Ask SumUp to give ``amount`` of the transaction back. Raises
+        :class:`PaymentProviderUnavailable` when the outcome is unknown (no answer) and
+        :class:`RefundRefused` when SumUp says no."""
+        client = self._client(account)
+        try:
+            await client.transactions.refund(
+                account.merchant_code, transaction_id, amount=as_amount(amount)
+            )
+        except APIConnectionError as exc:
+            raise PaymentProviderUnavailable(type(exc).__name__) from exc
+        except APIError as exc:
+            if exc.status is None or exc.status >= 500 or exc.status == 429:
+                raise PaymentProviderUnavailable(str(exc)) from exc
+            raise RefundRefused(exc.status, str(exc)) from exc
+
+    async def refunded_amount(self, account: MerchantAccount, transaction_id: str) -> Decimal:
+        """How much of the transaction SumUp has given back so far (its refund events)."""
+        client = self._client(account)
+        try:
+            transaction = await client.transactions.get(account.merchant_code, id=transaction_id)
+        except APIConnectionError as exc:
+            raise PaymentProviderUnavailable(type(exc).__name__) from exc
+        except APIError as exc:
+            raise _classify(exc) from exc
+        refunded = Decimal(0)
+        for event in transaction.events or ():
+            kind = getattr(event.type, "value", event.type)
+            state = getattr(event.status, "value", event.status)
+            if kind == "REFUND" and state != "FAILED" and event.amount is not None:
+                refunded += Decimal(str(event.amount))
+        return refunded.quantize(CENT)
 
 
 def _error_code(exc: APIError) -> str | None:

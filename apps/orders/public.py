@@ -7,7 +7,6 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Request, Response, get, post
-from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.params import Parameter
 from litestar.response import Redirect
@@ -17,6 +16,7 @@ from apps.common.problems import Conflict, DependencyUnavailable, InvalidInput
 from apps.common.web import render, wants_html
 from apps.orders import service
 from apps.orders.models import Order
+from apps.orders.runtime import OrdersRuntime, Runtime
 
 WEBHOOK_PREFIX = "/checkout/webhook/"
 STATUS_CHANGED = "CHECKOUT_STATUS_CHANGED"
@@ -42,13 +42,12 @@ class WebhookEvent(msgspec.Struct):
 
 
 def payment_state(order: Order) -> str:
-    """What the buyer is told: paid, review (flagged), failed (pay again), or waiting."""
-    if order.status == "paid":
-        return "paid"
+    """What the buyer is told: paid, review (flagged), failed (pay again), waiting, or why the
+    order can no longer be paid (superseded, expired, cancelled, refund_due, refunded)."""
     if order.flagged:
         return "review"
-    if order.status == "cancelled":
-        return "cancelled"
+    if order.status != "pending":
+        return order.status
     attempt = order.current_attempt
     if attempt is not None and attempt.status in ("FAILED", "EXPIRED"):
         return "failed"
@@ -62,7 +61,7 @@ def payment_state(order: Order) -> str:
     tags=["checkout"],
 )
 async def sumup_webhook(
-    request: Request, db_session: DbSession, state: State, order_id: OrderId
+    request: Request, db_session: DbSession, runtime: Runtime, order_id: OrderId
 ) -> None:
     """SumUp's notification: ``{"event_type": "CHECKOUT_STATUS_CHANGED", "id": ...}``, unsigned.
     An unknown checkout gets a 2xx and no SumUp call; a known one is re-fetched and applied.
@@ -77,21 +76,28 @@ async def sumup_webhook(
         return
     if not event.id:
         raise InvalidInput("a checkout status event needs the checkout id", field="id")
-    applied = await service.handle_webhook(db_session, order_id, event.id, state.gateway)
+    applied = await service.handle_webhook(db_session, order_id, event.id, runtime)
     await db_session.commit()
+    _after_settlement(runtime, applied)
+
+
+def _after_settlement(runtime: OrdersRuntime, applied: service.Applied | None) -> None:
     if applied is not None and applied.paid:
-        state.relay.wake()
+        runtime.relay.wake()
+    if applied is not None and applied.refund_due:
+        runtime.jobs.settle_refunds_soon()
 
 
-async def _rechecked(db_session: DbSession, state: State, order: Order) -> tuple[Order, list[str]]:
-    """Re-fetch a pending order's checkout; SumUp being down only means "still waiting"."""
+async def _rechecked(
+    db_session: DbSession, runtime: OrdersRuntime, order: Order
+) -> tuple[Order, list[str]]:
+    """Re-fetch an order's open checkouts; SumUp being down only means "still waiting"."""
     order_id = order.id  # the objects expire if the transaction is rolled back
     degraded: list[str] = []
     try:
-        applied = await service.recheck(db_session, order, state.gateway)
+        applied = await service.recheck(db_session, order, runtime)
         await db_session.commit()
-        if applied is not None and applied.paid:
-            state.relay.wake()
+        _after_settlement(runtime, applied)
     except DependencyUnavailable:
         await db_session.rollback()
         degraded.append("sumup")
@@ -109,11 +115,11 @@ async def _rechecked(db_session: DbSession, state: State, order: Order) -> tuple
 async def checkout_return(
     request: Request,
     db_session: DbSession,
-    state: State,
+    runtime: Runtime,
     order: OwnedOrder,
 ) -> Any:
     """Where SumUp sends the buyer back. The checkout may still be pending: re-check it."""
-    order, degraded = await _rechecked(db_session, state, order)
+    order, degraded = await _rechecked(db_session, runtime, order)
     result = payment_state(order)
     if not wants_html(request):
         return {"state": result, "order": service.order_dict(order), "degraded": degraded}
@@ -178,15 +184,23 @@ async def api_order_detail(order: OwnedOrder) -> dict[str, Any]:
 async def pay_again(
     request: Request,
     db_session: DbSession,
-    state: State,
+    runtime: Runtime,
     order: OwnedOrder,
 ) -> Any:
-    """A new payment attempt (new checkout, new reference); the browser goes to SumUp."""
-    attempt = await service.start_new_attempt(db_session, order, state.gateway, state.order_urls)
+    """A new payment attempt (new checkout, new reference); the browser goes to SumUp. The
+    form (or JSON body) may say which attempt the page showed (``attempt``): a second click
+    on the same page gets the attempt the first one made."""
+    current = order.current_attempt
+    seen = await _optional_int(request, "attempt")
+    if seen is None and current is not None:
+        seen = current.number
+    attempt = await service.start_new_attempt(db_session, order, seen, runtime)
     await db_session.commit()
     if attempt is None:
-        state.relay.wake()
-        raise Conflict(f"order {order.id} is already {payment_state(order)}; nothing to pay")
+        runtime.relay.wake()
+        settled = await service.load_order(db_session, order.id)
+        assert settled is not None
+        raise Conflict(f"Order {order.id} is already {payment_state(settled)}; nothing to pay")
     hosted_url = attempt.hosted_url or ""
     if wants_html(request):
         return Redirect(path=hosted_url, status_code=303)
@@ -202,15 +216,38 @@ async def pay_again(
 async def recheck(
     request: Request,
     db_session: DbSession,
-    state: State,
+    runtime: Runtime,
     order: OwnedOrder,
 ) -> Any:
-    order, degraded = await _rechecked(db_session, state, order)
+    order, degraded = await _rechecked(db_session, runtime, order)
     if wants_html(request):
         return Redirect(path=f"/order/{order.id}/", status_code=303)
     return Response(
         {"state": payment_state(order), "order": service.order_dict(order), "degraded": degraded}
     )
+
+
+async def _optional_int(request: Request, name: str) -> int | None:
+    """An optional whole number from a form field or a JSON body."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("application/json"):
+        body = await request.json()
+        value = body.get(name) if isinstance(body, dict) else None
+    elif content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
+        value = (await request.form()).get(name)
+    else:
+        return None
+    if value is None or value == "":
+        return None
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        number = int(value)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"{name} must be a whole number", field=name) from None
+    if not 1 <= number <= 1_000_000:
+        raise InvalidInput(f"{name} must be between 1 and 1000000", field=name)
+    return number
 
 
 handlers = [

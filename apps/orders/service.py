@@ -1,113 +1,77 @@
-"""Domain logic of orders: create an order with its SumUp hosted checkout, apply what SumUp
-reports (webhook, return page, recheck, reconciliation), start new payment attempts, list orders.
+"""Domain logic of orders: create an order with its SumUp hosted checkout, supersede what it
+replaces, hold its bookings, pay again, adopt anonymous orders at sign-in, list orders.
 
-Rules that keep payments safe:
-- an order and its items are a snapshot taken when it is created; nothing is re-read later;
-- every status change is a conditional update (``pending -> paid`` happens once), so duplicated,
-  late or out-of-order reports are harmless; ``FAILED`` is not final (the buyer may retry);
-- what SumUp reports is trusted only after re-fetching the checkout and comparing amount and
-  currency; a mismatch flags the order instead of marking it paid;
-- the actions a payment triggers elsewhere (clear the cart, confirm bookings) go into the outbox
-  in the same transaction as the transition.
+The money rules (docs/DESIGN.md, "Money invariants"):
+- one payable order per cart line and booking: a new order supersedes every earlier pending
+  order of the same buyer that shares a cart line, a booking or a product; goods already paid
+  for (or under review) cannot be ordered again;
+- one buyer's create-orders run one at a time (an advisory lock per user and per session), and
+  a buyer may create at most ``checkouts_per_minute`` orders a minute (429);
+- an order can be paid until ``payable_until``; its bookings are held for it until then, and
+  its SumUp checkouts are valid until then;
+- an order and its items are a snapshot taken when it is created; nothing is re-read later.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Any
 
-import msgspec
-from sqlalchemy import exists, func, select, tuple_, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.orm import aliased, selectinload
+from sqlalchemy import and_, func, or_, select, tuple_, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import selectinload
 
 from apps.common.fdw import remote_read
-from apps.common.outbox import enqueue
-from apps.common.problems import Conflict, InvalidInput, NotFound
+from apps.common.internal_client import InternalCallError
+from apps.common.problems import (
+    Conflict,
+    DependencyUnavailable,
+    InvalidInput,
+    NotFound,
+    TooManyRequests,
+)
+from apps.orders.contract import AdoptedOrders, AdoptOrders, CreatedOrder, CreateOrder
 from apps.orders.models import (
     Order,
+    OrderClaim,
     OrderItem,
     PaymentAttempt,
-    outbox,
+    Refund,
     page_payment_configs,
 )
 from apps.orders.payments import (
-    CheckoutNotFound,
+    CENT,
     MerchantAccount,
     PaymentProviderError,
-    RemoteCheckout,
-    SumUpGateway,
+    PaymentProviderUnavailable,
+)
+from apps.orders.runtime import OrdersRuntime, OrderUrls
+from apps.orders.settlement import (
+    OPEN_ATTEMPT_STATES,
+    Applied,
+    MerchantAccounts,
+    close_attempt,
+    merchant_account,
+    money,
+    refresh_attempt,
+    refunds_of,
 )
 
 logger = logging.getLogger("rose.orders")
 
-CENT = Decimal("0.01")
 MAX_REFERENCE_LENGTH = 64
 DEFAULT_CHECKOUT_PREFIX = "rose-"
 ORDERS_PER_PAGE = 20
 SITE_CONTAINER = ("site", 0)
+RATE_WINDOW = timedelta(minutes=1)
+# A pay-again this soon after an attempt was made gets that attempt (a double click).
+FRESH_ATTEMPT = timedelta(seconds=10)
 
-PositiveId = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
-Quantity = Annotated[int, msgspec.Meta(ge=1, le=10_000)]
-# Amounts in major units; checked (>= 0, at most 2 decimals) in validate_order.
-Money = Decimal
-Currency = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")]
-Text255 = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
-
-
-# -- the create-order payload (the plan's section 4.3) ----------------------------------------
-class CartLine(msgspec.Struct, forbid_unknown_fields=True):
-    product_id: PositiveId
-    product_title: Text255
-    product_slug: Text255
-    product_regular_price: Money
-    product_price_currency: Currency
-    quantity: Quantity
-    product_image: Annotated[str, msgspec.Meta(max_length=512)] | None = None
-    product_special_price: Money | None = None
-    market_place_container_id: PositiveId | None = None
-
-    @property
-    def unit_price(self) -> Decimal:
-        price = self.product_special_price
-        return price if price is not None else self.product_regular_price
-
-
-class BookingLine(msgspec.Struct, forbid_unknown_fields=True):
-    """A calendar entry or a ticket (one of each per line)."""
-
-    id: PositiveId
-    title: Text255
-    price: Money
-    currency: Currency
-    container_id: PositiveId | None = None
-
-
-class CreateOrder(msgspec.Struct, forbid_unknown_fields=True):
-    product_total: Money
-    calendar_total: Money
-    ticket_total: Money
-    cart_items: list[CartLine] = []
-    calendar_entries: list[BookingLine] = []
-    tickets: list[BookingLine] = []
-    user_id: PositiveId | None = None
-    session_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
-    page_post_id: PositiveId | None = None
-    # The plan lets the caller pass these; orders builds both itself from APP_URL_ORDERS and
-    # only accepts values that match (a caller may not send payments elsewhere).
-    redirect_url: str | None = None
-    webhook_base_url: str | None = None
-
-
-class CreatedOrder(msgspec.Struct):
-    order_id: int
-    sumup_hosted_url: str
-    page_config_id: int
-    sumup_reference: str
-    description: str
+Claim = tuple[str, int]
 
 
 @dataclass(frozen=True)
@@ -119,23 +83,7 @@ class PaymentConfig:
     checkout_prefix: str
 
 
-@dataclass(frozen=True)
-class OrderUrls:
-    """Where SumUp sends the webhook and where the buyer's browser comes back."""
-
-    public_base: str
-
-    def webhook(self, order_id: int) -> str:
-        return f"{self.public_base}/checkout/webhook/{order_id}/"
-
-    def return_page(self, order_id: int) -> str:
-        return f"{self.public_base}/checkout/return/{order_id}/"
-
-
-def _money(value: Decimal) -> Decimal:
-    return value.quantize(CENT)
-
-
+# -- validation --------------------------------------------------------------------------------
 def validate_order(request: CreateOrder) -> str:
     """Check lines, totals and currencies; returns the order's currency."""
     _check_amounts(request)
@@ -159,10 +107,10 @@ def validate_order(request: CreateOrder) -> str:
         ("calendar_total", request.calendar_total, [e.price for e in request.calendar_entries]),
         ("ticket_total", request.ticket_total, [t.price for t in request.tickets]),
     ):
-        computed = _money(sum(lines, Decimal(0)))
-        if _money(stated) != computed:
+        computed = money(sum(lines, Decimal(0)))
+        if money(stated) != computed:
             raise InvalidInput(
-                f"{field} is {_money(stated)} but its lines add up to {computed}", field=field
+                f"{field} is {money(stated)} but its lines add up to {computed}", field=field
             )
     return currencies.pop()
 
@@ -248,23 +196,163 @@ async def resolve_payment_config(
     )
 
 
-async def merchant_account(session: AsyncSession, page_config_id: int) -> MerchantAccount:
-    table = page_payment_configs
-    async with remote_read(session, "blog", isolate=False):
-        row = (await session.execute(select(table).where(table.c.id == page_config_id))).first()
-    if row is None or not row.sumup_api_key:
-        raise Conflict(f"page config {page_config_id} has no SumUp key any more")
-    return MerchantAccount(row.sumup_merchant_code, row.sumup_api_key)
+# -- one buyer at a time -----------------------------------------------------------------------
+async def lock_buyer(session: AsyncSession, user_id: int | None, session_id: str | None) -> None:
+    """Serialise one buyer's order changes until the transaction ends: user first, then
+    session, so two requests never wait on each other in opposite orders."""
+    keys = []
+    if user_id is not None:
+        keys.append(f"orders-buyer:user:{user_id}")
+    if session_id is not None:
+        keys.append(f"orders-buyer:session:{session_id}")
+    for key in keys:
+        await session.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(key, 0))))
+
+
+def buyer_clause(user_id: int | None, session_id: str | None) -> Any:
+    conditions = []
+    if user_id is not None:
+        conditions.append(Order.user_id == user_id)
+    if session_id is not None:
+        conditions.append(Order.session_id == session_id)
+    return or_(*conditions)
+
+
+async def check_rate(
+    session: AsyncSession, user_id: int | None, session_id: str | None, per_minute: int
+) -> None:
+    """At most ``per_minute`` new orders per buyer; exact across processes (the buyer lock is
+    held, and the count is of committed orders)."""
+    recent = (
+        await session.execute(
+            select(func.count(), func.min(Order.created_at), func.now()).where(
+                buyer_clause(user_id, session_id), Order.created_at > func.now() - RATE_WINDOW
+            )
+        )
+    ).one()
+    count, oldest, now = recent
+    if count >= per_minute:
+        retry_after = int((oldest + RATE_WINDOW - now).total_seconds()) + 1
+        raise TooManyRequests(
+            f"Too many checkouts: at most {per_minute} a minute. Try again in {retry_after} s; "
+            "your cart is as it was.",
+            retry_after=retry_after,
+        )
+
+
+def claims_of(request: CreateOrder) -> list[Claim]:
+    claims: set[Claim] = set()
+    for line in request.cart_items:
+        claims.update(("cart_line", line_id) for line_id in line.cart_line_ids)
+    claims.update(("calendar_entry", entry.id) for entry in request.calendar_entries)
+    claims.update(("ticket", ticket.id) for ticket in request.tickets)
+    return sorted(claims)
+
+
+def goods_of(request: CreateOrder) -> list[Claim]:
+    goods: set[Claim] = {("product", line.product_id) for line in request.cart_items}
+    goods.update(("calendar_entry", entry.id) for entry in request.calendar_entries)
+    goods.update(("ticket", ticket.id) for ticket in request.tickets)
+    return sorted(goods)
+
+
+def _sharing(
+    order_id: int,
+    claims: list[Claim],
+    goods: list[Claim],
+    user_id: int | None,
+    session_id: str | None,
+) -> Any:
+    """Orders other than ``order_id`` that share a claim, or the same buyer's orders that share
+    goods (a product, a booking)."""
+    conditions = []
+    if claims:
+        conditions.append(
+            Order.id.in_(
+                select(OrderClaim.order_id).where(
+                    tuple_(OrderClaim.kind, OrderClaim.ref_id).in_(claims)
+                )
+            )
+        )
+    if goods:
+        conditions.append(
+            and_(
+                buyer_clause(user_id, session_id),
+                Order.id.in_(
+                    select(OrderItem.order_id).where(
+                        tuple_(OrderItem.kind, OrderItem.source_id).in_(goods)
+                    )
+                ),
+            )
+        )
+    return and_(Order.id != order_id, or_(*conditions))
+
+
+async def supersede_sharing(
+    session: AsyncSession,
+    new_order_id: int,
+    claims: list[Claim],
+    goods: list[Claim],
+    user_id: int | None,
+    session_id: str | None,
+) -> list[int]:
+    """Earlier pending orders that share this order's goods leave the payable states. Then no
+    shared good may be paid for or under review: that is a 409 and the whole order rolls back."""
+    sharing = _sharing(new_order_id, claims, goods, user_id, session_id)
+    superseded = list(
+        await session.scalars(
+            update(Order)
+            .where(sharing, Order.status == "pending", Order.flagged.is_(False))
+            .values(status="superseded", superseded_by=new_order_id, updated_at=func.now())
+            .returning(Order.id)
+        )
+    )
+    blocked = and_(sharing, Order.flagged.is_(True), Order.status == "pending")
+    if claims:
+        # Goods already paid for: only the very same cart lines and bookings (a product bought
+        # again later is a new cart line, and a new purchase).
+        paid = _sharing(new_order_id, claims, [], user_id, session_id)
+        blocked = or_(blocked, and_(paid, Order.status == "paid"))
+    blocking = (
+        await session.execute(
+            select(Order.id, Order.flagged).where(blocked).order_by(Order.id).limit(1)
+        )
+    ).first()
+    if blocking is not None:
+        if blocking.flagged:
+            raise Conflict(
+                f"Order {blocking.id} for these goods is being reviewed; we will contact you",
+                order_id=blocking.id,
+            )
+        raise Conflict(
+            f"These goods are already paid for in order {blocking.id}; your cart will be "
+            "updated shortly",
+            order_id=blocking.id,
+        )
+    if superseded:
+        logger.info("order %s supersedes %s", new_order_id, superseded)
+    return superseded
 
 
 # -- create ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class NewOrder:
+    created: CreatedOrder
+    # Earlier orders this one replaced: their checkouts are closed once this commits.
+    superseded: list[int]
+
+
 async def create_order(
-    session: AsyncSession, request: CreateOrder, gateway: SumUpGateway, urls: OrderUrls
-) -> CreatedOrder:
-    """Insert the order (pending), its items and its first payment attempt, and create the SumUp
-    hosted checkout, all in the caller's transaction: if SumUp fails, nothing is left behind."""
+    session: AsyncSession, request: CreateOrder, runtime: OrdersRuntime
+) -> NewOrder:
+    """Insert the order (pending), its items and claims, supersede what it replaces, hold its
+    bookings and create its first SumUp checkout, all in the caller's transaction: if anything
+    fails, nothing is left behind (bookings stay held for the buyer, no longer than before)."""
+    settings = runtime.settings
     currency = validate_order(request)
-    _check_urls(request, urls)
+    _check_urls(request, runtime.urls)
+    await lock_buyer(session, request.user_id, request.session_id)
+    await check_rate(session, request.user_id, request.session_id, settings.checkouts_per_minute)
     containers = {
         line.market_place_container_id
         for line in request.cart_items
@@ -275,51 +363,42 @@ async def create_order(
         if line.container_id is not None
     }
     config = await resolve_payment_config(session, request.page_post_id, containers)
-    total = _money(request.product_total + request.calendar_total + request.ticket_total)
+    total = money(request.product_total + request.calendar_total + request.ticket_total)
     if total <= 0:
         raise InvalidInput("the order total must be more than zero", field="product_total")
+    now = await session.scalar(select(func.now()))
+    assert now is not None
+    payable_until = now + timedelta(seconds=settings.payable_seconds)
 
     order = Order(
         user_id=request.user_id,
         session_id=request.session_id,
         page_post_id=request.page_post_id,
         currency=currency,
-        product_total=_money(request.product_total),
-        calendar_total=_money(request.calendar_total),
-        ticket_total=_money(request.ticket_total),
+        product_total=money(request.product_total),
+        calendar_total=money(request.calendar_total),
+        ticket_total=money(request.ticket_total),
         total=total,
         description="rose-ash order",
         page_config_id=config.id,
         merchant_code=config.account.merchant_code,
         checkout_prefix=config.checkout_prefix,
+        payable_until=payable_until,
     )
     session.add(order)
     await session.flush()
     order.description = f"rose-ash order #{order.id}"
+    claims = claims_of(request)
     session.add_all(
         [
-            *(
-                OrderItem(
-                    order_id=order.id,
-                    kind="product",
-                    source_id=line.product_id,
-                    title=line.product_title,
-                    slug=line.product_slug,
-                    image=line.product_image,
-                    unit_price=_money(line.unit_price),
-                    currency=line.product_price_currency,
-                    quantity=line.quantity,
-                    market_place_container_id=line.market_place_container_id,
-                )
-                for line in request.cart_items
-            ),
+            *(_product_item(order.id, line) for line in request.cart_items),
             *(
                 OrderItem(
                     order_id=order.id,
                     kind=kind,
                     source_id=line.id,
                     title=line.title,
-                    unit_price=_money(line.price),
+                    unit_price=money(line.price),
                     currency=line.currency,
                     quantity=1,
                     market_place_container_id=line.container_id,
@@ -330,39 +409,104 @@ async def create_order(
                 )
                 for line in lines
             ),
+            *(OrderClaim(kind=kind, ref_id=ref_id, order_id=order.id) for kind, ref_id in claims),
         ]
     )
-    attempt = await _new_attempt(session, order, 1, gateway, config.account, urls)
-    return CreatedOrder(
+    await session.flush()
+    superseded = await supersede_sharing(
+        session, order.id, claims, goods_of(request), request.user_id, request.session_id
+    )
+    try:
+        async with asyncio.timeout(settings.create_order_deadline):
+            await hold_bookings(runtime, order, request)
+            attempt = await _new_attempt(
+                session, order, 1, runtime, config.account, valid_until=payable_until
+            )
+    except TimeoutError:
+        raise PaymentProviderUnavailable(
+            f"no answer within {settings.create_order_deadline:g} s; nothing was created"
+        ) from None
+    created = CreatedOrder(
         order_id=order.id,
         sumup_hosted_url=attempt.hosted_url or "",
         page_config_id=config.id,
         sumup_reference=attempt.checkout_reference,
         description=order.description,
     )
+    return NewOrder(created, superseded)
+
+
+def _product_item(order_id: int, line: Any) -> OrderItem:
+    return OrderItem(
+        order_id=order_id,
+        kind="product",
+        source_id=line.product_id,
+        title=line.product_title,
+        slug=line.product_slug,
+        image=line.product_image,
+        unit_price=money(line.unit_price),
+        currency=line.product_price_currency,
+        quantity=line.quantity,
+        market_place_container_id=line.market_place_container_id,
+        cart_line_ids=list(line.cart_line_ids) or None,
+    )
+
+
+async def hold_bookings(runtime: OrdersRuntime, order: Order, request: CreateOrder) -> None:
+    """Ask events to hold the order's bookings for it until it can no longer be paid. A booking
+    that is no longer the buyer's (its hold expired and someone else took it) is a 409."""
+    entry_ids = sorted(entry.id for entry in request.calendar_entries)
+    ticket_ids = sorted(ticket.id for ticket in request.tickets)
+    if not entry_ids and not ticket_ids:
+        return
+    assert order.payable_until is not None
+    payload = {
+        "order_id": order.id,
+        "user_id": request.user_id,
+        "session_id": None if request.user_id is not None else request.session_id,
+        "entry_ids": entry_ids,
+        "ticket_ids": ticket_ids,
+        "until": order.payable_until.isoformat(),
+    }
+    try:
+        await runtime.client.call_action(
+            "events",
+            "hold-for-order",
+            payload,
+            idempotency_key=f"orders:{order.id}:hold",
+            timeout=runtime.settings.events_timeout,
+        )
+    except InternalCallError as exc:
+        if exc.remote_status == 409:
+            raise Conflict(str(exc.problem.get("detail") or exc), service="events") from exc
+        raise DependencyUnavailable(
+            f"events could not hold the bookings ({exc}); nothing was created", service="events"
+        ) from exc
 
 
 async def _new_attempt(
     session: AsyncSession,
     order: Order,
     number: int,
-    gateway: SumUpGateway,
+    runtime: OrdersRuntime,
     account: MerchantAccount,
-    urls: OrderUrls,
+    *,
+    valid_until: datetime | None,
 ) -> PaymentAttempt:
     reference = checkout_reference(order.checkout_prefix, order.id, number)
-    remote = await gateway.create_checkout(
+    remote = await runtime.gateway.create_checkout(
         account,
         reference=reference,
         amount=order.total,
         currency=order.currency,
         description=order.description,
-        webhook_url=urls.webhook(order.id),
-        redirect_url=urls.return_page(order.id),
+        webhook_url=runtime.urls.webhook(order.id),
+        redirect_url=runtime.urls.return_page(order.id),
+        valid_until=valid_until,
     )
     if not remote.hosted_url:
         raise PaymentProviderError("the checkout has no hosted checkout URL")
-    if _money(remote.amount) != order.total or remote.currency != order.currency:
+    if money(remote.amount) != order.total or remote.currency != order.currency:
         # A checkout recovered by reference (409) must be ours: same amount, same currency.
         raise PaymentProviderError(
             f"SumUp already holds {reference} for {remote.amount} {remote.currency}, "
@@ -383,105 +527,132 @@ async def _new_attempt(
     return attempt
 
 
-# -- applying what SumUp reports ---------------------------------------------------------------
-@dataclass(frozen=True)
-class Applied:
-    """What applying a report did: ``paid`` is True only for the one call that made the
-    ``pending -> paid`` transition."""
-
-    order_status: str
-    attempt_status: str
-    paid: bool = False
-    flagged: bool = False
-
-
-async def apply_checkout(
-    session: AsyncSession, order: Order, attempt: PaymentAttempt, remote: RemoteCheckout
-) -> Applied:
-    if remote.id != attempt.sumup_checkout_id:
-        raise ValueError("the checkout does not belong to this attempt")
-    if _money(remote.amount) != _money(attempt.amount) or remote.currency != attempt.currency:
-        reason = (
-            f"SumUp reports {remote.amount} {remote.currency} for checkout {remote.id}, "
-            f"the order is {attempt.amount} {attempt.currency}"
-        )
-        flagged = await session.scalar(
+# -- sign-in -----------------------------------------------------------------------------------
+async def adopt_orders(session: AsyncSession, request: AdoptOrders) -> AdoptedOrders:
+    """The anonymous session's orders become the user's; then, among the user's pending orders,
+    a newer one supersedes any older one it shares goods with (one payable order per good)."""
+    await lock_buyer(session, request.user_id, request.session_id)
+    adopted = list(
+        await session.scalars(
             update(Order)
-            .where(Order.id == order.id, Order.flagged.is_(False))
-            .values(flagged=True, flag_reason=reason, updated_at=func.now())
+            .where(Order.session_id == request.session_id, Order.user_id.is_(None))
+            .values(user_id=request.user_id, updated_at=func.now())
             .returning(Order.id)
         )
-        if flagged is not None:
-            logger.warning("order %s flagged: %s", order.id, reason)
-        return Applied(order.status, attempt.status, flagged=True)
-
-    # A paid or expired attempt never changes again; FAILED may still become PAID.
-    await session.execute(
-        update(PaymentAttempt)
-        .where(
-            PaymentAttempt.id == attempt.id,
-            PaymentAttempt.status.in_(("PENDING", "FAILED")),
-            PaymentAttempt.status != remote.status,
-        )
-        .values(
-            status=remote.status,
-            transaction_code=remote.transaction_code,
-            updated_at=func.now(),
+    )
+    pending = list(
+        await session.scalars(
+            select(Order)
+            .options(selectinload(Order.items))
+            .where(
+                Order.user_id == request.user_id,
+                Order.status == "pending",
+                Order.flagged.is_(False),
+            )
+            .order_by(Order.id.desc())
         )
     )
-    paid = False
-    if remote.status == "PAID":
-        transitioned = await session.scalar(
+    claims_by_order: dict[int, set[Claim]] = {order.id: set() for order in pending}
+    for claim in await session.scalars(
+        select(OrderClaim).where(OrderClaim.order_id.in_(list(claims_by_order)))
+    ):
+        claims_by_order[claim.order_id].add((claim.kind, claim.ref_id))
+    kept: list[tuple[int, set[Claim]]] = []
+    superseded: list[int] = []
+    for order in pending:
+        mine = (
+            claims_by_order[order.id]
+            | {(item.kind, item.source_id) for item in order.items if item.kind != "product"}
+            | {("product", item.source_id) for item in order.items if item.kind == "product"}
+        )
+        newer = next((kept_id for kept_id, theirs in kept if mine & theirs), None)
+        if newer is None:
+            kept.append((order.id, mine))
+            continue
+        await session.execute(
             update(Order)
-            .where(Order.id == order.id, Order.status == "pending", Order.flagged.is_(False))
-            .values(status="paid", paid_at=func.now(), updated_at=func.now())
-            .returning(Order.id)
+            .where(Order.id == order.id, Order.status == "pending")
+            .values(status="superseded", superseded_by=newer, updated_at=func.now())
         )
-        if transitioned is not None:
-            paid = True
-            await _enqueue_after_payment(session, order)
-        else:
-            # Paid (or flagged) by someone else meanwhile: report what the database says.
-            current = (
-                await session.execute(
-                    select(Order.status, Order.flagged).where(Order.id == order.id)
-                )
-            ).one()
-            return Applied(current.status, attempt.status, flagged=current.flagged)
-    # ORM-enabled UPDATEs keep the in-session order and attempt in step with the database.
-    return Applied(order.status, attempt.status, paid=paid, flagged=order.flagged)
+        superseded.append(order.id)
+    return AdoptedOrders(adopted=len(adopted), superseded=superseded)
 
 
-async def _enqueue_after_payment(session: AsyncSession, order: Order) -> None:
-    """The effects of a payment elsewhere, in the transaction of the transition."""
-    items = list(await session.scalars(select(OrderItem).where(OrderItem.order_id == order.id)))
-    await enqueue(
-        session,
-        outbox,
-        service="cart",
-        action="clear-cart-for-order",
-        payload={
-            "order_id": order.id,
-            "user_id": order.user_id,
-            "session_id": order.session_id,
-            "page_post_id": order.page_post_id,
-            "product_ids": sorted({item.source_id for item in items if item.kind == "product"}),
-        },
-        idempotency_key=f"orders:{order.id}:clear-cart",
+# -- paying again ------------------------------------------------------------------------------
+async def start_new_attempt(
+    session: AsyncSession, order: Order, seen_attempt: int | None, runtime: OrdersRuntime
+) -> PaymentAttempt | None:
+    """Pay again: first make sure the current attempt is not paid (and close it at SumUp so it
+    cannot be paid as well), then create a new checkout with a new reference.
+
+    One new attempt at a time per order (the order's row is locked, and the current attempt is
+    read under the lock). A request that saw an older attempt than the current one (a double
+    click, a second tab) gets the current attempt when it can still be paid, else a 409. None
+    when the order turned out to be settled meanwhile: the caller commits that and says so."""
+    locked = (
+        await session.execute(
+            select(
+                Order.status,
+                Order.flagged,
+                Order.superseded_by,
+                Order.payable_until,
+                func.now().label("now"),
+            )
+            .where(Order.id == order.id)
+            .with_for_update()
+        )
+    ).one()
+    if locked.status == "superseded":
+        raise Conflict(
+            f"Order {order.id} was replaced by order {locked.superseded_by}: pay "
+            f"{runtime.urls.order_page(locked.superseded_by)} instead",
+            order_id=locked.superseded_by,
+        )
+    if locked.status != "pending":
+        raise Conflict(f"Order {order.id} is {locked.status}; it cannot be paid again")
+    if locked.flagged:
+        raise Conflict(f"Order {order.id} is under review; it cannot be paid again now")
+    if locked.payable_until is not None and locked.payable_until <= locked.now:
+        raise Conflict(
+            f"The time to pay order {order.id} has passed; check out again from your cart"
+        )
+    current, just_made = (
+        await session.execute(
+            select(
+                PaymentAttempt,
+                PaymentAttempt.created_at > func.clock_timestamp() - FRESH_ATTEMPT,
+            )
+            .where(PaymentAttempt.order_id == order.id)
+            .order_by(PaymentAttempt.number.desc())
+            .limit(1)
+        )
+    ).one_or_none() or (None, False)
+    account = await merchant_account(session, order.page_config_id)
+    if current is not None and current.status in OPEN_ATTEMPT_STATES:
+        # What SumUp says now: a payment that landed meanwhile settles the order.
+        applied = await refresh_attempt(session, order, current, runtime.gateway)
+        if applied.order_status != "pending" or applied.flagged:
+            return None
+    if current is not None and current.status == "PENDING":
+        if just_made or (seen_attempt is not None and current.number > seen_attempt):
+            # Clicked twice, or in two tabs at once: the payment just started is the one.
+            return current  # type: ignore[no-any-return]
+    elif current is not None and seen_attempt is not None and current.number > seen_attempt:
+        raise Conflict(
+            f"Order {order.id} already has a newer payment (attempt {current.number}); "
+            "reload the order page"
+        )
+    if current is not None and current.status in OPEN_ATTEMPT_STATES:
+        applied = await close_attempt(session, order, current, runtime.gateway)
+        if applied.order_status != "pending" or applied.flagged:
+            return None
+    number = (current.number + 1) if current is not None else 1
+    return await _new_attempt(
+        session, order, number, runtime, account, valid_until=locked.payable_until
     )
-    entry_ids = sorted(item.source_id for item in items if item.kind == "calendar_entry")
-    ticket_ids = sorted(item.source_id for item in items if item.kind == "ticket")
-    if entry_ids or ticket_ids:
-        await enqueue(
-            session,
-            outbox,
-            service="events",
-            action="confirm-for-order",
-            payload={"order_id": order.id, "entry_ids": entry_ids, "ticket_ids": ticket_ids},
-            idempotency_key=f"orders:{order.id}:confirm-bookings",
-        )
 
 
+# -- what SumUp reports ------------------------------------------------------------------------
 async def attempt_for_checkout(
     session: AsyncSession, order_id: int, checkout_id: str
 ) -> tuple[Order, PaymentAttempt] | None:
@@ -496,72 +667,34 @@ async def attempt_for_checkout(
 
 
 async def handle_webhook(
-    session: AsyncSession, order_id: int, checkout_id: str, gateway: SumUpGateway
+    session: AsyncSession, order_id: int, checkout_id: str, runtime: OrdersRuntime
 ) -> Applied | None:
     """A webhook names a checkout and nothing else; it is unsigned. Unknown checkouts are
-    ignored without calling SumUp; known ones are re-fetched and applied."""
+    ignored without calling SumUp; known ones are re-fetched and applied, whatever state the
+    order is in (a payment for a superseded order becomes a refund)."""
     found = await attempt_for_checkout(session, order_id, checkout_id)
     if found is None:
         return None
     order, attempt = found
-    return await refresh_attempt(session, order, attempt, gateway)
+    return await refresh_attempt(session, order, attempt, runtime.gateway)
 
 
-async def refresh_attempt(
-    session: AsyncSession, order: Order, attempt: PaymentAttempt, gateway: SumUpGateway
-) -> Applied:
-    account = await merchant_account(session, order.page_config_id)
-    try:
-        remote = await gateway.get_checkout(account, attempt.sumup_checkout_id)
-    except CheckoutNotFound:
-        logger.warning("checkout %s of order %s is unknown to SumUp", attempt.id, order.id)
-        return Applied(order.status, attempt.status)
-    return await apply_checkout(session, order, attempt, remote)
-
-
-async def recheck(session: AsyncSession, order: Order, gateway: SumUpGateway) -> Applied | None:
-    """Re-fetch the current attempt of a pending order (return page, recheck button)."""
-    attempt = order.current_attempt
-    if attempt is None or order.status != "pending":
-        return None
-    return await refresh_attempt(session, order, attempt, gateway)
-
-
-async def start_new_attempt(
-    session: AsyncSession, order: Order, gateway: SumUpGateway, urls: OrderUrls
-) -> PaymentAttempt | None:
-    """Pay again: first make sure the current attempt is not paid (and close it at SumUp so it
-    cannot be paid as well), then create a new checkout with a new reference. None when the
-    order turned out to be settled meanwhile: the caller commits that finding and says so."""
-    # One new attempt at a time per order; the lock also shows a payment that landed meanwhile.
-    locked = (
-        await session.execute(
-            select(Order.status, Order.flagged).where(Order.id == order.id).with_for_update()
-        )
-    ).one()
-    if locked.status != "pending":
-        raise Conflict(f"order {order.id} is {locked.status}; it cannot be paid again")
-    if locked.flagged:
-        raise Conflict(f"order {order.id} is under review; it cannot be paid again now")
-    current = order.current_attempt
-    account = await merchant_account(session, order.page_config_id)
-    if current is not None and current.status in ("PENDING", "FAILED"):
-        applied = await refresh_attempt(session, order, current, gateway)
-        if applied.order_status != "pending" or applied.flagged:
-            return None
-        if current.status in ("PENDING", "FAILED"):
-            try:
-                remote = await gateway.deactivate_checkout(account, current.sumup_checkout_id)
-            except CheckoutNotFound:
-                remote = None
-            if remote is not None:
-                applied = await apply_checkout(session, order, current, remote)
-                if applied.order_status != "pending" or applied.flagged:
-                    return None
-    number = (current.number + 1) if current is not None else 1
-    attempt = await _new_attempt(session, order, number, gateway, account, urls)
-    order.attempts.append(attempt)
-    return attempt
+async def recheck(
+    session: AsyncSession,
+    order: Order,
+    runtime: OrdersRuntime,
+    accounts: MerchantAccounts | None = None,
+) -> Applied | None:
+    """Re-fetch the open attempts of an order (return page, recheck button): the current one of
+    a pending order, and any still open on an order that can no longer be paid."""
+    applied: Applied | None = None
+    for attempt in order.attempts:
+        if attempt.status not in OPEN_ATTEMPT_STATES:
+            continue
+        if order.status == "pending" and attempt is not order.current_attempt:
+            continue
+        applied = await refresh_attempt(session, order, attempt, runtime.gateway, accounts)
+    return applied
 
 
 # -- reading -----------------------------------------------------------------------------------
@@ -571,12 +704,19 @@ def owned_by(order: Order, user_id: int | None, session_id: str) -> bool:
     return order.session_id == session_id
 
 
-# What a page or an answer about orders shows: the lines and the payment attempts.
-WITH_DETAILS = (selectinload(Order.items), selectinload(Order.attempts))
+# What a page or an answer about orders shows: the lines, the payment attempts, the refunds.
+WITH_DETAILS = (
+    selectinload(Order.items),
+    selectinload(Order.attempts),
+    selectinload(Order.refunds),
+)
 
 
 async def load_order(session: AsyncSession, order_id: int) -> Order | None:
-    return await session.scalar(select(Order).options(*WITH_DETAILS).where(Order.id == order_id))
+    return await session.scalar(
+        select(Order).options(*WITH_DETAILS).where(Order.id == order_id),
+        execution_options={"populate_existing": True},
+    )
 
 
 async def get_owned_order(
@@ -618,6 +758,7 @@ def order_dict(order: Order) -> dict[str, Any]:
         "id": order.id,
         "status": order.status,
         "flagged": order.flagged,
+        "superseded_by": order.superseded_by,
         "currency": order.currency,
         "product_total": str(order.product_total),
         "calendar_total": str(order.calendar_total),
@@ -627,6 +768,7 @@ def order_dict(order: Order) -> dict[str, Any]:
         "page_post_id": order.page_post_id,
         "created_at": order.created_at.isoformat(),
         "paid_at": order.paid_at.isoformat() if order.paid_at else None,
+        "payable_until": order.payable_until.isoformat() if order.payable_until else None,
         "payment": None
         if attempt is None
         else {
@@ -647,59 +789,35 @@ def order_dict(order: Order) -> dict[str, Any]:
             }
             for item in order.items
         ],
+        "refunds": refunds_of(order.refunds),
     }
 
 
-# A checkout that has not settled in this long never will: it is no longer asked about.
-RECONCILE_WINDOW = timedelta(days=14)
-
-
-async def pending_orders_to_reconcile(session: AsyncSession, limit: int = 200) -> list[int]:
-    """Pending orders whose current attempt may still change at SumUp (PENDING, or FAILED and
-    retried on the hosted page), least recently checked first."""
-    later = aliased(PaymentAttempt)
-    rows = await session.scalars(
-        select(Order.id)
-        .join(PaymentAttempt, PaymentAttempt.order_id == Order.id)
+async def orders_needing_attention(session: AsyncSession) -> list[dict[str, Any]]:
+    """What a person must look at: flagged orders, money owed back, refunds SumUp refused."""
+    open_refund = select(Refund.order_id).where(Refund.status != "done")
+    orders = await session.scalars(
+        select(Order)
+        .options(*WITH_DETAILS)
         .where(
-            Order.status == "pending",
-            Order.flagged.is_(False),
-            PaymentAttempt.status.in_(("PENDING", "FAILED")),
-            PaymentAttempt.created_at > func.now() - RECONCILE_WINDOW,
-            ~exists().where(later.order_id == Order.id, later.number > PaymentAttempt.number),
+            or_(
+                Order.flagged.is_(True),
+                Order.status == "refund_due",
+                Order.id.in_(open_refund),
+            )
         )
-        .order_by(PaymentAttempt.checked_at.asc().nulls_first(), Order.id)
-        .limit(limit)
+        .order_by(Order.id)
     )
-    return list(rows)
-
-
-async def reconcile_pending(
-    maker: async_sessionmaker[AsyncSession], gateway: SumUpGateway
-) -> list[int]:
-    """Re-fetch every pending order's current checkout from SumUp (webhooks can be lost for
-    good). Each order in its own transaction; returns the ids that became paid."""
-    async with maker() as session:
-        order_ids = await pending_orders_to_reconcile(session)
-    paid: list[int] = []
-    for order_id in order_ids:
-        async with maker() as session:
-            try:
-                order = await load_order(session, order_id)
-                if order is None or order.current_attempt is None:
-                    continue
-                await session.execute(
-                    update(PaymentAttempt)
-                    .where(PaymentAttempt.id == order.current_attempt.id)
-                    .values(checked_at=func.now())
-                )
-                applied = await recheck(session, order, gateway)
-                await session.commit()
-            except Exception:  # one order's trouble must not stop the others
-                logger.exception("reconciling order %s failed", order_id)
-                continue
-            if applied is not None and applied.paid:
-                paid.append(order_id)
-    if order_ids:
-        logger.info("reconciled %d pending order(s); %d paid", len(order_ids), len(paid))
-    return paid
+    return [
+        {
+            "order_id": order.id,
+            "status": order.status,
+            "flagged": order.flagged,
+            "flag_reason": order.flag_reason,
+            "total": str(order.total),
+            "currency": order.currency,
+            "user_id": order.user_id,
+            "refunds": refunds_of(order.refunds),
+        }
+        for order in orders
+    ]

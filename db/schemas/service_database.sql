@@ -1,24 +1,233 @@
--- Objects inside one service database: schemas, and the privileges of the app role.
+-- Inside one service database: its schemas, default privileges, and who may use its own tables.
 --
--- Run as a superuser, connected to db_<svc>, after service_cluster.sql:
---   psql -d db_likes -v svc=likes -v owner=likes_owner -v app=likes_app \
+-- Run as a superuser, connected to db_<svc>, after roles.sql and databases.sql:
+--   psql -d db_likes -v svc=likes -v owner=likes_owner -v app=likes_app -v providers='[]' \
 --        -f db/schemas/service_database.sql
--- Tables and views themselves come from the service's Alembic migrations, run as <svc>_owner, so
--- the default privileges below apply to them.
+-- providers: the services whose export views this database reads through FDW (their schemas here
+-- hold foreign tables; db/fdw/consumer_edges.sql converges them). The export schema's grants are
+-- db/fdw/export_grants.sql's. Tables and views themselves come from the service's Alembic
+-- migrations, run as <svc>_owner, so the default privileges below apply to them.
+-- See db/schemas/roles.sql for how these files work.
 
--- The service's own tables.
-CREATE SCHEMA IF NOT EXISTS :"svc" AUTHORIZATION :"owner";
--- The views other services may read through postgres_fdw; grants there are per FDW edge.
-CREATE SCHEMA IF NOT EXISTS export AUTHORIZATION :"owner";
+-- The service's own tables live in schema <svc>; the views other services may read in `export`.
+SELECT format(E'-- %s: missing schema %s\nCREATE SCHEMA %I AUTHORIZATION %I',
+              current_database(), s.name, s.name, :'owner')
+FROM (VALUES (:'svc'), ('export')) AS s(name)
+WHERE NOT EXISTS (SELECT FROM pg_namespace WHERE nspname = s.name) \gexec
 
--- The app role reads and writes the service's own tables, and nothing of the export schema
--- beyond what it can already read in its own schema.
-GRANT USAGE ON SCHEMA :"svc" TO :"app";
-ALTER DEFAULT PRIVILEGES FOR ROLE :"owner" IN SCHEMA :"svc"
-    GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO :"app";
-ALTER DEFAULT PRIVILEGES FOR ROLE :"owner" IN SCHEMA :"svc"
-    GRANT USAGE, SELECT ON SEQUENCES TO :"app";
+-- Everything is owned by <svc>_owner (the split's ledger schema too, when `rose split` made one);
+-- `public` stays PostgreSQL's (pg_database_owner).
+SELECT format(E'-- %s: schema %s is owned by %s, not %s\nALTER SCHEMA %I OWNER TO %I',
+              current_database(), n.nspname, pg_get_userbyid(n.nspowner), s.owner,
+              n.nspname, s.owner)
+FROM (VALUES (:'svc', :'owner'), ('export', :'owner'), ('split', :'owner'),
+             ('public', 'pg_database_owner')) AS s(name, owner)
+JOIN pg_namespace AS n ON n.nspname = s.name
+WHERE pg_get_userbyid(n.nspowner) <> s.owner \gexec
 
--- Objects created by the owner are private unless granted: nothing reaches PUBLIC.
-ALTER DEFAULT PRIVILEGES FOR ROLE :"owner" REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC;
-REVOKE CREATE ON SCHEMA public FROM PUBLIC;
+SELECT format(E'-- %s: unexpected schema %s (owner %s): not dropped', current_database(),
+              n.nspname, pg_get_userbyid(n.nspowner))
+FROM pg_namespace AS n
+WHERE n.nspname NOT IN (:'svc', 'export', 'public', 'split', 'legacy', 'information_schema')
+  AND n.nspname NOT LIKE 'pg\_%'
+  AND n.nspname NOT IN (SELECT jsonb_array_elements_text(:'providers'::jsonb))
+ORDER BY n.nspname \gexec
+
+-- Schema privileges: the app role uses its own schema; PUBLIC keeps only USAGE on `public`
+-- (postgres_fdw's functions live there); the split's ledger is its owner's alone.
+-- Missing grants first, then revocations (here and below).
+WITH declared(nspname, grantee, privilege) AS (
+    VALUES (:'svc', :'app', 'USAGE'), ('public', 'PUBLIC', 'USAGE')
+), actual AS (
+    SELECT n.nspname, coalesce(r.rolname, 'PUBLIC') AS grantee, a.privilege_type AS privilege,
+           a.is_grantable, pg_get_userbyid(a.grantor) AS grantor, a.grantor = n.nspowner AS by_owner
+    FROM pg_namespace AS n
+    CROSS JOIN LATERAL aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner))) AS a
+    LEFT JOIN pg_roles AS r ON r.oid = a.grantee
+    WHERE n.nspname IN (:'svc', 'public', 'split') AND a.grantee <> n.nspowner
+)
+SELECT format(E'-- %s: missing privilege %s on schema %s for %s\nGRANT %s ON SCHEMA %I TO %s',
+              current_database(), d.privilege, d.nspname, d.grantee, d.privilege, d.nspname,
+              CASE WHEN d.grantee = 'PUBLIC' THEN 'PUBLIC' ELSE quote_ident(d.grantee) END)
+FROM declared AS d
+WHERE NOT EXISTS (SELECT FROM actual AS a
+                  WHERE (a.nspname, a.grantee, a.privilege) = (d.nspname, d.grantee, d.privilege))
+UNION ALL
+SELECT format(E'-- %s: extra grant option for %s on schema %s for %s\n'
+              'REVOKE GRANT OPTION FOR %s ON SCHEMA %I FROM %s%s CASCADE',
+              current_database(), a.privilege, a.nspname, a.grantee, a.privilege, a.nspname,
+              CASE WHEN a.grantee = 'PUBLIC' THEN 'PUBLIC' ELSE quote_ident(a.grantee) END,
+              CASE WHEN a.by_owner THEN '' ELSE format(' GRANTED BY %I', a.grantor) END)
+FROM actual AS a JOIN declared AS d USING (nspname, grantee, privilege)
+WHERE a.is_grantable
+UNION ALL
+SELECT format(E'-- %s: extra privilege %s on schema %s for %s\nREVOKE %s ON SCHEMA %I FROM %s%s CASCADE',
+              current_database(), a.privilege, a.nspname, a.grantee, a.privilege, a.nspname,
+              CASE WHEN a.grantee = 'PUBLIC' THEN 'PUBLIC' ELSE quote_ident(a.grantee) END,
+              CASE WHEN a.by_owner THEN '' ELSE format(' GRANTED BY %I', a.grantor) END)
+FROM actual AS a
+WHERE NOT EXISTS (SELECT FROM declared AS d
+                  WHERE (a.nspname, a.grantee, a.privilege) = (d.nspname, d.grantee, d.privilege)) \gexec
+
+-- Default privileges: what the owner creates in its schema (tables, views and sequences, by its
+-- migrations) is the app role's to use; nothing the owner creates is executable by PUBLIC.
+-- No other default privilege exists in this database.
+WITH entry AS (
+    SELECT pg_get_userbyid(d.defaclrole) AS role_name, d.defaclrole AS role_oid,
+           coalesce(n.nspname, '') AS schema_name, d.defaclobjtype::text AS objtype,
+           d.defaclacl AS acl
+    FROM pg_default_acl AS d
+    LEFT JOIN pg_namespace AS n ON n.oid = d.defaclnamespace
+    UNION ALL
+    -- Without an entry of its own, the owner's new functions get PostgreSQL's defaults.
+    SELECT r.rolname, r.oid, '', 'f', acldefault('f', r.oid)
+    FROM pg_roles AS r
+    WHERE r.rolname = :'owner'
+      AND NOT EXISTS (SELECT FROM pg_default_acl AS d
+                      WHERE d.defaclrole = r.oid AND d.defaclnamespace = 0
+                        AND d.defaclobjtype = 'f')
+), actual AS (
+    SELECT e.role_name, e.schema_name, e.objtype, coalesce(g.rolname, 'PUBLIC') AS grantee,
+           a.privilege_type AS privilege
+    FROM entry AS e
+    CROSS JOIN LATERAL aclexplode(e.acl) AS a
+    LEFT JOIN pg_roles AS g ON g.oid = a.grantee
+    WHERE a.grantee <> e.role_oid
+), declared(role_name, schema_name, objtype, grantee, privilege) AS (
+    SELECT :'owner', :'svc', 'r', :'app', p
+    FROM unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE']) AS p
+    UNION ALL
+    SELECT :'owner', :'svc', 'S', :'app', p FROM unnest(ARRAY['USAGE', 'SELECT']) AS p
+), builtin(objtype, grantee, privilege) AS (
+    -- PostgreSQL's own defaults for every role's new objects, which may stay (the owner's
+    -- functions excepted, above).
+    VALUES ('f', 'PUBLIC', 'EXECUTE'), ('T', 'PUBLIC', 'USAGE')
+), kinds(objtype, plural) AS (
+    VALUES ('r', 'TABLES'), ('S', 'SEQUENCES'), ('f', 'FUNCTIONS'), ('T', 'TYPES'),
+           ('n', 'SCHEMAS'), ('L', 'LARGE OBJECTS')
+)
+SELECT format(E'-- %s: missing default privilege %s on new %s of %s in schema %s for %s\n'
+              'ALTER DEFAULT PRIVILEGES FOR ROLE %I IN SCHEMA %I GRANT %s ON %s TO %I',
+              current_database(), d.privilege, lower(k.plural), d.role_name, d.schema_name,
+              d.grantee, d.role_name, d.schema_name, d.privilege, k.plural, d.grantee)
+FROM declared AS d JOIN kinds AS k USING (objtype)
+WHERE NOT EXISTS (
+    SELECT FROM actual AS a
+    WHERE (a.role_name, a.schema_name, a.objtype, a.grantee, a.privilege)
+        = (d.role_name, d.schema_name, d.objtype, d.grantee, d.privilege))
+UNION ALL
+SELECT format(E'-- %s: extra default privilege %s on new %s of %s%s for %s\n'
+              'ALTER DEFAULT PRIVILEGES FOR ROLE %I%s REVOKE %s ON %s FROM %s',
+              current_database(), a.privilege, lower(k.plural), a.role_name,
+              CASE WHEN a.schema_name = '' THEN '' ELSE ' in schema ' || a.schema_name END,
+              a.grantee, a.role_name,
+              CASE WHEN a.schema_name = '' THEN '' ELSE format(' IN SCHEMA %I', a.schema_name) END,
+              a.privilege, k.plural,
+              CASE WHEN a.grantee = 'PUBLIC' THEN 'PUBLIC' ELSE quote_ident(a.grantee) END)
+FROM actual AS a JOIN kinds AS k USING (objtype)
+WHERE NOT EXISTS (
+        SELECT FROM declared AS d
+        WHERE (a.role_name, a.schema_name, a.objtype, a.grantee, a.privilege)
+            = (d.role_name, d.schema_name, d.objtype, d.grantee, d.privilege))
+  AND NOT (a.schema_name = ''
+           AND (a.objtype, a.grantee, a.privilege) IN (SELECT * FROM builtin)
+           AND NOT (a.role_name = :'owner' AND a.objtype = 'f')) \gexec
+
+-- Tables, views and sequences outside `export` and the FDW schemas: owned by <svc>_owner. (A
+-- sequence that belongs to a table's column follows its table.)
+SELECT format(E'-- %s: %s %I.%I is owned by %s, not %s\nALTER %s %I.%I OWNER TO %I',
+              current_database(), k.kind_name, n.nspname, c.relname,
+              pg_get_userbyid(c.relowner), :'owner', k.keyword, n.nspname, c.relname, :'owner')
+FROM pg_class AS c
+JOIN pg_namespace AS n ON n.oid = c.relnamespace
+JOIN (VALUES ('r', 'table', 'TABLE'), ('p', 'table', 'TABLE'), ('v', 'view', 'VIEW'),
+             ('m', 'materialized view', 'MATERIALIZED VIEW'), ('S', 'sequence', 'SEQUENCE'))
+     AS k(relkind, kind_name, keyword) ON k.relkind = c.relkind::text
+WHERE n.nspname IN (:'svc', 'split')
+  AND pg_get_userbyid(c.relowner) <> :'owner'
+  AND NOT EXISTS (SELECT FROM pg_depend AS dep
+                  WHERE dep.classid = 'pg_class'::regclass AND dep.objid = c.oid
+                    AND dep.refclassid = 'pg_class'::regclass AND dep.deptype IN ('a', 'i'))
+ORDER BY 1 \gexec
+
+-- Privileges on them: the app role may read and write the tables of its own schema and use its
+-- sequences (no TRUNCATE, REFERENCES, TRIGGER or MAINTAIN; no grant options); nobody else may do
+-- anything, here or in any other schema rose manages (the split's ledger, `public`).
+WITH rel AS (
+    SELECT c.oid, n.nspname, c.relname, c.relkind, c.relowner, c.relacl,
+           k.kind_name, k.grant_keyword
+    FROM pg_class AS c
+    JOIN pg_namespace AS n ON n.oid = c.relnamespace
+    JOIN (VALUES ('r', 'table', 'TABLE'), ('p', 'table', 'TABLE'), ('v', 'view', 'TABLE'),
+                 ('m', 'materialized view', 'TABLE'), ('S', 'sequence', 'SEQUENCE'))
+         AS k(relkind, kind_name, grant_keyword) ON k.relkind = c.relkind::text
+    WHERE n.nspname NOT IN ('export', 'legacy', 'information_schema')
+      AND n.nspname NOT LIKE 'pg\_%'
+      AND n.nspname NOT IN (SELECT jsonb_array_elements_text(:'providers'::jsonb))
+), declared AS (
+    SELECT rel.oid, :'app' AS grantee, p AS privilege
+    FROM rel
+    CROSS JOIN LATERAL unnest(CASE WHEN rel.relkind = 'S' THEN ARRAY['USAGE', 'SELECT']
+                              ELSE ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE'] END) AS p
+    WHERE rel.nspname = :'svc'
+), actual AS (
+    SELECT rel.oid, coalesce(r.rolname, 'PUBLIC') AS grantee, a.privilege_type AS privilege,
+           a.is_grantable, pg_get_userbyid(a.grantor) AS grantor, a.grantor = rel.relowner AS by_owner
+    FROM rel
+    CROSS JOIN LATERAL aclexplode(coalesce(rel.relacl, acldefault(
+        CASE WHEN rel.relkind = 'S' THEN 's' ELSE 'r' END::"char", rel.relowner))) AS a
+    LEFT JOIN pg_roles AS r ON r.oid = a.grantee
+    WHERE a.grantee <> rel.relowner
+)
+SELECT format(E'-- %s: missing privilege %s on %s %I.%I for %s\nGRANT %s ON %s %I.%I TO %I',
+              current_database(), d.privilege, rel.kind_name, rel.nspname, rel.relname,
+              d.grantee, d.privilege, rel.grant_keyword, rel.nspname, rel.relname, d.grantee)
+FROM declared AS d JOIN rel USING (oid)
+WHERE NOT EXISTS (SELECT FROM actual AS a
+                  WHERE (a.oid, a.grantee, a.privilege) = (d.oid, d.grantee, d.privilege))
+UNION ALL
+SELECT format(E'-- %s: extra grant option for %s on %s %I.%I for %s\n'
+              'REVOKE GRANT OPTION FOR %s ON %s %I.%I FROM %I%s CASCADE',
+              current_database(), a.privilege, rel.kind_name, rel.nspname, rel.relname,
+              a.grantee, a.privilege, rel.grant_keyword, rel.nspname, rel.relname, a.grantee,
+              CASE WHEN a.by_owner THEN '' ELSE format(' GRANTED BY %I', a.grantor) END)
+FROM actual AS a JOIN declared AS d USING (oid, grantee, privilege) JOIN rel USING (oid)
+WHERE a.is_grantable
+UNION ALL
+SELECT format(E'-- %s: extra privilege %s on %s %I.%I for %s\nREVOKE %s ON %s %I.%I FROM %s%s CASCADE',
+              current_database(), a.privilege, rel.kind_name, rel.nspname, rel.relname,
+              a.grantee, a.privilege, rel.grant_keyword, rel.nspname, rel.relname,
+              CASE WHEN a.grantee = 'PUBLIC' THEN 'PUBLIC' ELSE quote_ident(a.grantee) END,
+              CASE WHEN a.by_owner THEN '' ELSE format(' GRANTED BY %I', a.grantor) END)
+FROM actual AS a JOIN rel USING (oid)
+WHERE NOT EXISTS (SELECT FROM declared AS d
+                  WHERE (a.oid, a.grantee, a.privilege) = (d.oid, d.grantee, d.privilege))
+UNION ALL
+-- Column privileges: none are declared here.
+SELECT format(E'-- %s: extra privilege %s on column %s of %s %I.%I for %s\n'
+              'REVOKE %s (%I) ON %s %I.%I FROM %s%s CASCADE',
+              current_database(), x.privilege_type, att.attname, rel.kind_name, rel.nspname,
+              rel.relname, coalesce(r.rolname, 'PUBLIC'), x.privilege_type, att.attname,
+              rel.grant_keyword, rel.nspname, rel.relname,
+              coalesce(quote_ident(r.rolname), 'PUBLIC'),
+              CASE WHEN x.grantor = rel.relowner THEN ''
+                   ELSE format(' GRANTED BY %I', pg_get_userbyid(x.grantor)) END)
+FROM rel
+JOIN pg_attribute AS att ON att.attrelid = rel.oid AND att.attacl IS NOT NULL
+CROSS JOIN LATERAL aclexplode(att.attacl) AS x
+LEFT JOIN pg_roles AS r ON r.oid = x.grantee
+WHERE x.grantee <> rel.relowner \gexec
+
+-- Relations in `public` or any unexpected schema: reported (their privileges were revoked
+-- above), never dropped (they may hold data).
+SELECT format(E'-- %s: unexpected %s %I.%I (owner %s): not dropped', current_database(),
+              CASE c.relkind WHEN 'v' THEN 'view' WHEN 'm' THEN 'materialized view'
+                             WHEN 'S' THEN 'sequence' ELSE 'table' END,
+              n.nspname, c.relname, pg_get_userbyid(c.relowner))
+FROM pg_class AS c
+JOIN pg_namespace AS n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S')
+  AND n.nspname NOT IN (:'svc', 'split', 'export', 'legacy', 'information_schema')
+  AND n.nspname NOT LIKE 'pg\_%'
+  AND n.nspname NOT IN (SELECT jsonb_array_elements_text(:'providers'::jsonb))
+ORDER BY 1 \gexec

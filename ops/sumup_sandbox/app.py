@@ -18,7 +18,7 @@ from litestar import Litestar, Request, Response, Router, delete, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.enums import MediaType
 from litestar.exceptions import HTTPException
-from litestar.params import FromPath, FromQuery
+from litestar.params import FromPath, FromQuery, QueryParameter
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect, Template
 from litestar.template import TemplateConfig
@@ -34,8 +34,11 @@ from ops.sumup_sandbox.domain import (
     CheckoutNotFound,
     CheckoutStatus,
     DuplicateCheckout,
+    InvalidRefundAmount,
+    RefundNotAllowed,
+    TransactionNotFound,
 )
-from ops.sumup_sandbox.service import CheckoutService
+from ops.sumup_sandbox.service import CheckoutService, SandboxUnavailable
 from ops.sumup_sandbox.state import SandboxState
 from ops.sumup_sandbox.webhooks import WebhookDispatcher
 from ops.sumup_sandbox.wire import (
@@ -48,6 +51,7 @@ from ops.sumup_sandbox.wire import (
     parse_amount,
     parse_new_checkout,
     problem_body,
+    transaction_full_as_json,
 )
 
 __all__ = [
@@ -209,7 +213,52 @@ async def get_checkout(
 async def deactivate_checkout(
     checkout_id: CheckoutId, service: Service, merchant_code: AuthenticatedMerchant
 ) -> JsonObject:
+    if service.state.controls.deactivation_unavailable:
+        raise SandboxUnavailable("deactivation is switched to unavailable")
     return checkout_as_json(await service.deactivate(checkout_id, merchant_code=merchant_code))
+
+
+# --- SumUp transactions and refunds (/v1.0, /v2.1) -----------------------------------------
+
+
+def _own_merchant(path_merchant: str, merchant_code: str) -> None:
+    if path_merchant != merchant_code:
+        raise ApiError(
+            403, forbidden_body(f"The API key does not belong to merchant {path_merchant}")
+        )
+
+
+@post("/v1.0/merchants/{path_merchant:str}/payments/{transaction_id:str}/refunds", status_code=201)
+async def refund_transaction(
+    path_merchant: FromPath[str],
+    transaction_id: FromPath[str],
+    request: Request[Any, Any, Any],
+    service: Service,
+    merchant_code: AuthenticatedMerchant,
+) -> JsonObject:
+    """Full refund without a body (or without `amount`), else a partial one."""
+    _own_merchant(path_merchant, merchant_code)
+    body = await _read_json(request) if (await request.body()).strip() else {}
+    if not isinstance(body, dict):
+        raise FieldError(error_code="INVALID", param=None, message="Body must be a JSON object")
+    amount = None if body.get("amount") is None else parse_amount(body["amount"])
+    await service.refund(transaction_id, amount, merchant_code=merchant_code)
+    return {}
+
+
+@get("/v2.1/merchants/{path_merchant:str}/transactions")
+async def get_transaction(
+    path_merchant: FromPath[str],
+    service: Service,
+    merchant_code: AuthenticatedMerchant,
+    transaction_id: Annotated[str | None, QueryParameter(name="id")] = None,
+) -> JsonObject:
+    _own_merchant(path_merchant, merchant_code)
+    if not transaction_id:
+        raise FieldError(error_code="MISSING", param="id", message="id is required")
+    return transaction_full_as_json(
+        await service.transaction(transaction_id, merchant_code=merchant_code)
+    )
 
 
 # --- Hosted checkout page (/pay) ------------------------------------------------------------
@@ -366,6 +415,9 @@ async def list_deliveries(service: Service) -> list[JsonObject]:
 
 _DOMAIN_ERRORS: dict[type[CheckoutError], tuple[int, str]] = {
     CheckoutNotFound: (404, "NOT_FOUND"),
+    TransactionNotFound: (404, "NOT_FOUND"),
+    RefundNotAllowed: (409, "CONFLICT"),
+    InvalidRefundAmount: (400, "INVALID"),
     DuplicateCheckout: (409, "DUPLICATED_CHECKOUT"),
     CheckoutAlreadyPaid: (409, "CHECKOUT_PROCESSED"),
     CheckoutExpired: (409, "CHECKOUT_EXPIRED"),
@@ -378,6 +430,14 @@ _HTTP_ERROR_CODES = {400: "INVALID", 401: "UNAUTHORIZED", 404: "NOT_FOUND", 405:
 def _handle_domain_error(_: Request[Any, Any, Any], error: CheckoutError) -> Response[Any]:
     status_code, error_code = _DOMAIN_ERRORS[type(error)]
     return _json_response(status_code, error_body(error_code, str(error)))
+
+
+def _handle_unavailable(_: Request[Any, Any, Any], error: SandboxUnavailable) -> Response[Any]:
+    return _json_response(
+        503,
+        problem_body(status=503, title="Service Unavailable", detail=str(error)),
+        media_type=PROBLEM_JSON,
+    )
 
 
 def _handle_field_error(_: Request[Any, Any, Any], error: FieldError) -> Response[Any]:
@@ -432,11 +492,18 @@ def create_app(
     def provide_merchant_code(request: Request[Any, Any, Any]) -> str:
         return _authenticate(request, accepted_keys)
 
+    authenticated = {"merchant_code": Provide(provide_merchant_code, sync_to_thread=False)}
     api = Router(
         path="/v0.1",
         route_handlers=[create_checkout, list_checkouts, get_checkout, deactivate_checkout],
         before_request=_api_fault_gate(sandbox_state),
-        dependencies={"merchant_code": Provide(provide_merchant_code, sync_to_thread=False)},
+        dependencies=authenticated,
+    )
+    transactions = Router(
+        path="/",
+        route_handlers=[refund_transaction, get_transaction],
+        before_request=_api_fault_gate(sandbox_state),
+        dependencies=authenticated,
     )
     controls = Router(
         path="/_sandbox",
@@ -455,13 +522,14 @@ def create_app(
         ],
     )
     return Litestar(
-        route_handlers=[api, hosted_checkout_page, hosted_pay, hosted_fail, controls],
+        route_handlers=[api, transactions, hosted_checkout_page, hosted_pay, hosted_fail, controls],
         dependencies={"service": Provide(provide_service, sync_to_thread=False)},
         template_config=TemplateConfig(directory=TEMPLATES_DIR, engine=JinjaTemplateEngine),
         exception_handlers={
             CheckoutError: _handle_domain_error,
             FieldError: _handle_field_error,
             ApiError: _handle_api_error,
+            SandboxUnavailable: _handle_unavailable,
             HTTPException: _handle_http_exception,
             Exception: _handle_unexpected_error,
         },

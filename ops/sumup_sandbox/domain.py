@@ -26,6 +26,7 @@ class CheckoutStatus(StrEnum):
 class TransactionStatus(StrEnum):
     SUCCESSFUL = "SUCCESSFUL"
     FAILED = "FAILED"
+    REFUNDED = "REFUNDED"
 
 
 # SumUp's sandbox declines these amounts whatever card is used; the local sandbox does the same so
@@ -67,9 +68,29 @@ class CheckoutExpired(CheckoutError):
         super().__init__(f"Checkout {checkout_id} has expired and can no longer be paid")
 
 
+class TransactionNotFound(CheckoutError):
+    def __init__(self, transaction_id: str) -> None:
+        super().__init__(f"Transaction {transaction_id} not found")
+
+
+class RefundNotAllowed(CheckoutError):
+    """SumUp's 409: the transaction cannot be refunded (not paid, or nothing left)."""
+
+
+class InvalidRefundAmount(CheckoutError):
+    """SumUp's 400: the amount is not more than zero."""
+
+
 class CheckoutHasNoReturnUrl(CheckoutError):
     def __init__(self, checkout_id: str) -> None:
         super().__init__(f"Checkout {checkout_id} has no return_url to send webhooks to")
+
+
+@dataclass(frozen=True)
+class RefundRecord:
+    id: int
+    amount: Decimal
+    timestamp: datetime
 
 
 @dataclass
@@ -82,6 +103,42 @@ class Transaction:
     timestamp: datetime
     merchant_code: str
     auth_code: str | None
+    refunds: list[RefundRecord] = field(default_factory=list)
+
+    @property
+    def refunded_amount(self) -> Decimal:
+        return sum((refund.amount for refund in self.refunds), Decimal(0))
+
+    @property
+    def refundable_amount(self) -> Decimal:
+        if self.status not in (TransactionStatus.SUCCESSFUL, TransactionStatus.REFUNDED):
+            return Decimal(0)
+        return self.amount - self.refunded_amount
+
+
+def refund_transaction(
+    transaction: Transaction, amount: Decimal | None, *, refund_id: int, now: datetime
+) -> RefundRecord:
+    """Give ``amount`` (all that is left when None) of a successful transaction back. Fully
+    refunded, the transaction's status becomes REFUNDED."""
+    left = transaction.refundable_amount
+    if left <= 0:
+        raise RefundNotAllowed(
+            f"Transaction {transaction.id} cannot be refunded: it is {transaction.status.value}"
+            + (" and fully refunded" if transaction.refunds else "")
+        )
+    wanted = left if amount is None else amount
+    if wanted <= 0:
+        raise InvalidRefundAmount("amount must be greater than zero")
+    if wanted > left:
+        raise RefundNotAllowed(
+            f"Transaction {transaction.id} has {left} left to refund, not {wanted}"
+        )
+    refund = RefundRecord(id=refund_id, amount=wanted, timestamp=now)
+    transaction.refunds.append(refund)
+    if transaction.refundable_amount == 0:
+        transaction.status = TransactionStatus.REFUNDED
+    return refund
 
 
 @dataclass(frozen=True)
@@ -124,9 +181,9 @@ class Checkout:
 
     @property
     def successful_transaction(self) -> Transaction | None:
-        return next(
-            (tx for tx in self.transactions if tx.status is TransactionStatus.SUCCESSFUL), None
-        )
+        """The transaction that paid the checkout (still so when refunded since)."""
+        paid = (TransactionStatus.SUCCESSFUL, TransactionStatus.REFUNDED)
+        return next((tx for tx in self.transactions if tx.status in paid), None)
 
     @property
     def is_payable(self) -> bool:

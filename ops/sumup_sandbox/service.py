@@ -10,11 +10,14 @@ from ops.sumup_sandbox.domain import (
     CheckoutHasNoReturnUrl,
     DuplicateCheckout,
     NewCheckout,
+    RefundNotAllowed,
+    Transaction,
     attempt_payment,
     decline_payment,
     expire_checkout,
     expire_if_overdue,
     open_checkout,
+    refund_transaction,
 )
 from ops.sumup_sandbox.state import DeliveryRecord, SandboxState
 from ops.sumup_sandbox.webhooks import WebhookDispatcher
@@ -22,6 +25,10 @@ from ops.sumup_sandbox.webhooks import WebhookDispatcher
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+class SandboxUnavailable(Exception):
+    """A fault switched on by a control: the API answers 503."""
 
 
 class CheckoutService:
@@ -86,6 +93,28 @@ class CheckoutService:
             decline_payment(checkout, now=_now())
             self.dispatcher.notify_status_changed(checkout)
             return checkout
+
+    async def transaction(self, transaction_id: str, *, merchant_code: str) -> Transaction:
+        async with self.state.lock:
+            return self.state.find_transaction(transaction_id, merchant_code=merchant_code)
+
+    async def refund(
+        self, transaction_id: str, amount: Decimal | None, *, merchant_code: str
+    ) -> Transaction:
+        """POST .../payments/{id}/refunds, as the `refunds` control says SumUp behaves."""
+        mode = self.state.controls.refunds
+        async with self.state.lock:
+            transaction = self.state.find_transaction(transaction_id, merchant_code=merchant_code)
+            if mode == "refuse":
+                raise RefundNotAllowed("The sandbox is switched to refuse refunds")
+            if mode == "unavailable":
+                raise SandboxUnavailable("refunds are switched to unavailable")
+            refund_transaction(
+                transaction, amount, refund_id=self.state.next_refund_id(), now=_now()
+            )
+            if mode == "lose_answer":
+                raise SandboxUnavailable("the refund was made, but its answer is lost")
+            return transaction
 
     async def resend_webhook(self, checkout_id: str, *, copies: int) -> list[DeliveryRecord]:
         async with self.state.lock:

@@ -12,9 +12,12 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from ops.sumup_sandbox.domain import Checkout, CheckoutNotFound
+from ops.sumup_sandbox.domain import Checkout, CheckoutNotFound, Transaction, TransactionNotFound
 
 WebhookMode = Literal["deliver", "drop", "hold"]
+# accept: refund and answer 201. refuse: answer 409 and refund nothing. unavailable: answer 503
+# and refund nothing. lose_answer: refund, then answer 503 (the caller cannot know it worked).
+RefundMode = Literal["accept", "refuse", "unavailable", "lose_answer"]
 NonNegativeSeconds = Annotated[float, msgspec.Meta(ge=0)]
 
 
@@ -32,6 +35,9 @@ class SandboxControls(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     api_unavailable: bool = False
     webhook_retry_delays: tuple[NonNegativeSeconds, ...] = (0.5, 1.0, 2.0, 5.0)
     webhook_timeout: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    # Deactivating a checkout (DELETE) answers 503 and leaves it open.
+    deactivation_unavailable: bool = False
+    refunds: RefundMode = "accept"
 
     def updated(self, changes: Mapping[str, object]) -> SandboxControls:
         """A copy with `changes` applied; raises msgspec.ValidationError on a bad name or value."""
@@ -111,6 +117,10 @@ class SandboxState:
         self.held_events: list[WebhookEvent] = []
         self.lock = asyncio.Lock()
         self._event_ids = itertools.count(1)
+        self._refund_ids = itertools.count(1)
+
+    def next_refund_id(self) -> int:
+        return next(self._refund_ids)
 
     def next_event_id(self) -> int:
         return next(self._event_ids)
@@ -130,6 +140,15 @@ class SandboxState:
         ):
             raise CheckoutNotFound(checkout_id)
         return checkout
+
+    def find_transaction(self, transaction_id: str, *, merchant_code: str) -> Transaction:
+        for checkout in self.checkouts.values():
+            if checkout.merchant_code != merchant_code:
+                continue
+            for transaction in checkout.transactions:
+                if transaction.id == transaction_id:
+                    return transaction
+        raise TransactionNotFound(transaction_id)
 
     def find_by_reference(
         self, merchant_code: str, checkout_reference: str | None

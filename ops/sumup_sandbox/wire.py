@@ -168,6 +168,38 @@ def transaction_as_json(transaction: Transaction) -> dict[str, object]:
     return body
 
 
+def transaction_full_as_json(transaction: Transaction) -> dict[str, object]:
+    """GET /v2.1/merchants/{code}/transactions: the transaction with its refund events."""
+    refunds: list[dict[str, object]] = [
+        {
+            "id": refund.id,
+            "type": "REFUND",
+            "status": "REFUNDED",
+            "amount": float(refund.amount),
+            "timestamp": iso_timestamp(refund.timestamp),
+            "transaction_id": transaction.id,
+        }
+        for refund in transaction.refunds
+    ]
+    return {
+        **transaction_as_json(transaction),
+        "simple_status": "REFUNDED"
+        if transaction.status.value == "REFUNDED"
+        else transaction.status.value,
+        "events": refunds,
+        "transaction_events": [
+            {
+                "id": event["id"],
+                "event_type": "REFUND",
+                "status": "REFUNDED",
+                "amount": event["amount"],
+                "timestamp": event["timestamp"],
+            }
+            for event in refunds
+        ],
+    }
+
+
 def checkout_as_json(checkout: Checkout) -> dict[str, object]:
     body: dict[str, object] = {
         "id": checkout.id,

@@ -21,7 +21,11 @@ from tests.waiting import eventually_sync
 def payments(provisioned, credentials):
     truncate_all(provisioned)
     add_page_config(provisioned, "site", 0)
-    with live_stack(provisioned, credentials, ["orders", "blog"], sandbox=True) as stack:
+    # One buyer makes every order here: more than the default checkouts a minute.
+    many = {"ORDERS_CHECKOUTS_PER_MINUTE": "100"}
+    with live_stack(
+        provisioned, credentials, ["orders", "blog"], sandbox=True, extra_env=many
+    ) as stack:
         yield stack
     truncate_all(provisioned)
 
@@ -109,3 +113,52 @@ def test_lost_webhooks_are_made_good_by_reconciliation_at_start_up(payments, pro
             "SELECT paid_at IS NOT NULL FROM orders.orders WHERE id = %s", (order_id,)
         ).fetchone()
     assert paid_at == (True,)
+
+
+def test_a_late_payment_of_a_superseded_order_is_listed_for_a_person(
+    payments, provisioned, tmp_path
+):
+    """Real processes: the old tab pays after a newer order superseded it, and SumUp refuses
+    the refund; `rose orders attention` names the order, the money and why."""
+    import os
+    import subprocess
+    import sys
+
+    control = sandbox(payments)
+    older = create_order(payments, 5)
+    checkout = checkout_id_of(provisioned, older)
+    control.post("/_sandbox/controls", json={"deactivation_unavailable": True}).raise_for_status()
+    control.post("/_sandbox/controls", json={"refunds": "refuse"}).raise_for_status()
+    try:
+        newer = create_order(payments, 5)  # the same goods again: supersedes the older order
+        assert newer != older
+        assert status_of(provisioned, older) == "superseded"
+        control.post(f"/_sandbox/checkouts/{checkout}/pay").raise_for_status()
+        assert eventually_sync(lambda: status_of(provisioned, older) == "refund_due")
+
+        def listed() -> list[dict]:
+            result = subprocess.run(
+                [sys.executable, "-m", "ops.cli", "orders", "attention", "--json"],
+                env={
+                    **os.environ,
+                    "ROSE_HOME": str(tmp_path),
+                    "INTERNAL_URL_ORDERS": payments.url("orders", ""),
+                    "INTERNAL_SECRET": payments.internal_secret,
+                },
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert result.returncode == 0, result.stderr
+            rows = json.loads(result.stdout)
+            return [r for r in rows if r["refunds"] and r["refunds"][0]["status"] == "failed"]
+
+        [row] = eventually_sync(listed)
+        assert row["order_id"] == older
+        assert row["status"] == "refund_due"
+        assert row["refunds"][0]["amount"] == "9.00"
+        assert f"order {newer} replaced it" in row["refunds"][0]["reason"]
+    finally:
+        control.post(
+            "/_sandbox/controls", json={"deactivation_unavailable": False, "refunds": "accept"}
+        ).raise_for_status()

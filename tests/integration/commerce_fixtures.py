@@ -56,12 +56,21 @@ def open_shop(server) -> Shop:
 
 
 @asynccontextmanager
-async def shop_stack(server, credentials, sandbox: BackgroundSandbox, services=None, **extra):
+async def shop_stack(
+    server,
+    credentials,
+    sandbox: BackgroundSandbox,
+    services=None,
+    *,
+    extra_overrides: dict[str, dict[str, Any]] | None = None,
+    **extra,
+):
+    """Every service in process; ``extra`` are orders' settings, ``extra_overrides`` other
+    services' settings (``{"events": {"extra": {...}}}``)."""
+    overrides = orders_overrides(sandbox.url, ORDERS_OUTBOX_POLL_SECONDS="0.2", **extra)
+    overrides.update(extra_overrides or {})
     async with in_process_stack(
-        server,
-        credentials,
-        services or ALL_SERVICES,
-        settings_overrides=orders_overrides(sandbox.url, ORDERS_OUTBOX_POLL_SECONDS="0.2", **extra),
+        server, credentials, services or ALL_SERVICES, settings_overrides=overrides
     ) as running:
         yield running
 

@@ -42,6 +42,27 @@ def add_page_config(
         ).fetchone()[0]
 
 
+def held_bookings(server, user_id: int = 1) -> tuple[int, int]:
+    """An entry and a ticket held in ``user_id``'s cart (events' tables), for orders to hold."""
+    with admin_connect(server, "events") as connection:
+        calendar_id = connection.execute(
+            "INSERT INTO events.calendars (slug, name) VALUES ('tours', 'Tours') RETURNING id"
+        ).fetchone()[0]
+        entry_id = connection.execute(
+            "INSERT INTO events.calendar_entries (calendar_id, name, starts_at, cost, state, "
+            "user_id, hold_expires_at) VALUES (%s, 'Tour', now() + interval '3 days', 2.00, "
+            "'pending', %s, now() + interval '15 minutes') RETURNING id",
+            (calendar_id, user_id),
+        ).fetchone()[0]
+        ticket_id = connection.execute(
+            "INSERT INTO events.tickets (calendar_entry_id, ticket_type, price, state, user_id, "
+            "hold_expires_at) VALUES (%s, 'adult', 3.00, 'pending', %s, "
+            "now() + interval '15 minutes') RETURNING id",
+            (entry_id, user_id),
+        ).fetchone()[0]
+    return entry_id, ticket_id
+
+
 def orders_overrides(sandbox_url: str, **extra: str) -> dict[str, dict[str, Any]]:
     return {
         "orders": {
@@ -120,6 +141,15 @@ class Sandbox:
     def checkout(self, checkout_id: str) -> dict[str, Any]:
         response = self.client.get(
             f"/v0.1/checkouts/{checkout_id}",
+            headers={"Authorization": f"Bearer {DEFAULT_API_KEY}"},
+        )
+        response.raise_for_status()
+        return response.json()
+
+    def transaction(self, transaction_id: str) -> dict[str, Any]:
+        response = self.client.get(
+            f"/v2.1/merchants/{DEFAULT_MERCHANT_CODE}/transactions",
+            params={"id": transaction_id},
             headers={"Authorization": f"Bearer {DEFAULT_API_KEY}"},
         )
         response.raise_for_status()

@@ -6,33 +6,19 @@ from __future__ import annotations
 import pytest
 
 from apps.cart.models import metadata as cart_metadata
-from ops.sumup_sandbox.server import BackgroundSandbox
 from tests.conftest import admin_connect
 from tests.integration.commerce_fixtures import (
     browser_of,
     cart_rows,
     entry_state,
-    open_shop,
     share_cookies,
     shop_stack,
 )
-from tests.integration.orders_fixtures import Sandbox, sandbox_state
 from tests.integration.test_orders import checkout_id_of, order_rows, outbox_rows, webhook
 from tests.signed import internal_get, internal_post
 from tests.waiting import eventually
 
 HTML = {"accept": "text/html"}
-
-
-@pytest.fixture
-def sandbox():
-    with BackgroundSandbox(state=sandbox_state()) as server:
-        yield Sandbox(server)
-
-
-@pytest.fixture
-def shop(clean_db):
-    return open_shop(clean_db)
 
 
 @pytest.fixture
@@ -305,6 +291,55 @@ async def test_cart_is_exactly_what_the_plan_leaves_it(stack, clean_db):
         "/item/{item_id}/delete",
         "/checkout",
         "/page/{page_slug}/checkout",
+        "/booking/{kind}/{booking_id}/delete",
         "/healthz",
         "/readyz",
     }
+
+
+async def pay(stack, sandbox, server, order_id: int) -> None:
+    checkout_id = checkout_id_of(server, order_id)
+    sandbox.pay(checkout_id)
+    assert (await webhook(stack, order_id, checkout_id)).status_code == 204
+
+
+def live_lines(server) -> list[tuple[int | None, int, int]]:
+    """(user id, product id, quantity) of every line still in a cart."""
+    return [(row[0], row[2], row[3]) for row in cart_rows(server) if row[6]]
+
+
+async def test_a_paid_order_clears_what_it_bought_and_keeps_what_came_after(
+    stack, clean_db, shop, sandbox
+):
+    cart = await browser_of(stack, "cart", user_id=3)
+    product = shop.product_ids[0]
+    line_id = (await cart.post(f"/add/{product}/", json={"quantity": 2})).json()["id"]
+    order_id = (await cart.post("/checkout/")).json()["order_id"]
+    await cart.post(f"/item/{line_id}/quantity/", json={"quantity": 5})  # after checkout
+    await pay(stack, sandbox, clean_db, order_id)
+    assert await eventually(lambda: live_lines(clean_db) == [(3, product, 3)])
+    # The paid line records its order; the 3 added later are a line of their own.
+    assert [(row[3], row[5], row[6]) for row in cart_rows(clean_db)] == [
+        (5, order_id, False),
+        (3, None, True),
+    ]
+
+
+async def test_an_order_made_before_sign_in_clears_the_merged_line(stack, clean_db, shop, sandbox):
+    product = shop.product_ids[0]
+    other_device = await browser_of(stack, "cart", user_id=9)
+    await other_device.post(f"/add/{product}/", json={"quantity": 2})
+    cart = await browser_of(stack, "cart")
+    market, orders = stack.browser("market"), stack.browser("orders")
+    share_cookies(cart, market, orders)
+    await cart.post(f"/add/{product}/")
+    order_id = (await cart.post("/checkout/")).json()["order_id"]
+    assert (await market.get("/auth/dev-login?user_id=9")).status_code == 200
+    assert live_lines(clean_db) == [(9, product, 3)]  # merged into the user's line
+
+    await pay(stack, sandbox, clean_db, order_id)
+    # The one bought before sign-in comes off the merged line; the user's own 2 stay.
+    assert await eventually(lambda: live_lines(clean_db) == [(9, product, 2)])
+    share_cookies(market, orders)
+    listing = (await orders.get("/api/orders", headers={"accept": "application/json"})).json()
+    assert [item["id"] for item in listing["items"]] == [order_id]

@@ -478,8 +478,10 @@ async def test_signed_in_booking_is_pending_for_the_user(stack, clean_db):
     assert (booked["id"], booked["state"], booked["booked_by_you"]) == (entry_id, "pending", True)
     assert entry_state(clean_db, entry_id) == ("pending", 7, None, None)
 
+    # Booking what one already holds answers it as it is (the hold is not extended).
     twice = await user.post(f"/entries/{entry_id}/book/")
-    assert_problem(twice, 409, "pending")
+    assert twice.status_code == 200
+    assert twice.json()["booked_by_you"] is True
     someone_else = await sign_in(stack, 8)
     assert_problem(await someone_else.post(f"/entries/{entry_id}/book/"), 409)
     assert entry_state(clean_db, entry_id) == ("pending", 7, None, None)
@@ -506,8 +508,13 @@ async def test_booking_from_a_form_redirects_back(stack, clean_db):
     assert response.status_code == 303
     assert response.headers["location"] == "/?page_id=1"
     assert entry_state(clean_db, entry_id)[0] == "pending"
-    # Booked already: a browser gets the problem as a page, with the same status.
-    again = await visitor.post(f"/entries/{entry_id}/book/", data={CSRF_FIELD: token}, headers=HTML)
+    # Held by someone else: a browser gets the problem as a page, with the same status.
+    other = await anonymous(stack)
+    other_token = other.headers.pop("X-CSRF-Token")
+    again = await other.post(
+        f"/entries/{entry_id}/book/", data={CSRF_FIELD: other_token}, headers=HTML
+    )
+    await other.aclose()
     assert again.status_code == 409
     assert again.headers["content-type"].startswith("text/html")
     await visitor.aclose()
@@ -653,7 +660,7 @@ async def test_pending_bookings_view_holds_pending_entries_and_tickets(stack, cl
     assert rows == expected
 
     # Confirmed rows leave the view.
-    confirm = {"order_id": 50, "entry_ids": [walk], "ticket_ids": [first_ticket]}
+    confirm = {"order_id": 50, "entry_ids": [walk], "ticket_ids": [first_ticket], "user_id": 1}
     assert (await internal_post(stack.client("events"), "confirm-for-order", confirm)).json()[
         "confirmed"
     ] == 2
@@ -734,7 +741,9 @@ async def test_confirm_for_order_confirms_once_and_never_steals(stack, clean_db)
     first_ticket, second_ticket = things["ticket_ids"]
     # The visitor's booking of the ride is paid by order 200 first.
     other = await internal_post(
-        events, "confirm-for-order", {"order_id": 200, "entry_ids": [ride], "ticket_ids": []}
+        events,
+        "confirm-for-order",
+        {"order_id": 200, "entry_ids": [ride], "session_id": things["session_id"]},
     )
     assert other.json() == {"confirmed": 1, "unconfirmed": {"entry_ids": [], "ticket_ids": []}}
 
@@ -742,6 +751,7 @@ async def test_confirm_for_order_confirms_once_and_never_steals(stack, clean_db)
         "order_id": 100,
         "entry_ids": [walk, ride, still_open, 999],
         "ticket_ids": [first_ticket, second_ticket],
+        "user_id": 1,
     }
     first = await internal_post(events, "confirm-for-order", payload)
     assert first.status_code == 200, first.text
@@ -768,7 +778,7 @@ async def test_confirm_for_order_confirms_once_and_never_steals(stack, clean_db)
     thief = await internal_post(
         events,
         "confirm-for-order",
-        {"order_id": 300, "entry_ids": [walk], "ticket_ids": [first_ticket]},
+        {"order_id": 300, "entry_ids": [walk], "ticket_ids": [first_ticket], "user_id": 1},
     )
     assert thief.json() == {
         "confirmed": 0,
@@ -780,7 +790,7 @@ async def test_confirm_for_order_confirms_once_and_never_steals(stack, clean_db)
 async def test_confirm_for_order_with_an_idempotency_key_replays_its_answer(stack, clean_db):
     things = await book_things(stack, clean_db)
     events = stack.client("events")
-    payload = {"order_id": 7, "entry_ids": [things["walk"]], "ticket_ids": []}
+    payload = {"order_id": 7, "entry_ids": [things["walk"]], "ticket_ids": [], "user_id": 1}
     first = await internal_post(events, "confirm-for-order", payload, idempotency_key="order-7")
     replay = await internal_post(events, "confirm-for-order", payload, idempotency_key="order-7")
     assert first.status_code == replay.status_code == 200
@@ -801,7 +811,7 @@ async def test_concurrent_confirms_of_one_entry_by_two_orders_have_one_winner(st
             internal_post(
                 events,
                 "confirm-for-order",
-                {"order_id": order_id, "entry_ids": [things["walk"]], "ticket_ids": []},
+                {"order_id": order_id, "entry_ids": [things["walk"]], "user_id": 1},
             )
             for order_id in range(1, 11)
         )
@@ -825,7 +835,7 @@ async def test_adopt_bookings_for_user_moves_pending_bookings_once(stack, clean_
     ticket = await visitor.post(f"/entries/{confirmed}/tickets/", data={"ticket_type": "adult"})
     assert ticket.status_code == 201
     events = stack.client("events")
-    paid = {"order_id": 9, "entry_ids": [confirmed], "ticket_ids": []}
+    paid = {"order_id": 9, "entry_ids": [confirmed], "session_id": session_id}
     assert (await internal_post(events, "confirm-for-order", paid)).json()["confirmed"] == 1
 
     adopt = {"user_id": 42, "session_id": session_id}
@@ -1033,3 +1043,136 @@ def test_demo_seed_fills_empty_tables_once(clean_db):
     assert 0 < entries[0][1] < 12
     assert entries[0][2:] == (True, True, True)
     assert events_rows(clean_db, "SELECT count(*) FROM events.tickets") == [(0,)]
+
+
+# -- holds: bookings in a cart are held for a while, then free for everyone -------------------
+
+
+def end_holds(server, *entry_ids: int) -> None:
+    """Time passes for these holds: they ended a second ago (no sweeper has run)."""
+    events_rows(
+        server,
+        "UPDATE events.calendar_entries SET hold_expires_at = now() - interval '1 second' "
+        "WHERE id = ANY(%s) RETURNING id",
+        (list(entry_ids),),
+    )
+
+
+async def test_an_ended_hold_blocks_nobody_and_leaves_the_cart(stack, clean_db):
+    things = await book_things(stack, clean_db)
+    walk = things["walk"]
+    end_holds(clean_db, walk)
+    with admin_connect(clean_db, "events") as connection:
+        listed = connection.execute(
+            "SELECT id FROM export.pending_bookings WHERE kind = 'entry' AND user_id = 1"
+        ).fetchall()
+    assert listed == []  # no longer in the user's cart
+    mine = await internal_get(stack.client("events"), "pending-bookings", {"user_id": 1})
+    assert [row["id"] for row in mine.json() if row["kind"] == "entry"] == []
+    page = (await (await sign_in(stack, 9)).get("/api/calendars")).json()
+    [shown] = [e for c in page for e in c["entries"] if e["id"] == walk]
+    assert (shown["state"], shown["bookable"]) == ("open", True)
+    taken = await (await sign_in(stack, 9)).post(f"/entries/{walk}/book/")
+    assert taken.status_code == 200, taken.text
+    assert entry_state(clean_db, walk)[:2] == ("pending", 9)
+
+
+async def test_hold_for_order_extends_holds_and_refuses_bookings_no_longer_held(stack, clean_db):
+    things = await book_things(stack, clean_db)
+    events = stack.client("events")
+    walk, ride = things["walk"], things["ride"]
+    first_ticket, _ = things["ticket_ids"]
+    until = (datetime.now(UTC) + timedelta(minutes=30)).isoformat()
+    hold = {
+        "order_id": 70,
+        "user_id": 1,
+        "entry_ids": [walk],
+        "ticket_ids": [first_ticket],
+        "until": until,
+    }
+    held = await internal_post(events, "hold-for-order", hold, idempotency_key="o70")
+    assert held.json() == {"held": 2}
+    rows = events_rows(
+        clean_db,
+        "SELECT hold_order_id, hold_expires_at > now() + interval '29 minutes' "
+        "FROM events.calendar_entries WHERE id = %s",
+        (walk,),
+    )
+    assert rows == [(70, True)]
+    # Someone else's booking, or one whose hold ended, cannot be held: nothing is held.
+    end_holds(clean_db, walk)
+    theirs = {**hold, "order_id": 71, "entry_ids": [walk, ride]}
+    refused = await internal_post(events, "hold-for-order", theirs)
+    assert_problem(refused, 409, str(ride))
+    assert events_rows(
+        clean_db, "SELECT hold_order_id FROM events.tickets WHERE id = %s", (first_ticket,)
+    ) == [(70,)]
+    too_long = {**hold, "until": (datetime.now(UTC) + timedelta(days=2)).isoformat()}
+    assert_problem(await internal_post(events, "hold-for-order", too_long), 422, "until")
+
+
+async def test_confirm_for_order_confirms_what_was_held_for_that_order_only(stack, clean_db):
+    things = await book_things(stack, clean_db)
+    events = stack.client("events")
+    walk = things["walk"]
+    until = (datetime.now(UTC) + timedelta(minutes=30)).isoformat()
+    await internal_post(
+        events,
+        "hold-for-order",
+        {"order_id": 80, "user_id": 1, "entry_ids": [walk], "until": until},
+    )
+    # An older order of the same buyer (superseded by 80) is paid late: not confirmed for it.
+    older = await internal_post(
+        events, "confirm-for-order", {"order_id": 79, "entry_ids": [walk], "user_id": 1}
+    )
+    assert older.json()["unconfirmed"]["entry_ids"] == [walk]
+    newer = await internal_post(
+        events, "confirm-for-order", {"order_id": 80, "entry_ids": [walk], "user_id": 1}
+    )
+    assert newer.json()["confirmed"] == 1
+    assert entry_state(clean_db, walk)[::3] == ("confirmed", 80)
+
+
+async def test_release_booking_frees_the_slot_at_once(stack, clean_db):
+    things = await book_things(stack, clean_db)
+    events = stack.client("events")
+    walk, ride = things["walk"], things["ride"]
+    first_ticket, _ = things["ticket_ids"]
+    someone_else = await internal_post(
+        events, "release-booking", {"kind": "entry", "id": ride, "user_id": 1}
+    )
+    assert_problem(someone_else, 404, "in your cart")
+    released = await internal_post(
+        events, "release-booking", {"kind": "entry", "id": walk, "user_id": 1}
+    )
+    assert released.json() == {"released": True}
+    assert entry_state(clean_db, walk) == ("open", None, None, None)
+    ticket = await internal_post(
+        events, "release-booking", {"kind": "ticket", "id": first_ticket, "user_id": 1}
+    )
+    assert ticket.json() == {"released": True}
+    assert events_rows(
+        clean_db, "SELECT state FROM events.tickets WHERE id = %s", (first_ticket,)
+    ) == [("cancelled",)]
+    again = await internal_post(
+        events, "release-booking", {"kind": "entry", "id": walk, "user_id": 1}
+    )
+    assert again.status_code == 404
+
+
+async def test_the_sweeper_releases_ended_holds(stack, clean_db):
+    from apps.events.service import sweep_ended_holds
+
+    things = await book_things(stack, clean_db)
+    end_holds(clean_db, things["walk"])
+    events_rows(
+        clean_db,
+        "UPDATE events.tickets SET hold_expires_at = now() - interval '1 second' RETURNING id",
+    )
+    async with stack.apps["events"].state.sessionmaker() as session:
+        swept = await sweep_ended_holds(session)
+        await session.commit()
+    assert swept == 3  # the walk and two tickets; the visitor's ride is still held
+    assert entry_state(clean_db, things["walk"]) == ("open", None, None, None)
+    assert entry_state(clean_db, things["ride"])[0] == "pending"
+    assert events_rows(clean_db, "SELECT DISTINCT state FROM events.tickets") == [("cancelled",)]

@@ -9,28 +9,20 @@ from decimal import Decimal
 
 import pytest
 
-from ops.sumup_sandbox.server import BackgroundSandbox
 from tests.conftest import admin_connect
 from tests.integration.orders_fixtures import (
     ORDERS_PUBLIC_URL,
-    Sandbox,
     add_page_config,
+    held_bookings,
     order_payload,
     orders_stack,
     product_line,
-    sandbox_state,
 )
 from tests.signed import internal_get, internal_post
 from tests.waiting import eventually
 
 JSON = {"accept": "application/json"}
 HTML = {"accept": "text/html"}
-
-
-@pytest.fixture
-def sandbox():
-    with BackgroundSandbox(state=sandbox_state()) as server:
-        yield Sandbox(server)
 
 
 @pytest.fixture
@@ -198,16 +190,25 @@ async def test_create_order_is_idempotent_per_key(orders, clean_db, sandbox):
 
 
 async def test_paid_webhook_marks_the_order_paid_once_and_queues_the_effects(
-    orders, clean_db, sandbox
+    clean_db, credentials, sandbox, site_config
 ):
+    entry_id, ticket_id = held_bookings(clean_db, user_id=1)
     payload = order_payload(
-        product_line(1, "10.00"),
-        calendar_entries=[{"id": 5, "title": "Tour", "price": "2.00", "currency": "EUR"}],
-        tickets=[{"id": 8, "title": "Tour - adult", "price": "3.00", "currency": "EUR"}],
+        product_line(1, "10.00", cart_line_ids=[41, 40]),
+        calendar_entries=[{"id": entry_id, "title": "Tour", "price": "2.00", "currency": "EUR"}],
+        tickets=[{"id": ticket_id, "title": "Tour - adult", "price": "3.00", "currency": "EUR"}],
         calendar_total="2.00",
         ticket_total="3.00",
     )
-    order_id = (await create(orders, payload)).json()["order_id"]
+    services = ["orders", "blog", "events"]
+    async with orders_stack(clean_db, credentials, sandbox.server, services) as orders:
+        await _paid_once_with_effects(orders, clean_db, sandbox, payload, entry_id, ticket_id)
+
+
+async def _paid_once_with_effects(orders, clean_db, sandbox, payload, entry_id, ticket_id):
+    created = await create(orders, payload)
+    assert created.status_code == 200, created.text
+    order_id = created.json()["order_id"]
     checkout_id = checkout_id_of(clean_db, order_id)
     sandbox.pay(checkout_id)
 
@@ -225,8 +226,15 @@ async def test_paid_webhook_marks_the_order_paid_once_and_queues_the_effects(
         "session_id": "session-1",
         "page_post_id": None,
         "product_ids": [1],
+        "lines": [{"product_id": 1, "quantity": 1, "cart_line_ids": [41, 40]}],
     }
-    assert effects[1][2] == {"order_id": order_id, "entry_ids": [5], "ticket_ids": [8]}
+    assert effects[1][2] == {
+        "order_id": order_id,
+        "entry_ids": [entry_id],
+        "ticket_ids": [ticket_id],
+        "user_id": 1,
+        "session_id": "session-1",
+    }
 
 
 async def test_failed_is_not_final_and_never_undoes_paid(orders, clean_db, sandbox):
@@ -349,9 +357,15 @@ async def test_reconciliation_at_start_up_pays_orders_whose_webhooks_were_lost(
     assert [row[1] for row in outbox_rows(clean_db)] == ["clear-cart-for-order"]
 
 
-async def test_orders_are_listed_20_a_page_and_private(orders, clean_db, sandbox):
-    for _ in range(22):
-        assert (await create(orders)).status_code == 200
+async def test_orders_are_listed_20_a_page_and_private(clean_db, credentials, sandbox, site_config):
+    many = {"ORDERS_CHECKOUTS_PER_MINUTE": "100"}
+    async with orders_stack(clean_db, credentials, sandbox.server, **many) as orders:
+        await _listed_20_a_page_and_private(orders)
+
+
+async def _listed_20_a_page_and_private(orders):
+    for n in range(22):
+        assert (await create(orders, order_payload(product_line(n + 1)))).status_code == 200
     other = (await create(orders, order_payload(product_line(1), user_id=2))).json()["order_id"]
     browser = await signed_in(orders, 1)
     first = (await browser.get("/api/orders")).json()
@@ -415,9 +429,9 @@ async def test_return_page_while_sumup_is_down_says_waiting(orders, clean_db, sa
 async def test_reconciliation_asks_about_open_attempts_least_recently_checked_first(
     orders, clean_db, sandbox
 ):
-    from apps.orders.service import pending_orders_to_reconcile, reconcile_pending
-
-    first, second, third = [(await create(orders)).json()["order_id"] for _ in range(3)]
+    first, second, third = [
+        (await create(orders, order_payload(product_line(n)))).json()["order_id"] for n in (1, 2, 3)
+    ]
     with admin_connect(clean_db, "orders") as connection:
         connection.execute(
             "UPDATE orders.payment_attempts SET status = 'EXPIRED' WHERE order_id = %s", (first,)
@@ -428,15 +442,16 @@ async def test_reconciliation_asks_about_open_attempts_least_recently_checked_fi
             (second,),
         )
     maker = orders.apps["orders"].state.sessionmaker
+    reconciler = orders.apps["orders"].state.reconciler
     async with maker() as session:
-        assert await pending_orders_to_reconcile(session) == [third]
+        assert await reconciler.due_orders(session) == [third]
 
-    fourth = (await create(orders)).json()["order_id"]
-    await reconcile_pending(maker, orders.apps["orders"].state.gateway)
-    fifth = (await create(orders)).json()["order_id"]
+    fourth = (await create(orders, order_payload(product_line(4)))).json()["order_id"]
+    await reconciler.run_once()
+    fifth = (await create(orders, order_payload(product_line(5)))).json()["order_id"]
     async with maker() as session:
         # Never checked comes first; then the least recently checked.
-        assert await pending_orders_to_reconcile(session) == [fifth, third, fourth]
+        assert await reconciler.due_orders(session) == [fifth, third, fourth]
 
 
 async def test_a_reference_sumup_already_has_is_recovered_by_listing(orders, clean_db, sandbox):

@@ -14,60 +14,21 @@ from ops.cli import app as rose_cli
 from ops.migrate import current_heads
 from ops.provision import provision
 from tests.conftest import admin_connect, in_process_stack
+from tests.integration.db_fixtures import catalog_snapshot, differing_keys
 from tests.pg import docker_engine_available
 from tests.signed import internal_post
 
 runner = CliRunner()
 
 
-def catalog_snapshot(server) -> dict[str, list[tuple]]:
-    """Everything provisioning declares, as plain rows, to compare two runs."""
-    snapshot: dict[str, list[tuple]] = {}
-    with admin_connect(server) as connection:
-        snapshot["roles"] = connection.execute(
-            """
-            SELECT rolname, rolcanlogin, rolsuper, rolinherit, rolconfig, oid
-            FROM pg_roles WHERE rolname !~ '^pg_' ORDER BY rolname
-            """
-        ).fetchall()
-        snapshot["databases"] = connection.execute(
-            "SELECT datname, datdba, datacl::text, oid FROM pg_database ORDER BY datname"
-        ).fetchall()
-        snapshot["role_settings"] = connection.execute(
-            "SELECT setdatabase, setrole, setconfig FROM pg_db_role_setting ORDER BY 1, 2"
-        ).fetchall()
-    for name in SERVICES:
-        with admin_connect(server, name) as connection:
-            snapshot[f"{name}.namespaces"] = connection.execute(
-                "SELECT nspname, nspowner, nspacl::text, oid FROM pg_namespace ORDER BY nspname"
-            ).fetchall()
-            snapshot[f"{name}.relations"] = connection.execute(
-                """
-                SELECT c.oid, c.relname, c.relowner, c.relacl::text FROM pg_class AS c
-                JOIN pg_namespace AS n ON n.oid = c.relnamespace
-                WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
-                ORDER BY c.oid
-                """
-            ).fetchall()
-            snapshot[f"{name}.default_acl"] = connection.execute(
-                "SELECT defaclrole, defaclnamespace, defaclobjtype, defaclacl::text "
-                "FROM pg_default_acl ORDER BY 1, 2, 3"
-            ).fetchall()
-            snapshot[f"{name}.servers"] = connection.execute(
-                "SELECT oid, srvname, srvoptions, srvacl::text FROM pg_foreign_server ORDER BY 1"
-            ).fetchall()
-            snapshot[f"{name}.mappings"] = connection.execute(
-                "SELECT umid, srvname, usename, umoptions FROM pg_user_mappings ORDER BY 1"
-            ).fetchall()
-    return snapshot
-
-
 def test_provisioning_twice_changes_nothing(provisioned, credentials):
-    before = catalog_snapshot(provisioned)
-    provision(provisioned.topology, credentials, say=lambda _: None)
-    after = catalog_snapshot(provisioned)
-    for key in before:
-        assert after[key] == before[key], f"provisioning again changed {key}"
+    def connect(service: str | None) -> psycopg.Connection:
+        return admin_connect(provisioned, service)
+
+    before = catalog_snapshot(connect)
+    report = provision(provisioned.topology, credentials, say=lambda _: None)
+    assert report.statements == []
+    assert differing_keys(before, catalog_snapshot(connect)) == []
 
 
 def test_each_app_role_connects_only_to_its_own_database(provisioned):
@@ -118,15 +79,17 @@ def test_owner_roles_cannot_log_in_and_own_the_objects(provisioned):
     assert current_heads("relations", provisioned.topology.admin_url("relations")) == {"0001"}
 
 
-def test_db_check_passes_then_names_an_injected_grant(provisioned):
+def test_db_check_passes_then_names_an_injected_grant(provisioned, credentials):
     url = provisioned.admin_url
-    clean = runner.invoke(rose_cli, ["db", "check", "--database-url", url])
+    # The CLI reads the session's credentials (passwords are compared too).
+    env = {"ROSE_HOME": str(credentials.path.parent), "ROSE_ENV": "dev"}
+    clean = runner.invoke(rose_cli, ["db", "check", "--database-url", url], env=env)
     assert clean.exit_code == 0, clean.output
 
     with admin_connect(provisioned, "relations") as connection:
         connection.execute("GRANT SELECT ON relations.container_relations TO cart_app")
     try:
-        drift = runner.invoke(rose_cli, ["db", "check", "--database-url", url])
+        drift = runner.invoke(rose_cli, ["db", "check", "--database-url", url], env=env)
     finally:
         with admin_connect(provisioned, "relations") as connection:
             connection.execute("REVOKE SELECT ON relations.container_relations FROM cart_app")
@@ -134,7 +97,7 @@ def test_db_check_passes_then_names_an_injected_grant(provisioned):
     output = " ".join(drift.output.split())
     assert "extra privilege SELECT on table relations.container_relations for cart_app" in output
 
-    healed = runner.invoke(rose_cli, ["db", "check", "--database-url", url])
+    healed = runner.invoke(rose_cli, ["db", "check", "--database-url", url], env=env)
     assert healed.exit_code == 0, healed.output
 
 

@@ -842,3 +842,104 @@ def test_resending_without_a_return_url_is_refused(
 
     assert response.status_code == 409
     assert response.json()["error_code"] == "NO_RETURN_URL"
+
+
+# --- Refunds and transactions (/v1.0, /v2.1) --------------------------------------------------
+
+
+def paid_transaction_id(sumup_client: Sumup, operator: httpx.Client, amount: float = 10.0) -> str:
+    checkout = create_checkout(sumup_client, amount=amount)
+    assert checkout.id is not None
+    assert operator.post(f"/_sandbox/checkouts/{checkout.id}/pay").status_code == 200
+    [transaction] = sumup_client.checkouts.get(checkout.id).transactions or []
+    assert transaction.id is not None
+    return transaction.id
+
+
+def refunded_amount(sumup_client: Sumup, transaction_id: str) -> float:
+    transaction = sumup_client.transactions.get(DEFAULT_MERCHANT_CODE, id=transaction_id)
+    return sum(event.amount or 0 for event in transaction.events or () if event.type == "REFUND")
+
+
+def test_full_refund_without_an_amount_makes_the_transaction_refunded(
+    sumup_client: Sumup, operator: httpx.Client
+) -> None:
+    transaction_id = paid_transaction_id(sumup_client, operator, 12.5)
+
+    sumup_client.transactions.refund(DEFAULT_MERCHANT_CODE, transaction_id)
+
+    transaction = sumup_client.transactions.get(DEFAULT_MERCHANT_CODE, id=transaction_id)
+    assert transaction.status == "REFUNDED"
+    assert refunded_amount(sumup_client, transaction_id) == 12.5
+    with pytest.raises(ConflictError):
+        sumup_client.transactions.refund(DEFAULT_MERCHANT_CODE, transaction_id)
+
+
+def test_partial_refunds_add_up_and_cannot_exceed_the_payment(
+    sumup_client: Sumup, operator: httpx.Client
+) -> None:
+    transaction_id = paid_transaction_id(sumup_client, operator, 10.0)
+
+    sumup_client.transactions.refund(DEFAULT_MERCHANT_CODE, transaction_id, amount=2.5)
+    sumup_client.transactions.refund(DEFAULT_MERCHANT_CODE, transaction_id, amount=3.0)
+    with pytest.raises(ConflictError):
+        sumup_client.transactions.refund(DEFAULT_MERCHANT_CODE, transaction_id, amount=5.0)
+
+    transaction = sumup_client.transactions.get(DEFAULT_MERCHANT_CODE, id=transaction_id)
+    assert transaction.status == "SUCCESSFUL"
+    assert refunded_amount(sumup_client, transaction_id) == 5.5
+    sumup_client.transactions.refund(DEFAULT_MERCHANT_CODE, transaction_id, amount=4.5)
+    assert sumup_client.transactions.get(DEFAULT_MERCHANT_CODE, id=transaction_id).status == (
+        "REFUNDED"
+    )
+
+
+def test_refunds_of_what_cannot_be_refunded_are_refused(
+    sumup_client: Sumup, other_merchant_client: Sumup, operator: httpx.Client
+) -> None:
+    failed = create_checkout(sumup_client, amount=11.0)  # always declined
+    assert failed.id is not None
+    operator.post(f"/_sandbox/checkouts/{failed.id}/pay")
+    [declined] = sumup_client.checkouts.get(failed.id).transactions or []
+    assert declined.id is not None
+    with pytest.raises(ConflictError):
+        sumup_client.transactions.refund(DEFAULT_MERCHANT_CODE, declined.id)
+    with pytest.raises(NotFoundError):
+        sumup_client.transactions.refund(DEFAULT_MERCHANT_CODE, "no-such-transaction")
+    paid = paid_transaction_id(sumup_client, operator)
+    with pytest.raises(PermissionDeniedError):
+        other_merchant_client.transactions.refund(DEFAULT_MERCHANT_CODE, paid)
+    with pytest.raises(BadRequestError):
+        sumup_client.transactions.refund(DEFAULT_MERCHANT_CODE, paid, amount=-1.0)
+    assert refunded_amount(sumup_client, paid) == 0
+
+
+def test_refund_fault_modes(sumup_client: Sumup, operator: httpx.Client) -> None:
+    transaction_id = paid_transaction_id(sumup_client, operator, 8.0)
+
+    set_controls(operator, refunds="refuse")
+    with pytest.raises(ConflictError):
+        sumup_client.transactions.refund(DEFAULT_MERCHANT_CODE, transaction_id)
+    set_controls(operator, refunds="unavailable")
+    with pytest.raises(InternalServerError):
+        sumup_client.transactions.refund(DEFAULT_MERCHANT_CODE, transaction_id)
+    assert refunded_amount(sumup_client, transaction_id) == 0
+
+    # The refund happens, but its answer is lost: only reading the transaction tells.
+    set_controls(operator, refunds="lose_answer")
+    with pytest.raises(InternalServerError):
+        sumup_client.transactions.refund(DEFAULT_MERCHANT_CODE, transaction_id)
+    assert refunded_amount(sumup_client, transaction_id) == 8.0
+
+
+def test_deactivation_can_be_switched_unavailable(
+    sumup_client: Sumup, operator: httpx.Client
+) -> None:
+    checkout = create_checkout(sumup_client)
+    assert checkout.id is not None
+    set_controls(operator, deactivation_unavailable=True)
+    with pytest.raises(InternalServerError):
+        sumup_client.checkouts.deactivate(checkout.id)
+    assert sumup_client.checkouts.get(checkout.id).status == "PENDING"
+    set_controls(operator, deactivation_unavailable=False)
+    assert sumup_client.checkouts.deactivate(checkout.id).status == "EXPIRED"

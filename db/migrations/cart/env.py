@@ -1,4 +1,7 @@
 from apps.cart.models import metadata
 from ops.migrate import run_env
+from ops.provision import grant_exports
 
-run_env("cart", metadata)
+# A migration that recreates an export view drops its grants: give the FDW readers theirs back
+# (as the owner, on the same connection), so plain `alembic -n cart upgrade` keeps every edge.
+run_env("cart", metadata, after_migrations=grant_exports)

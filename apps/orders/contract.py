@@ -1,0 +1,99 @@
+"""What other services exchange with orders, written once: the create-order payload and answer,
+the time orders may take to answer it, and the adopt action of sign-in.
+
+Cart builds its create-order request from these structures, so a changed field is a type error
+in cart, not a surprise at run time. This module imports nothing else of orders.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated
+
+import msgspec
+
+PositiveId = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
+Quantity = Annotated[int, msgspec.Meta(ge=1, le=10_000)]
+# Amounts in major units; orders checks them (>= 0, at most 2 decimals) when it validates.
+Money = Decimal
+Currency = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")]
+Text255 = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+SessionId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+# The cart lines one product line stands for: the live line first, then the lines sign-in
+# merged into it. Orders refuses lines already paid for and supersedes orders sharing them.
+CartLineIds = Annotated[list[PositiveId], msgspec.Meta(max_length=100)]
+
+# How long orders may take to answer create-order, whatever SumUp and events do: orders checks
+# at start-up that its own timeouts fit inside and gives up (nothing created) when it runs out.
+# A caller waits longer than this, so it never gives up on an order that is still being made.
+CREATE_ORDER_MAX_SECONDS = 25.0
+CALLER_MARGIN_SECONDS = 2.0
+CREATE_ORDER_CALLER_TIMEOUT = CREATE_ORDER_MAX_SECONDS + CALLER_MARGIN_SECONDS
+
+
+class CartLine(msgspec.Struct, forbid_unknown_fields=True):
+    product_id: PositiveId
+    product_title: Text255
+    product_slug: Text255
+    product_regular_price: Money
+    product_price_currency: Currency
+    quantity: Quantity
+    product_image: Annotated[str, msgspec.Meta(max_length=512)] | None = None
+    product_special_price: Money | None = None
+    market_place_container_id: PositiveId | None = None
+    cart_line_ids: CartLineIds = []
+
+    @property
+    def unit_price(self) -> Decimal:
+        price = self.product_special_price
+        return price if price is not None else self.product_regular_price
+
+
+class BookingLine(msgspec.Struct, forbid_unknown_fields=True):
+    """A calendar entry or a ticket (one of each per line)."""
+
+    id: PositiveId
+    title: Text255
+    price: Money
+    currency: Currency
+    container_id: PositiveId | None = None
+
+
+class CreateOrder(msgspec.Struct, forbid_unknown_fields=True):
+    """The plan's section 4.3 payload. ``user_id`` is the buyer once signed in; ``session_id``
+    is the browser session (sent even when signed in, so orders made before sign-in count as
+    the same buyer's)."""
+
+    product_total: Money
+    calendar_total: Money
+    ticket_total: Money
+    cart_items: list[CartLine] = []
+    calendar_entries: list[BookingLine] = []
+    tickets: list[BookingLine] = []
+    user_id: PositiveId | None = None
+    session_id: SessionId | None = None
+    page_post_id: PositiveId | None = None
+    # The plan lets the caller pass these; orders builds both itself from APP_URL_ORDERS and
+    # only accepts values that match (a caller may not send payments elsewhere).
+    redirect_url: str | None = None
+    webhook_base_url: str | None = None
+
+
+class CreatedOrder(msgspec.Struct):
+    order_id: int
+    sumup_hosted_url: str
+    page_config_id: int
+    sumup_reference: str
+    description: str
+
+
+class AdoptOrders(msgspec.Struct, forbid_unknown_fields=True):
+    """At sign-in, the anonymous session's orders become the user's."""
+
+    user_id: PositiveId
+    session_id: SessionId
+
+
+class AdoptedOrders(msgspec.Struct):
+    adopted: int
+    superseded: list[int]

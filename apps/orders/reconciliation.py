@@ -1,0 +1,306 @@
+"""The periodic reconciliation of orders with SumUp, and closing replaced orders' checkouts.
+
+Webhooks can be lost for good, so every pass re-asks SumUp about everything that can still
+change, in this order:
+1. pending orders whose payable time has passed: their checkouts are closed at SumUp (a
+   checkout SumUp already processed is applied as paid), then the order expires;
+2. every pending order with an open checkout, least recently checked first, all of them in
+   batches (a backlog of junk orders cannot push a real one past the end of the pass);
+3. orders that can no longer be paid (superseded, expired, cancelled) whose checkout may still
+   be open at SumUp: closed now (money that still arrived becomes a refund);
+4. refunds due or whose outcome is unknown.
+
+One pass runs at a time across every orders process (a PostgreSQL advisory lock); the others
+skip their turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from sqlalchemy import exists, func, select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
+
+from apps.orders.models import CLOSED_UNPAID_STATES, Order, PaymentAttempt
+from apps.orders.runtime import OrdersRuntime
+from apps.orders.service import load_order, recheck
+from apps.orders.settlement import (
+    OPEN_ATTEMPT_STATES,
+    Applied,
+    MerchantAccounts,
+    close_attempt,
+    close_order_checkouts,
+    open_attempts,
+    refunds_to_settle,
+    settle_refund,
+)
+
+logger = logging.getLogger("rose.orders.reconcile")
+
+# A checkout that has not settled in this long never will: it is no longer asked about.
+RECONCILE_WINDOW = timedelta(days=14)
+PASS_LOCK = "orders-reconciliation-pass"
+
+
+@dataclass
+class PassReport:
+    skipped: bool = False
+    expired: list[int] = field(default_factory=list)
+    checked: int = 0
+    paid: list[int] = field(default_factory=list)
+    closed: int = 0
+    refunds: dict[str, int] = field(default_factory=dict)
+    failures: int = 0
+
+
+class Reconciler:
+    def __init__(self, runtime: OrdersRuntime) -> None:
+        self._runtime = runtime
+        self._background: set[asyncio.Task[None]] = set()
+
+    # -- the pass ------------------------------------------------------------------------
+    async def run_once(self) -> PassReport:
+        engine = self._runtime.maker.kw["bind"]
+        async with engine.connect() as lock_connection:
+            # Autocommit: the lock is the session's, and nothing waits idle in a transaction.
+            await lock_connection.execution_options(isolation_level="AUTOCOMMIT")
+            locked = await lock_connection.scalar(
+                text("SELECT pg_try_advisory_lock(hashtextextended(:key, 0))"),
+                {"key": PASS_LOCK},
+            )
+            if not locked:
+                return PassReport(skipped=True)
+            try:
+                return await self._pass()
+            finally:
+                await lock_connection.execute(
+                    text("SELECT pg_advisory_unlock(hashtextextended(:key, 0))"),
+                    {"key": PASS_LOCK},
+                )
+
+    async def _pass(self) -> PassReport:
+        report = PassReport()
+        accounts = MerchantAccounts()
+        gateway = self._runtime.gateway
+
+        async def expire(session: AsyncSession, order_id: int) -> None:
+            order = await session.get(Order, order_id, with_for_update={"skip_locked": True})
+            if order is None or order.status != "pending":
+                return
+            for attempt in await open_attempts(session, order_id):
+                applied = await close_attempt(session, order, attempt, gateway, accounts)
+                if applied.paid:
+                    report.paid.append(order_id)
+                    return
+            expired = await session.scalar(
+                update(Order)
+                .where(Order.id == order_id, Order.status == "pending")
+                .values(status="expired", updated_at=func.now())
+                .returning(Order.id)
+            )
+            if expired is not None:
+                report.expired.append(order_id)
+
+        async def check(session: AsyncSession, order_id: int) -> None:
+            order = await load_order(session, order_id)
+            if order is None or order.status != "pending" or order.current_attempt is None:
+                return
+            await session.execute(
+                update(PaymentAttempt)
+                .where(PaymentAttempt.id == order.current_attempt.id)
+                .values(checked_at=func.now())
+            )
+            report.checked += 1
+            applied = await recheck(session, order, self._runtime, accounts)
+            if applied is not None and applied.paid:
+                report.paid.append(order_id)
+
+        async def close(session: AsyncSession, order_id: int) -> None:
+            outcomes = await close_order_checkouts(session, order_id, gateway, accounts)
+            report.closed += len(outcomes)
+
+        async with self._runtime.maker() as session:
+            overdue = await self.overdue_orders(session)
+        report.failures += await self._each(overdue, expire)
+        async with self._runtime.maker() as session:
+            due = await self.due_orders(session)
+        report.failures += await self._each(due, check)
+        async with self._runtime.maker() as session:
+            closing = await self.closing_orders(session)
+        report.failures += await self._each(closing, close)
+        refunds = await self.settle_refunds(report, accounts)
+        if report.paid:
+            self._runtime.relay.wake()
+        if overdue or due or closing or refunds:
+            logger.info(
+                "reconciled: %d expired, %d checked, %d paid, %d checkouts closed, refunds %s, "
+                "%d failed",
+                len(report.expired),
+                report.checked,
+                len(report.paid),
+                report.closed,
+                report.refunds,
+                report.failures,
+            )
+        return report
+
+    async def settle_refunds(
+        self, report: PassReport | None = None, accounts: MerchantAccounts | None = None
+    ) -> list[int]:
+        report = report or PassReport()
+        # A requested refund whose call may still be on its way is left alone this long.
+        lease = timedelta(seconds=3 * self._runtime.settings.sumup_timeout)
+        async with self._runtime.maker() as session:
+            refunds = await refunds_to_settle(session)
+        for refund_id in refunds:
+            async with self._runtime.maker() as session:
+                try:
+                    outcome = await settle_refund(
+                        session, refund_id, self._runtime.gateway, lease, accounts
+                    )
+                except Exception:  # one refund's trouble must not stop the others
+                    logger.exception("refund %s could not be settled", refund_id)
+                    report.failures += 1
+                    continue
+            if outcome is not None:
+                report.refunds[outcome.status] = report.refunds.get(outcome.status, 0) + 1
+        return refunds
+
+    def settle_refunds_soon(self) -> None:
+        """Money found owed (a late payment) goes back without waiting for the next pass."""
+        self._spawn(self.settle_refunds(), "orders-settle-refunds")
+
+    def _spawn(self, work: Awaitable[object], name: str) -> None:
+        async def run() -> None:
+            try:
+                await work
+            except Exception:
+                logger.exception("%s failed; the next reconciliation pass retries", name)
+
+        task = asyncio.create_task(run(), name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _each(
+        self, ids: Iterable[int], work: Callable[[AsyncSession, int], Awaitable[None]]
+    ) -> int:
+        """Run ``work`` for each id, each in its own transaction, a bounded number at once.
+        Returns how many failed (logged; they are tried again next pass)."""
+        limit = asyncio.Semaphore(self._runtime.settings.reconcile_concurrency)
+        failures = 0
+
+        async def one(order_id: int) -> None:
+            nonlocal failures
+            async with limit, self._runtime.maker() as session:
+                try:
+                    await work(session, order_id)
+                    await session.commit()
+                except Exception:  # one order's trouble must not stop the others
+                    logger.exception("reconciling order %s failed", order_id)
+                    failures += 1
+
+        batch = self._runtime.settings.reconcile_batch
+        ordered = list(ids)
+        for start in range(0, len(ordered), batch):
+            await asyncio.gather(*(one(order_id) for order_id in ordered[start : start + batch]))
+        return failures
+
+    async def overdue_orders(self, session: AsyncSession) -> list[int]:
+        return list(
+            await session.scalars(
+                select(Order.id)
+                .where(
+                    Order.status == "pending",
+                    Order.flagged.is_(False),
+                    Order.payable_until <= func.now(),
+                )
+                .order_by(Order.payable_until, Order.id)
+            )
+        )
+
+    async def due_orders(self, session: AsyncSession) -> list[int]:
+        """Pending orders whose current attempt may still change at SumUp (PENDING, or FAILED
+        and retried on the hosted page), least recently checked first: all of them."""
+        later = aliased(PaymentAttempt)
+        return list(
+            await session.scalars(
+                select(Order.id)
+                .join(PaymentAttempt, PaymentAttempt.order_id == Order.id)
+                .where(
+                    Order.status == "pending",
+                    Order.flagged.is_(False),
+                    PaymentAttempt.status.in_(OPEN_ATTEMPT_STATES),
+                    PaymentAttempt.created_at > func.now() - RECONCILE_WINDOW,
+                    ~exists().where(
+                        later.order_id == Order.id, later.number > PaymentAttempt.number
+                    ),
+                )
+                .order_by(PaymentAttempt.checked_at.asc().nulls_first(), Order.id)
+            )
+        )
+
+    async def closing_orders(self, session: AsyncSession) -> list[int]:
+        return list(
+            await session.scalars(
+                select(Order.id)
+                .where(
+                    Order.status.in_(CLOSED_UNPAID_STATES),
+                    exists().where(
+                        PaymentAttempt.order_id == Order.id,
+                        PaymentAttempt.status.in_(OPEN_ATTEMPT_STATES),
+                        PaymentAttempt.created_at > func.now() - RECONCILE_WINDOW,
+                    ),
+                )
+                .order_by(Order.id)
+            )
+        )
+
+    async def run_forever(self, every: float) -> None:
+        while True:
+            try:
+                await self.run_once()
+            except Exception:
+                logger.exception("reconciliation pass failed")
+            await asyncio.sleep(every)
+
+    # -- right after a commit ------------------------------------------------------------
+    def close_soon(self, order_ids: list[int]) -> None:
+        """Close the checkouts of orders a commit just superseded, without making the buyer
+        wait; what fails here is closed by the next pass."""
+        if order_ids:
+            self._spawn(self._close(order_ids), "orders-close-superseded")
+
+    async def _close(self, order_ids: list[int]) -> None:
+        paid: list[Applied] = []
+        for order_id in order_ids:
+            async with self._runtime.maker() as session:
+                try:
+                    paid += await close_order_checkouts(session, order_id, self._runtime.gateway)
+                    await session.commit()
+                except Exception:
+                    logger.warning(
+                        "closing the checkouts of superseded order %s failed; the next "
+                        "reconciliation pass retries",
+                        order_id,
+                        exc_info=True,
+                    )
+        if any(applied.refund_due for applied in paid):
+            # Money arrived for a superseded order just before its checkout could be closed.
+            await self.settle_refunds()
+
+    async def quiet(self) -> None:
+        """Wait until the work handed over right after commits is done (tests, shutdown)."""
+        while self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
+
+    async def aclose(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -1,0 +1,92 @@
+"""Orders' own settings, typed and checked once at start-up (``ORDERS_*`` variables)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TypeVar
+
+from apps.common.settings import ConfigError, Settings
+from apps.orders.contract import CREATE_ORDER_MAX_SECONDS
+
+SUMUP_BASE_URL = "https://api.sumup.com"
+# What create-order needs besides SumUp and events: its own database work.
+DATABASE_MARGIN_SECONDS = 2.0
+Number = TypeVar("Number", int, float)
+
+
+@dataclass(frozen=True)
+class OrdersSettings:
+    sumup_base_url: str = SUMUP_BASE_URL
+    # Per SumUp call; a create-order makes at most one create (or create + list) within it.
+    sumup_timeout: float = 10.0
+    # The events hold at create-order (bookings held for the order's payable time).
+    events_timeout: float = 3.0
+    reconcile_seconds: float = 300.0
+    outbox_poll_seconds: float = 2.0
+    # How long a new order can be paid: its SumUp checkouts' valid_until and its bookings'
+    # holds. SumUp's hosted checkout session lasts 30 minutes.
+    payable_seconds: float = 1800.0
+    # New orders per buyer (user or browser session) per minute; more is a 429.
+    checkouts_per_minute: int = 6
+    # Reconciliation: orders asked about per batch, and SumUp calls in flight at once.
+    reconcile_batch: int = 200
+    reconcile_concurrency: int = 8
+
+    @property
+    def create_order_deadline(self) -> float:
+        """What create-order may spend on events and SumUp before it gives up (nothing made)."""
+        return CREATE_ORDER_MAX_SECONDS - DATABASE_MARGIN_SECONDS
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> OrdersSettings:
+        extra = settings.extra
+        defaults = cls()
+        parsed = cls(
+            sumup_base_url=extra.get("ORDERS_SUMUP_BASE_URL", defaults.sumup_base_url),
+            sumup_timeout=_number(extra, "ORDERS_SUMUP_TIMEOUT", float, defaults.sumup_timeout),
+            events_timeout=_number(extra, "ORDERS_EVENTS_TIMEOUT", float, defaults.events_timeout),
+            reconcile_seconds=_number(
+                extra, "ORDERS_RECONCILE_SECONDS", float, defaults.reconcile_seconds
+            ),
+            outbox_poll_seconds=_number(
+                extra, "ORDERS_OUTBOX_POLL_SECONDS", float, defaults.outbox_poll_seconds
+            ),
+            payable_seconds=_number(
+                extra, "ORDERS_PAYABLE_SECONDS", float, defaults.payable_seconds
+            ),
+            checkouts_per_minute=_number(
+                extra, "ORDERS_CHECKOUTS_PER_MINUTE", int, defaults.checkouts_per_minute
+            ),
+            reconcile_batch=_number(extra, "ORDERS_RECONCILE_BATCH", int, defaults.reconcile_batch),
+            reconcile_concurrency=_number(
+                extra, "ORDERS_RECONCILE_CONCURRENCY", int, defaults.reconcile_concurrency
+            ),
+        )
+        parsed.check_budget()
+        return parsed
+
+    def check_budget(self) -> None:
+        """Timeouts nest: what create-order waits for must fit in what its callers wait."""
+        needed = self.events_timeout + self.sumup_timeout
+        if needed > self.create_order_deadline:
+            raise ConfigError(
+                f"ORDERS_SUMUP_TIMEOUT ({self.sumup_timeout:g} s) + ORDERS_EVENTS_TIMEOUT "
+                f"({self.events_timeout:g} s) must be at most {self.create_order_deadline:g} s: "
+                f"create-order answers its callers within {CREATE_ORDER_MAX_SECONDS:g} s"
+            )
+
+
+def _number(
+    extra: Mapping[str, str], name: str, kind: Callable[[str], Number], default: Number
+) -> Number:
+    raw = extra.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = kind(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name} must be a positive number, not {raw!r}") from None
+    if not value > 0:
+        raise ConfigError(f"{name} must be a positive number, not {raw!r}")
+    return value

@@ -1,0 +1,542 @@
+"""Applying what SumUp reports to orders, closing checkouts that must no longer take money, and
+giving money back.
+
+Rules that keep payments safe:
+- what SumUp reports is trusted only after re-fetching the checkout and comparing amount and
+  currency; a mismatch flags the order instead of marking it paid;
+- every status change is a conditional update, so duplicated, late or out-of-order reports are
+  harmless; ``FAILED`` is not final (the buyer may retry on the hosted page);
+- a payment for an order that will not be honoured (superseded, expired, cancelled) is never
+  silently ``paid``: the order becomes ``refund_due`` and a refund is recorded in the same
+  transaction; so is money for bookings that could not be confirmed;
+- a refund is recorded as ``requested`` (committed) before SumUp is asked, and an unknown
+  outcome is settled by reading the transaction back, so money goes back exactly once;
+- the actions a payment triggers elsewhere (clear the cart, confirm bookings) go into the outbox
+  in the same transaction as the transition.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from apps.cart.contract import ClearCartForOrder, PaidLine
+from apps.common.fdw import remote_read
+from apps.common.outbox import enqueue
+from apps.common.problems import Conflict
+from apps.orders.models import (
+    CLOSED_UNPAID_STATES,
+    Order,
+    OrderItem,
+    PaymentAttempt,
+    Refund,
+    outbox,
+    page_payment_configs,
+)
+from apps.orders.payments import (
+    CENT,
+    CheckoutNotFound,
+    MerchantAccount,
+    PaymentProviderUnavailable,
+    RefundRefused,
+    RemoteCheckout,
+    SumUpGateway,
+)
+
+logger = logging.getLogger("rose.orders")
+
+OPEN_ATTEMPT_STATES = ("PENDING", "FAILED")
+LATE_PAYMENT = "late-payment"
+UNCONFIRMED_BOOKINGS = "unconfirmed-bookings"
+
+
+def money(value: Decimal) -> Decimal:
+    return value.quantize(CENT)
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What applying a report did: ``paid`` is True only for the one call that made the
+    ``pending -> paid`` transition; ``refund_due`` for a payment that must go back."""
+
+    order_status: str
+    attempt_status: str
+    paid: bool = False
+    flagged: bool = False
+    refund_due: bool = False
+
+
+class MerchantAccounts:
+    """Page configs' SumUp accounts (read through FDW from blog), remembered for one unit of
+    work so a reconciliation pass reads each config once."""
+
+    def __init__(self) -> None:
+        self._known: dict[int, MerchantAccount] = {}
+
+    async def of(self, session: AsyncSession, page_config_id: int) -> MerchantAccount:
+        account = self._known.get(page_config_id)
+        if account is None:
+            account = await merchant_account(session, page_config_id)
+            self._known[page_config_id] = account
+        return account
+
+
+async def merchant_account(session: AsyncSession, page_config_id: int) -> MerchantAccount:
+    table = page_payment_configs
+    async with remote_read(session, "blog", isolate=False):
+        row = (await session.execute(select(table).where(table.c.id == page_config_id))).first()
+    if row is None or not row.sumup_api_key:
+        raise Conflict(f"page config {page_config_id} has no SumUp key any more")
+    return MerchantAccount(row.sumup_merchant_code, row.sumup_api_key)
+
+
+async def apply_checkout(
+    session: AsyncSession, order: Order, attempt: PaymentAttempt, remote: RemoteCheckout
+) -> Applied:
+    if remote.id != attempt.sumup_checkout_id:
+        raise ValueError("the checkout does not belong to this attempt")
+    if money(remote.amount) != money(attempt.amount) or remote.currency != attempt.currency:
+        reason = (
+            f"SumUp reports {remote.amount} {remote.currency} for checkout {remote.id}, "
+            f"the order is {attempt.amount} {attempt.currency}"
+        )
+        flagged = await session.scalar(
+            update(Order)
+            .where(Order.id == order.id, Order.flagged.is_(False))
+            .values(flagged=True, flag_reason=reason, updated_at=func.now())
+            .returning(Order.id)
+        )
+        if flagged is not None:
+            logger.warning("order %s flagged: %s", order.id, reason)
+        return Applied(order.status, attempt.status, flagged=True)
+
+    # A paid or expired attempt never changes again; FAILED may still become PAID.
+    await session.execute(
+        update(PaymentAttempt)
+        .where(
+            PaymentAttempt.id == attempt.id,
+            PaymentAttempt.status.in_(OPEN_ATTEMPT_STATES),
+            PaymentAttempt.status != remote.status,
+        )
+        .values(
+            status=remote.status,
+            transaction_code=remote.transaction_code,
+            transaction_id=remote.transaction_id,
+            updated_at=func.now(),
+        )
+    )
+    if remote.status != "PAID":
+        return Applied(order.status, attempt.status, flagged=order.flagged)
+
+    transitioned = await session.scalar(
+        update(Order)
+        .where(Order.id == order.id, Order.status == "pending", Order.flagged.is_(False))
+        .values(status="paid", paid_at=func.now(), updated_at=func.now())
+        .returning(Order.id)
+    )
+    if transitioned is not None:
+        await _enqueue_after_payment(session, order)
+        return Applied("paid", "PAID", paid=True)
+
+    current = (
+        await session.execute(
+            select(Order.status, Order.flagged).where(Order.id == order.id).with_for_update()
+        )
+    ).one()
+    if current.flagged:
+        return Applied(current.status, "PAID", flagged=True)
+    if current.status in (*CLOSED_UNPAID_STATES, "refund_due", "refunded"):
+        # Money for an order that will not be honoured (a tab left open on a superseded order,
+        # a payment after the order expired): it goes back.
+        reason = _late_reason(order, current)
+        if not await record_refund(session, order, attempt, LATE_PAYMENT, reason):
+            return Applied(current.status, "PAID")  # this payment's refund is already known
+        await session.execute(
+            update(Order)
+            .where(Order.id == order.id)
+            .values(status="refund_due", updated_at=func.now())
+        )
+        return Applied("refund_due", "PAID", refund_due=True)
+    if current.status == "paid" and not await _is_the_paid_attempt(session, order, attempt):
+        # Paid twice for one order (SumUp took two attempts): the second payment goes back.
+        await record_refund(
+            session, order, attempt, LATE_PAYMENT, "a second payment of an order already paid"
+        )
+        return Applied("paid", "PAID", refund_due=True)
+    return Applied(current.status, "PAID")
+
+
+def _late_reason(order: Order, current: Any) -> str:
+    if current.status == "superseded":
+        return f"paid after order {order.superseded_by} replaced it"
+    if current.status in ("refund_due", "refunded"):
+        return "a further payment of an order that is being refunded"
+    return f"paid after the order was {current.status}"
+
+
+async def _is_the_paid_attempt(
+    session: AsyncSession, order: Order, attempt: PaymentAttempt
+) -> bool:
+    first_paid = await session.scalar(
+        select(func.min(PaymentAttempt.number)).where(
+            PaymentAttempt.order_id == order.id, PaymentAttempt.status == "PAID"
+        )
+    )
+    return first_paid == attempt.number
+
+
+async def record_refund(
+    session: AsyncSession,
+    order: Order,
+    attempt: PaymentAttempt,
+    kind: str,
+    reason: str,
+    amount: Decimal | None = None,
+) -> bool:
+    """Money that must go back, once per order, kind and attempt. False if already recorded."""
+    refunded = money(amount if amount is not None else attempt.amount)
+    if refunded <= 0:
+        return False
+    key = f"{kind}:{attempt.id}"
+    result = await session.execute(
+        insert(Refund)
+        .values(
+            order_id=order.id,
+            attempt_id=attempt.id,
+            reason_key=key,
+            reason=reason,
+            amount=refunded,
+            currency=attempt.currency,
+        )
+        .on_conflict_do_nothing(index_elements=["order_id", "reason_key"])
+        .returning(Refund.id)
+    )
+    created = result.first() is not None
+    if created:
+        logger.warning(
+            "order %s: refund of %s %s due: %s", order.id, refunded, attempt.currency, reason
+        )
+    return created
+
+
+async def _enqueue_after_payment(session: AsyncSession, order: Order) -> None:
+    """The effects of a payment elsewhere, in the transaction of the transition."""
+    items = list(await session.scalars(select(OrderItem).where(OrderItem.order_id == order.id)))
+    products = [item for item in items if item.kind == "product"]
+    clear = ClearCartForOrder(
+        order_id=order.id,
+        user_id=order.user_id,
+        session_id=order.session_id,
+        page_post_id=order.page_post_id,
+        product_ids=sorted({item.source_id for item in products}),
+        lines=[
+            PaidLine(
+                product_id=item.source_id,
+                quantity=item.quantity,
+                cart_line_ids=list(item.cart_line_ids or ()),
+            )
+            for item in products
+        ],
+    )
+    await enqueue(
+        session,
+        outbox,
+        service="cart",
+        action="clear-cart-for-order",
+        payload=msgspec.to_builtins(clear),
+        idempotency_key=f"orders:{order.id}:clear-cart",
+    )
+    entry_ids = sorted(item.source_id for item in items if item.kind == "calendar_entry")
+    ticket_ids = sorted(item.source_id for item in items if item.kind == "ticket")
+    if entry_ids or ticket_ids:
+        await enqueue(
+            session,
+            outbox,
+            service="events",
+            action="confirm-for-order",
+            payload={
+                "order_id": order.id,
+                "entry_ids": entry_ids,
+                "ticket_ids": ticket_ids,
+                "user_id": order.user_id,
+                "session_id": order.session_id,
+            },
+            idempotency_key=f"orders:{order.id}:confirm-bookings",
+        )
+
+
+async def bookings_not_confirmed(
+    session: AsyncSession, payload: Mapping[str, Any], answer: Any
+) -> None:
+    """Events' answer to confirm-for-order (an outbox reply): bookings it could not confirm for
+    the paid order are money that must go back, not a log line."""
+    unconfirmed = (answer or {}).get("unconfirmed") or {}
+    entry_ids = set(unconfirmed.get("entry_ids") or ())
+    ticket_ids = set(unconfirmed.get("ticket_ids") or ())
+    if not entry_ids and not ticket_ids:
+        return
+    order_id = int(payload["order_id"])
+    order = await session.get(Order, order_id)
+    paid_attempt = await session.scalar(
+        select(PaymentAttempt)
+        .where(PaymentAttempt.order_id == order_id, PaymentAttempt.status == "PAID")
+        .order_by(PaymentAttempt.number)
+        .limit(1)
+    )
+    if order is None or paid_attempt is None:
+        return
+    items = list(
+        await session.scalars(
+            select(OrderItem).where(
+                OrderItem.order_id == order_id,
+                OrderItem.kind.in_(("calendar_entry", "ticket")),
+            )
+        )
+    )
+    lost = [
+        item
+        for item in items
+        if (item.kind == "calendar_entry" and item.source_id in entry_ids)
+        or (item.kind == "ticket" and item.source_id in ticket_ids)
+    ]
+    amount = sum((item.unit_price * item.quantity for item in lost), Decimal(0))
+    titles = ", ".join(item.title for item in lost)
+    await record_refund(
+        session,
+        order,
+        paid_attempt,
+        UNCONFIRMED_BOOKINGS,
+        f"bookings that could not be confirmed: {titles}",
+        amount,
+    )
+
+
+async def refresh_attempt(
+    session: AsyncSession,
+    order: Order,
+    attempt: PaymentAttempt,
+    gateway: SumUpGateway,
+    accounts: MerchantAccounts | None = None,
+) -> Applied:
+    account = await (accounts or MerchantAccounts()).of(session, order.page_config_id)
+    try:
+        remote = await gateway.get_checkout(account, attempt.sumup_checkout_id)
+    except CheckoutNotFound:
+        logger.warning("checkout %s of order %s is unknown to SumUp", attempt.id, order.id)
+        return Applied(order.status, attempt.status)
+    return await apply_checkout(session, order, attempt, remote)
+
+
+async def close_attempt(
+    session: AsyncSession,
+    order: Order,
+    attempt: PaymentAttempt,
+    gateway: SumUpGateway,
+    accounts: MerchantAccounts | None = None,
+) -> Applied:
+    """Deactivate an open checkout so it can take no money; one SumUp already processed comes
+    back PAID and is applied (a late payment becomes a refund)."""
+    account = await (accounts or MerchantAccounts()).of(session, order.page_config_id)
+    try:
+        remote = await gateway.deactivate_checkout(account, attempt.sumup_checkout_id)
+    except CheckoutNotFound:
+        await session.execute(
+            update(PaymentAttempt)
+            .where(
+                PaymentAttempt.id == attempt.id,
+                PaymentAttempt.status.in_(OPEN_ATTEMPT_STATES),
+            )
+            .values(status="EXPIRED", updated_at=func.now())
+        )
+        return Applied(order.status, "EXPIRED")
+    return await apply_checkout(session, order, attempt, remote)
+
+
+async def open_attempts(session: AsyncSession, order_id: int) -> list[PaymentAttempt]:
+    return list(
+        await session.scalars(
+            select(PaymentAttempt)
+            .where(
+                PaymentAttempt.order_id == order_id,
+                PaymentAttempt.status.in_(OPEN_ATTEMPT_STATES),
+            )
+            .order_by(PaymentAttempt.number)
+        )
+    )
+
+
+async def close_order_checkouts(
+    session: AsyncSession,
+    order_id: int,
+    gateway: SumUpGateway,
+    accounts: MerchantAccounts | None = None,
+) -> list[Applied]:
+    """Close every open checkout of an order that must no longer take money (superseded,
+    expired, cancelled). The caller commits."""
+    order = await session.get(Order, order_id)
+    if order is None or order.status not in CLOSED_UNPAID_STATES:
+        return []
+    return [
+        await close_attempt(session, order, attempt, gateway, accounts)
+        for attempt in await open_attempts(session, order_id)
+    ]
+
+
+# -- refunds ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RefundOutcome:
+    refund_id: int
+    status: str
+
+
+async def settle_refund(
+    session: AsyncSession,
+    refund_id: int,
+    gateway: SumUpGateway,
+    lease: timedelta,
+    accounts: MerchantAccounts | None = None,
+) -> RefundOutcome | None:
+    """Move one refund on: ask SumUp (recording the request first) or, when an earlier request's
+    outcome is unknown, read the transaction back. Commits. None when it is not ours to move
+    now: another process holds it, or asked SumUp less than ``lease`` ago (its call may still
+    be on its way; asking again now could give the money back twice)."""
+    refund = await session.scalar(
+        select(Refund)
+        .where(
+            Refund.id == refund_id,
+            or_(
+                Refund.status == "due",
+                and_(Refund.status == "requested", Refund.updated_at < func.now() - lease),
+            ),
+        )
+        .with_for_update(skip_locked=True)
+    )
+    if refund is None:
+        await session.rollback()
+        return None
+    order = await session.get(Order, refund.order_id)
+    attempt = await session.get(PaymentAttempt, refund.attempt_id)
+    assert order is not None
+    assert attempt is not None
+    account = await (accounts or MerchantAccounts()).of(session, order.page_config_id)
+    transaction_id = attempt.transaction_id or await _transaction_id(
+        gateway, account, attempt, session
+    )
+    if transaction_id is None:
+        return await _refund_failed(session, refund, order, "SumUp reports no paid transaction")
+
+    # An earlier request's outcome is unknown: SumUp's transaction says whether it happened.
+    if refund.status == "requested" and await _already_refunded(
+        session, gateway, account, refund, transaction_id
+    ):
+        return await _refund_done(session, refund, order)
+    refund.status = "requested"
+    refund.tries += 1
+    refund.updated_at = func.now()  # type: ignore[assignment]
+    await session.commit()  # the intent is on record before money moves
+
+    try:
+        await gateway.refund(account, transaction_id, refund.amount)
+    except PaymentProviderUnavailable as exc:
+        refund.last_error = str(exc)[:2000]
+        await session.commit()
+        return RefundOutcome(refund.id, "requested")
+    except RefundRefused as exc:
+        if exc.status == 409 and await _already_refunded(
+            session, gateway, account, refund, transaction_id
+        ):
+            return await _refund_done(session, refund, order)
+        return await _refund_failed(session, refund, order, str(exc))
+    return await _refund_done(session, refund, order)
+
+
+async def _transaction_id(
+    gateway: SumUpGateway, account: MerchantAccount, attempt: PaymentAttempt, session: AsyncSession
+) -> str | None:
+    remote = await gateway.get_checkout(account, attempt.sumup_checkout_id)
+    if remote.transaction_id:
+        attempt.transaction_id = remote.transaction_id
+        await session.flush()
+    return remote.transaction_id
+
+
+async def _already_refunded(
+    session: AsyncSession,
+    gateway: SumUpGateway,
+    account: MerchantAccount,
+    refund: Refund,
+    transaction_id: str,
+) -> bool:
+    """SumUp has given back at least what our settled refunds of this transaction and this one
+    add up to."""
+    settled = await session.scalar(
+        select(func.coalesce(func.sum(Refund.amount), 0)).where(
+            Refund.attempt_id == refund.attempt_id, Refund.status == "done"
+        )
+    )
+    refunded = await gateway.refunded_amount(account, transaction_id)
+    return refunded >= money(Decimal(settled or 0) + refund.amount)
+
+
+async def _refund_done(session: AsyncSession, refund: Refund, order: Order) -> RefundOutcome:
+    refund.status = "done"
+    refund.refunded_at = func.now()  # type: ignore[assignment]
+    refund.last_error = None
+    refund.updated_at = func.now()  # type: ignore[assignment]
+    await session.flush()
+    owed = await session.scalar(
+        select(func.count())
+        .select_from(Refund)
+        .where(Refund.order_id == order.id, Refund.status != "done")
+    )
+    if not owed:
+        await session.execute(
+            update(Order)
+            .where(Order.id == order.id, Order.status == "refund_due")
+            .values(status="refunded", updated_at=func.now())
+        )
+    await session.commit()
+    logger.info("order %s: refund %s of %s done", order.id, refund.id, refund.amount)
+    return RefundOutcome(refund.id, "done")
+
+
+async def _refund_failed(
+    session: AsyncSession, refund: Refund, order: Order, error: str
+) -> RefundOutcome:
+    refund.status = "failed"
+    refund.last_error = error[:2000]
+    refund.updated_at = func.now()  # type: ignore[assignment]
+    await session.commit()
+    logger.error("order %s: refund %s failed and needs a person: %s", order.id, refund.id, error)
+    return RefundOutcome(refund.id, "failed")
+
+
+async def refunds_to_settle(session: AsyncSession) -> list[int]:
+    return list(
+        await session.scalars(
+            select(Refund.id).where(Refund.status.in_(("due", "requested"))).order_by(Refund.id)
+        )
+    )
+
+
+def refunds_of(refunds: Iterable[Refund]) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": refund.id,
+            "amount": str(refund.amount),
+            "currency": refund.currency,
+            "status": refund.status,
+            "reason": refund.reason,
+            "last_error": refund.last_error,
+        }
+        for refund in refunds
+    ]

@@ -1,0 +1,102 @@
+-- The databases rose declares on one PostgreSQL server, who may connect to them, and what rose's
+-- roles may do in the server's other databases (nothing).
+--
+-- Run as a superuser, connected to the maintenance database (postgres), after roles.sql:
+--   psql -v namespace='^(blog|cart|events|likes|market|orders|relations)_' \
+--        -v known='["db_likes"]' \
+--        -v databases='[{"name": "db_likes", "owner": "likes_owner",
+--                        "connect": ["likes_app", "likes_ro_market", "likes_ro_blog"]}]' \
+--        -f db/schemas/databases.sql
+-- databases: the service databases to converge, each with its owner and the roles that may
+-- connect (its app role and the FDW reader roles of the edges it provides). known: every database
+-- rose declares on this server. See db/schemas/roles.sql for how these files work.
+
+-- A missing service database. (CREATE DATABASE cannot run inside a transaction: its own statement.)
+SELECT format(E'-- cluster: missing database %s\nCREATE DATABASE %I OWNER %I ENCODING %L TEMPLATE template0',
+              d.name, d.name, d.owner, 'UTF8')
+FROM jsonb_to_recordset(:'databases'::jsonb) AS d(name text, owner text)
+WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = d.name)
+ORDER BY d.name \gexec
+
+SELECT format(E'-- cluster: database %s is owned by %s, not %s\nALTER DATABASE %I OWNER TO %I',
+              d.name, pg_get_userbyid(db.datdba), d.owner, d.name, d.owner)
+FROM jsonb_to_recordset(:'databases'::jsonb) AS d(name text, owner text)
+JOIN pg_database AS db ON db.datname = d.name
+WHERE pg_get_userbyid(db.datdba) <> d.owner \gexec
+
+-- Who may connect: the declared roles get CONNECT and nothing else; nobody else gets anything
+-- (PUBLIC's default CONNECT and TEMPORARY included). The owner's own privileges are its own.
+-- Missing grants first, then revocations, so no declared role is locked out in between.
+WITH declared AS (
+    SELECT d.name AS datname, role_name AS grantee, 'CONNECT' AS privilege
+    FROM jsonb_to_recordset(:'databases'::jsonb) AS d(name text, connect jsonb),
+         jsonb_array_elements_text(d.connect) AS role_name
+), actual AS (
+    SELECT db.datname, coalesce(r.rolname, 'PUBLIC') AS grantee, a.privilege_type AS privilege,
+           a.is_grantable, pg_get_userbyid(a.grantor) AS grantor,
+           a.grantor = db.datdba AS by_owner
+    FROM pg_database AS db
+    CROSS JOIN LATERAL aclexplode(coalesce(db.datacl, acldefault('d', db.datdba))) AS a
+    LEFT JOIN pg_roles AS r ON r.oid = a.grantee
+    WHERE db.datname IN (SELECT name FROM jsonb_to_recordset(:'databases'::jsonb) AS d(name text))
+      AND a.grantee <> db.datdba
+), missing_database AS (
+    -- A database that does not exist yet will have PUBLIC's defaults: revoke them right away.
+    SELECT d.name AS datname, 'PUBLIC' AS grantee, p.privilege
+    FROM jsonb_to_recordset(:'databases'::jsonb) AS d(name text)
+    CROSS JOIN (VALUES ('CONNECT'), ('TEMPORARY')) AS p(privilege)
+    WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = d.name)
+)
+SELECT format(E'-- cluster: missing privilege %s on database %s for %s\nGRANT %s ON DATABASE %I TO %I',
+              d.privilege, d.datname, d.grantee, d.privilege, d.datname, d.grantee)
+FROM declared AS d
+WHERE NOT EXISTS (
+    SELECT FROM actual AS a
+    WHERE (a.datname, a.grantee, a.privilege) = (d.datname, d.grantee, d.privilege))
+UNION ALL
+SELECT format(E'-- cluster: extra grant option for %s on database %s for %s\n'
+              'REVOKE GRANT OPTION FOR %s ON DATABASE %I FROM %I%s CASCADE',
+              a.privilege, a.datname, a.grantee, a.privilege, a.datname, a.grantee,
+              CASE WHEN a.by_owner THEN '' ELSE format(' GRANTED BY %I', a.grantor) END)
+FROM actual AS a JOIN declared AS d USING (datname, grantee, privilege)
+WHERE a.is_grantable
+UNION ALL
+SELECT format(E'-- cluster: extra privilege %s on database %s for %s\nREVOKE %s ON DATABASE %I FROM %s%s CASCADE',
+              a.privilege, a.datname, a.grantee, a.privilege, a.datname,
+              CASE WHEN a.grantee = 'PUBLIC' THEN 'PUBLIC' ELSE quote_ident(a.grantee) END,
+              CASE WHEN a.by_owner THEN '' ELSE format(' GRANTED BY %I', a.grantor) END)
+FROM actual AS a
+WHERE NOT EXISTS (
+    SELECT FROM declared AS d
+    WHERE (a.datname, a.grantee, a.privilege) = (d.datname, d.grantee, d.privilege))
+UNION ALL
+SELECT format(E'-- cluster: extra privilege %s on database %s for PUBLIC\nREVOKE %s ON DATABASE %I FROM PUBLIC',
+              m.privilege, m.datname, m.privilege, m.datname)
+FROM missing_database AS m \gexec
+
+-- The maintenance and template databases, and any database of rose's namespace (db_*) rose does
+-- not declare: no rose role may connect to them or create temporary tables there, neither
+-- directly nor through PUBLIC.
+SELECT format(E'-- cluster: extra privilege %s on database %s for %s\nREVOKE %s ON DATABASE %I FROM %s%s CASCADE',
+              a.privilege_type, db.datname, coalesce(r.rolname, 'PUBLIC'), a.privilege_type,
+              db.datname, coalesce(quote_ident(r.rolname), 'PUBLIC'),
+              CASE WHEN a.grantor = db.datdba THEN ''
+                   ELSE format(' GRANTED BY %I', pg_get_userbyid(a.grantor)) END)
+FROM pg_database AS db
+CROSS JOIN LATERAL aclexplode(coalesce(db.datacl, acldefault('d', db.datdba))) AS a
+LEFT JOIN pg_roles AS r ON r.oid = a.grantee
+WHERE (db.datname IN ('postgres', 'template0', 'template1')
+       OR (db.datname LIKE 'db\_%' AND db.datname NOT IN (
+           SELECT jsonb_array_elements_text(:'known'::jsonb))))
+  AND a.grantee <> db.datdba
+  AND (a.grantee = 0 OR r.rolname ~ :'namespace')
+ORDER BY db.datname \gexec
+
+-- Databases of rose's namespace that rose does not declare: reported, never dropped (they may
+-- hold data). Drop one by hand once you know it is not needed.
+SELECT format(E'-- cluster: unknown database %s in rose''s namespace (owner %s): not dropped',
+              db.datname, pg_get_userbyid(db.datdba))
+FROM pg_database AS db
+WHERE db.datname LIKE 'db\_%'
+  AND db.datname NOT IN (SELECT jsonb_array_elements_text(:'known'::jsonb))
+ORDER BY db.datname \gexec

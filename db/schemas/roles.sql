@@ -1,0 +1,111 @@
+-- The roles rose declares on one PostgreSQL server: attributes, settings, memberships.
+--
+-- How every file of db/schemas and db/fdw works: it only reads the catalogs, and each query
+-- returns the statements that make the server equal to the declaration; psql's \gexec runs them.
+-- Each statement starts with a comment naming the difference it repairs. A statement-less
+-- comment is a difference provisioning leaves to a person (the comment says why). Running a
+-- file twice, the second run finds nothing to do and runs nothing but these SELECTs.
+--   rose db provision --dry-run   prints the statements (with the comments), runs none
+--   rose db check                 prints the comments: one line per difference
+--
+-- Run as a superuser, connected to any database of the server:
+--   psql -v namespace='^(blog|cart|events|likes|market|orders|relations)_' \
+--        -v known='["likes_owner", "likes_app"]' \
+--        -v roles='[{"name": "likes_owner", "login": false, "inherit": true, "password": null,
+--                    "settings": {}},
+--                   {"name": "likes_app", "login": true, "inherit": false, "password": "...",
+--                    "settings": {"statement_timeout": "30s"}}]' \
+--        -f db/schemas/roles.sql
+-- roles: the roles to converge (rose passes every role of the services on this server: each
+-- service's <svc>_owner and <svc>_app, and the FDW reader roles <provider>_ro_<consumer> of the
+-- edges it provides). known: every role rose declares on this server. namespace: the names that
+-- are rose's; a role there that rose does not declare is reported (and dropped by
+-- db/schemas/prune_roles.sql, `rose db provision --prune`).
+
+-- A missing role is created with its attributes (and password, when one is given).
+SELECT format(
+    E'-- cluster: missing role %s\nCREATE ROLE %I %s %s NOSUPERUSER NOCREATEDB NOCREATEROLE '
+    'NOREPLICATION NOBYPASSRLS%s',
+    r.name, r.name,
+    CASE WHEN r.login THEN 'LOGIN' ELSE 'NOLOGIN' END,
+    CASE WHEN r.inherit THEN 'INHERIT' ELSE 'NOINHERIT' END,
+    CASE WHEN r.password IS NULL THEN '' ELSE format(' PASSWORD %L', r.password) END)
+FROM jsonb_to_recordset(:'roles'::jsonb) AS r(name text, login boolean, inherit boolean, password text)
+WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = r.name)
+ORDER BY r.name \gexec
+
+-- Attributes: owners never log in (migrations SET ROLE to them), app and reader roles do; nobody
+-- is a superuser, creates databases or roles, replicates or bypasses row security; no
+-- connection limit, no expiry.
+SELECT format(E'-- cluster: role %s should be %s\nALTER ROLE %I %s',
+              r.name, a.wanted, r.name, a.wanted)
+FROM jsonb_to_recordset(:'roles'::jsonb) AS r(name text, login boolean, inherit boolean)
+JOIN pg_roles AS p ON p.rolname = r.name
+CROSS JOIN LATERAL (VALUES
+    (p.rolcanlogin <> r.login, CASE WHEN r.login THEN 'LOGIN' ELSE 'NOLOGIN' END),
+    (p.rolinherit <> r.inherit, CASE WHEN r.inherit THEN 'INHERIT' ELSE 'NOINHERIT' END),
+    (p.rolsuper, 'NOSUPERUSER'),
+    (p.rolcreatedb, 'NOCREATEDB'),
+    (p.rolcreaterole, 'NOCREATEROLE'),
+    (p.rolreplication, 'NOREPLICATION'),
+    (p.rolbypassrls, 'NOBYPASSRLS'),
+    (p.rolconnlimit <> -1, 'CONNECTION LIMIT -1'),
+    (p.rolvaliduntil IS NOT NULL AND p.rolvaliduntil <> 'infinity', 'VALID UNTIL ''infinity''')
+) AS a(differs, wanted)
+WHERE a.differs
+ORDER BY r.name, a.wanted \gexec
+
+-- Settings (ALTER ROLE ... SET): exactly the declared ones, for every database.
+WITH declared AS (
+    SELECT r.name, s.key AS setting, s.value
+    FROM jsonb_to_recordset(:'roles'::jsonb) AS r(name text, settings jsonb),
+         jsonb_each_text(r.settings) AS s
+), actual AS (
+    SELECT p.rolname AS name, split_part(c, '=', 1) AS setting,
+           substr(c, strpos(c, '=') + 1) AS value
+    FROM pg_db_role_setting AS s
+    JOIN pg_roles AS p ON p.oid = s.setrole
+    CROSS JOIN unnest(s.setconfig) AS c
+    WHERE s.setdatabase = 0
+      AND p.rolname IN (SELECT name FROM jsonb_to_recordset(:'roles'::jsonb) AS r(name text))
+)
+SELECT format(E'-- cluster: role %s setting %s is %s, declared %s\nALTER ROLE %I SET %I = %L',
+              d.name, d.setting, coalesce(a.value, 'not set'), d.value,
+              d.name, d.setting, d.value)
+FROM declared AS d LEFT JOIN actual AS a USING (name, setting)
+WHERE a.value IS DISTINCT FROM d.value
+UNION ALL
+SELECT format(E'-- cluster: role %s has undeclared setting %s = %s\nALTER ROLE %I RESET %I',
+              a.name, a.setting, a.value, a.name, a.setting)
+FROM actual AS a LEFT JOIN declared AS d USING (name, setting)
+WHERE d.setting IS NULL \gexec
+
+-- Settings per database (ALTER ROLE ... IN DATABASE ... SET): none are declared.
+SELECT format(E'-- cluster: role %s has undeclared settings in database %s (%s)\n'
+              'ALTER ROLE %I IN DATABASE %I RESET ALL',
+              p.rolname, d.datname, array_to_string(s.setconfig, ', '), p.rolname, d.datname)
+FROM pg_db_role_setting AS s
+JOIN pg_roles AS p ON p.oid = s.setrole
+JOIN pg_database AS d ON d.oid = s.setdatabase
+WHERE p.rolname IN (SELECT name FROM jsonb_to_recordset(:'roles'::jsonb) AS r(name text)) \gexec
+
+-- Memberships: a rose role is a member of no role, and no role is a member of a rose role (a
+-- login role granted <svc>_owner could do anything the owner can).
+SELECT format(E'-- cluster: extra membership: %s%s is a member of %s\nREVOKE %I FROM %I GRANTED BY %I CASCADE',
+              member.rolname, CASE WHEN member.rolcanlogin THEN ' (LOGIN)' ELSE '' END,
+              grp.rolname, grp.rolname, member.rolname, grantor.rolname)
+FROM pg_auth_members AS m
+JOIN pg_roles AS member ON member.oid = m.member
+JOIN pg_roles AS grp ON grp.oid = m.roleid
+JOIN pg_roles AS grantor ON grantor.oid = m.grantor
+WHERE member.rolname IN (SELECT jsonb_array_elements_text(:'known'::jsonb))
+   OR grp.rolname IN (SELECT jsonb_array_elements_text(:'known'::jsonb))
+ORDER BY member.rolname, grp.rolname \gexec
+
+-- Roles in rose's namespace that rose does not declare: reported, dropped only by --prune.
+SELECT format(E'-- cluster: unknown role %s%s in rose''s namespace (rose db provision --prune drops it)',
+              p.rolname, CASE WHEN p.rolcanlogin THEN ' (LOGIN)' ELSE '' END)
+FROM pg_roles AS p
+WHERE p.rolname ~ :'namespace'
+  AND p.rolname NOT IN (SELECT jsonb_array_elements_text(:'known'::jsonb))
+ORDER BY p.rolname \gexec

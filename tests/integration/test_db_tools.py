@@ -1,0 +1,297 @@
+"""`rose db` for a DBA: a second provision runs nothing (on the server's own log), plain Alembic
+keeps every grant, `psql`/`pgcli` sessions as each role with no password on the command line,
+`edges` and `check --json`, and the upgrade of a database an earlier rose provisioned."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from ops.dba import Login, command, environment, passfile
+from ops.manifest import load_edges
+from ops.migrate import migrate, services_with_migrations
+from ops.provision import provision_edges, provision_services
+from tests.integration.db_fixtures import Cluster, environ_without_rose
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def statements_logged(cluster: Cluster, action) -> list[str]:  # type: ignore[no-untyped-def]
+    """The statements the server logged while ``action`` ran, with log_statement = 'mod'
+    (every DDL, GRANT, REVOKE and data change) for the connections it opened."""
+    log = cluster.server.log_file
+    start = log.stat().st_size
+    previous = os.environ.get("PGOPTIONS")
+    os.environ["PGOPTIONS"] = "-c log_statement=mod"
+    try:
+        action()
+    finally:
+        if previous is None:
+            del os.environ["PGOPTIONS"]
+        else:
+            os.environ["PGOPTIONS"] = previous
+    with log.open("rb") as handle:
+        handle.seek(start)
+        text = handle.read().decode("utf-8", "replace")
+    # An entry starts with the line prefix's timestamp; a multi-line statement continues it.
+    entries = re.split(r"\n(?=\d{4}-\d\d-\d\d )", text)
+    return [entry.split("statement: ", 1)[1] for entry in entries if "statement: " in entry]
+
+
+def test_a_second_provision_runs_no_ddl_or_grant_on_the_server(db_cluster: Cluster):
+    with db_cluster.admin("likes") as likes:
+        likes.execute("GRANT TRUNCATE ON likes.likes TO likes_app")
+    # The method sees what provisioning runs: the repair is in the server's log.
+    first = statements_logged(db_cluster, lambda: db_cluster.rose("db", "provision"))
+    assert any("REVOKE TRUNCATE ON TABLE likes.likes FROM likes_app" in s for s in first), first
+
+    second = []
+    result = None
+
+    def run() -> None:
+        nonlocal result
+        result = db_cluster.rose("db", "provision")
+
+    second = statements_logged(db_cluster, run)
+    assert result is not None
+    assert result.exit_code == 0, result.output
+    assert second == []
+    assert "0 created, 0 changed" in result.output
+    assert "(0 statements)" in result.output
+
+
+def test_plain_alembic_down_and_up_keeps_every_edge(db_cluster: Cluster):
+    env = {**environ_without_rose(), "ROSE_ADMIN_URL": db_cluster.admin_url}
+    alembic = str(Path(sys.executable).parent / "alembic")
+    for step in (["downgrade", "base"], ["upgrade", "head"]):
+        done = subprocess.run(
+            [alembic, "-n", "likes", *step], cwd=REPO, env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+    check = db_cluster.rose("db", "check")
+    assert check.exit_code == 0, check.output
+    with db_cluster.as_role("market", "market_app") as market:
+        assert market.execute("SELECT count(*) FROM likes.likes").fetchone() == (0,)
+
+
+def descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, queue = [], [pid]
+    while queue:
+        for child in children.get(queue.pop(), []):
+            found.append(child)
+            queue.append(child)
+    return found
+
+
+def watch(process: subprocess.Popen[str]) -> tuple[str, str, list[bytes]]:
+    """Wait for the process, reading the command line of it and its children meanwhile."""
+    command_lines: list[bytes] = []
+    while process.poll() is None:
+        for pid in [process.pid, *descendants(process.pid)]:
+            with contextlib.suppress(OSError):  # it may have ended meanwhile
+                command_lines.append(Path(f"/proc/{pid}/cmdline").read_bytes())
+        time.sleep(0.05)
+    out, err = process.communicate()
+    return out, err, command_lines
+
+
+def rose_process(cluster: Cluster, *args: str) -> subprocess.Popen[str]:
+    env = {
+        **environ_without_rose(),
+        "ROSE_HOME": str(cluster.home),
+        "ROSE_ADMIN_URL": cluster.admin_url,
+        "ROSE_ENV": "dev",
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "ops.cli", *args],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def test_psql_as_app_prints_its_role_and_no_password_is_on_any_command_line(db_cluster: Cluster):
+    password = db_cluster.credentials.role_password("likes_app")
+    process = rose_process(
+        db_cluster, "db", "psql", "likes", "--as", "app", "-c",
+        "SELECT current_user FROM pg_sleep(1)",
+    )  # fmt: skip
+    out, err, command_lines = watch(process)
+    assert process.returncode == 0, err
+    assert "likes_app" in out
+    assert any(b"psql" in line for line in command_lines), "psql was never seen running"
+    assert not [line for line in command_lines if password.encode() in line]
+
+
+def test_pgcli_as_app_lists_the_databases_without_a_password_on_any_command_line(
+    db_cluster: Cluster,
+):
+    password = db_cluster.credentials.role_password("likes_app")
+    process = rose_process(db_cluster, "db", "pgcli", "likes", "--as", "app", "--list")
+    out, err, command_lines = watch(process)
+    assert process.returncode == 0, err
+    assert "db_likes" in out
+    assert any(b"pgcli" in line for line in command_lines), "pgcli was never seen running"
+    assert not [line for line in command_lines if password.encode() in line]
+
+
+@pytest.mark.parametrize(
+    ("as_role", "role"),
+    [("owner", "likes_owner"), ("reader:market", "likes_ro_market"), ("app", "likes_app")],
+)
+def test_psql_logs_in_as_each_role(db_cluster: Cluster, as_role: str, role: str):
+    process = rose_process(db_cluster, "db", "psql", "likes", "--as", as_role, "-At", "-c",
+                           "SELECT current_user, current_database()")  # fmt: skip
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert out.strip() == f"{role}|db_likes"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["likes", "--as", "reader:cart"], "no FDW edge cart <- likes"),
+        (["likes", "--as", "root"], "expected owner, app or reader:<consumer>"),
+        (["nowhere"], "unknown service 'nowhere'"),
+    ],
+)
+def test_psql_names_bad_input_in_one_line(db_cluster: Cluster, args: list[str], message: str):
+    result = db_cluster.rose("db", "psql", *args, "-c", "SELECT 1")
+    assert result.exit_code == 1
+    assert message in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_client_commands_carry_no_password_and_the_passfile_is_private_and_removed():
+    login = Login("127.0.0.1", 5432, "db_likes", "likes_app", "s3cret:pw\\x")
+    for binary in ("psql", "pgcli"):
+        argv = command(binary, login, ["-c", "SELECT 1"])
+        assert not [arg for arg in argv if "s3cret" in arg]
+    with passfile(login) as path:
+        assert path.stat().st_mode & 0o777 == 0o600
+        assert path.parent.stat().st_mode & 0o777 == 0o700
+        assert path.read_text() == "127.0.0.1:5432:db_likes:likes_app:s3cret\\:pw\\\\x\n"
+        env = environment(Login(*login.__dict__.values()), path)
+        assert env["PGPASSFILE"] == str(path)
+        assert "PGPASSWORD" not in env
+    assert not path.exists()
+
+
+def test_edges_lists_every_edge_and_names_one_that_does_not_answer(db_cluster: Cluster):
+    listed = db_cluster.rose("db", "edges", "--json")
+    assert listed.exit_code == 0, listed.output
+    edges = json.loads(listed.output)
+    assert [(e["consumer"], e["provider"]) for e in edges] == [
+        (edge.consumer, edge.provider) for edge in load_edges()
+    ]
+    assert all(edge["reachable"] for edge in edges), edges
+    orders = next(e for e in edges if e["consumer"] == "orders")
+    assert orders["reader"] == "blog_ro_orders"
+    assert orders["server_options"]["updatable"] == "false"
+    assert [view["view"] for view in orders["views"]] == ["page_configs", "page_payment_configs"]
+    assert "sumup_api_key character varying(255)" in orders["views"][1]["columns"]
+
+    with db_cluster.admin("cart") as cart:
+        cart.execute(
+            "ALTER USER MAPPING FOR cart_app SERVER events_server OPTIONS (SET password 'no')"
+        )
+    try:
+        broken = json.loads(db_cluster.rose("db", "edges", "--json").output)
+        events = next(e for e in broken if (e["consumer"], e["provider"]) == ("cart", "events"))
+        assert not events["reachable"]
+        assert "password authentication failed" in events["views"][0]["error"]
+        text = db_cluster.rose("db", "edges").output
+        assert "cart <- events  reader events_ro_cart  NOT reachable" in text
+    finally:
+        assert db_cluster.rose("db", "provision").exit_code == 0
+
+
+def test_check_json_and_app_and_reader_roles_cannot_enter_postgres_or_templates(
+    db_cluster: Cluster,
+):
+    result = db_cluster.rose("db", "check", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["ok"] is True
+    for role, service in [("likes_app", "likes"), ("likes_ro_market", "likes")]:
+        for database in ("postgres", "template1"):
+            with pytest.raises(psycopg.OperationalError, match="CONNECT privilege"):
+                db_cluster.as_role(service, role, database).close()
+
+
+def test_upgrade_of_a_database_an_earlier_rose_provisioned(db_cluster: Cluster):
+    """The earlier shape: foreign tables imported from the views (IMPORT FOREIGN SCHEMA), readers
+    with table-wide SELECT, PUBLIC in postgres and template1. `rose up`'s steps converge it,
+    keep the data and recreate only the foreign table whose columns differ."""
+    with db_cluster.admin("likes") as likes:
+        likes.execute(
+            "INSERT INTO likes.likes (user_id, target_type, target_slug) "
+            "VALUES (7, 'product', 'jam')"
+        )
+        likes.execute("GRANT SELECT ON export.likes TO likes_ro_market, likes_ro_blog")
+        likes.execute("REVOKE SELECT (id, user_id) ON export.likes FROM likes_ro_market")
+    with db_cluster.admin("blog") as blog:
+        blog.execute("GRANT SELECT ON export.page_configs TO blog_ro_cart")
+    with db_cluster.admin() as admin:
+        admin.execute("GRANT CONNECT, TEMPORARY ON DATABASE postgres, template1 TO PUBLIC")
+    imported = {}
+    for consumer, provider, view in [
+        ("market", "likes", "likes"),
+        ("cart", "blog", "page_configs"),
+    ]:
+        with db_cluster.admin(consumer) as connection:
+            connection.execute(f"DROP FOREIGN TABLE {provider}.{view}")
+            connection.execute(f"SET ROLE {consumer}_owner")
+            connection.execute(
+                f"IMPORT FOREIGN SCHEMA export LIMIT TO ({view}) "
+                f"FROM SERVER {provider}_server INTO {provider}"
+            )
+            connection.execute(f"GRANT SELECT ON {provider}.{view} TO {consumer}_app")
+            imported[consumer] = connection.execute(
+                f"SELECT '{provider}.{view}'::regclass::oid"
+            ).fetchone()[0]
+    assert db_cluster.rose("db", "check").exit_code == 1
+
+    topology, credentials = db_cluster.topology, db_cluster.credentials
+    provision_services(topology, credentials, say=lambda _: None)
+    migrate({name: topology.admin_url(name) for name in services_with_migrations()})
+    provision_edges(topology, credentials, say=lambda _: None)
+
+    check = db_cluster.rose("db", "check")
+    assert check.exit_code == 0, check.output
+    with db_cluster.as_role("market", "market_app") as market:
+        assert market.execute("SELECT user_id, target_slug FROM likes.likes").fetchall() == [
+            (7, "jam")
+        ]
+        # Its columns were the declared ones: kept as it was.
+        assert (
+            market.execute("SELECT 'likes.likes'::regclass::oid").fetchone()[0]
+            == imported["market"]
+        )
+    with db_cluster.as_role("cart", "cart_app") as cart:
+        # It had the view's two timestamps, which cart's edge does not declare: created anew.
+        assert (
+            cart.execute("SELECT 'blog.page_configs'::regclass::oid").fetchone()[0]
+            != imported["cart"]
+        )
+        assert cart.execute("SELECT page_slug FROM blog.page_configs").fetchall() == [
+            ("farm-shop",)
+        ]
+    with db_cluster.admin("likes") as likes:
+        likes.execute("DELETE FROM likes.likes")

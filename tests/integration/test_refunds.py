@@ -1,0 +1,112 @@
+"""Money that must go back: refunds through SumUp's refund endpoint (the official SDK against
+the sandbox), recorded before the call, settled exactly once whatever SumUp answers."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import admin_connect
+from tests.integration.orders_fixtures import (
+    Sandbox,
+    add_page_config,
+    order_payload,
+    orders_stack,
+    product_line,
+)
+from tests.integration.test_orders import checkout_id_of, create, webhook
+from tests.signed import internal_get
+
+
+@pytest.fixture
+async def orders(clean_db, credentials, sandbox):
+    add_page_config(clean_db, "site", 0)
+    async with orders_stack(clean_db, credentials, sandbox.server) as running:
+        yield running
+
+
+def refunds(server) -> list[tuple]:
+    with admin_connect(server, "orders") as connection:
+        return connection.execute(
+            "SELECT order_id, status, amount, tries FROM orders.refunds ORDER BY id"
+        ).fetchall()
+
+
+def status_of(server, order_id: int) -> str:
+    with admin_connect(server, "orders") as connection:
+        return connection.execute(
+            "SELECT status FROM orders.orders WHERE id = %s", (order_id,)
+        ).fetchone()[0]
+
+
+async def late_payment(orders, server, sandbox: Sandbox) -> tuple[int, str]:
+    """Order 1 is superseded by order 2, its checkout could not be closed, and its old tab
+    pays: money that must go back. Returns the old order and its SumUp transaction."""
+    sandbox.controls(deactivation_unavailable=True)
+    older = (await create(orders, order_payload(product_line(1, "4.00")))).json()["order_id"]
+    newer = await create(orders, order_payload(product_line(1, "4.00"), product_line(2)))
+    assert newer.status_code == 200, newer.text
+    checkout_id = checkout_id_of(server, older)
+    sandbox.pay(checkout_id)
+    assert (await webhook(orders, older, checkout_id)).status_code == 204
+    return older, sandbox.checkout(checkout_id)["transaction_id"]
+
+
+def refunded_at_sumup(sandbox: Sandbox, transaction_id: str) -> float:
+    events = sandbox.transaction(transaction_id)["events"]
+    return sum(event["amount"] for event in events if event["type"] == "REFUND")
+
+
+def lease_passed(server) -> None:
+    """The earlier request's call cannot still be on its way (its lease ran out)."""
+    with admin_connect(server, "orders") as connection:
+        connection.execute("UPDATE orders.refunds SET updated_at = now() - interval '1 hour'")
+
+
+async def test_a_refund_whose_answer_was_lost_is_settled_by_reading_sumup_not_by_asking_again(
+    orders, clean_db, sandbox
+):
+    sandbox.controls(refunds="lose_answer")  # SumUp refunds, then the answer is lost
+    older, transaction_id = await late_payment(orders, clean_db, sandbox)
+    reconciler = orders.apps["orders"].state.reconciler
+    await reconciler.quiet()  # the refund was asked for right after the payment arrived
+    assert refunds(clean_db)[0][1] == "requested"  # the outcome is unknown
+    assert refunded_at_sumup(sandbox, transaction_id) == 4.0
+
+    await reconciler.settle_refunds()  # within the lease: left alone (a call may be in flight)
+    assert refunds(clean_db)[0][1] == "requested"
+    lease_passed(clean_db)
+    sandbox.controls(refunds="accept")
+    await reconciler.run_once()
+    [(order_id, status, amount, _)] = refunds(clean_db)
+    assert (order_id, status, str(amount)) == (older, "done", "4.00")
+    assert status_of(clean_db, older) == "refunded"
+    assert refunded_at_sumup(sandbox, transaction_id) == 4.0  # given back once
+
+
+async def test_sumup_down_for_a_refund_retries_it_next_pass(orders, clean_db, sandbox):
+    sandbox.controls(refunds="unavailable")
+    _, transaction_id = await late_payment(orders, clean_db, sandbox)
+    reconciler = orders.apps["orders"].state.reconciler
+    await reconciler.quiet()
+    assert refunds(clean_db)[0][1] == "requested"
+    assert refunded_at_sumup(sandbox, transaction_id) == 0
+    sandbox.controls(refunds="accept")
+    lease_passed(clean_db)
+    await reconciler.run_once()
+    assert refunds(clean_db)[0][1:2] == ("done",)
+    assert refunded_at_sumup(sandbox, transaction_id) == 4.0
+
+
+async def test_a_refused_refund_waits_for_a_person_and_is_listed(orders, clean_db, sandbox):
+    sandbox.controls(refunds="refuse")
+    older, _ = await late_payment(orders, clean_db, sandbox)
+    reconciler = orders.apps["orders"].state.reconciler
+    await reconciler.quiet()
+    [(_, status, amount, tries)] = refunds(clean_db)
+    assert (status, tries) == ("failed", 1)
+    listed = (await internal_get(orders.client("orders"), "attention")).json()
+    assert [(row["order_id"], row["status"]) for row in listed] == [(older, "refund_due")]
+    assert listed[0]["refunds"][0]["status"] == "failed"
+    assert "refused" in listed[0]["refunds"][0]["last_error"]
+    await reconciler.run_once()  # a failed refund is not retried behind a person's back
+    assert refunds(clean_db)[0][1:] == ("failed", amount, 1)
