@@ -1,14 +1,17 @@
 """``rose split``: the one-time data migration of the split (docs/DESIGN.md section 6).
 
-A DBA runs, in order: ``plan`` (read-only: what would move), ``run`` (freeze, copy, transform,
-fix sequences, record in the ledger; one target transaction per move; idempotent and resumable),
-``verify`` (counts and checksums of source and target; exit 1 naming each difference) and
-``finalize`` (drop the legacy sources, only when every move is verified). ``seed-legacy`` makes
-a practice monolith. The SQL is in ``db/legacy`` and ``db/migrations/split``.
+A DBA runs, in order: ``plan`` (read-only: what would move, and what becomes of every legacy
+table), ``run`` (freeze, copy, transform, fix sequences, record in the ledger; one target
+transaction per move, independent moves at the same time; idempotent and resumable), ``verify``
+(counts and checksums of source and target; exit 1 naming each difference) and ``finalize``
+(verify again, back up, drop the moved sources). ``status`` shows the ledgers; ``abort`` undoes
+moves that are not finalized. ``seed-legacy`` makes a practice monolith. The night step by step:
+docs/runbook-split.md. The SQL is in ``db/legacy`` and ``db/migrations/split``.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 import psycopg
@@ -18,7 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ops.split_db import SplitError
-from ops.split_moves import Move, select_moves
+from ops.split_moves import LEGACY_TABLES, Move, select_moves
 from ops.split_run import MovePlan, MoveReport, Outcome
 from ops.split_verify import MoveVerification
 from ops.topology import Topology
@@ -42,7 +45,7 @@ MoveOption = Annotated[
     list[str] | None,
     typer.Option(
         "--move",
-        help="Only this move (relations, likes, page_configs, orders); repeatable.",
+        help="Only this move (relations, likes, page_configs, cart, orders); repeatable.",
     ),
 ]
 SHOWN_IDS = 12
@@ -166,12 +169,21 @@ def _print_plan(plan: MovePlan) -> None:
     )
 
 
+def _print_classification() -> None:
+    console.print("[bold]legacy tables[/bold] (ops/split_moves.py, LEGACY_TABLES):")
+    width = max(len(str(declared)) for declared in LEGACY_TABLES)
+    for declared in LEGACY_TABLES:
+        console.print(f"  {escape(str(declared)):<{width}}  {escape(declared.describe())}")
+
+
 @split_app.command("plan")
 def plan_command(move: MoveOption = None, database_url: DatabaseUrlOption = None) -> None:
-    """What would move, and what run would do. Reads only (a rolled-back, read-only dry run)."""
+    """What would move, what run would do, and what becomes of every legacy table. Reads only
+    (a rolled-back, read-only dry run)."""
     from ops.split_run import plan_move
 
     topology = _topology(database_url)
+    _print_classification()
     for selected in _moves(move):
         try:
             _print_plan(plan_move(topology, selected))
@@ -199,27 +211,49 @@ def _print_run_summary(reports: list[MoveReport]) -> None:
     console.print(table)
 
 
+JobsOption = Annotated[
+    int | None,
+    typer.Option("--jobs", min=1, help="Moves run at the same time (default: cores, max 4)."),
+]
+
+
 @split_app.command("run")
-def run_command(move: MoveOption = None, database_url: DatabaseUrlOption = None) -> None:
+def run_command(
+    move: MoveOption = None,
+    jobs: JobsOption = None,
+    lock_timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds freezing waits for a table's writers.")
+    ] = 10.0,
+    database_url: DatabaseUrlOption = None,
+) -> None:
     """Move what is not moved yet: freeze, copy, transform, fix sequences, record. Idempotent."""
-    from ops.split_run import run_move
+    from ops.split_freeze import describe_frozen
+    from ops.split_moves import LEGACY_SERVICES
+    from ops.split_run import DEFAULT_JOBS, run_all
 
     topology = _topology(database_url)
-    reports: list[MoveReport] = []
-    for selected in _moves(move):
-        try:
-            reports.append(run_move(topology, selected, _say))
-        except (SplitError, psycopg.Error) as exc:
-            if reports:
-                _print_run_summary(reports)
-            raise _fail(
-                f"{selected.name}: {exc}\nNothing of move {selected.name} was committed "
-                "(its sources stay frozen); moves before it are done. Run again to resume."
-            ) from None
-    if all(report.outcome is None for report in reports):
+    try:
+        result = run_all(
+            topology, _moves(move), _say, jobs=jobs or DEFAULT_JOBS, lock_timeout=lock_timeout
+        )
+    except (SplitError, psycopg.Error) as exc:
+        frozen = "" if "frozen now" in str(exc) else describe_frozen(topology, LEGACY_SERVICES)
+        raise _fail(f"{exc}\nNothing was moved by this run. {frozen}".rstrip()) from None
+    if result.failed:
+        if result.reports:
+            _print_run_summary(result.reports)
+        for name, exc in result.failed.items():
+            console.print(f"[red]error:[/red] {escape(name)}: {escape(str(exc))}")
+        console.print(
+            f"Nothing of {', '.join(result.failed)} was committed; the other moves are done. "
+            f"{escape(describe_frozen(topology, LEGACY_SERVICES))}. Run again to resume, or "
+            "`rose split abort` to give up and unfreeze."
+        )
+        raise typer.Exit(1)
+    if all(report.outcome is None for report in result.reports):
         console.print("nothing to do: every move is already done (0 rows moved)")
     else:
-        _print_run_summary(reports)
+        _print_run_summary(result.reports)
 
 
 # -- verify --------------------------------------------------------------------------------------
@@ -227,10 +261,20 @@ def _print_verification(result: MoveVerification) -> None:
     name = result.move.name
     ledger = result.ledger
     if result.finalized and ledger is not None:
+        status = "[green]ok[/green]" if result.ok else "[red]LOST ROWS[/red]"
         console.print(
-            f"[green]ok[/green] {name}: finalized (sources dropped); "
-            f"verified at {escape(str(ledger.verified_at))}"
+            f"{status} {name}: finalized (sources dropped {_when(ledger.finalized_at)} UTC); "
+            "the target against the checksums of the move's commit"
         )
+        for check in result.checks:
+            if check.ok:
+                console.print(
+                    f"  commit:     {escape(check.target_table)}: unchanged since the move"
+                )
+        for note in result.notes:
+            console.print(f"  changed:    {escape(note)}")
+        for problem in result.problems:
+            console.print(f"  [red]problem[/red]:    {escape(problem)}")
         return
     status = "[green]ok[/green]" if result.ok else "[red]DIFFERENT[/red]"
     console.print(f"{status} {name}")
@@ -248,20 +292,23 @@ def _print_verification(result: MoveVerification) -> None:
 
 
 @split_app.command("verify")
-def verify_command(move: MoveOption = None, database_url: DatabaseUrlOption = None) -> None:
+def verify_command(
+    move: MoveOption = None, jobs: JobsOption = None, database_url: DatabaseUrlOption = None
+) -> None:
     """Compare each move's source and target: counts and checksums; exit 1 naming each
-    difference. Records the result in the ledger."""
-    from ops.split_verify import verify_move
+    difference. Records the result in the ledger. After finalize: the target against the
+    checksums of the move's commit (a lost row is a difference)."""
+    from ops.split_verify import DEFAULT_JOBS, verify_moves
 
     topology = _topology(database_url)
     failed = []
-    for selected in _moves(move):
-        try:
-            result = verify_move(topology, selected)
-        except (SplitError, psycopg.Error) as exc:
-            raise _fail(f"{selected.name}: {exc}") from None
+    try:
+        results = verify_moves(topology, _moves(move), jobs or DEFAULT_JOBS)
+    except (SplitError, psycopg.Error) as exc:
+        raise _fail(str(exc)) from None
+    for result in results:
         _print_verification(result)
-        if not (result.ok or result.finalized):
+        if not result.ok:
             failed.append(result)
     if failed:
         for result in failed:
@@ -271,21 +318,119 @@ def verify_command(move: MoveOption = None, database_url: DatabaseUrlOption = No
 
 
 # -- finalize ------------------------------------------------------------------------------------
-@split_app.command("finalize")
-def finalize_command(database_url: DatabaseUrlOption = None) -> None:
-    """Drop the legacy tables the moves read, once every move is verified. Keeps the ledgers."""
-    from ops.split_verify import finalize
+def _default_backup_dir() -> Path:
+    from ops.credentials import rose_home
 
+    return rose_home() / "split-backups"
+
+
+@split_app.command("finalize")
+def finalize_command(
+    backup_dir: Annotated[
+        Path | None,
+        typer.Option(help="Where the pg_dump backups go (default: .rose/split-backups)."),
+    ] = None,
+    lock_timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds each attempt waits for a table's lock.")
+    ] = 5.0,
+    lock_attempts: Annotated[
+        int, typer.Option(min=1, help="Attempts at the locks before giving up.")
+    ] = 3,
+    database_url: DatabaseUrlOption = None,
+) -> None:
+    """Verify every move again under the freeze, back the moved sources up (pg_dump -Fc), then
+    drop them, recording each drop with it. Keeps the ledgers and the lookup tables."""
+    from ops.split_finalize import FinalizeOptions, finalize
+
+    options = FinalizeOptions(backup_dir or _default_backup_dir(), lock_timeout, lock_attempts)
     try:
-        result = finalize(_topology(database_url), _say)
+        result = finalize(_topology(database_url), options, _say)
     except (SplitError, psycopg.Error) as exc:
-        raise _fail(str(exc)) from None
+        raise _fail(f"finalize: {exc}") from None
     if result.refused:
-        console.print("[red]refused[/red]: finalize needs every move verified:")
+        console.print("[red]refused[/red]: nothing was dropped:")
         for line in result.refused:
             console.print(f"  {escape(line)}")
         raise typer.Exit(1)
-    if result.already_finalized and not any(result.dropped.values()):
+    if result.already_finalized:
         console.print("already finalized: nothing left to drop")
     else:
-        console.print("finalized: the legacy sources are dropped; the ledgers stay")
+        console.print(
+            f"finalized {', '.join(result.finalized)}: the moved sources are dropped (backups "
+            "above); the ledgers and the kept tables stay"
+        )
+
+
+# -- status and abort ----------------------------------------------------------------------------
+def _when(moment: Any) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S") if moment else ""
+
+
+@split_app.command("status")
+def status_command(database_url: DatabaseUrlOption = None) -> None:
+    """The ledgers as a table, what is frozen and what finalize dropped. Reads only."""
+    from apps.common.services import service_spec
+    from ops.split_status import split_status
+
+    try:
+        status = split_status(_topology(database_url))
+    except (SplitError, psycopg.Error) as exc:
+        raise _fail(str(exc)) from None
+    table = Table("move", "state", "source rows", "checksums (at commit)", "when (UTC)", "by")
+    for move in status.moves:
+        table.add_row(
+            move.move.name,
+            escape(move.state),
+            move.rows(),
+            escape(move.checksums()),
+            _when(move.when),
+            escape(move.by or ""),
+        )
+    console.print(table)
+    console.print("frozen: " + (escape("; ".join(status.frozen)) if status.frozen else "nothing"))
+    for record in status.dropped:
+        console.print(
+            f"dropped: {service_spec(record['service']).database} "
+            f"legacy.{escape(record['source_table'])} ({escape(record['move'])}) at "
+            f"{_when(record['dropped_at'])} by {escape(record['dropped_by'])}, "
+            f"{record['rows']:,} rows; backup {escape(record['backup_file'])} "
+            f"sha256 {record['backup_sha256']}"
+        )
+
+
+@split_app.command("abort")
+def abort_command(move: MoveOption = None, database_url: DatabaseUrlOption = None) -> None:
+    """Undo moves that are not finalized: delete the rows they put in their targets (by the
+    ledger) and lift their freeze. Idempotent; safe to run again after a crash."""
+    from ops.split_abort import abort
+
+    try:
+        result = abort(_topology(database_url), _moves(move), _say)
+    except (SplitError, psycopg.Error) as exc:
+        raise _fail(str(exc)) from None
+    if result.aborted:
+        console.print(f"aborted {', '.join(reversed(result.aborted))}")
+    if result.refused:
+        for line in result.refused:
+            console.print(f"[red]refused[/red]: {escape(line)}")
+        raise typer.Exit(1)
+
+
+@split_app.command("restore")
+def restore_command(
+    archive: Annotated[
+        Path, typer.Argument(help="A backup finalize took (<database>.legacy.dump).")
+    ],
+    database_url: DatabaseUrlOption = None,
+) -> None:
+    """Put back the legacy tables finalize dropped, from its backup (checked against the
+    sha256 and the row checksums it recorded). Moves whose sources are all back can then be
+    aborted, or finalized again."""
+    from ops.split_restore import restore
+
+    try:
+        result = restore(_topology(database_url), archive, _say)
+    except (SplitError, psycopg.Error, OSError) as exc:
+        raise _fail(f"restore: {exc}") from None
+    tables = ", ".join(f"legacy.{table} ({rows:,} rows)" for table, rows in result.tables.items())
+    console.print(f"restored {tables}")

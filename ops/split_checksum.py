@@ -12,6 +12,7 @@ parts are cut again, down to single bucket values or ``MAX_LOCATED`` ranges.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,14 @@ class Checksum:
 
     def as_dict(self) -> dict[str, Any]:
         return {"rows": self.rows, "xor": f"{self.xor & UNSIGNED_64:016x}", "sum": str(self.total)}
+
+    @classmethod
+    def from_dict(cls, entry: dict[str, Any]) -> Checksum:
+        """The inverse of :meth:`as_dict` (the xor is a signed bigint in PostgreSQL)."""
+        xor = int(entry["xor"], 16)
+        if xor >= 1 << 63:
+            xor -= 1 << 64
+        return cls(int(entry["rows"]), xor, int(entry["sum"]))
 
 
 @dataclass(frozen=True)
@@ -71,13 +80,28 @@ def checksum(connections: Connections, view: str) -> tuple[Checksum, int | None,
     total = Checksum()
     low: int | None = None
     high: int | None = None
-    for connection in connections:
-        rows, xor, hash_sum, part_low, part_high = connection.execute(query).fetchone()
+    # The parts (one per source database) at the same time.
+    with ThreadPoolExecutor(max_workers=max(1, len(connections))) as parts:
+        results = list(
+            parts.map(lambda connection: connection.execute(query).fetchone(), connections)
+        )
+    for rows, xor, hash_sum, part_low, part_high in results:
         total += Checksum(int(rows), int(xor), int(hash_sum))
         if part_low is not None:
             low = part_low if low is None else min(low, part_low)
             high = part_high if high is None else max(high, part_high)
     return total, low, high
+
+
+def table_checksum(connection: psycopg.Connection[Any], qualified_name: str) -> Checksum:
+    """The checksum of every row of a table (its text form, all columns): what finalize compares
+    between a backup's snapshot and the rows it drops."""
+    query = sql.SQL(
+        "SELECT count(*), coalesce(bit_xor(h), 0), coalesce(sum(h), 0) "
+        "FROM (SELECT {hash} AS h FROM (SELECT t::text AS row_text FROM {table} AS t) AS r) AS x"
+    ).format(hash=ROW_HASH, table=sql.Identifier(*qualified_name.split(".")))
+    rows, xor, total = connection.execute(query).fetchone()
+    return Checksum(int(rows), int(xor), int(total))
 
 
 def _bucket_checksums(

@@ -1,6 +1,6 @@
-"""The four moves of the split (docs/DESIGN.md section 6): which legacy tables each reads, where it
-writes, and the SQL that does it. The SQL lives in ``db/migrations/split`` and ``db/legacy``;
-this module only names it."""
+"""The moves of the split (docs/DESIGN.md section 6) and the classification of every legacy table:
+which move moves it (and finalize drops it), or why it is kept. The SQL lives in
+``db/migrations/split`` and ``db/legacy``; this module only names it."""
 
 from __future__ import annotations
 
@@ -125,6 +125,17 @@ MOVES: tuple[Move, ...] = (
         checked_in=("cart",),
     ),
     Move(
+        name="cart",
+        target="cart",
+        sources=(
+            SourceTable("cart", "cart_items"),
+            SourceTable("market", "products", moved=False),
+        ),
+        target_tables=("cart.cart_items",),
+        checks=(Check("cart_items", "cart.cart_items"),),
+        checked_in=("cart",),
+    ),
+    Move(
         name="orders",
         target="orders",
         sources=(
@@ -157,9 +168,103 @@ def select_moves(names: list[str] | None) -> list[Move]:
     return [move for move in MOVES if move.name in names]
 
 
-def tables_read_in(service: str) -> list[str]:
-    """Every legacy table of ``service``'s database that some move reads (what finalize drops)."""
-    tables = [
-        source.table for move in MOVES for source in move.sources if source.service == service
+@dataclass(frozen=True)
+class LegacyTable:
+    """What the split does with one table of schema ``legacy``: moved by ``moved_by`` (finalize
+    drops it once that move and every move that reads it are finalized), or kept (``kept``
+    says why: a lookup the split reads but does not own)."""
+
+    service: str
+    table: str
+    moved_by: str | None = None
+    kept: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.moved_by is None) == (self.kept is None):
+            raise ValueError(f"legacy.{self.table}: either moved by a move or kept, not both")
+
+    @property
+    def database(self) -> str:
+        return service_spec(self.service).database
+
+    @property
+    def read_by(self) -> tuple[str, ...]:
+        """Every move that reads the table (its mover first)."""
+        return tuple(
+            move.name
+            for move in MOVES
+            if any(s.service == self.service and s.table == self.table for s in move.sources)
+        )
+
+    def describe(self) -> str:
+        readers = [name for name in self.read_by if name != self.moved_by]
+        looked_up = f"; looked up by {', '.join(readers)}" if readers else ""
+        if self.moved_by is not None:
+            after = ", ".join(dict.fromkeys((self.moved_by, *readers)))
+            return (
+                f"moved by {self.moved_by}{looked_up}; dropped by finalize "
+                f"(after {after} {'is' if after == self.moved_by else 'are'} verified)"
+            )
+        return f"kept ({self.kept}){looked_up}; finalize keeps it and lifts its freeze"
+
+    def __str__(self) -> str:
+        return f"{self.database} legacy.{self.table}"
+
+
+# Every table of the monolith, in ONE place: `rose split plan` prints this, finalize drops only
+# the moved ones, and a legacy table missing here is reported (and never dropped).
+LEGACY_TABLES: tuple[LegacyTable, ...] = (
+    LegacyTable("cart", "container_relations", moved_by="relations"),
+    LegacyTable("cart", "page_configs", moved_by="page_configs"),
+    LegacyTable("cart", "orders", moved_by="orders"),
+    LegacyTable("cart", "order_items", moved_by="orders"),
+    LegacyTable("cart", "cart_items", moved_by="cart"),
+    LegacyTable("market", "product_likes", moved_by="likes"),
+    LegacyTable(
+        "market",
+        "products",
+        kept="market's catalogue: no move owns it; likes, orders and cart only look slugs up",
+    ),
+    LegacyTable("blog", "post_likes", moved_by="likes"),
+    LegacyTable("blog", "posts", kept="blog's posts: no move owns it; likes only checks ids"),
+)
+
+
+def legacy_table(service: str, table: str) -> LegacyTable | None:
+    for declared in LEGACY_TABLES:
+        if (declared.service, declared.table) == (service, table):
+            return declared
+    return None
+
+
+def tables_dropped_in(service: str, moves: list[str] | None = None) -> list[str]:
+    """The legacy tables of ``service``'s database that finalize drops (all, or those whose
+    mover and readers are all among ``moves``)."""
+    return [
+        declared.table
+        for declared in LEGACY_TABLES
+        if declared.service == service
+        and declared.moved_by is not None
+        and (moves is None or set(declared.read_by) <= set(moves))
     ]
-    return list(dict.fromkeys(tables))
+
+
+def tables_read_in(service: str) -> list[str]:
+    """The legacy tables of ``service``'s database that the split drops at finalize (``rose db
+    check`` notes them as "not finalized" while they exist). Lookups it keeps are not listed."""
+    return tables_dropped_in(service)
+
+
+def _check_classification() -> None:
+    """Every table a move reads is classified, and a moved table is a moved source of its
+    mover: checked at import, so a new move cannot forget its tables."""
+    for move in MOVES:
+        for source in move.sources:
+            declared = legacy_table(source.service, source.table)
+            if declared is None:
+                raise ValueError(f"{source} (read by {move.name}) is not in LEGACY_TABLES")
+            if source.moved != (declared.moved_by == move.name):
+                raise ValueError(f"{source}: LEGACY_TABLES and move {move.name} disagree")
+
+
+_check_classification()

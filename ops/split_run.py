@@ -16,6 +16,7 @@ classification on and always rolled back, without freezing anything.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,7 +42,9 @@ from ops.split_db import (
     table_exists,
     transform_parts,
 )
+from ops.split_freeze import FREEZE_LOCK_TIMEOUT, freeze
 from ops.split_moves import SPLIT_DIR, Move, SourceTable
+from ops.split_verify import DEFAULT_JOBS
 from ops.topology import Topology
 
 OUTCOME_FILE = SPLIT_DIR / "outcome.sql"
@@ -185,12 +188,18 @@ def _classify(target: psycopg.Connection[Any], move: Move, *, read_only: bool) -
 def _read_outcome(target: psycopg.Connection[Any], move: Move, staged: dict[str, int]) -> Outcome:
     by_table: dict[str, dict[str, int]] = {table.table: {} for table in move.moved_tables}
     reasons: dict[str, dict[str, dict[str, Any]]] = {}
-    for source_table, outcome, reason, rows, ids in target.execute(
-        """
-        SELECT source_table, outcome, reason, count(*), array_agg(source_id ORDER BY source_id)
-        FROM split_outcome GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
-        """
-    ):
+    # Counted by a hash aggregate; the ids only of the rows listed with a reason (sorting all
+    # of them would cost more than the rest of the accounting).
+    listed = {
+        (source_table, outcome, reason): list(ids)
+        for source_table, outcome, reason, ids in target.execute(
+            "SELECT source_table, outcome, reason, array_agg(source_id ORDER BY source_id) "
+            "FROM split_outcome WHERE reason IS NOT NULL GROUP BY 1, 2, 3"
+        )
+    }
+    for source_table, outcome, reason, rows in target.execute(
+        "SELECT source_table, outcome, reason, count(*) FROM split_outcome GROUP BY 1, 2, 3"
+    ).fetchall():
         if source_table not in by_table:
             raise SplitError(
                 f"{move.name}: {move.transform_file.name} classified rows of {source_table}, "
@@ -201,7 +210,16 @@ def _read_outcome(target: psycopg.Connection[Any], move: Move, staged: dict[str,
             continue
         entry = reasons.setdefault(outcome, {}).setdefault(reason, {"count": 0, "rows": {}})
         entry["count"] += rows
-        entry["rows"][source_table] = list(ids)
+        entry["rows"][source_table] = listed[(source_table, outcome, reason)]
+    twice = target.execute(
+        "SELECT source_table, count(*) FROM (SELECT source_table, source_id FROM split_outcome "
+        "GROUP BY 1, 2 HAVING count(*) > 1) AS repeated GROUP BY 1"
+    ).fetchall()
+    for source_table, extra in twice:
+        raise SplitError(
+            f"{move.name}: {move.transform_file.name} gave {extra:,} rows of {source_table} "
+            "more than one outcome"
+        )
     for table in move.moved_tables:
         classified = sum(by_table[table.table].values())
         if classified != staged[str(table)]:
@@ -220,7 +238,9 @@ def _check_inserted(
     already held under another unique key would otherwise be lost silently."""
     results = {
         table: (int(wanted), int(inserted))
-        for table, wanted, inserted in target.execute("SELECT * FROM split_inserted")
+        for table, wanted, inserted in target.execute(
+            "SELECT target_table, wanted, inserted FROM split_inserted"
+        )
     }
     for table in move.target_tables:
         planned = outcome.planned.get(table)
@@ -264,50 +284,106 @@ def plan_move(topology: Topology, move: Move) -> MovePlan:
 
 
 # -- run -----------------------------------------------------------------------------------------
-def _freeze(topology: Topology, move: Move, say: Say) -> None:
-    for service in move.source_services:
-        tables = [table.table for table in move.sources_in(service)]
-        with connect(topology, service) as source:
-            run_file(
-                source,
-                SPLIT_DIR / "freeze.sql",
-                {
-                    "owner": service_spec(service).owner_role,
-                    "move": move.name,
-                    "tables": ",".join(tables),
-                },
-            )
-        listed = ", ".join(f"legacy.{table}" for table in tables)
-        say(f"{move.name}: froze {service_spec(service).database} {listed}")
+@dataclass(frozen=True)
+class DeferredIndex:
+    """An index (or the unique constraint it backs) dropped for a bulk load, and the statement
+    that creates it again, as it was."""
+
+    table: str
+    name: str
+    create: str
 
 
-def _target_checksums(target: psycopg.Connection[Any], move: Move) -> str:
+def defer_indexes(target: psycopg.Connection[Any], move: Move) -> list[DeferredIndex]:
+    """Drop the secondary indexes of the move's EMPTY target tables, to build them once after
+    the insert (a bulk load: several times cheaper than maintaining them row by row). Kept:
+    primary keys, indexes a foreign key uses, indexes with a comment. Inside the move's
+    transaction, which holds the table (ACCESS EXCLUSIVE) until it commits; a failure rolls the
+    drops back with everything else."""
+    deferred: list[DeferredIndex] = []
+    for table in move.target_tables:
+        name = sql.Identifier(*table.split("."))
+        if target.execute(sql.SQL("SELECT EXISTS (SELECT FROM {})").format(name)).fetchone()[0]:
+            continue
+        target.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(name))
+        for index, constraint, create in target.execute(
+            """
+            SELECT i.indexrelid::regclass::text, c.conname,
+                   CASE WHEN c.oid IS NOT NULL
+                        THEN format('ALTER TABLE %%s ADD CONSTRAINT %%I %%s', i.indrelid::regclass,
+                                    c.conname, pg_get_constraintdef(c.oid))
+                        ELSE pg_get_indexdef(i.indexrelid) END
+            FROM pg_index AS i
+            LEFT JOIN pg_constraint AS c
+                   ON c.conindid = i.indexrelid AND c.conrelid = i.indrelid
+                  AND c.contype IN ('u', 'x')
+            WHERE i.indrelid = %s::regclass AND NOT i.indisprimary
+              AND NOT EXISTS (
+                  SELECT FROM pg_constraint AS fk
+                  WHERE fk.contype = 'f' AND fk.conindid = i.indexrelid
+              )
+              AND NOT EXISTS (SELECT FROM pg_description AS d WHERE d.objoid = i.indexrelid)
+            ORDER BY 1
+            """,
+            (table,),
+        ).fetchall():
+            if constraint is not None:
+                target.execute(
+                    sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(
+                        name, sql.Identifier(constraint)
+                    )
+                )
+            else:
+                target.execute(sql.SQL("DROP INDEX {}").format(sql.SQL(index)))
+            deferred.append(DeferredIndex(table, constraint or index, create))
+    return deferred
+
+
+def build_indexes(target: psycopg.Connection[Any], deferred: list[DeferredIndex]) -> None:
+    """Create the deferred indexes again (a duplicate under a unique one fails the move)."""
+    for index in deferred:
+        target.execute(index.create)
+
+
+def _target_checksums(target: psycopg.Connection[Any], move: Move) -> dict[str, dict[str, Any]]:
+    """The checksum of each check view of the target, as the ledger records it."""
     run_file(target, move.checksum_file("target"))
-    return "; ".join(
-        f"{check.target_table}: {checksum([target], check.view)[0]}" for check in move.checks
-    )
+    recorded = {}
+    for check in move.checks:
+        found = checksum([target], check.view)[0]
+        recorded[check.name] = {"target_table": check.target_table, **found.as_dict()}
+    return recorded
 
 
-def run_move(
-    topology: Topology, move: Move, say: Say, fault: FaultHook = crash_from_environment
-) -> MoveReport:
-    owner = service_spec(move.target).owner_role
+def _inserted_ids(target: psycopg.Connection[Any]) -> dict[str, str]:
+    return {
+        table: ids or "{}"
+        for table, ids in target.execute("SELECT target_table, ids::text FROM split_inserted")
+    }
+
+
+def _pending(topology: Topology, move: Move, say: Say) -> LedgerEntry | None:
+    """The ledger of a move that is done (nothing to do), else None; refuses a move whose
+    sources are missing."""
     with connect(topology, move.target) as target:
         ensure_ledger(target, move.target)
         ledger = read_ledger(target, move.name)
-        if ledger is not None and ledger.done:
-            say(f"{move.name}: already done ({ledger.state()}); nothing to do")
-            return MoveReport(move=move, done_before=ledger)
-        missing = missing_sources(topology, move)
-        if missing:
-            raise SplitError(
-                f"{move.name}: no source table {', '.join(missing)} "
-                "(`rose split seed-legacy` makes a practice monolith)"
-            )
-        mark_started(target, move.name)
-        _freeze(topology, move, say)
-        fault(move.name, "after-freeze")
+    if ledger is not None and ledger.done:
+        say(f"{move.name}: already done ({ledger.state()}); nothing to do")
+        return ledger
+    missing = missing_sources(topology, move)
+    if missing:
+        raise SplitError(
+            f"{move.name}: no source table {', '.join(missing)} "
+            "(`rose split seed-legacy` makes a practice monolith)"
+        )
+    return None
 
+
+def _move_transaction(topology: Topology, move: Move, say: Say, fault: FaultHook) -> MoveReport:
+    """The move's one transaction in its target (its sources are frozen already)."""
+    owner = service_spec(move.target).owner_role
+    with connect(topology, move.target) as target:
         started = time.perf_counter()
         with target.transaction():
             target.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(owner)))
@@ -320,7 +396,9 @@ def run_move(
             fault(move.name, "after-copy")
             _classify(target, move, read_only=False)
             outcome = _read_outcome(target, move, staged)
+            deferred = defer_indexes(target, move)
             execute_sql(target, transform_parts(move.transform_file).apply)
+            build_indexes(target, deferred)
             inserted = _check_inserted(target, move, outcome)
             fault(move.name, "after-transform")
             say(
@@ -329,14 +407,16 @@ def run_move(
                 f"{outcome.total('skipped'):,} skipped; inserted "
                 + ", ".join(f"{rows:,} into {table}" for table, rows in inserted.items())
             )
-            target_checksum = _target_checksums(target, move)
+            checksums = _target_checksums(target, move)
             seconds = time.perf_counter() - started
             target.execute(
                 """
                 UPDATE split.ledger
                 SET finished_at = clock_timestamp(), seconds = %s, source_rows = %s,
                     moved_rows = %s, collapsed_rows = %s, skipped_rows = %s, reasons = %s,
-                    inserted = %s, checksum = %s, verified_at = NULL, verification = NULL
+                    inserted = %s, checksum = %s, checksums = %s, inserted_ids = %s,
+                    verified_at = NULL, verification = NULL, verified_by = NULL,
+                    aborted_at = NULL, aborted_by = NULL
                 WHERE move = %s
                 """,
                 (
@@ -347,7 +427,13 @@ def run_move(
                     outcome.total("skipped"),
                     as_json(outcome.reasons),
                     as_json(inserted),
-                    target_checksum,
+                    "; ".join(
+                        f"{entry['target_table']}: {entry['rows']} rows, xor {entry['xor']}, "
+                        f"sum {entry['sum']}"
+                        for entry in checksums.values()
+                    ),
+                    as_json(checksums),
+                    as_json(_inserted_ids(target)),
                     move.name,
                 ),
             )
@@ -361,10 +447,83 @@ def run_move(
         return report
 
 
+def _estimated_rows(topology: Topology, moves: list[Move]) -> dict[str, float]:
+    """The planner's row estimates of each move's moved source tables (no scan)."""
+    sizes = dict.fromkeys((move.name for move in moves), 0.0)
+    for service in dict.fromkeys(s for move in moves for s in move.source_services):
+        with connect(topology, service) as source:
+            for move in moves:
+                for table in move.sources_in(service):
+                    if table.moved:
+                        sizes[move.name] += source.execute(
+                            "SELECT greatest(reltuples, 0) FROM pg_class WHERE oid = %s::regclass",
+                            (f"legacy.{table.table}",),
+                        ).fetchone()[0]
+    return sizes
+
+
+@dataclass
+class RunResult:
+    reports: list[MoveReport] = field(default_factory=list)
+    # Moves that failed, with the error; the others committed (or were done before).
+    failed: dict[str, Exception] = field(default_factory=dict)
+
+
 def run_moves(
     topology: Topology,
     moves: list[Move],
     say: Say,
     fault: FaultHook = crash_from_environment,
+    jobs: int = DEFAULT_JOBS,
 ) -> list[MoveReport]:
-    return [run_move(topology, move, say, fault) for move in moves]
+    """Run ``moves`` (see :func:`run_all`); raise the first failure."""
+    result = run_all(topology, moves, say, fault, jobs=jobs)
+    for error in result.failed.values():
+        raise error
+    return result.reports
+
+
+def run_all(
+    topology: Topology,
+    moves: list[Move],
+    say: Say,
+    fault: FaultHook = crash_from_environment,
+    *,
+    jobs: int = DEFAULT_JOBS,
+    lock_timeout: float = FREEZE_LOCK_TIMEOUT,
+) -> RunResult:
+    """Freeze the sources of every move not done yet (one transaction per source database),
+    then run their transactions, ``jobs`` at a time: the moves are independent (each reads
+    frozen sources and writes its own target tables)."""
+    result = RunResult()
+    reports: dict[str, MoveReport] = {}
+    pending: list[Move] = []
+    for move in moves:
+        done = _pending(topology, move, say)
+        if done is not None:
+            reports[move.name] = MoveReport(move=move, done_before=done)
+        else:
+            pending.append(move)
+    if pending:
+        for move in pending:
+            with connect(topology, move.target) as target:
+                mark_started(target, move.name)
+        freeze(topology, pending, say, lock_timeout)
+        for move in pending:
+            fault(move.name, "after-freeze")
+        # The biggest first, so that the small ones fill in around them rather than after.
+        sizes = _estimated_rows(topology, pending)
+        largest_first = sorted(pending, key=lambda move: -sizes[move.name])
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            futures = {
+                pool.submit(_move_transaction, topology, move, say, fault): move
+                for move in largest_first
+            }
+            for future in as_completed(futures):
+                move = futures[future]
+                try:
+                    reports[move.name] = future.result()
+                except (SplitError, psycopg.Error) as exc:
+                    result.failed[move.name] = exc
+    result.reports = [reports[move.name] for move in moves if move.name in reports]
+    return result

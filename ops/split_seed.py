@@ -73,8 +73,10 @@ def seed_legacy(topology: Topology, scale: int, *, replace: bool, say: Say) -> S
         spec = service_spec(service)
         with connect(topology, service) as connection, connection.transaction():
             if replace:
-                # The freeze triggers and their function go with the schema.
+                # The freeze triggers and their function go with the schema; finalize's records
+                # of an earlier monolith's drops would describe tables that are back.
                 connection.execute("DROP SCHEMA IF EXISTS legacy CASCADE")
+                connection.execute("DROP TABLE IF EXISTS split.dropped")
             run_file(connection, LEGACY_DIR / f"{service}.sql", {"owner": spec.owner_role})
             run_file(connection, LEGACY_DIR / f"seed_{service}.sql", {"scale": str(scale)})
         with connect(topology, service) as connection:

@@ -1,6 +1,6 @@
-"""``rose split verify`` and ``rose split finalize``.
+"""``rose split verify``.
 
-Verify compares, for each moved move, its sources with its target:
+Before finalize, verify compares, for each moved move, its sources with its target:
 - the accounting: the source tables still hold the rows the move read (they are frozen), and
   every one of them is moved, collapsed or skipped with a reason (the ledger lists the ids);
 - per check view (``db/migrations/split/checksums``), the row counts and the order-independent
@@ -8,33 +8,41 @@ Verify compares, for each moved move, its sources with its target:
   buckets locate the rows.
 The result goes into the ledger (``verified_at`` only when nothing differs).
 
-Finalize drops the legacy tables the moves read, only when every move is verified; the ledgers
-stay.
+Once finalize has dropped a move's sources, verify compares the target with what the ledger
+recorded when the move committed: every row the move inserted must still be there (a loss is a
+difference, with the ids), and the checksums tell whether the rows changed since (the services
+write to them: a note, not a difference).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
-from apps.common.services import service_spec
 from ops.split_checksum import Checksum, Located, checksum, locate
 from ops.split_db import (
     LedgerEntry,
-    Say,
     as_json,
     connect,
     count_rows,
+    operator,
     read_ledger,
     run_file,
     table_exists,
 )
-from ops.split_moves import LEGACY_SERVICES, MOVES, SPLIT_DIR, Move, tables_read_in
+from ops.split_moves import Move
 from ops.topology import Topology
+
+SHOWN_LOST = 12
+# Moves verified at the same time (as `run` runs them): the cores, at most 4.
+DEFAULT_JOBS = min(4, os.cpu_count() or 2)
 
 
 @dataclass
@@ -68,9 +76,14 @@ class MoveVerification:
     checks: list[CheckResult] = field(default_factory=list)
     source_rows_now: dict[str, int] = field(default_factory=dict)
     finalized: bool = False
+    # Against the ledger's checksums of the commit (sources dropped): what changed since.
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
+        if self.finalized:
+            # Rows may change after the move (the services own them now); only a loss counts.
+            return self.ledger is not None and not self.problems
         return (
             self.ledger is not None
             and self.ledger.done
@@ -80,6 +93,8 @@ class MoveVerification:
 
     def differences(self) -> list[str]:
         found = list(self.problems)
+        if self.finalized:
+            return found  # changes since the commit are notes, not differences
         found += [check.describe() for check in self.checks if not check.ok]
         return found
 
@@ -175,17 +190,20 @@ def _source_sessions(
         yield sessions
 
 
-def verify_move(topology: Topology, move: Move) -> MoveVerification:
+def verify_move(
+    topology: Topology, move: Move, *, against_sources: bool = False
+) -> MoveVerification:
+    """Sources against target (or, once finalize has dropped the sources, the target against
+    the commit's record; ``against_sources`` insists on the sources: finalize's re-verify)."""
     with connect(topology, move.target) as target:
         ledger = read_ledger(target, move.name)
         result = MoveVerification(move=move, ledger=ledger)
         if ledger is None or not ledger.done:
             result.problems.append("not moved yet (`rose split run`)")
             return result
-        if ledger.finalized_at is not None:
-            # The sources are gone: the last verification before finalize stands.
-            result.finalized = True
-            return result
+        if not against_sources and (ledger.finalized_at is not None or ledger.finalizing):
+            # The sources are (or may be) gone: compare with what the move committed.
+            return verify_against_commit(target, move, ledger, strict=False)
         for service in move.source_services:
             with connect(topology, service) as source:
                 for table in move.sources_in(service):
@@ -201,10 +219,15 @@ def verify_move(topology: Topology, move: Move) -> MoveVerification:
             return result
         result.problems += _accounting_problems(ledger, result.source_rows_now)
         run_file(target, move.checksum_file("target"))
-        with _source_sessions(topology, move, ledger) as sources:
+        with (
+            _source_sessions(topology, move, ledger) as sources,
+            ThreadPoolExecutor(max_workers=2) as sides,
+        ):
             for check in move.checks:
-                source_sum, source_low, source_high = checksum(sources, check.view)
+                # The two sides at the same time (their own connections, their own backends).
+                source_side = sides.submit(checksum, sources, check.view)
                 target_sum, target_low, target_high = checksum([target], check.view)
+                source_sum, source_low, source_high = source_side.result()
                 found = CheckResult(
                     check.name, check.target_table, check.bucket, source_sum, target_sum
                 )
@@ -216,85 +239,90 @@ def verify_move(topology: Topology, move: Move) -> MoveVerification:
         target.execute(
             """
             UPDATE split.ledger
-            SET verified_at = CASE WHEN %s THEN clock_timestamp() END, verification = %s
+            SET verified_at = CASE WHEN %s THEN clock_timestamp() END, verification = %s,
+                verified_by = %s
             WHERE move = %s
             """,
-            (result.ok, as_json(result.as_json()), move.name),
+            (result.ok, as_json(result.as_json()), operator(), move.name),
         )
     return result
 
 
-def verify_moves(topology: Topology, moves: list[Move]) -> list[MoveVerification]:
-    return [verify_move(topology, move) for move in moves]
+def recorded_checksum(entry: dict[str, Any]) -> Checksum:
+    """A checksum as the ledger records it (``Checksum.as_dict``)."""
+    return Checksum.from_dict(entry)
 
 
-# -- finalize ------------------------------------------------------------------------------------
-@dataclass
-class FinalizeResult:
-    refused: list[str] = field(default_factory=list)
-    already_finalized: bool = False
-    dropped: dict[str, list[str]] = field(default_factory=dict)
-    kept: dict[str, list[str]] = field(default_factory=dict)
+def lost_rows(
+    target: psycopg.Connection[Any], ledger: LedgerEntry
+) -> dict[str, tuple[int, list[int]]]:
+    """Per target table, how many of the rows the move inserted are gone, and the first ids."""
+    lost: dict[str, tuple[int, list[int]]] = {}
+    for table, ids in (ledger.inserted_ids or {}).items():
+        schema, name = table.split(".")
+        missing = sql.SQL(
+            "SELECT wanted.id "
+            "FROM unnest(%(ids)s::int8multirange) AS part "
+            "CROSS JOIN generate_series(lower(part), upper(part) - 1) AS wanted (id) "
+            "LEFT JOIN {table} AS kept ON kept.id = wanted.id "
+            "WHERE kept.id IS NULL ORDER BY wanted.id"
+        ).format(table=sql.Identifier(schema, name))
+        gone = [row[0] for row in target.execute(missing, {"ids": ids})]
+        if gone:
+            lost[table] = (len(gone), gone[:SHOWN_LOST])
+    return lost
 
 
-def _legacy_tables(connection: psycopg.Connection[Any]) -> list[str]:
-    return [
-        row[0]
-        for row in connection.execute(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'legacy' ORDER BY 1"
+def verify_against_commit(
+    target: psycopg.Connection[Any], move: Move, ledger: LedgerEntry, *, strict: bool
+) -> MoveVerification:
+    """The target now against the ledger's record of the commit. A row the move inserted that
+    is gone is a problem; rows changed since are a problem only when ``strict`` (finalize,
+    before the services take writes), else a note."""
+    result = MoveVerification(move=move, ledger=ledger, finalized=not strict)
+    recorded = ledger.checksums or {}
+    if not recorded:
+        result.problems.append(
+            "the ledger has no checksums of the commit (the move ran with an earlier version)"
         )
-    ]
-
-
-def finalize(topology: Topology, say: Say) -> FinalizeResult:
-    result = FinalizeResult()
-    ledgers: dict[str, LedgerEntry | None] = {}
-    for move in MOVES:
-        with connect(topology, move.target) as target:
-            ledgers[move.name] = read_ledger(target, move.name)
-    for move in MOVES:
-        ledger = ledgers[move.name]
-        if ledger is None or not ledger.done:
-            result.refused.append(f"{move.name}: not moved")
-        elif ledger.verified_at is None:
-            why = (
-                "the last verify found differences"
-                if ledger.verification is not None
-                else "moved, not verified"
-            )
-            result.refused.append(f"{move.name}: {why}")
-    if result.refused:
         return result
-    result.already_finalized = all(
-        ledger is not None and ledger.finalized_at is not None for ledger in ledgers.values()
-    )
-    # Recorded before dropping: verify then reports the moves as finalized, never as sources
-    # gone, and a finalize interrupted between the drops finishes on the next run.
-    for move in MOVES:
-        with connect(topology, move.target) as target:
-            target.execute(
-                "UPDATE split.ledger SET finalized_at = coalesce(finalized_at, "
-                "clock_timestamp()) WHERE move = %s",
-                (move.name,),
-            )
-    for service in LEGACY_SERVICES:
-        spec = service_spec(service)
-        read = tables_read_in(service)
-        with connect(topology, service) as source:
-            before = _legacy_tables(source)
-            run_file(
-                source,
-                SPLIT_DIR / "drop_sources.sql",
-                {"owner": spec.owner_role, "tables": ",".join(read)},
-            )
-            after = _legacy_tables(source)
-        result.dropped[spec.database] = [table for table in before if table not in after]
-        result.kept[spec.database] = after
-        for table in result.dropped[spec.database]:
-            say(f"dropped {spec.database} legacy.{table}")
-        for table in after:
-            say(
-                f"kept {spec.database} legacy.{table}: no move of the split reads it "
-                "(drop it by hand once nothing needs it)"
-            )
+    for table, (count, ids) in lost_rows(target, ledger).items():
+        shown = ", ".join(str(found) for found in ids)
+        more = f" and {count - len(ids):,} more" if count > len(ids) else ""
+        result.problems.append(
+            f"{table}: {count:,} of the rows the move inserted are gone (ids {shown}{more})"
+        )
+    run_file(target, move.checksum_file("target"))
+    for check in move.checks:
+        then = recorded_checksum(recorded[check.name])
+        now = checksum([target], check.view)[0]
+        found = CheckResult(check.name, check.target_table, check.bucket, then, now)
+        result.checks.append(found)
+        if found.ok:
+            continue
+        change = (
+            f"{check.target_table}: {then.rows:,} rows when the move committed, {now.rows:,} now; "
+            "the checksums differ"
+        )
+        if strict:
+            result.problems.append(change + " (changed since the move)")
+        else:
+            result.notes.append(change + ": changed since the move (the service writes to it)")
     return result
+
+
+def verify_moves(
+    topology: Topology,
+    moves: list[Move],
+    jobs: int = DEFAULT_JOBS,
+    *,
+    against_sources: bool = False,
+) -> list[MoveVerification]:
+    """Verify ``moves``, ``jobs`` at a time (each reads its own sources and target); the results
+    in the order of ``moves``. The first error is raised once all have ended."""
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futures = [
+            pool.submit(verify_move, topology, move, against_sources=against_sources)
+            for move in moves
+        ]
+        return [future.result() for future in futures]

@@ -89,16 +89,22 @@ CREATE TABLE IF NOT EXISTS legacy.order_items (
 );
 CREATE INDEX IF NOT EXISTS ix_order_items_order_id ON legacy.order_items (order_id);
 
--- CartItem: not part of the split (cart keeps its lines; no move reads this table).
+-- CartItem: a product in a shopper's cart, moved by the split's `cart` move into cart.cart_items.
+-- A signed-in user's line has user_id (and the session it was added in); an anonymous one only
+-- session_id. market_place_container_id is the page the product was added through (NULL on
+-- lines from before the monolith recorded it). Removing a line soft-deleted it. The monolith had
+-- no unique index, so concurrent adds left two live lines of one product in one cart; setting a
+-- quantity to 0 kept the line, and nothing capped quantities.
 CREATE TABLE IF NOT EXISTS legacy.cart_items (
-    id         serial PRIMARY KEY,
-    user_id    integer,
-    session_id varchar(64),
-    product_id integer NOT NULL,
-    quantity   integer NOT NULL DEFAULT 1,
-    created_at timestamp NOT NULL DEFAULT (now() AT TIME ZONE 'UTC'),
-    updated_at timestamp NOT NULL DEFAULT (now() AT TIME ZONE 'UTC'),
-    deleted_at timestamp
+    id                        serial PRIMARY KEY,
+    user_id                   integer,
+    session_id                varchar(64),
+    product_id                integer NOT NULL,
+    quantity                  integer NOT NULL DEFAULT 1,
+    market_place_container_id integer,
+    created_at                timestamp NOT NULL DEFAULT (now() AT TIME ZONE 'UTC'),
+    updated_at                timestamp NOT NULL DEFAULT (now() AT TIME ZONE 'UTC'),
+    deleted_at                timestamp
 );
 
 RESET ROLE;

@@ -156,12 +156,38 @@ FROM (
 ) AS items
 WHERE items.order_id = o.id;
 
--- Cart lines (not part of the split: cart keeps them).
-INSERT INTO legacy.cart_items (user_id, session_id, product_id, quantity, created_at, updated_at)
-SELECT CASE WHEN i % 2 = 0 THEN 1 + i % (500 * :scale) END,
-       'sess-' || substr(md5('cart' || i), 1, 24),
-       (i * 17) % (500 * :scale) + 1,
-       1 + i % 4,
-       timestamp '2024-06-01 08:00' + i * interval '13 minutes',
-       timestamp '2024-06-01 08:00' + i * interval '13 minutes'
-FROM generate_series(1, 500 * :scale) AS i;
+-- Cart lines 1 .. 500*N, by i: user i%500 on even i, else an anonymous session (every line
+-- carries the session it was added in). Product (17i mod 505N)+1: ids above 500N and every 97th
+-- no longer exist; every 53rd is withdrawn. The page is 1 + i % 20N, NULL when i % 101 = 0 (older
+-- lines). Every 9th line was removed (deleted_at). Quirks: i % 25 = 0 has quantity 0 (set to 0,
+-- never removed), i % 40 = 7 has quantity 150 (nothing capped it), i % 15 = 11 a second live
+-- line of the same product in the same cart, added a minute later (two concurrent adds), and
+-- i % 250 = 125 neither user nor session.
+WITH lines AS (
+    SELECT i,
+           CASE WHEN i % 2 = 0 THEN 1 + i % (500 * :scale) END AS user_id,
+           CASE WHEN i % 250 <> 125 THEN 'sess-' || substr(md5('cart' || i), 1, 24) END
+               AS session_id,
+           (i * 17) % (505 * :scale) + 1 AS product_id,
+           CASE WHEN i % 25 = 0 THEN 0 WHEN i % 40 = 7 THEN 150 ELSE 1 + i % 4 END AS quantity,
+           CASE WHEN i % 101 <> 0 THEN 1 + i % (20 * :scale) END AS page,
+           timestamp '2024-06-01 08:00' + i * interval '13 minutes' AS added_at,
+           CASE WHEN i % 9 = 0
+                THEN timestamp '2024-06-02 08:00' + i * interval '13 minutes' END AS deleted_at
+    FROM generate_series(1, 500 * :scale) AS i
+),
+all_lines AS (
+    SELECT i, 0 AS copy, user_id, session_id, product_id, quantity, page, added_at, deleted_at
+    FROM lines
+    UNION ALL
+    SELECT i, 1, user_id, session_id, product_id, 2, page, added_at + interval '1 minute', NULL
+    FROM lines
+    WHERE i % 15 = 11 AND deleted_at IS NULL
+)
+INSERT INTO legacy.cart_items
+    (user_id, session_id, product_id, quantity, market_place_container_id,
+     created_at, updated_at, deleted_at)
+SELECT user_id, session_id, product_id, quantity, page, added_at,
+       coalesce(deleted_at, added_at), deleted_at
+FROM all_lines
+ORDER BY added_at, copy;

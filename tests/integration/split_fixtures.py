@@ -3,6 +3,7 @@ leaves no legacy schema and no ledger behind for other tests."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from click.testing import Result
@@ -10,10 +11,13 @@ from typer.testing import CliRunner
 
 from ops.cli import app as rose_cli
 from ops.split_moves import LEGACY_SERVICES, MOVES
+from ops.split_seed import seed_legacy
 from tests.conftest import admin_connect
 from tests.pg import TestServer
 
 runner = CliRunner()
+# Scale 1: ~15,000 legacy rows, enough for every quirk.
+SCALE = 1
 
 # The status a legacy order gets in orders, and its payment attempt's (orders.sql, its header).
 STATUS_MAPPING = {
@@ -39,11 +43,13 @@ def value(server: TestServer, service: str, query: str, params: tuple[Any, ...] 
 
 
 def drop_split_state(server: TestServer) -> None:
-    """Drop schema legacy (its freeze triggers with it) in the source databases and the split
-    schema (the ledger) in the targets. The ``clean_db`` fixture empties the target tables."""
+    """Drop schema legacy (its freeze triggers with it) and finalize's records in the source
+    databases and the split schema (the ledger) in the targets. The ``clean_db`` fixture empties
+    the target tables."""
     for service in LEGACY_SERVICES:
         with admin_connect(server, service) as connection:
             connection.execute("DROP SCHEMA IF EXISTS legacy CASCADE")
+            connection.execute("DROP SCHEMA IF EXISTS split CASCADE")
     for service in dict.fromkeys(move.target for move in MOVES):
         with admin_connect(server, service) as connection:
             connection.execute("DROP SCHEMA IF EXISTS split CASCADE")
@@ -71,3 +77,15 @@ def target_counts(server: TestServer) -> dict[str, int]:
         for table in move.target_tables:
             counts[table] = value(server, move.target, f"SELECT count(*) FROM {table}")
     return counts
+
+
+def seeded_monolith(clean_db: TestServer) -> Iterator[TestServer]:
+    """For the test modules' ``monolith`` fixture: empty targets and a freshly seeded legacy
+    monolith; afterwards no legacy schema and no ledger are left (clean_db empties the target
+    tables)."""
+    drop_split_state(clean_db)
+    try:
+        seed_legacy(clean_db.topology, SCALE, replace=False, say=lambda _: None)
+        yield clean_db
+    finally:
+        drop_split_state(clean_db)

@@ -16,15 +16,14 @@ from ops.dbcheck import check
 from ops.split_db import CRASH_ENV, CRASH_EXIT_CODE, SplitError
 from ops.split_moves import MOVES, MOVES_BY_NAME
 from ops.split_run import run_moves
-from ops.split_seed import seed_legacy
 from tests.conftest import REPO_ROOT, admin_connect, in_process_stack
 from tests.integration.split_fixtures import (
     STATUS_MAPPING,
-    drop_split_state,
     ledger,
     listed_ids,
     rose_split,
     rows,
+    seeded_monolith,
     target_counts,
     value,
 )
@@ -33,19 +32,10 @@ from tests.signed import internal_get, internal_post
 if TYPE_CHECKING:
     from tests.pg import TestServer
 
-SCALE = 1
-
 
 @pytest.fixture
 def monolith(clean_db: TestServer) -> Iterator[TestServer]:
-    """Empty targets and a freshly seeded legacy monolith; afterwards no legacy schema and no
-    ledger are left (clean_db empties the target tables)."""
-    drop_split_state(clean_db)
-    try:
-        seed_legacy(clean_db.topology, SCALE, replace=False, say=lambda _: None)
-        yield clean_db
-    finally:
-        drop_split_state(clean_db)
+    yield from seeded_monolith(clean_db)
 
 
 def expected_target_counts(server: TestServer) -> dict[str, int]:
@@ -86,6 +76,7 @@ def expected_target_counts(server: TestServer) -> dict[str, int]:
         f"ON o.id = i.order_id WHERE {owned} AND i.quantity > 0",
     )
     return {
+        "cart.cart_items": expected_cart_lines(server),
         "relations.container_relations": relations,
         "likes.likes": product_likes + post_likes,
         "blog.page_configs": value(server, "cart", "SELECT count(*) FROM legacy.page_configs"),
@@ -93,6 +84,28 @@ def expected_target_counts(server: TestServer) -> dict[str, int]:
         "orders.order_items": items,
         "orders.payment_attempts": attempts,
     }
+
+
+def expected_cart_lines(server: TestServer) -> int:
+    """Lines of the new cart: every line with an owner, a product that exists, a page and a
+    quantity; removed lines as they are, live lines one per cart (user or session) and product."""
+    products = {row[0] for row in rows(server, "market", "SELECT id FROM legacy.products")}
+    removed, live = 0, set()
+    for user_id, session_id, product_id, quantity, page, deleted_at in rows(
+        server,
+        "cart",
+        "SELECT user_id, session_id, product_id, quantity, market_place_container_id, deleted_at "
+        "FROM legacy.cart_items",
+    ):
+        if (user_id is None and not session_id) or product_id not in products:
+            continue
+        if page is None or quantity <= 0:
+            continue
+        if deleted_at is not None:
+            removed += 1
+        else:
+            live.add((user_id, None if user_id else session_id, product_id))
+    return removed + len(live)
 
 
 # -- plan, run, the moved rows -----------------------------------------------------------------
@@ -369,30 +382,35 @@ def test_a_run_killed_before_commit_leaves_nothing_and_the_rerun_completes(monol
     )
     assert crashed.returncode == CRASH_EXIT_CODE, crashed.stdout + crashed.stderr
     assert "likes: crashing before-commit" in crashed.stdout
+    # The moves run at the same time: each one that committed before the crash is complete, every
+    # other one (likes at least) left nothing in its target.
     counts = target_counts(monolith)
-    assert counts["relations.container_relations"] == expected["relations.container_relations"]
     assert counts["likes.likes"] == 0
-    assert counts["orders.orders"] == 0
+    for move in MOVES:
+        committed = ledger(monolith, move.name)["finished_at"] is not None
+        for table in move.target_tables:
+            assert counts[table] == (expected[table] if committed else 0), table
     interrupted = ledger(monolith, "likes")
     assert interrupted["finished_at"] is None
     assert interrupted["runs"] == 1
 
     # An error inside the transaction (not a crash) rolls the move back the same way.
     def fail_after_copy(move: str, point: str) -> None:
-        if (move, point) == ("orders", "after-copy"):
+        if (move, point) == ("likes", "after-copy"):
             raise SplitError("injected failure")
 
     moves = [MOVES_BY_NAME[name] for name in ("likes", "page_configs", "orders")]
     with pytest.raises(SplitError, match="injected failure"):
         run_moves(monolith.topology, moves, lambda _: None, fail_after_copy)
-    assert target_counts(monolith)["orders.orders"] == 0
-    assert target_counts(monolith)["likes.likes"] == expected["likes.likes"]
+    assert target_counts(monolith)["likes.likes"] == 0
+    assert ledger(monolith, "likes")["finished_at"] is None
 
     resumed = rose_split(monolith, "run")
     assert resumed.exit_code == 0, resumed.output
-    assert "relations: already done" in resumed.output
+    assert "page_configs: already done" in resumed.output
     assert target_counts(monolith) == expected
-    assert ledger(monolith, "orders")["runs"] == 2
+    # Started by the crashed run, the failed one and the resumed one.
+    assert ledger(monolith, "likes")["runs"] == 3
     verified = rose_split(monolith, "verify")
     assert verified.exit_code == 0, verified.output
 
@@ -435,7 +453,7 @@ def test_verify_locates_a_tampered_row_and_finalize_refuses(monolith):
     assert value(monolith, "cart", "SELECT to_regclass('legacy.orders') IS NOT NULL")
 
 
-def test_finalize_refuses_before_verification_then_drops_the_sources(monolith):
+def test_finalize_refuses_before_verification_then_drops_the_sources(monolith, tmp_path):
     refused = rose_split(monolith, "finalize")
     assert refused.exit_code == 1
     assert "relations: not moved" in refused.output
@@ -448,7 +466,7 @@ def test_finalize_refuses_before_verification_then_drops_the_sources(monolith):
     assert verified.exit_code == 0, verified.output
     assert all(ledger(monolith, move.name)["verified_at"] is not None for move in MOVES)
 
-    finalized = rose_split(monolith, "finalize")
+    finalized = rose_split(monolith, "finalize", "--backup-dir", str(tmp_path))
     assert finalized.exit_code == 0, finalized.output
     legacy_tables = {
         service: {
@@ -459,18 +477,19 @@ def test_finalize_refuses_before_verification_then_drops_the_sources(monolith):
         }
         for service in ("cart", "market", "blog")
     }
-    # cart_items is no move's source: it stays (and says so).
-    assert legacy_tables == {"cart": {"cart_items"}, "market": set(), "blog": set()}
-    assert "kept db_cart legacy.cart_items" in finalized.output
-    assert value(monolith, "market", "SELECT to_regnamespace('legacy') IS NULL")
+    # The lookups stay (and say so); db_cart's schema legacy is empty, so it is gone.
+    assert legacy_tables == {"cart": set(), "market": {"products"}, "blog": {"posts"}}
+    assert "kept db_market legacy.products" in finalized.output
+    assert value(monolith, "cart", "SELECT to_regnamespace('legacy') IS NULL")
     assert all(ledger(monolith, move.name)["finalized_at"] is not None for move in MOVES)
 
-    again = rose_split(monolith, "finalize")
+    again = rose_split(monolith, "finalize", "--backup-dir", str(tmp_path))
     assert again.exit_code == 0
     assert "already finalized" in again.output
     after = rose_split(monolith, "verify")
     assert after.exit_code == 0
-    assert "finalized (sources dropped)" in after.output
+    assert "ok likes: finalized (sources dropped " in after.output
+    assert "likes.likes: unchanged since the move" in after.output
 
 
 def test_db_check_accepts_the_ledger_and_notes_legacy_tables(monolith):

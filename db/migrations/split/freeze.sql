@@ -2,16 +2,21 @@
 -- TRUNCATE fails with SQLSTATE 25006 (read_only_sql_transaction) naming the move. The monolith
 -- must not write while its rows are copied; after the split the tables are only history.
 --
--- Run as a superuser connected to the source database (idempotent):
---   psql -d db_cart -v owner=cart_owner -v move=orders -v tables=orders,order_items \
---        -f db/migrations/split/freeze.sql
--- `rose split run` runs it before copying each move; `rose split finalize` drops the tables and
--- these triggers with them.
+-- Run as a superuser connected to the source database (idempotent; in ONE transaction, so the
+-- tables are all frozen or none is):
+--   psql -1 -d db_cart -v owner=cart_owner -v move=orders -v tables=orders,order_items \
+--        -v lock_timeout=10s -f db/migrations/split/freeze.sql
+-- `rose split run` runs it (in one transaction per source database) before copying; `rose split
+-- abort` lifts it (unfreeze.sql); `rose split finalize` drops the moved tables and these
+-- triggers with them, and lifts it from the tables it keeps.
 
 -- Wait at most this long for writers that hold a table (creating a trigger waits for them);
 -- queueing every other query behind a long wait would stall the monolith instead.
-SET lock_timeout = '10s';
-SET ROLE :"owner";
+SELECT set_config('lock_timeout', :'lock_timeout', true);
+-- One freeze or unfreeze at a time per database: two runs at once would otherwise replace the
+-- freeze function concurrently ("tuple concurrently updated").
+SELECT pg_advisory_xact_lock(hashtext('rose split freeze'));
+SET LOCAL ROLE :"owner";
 
 CREATE OR REPLACE FUNCTION legacy.split_refuse_write() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -31,4 +36,3 @@ SELECT format(
 FROM unnest(string_to_array(:'tables', ',')) AS source_table \gexec
 
 RESET ROLE;
-RESET lock_timeout;

@@ -6,6 +6,9 @@
 
 -- Owned by the database's owner; no privileges for anyone else (`rose db check` reports any
 -- grant here as drift). Only a superuser running `rose split` reads or writes it.
+-- Two `rose split` at once would both try to create what is missing (a duplicate key in the
+-- catalog): one at a time.
+SELECT pg_advisory_lock(hashtext('rose split schema'));
 CREATE SCHEMA IF NOT EXISTS split AUTHORIZATION :"owner";
 REVOKE ALL ON SCHEMA split FROM PUBLIC;
 SET ROLE :"owner";
@@ -37,9 +40,33 @@ CREATE TABLE IF NOT EXISTS split.ledger (
     -- The last `rose split verify`: verified_at is set only when it found no difference.
     verified_at    timestamptz,
     verification   jsonb,
-    -- Set when `rose split finalize` drops the sources (just before; a finalize interrupted
-    -- between the drops finishes on its next run).
+    -- Set when `rose split finalize` has dropped every source table the move owns (confirmed
+    -- from the records split.dropped in the source databases; see drop_sources.sql).
     finalized_at   timestamptz
 );
 
+-- Added after the first nights (a ledger made by an earlier version gets them here).
+-- Who did what, as "<os user>@<host>".
+ALTER TABLE split.ledger ADD COLUMN IF NOT EXISTS run_by text;
+ALTER TABLE split.ledger ADD COLUMN IF NOT EXISTS verified_by text;
+ALTER TABLE split.ledger ADD COLUMN IF NOT EXISTS finalized_by text;
+-- The checksums of the target when the move committed, per check view:
+-- {"<check>": {"target_table": ..., "rows": n, "xor": "<hex>", "sum": "<n>"}}; `verify` after
+-- finalize compares the targets with them.
+ALTER TABLE split.ledger ADD COLUMN IF NOT EXISTS checksums jsonb;
+-- The ids the move inserted, per target table, as a multirange: {"likes.likes": "{[1,86749)}"}.
+-- `abort` deletes exactly these rows; `verify` after finalize checks each is still there.
+ALTER TABLE split.ledger ADD COLUMN IF NOT EXISTS inserted_ids jsonb;
+-- Finalize's intent, committed before it drops anything: when, by whom, and the backups it
+-- took ({"<database>": {"file": ..., "bytes": n, "sha256": ..., "tables": {...}}}). A ledger
+-- with finalizing_at and no finalized_at is a finalize that did not confirm: the records in the
+-- source databases (split.dropped) say what was dropped; the next finalize completes it.
+ALTER TABLE split.ledger ADD COLUMN IF NOT EXISTS finalizing_at timestamptz;
+ALTER TABLE split.ledger ADD COLUMN IF NOT EXISTS backups jsonb;
+-- `rose split abort`: the move's target rows were deleted and its freeze lifted; `run` moves
+-- it again from scratch.
+ALTER TABLE split.ledger ADD COLUMN IF NOT EXISTS aborted_at timestamptz;
+ALTER TABLE split.ledger ADD COLUMN IF NOT EXISTS aborted_by text;
+
 RESET ROLE;
+SELECT pg_advisory_unlock(hashtext('rose split schema'));

@@ -173,10 +173,12 @@ inserted AS (
     FROM wanted
     ORDER BY id
     ON CONFLICT DO NOTHING
-    RETURNING 1
+    RETURNING id
 )
-INSERT INTO split_inserted (target_table, wanted, inserted)
-SELECT 'orders.orders', (SELECT count(*) FROM wanted), (SELECT count(*) FROM inserted);
+INSERT INTO split_inserted (target_table, wanted, inserted, ids)
+SELECT 'orders.orders', (SELECT count(*) FROM wanted),
+       (SELECT count(*) FROM inserted),
+       (SELECT range_agg(int8range(id, id, '[]')) FROM inserted);
 
 -- Items take the order's currency (the legacy item had none of its own).
 WITH wanted AS (
@@ -196,10 +198,12 @@ inserted AS (
     FROM wanted
     ORDER BY id
     ON CONFLICT DO NOTHING
-    RETURNING 1
+    RETURNING id
 )
-INSERT INTO split_inserted (target_table, wanted, inserted)
-SELECT 'orders.order_items', (SELECT count(*) FROM wanted), (SELECT count(*) FROM inserted);
+INSERT INTO split_inserted (target_table, wanted, inserted, ids)
+SELECT 'orders.order_items', (SELECT count(*) FROM wanted),
+       (SELECT count(*) FROM inserted),
+       (SELECT range_agg(int8range(id, id, '[]')) FROM inserted);
 
 WITH wanted AS (
     SELECT o.id AS order_id, s.checkout_reference, o.sumup_checkout_id, o.sumup_hosted_url,
@@ -219,10 +223,12 @@ inserted AS (
     FROM wanted
     ORDER BY order_id
     ON CONFLICT DO NOTHING
-    RETURNING 1
+    RETURNING id
 )
-INSERT INTO split_inserted (target_table, wanted, inserted)
-SELECT 'orders.payment_attempts', (SELECT count(*) FROM wanted), (SELECT count(*) FROM inserted);
+INSERT INTO split_inserted (target_table, wanted, inserted, ids)
+SELECT 'orders.payment_attempts', (SELECT count(*) FROM wanted),
+       (SELECT count(*) FROM inserted),
+       (SELECT range_agg(int8range(id, id, '[]')) FROM inserted);
 
 -- Past the largest id, never backwards (see relations.sql). Payment attempts got new ids from
 -- their own sequence.

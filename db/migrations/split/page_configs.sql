@@ -53,10 +53,12 @@ inserted AS (
     FROM wanted
     ORDER BY id
     ON CONFLICT DO NOTHING
-    RETURNING 1
+    RETURNING id
 )
-INSERT INTO split_inserted (target_table, wanted, inserted)
-SELECT 'blog.page_configs', (SELECT count(*) FROM wanted), (SELECT count(*) FROM inserted);
+INSERT INTO split_inserted (target_table, wanted, inserted, ids)
+SELECT 'blog.page_configs', (SELECT count(*) FROM wanted),
+       (SELECT count(*) FROM inserted),
+       (SELECT range_agg(int8range(id, id, '[]')) FROM inserted);
 
 -- Past the largest id, never backwards (see relations.sql).
 SELECT setval(

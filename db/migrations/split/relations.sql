@@ -70,11 +70,12 @@ inserted AS (
     FROM wanted
     ORDER BY id
     ON CONFLICT DO NOTHING
-    RETURNING 1
+    RETURNING id
 )
-INSERT INTO split_inserted (target_table, wanted, inserted)
+INSERT INTO split_inserted (target_table, wanted, inserted, ids)
 SELECT 'relations.container_relations', (SELECT count(*) FROM wanted),
-       (SELECT count(*) FROM inserted);
+       (SELECT count(*) FROM inserted),
+       (SELECT range_agg(int8range(id, id, '[]')) FROM inserted);
 
 -- Explicit ids leave the identity sequence where it was: move it past the largest id, so the
 -- service's next attach gets a new one (never backwards: GREATEST with where it stands).

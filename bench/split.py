@@ -1,0 +1,205 @@
+"""Benchmark: ``rose split run`` + ``rose split verify`` against a plain copy of the same tables.
+
+On a throwaway embedded PostgreSQL 18 (durability off, the same for both sides) with the
+project's own provisioning and migrations, a practice monolith at ``--scale`` (10: ~150,000
+legacy rows). Measured back to back, alternating which goes first, ``--rounds`` times:
+
+- the split: ``rose split run`` then ``rose split verify`` of every move, as the commands run
+  them (``ops.split_run.run_all``, ``ops.split_verify.verify_moves``) in this process, from empty
+  targets with the sources unfrozen (``rose split abort`` in between, then the targets emptied);
+- the baseline: for each source database in turn, ``pg_dump --data-only`` of the legacy tables
+  the moves read piped into ``psql`` of an empty copy of them (same DDL, db/legacy/*.sql, in
+  databases of their own): no transform, no checksums, no ledger.
+
+``python -m bench.split [--scale 10] [--rounds 2] [--jobs N]``. Prints each measurement, the
+medians and the ratio split / baseline (target <= 1.5). Exits 1 when a verify fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from apps.common.services import service_spec
+from bench.checkout_stack import embedded_cluster, set_up_databases
+from ops.credentials import Credentials
+from ops.pgserver import pg_binary
+from ops.split_abort import abort
+from ops.split_db import client_tool_target
+from ops.split_moves import LEGACY_DIR, LEGACY_SERVICES, LEGACY_TABLES, MOVES
+from ops.split_run import DEFAULT_JOBS, run_all
+from ops.split_seed import seed_legacy
+from ops.split_verify import verify_moves
+from ops.topology import Topology
+
+TARGET_RATIO = 1.5
+
+
+def quiet(_: str) -> None:
+    return None
+
+
+def copy_database(service: str) -> str:
+    return f"bench_copy_{service}"
+
+
+def read_tables(service: str) -> list[str]:
+    """The legacy tables of ``service`` that some move reads (moved or looked up)."""
+    return [declared.table for declared in LEGACY_TABLES if declared.service == service]
+
+
+def create_copies(topology: Topology) -> None:
+    """Empty copies of the legacy tables, same DDL, one database per source database."""
+    for service in LEGACY_SERVICES:
+        with psycopg.connect(topology.maintenance_url(service), autocommit=True) as connection:
+            connection.execute(
+                sql.SQL("CREATE DATABASE {}").format(sql.Identifier(copy_database(service)))
+            )
+        dsn, environment = client_tool_target(topology.admin_url(service, copy_database(service)))
+        subprocess.run(
+            [
+                str(pg_binary("psql")),
+                "--quiet",
+                "--set=ON_ERROR_STOP=1",
+                f"--set=owner={service_spec(service).owner_role}",
+                f"--file={LEGACY_DIR / f'{service}.sql'}",
+                dsn,
+            ],
+            check=True,
+            capture_output=True,
+            env=environment,
+        )
+
+
+def baseline(topology: Topology) -> float:
+    """Empty the copies (not timed), then time pg_dump --data-only | psql per database."""
+    for service in LEGACY_SERVICES:
+        url = topology.admin_url(service, copy_database(service))
+        with psycopg.connect(url, autocommit=True) as connection:
+            tables = sql.SQL(", ").join(
+                sql.Identifier("legacy", table) for table in read_tables(service)
+            )
+            connection.execute(sql.SQL("TRUNCATE {}").format(tables))
+            connection.execute(sql.SQL("VACUUM ANALYZE {}").format(tables))
+    targets = {
+        service: (
+            client_tool_target(topology.admin_url(service)),
+            client_tool_target(topology.admin_url(service, copy_database(service))),
+        )
+        for service in LEGACY_SERVICES
+    }
+    started = time.perf_counter()
+    for service in LEGACY_SERVICES:
+        (source, source_env), (copy, copy_env) = targets[service]
+        dump = subprocess.Popen(
+            [
+                str(pg_binary("pg_dump")),
+                "--data-only",
+                *[f"--table=legacy.{table}" for table in read_tables(service)],
+                f"--dbname={source}",
+            ],
+            stdout=subprocess.PIPE,
+            env=source_env,
+        )
+        load = subprocess.run(
+            [str(pg_binary("psql")), "--quiet", "--set=ON_ERROR_STOP=1", copy],
+            stdin=dump.stdout,
+            capture_output=True,
+            env=copy_env,
+        )
+        assert dump.stdout is not None
+        dump.stdout.close()
+        if dump.wait() != 0 or load.returncode != 0:
+            raise RuntimeError(f"the baseline copy of {service} failed: {load.stderr!r}")
+    return time.perf_counter() - started
+
+
+def reset_split(topology: Topology) -> None:
+    """Abort every move (targets emptied by the ledger, sources unfrozen), then TRUNCATE the
+    targets so each round starts from tables as empty as the first (not timed)."""
+    result = abort(topology, list(MOVES), quiet)
+    if result.refused:
+        raise RuntimeError(f"abort refused: {result.refused}")
+    for move in MOVES:
+        with psycopg.connect(topology.admin_url(move.target), autocommit=True) as connection:
+            tables = sql.SQL(", ").join(
+                sql.Identifier(*table.split(".")) for table in move.target_tables
+            )
+            connection.execute(sql.SQL("TRUNCATE {} CASCADE").format(tables))
+            connection.execute(sql.SQL("VACUUM ANALYZE {}").format(tables))
+
+
+def split(topology: Topology, jobs: int, verbose: bool) -> tuple[float, float, bool]:
+    reset_split(topology)
+    started = time.perf_counter()
+
+    def timeline(line: str) -> None:
+        if verbose:
+            print(f"    {time.perf_counter() - started:6.3f} {line}", flush=True)
+
+    result = run_all(topology, list(MOVES), timeline, jobs=jobs)
+    if result.failed:
+        raise RuntimeError(f"run failed: {result.failed}")
+    moved = time.perf_counter()
+    verified = all(result.ok for result in verify_moves(topology, list(MOVES), jobs))
+    return moved - started, time.perf_counter() - moved, verified
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--jobs", type=int, default=DEFAULT_JOBS)
+    parser.add_argument(
+        "--verbose", action="store_true", help="print run's steps with their times (from start)"
+    )
+    args = parser.parse_args(argv)
+    say: Callable[[str], None] = lambda line: print(line, flush=True)  # noqa: E731
+    with embedded_cluster() as pg:
+        credentials = Credentials(Path(tempfile.mkdtemp()) / "credentials.json", environ={})
+        topology = set_up_databases(pg, credentials)
+        seeded = seed_legacy(topology, args.scale, replace=False, say=quiet)
+        say(f"scale {args.scale}: {sum(seeded.rows.values()):,} legacy rows; jobs {args.jobs}")
+        create_copies(topology)
+        splits: list[float] = []
+        baselines: list[float] = []
+        all_verified = True
+        for number in range(1, args.rounds + 1):
+            order = ("split", "baseline") if number % 2 else ("baseline", "split")
+            for which in order:
+                if which == "split":
+                    run_seconds, verify_seconds, verified = split(topology, args.jobs, args.verbose)
+                    all_verified &= verified
+                    splits.append(run_seconds + verify_seconds)
+                    say(
+                        f"round {number}: split    {run_seconds + verify_seconds:6.2f} s "
+                        f"(run {run_seconds:.2f} s, verify {verify_seconds:.2f} s"
+                        f"{'' if verified else ', VERIFY FAILED'})"
+                    )
+                else:
+                    seconds = baseline(topology)
+                    baselines.append(seconds)
+                    say(f"round {number}: baseline {seconds:6.2f} s (pg_dump --data-only | psql)")
+        split_median = statistics.median(splits)
+        baseline_median = statistics.median(baselines)
+        ratio = split_median / baseline_median
+        met = "met" if ratio <= TARGET_RATIO else "NOT MET"
+        each = ", ".join(f"{s / b:.2f}" for s, b in zip(splits, baselines, strict=True))
+        say(
+            f"median: split {split_median:.2f} s, baseline {baseline_median:.2f} s; "
+            f"ratio {ratio:.2f} (target <= {TARGET_RATIO}: {met}; each round's ratio: {each})"
+        )
+    return 0 if all_verified else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,579 @@
+"""The split night (issue 10): nothing left behind, a finalize that cannot lose data, status,
+abort after a crash at any point, and verify after finalize. Each test is a finding of a DBA's
+trial of `rose split`; the monolith is checked row for row (an ordered md5 of each legacy table)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from ops.split_db import CRASH_ENV, CRASH_EXIT_CODE, operator
+from ops.split_moves import LEGACY_SERVICES, LEGACY_TABLES, MOVES
+from ops.split_run import run_all
+from tests.conftest import REPO_ROOT, admin_connect, in_process_stack
+from tests.integration.split_fixtures import (
+    ledger,
+    rose_split,
+    rows,
+    seeded_monolith,
+    target_counts,
+    value,
+)
+from tests.signed import internal_get
+
+if TYPE_CHECKING:
+    from tests.pg import TestServer
+
+
+@pytest.fixture
+def monolith(clean_db: TestServer) -> Iterator[TestServer]:
+    yield from seeded_monolith(clean_db)
+
+
+Snapshot = dict[str, tuple[int, str]]
+
+
+def legacy_snapshot(server: TestServer) -> Snapshot:
+    """Every legacy table: its row count and the md5 of its rows in order, row for row."""
+    snapshot = {}
+    for service in LEGACY_SERVICES:
+        with admin_connect(server, service) as connection:
+            tables = connection.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'legacy' ORDER BY 1"
+            ).fetchall()
+            for (table,) in tables:
+                count, digest = connection.execute(
+                    f"SELECT count(*), md5(string_agg(t::text, E'\\n' ORDER BY t.id)) "
+                    f"FROM legacy.{table} AS t"
+                ).fetchone()
+                snapshot[f"{service}.{table}"] = (count, digest)
+    return snapshot
+
+
+def freeze_triggers(server: TestServer) -> list[str]:
+    found = []
+    for service in LEGACY_SERVICES:
+        found += [
+            f"{service}.{table}.{trigger}"
+            for table, trigger in rows(
+                server,
+                service,
+                "SELECT c.relname, t.tgname FROM pg_trigger AS t "
+                "JOIN pg_class AS c ON c.oid = t.tgrelid WHERE t.tgname LIKE 'split_freeze_%%'",
+            )
+        ]
+    return found
+
+
+def dropped_records(server: TestServer) -> list[str]:
+    found = []
+    for service in LEGACY_SERVICES:
+        if value(server, service, "SELECT to_regclass('split.dropped') IS NOT NULL"):
+            found += [
+                f"{service}.{row[0]}"
+                for row in rows(server, service, "SELECT source_table FROM split.dropped")
+            ]
+    return found
+
+
+def rose_split_process(
+    server: TestServer, *args: str, crash: str | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """`rose split ...` as its own process (so it can be killed, or crash like a killed one)."""
+    env = {**os.environ, "COLUMNS": "200"}
+    if crash:
+        env[CRASH_ENV] = crash
+    return subprocess.run(
+        [sys.executable, "-m", "ops.cli", "split", *args, "--database-url", server.admin_url],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def run_and_verify(server: TestServer) -> None:
+    moved = rose_split(server, "run")
+    assert moved.exit_code == 0, moved.output
+    verified = rose_split(server, "verify")
+    assert verified.exit_code == 0, verified.output
+
+
+def finalize(server: TestServer, backups: Path, *options: str) -> Any:
+    return rose_split(server, "finalize", "--backup-dir", str(backups), *options)
+
+
+def assert_writable(server: TestServer) -> None:
+    """Every legacy table takes a write again (rolled back: the snapshot stays as it was)."""
+    for service in LEGACY_SERVICES:
+        with admin_connect(server, service) as connection:
+            tables = connection.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'legacy'"
+            ).fetchall()
+            with connection.transaction(force_rollback=True):
+                for (table,) in tables:
+                    connection.execute(
+                        f"UPDATE legacy.{table} SET id = id WHERE id = (SELECT min(id) FROM "
+                        f"legacy.{table})"
+                    )
+
+
+def not_finalized(server: TestServer) -> bool:
+    return all(
+        (entry := ledger(server, move.name)) is not None
+        and entry["finalized_at"] is None
+        and entry["finalizing_at"] is None
+        for move in MOVES
+    )
+
+
+# -- nothing left behind ------------------------------------------------------------------------
+def test_plan_classifies_every_legacy_table_and_finalize_keeps_the_lookups(monolith, tmp_path):
+    planned = rose_split(monolith, "plan")
+    assert planned.exit_code == 0, planned.output
+    for declared in LEGACY_TABLES:
+        assert f"{declared}  " in planned.output
+    assert "db_market legacy.products" in planned.output
+    assert "kept (market's catalogue" in planned.output
+    assert "db_cart legacy.cart_items" in planned.output
+    assert "moved by cart" in planned.output
+    before = legacy_snapshot(monolith)
+    run_and_verify(monolith)
+
+    finalized = finalize(monolith, tmp_path)
+    assert finalized.exit_code == 0, finalized.output
+    after = legacy_snapshot(monolith)
+    # The lookups survive row for row, and their freeze is lifted; every moved table is gone.
+    assert after == {key: before[key] for key in ("market.products", "blog.posts")}
+    assert freeze_triggers(monolith) == []
+    assert_writable(monolith)
+    # Each backup printed with its path, size and sha256, which are the file's.
+    backups = sorted(tmp_path.glob("*/*.dump"))
+    assert [path.name for path in backups] == [
+        "db_blog.legacy.dump",
+        "db_cart.legacy.dump",
+        "db_market.legacy.dump",
+    ]
+    for path in backups:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        assert f"backup {path}: {path.stat().st_size:,} bytes, sha256 {digest}" in finalized.output
+
+
+def test_the_backups_restore_the_dropped_rows_and_abort_goes_back(monolith, tmp_path):
+    """After finalize, the way back (docs/runbook-split.md): restore each backup, then abort."""
+    before = legacy_snapshot(monolith)
+    run_and_verify(monolith)
+    assert finalize(monolith, tmp_path).exit_code == 0
+    tampered = next(tmp_path.glob("*/db_blog.legacy.dump"))
+    copy = tmp_path / "copy" / tampered.name
+    copy.parent.mkdir()
+    copy.write_bytes(tampered.read_bytes() + b"x")
+    refused = rose_split(monolith, "restore", str(copy))
+    assert refused.exit_code == 1
+    assert "not the archive it took" in refused.output
+    for service in ("cart", "market", "blog"):
+        archive = next(tmp_path.glob(f"*/db_{service}.legacy.dump"))
+        restored = rose_split(monolith, "restore", str(archive))
+        assert restored.exit_code == 0, restored.output
+    assert legacy_snapshot(monolith) == before
+    assert dropped_records(monolith) == []
+    aborted = rose_split(monolith, "abort")
+    assert aborted.exit_code == 0, aborted.output
+    assert legacy_snapshot(monolith) == before
+    assert freeze_triggers(monolith) == []
+    assert set(target_counts(monolith).values()) == {0}
+    assert_writable(monolith)
+
+
+# -- carts survive the cut-over -----------------------------------------------------------------
+def _catalogue(server: TestServer, product_ids: list[int], page: int) -> None:
+    """Market's own catalogue (market keeps its products; the split moves none): the legacy
+    product ids, sold through ``page``."""
+    with admin_connect(server, "market") as connection:
+        connection.execute("SET ROLE market_owner")
+        place = connection.execute(
+            "INSERT INTO market.market_places (slug, name, container_type, container_id) "
+            "VALUES ('night-market', 'Night market', 'page', %s) RETURNING id",
+            (page,),
+        ).fetchone()[0]
+        for product_id in product_ids:
+            connection.execute(
+                "INSERT INTO market.products (id, slug, title, regular_price, price_currency, "
+                "market_place_id) VALUES (%s, %s, %s, 4.50, 'GBP', %s)",
+                (product_id, f"product-{product_id}", f"Product {product_id}", place),
+            )
+
+
+async def test_carts_survive_the_cut_over_and_the_services_serve_the_moved_data(
+    monolith, credentials, tmp_path
+):
+    # A user whose cart had two live lines of one product (the monolith's concurrent adds),
+    # and an anonymous cart.
+    user_id, product_id, quantities = rows(
+        monolith,
+        "cart",
+        """
+        SELECT user_id, product_id, array_agg(quantity ORDER BY id) FROM legacy.cart_items
+        WHERE user_id IS NOT NULL AND deleted_at IS NULL AND quantity BETWEEN 1 AND 99
+          AND market_place_container_id IS NOT NULL
+        GROUP BY 1, 2 HAVING count(*) = 2 ORDER BY 1 LIMIT 1
+        """,
+    )[0]
+    lines = {
+        row[0]: row[1]
+        for row in rows(
+            monolith,
+            "cart",
+            "SELECT product_id, least(sum(quantity), 99) FROM legacy.cart_items "
+            "WHERE user_id = %s AND deleted_at IS NULL AND quantity > 0 "
+            "AND market_place_container_id IS NOT NULL GROUP BY 1",
+            (user_id,),
+        )
+    }
+    existing = {row[0] for row in rows(monolith, "market", "SELECT id FROM legacy.products")}
+    lines = {product: quantity for product, quantity in lines.items() if product in existing}
+    session_id, anonymous_product = rows(
+        monolith,
+        "cart",
+        "SELECT session_id, product_id FROM legacy.cart_items WHERE user_id IS NULL "
+        "AND session_id IS NOT NULL AND deleted_at IS NULL AND quantity BETWEEN 1 AND 99 "
+        "AND market_place_container_id IS NOT NULL AND product_id = ANY(%s) ORDER BY id LIMIT 1",
+        (sorted(existing),),
+    )[0]
+    _catalogue(monolith, sorted(set(lines) | {anonymous_product}), page=1)
+    page_config_id = value(monolith, "cart", "SELECT max(id) FROM legacy.page_configs")
+    order_id = value(monolith, "cart", "SELECT min(id) FROM legacy.orders WHERE status = 'paid'")
+    run_and_verify(monolith)
+    assert finalize(monolith, tmp_path).exit_code == 0
+
+    services = ["cart", "relations", "likes", "blog", "orders"]
+    # Orders reconciles pending orders with SumUp at start-up: here nothing answers (refused at
+    # once, logged); it does not touch what it reads.
+    unreachable = {
+        "orders": {
+            "extra": {
+                "ORDERS_SUMUP_BASE_URL": "http://127.0.0.1:9",
+                "ORDERS_SUMUP_TIMEOUT": "1",
+                "ORDERS_RECONCILE_SECONDS": "3600",
+            }
+        }
+    }
+    async with in_process_stack(
+        monolith, credentials, services, settings_overrides=unreachable
+    ) as stack:
+        cart = await internal_get(stack.client("cart"), "cart-items", {"user_id": user_id})
+        assert cart.status_code == 200, cart.text
+        shown = {line["product_id"]: line for line in cart.json()["lines"]}
+        assert {product: line["quantity"] for product, line in shown.items()} == lines
+        assert shown[product_id]["quantity"] == min(sum(quantities), 99)
+        assert shown[product_id]["title"] == f"Product {product_id}"
+        assert shown[product_id]["available"] is True
+        anonymous = await internal_get(
+            stack.client("cart"), "cart-items", {"session_id": session_id}
+        )
+        assert anonymous_product in [line["product_id"] for line in anonymous.json()["lines"]]
+
+        children = await internal_get(
+            stack.client("relations"), "get-children", {"parent_type": "page", "parent_id": 10}
+        )
+        assert children.status_code == 200
+        assert children.json()
+        config = await internal_get(
+            stack.client("blog"), "page-config-by-id", {"id": page_config_id}
+        )
+        assert config.status_code == 200, config.text
+        order = await internal_get(stack.client("orders"), "order", {"order_id": order_id})
+        assert order.status_code == 200, order.text
+        assert order.json()["status"] == "paid"
+        liked = await internal_get(
+            stack.client("likes"), "liked-slugs", {"user_id": 2, "target_type": "product"}
+        )
+        assert liked.status_code == 200
+        assert liked.json()
+
+
+# -- a finalize that cannot lose data ----------------------------------------------------------
+def test_finalize_gives_up_on_a_held_lock_and_drops_nothing(monolith, tmp_path):
+    run_and_verify(monolith)
+    before = legacy_snapshot(monolith)
+    with admin_connect(monolith, "cart") as reader:
+        reader.autocommit = False
+        reader.execute("SELECT count(*) FROM legacy.orders")  # holds ACCESS SHARE
+        reader_pid = reader.info.backend_pid
+        refused = rose_split_process(
+            monolith,
+            "finalize",
+            "--backup-dir",
+            str(tmp_path),
+            "--lock-timeout",
+            "0.3",
+            "--lock-attempts",
+            "2",
+            timeout=60,
+        )
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        output = " ".join(refused.stdout.split())
+        assert "could not lock db_cart legacy." in output
+        assert f"pid {reader_pid}" in output
+        assert "Nothing was dropped" in output
+        assert legacy_snapshot(monolith) == before
+        assert dropped_records(monolith) == []
+        assert not_finalized(monolith)
+        reader.rollback()
+    assert finalize(monolith, tmp_path).exit_code == 0
+
+
+def _wait_for(condition: Any, seconds: float, what: str) -> Any:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"waited {seconds} s for {what}")
+
+
+def test_a_killed_finalize_takes_its_server_side_drop_with_it(monolith, tmp_path):
+    run_and_verify(monolith)
+    before = legacy_snapshot(monolith)
+    waiting_query = (
+        "SELECT pid FROM pg_stat_activity WHERE application_name = 'rose split' "
+        "AND wait_event_type = 'Lock' AND datname = 'db_cart'"
+    )
+    with admin_connect(monolith, "cart") as reader:
+        reader.autocommit = False
+        reader.execute("SELECT count(*) FROM legacy.orders")
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ops.cli",
+                "split",
+                "finalize",
+                "--backup-dir",
+                str(tmp_path),
+                "--lock-timeout",
+                "120",
+                "--lock-attempts",
+                "1",
+                "--database-url",
+                monolith.admin_url,
+            ],
+            cwd=REPO_ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            backend = _wait_for(
+                lambda: rows(monolith, "cart", waiting_query), 60, "finalize to wait for the lock"
+            )[0][0]
+        finally:
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=30)
+        # The server notices the dead client while the lock is still held, and ends the work.
+        _wait_for(
+            lambda: (
+                not rows(
+                    monolith, "cart", "SELECT 1 FROM pg_stat_activity WHERE pid = %s", (backend,)
+                )
+            ),
+            10,
+            "the killed finalize's backend to end",
+        )
+        reader.rollback()
+    time.sleep(0.5)
+    assert legacy_snapshot(monolith) == before
+    assert dropped_records(monolith) == []
+    assert not_finalized(monolith)
+
+
+def test_a_finalize_killed_at_any_point_leaves_everything_or_nothing(monolith, tmp_path):
+    run_and_verify(monolith)
+    before = legacy_snapshot(monolith)
+    for point in ("after-backup", "after-lock", "after-drop"):
+        crashed = rose_split_process(
+            monolith, "finalize", "--backup-dir", str(tmp_path), crash=f"finalize:{point}"
+        )
+        assert crashed.returncode == CRASH_EXIT_CODE, crashed.stdout + crashed.stderr
+        assert legacy_snapshot(monolith) == before, point
+        assert dropped_records(monolith) == [], point
+        assert all(ledger(monolith, move.name)["finalized_at"] is None for move in MOVES)
+    # Killed between the commits of two databases: the first one's drops are complete and
+    # recorded, with their backup; the others untouched. Status says so; finalize completes.
+    crashed = rose_split_process(
+        monolith, "finalize", "--backup-dir", str(tmp_path), crash="finalize:between-commits"
+    )
+    assert crashed.returncode == CRASH_EXIT_CODE
+    first = LEGACY_SERVICES[0]
+    assert dropped_records(monolith) == [f"{first}.product_likes"]
+    now = legacy_snapshot(monolith)
+    assert now == {key: seen for key, seen in before.items() if key != f"{first}.product_likes"}
+    record = rows(monolith, first, "SELECT backup_file, backup_sha256, rows FROM split.dropped")[0]
+    assert hashlib.sha256(Path(record[0]).read_bytes()).hexdigest() == record[1]
+    assert record[2] == before[f"{first}.product_likes"][0]
+    status = rose_split_process(monolith, "status")
+    assert "finalizing: 1 of 2 sources dropped" in status.stdout
+
+    completed = finalize(monolith, tmp_path)
+    assert completed.exit_code == 0, completed.output
+    assert legacy_snapshot(monolith).keys() == {"market.products", "blog.posts"}
+    assert all(ledger(monolith, move.name)["finalized_at"] is not None for move in MOVES)
+    assert rose_split(monolith, "verify").exit_code == 0
+
+
+def test_a_row_deleted_after_verify_makes_finalize_refuse(monolith, tmp_path):
+    run_and_verify(monolith)
+    with admin_connect(monolith, "likes") as connection:
+        user_id = connection.execute(
+            "DELETE FROM likes.likes WHERE id = (SELECT min(id) FROM likes.likes) RETURNING user_id"
+        ).fetchone()[0]
+    before = legacy_snapshot(monolith)
+    refused = finalize(monolith, tmp_path)
+    assert refused.exit_code == 1
+    assert "refused" in refused.output
+    assert "likes: likes.likes: source" in refused.output
+    assert f"user_id {user_id}" in refused.output
+    assert legacy_snapshot(monolith) == before
+    assert not list(tmp_path.glob("*/*.dump"))
+    assert not_finalized(monolith)
+
+
+def test_verify_after_finalize_catches_a_later_loss(monolith, tmp_path):
+    run_and_verify(monolith)
+    assert finalize(monolith, tmp_path).exit_code == 0
+    # A change by the service is not a loss ...
+    with admin_connect(monolith, "likes") as connection:
+        connection.execute(
+            "UPDATE likes.likes SET deleted_at = now() WHERE id = (SELECT max(id) FROM likes.likes)"
+        )
+    changed = rose_split(monolith, "verify")
+    assert changed.exit_code == 0, changed.output
+    assert "likes.likes: " in changed.output
+    assert "changed since the move" in changed.output
+    # ... a downgrade that deletes the moved likes is.
+    with admin_connect(monolith, "likes") as connection:
+        deleted = connection.execute("DELETE FROM likes.likes").rowcount
+    lost = rose_split(monolith, "verify")
+    assert lost.exit_code == 1
+    assert f"likes.likes: {deleted:,} of the rows the move inserted are gone" in lost.output
+    assert "ok relations" in lost.output
+    # And a finalized move cannot be aborted.
+    refused = rose_split(monolith, "abort", "--move", "likes")
+    assert refused.exit_code == 1
+    assert "likes: finalized (its sources are dropped)" in refused.output
+
+
+# -- status and abort --------------------------------------------------------------------------
+def test_status_prints_the_ledger_as_a_table(monolith):
+    fresh = rose_split_process(monolith, "status")
+    assert fresh.returncode == 0, fresh.stderr
+    assert "not started" in fresh.stdout
+    assert "frozen: nothing" in fresh.stdout
+    assert rose_split(monolith, "run", "--move", "likes").exit_code == 0
+    entry = ledger(monolith, "likes")
+    status = rose_split_process(monolith, "status")
+    line = next(line for line in status.stdout.splitlines() if "│ likes " in line)
+    assert "moved, not verified" in line
+    assert f"{entry['source_rows']:,} = {entry['moved_rows']:,} moved" in line
+    assert (
+        f"likes.likes {entry['moved_rows']:,} rows xor {entry['checksums']['likes']['xor'][:8]}"
+        in line
+    )
+    assert entry["finished_at"].strftime("%Y-%m-%d %H:%M:%S") in line
+    assert operator() in line
+    assert "db_market legacy.product_likes (likes)" in status.stdout
+
+
+def test_abort_after_a_crash_at_any_point_leaves_the_monolith_as_before(monolith):
+    before = legacy_snapshot(monolith)
+    for crash in (
+        "likes:after-freeze",
+        "likes:after-copy",
+        "likes:after-transform",
+        "likes:before-commit",
+        None,  # a run that completed
+        "abort:after-target",  # (below: an abort killed half way, then run again)
+    ):
+        if crash is not None and crash.startswith("abort"):
+            assert rose_split(monolith, "run").exit_code == 0
+            crashed = rose_split_process(monolith, "abort", crash=crash)
+        else:
+            crashed = rose_split_process(monolith, "run", crash=crash)
+        assert crashed.returncode == (CRASH_EXIT_CODE if crash else 0), crashed.stdout
+        aborted = rose_split(monolith, "abort")
+        assert aborted.exit_code == 0, aborted.output
+        assert legacy_snapshot(monolith) == before, crash
+        assert freeze_triggers(monolith) == [], crash
+        assert set(target_counts(monolith).values()) == {0}, crash
+        assert_writable(monolith)
+        again = rose_split(monolith, "abort")
+        assert again.exit_code == 0, again.output
+        assert legacy_snapshot(monolith) == before
+    assert all(ledger(monolith, move.name)["aborted_at"] is not None for move in MOVES)
+    # The night can start over.
+    run_and_verify(monolith)
+
+
+def test_abort_refuses_to_lose_what_was_written_after_the_move(monolith):
+    assert rose_split(monolith, "run", "--move", "orders", "--move", "page_configs").exit_code == 0
+    with admin_connect(monolith, "orders") as connection:
+        connection.execute("UPDATE orders.orders SET status = 'cancelled' WHERE id = 1")
+    refused = rose_split(monolith, "abort", "--move", "orders")
+    assert refused.exit_code == 1
+    assert "orders.orders" in refused.output
+    assert "abort would lose it" in refused.output
+    assert ledger(monolith, "orders")["finished_at"] is not None
+    assert "orders" in str(freeze_triggers(monolith))
+    # Another move is aborted on its own; the table both read stays frozen by the other.
+    aborted = rose_split(monolith, "abort", "--move", "page_configs")
+    assert aborted.exit_code == 0, aborted.output
+    assert "unfroze db_cart legacy.page_configs (page_configs); still frozen by orders" in (
+        aborted.output
+    )
+
+
+def test_a_lock_timeout_while_freezing_tells_what_is_frozen(monolith):
+    with admin_connect(monolith, "cart") as writer:
+        writer.autocommit = False
+        writer.execute("UPDATE legacy.orders SET description = description WHERE id = 1")
+        failed = rose_split(monolith, "run", "--lock-timeout", "0.3")
+        writer.rollback()
+    assert failed.exit_code == 1
+    output = " ".join(failed.output.split())
+    assert "could not freeze the sources in db_cart" in output
+    assert "stay frozen" not in output
+    assert "frozen now: nothing" in output
+    assert freeze_triggers(monolith) == []
+    assert set(target_counts(monolith).values()) == {0}
+
+
+def test_two_runs_at_once_move_each_row_once(monolith):
+    """Two DBAs start `run` at the same moment: each move commits once, neither run fails."""
+    results: list[Any] = []
+
+    def one_run() -> None:
+        results.append(run_all(monolith.topology, list(MOVES), lambda _: None, jobs=2))
+
+    runs = [threading.Thread(target=one_run) for _ in range(2)]
+    for started in runs:
+        started.start()
+    for started in runs:
+        started.join(timeout=300)
+    assert [result.failed for result in results] == [{}, {}]
+    committed = [
+        report.move.name for result in results for report in result.reports if report.outcome
+    ]
+    assert sorted(committed) == sorted(move.name for move in MOVES)
+    verified = rose_split(monolith, "verify")
+    assert verified.exit_code == 0, verified.output
