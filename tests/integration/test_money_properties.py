@@ -241,8 +241,7 @@ def test_two_tabs_of_one_buyer_never_lose_money(clean_db, credentials, sandbox) 
             [(state, ended)] = rows(
                 clean_db,
                 "events",
-                "SELECT state, hold_expires_at <= now() FROM events.calendar_entries "
-                "WHERE id = %s",
+                "SELECT state, hold_expires_at <= now() FROM events.calendar_entries WHERE id = %s",
                 (self.entry_id,),
             )
             free = state == "open" or (state == "pending" and ended)
@@ -449,9 +448,7 @@ def test_two_tabs_of_one_buyer_never_lose_money(clean_db, credentials, sandbox) 
             clean_db, "orders", "SELECT status, count(*) FROM orders.orders GROUP BY 1 ORDER BY 1"
         )
         print("orders by status:", outcomes)
-        refunds = rows(
-            clean_db, "orders", "SELECT status, count(*) FROM orders.refunds GROUP BY 1"
-        )
+        refunds = rows(clean_db, "orders", "SELECT status, count(*) FROM orders.refunds GROUP BY 1")
         entries = rows(
             clean_db, "events", "SELECT state, count(*) FROM events.calendar_entries GROUP BY 1"
         )

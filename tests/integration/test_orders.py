@@ -450,8 +450,19 @@ async def test_reconciliation_asks_about_open_attempts_least_recently_checked_fi
     await reconciler.run_once()
     fifth = (await create(orders, order_payload(product_line(5)))).json()["order_id"]
     async with maker() as session:
-        # Never checked comes first; then the least recently checked.
-        assert await reconciler.due_orders(session) == [fifth, third, fourth]
+        # Never checked comes first; then those checked (in the same pass, in any order).
+        due = await reconciler.due_orders(session)
+    assert due[0] == fifth
+    assert sorted(due[1:]) == [third, fourth]
+    with admin_connect(clean_db, "orders") as connection:
+        connection.execute(
+            "UPDATE orders.payment_attempts SET checked_at = now() - interval '1 hour' "
+            "WHERE order_id = %s",
+            (fourth,),
+        )
+    async with maker() as session:
+        # The least recently checked before the more recently checked.
+        assert await reconciler.due_orders(session) == [fifth, fourth, third]
 
 
 async def test_a_reference_sumup_already_has_is_recovered_by_listing(orders, clean_db, sandbox):

@@ -1,0 +1,179 @@
+"""Upgrades keep data: a database at the schema an earlier main left (orders 0002, events 0001,
+cart 0001) with a shop mid-checkout in it is brought to head by `rose up`'s steps (provision,
+migrate, edges); orders, carts, bookings and likes are intact, and the order that was pending
+before the upgrade is paid after it, clearing the cart and confirming its booking."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from alembic import command
+
+from ops.migrate import alembic_config, migrate, services_with_migrations
+from ops.provision import provision, provision_edges
+from ops.sumup_sandbox.app import DEFAULT_API_KEY, DEFAULT_MERCHANT_CODE
+from tests.integration.db_fixtures import Cluster, start_cluster
+from tests.integration.orders_fixtures import Sandbox, orders_overrides
+from tests.pg import TestServer
+from tests.waiting import eventually
+
+EARLIER_HEADS = {"orders": "0002", "events": "0001", "cart": "0001"}
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    yield from start_cluster()
+
+
+def earlier_shop(cluster: Cluster, sandbox: Sandbox) -> dict[str, int | str]:
+    """The schema and data an earlier main left: a pending order whose SumUp checkout is open,
+    a paid order, cart lines, a pending booking without a hold, a like."""
+    for service, revision in EARLIER_HEADS.items():
+        command.downgrade(alembic_config(service, cluster.topology.admin_url(service)), revision)
+    with cluster.admin("blog") as blog:
+        config_id = blog.execute("SELECT id FROM blog.page_configs").fetchone()[0]
+        blog.execute("UPDATE blog.page_configs SET sumup_api_key = %s", (DEFAULT_API_KEY,))
+    with cluster.admin("likes") as likes:
+        likes.execute(
+            "INSERT INTO likes.likes (user_id, target_type, target_slug) "
+            "VALUES (5, 'product', 'jam')"
+        )
+    with cluster.admin("cart") as cart:
+        line = cart.execute(
+            "INSERT INTO cart.cart_items (user_id, product_id, quantity, "
+            "market_place_container_id) VALUES (5, 31, 2, 1) RETURNING id"
+        ).fetchone()[0]
+        cart.execute(
+            "INSERT INTO cart.cart_items (session_id, product_id, quantity, "
+            "market_place_container_id) VALUES ('visitor', 32, 1, 1)"
+        )
+    with cluster.admin("events") as events:
+        calendar = events.execute(
+            "INSERT INTO events.calendars (slug, name, container_type, container_id) "
+            "VALUES ('tours', 'Tours', 'page', 1) RETURNING id"
+        ).fetchone()[0]
+        entry = events.execute(
+            "INSERT INTO events.calendar_entries (calendar_id, name, starts_at, cost, state, "
+            "user_id) VALUES (%s, 'Walk', now() + interval '3 days', 5.00, 'pending', 5) "
+            "RETURNING id",
+            (calendar,),
+        ).fetchone()[0]
+    checkout = httpx.post(
+        f"{sandbox.server.url}/v0.1/checkouts",
+        headers={"Authorization": f"Bearer {DEFAULT_API_KEY}"},
+        json={
+            "checkout_reference": "rose-farm-1-1",
+            "amount": 25.0,
+            "currency": "EUR",
+            "merchant_code": DEFAULT_MERCHANT_CODE,
+            "hosted_checkout": {"enabled": True},
+        },
+    ).json()
+    with cluster.admin("orders") as orders:
+        pending = orders.execute(
+            "INSERT INTO orders.orders (user_id, session_id, currency, product_total, "
+            "calendar_total, ticket_total, total, description, page_config_id, merchant_code, "
+            "checkout_prefix) VALUES (5, 's5', 'EUR', 20, 5, 0, 25, 'rose-ash order #1', %s, "
+            "%s, 'rose-farm-') RETURNING id",
+            (config_id, DEFAULT_MERCHANT_CODE),
+        ).fetchone()[0]
+        orders.execute(
+            "INSERT INTO orders.order_items (order_id, kind, source_id, title, unit_price, "
+            "currency, quantity) VALUES (%s, 'product', 31, 'Jam', 10, 'EUR', 2), "
+            "(%s, 'calendar_entry', %s, 'Walk', 5, 'EUR', 1)",
+            (pending, pending, entry),
+        )
+        orders.execute(
+            "INSERT INTO orders.payment_attempts (order_id, number, checkout_reference, "
+            "sumup_checkout_id, hosted_url, status, amount, currency) "
+            "VALUES (%s, 1, 'rose-farm-1-1', %s, %s, 'PENDING', 25, 'EUR')",
+            (pending, checkout["id"], checkout["hosted_checkout_url"]),
+        )
+        paid = orders.execute(
+            "INSERT INTO orders.orders (user_id, status, currency, product_total, "
+            "calendar_total, ticket_total, total, description, page_config_id, merchant_code, "
+            "checkout_prefix, paid_at) VALUES (6, 'paid', 'EUR', 3, 0, 0, 3, 'paid before', %s, "
+            "%s, 'rose-farm-', now()) RETURNING id",
+            (config_id, DEFAULT_MERCHANT_CODE),
+        ).fetchone()[0]
+    return {
+        "pending": pending,
+        "paid": paid,
+        "entry": entry,
+        "line": line,
+        "checkout": checkout["id"],
+    }
+
+
+async def test_an_earlier_database_upgrades_with_its_data_and_keeps_working(
+    cluster: Cluster, sandbox: Sandbox
+) -> None:
+    shop = earlier_shop(cluster, sandbox)
+
+    topology, credentials = cluster.topology, cluster.credentials
+    provision(topology, credentials, say=lambda _: None)
+    migrate({name: topology.admin_url(name) for name in services_with_migrations()})
+    provision_edges(topology, credentials, say=lambda _: None)
+    check = cluster.rose("db", "check")
+    assert check.exit_code == 0, check.output
+
+    with cluster.admin("orders") as orders:
+        rows = orders.execute(
+            "SELECT id, status, total, payable_until > now() + interval '25 minutes' "
+            "FROM orders.orders ORDER BY id"
+        ).fetchall()
+        claims = orders.execute("SELECT kind, ref_id, order_id FROM orders.order_claims").fetchall()
+    assert [(row[0], row[1], str(row[2])) for row in rows] == [
+        (shop["pending"], "pending", "25.00"),
+        (shop["paid"], "paid", "3.00"),
+    ]
+    assert rows[0][3] is True  # a pending order gets its payable time from the upgrade
+    assert claims == [("calendar_entry", shop["entry"], shop["pending"])]
+    with cluster.admin("events") as events:
+        [(state, held)] = events.execute(
+            "SELECT state, hold_expires_at > now() FROM events.calendar_entries"
+        ).fetchall()
+    assert (state, held) == ("pending", True)
+    with cluster.admin("cart") as cart:
+        lines = cart.execute(
+            "SELECT user_id, session_id, product_id, quantity FROM cart.cart_items "
+            "WHERE deleted_at IS NULL ORDER BY id"
+        ).fetchall()
+    assert lines == [(5, None, 31, 2), (None, "visitor", 32, 1)]
+    with cluster.as_role("market", "market_app") as market:
+        assert market.execute("SELECT target_slug FROM likes.likes").fetchall() == [("jam",)]
+
+    # The order pending before the upgrade is paid after it: cart cleared, booking confirmed.
+    from tests.conftest import in_process_stack
+
+    server = TestServer(cluster.admin_url, topology, "embedded")
+    overrides = orders_overrides(sandbox.server.url, ORDERS_OUTBOX_POLL_SECONDS="0.2")
+    services = ["orders", "blog", "cart", "events", "market"]
+    async with in_process_stack(
+        server, credentials, services, settings_overrides=overrides
+    ) as stack:
+        sandbox.pay(shop["checkout"])
+        answer = await stack.client("orders").post(
+            f"/checkout/webhook/{shop['pending']}/",
+            json={"event_type": "CHECKOUT_STATUS_CHANGED", "id": shop["checkout"]},
+        )
+        assert answer.status_code == 204
+
+        def settled() -> bool:
+            with cluster.admin("cart") as cart, cluster.admin("events") as events:
+                live = cart.execute(
+                    "SELECT count(*) FROM cart.cart_items WHERE user_id = 5 AND deleted_at IS NULL"
+                ).fetchone()[0]
+                entry = events.execute(
+                    "SELECT state, order_id FROM events.calendar_entries"
+                ).fetchone()
+            return live == 0 and entry == ("confirmed", shop["pending"])
+
+        assert await eventually(settled)
+    with cluster.admin("orders") as orders:
+        assert orders.execute(
+            "SELECT status FROM orders.orders WHERE id = %s", (shop["pending"],)
+        ).fetchone() == ("paid",)
+        assert orders.execute("SELECT count(*) FROM orders.refunds").fetchone() == (0,)
