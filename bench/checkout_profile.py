@@ -28,7 +28,6 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from apps.common import app_factory, outbox
-from apps.common.settings import Settings
 from apps.orders import internal, payments, service
 from ops.serve import configure_logging
 
@@ -275,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     install()
     from apps.orders.app import create_app
 
-    app = create_app(Settings.from_env("orders"))
+    app = create_app()
     uvicorn.run(
         timing_middleware(app),
         host=args.host,

@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
+from typing import Any, cast
 
 from litestar.di import NamedDependency
-from sqlalchemy import BigInteger, DateTime, MetaData, func, text
+from sqlalchemy import BigInteger, DateTime, MetaData, Table, func, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -55,6 +56,12 @@ class IdentityPkMixin:
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
 
 
+def table_of(model: type[Any]) -> Table:
+    """A declarative model's Table. (SQLAlchemy types ``__table__`` as any FromClause; a
+    declarative class with ``__tablename__`` always maps a Table.)"""
+    return cast(Table, model.__table__)
+
+
 def as_psycopg_url(url: str) -> str:
     """Accept ``postgresql://`` DSNs and use the psycopg 3 driver for them."""
     parsed = make_url(url)
@@ -88,6 +95,13 @@ async def session_scope(maker: async_sessionmaker[AsyncSession]) -> AsyncIterato
         finally:
             if session.in_transaction():
                 await session.rollback()
+
+
+async def end_read(session: AsyncSession) -> None:
+    """End the request's read transaction before waiting on another service: a connection must
+    not sit idle in a transaction (holding its snapshot and locks) while the other one answers."""
+    if session.in_transaction():
+        await session.rollback()
 
 
 async def database_reachable(engine: AsyncEngine) -> bool:

@@ -26,7 +26,14 @@ from urllib.parse import parse_qs
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from litestar.utils.scope.state import ScopeState
 
-from apps.common.asgi import BodyTooLarge, header, read_body, replaying_receive, send_problem
+from apps.common.asgi import (
+    BodyTooLarge,
+    header,
+    http_method,
+    read_body,
+    replaying_receive,
+    send_problem,
+)
 from apps.common.internal import INTERNAL_PREFIX
 
 COOKIE_NAME = "rose_session"
@@ -69,7 +76,7 @@ class SessionCodec:
         return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
     def encode(self, identity: Identity) -> str:
-        data = {"sid": identity.session_id}
+        data: dict[str, str | int] = {"sid": identity.session_id}
         if identity.user_id is not None:
             data["uid"] = identity.user_id
         payload = base64.urlsafe_b64encode(json.dumps(data, separators=(",", ":")).encode())
@@ -135,7 +142,7 @@ def identity_middleware(
             # Litestar's template helper {{ csrf_input }} renders this token.
             ScopeState.from_scope(scope).csrf_token = codec.csrf_token(state[STATE_KEY])
 
-            if scope["method"] not in SAFE_METHODS and not scope["path"].startswith(
+            if http_method(scope) not in SAFE_METHODS and not scope["path"].startswith(
                 exempt_prefixes
             ):
                 try:

@@ -29,15 +29,21 @@ def test_signature_round_trip_and_every_kind_of_tampering():
 def test_missing_settings_stop_start_up_naming_them():
     base = {"INTERNAL_SECRET": SECRET, "SESSION_SECRET": SECRET}
     with pytest.raises(ConfigError, match="DATABASE_URL_MARKET or DATABASE_URL"):
-        Settings.from_env("market", base)
+        Settings.from_env("market", base, public=True)
     with pytest.raises(ConfigError, match="SESSION_SECRET"):
-        Settings.from_env("market", {"INTERNAL_SECRET": SECRET, "DATABASE_URL": "postgresql://x"})
+        Settings.from_env(
+            "market", {"INTERNAL_SECRET": SECRET, "DATABASE_URL": "postgresql://x"}, public=True
+        )
     with pytest.raises(ConfigError, match="INTERNAL_SECRET"):
-        Settings.from_env("relations", {"DATABASE_URL": "postgresql://x"})
+        Settings.from_env("relations", {"DATABASE_URL": "postgresql://x"}, public=False)
     with pytest.raises(ConfigError, match="ROSE_ENV"):
-        Settings.from_env("relations", {**base, "DATABASE_URL": "x", "ROSE_ENV": "staging"})
+        Settings.from_env(
+            "relations", {**base, "DATABASE_URL": "x", "ROSE_ENV": "staging"}, public=False
+        )
     with pytest.raises(ConfigError, match="at least 16"):
-        Settings.from_env("relations", {"DATABASE_URL": "x", "INTERNAL_SECRET": "short"})
+        Settings.from_env(
+            "relations", {"DATABASE_URL": "x", "INTERNAL_SECRET": "short"}, public=False
+        )
 
 
 def test_settings_read_per_service_urls():
@@ -50,12 +56,15 @@ def test_settings_read_per_service_urls():
             "INTERNAL_URL_LIKES": "http://likes:8000/",
             "ROSE_ENV": "dev",
         },
+        public=False,
     )
     assert settings.database_url == "postgresql://own"
     assert settings.internal_urls == {"likes": "http://likes:8000"}
     assert settings.is_dev
     # Internal-only services need no session secret; the default environment is production.
-    prod = Settings.from_env("likes", {"DATABASE_URL": "x", "INTERNAL_SECRET": SECRET})
+    prod = Settings.from_env(
+        "likes", {"DATABASE_URL": "x", "INTERNAL_SECRET": SECRET}, public=False
+    )
     assert prod.env == "prod"
     assert prod.session_secret is None
 
