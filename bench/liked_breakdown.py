@@ -87,7 +87,7 @@ def fdw_query(user_id: int) -> Select[Any]:
 
 @asynccontextmanager
 async def request_session(maker: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
-    """A session as a request gets it (apps.common.db.session_scope): rolled back at the end."""
+    """A session as a request gets it (apps.common.db.request_session): rolled back at the end."""
     async with maker() as session:
         try:
             yield session

@@ -9,6 +9,7 @@ from litestar import Litestar
 
 from apps.blog import internal, public
 from apps.blog.contract import CONTRACT
+from apps.blog.models import request_nonces
 from apps.common.internal_client import InternalClient
 from apps.common.settings import Settings
 from apps.registry import create_service_app
@@ -21,6 +22,7 @@ def create_app(
         CONTRACT,
         settings,
         internal_client,
+        nonce_table=request_nonces,
         internal_handlers=internal.handlers,
         public_handlers=public.handlers,
         templates=Path(__file__).parent / "templates",

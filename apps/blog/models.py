@@ -26,6 +26,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from apps.common.db import IdentityPkMixin, TimestampedMixin, service_metadata
 from apps.common.idempotency import idempotency_table
+from apps.common.nonces import nonce_table
 from apps.likes import contract as likes
 from apps.relations import contract as relations
 
@@ -105,6 +106,7 @@ class PageConfig(IdentityPkMixin, TimestampedMixin, Base):
 
 
 idempotency_keys = idempotency_table(metadata)
+request_nonces = nonce_table(metadata)
 
 
 # -- foreign tables: other services' export views, as their contracts declare them ------------

@@ -8,6 +8,7 @@ from litestar import Litestar
 
 from apps.cart import internal, public
 from apps.cart.contract import CONTRACT
+from apps.cart.models import request_nonces
 from apps.common.internal_client import InternalClient
 from apps.common.settings import Settings
 from apps.registry import create_service_app
@@ -20,6 +21,7 @@ def create_app(
         CONTRACT,
         settings,
         internal_client,
+        nonce_table=request_nonces,
         internal_handlers=internal.handlers,
         public_handlers=public.handlers,
         templates=Path(__file__).parent / "templates",

@@ -20,6 +20,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from apps.blog import contract as blog
 from apps.common.db import IdentityPkMixin, TimestampedMixin, service_metadata
+from apps.common.nonces import nonce_table
 from apps.events import contract as events
 from apps.market import contract as market
 
@@ -70,6 +71,9 @@ class CartItem(IdentityPkMixin, TimestampedMixin, Base):
     order_id: Mapped[int | None] = mapped_column(BigInteger)
     # Sign-in merged this anonymous line into the user's line of the same product.
     merged_into_id: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("cart.cart_items.id"))
+
+
+request_nonces = nonce_table(metadata)
 
 
 # -- foreign tables: other services' export views, as their contracts declare them ------------

@@ -14,7 +14,9 @@ by name elsewhere.
 from __future__ import annotations
 
 import logging
+import re
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -26,19 +28,31 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from apps.common.asgi import http_method
+from apps.common.asgi import header, http_method
 from apps.common.contracts import Action, Contract, SignIn
-from apps.common.db import create_engine, database_reachable, session_scope, sessionmaker_for
+from apps.common.db import (
+    close_request_session,
+    create_engine,
+    database_reachable,
+    request_session,
+    sessionmaker_for,
+)
 from apps.common.identity import Identity, SessionCodec, identity_from_scope, identity_middleware
 from apps.common.internal import internal_router
 from apps.common.internal_client import InternalClient
-from apps.common.problems import problem_details_plugin, problem_response
+from apps.common.limits import MAX_BODY_BYTES, input_limits
+from apps.common.nonces import NonceStore
+from apps.common.openapi import document_problems
+from apps.common.problems import current_request_id, problem_details_plugin, problem_response
 from apps.common.settings import Settings
 from apps.common.web import auth_handlers, template_config
 
 LifespanHook = Callable[[Litestar], Awaitable[None]]
+REQUEST_ID_HEADER = "X-Request-ID"
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{8,64}")
 
 
 @dataclass
@@ -59,7 +73,9 @@ def platform_of(app: Litestar) -> Platform:
     return platform
 
 
-def access_log_middleware(service: str) -> Callable[[ASGIApp], ASGIApp]:
+def request_middleware(service: str) -> Callable[[ASGIApp], ASGIApp]:
+    """Every request gets an id (the caller's ``X-Request-ID`` when it is a sane one): in the
+    access log line, in any error's log line and problem, and in the response's header."""
     logger = logging.getLogger(f"rose.{service}.access")
 
     def middleware(app: ASGIApp) -> ASGIApp:
@@ -67,6 +83,9 @@ def access_log_middleware(service: str) -> Callable[[ASGIApp], ASGIApp]:
             if scope["type"] != "http":
                 await app(scope, receive, send)
                 return
+            given = header(scope, REQUEST_ID_HEADER) or ""
+            request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex[:16]
+            token = current_request_id.set(request_id)
             started = time.perf_counter()
             status = 500
 
@@ -74,18 +93,22 @@ def access_log_middleware(service: str) -> Callable[[ASGIApp], ASGIApp]:
                 nonlocal status
                 if message["type"] == "http.response.start":
                     status = message["status"]
+                    headers = [*message.get("headers", ()), (b"x-request-id", request_id.encode())]
+                    message = {**message, "headers": headers}
                 await send(message)
 
             try:
                 await app(scope, receive, capture)
             finally:
+                current_request_id.reset(token)
                 if scope["path"] not in ("/healthz", "/readyz"):
                     logger.info(
-                        "%s %s %d %.1fms",
+                        "%s %s %d %.1fms request=%s",
                         http_method(scope),
                         scope["path"],
                         status,
                         (time.perf_counter() - started) * 1000,
+                        request_id,
                     )
 
         return log
@@ -106,6 +129,7 @@ def create_base_app(
     csrf_exempt: Sequence[str] = (),
     sign_in: Sequence[Action[SignIn, Any]] = (),
     dependencies: dict[str, Provide] | None = None,
+    nonce_table: Table | None = None,
     pool_size: int = 5,
 ) -> Litestar:
     """The service's app. ``internal_client``: a client of the other services made by the
@@ -141,9 +165,8 @@ def create_base_app(
                 await client.aclose()
             await platform.engine.dispose()
 
-    async def provide_db_session(state: State) -> AsyncIterator[AsyncSession]:
-        async with session_scope(state.platform.sessionmaker) as session:
-            yield session
+    def provide_db_session(state: State, scope: Scope) -> AsyncSession:
+        return request_session(state.platform.sessionmaker, scope)
 
     @get("/healthz", operation_id="healthz", tags=["health"], sync_to_thread=False)
     def healthz() -> dict[str, str]:
@@ -159,19 +182,26 @@ def create_base_app(
 
     route_handlers: list[Any] = [healthz, readyz]
     if internal_handlers or contract.calls:
+        if nonce_table is None and any(isinstance(call, Action) for call in contract.calls):
+            raise ValueError(f"{name} takes actions: it needs its request_nonces table")
+        nonces = NonceStore(nonce_table) if nonce_table is not None else None
+
+        async def remember_nonce(nonce: str) -> bool:
+            return nonces is None or await nonces.remember(platform.sessionmaker, nonce)
+
         route_handlers.append(
-            internal_router(contract, settings.internal_secret, internal_handlers)
+            internal_router(contract, settings.internal_secret, internal_handlers, remember_nonce)
         )
     route_handlers.extend(public_handlers)
 
     all_dependencies: dict[str, Provide] = {
-        "db_session": Provide(provide_db_session),
+        "db_session": Provide(provide_db_session, sync_to_thread=False),
         "settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False),
         "internal": Provide(lambda: client, use_cache=True, sync_to_thread=False),
         "platform": Provide(lambda: platform, use_cache=True, sync_to_thread=False),
         **(dependencies or {}),
     }
-    middleware: list[Any] = [access_log_middleware(name)]
+    middleware: list[Any] = [request_middleware(name), close_request_session, input_limits]
     template_settings = None
 
     if codec is not None:
@@ -191,7 +221,7 @@ def create_base_app(
 
         all_dependencies["identity"] = Provide(provide_identity, sync_to_thread=False)
 
-    return Litestar(
+    app = Litestar(
         route_handlers=route_handlers,
         lifespan=[lifespan],
         dependencies=all_dependencies,
@@ -202,4 +232,7 @@ def create_base_app(
         state=State({"platform": platform}),
         logging_config=None,
         debug=False,
+        request_max_body_size=MAX_BODY_BYTES,
     )
+    document_problems(app, html=codec is not None)
+    return app

@@ -6,12 +6,11 @@ a response is never sent for a write that did not commit.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, cast
 
 from litestar.di import NamedDependency
+from litestar.types import ASGIApp, Receive, Scope, Send
 from sqlalchemy import BigInteger, DateTime, MetaData, Table, func, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
@@ -85,16 +84,34 @@ def sessionmaker_for(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
 
-@asynccontextmanager
-async def session_scope(maker: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
-    """One session per request. Uncommitted work is rolled back when the request ends, at once,
-    errors included (a connection must never stay idle in a transaction holding locks)."""
-    async with maker() as session:
+# Where a request's session waits for the middleware that closes it (scope["state"]).
+REQUEST_SESSION_KEY = "rose_db_session"
+
+
+def request_session(maker: async_sessionmaker[AsyncSession], scope: Scope) -> AsyncSession:
+    """The request's session, made on first use and closed by :func:`close_request_session`
+    when the request ends (rolled back if it was left uncommitted, errors included)."""
+    state = scope.setdefault("state", {})
+    session: AsyncSession | None = state.get(REQUEST_SESSION_KEY)
+    if session is None:
+        session = state[REQUEST_SESSION_KEY] = maker()
+    return session
+
+
+def close_request_session(app: ASGIApp) -> ASGIApp:
+    """ASGI middleware: the request's session is closed when the request ends, however it ends.
+    (A generator dependency would do this too, but Litestar leaves one unclosed when a later
+    parameter fails validation, and the garbage collector then closes it in a task of its own.)"""
+
+    async def handle(scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            yield session
+            await app(scope, receive, send)
         finally:
-            if session.in_transaction():
-                await session.rollback()
+            session = scope.get("state", {}).pop(REQUEST_SESSION_KEY, None)
+            if session is not None:
+                await session.close()
+
+    return handle
 
 
 async def end_read(session: AsyncSession) -> None:

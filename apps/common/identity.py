@@ -34,7 +34,8 @@ from apps.common.asgi import (
     replaying_receive,
     send_problem,
 )
-from apps.common.internal import INTERNAL_PREFIX
+from apps.common.internal_paths import is_internal_path
+from apps.common.signing import same_secret
 
 COOKIE_NAME = "rose_session"
 COOKIE_MAX_AGE = 60 * 60 * 24 * 30
@@ -85,7 +86,7 @@ class SessionCodec:
 
     def decode(self, value: str) -> Identity | None:
         payload, _, mac = value.partition(".")
-        if not payload or not mac or not hmac.compare_digest(mac, self._mac(payload.encode())):
+        if not payload or not mac or not same_secret(mac, self._mac(payload.encode())):
             return None
         try:
             padded = payload + "=" * (-len(payload) % 4)
@@ -129,7 +130,7 @@ def identity_middleware(
 
     def middleware(app: ASGIApp) -> ASGIApp:
         async def handle(scope: Scope, receive: Receive, send: Send) -> None:
-            if scope["type"] != "http" or scope["path"].startswith(INTERNAL_PREFIX):
+            if scope["type"] != "http" or is_internal_path(scope["path"]):
                 await app(scope, receive, send)
                 return
             state = scope.setdefault("state", {})
@@ -152,7 +153,7 @@ def identity_middleware(
                     return
                 expected = codec.csrf_token(state[STATE_KEY])
                 given = header(scope, CSRF_HEADER) or _form_field(scope, body, CSRF_FIELD)
-                if identity is None or not given or not hmac.compare_digest(given, expected):
+                if identity is None or not given or not same_secret(given, expected):
                     await send_problem(
                         send,
                         403,

@@ -35,14 +35,21 @@ from apps.common.contracts import Action, Call, Contract, Fragment, Query
 from apps.common.db import DbSession
 from apps.common.idempotency import run_idempotent
 from apps.common.internal_client import IDEMPOTENCY_HEADER
-from apps.common.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
+from apps.common.internal_paths import INTERNAL_PREFIX
+from apps.common.signing import NONCE_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 
-INTERNAL_PREFIX = "/internal"
 CONTRACT_KEY = "contract_call"
 
 
-def signature_middleware(secret: str) -> Callable[[ASGIApp], ASGIApp]:
-    """ASGI middleware factory that refuses unsigned or wrongly signed internal requests."""
+# Is this nonce new? (False: the same signed request was delivered before.)
+RememberNonce = Callable[[str], Awaitable[bool]]
+
+
+def signature_middleware(
+    secret: str, remember_nonce: RememberNonce | None = None
+) -> Callable[[ASGIApp], ASGIApp]:
+    """ASGI middleware factory that refuses unsigned or wrongly signed internal requests, and
+    a second delivery of a signed action (its nonce was seen)."""
 
     def middleware(app: ASGIApp) -> ASGIApp:
         async def check(scope: Scope, receive: Receive, send: Send) -> None:
@@ -57,6 +64,7 @@ def signature_middleware(secret: str) -> Callable[[ASGIApp], ASGIApp]:
             path = scope["path"]
             query = scope.get("query_string", b"").decode("latin-1")
             signed_path = f"{path}?{query}" if query else path
+            nonce = header(scope, NONCE_HEADER)
             reason = verify(
                 secret,
                 http_method(scope),
@@ -64,9 +72,26 @@ def signature_middleware(secret: str) -> Callable[[ASGIApp], ASGIApp]:
                 body,
                 header(scope, TIMESTAMP_HEADER),
                 header(scope, SIGNATURE_HEADER),
+                nonce=nonce,
+                idempotency_key=header(scope, IDEMPOTENCY_HEADER),
             )
             if reason is not None:
                 await send_problem(send, 401, f"Internal request refused: {reason}", path)
+                return
+            # Reads have no effect to repeat; an action is accepted once per signed delivery.
+            if (
+                http_method(scope) == "POST"
+                and remember_nonce is not None
+                and nonce is not None
+                and not await remember_nonce(nonce)
+            ):
+                await send_problem(
+                    send,
+                    409,
+                    "Internal request refused: this signed request was replayed (its nonce was "
+                    "used before); a retry must be signed anew",
+                    path,
+                )
                 return
             await app(scope, replaying_receive(body, receive), send)
 
@@ -75,7 +100,12 @@ def signature_middleware(secret: str) -> Callable[[ASGIApp], ASGIApp]:
     return middleware
 
 
-def internal_router(contract: Contract, secret: str, handlers: Sequence[Any]) -> Router:
+def internal_router(
+    contract: Contract,
+    secret: str,
+    handlers: Sequence[Any],
+    remember_nonce: RememberNonce | None = None,
+) -> Router:
     """The service's internal routes: exactly the calls its contract declares."""
     served: dict[str, Call] = {}
     for handler in handlers:
@@ -95,7 +125,7 @@ def internal_router(contract: Contract, secret: str, handlers: Sequence[Any]) ->
     return Router(
         path=INTERNAL_PREFIX,
         route_handlers=list(handlers),
-        middleware=[signature_middleware(secret)],
+        middleware=[signature_middleware(secret, remember_nonce)],
         tags=[f"{contract.service} internal"],
     )
 

@@ -139,7 +139,10 @@ class InternalClient:
             if attempt:
                 await asyncio.sleep(RETRY_DELAYS[attempt - 1])
             # Signed per attempt: a retry gets a fresh timestamp.
-            request_headers = sign_headers(self._secret, method, path, body, caller=self.caller)
+            key = (headers or {}).get(IDEMPOTENCY_HEADER)
+            request_headers = sign_headers(
+                self._secret, method, path, body, caller=self.caller, idempotency_key=key
+            )
             request_headers.update(headers or {})
             if body:
                 request_headers["Content-Type"] = "application/json"

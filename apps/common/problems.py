@@ -13,19 +13,31 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
+from contextvars import ContextVar
 from http import HTTPStatus
 from typing import Any
 
 from litestar import Request, Response
-from litestar.exceptions import HTTPException, NotAuthorizedException, ValidationException
+from litestar.exceptions import (
+    HTTPException,
+    NotAuthorizedException,
+    SerializationException,
+    ValidationException,
+)
 from litestar.plugins.problem_details import (
     ProblemDetailsConfig,
     ProblemDetailsException,
     ProblemDetailsPlugin,
 )
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
+# What a 503 tells the client to wait before trying again.
+RETRY_AFTER_SECONDS = 5
 logger = logging.getLogger("rose.errors")
+# The request being answered (set by the app factory's request middleware), for the one log
+# line of an unexpected error and for the problem the client sees.
+current_request_id: ContextVar[str | None] = ContextVar("rose_request_id", default=None)
 
 # Renders a problem as a page for browsers: (request, status, problem body) -> response or None
 # (None: the client is not a browser, answer JSON).
@@ -77,6 +89,7 @@ class Problem(ProblemDetailsException):
             self.detail,
             title=self.title,
             instance=request.url.path,
+            request_id=current_request_id.get(),
             **self.body_extra,
         )
         renderer = Problem.render_page
@@ -128,9 +141,13 @@ class InvalidInput(Problem):
 
 
 class DependencyUnavailable(Problem):
-    """A service or database this request needs cannot be reached."""
+    """A service or database this request needs cannot be reached: try again shortly."""
 
     status_code = 503
+
+    def __init__(self, detail: str, **kwargs: Any) -> None:
+        headers = {"Retry-After": str(RETRY_AFTER_SECONDS), **(kwargs.pop("headers", None) or {})}
+        super().__init__(detail, headers=headers, **kwargs)
 
 
 class BadGateway(Problem):
@@ -228,12 +245,39 @@ def _from_internal_call(exc: Exception) -> Problem:
     from apps.common.internal_client import InternalCallError  # it imports this module
 
     assert isinstance(exc, InternalCallError)
+    if exc.http_status == 503:
+        return DependencyUnavailable(str(exc), service=exc.service)
     return Problem(str(exc), status_code=exc.http_status, service=exc.service)
 
 
+def _from_serialization(exc: SerializationException) -> Problem:
+    return Problem(f"The body could not be read: {exc.detail}", status_code=400, field="body")
+
+
+# SQLSTATE classes: 08 connection exceptions; 57P01-57P03 the server is shutting down or
+# starting; 53300 too many connections. 22 data exceptions: a value PostgreSQL refuses.
+_UNAVAILABLE = ("08", "57P01", "57P02", "57P03", "53300")
+
+
+def _from_database(exc: DBAPIError) -> Problem:
+    sqlstate = getattr(exc.orig, "sqlstate", None) or ""
+    if sqlstate.startswith(_UNAVAILABLE) or (not sqlstate and exc.connection_invalidated):
+        return DependencyUnavailable("The database is unavailable right now; try again shortly")
+    if not sqlstate and isinstance(exc, OperationalError | InterfaceError):
+        return DependencyUnavailable("The database is unavailable right now; try again shortly")
+    if sqlstate.startswith("22"):
+        message = str(exc.orig).splitlines()[0] if exc.orig else "invalid value"
+        return Problem(f"A value cannot be stored: {message}", status_code=422)
+    return _from_unexpected(exc)
+
+
 def _from_unexpected(exc: Exception) -> Problem:
-    logger.error("unhandled error: %r", exc, exc_info=exc)
-    return Problem("An unexpected error happened; it has been logged.", status_code=500)
+    request_id = current_request_id.get()
+    logger.error("unhandled error (request %s): %r", request_id, exc, exc_info=exc)
+    detail = "An unexpected error happened; it has been logged"
+    if request_id:
+        detail += f" (request {request_id})"
+    return Problem(detail + ".", status_code=500)
 
 
 def problem_details_plugin() -> ProblemDetailsPlugin:
@@ -242,8 +286,10 @@ def problem_details_plugin() -> ProblemDetailsPlugin:
 
     mapping: dict[type[Exception], Callable[[Any], ProblemDetailsException]] = {
         ValidationException: _from_validation,
+        SerializationException: _from_serialization,
         HTTPException: _from_http,
         InternalCallError: _from_internal_call,
+        DBAPIError: _from_database,
         Exception: _from_unexpected,
     }
     return ProblemDetailsPlugin(ProblemDetailsConfig(exception_to_problem_detail_map=mapping))

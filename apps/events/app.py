@@ -17,6 +17,7 @@ from apps.common.internal_client import InternalClient
 from apps.common.settings import Settings
 from apps.events import internal, public, service
 from apps.events.contract import CONTRACT
+from apps.events.models import request_nonces
 from apps.events.settings import EventsSettings
 from apps.registry import create_service_app, settings_for
 
@@ -43,6 +44,7 @@ def create_app(
         CONTRACT,
         settings,
         internal_client,
+        nonce_table=request_nonces,
         internal_handlers=internal.handlers,
         public_handlers=public.handlers,
         templates=Path(__file__).parent / "templates",

@@ -8,6 +8,7 @@ from apps.common.internal_client import InternalClient
 from apps.common.settings import Settings
 from apps.likes import internal
 from apps.likes.contract import CONTRACT
+from apps.likes.models import request_nonces
 from apps.registry import create_service_app
 
 
@@ -18,5 +19,6 @@ def create_app(
         CONTRACT,
         settings,
         internal_client,
+        nonce_table=request_nonces,
         internal_handlers=internal.handlers,
     )

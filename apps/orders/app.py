@@ -20,7 +20,7 @@ from apps.common.web import public_url
 from apps.events import contract as events
 from apps.orders import internal, public
 from apps.orders.contract import CONTRACT
-from apps.orders.models import outbox
+from apps.orders.models import outbox, request_nonces
 from apps.orders.payments import SumUpGateway
 from apps.orders.reconciliation import Reconciler
 from apps.orders.runtime import OrdersRuntime, OrderUrls
@@ -81,6 +81,7 @@ def create_app(
         CONTRACT,
         settings,
         internal_client,
+        nonce_table=request_nonces,
         internal_handlers=internal.handlers,
         public_handlers=public.handlers,
         templates=Path(__file__).parent / "templates",

@@ -35,6 +35,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from apps.blog import contract as blog
 from apps.common.db import IdentityPkMixin, service_metadata
 from apps.common.idempotency import idempotency_table
+from apps.common.nonces import nonce_table
 from apps.common.outbox import outbox_table
 
 metadata = service_metadata("orders")
@@ -236,6 +237,7 @@ class Refund(IdentityPkMixin, Base):
 
 outbox = outbox_table(metadata)
 idempotency_keys = idempotency_table(metadata)
+request_nonces = nonce_table(metadata)
 
 
 # -- foreign tables (not managed by migrations): blog's export views, read through FDW --------

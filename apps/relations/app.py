@@ -9,6 +9,7 @@ from apps.common.settings import Settings
 from apps.registry import create_service_app
 from apps.relations import internal
 from apps.relations.contract import CONTRACT
+from apps.relations.models import request_nonces
 
 
 def create_app(
@@ -18,5 +19,6 @@ def create_app(
         CONTRACT,
         settings,
         internal_client,
+        nonce_table=request_nonces,
         internal_handlers=internal.handlers,
     )

@@ -284,7 +284,7 @@ async def test_relations_down_is_a_clear_problem_and_nothing_is_written(clean_db
 
 
 async def test_relations_erroring_leaves_no_local_half_write(clean_db, credentials):
-    # relations runs but cannot reach its database: it answers 500 to every action.
+    # relations runs but cannot reach its database: it answers 503 to every action.
     unreachable = {"database_url": "postgresql://relations_app:x@127.0.0.1:1/db_relations"}
     async with in_process_stack(
         clean_db,
@@ -296,7 +296,7 @@ async def test_relations_erroring_leaves_no_local_half_write(clean_db, credentia
         created = await editor.post(
             "/admin/calendars/", data={"name": "New", "slug": "new", "page_id": "5"}
         )
-        assert_problem(created, 502, "relations", "attach-child")
+        assert_problem(created, 503, "relations", "attach-child")
         await editor.aclose()
     assert events_rows(clean_db, "SELECT count(*) FROM events.calendars") == [(0,)]
 
