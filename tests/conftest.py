@@ -114,8 +114,10 @@ class InProcessStack:
     loop of its own, and connection pools must not be shared across loops)."""
 
     apps: dict[str, Litestar]
-    # What the apps use to call each other (and tests may call them with, signed).
+    # What tests call the apps with, signed.
     internal: InternalClient
+    # Each service's own client (and the tests'): routing changes apply to all of them.
+    all_internal: list[InternalClient] = field(default_factory=list)
     clients: dict[str, httpx.AsyncClient] = field(default_factory=dict)
 
     def client(self, service: str) -> httpx.AsyncClient:
@@ -167,14 +169,18 @@ async def in_process_stack(
 
     names = services or available_services()
     apps: dict[str, Litestar] = {}
-    # One client for all of them, routed to the apps in this process (filled in below).
+    # The tests' own client, and each service's (signing with its own secret), all routed to
+    # the apps in this process (filled in below).
     client = InternalClient(caller="tests", secret=INTERNAL_SECRET, asgi_apps=apps)
+    clients = [client]
     for name in names:
         overrides = (settings_overrides or {}).get(name, {})
         settings = make_settings(server, credentials, name, env=env, **overrides)
+        own = InternalClient(caller=name, secret=settings.internal_secret, asgi_apps=apps)
+        clients.append(own)
         module = importlib.import_module(SERVICES[name].app_module)
-        apps[name] = module.create_app(settings, internal_client=client)
-    stack = InProcessStack(apps, client)
+        apps[name] = module.create_app(settings, internal_client=own)
+    stack = InProcessStack(apps, client, clients)
     try:
         async with AsyncExitStack() as exits:
             for name, app in apps.items():
@@ -182,7 +188,8 @@ async def in_process_stack(
                 stack.clients[name] = await exits.enter_async_context(stack.browser(name))
             yield stack
     finally:
-        await client.aclose()
+        for each in clients:
+            await each.aclose()
 
 
 @pytest.fixture

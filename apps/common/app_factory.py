@@ -40,6 +40,7 @@ from apps.common.db import (
     request_session,
     sessionmaker_for,
 )
+from apps.common.headers import security_headers
 from apps.common.identity import Identity, SessionCodec, identity_from_scope, identity_middleware
 from apps.common.internal import internal_router
 from apps.common.internal_client import InternalClient
@@ -145,7 +146,7 @@ def create_base_app(
     codec = None
     if contract.public:
         assert settings.session_secret is not None  # enforced by Settings for public services
-        codec = SessionCodec(settings.session_secret)
+        codec = SessionCodec(settings.session_secret, settings.session_secrets_accepted)
     platform = Platform(settings=settings, client=client, codec=codec, sign_in=tuple(sign_in))
 
     @asynccontextmanager
@@ -189,9 +190,8 @@ def create_base_app(
         async def remember_nonce(nonce: str) -> bool:
             return nonces is None or await nonces.remember(platform.sessionmaker, nonce)
 
-        route_handlers.append(
-            internal_router(contract, settings.internal_secret, internal_handlers, remember_nonce)
-        )
+        secrets = (settings.internal_secret, *settings.internal_secrets_accepted)
+        route_handlers.append(internal_router(contract, secrets, internal_handlers, remember_nonce))
     route_handlers.extend(public_handlers)
 
     all_dependencies: dict[str, Provide] = {
@@ -201,11 +201,19 @@ def create_base_app(
         "platform": Provide(lambda: platform, use_cache=True, sync_to_thread=False),
         **(dependencies or {}),
     }
-    middleware: list[Any] = [request_middleware(name), close_request_session, input_limits]
+    # The edge: around Litestar's own handler (routing and its exception handling), so it runs
+    # for every request, one that matches no route included (Litestar's app middleware only
+    # wraps matched routes). Outermost first.
+    edge: list[Callable[[ASGIApp], ASGIApp]] = [
+        request_middleware(name),
+        close_request_session,
+        input_limits,
+    ]
     template_settings = None
 
     if codec is not None:
-        middleware.append(
+        edge.append(security_headers(settings.public_urls.values()))
+        edge.append(
             identity_middleware(
                 codec,
                 cookie_domain=settings.session_cookie_domain,
@@ -226,7 +234,6 @@ def create_base_app(
         lifespan=[lifespan],
         dependencies=all_dependencies,
         plugins=[problem_details_plugin()],
-        middleware=middleware,
         template_config=template_settings,
         openapi_config=OpenAPIConfig(title=f"rose-ash {name}", version="1.0.0", path="/schema"),
         state=State({"platform": platform}),
@@ -234,5 +241,7 @@ def create_base_app(
         debug=False,
         request_max_body_size=MAX_BODY_BYTES,
     )
+    for layer in reversed(edge):
+        app.asgi_handler = layer(app.asgi_handler)
     document_problems(app, html=codec is not None)
     return app

@@ -1,13 +1,19 @@
 """Who is asking: one signed session cookie shared by every public service.
 
-The cookie holds an anonymous session id, and the user id once signed in. It is signed with
-``SESSION_SECRET`` (HMAC-SHA256), so a client cannot make itself another user. On localhost the
-cookie is shared across ports; in production ``SESSION_COOKIE_DOMAIN`` shares it across hosts.
+The cookie holds a session id, the user id once signed in, and its own expiry, signed with
+``SESSION_SECRET`` (HMAC-SHA256): a client cannot make itself another user, and a copied cookie
+stops working when its signed expiry passes, whatever the browser keeps. Signing in or out
+issues a new session id. The format is a contract with the account side of rose-ash
+(docs/sign-in.md). On localhost the cookie is shared across ports; in production
+``SESSION_COOKIE_DOMAIN`` shares it across hosts.
 
-Forms are protected against cross-site request forgery with a token derived from the session id:
-every unsafe public request must carry it as the ``_csrf_token`` form field (templates write it
-with ``{{ csrf_input }}``) or the ``X-CSRF-Token`` header. API clients read it from
-``GET /auth/session``.
+Forms are protected against cross-site request forgery with a token bound to the whole identity
+(session id and user id): every unsafe public request must carry it as the ``_csrf_token`` form
+field (templates write it with ``{{ csrf_input }}``) or the ``X-CSRF-Token`` header. API clients
+read it from ``GET /auth/session``. A token read before signing in is refused after.
+
+During a rotation of ``SESSION_SECRET`` the codec signs with the current secret and accepts the
+ones listed in ``SESSION_SECRET_PREVIOUS`` too.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import hashlib
 import hmac
 import json
 import secrets
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from http.cookies import SimpleCookie
@@ -38,7 +45,8 @@ from apps.common.internal_paths import is_internal_path
 from apps.common.signing import same_secret
 
 COOKIE_NAME = "rose_session"
-COOKIE_MAX_AGE = 60 * 60 * 24 * 30
+# How long a session lasts without a visit; each visit in its second half extends it.
+SESSION_LIFETIME_SECONDS = 60 * 60 * 24 * 30
 # The field name Litestar's ``{{ csrf_input }}`` template helper renders; we fill in our token.
 CSRF_FIELD = "_csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
@@ -63,45 +71,98 @@ class Identity:
         return {"session_id": self.session_id}
 
 
+def new_session_id() -> str:
+    return secrets.token_urlsafe(18)
+
+
 def new_anonymous_identity() -> Identity:
-    return Identity(session_id=secrets.token_urlsafe(18))
+    return Identity(session_id=new_session_id())
+
+
+@dataclass(frozen=True)
+class SessionKeys:
+    """The keys one ``SESSION_SECRET`` gives: the cookie's MAC and the CSRF tokens."""
+
+    cookie: bytes
+    csrf: bytes
+
+    @classmethod
+    def of(cls, secret: str) -> SessionKeys:
+        return cls(
+            cookie=hashlib.sha256(b"rose-session:" + secret.encode()).digest(),
+            csrf=hashlib.sha256(b"rose-csrf:" + secret.encode()).digest(),
+        )
+
+
+@dataclass(frozen=True)
+class Session:
+    identity: Identity
+    expires_at: int
 
 
 class SessionCodec:
-    def __init__(self, secret: str) -> None:
-        self._key = hashlib.sha256(b"rose-session:" + secret.encode()).digest()
-        self._csrf_key = hashlib.sha256(b"rose-csrf:" + secret.encode()).digest()
+    def __init__(
+        self,
+        secret: str,
+        accepted: Iterable[str] = (),
+        *,
+        lifetime: int = SESSION_LIFETIME_SECONDS,
+    ) -> None:
+        self._current = SessionKeys.of(secret)
+        self._all = (self._current, *(SessionKeys.of(other) for other in accepted))
+        self.lifetime = lifetime
 
-    def _mac(self, payload: bytes) -> str:
-        digest = hmac.new(self._key, payload, hashlib.sha256).digest()
+    @staticmethod
+    def _mac(key: bytes, payload: bytes) -> str:
+        digest = hmac.new(key, payload, hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
-    def encode(self, identity: Identity) -> str:
-        data: dict[str, str | int] = {"sid": identity.session_id}
+    def encode(self, identity: Identity, expires_at: int | None = None) -> str:
+        data: dict[str, str | int] = {
+            "sid": identity.session_id,
+            "exp": expires_at if expires_at is not None else int(time.time()) + self.lifetime,
+        }
         if identity.user_id is not None:
             data["uid"] = identity.user_id
         payload = base64.urlsafe_b64encode(json.dumps(data, separators=(",", ":")).encode())
         payload = payload.rstrip(b"=")
-        return f"{payload.decode()}.{self._mac(payload)}"
+        return f"{payload.decode()}.{self._mac(self._current.cookie, payload)}"
 
-    def decode(self, value: str) -> Identity | None:
+    def decode(self, value: str, *, now: float | None = None) -> Session | None:
+        """The session of a cookie signed with any accepted secret and not expired; else None."""
         payload, _, mac = value.partition(".")
-        if not payload or not mac or not same_secret(mac, self._mac(payload.encode())):
+        if not payload or not mac:
+            return None
+        if not any(
+            same_secret(mac, self._mac(keys.cookie, payload.encode())) for keys in self._all
+        ):
             return None
         try:
             padded = payload + "=" * (-len(payload) % 4)
             data = json.loads(base64.urlsafe_b64decode(padded))
-            session_id = data["sid"]
-            user_id = data.get("uid")
+            session_id, user_id, expires_at = data["sid"], data.get("uid"), data["exp"]
         except (ValueError, KeyError, TypeError):
             return None
-        if not isinstance(session_id, str) or not (user_id is None or isinstance(user_id, int)):
+        if not isinstance(session_id, str) or not session_id:
             return None
-        return Identity(session_id=session_id, user_id=user_id)
+        if not (user_id is None or (isinstance(user_id, int) and not isinstance(user_id, bool))):
+            return None
+        if not isinstance(expires_at, int) or isinstance(expires_at, bool):
+            return None
+        if expires_at <= (time.time() if now is None else now):
+            return None
+        return Session(Identity(session_id=session_id, user_id=user_id), expires_at)
+
+    @staticmethod
+    def _token(keys: SessionKeys, identity: Identity) -> str:
+        bound = f"{identity.session_id}|{identity.user_id or ''}".encode()
+        return hmac.new(keys.csrf, bound, hashlib.sha256).hexdigest()[:40]
 
     def csrf_token(self, identity: Identity) -> str:
-        digest = hmac.new(self._csrf_key, identity.session_id.encode(), hashlib.sha256)
-        return digest.hexdigest()[:40]
+        return self._token(self._current, identity)
+
+    def csrf_valid(self, identity: Identity, given: str) -> bool:
+        return any(same_secret(given, self._token(keys, identity)) for keys in self._all)
 
 
 def identity_from_scope(scope: Scope) -> Identity:
@@ -137,8 +198,12 @@ def identity_middleware(
             cookie = SimpleCookie()
             cookie.load(header(scope, "cookie") or "")
             morsel = cookie.get(COOKIE_NAME)
-            identity = codec.decode(morsel.value) if morsel else None
-            state[CHANGED_KEY] = identity is None
+            session = codec.decode(morsel.value) if morsel else None
+            identity = session.identity if session is not None else None
+            # A new session, or one in the second half of its life: the cookie is (re)issued.
+            state[CHANGED_KEY] = session is None or (
+                session.expires_at - time.time() < codec.lifetime / 2
+            )
             state[STATE_KEY] = identity or new_anonymous_identity()
             # Litestar's template helper {{ csrf_input }} renders this token.
             ScopeState.from_scope(scope).csrf_token = codec.csrf_token(state[STATE_KEY])
@@ -151,9 +216,8 @@ def identity_middleware(
                 except BodyTooLarge:
                     await send_problem(send, 413, "request body too large", scope["path"])
                     return
-                expected = codec.csrf_token(state[STATE_KEY])
                 given = header(scope, CSRF_HEADER) or _form_field(scope, body, CSRF_FIELD)
-                if identity is None or not given or not same_secret(given, expected):
+                if identity is None or not given or not codec.csrf_valid(identity, given):
                     await send_problem(
                         send,
                         403,
@@ -175,7 +239,7 @@ def identity_middleware(
                 parts = [
                     f"{COOKIE_NAME}={codec.encode(identity)}",
                     "Path=/",
-                    f"Max-Age={COOKIE_MAX_AGE}",
+                    f"Max-Age={codec.lifetime}",
                     "HttpOnly",
                     "SameSite=Lax",
                 ]

@@ -46,10 +46,13 @@ RememberNonce = Callable[[str], Awaitable[bool]]
 
 
 def signature_middleware(
-    secret: str, remember_nonce: RememberNonce | None = None
+    secrets: str | Sequence[str], remember_nonce: RememberNonce | None = None
 ) -> Callable[[ASGIApp], ASGIApp]:
     """ASGI middleware factory that refuses unsigned or wrongly signed internal requests, and
     a second delivery of a signed action (its nonce was seen)."""
+
+    # The current secret, and those accepted during a rotation.
+    accepted = (secrets,) if isinstance(secrets, str) else tuple(secrets)
 
     def middleware(app: ASGIApp) -> ASGIApp:
         async def check(scope: Scope, receive: Receive, send: Send) -> None:
@@ -66,7 +69,7 @@ def signature_middleware(
             signed_path = f"{path}?{query}" if query else path
             nonce = header(scope, NONCE_HEADER)
             reason = verify(
-                secret,
+                accepted,
                 http_method(scope),
                 signed_path,
                 body,
@@ -102,7 +105,7 @@ def signature_middleware(
 
 def internal_router(
     contract: Contract,
-    secret: str,
+    secret: str | Sequence[str],
     handlers: Sequence[Any],
     remember_nonce: RememberNonce | None = None,
 ) -> Router:

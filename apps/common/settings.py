@@ -40,7 +40,13 @@ class Settings:
     # Cookie domain shared by every public service (".rose-ash.com" in production); None means
     # host-only, which on localhost is shared across ports.
     session_cookie_domain: str | None = None
+    # Secure (HTTPS only) by default in production; SESSION_COOKIE_INSECURE=1 opts out (plain
+    # HTTP setups only), SESSION_COOKIE_SECURE=1 opts in elsewhere.
     session_cookie_secure: bool = False
+    # Also accepted during a rotation (the previous secret, or the next one while a rolling
+    # deploy brings it everywhere); signing always uses the current one.
+    internal_secrets_accepted: tuple[str, ...] = ()
+    session_secrets_accepted: tuple[str, ...] = ()
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -82,10 +88,22 @@ class Settings:
         database_url = required(f"DATABASE_URL_{upper}", "DATABASE_URL")
         internal_secret = required("INTERNAL_SECRET")
         session_secret = required("SESSION_SECRET") if public else env.get("SESSION_SECRET")
-        secrets = (("INTERNAL_SECRET", internal_secret), ("SESSION_SECRET", session_secret))
+        internal_accepted = _list(env, "INTERNAL_SECRET_PREVIOUS")
+        session_accepted = _list(env, "SESSION_SECRET_PREVIOUS")
+        secrets = [("INTERNAL_SECRET", internal_secret), ("SESSION_SECRET", session_secret)]
+        secrets += [("INTERNAL_SECRET_PREVIOUS", value) for value in internal_accepted]
+        secrets += [("SESSION_SECRET_PREVIOUS", value) for value in session_accepted]
         for name, secret in secrets:
             if secret is not None and len(secret) < MIN_SECRET_LENGTH:
                 raise ConfigError(f"{name} must be at least {MIN_SECRET_LENGTH} characters long")
+        if env.get("SESSION_COOKIE_INSECURE", "") in ("1", "true", "yes"):
+            secure = False
+        else:
+            secure = rose_env == "prod" or env.get("SESSION_COOKIE_SECURE", "") in (
+                "1",
+                "true",
+                "yes",
+            )
 
         internal_urls = _urls(env, "INTERNAL_URL_")
         app_urls = _urls(env, "APP_URL_")
@@ -108,7 +126,9 @@ class Settings:
             dev_app_urls=dict(dev_app_urls or {}),
             editor_user_ids=editor_user_ids,
             session_cookie_domain=env.get("SESSION_COOKIE_DOMAIN") or None,
-            session_cookie_secure=env.get("SESSION_COOKIE_SECURE", "") in ("1", "true", "yes"),
+            session_cookie_secure=secure,
+            internal_secrets_accepted=internal_accepted,
+            session_secrets_accepted=session_accepted,
             extra={key: value for key, value in env.items() if key.startswith(f"{upper}_")},
         )
 
@@ -120,3 +140,8 @@ def _urls(env: Mapping[str, str], prefix: str) -> dict[str, str]:
         for key, value in env.items()
         if key.startswith(prefix) and value.strip()
     }
+
+
+def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """A comma-separated setting as its non-empty parts."""
+    return tuple(part.strip() for part in env.get(name, "").split(",") if part.strip())

@@ -81,7 +81,7 @@ def same_secret(given: str, expected: str) -> bool:
 
 
 def verify(
-    secret: str,
+    secret: str | tuple[str, ...],
     method: str,
     path: str,
     body: bytes,
@@ -92,7 +92,8 @@ def verify(
     idempotency_key: str | None = None,
     now: float | None = None,
 ) -> str | None:
-    """Return None when the request is authentic, else the reason it is not."""
+    """Return None when the request is authentic (signed with ``secret``, or any of them during
+    a rotation), else the reason it is not."""
     if not timestamp or not given_signature or not nonce:
         return "missing request signature"
     if len(nonce) > MAX_NONCE_LENGTH:
@@ -104,15 +105,19 @@ def verify(
     current = time.time() if now is None else now
     if abs(current - stamp) > MAX_CLOCK_SKEW_SECONDS:
         return "stale request signature"
-    expected = signature(
-        secret,
-        method,
-        path,
-        timestamp,
-        body,
-        nonce=nonce,
-        idempotency_key=idempotency_key or "",
-    )
-    if not same_secret(given_signature, expected):
+    secrets = (secret,) if isinstance(secret, str) else secret
+    expected = [
+        signature(
+            candidate,
+            method,
+            path,
+            timestamp,
+            body,
+            nonce=nonce,
+            idempotency_key=idempotency_key or "",
+        )
+        for candidate in secrets
+    ]
+    if not any(same_secret(given_signature, one) for one in expected):
         return "wrong request signature"
     return None

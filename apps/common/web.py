@@ -25,6 +25,7 @@ from apps.common.identity import (
     SessionCodec,
     identity_from_scope,
     new_anonymous_identity,
+    new_session_id,
     set_identity,
 )
 from apps.common.internal_client import InternalCallError, InternalClient
@@ -181,7 +182,8 @@ def auth_handlers(
             next_path: Annotated[str | None, QueryParameter(name="next")] = None,
         ) -> Response[Any]:
             before = identity_from_scope(request.scope)
-            after = Identity(session_id=before.session_id, user_id=user_id)
+            # A new session id at sign-in: whoever saw or planted the anonymous one has nothing.
+            after = Identity(session_id=new_session_id(), user_id=user_id)
             set_identity(request.scope, after, codec)
             await adopt_anonymous_on_sign_in(client, sign_in, before, after)
             if wants_html(request) or next_path:

@@ -44,7 +44,9 @@ async def test_unknown_urls_and_wrong_methods_are_themed_pages_for_browsers(stac
         assert response.headers["content-type"].startswith("text/html"), (service, path)
         assert "<html" in response.text
         assert 'role="alert"' in response.text
-    wrong = await browser.delete("/", headers=HTML)
+    # A wrong method, sent the way pages send forms (with the CSRF token).
+    token = (await browser.get("/auth/session", headers=JSON)).json()["csrf_token"]
+    wrong = await browser.delete("/", headers={**HTML, "x-csrf-token": token})
     assert wrong.status_code == 405
     assert wrong.headers["content-type"].startswith("text/html")
     assert_problem(await browser.get("/nope", headers=JSON), 404)

@@ -47,9 +47,9 @@ async def anonymous(stack) -> httpx.AsyncClient:
 
 
 def session_id_of(client: httpx.AsyncClient) -> str:
-    identity = SessionCodec(SESSION_SECRET).decode(client.cookies[COOKIE_NAME])
-    assert identity is not None
-    return identity.session_id
+    session = SessionCodec(SESSION_SECRET).decode(client.cookies[COOKIE_NAME])
+    assert session is not None
+    return session.identity.session_id
 
 
 def events_rows(server, sql: str, params: tuple = ()) -> list[tuple]:
@@ -325,7 +325,9 @@ async def test_a_move_that_fails_half_way_is_undone_in_relations(stack, editor, 
         "/admin/calendars/", data={"name": "Tours", "slug": "tours", "page_id": "5"}
     )
     calendar_id = created.json()["id"]
-    stack.internal.route("relations", FailingDetach(stack.apps["relations"], page_id=5))
+    failing = FailingDetach(stack.apps["relations"], page_id=5)
+    for client in stack.all_internal:
+        client.route("relations", failing)
 
     moved = await editor.post(f"/admin/calendars/{calendar_id}/attach/", data={"page_id": "6"})
     assert_problem(moved, 502, "relations", "detach-child")

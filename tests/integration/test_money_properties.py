@@ -152,7 +152,8 @@ def test_two_tabs_of_one_buyer_never_lose_money(clean_db, credentials, sandbox) 
             signed = run(self.market.get(f"/auth/dev-login?user_id={self.user_id}", headers=JSON))
             assert signed.status_code == 200
             self.signed_in = True
-            self.browser["cart"].headers["x-csrf-token"] = signed.json()["csrf_token"]
+            # A new session and CSRF token at sign-in, for every tab and service.
+            self.market.headers["x-csrf-token"] = signed.json()["csrf_token"]
             share_cookies(self.market, *self.browser.values())
             run(orders_app.reconciler.quiet())
 
@@ -272,8 +273,8 @@ def test_two_tabs_of_one_buyer_never_lose_money(clean_db, credentials, sandbox) 
             from tests.conftest import SESSION_SECRET
 
             codec = SessionCodec(SESSION_SECRET)
-            identity = codec.decode(self.browser["cart"].cookies.get("rose_session", ""))
-            return [identity.session_id] if identity else []
+            session = codec.decode(self.browser["cart"].cookies.get("rose_session", ""))
+            return [session.identity.session_id] if session else []
 
         def my_lines(self) -> list[tuple[int, int]]:
             view = run(self.browser["cart"].get("/api/cart")).json()

@@ -128,7 +128,10 @@ async def test_a_paid_anonymous_order_clears_the_cart_after_sign_in(stack, clean
     share_cookies(cart, orders, market)
     await cart.post(f"/add/{shop.product_ids[0]}/")
     order_id = (await cart.post("/checkout/")).json()["order_id"]
-    assert (await market.get("/auth/dev-login?user_id=12")).status_code == 200
+    signed = await market.get("/auth/dev-login?user_id=12")
+    assert signed.status_code == 200
+    # Signed in: a new session and a new CSRF token (the old one is refused now).
+    market.headers["x-csrf-token"] = signed.json()["csrf_token"]
     share_cookies(market, cart, orders)
     assert {row[0] for row in live_cart_lines(clean_db)} == {12}
 

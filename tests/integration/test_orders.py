@@ -390,7 +390,7 @@ async def test_anonymous_orders_belong_to_their_session(orders, clean_db, sandbo
     cookie = browser.cookies.get("rose_session")
     assert cookie
     codec = orders.apps["orders"].state.platform.codec
-    session_id = codec.decode(cookie).session_id
+    session_id = codec.decode(cookie).identity.session_id
     order_id = (
         await create(orders, order_payload(product_line(1), user_id=None, session_id=session_id))
     ).json()["order_id"]

@@ -1,0 +1,212 @@
+"""Sessions and secrets fit for production: a new session id at sign-in and sign-out, CSRF tokens
+bound to the whole identity, a signed expiry, secure cookies by default, secrets that rotate
+without signing anyone out or dropping an internal call, and security headers on every page.
+
+The session cookie is minted here by an independent implementation of the contract written in
+docs/sign-in.md (what the account side of rose-ash does in production)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+from http.cookies import SimpleCookie
+
+import pytest
+
+from apps.common.settings import Settings
+from tests.conftest import SESSION_SECRET, admin_connect, in_process_stack
+from tests.integration.commerce_fixtures import cart_rows, entry_state, shop_stack
+
+JSON = {"accept": "application/json"}
+HTML = {"accept": "text/html"}
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def mint_cookie(secret: str, session_id: str, user_id: int | None, expires_at: int) -> str:
+    """docs/sign-in.md: base64url(JSON) "." base64url(HMAC-SHA256(SHA-256("rose-session:" +
+    SESSION_SECRET), the first part)), no padding."""
+    claims: dict[str, object] = {"sid": session_id, "exp": expires_at}
+    if user_id is not None:
+        claims["uid"] = user_id
+    payload = b64(json.dumps(claims).encode())
+    key = hashlib.sha256(b"rose-session:" + secret.encode()).digest()
+    mac = b64(hmac.new(key, payload.encode(), hashlib.sha256).digest())
+    return f"{payload}.{mac}"
+
+
+def claims_of(client) -> dict:
+    value = client.cookies.get("rose_session", domain=client.base_url.host)
+    payload = value.split(".")[0]
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+
+
+@pytest.fixture
+async def stack(clean_db, credentials, sandbox, shop):
+    async with shop_stack(clean_db, credentials, sandbox.server) as running:
+        yield running
+
+
+async def test_sign_in_and_out_issue_a_new_session_and_keep_what_was_gathered(
+    stack, clean_db, shop
+):
+    market = stack.browser("market")
+    token = (await market.get("/auth/session")).json()["csrf_token"]
+    anonymous = claims_of(market)
+    cart, events = stack.browser("cart"), stack.browser("events")
+    for client in (cart, events):
+        cookie = market.cookies["rose_session"]
+        client.cookies.set("rose_session", cookie, domain=client.base_url.host)
+        client.headers.update({"x-csrf-token": token, "accept": "application/json"})
+    assert (await cart.post(f"/add/{shop.product_ids[0]}/")).status_code == 200
+    assert (await events.post(f"/entries/{shop.entry_id}/book/")).status_code == 200
+
+    signed = await market.get("/auth/dev-login?user_id=31", headers=JSON)
+    assert signed.status_code == 200
+    after = claims_of(market)
+    assert after["uid"] == 31
+    assert after["sid"] != anonymous["sid"]  # whoever knew the anonymous id knows nothing now
+    assert {row[0] for row in cart_rows(clean_db) if row[6]} == {31}
+    assert entry_state(clean_db, shop.entry_id)[0] == "pending"
+    with admin_connect(clean_db, "events") as connection:
+        owner = connection.execute(
+            "SELECT user_id FROM events.calendar_entries WHERE id = %s", (shop.entry_id,)
+        ).fetchone()
+    assert owner == (31,)
+
+    market.headers["x-csrf-token"] = signed.json()["csrf_token"]
+    out = await market.post("/auth/logout")
+    assert out.status_code == 303
+    final = claims_of(market)
+    assert "uid" not in final
+    assert final["sid"] not in (anonymous["sid"], after["sid"])
+
+
+async def test_a_csrf_token_read_before_sign_in_is_refused_after_it(stack, shop):
+    cart = stack.browser("cart")
+    before = (await cart.get("/auth/session")).json()["csrf_token"]
+    signed = await cart.get("/auth/dev-login?user_id=32", headers=JSON)
+    refused = await cart.post(
+        f"/add/{shop.product_ids[0]}/", headers={"x-csrf-token": before, **JSON}
+    )
+    assert refused.status_code == 403
+    accepted = await cart.post(
+        f"/add/{shop.product_ids[0]}/",
+        headers={"x-csrf-token": signed.json()["csrf_token"], **JSON},
+    )
+    assert accepted.status_code == 200
+
+
+async def test_the_signed_expiry_is_checked_on_every_request(stack):
+    market = stack.browser("market")
+    now = int(time.time())
+    market.cookies.set(
+        "rose_session", mint_cookie(SESSION_SECRET, "s-old", 7, now - 1), domain="market.test"
+    )
+    assert (await market.get("/auth/session")).json()["signed_in"] is False
+
+    fresh = stack.browser("market")
+    fresh.cookies.set(
+        "rose_session", mint_cookie(SESSION_SECRET, "s-new", 7, now + 3600), domain="market.test"
+    )
+    session = (await fresh.get("/auth/session")).json()
+    assert (session["signed_in"], session["user_id"]) == (True, 7)
+    # A cookie of the contract without an expiry is not one: anonymous.
+    legacy = stack.browser("market")
+    payload = b64(json.dumps({"sid": "s", "uid": 7}).encode())
+    key = hashlib.sha256(b"rose-session:" + SESSION_SECRET.encode()).digest()
+    mac = b64(hmac.new(key, payload.encode(), hashlib.sha256).digest())
+    legacy.cookies.set("rose_session", f"{payload}.{mac}", domain="market.test")
+    assert (await legacy.get("/auth/session")).json()["signed_in"] is False
+
+
+async def test_a_secure_setting_makes_a_secure_cookie(clean_db, credentials):
+    for secure in (True, False):
+        production = {"market": {"session_cookie_secure": secure}}
+        async with in_process_stack(
+            clean_db, credentials, ["market"], env="prod", settings_overrides=production
+        ) as running:
+            answer = await running.client("market").get("/auth/session")
+        cookie = answer.headers["set-cookie"]
+        assert ("Secure" in cookie) is secure, cookie
+        parsed = SimpleCookie()
+        parsed.load(cookie)
+        assert parsed["rose_session"]["httponly"]
+
+
+def test_production_settings_default_to_secure_cookies():
+    base = {
+        "DATABASE_URL": "postgresql://x",
+        "INTERNAL_SECRET": "s" * 20,
+        "SESSION_SECRET": "t" * 20,
+    }
+    assert Settings.from_env("market", base, public=True).session_cookie_secure is True
+    insecure = {**base, "SESSION_COOKIE_INSECURE": "1"}
+    assert Settings.from_env("market", insecure, public=True).session_cookie_secure is False
+    dev = {**base, "ROSE_ENV": "dev"}
+    assert Settings.from_env("market", dev, public=True).session_cookie_secure is False
+
+
+async def test_a_rolling_rotation_of_both_secrets_drops_no_call_and_signs_nobody_out(
+    clean_db, credentials
+):
+    """Mid-rotation, one service has the new secrets (and accepts the old ones), another still
+    the old ones (and already accepts the new): calls both ways succeed and a cookie of either
+    is accepted by both."""
+    old_internal, new_internal = "old-internal-secret-0123", "new-internal-secret-0123"
+    old_session, new_session = "old-session-secret-01234", "new-session-secret-01234"
+    rotated = {
+        "internal_secret": new_internal,
+        "internal_secrets_accepted": (old_internal,),
+        "session_secret": new_session,
+        "session_secrets_accepted": (old_session,),
+    }
+    not_yet = {
+        "internal_secret": old_internal,
+        "internal_secrets_accepted": (new_internal,),
+        "session_secret": old_session,
+        "session_secrets_accepted": (new_session,),
+    }
+    overrides = {"blog": rotated, "likes": not_yet, "market": not_yet}
+    async with in_process_stack(
+        clean_db, credentials, ["blog", "likes", "market"], settings_overrides=overrides
+    ) as running:
+        from tests.integration.blog_fixtures import insert_post
+
+        insert_post(clean_db, "rotation", title="Rotation")
+        blog = running.browser("blog")
+        signed = await blog.get("/auth/dev-login?user_id=33", headers=JSON)
+        blog.headers.update({"x-csrf-token": signed.json()["csrf_token"], **JSON})
+        # blog (new secret) calls likes (old secret, accepting the new): accepted.
+        liked = await blog.post("/rotation/like/")
+        assert liked.json() == {"liked": True}
+        # The cookie blog (new secret) signed is accepted by market (old, accepting the new).
+        market = running.browser("market")
+        market.cookies.set("rose_session", blog.cookies["rose_session"], domain="market.test")
+        assert (await market.get("/auth/session")).json()["user_id"] == 33
+        # And the other way round: market's cookie (old secret) on blog (new, accepting old).
+        other = running.browser("market")
+        theirs = await other.get("/auth/dev-login?user_id=34", headers=JSON)
+        assert theirs.status_code == 200
+        back = running.browser("blog")
+        back.cookies.set("rose_session", other.cookies["rose_session"], domain="blog.test")
+        assert (await back.get("/auth/session")).json()["user_id"] == 34
+
+
+@pytest.mark.parametrize("service", ["blog", "market", "cart", "events", "orders"])
+async def test_security_headers_on_every_public_page(stack, service):
+    for path in ("/", "/no-such-page"):
+        answer = await stack.browser(service).get(path, headers=HTML)
+        headers = answer.headers
+        csp = headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in csp
+        assert "script-src 'self'" in csp
+        assert "'unsafe-inline'" not in csp.split("script-src", 1)[1].split(";")[0]
+        assert headers["x-content-type-options"] == "nosniff"
+        assert headers["referrer-policy"] == "strict-origin-when-cross-origin"
+        assert headers["x-frame-options"] == "DENY"
