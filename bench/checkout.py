@@ -48,6 +48,7 @@ import httpx
 import psycopg
 
 from apps.common.internal_client import InternalCallError, InternalClient
+from apps.sumup_sandbox.domain import ALWAYS_FAILING_AMOUNTS
 from bench.checkout_baseline import REFERENCE_PREFIX, Baseline
 from bench.checkout_breakdown import print_breakdown, profiled_orders
 from bench.checkout_stack import (
@@ -65,7 +66,6 @@ from bench.checkout_stack import (
     set_up_databases,
 )
 from ops.credentials import Credentials
-from ops.sumup_sandbox.domain import ALWAYS_FAILING_AMOUNTS
 
 CENT = Decimal("0.01")
 STATUS_CHANGED = "CHECKOUT_STATUS_CHANGED"

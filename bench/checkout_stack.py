@@ -23,13 +23,13 @@ from typing import Any
 
 import psycopg
 
+from apps.sumup_sandbox.app import DEFAULT_API_KEY, DEFAULT_MERCHANT_CODE
 from bench.checkout_profile import MARK as BREAKDOWN_MARK
 from ops.credentials import Credentials
 from ops.migrate import migrate, services_with_migrations
 from ops.pgserver import LocalPostgres, free_port
 from ops.provision import provision, provision_edges
 from ops.stack import HOST, LogSink, ProcessGroup, service_environment
-from ops.sumup_sandbox.app import DEFAULT_API_KEY, DEFAULT_MERCHANT_CODE
 from ops.topology import Topology
 
 # orders serves the checkout; blog owns the page configs (read by orders through FDW, not HTTP,

@@ -521,7 +521,7 @@ def sumup_sandbox(
     port: int = 8099,
 ) -> None:
     """Run the local SumUp sandbox (checkout API, hosted page, webhooks)."""
-    from ops.sumup_sandbox.app import run
+    from apps.sumup_sandbox.app import run
 
     run(host=host, port=port)
 

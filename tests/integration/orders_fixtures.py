@@ -8,9 +8,9 @@ from typing import Any
 
 import httpx
 
-from ops.sumup_sandbox.app import DEFAULT_API_KEY, DEFAULT_MERCHANT_CODE
-from ops.sumup_sandbox.server import BackgroundSandbox
-from ops.sumup_sandbox.state import SandboxControls, SandboxState
+from apps.sumup_sandbox.app import DEFAULT_API_KEY, DEFAULT_MERCHANT_CODE
+from apps.sumup_sandbox.server import BackgroundSandbox
+from apps.sumup_sandbox.state import SandboxControls, SandboxState
 from tests.conftest import admin_connect, in_process_stack
 
 ORDERS_PUBLIC_URL = "http://orders.test"

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from apps.common.problems import PROBLEM_MEDIA_TYPE
-from ops.sumup_sandbox.app import DEFAULT_API_KEY, DEFAULT_MERCHANT_CODE
+from apps.sumup_sandbox.app import DEFAULT_API_KEY, DEFAULT_MERCHANT_CODE
 from tests.conftest import admin_connect
 from tests.integration.commerce_fixtures import (
     browser_of,

@@ -24,7 +24,7 @@ from litestar.response import Redirect, Template
 from litestar.template import TemplateConfig
 from litestar.types import Message, Scope
 
-from ops.sumup_sandbox.domain import (
+from apps.sumup_sandbox.domain import (
     ALWAYS_FAILING_AMOUNTS,
     Checkout,
     CheckoutAlreadyPaid,
@@ -38,10 +38,10 @@ from ops.sumup_sandbox.domain import (
     RefundNotAllowed,
     TransactionNotFound,
 )
-from ops.sumup_sandbox.service import CheckoutService, SandboxUnavailable
-from ops.sumup_sandbox.state import SandboxState
-from ops.sumup_sandbox.webhooks import WebhookDispatcher
-from ops.sumup_sandbox.wire import (
+from apps.sumup_sandbox.service import CheckoutService, SandboxUnavailable
+from apps.sumup_sandbox.state import SandboxState
+from apps.sumup_sandbox.webhooks import WebhookDispatcher
+from apps.sumup_sandbox.wire import (
     FieldError,
     checkout_as_json,
     display_amount,

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from ops.sumup_sandbox.domain import Checkout, CheckoutNotFound, Transaction, TransactionNotFound
+from apps.sumup_sandbox.domain import Checkout, CheckoutNotFound, Transaction, TransactionNotFound
 
 WebhookMode = Literal["deliver", "drop", "hold"]
 # accept: refund and answer 201. refuse: answer 409 and refund nothing. unavailable: answer 503

@@ -8,7 +8,7 @@ from decimal import Decimal, InvalidOperation
 
 import httpx
 
-from ops.sumup_sandbox.domain import Checkout, NewCheckout, Transaction
+from apps.sumup_sandbox.domain import Checkout, NewCheckout, Transaction
 
 REQUIRED_CHECKOUT_FIELDS = ("checkout_reference", "amount", "currency", "merchant_code")
 MAX_REFERENCE_LENGTH = 90

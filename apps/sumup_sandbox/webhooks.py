@@ -10,8 +10,8 @@ from typing import Any, Literal
 
 import httpx
 
-from ops.sumup_sandbox.domain import Checkout
-from ops.sumup_sandbox.state import DeliveryOutcome, DeliveryRecord, SandboxState, WebhookEvent
+from apps.sumup_sandbox.domain import Checkout
+from apps.sumup_sandbox.state import DeliveryOutcome, DeliveryRecord, SandboxState, WebhookEvent
 
 logger = logging.getLogger("sumup-sandbox")
 

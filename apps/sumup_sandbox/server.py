@@ -9,8 +9,8 @@ from types import TracebackType
 
 import uvicorn
 
-from ops.sumup_sandbox.app import create_app
-from ops.sumup_sandbox.state import SandboxState
+from apps.sumup_sandbox.app import create_app
+from apps.sumup_sandbox.state import SandboxState
 
 
 class BackgroundSandbox:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from ops.sumup_sandbox.domain import (
+from apps.sumup_sandbox.domain import (
     Checkout,
     CheckoutHasNoReturnUrl,
     DuplicateCheckout,
@@ -19,8 +19,8 @@ from ops.sumup_sandbox.domain import (
     open_checkout,
     refund_transaction,
 )
-from ops.sumup_sandbox.state import DeliveryRecord, SandboxState
-from ops.sumup_sandbox.webhooks import WebhookDispatcher
+from apps.sumup_sandbox.state import DeliveryRecord, SandboxState
+from apps.sumup_sandbox.webhooks import WebhookDispatcher
 
 
 def _now() -> datetime:
