@@ -6,7 +6,7 @@ transaction per move, independent moves at the same time; idempotent and resumab
 (counts and checksums of source and target; exit 1 naming each difference) and ``finalize``
 (verify again, back up, drop the moved sources). ``status`` shows the ledgers; ``abort`` undoes
 moves that are not finalized. ``seed-legacy`` makes a practice monolith. The night step by step:
-docs/runbook-split.md. The SQL is in ``db/legacy`` and ``db/migrations/split``.
+docs/runbook-split.md. The SQL is in ``db/legacy`` and ``db/split``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Order-independent checksums of the split's check views, and the per-range buckets that locate
 a difference.
 
-Each check view (``db/migrations/split/checksums``) is ``(bucket bigint, row_text text)``. A row's
+Each check view (``db/split/checksums``) is ``(bucket bigint, row_text text)``. A row's
 hash is the first 64 bits of the md5 of its text; a side's checksum is the row count, the
 ``bit_xor`` and the sum of the hashes: independent of row order, cheap to combine across source
 databases (likes come from two), and the sum catches what xor cannot (two equal rows cancel in an

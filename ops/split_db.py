@@ -1,5 +1,5 @@
 """What every step of ``rose split`` shares: connections with fixed session settings, the SQL
-files of ``db/migrations/split`` (with their classify/apply parts), the ledger, and the fault
+files of ``db/split`` (with their classify/apply parts), the ledger, and the fault
 injection that tests use to crash a run at a chosen point."""
 
 from __future__ import annotations

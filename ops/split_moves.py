@@ -1,6 +1,6 @@
 """The moves of the split (docs/DESIGN.md section 6) and the classification of every legacy table:
 which move moves it (and finalize drops it), or why it is kept. The SQL lives in
-``db/migrations/split`` and ``db/legacy``; this module only names it."""
+``db/split`` and ``db/legacy``; this module only names it."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 from apps.common.services import service_spec
 from ops.sqlfiles import DB_DIR
 
-SPLIT_DIR = DB_DIR / "migrations" / "split"
+SPLIT_DIR = DB_DIR / "split"
 CHECKSUM_DIR = SPLIT_DIR / "checksums"
 LEGACY_DIR = DB_DIR / "legacy"
 

@@ -3,7 +3,7 @@
 Before finalize, verify compares, for each moved move, its sources with its target:
 - the accounting: the source tables still hold the rows the move read (they are frozen), and
   every one of them is moved, collapsed or skipped with a reason (the ledger lists the ids);
-- per check view (``db/migrations/split/checksums``), the row counts and the order-independent
+- per check view (``db/split/checksums``), the row counts and the order-independent
   checksums of both sides, under the same fixed session settings; when they differ, per-range
   buckets locate the rows.
 The result goes into the ledger (``verified_at`` only when nothing differs).

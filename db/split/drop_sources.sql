@@ -9,7 +9,7 @@
 -- checks (single transaction; manifest: one JSON object per table, see split.dropped):
 --   psql -1 -d db_cart -v owner=cart_owner -v tables=orders,order_items \
 --        -v manifest='[{"source_table": "orders", "move": "orders", ...}, ...]' \
---        -f db/migrations/split/drop_sources.sql
+--        -f db/split/drop_sources.sql
 
 SET LOCAL lock_timeout = '5s';
 SET LOCAL ROLE :"owner";

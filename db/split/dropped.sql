@@ -3,7 +3,7 @@
 -- only if the drop committed. The target ledgers (ledger.sql) are confirmed from these records.
 --
 -- Run as a superuser connected to a source database (idempotent):
---   psql -d db_market -v owner=market_owner -f db/migrations/split/dropped.sql
+--   psql -d db_market -v owner=market_owner -f db/split/dropped.sql
 
 -- Owned by the database's owner, granted to nobody (as the ledger; `rose db check` reports a
 -- grant here as drift).

@@ -6,7 +6,7 @@
 -- keeps (lookups). Run as a superuser connected to the source database (idempotent; one
 -- transaction):
 --   psql -1 -d db_market -v owner=market_owner -v moves=likes -v tables=product_likes,products \
---        -f db/migrations/split/unfreeze.sql
+--        -f db/split/unfreeze.sql
 
 SET LOCAL lock_timeout = '10s';
 -- One freeze or unfreeze at a time per database (see freeze.sql).

@@ -5,7 +5,7 @@
 -- Run as a superuser connected to the source database (idempotent; in ONE transaction, so the
 -- tables are all frozen or none is):
 --   psql -1 -d db_cart -v owner=cart_owner -v move=orders -v tables=orders,order_items \
---        -v lock_timeout=10s -f db/migrations/split/freeze.sql
+--        -v lock_timeout=10s -f db/split/freeze.sql
 -- `rose split run` runs it (in one transaction per source database) before copying; `rose split
 -- abort` lifts it (unfreeze.sql); `rose split finalize` drops the moved tables and these
 -- triggers with them, and lifts it from the tables it keeps.

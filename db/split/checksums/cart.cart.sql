@@ -1,5 +1,5 @@
 -- Checksum view of move `cart`, source side (db_cart). Conventions in relations.cart.sql.
--- Re-derived from the legacy lines by the rules in db/migrations/split/cart.sql: the lines the
+-- Re-derived from the legacy lines by the rules in db/split/cart.sql: the lines the
 -- ledger lists as skipped drop out (except those the target already held: they must match);
 -- live lines of one product in one cart (the user's, or an anonymous session's) become the
 -- earliest one with the quantities added up (at most 99) and the latest updated_at; removed

@@ -3,7 +3,7 @@
 -- Runs in db_relations, in the move's one transaction, as relations_owner (so the rows' table
 -- keeps its owner), after `rose split run` has copied the source table into the temporary table
 -- stage_container_relations (the legacy columns and types, unchanged) and created the outcome
--- tables of db/migrations/split/outcome.sql.
+-- tables of db/split/outcome.sql.
 --
 -- Three parts, marked by the comment lines `-- split:classify` and `-- split:apply`:
 --   setup    temporary working tables;

@@ -2,7 +2,7 @@
 -- row per move that writes into this database. `rose split finalize` keeps it.
 --
 -- Run as a superuser connected to the target database (idempotent):
---   psql -d db_likes -v owner=likes_owner -f db/migrations/split/ledger.sql
+--   psql -d db_likes -v owner=likes_owner -f db/split/ledger.sql
 
 -- Owned by the database's owner; no privileges for anyone else (`rose db check` reports any
 -- grant here as drift). Only a superuser running `rose split` reads or writes it.

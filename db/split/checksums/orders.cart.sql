@@ -1,5 +1,5 @@
 -- Checksum views of move `orders`, source side (db_cart). Conventions in relations.cart.sql.
--- Re-derived from the legacy rows, by the rules in db/migrations/split/orders.sql (statuses,
+-- Re-derived from the legacy rows, by the rules in db/split/orders.sql (statuses,
 -- descriptions, the merchant snapshot, the payment attempt), so a wrong transform shows up as a
 -- difference. Rows the ledger lists as skipped are left out (those the target already held are
 -- kept: they must match).
