@@ -65,7 +65,7 @@ from bench.checkout_stack import (
     running_stack,
     set_up_databases,
 )
-from ops.credentials import Credentials
+from ops.db.credentials import Credentials
 
 CENT = Decimal("0.01")
 STATUS_CHANGED = "CHECKOUT_STATUS_CHANGED"
@@ -626,8 +626,8 @@ def report(run: Run, sink: TimingSink, argv: list[str]) -> None:
         "(embedded, fsync/synchronous_commit off), uvicorn 1 process per service"
     )
     print(
-        f"processes : {', '.join(SERVICES)} (ops.serve), SumUp sandbox (ops.cli sumup-sandbox), "
-        "PostgreSQL, and this client"
+        f"processes : {', '.join(SERVICES)} (ops.stack.serve), SumUp sandbox "
+        "(ops.cli sumup-sandbox), PostgreSQL, and this client"
     )
     print(
         f"N         : {args.checkouts} sequential checkouts (+{args.warmup} warm-up, excluded), "

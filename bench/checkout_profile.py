@@ -1,5 +1,5 @@
-"""orders served exactly as ``python -m ops.serve orders`` serves it, plus timings around the parts
-of every request: ``python -m bench.checkout_profile --port P`` (used by ``bench.checkout``'s
+"""orders served exactly as ``python -m ops.stack.serve orders`` serves it, plus timings around the
+parts of every request: ``python -m bench.checkout_profile --port P`` (used by ``bench.checkout``'s
 breakdown; nothing in ``apps/`` changes).
 
 Per request it writes one ``BREAKDOWN {json}`` line to its log: the request's total time in the
@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from apps.common import app_factory, outbox
 from apps.common.settings import Settings
 from apps.orders import internal, payments, service
-from ops.serve import configure_logging
+from ops.stack.serve import configure_logging
 
 logger = logging.getLogger("rose.bench.breakdown")
 MARK = "BREAKDOWN "

@@ -25,18 +25,17 @@ import psycopg
 
 from apps.sumup_sandbox.app import DEFAULT_API_KEY, DEFAULT_MERCHANT_CODE
 from bench.checkout_profile import MARK as BREAKDOWN_MARK
-from ops.credentials import Credentials
-from ops.migrate import migrate, services_with_migrations
-from ops.pgserver import LocalPostgres, free_port
-from ops.provision import provision, provision_edges
-from ops.stack import HOST, LogSink, ProcessGroup, service_environment
-from ops.topology import Topology
+from ops.db.credentials import Credentials
+from ops.db.migrate import migrate, services_with_migrations
+from ops.db.provision import provision, provision_edges
+from ops.db.topology import Topology
+from ops.stack.pgserver import LocalPostgres, free_port
+from ops.stack.processes import HOST, SANDBOX, LogSink, ProcessGroup, service_environment
 
 # orders serves the checkout; blog owns the page configs (read by orders through FDW, not HTTP,
 # but it is the provider and runs as in production); cart receives clear-cart-for-order from
 # the orders outbox relay after each payment (without it the relay would retry forever).
 SERVICES = ("orders", "blog", "cart")
-SANDBOX = "sumup"
 PRODUCT_COUNT = 24
 PAGE_SLUG = "bench-shop"
 
@@ -208,7 +207,7 @@ def _scalar(connection: psycopg.Connection, sql: str, params: tuple[object, ...]
 def running_stack(
     topology: Topology, credentials: Credentials, shop: Shop, sink: TimingSink
 ) -> Iterator[Stack]:
-    """The sandbox and the services as real processes (``python -m ops.serve``), as
+    """The sandbox and the services as real processes (``python -m ops.stack.serve``), as
     ``tests/e2e/conftest.live_stack(..., sandbox=True)`` starts them; stopped on exit."""
     ports = {name: free_port() for name in SERVICES}
     sandbox_port = free_port()
@@ -223,11 +222,10 @@ def running_stack(
     environment = service_environment(topology, credentials, ports, env="dev", extra=extra)
     group = ProcessGroup(sink, environment)
     try:
-        command = [sys.executable, "-m", "ops.cli", "sumup-sandbox", "--port", str(sandbox_port)]
-        group.start(SANDBOX, sandbox_port, command)
+        group.start_sandbox(sandbox_port)
         for name in SERVICES:
             group.start_service(name, ports[name])
-        not_ready = group.wait_ready([SANDBOX], timeout=30, path="/_sandbox/controls")
+        not_ready = group.wait_ready([SANDBOX], timeout=30)
         not_ready += group.wait_ready(list(SERVICES), timeout=60)
         if not_ready:
             for name in not_ready:

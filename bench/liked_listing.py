@@ -38,13 +38,13 @@ import httpx
 
 from apps.common.identity import COOKIE_NAME, Identity, SessionCodec
 from bench import liked_breakdown, liked_data
-from ops.credentials import Credentials
-from ops.manifest import load_edges
-from ops.migrate import migrate
-from ops.pgserver import LocalPostgres, free_port
-from ops.provision import provision, provision_edges
-from ops.stack import HOST, LogSink, ProcessGroup, service_environment
-from ops.topology import Topology
+from ops.db.credentials import Credentials
+from ops.db.manifest import load_edges
+from ops.db.migrate import migrate
+from ops.db.provision import provision, provision_edges
+from ops.db.topology import Topology
+from ops.stack.pgserver import LocalPostgres, free_port
+from ops.stack.processes import HOST, LogSink, ProcessGroup, service_environment
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LISTING_PATH = "/api/products?liked=true"
@@ -223,7 +223,7 @@ def start_processes(
     monolith = ProcessGroup(sink, {**environment, "DATABASE_URL_MARKET": monolith_url})
     plan_port, monolith_port = ports["plan-market"], ports["monolith"]
     serve_plan = [sys.executable, "-m", "bench.plan_market", "--host", HOST, "--port"]
-    serve_market = [sys.executable, "-m", "ops.serve", "market", "--host", HOST, "--port"]
+    serve_market = [sys.executable, "-m", "ops.stack.serve", "market", "--host", HOST, "--port"]
     try:
         stack.start_service("likes", ports["likes"])
         stack.start_service("market", ports["market"])

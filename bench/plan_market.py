@@ -28,7 +28,7 @@ from apps.common.settings import Settings
 from apps.market.models import Product
 from apps.market.public import ListingQuery, listing_dependencies
 from apps.market.service import ProductPage, product_rows, to_view
-from ops.serve import configure_logging
+from ops.stack.serve import configure_logging
 
 
 def liked_in_list_query(
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)
     configure_logging()
-    # Served exactly like ops/serve.py serves market.
+    # Served exactly like ops/stack/serve.py serves market.
     uvicorn.run(
         create_app(),
         host=args.host,

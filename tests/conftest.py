@@ -18,10 +18,10 @@ from litestar import Litestar
 from apps.common.internal_client import InternalClient, close_client, install_client
 from apps.common.services import SERVICES, service_spec
 from apps.common.settings import Settings
-from ops.credentials import Credentials
-from ops.migrate import migrate, services_with_migrations
-from ops.provision import provision, provision_edges
-from ops.stack import available_services
+from ops.db.credentials import Credentials
+from ops.db.migrate import migrate, services_with_migrations
+from ops.db.provision import provision, provision_edges
+from ops.stack.processes import available_services
 from tests.integration.db_fixtures import Cluster, start_cluster
 from tests.pg import TestServer, session_server
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from apps.common.services import SERVICES
-from ops.pgserver import LocalPostgres, free_port
-from ops.topology import Topology
+from ops.db.topology import Topology
+from ops.stack.pgserver import LocalPostgres, free_port
 
 
 @dataclass

@@ -6,11 +6,11 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from ops.credentials import Credentials
-from ops.dbcheck import check
-from ops.migrate import migrate, services_with_migrations
-from ops.provision import provision, provision_edges
-from ops.topology import Topology
+from ops.db.check import check
+from ops.db.credentials import Credentials
+from ops.db.migrate import migrate, services_with_migrations
+from ops.db.provision import provision, provision_edges
+from ops.db.topology import Topology
 from tests.conftest import in_process_stack
 from tests.integration.market_fixtures import seed_products
 from tests.pg import TestServer, embedded_server

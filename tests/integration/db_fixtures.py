@@ -16,11 +16,11 @@ from typer.testing import CliRunner
 
 from apps.common.services import SERVICES, service_spec
 from ops.cli import app as rose_cli
-from ops.credentials import Credentials
-from ops.migrate import migrate, services_with_migrations
-from ops.pgserver import LocalPostgres, free_port
-from ops.provision import provision
-from ops.topology import Topology
+from ops.db.credentials import Credentials
+from ops.db.migrate import migrate, services_with_migrations
+from ops.db.provision import provision
+from ops.db.topology import Topology
+from ops.stack.pgserver import LocalPostgres, free_port
 
 SUMUP_KEY = "sup_sk_DEMO_SECRET"
 

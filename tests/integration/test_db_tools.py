@@ -16,10 +16,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from ops.dba import Login, command, environment, passfile
-from ops.manifest import load_edges
-from ops.migrate import migrate, services_with_migrations
-from ops.provision import provision_edges, provision_services
+from ops.db.dba import Login, command, environment, passfile
+from ops.db.manifest import load_edges
+from ops.db.migrate import migrate, services_with_migrations
+from ops.db.provision import provision_edges, provision_services
 from tests.integration.db_fixtures import Cluster, environ_without_rose
 
 REPO = Path(__file__).resolve().parents[2]

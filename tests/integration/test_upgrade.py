@@ -12,8 +12,8 @@ import pytest
 from alembic import command
 
 from apps.sumup_sandbox.app import DEFAULT_API_KEY, DEFAULT_MERCHANT_CODE
-from ops.migrate import alembic_config, migrate, services_with_migrations
-from ops.provision import provision, provision_edges
+from ops.db.migrate import alembic_config, migrate, services_with_migrations
+from ops.db.provision import provision, provision_edges
 from tests.integration.db_fixtures import Cluster, start_cluster
 from tests.integration.orders_fixtures import Sandbox, orders_overrides
 from tests.pg import TestServer

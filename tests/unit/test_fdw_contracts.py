@@ -12,7 +12,7 @@ import re
 import pytest
 from sqlalchemy import Table
 
-from ops.manifest import Column, load_edges
+from ops.db.manifest import Column, load_edges
 
 # Where each consumer declares the foreign tables it reads (modules may serve several consumers).
 DECLARED_IN = {
