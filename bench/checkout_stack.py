@@ -26,8 +26,7 @@ import psycopg
 from apps.sumup_sandbox.app import DEFAULT_API_KEY, DEFAULT_MERCHANT_CODE
 from bench.checkout_profile import MARK as BREAKDOWN_MARK
 from ops.db.credentials import Credentials
-from ops.db.migrate import migrate, services_with_migrations
-from ops.db.provision import provision, provision_edges
+from ops.db.lifecycle import converge_databases
 from ops.db.topology import Topology
 from ops.stack.pgserver import LocalPostgres, free_port
 from ops.stack.processes import HOST, SANDBOX, LogSink, ProcessGroup, service_environment
@@ -127,12 +126,9 @@ def set_up_databases(pg: LocalPostgres, credentials: Credentials) -> Topology:
     """Every service database, as ``rose db provision`` + ``rose db migrate`` make them, then
     every FDW edge (orders <- blog included)."""
     topology = Topology.single_server(pg.superuser_url(), environ={})
-    quiet = lambda _message: None  # noqa: E731
-    provision(topology, credentials, say=quiet)
-    migrate({name: topology.admin_url(name) for name in services_with_migrations()})
-    report = provision_edges(topology, credentials, say=quiet)
-    if report.pending:
-        raise RuntimeError(f"FDW edges not created: {report.pending}")
+    converged = converge_databases(topology, credentials, say=lambda _message: None)
+    if converged.pending_edges:
+        raise RuntimeError(f"FDW edges not created: {converged.pending_edges}")
     return topology
 
 

@@ -39,9 +39,8 @@ import httpx
 from apps.common.identity import COOKIE_NAME, Identity, SessionCodec
 from bench import liked_breakdown, liked_data
 from ops.db.credentials import Credentials
+from ops.db.lifecycle import converge_databases
 from ops.db.manifest import load_edges
-from ops.db.migrate import migrate
-from ops.db.provision import provision, provision_edges
 from ops.db.topology import Topology
 from ops.stack.pgserver import LocalPostgres, free_port
 from ops.stack.processes import HOST, LogSink, ProcessGroup, service_environment
@@ -173,15 +172,16 @@ def set_up_databases(pg: LocalPostgres, credentials: Credentials, args: argparse
     """Provision and migrate market and likes, load the data, build the monolith database.
     Returns the monolith's DSN for its market process."""
     topology = Topology.single_server(pg.superuser_url(), environ={})
-    quiet = lambda _message: None  # noqa: E731
     # Every service database exists (as with `rose db provision`); only the two services this
     # benchmark runs are migrated, then their FDW edge is created.
-    provision(topology, credentials, say=quiet)
-    migrate({name: topology.admin_url(name) for name in ("likes", "market")}, ["likes", "market"])
     market_edges = [e for e in load_edges() if (e.consumer, e.provider) == ("market", "likes")]
-    report = provision_edges(topology, credentials, edges=market_edges, say=quiet)
-    if report.pending or not report.created:
-        raise RuntimeError(f"the market <- likes FDW edge was not created: {report.pending}")
+    converged = converge_databases(
+        topology, credentials, ["likes", "market"], edges=market_edges, say=lambda _message: None
+    )
+    if converged.pending_edges or not converged.created_edges:
+        raise RuntimeError(
+            f"the market <- likes FDW edge was not created: {converged.pending_edges}"
+        )
 
     started = time.perf_counter()
     liked_data.load_products(topology, args.products)

@@ -53,14 +53,13 @@ def db_migrate(
     database_url: DatabaseUrlOption = None,
 ) -> None:
     """Upgrade every service's database to its latest migration, then converge (provision)."""
-    from ops.db.migrate import migrate, services_with_migrations
-    from ops.db.provision import provision_edges
+    from ops.db.lifecycle import converge_databases
 
     topology = topology_of(database_url)
-    services = [service_spec(service).name] if service else services_with_migrations()
-    migrated = migrate({name: topology.admin_url(name) for name in services}, services)
-    console.print(f"migrated: {', '.join(migrated)}")
-    provision_edges(topology, Credentials.for_environment(), say=print)
+    services = [service_spec(service).name] if service else None
+    converge_databases(
+        topology, Credentials.for_environment(), services, provision_first=False, say=print
+    )
 
 
 @db_app.command("check")

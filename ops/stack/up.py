@@ -12,8 +12,7 @@ from types import FrameType
 
 from apps.common.services import SERVICES, service_spec
 from ops.db.credentials import Credentials
-from ops.db.migrate import migrate, services_with_migrations
-from ops.db.provision import provision_edges, provision_services
+from ops.db.lifecycle import converge_databases
 from ops.db.topology import Topology
 from ops.paths import rose_home
 from ops.stack.demo import seed_demo_data
@@ -99,10 +98,7 @@ def run_stack(options: StackOptions) -> int:
             embedded.start()
             database_url = embedded.superuser_url()
         topology = Topology.single_server(database_url)
-        provision_services(topology, credentials, say=say)
-        migrated = migrate({name: topology.admin_url(name) for name in services_with_migrations()})
-        say(f"migrated: {', '.join(migrated)}")
-        provision_edges(topology, credentials, say=say)
+        converge_databases(topology, credentials, say=say)
         if options.demo:
             seed_demo_data(topology, names, say)
 

@@ -17,8 +17,7 @@ from typer.testing import CliRunner
 from apps.common.services import SERVICES, service_spec
 from ops.cli import app as rose_cli
 from ops.db.credentials import Credentials
-from ops.db.migrate import migrate, services_with_migrations
-from ops.db.provision import provision
+from ops.db.lifecycle import converge_databases
 from ops.db.topology import Topology
 from ops.stack.pgserver import LocalPostgres, free_port
 
@@ -74,9 +73,7 @@ def start_cluster(extra_settings: dict[str, str] | None = None) -> Iterator[Clus
         credentials = Credentials(home / "credentials.json", environ={})
         url = server.superuser_url()
         topology = Topology.single_server(url, environ={})
-        provision(topology, credentials, say=lambda _: None)
-        migrate({name: topology.admin_url(name) for name in services_with_migrations()})
-        report = provision(topology, credentials, say=lambda _: None)
+        report = converge_databases(topology, credentials, say=lambda _: None).edges_pass
         assert not report.statements, [change.line for change in report.statements]
         cluster = Cluster(server, topology, credentials, home)
         with cluster.admin("blog") as blog:
