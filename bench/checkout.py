@@ -59,13 +59,13 @@ from bench.checkout_stack import (
     TimingSink,
     admin_connect,
     cpu_snapshot,
-    embedded_cluster,
     open_shop,
     postmaster_pid,
     running_stack,
     set_up_databases,
 )
 from ops.db.credentials import Credentials
+from ops.stack.pgserver import throwaway_postgres
 
 CENT = Decimal("0.01")
 STATUS_CHANGED = "CHECKOUT_STATUS_CHANGED"
@@ -777,7 +777,8 @@ def main(argv: list[str] | None = None) -> int:
     sink = TimingSink(log_path)
     run = Run(args)
     try:
-        with embedded_cluster() as pg:
+        # Durability off (fsync, synchronous_commit): the same for the service and the baseline.
+        with throwaway_postgres(prefix="rose-bench-checkout-pg-") as pg:
             say(f"embedded PostgreSQL on {pg.host}:{pg.port} ({pg.data_dir})")
             credentials = Credentials(scratch / "credentials.json", environ={})
             topology = set_up_databases(pg, credentials)

@@ -8,10 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
-import shutil
 import sys
-import tempfile
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -108,20 +105,6 @@ class TimingSink(LogSink):
 
 
 # -- the database --------------------------------------------------------------------------------
-@contextmanager
-def embedded_cluster() -> Iterator[LocalPostgres]:
-    base = Path(tempfile.mkdtemp(prefix="rose-bench-checkout-pg-"))
-    base.chmod(0o755)  # the server runs as its own system user when we are root
-    # Durability off (fsync, synchronous_commit): the same for the service and the baseline.
-    server = LocalPostgres(base / "data", free_port(), secrets.token_urlsafe(18), fast_unsafe=True)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.destroy()
-        shutil.rmtree(base, ignore_errors=True)
-
-
 def set_up_databases(pg: LocalPostgres, credentials: Credentials) -> Topology:
     """Every service database, as ``rose db provision`` + ``rose db migrate`` make them, then
     every FDW edge (orders <- blog included)."""

@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import random
 import re
-import secrets
 import shutil
 import signal
 import statistics
@@ -42,7 +41,7 @@ from ops.db.credentials import Credentials
 from ops.db.lifecycle import converge_databases
 from ops.db.manifest import load_edges
 from ops.db.topology import Topology
-from ops.stack.pgserver import LocalPostgres, free_port
+from ops.stack.pgserver import LocalPostgres, free_port, throwaway_postgres
 from ops.stack.processes import HOST, LogSink, ProcessGroup, service_environment
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -145,19 +144,6 @@ def _raise_interrupt(signum: int, _frame: FrameType | None) -> None:
     for handled in (signal.SIGINT, signal.SIGTERM):
         signal.signal(handled, signal.SIG_IGN)
     raise KeyboardInterrupt(f"signal {signum}")
-
-
-@contextmanager
-def embedded_cluster() -> Iterator[LocalPostgres]:
-    base = Path(tempfile.mkdtemp(prefix="rose-bench-pg-"))
-    base.chmod(0o755)  # the server runs as its own system user when we are root
-    server = LocalPostgres(base / "data", free_port(), secrets.token_urlsafe(18), fast_unsafe=True)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.destroy()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @contextmanager
@@ -383,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     results = Measurements()
     reported = False
     try:
-        with embedded_cluster() as pg:
+        with throwaway_postgres(prefix="rose-bench-pg-") as pg:
             say(f"embedded PostgreSQL 18 on {pg.host}:{pg.port} ({pg.data_dir})")
             credentials = Credentials(scratch / "credentials.json", environ={})
             monolith_url = set_up_databases(pg, credentials, args)

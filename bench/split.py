@@ -30,7 +30,7 @@ import psycopg
 from psycopg import sql
 
 from apps.common.services import service_spec
-from bench.checkout_stack import embedded_cluster, set_up_databases
+from bench.checkout_stack import set_up_databases
 from ops.db.binaries import pg_binary
 from ops.db.credentials import Credentials
 from ops.db.topology import Topology
@@ -40,6 +40,7 @@ from ops.split.moves import LEGACY_DIR, LEGACY_SERVICES, LEGACY_TABLES, MOVES
 from ops.split.run import DEFAULT_JOBS, run_all
 from ops.split.seed import seed_legacy
 from ops.split.verify import verify_moves
+from ops.stack.pgserver import throwaway_postgres
 
 TARGET_RATIO = 1.5
 
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     say: Callable[[str], None] = lambda line: print(line, flush=True)  # noqa: E731
-    with embedded_cluster() as pg:
+    with throwaway_postgres(prefix="rose-bench-checkout-pg-") as pg:
         credentials = Credentials(Path(tempfile.mkdtemp()) / "credentials.json", environ={})
         topology = set_up_databases(pg, credentials)
         seeded = seed_legacy(topology, args.scale, replace=False, say=quiet)

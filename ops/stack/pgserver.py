@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import os
 import pwd
+import secrets
 import shutil
 import socket
 import stat
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -276,3 +279,26 @@ class LocalPostgres:
         self.stop(mode="immediate")
         shutil.rmtree(self.data_dir, ignore_errors=True)
         self.log_file.unlink(missing_ok=True)
+
+
+@contextmanager
+def throwaway_postgres(
+    prefix: str = "rose-pg-", extra_settings: Mapping[str, str] | None = None
+) -> Iterator[LocalPostgres]:
+    """A fresh cluster for tests and benchmarks: a temporary directory, a free port, a random
+    superuser password, durability off; stopped and removed on exit."""
+    base = Path(tempfile.mkdtemp(prefix=prefix))
+    base.chmod(0o755)  # the server runs as its own system user when we are root
+    server = LocalPostgres(
+        base / "data",
+        free_port(),
+        secrets.token_urlsafe(18),
+        fast_unsafe=True,
+        extra_settings=dict(extra_settings or {}),
+    )
+    try:
+        server.start()
+        yield server
+    finally:
+        server.destroy()
+        shutil.rmtree(base, ignore_errors=True)
