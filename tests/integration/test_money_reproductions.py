@@ -21,8 +21,7 @@ from tests.integration.commerce_fixtures import (
     share_cookies,
     shop_stack,
 )
-from tests.integration.orders_fixtures import Sandbox
-from tests.integration.test_orders import checkout_id_of, webhook
+from tests.integration.orders_fixtures import Sandbox, checkout_id_of, webhook
 from tests.waiting import eventually
 
 HTML = {"accept": "text/html"}
