@@ -35,9 +35,9 @@ from ops.db.binaries import pg_binary
 from ops.db.credentials import Credentials
 from ops.db.topology import Topology
 from ops.split.abort import abort
-from ops.split.common import client_tool_target
+from ops.split.common import DEFAULT_JOBS, client_tool_target
 from ops.split.moves import LEGACY_DIR, LEGACY_SERVICES, LEGACY_TABLES, MOVES
-from ops.split.run import DEFAULT_JOBS, run_all
+from ops.split.run import run_all
 from ops.split.seed import seed_legacy
 from ops.split.verify import verify_moves
 from ops.stack.pgserver import throwaway_postgres

@@ -196,7 +196,7 @@ async def list_checkouts(
     merchant_code: AuthenticatedMerchant,
     checkout_reference: FromQuery[str | None] = None,
 ) -> list[JsonObject]:
-    checkouts = await service.list(
+    checkouts = await service.list_by_reference(
         merchant_code=merchant_code, checkout_reference=checkout_reference
     )
     return [checkout_as_json(checkout) for checkout in checkouts]

@@ -59,7 +59,9 @@ class CheckoutService:
         async with self.state.lock:
             return self._find(checkout_id, merchant_code=merchant_code)
 
-    async def list(self, *, merchant_code: str, checkout_reference: str | None) -> list[Checkout]:
+    async def list_by_reference(
+        self, *, merchant_code: str, checkout_reference: str | None
+    ) -> list[Checkout]:
         async with self.state.lock:
             checkouts = self.state.find_by_reference(merchant_code, checkout_reference)
             for checkout in checkouts:

@@ -44,7 +44,8 @@ class SandboxControls(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
         return msgspec.convert({**msgspec.to_builtins(self), **changes}, SandboxControls)
 
     def as_json(self) -> dict[str, object]:
-        return msgspec.to_builtins(self)
+        answer: dict[str, object] = msgspec.to_builtins(self)
+        return answer
 
 
 @dataclass(frozen=True)

@@ -103,9 +103,9 @@ def db_edges(
         state = "reachable" if edge["reachable"] else "NOT reachable"
         print(f"{edge['consumer']} <- {edge['provider']}  reader {edge['reader']}  {state}")
         options = edge["server_options"] or {}
-        listed = ", ".join(f"{key}={value}" for key, value in options.items())  # type: ignore[union-attr]
+        listed = ", ".join(f"{key}={value}" for key, value in options.items())
         print(f"  server {edge['server']}: {listed or 'missing'}")
-        for view in edge["views"]:  # type: ignore[attr-defined]
+        for view in edge["views"]:
             answer = "ok" if view["reachable"] else f"error: {view['error']}"
             print(f"  {edge['provider']}.{view['view']} ({answer})")
             print(f"    {', '.join(view['columns'])}")

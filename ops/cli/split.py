@@ -212,9 +212,10 @@ def run_command(
     database_url: DatabaseUrlOption = None,
 ) -> None:
     """Move what is not moved yet: freeze, copy, transform, fix sequences, record. Idempotent."""
+    from ops.split.common import DEFAULT_JOBS
     from ops.split.freeze import describe_frozen
     from ops.split.moves import LEGACY_SERVICES
-    from ops.split.run import DEFAULT_JOBS, run_all
+    from ops.split.run import run_all
 
     topology = topology_of(database_url)
     try:
@@ -227,8 +228,8 @@ def run_command(
     if result.failed:
         if result.reports:
             _print_run_summary(result.reports)
-        for name, exc in result.failed.items():
-            console.print(f"[red]error:[/red] {escape(name)}: {escape(str(exc))}")
+        for name, error in result.failed.items():
+            console.print(f"[red]error:[/red] {escape(name)}: {escape(str(error))}")
         console.print(
             f"Nothing of {', '.join(result.failed)} was committed; the other moves are done. "
             f"{escape(describe_frozen(topology, LEGACY_SERVICES))}. Run again to resume, or "
@@ -283,7 +284,8 @@ def verify_command(
     """Compare each move's source and target: counts and checksums; exit 1 naming each
     difference. Records the result in the ledger. After finalize: the target against the
     checksums of the move's commit (a lost row is a difference)."""
-    from ops.split.verify import DEFAULT_JOBS, verify_moves
+    from ops.split.common import DEFAULT_JOBS
+    from ops.split.verify import verify_moves
 
     topology = topology_of(database_url)
     failed = []

@@ -16,14 +16,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypedDict
 
 import psycopg
 
 from apps.common.services import SERVICES, service_spec
 from apps.common.settings import ConfigError
+from ops.db.connections import Connections
 from ops.db.credentials import Credentials
 from ops.db.manifest import Edge, load_edges
-from ops.db.provision import DATABASE_WORKERS, Connections, provision
+from ops.db.provision import DATABASE_WORKERS, provision
 from ops.db.topology import Topology
 from ops.split.moves import tables_read_in
 
@@ -182,7 +184,25 @@ def _check(
     return differences, legacy_notes(topology, chosen, connections)
 
 
-def describe_edges(topology: Topology) -> list[dict[str, object]]:
+class ViewDescription(TypedDict):
+    view: str
+    columns: list[str]
+    reachable: bool
+    error: str | None
+
+
+class EdgeDescription(TypedDict):
+    consumer: str
+    provider: str
+    purpose: str
+    reader: str
+    server: str
+    server_options: dict[str, str]
+    views: list[ViewDescription]
+    reachable: bool
+
+
+def describe_edges(topology: Topology) -> list[EdgeDescription]:
     """Every edge as ``rose db edges`` shows it: the declaration, the server options found in
     the consumer database, and whether each foreign table answers."""
     edges = load_edges()
@@ -190,7 +210,7 @@ def describe_edges(topology: Topology) -> list[dict[str, object]]:
         (probe.edge.consumer, probe.edge.provider, probe.view): probe
         for probe in probe_edges(topology, edges)
     }
-    described = []
+    described: list[EdgeDescription] = []
     for edge in edges:
         options: dict[str, str] = {}
         try:
@@ -205,27 +225,27 @@ def describe_edges(topology: Topology) -> list[dict[str, object]]:
             row = None
         if row is not None:
             options = dict(option.split("=", 1) for option in row[0] or [])
-        views = []
+        views: list[ViewDescription] = []
         for view in edge.views:
             probe = probes.get((edge.consumer, edge.provider, view))
             views.append(
-                {
-                    "view": view,
-                    "columns": [str(column) for column in edge.columns[view]],
-                    "reachable": probe is not None and probe.error is None,
-                    "error": probe.error if probe is not None else "not probed",
-                }
+                ViewDescription(
+                    view=view,
+                    columns=[str(column) for column in edge.columns[view]],
+                    reachable=probe is not None and probe.error is None,
+                    error=probe.error if probe is not None else "not probed",
+                )
             )
         described.append(
-            {
-                "consumer": edge.consumer,
-                "provider": edge.provider,
-                "purpose": edge.purpose,
-                "reader": edge.reader_role,
-                "server": edge.server_name,
-                "server_options": options,
-                "views": views,
-                "reachable": all(view["reachable"] for view in views),
-            }
+            EdgeDescription(
+                consumer=edge.consumer,
+                provider=edge.provider,
+                purpose=edge.purpose,
+                reader=edge.reader_role,
+                server=edge.server_name,
+                server_options=options,
+                views=views,
+                reachable=all(view["reachable"] for view in views),
+            )
         )
     return described

@@ -108,7 +108,9 @@ def _secret(entry: dict[str, object]) -> Secret:
     only_in = entry.get("only_in", [])
     if not isinstance(only_in, list):
         raise ManifestError(f"secret {entry['column']}: only_in must list view names")
-    return Secret(provider, *parts, tuple(str(view) for view in only_in), str(entry.get("why", "")))
+    schema, table, column = parts
+    views = tuple(str(view) for view in only_in)
+    return Secret(provider, schema, table, column, views, str(entry.get("why", "")))
 
 
 def _load(path: Path) -> dict[str, object]:

@@ -78,6 +78,8 @@ def run_env(
             context.run_migrations()
         if after_migrations is not None:
             raw = connection.connection.driver_connection
+            if not isinstance(raw, psycopg.Connection):  # postgresql+psycopg's own connection
+                raise TypeError(f"expected a psycopg connection, not {type(raw).__name__}")
             after_migrations(raw, service)
             raw.commit()
     engine.dispose()

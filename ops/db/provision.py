@@ -21,7 +21,6 @@ import hashlib
 import hmac
 import json
 import logging
-import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ import psycopg
 from sqlalchemy.engine import make_url
 
 from apps.common.services import SERVICES, service_spec
+from ops.db.connections import Connections, scalar
 from ops.db.credentials import Credentials
 from ops.db.manifest import Edge, Secret, load_edges, load_secrets
 from ops.db.sqlfiles import Change, converge_file
@@ -54,40 +54,6 @@ READER_SETTINGS = {"default_transaction_read_only": "on", "statement_timeout": "
 def namespace_pattern() -> str:
     """Role names that are rose's: ``<service>_...``."""
     return "^(" + "|".join(sorted(SERVICES)) + ")_"
-
-
-def connect(url: str) -> psycopg.Connection:
-    return psycopg.connect(url, autocommit=True, connect_timeout=10)
-
-
-class Connections:
-    """Superuser connections by DSN, each opened once (a check visits every database twice).
-    Threads may share it as long as each uses its own DSN."""
-
-    def __init__(self) -> None:
-        self._open: dict[str, psycopg.Connection] = {}
-        self._lock = threading.Lock()
-
-    def get(self, url: str) -> psycopg.Connection:
-        with self._lock:
-            known = self._open.get(url)
-        if known is None or known.closed:
-            known = connect(url)
-            with self._lock:
-                self._open[url] = known
-        return known
-
-    def close(self) -> None:
-        with self._lock:
-            for connection in self._open.values():
-                connection.close()
-            self._open.clear()
-
-    def __enter__(self) -> Connections:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.close()
 
 
 @dataclass(frozen=True)
@@ -188,7 +154,7 @@ def secrets_of(provider: str, secrets: Iterable[Secret]) -> list[dict[str, objec
 def consumer_edges(
     topology: Topology, consumer: str, edges: Iterable[Edge], credentials: Credentials | None
 ) -> list[dict[str, object]]:
-    declared = []
+    declared: list[dict[str, object]] = []
     for edge in edges:
         if edge.consumer != consumer:
             continue
@@ -245,7 +211,7 @@ def password_changes(
     with_password = {str(role["name"]): str(role["password"]) for role in roles if role["password"]}
     if not with_password:
         return []
-    verifiers = dict(
+    verifiers: dict[str, str | None] = dict(
         connection.execute(
             "SELECT rolname, rolpassword FROM pg_authid WHERE rolname = ANY(%s)",
             (list(with_password),),
@@ -255,9 +221,11 @@ def password_changes(
     for role, password in with_password.items():
         if role not in verifiers or password_matches(verifiers[role], role, password):
             continue  # a missing role is created with its password by roles.sql
-        text = connection.execute(
-            "SELECT format('ALTER ROLE %%I PASSWORD %%L', %s::text, %s::text)", (role, password)
-        ).fetchone()[0]
+        text = scalar(
+            connection,
+            "SELECT format('ALTER ROLE %%I PASSWORD %%L', %s::text, %s::text)",
+            (role, password),
+        )
         changes.append(Change(f"cluster: role {role} password is not the declared one", text))
         if apply:
             connection.execute(text)
@@ -426,7 +394,7 @@ def provision(
         changes = []
         for path, variables in files:
             changes += converge_file(connection, DB_DIR / path, variables, apply=apply)
-        return changes, connection.execute(_INVENTORY).fetchone()[0]
+        return changes, scalar(connection, _INVENTORY)
 
     names = [name for name in SERVICES if name in chosen]
     for name in names:

@@ -19,6 +19,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from ops.db.connections import one_row
+
 ROW_HASH = sql.SQL("('x' || left(md5(row_text), 16))::bit(64)::bigint")
 FAN_OUT = 16
 MAX_LOCATED = 10
@@ -100,7 +102,7 @@ def table_checksum(connection: psycopg.Connection[Any], qualified_name: str) -> 
         "SELECT count(*), coalesce(bit_xor(h), 0), coalesce(sum(h), 0) "
         "FROM (SELECT {hash} AS h FROM (SELECT t::text AS row_text FROM {table} AS t) AS r) AS x"
     ).format(hash=ROW_HASH, table=sql.Identifier(*qualified_name.split(".")))
-    rows, xor, total = connection.execute(query).fetchone()
+    rows, xor, total = one_row(connection, query)
     return Checksum(int(rows), int(xor), int(total))
 
 

@@ -22,6 +22,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 
 from apps.common.services import service_spec
+from ops.db.connections import scalar
 from ops.db.sqlfiles import parse
 from ops.db.topology import Topology
 from ops.split.moves import SPLIT_DIR, Move
@@ -36,6 +37,9 @@ FIXED_SETTINGS: tuple[tuple[str, str], ...] = (
     ("IntervalStyle", "postgres"),
     ("extra_float_digits", "3"),
 )
+
+# Moves run (and verified) at the same time: the cores, at most 4.
+DEFAULT_JOBS = min(4, os.cpu_count() or 2)
 
 CRASH_ENV = "ROSE_SPLIT_CRASH"
 CRASH_EXIT_CODE = 86
@@ -234,7 +238,7 @@ def dropped_records(connection: psycopg.Connection[Any]) -> dict[str, dict[str, 
 
 
 def ledger_exists(connection: psycopg.Connection[Any]) -> bool:
-    return connection.execute("SELECT to_regclass('split.ledger') IS NOT NULL").fetchone()[0]
+    return bool(scalar(connection, "SELECT to_regclass('split.ledger') IS NOT NULL"))
 
 
 def read_ledger(
@@ -274,10 +278,10 @@ def as_json(value: Any) -> str:
 
 
 def table_exists(connection: psycopg.Connection[Any], qualified_name: str) -> bool:
-    return connection.execute("SELECT to_regclass(%s) IS NOT NULL", (qualified_name,)).fetchone()[0]
+    return bool(scalar(connection, "SELECT to_regclass(%s) IS NOT NULL", (qualified_name,)))
 
 
 def count_rows(connection: psycopg.Connection[Any], qualified_name: str) -> int:
     schema, table = qualified_name.split(".")
     query = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, table))
-    return int(connection.execute(query).fetchone()[0])
+    return int(scalar(connection, query))

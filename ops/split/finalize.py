@@ -40,6 +40,7 @@ from psycopg.pq import TransactionStatus
 
 from apps.common.services import service_spec
 from ops.db.binaries import pg_binary
+from ops.db.connections import scalar
 from ops.db.topology import Topology
 from ops.split.checksum import Checksum, table_checksum
 from ops.split.common import (
@@ -320,7 +321,7 @@ def back_up(
     with connect(topology, service) as connection:
         connection.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
         try:
-            snapshot = connection.execute("SELECT pg_export_snapshot()").fetchone()[0]
+            snapshot = scalar(connection, "SELECT pg_export_snapshot()")
             checksums = {table: table_checksum(connection, f"legacy.{table}") for table in tables}
             excluded = [
                 argument
@@ -403,7 +404,8 @@ def _reverify_all(
     """Sources against targets, the moves at the same time. A move whose sources an
     interrupted finalize dropped in part (after verifying them) is checked against its commit
     instead: its target must be exactly what the move committed."""
-    whole, partial = [], []
+    whole: list[Move] = []
+    partial: list[Move] = []
     for move in moves:
         present = True
         for service in move.source_services:
@@ -438,7 +440,9 @@ def finalize(
     result.refused = _refusals(ledgers)
     if result.refused:
         return result
-    pending = [move for move in MOVES if ledgers[move.name].finalized_at is None]  # type: ignore[union-attr]
+    # Not refused: every move has its ledger entry.
+    moved = {name: ledger for name, ledger in ledgers.items() if ledger is not None}
+    pending = [move for move in MOVES if moved[move.name].finalized_at is None]
     moves_done = [move.name for move in MOVES]
     drops: dict[str, list[str]] = {}
     keeps: dict[str, list[str]] = {}

@@ -19,9 +19,17 @@ from pathlib import Path
 
 from apps.common.services import service_spec
 from ops.db.binaries import pg_binary
+from ops.db.connections import scalar
 from ops.db.topology import Topology
 from ops.split.checksum import table_checksum
-from ops.split.common import Say, SplitError, client_tool_target, connect, dropped_records
+from ops.split.common import (
+    Say,
+    SplitError,
+    client_tool_target,
+    connect,
+    dropped_records,
+    table_exists,
+)
 from ops.split.finalize import dropped_of, owned_tables, source_records
 from ops.split.freeze import freeze
 from ops.split.moves import LEGACY_SERVICES, MOVES, MOVES_BY_NAME
@@ -67,16 +75,10 @@ def restore(topology: Topology, archive: Path, say: Say) -> RestoreResult:
             "not the archive it took"
         )
     with connect(topology, service) as connection:
-        freeze_function = connection.execute(
-            "SELECT to_regprocedure('legacy.split_refuse_write()') IS NOT NULL"
-        ).fetchone()[0]
-        present = [
-            table
-            for table in records
-            if connection.execute(
-                "SELECT to_regclass(%s) IS NOT NULL", (f"legacy.{table}",)
-            ).fetchone()[0]
-        ]
+        freeze_function = scalar(
+            connection, "SELECT to_regprocedure('legacy.split_refuse_write()') IS NOT NULL"
+        )
+        present = [table for table in records if table_exists(connection, f"legacy.{table}")]
         if present:
             raise SplitError(f"{spec.database} legacy.{', '.join(present)} exist already")
         connection.execute(f'CREATE SCHEMA IF NOT EXISTS legacy AUTHORIZATION "{spec.owner_role}"')

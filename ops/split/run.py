@@ -24,9 +24,11 @@ import psycopg
 from psycopg import IsolationLevel, sql
 
 from apps.common.services import service_spec
+from ops.db.connections import scalar
 from ops.db.topology import Topology
 from ops.split.checksum import checksum
 from ops.split.common import (
+    DEFAULT_JOBS,
     FaultHook,
     LedgerEntry,
     Say,
@@ -45,7 +47,6 @@ from ops.split.common import (
 )
 from ops.split.freeze import FREEZE_LOCK_TIMEOUT, freeze
 from ops.split.moves import SPLIT_DIR, Move, SourceTable
-from ops.split.verify import DEFAULT_JOBS
 
 OUTCOME_FILE = SPLIT_DIR / "outcome.sql"
 
@@ -303,7 +304,7 @@ def defer_indexes(target: psycopg.Connection[Any], move: Move) -> list[DeferredI
     deferred: list[DeferredIndex] = []
     for table in move.target_tables:
         name = sql.Identifier(*table.split("."))
-        if target.execute(sql.SQL("SELECT EXISTS (SELECT FROM {})").format(name)).fetchone()[0]:
+        if scalar(target, sql.SQL("SELECT EXISTS (SELECT FROM {})").format(name)):
             continue
         target.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(name))
         for index, constraint, create in target.execute(
@@ -455,10 +456,11 @@ def _estimated_rows(topology: Topology, moves: list[Move]) -> dict[str, float]:
             for move in moves:
                 for table in move.sources_in(service):
                     if table.moved:
-                        sizes[move.name] += source.execute(
+                        sizes[move.name] += scalar(
+                            source,
                             "SELECT greatest(reltuples, 0) FROM pg_class WHERE oid = %s::regclass",
                             (f"legacy.{table.table}",),
-                        ).fetchone()[0]
+                        )
     return sizes
 
 

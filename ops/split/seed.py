@@ -11,6 +11,7 @@ import psycopg
 from psycopg import sql
 
 from apps.common.services import service_spec
+from ops.db.connections import scalar
 from ops.db.topology import Topology
 from ops.split.common import Say, SplitError, connect, count_rows, ledger_exists, run_file
 from ops.split.moves import LEGACY_DIR, LEGACY_SERVICES, MOVES
@@ -43,11 +44,10 @@ def moves_recorded(topology: Topology) -> list[str]:
     recorded = []
     for move in MOVES:
         with connect(topology, move.target) as connection:
-            if (
-                ledger_exists(connection)
-                and connection.execute(
-                    "SELECT EXISTS (SELECT FROM split.ledger WHERE move = %s)", (move.name,)
-                ).fetchone()[0]
+            if ledger_exists(connection) and scalar(
+                connection,
+                "SELECT EXISTS (SELECT FROM split.ledger WHERE move = %s)",
+                (move.name,),
             ):
                 recorded.append(move.name)
     return recorded
@@ -85,9 +85,9 @@ def seed_legacy(topology: Topology, scale: int, *, replace: bool, say: Say) -> S
                 sql.Identifier("legacy", table) for table in _legacy_tables(connection)
             )
             connection.execute(sql.SQL("ANALYZE {}").format(tables))
-        for table, rows in _legacy_rows(topology, service).items():
-            result.rows[f"{spec.database} legacy.{table}"] = rows
-            say(f"seeded {spec.database} legacy.{table}: {rows:,} rows")
+        for table, count in _legacy_rows(topology, service).items():
+            result.rows[f"{spec.database} legacy.{table}"] = count
+            say(f"seeded {spec.database} legacy.{table}: {count:,} rows")
     result.seconds = time.perf_counter() - started
     recorded = moves_recorded(topology)
     if recorded:

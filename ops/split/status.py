@@ -47,8 +47,10 @@ class SplitStatus:
 
 
 def _latest(*events: tuple[datetime | None, str | None]) -> tuple[datetime | None, str | None]:
-    happened = [event for event in events if event[0] is not None]
-    return max(happened, key=lambda event: event[0]) if happened else (None, None)  # type: ignore[arg-type,return-value]
+    happened = [(when, who) for when, who in events if when is not None]
+    if not happened:
+        return None, None
+    return max(happened, key=lambda event: event[0])
 
 
 def move_status(

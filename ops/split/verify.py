@@ -16,7 +16,6 @@ write to them: a note, not a difference).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
@@ -29,6 +28,7 @@ from psycopg import sql
 from ops.db.topology import Topology
 from ops.split.checksum import Checksum, Located, checksum, locate
 from ops.split.common import (
+    DEFAULT_JOBS,
     LedgerEntry,
     as_json,
     connect,
@@ -41,8 +41,6 @@ from ops.split.common import (
 from ops.split.moves import Move
 
 SHOWN_LOST = 12
-# Moves verified at the same time (as `run` runs them): the cores, at most 4.
-DEFAULT_JOBS = min(4, os.cpu_count() or 2)
 
 
 @dataclass

@@ -125,13 +125,19 @@ class LocalPostgres:
         password = quote(self.superuser_password, safe="")
         return f"postgresql://{SUPERUSER}:{password}@{self.host}:{self.port}/{database}"
 
-    def _run(self, args: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
-        options: dict[str, object] = {"check": True, "capture_output": True, "text": True}
-        options.update(kwargs)
-        if _running_as_root():
-            options["user"] = SYSTEM_USER
-            options["group"] = _system_user().pw_gid
-        return subprocess.run(args, **options)  # type: ignore[call-overload,no-any-return]
+    def _run(
+        self, args: list[str], *, check: bool = True, process_group: int | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        root = _running_as_root()
+        return subprocess.run(
+            args,
+            check=check,
+            capture_output=True,
+            text=True,
+            user=SYSTEM_USER if root else None,
+            group=_system_user().pw_gid if root else None,
+            process_group=process_group,
+        )
 
     @property
     def initialized(self) -> bool:
