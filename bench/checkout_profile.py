@@ -23,14 +23,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import uvicorn
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from apps.common import app_factory, outbox
 from apps.common.settings import Settings
 from apps.orders import internal, payments, service
-from ops.stack.serve import configure_logging
+from ops.stack.serve import configure_logging, serve
 
 logger = logging.getLogger("rose.bench.breakdown")
 MARK = "BREAKDOWN "
@@ -276,16 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     from apps.orders.app import create_app
 
     app = create_app(Settings.from_env("orders"))
-    uvicorn.run(
-        timing_middleware(app),
-        host=args.host,
-        port=args.port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=10,
-        proxy_headers=True,
-        lifespan="on",
-    )
+    serve(timing_middleware(app), args.host, args.port, lifespan="on")
     return 0
 
 

@@ -14,7 +14,6 @@ import argparse
 import sys
 from typing import Any
 
-import uvicorn
 from litestar import Litestar, Response, get
 from litestar.di import NamedDependency
 from sqlalchemy import Select, func, select
@@ -28,7 +27,7 @@ from apps.common.settings import Settings
 from apps.market.models import Product
 from apps.market.public import ListingQuery, listing_dependencies
 from apps.market.service import ProductPage, product_rows, to_view
-from ops.stack.serve import configure_logging
+from ops.stack.serve import configure_logging, serve
 
 
 def liked_in_list_query(
@@ -109,15 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging()
     # Served exactly like ops/stack/serve.py serves market.
-    uvicorn.run(
-        create_app(),
-        host=args.host,
-        port=args.port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=10,
-        proxy_headers=True,
-    )
+    serve(create_app(), args.host, args.port)
     return 0
 
 

@@ -10,8 +10,11 @@ import argparse
 import importlib
 import logging
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import uvicorn
+from uvicorn.config import LifespanType
 
 from apps.common.services import service_spec
 from apps.common.settings import ConfigError, Settings
@@ -24,6 +27,21 @@ def configure_logging(level: int = logging.INFO) -> None:
     # Our access log (rose.<svc>.access) replaces uvicorn's.
     logging.getLogger("uvicorn.access").disabled = True
     logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def serve(app: Callable[..., Any], host: str, port: int, lifespan: LifespanType = "auto") -> None:
+    """Serve one app as every service process is served: our logging and access log (not
+    uvicorn's), a graceful shutdown, the client address from the proxy's headers."""
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+        proxy_headers=True,
+        lifespan=lifespan,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,16 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cannot start {spec.name}: {exc}", file=sys.stderr)
         return 2
     module = importlib.import_module(spec.app_module)
-    app = module.create_app(settings)
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port or spec.dev_port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=10,
-        proxy_headers=True,
-    )
+    serve(module.create_app(settings), args.host, args.port or spec.dev_port)
     return 0
 
 
