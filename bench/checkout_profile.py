@@ -27,7 +27,6 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from apps.common import app_factory, outbox
-from apps.common.settings import Settings
 from apps.orders import internal, payments, service
 from ops.stack.serve import configure_logging, serve
 
@@ -274,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     install()
     from apps.orders.app import create_app
 
-    app = create_app(Settings.from_env("orders"))
+    app = create_app()
     serve(timing_middleware(app), args.host, args.port, lifespan="on")
     return 0
 

@@ -31,7 +31,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from apps.common.db import create_engine, sessionmaker_for
-from apps.common.internal_client import InternalClient, close_client, install_client
+from apps.common.internal_client import InternalClient
 from apps.likes.models import Like
 from apps.market import service
 from bench.plan_market import liked_in_list_query, liked_products_over_http
@@ -87,7 +87,7 @@ def fdw_query(user_id: int) -> Select[Any]:
 
 @asynccontextmanager
 async def request_session(maker: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
-    """A session as a request gets it (apps.common.db.session_scope): rolled back at the end."""
+    """A session as a request gets it (apps.common.db.request_session): rolled back at the end."""
     async with maker() as session:
         try:
             yield session
@@ -253,12 +253,8 @@ async def measure_layers(
         for key, dsn in (("market", targets.market_dsn), ("monolith", targets.monolith_dsn))
     }
     makers = {key: sessionmaker_for(engine) for key, engine in engines.items()}
-    install_client(
-        InternalClient(
-            caller="market",
-            secret=targets.internal_secret,
-            base_urls={"likes": targets.likes_base_url},
-        )
+    internal = InternalClient(
+        caller="market", secret=targets.internal_secret, base_urls={"likes": targets.likes_base_url}
     )
 
     async def fdw_like(maker_key: str, user_id: int) -> None:
@@ -268,7 +264,7 @@ async def measure_layers(
     async def plan_like(user_id: int) -> None:
         async with request_session(makers["market"]) as session:
             await liked_products_over_http(
-                session, user_id=user_id, page=1, per_page=PAGE, market_slug=None
+                session, internal, user_id=user_id, page=1, per_page=PAGE, market_slug=None
             )
 
     async def timed(layer: str, key: str, work: Awaitable[Any]) -> Any:
@@ -320,7 +316,7 @@ async def measure_layers(
                     await timed(layer, key, step())
     finally:
         await http.aclose()
-        await close_client()
+        await internal.aclose()
         for engine in engines.values():
             await engine.dispose()
         for connection in (market, monolith, likes):

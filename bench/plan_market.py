@@ -20,13 +20,16 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from apps.common.app_factory import create_base_app
-from apps.common.deps import CurrentIdentity, DbSession
-from apps.common.internal_client import fetch_data
+from apps.common.deps import CurrentIdentity, DbSession, Internal
+from apps.common.internal_client import InternalClient
 from apps.common.problems import BadRequest, Forbidden
 from apps.common.settings import Settings
+from apps.likes import contract as likes
+from apps.market.contract import CONTRACT
 from apps.market.models import Product
 from apps.market.public import ListingQuery, listing_dependencies
 from apps.market.service import ProductPage, product_rows, to_view
+from apps.registry import settings_for
 from ops.stack.serve import configure_logging, serve
 
 
@@ -47,6 +50,7 @@ def liked_in_list_query(
 
 async def liked_products_over_http(
     session: AsyncSession,
+    internal: InternalClient,
     *,
     user_id: int,
     page: int,
@@ -54,8 +58,8 @@ async def liked_products_over_http(
     market_slug: str | None,
 ) -> ProductPage:
     # One internal call: every slug the user likes (the likes service orders them by slug).
-    slugs: list[str] = await fetch_data(
-        "likes", "liked-slugs", {"user_id": user_id, "target_type": "product"}
+    slugs = await internal.query(
+        likes.liked_slugs, likes.LikedBy(user_id=user_id, target_type="product")
     )
     if not slugs:
         return ProductPage([], page, per_page, 0, liked_only=True, degraded=[])
@@ -77,7 +81,10 @@ async def liked_products_over_http(
 
 @get("/api/products", operation_id="plan_product_list", dependencies=listing_dependencies)
 async def api_liked_products(
-    db_session: DbSession, identity: CurrentIdentity, listing: NamedDependency[ListingQuery]
+    db_session: DbSession,
+    internal: Internal,
+    identity: CurrentIdentity,
+    listing: NamedDependency[ListingQuery],
 ) -> Response[ProductPage]:
     if not listing.liked:
         raise BadRequest("this benchmark app answers ?liked=true only")
@@ -85,6 +92,7 @@ async def api_liked_products(
         raise Forbidden("Sign in to see the products you liked")
     products = await liked_products_over_http(
         db_session,
+        internal,
         user_id=identity.user_id,
         page=listing.page,
         per_page=listing.per_page,
@@ -95,8 +103,8 @@ async def api_liked_products(
 
 def create_app(settings: Settings | None = None) -> Litestar:
     return create_base_app(
-        "market",
-        settings=settings or Settings.from_env("market"),
+        CONTRACT,
+        settings=settings or settings_for(CONTRACT),
         public_handlers=[api_liked_products],
     )
 

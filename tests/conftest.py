@@ -15,9 +15,10 @@ import psycopg
 import pytest
 from litestar import Litestar
 
-from apps.common.internal_client import InternalClient, close_client, install_client
+from apps.common.internal_client import InternalClient
 from apps.common.services import SERVICES, service_spec
 from apps.common.settings import Settings
+from apps.registry import dev_app_urls
 from ops.db.credentials import Credentials
 from ops.db.lifecycle import converge_databases
 from ops.db.migrate import services_with_migrations
@@ -90,6 +91,8 @@ def make_settings(
 ) -> Settings:
     values: dict[str, Any] = {
         "service": service,
+        "public": service_spec(service).public,
+        "dev_app_urls": dev_app_urls(),
         "env": env,
         "database_url": server.topology.app_url(service, credentials),
         "internal_secret": INTERNAL_SECRET,
@@ -108,6 +111,8 @@ class InProcessStack:
     loop of its own, and connection pools must not be shared across loops)."""
 
     apps: dict[str, Litestar]
+    # What the apps use to call each other (and tests may call them with, signed).
+    internal: InternalClient
     clients: dict[str, httpx.AsyncClient] = field(default_factory=dict)
 
     def client(self, service: str) -> httpx.AsyncClient:
@@ -159,12 +164,14 @@ async def in_process_stack(
 
     names = services or available_services()
     apps: dict[str, Litestar] = {}
+    # One client for all of them, routed to the apps in this process (filled in below).
+    client = InternalClient(caller="tests", secret=INTERNAL_SECRET, asgi_apps=apps)
     for name in names:
         overrides = (settings_overrides or {}).get(name, {})
         settings = make_settings(server, credentials, name, env=env, **overrides)
-        apps[name] = importlib.import_module(SERVICES[name].app_module).create_app(settings)
-    install_client(InternalClient(caller="tests", secret=INTERNAL_SECRET, asgi_apps=apps))
-    stack = InProcessStack(apps)
+        module = importlib.import_module(SERVICES[name].app_module)
+        apps[name] = module.create_app(settings, internal_client=client)
+    stack = InProcessStack(apps, client)
     try:
         async with AsyncExitStack() as exits:
             for name, app in apps.items():
@@ -172,7 +179,7 @@ async def in_process_stack(
                 stack.clients[name] = await exits.enter_async_context(stack.browser(name))
             yield stack
     finally:
-        await close_client()
+        await client.aclose()
 
 
 @pytest.fixture

@@ -34,7 +34,9 @@ async def internal_post(
 ) -> httpx.Response:
     path = f"/internal/actions/{name}"
     body = raw if raw is not None else json.dumps(payload).encode()
-    headers = sign_headers(INTERNAL_SECRET, "POST", path, body, caller="tests")
+    headers = sign_headers(
+        INTERNAL_SECRET, "POST", path, body, caller="tests", idempotency_key=idempotency_key
+    )
     headers["Content-Type"] = "application/json"
     if idempotency_key:
         headers["Idempotency-Key"] = idempotency_key

@@ -10,6 +10,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.engine import Connection
 
 from apps.blog.models import SITE_CONTAINER, SITE_CONTAINER_ID, PageConfig, Post
+from apps.common.db import table_of
 
 SANDBOX_MERCHANT_CODE = "MSANDBOX1"
 SANDBOX_API_KEY = "sup_sk_sandbox_rose"
@@ -40,7 +41,7 @@ def seed(connection: Connection) -> str | None:
     if connection.scalar(select(func.count()).select_from(Post)):
         return None
     now = datetime.now(UTC)
-    posts = Post.__table__
+    posts = table_of(Post)
     # Pages first: on a fresh stack they are posts 1 and 2, the pages market's and events'
     # demo data attach their market places and calendars to.
     page_ids = {
@@ -74,7 +75,7 @@ def seed(connection: Connection) -> str | None:
     )
     sandbox = {"sumup_merchant_code": SANDBOX_MERCHANT_CODE, "sumup_api_key": SANDBOX_API_KEY}
     connection.execute(
-        insert(PageConfig.__table__),
+        insert(table_of(PageConfig)),
         [
             {
                 "container_type": "page",

@@ -8,47 +8,47 @@ from typing import Annotated
 
 from litestar.params import FromQuery, Parameter, QueryParameter
 
-from apps.blog import service
+from apps.blog import contract, service
 from apps.blog.models import idempotency_keys
 from apps.common.deps import DbSession
 from apps.common.internal import data_route, keyed_action
 
 ContainerTypeParam = Annotated[str, Parameter(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
-ContainerIdParam = Annotated[int, Parameter(ge=0, le=service.MAX_ID)]
-Ids = Annotated[list[int] | None, Parameter(max_items=service.MAX_BATCH)]
+ContainerIdParam = Annotated[int, Parameter(ge=0, le=contract.MAX_ID)]
+Ids = Annotated[list[int] | None, Parameter(max_items=contract.MAX_BATCH)]
 
 
-@data_route("page-config")
+@data_route(contract.page_config)
 async def page_config(
     db_session: DbSession, container_type: ContainerTypeParam, container_id: ContainerIdParam
-) -> service.PageConfigData:
+) -> contract.PageConfigData:
     return await service.get_page_config(db_session, container_type, container_id)
 
 
-@data_route("page-config-by-id")
+@data_route(contract.page_config_by_id)
 async def page_config_by_id(
     db_session: DbSession,
-    config_id: Annotated[int, QueryParameter(name="id", ge=1, le=service.MAX_ID)],
-) -> service.PageConfigData:
+    config_id: Annotated[int, QueryParameter(name="id", ge=1, le=contract.MAX_ID)],
+) -> contract.PageConfigData:
     return await service.get_page_config_by_id(db_session, config_id)
 
 
-@data_route("page-configs-batch")
+@data_route(contract.page_configs_batch)
 async def page_configs_batch(
     db_session: DbSession,
     ids: Ids = None,
     container_ids: Ids = None,
     container_type: FromQuery[str | None] = None,
-) -> list[service.PageConfigData]:
+) -> list[contract.PageConfigData]:
     return await service.page_configs_batch(
         db_session, ids=ids, container_type=container_type, container_ids=container_ids
     )
 
 
-@data_route("page-config-ensure")
+@data_route(contract.page_config_ensure)
 async def page_config_ensure(
     db_session: DbSession, container_type: ContainerTypeParam, container_id: ContainerIdParam
-) -> service.PageConfigData:
+) -> contract.PageConfigData:
     # A read that may write: safe to repeat (GETs are retried), committed before answering.
     config = await service.ensure_page_config(db_session, container_type, container_id)
     await db_session.commit()
@@ -56,7 +56,7 @@ async def page_config_ensure(
 
 
 update_page_config = keyed_action(
-    "update-page-config", service.UpdatePageConfig, idempotency_keys, service.update_page_config
+    contract.update_page_config, idempotency_keys, service.update_page_config
 )
 
 

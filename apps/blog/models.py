@@ -14,13 +14,9 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
-    Column,
     DateTime,
     Index,
-    Integer,
-    MetaData,
     String,
-    Table,
     Text,
     func,
     text,
@@ -30,6 +26,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from apps.common.db import IdentityPkMixin, TimestampedMixin, service_metadata
 from apps.common.idempotency import idempotency_table
+from apps.common.nonces import nonce_table
+from apps.likes import contract as likes
+from apps.relations import contract as relations
 
 metadata = service_metadata("blog")
 
@@ -107,22 +106,10 @@ class PageConfig(IdentityPkMixin, TimestampedMixin, Base):
 
 
 idempotency_keys = idempotency_table(metadata)
+request_nonces = nonce_table(metadata)
 
 
-# -- foreign tables (postgres_fdw; provisioning imports them, migrations never touch them) ------
-relations_schema = MetaData(schema="relations")
-
-# relations.container_relations in db_blog: the relations service's export view (active only).
-foreign_container_relations = Table(
-    "container_relations",
-    relations_schema,
-    Column("id", BigInteger, primary_key=True),
-    Column("parent_type", String(32)),
-    Column("parent_id", BigInteger),
-    Column("child_type", String(32)),
-    Column("child_id", BigInteger),
-    Column("sort_order", Integer),
-    Column("label", String(255)),
-    Column("created_at", DateTime(timezone=True)),
-    Column("updated_at", DateTime(timezone=True)),
-)
+# -- foreign tables: other services' export views, as their contracts declare them ------------
+# (postgres_fdw; provisioning creates them, migrations never touch them)
+foreign_container_relations = relations.CONTAINER_RELATIONS.foreign_table()
+foreign_likes = likes.LIKES.foreign_table()

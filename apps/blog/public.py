@@ -16,12 +16,12 @@ from litestar.handlers import BaseRouteHandler
 from litestar.params import FromQuery, Parameter, URLEncodedBody
 from litestar.response import Redirect, Template
 
-from apps.blog import service
+from apps.blog import contract, service
 from apps.blog.models import PAGE_CONTAINER
-from apps.common.deps import AppSettings, CurrentIdentity, DbSession
+from apps.common.app_factory import platform_of
+from apps.common.deps import AppSettings, CurrentIdentity, DbSession, Internal
 from apps.common.identity import identity_from_scope
 from apps.common.problems import InvalidInput
-from apps.common.settings import Settings
 from apps.common.web import (
     degraded_headers,
     redirect_back,
@@ -42,8 +42,7 @@ def wants_json(request: Request) -> bool:
 
 def editors_only(connection: ASGIConnection, _: BaseRouteHandler) -> None:
     """Guard of the admin routes: runs before the body is read, so others get 403 first."""
-    settings: Settings = connection.app.state.settings
-    require_editor(settings, identity_from_scope(connection.scope))
+    require_editor(platform_of(connection.app).settings, identity_from_scope(connection.scope))
 
 
 def admin_path(slug: str, *, saved: bool = False) -> str:
@@ -102,19 +101,21 @@ async def api_post(
 
 @post("/{slug:str}/like/", operation_id="post_like_toggle", status_code=200)
 async def toggle_like(
-    request: Request, db_session: DbSession, identity: CurrentIdentity, slug: SlugParam
+    request: Request,
+    db_session: DbSession,
+    internal: Internal,
+    identity: CurrentIdentity,
+    slug: SlugParam,
 ) -> Any:
     user_id = require_signed_in(identity, "like posts")
-    post_id = (await service.require_published_post(db_session, slug)).id
-    await db_session.rollback()  # end the read before waiting on another service
-    liked = await service.toggle_post_like(user_id, post_id)
+    liked = await service.toggle_post_like(db_session, internal, user_id, slug)
     if wants_json(request):
         return {"liked": liked}
     return await redirect_back(request, f"/{slug}/")
 
 
 # -- page admin -------------------------------------------------------------------------------
-def update_from_form(page_id: int, form: FormMultiDict) -> service.UpdatePageConfig:
+def update_from_form(page_id: int, form: FormMultiDict) -> contract.UpdatePageConfig:
     """The admin form as an update: ticked features on, the others off; blank merchant code or
     prefix clears it; the API key is write-only, so blank keeps it and a tick removes it."""
 
@@ -131,7 +132,7 @@ def update_from_form(page_id: int, form: FormMultiDict) -> service.UpdatePageCon
         api_key = None
     elif text("sumup_api_key"):
         api_key = text("sumup_api_key")
-    return service.UpdatePageConfig(
+    return contract.UpdatePageConfig(
         container_type=PAGE_CONTAINER,
         container_id=page_id,
         features=features,
@@ -215,12 +216,11 @@ async def page_config_update(request: Request, db_session: DbSession, slug: Slug
 async def attach_menu_item(
     request: Request,
     db_session: DbSession,
+    internal: Internal,
     slug: SlugParam,
     data: URLEncodedBody[service.MenuItemForm],
 ) -> Any:
-    page_id = (await service.require_page(db_session, slug)).id
-    await db_session.rollback()  # end the read before waiting on relations
-    relation = await service.attach_market_place(page_id, data)
+    relation = await service.attach_market_place(db_session, internal, slug, data)
     if wants_json(request):
         return relation
     return Redirect(admin_path(slug), status_code=303)
@@ -235,12 +235,11 @@ async def attach_menu_item(
 async def detach_menu_item(
     request: Request,
     db_session: DbSession,
+    internal: Internal,
     slug: SlugParam,
     data: URLEncodedBody[service.MenuItemForm],
 ) -> Any:
-    page_id = (await service.require_page(db_session, slug)).id
-    await db_session.rollback()
-    detached = await service.detach_market_place(page_id, data.market_place_id)
+    detached = await service.detach_market_place(db_session, internal, slug, data.market_place_id)
     if wants_json(request):
         return {"detached": detached}
     return Redirect(admin_path(slug), status_code=303)

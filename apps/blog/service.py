@@ -23,10 +23,11 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
-from sqlalchemy import Select, and_, func, select, type_coerce, update
-from sqlalchemy.dialects.postgresql import JSONB, insert
+from sqlalchemy import BigInteger, Select, and_, any_, bindparam, func, select, type_coerce, update
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from apps.blog.contract import MAX_BATCH, MAX_ID, UNSET, PageConfigData, UpdatePageConfig
 from apps.blog.models import (
     CONTAINER_TYPES,
     PAGE_CONTAINER,
@@ -35,14 +36,16 @@ from apps.blog.models import (
     PageConfig,
     Post,
     foreign_container_relations,
+    foreign_likes,
 )
-from apps.common.fdw import ProviderUnavailable, liked_ids_among, remote_read
-from apps.common.internal_client import call_action
+from apps.common.db import end_read, table_of
+from apps.common.fdw import ProviderUnavailable, remote_read
+from apps.common.internal_client import InternalClient
 from apps.common.problems import InvalidInput, NotFound
+from apps.likes import contract as likes
+from apps.relations import contract as relations
 
-MAX_ID = 2**63 - 1
 PAGE_SIZE = 20
-MAX_BATCH = 500
 EXCERPT_LENGTH = 240
 
 FEATURES: dict[str, type] = {"calendar": bool, "market": bool, "cart": bool}
@@ -62,40 +65,8 @@ MAX_CHECKOUT_PREFIX = SUMUP_REFERENCE_MAX - 19 - 1 - 4
 CHECKOUT_PREFIX = re.compile(rf"^[A-Za-z0-9_-]{{1,{MAX_CHECKOUT_PREFIX}}}$")
 API_KEY = re.compile(r"^[\x21-\x7e]{8,255}$")  # printable ASCII, no spaces
 
-ContainerType = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
-ContainerId = Annotated[int, msgspec.Meta(ge=0, le=MAX_ID)]
-UNSET = msgspec.UNSET
-
 
 # -- page configs -----------------------------------------------------------------------------
-class PageConfigData(msgspec.Struct):
-    """A page config as every endpoint returns it (and as export.page_configs shows it)."""
-
-    id: int
-    container_type: str
-    container_id: int
-    page_slug: str | None
-    page_title: str | None
-    features: dict[str, Any]
-    sumup_merchant_code: str | None
-    sumup_checkout_prefix: str | None
-    sumup_configured: bool
-    created_at: datetime
-    updated_at: datetime
-
-
-class UpdatePageConfig(msgspec.Struct, forbid_unknown_fields=True):
-    """Payload of update-page-config. Absent fields stay as they are; ``null`` clears a SumUp
-    field; ``features`` sets the flags it names and leaves the others."""
-
-    container_type: ContainerType
-    container_id: ContainerId
-    features: dict[str, Any] | msgspec.UnsetType = UNSET
-    sumup_merchant_code: str | msgspec.UnsetType | None = UNSET
-    sumup_api_key: str | msgspec.UnsetType | None = UNSET
-    sumup_checkout_prefix: str | msgspec.UnsetType | None = UNSET
-
-
 def check_container(container_type: str, container_id: int) -> None:
     if container_type not in CONTAINER_TYPES:
         raise InvalidInput(
@@ -150,7 +121,7 @@ def check_update(request: UpdatePageConfig) -> None:
         )
 
 
-def _configs() -> Select[tuple[PageConfig, str | None, str | None]]:
+def _configs() -> Select[PageConfig, str | None, str | None]:
     """Active configs with their page's slug and title (the shape of export.page_configs)."""
     is_page = PageConfig.container_type == PAGE_CONTAINER
     return (
@@ -262,7 +233,7 @@ async def _require_container(session: AsyncSession, container_type: str, contain
 async def _insert_if_missing(session: AsyncSession, container_type: str, container_id: int) -> None:
     """Create an empty config unless an active one exists. Concurrent calls for one container
     create one row: the partial unique index is the ON CONFLICT arbiter."""
-    table = PageConfig.__table__
+    table = table_of(PageConfig)
     await session.execute(
         insert(table)
         .values(container_type=container_type, container_id=container_id)
@@ -362,6 +333,21 @@ def _excerpt(body: str) -> str:
 
 def _published() -> list[Any]:
     return [Post.status == "published"]
+
+
+async def liked_ids_among(session: AsyncSession, user_id: int, ids: Iterable[int]) -> set[int]:
+    """Which of these posts the user likes: one remote query, the page's ids as one array."""
+    keys = list(ids)
+    if not keys:
+        return set()
+    rows = await session.scalars(
+        select(foreign_likes.c.target_id).where(
+            foreign_likes.c.user_id == user_id,
+            foreign_likes.c.target_type == "post",
+            foreign_likes.c.target_id == any_(bindparam("ids", keys, type_=ARRAY(BigInteger))),
+        )
+    )
+    return set(rows)
 
 
 async def liked_post_ids(
@@ -492,14 +478,18 @@ def _one_call_key(action: str) -> str:
     return f"blog:{action}:{uuid.uuid4()}"
 
 
-async def toggle_post_like(user_id: int, post_id: int) -> bool:
-    result = await call_action(
-        "likes",
-        "toggle",
-        {"user_id": user_id, "target_type": "post", "target_id": post_id},
+async def toggle_post_like(
+    session: AsyncSession, internal: InternalClient, user_id: int, slug: str
+) -> bool:
+    """Like or unlike a published post (likes knows no posts: blog checks it exists)."""
+    post_id = (await require_published_post(session, slug)).id
+    await end_read(session)
+    answer = await internal.call(
+        likes.toggle,
+        likes.LikeTarget(user_id=user_id, target_type="post", target_id=post_id),
         idempotency_key=_one_call_key("toggle"),
     )
-    return bool(result["liked"])
+    return answer.liked
 
 
 class MenuItemForm(msgspec.Struct):
@@ -509,31 +499,38 @@ class MenuItemForm(msgspec.Struct):
     label: Annotated[str, msgspec.Meta(max_length=255)] | None = None
 
 
-async def attach_market_place(page_id: int, item: MenuItemForm) -> dict[str, Any]:
-    payload: dict[str, Any] = {
-        "parent_type": PAGE_CONTAINER,
-        "parent_id": page_id,
-        "child_type": "market",
-        "child_id": item.market_place_id,
-    }
-    label = (item.label or "").strip()
-    if label:
-        payload["label"] = label
-    return await call_action(
-        "relations", "attach-child", payload, idempotency_key=_one_call_key("attach")
+async def attach_market_place(
+    session: AsyncSession, internal: InternalClient, slug: str, item: MenuItemForm
+) -> relations.Relation:
+    page_id = (await require_page(session, slug)).id
+    await end_read(session)
+    label = (item.label or "").strip() or None
+    return await internal.call(
+        relations.attach_child,
+        relations.AttachChild(
+            parent_type=PAGE_CONTAINER,
+            parent_id=page_id,
+            child_type="market",
+            child_id=item.market_place_id,
+            label=label,
+        ),
+        idempotency_key=_one_call_key("attach"),
     )
 
 
-async def detach_market_place(page_id: int, market_place_id: int) -> bool:
-    result = await call_action(
-        "relations",
-        "detach-child",
-        {
-            "parent_type": PAGE_CONTAINER,
-            "parent_id": page_id,
-            "child_type": "market",
-            "child_id": market_place_id,
-        },
+async def detach_market_place(
+    session: AsyncSession, internal: InternalClient, slug: str, market_place_id: int
+) -> bool:
+    page_id = (await require_page(session, slug)).id
+    await end_read(session)
+    answer = await internal.call(
+        relations.detach_child,
+        relations.DetachChild(
+            parent_type=PAGE_CONTAINER,
+            parent_id=page_id,
+            child_type="market",
+            child_id=market_place_id,
+        ),
         idempotency_key=_one_call_key("detach"),
     )
-    return bool(result["detached"])
+    return answer.detached

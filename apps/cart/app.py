@@ -7,14 +7,21 @@ from pathlib import Path
 from litestar import Litestar
 
 from apps.cart import internal, public
-from apps.common.app_factory import create_base_app
+from apps.cart.contract import CONTRACT
+from apps.cart.models import request_nonces
+from apps.common.internal_client import InternalClient
 from apps.common.settings import Settings
+from apps.registry import create_service_app
 
 
-def create_app(settings: Settings | None = None) -> Litestar:
-    return create_base_app(
-        "cart",
-        settings=settings,
+def create_app(
+    settings: Settings | None = None, internal_client: InternalClient | None = None
+) -> Litestar:
+    return create_service_app(
+        CONTRACT,
+        settings,
+        internal_client,
+        nonce_table=request_nonces,
         internal_handlers=internal.handlers,
         public_handlers=public.handlers,
         templates=Path(__file__).parent / "templates",

@@ -1,19 +1,92 @@
-"""What other services exchange with cart, written once: the actions of sign-in and of a paid
-order. This module imports nothing else of cart."""
+"""What cart offers other services: the cart's lines and summary, its mini fragment, adopting an
+anonymous cart at sign-in, and clearing what a paid order bought. Imports nothing else of cart."""
 
 from __future__ import annotations
 
+from datetime import datetime
+from decimal import Decimal
 from typing import Annotated
 
 import msgspec
+
+from apps.common.contracts import (
+    Action,
+    Adopted,
+    Contract,
+    Fragment,
+    IdentityParams,
+    Query,
+    SignIn,
+)
+
+SERVICE = "cart"
 
 PositiveId = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
 SessionId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 
 
-class AdoptCart(msgspec.Struct, forbid_unknown_fields=True):
-    user_id: PositiveId
-    session_id: SessionId
+class Line(msgspec.Struct):
+    """A product line of a cart, with market's current title and price."""
+
+    id: int
+    product_id: int
+    slug: str | None
+    title: str
+    image: str | None
+    regular_price: Decimal | None
+    special_price: Decimal | None
+    unit_price: Decimal | None
+    currency: str | None
+    quantity: int
+    line_total: Decimal | None
+    page_id: int
+    # False when market no longer sells the product: it cannot be checked out.
+    available: bool
+    # This line and the anonymous lines sign-in merged into it (not yet paid for): what an
+    # order of this line claims.
+    cart_line_ids: list[int] = []
+
+
+class Booking(msgspec.Struct):
+    """A calendar entry or ticket held in the cart (events' pending bookings)."""
+
+    kind: str
+    id: int
+    title: str
+    price: Decimal
+    currency: str
+    starts_at: datetime | None
+    page_id: int | None
+
+
+class CartOf(msgspec.Struct, forbid_unknown_fields=True):
+    """Whose cart (a user's or an anonymous session's), all of it or one page's."""
+
+    user_id: PositiveId | None = None
+    session_id: SessionId | None = None
+    page_post_id: PositiveId | None = None
+
+
+class PageSummary(msgspec.Struct):
+    page_id: int | None
+    page_slug: str | None
+    page_title: str
+    count: int
+    total: str
+
+
+class CartSummary(msgspec.Struct):
+    count: int
+    total: str
+    currency: str | None
+    pages: list[PageSummary]
+    degraded: list[str]
+
+
+class CartItems(msgspec.Struct):
+    lines: list[Line]
+    bookings: list[Booking]
+    degraded: list[str]
 
 
 class PaidLine(msgspec.Struct, forbid_unknown_fields=True):
@@ -38,3 +111,22 @@ class ClearCartForOrder(msgspec.Struct, forbid_unknown_fields=True):
 
 class Cleared(msgspec.Struct):
     cleared: int
+
+
+cart_summary = Query(SERVICE, "cart-summary", CartOf, CartSummary)
+cart_items = Query(SERVICE, "cart-items", CartOf, CartItems)
+# Idempotent without a key: a second adoption adopts nothing.
+adopt_cart_for_user = Action(SERVICE, "adopt-cart-for-user", SignIn, Adopted, keyed=False)
+# Idempotent per order without a key store: the cleared lines record the order.
+clear_cart_for_order = Action(
+    SERVICE, "clear-cart-for-order", ClearCartForOrder, Cleared, keyed=False
+)
+cart_mini = Fragment(SERVICE, "cart-mini", IdentityParams)
+
+CONTRACT = Contract(
+    SERVICE,
+    dev_port=8003,
+    public=True,
+    calls=[cart_summary, cart_items, adopt_cart_for_user, clear_cart_for_order, cart_mini],
+    on_sign_in=adopt_cart_for_user,
+)

@@ -1,82 +1,79 @@
-"""Internal routes of cart (the plan's post-split list): data cart-summary and cart-items;
-actions adopt-cart-for-user and clear-cart-for-order; fragment cart-mini."""
+"""Internal routes of cart (its contract; the plan's post-split list): data cart-summary and
+cart-items; actions adopt-cart-for-user and clear-cart-for-order; fragment cart-mini."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
-import msgspec
 from litestar.params import JSONBody, Parameter
 from markupsafe import escape
 
-from apps.cart import service
-from apps.cart.contract import AdoptCart, ClearCartForOrder, Cleared
+from apps.cart import contract, service
+from apps.common.contracts import Adopted, SignIn
 from apps.common.deps import AppSettings, DbSession
 from apps.common.internal import action_route, data_route, fragment_route
-from apps.common.web import cart_url
+from apps.common.web import public_url
 
 UserIdParam = Annotated[int | None, Parameter(ge=1, le=2**63 - 1)]
 SessionParam = Annotated[str | None, Parameter(min_length=1, max_length=64)]
 PageParam = Annotated[int | None, Parameter(ge=1, le=2**63 - 1)]
 
 
-@data_route("cart-summary")
+@data_route(contract.cart_summary)
 async def cart_summary(
     db_session: DbSession,
     user_id: UserIdParam = None,
     session_id: SessionParam = None,
     page_post_id: PageParam = None,
-) -> dict[str, Any]:
+) -> contract.CartSummary:
     cart = await service.load_cart(db_session, service.Owner(user_id, session_id), page_post_id)
-    return {
-        "count": cart.count,
-        "total": str(cart.total),
-        "currency": cart.currency,
-        "pages": [
-            {
-                "page_id": page.page_id,
-                "page_slug": page.page_slug,
-                "page_title": page.page_title,
-                "count": page.count,
-                "total": str(page.total),
-            }
+    return contract.CartSummary(
+        count=cart.count,
+        total=str(cart.total),
+        currency=cart.currency,
+        pages=[
+            contract.PageSummary(
+                page_id=page.page_id,
+                page_slug=page.page_slug,
+                page_title=page.page_title,
+                count=page.count,
+                total=str(page.total),
+            )
             for page in cart.pages
         ],
-        "degraded": cart.degraded,
-    }
+        degraded=cart.degraded,
+    )
 
 
-@data_route("cart-items")
+@data_route(contract.cart_items)
 async def cart_items(
     db_session: DbSession,
     user_id: UserIdParam = None,
     session_id: SessionParam = None,
     page_post_id: PageParam = None,
-) -> dict[str, Any]:
+) -> contract.CartItems:
     cart = await service.load_cart(db_session, service.Owner(user_id, session_id), page_post_id)
-    return {
-        "lines": msgspec.to_builtins(cart.lines),
-        "bookings": msgspec.to_builtins(cart.bookings),
-        "degraded": cart.degraded,
-    }
+    return contract.CartItems(lines=cart.lines, bookings=cart.bookings, degraded=cart.degraded)
 
 
-@action_route("adopt-cart-for-user")
-async def adopt_cart_for_user(db_session: DbSession, data: JSONBody[AdoptCart]) -> dict[str, int]:
+@action_route(contract.adopt_cart_for_user)
+async def adopt_cart_for_user(db_session: DbSession, data: JSONBody[SignIn]) -> Adopted:
     adopted = await service.adopt_cart(db_session, data.user_id, data.session_id)
     await db_session.commit()
-    return {"adopted": adopted}
+    return Adopted(adopted=adopted)
 
 
-@action_route("clear-cart-for-order")
-async def clear_cart_for_order(db_session: DbSession, data: JSONBody[ClearCartForOrder]) -> Cleared:
+@action_route(contract.clear_cart_for_order)
+async def clear_cart_for_order(
+    db_session: DbSession, data: JSONBody[contract.ClearCartForOrder]
+) -> contract.Cleared:
     """Idempotent per order without a key store: the cleared lines record the order."""
     cleared = await service.clear_for_order(db_session, data)
     await db_session.commit()
-    return Cleared(cleared=cleared)
+    return contract.Cleared(cleared=cleared)
 
 
-@fragment_route("cart-mini")
+@fragment_route(contract.cart_mini)
 async def cart_mini(
     db_session: DbSession,
     settings: AppSettings,
@@ -84,7 +81,7 @@ async def cart_mini(
     session_id: SessionParam = None,
 ) -> str:
     count = await service.line_count(db_session, service.Owner(user_id, session_id))
-    href = escape(cart_url(settings, "/"))
+    href = escape(public_url(settings, contract.SERVICE, "/"))
     return f'<a class="cart-mini" href="{href}">Cart ({count})</a>'
 
 

@@ -9,24 +9,20 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
-    Boolean,
     CheckConstraint,
-    Column,
-    DateTime,
     ForeignKey,
     Index,
     Integer,
-    MetaData,
-    Numeric,
     String,
-    Table,
-    Text,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from apps.blog import contract as blog
 from apps.common.db import IdentityPkMixin, TimestampedMixin, service_metadata
+from apps.common.nonces import nonce_table
+from apps.events import contract as events
+from apps.market import contract as market
 
 metadata = service_metadata("cart")
 
@@ -77,52 +73,23 @@ class CartItem(IdentityPkMixin, TimestampedMixin, Base):
     merged_into_id: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("cart.cart_items.id"))
 
 
-# -- foreign tables: other services' export views ---------------------------------------------
-market_views = MetaData(schema="market")
-products = Table(
-    "products",
-    market_views,
-    Column("id", BigInteger, primary_key=True),
-    Column("slug", String(255)),
-    Column("title", String(255)),
-    Column("image", String(512)),
-    Column("regular_price", Numeric(10, 2)),
-    Column("special_price", Numeric(10, 2)),
-    Column("price_currency", String(3)),
-    Column("market_place_id", BigInteger),
-    Column("market_place_slug", String(255)),
-    Column("container_type", String(32)),
-    Column("container_id", BigInteger),
-)
+request_nonces = nonce_table(metadata)
 
-blog_views = MetaData(schema="blog")
-page_configs = Table(
-    "page_configs",
-    blog_views,
-    Column("id", BigInteger, primary_key=True),
-    Column("container_type", String(32)),
-    Column("container_id", BigInteger),
-    Column("page_slug", String(255)),
-    Column("page_title", String(255)),
-    Column("features", JSONB),
-    Column("sumup_merchant_code", String(32)),
-    Column("sumup_checkout_prefix", String(40)),
-    Column("sumup_configured", Boolean),
-)
 
-events_views = MetaData(schema="events")
-pending_bookings = Table(
-    "pending_bookings",
-    events_views,
-    Column("kind", Text),
-    Column("id", BigInteger),
-    Column("user_id", BigInteger),
-    Column("session_id", String(64)),
-    Column("title", Text),
-    Column("price", Numeric(10, 2)),
-    Column("currency", String(3)),
-    Column("calendar_id", BigInteger),
-    Column("starts_at", DateTime(timezone=True)),
-    Column("container_type", String(32)),
-    Column("container_id", BigInteger),
+# -- foreign tables: other services' export views, as their contracts declare them ------------
+products = market.PRODUCTS.foreign_table()
+# Without the timestamps: the cart edge reads only what it shows.
+page_configs = blog.PAGE_CONFIGS.foreign_table(
+    [
+        "id",
+        "container_type",
+        "container_id",
+        "page_slug",
+        "page_title",
+        "features",
+        "sumup_merchant_code",
+        "sumup_checkout_prefix",
+        "sumup_configured",
+    ]
 )
+pending_bookings = events.PENDING_BOOKINGS.foreign_table()

@@ -5,19 +5,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-import msgspec
 from litestar import Request, get, post
 from litestar.params import FromPath, Parameter
 from litestar.response import Redirect, Template
 
 from apps.cart import service
-from apps.common.deps import AppSettings, CurrentIdentity, DbSession
+from apps.common.deps import AppSettings, CurrentIdentity, DbSession, Internal
 from apps.common.identity import Identity
-from apps.common.internal_client import InternalCallError, call_action
+from apps.common.internal_client import InternalCallError, InternalClient
 from apps.common.problems import InvalidInput, Problem, TooManyRequests
 from apps.common.settings import Settings
-from apps.common.web import degraded_headers, orders_url, redirect_back, render, wants_html
-from apps.orders.contract import CREATE_ORDER_CALLER_TIMEOUT
+from apps.common.web import degraded_headers, public_url, redirect_back, render, wants_html
+from apps.orders import contract as orders
 
 ItemId = Annotated[int, Parameter(ge=1, le=2**63 - 1)]
 PageSlug = Annotated[str, Parameter(pattern=r"^[a-z0-9][a-z0-9-]{0,254}$")]
@@ -116,30 +115,19 @@ async def delete_item(
 async def _checkout(
     request: Request,
     db_session: DbSession,
+    internal: InternalClient,
     identity: Identity,
     settings: Settings,
     page_id: int | None,
 ) -> Any:
-    owner = owner_of(identity)
-    cart = await service.load_cart(db_session, owner, page_id)
-    order, key = service.checkout_request(cart, owner, identity.session_id, page_id)
-    # Nothing of the cart changes here: it is cleared by orders once the payment is confirmed.
-    await db_session.rollback()
     try:
-        # Orders answers within its budget (the contract); waiting longer means never giving
-        # up on an order that is still being made. No retry: the answer is awaited, not raced.
-        created = await call_action(
-            "orders",
-            "create-order",
-            msgspec.to_builtins(order),
-            idempotency_key=key,
-            timeout=CREATE_ORDER_CALLER_TIMEOUT,
-            retry=False,
+        created = await service.checkout(
+            db_session, internal, owner_of(identity), identity.session_id, page_id
         )
     except InternalCallError as exc:
-        raise checkout_failed(exc, orders_url(settings, "/")) from exc
+        raise checkout_failed(exc, public_url(settings, orders.SERVICE, "/")) from exc
     if wants_html(request):
-        return Redirect(path=created["sumup_hosted_url"], status_code=303)
+        return Redirect(path=created.sumup_hosted_url, status_code=303)
     return created
 
 
@@ -168,21 +156,26 @@ def checkout_failed(exc: InternalCallError, orders_page: str) -> Problem:
 
 @post("/checkout/", operation_id="cart_checkout", status_code=200)
 async def checkout(
-    request: Request, db_session: DbSession, identity: CurrentIdentity, settings: AppSettings
+    request: Request,
+    db_session: DbSession,
+    internal: Internal,
+    identity: CurrentIdentity,
+    settings: AppSettings,
 ) -> Any:
-    return await _checkout(request, db_session, identity, settings, None)
+    return await _checkout(request, db_session, internal, identity, settings, None)
 
 
 @post("/page/{page_slug:str}/checkout/", operation_id="page_cart_checkout", status_code=200)
 async def page_checkout(
     request: Request,
     db_session: DbSession,
+    internal: Internal,
     identity: CurrentIdentity,
     settings: AppSettings,
     page_slug: PageSlug,
 ) -> Any:
     page_id = await service.page_id_for_slug(db_session, page_slug)
-    return await _checkout(request, db_session, identity, settings, page_id)
+    return await _checkout(request, db_session, internal, identity, settings, page_id)
 
 
 @post(
@@ -192,17 +185,14 @@ async def page_checkout(
 )
 async def delete_booking(
     request: Request,
+    internal: Internal,
     identity: CurrentIdentity,
     kind: FromPath[Literal["entry", "ticket"]],
     booking_id: ItemId,
 ) -> Any:
     """Remove a booking from the cart: events releases its hold at once."""
     try:
-        released = await call_action(
-            "events",
-            "release-booking",
-            {"kind": kind, "id": booking_id, **identity.as_params()},
-        )
+        released = await service.release_booking(internal, owner_of(identity), kind, booking_id)
     except InternalCallError as exc:
         if exc.remote_status in (404, 409, 422):
             raise Problem(

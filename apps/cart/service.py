@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from sqlalchemy import (
@@ -30,11 +29,15 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as upsert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from apps.cart.contract import ClearCartForOrder, PaidLine
+from apps.cart.contract import Booking, ClearCartForOrder, Line, PaidLine
 from apps.cart.models import CartItem, page_configs, pending_bookings, products
+from apps.common.db import end_read, table_of
 from apps.common.fdw import ProviderUnavailable, remote_read
+from apps.common.internal_client import InternalClient
 from apps.common.problems import Conflict, InvalidInput, NotFound
-from apps.orders.contract import BookingLine, CartLine, CreateOrder
+from apps.events import contract as events
+from apps.orders import contract as orders
+from apps.orders.contract import BookingLine, CartLine, CreatedOrder, CreateOrder
 
 MAX_QUANTITY = 99
 PositiveId = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
@@ -63,36 +66,6 @@ class Owner:
         return and_(
             pending_bookings.c.session_id == self.session_id, pending_bookings.c.user_id.is_(None)
         )
-
-
-class Line(msgspec.Struct):
-    id: int
-    product_id: int
-    slug: str | None
-    title: str
-    image: str | None
-    regular_price: Decimal | None
-    special_price: Decimal | None
-    unit_price: Decimal | None
-    currency: str | None
-    quantity: int
-    line_total: Decimal | None
-    page_id: int
-    # False when market no longer sells the product: it cannot be checked out.
-    available: bool
-    # This line and the anonymous lines sign-in merged into it (not yet paid for): what an
-    # order of this line claims.
-    cart_line_ids: list[int] = []
-
-
-class Booking(msgspec.Struct):
-    kind: str
-    id: int
-    title: str
-    price: Decimal
-    currency: str
-    starts_at: datetime | None
-    page_id: int | None
 
 
 class PageCart(msgspec.Struct):
@@ -146,7 +119,8 @@ async def _merged_into(session: AsyncSession, line_ids: list[int]) -> dict[int, 
     )
     merged: dict[int, list[int]] = {}
     for into, line_id in rows:
-        merged.setdefault(into, []).append(line_id)
+        if into is not None:  # the query selects only merged lines
+            merged.setdefault(into, []).append(line_id)
     return merged
 
 
@@ -283,7 +257,11 @@ async def load_cart(session: AsyncSession, owner: Owner, page_id: int | None = N
         page_bookings = [booking for booking in bookings if booking.page_id == pid]
         if not page_lines and not page_bookings:
             continue
-        slug, title = names.get(pid, (None, "Other") if pid is None else (None, f"Page {pid}"))
+        slug: str | None
+        if pid is None:
+            slug, title = None, "Other"
+        else:
+            slug, title = names.get(pid, (None, f"Page {pid}"))
         total = sum((line.line_total or Decimal(0) for line in page_lines), Decimal(0)) + sum(
             (booking.price for booking in page_bookings), Decimal(0)
         )
@@ -326,17 +304,12 @@ async def add_item(
         raise NotFound(f"Product {product_id} does not exist")
     if product.container_type != "page":
         raise Conflict(f"Product {product_id} is not sold through a page")
+    # The partial unique index of live lines of one owner and product decides the conflict.
     if owner.user_id is not None:
-        arbiter = {
-            "index_elements": ["user_id", "product_id"],
-            "index_where": text("deleted_at IS NULL AND user_id IS NOT NULL"),
-        }
+        owner_column, live = "user_id", "deleted_at IS NULL AND user_id IS NOT NULL"
     else:
-        arbiter = {
-            "index_elements": ["session_id", "product_id"],
-            "index_where": text("deleted_at IS NULL AND user_id IS NULL"),
-        }
-    table = CartItem.__table__
+        owner_column, live = "session_id", "deleted_at IS NULL AND user_id IS NULL"
+    table = table_of(CartItem)
     statement = (
         upsert(table)
         .values(
@@ -347,7 +320,8 @@ async def add_item(
             market_place_container_id=product.container_id,
         )
         .on_conflict_do_update(
-            **arbiter,
+            index_elements=[owner_column, "product_id"],
+            index_where=text(live),
             set_={
                 "quantity": func.least(table.c.quantity + quantity, MAX_QUANTITY),
                 "updated_at": func.now(),
@@ -376,17 +350,17 @@ async def set_quantity(session: AsyncSession, owner: Owner, item_id: int, quanti
     """Change a line's quantity; 0 removes the line. Returns the new quantity."""
     item = await _owned_item(session, owner, item_id)
     if quantity == 0:
-        item.deleted_at = func.now()  # type: ignore[assignment]
+        item.deleted_at = func.now()
         return 0
     _check_quantity(quantity)
     item.quantity = quantity
-    item.updated_at = func.now()  # type: ignore[assignment]
+    item.updated_at = func.now()
     return quantity
 
 
 async def remove_item(session: AsyncSession, owner: Owner, item_id: int) -> None:
     item = await _owned_item(session, owner, item_id)
-    item.deleted_at = func.now()  # type: ignore[assignment]
+    item.deleted_at = func.now()
 
 
 async def adopt_cart(session: AsyncSession, user_id: int, session_id: str) -> int:
@@ -394,8 +368,8 @@ async def adopt_cart(session: AsyncSession, user_id: int, session_id: str) -> in
     in both are added; the anonymous line records the line it was merged into, so an order
     made before sign-in still finds what it bought). Returns how many anonymous lines were
     adopted; a second call adopts 0."""
-    anonymous = CartItem.__table__.alias("anonymous")
-    table = CartItem.__table__
+    anonymous = table_of(CartItem).alias("anonymous")
+    table = table_of(CartItem)
     await session.execute(
         text("SELECT pg_advisory_xact_lock(hashtext('cart-adopt:' || :sid))"), {"sid": session_id}
     )
@@ -469,9 +443,9 @@ async def _clear_line(session: AsyncSession, order_id: int, paid: PaidLine) -> i
     if line is None or line.order_id is not None:
         return int(line is not None and line.order_id == order_id)
     line.order_id = order_id
-    line.updated_at = func.now()  # type: ignore[assignment]
+    line.updated_at = func.now()
     if line.deleted_at is None:
-        line.deleted_at = func.now()  # type: ignore[assignment]
+        line.deleted_at = func.now()
         surplus = line.quantity - paid.quantity
         if surplus > 0:
             await session.flush()  # the paid line leaves before its surplus takes its place
@@ -495,9 +469,9 @@ async def _clear_line(session: AsyncSession, order_id: int, paid: PaidLine) -> i
             if into.quantity > paid.quantity:
                 into.quantity -= paid.quantity
             else:
-                into.deleted_at = func.now()  # type: ignore[assignment]
+                into.deleted_at = func.now()
                 into.order_id = order_id
-            into.updated_at = func.now()  # type: ignore[assignment]
+            into.updated_at = func.now()
         return 1
     return 1  # the buyer had removed it already
 
@@ -594,3 +568,38 @@ def checkout_request(
     snapshot = msgspec.json.encode(request, order="sorted")
     digest = hashlib.sha256(snapshot).hexdigest()
     return request, f"cart-checkout:{digest}"
+
+
+async def checkout(
+    session: AsyncSession,
+    internal: InternalClient,
+    owner: Owner,
+    session_id: str,
+    page_id: int | None,
+) -> CreatedOrder:
+    """Hand the cart (or one page's) over to orders. Nothing of the cart changes here: orders
+    clears it once the payment is confirmed."""
+    cart = await load_cart(session, owner, page_id)
+    order, key = checkout_request(cart, owner, session_id, page_id)
+    await end_read(session)
+    # Orders answers within its budget (its contract); waiting longer means never giving up
+    # on an order that is still being made. No retry: the answer is awaited, not raced.
+    return await internal.call(
+        orders.create_order,
+        order,
+        idempotency_key=key,
+        timeout=orders.CREATE_ORDER_CALLER_TIMEOUT,
+        retry=False,
+    )
+
+
+async def release_booking(
+    internal: InternalClient, owner: Owner, kind: Literal["entry", "ticket"], booking_id: int
+) -> events.Released:
+    """The buyer removed a booking from the cart: events frees its slot at once."""
+    return await internal.call(
+        events.release_booking,
+        events.ReleaseBooking(
+            kind=kind, id=booking_id, user_id=owner.user_id, session_id=owner.session_id
+        ),
+    )

@@ -1,57 +1,81 @@
 """``create_base_app``: the one wiring point every service goes through.
 
 It gives each service the same platform: settings, an async engine and per-request sessions,
-``/healthz`` and ``/readyz``, OpenAPI at ``/schema``, one problem+json error format, request
-logging, signed internal routes, the internal client, and for public services the shared session
-cookie, CSRF protection, templates and the development sign-in.
+``/healthz`` and ``/readyz``, OpenAPI at ``/schema``, one problem+json error format (Litestar's
+problem-details plugin), request logging, the internal routes of its contract (signed), the
+client of other services' contracts, and for public services the shared session cookie, CSRF
+protection, templates and the development sign-in.
+
+What a service's handlers and jobs share lives in one typed object, :class:`Platform`
+(``app.state.platform``), handed out by dependency injection; nothing is read from ``app.state``
+by name elsewhere.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from litestar import Litestar, MediaType, Request, Response, get
+from litestar import Litestar, Request, Response, get
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Table
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from apps.common.db import create_engine, database_reachable, session_scope, sessionmaker_for
-from apps.common.identity import (
-    Identity,
-    SessionCodec,
-    identity_from_scope,
-    identity_middleware,
+from apps.common.asgi import header, http_method
+from apps.common.contracts import Action, Contract, SignIn
+from apps.common.db import (
+    close_request_session,
+    create_engine,
+    database_reachable,
+    request_session,
+    sessionmaker_for,
 )
+from apps.common.identity import Identity, SessionCodec, identity_from_scope, identity_middleware
 from apps.common.internal import internal_router
-from apps.common.internal_client import (
-    InternalClient,
-    client_installed,
-    close_client,
-    install_client,
-)
-from apps.common.problems import handle_exception, problem_response
+from apps.common.internal_client import InternalClient
+from apps.common.limits import MAX_BODY_BYTES, input_limits
+from apps.common.nonces import NonceStore
+from apps.common.openapi import document_problems
+from apps.common.problems import current_request_id, problem_details_plugin, problem_response
 from apps.common.settings import Settings
-from apps.common.web import (
-    SignInHook,
-    adopt_anonymous_on_sign_in,
-    auth_handlers,
-    csrf_input,
-    page_context,
-    template_config,
-    wants_html,
-)
+from apps.common.web import auth_handlers, template_config
 
 LifespanHook = Callable[[Litestar], Awaitable[None]]
+REQUEST_ID_HEADER = "X-Request-ID"
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{8,64}")
 
 
-def access_log_middleware(service: str) -> Callable[[ASGIApp], ASGIApp]:
+@dataclass
+class Platform:
+    """What every handler and job of one service process may use."""
+
+    settings: Settings
+    client: InternalClient
+    codec: SessionCodec | None
+    # What other services do when someone signs in (their contracts' adopt actions).
+    sign_in: tuple[Action[SignIn, Any], ...] = ()
+    engine: AsyncEngine = field(init=False)
+    sessionmaker: async_sessionmaker[AsyncSession] = field(init=False)
+
+
+def platform_of(app: Litestar) -> Platform:
+    platform: Platform = app.state.platform
+    return platform
+
+
+def request_middleware(service: str) -> Callable[[ASGIApp], ASGIApp]:
+    """Every request gets an id (the caller's ``X-Request-ID`` when it is a sane one): in the
+    access log line, in any error's log line and problem, and in the response's header."""
     logger = logging.getLogger(f"rose.{service}.access")
 
     def middleware(app: ASGIApp) -> ASGIApp:
@@ -59,6 +83,9 @@ def access_log_middleware(service: str) -> Callable[[ASGIApp], ASGIApp]:
             if scope["type"] != "http":
                 await app(scope, receive, send)
                 return
+            given = header(scope, REQUEST_ID_HEADER) or ""
+            request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex[:16]
+            token = current_request_id.set(request_id)
             started = time.perf_counter()
             status = 500
 
@@ -66,18 +93,22 @@ def access_log_middleware(service: str) -> Callable[[ASGIApp], ASGIApp]:
                 nonlocal status
                 if message["type"] == "http.response.start":
                     status = message["status"]
+                    headers = [*message.get("headers", ()), (b"x-request-id", request_id.encode())]
+                    message = {**message, "headers": headers}
                 await send(message)
 
             try:
                 await app(scope, receive, capture)
             finally:
+                current_request_id.reset(token)
                 if scope["path"] not in ("/healthz", "/readyz"):
                     logger.info(
-                        "%s %s %d %.1fms",
-                        scope["method"],
+                        "%s %s %d %.1fms request=%s",
+                        http_method(scope),
                         scope["path"],
                         status,
                         (time.perf_counter() - started) * 1000,
+                        request_id,
                     )
 
         return log
@@ -86,37 +117,43 @@ def access_log_middleware(service: str) -> Callable[[ASGIApp], ASGIApp]:
 
 
 def create_base_app(
-    name: str,
+    contract: Contract,
     *,
-    settings: Settings | None = None,
+    settings: Settings,
+    internal_client: InternalClient | None = None,
     internal_handlers: Sequence[Any] = (),
     public_handlers: Sequence[Any] = (),
     templates: Path | None = None,
     on_startup: Sequence[LifespanHook] = (),
     on_shutdown: Sequence[LifespanHook] = (),
     csrf_exempt: Sequence[str] = (),
-    sign_in_hooks: Sequence[SignInHook] = (adopt_anonymous_on_sign_in,),
+    sign_in: Sequence[Action[SignIn, Any]] = (),
     dependencies: dict[str, Provide] | None = None,
+    nonce_table: Table | None = None,
     pool_size: int = 5,
 ) -> Litestar:
-    settings = settings or Settings.from_env(name)
+    """The service's app. ``internal_client``: a client of the other services made by the
+    caller (tests route it to in-process apps); by default one is made here, from the
+    settings' ``INTERNAL_URL_*``, and closed with the app."""
+    name = contract.service
     if settings.service != name:
         raise ValueError(f"settings are for {settings.service!r}, not {name!r}")
+    owns_client = internal_client is None
+    client = internal_client or InternalClient(
+        caller=name, secret=settings.internal_secret, base_urls=settings.internal_urls
+    )
+    codec = None
+    if contract.public:
+        assert settings.session_secret is not None  # enforced by Settings for public services
+        codec = SessionCodec(settings.session_secret)
+    platform = Platform(settings=settings, client=client, codec=codec, sign_in=tuple(sign_in))
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        engine = create_engine(settings.database_url, application_name=name, pool_size=pool_size)
-        app.state.engine = engine
-        app.state.sessionmaker = sessionmaker_for(engine)
-        owns_client = not client_installed()
-        if owns_client:
-            install_client(
-                InternalClient(
-                    caller=name,
-                    secret=settings.internal_secret,
-                    base_urls=settings.internal_urls,
-                )
-            )
+        platform.engine = create_engine(
+            settings.database_url, application_name=name, pool_size=pool_size
+        )
+        platform.sessionmaker = sessionmaker_for(platform.engine)
         try:
             for hook in on_startup:
                 await hook(app)
@@ -125,12 +162,11 @@ def create_base_app(
             for hook in on_shutdown:
                 await hook(app)
             if owns_client:
-                await close_client()
-            await engine.dispose()
+                await client.aclose()
+            await platform.engine.dispose()
 
-    async def provide_db_session(state: State) -> AsyncIterator[AsyncSession]:
-        async with session_scope(state.sessionmaker) as session:
-            yield session
+    def provide_db_session(state: State, scope: Scope) -> AsyncSession:
+        return request_session(state.platform.sessionmaker, scope)
 
     @get("/healthz", operation_id="healthz", tags=["health"], sync_to_thread=False)
     def healthz() -> dict[str, str]:
@@ -138,31 +174,37 @@ def create_base_app(
 
     @get("/readyz", operation_id="readyz", tags=["health"])
     async def readyz(state: State) -> Response[dict[str, Any]]:
-        if not await database_reachable(state.engine):
+        if not await database_reachable(state.platform.engine):
             return problem_response(
                 503, f"{name}: database unreachable", instance="/readyz", service=name
             )
         return Response({"status": "ready", "service": name})
 
     route_handlers: list[Any] = [healthz, readyz]
-    if internal_handlers:
-        route_handlers.append(internal_router(name, settings.internal_secret, internal_handlers))
+    if internal_handlers or contract.calls:
+        if nonce_table is None and any(isinstance(call, Action) for call in contract.calls):
+            raise ValueError(f"{name} takes actions: it needs its request_nonces table")
+        nonces = NonceStore(nonce_table) if nonce_table is not None else None
+
+        async def remember_nonce(nonce: str) -> bool:
+            return nonces is None or await nonces.remember(platform.sessionmaker, nonce)
+
+        route_handlers.append(
+            internal_router(contract, settings.internal_secret, internal_handlers, remember_nonce)
+        )
     route_handlers.extend(public_handlers)
 
     all_dependencies: dict[str, Provide] = {
-        "db_session": Provide(provide_db_session),
+        "db_session": Provide(provide_db_session, sync_to_thread=False),
         "settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False),
+        "internal": Provide(lambda: client, use_cache=True, sync_to_thread=False),
+        "platform": Provide(lambda: platform, use_cache=True, sync_to_thread=False),
         **(dependencies or {}),
     }
-    middleware: list[Any] = [access_log_middleware(name)]
+    middleware: list[Any] = [request_middleware(name), close_request_session, input_limits]
     template_settings = None
-    state: dict[str, Any] = {"settings": settings}
-    exception_handler = handle_exception
 
-    if settings.public:
-        assert settings.session_secret is not None  # enforced by Settings for public services
-        codec = SessionCodec(settings.session_secret)
-        state["session_codec"] = codec
+    if codec is not None:
         middleware.append(
             identity_middleware(
                 codec,
@@ -171,45 +213,26 @@ def create_base_app(
                 csrf_exempt=csrf_exempt,
             )
         )
-        route_handlers.extend(auth_handlers(settings, sign_in_hooks))
+        route_handlers.extend(auth_handlers(settings, codec, client, platform.sign_in))
         template_settings = template_config(settings, templates)
 
-        def provide_identity(request: Request) -> Identity:
+        def provide_identity(request: Request[Any, Any, Any]) -> Identity:
             return identity_from_scope(request.scope)
 
         all_dependencies["identity"] = Provide(provide_identity, sync_to_thread=False)
 
-        def html_or_problem(request: Request, exc: Exception) -> Response[Any]:
-            response = handle_exception(request, exc)
-            if not wants_html(request):
-                return response
-            # Browsers get the same problem rendered as a page, with the same status.
-            return _html_problem(request, response.status_code, response.content)
-
-        exception_handler = html_or_problem  # type: ignore[assignment]
-
-    return Litestar(
+    app = Litestar(
         route_handlers=route_handlers,
         lifespan=[lifespan],
         dependencies=all_dependencies,
-        exception_handlers={Exception: exception_handler},
+        plugins=[problem_details_plugin()],
         middleware=middleware,
         template_config=template_settings,
-        openapi_config=OpenAPIConfig(
-            title=f"rose-ash {name}",
-            version="1.0.0",
-            path="/schema",
-        ),
-        state=State(state),
+        openapi_config=OpenAPIConfig(title=f"rose-ash {name}", version="1.0.0", path="/schema"),
+        state=State({"platform": platform}),
         logging_config=None,
         debug=False,
+        request_max_body_size=MAX_BODY_BYTES,
     )
-
-
-def _html_problem(request: Request, status: int, problem: dict[str, Any]) -> Response[Any]:
-    engine = request.app.template_engine
-    assert engine is not None
-    html = engine.get_template("error.html").render(
-        **page_context(request, problem=problem, status=status, csrf_input=csrf_input(request))
-    )
-    return Response(html, status_code=status, media_type=MediaType.HTML)
+    document_problems(app, html=codec is not None)
+    return app

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import json
 
-from litestar.types import Message, Receive, Scope, Send
+from litestar.types import (
+    HTTPRequestEvent,
+    HTTPResponseBodyEvent,
+    HTTPResponseStartEvent,
+    Receive,
+    ReceiveMessage,
+    Scope,
+    Send,
+)
 
 from apps.common.problems import PROBLEM_MEDIA_TYPE, problem_body
 
@@ -36,14 +44,19 @@ def replaying_receive(body: bytes, receive: Receive) -> Receive:
     """A ``receive`` that hands the already-read body to the app, then defers to the real one."""
     sent = False
 
-    async def replay() -> Message:
+    async def replay() -> ReceiveMessage:
         nonlocal sent
         if not sent:
             sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
+            return HTTPRequestEvent(type="http.request", body=body, more_body=False)
         return await receive()
 
     return replay
+
+
+def http_method(scope: Scope) -> str:
+    """The request's method (an HTTP scope's; websockets have none)."""
+    return str(scope.get("method", "GET"))
 
 
 def header(scope: Scope, name: str) -> str | None:
@@ -63,5 +76,5 @@ async def send_problem(send: Send, status: int, detail: str, path: str) -> None:
     ]
     if status == 401:
         headers.append((b"www-authenticate", b"Signature"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": payload})
+    await send(HTTPResponseStartEvent(type="http.response.start", status=status, headers=headers))
+    await send(HTTPResponseBodyEvent(type="http.response.body", body=payload, more_body=False))

@@ -6,12 +6,12 @@ a response is never sent for a write that did not commit.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import datetime
+from typing import Any, cast
 
 from litestar.di import NamedDependency
-from sqlalchemy import BigInteger, DateTime, MetaData, func, text
+from litestar.types import ASGIApp, Receive, Scope, Send
+from sqlalchemy import BigInteger, DateTime, MetaData, Table, func, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -55,6 +55,12 @@ class IdentityPkMixin:
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
 
 
+def table_of(model: type[Any]) -> Table:
+    """A declarative model's Table. (SQLAlchemy types ``__table__`` as any FromClause; a
+    declarative class with ``__tablename__`` always maps a Table.)"""
+    return cast(Table, model.__table__)
+
+
 def as_psycopg_url(url: str) -> str:
     """Accept ``postgresql://`` DSNs and use the psycopg 3 driver for them."""
     parsed = make_url(url)
@@ -78,16 +84,41 @@ def sessionmaker_for(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
 
-@asynccontextmanager
-async def session_scope(maker: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
-    """One session per request. Uncommitted work is rolled back when the request ends, at once,
-    errors included (a connection must never stay idle in a transaction holding locks)."""
-    async with maker() as session:
+# Where a request's session waits for the middleware that closes it (scope["state"]).
+REQUEST_SESSION_KEY = "rose_db_session"
+
+
+def request_session(maker: async_sessionmaker[AsyncSession], scope: Scope) -> AsyncSession:
+    """The request's session, made on first use and closed by :func:`close_request_session`
+    when the request ends (rolled back if it was left uncommitted, errors included)."""
+    state = scope.setdefault("state", {})
+    session: AsyncSession | None = state.get(REQUEST_SESSION_KEY)
+    if session is None:
+        session = state[REQUEST_SESSION_KEY] = maker()
+    return session
+
+
+def close_request_session(app: ASGIApp) -> ASGIApp:
+    """ASGI middleware: the request's session is closed when the request ends, however it ends.
+    (A generator dependency would do this too, but Litestar leaves one unclosed when a later
+    parameter fails validation, and the garbage collector then closes it in a task of its own.)"""
+
+    async def handle(scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            yield session
+            await app(scope, receive, send)
         finally:
-            if session.in_transaction():
-                await session.rollback()
+            session = scope.get("state", {}).pop(REQUEST_SESSION_KEY, None)
+            if session is not None:
+                await session.close()
+
+    return handle
+
+
+async def end_read(session: AsyncSession) -> None:
+    """End the request's read transaction before waiting on another service: a connection must
+    not sit idle in a transaction (holding its snapshot and locks) while the other one answers."""
+    if session.in_transaction():
+        await session.rollback()
 
 
 async def database_reachable(engine: AsyncEngine) -> bool:

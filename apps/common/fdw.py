@@ -5,31 +5,19 @@ a slow or unreachable provider costs a bounded wait and leaves the local transac
 failure to reach the provider raises :class:`ProviderUnavailable`, which callers turn into a
 degraded answer (``X-Rose-Degraded``) or, when they cannot answer without it, a 503 problem.
 
-Foreign tables are never in a service's MetaData (migrations do not manage them). A consumer
-declares the ones only it reads in its models module, in a MetaData of their own named after the
-provider; the likes table, read by market and blog alike, is declared here.
+Foreign tables are never in a service's MetaData (migrations do not manage them): a consumer
+builds them from the provider's contract (``ExportView.foreign_table``) in its models module.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from sqlalchemy import (
-    BigInteger,
-    Column,
-    DateTime,
-    MetaData,
-    Select,
-    String,
-    Table,
-    any_,
-    bindparam,
-    select,
     text,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -88,51 +76,3 @@ async def remote_read(
             # Back to the session's own timeout for whatever the transaction does next.
             await session.execute(text("SET LOCAL statement_timeout TO DEFAULT"))
             await savepoint.commit()
-
-
-# -- foreign tables -------------------------------------------------------------------------
-likes_schema = MetaData(schema="likes")
-
-# likes.likes in db_market and db_blog: the likes service's export view (active likes only).
-foreign_likes = Table(
-    "likes",
-    likes_schema,
-    Column("id", BigInteger, primary_key=True),
-    Column("user_id", BigInteger),
-    Column("target_type", String(32)),
-    Column("target_slug", String(255)),
-    Column("target_id", BigInteger),
-    Column("created_at", DateTime(timezone=True)),
-)
-
-
-def liked_slugs_query(user_id: int, slugs: list[str]) -> Select[tuple[str]]:
-    """Which of these products the user likes: one remote query, the page's keys as one array
-    (pushed down as ``target_slug = ANY($1)``), never a query per product."""
-    return select(foreign_likes.c.target_slug).where(
-        foreign_likes.c.user_id == user_id,
-        foreign_likes.c.target_type == "product",
-        foreign_likes.c.target_slug == any_(bindparam("slugs", slugs, type_=ARRAY(String))),
-    )
-
-
-async def liked_slugs_among(session: AsyncSession, user_id: int, slugs: Iterable[str]) -> set[str]:
-    keys = list(slugs)
-    if not keys:
-        return set()
-    return set(await session.scalars(liked_slugs_query(user_id, keys)))
-
-
-async def liked_ids_among(session: AsyncSession, user_id: int, ids: Iterable[int]) -> set[int]:
-    """Which of these posts the user likes (one remote query, as above)."""
-    keys = list(ids)
-    if not keys:
-        return set()
-    rows = await session.scalars(
-        select(foreign_likes.c.target_id).where(
-            foreign_likes.c.user_id == user_id,
-            foreign_likes.c.target_type == "post",
-            foreign_likes.c.target_id == any_(bindparam("ids", keys, type_=ARRAY(BigInteger))),
-        )
-    )
-    return set(rows)

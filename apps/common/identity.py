@@ -26,8 +26,16 @@ from urllib.parse import parse_qs
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from litestar.utils.scope.state import ScopeState
 
-from apps.common.asgi import BodyTooLarge, header, read_body, replaying_receive, send_problem
-from apps.common.internal import INTERNAL_PREFIX
+from apps.common.asgi import (
+    BodyTooLarge,
+    header,
+    http_method,
+    read_body,
+    replaying_receive,
+    send_problem,
+)
+from apps.common.internal_paths import is_internal_path
+from apps.common.signing import same_secret
 
 COOKIE_NAME = "rose_session"
 COOKIE_MAX_AGE = 60 * 60 * 24 * 30
@@ -69,7 +77,7 @@ class SessionCodec:
         return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
     def encode(self, identity: Identity) -> str:
-        data = {"sid": identity.session_id}
+        data: dict[str, str | int] = {"sid": identity.session_id}
         if identity.user_id is not None:
             data["uid"] = identity.user_id
         payload = base64.urlsafe_b64encode(json.dumps(data, separators=(",", ":")).encode())
@@ -78,7 +86,7 @@ class SessionCodec:
 
     def decode(self, value: str) -> Identity | None:
         payload, _, mac = value.partition(".")
-        if not payload or not mac or not hmac.compare_digest(mac, self._mac(payload.encode())):
+        if not payload or not mac or not same_secret(mac, self._mac(payload.encode())):
             return None
         try:
             padded = payload + "=" * (-len(payload) % 4)
@@ -122,7 +130,7 @@ def identity_middleware(
 
     def middleware(app: ASGIApp) -> ASGIApp:
         async def handle(scope: Scope, receive: Receive, send: Send) -> None:
-            if scope["type"] != "http" or scope["path"].startswith(INTERNAL_PREFIX):
+            if scope["type"] != "http" or is_internal_path(scope["path"]):
                 await app(scope, receive, send)
                 return
             state = scope.setdefault("state", {})
@@ -135,7 +143,7 @@ def identity_middleware(
             # Litestar's template helper {{ csrf_input }} renders this token.
             ScopeState.from_scope(scope).csrf_token = codec.csrf_token(state[STATE_KEY])
 
-            if scope["method"] not in SAFE_METHODS and not scope["path"].startswith(
+            if http_method(scope) not in SAFE_METHODS and not scope["path"].startswith(
                 exempt_prefixes
             ):
                 try:
@@ -145,7 +153,7 @@ def identity_middleware(
                     return
                 expected = codec.csrf_token(state[STATE_KEY])
                 given = header(scope, CSRF_HEADER) or _form_field(scope, body, CSRF_FIELD)
-                if identity is None or not given or not hmac.compare_digest(given, expected):
+                if identity is None or not given or not same_secret(given, expected):
                     await send_problem(
                         send,
                         403,

@@ -1,31 +1,55 @@
 """Internal routes of a service: ``/internal/data``, ``/internal/actions``, ``/internal/fragments``.
 
+A provider registers each route from its contract (:mod:`apps.common.contracts`): the route's
+path, operation id and request type come from the contract's call, and :func:`internal_router`
+refuses to build a router that misses a call of the contract, serves one it does not declare,
+or takes another request type than the contract says.
+
 Every internal request must carry a valid signature (see :mod:`apps.common.signing`); anything
 else is a 401 problem before any handler runs. Public routing (Caddy) never exposes ``/internal/``.
 """
 
 from __future__ import annotations
 
+import inspect
+import typing
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from litestar import MediaType, Request, Router, get, post
+from litestar.handlers import HTTPRouteHandler
 from litestar.params import JSONBody
 from litestar.types import ASGIApp, Receive, Scope, Send
 from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from apps.common.asgi import BodyTooLarge, header, read_body, replaying_receive, send_problem
+from apps.common.asgi import (
+    BodyTooLarge,
+    header,
+    http_method,
+    read_body,
+    replaying_receive,
+    send_problem,
+)
+from apps.common.contracts import Action, Call, Contract, Fragment, Query
 from apps.common.db import DbSession
 from apps.common.idempotency import run_idempotent
 from apps.common.internal_client import IDEMPOTENCY_HEADER
-from apps.common.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
+from apps.common.internal_paths import INTERNAL_PREFIX
+from apps.common.signing import NONCE_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 
-INTERNAL_PREFIX = "/internal"
+CONTRACT_KEY = "contract_call"
 
 
-def signature_middleware(secret: str) -> Callable[[ASGIApp], ASGIApp]:
-    """ASGI middleware factory that refuses unsigned or wrongly signed internal requests."""
+# Is this nonce new? (False: the same signed request was delivered before.)
+RememberNonce = Callable[[str], Awaitable[bool]]
+
+
+def signature_middleware(
+    secret: str, remember_nonce: RememberNonce | None = None
+) -> Callable[[ASGIApp], ASGIApp]:
+    """ASGI middleware factory that refuses unsigned or wrongly signed internal requests, and
+    a second delivery of a signed action (its nonce was seen)."""
 
     def middleware(app: ASGIApp) -> ASGIApp:
         async def check(scope: Scope, receive: Receive, send: Send) -> None:
@@ -40,16 +64,34 @@ def signature_middleware(secret: str) -> Callable[[ASGIApp], ASGIApp]:
             path = scope["path"]
             query = scope.get("query_string", b"").decode("latin-1")
             signed_path = f"{path}?{query}" if query else path
+            nonce = header(scope, NONCE_HEADER)
             reason = verify(
                 secret,
-                scope["method"],
+                http_method(scope),
                 signed_path,
                 body,
                 header(scope, TIMESTAMP_HEADER),
                 header(scope, SIGNATURE_HEADER),
+                nonce=nonce,
+                idempotency_key=header(scope, IDEMPOTENCY_HEADER),
             )
             if reason is not None:
                 await send_problem(send, 401, f"Internal request refused: {reason}", path)
+                return
+            # Reads have no effect to repeat; an action is accepted once per signed delivery.
+            if (
+                http_method(scope) == "POST"
+                and remember_nonce is not None
+                and nonce is not None
+                and not await remember_nonce(nonce)
+            ):
+                await send_problem(
+                    send,
+                    409,
+                    "Internal request refused: this signed request was replayed (its nonce was "
+                    "used before); a retry must be signed anew",
+                    path,
+                )
                 return
             await app(scope, replaying_receive(body, receive), send)
 
@@ -58,56 +100,95 @@ def signature_middleware(secret: str) -> Callable[[ASGIApp], ASGIApp]:
     return middleware
 
 
-def internal_router(service: str, secret: str, handlers: Sequence[Any]) -> Router:
+def internal_router(
+    contract: Contract,
+    secret: str,
+    handlers: Sequence[Any],
+    remember_nonce: RememberNonce | None = None,
+) -> Router:
+    """The service's internal routes: exactly the calls its contract declares."""
+    served: dict[str, Call] = {}
+    for handler in handlers:
+        call = handler.opt.get(CONTRACT_KEY) if isinstance(handler, HTTPRouteHandler) else None
+        if call is None:
+            raise ValueError(f"{contract.service}: {handler} is not a route of its contract")
+        _check_request_type(contract, handler, call)
+        served[f"{type(call).__name__}:{call.name}"] = call
+    declared = {f"{type(call).__name__}:{call.name}": call for call in contract.calls}
+    missing = sorted(set(declared) - set(served))
+    extra = sorted(set(served) - set(declared))
+    if missing or extra:
+        raise ValueError(
+            f"{contract.service}'s internal routes differ from its contract: "
+            f"missing {missing}, not declared {extra}"
+        )
     return Router(
         path=INTERNAL_PREFIX,
         route_handlers=list(handlers),
-        middleware=[signature_middleware(secret)],
-        tags=[f"{service} internal"],
+        middleware=[signature_middleware(secret, remember_nonce)],
+        tags=[f"{contract.service} internal"],
     )
 
 
-def data_route(name: str, **kwargs: Any) -> Callable[[Any], Any]:
+def _check_request_type(contract: Contract, handler: HTTPRouteHandler, call: Call) -> None:
+    if not isinstance(call, Action):
+        return
+    hints = typing.get_type_hints(handler.fn, include_extras=True)
+    body = typing.get_args(hints.get("data")) or (hints.get("data"),)
+    if body[0] is not call.request:
+        raise ValueError(
+            f"{contract.service} {call.name}: the route takes {body[0]!r}, "
+            f"the contract says {call.request!r}"
+        )
+
+
+def data_route(query: Query[Any, Any], **kwargs: Any) -> Callable[[Any], Any]:
     """``GET /internal/data/{name}``: read-only JSON."""
-    return get(f"/data/{name}", operation_id=f"data_{name.replace('-', '_')}", **kwargs)
-
-
-def action_route(name: str, **kwargs: Any) -> Callable[[Any], Any]:
-    """``POST /internal/actions/{name}``: JSON in, JSON out, 200 on success (replays included)."""
-    return post(
-        f"/actions/{name}",
-        operation_id=f"action_{name.replace('-', '_')}",
-        status_code=200,
+    return get(
+        f"/data/{query.name}",
+        operation_id=f"data_{query.name.replace('-', '_')}",
+        opt={CONTRACT_KEY: query},
         **kwargs,
     )
 
 
-def fragment_route(name: str, **kwargs: Any) -> Callable[[Any], Any]:
+def action_route(action: Action[Any, Any], **kwargs: Any) -> Callable[[Any], Any]:
+    """``POST /internal/actions/{name}``: JSON in, JSON out, 200 on success (replays included)."""
+    return post(
+        f"/actions/{action.name}",
+        operation_id=f"action_{action.name.replace('-', '_')}",
+        status_code=200,
+        opt={CONTRACT_KEY: action},
+        **kwargs,
+    )
+
+
+def fragment_route(fragment: Fragment[Any], **kwargs: Any) -> Callable[[Any], Any]:
     """``GET /internal/fragments/{name}``: an HTML snippet for another service's pages."""
     return get(
-        f"/fragments/{name}",
-        operation_id=f"fragment_{name.replace('-', '_')}",
+        f"/fragments/{fragment.name}",
+        operation_id=f"fragment_{fragment.name.replace('-', '_')}",
         media_type=MediaType.HTML,
+        opt={CONTRACT_KEY: fragment},
         **kwargs,
     )
 
 
 def keyed_action(
-    name: str,
-    payload_type: type[Any],
+    action: Action[Any, Any],
     keys_table: Table,
     effect: Callable[[AsyncSession, Any], Awaitable[Any]],
     **route_kwargs: Any,
 ) -> Any:
     """An action route whose effect honours ``Idempotency-Key`` (see :mod:`.idempotency`):
-    the payload is validated as ``payload_type``, ``effect(session, payload)`` runs at most once
-    per key, and the result is committed with the key in one transaction."""
+    the payload is validated as the contract's request type, ``effect(session, payload)`` runs
+    at most once per key, and the result is committed with the key in one transaction."""
 
-    async def handler(db_session: AsyncSession, request: Request, data: Any) -> dict[str, Any]:
-        return await run_idempotent(  # type: ignore[no-any-return]
+    async def handler(db_session: AsyncSession, request: Request, data: Any) -> Any:
+        return await run_idempotent(
             db_session,
             keys_table,
-            action=name,
+            action=action.name,
             key=request.headers.get(IDEMPOTENCY_HEADER),
             payload=data,
             effect=lambda: effect(db_session, data),
@@ -117,9 +198,9 @@ def keyed_action(
     handler.__annotations__ = {
         "db_session": DbSession,
         "request": Request,
-        "data": JSONBody[payload_type],  # type: ignore[valid-type]
-        "return": dict[str, Any],
+        "data": JSONBody[action.request],  # type: ignore[misc,name-defined]  # known at run time
+        "return": action.answer,
     }
-    handler.__name__ = handler.__qualname__ = name.replace("-", "_")
-    handler.__doc__ = effect.__doc__
-    return action_route(name, **route_kwargs)(handler)
+    handler.__name__ = handler.__qualname__ = action.name.replace("-", "_")
+    handler.__doc__ = inspect.getdoc(effect)
+    return action_route(action, **route_kwargs)(handler)

@@ -1,9 +1,14 @@
 """Calls from one service to another's internal routes.
 
-``fetch_data``, ``call_action`` and ``fetch_fragment`` sign every request, use one pooled httpx
-client per process with explicit timeouts, retry only what is safe to repeat (GETs, and actions
-that carry an idempotency key), and raise :class:`InternalCallError` for anything but a 2xx, which
-the error handler turns into a 502/503 problem. Tests route services to in-process ASGI apps.
+A service calls another through the contract it publishes (``apps/<service>/contract.py``):
+``client.call(action, request)``, ``client.query(query, params)`` and
+``client.fragment(fragment, params)`` take and return the contract's typed structures. Every
+request is signed, uses one pooled httpx client per process with explicit timeouts, retries only
+what is safe to repeat (GETs, and actions that carry an idempotency key), and raises
+:class:`InternalCallError` for anything but a 2xx, which the error handler turns into a 502/503
+problem. The client is made once per process by the app factory and handed to whoever needs it
+(tests route services to in-process ASGI apps). The untyped ``call_action``/``fetch_data`` are
+for tools that name a call at run time (the ``rose`` CLI, the outbox relay).
 """
 
 from __future__ import annotations
@@ -12,12 +17,18 @@ import asyncio
 import json
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 import httpx
+import msgspec
 
+from apps.common.contracts import Action, Fragment, Query
 from apps.common.signing import sign_headers
+
+Request = TypeVar("Request", bound=msgspec.Struct)
+Answer = TypeVar("Answer")
+Params = TypeVar("Params", bound=msgspec.Struct)
 
 logger = logging.getLogger("rose.internal")
 
@@ -60,7 +71,7 @@ class InternalClient:
         caller: str,
         secret: str,
         base_urls: Mapping[str, str] | None = None,
-        asgi_apps: Mapping[str, Any] | None = None,
+        asgi_apps: dict[str, Any] | None = None,
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
     ) -> None:
         self.caller = caller
@@ -69,20 +80,35 @@ class InternalClient:
         self._timeout = timeout
         limits = httpx.Limits(max_connections=100, max_keepalive_connections=20)
         self._network = httpx.AsyncClient(timeout=timeout, limits=limits)
-        self._in_process = {
-            name: httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app), base_url=f"http://{name}", timeout=timeout
-            )
-            for name, app in (asgi_apps or {}).items()
-        }
+        # Looked up at call time: a test makes the client before the apps it routes to.
+        self._asgi_apps = asgi_apps if asgi_apps is not None else {}
+        self._in_process: dict[str, httpx.AsyncClient] = {}
+        self._closing: list[httpx.AsyncClient] = []
+        self._rerouted: dict[str, Any] = {}
+
+    def route(self, service: str, app: Any) -> None:
+        """Send calls of ``service`` to an in-process ASGI app from now on (tests)."""
+        self._rerouted[service] = app
+        stale = self._in_process.pop(service, None)
+        if stale is not None:
+            self._closing.append(stale)
 
     async def aclose(self) -> None:
+        for client in self._closing:
+            await client.aclose()
         await self._network.aclose()
         for client in self._in_process.values():
             await client.aclose()
 
     def _target(self, service: str, name: str) -> tuple[httpx.AsyncClient, str]:
-        if service in self._in_process:
+        app = self._rerouted.get(service) or self._asgi_apps.get(service)
+        if app is not None:
+            if service not in self._in_process:
+                self._in_process[service] = httpx.AsyncClient(
+                    transport=httpx.ASGITransport(app=app),
+                    base_url=f"http://{service}",
+                    timeout=self._timeout,
+                )
             return self._in_process[service], f"http://{service}"
         base_url = self._base_urls.get(service)
         if not base_url:
@@ -113,7 +139,10 @@ class InternalClient:
             if attempt:
                 await asyncio.sleep(RETRY_DELAYS[attempt - 1])
             # Signed per attempt: a retry gets a fresh timestamp.
-            request_headers = sign_headers(self._secret, method, path, body, caller=self.caller)
+            key = (headers or {}).get(IDEMPOTENCY_HEADER)
+            request_headers = sign_headers(
+                self._secret, method, path, body, caller=self.caller, idempotency_key=key
+            )
             request_headers.update(headers or {})
             if body:
                 request_headers["Content-Type"] = "application/json"
@@ -153,6 +182,42 @@ class InternalClient:
         assert last_error is not None
         logger.warning("internal call failed after %d attempt(s): %s", attempts, last_error)
         raise last_error
+
+    async def call(
+        self,
+        action: Action[Request, Answer],
+        request: Request,
+        *,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+        retry: bool | None = None,
+    ) -> Answer:
+        """Ask for an action of another service's contract; its typed answer."""
+        answer = await self.call_action(
+            action.service,
+            action.name,
+            msgspec.to_builtins(request),
+            idempotency_key=idempotency_key,
+            timeout=timeout,
+            retry=retry,
+        )
+        return _typed(action.service, action.name, answer, action.answer)
+
+    async def query(
+        self, query: Query[Params, Answer], params: Params, *, timeout: float | None = None
+    ) -> Answer:
+        """Read through another service's contract; its typed answer."""
+        answer = await self.fetch_data(
+            query.service, query.name, msgspec.to_builtins(params), timeout=timeout
+        )
+        return _typed(query.service, query.name, answer, query.answer)
+
+    async def fragment(
+        self, fragment: Fragment[Params], params: Params, *, timeout: float | None = None
+    ) -> str:
+        return await self.fetch_fragment(
+            fragment.service, fragment.name, msgspec.to_builtins(params), timeout=timeout
+        )
 
     async def fetch_data(
         self,
@@ -219,6 +284,15 @@ def _query(params: Mapping[str, Any] | None) -> str:
     return "?" + urlencode(pairs) if pairs else ""
 
 
+def _typed(service: str, name: str, answer: Any, answer_type: Any) -> Any:
+    try:
+        return msgspec.convert(answer, answer_type, strict=False)
+    except msgspec.ValidationError as exc:
+        raise InternalCallError(
+            service, name, f"answered with a body that does not match its contract: {exc}"
+        ) from None
+
+
 def _json(service: str, name: str, response: httpx.Response) -> Any:
     try:
         return response.json()
@@ -245,51 +319,3 @@ def _error_from_response(service: str, name: str, response: httpx.Response) -> I
         remote_status=status,
         problem=problem,
     )
-
-
-_client: InternalClient | None = None
-
-
-def install_client(client: InternalClient) -> None:
-    """Make ``client`` the process-wide client (tests install one routed to ASGI apps)."""
-    global _client
-    _client = client
-
-
-def current_client() -> InternalClient:
-    if _client is None:
-        raise RuntimeError("no internal client: the app's lifespan installs one at start-up")
-    return _client
-
-
-def client_installed() -> bool:
-    return _client is not None
-
-
-async def close_client() -> None:
-    global _client
-    if _client is not None:
-        await _client.aclose()
-        _client = None
-
-
-async def fetch_data(service: str, name: str, params: Mapping[str, Any] | None = None) -> Any:
-    return await current_client().fetch_data(service, name, params)
-
-
-async def call_action(
-    service: str,
-    name: str,
-    payload: Mapping[str, Any],
-    *,
-    idempotency_key: str | None = None,
-    timeout: float | None = None,
-    retry: bool | None = None,
-) -> Any:
-    return await current_client().call_action(
-        service, name, payload, idempotency_key=idempotency_key, timeout=timeout, retry=retry
-    )
-
-
-async def fetch_fragment(service: str, name: str, params: Mapping[str, Any] | None = None) -> str:
-    return await current_client().fetch_fragment(service, name, params)

@@ -6,6 +6,7 @@ import sqlalchemy as sa
 from alembic import op
 
 from apps.common.idempotency import MAX_KEY_LENGTH
+from apps.common.signing import MAX_NONCE_LENGTH
 
 
 def timestamps() -> list[sa.Column]:
@@ -60,4 +61,17 @@ def create_outbox(schema: str) -> None:
         ["next_attempt_at"],
         schema=schema,
         postgresql_where=sa.text("delivered_at IS NULL"),
+    )
+
+
+def create_request_nonces(schema: str) -> None:
+    """The table behind :mod:`apps.common.nonces` in ``schema``."""
+    op.create_table(
+        "request_nonces",
+        sa.Column("nonce", sa.String(MAX_NONCE_LENGTH), primary_key=True),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        schema=schema,
+    )
+    op.create_index(
+        op.f("ix_request_nonces_expires_at"), "request_nonces", ["expires_at"], schema=schema
     )

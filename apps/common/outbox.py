@@ -1,6 +1,6 @@
-"""A transactional outbox: actions to call on other services, written in the same transaction as
-the change that requires them, delivered later by a relay with retries and backoff until the
-other service acknowledges.
+"""A transactional outbox: actions of other services' contracts to call, written in the same
+transaction as the change that requires them, delivered later by a relay with retries and
+backoff until the other service acknowledges.
 
 Each message carries an idempotency key (unique), sent as the ``Idempotency-Key`` header, so a
 redelivery after a lost acknowledgement is harmless: the receiver replays its stored answer.
@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
+import msgspec
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -32,14 +33,15 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from apps.common.internal_client import InternalCallError, InternalClient, current_client
+from apps.common.contracts import Action
+from apps.common.internal_client import InternalCallError, InternalClient
 
 logger = logging.getLogger("rose.outbox")
 
 MAX_BACKOFF_SECONDS = 300
 
 # What a sender does with the receiver's answer, in the transaction that records the delivery:
-# ``(session, payload, answer)``. Keyed by (service, action).
+# ``(session, payload, answer)``, the answer typed as the action's contract says.
 ReplyHandler = Callable[[AsyncSession, Mapping[str, Any], Any], Awaitable[None]]
 
 
@@ -63,19 +65,21 @@ def outbox_table(metadata: MetaData) -> Table:
 async def enqueue(
     session: AsyncSession,
     table: Table,
+    action: Action[Any, Any],
+    request: msgspec.Struct,
     *,
-    service: str,
-    action: str,
-    payload: Mapping[str, Any],
     idempotency_key: str,
 ) -> bool:
-    """Add a message in the caller's transaction; False when that key is already queued."""
+    """Add a call of ``action`` in the caller's transaction; False when that key is already
+    queued."""
+    if not isinstance(request, action.request):
+        raise TypeError(f"{action.name} takes {action.request.__name__}, not {request!r}")
     result = await session.execute(
         insert(table)
         .values(
-            service=service,
-            action=action,
-            payload=dict(payload),
+            service=action.service,
+            action=action.name,
+            payload=msgspec.to_builtins(request),
             idempotency_key=idempotency_key,
         )
         .on_conflict_do_nothing(index_elements=["idempotency_key"])
@@ -104,13 +108,16 @@ class OutboxRelay:
         *,
         poll_seconds: float = 2.0,
         batch: int = 20,
-        client: InternalClient | None = None,
-        replies: Mapping[tuple[str, str], ReplyHandler] | None = None,
+        client: InternalClient,
+        replies: Mapping[Action[Any, Any], ReplyHandler] | None = None,
     ) -> None:
         self._maker = maker
         self._table = table
         self._client = client
-        self._replies = dict(replies or {})
+        self._replies = {
+            (action.service, action.name): (action, handler)
+            for action, handler in (replies or {}).items()
+        }
         self._poll = poll_seconds
         self._batch = batch
         self._wakeup = asyncio.Event()
@@ -161,9 +168,8 @@ class OutboxRelay:
                 ).first()
                 if message is None:
                     return acknowledged
-                client = self._client or current_client()
                 try:
-                    answer = await client.call_action(
+                    answer = await self._client.call_action(
                         message.service,
                         message.action,
                         message.payload,
@@ -191,7 +197,8 @@ class OutboxRelay:
                     continue
                 reply = self._replies.get((message.service, message.action))
                 if reply is not None:
-                    await reply(session, message.payload, answer)
+                    action, handle = reply
+                    await handle(session, message.payload, msgspec.convert(answer, action.answer))
                 await session.execute(
                     update(table)
                     .where(table.c.id == message.id)

@@ -1,14 +1,19 @@
-"""One error format everywhere: ``application/problem+json`` (RFC 9457).
+"""One error format everywhere: ``application/problem+json`` (RFC 9457), by Litestar's own
+problem-details plugin.
 
-Every error a service answers goes through :func:`problem_response`, whether it is raised by our
-own code (:class:`Problem` and its subclasses), by Litestar (404, 405, validation), or is
-unexpected (500, logged with its traceback, never shown to the client).
+Our errors are :class:`Problem` (a ``ProblemDetailsException``) and its subclasses; Litestar's
+own (404, 405, validation), a failed call to another service and anything unexpected are mapped
+to problems by :func:`problem_details_plugin`. Browsers get the same problem as a themed page
+(the page renderer is given by the app factory); anything unexpected is logged once, with a
+traceback, and never shown to the client.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
+from contextvars import ContextVar
 from http import HTTPStatus
 from typing import Any
 
@@ -16,19 +21,35 @@ from litestar import Request, Response
 from litestar.exceptions import (
     HTTPException,
     NotAuthorizedException,
+    SerializationException,
     ValidationException,
 )
-from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+from litestar.plugins.problem_details import (
+    ProblemDetailsConfig,
+    ProblemDetailsException,
+    ProblemDetailsPlugin,
+)
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
+# What a 503 tells the client to wait before trying again.
+RETRY_AFTER_SECONDS = 5
 logger = logging.getLogger("rose.errors")
+# The request being answered (set by the app factory's request middleware), for the one log
+# line of an unexpected error and for the problem the client sees.
+current_request_id: ContextVar[str | None] = ContextVar("rose_request_id", default=None)
+
+# Renders a problem as a page for browsers: (request, status, problem body) -> response or None
+# (None: the client is not a browser, answer JSON).
+PageRenderer = Callable[[Request[Any, Any, Any], int, dict[str, Any]], Response[Any] | None]
 
 
-class Problem(Exception):
-    """An error with an HTTP status and a clear detail; rendered as problem+json."""
+class Problem(ProblemDetailsException):
+    """An error with an HTTP status and a clear detail, naming the field it is about."""
 
     status_code: int = 400
-    title: str | None = None
+    default_title: str | None = None
+    render_page: PageRenderer | None = None  # set once per process by the app factory
 
     def __init__(
         self,
@@ -40,15 +61,45 @@ class Problem(Exception):
         headers: dict[str, str] | None = None,
         **extra: Any,
     ) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        if status_code is not None:
-            self.status_code = status_code
-        if title is not None:
-            self.title = title
         self.field = field
-        self.headers = headers or {}
-        self.extra = extra
+        # The detail always names the field it is about.
+        if field and field not in detail:
+            detail = f"{field}: {detail}"
+        errors = [{"field": field, "message": detail}] if field else None
+        body_extra = {key: value for key, value in extra.items() if value is not None}
+        if errors and "errors" not in body_extra:
+            body_extra["errors"] = errors
+        super().__init__(
+            detail=detail,
+            status_code=status_code or type(self).status_code,
+            headers=headers or {},
+            extra=body_extra,
+            title=title or self.default_title or HTTPStatus(status_code or self.status_code).phrase,
+            type_="about:blank",
+        )
+        self.detail = detail
+
+    @property
+    def body_extra(self) -> dict[str, Any]:
+        return dict(self.extra) if isinstance(self.extra, dict) else {}
+
+    def to_response(self, request: Request[Any, Any, Any]) -> Response[Any]:
+        body = problem_body(
+            self.status_code,
+            self.detail,
+            title=self.title,
+            instance=request.url.path,
+            request_id=current_request_id.get(),
+            **self.body_extra,
+        )
+        renderer = Problem.render_page
+        page = renderer(request, self.status_code, body) if renderer else None
+        if page is not None:
+            page.headers.update(self.headers or {})
+            return page
+        return Response(
+            body, status_code=self.status_code, media_type=PROBLEM_MEDIA_TYPE, headers=self.headers
+        )
 
 
 class BadRequest(Problem):
@@ -90,9 +141,13 @@ class InvalidInput(Problem):
 
 
 class DependencyUnavailable(Problem):
-    """A service or database this request needs cannot be reached."""
+    """A service or database this request needs cannot be reached: try again shortly."""
 
     status_code = 503
+
+    def __init__(self, detail: str, **kwargs: Any) -> None:
+        headers = {"Retry-After": str(RETRY_AFTER_SECONDS), **(kwargs.pop("headers", None) or {})}
+        super().__init__(detail, headers=headers, **kwargs)
 
 
 class BadGateway(Problem):
@@ -133,6 +188,9 @@ def problem_response(
     )
 
 
+# Litestar reports a request that does not validate with msgspec's message, which names the
+# field only inside its text ("... - at `$.quantity`"): these patterns take the field out so
+# the problem can name it (the plugin has no hook for that).
 _MISSING_FIELD = re.compile(r"missing required field `([^`]+)`")
 _AT_PATH = re.compile(r" - at `\$\.([^`\[]+)")
 _UNKNOWN_FIELD = re.compile(r"unknown field `([^`]+)`")
@@ -163,60 +221,75 @@ def _field_errors(exc: ValidationException) -> list[dict[str, str]]:
     return errors
 
 
-def _validation_problem(request: Request, exc: ValidationException) -> Response[dict[str, Any]]:
+def _from_validation(exc: ValidationException) -> Problem:
     errors = _field_errors(exc)
     if errors:
         detail = "; ".join(f"{error['field']}: {error['message']}" for error in errors)
     else:
         detail = str(exc.detail)
-    return problem_response(
-        422,
-        f"Invalid input: {detail}",
-        instance=request.url.path,
-        errors=errors or None,
-    )
+    return Problem(f"Invalid input: {detail}", status_code=422, errors=errors or None)
 
 
-def handle_exception(request: Request, exc: Exception) -> Response[dict[str, Any]]:
-    if isinstance(exc, Problem):
-        errors = [{"field": exc.field, "message": exc.detail}] if exc.field else None
-        # The detail always names the field it is about.
-        detail = exc.detail
-        if exc.field and exc.field not in detail:
-            detail = f"{exc.field}: {detail}"
-        return problem_response(
-            exc.status_code,
-            detail,
-            title=exc.title,
-            instance=request.url.path,
-            headers=exc.headers,
-            errors=errors,
-            **exc.extra,
-        )
-    if isinstance(exc, ValidationException):
-        return _validation_problem(request, exc)
-    if isinstance(exc, HTTPException):
-        status = exc.status_code
-        detail = str(exc.detail) if exc.detail else HTTPStatus(status).phrase
-        if status == 400 and detail.startswith("JSON is malformed"):
-            status = 422
-        headers = dict(exc.headers or {})
-        if isinstance(exc, NotAuthorizedException):
-            headers.setdefault("WWW-Authenticate", "Signature")
-        return problem_response(status, detail, instance=request.url.path, headers=headers)
-    # Imported here: the internal client module imports this one.
+def _from_http(exc: HTTPException) -> Problem:
+    status = exc.status_code
+    detail = str(exc.detail) if exc.detail else HTTPStatus(status).phrase
+    if status == 400 and detail.startswith("JSON is malformed"):
+        status = 422
+    headers = dict(exc.headers or {})
+    if isinstance(exc, NotAuthorizedException):
+        headers.setdefault("WWW-Authenticate", "Signature")
+    return Problem(detail, status_code=status, headers=headers)
+
+
+def _from_internal_call(exc: Exception) -> Problem:
+    from apps.common.internal_client import InternalCallError  # it imports this module
+
+    assert isinstance(exc, InternalCallError)
+    if exc.http_status == 503:
+        return DependencyUnavailable(str(exc), service=exc.service)
+    return Problem(str(exc), status_code=exc.http_status, service=exc.service)
+
+
+def _from_serialization(exc: SerializationException) -> Problem:
+    return Problem(f"The body could not be read: {exc.detail}", status_code=400, field="body")
+
+
+# SQLSTATE classes: 08 connection exceptions; 57P01-57P03 the server is shutting down or
+# starting; 53300 too many connections. 22 data exceptions: a value PostgreSQL refuses.
+_UNAVAILABLE = ("08", "57P01", "57P02", "57P03", "53300")
+
+
+def _from_database(exc: DBAPIError) -> Problem:
+    sqlstate = getattr(exc.orig, "sqlstate", None) or ""
+    if sqlstate.startswith(_UNAVAILABLE) or (not sqlstate and exc.connection_invalidated):
+        return DependencyUnavailable("The database is unavailable right now; try again shortly")
+    if not sqlstate and isinstance(exc, OperationalError | InterfaceError):
+        return DependencyUnavailable("The database is unavailable right now; try again shortly")
+    if sqlstate.startswith("22"):
+        message = str(exc.orig).splitlines()[0] if exc.orig else "invalid value"
+        return Problem(f"A value cannot be stored: {message}", status_code=422)
+    return _from_unexpected(exc)
+
+
+def _from_unexpected(exc: Exception) -> Problem:
+    request_id = current_request_id.get()
+    logger.error("unhandled error (request %s): %r", request_id, exc, exc_info=exc)
+    detail = "An unexpected error happened; it has been logged"
+    if request_id:
+        detail += f" (request {request_id})"
+    return Problem(detail + ".", status_code=500)
+
+
+def problem_details_plugin() -> ProblemDetailsPlugin:
+    """Litestar's problem-details plugin, with every error we can meet mapped to a problem."""
     from apps.common.internal_client import InternalCallError
 
-    if isinstance(exc, InternalCallError):
-        return problem_response(
-            exc.http_status,
-            str(exc),
-            instance=request.url.path,
-            service=exc.service,
-        )
-    logger.exception("unhandled error on %s %s", request.method, request.url.path)
-    return problem_response(
-        HTTP_500_INTERNAL_SERVER_ERROR,
-        "An unexpected error happened; it has been logged.",
-        instance=request.url.path,
-    )
+    mapping: dict[type[Exception], Callable[[Any], ProblemDetailsException]] = {
+        ValidationException: _from_validation,
+        SerializationException: _from_serialization,
+        HTTPException: _from_http,
+        InternalCallError: _from_internal_call,
+        DBAPIError: _from_database,
+        Exception: _from_unexpected,
+    }
+    return ProblemDetailsPlugin(ProblemDetailsConfig(exception_to_problem_detail_map=mapping))

@@ -1,15 +1,15 @@
-"""Public-web machinery shared by blog, market, cart, events and orders: templates, sign-in
-routes, HTML rendering of problems for browsers, and public URLs of every service."""
+"""Public-web machinery shared by the public services: templates, sign-in routes, problems
+rendered as pages for browsers, and public URLs of the services (from the settings)."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
+from os import PathLike
 from pathlib import Path
 from typing import Annotated, Any
 
 from litestar import MediaType, Request, Response, get, post
-from litestar.datastructures import State
 from litestar.params import Parameter, QueryParameter
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect, Template
@@ -17,75 +17,55 @@ from litestar.template import TemplateConfig
 from litestar.utils.scope.state import ScopeState
 from markupsafe import Markup, escape
 
+from apps.common.contracts import Action, SignIn
 from apps.common.identity import (
     CSRF_FIELD,
+    STATE_KEY,
     Identity,
     SessionCodec,
     identity_from_scope,
     new_anonymous_identity,
     set_identity,
 )
-from apps.common.internal_client import InternalCallError, call_action
-from apps.common.problems import Forbidden
-from apps.common.services import SERVICES
+from apps.common.internal_client import InternalCallError, InternalClient
+from apps.common.problems import Forbidden, Problem
 from apps.common.settings import Settings
 
 COMMON_TEMPLATES = Path(__file__).parent / "templates"
 logger = logging.getLogger("rose.web")
 
-SignInHook = Callable[[Identity, Identity], Awaitable[None]]
 
-
-# On sign-in, what the visitor gathered anonymously joins the user: cart lines, bookings and
-# orders (an order made before sign-in shows in the user's list, and is cleared when paid).
-ADOPT_ON_SIGN_IN = (
-    ("cart", "adopt-cart-for-user"),
-    ("events", "adopt-bookings-for-user"),
-    ("orders", "adopt-orders-for-user"),
-)
-
-
-async def adopt_anonymous_on_sign_in(before: Identity, after: Identity) -> None:
-    """A service that cannot be reached must not block signing in: it is logged, and what it
-    holds stays with the anonymous session."""
+async def adopt_anonymous_on_sign_in(
+    client: InternalClient,
+    actions: Sequence[Action[SignIn, Any]],
+    before: Identity,
+    after: Identity,
+) -> None:
+    """What the visitor gathered anonymously (cart lines, bookings, orders: whatever the
+    services' contracts adopt at sign-in) joins the user. A service that cannot be reached must
+    not block signing in: it is logged, and what it holds stays with the anonymous session."""
     if after.user_id is None or before.user_id == after.user_id:
         return
-    payload = {"user_id": after.user_id, "session_id": before.session_id}
-    for service, action in ADOPT_ON_SIGN_IN:
+    request = SignIn(user_id=after.user_id, session_id=before.session_id)
+    for action in actions:
         try:
-            await call_action(service, action, payload)
+            await client.call(action, request)
         except InternalCallError as exc:
-            logger.warning("sign-in: %s %s failed: %s", service, action, exc)
+            logger.warning("sign-in: %s %s failed: %s", action.service, action.name, exc)
 
 
 def public_url(settings: Settings, service: str, path: str = "/") -> str:
-    """Public URL of ``path`` on ``service`` (``APP_URL_<SERVICE>``, else its dev port)."""
-    base = settings.app_urls.get(service) or f"http://localhost:{SERVICES[service].dev_port}"
+    """Public URL of ``path`` on ``service`` (``APP_URL_<SERVICE>``, else its development URL)."""
+    base = settings.public_urls.get(service)
+    if base is None:
+        raise ValueError(f"no public URL is known for {service!r}")
     return base.rstrip("/") + "/" + path.lstrip("/")
 
 
-def blog_url(settings: Settings, path: str = "/") -> str:
-    return public_url(settings, "blog", path)
-
-
-def market_url(settings: Settings, path: str = "/") -> str:
-    return public_url(settings, "market", path)
-
-
-def cart_url(settings: Settings, path: str = "/") -> str:
-    return public_url(settings, "cart", path)
-
-
-def events_url(settings: Settings, path: str = "/") -> str:
-    return public_url(settings, "events", path)
-
-
-def orders_url(settings: Settings, path: str = "/") -> str:
-    return public_url(settings, "orders", path)
-
-
 def template_config(settings: Settings, service_templates: Path | None) -> TemplateConfig:
-    directories = [path for path in (service_templates, COMMON_TEMPLATES) if path is not None]
+    directories: list[Path | PathLike[Any] | str] = [
+        path for path in (service_templates, COMMON_TEMPLATES) if path is not None
+    ]
 
     def add_globals(engine: JinjaTemplateEngine) -> None:
         env = engine.engine
@@ -94,7 +74,7 @@ def template_config(settings: Settings, service_templates: Path | None) -> Templ
         env.globals["url_for_service"] = lambda service, path="/": public_url(
             settings, service, path
         )
-        env.globals["nav_services"] = [name for name, spec in SERVICES.items() if spec.public]
+        env.globals["nav_services"] = list(settings.public_urls)
 
     return TemplateConfig(
         directory=directories, engine=JinjaTemplateEngine, engine_callback=add_globals
@@ -111,8 +91,9 @@ def wants_html(request: Request) -> bool:
 
 def page_context(request: Request, **context: Any) -> dict[str, Any]:
     """What every page template needs: who is asking (``{{ csrf_input }}``, the CSRF field of
-    forms, is Litestar's own helper, filled with our token by the identity middleware)."""
-    identity = identity_from_scope(request.scope)
+    forms, is Litestar's own helper, filled with our token by the identity middleware). A
+    request the middleware never saw (a route that does not exist) is nobody in particular."""
+    identity = request.scope.get("state", {}).get(STATE_KEY)
     return {"identity": identity, "request": request, **context}
 
 
@@ -169,11 +150,15 @@ def safe_next(target: str | None, default: str = "/") -> str:
     return target
 
 
-def auth_handlers(settings: Settings, sign_in_hooks: Sequence[SignInHook]) -> list[Any]:
+def auth_handlers(
+    settings: Settings,
+    codec: SessionCodec,
+    client: InternalClient,
+    sign_in: Sequence[Action[SignIn, Any]],
+) -> list[Any]:
     @get("/auth/session", operation_id="auth_session", tags=["auth"])
     async def session_info(request: Request) -> dict[str, Any]:
         identity = identity_from_scope(request.scope)
-        codec: SessionCodec = request.app.state.session_codec
         return {
             "user_id": identity.user_id,
             "signed_in": identity.signed_in,
@@ -183,7 +168,7 @@ def auth_handlers(settings: Settings, sign_in_hooks: Sequence[SignInHook]) -> li
     @post("/auth/logout", operation_id="auth_logout", tags=["auth"], status_code=303)
     async def logout(request: Request) -> Redirect:
         # A fresh anonymous session: nothing of the signed-in session carries over.
-        set_identity(request.scope, new_anonymous_identity(), request.app.state.session_codec)
+        set_identity(request.scope, new_anonymous_identity(), codec)
         return Redirect(path="/", status_code=303)
 
     handlers: list[Any] = [session_info, logout]
@@ -192,18 +177,15 @@ def auth_handlers(settings: Settings, sign_in_hooks: Sequence[SignInHook]) -> li
         @get("/auth/dev-login", operation_id="auth_dev_login", tags=["auth"])
         async def dev_login(
             request: Request,
-            state: State,
             user_id: Annotated[int, Parameter(ge=1, le=2_147_483_647)],
             next_path: Annotated[str | None, QueryParameter(name="next")] = None,
         ) -> Response[Any]:
             before = identity_from_scope(request.scope)
             after = Identity(session_id=before.session_id, user_id=user_id)
-            set_identity(request.scope, after, state.session_codec)
-            for hook in sign_in_hooks:
-                await hook(before, after)
+            set_identity(request.scope, after, codec)
+            await adopt_anonymous_on_sign_in(client, sign_in, before, after)
             if wants_html(request) or next_path:
                 return Redirect(path=safe_next(next_path), status_code=303)
-            codec: SessionCodec = state.session_codec
             return Response({"user_id": user_id, "csrf_token": codec.csrf_token(after)})
 
         handlers.append(dev_login)
@@ -221,3 +203,19 @@ def require_editor(settings: Settings, identity: Identity) -> int:
     if user_id not in settings.editor_user_ids:
         raise Forbidden("Only editors may change this page")
     return user_id
+
+
+def html_problem_page(
+    request: Request[Any, Any, Any], status: int, problem: dict[str, Any]
+) -> Response[Any] | None:
+    """A problem as a themed page, for browsers of a service that has pages; None otherwise."""
+    engine = request.app.template_engine
+    if engine is None or not wants_html(request):
+        return None
+    html = engine.get_template("error.html").render(
+        **page_context(request, problem=problem, status=status, csrf_input=csrf_input(request))
+    )
+    return Response(html, status_code=status, media_type=MediaType.HTML)
+
+
+Problem.render_page = html_problem_page

@@ -12,21 +12,27 @@ from litestar import Litestar
 from litestar.di import Provide
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from apps.common.app_factory import create_base_app
+from apps.common.app_factory import platform_of
+from apps.common.internal_client import InternalClient
 from apps.common.settings import Settings
 from apps.events import internal, public, service
+from apps.events.contract import CONTRACT
+from apps.events.models import request_nonces
 from apps.events.settings import EventsSettings
+from apps.registry import create_service_app, settings_for
 
 logger = logging.getLogger("rose.events")
 
 
-def create_app(settings: Settings | None = None) -> Litestar:
-    settings = settings or Settings.from_env("events")
+def create_app(
+    settings: Settings | None = None, internal_client: InternalClient | None = None
+) -> Litestar:
+    settings = settings or settings_for(CONTRACT)
     own = EventsSettings.from_settings(settings)
 
     async def start(app: Litestar) -> None:
         app.state.sweeper = asyncio.create_task(
-            _sweep_forever(app.state.sessionmaker, own.sweep_seconds), name="events-sweep"
+            _sweep_forever(platform_of(app).sessionmaker, own.sweep_seconds), name="events-sweep"
         )
 
     async def stop(app: Litestar) -> None:
@@ -34,9 +40,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
         with contextlib.suppress(asyncio.CancelledError):
             await app.state.sweeper
 
-    return create_base_app(
-        "events",
-        settings=settings,
+    return create_service_app(
+        CONTRACT,
+        settings,
+        internal_client,
+        nonce_table=request_nonces,
         internal_handlers=internal.handlers,
         public_handlers=public.handlers,
         templates=Path(__file__).parent / "templates",

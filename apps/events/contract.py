@@ -1,12 +1,26 @@
-"""What other services exchange with events, written once: the actions orders and cart call,
-and what they answer. This module imports nothing else of events."""
+"""What events offers other services: the bookings held in carts (a query and an export view),
+holding and confirming them for an order, releasing one, adopting an anonymous session's at
+sign-in. Imports nothing else of events."""
 
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 from typing import Annotated, Literal
 
 import msgspec
+
+from apps.common.contracts import (
+    Action,
+    Adopted,
+    Contract,
+    ExportView,
+    IdentityParams,
+    Query,
+    SignIn,
+)
+
+SERVICE = "events"
 
 DbId = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
 SessionId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
@@ -66,6 +80,53 @@ class Released(msgspec.Struct):
     released: bool
 
 
-class AdoptBookings(msgspec.Struct, forbid_unknown_fields=True):
-    user_id: DbId
-    session_id: SessionId
+class PendingBooking(msgspec.Struct):
+    """One booking held in a cart (a row of ``export.pending_bookings``)."""
+
+    kind: str
+    id: int
+    user_id: int | None
+    session_id: str | None
+    title: str
+    price: Decimal
+    currency: str
+    calendar_id: int
+    starts_at: datetime
+    container_type: str | None
+    container_id: int | None
+
+
+pending_bookings = Query(SERVICE, "pending-bookings", IdentityParams, list[PendingBooking])
+confirm_for_order = Action(SERVICE, "confirm-for-order", ConfirmForOrder, ConfirmResult)
+adopt_bookings_for_user = Action(SERVICE, "adopt-bookings-for-user", SignIn, Adopted)
+hold_for_order = Action(SERVICE, "hold-for-order", HoldForOrder, Held)
+# Idempotent without a key: releasing what is no longer held is a 404, nothing else.
+release_booking = Action(SERVICE, "release-booking", ReleaseBooking, Released, keyed=False)
+
+# Every booking still held (cart: the bookings of a cart). Its columns are its contract.
+PENDING_BOOKINGS = ExportView.of(
+    SERVICE,
+    "pending_bookings",
+    "kind text",
+    "id bigint",
+    "user_id bigint",
+    "session_id character varying(64)",
+    "title text",
+    "price numeric(10,2)",
+    "currency character(3)",
+    "calendar_id bigint",
+    "starts_at timestamp with time zone",
+    "container_type character varying(32)",
+    "container_id bigint",
+    primary_key=None,
+)
+
+CONTRACT = Contract(
+    SERVICE,
+    dev_port=8004,
+    public=True,
+    calls=[pending_bookings, confirm_for_order, adopt_bookings_for_user, hold_for_order,
+           release_booking],
+    views=[PENDING_BOOKINGS],
+    on_sign_in=adopt_bookings_for_user,
+)  # fmt: skip

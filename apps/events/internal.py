@@ -1,4 +1,4 @@
-"""Internal routes of events: data pending-bookings; actions confirm-for-order,
+"""Internal routes of events (its contract): data pending-bookings; actions confirm-for-order,
 adopt-bookings-for-user, hold-for-order and release-booking."""
 
 from __future__ import annotations
@@ -9,29 +9,24 @@ from litestar.params import JSONBody, Parameter
 
 from apps.common.deps import DbSession
 from apps.common.internal import action_route, data_route, keyed_action
-from apps.events import service
-from apps.events.contract import (
-    AdoptBookings,
-    ConfirmForOrder,
-    HoldForOrder,
-    ReleaseBooking,
-    Released,
-)
+from apps.events import contract, service
 from apps.events.models import SESSION_ID_LENGTH, idempotency_keys
 
 
-@data_route("pending-bookings")
+@data_route(contract.pending_bookings)
 async def pending_bookings(
     db_session: DbSession,
     user_id: Annotated[int | None, Parameter(ge=1, le=2**63 - 1)] = None,
     session_id: Annotated[str | None, Parameter(min_length=1, max_length=SESSION_ID_LENGTH)] = None,
-) -> list[service.PendingBooking]:
+) -> list[contract.PendingBooking]:
     """The held bookings of one identity (user_id or session_id), as cart sees them."""
     return await service.pending_bookings(db_session, user_id=user_id, session_id=session_id)
 
 
-@action_route("release-booking")
-async def release_booking(db_session: DbSession, data: JSONBody[ReleaseBooking]) -> Released:
+@action_route(contract.release_booking)
+async def release_booking(
+    db_session: DbSession, data: JSONBody[contract.ReleaseBooking]
+) -> contract.Released:
     """Cart: the buyer removed a booking; its slot is free at once."""
     released = await service.release_booking(db_session, data)
     await db_session.commit()
@@ -39,14 +34,12 @@ async def release_booking(db_session: DbSession, data: JSONBody[ReleaseBooking])
 
 
 confirm_for_order = keyed_action(
-    "confirm-for-order", ConfirmForOrder, idempotency_keys, service.confirm_for_order
+    contract.confirm_for_order, idempotency_keys, service.confirm_for_order
 )
 adopt_bookings_for_user = keyed_action(
-    "adopt-bookings-for-user", AdoptBookings, idempotency_keys, service.adopt_bookings
+    contract.adopt_bookings_for_user, idempotency_keys, service.adopt_bookings
 )
-hold_for_order = keyed_action(
-    "hold-for-order", HoldForOrder, idempotency_keys, service.hold_for_order
-)
+hold_for_order = keyed_action(contract.hold_for_order, idempotency_keys, service.hold_for_order)
 
 
 handlers = [

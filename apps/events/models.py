@@ -22,6 +22,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from apps.common.db import IdentityPkMixin, TimestampedMixin, service_metadata
 from apps.common.idempotency import idempotency_table
+from apps.common.nonces import nonce_table
 
 metadata = service_metadata("events")
 
@@ -153,3 +154,4 @@ class Ticket(IdentityPkMixin, TimestampedMixin, Base):
 
 
 idempotency_keys = idempotency_table(metadata)
+request_nonces = nonce_table(metadata)

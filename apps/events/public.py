@@ -18,7 +18,8 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.params import Body, Parameter
 from litestar.response import Template
 
-from apps.common.deps import AppSettings, CurrentIdentity, DbSession
+from apps.common.app_factory import platform_of
+from apps.common.deps import AppSettings, CurrentIdentity, DbSession, Internal
 from apps.common.identity import Identity, identity_from_scope
 from apps.common.settings import Settings
 from apps.common.web import redirect_back, render, require_editor, wants_html
@@ -119,15 +120,15 @@ async def add_tickets(
 
 def editors_only(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
     """A guard: it runs before the body is read, so a non-editor gets 403 whatever they send."""
-    require_editor(connection.app.state.settings, identity_from_scope(connection.scope))
+    require_editor(platform_of(connection.app).settings, identity_from_scope(connection.scope))
 
 
 @post("/calendars/", operation_id="calendar_create")
 async def create_calendar(
-    request: Request, db_session: DbSession, data: NewCalendarForm
+    request: Request, db_session: DbSession, internal: Internal, data: NewCalendarForm
 ) -> Response[Any]:
-    change = await service.create_calendar(db_session, data)
-    calendar = await service.commit_or_revert(db_session, change)
+    change = await service.create_calendar(db_session, internal, data)
+    calendar = await service.commit_or_revert(db_session, internal, change)
     return await answer(request, calendar, status_code=201)
 
 
@@ -135,20 +136,21 @@ async def create_calendar(
 async def attach_calendar(
     request: Request,
     db_session: DbSession,
+    internal: Internal,
     calendar_id: IdParam,
     data: PageChoiceForm,
 ) -> Response[Any]:
-    change = await service.attach_calendar(db_session, calendar_id, data.page_id)
-    calendar = await service.commit_or_revert(db_session, change)
+    change = await service.attach_calendar(db_session, internal, calendar_id, data.page_id)
+    calendar = await service.commit_or_revert(db_session, internal, change)
     return await answer(request, calendar)
 
 
 @post("/calendars/{calendar_id:int}/detach/", operation_id="calendar_detach")
 async def detach_calendar(
-    request: Request, db_session: DbSession, calendar_id: IdParam
+    request: Request, db_session: DbSession, internal: Internal, calendar_id: IdParam
 ) -> Response[Any]:
-    change = await service.detach_calendar(db_session, calendar_id)
-    calendar = await service.commit_or_revert(db_session, change)
+    change = await service.detach_calendar(db_session, internal, calendar_id)
+    calendar = await service.commit_or_revert(db_session, internal, change)
     return await answer(request, calendar)
 
 

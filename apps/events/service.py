@@ -39,14 +39,15 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from apps.common.internal_client import InternalCallError, call_action
+from apps.common.contracts import Adopted, SignIn
+from apps.common.internal_client import InternalCallError, InternalClient
 from apps.common.problems import Conflict, InvalidInput, NotFound, Problem
 from apps.events.contract import (
-    AdoptBookings,
     ConfirmForOrder,
     ConfirmResult,
     Held,
     HoldForOrder,
+    PendingBooking,
     ReleaseBooking,
     Released,
     Unconfirmed,
@@ -57,6 +58,7 @@ from apps.events.models import (
     CalendarEntry,
     Ticket,
 )
+from apps.relations import contract as relations
 
 logger = logging.getLogger("rose.events")
 
@@ -167,22 +169,6 @@ class TicketOut(msgspec.Struct):
     price: Decimal
     currency: str
     state: str
-
-
-class PendingBooking(msgspec.Struct):
-    """One row of ``export.pending_bookings`` (and of the ``pending-bookings`` data)."""
-
-    kind: str
-    id: int
-    user_id: int | None
-    session_id: str | None
-    title: str
-    price: Decimal
-    currency: str
-    calendar_id: int
-    starts_at: datetime
-    container_type: str | None
-    container_id: int | None
 
 
 def to_calendar(row: Calendar) -> CalendarOut:
@@ -419,7 +405,7 @@ async def add_tickets(
     return [to_ticket(ticket) for ticket in tickets]
 
 
-async def adopt_bookings(session: AsyncSession, request: AdoptBookings) -> dict[str, int]:
+async def adopt_bookings(session: AsyncSession, request: SignIn) -> Adopted:
     """At sign-in, the anonymous session's held bookings become the user's, so they stay in
     the cart (which looks bookings up by user id once signed in). A second call adopts 0."""
     adopted = 0
@@ -435,7 +421,7 @@ async def adopt_bookings(session: AsyncSession, request: AdoptBookings) -> dict[
             .returning(model.id)
         )
         adopted += len(result.all())
-    return {"adopted": adopted}
+    return Adopted(adopted=adopted)
 
 
 # -- confirming -------------------------------------------------------------------------------
@@ -597,19 +583,23 @@ async def sweep_ended_holds(session: AsyncSession) -> int:
 class RelationsCall:
     """One attach-child or detach-child of a calendar on a page; :meth:`undo` reverses it."""
 
-    action: str
-    relation: dict[str, Any]
+    attach: bool
+    relation: relations.DetachChild  # which parent and child
     label: str | None = None
 
-    @property
-    def payload(self) -> dict[str, Any]:
-        if self.action == "attach-child":
-            return {**self.relation, "label": self.label}
-        return dict(self.relation)
-
     def undo(self) -> RelationsCall:
-        opposite = "detach-child" if self.action == "attach-child" else "attach-child"
-        return RelationsCall(opposite, self.relation, self.label)
+        return RelationsCall(not self.attach, self.relation, self.label)
+
+    async def send(self, internal: InternalClient, idempotency_key: str | None = None) -> None:
+        if self.attach:
+            attach = relations.AttachChild(
+                **msgspec.structs.asdict(self.relation), label=self.label
+            )
+            await internal.call(relations.attach_child, attach, idempotency_key=idempotency_key)
+        else:
+            await internal.call(
+                relations.detach_child, self.relation, idempotency_key=idempotency_key
+            )
 
 
 @dataclass
@@ -620,22 +610,17 @@ class CalendarChange:
     relations_calls: list[RelationsCall]
 
 
-def _relation(calendar: Calendar, page_id: int) -> dict[str, Any]:
-    return {
-        "parent_type": PAGE,
-        "parent_id": page_id,
-        "child_type": CALENDAR,
-        "child_id": calendar.id,
-    }
+def _relation(calendar: Calendar, page_id: int) -> relations.DetachChild:
+    return relations.DetachChild(
+        parent_type=PAGE, parent_id=page_id, child_type=CALENDAR, child_id=calendar.id
+    )
 
 
-async def _call_relations(call: RelationsCall, doing: str) -> None:
+async def _call_relations(internal: InternalClient, call: RelationsCall, doing: str) -> None:
     # A fresh key per call: the client may then retry a timeout or a 503 safely, and relations
     # applies the call once. (attach/detach are no-ops when repeated, but a key makes it exact.)
     try:
-        await call_action(
-            "relations", call.action, call.payload, idempotency_key=f"events-{uuid.uuid4()}"
-        )
+        await call.send(internal, idempotency_key=f"events-{uuid.uuid4()}")
     except InternalCallError as exc:
         raise Problem(
             f"Nothing was changed: {doing} needs the relations service, which failed ({exc})",
@@ -657,7 +642,9 @@ async def _lock_calendar(session: AsyncSession, calendar_id: int) -> Calendar:
     return calendar
 
 
-async def create_calendar(session: AsyncSession, request: NewCalendar) -> CalendarChange:
+async def create_calendar(
+    session: AsyncSession, internal: InternalClient, request: NewCalendar
+) -> CalendarChange:
     """Insert the calendar on its page, then attach it in relations. The insert is flushed first
     (it needs its id, and a taken slug is refused before relations is asked)."""
     calendar = Calendar(
@@ -669,12 +656,16 @@ async def create_calendar(session: AsyncSession, request: NewCalendar) -> Calend
     except IntegrityError as exc:
         raise Conflict(f"The slug {request.slug!r} is already used", field="slug") from exc
     await session.refresh(calendar)
-    attach = RelationsCall("attach-child", _relation(calendar, request.page_id), calendar.name)
-    await _call_relations(attach, f"attaching calendar {calendar.slug!r} to page {request.page_id}")
+    attach = RelationsCall(True, _relation(calendar, request.page_id), calendar.name)
+    await _call_relations(
+        internal, attach, f"attaching calendar {calendar.slug!r} to page {request.page_id}"
+    )
     return CalendarChange(to_calendar(calendar), [attach])
 
 
-async def attach_calendar(session: AsyncSession, calendar_id: int, page_id: int) -> CalendarChange:
+async def attach_calendar(
+    session: AsyncSession, internal: InternalClient, calendar_id: int, page_id: int
+) -> CalendarChange:
     """Put the calendar on ``page_id``: attach it there first (the page never loses a calendar
     mid-move), then detach it from its previous page, then update the container columns.
 
@@ -683,20 +674,20 @@ async def attach_calendar(session: AsyncSession, calendar_id: int, page_id: int)
     calendar = await _lock_calendar(session, calendar_id)
     previous_page = calendar.container_id if calendar.container_type == PAGE else None
     done: list[RelationsCall] = []
-    attach = RelationsCall("attach-child", _relation(calendar, page_id), calendar.name)
-    await _call_relations(attach, f"attaching calendar {calendar.id} to page {page_id}")
+    attach = RelationsCall(True, _relation(calendar, page_id), calendar.name)
+    await _call_relations(internal, attach, f"attaching calendar {calendar.id} to page {page_id}")
     if previous_page == page_id:
         # Nothing moved locally, so nothing would need undoing.
         return CalendarChange(to_calendar(calendar), [])
     done.append(attach)
     if previous_page is not None:
-        detach = RelationsCall("detach-child", _relation(calendar, previous_page), calendar.name)
+        detach = RelationsCall(False, _relation(calendar, previous_page), calendar.name)
         try:
             await _call_relations(
-                detach, f"moving calendar {calendar.id} from page {previous_page}"
+                internal, detach, f"moving calendar {calendar.id} from page {previous_page}"
             )
         except Problem:
-            await revert_relations(done)
+            await revert_relations(internal, done)
             raise
         done.append(detach)
     calendar.container_type = PAGE
@@ -706,16 +697,16 @@ async def attach_calendar(session: AsyncSession, calendar_id: int, page_id: int)
     return CalendarChange(to_calendar(calendar), done)
 
 
-async def detach_calendar(session: AsyncSession, calendar_id: int) -> CalendarChange:
+async def detach_calendar(
+    session: AsyncSession, internal: InternalClient, calendar_id: int
+) -> CalendarChange:
     """Take the calendar off its page (relations first, then the container columns). A calendar
     on no page is left as it is: detaching is idempotent."""
     calendar = await _lock_calendar(session, calendar_id)
     if calendar.container_type != PAGE or calendar.container_id is None:
         return CalendarChange(to_calendar(calendar), [])
-    detach = RelationsCall(
-        "detach-child", _relation(calendar, calendar.container_id), calendar.name
-    )
-    await _call_relations(detach, f"detaching calendar {calendar.id} from its page")
+    detach = RelationsCall(False, _relation(calendar, calendar.container_id), calendar.name)
+    await _call_relations(internal, detach, f"detaching calendar {calendar.id} from its page")
     calendar.container_type = None
     calendar.container_id = None
     calendar.updated_at = await database_now(session)
@@ -723,29 +714,30 @@ async def detach_calendar(session: AsyncSession, calendar_id: int) -> CalendarCh
     return CalendarChange(to_calendar(calendar), [detach])
 
 
-async def revert_relations(calls: Sequence[RelationsCall]) -> None:
+async def revert_relations(internal: InternalClient, calls: Sequence[RelationsCall]) -> None:
     """Undo relations calls, newest first. Best effort: a failure is logged, not raised, because
     the caller is already reporting the error that made it revert."""
     for call in reversed(calls):
-        undo = call.undo()
         try:
-            await call_action("relations", undo.action, undo.payload)
+            await call.undo().send(internal)
         except InternalCallError:
             logger.exception(
-                "could not revert relations %s %s; relations and events disagree until the "
+                "could not revert relations (%s %s); relations and events disagree until the "
                 "calendar is attached again",
-                call.action,
-                call.payload,
+                "attach" if call.attach else "detach",
+                call.relation,
             )
 
 
-async def commit_or_revert(session: AsyncSession, change: CalendarChange) -> CalendarOut:
+async def commit_or_revert(
+    session: AsyncSession, internal: InternalClient, change: CalendarChange
+) -> CalendarOut:
     """Commit a calendar change whose relations calls already succeeded. Should the commit fail,
     reverse those calls, so relations does not keep an attachment events never stored."""
     try:
         await session.commit()
     except Exception:
-        await revert_relations(change.relations_calls)
+        await revert_relations(internal, change.relations_calls)
         raise
     return change.calendar
 

@@ -4,35 +4,15 @@ and never lose an update."""
 
 from __future__ import annotations
 
-from typing import Annotated
-
-import msgspec
 from sqlalchemy import and_, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
+from apps.common.db import table_of
 from apps.common.problems import InvalidInput
+from apps.likes.contract import LikeState, LikeTarget, SetLike
 from apps.likes.models import TARGET_TYPES, Like
-
-UserId = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
-TargetId = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
-TargetSlug = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
-
-
-class LikeTarget(msgspec.Struct, forbid_unknown_fields=True):
-    user_id: UserId
-    target_type: str
-    target_slug: TargetSlug | None = None
-    target_id: TargetId | None = None
-
-
-class SetLike(LikeTarget, kw_only=True, forbid_unknown_fields=True):
-    liked: bool
-
-
-class LikeState(msgspec.Struct):
-    liked: bool
 
 
 def check_target_type(target_type: str) -> str:
@@ -112,7 +92,7 @@ async def toggle(session: AsyncSession, target: LikeTarget) -> LikeState:
     """Like if not liked, unlike if liked, in one statement; returns the new state."""
     check_target(target)
     arbiter, values = _target_columns(target)
-    table = Like.__table__
+    table = table_of(Like)
     statement = (
         insert(table)
         .values(user_id=target.user_id, target_type=target.target_type, **values)
@@ -136,7 +116,7 @@ async def set_liked(session: AsyncSession, request: SetLike) -> LikeState:
     check_target(request)
     if request.liked:
         arbiter, values = _target_columns(request)
-        table = Like.__table__
+        table = table_of(Like)
         # Insert, or restore a soft-deleted row; an active row is left untouched.
         await session.execute(
             insert(table)

@@ -6,15 +6,20 @@ from pathlib import Path
 
 from litestar import Litestar
 
-from apps.common.app_factory import create_base_app
+from apps.common.internal_client import InternalClient
 from apps.common.settings import Settings
 from apps.market import public
+from apps.market.contract import CONTRACT
+from apps.registry import create_service_app
 
 
-def create_app(settings: Settings | None = None) -> Litestar:
-    return create_base_app(
-        "market",
-        settings=settings,
+def create_app(
+    settings: Settings | None = None, internal_client: InternalClient | None = None
+) -> Litestar:
+    return create_service_app(
+        CONTRACT,
+        settings,
+        internal_client,
         public_handlers=public.handlers,
         templates=Path(__file__).parent / "templates",
     )

@@ -8,6 +8,7 @@ from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Numeric, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from apps.common.db import IdentityPkMixin, TimestampedMixin, service_metadata
+from apps.likes import contract as likes
 
 metadata = service_metadata("market")
 
@@ -44,3 +45,7 @@ class Product(IdentityPkMixin, TimestampedMixin, Base):
     market_place_id: Mapped[int] = mapped_column(
         BigInteger, ForeignKey("market.market_places.id"), nullable=False, index=True
     )
+
+
+# -- foreign tables: other services' export views, as their contracts declare them ------------
+foreign_likes = likes.LIKES.foreign_table()

@@ -10,8 +10,7 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import Parameter
 from litestar.response import Template
 
-from apps.common.deps import CurrentIdentity, DbSession
-from apps.common.internal_client import call_action
+from apps.common.deps import CurrentIdentity, DbSession, Internal
 from apps.common.problems import Forbidden
 from apps.common.web import degraded_headers, redirect_back, render, require_signed_in, wants_html
 from apps.market import service
@@ -104,20 +103,17 @@ async def api_product(
 
 @post("/product/{slug:str}/like/", operation_id="product_like_toggle", status_code=200)
 async def toggle_like(
-    request: Request, db_session: DbSession, identity: CurrentIdentity, slug: SlugParam
+    request: Request,
+    db_session: DbSession,
+    internal: Internal,
+    identity: CurrentIdentity,
+    slug: SlugParam,
 ) -> Any:
     user_id = require_signed_in(identity, "like products")
-    # Only products that exist can be liked; the likes service itself knows no products.
-    await service.require_product(db_session, slug)
-    await db_session.rollback()  # end the read before waiting on another service
-    result = await call_action(
-        "likes",
-        "toggle",
-        {"user_id": user_id, "target_type": "product", "target_slug": slug},
-    )
+    liked = await service.toggle_like(db_session, internal, user_id, slug)
     if wants_html(request):
         return await redirect_back(request, f"/product/{slug}/")
-    return {"liked": bool(result["liked"])}
+    return {"liked": liked}
 
 
 handlers = [product_list, api_product_list, product_page, api_product, toggle_like]

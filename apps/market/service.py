@@ -8,16 +8,22 @@ one remote query with the page's slugs as one array. Never a remote query per pr
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
 
 import msgspec
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, String, any_, bindparam, func, select
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from apps.common.fdw import ProviderUnavailable, foreign_likes, liked_slugs_among, remote_read
+from apps.common.db import end_read
+from apps.common.fdw import ProviderUnavailable, remote_read
+from apps.common.internal_client import InternalClient
 from apps.common.problems import NotFound
-from apps.market.models import MarketPlace, Product
+from apps.likes import contract as likes
+from apps.market.models import MarketPlace, Product, foreign_likes
 
 DEFAULT_PAGE_SIZE = 24
 MAX_PAGE_SIZE = 100
@@ -61,7 +67,7 @@ class ProductPage(msgspec.Struct):
         return max(1, -(-self.total // self.per_page))
 
 
-def product_rows(market_slug: str | None) -> Select[Any]:
+def product_rows(market_slug: str | None) -> Select[*tuple[Any, ...]]:
     """Live products of live market places, as plain rows (no ORM objects to build: list pages
     are the hot path)."""
     query = (
@@ -110,7 +116,7 @@ def to_view(row: Any, liked: bool | None) -> ProductView:
 
 def liked_products_query(
     user_id: int, *, market_slug: str | None, limit: int, offset: int
-) -> Select[Any]:
+) -> Select[*tuple[Any, ...]]:
     """One page of the products ``user_id`` liked, with the total in the same query.
 
     The user's likes are a MATERIALIZED CTE: one remote scan filtered by user and type, then a
@@ -213,3 +219,35 @@ async def require_product(session: AsyncSession, slug: str) -> None:
     )
     if found is None:
         raise NotFound(f"Product {slug!r} does not exist")
+
+
+async def toggle_like(
+    session: AsyncSession, internal: InternalClient, user_id: int, slug: str
+) -> bool:
+    """Like or unlike a product: only products that exist can be liked (the likes service
+    itself knows no products)."""
+    await require_product(session, slug)
+    await end_read(session)
+    answer = await internal.call(
+        likes.toggle,
+        likes.LikeTarget(user_id=user_id, target_type="product", target_slug=slug),
+        idempotency_key=f"market:toggle:{uuid.uuid4()}",
+    )
+    return answer.liked
+
+
+def liked_slugs_query(user_id: int, slugs: list[str]) -> Select[str]:
+    """Which of these products the user likes: one remote query, the page's keys as one array
+    (pushed down as ``target_slug = ANY($1)``), never a query per product."""
+    return select(foreign_likes.c.target_slug).where(
+        foreign_likes.c.user_id == user_id,
+        foreign_likes.c.target_type == "product",
+        foreign_likes.c.target_slug == any_(bindparam("slugs", slugs, type_=ARRAY(String))),
+    )
+
+
+async def liked_slugs_among(session: AsyncSession, user_id: int, slugs: Iterable[str]) -> set[str]:
+    keys = list(slugs)
+    if not keys:
+        return set()
+    return set(await session.scalars(liked_slugs_query(user_id, keys)))

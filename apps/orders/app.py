@@ -12,42 +12,48 @@ from litestar import Litestar
 from litestar.datastructures import State
 from litestar.di import Provide
 
-from apps.common.app_factory import create_base_app
-from apps.common.internal_client import current_client
+from apps.common.app_factory import platform_of
+from apps.common.internal_client import InternalClient
 from apps.common.outbox import OutboxRelay
 from apps.common.settings import Settings
-from apps.common.web import orders_url
+from apps.common.web import public_url
+from apps.events import contract as events
 from apps.orders import internal, public
-from apps.orders.models import outbox
+from apps.orders.contract import CONTRACT
+from apps.orders.models import outbox, request_nonces
 from apps.orders.payments import SumUpGateway
 from apps.orders.reconciliation import Reconciler
 from apps.orders.runtime import OrdersRuntime, OrderUrls
 from apps.orders.settings import OrdersSettings
 from apps.orders.settlement import bookings_not_confirmed
+from apps.registry import create_service_app, settings_for
 
 logger = logging.getLogger("rose.orders")
 
 
-def create_app(settings: Settings | None = None) -> Litestar:
-    settings = settings or Settings.from_env("orders")
+def create_app(
+    settings: Settings | None = None, internal_client: InternalClient | None = None
+) -> Litestar:
+    settings = settings or settings_for(CONTRACT)
     own = OrdersSettings.from_settings(settings)
 
     async def start(app: Litestar) -> None:
-        client = current_client()
+        platform = platform_of(app)
+        client = platform.client
         relay = OutboxRelay(
-            app.state.sessionmaker,
+            platform.sessionmaker,
             outbox,
             poll_seconds=own.outbox_poll_seconds,
             client=client,
             # Bookings events could not confirm for a paid order are money that goes back.
-            replies={("events", "confirm-for-order"): bookings_not_confirmed},
+            replies={events.confirm_for_order: bookings_not_confirmed},
         )
         runtime = OrdersRuntime(
             settings=own,
             gateway=SumUpGateway(base_url=own.sumup_base_url, timeout_seconds=own.sumup_timeout),
-            urls=OrderUrls(orders_url(settings, "").rstrip("/")),
+            urls=OrderUrls(public_url(settings, CONTRACT.service, "").rstrip("/")),
             client=client,
-            maker=app.state.sessionmaker,
+            maker=platform.sessionmaker,
             relay=relay,
         )
         runtime.jobs = Reconciler(runtime)
@@ -69,11 +75,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
         await runtime.gateway.aclose()
 
     def provide_runtime(state: State) -> OrdersRuntime:
-        return state.runtime  # type: ignore[no-any-return]
+        return state.runtime
 
-    return create_base_app(
-        "orders",
-        settings=settings,
+    return create_service_app(
+        CONTRACT,
+        settings,
+        internal_client,
+        nonce_table=request_nonces,
         internal_handlers=internal.handlers,
         public_handlers=public.handlers,
         templates=Path(__file__).parent / "templates",

@@ -1,5 +1,6 @@
-"""What other services exchange with orders, written once: the create-order payload and answer,
-the time orders may take to answer it, and the adopt action of sign-in.
+"""What orders offers other services: create-order (its payload, its answer and the time orders
+may take to answer it), an order's data, what needs a person, the account fragment, and
+adopting an anonymous session's orders at sign-in.
 
 Cart builds its create-order request from these structures, so a changed field is a type error
 in cart, not a surprise at run time. This module imports nothing else of orders.
@@ -8,9 +9,21 @@ in cart, not a surprise at run time. This module imports nothing else of orders.
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
+
+from apps.common.contracts import (
+    Action,
+    Contract,
+    Fragment,
+    IdentityParams,
+    NoParams,
+    Query,
+    SignIn,
+)
+
+SERVICE = "orders"
 
 PositiveId = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
 Quantity = Annotated[int, msgspec.Meta(ge=1, le=10_000)]
@@ -87,13 +100,27 @@ class CreatedOrder(msgspec.Struct):
     description: str
 
 
-class AdoptOrders(msgspec.Struct, forbid_unknown_fields=True):
-    """At sign-in, the anonymous session's orders become the user's."""
-
-    user_id: PositiveId
-    session_id: SessionId
-
-
 class AdoptedOrders(msgspec.Struct):
     adopted: int
     superseded: list[int]
+
+
+class OrderOf(msgspec.Struct, forbid_unknown_fields=True):
+    order_id: PositiveId
+
+
+create_order = Action(SERVICE, "create-order", CreateOrder, CreatedOrder)
+# Idempotent without a key: a second adoption adopts nothing.
+adopt_orders_for_user = Action(SERVICE, "adopt-orders-for-user", SignIn, AdoptedOrders, keyed=False)
+order = Query(SERVICE, "order", OrderOf, dict[str, Any])
+# Flagged orders, money owed back, refunds SumUp refused.
+attention = Query(SERVICE, "attention", NoParams, list[dict[str, Any]])
+account_nav_item = Fragment(SERVICE, "account-nav-item", IdentityParams)
+
+CONTRACT = Contract(
+    SERVICE,
+    dev_port=8010,
+    public=True,
+    calls=[create_order, adopt_orders_for_user, order, attention, account_nav_item],
+    on_sign_in=adopt_orders_for_user,
+)

@@ -9,19 +9,20 @@ from litestar import Request
 from litestar.params import JSONBody, Parameter
 from markupsafe import escape
 
+from apps.common.contracts import SignIn
 from apps.common.deps import AppSettings, DbSession
 from apps.common.idempotency import run_idempotent
 from apps.common.internal import action_route, data_route, fragment_route
 from apps.common.internal_client import IDEMPOTENCY_HEADER
 from apps.common.problems import InvalidInput, NotFound
-from apps.common.web import orders_url
-from apps.orders import service
-from apps.orders.contract import AdoptedOrders, AdoptOrders, CreatedOrder, CreateOrder
+from apps.common.web import public_url
+from apps.orders import contract, service
+from apps.orders.contract import AdoptedOrders, CreatedOrder, CreateOrder
 from apps.orders.models import idempotency_keys
 from apps.orders.runtime import Runtime
 
 
-@action_route("create-order")
+@action_route(contract.create_order)
 async def create_order(
     db_session: DbSession, request: Request, runtime: Runtime, data: JSONBody[CreateOrder]
 ) -> dict[str, Any]:
@@ -43,12 +44,12 @@ async def create_order(
         effect=effect,
     )
     runtime.jobs.close_soon(superseded)
-    return created  # type: ignore[no-any-return]
+    return created
 
 
-@action_route("adopt-orders-for-user")
+@action_route(contract.adopt_orders_for_user)
 async def adopt_orders_for_user(
-    db_session: DbSession, runtime: Runtime, data: JSONBody[AdoptOrders]
+    db_session: DbSession, runtime: Runtime, data: JSONBody[SignIn]
 ) -> AdoptedOrders:
     """Sign-in: the anonymous session's orders become the user's (and show in their list)."""
     adopted = await service.adopt_orders(db_session, data)
@@ -57,7 +58,7 @@ async def adopt_orders_for_user(
     return adopted
 
 
-@data_route("order")
+@data_route(contract.order)
 async def order_data(
     db_session: DbSession, order_id: Annotated[int, Parameter(ge=1, le=2**63 - 1)]
 ) -> dict[str, Any]:
@@ -67,13 +68,13 @@ async def order_data(
     return service.order_dict(order)
 
 
-@data_route("attention")
+@data_route(contract.attention)
 async def attention(db_session: DbSession) -> list[dict[str, Any]]:
     """Orders a person must look at: flagged, money owed back, refunds SumUp refused."""
     return await service.orders_needing_attention(db_session)
 
 
-@fragment_route("account-nav-item")
+@fragment_route(contract.account_nav_item)
 async def account_nav_item(
     db_session: DbSession,
     settings: AppSettings,
@@ -84,7 +85,7 @@ async def account_nav_item(
     if user_id is None and session_id is None:
         raise InvalidInput("user_id or session_id is required", field="user_id")
     _, total = await service.list_orders(db_session, user_id, session_id or "", page=1)
-    href = escape(orders_url(settings, "/"))
+    href = escape(public_url(settings, contract.SERVICE, "/"))
     return f'<a class="account-nav-item" href="{href}">Orders ({total})</a>'
 
 

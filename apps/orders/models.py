@@ -18,15 +18,12 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
-    Column,
     DateTime,
     ForeignKey,
     Index,
     Integer,
-    MetaData,
     Numeric,
     String,
-    Table,
     Text,
     UniqueConstraint,
     func,
@@ -35,8 +32,10 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from apps.blog import contract as blog
 from apps.common.db import IdentityPkMixin, service_metadata
 from apps.common.idempotency import idempotency_table
+from apps.common.nonces import nonce_table
 from apps.common.outbox import outbox_table
 
 metadata = service_metadata("orders")
@@ -238,19 +237,9 @@ class Refund(IdentityPkMixin, Base):
 
 outbox = outbox_table(metadata)
 idempotency_keys = idempotency_table(metadata)
+request_nonces = nonce_table(metadata)
 
 
-# -- foreign tables (not managed by migrations): blog's export views, read through FDW -------
-blog_views = MetaData(schema="blog")
-
+# -- foreign tables (not managed by migrations): blog's export views, read through FDW --------
 # blog.page_payment_configs in db_orders: only the orders edge may read the SumUp API key.
-page_payment_configs = Table(
-    "page_payment_configs",
-    blog_views,
-    Column("id", BigInteger, primary_key=True),
-    Column("container_type", String(32)),
-    Column("container_id", BigInteger),
-    Column("sumup_merchant_code", String(32)),
-    Column("sumup_api_key", Text),
-    Column("sumup_checkout_prefix", String(40)),
-)
+page_payment_configs = blog.PAGE_PAYMENT_CONFIGS.foreign_table()

@@ -136,12 +136,12 @@ class SumUpGateway:
             created = await client.checkouts.create(
                 checkout_reference=reference,
                 amount=as_amount(amount),
-                currency=currency,  # type: ignore[arg-type]
+                currency=currency,
                 merchant_code=account.merchant_code,
                 description=description,
                 return_url=webhook_url,
                 redirect_url=redirect_url,
-                hosted_checkout={"enabled": True},  # type: ignore[arg-type]
+                hosted_checkout={"enabled": True},
                 valid_until=valid_until,
             )
             return _remote(created)

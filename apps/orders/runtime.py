@@ -21,6 +21,8 @@ class Jobs(Protocol):
 
     def settle_refunds_soon(self) -> None: ...
 
+    async def aclose(self) -> None: ...
+
 
 @dataclass(frozen=True)
 class OrderUrls:

@@ -21,10 +21,11 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, tuple_, update
+from sqlalchemy import ColumnElement, and_, func, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
+from apps.common.contracts import SignIn
 from apps.common.fdw import remote_read
 from apps.common.internal_client import InternalCallError
 from apps.common.problems import (
@@ -34,7 +35,8 @@ from apps.common.problems import (
     NotFound,
     TooManyRequests,
 )
-from apps.orders.contract import AdoptedOrders, AdoptOrders, CreatedOrder, CreateOrder
+from apps.events import contract as events
+from apps.orders.contract import AdoptedOrders, CreatedOrder, CreateOrder
 from apps.orders.models import (
     Order,
     OrderClaim,
@@ -125,11 +127,11 @@ def _check_amount(field: str, value: Decimal | None) -> None:
 def _check_amounts(request: CreateOrder) -> None:
     for field in ("product_total", "calendar_total", "ticket_total"):
         _check_amount(field, getattr(request, field))
-    for line in request.cart_items:
-        _check_amount("product_regular_price", line.product_regular_price)
-        _check_amount("product_special_price", line.product_special_price)
-    for line in (*request.calendar_entries, *request.tickets):
-        _check_amount("price", line.price)
+    for product in request.cart_items:
+        _check_amount("product_regular_price", product.product_regular_price)
+        _check_amount("product_special_price", product.product_special_price)
+    for booking in (*request.calendar_entries, *request.tickets):
+        _check_amount("price", booking.price)
 
 
 def _check_urls(request: CreateOrder, urls: OrderUrls) -> None:
@@ -265,7 +267,7 @@ def _sharing(
 ) -> Any:
     """Orders other than ``order_id`` that share a claim, or the same buyer's orders that share
     goods (a product, a booking)."""
-    conditions = []
+    conditions: list[ColumnElement[bool]] = []
     if claims:
         conditions.append(
             Order.id.in_(
@@ -460,19 +462,18 @@ async def hold_bookings(runtime: OrdersRuntime, order: Order, request: CreateOrd
     if not entry_ids and not ticket_ids:
         return
     assert order.payable_until is not None
-    payload = {
-        "order_id": order.id,
-        "user_id": request.user_id,
-        "session_id": None if request.user_id is not None else request.session_id,
-        "entry_ids": entry_ids,
-        "ticket_ids": ticket_ids,
-        "until": order.payable_until.isoformat(),
-    }
+    hold = events.HoldForOrder(
+        order_id=order.id,
+        user_id=request.user_id,
+        session_id=None if request.user_id is not None else request.session_id,
+        entry_ids=entry_ids,
+        ticket_ids=ticket_ids,
+        until=order.payable_until,
+    )
     try:
-        await runtime.client.call_action(
-            "events",
-            "hold-for-order",
-            payload,
+        await runtime.client.call(
+            events.hold_for_order,
+            hold,
             idempotency_key=f"orders:{order.id}:hold",
             timeout=runtime.settings.events_timeout,
         )
@@ -528,7 +529,7 @@ async def _new_attempt(
 
 
 # -- sign-in -----------------------------------------------------------------------------------
-async def adopt_orders(session: AsyncSession, request: AdoptOrders) -> AdoptedOrders:
+async def adopt_orders(session: AsyncSession, request: SignIn) -> AdoptedOrders:
     """The anonymous session's orders become the user's; then, among the user's pending orders,
     a newer one supersedes any older one it shares goods with (one payable order per good)."""
     await lock_buyer(session, request.user_id, request.session_id)
@@ -636,7 +637,7 @@ async def start_new_attempt(
     if current is not None and current.status == "PENDING":
         if just_made or (seen_attempt is not None and current.number > seen_attempt):
             # Clicked twice, or in two tabs at once: the payment just started is the one.
-            return current  # type: ignore[no-any-return]
+            return current
     elif current is not None and seen_attempt is not None and current.number > seen_attempt:
         raise Conflict(
             f"Order {order.id} already has a newer payment (attempt {current.number}); "

@@ -24,15 +24,16 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
-import msgspec
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from apps.cart import contract as cart
 from apps.cart.contract import ClearCartForOrder, PaidLine
 from apps.common.fdw import remote_read
 from apps.common.outbox import enqueue
 from apps.common.problems import Conflict
+from apps.events import contract as events
 from apps.orders.models import (
     CLOSED_UNPAID_STATES,
     Order,
@@ -250,9 +251,8 @@ async def _enqueue_after_payment(session: AsyncSession, order: Order) -> None:
     await enqueue(
         session,
         outbox,
-        service="cart",
-        action="clear-cart-for-order",
-        payload=msgspec.to_builtins(clear),
+        cart.clear_cart_for_order,
+        clear,
         idempotency_key=f"orders:{order.id}:clear-cart",
     )
     entry_ids = sorted(item.source_id for item in items if item.kind == "calendar_entry")
@@ -261,27 +261,25 @@ async def _enqueue_after_payment(session: AsyncSession, order: Order) -> None:
         await enqueue(
             session,
             outbox,
-            service="events",
-            action="confirm-for-order",
-            payload={
-                "order_id": order.id,
-                "entry_ids": entry_ids,
-                "ticket_ids": ticket_ids,
-                "user_id": order.user_id,
-                "session_id": order.session_id,
-            },
+            events.confirm_for_order,
+            events.ConfirmForOrder(
+                order_id=order.id,
+                entry_ids=entry_ids,
+                ticket_ids=ticket_ids,
+                user_id=order.user_id,
+                session_id=order.session_id,
+            ),
             idempotency_key=f"orders:{order.id}:confirm-bookings",
         )
 
 
 async def bookings_not_confirmed(
-    session: AsyncSession, payload: Mapping[str, Any], answer: Any
+    session: AsyncSession, payload: Mapping[str, Any], answer: events.ConfirmResult
 ) -> None:
     """Events' answer to confirm-for-order (an outbox reply): bookings it could not confirm for
     the paid order are money that must go back, not a log line."""
-    unconfirmed = (answer or {}).get("unconfirmed") or {}
-    entry_ids = set(unconfirmed.get("entry_ids") or ())
-    ticket_ids = set(unconfirmed.get("ticket_ids") or ())
+    entry_ids = set(answer.unconfirmed.entry_ids)
+    ticket_ids = set(answer.unconfirmed.ticket_ids)
     if not entry_ids and not ticket_ids:
         return
     order_id = int(payload["order_id"])
@@ -441,7 +439,7 @@ async def settle_refund(
         return await _refund_done(session, refund, order)
     refund.status = "requested"
     refund.tries += 1
-    refund.updated_at = func.now()  # type: ignore[assignment]
+    refund.updated_at = func.now()
     await session.commit()  # the intent is on record before money moves
 
     try:
@@ -489,9 +487,9 @@ async def _already_refunded(
 
 async def _refund_done(session: AsyncSession, refund: Refund, order: Order) -> RefundOutcome:
     refund.status = "done"
-    refund.refunded_at = func.now()  # type: ignore[assignment]
+    refund.refunded_at = func.now()
     refund.last_error = None
-    refund.updated_at = func.now()  # type: ignore[assignment]
+    refund.updated_at = func.now()
     await session.flush()
     owed = await session.scalar(
         select(func.count())
@@ -514,7 +512,7 @@ async def _refund_failed(
 ) -> RefundOutcome:
     refund.status = "failed"
     refund.last_error = error[:2000]
-    refund.updated_at = func.now()  # type: ignore[assignment]
+    refund.updated_at = func.now()
     await session.commit()
     logger.error("order %s: refund %s failed and needs a person: %s", order.id, refund.id, error)
     return RefundOutcome(refund.id, "failed")

@@ -7,6 +7,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from apps.common.db import IdentityPkMixin, TimestampedMixin, service_metadata
 from apps.common.idempotency import idempotency_table
+from apps.common.nonces import nonce_table
 
 metadata = service_metadata("relations")
 
@@ -49,3 +50,4 @@ class ContainerRelation(IdentityPkMixin, TimestampedMixin, Base):
 
 
 idempotency_keys = idempotency_table(metadata)
+request_nonces = nonce_table(metadata)

@@ -2,46 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated
-
-import msgspec
 from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from apps.relations.contract import AttachChild, DetachChild, Detached, Relation
 from apps.relations.models import ContainerRelation
-
-# Types are short lowercase words ("page", "market", "calendar").
-ContainerType = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
-ContainerId = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
-
-
-class Relation(msgspec.Struct):
-    id: int
-    parent_type: str
-    parent_id: int
-    child_type: str
-    child_id: int
-    sort_order: int
-    label: str | None
-    created_at: datetime
-    updated_at: datetime
-
-
-class AttachChild(msgspec.Struct, forbid_unknown_fields=True):
-    parent_type: ContainerType
-    parent_id: ContainerId
-    child_type: ContainerType
-    child_id: ContainerId
-    sort_order: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] | None = None
-    label: Annotated[str, msgspec.Meta(max_length=255)] | None = None
-
-
-class DetachChild(msgspec.Struct, forbid_unknown_fields=True):
-    parent_type: ContainerType
-    parent_id: ContainerId
-    child_type: ContainerType
-    child_id: ContainerId
 
 
 def to_relation(row: ContainerRelation) -> Relation:
@@ -143,7 +108,7 @@ async def attach_child(session: AsyncSession, request: AttachChild) -> Relation:
     return to_relation(relation)
 
 
-async def detach_child(session: AsyncSession, request: DetachChild) -> dict[str, bool]:
+async def detach_child(session: AsyncSession, request: DetachChild) -> Detached:
     """Soft-delete the active relation; ``{"detached": false}`` when there was none."""
     detached = await session.scalar(
         update(ContainerRelation)
@@ -154,4 +119,4 @@ async def detach_child(session: AsyncSession, request: DetachChild) -> dict[str,
         .values(deleted_at=func.now(), updated_at=func.now())
         .returning(ContainerRelation.id)
     )
-    return {"detached": detached is not None}
+    return Detached(detached=detached is not None)

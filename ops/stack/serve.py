@@ -17,7 +17,8 @@ import uvicorn
 from uvicorn.config import LifespanType
 
 from apps.common.services import service_spec
-from apps.common.settings import ConfigError, Settings
+from apps.common.settings import ConfigError
+from apps.registry import CONTRACTS, settings_for
 
 LOG_FORMAT = "%(levelname)-7s %(name)s: %(message)s"
 
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = service_spec(args.service)
     configure_logging()
     try:
-        settings = Settings.from_env(spec.name)
+        settings = settings_for(CONTRACTS[spec.name])
     except ConfigError as exc:
         print(f"cannot start {spec.name}: {exc}", file=sys.stderr)
         return 2

@@ -93,7 +93,7 @@ JSON = {"Accept": "application/json"}
 def recorded_statements(app: Litestar) -> Iterator[list[tuple[str, Any]]]:
     """Every SQL statement (and its parameters) the app's engine sends while the block runs."""
     statements: list[tuple[str, Any]] = []
-    engine = app.state.engine.sync_engine
+    engine = app.state.platform.engine.sync_engine
 
     def record(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
         statements.append((statement, parameters))

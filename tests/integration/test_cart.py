@@ -264,12 +264,13 @@ async def test_data_endpoints_and_fragment(stack, shop):
 
 async def test_cart_is_exactly_what_the_plan_leaves_it(stack, clean_db):
     """The plan's post-split cart state: table, Alembic environment, routes, data, actions."""
-    assert set(cart_metadata.tables) == {"cart.cart_items"}
+    # cart_items, and the platform's table of accepted signed requests (replay protection).
+    assert set(cart_metadata.tables) == {"cart.cart_items", "cart.request_nonces"}
     with admin_connect(clean_db, "cart") as connection:
         tables = connection.execute(
             "SELECT tablename FROM pg_tables WHERE schemaname = 'cart' ORDER BY 1"
         ).fetchall()
-    assert tables == [("alembic_version",), ("cart_items",)]
+    assert tables == [("alembic_version",), ("cart_items",), ("request_nonces",)]
     schema = (await stack.client("cart").get("/schema/openapi.json")).json()
     paths = set(schema["paths"])
     internal = {path for path in paths if path.startswith("/internal/")}

@@ -19,8 +19,7 @@ from sqlalchemy.engine import make_url
 
 from apps.common.asgi import read_body, replaying_receive, send_problem
 from apps.common.identity import COOKIE_NAME, CSRF_FIELD, SessionCodec
-from apps.common.internal_client import InternalClient, current_client, install_client
-from tests.conftest import INTERNAL_SECRET, SESSION_SECRET, admin_connect, in_process_stack
+from tests.conftest import SESSION_SECRET, admin_connect, in_process_stack
 from tests.signed import internal_get, internal_post
 
 JSON = {"Accept": "application/json"}
@@ -285,7 +284,7 @@ async def test_relations_down_is_a_clear_problem_and_nothing_is_written(clean_db
 
 
 async def test_relations_erroring_leaves_no_local_half_write(clean_db, credentials):
-    # relations runs but cannot reach its database: it answers 500 to every action.
+    # relations runs but cannot reach its database: it answers 503 to every action.
     unreachable = {"database_url": "postgresql://relations_app:x@127.0.0.1:1/db_relations"}
     async with in_process_stack(
         clean_db,
@@ -297,7 +296,7 @@ async def test_relations_erroring_leaves_no_local_half_write(clean_db, credentia
         created = await editor.post(
             "/admin/calendars/", data={"name": "New", "slug": "new", "page_id": "5"}
         )
-        assert_problem(created, 502, "relations", "attach-child")
+        assert_problem(created, 503, "relations", "attach-child")
         await editor.aclose()
     assert events_rows(clean_db, "SELECT count(*) FROM events.calendars") == [(0,)]
 
@@ -326,15 +325,7 @@ async def test_a_move_that_fails_half_way_is_undone_in_relations(stack, editor, 
         "/admin/calendars/", data={"name": "Tours", "slug": "tours", "page_id": "5"}
     )
     calendar_id = created.json()["id"]
-    previous = current_client()
-    install_client(
-        InternalClient(
-            caller="tests",
-            secret=INTERNAL_SECRET,
-            asgi_apps={"relations": FailingDetach(stack.apps["relations"], page_id=5)},
-        )
-    )
-    await previous.aclose()
+    stack.internal.route("relations", FailingDetach(stack.apps["relations"], page_id=5))
 
     moved = await editor.post(f"/admin/calendars/{calendar_id}/attach/", data={"page_id": "6"})
     assert_problem(moved, 502, "relations", "detach-child")
@@ -1169,7 +1160,7 @@ async def test_the_sweeper_releases_ended_holds(stack, clean_db):
         clean_db,
         "UPDATE events.tickets SET hold_expires_at = now() - interval '1 second' RETURNING id",
     )
-    async with stack.apps["events"].state.sessionmaker() as session:
+    async with stack.apps["events"].state.platform.sessionmaker() as session:
         swept = await sweep_ended_holds(session)
         await session.commit()
     assert swept == 3  # the walk and two tickets; the visitor's ride is still held

@@ -8,8 +8,7 @@ import psycopg
 import pytest
 from sqlalchemy.dialects import postgresql
 
-from apps.common.fdw import liked_slugs_query
-from apps.market.service import liked_products_query
+from apps.market.service import liked_products_query, liked_slugs_query
 from tests.conftest import admin_connect, in_process_stack
 from tests.integration.market_fixtures import seed_products
 from tests.signed import internal_post

@@ -357,7 +357,7 @@ async def test_anonymous_orders_belong_to_their_session(orders, clean_db, sandbo
     session = (await browser.get("/auth/session")).json()
     cookie = browser.cookies.get("rose_session")
     assert cookie
-    codec = orders.apps["orders"].state.session_codec
+    codec = orders.apps["orders"].state.platform.codec
     session_id = codec.decode(cookie).session_id
     order_id = (
         await create(orders, order_payload(product_line(1), user_id=None, session_id=session_id))
@@ -409,7 +409,7 @@ async def test_reconciliation_asks_about_open_attempts_least_recently_checked_fi
             "WHERE order_id = %s",
             (second,),
         )
-    maker = orders.apps["orders"].state.sessionmaker
+    maker = orders.apps["orders"].state.platform.sessionmaker
     reconciler = orders.apps["orders"].state.reconciler
     async with maker() as session:
         assert await reconciler.due_orders(session) == [third]

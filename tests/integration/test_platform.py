@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import pytest
 from litestar import Litestar
+from litestar.params import JSONBody
 
+from apps.common.contracts import Action, Contract, NoParams, Query
 from apps.common.internal import action_route, data_route, internal_router
 from apps.common.internal_client import InternalCallError, InternalClient
 from tests.conftest import INTERNAL_SECRET, in_process_stack
@@ -41,6 +43,11 @@ async def test_dev_login_signs_in_and_the_cookie_is_shared_by_public_services(
     assert forged_session["signed_in"] is False
 
 
+THING = Query("flaky", "thing", NoParams, dict[str, str])
+DO = Action("flaky", "do", NoParams, dict[str, str])
+FLAKY = Contract("flaky", dev_port=1, public=False, calls=[THING, DO])
+
+
 class Flaky:
     """A real ASGI app whose routes fail with 503 a given number of times, then succeed."""
 
@@ -48,15 +55,15 @@ class Flaky:
         self.failures = failures
         self.calls: dict[str, int] = {}
 
-        @data_route("thing")
+        @data_route(THING)
         async def thing() -> dict[str, str]:
             return self._answer("thing")
 
-        @action_route("do")
-        async def do() -> dict[str, str]:
+        @action_route(DO)
+        async def do(data: JSONBody[NoParams]) -> dict[str, str]:
             return self._answer("do")
 
-        self.app = Litestar([internal_router("flaky", INTERNAL_SECRET, [thing, do])])
+        self.app = Litestar([internal_router(FLAKY, INTERNAL_SECRET, [thing, do])])
 
     def _answer(self, name: str) -> dict[str, str]:
         from litestar.exceptions import HTTPException
@@ -107,3 +114,19 @@ async def test_unreachable_service_is_a_503_typed_error():
         await client.aclose()
     assert failed.value.http_status == 503
     assert "unreachable" in str(failed.value)
+
+
+def test_a_provider_serves_exactly_its_contract():
+    @data_route(THING)
+    async def thing() -> dict[str, str]:
+        return {}
+
+    with pytest.raises(ValueError, match="missing"):
+        internal_router(FLAKY, INTERNAL_SECRET, [thing])
+
+    @action_route(DO)
+    async def do(data: JSONBody[Contract]) -> dict[str, str]:
+        return {}
+
+    with pytest.raises(ValueError, match="the contract says"):
+        internal_router(FLAKY, INTERNAL_SECRET, [thing, do])

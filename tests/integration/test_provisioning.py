@@ -76,7 +76,7 @@ def test_owner_roles_cannot_log_in_and_own_the_objects(provisioned):
         ).fetchall()
     assert table_owner == ("relations_owner",)
     assert version_table == [("relations", "relations_owner")]
-    assert current_heads("relations", provisioned.topology.admin_url("relations")) == {"0001"}
+    assert current_heads("relations", provisioned.topology.admin_url("relations")) == {"0002"}
 
 
 def test_db_check_passes_then_names_an_injected_grant(provisioned, credentials):

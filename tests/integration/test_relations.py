@@ -267,25 +267,28 @@ async def test_readyz_is_503_when_the_database_is_unreachable(clean_db, credenti
     assert "database unreachable" in response.json()["detail"]
 
 
-async def test_internal_client_calls_relations_over_http(clean_db, credentials):
-    from apps.common.internal_client import call_action, fetch_data
+async def test_internal_client_calls_relations_through_its_contract(clean_db, credentials):
+    from apps.relations import contract
 
-    async with in_process_stack(clean_db, credentials, ["relations"]):
-        relation = await call_action("relations", "attach-child", PAGE_1_MARKET_7)
-        children = await fetch_data(
-            "relations", "get-children", {"parent_type": "page", "parent_id": 1}
+    async with in_process_stack(clean_db, credentials, ["relations"]) as running:
+        relation = await running.internal.call(
+            contract.attach_child, contract.AttachChild(**PAGE_1_MARKET_7)
         )
-    assert [child["id"] for child in children] == [relation["id"]]
+        children = await running.internal.query(
+            contract.get_children, contract.Children(parent_type="page", parent_id=1)
+        )
+    assert isinstance(relation, contract.Relation)
+    assert [child.id for child in children] == [relation.id]
 
 
 async def test_internal_client_raises_typed_errors(clean_db, credentials):
-    from apps.common.internal_client import InternalCallError, call_action, fetch_data
+    from apps.common.internal_client import InternalCallError
 
-    async with in_process_stack(clean_db, credentials, ["relations"]):
+    async with in_process_stack(clean_db, credentials, ["relations"]) as running:
         with pytest.raises(InternalCallError) as bad_input:
-            await call_action("relations", "attach-child", {"parent_type": "page"})
+            await running.internal.call_action("relations", "attach-child", {"parent_type": "page"})
         with pytest.raises(InternalCallError) as unconfigured:
-            await fetch_data("likes", "is-liked", {"user_id": 1})
+            await running.internal.fetch_data("likes", "is-liked", {"user_id": 1})
     assert bad_input.value.remote_status == 422
     assert bad_input.value.http_status == 502
     assert unconfigured.value.http_status == 503

@@ -13,15 +13,26 @@ SECRET = "unit-test-secret-0123456789"
 
 
 def test_signature_round_trip_and_every_kind_of_tampering():
-    headers = sign_headers(SECRET, "POST", "/internal/actions/x?a=1", b'{"a":1}', caller="t")
+    headers = sign_headers(
+        SECRET, "POST", "/internal/actions/x?a=1", b'{"a":1}', caller="t", idempotency_key="k"
+    )
     args = (headers["X-Rose-Timestamp"], headers["X-Rose-Signature"])
-    assert verify(SECRET, "POST", "/internal/actions/x?a=1", b'{"a":1}', *args) is None
-    assert verify(SECRET, "POST", "/internal/actions/x?a=2", b'{"a":1}', *args) is not None
-    assert verify(SECRET, "POST", "/internal/actions/x?a=1", b'{"a":2}', *args) is not None
-    assert verify(SECRET, "GET", "/internal/actions/x?a=1", b'{"a":1}', *args) is not None
-    assert verify("other-secret-0123456789", "POST", "/internal/actions/x?a=1", b'{"a":1}', *args)
+    signed = {"nonce": headers["X-Rose-Nonce"], "idempotency_key": "k"}
+    assert verify(SECRET, "POST", "/internal/actions/x?a=1", b'{"a":1}', *args, **signed) is None
+    body = b'{"a":1}'
+    other_key = {**signed, "idempotency_key": "other"}
+    assert verify(SECRET, "POST", "/internal/actions/x?a=1", body, *args, **other_key) is not None
+    other_nonce = {**signed, "nonce": "another"}
+    assert verify(SECRET, "POST", "/internal/actions/x?a=1", body, *args, **other_nonce) is not None
+    path = "/internal/actions/x?a=1"
+    assert verify(SECRET, "POST", "/internal/actions/x?a=2", body, *args, **signed) is not None
+    assert verify(SECRET, "POST", path, b'{"a":2}', *args, **signed) is not None
+    assert verify(SECRET, "GET", path, body, *args, **signed) is not None
+    assert verify("other-secret-0123456789", "POST", path, body, *args, **signed)
+    assert verify(SECRET, "POST", path, body, *args) == "missing request signature"
     stale = sign_headers(SECRET, "GET", "/p", b"", caller="t", now=1_000_000)
-    reason = verify(SECRET, "GET", "/p", b"", stale["X-Rose-Timestamp"], stale["X-Rose-Signature"])
+    stamp, mac = stale["X-Rose-Timestamp"], stale["X-Rose-Signature"]
+    reason = verify(SECRET, "GET", "/p", b"", stamp, mac, nonce=stale["X-Rose-Nonce"])
     assert reason == "stale request signature"
     assert verify(SECRET, "GET", "/p", b"", None, None) == "missing request signature"
 
@@ -29,15 +40,21 @@ def test_signature_round_trip_and_every_kind_of_tampering():
 def test_missing_settings_stop_start_up_naming_them():
     base = {"INTERNAL_SECRET": SECRET, "SESSION_SECRET": SECRET}
     with pytest.raises(ConfigError, match="DATABASE_URL_MARKET or DATABASE_URL"):
-        Settings.from_env("market", base)
+        Settings.from_env("market", base, public=True)
     with pytest.raises(ConfigError, match="SESSION_SECRET"):
-        Settings.from_env("market", {"INTERNAL_SECRET": SECRET, "DATABASE_URL": "postgresql://x"})
+        Settings.from_env(
+            "market", {"INTERNAL_SECRET": SECRET, "DATABASE_URL": "postgresql://x"}, public=True
+        )
     with pytest.raises(ConfigError, match="INTERNAL_SECRET"):
-        Settings.from_env("relations", {"DATABASE_URL": "postgresql://x"})
+        Settings.from_env("relations", {"DATABASE_URL": "postgresql://x"}, public=False)
     with pytest.raises(ConfigError, match="ROSE_ENV"):
-        Settings.from_env("relations", {**base, "DATABASE_URL": "x", "ROSE_ENV": "staging"})
+        Settings.from_env(
+            "relations", {**base, "DATABASE_URL": "x", "ROSE_ENV": "staging"}, public=False
+        )
     with pytest.raises(ConfigError, match="at least 16"):
-        Settings.from_env("relations", {"DATABASE_URL": "x", "INTERNAL_SECRET": "short"})
+        Settings.from_env(
+            "relations", {"DATABASE_URL": "x", "INTERNAL_SECRET": "short"}, public=False
+        )
 
 
 def test_settings_read_per_service_urls():
@@ -50,12 +67,15 @@ def test_settings_read_per_service_urls():
             "INTERNAL_URL_LIKES": "http://likes:8000/",
             "ROSE_ENV": "dev",
         },
+        public=False,
     )
     assert settings.database_url == "postgresql://own"
     assert settings.internal_urls == {"likes": "http://likes:8000"}
     assert settings.is_dev
     # Internal-only services need no session secret; the default environment is production.
-    prod = Settings.from_env("likes", {"DATABASE_URL": "x", "INTERNAL_SECRET": SECRET})
+    prod = Settings.from_env(
+        "likes", {"DATABASE_URL": "x", "INTERNAL_SECRET": SECRET}, public=False
+    )
     assert prod.env == "prod"
     assert prod.session_secret is None
 

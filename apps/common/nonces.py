@@ -1,0 +1,48 @@
+"""The nonces of signed actions a service accepted, kept for the signature's validity window in
+the service's own database, so that the same signed action delivered twice has one effect."""
+
+from __future__ import annotations
+
+import random
+from datetime import timedelta
+
+from sqlalchemy import Column, DateTime, MetaData, String, Table, delete, func
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from apps.common.signing import MAX_CLOCK_SKEW_SECONDS, MAX_NONCE_LENGTH
+
+# A nonce can be presented while its timestamp is within the skew, on either side of now.
+KEEP = timedelta(seconds=2 * MAX_CLOCK_SKEW_SECONDS + 60)
+# One accepted action in this many also deletes the nonces that can no longer be presented.
+SWEEP_ONE_IN = 100
+
+
+def nonce_table(metadata: MetaData) -> Table:
+    """The ``request_nonces`` table of a service, in that service's schema."""
+    return Table(
+        "request_nonces",
+        metadata,
+        Column("nonce", String(MAX_NONCE_LENGTH), primary_key=True),
+        Column("expires_at", DateTime(timezone=True), nullable=False, index=True),
+    )
+
+
+class NonceStore:
+    def __init__(self, table: Table) -> None:
+        self._table = table
+
+    async def remember(self, maker: async_sessionmaker[AsyncSession], nonce: str) -> bool:
+        """True the first time ``nonce`` is presented, False on every later delivery."""
+        async with maker() as session, session.begin():
+            fresh = await session.scalar(
+                insert(self._table)
+                .values(nonce=nonce, expires_at=func.now() + KEEP)
+                .on_conflict_do_nothing(index_elements=["nonce"])
+                .returning(self._table.c.nonce)
+            )
+            if random.randrange(SWEEP_ONE_IN) == 0:
+                await session.execute(
+                    delete(self._table).where(self._table.c.expires_at < func.now())
+                )
+        return fresh is not None

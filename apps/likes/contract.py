@@ -1,0 +1,66 @@
+"""What likes offers other services: likes of products (by slug) and posts (by id), one table.
+Imports nothing else of likes."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+
+from apps.common.contracts import Action, Contract, ExportView, Query
+
+SERVICE = "likes"
+
+UserId = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
+TargetId = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
+TargetSlug = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+
+
+class LikeTarget(msgspec.Struct, forbid_unknown_fields=True):
+    """A product is named by ``target_slug``, a post by ``target_id``."""
+
+    user_id: UserId
+    target_type: str
+    target_slug: TargetSlug | None = None
+    target_id: TargetId | None = None
+
+
+class SetLike(LikeTarget, kw_only=True, forbid_unknown_fields=True):
+    liked: bool
+
+
+class LikeState(msgspec.Struct):
+    liked: bool
+
+
+class LikedBy(msgspec.Struct, forbid_unknown_fields=True):
+    user_id: UserId
+    target_type: str
+
+
+is_liked = Query(SERVICE, "is-liked", LikeTarget, LikeState)
+liked_slugs = Query(SERVICE, "liked-slugs", LikedBy, list[str])
+liked_ids = Query(SERVICE, "liked-ids", LikedBy, list[int])
+toggle = Action(SERVICE, "toggle", LikeTarget, LikeState)
+# Beyond the plan: idempotent by nature (it sets, it does not flip).
+set_like = Action(SERVICE, "set", SetLike, LikeState)
+
+# Active likes only (market and blog: the liked-only filter and the "liked" annotation).
+LIKES = ExportView.of(
+    SERVICE,
+    "likes",
+    "id bigint",
+    "user_id bigint",
+    "target_type character varying(32)",
+    "target_slug character varying(255)",
+    "target_id bigint",
+    "created_at timestamp with time zone",
+)
+
+CONTRACT = Contract(
+    SERVICE,
+    dev_port=8009,
+    public=False,
+    calls=[is_liked, liked_slugs, liked_ids, toggle, set_like],
+    views=[LIKES],
+)

@@ -1,0 +1,219 @@
+"""No input and no outage produces a 500 (issue "one error boundary"): every finding of the
+fuzzing and the outage trials, as a request through the real apps."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from apps.common.signing import sign_headers
+from tests.conftest import INTERNAL_SECRET, in_process_stack
+from tests.integration.commerce_fixtures import browser_of, shop_stack
+from tests.signed import internal_get, internal_post
+
+HTML = {"accept": "text/html"}
+JSON = {"accept": "application/json"}
+PUBLIC = ["blog", "market", "cart", "events", "orders"]
+
+
+def assert_problem(response: httpx.Response, status: int, *words: str) -> dict:
+    assert response.status_code == status, response.text[:500]
+    assert response.headers["content-type"].startswith("application/problem+json")
+    problem = response.json()
+    for word in words:
+        assert word in problem["detail"], problem
+    return problem
+
+
+@pytest.fixture
+async def stack(clean_db, credentials, sandbox, shop):
+    async with shop_stack(clean_db, credentials, sandbox.server) as running:
+        yield running
+
+
+@pytest.mark.parametrize("service", PUBLIC)
+async def test_unknown_urls_and_wrong_methods_are_themed_pages_for_browsers(stack, service):
+    browser = stack.browser(service)
+    for path, status in (("/nope", 404), ("/no/such/page/", 404), ("/checkout/", None)):
+        response = await browser.get(path, headers=HTML)
+        assert response.status_code != 500, (service, path)
+        if status is not None:
+            assert response.status_code == status
+        assert response.headers["content-type"].startswith("text/html"), (service, path)
+        assert "<html" in response.text
+        assert 'role="alert"' in response.text
+    wrong = await browser.delete("/", headers=HTML)
+    assert wrong.status_code == 405
+    assert wrong.headers["content-type"].startswith("text/html")
+    assert_problem(await browser.get("/nope", headers=JSON), 404)
+
+
+async def test_paths_that_only_start_like_internal_are_public_paths(stack):
+    blog = stack.browser("blog")
+    # A post slug that happens to start with "internal" (none exists: 404), and the admin page
+    # of such a slug (editors only: 403 before anything is looked up).
+    for path, status in (("/internal-memo/", 404), ("/internals/admin/page-config/", 403)):
+        response = await blog.get(path, headers=HTML)
+        assert response.status_code == status, (path, response.text[:300])
+        assert response.headers["content-type"].startswith("text/html")
+    internal = await blog.get("/internal/data/page-config")
+    assert_problem(internal, 401, "signature")
+
+
+async def test_nul_characters_are_refused_naming_the_field(stack, shop):
+    events = await browser_of(stack, "events", user_id=1)
+    calendars = await events.post(
+        "/admin/calendars/",
+        data={"name": "Tours\x00", "slug": "tours", "page_id": "1"},
+        headers={"accept": "application/json"},
+    )
+    assert_problem(calendars, 422, "name")
+    webhook = await stack.client("orders").post(
+        "/checkout/webhook/1/",
+        content=json.dumps({"event_type": "CHECKOUT_STATUS_CHANGED", "id": "a\u0000b"}),
+        headers={"content-type": "application/json"},
+    )
+    assert_problem(webhook, 422, "id")
+    summary = await internal_get(stack.client("cart"), "cart-summary", {"session_id": "a\x00b"})
+    assert_problem(summary, 422, "session_id")
+
+
+async def test_integers_beyond_bigint_are_refused(stack):
+    huge = "9223372036854775808"
+    children = await internal_get(
+        stack.client("relations"), "get-children", {"parent_type": "page", "parent_id": huge}
+    )
+    assert_problem(children, 422, "parent_id")
+    order = await internal_get(stack.client("orders"), "order", {"order_id": huge})
+    assert_problem(order, 422, "order_id")
+    nav = await internal_get(
+        stack.client("orders"), "account-nav-item", {"user_id": huge}, kind="fragments"
+    )
+    assert_problem(nav, 422, "user_id")
+
+
+async def test_broken_and_deeply_nested_json_is_a_client_error(stack, shop):
+    cart = await browser_of(stack, "cart", user_id=4)
+    product = shop.product_ids[0]
+    headers = {"content-type": "application/json"}
+    for body in (b'{"quantity": ', b'{"quantity": "\xff\xfe"}', b"[" * 30_000 + b"]" * 30_000):
+        answer = await cart.post(f"/add/{product}/", content=body, headers=headers)
+        assert 400 <= answer.status_code < 500, (body[:20], answer.text[:200])
+        assert answer.headers["content-type"].startswith("application/problem+json")
+    deep = b'{"event_type": "CHECKOUT_STATUS_CHANGED", "id": ' + b"[" * 30_000 + b"]" * 30_000
+    webhook = await stack.client("orders").post(
+        "/checkout/webhook/1/", content=deep + b"}", headers=headers
+    )
+    assert 400 <= webhook.status_code < 500
+
+
+async def test_non_ascii_csrf_tokens_and_signatures_are_refused_not_crashed(stack, shop):
+    cart = await browser_of(stack, "cart", user_id=4)
+    header = await cart.post(
+        f"/add/{shop.product_ids[0]}/", headers={"x-csrf-token": "\u00e9\u00e9".encode()}
+    )
+    assert_problem(header, 403, "CSRF")
+    cart.headers.pop("x-csrf-token")
+    form = await cart.post(
+        f"/add/{shop.product_ids[0]}/",
+        content=b"_csrf_token=%C3%A9%C3%A9",
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert_problem(form, 403, "CSRF")
+    path = "/internal/data/get-children?parent_type=page&parent_id=1"
+    headers = sign_headers(INTERNAL_SECRET, "GET", path, b"", caller="tests")
+    headers["X-Rose-Signature"] = "\u00e9".encode()
+    signed = await stack.client("relations").get(path, headers=headers)
+    assert_problem(signed, 401, "signature")
+
+
+async def test_a_signed_action_cannot_be_replayed(stack):
+    likes = stack.client("likes")
+    payload = {"user_id": 3, "target_type": "product", "target_slug": "jam"}
+    body = json.dumps(payload).encode()
+    path = "/internal/actions/toggle"
+    headers = sign_headers(INTERNAL_SECRET, "POST", path, body, caller="tests")
+    headers["content-type"] = "application/json"
+    first = await likes.post(path, content=body, headers=headers)
+    assert first.json() == {"liked": True}
+    for _ in range(4):
+        again = await likes.post(path, content=body, headers=headers)
+        assert_problem(again, 409, "replayed")
+    state = await internal_get(
+        likes, "is-liked", {"user_id": 3, "target_type": "product", "target_slug": "jam"}
+    )
+    assert state.json() == {"liked": True}
+
+
+async def test_the_idempotency_key_is_part_of_the_signature(stack, shop):
+    orders = stack.client("orders")
+    response = await internal_post(
+        orders, "create-order", {"product_total": "0"}, idempotency_key="key-1"
+    )
+    assert response.status_code == 422  # signed with its key: accepted for validation
+    path = "/internal/actions/create-order"
+    body = json.dumps({"product_total": "0"}).encode()
+    headers = sign_headers(
+        INTERNAL_SECRET, "POST", path, body, caller="tests", idempotency_key="key-1"
+    )
+    headers.update({"content-type": "application/json", "Idempotency-Key": "key-2"})
+    swapped = await orders.post(path, content=body, headers=headers)
+    assert_problem(swapped, 401, "signature")
+
+
+async def test_validation_errors_leave_no_unretrieved_task_errors(stack, caplog):
+    market = stack.browser("market")
+    for _ in range(20):
+        assert (await market.get("/api/products?page=0", headers=JSON)).status_code == 422
+    import gc
+
+    gc.collect()
+    assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
+
+
+async def test_openapi_documents_problem_responses(stack):
+    for service in ("cart", "orders", "relations"):
+        schema = (await stack.client(service).get("/schema/openapi.json")).json()
+        for path, operations in schema["paths"].items():
+            for method, operation in operations.items():
+                responses = operation["responses"]
+                errors = {code for code in responses if code.startswith(("4", "5"))}
+                assert errors, (service, method, path)
+                for code in errors:
+                    content = responses[code]["content"]
+                    assert "application/problem+json" in content, (service, method, path, code)
+
+
+async def test_database_down_under_load_answers_503_and_recovers_by_itself(credentials):
+    """PostgreSQL stopped while requests keep coming: only 503s with Retry-After; started
+    again: answers again, without restarting any service."""
+    from tests.integration.db_fixtures import start_cluster
+    from tests.pg import TestServer
+
+    cluster_gen = start_cluster()
+    cluster = next(cluster_gen)
+    try:
+        server = TestServer(cluster.admin_url, cluster.topology, "embedded")
+        async with in_process_stack(server, cluster.credentials, ["relations", "blog"]) as running:
+            relations = running.client("relations")
+            blog = running.browser("blog")
+            query = {"parent_type": "page", "parent_id": 1}
+            assert (await internal_get(relations, "get-children", query)).status_code == 200
+            cluster.server.stop()
+            statuses = set()
+            for _ in range(40):
+                down = await internal_get(relations, "get-children", query)
+                statuses.add(down.status_code)
+                assert down.status_code == 503, down.text[:300]
+                assert "retry-after" in {key.lower() for key in down.headers}
+                page = await blog.get("/", headers=HTML)
+                statuses.add(page.status_code)
+                assert page.status_code == 503
+            cluster.server.start()
+            back = await internal_get(relations, "get-children", query)
+            assert back.status_code == 200, back.text[:300]
+            assert (await blog.get("/", headers=HTML)).status_code == 200
+    finally:
+        cluster_gen.close()
