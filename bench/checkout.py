@@ -48,6 +48,7 @@ import httpx
 import psycopg
 
 from apps.common.internal_client import InternalCallError, InternalClient
+from apps.sumup_sandbox.domain import ALWAYS_FAILING_AMOUNTS
 from bench.checkout_baseline import REFERENCE_PREFIX, Baseline
 from bench.checkout_breakdown import print_breakdown, profiled_orders
 from bench.checkout_stack import (
@@ -58,14 +59,13 @@ from bench.checkout_stack import (
     TimingSink,
     admin_connect,
     cpu_snapshot,
-    embedded_cluster,
     open_shop,
     postmaster_pid,
     running_stack,
     set_up_databases,
 )
-from ops.credentials import Credentials
-from ops.sumup_sandbox.domain import ALWAYS_FAILING_AMOUNTS
+from ops.db.credentials import Credentials
+from ops.stack.pgserver import throwaway_postgres
 
 CENT = Decimal("0.01")
 STATUS_CHANGED = "CHECKOUT_STATUS_CHANGED"
@@ -626,8 +626,8 @@ def report(run: Run, sink: TimingSink, argv: list[str]) -> None:
         "(embedded, fsync/synchronous_commit off), uvicorn 1 process per service"
     )
     print(
-        f"processes : {', '.join(SERVICES)} (ops.serve), SumUp sandbox (ops.cli sumup-sandbox), "
-        "PostgreSQL, and this client"
+        f"processes : {', '.join(SERVICES)} (ops.stack.serve), SumUp sandbox "
+        "(ops.cli sumup-sandbox), PostgreSQL, and this client"
     )
     print(
         f"N         : {args.checkouts} sequential checkouts (+{args.warmup} warm-up, excluded), "
@@ -777,7 +777,8 @@ def main(argv: list[str] | None = None) -> int:
     sink = TimingSink(log_path)
     run = Run(args)
     try:
-        with embedded_cluster() as pg:
+        # Durability off (fsync, synchronous_commit): the same for the service and the baseline.
+        with throwaway_postgres(prefix="rose-bench-checkout-pg-") as pg:
             say(f"embedded PostgreSQL on {pg.host}:{pg.port} ({pg.data_dir})")
             credentials = Credentials(scratch / "credentials.json", environ={})
             topology = set_up_databases(pg, credentials)

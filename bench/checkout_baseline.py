@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sumup import AsyncSumup
 
 from apps.common.db import as_psycopg_url
-from ops.sumup_sandbox.app import DEFAULT_API_KEY
+from apps.sumup_sandbox.app import DEFAULT_API_KEY
 
 CENT = Decimal("0.01")
 REFERENCE_PREFIX = "bench-baseline-"

@@ -1,7 +1,7 @@
 """Where the time of create-order and of the webhook goes (``bench.checkout``'s breakdown).
 
-A second orders process, ``python -m bench.checkout_profile`` (orders as ``ops.serve`` runs it,
-plus timings around its parts), serves a few sequential checkouts; its per-request lines are
+A second orders process, ``python -m bench.checkout_profile`` (orders as ``ops.stack.serve`` runs
+it, plus timings around its parts), serves a few sequential checkouts; its per-request lines are
 summed up here, part by part, next to the parts of the baselines.
 """
 
@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.checkout_stack import Stack, TimingSink
-from ops.pgserver import free_port
-from ops.stack import HOST, ProcessGroup
+from ops.stack.pgserver import free_port
+from ops.stack.processes import HOST, ProcessGroup
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROFILED = "orders-profiled"

@@ -1,5 +1,5 @@
-"""orders served exactly as ``python -m ops.serve orders`` serves it, plus timings around the parts
-of every request: ``python -m bench.checkout_profile --port P`` (used by ``bench.checkout``'s
+"""orders served exactly as ``python -m ops.stack.serve orders`` serves it, plus timings around the
+parts of every request: ``python -m bench.checkout_profile --port P`` (used by ``bench.checkout``'s
 breakdown; nothing in ``apps/`` changes).
 
 Per request it writes one ``BREAKDOWN {json}`` line to its log: the request's total time in the
@@ -23,13 +23,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import uvicorn
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from apps.common import app_factory, outbox
 from apps.orders import internal, payments, service
-from ops.serve import configure_logging
+from ops.stack.serve import configure_logging, serve
 
 logger = logging.getLogger("rose.bench.breakdown")
 MARK = "BREAKDOWN "
@@ -275,16 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     from apps.orders.app import create_app
 
     app = create_app()
-    uvicorn.run(
-        timing_middleware(app),
-        host=args.host,
-        port=args.port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=10,
-        proxy_headers=True,
-        lifespan="on",
-    )
+    serve(timing_middleware(app), args.host, args.port, lifespan="on")
     return 0
 
 

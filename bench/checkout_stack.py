@@ -8,10 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
-import shutil
 import sys
-import tempfile
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,20 +20,18 @@ from typing import Any
 
 import psycopg
 
+from apps.sumup_sandbox.app import DEFAULT_API_KEY, DEFAULT_MERCHANT_CODE
 from bench.checkout_profile import MARK as BREAKDOWN_MARK
-from ops.credentials import Credentials
-from ops.migrate import migrate, services_with_migrations
-from ops.pgserver import LocalPostgres, free_port
-from ops.provision import provision, provision_edges
-from ops.stack import HOST, LogSink, ProcessGroup, service_environment
-from ops.sumup_sandbox.app import DEFAULT_API_KEY, DEFAULT_MERCHANT_CODE
-from ops.topology import Topology
+from ops.db.credentials import Credentials
+from ops.db.lifecycle import converge_databases
+from ops.db.topology import Topology
+from ops.stack.pgserver import LocalPostgres, free_port
+from ops.stack.processes import HOST, SANDBOX, LogSink, ProcessGroup, service_environment
 
 # orders serves the checkout; blog owns the page configs (read by orders through FDW, not HTTP,
 # but it is the provider and runs as in production); cart receives clear-cart-for-order from
 # the orders outbox relay after each payment (without it the relay would retry forever).
 SERVICES = ("orders", "blog", "cart")
-SANDBOX = "sumup"
 PRODUCT_COUNT = 24
 PAGE_SLUG = "bench-shop"
 
@@ -110,30 +105,13 @@ class TimingSink(LogSink):
 
 
 # -- the database --------------------------------------------------------------------------------
-@contextmanager
-def embedded_cluster() -> Iterator[LocalPostgres]:
-    base = Path(tempfile.mkdtemp(prefix="rose-bench-checkout-pg-"))
-    base.chmod(0o755)  # the server runs as its own system user when we are root
-    # Durability off (fsync, synchronous_commit): the same for the service and the baseline.
-    server = LocalPostgres(base / "data", free_port(), secrets.token_urlsafe(18), fast_unsafe=True)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.destroy()
-        shutil.rmtree(base, ignore_errors=True)
-
-
 def set_up_databases(pg: LocalPostgres, credentials: Credentials) -> Topology:
     """Every service database, as ``rose db provision`` + ``rose db migrate`` make them, then
     every FDW edge (orders <- blog included)."""
     topology = Topology.single_server(pg.superuser_url(), environ={})
-    quiet = lambda _message: None  # noqa: E731
-    provision(topology, credentials, say=quiet)
-    migrate({name: topology.admin_url(name) for name in services_with_migrations()})
-    report = provision_edges(topology, credentials, say=quiet)
-    if report.pending:
-        raise RuntimeError(f"FDW edges not created: {report.pending}")
+    converged = converge_databases(topology, credentials, say=lambda _message: None)
+    if converged.pending_edges:
+        raise RuntimeError(f"FDW edges not created: {converged.pending_edges}")
     return topology
 
 
@@ -208,7 +186,7 @@ def _scalar(connection: psycopg.Connection, sql: str, params: tuple[object, ...]
 def running_stack(
     topology: Topology, credentials: Credentials, shop: Shop, sink: TimingSink
 ) -> Iterator[Stack]:
-    """The sandbox and the services as real processes (``python -m ops.serve``), as
+    """The sandbox and the services as real processes (``python -m ops.stack.serve``), as
     ``tests/e2e/conftest.live_stack(..., sandbox=True)`` starts them; stopped on exit."""
     ports = {name: free_port() for name in SERVICES}
     sandbox_port = free_port()
@@ -223,11 +201,10 @@ def running_stack(
     environment = service_environment(topology, credentials, ports, env="dev", extra=extra)
     group = ProcessGroup(sink, environment)
     try:
-        command = [sys.executable, "-m", "ops.cli", "sumup-sandbox", "--port", str(sandbox_port)]
-        group.start(SANDBOX, sandbox_port, command)
+        group.start_sandbox(sandbox_port)
         for name in SERVICES:
             group.start_service(name, ports[name])
-        not_ready = group.wait_ready([SANDBOX], timeout=30, path="/_sandbox/controls")
+        not_ready = group.wait_ready([SANDBOX], timeout=30)
         not_ready += group.wait_ready(list(SERVICES), timeout=60)
         if not_ready:
             for name in not_ready:

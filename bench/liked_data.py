@@ -15,10 +15,11 @@ from urllib.parse import quote
 import psycopg
 from sqlalchemy.engine import make_url
 
-from ops.credentials import Credentials
-from ops.migrate import migrate
-from ops.sqlfiles import DB_DIR, converge_file
-from ops.topology import Topology
+from ops.db.credentials import Credentials
+from ops.db.migrate import migrate
+from ops.db.sqlfiles import converge_file
+from ops.db.topology import Topology
+from ops.paths import DB_DIR
 
 MONOLITH_DATABASE = "db_bench_monolith"
 MONOLITH_APP_ROLE = "bench_monolith_app"

@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import random
 import re
-import secrets
 import shutil
 import signal
 import statistics
@@ -38,13 +37,12 @@ import httpx
 
 from apps.common.identity import COOKIE_NAME, Identity, SessionCodec
 from bench import liked_breakdown, liked_data
-from ops.credentials import Credentials
-from ops.manifest import load_edges
-from ops.migrate import migrate
-from ops.pgserver import LocalPostgres, free_port
-from ops.provision import provision, provision_edges
-from ops.stack import HOST, LogSink, ProcessGroup, service_environment
-from ops.topology import Topology
+from ops.db.credentials import Credentials
+from ops.db.lifecycle import converge_databases
+from ops.db.manifest import load_edges
+from ops.db.topology import Topology
+from ops.stack.pgserver import LocalPostgres, free_port, throwaway_postgres
+from ops.stack.processes import HOST, LogSink, ProcessGroup, service_environment
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LISTING_PATH = "/api/products?liked=true"
@@ -149,19 +147,6 @@ def _raise_interrupt(signum: int, _frame: FrameType | None) -> None:
 
 
 @contextmanager
-def embedded_cluster() -> Iterator[LocalPostgres]:
-    base = Path(tempfile.mkdtemp(prefix="rose-bench-pg-"))
-    base.chmod(0o755)  # the server runs as its own system user when we are root
-    server = LocalPostgres(base / "data", free_port(), secrets.token_urlsafe(18), fast_unsafe=True)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.destroy()
-        shutil.rmtree(base, ignore_errors=True)
-
-
-@contextmanager
 def running(group: ProcessGroup) -> Iterator[ProcessGroup]:
     try:
         yield group
@@ -173,15 +158,16 @@ def set_up_databases(pg: LocalPostgres, credentials: Credentials, args: argparse
     """Provision and migrate market and likes, load the data, build the monolith database.
     Returns the monolith's DSN for its market process."""
     topology = Topology.single_server(pg.superuser_url(), environ={})
-    quiet = lambda _message: None  # noqa: E731
     # Every service database exists (as with `rose db provision`); only the two services this
     # benchmark runs are migrated, then their FDW edge is created.
-    provision(topology, credentials, say=quiet)
-    migrate({name: topology.admin_url(name) for name in ("likes", "market")}, ["likes", "market"])
     market_edges = [e for e in load_edges() if (e.consumer, e.provider) == ("market", "likes")]
-    report = provision_edges(topology, credentials, edges=market_edges, say=quiet)
-    if report.pending or not report.created:
-        raise RuntimeError(f"the market <- likes FDW edge was not created: {report.pending}")
+    converged = converge_databases(
+        topology, credentials, ["likes", "market"], edges=market_edges, say=lambda _message: None
+    )
+    if converged.pending_edges or not converged.created_edges:
+        raise RuntimeError(
+            f"the market <- likes FDW edge was not created: {converged.pending_edges}"
+        )
 
     started = time.perf_counter()
     liked_data.load_products(topology, args.products)
@@ -223,7 +209,7 @@ def start_processes(
     monolith = ProcessGroup(sink, {**environment, "DATABASE_URL_MARKET": monolith_url})
     plan_port, monolith_port = ports["plan-market"], ports["monolith"]
     serve_plan = [sys.executable, "-m", "bench.plan_market", "--host", HOST, "--port"]
-    serve_market = [sys.executable, "-m", "ops.serve", "market", "--host", HOST, "--port"]
+    serve_market = [sys.executable, "-m", "ops.stack.serve", "market", "--host", HOST, "--port"]
     try:
         stack.start_service("likes", ports["likes"])
         stack.start_service("market", ports["market"])
@@ -383,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     results = Measurements()
     reported = False
     try:
-        with embedded_cluster() as pg:
+        with throwaway_postgres(prefix="rose-bench-pg-") as pg:
             say(f"embedded PostgreSQL 18 on {pg.host}:{pg.port} ({pg.data_dir})")
             credentials = Credentials(scratch / "credentials.json", environ={})
             monolith_url = set_up_databases(pg, credentials, args)

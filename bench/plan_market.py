@@ -14,7 +14,6 @@ import argparse
 import sys
 from typing import Any
 
-import uvicorn
 from litestar import Litestar, Response, get
 from litestar.di import NamedDependency
 from sqlalchemy import Select, func, select
@@ -31,7 +30,7 @@ from apps.market.models import Product
 from apps.market.public import ListingQuery, listing_dependencies
 from apps.market.service import ProductPage, product_rows, to_view
 from apps.registry import settings_for
-from ops.serve import configure_logging
+from ops.stack.serve import configure_logging, serve
 
 
 def liked_in_list_query(
@@ -116,16 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)
     configure_logging()
-    # Served exactly like ops/serve.py serves market.
-    uvicorn.run(
-        create_app(),
-        host=args.host,
-        port=args.port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=10,
-        proxy_headers=True,
-    )
+    # Served exactly like ops/stack/serve.py serves market.
+    serve(create_app(), args.host, args.port)
     return 0
 
 

@@ -5,7 +5,7 @@ project's own provisioning and migrations, a practice monolith at ``--scale`` (1
 legacy rows). Measured back to back, alternating which goes first, ``--rounds`` times:
 
 - the split: ``rose split run`` then ``rose split verify`` of every move, as the commands run
-  them (``ops.split_run.run_all``, ``ops.split_verify.verify_moves``) in this process, from empty
+  them (``ops.split.run.run_all``, ``ops.split.verify.verify_moves``) in this process, from empty
   targets with the sources unfrozen (``rose split abort`` in between, then the targets emptied);
 - the baseline: for each source database in turn, ``pg_dump --data-only`` of the legacy tables
   the moves read piped into ``psql`` of an empty copy of them (same DDL, db/legacy/*.sql, in
@@ -30,16 +30,17 @@ import psycopg
 from psycopg import sql
 
 from apps.common.services import service_spec
-from bench.checkout_stack import embedded_cluster, set_up_databases
-from ops.credentials import Credentials
-from ops.pgserver import pg_binary
-from ops.split_abort import abort
-from ops.split_db import client_tool_target
-from ops.split_moves import LEGACY_DIR, LEGACY_SERVICES, LEGACY_TABLES, MOVES
-from ops.split_run import DEFAULT_JOBS, run_all
-from ops.split_seed import seed_legacy
-from ops.split_verify import verify_moves
-from ops.topology import Topology
+from bench.checkout_stack import set_up_databases
+from ops.db.binaries import pg_binary
+from ops.db.credentials import Credentials
+from ops.db.topology import Topology
+from ops.split.abort import abort
+from ops.split.common import DEFAULT_JOBS, client_tool_target
+from ops.split.moves import LEGACY_DIR, LEGACY_SERVICES, LEGACY_TABLES, MOVES
+from ops.split.run import run_all
+from ops.split.seed import seed_legacy
+from ops.split.verify import verify_moves
+from ops.stack.pgserver import throwaway_postgres
 
 TARGET_RATIO = 1.5
 
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     say: Callable[[str], None] = lambda line: print(line, flush=True)  # noqa: E731
-    with embedded_cluster() as pg:
+    with throwaway_postgres(prefix="rose-bench-checkout-pg-") as pg:
         credentials = Credentials(Path(tempfile.mkdtemp()) / "credentials.json", environ={})
         topology = set_up_databases(pg, credentials)
         seeded = seed_legacy(topology, args.scale, replace=False, say=quiet)

@@ -19,10 +19,10 @@ from apps.common.internal_client import InternalClient
 from apps.common.services import SERVICES, service_spec
 from apps.common.settings import Settings
 from apps.registry import dev_app_urls
-from ops.credentials import Credentials
-from ops.migrate import migrate, services_with_migrations
-from ops.provision import provision, provision_edges
-from ops.stack import available_services
+from ops.db.credentials import Credentials
+from ops.db.lifecycle import converge_databases
+from ops.db.migrate import services_with_migrations
+from ops.stack.processes import available_services
 from tests.integration.db_fixtures import Cluster, start_cluster
 from tests.pg import TestServer, session_server
 
@@ -49,10 +49,7 @@ def credentials(tmp_path_factory: pytest.TempPathFactory) -> Credentials:
 
 @pytest.fixture(scope="session")
 def provisioned(pg_server: TestServer, credentials: Credentials) -> TestServer:
-    topology = pg_server.topology
-    provision(topology, credentials, say=lambda _: None)
-    migrate({name: topology.admin_url(name) for name in services_with_migrations()})
-    provision_edges(topology, credentials, say=lambda _: None)
+    converge_databases(pg_server.topology, credentials, say=lambda _: None)
     return pg_server
 
 

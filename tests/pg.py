@@ -8,16 +8,13 @@ testcontainers when ``ROSE_TEST_DOCKER=1`` and a Docker engine answers.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 from apps.common.services import SERVICES
-from ops.pgserver import LocalPostgres, free_port
-from ops.topology import Topology
+from ops.db.topology import Topology
+from ops.stack.pgserver import LocalPostgres, throwaway_postgres
 
 
 @dataclass
@@ -40,17 +37,10 @@ def docker_engine_available() -> tuple[bool, str]:
 
 
 @contextmanager
-def embedded_server(root: Path | None = None) -> Iterator[TestServer]:
-    base = Path(tempfile.mkdtemp(prefix="rose-test-pg-", dir=root))
-    base.chmod(0o755)
-    server = LocalPostgres(base / "data", free_port(), "test-superuser-pw", fast_unsafe=True)
-    server.start()
-    try:
+def embedded_server() -> Iterator[TestServer]:
+    with throwaway_postgres(prefix="rose-test-pg-") as server:
         url = server.superuser_url()
         yield TestServer(url, Topology.single_server(url, environ={}), "embedded", server)
-    finally:
-        server.destroy()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @contextmanager

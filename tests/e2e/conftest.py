@@ -1,8 +1,8 @@
 """Real processes and a real browser.
 
-``live_stack(...)`` starts services as real uvicorn processes (``python -m ops.serve``) against
-the test session's database, on free ports; ``browser`` is Debian's chromium driven by Playwright
-(never a browser a tool downloads).
+``live_stack(...)`` starts services as real uvicorn processes (``python -m ops.stack.serve``)
+against the test session's database, on free ports; ``browser`` is Debian's chromium driven by
+Playwright (never a browser a tool downloads).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from ops.credentials import Credentials
-from ops.pgserver import free_port
-from ops.stack import LogSink, ProcessGroup, service_environment
+from ops.db.credentials import Credentials
+from ops.stack.pgserver import free_port
+from ops.stack.processes import SANDBOX, LogSink, ProcessGroup, service_environment
 from tests.pg import TestServer
 
 CHROMIUM_FLAGS = [
@@ -62,16 +62,8 @@ def live_stack(
     group = ProcessGroup(sink, environment)
     try:
         if sandbox:
-            command = [
-                sys.executable,
-                "-m",
-                "ops.cli",
-                "sumup-sandbox",
-                "--port",
-                str(sandbox_port),
-            ]
-            group.start("sumup", sandbox_port, command)
-            assert not group.wait_ready(["sumup"], timeout=30, path="/_sandbox/controls")
+            group.start_sandbox(sandbox_port)
+            assert not group.wait_ready([SANDBOX], timeout=30)
         for name in services:
             group.start_service(name, ports[name])
         not_ready = group.wait_ready(services, timeout=60)

@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import truncate_all
 from tests.e2e.conftest import live_stack
 from tests.integration.commerce_fixtures import ALL_SERVICES, cart_rows, entry_state, open_shop
-from tests.integration.test_orders import order_rows
+from tests.integration.orders_fixtures import order_rows
 from tests.waiting import eventually_sync
 
 

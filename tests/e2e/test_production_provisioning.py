@@ -60,7 +60,7 @@ def test_a_missing_password_is_named_and_nothing_is_generated(fresh_server, tmp_
 
 def test_migrate_job_provisions_migrates_and_leaves_no_drift(fresh_server, tmp_path):
     secrets = env_template()
-    job = run_job(fresh_server, {**secrets, "APP": "migrate"}, tmp_path, "ops/entrypoint.sh")
+    job = run_job(fresh_server, {**secrets, "APP": "migrate"}, tmp_path, "ops/deploy/entrypoint.sh")
     assert job.returncode == 0, job.stdout + job.stderr
     assert not (tmp_path / "credentials.json").exists()
     check = run_job(fresh_server, secrets, tmp_path, sys.executable, "-m", "ops.cli", "db", "check")

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ops.pgserver import free_port, port_is_free
+from ops.stack.pgserver import free_port, port_is_free
 
 PORT_OFFSET = 20000
 

@@ -6,11 +6,10 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from ops.credentials import Credentials
-from ops.dbcheck import check
-from ops.migrate import migrate, services_with_migrations
-from ops.provision import provision, provision_edges
-from ops.topology import Topology
+from ops.db.check import check
+from ops.db.credentials import Credentials
+from ops.db.lifecycle import converge_databases
+from ops.db.topology import Topology
 from tests.conftest import in_process_stack
 from tests.integration.market_fixtures import seed_products
 from tests.pg import TestServer, embedded_server
@@ -26,9 +25,7 @@ def two_servers(tmp_path_factory):
         credentials = Credentials(
             tmp_path_factory.mktemp("two-servers") / "credentials.json", environ={}
         )
-        provision(topology, credentials, say=lambda _: None)
-        migrate({name: topology.admin_url(name) for name in services_with_migrations()})
-        provision_edges(topology, credentials, say=lambda _: None)
+        converge_databases(topology, credentials, say=lambda _: None)
         yield TestServer(main.admin_url, topology, "two servers"), likes_server, credentials
 
 

@@ -12,8 +12,14 @@ import pytest
 from apps.common.signing import sign_headers
 from tests.conftest import admin_connect, truncate_all
 from tests.e2e.conftest import live_stack
-from tests.integration.orders_fixtures import add_page_config, order_payload, product_line
-from tests.integration.test_orders import checkout_id_of, order_rows, outbox_rows
+from tests.integration.orders_fixtures import (
+    add_page_config,
+    checkout_id_of,
+    order_payload,
+    order_rows,
+    outbox_rows,
+    product_line,
+)
 from tests.waiting import eventually_sync
 
 

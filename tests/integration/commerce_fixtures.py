@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from ops.sumup_sandbox.server import BackgroundSandbox
+from apps.sumup_sandbox.server import BackgroundSandbox
 from tests.conftest import admin_connect, in_process_stack
 from tests.integration.blog_fixtures import insert_post
 from tests.integration.market_fixtures import seed_products

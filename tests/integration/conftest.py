@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from ops.sumup_sandbox.server import BackgroundSandbox
+from apps.sumup_sandbox.server import BackgroundSandbox
 from tests.integration.commerce_fixtures import Shop, open_shop
 from tests.integration.orders_fixtures import Sandbox, sandbox_state
 

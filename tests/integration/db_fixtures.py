@@ -4,8 +4,6 @@ and what they share: a snapshot of everything provisioning manages, the ``rose d
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,11 +14,10 @@ from typer.testing import CliRunner
 
 from apps.common.services import SERVICES, service_spec
 from ops.cli import app as rose_cli
-from ops.credentials import Credentials
-from ops.migrate import migrate, services_with_migrations
-from ops.pgserver import LocalPostgres, free_port
-from ops.provision import provision
-from ops.topology import Topology
+from ops.db.credentials import Credentials
+from ops.db.lifecycle import converge_databases
+from ops.db.topology import Topology
+from ops.stack.pgserver import LocalPostgres, throwaway_postgres
 
 SUMUP_KEY = "sup_sk_DEMO_SECRET"
 
@@ -61,22 +58,13 @@ class Cluster:
 def start_cluster(extra_settings: dict[str, str] | None = None) -> Iterator[Cluster]:
     """A fresh embedded server, provisioned and migrated as `rose up` does, with one page whose
     config holds a SumUp key (what must reach orders' database only)."""
-    base = Path(tempfile.mkdtemp(prefix="rose-test-db-"))
-    base.chmod(0o755)
-    server = LocalPostgres(
-        base / "data", free_port(), "drift-superuser-pw", fast_unsafe=True,
-        extra_settings=extra_settings or {},
-    )  # fmt: skip
-    server.start()
-    try:
-        home = base / "home"
+    with throwaway_postgres("rose-test-db-", extra_settings) as server:
+        home = server.data_dir.parent / "home"
         home.mkdir()
         credentials = Credentials(home / "credentials.json", environ={})
         url = server.superuser_url()
         topology = Topology.single_server(url, environ={})
-        provision(topology, credentials, say=lambda _: None)
-        migrate({name: topology.admin_url(name) for name in services_with_migrations()})
-        report = provision(topology, credentials, say=lambda _: None)
+        report = converge_databases(topology, credentials, say=lambda _: None).edges_pass
         assert not report.statements, [change.line for change in report.statements]
         cluster = Cluster(server, topology, credentials, home)
         with cluster.admin("blog") as blog:
@@ -91,9 +79,6 @@ def start_cluster(extra_settings: dict[str, str] | None = None) -> Iterator[Clus
                 (page, SUMUP_KEY),
             )
         yield cluster
-    finally:
-        server.destroy()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def catalog_snapshot(

@@ -3,15 +3,17 @@ orders and blog apps, and create-order payloads."""
 
 from __future__ import annotations
 
+import json
 from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 
-from ops.sumup_sandbox.app import DEFAULT_API_KEY, DEFAULT_MERCHANT_CODE
-from ops.sumup_sandbox.server import BackgroundSandbox
-from ops.sumup_sandbox.state import SandboxControls, SandboxState
+from apps.sumup_sandbox.app import DEFAULT_API_KEY, DEFAULT_MERCHANT_CODE
+from apps.sumup_sandbox.server import BackgroundSandbox
+from apps.sumup_sandbox.state import SandboxControls, SandboxState
 from tests.conftest import admin_connect, in_process_stack
+from tests.signed import internal_post
 
 ORDERS_PUBLIC_URL = "http://orders.test"
 
@@ -129,6 +131,44 @@ def order_payload(*lines: dict[str, Any], **overrides: Any) -> dict[str, Any]:
     }
     payload.update(overrides)
     return payload
+
+
+# What several test modules check in orders' database and send to orders.
+def order_rows(server) -> list[tuple]:
+    with admin_connect(server, "orders") as connection:
+        return connection.execute(
+            "SELECT id, status, flagged, total, currency FROM orders.orders ORDER BY id"
+        ).fetchall()
+
+
+def outbox_rows(server) -> list[tuple]:
+    with admin_connect(server, "orders") as connection:
+        return connection.execute(
+            "SELECT service, action, payload, idempotency_key FROM orders.outbox ORDER BY id"
+        ).fetchall()
+
+
+def checkout_id_of(server, order_id: int, attempt: int = 1) -> str:
+    with admin_connect(server, "orders") as connection:
+        return connection.execute(
+            "SELECT sumup_checkout_id FROM orders.payment_attempts "
+            "WHERE order_id = %s AND number = %s",
+            (order_id, attempt),
+        ).fetchone()[0]
+
+
+async def create(orders, payload=None, key=None):
+    return await internal_post(
+        orders.client("orders"), "create-order", payload or order_payload(), idempotency_key=key
+    )
+
+
+async def webhook(orders, order_id: int, checkout_id: str):
+    return await orders.client("orders").post(
+        f"/checkout/webhook/{order_id}/",
+        content=json.dumps({"event_type": "CHECKOUT_STATUS_CHANGED", "id": checkout_id}),
+        headers={"content-type": "application/json"},
+    )
 
 
 class Sandbox:

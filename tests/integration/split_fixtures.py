@@ -10,8 +10,8 @@ from click.testing import Result
 from typer.testing import CliRunner
 
 from ops.cli import app as rose_cli
-from ops.split_moves import LEGACY_SERVICES, MOVES
-from ops.split_seed import seed_legacy
+from ops.split.moves import LEGACY_SERVICES, MOVES
+from ops.split.seed import seed_legacy
 from tests.conftest import admin_connect
 from tests.pg import TestServer
 

@@ -7,8 +7,8 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
-from ops.dbcheck import check
-from ops.demo import seed_demo_data
+from ops.db.check import check
+from ops.stack.demo import seed_demo_data
 from tests.conftest import admin_connect
 from tests.integration.blog_fixtures import SANDBOX_KEY, insert_post
 

@@ -14,7 +14,7 @@ from tests.integration.commerce_fixtures import (
     share_cookies,
     shop_stack,
 )
-from tests.integration.test_orders import checkout_id_of, order_rows, outbox_rows, webhook
+from tests.integration.orders_fixtures import checkout_id_of, order_rows, outbox_rows, webhook
 from tests.signed import internal_get, internal_post
 from tests.waiting import eventually
 

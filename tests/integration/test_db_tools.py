@@ -16,10 +16,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from ops.dba import Login, command, environment, passfile
-from ops.manifest import load_edges
-from ops.migrate import migrate, services_with_migrations
-from ops.provision import provision_edges, provision_services
+from ops.db.dba import Login, command, environment, passfile
+from ops.db.lifecycle import converge_databases
+from ops.db.manifest import load_edges
 from tests.integration.db_fixtures import Cluster, environ_without_rose
 
 REPO = Path(__file__).resolve().parents[2]
@@ -269,9 +268,7 @@ def test_upgrade_of_a_database_an_earlier_rose_provisioned(db_cluster: Cluster):
     assert db_cluster.rose("db", "check").exit_code == 1
 
     topology, credentials = db_cluster.topology, db_cluster.credentials
-    provision_services(topology, credentials, say=lambda _: None)
-    migrate({name: topology.admin_url(name) for name in services_with_migrations()})
-    provision_edges(topology, credentials, say=lambda _: None)
+    converge_databases(topology, credentials, say=lambda _: None)
 
     check = db_cluster.rose("db", "check")
     assert check.exit_code == 0, check.output

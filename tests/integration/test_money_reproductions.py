@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from apps.common.problems import PROBLEM_MEDIA_TYPE
-from ops.sumup_sandbox.app import DEFAULT_API_KEY, DEFAULT_MERCHANT_CODE
+from apps.sumup_sandbox.app import DEFAULT_API_KEY, DEFAULT_MERCHANT_CODE
 from tests.conftest import admin_connect
 from tests.integration.commerce_fixtures import (
     browser_of,
@@ -21,8 +21,7 @@ from tests.integration.commerce_fixtures import (
     share_cookies,
     shop_stack,
 )
-from tests.integration.orders_fixtures import Sandbox
-from tests.integration.test_orders import checkout_id_of, webhook
+from tests.integration.orders_fixtures import Sandbox, checkout_id_of, webhook
 from tests.waiting import eventually
 
 HTML = {"accept": "text/html"}

@@ -13,12 +13,17 @@ from tests.conftest import admin_connect
 from tests.integration.orders_fixtures import (
     ORDERS_PUBLIC_URL,
     add_page_config,
+    checkout_id_of,
+    create,
     held_bookings,
     order_payload,
+    order_rows,
     orders_stack,
+    outbox_rows,
     product_line,
+    webhook,
 )
-from tests.signed import internal_get, internal_post
+from tests.signed import internal_get
 from tests.waiting import eventually
 
 JSON = {"accept": "application/json"}
@@ -34,43 +39,6 @@ def site_config(clean_db) -> int:
 async def orders(clean_db, credentials, sandbox, site_config):
     async with orders_stack(clean_db, credentials, sandbox.server) as running:
         yield running
-
-
-def order_rows(server) -> list[tuple]:
-    with admin_connect(server, "orders") as connection:
-        return connection.execute(
-            "SELECT id, status, flagged, total, currency FROM orders.orders ORDER BY id"
-        ).fetchall()
-
-
-def outbox_rows(server) -> list[tuple]:
-    with admin_connect(server, "orders") as connection:
-        return connection.execute(
-            "SELECT service, action, payload, idempotency_key FROM orders.outbox ORDER BY id"
-        ).fetchall()
-
-
-def checkout_id_of(server, order_id: int, attempt: int = 1) -> str:
-    with admin_connect(server, "orders") as connection:
-        return connection.execute(
-            "SELECT sumup_checkout_id FROM orders.payment_attempts "
-            "WHERE order_id = %s AND number = %s",
-            (order_id, attempt),
-        ).fetchone()[0]
-
-
-async def create(orders, payload=None, key=None):
-    return await internal_post(
-        orders.client("orders"), "create-order", payload or order_payload(), idempotency_key=key
-    )
-
-
-async def webhook(orders, order_id: int, checkout_id: str):
-    return await orders.client("orders").post(
-        f"/checkout/webhook/{order_id}/",
-        content=json.dumps({"event_type": "CHECKOUT_STATUS_CHANGED", "id": checkout_id}),
-        headers={"content-type": "application/json"},
-    )
 
 
 async def signed_in(orders, user_id: int = 1):

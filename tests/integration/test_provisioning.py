@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from apps.common.services import SERVICES
 from ops.cli import app as rose_cli
-from ops.migrate import current_heads
-from ops.provision import provision
+from ops.db.migrate import current_heads
+from ops.db.provision import provision
 from tests.conftest import admin_connect, in_process_stack
 from tests.integration.db_fixtures import catalog_snapshot, differing_keys
 from tests.pg import docker_engine_available
@@ -102,7 +102,7 @@ def test_db_check_passes_then_names_an_injected_grant(provisioned, credentials):
 
 
 def test_db_check_names_missing_roles_privileges_and_stale_foreign_tables(provisioned, credentials):
-    from ops.dbcheck import check
+    from ops.db.check import check
 
     topology = provisioned.topology
     with admin_connect(provisioned, "relations") as relations_db:

@@ -9,11 +9,13 @@ from tests.conftest import admin_connect
 from tests.integration.orders_fixtures import (
     Sandbox,
     add_page_config,
+    checkout_id_of,
+    create,
     order_payload,
     orders_stack,
     product_line,
+    webhook,
 )
-from tests.integration.test_orders import checkout_id_of, create, webhook
 from tests.signed import internal_get
 
 

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 import psycopg
 import pytest
 
-from ops.dbcheck import check
-from ops.split_db import CRASH_ENV, CRASH_EXIT_CODE, SplitError
-from ops.split_moves import MOVES, MOVES_BY_NAME
-from ops.split_run import run_moves
+from ops.db.check import check
+from ops.split.common import CRASH_ENV, CRASH_EXIT_CODE, SplitError
+from ops.split.moves import MOVES, MOVES_BY_NAME
+from ops.split.run import run_moves
 from tests.conftest import REPO_ROOT, admin_connect, in_process_stack
 from tests.integration.split_fixtures import (
     STATUS_MAPPING,

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from ops.split_db import CRASH_ENV, CRASH_EXIT_CODE, operator
-from ops.split_moves import LEGACY_SERVICES, LEGACY_TABLES, MOVES
-from ops.split_run import run_all
+from ops.split.common import CRASH_ENV, CRASH_EXIT_CODE, operator
+from ops.split.moves import LEGACY_SERVICES, LEGACY_TABLES, MOVES
+from ops.split.run import run_all
 from tests.conftest import REPO_ROOT, admin_connect, in_process_stack
 from tests.integration.split_fixtures import (
     ledger,

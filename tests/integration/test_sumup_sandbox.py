@@ -34,9 +34,9 @@ from sumup.errors import (
 )
 from sumup.types import Checkout, CheckoutSuccess
 
-from ops.sumup_sandbox.app import DEFAULT_API_KEY, DEFAULT_MERCHANT_CODE
-from ops.sumup_sandbox.server import BackgroundSandbox
-from ops.sumup_sandbox.state import SandboxControls, SandboxState
+from apps.sumup_sandbox.app import DEFAULT_API_KEY, DEFAULT_MERCHANT_CODE
+from apps.sumup_sandbox.server import BackgroundSandbox
+from apps.sumup_sandbox.state import SandboxControls, SandboxState
 
 OTHER_API_KEY = "sup_sk_sandbox_other"
 OTHER_MERCHANT_CODE = "MOTHER42"

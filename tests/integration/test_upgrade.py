@@ -11,9 +11,9 @@ import httpx
 import pytest
 from alembic import command
 
-from ops.migrate import alembic_config, migrate, services_with_migrations
-from ops.provision import provision, provision_edges
-from ops.sumup_sandbox.app import DEFAULT_API_KEY, DEFAULT_MERCHANT_CODE
+from apps.sumup_sandbox.app import DEFAULT_API_KEY, DEFAULT_MERCHANT_CODE
+from ops.db.lifecycle import converge_databases
+from ops.db.migrate import alembic_config
 from tests.integration.db_fixtures import Cluster, start_cluster
 from tests.integration.orders_fixtures import Sandbox, orders_overrides
 from tests.pg import TestServer
@@ -113,9 +113,7 @@ async def test_an_earlier_database_upgrades_with_its_data_and_keeps_working(
     shop = earlier_shop(cluster, sandbox)
 
     topology, credentials = cluster.topology, cluster.credentials
-    provision(topology, credentials, say=lambda _: None)
-    migrate({name: topology.admin_url(name) for name in services_with_migrations()})
-    provision_edges(topology, credentials, say=lambda _: None)
+    converge_databases(topology, credentials, say=lambda _: None)
     check = cluster.rose("db", "check")
     assert check.exit_code == 0, check.output
 

@@ -48,7 +48,7 @@ def test_only_caddy_is_published_and_it_routes_orders_only():
     services = compose()["services"]
     published = {name for name, service in services.items() if service.get("ports")}
     assert published == {"caddy"}
-    caddyfile = (REPO / "ops" / "Caddyfile").read_text()
+    caddyfile = (REPO / "ops" / "deploy" / "Caddyfile").read_text()
     sites = re.findall(r"^([a-z0-9.-]+\.[a-z]+) \{", caddyfile, flags=re.MULTILINE)
     assert sites == ["orders.rose-ash.com"]
     assert "@internal path /internal/*" in caddyfile
@@ -70,7 +70,7 @@ def test_every_secret_compose_needs_is_in_the_env_template():
 
 
 def test_deploy_script_deploys_every_service():
-    script = (REPO / "ops" / "deploy.sh").read_text()
+    script = (REPO / "ops" / "deploy" / "deploy.sh").read_text()
     apps = re.search(r"^APPS=\(([^)]*)\)", script, flags=re.MULTILINE)
     assert apps is not None
     assert set(apps.group(1).split()) == set(SERVICES)

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import Table
 
 from apps.registry import CONTRACTS
-from ops.manifest import Edge, load_edges
+from ops.db.manifest import Edge, load_edges
 
 EDGES = load_edges()
 

@@ -7,7 +7,7 @@ import pytest
 from apps.common.identity import Identity, SessionCodec
 from apps.common.settings import ConfigError, Settings
 from apps.common.signing import sign_headers, verify
-from ops.sqlfiles import parse
+from ops.db.sqlfiles import parse
 
 SECRET = "unit-test-secret-0123456789"
 

@@ -1,6 +1,6 @@
 from apps.cart.models import metadata
-from ops.migrate import run_env
-from ops.provision import grant_exports
+from ops.db.migrate import run_env
+from ops.db.provision import grant_exports
 
 # A migration that recreates an export view drops its grants: give the FDW readers theirs back
 # (as the owner, on the same connection), so plain `alembic -n cart upgrade` keeps every edge.

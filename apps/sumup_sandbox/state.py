@@ -1,0 +1,162 @@
+"""In-memory state of a sandbox: checkouts, webhook delivery log, held events, fault controls."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+
+import msgspec
+
+from apps.sumup_sandbox.domain import Checkout, CheckoutNotFound, Transaction, TransactionNotFound
+
+WebhookMode = Literal["deliver", "drop", "hold"]
+# accept: refund and answer 201. refuse: answer 409 and refund nothing. unavailable: answer 503
+# and refund nothing. lose_answer: refund, then answer 503 (the caller cannot know it worked).
+RefundMode = Literal["accept", "refuse", "unavailable", "lose_answer"]
+NonNegativeSeconds = Annotated[float, msgspec.Meta(ge=0)]
+
+
+class SandboxControls(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Fault modes an operator or a test can switch on; the defaults behave like SumUp.
+
+    `webhook_retry_delays` are the pauses before each retry of a failed delivery (SumUp waits
+    about 1 min, 5 min, 20 min and 2 h; the sandbox keeps them short so tests stay fast).
+    """
+
+    webhooks: WebhookMode = "deliver"
+    duplicate_webhooks: Annotated[int, msgspec.Meta(ge=1, le=100)] = 1
+    webhook_delay: NonNegativeSeconds = 0.0
+    api_latency: NonNegativeSeconds = 0.0
+    api_unavailable: bool = False
+    webhook_retry_delays: tuple[NonNegativeSeconds, ...] = (0.5, 1.0, 2.0, 5.0)
+    webhook_timeout: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    # Deactivating a checkout (DELETE) answers 503 and leaves it open.
+    deactivation_unavailable: bool = False
+    refunds: RefundMode = "accept"
+
+    def updated(self, changes: Mapping[str, object]) -> SandboxControls:
+        """A copy with `changes` applied; raises msgspec.ValidationError on a bad name or value."""
+        return msgspec.convert({**msgspec.to_builtins(self), **changes}, SandboxControls)
+
+    def as_json(self) -> dict[str, object]:
+        answer: dict[str, object] = msgspec.to_builtins(self)
+        return answer
+
+
+@dataclass(frozen=True)
+class WebhookEvent:
+    """One CHECKOUT_STATUS_CHANGED notification; `checkout_status` is kept for the log only."""
+
+    event_id: int
+    checkout_id: str
+    checkout_status: str
+    url: str
+    created_at: datetime
+
+    @property
+    def body(self) -> dict[str, str]:
+        # Exactly what SumUp sends: no status, no amount, no signature.
+        return {"event_type": "CHECKOUT_STATUS_CHANGED", "id": self.checkout_id}
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "event_id": self.event_id,
+            "checkout_id": self.checkout_id,
+            "checkout_status": self.checkout_status,
+            "url": self.url,
+            "created_at": self.created_at.isoformat(),
+        }
+
+
+class DeliveryOutcome(StrEnum):
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    DROPPED = "dropped"
+    HELD = "held"
+
+
+@dataclass(frozen=True)
+class DeliveryRecord:
+    """One line of the delivery log. `attempt` is None for events that were never sent."""
+
+    event: WebhookEvent
+    attempt: int | None
+    outcome: DeliveryOutcome
+    http_status: int | None
+    error: str | None
+    timestamp: datetime
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "event_id": self.event.event_id,
+            "checkout_id": self.event.checkout_id,
+            "checkout_status": self.event.checkout_status,
+            "url": self.event.url,
+            "attempt": self.attempt,
+            "outcome": self.outcome.value,
+            "http_status": self.http_status,
+            "error": self.error,
+            "timestamp": self.timestamp.isoformat(),
+        }
+
+
+class SandboxState:
+    """Everything the sandbox remembers. Mutate checkouts only while holding `lock`."""
+
+    def __init__(self, controls: SandboxControls | None = None) -> None:
+        # Reset goes back to the controls the state was built with, so a test suite can choose
+        # short retry delays once and keep them across resets.
+        self.default_controls = controls or SandboxControls()
+        self.controls = self.default_controls
+        self.checkouts: dict[str, Checkout] = {}
+        self.deliveries: list[DeliveryRecord] = []
+        self.held_events: list[WebhookEvent] = []
+        self.lock = asyncio.Lock()
+        self._event_ids = itertools.count(1)
+        self._refund_ids = itertools.count(1)
+
+    def next_refund_id(self) -> int:
+        return next(self._refund_ids)
+
+    def next_event_id(self) -> int:
+        return next(self._event_ids)
+
+    def reset(self) -> None:
+        self.controls = self.default_controls
+        self.checkouts.clear()
+        self.deliveries.clear()
+        self.held_events.clear()
+        self._event_ids = itertools.count(1)
+
+    def find(self, checkout_id: str, *, merchant_code: str | None = None) -> Checkout:
+        """The checkout, as visible to `merchant_code` (None: the sandbox operator sees all)."""
+        checkout = self.checkouts.get(checkout_id)
+        if checkout is None or (
+            merchant_code is not None and checkout.merchant_code != merchant_code
+        ):
+            raise CheckoutNotFound(checkout_id)
+        return checkout
+
+    def find_transaction(self, transaction_id: str, *, merchant_code: str) -> Transaction:
+        for checkout in self.checkouts.values():
+            if checkout.merchant_code != merchant_code:
+                continue
+            for transaction in checkout.transactions:
+                if transaction.id == transaction_id:
+                    return transaction
+        raise TransactionNotFound(transaction_id)
+
+    def find_by_reference(
+        self, merchant_code: str, checkout_reference: str | None
+    ) -> list[Checkout]:
+        return [
+            checkout
+            for checkout in self.checkouts.values()
+            if checkout.merchant_code == merchant_code
+            and (checkout_reference is None or checkout.checkout_reference == checkout_reference)
+        ]

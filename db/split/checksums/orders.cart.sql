@@ -1,0 +1,83 @@
+-- Checksum views of move `orders`, source side (db_cart). Conventions in relations.cart.sql.
+-- Re-derived from the legacy rows, by the rules in db/split/orders.sql (statuses,
+-- descriptions, the merchant snapshot, the payment attempt), so a wrong transform shows up as a
+-- difference. Rows the ledger lists as skipped are left out (those the target already held are
+-- kept: they must match).
+
+CREATE TEMP TABLE IF NOT EXISTS split_listed (
+    source_table text NOT NULL,
+    source_id    bigint NOT NULL,
+    outcome      text NOT NULL,
+    reason       text NOT NULL
+);
+
+-- Each moved order with its target status and merchant snapshot.
+CREATE OR REPLACE TEMP VIEW split_moved_orders AS
+SELECT o.*,
+       CASE o.status WHEN 'paid' THEN 'paid' WHEN 'cancelled' THEN 'cancelled' ELSE 'pending' END
+           AS target_status,
+       CASE o.status
+           WHEN 'pending' THEN 'PENDING'
+           WHEN 'paid' THEN 'PAID'
+           WHEN 'failed' THEN 'FAILED'
+           ELSE 'EXPIRED'
+       END AS attempt_status,
+       chosen.id AS target_page_config_id,
+       chosen.sumup_merchant_code AS target_merchant_code,
+       coalesce(chosen.sumup_checkout_prefix, 'rose-') AS target_checkout_prefix
+FROM legacy.orders AS o
+LEFT JOIN LATERAL (
+    SELECT c.id, c.sumup_merchant_code, c.sumup_checkout_prefix
+    FROM legacy.page_configs AS c
+    WHERE c.sumup_merchant_code IS NOT NULL
+      AND (c.id = o.page_config_id
+           OR (c.deleted_at IS NULL AND c.container_type = 'page'
+               AND c.container_id = o.page_post_id)
+           OR (c.deleted_at IS NULL AND c.container_type = 'site' AND c.container_id = 0))
+    ORDER BY CASE
+                 WHEN c.id = o.page_config_id THEN 1
+                 WHEN c.container_type = 'page' THEN 2
+                 ELSE 3
+             END
+    LIMIT 1
+) AS chosen ON true
+WHERE NOT EXISTS (
+    SELECT FROM split_listed AS listed
+    WHERE listed.source_table = 'orders' AND listed.source_id = o.id
+      AND listed.outcome <> 'moved' AND listed.reason <> 'already in the target'
+);
+
+CREATE OR REPLACE TEMP VIEW split_check_orders AS
+SELECT o.id::bigint AS bucket,
+       row(o.id, o.user_id, o.session_id, o.page_post_id, o.target_status, o.currency,
+           o.product_total, o.calendar_total, o.ticket_total, o.total_amount,
+           coalesce(nullif(o.description, ''), 'rose-ash order #' || o.id),
+           o.target_page_config_id, o.target_merchant_code, o.target_checkout_prefix,
+           false, NULL::text,
+           CASE WHEN o.status = 'paid' THEN o.updated_at AT TIME ZONE 'UTC' END,
+           o.created_at AT TIME ZONE 'UTC', o.updated_at AT TIME ZONE 'UTC')::text AS row_text
+FROM split_moved_orders AS o;
+
+CREATE OR REPLACE TEMP VIEW split_check_order_items AS
+SELECT i.id::bigint AS bucket,
+       row(i.id, i.order_id, 'product', i.product_id, i.product_title, i.product_slug,
+           i.product_image, i.unit_price, o.currency, i.quantity,
+           i.market_place_container_id)::text AS row_text
+FROM legacy.order_items AS i
+JOIN legacy.orders AS o ON o.id = i.order_id
+WHERE NOT EXISTS (
+    SELECT FROM split_listed AS listed
+    WHERE listed.source_table = 'order_items' AND listed.source_id = i.id
+      AND listed.outcome <> 'moved' AND listed.reason <> 'already in the target'
+);
+
+-- One attempt per moved order that had a checkout; bucketed by order id (attempt ids are new).
+CREATE OR REPLACE TEMP VIEW split_check_payment_attempts AS
+SELECT o.id::bigint AS bucket,
+       row(o.id, 1,
+           coalesce(o.sumup_reference, o.target_checkout_prefix || o.id || '-1'),
+           o.sumup_checkout_id, o.sumup_hosted_url, o.attempt_status, o.total_amount,
+           o.currency, o.created_at AT TIME ZONE 'UTC', o.updated_at AT TIME ZONE 'UTC')::text
+           AS row_text
+FROM split_moved_orders AS o
+WHERE o.sumup_checkout_id IS NOT NULL;

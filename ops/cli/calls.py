@@ -1,0 +1,108 @@
+"""``rose data``, ``rose action`` and ``rose orders attention``: signed internal calls to the
+running services (ops.stack.calls), their answers printed."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.table import Table
+
+from apps.common.services import service_spec
+from ops.cli.common import console, fail
+
+if TYPE_CHECKING:
+    from apps.common.internal_client import InternalClient
+
+orders_app = typer.Typer(help="Orders that need a person.", no_args_is_help=True)
+
+
+def _call(call: Callable[[InternalClient], Awaitable[Any]]) -> Any:
+    from apps.common.internal_client import InternalCallError
+    from ops.stack.calls import call_services
+
+    try:
+        return call_services(call)
+    except InternalCallError as exc:
+        detail = json.dumps(exc.problem) if exc.problem else str(exc)
+        raise fail(f"{exc} {detail if exc.problem else ''}".strip()) from None
+
+
+def _print_answer(call: Callable[[InternalClient], Awaitable[Any]]) -> None:
+    print(json.dumps(_call(call), indent=2))
+
+
+def _parse_params(pairs: list[str]) -> dict[str, str | list[str]]:
+    params: dict[str, str | list[str]] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise fail(f"parameters are key=value, not {pair!r}")
+        key, value = pair.split("=", 1)
+        if key in params:
+            existing = params[key]
+            params[key] = [*existing, value] if isinstance(existing, list) else [existing, value]
+        else:
+            params[key] = value
+    return params
+
+
+def data(
+    service: str,
+    name: str,
+    params: Annotated[list[str] | None, typer.Argument(help="key=value ...")] = None,
+) -> None:
+    """Signed internal data call: rose data relations get-children parent_type=page parent_id=1"""
+    service_spec(service)
+    query = _parse_params(params or [])
+    _print_answer(lambda client: client.fetch_data(service, name, query))
+
+
+def action(
+    service: str,
+    name: str,
+    payload: Annotated[str, typer.Argument(help="JSON payload")],
+    idempotency_key: Annotated[str | None, typer.Option(help="Idempotency-Key header.")] = None,
+) -> None:
+    """Signed internal action call: rose action relations attach-child '{...}'"""
+    service_spec(service)
+    try:
+        body = json.loads(payload)
+    except json.JSONDecodeError as exc:
+        raise fail(f"payload is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise fail("payload must be a JSON object")
+    _print_answer(
+        lambda client: client.call_action(service, name, body, idempotency_key=idempotency_key)
+    )
+
+
+@orders_app.command("attention")
+def orders_attention(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Orders a person must look at: flagged payments, money owed back, refunds SumUp refused."""
+    rows = _call(lambda client: client.fetch_data("orders", "attention"))
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        console.print("nothing needs attention")
+        return
+    table = Table("order", "status", "total", "why", "refunds")
+    for row in rows:
+        why = row["flag_reason"] if row["flagged"] else ""
+        refunds = "; ".join(
+            f"{refund['amount']} {refund['currency']} {refund['status']}: {refund['reason']}"
+            + (f" ({refund['last_error']})" if refund["last_error"] else "")
+            for refund in row["refunds"]
+        )
+        table.add_row(
+            str(row["order_id"]),
+            "flagged" if row["flagged"] else row["status"],
+            f"{row['total']} {row['currency']}",
+            why,
+            refunds,
+        )
+    console.print(table)

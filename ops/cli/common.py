@@ -1,0 +1,45 @@
+"""What every ``rose`` command shares: the consoles, the one-line error, and the database a
+command works on (``--database-url`` / ``ROSE_ADMIN_URL``, else the running stack's)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from ops.db.topology import Topology
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+DatabaseUrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        envvar="ROSE_ADMIN_URL",
+        help="Superuser DSN of an existing PostgreSQL server (default: the running stack's).",
+    ),
+]
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    # One line, however narrow the terminal (soft_wrap: no inserted line breaks).
+    err_console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
+    return typer.Exit(code)
+
+
+def admin_url(database_url: str | None) -> str:
+    from ops.stack.state import read_state
+
+    if database_url:
+        return database_url
+    state = read_state()
+    if state is None:
+        raise fail("no database: start the stack with `rose up` or pass --database-url")
+    return str(state["database_url"])
+
+
+def topology_of(database_url: str | None) -> Topology:
+    return Topology.single_server(admin_url(database_url))

@@ -1,0 +1,161 @@
+"""``rose db``: databases, roles, FDW edges and migrations (ops.db); ``rose env-template``."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from apps.common.services import service_spec
+from apps.common.settings import ConfigError
+from ops.cli.common import DatabaseUrlOption, console, err_console, fail, topology_of
+from ops.db.credentials import Credentials
+
+db_app = typer.Typer(help="Databases, roles, FDW edges and migrations.", no_args_is_help=True)
+
+
+@db_app.command("provision")
+def db_provision(
+    database_url: DatabaseUrlOption = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the exact SQL it would run; change nothing.")
+    ] = False,
+    prune: Annotated[
+        bool, typer.Option(help="Drop roles of rose's namespace that db/ does not declare.")
+    ] = False,
+) -> None:
+    """Make the cluster equal to db/: create what is missing, revoke and reset what is extra."""
+    from ops.db.provision import provision
+    from ops.db.sqlfiles import ConvergeError
+
+    topology = topology_of(database_url)
+    show = (lambda text: print(text, flush=True)) if dry_run else (lambda text: None)
+    try:
+        report = provision(
+            topology, Credentials.for_environment(), say=show, dry_run=dry_run, prune=prune
+        )
+    except (ConfigError, ConvergeError) as exc:
+        raise fail(str(exc)) from None
+    if not dry_run:
+        for change in report.statements:
+            print(change.line)
+    for change in report.left:
+        err_console.print(f"left: {change.line}", markup=False, soft_wrap=True)
+    console.print(report.summary(), markup=False, soft_wrap=True)
+    if report.left:
+        raise typer.Exit(1)
+
+
+@db_app.command("migrate")
+def db_migrate(
+    service: Annotated[str | None, typer.Option(help="Only this service.")] = None,
+    database_url: DatabaseUrlOption = None,
+) -> None:
+    """Upgrade every service's database to its latest migration, then converge (provision)."""
+    from ops.db.lifecycle import converge_databases
+
+    topology = topology_of(database_url)
+    services = [service_spec(service).name] if service else None
+    converge_databases(
+        topology, Credentials.for_environment(), services, provision_first=False, say=print
+    )
+
+
+@db_app.command("check")
+def db_check(
+    database_url: DatabaseUrlOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
+) -> None:
+    """Compare the cluster with what db/ declares: one line per difference; exit 1 on any."""
+    from ops.db.check import check_as_declared
+
+    differences, notes = check_as_declared(topology_of(database_url))
+    if as_json:
+        print(json.dumps({"ok": not differences, "differences": differences, "notes": notes}))
+    else:
+        for note in notes:
+            err_console.print(f"note: {note}", markup=False, soft_wrap=True, style="dim")
+        for line in differences:
+            print(line)
+        if not differences:
+            console.print(
+                "ok: roles, databases, privileges and FDW edges as db/ declares", markup=False
+            )
+    if differences:
+        raise typer.Exit(1)
+
+
+@db_app.command("edges")
+def db_edges(
+    database_url: DatabaseUrlOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
+) -> None:
+    """Every FDW edge: consumer, provider, views and columns, reader role, server options, and
+    whether each foreign table answers (read as the consumer's app role)."""
+    from ops.db.check import describe_edges
+
+    edges = describe_edges(topology_of(database_url))
+    if as_json:
+        print(json.dumps(edges, indent=2))
+        return
+    for edge in edges:
+        state = "reachable" if edge["reachable"] else "NOT reachable"
+        print(f"{edge['consumer']} <- {edge['provider']}  reader {edge['reader']}  {state}")
+        options = edge["server_options"] or {}
+        listed = ", ".join(f"{key}={value}" for key, value in options.items())
+        print(f"  server {edge['server']}: {listed or 'missing'}")
+        for view in edge["views"]:
+            answer = "ok" if view["reachable"] else f"error: {view['error']}"
+            print(f"  {edge['provider']}.{view['view']} ({answer})")
+            print(f"    {', '.join(view['columns'])}")
+
+
+DBA_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True}
+AsRoleOption = Annotated[
+    str, typer.Option("--as", help="owner, app or reader:<consumer> (default: owner).")
+]
+
+
+def _dba_session(
+    ctx: typer.Context, client: str, service: str, as_role: str, url: str | None
+) -> None:
+    from ops.db.dba import DbaError, login_for, pgcli_binary, psql_binary, run_client
+
+    try:
+        service_spec(service)
+        login = login_for(topology_of(url), Credentials.for_environment(), service, as_role)
+        binary = psql_binary() if client == "psql" else pgcli_binary()
+    except (DbaError, ValueError, ConfigError) as exc:
+        raise fail(str(exc)) from None
+    raise typer.Exit(run_client(binary, login, ctx.args))
+
+
+@db_app.command("psql", context_settings=DBA_CONTEXT)
+def db_psql(
+    ctx: typer.Context,
+    service: str,
+    as_role: AsRoleOption = "owner",
+    database_url: DatabaseUrlOption = None,
+) -> None:
+    """psql in a service's database over TCP (extra arguments go to psql, e.g. -c 'SQL').
+    The password goes through a 0600 passfile, never the command line."""
+    _dba_session(ctx, "psql", service, as_role, database_url)
+
+
+@db_app.command("pgcli", context_settings=DBA_CONTEXT)
+def db_pgcli(
+    ctx: typer.Context,
+    service: str,
+    as_role: AsRoleOption = "owner",
+    database_url: DatabaseUrlOption = None,
+) -> None:
+    """pgcli (the optional dba extra) in a service's database, like `rose db psql`."""
+    _dba_session(ctx, "pgcli", service, as_role, database_url)
+
+
+def env_template() -> None:
+    """Print every secret a production deployment needs, freshly generated, as an env file."""
+    from ops.db.credentials import production_env_template
+
+    print(production_env_template(), end="")

@@ -1,0 +1,31 @@
+"""``rose``: run, provision, inspect and operate the rose-ash services."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from apps.common.settings import ConfigError
+from ops.cli import calls, db, split, stack
+from ops.cli.common import err_console
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
+# `rose --help` lists the commands in this order, then the groups.
+app.command()(stack.up)
+app.command()(stack.status)
+app.command()(calls.data)
+app.command()(calls.action)
+app.command("env-template")(db.env_template)
+app.command("sumup-sandbox")(stack.sumup_sandbox)
+app.add_typer(db.db_app, name="db")
+app.add_typer(split.split_app, name="split")
+app.add_typer(calls.orders_app, name="orders")
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    try:
+        app()
+    except ConfigError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        sys.exit(2)

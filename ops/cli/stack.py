@@ -1,0 +1,73 @@
+"""``rose up``, ``rose status`` and ``rose sumup-sandbox``: the local stack (ops.stack)."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ops.cli.common import console, fail
+from ops.stack.pgserver import DEFAULT_PG_PORT
+from ops.stack.processes import SUMUP_SANDBOX_PORT
+
+
+def up(
+    fresh: Annotated[bool, typer.Option(help="Start from an empty embedded database.")] = False,
+    database_url: Annotated[
+        str | None,
+        typer.Option(help="Superuser DSN of an existing server instead of the embedded one."),
+    ] = None,
+    pg_port: Annotated[int, typer.Option(help="Port of the embedded PostgreSQL.")] = (
+        DEFAULT_PG_PORT
+    ),
+    only: Annotated[
+        str | None, typer.Option(help="Comma-separated services to run (default: all).")
+    ] = None,
+    demo: Annotated[bool, typer.Option(help="Load demo data into empty tables.")] = True,
+    port_offset: Annotated[
+        int, typer.Option(help="Add this to every service's dev port (to run a second stack).")
+    ] = 0,
+) -> None:
+    """Run the whole system: database, provisioning, migrations, every service. Ctrl-C stops."""
+    from ops.stack.up import StackError, StackOptions, run_stack
+
+    wanted = [name.strip() for name in only.split(",") if name.strip()] if only else None
+    options = StackOptions(fresh, database_url, pg_port, wanted, demo, port_offset)
+    try:
+        code = run_stack(options)
+    except StackError as exc:
+        raise fail(str(exc)) from None
+    if code:
+        raise typer.Exit(code)
+
+
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Where the running stack's database and services are."""
+    from ops.stack.state import health, read_state
+
+    state = read_state()
+    if state is None:
+        raise fail("no stack is running (start one with `rose up`)")
+    services = state["services"]
+    if as_json:
+        print(json.dumps({"database_url": state["database_url"], "services": services}))
+        return
+    table = Table("service", "url", "health")
+    answers = health(services)
+    for name, url in services.items():
+        table.add_row(name, url, answers[name])
+    console.print(table)
+
+
+def sumup_sandbox(
+    host: str = "127.0.0.1",
+    port: int = SUMUP_SANDBOX_PORT,
+) -> None:
+    """Run the local SumUp sandbox (checkout API, hosted page, webhooks)."""
+    from apps.sumup_sandbox.app import run
+
+    run(host=host, port=port)

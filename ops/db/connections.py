@@ -1,0 +1,61 @@
+"""Superuser connections as the database tools use them (autocommit, a connect timeout), kept
+open by DSN, and the one value a catalog query or an aggregate returns."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, LiteralString
+
+import psycopg
+from psycopg import sql
+from psycopg.abc import Params
+
+# What Connection.execute takes (psycopg.abc.Query also names t-strings, which it does not).
+Query = LiteralString | sql.SQL | sql.Composed
+
+
+def connect(url: str) -> psycopg.Connection:
+    return psycopg.connect(url, autocommit=True, connect_timeout=10)
+
+
+class Connections:
+    """Superuser connections by DSN, each opened once (a check visits every database twice).
+    Threads may share it as long as each uses its own DSN."""
+
+    def __init__(self) -> None:
+        self._open: dict[str, psycopg.Connection] = {}
+        self._lock = threading.Lock()
+
+    def get(self, url: str) -> psycopg.Connection:
+        with self._lock:
+            known = self._open.get(url)
+        if known is None or known.closed:
+            known = connect(url)
+            with self._lock:
+                self._open[url] = known
+        return known
+
+    def close(self) -> None:
+        with self._lock:
+            for connection in self._open.values():
+                connection.close()
+            self._open.clear()
+
+    def __enter__(self) -> Connections:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+def one_row(connection: psycopg.Connection[Any], query: Query, params: Params | None = None) -> Any:
+    """The row a query that always returns one (an aggregate, ``SELECT format(...)``) returns."""
+    row = connection.execute(query, params).fetchone()
+    if row is None:
+        raise LookupError(f"no row from {query!r}")
+    return row
+
+
+def scalar(connection: psycopg.Connection[Any], query: Query, params: Params | None = None) -> Any:
+    """The first value of that row."""
+    return one_row(connection, query, params)[0]

@@ -1,0 +1,98 @@
+"""Role passwords and shared secrets.
+
+In development they are generated on first use and kept in a git-ignored file
+(``.rose/credentials.json``, mode 0600). In production (``ROSE_ENV=prod``) nothing is generated:
+every value comes from the environment (``ROSE_DB_PASSWORD_<ROLE>``, ``INTERNAL_SECRET``,
+``SESSION_SECRET``, ``ROSE_DB_SUPERUSER_PASSWORD``) and a missing one is an error naming it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+
+from apps.common.services import SERVICES
+from apps.common.settings import ConfigError
+from ops.db.manifest import load_edges
+from ops.paths import rose_home
+
+
+def role_env_name(role: str) -> str:
+    return f"ROSE_DB_PASSWORD_{role.upper()}"
+
+
+class Credentials:
+    def __init__(
+        self,
+        path: Path | None,
+        *,
+        environ: Mapping[str, str] | None = None,
+        generate: bool = True,
+    ) -> None:
+        self.path = path
+        self._env = os.environ if environ is None else environ
+        self._generate = generate
+        self._values: dict[str, str] = {}
+        if path is not None and path.exists():
+            self._values = json.loads(path.read_text())
+
+    @classmethod
+    def for_environment(cls, home: Path | None = None, *, generate: bool = True) -> Credentials:
+        """Production: the environment only. Development: the environment, then the file;
+        ``generate=False`` (for read-only commands) makes a missing value an error instead."""
+        production = os.environ.get("ROSE_ENV", "dev") == "prod"
+        if production:
+            return cls(None, generate=False)
+        return cls((home or rose_home()) / "credentials.json", generate=generate)
+
+    def _get(self, key: str, env_name: str, length: int = 24) -> str:
+        value = self._env.get(env_name)
+        if value:
+            return value
+        if key in self._values:
+            return self._values[key]
+        if not self._generate:
+            raise ConfigError(f"missing required setting {env_name}")
+        value = secrets.token_urlsafe(length)
+        self._values[key] = value
+        self._save()
+        return value
+
+    def _save(self) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(self._values, indent=2, sort_keys=True))
+        temporary.chmod(0o600)
+        temporary.replace(self.path)
+
+    def role_password(self, role: str) -> str:
+        return self._get(f"role:{role}", role_env_name(role))
+
+    def superuser_password(self) -> str:
+        return self._get("superuser", "ROSE_DB_SUPERUSER_PASSWORD")
+
+    def internal_secret(self) -> str:
+        return self._get("internal_secret", "INTERNAL_SECRET", 32)
+
+    def session_secret(self) -> str:
+        return self._get("session_secret", "SESSION_SECRET", 32)
+
+
+def production_env_template() -> str:
+    """Every secret a production deployment needs, freshly generated, as an env file (what
+    compose.yaml reads as .env): the superuser's, the shared secrets, every login role's."""
+    roles = [SERVICES[name].app_role for name in SERVICES]
+    roles += sorted({edge.reader_role for edge in load_edges()})
+    lines = [
+        "# rose-ash production secrets (compose.yaml reads this as .env). Keep it private.",
+        f"ROSE_DB_SUPERUSER_PASSWORD={secrets.token_urlsafe(24)}",
+        f"INTERNAL_SECRET={secrets.token_urlsafe(32)}",
+        f"SESSION_SECRET={secrets.token_urlsafe(32)}",
+    ]
+    lines += [f"{role_env_name(role)}={secrets.token_urlsafe(24)}" for role in roles]
+    return "".join(line + "\n" for line in lines)

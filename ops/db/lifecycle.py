@@ -1,0 +1,67 @@
+"""The one way the databases are brought to the state ``db/`` declares, for ``rose up``, ``rose db
+migrate``, the tests and the benchmarks:
+
+    provision   every service's roles, database, schemas and privileges (views come later);
+    migrate     Alembic, each service to its head, as its owner;
+    edges       provision again: the FDW edges, now that the export views exist, and whatever
+                the migrations changed.
+
+A second run changes nothing and runs no DDL or GRANT."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from apps.common.services import service_spec
+from ops.db.credentials import Credentials
+from ops.db.manifest import Edge, load_edges
+from ops.db.migrate import migrate, services_with_migrations
+from ops.db.provision import ProvisionReport, Say, provision
+from ops.db.topology import Topology
+
+logger = logging.getLogger("rose.lifecycle")
+
+
+@dataclass
+class Converged:
+    migrated: list[str]
+    # The last provisioning pass (on a cluster that was already as declared: no statements).
+    edges_pass: ProvisionReport
+    created_edges: list[str] = field(default_factory=list)
+    # Edges whose provider's database does not exist yet (only in a dry run), with the reason.
+    pending_edges: list[str] = field(default_factory=list)
+
+
+def converge_databases(
+    topology: Topology,
+    credentials: Credentials,
+    services: Iterable[str] | None = None,
+    *,
+    edges: Iterable[Edge] | None = None,
+    provision_first: bool = True,
+    say: Say = logger.info,
+) -> Converged:
+    """Provision every service, migrate ``services`` (default: every service with migrations),
+    then converge the databases at both ends of ``edges`` (default: every edge).
+
+    ``provision_first=False`` is ``rose db migrate``: the cluster is provisioned already and
+    nothing changes before the migrations."""
+    if provision_first:
+        provision(topology, credentials, say=say)
+    names = list(services) if services is not None else services_with_migrations()
+    migrated = migrate({name: topology.admin_url(name) for name in names}, names)
+    say(f"migrated: {', '.join(migrated)}")
+    chosen = load_edges() if edges is None else list(edges)
+    ends = {edge.consumer for edge in chosen} | {edge.provider for edge in chosen}
+    report = provision(topology, credentials, ends, say)
+    waiting = {change.where: change.line for change in report.pending}
+    converged = Converged(migrated, report)
+    for edge in chosen:
+        database = service_spec(edge.provider).database
+        if database in waiting:
+            converged.pending_edges.append(f"{edge}: {waiting[database]}")
+        else:
+            converged.created_edges.append(str(edge))
+    return converged

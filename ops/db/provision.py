@@ -1,0 +1,458 @@
+"""``rose db provision``: make the cluster equal to what ``db/`` declares.
+
+The declaration is the SQL of ``db/schemas`` and ``db/fdw`` plus the manifest of FDW edges
+(``db/fdw/manifest.toml``); this module feeds the files what they need (the services, their
+roles and databases, the edges) and runs them in order (see :mod:`ops.db.sqlfiles`):
+
+    per server     db/schemas/roles.sql, role passwords (checked here), db/schemas/databases.sql
+    per database   db/schemas/service_database.sql, db/fdw/export_grants.sql,
+                   db/fdw/consumer_edges.sql
+    per server     db/schemas/prune_roles.sql (only with --prune)
+
+Every file creates what is missing and revokes, resets or drops what is extra; with
+``dry_run`` the same queries run and nothing else, so the report lists the exact statements a
+real run would execute. A second run finds nothing to do and runs no DDL or GRANT.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import psycopg
+from sqlalchemy.engine import make_url
+
+from apps.common.services import SERVICES, service_spec
+from ops.db.connections import Connections, scalar
+from ops.db.credentials import Credentials
+from ops.db.manifest import Edge, Secret, load_edges, load_secrets
+from ops.db.sqlfiles import Change, converge_file
+from ops.db.topology import Topology
+from ops.paths import DB_DIR
+
+logger = logging.getLogger("rose.provision")
+Say = Callable[[str], None]
+
+SCHEMAS_DIR = DB_DIR / "schemas"
+FDW_DIR = DB_DIR / "fdw"
+
+# Role settings (ALTER ROLE ... SET). The app: a runaway query must not hold locks forever.
+# A reader: read-only even if a write grant is added by mistake, and short queries only.
+# Service databases converged at the same time (each on its own connection).
+DATABASE_WORKERS = 4
+
+APP_SETTINGS = {"statement_timeout": "30s", "idle_in_transaction_session_timeout": "60s"}
+READER_SETTINGS = {"default_transaction_read_only": "on", "statement_timeout": "10s"}
+
+
+def namespace_pattern() -> str:
+    """Role names that are rose's: ``<service>_...``."""
+    return "^(" + "|".join(sorted(SERVICES)) + ")_"
+
+
+@dataclass(frozen=True)
+class Server:
+    """One PostgreSQL server and the services whose databases live on it."""
+
+    maintenance_url: str
+    services: tuple[str, ...]
+
+
+def servers(topology: Topology) -> list[Server]:
+    grouped: dict[tuple[str, int], list[str]] = {}
+    urls: dict[tuple[str, int], str] = {}
+    for name in SERVICES:
+        url = make_url(topology.maintenance_url(name))
+        key = (url.host or "localhost", url.port or 5432)
+        grouped.setdefault(key, []).append(name)
+        urls.setdefault(key, topology.maintenance_url(name))
+    return [Server(urls[key], tuple(names)) for key, names in grouped.items()]
+
+
+# -- what the files are given --------------------------------------------------------------------
+def _password(credentials: Credentials | None, role: str) -> str | None:
+    return credentials.role_password(role) if credentials is not None else None
+
+
+def declared_roles(
+    services: Iterable[str], edges: Iterable[Edge], credentials: Credentials | None
+) -> list[dict[str, object]]:
+    """Every role of these services and the reader roles of the edges they provide."""
+    chosen = set(services)
+    roles: list[dict[str, object]] = []
+    for name in [name for name in SERVICES if name in chosen]:
+        spec = service_spec(name)
+        roles.append(
+            {
+                "name": spec.owner_role,
+                "login": False,
+                "inherit": True,
+                "password": None,
+                "settings": {},
+            }
+        )
+        roles.append(
+            {
+                "name": spec.app_role,
+                "login": True,
+                "inherit": False,
+                "password": _password(credentials, spec.app_role),
+                "settings": APP_SETTINGS,
+            }
+        )
+    for edge in edges:
+        if edge.provider in chosen:
+            roles.append(
+                {
+                    "name": edge.reader_role,
+                    "login": True,
+                    "inherit": False,
+                    "password": _password(credentials, edge.reader_role),
+                    "settings": READER_SETTINGS,
+                }
+            )
+    return roles
+
+
+def _columns(edge: Edge, view: str) -> list[dict[str, str]]:
+    return [{"name": column.name, "type": column.type} for column in edge.columns[view]]
+
+
+def export_grants(provider: str, edges: Iterable[Edge]) -> list[dict[str, object]]:
+    return [
+        {
+            "edge": f"{edge.consumer} <- {edge.provider}",
+            "reader": edge.reader_role,
+            "view": view,
+            "columns": _columns(edge, view),
+        }
+        for edge in edges
+        if edge.provider == provider
+        for view in edge.views
+    ]
+
+
+def secrets_of(provider: str, secrets: Iterable[Secret]) -> list[dict[str, object]]:
+    return [
+        {
+            "schema": secret.schema,
+            "table": secret.table,
+            "column": secret.column,
+            "only_in": list(secret.only_in),
+        }
+        for secret in secrets
+        if secret.provider == provider
+    ]
+
+
+def consumer_edges(
+    topology: Topology, consumer: str, edges: Iterable[Edge], credentials: Credentials | None
+) -> list[dict[str, object]]:
+    declared: list[dict[str, object]] = []
+    for edge in edges:
+        if edge.consumer != consumer:
+            continue
+        host, port = topology.fdw_address(edge.provider)
+        declared.append(
+            {
+                "edge": f"{edge.consumer} <- {edge.provider}",
+                "provider": edge.provider,
+                "server": edge.server_name,
+                "host": host,
+                "port": str(port),
+                "dbname": service_spec(edge.provider).database,
+                "reader": edge.reader_role,
+                "password": _password(credentials, edge.reader_role),
+                "views": [{"name": view, "columns": _columns(edge, view)} for view in edge.views],
+            }
+        )
+    return declared
+
+
+# -- role passwords ------------------------------------------------------------------------------
+def password_matches(verifier: str | None, role: str, password: str) -> bool:
+    """Whether ``password`` is the one behind a stored SCRAM-SHA-256 (or md5) verifier."""
+    if not verifier:
+        return False
+    if verifier.startswith("SCRAM-SHA-256$"):
+        try:
+            iterations_salt, keys = verifier.split("$", 1)[1].split("$")
+            iterations, salt = iterations_salt.split(":")
+            stored_key = keys.split(":")[0]
+        except ValueError:
+            return False
+        # PostgreSQL applies SASLprep first; our passwords are ASCII, for which it changes nothing.
+        if not password.isascii():
+            return False
+        salted = hashlib.pbkdf2_hmac(
+            "sha256", password.encode(), base64.b64decode(salt), int(iterations)
+        )
+        client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+        return hmac.compare_digest(
+            base64.b64encode(hashlib.sha256(client_key).digest()).decode(), stored_key
+        )
+    if verifier.startswith("md5"):
+        return hmac.compare_digest(
+            verifier, "md5" + hashlib.md5((password + role).encode()).hexdigest()
+        )
+    return False
+
+
+def password_changes(
+    connection: psycopg.Connection, roles: list[dict[str, object]], *, apply: bool
+) -> list[Change]:
+    """A login role whose password is not the declared one gets it back."""
+    with_password = {str(role["name"]): str(role["password"]) for role in roles if role["password"]}
+    if not with_password:
+        return []
+    verifiers: dict[str, str | None] = dict(
+        connection.execute(
+            "SELECT rolname, rolpassword FROM pg_authid WHERE rolname = ANY(%s)",
+            (list(with_password),),
+        ).fetchall()
+    )
+    changes = []
+    for role, password in with_password.items():
+        if role not in verifiers or password_matches(verifiers[role], role, password):
+            continue  # a missing role is created with its password by roles.sql
+        text = scalar(
+            connection,
+            "SELECT format('ALTER ROLE %%I PASSWORD %%L', %s::text, %s::text)",
+            (role, password),
+        )
+        changes.append(Change(f"cluster: role {role} password is not the declared one", text))
+        if apply:
+            connection.execute(text)
+    return changes
+
+
+# -- the run -------------------------------------------------------------------------------------
+@dataclass
+class ProvisionReport:
+    changes: list[Change] = field(default_factory=list)
+    applied: bool = False
+    # Declared objects examined (roles, databases, schemas, relations, servers, mappings).
+    inventory: int = 0
+
+    def of(self, action: str) -> list[Change]:
+        return [change for change in self.changes if change.action == action]
+
+    @property
+    def statements(self) -> list[Change]:
+        return [change for change in self.changes if change.sql]
+
+    @property
+    def left(self) -> list[Change]:
+        """Differences provisioning does not repair (each line says why)."""
+        return self.of("left")
+
+    @property
+    def pending(self) -> list[Change]:
+        return self.of("pending")
+
+    def summary(self) -> str:
+        created = {change.subject for change in self.of("created")}
+        changed = {change.subject for change in self.of("changed")} - created
+        unchanged = max(0, self.inventory - len(changed))
+        verb = "provisioned" if self.applied else "dry run (nothing changed)"
+        text = (
+            f"{verb}: {len(created)} created, {len(changed)} changed, {unchanged} unchanged "
+            f"({len(self.statements)} statements)"
+        )
+        if self.left:
+            text += f"; {len(self.left)} left for a person"
+        if self.pending:
+            text += f"; {len(self.pending)} pending"
+        return text
+
+
+def _json(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+_INVENTORY = """
+SELECT (SELECT count(*) FROM pg_namespace
+        WHERE nspname NOT LIKE 'pg\\_%' AND nspname NOT IN ('information_schema', 'legacy'))
+     + (SELECT count(*) FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
+        WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
+          AND n.nspname NOT LIKE 'pg\\_%' AND n.nspname NOT IN ('information_schema', 'legacy'))
+     + (SELECT count(*) FROM pg_foreign_server)
+     + (SELECT count(*) FROM pg_user_mappings)
+"""
+
+
+def database_exists(connection: psycopg.Connection, name: str) -> bool:
+    row = connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+    return row is not None
+
+
+def provision(
+    topology: Topology,
+    credentials: Credentials | None,
+    services: Iterable[str] = SERVICES,
+    say: Say = logger.info,
+    *,
+    dry_run: bool = False,
+    prune: bool = False,
+    edges: list[Edge] | None = None,
+    secrets: list[Secret] | None = None,
+    connections: Connections | None = None,
+) -> ProvisionReport:
+    """Converge the chosen services' roles, databases, privileges and FDW edges.
+
+    ``credentials`` None (``rose db check``) compares everything but passwords."""
+    if connections is None:
+        with Connections() as own:
+            return provision(
+                topology, credentials, services, say, dry_run=dry_run, prune=prune,
+                edges=edges, secrets=secrets, connections=own,
+            )  # fmt: skip
+    chosen = {service_spec(name).name for name in services}
+    edges = load_edges() if edges is None else edges
+    secrets = load_secrets() if secrets is None else secrets
+    apply = not dry_run
+    report = ProvisionReport(applied=apply)
+    namespace = namespace_pattern()
+
+    def run(connection: psycopg.Connection, path: str, variables: dict[str, str]) -> None:
+        changes = converge_file(connection, DB_DIR / path, variables, apply=apply)
+        for change in changes:
+            say(change.text() if dry_run else change.line)
+        report.changes.extend(changes)
+
+    existing: set[str] = set()
+    for server in servers(topology):
+        hosted = [name for name in server.services if name in chosen]
+        if not hosted:
+            continue
+        hosted_edges = [edge for edge in edges if edge.provider in server.services]
+        roles = declared_roles(hosted, hosted_edges, credentials)
+        known_roles = [role["name"] for role in declared_roles(server.services, hosted_edges, None)]
+        databases = [
+            {
+                "name": service_spec(name).database,
+                "owner": service_spec(name).owner_role,
+                "connect": [service_spec(name).app_role]
+                + [edge.reader_role for edge in edges if edge.provider == name],
+            }
+            for name in hosted
+        ]
+        connection = connections.get(server.maintenance_url)
+        common = {"namespace": namespace, "known": _json(known_roles)}
+        run(connection, "schemas/roles.sql", {**common, "roles": _json(roles)})
+        changes = password_changes(connection, roles, apply=apply)
+        for change in changes:
+            say(change.text() if dry_run else change.line)
+        report.changes.extend(changes)
+        known_databases = [service_spec(name).database for name in server.services]
+        run(
+            connection,
+            "schemas/databases.sql",
+            {
+                "namespace": namespace,
+                "known": _json(known_databases),
+                "databases": _json(databases),
+            },
+        )
+        report.inventory += len(roles) + len(databases)
+        existing |= {
+            name for name in hosted if database_exists(connection, service_spec(name).database)
+        }
+
+    # Inside each database: independent of one another, so they run side by side (one
+    # connection each); their changes are reported in service order.
+    def converge_database(name: str) -> tuple[list[Change], int]:
+        spec = service_spec(name)
+        connection = connections.get(topology.admin_url(name))
+        providers = sorted({edge.provider for edge in edges if edge.consumer == name})
+        files = [
+            (
+                "schemas/service_database.sql",
+                {
+                    "svc": name,
+                    "owner": spec.owner_role,
+                    "app": spec.app_role,
+                    "providers": _json(providers),
+                },
+            ),
+            ("fdw/export_grants.sql", export_variables(name, edges, secrets)),
+            (
+                "fdw/consumer_edges.sql",
+                {
+                    "owner": spec.owner_role,
+                    "app": spec.app_role,
+                    "edges": _json(consumer_edges(topology, name, edges, credentials)),
+                },
+            ),
+        ]
+        changes = []
+        for path, variables in files:
+            changes += converge_file(connection, DB_DIR / path, variables, apply=apply)
+        return changes, scalar(connection, _INVENTORY)
+
+    names = [name for name in SERVICES if name in chosen]
+    for name in names:
+        if name not in existing:  # only in a dry run: a real run has just created it
+            report.changes.append(
+                Change(
+                    f"{service_spec(name).database}: pending: the database does not exist yet "
+                    "(provisioning creates it, then its schemas, privileges and FDW edges)",
+                    "",
+                )
+            )
+    with ThreadPoolExecutor(max_workers=DATABASE_WORKERS) as pool:
+        results = list(pool.map(converge_database, [name for name in names if name in existing]))
+    for changes, inventory in results:
+        for change in changes:
+            say(change.text() if dry_run else change.line)
+        report.changes.extend(changes)
+        report.inventory += inventory
+
+    if prune:
+        for server in servers(topology):
+            if not chosen & set(server.services):
+                continue
+            hosted_edges = [edge for edge in edges if edge.provider in server.services]
+            known_roles = [
+                role["name"] for role in declared_roles(server.services, hosted_edges, None)
+            ]
+            run(
+                connections.get(server.maintenance_url),
+                "schemas/prune_roles.sql",
+                {"namespace": namespace, "known": _json(known_roles)},
+            )
+        dropped = {
+            change.subject for change in report.changes if change.sql.startswith("DROP ROLE")
+        }
+        report.changes = [
+            change for change in report.changes if change.sql or change.subject not in dropped
+        ]
+    return report
+
+
+def export_variables(
+    provider: str, edges: Iterable[Edge], secrets: Iterable[Secret]
+) -> dict[str, str]:
+    spec = service_spec(provider)
+    return {
+        "owner": spec.owner_role,
+        "grants": _json(export_grants(provider, edges)),
+        "secrets": _json(secrets_of(provider, secrets)),
+    }
+
+
+def grant_exports(connection: psycopg.Connection, provider: str) -> list[Change]:
+    """The provider side of its edges, on an open connection (the Alembic environment's, as the
+    owner, after migrations recreated views): readers get their column grants back."""
+    variables = export_variables(provider, load_edges(), load_secrets())
+    changes = converge_file(connection, FDW_DIR / "export_grants.sql", variables, apply=True)
+    for change in changes:
+        if change.sql:
+            logger.info("%s", change.line)
+    return changes

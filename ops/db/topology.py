@@ -1,0 +1,71 @@
+"""Where each service database lives, and how to reach it as a superuser, as its app, and from
+another PostgreSQL server (the FDW servers' host and port).
+
+By default every database is on one server (``ROSE_ADMIN_URL`` or the embedded one). Any service
+can move to its own server with ``ROSE_ADMIN_URL_<SERVICE>``; ``ROSE_FDW_HOST_<SERVICE>`` and
+``ROSE_FDW_PORT_<SERVICE>`` say how other servers reach it when that differs from the admin URL
+(for example a container name).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import quote
+
+from sqlalchemy.engine import make_url
+
+from apps.common.services import SERVICES, service_spec
+from ops.db.credentials import Credentials
+
+
+@dataclass(frozen=True)
+class Topology:
+    default_admin_url: str
+    admin_urls: Mapping[str, str] = field(default_factory=dict)
+    fdw_addresses: Mapping[str, tuple[str, int]] = field(default_factory=dict)
+
+    @classmethod
+    def single_server(cls, admin_url: str, environ: Mapping[str, str] | None = None) -> Topology:
+        env = os.environ if environ is None else environ
+        admin_urls = {
+            name: env[f"ROSE_ADMIN_URL_{name.upper()}"]
+            for name in SERVICES
+            if env.get(f"ROSE_ADMIN_URL_{name.upper()}")
+        }
+        fdw: dict[str, tuple[str, int]] = {}
+        for name in SERVICES:
+            host = env.get(f"ROSE_FDW_HOST_{name.upper()}")
+            if host:
+                fdw[name] = (host, int(env.get(f"ROSE_FDW_PORT_{name.upper()}", "5432")))
+        return cls(default_admin_url=admin_url, admin_urls=admin_urls, fdw_addresses=fdw)
+
+    def admin_url(self, service: str | None = None, database: str | None = None) -> str:
+        """Superuser DSN (libpq form) of the service's server, connected to ``database``."""
+        base = self.admin_urls.get(service, self.default_admin_url) if service else None
+        url = make_url(base or self.default_admin_url)
+        if database is None:
+            database = service_spec(service).database if service else (url.database or "postgres")
+        return url.set(drivername="postgresql", database=database).render_as_string(
+            hide_password=False
+        )
+
+    def maintenance_url(self, service: str) -> str:
+        return self.admin_url(service, "postgres")
+
+    def fdw_address(self, service: str) -> tuple[str, int]:
+        if service in self.fdw_addresses:
+            return self.fdw_addresses[service]
+        url = make_url(self.admin_urls.get(service, self.default_admin_url))
+        return url.host or "127.0.0.1", url.port or 5432
+
+    def app_url(self, service: str, credentials: Credentials) -> str:
+        """DSN the running service uses: its own app role, its own database."""
+        spec = service_spec(service)
+        url = make_url(self.admin_urls.get(service, self.default_admin_url))
+        password = quote(credentials.role_password(spec.app_role), safe="")
+        return (
+            f"postgresql://{spec.app_role}:{password}@{url.host or '127.0.0.1'}:"
+            f"{url.port or 5432}/{spec.database}"
+        )

@@ -1,0 +1,165 @@
+"""``rose split abort``: undo moves that are not finalized, so the monolith runs on as before.
+
+Per move, in this order (each step idempotent, so a re-run after a crash anywhere finishes):
+1. In ONE transaction of the target: delete exactly the rows the move inserted (the ledger's
+   ids), refusing if the target changed since the move committed (the services wrote to it:
+   deleting would lose their writes), and mark the move aborted in the ledger.
+2. Lift the move's freeze from its sources (one transaction per source database). A table
+   another move still freezes stays frozen by it, and the message says so.
+The sources were never written by the split, so once unfrozen they are exactly as before.
+A finalized move (any of its sources dropped) cannot be aborted: its rows are in the backups
+(docs/runbook-split.md tells how to restore them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from apps.common.services import service_spec
+from ops.db.topology import Topology
+from ops.split.common import (
+    FaultHook,
+    Say,
+    SplitError,
+    connect,
+    crash_from_environment,
+    ledger_exists,
+    operator,
+    read_ledger,
+)
+from ops.split.finalize import dropped_of, source_records
+from ops.split.freeze import unfreeze
+from ops.split.moves import Move
+from ops.split.verify import verify_against_commit
+
+LOCK_TIMEOUT = "10s"
+
+
+@dataclass
+class AbortResult:
+    aborted: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+    deleted: dict[str, int] = field(default_factory=dict)
+
+
+def _delete_moved_rows(
+    target: psycopg.Connection[Any], move: Move, ids: dict[str, str]
+) -> dict[str, int]:
+    """Delete the rows the move inserted, children first (the target tables are listed
+    parents first)."""
+    deleted = {}
+    for table in reversed(move.target_tables):
+        ranges = ids.get(table)
+        if not ranges or ranges == "{}":
+            deleted[table] = 0
+            continue
+        schema, name = table.split(".")
+        cursor = target.execute(
+            sql.SQL("DELETE FROM {} WHERE id <@ %s::int8multirange").format(
+                sql.Identifier(schema, name)
+            ),
+            (ranges,),
+        )
+        deleted[table] = cursor.rowcount
+    return deleted
+
+
+def abort_move(topology: Topology, move: Move, say: Say, fault: FaultHook) -> dict[str, int]:
+    if dropped_of(move, source_records(topology)):
+        raise SplitError(
+            f"{move.name}: finalized (its sources are dropped): it cannot be aborted; its rows "
+            "are in the backups finalize took (docs/runbook-split.md: restoring)"
+        )
+    deleted: dict[str, int] = {}
+    already = True  # no ledger: the move never started
+    with connect(topology, move.target) as target:
+        if ledger_exists(target):
+            with target.transaction():
+                target.execute("SELECT set_config('lock_timeout', %s, true)", (LOCK_TIMEOUT,))
+                # Waits for a run of the move that is still going, then sees its outcome.
+                ledger = read_ledger(target, move.name, lock=True)
+                if ledger is not None and ledger.finalized_at is not None:
+                    raise SplitError(f"{move.name}: finalized: it cannot be aborted")
+                if ledger is not None and ledger.done:
+                    if not ledger.checksums or ledger.inserted_ids is None:
+                        raise SplitError(
+                            f"{move.name}: the ledger does not record which rows the move "
+                            "inserted (it ran with an earlier version); abort it by hand"
+                        )
+                    target.execute(
+                        sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(
+                            sql.SQL(", ").join(
+                                sql.Identifier(*table.split(".")) for table in move.target_tables
+                            )
+                        )
+                    )
+                    changed = verify_against_commit(target, move, ledger, strict=True).problems
+                    if changed:
+                        raise SplitError(
+                            f"{move.name}: {'; '.join(changed)}: something wrote to the target "
+                            "after the move, and abort would lose it. Nothing was aborted."
+                        )
+                    deleted = _delete_moved_rows(target, move, ledger.inserted_ids)
+                    expected = {table: int(rows) for table, rows in (ledger.inserted or {}).items()}
+                    if deleted != expected:
+                        raise SplitError(
+                            f"{move.name}: deleting the moved rows found {deleted}, the ledger "
+                            f"records {expected}; nothing was aborted"
+                        )
+                already = ledger is None or (not ledger.done and ledger.aborted_at is not None)
+                if not already:
+                    target.execute(
+                        """
+                        UPDATE split.ledger
+                        SET finished_at = NULL, seconds = NULL, source_rows = NULL,
+                            moved_rows = NULL, collapsed_rows = NULL, skipped_rows = NULL,
+                            reasons = NULL, inserted = NULL, checksum = NULL, checksums = NULL,
+                            inserted_ids = NULL, verified_at = NULL, verification = NULL,
+                            verified_by = NULL, finalizing_at = NULL, backups = NULL,
+                            aborted_at = clock_timestamp(), aborted_by = %s
+                        WHERE move = %s
+                        """,
+                        (operator(), move.name),
+                    )
+    rows = ", ".join(f"{count:,} from {table}" for table, count in deleted.items() if count)
+    database = service_spec(move.target).database
+    if already:
+        say(f"{move.name}: nothing of it in {database} (not started, or aborted before)")
+    else:
+        say(f"{move.name}: deleted {rows or 'nothing'} in {database}; recorded as aborted")
+    fault("abort", "after-target")
+    unfreeze(
+        topology,
+        [move.name],
+        {
+            service: [source.table for source in move.sources_in(service)]
+            for service in move.source_services
+        },
+        say,
+    )
+    fault("abort", "after-unfreeze")
+    return deleted
+
+
+def abort(
+    topology: Topology, moves: list[Move], say: Say, fault: FaultHook = crash_from_environment
+) -> AbortResult:
+    """Abort each of ``moves`` (the last ones first); a move that cannot be aborted is refused
+    with its reason and the others go on."""
+    result = AbortResult()
+    for move in reversed(moves):
+        try:
+            deleted = abort_move(topology, move, say, fault)
+        except (SplitError, psycopg.Error) as exc:
+            result.refused.append(
+                str(exc) if isinstance(exc, SplitError) else f"{move.name}: {exc}"
+            )
+            continue
+        result.aborted.append(move.name)
+        for table, count in deleted.items():
+            result.deleted[table] = count
+    return result

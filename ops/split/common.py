@@ -1,0 +1,287 @@
+"""What every step of ``rose split`` shares: connections with fixed session settings, the SQL
+files of ``db/split`` (with their classify/apply parts), the ledger, and the fault
+injection that tests use to crash a run at a chosen point."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import re
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.rows import dict_row
+
+from apps.common.services import service_spec
+from ops.db.connections import scalar
+from ops.db.sqlfiles import parse
+from ops.db.topology import Topology
+from ops.split.moves import SPLIT_DIR, Move
+
+Say = Callable[[str], None]
+
+# Checksums hash the text form of rows, and the text of timestamptz, dates, intervals and floats
+# depends on these settings: both sides of a comparison use the same ones.
+FIXED_SETTINGS: tuple[tuple[str, str], ...] = (
+    ("TimeZone", "UTC"),
+    ("DateStyle", "ISO, YMD"),
+    ("IntervalStyle", "postgres"),
+    ("extra_float_digits", "3"),
+)
+
+# Moves run (and verified) at the same time: the cores, at most 4.
+DEFAULT_JOBS = min(4, os.cpu_count() or 2)
+
+CRASH_ENV = "ROSE_SPLIT_CRASH"
+CRASH_EXIT_CODE = 86
+# Points of `run` (per move), of `finalize` and of `abort` (as finalize:<point>, abort:<point>).
+CRASH_POINTS = ("after-freeze", "after-copy", "after-transform", "before-commit")
+FINALIZE_CRASH_POINTS = ("after-backup", "after-lock", "after-drop", "between-commits")
+ABORT_CRASH_POINTS = ("after-target", "after-unfreeze")
+FaultHook = Callable[[str, str], None]
+
+_SECTION_MARKER = re.compile(r"^-- split:(classify|apply)\b.*$", re.MULTILINE)
+
+
+class SplitError(Exception):
+    """A refusal or a failed check, with a message for the operator."""
+
+
+# Sent with every connection: the fixed settings; a server that notices a dead client within a
+# second even in the middle of a statement (a lock wait included), so the work of a killed
+# `rose split` dies with it instead of going on alone; and memory for a move's sorts, hashes,
+# temporary tables (staged rows: the default 8MB spills them to disk) and index builds.
+SESSION_OPTIONS = " ".join(
+    [f"-c {name}={value.replace(' ', '')}" for name, value in FIXED_SETTINGS]
+    + [
+        "-c client_connection_check_interval=1000",
+        "-c work_mem=64MB",
+        "-c temp_buffers=256MB",
+        "-c maintenance_work_mem=256MB",
+    ]
+)
+
+
+def connect(topology: Topology, service: str) -> psycopg.Connection[Any]:
+    """A superuser connection to ``service``'s database, autocommit, with the fixed settings."""
+    return psycopg.connect(
+        topology.admin_url(service),
+        autocommit=True,
+        connect_timeout=10,
+        application_name="rose split",
+        options=SESSION_OPTIONS,
+    )
+
+
+def client_tool_target(url: str) -> tuple[str, dict[str, str]]:
+    """A DSN for pg_dump / pg_restore / psql without the password, and the environment that
+    carries it (PGPASSWORD): a password on a command line is visible to every local user."""
+    params = conninfo_to_dict(url)
+    password = params.pop("password", None)
+    environment = dict(os.environ)
+    if password is not None:
+        environment["PGPASSWORD"] = str(password)
+    return make_conninfo(**{key: str(value) for key, value in params.items()}), environment
+
+
+def operator() -> str:
+    """Who runs this `rose split`, for the ledger: "<os user>@<host>"."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = f"uid {os.getuid()}"
+    return f"{user}@{socket.gethostname()}"
+
+
+def execute_sql(
+    connection: psycopg.Connection[Any], text: str, variables: Mapping[str, str] | None = None
+) -> None:
+    """Run psql-style SQL text (see :mod:`ops.db.sqlfiles`) on ``connection``, in whatever
+    transaction it is in."""
+    for statement in parse(text, variables or {}):
+        cursor = connection.execute(statement.sql)
+        if statement.gexec:
+            for row in cursor.fetchall():
+                for generated in row:
+                    if generated is not None:
+                        connection.execute(generated)
+
+
+def run_file(
+    connection: psycopg.Connection[Any], path: Path, variables: Mapping[str, str] | None = None
+) -> None:
+    execute_sql(connection, path.read_text(), variables)
+
+
+@dataclass(frozen=True)
+class TransformParts:
+    """A move's SQL file cut at its ``-- split:classify`` and ``-- split:apply`` lines."""
+
+    setup: str
+    classify: str
+    apply: str
+
+
+def transform_parts(path: Path) -> TransformParts:
+    text = path.read_text()
+    markers = list(_SECTION_MARKER.finditer(text))
+    names = [marker.group(1) for marker in markers]
+    if names != ["classify", "apply"]:
+        raise SplitError(
+            f"{path}: expected one '-- split:classify' line, then one '-- split:apply' line"
+        )
+    classify, apply = markers
+    return TransformParts(
+        setup=text[: classify.start()],
+        classify=text[classify.end() : apply.start()],
+        apply=text[apply.end() :],
+    )
+
+
+def crash_from_environment(move: str, point: str) -> None:
+    """Die at once, like a killed process, when ``ROSE_SPLIT_CRASH`` names this move and point
+    (``likes:after-copy``). Nothing is cleaned up: the server sees the connection drop."""
+    if os.environ.get(CRASH_ENV) == f"{move}:{point}":
+        print(f"{move}: crashing {point} ({CRASH_ENV})", flush=True)
+        os._exit(CRASH_EXIT_CODE)
+
+
+# -- the ledger ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LedgerEntry:
+    move: str
+    runs: int
+    started_at: datetime | None
+    finished_at: datetime | None
+    seconds: Decimal | None
+    source_rows: int | None
+    moved_rows: int | None
+    collapsed_rows: int | None
+    skipped_rows: int | None
+    reasons: dict[str, Any] | None
+    inserted: dict[str, int] | None
+    checksum: str | None
+    verified_at: datetime | None
+    verification: dict[str, Any] | None
+    finalized_at: datetime | None
+    run_by: str | None = None
+    verified_by: str | None = None
+    finalized_by: str | None = None
+    checksums: dict[str, Any] | None = None
+    inserted_ids: dict[str, str] | None = None
+    finalizing_at: datetime | None = None
+    backups: dict[str, Any] | None = None
+    aborted_at: datetime | None = None
+    aborted_by: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.finished_at is not None
+
+    @property
+    def finalizing(self) -> bool:
+        return self.finalizing_at is not None and self.finalized_at is None
+
+    def state(self) -> str:
+        if self.finalized_at is not None:
+            return f"finalized at {_when(self.finalized_at)}"
+        if self.finalizing:
+            return (
+                f"moved; finalize started at {_when(self.finalizing_at)} and did not confirm "
+                "(`rose split status` tells what it dropped; finalize completes it)"
+            )
+        if self.aborted_at is not None and not self.done:
+            return f"aborted at {_when(self.aborted_at)}: nothing of it in the target"
+        if self.verified_at is not None:
+            return f"moved at {_when(self.finished_at)}, verified at {_when(self.verified_at)}"
+        if self.finished_at is not None:
+            if self.verification and not self.verification.get("ok", False):
+                return f"moved at {_when(self.finished_at)}; the last verify found differences"
+            return f"moved at {_when(self.finished_at)}, not verified"
+        return (
+            f"started at {_when(self.started_at)} and not finished ({self.runs} run(s); "
+            "crashed, failed or still running): nothing of it is in the target until it "
+            "commits; run starts it again"
+        )
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S %Z").strip() if moment else "?"
+
+
+def ensure_ledger(connection: psycopg.Connection[Any], target: str) -> None:
+    run_file(connection, SPLIT_DIR / "ledger.sql", {"owner": service_spec(target).owner_role})
+
+
+def ensure_dropped_record(connection: psycopg.Connection[Any], service: str) -> None:
+    run_file(connection, SPLIT_DIR / "dropped.sql", {"owner": service_spec(service).owner_role})
+
+
+def dropped_records(connection: psycopg.Connection[Any]) -> dict[str, dict[str, Any]]:
+    """The tables finalize dropped in this database (split.dropped), by table name."""
+    if not table_exists(connection, "split.dropped"):
+        return {}
+    with connection.cursor(row_factory=dict_row) as cursor:
+        return {
+            row["source_table"]: row
+            for row in cursor.execute("SELECT * FROM split.dropped ORDER BY source_table")
+        }
+
+
+def ledger_exists(connection: psycopg.Connection[Any]) -> bool:
+    return bool(scalar(connection, "SELECT to_regclass('split.ledger') IS NOT NULL"))
+
+
+def read_ledger(
+    connection: psycopg.Connection[Any], move: str, *, lock: bool = False
+) -> LedgerEntry | None:
+    if not ledger_exists(connection):
+        return None
+    query = "SELECT * FROM split.ledger WHERE move = %s" + (" FOR UPDATE" if lock else "")
+    with connection.cursor(row_factory=dict_row) as cursor:
+        row = cursor.execute(query, (move,)).fetchone()
+    return LedgerEntry(**row) if row else None
+
+
+def ledger_of(topology: Topology, move: Move) -> LedgerEntry | None:
+    with connect(topology, move.target) as connection:
+        return read_ledger(connection, move.name)
+
+
+def mark_started(connection: psycopg.Connection[Any], move: str) -> None:
+    """Committed on its own, before the move's transaction: a run that dies leaves this trace.
+    A move aborted earlier starts afresh (its abort stays recorded until it finishes)."""
+    connection.execute(
+        """
+        INSERT INTO split.ledger (move, runs, started_at, run_by)
+        VALUES (%s, 1, clock_timestamp(), %s)
+        ON CONFLICT (move) DO UPDATE
+            SET runs = split.ledger.runs + 1, started_at = excluded.started_at,
+                run_by = excluded.run_by
+            WHERE split.ledger.finished_at IS NULL
+        """,
+        (move, operator()),
+    )
+
+
+def as_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def table_exists(connection: psycopg.Connection[Any], qualified_name: str) -> bool:
+    return bool(scalar(connection, "SELECT to_regclass(%s) IS NOT NULL", (qualified_name,)))
+
+
+def count_rows(connection: psycopg.Connection[Any], qualified_name: str) -> int:
+    schema, table = qualified_name.split(".")
+    query = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, table))
+    return int(scalar(connection, query))

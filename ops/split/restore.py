@@ -1,0 +1,150 @@
+"""``rose split restore ARCHIVE``: put back the legacy tables finalize dropped, from its backup.
+
+The archive is one of finalize's ``pg_dump -Fc`` files (one per source database). Its sha256 must
+be the one finalize recorded (``split.dropped``); it is restored with the wheel's ``pg_restore``
+in one transaction (schema legacy is created when finalize dropped it too), and the restored
+tables must have the rows and checksums recorded when they were dropped. Then their records
+go, and a move whose tables are all back is no longer finalized in its ledger: it is verified,
+frozen (the triggers come back with the tables) and can be aborted (``rose split abort``) or
+finalized again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from apps.common.services import service_spec
+from ops.db.binaries import pg_binary
+from ops.db.connections import scalar
+from ops.db.topology import Topology
+from ops.split.checksum import table_checksum
+from ops.split.common import (
+    Say,
+    SplitError,
+    client_tool_target,
+    connect,
+    dropped_records,
+    table_exists,
+)
+from ops.split.finalize import dropped_of, owned_tables, source_records
+from ops.split.freeze import freeze
+from ops.split.moves import LEGACY_SERVICES, MOVES, MOVES_BY_NAME
+
+
+@dataclass
+class RestoreResult:
+    service: str
+    tables: dict[str, int] = field(default_factory=dict)
+    reopened: list[str] = field(default_factory=list)
+
+
+def _service_of(archive: Path) -> str:
+    for service in LEGACY_SERVICES:
+        if archive.name == f"{service_spec(service).database}.legacy.dump":
+            return service
+    raise SplitError(f"{archive}: not a backup of finalize (<database>.legacy.dump)")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def restore(topology: Topology, archive: Path, say: Say) -> RestoreResult:
+    if not archive.is_file():
+        raise SplitError(f"{archive}: no such file")
+    service = _service_of(archive)
+    spec = service_spec(service)
+    result = RestoreResult(service)
+    with connect(topology, service) as connection:
+        records = {
+            table: record
+            for table, record in dropped_records(connection).items()
+            if Path(record["backup_file"]).name == archive.name
+        }
+    if not records:
+        raise SplitError(f"{spec.database} records no table dropped with a backup {archive.name}")
+    digest = _sha256(archive)
+    recorded = {record["backup_sha256"] for record in records.values()}
+    if recorded != {digest}:
+        raise SplitError(
+            f"{archive}: sha256 {digest}, but finalize recorded {', '.join(sorted(recorded))}: "
+            "not the archive it took"
+        )
+    with connect(topology, service) as connection:
+        freeze_function = scalar(
+            connection, "SELECT to_regprocedure('legacy.split_refuse_write()') IS NOT NULL"
+        )
+        present = [table for table in records if table_exists(connection, f"legacy.{table}")]
+        if present:
+            raise SplitError(f"{spec.database} legacy.{', '.join(present)} exist already")
+        connection.execute(f'CREATE SCHEMA IF NOT EXISTS legacy AUTHORIZATION "{spec.owner_role}"')
+    # Everything in the archive but the schema itself (it may still hold the kept tables) and
+    # the freeze function when the kept tables' freeze has it already.
+    listing = subprocess.run(
+        [str(pg_binary("pg_restore")), "--list", str(archive)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    ).stdout
+    entries = [
+        line
+        for line in listing.splitlines()
+        if " SCHEMA - legacy " not in line
+        and not (freeze_function and " FUNCTION legacy split_refuse_write()" in line)
+    ]
+    dsn, environment = client_tool_target(topology.admin_url(service))
+    with tempfile.NamedTemporaryFile("w", suffix=".list") as selection:
+        selection.write("\n".join(entries) + "\n")
+        selection.flush()
+        restored = subprocess.run(
+            [
+                str(pg_binary("pg_restore")),
+                "--single-transaction",
+                "--exit-on-error",
+                f"--use-list={selection.name}",
+                f"--dbname={dsn}",
+                str(archive),
+            ],
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=3600,
+        )
+    if restored.returncode != 0:
+        raise SplitError(f"pg_restore of {archive} failed: {restored.stderr.strip()}")
+    with connect(topology, service) as connection, connection.transaction():
+        for table, record in records.items():
+            now = table_checksum(connection, f"legacy.{table}")
+            if str(now) != record["checksum"]:
+                raise SplitError(
+                    f"{spec.database} legacy.{table} restored with {now}, but {record['checksum']} "
+                    "was dropped"
+                )
+            result.tables[table] = now.rows
+            say(f"restored {spec.database} legacy.{table}: {now.rows:,} rows, as dropped")
+        connection.execute(
+            "DELETE FROM split.dropped WHERE source_table = ANY(%s)", (list(records),)
+        )
+    remaining = source_records(topology)
+    for move in MOVES:
+        owned = owned_tables(move)
+        restored_here = any(owner == service and table in records for owner, table in owned)
+        if restored_here and not dropped_of(move, remaining):
+            with connect(topology, move.target) as target:
+                target.execute(
+                    "UPDATE split.ledger SET finalized_at = NULL, finalized_by = NULL, "
+                    "finalizing_at = NULL WHERE move = %s",
+                    (move.name,),
+                )
+            result.reopened.append(move.name)
+            say(f"{move.name}: its sources are all back: verified, no longer finalized")
+    if result.reopened:
+        # As before finalize: every source of those moves frozen (the lookups included, whose
+        # freeze finalize lifted).
+        freeze(topology, [MOVES_BY_NAME[name] for name in result.reopened], say)
+    return result

@@ -1,0 +1,531 @@
+"""``rose split plan`` and ``rose split run``.
+
+A move, in order: freeze its source tables (committed in the source database, so the monolith can
+no longer write them); then ONE transaction in the target database, as the target's owner:
+stage the source rows (psycopg streamed binary COPY from ``COPY (SELECT ...) TO STDOUT`` of the
+source into ``COPY stage_<table> FROM STDIN``), classify and apply them with the move's SQL file,
+check that every source row got one outcome and that every planned row was inserted, fix the
+sequences (in the file), checksum the target, and record the move in the ledger. A crash
+anywhere before the commit leaves nothing of the move in the target; the next run starts it
+again (the freeze is idempotent). A move the ledger records as finished is never run again.
+
+``plan`` does the same staging and classification in a transaction that is read-only from the
+classification on and always rolled back, without freezing anything.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import IsolationLevel, sql
+
+from apps.common.services import service_spec
+from ops.db.connections import scalar
+from ops.db.topology import Topology
+from ops.split.checksum import checksum
+from ops.split.common import (
+    DEFAULT_JOBS,
+    FaultHook,
+    LedgerEntry,
+    Say,
+    SplitError,
+    as_json,
+    connect,
+    count_rows,
+    crash_from_environment,
+    ensure_ledger,
+    execute_sql,
+    mark_started,
+    read_ledger,
+    run_file,
+    table_exists,
+    transform_parts,
+)
+from ops.split.freeze import FREEZE_LOCK_TIMEOUT, freeze
+from ops.split.moves import SPLIT_DIR, Move, SourceTable
+
+OUTCOME_FILE = SPLIT_DIR / "outcome.sql"
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+@dataclass
+class Outcome:
+    """What the classification decided for every staged row of a move's moved tables."""
+
+    staged: dict[str, int]
+    by_table: dict[str, dict[str, int]]
+    # {"skipped": {reason: {"count": n, "rows": {table: [ids]}}}, "collapsed": ..., "moved": ...}
+    reasons: dict[str, dict[str, dict[str, Any]]]
+    planned: dict[str, int]
+
+    def total(self, outcome: str) -> int:
+        return sum(counts.get(outcome, 0) for counts in self.by_table.values())
+
+    @property
+    def source_rows(self) -> int:
+        return sum(sum(counts.values()) for counts in self.by_table.values())
+
+
+@dataclass
+class MoveReport:
+    move: Move
+    done_before: LedgerEntry | None = None
+    outcome: Outcome | None = None
+    inserted: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def rows_per_second(self) -> float:
+        if self.outcome is None or self.seconds <= 0:
+            return 0.0
+        return self.outcome.source_rows / self.seconds
+
+
+@dataclass
+class MovePlan:
+    move: Move
+    ledger: LedgerEntry | None
+    target_rows: dict[str, int]
+    source_rows: dict[str, int] = field(default_factory=dict)
+    missing_sources: list[str] = field(default_factory=list)
+    outcome: Outcome | None = None
+
+
+# -- staging -------------------------------------------------------------------------------------
+def _source_columns(source: psycopg.Connection[Any], table: str) -> list[tuple[str, str]]:
+    rows = source.execute(
+        """
+        SELECT a.attname, format_type(a.atttypid, a.atttypmod)
+        FROM pg_attribute AS a
+        WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped
+        ORDER BY a.attnum
+        """,
+        (f"legacy.{table}",),
+    ).fetchall()
+    return [(name, type_name) for name, type_name in rows]
+
+
+def _copy_table(
+    source: psycopg.Connection[Any], target: psycopg.Connection[Any], table: SourceTable
+) -> int:
+    """Stream one legacy table into its staging table. The staging table has the source's
+    column types, so the binary format needs no conversion."""
+    columns = _source_columns(source, table.table)
+    names = sql.SQL(", ").join(sql.Identifier(name) for name, _ in columns)
+    target.execute(
+        sql.SQL("CREATE TEMP TABLE {stage} ({columns}) ON COMMIT DROP").format(
+            stage=sql.Identifier(table.stage),
+            columns=sql.SQL(", ").join(
+                sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(type_name))
+                for name, type_name in columns
+            ),
+        )
+    )
+    read = sql.SQL("COPY (SELECT {names} FROM legacy.{table}) TO STDOUT (FORMAT BINARY)").format(
+        names=names, table=sql.Identifier(table.table)
+    )
+    write = sql.SQL("COPY {stage} ({names}) FROM STDIN (FORMAT BINARY)").format(
+        stage=sql.Identifier(table.stage), names=names
+    )
+    with source.cursor() as reader, target.cursor() as writer:
+        with reader.copy(read) as rows_out, writer.copy(write) as rows_in:
+            for chunk in rows_out:
+                rows_in.write(chunk)
+        return writer.rowcount
+
+
+def stage_sources(
+    topology: Topology, move: Move, target: psycopg.Connection[Any], say: Say
+) -> dict[str, int]:
+    """Copy every source table of ``move`` into the target's transaction. The tables of one
+    source database are read in one repeatable-read snapshot."""
+    staged: dict[str, int] = {}
+    for service in move.source_services:
+        with connect(topology, service) as source:
+            source.isolation_level = IsolationLevel.REPEATABLE_READ
+            source.read_only = True
+            with source.transaction():
+                for table in move.sources_in(service):
+                    started = time.perf_counter()
+                    staged[str(table)] = _copy_table(source, target, table)
+                    elapsed = time.perf_counter() - started
+                    say(
+                        f"{move.name}: copied {staged[str(table)]:,} rows of {table} "
+                        f"({elapsed:.2f} s)"
+                    )
+    return staged
+
+
+def missing_sources(topology: Topology, move: Move) -> list[str]:
+    missing = []
+    for service in move.source_services:
+        with connect(topology, service) as source:
+            missing += [
+                str(table)
+                for table in move.sources_in(service)
+                if not table_exists(source, f"legacy.{table.table}")
+            ]
+    return missing
+
+
+# -- classification ------------------------------------------------------------------------------
+def _classify(target: psycopg.Connection[Any], move: Move, *, read_only: bool) -> None:
+    parts = transform_parts(move.transform_file)
+    run_file(target, OUTCOME_FILE)
+    execute_sql(target, parts.setup)
+    if read_only:
+        # From here on the transaction cannot write anything but temporary tables.
+        target.execute("SET LOCAL transaction_read_only = on")
+    execute_sql(target, parts.classify)
+
+
+def _read_outcome(target: psycopg.Connection[Any], move: Move, staged: dict[str, int]) -> Outcome:
+    by_table: dict[str, dict[str, int]] = {table.table: {} for table in move.moved_tables}
+    reasons: dict[str, dict[str, dict[str, Any]]] = {}
+    # Counted by a hash aggregate; the ids only of the rows listed with a reason (sorting all
+    # of them would cost more than the rest of the accounting).
+    listed = {
+        (source_table, outcome, reason): list(ids)
+        for source_table, outcome, reason, ids in target.execute(
+            "SELECT source_table, outcome, reason, array_agg(source_id ORDER BY source_id) "
+            "FROM split_outcome WHERE reason IS NOT NULL GROUP BY 1, 2, 3"
+        )
+    }
+    for source_table, outcome, reason, rows in target.execute(
+        "SELECT source_table, outcome, reason, count(*) FROM split_outcome GROUP BY 1, 2, 3"
+    ).fetchall():
+        if source_table not in by_table:
+            raise SplitError(
+                f"{move.name}: {move.transform_file.name} classified rows of {source_table}, "
+                "which the move does not move"
+            )
+        by_table[source_table][outcome] = by_table[source_table].get(outcome, 0) + rows
+        if reason is None:
+            continue
+        entry = reasons.setdefault(outcome, {}).setdefault(reason, {"count": 0, "rows": {}})
+        entry["count"] += rows
+        entry["rows"][source_table] = listed[(source_table, outcome, reason)]
+    twice = target.execute(
+        "SELECT source_table, count(*) FROM (SELECT source_table, source_id FROM split_outcome "
+        "GROUP BY 1, 2 HAVING count(*) > 1) AS repeated GROUP BY 1"
+    ).fetchall()
+    for source_table, extra in twice:
+        raise SplitError(
+            f"{move.name}: {move.transform_file.name} gave {extra:,} rows of {source_table} "
+            "more than one outcome"
+        )
+    for table in move.moved_tables:
+        classified = sum(by_table[table.table].values())
+        if classified != staged[str(table)]:
+            raise SplitError(
+                f"{move.name}: {staged[str(table)]:,} rows of {table} were copied but "
+                f"{classified:,} got an outcome: {move.transform_file.name} leaves rows out"
+            )
+    planned = {row[0]: int(row[1]) for row in target.execute("SELECT * FROM split_planned")}
+    return Outcome(staged=staged, by_table=by_table, reasons=reasons, planned=planned)
+
+
+def _check_inserted(
+    target: psycopg.Connection[Any], move: Move, outcome: Outcome
+) -> dict[str, int]:
+    """Refuse the move unless every planned row was wanted and inserted: a row the target
+    already held under another unique key would otherwise be lost silently."""
+    results = {
+        table: (int(wanted), int(inserted))
+        for table, wanted, inserted in target.execute(
+            "SELECT target_table, wanted, inserted FROM split_inserted"
+        )
+    }
+    for table in move.target_tables:
+        planned = outcome.planned.get(table)
+        wanted, inserted = results.get(table, (None, None))
+        if planned is None or wanted is None:
+            raise SplitError(f"{move.name}: {move.transform_file.name} does not fill {table}")
+        if planned != wanted or wanted != inserted:
+            raise SplitError(
+                f"{move.name}: {table}: {planned:,} rows planned, {wanted:,} wanted, "
+                f"{inserted:,} inserted; the difference conflicts with rows the target already "
+                "holds (a unique key). Nothing of the move was committed."
+            )
+    return {table: results[table][1] for table in move.target_tables}
+
+
+# -- plan ----------------------------------------------------------------------------------------
+def plan_move(topology: Topology, move: Move) -> MovePlan:
+    with connect(topology, move.target) as target:
+        ledger = read_ledger(target, move.name)
+        target_rows = {table: count_rows(target, table) for table in move.target_tables}
+        result = MovePlan(move=move, ledger=ledger, target_rows=target_rows)
+        if ledger is not None and ledger.done:
+            return result
+        result.missing_sources = missing_sources(topology, move)
+        if result.missing_sources:
+            return result
+        for service in move.source_services:
+            with connect(topology, service) as source:
+                for table in move.sources_in(service):
+                    result.source_rows[str(table)] = count_rows(source, f"legacy.{table.table}")
+        with target.transaction(force_rollback=True):
+            target.execute(
+                sql.SQL("SET LOCAL ROLE {}").format(
+                    sql.Identifier(service_spec(move.target).owner_role)
+                )
+            )
+            staged = stage_sources(topology, move, target, _quiet)
+            _classify(target, move, read_only=True)
+            result.outcome = _read_outcome(target, move, staged)
+    return result
+
+
+# -- run -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DeferredIndex:
+    """An index (or the unique constraint it backs) dropped for a bulk load, and the statement
+    that creates it again, as it was."""
+
+    table: str
+    name: str
+    create: str
+
+
+def defer_indexes(target: psycopg.Connection[Any], move: Move) -> list[DeferredIndex]:
+    """Drop the secondary indexes of the move's EMPTY target tables, to build them once after
+    the insert (a bulk load: several times cheaper than maintaining them row by row). Kept:
+    primary keys, indexes a foreign key uses, indexes with a comment. Inside the move's
+    transaction, which holds the table (ACCESS EXCLUSIVE) until it commits; a failure rolls the
+    drops back with everything else."""
+    deferred: list[DeferredIndex] = []
+    for table in move.target_tables:
+        name = sql.Identifier(*table.split("."))
+        if scalar(target, sql.SQL("SELECT EXISTS (SELECT FROM {})").format(name)):
+            continue
+        target.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(name))
+        for index, constraint, create in target.execute(
+            """
+            SELECT i.indexrelid::regclass::text, c.conname,
+                   CASE WHEN c.oid IS NOT NULL
+                        THEN format('ALTER TABLE %%s ADD CONSTRAINT %%I %%s', i.indrelid::regclass,
+                                    c.conname, pg_get_constraintdef(c.oid))
+                        ELSE pg_get_indexdef(i.indexrelid) END
+            FROM pg_index AS i
+            LEFT JOIN pg_constraint AS c
+                   ON c.conindid = i.indexrelid AND c.conrelid = i.indrelid
+                  AND c.contype IN ('u', 'x')
+            WHERE i.indrelid = %s::regclass AND NOT i.indisprimary
+              AND NOT EXISTS (
+                  SELECT FROM pg_constraint AS fk
+                  WHERE fk.contype = 'f' AND fk.conindid = i.indexrelid
+              )
+              AND NOT EXISTS (SELECT FROM pg_description AS d WHERE d.objoid = i.indexrelid)
+            ORDER BY 1
+            """,
+            (table,),
+        ).fetchall():
+            if constraint is not None:
+                target.execute(
+                    sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(
+                        name, sql.Identifier(constraint)
+                    )
+                )
+            else:
+                target.execute(sql.SQL("DROP INDEX {}").format(sql.SQL(index)))
+            deferred.append(DeferredIndex(table, constraint or index, create))
+    return deferred
+
+
+def build_indexes(target: psycopg.Connection[Any], deferred: list[DeferredIndex]) -> None:
+    """Create the deferred indexes again (a duplicate under a unique one fails the move)."""
+    for index in deferred:
+        target.execute(index.create)
+
+
+def _target_checksums(target: psycopg.Connection[Any], move: Move) -> dict[str, dict[str, Any]]:
+    """The checksum of each check view of the target, as the ledger records it."""
+    run_file(target, move.checksum_file("target"))
+    recorded = {}
+    for check in move.checks:
+        found = checksum([target], check.view)[0]
+        recorded[check.name] = {"target_table": check.target_table, **found.as_dict()}
+    return recorded
+
+
+def _inserted_ids(target: psycopg.Connection[Any]) -> dict[str, str]:
+    return {
+        table: ids or "{}"
+        for table, ids in target.execute("SELECT target_table, ids::text FROM split_inserted")
+    }
+
+
+def _pending(topology: Topology, move: Move, say: Say) -> LedgerEntry | None:
+    """The ledger of a move that is done (nothing to do), else None; refuses a move whose
+    sources are missing."""
+    with connect(topology, move.target) as target:
+        ensure_ledger(target, move.target)
+        ledger = read_ledger(target, move.name)
+    if ledger is not None and ledger.done:
+        say(f"{move.name}: already done ({ledger.state()}); nothing to do")
+        return ledger
+    missing = missing_sources(topology, move)
+    if missing:
+        raise SplitError(
+            f"{move.name}: no source table {', '.join(missing)} "
+            "(`rose split seed-legacy` makes a practice monolith)"
+        )
+    return None
+
+
+def _move_transaction(topology: Topology, move: Move, say: Say, fault: FaultHook) -> MoveReport:
+    """The move's one transaction in its target (its sources are frozen already)."""
+    owner = service_spec(move.target).owner_role
+    with connect(topology, move.target) as target:
+        started = time.perf_counter()
+        with target.transaction():
+            target.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(owner)))
+            # A concurrent run waits here, then finds the move done.
+            ledger = read_ledger(target, move.name, lock=True)
+            if ledger is not None and ledger.done:
+                say(f"{move.name}: done meanwhile by another run; nothing to do")
+                return MoveReport(move=move, done_before=ledger)
+            staged = stage_sources(topology, move, target, say)
+            fault(move.name, "after-copy")
+            _classify(target, move, read_only=False)
+            outcome = _read_outcome(target, move, staged)
+            deferred = defer_indexes(target, move)
+            execute_sql(target, transform_parts(move.transform_file).apply)
+            build_indexes(target, deferred)
+            inserted = _check_inserted(target, move, outcome)
+            fault(move.name, "after-transform")
+            say(
+                f"{move.name}: {outcome.source_rows:,} source rows: "
+                f"{outcome.total('moved'):,} moved, {outcome.total('collapsed'):,} collapsed, "
+                f"{outcome.total('skipped'):,} skipped; inserted "
+                + ", ".join(f"{rows:,} into {table}" for table, rows in inserted.items())
+            )
+            checksums = _target_checksums(target, move)
+            seconds = time.perf_counter() - started
+            target.execute(
+                """
+                UPDATE split.ledger
+                SET finished_at = clock_timestamp(), seconds = %s, source_rows = %s,
+                    moved_rows = %s, collapsed_rows = %s, skipped_rows = %s, reasons = %s,
+                    inserted = %s, checksum = %s, checksums = %s, inserted_ids = %s,
+                    verified_at = NULL, verification = NULL, verified_by = NULL,
+                    aborted_at = NULL, aborted_by = NULL
+                WHERE move = %s
+                """,
+                (
+                    round(seconds, 3),
+                    outcome.source_rows,
+                    outcome.total("moved"),
+                    outcome.total("collapsed"),
+                    outcome.total("skipped"),
+                    as_json(outcome.reasons),
+                    as_json(inserted),
+                    "; ".join(
+                        f"{entry['target_table']}: {entry['rows']} rows, xor {entry['xor']}, "
+                        f"sum {entry['sum']}"
+                        for entry in checksums.values()
+                    ),
+                    as_json(checksums),
+                    as_json(_inserted_ids(target)),
+                    move.name,
+                ),
+            )
+            fault(move.name, "before-commit")
+        report = MoveReport(move=move, outcome=outcome, inserted=inserted)
+        report.seconds = time.perf_counter() - started
+        say(
+            f"{move.name}: committed in {report.seconds:.2f} s "
+            f"({report.rows_per_second:,.0f} rows/s)"
+        )
+        return report
+
+
+def _estimated_rows(topology: Topology, moves: list[Move]) -> dict[str, float]:
+    """The planner's row estimates of each move's moved source tables (no scan)."""
+    sizes = dict.fromkeys((move.name for move in moves), 0.0)
+    for service in dict.fromkeys(s for move in moves for s in move.source_services):
+        with connect(topology, service) as source:
+            for move in moves:
+                for table in move.sources_in(service):
+                    if table.moved:
+                        sizes[move.name] += scalar(
+                            source,
+                            "SELECT greatest(reltuples, 0) FROM pg_class WHERE oid = %s::regclass",
+                            (f"legacy.{table.table}",),
+                        )
+    return sizes
+
+
+@dataclass
+class RunResult:
+    reports: list[MoveReport] = field(default_factory=list)
+    # Moves that failed, with the error; the others committed (or were done before).
+    failed: dict[str, Exception] = field(default_factory=dict)
+
+
+def run_moves(
+    topology: Topology,
+    moves: list[Move],
+    say: Say,
+    fault: FaultHook = crash_from_environment,
+    jobs: int = DEFAULT_JOBS,
+) -> list[MoveReport]:
+    """Run ``moves`` (see :func:`run_all`); raise the first failure."""
+    result = run_all(topology, moves, say, fault, jobs=jobs)
+    for error in result.failed.values():
+        raise error
+    return result.reports
+
+
+def run_all(
+    topology: Topology,
+    moves: list[Move],
+    say: Say,
+    fault: FaultHook = crash_from_environment,
+    *,
+    jobs: int = DEFAULT_JOBS,
+    lock_timeout: float = FREEZE_LOCK_TIMEOUT,
+) -> RunResult:
+    """Freeze the sources of every move not done yet (one transaction per source database),
+    then run their transactions, ``jobs`` at a time: the moves are independent (each reads
+    frozen sources and writes its own target tables)."""
+    result = RunResult()
+    reports: dict[str, MoveReport] = {}
+    pending: list[Move] = []
+    for move in moves:
+        done = _pending(topology, move, say)
+        if done is not None:
+            reports[move.name] = MoveReport(move=move, done_before=done)
+        else:
+            pending.append(move)
+    if pending:
+        for move in pending:
+            with connect(topology, move.target) as target:
+                mark_started(target, move.name)
+        freeze(topology, pending, say, lock_timeout)
+        for move in pending:
+            fault(move.name, "after-freeze")
+        # The biggest first, so that the small ones fill in around them rather than after.
+        sizes = _estimated_rows(topology, pending)
+        largest_first = sorted(pending, key=lambda move: -sizes[move.name])
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            futures = {
+                pool.submit(_move_transaction, topology, move, say, fault): move
+                for move in largest_first
+            }
+            for future in as_completed(futures):
+                move = futures[future]
+                try:
+                    reports[move.name] = future.result()
+                except (SplitError, psycopg.Error) as exc:
+                    result.failed[move.name] = exc
+    result.reports = [reports[move.name] for move in moves if move.name in reports]
+    return result

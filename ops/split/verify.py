@@ -1,0 +1,326 @@
+"""``rose split verify``.
+
+Before finalize, verify compares, for each moved move, its sources with its target:
+- the accounting: the source tables still hold the rows the move read (they are frozen), and
+  every one of them is moved, collapsed or skipped with a reason (the ledger lists the ids);
+- per check view (``db/split/checksums``), the row counts and the order-independent
+  checksums of both sides, under the same fixed session settings; when they differ, per-range
+  buckets locate the rows.
+The result goes into the ledger (``verified_at`` only when nothing differs).
+
+Once finalize has dropped a move's sources, verify compares the target with what the ledger
+recorded when the move committed: every row the move inserted must still be there (a loss is a
+difference, with the ids), and the checksums tell whether the rows changed since (the services
+write to them: a note, not a difference).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from ops.db.topology import Topology
+from ops.split.checksum import Checksum, Located, checksum, locate
+from ops.split.common import (
+    DEFAULT_JOBS,
+    LedgerEntry,
+    as_json,
+    connect,
+    count_rows,
+    operator,
+    read_ledger,
+    run_file,
+    table_exists,
+)
+from ops.split.moves import Move
+
+SHOWN_LOST = 12
+
+
+@dataclass
+class CheckResult:
+    name: str
+    target_table: str
+    bucket: str
+    source: Checksum
+    target: Checksum
+    located: list[Located] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.source == self.target
+
+    def describe(self) -> str:
+        if self.ok:
+            return f"{self.target_table}: {self.target.rows:,} rows, checksums match"
+        where = "; ".join(found.describe(self.bucket) for found in self.located)
+        return (
+            f"{self.target_table}: source {self.source.rows:,} rows, target "
+            f"{self.target.rows:,} rows, checksums differ; differences at {where or '?'}"
+        )
+
+
+@dataclass
+class MoveVerification:
+    move: Move
+    ledger: LedgerEntry | None
+    problems: list[str] = field(default_factory=list)
+    checks: list[CheckResult] = field(default_factory=list)
+    source_rows_now: dict[str, int] = field(default_factory=dict)
+    finalized: bool = False
+    # Against the ledger's checksums of the commit (sources dropped): what changed since.
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        if self.finalized:
+            # Rows may change after the move (the services own them now); only a loss counts.
+            return self.ledger is not None and not self.problems
+        return (
+            self.ledger is not None
+            and self.ledger.done
+            and not self.problems
+            and all(check.ok for check in self.checks)
+        )
+
+    def differences(self) -> list[str]:
+        found = list(self.problems)
+        if self.finalized:
+            return found  # changes since the commit are notes, not differences
+        found += [check.describe() for check in self.checks if not check.ok]
+        return found
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "source_rows_now": self.source_rows_now,
+            "problems": self.problems,
+            "checks": {
+                check.name: {
+                    "target_table": check.target_table,
+                    "source": check.source.as_dict(),
+                    "target": check.target.as_dict(),
+                    "ok": check.ok,
+                    "differences": [
+                        {
+                            "bucket": check.bucket,
+                            "from": found.low,
+                            "to": found.high,
+                            "source_rows": found.source.rows,
+                            "target_rows": found.target.rows,
+                        }
+                        for found in check.located
+                    ],
+                }
+                for check in self.checks
+            },
+        }
+
+
+def _listed_rows(ledger: LedgerEntry) -> list[tuple[str, int, str, str]]:
+    """Every source row the ledger lists, as (table, id, outcome, reason)."""
+    rows = []
+    for outcome, reasons in (ledger.reasons or {}).items():
+        for reason, entry in reasons.items():
+            for table, ids in entry["rows"].items():
+                rows += [(table, source_id, outcome, reason) for source_id in ids]
+    return rows
+
+
+def _accounting_problems(ledger: LedgerEntry, source_rows_now: dict[str, int]) -> list[str]:
+    problems = []
+    now = sum(source_rows_now.values())
+    if now != ledger.source_rows:
+        tables = ", ".join(f"{table} {rows:,}" for table, rows in source_rows_now.items())
+        problems.append(
+            f"the source tables hold {now:,} rows now ({tables}); the move read "
+            f"{ledger.source_rows:,}: they changed since (were they unfrozen?)"
+        )
+    accounted = (ledger.moved_rows or 0) + (ledger.collapsed_rows or 0) + (ledger.skipped_rows or 0)
+    if accounted != ledger.source_rows:
+        problems.append(
+            f"the ledger accounts for {accounted:,} of {ledger.source_rows:,} source rows"
+        )
+    reasons = ledger.reasons or {}
+    listed = sum(
+        len(ids)
+        for outcome in ("collapsed", "skipped")
+        for entry in reasons.get(outcome, {}).values()
+        for ids in entry["rows"].values()
+    )
+    expected_listed = (ledger.collapsed_rows or 0) + (ledger.skipped_rows or 0)
+    if listed != expected_listed:
+        problems.append(
+            f"the ledger lists {listed:,} rows not moved as they were, "
+            f"but counts {expected_listed:,}"
+        )
+    return problems
+
+
+@contextmanager
+def _source_sessions(
+    topology: Topology, move: Move, ledger: LedgerEntry
+) -> Iterator[list[psycopg.Connection[Any]]]:
+    """One session per source database, with the move's check views and split_listed filled."""
+    listed = _listed_rows(ledger)
+    with ExitStack() as stack:
+        sessions = []
+        for service in move.checked_in:
+            session = stack.enter_context(connect(topology, service))
+            run_file(session, move.checksum_file(service))
+            if table_exists(session, "pg_temp.split_listed"):
+                session.execute("TRUNCATE split_listed")
+                with (
+                    session.cursor() as cursor,
+                    cursor.copy(
+                        "COPY split_listed (source_table, source_id, outcome, reason) FROM STDIN"
+                    ) as copy,
+                ):
+                    for row in listed:
+                        copy.write_row(row)
+            sessions.append(session)
+        yield sessions
+
+
+def verify_move(
+    topology: Topology, move: Move, *, against_sources: bool = False
+) -> MoveVerification:
+    """Sources against target (or, once finalize has dropped the sources, the target against
+    the commit's record; ``against_sources`` insists on the sources: finalize's re-verify)."""
+    with connect(topology, move.target) as target:
+        ledger = read_ledger(target, move.name)
+        result = MoveVerification(move=move, ledger=ledger)
+        if ledger is None or not ledger.done:
+            result.problems.append("not moved yet (`rose split run`)")
+            return result
+        if not against_sources and (ledger.finalized_at is not None or ledger.finalizing):
+            # The sources are (or may be) gone: compare with what the move committed.
+            return verify_against_commit(target, move, ledger, strict=False)
+        for service in move.source_services:
+            with connect(topology, service) as source:
+                for table in move.sources_in(service):
+                    if not table.moved:
+                        continue
+                    if not table_exists(source, f"legacy.{table.table}"):
+                        result.problems.append(f"source table {table} is gone")
+                    else:
+                        result.source_rows_now[str(table)] = count_rows(
+                            source, f"legacy.{table.table}"
+                        )
+        if result.problems:
+            return result
+        result.problems += _accounting_problems(ledger, result.source_rows_now)
+        run_file(target, move.checksum_file("target"))
+        with (
+            _source_sessions(topology, move, ledger) as sources,
+            ThreadPoolExecutor(max_workers=2) as sides,
+        ):
+            for check in move.checks:
+                # The two sides at the same time (their own connections, their own backends).
+                source_side = sides.submit(checksum, sources, check.view)
+                target_sum, target_low, target_high = checksum([target], check.view)
+                source_sum, source_low, source_high = source_side.result()
+                found = CheckResult(
+                    check.name, check.target_table, check.bucket, source_sum, target_sum
+                )
+                if not found.ok:
+                    lows = [value for value in (source_low, target_low) if value is not None]
+                    highs = [value for value in (source_high, target_high) if value is not None]
+                    found.located = locate(sources, [target], check.view, min(lows), max(highs))
+                result.checks.append(found)
+        target.execute(
+            """
+            UPDATE split.ledger
+            SET verified_at = CASE WHEN %s THEN clock_timestamp() END, verification = %s,
+                verified_by = %s
+            WHERE move = %s
+            """,
+            (result.ok, as_json(result.as_json()), operator(), move.name),
+        )
+    return result
+
+
+def recorded_checksum(entry: dict[str, Any]) -> Checksum:
+    """A checksum as the ledger records it (``Checksum.as_dict``)."""
+    return Checksum.from_dict(entry)
+
+
+def lost_rows(
+    target: psycopg.Connection[Any], ledger: LedgerEntry
+) -> dict[str, tuple[int, list[int]]]:
+    """Per target table, how many of the rows the move inserted are gone, and the first ids."""
+    lost: dict[str, tuple[int, list[int]]] = {}
+    for table, ids in (ledger.inserted_ids or {}).items():
+        schema, name = table.split(".")
+        missing = sql.SQL(
+            "SELECT wanted.id "
+            "FROM unnest(%(ids)s::int8multirange) AS part "
+            "CROSS JOIN generate_series(lower(part), upper(part) - 1) AS wanted (id) "
+            "LEFT JOIN {table} AS kept ON kept.id = wanted.id "
+            "WHERE kept.id IS NULL ORDER BY wanted.id"
+        ).format(table=sql.Identifier(schema, name))
+        gone = [row[0] for row in target.execute(missing, {"ids": ids})]
+        if gone:
+            lost[table] = (len(gone), gone[:SHOWN_LOST])
+    return lost
+
+
+def verify_against_commit(
+    target: psycopg.Connection[Any], move: Move, ledger: LedgerEntry, *, strict: bool
+) -> MoveVerification:
+    """The target now against the ledger's record of the commit. A row the move inserted that
+    is gone is a problem; rows changed since are a problem only when ``strict`` (finalize,
+    before the services take writes), else a note."""
+    result = MoveVerification(move=move, ledger=ledger, finalized=not strict)
+    recorded = ledger.checksums or {}
+    if not recorded:
+        result.problems.append(
+            "the ledger has no checksums of the commit (the move ran with an earlier version)"
+        )
+        return result
+    for table, (count, ids) in lost_rows(target, ledger).items():
+        shown = ", ".join(str(found) for found in ids)
+        more = f" and {count - len(ids):,} more" if count > len(ids) else ""
+        result.problems.append(
+            f"{table}: {count:,} of the rows the move inserted are gone (ids {shown}{more})"
+        )
+    run_file(target, move.checksum_file("target"))
+    for check in move.checks:
+        then = recorded_checksum(recorded[check.name])
+        now = checksum([target], check.view)[0]
+        found = CheckResult(check.name, check.target_table, check.bucket, then, now)
+        result.checks.append(found)
+        if found.ok:
+            continue
+        change = (
+            f"{check.target_table}: {then.rows:,} rows when the move committed, {now.rows:,} now; "
+            "the checksums differ"
+        )
+        if strict:
+            result.problems.append(change + " (changed since the move)")
+        else:
+            result.notes.append(change + ": changed since the move (the service writes to it)")
+    return result
+
+
+def verify_moves(
+    topology: Topology,
+    moves: list[Move],
+    jobs: int = DEFAULT_JOBS,
+    *,
+    against_sources: bool = False,
+) -> list[MoveVerification]:
+    """Verify ``moves``, ``jobs`` at a time (each reads its own sources and target); the results
+    in the order of ``moves``. The first error is raised once all have ended."""
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futures = [
+            pool.submit(verify_move, topology, move, against_sources=against_sources)
+            for move in moves
+        ]
+        return [future.result() for future in futures]

@@ -1,0 +1,41 @@
+"""Signed internal calls from the operator's terminal (``rose data``, ``rose action``, ``rose
+orders attention``), made the way services call each other: to the running stack's services, or
+to ``INTERNAL_URL_<SVC>``, signed with ``INTERNAL_SECRET`` or the local credentials' secret."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from apps.common.internal_client import InternalClient
+from apps.common.services import SERVICES
+from ops.db.credentials import Credentials
+from ops.stack.state import read_state
+
+T = TypeVar("T")
+
+
+def operator_client() -> InternalClient:
+    state = read_state()
+    urls = dict(state["services"]) if state else {}
+    for name in SERVICES:
+        env_url = os.environ.get(f"INTERNAL_URL_{name.upper()}")
+        if env_url:
+            urls[name] = env_url
+    secret = os.environ.get("INTERNAL_SECRET") or Credentials.for_environment().internal_secret()
+    return InternalClient(caller="rose-cli", secret=secret, base_urls=urls)
+
+
+def call_services(call: Callable[[InternalClient], Awaitable[T]]) -> T:
+    """Run one call (or several) with a client of its own, closed afterwards."""
+
+    async def run() -> T:
+        client = operator_client()
+        try:
+            return await call(client)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(run())

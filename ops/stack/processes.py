@@ -1,0 +1,199 @@
+"""The local stack behind ``rose up``: one process per service, one readable log.
+
+Each service runs as ``python -m ops.stack.serve <svc>`` with its own environment (its app role's
+DSN, the URLs of its peers, the shared secrets). Output of every process goes, line by line and
+prefixed with the service name, to the terminal and to ``.rose/rose.log``. Stopping sends
+SIGTERM to every process, waits, then kills what is left.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import IO
+
+import httpx
+
+from apps.common.services import SERVICES, service_spec
+from ops.db.credentials import Credentials
+from ops.db.topology import Topology
+from ops.paths import APPS_DIR
+
+HOST = "127.0.0.1"
+# The SumUp sandbox's process name in a group and in the log; it is ready when its controls answer.
+SANDBOX = "sumup"
+SUMUP_SANDBOX_PORT = 8099
+SANDBOX_READY_PATH = "/_sandbox/controls"
+
+
+def available_services() -> list[str]:
+    """Services whose package exists in this checkout."""
+    return [name for name in SERVICES if (APPS_DIR / name / "app.py").exists()]
+
+
+def service_environment(
+    topology: Topology,
+    credentials: Credentials,
+    ports: Mapping[str, int],
+    *,
+    env: str = "dev",
+    host: str = HOST,
+    extra: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """Environment shared by every service process of a stack (each reads its own entries)."""
+    values: dict[str, str] = {
+        "ROSE_ENV": env,
+        "INTERNAL_SECRET": credentials.internal_secret(),
+        "SESSION_SECRET": credentials.session_secret(),
+        # The dev sign-in's default user edits pages.
+        "ROSE_EDITOR_USER_IDS": "1",
+    }
+    for name, port in ports.items():
+        upper = name.upper()
+        values[f"DATABASE_URL_{upper}"] = topology.app_url(name, credentials)
+        values[f"INTERNAL_URL_{upper}"] = f"http://{host}:{port}"
+        if service_spec(name).public:
+            values[f"APP_URL_{upper}"] = f"http://localhost:{port}"
+    values.update(extra or {})
+    return values
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    port: int
+    command: list[str]
+    ready_path: str = "/readyz"
+    process: subprocess.Popen[bytes] | None = None
+    reader: threading.Thread | None = None
+    last_lines: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+
+class LogSink:
+    """Writes lines from many processes to the terminal and one log file, whole lines only."""
+
+    def __init__(self, path: Path | None, echo: IO[str] | None = sys.stdout) -> None:
+        self._lock = threading.Lock()
+        self._file = path.open("a", buffering=1) if path else None
+        self._echo = echo
+        self._width = max(len(name) for name in [*SERVICES, "postgres", SANDBOX])
+
+    def write(self, source: str, line: str) -> None:
+        stamp = datetime.now().strftime("%H:%M:%S")
+        text = f"{stamp} {source:<{self._width}} | {line.rstrip()}"
+        with self._lock:
+            if self._echo is not None:
+                print(text, file=self._echo, flush=True)
+            if self._file is not None:
+                self._file.write(text + "\n")
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+class ProcessGroup:
+    def __init__(self, sink: LogSink, environment: Mapping[str, str]) -> None:
+        self.sink = sink
+        self.environment = {**os.environ, **environment, "PYTHONUNBUFFERED": "1"}
+        self.processes: dict[str, ServiceProcess] = {}
+
+    def start(
+        self, name: str, port: int, command: list[str], ready_path: str = "/readyz"
+    ) -> ServiceProcess:
+        entry = ServiceProcess(name=name, port=port, command=command, ready_path=ready_path)
+        entry.process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=self.environment,
+            # Own process group: Ctrl-C reaches the manager, which stops children in order.
+            process_group=0,
+        )
+        entry.reader = threading.Thread(target=self._pump, args=(entry,), daemon=True)
+        entry.reader.start()
+        self.processes[name] = entry
+        return entry
+
+    def start_service(self, name: str, port: int) -> ServiceProcess:
+        command = [
+            sys.executable,
+            "-m",
+            "ops.stack.serve",
+            name,
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+        ]
+        return self.start(name, port, command)
+
+    def start_sandbox(self, port: int) -> ServiceProcess:
+        """The local SumUp sandbox (``rose sumup-sandbox``) as one more process, ``sumup``."""
+        command = [sys.executable, "-m", "ops.cli", "sumup-sandbox", "--port", str(port)]
+        return self.start(SANDBOX, port, command, ready_path=SANDBOX_READY_PATH)
+
+    def _pump(self, entry: ServiceProcess) -> None:
+        assert entry.process is not None
+        assert entry.process.stdout is not None
+        for raw in entry.process.stdout:
+            line = raw.decode("utf-8", "replace")
+            entry.last_lines = [*entry.last_lines[-19:], line.rstrip()]
+            self.sink.write(entry.name, line)
+
+    def wait_ready(self, names: Iterable[str], timeout: float = 60.0) -> list[str]:
+        """Wait until each process answers 200 on its ready path; returns those that never did."""
+        deadline = time.monotonic() + timeout
+        pending = list(names)
+        with httpx.Client(timeout=2.0) as client:
+            while pending and time.monotonic() < deadline:
+                for name in list(pending):
+                    entry = self.processes[name]
+                    assert entry.process is not None
+                    if entry.process.poll() is not None:
+                        return pending
+                    try:
+                        if client.get(entry.url + entry.ready_path).status_code == 200:
+                            pending.remove(name)
+                    except httpx.HTTPError:
+                        pass
+                if pending:
+                    time.sleep(0.2)
+        return pending
+
+    def exited(self) -> list[ServiceProcess]:
+        return [
+            entry
+            for entry in self.processes.values()
+            if entry.process is not None and entry.process.poll() is not None
+        ]
+
+    def stop(self, timeout: float = 15.0) -> None:
+        for entry in self.processes.values():
+            if entry.process is not None and entry.process.poll() is None:
+                entry.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for entry in self.processes.values():
+            if entry.process is None:
+                continue
+            try:
+                entry.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self.sink.write(entry.name, "did not stop in time; killed")
+                entry.process.kill()
+                entry.process.wait()
+        for entry in self.processes.values():
+            if entry.reader is not None:
+                entry.reader.join(timeout=2)

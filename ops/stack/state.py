@@ -1,0 +1,63 @@
+"""The running stack, as the operator's other commands find it: ``rose up`` writes where its
+database and services are (``.rose/stack.json``, mode 0600, with its pid) and removes it when it
+stops; a state whose process is gone counts as no stack."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TypedDict
+
+import httpx
+
+from ops.paths import stack_state_path
+
+
+class StackState(TypedDict):
+    database_url: str
+    services: dict[str, str]
+    pid: int
+
+
+def write_state(database_url: str, services: Mapping[str, str], path: Path | None = None) -> None:
+    path = path or stack_state_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = StackState(database_url=database_url, services=dict(services), pid=os.getpid())
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(state, indent=2))
+    temporary.chmod(0o600)
+    temporary.replace(path)
+
+
+def read_state(path: Path | None = None) -> StackState | None:
+    """The running stack's state, or None when no stack runs."""
+    path = path or stack_state_path()
+    if not path.exists():
+        return None
+    state: StackState = json.loads(path.read_text())
+    try:
+        os.kill(int(state["pid"]), 0)
+    except (ProcessLookupError, ValueError, KeyError):
+        return None
+    except PermissionError:
+        pass
+    return state
+
+
+def remove_state(path: Path | None = None) -> None:
+    (path or stack_state_path()).unlink(missing_ok=True)
+
+
+def health(services: Mapping[str, str]) -> dict[str, str]:
+    """Each service's ``/readyz``: ``ready``, ``not ready`` or ``down``."""
+    answers = {}
+    with httpx.Client(timeout=2.0) as client:
+        for name, url in services.items():
+            try:
+                ready = client.get(url + "/readyz").status_code == 200
+                answers[name] = "ready" if ready else "not ready"
+            except httpx.HTTPError:
+                answers[name] = "down"
+    return answers

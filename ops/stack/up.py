@@ -1,0 +1,144 @@
+"""``rose up``: the whole system on this machine. The embedded PostgreSQL (or a given server),
+its databases brought to the declared state, demo data, the SumUp sandbox and every service as
+a process of its own, one log; it runs until SIGINT or SIGTERM, or until a process dies, and
+then stops everything it started."""
+
+from __future__ import annotations
+
+import signal
+import time
+from dataclasses import dataclass
+from types import FrameType
+
+from apps.common.services import SERVICES, service_spec
+from ops.db.credentials import Credentials
+from ops.db.lifecycle import converge_databases
+from ops.db.topology import Topology
+from ops.paths import rose_home
+from ops.stack.demo import seed_demo_data
+from ops.stack.pgserver import DEFAULT_PG_PORT, LocalPostgres, port_is_free
+from ops.stack.processes import (
+    SANDBOX,
+    SUMUP_SANDBOX_PORT,
+    LogSink,
+    ProcessGroup,
+    available_services,
+    service_environment,
+)
+from ops.stack.state import read_state, remove_state, write_state
+
+
+class StackError(Exception):
+    """Why the stack cannot start or run, in one line."""
+
+
+@dataclass(frozen=True)
+class StackOptions:
+    fresh: bool = False
+    database_url: str | None = None
+    pg_port: int = DEFAULT_PG_PORT
+    # Services to run (default: every service whose package exists).
+    only: list[str] | None = None
+    demo: bool = True
+    port_offset: int = 0
+
+
+def run_stack(options: StackOptions) -> int:
+    """Run the stack until asked to stop; 0 when stopped by a signal, 1 when a process died.
+    Raises StackError (after stopping what it started) when it cannot start."""
+    home = rose_home()
+    home.mkdir(parents=True, exist_ok=True)
+    running = read_state()
+    if running is not None:
+        raise StackError(f"a stack already runs (pid {running['pid']}); stop it first")
+    names = available_services()
+    if options.only is not None:
+        for name in options.only:
+            service_spec(name)
+        names = [name for name in names if name in options.only]
+    ports = {name: SERVICES[name].dev_port + options.port_offset for name in names}
+    sandbox_port = SUMUP_SANDBOX_PORT + options.port_offset
+    busy = [
+        f"{name} ({port})"
+        for name, port in [*ports.items(), ("sumup sandbox", sandbox_port)]
+        if not port_is_free(port)
+    ]
+    if busy:
+        raise StackError(f"ports in use: {', '.join(busy)}")
+
+    credentials = Credentials.for_environment(home)
+    sink = LogSink(home / "rose.log")
+
+    def say(message: str) -> None:
+        sink.write("rose", message)
+
+    embedded: LocalPostgres | None = None
+    stop_requested = False
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        nonlocal stop_requested
+        stop_requested = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+
+    group: ProcessGroup | None = None
+    database_url = options.database_url
+    try:
+        if database_url is None:
+            embedded = LocalPostgres(
+                home / "pgdata", options.pg_port, credentials.superuser_password()
+            )
+            if options.fresh:
+                say("--fresh: removing the embedded database")
+                embedded.destroy()
+            say(
+                f"starting embedded PostgreSQL on 127.0.0.1:{options.pg_port} ({embedded.data_dir})"
+            )
+            embedded.start()
+            database_url = embedded.superuser_url()
+        topology = Topology.single_server(database_url)
+        converge_databases(topology, credentials, say=say)
+        if options.demo:
+            seed_demo_data(topology, names, say)
+
+        sandbox_url = f"http://127.0.0.1:{sandbox_port}"
+        environment = service_environment(
+            topology, credentials, ports, extra={"ORDERS_SUMUP_BASE_URL": sandbox_url}
+        )
+        group = ProcessGroup(sink, environment)
+        # The local SumUp sandbox stands in for SumUp (orders' SDK points at it).
+        group.start_sandbox(sandbox_port)
+        for name in names:
+            group.start_service(name, ports[name])
+        not_ready = group.wait_ready([SANDBOX], timeout=30)
+        not_ready += group.wait_ready(names, timeout=60)
+        if not_ready:
+            for name in not_ready:
+                for line in group.processes[name].last_lines[-10:]:
+                    sink.write(name, line)
+            raise StackError(f"not ready: {', '.join(not_ready)} (see {home / 'rose.log'})")
+        urls = {name: group.processes[name].url for name in names}
+        write_state(database_url, urls)
+        for name in names:
+            say(f"{name:<10} {urls[name]}  ready")
+        say(f"{SANDBOX:<10} {sandbox_url}  SumUp sandbox (hosted checkout pages, webhooks)")
+        say(f"log: {home / 'rose.log'}; Ctrl-C stops everything")
+        while not stop_requested:
+            dead = group.exited()
+            if dead:
+                for entry in dead:
+                    code = entry.process.returncode if entry.process else None
+                    say(f"{entry.name} exited with code {code}; stopping the stack")
+                return 1
+            time.sleep(0.3)
+        say("stopping")
+        return 0
+    finally:
+        if group is not None:
+            group.stop()
+        remove_state()
+        if embedded is not None:
+            embedded.stop()
+            say("embedded PostgreSQL stopped")
+        sink.close()
