@@ -16,6 +16,7 @@ from apps.cart.contract import CONTRACT as CART
 from apps.common.app_factory import create_base_app
 from apps.common.contracts import Action, Contract, SignIn
 from apps.common.internal_client import InternalClient
+from apps.common.services import ServiceSpec
 from apps.common.settings import Settings
 from apps.events.contract import CONTRACT as EVENTS
 from apps.likes.contract import CONTRACT as LIKES
@@ -28,6 +29,21 @@ CONTRACTS: dict[str, Contract] = {
     contract.service: contract
     for contract in (BLOG, MARKET, CART, EVENTS, RELATIONS, LIKES, ORDERS)
 }
+
+# What operations (provisioning, the local stack, the split, the tests) know of each service.
+SERVICES: dict[str, ServiceSpec] = {
+    name: ServiceSpec(name, contract.dev_port, public=contract.public)
+    for name, contract in CONTRACTS.items()
+}
+
+
+def service_spec(name: str) -> ServiceSpec:
+    try:
+        return SERVICES[name]
+    except KeyError:
+        known = ", ".join(sorted(SERVICES))
+        raise ValueError(f"unknown service {name!r}; known services: {known}") from None
+
 
 # At sign-in, what the visitor gathered anonymously joins the user: cart lines, bookings and
 # orders (each service that keeps any declares its adopt action in its contract).

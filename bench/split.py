@@ -29,7 +29,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from apps.common.services import service_spec
+from apps.registry import service_spec
 from bench.checkout_stack import set_up_databases
 from ops.db.binaries import pg_binary
 from ops.db.credentials import Credentials

@@ -16,9 +16,8 @@ import pytest
 from litestar import Litestar
 
 from apps.common.internal_client import InternalClient
-from apps.common.services import SERVICES, service_spec
 from apps.common.settings import Settings
-from apps.registry import dev_app_urls
+from apps.registry import SERVICES, dev_app_urls, service_spec
 from ops.db.credentials import Credentials
 from ops.db.lifecycle import converge_databases
 from ops.db.migrate import services_with_migrations

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from apps.common.services import SERVICES
+from apps.registry import SERVICES
 from ops.db.topology import Topology
 from ops.stack.pgserver import LocalPostgres, throwaway_postgres
 

@@ -1,7 +1,6 @@
-"""The services of the system, their dev ports and whether browsers reach them.
-
-One table, used by settings, provisioning, the local stack and the tests, so that adding a service
-is one line here plus its package.
+"""What the operations side knows of a service: its name, dev port, whether browsers reach it,
+and the names that follow from them (database, roles, app module). The table of the system's
+services is apps.registry.SERVICES, derived from the contracts.
 """
 
 from __future__ import annotations
@@ -30,25 +29,3 @@ class ServiceSpec:
     @property
     def app_module(self) -> str:
         return f"apps.{self.name}.app"
-
-
-SERVICES: dict[str, ServiceSpec] = {
-    spec.name: spec
-    for spec in (
-        ServiceSpec("blog", 8001, public=True),
-        ServiceSpec("market", 8002, public=True),
-        ServiceSpec("cart", 8003, public=True),
-        ServiceSpec("events", 8004, public=True),
-        ServiceSpec("relations", 8008, public=False),
-        ServiceSpec("likes", 8009, public=False),
-        ServiceSpec("orders", 8010, public=True),
-    )
-}
-
-
-def service_spec(name: str) -> ServiceSpec:
-    try:
-        return SERVICES[name]
-    except KeyError:
-        known = ", ".join(sorted(SERVICES))
-        raise ValueError(f"unknown service {name!r}; known services: {known}") from None

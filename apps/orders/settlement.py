@@ -47,6 +47,7 @@ from apps.orders.payments import (
     CENT,
     CheckoutNotFound,
     MerchantAccount,
+    PaymentProviderError,
     PaymentProviderUnavailable,
     RefundRefused,
     RemoteCheckout,
@@ -346,6 +347,13 @@ async def close_attempt(
     account = await (accounts or MerchantAccounts()).of(session, order.page_config_id)
     try:
         remote = await gateway.deactivate_checkout(account, attempt.sumup_checkout_id)
+    except (PaymentProviderUnavailable, PaymentProviderError):
+        # The checkout stays open for now, but money it already took must not wait for SumUp
+        # to let us close it: read it, apply what it settled, and fail only if it is still open.
+        remote = await gateway.get_checkout(account, attempt.sumup_checkout_id)
+        if remote.status in OPEN_ATTEMPT_STATES:
+            raise
+        return await apply_checkout(session, order, attempt, remote)
     except CheckoutNotFound:
         await session.execute(
             update(PaymentAttempt)

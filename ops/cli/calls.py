@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from apps.common.services import service_spec
+from apps.registry import service_spec
 from ops.cli.common import console, fail
 
 if TYPE_CHECKING:

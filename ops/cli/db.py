@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from apps.common.services import service_spec
 from apps.common.settings import ConfigError
+from apps.registry import service_spec
 from ops.cli.common import DatabaseUrlOption, console, err_console, fail, topology_of
 from ops.db.credentials import Credentials
 

@@ -356,7 +356,7 @@ def _when(moment: Any) -> str:
 @split_app.command("status")
 def status_command(database_url: DatabaseUrlOption = None) -> None:
     """The ledgers as a table, what is frozen and what finalize dropped. Reads only."""
-    from apps.common.services import service_spec
+    from apps.registry import service_spec
     from ops.split.status import split_status
 
     try:

@@ -20,8 +20,8 @@ from typing import TypedDict
 
 import psycopg
 
-from apps.common.services import SERVICES, service_spec
 from apps.common.settings import ConfigError
+from apps.registry import SERVICES, service_spec
 from ops.db.connections import Connections
 from ops.db.credentials import Credentials
 from ops.db.manifest import Edge, load_edges

@@ -14,8 +14,8 @@ import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
-from apps.common.services import SERVICES
 from apps.common.settings import ConfigError
+from apps.registry import SERVICES
 from ops.db.manifest import load_edges
 from ops.paths import rose_home
 

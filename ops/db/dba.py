@@ -24,7 +24,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from apps.common.services import service_spec
+from apps.registry import service_spec
 from ops.db.binaries import pg_binary
 from ops.db.credentials import Credentials
 from ops.db.manifest import load_edges

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from apps.common.services import service_spec
+from apps.registry import service_spec
 from ops.db.credentials import Credentials
 from ops.db.manifest import Edge, load_edges
 from ops.db.migrate import migrate, services_with_migrations

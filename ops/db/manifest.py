@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from apps.common.services import service_spec
+from apps.registry import service_spec
 from ops.paths import DB_DIR
 
 MANIFEST_PATH = DB_DIR / "fdw" / "manifest.toml"

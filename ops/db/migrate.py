@@ -17,7 +17,7 @@ from alembic.config import Config
 from sqlalchemy import MetaData, create_engine, pool, text
 from sqlalchemy.engine import make_url
 
-from apps.common.services import SERVICES, service_spec
+from apps.registry import SERVICES, service_spec
 from ops.paths import DB_DIR, REPO_ROOT, stack_state_path
 
 MIGRATIONS_DIR = DB_DIR / "migrations"

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import psycopg
 from sqlalchemy.engine import make_url
 
-from apps.common.services import SERVICES, service_spec
+from apps.registry import SERVICES, service_spec
 from ops.db.connections import Connections, scalar
 from ops.db.credentials import Credentials
 from ops.db.manifest import Edge, Secret, load_edges, load_secrets

@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 from sqlalchemy.engine import make_url
 
-from apps.common.services import SERVICES, service_spec
+from apps.registry import SERVICES, service_spec
 from ops.db.credentials import Credentials
 
 

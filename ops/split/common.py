@@ -21,7 +21,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 
-from apps.common.services import service_spec
+from apps.registry import service_spec
 from ops.db.connections import scalar
 from ops.db.sqlfiles import parse
 from ops.db.topology import Topology

@@ -38,7 +38,7 @@ import psycopg
 from psycopg import sql
 from psycopg.pq import TransactionStatus
 
-from apps.common.services import service_spec
+from apps.registry import service_spec
 from ops.db.binaries import pg_binary
 from ops.db.connections import scalar
 from ops.db.topology import Topology

@@ -10,7 +10,7 @@ from typing import Any
 
 import psycopg
 
-from apps.common.services import service_spec
+from apps.registry import service_spec
 from ops.db.topology import Topology
 from ops.split.common import Say, SplitError, connect, execute_sql
 from ops.split.moves import LEGACY_SERVICES, SPLIT_DIR, Move

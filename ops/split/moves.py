@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from apps.common.services import service_spec
+from apps.registry import service_spec
 from ops.paths import DB_DIR
 
 SPLIT_DIR = DB_DIR / "split"

@@ -17,7 +17,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from apps.common.services import service_spec
+from apps.registry import service_spec
 from ops.db.binaries import pg_binary
 from ops.db.connections import scalar
 from ops.db.topology import Topology

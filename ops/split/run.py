@@ -23,7 +23,7 @@ from typing import Any
 import psycopg
 from psycopg import IsolationLevel, sql
 
-from apps.common.services import service_spec
+from apps.registry import service_spec
 from ops.db.connections import scalar
 from ops.db.topology import Topology
 from ops.split.checksum import checksum

@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from apps.common.services import service_spec
+from apps.registry import service_spec
 from ops.db.connections import scalar
 from ops.db.topology import Topology
 from ops.split.common import Say, SplitError, connect, count_rows, ledger_exists, run_file

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from apps.common.internal_client import InternalClient
-from apps.common.services import SERVICES
+from apps.registry import SERVICES
 from ops.db.credentials import Credentials
 from ops.stack.state import read_state
 

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 from sqlalchemy import create_engine, pool, text
 from sqlalchemy.engine import make_url
 
-from apps.common.services import service_spec
+from apps.registry import service_spec
 from ops.db.topology import Topology
 
 

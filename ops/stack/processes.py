@@ -22,7 +22,7 @@ from typing import IO
 
 import httpx
 
-from apps.common.services import SERVICES, service_spec
+from apps.registry import SERVICES, service_spec
 from ops.db.credentials import Credentials
 from ops.db.topology import Topology
 from ops.paths import APPS_DIR

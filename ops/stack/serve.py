@@ -16,9 +16,8 @@ from typing import Any
 import uvicorn
 from uvicorn.config import LifespanType
 
-from apps.common.services import service_spec
 from apps.common.settings import ConfigError
-from apps.registry import CONTRACTS, settings_for
+from apps.registry import CONTRACTS, service_spec, settings_for
 
 LOG_FORMAT = "%(levelname)-7s %(name)s: %(message)s"
 

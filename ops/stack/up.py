@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from types import FrameType
 
-from apps.common.services import SERVICES, service_spec
+from apps.registry import SERVICES, service_spec
 from ops.db.credentials import Credentials
 from ops.db.lifecycle import converge_databases
 from ops.db.topology import Topology

@@ -12,7 +12,7 @@ import psycopg
 from click.testing import Result
 from typer.testing import CliRunner
 
-from apps.common.services import SERVICES, service_spec
+from apps.registry import SERVICES, service_spec
 from ops.cli import app as rose_cli
 from ops.db.credentials import Credentials
 from ops.db.lifecycle import converge_databases

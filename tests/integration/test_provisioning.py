@@ -9,7 +9,7 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
-from apps.common.services import SERVICES
+from apps.registry import SERVICES
 from ops.cli import app as rose_cli
 from ops.db.migrate import current_heads
 from ops.db.provision import provision

@@ -112,3 +112,30 @@ async def test_a_refused_refund_waits_for_a_person_and_is_listed(orders, clean_d
     assert "refused" in listed[0]["refunds"][0]["last_error"]
     await reconciler.run_once()  # a failed refund is not retried behind a person's back
     assert refunds(clean_db)[0][1:] == ("failed", amount, 1)
+
+
+async def test_a_late_payment_is_found_while_sumup_still_cannot_close_checkouts(
+    orders, clean_db, sandbox
+):
+    """Found by the money property: a superseded order's checkout could not be closed, its old
+    tab paid, the webhook was lost, and SumUp still refuses to deactivate checkouts when the
+    pass runs. The pass must still learn of the money (by reading the checkout) and give it back."""
+    sandbox.controls(deactivation_unavailable=True)
+    older = (await create(orders, order_payload(product_line(1, "4.00")))).json()["order_id"]
+    newer = await create(orders, order_payload(product_line(1, "4.00"), product_line(2)))
+    assert newer.status_code == 200, newer.text
+    checkout_id = checkout_id_of(clean_db, older)
+    sandbox.pay(checkout_id)  # no webhook arrives
+    reconciler = orders.apps["orders"].state.reconciler
+    await reconciler.quiet()
+    await reconciler.run_once()
+    await reconciler.quiet()
+    with admin_connect(clean_db, "orders") as connection:
+        attempt_status = connection.execute(
+            "SELECT status FROM orders.payment_attempts WHERE sumup_checkout_id = %s",
+            (checkout_id,),
+        ).fetchone()[0]
+    assert attempt_status == "PAID"
+    assert status_of(clean_db, older) == "refunded"
+    [(order_id, status, amount, _)] = refunds(clean_db)
+    assert (order_id, status, str(amount)) == (older, "done", "4.00")

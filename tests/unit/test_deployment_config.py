@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from apps.common.services import SERVICES
+from apps.registry import SERVICES
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -67,3 +67,48 @@ def test_services_call_each_other_only_through_contracts():
     # The check can fail: the client's own module does name calls at run time.
     client = REPO / "apps/common/internal_client.py"
     assert raw_calls(client.read_text(), "internal_client.py")
+
+
+SERVICE_NAMES = set(CONTRACTS)
+
+
+def service_mentions(source: str, filename: str) -> list[str]:
+    """Imports of a service's package, and service names written as string literals (docstrings
+    aside): what would make the platform know a service."""
+    tree = ast.parse(source, filename)
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            parts = node.module.split(".")
+            if parts[0] == "apps" and len(parts) > 1 and parts[1] in SERVICE_NAMES | {"registry"}:
+                found.append(f"{filename}:{node.lineno} imports {node.module}")
+        if (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and id(node) not in docstrings
+            and node.value in SERVICE_NAMES
+        ):
+            found.append(f"{filename}:{node.lineno} names {node.value!r}")
+    return found
+
+
+def test_the_platform_names_no_service():
+    files = sorted((REPO / "apps/common").rglob("*.py"))
+    assert len(files) > 20
+    found = [
+        hit
+        for path in files
+        for hit in service_mentions(path.read_text(), str(path.relative_to(REPO)))
+    ]
+    assert found == []
+    # The check can fail: the registry is where services are named.
+    registry = REPO / "apps/registry.py"
+    assert service_mentions(registry.read_text(), "registry.py")
