@@ -14,7 +14,7 @@ from litestar import Litestar
 from apps.blog.contract import CONTRACT as BLOG
 from apps.cart.contract import CONTRACT as CART
 from apps.common.app_factory import create_base_app
-from apps.common.contracts import Action, Contract, SignIn
+from apps.common.contracts import Action, Contract, Fragment, IdentityParams, SignIn
 from apps.common.internal_client import InternalClient
 from apps.common.services import ServiceSpec
 from apps.common.settings import Settings
@@ -52,6 +52,12 @@ SIGN_IN: tuple[Action[SignIn, Any], ...] = tuple(
 )
 
 
+# What every public page's navigation embeds: the cart count, the orders link.
+NAV: tuple[Fragment[IdentityParams], ...] = tuple(
+    contract.nav for contract in CONTRACTS.values() if contract.nav is not None
+)
+
+
 def dev_app_urls() -> dict[str, str]:
     """Where the public services answer in development (APP_URL_<SERVICE> overrides)."""
     return {
@@ -79,11 +85,13 @@ def create_service_app(
     **wiring: Any,
 ) -> Litestar:
     """A service's app: the platform (``create_base_app``) with its settings from the
-    environment unless given, and, for a public service, the sign-in of every service."""
+    environment unless given, and, for a public service, the sign-in of every service and the
+    navigation's fragments."""
     return create_base_app(
         contract,
         settings=settings or settings_for(contract),
         internal_client=internal_client,
         sign_in=sign_in_for(contract),
+        nav=NAV if contract.public else (),
         **wiring,
     )

@@ -129,4 +129,5 @@ CONTRACT = Contract(
     public=True,
     calls=[cart_summary, cart_items, adopt_cart_for_user, clear_cart_for_order, cart_mini],
     on_sign_in=adopt_cart_for_user,
+    nav=cart_mini,
 )

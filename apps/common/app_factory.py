@@ -32,7 +32,7 @@ from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from apps.common.asgi import header, http_method
-from apps.common.contracts import Action, Contract, SignIn
+from apps.common.contracts import Action, Contract, Fragment, IdentityParams, SignIn
 from apps.common.db import (
     close_request_session,
     create_engine,
@@ -49,7 +49,7 @@ from apps.common.nonces import NonceStore
 from apps.common.openapi import document_problems
 from apps.common.problems import current_request_id, problem_details_plugin, problem_response
 from apps.common.settings import Settings
-from apps.common.web import auth_handlers, template_config
+from apps.common.web import auth_handlers, nav_hook, template_config
 
 LifespanHook = Callable[[Litestar], Awaitable[None]]
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -129,6 +129,7 @@ def create_base_app(
     on_shutdown: Sequence[LifespanHook] = (),
     csrf_exempt: Sequence[str] = (),
     sign_in: Sequence[Action[SignIn, Any]] = (),
+    nav: Sequence[Fragment[IdentityParams]] = (),
     dependencies: dict[str, Provide] | None = None,
     nonce_table: Table | None = None,
     pool_size: int = 5,
@@ -210,6 +211,7 @@ def create_base_app(
         input_limits,
     ]
     template_settings = None
+    before_request = None
 
     if codec is not None:
         edge.append(security_headers(settings.public_urls.values()))
@@ -223,6 +225,7 @@ def create_base_app(
         )
         route_handlers.extend(auth_handlers(settings, codec, client, platform.sign_in))
         template_settings = template_config(settings, templates)
+        before_request = nav_hook(client, nav)
 
         def provide_identity(request: Request[Any, Any, Any]) -> Identity:
             return identity_from_scope(request.scope)
@@ -235,6 +238,7 @@ def create_base_app(
         dependencies=all_dependencies,
         plugins=[problem_details_plugin()],
         template_config=template_settings,
+        before_request=before_request,
         openapi_config=OpenAPIConfig(title=f"rose-ash {name}", version="1.0.0", path="/schema"),
         state=State({"platform": platform}),
         logging_config=None,

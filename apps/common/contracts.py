@@ -190,8 +190,9 @@ class ExportView:
 @dataclass(frozen=True)
 class Contract:
     """Everything a service offers to others: who it is (its name, its development port,
-    whether browsers reach it), its calls, its export views, and the action that moves what an
-    anonymous session gathered to the user at sign-in (if it keeps any)."""
+    whether browsers reach it), its calls, its export views, the action that moves what an
+    anonymous session gathered to the user at sign-in (if it keeps any), and the fragment it
+    puts in every page's navigation (if any)."""
 
     service: str
     dev_port: int
@@ -199,6 +200,9 @@ class Contract:
     calls: Sequence[Call]
     views: Sequence[ExportView] = ()
     on_sign_in: Action[SignIn, Any] | None = None
+    # The snippet every public page's navigation embeds from this service (whose cart, whose
+    # orders), if it offers one.
+    nav: Fragment[IdentityParams] | None = None
     _by_name: dict[str, Call] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:

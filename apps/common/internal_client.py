@@ -213,10 +213,19 @@ class InternalClient:
         return _typed(query.service, query.name, answer, query.answer)
 
     async def fragment(
-        self, fragment: Fragment[Params], params: Params, *, timeout: float | None = None
+        self,
+        fragment: Fragment[Params],
+        params: Params,
+        *,
+        timeout: float | None = None,
+        retry: bool = True,
     ) -> str:
         return await self.fetch_fragment(
-            fragment.service, fragment.name, msgspec.to_builtins(params), timeout=timeout
+            fragment.service,
+            fragment.name,
+            msgspec.to_builtins(params),
+            timeout=timeout,
+            retry=retry,
         )
 
     async def fetch_data(
@@ -263,9 +272,10 @@ class InternalClient:
         params: Mapping[str, Any] | None = None,
         *,
         timeout: float | None = None,
+        retry: bool = True,
     ) -> str:
         path = f"/internal/fragments/{name}" + _query(params)
-        response = await self._request("GET", service, name, path, retry=True, timeout=timeout)
+        response = await self._request("GET", service, name, path, retry=retry, timeout=timeout)
         return response.text
 
 

@@ -3,8 +3,9 @@ rendered as pages for browsers, and public URLs of the services (from the settin
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from os import PathLike
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,7 +18,7 @@ from litestar.template import TemplateConfig
 from litestar.utils.scope.state import ScopeState
 from markupsafe import Markup, escape
 
-from apps.common.contracts import Action, SignIn
+from apps.common.contracts import Action, Fragment, IdentityParams, SignIn
 from apps.common.identity import (
     CSRF_FIELD,
     STATE_KEY,
@@ -33,6 +34,9 @@ from apps.common.problems import Forbidden, Problem
 from apps.common.settings import Settings
 
 COMMON_TEMPLATES = Path(__file__).parent / "templates"
+NAV_KEY = "rose_nav"
+# A page waits no longer than this for a fragment of its navigation.
+NAV_TIMEOUT_SECONDS = 0.5
 logger = logging.getLogger("rose.web")
 
 
@@ -92,10 +96,57 @@ def wants_html(request: Request) -> bool:
 
 def page_context(request: Request, **context: Any) -> dict[str, Any]:
     """What every page template needs: who is asking (``{{ csrf_input }}``, the CSRF field of
-    forms, is Litestar's own helper, filled with our token by the identity middleware). A
-    request the middleware never saw (a route that does not exist) is nobody in particular."""
-    identity = request.scope.get("state", {}).get(STATE_KEY)
-    return {"identity": identity, "request": request, **context}
+    forms, is Litestar's own helper, filled with our token by the identity middleware), and
+    the navigation's fragments. A request the middleware never saw (a route that does not
+    exist) is nobody in particular."""
+    state = request.scope.get("state", {})
+    identity = state.get(STATE_KEY)
+    return {
+        "identity": identity,
+        "request": request,
+        "nav_items": state.get(NAV_KEY, []),
+        **context,
+    }
+
+
+async def nav_items(
+    client: InternalClient, fragments: Sequence[Fragment[IdentityParams]], identity: Identity
+) -> list[Markup]:
+    """The navigation's fragments for ``identity``, fetched side by side with a short timeout
+    and no retry; a provider that does not answer in time leaves its slot out."""
+
+    async def one(fragment: Fragment[IdentityParams]) -> Markup | None:
+        try:
+            html = await client.fragment(
+                fragment,
+                IdentityParams(user_id=identity.user_id, session_id=None)
+                if identity.signed_in
+                else IdentityParams(session_id=identity.session_id),
+                timeout=NAV_TIMEOUT_SECONDS,
+                retry=False,
+            )
+        except InternalCallError as exc:
+            logger.info("navigation: %s %s left out: %s", fragment.service, fragment.name, exc)
+            return None
+        # The provider's own HTML (it escapes what it writes), signed by our shared secret.
+        return Markup(html)
+
+    answers = await asyncio.gather(*(one(fragment) for fragment in fragments))
+    return [answer for answer in answers if answer is not None]
+
+
+def nav_hook(
+    client: InternalClient, fragments: Sequence[Fragment[IdentityParams]]
+) -> Callable[[Request], Awaitable[None]]:
+    """A ``before_request`` hook: a browser's request gets the navigation's fragments."""
+
+    async def fetch(request: Request) -> None:
+        state = request.scope.get("state", {})
+        identity = state.get(STATE_KEY)
+        if fragments and identity is not None and wants_html(request):
+            state[NAV_KEY] = await nav_items(client, fragments, identity)
+
+    return fetch
 
 
 class PageTemplate(Template):

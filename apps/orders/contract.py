@@ -123,4 +123,5 @@ CONTRACT = Contract(
     public=True,
     calls=[create_order, adopt_orders_for_user, order, attention, account_nav_item],
     on_sign_in=adopt_orders_for_user,
+    nav=account_nav_item,
 )

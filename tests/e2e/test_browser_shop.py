@@ -1,0 +1,61 @@
+"""The shop a person sees (issue 15), in Debian's chromium against real processes: the cart count
+and the orders link in every page's navigation, market places owned by market and attached by
+blog, messages beside the field, tickets as one line with a quantity."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from tests.conftest import truncate_all
+from tests.e2e.conftest import live_stack
+from tests.integration.commerce_fixtures import ALL_SERVICES, open_shop
+
+PUBLIC = ["blog", "market", "cart", "events", "orders"]
+
+
+@pytest.fixture(scope="module")
+def shop_live(provisioned, credentials):
+    truncate_all(provisioned)
+    with live_stack(provisioned, credentials, ALL_SERVICES) as stack:
+        yield stack
+    truncate_all(provisioned)
+
+
+@pytest.fixture(scope="module")
+def shop(shop_live, provisioned):
+    return open_shop(provisioned)
+
+
+def nav_text(page) -> str:
+    return page.locator("header").inner_text()
+
+
+def test_every_public_page_shows_the_cart_count_and_the_orders_link(shop_live, shop, page):
+    market = shop_live.url("market")
+    page.goto(f"{market}/auth/dev-login?user_id=61&next=/product/shop-002/")
+    assert "Cart (0)" in nav_text(page)
+    page.locator("#add-to-cart").click()
+    page.wait_for_url(shop_live.url("cart", "/"))
+    for service in PUBLIC:
+        page.goto(shop_live.url(service, "/"))
+        header = page.locator("header")
+        assert header.locator("a.cart-mini").inner_text() == "Cart (1)", service
+        assert header.locator("a.account-nav-item").inner_text() == "Orders (0)", service
+        assert header.locator("a.cart-mini").get_attribute("href") == shop_live.url("cart", "/")
+
+
+def test_a_provider_that_is_down_leaves_its_slot_out(shop_live, shop, page):
+    """Last in this module: it stops the cart process."""
+    cart = shop_live.group.processes["cart"].process
+    assert cart is not None
+    cart.send_signal(signal.SIGTERM)
+    cart.wait(15)
+    for service in ("blog", "market", "events", "orders"):
+        response = page.goto(shop_live.url(service, "/"))
+        assert response is not None
+        assert response.status == 200, service
+        header = page.locator("header")
+        assert header.locator("a.cart-mini").count() == 0, service
+        assert header.locator("a.account-nav-item").count() == 1, service
