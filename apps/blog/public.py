@@ -166,6 +166,8 @@ async def _admin_page(
         degraded=degraded,
         features=service.FEATURE_LABELS,
         max_prefix=service.MAX_CHECKOUT_PREFIX,
+        merchant_code_pattern=service.MERCHANT_CODE_PATTERN,
+        prefix_pattern=service.CHECKOUT_PREFIX_PATTERN,
         saved=saved,
         error=error,
         form=form,

@@ -56,13 +56,15 @@ FEATURE_LABELS = {
 }
 
 # SumUp merchant codes are short uppercase codes ("MH4H92C7", "MSANDBOX1").
-MERCHANT_CODE = re.compile(r"^[A-Z0-9]{6,12}$")
+MERCHANT_CODE_PATTERN = "[A-Z0-9]{6,12}"  # the form's pattern attribute too
+MERCHANT_CODE = re.compile(rf"^{MERCHANT_CODE_PATTERN}$")
 # SumUp limits checkout_reference to 64 characters. Orders builds it as
 # "{prefix}{order_id}-{attempt}" with an order id of up to 19 digits (bigint) and an attempt
 # number of up to 4 digits, which leaves 64 - 19 - 1 - 4 = 40 characters for the prefix.
 SUMUP_REFERENCE_MAX = 64
 MAX_CHECKOUT_PREFIX = SUMUP_REFERENCE_MAX - 19 - 1 - 4
-CHECKOUT_PREFIX = re.compile(rf"^[A-Za-z0-9_-]{{1,{MAX_CHECKOUT_PREFIX}}}$")
+CHECKOUT_PREFIX_PATTERN = rf"[A-Za-z0-9_\-]{{1,{MAX_CHECKOUT_PREFIX}}}"
+CHECKOUT_PREFIX = re.compile(rf"^{CHECKOUT_PREFIX_PATTERN}$")
 API_KEY = re.compile(r"^[\x21-\x7e]{8,255}$")  # printable ASCII, no spaces
 
 
@@ -86,7 +88,7 @@ def check_features(features: dict[str, Any]) -> None:
         wanted = FEATURES.get(key)
         if wanted is None:
             raise InvalidInput(
-                f"features.{key} is not a known feature; known: {', '.join(FEATURES)}",
+                f"There is no feature called {key!r} (features: {', '.join(FEATURES)}).",
                 field=f"features.{key}",
             )
         if not isinstance(value, wanted):
@@ -102,22 +104,22 @@ def check_update(request: UpdatePageConfig) -> None:
     code = request.sumup_merchant_code
     if isinstance(code, str) and not MERCHANT_CODE.match(code):
         raise InvalidInput(
-            "sumup_merchant_code must be 6 to 12 uppercase letters or digits (SumUp's form)",
+            "Merchant code must be 6 to 12 capital letters or digits, as SumUp writes it "
+            "(for example MH4H92C7).",
             field="sumup_merchant_code",
         )
     prefix = request.sumup_checkout_prefix
     if isinstance(prefix, str) and not CHECKOUT_PREFIX.match(prefix):
         raise InvalidInput(
-            f"sumup_checkout_prefix must be 1 to {MAX_CHECKOUT_PREFIX} letters, digits, '-' or "
-            f"'_', so that every checkout reference stays within SumUp's {SUMUP_REFERENCE_MAX} "
-            "characters",
+            f"Checkout prefix must be 1 to {MAX_CHECKOUT_PREFIX} letters, digits, '-' or '_', "
+            f"so that every checkout reference stays within SumUp's {SUMUP_REFERENCE_MAX} "
+            "characters.",
             field="sumup_checkout_prefix",
         )
     key = request.sumup_api_key
     if isinstance(key, str) and not API_KEY.match(key):
         raise InvalidInput(
-            "sumup_api_key must be 8 to 255 printable characters without spaces",
-            field="sumup_api_key",
+            "API key must be 8 to 255 characters, without spaces.", field="sumup_api_key"
         )
 
 

@@ -38,12 +38,20 @@ async def _form_int(request: Request, name: str, default: int | None = None) -> 
             raise ValueError
         return int(value)
     except (TypeError, ValueError):
-        raise InvalidInput(f"{name} must be a whole number", field=name) from None
+        raise InvalidInput(f"Enter the {name} as a whole number.", field=name) from None
 
 
-def _cart_page(request: Request, cart: service.CartView, **context: Any) -> Template:
+def _cart_page(
+    request: Request, cart: service.CartView, *, status_code: int = 200, **context: Any
+) -> Template:
     return render(
-        request, "cart.html", headers=degraded_headers(cart.degraded), cart=cart, **context
+        request,
+        "cart.html",
+        status_code=status_code,
+        headers=degraded_headers(cart.degraded),
+        cart=cart,
+        max_quantity=service.MAX_QUANTITY,
+        **context,
     )
 
 
@@ -91,10 +99,22 @@ async def add_to_cart(
 async def change_quantity(
     request: Request, db_session: DbSession, identity: CurrentIdentity, item_id: ItemId
 ) -> Any:
-    quantity = await _form_int(request, "quantity")
-    if quantity < 0:
-        raise InvalidInput("quantity must be 0 (remove) or more", field="quantity")
-    new_quantity = await service.set_quantity(db_session, owner_of(identity), item_id, quantity)
+    try:
+        quantity = await _form_int(request, "quantity")
+        new_quantity = await service.set_quantity(db_session, owner_of(identity), item_id, quantity)
+    except InvalidInput as problem:
+        if not wants_html(request):
+            raise
+        # The cart again, the message beside the line's quantity, what was typed kept.
+        cart = await service.load_cart(db_session, owner_of(identity))
+        typed = (await request.form()).get("quantity")
+        return _cart_page(
+            request,
+            cart,
+            status_code=422,
+            page_slug=None,
+            line_error={"id": item_id, "message": problem.message, "typed": typed},
+        )
     await db_session.commit()
     if wants_html(request):
         return await redirect_back(request, "/")

@@ -291,7 +291,10 @@ async def line_count(session: AsyncSession, owner: Owner) -> int:
 # -- writing ----------------------------------------------------------------------------------
 def _check_quantity(quantity: int) -> None:
     if not 1 <= quantity <= MAX_QUANTITY:
-        raise InvalidInput(f"quantity must be 1 to {MAX_QUANTITY}", field="quantity")
+        raise InvalidInput(
+            f"Choose a quantity from 1 to {MAX_QUANTITY} (Remove takes the line out).",
+            field="quantity",
+        )
 
 
 async def add_item(
@@ -347,12 +350,10 @@ async def _owned_item(session: AsyncSession, owner: Owner, item_id: int) -> Cart
 
 
 async def set_quantity(session: AsyncSession, owner: Owner, item_id: int, quantity: int) -> int:
-    """Change a line's quantity; 0 removes the line. Returns the new quantity."""
-    item = await _owned_item(session, owner, item_id)
-    if quantity == 0:
-        item.deleted_at = func.now()
-        return 0
+    """Change a line's quantity (1 to ``MAX_QUANTITY``; removing is another action). Returns
+    the new quantity."""
     _check_quantity(quantity)
+    item = await _owned_item(session, owner, item_id)
     item.quantity = quantity
     item.updated_at = func.now()
     return quantity

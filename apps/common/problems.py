@@ -62,10 +62,12 @@ class Problem(ProblemDetailsException):
         **extra: Any,
     ) -> None:
         self.field = field
-        # The detail always names the field it is about.
+        # What a person reads beside the field (the form shows it there); the detail always
+        # names the field it is about, for programs.
+        self.message = detail
         if field and field not in detail:
             detail = f"{field}: {detail}"
-        errors = [{"field": field, "message": detail}] if field else None
+        errors = [{"field": field, "message": self.message}] if field else None
         body_extra = {key: value for key, value in extra.items() if value is not None}
         if errors and "errors" not in body_extra:
             body_extra["errors"] = errors
@@ -197,6 +199,26 @@ _UNKNOWN_FIELD = re.compile(r"unknown field `([^`]+)`")
 _MISSING_PARAM = re.compile(r"Missing required (?:query|path|header|cookie) parameter '([^']+)'")
 
 
+# msgspec's words for a broken rule, as a person would say them.
+_IN_WORDS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"^Expected `int`, got `\w+`$"), "must be a whole number"),
+    (re.compile(r"^Expected `int` >= (\d+)$"), r"must be \1 or more"),
+    (re.compile(r"^Expected `int` <= (\d+)$"), r"must be \1 or less"),
+    (re.compile(r"^Expected `str` of length <= (\d+)$"), r"must be at most \1 characters"),
+    (re.compile(r"^Expected `str` of length >= (\d+)$"), r"must be at least \1 characters"),
+    (re.compile(r"^Expected `str` matching regex .*$"), "is not in the expected form"),
+    (re.compile(r"^Object missing required field .*$"), "is required"),
+    (re.compile(r"^missing required (?:field|parameter).*$"), "is required"),
+)
+
+
+def in_words(message: str) -> str:
+    for pattern, words in _IN_WORDS:
+        if pattern.match(message):
+            return pattern.sub(words, message)
+    return message
+
+
 def _field_errors(exc: ValidationException) -> list[dict[str, str]]:
     """Turn Litestar's validation details into ``[{"field", "message"}]``."""
     errors: list[dict[str, str]] = []
@@ -213,11 +235,11 @@ def _field_errors(exc: ValidationException) -> list[dict[str, str]]:
                     if pattern is _AT_PATH:
                         message = pattern.sub("", message).strip(" -")
                     break
-            errors.append({"field": key or "body", "message": message})
+            errors.append({"field": key or "body", "message": in_words(message)})
     detail = str(exc.detail or "")
     match = _MISSING_PARAM.search(detail)
     if match:
-        errors.append({"field": match.group(1), "message": "missing required parameter"})
+        errors.append({"field": match.group(1), "message": "is required"})
     return errors
 
 

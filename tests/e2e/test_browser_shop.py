@@ -46,6 +46,38 @@ def test_every_public_page_shows_the_cart_count_and_the_orders_link(shop_live, s
         assert header.locator("a.cart-mini").get_attribute("href") == shop_live.url("cart", "/")
 
 
+def test_a_wrong_quantity_is_one_message_beside_the_field(shop_live, shop, page):
+    cart = shop_live.url("cart")
+    page.goto(f"{shop_live.url('market')}/auth/dev-login?user_id=62&next=/product/shop-001/")
+    page.locator("#add-to-cart").click()
+    page.wait_for_url(f"{cart}/")
+    line = page.locator(".line").first
+    line.locator('input[name="quantity"]').fill("0")
+    line.get_by_role("button", name="Update").click()
+    line = page.locator(".line").first
+    field = line.locator('input[name="quantity"]')
+    message = line.locator(".field-error")
+    assert message.count() == 1
+    assert message.inner_text() == "Choose a quantity from 1 to 99 (Remove takes the line out)."
+    assert field.get_attribute("aria-describedby") == message.get_attribute("id")
+    assert page.get_by_text("Choose a quantity").count() == 1
+    page.goto(f"{cart}/")
+    assert page.locator(".line").first.get_attribute("data-quantity") == "1"  # 0 removed nothing
+
+
+def test_a_wrong_merchant_code_is_one_message_in_words_beside_the_field(shop_live, shop, page):
+    blog = shop_live.url("blog")
+    page.goto(f"{blog}/auth/dev-login?user_id=1&next=/farm-shop/admin/page-config/")
+    page.locator('input[name="sumup_merchant_code"]').fill("not valid")
+    page.get_by_role("button", name="Save").click()
+    message = page.locator("#error-sumup_merchant_code")
+    assert message.count() == 1
+    assert "sumup_merchant_code" not in message.inner_text()
+    assert message.inner_text().startswith("Merchant code must be 6 to 12 capital letters")
+    assert page.locator(".field-error").count() == 1
+    assert page.get_by_text("Merchant code must be").count() == 1
+
+
 def test_a_provider_that_is_down_leaves_its_slot_out(shop_live, shop, page):
     """Last in this module: it stops the cart process."""
     cart = shop_live.group.processes["cart"].process

@@ -64,6 +64,20 @@ async def test_bad_cart_input_is_a_clear_problem(stack, shop):
     assert "quantity" in too_many.json()["detail"]
     not_a_number = await cart.post(f"/add/{shop.product_ids[0]}/", json={"quantity": "lots"})
     assert not_a_number.status_code == 422
+    # Issue 15: the same rule as the form (1 to 99); 0 no longer quietly removes the line.
+    other = await browser_of(stack, "cart", user_id=6)
+    await other.post(f"/add/{shop.product_ids[0]}/")
+    line_id = (await other.get("/api/cart")).json()["pages"][0]["lines"][0]["id"]
+    for wrong in (0, 100, -1):
+        refused = await other.post(f"/item/{line_id}/quantity/", json={"quantity": wrong})
+        assert refused.status_code == 422, wrong
+        assert refused.json()["errors"] == [
+            {
+                "field": "quantity",
+                "message": "Choose a quantity from 1 to 99 (Remove takes the line out).",
+            }
+        ]
+    assert (await other.get("/api/cart")).json()["pages"][0]["lines"][0]["quantity"] == 1
     someone_elses = await cart.post("/item/12345/delete/")
     assert someone_elses.status_code == 404
     no_page = await cart.get("/api/page/no-such-page")
