@@ -48,7 +48,9 @@ class Line(msgspec.Struct):
 
 
 class Booking(msgspec.Struct):
-    """A calendar entry or ticket held in the cart (events' pending bookings)."""
+    """A calendar entry, or tickets of one entry and ticket type, held in the cart (events'
+    pending bookings): one line with a quantity. ``price`` is the price of one; ``ids`` are the
+    bookings the line stands for (``id`` is the first)."""
 
     kind: str
     id: int
@@ -57,6 +59,12 @@ class Booking(msgspec.Struct):
     currency: str
     starts_at: datetime | None
     page_id: int | None
+    quantity: int = 1
+    ids: list[int] = []
+
+    @property
+    def total(self) -> Decimal:
+        return self.price * self.quantity
 
 
 class CartOf(msgspec.Struct, forbid_unknown_fields=True):

@@ -205,14 +205,17 @@ async def page_checkout(
 )
 async def delete_booking(
     request: Request,
+    db_session: DbSession,
     internal: Internal,
     identity: CurrentIdentity,
     kind: FromPath[Literal["entry", "ticket"]],
     booking_id: ItemId,
 ) -> Any:
-    """Remove a booking from the cart: events releases its hold at once."""
+    """Remove a booking line from the cart (all its tickets): events releases them at once."""
     try:
-        released = await service.release_booking(internal, owner_of(identity), kind, booking_id)
+        released = await service.release_booking(
+            db_session, internal, owner_of(identity), kind, booking_id
+        )
     except InternalCallError as exc:
         if exc.remote_status in (404, 409, 422):
             raise Problem(

@@ -143,19 +143,37 @@ async def _bookings(session: AsyncSession, owner: Owner, page_id: int | None) ->
             pending_bookings.c.container_type == "page", pending_bookings.c.container_id == page_id
         )
     async with remote_read(session, "events"):
-        rows = (await session.execute(query.order_by(pending_bookings.c.starts_at))).all()
-    return [
-        Booking(
-            kind=row.kind,
-            id=row.id,
-            title=row.title,
-            price=row.price,
-            currency=row.currency,
-            starts_at=row.starts_at,
-            page_id=row.container_id if row.container_type == "page" else None,
+        rows = (
+            await session.execute(
+                query.order_by(pending_bookings.c.starts_at, pending_bookings.c.id)
+            )
+        ).all()
+    # Tickets of one entry and ticket type (same title, price, calendar and start) are one
+    # line with a quantity; an entry is a line of its own.
+    grouped: dict[tuple[Any, ...], Booking] = {}
+    for row in rows:
+        page = row.container_id if row.container_type == "page" else None
+        key: tuple[Any, ...] = (
+            ("ticket", row.title, row.price, row.currency, row.calendar_id, row.starts_at, page)
+            if row.kind == "ticket"
+            else ("entry", row.id)
         )
-        for row in rows
-    ]
+        line = grouped.get(key)
+        if line is None:
+            grouped[key] = Booking(
+                kind=row.kind,
+                id=row.id,
+                title=row.title,
+                price=row.price,
+                currency=row.currency,
+                starts_at=row.starts_at,
+                page_id=page,
+                ids=[row.id],
+            )
+        else:
+            line.quantity += 1
+            line.ids.append(row.id)
+    return list(grouped.values())
 
 
 async def _page_names(session: AsyncSession, page_ids: list[int]) -> dict[int, tuple[str, str]]:
@@ -263,9 +281,11 @@ async def load_cart(session: AsyncSession, owner: Owner, page_id: int | None = N
         else:
             slug, title = names.get(pid, (None, f"Page {pid}"))
         total = sum((line.line_total or Decimal(0) for line in page_lines), Decimal(0)) + sum(
-            (booking.price for booking in page_bookings), Decimal(0)
+            (booking.total for booking in page_bookings), Decimal(0)
         )
-        count = sum(line.quantity for line in page_lines) + len(page_bookings)
+        count = sum(line.quantity for line in page_lines) + sum(
+            booking.quantity for booking in page_bookings
+        )
         pages.append(PageCart(pid, slug, title, page_lines, page_bookings, total, count))
     currencies = {line.currency for line in lines if line.currency} | {
         booking.currency for booking in bookings
@@ -280,12 +300,21 @@ async def load_cart(session: AsyncSession, owner: Owner, page_id: int | None = N
 
 
 async def line_count(session: AsyncSession, owner: Owner) -> int:
+    """What the cart holds, as its page counts it: products by quantity, and bookings (without
+    events, the products only)."""
     total = await session.scalar(
         select(func.coalesce(func.sum(CartItem.quantity), 0)).where(
             owner.clause(), CartItem.deleted_at.is_(None)
         )
     )
-    return int(total or 0)
+    try:
+        async with remote_read(session, "events"):
+            bookings = await session.scalar(
+                select(func.count()).select_from(pending_bookings).where(owner.booking_clause())
+            )
+    except ProviderUnavailable:
+        bookings = 0
+    return int(total or 0) + int(bookings or 0)
 
 
 # -- writing ----------------------------------------------------------------------------------
@@ -528,17 +557,24 @@ def checkout_request(
         )
     if cart.currency is None:
         raise Conflict("The cart mixes currencies; check out one page at a time")
-    entries = [b for b in bookings if b.kind == "entry"]
-    tickets = [b for b in bookings if b.kind == "ticket"]
 
-    def booking_line(booking: Booking) -> BookingLine:
-        return BookingLine(
-            id=booking.id,
-            title=booking.title,
-            price=booking.price,
-            currency=booking.currency,
-            container_id=booking.page_id,
-        )
+    def booking_lines(kind: str) -> list[BookingLine]:
+        """Orders confirms and refunds bookings one by one: a line of 2 tickets is 2."""
+        return [
+            BookingLine(
+                id=booking_id,
+                title=booking.title,
+                price=booking.price,
+                currency=booking.currency,
+                container_id=booking.page_id,
+            )
+            for booking in bookings
+            if booking.kind == kind
+            for booking_id in booking.ids or [booking.id]
+        ]
+
+    entries = booking_lines("entry")
+    tickets = booking_lines("ticket")
 
     request = CreateOrder(
         cart_items=[
@@ -556,8 +592,8 @@ def checkout_request(
             )
             for line in lines
         ],
-        calendar_entries=[booking_line(entry) for entry in entries],
-        tickets=[booking_line(ticket) for ticket in tickets],
+        calendar_entries=entries,
+        tickets=tickets,
         user_id=owner.user_id,
         session_id=session_id,
         product_total=sum((line.line_total or Decimal(0) for line in lines), Decimal(0)),
@@ -595,12 +631,29 @@ async def checkout(
 
 
 async def release_booking(
-    internal: InternalClient, owner: Owner, kind: Literal["entry", "ticket"], booking_id: int
+    session: AsyncSession,
+    internal: InternalClient,
+    owner: Owner,
+    kind: Literal["entry", "ticket"],
+    booking_id: int,
 ) -> events.Released:
-    """The buyer removed a booking from the cart: events frees its slot at once."""
-    return await internal.call(
-        events.release_booking,
-        events.ReleaseBooking(
-            kind=kind, id=booking_id, user_id=owner.user_id, session_id=owner.session_id
-        ),
-    )
+    """The buyer removed a booking line from the cart: events frees its slots at once (every
+    ticket of the line)."""
+    ids = [booking_id]
+    if kind == "ticket":
+        try:
+            lines = await _bookings(session, owner, None)
+        except ProviderUnavailable:
+            lines = []
+        ids = next((line.ids for line in lines if booking_id in line.ids), ids)
+        await end_read(session)
+    released = False
+    for each in ids:
+        answer = await internal.call(
+            events.release_booking,
+            events.ReleaseBooking(
+                kind=kind, id=each, user_id=owner.user_id, session_id=owner.session_id
+            ),
+        )
+        released = released or answer.released
+    return events.Released(released=released)

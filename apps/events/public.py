@@ -9,6 +9,7 @@ the JSON of what changed. Errors are problems (problem+json, or an error page fo
 from __future__ import annotations
 
 from typing import Annotated, Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from litestar import Request, Response, Router, get, post
 from litestar.connection import ASGIConnection
@@ -16,13 +17,13 @@ from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
 from litestar.handlers.base import BaseRouteHandler
 from litestar.params import Body, Parameter
-from litestar.response import Template
+from litestar.response import Redirect, Template
 
 from apps.common.app_factory import platform_of
 from apps.common.deps import AppSettings, CurrentIdentity, DbSession, Internal
 from apps.common.identity import Identity, identity_from_scope
 from apps.common.settings import Settings
-from apps.common.web import redirect_back, render, require_editor, wants_html
+from apps.common.web import redirect_back, render, require_editor, safe_next, wants_html
 from apps.events import service
 from apps.events.settings import EventsSettings
 
@@ -48,11 +49,26 @@ def is_editor(settings: Settings, identity: Identity) -> bool:
     return identity.user_id is not None and identity.user_id in settings.editor_user_ids
 
 
-async def answer(request: Request, body: Any, *, status_code: int = 200) -> Response[Any]:
-    """JSON for API clients; back to the page the form was on for browsers."""
+async def answer(
+    request: Request, body: Any, *, status_code: int = 200, added: int | None = None
+) -> Response[Any]:
+    """JSON for API clients; back to the page the form was on for browsers (``added``: the
+    entry whose booking or tickets went into the cart, which that page then confirms)."""
     if wants_html(request):
-        return await redirect_back(request, "/")
+        if added is None:
+            return await redirect_back(request, "/")
+        target = (await request.form()).get("next")
+        back = safe_next(target if isinstance(target, str) else None, "/")
+        return Redirect(path=with_added(back, added), status_code=303)
     return Response(body, status_code=status_code)
+
+
+def with_added(target: str, entry_id: int) -> str:
+    """``target`` with ``added=<entry id>`` (replacing any earlier one) and the entry's anchor."""
+    parts = urlsplit(target)
+    query = [(key, value) for key, value in parse_qsl(parts.query) if key != "added"]
+    query.append(("added", str(entry_id)))
+    return urlunsplit(("", "", parts.path, urlencode(query), f"entry-{entry_id}"))
 
 
 # -- reading ----------------------------------------------------------------------------------
@@ -65,13 +81,25 @@ async def calendars_page(
     identity: CurrentIdentity,
     settings: AppSettings,
     page_id: PageIdParam = None,
+    added: Annotated[int | None, Parameter(ge=1, le=2**63 - 1)] = None,
 ) -> Template:
     calendars = await service.list_calendars(db_session, owner=owner(identity), page_id=page_id)
+    # What the last form put in the cart, as the database has it (never what the URL claims).
+    added_entry = next(
+        (
+            entry
+            for calendar in calendars
+            for entry in calendar.entries
+            if entry.id == added and (entry.your_tickets or entry.booked_by_you)
+        ),
+        None,
+    )
     return render(
         request,
         "calendars.html",
         calendars=calendars,
         page_id=page_id,
+        added=added_entry,
         is_editor=is_editor(settings, identity),
     )
 
@@ -96,7 +124,7 @@ async def book_entry(
 ) -> Response[Any]:
     booked = await service.book_entry(db_session, entry_id, owner(identity), own_settings.hold)
     await db_session.commit()
-    return await answer(request, booked)
+    return await answer(request, booked, added=entry_id)
 
 
 @post("/entries/{entry_id:int}/tickets/", operation_id="entry_tickets_add")
@@ -112,7 +140,7 @@ async def add_tickets(
         db_session, entry_id, owner(identity), data, own_settings.hold
     )
     await db_session.commit()
-    return await answer(request, tickets, status_code=201)
+    return await answer(request, tickets, status_code=201, added=entry_id)
 
 
 # -- admin (editors only) ---------------------------------------------------------------------

@@ -156,6 +156,8 @@ class EntryOut(msgspec.Struct):
     bookable: bool
     # Pending or confirmed for the identity asking.
     booked_by_you: bool
+    # The asking identity's tickets of this entry still in its cart: ticket type -> how many.
+    your_tickets: dict[str, int] = {}
 
 
 class CalendarWithEntries(CalendarOut):
@@ -245,13 +247,40 @@ async def list_calendars(
         )
         .order_by(CalendarEntry.starts_at, CalendarEntry.id)
     )
+    listed = list(entries)
+    yours = await _tickets_in_cart(session, owner, [entry.id for entry in listed])
     by_calendar: dict[int, list[EntryOut]] = {calendar.id: [] for calendar in calendars}
-    for entry in entries:
-        by_calendar[entry.calendar_id].append(to_entry(entry, owner, now))
+    for entry in listed:
+        shown = to_entry(entry, owner, now)
+        shown.your_tickets = yours.get(entry.id, {})
+        by_calendar[entry.calendar_id].append(shown)
     return [
         CalendarWithEntries(**msgspec.structs.asdict(to_calendar(c)), entries=by_calendar[c.id])
         for c in calendars
     ]
+
+
+async def _tickets_in_cart(
+    session: AsyncSession, owner: BookingOwner | None, entry_ids: list[int]
+) -> dict[int, dict[str, int]]:
+    """Entry id -> ticket type -> how many of ``owner``'s tickets are held in their cart."""
+    if owner is None or not entry_ids:
+        return {}
+    rows = await session.execute(
+        select(Ticket.calendar_entry_id, Ticket.ticket_type, func.count())
+        .where(
+            Ticket.calendar_entry_id.in_(entry_ids),
+            owner.owns(Ticket),
+            held(Ticket),
+            Ticket.deleted_at.is_(None),
+        )
+        .group_by(Ticket.calendar_entry_id, Ticket.ticket_type)
+        .order_by(Ticket.calendar_entry_id, Ticket.ticket_type)
+    )
+    found: dict[int, dict[str, int]] = {}
+    for entry_id, ticket_type, count in rows:
+        found.setdefault(entry_id, {})[ticket_type] = count
+    return found
 
 
 def _pending_bookings_query() -> Subquery:

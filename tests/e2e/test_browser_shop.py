@@ -78,6 +78,51 @@ def test_a_wrong_merchant_code_is_one_message_in_words_beside_the_field(shop_liv
     assert page.get_by_text("Merchant code must be").count() == 1
 
 
+# Text nodes of the entries' table broken over more than one line (none, at 1280 px).
+WRAPPED = """table => {
+  const walker = document.createTreeWalker(table, NodeFilter.SHOW_TEXT);
+  const wrapped = [];
+  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    if (!node.textContent.trim()) continue;
+    const range = document.createRange();
+    range.selectNodeContents(node);
+    const tops = new Set([...range.getClientRects()].map(r => Math.round(r.top)));
+    if (tops.size > 1) wrapped.push(node.textContent.trim());
+  }
+  for (const cell of table.querySelectorAll('td.actions')) {
+    const tops = new Set([...cell.querySelectorAll('button, input:not([type=hidden])')]
+      .map(e => Math.round(e.getBoundingClientRect().top)));
+    if (tops.size > 1) wrapped.push('actions of ' + cell.parentElement.dataset.id);
+  }
+  return wrapped;
+}"""
+
+
+def test_tickets_are_one_line_with_a_quantity_and_the_page_says_what_was_added(
+    shop_live, shop, page
+):
+    events = shop_live.url("events")
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.goto(f"{events}/auth/dev-login?user_id=63&next=/")
+    assert page.locator("table").first.evaluate(WRAPPED) == []
+    row = page.locator(f'tr.entry[data-id="{shop.entry_id}"]')
+    row.locator('input[name="quantity"]').fill("2")
+    row.get_by_role("button", name="Add tickets").click()
+    page.wait_for_url(f"{events}/?added={shop.entry_id}#entry-{shop.entry_id}")
+    added = page.locator("#added")
+    assert "2 \u00d7 adult" in added.inner_text()
+    assert "Morning tour" in added.inner_text()
+    assert "in your cart: 2 \u00d7 adult" in page.locator(f"#entry-{shop.entry_id}").inner_text()
+    assert page.locator("table").first.evaluate(WRAPPED) == []
+
+    page.goto(shop_live.url("cart", "/"))
+    lines = page.locator('tr.booking[data-kind="ticket"]')
+    assert lines.count() == 1
+    assert lines.first.get_attribute("data-quantity") == "2"
+    assert lines.first.locator(".booking-quantity").inner_text() == "2"
+    assert page.locator("a.cart-mini").inner_text() == "Cart (2)"
+
+
 def test_a_provider_that_is_down_leaves_its_slot_out(shop_live, shop, page):
     """Last in this module: it stops the cart process."""
     cart = shop_live.group.processes["cart"].process

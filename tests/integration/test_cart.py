@@ -358,3 +358,37 @@ async def test_an_order_made_before_sign_in_clears_the_merged_line(stack, clean_
     share_cookies(market, orders)
     listing = (await orders.get("/api/orders", headers={"accept": "application/json"})).json()
     assert [item["id"] for item in listing["items"]] == [order_id]
+
+
+async def test_tickets_of_one_entry_and_type_are_one_line_with_a_quantity(
+    stack, clean_db, shop, sandbox
+):
+    """Issue 15: 2 tickets were two cart lines of quantity 1."""
+    cart = await browser_of(stack, "cart", user_id=14)
+    events = stack.browser("events")
+    share_cookies(cart, events)
+    for ticket_type, quantity in (("adult", "2"), ("child", "1")):
+        added = await events.post(
+            f"/entries/{shop.entry_id}/tickets/",
+            data={"ticket_type": ticket_type, "quantity": quantity},
+        )
+        assert added.status_code == 201, added.text
+    view = (await cart.get("/api/cart")).json()
+    bookings = view["pages"][0]["bookings"]
+    assert [(b["title"], b["quantity"], len(b["ids"])) for b in bookings] == [
+        ("Morning tour \u2013 adult", 2, 2),
+        ("Morning tour \u2013 child", 1, 1),
+    ]
+    assert (view["count"], view["total"]) == (3, "22.50")  # 3 x 7.50
+
+    # Checkout sends orders each ticket (it confirms and refunds them one by one).
+    assert (await cart.post("/checkout/")).status_code == 200
+    [(_, _, _, total, _)] = order_rows(clean_db)
+    assert str(total) == "22.50"
+
+    # Removing the line releases every ticket of it.
+    adult = bookings[0]
+    removed = await cart.post(f"/booking/ticket/{adult['id']}/delete/")
+    assert removed.status_code == 200, removed.text
+    left = (await cart.get("/api/cart")).json()["pages"][0]["bookings"]
+    assert [(b["title"], b["quantity"]) for b in left] == [("Morning tour \u2013 child", 1)]
