@@ -16,7 +16,9 @@ from ops.cli.common import console, fail
 if TYPE_CHECKING:
     from apps.common.internal_client import InternalClient
 
-orders_app = typer.Typer(help="Orders that need a person.", no_args_is_help=True)
+orders_app = typer.Typer(
+    help="Orders that need a person.", no_args_is_help=True, rich_markup_mode=None
+)
 
 
 def _call(call: Callable[[InternalClient], Awaitable[Any]]) -> Any:
@@ -28,6 +30,13 @@ def _call(call: Callable[[InternalClient], Awaitable[Any]]) -> Any:
     except InternalCallError as exc:
         detail = json.dumps(exc.problem) if exc.problem else str(exc)
         raise fail(f"{exc} {detail if exc.problem else ''}".strip()) from None
+
+
+def known_service(service: str) -> None:
+    try:
+        service_spec(service)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
 
 
 def _print_answer(call: Callable[[InternalClient], Awaitable[Any]]) -> None:
@@ -54,7 +63,7 @@ def data(
     params: Annotated[list[str] | None, typer.Argument(help="key=value ...")] = None,
 ) -> None:
     """Signed internal data call: rose data relations get-children parent_type=page parent_id=1"""
-    service_spec(service)
+    known_service(service)
     query = _parse_params(params or [])
     _print_answer(lambda client: client.fetch_data(service, name, query))
 
@@ -66,7 +75,7 @@ def action(
     idempotency_key: Annotated[str | None, typer.Option(help="Idempotency-Key header.")] = None,
 ) -> None:
     """Signed internal action call: rose action relations attach-child '{...}'"""
-    service_spec(service)
+    known_service(service)
     try:
         body = json.loads(payload)
     except json.JSONDecodeError as exc:

@@ -12,7 +12,9 @@ from apps.registry import service_spec
 from ops.cli.common import DatabaseUrlOption, console, err_console, fail, topology_of
 from ops.db.credentials import Credentials
 
-db_app = typer.Typer(help="Databases, roles, FDW edges and migrations.", no_args_is_help=True)
+db_app = typer.Typer(
+    help="Databases, roles, FDW edges and migrations.", no_args_is_help=True, rich_markup_mode=None
+)
 
 
 @db_app.command("provision")
@@ -150,7 +152,7 @@ def db_pgcli(
     as_role: AsRoleOption = "owner",
     database_url: DatabaseUrlOption = None,
 ) -> None:
-    """pgcli (the optional dba extra) in a service's database, like `rose db psql`."""
+    """pgcli (the optional dba extra) in a service's database, like rose db psql."""
     _dba_session(ctx, "pgcli", service, as_role, database_url)
 
 

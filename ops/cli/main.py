@@ -1,4 +1,4 @@
-"""``rose``: run, provision, inspect and operate the rose-ash services."""
+"""rose: run, provision, inspect and operate the rose-ash services."""
 
 from __future__ import annotations
 
@@ -10,7 +10,14 @@ from apps.common.settings import ConfigError
 from ops.cli import calls, db, split, stack
 from ops.cli.common import err_console
 
-app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help=__doc__,
+    no_args_is_help=True,
+    add_completion=False,
+    # Plain help (no "<bool>" beside flags); an unexpected error shows no local variables.
+    rich_markup_mode=None,
+    pretty_exceptions_show_locals=False,
+)
 # `rose --help` lists the commands in this order, then the groups.
 app.command()(stack.up)
 app.command()(stack.status)

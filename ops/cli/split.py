@@ -29,6 +29,7 @@ from ops.split.verify import MoveVerification
 split_app = typer.Typer(
     help="The split: move the monolith's data into the new services (plan, run, verify, finalize).",
     no_args_is_help=True,
+    rich_markup_mode=None,
 )
 console = Console(highlight=False, soft_wrap=True)
 

@@ -1,0 +1,46 @@
+"""Issue 15: the rose CLI says what was wrong in one line, and its help reads cleanly."""
+
+from __future__ import annotations
+
+import typer
+from typer.testing import CliRunner
+
+from ops.cli import app as rose_cli
+
+runner = CliRunner()
+
+
+def every_command_path() -> list[list[str]]:
+    root = typer.main.get_command(rose_cli)
+    paths: list[list[str]] = []
+
+    def walk(command: object, path: list[str]) -> None:
+        paths.append(path)
+        for name, sub in getattr(command, "commands", {}).items():
+            walk(sub, [*path, name])
+
+    walk(root, [])
+    return paths
+
+
+def test_help_of_every_command_has_no_markup_left_in_it():
+    paths = every_command_path()
+    assert len(paths) > 20
+    for path in paths:
+        result = runner.invoke(rose_cli, [*path, "--help"], terminal_width=100)
+        assert result.exit_code == 0, (path, result.output)
+        assert "`" not in result.output, (path, result.output)
+        assert "<bool>" not in result.output, (path, result.output)
+        assert "Show this message and exit." in result.output
+
+
+def test_an_unknown_service_is_one_line_naming_it():
+    for command in (["data", "nosuchsvc", "get-children"], ["action", "nosuchsvc", "x", "{}"]):
+        result = runner.invoke(rose_cli, command)
+        assert result.exit_code == 1
+        assert "Traceback" not in result.output
+        lines = result.stderr.strip().splitlines()
+        assert lines == [
+            "error: unknown service 'nosuchsvc'; known services: blog, cart, events, likes, "
+            "market, orders, relations"
+        ]
