@@ -98,11 +98,16 @@ PAGE_PAYMENT_CONFIGS = ExportView.of(
     "sumup_checkout_prefix character varying(40)",
 )
 
+# Pages by id: market's admin offers them, events names a calendar's page.
+PAGES = ExportView.of(
+    SERVICE, "pages", "id bigint", "slug character varying(255)", "title character varying(255)"
+)
+
 CONTRACT = Contract(
     SERVICE,
     dev_port=8001,
     public=True,
     calls=[page_config, page_config_by_id, page_configs_batch, page_config_ensure,
            update_page_config],
-    views=[PAGE_CONFIGS, PAGE_PAYMENT_CONFIGS],
+    views=[PAGE_CONFIGS, PAGE_PAYMENT_CONFIGS, PAGES],
 )  # fmt: skip

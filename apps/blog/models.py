@@ -28,6 +28,7 @@ from apps.common.db import IdentityPkMixin, TimestampedMixin, service_metadata
 from apps.common.idempotency import idempotency_table
 from apps.common.nonces import nonce_table
 from apps.likes import contract as likes
+from apps.market import contract as market
 from apps.relations import contract as relations
 
 metadata = service_metadata("blog")
@@ -113,3 +114,4 @@ request_nonces = nonce_table(metadata)
 # (postgres_fdw; provisioning creates them, migrations never touch them)
 foreign_container_relations = relations.CONTAINER_RELATIONS.foreign_table()
 foreign_likes = likes.LIKES.foreign_table()
+foreign_market_places = market.MARKET_PLACES.foreign_table()

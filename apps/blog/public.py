@@ -20,6 +20,7 @@ from apps.blog import contract, service
 from apps.blog.models import PAGE_CONTAINER
 from apps.common.app_factory import platform_of
 from apps.common.deps import AppSettings, CurrentIdentity, DbSession, Internal
+from apps.common.fdw import ProviderUnavailable
 from apps.common.identity import identity_from_scope
 from apps.common.problems import InvalidInput
 from apps.common.web import (
@@ -155,6 +156,14 @@ async def _admin_page(
     page = await service.require_page(db_session, slug)
     config = await service.find_page_config(db_session, PAGE_CONTAINER, page.id)
     attachments, degraded = await service.page_attachments(db_session, page.id)
+    markets = [item for item in attachments if item.child_type == "market"]
+    attached = {item.child_id for item in markets}
+    try:
+        choices = [
+            place for place in await service.market_places(db_session) if place.id not in attached
+        ]
+    except ProviderUnavailable:
+        choices, degraded = [], [*degraded, "market"]
     return render(
         request,
         "blog/page_admin.html",
@@ -162,7 +171,8 @@ async def _admin_page(
         headers=degraded_headers(degraded),
         page=page,
         config=config,
-        markets=[item for item in attachments if item.child_type == "market"],
+        markets=markets,
+        market_choices=choices,
         degraded=degraded,
         features=service.FEATURE_LABELS,
         max_prefix=service.MAX_CHECKOUT_PREFIX,
@@ -222,7 +232,12 @@ async def attach_menu_item(
     slug: SlugParam,
     data: URLEncodedBody[service.MenuItemForm],
 ) -> Any:
-    relation = await service.attach_market_place(db_session, internal, slug, data)
+    try:
+        relation = await service.attach_market_place(db_session, internal, slug, data)
+    except InvalidInput as problem:
+        if not wants_html(request):
+            raise
+        return await _admin_page(request, db_session, slug, error=problem, status_code=422)
     if wants_json(request):
         return relation
     return Redirect(admin_path(slug), status_code=303)
@@ -241,7 +256,9 @@ async def detach_menu_item(
     slug: SlugParam,
     data: URLEncodedBody[service.MenuItemForm],
 ) -> Any:
-    detached = await service.detach_market_place(db_session, internal, slug, data.market_place_id)
+    detached = await service.detach_market_place(
+        db_session, internal, slug, service.market_place_id(data.market_place_id)
+    )
     if wants_json(request):
         return {"detached": detached}
     return Redirect(admin_path(slug), status_code=303)

@@ -37,11 +37,12 @@ from apps.blog.models import (
     Post,
     foreign_container_relations,
     foreign_likes,
+    foreign_market_places,
 )
 from apps.common.db import end_read, table_of
 from apps.common.fdw import ProviderUnavailable, remote_read
 from apps.common.internal_client import InternalClient
-from apps.common.problems import InvalidInput, NotFound
+from apps.common.problems import DependencyUnavailable, InvalidInput, NotFound
 from apps.likes import contract as likes
 from apps.relations import contract as relations
 
@@ -285,6 +286,9 @@ class Attachment(msgspec.Struct):
     child_id: int
     label: str | None
     sort_order: int
+    # A market place's name and slug, as market has them now (read through FDW).
+    name: str | None = None
+    slug: str | None = None
 
 
 class PostSummary(msgspec.Struct):
@@ -446,9 +450,42 @@ async def page_attachments(
                 )
                 .order_by(relations.sort_order, relations.id)
             )
-            return [Attachment(*row) for row in rows], []
+            attachments = [Attachment(*row) for row in rows]
     except ProviderUnavailable:
         return [], ["relations"]
+    ids = [item.child_id for item in attachments if item.child_type == "market"]
+    if not ids:
+        return attachments, []
+    try:
+        places = {place.id: place for place in await market_places(session, ids)}
+    except ProviderUnavailable:
+        return attachments, ["market"]
+    shown: list[Attachment] = []
+    for item in attachments:
+        if item.child_type == "market":
+            place = places.get(item.child_id)
+            if place is None:
+                continue  # market has no such market place (any more): nothing to show
+            item.name, item.slug = place.name, place.slug
+        shown.append(item)
+    return shown, []
+
+
+class MarketPlace(msgspec.Struct):
+    id: int
+    slug: str
+    name: str
+
+
+async def market_places(session: AsyncSession, ids: list[int] | None = None) -> list[MarketPlace]:
+    """Market places that exist (market's export view through FDW), all or those of ``ids``."""
+    places = foreign_market_places.c
+    query = select(places.id, places.slug, places.name).order_by(places.name, places.id)
+    if ids is not None:
+        query = query.where(places.id.in_(ids))
+    async with remote_read(session, "market"):
+        rows = await session.execute(query)
+        return [MarketPlace(id=row.id, slug=row.slug, name=row.name) for row in rows]
 
 
 async def get_published_post(
@@ -495,25 +532,55 @@ async def toggle_post_like(
 
 
 class MenuItemForm(msgspec.Struct):
-    """The admin form that attaches or detaches a market place (a menu item) of a page."""
+    """The admin form that attaches or detaches a market place (a menu item) of a page. Text,
+    as forms send it: :func:`existing_market_place` says in words what is wrong with it."""
 
-    market_place_id: Annotated[int, msgspec.Meta(ge=1, le=MAX_ID)]
+    market_place_id: Annotated[str, msgspec.Meta(max_length=20)] = ""
     label: Annotated[str, msgspec.Meta(max_length=255)] | None = None
+
+
+CHOOSE_MARKET_PLACE = "Choose one of the market places."
+
+
+def market_place_id(value: str) -> int:
+    try:
+        wanted = int(value.strip())
+    except ValueError:
+        wanted = 0
+    if not 1 <= wanted <= MAX_ID:
+        raise InvalidInput(CHOOSE_MARKET_PLACE, field="market_place_id")
+    return wanted
+
+
+async def existing_market_place(session: AsyncSession, value: str) -> MarketPlace:
+    """The market place the form names, if market has it (read through FDW): a page attaches
+    only market places that exist."""
+    wanted = market_place_id(value)
+    try:
+        found = await market_places(session, [wanted])
+    except ProviderUnavailable:
+        raise DependencyUnavailable(
+            "Market places cannot be checked right now; try again shortly.", service="market"
+        ) from None
+    if not found:
+        raise InvalidInput(CHOOSE_MARKET_PLACE, field="market_place_id")
+    return found[0]
 
 
 async def attach_market_place(
     session: AsyncSession, internal: InternalClient, slug: str, item: MenuItemForm
 ) -> relations.Relation:
     page_id = (await require_page(session, slug)).id
+    place = await existing_market_place(session, item.market_place_id)
     await end_read(session)
-    label = (item.label or "").strip() or None
+    label = (item.label or "").strip() or place.name
     return await internal.call(
         relations.attach_child,
         relations.AttachChild(
             parent_type=PAGE_CONTAINER,
             parent_id=page_id,
             child_type="market",
-            child_id=item.market_place_id,
+            child_id=place.id,
             label=label,
         ),
         idempotency_key=_one_call_key("attach"),

@@ -20,6 +20,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from apps.blog import contract as blog
 from apps.common.db import IdentityPkMixin, TimestampedMixin, service_metadata
 from apps.common.idempotency import idempotency_table
 from apps.common.nonces import nonce_table
@@ -155,3 +156,6 @@ class Ticket(IdentityPkMixin, TimestampedMixin, Base):
 
 idempotency_keys = idempotency_table(metadata)
 request_nonces = nonce_table(metadata)
+
+# -- foreign tables: other services' export views, as their contracts declare them ------------
+foreign_pages = blog.PAGES.foreign_table()

@@ -94,11 +94,14 @@ async def calendars_page(
         ),
         None,
     )
+    pages = [c.container_id for c in calendars if c.container_type == "page" and c.container_id]
+    titles = await service.page_titles(db_session, [*pages, *([page_id] if page_id else [])])
     return render(
         request,
         "calendars.html",
         calendars=calendars,
         page_id=page_id,
+        page_titles=titles,
         added=added_entry,
         is_editor=is_editor(settings, identity),
     )

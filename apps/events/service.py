@@ -13,8 +13,7 @@ asked. The one gap left, a commit that fails after relations changed, is closed 
 from __future__ import annotations
 
 import logging
-import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -40,8 +39,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from apps.common.contracts import Adopted, SignIn
-from apps.common.internal_client import InternalCallError, InternalClient
+from apps.common.fdw import ProviderUnavailable, remote_read
+from apps.common.internal_client import InternalClient
 from apps.common.problems import Conflict, InvalidInput, NotFound, Problem
+from apps.events.contract import SERVICE as EVENTS
 from apps.events.contract import (
     ConfirmForOrder,
     ConfirmResult,
@@ -57,8 +58,15 @@ from apps.events.models import (
     Calendar,
     CalendarEntry,
     Ticket,
+    foreign_pages,
 )
 from apps.relations import contract as relations
+from apps.relations.contract import (
+    RelationsCall,
+    call_relations,
+    commit_or_revert_relations,
+    revert_relations,
+)
 
 logger = logging.getLogger("rose.events")
 
@@ -258,6 +266,23 @@ async def list_calendars(
         CalendarWithEntries(**msgspec.structs.asdict(to_calendar(c)), entries=by_calendar[c.id])
         for c in calendars
     ]
+
+
+async def page_titles(session: AsyncSession, page_ids: Iterable[int]) -> dict[int, str]:
+    """Blog's titles of these pages (through FDW); none when blog cannot be reached."""
+    wanted = sorted(set(page_ids))
+    if not wanted:
+        return {}
+    try:
+        async with remote_read(session, "blog"):
+            rows = await session.execute(
+                select(foreign_pages.c.id, foreign_pages.c.title).where(
+                    foreign_pages.c.id.in_(wanted)
+                )
+            )
+            return {row.id: row.title for row in rows}
+    except ProviderUnavailable:
+        return {}
 
 
 async def _tickets_in_cart(
@@ -608,29 +633,6 @@ async def sweep_ended_holds(session: AsyncSession) -> int:
 # -- calendars and their pages ----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class RelationsCall:
-    """One attach-child or detach-child of a calendar on a page; :meth:`undo` reverses it."""
-
-    attach: bool
-    relation: relations.DetachChild  # which parent and child
-    label: str | None = None
-
-    def undo(self) -> RelationsCall:
-        return RelationsCall(not self.attach, self.relation, self.label)
-
-    async def send(self, internal: InternalClient, idempotency_key: str | None = None) -> None:
-        if self.attach:
-            attach = relations.AttachChild(
-                **msgspec.structs.asdict(self.relation), label=self.label
-            )
-            await internal.call(relations.attach_child, attach, idempotency_key=idempotency_key)
-        else:
-            await internal.call(
-                relations.detach_child, self.relation, idempotency_key=idempotency_key
-            )
-
-
 @dataclass
 class CalendarChange:
     """A local calendar change not committed yet, and what relations already did for it."""
@@ -646,16 +648,7 @@ def _relation(calendar: Calendar, page_id: int) -> relations.DetachChild:
 
 
 async def _call_relations(internal: InternalClient, call: RelationsCall, doing: str) -> None:
-    # A fresh key per call: the client may then retry a timeout or a 503 safely, and relations
-    # applies the call once. (attach/detach are no-ops when repeated, but a key makes it exact.)
-    try:
-        await call.send(internal, idempotency_key=f"events-{uuid.uuid4()}")
-    except InternalCallError as exc:
-        raise Problem(
-            f"Nothing was changed: {doing} needs the relations service, which failed ({exc})",
-            status_code=exc.http_status,
-            service="relations",
-        ) from exc
+    await call_relations(internal, call, doing, caller=EVENTS)
 
 
 async def _lock_calendar(session: AsyncSession, calendar_id: int) -> Calendar:
@@ -743,31 +736,12 @@ async def detach_calendar(
     return CalendarChange(to_calendar(calendar), [detach])
 
 
-async def revert_relations(internal: InternalClient, calls: Sequence[RelationsCall]) -> None:
-    """Undo relations calls, newest first. Best effort: a failure is logged, not raised, because
-    the caller is already reporting the error that made it revert."""
-    for call in reversed(calls):
-        try:
-            await call.undo().send(internal)
-        except InternalCallError:
-            logger.exception(
-                "could not revert relations (%s %s); relations and events disagree until the "
-                "calendar is attached again",
-                "attach" if call.attach else "detach",
-                call.relation,
-            )
-
-
 async def commit_or_revert(
     session: AsyncSession, internal: InternalClient, change: CalendarChange
 ) -> CalendarOut:
-    """Commit a calendar change whose relations calls already succeeded. Should the commit fail,
-    reverse those calls, so relations does not keep an attachment events never stored."""
-    try:
-        await session.commit()
-    except Exception:
-        await revert_relations(internal, change.relations_calls)
-        raise
+    """Commit a calendar change whose relations calls already succeeded (reversing them should
+    the commit fail)."""
+    await commit_or_revert_relations(session, internal, change.relations_calls)
     return change.calendar
 
 

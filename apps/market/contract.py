@@ -1,5 +1,6 @@
-"""What market offers other services: its products, read through postgres_fdw (cart shows
-titles and prices). Imports nothing else of market."""
+"""What market offers other services: its products and market places, read through postgres_fdw
+(cart shows titles and prices; blog attaches market places to pages). Imports nothing else of
+market."""
 
 from __future__ import annotations
 
@@ -24,4 +25,15 @@ PRODUCTS = ExportView.of(
     "container_id bigint",
 )
 
-CONTRACT = Contract(SERVICE, dev_port=8002, public=True, calls=[], views=[PRODUCTS])
+# Market places that exist, with their names and pages: blog attaches only these.
+MARKET_PLACES = ExportView.of(
+    SERVICE,
+    "market_places",
+    "id bigint",
+    "slug character varying(255)",
+    "name character varying(255)",
+    "container_type character varying(32)",
+    "container_id bigint",
+)
+
+CONTRACT = Contract(SERVICE, dev_port=8002, public=True, calls=[], views=[PRODUCTS, MARKET_PLACES])

@@ -7,6 +7,7 @@ from decimal import Decimal
 from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Numeric, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from apps.blog import contract as blog
 from apps.common.db import IdentityPkMixin, TimestampedMixin, service_metadata
 from apps.likes import contract as likes
 
@@ -49,3 +50,4 @@ class Product(IdentityPkMixin, TimestampedMixin, Base):
 
 # -- foreign tables: other services' export views, as their contracts declare them ------------
 foreign_likes = likes.LIKES.foreign_table()
+foreign_pages = blog.PAGES.foreign_table()

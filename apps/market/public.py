@@ -1,4 +1,5 @@
-"""Public routes of market: product lists and pages (HTML, and JSON under /api), like toggle."""
+"""Public routes of market: product lists and pages (HTML, and JSON under /api), like toggle,
+and the editors' admin of market places (create, rename, delete)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,25 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Request, Response, get, post
+from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency, Provide
-from litestar.params import Parameter
-from litestar.response import Template
+from litestar.enums import RequestEncodingType
+from litestar.handlers.base import BaseRouteHandler
+from litestar.params import Body, Parameter
+from litestar.response import Redirect, Template
 
+from apps.common.app_factory import platform_of
 from apps.common.deps import CurrentIdentity, DbSession, Internal
-from apps.common.problems import Forbidden
-from apps.common.web import degraded_headers, redirect_back, render, require_signed_in, wants_html
+from apps.common.identity import identity_from_scope
+from apps.common.problems import Conflict, Forbidden, InvalidInput, Problem
+from apps.common.web import (
+    degraded_headers,
+    redirect_back,
+    render,
+    require_editor,
+    require_signed_in,
+    wants_html,
+)
 from apps.market import service
 
 SlugParam = Annotated[str, Parameter(pattern=r"^[a-z0-9][a-z0-9-]{0,254}$")]
@@ -116,4 +129,123 @@ async def toggle_like(
     return {"liked": liked}
 
 
-handlers = [product_list, api_product_list, product_page, api_product, toggle_like]
+# -- market places (editors only) -------------------------------------------------------------
+def editors_only(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """A guard: it runs before the body is read, so a non-editor gets 403 whatever they send."""
+    require_editor(platform_of(connection.app).settings, identity_from_scope(connection.scope))
+
+
+PlaceIdParam = Annotated[int, Parameter(ge=1, le=2**63 - 1)]
+PlaceFormBody = Annotated[service.PlaceForm, Body(media_type=RequestEncodingType.URL_ENCODED)]
+ADMIN_PATH = "/admin/market-places/"
+
+
+async def _admin_page(
+    request: Request,
+    db_session: DbSession,
+    *,
+    error: Problem | None = None,
+    error_place: int | None = None,
+    form: service.PlaceForm | None = None,
+) -> Template:
+    places, pages, degraded = await service.admin_places(db_session)
+    return render(
+        request,
+        "market_places.html",
+        status_code=error.status_code if error else 200,
+        headers=degraded_headers(degraded),
+        places=places,
+        pages=pages,
+        degraded=degraded,
+        error=error,
+        error_place=error_place,
+        form=form or service.PlaceForm(),
+        slug_pattern=service.SLUG_PATTERN,
+        name_max=service.NAME_MAX,
+    )
+
+
+async def _answer_or_form(
+    request: Request,
+    db_session: DbSession,
+    work: Any,
+    *,
+    error_place: int | None = None,
+    form: service.PlaceForm | None = None,
+) -> Any:
+    """Run ``work``: JSON clients get its answer or the problem; browsers go back to the admin
+    page, or see it again with the message beside the field (nothing was changed)."""
+    try:
+        answer = await work
+    except (InvalidInput, Conflict) as problem:
+        if not wants_html(request) or problem.field is None:
+            raise
+        await db_session.rollback()
+        return await _admin_page(
+            request, db_session, error=problem, error_place=error_place, form=form
+        )
+    if wants_html(request):
+        return Redirect(path=ADMIN_PATH, status_code=303)
+    return answer
+
+
+@get(ADMIN_PATH, operation_id="market_places_admin", guards=[editors_only])
+async def market_places_admin(request: Request, db_session: DbSession) -> Template:
+    return await _admin_page(request, db_session)
+
+
+@post(ADMIN_PATH, operation_id="market_place_create", guards=[editors_only], status_code=201)
+async def create_market_place(
+    request: Request, db_session: DbSession, internal: Internal, data: PlaceFormBody
+) -> Any:
+    async def work() -> service.MarketPlaceView:
+        change = await service.create_place(db_session, internal, data)
+        return await service.commit_place(db_session, internal, change)
+
+    return await _answer_or_form(request, db_session, work(), form=data)
+
+
+@post(
+    ADMIN_PATH + "{place_id:int}/rename/",
+    operation_id="market_place_rename",
+    guards=[editors_only],
+    status_code=200,
+)
+async def rename_market_place(
+    request: Request, db_session: DbSession, place_id: PlaceIdParam, data: PlaceFormBody
+) -> Any:
+    async def work() -> service.MarketPlaceView:
+        place = await service.rename_place(db_session, place_id, data.name)
+        await db_session.commit()
+        return place
+
+    return await _answer_or_form(request, db_session, work(), error_place=place_id)
+
+
+@post(
+    ADMIN_PATH + "{place_id:int}/delete/",
+    operation_id="market_place_delete",
+    guards=[editors_only],
+    status_code=200,
+)
+async def delete_market_place(
+    request: Request, db_session: DbSession, internal: Internal, place_id: PlaceIdParam
+) -> Any:
+    async def work() -> service.MarketPlaceView:
+        change = await service.delete_place(db_session, internal, place_id)
+        return await service.commit_place(db_session, internal, change)
+
+    return await _answer_or_form(request, db_session, work(), error_place=place_id)
+
+
+handlers = [
+    product_list,
+    api_product_list,
+    product_page,
+    api_product,
+    toggle_like,
+    market_places_admin,
+    create_market_place,
+    rename_market_place,
+    delete_market_place,
+]

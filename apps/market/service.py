@@ -8,22 +8,27 @@ one remote query with the page's slugs as one array. Never a remote query per pr
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from sqlalchemy import Select, String, any_, bindparam, func, select
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from apps.common.db import end_read
 from apps.common.fdw import ProviderUnavailable, remote_read
 from apps.common.internal_client import InternalClient
-from apps.common.problems import NotFound
+from apps.common.problems import Conflict, InvalidInput, NotFound
 from apps.likes import contract as likes
-from apps.market.models import MarketPlace, Product, foreign_likes
+from apps.market.models import MarketPlace, Product, foreign_likes, foreign_pages
+from apps.relations import contract as relations
+from apps.relations.contract import RelationsCall, call_relations, commit_or_revert_relations
 
 DEFAULT_PAGE_SIZE = 24
 MAX_PAGE_SIZE = 100
@@ -251,3 +256,205 @@ async def liked_slugs_among(session: AsyncSession, user_id: int, slugs: Iterable
     if not keys:
         return set()
     return set(await session.scalars(liked_slugs_query(user_id, keys)))
+
+
+# -- market places (editors) ------------------------------------------------------------------
+# Market owns its market places; relations records which page each sells through, kept in step
+# the way events keeps its calendars (apps.relations.contract: call relations inside the open
+# transaction, commit after, undo relations should the commit fail).
+PAGE = "page"
+MARKET = "market"
+SLUG_PATTERN = "[a-z0-9]([a-z0-9-]*[a-z0-9])?"
+NAME_MAX = 255
+
+Slug = Annotated[str, msgspec.Meta(max_length=255)]
+Name = Annotated[str, msgspec.Meta(max_length=NAME_MAX)]
+
+
+class PlaceForm(msgspec.Struct):
+    """The admin's form for a new market place (all text: the checks below say what is wrong)."""
+
+    name: Name = ""
+    slug: Slug = ""
+    page_id: Annotated[str, msgspec.Meta(max_length=20)] = ""
+
+
+class AdminPlace(msgspec.Struct):
+    id: int
+    slug: str
+    name: str
+    page_id: int
+    page_title: str | None
+    products: int
+
+
+class PageChoice(msgspec.Struct):
+    id: int
+    title: str
+
+
+@dataclass
+class PlaceChange:
+    place: MarketPlaceView
+    relations_calls: list[RelationsCall]
+
+
+def _to_place_view(place: MarketPlace) -> MarketPlaceView:
+    return MarketPlaceView(
+        place.id, place.slug, place.name, place.container_type, place.container_id
+    )
+
+
+def _relation(place_id: int, page_id: int) -> relations.DetachChild:
+    return relations.DetachChild(
+        parent_type=PAGE, parent_id=page_id, child_type=MARKET, child_id=place_id
+    )
+
+
+def check_name(name: str) -> str:
+    name = name.strip()
+    if not name:
+        raise InvalidInput("Give the market place a name.", field="name")
+    return name
+
+
+def check_slug(slug: str) -> str:
+    slug = slug.strip()
+    if not re.fullmatch(SLUG_PATTERN, slug):
+        raise InvalidInput(
+            "The web address name may use lowercase letters, digits and '-' (not at either end).",
+            field="slug",
+        )
+    return slug
+
+
+async def pages(session: AsyncSession) -> list[PageChoice]:
+    """Blog's pages (through FDW), by title: what a market place may sell through."""
+    async with remote_read(session, "blog"):
+        rows = await session.execute(
+            select(foreign_pages.c.id, foreign_pages.c.title).order_by(
+                foreign_pages.c.title, foreign_pages.c.id
+            )
+        )
+        return [PageChoice(id=row.id, title=row.title) for row in rows]
+
+
+async def check_page(session: AsyncSession, page_id: str) -> int:
+    try:
+        wanted = int(page_id)
+    except ValueError:
+        wanted = 0
+    if wanted < 1 or wanted not in {page.id for page in await pages(session)}:
+        raise InvalidInput("Choose one of the pages.", field="page_id")
+    return wanted
+
+
+async def admin_places(
+    session: AsyncSession,
+) -> tuple[list[AdminPlace], list[PageChoice], list[str]]:
+    """Every market place with its page's title and how many products it sells; the pages to
+    choose from; ``["blog"]`` as degraded when page titles cannot be read."""
+    counts = (
+        select(Product.market_place_id, func.count().label("products"))
+        .where(Product.deleted_at.is_(None))
+        .group_by(Product.market_place_id)
+        .subquery()
+    )
+    rows = (
+        await session.execute(
+            select(MarketPlace, func.coalesce(counts.c.products, 0))
+            .outerjoin(counts, counts.c.market_place_id == MarketPlace.id)
+            .where(MarketPlace.deleted_at.is_(None))
+            .order_by(MarketPlace.name, MarketPlace.id)
+        )
+    ).all()
+    degraded: list[str] = []
+    try:
+        choices = await pages(session)
+    except ProviderUnavailable:
+        choices, degraded = [], ["blog"]
+    titles = {page.id: page.title for page in choices}
+    places = [
+        AdminPlace(
+            id=place.id,
+            slug=place.slug,
+            name=place.name,
+            page_id=place.container_id,
+            page_title=titles.get(place.container_id),
+            products=products,
+        )
+        for place, products in rows
+    ]
+    return places, choices, degraded
+
+
+async def _lock_place(session: AsyncSession, place_id: int) -> MarketPlace:
+    place = await session.scalar(
+        select(MarketPlace)
+        .where(MarketPlace.id == place_id, MarketPlace.deleted_at.is_(None))
+        .with_for_update()
+    )
+    if place is None:
+        raise NotFound(f"There is no market place {place_id}")
+    return place
+
+
+async def create_place(
+    session: AsyncSession, internal: InternalClient, form: PlaceForm
+) -> PlaceChange:
+    """Insert the market place on its page (flushed: it needs its id, and a taken slug is
+    refused before relations is asked), then attach it there in relations."""
+    name, slug = check_name(form.name), check_slug(form.slug)
+    page_id = await check_page(session, form.page_id)
+    await end_read(session)
+    place = MarketPlace(slug=slug, name=name, container_type=PAGE, container_id=page_id)
+    session.add(place)
+    try:
+        await session.flush()
+    except IntegrityError as exc:
+        raise Conflict(
+            f"Another market place already uses the web address name {slug!r}.", field="slug"
+        ) from exc
+    attach = RelationsCall(True, _relation(place.id, page_id), name)
+    await call_relations(internal, attach, f"adding market place {name!r}", caller=MARKET)
+    return PlaceChange(_to_place_view(place), [attach])
+
+
+async def rename_place(session: AsyncSession, place_id: int, name: str) -> MarketPlaceView:
+    """A new name (blog and the shop read it from market: relations keeps no copy to update)."""
+    place = await _lock_place(session, place_id)
+    place.name = check_name(name)
+    place.updated_at = func.now()
+    await session.flush()
+    return _to_place_view(place)
+
+
+async def delete_place(
+    session: AsyncSession, internal: InternalClient, place_id: int
+) -> PlaceChange:
+    """Soft-delete an empty market place and detach it from its page in relations. One that
+    still sells products is refused (they would vanish from every cart and page)."""
+    place = await _lock_place(session, place_id)
+    products = await session.scalar(
+        select(func.count()).where(
+            Product.market_place_id == place.id, Product.deleted_at.is_(None)
+        )
+    )
+    if products:
+        raise Conflict(
+            f"{place.name} still sells {products} product{'s' if products != 1 else ''}: "
+            "remove them first.",
+            field="market_place",
+        )
+    detach = RelationsCall(False, _relation(place.id, place.container_id), place.name)
+    await call_relations(internal, detach, f"removing market place {place.name!r}", caller=MARKET)
+    place.deleted_at = func.now()
+    await session.flush()
+    return PlaceChange(_to_place_view(place), [detach])
+
+
+async def commit_place(
+    session: AsyncSession, internal: InternalClient, change: PlaceChange
+) -> MarketPlaceView:
+    await commit_or_revert_relations(session, internal, change.relations_calls)
+    return change.place

@@ -1,14 +1,28 @@
 """What relations offers other services: which child (market place, calendar) is attached to
-which parent (page). Imports nothing else of relations."""
+which parent (page). Imports nothing else of relations.
+
+For the owners of children (events' calendars, market's market places), the one way to keep
+relations in step with their own rows: call relations inside the open local transaction, after
+the local rows are flushed, and commit only once it answered (:func:`call_relations`); should
+the commit then fail, undo what relations did (:func:`commit_or_revert_relations`)."""
 
 from __future__ import annotations
 
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated
 
 import msgspec
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from apps.common.contracts import Action, Contract, ExportView, Query
+from apps.common.internal_client import InternalCallError, InternalClient
+from apps.common.problems import Problem
+
+logger = logging.getLogger("rose.relations.calls")
 
 SERVICE = "relations"
 
@@ -82,3 +96,67 @@ CONTRACT = Contract(
     calls=[get_children, attach_child, detach_child],
     views=[CONTAINER_RELATIONS],
 )
+
+
+# -- keeping relations in step (the owners of children call these) ----------------------------
+@dataclass(frozen=True)
+class RelationsCall:
+    """One attach-child or detach-child of a child on a parent; :meth:`undo` reverses it."""
+
+    attach: bool
+    relation: DetachChild  # which parent and child
+    label: str | None = None
+
+    def undo(self) -> RelationsCall:
+        return RelationsCall(not self.attach, self.relation, self.label)
+
+    async def send(self, internal: InternalClient, idempotency_key: str | None = None) -> None:
+        if self.attach:
+            attach = AttachChild(**msgspec.structs.asdict(self.relation), label=self.label)
+            await internal.call(attach_child, attach, idempotency_key=idempotency_key)
+        else:
+            await internal.call(detach_child, self.relation, idempotency_key=idempotency_key)
+
+
+async def call_relations(
+    internal: InternalClient, call: RelationsCall, doing: str, *, caller: str
+) -> None:
+    """Send ``call``; a failure is a problem saying nothing was changed (the caller's open
+    transaction then rolls back)."""
+    # A fresh key per call: the client may then retry a timeout or a 503 safely, and relations
+    # applies the call once. (attach/detach are no-ops when repeated, but a key makes it exact.)
+    try:
+        await call.send(internal, idempotency_key=f"{caller}-{uuid.uuid4()}")
+    except InternalCallError as exc:
+        raise Problem(
+            f"Nothing was changed: {doing} needs the relations service, which failed ({exc})",
+            status_code=exc.http_status,
+            service=SERVICE,
+        ) from exc
+
+
+async def revert_relations(internal: InternalClient, calls: Sequence[RelationsCall]) -> None:
+    """Undo relations calls, newest first. Best effort: a failure is logged, not raised, because
+    the caller is already reporting the error that made it revert."""
+    for call in reversed(calls):
+        try:
+            await call.undo().send(internal)
+        except InternalCallError:
+            logger.exception(
+                "could not revert relations (%s %s); relations and its caller disagree until "
+                "the child is attached again",
+                "attach" if call.attach else "detach",
+                call.relation,
+            )
+
+
+async def commit_or_revert_relations(
+    session: AsyncSession, internal: InternalClient, calls: Sequence[RelationsCall]
+) -> None:
+    """Commit a local change whose relations calls already succeeded. Should the commit fail,
+    reverse those calls, so relations does not keep an attachment its owner never stored."""
+    try:
+        await session.commit()
+    except Exception:
+        await revert_relations(internal, calls)
+        raise

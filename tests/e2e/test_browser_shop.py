@@ -123,6 +123,46 @@ def test_tickets_are_one_line_with_a_quantity_and_the_page_says_what_was_added(
     assert page.locator("a.cart-mini").inner_text() == "Cart (2)"
 
 
+def test_market_owns_its_market_places_and_blog_attaches_them_by_name(shop_live, shop, page):
+    market, blog = shop_live.url("market"), shop_live.url("blog")
+    page.goto(f"{market}/auth/dev-login?user_id=1&next=/admin/market-places/")
+    form = page.locator("#new-market-place form")
+    # Wrong first: one message beside the field, in words.
+    form.locator('input[name="name"]').fill("Orchard")
+    form.locator('input[name="slug"]').fill("Orchard Stall")
+    form.locator('select[name="page_id"]').select_option(label="Market Hall")
+    form.get_by_role("button", name="Add market place").click()
+    assert page.locator(".field-error").count() == 1
+    assert page.locator("#error-slug").inner_text().startswith("The web address name may use")
+    form = page.locator("#new-market-place form")
+    form.locator('input[name="slug"]').fill("orchard")
+    form.get_by_role("button", name="Add market place").click()
+    page.wait_for_url(f"{market}/admin/market-places/")
+    row = page.locator('tr.market-place[data-slug="orchard"]')
+    assert "Market Hall" in row.inner_text()
+
+    page.goto(f"{blog}/farm-shop/admin/page-config/")
+    choice = page.locator('#attach-form select[name="market_place_id"]')
+    assert "Orchard" in choice.inner_text()
+    choice.select_option(label="Orchard")
+    page.locator("#attach-form").get_by_role("button", name="Attach").click()
+    page.wait_for_url(f"{blog}/farm-shop/admin/page-config/")
+    assert "Orchard" in page.locator("#attached-markets").inner_text()
+
+    # Renamed in market: the page shows market's name.
+    page.goto(f"{market}/admin/market-places/")
+    row = page.locator('tr.market-place[data-slug="orchard"]')
+    row.locator('input[name="name"]').fill("Orchard and apples")
+    row.get_by_role("button", name="Rename").click()
+    page.wait_for_url(f"{market}/admin/market-places/")
+    page.goto(f"{blog}/farm-shop/")
+    assert "Orchard and apples" in page.locator("#markets").inner_text()
+
+    # Calendars are shown with their page's title.
+    page.goto(shop_live.url("events", "/"))
+    assert "on Farm Shop" in page.locator(".calendar").first.inner_text()
+
+
 def test_a_provider_that_is_down_leaves_its_slot_out(shop_live, shop, page):
     """Last in this module: it stops the cart process."""
     cart = shop_live.group.processes["cart"].process

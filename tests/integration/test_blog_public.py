@@ -7,7 +7,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from tests.conftest import in_process_stack
+from tests.conftest import admin_connect, in_process_stack
 from tests.integration.blog_fixtures import (
     HTML,
     JSON,
@@ -375,6 +375,13 @@ async def test_admin_of_a_post_that_is_not_a_page_is_404(browser, clean_db):
 
 async def test_attach_and_detach_market_places_from_the_admin(browser, clean_db):
     page_id = insert_post(clean_db, "market-hall", title="Market hall", is_page=True)
+    # Market places 4 and 9 exist in market (blog attaches only those, read through FDW).
+    with admin_connect(clean_db, "market") as connection:
+        connection.execute(
+            "INSERT INTO market.market_places (id, slug, name, container_type, container_id) "
+            "VALUES (4, 'stalls', 'Stalls', 'page', %s), (9, 'cheese', 'Cheese', 'page', %s)",
+            (page_id, page_id),
+        )
     token = await sign_in(browser)
     form_headers = {**HTML, "X-CSRF-Token": token}
 
@@ -395,18 +402,18 @@ async def test_attach_and_detach_market_places_from_the_admin(browser, clean_db)
     )
     assert relation_rows(clean_db) == [
         ("page", page_id, "market", 4, "Saturday stalls", True),
-        ("page", page_id, "market", 9, None, True),
+        ("page", page_id, "market", 9, "Cheese", True),  # no label given: market's name
     ]
 
     shown = await browser.get("/market-hall/", headers=HTML)
     assert shown.status_code == 200
     assert 'data-market-place-id="4"' in shown.text
-    assert "Saturday stalls" in shown.text
+    assert "Stalls" in shown.text  # market's name of it
     assert 'data-market-place-id="9"' in shown.text
     api = (await browser.get("/api/posts/market-hall")).json()
-    assert [(item["child_id"], item["label"]) for item in api["markets"]] == [
-        (4, "Saturday stalls"),
-        (9, None),
+    assert [(item["child_id"], item["label"], item["name"]) for item in api["markets"]] == [
+        (4, "Saturday stalls", "Stalls"),
+        (9, "Cheese", "Cheese"),
     ]
     admin = await browser.get("/market-hall/admin/page-config/", headers=HTML)
     assert 'data-market-place-id="4"' in admin.text
@@ -419,7 +426,7 @@ async def test_attach_and_detach_market_places_from_the_admin(browser, clean_db)
     assert detached.status_code == 303
     assert relation_rows(clean_db) == [
         ("page", page_id, "market", 4, "Saturday stalls", False),
-        ("page", page_id, "market", 9, None, True),
+        ("page", page_id, "market", 9, "Cheese", True),
     ]
     as_json = await browser.post(
         "/market-hall/admin/menu-items/detach/",

@@ -1,0 +1,219 @@
+"""Issue 15: market owns its market places (create, rename, delete in its admin, editors only),
+keeps relations in step like events keeps its calendars, and blog attaches only market places
+that exist (read through FDW), shown by their names."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from apps.common.asgi import read_body, send_problem
+from tests.conftest import admin_connect, in_process_stack
+from tests.integration.blog_fixtures import insert_post, relation_rows
+from tests.integration.commerce_fixtures import browser_of
+
+HTML = {"accept": "text/html"}
+
+
+def places(server) -> list[tuple]:
+    with admin_connect(server, "market") as connection:
+        return connection.execute(
+            "SELECT slug, name, container_id, deleted_at IS NULL FROM market.market_places "
+            "ORDER BY id"
+        ).fetchall()
+
+
+def live_relations(server) -> list[tuple]:
+    return [row[:5] for row in relation_rows(server) if row[5]]
+
+
+@pytest.fixture
+async def stack(clean_db, credentials):
+    insert_post(clean_db, "farm-shop", title="Farm Shop", is_page=True)
+    insert_post(clean_db, "market-hall", title="Market Hall", is_page=True)
+    async with in_process_stack(clean_db, credentials, ["market", "relations", "blog"]) as running:
+        yield running
+
+
+async def test_create_rename_delete_keep_relations_in_step(stack, clean_db):
+    editor = await browser_of(stack, "market", user_id=1)
+    created = await editor.post(
+        "/admin/market-places/", data={"name": "Veg stall", "slug": "veg-stall", "page_id": "1"}
+    )
+    assert created.status_code == 201, created.text
+    place_id = created.json()["id"]
+    assert places(clean_db) == [("veg-stall", "Veg stall", 1, True)]
+    assert live_relations(clean_db) == [("page", 1, "market", place_id, "Veg stall")]
+
+    renamed = await editor.post(
+        f"/admin/market-places/{place_id}/rename/", data={"name": "Vegetables"}
+    )
+    assert renamed.status_code == 200, renamed.text
+    assert places(clean_db) == [("veg-stall", "Vegetables", 1, True)]
+
+    deleted = await editor.post(f"/admin/market-places/{place_id}/delete/")
+    assert deleted.status_code == 200, deleted.text
+    assert places(clean_db) == [("veg-stall", "Vegetables", 1, False)]
+    assert live_relations(clean_db) == []
+
+
+async def test_wrong_input_is_one_message_in_words_and_changes_nothing(stack, clean_db):
+    editor = await browser_of(stack, "market", user_id=1)
+    for form, field in [
+        ({"name": " ", "slug": "a", "page_id": "1"}, "name"),
+        ({"name": "A", "slug": "Not A Slug", "page_id": "1"}, "slug"),
+        ({"name": "A", "slug": "a", "page_id": "9999"}, "page_id"),  # no such page
+        ({"name": "A", "slug": "a", "page_id": "x"}, "page_id"),
+    ]:
+        answer = await editor.post("/admin/market-places/", data=form)
+        assert answer.status_code == 422, answer.text
+        [error] = answer.json()["errors"]
+        assert error["field"] == field
+        assert error["message"][0].isupper()  # a sentence, not "page_id: ..."
+        assert f"{field}:" not in error["message"]
+        assert "page_id" not in error["message"]
+        page = await editor.post("/admin/market-places/", data=form, headers=HTML)
+        assert page.status_code == 422
+        assert page.text.count('class="field-error"') == 1
+        assert f'id="error-{field}"' in page.text
+    assert places(clean_db) == []
+    assert live_relations(clean_db) == []
+
+
+async def test_a_market_place_with_products_is_not_deleted(stack, clean_db):
+    editor = await browser_of(stack, "market", user_id=1)
+    place_id = (
+        await editor.post(
+            "/admin/market-places/", data={"name": "Dairy", "slug": "dairy", "page_id": "2"}
+        )
+    ).json()["id"]
+    with admin_connect(clean_db, "market") as connection:
+        connection.execute(
+            "INSERT INTO market.products (slug, title, regular_price, market_place_id) "
+            "VALUES ('milk', 'Milk', 1.20, %s)",
+            (place_id,),
+        )
+    refused = await editor.post(f"/admin/market-places/{place_id}/delete/")
+    assert refused.status_code == 409
+    assert (
+        refused.json()["errors"][0]["message"] == "Dairy still sells 1 product: remove them first."
+    )
+    assert places(clean_db) == [("dairy", "Dairy", 2, True)]
+    assert live_relations(clean_db) == [("page", 2, "market", place_id, "Dairy")]
+
+
+async def test_only_editors_change_market_places(stack, clean_db):
+    someone = await browser_of(stack, "market", user_id=2)
+    answer = await someone.post(
+        "/admin/market-places/", data={"name": "X", "slug": "x", "page_id": "1"}
+    )
+    assert answer.status_code == 403
+    assert (await someone.get("/admin/market-places/")).status_code == 403
+    assert places(clean_db) == []
+
+
+class FailingAttach:
+    """relations, except that attach-child answers 500."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == "/internal/actions/attach-child":
+            await read_body(receive)
+            await send_problem(send, 500, "boom", scope["path"])
+            return
+        await self.app(scope, receive, send)
+
+
+async def test_relations_failing_leaves_no_market_place_behind(stack, clean_db):
+    editor = await browser_of(stack, "market", user_id=1)
+    failing = FailingAttach(stack.apps["relations"])
+    for client in stack.all_internal:
+        client.route("relations", failing)
+    answer = await editor.post(
+        "/admin/market-places/", data={"name": "Veg", "slug": "veg", "page_id": "1"}
+    )
+    assert answer.status_code == 502
+    assert "Nothing was changed" in answer.json()["detail"]
+    assert places(clean_db) == []
+
+
+async def test_a_failed_commit_undoes_the_attach_in_relations(stack, clean_db, monkeypatch):
+    from apps.market import service
+
+    editor = await browser_of(stack, "market", user_id=1)
+    real = service.commit_or_revert_relations
+
+    async def failing_commit(session, internal, calls):
+        async def boom() -> None:
+            raise RuntimeError("commit failed")
+
+        session.commit = boom
+        await real(session, internal, calls)
+
+    monkeypatch.setattr(service, "commit_or_revert_relations", failing_commit)
+    answer = await editor.post(
+        "/admin/market-places/", data={"name": "Veg", "slug": "veg", "page_id": "1"}
+    )
+    assert answer.status_code == 500
+    assert places(clean_db) == []
+    assert live_relations(clean_db) == []
+
+
+async def test_blog_attaches_only_market_places_that_exist_and_shows_their_names(stack, clean_db):
+    editor = await browser_of(stack, "market", user_id=1)
+    place_id = (
+        await editor.post(
+            "/admin/market-places/", data={"name": "Veg stall", "slug": "veg", "page_id": "1"}
+        )
+    ).json()["id"]
+    blog = await browser_of(stack, "blog", user_id=1)
+    for wrong in ("9999", "x", ""):
+        refused = await blog.post(
+            "/market-hall/admin/menu-items/attach/", data={"market_place_id": wrong}
+        )
+        assert refused.status_code == 422, (wrong, refused.text)
+        assert refused.json()["errors"] == [
+            {"field": "market_place_id", "message": "Choose one of the market places."}
+        ]
+        page = await blog.post(
+            "/market-hall/admin/menu-items/attach/",
+            data={"market_place_id": wrong},
+            headers=HTML,
+        )
+        assert page.status_code == 422
+        assert 'id="error-market_place_id"' in page.text
+    assert [row for row in live_relations(clean_db) if row[1] == 2] == []
+
+    attached = await blog.post(
+        "/market-hall/admin/menu-items/attach/", data={"market_place_id": str(place_id)}
+    )
+    assert attached.status_code == 200, attached.text
+    assert live_relations(clean_db)[-1] == ("page", 2, "market", place_id, "Veg stall")
+
+    # Renamed in market: blog shows market's name (through FDW), not the label it stored.
+    await editor.post(f"/admin/market-places/{place_id}/rename/", data={"name": "Greens"})
+    post = (await blog.get("/api/posts/market-hall")).json()
+    assert [(m["child_id"], m["name"]) for m in post["markets"]] == [(place_id, "Greens")]
+    shown = await blog.get("/market-hall/", headers=HTML)
+    assert "Greens" in shown.text
+    assert "Market place 9999" not in shown.text
+    admin = await blog.get("/market-hall/admin/page-config/", headers=HTML)
+    assert "Greens" in admin.text
+
+
+async def test_a_relation_to_a_market_place_market_does_not_have_is_not_shown(stack, clean_db):
+    """What the old admin let through (market place 9999) no longer shows on the page."""
+    client = stack.internal
+    await client.call_action(
+        "relations",
+        "attach-child",
+        {"parent_type": "page", "parent_id": 1, "child_type": "market", "child_id": 9999},
+    )
+    blog = await browser_of(stack, "blog")
+    post = (await blog.get("/api/posts/farm-shop")).json()
+    assert post["markets"] == []
+    page = await blog.get("/farm-shop/", headers=HTML)
+    assert "9999" not in page.text
