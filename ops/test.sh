@@ -23,4 +23,15 @@ if ! command -v chromium >/dev/null 2>&1; then
     fi
 fi
 
+# The accessibility checks inject axe-core from npm (into .cache/axe, git-ignored).
+if [ ! -f .cache/axe/node_modules/axe-core/axe.min.js ]; then
+    if command -v npm >/dev/null 2>&1; then
+        echo "installing axe-core (npm)"
+        npm install --prefix .cache/axe --no-audit --no-fund --silent axe-core@4.10
+    else
+        echo "npm is missing: install Debian's npm package (apt-get install npm) for axe-core" >&2
+        exit 1
+    fi
+fi
+
 exec "$VENV/bin/python" -m pytest "$@"

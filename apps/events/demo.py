@@ -2,9 +2,8 @@
 
 The calendars belong to the demo pages 1 ("Farm tours") and 2 ("Tastings"): blog's demo creates
 its two pages first, so they get post ids 1 and 2 on a fresh stack. The ids are written as they
-are, with nothing looked up in another database. relations gets no rows from here (it is another
-database); an editor's "Attach to page" on the events page creates them (attaching to the page a
-calendar is already on still calls relations).
+are, with nothing looked up in another database. relations' own demo data attaches them to their
+pages (apps/relations/demo.py).
 """
 
 from __future__ import annotations

@@ -1,16 +1,21 @@
-"""market: public. Product browse (with ?liked=true), product pages, like toggle."""
+"""market: public. Product browse (with ?liked=true), product pages, like toggle, market places
+(editors), product images as static files."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from litestar import Litestar
+from litestar.datastructures import CacheControlHeader
+from litestar.static_files import create_static_files_router
 
 from apps.common.internal_client import InternalClient
 from apps.common.settings import Settings
 from apps.market import public
 from apps.market.contract import CONTRACT
 from apps.registry import create_service_app
+
+STATIC = Path(__file__).parent / "static"
 
 
 def create_app(
@@ -20,6 +25,15 @@ def create_app(
         CONTRACT,
         settings,
         internal_client,
-        public_handlers=public.handlers,
+        public_handlers=[
+            *public.handlers,
+            # Product images (the demo's, and any an editor puts there), cached by browsers.
+            create_static_files_router(
+                path="/static",
+                directories=[STATIC],
+                cache_control=CacheControlHeader(max_age=86_400, public=True),
+                include_in_schema=False,
+            ),
+        ],
         templates=Path(__file__).parent / "templates",
     )

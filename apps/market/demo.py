@@ -42,7 +42,8 @@ def seed(connection: Connection) -> str | None:
             {
                 "slug": f"{produce}-{kind}",
                 "title": f"{produce.capitalize()} {kind}",
-                "image": f"/static/{produce}.jpg",
+                # Served by market itself (apps/market/static/products, at /static/).
+                "image": f"/static/products/{produce}.svg",
                 "regular_price": price,
                 "special_price": (price * Decimal("0.8")).quantize(Decimal("0.01"))
                 if index % 7 == 0

@@ -8,10 +8,12 @@ Playwright (never a browser a tool downloads).
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -106,3 +108,42 @@ def page(browser):
     opened.set_default_timeout(15_000)
     yield opened
     context.close()
+
+
+# axe-core from npm (ops/test.sh installs it; else the first test that needs it does), injected
+# by Playwright into the page under test. Never a copy in the repository.
+AXE_DIR = Path(__file__).resolve().parents[2] / ".cache" / "axe"
+AXE_VERSION = "4.10"
+AXE_SCRIPT = AXE_DIR / "node_modules" / "axe-core" / "axe.min.js"
+# What counts: violations of these impacts fail a page.
+AXE_FAILING = ("serious", "critical")
+
+
+def axe_source() -> str:
+    if not AXE_SCRIPT.exists():
+        npm = shutil.which("npm")
+        if npm is None:
+            pytest.fail("axe-core is not installed and npm is missing: run ops/test.sh")
+        AXE_DIR.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [npm, "install", "--prefix", str(AXE_DIR), "--no-audit", "--no-fund", "--silent",
+             f"axe-core@{AXE_VERSION}"],
+            check=True,
+        )  # fmt: skip
+    return AXE_SCRIPT.read_text()
+
+
+AXE_RUN = """async () => {
+  const result = await axe.run(document, {resultTypes: ['violations']});
+  return result.violations.map(v => ({
+    id: v.id, impact: v.impact, help: v.help,
+    nodes: v.nodes.slice(0, 5).map(n => n.target.join(' ')),
+  }));
+}"""
+
+
+def axe_violations(page, source: str) -> list[dict]:
+    """axe-core's serious and critical violations of the page as it is now."""
+    page.evaluate(source)
+    found = page.evaluate(AXE_RUN)
+    return [violation for violation in found if violation["impact"] in AXE_FAILING]

@@ -1,0 +1,104 @@
+"""The demo a person meets after rose up (issue 15), in Debian's chromium against real processes:
+pages with their market places and calendars, product images served by market, a favicon; and
+axe-core over every public page: no serious or critical accessibility violation."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from ops.stack.demo import seed_demo_data
+from tests.conftest import truncate_all
+from tests.e2e.conftest import axe_source, axe_violations, live_stack
+from tests.integration.commerce_fixtures import ALL_SERVICES
+
+
+@pytest.fixture(scope="module")
+def demo_live(provisioned, credentials):
+    truncate_all(provisioned)
+    seed_demo_data(provisioned.topology, ALL_SERVICES, lambda _: None)
+    with live_stack(provisioned, credentials, ALL_SERVICES, sandbox=True) as stack:
+        yield stack
+    truncate_all(provisioned)
+
+
+def test_the_demo_pages_show_their_markets_calendars_and_images(demo_live, page):
+    page.goto(demo_live.url("blog", "/farm-shop/"))
+    assert page.locator("#markets").inner_text().count("Farm Shop Market") == 1
+    assert "Farm tours" in page.locator("#calendars").inner_text()
+    assert page.locator('link[rel="icon"]').count() == 1
+
+    page.goto(demo_live.url("market", "/"))
+    images = page.locator("img.product-image")
+    assert images.count() >= 12
+    page.wait_for_load_state("load")
+    loaded = images.evaluate_all("imgs => imgs.map(i => i.complete && i.naturalWidth > 0)")
+    assert all(loaded), loaded
+    response = page.request.get(demo_live.url("market", "/static/products/apple.svg"))
+    assert response.status == 200
+    assert response.headers["content-type"].startswith("image/svg+xml")
+
+    page.goto(demo_live.url("events", "/"))
+    assert "on Farm shop" in page.locator("#calendar-1").inner_text()
+
+
+def public_pages(stack, page) -> list[tuple[str, str]]:
+    """Every public page, with what makes it show something: an editor (user 1) with a product,
+    a booking and tickets in the cart, and an order waiting for payment."""
+    blog, market, cart, events, orders = (
+        stack.url(name) for name in ("blog", "market", "cart", "events", "orders")
+    )
+    page.goto(f"{market}/auth/dev-login?user_id=1&next=/product/apple-jam/")
+    page.locator("#add-to-cart").click()
+    page.goto(f"{events}/")
+    page.locator("tr.entry").first.get_by_role("button", name="Add tickets").click()
+    page.goto(f"{cart}/")
+    page.locator("#checkout").click()
+    page.wait_for_url(re.compile(re.escape(stack.sandbox_url) + r"/pay/.+"))
+    page.goto(f"{orders}/")
+    order = page.locator("a[href^='/order/']").first.get_attribute("href")
+    page.goto(f"{market}/product/apple-jam/")
+    page.locator("#add-to-cart").click()  # the cart has something again
+    return [
+        ("blog", f"{blog}/"),
+        ("blog-post", f"{blog}/jam-day/"),
+        ("blog-page", f"{blog}/farm-shop/"),
+        ("blog-page-admin", f"{blog}/farm-shop/admin/page-config/"),
+        ("market", f"{market}/"),
+        ("market-liked", f"{market}/?liked=true"),
+        ("market-product", f"{market}/product/apple-jam/"),
+        ("market-admin", f"{market}/admin/market-places/"),
+        ("cart", f"{cart}/"),
+        ("cart-page", f"{cart}/page/farm-shop/"),
+        ("events", f"{events}/"),
+        ("events-page", f"{events}/?page_id=1"),
+        ("orders", f"{orders}/"),
+        ("order", f"{orders}{order}"),
+        ("not-found", f"{market}/no-such-page/"),
+    ]
+
+
+def test_axe_finds_no_serious_or_critical_violation_on_any_public_page(demo_live, browser):
+    source = axe_source()
+    # axe is injected into pages whose CSP allows no inline script: the test's context only.
+    context = browser.new_context(bypass_csp=True, viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    try:
+        found: dict[str, list[dict]] = {}
+        pages = public_pages(demo_live, page)
+        for width in (1280, 390):
+            page.set_viewport_size({"width": width, "height": 900})
+            for name, url in pages:
+                page.goto(url)
+                violations = axe_violations(page, source)
+                if violations:
+                    found[f"{name}@{width}"] = violations
+        assert len(pages) == 15
+        assert found == {}
+        # The check can fail: an image without a text alternative is a critical violation.
+        page.set_content('<!doctype html><html lang="en"><title>t</title><img src="x.png">')
+        assert [v["id"] for v in axe_violations(page, source)] == ["image-alt"]
+    finally:
+        context.close()
