@@ -1,11 +1,12 @@
 """What cart offers other services: the cart's lines and summary, its mini fragment, adopting an
-anonymous cart at sign-in, and clearing what a paid order bought. Imports nothing else of cart."""
+anonymous cart at sign-in, clearing what a paid order bought, and its inbox of ActivityStreams
+Add / Remove / Update activities of ``rose:CartItem`` objects. Imports nothing else of cart."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -121,6 +122,52 @@ class Cleared(msgspec.Struct):
     cleared: int
 
 
+# -- the inbox: ActivityStreams activities about cart items (docs/cart-inbox.md) --------------
+ACTIVITY_STREAMS = "https://www.w3.org/ns/activitystreams"
+Quantity = Annotated[int, msgspec.Meta(ge=1, le=99)]
+
+
+class CartRef(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
+    """Whose cart an activity is about: a user's (``userId``) or an anonymous session's."""
+
+    type: Literal["rose:Cart"]
+    user_id: PositiveId | None = None
+    session_id: SessionId | None = None
+
+
+class CartItemObject(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
+    """A ``rose:CartItem``: a product of market, and for Add (default 1) and Update how many."""
+
+    type: Literal["rose:CartItem"]
+    product_id: PositiveId
+    quantity: Quantity | None = None
+
+
+class CartActivity(msgspec.Struct, forbid_unknown_fields=True):
+    """An ActivityStreams 2.0 ``Add``, ``Remove`` or ``Update`` of a ``rose:CartItem`` in a
+    ``rose:Cart``; ``id`` makes it idempotent (a second delivery has no second effect)."""
+
+    id: Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
+    type: Literal["Add", "Remove", "Update"]
+    object: CartItemObject
+    target: CartRef
+    context: str | list[str] | dict[str, str] = msgspec.field(
+        default=ACTIVITY_STREAMS, name="@context"
+    )
+    actor: Annotated[str, msgspec.Meta(max_length=512)] | None = None
+
+
+class InboxAnswer(msgspec.Struct):
+    """What the activity did: the product's quantity in that cart afterwards (0: no line), and
+    whether this delivery was a replay of an activity id already applied."""
+
+    activity_id: str
+    type: str
+    product_id: int
+    quantity: int
+    replayed: bool = False
+
+
 cart_summary = Query(SERVICE, "cart-summary", CartOf, CartSummary)
 cart_items = Query(SERVICE, "cart-items", CartOf, CartItems)
 # Idempotent without a key: a second adoption adopts nothing.
@@ -130,12 +177,21 @@ clear_cart_for_order = Action(
     SERVICE, "clear-cart-for-order", ClearCartForOrder, Cleared, keyed=False
 )
 cart_mini = Fragment(SERVICE, "cart-mini", IdentityParams)
+# Idempotent by the activity's own id (kept by cart), not by Idempotency-Key.
+inbox = Action(SERVICE, "inbox", CartActivity, InboxAnswer, keyed=False)
 
 CONTRACT = Contract(
     SERVICE,
     dev_port=8003,
     public=True,
-    calls=[cart_summary, cart_items, adopt_cart_for_user, clear_cart_for_order, cart_mini],
+    calls=[
+        cart_summary,
+        cart_items,
+        adopt_cart_for_user,
+        clear_cart_for_order,
+        cart_mini,
+        inbox,
+    ],
     on_sign_in=adopt_cart_for_user,
     nav=cart_mini,
 )

@@ -1,5 +1,5 @@
 """Internal routes of cart (its contract; the plan's post-split list): data cart-summary and
-cart-items; actions adopt-cart-for-user and clear-cart-for-order; fragment cart-mini."""
+cart-items; actions adopt-cart-for-user, clear-cart-for-order and inbox; fragment cart-mini."""
 
 from __future__ import annotations
 
@@ -85,4 +85,15 @@ async def cart_mini(
     return f'<a class="cart-mini" href="{href}">Cart ({count})</a>'
 
 
-handlers = [cart_summary, cart_items, adopt_cart_for_user, clear_cart_for_order, cart_mini]
+@action_route(contract.inbox)
+async def inbox(
+    db_session: DbSession, data: JSONBody[contract.CartActivity]
+) -> contract.InboxAnswer:
+    """ActivityStreams Add / Remove / Update of a rose:CartItem in a rose:Cart, applied once per
+    activity id (docs/cart-inbox.md)."""
+    answer = await service.receive_activity(db_session, data)
+    await db_session.commit()
+    return answer
+
+
+handlers = [cart_summary, cart_items, adopt_cart_for_user, clear_cart_for_order, cart_mini, inbox]

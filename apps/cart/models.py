@@ -1,21 +1,28 @@
-"""The cart's one table (schema ``cart`` in ``db_cart``), and the foreign tables it reads.
+"""The cart's tables (schema ``cart`` in ``db_cart``), and the foreign tables it reads.
 
-After the split, cart owns cart lines and nothing else: products come from market, bookings
-from events and page configs from blog, all through read-only postgres_fdw foreign tables
-(declared here in their own MetaData, never managed by cart's migrations).
+After the split, cart owns cart lines (and the ids of the inbox activities it applied):
+products come from market, bookings from events and page configs from blog, all through
+read-only postgres_fdw foreign tables (declared here in their own MetaData, never managed by
+cart's migrations).
 """
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
+    DateTime,
     ForeignKey,
     Index,
     Integer,
     String,
+    func,
     text,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from apps.blog import contract as blog
@@ -71,6 +78,21 @@ class CartItem(IdentityPkMixin, TimestampedMixin, Base):
     order_id: Mapped[int | None] = mapped_column(BigInteger)
     # Sign-in merged this anonymous line into the user's line of the same product.
     merged_into_id: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("cart.cart_items.id"))
+
+
+class InboxActivity(Base):
+    """An inbox activity applied, by its id: a second delivery answers what the first did."""
+
+    __tablename__ = "inbox_activities"
+
+    id: Mapped[str] = mapped_column(String(512), primary_key=True)
+    type: Mapped[str] = mapped_column(String(16), nullable=False)
+    # SHA-256 of the activity as received: the same id with other content is refused.
+    activity_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    answer: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
+    received_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), nullable=False
+    )
 
 
 request_nonces = nonce_table(metadata)

@@ -29,8 +29,16 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as upsert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from apps.cart.contract import Booking, ClearCartForOrder, Line, PaidLine
-from apps.cart.models import CartItem, page_configs, pending_bookings, products
+from apps.cart.contract import (
+    Booking,
+    CartActivity,
+    CartRef,
+    ClearCartForOrder,
+    InboxAnswer,
+    Line,
+    PaidLine,
+)
+from apps.cart.models import CartItem, InboxActivity, page_configs, pending_bookings, products
 from apps.common.db import end_read, table_of
 from apps.common.fdw import ProviderUnavailable, remote_read
 from apps.common.internal_client import InternalClient
@@ -657,3 +665,67 @@ async def release_booking(
         )
         released = released or answer.released
     return events.Released(released=released)
+
+
+# -- the inbox (docs/cart-inbox.md) ------------------------------------------------------------
+def _activity_owner(target: CartRef) -> Owner:
+    if (target.user_id is None) == (target.session_id is None):
+        raise InvalidInput(
+            "target is a rose:Cart with exactly one of userId and sessionId", field="target"
+        )
+    return Owner(target.user_id, target.session_id)
+
+
+async def _live_line(session: AsyncSession, owner: Owner, product_id: int) -> CartItem | None:
+    return await session.scalar(
+        select(CartItem)
+        .where(owner.clause(), CartItem.product_id == product_id, CartItem.deleted_at.is_(None))
+        .with_for_update()
+    )
+
+
+async def receive_activity(session: AsyncSession, activity: CartActivity) -> InboxAnswer:
+    """Apply an Add, Remove or Update of a ``rose:CartItem`` once per activity id. The id is
+    claimed first, in the same transaction as the effect: a concurrent second delivery waits
+    for the first and then answers what it did; a failed effect records nothing."""
+    digest = hashlib.sha256(msgspec.json.encode(activity)).hexdigest()
+    claimed = await session.scalar(
+        upsert(InboxActivity)
+        .values(id=activity.id, type=activity.type, activity_hash=digest, answer={})
+        .on_conflict_do_nothing(index_elements=["id"])
+        .returning(InboxActivity.id)
+    )
+    if claimed is None:
+        seen = await session.get(InboxActivity, activity.id)
+        assert seen is not None
+        if seen.activity_hash != digest:
+            raise Conflict(
+                f"Activity {activity.id!r} was already received with other content", field="id"
+            )
+        return msgspec.structs.replace(msgspec.convert(seen.answer, InboxAnswer), replayed=True)
+    owner = _activity_owner(activity.target)
+    item = activity.object
+    if activity.type == "Add":
+        quantity = (await add_item(session, owner, item.product_id, item.quantity or 1)).quantity
+    else:
+        line = await _live_line(session, owner, item.product_id)
+        if activity.type == "Update":
+            if item.quantity is None:
+                raise InvalidInput("Update needs object.quantity (1 to 99)", field="object")
+            if line is None:
+                raise NotFound(f"That cart has no line of product {item.product_id}")
+            line.quantity = quantity = item.quantity
+            line.updated_at = func.now()
+        else:
+            if line is not None:
+                line.deleted_at = func.now()
+            quantity = 0
+    answer = InboxAnswer(
+        activity_id=activity.id, type=activity.type, product_id=item.product_id, quantity=quantity
+    )
+    await session.execute(
+        update(InboxActivity)
+        .where(InboxActivity.id == activity.id)
+        .values(answer=msgspec.to_builtins(answer))
+    )
+    return answer

@@ -40,6 +40,7 @@ def test_what_moved_out_of_cart_is_declared_by_its_new_owner_only():
         "adopt-cart-for-user",
         "clear-cart-for-order",
         "cart-mini",
+        "inbox",  # the plan's Add / Remove / Update of rose:CartItem
     }
 
 
