@@ -20,17 +20,8 @@ import pytest
 from ops.db.credentials import Credentials
 from ops.stack.pgserver import free_port
 from ops.stack.processes import SANDBOX, LogSink, ProcessGroup, service_environment
+from ops.stack.screenshots import CHROMIUM_FLAGS
 from tests.pg import TestServer
-
-CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 
 
 @dataclass

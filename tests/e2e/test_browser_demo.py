@@ -4,11 +4,10 @@ axe-core over every public page: no serious or critical accessibility violation.
 
 from __future__ import annotations
 
-import re
-
 import pytest
 
 from ops.stack.demo import seed_demo_data
+from ops.stack.screenshots import tour
 from tests.conftest import truncate_all
 from tests.e2e.conftest import axe_source, axe_violations, live_stack
 from tests.integration.commerce_fixtures import ALL_SERVICES
@@ -43,42 +42,6 @@ def test_the_demo_pages_show_their_markets_calendars_and_images(demo_live, page)
     assert "on Farm shop" in page.locator("#calendar-1").inner_text()
 
 
-def public_pages(stack, page) -> list[tuple[str, str]]:
-    """Every public page, with what makes it show something: an editor (user 1) with a product,
-    a booking and tickets in the cart, and an order waiting for payment."""
-    blog, market, cart, events, orders = (
-        stack.url(name) for name in ("blog", "market", "cart", "events", "orders")
-    )
-    page.goto(f"{market}/auth/dev-login?user_id=1&next=/product/apple-jam/")
-    page.locator("#add-to-cart").click()
-    page.goto(f"{events}/")
-    page.locator("tr.entry").first.get_by_role("button", name="Add tickets").click()
-    page.goto(f"{cart}/")
-    page.locator("#checkout").click()
-    page.wait_for_url(re.compile(re.escape(stack.sandbox_url) + r"/pay/.+"))
-    page.goto(f"{orders}/")
-    order = page.locator("a[href^='/order/']").first.get_attribute("href")
-    page.goto(f"{market}/product/apple-jam/")
-    page.locator("#add-to-cart").click()  # the cart has something again
-    return [
-        ("blog", f"{blog}/"),
-        ("blog-post", f"{blog}/jam-day/"),
-        ("blog-page", f"{blog}/farm-shop/"),
-        ("blog-page-admin", f"{blog}/farm-shop/admin/page-config/"),
-        ("market", f"{market}/"),
-        ("market-liked", f"{market}/?liked=true"),
-        ("market-product", f"{market}/product/apple-jam/"),
-        ("market-admin", f"{market}/admin/market-places/"),
-        ("cart", f"{cart}/"),
-        ("cart-page", f"{cart}/page/farm-shop/"),
-        ("events", f"{events}/"),
-        ("events-page", f"{events}/?page_id=1"),
-        ("orders", f"{orders}/"),
-        ("order", f"{orders}{order}"),
-        ("not-found", f"{market}/no-such-page/"),
-    ]
-
-
 def test_axe_finds_no_serious_or_critical_violation_on_any_public_page(demo_live, browser):
     source = axe_source()
     # axe is injected into pages whose CSP allows no inline script: the test's context only.
@@ -87,7 +50,7 @@ def test_axe_finds_no_serious_or_critical_violation_on_any_public_page(demo_live
     page.set_default_timeout(15_000)
     try:
         found: dict[str, list[dict]] = {}
-        pages = public_pages(demo_live, page)
+        pages = tour(demo_live.urls, page)
         for width in (1280, 390):
             page.set_viewport_size({"width": width, "height": 900})
             for name, url in pages:
