@@ -10,24 +10,20 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Request, Response, get, post
-from litestar.connection import ASGIConnection
 from litestar.datastructures import FormMultiDict
-from litestar.handlers import BaseRouteHandler
 from litestar.params import FromQuery, Parameter, URLEncodedBody
 from litestar.response import Redirect, Template
 
 from apps.blog import contract, service
 from apps.blog.models import PAGE_CONTAINER
-from apps.common.app_factory import platform_of
 from apps.common.deps import AppSettings, CurrentIdentity, DbSession, Internal
 from apps.common.fdw import ProviderUnavailable
-from apps.common.identity import identity_from_scope
 from apps.common.problems import InvalidInput
 from apps.common.web import (
     degraded_headers,
+    editors_only,
     redirect_back,
     render,
-    require_editor,
     require_signed_in,
     wants_html,
 )
@@ -39,11 +35,6 @@ PageNumber = Annotated[int, Parameter(ge=1, le=100_000)]
 def wants_json(request: Request) -> bool:
     """API clients say so with Accept: application/json; forms (browsers) get redirects."""
     return "application/json" in request.headers.get("accept", "")
-
-
-def editors_only(connection: ASGIConnection, _: BaseRouteHandler) -> None:
-    """Guard of the admin routes: runs before the body is read, so others get 403 first."""
-    require_editor(platform_of(connection.app).settings, identity_from_scope(connection.scope))
 
 
 def admin_path(slug: str, *, saved: bool = False) -> str:

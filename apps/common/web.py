@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from litestar import MediaType, Request, Response, get, post
+from litestar.connection import ASGIConnection
+from litestar.handlers import BaseRouteHandler
 from litestar.params import Parameter, QueryParameter
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect, Template
@@ -256,6 +258,14 @@ def require_editor(settings: Settings, identity: Identity) -> int:
     if user_id not in settings.editor_user_ids:
         raise Forbidden("Only editors may change this page")
     return user_id
+
+
+def editors_only(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Guard of admin routes: it runs before the body is read, so a non-editor gets 403
+    whatever they send."""
+    from apps.common.app_factory import platform_of  # the factory imports this module
+
+    require_editor(platform_of(connection.app).settings, identity_from_scope(connection.scope))
 
 
 def html_problem_page(

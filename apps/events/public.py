@@ -12,18 +12,21 @@ from typing import Annotated, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from litestar import Request, Response, Router, get, post
-from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
-from litestar.handlers.base import BaseRouteHandler
 from litestar.params import Body, Parameter
 from litestar.response import Redirect, Template
 
-from apps.common.app_factory import platform_of
 from apps.common.deps import AppSettings, CurrentIdentity, DbSession, Internal
-from apps.common.identity import Identity, identity_from_scope
+from apps.common.identity import Identity
 from apps.common.settings import Settings
-from apps.common.web import redirect_back, render, require_editor, safe_next, wants_html
+from apps.common.web import (
+    editors_only,
+    redirect_back,
+    render,
+    safe_next,
+    wants_html,
+)
 from apps.events import service
 from apps.events.settings import EventsSettings
 
@@ -147,11 +150,6 @@ async def add_tickets(
 
 
 # -- admin (editors only) ---------------------------------------------------------------------
-
-
-def editors_only(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-    """A guard: it runs before the body is read, so a non-editor gets 403 whatever they send."""
-    require_editor(platform_of(connection.app).settings, identity_from_scope(connection.scope))
 
 
 @post("/calendars/", operation_id="calendar_create")

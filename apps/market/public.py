@@ -7,22 +7,18 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Request, Response, get, post
-from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency, Provide
 from litestar.enums import RequestEncodingType
-from litestar.handlers.base import BaseRouteHandler
 from litestar.params import Body, Parameter
 from litestar.response import Redirect, Template
 
-from apps.common.app_factory import platform_of
 from apps.common.deps import CurrentIdentity, DbSession, Internal
-from apps.common.identity import identity_from_scope
 from apps.common.problems import Conflict, Forbidden, InvalidInput, Problem
 from apps.common.web import (
     degraded_headers,
+    editors_only,
     redirect_back,
     render,
-    require_editor,
     require_signed_in,
     wants_html,
 )
@@ -130,10 +126,6 @@ async def toggle_like(
 
 
 # -- market places (editors only) -------------------------------------------------------------
-def editors_only(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-    """A guard: it runs before the body is read, so a non-editor gets 403 whatever they send."""
-    require_editor(platform_of(connection.app).settings, identity_from_scope(connection.scope))
-
 
 PlaceIdParam = Annotated[int, Parameter(ge=1, le=2**63 - 1)]
 PlaceFormBody = Annotated[service.PlaceForm, Body(media_type=RequestEncodingType.URL_ENCODED)]
