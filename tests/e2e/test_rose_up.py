@@ -84,10 +84,11 @@ def test_rose_up_runs_relations_and_cli_calls_reach_it(running_stack):
         "action",
         "relations",
         "attach-child",
-        '{"parent_type":"page","parent_id":1,"child_type":"market","child_id":7}',
+        # Page 3: relations' demo data attaches the demo pages' (1 and 2) markets and calendars.
+        '{"parent_type":"page","parent_id":3,"child_type":"market","child_id":7}',
     )
     relation = json.loads(attached.stdout)
-    children = rose(home, "data", "relations", "get-children", "parent_type=page", "parent_id=1")
+    children = rose(home, "data", "relations", "get-children", "parent_type=page", "parent_id=3")
     assert [child["child_id"] for child in json.loads(children.stdout)] == [7]
     assert [child["id"] for child in json.loads(children.stdout)] == [relation["id"]]
 
