@@ -278,13 +278,23 @@ async def test_data_endpoints_and_fragment(stack, shop):
 
 async def test_cart_is_exactly_what_the_plan_leaves_it(stack, clean_db):
     """The plan's post-split cart state: table, Alembic environment, routes, data, actions."""
-    # cart_items, and the platform's table of accepted signed requests (replay protection).
-    assert set(cart_metadata.tables) == {"cart.cart_items", "cart.request_nonces"}
+    # cart_items, the platform's table of accepted signed requests (replay protection), and the
+    # ids of the activities the inbox applied (the plan's inbox handlers, idempotent by id).
+    assert set(cart_metadata.tables) == {
+        "cart.cart_items",
+        "cart.inbox_activities",
+        "cart.request_nonces",
+    }
     with admin_connect(clean_db, "cart") as connection:
         tables = connection.execute(
             "SELECT tablename FROM pg_tables WHERE schemaname = 'cart' ORDER BY 1"
         ).fetchall()
-    assert tables == [("alembic_version",), ("cart_items",), ("request_nonces",)]
+    assert tables == [
+        ("alembic_version",),
+        ("cart_items",),
+        ("inbox_activities",),
+        ("request_nonces",),
+    ]
     schema = (await stack.client("cart").get("/schema/openapi.json")).json()
     paths = set(schema["paths"])
     internal = {path for path in paths if path.startswith("/internal/")}
@@ -294,6 +304,7 @@ async def test_cart_is_exactly_what_the_plan_leaves_it(stack, clean_db):
         "/internal/actions/adopt-cart-for-user",
         "/internal/actions/clear-cart-for-order",
         "/internal/fragments/cart-mini",
+        "/internal/actions/inbox",
     }
     public = {path for path in paths if not path.startswith(("/internal/", "/auth/"))}
     assert public == {
