@@ -65,6 +65,7 @@ from bench.checkout_stack import (
     running_stack,
     set_up_databases,
 )
+from bench.targets import Target, print_targets
 from ops.db.credentials import Credentials
 from ops.stack.pgserver import throwaway_postgres
 
@@ -742,6 +743,7 @@ def report(run: Run, sink: TimingSink, argv: list[str]) -> None:
     print()
     for line in run.final_check:
         print(f"checked: {line}")
+    print_targets(checkout_targets(run))
     if run.profile:
         print()
         print("Profile of the orders process (py-spy, sequential checkouts, idle excluded)")
@@ -759,6 +761,56 @@ def report(run: Run, sink: TimingSink, argv: list[str]) -> None:
         print()
         print("Breakdown: where the time goes")
         print_breakdown(sink.breakdowns, run.baseline_parts, client_p50, server_p50)
+
+
+TARGET_CLIENTS = 16
+
+
+def checkout_targets(run: Run) -> list[Target]:
+    seq, conc = run.sequential, run.concurrent
+
+    def ratio(service: str, base: str) -> float | None:
+        service_stats, base_stats = seq.stats(service), seq.stats(base)
+        return service_stats.p50 / base_stats.p50 if service_stats and base_stats else None
+
+    def orders_cpu(samples: Any) -> float | None:
+        count = len(samples.ms.get("checkout", []))
+        if not count or not samples.cpu_seconds:
+            return None
+        return float(samples.cpu_seconds["orders"] * 1000 / count)
+
+    at_scale = conc.ms and run.args.clients == TARGET_CLIENTS
+    scale_how = f"run with --clients {TARGET_CLIENTS}"
+    checkouts = len(conc.ms.get("checkout", [])) if at_scale else 0
+    complete = conc.stats("checkout") if at_scale else None
+    return [
+        Target("create-order p50 / its baseline", 1.5, "max", ratio("create", "baseline create")),
+        Target("webhook p50 / its baseline", 1.5, "max", ratio("webhook", "baseline webhook")),
+        Target("orders CPU per complete checkout, sequential", 8, "max", orders_cpu(seq), " ms"),
+        Target(
+            f"orders CPU per complete checkout, {run.args.clients} clients",
+            8,
+            "max",
+            orders_cpu(conc),
+            " ms",
+            how="run with --clients N",
+        ),
+        Target(
+            f"complete checkouts/s with {TARGET_CLIENTS} clients",
+            100,
+            "min",
+            checkouts / conc.wall_seconds if at_scale and conc.wall_seconds else None,
+            how=scale_how,
+        ),
+        Target(
+            f"p99 of a complete checkout with {TARGET_CLIENTS} clients",
+            250,
+            "max",
+            complete.p99 if complete else None,
+            " ms",
+            how=scale_how,
+        ),
+    ]
 
 
 # -- main ----------------------------------------------------------------------------------------
