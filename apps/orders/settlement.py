@@ -24,7 +24,7 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Update, and_, func, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
@@ -138,17 +138,15 @@ async def apply_checkout(
             updated_at=func.now(),
         )
     )
+    # Its own statement, first: every path locks the attempt before its order (one CTE for both
+    # would lock them in an order PostgreSQL does not promise, and deadlock with the others).
+    await session.execute(attempt_update)
     if remote.status != "PAID":
-        await session.execute(attempt_update)
         return Applied(order.status, attempt.status, flagged=order.flagged)
 
-    paid_items = await _record_payment(session, order, attempt_update)
-    # The objects in hand say what the database now says, as an ORM UPDATE would have made them.
-    if attempt.status in OPEN_ATTEMPT_STATES:
-        set_committed_value(attempt, "status", remote.status)
-        set_committed_value(attempt, "transaction_code", remote.transaction_code)
-        set_committed_value(attempt, "transaction_id", remote.transaction_id)
+    paid_items = await _record_payment(session, order)
     if paid_items is not None:
+        # The order in hand says what the database now says, as an ORM UPDATE would have.
         set_committed_value(order, "status", "paid")
         await _enqueue_after_payment(session, order, paid_items)
         return Applied("paid", "PAID", paid=True)
@@ -242,15 +240,10 @@ class PaidItem:
     cart_line_ids: list[int] | None
 
 
-async def _record_payment(
-    session: AsyncSession, order: Order, attempt_update: Update
-) -> list[PaidItem] | None:
-    """The attempt's PAID status and the order's transition to paid (if it is still pending and
-    not flagged), in one statement that also reads the order's items for what follows a
-    payment. None when the order did not transition.
-
-    Both UPDATEs run as CTEs of one snapshot: they touch different tables, and the items are
-    never changed after the order is created, so this is what the three statements did."""
+async def _record_payment(session: AsyncSession, order: Order) -> list[PaidItem] | None:
+    """The order's transition to paid (if it is still pending and not flagged), in one
+    statement that also reads the order's items for what follows a payment (they never change
+    after the order is created). None when the order did not transition."""
     transition = (
         update(Order)
         .where(Order.id == order.id, Order.status == "pending", Order.flagged.is_(False))
@@ -267,9 +260,7 @@ async def _record_payment(
                 items.c.source_id,
                 items.c.quantity,
                 items.c.cart_line_ids,
-            )
-            .select_from(transition.outerjoin(items, items.c.order_id == transition.c.id))
-            .add_cte(attempt_update.returning(PaymentAttempt.id).cte("paid_attempt"))
+            ).select_from(transition.outerjoin(items, items.c.order_id == transition.c.id))
         )
     ).all()
     if not rows:
