@@ -13,6 +13,10 @@ DB_FILES = ["alembic.ini", "**/*.sql", "**/*.toml", "**/*.py", "**/*.mako"]
 setup(
     packages=[*find_packages(include=["apps*", "ops*"]), "rose_ash_db"],
     package_dir={"rose_ash_db": "db"},
-    package_data={"": ["templates/**/*", "static/**/*"], "rose_ash_db": DB_FILES},
+    package_data={
+        "": ["templates/**/*", "static/**/*"],
+        "ops.deploy": ["Caddyfile.j2"],
+        "rose_ash_db": DB_FILES,
+    },
     exclude_package_data={"": ["**/__pycache__/*"]},
 )

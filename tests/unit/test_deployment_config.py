@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from apps.registry import SERVICES
+from ops.stack.proxy import host_of, production_caddyfile
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -44,16 +45,31 @@ def test_every_service_runs_on_its_own_database_and_role():
         assert environment["ROSE_ENV"] == "prod"
 
 
-def test_only_caddy_is_published_and_it_routes_orders_only():
+def test_only_caddy_is_published_and_it_routes_every_public_site():
     services = compose()["services"]
     published = {name for name, service in services.items() if service.get("ports")}
     assert published == {"caddy"}
     caddyfile = (REPO / "ops" / "deploy" / "Caddyfile").read_text()
+    # What compose mounts is the template's production rendering (`rose caddyfile`).
+    assert caddyfile == production_caddyfile()
     sites = re.findall(r"^([a-z0-9.-]+\.[a-z]+) \{", caddyfile, flags=re.MULTILINE)
-    assert sites == ["orders.rose-ash.com"]
-    assert "@internal path /internal/*" in caddyfile
-    assert "respond @internal 404" in caddyfile
-    assert "reverse_proxy orders:8000" in caddyfile
+    public = [name for name, contract in SERVICES.items() if contract.public]
+    assert sites == [host_of(name, "rose-ash.com") for name in public]
+    assert "orders.rose-ash.com" in sites
+    for name in public:
+        assert f"reverse_proxy {name}:8000" in caddyfile
+    for name in set(SERVICES) - set(public):
+        assert name not in sites
+        assert f"reverse_proxy {name}:" not in caddyfile
+    assert "@never path /internal /internal/* /metrics /metrics/*" in caddyfile
+    assert set(services["caddy"]["depends_on"]) == set(public)
+
+
+def test_services_trust_forwarded_headers_from_caddy_only():
+    services = compose()["services"]
+    caddy_address = services["caddy"]["networks"]["default"]["ipv4_address"]
+    for name in SERVICES:
+        assert services[name]["environment"]["FORWARDED_ALLOW_IPS"] == caddy_address
 
 
 def test_every_secret_compose_needs_is_in_the_env_template():
