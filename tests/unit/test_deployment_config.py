@@ -83,6 +83,8 @@ def test_every_secret_compose_needs_is_in_the_env_template():
     assert {"ROSE_DB_PASSWORD_LIKES_RO_MARKET", "ROSE_DB_PASSWORD_BLOG_RO_ORDERS"} <= (
         env_template_names()
     )
+    # The rotation windows, with how to use them.
+    assert {"INTERNAL_SECRET_PREVIOUS", "SESSION_SECRET_PREVIOUS"} <= env_template_names()
 
 
 def test_deploy_script_deploys_every_service():
