@@ -92,3 +92,31 @@ def test_deploy_script_deploys_every_service():
     apps = re.search(r"^APPS=\(([^)]*)\)", script, flags=re.MULTILINE)
     assert apps is not None
     assert set(apps.group(1).split()) == set(SERVICES)
+
+
+def test_the_image_runs_the_installed_wheel_not_a_source_tree():
+    dockerfile = (REPO / "ops" / "deploy" / "Dockerfile").read_text()
+    build, run = dockerfile.split("\nFROM python:3.11-slim\n")
+    assert "COPY db ./db" in build  # db/ goes into the wheel (as rose_ash_db)
+    assert "pip wheel" in build
+    assert "pip install /wheels/*.whl" in run
+    copied = re.findall(r"^COPY (?!--from)(\S+)", run, flags=re.MULTILINE)
+    assert copied == ["ops/deploy/entrypoint.sh"]
+
+
+def test_the_wheel_carries_db_and_the_caddyfile_template(tmp_path):
+    import zipfile
+
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(REPO)],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("rose_ash-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for path in (REPO / "db").rglob("*"):
+        if path.is_file() and "__pycache__" not in path.parts:
+            assert f"rose_ash_db/{path.relative_to(REPO / 'db')}" in names, path
+    assert "ops/deploy/Caddyfile.j2" in names
+    assert "apps/common/templates/base.html" in names
+    assert not [name for name in names if "__pycache__" in name]
