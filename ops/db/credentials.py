@@ -97,13 +97,13 @@ def missing_role_passwords(environ: Mapping[str, str] | None = None) -> list[str
 
 
 ROTATION_NOTE = """\
-# Rotating INTERNAL_SECRET or SESSION_SECRET without downtime (docs/deployment.md):
-#   1. deploy with the new value in *_PREVIOUS everywhere (accepted, not yet used to sign);
-#   2. deploy with the new value as INTERNAL_SECRET / SESSION_SECRET and the old one in
-#      *_PREVIOUS (sign with the new, accept both);
-#   3. once every process runs step 2 (internal calls) or the old sessions have expired
-#      (SESSION_SECRET), deploy with *_PREVIOUS empty.
-# INTERNAL_SECRET_PREVIOUS and SESSION_SECRET_PREVIOUS take a comma-separated list.
+# Rotating INTERNAL_SECRET or SESSION_SECRET without downtime (docs/deployment.md, "Secrets"),
+# each step rolled out to every service before the next:
+#   1. the new value in *_PREVIOUS (accepted everywhere, nobody signs with it yet);
+#   2. the new value as INTERNAL_SECRET / SESSION_SECRET, the old one in *_PREVIOUS;
+#   3. *_PREVIOUS empty again once nothing signed with the old value lives: five minutes
+#      after step 2 for INTERNAL_SECRET (a signed call's life), 30 days for SESSION_SECRET.
+# Each *_PREVIOUS takes a comma-separated list.
 INTERNAL_SECRET_PREVIOUS=
 SESSION_SECRET_PREVIOUS=
 """

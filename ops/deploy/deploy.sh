@@ -6,6 +6,8 @@
 # Usage: ops/deploy/deploy.sh [service ...]       (default: every service)
 #   ROSE_TAG=<tag> ops/deploy/deploy.sh           roll out (or back to) the image rose-ash:<tag>;
 #                                                 default: the current commit's short hash
+#   ROSE_MIGRATE=0 ...                            skip the migrate job (a rollback: an older
+#                                                 image does not know the newer revisions)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -25,7 +27,9 @@ else
 fi
 "${COMPOSE[@]}" up -d postgres
 # Migrations are additive (the running version keeps working on the new schema): migrate first.
-"${COMPOSE[@]}" run --rm migrate
+if [ "${ROSE_MIGRATE:-1}" != "0" ]; then
+    "${COMPOSE[@]}" run --rm migrate
+fi
 
 for app in "${APPS[@]}"; do
     echo "deploying $app (rose-ash:$ROSE_TAG)"
@@ -40,7 +44,7 @@ for app in "${APPS[@]}"; do
         sleep 2
     done
     echo "$app did not become ready; see: docker compose logs $app" >&2
-    echo "roll back: ROSE_TAG=<the previous tag> ops/deploy/deploy.sh $app" >&2
+    echo "roll back: ROSE_TAG=<the previous tag> ROSE_MIGRATE=0 ops/deploy/deploy.sh $app" >&2
     exit 1
 done
 "${COMPOSE[@]}" up -d caddy
