@@ -17,6 +17,7 @@ import pytest
 from ops.db.credentials import Credentials
 from ops.stack.pgserver import free_port
 from ops.stack.processes import SANDBOX, LogSink, ProcessGroup, service_environment
+from tests.e2e.conftest import buy_in_the_browser
 from tests.integration.commerce_fixtures import ALL_SERVICES, cart_rows, open_shop
 from tests.integration.orders_fixtures import order_rows
 from tests.pg import TestServer, embedded_server
@@ -121,25 +122,15 @@ def test_the_installed_wheel_provisions_migrates_checks_runs_and_sells(
             group.start_service(name, ports[name])
         assert not group.wait_ready([SANDBOX, *ALL_SERVICES], timeout=90)
 
-        shop = open_shop(fresh_server)
-        market, cart, orders = (
-            f"http://localhost:{ports[name]}" for name in ("market", "cart", "orders")
-        )
-        page.goto(f"{market}/auth/dev-login?user_id=31&next=/product/shop-003/")
-        assert page.locator("h1").inner_text() == "Item 003"
-        page.locator("#add-to-cart").click()
-        page.wait_for_url(f"{cart}/")
-        assert page.locator(f'.line[data-product-id="{shop.product_ids[3]}"]').count() == 1
-        page.locator("#checkout").click()
-        page.wait_for_url(re.compile(re.escape(sandbox_url) + r"/pay/.+"))
-        page.get_by_role("button", name=re.compile("Pay", re.I)).first.click()
-        page.wait_for_url(re.compile(re.escape(orders) + r"/checkout/return/\d+/"))
+        open_shop(fresh_server)
+        urls = {name: f"http://localhost:{ports[name]}" for name in ("market", "cart", "orders")}
+        buy_in_the_browser(page, urls, sandbox_url, user_id=31, product=3)
 
         assert eventually_sync(lambda: [row[1] for row in order_rows(fresh_server)] == ["paid"])
         assert eventually_sync(lambda: not [row for row in cart_rows(fresh_server) if row[6]])
         deliveries = httpx.get(f"{sandbox_url}/_sandbox/deliveries").json()
         assert [entry["outcome"] for entry in deliveries] == ["delivered"]
-        page.goto(f"{cart}/")
+        page.goto(f"{urls['cart']}/")
         assert page.locator("#empty-cart").count() == 1
     finally:
         group.stop()

@@ -6,12 +6,8 @@ the production rendering (HSTS, the rose-ash.com hosts) run by a real Caddy with
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +20,7 @@ from ops.stack.pgserver import free_port
 from ops.stack.processes import LogSink, ProcessGroup
 from ops.stack.proxy import caddy_binary, production_caddyfile, public_services
 from tests.conftest import truncate_all
-from tests.e2e.conftest import live_stack
+from tests.e2e.conftest import buy_in_the_browser, live_stack, rose_up
 from tests.integration.commerce_fixtures import cart_rows, open_shop
 from tests.integration.orders_fixtures import order_payload, order_rows, product_line
 from tests.waiting import eventually_sync
@@ -56,16 +52,6 @@ class Proxied:
         return (self.home / "rose.log").read_text()
 
 
-def rose(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ops.cli", *args],
-        env={**os.environ, "ROSE_HOME": str(home)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 @pytest.fixture(scope="module")
 def proxied(provisioned, credentials) -> Iterator[Proxied]:
     """``rose up --proxy`` on the session's server (with the session's credentials)."""
@@ -73,42 +59,12 @@ def proxied(provisioned, credentials) -> Iterator[Proxied]:
     assert credentials.path is not None
     home = credentials.path.parent
     port = free_port()
-    log = (home / "up.out").open("w")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "ops.cli",
-            "up",
-            "--database-url",
-            provisioned.admin_url,
-            "--no-demo",
-            "--proxy",
-            "--proxy-port",
-            str(port),
-            "--port-offset",
-            str(PORT_OFFSET),
-        ],
-        env={**os.environ, "ROSE_HOME": str(home)},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    state = None
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        status = rose(home, "status", "--json")
-        if status.returncode == 0:
-            state = json.loads(status.stdout)
-            break
-        time.sleep(0.5)
+    args = ["--database-url", provisioned.admin_url, "--no-demo", "--proxy"]
+    args += ["--proxy-port", str(port), "--port-offset", str(PORT_OFFSET)]
     try:
-        assert state is not None, (home / "up.out").read_text()
-        yield Proxied(home, port, state["services"], credentials.internal_secret())
+        with rose_up(home, *args) as running:
+            yield Proxied(home, port, running.state["services"], credentials.internal_secret())
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            process.wait(timeout=60)
-        log.close()
         truncate_all(provisioned)
 
 
@@ -206,26 +162,17 @@ def client_seen_by_relations(provisioned, credentials, allowed: str) -> str:
 
 
 def test_a_checkout_through_the_proxy_webhook_included(proxied: Proxied, provisioned, page):
-    shop = open_shop(provisioned)
-    market, cart, orders = (proxied.url(name, "") for name in ("market", "cart", "orders"))
-    page.goto(f"{market}/auth/dev-login?user_id=41&next=/product/shop-002/")
-    assert page.locator("h1").inner_text() == "Item 002"
-    page.locator("#add-to-cart").click()
-    page.wait_for_url(f"{cart}/")
-    assert page.locator(f'.line[data-product-id="{shop.product_ids[2]}"]').count() == 1
-    page.locator("#checkout").click()
-    page.wait_for_url(re.compile(r"http://127\.0\.0\.1:\d+/pay/.+"))
-    page.get_by_role("button", name=re.compile("Pay", re.I)).first.click()
-    page.wait_for_url(re.compile(re.escape(orders) + r"/checkout/return/\d+/"))
-
+    open_shop(provisioned)
+    urls = {name: proxied.url(name, "") for name in ("market", "cart", "orders")}
+    buy_in_the_browser(page, urls, sandbox_url(proxied), user_id=41, product=2)
     assert eventually_sync(lambda: [row[1] for row in order_rows(provisioned)] == ["paid"])
     assert eventually_sync(lambda: not [row for row in cart_rows(provisioned) if row[6]])
-    page.goto(f"{cart}/")
+    page.goto(f"{urls['cart']}/")
     assert page.locator("#empty-cart").count() == 1
     # SumUp was handed the proxy's URL, and its webhook came through Caddy.
     deliveries = httpx.get(f"{sandbox_url(proxied)}/_sandbox/deliveries").json()
     assert [(d["url"].split("/checkout/")[0], d["outcome"]) for d in deliveries] == [
-        (orders, "delivered")
+        (urls["orders"], "delivered")
     ]
 
 
