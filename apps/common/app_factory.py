@@ -192,7 +192,7 @@ def create_base_app(
         nonces = NonceStore(nonce_table) if nonce_table is not None else None
 
         async def remember_nonce(nonce: str) -> bool:
-            return nonces is None or await nonces.remember(platform.sessionmaker, nonce)
+            return nonces is None or await nonces.remember(platform.engine, nonce)
 
         secrets = (settings.internal_secret, *settings.internal_secrets_accepted)
         route_handlers.append(internal_router(contract, secrets, internal_handlers, remember_nonce))
