@@ -103,13 +103,17 @@ def request_middleware(service: str) -> Callable[[ASGIApp], ASGIApp]:
             finally:
                 current_request_id.reset(token)
                 if scope["path"] not in ("/healthz", "/readyz"):
+                    # The client as uvicorn saw it: the proxy's X-Forwarded-For when the
+                    # connection comes from a trusted proxy (FORWARDED_ALLOW_IPS), else the peer.
+                    client = scope.get("client")
                     logger.info(
-                        "%s %s %d %.1fms request=%s",
+                        "%s %s %d %.1fms request=%s client=%s",
                         http_method(scope),
                         scope["path"],
                         status,
                         (time.perf_counter() - started) * 1000,
                         request_id,
+                        client[0] if client else "-",
                     )
 
         return log
