@@ -49,6 +49,7 @@ import psycopg
 
 from apps.common.internal_client import InternalCallError, InternalClient
 from apps.sumup_sandbox.domain import ALWAYS_FAILING_AMOUNTS
+from bench import sampling
 from bench.checkout_baseline import REFERENCE_PREFIX, Baseline
 from bench.checkout_breakdown import print_breakdown, profiled_orders
 from bench.checkout_stack import (
@@ -64,6 +65,7 @@ from bench.checkout_stack import (
     running_stack,
     set_up_databases,
 )
+from bench.targets import Target, print_targets
 from ops.db.credentials import Credentials
 from ops.stack.pgserver import throwaway_postgres
 
@@ -123,6 +125,7 @@ class Run:
     final_check: list[str] = field(default_factory=list)
     postgres_version: str = ""
     baseline_parts: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    profile: list[str] = field(default_factory=list)
 
 
 # -- what one checkout is --------------------------------------------------------------------------
@@ -461,6 +464,31 @@ async def concurrent_phase(
     samples.cpu_seconds = {name: after[name] - before[name] for name in after}
 
 
+async def profile_phase(driver: Driver, rng: random.Random, run: Run, token: str) -> None:
+    """Sequential checkouts (no baseline) while py-spy samples the orders process: where its
+    CPU goes, by layer and by function."""
+    args = run.args
+    stack = driver.stack
+    output = args.profile_output or Path(tempfile.mkdtemp(prefix="rose-bench-profile-")) / "o.raw"
+    payloads = [cart_payload(rng, stack.shop, 200_000 + n) for n in range(args.profile)]
+    done = 0
+    with sampling.sampled(stack.pid("orders"), output) as raw:
+        for index, payload in enumerate(payloads):
+            outcome = await attempt(
+                run,
+                f"profiled checkout {index}",
+                driver.checkout(payload, f"bench-{token}-p{index}", verify=False),
+            )
+            if outcome is not None:
+                run.concurrent.order_ids.append(outcome[0].order_id)
+                done += 1
+        await asyncio.sleep(0.5)  # the outbox relay's last deliveries are part of a checkout
+    if raw is not None and raw.exists():
+        run.profile = sampling.report(sampling.parse(raw), done, "checkout")
+    if args.profile_output is None:
+        shutil.rmtree(output.parent, ignore_errors=True)
+
+
 def final_check(stack: Stack, run: Run, timeout: float = 30.0) -> None:
     """In the database: every order this run created is paid once, with one PAID attempt and
     one clear-cart message, which the outbox relay delivered to cart; no baseline row is left."""
@@ -536,6 +564,9 @@ async def drive(stack: Stack, sink: TimingSink, run: Run, postmaster: int) -> No
                 )
                 await concurrent_phase(driver, rng, run, sink, token, postmaster)
                 say(f"concurrent phase done in {run.concurrent.wall_seconds:.1f} s")
+            if args.profile:
+                say(f"profile: {args.profile} sequential checkouts, orders sampled by py-spy")
+                await profile_phase(driver, rng, run, token)
             if args.breakdown:
                 say(f"breakdown: {args.breakdown_checkouts} checkouts on an instrumented orders")
                 await breakdown_phase(stack, http, rng, run, sink, token)
@@ -712,6 +743,12 @@ def report(run: Run, sink: TimingSink, argv: list[str]) -> None:
     print()
     for line in run.final_check:
         print(f"checked: {line}")
+    print_targets(checkout_targets(run))
+    if run.profile:
+        print()
+        print("Profile of the orders process (py-spy, sequential checkouts, idle excluded)")
+        for line in run.profile:
+            print(f"  {line}" if line else "")
     if args.breakdown:
         client_p50 = {
             kind: stats.p50 for kind in ("create", "webhook") if (stats := seq.stats(kind))
@@ -724,6 +761,56 @@ def report(run: Run, sink: TimingSink, argv: list[str]) -> None:
         print()
         print("Breakdown: where the time goes")
         print_breakdown(sink.breakdowns, run.baseline_parts, client_p50, server_p50)
+
+
+TARGET_CLIENTS = 16
+
+
+def checkout_targets(run: Run) -> list[Target]:
+    seq, conc = run.sequential, run.concurrent
+
+    def ratio(service: str, base: str) -> float | None:
+        service_stats, base_stats = seq.stats(service), seq.stats(base)
+        return service_stats.p50 / base_stats.p50 if service_stats and base_stats else None
+
+    def orders_cpu(samples: Any) -> float | None:
+        count = len(samples.ms.get("checkout", []))
+        if not count or not samples.cpu_seconds:
+            return None
+        return float(samples.cpu_seconds["orders"] * 1000 / count)
+
+    at_scale = conc.ms and run.args.clients == TARGET_CLIENTS
+    scale_how = f"run with --clients {TARGET_CLIENTS}"
+    checkouts = len(conc.ms.get("checkout", [])) if at_scale else 0
+    complete = conc.stats("checkout") if at_scale else None
+    return [
+        Target("create-order p50 / its baseline", 1.5, "max", ratio("create", "baseline create")),
+        Target("webhook p50 / its baseline", 1.5, "max", ratio("webhook", "baseline webhook")),
+        Target("orders CPU per complete checkout, sequential", 8, "max", orders_cpu(seq), " ms"),
+        Target(
+            f"orders CPU per complete checkout, {run.args.clients} clients",
+            8,
+            "max",
+            orders_cpu(conc),
+            " ms",
+            how="run with --clients N",
+        ),
+        Target(
+            f"complete checkouts/s with {TARGET_CLIENTS} clients",
+            100,
+            "min",
+            checkouts / conc.wall_seconds if at_scale and conc.wall_seconds else None,
+            how=scale_how,
+        ),
+        Target(
+            f"p99 of a complete checkout with {TARGET_CLIENTS} clients",
+            250,
+            "max",
+            complete.p99 if complete else None,
+            " ms",
+            how=scale_how,
+        ),
+    ]
 
 
 # -- main ----------------------------------------------------------------------------------------
@@ -746,6 +833,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         type=int,
         default=40,
         help="checkouts on an instrumented orders process, to show where the time goes (0: skip)",
+    )
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        help="then N sequential checkouts with py-spy sampling orders (0: skip)",
+    )
+    parser.add_argument(
+        "--profile-output", type=Path, default=None, help="keep py-spy's raw samples here"
     )
     parser.add_argument("--seed", type=int, default=1, help="seed of the carts")
     parser.add_argument(

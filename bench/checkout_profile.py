@@ -27,7 +27,7 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from apps.common import app_factory, outbox
-from apps.orders import internal, payments, service
+from apps.orders import internal, payments, service, settlement
 from ops.stack.serve import configure_logging, serve
 
 logger = logging.getLogger("rose.bench.breakdown")
@@ -179,10 +179,8 @@ SECTIONS = {
         "handle_webhook",
         "attempt_for_checkout",
         "refresh_attempt",
-        "merchant_account",
-        "apply_checkout",
-        "_enqueue_after_payment",
     ],
+    settlement: ["merchant_account", "apply_checkout", "_enqueue_after_payment"],
 }
 
 

@@ -356,7 +356,9 @@ async def _plan_statements(
     await _statements(market, ("BEGIN",), in_sql, ("ROLLBACK",))
 
 
-def print_layers(layers: Layers, server_ms: Mapping[str, Sequence[float]]) -> None:
+def print_layers(layers: Layers, server_ms: Mapping[str, Sequence[float]]) -> float:
+    """Print the layers; returns (a)'s server p50 over the raw SQL of the same request."""
+
     def median(values: Sequence[float]) -> float:
         return statistics.median(values) if values else float("nan")
 
@@ -386,3 +388,4 @@ def print_layers(layers: Layers, server_ms: Mapping[str, Sequence[float]]) -> No
     for label, values in rows:
         cells = "".join(f"{values[k]:>8.2f}" for k in VARIANT_KEYS)
         print(f"  {label:<38}{cells}{values['a'] - values['c']:>9.2f}")
+    return server["a"] / sql["a"]

@@ -1,19 +1,45 @@
-"""Where things are: the repository's own folders (``db/``, ``apps/``, ``alembic.ini``) and the
-operator's home, ``.rose/`` (credentials, the running stack's state and log, split backups)."""
+"""Where things are: what ships in the package (the DBA's ``db/`` folder with its migrations and
+``alembic.ini``, the apps' templates) and the operator's home, ``.rose/`` (credentials, the
+running stack's state and log, split backups).
+
+Everything is found through the installed packages, never the working directory: ``db/`` is the
+package ``rose_ash_db`` in the wheel (``setup.py`` maps it), so an installed ``rose`` provisions
+and migrates as a checkout does.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DB_DIR = REPO_ROOT / "db"
-APPS_DIR = REPO_ROOT / "apps"
+import apps
+
+# The package data of the ``db/`` folder (its import name in a wheel and an editable install).
+DB_PACKAGE = "rose_ash_db"
+APPS_DIR = Path(apps.__file__).resolve().parent
+# The checkout this code runs from, if it runs from one (None in an installed wheel).
+_ROOT = APPS_DIR.parent
+REPO_ROOT: Path | None = _ROOT if (_ROOT / "pyproject.toml").exists() else None
+
+
+def _db_dir() -> Path:
+    spec = importlib.util.find_spec(DB_PACKAGE)
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations))).resolve()
+    # A checkout on the path without an install (PYTHONPATH=.): the folder itself.
+    return _ROOT / "db"
+
+
+DB_DIR = _db_dir()
+ALEMBIC_INI = DB_DIR / "alembic.ini"
 
 
 def rose_home() -> Path:
-    """Where the local stack keeps its state: ``ROSE_HOME`` or ``.rose`` in the repository."""
-    return Path(os.environ.get("ROSE_HOME", REPO_ROOT / ".rose")).resolve()
+    """Where the operator's state lives: ``ROSE_HOME``, else ``.rose`` in the checkout, else
+    (an installed package) ``~/.rose``."""
+    default = (REPO_ROOT or Path.home()) / ".rose"
+    return Path(os.environ.get("ROSE_HOME", default)).resolve()
 
 
 def stack_state_path() -> Path:

@@ -103,13 +103,17 @@ def request_middleware(service: str) -> Callable[[ASGIApp], ASGIApp]:
             finally:
                 current_request_id.reset(token)
                 if scope["path"] not in ("/healthz", "/readyz"):
+                    # The client as uvicorn saw it: the proxy's X-Forwarded-For when the
+                    # connection comes from a trusted proxy (FORWARDED_ALLOW_IPS), else the peer.
+                    client = scope.get("client")
                     logger.info(
-                        "%s %s %d %.1fms request=%s",
+                        "%s %s %d %.1fms request=%s client=%s",
                         http_method(scope),
                         scope["path"],
                         status,
                         (time.perf_counter() - started) * 1000,
                         request_id,
+                        client[0] if client else "-",
                     )
 
         return log
@@ -189,7 +193,7 @@ def create_base_app(
         nonces = NonceStore(nonce_table) if nonce_table is not None else None
 
         async def remember_nonce(nonce: str) -> bool:
-            return nonces is None or await nonces.remember(platform.sessionmaker, nonce)
+            return nonces is None or await nonces.remember(platform.engine, nonce)
 
         secrets = (settings.internal_secret, *settings.internal_secrets_accepted)
         route_handlers.append(internal_router(contract, secrets, internal_handlers, remember_nonce))

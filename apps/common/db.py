@@ -6,13 +6,17 @@ a response is never sent for a write that did not commit.
 
 from __future__ import annotations
 
+import select
+import time
 from datetime import datetime
 from typing import Any, cast
 
 from litestar.di import NamedDependency
 from litestar.types import ASGIApp, Receive, Scope, Send
-from sqlalchemy import BigInteger, DateTime, MetaData, Table, func, text
+from psycopg import pq
+from sqlalchemy import BigInteger, DateTime, MetaData, Table, event, func, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -20,6 +24,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
 # The request-scoped session handlers receive as ``db_session: DbSession``.
 DbSession = NamedDependency[AsyncSession]
@@ -69,15 +74,71 @@ def as_psycopg_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
+# A pooled connection idle for longer than this is pinged before use (see check_on_checkout).
+PING_AFTER_IDLE_SECONDS = 10.0
+_IDLE_SINCE = "rose_idle_since"
+
+
 def create_engine(url: str, *, application_name: str, pool_size: int = 5) -> AsyncEngine:
-    return create_async_engine(
+    engine = create_async_engine(
         as_psycopg_url(url),
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
         pool_recycle=1800,
         connect_args={"application_name": application_name, "connect_timeout": 5},
     )
+    check_on_checkout(engine)
+    return engine
+
+
+def _closed_by_server(dbapi_connection: Any) -> bool:
+    """Whether the server has (probably) closed this idle connection, without a round trip.
+
+    An idle pooled connection has nothing to read: its socket turns readable when the server
+    says goodbye (a restart or ``pg_terminate_backend`` sends a FATAL message, then closes it).
+    The rare harmless message (a parameter change after a reload) costs a reconnect, no more."""
+    pgconn = dbapi_connection.driver_connection.pgconn
+    if pgconn.status != pq.ConnStatus.OK:
+        return True
+    # poll, not select: a socket's number may be above select's FD_SETSIZE in a busy process.
+    poller = select.poll()
+    poller.register(pgconn.socket, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+def check_on_checkout(engine: AsyncEngine, idle_seconds: float = PING_AFTER_IDLE_SECONDS) -> None:
+    """Pessimistic disconnect handling without a round trip on every checkout.
+
+    SQLAlchemy's ``pool_pre_ping`` pings on every checkout: one round trip per request (two for a
+    signed action, whose nonce is stored first). Instead every checkout looks at the socket (a
+    connection the server closed, as a restart does, is replaced before the request sees it), and
+    only a connection idle for ``idle_seconds`` (which a silent network failure may have cut) is
+    pinged."""
+
+    pool = engine.sync_engine.pool
+
+    @event.listens_for(pool, "checkin")
+    def _idle_from_now(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        record.info[_IDLE_SINCE] = time.monotonic()
+
+    @event.listens_for(pool, "checkout")
+    def _check(
+        dbapi_connection: Any, record: ConnectionPoolEntry, proxy: PoolProxiedConnection
+    ) -> None:
+        idle_since = record.info.get(_IDLE_SINCE)
+        if idle_since is None:
+            return  # a new connection
+        try:
+            if _closed_by_server(dbapi_connection):
+                raise DisconnectionError("the server closed this pooled connection")
+            if time.monotonic() - idle_since >= idle_seconds and not engine.dialect.do_ping(
+                dbapi_connection
+            ):
+                raise DisconnectionError("pooled connection failed its ping")
+        except DisconnectionError:
+            raise
+        except Exception as exc:
+            raise DisconnectionError(f"pooled connection failed its check: {exc}") from exc
 
 
 def sessionmaker_for(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 from sqlalchemy import Column, DateTime, MetaData, String, Table, delete, func
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from apps.common.signing import MAX_CLOCK_SKEW_SECONDS, MAX_NONCE_LENGTH
 
@@ -32,17 +32,18 @@ class NonceStore:
     def __init__(self, table: Table) -> None:
         self._table = table
 
-    async def remember(self, maker: async_sessionmaker[AsyncSession], nonce: str) -> bool:
-        """True the first time ``nonce`` is presented, False on every later delivery."""
-        async with maker() as session, session.begin():
-            fresh = await session.scalar(
+    async def remember(self, engine: AsyncEngine, nonce: str) -> bool:
+        """True the first time ``nonce`` is presented, False on every later delivery. (Core on
+        a connection of its own: it commits before the action runs, whatever the action does.)"""
+        async with engine.begin() as connection:
+            fresh = await connection.scalar(
                 insert(self._table)
                 .values(nonce=nonce, expires_at=func.now() + KEEP)
                 .on_conflict_do_nothing(index_elements=["nonce"])
                 .returning(self._table.c.nonce)
             )
             if random.randrange(SWEEP_ONE_IN) == 0:
-                await session.execute(
+                await connection.execute(
                     delete(self._table).where(self._table.c.expires_at < func.now())
                 )
         return fresh is not None

@@ -3,16 +3,22 @@
 A service reads its database URL from ``DATABASE_URL_<SERVICE>`` (or ``DATABASE_URL`` when the
 process runs a single service, as in a container), the base URLs of its peers from
 ``INTERNAL_URL_<SERVICE>``, public URLs from ``APP_URL_<SERVICE>``, and the shared secrets
-``INTERNAL_SECRET`` and ``SESSION_SECRET``. A missing required setting stops start-up with a
-message naming it. Which services exist is not known here: the caller says whether this one is
-public and where the public services are in development.
+``INTERNAL_SECRET`` and ``SESSION_SECRET``. A missing required setting stops start-up with one
+line naming every missing one. Which services exist is not known here: the caller says whether
+this one is public and where the public services are in development.
+
+Production (``ROSE_ENV=prod``, the default) has no development defaults: a public service needs
+the public URL of every public service (``APP_URL_<SERVICE>``; pages link to them, orders hands
+them to SumUp), and none of them may point at this machine (``localhost``, loopback).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 ENVIRONMENTS = ("dev", "test", "prod")
 MIN_SECRET_LENGTH = 16
@@ -71,23 +77,42 @@ class Settings:
     ) -> Settings:
         env = os.environ if environ is None else environ
         upper = service.upper()
+        missing: list[str] = []
 
         def required(*names: str) -> str:
             for name in names:
                 value = env.get(name, "").strip()
                 if value:
                     return value
-            wanted = " or ".join(names)
-            raise ConfigError(f"{service}: missing required setting {wanted}")
+            missing.append(" or ".join(names))
+            return ""
 
         rose_env = env.get("ROSE_ENV", "prod").strip() or "prod"
         if rose_env not in ENVIRONMENTS:
             allowed = ", ".join(ENVIRONMENTS)
             raise ConfigError(f"ROSE_ENV must be one of {allowed}, not {rose_env!r}")
+        production = rose_env == "prod"
 
         database_url = required(f"DATABASE_URL_{upper}", "DATABASE_URL")
         internal_secret = required("INTERNAL_SECRET")
         session_secret = required("SESSION_SECRET") if public else env.get("SESSION_SECRET")
+        app_urls = _urls(env, "APP_URL_")
+        if production and public:
+            # No development URL stands in for a public one in production.
+            for name in dev_app_urls or {}:
+                if name not in app_urls:
+                    missing.append(f"APP_URL_{name.upper()}")
+        if missing:
+            plural = "s" if len(missing) > 1 else ""
+            where = " (ROSE_ENV=prod: no development defaults)" if production else ""
+            raise ConfigError(f"missing required setting{plural} {', '.join(missing)}{where}")
+        if production:
+            for name, url in sorted(app_urls.items()):
+                if _is_this_machine(url):
+                    raise ConfigError(
+                        f"APP_URL_{name.upper()}={url} points at this machine; production "
+                        "needs the public URL (ROSE_ENV=dev for a local stack)"
+                    )
         internal_accepted = _list(env, "INTERNAL_SECRET_PREVIOUS")
         session_accepted = _list(env, "SESSION_SECRET_PREVIOUS")
         secrets = [("INTERNAL_SECRET", internal_secret), ("SESSION_SECRET", session_secret)]
@@ -106,7 +131,6 @@ class Settings:
             )
 
         internal_urls = _urls(env, "INTERNAL_URL_")
-        app_urls = _urls(env, "APP_URL_")
         editors = env.get("ROSE_EDITOR_USER_IDS", "")
         try:
             editor_user_ids = frozenset(int(part) for part in editors.split(",") if part.strip())
@@ -123,7 +147,8 @@ class Settings:
             session_secret=session_secret,
             internal_urls=internal_urls,
             app_urls=app_urls,
-            dev_app_urls=dict(dev_app_urls or {}),
+            # Production never falls back to a development URL.
+            dev_app_urls={} if production else dict(dev_app_urls or {}),
             editor_user_ids=editor_user_ids,
             session_cookie_domain=env.get("SESSION_COOKIE_DOMAIN") or None,
             session_cookie_secure=secure,
@@ -145,3 +170,15 @@ def _urls(env: Mapping[str, str], prefix: str) -> dict[str, str]:
 def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     """A comma-separated setting as its non-empty parts."""
     return tuple(part.strip() for part in env.get(name, "").split(",") if part.strip())
+
+
+def _is_this_machine(url: str) -> bool:
+    """Whether a URL's host is this machine: ``localhost``, ``*.localhost`` or a loopback
+    address (a URL SumUp or a visitor could never reach)."""
+    host = (urlsplit(url).hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback or ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False

@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 import httpx
 from sumup import AsyncSumup
@@ -78,14 +79,16 @@ def _successful_transaction_id(checkout: object) -> str | None:
     return None
 
 
-def _remote(checkout: object) -> RemoteCheckout:
+def _remote(checkout: Any) -> RemoteCheckout:
+    """Any of the SDK's checkout models (create, get and list answer with different classes that
+    share these fields but no base class, hence ``Any``)."""
     status = getattr(checkout, "status", None)
     currency = getattr(checkout, "currency", None)
     return RemoteCheckout(
-        id=str(checkout.id),  # type: ignore[attr-defined]
-        reference=str(checkout.checkout_reference),  # type: ignore[attr-defined]
+        id=str(checkout.id),
+        reference=str(checkout.checkout_reference),
         status=str(getattr(status, "value", status) or "PENDING"),
-        amount=Decimal(str(checkout.amount)).quantize(CENT),  # type: ignore[attr-defined]
+        amount=Decimal(str(checkout.amount)).quantize(CENT),
         currency=str(getattr(currency, "value", currency)),
         hosted_url=getattr(checkout, "hosted_checkout_url", None),
         transaction_code=getattr(checkout, "transaction_code", None),

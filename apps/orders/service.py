@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
 from apps.common.contracts import SignIn
+from apps.common.db import table_of
 from apps.common.fdw import remote_read
 from apps.common.internal_client import InternalCallError
 from apps.common.problems import (
@@ -70,6 +71,7 @@ DEFAULT_CHECKOUT_PREFIX = "rose-"
 ORDERS_PER_PAGE = 20
 SITE_CONTAINER = ("site", 0)
 RATE_WINDOW = timedelta(minutes=1)
+ORDERS_TABLE = table_of(Order).fullname
 # A pay-again this soon after an attempt was made gets that attempt (a double click).
 FRESH_ATTEMPT = timedelta(seconds=10)
 
@@ -201,14 +203,17 @@ async def resolve_payment_config(
 # -- one buyer at a time -----------------------------------------------------------------------
 async def lock_buyer(session: AsyncSession, user_id: int | None, session_id: str | None) -> None:
     """Serialise one buyer's order changes until the transaction ends: user first, then
-    session, so two requests never wait on each other in opposite orders."""
+    session (PostgreSQL evaluates a select list in order), so two requests never wait on each
+    other in opposite orders."""
     keys = []
     if user_id is not None:
         keys.append(f"orders-buyer:user:{user_id}")
     if session_id is not None:
         keys.append(f"orders-buyer:session:{session_id}")
-    for key in keys:
-        await session.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(key, 0))))
+    if keys:
+        await session.execute(
+            select(*(func.pg_advisory_xact_lock(func.hashtextextended(key, 0)) for key in keys))
+        )
 
 
 def buyer_clause(user_id: int | None, session_id: str | None) -> Any:
@@ -220,19 +225,33 @@ def buyer_clause(user_id: int | None, session_id: str | None) -> Any:
     return or_(*conditions)
 
 
-async def check_rate(
+@dataclass(frozen=True)
+class OrderSlot:
+    """What a new order starts from, read in one round trip."""
+
+    # The new order's id, drawn before the insert so that its description can name it.
+    order_id: int
+    # The database's clock.
+    now: datetime
+
+
+async def reserve_order_slot(
     session: AsyncSession, user_id: int | None, session_id: str | None, per_minute: int
-) -> None:
+) -> OrderSlot:
     """At most ``per_minute`` new orders per buyer; exact across processes (the buyer lock is
-    held, and the count is of committed orders)."""
+    held, and the count is of committed orders). A refused order leaves a gap in the ids, as
+    a rolled-back one always did."""
     recent = (
         await session.execute(
-            select(func.count(), func.min(Order.created_at), func.now()).where(
-                buyer_clause(user_id, session_id), Order.created_at > func.now() - RATE_WINDOW
-            )
+            select(
+                func.count(),
+                func.min(Order.created_at),
+                func.now(),
+                func.nextval(func.pg_get_serial_sequence(ORDERS_TABLE, "id")),
+            ).where(buyer_clause(user_id, session_id), Order.created_at > func.now() - RATE_WINDOW)
         )
     ).one()
-    count, oldest, now = recent
+    count, oldest, now, order_id = recent
     if count >= per_minute:
         retry_after = int((oldest + RATE_WINDOW - now).total_seconds()) + 1
         raise TooManyRequests(
@@ -240,6 +259,7 @@ async def check_rate(
             "your cart is as it was.",
             retry_after=retry_after,
         )
+    return OrderSlot(order_id=order_id, now=now)
 
 
 def claims_of(request: CreateOrder) -> list[Claim]:
@@ -299,15 +319,18 @@ async def supersede_sharing(
     session_id: str | None,
 ) -> list[int]:
     """Earlier pending orders that share this order's goods leave the payable states. Then no
-    shared good may be paid for or under review: that is a 409 and the whole order rolls back."""
+    shared good may be paid for or under review: that is a 409 and the whole order rolls back.
+
+    One statement: the UPDATE runs as a CTE, and the search for a blocking order reads the
+    snapshot from before it, which is the same answer (the UPDATE touches only unflagged pending
+    orders, and a blocking order is flagged or paid)."""
     sharing = _sharing(new_order_id, claims, goods, user_id, session_id)
-    superseded = list(
-        await session.scalars(
-            update(Order)
-            .where(sharing, Order.status == "pending", Order.flagged.is_(False))
-            .values(status="superseded", superseded_by=new_order_id, updated_at=func.now())
-            .returning(Order.id)
-        )
+    superseding = (
+        update(Order)
+        .where(sharing, Order.status == "pending", Order.flagged.is_(False))
+        .values(status="superseded", superseded_by=new_order_id, updated_at=func.now())
+        .returning(Order.id)
+        .cte("superseded")
     )
     blocked = and_(sharing, Order.flagged.is_(True), Order.status == "pending")
     if claims:
@@ -315,21 +338,28 @@ async def supersede_sharing(
         # again later is a new cart line, and a new purchase).
         paid = _sharing(new_order_id, claims, [], user_id, session_id)
         blocked = or_(blocked, and_(paid, Order.status == "paid"))
-    blocking = (
+    blocking = select(Order.id, Order.flagged).where(blocked).order_by(Order.id).limit(1).subquery()
+    row = (
         await session.execute(
-            select(Order.id, Order.flagged).where(blocked).order_by(Order.id).limit(1)
+            select(
+                select(func.array_agg(superseding.c.id)).scalar_subquery(),
+                select(blocking.c.id).scalar_subquery(),
+                select(blocking.c.flagged).scalar_subquery(),
+            )
         )
-    ).first()
-    if blocking is not None:
-        if blocking.flagged:
+    ).one()
+    superseded = sorted(row[0] or [])
+    blocking_id, blocking_flagged = row[1], row[2]
+    if blocking_id is not None:
+        if blocking_flagged:
             raise Conflict(
-                f"Order {blocking.id} for these goods is being reviewed; we will contact you",
-                order_id=blocking.id,
+                f"Order {blocking_id} for these goods is being reviewed; we will contact you",
+                order_id=blocking_id,
             )
         raise Conflict(
-            f"These goods are already paid for in order {blocking.id}; your cart will be "
+            f"These goods are already paid for in order {blocking_id}; your cart will be "
             "updated shortly",
-            order_id=blocking.id,
+            order_id=blocking_id,
         )
     if superseded:
         logger.info("order %s supersedes %s", new_order_id, superseded)
@@ -354,7 +384,9 @@ async def create_order(
     currency = validate_order(request)
     _check_urls(request, runtime.urls)
     await lock_buyer(session, request.user_id, request.session_id)
-    await check_rate(session, request.user_id, request.session_id, settings.checkouts_per_minute)
+    slot = await reserve_order_slot(
+        session, request.user_id, request.session_id, settings.checkouts_per_minute
+    )
     containers = {
         line.market_place_container_id
         for line in request.cart_items
@@ -368,11 +400,10 @@ async def create_order(
     total = money(request.product_total + request.calendar_total + request.ticket_total)
     if total <= 0:
         raise InvalidInput("the order total must be more than zero", field="product_total")
-    now = await session.scalar(select(func.now()))
-    assert now is not None
-    payable_until = now + timedelta(seconds=settings.payable_seconds)
+    payable_until = slot.now + timedelta(seconds=settings.payable_seconds)
 
     order = Order(
+        id=slot.order_id,
         user_id=request.user_id,
         session_id=request.session_id,
         page_post_id=request.page_post_id,
@@ -381,7 +412,7 @@ async def create_order(
         calendar_total=money(request.calendar_total),
         ticket_total=money(request.ticket_total),
         total=total,
-        description="rose-ash order",
+        description=f"rose-ash order #{slot.order_id}",
         page_config_id=config.id,
         merchant_code=config.account.merchant_code,
         checkout_prefix=config.checkout_prefix,
@@ -389,7 +420,6 @@ async def create_order(
     )
     session.add(order)
     await session.flush()
-    order.description = f"rose-ash order #{order.id}"
     claims = claims_of(request)
     session.add_all(
         [

@@ -27,9 +27,11 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 
 from apps.cart import contract as cart
 from apps.cart.contract import ClearCartForOrder, PaidLine
+from apps.common.db import table_of
 from apps.common.fdw import remote_read
 from apps.common.outbox import enqueue
 from apps.common.problems import Conflict
@@ -122,7 +124,7 @@ async def apply_checkout(
         return Applied(order.status, attempt.status, flagged=True)
 
     # A paid or expired attempt never changes again; FAILED may still become PAID.
-    await session.execute(
+    attempt_update = (
         update(PaymentAttempt)
         .where(
             PaymentAttempt.id == attempt.id,
@@ -136,17 +138,17 @@ async def apply_checkout(
             updated_at=func.now(),
         )
     )
+    # Its own statement, first: every path locks the attempt before its order (one CTE for both
+    # would lock them in an order PostgreSQL does not promise, and deadlock with the others).
+    await session.execute(attempt_update)
     if remote.status != "PAID":
         return Applied(order.status, attempt.status, flagged=order.flagged)
 
-    transitioned = await session.scalar(
-        update(Order)
-        .where(Order.id == order.id, Order.status == "pending", Order.flagged.is_(False))
-        .values(status="paid", paid_at=func.now(), updated_at=func.now())
-        .returning(Order.id)
-    )
-    if transitioned is not None:
-        await _enqueue_after_payment(session, order)
+    paid_items = await _record_payment(session, order)
+    if paid_items is not None:
+        # The order in hand says what the database now says, as an ORM UPDATE would have.
+        set_committed_value(order, "status", "paid")
+        await _enqueue_after_payment(session, order, paid_items)
         return Applied("paid", "PAID", paid=True)
 
     current = (
@@ -230,9 +232,50 @@ async def record_refund(
     return created
 
 
-async def _enqueue_after_payment(session: AsyncSession, order: Order) -> None:
+@dataclass(frozen=True)
+class PaidItem:
+    kind: str
+    source_id: int
+    quantity: int
+    cart_line_ids: list[int] | None
+
+
+async def _record_payment(session: AsyncSession, order: Order) -> list[PaidItem] | None:
+    """The order's transition to paid (if it is still pending and not flagged), in one
+    statement that also reads the order's items for what follows a payment (they never change
+    after the order is created). None when the order did not transition."""
+    transition = (
+        update(Order)
+        .where(Order.id == order.id, Order.status == "pending", Order.flagged.is_(False))
+        .values(status="paid", paid_at=func.now(), updated_at=func.now())
+        .returning(Order.id)
+        .cte("paid_order")
+    )
+    items = table_of(OrderItem)
+    rows = (
+        await session.execute(
+            select(
+                transition.c.id,
+                items.c.kind,
+                items.c.source_id,
+                items.c.quantity,
+                items.c.cart_line_ids,
+            ).select_from(transition.outerjoin(items, items.c.order_id == transition.c.id))
+        )
+    ).all()
+    if not rows:
+        return None
+    return [
+        PaidItem(row.kind, row.source_id, row.quantity, row.cart_line_ids)
+        for row in rows
+        if row.kind is not None
+    ]
+
+
+async def _enqueue_after_payment(
+    session: AsyncSession, order: Order, items: list[PaidItem]
+) -> None:
     """The effects of a payment elsewhere, in the transaction of the transition."""
-    items = list(await session.scalars(select(OrderItem).where(OrderItem.order_id == order.id)))
     products = [item for item in items if item.kind == "product"]
     clear = ClearCartForOrder(
         order_id=order.id,

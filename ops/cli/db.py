@@ -17,6 +17,18 @@ db_app = typer.Typer(
 )
 
 
+def require_role_passwords() -> None:
+    """Production generates nothing: name every missing role password at once, in one line."""
+    import os
+
+    from ops.db.credentials import missing_role_passwords
+
+    if os.environ.get("ROSE_ENV", "dev") == "prod":
+        missing = missing_role_passwords()
+        if missing:
+            raise fail(f"ROSE_ENV=prod: missing required settings {', '.join(missing)}")
+
+
 @db_app.command("provision")
 def db_provision(
     database_url: DatabaseUrlOption = None,
@@ -32,6 +44,7 @@ def db_provision(
     from ops.db.sqlfiles import ConvergeError
 
     topology = topology_of(database_url)
+    require_role_passwords()
     show = (lambda text: print(text, flush=True)) if dry_run else (lambda text: None)
     try:
         report = provision(
@@ -58,6 +71,7 @@ def db_migrate(
     from ops.db.lifecycle import converge_databases
 
     topology = topology_of(database_url)
+    require_role_passwords()
     services = [service_spec(service).name] if service else None
     converge_databases(
         topology, Credentials.for_environment(), services, provision_first=False, say=print

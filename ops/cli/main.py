@@ -7,7 +7,7 @@ import sys
 import typer
 
 from apps.common.settings import ConfigError
-from ops.cli import calls, db, split, stack
+from ops.cli import calls, db, proxy, split, stack
 from ops.cli.common import err_console
 
 app = typer.Typer(
@@ -25,6 +25,7 @@ app.command()(calls.data)
 app.command()(calls.action)
 app.command("env-template")(db.env_template)
 app.command("sumup-sandbox")(stack.sumup_sandbox)
+app.command()(proxy.caddyfile)
 app.add_typer(db.db_app, name="db")
 app.add_typer(split.split_app, name="split")
 app.add_typer(calls.orders_app, name="orders")

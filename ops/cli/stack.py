@@ -11,6 +11,7 @@ from rich.table import Table
 from ops.cli.common import console, fail
 from ops.stack.pgserver import DEFAULT_PG_PORT
 from ops.stack.processes import SUMUP_SANDBOX_PORT
+from ops.stack.proxy import DEFAULT_PROXY_PORT
 
 
 def up(
@@ -29,12 +30,29 @@ def up(
     port_offset: Annotated[
         int, typer.Option(help="Add this to every service's dev port (to run a second stack).")
     ] = 0,
+    proxy: Annotated[
+        bool,
+        typer.Option(
+            help="A real Caddy in front: the public sites on http://<svc>.rose.localhost:PORT."
+        ),
+    ] = False,
+    proxy_port: Annotated[
+        int, typer.Option(help="The proxy's port (with --proxy).")
+    ] = DEFAULT_PROXY_PORT,
 ) -> None:
     """Run the whole system: database, provisioning, migrations, every service. Ctrl-C stops."""
     from ops.stack.up import StackError, StackOptions, run_stack
 
     wanted = [name.strip() for name in only.split(",") if name.strip()] if only else None
-    options = StackOptions(fresh, database_url, pg_port, wanted, demo, port_offset)
+    options = StackOptions(
+        fresh,
+        database_url,
+        pg_port,
+        wanted,
+        demo,
+        port_offset,
+        proxy_port if proxy else None,
+    )
     try:
         code = run_stack(options)
     except StackError as exc:

@@ -83,16 +83,41 @@ class Credentials:
         return self._get("session_secret", "SESSION_SECRET", 32)
 
 
+def login_roles() -> list[str]:
+    """Every role that logs in: each service's app role, each FDW edge's reader."""
+    roles = [SERVICES[name].app_role for name in SERVICES]
+    return roles + sorted({edge.reader_role for edge in load_edges()})
+
+
+def missing_role_passwords(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The ``ROSE_DB_PASSWORD_<ROLE>`` variables production provisioning needs and lacks."""
+    env = os.environ if environ is None else environ
+    names = [role_env_name(role) for role in login_roles()]
+    return [name for name in names if not env.get(name)]
+
+
+ROTATION_NOTE = """\
+# Rotating INTERNAL_SECRET or SESSION_SECRET without downtime (docs/deployment.md, "Secrets"),
+# each step rolled out to every service before the next:
+#   1. the new value in *_PREVIOUS (accepted everywhere, nobody signs with it yet);
+#   2. the new value as INTERNAL_SECRET / SESSION_SECRET, the old one in *_PREVIOUS;
+#   3. *_PREVIOUS empty again once nothing signed with the old value lives: five minutes
+#      after step 2 for INTERNAL_SECRET (a signed call's life), 30 days for SESSION_SECRET.
+# Each *_PREVIOUS takes a comma-separated list.
+INTERNAL_SECRET_PREVIOUS=
+SESSION_SECRET_PREVIOUS=
+"""
+
+
 def production_env_template() -> str:
     """Every secret a production deployment needs, freshly generated, as an env file (what
-    compose.yaml reads as .env): the superuser's, the shared secrets, every login role's."""
-    roles = [SERVICES[name].app_role for name in SERVICES]
-    roles += sorted({edge.reader_role for edge in load_edges()})
+    compose.yaml reads as .env): the superuser's, the shared secrets (with how to rotate them),
+    every login role's."""
     lines = [
         "# rose-ash production secrets (compose.yaml reads this as .env). Keep it private.",
         f"ROSE_DB_SUPERUSER_PASSWORD={secrets.token_urlsafe(24)}",
         f"INTERNAL_SECRET={secrets.token_urlsafe(32)}",
         f"SESSION_SECRET={secrets.token_urlsafe(32)}",
     ]
-    lines += [f"{role_env_name(role)}={secrets.token_urlsafe(24)}" for role in roles]
-    return "".join(line + "\n" for line in lines)
+    lines += [f"{role_env_name(role)}={secrets.token_urlsafe(24)}" for role in login_roles()]
+    return "".join(line + "\n" for line in lines) + ROTATION_NOTE

@@ -18,7 +18,7 @@ from sqlalchemy import MetaData, create_engine, pool, text
 from sqlalchemy.engine import make_url
 
 from apps.registry import SERVICES, service_spec
-from ops.paths import DB_DIR, REPO_ROOT, stack_state_path
+from ops.paths import ALEMBIC_INI, DB_DIR, stack_state_path
 
 MIGRATIONS_DIR = DB_DIR / "migrations"
 
@@ -28,7 +28,7 @@ def services_with_migrations() -> list[str]:
 
 
 def alembic_config(service: str, admin_url: str | None = None) -> Config:
-    config = Config(str(REPO_ROOT / "alembic.ini"), ini_section=service)
+    config = Config(str(ALEMBIC_INI), ini_section=service)
     config.set_main_option("script_location", str(MIGRATIONS_DIR / service))
     if admin_url:
         config.attributes["admin_url"] = admin_url

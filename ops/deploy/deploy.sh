@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
-# Deploy the rose-ash services with docker compose on one host: build the image, provision and
-# migrate (one-shot), then restart each service in turn and wait for it to be ready.
-# Usage: ops/deploy/deploy.sh [service ...]   (default: every service)
+# Deploy the rose-ash services with docker compose on one host (docs/deployment.md): build the
+# image for this commit (or reuse it), provision + migrate (one-shot job), then restart each
+# service in turn, waiting for it to be ready, and reload Caddy.
+#
+# Usage: ops/deploy/deploy.sh [service ...]       (default: every service)
+#   ROSE_TAG=<tag> ops/deploy/deploy.sh           roll out (or back to) the image rose-ash:<tag>;
+#                                                 default: the current commit's short hash
+#   ROSE_MIGRATE=0 ...                            skip the migrate job (a rollback: an older
+#                                                 image does not know the newer revisions)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -9,14 +15,24 @@ APPS=(relations likes orders cart blog market events)
 if [ "$#" -gt 0 ]; then
     APPS=("$@")
 fi
+ROSE_TAG="${ROSE_TAG:-$(git rev-parse --short HEAD)}"
+export ROSE_TAG
 COMPOSE=(docker compose -f compose.yaml)
 
-"${COMPOSE[@]}" build
+if docker image inspect "rose-ash:$ROSE_TAG" >/dev/null 2>&1; then
+    echo "using the existing image rose-ash:$ROSE_TAG"
+else
+    echo "building rose-ash:$ROSE_TAG"
+    "${COMPOSE[@]}" build
+fi
 "${COMPOSE[@]}" up -d postgres
-"${COMPOSE[@]}" run --rm migrate
+# Migrations are additive (the running version keeps working on the new schema): migrate first.
+if [ "${ROSE_MIGRATE:-1}" != "0" ]; then
+    "${COMPOSE[@]}" run --rm migrate
+fi
 
 for app in "${APPS[@]}"; do
-    echo "deploying $app"
+    echo "deploying $app (rose-ash:$ROSE_TAG)"
     "${COMPOSE[@]}" up -d --no-deps "$app"
     for _ in $(seq 1 60); do
         if "${COMPOSE[@]}" exec -T "$app" python -c \
@@ -28,6 +44,9 @@ for app in "${APPS[@]}"; do
         sleep 2
     done
     echo "$app did not become ready; see: docker compose logs $app" >&2
+    echo "roll back: ROSE_TAG=<the previous tag> ROSE_MIGRATE=0 ops/deploy/deploy.sh $app" >&2
     exit 1
 done
 "${COMPOSE[@]}" up -d caddy
+# A changed ops/deploy/Caddyfile takes effect without dropping connections.
+"${COMPOSE[@]}" exec -T caddy caddy reload --config /etc/caddy/Caddyfile --adapter caddyfile

@@ -105,20 +105,40 @@ class LogSink:
 
 
 class ProcessGroup:
-    def __init__(self, sink: LogSink, environment: Mapping[str, str]) -> None:
+    """Processes of one stack. ``python`` and ``cwd`` say which installation runs them (this
+    interpreter by default; another virtual environment's, away from any checkout, to run an
+    installed wheel)."""
+
+    def __init__(
+        self,
+        sink: LogSink,
+        environment: Mapping[str, str],
+        *,
+        python: str = sys.executable,
+        cwd: Path | None = None,
+    ) -> None:
         self.sink = sink
         self.environment = {**os.environ, **environment, "PYTHONUNBUFFERED": "1"}
+        self.python = python
+        self.cwd = cwd
         self.processes: dict[str, ServiceProcess] = {}
 
     def start(
-        self, name: str, port: int, command: list[str], ready_path: str = "/readyz"
+        self,
+        name: str,
+        port: int,
+        command: list[str],
+        ready_path: str = "/readyz",
+        environment: Mapping[str, str] | None = None,
     ) -> ServiceProcess:
+        """Start one process; ``environment`` adds to the group's for this process only."""
         entry = ServiceProcess(name=name, port=port, command=command, ready_path=ready_path)
         entry.process = subprocess.Popen(
             command,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            env=self.environment,
+            env={**self.environment, **(environment or {})},
+            cwd=self.cwd,
             # Own process group: Ctrl-C reaches the manager, which stops children in order.
             process_group=0,
         )
@@ -129,7 +149,7 @@ class ProcessGroup:
 
     def start_service(self, name: str, port: int) -> ServiceProcess:
         command = [
-            sys.executable,
+            self.python,
             "-m",
             "ops.stack.serve",
             name,
@@ -140,10 +160,12 @@ class ProcessGroup:
         ]
         return self.start(name, port, command)
 
-    def start_sandbox(self, port: int) -> ServiceProcess:
+    def start_sandbox(
+        self, port: int, environment: Mapping[str, str] | None = None
+    ) -> ServiceProcess:
         """The local SumUp sandbox (``rose sumup-sandbox``) as one more process, ``sumup``."""
-        command = [sys.executable, "-m", "ops.cli", "sumup-sandbox", "--port", str(port)]
-        return self.start(SANDBOX, port, command, ready_path=SANDBOX_READY_PATH)
+        command = [self.python, "-m", "ops.cli", "sumup-sandbox", "--port", str(port)]
+        return self.start(SANDBOX, port, command, SANDBOX_READY_PATH, environment)
 
     def _pump(self, entry: ServiceProcess) -> None:
         assert entry.process is not None

@@ -25,6 +25,7 @@ from ops.stack.processes import (
     available_services,
     service_environment,
 )
+from ops.stack.proxy import PROXY, LocalProxy, ProxyError
 from ops.stack.state import read_state, remove_state, write_state
 
 
@@ -41,6 +42,8 @@ class StackOptions:
     only: list[str] | None = None
     demo: bool = True
     port_offset: int = 0
+    # A real Caddy in front of the public services on this port (ops.stack.proxy); None: none.
+    proxy_port: int | None = None
 
 
 def run_stack(options: StackOptions) -> int:
@@ -58,11 +61,13 @@ def run_stack(options: StackOptions) -> int:
         names = [name for name in names if name in options.only]
     ports = {name: SERVICES[name].dev_port + options.port_offset for name in names}
     sandbox_port = SUMUP_SANDBOX_PORT + options.port_offset
-    busy = [
-        f"{name} ({port})"
-        for name, port in [*ports.items(), ("sumup sandbox", sandbox_port)]
-        if not port_is_free(port)
-    ]
+    proxy = None
+    if options.proxy_port is not None:
+        proxy = LocalProxy(options.proxy_port, home / "caddy")
+    wanted = [*ports.items(), ("sumup sandbox", sandbox_port)]
+    if proxy is not None:
+        wanted.append((PROXY, proxy.port))
+    busy = [f"{name} ({port})" for name, port in wanted if not port_is_free(port)]
     if busy:
         raise StackError(f"ports in use: {', '.join(busy)}")
 
@@ -103,16 +108,21 @@ def run_stack(options: StackOptions) -> int:
             seed_demo_data(topology, names, say)
 
         sandbox_url = f"http://127.0.0.1:{sandbox_port}"
-        environment = service_environment(
-            topology, credentials, ports, extra={"ORDERS_SUMUP_BASE_URL": sandbox_url}
-        )
+        extra = {"ORDERS_SUMUP_BASE_URL": sandbox_url}
+        if proxy is not None:
+            extra.update(proxy.service_environment(names))
+        environment = service_environment(topology, credentials, ports, extra=extra)
         group = ProcessGroup(sink, environment)
         # The local SumUp sandbox stands in for SumUp (orders' SDK points at it).
-        group.start_sandbox(sandbox_port)
+        group.start_sandbox(sandbox_port, proxy.sandbox_environment() if proxy else None)
         for name in names:
             group.start_service(name, ports[name])
         not_ready = group.wait_ready([SANDBOX], timeout=30)
         not_ready += group.wait_ready(names, timeout=60)
+        if proxy is not None and not not_ready:
+            proxy.start(group, {name: f"127.0.0.1:{port}" for name, port in ports.items()})
+            if not proxy.wait_ready(group, names):
+                not_ready.append(PROXY)
         if not_ready:
             for name in not_ready:
                 for line in group.processes[name].last_lines[-10:]:
@@ -120,8 +130,10 @@ def run_stack(options: StackOptions) -> int:
             raise StackError(f"not ready: {', '.join(not_ready)} (see {home / 'rose.log'})")
         urls = {name: group.processes[name].url for name in names}
         write_state(database_url, urls)
+        public = proxy.public_urls(names) if proxy is not None else {}
         for name in names:
-            say(f"{name:<10} {urls[name]}  ready")
+            shown = f"  public: {public[name]}" if name in public else ""
+            say(f"{name:<10} {urls[name]}  ready{shown}")
         say(f"{SANDBOX:<10} {sandbox_url}  SumUp sandbox (hosted checkout pages, webhooks)")
         say(f"log: {home / 'rose.log'}; Ctrl-C stops everything")
         while not stop_requested:
@@ -134,6 +146,8 @@ def run_stack(options: StackOptions) -> int:
             time.sleep(0.3)
         say("stopping")
         return 0
+    except ProxyError as exc:
+        raise StackError(str(exc)) from None
     finally:
         if group is not None:
             group.stop()

@@ -7,13 +7,19 @@ Playwright (never a browser a tool downloads).
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -138,3 +144,76 @@ def axe_violations(page, source: str) -> list[dict]:
     page.evaluate(source)
     found = page.evaluate(AXE_RUN)
     return [violation for violation in found if violation["impact"] in AXE_FAILING]
+
+
+def rose_cli(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """``rose ARGS`` as an operator runs it, with ``ROSE_HOME=home``."""
+    result = subprocess.run(
+        [sys.executable, "-m", "ops.cli", *args],
+        env={**os.environ, "ROSE_HOME": str(home)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if check:
+        assert result.returncode == 0, f"rose {' '.join(args)}: {result.stdout}{result.stderr}"
+    return result
+
+
+@contextmanager
+def rose_up(home: Path, *args: str, timeout: float = 120) -> Iterator[RoseUp]:
+    """``rose up ARGS`` as a process of its own; yields once ``rose status`` answers. Stops it
+    (SIGTERM) at the end unless the test did. Its output goes beside ``home``, which ``rose up``
+    makes itself (the embedded server, running as its own user when we are root, must reach
+    its data folder through it)."""
+    output = home.with_name(f"{home.name}.out")
+    log = output.open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ops.cli", "up", *args],
+        env={**os.environ, "ROSE_HOME": str(home)},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    state = None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        status = rose_cli(home, "status", "--json", check=False)
+        if status.returncode == 0:
+            state = json.loads(status.stdout)
+            break
+        time.sleep(0.5)
+    try:
+        assert state is not None, output.read_text()
+        yield RoseUp(process, state)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=60)
+        log.close()
+
+
+@dataclass
+class RoseUp:
+    process: subprocess.Popen[bytes]
+    # What `rose status --json` said: database_url, services.
+    state: dict[str, Any]
+
+
+def buy_in_the_browser(
+    page: Any, urls: dict[str, str], sandbox: str, *, user_id: int, product: int
+) -> int:
+    """Sign in on market, add shop product ``product`` (open_shop's) to the cart, check out, pay
+    on SumUp's hosted page (under ``sandbox``), come back to orders; returns the order id."""
+    slug = f"shop-{product:03d}"
+    page.goto(f"{urls['market']}/auth/dev-login?user_id={user_id}&next=/product/{slug}/")
+    assert page.locator("h1").inner_text() == f"Item {product:03d}"
+    page.locator("#add-to-cart").click()
+    page.wait_for_url(f"{urls['cart']}/")
+    assert page.locator(".line").count() == 1
+    page.locator("#checkout").click()
+    page.wait_for_url(re.compile(re.escape(sandbox) + r"/pay/.+"))
+    page.get_by_role("button", name=re.compile("Pay", re.I)).first.click()
+    page.wait_for_url(re.compile(re.escape(urls["orders"]) + r"/checkout/return/\d+/"))
+    match = re.search(r"/checkout/return/(\d+)/", page.url)
+    assert match is not None
+    return int(match.group(1))

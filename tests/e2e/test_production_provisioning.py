@@ -47,14 +47,20 @@ def run_job(server, secrets: dict[str, str], home: Path, *command: str):
     )
 
 
-def test_a_missing_password_is_named_and_nothing_is_generated(fresh_server, tmp_path):
+def test_missing_passwords_are_named_at_once_and_nothing_is_generated(fresh_server, tmp_path):
     secrets = env_template()
     del secrets["ROSE_DB_PASSWORD_CART_APP"]
-    result = run_job(
-        fresh_server, secrets, tmp_path, sys.executable, "-m", "ops.cli", "db", "provision"
-    )
-    assert result.returncode != 0
-    assert "ROSE_DB_PASSWORD_CART_APP" in result.stdout + result.stderr
+    del secrets["ROSE_DB_PASSWORD_LIKES_RO_MARKET"]
+    for job in ("provision", "migrate"):
+        result = run_job(
+            fresh_server, secrets, tmp_path, sys.executable, "-m", "ops.cli", "db", job
+        )
+        assert result.returncode != 0
+        assert result.stdout == ""
+        assert result.stderr.strip().splitlines() == [
+            "error: ROSE_ENV=prod: missing required settings ROSE_DB_PASSWORD_CART_APP, "
+            "ROSE_DB_PASSWORD_LIKES_RO_MARKET"
+        ]
     assert not (tmp_path / "credentials.json").exists()
 
 

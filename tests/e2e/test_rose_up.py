@@ -3,73 +3,26 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from ops.stack.pgserver import free_port, port_is_free
+from tests.e2e.conftest import rose_cli as rose
+from tests.e2e.conftest import rose_up
 
 PORT_OFFSET = 20000
-
-
-def rose(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "ops.cli", *args],
-        env={**os.environ, "ROSE_HOME": str(home)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    if check:
-        assert result.returncode == 0, f"rose {' '.join(args)}: {result.stdout}{result.stderr}"
-    return result
 
 
 @pytest.fixture
 def running_stack(tmp_path: Path):
     home = tmp_path / "rose-home"
     pg_port = free_port()
-    log = (tmp_path / "up.log").open("w")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "ops.cli",
-            "up",
-            "--fresh",
-            "--pg-port",
-            str(pg_port),
-            "--port-offset",
-            str(PORT_OFFSET),
-            "--only",
-            "relations",
-        ],
-        env={**os.environ, "ROSE_HOME": str(home)},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 60
-    state = None
-    while time.monotonic() < deadline and process.poll() is None:
-        status = rose(home, "status", "--json", check=False)
-        if status.returncode == 0:
-            state = json.loads(status.stdout)
-            break
-        time.sleep(0.5)
-    try:
-        assert state is not None, (tmp_path / "up.log").read_text()
-        yield home, process, state, pg_port
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            process.wait(timeout=30)
-        log.close()
+    args = ["--fresh", "--pg-port", str(pg_port), "--port-offset", str(PORT_OFFSET)]
+    with rose_up(home, *args, "--only", "relations", timeout=60) as running:
+        yield home, running.process, running.state, pg_port
 
 
 def test_rose_up_runs_relations_and_cli_calls_reach_it(running_stack):

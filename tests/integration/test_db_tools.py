@@ -73,7 +73,11 @@ def test_plain_alembic_down_and_up_keeps_every_edge(db_cluster: Cluster):
     alembic = str(Path(sys.executable).parent / "alembic")
     for step in (["downgrade", "base"], ["upgrade", "head"]):
         done = subprocess.run(
-            [alembic, "-n", "likes", *step], cwd=REPO, env=env, capture_output=True, text=True
+            [alembic, "-c", "db/alembic.ini", "-n", "likes", *step],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
         )
         assert done.returncode == 0, done.stderr
     check = db_cluster.rose("db", "check")

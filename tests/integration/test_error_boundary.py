@@ -219,3 +219,27 @@ async def test_database_down_under_load_answers_503_and_recovers_by_itself(crede
             assert (await blog.get("/", headers=HTML)).status_code == 200
     finally:
         cluster_gen.close()
+
+
+async def test_a_restart_while_idle_costs_no_request(credentials):
+    """PostgreSQL restarted while nobody asked anything: the pool's connections are dead, and
+    the first request after it still answers (a connection idle for a while is pinged before
+    use and replaced if dead; connections in steady use are not pinged at all)."""
+    from tests.integration.db_fixtures import start_cluster
+    from tests.pg import TestServer
+
+    cluster_gen = start_cluster()
+    cluster = next(cluster_gen)
+    try:
+        server = TestServer(cluster.admin_url, cluster.topology, "embedded")
+        async with in_process_stack(server, cluster.credentials, ["relations"]) as running:
+            relations = running.client("relations")
+            query = {"parent_type": "page", "parent_id": 1}
+            for _ in range(3):  # several pooled connections in use, then idle
+                assert (await internal_get(relations, "get-children", query)).status_code == 200
+            cluster.server.stop()
+            cluster.server.start()
+            first = await internal_get(relations, "get-children", query)
+            assert first.status_code == 200, first.text[:300]
+    finally:
+        cluster_gen.close()

@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from apps.registry import SERVICES
+from ops.stack.proxy import host_of, production_caddyfile
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -44,16 +45,31 @@ def test_every_service_runs_on_its_own_database_and_role():
         assert environment["ROSE_ENV"] == "prod"
 
 
-def test_only_caddy_is_published_and_it_routes_orders_only():
+def test_only_caddy_is_published_and_it_routes_every_public_site():
     services = compose()["services"]
     published = {name for name, service in services.items() if service.get("ports")}
     assert published == {"caddy"}
     caddyfile = (REPO / "ops" / "deploy" / "Caddyfile").read_text()
+    # What compose mounts is the template's production rendering (`rose caddyfile`).
+    assert caddyfile == production_caddyfile()
     sites = re.findall(r"^([a-z0-9.-]+\.[a-z]+) \{", caddyfile, flags=re.MULTILINE)
-    assert sites == ["orders.rose-ash.com"]
-    assert "@internal path /internal/*" in caddyfile
-    assert "respond @internal 404" in caddyfile
-    assert "reverse_proxy orders:8000" in caddyfile
+    public = [name for name, contract in SERVICES.items() if contract.public]
+    assert sites == [host_of(name, "rose-ash.com") for name in public]
+    assert "orders.rose-ash.com" in sites
+    for name in public:
+        assert f"reverse_proxy {name}:8000" in caddyfile
+    for name in set(SERVICES) - set(public):
+        assert name not in sites
+        assert f"reverse_proxy {name}:" not in caddyfile
+    assert "@never path /internal /internal/* /metrics /metrics/*" in caddyfile
+    assert set(services["caddy"]["depends_on"]) == set(public)
+
+
+def test_services_trust_forwarded_headers_from_caddy_only():
+    services = compose()["services"]
+    caddy_address = services["caddy"]["networks"]["default"]["ipv4_address"]
+    for name in SERVICES:
+        assert services[name]["environment"]["FORWARDED_ALLOW_IPS"] == caddy_address
 
 
 def test_every_secret_compose_needs_is_in_the_env_template():
@@ -67,6 +83,8 @@ def test_every_secret_compose_needs_is_in_the_env_template():
     assert {"ROSE_DB_PASSWORD_LIKES_RO_MARKET", "ROSE_DB_PASSWORD_BLOG_RO_ORDERS"} <= (
         env_template_names()
     )
+    # The rotation windows, with how to use them.
+    assert {"INTERNAL_SECRET_PREVIOUS", "SESSION_SECRET_PREVIOUS"} <= env_template_names()
 
 
 def test_deploy_script_deploys_every_service():
@@ -74,3 +92,31 @@ def test_deploy_script_deploys_every_service():
     apps = re.search(r"^APPS=\(([^)]*)\)", script, flags=re.MULTILINE)
     assert apps is not None
     assert set(apps.group(1).split()) == set(SERVICES)
+
+
+def test_the_image_runs_the_installed_wheel_not_a_source_tree():
+    dockerfile = (REPO / "ops" / "deploy" / "Dockerfile").read_text()
+    build, run = dockerfile.split("\nFROM python:3.11-slim\n")
+    assert "COPY db ./db" in build  # db/ goes into the wheel (as rose_ash_db)
+    assert "pip wheel" in build
+    assert "pip install /wheels/*.whl" in run
+    copied = re.findall(r"^COPY (?!--from)(\S+)", run, flags=re.MULTILINE)
+    assert copied == ["ops/deploy/entrypoint.sh"]
+
+
+def test_the_wheel_carries_db_and_the_caddyfile_template(tmp_path):
+    import zipfile
+
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(REPO)],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("rose_ash-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for path in (REPO / "db").rglob("*"):
+        if path.is_file() and "__pycache__" not in path.parts:
+            assert f"rose_ash_db/{path.relative_to(REPO / 'db')}" in names, path
+    assert "ops/deploy/Caddyfile.j2" in names
+    assert "apps/common/templates/base.html" in names
+    assert not [name for name in names if "__pycache__" in name]

@@ -1,0 +1,108 @@
+"""Production refuses development defaults: with ROSE_ENV=prod every public URL, secret and DSN
+is required, start-up names every missing one in one line and exits non-zero, and no public URL
+(so nothing orders hands SumUp) may point at this machine."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from apps.common.settings import ConfigError
+from apps.orders.runtime import OrderUrls
+from apps.registry import CONTRACTS, settings_for
+
+SECRET = "a-production-secret-0123456789"
+PUBLIC = {
+    "APP_URL_BLOG": "https://rose-ash.com",
+    "APP_URL_MARKET": "https://market.rose-ash.com",
+    "APP_URL_CART": "https://cart.rose-ash.com",
+    "APP_URL_EVENTS": "https://events.rose-ash.com",
+    "APP_URL_ORDERS": "https://orders.rose-ash.com",
+}
+COMPLETE = {
+    "ROSE_ENV": "prod",
+    "DATABASE_URL": "postgresql://orders_app:pw@postgres:5432/db_orders",
+    "INTERNAL_SECRET": SECRET,
+    "SESSION_SECRET": SECRET,
+    **PUBLIC,
+}
+
+
+def without(*names: str) -> dict[str, str]:
+    return {key: value for key, value in COMPLETE.items() if key not in names}
+
+
+def test_a_complete_production_environment_starts():
+    settings = settings_for(CONTRACTS["orders"], COMPLETE)
+    assert settings.public_urls == {
+        "blog": "https://rose-ash.com",
+        "market": "https://market.rose-ash.com",
+        "cart": "https://cart.rose-ash.com",
+        "events": "https://events.rose-ash.com",
+        "orders": "https://orders.rose-ash.com",
+    }
+    urls = OrderUrls(settings.public_urls["orders"])
+    assert urls.webhook(7) == "https://orders.rose-ash.com/checkout/webhook/7/"
+
+
+def test_every_missing_setting_is_named_at_once():
+    environ = without("APP_URL_ORDERS", "APP_URL_CART", "SESSION_SECRET", "DATABASE_URL")
+    with pytest.raises(ConfigError) as raised:
+        settings_for(CONTRACTS["orders"], environ)
+    message = str(raised.value)
+    assert message == (
+        "missing required settings DATABASE_URL_ORDERS or DATABASE_URL, SESSION_SECRET, "
+        "APP_URL_CART, APP_URL_ORDERS (ROSE_ENV=prod: no development defaults)"
+    )
+
+
+def test_orders_never_falls_back_to_localhost_in_production():
+    # Without APP_URL_ORDERS, orders used to hand SumUp http://localhost:8010/... URLs.
+    with pytest.raises(ConfigError, match="APP_URL_ORDERS"):
+        settings_for(CONTRACTS["orders"], without("APP_URL_ORDERS"))
+    for local in (
+        "http://localhost:8010",
+        "http://127.0.0.1:8010",
+        "http://orders.rose.localhost:8080",
+        "http://[::1]:8010",
+    ):
+        with pytest.raises(ConfigError, match=r"APP_URL_ORDERS=.* points at this machine"):
+            settings_for(CONTRACTS["orders"], {**COMPLETE, "APP_URL_ORDERS": local})
+
+
+def test_development_keeps_its_defaults():
+    settings = settings_for(
+        CONTRACTS["orders"],
+        {**without(*PUBLIC, "SESSION_SECRET"), "SESSION_SECRET": SECRET, "ROSE_ENV": "dev"},
+    )
+    assert settings.public_urls["orders"] == "http://localhost:8010"
+
+
+def test_internal_services_need_no_public_urls():
+    settings = settings_for(CONTRACTS["relations"], without(*PUBLIC, "SESSION_SECRET"))
+    assert settings.env == "prod"
+
+
+def test_a_service_process_refuses_to_start_naming_each_missing_setting(tmp_path):
+    environ = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("APP_URL_", "DATABASE_URL", "INTERNAL_", "SESSION_", "ROSE_"))
+    }
+    environ.update(without("APP_URL_ORDERS", "INTERNAL_SECRET"))
+    result = subprocess.run(
+        [sys.executable, "-m", "ops.stack.serve", "orders", "--port", "1"],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "cannot start orders: missing required settings INTERNAL_SECRET, "
+        "APP_URL_ORDERS (ROSE_ENV=prod: no development defaults)"
+    ]
