@@ -112,11 +112,16 @@ def _source_columns(source: psycopg.Connection[Any], table: str) -> list[tuple[s
     return [(name, type_name) for name, type_name in rows]
 
 
-def _copy_table(
-    source: psycopg.Connection[Any], target: psycopg.Connection[Any], table: SourceTable
+def copy_table(
+    source: psycopg.Connection[Any],
+    target: psycopg.Connection[Any],
+    table: SourceTable,
+    where: str | None = None,
+    params: dict[str, Any] | None = None,
 ) -> int:
-    """Stream one legacy table into its staging table. The staging table has the source's
-    column types, so the binary format needs no conversion."""
+    """Stream one legacy table (its rows ``where`` holds, with ``params``: `rose split sync`)
+    into its staging table. The staging table has the source's column types, so the binary
+    format needs no conversion."""
     columns = _source_columns(source, table.table)
     names = sql.SQL(", ").join(sql.Identifier(name) for name, _ in columns)
     target.execute(
@@ -128,14 +133,14 @@ def _copy_table(
             ),
         )
     )
-    read = sql.SQL("COPY (SELECT {names} FROM legacy.{table}) TO STDOUT (FORMAT BINARY)").format(
-        names=names, table=sql.Identifier(table.table)
-    )
+    read = sql.SQL(
+        "COPY (SELECT {names} FROM legacy.{table} WHERE {where}) TO STDOUT (FORMAT BINARY)"
+    ).format(names=names, table=sql.Identifier(table.table), where=sql.SQL(where or "true"))
     write = sql.SQL("COPY {stage} ({names}) FROM STDIN (FORMAT BINARY)").format(
         stage=sql.Identifier(table.stage), names=names
     )
     with source.cursor() as reader, target.cursor() as writer:
-        with reader.copy(read) as rows_out, writer.copy(write) as rows_in:
+        with reader.copy(read, params) as rows_out, writer.copy(write) as rows_in:
             for chunk in rows_out:
                 rows_in.write(chunk)
         return writer.rowcount
@@ -154,7 +159,7 @@ def stage_sources(
             with source.transaction():
                 for table in move.sources_in(service):
                     started = time.perf_counter()
-                    staged[str(table)] = _copy_table(source, target, table)
+                    staged[str(table)] = copy_table(source, target, table)
                     elapsed = time.perf_counter() - started
                     say(
                         f"{move.name}: copied {staged[str(table)]:,} rows of {table} "
@@ -176,7 +181,7 @@ def missing_sources(topology: Topology, move: Move) -> list[str]:
 
 
 # -- classification ------------------------------------------------------------------------------
-def _classify(target: psycopg.Connection[Any], move: Move, *, read_only: bool) -> None:
+def classify(target: psycopg.Connection[Any], move: Move, *, read_only: bool) -> None:
     parts = transform_parts(move.transform_file)
     run_file(target, OUTCOME_FILE)
     execute_sql(target, parts.setup)
@@ -186,7 +191,7 @@ def _classify(target: psycopg.Connection[Any], move: Move, *, read_only: bool) -
     execute_sql(target, parts.classify)
 
 
-def _read_outcome(target: psycopg.Connection[Any], move: Move, staged: dict[str, int]) -> Outcome:
+def read_outcome(target: psycopg.Connection[Any], move: Move, staged: dict[str, int]) -> Outcome:
     by_table: dict[str, dict[str, int]] = {table.table: {} for table in move.moved_tables}
     reasons: dict[str, dict[str, dict[str, Any]]] = {}
     # Counted by a hash aggregate; the ids only of the rows listed with a reason (sorting all
@@ -232,9 +237,7 @@ def _read_outcome(target: psycopg.Connection[Any], move: Move, staged: dict[str,
     return Outcome(staged=staged, by_table=by_table, reasons=reasons, planned=planned)
 
 
-def _check_inserted(
-    target: psycopg.Connection[Any], move: Move, outcome: Outcome
-) -> dict[str, int]:
+def check_inserted(target: psycopg.Connection[Any], move: Move, outcome: Outcome) -> dict[str, int]:
     """Refuse the move unless every planned row was wanted and inserted: a row the target
     already held under another unique key would otherwise be lost silently."""
     results = {
@@ -279,8 +282,8 @@ def plan_move(topology: Topology, move: Move) -> MovePlan:
                 )
             )
             staged = stage_sources(topology, move, target, _quiet)
-            _classify(target, move, read_only=True)
-            result.outcome = _read_outcome(target, move, staged)
+            classify(target, move, read_only=True)
+            result.outcome = read_outcome(target, move, staged)
     return result
 
 
@@ -346,7 +349,7 @@ def build_indexes(target: psycopg.Connection[Any], deferred: list[DeferredIndex]
         target.execute(index.create)
 
 
-def _target_checksums(target: psycopg.Connection[Any], move: Move) -> dict[str, dict[str, Any]]:
+def target_checksums(target: psycopg.Connection[Any], move: Move) -> dict[str, dict[str, Any]]:
     """The checksum of each check view of the target, as the ledger records it."""
     run_file(target, move.checksum_file("target"))
     recorded = {}
@@ -356,7 +359,7 @@ def _target_checksums(target: psycopg.Connection[Any], move: Move) -> dict[str, 
     return recorded
 
 
-def _inserted_ids(target: psycopg.Connection[Any]) -> dict[str, str]:
+def inserted_ids(target: psycopg.Connection[Any]) -> dict[str, str]:
     return {
         table: ids or "{}"
         for table, ids in target.execute("SELECT target_table, ids::text FROM split_inserted")
@@ -372,6 +375,11 @@ def _pending(topology: Topology, move: Move, say: Say) -> LedgerEntry | None:
     if ledger is not None and ledger.done:
         say(f"{move.name}: already done ({ledger.state()}); nothing to do")
         return ledger
+    if ledger is not None and ledger.sync_started_at is not None:
+        raise SplitError(
+            f"{move.name}: being synced online: `rose split cutover --move {move.name}` "
+            "finishes it (or `rose split abort` gives it up)"
+        )
     missing = missing_sources(topology, move)
     if missing:
         raise SplitError(
@@ -395,12 +403,12 @@ def _move_transaction(topology: Topology, move: Move, say: Say, fault: FaultHook
                 return MoveReport(move=move, done_before=ledger)
             staged = stage_sources(topology, move, target, say)
             fault(move.name, "after-copy")
-            _classify(target, move, read_only=False)
-            outcome = _read_outcome(target, move, staged)
+            classify(target, move, read_only=False)
+            outcome = read_outcome(target, move, staged)
             deferred = defer_indexes(target, move)
             execute_sql(target, transform_parts(move.transform_file).apply)
             build_indexes(target, deferred)
-            inserted = _check_inserted(target, move, outcome)
+            inserted = check_inserted(target, move, outcome)
             fault(move.name, "after-transform")
             say(
                 f"{move.name}: {outcome.source_rows:,} source rows: "
@@ -408,7 +416,7 @@ def _move_transaction(topology: Topology, move: Move, say: Say, fault: FaultHook
                 f"{outcome.total('skipped'):,} skipped; inserted "
                 + ", ".join(f"{rows:,} into {table}" for table, rows in inserted.items())
             )
-            checksums = _target_checksums(target, move)
+            checksums = target_checksums(target, move)
             seconds = time.perf_counter() - started
             target.execute(
                 """
@@ -434,7 +442,7 @@ def _move_transaction(topology: Topology, move: Move, say: Say, fault: FaultHook
                         for entry in checksums.values()
                     ),
                     as_json(checksums),
-                    as_json(_inserted_ids(target)),
+                    as_json(inserted_ids(target)),
                     move.name,
                 ),
             )
