@@ -10,6 +10,7 @@
 --   psql -1 -d db_market -v owner=market_owner -v move=likes -v table=product_likes \
 --        -v key_new='jsonb_build_array(NEW.user_id, NEW.product_id)' \
 --        -v key_old='jsonb_build_array(OLD.user_id, OLD.product_id)' \
+--        -v update_when='to_jsonb(OLD) IS DISTINCT FROM to_jsonb(NEW)' \
 --        -v lock_timeout=10s -f db/split/capture.sql
 -- `rose split sync` runs it for every source table of the move (lookups the transform reads
 -- included, when their changes change the move's result); `rose split cutover`, `abort` and
@@ -54,9 +55,18 @@ $body$
 $fn$, :'move' || '__' || :'table', :'move', :'key_new', :'key_old') \gexec
 
 SELECT format(
-    'CREATE OR REPLACE TRIGGER %I AFTER INSERT OR UPDATE OR DELETE ON legacy.%I '
+    'CREATE OR REPLACE TRIGGER %I AFTER INSERT OR DELETE ON legacy.%I '
     'FOR EACH ROW EXECUTE FUNCTION split_capture.%I()',
     'split_capture_' || :'move', :'table', :'move' || '__' || :'table') \gexec
+
+-- An update only when it changes what the move reads (:update_when, over OLD and NEW: the
+-- columns that matter for a lookup, the whole row otherwise): an update that changes nothing
+-- the move uses is not captured.
+SELECT format(
+    'CREATE OR REPLACE TRIGGER %I AFTER UPDATE ON legacy.%I '
+    'FOR EACH ROW WHEN (%s) EXECUTE FUNCTION split_capture.%I()',
+    'split_capture_update_' || :'move', :'table', :'update_when',
+    :'move' || '__' || :'table') \gexec
 
 -- TRUNCATE writes no row changes: refused while the move syncs.
 CREATE OR REPLACE FUNCTION split_capture.refuse_truncate() RETURNS trigger

@@ -11,7 +11,8 @@ SELECT pg_advisory_xact_lock(hashtext('rose split freeze'));
 
 SELECT format('DROP TRIGGER %I ON %s', t.tgname, t.tgrelid::regclass)
 FROM pg_trigger AS t
-WHERE t.tgname IN ('split_capture_' || :'move', 'split_capture_truncate_' || :'move') \gexec
+WHERE t.tgname IN ('split_capture_' || :'move', 'split_capture_update_' || :'move',
+                   'split_capture_truncate_' || :'move') \gexec
 
 SELECT format('DROP FUNCTION split_capture.%I()', p.proname)
 FROM pg_proc AS p

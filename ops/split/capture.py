@@ -48,6 +48,17 @@ class Captured:
     prefilter: tuple[str, int, str] | None = None
     expands_to: str | None = None
     expand: str | None = None
+    # The columns whose change matters to the move (an update of the others is not captured);
+    # None: every column.
+    columns: tuple[str, ...] | None = None
+
+    def update_when(self) -> str:
+        if self.columns is None:
+            # As jsonb: a json column has no equality operator.
+            return "to_jsonb(OLD) IS DISTINCT FROM to_jsonb(NEW)"
+        old = ", ".join(f"OLD.{column}" for column in self.columns)
+        new = ", ".join(f"NEW.{column}" for column in self.columns)
+        return f"row({old}) IS DISTINCT FROM row({new})"
 
     @property
     def key_space(self) -> str:
@@ -178,6 +189,15 @@ RULES: dict[str, SyncRules] = {
                 "jsonb_build_array({r}.id, {r}.container_type, {r}.container_id)",
                 expands_to="orders",
                 expand=_ORDERS_OF_PAGE_CONFIGS,
+                # What orders.sql reads of a page config (an edit of features is not one).
+                columns=(
+                    "id",
+                    "container_type",
+                    "container_id",
+                    "sumup_merchant_code",
+                    "sumup_checkout_prefix",
+                    "deleted_at",
+                ),
             ),
         ),
         lookups={
@@ -211,6 +231,7 @@ def install(topology: Topology, move: Move) -> None:
                             "table": item.table,
                             "key_new": item.key_of("NEW"),
                             "key_old": item.key_of("OLD"),
+                            "update_when": item.update_when(),
                             "lock_timeout": CAPTURE_LOCK_TIMEOUT,
                         },
                     )
@@ -237,6 +258,13 @@ def remove(topology: Topology, move: Move) -> list[str]:
     return removed
 
 
+def _move_of_trigger(name: str) -> str:
+    rest = name.removeprefix("split_capture_")
+    for kind in ("truncate_", "update_"):
+        rest = rest.removeprefix(kind)
+    return rest
+
+
 def capture_objects(connection: psycopg.Connection[Any], move: str | None = None) -> list[str]:
     """The capture triggers and change tables in this database (of one move, or all)."""
     found = [
@@ -245,7 +273,7 @@ def capture_objects(connection: psycopg.Connection[Any], move: str | None = None
             "SELECT t.tgname, t.tgrelid::regclass::text FROM pg_trigger AS t "
             "WHERE t.tgname LIKE 'split\\_capture\\_%%' ORDER BY 1, 2"
         )
-        if move is None or name.removeprefix("split_capture_").removeprefix("truncate_") == move
+        if move is None or _move_of_trigger(name) == move
     ]
     found += [
         f"change table {CAPTURE_SCHEMA}.{name}"
@@ -300,7 +328,7 @@ def capture_drift(topology: Topology, services: list[str]) -> tuple[list[str], l
         for item in found:
             owner = item.rsplit(".", 1)[-1] if item.startswith("change table") else None
             if owner is None:
-                owner = item.split()[1].removeprefix("split_capture_").removeprefix("truncate_")
+                owner = _move_of_trigger(item.split()[1])
             if owner in syncing:
                 notes.append(f"{database}: {item}: move {owner} is syncing (`rose split cutover`)")
             else:

@@ -299,6 +299,8 @@ def _sync_transaction(
                 for space, found in keys.items():
                     for key in found:
                         copy.write_row((space, key))
+            # Its size, for the plans of the deletes below (a temporary table has no stats).
+            target.execute("ANALYZE sync_keys")
             staged = _stage_keys(topology, move, rules, target, keys)
         if changes is not None:
             run_file(target, rules.delete_file)

@@ -110,6 +110,7 @@ def test_sync_then_cutover_equals_the_offline_run_of_the_final_state(monolith):
     assert cut.exit_code == 0, cut.output
     assert load.report.writes > 50, load.report
     assert load.report.failed == 0, load.report.errors
+    assert load.report.errored == 0, load.report.errors
     for move in MOVES:
         assert f"write pause {move.name}:" in cut.output
         entry = ledger(server, move.name)
@@ -220,6 +221,7 @@ def test_kills_and_restarts_during_sync_and_cutover_lose_and_double_nothing(own_
     assert load.report.writes > 200, load.report
     assert load.report.refused > 0, load.report
     assert load.report.failed > 0, load.report  # the writes PostgreSQL's restarts cut off
+    assert load.report.errored == 0, load.report.errors
     for move in MOVES:
         entry = ledger(server, move.name)
         assert entry is not None
