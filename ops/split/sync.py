@@ -39,12 +39,14 @@ from apps.registry import service_spec
 from ops.db.connections import scalar
 from ops.db.topology import Topology
 from ops.split.capture import CAPTURE_SCHEMA, SyncRules, capture_objects, install, remove, rules_of
+from ops.split.checksum import checksum
 from ops.split.common import (
     FaultHook,
     Say,
     SplitError,
     as_json,
     connect,
+    count_rows,
     crash_from_environment,
     ensure_ledger,
     execute_sql,
@@ -69,7 +71,13 @@ from ops.split.run import (
     stage_sources,
     target_checksums,
 )
-from ops.split.verify import MoveVerification, verify_move
+from ops.split.verify import (
+    CheckResult,
+    MoveVerification,
+    accounting_problems,
+    recorded_checksum,
+    source_sessions,
+)
 
 # Points where a test (ROSE_SPLIT_CRASH=<move>:<point>) kills sync or cutover.
 SYNC_CRASH_POINTS = (
@@ -468,75 +476,125 @@ def _done(topology: Topology, move: Move) -> bool:
 
 
 # -- cutover -------------------------------------------------------------------------------------
-def _record_done(topology: Topology, move: Move, seconds: float) -> None:
-    """The move is done: its accounting from split.sync_outcome, its checksums and ids."""
-    owner = service_spec(move.target).owner_role
+def _mark_done(topology: Topology, move: Move, seconds: float) -> bool:
+    """The end of the write pause: the move is done (its service takes the writes now). The
+    details follow (:func:`_details`), computed in a snapshot taken before this commit."""
     with connect(topology, move.target) as target, target.transaction():
-        target.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(owner)))
         ledger = read_ledger(target, move.name, lock=True)
         if ledger is None or ledger.done:
-            return
-        run_file(target, OUTCOME_FILE)
+            return False
         target.execute(
-            "INSERT INTO split_outcome SELECT source_table, source_id, outcome, reason "
-            "FROM split.sync_outcome WHERE move = %s",
-            (move.name,),
+            "UPDATE split.ledger SET finished_at = clock_timestamp(), seconds = %s, "
+            "checksums = NULL, checksum = NULL, verified_at = NULL, verification = NULL, "
+            "aborted_at = NULL, aborted_by = NULL WHERE move = %s",
+            (round(seconds, 3), move.name),
         )
-        staged = {
-            str(table): int(
-                scalar(
-                    target,
-                    "SELECT count(*) FROM split.sync_outcome WHERE move = %s AND source_table = %s",
-                    (move.name, table.table),
-                )
+    return True
+
+
+def _details(snapshot: psycopg.Connection[Any], move: Move) -> tuple[Any, ...]:
+    """The ledger's record of the move (accounting from split.sync_outcome, the target's
+    checksums and ids), read in ``snapshot``: the target as the move left it, whatever its
+    service writes after the pause."""
+    run_file(snapshot, OUTCOME_FILE)
+    snapshot.execute(
+        "INSERT INTO split_outcome SELECT source_table, source_id, outcome, reason "
+        "FROM split.sync_outcome WHERE move = %s",
+        (move.name,),
+    )
+    staged = {
+        str(table): int(
+            scalar(
+                snapshot,
+                "SELECT count(*) FROM split.sync_outcome WHERE move = %s AND source_table = %s",
+                (move.name, table.table),
             )
-            for table in move.moved_tables
-        }
-        outcome = read_outcome(target, move, staged)
-        for table in move.target_tables:
-            name = sql.Identifier(*table.split("."))
-            target.execute(
-                sql.SQL(
-                    "INSERT INTO split_inserted (target_table, wanted, inserted, ids) "
-                    "SELECT %s, count(*), count(*), range_agg(int8range(id, id, '[]')) FROM {}"
-                ).format(name),
-                (table,),
-            )
-        inserted = {
-            table: int(rows)
-            for table, rows in target.execute("SELECT target_table, inserted FROM split_inserted")
-        }
-        checksums = target_checksums(target, move)
+        )
+        for table in move.moved_tables
+    }
+    outcome = read_outcome(snapshot, move, staged)
+    for table in move.target_tables:
+        snapshot.execute(
+            sql.SQL(
+                "INSERT INTO split_inserted (target_table, wanted, inserted, ids) "
+                "SELECT %s, count(*), count(*), range_agg(int8range(id, id, '[]')) FROM {}"
+            ).format(sql.Identifier(*table.split("."))),
+            (table,),
+        )
+    inserted = {
+        table: int(rows)
+        for table, rows in snapshot.execute("SELECT target_table, inserted FROM split_inserted")
+    }
+    checksums = target_checksums(snapshot, move)
+    return (
+        outcome.source_rows,
+        outcome.total("moved"),
+        outcome.total("collapsed"),
+        outcome.total("skipped"),
+        as_json(outcome.reasons),
+        as_json(inserted),
+        "; ".join(
+            f"{entry['target_table']}: {entry['rows']} rows, xor {entry['xor']}, sum {entry['sum']}"
+            for entry in checksums.values()
+        ),
+        as_json(checksums),
+        as_json(inserted_ids(snapshot)),
+    )
+
+
+def _record_details(topology: Topology, move: Move, details: tuple[Any, ...]) -> None:
+    with connect(topology, move.target) as target, target.transaction():
         target.execute(
             """
             UPDATE split.ledger
-            SET finished_at = clock_timestamp(), seconds = %s, source_rows = %s,
-                moved_rows = %s, collapsed_rows = %s, skipped_rows = %s, reasons = %s,
-                inserted = %s, checksum = %s, checksums = %s, inserted_ids = %s,
-                verified_at = NULL, verification = NULL, verified_by = NULL,
-                aborted_at = NULL, aborted_by = NULL
+            SET source_rows = %s, moved_rows = %s, collapsed_rows = %s, skipped_rows = %s,
+                reasons = %s, inserted = %s, checksum = %s, checksums = %s, inserted_ids = %s
             WHERE move = %s
             """,
-            (
-                round(seconds, 3),
-                outcome.source_rows,
-                outcome.total("moved"),
-                outcome.total("collapsed"),
-                outcome.total("skipped"),
-                as_json(outcome.reasons),
-                as_json(inserted),
-                "; ".join(
-                    f"{entry['target_table']}: {entry['rows']} rows, xor {entry['xor']}, "
-                    f"sum {entry['sum']}"
-                    for entry in checksums.values()
-                ),
-                as_json(checksums),
-                as_json(inserted_ids(target)),
-                move.name,
-            ),
+            (*details, move.name),
         )
         target.execute("DELETE FROM split.sync_outcome WHERE move = %s", (move.name,))
         target.execute("DELETE FROM split.sync_position WHERE move = %s", (move.name,))
+
+
+def _snapshot_of(topology: Topology, move: Move) -> psycopg.Connection[Any]:
+    connection = connect(topology, move.target)
+    connection.autocommit = False
+    connection.isolation_level = IsolationLevel.REPEATABLE_READ
+    connection.execute("SELECT 1")  # the snapshot is taken here
+    return connection
+
+
+def verify_recorded(topology: Topology, move: Move) -> MoveVerification:
+    """The frozen sources against the target as the ledger recorded it at the cutover (its
+    checksums): true whatever the service wrote to the target since."""
+    with connect(topology, move.target) as target:
+        ledger = read_ledger(target, move.name)
+        result = MoveVerification(move=move, ledger=ledger)
+        if ledger is None or not ledger.done or not ledger.checksums:
+            result.problems.append("not recorded by a cutover")
+            return result
+        for service in move.source_services:
+            with connect(topology, service) as source:
+                for table in move.sources_in(service):
+                    if table.moved:
+                        result.source_rows_now[str(table)] = count_rows(
+                            source, f"legacy.{table.table}"
+                        )
+        result.problems += accounting_problems(ledger, result.source_rows_now)
+        with source_sessions(topology, move, ledger) as sources:
+            for check in move.checks:
+                source_sum = checksum(sources, check.view)[0]
+                recorded = recorded_checksum(ledger.checksums[check.name])
+                result.checks.append(
+                    CheckResult(check.name, check.target_table, check.bucket, source_sum, recorded)
+                )
+        target.execute(
+            "UPDATE split.ledger SET verified_at = CASE WHEN %s THEN clock_timestamp() END, "
+            "verification = %s, verified_by = %s WHERE move = %s",
+            (result.ok, as_json(result.as_json()), operator(), move.name),
+        )
+    return result
 
 
 def _differs(move: Move, verification: MoveVerification) -> str:
@@ -544,7 +602,7 @@ def _differs(move: Move, verification: MoveVerification) -> str:
         f"{move.name}: the cutover's verify found differences: "
         + "; ".join(verification.differences())
         + f". The move is recorded, its sources stay frozen: `rose split abort --move "
-        f"{move.name}` goes back to the monolith"
+        f"{move.name}` goes back to the monolith (unless its service wrote to it since)"
     )
 
 
@@ -561,9 +619,14 @@ def cutover_move(
         ledger = read_ledger(target, move.name)
     if ledger is not None and ledger.done:
         report.done_before = True
+        if ledger.sync_started_at is not None and not ledger.checksums:
+            # A cutover that died between the end of the pause and its record: the target now.
+            with _snapshot_of(topology, move) as snapshot:
+                details = _details(snapshot, move)
+                snapshot.rollback()
+            _record_details(topology, move, details)
         if ledger.sync_started_at is not None and ledger.verified_at is None:
-            # A cutover that died between recording the move and its verify.
-            report.verification = verify_move(topology, move)
+            report.verification = verify_recorded(topology, move)
             if not report.verification.ok:
                 raise SplitError(_differs(move, report.verification))
         if ledger.sync_started_at is not None:
@@ -572,8 +635,10 @@ def cutover_move(
         return report
     if ledger is None or ledger.snapshot_at is None:
         raise SplitError(f"{move.name}: not synced (`rose split sync --move {move.name}` first)")
-    # Most of the backlog before the freeze, so that the drain under it is short.
-    apply_round(topology, move, fault)
+    # The backlog before the freeze, so that the drain under it is short.
+    for _ in range(3):
+        if apply_round(topology, move, fault).changes < 100:
+            break
     started = time.perf_counter()
     freeze(topology, [move], say, lock_timeout)
     fault(move.name, "cutover-after-freeze")
@@ -582,22 +647,29 @@ def cutover_move(
         report.drained += round_report.changes
         if round_report.changes == 0:
             break
-    _record_done(topology, move, time.perf_counter() - started)
-    fault(move.name, "cutover-after-record")
-    report.verification = verify_move(topology, move)
-    report.write_pause = time.perf_counter() - started
+    # The target as the move leaves it, for the record and the verify after the pause.
+    with _snapshot_of(topology, move) as snapshot:
+        if not _mark_done(topology, move, time.perf_counter() - started):
+            raise SplitError(f"{move.name}: done meanwhile by another cutover")
+        report.write_pause = time.perf_counter() - started
+        fault(move.name, "cutover-after-record")
+        details = _details(snapshot, move)
+        snapshot.rollback()
+    _record_details(topology, move, details)
     with connect(topology, move.target) as target:
         target.execute(
             "UPDATE split.ledger SET write_pause = %s WHERE move = %s",
             (round(report.write_pause, 3), move.name),
         )
+    say(
+        f"{move.name}: cut over: drained {report.drained:,} changes; write pause "
+        f"{report.write_pause:.2f} s (freeze to recorded); its sources stay frozen"
+    )
+    report.verification = verify_recorded(topology, move)
     if not report.verification.ok:
         raise SplitError(_differs(move, report.verification))
     remove(topology, move)
-    say(
-        f"{move.name}: cut over: drained {report.drained:,} changes, verified; write pause "
-        f"{report.write_pause:.2f} s (freeze to verified); its sources stay frozen"
-    )
+    say(f"{move.name}: verified: the frozen sources match the target as cut over")
     return report
 
 

@@ -133,7 +133,7 @@ def _listed_rows(ledger: LedgerEntry) -> list[tuple[str, int, str, str]]:
     return rows
 
 
-def _accounting_problems(ledger: LedgerEntry, source_rows_now: dict[str, int]) -> list[str]:
+def accounting_problems(ledger: LedgerEntry, source_rows_now: dict[str, int]) -> list[str]:
     problems = []
     now = sum(source_rows_now.values())
     if now != ledger.source_rows:
@@ -164,7 +164,7 @@ def _accounting_problems(ledger: LedgerEntry, source_rows_now: dict[str, int]) -
 
 
 @contextmanager
-def _source_sessions(
+def source_sessions(
     topology: Topology, move: Move, ledger: LedgerEntry
 ) -> Iterator[list[psycopg.Connection[Any]]]:
     """One session per source database, with the move's check views and split_listed filled."""
@@ -215,10 +215,10 @@ def verify_move(
                         )
         if result.problems:
             return result
-        result.problems += _accounting_problems(ledger, result.source_rows_now)
+        result.problems += accounting_problems(ledger, result.source_rows_now)
         run_file(target, move.checksum_file("target"))
         with (
-            _source_sessions(topology, move, ledger) as sources,
+            source_sessions(topology, move, ledger) as sources,
             ThreadPoolExecutor(max_workers=2) as sides,
         ):
             for check in move.checks:
