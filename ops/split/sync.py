@@ -16,10 +16,12 @@ sync, per move:
    its commit and before that delete only applies the same keys again: nothing is lost (a
    change row is deleted only after the commit that applied it) and nothing doubles.
 
-cutover, per move: freeze its sources (``run``'s freeze), drain the changes left, record the
-move done in the ledger (the accounting from ``split.sync_outcome``, the target's checksums and
-ids), verify it against the frozen sources (``verify``'s checks), remove the capture. The write
-pause is from the freeze to the end of the verify.
+cutover, per move: apply the backlog, freeze its sources (``run``'s freeze), drain the changes
+left, take a repeatable-read snapshot of the target, record the move done: the write pause
+(from the freeze) ends there, and it does not grow with the data. Then, from that snapshot, the
+ledger's record (the accounting from ``split.sync_outcome``, the target's checksums and ids),
+and the verify of the frozen sources against the target as recorded (``verify``'s checks:
+true whatever the service writes to the target meanwhile); then the capture goes.
 """
 
 from __future__ import annotations

@@ -129,6 +129,9 @@ def test_abort_during_sync_leaves_the_monolith_and_removes_the_capture(monolith)
     assert value(server, "likes", "SELECT count(*) FROM likes.likes") > 0
     drift = _db_check(server)
     assert "change capture" not in drift  # syncing: a note, not drift
+    offline = rose_split(server, "run", "--move", "likes")
+    assert offline.exit_code == 1
+    assert "being synced online" in offline.output
     aborted = rose_split(server, "abort", "--move", "likes")
     assert aborted.exit_code == 0, aborted.output
     assert value(server, "likes", "SELECT count(*) FROM likes.likes") == 0
