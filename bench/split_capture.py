@@ -2,10 +2,11 @@
 `rose split sync` uses, db/split/capture.sql) against logical replication (a publication and a
 pgoutput slot), on one throwaway embedded PostgreSQL 18 with ``wal_level=logical``.
 
-Single-row INSERT transactions into a copy of ``legacy.product_likes`` (the busiest table the
-split moves), ``--writes`` per measurement, alternating the three set-ups ``--rounds`` times:
-no capture, the capture trigger, a publication with a logical slot (then the time to decode the
-slot's changes, which a subscriber would pay). ``python -m bench.split_capture``.
+Single-row INSERT transactions into ``legacy.product_likes`` of db/legacy/market.sql (the
+busiest table the split moves), ``--writes`` per measurement, alternating the three set-ups
+``--rounds`` times: no capture, the capture trigger, a publication with a logical slot (then
+the time to decode the slot's changes, which a subscriber would pay).
+``python -m bench.split_capture``.
 """
 
 from __future__ import annotations
@@ -18,21 +19,9 @@ from typing import Any
 
 import psycopg
 
-from ops.split.common import execute_sql
-from ops.split.moves import SPLIT_DIR
+from ops.split.common import execute_sql, run_file
+from ops.split.moves import LEGACY_DIR, SPLIT_DIR
 from ops.stack.pgserver import throwaway_postgres
-
-TABLE = """
-CREATE SCHEMA legacy;
-CREATE TABLE legacy.product_likes (
-    id         serial PRIMARY KEY,
-    user_id    integer NOT NULL,
-    product_id integer NOT NULL,
-    created_at timestamp NOT NULL DEFAULT (now() AT TIME ZONE 'UTC'),
-    updated_at timestamp NOT NULL DEFAULT (now() AT TIME ZONE 'UTC'),
-    deleted_at timestamp
-);
-"""
 
 
 def writes_per_second(connection: psycopg.Connection[Any], count: int) -> float:
@@ -75,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         throwaway_postgres(prefix="rose-bench-capture-pg-", extra_settings=settings) as pg,
         psycopg.connect(pg.superuser_url(), autocommit=True) as connection,
     ):
-        connection.execute(TABLE)
+        run_file(connection, LEGACY_DIR / "market.sql", {"owner": "postgres"})
         for number in range(1, args.rounds + 1):
             for setup in ("none", "trigger", "logical"):
                 if setup == "trigger":

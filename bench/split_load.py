@@ -31,38 +31,37 @@ def _one(connection: psycopg.Connection[Any], query: str, params: tuple[Any, ...
     return row[0] if row else None
 
 
-def like_product(c: dict[str, psycopg.Connection[Any]], rng: random.Random) -> None:
-    product = _one(c["market"], "SELECT id FROM legacy.products ORDER BY random() LIMIT 1")
-    c["market"].execute(
-        "INSERT INTO legacy.product_likes (user_id, product_id) VALUES (%s, %s)",
-        (rng.randint(1, 60), product),
-    )
+def _liker(service: str, likes: str, targets: str, column: str) -> Write:
+    """Like a random product or post (liking again inserts another row: a duplicate)."""
+
+    def like(c: dict[str, psycopg.Connection[Any]], rng: random.Random) -> None:
+        target = _one(c[service], f"SELECT id FROM legacy.{targets} ORDER BY random() LIMIT 1")
+        c[service].execute(
+            f"INSERT INTO legacy.{likes} (user_id, {column}) VALUES (%s, %s)",
+            (rng.randint(1, 60), target),
+        )
+
+    return like
 
 
-def unlike_product(c: dict[str, psycopg.Connection[Any]], rng: random.Random) -> None:
-    c["market"].execute(
-        "UPDATE legacy.product_likes SET deleted_at = now() AT TIME ZONE 'UTC', "
-        "updated_at = now() AT TIME ZONE 'UTC' WHERE id = (SELECT id FROM legacy.product_likes "
-        "WHERE deleted_at IS NULL AND user_id = %s LIMIT 1)",
-        (rng.randint(1, 60),),
-    )
+def _unliker(service: str, likes: str) -> Write:
+    """Unlike: one live like of a random user gets deleted_at, as the monolith did."""
+
+    def unlike(c: dict[str, psycopg.Connection[Any]], rng: random.Random) -> None:
+        c[service].execute(
+            f"UPDATE legacy.{likes} SET deleted_at = now() AT TIME ZONE 'UTC', "
+            f"updated_at = now() AT TIME ZONE 'UTC' WHERE id = (SELECT id FROM legacy.{likes} "
+            "WHERE deleted_at IS NULL AND user_id = %s LIMIT 1)",
+            (rng.randint(1, 60),),
+        )
+
+    return unlike
 
 
-def like_post(c: dict[str, psycopg.Connection[Any]], rng: random.Random) -> None:
-    post = _one(c["blog"], "SELECT id FROM legacy.posts ORDER BY random() LIMIT 1")
-    c["blog"].execute(
-        "INSERT INTO legacy.post_likes (user_id, post_id) VALUES (%s, %s)",
-        (rng.randint(1, 60), post),
-    )
-
-
-def unlike_post(c: dict[str, psycopg.Connection[Any]], rng: random.Random) -> None:
-    c["blog"].execute(
-        "UPDATE legacy.post_likes SET deleted_at = now() AT TIME ZONE 'UTC', "
-        "updated_at = now() AT TIME ZONE 'UTC' WHERE id = (SELECT id FROM legacy.post_likes "
-        "WHERE deleted_at IS NULL AND user_id = %s LIMIT 1)",
-        (rng.randint(1, 60),),
-    )
+like_product = _liker("market", "product_likes", "products", "product_id")
+unlike_product = _unliker("market", "product_likes")
+like_post = _liker("blog", "post_likes", "posts", "post_id")
+unlike_post = _unliker("blog", "post_likes")
 
 
 def new_order(c: dict[str, psycopg.Connection[Any]], rng: random.Random) -> None:

@@ -16,7 +16,9 @@ classification on and always rolled back, without freezing anything.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -146,6 +148,16 @@ def copy_table(
         return writer.rowcount
 
 
+@contextmanager
+def source_snapshot(topology: Topology, service: str) -> Iterator[psycopg.Connection[Any]]:
+    """A read-only repeatable-read transaction in ``service``'s database: one snapshot."""
+    with connect(topology, service) as source:
+        source.isolation_level = IsolationLevel.REPEATABLE_READ
+        source.read_only = True
+        with source.transaction():
+            yield source
+
+
 def stage_sources(
     topology: Topology, move: Move, target: psycopg.Connection[Any], say: Say
 ) -> dict[str, int]:
@@ -153,18 +165,12 @@ def stage_sources(
     source database are read in one repeatable-read snapshot."""
     staged: dict[str, int] = {}
     for service in move.source_services:
-        with connect(topology, service) as source:
-            source.isolation_level = IsolationLevel.REPEATABLE_READ
-            source.read_only = True
-            with source.transaction():
-                for table in move.sources_in(service):
-                    started = time.perf_counter()
-                    staged[str(table)] = copy_table(source, target, table)
-                    elapsed = time.perf_counter() - started
-                    say(
-                        f"{move.name}: copied {staged[str(table)]:,} rows of {table} "
-                        f"({elapsed:.2f} s)"
-                    )
+        with source_snapshot(topology, service) as source:
+            for table in move.sources_in(service):
+                started = time.perf_counter()
+                staged[str(table)] = copy_table(source, target, table)
+                elapsed = time.perf_counter() - started
+                say(f"{move.name}: copied {staged[str(table)]:,} rows of {table} ({elapsed:.2f} s)")
     return staged
 
 
@@ -359,6 +365,35 @@ def target_checksums(target: psycopg.Connection[Any], move: Move) -> dict[str, d
     return recorded
 
 
+def checksum_line(checksums: dict[str, dict[str, Any]]) -> str:
+    """The ledger's one-line ``checksum``: each target table's rows, xor and sum."""
+    return "; ".join(
+        f"{entry['target_table']}: {entry['rows']} rows, xor {entry['xor']}, sum {entry['sum']}"
+        for entry in checksums.values()
+    )
+
+
+def ledger_record(
+    target: psycopg.Connection[Any],
+    outcome: Outcome,
+    inserted: dict[str, int],
+    checksums: dict[str, dict[str, Any]],
+) -> tuple[Any, ...]:
+    """The ledger's source_rows, moved_rows, collapsed_rows, skipped_rows, reasons, inserted,
+    checksum, checksums and inserted_ids of a move, in that order."""
+    return (
+        outcome.source_rows,
+        outcome.total("moved"),
+        outcome.total("collapsed"),
+        outcome.total("skipped"),
+        as_json(outcome.reasons),
+        as_json(inserted),
+        checksum_line(checksums),
+        as_json(checksums),
+        as_json(inserted_ids(target)),
+    )
+
+
 def inserted_ids(target: psycopg.Connection[Any]) -> dict[str, str]:
     return {
         table: ids or "{}"
@@ -430,19 +465,7 @@ def _move_transaction(topology: Topology, move: Move, say: Say, fault: FaultHook
                 """,
                 (
                     round(seconds, 3),
-                    outcome.source_rows,
-                    outcome.total("moved"),
-                    outcome.total("collapsed"),
-                    outcome.total("skipped"),
-                    as_json(outcome.reasons),
-                    as_json(inserted),
-                    "; ".join(
-                        f"{entry['target_table']}: {entry['rows']} rows, xor {entry['xor']}, "
-                        f"sum {entry['sum']}"
-                        for entry in checksums.values()
-                    ),
-                    as_json(checksums),
-                    as_json(inserted_ids(target)),
+                    *ledger_record(target, outcome, inserted, checksums),
                     move.name,
                 ),
             )

@@ -46,9 +46,7 @@ from ops.split.common import (
     FaultHook,
     Say,
     SplitError,
-    as_json,
     connect,
-    count_rows,
     crash_from_environment,
     ensure_ledger,
     execute_sql,
@@ -67,9 +65,10 @@ from ops.split.run import (
     classify,
     copy_table,
     defer_indexes,
-    inserted_ids,
+    ledger_record,
     missing_sources,
     read_outcome,
+    source_snapshot,
     stage_sources,
     target_checksums,
 )
@@ -77,6 +76,8 @@ from ops.split.verify import (
     CheckResult,
     MoveVerification,
     accounting_problems,
+    count_sources,
+    record_verification,
     recorded_checksum,
     source_sessions,
 )
@@ -229,23 +230,20 @@ def _stage_keys(
     snapshot per source database, read after the change rows were: every change read is in it."""
     staged: dict[str, int] = {}
     for service in move.source_services:
-        with connect(topology, service) as source:
-            source.isolation_level = IsolationLevel.REPEATABLE_READ
-            source.read_only = True
-            with source.transaction():
-                for table in move.sources_in(service):
-                    if table.moved:
-                        captured = rules.of(table.table)
-                        where = captured.stage_condition()
-                        params: dict[str, Any] | None = {
-                            "keys": "[" + ",".join(keys.get(captured.key_space, [])) + "]"
-                        }
-                    elif table.table in rules.lookups:
-                        ids = scalar(target, rules.lookups[table.table]) or []
-                        where, params = "id = ANY(%(ids)s)", {"ids": list(ids)}
-                    else:
-                        where, params = None, None
-                    staged[str(table)] = copy_table(source, target, table, where, params)
+        with source_snapshot(topology, service) as source:
+            for table in move.sources_in(service):
+                if table.moved:
+                    captured = rules.of(table.table)
+                    where = captured.stage_condition()
+                    params: dict[str, Any] | None = {
+                        "keys": "[" + ",".join(keys.get(captured.key_space, [])) + "]"
+                    }
+                elif table.table in rules.lookups:
+                    ids = scalar(target, rules.lookups[table.table]) or []
+                    where, params = "id = ANY(%(ids)s)", {"ids": list(ids)}
+                else:
+                    where, params = None, None
+                staged[str(table)] = copy_table(source, target, table, where, params)
     return staged
 
 
@@ -527,21 +525,7 @@ def _details(snapshot: psycopg.Connection[Any], move: Move) -> tuple[Any, ...]:
         table: int(rows)
         for table, rows in snapshot.execute("SELECT target_table, inserted FROM split_inserted")
     }
-    checksums = target_checksums(snapshot, move)
-    return (
-        outcome.source_rows,
-        outcome.total("moved"),
-        outcome.total("collapsed"),
-        outcome.total("skipped"),
-        as_json(outcome.reasons),
-        as_json(inserted),
-        "; ".join(
-            f"{entry['target_table']}: {entry['rows']} rows, xor {entry['xor']}, sum {entry['sum']}"
-            for entry in checksums.values()
-        ),
-        as_json(checksums),
-        as_json(inserted_ids(snapshot)),
-    )
+    return ledger_record(snapshot, outcome, inserted, target_checksums(snapshot, move))
 
 
 def _record_details(topology: Topology, move: Move, details: tuple[Any, ...]) -> None:
@@ -576,13 +560,9 @@ def verify_recorded(topology: Topology, move: Move) -> MoveVerification:
         if ledger is None or not ledger.done or not ledger.checksums:
             result.problems.append("not recorded by a cutover")
             return result
-        for service in move.source_services:
-            with connect(topology, service) as source:
-                for table in move.sources_in(service):
-                    if table.moved:
-                        result.source_rows_now[str(table)] = count_rows(
-                            source, f"legacy.{table.table}"
-                        )
+        count_sources(topology, result)
+        if result.problems:
+            return result
         result.problems += accounting_problems(ledger, result.source_rows_now)
         with source_sessions(topology, move, ledger) as sources:
             for check in move.checks:
@@ -591,11 +571,7 @@ def verify_recorded(topology: Topology, move: Move) -> MoveVerification:
                 result.checks.append(
                     CheckResult(check.name, check.target_table, check.bucket, source_sum, recorded)
                 )
-        target.execute(
-            "UPDATE split.ledger SET verified_at = CASE WHEN %s THEN clock_timestamp() END, "
-            "verification = %s, verified_by = %s WHERE move = %s",
-            (result.ok, as_json(result.as_json()), operator(), move.name),
-        )
+        record_verification(target, result)
     return result
 
 
