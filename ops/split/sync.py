@@ -35,6 +35,7 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
+import psycopg.errors
 from psycopg import IsolationLevel, sql
 
 from apps.registry import service_spec
@@ -440,8 +441,12 @@ def sync(
         last_report = 0.0
         while live:
             try:
-                applied = [apply_round(topology, move, fault) for move in live]
-                live = [move for move in live if not _done(topology, move)]
+                applied = {
+                    move.name: _round_unless_cut_over(topology, move, fault) for move in live
+                }
+                for move in [move for move in live if _done(topology, move)]:
+                    say(f"{move.name}: cut over; its sync ends")
+                    live.remove(move)
             except psycopg.OperationalError as exc:
                 # PostgreSQL restarting, a connection cut: nothing applied is lost (a round
                 # commits whole, its change rows go only after), so wait and go on.
@@ -453,20 +458,32 @@ def sync(
             now = time.monotonic()
             if once or now - last_report >= report_every:
                 last_report = now
-                for move, report in zip(live, applied, strict=False):
+                for move in live:
+                    report = applied[move.name]
                     say(
                         f"{move.name}: applied {report.changes:,} changes ({report.keys:,} keys) "
                         f"in {report.seconds:.2f} s; {lag(topology, move).describe()}"
                     )
             if once or stop.requested or (should_stop is not None and should_stop()):
                 break
-            if not any(report.changes for report in applied):
+            if not any(report.changes for report in applied.values()):
                 time.sleep(interval)
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
     if stop.requested:
         say("sync stopped; the capture goes on: `rose split sync` resumes, `cutover` finishes")
+
+
+def _round_unless_cut_over(topology: Topology, move: Move, fault: FaultHook) -> RoundReport:
+    """A round; nothing when a cutover running meanwhile finished the move (and removed its
+    change tables)."""
+    try:
+        return apply_round(topology, move, fault)
+    except psycopg.errors.UndefinedTable:
+        if _done(topology, move):
+            return RoundReport(move=move.name)
+        raise
 
 
 def _done(topology: Topology, move: Move) -> bool:
@@ -476,20 +493,24 @@ def _done(topology: Topology, move: Move) -> bool:
 
 
 # -- cutover -------------------------------------------------------------------------------------
-def _mark_done(topology: Topology, move: Move, seconds: float) -> bool:
-    """The end of the write pause: the move is done (its service takes the writes now). The
-    details follow (:func:`_details`), computed in a snapshot taken before this commit."""
+def _mark_done(topology: Topology, move: Move, seconds: float) -> psycopg.Connection[Any] | None:
+    """The end of the write pause: the move is done (its service takes the writes now). Returns
+    a repeatable-read snapshot of the target taken under the ledger's lock, before this commit:
+    no round is in flight then (each holds that lock) and none writes after it (each finds the
+    move done), so the snapshot holds the target exactly as the move leaves it. None when the
+    move was done already."""
     with connect(topology, move.target) as target, target.transaction():
         ledger = read_ledger(target, move.name, lock=True)
         if ledger is None or ledger.done:
-            return False
+            return None
+        snapshot = _snapshot_of(topology, move)
         target.execute(
             "UPDATE split.ledger SET finished_at = clock_timestamp(), seconds = %s, "
             "checksums = NULL, checksum = NULL, verified_at = NULL, verification = NULL, "
             "aborted_at = NULL, aborted_by = NULL WHERE move = %s",
             (round(seconds, 3), move.name),
         )
-    return True
+    return snapshot
 
 
 def _details(snapshot: psycopg.Connection[Any], move: Move) -> tuple[Any, ...]:
@@ -626,13 +647,14 @@ def cutover_move(
         if round_report.changes == 0:
             break
     # The target as the move leaves it, for the record and the verify after the pause.
-    with _snapshot_of(topology, move) as snapshot:
-        if not _mark_done(topology, move, time.perf_counter() - started):
-            raise SplitError(f"{move.name}: done meanwhile by another cutover")
+    as_cut = _mark_done(topology, move, time.perf_counter() - started)
+    if as_cut is None:
+        raise SplitError(f"{move.name}: done meanwhile by another cutover")
+    with as_cut:
         report.write_pause = time.perf_counter() - started
         fault(move.name, "cutover-after-record")
-        details = _details(snapshot, move)
-        snapshot.rollback()
+        details = _details(as_cut, move)
+        as_cut.rollback()
     _record_details(topology, move, details)
     with connect(topology, move.target) as target:
         target.execute(
