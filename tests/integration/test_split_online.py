@@ -22,6 +22,7 @@ from bench.split_load import WriterLoad
 from ops.split.common import CRASH_ENV, CRASH_EXIT_CODE
 from ops.split.moves import LEGACY_SERVICES, MOVES
 from ops.split.seed import seed_legacy
+from ops.split.status import split_status
 from tests.conftest import REPO_ROOT, admin_connect
 from tests.integration.db_fixtures import start_cluster
 from tests.integration.split_fixtures import ledger, rose_split, seeded_monolith, value
@@ -116,6 +117,10 @@ def test_sync_then_cutover_equals_the_offline_run_of_the_final_state(monolith):
     assert load.report.writes > 50, load.report
     assert load.report.failed == 0, load.report.errors
     assert load.report.errored == 0, load.report.errors
+    assert all(
+        status.state.startswith("verified (online; write pause")
+        for status in split_status(server.topology).moves
+    )
     for move in MOVES:
         assert f"write pause {move.name}:" in cut.output
         entry = ledger(server, move.name)
@@ -134,6 +139,8 @@ def test_abort_during_sync_leaves_the_monolith_and_removes_the_capture(monolith)
     assert value(server, "likes", "SELECT count(*) FROM likes.likes") > 0
     drift = _db_check(server)
     assert "change capture" not in drift  # syncing: a note, not drift
+    states = {status.move.name: status.state for status in split_status(server.topology).moves}
+    assert states["likes"].startswith("syncing online (snapshot committed")
     offline = rose_split(server, "run", "--move", "likes")
     assert offline.exit_code == 1
     assert "being synced online" in offline.output
