@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from bench.split_load import WriterLoad
+from ops.split.capture import install
 from ops.split.common import CRASH_ENV, CRASH_EXIT_CODE
 from ops.split.moves import LEGACY_SERVICES, MOVES
 from ops.split.seed import seed_legacy
@@ -244,6 +245,22 @@ def test_kills_and_restarts_during_sync_and_cutover_lose_and_double_nothing(own_
     assert capture_objects(server) == []
     online = target_rows(server)
     assert online == offline_of_final_state(server)
+
+
+def test_finalize_removes_a_capture_left_behind(monolith, tmp_path):
+    """A capture a cutover did not get to remove (it died after recording its move) goes with
+    finalize, like the sources it watched."""
+    server = monolith
+    for command in (("sync", "--once"), ("cutover",)):
+        done = rose_split(server, *command)
+        assert done.exit_code == 0, done.output
+    install(server.topology, next(move for move in MOVES if move.name == "orders"))
+    assert capture_objects(server)
+    assert "leftover split change capture" in _db_check(server)
+    finalized = rose_split(server, "finalize", "--backup-dir", str(tmp_path))
+    assert finalized.exit_code == 0, finalized.output
+    assert "orders: removed the change capture from db_cart" in finalized.output
+    assert capture_objects(server) == []
 
 
 def _db_check(server: TestServer) -> str:
