@@ -13,6 +13,13 @@ legacy rows). Measured back to back, alternating which goes first, ``--rounds`` 
 
 ``python -m bench.split [--scale 10] [--rounds 2] [--jobs N]``. Prints each measurement, the
 medians and the ratio split / baseline (target <= 1.5). Exits 1 when a verify fails.
+
+``python -m bench.split --online [--scale 10] [--sync-seconds 10]``: the online split (issue 16)
+under the writer load of bench/split_load.py, against the offline one under the same load: the
+offline ``run`` + ``verify`` (its write pause is the whole of it), then, after an abort, ``sync``
+(snapshot, then rounds for ``--sync-seconds`` while the lag is sampled) and ``cutover``; prints
+each move's write pause (freeze to verified; target <= 2 s), the lag during the sync and the
+total times.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +39,7 @@ from psycopg import sql
 
 from apps.registry import service_spec
 from bench.checkout_stack import set_up_databases
+from bench.split_load import WriterLoad
 from ops.db.binaries import pg_binary
 from ops.db.credentials import Credentials
 from ops.db.topology import Topology
@@ -155,6 +164,80 @@ def split(topology: Topology, jobs: int, verbose: bool) -> tuple[float, float, b
     return moved - started, time.perf_counter() - moved, verified
 
 
+def online(topology: Topology, jobs: int, sync_seconds: float, say: Callable[[str], None]) -> bool:
+    """Offline then online, each under the writer load; True when every verify passed."""
+    from ops.split.sync import cutover, lag, sync
+
+    reset_split(topology)
+    with WriterLoad(topology, seed=10) as load:
+        time.sleep(1.0)
+        started = time.perf_counter()
+        result = run_all(topology, list(MOVES), quiet, jobs=jobs)
+        if result.failed:
+            raise RuntimeError(f"run failed: {result.failed}")
+        verified = all(found.ok for found in verify_moves(topology, list(MOVES), jobs))
+        offline_seconds = time.perf_counter() - started
+    say(
+        f"offline: run + verify {offline_seconds:.2f} s under the load; writes refused from the "
+        f"freeze to the end: {load.report.refused:,} (of {load.report.writes:,} made); the "
+        f"write pause of every move is the run + verify, {offline_seconds:.2f} s"
+    )
+    reset_split(topology)
+    samples: dict[str, list[tuple[int, float]]] = {move.name: [] for move in MOVES}
+    with WriterLoad(topology, seed=11) as load:
+        time.sleep(1.0)
+        started = time.perf_counter()
+        stop_at = [float("inf")]
+        snapshot_done = [0.0]
+
+        def note(line: str) -> None:
+            if "snapshot committed" in line:
+                snapshot_done[0] = time.perf_counter()
+                if line.startswith(MOVES[-1].name + ":"):
+                    stop_at[0] = time.perf_counter() + sync_seconds
+
+        syncing = threading.Thread(
+            target=sync,
+            args=(topology, list(MOVES), note),
+            kwargs={"should_stop": lambda: time.perf_counter() >= stop_at[0]},
+        )
+        syncing.start()
+        while syncing.is_alive():
+            time.sleep(0.5)
+            if stop_at[0] == float("inf"):
+                continue
+            for move in MOVES:
+                found = lag(topology, move)
+                samples[move.name].append((found.pending, found.seconds_behind))
+        snapshot_seconds = snapshot_done[0] - started
+        cut_started = time.perf_counter()
+        reports = cutover(topology, list(MOVES), quiet)
+        cut_seconds = time.perf_counter() - cut_started
+        total = time.perf_counter() - started
+    say(
+        f"online: snapshot {snapshot_seconds:.2f} s, sync {sync_seconds:.0f} s, cutover "
+        f"{cut_seconds:.2f} s; {load.report.writes:,} writes made, {load.report.refused:,} "
+        "refused (during the cutovers)"
+    )
+    for report in reports:
+        pending = [p for p, _ in samples[report.move.name]] or [0]
+        behind = [b for _, b in samples[report.move.name]] or [0.0]
+        ok = report.verification is not None and report.verification.ok
+        verified &= ok
+        say(
+            f"  {report.move.name:<13} write pause {report.write_pause:5.2f} s "
+            f"(drained {report.drained:,} changes){'' if ok else ' VERIFY FAILED'}; lag "
+            f"during sync: pending median {statistics.median(pending):,.0f} max {max(pending):,}, "
+            f"behind median {statistics.median(behind):.2f} s max {max(behind):.2f} s"
+        )
+    worst = max(report.write_pause for report in reports)
+    say(
+        f"worst write pause {worst:.2f} s (target <= 2 s: {'met' if worst <= 2 else 'NOT MET'}); "
+        f"total online {total:.2f} s (sync time chosen) against offline {offline_seconds:.2f} s"
+    )
+    return verified
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=int, default=10)
@@ -163,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--verbose", action="store_true", help="print run's steps with their times (from start)"
     )
+    parser.add_argument("--online", action="store_true", help="sync + cutover under load")
+    parser.add_argument("--sync-seconds", type=float, default=10.0)
     args = parser.parse_args(argv)
     say: Callable[[str], None] = lambda line: print(line, flush=True)  # noqa: E731
     with throwaway_postgres(prefix="rose-bench-checkout-pg-") as pg:
@@ -170,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         topology = set_up_databases(pg, credentials)
         seeded = seed_legacy(topology, args.scale, replace=False, say=quiet)
         say(f"scale {args.scale}: {sum(seeded.rows.values()):,} legacy rows; jobs {args.jobs}")
+        if args.online:
+            return 0 if online(topology, args.jobs, args.sync_seconds, say) else 1
         create_copies(topology)
         splits: list[float] = []
         baselines: list[float] = []

@@ -28,7 +28,7 @@ WITH pairs AS (
            i % (400 * :scale) + 1 AS user_id,
            ((i / (400 * :scale)) * 31 + (i % (400 * :scale)) * 11) % (205 * :scale) + 1
                AS post_id,
-           timestamp '2023-02-01 10:00' + (i * 6151 % 525600) * interval '1 minute' AS liked_at
+           timestamp '2023-02-01 10:00' + (i::bigint * 6151 % 525600) * interval '1 minute' AS liked_at
     FROM generate_series(0, 2400 * :scale - 1) AS i
 ),
 likes AS (

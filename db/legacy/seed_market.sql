@@ -37,7 +37,7 @@ WITH pairs AS (
            i % (500 * :scale) + 1 AS user_id,
            ((i / (500 * :scale)) * 37 + (i % (500 * :scale)) * 13) % (505 * :scale) + 1
                AS product_id,
-           timestamp '2023-01-01 10:00' + (i * 7919 % 525600) * interval '1 minute' AS liked_at
+           timestamp '2023-01-01 10:00' + (i::bigint * 7919 % 525600) * interval '1 minute' AS liked_at
     FROM generate_series(0, 6500 * :scale - 1) AS i
 ),
 likes AS (

@@ -68,5 +68,36 @@ ALTER TABLE split.ledger ADD COLUMN IF NOT EXISTS backups jsonb;
 ALTER TABLE split.ledger ADD COLUMN IF NOT EXISTS aborted_at timestamptz;
 ALTER TABLE split.ledger ADD COLUMN IF NOT EXISTS aborted_by text;
 
+-- `rose split sync` (the online split): when the sync of the move started (its capture was
+-- installed), when its snapshot committed, and the write pause its cutover caused (seconds from
+-- the freeze to the verified end of the cutover).
+ALTER TABLE split.ledger ADD COLUMN IF NOT EXISTS sync_started_at timestamptz;
+ALTER TABLE split.ledger ADD COLUMN IF NOT EXISTS snapshot_at timestamptz;
+ALTER TABLE split.ledger ADD COLUMN IF NOT EXISTS write_pause numeric(10, 3);
+
+-- What the sync has applied, committed with the applied rows: every synced source row's group
+-- key and outcome (the cutover's accounting; which target rows a key moved) ...
+CREATE TABLE IF NOT EXISTS split.sync_outcome (
+    move         text NOT NULL,
+    source_table text NOT NULL,
+    source_id    bigint NOT NULL,
+    key          jsonb NOT NULL,
+    outcome      text NOT NULL,
+    reason       text,
+    PRIMARY KEY (move, source_table, source_id)
+);
+CREATE INDEX IF NOT EXISTS sync_outcome_key ON split.sync_outcome (move, source_table, key);
+-- ... and, per source database, the last change applied (for the lag; the change rows
+-- themselves are deleted from the source once applied, and applying one again is harmless).
+CREATE TABLE IF NOT EXISTS split.sync_position (
+    move            text NOT NULL,
+    source_database text NOT NULL,
+    applied_through bigint NOT NULL DEFAULT 0,
+    applied_changes bigint NOT NULL DEFAULT 0,
+    rounds          bigint NOT NULL DEFAULT 0,
+    applied_at      timestamptz,
+    PRIMARY KEY (move, source_database)
+);
+
 RESET ROLE;
 SELECT pg_advisory_unlock(hashtext('rose split schema'));

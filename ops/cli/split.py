@@ -422,3 +422,41 @@ def restore_command(
         raise _fail(f"restore: {exc}") from None
     tables = ", ".join(f"legacy.{table} ({rows:,} rows)" for table, rows in result.tables.items())
     console.print(f"restored {tables}")
+
+
+# -- the online split ----------------------------------------------------------------------------
+@split_app.command("sync")
+def sync_command(
+    move: MoveOption = None,
+    once: Annotated[
+        bool, typer.Option("--once", help="Apply what is captured once, then stop.")
+    ] = False,
+    database_url: DatabaseUrlOption = None,
+) -> None:
+    """The online split, first half: capture the changes of the legacy tables, copy a snapshot
+    through the moves' transforms, then apply the captured changes continuously, printing the
+    lag, until Ctrl-C (or once). Resumable at any point; `cutover` finishes."""
+    from ops.split.sync import sync
+
+    try:
+        sync(topology_of(database_url), _moves(move), _say, once=once)
+    except (SplitError, psycopg.Error) as exc:
+        raise _fail(f"{exc}\nNothing is frozen by sync; run it again to resume.") from None
+
+
+@split_app.command("cutover")
+def cutover_command(move: MoveOption = None, database_url: DatabaseUrlOption = None) -> None:
+    """The online split, second half, a move at a time: freeze its sources, drain the changes
+    left, record it, verify it, remove the capture; prints the write pause of each move."""
+    from ops.split.freeze import describe_frozen
+    from ops.split.moves import LEGACY_SERVICES
+    from ops.split.sync import cutover
+
+    topology = topology_of(database_url)
+    try:
+        reports = cutover(topology, _moves(move), _say)
+    except (SplitError, psycopg.Error) as exc:
+        raise _fail(f"{exc}\n{describe_frozen(topology, LEGACY_SERVICES)}") from None
+    for report in reports:
+        if not report.done_before:
+            console.print(f"write pause {report.move.name}: {report.write_pause:.2f} s")

@@ -27,6 +27,7 @@ from ops.db.credentials import Credentials
 from ops.db.manifest import Edge, load_edges
 from ops.db.provision import DATABASE_WORKERS, provision
 from ops.db.topology import Topology
+from ops.split.capture import capture_drift
 from ops.split.moves import tables_read_in
 
 LEGACY_SCHEMA = "legacy"
@@ -181,7 +182,10 @@ def _check(
                 f"{probe.edge.provider}: {probe.table} cannot be read as "
                 f"{service_spec(probe.edge.consumer).app_role}: {probe.error}"
             )
-    return differences, legacy_notes(topology, chosen, connections)
+    capture_differences, capture_notes = capture_drift(topology, chosen)
+    return differences + capture_differences, legacy_notes(
+        topology, chosen, connections
+    ) + capture_notes
 
 
 class ViewDescription(TypedDict):

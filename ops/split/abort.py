@@ -34,6 +34,7 @@ from ops.split.common import (
 from ops.split.finalize import dropped_of, source_records
 from ops.split.freeze import unfreeze
 from ops.split.moves import Move
+from ops.split.sync import stop_sync
 from ops.split.verify import verify_against_commit
 
 LOCK_TIMEOUT = "10s"
@@ -64,6 +65,15 @@ def _delete_moved_rows(
             ),
             (ranges,),
         )
+        deleted[table] = cursor.rowcount
+    return deleted
+
+
+def _delete_synced_rows(target: psycopg.Connection[Any], move: Move) -> dict[str, int]:
+    """Every row of the move's target tables, children first (what an online sync put there)."""
+    deleted = {}
+    for table in reversed(move.target_tables):
+        cursor = target.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier(*table.split("."))))
         deleted[table] = cursor.rowcount
     return deleted
 
@@ -110,7 +120,14 @@ def abort_move(topology: Topology, move: Move, say: Say, fault: FaultHook) -> di
                             f"{move.name}: deleting the moved rows found {deleted}, the ledger "
                             f"records {expected}; nothing was aborted"
                         )
-                already = ledger is None or (not ledger.done and ledger.aborted_at is not None)
+                synced = ledger is not None and not ledger.done and ledger.sync_started_at
+                if synced:
+                    # An online sync not cut over: its targets were empty when it started and
+                    # nothing but the sync writes them before the cutover.
+                    deleted = _delete_synced_rows(target, move)
+                already = ledger is None or (
+                    not ledger.done and ledger.aborted_at is not None and not synced
+                )
                 if not already:
                     target.execute(
                         """
@@ -120,7 +137,8 @@ def abort_move(topology: Topology, move: Move, say: Say, fault: FaultHook) -> di
                             reasons = NULL, inserted = NULL, checksum = NULL, checksums = NULL,
                             inserted_ids = NULL, verified_at = NULL, verification = NULL,
                             verified_by = NULL, finalizing_at = NULL, backups = NULL,
-                            aborted_at = clock_timestamp(), aborted_by = %s
+                            aborted_at = clock_timestamp(), aborted_by = %s,
+                            sync_started_at = NULL, snapshot_at = NULL, write_pause = NULL
                         WHERE move = %s
                         """,
                         (operator(), move.name),
@@ -132,6 +150,9 @@ def abort_move(topology: Topology, move: Move, say: Say, fault: FaultHook) -> di
     else:
         say(f"{move.name}: deleted {rows or 'nothing'} in {database}; recorded as aborted")
     fault("abort", "after-target")
+    removed = stop_sync(topology, move)
+    if removed:
+        say(f"{move.name}: removed the change capture from {', '.join(removed)}")
     unfreeze(
         topology,
         [move.name],

@@ -182,6 +182,9 @@ class LedgerEntry:
     backups: dict[str, Any] | None = None
     aborted_at: datetime | None = None
     aborted_by: str | None = None
+    sync_started_at: datetime | None = None
+    snapshot_at: datetime | None = None
+    write_pause: Decimal | None = None
 
     @property
     def done(self) -> bool:

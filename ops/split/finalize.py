@@ -68,6 +68,7 @@ from ops.split.moves import (
     Move,
     tables_dropped_in,
 )
+from ops.split.sync import stop_sync
 from ops.split.verify import MoveVerification, verify_against_commit, verify_moves
 
 # A client that hangs (rather than dies) with locks held is cut off after this long idle.
@@ -460,6 +461,11 @@ def finalize(
     result.refused = _not_frozen(topology, pending)
     if result.refused:
         return result
+    # What an online sync left (a cutover that died before removing its capture).
+    for move in MOVES:
+        removed = stop_sync(topology, move)
+        if removed:
+            say(f"{move.name}: removed the change capture from {', '.join(removed)}")
 
     with ExitStack() as stack:
         # 2. Targets locked against writes until the end, then re-verified.

@@ -16,7 +16,9 @@ classification on and always rolled back, without freezing anything.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,11 +114,16 @@ def _source_columns(source: psycopg.Connection[Any], table: str) -> list[tuple[s
     return [(name, type_name) for name, type_name in rows]
 
 
-def _copy_table(
-    source: psycopg.Connection[Any], target: psycopg.Connection[Any], table: SourceTable
+def copy_table(
+    source: psycopg.Connection[Any],
+    target: psycopg.Connection[Any],
+    table: SourceTable,
+    where: str | None = None,
+    params: dict[str, Any] | None = None,
 ) -> int:
-    """Stream one legacy table into its staging table. The staging table has the source's
-    column types, so the binary format needs no conversion."""
+    """Stream one legacy table (its rows ``where`` holds, with ``params``: `rose split sync`)
+    into its staging table. The staging table has the source's column types, so the binary
+    format needs no conversion."""
     columns = _source_columns(source, table.table)
     names = sql.SQL(", ").join(sql.Identifier(name) for name, _ in columns)
     target.execute(
@@ -128,17 +135,27 @@ def _copy_table(
             ),
         )
     )
-    read = sql.SQL("COPY (SELECT {names} FROM legacy.{table}) TO STDOUT (FORMAT BINARY)").format(
-        names=names, table=sql.Identifier(table.table)
-    )
+    read = sql.SQL(
+        "COPY (SELECT {names} FROM legacy.{table} WHERE {where}) TO STDOUT (FORMAT BINARY)"
+    ).format(names=names, table=sql.Identifier(table.table), where=sql.SQL(where or "true"))
     write = sql.SQL("COPY {stage} ({names}) FROM STDIN (FORMAT BINARY)").format(
         stage=sql.Identifier(table.stage), names=names
     )
     with source.cursor() as reader, target.cursor() as writer:
-        with reader.copy(read) as rows_out, writer.copy(write) as rows_in:
+        with reader.copy(read, params) as rows_out, writer.copy(write) as rows_in:
             for chunk in rows_out:
                 rows_in.write(chunk)
         return writer.rowcount
+
+
+@contextmanager
+def source_snapshot(topology: Topology, service: str) -> Iterator[psycopg.Connection[Any]]:
+    """A read-only repeatable-read transaction in ``service``'s database: one snapshot."""
+    with connect(topology, service) as source:
+        source.isolation_level = IsolationLevel.REPEATABLE_READ
+        source.read_only = True
+        with source.transaction():
+            yield source
 
 
 def stage_sources(
@@ -148,18 +165,12 @@ def stage_sources(
     source database are read in one repeatable-read snapshot."""
     staged: dict[str, int] = {}
     for service in move.source_services:
-        with connect(topology, service) as source:
-            source.isolation_level = IsolationLevel.REPEATABLE_READ
-            source.read_only = True
-            with source.transaction():
-                for table in move.sources_in(service):
-                    started = time.perf_counter()
-                    staged[str(table)] = _copy_table(source, target, table)
-                    elapsed = time.perf_counter() - started
-                    say(
-                        f"{move.name}: copied {staged[str(table)]:,} rows of {table} "
-                        f"({elapsed:.2f} s)"
-                    )
+        with source_snapshot(topology, service) as source:
+            for table in move.sources_in(service):
+                started = time.perf_counter()
+                staged[str(table)] = copy_table(source, target, table)
+                elapsed = time.perf_counter() - started
+                say(f"{move.name}: copied {staged[str(table)]:,} rows of {table} ({elapsed:.2f} s)")
     return staged
 
 
@@ -176,7 +187,7 @@ def missing_sources(topology: Topology, move: Move) -> list[str]:
 
 
 # -- classification ------------------------------------------------------------------------------
-def _classify(target: psycopg.Connection[Any], move: Move, *, read_only: bool) -> None:
+def classify(target: psycopg.Connection[Any], move: Move, *, read_only: bool) -> None:
     parts = transform_parts(move.transform_file)
     run_file(target, OUTCOME_FILE)
     execute_sql(target, parts.setup)
@@ -186,7 +197,7 @@ def _classify(target: psycopg.Connection[Any], move: Move, *, read_only: bool) -
     execute_sql(target, parts.classify)
 
 
-def _read_outcome(target: psycopg.Connection[Any], move: Move, staged: dict[str, int]) -> Outcome:
+def read_outcome(target: psycopg.Connection[Any], move: Move, staged: dict[str, int]) -> Outcome:
     by_table: dict[str, dict[str, int]] = {table.table: {} for table in move.moved_tables}
     reasons: dict[str, dict[str, dict[str, Any]]] = {}
     # Counted by a hash aggregate; the ids only of the rows listed with a reason (sorting all
@@ -232,9 +243,7 @@ def _read_outcome(target: psycopg.Connection[Any], move: Move, staged: dict[str,
     return Outcome(staged=staged, by_table=by_table, reasons=reasons, planned=planned)
 
 
-def _check_inserted(
-    target: psycopg.Connection[Any], move: Move, outcome: Outcome
-) -> dict[str, int]:
+def check_inserted(target: psycopg.Connection[Any], move: Move, outcome: Outcome) -> dict[str, int]:
     """Refuse the move unless every planned row was wanted and inserted: a row the target
     already held under another unique key would otherwise be lost silently."""
     results = {
@@ -279,8 +288,8 @@ def plan_move(topology: Topology, move: Move) -> MovePlan:
                 )
             )
             staged = stage_sources(topology, move, target, _quiet)
-            _classify(target, move, read_only=True)
-            result.outcome = _read_outcome(target, move, staged)
+            classify(target, move, read_only=True)
+            result.outcome = read_outcome(target, move, staged)
     return result
 
 
@@ -346,7 +355,7 @@ def build_indexes(target: psycopg.Connection[Any], deferred: list[DeferredIndex]
         target.execute(index.create)
 
 
-def _target_checksums(target: psycopg.Connection[Any], move: Move) -> dict[str, dict[str, Any]]:
+def target_checksums(target: psycopg.Connection[Any], move: Move) -> dict[str, dict[str, Any]]:
     """The checksum of each check view of the target, as the ledger records it."""
     run_file(target, move.checksum_file("target"))
     recorded = {}
@@ -356,7 +365,36 @@ def _target_checksums(target: psycopg.Connection[Any], move: Move) -> dict[str, 
     return recorded
 
 
-def _inserted_ids(target: psycopg.Connection[Any]) -> dict[str, str]:
+def checksum_line(checksums: dict[str, dict[str, Any]]) -> str:
+    """The ledger's one-line ``checksum``: each target table's rows, xor and sum."""
+    return "; ".join(
+        f"{entry['target_table']}: {entry['rows']} rows, xor {entry['xor']}, sum {entry['sum']}"
+        for entry in checksums.values()
+    )
+
+
+def ledger_record(
+    target: psycopg.Connection[Any],
+    outcome: Outcome,
+    inserted: dict[str, int],
+    checksums: dict[str, dict[str, Any]],
+) -> tuple[Any, ...]:
+    """The ledger's source_rows, moved_rows, collapsed_rows, skipped_rows, reasons, inserted,
+    checksum, checksums and inserted_ids of a move, in that order."""
+    return (
+        outcome.source_rows,
+        outcome.total("moved"),
+        outcome.total("collapsed"),
+        outcome.total("skipped"),
+        as_json(outcome.reasons),
+        as_json(inserted),
+        checksum_line(checksums),
+        as_json(checksums),
+        as_json(inserted_ids(target)),
+    )
+
+
+def inserted_ids(target: psycopg.Connection[Any]) -> dict[str, str]:
     return {
         table: ids or "{}"
         for table, ids in target.execute("SELECT target_table, ids::text FROM split_inserted")
@@ -372,6 +410,11 @@ def _pending(topology: Topology, move: Move, say: Say) -> LedgerEntry | None:
     if ledger is not None and ledger.done:
         say(f"{move.name}: already done ({ledger.state()}); nothing to do")
         return ledger
+    if ledger is not None and ledger.sync_started_at is not None:
+        raise SplitError(
+            f"{move.name}: being synced online: `rose split cutover --move {move.name}` "
+            "finishes it (or `rose split abort` gives it up)"
+        )
     missing = missing_sources(topology, move)
     if missing:
         raise SplitError(
@@ -395,12 +438,12 @@ def _move_transaction(topology: Topology, move: Move, say: Say, fault: FaultHook
                 return MoveReport(move=move, done_before=ledger)
             staged = stage_sources(topology, move, target, say)
             fault(move.name, "after-copy")
-            _classify(target, move, read_only=False)
-            outcome = _read_outcome(target, move, staged)
+            classify(target, move, read_only=False)
+            outcome = read_outcome(target, move, staged)
             deferred = defer_indexes(target, move)
             execute_sql(target, transform_parts(move.transform_file).apply)
             build_indexes(target, deferred)
-            inserted = _check_inserted(target, move, outcome)
+            inserted = check_inserted(target, move, outcome)
             fault(move.name, "after-transform")
             say(
                 f"{move.name}: {outcome.source_rows:,} source rows: "
@@ -408,7 +451,7 @@ def _move_transaction(topology: Topology, move: Move, say: Say, fault: FaultHook
                 f"{outcome.total('skipped'):,} skipped; inserted "
                 + ", ".join(f"{rows:,} into {table}" for table, rows in inserted.items())
             )
-            checksums = _target_checksums(target, move)
+            checksums = target_checksums(target, move)
             seconds = time.perf_counter() - started
             target.execute(
                 """
@@ -422,19 +465,7 @@ def _move_transaction(topology: Topology, move: Move, say: Say, fault: FaultHook
                 """,
                 (
                     round(seconds, 3),
-                    outcome.source_rows,
-                    outcome.total("moved"),
-                    outcome.total("collapsed"),
-                    outcome.total("skipped"),
-                    as_json(outcome.reasons),
-                    as_json(inserted),
-                    "; ".join(
-                        f"{entry['target_table']}: {entry['rows']} rows, xor {entry['xor']}, "
-                        f"sum {entry['sum']}"
-                        for entry in checksums.values()
-                    ),
-                    as_json(checksums),
-                    as_json(_inserted_ids(target)),
+                    *ledger_record(target, outcome, inserted, checksums),
                     move.name,
                 ),
             )

@@ -71,10 +71,16 @@ def move_status(
         state = "moved, verify found differences"
     elif ledger.done:
         state = "moved, not verified"
+    elif ledger.sync_started_at is not None and ledger.snapshot_at is not None:
+        state = "syncing online (snapshot committed; `rose split cutover` finishes it)"
+    elif ledger.sync_started_at is not None:
+        state = "syncing online: capturing, snapshot not committed (`rose split sync` resumes)"
     elif ledger.aborted_at is not None:
         state = "aborted"
     else:
         state = "started, not finished: nothing in the target"
+    if ledger.done and ledger.write_pause is not None:
+        state += f" (online; write pause {ledger.write_pause} s)"
     when, by = _latest(
         (ledger.started_at, ledger.run_by),
         (ledger.finished_at, ledger.run_by),

@@ -133,7 +133,7 @@ def _listed_rows(ledger: LedgerEntry) -> list[tuple[str, int, str, str]]:
     return rows
 
 
-def _accounting_problems(ledger: LedgerEntry, source_rows_now: dict[str, int]) -> list[str]:
+def accounting_problems(ledger: LedgerEntry, source_rows_now: dict[str, int]) -> list[str]:
     problems = []
     now = sum(source_rows_now.values())
     if now != ledger.source_rows:
@@ -164,7 +164,7 @@ def _accounting_problems(ledger: LedgerEntry, source_rows_now: dict[str, int]) -
 
 
 @contextmanager
-def _source_sessions(
+def source_sessions(
     topology: Topology, move: Move, ledger: LedgerEntry
 ) -> Iterator[list[psycopg.Connection[Any]]]:
     """One session per source database, with the move's check views and split_listed filled."""
@@ -202,23 +202,13 @@ def verify_move(
         if not against_sources and (ledger.finalized_at is not None or ledger.finalizing):
             # The sources are (or may be) gone: compare with what the move committed.
             return verify_against_commit(target, move, ledger, strict=False)
-        for service in move.source_services:
-            with connect(topology, service) as source:
-                for table in move.sources_in(service):
-                    if not table.moved:
-                        continue
-                    if not table_exists(source, f"legacy.{table.table}"):
-                        result.problems.append(f"source table {table} is gone")
-                    else:
-                        result.source_rows_now[str(table)] = count_rows(
-                            source, f"legacy.{table.table}"
-                        )
+        count_sources(topology, result)
         if result.problems:
             return result
-        result.problems += _accounting_problems(ledger, result.source_rows_now)
+        result.problems += accounting_problems(ledger, result.source_rows_now)
         run_file(target, move.checksum_file("target"))
         with (
-            _source_sessions(topology, move, ledger) as sources,
+            source_sessions(topology, move, ledger) as sources,
             ThreadPoolExecutor(max_workers=2) as sides,
         ):
             for check in move.checks:
@@ -234,16 +224,35 @@ def verify_move(
                     highs = [value for value in (source_high, target_high) if value is not None]
                     found.located = locate(sources, [target], check.view, min(lows), max(highs))
                 result.checks.append(found)
-        target.execute(
-            """
-            UPDATE split.ledger
-            SET verified_at = CASE WHEN %s THEN clock_timestamp() END, verification = %s,
-                verified_by = %s
-            WHERE move = %s
-            """,
-            (result.ok, as_json(result.as_json()), operator(), move.name),
-        )
+        record_verification(target, result)
     return result
+
+
+def count_sources(topology: Topology, result: MoveVerification) -> None:
+    """The rows the move's moved source tables hold now (a missing one is a problem)."""
+    move = result.move
+    for service in move.source_services:
+        with connect(topology, service) as source:
+            for table in move.sources_in(service):
+                if not table.moved:
+                    continue
+                if not table_exists(source, f"legacy.{table.table}"):
+                    result.problems.append(f"source table {table} is gone")
+                else:
+                    result.source_rows_now[str(table)] = count_rows(source, f"legacy.{table.table}")
+
+
+def record_verification(target: psycopg.Connection[Any], result: MoveVerification) -> None:
+    """The result into the ledger (``verified_at`` only when nothing differs)."""
+    target.execute(
+        """
+        UPDATE split.ledger
+        SET verified_at = CASE WHEN %s THEN clock_timestamp() END, verification = %s,
+            verified_by = %s
+        WHERE move = %s
+        """,
+        (result.ok, as_json(result.as_json()), operator(), result.move.name),
+    )
 
 
 def recorded_checksum(entry: dict[str, Any]) -> Checksum:

@@ -1,0 +1,270 @@
+"""The online split (issue 16): `rose split sync` copies while the monolith keeps writing,
+`cutover` pauses writes for the drain and the verify only. The targets after the cutover must
+equal, row for row, what the offline `rose split run` makes of the final legacy state: the
+tests abort the online result (the sources are frozen, so the legacy state is final), run the
+offline split over the same rows, and compare every target table row for row."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from bench.split_load import WriterLoad
+from ops.split.capture import install
+from ops.split.common import CRASH_ENV, CRASH_EXIT_CODE
+from ops.split.moves import LEGACY_SERVICES, MOVES
+from ops.split.seed import seed_legacy
+from ops.split.status import split_status
+from tests.conftest import REPO_ROOT, admin_connect
+from tests.integration.db_fixtures import start_cluster
+from tests.integration.split_fixtures import ledger, rose_split, seeded_monolith, value
+from tests.pg import TestServer as Server
+
+if TYPE_CHECKING:
+    from tests.pg import TestServer
+
+
+@pytest.fixture
+def monolith(clean_db: TestServer) -> Iterator[TestServer]:
+    yield from seeded_monolith(clean_db)
+
+
+# Every target table row for row, in a fixed order; likes without their ids (the move gives
+# new ones, run or sync).
+TARGET_ROWS = {
+    "relations": ["SELECT t::text FROM relations.container_relations AS t ORDER BY id"],
+    "likes": [
+        "SELECT row(user_id, target_type, target_slug, target_id, created_at, updated_at, "
+        "deleted_at)::text FROM likes.likes "
+        "ORDER BY user_id, target_type, target_slug, target_id"
+    ],
+    "page_configs": ["SELECT t::text FROM blog.page_configs AS t ORDER BY id"],
+    "cart": ["SELECT t::text FROM cart.cart_items AS t ORDER BY id"],
+    "orders": [
+        "SELECT t::text FROM orders.orders AS t ORDER BY id",
+        "SELECT t::text FROM orders.order_items AS t ORDER BY id",
+        "SELECT row(order_id, number, checkout_reference, sumup_checkout_id, hosted_url, "
+        "status, amount, currency, created_at, updated_at)::text FROM orders.payment_attempts "
+        "ORDER BY order_id, number",
+    ],
+}
+
+
+def target_rows(server: Any, topology: Any = None) -> dict[str, tuple[int, str]]:
+    """Per target query: the row count and the md5 of the rows in order."""
+    found = {}
+    for move in MOVES:
+        with admin_connect(server, move.target) as connection:
+            connection.execute("SET TimeZone = 'UTC'")
+            for query in TARGET_ROWS[move.name]:
+                lines = [row[0] for row in connection.execute(query)]
+                digest = hashlib.md5("\n".join(lines).encode()).hexdigest()
+                found[query.split(" FROM ")[1].split()[0]] = (len(lines), digest)
+    return found
+
+
+def offline_of_final_state(server: TestServer) -> dict[str, tuple[int, str]]:
+    """Abort the online result (back to the monolith, which the cutover left frozen: its state
+    is final), run the offline split over it, and read the targets."""
+    aborted = rose_split(server, "abort")
+    assert aborted.exit_code == 0, aborted.output
+    ran = rose_split(server, "run")
+    assert ran.exit_code == 0, ran.output
+    return target_rows(server)
+
+
+def capture_objects(server: Any) -> list[str]:
+    found = []
+    for service in LEGACY_SERVICES:
+        with admin_connect(server, service) as connection:
+            found += [
+                row[0]
+                for row in connection.execute(
+                    "SELECT tgname FROM pg_trigger WHERE tgname LIKE 'split_capture%%' "
+                    "UNION ALL SELECT relname FROM pg_class AS c JOIN pg_namespace AS n "
+                    "ON n.oid = c.relnamespace WHERE n.nspname = 'split_capture'"
+                )
+            ]
+    return found
+
+
+def test_sync_then_cutover_equals_the_offline_run_of_the_final_state(monolith):
+    server = monolith
+    first = rose_split(server, "sync", "--once")
+    assert first.exit_code == 0, first.output
+    assert "snapshot committed" in first.output
+    assert capture_objects(server)
+    with WriterLoad(server.topology, seed=1) as load:
+        for _ in range(3):
+            again = rose_split(server, "sync", "--once")
+            assert again.exit_code == 0, again.output
+        # A sync left running through the cutover ends by itself once every move is cut over.
+        syncing = _split_process(server, "sync")
+        time.sleep(3)
+        cut = rose_split(server, "cutover")
+        code, output = _finish(syncing, timeout=60)
+    assert cut.exit_code == 0, cut.output
+    assert code == 0, output
+    assert "orders: cut over; its sync ends" in output
+    assert load.report.writes > 50, load.report
+    assert load.report.failed == 0, load.report.errors
+    assert load.report.errored == 0, load.report.errors
+    assert all(
+        status.state.startswith("verified (online; write pause")
+        for status in split_status(server.topology).moves
+    )
+    for move in MOVES:
+        assert f"write pause {move.name}:" in cut.output
+        entry = ledger(server, move.name)
+        assert entry is not None
+        assert entry["verified_at"] is not None
+        assert entry["write_pause"] is not None
+    assert capture_objects(server) == []
+    online = target_rows(server)
+    assert online == offline_of_final_state(server)
+
+
+def test_abort_during_sync_leaves_the_monolith_and_removes_the_capture(monolith):
+    server = monolith
+    synced = rose_split(server, "sync", "--once", "--move", "likes")
+    assert synced.exit_code == 0, synced.output
+    assert value(server, "likes", "SELECT count(*) FROM likes.likes") > 0
+    drift = _db_check(server)
+    assert "change capture" not in drift  # syncing: a note, not drift
+    states = {status.move.name: status.state for status in split_status(server.topology).moves}
+    assert states["likes"].startswith("syncing online (snapshot committed")
+    offline = rose_split(server, "run", "--move", "likes")
+    assert offline.exit_code == 1
+    assert "being synced online" in offline.output
+    aborted = rose_split(server, "abort", "--move", "likes")
+    assert aborted.exit_code == 0, aborted.output
+    assert value(server, "likes", "SELECT count(*) FROM likes.likes") == 0
+    assert capture_objects(server) == []
+
+
+def test_db_check_names_a_leftover_capture(monolith):
+    server = monolith
+    synced = rose_split(server, "sync", "--once", "--move", "relations")
+    assert synced.exit_code == 0, synced.output
+    with admin_connect(server, "relations") as connection:
+        # As if the ledger's sync were gone (a dropped ledger, a hand-made trigger).
+        connection.execute("UPDATE split.ledger SET sync_started_at = NULL")
+    found = _db_check(server)
+    assert "leftover split change capture" in found
+    assert "split_capture_relations" in found
+
+
+def _split_process(server: Any, *args: str, crash: str | None = None) -> subprocess.Popen[str]:
+    env = {**os.environ, "COLUMNS": "200"}
+    if crash:
+        env[CRASH_ENV] = crash
+    return subprocess.Popen(
+        [sys.executable, "-m", "ops.cli", "split", *args, "--database-url", server.admin_url],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _finish(process: subprocess.Popen[str], timeout: float = 120) -> tuple[int, str]:
+    output, _ = process.communicate(timeout=timeout)
+    return process.returncode, output
+
+
+@pytest.fixture
+def own_cluster() -> Iterator[Server]:
+    """A cluster of its own: the test restarts PostgreSQL."""
+    clusters = start_cluster()
+    cluster = next(clusters)
+    server = Server(cluster.admin_url, cluster.topology, "embedded", cluster.server)
+    with cluster.admin("blog") as blog:
+        blog.execute("DELETE FROM blog.page_configs")  # the sync moves into empty targets
+    seed_legacy(server.topology, 1, replace=False, say=lambda _: None)
+    try:
+        yield server
+    finally:
+        clusters.close()
+
+
+@pytest.mark.slow
+def test_kills_and_restarts_during_sync_and_cutover_lose_and_double_nothing(own_cluster):
+    """The writer load runs through the whole sync and cutover; the sync is SIGKILLed at random
+    moments and at the points that matter (a snapshot or a round about to commit, a round
+    committed but its change rows not yet deleted), PostgreSQL is restarted (immediate stop:
+    a crash) under it, and the cutover dies once between recording a move and verifying it."""
+    server = own_cluster
+    assert server.embedded is not None
+    rng = random.Random(int(os.environ.get("ROSE_TEST_SEED", "16")))
+    with WriterLoad(server.topology, seed=rng.randint(0, 10**6)) as load:
+        # Deterministic crash points first, then random kills and restarts.
+        for crash in ("likes:snapshot-before-commit", "orders:after-capture"):
+            code, output = _finish(_split_process(server, "sync", "--once", crash=crash))
+            assert code == CRASH_EXIT_CODE, output
+            assert f"crashing {crash.split(':')[1]}" in output
+        for crash in ("likes:round-before-commit", "orders:round-after-commit"):
+            time.sleep(0.5)
+            code, output = _finish(_split_process(server, "sync", "--once", crash=crash))
+            assert code in (CRASH_EXIT_CODE, 0), output
+        for round_number in range(5):
+            sync = _split_process(server, "sync")
+            time.sleep(rng.uniform(0.5, 3.0))
+            if round_number % 2 == 1:
+                server.embedded.stop(mode="immediate")
+                time.sleep(rng.uniform(0.1, 1.0))
+                server.embedded.start()
+                time.sleep(rng.uniform(0.2, 1.5))
+            sync.send_signal(signal.SIGKILL)
+            sync.wait(timeout=30)
+        code, output = _finish(_split_process(server, "sync", "--once"))
+        assert code == 0, output
+        code, output = _finish(
+            _split_process(server, "cutover", crash="likes:cutover-after-record")
+        )
+        assert code == CRASH_EXIT_CODE, output
+        code, output = _finish(_split_process(server, "cutover"))
+        assert code == 0, output
+    assert load.report.writes > 200, load.report
+    assert load.report.refused > 0, load.report
+    assert load.report.failed > 0, load.report  # the writes PostgreSQL's restarts cut off
+    assert load.report.errored == 0, load.report.errors
+    for move in MOVES:
+        entry = ledger(server, move.name)
+        assert entry is not None
+        assert entry["verified_at"] is not None, move.name
+    assert capture_objects(server) == []
+    online = target_rows(server)
+    assert online == offline_of_final_state(server)
+
+
+def test_finalize_removes_a_capture_left_behind(monolith, tmp_path):
+    """A capture a cutover did not get to remove (it died after recording its move) goes with
+    finalize, like the sources it watched."""
+    server = monolith
+    for command in (("sync", "--once"), ("cutover",)):
+        done = rose_split(server, *command)
+        assert done.exit_code == 0, done.output
+    install(server.topology, next(move for move in MOVES if move.name == "orders"))
+    assert capture_objects(server)
+    assert "leftover split change capture" in _db_check(server)
+    finalized = rose_split(server, "finalize", "--backup-dir", str(tmp_path))
+    assert finalized.exit_code == 0, finalized.output
+    assert "orders: removed the change capture from db_cart" in finalized.output
+    assert capture_objects(server) == []
+
+
+def _db_check(server: TestServer) -> str:
+    from ops.db.check import check
+
+    differences, _ = check(server.topology)
+    return "\n".join(differences)
