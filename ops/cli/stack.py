@@ -29,12 +29,17 @@ def up(
     port_offset: Annotated[
         int, typer.Option(help="Add this to every service's dev port (to run a second stack).")
     ] = 0,
+    workers: Annotated[
+        int,
+        typer.Option(min=1, help="Processes per service (uvicorn workers on the service's port)."),
+    ] = 1,
 ) -> None:
-    """Run the whole system: database, provisioning, migrations, every service. Ctrl-C stops."""
+    """Run the whole system: database, provisioning, migrations, every service (restarted
+    if it exits). Ctrl-C stops."""
     from ops.stack.up import StackError, StackOptions, run_stack
 
     wanted = [name.strip() for name in only.split(",") if name.strip()] if only else None
-    options = StackOptions(fresh, database_url, pg_port, wanted, demo, port_offset)
+    options = StackOptions(fresh, database_url, pg_port, wanted, demo, port_offset, workers)
     try:
         code = run_stack(options)
     except StackError as exc:

@@ -1,4 +1,5 @@
-"""The local stack behind ``rose up``: one process per service, one readable log.
+"""The local stack behind ``rose up``: one process (or one group of workers) per service, one
+readable log.
 
 Each service runs as ``python -m ops.stack.serve <svc>`` with its own environment (its app role's
 DSN, the URLs of its peers, the shared secrets). Output of every process goes, line by line and
@@ -8,6 +9,7 @@ SIGTERM to every process, waits, then kills what is left.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -127,7 +129,7 @@ class ProcessGroup:
         self.processes[name] = entry
         return entry
 
-    def start_service(self, name: str, port: int) -> ServiceProcess:
+    def start_service(self, name: str, port: int, workers: int = 1) -> ServiceProcess:
         command = [
             sys.executable,
             "-m",
@@ -137,8 +139,22 @@ class ProcessGroup:
             HOST,
             "--port",
             str(port),
+            "--workers",
+            str(workers),
         ]
         return self.start(name, port, command)
+
+    def restart(self, name: str) -> ServiceProcess:
+        """Start an exited process again with the same command; what is left of its process
+        group (uvicorn's workers of a dead supervisor) is killed first."""
+        old = self.processes[name]
+        if old.process is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(old.process.pid, signal.SIGKILL)
+            old.process.wait()
+        if old.reader is not None:
+            old.reader.join(timeout=2)
+        return self.start(name, old.port, old.command, old.ready_path)
 
     def start_sandbox(self, port: int) -> ServiceProcess:
         """The local SumUp sandbox (``rose sumup-sandbox``) as one more process, ``sumup``."""
