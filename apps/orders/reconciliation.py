@@ -11,7 +11,9 @@ change, in this order:
 4. refunds due or whose outcome is unknown.
 
 One pass runs at a time across every orders process (a PostgreSQL advisory lock); the others
-skip their turn.
+skip their turn. The periodic loop also skips when another process started a pass less than
+(most of) an interval ago, so N processes make one pass per interval, not N; each pass is a row
+of ``reconciliation_passes``.
 """
 
 from __future__ import annotations
@@ -19,15 +21,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from sqlalchemy import exists, func, select, text, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from litestar.datastructures import State
+from sqlalchemy import exists, func, insert, select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
 
-from apps.orders.models import CLOSED_UNPAID_STATES, Order, PaymentAttempt
+from apps.common.observability import scrape_gauge
+from apps.orders.models import CLOSED_UNPAID_STATES, Order, PaymentAttempt, ReconciliationPass
 from apps.orders.runtime import OrdersRuntime
 from apps.orders.service import load_order, recheck
 from apps.orders.settlement import (
@@ -48,6 +54,39 @@ RECONCILE_WINDOW = timedelta(days=14)
 PASS_LOCK = "orders-reconciliation-pass"
 
 
+PENDING_ORDERS = scrape_gauge("rose_orders_pending", "Orders waiting for their payment")
+RECONCILIATION_LAG = scrape_gauge(
+    "rose_orders_reconciliation_lag_seconds",
+    "Seconds since the last reconciliation pass finished (-1: none has yet)",
+)
+
+
+async def reconciliation_metrics(state: State) -> None:
+    """A scrape hook: pending orders and the reconciliation lag, read when scraped."""
+    maker: async_sessionmaker[AsyncSession] = state.platform.sessionmaker
+    async with maker() as session:
+        pending, lag = (
+            await session.execute(
+                select(
+                    select(func.count())
+                    .select_from(Order)
+                    .where(Order.status == "pending")
+                    .scalar_subquery(),
+                    select(
+                        func.coalesce(
+                            func.extract(
+                                "epoch", func.now() - func.max(ReconciliationPass.finished_at)
+                            ),
+                            -1,
+                        )
+                    ).scalar_subquery(),
+                )
+            )
+        ).one()
+    PENDING_ORDERS.set(pending)
+    RECONCILIATION_LAG.set(float(lag))
+
+
 @dataclass
 class PassReport:
     skipped: bool = False
@@ -65,7 +104,9 @@ class Reconciler:
         self._background: set[asyncio.Task[None]] = set()
 
     # -- the pass ------------------------------------------------------------------------
-    async def run_once(self) -> PassReport:
+    async def run_once(self, *, min_interval: float = 0.0) -> PassReport:
+        """One pass now, unless another process runs one, or (``min_interval`` > 0) started
+        one less than ``min_interval`` seconds ago."""
         engine = self._runtime.maker.kw["bind"]
         async with engine.connect() as lock_connection:
             # Autocommit: the lock is the session's, and nothing waits idle in a transaction.
@@ -77,7 +118,31 @@ class Reconciler:
             if not locked:
                 return PassReport(skipped=True)
             try:
-                return await self._pass()
+                if min_interval > 0 and await lock_connection.scalar(
+                    select(ReconciliationPass.id)
+                    .where(
+                        ReconciliationPass.started_at > func.now() - timedelta(seconds=min_interval)
+                    )
+                    .limit(1)
+                ):
+                    return PassReport(skipped=True)
+                pass_id = await lock_connection.scalar(
+                    insert(ReconciliationPass)
+                    .values(process=f"{socket.gethostname()}:{os.getpid()}")
+                    .returning(ReconciliationPass.id)
+                )
+                report = await self._pass()
+                await lock_connection.execute(
+                    update(ReconciliationPass)
+                    .where(ReconciliationPass.id == pass_id)
+                    .values(
+                        finished_at=func.now(),
+                        checked=report.checked,
+                        paid=len(report.paid),
+                        failures=report.failures,
+                    )
+                )
+                return report
             finally:
                 await lock_connection.execute(
                     text("SELECT pg_advisory_unlock(hashtextextended(:key, 0))"),
@@ -264,7 +329,8 @@ class Reconciler:
     async def run_forever(self, every: float) -> None:
         while True:
             try:
-                await self.run_once()
+                # Most of an interval: some process's turn comes within one interval.
+                await self.run_once(min_interval=every * 0.9)
             except Exception:
                 logger.exception("reconciliation pass failed")
             await asyncio.sleep(every)
