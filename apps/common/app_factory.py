@@ -47,6 +47,7 @@ from apps.common.internal_client import InternalClient
 from apps.common.limits import MAX_BODY_BYTES, input_limits
 from apps.common.nonces import NonceStore
 from apps.common.observability import (
+    UNOBSERVED_PATHS,
     ScrapeHook,
     configure_tracing,
     metrics_controller,
@@ -109,7 +110,7 @@ def request_middleware(service: str) -> Callable[[ASGIApp], ASGIApp]:
                 await app(scope, receive, capture)
             finally:
                 current_request_id.reset(token)
-                if scope["path"] not in ("/healthz", "/readyz"):
+                if scope["path"] not in UNOBSERVED_PATHS:
                     logger.info(
                         "%s %s %d %.1fms request=%s",
                         http_method(scope),

@@ -27,8 +27,8 @@ import pytest
 from apps.cart import contract as cart_contract
 from apps.common.signing import sign_headers
 from ops.stack.pgserver import free_port
-from ops.stack.processes import HOST, SANDBOX, LogSink, ProcessGroup, service_environment
 from tests.conftest import admin_connect, truncate_all
+from tests.e2e.conftest import live_stack
 from tests.integration.orders_fixtures import (
     add_page_config,
     checkout_id_of,
@@ -80,35 +80,28 @@ def transitions(provisioned):
 def three_orders(provisioned, credentials, transitions, tmp_path: Path):
     truncate_all(provisioned)
     add_page_config(provisioned, "site", 0)
-    ports = {"orders": free_port(), "cart": free_port(), "blog": free_port()}
-    more_orders = [free_port() for _ in range(ORDERS_PROCESSES - 1)]
-    sandbox_port = free_port()
     extra = {
-        "ORDERS_SUMUP_BASE_URL": f"http://{HOST}:{sandbox_port}",
         "ORDERS_CHECKOUTS_PER_MINUTE": "1000",
         "ORDERS_RECONCILE_SECONDS": str(RECONCILE_SECONDS),
         "ORDERS_OUTBOX_POLL_SECONDS": "0.3",
     }
-    environment = service_environment(provisioned.topology, credentials, ports, extra=extra)
     log = tmp_path / "stack.log"
-    sink = LogSink(log, echo=None)
-    group = ProcessGroup(sink, environment)
+    services = ["orders", "cart", "blog"]
     try:
-        group.start_sandbox(sandbox_port)
-        assert not group.wait_ready([SANDBOX], timeout=30)
-        for name, port in ports.items():
-            group.start_service(name, port)
-        for number, port in enumerate(more_orders, start=2):
-            command = [*group.processes["orders"].command]
-            command[command.index("--port") + 1] = str(port)
-            group.start(f"orders-{number}", port, command)
-        names = [*ports, *(f"orders-{n}" for n in range(2, ORDERS_PROCESSES + 1))]
-        assert not group.wait_ready(names, timeout=90), log.read_text()
-        orders_urls = [f"http://{HOST}:{port}" for port in [ports["orders"], *more_orders]]
-        yield orders_urls, f"http://{HOST}:{sandbox_port}", log, credentials.internal_secret()
+        with live_stack(
+            provisioned, credentials, services, sandbox=True, extra_env=extra, log_file=log
+        ) as stack:
+            # More orders processes: the same command on other ports.
+            urls = [stack.url("orders")]
+            for number in range(2, ORDERS_PROCESSES + 1):
+                port = free_port()
+                command = [*stack.group.processes["orders"].command]
+                command[command.index("--port") + 1] = str(port)
+                stack.group.start(f"orders-{number}", port, command)
+                assert not stack.group.wait_ready([f"orders-{number}"], timeout=60)
+                urls.append(stack.group.processes[f"orders-{number}"].url)
+            yield urls, stack.sandbox_url, log, stack.internal_secret
     finally:
-        group.stop()
-        sink.close()
         truncate_all(provisioned)
 
 
