@@ -1,10 +1,12 @@
 """Logs, traces and metrics of one service process.
 
 Traces: OpenTelemetry. Each process has one tracer provider named after its service; Litestar's
-OpenTelemetry plugin makes a server span per request (from the caller's W3C ``traceparent``),
-and the platform carries the context on: internal calls (:mod:`apps.common.internal_client`),
-outbox messages (the row keeps the ``traceparent`` of the transaction that queued it) and SumUp
-calls. Where spans go is chosen by the environment:
+OpenTelemetry plugin makes a server span per request (from the caller's W3C ``traceparent``
+header, or the query string's for callers that send no headers: SumUp's webhooks), and the
+platform carries the context on: internal calls (:mod:`apps.common.internal_client`), outbox
+messages (the row keeps the ``traceparent`` of the transaction that queued it) and SumUp calls
+(headers; the webhook URL given to SumUp carries it too). Where spans go is chosen by the
+environment:
 
 - ``OTEL_EXPORTER_OTLP_ENDPOINT`` set: OTLP over HTTP, batched (production);
 - ``ROSE_TRACE_FILE`` set: one JSON span per line appended to that file (tests, local runs);
@@ -26,18 +28,20 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import IO, Any
+from typing import IO, Any, cast
+from urllib.parse import parse_qs
 
 from litestar import Response, get
 from litestar.datastructures import State
 from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
-from litestar.types import ASGIApp, Scope
+from litestar.types import ASGIApp, Receive, Scope, Send
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
@@ -66,6 +70,8 @@ METRICS_PATH = "/metrics"
 TRACEPARENT = "traceparent"
 # Not measured, not traced: probes and the scrape itself.
 UNOBSERVED_PATHS = ("/healthz", "/readyz", METRICS_PATH)
+_QUERY_MARK = TRACEPARENT.encode() + b"="
+_TRACEPARENT_FORMAT = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 TEXT_FORMAT = "%(levelname)-7s %(name)s: %(message)s trace=%(trace_id)s"
 
 tracer = trace.get_tracer("rose")
@@ -207,7 +213,7 @@ def opentelemetry_middleware(app: ASGIApp) -> ASGIApp:
         exclude_spans=["receive", "send"],
         scope_span_details_extractor=_span_details,
     )
-    return OpenTelemetryPlugin(config).middleware(app=app)
+    return trace_context_from_query(OpenTelemetryPlugin(config).middleware(app=app))
 
 
 def _span_details(scope: Scope) -> tuple[str, dict[str, Any]]:
@@ -224,6 +230,35 @@ def current_traceparent() -> str | None:
 
 def inject_trace(headers: dict[str, str]) -> None:
     propagate.inject(headers)
+
+
+def with_trace_context(url: str) -> str:
+    """``url`` with the current ``traceparent`` as a query parameter: for callers that call a
+    URL as given and send no trace headers (SumUp's webhooks); see
+    :func:`trace_context_from_query`."""
+    traceparent = current_traceparent()
+    if traceparent is None:
+        return url
+    return f"{url}{'&' if '?' in url else '?'}{TRACEPARENT}={traceparent}"
+
+
+def trace_context_from_query(app: ASGIApp) -> ASGIApp:
+    """A request without a ``traceparent`` header but with a well-formed one in its query
+    string (a URL made by :func:`with_trace_context`) continues that trace."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and _QUERY_MARK in scope.get("query_string", b""):
+            given = parse_qs(scope["query_string"].decode("latin-1")).get(TRACEPARENT, [""])[0]
+            headers = scope["headers"]
+            if _TRACEPARENT_FORMAT.fullmatch(given) and not any(
+                name == b"traceparent" for name, _ in headers
+            ):
+                scope = cast(
+                    Scope, {**scope, "headers": [*headers, (b"traceparent", given.encode())]}
+                )
+        await app(scope, receive, send)
+
+    return middleware
 
 
 @contextmanager

@@ -11,9 +11,9 @@ change, in this order:
 4. refunds due or whose outcome is unknown.
 
 One pass runs at a time across every orders process (a PostgreSQL advisory lock); the others
-skip their turn. The periodic loop also skips when another process started a pass less than
-(most of) an interval ago, so N processes make one pass per interval, not N; each pass is a row
-of ``reconciliation_passes``.
+skip their turn. After the pass at a process's start-up, the periodic loop also skips when
+another process started a pass less than (most of) an interval ago, so N processes make one
+pass per interval, not N; each pass is a row of ``reconciliation_passes``.
 """
 
 from __future__ import annotations
@@ -327,12 +327,16 @@ class Reconciler:
         )
 
     async def run_forever(self, every: float) -> None:
+        """A pass at start-up (webhooks may have been lost while this process was down), then
+        one per interval across every process: a process skips its turn when another started
+        a pass within most of an interval, so some process's turn comes within one interval."""
+        min_interval = 0.0
         while True:
             try:
-                # Most of an interval: some process's turn comes within one interval.
-                await self.run_once(min_interval=every * 0.9)
+                await self.run_once(min_interval=min_interval)
             except Exception:
                 logger.exception("reconciliation pass failed")
+            min_interval = every * 0.9
             await asyncio.sleep(every)
 
     # -- right after a commit ------------------------------------------------------------

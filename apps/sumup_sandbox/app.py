@@ -27,7 +27,6 @@ from litestar.types import Message, Scope
 from apps.common.observability import (
     configure_logging,
     configure_tracing,
-    current_traceparent,
     opentelemetry_middleware,
 )
 from apps.sumup_sandbox.domain import (
@@ -193,11 +192,7 @@ async def create_checkout(
                 f"{new_checkout.merchant_code}"
             ),
         )
-    created = await service.create(new_checkout)
-    traceparent = current_traceparent()
-    if traceparent:
-        service.state.traceparents[created.id] = traceparent
-    return checkout_as_json(created)
+    return checkout_as_json(await service.create(new_checkout))
 
 
 @get("/checkouts")

@@ -57,8 +57,6 @@ class WebhookEvent:
     checkout_status: str
     url: str
     created_at: datetime
-    # The trace context of the API call that created the checkout (see SandboxState).
-    traceparent: str | None = None
 
     @property
     def body(self) -> dict[str, str]:
@@ -118,10 +116,6 @@ class SandboxState:
         self.checkouts: dict[str, Checkout] = {}
         self.deliveries: list[DeliveryRecord] = []
         self.held_events: list[WebhookEvent] = []
-        # A stand-in's courtesy, not SumUp's behaviour: the W3C trace context of the call that
-        # created each checkout, sent back with its webhooks, so a local trace follows a
-        # payment from checkout to webhook.
-        self.traceparents: dict[str, str] = {}
         self.lock = asyncio.Lock()
         self._event_ids = itertools.count(1)
         self._refund_ids = itertools.count(1)
@@ -135,7 +129,6 @@ class SandboxState:
     def reset(self) -> None:
         self.controls = self.default_controls
         self.checkouts.clear()
-        self.traceparents.clear()
         self.deliveries.clear()
         self.held_events.clear()
         self._event_ids = itertools.count(1)

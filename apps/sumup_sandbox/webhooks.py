@@ -87,7 +87,6 @@ class WebhookDispatcher:
             checkout_status=checkout.status.value,
             url=checkout.return_url,
             created_at=datetime.now(UTC),
-            traceparent=self._state.traceparents.get(checkout.id),
         )
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
@@ -132,10 +131,7 @@ class WebhookDispatcher:
             self._client = httpx.AsyncClient(headers={"User-Agent": "sumup-sandbox-webhooks"})
         try:
             response = await self._client.post(
-                event.url,
-                json=event.body,
-                timeout=self._state.controls.webhook_timeout,
-                headers={"traceparent": event.traceparent} if event.traceparent else None,
+                event.url, json=event.body, timeout=self._state.controls.webhook_timeout
             )
         except httpx.HTTPError as error:
             return self._log(

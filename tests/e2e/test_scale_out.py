@@ -8,8 +8,8 @@ reconciliation loop every second and its outbox relay. Then:
 - each order changed status exactly once (pending -> paid; a trigger records every change);
 - each outbox message was delivered exactly once (counted at the receiver: cart's access log
   lines for clear-cart-for-order, one per order);
-- reconciliation passes never overlapped and were never closer than the interval allows (the
-  passes table), though all three processes took turns.
+- periodic reconciliation passes never overlapped and were never closer than the interval
+  allows (the passes table), though several processes took turns.
 """
 
 from __future__ import annotations
@@ -120,6 +120,9 @@ def create_order(orders_url: str, secret: str, product_id: int) -> int:
 
 def test_three_orders_processes_under_a_webhook_storm(three_orders, provisioned):
     orders_urls, sandbox_url, log, secret = three_orders
+    # Each process makes a pass when it starts; the periodic passes from now on are counted.
+    with admin_connect(provisioned, "orders") as connection:
+        [(began,)] = connection.execute("SELECT now()").fetchall()
     control = httpx.Client(base_url=sandbox_url, timeout=30)
     control.post("/_sandbox/controls", json={"webhooks": "hold", "duplicate_webhooks": 2})
     # Orders are created on every process in turn.
@@ -176,7 +179,8 @@ def test_three_orders_processes_under_a_webhook_storm(three_orders, provisioned)
         ).fetchall()
         passes = connection.execute(
             "SELECT started_at, finished_at, process FROM orders.reconciliation_passes "
-            "ORDER BY started_at"
+            "WHERE started_at > %s ORDER BY started_at",
+            (began,),
         ).fetchall()
     # One transition per order.
     assert sorted(changes) == sorted((order_id, "pending", "paid") for order_id in order_ids)
