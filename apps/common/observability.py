@@ -10,7 +10,7 @@ environment:
 
 - ``OTEL_EXPORTER_OTLP_ENDPOINT`` set: OTLP over HTTP, batched (production);
 - ``ROSE_TRACE_FILE`` set: one JSON span per line appended to that file (tests, local runs);
-- neither: spans are made (ids in logs, context carried) but not exported.
+- neither: no span is recorded (ids are still made and carried, so log lines have them).
 
 Logs: every line carries the trace id (``trace=-`` outside a request or job); JSON lines when
 ``ROSE_ENV=prod``.
@@ -52,6 +52,7 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
     SpanExportResult,
 )
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -192,7 +193,14 @@ def configure_tracing(service: str, environ: Mapping[str, str] | None = None) ->
     with _configured_lock:
         if _configured is not None:
             return
-        provider = TracerProvider(resource=Resource.create({"service.name": f"rose-{service}"}))
+        exported = bool(env.get(OTLP_ENV) or env.get(TRACE_FILE_ENV))
+        provider = TracerProvider(
+            resource=Resource.create({"service.name": f"rose-{service}"}),
+            # Nowhere to send spans: none is recorded (ids are still made and carried, so log
+            # lines keep their trace id), which spares most of the tracing cost. Otherwise the
+            # SDK's default, or OTEL_TRACES_SAMPLER (e.g. parentbased_traceidratio).
+            sampler=None if exported else ALWAYS_OFF,
+        )
         if env.get(OTLP_ENV):
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
