@@ -63,6 +63,8 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from sqlalchemy import Executable
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 TRACE_FILE_ENV = "ROSE_TRACE_FILE"
 OTLP_ENV = "OTEL_EXPORTER_OTLP_ENDPOINT"
@@ -110,6 +112,13 @@ def scrape_gauge(name: str, documentation: str, labels: Sequence[str] = ()) -> G
 
 
 ScrapeHook = Callable[[State], Awaitable[None]]
+
+
+async def scrape_row(state: State, statement: Executable) -> Sequence[Any]:
+    """The one row of a scrape hook's query, in a session of its own."""
+    maker: async_sessionmaker[AsyncSession] = state.platform.sessionmaker
+    async with maker() as session:
+        return (await session.execute(statement)).one()
 
 
 def metrics_registry() -> CollectorRegistry:

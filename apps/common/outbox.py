@@ -42,6 +42,7 @@ from apps.common.observability import (
     continued_trace,
     current_traceparent,
     scrape_gauge,
+    scrape_row,
 )
 
 logger = logging.getLogger("rose.outbox")
@@ -110,18 +111,13 @@ def backlog_metrics(table: Table) -> ScrapeHook:
     """A scrape hook: the outbox backlog and its oldest message's age, read when scraped."""
 
     async def scrape(state: State) -> None:
-        maker: async_sessionmaker[AsyncSession] = state.platform.sessionmaker
-        async with maker() as session:
-            count, oldest = (
-                await session.execute(
-                    select(
-                        func.count(),
-                        func.coalesce(
-                            func.extract("epoch", func.now() - func.min(table.c.created_at)), 0
-                        ),
-                    ).where(table.c.delivered_at.is_(None))
-                )
-            ).one()
+        count, oldest = await scrape_row(
+            state,
+            select(
+                func.count(),
+                func.coalesce(func.extract("epoch", func.now() - func.min(table.c.created_at)), 0),
+            ).where(table.c.delivered_at.is_(None)),
+        )
         OUTBOX_BACKLOG.set(count)
         OUTBOX_OLDEST_AGE.set(float(oldest))
 

@@ -29,10 +29,10 @@ from datetime import timedelta
 
 from litestar.datastructures import State
 from sqlalchemy import exists, func, insert, select, text, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
-from apps.common.observability import scrape_gauge
+from apps.common.observability import scrape_gauge, scrape_row
 from apps.orders.models import CLOSED_UNPAID_STATES, Order, PaymentAttempt, ReconciliationPass
 from apps.orders.runtime import OrdersRuntime
 from apps.orders.service import load_order, recheck
@@ -63,26 +63,21 @@ RECONCILIATION_LAG = scrape_gauge(
 
 async def reconciliation_metrics(state: State) -> None:
     """A scrape hook: pending orders and the reconciliation lag, read when scraped."""
-    maker: async_sessionmaker[AsyncSession] = state.platform.sessionmaker
-    async with maker() as session:
-        pending, lag = (
-            await session.execute(
-                select(
-                    select(func.count())
-                    .select_from(Order)
-                    .where(Order.status == "pending")
-                    .scalar_subquery(),
-                    select(
-                        func.coalesce(
-                            func.extract(
-                                "epoch", func.now() - func.max(ReconciliationPass.finished_at)
-                            ),
-                            -1,
-                        )
-                    ).scalar_subquery(),
+    pending, lag = await scrape_row(
+        state,
+        select(
+            select(func.count())
+            .select_from(Order)
+            .where(Order.status == "pending")
+            .scalar_subquery(),
+            select(
+                func.coalesce(
+                    func.extract("epoch", func.now() - func.max(ReconciliationPass.finished_at)),
+                    -1,
                 )
-            )
-        ).one()
+            ).scalar_subquery(),
+        ),
+    )
     PENDING_ORDERS.set(pending)
     RECONCILIATION_LAG.set(float(lag))
 
