@@ -105,8 +105,9 @@ def test_rose_up_runs_relations_and_cli_calls_reach_it(running_stack):
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 0
     assert not (home / "stack.json").exists()
-    assert port_is_free(8008 + PORT_OFFSET)
-    assert port_is_free(pg_port)
+    # (The kernel may take a moment to release a port on a busy machine.)
+    assert wait_for(lambda: port_is_free(8008 + PORT_OFFSET), timeout=10)
+    assert wait_for(lambda: port_is_free(pg_port), timeout=10)
     log = (home / "rose.log").read_text()
     assert "relations  http://127.0.0.1:28008  ready" in log
     assert "embedded PostgreSQL stopped" in log
