@@ -113,36 +113,50 @@ class Reconciler:
             if not locked:
                 return PassReport(skipped=True)
             try:
-                if min_interval > 0 and await lock_connection.scalar(
-                    select(ReconciliationPass.id)
-                    .where(
-                        ReconciliationPass.started_at > func.now() - timedelta(seconds=min_interval)
-                    )
-                    .limit(1)
-                ):
+                if min_interval > 0 and await self._passed_within(min_interval):
                     return PassReport(skipped=True)
-                pass_id = await lock_connection.scalar(
-                    insert(ReconciliationPass)
-                    .values(process=f"{socket.gethostname()}:{os.getpid()}")
-                    .returning(ReconciliationPass.id)
-                )
+                pass_id = await self._pass_started()
                 report = await self._pass()
-                await lock_connection.execute(
-                    update(ReconciliationPass)
-                    .where(ReconciliationPass.id == pass_id)
-                    .values(
-                        finished_at=func.now(),
-                        checked=report.checked,
-                        paid=len(report.paid),
-                        failures=report.failures,
-                    )
-                )
+                await self._pass_finished(pass_id, report)
                 return report
             finally:
                 await lock_connection.execute(
                     text("SELECT pg_advisory_unlock(hashtextextended(:key, 0))"),
                     {"key": PASS_LOCK},
                 )
+
+    # The passes table, written in sessions of their own (the lock's connection only locks).
+    async def _passed_within(self, seconds: float) -> bool:
+        async with self._runtime.maker() as session:
+            recent = await session.scalar(
+                select(ReconciliationPass.id)
+                .where(ReconciliationPass.started_at > func.now() - timedelta(seconds=seconds))
+                .limit(1)
+            )
+        return recent is not None
+
+    async def _pass_started(self) -> int:
+        async with self._runtime.maker() as session, session.begin():
+            started = await session.execute(
+                insert(ReconciliationPass)
+                .values(process=f"{socket.gethostname()}:{os.getpid()}")
+                .returning(ReconciliationPass.id)
+            )
+            pass_id: int = started.scalar_one()
+        return pass_id
+
+    async def _pass_finished(self, pass_id: int, report: PassReport) -> None:
+        async with self._runtime.maker() as session, session.begin():
+            await session.execute(
+                update(ReconciliationPass)
+                .where(ReconciliationPass.id == pass_id)
+                .values(
+                    finished_at=func.now(),
+                    checked=report.checked,
+                    paid=len(report.paid),
+                    failures=report.failures,
+                )
+            )
 
     async def _pass(self) -> PassReport:
         report = PassReport()
