@@ -46,6 +46,14 @@ from apps.common.internal import internal_router
 from apps.common.internal_client import InternalClient
 from apps.common.limits import MAX_BODY_BYTES, input_limits
 from apps.common.nonces import NonceStore
+from apps.common.observability import (
+    UNOBSERVED_PATHS,
+    ScrapeHook,
+    configure_tracing,
+    metrics_controller,
+    opentelemetry_middleware,
+    prometheus_config,
+)
 from apps.common.openapi import document_problems
 from apps.common.problems import current_request_id, problem_details_plugin, problem_response
 from apps.common.settings import Settings
@@ -102,7 +110,7 @@ def request_middleware(service: str) -> Callable[[ASGIApp], ASGIApp]:
                 await app(scope, receive, capture)
             finally:
                 current_request_id.reset(token)
-                if scope["path"] not in ("/healthz", "/readyz"):
+                if scope["path"] not in UNOBSERVED_PATHS:
                     # The client as uvicorn saw it: the proxy's X-Forwarded-For when the
                     # connection comes from a trusted proxy (FORWARDED_ALLOW_IPS), else the peer.
                     client = scope.get("client")
@@ -137,6 +145,7 @@ def create_base_app(
     dependencies: dict[str, Provide] | None = None,
     nonce_table: Table | None = None,
     pool_size: int = 5,
+    scrape_hooks: Sequence[ScrapeHook] = (),
 ) -> Litestar:
     """The service's app. ``internal_client``: a client of the other services made by the
     caller (tests route it to in-process apps); by default one is made here, from the
@@ -144,6 +153,7 @@ def create_base_app(
     name = contract.service
     if settings.service != name:
         raise ValueError(f"settings are for {settings.service!r}, not {name!r}")
+    configure_tracing(name)
     owns_client = internal_client is None
     client = internal_client or InternalClient(
         caller=name, secret=settings.internal_secret, base_urls=settings.internal_urls
@@ -186,7 +196,8 @@ def create_base_app(
             )
         return Response({"status": "ready", "service": name})
 
-    route_handlers: list[Any] = [healthz, readyz]
+    # /metrics: Prometheus (Litestar's controller); the proxy does not expose it.
+    route_handlers: list[Any] = [healthz, readyz, metrics_controller(scrape_hooks)]
     if internal_handlers or contract.calls:
         if nonce_table is None and any(isinstance(call, Action) for call in contract.calls):
             raise ValueError(f"{name} takes actions: it needs its request_nonces table")
@@ -241,6 +252,7 @@ def create_base_app(
         lifespan=[lifespan],
         dependencies=all_dependencies,
         plugins=[problem_details_plugin()],
+        middleware=[prometheus_config(name).middleware],
         template_config=template_settings,
         before_request=before_request,
         openapi_config=OpenAPIConfig(title=f"rose-ash {name}", version="1.0.0", path="/schema"),
@@ -251,5 +263,6 @@ def create_base_app(
     )
     for layer in reversed(edge):
         app.asgi_handler = layer(app.asgi_handler)
+    app.asgi_handler = opentelemetry_middleware(app.asgi_handler)
     document_problems(app, html=codec is not None)
     return app

@@ -21,6 +21,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from apps.common.observability import FDW_DEGRADED_READS
 from apps.common.problems import DependencyUnavailable
 
 logger = logging.getLogger("rose.fdw")
@@ -69,7 +70,9 @@ async def remote_read(
         state = _sqlstate(exc)
         if state.startswith("08") or state in UNAVAILABLE_SQLSTATES:
             logger.warning("%s unavailable through FDW: %s %s", provider, state, exc.orig)
-            raise ProviderUnavailable(provider, "timeout" if state == "57014" else state) from exc
+            reason = "timeout" if state == "57014" else state
+            FDW_DEGRADED_READS.labels(provider, reason).inc()
+            raise ProviderUnavailable(provider, reason) from exc
         raise
     else:
         if savepoint is not None:

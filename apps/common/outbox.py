@@ -16,6 +16,7 @@ from datetime import timedelta
 from typing import Any
 
 import msgspec
+from litestar.datastructures import State
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -35,6 +36,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from apps.common.contracts import Action
 from apps.common.internal_client import InternalCallError, InternalClient
+from apps.common.observability import (
+    OUTBOX_DELIVERIES,
+    ScrapeHook,
+    continued_trace,
+    current_traceparent,
+    scrape_gauge,
+    scrape_row,
+)
 
 logger = logging.getLogger("rose.outbox")
 
@@ -59,6 +68,9 @@ def outbox_table(metadata: MetaData) -> Table:
         Column("delivered_at", DateTime(timezone=True), nullable=True),
         Column("last_error", Text, nullable=True),
         Column("created_at", DateTime(timezone=True), server_default=func.now(), nullable=False),
+        # The W3C trace context of the transaction that queued it: its delivery continues that
+        # trace (apps/common/observability.py).
+        Column("traceparent", String(64), nullable=True),
     )
 
 
@@ -81,11 +93,35 @@ async def enqueue(
             action=action.name,
             payload=msgspec.to_builtins(request),
             idempotency_key=idempotency_key,
+            traceparent=current_traceparent(),
         )
         .on_conflict_do_nothing(index_elements=["idempotency_key"])
         .returning(table.c.id)
     )
     return result.first() is not None
+
+
+OUTBOX_BACKLOG = scrape_gauge("rose_outbox_backlog", "Outbox messages not yet delivered")
+OUTBOX_OLDEST_AGE = scrape_gauge(
+    "rose_outbox_oldest_age_seconds", "Age of the oldest outbox message not yet delivered (0: none)"
+)
+
+
+def backlog_metrics(table: Table) -> ScrapeHook:
+    """A scrape hook: the outbox backlog and its oldest message's age, read when scraped."""
+
+    async def scrape(state: State) -> None:
+        count, oldest = await scrape_row(
+            state,
+            select(
+                func.count(),
+                func.coalesce(func.extract("epoch", func.now() - func.min(table.c.created_at)), 0),
+            ).where(table.c.delivered_at.is_(None)),
+        )
+        OUTBOX_BACKLOG.set(count)
+        OUTBOX_OLDEST_AGE.set(float(oldest))
+
+    return scrape
 
 
 def backoff(attempts: int) -> timedelta:
@@ -169,13 +205,20 @@ class OutboxRelay:
                 if message is None:
                     return acknowledged
                 try:
-                    answer = await self._client.call_action(
-                        message.service,
-                        message.action,
-                        message.payload,
-                        idempotency_key=message.idempotency_key,
-                    )
+                    # The delivery continues the trace of the transaction that queued it.
+                    with continued_trace(
+                        message.traceparent,
+                        f"outbox {message.service}.{message.action}",
+                        outbox_id=message.id,
+                    ):
+                        answer = await self._client.call_action(
+                            message.service,
+                            message.action,
+                            message.payload,
+                            idempotency_key=message.idempotency_key,
+                        )
                 except InternalCallError as exc:
+                    OUTBOX_DELIVERIES.labels(message.service, "failed").inc()
                     attempts = message.attempts + 1
                     logger.warning(
                         "outbox %s %s.%s failed (attempt %d): %s",
@@ -205,4 +248,5 @@ class OutboxRelay:
                     .values(delivered_at=func.now(), attempts=message.attempts + 1, last_error=None)
                 )
                 acknowledged += 1
+                OUTBOX_DELIVERIES.labels(message.service, "delivered").inc()
         return acknowledged

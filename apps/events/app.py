@@ -10,6 +10,7 @@ from pathlib import Path
 
 from litestar import Litestar
 from litestar.di import Provide
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from apps.common.app_factory import platform_of
@@ -22,6 +23,7 @@ from apps.events.settings import EventsSettings
 from apps.registry import create_service_app, settings_for
 
 logger = logging.getLogger("rose.events")
+SWEEP_LOCK = "events-hold-sweep"
 
 
 def create_app(
@@ -59,6 +61,12 @@ async def _sweep_forever(maker: async_sessionmaker[AsyncSession], every: float) 
         await asyncio.sleep(every)
         try:
             async with maker() as session:
+                # One sweep at a time across every events process; the others skip this turn.
+                if not await session.scalar(
+                    text("SELECT pg_try_advisory_xact_lock(hashtextextended(:key, 0))"),
+                    {"key": SWEEP_LOCK},
+                ):
+                    continue
                 swept = await service.sweep_ended_holds(session)
                 await session.commit()
             if swept:

@@ -14,7 +14,7 @@ from litestar.di import Provide
 
 from apps.common.app_factory import platform_of
 from apps.common.internal_client import InternalClient
-from apps.common.outbox import OutboxRelay
+from apps.common.outbox import OutboxRelay, backlog_metrics
 from apps.common.settings import Settings
 from apps.common.web import public_url
 from apps.events import contract as events
@@ -22,7 +22,7 @@ from apps.orders import internal, public
 from apps.orders.contract import CONTRACT
 from apps.orders.models import outbox, request_nonces
 from apps.orders.payments import SumUpGateway
-from apps.orders.reconciliation import Reconciler
+from apps.orders.reconciliation import Reconciler, reconciliation_metrics
 from apps.orders.runtime import OrdersRuntime, OrderUrls
 from apps.orders.settings import OrdersSettings
 from apps.orders.settlement import bookings_not_confirmed
@@ -90,4 +90,6 @@ def create_app(
         # SumUp cannot send a CSRF token; the webhook trusts nothing it is told (it re-fetches).
         csrf_exempt=[public.WEBHOOK_PREFIX],
         dependencies={"runtime": Provide(provide_runtime, sync_to_thread=False)},
+        # /metrics reads these when scraped (never per request).
+        scrape_hooks=[backlog_metrics(outbox), reconciliation_metrics],
     )

@@ -235,6 +235,25 @@ class Refund(IdentityPkMixin, Base):
     )
 
 
+class ReconciliationPass(IdentityPkMixin, Base):
+    """One reconciliation pass, by whichever orders process took its turn: a pass starts only
+    under the pass lock and only when the last one started at least the reconciliation interval
+    ago, so with any number of processes there is one pass per interval (and this table shows
+    it). Its ``finished_at`` is what ``rose_orders_reconciliation_lag_seconds`` measures from."""
+
+    __tablename__ = "reconciliation_passes"
+
+    started_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), nullable=False
+    )
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # host:pid of the process that ran it.
+    process: Mapped[str] = mapped_column(String(100), nullable=False)
+    checked: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    paid: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    failures: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+
+
 outbox = outbox_table(metadata)
 idempotency_keys = idempotency_table(metadata)
 request_nonces = nonce_table(metadata)

@@ -18,6 +18,7 @@ import httpx
 from sumup import AsyncSumup
 from sumup.errors import APIConnectionError, APIError, ConflictError, NotFoundError
 
+from apps.common.observability import inject_trace
 from apps.common.problems import BadGateway, DependencyUnavailable
 
 logger = logging.getLogger("rose.orders.sumup")
@@ -96,6 +97,12 @@ def _remote(checkout: Any) -> RemoteCheckout:
     )
 
 
+async def _traced(request: httpx.Request) -> None:
+    carrier: dict[str, str] = {}
+    inject_trace(carrier)
+    request.headers.update(carrier)
+
+
 class SumUpGateway:
     def __init__(self, base_url: str = SUMUP_BASE_URL, timeout_seconds: float = 10.0) -> None:
         self.base_url = base_url
@@ -112,6 +119,8 @@ class SumUpGateway:
             client = AsyncSumup(
                 api_key=account.api_key, base_url=self.base_url, timeout=self.timeout
             )
+            # Every SumUp call carries the W3C trace context of the order's work.
+            client._client.event_hooks["request"].append(_traced)
             self._clients[account.api_key] = client
         return client
 

@@ -11,7 +11,9 @@ change, in this order:
 4. refunds due or whose outcome is unknown.
 
 One pass runs at a time across every orders process (a PostgreSQL advisory lock); the others
-skip their turn.
+skip their turn. After the pass at a process's start-up, the periodic loop also skips when
+another process started a pass less than (most of) an interval ago, so N processes make one
+pass per interval, not N; each pass is a row of ``reconciliation_passes``.
 """
 
 from __future__ import annotations
@@ -19,15 +21,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from sqlalchemy import exists, func, select, text, update
+from litestar.datastructures import State
+from sqlalchemy import exists, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
-from apps.orders.models import CLOSED_UNPAID_STATES, Order, PaymentAttempt
+from apps.common.observability import scrape_gauge, scrape_row
+from apps.orders.models import CLOSED_UNPAID_STATES, Order, PaymentAttempt, ReconciliationPass
 from apps.orders.runtime import OrdersRuntime
 from apps.orders.service import load_order, recheck
 from apps.orders.settlement import (
@@ -48,6 +54,34 @@ RECONCILE_WINDOW = timedelta(days=14)
 PASS_LOCK = "orders-reconciliation-pass"
 
 
+PENDING_ORDERS = scrape_gauge("rose_orders_pending", "Orders waiting for their payment")
+RECONCILIATION_LAG = scrape_gauge(
+    "rose_orders_reconciliation_lag_seconds",
+    "Seconds since the last reconciliation pass finished (-1: none has yet)",
+)
+
+
+async def reconciliation_metrics(state: State) -> None:
+    """A scrape hook: pending orders and the reconciliation lag, read when scraped."""
+    pending, lag = await scrape_row(
+        state,
+        select(
+            select(func.count())
+            .select_from(Order)
+            .where(Order.status == "pending")
+            .scalar_subquery(),
+            select(
+                func.coalesce(
+                    func.extract("epoch", func.now() - func.max(ReconciliationPass.finished_at)),
+                    -1,
+                )
+            ).scalar_subquery(),
+        ),
+    )
+    PENDING_ORDERS.set(pending)
+    RECONCILIATION_LAG.set(float(lag))
+
+
 @dataclass
 class PassReport:
     skipped: bool = False
@@ -65,7 +99,9 @@ class Reconciler:
         self._background: set[asyncio.Task[None]] = set()
 
     # -- the pass ------------------------------------------------------------------------
-    async def run_once(self) -> PassReport:
+    async def run_once(self, *, min_interval: float = 0.0) -> PassReport:
+        """One pass now, unless another process runs one, or (``min_interval`` > 0) started
+        one less than ``min_interval`` seconds ago."""
         engine = self._runtime.maker.kw["bind"]
         async with engine.connect() as lock_connection:
             # Autocommit: the lock is the session's, and nothing waits idle in a transaction.
@@ -77,12 +113,50 @@ class Reconciler:
             if not locked:
                 return PassReport(skipped=True)
             try:
-                return await self._pass()
+                if min_interval > 0 and await self._passed_within(min_interval):
+                    return PassReport(skipped=True)
+                pass_id = await self._pass_started()
+                report = await self._pass()
+                await self._pass_finished(pass_id, report)
+                return report
             finally:
                 await lock_connection.execute(
                     text("SELECT pg_advisory_unlock(hashtextextended(:key, 0))"),
                     {"key": PASS_LOCK},
                 )
+
+    # The passes table, written in sessions of their own (the lock's connection only locks).
+    async def _passed_within(self, seconds: float) -> bool:
+        async with self._runtime.maker() as session:
+            recent = await session.scalar(
+                select(ReconciliationPass.id)
+                .where(ReconciliationPass.started_at > func.now() - timedelta(seconds=seconds))
+                .limit(1)
+            )
+        return recent is not None
+
+    async def _pass_started(self) -> int:
+        async with self._runtime.maker() as session, session.begin():
+            started = await session.execute(
+                insert(ReconciliationPass)
+                .values(process=f"{socket.gethostname()}:{os.getpid()}")
+                .returning(ReconciliationPass.id)
+            )
+            pass_id: int = started.scalar_one()
+        return pass_id
+
+    async def _pass_finished(self, pass_id: int, report: PassReport) -> None:
+        async with self._runtime.maker() as session, session.begin():
+            await session.execute(
+                update(ReconciliationPass)
+                .where(ReconciliationPass.id == pass_id)
+                .values(
+                    finished_at=func.now(),
+                    checked=report.checked,
+                    paid=len(report.paid),
+                    failures=report.failures,
+                )
+            )
 
     async def _pass(self) -> PassReport:
         report = PassReport()
@@ -262,11 +336,16 @@ class Reconciler:
         )
 
     async def run_forever(self, every: float) -> None:
+        """A pass at start-up (webhooks may have been lost while this process was down), then
+        one per interval across every process: a process skips its turn when another started
+        a pass within most of an interval, so some process's turn comes within one interval."""
+        min_interval = 0.0
         while True:
             try:
-                await self.run_once()
+                await self.run_once(min_interval=min_interval)
             except Exception:
                 logger.exception("reconciliation pass failed")
+            min_interval = every * 0.9
             await asyncio.sleep(every)
 
     # -- right after a commit ------------------------------------------------------------

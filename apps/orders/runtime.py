@@ -9,6 +9,7 @@ from litestar.di import NamedDependency
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from apps.common.internal_client import InternalClient
+from apps.common.observability import with_trace_context
 from apps.common.outbox import OutboxRelay
 from apps.orders.payments import SumUpGateway
 from apps.orders.settings import OrdersSettings
@@ -31,7 +32,9 @@ class OrderUrls:
     public_base: str
 
     def webhook(self, order_id: int) -> str:
-        return f"{self.public_base}/checkout/webhook/{order_id}/"
+        """SumUp calls this URL as given and sends no trace headers: the URL carries the trace
+        context of the checkout's creation, so the webhook continues that trace."""
+        return with_trace_context(f"{self.public_base}/checkout/webhook/{order_id}/")
 
     def return_page(self, order_id: int) -> str:
         return f"{self.public_base}/checkout/return/{order_id}/"

@@ -24,6 +24,11 @@ from litestar.response import Redirect, Template
 from litestar.template import TemplateConfig
 from litestar.types import Message, Scope
 
+from apps.common.observability import (
+    configure_logging,
+    configure_tracing,
+    opentelemetry_middleware,
+)
 from apps.sumup_sandbox.domain import (
     ALWAYS_FAILING_AMOUNTS,
     Checkout,
@@ -521,7 +526,7 @@ def create_app(
             list_deliveries,
         ],
     )
-    return Litestar(
+    app = Litestar(
         route_handlers=[api, transactions, hosted_checkout_page, hosted_pay, hosted_fail, controls],
         dependencies={"service": Provide(provide_service, sync_to_thread=False)},
         template_config=TemplateConfig(directory=TEMPLATES_DIR, engine=JinjaTemplateEngine),
@@ -538,11 +543,15 @@ def create_app(
         openapi_config=None,
         logging_config=None,
     )
+    # Spans for the API calls, continuing the caller's trace (orders sends its traceparent).
+    app.asgi_handler = opentelemetry_middleware(app.asgi_handler)
+    return app
 
 
 def run(host: str = "127.0.0.1", port: int = 8099) -> None:
     """Serve the sandbox until interrupted (used by `rose sumup-sandbox`)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    configure_logging("sumup-sandbox", json_lines=False)
+    configure_tracing("sumup-sandbox")
     # A wildcard bind address is not something a browser can open.
     browser_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     app = create_app(public_url=f"http://{browser_host}:{port}")

@@ -39,8 +39,13 @@ def up(
     proxy_port: Annotated[
         int, typer.Option(help="The proxy's port (with --proxy).")
     ] = DEFAULT_PROXY_PORT,
+    workers: Annotated[
+        int,
+        typer.Option(min=1, help="Processes per service (uvicorn workers on the service's port)."),
+    ] = 1,
 ) -> None:
-    """Run the whole system: database, provisioning, migrations, every service. Ctrl-C stops."""
+    """Run the whole system: database, provisioning, migrations, every service (restarted
+    if it exits). Ctrl-C stops."""
     from ops.stack.up import StackError, StackOptions, run_stack
 
     wanted = [name.strip() for name in only.split(",") if name.strip()] if only else None
@@ -51,7 +56,8 @@ def up(
         wanted,
         demo,
         port_offset,
-        proxy_port if proxy else None,
+        proxy_port=proxy_port if proxy else None,
+        workers=workers,
     )
     try:
         code = run_stack(options)

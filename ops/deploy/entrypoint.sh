@@ -15,6 +15,8 @@ case "$APP" in
         exec rose sumup-sandbox --host 0.0.0.0 --port "${PORT:-8099}"
         ;;
     *)
-        exec python -m ops.stack.serve "$APP" --host 0.0.0.0 --port "${PORT:-8000}"
+        # WEB_CONCURRENCY: worker processes of the service on its port (default 1).
+        exec python -m ops.stack.serve "$APP" --host 0.0.0.0 --port "${PORT:-8000}" \
+            --workers "${WEB_CONCURRENCY:-1}"
         ;;
 esac

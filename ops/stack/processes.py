@@ -1,4 +1,5 @@
-"""The local stack behind ``rose up``: one process per service, one readable log.
+"""The local stack behind ``rose up``: one process (or one group of workers) per service, one
+readable log.
 
 Each service runs as ``python -m ops.stack.serve <svc>`` with its own environment (its app role's
 DSN, the URLs of its peers, the shared secrets). Output of every process goes, line by line and
@@ -8,6 +9,7 @@ SIGTERM to every process, waits, then kills what is left.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -72,6 +74,8 @@ class ServiceProcess:
     port: int
     command: list[str]
     ready_path: str = "/readyz"
+    # What this process adds to its group's environment (kept for a restart).
+    environment: Mapping[str, str] | None = None
     process: subprocess.Popen[bytes] | None = None
     reader: threading.Thread | None = None
     last_lines: list[str] = field(default_factory=list)
@@ -132,7 +136,9 @@ class ProcessGroup:
         environment: Mapping[str, str] | None = None,
     ) -> ServiceProcess:
         """Start one process; ``environment`` adds to the group's for this process only."""
-        entry = ServiceProcess(name=name, port=port, command=command, ready_path=ready_path)
+        entry = ServiceProcess(
+            name=name, port=port, command=command, ready_path=ready_path, environment=environment
+        )
         entry.process = subprocess.Popen(
             command,
             stdout=subprocess.PIPE,
@@ -147,7 +153,7 @@ class ProcessGroup:
         self.processes[name] = entry
         return entry
 
-    def start_service(self, name: str, port: int) -> ServiceProcess:
+    def start_service(self, name: str, port: int, workers: int = 1) -> ServiceProcess:
         command = [
             self.python,
             "-m",
@@ -157,8 +163,22 @@ class ProcessGroup:
             HOST,
             "--port",
             str(port),
+            "--workers",
+            str(workers),
         ]
         return self.start(name, port, command)
+
+    def restart(self, name: str) -> ServiceProcess:
+        """Start an exited process again with the same command and environment; what is left
+        of its process group (uvicorn's workers of a dead supervisor) is killed first."""
+        old = self.processes[name]
+        if old.process is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(old.process.pid, signal.SIGKILL)
+            old.process.wait()
+        if old.reader is not None:
+            old.reader.join(timeout=2)
+        return self.start(name, old.port, old.command, old.ready_path, old.environment)
 
     def start_sandbox(
         self, port: int, environment: Mapping[str, str] | None = None

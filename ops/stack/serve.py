@@ -1,37 +1,51 @@
-"""Run one service with uvicorn: ``python -m ops.stack.serve <service> [--host H] [--port P]``.
+"""Run one service with uvicorn: ``python -m ops.stack.serve <service> [--host H] [--port P]
+[--workers N]``.
 
-Used by ``rose up`` for every service process and by the container entrypoint. Settings come
-from the environment (see :mod:`apps.common.settings`).
+Used by ``rose up`` for every service and by the container entrypoint. Settings come from the
+environment (see :mod:`apps.common.settings`).
+
+``--workers N`` (default: ``WEB_CONCURRENCY``, else 1) runs N processes of the service on one
+port with uvicorn's own worker supervisor: one listening socket shared by the workers, a worker
+that dies is replaced, SIGTERM stops them all gracefully. Each worker builds its app from the
+environment (:func:`worker_app`). With more than one worker, Prometheus metrics use
+prometheus_client's multiprocess mode (a fresh ``PROMETHEUS_MULTIPROC_DIR`` per run), so any
+worker's ``/metrics`` answers for all of them.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import logging
+import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
 import uvicorn
 from uvicorn.config import LifespanType
 
+from apps.common.observability import MULTIPROC_ENV, configure_logging
 from apps.common.settings import ConfigError
 from apps.registry import CONTRACTS, service_spec, settings_for
 
-LOG_FORMAT = "%(levelname)-7s %(name)s: %(message)s"
+# The service a worker process builds (set by ``main`` for uvicorn's workers).
+SERVICE_ENV = "ROSE_SERVICE"
+WORKERS_ENV = "WEB_CONCURRENCY"
 
 
-def configure_logging(level: int = logging.INFO) -> None:
-    logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stdout, force=True)
-    # Our access log (rose.<svc>.access) replaces uvicorn's.
-    logging.getLogger("uvicorn.access").disabled = True
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-
-
-def serve(app: Callable[..., Any], host: str, port: int, lifespan: LifespanType = "auto") -> None:
+def serve(
+    app: Callable[..., Any] | str,
+    host: str,
+    port: int,
+    lifespan: LifespanType = "auto",
+    *,
+    workers: int = 1,
+) -> None:
     """Serve one app as every service process is served: our logging and access log (not
-    uvicorn's), a graceful shutdown, the client address from the proxy's headers."""
+    uvicorn's), a graceful shutdown, the client address from the proxy's headers. With
+    ``workers`` > 1, ``app`` is the import string of an app factory."""
     uvicorn.run(
         app,
         host=host,
@@ -41,7 +55,27 @@ def serve(app: Callable[..., Any], host: str, port: int, lifespan: LifespanType 
         timeout_graceful_shutdown=10,
         proxy_headers=True,
         lifespan=lifespan,
+        workers=workers if workers > 1 else None,
+        factory=workers > 1,
     )
+
+
+def build_app(name: str) -> Any:
+    spec = service_spec(name)
+    module = importlib.import_module(spec.app_module)
+    return module.create_app(settings_for(CONTRACTS[spec.name]))
+
+
+def worker_app() -> Any:
+    """The app factory each of uvicorn's workers calls (a process of its own)."""
+    name = os.environ[SERVICE_ENV]
+    configure_logging(name)
+    return build_app(name)
+
+
+def default_workers() -> int:
+    value = os.environ.get(WORKERS_ENV, "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,16 +83,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("service")
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--port", type=int, default=None)
+    parser.add_argument("--workers", type=int, default=None)
     args = parser.parse_args(argv)
     spec = service_spec(args.service)
-    configure_logging()
+    configure_logging(spec.name)
+    workers = args.workers or default_workers()
     try:
         settings = settings_for(CONTRACTS[spec.name])
     except ConfigError as exc:
         print(f"cannot start {spec.name}: {exc}", file=sys.stderr)
         return 2
-    module = importlib.import_module(spec.app_module)
-    serve(module.create_app(settings), args.host, args.port or spec.dev_port)
+    port = args.port or spec.dev_port
+    if workers == 1:
+        module = importlib.import_module(spec.app_module)
+        serve(module.create_app(settings), args.host, port)
+        return 0
+    os.environ[SERVICE_ENV] = spec.name
+    metrics_dir = tempfile.mkdtemp(prefix=f"rose-metrics-{spec.name}-")
+    os.environ[MULTIPROC_ENV] = metrics_dir
+    try:
+        serve("ops.stack.serve:worker_app", args.host, port, workers=workers)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 

@@ -1,12 +1,15 @@
 """``rose up``: the whole system on this machine. The embedded PostgreSQL (or a given server),
 its databases brought to the declared state, demo data, the SumUp sandbox and every service as
-a process of its own, one log; it runs until SIGINT or SIGTERM, or until a process dies, and
+a process of its own (``workers`` processes each, on one port), one log. It supervises: a
+service process that exits is started again after a backoff (1 s, doubling up to 30 s; back to
+1 s once it has stayed up for a minute), and the log says so. It runs until SIGINT or SIGTERM,
 then stops everything it started."""
 
 from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 
@@ -44,10 +47,52 @@ class StackOptions:
     port_offset: int = 0
     # A real Caddy in front of the public services on this port (ops.stack.proxy); None: none.
     proxy_port: int | None = None
+    # Processes per service (uvicorn workers sharing the service's port).
+    workers: int = 1
+
+
+RESTART_DELAYS = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
+# A process that stayed up this long before it exited starts over at the first delay.
+STABLE_SECONDS = 60.0
+
+
+class Supervisor:
+    """Restarts the exited processes of a group, with backoff, saying so in the log."""
+
+    def __init__(self, group: ProcessGroup, say: Callable[[str], None]) -> None:
+        self._group = group
+        self._say = say
+        self._failures: dict[str, int] = {}
+        self._started: dict[str, float] = {name: time.monotonic() for name in group.processes}
+        self._due: dict[str, float] = {}
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        for entry in self._group.exited():
+            if entry.name in self._due:
+                continue
+            code = entry.process.returncode if entry.process else None
+            if now - self._started.get(entry.name, now) >= STABLE_SECONDS:
+                self._failures[entry.name] = 0
+            failures = self._failures.get(entry.name, 0)
+            delay = RESTART_DELAYS[min(failures, len(RESTART_DELAYS) - 1)]
+            self._failures[entry.name] = failures + 1
+            self._due[entry.name] = now + delay
+            self._say(
+                f"{entry.name} exited with code {code}; restarting in {delay:g}s "
+                f"(restart {failures + 1})"
+            )
+        for name, due in list(self._due.items()):
+            if now >= due:
+                del self._due[name]
+                restarted = self._group.restart(name)
+                self._started[name] = time.monotonic()
+                pid = restarted.process.pid if restarted.process else None
+                self._say(f"{name} restarted (pid {pid})")
 
 
 def run_stack(options: StackOptions) -> int:
-    """Run the stack until asked to stop; 0 when stopped by a signal, 1 when a process died.
+    """Run the stack until asked to stop (0), restarting service processes that exit.
     Raises StackError (after stopping what it started) when it cannot start."""
     home = rose_home()
     home.mkdir(parents=True, exist_ok=True)
@@ -116,7 +161,7 @@ def run_stack(options: StackOptions) -> int:
         # The local SumUp sandbox stands in for SumUp (orders' SDK points at it).
         group.start_sandbox(sandbox_port, proxy.sandbox_environment() if proxy else None)
         for name in names:
-            group.start_service(name, ports[name])
+            group.start_service(name, ports[name], options.workers)
         not_ready = group.wait_ready([SANDBOX], timeout=30)
         not_ready += group.wait_ready(names, timeout=60)
         if proxy is not None and not not_ready:
@@ -135,14 +180,12 @@ def run_stack(options: StackOptions) -> int:
             shown = f"  public: {public[name]}" if name in public else ""
             say(f"{name:<10} {urls[name]}  ready{shown}")
         say(f"{SANDBOX:<10} {sandbox_url}  SumUp sandbox (hosted checkout pages, webhooks)")
+        if options.workers > 1:
+            say(f"{options.workers} worker processes per service")
         say(f"log: {home / 'rose.log'}; Ctrl-C stops everything")
+        supervisor = Supervisor(group, say)
         while not stop_requested:
-            dead = group.exited()
-            if dead:
-                for entry in dead:
-                    code = entry.process.returncode if entry.process else None
-                    say(f"{entry.name} exited with code {code}; stopping the stack")
-                return 1
+            supervisor.tick()
             time.sleep(0.3)
         say("stopping")
         return 0

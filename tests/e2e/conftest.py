@@ -49,15 +49,17 @@ def live_stack(
     *,
     extra_env: dict[str, str] | None = None,
     sandbox: bool = False,
+    log_file: Path | None = None,
 ) -> Iterator[LiveStack]:
     """Services as real processes; with ``sandbox``, the SumUp sandbox as one more process,
-    delivering its webhooks to the orders process over HTTP."""
+    delivering its webhooks to the orders process over HTTP. Their output goes to stderr, or
+    to ``log_file`` when given (for tests that read the log)."""
     ports = {name: free_port() for name in services}
     sandbox_port = free_port()
     sandbox_url = f"http://127.0.0.1:{sandbox_port}"
     extra = {"ORDERS_SUMUP_BASE_URL": sandbox_url, **(extra_env or {})}
     environment = service_environment(server.topology, credentials, ports, env="dev", extra=extra)
-    sink = LogSink(None, echo=sys.stderr)
+    sink = LogSink(log_file, echo=None if log_file else sys.stderr)
     group = ProcessGroup(sink, environment)
     try:
         if sandbox:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
+import time
 from pathlib import Path
 
 import httpx
@@ -17,11 +19,13 @@ PORT_OFFSET = 20000
 
 
 @pytest.fixture
-def running_stack(tmp_path: Path):
+def running_stack(tmp_path: Path, request: pytest.FixtureRequest):
+    """``rose up --only relations`` (more options by indirect parametrization)."""
+    extra: list[str] = list(getattr(request, "param", []))
     home = tmp_path / "rose-home"
     pg_port = free_port()
     args = ["--fresh", "--pg-port", str(pg_port), "--port-offset", str(PORT_OFFSET)]
-    with rose_up(home, *args, "--only", "relations", timeout=60) as running:
+    with rose_up(home, *args, "--only", "relations", *extra, timeout=60) as running:
         yield home, running.process, running.state, pg_port
 
 
@@ -56,8 +60,110 @@ def test_rose_up_runs_relations_and_cli_calls_reach_it(running_stack):
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 0
     assert not (home / "stack.json").exists()
-    assert port_is_free(8008 + PORT_OFFSET)
-    assert port_is_free(pg_port)
+    # (The kernel may take a moment to release a port on a busy machine.)
+    assert wait_for(lambda: port_is_free(8008 + PORT_OFFSET), timeout=10)
+    assert wait_for(lambda: port_is_free(pg_port), timeout=10)
     log = (home / "rose.log").read_text()
     assert "relations  http://127.0.0.1:28008  ready" in log
     assert "embedded PostgreSQL stopped" in log
+
+
+def children_of(pid: int) -> list[int]:
+    """Direct child processes of ``pid`` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def service_pid(up_pid: int, service: str) -> int:
+    [pid] = [
+        child
+        for child in children_of(up_pid)
+        if f"ops.stack.serve\0{service}\0" in Path(f"/proc/{child}/cmdline").read_text()
+    ]
+    return pid
+
+
+def wait_for(condition, timeout: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.3)
+    return False
+
+
+def answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_a_killed_service_is_restarted_and_the_log_says_so(running_stack):
+    """Issue 12 item 6: kill -9 of a service no longer stops the stack; it comes back."""
+    home, process, state, _pg_port = running_stack
+    relations_url = state["services"]["relations"]
+    first = service_pid(process.pid, "relations")
+    os.kill(first, signal.SIGKILL)
+
+    assert wait_for(
+        lambda: (
+            "relations restarted" in (home / "rose.log").read_text()
+            and answers(relations_url + "/healthz")
+        )
+    ), (home / "rose.log").read_text()
+    assert process.poll() is None  # the stack kept running
+    second = service_pid(process.pid, "relations")
+    assert second != first
+    log = (home / "rose.log").read_text()
+    assert "relations exited with code -9; restarting in 1s (restart 1)" in log
+    assert answers(relations_url + "/readyz")
+
+
+@pytest.mark.parametrize("running_stack", [["--workers", "2"]], indirect=True)
+def test_workers_run_several_processes_on_one_port_and_replace_a_dead_one(running_stack):
+    _home, process, state, _pg_port = running_stack
+    relations_url = state["services"]["relations"]
+    supervisor = service_pid(process.pid, "relations")
+    # uvicorn's supervisor and its two workers (each a process of its own).
+    workers = [
+        pid
+        for pid in children_of(supervisor)
+        if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()
+    ]
+    assert len(workers) == 2
+    assert answers(relations_url + "/readyz")
+
+    os.kill(workers[0], signal.SIGKILL)
+
+    def replaced() -> bool:
+        now = [
+            pid
+            for pid in children_of(supervisor)
+            if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()
+        ]
+        return len(now) == 2 and workers[0] not in now
+
+    assert wait_for(replaced)
+    assert answers(relations_url + "/readyz")
+    # Any worker answers /metrics for all of them (prometheus_client's multiprocess mode): the
+    # count of 6 requests spread over both workers is the same whichever worker is scraped.
+    for _ in range(6):
+        assert httpx.get(relations_url + "/schema/openapi.json", timeout=5).status_code == 200
+    wanted = (
+        'rose_requests_total{app_name="relations",method="GET",'
+        'path="/schema/openapi.json",status_code="200"} 6.0'
+    )
+    for _ in range(4):
+        metrics = httpx.get(relations_url + "/metrics", timeout=5)
+        assert metrics.status_code == 200
+        assert wanted in metrics.text, metrics.text

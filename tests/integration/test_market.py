@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 
 import psycopg
@@ -165,12 +166,16 @@ async def test_likes_unreachable_degrades_lists_and_refuses_liked_filter(market_
     await like(market_stack.client("likes"), 1, slugs[0])
     async with market_stack.browser("market") as browser:
         await sign_in(browser, 1)
+        before = degraded_reads((await browser.get("/metrics")).text)
         with likes_unreachable(clean_db):
             listing = await browser.get("/api/products")
             html = await browser.get("/", headers=HTML)
             product = await browser.get(f"/product/{slugs[0]}/", headers=HTML)
             liked = await browser.get("/api/products?liked=true")
         healed = await browser.get("/api/products")
+        after = degraded_reads((await browser.get("/metrics")).text)
+    # /metrics counts the degraded reads (one per request that read likes while unreachable).
+    assert after - before >= 4
     assert listing.status_code == 200
     assert listing.headers["x-rose-degraded"] == "likes"
     assert [item["is_liked"] for item in listing.json()["items"]] == [None] * 4
@@ -185,6 +190,15 @@ async def test_likes_unreachable_degrades_lists_and_refuses_liked_filter(market_
     assert "likes" in liked.json()["detail"]
     assert "x-rose-degraded" not in healed.headers
     assert healed.json()["items"][0]["is_liked"] is True
+
+
+def degraded_reads(metrics: str) -> float:
+    found = re.findall(
+        r'^rose_fdw_degraded_reads_total\{provider="likes",reason="[^"]+"\} (\S+)$',
+        metrics,
+        re.MULTILINE,
+    )
+    return sum(float(value) for value in found)
 
 
 def _explain(server, credentials, sql: str, params: tuple = ()) -> list[dict]:

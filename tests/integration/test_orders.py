@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from decimal import Decimal
 
 import pytest
@@ -70,7 +71,12 @@ async def test_create_order_snapshots_lines_and_creates_a_hosted_checkout(
     assert checkout["currency"] == "EUR"
     assert checkout["merchant_code"] == "MSANDBOX1"
     assert checkout["checkout_reference"] == created["sumup_reference"]
-    assert checkout["return_url"] == f"{ORDERS_PUBLIC_URL}/checkout/webhook/{order_id}/"
+    # The webhook URL carries the trace context of the checkout's creation (SumUp sends none).
+    assert re.fullmatch(
+        rf"{re.escape(ORDERS_PUBLIC_URL)}/checkout/webhook/{order_id}/"
+        r"\?traceparent=00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}",
+        checkout["return_url"],
+    ), checkout["return_url"]
     assert checkout["redirect_url"] == f"{ORDERS_PUBLIC_URL}/checkout/return/{order_id}/"
 
     with admin_connect(clean_db, "orders") as connection:

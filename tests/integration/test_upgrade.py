@@ -175,3 +175,12 @@ async def test_an_earlier_database_upgrades_with_its_data_and_keeps_working(
             "SELECT status FROM orders.orders WHERE id = %s", (shop["pending"],)
         ).fetchone() == ("paid",)
         assert orders.execute("SELECT count(*) FROM orders.refunds").fetchone() == (0,)
+        # orders 0005: the messages queued by the webhook carry its trace context, and the
+        # start-up reconciliation pass was recorded.
+        traced = orders.execute(
+            "SELECT count(*) FROM orders.outbox WHERE traceparent LIKE '00-%%'"
+        ).fetchone()
+        assert traced == (2,)
+        assert orders.execute(
+            "SELECT count(*) > 0 FROM orders.reconciliation_passes WHERE finished_at IS NOT NULL"
+        ).fetchone() == (True,)
