@@ -654,7 +654,8 @@ def report(run: Run, sink: TimingSink, argv: list[str]) -> None:
     print(f"machine   : {machine_description()}")
     print(
         f"software  : Python {platform.python_version()}, PostgreSQL {run.postgres_version} "
-        "(embedded, fsync/synchronous_commit off), uvicorn 1 process per service"
+        f"(embedded, fsync/synchronous_commit off), orders and cart {args.workers} uvicorn "
+        "worker(s) each, blog 1"
     )
     print(
         f"processes : {', '.join(SERVICES)} (ops.stack.serve), SumUp sandbox "
@@ -843,6 +844,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--profile-output", type=Path, default=None, help="keep py-spy's raw samples here"
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="uvicorn worker processes of orders and cart (ops.stack.serve --workers)",
+    )
     parser.add_argument("--seed", type=int, default=1, help="seed of the carts")
     parser.add_argument(
         "--log", type=Path, default=None, help="keep the services' log here (else a temp file)"
@@ -887,7 +894,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"{shop.page_config_id}, site config {shop.site_config_id}, "
                 f"{len(shop.products)} products"
             )
-            with running_stack(topology, credentials, shop, sink) as stack:
+            with running_stack(
+                topology, credentials, shop, sink, {"orders": args.workers, "cart": args.workers}
+            ) as stack:
                 say(
                     "services and sandbox ready: "
                     + ", ".join(f"{k} {v}" for k, v in stack.urls.items())

@@ -184,10 +184,15 @@ def _scalar(connection: psycopg.Connection, sql: str, params: tuple[object, ...]
 # -- the processes -------------------------------------------------------------------------------
 @contextmanager
 def running_stack(
-    topology: Topology, credentials: Credentials, shop: Shop, sink: TimingSink
+    topology: Topology,
+    credentials: Credentials,
+    shop: Shop,
+    sink: TimingSink,
+    workers: dict[str, int] | None = None,
 ) -> Iterator[Stack]:
     """The sandbox and the services as real processes (``python -m ops.stack.serve``), as
-    ``tests/e2e/conftest.live_stack(..., sandbox=True)`` starts them; stopped on exit."""
+    ``tests/e2e/conftest.live_stack(..., sandbox=True)`` starts them; stopped on exit.
+    ``workers``: uvicorn worker processes per service (1 when not named)."""
     ports = {name: free_port() for name in SERVICES}
     sandbox_port = free_port()
     sandbox_url = f"http://{HOST}:{sandbox_port}"
@@ -203,7 +208,7 @@ def running_stack(
     try:
         group.start_sandbox(sandbox_port)
         for name in SERVICES:
-            group.start_service(name, ports[name])
+            group.start_service(name, ports[name], (workers or {}).get(name, 1))
         not_ready = group.wait_ready([SANDBOX], timeout=30)
         not_ready += group.wait_ready(list(SERVICES), timeout=60)
         if not_ready:
@@ -253,7 +258,11 @@ def postmaster_pid(pg: LocalPostgres) -> int:
 def cpu_snapshot(stack: Stack, postmaster: int) -> dict[str, float]:
     """CPU seconds so far per process; postgres is the postmaster and all its backends (the
     services' pooled connections and their FDW backends live through the whole run)."""
-    snapshot = {name: _cpu_seconds(stack.pid(name)) for name in (*SERVICES, SANDBOX)}
+    # A service with workers is uvicorn's supervisor and its worker processes.
+    snapshot = {
+        name: sum(_cpu_seconds(pid) for pid in [stack.pid(name), *_children(stack.pid(name))])
+        for name in (*SERVICES, SANDBOX)
+    }
     snapshot["postgres"] = sum(_cpu_seconds(pid) for pid in [postmaster, *_children(postmaster)])
     snapshot["bench"] = _cpu_seconds(os.getpid())
     return snapshot

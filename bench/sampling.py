@@ -115,6 +115,8 @@ def sampled(pid: int, output: Path, rate: int = RATE) -> Iterator[Path | None]:
             "--output",
             str(output),
             "--nonblocking",
+            # uvicorn's workers are children of the process named
+            "--subprocesses",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -120,7 +120,7 @@ async def api_calendars(
 # -- booking ----------------------------------------------------------------------------------
 
 
-@post("/entries/{entry_id:int}/book/", operation_id="entry_book")
+@post("/entries/{entry_id:int}/book/", operation_id="entry_book", status_code=200)
 async def book_entry(
     request: Request,
     db_session: DbSession,
@@ -133,7 +133,7 @@ async def book_entry(
     return await answer(request, booked, added=entry_id)
 
 
-@post("/entries/{entry_id:int}/tickets/", operation_id="entry_tickets_add")
+@post("/entries/{entry_id:int}/tickets/", operation_id="entry_tickets_add", status_code=201)
 async def add_tickets(
     request: Request,
     db_session: DbSession,
@@ -152,7 +152,7 @@ async def add_tickets(
 # -- admin (editors only) ---------------------------------------------------------------------
 
 
-@post("/calendars/", operation_id="calendar_create")
+@post("/calendars/", operation_id="calendar_create", status_code=201)
 async def create_calendar(
     request: Request, db_session: DbSession, internal: Internal, data: NewCalendarForm
 ) -> Response[Any]:
@@ -161,7 +161,7 @@ async def create_calendar(
     return await answer(request, calendar, status_code=201)
 
 
-@post("/calendars/{calendar_id:int}/attach/", operation_id="calendar_attach")
+@post("/calendars/{calendar_id:int}/attach/", operation_id="calendar_attach", status_code=200)
 async def attach_calendar(
     request: Request,
     db_session: DbSession,
@@ -174,7 +174,7 @@ async def attach_calendar(
     return await answer(request, calendar)
 
 
-@post("/calendars/{calendar_id:int}/detach/", operation_id="calendar_detach")
+@post("/calendars/{calendar_id:int}/detach/", operation_id="calendar_detach", status_code=200)
 async def detach_calendar(
     request: Request, db_session: DbSession, internal: Internal, calendar_id: IdParam
 ) -> Response[Any]:
@@ -183,7 +183,11 @@ async def detach_calendar(
     return await answer(request, calendar)
 
 
-@post("/calendars/{calendar_id:int}/entries/", operation_id="calendar_entry_create")
+@post(
+    "/calendars/{calendar_id:int}/entries/",
+    operation_id="calendar_entry_create",
+    status_code=201,
+)
 async def create_entry(
     request: Request,
     db_session: DbSession,
