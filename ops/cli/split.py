@@ -435,7 +435,7 @@ def sync_command(
 ) -> None:
     """The online split, first half: capture the changes of the legacy tables, copy a snapshot
     through the moves' transforms, then apply the captured changes continuously, printing the
-    lag, until Ctrl-C (or once). Resumable at any point; `cutover` finishes."""
+    lag, until Ctrl-C (or once). Resumable at any point; "rose split cutover" finishes."""
     from ops.split.sync import sync
 
     try:

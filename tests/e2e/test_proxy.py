@@ -131,7 +131,7 @@ def test_forwarded_headers_come_from_the_proxy_and_a_spoofed_one_is_dropped(prox
     assert eventually_sync(lambda: "request=proxyspoof01" in proxied.log())
     (line,) = [line for line in proxied.log().splitlines() if "request=proxyspoof01" in line]
     # Caddy replaced the client's X-Forwarded-For with the address it saw.
-    assert line.endswith("client=127.0.0.1"), line
+    assert " client=127.0.0.1 " in f"{line} ", line
 
 
 def test_forwarded_headers_are_trusted_from_the_proxy_address_only(provisioned, credentials):
@@ -158,7 +158,7 @@ def client_seen_by_relations(provisioned, credentials, allowed: str) -> str:
             return [line for line in process.last_lines if f"request={request_id}" in line]
 
         assert eventually_sync(lambda: len(logged()) == 1)
-        return logged()[0].rsplit("client=", 1)[1]
+        return logged()[0].rsplit("client=", 1)[1].split()[0]
 
 
 def test_a_checkout_through_the_proxy_webhook_included(proxied: Proxied, provisioned, page):
