@@ -157,6 +157,8 @@ class OutboxRelay:
         self._poll = poll_seconds
         self._batch = batch
         self._wakeup = asyncio.Event()
+        # Whether the last pass found nothing more due.
+        self._drained = False
         self._task: asyncio.Task[None] | None = None
 
     def wake(self) -> None:
@@ -179,7 +181,8 @@ class OutboxRelay:
             except Exception:  # the relay must outlive any single failure
                 logger.exception("outbox relay pass failed")
                 delivered = 0
-            if delivered:
+            # More may be due only when a batch ended full (an empty search costs a transaction).
+            if delivered and not self._drained:
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout=self._poll)
@@ -189,6 +192,7 @@ class OutboxRelay:
         """Deliver what is due now; returns how many messages were acknowledged."""
         table = self._table
         acknowledged = 0
+        self._drained = False
         for _ in range(self._batch):
             async with self._maker() as session, session.begin():
                 message = (
@@ -203,6 +207,7 @@ class OutboxRelay:
                     )
                 ).first()
                 if message is None:
+                    self._drained = True
                     return acknowledged
                 try:
                     # The delivery continues the trace of the transaction that queued it.
