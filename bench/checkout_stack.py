@@ -227,14 +227,19 @@ def running_stack(
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of one process (0 when it is gone)."""
+def _cpu_seconds(pid: int, *, reaped: bool = False) -> float:
+    """User + system CPU time of one process (0 when it is gone); ``reaped``: plus that of
+    its children that have exited and been waited for (PostgreSQL's backends come and go)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (FileNotFoundError, ProcessLookupError):
         return 0.0
-    # After the command: state is field 3, utime 14 and stime 15 (1-based, man proc).
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    # After the command: state is field 3, utime 14, stime 15, cutime 16, cstime 17 (1-based,
+    # man proc).
+    ticks = int(fields[11]) + int(fields[12])
+    if reaped:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / CLOCK_TICKS
 
 
 def _children(pid: int) -> list[int]:
@@ -263,6 +268,8 @@ def cpu_snapshot(stack: Stack, postmaster: int) -> dict[str, float]:
         name: sum(_cpu_seconds(pid) for pid in [stack.pid(name), *_children(stack.pid(name))])
         for name in (*SERVICES, SANDBOX)
     }
-    snapshot["postgres"] = sum(_cpu_seconds(pid) for pid in [postmaster, *_children(postmaster)])
+    snapshot["postgres"] = _cpu_seconds(postmaster, reaped=True) + sum(
+        _cpu_seconds(pid) for pid in _children(postmaster)
+    )
     snapshot["bench"] = _cpu_seconds(os.getpid())
     return snapshot

@@ -202,7 +202,7 @@ def configure_tracing(service: str, environ: Mapping[str, str] | None = None) ->
     with _configured_lock:
         if _configured is not None:
             return
-        exported = bool(env.get(OTLP_ENV) or env.get(TRACE_FILE_ENV))
+        exported = spans_exported(env)
         provider = TracerProvider(
             resource=Resource.create({"service.name": f"rose-{service}"}),
             # Nowhere to send spans: none is recorded (ids are still made and carried, so log
@@ -222,15 +222,48 @@ def configure_tracing(service: str, environ: Mapping[str, str] | None = None) ->
         _configured = service
 
 
+def spans_exported(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether this process sends its spans anywhere (OTLP or a trace file)."""
+    env = os.environ if environ is None else environ
+    return bool(env.get(OTLP_ENV) or env.get(TRACE_FILE_ENV))
+
+
 def opentelemetry_middleware(app: ASGIApp) -> ASGIApp:
     """Litestar's OpenTelemetry middleware around the whole app (outside the edge, so the
-    request's span is current in the access log line too)."""
+    request's span is current in the access log line too). When no span is exported, a
+    middleware that only carries the trace context (the caller's ``traceparent``, or a new
+    trace) stands in for it: the log lines and the calls onward keep their trace id, and the
+    request does not pay for spans nobody records (measured: 2 ms of orders' CPU per
+    checkout, bench/README.md)."""
+    if not spans_exported():
+        return trace_context_from_query(trace_context_only(app))
     config = OpenTelemetryConfig(
         exclude=[f"^{path}$" for path in UNOBSERVED_PATHS],
         exclude_spans=["receive", "send"],
         scope_span_details_extractor=_span_details,
     )
     return trace_context_from_query(OpenTelemetryPlugin(config).middleware(app=app))
+
+
+def trace_context_only(app: ASGIApp) -> ASGIApp:
+    """Each HTTP request runs in a (non-recording) server span continuing the caller's
+    ``traceparent`` header, or a new trace."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in UNOBSERVED_PATHS:
+            await app(scope, receive, send)
+            return
+        given = next((value for name, value in scope["headers"] if name == b"traceparent"), None)
+        parent = (
+            propagate.extract({TRACEPARENT: given.decode("latin-1")})
+            if given is not None
+            else otel_context.Context()
+        )
+        name, _ = _span_details(scope)
+        with tracer.start_as_current_span(name, context=parent, kind=trace.SpanKind.SERVER):
+            await app(scope, receive, send)
+
+    return middleware
 
 
 def _span_details(scope: Scope) -> tuple[str, dict[str, Any]]:
