@@ -254,13 +254,12 @@ def trace_context_only(app: ASGIApp) -> ASGIApp:
             await app(scope, receive, send)
             return
         given = next((value for name, value in scope["headers"] if name == b"traceparent"), None)
-        parent = (
-            propagate.extract({TRACEPARENT: given.decode("latin-1")})
-            if given is not None
-            else otel_context.Context()
-        )
         name, _ = _span_details(scope)
-        with tracer.start_as_current_span(name, context=parent, kind=trace.SpanKind.SERVER):
+        with continued_trace(
+            given.decode("latin-1") if given is not None else None,
+            name,
+            kind=trace.SpanKind.SERVER,
+        ):
             await app(scope, receive, send)
 
     return middleware
@@ -312,12 +311,18 @@ def trace_context_from_query(app: ASGIApp) -> ASGIApp:
 
 
 @contextmanager
-def continued_trace(traceparent: str | None, name: str, **attributes: Any) -> Iterator[None]:
+def continued_trace(
+    traceparent: str | None,
+    name: str,
+    *,
+    kind: trace.SpanKind = trace.SpanKind.INTERNAL,
+    **attributes: Any,
+) -> Iterator[None]:
     """A span continuing the trace a ``traceparent`` names (a new trace when there is none)."""
     parent = (
         propagate.extract({TRACEPARENT: traceparent}) if traceparent else otel_context.Context()
     )
-    with tracer.start_as_current_span(name, context=parent, attributes=attributes):
+    with tracer.start_as_current_span(name, context=parent, kind=kind, attributes=attributes):
         yield
 
 
