@@ -128,7 +128,6 @@ inserted AS (
            updated_at AT TIME ZONE 'UTC', deleted_at AT TIME ZONE 'UTC'
     FROM wanted
     ORDER BY id
-    ON CONFLICT DO NOTHING
     RETURNING id
 )
 INSERT INTO split_inserted (target_table, wanted, inserted, ids)

@@ -102,19 +102,28 @@ SELECT 'likes.likes', count(*) FROM split_like_targets WHERE NOT in_target;
 -- split:apply
 
 -- In the order split_like_targets was filled (user, target: the window's order), without
--- sorting again; `rose split run` builds the indexes of an empty likes.likes afterwards.
-WITH wanted AS (
-    SELECT * FROM split_like_targets WHERE NOT in_target
-),
-inserted AS (
+-- sorting again; `rose split run` builds the indexes of an empty likes.likes afterwards. No
+-- ON CONFLICT: a row the target holds under one of its unique keys fails the move, which
+-- `rose split run` reports with the key (speculative insertion would cost twice the insert).
+-- The new ids come from the identity in one statement: a single range unless someone else
+-- inserted meanwhile, when they are listed one by one.
+WITH inserted AS (
     INSERT INTO likes.likes
         (user_id, target_type, target_slug, target_id, created_at, updated_at, deleted_at)
     SELECT user_id, target_type, target_slug, target_id, created_at, updated_at, deleted_at
-    FROM wanted
-    ON CONFLICT DO NOTHING
+    FROM split_like_targets
+    WHERE NOT in_target
     RETURNING id
+),
+span AS (
+    SELECT count(*) AS rows, min(id) AS low, max(id) AS high FROM inserted
 )
 INSERT INTO split_inserted (target_table, wanted, inserted, ids)
-SELECT 'likes.likes', (SELECT count(*) FROM wanted),
-       (SELECT count(*) FROM inserted),
-       (SELECT range_agg(int8range(id, id, '[]')) FROM inserted);
+SELECT 'likes.likes', (SELECT count(*) FROM split_like_targets WHERE NOT in_target), span.rows,
+       CASE
+           WHEN span.rows = 0 THEN '{}'::int8multirange
+           WHEN span.high - span.low + 1 = span.rows
+               THEN int8multirange(int8range(span.low, span.high, '[]'))
+           ELSE (SELECT range_agg(int8range(id, id, '[]')) FROM inserted)
+       END
+FROM span;

@@ -172,7 +172,6 @@ inserted AS (
            created_at AT TIME ZONE 'UTC', updated_at AT TIME ZONE 'UTC'
     FROM wanted
     ORDER BY id
-    ON CONFLICT DO NOTHING
     RETURNING id
 )
 INSERT INTO split_inserted (target_table, wanted, inserted, ids)
@@ -197,7 +196,6 @@ inserted AS (
            unit_price, currency, quantity, market_place_container_id
     FROM wanted
     ORDER BY id
-    ON CONFLICT DO NOTHING
     RETURNING id
 )
 INSERT INTO split_inserted (target_table, wanted, inserted, ids)
@@ -222,7 +220,6 @@ inserted AS (
            created_at AT TIME ZONE 'UTC', updated_at AT TIME ZONE 'UTC'
     FROM wanted
     ORDER BY order_id
-    ON CONFLICT DO NOTHING
     RETURNING id
 )
 INSERT INTO split_inserted (target_table, wanted, inserted, ids)

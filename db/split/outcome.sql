@@ -23,9 +23,10 @@ CREATE TEMP TABLE split_planned (
 
 -- ... and what the apply part wanted to insert and did insert, with the ids of the inserted rows
 -- (as ranges: `abort` deletes exactly these rows, and `verify` after finalize checks that every
--- one of them is still there). A row the target already holds under a unique key is not inserted
--- (ON CONFLICT DO NOTHING); `rose split run` refuses to commit unless planned = wanted =
--- inserted for every target table.
+-- one of them is still there). `rose split run` refuses to commit unless planned = wanted =
+-- inserted for every target table. The inserts have no ON CONFLICT: a row the target already
+-- holds under a unique key the classification did not look at fails the insert, and the move
+-- is refused with the key named (nothing committed).
 CREATE TEMP TABLE split_inserted (
     target_table text PRIMARY KEY,
     wanted       bigint NOT NULL,

@@ -52,7 +52,6 @@ inserted AS (
            deleted_at AT TIME ZONE 'UTC'
     FROM wanted
     ORDER BY id
-    ON CONFLICT DO NOTHING
     RETURNING id
 )
 INSERT INTO split_inserted (target_table, wanted, inserted, ids)

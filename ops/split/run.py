@@ -355,6 +355,31 @@ def build_indexes(target: psycopg.Connection[Any], deferred: list[DeferredIndex]
         target.execute(index.create)
 
 
+def apply_move(target: psycopg.Connection[Any], move: Move, *, bulk_load: bool) -> None:
+    """Write the target: the move's apply part; with ``bulk_load``, the secondary indexes of
+    the target tables that are empty are built once afterwards. The inserts have no ON
+    CONFLICT (it would cost as much again as the insert): a row the target holds under a unique
+    key the classification does not look at fails here, and the move is refused naming it."""
+    deferred = defer_indexes(target, move) if bulk_load else []
+    try:
+        execute_sql(target, transform_parts(move.transform_file).apply)
+    except psycopg.errors.UniqueViolation as exc:
+        raise SplitError(
+            f"{move.name}: a row to insert conflicts with a row the target already holds under "
+            f"the unique key {exc.diag.constraint_name} ({exc.diag.message_detail}): "
+            "resolve it in the target (or skip the source row) and run again. "
+            "Nothing of the move was committed."
+        ) from exc
+    try:
+        build_indexes(target, deferred)
+    except psycopg.errors.UniqueViolation as exc:
+        raise SplitError(
+            f"{move.name}: the moved rows break the unique key {exc.diag.constraint_name} "
+            f"({exc.diag.message_detail}): {move.transform_file.name} lets a duplicate through. "
+            "Nothing of the move was committed."
+        ) from exc
+
+
 def target_checksums(target: psycopg.Connection[Any], move: Move) -> dict[str, dict[str, Any]]:
     """The checksum of each check view of the target, as the ledger records it."""
     run_file(target, move.checksum_file("target"))
@@ -440,9 +465,7 @@ def _move_transaction(topology: Topology, move: Move, say: Say, fault: FaultHook
             fault(move.name, "after-copy")
             classify(target, move, read_only=False)
             outcome = read_outcome(target, move, staged)
-            deferred = defer_indexes(target, move)
-            execute_sql(target, transform_parts(move.transform_file).apply)
-            build_indexes(target, deferred)
+            apply_move(target, move, bulk_load=True)
             inserted = check_inserted(target, move, outcome)
             fault(move.name, "after-transform")
             say(

@@ -50,22 +50,19 @@ from ops.split.common import (
     connect,
     crash_from_environment,
     ensure_ledger,
-    execute_sql,
     mark_started,
     operator,
     read_ledger,
     run_file,
-    transform_parts,
 )
 from ops.split.freeze import FREEZE_LOCK_TIMEOUT, freeze
 from ops.split.moves import Move
 from ops.split.run import (
     OUTCOME_FILE,
-    build_indexes,
+    apply_move,
     check_inserted,
     classify,
     copy_table,
-    defer_indexes,
     ledger_record,
     missing_sources,
     read_outcome,
@@ -316,9 +313,7 @@ def _sync_transaction(
             _forget_keys(target, move, rules)
         classify(target, move, read_only=False)
         outcome = read_outcome(target, move, staged)
-        deferred = defer_indexes(target, move) if changes is None else []
-        execute_sql(target, transform_parts(move.transform_file).apply)
-        build_indexes(target, deferred)
+        apply_move(target, move, bulk_load=changes is None)
         check_inserted(target, move, outcome)
         _record_outcome(target, move, rules)
         if changes is None:

@@ -359,6 +359,32 @@ def test_the_sources_are_frozen_once_moved(monolith):
         connection.execute("UPDATE legacy.orders SET description = description WHERE id = 1")
 
 
+def test_a_row_the_target_holds_under_another_unique_key_refuses_the_move(monolith):
+    """The classification looks for rows already in the target by id; a row held under another
+    unique key (here the active parent/child pair, under a new id) must refuse the move with
+    the key named, never lose the source row silently or leave half a move."""
+    parent_type, parent_id, child_type, child_id = rows(
+        monolith,
+        "cart",
+        "SELECT parent_type, parent_id, child_type, child_id FROM legacy.container_relations "
+        "WHERE deleted_at IS NULL ORDER BY id LIMIT 1",
+    )[0]
+    with admin_connect(monolith, "relations") as connection:
+        connection.execute(
+            "INSERT INTO relations.container_relations "
+            "(id, parent_type, parent_id, child_type, child_id, created_at, updated_at) "
+            "VALUES (900000, %s, %s, %s, %s, now(), now())",
+            (parent_type, parent_id, child_type, child_id),
+        )
+    refused = rose_split(monolith, "run", "--move", "relations")
+    assert refused.exit_code != 0, refused.output
+    assert "uq_container_relations_active_pair" in refused.output
+    assert "already holds" in refused.output
+    assert "Nothing of the move was committed" in refused.output
+    assert value(monolith, "relations", "SELECT count(*) FROM relations.container_relations") == 1
+    assert ledger(monolith, "relations")["finished_at"] is None
+
+
 def test_a_second_run_moves_nothing(monolith):
     assert rose_split(monolith, "run").exit_code == 0
     counts = target_counts(monolith)
