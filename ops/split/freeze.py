@@ -12,7 +12,7 @@ import psycopg
 
 from apps.registry import service_spec
 from ops.db.topology import Topology
-from ops.split.common import Say, SplitError, connect, execute_sql
+from ops.split.common import Say, SplitError, execute_sql, session
 from ops.split.moves import LEGACY_SERVICES, SPLIT_DIR, Move
 
 TRIGGER_PREFIX = "split_freeze_"
@@ -39,7 +39,7 @@ def frozen_now(topology: Topology, services: Iterable[str] = LEGACY_SERVICES) ->
     """Every frozen legacy table, as "db_x legacy.t (moves)", read from the catalogs."""
     lines = []
     for service in services:
-        with connect(topology, service) as connection:
+        with session(topology, service) as connection:
             for table, moves in frozen_in(connection).items():
                 lines.append(
                     f"{service_spec(service).database} legacy.{table} ({', '.join(moves)})"
@@ -68,7 +68,7 @@ def freeze(
     for service in services:
         spec = service_spec(service)
         try:
-            with connect(topology, service) as source, source.transaction():
+            with session(topology, service) as source, source.transaction():
                 for move in moves:
                     tables = [table.table for table in move.sources_in(service)]
                     if not tables:
@@ -101,7 +101,7 @@ def unfreeze(topology: Topology, moves: list[str], tables: dict[str, list[str]],
         if not names:
             continue
         spec = service_spec(service)
-        with connect(topology, service) as source, source.transaction():
+        with session(topology, service) as source, source.transaction():
             before = frozen_in(source)
             execute_sql(
                 source,

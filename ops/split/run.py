@@ -36,14 +36,16 @@ from ops.split.common import (
     Say,
     SplitError,
     as_json,
-    connect,
     count_rows,
     crash_from_environment,
     ensure_ledger,
     execute_sql,
     mark_started,
     read_ledger,
+    reused_sessions,
     run_file,
+    session,
+    submit_in_context,
     table_exists,
     transform_parts,
 )
@@ -151,7 +153,7 @@ def copy_table(
 @contextmanager
 def source_snapshot(topology: Topology, service: str) -> Iterator[psycopg.Connection[Any]]:
     """A read-only repeatable-read transaction in ``service``'s database: one snapshot."""
-    with connect(topology, service) as source:
+    with session(topology, service) as source:
         source.isolation_level = IsolationLevel.REPEATABLE_READ
         source.read_only = True
         with source.transaction():
@@ -177,7 +179,7 @@ def stage_sources(
 def missing_sources(topology: Topology, move: Move) -> list[str]:
     missing = []
     for service in move.source_services:
-        with connect(topology, service) as source:
+        with session(topology, service) as source:
             missing += [
                 str(table)
                 for table in move.sources_in(service)
@@ -268,7 +270,7 @@ def check_inserted(target: psycopg.Connection[Any], move: Move, outcome: Outcome
 
 # -- plan ----------------------------------------------------------------------------------------
 def plan_move(topology: Topology, move: Move) -> MovePlan:
-    with connect(topology, move.target) as target:
+    with session(topology, move.target) as target:
         ledger = read_ledger(target, move.name)
         target_rows = {table: count_rows(target, table) for table in move.target_tables}
         result = MovePlan(move=move, ledger=ledger, target_rows=target_rows)
@@ -278,7 +280,7 @@ def plan_move(topology: Topology, move: Move) -> MovePlan:
         if result.missing_sources:
             return result
         for service in move.source_services:
-            with connect(topology, service) as source:
+            with session(topology, service) as source:
                 for table in move.sources_in(service):
                     result.source_rows[str(table)] = count_rows(source, f"legacy.{table.table}")
         with target.transaction(force_rollback=True):
@@ -429,7 +431,7 @@ def inserted_ids(target: psycopg.Connection[Any]) -> dict[str, str]:
 def _pending(topology: Topology, move: Move, say: Say) -> LedgerEntry | None:
     """The ledger of a move that is done (nothing to do), else None; refuses a move whose
     sources are missing."""
-    with connect(topology, move.target) as target:
+    with session(topology, move.target) as target:
         ensure_ledger(target, move.target)
         ledger = read_ledger(target, move.name)
     if ledger is not None and ledger.done:
@@ -452,7 +454,7 @@ def _pending(topology: Topology, move: Move, say: Say) -> LedgerEntry | None:
 def _move_transaction(topology: Topology, move: Move, say: Say, fault: FaultHook) -> MoveReport:
     """The move's one transaction in its target (its sources are frozen already)."""
     owner = service_spec(move.target).owner_role
-    with connect(topology, move.target) as target:
+    with session(topology, move.target) as target:
         started = time.perf_counter()
         with target.transaction():
             target.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(owner)))
@@ -506,7 +508,7 @@ def _estimated_rows(topology: Topology, moves: list[Move]) -> dict[str, float]:
     """The planner's row estimates of each move's moved source tables (no scan)."""
     sizes = dict.fromkeys((move.name for move in moves), 0.0)
     for service in dict.fromkeys(s for move in moves for s in move.source_services):
-        with connect(topology, service) as source:
+        with session(topology, service) as source:
             for move in moves:
                 for table in move.sources_in(service):
                     if table.moved:
@@ -551,6 +553,18 @@ def run_all(
     """Freeze the sources of every move not done yet (one transaction per source database),
     then run their transactions, ``jobs`` at a time: the moves are independent (each reads
     frozen sources and writes its own target tables)."""
+    with reused_sessions():
+        return _run_all(topology, moves, say, fault, jobs, lock_timeout)
+
+
+def _run_all(
+    topology: Topology,
+    moves: list[Move],
+    say: Say,
+    fault: FaultHook,
+    jobs: int,
+    lock_timeout: float,
+) -> RunResult:
     result = RunResult()
     reports: dict[str, MoveReport] = {}
     pending: list[Move] = []
@@ -562,7 +576,7 @@ def run_all(
             pending.append(move)
     if pending:
         for move in pending:
-            with connect(topology, move.target) as target:
+            with session(topology, move.target) as target:
                 mark_started(target, move.name)
         freeze(topology, pending, say, lock_timeout)
         for move in pending:
@@ -572,7 +586,7 @@ def run_all(
         largest_first = sorted(pending, key=lambda move: -sizes[move.name])
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
             futures = {
-                pool.submit(_move_transaction, topology, move, say, fault): move
+                submit_in_context(pool, _move_transaction, topology, move, say, fault): move
                 for move in largest_first
             }
             for future in as_completed(futures):

@@ -16,6 +16,7 @@ write to them: a note, not a difference).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
@@ -31,11 +32,13 @@ from ops.split.common import (
     DEFAULT_JOBS,
     LedgerEntry,
     as_json,
-    connect,
     count_rows,
     operator,
     read_ledger,
+    reused_sessions,
     run_file,
+    session,
+    submit_in_context,
     table_exists,
 )
 from ops.split.moves import Move
@@ -172,19 +175,19 @@ def source_sessions(
     with ExitStack() as stack:
         sessions = []
         for service in move.checked_in:
-            session = stack.enter_context(connect(topology, service))
-            run_file(session, move.checksum_file(service))
-            if table_exists(session, "pg_temp.split_listed"):
-                session.execute("TRUNCATE split_listed")
+            source = stack.enter_context(session(topology, service))
+            run_file(source, move.checksum_file(service))
+            if table_exists(source, "pg_temp.split_listed"):
+                source.execute("TRUNCATE split_listed")
                 with (
-                    session.cursor() as cursor,
+                    source.cursor() as cursor,
                     cursor.copy(
                         "COPY split_listed (source_table, source_id, outcome, reason) FROM STDIN"
                     ) as copy,
                 ):
                     for row in listed:
                         copy.write_row(row)
-            sessions.append(session)
+            sessions.append(source)
         yield sessions
 
 
@@ -193,7 +196,7 @@ def verify_move(
 ) -> MoveVerification:
     """Sources against target (or, once finalize has dropped the sources, the target against
     the commit's record; ``against_sources`` insists on the sources: finalize's re-verify)."""
-    with connect(topology, move.target) as target:
+    with session(topology, move.target) as target:
         ledger = read_ledger(target, move.name)
         result = MoveVerification(move=move, ledger=ledger)
         if ledger is None or not ledger.done:
@@ -232,7 +235,7 @@ def count_sources(topology: Topology, result: MoveVerification) -> None:
     """The rows the move's moved source tables hold now (a missing one is a problem)."""
     move = result.move
     for service in move.source_services:
-        with connect(topology, service) as source:
+        with session(topology, service) as source:
             for table in move.sources_in(service):
                 if not table.moved:
                     continue
@@ -327,9 +330,7 @@ def verify_moves(
 ) -> list[MoveVerification]:
     """Verify ``moves``, ``jobs`` at a time (each reads its own sources and target); the results
     in the order of ``moves``. The first error is raised once all have ended."""
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        futures = [
-            pool.submit(verify_move, topology, move, against_sources=against_sources)
-            for move in moves
-        ]
+    verify_one = functools.partial(verify_move, against_sources=against_sources)
+    with reused_sessions(), ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futures = [submit_in_context(pool, verify_one, topology, move) for move in moves]
         return [future.result() for future in futures]
