@@ -55,10 +55,10 @@ WITH unified AS (
 ranked AS (
     SELECT u.*,
            row_number() OVER same_target AS rank,
-           min(u.created_at) OVER whole_target AS first_created_at,
-           max(u.updated_at) OVER whole_target AS last_updated_at,
-           CASE WHEN bool_or(u.deleted_at IS NULL) OVER whole_target THEN NULL
-                ELSE max(u.deleted_at) OVER whole_target END AS collapsed_deleted_at,
+           min(u.created_at) OVER same_target AS first_created_at,
+           max(u.updated_at) OVER same_target AS last_updated_at,
+           CASE WHEN bool_or(u.deleted_at IS NULL) OVER same_target THEN NULL
+                ELSE max(u.deleted_at) OVER same_target END AS collapsed_deleted_at,
            -- A user and target the target table already holds (its unique keys); not looked for
            -- row by row when the table is empty (the usual case).
            (SELECT EXISTS (SELECT FROM likes.likes)) AND EXISTS (
@@ -67,9 +67,11 @@ ranked AS (
                  AND (existing.target_slug = u.target_slug OR existing.target_id = u.target_id)
            ) AS in_target
     FROM unified AS u
+    -- One window for the rank and the collapsed values (row_number ignores the frame; the
+    -- aggregates see the whole partition): one WindowAgg over one sort.
     WINDOW same_target AS (
-               PARTITION BY u.user_id, u.target_type, u.target_key ORDER BY u.created_at, u.id),
-           whole_target AS (PARTITION BY u.user_id, u.target_type, u.target_key)
+               PARTITION BY u.user_id, u.target_type, u.target_key ORDER BY u.created_at, u.id
+               ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
 ),
 outcomes AS (
     INSERT INTO split_outcome (source_table, source_id, outcome, reason)
