@@ -21,6 +21,13 @@
 --   expired         pending     EXPIRED
 --   cancelled       cancelled   EXPIRED   (a cancelled order's checkout can no longer be paid)
 -- An order without a checkout gets no attempt.
+-- Pending orders (failed and expired ones included) are payable for the orders service's
+-- default window (ORDERS_PAYABLE_SECONDS, 1800 s: SumUp's hosted checkout session) from their
+-- last change (updated_at: a new checkout), as the service's own orders are from creation: a
+-- buyer on SumUp's page at the cut-over can finish; older ones are overdue at once and
+-- reconciliation expires them the usual way (asking SumUp first, refunding a late payment).
+-- The monolith had no deadline: without one they could be paid again without end, at prices
+-- from before the split.
 --
 -- The merchant snapshot (page_config_id, merchant_code, checkout_prefix), resolved as the orders
 -- service does: the order's own config when it recorded one, else its page's active config, else
@@ -165,10 +172,12 @@ inserted AS (
     INSERT INTO orders.orders
         (id, user_id, session_id, page_post_id, status, currency, product_total,
          calendar_total, ticket_total, total, description, page_config_id, merchant_code,
-         checkout_prefix, paid_at, created_at, updated_at)
+         checkout_prefix, paid_at, payable_until, created_at, updated_at)
     SELECT id, user_id, session_id, page_post_id, target_status, currency, product_total,
            calendar_total, ticket_total, total_amount, target_description,
            target_page_config_id, merchant_code, checkout_prefix, paid_at,
+           CASE WHEN target_status = 'pending'
+                THEN updated_at AT TIME ZONE 'UTC' + interval '1800 seconds' END,
            created_at AT TIME ZONE 'UTC', updated_at AT TIME ZONE 'UTC'
     FROM wanted
     ORDER BY id

@@ -7,11 +7,13 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, timedelta
 from typing import TYPE_CHECKING
 
 import psycopg
 import pytest
 
+from apps.orders.settings import OrdersSettings
 from ops.db.check import check
 from ops.split.common import CRASH_ENV, CRASH_EXIT_CODE, SplitError
 from ops.split.moves import MOVES, MOVES_BY_NAME
@@ -218,6 +220,19 @@ def test_orders_map_every_status_and_keep_their_snapshots(monolith):
     }
     assert gone_product_items
     assert rose_split(monolith, "run", "--move", "page_configs", "--move", "orders").exit_code == 0
+
+    # A pending order is payable for the service's window from its last change, like the
+    # service's own orders (a buyer on SumUp's page at the cut-over can finish; older ones are
+    # overdue and expire the usual way), never without end at a price from before the split.
+    last_change = dict(rows(monolith, "cart", "SELECT id, updated_at FROM legacy.orders"))
+    window = timedelta(seconds=OrdersSettings().payable_seconds)
+    deadlines = rows(monolith, "orders", "SELECT id, status, payable_until FROM orders.orders")
+    assert {status for _, status, _ in deadlines} >= {"pending", "paid", "cancelled"}
+    for order_id, status, payable_until in deadlines:
+        if status == "pending":
+            assert payable_until == last_change[order_id].replace(tzinfo=UTC) + window
+        else:
+            assert payable_until is None, status
 
     moved = rows(
         monolith,
