@@ -1,9 +1,11 @@
 """Order-independent checksums of the split's check views, and the per-range buckets that locate
 a difference.
 
-Each check view (``db/split/checksums``) is ``(bucket bigint, row_text text)``. A row's
-hash is the first 64 bits of the md5 of its text; a side's checksum is the row count, the
-``bit_xor`` and the sum of the hashes: independent of row order, cheap to combine across source
+Each check view (``db/split/checksums``) is ``(bucket bigint, row_text text, row_hash bigint)``:
+the row the target must hold, as text and as a 64-bit hash of its values (PostgreSQL's
+``hash_record_extended``, the hash functions hash partitioning relies on, so stable across servers
+and versions, mixed once more by ``hashint8extended``). A side's checksum is the row count, the
+``bit_xor`` and the sum of the row hashes: independent of row order, cheap to combine across source
 databases (likes come from two), and the sum catches what xor cannot (two equal rows cancel in an
 xor). When two sides differ, the bucket range is cut in ``FAN_OUT`` equal parts, the differing
 parts are cut again, down to single bucket values or ``MAX_LOCATED`` ranges.
@@ -21,7 +23,17 @@ from psycopg import sql
 
 from ops.db.connections import one_row
 
-ROW_HASH = sql.SQL("('x' || left(md5(row_text), 16))::bit(64)::bigint")
+# How a row's hash is computed, by the name a ledger records with each checksum. "record" hashes
+# the values without printing them (printing timestamps and numbers was most of the cost of a
+# checksum); "md5" (the first 64 bits of the md5 of the row's text) is what ledgers written before
+# December 2026 recorded, still used to compare with them.
+ROW_HASHES = {
+    "record": sql.SQL("row_hash"),
+    "md5": sql.SQL("('x' || left(md5(row_text), 16))::bit(64)::bigint"),
+}
+CURRENT_HASH = "record"
+# A ledger entry without a method was recorded with md5.
+RECORDED_BEFORE_METHODS = "md5"
 FAN_OUT = 16
 MAX_LOCATED = 10
 # Bisection rounds per check at most (each is one query per side).
@@ -34,15 +46,26 @@ class Checksum:
     rows: int = 0
     xor: int = 0
     total: int = 0
+    # The row hash (a key of ROW_HASHES): checksums of different methods never compare equal.
+    method: str = CURRENT_HASH
 
     def __add__(self, other: Checksum) -> Checksum:
-        return Checksum(self.rows + other.rows, self.xor ^ other.xor, self.total + other.total)
+        if self.method != other.method:
+            raise ValueError(f"cannot add a {self.method} checksum to a {other.method} one")
+        return Checksum(
+            self.rows + other.rows, self.xor ^ other.xor, self.total + other.total, self.method
+        )
 
     def __str__(self) -> str:
         return f"{self.rows} rows, xor {self.xor & UNSIGNED_64:016x}, sum {self.total}"
 
     def as_dict(self) -> dict[str, Any]:
-        return {"rows": self.rows, "xor": f"{self.xor & UNSIGNED_64:016x}", "sum": str(self.total)}
+        return {
+            "rows": self.rows,
+            "xor": f"{self.xor & UNSIGNED_64:016x}",
+            "sum": str(self.total),
+            "hash": self.method,
+        }
 
     @classmethod
     def from_dict(cls, entry: dict[str, Any]) -> Checksum:
@@ -50,7 +73,10 @@ class Checksum:
         xor = int(entry["xor"], 16)
         if xor >= 1 << 63:
             xor -= 1 << 64
-        return cls(int(entry["rows"]), xor, int(entry["sum"]))
+        method = entry.get("hash", RECORDED_BEFORE_METHODS)
+        if method not in ROW_HASHES:
+            raise ValueError(f"a checksum recorded with an unknown row hash {method!r}")
+        return cls(int(entry["rows"]), xor, int(entry["sum"]), method)
 
 
 @dataclass(frozen=True)
@@ -72,14 +98,17 @@ class Located:
 Connections = Sequence[psycopg.Connection[Any]]
 
 
-def checksum(connections: Connections, view: str) -> tuple[Checksum, int | None, int | None]:
+def checksum(
+    connections: Connections, view: str, method: str = CURRENT_HASH
+) -> tuple[Checksum, int | None, int | None]:
     """The checksum of ``view`` over all ``connections`` (the parts of one side), with the
-    smallest and largest bucket value."""
+    smallest and largest bucket value; ``method`` names the row hash (a recorded checksum's, to
+    compare with it)."""
     query = sql.SQL(
         "SELECT count(*), coalesce(bit_xor(h), 0), coalesce(sum(h), 0), min(bucket), max(bucket) "
         "FROM (SELECT bucket, {hash} AS h FROM {view}) AS hashed"
-    ).format(hash=ROW_HASH, view=sql.Identifier(view))
-    total = Checksum()
+    ).format(hash=ROW_HASHES[method], view=sql.Identifier(view))
+    total = Checksum(method=method)
     low: int | None = None
     high: int | None = None
     # The parts (one per source database) at the same time.
@@ -88,7 +117,7 @@ def checksum(connections: Connections, view: str) -> tuple[Checksum, int | None,
             parts.map(lambda connection: connection.execute(query).fetchone(), connections)
         )
     for rows, xor, hash_sum, part_low, part_high in results:
-        total += Checksum(int(rows), int(xor), int(hash_sum))
+        total += Checksum(int(rows), int(xor), int(hash_sum), method)
         if part_low is not None:
             low = part_low if low is None else min(low, part_low)
             high = part_high if high is None else max(high, part_high)
@@ -101,9 +130,9 @@ def table_checksum(connection: psycopg.Connection[Any], qualified_name: str) -> 
     query = sql.SQL(
         "SELECT count(*), coalesce(bit_xor(h), 0), coalesce(sum(h), 0) "
         "FROM (SELECT {hash} AS h FROM (SELECT t::text AS row_text FROM {table} AS t) AS r) AS x"
-    ).format(hash=ROW_HASH, table=sql.Identifier(*qualified_name.split(".")))
+    ).format(hash=ROW_HASHES["md5"], table=sql.Identifier(*qualified_name.split(".")))
     rows, xor, total = one_row(connection, query)
-    return Checksum(int(rows), int(xor), int(total))
+    return Checksum(int(rows), int(xor), int(total), "md5")
 
 
 def _bucket_checksums(
@@ -114,7 +143,7 @@ def _bucket_checksums(
         "FROM (SELECT bucket, {hash} AS h FROM {view} "
         "      WHERE bucket BETWEEN %(low)s AND %(high)s) AS hashed "
         "GROUP BY 1"
-    ).format(hash=ROW_HASH, view=sql.Identifier(view))
+    ).format(hash=ROW_HASHES[CURRENT_HASH], view=sql.Identifier(view))
     parts: dict[int, Checksum] = {}
     for connection in connections:
         for part, rows, xor, hash_sum in connection.execute(

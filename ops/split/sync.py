@@ -582,8 +582,8 @@ def verify_recorded(topology: Topology, move: Move) -> MoveVerification:
         result.problems += accounting_problems(ledger, result.source_rows_now)
         with source_sessions(topology, move, ledger) as sources:
             for check in move.checks:
-                source_sum = checksum(sources, check.view)[0]
                 recorded = recorded_checksum(ledger.checksums[check.name])
+                source_sum = checksum(sources, check.view, recorded.method)[0]
                 result.checks.append(
                     CheckResult(check.name, check.target_table, check.bucket, source_sum, recorded)
                 )

@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from ops.split.common import CRASH_ENV, CRASH_EXIT_CODE, operator
-from ops.split.moves import LEGACY_SERVICES, LEGACY_TABLES, MOVES
+from ops.split.checksum import checksum
+from ops.split.common import CRASH_ENV, CRASH_EXIT_CODE, as_json, operator, run_file
+from ops.split.moves import LEGACY_SERVICES, LEGACY_TABLES, MOVES, MOVES_BY_NAME
 from ops.split.run import run_all
 from tests.conftest import REPO_ROOT, admin_connect, in_process_stack
 from tests.integration.split_fixtures import (
@@ -541,6 +542,56 @@ def test_abort_refuses_to_lose_what_was_written_after_the_move(monolith):
     assert "unfroze db_cart legacy.page_configs (page_configs); still frozen by orders" in (
         aborted.output
     )
+
+
+def test_a_ledger_recorded_with_md5_checksums_still_compares(monolith):
+    """Ledgers written before the row hash changed recorded md5 checksums without a method:
+    abort (and verify after finalize) compare with them by md5, so an untouched target is
+    still the commit's and a changed one is still caught."""
+    assert rose_split(monolith, "run", "--move", "relations").exit_code == 0
+    move = MOVES_BY_NAME["relations"]
+    with admin_connect(monolith, "relations") as connection:
+        run_file(connection, move.checksum_file("target"))
+        md5 = {
+            check.name: {
+                "target_table": check.target_table,
+                **{
+                    key: found
+                    for key, found in checksum([connection], check.view, "md5")[0].as_dict().items()
+                    if key != "hash"
+                },
+            }
+            for check in move.checks
+        }
+        recorded = ledger(monolith, "relations")["checksums"]
+        assert {entry["hash"] for entry in recorded.values()} == {"record"}
+        assert md5 != recorded
+        connection.execute(
+            "UPDATE split.ledger SET checksums = %s WHERE move = 'relations'", (as_json(md5),)
+        )
+        connection.execute(
+            "UPDATE relations.container_relations SET label = 'changed' "
+            "WHERE id = (SELECT min(id) FROM relations.container_relations)"
+        )
+    refused = rose_split(monolith, "abort", "--move", "relations")
+    assert refused.exit_code == 1, refused.output
+    assert "abort would lose it" in refused.output
+    # Put the row back as the move wrote it: the md5 record matches again and abort goes on.
+    original = value(
+        monolith,
+        "cart",
+        "SELECT label FROM legacy.container_relations WHERE id = %s",
+        (value(monolith, "relations", "SELECT min(id) FROM relations.container_relations"),),
+    )
+    with admin_connect(monolith, "relations") as connection:
+        connection.execute(
+            "UPDATE relations.container_relations SET label = %s "
+            "WHERE id = (SELECT min(id) FROM relations.container_relations)",
+            (original,),
+        )
+    aborted = rose_split(monolith, "abort", "--move", "relations")
+    assert aborted.exit_code == 0, aborted.output
+    assert value(monolith, "relations", "SELECT count(*) FROM relations.container_relations") == 0
 
 
 def test_a_lock_timeout_while_freezing_tells_what_is_frozen(monolith):

@@ -5,12 +5,16 @@
 -- deleted_at when every duplicate was unliked. Buckets are user ids (the new ids are new).
 
 CREATE OR REPLACE TEMP VIEW split_check_likes AS
-SELECT l.user_id::bigint AS bucket,
-       row(l.user_id, 'product', p.slug, NULL::bigint,
-           min(l.created_at) AT TIME ZONE 'UTC',
-           max(l.updated_at) AT TIME ZONE 'UTC',
-           CASE WHEN bool_or(l.deleted_at IS NULL) THEN NULL
-                ELSE max(l.deleted_at) AT TIME ZONE 'UTC' END)::text AS row_text
-FROM legacy.product_likes AS l
-JOIN legacy.products AS p ON p.id = l.product_id
-GROUP BY l.user_id, p.slug;
+SELECT bucket, row_value::text AS row_text,
+       hashint8extended(hash_record_extended(row_value, 0), 0) AS row_hash
+FROM (
+    SELECT l.user_id::bigint AS bucket,
+           row(l.user_id, 'product'::text, p.slug, NULL::bigint,
+               min(l.created_at) AT TIME ZONE 'UTC',
+               max(l.updated_at) AT TIME ZONE 'UTC',
+               CASE WHEN bool_or(l.deleted_at IS NULL) THEN NULL
+                    ELSE max(l.deleted_at) AT TIME ZONE 'UTC' END) AS row_value
+    FROM legacy.product_likes AS l
+    JOIN legacy.products AS p ON p.id = l.product_id
+    GROUP BY l.user_id, p.slug
+) AS checked;

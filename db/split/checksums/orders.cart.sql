@@ -48,36 +48,48 @@ WHERE NOT EXISTS (
 );
 
 CREATE OR REPLACE TEMP VIEW split_check_orders AS
-SELECT o.id::bigint AS bucket,
-       row(o.id, o.user_id, o.session_id, o.page_post_id, o.target_status, o.currency,
-           o.product_total, o.calendar_total, o.ticket_total, o.total_amount,
-           coalesce(nullif(o.description, ''), 'rose-ash order #' || o.id),
-           o.target_page_config_id, o.target_merchant_code, o.target_checkout_prefix,
-           false, NULL::text,
-           CASE WHEN o.status = 'paid' THEN o.updated_at AT TIME ZONE 'UTC' END,
-           o.created_at AT TIME ZONE 'UTC', o.updated_at AT TIME ZONE 'UTC')::text AS row_text
-FROM split_moved_orders AS o;
+SELECT bucket, row_value::text AS row_text,
+       hashint8extended(hash_record_extended(row_value, 0), 0) AS row_hash
+FROM (
+    SELECT o.id::bigint AS bucket,
+           row(o.id, o.user_id, o.session_id, o.page_post_id, o.target_status, o.currency,
+               o.product_total, o.calendar_total, o.ticket_total, o.total_amount,
+               coalesce(nullif(o.description, ''), 'rose-ash order #' || o.id),
+               o.target_page_config_id, o.target_merchant_code, o.target_checkout_prefix,
+               false, NULL::text,
+               CASE WHEN o.status = 'paid' THEN o.updated_at AT TIME ZONE 'UTC' END,
+               o.created_at AT TIME ZONE 'UTC', o.updated_at AT TIME ZONE 'UTC') AS row_value
+    FROM split_moved_orders AS o
+) AS checked;
 
 CREATE OR REPLACE TEMP VIEW split_check_order_items AS
-SELECT i.id::bigint AS bucket,
-       row(i.id, i.order_id, 'product', i.product_id, i.product_title, i.product_slug,
-           i.product_image, i.unit_price, o.currency, i.quantity,
-           i.market_place_container_id)::text AS row_text
-FROM legacy.order_items AS i
-JOIN legacy.orders AS o ON o.id = i.order_id
-WHERE NOT EXISTS (
-    SELECT FROM split_listed AS listed
-    WHERE listed.source_table = 'order_items' AND listed.source_id = i.id
-      AND listed.outcome <> 'moved' AND listed.reason <> 'already in the target'
-);
+SELECT bucket, row_value::text AS row_text,
+       hashint8extended(hash_record_extended(row_value, 0), 0) AS row_hash
+FROM (
+    SELECT i.id::bigint AS bucket,
+           row(i.id, i.order_id, 'product'::text, i.product_id, i.product_title, i.product_slug,
+               i.product_image, i.unit_price, o.currency, i.quantity,
+               i.market_place_container_id) AS row_value
+    FROM legacy.order_items AS i
+    JOIN legacy.orders AS o ON o.id = i.order_id
+    WHERE NOT EXISTS (
+        SELECT FROM split_listed AS listed
+        WHERE listed.source_table = 'order_items' AND listed.source_id = i.id
+          AND listed.outcome <> 'moved' AND listed.reason <> 'already in the target'
+    )
+) AS checked;
 
 -- One attempt per moved order that had a checkout; bucketed by order id (attempt ids are new).
 CREATE OR REPLACE TEMP VIEW split_check_payment_attempts AS
-SELECT o.id::bigint AS bucket,
-       row(o.id, 1,
-           coalesce(o.sumup_reference, o.target_checkout_prefix || o.id || '-1'),
-           o.sumup_checkout_id, o.sumup_hosted_url, o.attempt_status, o.total_amount,
-           o.currency, o.created_at AT TIME ZONE 'UTC', o.updated_at AT TIME ZONE 'UTC')::text
-           AS row_text
-FROM split_moved_orders AS o
-WHERE o.sumup_checkout_id IS NOT NULL;
+SELECT bucket, row_value::text AS row_text,
+       hashint8extended(hash_record_extended(row_value, 0), 0) AS row_hash
+FROM (
+    SELECT o.id::bigint AS bucket,
+           row(o.id, 1,
+               coalesce(o.sumup_reference, o.target_checkout_prefix || o.id || '-1'),
+               o.sumup_checkout_id, o.sumup_hosted_url, o.attempt_status, o.total_amount,
+               o.currency, o.created_at AT TIME ZONE 'UTC', o.updated_at AT TIME ZONE 'UTC')
+               AS row_value
+    FROM split_moved_orders AS o
+    WHERE o.sumup_checkout_id IS NOT NULL
+) AS checked;

@@ -2,21 +2,33 @@
 -- attempt. Run right after the move, before the orders service writes (see orders.cart.sql).
 
 CREATE OR REPLACE TEMP VIEW split_check_orders AS
-SELECT id AS bucket,
-       row(id, user_id, session_id, page_post_id, status, currency, product_total,
-           calendar_total, ticket_total, total, description, page_config_id, merchant_code,
-           checkout_prefix, flagged, flag_reason, paid_at, created_at, updated_at)::text
-           AS row_text
-FROM orders.orders;
+SELECT bucket, row_value::text AS row_text,
+       hashint8extended(hash_record_extended(row_value, 0), 0) AS row_hash
+FROM (
+    SELECT id AS bucket,
+           row(id, user_id, session_id, page_post_id, status, currency, product_total,
+               calendar_total, ticket_total, total, description, page_config_id, merchant_code,
+               checkout_prefix, flagged, flag_reason, paid_at, created_at, updated_at)
+               AS row_value
+    FROM orders.orders
+) AS checked;
 
 CREATE OR REPLACE TEMP VIEW split_check_order_items AS
-SELECT id AS bucket,
-       row(id, order_id, kind, source_id, title, slug, image, unit_price, currency, quantity,
-           market_place_container_id)::text AS row_text
-FROM orders.order_items;
+SELECT bucket, row_value::text AS row_text,
+       hashint8extended(hash_record_extended(row_value, 0), 0) AS row_hash
+FROM (
+    SELECT id AS bucket,
+           row(id, order_id, kind, source_id, title, slug, image, unit_price, currency, quantity,
+               market_place_container_id) AS row_value
+    FROM orders.order_items
+) AS checked;
 
 CREATE OR REPLACE TEMP VIEW split_check_payment_attempts AS
-SELECT order_id AS bucket,
-       row(order_id, number, checkout_reference, sumup_checkout_id, hosted_url, status, amount,
-           currency, created_at, updated_at)::text AS row_text
-FROM orders.payment_attempts;
+SELECT bucket, row_value::text AS row_text,
+       hashint8extended(hash_record_extended(row_value, 0), 0) AS row_hash
+FROM (
+    SELECT order_id AS bucket,
+           row(order_id, number, checkout_reference, sumup_checkout_id, hosted_url, status, amount,
+               currency, created_at, updated_at) AS row_value
+    FROM orders.payment_attempts
+) AS checked;

@@ -9,14 +9,18 @@ CREATE TEMP TABLE IF NOT EXISTS split_listed (
 );
 
 CREATE OR REPLACE TEMP VIEW split_check_page_configs AS
-SELECT c.id::bigint AS bucket,
-       row(c.id, c.container_type, c.container_id, coalesce(c.features::jsonb, '{}'::jsonb),
-           c.sumup_merchant_code, c.sumup_api_key, c.sumup_checkout_prefix,
-           c.created_at AT TIME ZONE 'UTC', c.updated_at AT TIME ZONE 'UTC',
-           c.deleted_at AT TIME ZONE 'UTC')::text AS row_text
-FROM legacy.page_configs AS c
-WHERE NOT EXISTS (
-    SELECT FROM split_listed AS listed
-    WHERE listed.source_table = 'page_configs' AND listed.source_id = c.id
-      AND listed.outcome <> 'moved' AND listed.reason <> 'already in the target'
-);
+SELECT bucket, row_value::text AS row_text,
+       hashint8extended(hash_record_extended(row_value, 0), 0) AS row_hash
+FROM (
+    SELECT c.id::bigint AS bucket,
+           row(c.id, c.container_type, c.container_id, coalesce(c.features::jsonb, '{}'::jsonb),
+               c.sumup_merchant_code, c.sumup_api_key, c.sumup_checkout_prefix,
+               c.created_at AT TIME ZONE 'UTC', c.updated_at AT TIME ZONE 'UTC',
+               c.deleted_at AT TIME ZONE 'UTC') AS row_value
+    FROM legacy.page_configs AS c
+    WHERE NOT EXISTS (
+        SELECT FROM split_listed AS listed
+        WHERE listed.source_table = 'page_configs' AND listed.source_id = c.id
+          AND listed.outcome <> 'moved' AND listed.reason <> 'already in the target'
+    )
+) AS checked;
