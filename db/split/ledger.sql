@@ -2,7 +2,9 @@
 -- row per move that writes into this database. `rose split finalize` keeps it.
 --
 -- Run as a superuser connected to the target database (idempotent):
---   psql -d db_likes -v owner=likes_owner -f db/split/ledger.sql
+--   psql -d db_likes -v owner=likes_owner -v version=by-hand -f db/split/ledger.sql
+-- `version` is stored as the ledger's comment: `rose split` passes a hash of this file and skips
+-- the file while the comment matches it (its ~20 statements took locks on every run).
 
 -- Owned by the database's owner; no privileges for anyone else (`rose db check` reports any
 -- grant here as drift). Only a superuser running `rose split` reads or writes it.
@@ -98,6 +100,8 @@ CREATE TABLE IF NOT EXISTS split.sync_position (
     applied_at      timestamptz,
     PRIMARY KEY (move, source_database)
 );
+
+COMMENT ON TABLE split.ledger IS :'version';
 
 RESET ROLE;
 SELECT pg_advisory_unlock(hashtext('rose split schema'));

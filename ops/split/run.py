@@ -297,27 +297,45 @@ def plan_move(topology: Topology, move: Move) -> MovePlan:
 
 # -- run -----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class DeferredIndex:
-    """An index (or the unique constraint it backs) dropped for a bulk load, and the statement
-    that creates it again, as it was."""
+class Deferred:
+    """An index (or the unique constraint it backs) or a foreign key dropped for a bulk load,
+    and the statement that creates it again, as it was."""
 
     table: str
     name: str
     create: str
 
 
-def defer_indexes(target: psycopg.Connection[Any], move: Move) -> list[DeferredIndex]:
-    """Drop the secondary indexes of the move's EMPTY target tables, to build them once after
-    the insert (a bulk load: several times cheaper than maintaining them row by row). Kept:
-    primary keys, indexes a foreign key uses, indexes with a comment. Inside the move's
+def defer_for_bulk_load(target: psycopg.Connection[Any], move: Move) -> list[Deferred]:
+    """Drop the secondary indexes and the foreign keys of the move's EMPTY target tables, to
+    build each index once after the insert and check each foreign key with one join (a bulk
+    load: several times cheaper than maintaining an index, or firing a check, row by row).
+    Kept: primary keys, indexes a foreign key uses, partial and expression indexes (their
+    printed definition need not be what made them), indexes with a comment. Inside the move's
     transaction, which holds the table (ACCESS EXCLUSIVE) until it commits; a failure rolls the
     drops back with everything else."""
-    deferred: list[DeferredIndex] = []
+    deferred: list[Deferred] = []
     for table in move.target_tables:
         name = sql.Identifier(*table.split("."))
         if scalar(target, sql.SQL("SELECT EXISTS (SELECT FROM {})").format(name)):
             continue
         target.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(name))
+        for foreign_key, create in target.execute(
+            """
+            SELECT conname, format('ALTER TABLE %%s ADD CONSTRAINT %%I %%s', conrelid::regclass,
+                                   conname, pg_get_constraintdef(oid))
+            FROM pg_constraint
+            WHERE conrelid = %s::regclass AND contype = 'f'
+            ORDER BY 1
+            """,
+            (table,),
+        ).fetchall():
+            target.execute(
+                sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(
+                    name, sql.Identifier(foreign_key)
+                )
+            )
+            deferred.append(Deferred(table, foreign_key, create))
         for index, constraint, create in target.execute(
             """
             SELECT i.indexrelid::regclass::text, c.conname,
@@ -330,6 +348,9 @@ def defer_indexes(target: psycopg.Connection[Any], move: Move) -> list[DeferredI
                    ON c.conindid = i.indexrelid AND c.conrelid = i.indrelid
                   AND c.contype IN ('u', 'x')
             WHERE i.indrelid = %s::regclass AND NOT i.indisprimary
+              -- A predicate or an expression would come back as PostgreSQL prints it, which
+              -- can differ from what the migration wrote (and the planner's proofs with it).
+              AND i.indpred IS NULL AND i.indexprs IS NULL
               AND NOT EXISTS (
                   SELECT FROM pg_constraint AS fk
                   WHERE fk.contype = 'f' AND fk.conindid = i.indexrelid
@@ -347,22 +368,24 @@ def defer_indexes(target: psycopg.Connection[Any], move: Move) -> list[DeferredI
                 )
             else:
                 target.execute(sql.SQL("DROP INDEX {}").format(sql.SQL(index)))
-            deferred.append(DeferredIndex(table, constraint or index, create))
+            deferred.append(Deferred(table, constraint or index, create))
     return deferred
 
 
-def build_indexes(target: psycopg.Connection[Any], deferred: list[DeferredIndex]) -> None:
-    """Create the deferred indexes again (a duplicate under a unique one fails the move)."""
-    for index in deferred:
-        target.execute(index.create)
+def create_deferred(target: psycopg.Connection[Any], deferred: list[Deferred]) -> None:
+    """Create the deferred indexes and foreign keys again: a duplicate under a unique index, or
+    a row whose foreign key points nowhere, fails the move."""
+    for found in deferred:
+        target.execute(found.create)
 
 
 def apply_move(target: psycopg.Connection[Any], move: Move, *, bulk_load: bool) -> None:
-    """Write the target: the move's apply part; with ``bulk_load``, the secondary indexes of
-    the target tables that are empty are built once afterwards. The inserts have no ON
-    CONFLICT (it would cost as much again as the insert): a row the target holds under a unique
-    key the classification does not look at fails here, and the move is refused naming it."""
-    deferred = defer_indexes(target, move) if bulk_load else []
+    """Write the target: the move's apply part; with ``bulk_load``, the secondary indexes and
+    foreign keys of the target tables that are empty are created once afterwards. The inserts
+    have no ON CONFLICT (it would cost as much again as the insert): a row the target holds
+    under a unique key the classification does not look at fails here, and the move is refused
+    naming it."""
+    deferred = defer_for_bulk_load(target, move) if bulk_load else []
     try:
         execute_sql(target, transform_parts(move.transform_file).apply)
     except psycopg.errors.UniqueViolation as exc:
@@ -373,11 +396,11 @@ def apply_move(target: psycopg.Connection[Any], move: Move, *, bulk_load: bool) 
             "Nothing of the move was committed."
         ) from exc
     try:
-        build_indexes(target, deferred)
-    except psycopg.errors.UniqueViolation as exc:
+        create_deferred(target, deferred)
+    except (psycopg.errors.UniqueViolation, psycopg.errors.ForeignKeyViolation) as exc:
         raise SplitError(
-            f"{move.name}: the moved rows break the unique key {exc.diag.constraint_name} "
-            f"({exc.diag.message_detail}): {move.transform_file.name} lets a duplicate through. "
+            f"{move.name}: the moved rows break {exc.diag.constraint_name} "
+            f"({exc.diag.message_detail}): {move.transform_file.name} lets them through. "
             "Nothing of the move was committed."
         ) from exc
 

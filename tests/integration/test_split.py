@@ -374,6 +374,34 @@ def test_the_sources_are_frozen_once_moved(monolith):
         connection.execute("UPDATE legacy.orders SET description = description WHERE id = 1")
 
 
+def schema_of_targets(server: TestServer) -> dict[str, list[tuple[str, str]]]:
+    """Every index and constraint of every target table, by its definition."""
+    found = {}
+    for move in MOVES:
+        for table in move.target_tables:
+            found[table] = rows(
+                server,
+                move.target,
+                "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
+                "WHERE conrelid = %s::regclass UNION ALL "
+                "SELECT indexrelid::regclass::text, pg_get_indexdef(indexrelid) FROM pg_index "
+                "WHERE indrelid = %s::regclass ORDER BY 1",
+                (table, table),
+            )
+    return found
+
+
+def test_the_bulk_load_leaves_every_index_and_constraint_as_it_was(monolith):
+    """run drops the secondary indexes and foreign keys of empty targets for the insert and
+    creates them again: the tables end with exactly the definitions they had."""
+    before = schema_of_targets(monolith)
+    assert any("FOREIGN KEY" in definition for found in before.values() for _, definition in found)
+    assert rose_split(monolith, "run").exit_code == 0
+    after = schema_of_targets(monolith)
+    for table, found in before.items():
+        assert set(after[table]) ^ set(found) == set(), table
+
+
 def test_a_row_the_target_holds_under_another_unique_key_refuses_the_move(monolith):
     """The classification looks for rows already in the target by id; a row held under another
     unique key (here the active parent/child pair, under a new id) must refuse the move with
