@@ -69,7 +69,11 @@ def dev_app_urls() -> dict[str, str]:
 
 def settings_for(contract: Contract, environ: Mapping[str, str] | None = None) -> Settings:
     return Settings.from_env(
-        contract.service, environ, public=contract.public, dev_app_urls=dev_app_urls()
+        contract.service,
+        environ,
+        public=contract.public,
+        dev_app_urls=dev_app_urls(),
+        peers=tuple(CONTRACTS),
     )
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -74,7 +74,10 @@ class Settings:
         *,
         public: bool,
         dev_app_urls: Mapping[str, str] | None = None,
+        peers: Sequence[str] = (),
     ) -> Settings:
+        """``peers``: the other services, whose ``INTERNAL_URL_<SERVICE>`` production requires
+        (without one, the first call to that service would fail, long after start-up)."""
         env = os.environ if environ is None else environ
         upper = service.upper()
         missing: list[str] = []
@@ -102,6 +105,13 @@ class Settings:
             for name in dev_app_urls or {}:
                 if name not in app_urls:
                     missing.append(f"APP_URL_{name.upper()}")
+        internal_urls = _urls(env, "INTERNAL_URL_")
+        if production:
+            missing += [
+                f"INTERNAL_URL_{peer.upper()}"
+                for peer in peers
+                if peer != service and peer not in internal_urls
+            ]
         if missing:
             plural = "s" if len(missing) > 1 else ""
             where = " (ROSE_ENV=prod: no development defaults)" if production else ""
@@ -130,7 +140,6 @@ class Settings:
                 "yes",
             )
 
-        internal_urls = _urls(env, "INTERNAL_URL_")
         editors = env.get("ROSE_EDITOR_USER_IDS", "")
         try:
             editor_user_ids = frozenset(int(part) for part in editors.split(",") if part.strip())

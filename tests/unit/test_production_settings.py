@@ -22,12 +22,14 @@ PUBLIC = {
     "APP_URL_EVENTS": "https://events.rose-ash.com",
     "APP_URL_ORDERS": "https://orders.rose-ash.com",
 }
+INTERNAL = {f"INTERNAL_URL_{name.upper()}": f"http://{name}:8000" for name in CONTRACTS}
 COMPLETE = {
     "ROSE_ENV": "prod",
     "DATABASE_URL": "postgresql://orders_app:pw@postgres:5432/db_orders",
     "INTERNAL_SECRET": SECRET,
     "SESSION_SECRET": SECRET,
     **PUBLIC,
+    **INTERNAL,
 }
 
 
@@ -57,6 +59,20 @@ def test_every_missing_setting_is_named_at_once():
         "missing required settings DATABASE_URL_ORDERS or DATABASE_URL, SESSION_SECRET, "
         "APP_URL_CART, APP_URL_ORDERS (ROSE_ENV=prod: no development defaults)"
     )
+
+
+def test_production_needs_the_internal_url_of_every_other_service():
+    # Without one, the first call to that service failed, long after start-up said all was well.
+    with pytest.raises(ConfigError) as raised:
+        settings_for(CONTRACTS["orders"], without("INTERNAL_URL_CART", "INTERNAL_URL_EVENTS"))
+    assert str(raised.value) == (
+        "missing required settings INTERNAL_URL_CART, INTERNAL_URL_EVENTS "
+        "(ROSE_ENV=prod: no development defaults)"
+    )
+    # Its own is not needed; in development none is (the local stack sets them).
+    assert settings_for(CONTRACTS["orders"], without("INTERNAL_URL_ORDERS")).env == "prod"
+    development = {**without(*INTERNAL), "ROSE_ENV": "dev"}
+    assert settings_for(CONTRACTS["orders"], development).internal_urls == {}
 
 
 def test_orders_never_falls_back_to_localhost_in_production():
