@@ -91,7 +91,9 @@ class TimingSink(LogSink):
             return
         marker = line.find(BREAKDOWN_MARK)
         if marker >= 0 and phase == "breakdown":
-            self.breakdowns.append(json.loads(line[marker + len(BREAKDOWN_MARK) :]))
+            # The record, then whatever the log format appends (" trace=...").
+            record, _ = json.JSONDecoder().raw_decode(line, marker + len(BREAKDOWN_MARK))
+            self.breakdowns.append(record)
             return
         match = ACCESS_LINE.search(line)
         if match:
