@@ -25,8 +25,9 @@ CREATE TEMP TABLE split_like_targets (
     target_type  text NOT NULL,
     target_slug  text,
     target_id    bigint,
-    -- One text key for both kinds of target, so the window partitions sort alike.
-    target_key   text NOT NULL,
+    -- The product's or post's legacy id (a product's slug is unique among the legacy products,
+    -- so its id names it as well, and integers sort faster than slugs).
+    target_key   bigint NOT NULL,
     created_at   timestamptz NOT NULL,
     updated_at   timestamptz NOT NULL,
     deleted_at   timestamptz,
@@ -41,13 +42,12 @@ CREATE TEMP TABLE split_like_targets (
 -- of each user and target to split_like_targets, from the same scan.
 WITH unified AS (
     SELECT 'product_likes' AS source_table, l.id, l.user_id, 'product' AS target_type,
-           p.slug::text AS target_slug, NULL::bigint AS target_id, p.slug::text AS target_key,
+           p.slug::text AS target_slug, NULL::bigint AS target_id, p.id::bigint AS target_key,
            l.created_at, l.updated_at, l.deleted_at
     FROM stage_product_likes AS l
     LEFT JOIN stage_products AS p ON p.id = l.product_id
     UNION ALL
-    SELECT 'post_likes', l.id, l.user_id, 'post', NULL, l.post_id,
-           CASE WHEN p.id IS NOT NULL THEN l.post_id::text END,
+    SELECT 'post_likes', l.id, l.user_id, 'post', NULL, l.post_id, p.id::bigint,
            l.created_at, l.updated_at, l.deleted_at
     FROM stage_post_likes AS l
     LEFT JOIN stage_posts AS p ON p.id = l.post_id
@@ -70,7 +70,7 @@ ranked AS (
     -- One window for the rank and the collapsed values (row_number ignores the frame; the
     -- aggregates see the whole partition): one WindowAgg over one sort.
     WINDOW same_target AS (
-               PARTITION BY u.user_id, u.target_type, u.target_key ORDER BY u.created_at, u.id
+               PARTITION BY u.user_id, u.target_key, u.target_type ORDER BY u.created_at, u.id
                ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
 ),
 outcomes AS (
