@@ -149,6 +149,20 @@ async def test_a_signed_action_cannot_be_replayed(stack):
     assert state.json() == {"liked": True}
 
 
+async def test_a_signed_action_that_fails_still_uses_up_its_nonce(stack, shop):
+    """The nonce is committed before the action runs: a replay of a refused action is refused
+    as a replay, never run a second time."""
+    orders = stack.client("orders")
+    path = "/internal/actions/create-order"
+    body = json.dumps({"product_total": "0"}).encode()
+    headers = sign_headers(INTERNAL_SECRET, "POST", path, body, caller="tests", idempotency_key="k")
+    headers.update({"content-type": "application/json", "Idempotency-Key": "k"})
+    refused = await orders.post(path, content=body, headers=headers)
+    assert refused.status_code == 422, refused.text
+    again = await orders.post(path, content=body, headers=headers)
+    assert_problem(again, 409, "replayed")
+
+
 async def test_the_idempotency_key_is_part_of_the_signature(stack, shop):
     orders = stack.client("orders")
     response = await internal_post(
