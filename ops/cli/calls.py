@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from apps.registry import service_spec
-from ops.cli.common import console, fail
+from ops.cli.common import ServiceArgument, console, fail
 
 if TYPE_CHECKING:
     from apps.common.internal_client import InternalClient
@@ -58,9 +58,11 @@ def _parse_params(pairs: list[str]) -> dict[str, str | list[str]]:
 
 
 def data(
-    service: str,
-    name: str,
-    params: Annotated[list[str] | None, typer.Argument(help="key=value ...")] = None,
+    service: ServiceArgument,
+    name: Annotated[str, typer.Argument(metavar="QUERY", help="The query's name.")],
+    params: Annotated[
+        list[str] | None, typer.Argument(metavar="KEY=VALUE", help="Its parameters.")
+    ] = None,
 ) -> None:
     """Signed internal data call: rose data relations get-children parent_type=page parent_id=1"""
     known_service(service)
@@ -69,10 +71,12 @@ def data(
 
 
 def action(
-    service: str,
-    name: str,
-    payload: Annotated[str, typer.Argument(help="JSON payload")],
-    idempotency_key: Annotated[str | None, typer.Option(help="Idempotency-Key header.")] = None,
+    service: ServiceArgument,
+    name: Annotated[str, typer.Argument(metavar="ACTION", help="The action's name.")],
+    payload: Annotated[str, typer.Argument(metavar="JSON", help="JSON payload")],
+    idempotency_key: Annotated[
+        str | None, typer.Option(metavar="KEY", help="Idempotency-Key header.")
+    ] = None,
 ) -> None:
     """Signed internal action call: rose action relations attach-child '{...}'"""
     known_service(service)

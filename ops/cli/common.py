@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from apps.registry import CONTRACTS
 from ops.db.topology import Topology
 
 console = Console(highlight=False)
@@ -18,9 +19,15 @@ DatabaseUrlOption = Annotated[
     str | None,
     typer.Option(
         "--database-url",
+        metavar="DSN",
         envvar="ROSE_ADMIN_URL",
         help="Superuser DSN of an existing PostgreSQL server (default: the running stack's).",
     ),
+]
+
+
+ServiceArgument = Annotated[
+    str, typer.Argument(metavar="SERVICE", help=f"One of {', '.join(sorted(CONTRACTS))}.")
 ]
 
 

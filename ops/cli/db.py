@@ -9,7 +9,14 @@ import typer
 
 from apps.common.settings import ConfigError
 from apps.registry import service_spec
-from ops.cli.common import DatabaseUrlOption, console, err_console, fail, topology_of
+from ops.cli.common import (
+    DatabaseUrlOption,
+    ServiceArgument,
+    console,
+    err_console,
+    fail,
+    topology_of,
+)
 from ops.db.credentials import Credentials
 
 db_app = typer.Typer(
@@ -64,7 +71,9 @@ def db_provision(
 
 @db_app.command("migrate")
 def db_migrate(
-    service: Annotated[str | None, typer.Option(help="Only this service.")] = None,
+    service: Annotated[
+        str | None, typer.Option(metavar="SERVICE", help="Only this service.")
+    ] = None,
     database_url: DatabaseUrlOption = None,
 ) -> None:
     """Upgrade every service's database to its latest migration, then converge (provision)."""
@@ -129,7 +138,8 @@ def db_edges(
 
 DBA_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True}
 AsRoleOption = Annotated[
-    str, typer.Option("--as", help="owner, app or reader:<consumer> (default: owner).")
+    str,
+    typer.Option("--as", metavar="ROLE", help="owner, app or reader:<consumer> (default: owner)."),
 ]
 
 
@@ -150,7 +160,7 @@ def _dba_session(
 @db_app.command("psql", context_settings=DBA_CONTEXT)
 def db_psql(
     ctx: typer.Context,
-    service: str,
+    service: ServiceArgument,
     as_role: AsRoleOption = "owner",
     database_url: DatabaseUrlOption = None,
 ) -> None:
@@ -162,7 +172,7 @@ def db_psql(
 @db_app.command("pgcli", context_settings=DBA_CONTEXT)
 def db_pgcli(
     ctx: typer.Context,
-    service: str,
+    service: ServiceArgument,
     as_role: AsRoleOption = "owner",
     database_url: DatabaseUrlOption = None,
 ) -> None:

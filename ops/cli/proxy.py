@@ -9,7 +9,8 @@ import typer
 
 def caddyfile(
     domain: Annotated[
-        str, typer.Option(help="The public domain (blog on it, the rest under it).")
+        str,
+        typer.Option(metavar="DOMAIN", help="The public domain (blog on it, the rest under it)."),
     ] = ("rose-ash.com"),
 ) -> None:
     """Print the production Caddyfile (ops/deploy/Caddyfile is this, for compose.yaml)."""

@@ -37,6 +37,7 @@ MoveOption = Annotated[
     list[str] | None,
     typer.Option(
         "--move",
+        metavar="MOVE",
         help="Only this move (relations, likes, page_configs, cart, orders); repeatable.",
     ),
 ]
@@ -81,7 +82,10 @@ def _reason_lines(reasons: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
 @split_app.command("seed-legacy")
 def seed_legacy_command(
     scale: Annotated[
-        int, typer.Option(min=1, help="1: ~15,000 rows; 10: ~100,000 likes, 10,000 orders.")
+        int,
+        typer.Option(
+            min=1, metavar="N", help="1: ~15,000 rows; 10: ~100,000 likes, 10,000 orders."
+        ),
     ] = 1,
     replace: Annotated[
         bool, typer.Option(help="Drop schema legacy (and its freeze triggers) and seed again.")
@@ -199,7 +203,9 @@ def _print_run_summary(reports: list[MoveReport]) -> None:
 
 JobsOption = Annotated[
     int | None,
-    typer.Option("--jobs", min=1, help="Moves run at the same time (default: cores, max 4)."),
+    typer.Option(
+        "--jobs", min=1, metavar="N", help="Moves run at the same time (default: cores, max 4)."
+    ),
 ]
 
 
@@ -208,7 +214,10 @@ def run_command(
     move: MoveOption = None,
     jobs: JobsOption = None,
     lock_timeout: Annotated[
-        float, typer.Option(min=0.1, help="Seconds freezing waits for a table's writers.")
+        float,
+        typer.Option(
+            min=0.1, metavar="SECONDS", help="Seconds freezing waits for a table's writers."
+        ),
     ] = 10.0,
     database_url: DatabaseUrlOption = None,
 ) -> None:
@@ -316,13 +325,18 @@ def _default_backup_dir() -> Path:
 def finalize_command(
     backup_dir: Annotated[
         Path | None,
-        typer.Option(help="Where the pg_dump backups go (default: .rose/split-backups)."),
+        typer.Option(
+            metavar="DIR", help="Where the pg_dump backups go (default: .rose/split-backups)."
+        ),
     ] = None,
     lock_timeout: Annotated[
-        float, typer.Option(min=0.1, help="Seconds each attempt waits for a table's lock.")
+        float,
+        typer.Option(
+            min=0.1, metavar="SECONDS", help="Seconds each attempt waits for a table's lock."
+        ),
     ] = 5.0,
     lock_attempts: Annotated[
-        int, typer.Option(min=1, help="Attempts at the locks before giving up.")
+        int, typer.Option(min=1, metavar="N", help="Attempts at the locks before giving up.")
     ] = 3,
     database_url: DatabaseUrlOption = None,
 ) -> None:
@@ -407,7 +421,8 @@ def abort_command(move: MoveOption = None, database_url: DatabaseUrlOption = Non
 @split_app.command("restore")
 def restore_command(
     archive: Annotated[
-        Path, typer.Argument(help="A backup finalize took (<database>.legacy.dump).")
+        Path,
+        typer.Argument(metavar="ARCHIVE", help="A backup finalize took (<database>.legacy.dump)."),
     ],
     database_url: DatabaseUrlOption = None,
 ) -> None:

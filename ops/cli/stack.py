@@ -18,17 +18,23 @@ def up(
     fresh: Annotated[bool, typer.Option(help="Start from an empty embedded database.")] = False,
     database_url: Annotated[
         str | None,
-        typer.Option(help="Superuser DSN of an existing server instead of the embedded one."),
+        typer.Option(
+            metavar="DSN", help="Superuser DSN of an existing server instead of the embedded one."
+        ),
     ] = None,
-    pg_port: Annotated[int, typer.Option(help="Port of the embedded PostgreSQL.")] = (
-        DEFAULT_PG_PORT
-    ),
+    pg_port: Annotated[
+        int, typer.Option(metavar="PORT", help="Port of the embedded PostgreSQL.")
+    ] = (DEFAULT_PG_PORT),
     only: Annotated[
-        str | None, typer.Option(help="Comma-separated services to run (default: all).")
+        str | None,
+        typer.Option(metavar="SERVICES", help="Comma-separated services to run (default: all)."),
     ] = None,
     demo: Annotated[bool, typer.Option(help="Load demo data into empty tables.")] = True,
     port_offset: Annotated[
-        int, typer.Option(help="Add this to every service's dev port (to run a second stack).")
+        int,
+        typer.Option(
+            metavar="N", help="Add this to every service's dev port (to run a second stack)."
+        ),
     ] = 0,
     proxy: Annotated[
         bool,
@@ -37,11 +43,15 @@ def up(
         ),
     ] = False,
     proxy_port: Annotated[
-        int, typer.Option(help="The proxy's port (with --proxy).")
+        int, typer.Option(metavar="PORT", help="The proxy's port (with --proxy).")
     ] = DEFAULT_PROXY_PORT,
     workers: Annotated[
         int,
-        typer.Option(min=1, help="Processes per service (uvicorn workers on the service's port)."),
+        typer.Option(
+            min=1,
+            metavar="N",
+            help="Processes per service (uvicorn workers on the service's port).",
+        ),
     ] = 1,
 ) -> None:
     """Run the whole system: database, provisioning, migrations, every service (restarted
@@ -88,8 +98,10 @@ def status(
 
 
 def sumup_sandbox(
-    host: str = "127.0.0.1",
-    port: int = SUMUP_SANDBOX_PORT,
+    host: Annotated[str, typer.Option(metavar="HOST", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(metavar="PORT", help="Port to listen on.")] = (
+        SUMUP_SANDBOX_PORT
+    ),
 ) -> None:
     """Run the local SumUp sandbox (checkout API, hosted page, webhooks)."""
     from apps.sumup_sandbox.app import run

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import typer
 from typer.testing import CliRunner
 
@@ -31,6 +33,11 @@ def test_help_of_every_command_has_no_markup_left_in_it():
         assert result.exit_code == 0, (path, result.output)
         assert "`" not in result.output, (path, result.output)
         assert "<bool>" not in result.output, (path, result.output)
+        # An option's value is named for what it is (DSN, SECONDS, MOVE), not by its Python type.
+        assert not re.search(r"--[a-z-]+ +<(str|int|float|list|path)", result.output), (
+            path,
+            result.output,
+        )
         assert "Show this message and exit." in result.output
 
 
