@@ -43,10 +43,10 @@ INSERT_ORDER = text(
     "WITH new AS (SELECT nextval(pg_get_serial_sequence('orders.orders', 'id')) AS id) "
     "INSERT INTO orders.orders (id, user_id, session_id, page_post_id, currency, product_total, "
     "calendar_total, ticket_total, total, description, page_config_id, merchant_code, "
-    "checkout_prefix) "
+    "checkout_prefix, payable_until) "
     "SELECT new.id, :user_id, :session_id, :page_post_id, :currency, :product_total, 0, 0, "
-    ":total, 'rose-ash order #' || new.id, :page_config_id, :merchant_code, :checkout_prefix "
-    "FROM new RETURNING id"
+    ":total, 'rose-ash order #' || new.id, :page_config_id, :merchant_code, :checkout_prefix, "
+    "now() + interval '30 minutes' FROM new RETURNING id"
 )
 INSERT_ATTEMPT = text(
     "INSERT INTO orders.payment_attempts (order_id, number, checkout_reference, "

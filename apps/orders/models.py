@@ -68,6 +68,10 @@ class Order(IdentityPkMixin, Base):
     __table_args__ = (
         CheckConstraint(f"status IN {ORDER_STATES!r}", name="status_known"),
         CheckConstraint("user_id IS NOT NULL OR session_id IS NOT NULL", name="has_owner"),
+        # An order that can be paid has a time after which it cannot (orders 0006).
+        CheckConstraint(
+            "status <> 'pending' OR payable_until IS NOT NULL", name="pending_has_deadline"
+        ),
         Index("ix_orders_user", "user_id", "id"),
         Index("ix_orders_session", "session_id", "id"),
         Index("ix_orders_pending", "id", postgresql_where=text("status = 'pending'")),

@@ -237,8 +237,9 @@ def junk_backlog(server, sandbox: Sandbox, count: int) -> None:
                 """
                 INSERT INTO orders.orders (session_id, currency, product_total, calendar_total,
                     ticket_total, total, description, page_config_id, merchant_code,
-                    checkout_prefix, created_at)
-                VALUES (%s, 'EUR', 1, 0, 0, 1, 'junk', %s, %s, 'junk-', now() - interval '1 min')
+                    checkout_prefix, created_at, payable_until)
+                VALUES (%s, 'EUR', 1, 0, 0, 1, 'junk', %s, %s, 'junk-', now() - interval '1 min',
+                        now() + interval '29 minutes')
                 RETURNING id
                 """,
                 (f"junk-session-{n}", config_id, DEFAULT_MERCHANT_CODE),

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import httpx
+import psycopg
 import pytest
 from alembic import command
 
@@ -184,3 +185,44 @@ async def test_an_earlier_database_upgrades_with_its_data_and_keeps_working(
         assert orders.execute(
             "SELECT count(*) > 0 FROM orders.reconciliation_passes WHERE finished_at IS NOT NULL"
         ).fetchone() == (True,)
+
+
+def test_a_split_pending_order_without_a_deadline_gets_one_and_none_can_lack_it(
+    cluster: Cluster,
+) -> None:
+    """A split by an earlier main left moved pending orders without `payable_until`: payable
+    without end, never expired. The upgrade gives them the 30 minutes an upgrade gives (as
+    orders 0003 did), and from then on the database refuses a pending order without one."""
+    command.downgrade(alembic_config("orders", cluster.topology.admin_url("orders")), "0005")
+    with cluster.admin("orders") as orders:
+        config_id, merchant = orders.execute(
+            "SELECT page_config_id, merchant_code FROM orders.orders LIMIT 1"
+        ).fetchone()
+        moved = orders.execute(
+            "INSERT INTO orders.orders (user_id, currency, product_total, calendar_total, "
+            "ticket_total, total, description, page_config_id, merchant_code, checkout_prefix, "
+            "created_at, updated_at) VALUES (7, 'EUR', 4, 0, 0, 4, 'moved by the split', %s, %s, "
+            "'rose-', now() - interval '40 days', now() - interval '40 days') RETURNING id",
+            (config_id, merchant),
+        ).fetchone()[0]
+
+    converge_databases(cluster.topology, cluster.credentials, say=lambda _: None)
+    assert cluster.rose("db", "check").exit_code == 0
+
+    with cluster.admin("orders") as orders:
+        [(deadline_set, within)] = orders.execute(
+            "SELECT payable_until IS NOT NULL, payable_until <= now() + interval '30 minutes' "
+            "FROM orders.orders WHERE id = %s",
+            (moved,),
+        ).fetchall()
+        assert (deadline_set, within) == (True, True)
+        assert orders.execute(
+            "SELECT count(*) FROM orders.orders WHERE status = 'pending' AND payable_until IS NULL"
+        ).fetchone() == (0,)
+        with pytest.raises(psycopg.errors.CheckViolation, match="pending_has_deadline"):
+            orders.execute(
+                "INSERT INTO orders.orders (user_id, currency, product_total, calendar_total, "
+                "ticket_total, total, description, page_config_id, merchant_code, "
+                "checkout_prefix) VALUES (7, 'EUR', 4, 0, 0, 4, 'no deadline', %s, %s, 'rose-')",
+                (config_id, merchant),
+            )
