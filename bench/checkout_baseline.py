@@ -182,12 +182,12 @@ class Baseline:
             checkout = await self.sumup.checkouts.create(
                 checkout_reference=reference,
                 amount=float(total),
-                currency="EUR",  # type: ignore[arg-type]
+                currency="EUR",
                 merchant_code=config.sumup_merchant_code,
                 description=f"rose-ash order #{order_id}",
                 return_url=f"{public_base}/checkout/webhook/{order_id}/",
                 redirect_url=f"{public_base}/checkout/return/{order_id}/",
-                hosted_checkout={"enabled": True},  # type: ignore[arg-type]
+                hosted_checkout={"enabled": True},
             )
             laps.lap("sumup create")
             if not checkout.hosted_checkout_url:

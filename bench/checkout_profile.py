@@ -27,8 +27,9 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from apps.common import app_factory, outbox
+from apps.common.observability import configure_logging
 from apps.orders import internal, payments, service, settlement
-from ops.stack.serve import configure_logging, serve
+from ops.stack.serve import serve
 
 logger = logging.getLogger("rose.bench.breakdown")
 MARK = "BREAKDOWN "
@@ -193,7 +194,7 @@ def install() -> None:
         instrument_engine(engine)
         return engine
 
-    app_factory.create_engine = create_engine  # type: ignore[assignment]
+    app_factory.create_engine = create_engine
     relay = outbox.OutboxRelay
     original_deliver_due = relay.deliver_due
 

@@ -178,7 +178,7 @@ def open_shop(topology: Topology) -> Shop:
 
 
 def _scalar(connection: psycopg.Connection, sql: str, params: tuple[object, ...]) -> int:
-    row = connection.execute(sql, params).fetchone()  # type: ignore[arg-type]
+    row = connection.execute(sql, params).fetchone()
     assert row is not None
     return int(row[0])
 

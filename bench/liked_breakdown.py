@@ -60,7 +60,7 @@ class Targets:
     pg_log: Path
 
 
-def likes_query(user_id: int) -> Select[tuple[str | None]]:
+def likes_query(user_id: int) -> Select[str | None]:
     """The query of likes' ``liked-slugs`` (apps.likes.service.liked_slugs)."""
     return (
         select(Like.target_slug)

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from apps.common.app_factory import create_base_app
 from apps.common.deps import CurrentIdentity, DbSession, Internal
 from apps.common.internal_client import InternalClient
+from apps.common.observability import configure_logging
 from apps.common.problems import BadRequest, Forbidden
 from apps.common.settings import Settings
 from apps.likes import contract as likes
@@ -30,7 +31,7 @@ from apps.market.models import Product
 from apps.market.public import ListingQuery, listing_dependencies
 from apps.market.service import ProductPage, product_rows, to_view
 from apps.registry import settings_for
-from ops.stack.serve import configure_logging, serve
+from ops.stack.serve import serve
 
 
 def liked_in_list_query(
