@@ -57,7 +57,7 @@ from apps.common.observability import (
 from apps.common.openapi import document_problems
 from apps.common.problems import current_request_id, problem_details_plugin, problem_response
 from apps.common.settings import Settings
-from apps.common.web import auth_handlers, nav_hook, template_config
+from apps.common.web import auth_handlers, nav_middleware, template_config
 
 LifespanHook = Callable[[Litestar], Awaitable[None]]
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -226,7 +226,6 @@ def create_base_app(
         input_limits,
     ]
     template_settings = None
-    before_request = None
 
     if codec is not None:
         edge.append(security_headers(settings.public_urls.values()))
@@ -238,9 +237,9 @@ def create_base_app(
                 csrf_exempt=csrf_exempt,
             )
         )
+        edge.append(nav_middleware(client, nav))
         route_handlers.extend(auth_handlers(settings, codec, client, platform.sign_in))
         template_settings = template_config(settings, templates)
-        before_request = nav_hook(client, nav)
 
         def provide_identity(request: Request[Any, Any, Any]) -> Identity:
             return identity_from_scope(request.scope)
@@ -254,7 +253,6 @@ def create_base_app(
         plugins=[problem_details_plugin()],
         middleware=[prometheus_config(name).middleware],
         template_config=template_settings,
-        before_request=before_request,
         openapi_config=OpenAPIConfig(title=f"rose-ash {name}", version="1.0.0", path="/schema"),
         state=State({"platform": platform}),
         logging_config=None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from os import PathLike
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,9 +17,11 @@ from litestar.params import Parameter, QueryParameter
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect, Template
 from litestar.template import TemplateConfig
+from litestar.types import ASGIApp, Receive, Scope, Send
 from litestar.utils.scope.state import ScopeState
 from markupsafe import Markup, escape
 
+from apps.common.asgi import header
 from apps.common.contracts import Action, Fragment, IdentityParams, SignIn
 from apps.common.identity import (
     CSRF_FIELD,
@@ -32,6 +34,7 @@ from apps.common.identity import (
     set_identity,
 )
 from apps.common.internal_client import InternalCallError, InternalClient
+from apps.common.internal_paths import is_internal_path
 from apps.common.problems import Forbidden, Problem
 from apps.common.settings import Settings
 
@@ -90,7 +93,10 @@ def template_config(settings: Settings, service_templates: Path | None) -> Templ
 
 def wants_html(request: Request) -> bool:
     """True for browsers (HTML preferred), False for API clients asking for JSON."""
-    accept = request.headers.get("accept", "")
+    return accepts_html(request.headers.get("accept", ""))
+
+
+def accepts_html(accept: str) -> bool:
     if "application/json" in accept or "application/problem+json" in accept:
         return False
     return "text/html" in accept
@@ -99,8 +105,8 @@ def wants_html(request: Request) -> bool:
 def page_context(request: Request, **context: Any) -> dict[str, Any]:
     """What every page template needs: who is asking (``{{ csrf_input }}``, the CSRF field of
     forms, is Litestar's own helper, filled with our token by the identity middleware), and
-    the navigation's fragments. A request the middleware never saw (a route that does not
-    exist) is nobody in particular."""
+    the navigation's fragments (both edge layers: a route that does not exist has them too).
+    A request those layers skip (an internal path) is nobody in particular."""
     state = request.scope.get("state", {})
     identity = state.get(STATE_KEY)
     return {
@@ -137,18 +143,25 @@ async def nav_items(
     return [answer for answer in answers if answer is not None]
 
 
-def nav_hook(
+def nav_middleware(
     client: InternalClient, fragments: Sequence[Fragment[IdentityParams]]
-) -> Callable[[Request], Awaitable[None]]:
-    """A ``before_request`` hook: a browser's request gets the navigation's fragments."""
+) -> Callable[[ASGIApp], ASGIApp]:
+    """An edge layer (inside the identity middleware): a browser's request gets the
+    navigation's fragments, whether a route matches it or not (a page that does not exist is a
+    page of the site too)."""
 
-    async def fetch(request: Request) -> None:
-        state = request.scope.get("state", {})
-        identity = state.get(STATE_KEY)
-        if fragments and identity is not None and wants_html(request):
-            state[NAV_KEY] = await nav_items(client, fragments, identity)
+    def middleware(app: ASGIApp) -> ASGIApp:
+        async def fetch(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] == "http" and fragments and not is_internal_path(scope["path"]):
+                state = scope.setdefault("state", {})
+                identity = state.get(STATE_KEY)
+                if identity is not None and accepts_html(header(scope, "accept") or ""):
+                    state[NAV_KEY] = await nav_items(client, fragments, identity)
+            await app(scope, receive, send)
 
-    return fetch
+        return fetch
+
+    return middleware
 
 
 class PageTemplate(Template):
