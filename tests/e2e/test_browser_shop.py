@@ -46,7 +46,8 @@ def test_every_public_page_shows_the_cart_count_and_the_orders_link(shop_live, s
         assert header.locator("a.cart-mini").get_attribute("href") == shop_live.url("cart", "/")
         # A page that does not exist is a page of the site too: the same navigation.
         missing = page.goto(shop_live.url(service, "/no-such-page/"))
-        assert missing is not None and missing.status == 404
+        assert missing is not None
+        assert missing.status == 404
         assert header.locator("a.cart-mini").inner_text() == "Cart (1)", service
         assert header.locator("a.account-nav-item").inner_text() == "Orders (0)", service
 
