@@ -38,9 +38,12 @@ class Captured:
     ``key`` is the group key as SQL over a row named ``{r}`` (NEW, OLD, the legacy table, a
     staged row); ``prefilter`` is an indexed column and its position in the key (so staging
     the rows of some keys does not scan the whole table). A lookup table (the move reads it but
-    does not move it) has ``expand``: SQL run in the source database that turns the captured
-    lookup keys (``%(keys)s``, a jsonb array) into keys of the moved table ``expands_to``; a
-    moved table with ``expands_to`` and no ``expand`` shares that table's keys."""
+    does not move it) has ``expand``: SQL run in a source database (``expand_in``, else the
+    lookup's own) that turns the captured lookup keys (``%(keys)s``, a jsonb array) into keys
+    of the moved table ``expands_to``; with ``keep_keys`` the lookup keys themselves also reach
+    the round's ``sync_keys`` (under the lookup table's name), for a delete file that needs
+    what the lookup row was (a product's slug before a rename). A moved table with
+    ``expands_to`` and no ``expand`` shares that table's keys."""
 
     service: str
     table: str
@@ -51,6 +54,8 @@ class Captured:
     # The columns whose change matters to the move (an update of the others is not captured);
     # None: every column.
     columns: tuple[str, ...] | None = None
+    expand_in: str | None = None
+    keep_keys: bool = False
 
     def update_when(self) -> str:
         if self.columns is None:
@@ -105,6 +110,26 @@ class SyncRules:
         return next(item for item in self.captured if item.table == table)
 
 
+_PRODUCT_LIKES_OF_PRODUCTS = """
+SELECT DISTINCT jsonb_build_array(l.user_id, l.product_id)
+FROM legacy.product_likes AS l
+WHERE l.product_id IN (SELECT (k ->> 0)::integer FROM jsonb_array_elements(%(keys)s::jsonb) AS k)
+"""
+
+_POST_LIKES_OF_POSTS = """
+SELECT DISTINCT jsonb_build_array(l.user_id, l.post_id)
+FROM legacy.post_likes AS l
+WHERE l.post_id IN (SELECT (k ->> 0)::integer FROM jsonb_array_elements(%(keys)s::jsonb) AS k)
+"""
+
+# In db_cart: the lines of the products (db_market) whose rows changed.
+_CART_LINES_OF_PRODUCTS = """
+SELECT DISTINCT jsonb_build_array(c.user_id, CASE WHEN c.user_id IS NULL THEN c.session_id END,
+                                  c.product_id)
+FROM legacy.cart_items AS c
+WHERE c.product_id IN (SELECT (k ->> 0)::integer FROM jsonb_array_elements(%(keys)s::jsonb) AS k)
+"""
+
 _ORDERS_OF_PAGE_CONFIGS = """
 SELECT DISTINCT jsonb_build_array(o.id)
 FROM jsonb_array_elements(%(keys)s::jsonb) AS k
@@ -141,6 +166,26 @@ RULES: dict[str, SyncRules] = {
                 "jsonb_build_array({r}.user_id, {r}.post_id)",
                 prefilter=("user_id", 0, "integer"),
             ),
+            # Lookups: a like names its product by slug, so a product renamed or removed
+            # re-applies its likes; the keys keep the slug before and after (the target rows
+            # carry the old one). A post removed (or back) re-applies its likes too.
+            Captured(
+                "market",
+                "products",
+                "jsonb_build_array({r}.id, {r}.slug)",
+                expands_to="product_likes",
+                expand=_PRODUCT_LIKES_OF_PRODUCTS,
+                columns=("id", "slug"),
+                keep_keys=True,
+            ),
+            Captured(
+                "blog",
+                "posts",
+                "jsonb_build_array({r}.id)",
+                expands_to="post_likes",
+                expand=_POST_LIKES_OF_POSTS,
+                columns=("id",),
+            ),
         ),
         lookups={
             # From the keys, not the staged likes: a key whose likes are all gone still needs
@@ -163,6 +208,17 @@ RULES: dict[str, SyncRules] = {
                 "cart_items",
                 "jsonb_build_array({r}.user_id, CASE WHEN {r}.user_id IS NULL "
                 "THEN {r}.session_id END, {r}.product_id)",
+            ),
+            # A lookup: the lines of a product removed (or back) are skipped (or moved) again.
+            # Whether it is withdrawn changes only a note, not a row: not captured.
+            Captured(
+                "market",
+                "products",
+                "jsonb_build_array({r}.id)",
+                expands_to="cart_items",
+                expand=_CART_LINES_OF_PRODUCTS,
+                expand_in="cart",
+                columns=("id",),
             ),
         ),
         lookups={

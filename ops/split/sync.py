@@ -190,14 +190,17 @@ def _keys_of_changes(
                 keys.setdefault(captured.key_space, set()).add(_canonical(change.key))
             else:
                 lookups.setdefault(change.source_table, []).append(json.loads(change.key))
-        if lookups:
-            with connect(topology, service) as source:
-                for table, lookup_keys in lookups.items():
-                    captured = rules.of(table)
-                    for (key,) in source.execute(
-                        captured.expand or "", {"keys": json.dumps(lookup_keys)}
-                    ):
-                        keys.setdefault(captured.key_space, set()).add(_canonical(json.dumps(key)))
+        for table, lookup_keys in lookups.items():
+            captured = rules.of(table)
+            if captured.keep_keys:
+                keys.setdefault(table, set()).update(
+                    _canonical(json.dumps(key)) for key in lookup_keys
+                )
+            with connect(topology, captured.expand_in or service) as source:
+                for (key,) in source.execute(
+                    captured.expand or "", {"keys": json.dumps(lookup_keys)}
+                ):
+                    keys.setdefault(captured.key_space, set()).add(_canonical(json.dumps(key)))
     return {space: sorted(found) for space, found in keys.items()}
 
 

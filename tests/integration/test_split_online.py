@@ -133,6 +133,55 @@ def test_sync_then_cutover_equals_the_offline_run_of_the_final_state(monolith):
     assert online == offline_of_final_state(server)
 
 
+def test_lookup_edits_during_sync_reach_the_moved_rows(monolith):
+    """Products and posts are lookups (no move owns them), but their edits change moved rows:
+    a product renamed or removed while the sync runs changes its likes (they name it by slug)
+    and its cart lines (a removed product's lines are skipped); a post removed orphans its
+    likes. The sync applies them, the cutover's verify passes, and the targets equal the
+    offline run of the final state."""
+    server = monolith
+    first = rose_split(server, "sync", "--once")
+    assert first.exit_code == 0, first.output
+    with admin_connect(server, "cart") as cart:
+        in_carts = [
+            row[0]
+            for row in cart.execute(
+                "SELECT DISTINCT product_id FROM legacy.cart_items "
+                "WHERE deleted_at IS NULL AND quantity > 0 ORDER BY 1"
+            )
+        ]
+    with admin_connect(server, "market") as market:
+        liked = [
+            row[0]
+            for row in market.execute(
+                "SELECT DISTINCT product_id FROM legacy.product_likes WHERE product_id = ANY(%s) "
+                "ORDER BY 1",
+                (in_carts,),
+            )
+        ]
+        renamed, removed = liked[0], liked[1]
+        market.execute(
+            "UPDATE legacy.products SET slug = slug || '-renamed' WHERE id = %s", (renamed,)
+        )
+        market.execute("DELETE FROM legacy.products WHERE id = %s", (removed,))
+    with admin_connect(server, "blog") as blog:
+        blog.execute(
+            "DELETE FROM legacy.posts WHERE id = (SELECT post_id FROM legacy.post_likes "
+            "JOIN legacy.posts AS p ON p.id = post_id ORDER BY post_id LIMIT 1)"
+        )
+    again = rose_split(server, "sync", "--once")
+    assert again.exit_code == 0, again.output
+    cut = rose_split(server, "cutover")
+    assert cut.exit_code == 0, cut.output
+    assert value(
+        server,
+        "likes",
+        "SELECT count(*) FROM likes.likes WHERE target_slug LIKE '%%-renamed'",
+    )
+    online = target_rows(server)
+    assert online == offline_of_final_state(server)
+
+
 def test_abort_during_sync_leaves_the_monolith_and_removes_the_capture(monolith):
     server = monolith
     synced = rose_split(server, "sync", "--once", "--move", "likes")

@@ -12,3 +12,13 @@ DELETE FROM likes.likes AS target
 USING sync_keys AS k
 WHERE k.source_table = 'post_likes' AND target.user_id = (k.key ->> 0)::bigint
   AND target.target_type = 'post' AND target.target_id = (k.key ->> 1)::bigint;
+
+-- A product renamed or removed since: its likes carry the slug they were moved with. The
+-- captured product keys ([id, slug], before and after the change) name it; the likes to
+-- re-apply are those of the product's users (their keys are in sync_keys too).
+DELETE FROM likes.likes AS target
+USING sync_keys AS product, sync_keys AS k
+WHERE product.source_table = 'products' AND k.source_table = 'product_likes'
+  AND (k.key ->> 1)::bigint = (product.key ->> 0)::bigint
+  AND target.user_id = (k.key ->> 0)::bigint
+  AND target.target_type = 'product' AND target.target_slug = product.key ->> 1;
