@@ -156,7 +156,10 @@ def nav_middleware(
                 state = scope.setdefault("state", {})
                 identity = state.get(STATE_KEY)
                 if identity is not None and accepts_html(header(scope, "accept") or ""):
-                    state[NAV_KEY] = await nav_items(client, fragments, identity)
+                    try:
+                        state[NAV_KEY] = await nav_items(client, fragments, identity)
+                    except Exception:  # the page goes on without its navigation, never a 500
+                        logger.exception("navigation: the fragments could not be fetched")
             await app(scope, receive, send)
 
         return fetch
