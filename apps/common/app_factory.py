@@ -237,7 +237,8 @@ def create_base_app(
                 csrf_exempt=csrf_exempt,
             )
         )
-        edge.append(nav_middleware(client, nav))
+        if nav:
+            edge.append(nav_middleware(client, nav))
         route_handlers.extend(auth_handlers(settings, codec, client, platform.sign_in))
         template_settings = template_config(settings, templates)
 

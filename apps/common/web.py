@@ -152,7 +152,7 @@ def nav_middleware(
 
     def middleware(app: ASGIApp) -> ASGIApp:
         async def fetch(scope: Scope, receive: Receive, send: Send) -> None:
-            if scope["type"] == "http" and fragments and not is_internal_path(scope["path"]):
+            if scope["type"] == "http" and not is_internal_path(scope["path"]):
                 state = scope.setdefault("state", {})
                 identity = state.get(STATE_KEY)
                 if identity is not None and accepts_html(header(scope, "accept") or ""):

@@ -26,14 +26,14 @@ from ops.db.connections import one_row
 # How a row's hash is computed, by the name a ledger records with each checksum. "record" hashes
 # the values without printing them (printing timestamps and numbers was most of the cost of a
 # checksum); "md5" (the first 64 bits of the md5 of the row's text) is what ledgers written before
-# December 2026 recorded, still used to compare with them.
-ROW_HASHES = {
-    "record": sql.SQL("row_hash"),
-    "md5": sql.SQL("('x' || left(md5(row_text), 16))::bit(64)::bigint"),
-}
+# December 2026 recorded (their entries name no method), still used to compare with them, and
+# what finalize's table checksums of whole rows use.
 CURRENT_HASH = "record"
-# A ledger entry without a method was recorded with md5.
-RECORDED_BEFORE_METHODS = "md5"
+MD5_HASH = "md5"
+ROW_HASHES = {
+    CURRENT_HASH: sql.SQL("row_hash"),
+    MD5_HASH: sql.SQL("('x' || left(md5(row_text), 16))::bit(64)::bigint"),
+}
 FAN_OUT = 16
 MAX_LOCATED = 10
 # Bisection rounds per check at most (each is one query per side).
@@ -73,7 +73,7 @@ class Checksum:
         xor = int(entry["xor"], 16)
         if xor >= 1 << 63:
             xor -= 1 << 64
-        method = entry.get("hash", RECORDED_BEFORE_METHODS)
+        method = entry.get("hash", MD5_HASH)
         if method not in ROW_HASHES:
             raise ValueError(f"a checksum recorded with an unknown row hash {method!r}")
         return cls(int(entry["rows"]), xor, int(entry["sum"]), method)
@@ -130,9 +130,9 @@ def table_checksum(connection: psycopg.Connection[Any], qualified_name: str) -> 
     query = sql.SQL(
         "SELECT count(*), coalesce(bit_xor(h), 0), coalesce(sum(h), 0) "
         "FROM (SELECT {hash} AS h FROM (SELECT t::text AS row_text FROM {table} AS t) AS r) AS x"
-    ).format(hash=ROW_HASHES["md5"], table=sql.Identifier(*qualified_name.split(".")))
+    ).format(hash=ROW_HASHES[MD5_HASH], table=sql.Identifier(*qualified_name.split(".")))
     rows, xor, total = one_row(connection, query)
-    return Checksum(int(rows), int(xor), int(total), "md5")
+    return Checksum(int(rows), int(xor), int(total), MD5_HASH)
 
 
 def _bucket_checksums(
