@@ -15,6 +15,7 @@ classification on and always rolled back, without freezing anything.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -26,7 +27,7 @@ import psycopg
 from psycopg import IsolationLevel, sql
 
 from apps.registry import service_spec
-from ops.db.connections import scalar
+from ops.db.connections import one_row, scalar
 from ops.db.topology import Topology
 from ops.split.checksum import checksum
 from ops.split.common import (
@@ -318,10 +319,10 @@ def defer_for_bulk_load(target: psycopg.Connection[Any], move: Move) -> list[Def
     """Drop the secondary indexes and the foreign keys of the move's EMPTY target tables, to
     build each index once after the insert and check each foreign key with one join (a bulk
     load: several times cheaper than maintaining an index, or firing a check, row by row).
-    Kept: primary keys, indexes a foreign key uses, partial and expression indexes (their
-    printed definition need not be what made them), indexes with a comment. Inside the move's
-    transaction, which holds the table (ACCESS EXCLUSIVE) until it commits; a failure rolls the
-    drops back with everything else."""
+    Kept: primary keys, indexes a foreign key uses, indexes with a comment, and partial or
+    expression indexes whose printed definition does not make the same index again (see
+    :func:`_recreates_itself`). Inside the move's transaction, which holds the table (ACCESS
+    EXCLUSIVE) until it commits; a failure rolls the drops back with everything else."""
     deferred: list[Deferred] = []
     for table in move.target_tables:
         name = sql.Identifier(*table.split("."))
@@ -344,21 +345,19 @@ def defer_for_bulk_load(target: psycopg.Connection[Any], move: Move) -> list[Def
                 )
             )
             deferred.append(Deferred(table, foreign_key, create))
-        for index, constraint, create in target.execute(
+        for index, constraint, create, derived in target.execute(
             """
             SELECT i.indexrelid::regclass::text, c.conname,
                    CASE WHEN c.oid IS NOT NULL
                         THEN format('ALTER TABLE %%s ADD CONSTRAINT %%I %%s', i.indrelid::regclass,
                                     c.conname, pg_get_constraintdef(c.oid))
-                        ELSE pg_get_indexdef(i.indexrelid) END
+                        ELSE pg_get_indexdef(i.indexrelid) END,
+                   i.indpred IS NOT NULL OR i.indexprs IS NOT NULL
             FROM pg_index AS i
             LEFT JOIN pg_constraint AS c
                    ON c.conindid = i.indexrelid AND c.conrelid = i.indrelid
                   AND c.contype IN ('u', 'x')
             WHERE i.indrelid = %s::regclass AND NOT i.indisprimary
-              -- A predicate or an expression would come back as PostgreSQL prints it, which
-              -- can differ from what the migration wrote (and the planner's proofs with it).
-              AND i.indpred IS NULL AND i.indexprs IS NULL
               AND NOT EXISTS (
                   SELECT FROM pg_constraint AS fk
                   WHERE fk.contype = 'f' AND fk.conindid = i.indexrelid
@@ -368,6 +367,8 @@ def defer_for_bulk_load(target: psycopg.Connection[Any], move: Move) -> list[Def
             """,
             (table,),
         ).fetchall():
+            if derived and not _recreates_itself(target, index, create):
+                continue
             if constraint is not None:
                 target.execute(
                     sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(
@@ -378,6 +379,46 @@ def defer_for_bulk_load(target: psycopg.Connection[Any], move: Move) -> list[Def
                 target.execute(sql.SQL("DROP INDEX {}").format(sql.SQL(index)))
             deferred.append(Deferred(table, constraint or index, create))
     return deferred
+
+
+# An index's predicate and expressions as PostgreSQL stores them, without the positions in the
+# statement that created them: equal exactly when the trees are the same, down to how each cast
+# was written.
+_INDEX_TREE = """
+    SELECT regexp_replace(concat(indpred::text, '|', indexprs::text), ':location -?[0-9]+', '',
+                          'g')
+    FROM pg_index WHERE indexrelid = %s::regclass
+"""
+_TRIAL_INDEX = "split_trial_index"
+
+
+def _recreates_itself(target: psycopg.Connection[Any], index: str, create: str) -> bool:
+    """Whether the printed definition of a partial or expression index makes the same index
+    again: tried on the empty table under another name and rolled back. A predicate comes back
+    as PostgreSQL prints it, which can differ from what the migration wrote (an ``IN`` list
+    comes back as ``= ANY (ARRAY[...])`` with its casts written out), and the planner's proofs
+    with it: such an index is kept and maintained row by row instead."""
+    name, schema = one_row(
+        target,
+        "SELECT quote_ident(c.relname), quote_ident(n.nspname) FROM pg_class AS c "
+        "JOIN pg_namespace AS n ON n.oid = c.relnamespace WHERE c.oid = %s::regclass",
+        (index,),
+    )
+    trial = re.sub(
+        rf"^(CREATE (?:UNIQUE )?INDEX ){re.escape(name)} ON ", rf"\g<1>{_TRIAL_INDEX} ON ", create
+    )
+    if trial == create:
+        return False
+    with target.transaction(force_rollback=True):
+        target.execute(trial)
+        made = f"{schema}.{_TRIAL_INDEX}"
+        same_tree = scalar(
+            target,
+            f"SELECT ({_INDEX_TREE}) = ({_INDEX_TREE})",
+            (index, made),
+        )
+        printed = scalar(target, "SELECT pg_get_indexdef(%s::regclass)", (made,))
+    return bool(same_tree) and printed == trial
 
 
 def create_deferred(target: psycopg.Connection[Any], deferred: list[Deferred]) -> None:

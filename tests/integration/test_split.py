@@ -384,7 +384,10 @@ def schema_of_targets(server: TestServer) -> dict[str, list[tuple[str, str]]]:
                 move.target,
                 "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
                 "WHERE conrelid = %s::regclass UNION ALL "
-                "SELECT indexrelid::regclass::text, pg_get_indexdef(indexrelid) FROM pg_index "
+                # The stored trees too: a predicate printed alike can be a different tree.
+                "SELECT indexrelid::regclass::text, pg_get_indexdef(indexrelid) || ' ' || "
+                "regexp_replace(concat(indpred::text, '|', indexprs::text), "
+                "':location -?[0-9]+', '', 'g') FROM pg_index "
                 "WHERE indrelid = %s::regclass ORDER BY 1",
                 (table, table),
             )
