@@ -208,7 +208,13 @@ def classify(target: psycopg.Connection[Any], move: Move, *, read_only: bool) ->
     execute_sql(target, parts.classify)
 
 
-def read_outcome(target: psycopg.Connection[Any], move: Move, staged: dict[str, int]) -> Outcome:
+def read_outcome(
+    target: psycopg.Connection[Any], move: Move, staged: dict[str, int], *, ids_staged: bool = True
+) -> Outcome:
+    """What split_outcome says, counted, refused unless every staged row of the move's moved
+    tables got exactly one outcome. ``ids_staged``: the staged rows are in the stage tables (not
+    so for the cutover's record, read from split.sync_outcome, whose key allows one outcome per
+    row: the counts are compared there)."""
     by_table: dict[str, dict[str, int]] = {table.table: {} for table in move.moved_tables}
     reasons: dict[str, dict[str, dict[str, Any]]] = {}
     # Counted by a hash aggregate; the ids only of the rows listed with a reason (sorting all
@@ -234,15 +240,8 @@ def read_outcome(target: psycopg.Connection[Any], move: Move, staged: dict[str, 
         entry = reasons.setdefault(outcome, {}).setdefault(reason, {"count": 0, "rows": {}})
         entry["count"] += rows
         entry["rows"][source_table] = listed[(source_table, outcome, reason)]
-    twice = target.execute(
-        "SELECT source_table, count(*) FROM (SELECT source_table, source_id FROM split_outcome "
-        "GROUP BY 1, 2 HAVING count(*) > 1) AS repeated GROUP BY 1"
-    ).fetchall()
-    for source_table, extra in twice:
-        raise SplitError(
-            f"{move.name}: {move.transform_file.name} gave {extra:,} rows of {source_table} "
-            "more than one outcome"
-        )
+    if ids_staged:
+        check_one_outcome_each(target, move)
     for table in move.moved_tables:
         classified = sum(by_table[table.table].values())
         if classified != staged[str(table)]:
@@ -252,6 +251,72 @@ def read_outcome(target: psycopg.Connection[Any], move: Move, staged: dict[str, 
             )
     planned = {row[0]: int(row[1]) for row in target.execute("SELECT * FROM split_planned")}
     return Outcome(staged=staged, by_table=by_table, reasons=reasons, planned=planned)
+
+
+# The ids of one side as a multiset: rows, and the sum and xor of a 64-bit hash of each id.
+_ID_SET = "count(*), coalesce(sum(hashint8extended({id}, 0)), 0), " + (
+    "coalesce(bit_xor(hashint8extended({id}, 0)), 0)"
+)
+SHOWN_IDS = 10
+
+
+def check_one_outcome_each(target: psycopg.Connection[Any], move: Move) -> None:
+    """Refuse the move unless the outcomes name exactly the staged rows, each once. The two
+    sides are compared as multisets of ids by their count and the sum and xor of a 64-bit hash
+    of each id (one pass over each side; grouping 100,000 ids to look for a second outcome
+    cost as much as the rest of the accounting); when they differ, the rows are looked up
+    exactly and named."""
+    outcomes = {
+        source_table: tuple(found)
+        for source_table, *found in target.execute(
+            "SELECT source_table, " + _ID_SET.format(id="source_id") + " FROM split_outcome "
+            "GROUP BY 1"
+        )
+    }
+    for table in move.moved_tables:
+        stage = sql.Identifier(table.stage)
+        staged = tuple(
+            one_row(
+                target,
+                sql.SQL("SELECT " + _ID_SET.format(id="id") + " FROM {}").format(stage),
+            )
+        )
+        if outcomes.get(table.table, (0, 0, 0)) == staged:
+            continue
+        found = []
+        for what, query in (
+            (
+                "rows with more than one outcome",
+                "SELECT source_id FROM split_outcome WHERE source_table = %(table)s "
+                "GROUP BY 1 HAVING count(*) > 1 ORDER BY 1 LIMIT %(shown)s",
+            ),
+            (
+                "rows without an outcome",
+                "SELECT staged.id FROM {stage} AS staged WHERE NOT EXISTS ("
+                "SELECT FROM split_outcome AS o "
+                "WHERE o.source_table = %(table)s AND o.source_id = staged.id) "
+                "ORDER BY 1 LIMIT %(shown)s",
+            ),
+            (
+                "outcomes of rows never copied",
+                "SELECT o.source_id FROM split_outcome AS o WHERE o.source_table = %(table)s "
+                "AND NOT EXISTS (SELECT FROM {stage} AS staged WHERE staged.id = o.source_id) "
+                "ORDER BY 1 LIMIT %(shown)s",
+            ),
+        ):
+            ids = [
+                str(row[0])
+                for row in target.execute(
+                    sql.SQL(query).format(stage=stage),
+                    {"table": table.table, "shown": SHOWN_IDS},
+                )
+            ]
+            if ids:
+                found.append(f"{what}: id {', '.join(ids)}")
+        raise SplitError(
+            f"{move.name}: {move.transform_file.name} does not give every copied row of {table} "
+            f"exactly one outcome: {'; '.join(found) or 'the ids differ'}"
+        )
 
 
 def check_inserted(target: psycopg.Connection[Any], move: Move, outcome: Outcome) -> dict[str, int]:

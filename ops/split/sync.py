@@ -531,7 +531,7 @@ def _details(snapshot: psycopg.Connection[Any], move: Move) -> tuple[Any, ...]:
         )
         for table in move.moved_tables
     }
-    outcome = read_outcome(snapshot, move, staged)
+    outcome = read_outcome(snapshot, move, staged, ids_staged=False)
     for table in move.target_tables:
         snapshot.execute(
             sql.SQL(

@@ -7,7 +7,9 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import fields
 from datetime import UTC, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import psycopg
@@ -16,8 +18,8 @@ import pytest
 from apps.orders.settings import OrdersSettings
 from ops.db.check import check
 from ops.split.common import CRASH_ENV, CRASH_EXIT_CODE, SplitError
-from ops.split.moves import MOVES, MOVES_BY_NAME
-from ops.split.run import run_moves
+from ops.split.moves import MOVES, MOVES_BY_NAME, Move
+from ops.split.run import plan_move, run_moves
 from tests.conftest import REPO_ROOT, admin_connect, in_process_stack
 from tests.integration.split_fixtures import (
     STATUS_MAPPING,
@@ -428,6 +430,69 @@ def test_a_row_the_target_holds_under_another_unique_key_refuses_the_move(monoli
     assert "already holds" in refused.output
     assert "Nothing of the move was committed" in refused.output
     assert value(monolith, "relations", "SELECT count(*) FROM relations.container_relations") == 1
+    assert ledger(monolith, "relations")["finished_at"] is None
+
+
+class MoveWithFaultyClassification(Move):
+    """A move whose classification ends with ``extra`` SQL (the move file's ``-- split:apply``
+    part follows it unchanged): how a mistake in a move's file would look to `rose split`."""
+
+    faulty_file: Path
+
+    def __init__(self, move: Move, file: Path, extra: str) -> None:
+        super().__init__(**{field.name: getattr(move, field.name) for field in fields(move)})
+        text = move.transform_file.read_text()
+        head, marker, tail = text.partition("\n-- split:apply")
+        file.write_text(f"{head}\n{extra}\n\n{marker}{tail}")
+        object.__setattr__(self, "faulty_file", file)
+
+    @property
+    def transform_file(self) -> Path:
+        return self.faulty_file
+
+
+FIRST = "(SELECT min(id) FROM stage_container_relations)"
+FAULTY_CLASSIFICATIONS = {
+    "a row twice": (
+        "INSERT INTO split_outcome SELECT source_table, source_id, 'skipped', 'again' "
+        f"FROM split_outcome WHERE source_id = {FIRST}",
+        "with more than one outcome: id ",
+    ),
+    "a row left out": (
+        f"DELETE FROM split_outcome WHERE source_id = {FIRST}",
+        "without an outcome: id ",
+    ),
+    "a row twice and another left out": (
+        "INSERT INTO split_outcome SELECT source_table, source_id, 'skipped', 'again' "
+        f"FROM split_outcome WHERE source_id = {FIRST}; "
+        "DELETE FROM split_outcome WHERE source_id = "
+        "(SELECT max(id) FROM stage_container_relations)",
+        "with more than one outcome: id ",
+    ),
+    # The counts match and no row has two outcomes: only the ids tell.
+    "an outcome of a row never staged": (
+        f"UPDATE split_outcome SET source_id = -7 WHERE source_id = {FIRST}",
+        "never copied: id -7",
+    ),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTY_CLASSIFICATIONS))
+def test_a_move_file_that_does_not_give_every_row_one_outcome_is_refused(monolith, tmp_path, fault):
+    """Every copied row must get exactly one outcome, and nothing else may: a move file that
+    breaks this is refused by plan and by run, naming the rows, and nothing is committed."""
+    extra, named = FAULTY_CLASSIFICATIONS[fault]
+    faulty = MoveWithFaultyClassification(
+        MOVES_BY_NAME["relations"], tmp_path / "relations.sql", extra
+    )
+    with pytest.raises(SplitError) as planned:
+        plan_move(monolith.topology, faulty)
+    assert "container_relations" in str(planned.value)
+    assert named in str(planned.value)
+    with pytest.raises(SplitError) as ran:
+        run_moves(monolith.topology, [faulty], lambda _: None)
+    assert named in str(ran.value)
+    assert value(monolith, "relations", "SELECT count(*) FROM relations.container_relations") == 0
     assert ledger(monolith, "relations")["finished_at"] is None
 
 
