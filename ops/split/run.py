@@ -39,9 +39,11 @@ from ops.split.common import (
     as_json,
     count_rows,
     crash_from_environment,
+    databases_of,
     ensure_ledger,
     execute_sql,
     mark_started,
+    open_sessions,
     read_ledger,
     reused_sessions,
     run_file,
@@ -705,6 +707,7 @@ def _run_all(
     result = RunResult()
     reports: dict[str, MoveReport] = {}
     pending: list[Move] = []
+    open_sessions(topology, databases_of(moves))
     for move in moves:
         done = _pending(topology, move, say)
         if done is not None:

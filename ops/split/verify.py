@@ -33,6 +33,8 @@ from ops.split.common import (
     LedgerEntry,
     as_json,
     count_rows,
+    databases_of,
+    open_sessions,
     operator,
     read_ledger,
     reused_sessions,
@@ -332,5 +334,6 @@ def verify_moves(
     in the order of ``moves``. The first error is raised once all have ended."""
     verify_one = functools.partial(verify_move, against_sources=against_sources)
     with reused_sessions(), ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        open_sessions(topology, databases_of(moves))
         futures = [submit_in_context(pool, verify_one, topology, move) for move in moves]
         return [future.result() for future in futures]

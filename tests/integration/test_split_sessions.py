@@ -7,9 +7,13 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
+import psycopg
 import pytest
+from sqlalchemy.engine import make_url
 
-from ops.split.common import reused_sessions, session, submit_in_context
+from ops.db.topology import Topology
+from ops.split.common import open_sessions, reused_sessions, session, submit_in_context
+from tests.conftest import admin_connect
 
 if TYPE_CHECKING:
     from tests.pg import TestServer
@@ -66,3 +70,37 @@ def test_threads_share_the_pool_of_the_command(provisioned: TestServer) -> None:
         with ThreadPoolExecutor(max_workers=1) as threads:
             in_thread = submit_in_context(threads, backend, provisioned).result()
     assert in_thread == before
+
+
+def test_sessions_opened_ahead_are_the_ones_handed_out(provisioned: TestServer) -> None:
+    """open_sessions opens one connection per database at the same time; the sessions that
+    follow take those (one per database, not a second one) and close with the command."""
+    with reused_sessions():
+        open_sessions(provisioned.topology, ["cart", "likes", "cart"])
+        with admin_connect(provisioned, "cart") as observer:
+            opened = {
+                datname: count
+                for datname, count in observer.execute(
+                    "SELECT datname, count(*) FROM pg_stat_activity "
+                    "WHERE application_name = 'rose split' GROUP BY 1"
+                )
+            }
+        assert opened == {"db_cart": 1, "db_likes": 1}
+        first = backend(provisioned)
+        assert backend(provisioned) == first
+    with admin_connect(provisioned, "cart") as observer:
+        left = observer.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'rose split'"
+        ).fetchone()[0]
+    assert left == 0
+
+
+def test_a_database_that_cannot_be_reached_fails_opening_ahead(provisioned: TestServer) -> None:
+    url = make_url(provisioned.topology.admin_url("cart"))
+    closed_port = url.set(port=1).render_as_string(hide_password=False)
+    unreachable = Topology(
+        default_admin_url=url.render_as_string(hide_password=False),
+        admin_urls={"cart": closed_port},
+    )
+    with reused_sessions(), pytest.raises(psycopg.OperationalError):
+        open_sessions(unreachable, ["cart"])
