@@ -11,11 +11,13 @@ builds them from the provider's contract (``ExportView.foreign_table``) in its m
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from sqlalchemy import (
+    TextClause,
     text,
 )
 from sqlalchemy.exc import DBAPIError
@@ -43,6 +45,15 @@ class ProviderUnavailable(DependencyUnavailable):
         self.provider = provider
 
 
+# Built once: a text() construct parses its text for parameters each time it is made.
+DEFAULT_TIMEOUT = text("SET LOCAL statement_timeout TO DEFAULT")
+
+
+@functools.cache
+def _timeout_statement(timeout_ms: int) -> TextClause:
+    return text(f"SET LOCAL statement_timeout = {timeout_ms}")
+
+
 def _sqlstate(exc: DBAPIError) -> str:
     return getattr(exc.orig, "sqlstate", None) or ""
 
@@ -61,7 +72,7 @@ async def remote_read(
     savepoint (two local and two remote round trips fewer), the timeout stays on until the
     transaction ends, and a failure leaves the transaction to be rolled back by the caller."""
     savepoint = await session.begin_nested() if isolate else None
-    await session.execute(text(f"SET LOCAL statement_timeout = {int(timeout_ms)}"))
+    await session.execute(_timeout_statement(int(timeout_ms)))
     try:
         yield
     except DBAPIError as exc:
@@ -77,5 +88,5 @@ async def remote_read(
     else:
         if savepoint is not None:
             # Back to the session's own timeout for whatever the transaction does next.
-            await session.execute(text("SET LOCAL statement_timeout TO DEFAULT"))
+            await session.execute(DEFAULT_TIMEOUT)
             await savepoint.commit()

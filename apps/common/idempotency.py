@@ -11,14 +11,18 @@ waits for the first transaction, then reads its committed response.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-from sqlalchemy import Column, DateTime, MetaData, String, Table, func, select
+from sqlalchemy import Column, DateTime, MetaData, String, Table, Update, bindparam, func, select
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql import Select
+from sqlalchemy.sql.dml import ReturningInsert
 
 from apps.common.problems import InvalidInput
 
@@ -35,6 +39,36 @@ def idempotency_table(metadata: MetaData) -> Table:
         Column("request_hash", String(64), nullable=False),
         Column("response", JSONB, nullable=False),
         Column("created_at", DateTime(timezone=True), server_default=func.now(), nullable=False),
+    )
+
+
+@dataclass(frozen=True)
+class _KeyStatements:
+    claim: ReturningInsert[tuple[str]]
+    stored: Select[tuple[str, Any]]
+    answer: Update
+
+
+@functools.cache
+def _statements(table: Table) -> _KeyStatements:
+    """The statements of one idempotency table, built once: constructing a statement and its
+    cache key cost as much client CPU as running it."""
+    this_key = (table.c.action == bindparam("key_action")) & (table.c.key == bindparam("key_value"))
+    return _KeyStatements(
+        # Claim the key with an empty response; the real one is written before commit.
+        claim=insert(table)
+        .values(
+            action=bindparam("key_action"),
+            key=bindparam("key_value"),
+            request_hash=bindparam("key_hash"),
+            response={},
+        )
+        .on_conflict_do_nothing(index_elements=["action", "key"])
+        .returning(table.c.key),
+        stored=select(table.c.request_hash, table.c.response).where(this_key),
+        answer=table.update()
+        .where(this_key)
+        .values(response=bindparam("key_response", type_=table.c.response.type)),
     )
 
 
@@ -62,21 +96,11 @@ async def run_idempotent(
             f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters", field="Idempotency-Key"
         )
     request_hash = payload_hash(payload)
-    # Claim the key with an empty response; the real one is written before commit.
-    claimed = await session.execute(
-        insert(table)
-        .values(action=action, key=key, request_hash=request_hash, response={})
-        .on_conflict_do_nothing(index_elements=["action", "key"])
-        .returning(table.c.key)
-    )
+    statements = _statements(table)
+    this_key = {"key_action": action, "key_value": key}
+    claimed = await session.execute(statements.claim, {**this_key, "key_hash": request_hash})
     if claimed.first() is None:
-        stored = (
-            await session.execute(
-                select(table.c.request_hash, table.c.response).where(
-                    table.c.action == action, table.c.key == key
-                )
-            )
-        ).one()
+        stored = (await session.execute(statements.stored, this_key)).one()
         await session.rollback()
         if stored.request_hash != request_hash:
             raise InvalidInput(
@@ -85,8 +109,6 @@ async def run_idempotent(
             )
         return stored.response
     result = msgspec.to_builtins(await effect())
-    await session.execute(
-        table.update().where(table.c.action == action, table.c.key == key).values(response=result)
-    )
+    await session.execute(statements.answer, {**this_key, "key_response": result})
     await session.commit()
     return result

@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 from datetime import timedelta
 
-from sqlalchemy import Column, DateTime, MetaData, String, Table, delete, func
+from sqlalchemy import Column, DateTime, MetaData, String, Table, bindparam, delete, func
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -30,7 +30,14 @@ def nonce_table(metadata: MetaData) -> Table:
 
 class NonceStore:
     def __init__(self, table: Table) -> None:
-        self._table = table
+        # Built once: constructing a statement and its cache key cost as much as running it.
+        self._remember = (
+            insert(table)
+            .values(nonce=bindparam("presented"), expires_at=func.now() + KEEP)
+            .on_conflict_do_nothing(index_elements=["nonce"])
+            .returning(table.c.nonce)
+        )
+        self._sweep = delete(table).where(table.c.expires_at < func.now())
 
     async def remember(self, engine: AsyncEngine, nonce: str) -> bool:
         """True the first time ``nonce`` is presented, False on every later delivery. (Core on
@@ -38,14 +45,7 @@ class NonceStore:
         whatever the action does, and costs no BEGIN and COMMIT round trips.)"""
         async with engine.connect() as connection:
             connection = await connection.execution_options(isolation_level="AUTOCOMMIT")
-            fresh = await connection.scalar(
-                insert(self._table)
-                .values(nonce=nonce, expires_at=func.now() + KEEP)
-                .on_conflict_do_nothing(index_elements=["nonce"])
-                .returning(self._table.c.nonce)
-            )
+            fresh = await connection.scalar(self._remember, {"presented": nonce})
             if random.randrange(SWEEP_ONE_IN) == 0:
-                await connection.execute(
-                    delete(self._table).where(self._table.c.expires_at < func.now())
-                )
+                await connection.execute(self._sweep)
         return fresh is not None
