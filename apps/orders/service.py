@@ -15,13 +15,26 @@ The money rules (docs/DESIGN.md, "Money invariants"):
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, insert, or_, select, tuple_, update
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    Text,
+    and_,
+    bindparam,
+    func,
+    insert,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
@@ -162,6 +175,15 @@ def checkout_reference(prefix: str, order_id: int, attempt: int) -> str:
 
 
 # -- page configs, through the FDW edge orders <- blog ----------------------------------------
+# The hot path's statements are built once, with bound parameters: constructing a statement and
+# its cache key cost as much client CPU as running it (bench.checkout).
+_CONFIGS_OF = select(page_payment_configs).where(
+    tuple_(page_payment_configs.c.container_type, page_payment_configs.c.container_id).in_(
+        bindparam("candidates", expanding=True)
+    )
+)
+
+
 async def resolve_payment_config(
     session: AsyncSession, page_post_id: int | None, containers: set[int]
 ) -> PaymentConfig:
@@ -173,16 +195,9 @@ async def resolve_payment_config(
     elif len(containers) == 1:
         candidates.append(("page", next(iter(containers))))
     candidates.append(SITE_CONTAINER)
-    table = page_payment_configs
     # No savepoint: nothing can go on without the config, a failure ends the transaction.
     async with remote_read(session, "blog", isolate=False):
-        rows = (
-            await session.execute(
-                select(table).where(
-                    tuple_(table.c.container_type, table.c.container_id).in_(candidates)
-                )
-            )
-        ).all()
+        rows = (await session.execute(_CONFIGS_OF, {"candidates": candidates})).all()
     by_container = {(row.container_type, row.container_id): row for row in rows}
     for candidate in candidates:
         row = by_container.get(candidate)
@@ -212,8 +227,20 @@ async def lock_buyer(session: AsyncSession, user_id: int | None, session_id: str
         keys.append(f"orders-buyer:session:{session_id}")
     if keys:
         await session.execute(
-            select(*(func.pg_advisory_xact_lock(func.hashtextextended(key, 0)) for key in keys))
+            _buyer_locks(len(keys)), {f"buyer_key_{i}": key for i, key in enumerate(keys)}
         )
+
+
+@functools.cache
+def _buyer_locks(count: int) -> Select[Any]:
+    return select(
+        *(
+            func.pg_advisory_xact_lock(
+                func.hashtextextended(bindparam(f"buyer_key_{i}", type_=Text), 0)
+            )
+            for i in range(count)
+        )
+    )
 
 
 def buyer_clause(user_id: int | None, session_id: str | None) -> Any:
@@ -235,6 +262,23 @@ class OrderSlot:
     now: datetime
 
 
+@functools.cache
+def _recent_orders(by_user: bool, by_session: bool) -> Select[Any]:
+    """The buyer's orders of the last minute, the clock and a new order id (see
+    :func:`reserve_order_slot`), for a buyer known by user, session or both."""
+    buyer: list[ColumnElement[bool]] = []
+    if by_user:
+        buyer.append(Order.user_id == bindparam("buyer_user"))
+    if by_session:
+        buyer.append(Order.session_id == bindparam("buyer_session"))
+    return select(
+        func.count(),
+        func.min(Order.created_at),
+        func.now(),
+        func.nextval(func.pg_get_serial_sequence(ORDERS_TABLE, "id")),
+    ).where(or_(*buyer), Order.created_at > func.now() - RATE_WINDOW)
+
+
 async def reserve_order_slot(
     session: AsyncSession, user_id: int | None, session_id: str | None, per_minute: int
 ) -> OrderSlot:
@@ -243,12 +287,8 @@ async def reserve_order_slot(
     a rolled-back one always did."""
     recent = (
         await session.execute(
-            select(
-                func.count(),
-                func.min(Order.created_at),
-                func.now(),
-                func.nextval(func.pg_get_serial_sequence(ORDERS_TABLE, "id")),
-            ).where(buyer_clause(user_id, session_id), Order.created_at > func.now() - RATE_WINDOW)
+            _recent_orders(user_id is not None, session_id is not None),
+            {"buyer_user": user_id, "buyer_session": session_id},
         )
     ).one()
     count, oldest, now, order_id = recent
@@ -374,6 +414,11 @@ class NewOrder:
     superseded: list[int]
 
 
+_ORDER_INSERT = insert(table_of(Order))
+_ITEM_INSERT = insert(table_of(OrderItem))
+_CLAIM_INSERT = insert(table_of(OrderClaim))
+
+
 async def create_order(
     session: AsyncSession, request: CreateOrder, runtime: OrdersRuntime
 ) -> NewOrder:
@@ -420,7 +465,7 @@ async def create_order(
         "checkout_prefix": config.checkout_prefix,
         "payable_until": payable_until,
     }
-    await session.execute(insert(table_of(Order)).values(row))
+    await session.execute(_ORDER_INSERT, row)
     order = Order(**row)
     items = [
         *(_product_item(order.id, line) for line in request.cart_items),
@@ -447,10 +492,10 @@ async def create_order(
     ]
     claims = claims_of(request)
     if items:
-        await session.execute(insert(table_of(OrderItem)), items)
+        await session.execute(_ITEM_INSERT, items)
     if claims:
         await session.execute(
-            insert(table_of(OrderClaim)),
+            _CLAIM_INSERT,
             [{"kind": kind, "ref_id": ref_id, "order_id": order.id} for kind, ref_id in claims],
         )
     superseded = await supersede_sharing(
@@ -692,15 +737,21 @@ async def start_new_attempt(
 
 
 # -- what SumUp reports ------------------------------------------------------------------------
+_ATTEMPT_OF = (
+    select(Order, PaymentAttempt)
+    .join(PaymentAttempt, PaymentAttempt.order_id == Order.id)
+    .where(
+        Order.id == bindparam("order_id"),
+        PaymentAttempt.sumup_checkout_id == bindparam("checkout_id"),
+    )
+)
+
+
 async def attempt_for_checkout(
     session: AsyncSession, order_id: int, checkout_id: str
 ) -> tuple[Order, PaymentAttempt] | None:
     found = (
-        await session.execute(
-            select(Order, PaymentAttempt)
-            .join(PaymentAttempt, PaymentAttempt.order_id == Order.id)
-            .where(Order.id == order_id, PaymentAttempt.sumup_checkout_id == checkout_id)
-        )
+        await session.execute(_ATTEMPT_OF, {"order_id": order_id, "checkout_id": checkout_id})
     ).first()
     return None if found is None else (found.Order, found.PaymentAttempt)
 

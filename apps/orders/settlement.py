@@ -24,7 +24,7 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import Select, and_, bindparam, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
@@ -94,10 +94,16 @@ class MerchantAccounts:
         return account
 
 
+# Built once, with bound parameters: constructing a statement and its cache key cost as much
+# client CPU as running it (bench.checkout).
+_CONFIG_BY_ID = select(page_payment_configs).where(
+    page_payment_configs.c.id == bindparam("page_config_id")
+)
+
+
 async def merchant_account(session: AsyncSession, page_config_id: int) -> MerchantAccount:
-    table = page_payment_configs
     async with remote_read(session, "blog", isolate=False):
-        row = (await session.execute(select(table).where(table.c.id == page_config_id))).first()
+        row = (await session.execute(_CONFIG_BY_ID, {"page_config_id": page_config_id})).first()
     if row is None or not row.sumup_api_key:
         raise Conflict(f"page config {page_config_id} has no SumUp key any more")
     return MerchantAccount(row.sumup_merchant_code, row.sumup_api_key)
@@ -240,29 +246,34 @@ class PaidItem:
     cart_line_ids: list[int] | None
 
 
-async def _record_payment(session: AsyncSession, order: Order) -> list[PaidItem] | None:
-    """The order's transition to paid (if it is still pending and not flagged), in one
-    statement that also reads the order's items for what follows a payment (they never change
-    after the order is created). None when the order did not transition."""
+def _pay_order() -> Select[Any]:
     transition = (
         update(Order)
-        .where(Order.id == order.id, Order.status == "pending", Order.flagged.is_(False))
+        .where(
+            Order.id == bindparam("order_id"), Order.status == "pending", Order.flagged.is_(False)
+        )
         .values(status="paid", paid_at=func.now(), updated_at=func.now())
         .returning(Order.id)
         .cte("paid_order")
     )
     items = table_of(OrderItem)
-    rows = (
-        await session.execute(
-            select(
-                transition.c.id,
-                items.c.kind,
-                items.c.source_id,
-                items.c.quantity,
-                items.c.cart_line_ids,
-            ).select_from(transition.outerjoin(items, items.c.order_id == transition.c.id))
-        )
-    ).all()
+    return select(
+        transition.c.id,
+        items.c.kind,
+        items.c.source_id,
+        items.c.quantity,
+        items.c.cart_line_ids,
+    ).select_from(transition.outerjoin(items, items.c.order_id == transition.c.id))
+
+
+_PAY_ORDER = _pay_order()
+
+
+async def _record_payment(session: AsyncSession, order: Order) -> list[PaidItem] | None:
+    """The order's transition to paid (if it is still pending and not flagged), in one
+    statement that also reads the order's items for what follows a payment (they never change
+    after the order is created). None when the order did not transition."""
+    rows = (await session.execute(_PAY_ORDER, {"order_id": order.id})).all()
     if not rows:
         return None
     return [
