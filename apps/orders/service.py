@@ -243,15 +243,6 @@ def _buyer_locks(count: int) -> Select[Any]:
     )
 
 
-def buyer_clause(user_id: int | None, session_id: str | None) -> Any:
-    conditions = []
-    if user_id is not None:
-        conditions.append(Order.user_id == user_id)
-    if session_id is not None:
-        conditions.append(Order.session_id == session_id)
-    return or_(*conditions)
-
-
 @dataclass(frozen=True)
 class OrderSlot:
     """What a new order starts from, read in one round trip."""
@@ -318,36 +309,65 @@ def goods_of(request: CreateOrder) -> list[Claim]:
     return sorted(goods)
 
 
-def _sharing(
-    order_id: int,
-    claims: list[Claim],
-    goods: list[Claim],
-    user_id: int | None,
-    session_id: str | None,
-) -> Any:
-    """Orders other than ``order_id`` that share a claim, or the same buyer's orders that share
-    goods (a product, a booking)."""
+def _sharing(has_claims: bool, has_goods: bool, by_user: bool, by_session: bool) -> Any:
+    """Orders other than ``new_order_id`` that share a claim (``sharing_claims``), or the same
+    buyer's orders that share goods (``sharing_goods``: a product, a booking); the lists are
+    bound as expanding parameters."""
     conditions: list[ColumnElement[bool]] = []
-    if claims:
+    if has_claims:
         conditions.append(
             Order.id.in_(
                 select(OrderClaim.order_id).where(
-                    tuple_(OrderClaim.kind, OrderClaim.ref_id).in_(claims)
+                    tuple_(OrderClaim.kind, OrderClaim.ref_id).in_(
+                        bindparam("sharing_claims", expanding=True)
+                    )
                 )
             )
         )
-    if goods:
+    if has_goods:
+        buyer: list[ColumnElement[bool]] = []
+        if by_user:
+            buyer.append(Order.user_id == bindparam("buyer_user"))
+        if by_session:
+            buyer.append(Order.session_id == bindparam("buyer_session"))
         conditions.append(
             and_(
-                buyer_clause(user_id, session_id),
+                or_(*buyer),
                 Order.id.in_(
                     select(OrderItem.order_id).where(
-                        tuple_(OrderItem.kind, OrderItem.source_id).in_(goods)
+                        tuple_(OrderItem.kind, OrderItem.source_id).in_(
+                            bindparam("sharing_goods", expanding=True)
+                        )
                     )
                 ),
             )
         )
-    return and_(Order.id != order_id, or_(*conditions))
+    return and_(Order.id != bindparam("new_order_id"), or_(*conditions))
+
+
+@functools.cache
+def _supersede(has_claims: bool, has_goods: bool, by_user: bool, by_session: bool) -> Select[Any]:
+    """The statement of :func:`supersede_sharing` for one shape of order (built once each)."""
+    sharing = _sharing(has_claims, has_goods, by_user, by_session)
+    superseding = (
+        update(Order)
+        .where(sharing, Order.status == "pending", Order.flagged.is_(False))
+        .values(status="superseded", superseded_by=bindparam("new_order_id"), updated_at=func.now())
+        .returning(Order.id)
+        .cte("superseded")
+    )
+    blocked = and_(sharing, Order.flagged.is_(True), Order.status == "pending")
+    if has_claims:
+        # Goods already paid for: only the very same cart lines and bookings (a product bought
+        # again later is a new cart line, and a new purchase).
+        paid = _sharing(has_claims, False, by_user, by_session)
+        blocked = or_(blocked, and_(paid, Order.status == "paid"))
+    blocking = select(Order.id, Order.flagged).where(blocked).order_by(Order.id).limit(1).subquery()
+    return select(
+        select(func.array_agg(superseding.c.id)).scalar_subquery(),
+        select(blocking.c.id).scalar_subquery(),
+        select(blocking.c.flagged).scalar_subquery(),
+    )
 
 
 async def supersede_sharing(
@@ -360,32 +380,22 @@ async def supersede_sharing(
 ) -> list[int]:
     """Earlier pending orders that share this order's goods leave the payable states. Then no
     shared good may be paid for or under review: that is a 409 and the whole order rolls back.
-
-    One statement: the UPDATE runs as a CTE, and the search for a blocking order reads the
-    snapshot from before it, which is the same answer (the UPDATE touches only unflagged pending
-    orders, and a blocking order is flagged or paid)."""
-    sharing = _sharing(new_order_id, claims, goods, user_id, session_id)
-    superseding = (
-        update(Order)
-        .where(sharing, Order.status == "pending", Order.flagged.is_(False))
-        .values(status="superseded", superseded_by=new_order_id, updated_at=func.now())
-        .returning(Order.id)
-        .cte("superseded")
-    )
-    blocked = and_(sharing, Order.flagged.is_(True), Order.status == "pending")
-    if claims:
-        # Goods already paid for: only the very same cart lines and bookings (a product bought
-        # again later is a new cart line, and a new purchase).
-        paid = _sharing(new_order_id, claims, [], user_id, session_id)
-        blocked = or_(blocked, and_(paid, Order.status == "paid"))
-    blocking = select(Order.id, Order.flagged).where(blocked).order_by(Order.id).limit(1).subquery()
+    One statement: the search for a blocking order reads the snapshot from before the UPDATE,
+    which is the same answer (the UPDATE touches only unflagged pending orders, and a blocking
+    order is flagged or paid)."""
+    if not claims and not goods:
+        return []
+    statement = _supersede(bool(claims), bool(goods), user_id is not None, session_id is not None)
     row = (
         await session.execute(
-            select(
-                select(func.array_agg(superseding.c.id)).scalar_subquery(),
-                select(blocking.c.id).scalar_subquery(),
-                select(blocking.c.flagged).scalar_subquery(),
-            )
+            statement,
+            {
+                "new_order_id": new_order_id,
+                "sharing_claims": claims,
+                "sharing_goods": goods,
+                "buyer_user": user_id,
+                "buyer_session": session_id,
+            },
         )
     ).one()
     superseded = sorted(row[0] or [])
