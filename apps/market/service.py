@@ -8,6 +8,7 @@ one remote query with the page's slugs as one array. Never a remote query per pr
 
 from __future__ import annotations
 
+import functools
 import re
 import uuid
 from collections.abc import Iterable
@@ -16,7 +17,7 @@ from decimal import Decimal
 from typing import Annotated, Any
 
 import msgspec
-from sqlalchemy import Select, String, any_, bindparam, func, select
+from sqlalchemy import Integer, Select, String, any_, bindparam, func, select
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -119,10 +120,12 @@ def to_view(row: Any, liked: bool | None) -> ProductView:
     )
 
 
-def liked_products_query(
-    user_id: int, *, market_slug: str | None, limit: int, offset: int
-) -> Select[*tuple[Any, ...]]:
-    """One page of the products ``user_id`` liked, with the total in the same query.
+@functools.cache
+def _liked_page(in_market: bool) -> Select[*tuple[Any, ...]]:
+    """One page of the products ``liked_user`` liked (in the market ``liked_market`` when
+    ``in_market``), with the total in the same query; built once each, with bound parameters
+    (``page_limit``, ``page_offset``): constructing it and its cache key cost as much client
+    CPU as running it.
 
     The user's likes are a MATERIALIZED CTE: one remote scan filtered by user and type, then a
     local join by slug. Without it the planner may pick a nested loop that runs a parameterised
@@ -130,17 +133,43 @@ def liked_products_query(
     """
     liked = (
         select(foreign_likes.c.target_slug)
-        .where(foreign_likes.c.user_id == user_id, foreign_likes.c.target_type == "product")
+        .where(
+            foreign_likes.c.user_id == bindparam("liked_user"),
+            foreign_likes.c.target_type == "product",
+        )
         .cte("liked")
         .prefix_with("MATERIALIZED")
     )
+    rows = product_rows(None)
+    if in_market:
+        rows = rows.where(MarketPlace.slug == bindparam("liked_market"))
     return (
-        product_rows(market_slug)
-        .add_columns(func.count().over().label("total"))
+        rows.add_columns(func.count().over().label("total"))
         .join(liked, liked.c.target_slug == Product.slug)
         .order_by(Product.title, Product.id)
-        .limit(limit)
-        .offset(offset)
+        .limit(bindparam("page_limit", type_=Integer))
+        .offset(bindparam("page_offset", type_=Integer))
+    )
+
+
+def _liked_page_params(
+    user_id: int, market_slug: str | None, limit: int, offset: int
+) -> dict[str, Any]:
+    return {
+        "liked_user": user_id,
+        "liked_market": market_slug,
+        "page_limit": limit,
+        "page_offset": offset,
+    }
+
+
+def liked_products_query(
+    user_id: int, *, market_slug: str | None, limit: int, offset: int
+) -> Select[*tuple[Any, ...]]:
+    """The statement :func:`list_products` runs for a liked-only page, with its values bound
+    (to print or explain it)."""
+    return _liked_page(market_slug is not None).params(
+        _liked_page_params(user_id, market_slug, limit, offset)
     )
 
 
@@ -162,9 +191,8 @@ async def list_products(
         async with remote_read(session, "likes", isolate=False):
             rows = (
                 await session.execute(
-                    liked_products_query(
-                        user_id, market_slug=market_slug, limit=per_page, offset=offset
-                    )
+                    _liked_page(market_slug is not None),
+                    _liked_page_params(user_id, market_slug, per_page, offset),
                 )
             ).all()
             if rows:
