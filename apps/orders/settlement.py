@@ -28,6 +28,7 @@ from sqlalchemy import Select, and_, bindparam, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.sql.dml import ReturningUpdate
 
 from apps.cart import contract as cart
 from apps.cart.contract import ClearCartForOrder, PaidLine
@@ -109,6 +110,29 @@ async def merchant_account(session: AsyncSession, page_config_id: int) -> Mercha
     return MerchantAccount(row.sumup_merchant_code, row.sumup_api_key)
 
 
+def _settle_attempt() -> ReturningUpdate[tuple[int]]:
+    attempts = table_of(PaymentAttempt)
+    # A paid or expired attempt never changes again; FAILED may still become PAID.
+    return (
+        update(attempts)
+        .where(
+            attempts.c.id == bindparam("attempt_id"),
+            attempts.c.status.in_(OPEN_ATTEMPT_STATES),
+            attempts.c.status != bindparam("remote_status"),
+        )
+        .values(
+            status=bindparam("remote_status"),
+            transaction_code=bindparam("remote_code"),
+            transaction_id=bindparam("remote_transaction"),
+            updated_at=func.now(),
+        )
+        .returning(attempts.c.id)
+    )
+
+
+_SETTLE_ATTEMPT = _settle_attempt()
+
+
 async def apply_checkout(
     session: AsyncSession, order: Order, attempt: PaymentAttempt, remote: RemoteCheckout
 ) -> Applied:
@@ -129,24 +153,24 @@ async def apply_checkout(
             logger.warning("order %s flagged: %s", order.id, reason)
         return Applied(order.status, attempt.status, flagged=True)
 
-    # A paid or expired attempt never changes again; FAILED may still become PAID.
-    attempt_update = (
-        update(PaymentAttempt)
-        .where(
-            PaymentAttempt.id == attempt.id,
-            PaymentAttempt.status.in_(OPEN_ATTEMPT_STATES),
-            PaymentAttempt.status != remote.status,
-        )
-        .values(
-            status=remote.status,
-            transaction_code=remote.transaction_code,
-            transaction_id=remote.transaction_id,
-            updated_at=func.now(),
-        )
-    )
     # Its own statement, first: every path locks the attempt before its order (one CTE for both
     # would lock them in an order PostgreSQL does not promise, and deadlock with the others).
-    await session.execute(attempt_update)
+    settled = await session.scalar(
+        _SETTLE_ATTEMPT,
+        {
+            "attempt_id": attempt.id,
+            "remote_status": remote.status,
+            "remote_code": remote.transaction_code,
+            "remote_transaction": remote.transaction_id,
+        },
+    )
+    if settled is not None:
+        # The attempt in hand says what the row now says (the database's clock is not known
+        # here: updated_at is read again if anything asks for it).
+        set_committed_value(attempt, "status", remote.status)
+        set_committed_value(attempt, "transaction_code", remote.transaction_code)
+        set_committed_value(attempt, "transaction_id", remote.transaction_id)
+        session.expire(attempt, ["updated_at"])
     if remote.status != "PAID":
         return Applied(order.status, attempt.status, flagged=order.flagged)
 
