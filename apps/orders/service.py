@@ -425,6 +425,7 @@ class NewOrder:
 
 
 _ORDER_INSERT = insert(table_of(Order))
+_ATTEMPT_INSERT = insert(table_of(PaymentAttempt)).returning(table_of(PaymentAttempt).c.id)
 _ITEM_INSERT = insert(table_of(OrderItem))
 _CLAIM_INSERT = insert(table_of(OrderClaim))
 
@@ -606,19 +607,19 @@ async def _new_attempt(
             f"SumUp already holds {reference} for {remote.amount} {remote.currency}, "
             f"not {order.total} {order.currency}"
         )
-    attempt = PaymentAttempt(
-        order_id=order.id,
-        number=number,
-        checkout_reference=reference,
-        sumup_checkout_id=remote.id,
-        hosted_url=remote.hosted_url,
-        status="PENDING",
-        amount=order.total,
-        currency=order.currency,
-    )
-    session.add(attempt)
-    await session.flush()
-    return attempt
+    row: dict[str, Any] = {
+        "order_id": order.id,
+        "number": number,
+        "checkout_reference": reference,
+        "sumup_checkout_id": remote.id,
+        "hosted_url": remote.hosted_url,
+        "status": "PENDING",
+        "amount": order.total,
+        "currency": order.currency,
+    }
+    # A Core insert, as for the order: the attempt object only carries the row's values on.
+    attempt_id = await session.scalar(_ATTEMPT_INSERT, row)
+    return PaymentAttempt(id=attempt_id, **row)
 
 
 # -- sign-in -----------------------------------------------------------------------------------
