@@ -175,12 +175,14 @@ class OutboxRelay:
         }
         self._poll = poll_seconds
         self._batch = batch
-        # Built once (see _queue_statement).
+        # Built once (see _queue_statement). The next due message, and whether another one is
+        # due after it (the second row, locked but left for the next transaction): a pass that
+        # delivers the last due message ends without a transaction that finds nothing.
         self._next_due = (
             select(table)
             .where(table.c.delivered_at.is_(None), table.c.next_attempt_at <= func.now())
             .order_by(table.c.id)
-            .limit(1)
+            .limit(2)
             .with_for_update(skip_locked=True)
         )
         self._delivered = (
@@ -227,12 +229,17 @@ class OutboxRelay:
         table = self._table
         acknowledged = 0
         self._drained = False
+        more_due = True
         for _ in range(self._batch):
+            if not more_due:
+                self._drained = True
+                return acknowledged
             async with self._maker() as session, session.begin():
-                message = (await session.execute(self._next_due)).first()
-                if message is None:
+                due = (await session.execute(self._next_due)).all()
+                if not due:
                     self._drained = True
                     return acknowledged
+                message, more_due = due[0], len(due) > 1
                 try:
                     # The delivery continues the trace of the transaction that queued it.
                     with continued_trace(
