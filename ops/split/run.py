@@ -456,35 +456,35 @@ _INDEX_TREE = """
                           'g')
     FROM pg_index WHERE indexrelid = %s::regclass
 """
-_TRIAL_INDEX = "split_trial_index"
 
 
 def _recreates_itself(target: psycopg.Connection[Any], index: str, create: str) -> bool:
     """Whether the printed definition of a partial or expression index makes the same index
-    again: tried on the empty table under another name and rolled back. A predicate comes back
-    as PostgreSQL prints it, which can differ from what the migration wrote (an ``IN`` list
-    comes back as ``= ANY (ARRAY[...])`` with its casts written out), and the planner's proofs
-    with it: such an index is kept and maintained row by row instead."""
-    name, schema = one_row(
+    again: tried on the empty table under a name no other relation has (the index's own plus
+    its oid) and rolled back. A predicate comes back as PostgreSQL prints it, which can differ
+    from what the migration wrote (an ``IN`` list comes back as ``= ANY (ARRAY[...])`` with its
+    casts written out), and the planner's proofs with it: such an index, or one whose trial
+    fails, is kept and maintained row by row instead."""
+    name, schema, oid = one_row(
         target,
-        "SELECT quote_ident(c.relname), quote_ident(n.nspname) FROM pg_class AS c "
+        "SELECT quote_ident(c.relname), quote_ident(n.nspname), c.oid::int8 FROM pg_class AS c "
         "JOIN pg_namespace AS n ON n.oid = c.relnamespace WHERE c.oid = %s::regclass",
         (index,),
     )
+    trial_name = f"split_trial_{oid}"
     trial = re.sub(
-        rf"^(CREATE (?:UNIQUE )?INDEX ){re.escape(name)} ON ", rf"\g<1>{_TRIAL_INDEX} ON ", create
+        rf"^(CREATE (?:UNIQUE )?INDEX ){re.escape(name)} ON ", rf"\g<1>{trial_name} ON ", create
     )
     if trial == create:
         return False
-    with target.transaction(force_rollback=True):
-        target.execute(trial)
-        made = f"{schema}.{_TRIAL_INDEX}"
-        same_tree = scalar(
-            target,
-            f"SELECT ({_INDEX_TREE}) = ({_INDEX_TREE})",
-            (index, made),
-        )
-        printed = scalar(target, "SELECT pg_get_indexdef(%s::regclass)", (made,))
+    try:
+        with target.transaction(force_rollback=True):
+            target.execute(trial)
+            made = f"{schema}.{trial_name}"
+            same_tree = scalar(target, f"SELECT ({_INDEX_TREE}) = ({_INDEX_TREE})", (index, made))
+            printed = scalar(target, "SELECT pg_get_indexdef(%s::regclass)", (made,))
+    except psycopg.Error:
+        return False
     return bool(same_tree) and printed == trial
 
 

@@ -407,6 +407,22 @@ def test_the_bulk_load_leaves_every_index_and_constraint_as_it_was(monolith):
         assert set(after[table]) ^ set(found) == set(), table
 
 
+def test_an_index_of_any_name_in_a_target_does_not_stop_the_bulk_load(monolith):
+    """The bulk load tries each partial index's printed definition under a name of its own: an
+    index the DBA added, whatever its name, neither clashes with it nor is lost."""
+    with admin_connect(monolith, "relations") as connection:
+        connection.execute(
+            "CREATE INDEX split_trial_index ON relations.container_relations (child_id) "
+            "WHERE deleted_at IS NOT NULL"
+        )
+    before = schema_of_targets(monolith)["relations.container_relations"]
+    ran = rose_split(monolith, "run", "--move", "relations")
+    assert ran.exit_code == 0, ran.output
+    after = schema_of_targets(monolith)["relations.container_relations"]
+    assert set(after) == set(before)
+    assert any(name == "relations.split_trial_index" for name, _ in after)
+
+
 def test_a_row_the_target_holds_under_another_unique_key_refuses_the_move(monolith):
     """The classification looks for rows already in the target by id; a row held under another
     unique key (here the active parent/child pair, under a new id) must refuse the move with
