@@ -253,21 +253,26 @@ class OrderSlot:
     now: datetime
 
 
-@functools.cache
-def _recent_orders(by_user: bool, by_session: bool) -> Select[Any]:
-    """The buyer's orders of the last minute, the clock and a new order id (see
-    :func:`reserve_order_slot`), for a buyer known by user, session or both."""
+def _buyer(by_user: bool, by_session: bool) -> ColumnElement[bool]:
+    """The buyer's orders, by user (``buyer_user``), session (``buyer_session``) or either."""
     buyer: list[ColumnElement[bool]] = []
     if by_user:
         buyer.append(Order.user_id == bindparam("buyer_user"))
     if by_session:
         buyer.append(Order.session_id == bindparam("buyer_session"))
+    return or_(*buyer)
+
+
+@functools.cache
+def _recent_orders(by_user: bool, by_session: bool) -> Select[Any]:
+    """The buyer's orders of the last minute, the clock and a new order id (see
+    :func:`reserve_order_slot`), for a buyer known by user, session or both."""
     return select(
         func.count(),
         func.min(Order.created_at),
         func.now(),
         func.nextval(func.pg_get_serial_sequence(ORDERS_TABLE, "id")),
-    ).where(or_(*buyer), Order.created_at > func.now() - RATE_WINDOW)
+    ).where(_buyer(by_user, by_session), Order.created_at > func.now() - RATE_WINDOW)
 
 
 async def reserve_order_slot(
@@ -325,14 +330,9 @@ def _sharing(has_claims: bool, has_goods: bool, by_user: bool, by_session: bool)
             )
         )
     if has_goods:
-        buyer: list[ColumnElement[bool]] = []
-        if by_user:
-            buyer.append(Order.user_id == bindparam("buyer_user"))
-        if by_session:
-            buyer.append(Order.session_id == bindparam("buyer_session"))
         conditions.append(
             and_(
-                or_(*buyer),
+                _buyer(by_user, by_session),
                 Order.id.in_(
                     select(OrderItem.order_id).where(
                         tuple_(OrderItem.kind, OrderItem.source_id).in_(
