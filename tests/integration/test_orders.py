@@ -10,6 +10,7 @@ from decimal import Decimal
 
 import pytest
 
+from ops.db.provision import APP_SETTINGS, READER_SETTINGS
 from tests.conftest import admin_connect
 from tests.integration.orders_fixtures import (
     ORDERS_PUBLIC_URL,
@@ -477,3 +478,49 @@ async def test_a_recovered_checkout_for_another_amount_is_refused(orders, clean_
     assert refused.status_code == 502
     assert "99" in refused.json()["detail"]
     assert order_rows(clean_db) == []
+
+
+async def test_a_blog_that_does_not_answer_costs_orders_own_bounded_wait(
+    clean_db, credentials, sandbox, site_config
+):
+    """Page configs are read through FDW under orders' own statement timeout, not only the
+    roles' (here raised to an hour): while blog's table is locked (its reads wait),
+    create-order and a webhook answer 503 naming blog, with nothing written and nothing asked
+    of SumUp; once blog answers, both go through."""
+    roles = {"blog_ro_orders": READER_SETTINGS, "orders_app": APP_SETTINGS}
+
+    async def answer(request):  # a hang guard, not a measurement
+        return await asyncio.wait_for(request, timeout=60)
+
+    with admin_connect(clean_db, "blog") as blog:
+        for role in roles:
+            blog.execute(f"ALTER ROLE {role} SET statement_timeout = '1h'")
+        try:
+            # Started after the change, so that every connection of orders has it.
+            async with orders_stack(clean_db, credentials, sandbox.server) as orders:
+                order_id = (await create(orders)).json()["order_id"]
+                checkout_id = checkout_id_of(clean_db, order_id)
+                sandbox.pay(checkout_id)
+                checkouts_before = len(sandbox.checkouts())
+                blog.autocommit = False
+                blog.execute("LOCK TABLE blog.page_configs IN ACCESS EXCLUSIVE MODE")
+                refused = await answer(create(orders, order_payload(product_line(7, "2.00"))))
+                assert refused.status_code == 503, refused.text
+                assert refused.headers["content-type"].startswith("application/problem+json")
+                assert "blog" in refused.json()["detail"]
+                assert (await answer(webhook(orders, order_id, checkout_id))).status_code == 503
+                blog.rollback()
+                blog.autocommit = True
+                assert order_rows(clean_db)[0][:2] == (order_id, "pending")
+                assert len(order_rows(clean_db)) == 1
+                assert len(sandbox.checkouts()) == checkouts_before
+                assert (await webhook(orders, order_id, checkout_id)).status_code == 204
+                assert order_rows(clean_db)[0][:2] == (order_id, "paid")
+                again = await create(orders, order_payload(product_line(7, "2.00")))
+                assert again.status_code == 200, again.text
+        finally:
+            blog.rollback()
+            blog.autocommit = True
+            for role, settings in roles.items():
+                timeout = settings["statement_timeout"]
+                blog.execute(f"ALTER ROLE {role} SET statement_timeout = '{timeout}'")
