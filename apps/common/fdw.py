@@ -17,7 +17,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from sqlalchemy import (
+    ColumnElement,
     TextClause,
+    literal_column,
     text,
 )
 from sqlalchemy.exc import DBAPIError
@@ -54,6 +56,14 @@ def _timeout_statement(timeout_ms: int) -> TextClause:
     return text(f"SET LOCAL statement_timeout = {timeout_ms}")
 
 
+@functools.cache
+def timeout_for_next_reads(timeout_ms: int = DEFAULT_REMOTE_TIMEOUT_MS) -> ColumnElement[str]:
+    """A column for the statement just before ``remote_read(..., timeout_set=True)``: it sets
+    the timeout as ``SET LOCAL`` does (a statement's own timeout is armed when it starts, so it
+    bounds the statements after it), without a round trip of its own."""
+    return literal_column(f"set_config('statement_timeout', '{int(timeout_ms)}', true)")
+
+
 def _sqlstate(exc: DBAPIError) -> str:
     return getattr(exc.orig, "sqlstate", None) or ""
 
@@ -65,14 +75,20 @@ async def remote_read(
     *,
     timeout_ms: int = DEFAULT_REMOTE_TIMEOUT_MS,
     isolate: bool = True,
+    timeout_set: bool = False,
 ) -> AsyncIterator[None]:
     """Bound (and by default isolate) the FDW queries run inside the block.
 
     ``isolate=False`` is for requests that cannot answer at all without the provider: no
     savepoint (two local and two remote round trips fewer), the timeout stays on until the
-    transaction ends, and a failure leaves the transaction to be rolled back by the caller."""
+    transaction ends, and a failure leaves the transaction to be rolled back by the caller.
+    ``timeout_set=True`` (only without isolation): the statement before the block set the
+    timeout with :func:`timeout_for_next_reads`."""
+    if timeout_set and isolate:
+        raise ValueError("a timeout set by the statement before cannot be isolated")
     savepoint = await session.begin_nested() if isolate else None
-    await session.execute(_timeout_statement(int(timeout_ms)))
+    if not timeout_set:
+        await session.execute(_timeout_statement(int(timeout_ms)))
     try:
         yield
     except DBAPIError as exc:

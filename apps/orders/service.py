@@ -40,13 +40,13 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import JSONB, array
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
 from apps.common.contracts import SignIn
 from apps.common.db import table_of
-from apps.common.fdw import remote_read
+from apps.common.fdw import remote_read, timeout_for_next_reads
 from apps.common.internal_client import InternalCallError
 from apps.common.problems import (
     Conflict,
@@ -76,6 +76,7 @@ from apps.orders.settlement import (
     OPEN_ATTEMPT_STATES,
     Applied,
     MerchantAccounts,
+    account_of,
     close_attempt,
     merchant_account,
     money,
@@ -191,10 +192,15 @@ _CONFIGS_OF = select(page_payment_configs).where(
 
 
 async def resolve_payment_config(
-    session: AsyncSession, page_post_id: int | None, containers: set[int]
+    session: AsyncSession,
+    page_post_id: int | None,
+    containers: set[int],
+    *,
+    timeout_set: bool = False,
 ) -> PaymentConfig:
     """The page's config when the order belongs to one page, else the site-wide default; a page
-    without SumUp settings falls back to the site default too."""
+    without SumUp settings falls back to the site default too. ``timeout_set``: the statement
+    before set the FDW timeout (see ``remote_read``)."""
     candidates: list[tuple[str, int]] = []
     if page_post_id is not None:
         candidates.append(("page", page_post_id))
@@ -202,7 +208,7 @@ async def resolve_payment_config(
         candidates.append(("page", next(iter(containers))))
     candidates.append(SITE_CONTAINER)
     # No savepoint: nothing can go on without the config, a failure ends the transaction.
-    async with remote_read(session, "blog", isolate=False):
+    async with remote_read(session, "blog", isolate=False, timeout_set=timeout_set):
         rows = (await session.execute(_CONFIGS_OF, {"candidates": candidates})).all()
     by_container = {(row.container_type, row.container_id): row for row in rows}
     for candidate in candidates:
@@ -278,6 +284,8 @@ def _recent_orders(by_user: bool, by_session: bool) -> Select[Any]:
         func.min(Order.created_at),
         func.now(),
         func.nextval(func.pg_get_serial_sequence(ORDERS_TABLE, "id")),
+        # The page configs are read next, through FDW (resolve_payment_config).
+        timeout_for_next_reads(),
     ).where(_buyer(by_user, by_session), Order.created_at > func.now() - RATE_WINDOW)
 
 
@@ -293,7 +301,7 @@ async def reserve_order_slot(
             {"buyer_user": user_id, "buyer_session": session_id},
         )
     ).one()
-    count, oldest, now, order_id = recent
+    count, oldest, now, order_id, _ = recent
     if count >= per_minute:
         retry_after = int((oldest + RATE_WINDOW - now).total_seconds()) + 1
         raise TooManyRequests(
@@ -454,7 +462,7 @@ def _place_order(has_claims: bool, has_goods: bool, by_user: bool, by_session: b
             .cte("new_claims")
         )
     if not (has_claims or has_goods):
-        return select(null(), null(), null()).add_cte(*ctes)
+        return select(null(), null(), null()).add_cte(*ctes)  # type: ignore[return-value]
     superseding, blocking_id, blocking_flagged = _superseding(
         has_claims, has_goods, by_user, by_session
     )
@@ -541,7 +549,10 @@ async def create_order(
         for line in (*request.calendar_entries, *request.tickets)
         if line.container_id is not None
     }
-    config = await resolve_payment_config(session, request.page_post_id, containers)
+    # reserve_order_slot set the timeout of the FDW read.
+    config = await resolve_payment_config(
+        session, request.page_post_id, containers, timeout_set=True
+    )
     total = money(request.product_total + request.calendar_total + request.ticket_total)
     if total <= 0:
         raise InvalidInput("the order total must be more than zero", field="product_total")
@@ -824,8 +835,22 @@ async def start_new_attempt(
 
 
 # -- what SumUp reports ------------------------------------------------------------------------
+# The order and attempt a webhook names, with the SumUp account of the order's page config
+# (through FDW, in the same round trip: the webhook needs it to ask SumUp), as one array so that
+# blog is asked once: [merchant code, API key], NULL when the config is gone.
 _ATTEMPT_OF = (
-    select(Order, PaymentAttempt)
+    select(
+        Order,
+        PaymentAttempt,
+        select(
+            array(
+                [page_payment_configs.c.sumup_merchant_code, page_payment_configs.c.sumup_api_key]
+            )
+        )
+        .where(page_payment_configs.c.id == Order.page_config_id)
+        .scalar_subquery()
+        .label("account"),
+    )
     .join(PaymentAttempt, PaymentAttempt.order_id == Order.id)
     .where(
         Order.id == bindparam("order_id"),
@@ -836,11 +861,19 @@ _ATTEMPT_OF = (
 
 async def attempt_for_checkout(
     session: AsyncSession, order_id: int, checkout_id: str
-) -> tuple[Order, PaymentAttempt] | None:
-    found = (
-        await session.execute(_ATTEMPT_OF, {"order_id": order_id, "checkout_id": checkout_id})
-    ).first()
-    return None if found is None else (found.Order, found.PaymentAttempt)
+) -> tuple[Order, PaymentAttempt, MerchantAccounts] | None:
+    """The order and attempt of a checkout, and the order's SumUp account (a page config that
+    lost its key is a 409)."""
+    async with remote_read(session, "blog", isolate=False):
+        found = (
+            await session.execute(_ATTEMPT_OF, {"order_id": order_id, "checkout_id": checkout_id})
+        ).first()
+    if found is None:
+        return None
+    order: Order = found.Order
+    merchant_code, api_key = found.account or (None, None)
+    account = account_of(order.page_config_id, merchant_code, api_key)
+    return order, found.PaymentAttempt, MerchantAccounts({order.page_config_id: account})
 
 
 async def handle_webhook(
@@ -852,8 +885,8 @@ async def handle_webhook(
     found = await attempt_for_checkout(session, order_id, checkout_id)
     if found is None:
         return None
-    order, attempt = found
-    return await refresh_attempt(session, order, attempt, runtime.gateway)
+    order, attempt, accounts = found
+    return await refresh_attempt(session, order, attempt, runtime.gateway, accounts)
 
 
 async def recheck(

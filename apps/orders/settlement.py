@@ -84,8 +84,8 @@ class MerchantAccounts:
     """Page configs' SumUp accounts (read through FDW from blog), remembered for one unit of
     work so a reconciliation pass reads each config once."""
 
-    def __init__(self) -> None:
-        self._known: dict[int, MerchantAccount] = {}
+    def __init__(self, known: dict[int, MerchantAccount] | None = None) -> None:
+        self._known: dict[int, MerchantAccount] = dict(known or {})
 
     async def of(self, session: AsyncSession, page_config_id: int) -> MerchantAccount:
         account = self._known.get(page_config_id)
@@ -105,9 +105,18 @@ _CONFIG_BY_ID = select(page_payment_configs).where(
 async def merchant_account(session: AsyncSession, page_config_id: int) -> MerchantAccount:
     async with remote_read(session, "blog", isolate=False):
         row = (await session.execute(_CONFIG_BY_ID, {"page_config_id": page_config_id})).first()
-    if row is None or not row.sumup_api_key:
+    if row is None:
+        return account_of(page_config_id, None, None)
+    return account_of(page_config_id, row.sumup_merchant_code, row.sumup_api_key)
+
+
+def account_of(
+    page_config_id: int, merchant_code: str | None, api_key: str | None
+) -> MerchantAccount:
+    """The SumUp account of a page config as read from blog (None: the config is gone)."""
+    if not merchant_code or not api_key:
         raise Conflict(f"page config {page_config_id} has no SumUp key any more")
-    return MerchantAccount(row.sumup_merchant_code, row.sumup_api_key)
+    return MerchantAccount(merchant_code, api_key)
 
 
 def _settle_attempt() -> ReturningUpdate[tuple[int]]:
