@@ -175,7 +175,8 @@ SECTIONS = {
     internal: ["run_idempotent"],
     service: [
         "create_order",
-        "resolve_payment_config",
+        "reserve_order_slot",
+        "place_order",
         "_new_attempt",
         "handle_webhook",
         "attempt_for_checkout",

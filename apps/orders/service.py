@@ -184,42 +184,45 @@ def checkout_reference(prefix: str, order_id: int, attempt: int) -> str:
 # -- page configs, through the FDW edge orders <- blog ----------------------------------------
 # The hot path's statements are built once, with bound parameters: constructing a statement and
 # its cache key cost as much client CPU as running it (bench.checkout).
-_CONFIGS_OF = select(page_payment_configs).where(
-    tuple_(page_payment_configs.c.container_type, page_payment_configs.c.container_id).in_(
-        bindparam("candidates", expanding=True)
-    )
-)
-
-
-async def resolve_payment_config(
-    session: AsyncSession,
-    page_post_id: int | None,
-    containers: set[int],
-    *,
-    timeout_set: bool = False,
-) -> PaymentConfig:
-    """The page's config when the order belongs to one page, else the site-wide default; a page
-    without SumUp settings falls back to the site default too. ``timeout_set``: the statement
-    before set the FDW timeout (see ``remote_read``)."""
+def config_candidates(page_post_id: int | None, containers: set[int]) -> list[tuple[str, int]]:
+    """The page configs an order may take, best first: its page's (the page it belongs to, or
+    the one container all its lines come from), then the site-wide default."""
     candidates: list[tuple[str, int]] = []
     if page_post_id is not None:
         candidates.append(("page", page_post_id))
     elif len(containers) == 1:
         candidates.append(("page", next(iter(containers))))
     candidates.append(SITE_CONTAINER)
-    # No savepoint: nothing can go on without the config, a failure ends the transaction.
-    async with remote_read(session, "blog", isolate=False, timeout_set=timeout_set):
-        rows = (await session.execute(_CONFIGS_OF, {"candidates": candidates})).all()
-    by_container = {(row.container_type, row.container_id): row for row in rows}
+    return candidates
+
+
+# The candidates' page configs (through FDW), as one JSON array of rows.
+_CANDIDATE_CONFIGS = (
+    select(func.jsonb_agg(page_payment_configs.table_valued()))
+    .where(
+        tuple_(page_payment_configs.c.container_type, page_payment_configs.c.container_id).in_(
+            bindparam("candidates", expanding=True)
+        )
+    )
+    .scalar_subquery()
+)
+
+
+def choose_payment_config(
+    candidates: list[tuple[str, int]], rows: list[dict[str, Any]]
+) -> PaymentConfig:
+    """The first candidate with a SumUp merchant and key: a page without SumUp settings falls
+    back to the site default too."""
+    by_container = {(row["container_type"], row["container_id"]): row for row in rows}
     for candidate in candidates:
         row = by_container.get(candidate)
-        if row is not None and row.sumup_merchant_code and row.sumup_api_key:
+        if row is not None and row["sumup_merchant_code"] and row["sumup_api_key"]:
             return PaymentConfig(
-                id=row.id,
-                container_type=row.container_type,
-                container_id=row.container_id,
-                account=MerchantAccount(row.sumup_merchant_code, row.sumup_api_key),
-                checkout_prefix=row.sumup_checkout_prefix or DEFAULT_CHECKOUT_PREFIX,
+                id=row["id"],
+                container_type=row["container_type"],
+                container_id=row["container_id"],
+                account=MerchantAccount(row["sumup_merchant_code"], row["sumup_api_key"]),
+                checkout_prefix=row["sumup_checkout_prefix"] or DEFAULT_CHECKOUT_PREFIX,
             )
     raise Conflict(
         "Payments are not configured for this page (no SumUp merchant and key on the page or "
@@ -228,31 +231,38 @@ async def resolve_payment_config(
 
 
 # -- one buyer at a time -----------------------------------------------------------------------
-async def lock_buyer(session: AsyncSession, user_id: int | None, session_id: str | None) -> None:
+async def lock_buyer(
+    session: AsyncSession,
+    user_id: int | None,
+    session_id: str | None,
+    *,
+    remote_reads_next: bool = False,
+) -> None:
     """Serialise one buyer's order changes until the transaction ends: user first, then
     session (PostgreSQL evaluates a select list in order), so two requests never wait on each
-    other in opposite orders."""
+    other in opposite orders. ``remote_reads_next``: the same statement sets the FDW timeout of
+    the statements after it (``remote_read(..., timeout_set=True)``)."""
     keys = []
     if user_id is not None:
         keys.append(f"orders-buyer:user:{user_id}")
     if session_id is not None:
         keys.append(f"orders-buyer:session:{session_id}")
-    if keys:
+    if keys or remote_reads_next:
         await session.execute(
-            _buyer_locks(len(keys)), {f"buyer_key_{i}": key for i, key in enumerate(keys)}
+            _buyer_locks(len(keys), remote_reads_next),
+            {f"buyer_key_{i}": key for i, key in enumerate(keys)},
         )
 
 
 @functools.cache
-def _buyer_locks(count: int) -> Select[Any]:
-    return select(
-        *(
-            func.pg_advisory_xact_lock(
-                func.hashtextextended(bindparam(f"buyer_key_{i}", type_=Text), 0)
-            )
-            for i in range(count)
+def _buyer_locks(count: int, remote_reads_next: bool) -> Select[Any]:
+    locks = [
+        func.pg_advisory_xact_lock(
+            func.hashtextextended(bindparam(f"buyer_key_{i}", type_=Text), 0)
         )
-    )
+        for i in range(count)
+    ]
+    return select(*locks, *([timeout_for_next_reads()] if remote_reads_next else []))
 
 
 @dataclass(frozen=True)
@@ -263,6 +273,8 @@ class OrderSlot:
     order_id: int
     # The database's clock.
     now: datetime
+    # The page config the order takes.
+    config: PaymentConfig
 
 
 def _buyer(by_user: bool, by_session: bool) -> ColumnElement[bool]:
@@ -277,31 +289,37 @@ def _buyer(by_user: bool, by_session: bool) -> ColumnElement[bool]:
 
 @functools.cache
 def _recent_orders(by_user: bool, by_session: bool) -> Select[Any]:
-    """The buyer's orders of the last minute, the clock and a new order id (see
-    :func:`reserve_order_slot`), for a buyer known by user, session or both."""
+    """The buyer's orders of the last minute, the clock, a new order id and the candidate page
+    configs (see :func:`reserve_order_slot`), for a buyer known by user, session or both."""
     return select(
         func.count(),
         func.min(Order.created_at),
         func.now(),
         func.nextval(func.pg_get_serial_sequence(ORDERS_TABLE, "id")),
-        # The page configs are read next, through FDW (resolve_payment_config).
-        timeout_for_next_reads(),
+        _CANDIDATE_CONFIGS,
     ).where(_buyer(by_user, by_session), Order.created_at > func.now() - RATE_WINDOW)
 
 
 async def reserve_order_slot(
-    session: AsyncSession, user_id: int | None, session_id: str | None, per_minute: int
+    session: AsyncSession,
+    user_id: int | None,
+    session_id: str | None,
+    per_minute: int,
+    candidates: list[tuple[str, int]],
 ) -> OrderSlot:
     """At most ``per_minute`` new orders per buyer; exact across processes (the buyer lock is
     held, and the count is of committed orders). A refused order leaves a gap in the ids, as
-    a rolled-back one always did."""
-    recent = (
-        await session.execute(
-            _recent_orders(user_id is not None, session_id is not None),
-            {"buyer_user": user_id, "buyer_session": session_id},
-        )
-    ).one()
-    count, oldest, now, order_id, _ = recent
+    a rolled-back one always did. The page configs are read in the same statement, through FDW
+    (the statement before, :func:`lock_buyer`, set its timeout); nothing can go on without
+    them, so no savepoint: a failure ends the transaction."""
+    async with remote_read(session, "blog", isolate=False, timeout_set=True):
+        recent = (
+            await session.execute(
+                _recent_orders(user_id is not None, session_id is not None),
+                {"buyer_user": user_id, "buyer_session": session_id, "candidates": candidates},
+            )
+        ).one()
+    count, oldest, now, order_id, configs = recent
     if count >= per_minute:
         retry_after = int((oldest + RATE_WINDOW - now).total_seconds()) + 1
         raise TooManyRequests(
@@ -309,7 +327,8 @@ async def reserve_order_slot(
             "your cart is as it was.",
             retry_after=retry_after,
         )
-    return OrderSlot(order_id=order_id, now=now)
+    config = choose_payment_config(candidates, configs or [])
+    return OrderSlot(order_id=order_id, now=now, config=config)
 
 
 def claims_of(request: CreateOrder) -> list[Claim]:
@@ -536,10 +555,6 @@ async def create_order(
     settings = runtime.settings
     currency = validate_order(request)
     _check_urls(request, runtime.urls)
-    await lock_buyer(session, request.user_id, request.session_id)
-    slot = await reserve_order_slot(
-        session, request.user_id, request.session_id, settings.checkouts_per_minute
-    )
     containers = {
         line.market_place_container_id
         for line in request.cart_items
@@ -549,10 +564,15 @@ async def create_order(
         for line in (*request.calendar_entries, *request.tickets)
         if line.container_id is not None
     }
-    # reserve_order_slot set the timeout of the FDW read.
-    config = await resolve_payment_config(
-        session, request.page_post_id, containers, timeout_set=True
+    await lock_buyer(session, request.user_id, request.session_id, remote_reads_next=True)
+    slot = await reserve_order_slot(
+        session,
+        request.user_id,
+        request.session_id,
+        settings.checkouts_per_minute,
+        config_candidates(request.page_post_id, containers),
     )
+    config = slot.config
     total = money(request.product_total + request.calendar_total + request.ticket_total)
     if total <= 0:
         raise InvalidInput("the order total must be more than zero", field="product_total")
