@@ -11,6 +11,7 @@ from sqlalchemy.dialects import postgresql
 
 from apps.market.service import liked_products_query, liked_slugs_query
 from tests.conftest import admin_connect, in_process_stack
+from tests.fdw_plans import explain_as_app
 from tests.integration.market_fixtures import seed_products
 from tests.signed import internal_post
 
@@ -201,23 +202,6 @@ def degraded_reads(metrics: str) -> float:
     return sum(float(value) for value in found)
 
 
-def _explain(server, credentials, sql: str, params: tuple = ()) -> list[dict]:
-    """EXPLAIN (ANALYZE, VERBOSE) as market_app: every plan node, flattened."""
-    with psycopg.connect(server.topology.app_url("market", credentials)) as connection:
-        plan = connection.execute(
-            f"EXPLAIN (ANALYZE, VERBOSE, FORMAT JSON) {sql}", params
-        ).fetchone()[0]
-    nodes = []
-
-    def walk(node: dict) -> None:
-        nodes.append(node)
-        for child in node.get("Plans", []):
-            walk(child)
-
-    walk(plan[0]["Plan"])
-    return nodes
-
-
 async def test_liked_listing_pushes_the_user_filter_down_in_one_remote_scan(
     market_stack, clean_db, credentials
 ):
@@ -227,7 +211,7 @@ async def test_liked_listing_pushes_the_user_filter_down_in_one_remote_scan(
     await like(market_stack.client("likes"), 6, slugs[1])
     query = liked_products_query(5, market_slug=None, limit=24, offset=0)
     sql = str(query.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
-    nodes = _explain(clean_db, credentials, sql)
+    nodes = explain_as_app(clean_db, credentials, "market", sql)
     remote = [node for node in nodes if node["Node Type"] == "Foreign Scan"]
     assert len(remote) == 1
     remote_sql = remote[0]["Remote SQL"]
@@ -243,7 +227,7 @@ async def test_like_annotation_is_one_remote_query_with_an_array(clean_db, crede
 
     query = liked_slugs_query(5, slugs[:24])
     sql = str(query.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
-    nodes = _explain(clean_db, credentials, sql)
+    nodes = explain_as_app(clean_db, credentials, "market", sql)
     remote = [node for node in nodes if node["Node Type"] == "Foreign Scan"]
     assert len(remote) == 1
     assert remote[0]["Actual Loops"] == 1

@@ -9,9 +9,12 @@ import re
 from decimal import Decimal
 
 import pytest
+from sqlalchemy.dialects import postgresql
 
+from apps.orders.service import _ATTEMPT_OF, _recent_orders
 from ops.db.provision import APP_SETTINGS, READER_SETTINGS
 from tests.conftest import admin_connect
+from tests.fdw_plans import explain_as_app, foreign_scans
 from tests.integration.orders_fixtures import (
     ORDERS_PUBLIC_URL,
     add_page_config,
@@ -524,3 +527,48 @@ async def test_a_blog_that_does_not_answer_costs_orders_own_bounded_wait(
             for role, settings in roles.items():
                 timeout = settings["statement_timeout"]
                 blog.execute(f"ALTER ROLE {role} SET statement_timeout = '{timeout}'")
+
+
+def test_the_webhook_and_create_order_ask_blog_once_each(clean_db, credentials, site_config):
+    """The page-config reads folded into orders' own statements stay one remote scan each,
+    filtered at blog: the webhook's by the order's config id, create-order's by the candidates."""
+    with admin_connect(clean_db, "orders") as connection:
+        order_id = connection.execute(
+            """
+            INSERT INTO orders.orders (user_id, currency, product_total, calendar_total,
+                                       ticket_total, total, description, page_config_id,
+                                       merchant_code, checkout_prefix, payable_until)
+            VALUES (1, 'EUR', 5, 0, 0, 5, 'x', %s, 'M', 'p-', now() + interval '15 minutes')
+            RETURNING id
+            """,
+            (site_config,),
+        ).fetchone()[0]
+        connection.execute(
+            """
+            INSERT INTO orders.payment_attempts (order_id, number, checkout_reference,
+                                                 sumup_checkout_id, status, amount, currency)
+            VALUES (%s, 1, 'ref-1', 'co-1', 'PENDING', 5, 'EUR')
+            """,
+            (order_id,),
+        )
+    dialect = postgresql.psycopg.dialect()
+    literal = {"literal_binds": True, "render_postcompile": True}
+    webhook_sql = str(
+        _ATTEMPT_OF.params(order_id=order_id, checkout_id="co-1").compile(
+            dialect=dialect, compile_kwargs=literal
+        )
+    )
+    [scan] = foreign_scans(explain_as_app(clean_db, credentials, "orders", webhook_sql))
+    assert scan["Actual Loops"] == 1
+    assert scan["Actual Rows"] == 1
+    assert "id = $1" in scan["Remote SQL"]
+    slot_sql = str(
+        _recent_orders(True, False)
+        .params(buyer_user=1, candidates=[("page", 4), ("site", 0)])
+        .compile(dialect=dialect, compile_kwargs=literal)
+    )
+    [scan] = foreign_scans(explain_as_app(clean_db, credentials, "orders", slot_sql))
+    assert scan["Actual Loops"] == 1
+    assert scan["Actual Rows"] == 1
+    assert "container_type" in scan["Remote SQL"]
+    assert "'site'" in scan["Remote SQL"]
