@@ -38,15 +38,23 @@ from bench.plan_market import liked_in_list_query, liked_products_over_http
 
 PAGE = 24
 VARIANT_KEYS = ("a", "b", "c")
-# Statements every request sends around its query: SQLAlchemy's pool pre-ping (";"), the
-# transaction, and the savepoint with a statement timeout of apps.common.fdw.remote_read.
-PRE_PING = ";"
-REMOTE_READ_OPEN = ("BEGIN", "SAVEPOINT sa_savepoint_1", "SET LOCAL statement_timeout = 2000")
-REMOTE_READ_CLOSE = (
-    "SET LOCAL statement_timeout TO DEFAULT",
-    "RELEASE SAVEPOINT sa_savepoint_1",
-    "ROLLBACK",
-)
+# (b)'s statements around each of its queries (its SQL is not logged; the pool pings a
+# connection only after it idled, so a request sends no ping).
+PLAN_OPEN = ("BEGIN",)
+PLAN_CLOSE = ("ROLLBACK",)
+
+
+def around_the_query(logged: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The statements an (a) request sends before and after its one query, from the server
+    log's lines (``statement: BEGIN``, ``execute <unnamed>: WITH ...``): the raw replay sends
+    exactly these, so that it measures the round trips the app makes, not an old list."""
+    queries = [index for index, line in enumerate(logged) if line.startswith("execute ")]
+    if len(queries) != 1 or not all(
+        line.startswith("statement: ") for i, line in enumerate(logged) if i != queries[0]
+    ):
+        raise RuntimeError(f"expected one query among simple statements, the log has {logged}")
+    simple = [line.removeprefix("statement: ") for line in logged]
+    return tuple(simple[: queries[0]]), tuple(simple[queries[0] + 1 :])
 
 
 @dataclass(frozen=True)
@@ -130,9 +138,10 @@ def print_plans(targets: Targets, user_id: int) -> None:
                     print(f"  {line[:200]} ..." if len(line) > 200 else f"  {line}")
 
 
-def print_remote_statements(targets: Targets, user_id: int) -> None:
+def print_remote_statements(targets: Targets, user_id: int) -> list[str]:
     """The statements one (a) request sends, locally and to db_likes through the FDW: statement
-    logging is switched on for the roles of a fresh engine's sessions only."""
+    logging is switched on for the roles of a fresh engine's sessions only. Returns the local
+    ones."""
     roles = ("market_app", "likes_ro_market")
     with psycopg.connect(targets.admin_dsn, autocommit=True) as admin:
         for role in roles:
@@ -148,10 +157,11 @@ def print_remote_statements(targets: Targets, user_id: int) -> None:
     remote = [line for role, line in lines if role == "likes_ro_market"]
     print(f"  in db_market as market_app: {len(local)}")
     for line in local:
-        print(f"    {line}")
+        print(f"    {line[:110]}")
     print(f"  sent by postgres_fdw to db_likes as likes_ro_market: {len(remote)}")
     for line in remote:
-        print(f"    {line}")
+        print(f"    {line[:110]}")
+    return local
 
 
 async def _one_logged_request(targets: Targets, user_id: int) -> list[tuple[str, str]]:
@@ -177,7 +187,7 @@ async def _one_logged_request(targets: Targets, user_id: int) -> list[tuple[str,
             marker = f" {role}@"
             if marker in line and ("statement: " in line or "execute " in line):
                 statement = line.split("LOG:", 1)[1].strip()
-                statements.append((role, statement[:110]))
+                statements.append((role, statement))
     return statements
 
 
@@ -224,7 +234,6 @@ async def _statements(
     closing: Sequence[str],
 ) -> list[Any]:
     """One request's statements, each a round trip, as SQLAlchemy sends them."""
-    await connection.execute(PRE_PING)
     for statement in opening:
         await connection.execute(statement)
     rows = await (await connection.execute(*query)).fetchall()
@@ -238,11 +247,18 @@ async def measure_layers(
     users: Sequence[int],
     http_urls: Mapping[str, str],
     cookies: Mapping[int, str],
+    around: tuple[Sequence[str], Sequence[str]],
 ) -> Layers:
     """Every layer of every variant for each user, steps in a rotating order. ``http_urls``:
     the listing URL of each variant's running process (their access log gives the server time
-    meanwhile); ``cookies``: a session cookie per user."""
+    meanwhile); ``cookies``: a session cookie per user; ``around``: the statements an (a)
+    request sends before and after its query (:func:`around_the_query`)."""
     layers: Layers = defaultdict(lambda: defaultdict(list))
+    opening, closing = around
+
+    def around_query(query: tuple[str, dict[str, Any]]) -> tuple[Any, ...]:
+        return opening, query, closing
+
     http = httpx.AsyncClient(timeout=30.0)
     connect = psycopg.AsyncConnection.connect
     market = await connect(targets.market_dsn, autocommit=True)
@@ -294,8 +310,8 @@ async def measure_layers(
                 ("db", "a", partial(_explain_ms, market, fdw_sql)),
                 ("db", "c", partial(_explain_ms, monolith, fdw_sql)),
                 ("db", "b", partial(_sum_explain, likes, market, likes_sql, in_sql)),
-                ("sql", "a", partial(_fdw_statements, market, fdw_raw)),
-                ("sql", "c", partial(_fdw_statements, monolith, fdw_raw)),
+                ("sql", "a", partial(_statements, market, *around_query(fdw_raw))),
+                ("sql", "c", partial(_statements, monolith, *around_query(fdw_raw))),
                 ("sql", "b", partial(_plan_statements, likes, market, likes_raw, in_raw)),
                 ("inproc", "a", partial(fdw_like, "market", user_id)),
                 ("inproc", "c", partial(fdw_like, "monolith", user_id)),
@@ -340,20 +356,14 @@ async def _sum_explain(
     return await _explain_ms(likes, likes_sql) + await _explain_ms(market, in_sql)
 
 
-async def _fdw_statements(
-    connection: psycopg.AsyncConnection, query: tuple[str, dict[str, Any]]
-) -> None:
-    await _statements(connection, REMOTE_READ_OPEN, query, REMOTE_READ_CLOSE)
-
-
 async def _plan_statements(
     likes: psycopg.AsyncConnection,
     market: psycopg.AsyncConnection,
     likes_sql: tuple[str, dict[str, Any]],
     in_sql: tuple[str, dict[str, Any]],
 ) -> None:
-    await _statements(likes, ("BEGIN",), likes_sql, ("ROLLBACK",))
-    await _statements(market, ("BEGIN",), in_sql, ("ROLLBACK",))
+    await _statements(likes, PLAN_OPEN, likes_sql, PLAN_CLOSE)
+    await _statements(market, PLAN_OPEN, in_sql, PLAN_CLOSE)
 
 
 def print_layers(layers: Layers, server_ms: Mapping[str, Sequence[float]]) -> float:

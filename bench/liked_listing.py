@@ -343,13 +343,17 @@ def run_breakdown(
     )
     sample = users[: min(len(users), 300)]
     liked_breakdown.print_plans(targets, sample[0])
-    liked_breakdown.print_remote_statements(targets, sample[0])
+    around = liked_breakdown.around_the_query(
+        liked_breakdown.print_remote_statements(targets, sample[0])
+    )
     liked_breakdown.print_connection_setup(targets, sample)
     # Server times again, now for the breakdown's own HTTP requests.
     sink.server_ms.clear()
     sink.recording = True
     http_urls = {key: url + LISTING_PATH for key, url in urls.items()}
-    layers = asyncio.run(liked_breakdown.measure_layers(targets, sample, http_urls, cookies))
+    layers = asyncio.run(
+        liked_breakdown.measure_layers(targets, sample, http_urls, cookies, around)
+    )
     time.sleep(0.5)
     sink.recording = False
     server_ms: dict[str, list[float]] = {

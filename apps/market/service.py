@@ -22,7 +22,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from apps.common.db import end_read
+from apps.common.db import end_read, table_of
 from apps.common.fdw import ProviderUnavailable, remote_read
 from apps.common.internal_client import InternalClient
 from apps.common.problems import Conflict, InvalidInput, NotFound
@@ -73,29 +73,35 @@ class ProductPage(msgspec.Struct):
         return max(1, -(-self.total // self.per_page))
 
 
+# Core tables, not the mapped classes, in the list queries: a statement of ORM attributes goes
+# through the ORM's compile and result machinery even when it returns plain rows.
+PRODUCTS = table_of(Product)
+PLACES = table_of(MarketPlace)
+
+
 def product_rows(market_slug: str | None) -> Select[*tuple[Any, ...]]:
     """Live products of live market places, as plain rows (no ORM objects to build: list pages
     are the hot path)."""
     query = (
         select(
-            Product.id,
-            Product.slug,
-            Product.title,
-            Product.image,
-            Product.regular_price,
-            Product.special_price,
-            Product.price_currency,
-            MarketPlace.id.label("place_id"),
-            MarketPlace.slug.label("place_slug"),
-            MarketPlace.name.label("place_name"),
-            MarketPlace.container_type,
-            MarketPlace.container_id,
+            PRODUCTS.c.id,
+            PRODUCTS.c.slug,
+            PRODUCTS.c.title,
+            PRODUCTS.c.image,
+            PRODUCTS.c.regular_price,
+            PRODUCTS.c.special_price,
+            PRODUCTS.c.price_currency,
+            PLACES.c.id.label("place_id"),
+            PLACES.c.slug.label("place_slug"),
+            PLACES.c.name.label("place_name"),
+            PLACES.c.container_type,
+            PLACES.c.container_id,
         )
-        .join(MarketPlace, MarketPlace.id == Product.market_place_id)
-        .where(Product.deleted_at.is_(None), MarketPlace.deleted_at.is_(None))
+        .join(PLACES, PLACES.c.id == PRODUCTS.c.market_place_id)
+        .where(PRODUCTS.c.deleted_at.is_(None), PLACES.c.deleted_at.is_(None))
     )
     if market_slug is not None:
-        query = query.where(MarketPlace.slug == market_slug)
+        query = query.where(PLACES.c.slug == market_slug)
     return query
 
 
@@ -142,11 +148,11 @@ def _liked_page(in_market: bool) -> Select[*tuple[Any, ...]]:
     )
     rows = product_rows(None)
     if in_market:
-        rows = rows.where(MarketPlace.slug == bindparam("liked_market"))
+        rows = rows.where(PLACES.c.slug == bindparam("liked_market"))
     return (
         rows.add_columns(func.count().over().label("total"))
-        .join(liked, liked.c.target_slug == Product.slug)
-        .order_by(Product.title, Product.id)
+        .join(liked, liked.c.target_slug == PRODUCTS.c.slug)
+        .order_by(PRODUCTS.c.title, PRODUCTS.c.id)
         .limit(bindparam("page_limit", type_=Integer))
         .offset(bindparam("page_offset", type_=Integer))
     )
@@ -211,7 +217,7 @@ async def list_products(
     total = await session.scalar(select(func.count()).select_from(query.subquery())) or 0
     rows = (
         await session.execute(
-            query.order_by(Product.title, Product.id).limit(per_page).offset(offset)
+            query.order_by(PRODUCTS.c.title, PRODUCTS.c.id).limit(per_page).offset(offset)
         )
     ).all()
     liked, degraded = await _liked_among(session, user_id, [row.slug for row in rows])
@@ -239,7 +245,7 @@ def _state(liked: set[str] | None, slug: str) -> bool | None:
 async def get_product(
     session: AsyncSession, slug: str, user_id: int | None
 ) -> tuple[ProductView, list[str]]:
-    row = (await session.execute(product_rows(None).where(Product.slug == slug))).first()
+    row = (await session.execute(product_rows(None).where(PRODUCTS.c.slug == slug))).first()
     if row is None:
         raise NotFound(f"Product {slug!r} does not exist")
     liked, degraded = await _liked_among(session, user_id, [row.slug])
