@@ -572,3 +572,28 @@ def test_the_webhook_and_create_order_ask_blog_once_each(clean_db, credentials, 
     assert scan["Actual Rows"] == 1
     assert "container_type" in scan["Remote SQL"]
     assert "'site'" in scan["Remote SQL"]
+
+
+async def test_a_create_order_that_waits_past_its_bound_on_a_locked_order_is_a_503(
+    orders, clean_db, sandbox
+):
+    """Superseding waits on the earlier order's row; when something else holds it past the
+    statement timeout, the answer is a 503 to retry (not an unexpected 500), nothing is left
+    of the new order, and retrying once the row is free works."""
+    first = (await create(orders, order_payload(product_line(1, "4.00")))).json()["order_id"]
+    with admin_connect(clean_db, "orders") as holder:
+        holder.autocommit = False
+        holder.execute("SELECT id FROM orders.orders WHERE id = %s FOR UPDATE", (first,))
+        refused = await asyncio.wait_for(  # a hang guard, not a measurement
+            create(orders, order_payload(product_line(1, "4.00"), product_line(2))), timeout=60
+        )
+        holder.rollback()
+    assert refused.status_code == 503, refused.text
+    assert refused.headers["content-type"].startswith("application/problem+json")
+    assert "did not answer in time" in refused.json()["detail"]
+    assert "retry-after" in refused.headers
+    assert order_rows(clean_db)[0][:2] == (first, "pending")
+    assert len(order_rows(clean_db)) == 1
+    again = await create(orders, order_payload(product_line(1, "4.00"), product_line(2)))
+    assert again.status_code == 200, again.text
+    assert [row[1] for row in order_rows(clean_db)] == ["superseded", "pending"]
