@@ -279,9 +279,10 @@ def _from_serialization(exc: SerializationException) -> Problem:
 # SQLSTATE classes: 08 connection exceptions; 57P01-57P03 the server is shutting down or
 # starting; 53300 too many connections. 22 data exceptions: a value PostgreSQL refuses.
 _UNAVAILABLE = ("08", "57P01", "57P02", "57P03", "53300")
-# 57014: a statement ran past its timeout (waiting on a lock held elsewhere, say); the
-# transaction rolled back, and the same request may well succeed in a moment.
-_TIMED_OUT = "57014"
+# 57014: a statement ran past its timeout (waiting on a lock held elsewhere, say); 55P03: it gave
+# up waiting for a lock (a lock_timeout). The transaction rolled back, and the same request may
+# well succeed in a moment.
+_TIMED_OUT = ("57014", "55P03")
 
 
 def _from_database(exc: DBAPIError) -> Problem:
@@ -290,7 +291,7 @@ def _from_database(exc: DBAPIError) -> Problem:
         return DependencyUnavailable("The database is unavailable right now; try again shortly")
     if not sqlstate and isinstance(exc, OperationalError | InterfaceError):
         return DependencyUnavailable("The database is unavailable right now; try again shortly")
-    if sqlstate == _TIMED_OUT:
+    if sqlstate in _TIMED_OUT:
         return DependencyUnavailable(
             "The database did not answer in time (busy, or waiting on other work); try again "
             "shortly"

@@ -597,3 +597,31 @@ async def test_a_create_order_that_waits_past_its_bound_on_a_locked_order_is_a_5
     again = await create(orders, order_payload(product_line(1, "4.00"), product_line(2)))
     assert again.status_code == 200, again.text
     assert [row[1] for row in order_rows(clean_db)] == ["superseded", "pending"]
+
+
+async def test_a_lock_timeout_a_dba_sets_on_orders_role_is_a_503_too(
+    clean_db, credentials, sandbox, site_config
+):
+    """A DBA may bound lock waits on the app role (lock_timeout): giving up on a lock is the
+    same answer as a statement past its timeout, a 503 to retry, with nothing left behind."""
+    with admin_connect(clean_db, "orders") as admin:
+        admin.execute("ALTER ROLE orders_app SET lock_timeout = '500ms'")
+        try:
+            async with orders_stack(clean_db, credentials, sandbox.server) as orders:
+                payload = order_payload(product_line(1, "4.00"))
+                first = (await create(orders, payload)).json()["order_id"]
+                with admin_connect(clean_db, "orders") as holder:
+                    holder.autocommit = False
+                    holder.execute(
+                        "SELECT id FROM orders.orders WHERE id = %s FOR UPDATE", (first,)
+                    )
+                    refused = await asyncio.wait_for(  # a hang guard, not a measurement
+                        create(orders, order_payload(product_line(1, "4.00"), product_line(2))),
+                        timeout=60,
+                    )
+                    holder.rollback()
+                assert refused.status_code == 503, refused.text
+                assert "did not answer in time" in refused.json()["detail"]
+                assert [row[:2] for row in order_rows(clean_db)] == [(first, "pending")]
+        finally:
+            admin.execute("ALTER ROLE orders_app RESET lock_timeout")
