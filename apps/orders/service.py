@@ -40,7 +40,7 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.dialects.postgresql import JSONB, array
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
@@ -76,6 +76,7 @@ from apps.orders.settlement import (
     OPEN_ATTEMPT_STATES,
     Applied,
     MerchantAccounts,
+    account_lookup,
     account_of,
     close_attempt,
     merchant_account,
@@ -414,30 +415,14 @@ def _rows_of(parameter: str, *columns: ColumnClause[Any]) -> Any:
     )
 
 
-# The columns create-order gives a new order (the others take their defaults).
-NEW_ORDER_KEYS = (
-    "id",
-    "user_id",
-    "session_id",
-    "page_post_id",
-    "currency",
-    "product_total",
-    "calendar_total",
-    "ticket_total",
-    "total",
-    "description",
-    "page_config_id",
-    "merchant_code",
-    "checkout_prefix",
-    "payable_until",
-)
-
-
 @functools.cache
-def _place_order(has_claims: bool, has_goods: bool, by_user: bool, by_session: bool) -> Select[Any]:
+def _place_order(
+    order_keys: tuple[str, ...], has_claims: bool, has_goods: bool, by_user: bool, by_session: bool
+) -> Select[Any]:
     """One statement for one shape of order: insert the order (``new_order_id``, the columns
-    as ``order_<name>``), its items (``items``, a JSON array) and its claims (``claims``), and
-    supersede what it replaces, returning the superseded ids and the first blocking order.
+    ``order_keys`` as ``order_<name>``, the others take their defaults), its items (``items``,
+    a JSON array) and its claims (``claims``), and supersede what it replaces, returning the
+    superseded ids and the first blocking order.
 
     Every part reads the snapshot from before the statement: superseding and the search never
     see the new order's rows (they exclude its id anyway), the foreign keys of the items and
@@ -452,7 +437,7 @@ def _place_order(has_claims: bool, has_goods: bool, by_user: bool, by_session: b
                 orders.c[key]: bindparam(
                     "new_order_id" if key == "id" else f"order_{key}", type_=orders.c[key].type
                 )
-                for key in NEW_ORDER_KEYS
+                for key in order_keys
             }
         )
         .cte("new_order")
@@ -502,7 +487,9 @@ async def place_order(
     statements). Then no shared good may be paid for or under review: that is a 409 and the
     whole order rolls back."""
     user_id, session_id = row["user_id"], row["session_id"]
-    statement = _place_order(bool(claims), bool(goods), user_id is not None, session_id is not None)
+    statement = _place_order(
+        tuple(row), bool(claims), bool(goods), user_id is not None, session_id is not None
+    )
     parameters: dict[str, Any] = {
         f"order_{key}": value for key, value in row.items() if key != "id"
     }
@@ -856,21 +843,9 @@ async def start_new_attempt(
 
 # -- what SumUp reports ------------------------------------------------------------------------
 # The order and attempt a webhook names, with the SumUp account of the order's page config
-# (through FDW, in the same round trip: the webhook needs it to ask SumUp), as one array so that
-# blog is asked once: [merchant code, API key], NULL when the config is gone.
+# (through FDW, in the same round trip: the webhook needs it to ask SumUp).
 _ATTEMPT_OF = (
-    select(
-        Order,
-        PaymentAttempt,
-        select(
-            array(
-                [page_payment_configs.c.sumup_merchant_code, page_payment_configs.c.sumup_api_key]
-            )
-        )
-        .where(page_payment_configs.c.id == Order.page_config_id)
-        .scalar_subquery()
-        .label("account"),
-    )
+    select(Order, PaymentAttempt, account_lookup(Order.page_config_id).label("account"))
     .join(PaymentAttempt, PaymentAttempt.order_id == Order.id)
     .where(
         Order.id == bindparam("order_id"),
@@ -891,8 +866,7 @@ async def attempt_for_checkout(
     if found is None:
         return None
     order: Order = found.Order
-    merchant_code, api_key = found.account or (None, None)
-    account = account_of(order.page_config_id, merchant_code, api_key)
+    account = account_of(order.page_config_id, found.account)
     return order, found.PaymentAttempt, MerchantAccounts({order.page_config_id: account})
 
 

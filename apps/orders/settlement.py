@@ -24,9 +24,20 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Select, and_, bindparam, func, or_, select, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import (
+    ColumnElement,
+    ScalarSelect,
+    Select,
+    and_,
+    bindparam,
+    func,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import array, insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import QueryableAttribute
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.sql.dml import ReturningUpdate
 
@@ -95,25 +106,38 @@ class MerchantAccounts:
         return account
 
 
+def account_lookup(
+    page_config_id: ColumnElement[int] | QueryableAttribute[int],
+) -> ScalarSelect[Any]:
+    """The SumUp account of the page config ``page_config_id`` names, through FDW, as one value
+    (so blog is asked once): ``[merchant code, API key]``, NULL when the config is gone. A
+    statement that knows the config id by a column (the webhook's) reads it in the same round
+    trip."""
+    return (
+        select(
+            array(
+                [page_payment_configs.c.sumup_merchant_code, page_payment_configs.c.sumup_api_key]
+            )
+        )
+        .where(page_payment_configs.c.id == page_config_id)
+        .scalar_subquery()
+    )
+
+
 # Built once, with bound parameters: constructing a statement and its cache key cost as much
 # client CPU as running it (bench.checkout).
-_CONFIG_BY_ID = select(page_payment_configs).where(
-    page_payment_configs.c.id == bindparam("page_config_id")
-)
+_ACCOUNT_BY_ID = select(account_lookup(bindparam("page_config_id")))
 
 
 async def merchant_account(session: AsyncSession, page_config_id: int) -> MerchantAccount:
     async with remote_read(session, "blog", isolate=False):
-        row = (await session.execute(_CONFIG_BY_ID, {"page_config_id": page_config_id})).first()
-    if row is None:
-        return account_of(page_config_id, None, None)
-    return account_of(page_config_id, row.sumup_merchant_code, row.sumup_api_key)
+        found = await session.scalar(_ACCOUNT_BY_ID, {"page_config_id": page_config_id})
+    return account_of(page_config_id, found)
 
 
-def account_of(
-    page_config_id: int, merchant_code: str | None, api_key: str | None
-) -> MerchantAccount:
-    """The SumUp account of a page config as read from blog (None: the config is gone)."""
+def account_of(page_config_id: int, found: list[str | None] | None) -> MerchantAccount:
+    """The SumUp account of a page config from :func:`account_lookup`'s value."""
+    merchant_code, api_key = found or (None, None)
     if not merchant_code or not api_key:
         raise Conflict(f"page config {page_config_id} has no SumUp key any more")
     return MerchantAccount(merchant_code, api_key)
