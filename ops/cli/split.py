@@ -219,9 +219,17 @@ def run_command(
             min=0.1, metavar="SECONDS", help="Seconds freezing waits for a table's writers."
         ),
     ] = 10.0,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            help="Verify each move as soon as it commits (what `rose split verify` does), "
+            "while the other moves still run."
+        ),
+    ] = True,
     database_url: DatabaseUrlOption = None,
 ) -> None:
-    """Move what is not moved yet: freeze, copy, transform, fix sequences, record. Idempotent."""
+    """Move what is not moved yet: freeze, copy, transform, fix sequences, record, and verify
+    each move as it commits. Idempotent."""
     from ops.split.common import DEFAULT_JOBS
     from ops.split.freeze import describe_frozen
     from ops.split.moves import LEGACY_SERVICES
@@ -230,7 +238,12 @@ def run_command(
     topology = topology_of(database_url)
     try:
         result = run_all(
-            topology, _moves(move), _say, jobs=jobs or DEFAULT_JOBS, lock_timeout=lock_timeout
+            topology,
+            _moves(move),
+            _say,
+            jobs=jobs or DEFAULT_JOBS,
+            lock_timeout=lock_timeout,
+            verify=verify,
         )
     except (SplitError, psycopg.Error) as exc:
         frozen = "" if "frozen now" in str(exc) else describe_frozen(topology, LEGACY_SERVICES)
@@ -248,8 +261,19 @@ def run_command(
         raise typer.Exit(1)
     if all(report.outcome is None for report in result.reports):
         console.print("nothing to do: every move is already done (0 rows moved)")
-    else:
-        _print_run_summary(result.reports)
+        return
+    _print_run_summary(result.reports)
+    verified = [report.verification for report in result.reports if report.verification]
+    for verification in verified:
+        _print_verification(verification)
+    different = [found.move.name for found in verified if not found.ok]
+    if different:
+        console.print(
+            f"{', '.join(different)}: committed, but the verification found differences (above). "
+            "Nothing is finalized; `rose split verify` checks again, `rose split abort --move "
+            "<move>` gives a move up."
+        )
+        raise typer.Exit(1)
 
 
 # -- verify --------------------------------------------------------------------------------------

@@ -54,6 +54,7 @@ from ops.split.common import (
 )
 from ops.split.freeze import FREEZE_LOCK_TIMEOUT, freeze
 from ops.split.moves import SPLIT_DIR, Move, SourceTable
+from ops.split.verify import MoveVerification, verify_move
 
 OUTCOME_FILE = SPLIT_DIR / "outcome.sql"
 COPY_BATCH_BYTES = 1 << 20
@@ -88,6 +89,8 @@ class MoveReport:
     outcome: Outcome | None = None
     inserted: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    # Sources against target right after the commit (``run_all(..., verify=True)``).
+    verification: MoveVerification | None = None
 
     @property
     def rows_per_second(self) -> float:
@@ -643,6 +646,26 @@ def _move_transaction(topology: Topology, move: Move, say: Say, fault: FaultHook
         return report
 
 
+def _move_and_verify(
+    topology: Topology, move: Move, say: Say, fault: FaultHook, verify: bool
+) -> MoveReport:
+    """The move's transaction, then (``verify``) the check `rose split verify` makes, at once:
+    in this job, while the other jobs still move, rather than all of them after the last."""
+    report = _move_transaction(topology, move, say, fault)
+    if not verify or report.outcome is None:
+        return report
+    fault(move.name, "after-commit")
+    try:
+        report.verification = verify_move(topology, move)
+    except (SplitError, psycopg.Error) as exc:
+        # The move is committed whatever happened here: the failure is its verification's.
+        report.verification = MoveVerification(
+            move=move, ledger=None, problems=[f"the verification failed: {exc}"]
+        )
+    say(f"{move.name}: verified: " + ("ok" if report.verification.ok else "DIFFERENT"))
+    return report
+
+
 def _estimated_rows(topology: Topology, moves: list[Move]) -> dict[str, float]:
     """The planner's row estimates of each move's moved source tables (no scan)."""
     sizes = dict.fromkeys((move.name for move in moves), 0.0)
@@ -672,9 +695,10 @@ def run_moves(
     say: Say,
     fault: FaultHook = crash_from_environment,
     jobs: int = DEFAULT_JOBS,
+    verify: bool = True,
 ) -> list[MoveReport]:
     """Run ``moves`` (see :func:`run_all`); raise the first failure."""
-    result = run_all(topology, moves, say, fault, jobs=jobs)
+    result = run_all(topology, moves, say, fault, jobs=jobs, verify=verify)
     for error in result.failed.values():
         raise error
     return result.reports
@@ -688,12 +712,15 @@ def run_all(
     *,
     jobs: int = DEFAULT_JOBS,
     lock_timeout: float = FREEZE_LOCK_TIMEOUT,
+    verify: bool = True,
 ) -> RunResult:
     """Freeze the sources of every move not done yet (one transaction per source database),
     then run their transactions, ``jobs`` at a time: the moves are independent (each reads
-    frozen sources and writes its own target tables)."""
+    frozen sources and writes its own target tables). With ``verify``, each move this run
+    commits is verified (sources against target, recorded in the ledger) as soon as it has
+    committed, in its job."""
     with reused_sessions():
-        return _run_all(topology, moves, say, fault, jobs, lock_timeout)
+        return _run_all(topology, moves, say, fault, jobs, lock_timeout, verify)
 
 
 def _run_all(
@@ -703,6 +730,7 @@ def _run_all(
     fault: FaultHook,
     jobs: int,
     lock_timeout: float,
+    verify: bool,
 ) -> RunResult:
     result = RunResult()
     reports: dict[str, MoveReport] = {}
@@ -726,7 +754,7 @@ def _run_all(
         largest_first = sorted(pending, key=lambda move: -sizes[move.name])
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
             futures = {
-                submit_in_context(pool, _move_transaction, topology, move, say, fault): move
+                submit_in_context(pool, _move_and_verify, topology, move, say, fault, verify): move
                 for move in largest_first
             }
             for future in as_completed(futures):

@@ -138,6 +138,59 @@ def test_plan_reads_only_and_run_does_what_it_said(monolith):
             entry["moved_rows"] + entry["collapsed_rows"] + entry["skipped_rows"]
         )
     assert ledger(monolith, "likes")["inserted"] == {"likes.likes": expected["likes.likes"]}
+    # Each move was verified as it committed, as `rose split verify` does it, and recorded.
+    for move in MOVES:
+        assert f"{move.name}: verified: ok" in moved.output
+        assert f"ok {move.name}\n" in moved.output
+        entry = ledger(monolith, move.name)
+        assert entry["verified_at"] is not None
+        assert entry["verification"]["ok"] is True
+    likes = expected["likes.likes"]
+    assert f"checksum:   likes.likes: {likes:,} rows, checksums match" in moved.output
+
+
+def test_a_difference_found_right_after_the_commit_fails_the_run_and_finalize(monolith):
+    """The verification inside ``run`` is a real one: a target row lost between the move's
+    commit and its verification is found, recorded, and refuses finalize."""
+
+    def lose_a_like_after_commit(move: str, point: str) -> None:
+        if (move, point) == ("likes", "after-commit"):
+            with admin_connect(monolith, "likes") as connection:
+                connection.execute(
+                    "DELETE FROM likes.likes WHERE id = (SELECT max(id) FROM likes.likes)"
+                )
+
+    moves = [MOVES_BY_NAME[name] for name in ("likes", "relations")]
+    reports = {
+        report.move.name: report
+        for report in run_moves(monolith.topology, moves, lambda _: None, lose_a_like_after_commit)
+    }
+    assert reports["relations"].verification is not None
+    assert reports["relations"].verification.ok
+    likes = reports["likes"].verification
+    assert likes is not None
+    assert not likes.ok
+    assert any("likes.likes: source" in line for line in likes.differences())
+    entry = ledger(monolith, "likes")
+    assert entry["finished_at"] is not None
+    assert entry["verified_at"] is None
+    assert entry["verification"]["ok"] is False
+    assert ledger(monolith, "relations")["verified_at"] is not None
+
+    rest = rose_split(monolith, "run")
+    assert rest.exit_code == 0, rest.output
+    refused = rose_split(monolith, "finalize")
+    assert refused.exit_code == 1
+    assert "likes: the last verify found differences" in refused.output
+    assert "relations: moved, not verified" not in refused.output
+    assert "relations: the last verify" not in refused.output
+
+
+def test_run_without_verify_leaves_it_to_verify(monolith):
+    moved = rose_split(monolith, "run", "--move", "relations", "--no-verify")
+    assert moved.exit_code == 0, moved.output
+    assert "verified" not in moved.output
+    assert ledger(monolith, "relations")["verified_at"] is None
 
 
 def test_duplicate_likes_collapse_to_one_row_and_orphans_are_listed(monolith):
@@ -610,7 +663,7 @@ def test_finalize_refuses_before_verification_then_drops_the_sources(monolith, t
     refused = rose_split(monolith, "finalize")
     assert refused.exit_code == 1
     assert "relations: not moved" in refused.output
-    assert rose_split(monolith, "run").exit_code == 0
+    assert rose_split(monolith, "run", "--no-verify").exit_code == 0
     refused = rose_split(monolith, "finalize")
     assert refused.exit_code == 1
     assert "likes: moved, not verified" in refused.output
