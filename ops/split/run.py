@@ -216,7 +216,7 @@ def classify(target: psycopg.Connection[Any], move: Move, *, read_only: bool) ->
 def read_outcome(
     target: psycopg.Connection[Any], move: Move, staged: dict[str, int], *, ids_staged: bool = True
 ) -> Outcome:
-    """What split_outcome says, counted, refused unless every staged row of the move's moved
+    """What split_outcomes says, counted, refused unless every staged row of the move's moved
     tables got exactly one outcome. ``ids_staged``: the staged rows are in the stage tables (not
     so for the cutover's record, read from split.sync_outcome, whose key allows one outcome per
     row: the counts are compared there)."""
@@ -228,11 +228,11 @@ def read_outcome(
         (source_table, outcome, reason): list(ids)
         for source_table, outcome, reason, ids in target.execute(
             "SELECT source_table, outcome, reason, array_agg(source_id ORDER BY source_id) "
-            "FROM split_outcome WHERE reason IS NOT NULL GROUP BY 1, 2, 3"
+            "FROM split_outcomes WHERE reason IS NOT NULL GROUP BY 1, 2, 3"
         )
     }
     for source_table, outcome, reason, rows in target.execute(
-        "SELECT source_table, outcome, reason, count(*) FROM split_outcome GROUP BY 1, 2, 3"
+        "SELECT source_table, outcome, reason, count(*) FROM split_outcomes GROUP BY 1, 2, 3"
     ).fetchall():
         if source_table not in by_table:
             raise SplitError(
@@ -274,7 +274,7 @@ def check_one_outcome_each(target: psycopg.Connection[Any], move: Move) -> None:
     outcomes = {
         source_table: tuple(found)
         for source_table, *found in target.execute(
-            "SELECT source_table, " + _ID_SET.format(id="source_id") + " FROM split_outcome "
+            "SELECT source_table, " + _ID_SET.format(id="source_id") + " FROM split_outcomes "
             "GROUP BY 1"
         )
     }
@@ -292,19 +292,19 @@ def check_one_outcome_each(target: psycopg.Connection[Any], move: Move) -> None:
         for what, query in (
             (
                 "rows with more than one outcome",
-                "SELECT source_id FROM split_outcome WHERE source_table = %(table)s "
+                "SELECT source_id FROM split_outcomes WHERE source_table = %(table)s "
                 "GROUP BY 1 HAVING count(*) > 1 ORDER BY 1 LIMIT %(shown)s",
             ),
             (
                 "rows without an outcome",
                 "SELECT staged.id FROM {stage} AS staged WHERE NOT EXISTS ("
-                "SELECT FROM split_outcome AS o "
+                "SELECT FROM split_outcomes AS o "
                 "WHERE o.source_table = %(table)s AND o.source_id = staged.id) "
                 "ORDER BY 1 LIMIT %(shown)s",
             ),
             (
                 "outcomes of rows never copied",
-                "SELECT o.source_id FROM split_outcome AS o WHERE o.source_table = %(table)s "
+                "SELECT o.source_id FROM split_outcomes AS o WHERE o.source_table = %(table)s "
                 "AND NOT EXISTS (SELECT FROM {stage} AS staged WHERE staged.id = o.source_id) "
                 "ORDER BY 1 LIMIT %(shown)s",
             ),

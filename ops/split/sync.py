@@ -257,7 +257,7 @@ def _record_outcome(target: psycopg.Connection[Any], move: Move, rules: SyncRule
                 "INSERT INTO split.sync_outcome "
                 "(move, source_table, source_id, key, outcome, reason) "
                 "SELECT %s, o.source_table, o.source_id, {key}, o.outcome, o.reason "
-                "FROM split_outcome AS o JOIN {stage} AS s ON s.id = o.source_id "
+                "FROM split_outcomes AS o JOIN {stage} AS s ON s.id = o.source_id "
                 "WHERE o.source_table = %s"
             ).format(key=sql.SQL(captured.key_of("s")), stage=sql.Identifier(table.stage)),
             (move.name, table.table),

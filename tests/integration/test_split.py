@@ -544,25 +544,50 @@ FAULTY_CLASSIFICATIONS = {
         "never copied: id -7",
     ),
 }
+# likes names its moved rows by its keepers (split_outcomes), not by an outcome row each.
+FIRST_KEEPER = (
+    "(SELECT min(keeper_id) FROM split_like_targets "
+    "WHERE NOT in_target AND source_table = 'product_likes')"
+)
+FAULTY_LIKES_CLASSIFICATIONS = {
+    "a moved keeper given a second outcome": (
+        f"INSERT INTO split_outcome VALUES ('product_likes', {FIRST_KEEPER}, 'skipped', 'again')",
+        "with more than one outcome: id ",
+    ),
+    "a keeper left out": (
+        f"DELETE FROM split_like_targets WHERE source_table = 'product_likes' "
+        f"AND keeper_id = {FIRST_KEEPER}",
+        "without an outcome: id ",
+    ),
+}
 
 
-@pytest.mark.parametrize("fault", sorted(FAULTY_CLASSIFICATIONS))
-def test_a_move_file_that_does_not_give_every_row_one_outcome_is_refused(monolith, tmp_path, fault):
+FAULTS = [("relations", fault, *found) for fault, found in FAULTY_CLASSIFICATIONS.items()] + [
+    ("likes", fault, *found) for fault, found in FAULTY_LIKES_CLASSIFICATIONS.items()
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "fault", "extra", "named"), FAULTS, ids=[f"{f[0]}: {f[1]}" for f in FAULTS]
+)
+def test_a_move_file_that_does_not_give_every_row_one_outcome_is_refused(
+    monolith, tmp_path, name, fault, extra, named
+):
     """Every copied row must get exactly one outcome, and nothing else may: a move file that
     breaks this is refused by plan and by run, naming the rows, and nothing is committed."""
-    extra, named = FAULTY_CLASSIFICATIONS[fault]
-    faulty = MoveWithFaultyClassification(
-        MOVES_BY_NAME["relations"], tmp_path / "relations.sql", extra
-    )
+    move = MOVES_BY_NAME[name]
+    faulty = MoveWithFaultyClassification(move, tmp_path / f"{name}.sql", extra)
+    source_table = move.moved_tables[0].table
     with pytest.raises(SplitError) as planned:
         plan_move(monolith.topology, faulty)
-    assert "container_relations" in str(planned.value)
+    assert source_table in str(planned.value)
     assert named in str(planned.value)
     with pytest.raises(SplitError) as ran:
         run_moves(monolith.topology, [faulty], lambda _: None)
     assert named in str(ran.value)
-    assert value(monolith, "relations", "SELECT count(*) FROM relations.container_relations") == 0
-    assert ledger(monolith, "relations")["finished_at"] is None
+    (target_table,) = move.target_tables
+    assert value(monolith, move.target, f"SELECT count(*) FROM {target_table}") == 0
+    assert ledger(monolith, name)["finished_at"] is None
 
 
 def test_a_second_run_moves_nothing(monolith):
