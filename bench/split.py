@@ -1,12 +1,14 @@
-"""Benchmark: ``rose split run`` + ``rose split verify`` against a plain copy of the same tables.
+"""Benchmark: ``rose split run`` (which verifies each move) against a plain copy of the same tables.
 
 On a throwaway embedded PostgreSQL 18 (durability off, the same for both sides) with the
 project's own provisioning and migrations, a practice monolith at ``--scale`` (10: ~150,000
 legacy rows). Measured back to back, alternating which goes first, ``--rounds`` times:
 
-- the split: ``rose split run`` then ``rose split verify`` of every move, as the commands run
-  them (``ops.split.run.run_all``, ``ops.split.verify.verify_moves``) in this process, from empty
+- the split: ``rose split run`` of every move, as the command runs it (``ops.split.run.run_all``:
+  each move verified, sources against target, as soon as it commits) in this process, from empty
   targets with the sources unfrozen (``rose split abort`` in between, then the targets emptied);
+  with ``--separate-verify``, ``run --no-verify`` then ``rose split verify``
+  (``ops.split.verify.verify_moves``), the two commands as they were before;
 - the baseline: for each source database in turn, ``pg_dump --data-only`` of the legacy tables
   the moves read piped into ``psql`` of an empty copy of them (same DDL, db/legacy/*.sql, in
   databases of their own): no transform, no checksums, no ledger.
@@ -16,7 +18,7 @@ medians and the ratio split / baseline (target <= 1.5). Exits 1 when a verify fa
 
 ``python -m bench.split --online [--scale 10] [--sync-seconds 10]``: the online split (issue 16)
 under the writer load of bench/split_load.py, against the offline one under the same load: the
-offline ``run`` + ``verify`` (its write pause is the whole of it), then, after an abort, ``sync``
+offline ``run`` (verifying; its write pause is the whole of it), then, after an abort, ``sync``
 (snapshot, then rounds for ``--sync-seconds`` while the lag is sampled) and ``cutover``; prints
 each move's write pause (freeze to verified; target <= 2 s), the lag during the sync and the
 total times.
@@ -187,12 +189,14 @@ def online(topology: Topology, jobs: int, sync_seconds: float, say: Callable[[st
         result = run_all(topology, list(MOVES), quiet, jobs=jobs)
         if result.failed:
             raise RuntimeError(f"run failed: {result.failed}")
-        verified = all(found.ok for found in verify_moves(topology, list(MOVES), jobs))
+        verified = all(
+            report.verification is not None and report.verification.ok for report in result.reports
+        )
         offline_seconds = time.perf_counter() - started
     say(
-        f"offline: run + verify {offline_seconds:.2f} s under the load; writes refused from the "
+        f"offline: run (verifying) {offline_seconds:.2f} s under the load; writes refused from the "
         f"freeze to the end: {load.report.refused:,} (of {load.report.writes:,} made); the "
-        f"write pause of every move is the run + verify, {offline_seconds:.2f} s"
+        f"write pause of every move is the run, {offline_seconds:.2f} s"
     )
     reset_split(topology)
     samples: dict[str, list[tuple[int, float]]] = {move.name: [] for move in MOVES}
