@@ -266,12 +266,12 @@ def run_command(
     verified = [report.verification for report in result.reports if report.verification]
     for verification in verified:
         _print_verification(verification)
-    different = [found.move.name for found in verified if not found.ok]
-    if different:
+    unverified = [found.move.name for found in verified if not found.ok]
+    if unverified:
         console.print(
-            f"{', '.join(different)}: committed, but the verification found differences (above). "
-            "Nothing is finalized; `rose split verify` checks again, `rose split abort --move "
-            "<move>` gives a move up."
+            f"{', '.join(unverified)}: committed, but not verified (the differences or the "
+            "error are above); finalize refuses it. `rose split verify` checks again; "
+            "`rose split abort --move <move>` gives a move up."
         )
         raise typer.Exit(1)
 

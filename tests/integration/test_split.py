@@ -186,6 +186,29 @@ def test_a_difference_found_right_after_the_commit_fails_the_run_and_finalize(mo
     assert "relations: the last verify" not in refused.output
 
 
+def test_a_target_trigger_that_alters_rows_fails_the_run_at_its_verification(monolith):
+    """A trigger on a target table (a DBA's, say) that changes rows on their way in: the move
+    commits what the trigger made of them, and run's verification says so, exit 1."""
+    with admin_connect(monolith, "relations") as connection:
+        connection.execute(
+            "CREATE FUNCTION relations.split_test_shift() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN NEW.sort_order := NEW.sort_order + 1; RETURN NEW; END $$"
+        )
+        connection.execute(
+            "CREATE TRIGGER split_test_shift BEFORE INSERT ON relations.container_relations "
+            "FOR EACH ROW EXECUTE FUNCTION relations.split_test_shift()"
+        )
+    ran = rose_split(monolith, "run", "--move", "relations")
+    assert ran.exit_code == 1, ran.output
+    assert "relations: committed in" in ran.output
+    assert "DIFFERENT relations" in ran.output
+    assert "relations: committed, but not verified" in ran.output
+    entry = ledger(monolith, "relations")
+    assert entry["finished_at"] is not None
+    assert entry["verified_at"] is None
+    assert entry["verification"]["ok"] is False
+
+
 def test_run_without_verify_leaves_it_to_verify(monolith):
     moved = rose_split(monolith, "run", "--move", "relations", "--no-verify")
     assert moved.exit_code == 0, moved.output
