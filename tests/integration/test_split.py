@@ -198,7 +198,12 @@ def test_a_target_trigger_that_alters_rows_fails_the_run_at_its_verification(mon
             "CREATE TRIGGER split_test_shift BEFORE INSERT ON relations.container_relations "
             "FOR EACH ROW EXECUTE FUNCTION relations.split_test_shift()"
         )
-    ran = rose_split(monolith, "run", "--move", "relations")
+    try:
+        ran = rose_split(monolith, "run", "--move", "relations")
+    finally:
+        # The test databases are emptied between tests, not rebuilt: a trigger would stay.
+        with admin_connect(monolith, "relations") as connection:
+            connection.execute("DROP FUNCTION relations.split_test_shift() CASCADE")
     assert ran.exit_code == 1, ran.output
     assert "relations: committed in" in ran.output
     assert "DIFFERENT relations" in ran.output
