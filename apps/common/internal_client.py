@@ -28,6 +28,7 @@ import msgspec
 from opentelemetry.trace import SpanKind
 
 from apps.common.contracts import Action, Fragment, Query
+from apps.common.http_transport import AiohttpTransport
 from apps.common.observability import (
     INTERNAL_CALL_ERRORS,
     INTERNAL_CALL_SECONDS,
@@ -89,7 +90,9 @@ class InternalClient:
         self._base_urls = dict(base_urls or {})
         self._timeout = timeout
         limits = httpx.Limits(max_connections=100, max_keepalive_connections=20)
-        self._network = httpx.AsyncClient(timeout=timeout, limits=limits)
+        self._network = httpx.AsyncClient(
+            timeout=timeout, transport=AiohttpTransport(limits=limits)
+        )
         # Looked up at call time: a test makes the client before the apps it routes to.
         self._asgi_apps = asgi_apps if asgi_apps is not None else {}
         self._in_process: dict[str, httpx.AsyncClient] = {}

@@ -18,6 +18,7 @@ import httpx
 from sumup import AsyncSumup
 from sumup.errors import APIConnectionError, APIError, ConflictError, NotFoundError
 
+from apps.common.http_transport import AiohttpTransport
 from apps.common.observability import inject_trace
 from apps.common.problems import BadGateway, DependencyUnavailable
 
@@ -121,6 +122,9 @@ class SumUpGateway:
             )
             # Every SumUp call carries the W3C trace context of the order's work.
             client._client.event_hooks["request"].append(_traced)
+            # The SDK's httpx client sends through aiohttp (apps/common/http_transport.py); it
+            # has made no connection yet, so its own pool is empty.
+            client._client._transport = AiohttpTransport()
             self._clients[account.api_key] = client
         return client
 
