@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sumup import AsyncSumup
 
 from apps.common.db import as_psycopg_url
+from apps.orders.payments import sdk_client
 from apps.sumup_sandbox.app import DEFAULT_API_KEY
 
 CENT = Decimal("0.01")
@@ -123,10 +124,9 @@ class Baseline:
     async def __aenter__(self) -> Baseline:
         self._engine = create_async_engine(as_psycopg_url(self._dsn), pool_size=1)
         self._connection = await self._engine.connect()
-        self._sumup = AsyncSumup(
-            api_key=DEFAULT_API_KEY,
-            base_url=self._sandbox_url,
-            timeout=httpx.Timeout(10.0, connect=3.0),
+        # The SDK as the service makes it: the same HTTP engine under httpx.
+        self._sumup = sdk_client(
+            DEFAULT_API_KEY, self._sandbox_url, httpx.Timeout(10.0, connect=3.0)
         )
         return self
 

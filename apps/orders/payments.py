@@ -104,6 +104,15 @@ async def _traced(request: httpx.Request) -> None:
     request.headers.update(carrier)
 
 
+def sdk_client(api_key: str, base_url: str, timeout: httpx.Timeout) -> AsyncSumup:
+    """The SumUp SDK's client, its httpx client sending through aiohttp
+    (apps/common/http_transport.py). Swapped before the first call, so the SDK's own
+    connection pool never opened a connection."""
+    client = AsyncSumup(api_key=api_key, base_url=base_url, timeout=timeout)
+    client._client._transport = AiohttpTransport()
+    return client
+
+
 class SumUpGateway:
     def __init__(self, base_url: str = SUMUP_BASE_URL, timeout_seconds: float = 10.0) -> None:
         self.base_url = base_url
@@ -117,14 +126,9 @@ class SumUpGateway:
             raise PaymentProviderError("no API key is configured for this merchant")
         client = self._clients.get(account.api_key)
         if client is None:
-            client = AsyncSumup(
-                api_key=account.api_key, base_url=self.base_url, timeout=self.timeout
-            )
+            client = sdk_client(account.api_key, self.base_url, self.timeout)
             # Every SumUp call carries the W3C trace context of the order's work.
             client._client.event_hooks["request"].append(_traced)
-            # The SDK's httpx client sends through aiohttp (apps/common/http_transport.py); it
-            # has made no connection yet, so its own pool is empty.
-            client._client._transport = AiohttpTransport()
             self._clients[account.api_key] = client
         return client
 

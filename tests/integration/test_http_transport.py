@@ -10,11 +10,14 @@ import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+import aiohttp
 import httpx
 import pytest
+from sumup.errors import APIConnectionError
 
 from apps.common.http_transport import AiohttpTransport
 from apps.common.internal_client import InternalCallError, InternalClient
+from apps.orders.payments import sdk_client
 from tests.conftest import INTERNAL_SECRET
 
 
@@ -194,3 +197,26 @@ async def test_the_internal_client_keeps_unreachable_and_outcome_unknown_apart(s
         assert "timed out" in str(slow.value)
     finally:
         await internal.aclose()
+
+
+async def test_the_sumup_sdk_sends_through_this_transport(server):
+    """The SDK builds its own httpx client; ``sdk_client`` swaps its engine. Checked by what
+    arrives and by the cause of a failure (an SDK upgrade that ignores the swap fails here)."""
+    sdk = sdk_client("sup_sk_test", f"http://127.0.0.1:{server.port}", httpx.Timeout(2.0))
+    gone = sdk_client("sup_sk_test", "http://127.0.0.1:1", httpx.Timeout(2.0))
+    try:
+        with pytest.raises(Exception):  # the echo is no checkout; only its arrival matters
+            await sdk.checkouts.get("abc")
+        line, headers, _ = server.requests[-1]
+        assert line == "GET /v0.1/checkouts/abc"
+        sent = dict((name.lower(), value) for name, value in headers)
+        assert sent["authorization"] == "Bearer sup_sk_test"
+        assert sent["user-agent"].startswith("sumup-py/")
+        with pytest.raises(APIConnectionError) as unreachable:
+            await gone.checkouts.get("abc")
+        cause = unreachable.value.__cause__
+        assert isinstance(cause, httpx.ConnectError)
+        assert isinstance(cause.__cause__, aiohttp.ClientConnectorError)
+    finally:
+        await sdk.aclose()
+        await gone.aclose()
