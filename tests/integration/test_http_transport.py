@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import aiohttp
 import httpx
 import pytest
-from sumup.errors import APIConnectionError
+from sumup.errors import APIConnectionError, APIError
 
 from apps.common.http_transport import AiohttpTransport
 from apps.common.internal_client import InternalCallError, InternalClient
@@ -205,7 +205,7 @@ async def test_the_sumup_sdk_sends_through_this_transport(server):
     sdk = sdk_client("sup_sk_test", f"http://127.0.0.1:{server.port}", httpx.Timeout(2.0))
     gone = sdk_client("sup_sk_test", "http://127.0.0.1:1", httpx.Timeout(2.0))
     try:
-        with pytest.raises(Exception):  # the echo is no checkout; only its arrival matters
+        with pytest.raises(APIError):  # an echo is no checkout; only its arrival matters here
             await sdk.checkouts.get("abc")
         line, headers, _ = server.requests[-1]
         assert line == "GET /v0.1/checkouts/abc"
