@@ -222,7 +222,7 @@ def run_command(
     verify: Annotated[
         bool,
         typer.Option(
-            help="Verify each move as soon as it commits (what `rose split verify` does), "
+            help="Verify each move as soon as it commits (what rose split verify does), "
             "while the other moves still run."
         ),
     ] = True,
