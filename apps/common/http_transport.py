@@ -18,6 +18,7 @@ connect error.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 
@@ -74,8 +75,13 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     first request in the running event loop. httpx keeps cookies, redirects, proxies and the
     content decoding; aiohttp only moves the bytes."""
 
-    def __init__(self, limits: httpx.Limits | None = None) -> None:
+    def __init__(
+        self, limits: httpx.Limits | None = None, verify: ssl.SSLContext | str | bool = True
+    ) -> None:
         self._limits = limits or httpx.Limits(max_connections=100, max_keepalive_connections=20)
+        # What httpx would trust (``verify`` as httpx takes it; by default certifi's
+        # certificates, not only the system's): TLS must not depend on which engine sends.
+        self._ssl = httpx.create_ssl_context(verify=verify)
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -83,13 +89,16 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         loop = asyncio.get_running_loop()
         if self._session is None or self._loop is not loop or self._session.closed:
             # A session belongs to the loop it was made in (tests run one loop per test).
+            expiry = self._limits.keepalive_expiry
             connector = aiohttp.TCPConnector(
+                # None is "no limit" to httpx, 0 to aiohttp; None keeps connections "for ever".
                 limit=self._limits.max_connections or 0,
-                keepalive_timeout=self._limits.keepalive_expiry or 0,
-                # httpx resolves proxies and keeps cookies; aiohttp must not do either again.
+                keepalive_timeout=3600.0 if expiry is None else expiry,
+                ssl=self._ssl,
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,
+                # httpx keeps cookies and resolves proxies; aiohttp must not do either again.
                 cookie_jar=aiohttp.DummyCookieJar(),
                 trust_env=False,
                 auto_decompress=False,

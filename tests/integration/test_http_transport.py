@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import aiohttp
 import httpx
 import pytest
+import trustme
 from sumup.errors import APIConnectionError, APIError
 
 from apps.common.http_transport import AiohttpTransport
@@ -79,6 +81,23 @@ async def server() -> AsyncIterator[Server]:
         listening.close()
 
 
+@pytest.fixture(scope="module")
+def authority() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+async def tls_server(authority: trustme.CA) -> AsyncIterator[Server]:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1").configure_cert(context)
+    state = Server()
+    listening = await asyncio.start_server(state.handle, "127.0.0.1", 0, ssl=context)
+    state.port = listening.sockets[0].getsockname()[1]
+    async with listening:
+        yield state
+        listening.close()
+
+
 def client(server: Server, **kwargs: object) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         base_url=f"http://127.0.0.1:{server.port}",
@@ -122,6 +141,21 @@ async def test_nothing_listening_is_a_connect_error(server):
     async with httpx.AsyncClient(transport=AiohttpTransport()) as http:
         with pytest.raises(httpx.ConnectError):
             await http.get("http://127.0.0.1:1/echo")
+
+
+async def test_tls_is_verified_as_httpx_verifies_it(tls_server, authority):
+    url = f"https://127.0.0.1:{tls_server.port}/echo"
+    # A certificate no trusted authority signed: refused before anything is sent.
+    async with httpx.AsyncClient(transport=AiohttpTransport()) as http:
+        with pytest.raises(httpx.ConnectError, match="certificate"):
+            await http.get(url)
+    assert tls_server.requests == []
+    trusting = ssl.create_default_context()
+    authority.configure_trust(trusting)
+    async with httpx.AsyncClient(transport=AiohttpTransport(verify=trusting)) as http:
+        answer = await http.post(url, content=b"over tls")
+    assert answer.status_code == 201
+    assert answer.json()["body"] == "over tls"
 
 
 async def test_a_server_that_hangs_up_after_the_request_is_not_a_connect_error(server):
