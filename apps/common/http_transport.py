@@ -81,7 +81,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._limits = limits or httpx.Limits(max_connections=100, max_keepalive_connections=20)
         # What httpx would trust (``verify`` as httpx takes it; by default certifi's
         # certificates, not only the system's): TLS must not depend on which engine sends.
-        self._ssl = httpx.create_ssl_context(verify=verify)
+        # Made with the first session (loading the certificates takes a few milliseconds).
+        self._verify = verify
+        self._ssl: ssl.SSLContext | None = None
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -89,6 +91,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         loop = asyncio.get_running_loop()
         if self._session is None or self._loop is not loop or self._session.closed:
             # A session belongs to the loop it was made in (tests run one loop per test).
+            if self._ssl is None:
+                self._ssl = httpx.create_ssl_context(verify=self._verify)
             expiry = self._limits.keepalive_expiry
             connector = aiohttp.TCPConnector(
                 # None is "no limit" to httpx, 0 to aiohttp; None keeps connections "for ever".
