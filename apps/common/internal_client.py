@@ -89,7 +89,12 @@ class InternalClient:
         self._secret = secret
         self._base_urls = dict(base_urls or {})
         self._timeout = timeout
-        limits = httpx.Limits(max_connections=100, max_keepalive_connections=20)
+        # Idle connections are dropped after 4 s, before uvicorn's 5 s keep-alive closes them
+        # from the other end: a call does not go out on a connection the server is closing
+        # for idleness at that moment (its outcome would be unknown).
+        limits = httpx.Limits(
+            max_connections=100, max_keepalive_connections=20, keepalive_expiry=4.0
+        )
         self._network = httpx.AsyncClient(
             timeout=timeout, transport=AiohttpTransport(limits=limits)
         )
