@@ -24,6 +24,7 @@ from contextlib import contextmanager
 
 import aiohttp
 import httpx
+from yarl import URL
 
 # Most specific first (ClientConnectorError is a ClientOSError; the timeouts are
 # ServerTimeoutErrors).
@@ -120,7 +121,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         with _as_httpx_errors(request):
             response = await session.request(
                 request.method,
-                str(request.url),
+                # Already encoded by httpx: sent as it is (a signed path must arrive unchanged).
+                URL(str(request.url), encoded=True),
                 # As httpx spells them (its own engine sends the names as given).
                 headers=[
                     (name.decode("latin-1"), value.decode("latin-1"))

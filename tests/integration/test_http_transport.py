@@ -131,6 +131,16 @@ async def test_a_request_and_its_answer_arrive_whole_on_one_kept_connection(serv
     assert server.connections == 1
 
 
+async def test_the_path_and_query_arrive_exactly_as_httpx_encoded_them(server):
+    params = {"q": "a b~c/d%e", "name": "Zoë", "empty": ""}
+    async with client(server) as http:
+        answer = await http.get("/echo/a%2Fb~c", params=params)
+    assert answer.status_code == 201
+    line = server.requests[-1][0]
+    assert line == f"GET {answer.request.url.raw_path.decode('ascii')}"
+    assert "/echo/a%2Fb~c?" in line
+
+
 async def test_an_encoded_answer_is_decoded_by_httpx(server):
     async with client(server) as http:
         answer = await http.get("/gzip")
