@@ -662,7 +662,11 @@ def _move_and_verify(
         report.verification = MoveVerification(
             move=move, ledger=None, problems=[f"the verification failed: {exc}"]
         )
-    say(f"{move.name}: verified: " + ("ok" if report.verification.ok else "DIFFERENT"))
+    found = report.verification
+    say(
+        f"{move.name}: verified: "
+        + ("ok" if found.ok else "DIFFERENT" if found.ledger is not None else "FAILED")
+    )
     return report
 
 

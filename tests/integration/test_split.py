@@ -186,6 +186,36 @@ def test_a_difference_found_right_after_the_commit_fails_the_run_and_finalize(mo
     assert "relations: the last verify" not in refused.output
 
 
+def test_a_verification_that_cannot_run_leaves_the_move_committed_and_unverified(monolith):
+    """The move's target connections die right after its commit: the verification fails with
+    the error, the move stays committed (never "nothing was committed"), and verify can run
+    again later."""
+
+    def cut_connections_after_commit(move: str, point: str) -> None:
+        if (move, point) == ("likes", "after-commit"):
+            with admin_connect(monolith, "likes") as connection:
+                connection.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND application_name = 'rose split'"
+                )
+
+    messages: list[str] = []
+    [report] = run_moves(
+        monolith.topology, [MOVES_BY_NAME["likes"]], messages.append, cut_connections_after_commit
+    )
+    assert report.outcome is not None
+    assert report.verification is not None
+    assert not report.verification.ok
+    assert report.verification.problems[0].startswith("the verification failed: ")
+    assert "likes: verified: FAILED" in messages
+    entry = ledger(monolith, "likes")
+    assert entry["finished_at"] is not None
+    assert entry["verified_at"] is None
+    again = rose_split(monolith, "verify", "--move", "likes")
+    assert again.exit_code == 0, again.output
+    assert ledger(monolith, "likes")["verified_at"] is not None
+
+
 def test_a_target_trigger_that_alters_rows_fails_the_run_at_its_verification(monolith):
     """A trigger on a target table (a DBA's, say) that changes rows on their way in: the move
     commits what the trigger made of them, and run's verification says so, exit 1."""
