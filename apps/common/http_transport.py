@@ -26,21 +26,19 @@ import aiohttp
 import httpx
 from yarl import URL
 
-# Most specific first (ClientConnectorError is a ClientOSError; the timeouts are
-# ServerTimeoutErrors).
+# Most specific first: the connect timeout is a ServerTimeoutError, and every one of the first
+# four is a ClientConnectionError.
 _ERRORS: tuple[tuple[type[aiohttp.ClientError], type[httpx.TransportError]], ...] = (
     # Waiting for a pooled connection or connecting: nothing was sent.
     (aiohttp.ConnectionTimeoutError, httpx.ConnectTimeout),
     # Waiting for the answer (or the next part of it): the request was sent.
-    (aiohttp.SocketTimeoutError, httpx.ReadTimeout),
     (aiohttp.ServerTimeoutError, httpx.ReadTimeout),
     # Refused, unresolvable, TLS failed: nothing was sent.
     (aiohttp.ClientConnectorError, httpx.ConnectError),
     # Connected, then the server hung up before a whole answer: the request may have arrived.
     (aiohttp.ServerDisconnectedError, httpx.RemoteProtocolError),
-    (aiohttp.ClientPayloadError, httpx.ReadError),
-    (aiohttp.ClientOSError, httpx.ReadError),
     (aiohttp.ClientConnectionError, httpx.ReadError),
+    (aiohttp.ClientPayloadError, httpx.ReadError),
     (aiohttp.ClientResponseError, httpx.RemoteProtocolError),
 )
 
@@ -53,7 +51,7 @@ def _as_httpx_errors(request: httpx.Request) -> Iterator[None]:
         for theirs, ours in _ERRORS:
             if isinstance(exc, theirs):
                 raise ours(f"{type(exc).__name__}: {exc}", request=request) from exc
-        raise httpx.TransportError(f"{type(exc).__name__}: {exc}") from exc
+        raise httpx.TransportError(f"{type(exc).__name__}: {exc}", request=request) from exc
 
 
 class _ResponseStream(httpx.AsyncByteStream):

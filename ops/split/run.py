@@ -692,6 +692,13 @@ class RunResult:
     # Moves that failed, with the error; the others committed (or were done before).
     failed: dict[str, Exception] = field(default_factory=dict)
 
+    @property
+    def verified(self) -> bool:
+        """Whether every move of the run was verified after its commit, and matched."""
+        return all(
+            report.verification is not None and report.verification.ok for report in self.reports
+        )
+
 
 def run_moves(
     topology: Topology,
