@@ -176,7 +176,10 @@ def test_the_backups_restore_the_dropped_rows_and_abort_goes_back(monolith, tmp_
     before = legacy_snapshot(monolith)
     run_and_verify(monolith)
     assert finalize(monolith, tmp_path).exit_code == 0
-    tampered = next(tmp_path.glob("*/db_blog.legacy.dump"))
+    # Found before the tampered copy exists: a glob afterwards may pick the copy instead.
+    archives = {path.name: path for path in tmp_path.glob("*/*.legacy.dump")}
+    assert len(archives) == 3, archives
+    tampered = archives["db_blog.legacy.dump"]
     copy = tmp_path / "copy" / tampered.name
     copy.parent.mkdir()
     copy.write_bytes(tampered.read_bytes() + b"x")
@@ -184,7 +187,7 @@ def test_the_backups_restore_the_dropped_rows_and_abort_goes_back(monolith, tmp_
     assert refused.exit_code == 1
     assert "not the archive it took" in refused.output
     for service in ("cart", "market", "blog"):
-        archive = next(tmp_path.glob(f"*/db_{service}.legacy.dump"))
+        archive = archives[f"db_{service}.legacy.dump"]
         restored = rose_split(monolith, "restore", str(archive))
         assert restored.exit_code == 0, restored.output
     assert legacy_snapshot(monolith) == before
