@@ -386,19 +386,23 @@ class Deferred:
 
 
 def defer_for_bulk_load(target: psycopg.Connection[Any], move: Move) -> list[Deferred]:
-    """Drop the secondary indexes and the foreign keys of the move's EMPTY target tables, to
-    build each index once after the insert and check each foreign key with one join (a bulk
-    load: several times cheaper than maintaining an index, or firing a check, row by row).
-    Kept: primary keys, indexes a foreign key uses, indexes with a comment, and partial or
-    expression indexes whose printed definition does not make the same index again (see
-    :func:`_recreates_itself`). Inside the move's transaction, which holds the table (ACCESS
-    EXCLUSIVE) until it commits; a failure rolls the drops back with everything else."""
-    deferred: list[Deferred] = []
+    """Drop the indexes and the foreign keys of the move's EMPTY target tables, to build each
+    index once after the insert and check each foreign key with one join (a bulk load: several
+    times cheaper than maintaining an index, or firing a check, row by row). The foreign keys
+    go first, so that a primary key only they refer to can go too. Kept: indexes a foreign key
+    of another table uses, indexes with a comment, and partial or expression indexes whose
+    printed definition does not make the same index again (see :func:`_recreates_itself`).
+    Returned in the order to create them again: indexes, then the foreign keys that need them.
+    Inside the move's transaction, which holds the tables (ACCESS EXCLUSIVE) until it commits;
+    a failure rolls the drops back with everything else."""
+    empty = []
     for table in move.target_tables:
         name = sql.Identifier(*table.split("."))
-        if scalar(target, sql.SQL("SELECT EXISTS (SELECT FROM {})").format(name)):
-            continue
-        target.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(name))
+        if not scalar(target, sql.SQL("SELECT EXISTS (SELECT FROM {})").format(name)):
+            target.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(name))
+            empty.append((table, name))
+    foreign_keys: list[Deferred] = []
+    for table, name in empty:
         for foreign_key, create in target.execute(
             """
             SELECT conname, format('ALTER TABLE %%s ADD CONSTRAINT %%I %%s', conrelid::regclass,
@@ -414,7 +418,9 @@ def defer_for_bulk_load(target: psycopg.Connection[Any], move: Move) -> list[Def
                     name, sql.Identifier(foreign_key)
                 )
             )
-            deferred.append(Deferred(table, foreign_key, create))
+            foreign_keys.append(Deferred(table, foreign_key, create))
+    indexes: list[Deferred] = []
+    for table, name in empty:
         for index, constraint, create, derived in target.execute(
             """
             SELECT i.indexrelid::regclass::text, c.conname,
@@ -426,14 +432,15 @@ def defer_for_bulk_load(target: psycopg.Connection[Any], move: Move) -> list[Def
             FROM pg_index AS i
             LEFT JOIN pg_constraint AS c
                    ON c.conindid = i.indexrelid AND c.conrelid = i.indrelid
-                  AND c.contype IN ('u', 'x')
-            WHERE i.indrelid = %s::regclass AND NOT i.indisprimary
+                  AND c.contype IN ('p', 'u', 'x')
+            WHERE i.indrelid = %s::regclass
               AND NOT EXISTS (
                   SELECT FROM pg_constraint AS fk
                   WHERE fk.contype = 'f' AND fk.conindid = i.indexrelid
               )
               AND NOT EXISTS (SELECT FROM pg_description AS d WHERE d.objoid = i.indexrelid)
-            ORDER BY 1
+            -- The primary key first: the table's other indexes are built after it.
+            ORDER BY i.indisprimary DESC, 1
             """,
             (table,),
         ).fetchall():
@@ -447,8 +454,8 @@ def defer_for_bulk_load(target: psycopg.Connection[Any], move: Move) -> list[Def
                 )
             else:
                 target.execute(sql.SQL("DROP INDEX {}").format(sql.SQL(index)))
-            deferred.append(Deferred(table, constraint or index, create))
-    return deferred
+            indexes.append(Deferred(table, constraint or index, create))
+    return indexes + foreign_keys
 
 
 # An index's predicate and expressions as PostgreSQL stores them, without the positions in the
