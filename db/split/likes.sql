@@ -17,37 +17,51 @@
 -- Orphans: a like of a product or post that no longer exists has no slug or target to point at:
 -- skipped, and listed in the ledger with its id and reason.
 
--- One row per user and target: the row that is kept (the earliest), with the collapsed values.
+-- Every staged like, classified: the first row of each user and target (by created_at, then
+-- id) with the collapsed values of its rows, the others with their ids only. Their outcomes
+-- are derived from it by split_outcomes: one pass over the likes writes one table (writing the
+-- collapsed and skipped rows to split_outcome too cost a second pass and a second insert).
 CREATE TEMP TABLE split_like_targets (
     source_table text NOT NULL,
-    keeper_id    bigint NOT NULL,
+    source_id    bigint NOT NULL,
+    -- The first row of its user and target, which is inserted unless it is skipped.
+    moved        boolean NOT NULL,
     user_id      bigint NOT NULL,
     target_type  text NOT NULL,
+    -- The product's or post's legacy id (a product's slug is unique among the legacy products,
+    -- so its id names it as well, and integers sort faster than slugs); NULL when it is gone.
+    target_key   bigint,
+    in_target    boolean NOT NULL,
+    -- Of a moved row only: the collapsed values likes.likes gets.
     target_slug  text,
     target_id    bigint,
-    -- The product's or post's legacy id (a product's slug is unique among the legacy products,
-    -- so its id names it as well, and integers sort faster than slugs).
-    target_key   bigint NOT NULL,
-    created_at   timestamptz NOT NULL,
-    updated_at   timestamptz NOT NULL,
-    deleted_at   timestamptz,
-    in_target    boolean NOT NULL
+    created_at   timestamptz,
+    updated_at   timestamptz,
+    deleted_at   timestamptz
 ) ON COMMIT DROP;
 
--- The keepers to insert are the moved rows: named here instead of by an outcome row each
--- (writing and reading back ~87,000 of them was a sixth of the classification).
 CREATE OR REPLACE TEMP VIEW split_outcomes AS
 SELECT source_table, source_id, outcome, reason FROM split_outcome
 UNION ALL
-SELECT source_table, keeper_id, 'moved', NULL FROM split_like_targets WHERE NOT in_target;
+SELECT source_table, source_id,
+       CASE WHEN moved THEN 'moved'
+            WHEN target_key IS NULL OR in_target THEN 'skipped'
+            ELSE 'collapsed' END,
+       CASE
+           WHEN moved THEN NULL
+           WHEN target_key IS NULL AND target_type = 'product' THEN 'the product no longer exists'
+           WHEN target_key IS NULL THEN 'the post no longer exists'
+           WHEN in_target THEN 'already in the target'
+           ELSE 'a duplicate like of the same target by the same user (merged into one)'
+       END
+FROM split_like_targets;
 
 -- split:classify
 
 -- One pass over the staged likes: each row with its target (NULL when the product or post is
--- gone), its rank among the rows of its user and target (by created_at, then id) and the
--- collapsed values of those rows; the first row of each user and target goes to
--- split_like_targets (the moved ones, by split_outcomes), every other row's outcome to
--- split_outcome, and the planned count to split_planned, from the same scan.
+-- gone), whether it is the first of its user and target (by created_at, then id), and for that
+-- one the collapsed values of those rows, into split_like_targets; the planned count into
+-- split_planned, from the same scan.
 WITH unified AS (
     SELECT 'product_likes' AS source_table, l.id, l.user_id, 'product' AS target_type,
            p.slug::text AS target_slug, NULL::bigint AS target_id, p.id::bigint AS target_key,
@@ -81,31 +95,21 @@ ranked AS (
                PARTITION BY u.user_id, u.target_key, u.target_type ORDER BY u.created_at, u.id
                ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
 ),
-outcomes AS (
-    INSERT INTO split_outcome (source_table, source_id, outcome, reason)
-    SELECT source_table, id,
-           CASE WHEN target_key IS NULL OR in_target THEN 'skipped' ELSE 'collapsed' END,
-           CASE
-               WHEN target_key IS NULL AND target_type = 'product'
-                   THEN 'the product no longer exists'
-               WHEN target_key IS NULL THEN 'the post no longer exists'
-               WHEN in_target THEN 'already in the target'
-               ELSE 'a duplicate like of the same target by the same user (merged into one)'
-           END
-    FROM ranked
-    WHERE NOT (rank = 1 AND target_key IS NOT NULL AND NOT in_target)
+decided AS (
+    SELECT *, rank = 1 AND target_key IS NOT NULL AND NOT in_target AS moved FROM ranked
 ),
-keepers AS (
+classified AS (
     INSERT INTO split_like_targets
-    SELECT source_table, id, user_id, target_type, target_slug, target_id, target_key,
-           first_created_at AT TIME ZONE 'UTC', last_updated_at AT TIME ZONE 'UTC',
-           collapsed_deleted_at AT TIME ZONE 'UTC', in_target
-    FROM ranked
-    WHERE rank = 1 AND target_key IS NOT NULL
-    RETURNING in_target
+    SELECT source_table, id, moved, user_id, target_type, target_key, in_target,
+           CASE WHEN moved THEN target_slug END, CASE WHEN moved THEN target_id END,
+           CASE WHEN moved THEN first_created_at AT TIME ZONE 'UTC' END,
+           CASE WHEN moved THEN last_updated_at AT TIME ZONE 'UTC' END,
+           CASE WHEN moved THEN collapsed_deleted_at AT TIME ZONE 'UTC' END
+    FROM decided
+    RETURNING moved
 )
 INSERT INTO split_planned (target_table, planned)
-SELECT 'likes.likes', count(*) FILTER (WHERE NOT in_target) FROM keepers;
+SELECT 'likes.likes', count(*) FILTER (WHERE moved) FROM classified;
 
 -- split:apply
 
@@ -120,14 +124,14 @@ WITH inserted AS (
         (user_id, target_type, target_slug, target_id, created_at, updated_at, deleted_at)
     SELECT user_id, target_type, target_slug, target_id, created_at, updated_at, deleted_at
     FROM split_like_targets
-    WHERE NOT in_target
+    WHERE moved
     RETURNING id
 ),
 span AS (
     SELECT count(*) AS rows, min(id) AS low, max(id) AS high FROM inserted
 )
 INSERT INTO split_inserted (target_table, wanted, inserted, ids)
-SELECT 'likes.likes', (SELECT count(*) FROM split_like_targets WHERE NOT in_target), span.rows,
+SELECT 'likes.likes', (SELECT count(*) FROM split_like_targets WHERE moved), span.rows,
        CASE
            WHEN span.rows = 0 THEN '{}'::int8multirange
            WHEN span.high - span.low + 1 = span.rows

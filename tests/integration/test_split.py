@@ -602,10 +602,11 @@ FAULTY_CLASSIFICATIONS = {
         "never copied: id -7",
     ),
 }
-# likes names its moved rows by its keepers (split_outcomes), not by an outcome row each.
+# likes classifies every row in split_like_targets (split_outcomes derives the outcomes), not by
+# an outcome row each.
 FIRST_KEEPER = (
-    "(SELECT min(keeper_id) FROM split_like_targets "
-    "WHERE NOT in_target AND source_table = 'product_likes')"
+    "(SELECT min(source_id) FROM split_like_targets "
+    "WHERE moved AND source_table = 'product_likes')"
 )
 FAULTY_LIKES_CLASSIFICATIONS = {
     "a moved keeper given a second outcome": (
@@ -614,7 +615,7 @@ FAULTY_LIKES_CLASSIFICATIONS = {
     ),
     "a keeper left out": (
         f"DELETE FROM split_like_targets WHERE source_table = 'product_likes' "
-        f"AND keeper_id = {FIRST_KEEPER}",
+        f"AND source_id = {FIRST_KEEPER}",
         "without an outcome: id ",
     ),
 }
