@@ -12,8 +12,12 @@
 -- rose declares on this server. See db/schemas/roles.sql for how these files work.
 
 -- A missing service database. (CREATE DATABASE cannot run inside a transaction: its own statement.)
-SELECT format(E'-- cluster: missing database %s\nCREATE DATABASE %I OWNER %I ENCODING %L TEMPLATE template0',
-              d.name, d.name, d.owner, 'UTF8')
+-- Its locale is PostgreSQL's builtin C.UTF-8 whatever the server's initdb chose: text sorts by
+-- code point everywhere (as on libc's C.UTF-8, which the local server used before), an operating
+-- system's C library upgrade cannot reorder its indexes, and comparisons skip strcoll.
+SELECT format(E'-- cluster: missing database %s\nCREATE DATABASE %I OWNER %I ENCODING %L TEMPLATE template0 '
+              'LOCALE_PROVIDER builtin LOCALE %L',
+              d.name, d.name, d.owner, 'UTF8', 'C.UTF-8')
 FROM jsonb_to_recordset(:'databases'::jsonb) AS d(name text, owner text)
 WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = d.name)
 ORDER BY d.name \gexec

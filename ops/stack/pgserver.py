@@ -178,6 +178,10 @@ class LocalPostgres:
                     f"--pwfile={password_file}",
                     "--auth=scram-sha-256",
                     "--encoding=UTF8",
+                    # PostgreSQL's own C.UTF-8 (code point order, as libc's, without strcoll
+                    # and immune to C library upgrades); the service databases ask for it
+                    # themselves (db/schemas/databases.sql), the maintenance ones get it here.
+                    "--locale-provider=builtin",
                     "--locale=C.UTF-8",
                 ]
             )

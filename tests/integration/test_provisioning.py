@@ -189,3 +189,23 @@ def test_container_backend_needs_a_docker_engine():
 
     with container_server() as server, psycopg.connect(server.admin_url) as connection:
         assert connection.execute("SHOW server_version_num").fetchone()[0].startswith("18")
+
+
+def test_every_service_database_sorts_text_by_code_point_with_the_builtin_provider(provisioned):
+    """Every service database uses PostgreSQL's builtin C.UTF-8 locale, whatever the server's
+    initdb chose: text sorts by code point in every environment (the same order as before, on
+    libc's C.UTF-8), its indexes cannot be reordered by an operating system's C library upgrade,
+    and comparisons take the fast path (no strcoll)."""
+    with admin_connect(provisioned) as connection:
+        found = connection.execute(
+            "SELECT datname, datlocprovider, datlocale, datcollate, datctype FROM pg_database "
+            "WHERE datname LIKE 'db\\_%%' ORDER BY 1"
+        ).fetchall()
+    assert [name for name, *_ in found] == sorted(f"db_{service}" for service in SERVICES)
+    assert {tuple(rest) for _, *rest in found} == {("b", "C.UTF-8", "C.UTF-8", "C.UTF-8")}
+    with admin_connect(provisioned, "likes") as connection:
+        ordered = connection.execute(
+            "SELECT array_agg(word ORDER BY word), array_agg(upper(word) ORDER BY word) "
+            "FROM (VALUES ('b'), ('B'), ('a'), ('é'), ('Z')) AS words (word)"
+        ).fetchone()
+    assert ordered == (["B", "Z", "a", "b", "é"], ["B", "Z", "A", "B", "É"])

@@ -605,8 +605,7 @@ FAULTY_CLASSIFICATIONS = {
 # likes classifies every row in split_like_targets (split_outcomes derives the outcomes), not by
 # an outcome row each.
 FIRST_KEEPER = (
-    "(SELECT min(source_id) FROM split_like_targets "
-    "WHERE moved AND source_table = 'product_likes')"
+    "(SELECT min(source_id) FROM split_like_targets WHERE moved AND source_table = 'product_likes')"
 )
 FAULTY_LIKES_CLASSIFICATIONS = {
     "a moved keeper given a second outcome": (
