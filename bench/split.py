@@ -5,8 +5,9 @@ project's own provisioning and migrations, a practice monolith at ``--scale`` (1
 legacy rows). Measured back to back, alternating which goes first, ``--rounds`` times:
 
 - the split: ``rose split run`` of every move, as the command runs it (``ops.split.run.run_all``:
-  each move verified, sources against target, as soon as it commits) in this process, from empty
-  targets with the sources unfrozen (``rose split abort`` in between, then the targets emptied);
+  each move verified, sources against target, in its transaction before it commits) in this
+  process, from empty targets with the sources unfrozen (``rose split abort`` in between, then
+  the targets emptied);
   with ``--separate-verify``, ``run --no-verify`` then ``rose split verify``
   (``ops.split.verify.verify_moves``), the two commands as they were before;
 - the baseline: for each source database in turn, ``pg_dump --data-only`` of the legacy tables
@@ -153,7 +154,7 @@ def reset_split(topology: Topology) -> None:
 def split(
     topology: Topology, jobs: int, verbose: bool, separate_verify: bool
 ) -> tuple[float, str, bool]:
-    """One split from empty targets: ``rose split run`` (each move verified as it commits), or
+    """One split from empty targets: ``rose split run`` (each move verified before it commits), or
     with ``separate_verify`` ``run --no-verify`` then ``verify``. The seconds, how they
     divide, and whether every move verified."""
     reset_split(topology)
@@ -168,7 +169,7 @@ def split(
         raise RuntimeError(f"run failed: {result.failed}")
     moved = time.perf_counter()
     if not separate_verify:
-        return moved - started, "run, each move verified as it commits", result.verified
+        return moved - started, "run, each move verified before it commits", result.verified
     verified = all(found.ok for found in verify_moves(topology, list(MOVES), jobs))
     ended = time.perf_counter()
     parts = f"run {moved - started:.2f} s, then verify {ended - moved:.2f} s"

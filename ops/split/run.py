@@ -54,7 +54,12 @@ from ops.split.common import (
 )
 from ops.split.freeze import FREEZE_LOCK_TIMEOUT, freeze
 from ops.split.moves import SPLIT_DIR, Move, SourceTable
-from ops.split.verify import MoveVerification, verify_move
+from ops.split.verify import (
+    MoveVerification,
+    SideChecksum,
+    compare_with_sources,
+    record_verification,
+)
 
 OUTCOME_FILE = SPLIT_DIR / "outcome.sql"
 COPY_BATCH_BYTES = 1 << 20
@@ -89,7 +94,8 @@ class MoveReport:
     outcome: Outcome | None = None
     inserted: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
-    # Sources against target right after the commit (``run_all(..., verify=True)``).
+    # Sources against target, compared in the move's transaction before its commit
+    # (``run_all(..., verify=True)``).
     verification: MoveVerification | None = None
 
     @property
@@ -531,14 +537,18 @@ def apply_move(target: psycopg.Connection[Any], move: Move, *, bulk_load: bool) 
         ) from exc
 
 
-def target_checksums(target: psycopg.Connection[Any], move: Move) -> dict[str, dict[str, Any]]:
-    """The checksum of each check view of the target, as the ledger records it."""
+def target_checksums(target: psycopg.Connection[Any], move: Move) -> dict[str, SideChecksum]:
+    """The checksum of each check view of the target (with its smallest and largest bucket)."""
     run_file(target, move.checksum_file("target"))
-    recorded = {}
-    for check in move.checks:
-        found = checksum([target], check.view)[0]
-        recorded[check.name] = {"target_table": check.target_table, **found.as_dict()}
-    return recorded
+    return {check.name: checksum([target], check.view) for check in move.checks}
+
+
+def recorded_checksums(move: Move, taken: dict[str, SideChecksum]) -> dict[str, dict[str, Any]]:
+    """The target's checksums as the ledger records them."""
+    return {
+        check.name: {"target_table": check.target_table, **taken[check.name][0].as_dict()}
+        for check in move.checks
+    }
 
 
 def checksum_line(checksums: dict[str, dict[str, Any]]) -> str:
@@ -600,8 +610,26 @@ def _pending(topology: Topology, move: Move, say: Say) -> LedgerEntry | None:
     return None
 
 
-def _move_transaction(topology: Topology, move: Move, say: Say, fault: FaultHook) -> MoveReport:
-    """The move's one transaction in its target (its sources are frozen already)."""
+class MoveNotVerified(SplitError):
+    """The target, as the move's transaction was about to commit it, does not match the
+    sources: the transaction is rolled back."""
+
+    def __init__(self, verification: MoveVerification) -> None:
+        self.verification = verification
+        super().__init__(
+            f"{verification.move.name}: its target does not match its sources ("
+            + "; ".join(verification.differences())
+            + "), so the move was not committed"
+        )
+
+
+def _move_transaction(
+    topology: Topology, move: Move, say: Say, fault: FaultHook, verify: bool
+) -> MoveReport:
+    """The move's one transaction in its target (its sources are frozen already). With
+    ``verify``, the check `rose split verify` makes, sources against target, runs in it before
+    the commit and is recorded with it: a move whose target does not match its sources, or
+    whose verification cannot run, is not committed."""
     owner = service_spec(move.target).owner_role
     with session(topology, move.target) as target:
         started = time.perf_counter()
@@ -625,7 +653,7 @@ def _move_transaction(topology: Topology, move: Move, say: Say, fault: FaultHook
                 f"{outcome.total('skipped'):,} skipped; inserted "
                 + ", ".join(f"{rows:,} into {table}" for table, rows in inserted.items())
             )
-            checksums = target_checksums(target, move)
+            taken = target_checksums(target, move)
             seconds = time.perf_counter() - started
             target.execute(
                 """
@@ -639,42 +667,33 @@ def _move_transaction(topology: Topology, move: Move, say: Say, fault: FaultHook
                 """,
                 (
                     round(seconds, 3),
-                    *ledger_record(target, outcome, inserted, checksums),
+                    *ledger_record(target, outcome, inserted, recorded_checksums(move, taken)),
                     move.name,
                 ),
             )
+            verification = None
+            if verify:
+                fault(move.name, "before-verify")
+                # The ledger as this transaction has just written it; the target's checksums
+                # as it is about to commit them (the tables are this transaction's alone).
+                recorded = read_ledger(target, move.name)
+                if recorded is None:
+                    raise SplitError(f"{move.name}: the ledger lost its row in the move")
+                verification = compare_with_sources(topology, move, target, recorded, taken)
+                say(f"{move.name}: verified: " + ("ok" if verification.ok else "DIFFERENT"))
+                if not verification.ok:
+                    raise MoveNotVerified(verification)
+                record_verification(target, verification)
             fault(move.name, "before-commit")
-        report = MoveReport(move=move, outcome=outcome, inserted=inserted)
+        report = MoveReport(
+            move=move, outcome=outcome, inserted=inserted, verification=verification
+        )
         report.seconds = time.perf_counter() - started
         say(
             f"{move.name}: committed in {report.seconds:.2f} s "
             f"({report.rows_per_second:,.0f} rows/s)"
         )
         return report
-
-
-def _move_and_verify(
-    topology: Topology, move: Move, say: Say, fault: FaultHook, verify: bool
-) -> MoveReport:
-    """The move's transaction, then (``verify``) the check `rose split verify` makes, at once:
-    in this job, while the other jobs still move, rather than all of them after the last."""
-    report = _move_transaction(topology, move, say, fault)
-    if not verify or report.outcome is None:
-        return report
-    fault(move.name, "after-commit")
-    try:
-        report.verification = verify_move(topology, move)
-    except (SplitError, psycopg.Error) as exc:
-        # The move is committed whatever happened here: the failure is its verification's.
-        report.verification = MoveVerification(
-            move=move, ledger=None, problems=[f"the verification failed: {exc}"]
-        )
-    found = report.verification
-    say(
-        f"{move.name}: verified: "
-        + ("ok" if found.ok else "DIFFERENT" if found.ledger is not None else "FAILED")
-    )
-    return report
 
 
 def _estimated_rows(topology: Topology, moves: list[Move]) -> dict[str, float]:
@@ -772,7 +791,7 @@ def _run_all(
         largest_first = sorted(pending, key=lambda move: -sizes[move.name])
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
             futures = {
-                submit_in_context(pool, _move_and_verify, topology, move, say, fault, verify): move
+                submit_in_context(pool, _move_transaction, topology, move, say, fault, verify): move
                 for move in largest_first
             }
             for future in as_completed(futures):

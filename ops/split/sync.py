@@ -66,6 +66,7 @@ from ops.split.run import (
     ledger_record,
     missing_sources,
     read_outcome,
+    recorded_checksums,
     source_snapshot,
     stage_sources,
     target_checksums,
@@ -544,7 +545,8 @@ def _details(snapshot: psycopg.Connection[Any], move: Move) -> tuple[Any, ...]:
         table: int(rows)
         for table, rows in snapshot.execute("SELECT target_table, inserted FROM split_inserted")
     }
-    return ledger_record(snapshot, outcome, inserted, target_checksums(snapshot, move))
+    checksums = recorded_checksums(move, target_checksums(snapshot, move))
+    return ledger_record(snapshot, outcome, inserted, checksums)
 
 
 def _record_details(topology: Topology, move: Move, details: tuple[Any, ...]) -> None:

@@ -17,7 +17,7 @@ write to them: a note, not a difference).
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -200,36 +200,61 @@ def verify_move(
     the commit's record; ``against_sources`` insists on the sources: finalize's re-verify)."""
     with session(topology, move.target) as target:
         ledger = read_ledger(target, move.name)
-        result = MoveVerification(move=move, ledger=ledger)
         if ledger is None or not ledger.done:
-            result.problems.append("not moved yet (`rose split run`)")
-            return result
+            return MoveVerification(
+                move=move, ledger=ledger, problems=["not moved yet (`rose split run`)"]
+            )
         if not against_sources and (ledger.finalized_at is not None or ledger.finalizing):
             # The sources are (or may be) gone: compare with what the move committed.
             return verify_against_commit(target, move, ledger, strict=False)
-        count_sources(topology, result)
-        if result.problems:
-            return result
-        result.problems += accounting_problems(ledger, result.source_rows_now)
         run_file(target, move.checksum_file("target"))
-        with (
-            source_sessions(topology, move, ledger) as sources,
-            ThreadPoolExecutor(max_workers=2) as sides,
-        ):
-            for check in move.checks:
-                # The two sides at the same time (their own connections, their own backends).
-                source_side = sides.submit(checksum, sources, check.view)
-                target_sum, target_low, target_high = checksum([target], check.view)
-                source_sum, source_low, source_high = source_side.result()
-                found = CheckResult(
-                    check.name, check.target_table, check.bucket, source_sum, target_sum
-                )
-                if not found.ok:
-                    lows = [value for value in (source_low, target_low) if value is not None]
-                    highs = [value for value in (source_high, target_high) if value is not None]
-                    found.located = locate(sources, [target], check.view, min(lows), max(highs))
-                result.checks.append(found)
+        result = compare_with_sources(topology, move, target, ledger)
         record_verification(target, result)
+    return result
+
+
+# A check view's checksum on one side, with its smallest and largest bucket (see checksum).
+SideChecksum = tuple[Checksum, int | None, int | None]
+
+
+def compare_with_sources(
+    topology: Topology,
+    move: Move,
+    target: psycopg.Connection[Any],
+    ledger: LedgerEntry,
+    target_side: Mapping[str, SideChecksum] | None = None,
+) -> MoveVerification:
+    """The move's sources now against its target as ``target`` sees it (with the target's
+    check views): the accounting, then per check view the checksums of both sides, and where
+    they differ the buckets that hold the differences. ``target_side``: the target's checksums
+    already taken on ``target`` (`rose split run` takes them in the move's transaction, for
+    the ledger, and compares before it commits), else taken here, beside the sources'."""
+    result = MoveVerification(move=move, ledger=ledger)
+    count_sources(topology, result)
+    if result.problems:
+        return result
+    result.problems += accounting_problems(ledger, result.source_rows_now)
+    with (
+        source_sessions(topology, move, ledger) as sources,
+        ThreadPoolExecutor(max_workers=2) as sides,
+    ):
+        for check in move.checks:
+            # The two sides at the same time (their own connections, their own backends).
+            source_side = sides.submit(checksum, sources, check.view)
+            target_sum, target_low, target_high = (
+                target_side[check.name]
+                if target_side is not None
+                else checksum([target], check.view)
+            )
+            source_sum, source_low, source_high = source_side.result()
+            found = CheckResult(
+                check.name, check.target_table, check.bucket, source_sum, target_sum
+            )
+            if not found.ok:
+                lows = [value for value in (source_low, target_low) if value is not None]
+                highs = [value for value in (source_high, target_high) if value is not None]
+                found.located = locate(sources, [target], check.view, min(lows), max(highs))
+            result.checks.append(found)
     return result
 
 

@@ -19,7 +19,7 @@ from apps.orders.settings import OrdersSettings
 from ops.db.check import check
 from ops.split.common import CRASH_ENV, CRASH_EXIT_CODE, SplitError
 from ops.split.moves import MOVES, MOVES_BY_NAME, Move
-from ops.split.run import plan_move, run_moves
+from ops.split.run import MoveNotVerified, plan_move, run_all, run_moves
 from tests.conftest import REPO_ROOT, admin_connect, in_process_stack
 from tests.integration.split_fixtures import (
     STATUS_MAPPING,
@@ -149,76 +149,75 @@ def test_plan_reads_only_and_run_does_what_it_said(monolith):
     assert f"checksum:   likes.likes: {likes:,} rows, checksums match" in moved.output
 
 
-def test_a_difference_found_right_after_the_commit_fails_the_run_and_finalize(monolith):
-    """The verification inside ``run`` is a real one: a target row lost between the move's
-    commit and its verification is found, recorded, and refuses finalize."""
+def test_a_source_changed_under_the_move_is_found_before_the_commit(monolith):
+    """The verification inside ``run`` is a real one, and runs before the commit: a source row
+    deleted after the copy (its freeze bypassed) is found, and nothing of that move is
+    committed; the other moves are, verified; the next run moves what the sources hold then."""
 
-    def lose_a_like_after_commit(move: str, point: str) -> None:
-        if (move, point) == ("likes", "after-commit"):
-            with admin_connect(monolith, "likes") as connection:
+    def delete_a_like_after_the_copy(move: str, point: str) -> None:
+        if (move, point) == ("likes", "after-copy"):
+            with admin_connect(monolith, "market") as connection:
+                # A superuser's replica role fires no ordinary trigger: the freeze's included.
+                connection.execute("SET session_replication_role = replica")
                 connection.execute(
-                    "DELETE FROM likes.likes WHERE id = (SELECT max(id) FROM likes.likes)"
+                    "DELETE FROM legacy.product_likes "
+                    "WHERE id = (SELECT max(id) FROM legacy.product_likes)"
                 )
 
     moves = [MOVES_BY_NAME[name] for name in ("likes", "relations")]
-    reports = {
-        report.move.name: report
-        for report in run_moves(monolith.topology, moves, lambda _: None, lose_a_like_after_commit)
-    }
-    assert reports["relations"].verification is not None
-    assert reports["relations"].verification.ok
-    likes = reports["likes"].verification
-    assert likes is not None
-    assert not likes.ok
-    assert any("likes.likes: source" in line for line in likes.differences())
+    messages: list[str] = []
+    result = run_all(monolith.topology, moves, messages.append, delete_a_like_after_the_copy)
+    assert set(result.failed) == {"likes"}
+    refused = result.failed["likes"]
+    assert isinstance(refused, MoveNotVerified)
+    assert "the move was not committed" in str(refused)
+    assert any("the move read" in line for line in refused.verification.differences())
+    assert "likes: verified: DIFFERENT" in messages
+    assert not any(line.startswith("likes: committed") for line in messages)
+    assert value(monolith, "likes", "SELECT count(*) FROM likes.likes") == 0
     entry = ledger(monolith, "likes")
-    assert entry["finished_at"] is not None
+    assert entry["finished_at"] is None
     assert entry["verified_at"] is None
-    assert entry["verification"]["ok"] is False
+    [relations] = result.reports
+    assert relations.verification is not None
+    assert relations.verification.ok
     assert ledger(monolith, "relations")["verified_at"] is not None
 
-    rest = rose_split(monolith, "run")
-    assert rest.exit_code == 0, rest.output
-    refused = rose_split(monolith, "finalize")
-    assert refused.exit_code == 1
-    assert "likes: the last verify found differences" in refused.output
-    assert "relations: moved, not verified" not in refused.output
-    assert "relations: the last verify" not in refused.output
+    again = rose_split(monolith, "run")
+    assert again.exit_code == 0, again.output
+    assert "ok likes\n" in again.output
+    assert ledger(monolith, "likes")["verified_at"] is not None
 
 
-def test_a_verification_that_cannot_run_leaves_the_move_committed_and_unverified(monolith):
-    """The move's target connections die right after its commit: the verification fails with
-    the error, the move stays committed (never "nothing was committed"), and verify can run
-    again later."""
+def test_a_verification_that_cannot_run_leaves_nothing_of_the_move(monolith):
+    """The sources' connections die just before the verification: the move's transaction
+    rolls back with the error (never a move committed unverified), and the next run moves it."""
 
-    def cut_connections_after_commit(move: str, point: str) -> None:
-        if (move, point) == ("likes", "after-commit"):
-            with admin_connect(monolith, "likes") as connection:
-                connection.execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND application_name = 'rose split'"
-                )
+    def cut_the_sources_before_verify(move: str, point: str) -> None:
+        if (move, point) == ("likes", "before-verify"):
+            for service in ("market", "blog"):
+                with admin_connect(monolith, service) as connection:
+                    connection.execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND application_name = 'rose split'"
+                    )
 
-    messages: list[str] = []
-    [report] = run_moves(
-        monolith.topology, [MOVES_BY_NAME["likes"]], messages.append, cut_connections_after_commit
+    result = run_all(
+        monolith.topology, [MOVES_BY_NAME["likes"]], lambda _: None, cut_the_sources_before_verify
     )
-    assert report.outcome is not None
-    assert report.verification is not None
-    assert not report.verification.ok
-    assert report.verification.problems[0].startswith("the verification failed: ")
-    assert "likes: verified: FAILED" in messages
-    entry = ledger(monolith, "likes")
-    assert entry["finished_at"] is not None
-    assert entry["verified_at"] is None
-    again = rose_split(monolith, "verify", "--move", "likes")
+    assert isinstance(result.failed["likes"], psycopg.OperationalError)
+    assert result.reports == []
+    assert value(monolith, "likes", "SELECT count(*) FROM likes.likes") == 0
+    assert ledger(monolith, "likes")["finished_at"] is None
+    again = rose_split(monolith, "run", "--move", "likes")
     assert again.exit_code == 0, again.output
     assert ledger(monolith, "likes")["verified_at"] is not None
 
 
-def test_a_target_trigger_that_alters_rows_fails_the_run_at_its_verification(monolith):
-    """A trigger on a target table (a DBA's, say) that changes rows on their way in: the move
-    commits what the trigger made of them, and run's verification says so, exit 1."""
+def test_a_target_trigger_that_alters_rows_refuses_the_move_at_its_verification(monolith):
+    """A trigger on a target table (a DBA's, say) that changes rows on their way in: run's
+    verification finds the target different from its sources, prints where, and commits
+    nothing of the move, exit 1."""
     with admin_connect(monolith, "relations") as connection:
         connection.execute(
             "CREATE FUNCTION relations.split_test_shift() RETURNS trigger LANGUAGE plpgsql AS "
@@ -235,13 +234,15 @@ def test_a_target_trigger_that_alters_rows_fails_the_run_at_its_verification(mon
         with admin_connect(monolith, "relations") as connection:
             connection.execute("DROP FUNCTION relations.split_test_shift() CASCADE")
     assert ran.exit_code == 1, ran.output
-    assert "relations: committed in" in ran.output
     assert "DIFFERENT relations" in ran.output
-    assert "relations: committed, but not verified" in ran.output
+    assert "checksums differ; differences at" in ran.output
+    assert "relations: its target does not match its sources" in ran.output
+    assert "Nothing of relations was committed" in ran.output
+    assert "relations: committed in" not in ran.output
+    assert value(monolith, "relations", "SELECT count(*) FROM relations.container_relations") == 0
     entry = ledger(monolith, "relations")
-    assert entry["finished_at"] is not None
+    assert entry["finished_at"] is None
     assert entry["verified_at"] is None
-    assert entry["verification"]["ok"] is False
 
 
 def test_run_without_verify_leaves_it_to_verify(monolith):
