@@ -228,17 +228,12 @@ def read_outcome(
     row: the counts are compared there)."""
     by_table: dict[str, dict[str, int]] = {table.table: {} for table in move.moved_tables}
     reasons: dict[str, dict[str, dict[str, Any]]] = {}
-    # Counted by a hash aggregate; the ids only of the rows listed with a reason (sorting all
-    # of them would cost more than the rest of the accounting).
-    listed = {
-        (source_table, outcome, reason): list(ids)
-        for source_table, outcome, reason, ids in target.execute(
-            "SELECT source_table, outcome, reason, array_agg(source_id ORDER BY source_id) "
-            "FROM split_outcomes WHERE reason IS NOT NULL GROUP BY 1, 2, 3"
-        )
-    }
-    for source_table, outcome, reason, rows in target.execute(
-        "SELECT source_table, outcome, reason, count(*) FROM split_outcomes GROUP BY 1, 2, 3"
+    # One hash aggregate: the counts, and the ids only of the rows listed with a reason, sorted
+    # here (an ordered aggregate would sort every row, the moved ones included).
+    for source_table, outcome, reason, rows, ids in target.execute(
+        "SELECT source_table, outcome, reason, count(*), "
+        "array_agg(source_id) FILTER (WHERE reason IS NOT NULL) "
+        "FROM split_outcomes GROUP BY 1, 2, 3"
     ).fetchall():
         if source_table not in by_table:
             raise SplitError(
@@ -250,7 +245,7 @@ def read_outcome(
             continue
         entry = reasons.setdefault(outcome, {}).setdefault(reason, {"count": 0, "rows": {}})
         entry["count"] += rows
-        entry["rows"][source_table] = listed[(source_table, outcome, reason)]
+        entry["rows"][source_table] = sorted(ids)
     if ids_staged:
         check_one_outcome_each(target, move)
     for table in move.moved_tables:
