@@ -28,8 +28,7 @@ CREATE TEMP TABLE split_like_targets (
     moved        boolean NOT NULL,
     user_id      bigint NOT NULL,
     target_type  text NOT NULL,
-    -- The product's or post's legacy id (a product's slug is unique among the legacy products,
-    -- so its id names it as well, and integers sort faster than slugs); NULL when it is gone.
+    -- The product's or post's legacy id; NULL when it is gone.
     target_key   bigint,
     in_target    boolean NOT NULL,
     -- Of a moved row only: the collapsed values likes.likes gets.
@@ -90,9 +89,14 @@ ranked AS (
            ) AS in_target
     FROM unified AS u
     -- One window for the rank and the collapsed values (row_number ignores the frame; the
-    -- aggregates see the whole partition): one WindowAgg over one sort.
+    -- aggregates see the whole partition): one WindowAgg over one sort. Partitioned by the
+    -- target's own key (a product's slug is unique among the legacy products; a post's id),
+    -- the order of likes.likes' unique indexes: the rows are inserted in it, and the index
+    -- builds after the insert find them nearly sorted (a user's likes of products that are
+    -- gone share one partition: they are skipped whatever their rank).
     WINDOW same_target AS (
-               PARTITION BY u.user_id, u.target_key, u.target_type ORDER BY u.created_at, u.id
+               PARTITION BY u.user_id, u.target_type, u.target_slug, u.target_id
+               ORDER BY u.created_at, u.id
                ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
 ),
 decided AS (
