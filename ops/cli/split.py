@@ -23,7 +23,7 @@ from rich.table import Table
 from ops.cli.common import DatabaseUrlOption, topology_of
 from ops.split.common import SplitError
 from ops.split.moves import LEGACY_TABLES, Move, select_moves
-from ops.split.run import MovePlan, MoveReport, Outcome
+from ops.split.run import BULK_LOAD_MIN_ROWS, MovePlan, MoveReport, Outcome
 from ops.split.verify import MoveVerification
 
 split_app = typer.Typer(
@@ -226,6 +226,15 @@ def run_command(
             "commits: a move whose target does not match its sources is not committed."
         ),
     ] = True,
+    bulk_load_min_rows: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            metavar="ROWS",
+            help="Rows a move inserts from which its empty targets' indexes and foreign keys "
+            "are dropped for the insert and built once after it (0: always).",
+        ),
+    ] = BULK_LOAD_MIN_ROWS,
     database_url: DatabaseUrlOption = None,
 ) -> None:
     """Move what is not moved yet: freeze, copy, transform, fix sequences, verify and record,
@@ -244,6 +253,7 @@ def run_command(
             jobs=jobs or DEFAULT_JOBS,
             lock_timeout=lock_timeout,
             verify=verify,
+            bulk_load_min_rows=bulk_load_min_rows,
         )
     except (SplitError, psycopg.Error) as exc:
         frozen = "" if "frozen now" in str(exc) else describe_frozen(topology, LEGACY_SERVICES)

@@ -63,6 +63,11 @@ from ops.split.verify import (
 
 OUTCOME_FILE = SPLIT_DIR / "outcome.sql"
 COPY_BATCH_BYTES = 1 << 20
+# Rows to insert from which a move's bulk load (indexes and keys of empty targets dropped for the
+# insert, built once after it) pays for itself: below, dropping and building them again costs
+# more than keeping them (cart, 4,658 rows: 0.12 s with it, 0.11 s without; orders, 34,820:
+# 0.45 s with it, 0.56 s without).
+BULK_LOAD_MIN_ROWS = 10_000
 
 
 def _quiet(_: str) -> None:
@@ -619,7 +624,12 @@ class MoveNotVerified(SplitError):
 
 
 def _move_transaction(
-    topology: Topology, move: Move, say: Say, fault: FaultHook, verify: bool
+    topology: Topology,
+    move: Move,
+    say: Say,
+    fault: FaultHook,
+    verify: bool,
+    bulk_load_min_rows: int = BULK_LOAD_MIN_ROWS,
 ) -> MoveReport:
     """The move's one transaction in its target (its sources are frozen already). With
     ``verify``, the check `rose split verify` makes, sources against target, runs in it before
@@ -639,7 +649,8 @@ def _move_transaction(
             fault(move.name, "after-copy")
             classify(target, move, read_only=False)
             outcome = read_outcome(target, move, staged)
-            apply_move(target, move, bulk_load=True)
+            bulk_load = sum(outcome.planned.values()) >= bulk_load_min_rows
+            apply_move(target, move, bulk_load=bulk_load)
             inserted = check_inserted(target, move, outcome)
             fault(move.name, "after-transform")
             say(
@@ -745,14 +756,16 @@ def run_all(
     jobs: int = DEFAULT_JOBS,
     lock_timeout: float = FREEZE_LOCK_TIMEOUT,
     verify: bool = True,
+    bulk_load_min_rows: int = BULK_LOAD_MIN_ROWS,
 ) -> RunResult:
     """Freeze the sources of every move not done yet (one transaction per source database),
     then run their transactions, ``jobs`` at a time: the moves are independent (each reads
-    frozen sources and writes its own target tables). With ``verify``, each move this run
-    commits is verified (sources against target, recorded in the ledger) as soon as it has
-    committed, in its job."""
+    frozen sources and writes its own target tables). With ``verify``, each move is verified
+    (sources against target, recorded in the ledger) in its transaction, before it commits. A
+    move that inserts ``bulk_load_min_rows`` rows or more bulk-loads its empty targets (see
+    :func:`defer_for_bulk_load`)."""
     with reused_sessions():
-        return _run_all(topology, moves, say, fault, jobs, lock_timeout, verify)
+        return _run_all(topology, moves, say, fault, jobs, lock_timeout, verify, bulk_load_min_rows)
 
 
 def _run_all(
@@ -763,6 +776,7 @@ def _run_all(
     jobs: int,
     lock_timeout: float,
     verify: bool,
+    bulk_load_min_rows: int,
 ) -> RunResult:
     result = RunResult()
     reports: dict[str, MoveReport] = {}
@@ -786,7 +800,16 @@ def _run_all(
         largest_first = sorted(pending, key=lambda move: -sizes[move.name])
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
             futures = {
-                submit_in_context(pool, _move_transaction, topology, move, say, fault, verify): move
+                submit_in_context(
+                    pool,
+                    _move_transaction,
+                    topology,
+                    move,
+                    say,
+                    fault,
+                    verify,
+                    bulk_load_min_rows,
+                ): move
                 for move in largest_first
             }
             for future in as_completed(futures):

@@ -19,7 +19,13 @@ from apps.orders.settings import OrdersSettings
 from ops.db.check import check
 from ops.split.common import CRASH_ENV, CRASH_EXIT_CODE, SplitError
 from ops.split.moves import MOVES, MOVES_BY_NAME, Move
-from ops.split.run import MoveNotVerified, plan_move, run_all, run_moves
+from ops.split.run import (
+    BULK_LOAD_MIN_ROWS,
+    MoveNotVerified,
+    plan_move,
+    run_all,
+    run_moves,
+)
 from tests.conftest import REPO_ROOT, admin_connect, in_process_stack
 from tests.integration.split_fixtures import (
     STATUS_MAPPING,
@@ -508,12 +514,57 @@ def schema_of_targets(server: TestServer) -> dict[str, list[tuple[str, str]]]:
     return found
 
 
+def index_objects(server: TestServer, service: str, table: str) -> dict[str, int]:
+    """The indexes of ``table`` by name, with the object each one is (its oid)."""
+    return dict(
+        rows(
+            server,
+            service,
+            "SELECT indexrelid::regclass::text, indexrelid::int8 FROM pg_index "
+            "WHERE indrelid = %s::regclass",
+            (table,),
+        )
+    )
+
+
+def planned_rows(server: TestServer, name: str) -> int:
+    outcome = plan_move(server.topology, MOVES_BY_NAME[name]).outcome
+    assert outcome is not None
+    return sum(outcome.planned.values())
+
+
+def test_only_a_move_of_many_rows_rebuilds_its_targets_indexes(monolith):
+    """A bulk load (indexes and keys dropped for the insert, built once after it) pays for itself
+    only from ``--bulk-load-min-rows`` rows: a smaller move inserts with its indexes in place
+    (the same objects after it), a larger one rebuilds them (new objects, the same names)."""
+    assert BULK_LOAD_MIN_ROWS == 10_000  # the default; this practice monolith is smaller
+    small = index_objects(monolith, "relations", "relations.container_relations")
+    large = index_objects(monolith, "likes", "likes.likes")
+    threshold = 1_000
+    assert planned_rows(monolith, "relations") < threshold <= planned_rows(monolith, "likes")
+    moved = rose_split(
+        monolith,
+        "run",
+        "--move",
+        "relations",
+        "--move",
+        "likes",
+        "--bulk-load-min-rows",
+        str(threshold),
+    )
+    assert moved.exit_code == 0, moved.output
+    assert index_objects(monolith, "relations", "relations.container_relations") == small
+    rebuilt = index_objects(monolith, "likes", "likes.likes")
+    assert rebuilt.keys() == large.keys()
+    assert set(rebuilt.values()).isdisjoint(large.values())
+
+
 def test_the_bulk_load_leaves_every_index_and_constraint_as_it_was(monolith):
     """run drops the secondary indexes and foreign keys of empty targets for the insert and
     creates them again: the tables end with exactly the definitions they had."""
     before = schema_of_targets(monolith)
     assert any("FOREIGN KEY" in definition for found in before.values() for _, definition in found)
-    assert rose_split(monolith, "run").exit_code == 0
+    assert rose_split(monolith, "run", "--bulk-load-min-rows", "0").exit_code == 0
     after = schema_of_targets(monolith)
     for table, found in before.items():
         assert set(after[table]) ^ set(found) == set(), table
@@ -528,7 +579,7 @@ def test_an_index_of_any_name_in_a_target_does_not_stop_the_bulk_load(monolith):
             "WHERE deleted_at IS NOT NULL"
         )
     before = schema_of_targets(monolith)["relations.container_relations"]
-    ran = rose_split(monolith, "run", "--move", "relations")
+    ran = rose_split(monolith, "run", "--move", "relations", "--bulk-load-min-rows", "0")
     assert ran.exit_code == 0, ran.output
     after = schema_of_targets(monolith)["relations.container_relations"]
     assert set(after) == set(before)
@@ -662,8 +713,20 @@ def test_a_second_run_moves_nothing(monolith):
 
 def test_a_run_killed_before_commit_leaves_nothing_and_the_rerun_completes(monolith):
     expected = expected_target_counts(monolith)
+    indexes = schema_of_targets(monolith)
+    # Bulk loads: the kill comes with the targets' indexes and keys dropped in the transaction.
     crashed = subprocess.run(
-        [sys.executable, "-m", "ops.cli", "split", "run", "--database-url", monolith.admin_url],
+        [
+            sys.executable,
+            "-m",
+            "ops.cli",
+            "split",
+            "run",
+            "--bulk-load-min-rows",
+            "0",
+            "--database-url",
+            monolith.admin_url,
+        ],
         cwd=REPO_ROOT,
         env={**os.environ, CRASH_ENV: "likes:before-commit"},
         capture_output=True,
@@ -683,6 +746,7 @@ def test_a_run_killed_before_commit_leaves_nothing_and_the_rerun_completes(monol
     interrupted = ledger(monolith, "likes")
     assert interrupted["finished_at"] is None
     assert interrupted["runs"] == 1
+    assert schema_of_targets(monolith)["likes.likes"] == indexes["likes.likes"]
 
     # An error inside the transaction (not a crash) rolls the move back the same way.
     def fail_after_copy(move: str, point: str) -> None:
