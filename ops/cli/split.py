@@ -259,11 +259,7 @@ def run_command(
         frozen = "" if "frozen now" in str(exc) else describe_frozen(topology, LEGACY_SERVICES)
         raise _fail(f"{exc}\nNothing was moved by this run. {frozen}".rstrip()) from None
     if result.failed:
-        if result.reports:
-            _print_run_summary(result.reports)
-        for report in result.reports:
-            if report.verification is not None:
-                _print_verification(report.verification)
+        _print_reports(result.reports)
         for name, error in result.failed.items():
             if isinstance(error, MoveNotVerified):
                 _print_verification(error.verification)
@@ -277,8 +273,15 @@ def run_command(
     if all(report.outcome is None for report in result.reports):
         console.print("nothing to do: every move is already done (0 rows moved)")
         return
-    _print_run_summary(result.reports)
-    for report in result.reports:
+    _print_reports(result.reports)
+
+
+def _print_reports(reports: list[MoveReport]) -> None:
+    """The run's table, then each verification as `rose split verify` prints it."""
+    if not reports:
+        return
+    _print_run_summary(reports)
+    for report in reports:
         if report.verification is not None:
             _print_verification(report.verification)
 

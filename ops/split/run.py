@@ -629,7 +629,7 @@ def _move_transaction(
     say: Say,
     fault: FaultHook,
     verify: bool,
-    bulk_load_min_rows: int = BULK_LOAD_MIN_ROWS,
+    bulk_load_min_rows: int,
 ) -> MoveReport:
     """The move's one transaction in its target (its sources are frozen already). With
     ``verify``, the check `rose split verify` makes, sources against target, runs in it before
@@ -726,7 +726,7 @@ class RunResult:
 
     @property
     def verified(self) -> bool:
-        """Whether every move of the run was verified after its commit, and matched."""
+        """Whether every move of the run was verified before its commit, and matched."""
         return all(
             report.verification is not None and report.verification.ok for report in self.reports
         )
