@@ -17,14 +17,16 @@ import pytest
 
 from apps.orders.settings import OrdersSettings
 from ops.db.check import check
-from ops.split.common import CRASH_ENV, CRASH_EXIT_CODE, SplitError
+from ops.split.common import CRASH_ENV, CRASH_EXIT_CODE, SplitError, connect, session
 from ops.split.moves import MOVES, MOVES_BY_NAME, Move
 from ops.split.run import (
     BULK_LOAD_MIN_ROWS,
     MoveNotVerified,
+    copy_table,
     plan_move,
     run_all,
     run_moves,
+    source_snapshot,
 )
 from tests.conftest import REPO_ROOT, admin_connect, in_process_stack
 from tests.integration.split_fixtures import (
@@ -153,6 +155,39 @@ def test_plan_reads_only_and_run_does_what_it_said(monolith):
         assert entry["verification"]["ok"] is True
     likes = expected["likes.likes"]
     assert f"checksum:   likes.likes: {likes:,} rows, checksums match" in moved.output
+
+
+def test_a_source_error_in_the_middle_of_a_copy_is_raised_and_stages_nothing(monolith):
+    """The relay of a source's COPY takes the rows libpq has received itself: an error the
+    source sends after some rows (here on the last one) still reaches the caller as that
+    error, the target's copy of it is abandoned, and both connections stay usable."""
+    move = MOVES_BY_NAME["likes"]
+    [product_likes] = [
+        table for table in move.sources_in("market") if table.table == "product_likes"
+    ]
+    with (
+        source_snapshot(monolith.topology, "market") as source,
+        connect(monolith.topology, "likes") as target,
+    ):
+        last = source.execute("SELECT max(id) FROM legacy.product_likes").fetchone()[0]
+        with target.transaction(force_rollback=True), pytest.raises(psycopg.errors.DivisionByZero):
+            copy_table(
+                source,
+                target,
+                product_likes,
+                where="1 / (id - %(last)s) IS NOT NULL",
+                params={"last": last},
+            )
+        assert target.execute("SELECT to_regclass('pg_temp.stage_product_likes')").fetchone() == (
+            None,
+        )
+    with connect(monolith.topology, "likes") as target, target.transaction(force_rollback=True):
+        with session(monolith.topology, "market") as source:
+            source.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            staged = copy_table(source, target, product_likes)
+            source.execute("ROLLBACK")
+        assert staged == value(monolith, "market", "SELECT count(*) FROM legacy.product_likes")
+        assert target.execute("SELECT count(*) FROM stage_product_likes").fetchone() == (staged,)
 
 
 def test_a_source_changed_under_the_move_is_found_before_the_commit(monolith):
