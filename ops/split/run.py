@@ -16,6 +16,7 @@ classification on and always rolled back, without freezing anything.
 from __future__ import annotations
 
 import re
+import select
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -196,10 +197,18 @@ def _relay(source: psycopg.Connection[Any], rows_out: Copy, rows_in: Copy) -> No
 
 
 def _finish_copy_out(source: psycopg.Connection[Any]) -> None:
-    """Collect the final result of a COPY TO whose end :func:`_relay` read from libpq itself
-    (the result follows the end of the data; ``get_result`` waits for it), raising its error."""
+    """Collect the final result of a COPY TO whose end :func:`_relay` read from libpq itself,
+    raising its error. The result follows the end of the data, nearly always in the same read;
+    when it has not arrived, wait for it in ``poll`` (which lets the other moves' threads run,
+    as a blocking libpq call might not)."""
+    libpq = source.pgconn
+    waiting = select.poll()
+    waiting.register(libpq.socket, select.POLLIN)
+    while libpq.is_busy():
+        waiting.poll()
+        libpq.consume_input()
     results = []
-    while (result := source.pgconn.get_result()) is not None:
+    while (result := libpq.get_result()) is not None:
         results.append(result)
     for result in results:
         if result.status != pq.ExecStatus.COMMAND_OK:
