@@ -3,7 +3,7 @@ target, replacing the monolith's product_likes and post_likes."""
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, CheckConstraint, Index, String, UniqueConstraint, text
+from sqlalchemy import BigInteger, CheckConstraint, Index, String, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from apps.common.db import IdentityPkMixin, TimestampedMixin, service_metadata
@@ -25,9 +25,30 @@ class Like(IdentityPkMixin, TimestampedMixin, Base):
 
     __tablename__ = "likes"
     __table_args__ = (
-        UniqueConstraint("user_id", "target_type", "target_slug"),
-        UniqueConstraint("user_id", "target_type", "target_id"),
-        Index("ix_likes_target", "target_type", "target_slug"),
+        # One row per user and target, the arbiters of toggle's and set's ON CONFLICT. Partial:
+        # a product like is in the first only, a post like in the second only (migration 0003).
+        Index(
+            "uq_likes_user_id_target_type_target_slug",
+            "user_id",
+            "target_type",
+            "target_slug",
+            unique=True,
+            postgresql_where=text("target_slug IS NOT NULL"),
+        ),
+        Index(
+            "uq_likes_user_id_target_type_target_id",
+            "user_id",
+            "target_type",
+            "target_id",
+            unique=True,
+            postgresql_where=text("target_id IS NOT NULL"),
+        ),
+        Index(
+            "ix_likes_target",
+            "target_type",
+            "target_slug",
+            postgresql_where=text("target_slug IS NOT NULL"),
+        ),
         # "This user's likes of this type": the remote scan behind market's ?liked=true.
         Index(
             "ix_likes_user_active",
