@@ -20,7 +20,7 @@ from tests.integration.orders_fixtures import Sandbox, orders_overrides
 from tests.pg import TestServer
 from tests.waiting import eventually
 
-EARLIER_HEADS = {"orders": "0002", "events": "0001", "cart": "0001"}
+EARLIER_HEADS = {"orders": "0002", "events": "0001", "cart": "0001", "likes": "0002"}
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +40,9 @@ def earlier_shop(cluster: Cluster, sandbox: Sandbox) -> dict[str, int | str]:
         likes.execute(
             "INSERT INTO likes.likes (user_id, target_type, target_slug) "
             "VALUES (5, 'product', 'jam')"
+        )
+        likes.execute(
+            "INSERT INTO likes.likes (user_id, target_type, target_id) VALUES (5, 'post', 7)"
         )
     with cluster.admin("cart") as cart:
         line = cart.execute(
@@ -142,7 +145,33 @@ async def test_an_earlier_database_upgrades_with_its_data_and_keeps_working(
         ).fetchall()
     assert lines == [(5, None, 31, 2), (None, "visitor", 32, 1)]
     with cluster.as_role("market", "market_app") as market:
-        assert market.execute("SELECT target_slug FROM likes.likes").fetchall() == [("jam",)]
+        assert market.execute(
+            "SELECT target_slug FROM likes.likes WHERE target_type = 'product'"
+        ).fetchall() == [("jam",)]
+    with cluster.admin("likes") as likes:
+        assert likes.execute(
+            "SELECT user_id, target_type, target_slug, target_id FROM likes.likes ORDER BY id"
+        ).fetchall() == [(5, "product", "jam", None), (5, "post", None, 7)]
+        # Likes 0003: each target key indexes only the rows it names, and still refuses a
+        # second row for one user and target.
+        predicates = dict(
+            likes.execute(
+                "SELECT c.relname, pg_get_expr(i.indpred, i.indrelid) FROM pg_index AS i "
+                "JOIN pg_class AS c ON c.oid = i.indexrelid "
+                "WHERE i.indrelid = 'likes.likes'::regclass AND i.indisunique"
+            ).fetchall()
+        )
+        assert predicates == {
+            "pk_likes": None,
+            "uq_likes_user_id_target_type_target_slug": "(target_slug IS NOT NULL)",
+            "uq_likes_user_id_target_type_target_id": "(target_id IS NOT NULL)",
+        }
+        for again in (
+            "target_slug) VALUES (5, 'product', 'jam')",
+            "target_id) VALUES (5, 'post', 7)",
+        ):
+            with pytest.raises(psycopg.errors.UniqueViolation):
+                likes.execute(f"INSERT INTO likes.likes (user_id, target_type, {again}")
 
     # The order pending before the upgrade is paid after it: cart cleared, booking confirmed.
     from tests.conftest import in_process_stack
