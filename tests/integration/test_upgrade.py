@@ -1,7 +1,7 @@
 """Upgrades keep data: a database at the schema an earlier main left (orders 0002, events 0001,
-cart 0001) with a shop mid-checkout in it is brought to head by `rose up`'s steps (provision,
-migrate, edges); orders, carts, bookings and likes are intact, and the order that was pending
-before the upgrade is paid after it, clearing the cart and confirming its booking."""
+cart 0001, likes 0002) with a shop mid-checkout in it is brought to head by `rose up`'s steps
+(provision, migrate, edges); orders, carts, bookings and likes are intact, and the order that
+was pending before the upgrade is paid after it, clearing the cart and confirming its booking."""
 
 from __future__ import annotations
 
