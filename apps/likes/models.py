@@ -15,6 +15,27 @@ metadata = service_metadata("likes")
 TARGET_TYPES = ("product", "post")
 
 
+# One row per user and target, the arbiters of toggle's and set's ON CONFLICT (which infers
+# them from these objects, predicate included). Partial: a product like is in the first only, a
+# post like in the second only (migration 0003).
+PRODUCT_KEY = Index(
+    "uq_likes_user_id_target_type_target_slug",
+    "user_id",
+    "target_type",
+    "target_slug",
+    unique=True,
+    postgresql_where=text("target_slug IS NOT NULL"),
+)
+POST_KEY = Index(
+    "uq_likes_user_id_target_type_target_id",
+    "user_id",
+    "target_type",
+    "target_id",
+    unique=True,
+    postgresql_where=text("target_id IS NOT NULL"),
+)
+
+
 class Base(DeclarativeBase):
     metadata = metadata
 
@@ -25,24 +46,8 @@ class Like(IdentityPkMixin, TimestampedMixin, Base):
 
     __tablename__ = "likes"
     __table_args__ = (
-        # One row per user and target, the arbiters of toggle's and set's ON CONFLICT. Partial:
-        # a product like is in the first only, a post like in the second only (migration 0003).
-        Index(
-            "uq_likes_user_id_target_type_target_slug",
-            "user_id",
-            "target_type",
-            "target_slug",
-            unique=True,
-            postgresql_where=text("target_slug IS NOT NULL"),
-        ),
-        Index(
-            "uq_likes_user_id_target_type_target_id",
-            "user_id",
-            "target_type",
-            "target_id",
-            unique=True,
-            postgresql_where=text("target_id IS NOT NULL"),
-        ),
+        PRODUCT_KEY,
+        POST_KEY,
         Index(
             "ix_likes_target",
             "target_type",

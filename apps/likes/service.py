@@ -4,9 +4,7 @@ and never lose an update."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from sqlalchemy import and_, func, select, text, update
+from sqlalchemy import Index, and_, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
@@ -14,7 +12,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from apps.common.db import table_of
 from apps.common.problems import InvalidInput
 from apps.likes.contract import LikeState, LikeTarget, SetLike
-from apps.likes.models import TARGET_TYPES, Like
+from apps.likes.models import POST_KEY, PRODUCT_KEY, TARGET_TYPES, Like
 
 
 def check_target_type(target_type: str) -> str:
@@ -41,24 +39,11 @@ def check_target(target: LikeTarget) -> None:
             raise InvalidInput("target_slug is not used for a post", field="target_slug")
 
 
-@dataclass(frozen=True)
-class Arbiter:
-    """The unique key ON CONFLICT infers for one kind of target: its columns and the predicate
-    of its partial index (models.Like)."""
-
-    columns: tuple[str, ...]
-    where: ColumnElement[bool]
-
-
-_BY_SLUG = Arbiter(("user_id", "target_type", "target_slug"), Like.target_slug.is_not(None))
-_BY_ID = Arbiter(("user_id", "target_type", "target_id"), Like.target_id.is_not(None))
-
-
-def _target_columns(target: LikeTarget) -> tuple[Arbiter, dict[str, object]]:
-    """The ON CONFLICT arbiter and the row values of one target."""
+def _target_columns(target: LikeTarget) -> tuple[Index, dict[str, object]]:
+    """The ON CONFLICT arbiter (the target kind's unique key) and the row values of one target."""
     if target.target_type == "product":
-        return _BY_SLUG, {"target_slug": target.target_slug}
-    return _BY_ID, {"target_id": target.target_id}
+        return PRODUCT_KEY, {"target_slug": target.target_slug}
+    return POST_KEY, {"target_id": target.target_id}
 
 
 def _matches(target: LikeTarget) -> ColumnElement[bool]:
@@ -112,8 +97,7 @@ async def toggle(session: AsyncSession, target: LikeTarget) -> LikeState:
         insert(table)
         .values(user_id=target.user_id, target_type=target.target_type, **values)
         .on_conflict_do_update(
-            index_elements=arbiter.columns,
-            index_where=arbiter.where,
+            constraint=arbiter,
             set_={
                 "deleted_at": text(
                     "CASE WHEN likes.likes.deleted_at IS NULL THEN now() ELSE NULL END"
@@ -138,8 +122,7 @@ async def set_liked(session: AsyncSession, request: SetLike) -> LikeState:
             insert(table)
             .values(user_id=request.user_id, target_type=request.target_type, **values)
             .on_conflict_do_update(
-                index_elements=arbiter.columns,
-                index_where=arbiter.where,
+                constraint=arbiter,
                 set_={"deleted_at": None, "updated_at": func.now()},
                 where=table.c.deleted_at.is_not(None),
             )

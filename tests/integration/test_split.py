@@ -17,7 +17,7 @@ import pytest
 
 from apps.orders.settings import OrdersSettings
 from ops.db.check import check
-from ops.split.common import CRASH_ENV, CRASH_EXIT_CODE, SplitError, connect, session
+from ops.split.common import CRASH_ENV, CRASH_EXIT_CODE, SplitError, connect
 from ops.split.moves import MOVES, MOVES_BY_NAME, Move
 from ops.split.run import (
     BULK_LOAD_MIN_ROWS,
@@ -182,10 +182,8 @@ def test_a_source_error_in_the_middle_of_a_copy_is_raised_and_stages_nothing(mon
             None,
         )
     with connect(monolith.topology, "likes") as target, target.transaction(force_rollback=True):
-        with session(monolith.topology, "market") as source:
-            source.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        with source_snapshot(monolith.topology, "market") as source:
             staged = copy_table(source, target, product_likes)
-            source.execute("ROLLBACK")
         assert staged == value(monolith, "market", "SELECT count(*) FROM legacy.product_likes")
         assert target.execute("SELECT count(*) FROM stage_product_likes").fetchone() == (staged,)
 
