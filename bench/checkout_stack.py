@@ -25,7 +25,7 @@ from bench.checkout_profile import MARK as BREAKDOWN_MARK
 from ops.db.credentials import Credentials
 from ops.db.lifecycle import converge_databases
 from ops.db.topology import Topology
-from ops.stack.pgserver import LocalPostgres, free_port
+from ops.stack.pgserver import LocalPostgres, free_ports
 from ops.stack.processes import HOST, SANDBOX, LogSink, ProcessGroup, service_environment
 
 # orders serves the checkout; blog owns the page configs (read by orders through FDW, not HTTP,
@@ -195,8 +195,8 @@ def running_stack(
     """The sandbox and the services as real processes (``python -m ops.stack.serve``), as
     ``tests/e2e/conftest.live_stack(..., sandbox=True)`` starts them; stopped on exit.
     ``workers``: uvicorn worker processes per service (1 when not named)."""
-    ports = {name: free_port() for name in SERVICES}
-    sandbox_port = free_port()
+    *service_ports, sandbox_port = free_ports(len(SERVICES) + 1)
+    ports = dict(zip(SERVICES, service_ports, strict=True))
     sandbox_url = f"http://{HOST}:{sandbox_port}"
     extra = {
         "ORDERS_SUMUP_BASE_URL": sandbox_url,

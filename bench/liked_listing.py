@@ -42,7 +42,7 @@ from ops.db.credentials import Credentials
 from ops.db.lifecycle import converge_databases
 from ops.db.manifest import load_edges
 from ops.db.topology import Topology
-from ops.stack.pgserver import LocalPostgres, free_port, throwaway_postgres
+from ops.stack.pgserver import LocalPostgres, free_ports, throwaway_postgres
 from ops.stack.processes import HOST, LogSink, ProcessGroup, service_environment
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -201,7 +201,8 @@ def start_processes(
     """likes, market (a) and the plan's market (b) share the stack's environment; the monolith's
     market (c) gets the same environment with its own DATABASE_URL_MARKET."""
     topology = Topology.single_server(pg.superuser_url(), environ={})
-    ports = {name: free_port() for name in ("likes", "market", "plan-market", "monolith")}
+    processes = ("likes", "market", "plan-market", "monolith")
+    ports = dict(zip(processes, free_ports(len(processes)), strict=True))
     # bench/ is not an installed package: let `python -m bench.plan_market` find it anywhere.
     extra = {"PYTHONPATH": str(REPO_ROOT)}
     environment = service_environment(
@@ -216,7 +217,9 @@ def start_processes(
         stack.start_service("likes", ports["likes"])
         stack.start_service("market", ports["market"])
         stack.start("plan-market", plan_port, [*serve_plan, str(plan_port)])
-        monolith.start("monolith", monolith_port, [*serve_market, str(monolith_port)])
+        monolith.start(
+            "monolith", monolith_port, [*serve_market, str(monolith_port)], service="market"
+        )
         for group, names in ((stack, ["likes", "market", "plan-market"]), (monolith, ["monolith"])):
             not_ready = group.wait_ready(names, timeout=60)
             if not_ready:

@@ -76,6 +76,9 @@ class ServiceProcess:
     ready_path: str = "/readyz"
     # What this process adds to its group's environment (kept for a restart).
     environment: Mapping[str, str] | None = None
+    # The service its ready answer must name: a port answering is not proof enough, since
+    # another process may hold it (this one then fails to bind and exits).
+    service: str | None = None
     process: subprocess.Popen[bytes] | None = None
     reader: threading.Thread | None = None
     last_lines: list[str] = field(default_factory=list)
@@ -108,6 +111,19 @@ class LogSink:
             self._file.close()
 
 
+def _answers_as(answer: httpx.Response, service: str | None) -> bool:
+    """A 200 from the ready path, from ``service`` when one is named."""
+    if answer.status_code != 200:
+        return False
+    if service is None:
+        return True
+    try:
+        body = answer.json()
+    except ValueError:
+        return False
+    return isinstance(body, dict) and body.get("service") == service
+
+
 class ProcessGroup:
     """Processes of one stack. ``python`` and ``cwd`` say which installation runs them (this
     interpreter by default; another virtual environment's, away from any checkout, to run an
@@ -134,10 +150,17 @@ class ProcessGroup:
         command: list[str],
         ready_path: str = "/readyz",
         environment: Mapping[str, str] | None = None,
+        service: str | None = None,
     ) -> ServiceProcess:
-        """Start one process; ``environment`` adds to the group's for this process only."""
+        """Start one process; ``environment`` adds to the group's for this process only;
+        ``service`` is the name its ready answer must carry (any 200 will do without it)."""
         entry = ServiceProcess(
-            name=name, port=port, command=command, ready_path=ready_path, environment=environment
+            name=name,
+            port=port,
+            command=command,
+            ready_path=ready_path,
+            environment=environment,
+            service=service,
         )
         entry.process = subprocess.Popen(
             command,
@@ -166,7 +189,7 @@ class ProcessGroup:
             "--workers",
             str(workers),
         ]
-        return self.start(name, port, command)
+        return self.start(name, port, command, service=name)
 
     def restart(self, name: str) -> ServiceProcess:
         """Start an exited process again with the same command and environment; what is left
@@ -178,7 +201,7 @@ class ProcessGroup:
             old.process.wait()
         if old.reader is not None:
             old.reader.join(timeout=2)
-        return self.start(name, old.port, old.command, old.ready_path, old.environment)
+        return self.start(name, old.port, old.command, old.ready_path, old.environment, old.service)
 
     def start_sandbox(
         self, port: int, environment: Mapping[str, str] | None = None
@@ -207,7 +230,7 @@ class ProcessGroup:
                     if entry.process.poll() is not None:
                         return pending
                     try:
-                        if client.get(entry.url + entry.ready_path).status_code == 200:
+                        if _answers_as(client.get(entry.url + entry.ready_path), entry.service):
                             pending.remove(name)
                     except httpx.HTTPError:
                         pass

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from ops.db.credentials import Credentials
-from ops.stack.pgserver import free_port
+from ops.stack.pgserver import free_ports
 from ops.stack.processes import SANDBOX, LogSink, ProcessGroup, service_environment
 from ops.stack.screenshots import CHROMIUM_FLAGS
 from tests.pg import TestServer
@@ -54,8 +54,8 @@ def live_stack(
     """Services as real processes; with ``sandbox``, the SumUp sandbox as one more process,
     delivering its webhooks to the orders process over HTTP. Their output goes to stderr, or
     to ``log_file`` when given (for tests that read the log)."""
-    ports = {name: free_port() for name in services}
-    sandbox_port = free_port()
+    *service_ports, sandbox_port = free_ports(len(services) + 1)
+    ports = dict(zip(services, service_ports, strict=True))
     sandbox_url = f"http://127.0.0.1:{sandbox_port}"
     extra = {"ORDERS_SUMUP_BASE_URL": sandbox_url, **(extra_env or {})}
     environment = service_environment(server.topology, credentials, ports, env="dev", extra=extra)

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from ops.db.credentials import Credentials
-from ops.stack.pgserver import free_port
+from ops.stack.pgserver import free_ports
 from ops.stack.processes import SANDBOX, LogSink, ProcessGroup, service_environment
 from tests.e2e.conftest import buy_in_the_browser
 from tests.integration.commerce_fixtures import ALL_SERVICES, cart_rows, open_shop
@@ -107,8 +107,8 @@ def test_the_installed_wheel_provisions_migrates_checks_runs_and_sells(
     # The services and the sandbox, run by the installed interpreter from a folder that holds
     # no source, with the credentials `rose db provision` generated in ROSE_HOME.
     credentials = Credentials(home / "credentials.json", environ={})
-    ports = {name: free_port() for name in ALL_SERVICES}
-    sandbox_port = free_port()
+    *service_ports, sandbox_port = free_ports(len(ALL_SERVICES) + 1)
+    ports = dict(zip(ALL_SERVICES, service_ports, strict=True))
     sandbox_url = f"http://127.0.0.1:{sandbox_port}"
     environment = service_environment(
         fresh_server.topology, credentials, ports, extra={"ORDERS_SUMUP_BASE_URL": sandbox_url}

@@ -97,7 +97,7 @@ def three_orders(provisioned, credentials, transitions, tmp_path: Path):
                 port = free_port()
                 command = [*stack.group.processes["orders"].command]
                 command[command.index("--port") + 1] = str(port)
-                stack.group.start(f"orders-{number}", port, command)
+                stack.group.start(f"orders-{number}", port, command, service="orders")
                 assert not stack.group.wait_ready([f"orders-{number}"], timeout=60)
                 urls.append(stack.group.processes[f"orders-{number}"].url)
             yield urls, stack.sandbox_url, log, stack.internal_secret

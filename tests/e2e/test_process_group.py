@@ -1,0 +1,36 @@
+"""The process group that starts a stack (``rose up``, the e2e tests, the benchmarks): a port
+answering is not enough to call a process ready; the answer must come from the service that
+process runs. Found when CI's browser test reached relations on the port chosen for events."""
+
+from __future__ import annotations
+
+import signal
+
+from ops.stack.pgserver import free_ports, port_is_free
+from tests.conftest import truncate_all
+from tests.e2e.conftest import live_stack
+
+
+def test_ports_chosen_together_are_distinct_and_free():
+    ports = free_ports(200)
+    assert len(set(ports)) == 200
+    assert all(port_is_free(port) for port in ports)
+
+
+def test_a_process_is_not_ready_while_another_service_answers_on_its_port(provisioned, credentials):
+    truncate_all(provisioned)
+    with live_stack(provisioned, credentials, ["relations", "events"]) as stack:
+        group = stack.group
+        events = group.processes["events"].process
+        assert events is not None
+        events.send_signal(signal.SIGTERM)
+        events.wait(15)
+
+        # events again, on the port relations holds: relations answers /readyz there at once.
+        taken = group.processes["relations"].port
+        group.start_service("events", taken)
+        assert group.wait_ready(["events"], timeout=30) == ["events"]
+        duplicate = group.processes["events"].process
+        assert duplicate is not None
+        assert duplicate.wait(15) != 0  # it could not bind the port
+        assert "address already in use" in "\n".join(group.processes["events"].last_lines).lower()
