@@ -3,7 +3,7 @@ target, replacing the monolith's product_likes and post_likes."""
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, CheckConstraint, Index, String, text
+from sqlalchemy import BigInteger, CheckConstraint, Index, String, UniqueConstraint, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from apps.common.db import IdentityPkMixin, TimestampedMixin, service_metadata
@@ -13,27 +13,6 @@ from apps.common.nonces import nonce_table
 metadata = service_metadata("likes")
 
 TARGET_TYPES = ("product", "post")
-
-
-# One row per user and target, the arbiters of toggle's and set's ON CONFLICT (which infers
-# them from these objects, predicate included). Partial: a product like is in the first only, a
-# post like in the second only (migration 0003).
-PRODUCT_KEY = Index(
-    "uq_likes_user_id_target_type_target_slug",
-    "user_id",
-    "target_type",
-    "target_slug",
-    unique=True,
-    postgresql_where=text("target_slug IS NOT NULL"),
-)
-POST_KEY = Index(
-    "uq_likes_user_id_target_type_target_id",
-    "user_id",
-    "target_type",
-    "target_id",
-    unique=True,
-    postgresql_where=text("target_id IS NOT NULL"),
-)
 
 
 class Base(DeclarativeBase):
@@ -46,14 +25,9 @@ class Like(IdentityPkMixin, TimestampedMixin, Base):
 
     __tablename__ = "likes"
     __table_args__ = (
-        PRODUCT_KEY,
-        POST_KEY,
-        Index(
-            "ix_likes_target",
-            "target_type",
-            "target_slug",
-            postgresql_where=text("target_slug IS NOT NULL"),
-        ),
+        UniqueConstraint("user_id", "target_type", "target_slug"),
+        UniqueConstraint("user_id", "target_type", "target_id"),
+        Index("ix_likes_target", "target_type", "target_slug"),
         # "This user's likes of this type": the remote scan behind market's ?liked=true.
         Index(
             "ix_likes_user_active",

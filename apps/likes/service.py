@@ -4,7 +4,7 @@ and never lose an update."""
 
 from __future__ import annotations
 
-from sqlalchemy import Index, and_, func, select, text, update
+from sqlalchemy import and_, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
@@ -12,7 +12,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from apps.common.db import table_of
 from apps.common.problems import InvalidInput
 from apps.likes.contract import LikeState, LikeTarget, SetLike
-from apps.likes.models import POST_KEY, PRODUCT_KEY, TARGET_TYPES, Like
+from apps.likes.models import TARGET_TYPES, Like
 
 
 def check_target_type(target_type: str) -> str:
@@ -39,11 +39,11 @@ def check_target(target: LikeTarget) -> None:
             raise InvalidInput("target_slug is not used for a post", field="target_slug")
 
 
-def _target_columns(target: LikeTarget) -> tuple[Index, dict[str, object]]:
-    """The ON CONFLICT arbiter (the target kind's unique key) and the row values of one target."""
+def _target_columns(target: LikeTarget) -> tuple[list[str], dict[str, object]]:
+    """The ON CONFLICT arbiter and the row values of one target."""
     if target.target_type == "product":
-        return PRODUCT_KEY, {"target_slug": target.target_slug}
-    return POST_KEY, {"target_id": target.target_id}
+        return ["user_id", "target_type", "target_slug"], {"target_slug": target.target_slug}
+    return ["user_id", "target_type", "target_id"], {"target_id": target.target_id}
 
 
 def _matches(target: LikeTarget) -> ColumnElement[bool]:
@@ -97,7 +97,7 @@ async def toggle(session: AsyncSession, target: LikeTarget) -> LikeState:
         insert(table)
         .values(user_id=target.user_id, target_type=target.target_type, **values)
         .on_conflict_do_update(
-            constraint=arbiter,
+            index_elements=arbiter,
             set_={
                 "deleted_at": text(
                     "CASE WHEN likes.likes.deleted_at IS NULL THEN now() ELSE NULL END"
@@ -122,7 +122,7 @@ async def set_liked(session: AsyncSession, request: SetLike) -> LikeState:
             insert(table)
             .values(user_id=request.user_id, target_type=request.target_type, **values)
             .on_conflict_do_update(
-                constraint=arbiter,
+                index_elements=arbiter,
                 set_={"deleted_at": None, "updated_at": func.now()},
                 where=table.c.deleted_at.is_not(None),
             )

@@ -167,33 +167,3 @@ async def test_export_view_shows_active_likes_without_the_soft_delete_column(lik
         ).fetchall()
     assert "deleted_at" not in columns
     assert rows == [(1, "product", "rose-jam", None)]
-
-
-async def test_each_like_is_in_its_own_kinds_keys_only(likes, clean_db):
-    """A product like is named by slug, a post like by id: the slug key and the slug index
-    hold the product likes only, the id key the post likes only (partial indexes, migration
-    0003), while both still keep one row per user and target."""
-    products = [{**PRODUCT, "target_slug": slug} for slug in ("rose-jam", "fig-jam", "plum-jam")]
-    posts = [{**POST, "target_id": post_id} for post_id in (42, 43)]
-    for target in [*products, *posts]:
-        assert (await internal_post(likes, "toggle", target)).json() == {"liked": True}
-    assert (await internal_post(likes, "set", {**products[0], "liked": True})).status_code == 200
-    assert (await internal_post(likes, "toggle", posts[0])).json() == {"liked": False}
-    assert len(like_rows(clean_db)) == 5
-    with admin_connect(clean_db, "likes") as connection:
-        # REINDEX counts each index's entries into pg_class.reltuples.
-        connection.execute("REINDEX TABLE likes.likes")
-        entries = dict(
-            connection.execute(
-                "SELECT c.relname, c.reltuples::int FROM pg_index AS i "
-                "JOIN pg_class AS c ON c.oid = i.indexrelid "
-                "WHERE i.indrelid = 'likes.likes'::regclass"
-            ).fetchall()
-        )
-    assert entries == {
-        "pk_likes": 5,
-        "uq_likes_user_id_target_type_target_slug": 3,
-        "uq_likes_user_id_target_type_target_id": 2,
-        "ix_likes_target": 3,
-        "ix_likes_user_active": 4,
-    }
