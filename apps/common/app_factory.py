@@ -144,7 +144,6 @@ def create_base_app(
     nav: Sequence[Fragment[IdentityParams]] = (),
     dependencies: dict[str, Provide] | None = None,
     nonce_table: Table | None = None,
-    pool_size: int = 5,
     scrape_hooks: Sequence[ScrapeHook] = (),
 ) -> Litestar:
     """The service's app. ``internal_client``: a client of the other services made by the
@@ -167,7 +166,10 @@ def create_base_app(
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         platform.engine = create_engine(
-            settings.database_url, application_name=name, pool_size=pool_size
+            settings.database_url,
+            application_name=name,
+            pool_size=settings.database_pool_size,
+            pool_timeout=settings.database_pool_timeout,
         )
         platform.sessionmaker = sessionmaker_for(platform.engine)
         try:

@@ -26,6 +26,8 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
+from apps.common.settings import POOL_SIZE, POOL_TIMEOUT
+
 # The request-scoped session handlers receive as ``db_session: DbSession``.
 DbSession = NamedDependency[AsyncSession]
 
@@ -79,11 +81,22 @@ PING_AFTER_IDLE_SECONDS = 10.0
 _IDLE_SINCE = "rose_idle_since"
 
 
-def create_engine(url: str, *, application_name: str, pool_size: int = 5) -> AsyncEngine:
+def create_engine(
+    url: str,
+    *,
+    application_name: str,
+    pool_size: int = POOL_SIZE,
+    pool_timeout: float = POOL_TIMEOUT,
+) -> AsyncEngine:
+    """The process's pool: ``pool_size`` connections, kept. No overflow: connections opened
+    beyond the pool under load were closed again as soon as they were returned, so a steady
+    load opened and closed them all the time. A request that finds every connection busy waits
+    up to ``pool_timeout`` seconds."""
     engine = create_async_engine(
         as_psycopg_url(url),
         pool_size=pool_size,
-        max_overflow=pool_size,
+        max_overflow=0,
+        pool_timeout=pool_timeout,
         pool_recycle=1800,
         connect_args={"application_name": application_name, "connect_timeout": 5},
     )

@@ -30,6 +30,7 @@ from litestar.plugins.problem_details import (
     ProblemDetailsPlugin,
 )
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 # What a 503 tells the client to wait before trying again.
@@ -302,6 +303,13 @@ def _from_database(exc: DBAPIError) -> Problem:
     return _from_unexpected(exc)
 
 
+def _from_pool_timeout(_: PoolTimeout) -> Problem:
+    # Every connection of the process's pool stayed busy for the pool's timeout.
+    return DependencyUnavailable(
+        "All of this service's database connections are busy; try again shortly"
+    )
+
+
 def _from_unexpected(exc: Exception) -> Problem:
     request_id = current_request_id.get()
     logger.error("unhandled error (request %s): %r", request_id, exc, exc_info=exc)
@@ -321,6 +329,7 @@ def problem_details_plugin() -> ProblemDetailsPlugin:
         HTTPException: _from_http,
         InternalCallError: _from_internal_call,
         DBAPIError: _from_database,
+        PoolTimeout: _from_pool_timeout,
         Exception: _from_unexpected,
     }
     return ProblemDetailsPlugin(ProblemDetailsConfig(exception_to_problem_detail_map=mapping))

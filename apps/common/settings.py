@@ -22,6 +22,8 @@ from urllib.parse import urlsplit
 
 ENVIRONMENTS = ("dev", "test", "prod")
 MIN_SECRET_LENGTH = 16
+POOL_SIZE = 10
+POOL_TIMEOUT = 10.0  # seconds
 
 
 class ConfigError(RuntimeError):
@@ -53,6 +55,12 @@ class Settings:
     # deploy brings it everywhere); signing always uses the current one.
     internal_secrets_accepted: tuple[str, ...] = ()
     session_secrets_accepted: tuple[str, ...] = ()
+    # Connections of the process's pool, all kept open: a pool that opened more under load and
+    # closed them after cost PostgreSQL a process, a password exchange and an FDW connection per
+    # new one (bench/README.md). A request that finds all busy waits at most the timeout, then
+    # gets a 503.
+    database_pool_size: int = POOL_SIZE
+    database_pool_timeout: float = POOL_TIMEOUT
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -140,6 +148,11 @@ class Settings:
                 "yes",
             )
 
+        pool_size = _number(env, int, f"DATABASE_POOL_SIZE_{upper}", "DATABASE_POOL_SIZE")
+        pool_timeout = _number(
+            env, float, f"DATABASE_POOL_TIMEOUT_{upper}", "DATABASE_POOL_TIMEOUT"
+        )
+
         editors = env.get("ROSE_EDITOR_USER_IDS", "")
         try:
             editor_user_ids = frozenset(int(part) for part in editors.split(",") if part.strip())
@@ -163,8 +176,27 @@ class Settings:
             session_cookie_secure=secure,
             internal_secrets_accepted=internal_accepted,
             session_secrets_accepted=session_accepted,
+            database_pool_size=int(pool_size or POOL_SIZE),
+            database_pool_timeout=float(pool_timeout or POOL_TIMEOUT),
             extra={key: value for key, value in env.items() if key.startswith(f"{upper}_")},
         )
+
+
+def _number(env: Mapping[str, str], kind: type[int] | type[float], *names: str) -> float | None:
+    """The first of ``names`` that is set, as a positive ``kind``; None when none is set."""
+    for name in names:
+        text = env.get(name, "").strip()
+        if not text:
+            continue
+        try:
+            value = kind(text)
+        except ValueError:
+            value = 0
+        if value <= 0:
+            what = "a whole number" if kind is int else "a number of seconds"
+            raise ConfigError(f"{name} must be {what} above zero, not {text!r}")
+        return value
+    return None
 
 
 def _urls(env: Mapping[str, str], prefix: str) -> dict[str, str]:

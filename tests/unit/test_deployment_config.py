@@ -5,11 +5,14 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import yaml
 
+from apps.common.settings import Settings
 from apps.registry import SERVICES
+from ops.db.manifest import load_edges
 from ops.stack.proxy import host_of, production_caddyfile
 
 REPO = Path(__file__).resolve().parents[2]
@@ -120,3 +123,25 @@ def test_the_wheel_carries_db_and_the_caddyfile_template(tmp_path):
     assert "ops/deploy/Caddyfile.j2" in names
     assert "apps/common/templates/base.html" in names
     assert not [name for name in names if "__pycache__" in name]
+
+
+# Sessions besides the services': the migrate job, a DBA's psql, monitoring.
+OTHER_SESSIONS = 20
+
+
+def test_the_server_admits_every_pool_and_the_fdw_connections_of_its_sessions():
+    """Each service process keeps its whole pool open, and each of its sessions opens one
+    connection to every provider it reads through postgres_fdw: the server must admit them all
+    at once, or a busy hour ends in "too many clients"."""
+    services = compose()["services"]
+    command = services["postgres"].get("command", [])
+    settings = dict(part.split("=", 1) for part in command if "=" in part)
+    max_connections = int(settings.get("max_connections", 100))  # PostgreSQL's default
+    providers = Counter(edge.consumer for edge in load_edges())
+    needed = OTHER_SESSIONS
+    for name in SERVICES:
+        environment = services[name]["environment"]
+        processes = int(environment.get("WEB_CONCURRENCY", 1))
+        pool = int(environment.get("DATABASE_POOL_SIZE", Settings.database_pool_size))
+        needed += processes * pool * (1 + providers[name])
+    assert needed <= max_connections, (needed, max_connections)

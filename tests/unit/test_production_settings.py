@@ -122,3 +122,26 @@ def test_a_service_process_refuses_to_start_naming_each_missing_setting(tmp_path
         "cannot start orders: missing required settings INTERNAL_SECRET, "
         "APP_URL_ORDERS (ROSE_ENV=prod: no development defaults)"
     ]
+
+
+def test_the_database_pool_is_set_per_service_or_for_all():
+    assert settings_for(CONTRACTS["orders"], COMPLETE).database_pool_size == 10
+    shared = {**COMPLETE, "DATABASE_POOL_SIZE": "4", "DATABASE_POOL_TIMEOUT": "2.5"}
+    assert settings_for(CONTRACTS["orders"], shared).database_pool_size == 4
+    assert settings_for(CONTRACTS["orders"], shared).database_pool_timeout == 2.5
+    own = {**shared, "DATABASE_POOL_SIZE_ORDERS": "12"}
+    assert settings_for(CONTRACTS["orders"], own).database_pool_size == 12
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("DATABASE_POOL_SIZE", "0"),
+        ("DATABASE_POOL_SIZE_ORDERS", "many"),
+        ("DATABASE_POOL_SIZE", "2.5"),
+        ("DATABASE_POOL_TIMEOUT", "-1"),
+    ],
+)
+def test_a_pool_setting_that_is_not_a_positive_number_is_named(name, value):
+    with pytest.raises(ConfigError, match=f"{name} must be .* above zero, not '{value}'"):
+        settings_for(CONTRACTS["orders"], {**COMPLETE, name: value})
