@@ -9,9 +9,11 @@ import re
 from decimal import Decimal
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.dialects import postgresql
 
-from apps.orders.service import _ATTEMPT_OF, _recent_orders
+from apps.common.db import create_engine, sessionmaker_for
+from apps.orders.service import _ATTEMPT_OF, _recent_orders, place_order
 from ops.db.provision import APP_SETTINGS, READER_SETTINGS
 from tests.conftest import admin_connect
 from tests.fdw_plans import explain_as_app, foreign_scans
@@ -625,3 +627,72 @@ async def test_a_lock_timeout_a_dba_sets_on_orders_role_is_a_503_too(
                 assert [row[:2] for row in order_rows(clean_db)] == [(first, "pending")]
         finally:
             admin.execute("ALTER ROLE orders_app RESET lock_timeout")
+
+
+async def test_placing_an_order_reads_only_the_orders_it_could_replace(clean_db, credentials):
+    """Superseding and the search for a blocking order look at the orders that share a claim
+    and at the buyer's own orders, never at everyone's: with 3,000 orders of other buyers in
+    the table, placing one reads a handful of rows (found at 200,000 orders: the search read
+    the whole table three times, 133 ms a checkout)."""
+    with admin_connect(clean_db, "orders") as admin:
+        admin.execute(
+            "INSERT INTO orders.orders (user_id, currency, product_total, calendar_total, "
+            "ticket_total, total, description, merchant_code, checkout_prefix, status, "
+            "page_config_id, payable_until) SELECT n + 100, 'EUR', 10, 0, 0, 10, 'other', 'M', "
+            "'p-', CASE WHEN n % 7 = 0 THEN 'pending' ELSE 'paid' END, 1, now() "
+            "FROM generate_series(1, 3000) AS n"
+        )
+        admin.execute(
+            "INSERT INTO orders.order_items (order_id, kind, source_id, title, unit_price, "
+            "currency, quantity) SELECT id, 'product', id % 50, 't', 1, 'EUR', 1 FROM orders.orders"
+        )
+        admin.execute(
+            "INSERT INTO orders.order_claims (kind, ref_id, order_id) "
+            "SELECT 'cart_line', id * 10, id FROM orders.orders"
+        )
+        admin.execute("ANALYZE orders.orders, orders.order_items, orders.order_claims")
+    engine = create_engine(clean_db.topology.app_url("orders", credentials), application_name="t")
+    try:
+        async with sessionmaker_for(engine)() as session, session.begin():
+            order_id = await session.scalar(text("SELECT nextval('orders.orders_id_seq')"))
+            row = {
+                "id": order_id,
+                "user_id": 7,
+                "session_id": None,
+                "page_post_id": None,
+                "currency": "EUR",
+                "product_total": Decimal("10.00"),
+                "calendar_total": Decimal("0.00"),
+                "ticket_total": Decimal("0.00"),
+                "total": Decimal("10.00"),
+                "description": "mine",
+                "page_config_id": 1,
+                "merchant_code": "M",
+                "checkout_prefix": "p-",
+                "payable_until": await session.scalar(text("SELECT now()")),
+            }
+            item = {
+                "kind": "product",
+                "source_id": 11,
+                "title": "Jam",
+                "slug": None,
+                "image": None,
+                "unit_price": Decimal("10.00"),
+                "currency": "EUR",
+                "quantity": 1,
+                "market_place_container_id": None,
+                "cart_line_ids": [99_999],
+            }
+            claims = [("cart_line", 99_999)]
+            superseded = await place_order(session, row, [item], claims, [("product", 11)])
+            read = await session.scalar(
+                text(
+                    "SELECT sum(seq_tup_read + coalesce(idx_tup_fetch, 0)) "
+                    "FROM pg_stat_xact_user_tables WHERE schemaname = 'orders' "
+                    "AND relname IN ('orders', 'order_items', 'order_claims')"
+                )
+            )
+    finally:
+        await engine.dispose()
+    assert superseded == []
+    assert read < 50, read
