@@ -63,6 +63,7 @@ from bench.checkout_stack import (
     open_shop,
     postmaster_pid,
     running_stack,
+    seed_history,
     set_up_databases,
 )
 from bench.targets import Target, print_targets
@@ -666,6 +667,7 @@ def report(run: Run, sink: TimingSink, argv: list[str]) -> None:
         f"{args.concurrent if args.clients else 0} with {args.clients} concurrent clients"
     )
     print(f"webhooks  : {run.delivery_check}")
+    print(f"history   : {args.history} earlier orders of other buyers in db_orders (--history)")
     print("=" * len(header))
     print("Sequential, one client; client-side ms (server p50: orders' own access log)")
     print(header)
@@ -850,6 +852,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=1,
         help="uvicorn worker processes of orders and cart (ops.stack.serve --workers)",
     )
+    parser.add_argument(
+        "--history",
+        type=int,
+        default=0,
+        help="earlier paid orders of other buyers in db_orders before the run (production-sized "
+        "tables; e.g. 200000)",
+    )
     parser.add_argument("--seed", type=int, default=1, help="seed of the carts")
     parser.add_argument(
         "--log", type=Path, default=None, help="keep the services' log here (else a temp file)"
@@ -889,6 +898,7 @@ def main(argv: list[str] | None = None) -> int:
                 version = connection.execute("SHOW server_version").fetchone()
                 run.postgres_version = str(version[0]) if version else "?"
             shop = open_shop(topology)
+            seed_history(topology, shop, args.history)
             say(
                 f"provisioned, migrated, FDW edges; shop: page {shop.page_id}, page config "
                 f"{shop.page_config_id}, site config {shop.site_config_id}, "

@@ -177,6 +177,45 @@ def open_shop(topology: Topology) -> Shop:
     return Shop(page_id, configs["page"], configs["site"], products)
 
 
+def seed_history(topology: Topology, shop: Shop, orders: int) -> None:
+    """``orders`` earlier orders of other buyers, as a shop that has traded for a while has:
+    paid, each with three items, three claimed cart lines and a PAID attempt. The run's
+    statements then meet tables of a production's size, not the few rows of a fresh database."""
+    if orders <= 0:
+        return
+    with admin_connect(topology, "orders") as connection:
+        connection.execute(
+            "INSERT INTO orders.orders (user_id, currency, product_total, calendar_total, "
+            "ticket_total, total, description, page_config_id, merchant_code, checkout_prefix, "
+            "status, paid_at, payable_until) "
+            "SELECT 10000000 + n %% (%s / 4 + 1), 'EUR', 9, 0, 0, 9, 'earlier order', %s, %s, "
+            "'bench-history-', 'paid', now() - interval '1 day', now() - interval '1 day' "
+            "FROM generate_series(1, %s) AS n",
+            (orders, shop.page_config_id, DEFAULT_MERCHANT_CODE, orders),
+        )
+        connection.execute(
+            "INSERT INTO orders.order_items (order_id, kind, source_id, title, unit_price, "
+            "currency, quantity, cart_line_ids) "
+            "SELECT o.id, 'product', (%s::bigint[])[1 + (o.id + k) %% %s], 'earlier', 3, 'EUR', "
+            "1, ARRAY[o.id * 3 + k] FROM orders.orders AS o, generate_series(0, 2) AS k "
+            "WHERE o.checkout_prefix = 'bench-history-'",
+            ([product.id for product in shop.products], len(shop.products)),
+        )
+        connection.execute(
+            "INSERT INTO orders.order_claims (kind, ref_id, order_id) "
+            "SELECT 'cart_line', o.id * 3 + k, o.id FROM orders.orders AS o, "
+            "generate_series(0, 2) AS k WHERE o.checkout_prefix = 'bench-history-'"
+        )
+        connection.execute(
+            "INSERT INTO orders.payment_attempts (order_id, number, checkout_reference, "
+            "sumup_checkout_id, hosted_url, status, amount, currency) "
+            "SELECT id, 1, 'bench-history-' || id, 'bench-history-' || id, 'https://x.test/', "
+            "'PAID', 9, 'EUR' FROM orders.orders WHERE checkout_prefix = 'bench-history-'"
+        )
+        connection.execute("ANALYZE orders.orders, orders.order_items, orders.order_claims")
+        connection.execute("ANALYZE orders.payment_attempts")
+
+
 def _scalar(connection: psycopg.Connection, sql: str, params: tuple[object, ...]) -> int:
     row = connection.execute(sql, params).fetchone()
     assert row is not None
