@@ -15,6 +15,7 @@ them to SumUp), and none of them may point at this machine (``localhost``, loopb
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -192,7 +193,7 @@ def _number(env: Mapping[str, str], kind: type[int] | type[float], *names: str) 
             value = kind(text)
         except ValueError:
             value = 0
-        if value <= 0:
+        if not 0 < value < math.inf:  # NaN and infinity too
             what = "a whole number" if kind is int else "a number of seconds"
             raise ConfigError(f"{name} must be {what} above zero, not {text!r}")
         return value

@@ -140,6 +140,8 @@ def test_the_database_pool_is_set_per_service_or_for_all():
         ("DATABASE_POOL_SIZE_ORDERS", "many"),
         ("DATABASE_POOL_SIZE", "2.5"),
         ("DATABASE_POOL_TIMEOUT", "-1"),
+        ("DATABASE_POOL_TIMEOUT", "nan"),
+        ("DATABASE_POOL_TIMEOUT_ORDERS", "inf"),
     ],
 )
 def test_a_pool_setting_that_is_not_a_positive_number_is_named(name, value):
