@@ -35,6 +35,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.sql import Select
 from sqlalchemy.sql.dml import ReturningInsert
 
 from apps.common.contracts import Action
@@ -147,6 +148,19 @@ def backoff(attempts: int) -> timedelta:
     return timedelta(seconds=min(2 ** max(attempts - 1, 0), MAX_BACKOFF_SECONDS))
 
 
+@functools.cache
+def next_due(table: Table) -> Select[Any]:
+    """The next due message of ``table``'s outbox, and whether another one is due after it (the
+    second row, locked but left for the next transaction); locked rows are skipped."""
+    return (
+        select(table)
+        .where(table.c.delivered_at.is_(None), table.c.next_attempt_at <= func.now())
+        .order_by(table.c.id)
+        .limit(2)
+        .with_for_update(skip_locked=True)
+    )
+
+
 class OutboxRelay:
     """Delivers due messages. ``wake()`` after a commit that queued messages; otherwise it polls.
 
@@ -178,13 +192,7 @@ class OutboxRelay:
         # Built once (see _queue_statement). The next due message, and whether another one is
         # due after it (the second row, locked but left for the next transaction): a pass that
         # delivers the last due message ends without a transaction that finds nothing.
-        self._next_due = (
-            select(table)
-            .where(table.c.delivered_at.is_(None), table.c.next_attempt_at <= func.now())
-            .order_by(table.c.id)
-            .limit(2)
-            .with_for_update(skip_locked=True)
-        )
+        self._next_due = next_due(table)
         self._delivered = (
             update(table)
             .where(table.c.id == bindparam("message_id"))

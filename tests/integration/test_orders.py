@@ -13,6 +13,8 @@ from sqlalchemy import text
 from sqlalchemy.dialects import postgresql
 
 from apps.common.db import create_engine, sessionmaker_for
+from apps.common.outbox import next_due
+from apps.orders.models import outbox
 from apps.orders.service import _ATTEMPT_OF, _recent_orders, place_order
 from ops.db.provision import APP_SETTINGS, READER_SETTINGS
 from tests.conftest import admin_connect
@@ -695,4 +697,38 @@ async def test_placing_an_order_reads_only_the_orders_it_could_replace(clean_db,
     finally:
         await engine.dispose()
     assert superseded == []
+    assert read < 50, read
+
+
+async def test_the_relay_finds_what_is_due_without_reading_what_was_delivered(
+    clean_db, credentials
+):
+    """Delivered messages stay in the outbox (their keys keep a message from being queued
+    twice), so it grows with every checkout: the relay's search for what is due must not read
+    them. A guard: the partial index of undelivered messages (ix_orders_outbox_due) keeps it so.
+    """
+    with admin_connect(clean_db, "orders") as admin:
+        admin.execute(
+            "INSERT INTO orders.outbox (service, action, payload, idempotency_key, "
+            "delivered_at) SELECT 'cart', 'clear-cart-for-order', '{}', 'old-' || n, now() "
+            "FROM generate_series(1, 3000) AS n"
+        )
+        admin.execute(
+            "INSERT INTO orders.outbox (service, action, payload, idempotency_key) "
+            "VALUES ('cart', 'clear-cart-for-order', '{}', 'due')"
+        )
+        admin.execute("ANALYZE orders.outbox")
+    engine = create_engine(clean_db.topology.app_url("orders", credentials), application_name="t")
+    try:
+        async with sessionmaker_for(engine)() as session, session.begin():
+            due = (await session.execute(next_due(outbox))).all()
+            read = await session.scalar(
+                text(
+                    "SELECT seq_tup_read + coalesce(idx_tup_fetch, 0) "
+                    "FROM pg_stat_xact_user_tables WHERE relid = 'orders.outbox'::regclass"
+                )
+            )
+    finally:
+        await engine.dispose()
+    assert [message.idempotency_key for message in due] == ["due"]
     assert read < 50, read
