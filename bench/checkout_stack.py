@@ -212,8 +212,10 @@ def seed_history(topology: Topology, shop: Shop, orders: int) -> None:
             "SELECT id, 1, 'bench-history-' || id, 'bench-history-' || id, 'https://x.test/', "
             "'PAID', 9, 'EUR' FROM orders.orders WHERE checkout_prefix = 'bench-history-'"
         )
-        connection.execute("ANALYZE orders.orders, orders.order_items, orders.order_claims")
-        connection.execute("ANALYZE orders.payment_attempts")
+        connection.execute(
+            "ANALYZE orders.orders, orders.order_items, orders.order_claims, "
+            "orders.payment_attempts"
+        )
 
 
 def _scalar(connection: psycopg.Connection, sql: str, params: tuple[object, ...]) -> int:

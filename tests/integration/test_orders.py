@@ -6,11 +6,14 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from decimal import Decimal
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from apps.common.db import create_engine, sessionmaker_for
 from apps.common.outbox import next_due
@@ -631,6 +634,30 @@ async def test_a_lock_timeout_a_dba_sets_on_orders_role_is_a_503_too(
             admin.execute("ALTER ROLE orders_app RESET lock_timeout")
 
 
+@asynccontextmanager
+async def orders_transaction(server, credentials) -> AsyncIterator[AsyncSession]:
+    """A transaction as orders' app role, on an engine of its own."""
+    engine = create_engine(server.topology.app_url("orders", credentials), application_name="t")
+    try:
+        async with sessionmaker_for(engine)() as session, session.begin():
+            yield session
+    finally:
+        await engine.dispose()
+
+
+async def rows_read(session: AsyncSession, *tables: str) -> int:
+    """The rows this transaction has read so far from ``tables`` (by sequential or index
+    scans), from PostgreSQL's per-transaction statistics."""
+    read = await session.scalar(
+        text(
+            "SELECT coalesce(sum(seq_tup_read + coalesce(idx_tup_fetch, 0)), 0) "
+            "FROM pg_stat_xact_user_tables WHERE relid = ANY(CAST(:tables AS regclass[]))"
+        ),
+        {"tables": list(tables)},
+    )
+    return int(read)
+
+
 async def test_placing_an_order_reads_only_the_orders_it_could_replace(clean_db, credentials):
     """Superseding and the search for a blocking order look at the orders that share a claim
     and at the buyer's own orders, never at everyone's: with 3,000 orders of other buyers in
@@ -653,49 +680,41 @@ async def test_placing_an_order_reads_only_the_orders_it_could_replace(clean_db,
             "SELECT 'cart_line', id * 10, id FROM orders.orders"
         )
         admin.execute("ANALYZE orders.orders, orders.order_items, orders.order_claims")
-    engine = create_engine(clean_db.topology.app_url("orders", credentials), application_name="t")
-    try:
-        async with sessionmaker_for(engine)() as session, session.begin():
-            order_id = await session.scalar(text("SELECT nextval('orders.orders_id_seq')"))
-            row = {
-                "id": order_id,
-                "user_id": 7,
-                "session_id": None,
-                "page_post_id": None,
-                "currency": "EUR",
-                "product_total": Decimal("10.00"),
-                "calendar_total": Decimal("0.00"),
-                "ticket_total": Decimal("0.00"),
-                "total": Decimal("10.00"),
-                "description": "mine",
-                "page_config_id": 1,
-                "merchant_code": "M",
-                "checkout_prefix": "p-",
-                "payable_until": await session.scalar(text("SELECT now()")),
-            }
-            item = {
-                "kind": "product",
-                "source_id": 11,
-                "title": "Jam",
-                "slug": None,
-                "image": None,
-                "unit_price": Decimal("10.00"),
-                "currency": "EUR",
-                "quantity": 1,
-                "market_place_container_id": None,
-                "cart_line_ids": [99_999],
-            }
-            claims = [("cart_line", 99_999)]
-            superseded = await place_order(session, row, [item], claims, [("product", 11)])
-            read = await session.scalar(
-                text(
-                    "SELECT sum(seq_tup_read + coalesce(idx_tup_fetch, 0)) "
-                    "FROM pg_stat_xact_user_tables WHERE schemaname = 'orders' "
-                    "AND relname IN ('orders', 'order_items', 'order_claims')"
-                )
-            )
-    finally:
-        await engine.dispose()
+    async with orders_transaction(clean_db, credentials) as session:
+        order_id = await session.scalar(text("SELECT nextval('orders.orders_id_seq')"))
+        row = {
+            "id": order_id,
+            "user_id": 7,
+            "session_id": None,
+            "page_post_id": None,
+            "currency": "EUR",
+            "product_total": Decimal("10.00"),
+            "calendar_total": Decimal("0.00"),
+            "ticket_total": Decimal("0.00"),
+            "total": Decimal("10.00"),
+            "description": "mine",
+            "page_config_id": 1,
+            "merchant_code": "M",
+            "checkout_prefix": "p-",
+            "payable_until": await session.scalar(text("SELECT now()")),
+        }
+        item = {
+            "kind": "product",
+            "source_id": 11,
+            "title": "Jam",
+            "slug": None,
+            "image": None,
+            "unit_price": Decimal("10.00"),
+            "currency": "EUR",
+            "quantity": 1,
+            "market_place_container_id": None,
+            "cart_line_ids": [99_999],
+        }
+        claims = [("cart_line", 99_999)]
+        superseded = await place_order(session, row, [item], claims, [("product", 11)])
+        read = await rows_read(
+            session, "orders.orders", "orders.order_items", "orders.order_claims"
+        )
     assert superseded == []
     assert read < 50, read
 
@@ -718,17 +737,8 @@ async def test_the_relay_finds_what_is_due_without_reading_what_was_delivered(
             "VALUES ('cart', 'clear-cart-for-order', '{}', 'due')"
         )
         admin.execute("ANALYZE orders.outbox")
-    engine = create_engine(clean_db.topology.app_url("orders", credentials), application_name="t")
-    try:
-        async with sessionmaker_for(engine)() as session, session.begin():
-            due = (await session.execute(next_due(outbox))).all()
-            read = await session.scalar(
-                text(
-                    "SELECT seq_tup_read + coalesce(idx_tup_fetch, 0) "
-                    "FROM pg_stat_xact_user_tables WHERE relid = 'orders.outbox'::regclass"
-                )
-            )
-    finally:
-        await engine.dispose()
+    async with orders_transaction(clean_db, credentials) as session:
+        due = (await session.execute(next_due(outbox))).all()
+        read = await rows_read(session, "orders.outbox")
     assert [message.idempotency_key for message in due] == ["due"]
     assert read < 50, read
