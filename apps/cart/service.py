@@ -23,6 +23,7 @@ from sqlalchemy import (
     insert,
     select,
     text,
+    true,
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -455,29 +456,42 @@ async def clear_for_order(session: AsyncSession, request: ClearCartForOrder) -> 
     Line by line when the order names its lines: the line as it was at checkout is removed
     wherever sign-in moved it (if sign-in merged it into the user's line of the same product,
     the quantity paid for comes off that line); a quantity added after checkout stays in the
-    cart as a line of its own. Orders that name no lines remove the owner's lines of their
-    products."""
+    cart as a line of its own. Orders (or lines) that name no cart lines remove the owner's
+    lines of their products."""
     await session.execute(
         text("SELECT pg_advisory_xact_lock(:order_id)"), {"order_id": request.order_id}
     )
     if request.lines is None:
-        return await _clear_by_products(session, request)
+        products = request.product_ids
+        before = await _cleared_before(session, request.order_id, products)
+        return await _clear_by_products(session, request, products, before)
+    named = [paid for paid in request.lines if paid.cart_line_ids]
+    unnamed = [paid.product_id for paid in request.lines if not paid.cart_line_ids]
+    # Asked before the named lines record the order, which would read as "cleared before".
+    before = await _cleared_before(session, request.order_id, unnamed) if unnamed else None
     cleared = 0
-    for paid in request.lines:
-        if not paid.cart_line_ids:
-            owner = Owner(request.user_id, request.session_id)
-            cleared += await _clear_by_products(
-                session, request, owner=owner, product_ids=[paid.product_id]
-            )
-            continue
-        cleared += await _clear_line(session, request.order_id, paid)
+    if named:
+        # Every named line locked in one statement, in id order (two orders sharing a line
+        # lock it in the same order).
+        first_ids = sorted({paid.cart_line_ids[0] for paid in named})
+        found = await session.scalars(
+            select(CartItem)
+            .where(CartItem.id.in_(first_ids))
+            .order_by(CartItem.id)
+            .with_for_update()
+        )
+        lines = {line.id: line for line in found}
+        for paid in named:
+            line = lines.get(paid.cart_line_ids[0])
+            cleared += await _clear_line(session, request.order_id, paid, line)
+    if unnamed:
+        cleared += await _clear_by_products(session, request, unnamed, before)
     return cleared
 
 
-async def _clear_line(session: AsyncSession, order_id: int, paid: PaidLine) -> int:
-    line = await session.scalar(
-        select(CartItem).where(CartItem.id == paid.cart_line_ids[0]).with_for_update()
-    )
+async def _clear_line(
+    session: AsyncSession, order_id: int, paid: PaidLine, line: CartItem | None
+) -> int:
     if line is None or line.order_id is not None:
         return int(line is not None and line.order_id == order_id)
     line.order_id = order_id
@@ -514,35 +528,43 @@ async def _clear_line(session: AsyncSession, order_id: int, paid: PaidLine) -> i
     return 1  # the buyer had removed it already
 
 
+async def _cleared_before(
+    session: AsyncSession, order_id: int, product_ids: list[int] | None
+) -> int | None:
+    """None when the order cleared nothing before; else how many lines of ``product_ids`` (all
+    products: None) it cleared then."""
+    of_these = CartItem.product_id.in_(product_ids) if product_ids is not None else true()
+    any_line, of_products = (
+        await session.execute(
+            select(func.count(), func.count().filter(of_these)).where(CartItem.order_id == order_id)
+        )
+    ).one()
+    return int(of_products) if any_line else None
+
+
 async def _clear_by_products(
     session: AsyncSession,
     request: ClearCartForOrder,
-    *,
-    owner: Owner | None = None,
-    product_ids: list[int] | None = None,
+    product_ids: list[int] | None,
+    before: int | None,
 ) -> int:
-    owner = owner or Owner(request.user_id, request.session_id)
-    product_ids = product_ids if product_ids is not None else request.product_ids
-    already = await session.scalar(
-        select(func.count())
-        .select_from(CartItem)
-        .where(
-            CartItem.order_id == request.order_id,
-            *([CartItem.product_id.in_(product_ids)] if product_ids is not None else []),
-        )
-    )
-    if already:
-        return int(already)
+    """The owner's live lines of ``product_ids`` (all products: None) leave for the order,
+    unless the order cleared anything ``before`` (``_cleared_before``): then this is a repeat,
+    and it answers what the first time cleared of these products without removing anything
+    added since."""
+    if before is not None:
+        return before
+    owner = Owner(request.user_id, request.session_id)
     query = (
         update(CartItem)
         .where(owner.clause(), CartItem.deleted_at.is_(None))
         .values(deleted_at=func.now(), order_id=request.order_id, updated_at=func.now())
         .returning(CartItem.id)
     )
-    if request.page_post_id is not None:
-        query = query.where(CartItem.market_place_container_id == request.page_post_id)
     if product_ids is not None:
         query = query.where(CartItem.product_id.in_(product_ids))
+    if request.page_post_id is not None:
+        query = query.where(CartItem.market_place_container_id == request.page_post_id)
     return len((await session.execute(query)).all())
 
 

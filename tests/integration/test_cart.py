@@ -255,6 +255,30 @@ async def test_clear_cart_for_order_is_idempotent_and_keeps_later_lines(stack, c
     assert "order_id" in bad.json()["detail"]
 
 
+async def test_a_repeated_clear_removes_nothing_added_after_the_first(stack, clean_db, shop):
+    """The relay repeats a delivery whose answer it lost. An order's lines that name no cart
+    lines were cleared product by product, each product checked on its own: a product the
+    buyer had no line of at the first delivery, added since, was removed by the repeat."""
+    cart_client = stack.client("cart")
+    bought_before, bought_later = shop.product_ids[:2]
+    browser = await browser_of(stack, "cart", user_id=12)
+    await browser.post(f"/add/{bought_before}/")
+    payload = {
+        "order_id": 78,
+        "user_id": 12,
+        "lines": [
+            {"product_id": bought_before, "quantity": 1},
+            {"product_id": bought_later, "quantity": 1},
+        ],
+    }
+    first = await internal_post(cart_client, "clear-cart-for-order", payload)
+    assert first.json() == {"cleared": 1}
+    await browser.post(f"/add/{bought_later}/")  # after the order was cleared
+    again = await internal_post(cart_client, "clear-cart-for-order", payload)
+    assert again.json() == {"cleared": 1}
+    assert live_lines(clean_db) == [(12, bought_later, 1)]
+
+
 async def test_data_endpoints_and_fragment(stack, shop):
     browser = await browser_of(stack, "cart", user_id=2)
     await browser.post(f"/add/{shop.product_ids[0]}/", json={"quantity": 3})
