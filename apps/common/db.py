@@ -14,7 +14,17 @@ from typing import Any, cast
 from litestar.di import NamedDependency
 from litestar.types import ASGIApp, Receive, Scope, Send
 from psycopg import pq
-from sqlalchemy import BigInteger, DateTime, MetaData, Table, event, func, text
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    DateTime,
+    MetaData,
+    Table,
+    event,
+    func,
+    literal_column,
+    text,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
@@ -186,6 +196,17 @@ def close_request_session(app: ASGIApp) -> ASGIApp:
                 await session.close()
 
     return handle
+
+
+def one_plan_for_the_rest_of_the_transaction() -> ColumnElement[str]:
+    """A column for a transaction's first statement: the prepared statements after it run on
+    their one generic plan (``SET LOCAL plan_cache_mode = force_generic_plan``, without a round
+    trip of its own). For statements whose every lookup is by key: PostgreSQL's default kept
+    planning some of them anew on every call, at more than their running cost
+    (bench/README.md). A generic plan does not see the values, so it is only for statements
+    that need no value to find their index (tests/integration/test_orders.py reads the rows
+    such a plan touches)."""
+    return literal_column("set_config('plan_cache_mode', 'force_generic_plan', true)")
 
 
 async def end_read(session: AsyncSession) -> None:

@@ -46,7 +46,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
 from apps.common.contracts import SignIn
-from apps.common.db import table_of
+from apps.common.db import one_plan_for_the_rest_of_the_transaction, table_of
 from apps.common.fdw import remote_read, timeout_for_next_reads
 from apps.common.internal_client import InternalCallError
 from apps.common.problems import (
@@ -242,8 +242,10 @@ async def lock_buyer(
 ) -> None:
     """Serialise one buyer's order changes until the transaction ends: user first, then
     session (PostgreSQL evaluates a select list in order), so two requests never wait on each
-    other in opposite orders. ``remote_reads_next``: the same statement sets the FDW timeout of
-    the statements after it (``remote_read(..., timeout_set=True)``)."""
+    other in opposite orders. ``remote_reads_next`` (create-order): the same statement sets the
+    FDW timeout of the statements after it (``remote_read(..., timeout_set=True)``) and has
+    them run on their generic plans: the placing statement was planned anew on every call,
+    1.3 ms at 20,000 orders against 0.3 ms to run it."""
     keys = []
     if user_id is not None:
         keys.append(f"orders-buyer:user:{user_id}")
@@ -264,7 +266,8 @@ def _buyer_locks(count: int, remote_reads_next: bool) -> Select[Any]:
         )
         for i in range(count)
     ]
-    return select(*locks, *([timeout_for_next_reads()] if remote_reads_next else []))
+    settings = [timeout_for_next_reads(), one_plan_for_the_rest_of_the_transaction()]
+    return select(*locks, *(settings if remote_reads_next else []))
 
 
 @dataclass(frozen=True)
