@@ -1,6 +1,7 @@
 """The cart's tables (schema ``cart`` in ``db_cart``), and the foreign tables it reads.
 
-After the split, cart owns cart lines (and the ids of the inbox activities it applied):
+After the split, cart owns cart lines (and the ids of the inbox activities it applied, and the
+paid orders it cleared):
 products come from market, bookings from events and page configs from blog, all through
 read-only postgres_fdw foreign tables (declared here in their own MetaData, never managed by
 cart's migrations).
@@ -91,6 +92,19 @@ class InboxActivity(Base):
     activity_hash: Mapped[str] = mapped_column(String(64), nullable=False)
     answer: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
     received_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), nullable=False
+    )
+
+
+class ClearedOrder(Base):
+    """A paid order clear-cart-for-order has cleared, and what it answered: a repeat answers the
+    same and clears nothing more, even when the first call found nothing to clear."""
+
+    __tablename__ = "cleared_orders"
+
+    order_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    cleared: Mapped[int] = mapped_column(Integer, nullable=False)
+    cleared_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), nullable=False
     )
 

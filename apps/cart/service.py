@@ -39,7 +39,14 @@ from apps.cart.contract import (
     Line,
     PaidLine,
 )
-from apps.cart.models import CartItem, InboxActivity, page_configs, pending_bookings, products
+from apps.cart.models import (
+    CartItem,
+    ClearedOrder,
+    InboxActivity,
+    page_configs,
+    pending_bookings,
+    products,
+)
 from apps.common.db import end_read, table_of
 from apps.common.fdw import ProviderUnavailable, remote_read
 from apps.common.internal_client import InternalClient
@@ -449,18 +456,41 @@ async def adopt_cart(session: AsyncSession, user_id: int, session_id: str) -> in
     return len(merged) + len(moved.all())
 
 
+_CLAIM_ORDER = (
+    upsert(ClearedOrder)
+    .values(order_id=bindparam("order_id"), cleared=0)
+    .on_conflict_do_nothing(index_elements=["order_id"])
+    .returning(ClearedOrder.order_id)
+)
+
+
 async def clear_for_order(session: AsyncSession, request: ClearCartForOrder) -> int:
     """Remove what a paid order bought, once: a repeat for the same order removes nothing more
-    and answers the same count (the lines remember the order).
+    and answers the same count (``cleared_orders`` records it; orders cleared before that
+    table was, and the monolith's, are known by the lines that record them).
 
     Line by line when the order names its lines: the line as it was at checkout is removed
     wherever sign-in moved it (if sign-in merged it into the user's line of the same product,
     the quantity paid for comes off that line); a quantity added after checkout stays in the
     cart as a line of its own. Orders (or lines) that name no cart lines remove the owner's
     lines of their products."""
+    # The order's record first: a concurrent delivery of the same order waits on it until
+    # this one commits, then answers what this one recorded.
+    if await session.scalar(_CLAIM_ORDER, {"order_id": request.order_id}) is None:
+        recorded = await session.scalar(
+            select(ClearedOrder.cleared).where(ClearedOrder.order_id == request.order_id)
+        )
+        return int(recorded or 0)
+    cleared = await _clear(session, request)
     await session.execute(
-        text("SELECT pg_advisory_xact_lock(:order_id)"), {"order_id": request.order_id}
+        update(ClearedOrder)
+        .where(ClearedOrder.order_id == request.order_id)
+        .values(cleared=cleared)
     )
+    return cleared
+
+
+async def _clear(session: AsyncSession, request: ClearCartForOrder) -> int:
     if request.lines is None:
         products = request.product_ids
         before = await _cleared_before(session, request.order_id, products)
@@ -531,8 +561,9 @@ async def _clear_line(
 async def _cleared_before(
     session: AsyncSession, order_id: int, product_ids: list[int] | None
 ) -> int | None:
-    """None when the order cleared nothing before; else how many lines of ``product_ids`` (all
-    products: None) it cleared then."""
+    """How many lines of ``product_ids`` (all products: None) the order cleared before, by the
+    lines that record it; None when none does. For orders cleared before ``cleared_orders``
+    was (and the monolith's, moved by the split), whose repeats have no record to answer."""
     of_these = CartItem.product_id.in_(product_ids) if product_ids is not None else true()
     any_line, of_products = (
         await session.execute(

@@ -3,6 +3,8 @@ checkout handed to orders and SumUp, cleared by orders' outbox once paid."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from apps.cart.models import metadata as cart_metadata
@@ -279,6 +281,53 @@ async def test_a_repeated_clear_removes_nothing_added_after_the_first(stack, cle
     assert live_lines(clean_db) == [(12, bought_later, 1)]
 
 
+async def test_a_repeated_clear_that_first_cleared_nothing_removes_nothing(stack, clean_db, shop):
+    """A first delivery that found nothing to clear (the buyer had removed the line) left no
+    line recording the order: a repeat then cleared a line of the product added since."""
+    cart_client = stack.client("cart")
+    product = shop.product_ids[0]
+    payload = {"order_id": 79, "user_id": 13, "product_ids": [product]}
+    first = await internal_post(cart_client, "clear-cart-for-order", payload)
+    assert first.json() == {"cleared": 0}
+    browser = await browser_of(stack, "cart", user_id=13)
+    await browser.post(f"/add/{product}/")  # after the order was cleared
+    again = await internal_post(cart_client, "clear-cart-for-order", payload)
+    assert again.json() == {"cleared": 0}
+    assert live_lines(clean_db) == [(13, product, 1)]
+
+
+async def test_concurrent_deliveries_of_one_order_clear_it_once(stack, clean_db, shop):
+    """Four deliveries of one order at once (two relays, or a retry racing the first), held
+    together by a lock on the cart's lines until all four are in: each waits on the order's
+    record, then answers what the first cleared."""
+    cart_client = stack.client("cart")
+    first_product, second_product = shop.product_ids[:2]
+    browser = await browser_of(stack, "cart", user_id=16)
+    await browser.post(f"/add/{first_product}/")
+    await browser.post(f"/add/{second_product}/")
+    payload = {"order_id": 80, "user_id": 16, "product_ids": [first_product, second_product]}
+
+    def waiting() -> bool:
+        with admin_connect(clean_db, "cart") as watcher:
+            row = watcher.execute(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            ).fetchone()
+        return row is not None and row[0] >= 4
+
+    with admin_connect(clean_db, "cart") as holder:
+        with holder.transaction():
+            holder.execute("SELECT id FROM cart.cart_items FOR UPDATE")
+            deliveries = asyncio.gather(
+                *(internal_post(cart_client, "clear-cart-for-order", payload) for _ in range(4))
+            )
+            assert await eventually(waiting)
+        answers = await deliveries
+    assert [answer.json() for answer in answers] == [{"cleared": 2}] * 4
+    assert live_lines(clean_db) == []
+    assert [row[5] for row in cart_rows(clean_db)] == [80, 80]
+
+
 async def test_data_endpoints_and_fragment(stack, shop):
     browser = await browser_of(stack, "cart", user_id=2)
     await browser.post(f"/add/{shop.product_ids[0]}/", json={"quantity": 3})
@@ -302,10 +351,12 @@ async def test_data_endpoints_and_fragment(stack, shop):
 
 async def test_cart_is_exactly_what_the_plan_leaves_it(stack, clean_db):
     """The plan's post-split cart state: table, Alembic environment, routes, data, actions."""
-    # cart_items, the platform's table of accepted signed requests (replay protection), and the
-    # ids of the activities the inbox applied (the plan's inbox handlers, idempotent by id).
+    # cart_items, the platform's table of accepted signed requests (replay protection), the
+    # ids of the activities the inbox applied (the plan's inbox handlers, idempotent by id),
+    # and the paid orders clear-cart-for-order cleared (the plan's "idempotent per order").
     assert set(cart_metadata.tables) == {
         "cart.cart_items",
+        "cart.cleared_orders",
         "cart.inbox_activities",
         "cart.request_nonces",
     }
@@ -316,6 +367,7 @@ async def test_cart_is_exactly_what_the_plan_leaves_it(stack, clean_db):
     assert tables == [
         ("alembic_version",),
         ("cart_items",),
+        ("cleared_orders",),
         ("inbox_activities",),
         ("request_nonces",),
     ]
