@@ -18,7 +18,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from apps.common.db import create_engine, sessionmaker_for
 from apps.common.outbox import next_due
 from apps.orders.models import outbox
-from apps.orders.service import _ATTEMPT_OF, _recent_orders, lock_buyer, place_order
+from apps.orders.service import (
+    _ATTEMPT_OF,
+    _recent_orders,
+    lock_buyer,
+    orders_needing_attention,
+    place_order,
+)
 from ops.db.provision import APP_SETTINGS, READER_SETTINGS
 from tests.conftest import admin_connect
 from tests.fdw_plans import explain_as_app, foreign_scans
@@ -769,6 +775,33 @@ async def test_placing_orders_plans_the_statement_once_per_connection(clean_db, 
     assert custom == 0, plans
     assert generic >= 1, plans
     assert read < 50, read  # measured on the last run, which used the generic plan
+
+
+async def test_orders_needing_attention_are_found_without_reading_every_order(
+    clean_db, credentials
+):
+    """`rose orders attention` (the data call ``attention``) read every order: its conditions
+    were OR-ed on the orders table, a full scan at any size. Among 3,000 orders, two that
+    need a person (one flagged, one owed a refund) are found by reading a handful of rows."""
+    seed_other_buyers_orders(clean_db)
+    with admin_connect(clean_db, "orders") as admin:
+        admin.execute(
+            "UPDATE orders.orders SET flagged = true, flag_reason = 'amount differs' "
+            "WHERE id = (SELECT min(id) FROM orders.orders)"
+        )
+        admin.execute(
+            "UPDATE orders.orders SET status = 'refund_due' "
+            "WHERE id = (SELECT max(id) FROM orders.orders)"
+        )
+        admin.execute("ANALYZE orders.orders")
+    async with orders_transaction(clean_db, credentials) as session:
+        needing = await orders_needing_attention(session)
+        read = await rows_read(session, "orders.orders")
+    assert [(order["flagged"], order["status"]) for order in needing] == [
+        (True, "paid"),
+        (False, "refund_due"),
+    ]
+    assert read < 50, read
 
 
 async def test_the_relay_finds_what_is_due_without_reading_what_was_delivered(
