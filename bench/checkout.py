@@ -123,6 +123,8 @@ class Run:
     sequential: Samples = field(default_factory=Samples)
     concurrent: Samples = field(default_factory=Samples)
     warmup_order_ids: list[int] = field(default_factory=list)
+    # The cart lines named by the checked orders (every one must be cleared by the relay).
+    cart_line_ids: list[int] = field(default_factory=list)
     delivery_check: str = ""
     final_check: list[str] = field(default_factory=list)
     postgres_version: str = ""
@@ -171,6 +173,31 @@ def cart_payload(rng: random.Random, shop: Shop, index: int) -> dict[str, Any]:
         "ticket_total": "0",
         "page_post_id": shop.page_id,
     }
+
+
+def put_in_carts(stack: Stack, payloads: list[dict[str, Any]]) -> list[int]:
+    """Each payload's products as its buyer's lines in cart's database, their ids on the
+    payload's lines, as cart's own checkout names them (done before the timing): create-order
+    then claims the lines, and the relay's clear-cart removes them line by line, as it does for
+    an order made in cart. Returns the lines' ids."""
+    ids: list[int] = []
+    with admin_connect(stack.topology, "cart") as connection, connection.transaction():
+        for payload in payloads:
+            for line in payload["cart_items"]:
+                row = connection.execute(
+                    "INSERT INTO cart.cart_items (user_id, product_id, quantity, "
+                    "market_place_container_id) VALUES (%s, %s, %s, %s) RETURNING id",
+                    (
+                        payload["user_id"],
+                        line["product_id"],
+                        line["quantity"],
+                        line["market_place_container_id"],
+                    ),
+                ).fetchone()
+                assert row is not None
+                line["cart_line_ids"] = [row[0]]
+                ids.append(row[0])
+    return ids
 
 
 @dataclass(frozen=True)
@@ -303,6 +330,7 @@ async def check_real_delivery(
     the measurements then short-cut with a POST of the same body."""
     await sandbox_controls(driver.http, stack, webhooks="deliver")
     payload = cart_payload(rng, stack.shop, 0)
+    run.cart_line_ids += put_in_carts(stack, [payload])
     created, _ = await driver.create_order(payload, f"bench-{token}-delivery")
     checkout_id = created["sumup_hosted_url"].rstrip("/").rsplit("/", 1)[1]
     await driver.pay(checkout_id, created["sumup_reference"], Decimal(payload["product_total"]))
@@ -402,13 +430,14 @@ async def sequential_phase(
     stack = driver.stack
     public_base = f"http://{PUBLIC_HOST}:{stack.urls['orders'].rsplit(':', 1)[1]}"
     cpu_before: dict[str, float] = {}
-    for index in range(args.warmup + args.checkouts):
+    payloads = [cart_payload(rng, stack.shop, n + 1) for n in range(args.warmup + args.checkouts)]
+    run.cart_line_ids += put_in_carts(stack, payloads)
+    for index, payload in enumerate(payloads):
         measured = index >= args.warmup
         if index == args.warmup:
             await asyncio.sleep(0.5)  # the warm-up's access-log lines drain before recording
             sink.phase = "sequential"
             cpu_before = cpu_snapshot(stack, postmaster)
-        payload = cart_payload(rng, stack.shop, index + 1)
         key = f"bench-{token}-{index}"
         # Coroutines made only when awaited: an interrupted round leaves none un-awaited.
         steps = [
@@ -435,6 +464,7 @@ async def concurrent_phase(
     stack = driver.stack
     samples = run.concurrent
     payloads = [cart_payload(rng, stack.shop, 100_000 + n) for n in range(args.concurrent)]
+    run.cart_line_ids += put_in_carts(stack, payloads)
     counter = itertools.count()
 
     async def client() -> None:
@@ -473,6 +503,7 @@ async def profile_phase(driver: Driver, rng: random.Random, run: Run, token: str
     stack = driver.stack
     output = args.profile_output or Path(tempfile.mkdtemp(prefix="rose-bench-profile-")) / "o.raw"
     payloads = [cart_payload(rng, stack.shop, 200_000 + n) for n in range(args.profile)]
+    put_in_carts(stack, payloads)
     done = 0
     with sampling.sampled(stack.pid("orders"), output) as raw:
         for index, payload in enumerate(payloads):
@@ -493,7 +524,8 @@ async def profile_phase(driver: Driver, rng: random.Random, run: Run, token: str
 
 def final_check(stack: Stack, run: Run, timeout: float = 30.0) -> None:
     """In the database: every order this run created is paid once, with one PAID attempt and
-    one clear-cart message, which the outbox relay delivered to cart; no baseline row is left."""
+    one clear-cart message, which the outbox relay delivered to cart, and cart removed every
+    line the order named; no baseline row is left."""
     order_ids = [*run.warmup_order_ids, *run.sequential.order_ids, *run.concurrent.order_ids]
     deadline = time.monotonic() + timeout
     with admin_connect(stack.topology, "orders") as connection:
@@ -522,14 +554,24 @@ def final_check(stack: Stack, run: Run, timeout: float = 30.0) -> None:
             "SELECT count(*) FROM orders.orders WHERE checkout_prefix = %s", (REFERENCE_PREFIX,)
         ).fetchone()
         total_orders = connection.execute("SELECT count(*) FROM orders.orders").fetchone()
+    with admin_connect(stack.topology, "cart") as connection:
+        lines = connection.execute(
+            "SELECT count(*) FILTER (WHERE deleted_at IS NOT NULL AND order_id IS NOT NULL) "
+            "FROM cart.cart_items WHERE id = ANY(%s)",
+            (run.cart_line_ids,),
+        ).fetchone()
+    cleared = lines[0] if lines else 0
     expected = len(order_ids)
     run.final_check.append(
         f"{expected} orders of this run: {paid} paid, {attempts_paid} PAID attempts, "
         f"{queued} clear-cart messages queued, {delivered} delivered to cart by the relay; "
+        f"{len(run.cart_line_ids)} cart lines named by them, {cleared} cleared for their order; "
         f"{total_orders[0] if total_orders else '?'} orders in db_orders, "
         f"{leftovers[0] if leftovers else '?'} baseline rows left"
     )
     if (paid, attempts_paid, queued, delivered) != (expected,) * 4:
+        run.failures.append(f"final check: {run.final_check[-1]}")
+    if cleared != len(run.cart_line_ids):
         run.failures.append(f"final check: {run.final_check[-1]}")
     if leftovers and leftovers[0]:
         run.failures.append(f"final check: {leftovers[0]} baseline orders were not cleaned up")
@@ -598,11 +640,15 @@ async def breakdown_phase(
         try:
             driver = Driver(stack, internal, http, orders_url=url)
             warmup = 10
-            for index in range(warmup + run.args.breakdown_checkouts):
+            payloads = [
+                cart_payload(rng, stack.shop, 300_000 + n)
+                for n in range(warmup + run.args.breakdown_checkouts)
+            ]
+            run.cart_line_ids += put_in_carts(stack, payloads)
+            for index, payload in enumerate(payloads):
                 if index == warmup:
                     await asyncio.sleep(0.3)
                     sink.phase = "breakdown"
-                payload = cart_payload(rng, stack.shop, 200_000 + index)
                 key = f"bench-{token}-b{index}"
                 outcome = await attempt(
                     run, f"profiled checkout {key}", driver.checkout(payload, key)

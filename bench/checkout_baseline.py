@@ -266,12 +266,12 @@ class Baseline:
 def _insert_items(count: int) -> Any:
     rows = ", ".join(
         f"(:order_id, 'product', :source_{n}, :title_{n}, :slug_{n}, :price_{n}, 'EUR', "
-        f":quantity_{n}, :container_{n})"
+        f":quantity_{n}, :container_{n}, :lines_{n})"
         for n in range(count)
     )
     return text(
         "INSERT INTO orders.order_items (order_id, kind, source_id, title, slug, unit_price, "
-        f"currency, quantity, market_place_container_id) VALUES {rows}"
+        f"currency, quantity, market_place_container_id, cart_line_ids) VALUES {rows}"
     )
 
 
@@ -287,6 +287,7 @@ def _item_values(order_id: int, lines: list[dict[str, Any]]) -> dict[str, Any]:
                 f"price_{n}": Decimal(price).quantize(CENT),
                 f"quantity_{n}": line["quantity"],
                 f"container_{n}": line["market_place_container_id"],
+                f"lines_{n}": line.get("cart_line_ids") or None,
             }
         )
     return values

@@ -177,6 +177,11 @@ def open_shop(topology: Topology) -> Shop:
     return Shop(page_id, configs["page"], configs["site"], products)
 
 
+# The earlier orders' cart lines: ids far above any the run's carts get (a shared line would
+# make a run's order wait for, or conflict with, an earlier one).
+HISTORY_LINE_IDS = 10**12
+
+
 def seed_history(topology: Topology, shop: Shop, orders: int) -> None:
     """``orders`` earlier orders of other buyers, as a shop that has traded for a while has:
     paid, each with three items, three claimed cart lines and a PAID attempt. The run's
@@ -197,14 +202,15 @@ def seed_history(topology: Topology, shop: Shop, orders: int) -> None:
             "INSERT INTO orders.order_items (order_id, kind, source_id, title, unit_price, "
             "currency, quantity, cart_line_ids) "
             "SELECT o.id, 'product', (%s::bigint[])[1 + (o.id + k) %% %s], 'earlier', 3, 'EUR', "
-            "1, ARRAY[o.id * 3 + k] FROM orders.orders AS o, generate_series(0, 2) AS k "
+            "1, ARRAY[%s + o.id * 3 + k] FROM orders.orders AS o, generate_series(0, 2) AS k "
             "WHERE o.checkout_prefix = 'bench-history-'",
-            ([product.id for product in shop.products], len(shop.products)),
+            ([product.id for product in shop.products], len(shop.products), HISTORY_LINE_IDS),
         )
         connection.execute(
             "INSERT INTO orders.order_claims (kind, ref_id, order_id) "
-            "SELECT 'cart_line', o.id * 3 + k, o.id FROM orders.orders AS o, "
-            "generate_series(0, 2) AS k WHERE o.checkout_prefix = 'bench-history-'"
+            "SELECT 'cart_line', %s + o.id * 3 + k, o.id FROM orders.orders AS o, "
+            "generate_series(0, 2) AS k WHERE o.checkout_prefix = 'bench-history-'",
+            (HISTORY_LINE_IDS,),
         )
         connection.execute(
             "INSERT INTO orders.payment_attempts (order_id, number, checkout_reference, "
