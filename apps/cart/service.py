@@ -515,6 +515,9 @@ async def _clear(session: AsyncSession, request: ClearCartForOrder) -> int:
             line = lines.get(paid.cart_line_ids[0])
             cleared += await _clear_line(session, request.order_id, paid, line)
     if unnamed:
+        # The named lines' changes go first (the session does not flush by itself): the
+        # statement below must not take a line just removed for the order as a live one.
+        await session.flush()
         cleared += await _clear_by_products(session, request, unnamed, before)
     return cleared
 
@@ -591,6 +594,9 @@ async def _clear_by_products(
         .where(owner.clause(), CartItem.deleted_at.is_(None))
         .values(deleted_at=func.now(), order_id=request.order_id, updated_at=func.now())
         .returning(CartItem.id)
+        # Nothing loaded is used after it; and the ORM cannot evaluate this WHERE on a line whose
+        # deleted_at it holds as SQL (now()), so it must not try.
+        .execution_options(synchronize_session=False)
     )
     if product_ids is not None:
         query = query.where(CartItem.product_id.in_(product_ids))

@@ -4,8 +4,12 @@ checkout handed to orders and SumUp, cleared by orders' outbox once paid."""
 from __future__ import annotations
 
 import asyncio
+import itertools
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from apps.cart.models import metadata as cart_metadata
 from tests.conftest import admin_connect
@@ -479,3 +483,57 @@ async def test_tickets_of_one_entry_and_type_are_one_line_with_a_quantity(
     assert removed.status_code == 200, removed.text
     left = (await cart.get("/api/cart")).json()["pages"][0]["bookings"]
     assert [(b["title"], b["quantity"]) for b in left] == [("Morning tour \u2013 child", 1)]
+
+
+# One product of a paid order: in the cart before checkout (quantity, or 0: not), whether the
+# order names its line, and a quantity the buyer adds after the first clear (0: none).
+PAID_PRODUCT = st.tuples(
+    st.integers(min_value=0, max_value=3), st.booleans(), st.integers(min_value=0, max_value=2)
+)
+
+
+@pytest.mark.slow
+def test_a_repeated_clear_never_changes_the_cart(clean_db, credentials, sandbox, shop) -> None:
+    """Property: whatever an order named and whatever the buyer did after the first clear, a
+    repeated delivery of clear-cart-for-order answers what the first did and leaves every line
+    as it found it."""
+    loop = asyncio.new_event_loop()
+    context = shop_stack(clean_db, credentials, sandbox.server, services=["cart", "market"])
+    stack = loop.run_until_complete(context.__aenter__())
+    orders = itertools.count(1)
+
+    @settings(max_examples=25, deadline=None, database=None, derandomize=True)
+    @given(paid=st.lists(PAID_PRODUCT, min_size=1, max_size=3))
+    def clear_twice(paid: list[tuple[int, bool, int]]) -> None:
+        n = next(orders)
+        buyer, order_id = 20_000 + n, 90_000 + n
+
+        async def scenario() -> tuple[dict[str, Any], dict[str, Any], list, list]:
+            browser = await browser_of(stack, "cart", user_id=buyer)
+            lines = []
+            for product, (before, named, _) in zip(shop.product_ids, paid, strict=False):
+                line: dict[str, Any] = {"product_id": product, "quantity": max(before, 1)}
+                if before:
+                    added = await browser.post(f"/add/{product}/", json={"quantity": before})
+                    if named:
+                        line["cart_line_ids"] = [added.json()["id"]]
+                lines.append(line)
+            payload = {"order_id": order_id, "user_id": buyer, "lines": lines}
+            client = stack.client("cart")
+            first = (await internal_post(client, "clear-cart-for-order", payload)).json()
+            for product, (_, _, later) in zip(shop.product_ids, paid, strict=False):
+                if later:
+                    await browser.post(f"/add/{product}/", json={"quantity": later})
+            before_repeat = cart_rows(clean_db)
+            again = (await internal_post(client, "clear-cart-for-order", payload)).json()
+            return first, again, before_repeat, cart_rows(clean_db)
+
+        first, again, before_repeat, after_repeat = loop.run_until_complete(scenario())
+        assert again == first
+        assert after_repeat == before_repeat
+
+    try:
+        clear_twice()
+    finally:
+        loop.run_until_complete(context.__aexit__(None, None, None))
+        loop.close()
