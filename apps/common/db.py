@@ -198,6 +198,14 @@ def close_request_session(app: ASGIApp) -> ASGIApp:
     return handle
 
 
+def set_for_the_transaction(setting: str, value: str) -> ColumnElement[str]:
+    """A column that sets ``setting`` as ``SET LOCAL`` does, evaluated by the statement that
+    selects it, so that a setting costs no round trip of its own (it applies from the next
+    statement: a statement's own timeout, say, is armed when it starts). Names and values are
+    the code's own constants, never input."""
+    return literal_column(f"set_config('{setting}', '{value}', true)")
+
+
 def one_plan_for_the_rest_of_the_transaction() -> ColumnElement[str]:
     """A column for a transaction's first statement: the prepared statements after it run on
     their one generic plan (``SET LOCAL plan_cache_mode = force_generic_plan``, without a round
@@ -206,7 +214,7 @@ def one_plan_for_the_rest_of_the_transaction() -> ColumnElement[str]:
     (bench/README.md). A generic plan does not see the values, so it is only for statements
     that need no value to find their index (tests/integration/test_orders.py reads the rows
     such a plan touches)."""
-    return literal_column("set_config('plan_cache_mode', 'force_generic_plan', true)")
+    return set_for_the_transaction("plan_cache_mode", "force_generic_plan")
 
 
 async def end_read(session: AsyncSession) -> None:

@@ -19,12 +19,12 @@ from contextlib import asynccontextmanager
 from sqlalchemy import (
     ColumnElement,
     TextClause,
-    literal_column,
     text,
 )
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from apps.common.db import set_for_the_transaction
 from apps.common.observability import FDW_DEGRADED_READS
 from apps.common.problems import DependencyUnavailable
 
@@ -61,7 +61,7 @@ def timeout_for_next_reads(timeout_ms: int = DEFAULT_REMOTE_TIMEOUT_MS) -> Colum
     """A column for the statement just before ``remote_read(..., timeout_set=True)``: it sets
     the timeout as ``SET LOCAL`` does (a statement's own timeout is armed when it starts, so it
     bounds the statements after it), without a round trip of its own."""
-    return literal_column(f"set_config('statement_timeout', '{int(timeout_ms)}', true)")
+    return set_for_the_transaction("statement_timeout", str(int(timeout_ms)))
 
 
 def _sqlstate(exc: DBAPIError) -> str:

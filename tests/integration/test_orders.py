@@ -745,9 +745,8 @@ async def test_placing_orders_plans_the_statement_once_per_connection(clean_db, 
     """Found with pg_stat_statements at 20,000 orders: PostgreSQL planned create-order's
     placing statement anew on every call for orders that name no cart lines (1.3 ms of
     planning against 0.3 ms of running it), because its cost model kept preferring a plan for
-    each call's values. Create-order's
-    transaction now asks for the prepared statement's one generic plan; that plan must still
-    read only the orders the new one could replace."""
+    each call's values. Create-order's transaction now asks for the prepared statement's one
+    generic plan; that plan must still read only the orders the new one could replace."""
     seed_other_buyers_orders(clean_db)
     tables = ("orders.orders", "orders.order_items", "orders.order_claims")
     engine = create_engine(clean_db.topology.app_url("orders", credentials), application_name="t")

@@ -24,15 +24,19 @@ depends_on = None
 NEEDS_A_PERSON = "flagged IS TRUE OR status = 'refund_due'"
 
 
+def _drop_index() -> None:
+    op.drop_index(
+        "ix_orders_attention",
+        "orders",
+        schema="orders",
+        if_exists=True,
+        postgresql_concurrently=True,
+    )
+
+
 def upgrade() -> None:
     with op.get_context().autocommit_block():
-        op.drop_index(
-            "ix_orders_attention",
-            "orders",
-            schema="orders",
-            if_exists=True,
-            postgresql_concurrently=True,
-        )
+        _drop_index()
         op.create_index(
             "ix_orders_attention",
             "orders",
@@ -45,10 +49,4 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     with op.get_context().autocommit_block():
-        op.drop_index(
-            "ix_orders_attention",
-            "orders",
-            schema="orders",
-            if_exists=True,
-            postgresql_concurrently=True,
-        )
+        _drop_index()
