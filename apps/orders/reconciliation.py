@@ -13,7 +13,9 @@ change, in this order:
 One pass runs at a time across every orders process (a PostgreSQL advisory lock); the others
 skip their turn. After the pass at a process's start-up, the periodic loop also skips when
 another process started a pass less than (most of) an interval ago, so N processes make one
-pass per interval, not N; each pass is a row of ``reconciliation_passes``.
+pass per interval, not N; each pass is a row of ``reconciliation_passes``. The processes take
+the passes in turns: each sleeps until an interval after the latest pass, and the one that ran
+it a little longer.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import socket
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -94,8 +97,10 @@ class PassReport:
 
 
 class Reconciler:
-    def __init__(self, runtime: OrdersRuntime) -> None:
+    def __init__(self, runtime: OrdersRuntime, *, process: str | None = None) -> None:
         self._runtime = runtime
+        # What the passes table names this process by.
+        self._process = process or f"{socket.gethostname()}:{os.getpid()}"
         self._background: set[asyncio.Task[None]] = set()
 
     # -- the pass ------------------------------------------------------------------------
@@ -139,7 +144,7 @@ class Reconciler:
         async with self._runtime.maker() as session, session.begin():
             started = await session.execute(
                 insert(ReconciliationPass)
-                .values(process=f"{socket.gethostname()}:{os.getpid()}")
+                .values(process=self._process)
                 .returning(ReconciliationPass.id)
             )
             pass_id: int = started.scalar_one()
@@ -337,8 +342,7 @@ class Reconciler:
 
     async def run_forever(self, every: float) -> None:
         """A pass at start-up (webhooks may have been lost while this process was down), then
-        one per interval across every process: a process skips its turn when another started
-        a pass within most of an interval, so some process's turn comes within one interval."""
+        one per interval across every process, taken in turns (see ``_until_my_turn``)."""
         min_interval = 0.0
         while True:
             try:
@@ -346,7 +350,40 @@ class Reconciler:
             except Exception:
                 logger.exception("reconciliation pass failed")
             min_interval = every * 0.9
-            await asyncio.sleep(every)
+            try:
+                pause = await self._until_my_turn(every)
+            except Exception:
+                logger.warning("reading the last reconciliation pass failed", exc_info=True)
+                pause = every
+            await asyncio.sleep(pause)
+
+    async def _until_my_turn(self, every: float) -> float:
+        """Seconds until this process tries again: an interval after the latest pass started,
+        whichever process ran it, plus a random tenth of an interval, so the waiting processes
+        wake in a new order each turn. The process that ran the latest pass waits a fifth of an
+        interval more, so another live process takes the next turn. (Sleeping one interval
+        after every attempt kept the turn with whichever process happened to wake first.)"""
+        async with self._runtime.maker() as session:
+            latest = (
+                await session.execute(
+                    select(
+                        func.extract("epoch", func.now() - ReconciliationPass.started_at),
+                        ReconciliationPass.process,
+                    )
+                    # The pass lock serialises passes: the latest id is the latest started.
+                    .order_by(ReconciliationPass.id.desc())
+                    .limit(1)
+                )
+            ).first()
+        if latest is None:
+            return every
+        age, process = float(latest[0]), latest[1]
+        if process == self._process:
+            wait = every - age + every * 0.2
+        else:
+            wait = every - age + random.uniform(0.0, every * 0.1)
+        # A pass still running elsewhere (older than an interval) is asked about again soon.
+        return min(max(wait, every * 0.1), every * 1.2)
 
     # -- right after a commit ------------------------------------------------------------
     def close_soon(self, order_ids: list[int]) -> None:

@@ -4,10 +4,12 @@ order pages, pay again, reconciliation. Page configs come from db_blog through p
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime
 from decimal import Decimal
 
 import pytest
@@ -18,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from apps.common.db import create_engine, sessionmaker_for
 from apps.common.outbox import next_due
 from apps.orders.models import outbox
+from apps.orders.reconciliation import Reconciler
 from apps.orders.service import (
     _ATTEMPT_OF,
     _recent_orders,
@@ -828,3 +831,45 @@ async def test_the_relay_finds_what_is_due_without_reading_what_was_delivered(
         read = await rows_read(session, "orders.outbox")
     assert [message.idempotency_key for message in due] == ["due"]
     assert read < 50, read
+
+
+async def test_reconciliation_turns_pass_from_process_to_process(orders, clean_db):
+    """Three processes' loops, started a fraction of an interval apart, take turns: one pass
+    per interval and never closer, and each turn goes to another process than the last (a loop
+    that slept its interval after every attempt kept the turn with whoever woke first)."""
+    every = 0.5
+    runtime = orders.apps["orders"].state.runtime
+    loops = []
+    for name in ("turn-a", "turn-b", "turn-c"):
+        if loops:
+            await asyncio.sleep(0.4 * every)
+        loops.append(asyncio.create_task(Reconciler(runtime, process=name).run_forever(every)))
+    # The start-up passes are behind us: periodic passes from here on.
+    await asyncio.sleep(every)
+    with admin_connect(clean_db, "orders") as connection:
+        [(began,)] = connection.execute("SELECT now()").fetchall()
+
+    def periodic_passes() -> list[tuple[str, datetime]]:
+        with admin_connect(clean_db, "orders") as connection:
+            return connection.execute(
+                "SELECT process, started_at FROM orders.reconciliation_passes "
+                "WHERE started_at > %s ORDER BY started_at",
+                (began,),
+            ).fetchall()
+
+    try:
+        await eventually(lambda: len(periodic_passes()) >= 10, timeout=30, interval=every)
+    finally:
+        for loop in loops:
+            loop.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
+    taken = periodic_passes()[:10]
+    assert len(taken) == 10
+    gaps = [
+        (later - earlier).total_seconds() for (_, earlier), (_, later) in itertools.pairwise(taken)
+    ]
+    assert min(gaps) >= 0.9 * every
+    # A process that has just taken a turn leaves the next to another (one slip allowed for
+    # a late wake-up on a loaded machine; the old loop kept the turn 5-7 times in 9).
+    kept = sum(1 for (one, _), (next_one, _) in itertools.pairwise(taken) if one == next_one)
+    assert kept <= 1, taken
