@@ -837,7 +837,7 @@ async def test_reconciliation_turns_pass_from_process_to_process(orders, clean_d
     """Three processes' loops, started a fraction of an interval apart, take turns: one pass
     per interval and never closer, and each turn goes to another process than the last (a loop
     that slept its interval after every attempt kept the turn with whoever woke first)."""
-    every = 0.5
+    every = 0.8
     runtime = orders.apps["orders"].state.runtime
     loops = []
     for name in ("turn-a", "turn-b", "turn-c"):
