@@ -102,6 +102,9 @@ class Reconciler:
         # What the passes table names this process by.
         self._process = process or f"{socket.gethostname()}:{os.getpid()}"
         self._background: set[asyncio.Task[None]] = set()
+        # Set once the pass at start-up has ended (made, skipped or failed): until then it
+        # may hold rows that work handed over after a commit skips (``SKIP LOCKED``).
+        self.started_up = asyncio.Event()
 
     # -- the pass ------------------------------------------------------------------------
     async def run_once(self, *, min_interval: float = 0.0) -> PassReport:
@@ -349,6 +352,7 @@ class Reconciler:
                 await self.run_once(min_interval=min_interval)
             except Exception:
                 logger.exception("reconciliation pass failed")
+            self.started_up.set()
             min_interval = every * 0.9
             try:
                 pause = await self._until_my_turn(every)
