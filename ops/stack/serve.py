@@ -15,6 +15,7 @@ worker's ``/metrics`` answers for all of them.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import os
 import shutil
@@ -60,10 +61,24 @@ def serve(
     )
 
 
+def settle_heap() -> None:
+    """Once the app is built: what start-up made (modules, the app, its routes, schemas and
+    table metadata) lives as long as the process, so it is moved out of the cyclic collector's
+    sight (``gc.freeze``) and a full collection scans only what requests left behind; and the
+    young generation is collected every 10,000 net allocations instead of 700, as a request
+    makes thousands of short-lived objects that are mostly gone by then. Reference counting
+    still frees everything at once; this only makes the cycle collector run less, and on less."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
+
+
 def build_app(name: str) -> Any:
     spec = service_spec(name)
     module = importlib.import_module(spec.app_module)
-    return module.create_app(settings_for(CONTRACTS[spec.name]))
+    app = module.create_app(settings_for(CONTRACTS[spec.name]))
+    settle_heap()
+    return app
 
 
 def worker_app() -> Any:
@@ -96,7 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     port = args.port or spec.dev_port
     if workers == 1:
         module = importlib.import_module(spec.app_module)
-        serve(module.create_app(settings), args.host, port)
+        app = module.create_app(settings)
+        settle_heap()
+        serve(app, args.host, port)
         return 0
     os.environ[SERVICE_ENV] = spec.name
     metrics_dir = tempfile.mkdtemp(prefix=f"rose-metrics-{spec.name}-")
