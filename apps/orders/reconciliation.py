@@ -121,8 +121,10 @@ class Reconciler:
             if not locked:
                 return PassReport(skipped=True)
             try:
-                if min_interval > 0 and await self._passed_within(min_interval):
-                    return PassReport(skipped=True)
+                if min_interval > 0:
+                    latest = await self._latest_pass()
+                    if latest is not None and latest[0] < min_interval:
+                        return PassReport(skipped=True)
                 pass_id = await self._pass_started()
                 report = await self._pass()
                 await self._pass_finished(pass_id, report)
@@ -134,14 +136,21 @@ class Reconciler:
                 )
 
     # The passes table, written in sessions of their own (the lock's connection only locks).
-    async def _passed_within(self, seconds: float) -> bool:
+    async def _latest_pass(self) -> tuple[float, str] | None:
+        """Seconds since the latest pass started, and the process that ran it."""
         async with self._runtime.maker() as session:
-            recent = await session.scalar(
-                select(ReconciliationPass.id)
-                .where(ReconciliationPass.started_at > func.now() - timedelta(seconds=seconds))
-                .limit(1)
-            )
-        return recent is not None
+            latest = (
+                await session.execute(
+                    select(
+                        func.extract("epoch", func.now() - ReconciliationPass.started_at),
+                        ReconciliationPass.process,
+                    )
+                    # The pass lock serialises passes: the latest id is the latest started.
+                    .order_by(ReconciliationPass.id.desc())
+                    .limit(1)
+                )
+            ).first()
+        return None if latest is None else (float(latest[0]), latest[1])
 
     async def _pass_started(self) -> int:
         async with self._runtime.maker() as session, session.begin():
@@ -367,21 +376,10 @@ class Reconciler:
         wake in a new order each turn. The process that ran the latest pass waits a fifth of an
         interval more, so another live process takes the next turn. (Sleeping one interval
         after every attempt kept the turn with whichever process happened to wake first.)"""
-        async with self._runtime.maker() as session:
-            latest = (
-                await session.execute(
-                    select(
-                        func.extract("epoch", func.now() - ReconciliationPass.started_at),
-                        ReconciliationPass.process,
-                    )
-                    # The pass lock serialises passes: the latest id is the latest started.
-                    .order_by(ReconciliationPass.id.desc())
-                    .limit(1)
-                )
-            ).first()
+        latest = await self._latest_pass()
         if latest is None:
             return every
-        age, process = float(latest[0]), latest[1]
+        age, process = latest
         if process == self._process:
             wait = every - age + every * 0.2
         else:

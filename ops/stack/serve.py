@@ -28,7 +28,7 @@ import uvicorn
 from uvicorn.config import LifespanType
 
 from apps.common.observability import MULTIPROC_ENV, configure_logging
-from apps.common.settings import ConfigError
+from apps.common.settings import ConfigError, Settings
 from apps.registry import CONTRACTS, service_spec, settings_for
 
 # The service a worker process builds (set by ``main`` for uvicorn's workers).
@@ -73,10 +73,11 @@ def settle_heap() -> None:
     gc.set_threshold(10_000, 10, 10)
 
 
-def build_app(name: str) -> Any:
+def build_app(name: str, settings: Settings | None = None) -> Any:
+    """The service's app (settings from the environment unless given), its heap settled."""
     spec = service_spec(name)
     module = importlib.import_module(spec.app_module)
-    app = module.create_app(settings_for(CONTRACTS[spec.name]))
+    app = module.create_app(settings or settings_for(CONTRACTS[spec.name]))
     settle_heap()
     return app
 
@@ -110,10 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     port = args.port or spec.dev_port
     if workers == 1:
-        module = importlib.import_module(spec.app_module)
-        app = module.create_app(settings)
-        settle_heap()
-        serve(app, args.host, port)
+        serve(build_app(spec.name, settings), args.host, port)
         return 0
     os.environ[SERVICE_ENV] = spec.name
     metrics_dir = tempfile.mkdtemp(prefix=f"rose-metrics-{spec.name}-")
