@@ -60,6 +60,8 @@ ORDER_STATES = (
 # An order in one of these states will not be paid: a payment that still arrives is refunded.
 CLOSED_UNPAID_STATES = ("superseded", "expired", "cancelled")
 CLAIM_KINDS = ("cart_line", "calendar_entry", "ticket")
+# What an order item is: its goods.
+ITEM_KINDS = ("product", "calendar_entry", "ticket")
 REFUND_STATES = ("due", "requested", "done", "failed")
 # An order a person must look at (besides one with a refund not done): its partial index
 # (orders 0007) and the query that uses it say it in the same words, so that PostgreSQL can
@@ -129,7 +131,7 @@ class Order(IdentityPkMixin, Base):
 class OrderItem(IdentityPkMixin, Base):
     __tablename__ = "order_items"
     __table_args__ = (
-        CheckConstraint("kind IN ('product', 'calendar_entry', 'ticket')", name="kind_known"),
+        CheckConstraint(f"kind IN {ITEM_KINDS!r}", name="kind_known"),
         CheckConstraint("quantity > 0", name="quantity_positive"),
         CheckConstraint("unit_price >= 0", name="unit_price_not_negative"),
     )

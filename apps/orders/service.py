@@ -34,14 +34,17 @@ from sqlalchemy import (
     bindparam,
     cast,
     column,
+    false,
     func,
     insert,
     null,
     or_,
     select,
     text,
+    true,
     tuple_,
     union,
+    union_all,
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
@@ -62,6 +65,8 @@ from apps.common.problems import (
 from apps.events import contract as events
 from apps.orders.contract import AdoptedOrders, CreatedOrder, CreateOrder
 from apps.orders.models import (
+    CLAIM_KINDS,
+    ITEM_KINDS,
     NEEDS_A_PERSON,
     Order,
     OrderClaim,
@@ -359,73 +364,6 @@ def goods_of(request: CreateOrder) -> list[Claim]:
     return sorted(goods)
 
 
-def _sharing_claims() -> Select[Any]:
-    """The ids of orders that share a claim (``sharing_claims``: a cart line, a booking)."""
-    return select(OrderClaim.order_id).where(
-        tuple_(OrderClaim.kind, OrderClaim.ref_id).in_(bindparam("sharing_claims", expanding=True))
-    )
-
-
-def _sharing(has_claims: bool, has_goods: bool, by_user: bool, by_session: bool) -> Any:
-    """Orders other than ``new_order_id`` that share a claim, or the same buyer's orders that
-    share goods (``sharing_goods``: a product, a booking); the lists are bound as expanding
-    parameters. The candidates' ids come first, each kind from its own index (the claims' key,
-    the buyer's orders and their items), and only they are looked up: conditions OR-ed on the
-    orders themselves made PostgreSQL test every order in the table (133 ms a checkout at
-    200,000 orders)."""
-    candidates: list[Select[Any]] = []
-    if has_claims:
-        candidates.append(_sharing_claims())
-    if has_goods:
-        # An alias: inside a statement on the orders table, "the buyer's orders" must not be
-        # read as the row being updated.
-        mine = table_of(Order).alias("buyers_orders")
-        candidates.append(
-            select(OrderItem.order_id)
-            .join(mine, mine.c.id == OrderItem.order_id)
-            .where(
-                _buyer(by_user, by_session, mine),
-                tuple_(OrderItem.kind, OrderItem.source_id).in_(
-                    bindparam("sharing_goods", expanding=True)
-                ),
-            )
-        )
-    ids = candidates[0] if len(candidates) == 1 else union(*candidates)
-    return and_(Order.id != bindparam("new_order_id"), Order.id.in_(ids))
-
-
-def _superseding(
-    has_claims: bool, has_goods: bool, by_user: bool, by_session: bool
-) -> tuple[CTE, ColumnElement[Any], ColumnElement[Any]]:
-    """Superseding (a CTE: the ids it superseded) and the search for a blocking order (its id
-    and whether it is flagged), for one shape of order."""
-    sharing = _sharing(has_claims, has_goods, by_user, by_session)
-    superseding = (
-        update(Order)
-        .where(sharing, Order.status == "pending", Order.flagged.is_(False))
-        .values(status="superseded", superseded_by=bindparam("new_order_id"), updated_at=func.now())
-        .returning(Order.id)
-        .cte("superseded")
-    )
-    blocked = and_(Order.flagged.is_(True), Order.status == "pending")
-    if has_claims:
-        # Goods already paid for: only the very same cart lines and bookings (a product bought
-        # again later is a new cart line, and a new purchase).
-        blocked = or_(blocked, and_(Order.status == "paid", Order.id.in_(_sharing_claims())))
-    blocking = (
-        select(Order.id, Order.flagged)
-        .where(sharing, blocked)
-        .order_by(Order.id)
-        .limit(1)
-        .subquery()
-    )
-    return (
-        superseding,
-        select(blocking.c.id).scalar_subquery(),
-        select(blocking.c.flagged).scalar_subquery(),
-    )
-
-
 def _rows_of(parameter: str, *columns: ColumnClause[Any]) -> Any:
     """The rows of a JSON array bound as ``parameter``, typed as ``columns``."""
     return (
@@ -433,6 +371,121 @@ def _rows_of(parameter: str, *columns: ColumnClause[Any]) -> Any:
         .table_valued(*columns)
         .render_derived(name=parameter, with_types=True)
     )
+
+
+def _claim_rows() -> Any:
+    """The new order's claims (``claims``: cart lines and bookings), as rows."""
+    return _rows_of(
+        "claims", column("kind", table_of(OrderClaim).c.kind.type), column("ref_id", BigInteger())
+    )
+
+
+def _of_kinds(
+    kind: ColumnElement[Any], ref: ColumnElement[Any], parameter: str, kinds: tuple[str, ...]
+) -> ColumnElement[bool]:
+    """``(kind, ref)`` is one of a list of pairs, bound as one array of refs per kind
+    (``<parameter>_<kind>``). Always every kind, so that every list has one statement text;
+    and each kind is a condition an index answers (a list joined as rows was hashed, and every
+    claim in the table read)."""
+    return or_(
+        *(
+            and_(
+                kind == name, ref == any_(bindparam(f"{parameter}_{name}", type_=ARRAY(BigInteger)))
+            )
+            for name in kinds
+        )
+    )
+
+
+def _by_kind(pairs: list[Claim], parameter: str, kinds: tuple[str, ...]) -> dict[str, list[int]]:
+    """The parameters of :func:`_of_kinds` for ``pairs``."""
+    unknown = {kind for kind, _ in pairs} - set(kinds)
+    if unknown:
+        raise ValueError(f"unknown kinds {sorted(unknown)} in {parameter}")
+    return {f"{parameter}_{name}": [ref for kind, ref in pairs if kind == name] for name in kinds}
+
+
+def _sharing(has_claims: bool, has_goods: bool, by_user: bool, by_session: bool) -> CTE:
+    """The ids of the orders that share a claim of the new order (``by_claim``), and of the
+    buyer's orders that share its goods (products and bookings), new order excluded. The lists
+    are bound as arrays of a fixed number (:func:`_of_kinds`), so that every size of cart runs
+    one statement text: one prepared statement and one generic plan.
+
+    Each kind of candidate comes from its own index (the claims' key, the buyer's orders and
+    their items) and only those orders are looked up later: conditions OR-ed on the orders
+    themselves made PostgreSQL test every order in the table (133 ms a checkout at 200,000
+    orders)."""
+    # Short aliases: under psycopg's limit of 4 kB, a statement's text is parsed once per
+    # process, not on every call.
+    candidates: list[Select[Any]] = []
+    if has_claims:
+        claim = table_of(OrderClaim).alias("claim")
+        candidates.append(
+            select(claim.c.order_id, true().label("by_claim")).where(
+                _of_kinds(claim.c.kind, claim.c.ref_id, "claims", CLAIM_KINDS)
+            )
+        )
+    if has_goods:
+        # An alias also because inside a statement on the orders table, "the buyer's orders"
+        # must not be read as the row being updated.
+        mine, item = table_of(Order).alias("mine"), table_of(OrderItem).alias("item")
+        candidates.append(
+            select(item.c.order_id, false().label("by_claim"))
+            .join(mine, mine.c.id == item.c.order_id)
+            .where(
+                _buyer(by_user, by_session, mine),
+                _of_kinds(item.c.kind, item.c.source_id, "goods", ITEM_KINDS),
+            )
+        )
+    found = candidates[0] if len(candidates) == 1 else union_all(*candidates)
+    return found.cte("sharing")
+
+
+def _superseding(
+    has_claims: bool, has_goods: bool, by_user: bool, by_session: bool
+) -> tuple[CTE, CTE]:
+    """Superseding (a CTE: the ids it superseded) and the first blocking order (a CTE of at
+    most one row: its id and whether it is flagged), for one shape of order. Both read the
+    sharing orders, found once."""
+    sharing = _sharing(has_claims, has_goods, by_user, by_session)
+    # The sharing ids as one array, so that the orders are looked up by key whatever the
+    # planner guesses of their number (joined as rows, a generic plan read every order).
+    # (Cast, or ANY would take the subquery's rows for the values, not its one array.)
+    sharing_ids = cast(
+        select(func.array_agg(sharing.c.order_id)).scalar_subquery(), ARRAY(BigInteger)
+    )
+    superseding = (
+        update(Order)
+        .where(
+            Order.id != bindparam("new_order_id"),
+            Order.id == any_(sharing_ids),
+            Order.status == "pending",
+            Order.flagged.is_(False),
+        )
+        .values(status="superseded", superseded_by=bindparam("new_order_id"), updated_at=func.now())
+        .returning(Order.id)
+        .cte("superseded")
+    )
+    other = table_of(Order).alias("other")
+    blocked = and_(other.c.flagged.is_(True), other.c.status == "pending")
+    if has_claims:
+        # Goods already paid for: only the very same cart lines and bookings (a product bought
+        # again later is a new cart line, and a new purchase).
+        blocked = or_(
+            blocked,
+            and_(
+                other.c.status == "paid",
+                other.c.id.in_(select(sharing.c.order_id).where(sharing.c.by_claim)),
+            ),
+        )
+    blocking = (
+        select(other.c.id, other.c.flagged)
+        .where(other.c.id != bindparam("new_order_id"), other.c.id == any_(sharing_ids), blocked)
+        .order_by(other.c.id)
+        .limit(1)
+        .cte("blocking")
+    )
+    return superseding, blocking
 
 
 @functools.cache
@@ -474,9 +527,7 @@ def _place_order(
     )
     ctes: list[CTE] = [new_order, new_items]
     if has_claims:
-        claim_rows = _rows_of(
-            "claims", column("kind", claims_table.c.kind.type), column("ref_id", BigInteger())
-        )
+        claim_rows = _claim_rows()
         ctes.append(
             insert(claims_table)
             .from_select(
@@ -487,11 +538,11 @@ def _place_order(
         )
     if not (has_claims or has_goods):
         return select(null(), null(), null()).add_cte(*ctes)  # type: ignore[return-value]
-    superseding, blocking_id, blocking_flagged = _superseding(
-        has_claims, has_goods, by_user, by_session
-    )
+    superseding, blocking = _superseding(has_claims, has_goods, by_user, by_session)
     return select(
-        select(func.array_agg(superseding.c.id)).scalar_subquery(), blocking_id, blocking_flagged
+        select(func.array_agg(superseding.c.id)).scalar_subquery(),
+        select(blocking.c.id).scalar_subquery(),
+        select(blocking.c.flagged).scalar_subquery(),
     ).add_cte(*ctes)
 
 
@@ -517,8 +568,8 @@ async def place_order(
         "new_order_id": row["id"],
         "items": [{**item, "unit_price": str(item["unit_price"])} for item in items],
         "claims": [{"kind": kind, "ref_id": ref_id} for kind, ref_id in claims],
-        "sharing_claims": claims,
-        "sharing_goods": goods,
+        **_by_kind(claims, "claims", CLAIM_KINDS),
+        **_by_kind(goods, "goods", ITEM_KINDS),
         "buyer_user": user_id,
         "buyer_session": session_id,
     }

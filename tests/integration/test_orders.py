@@ -690,43 +690,49 @@ def seed_other_buyers_orders(server, count: int = 3000) -> None:
 
 
 async def place_my_order(
-    session: AsyncSession, buyer: int = 7, cart_line_id: int | None = 99_999
+    session: AsyncSession, buyer: int = 7, cart_line_id: int | None = 99_999, lines: int = 1
 ) -> list[int]:
-    """``buyer``'s order of one jar of jam from cart line ``cart_line_id`` (None: an order
-    that names no cart line), placed as create-order places it (the buyer's lock statement
-    first); what it superseded."""
+    """``buyer``'s order of ``lines`` jars of jam, each from its own cart line numbered from
+    ``cart_line_id`` (None: an order that names no cart line), placed as create-order places
+    it (the buyer's lock statement first); what it superseded."""
     await lock_buyer(session, buyer, None, remote_reads_next=True)
     order_id = await session.scalar(text("SELECT nextval('orders.orders_id_seq')"))
+    total = Decimal("10.00") * lines
     row = {
         "id": order_id,
         "user_id": buyer,
         "session_id": None,
         "page_post_id": None,
         "currency": "EUR",
-        "product_total": Decimal("10.00"),
+        "product_total": total,
         "calendar_total": Decimal("0.00"),
         "ticket_total": Decimal("0.00"),
-        "total": Decimal("10.00"),
+        "total": total,
         "description": "mine",
         "page_config_id": 1,
         "merchant_code": "M",
         "checkout_prefix": "p-",
         "payable_until": await session.scalar(text("SELECT now()")),
     }
-    item = {
-        "kind": "product",
-        "source_id": 11,
-        "title": "Jam",
-        "slug": None,
-        "image": None,
-        "unit_price": Decimal("10.00"),
-        "currency": "EUR",
-        "quantity": 1,
-        "market_place_container_id": None,
-        "cart_line_ids": [cart_line_id] if cart_line_id is not None else None,
-    }
-    claims = [("cart_line", cart_line_id)] if cart_line_id is not None else []
-    return await place_order(session, row, [item], claims, [("product", 11)])
+    line_ids = [cart_line_id + n if cart_line_id is not None else None for n in range(lines)]
+    items = [
+        {
+            "kind": "product",
+            "source_id": 11 + n,
+            "title": "Jam",
+            "slug": None,
+            "image": None,
+            "unit_price": Decimal("10.00"),
+            "currency": "EUR",
+            "quantity": 1,
+            "market_place_container_id": None,
+            "cart_line_ids": [line_id] if line_id is not None else None,
+        }
+        for n, line_id in enumerate(line_ids)
+    ]
+    claims = [("cart_line", line_id) for line_id in line_ids if line_id is not None]
+    goods = [("product", 11 + n) for n in range(lines)]
+    return await place_order(session, row, items, claims, goods)
 
 
 async def test_placing_an_order_reads_only_the_orders_it_could_replace(clean_db, credentials):
@@ -779,6 +785,46 @@ async def test_placing_orders_plans_the_statement_once_per_connection(clean_db, 
     assert custom == 0, plans
     assert generic >= 1, plans
     assert read < 50, read  # measured on the last run, which used the generic plan
+
+
+async def test_orders_of_every_size_share_one_prepared_placing_statement(clean_db, credentials):
+    """Found in a profile of create-order: the placing statement bound its lists of claims
+    and goods as expanding parameters, so each size of cart had a statement text of its own.
+    Few texts reached the six runs after which psycopg prepares one, and each was parsed
+    again on every call (longer than psycopg caches). Orders of one, two and three lines, four
+    of each, on one connection: one prepared statement serves them all, on its generic plan,
+    still reading only the orders the new one could replace."""
+    seed_other_buyers_orders(clean_db)
+    tables = ("orders.orders", "orders.order_items", "orders.order_claims")
+    engine = create_engine(clean_db.topology.app_url("orders", credentials), application_name="t")
+    try:
+        for run in range(12):
+            async with sessionmaker_for(engine)() as session, session.begin():
+                before = await rows_read(session, *tables)
+                superseded = await place_my_order(
+                    session, 6_000 + run, cart_line_id=900_000 + 10 * run, lines=1 + run % 3
+                )
+                assert superseded == []
+                read = await rows_read(session, *tables) - before
+        async with sessionmaker_for(engine)() as session:
+            plans = (
+                await session.execute(
+                    text(
+                        "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+                        "WHERE statement LIKE 'WITH new_order AS%'"
+                    )
+                )
+            ).all()
+            claimed = await session.scalar(
+                text("SELECT count(*) FROM orders.order_claims WHERE ref_id >= 900000")
+            )
+    finally:
+        await engine.dispose()
+    assert claimed == 4 * (1 + 2 + 3)
+    assert len(plans) == 1, plans
+    generic, custom = plans[0]
+    assert (generic, custom) == (7, 0), plans  # runs 6 to 12 on the prepared statement
+    assert read < 50, read  # the last run, three lines, on the generic plan
 
 
 async def test_orders_needing_attention_are_found_without_reading_every_order(
