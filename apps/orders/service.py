@@ -308,13 +308,14 @@ def _buyer(by_user: bool, by_session: bool, orders: Any = None) -> ColumnElement
 def _recent_orders(by_user: bool, by_session: bool) -> Select[Any]:
     """The buyer's orders of the last minute, the clock, a new order id and the candidate page
     configs (see :func:`reserve_order_slot`), for a buyer known by user, session or both."""
+    orders = table_of(Order)
     return select(
         func.count(),
-        func.min(Order.created_at),
+        func.min(orders.c.created_at),
         func.now(),
         func.nextval(func.pg_get_serial_sequence(ORDERS_TABLE, "id")),
         _CANDIDATE_CONFIGS,
-    ).where(_buyer(by_user, by_session), Order.created_at > func.now() - RATE_WINDOW)
+    ).where(_buyer(by_user, by_session), orders.c.created_at > func.now() - RATE_WINDOW)
 
 
 async def reserve_order_slot(
@@ -454,16 +455,17 @@ def _superseding(
     sharing_ids = cast(
         select(func.array_agg(sharing.c.order_id)).scalar_subquery(), ARRAY(BigInteger)
     )
+    orders = table_of(Order)
     superseding = (
-        update(Order)
+        update(orders)
         .where(
-            Order.id != bindparam("new_order_id"),
-            Order.id == any_(sharing_ids),
-            Order.status == "pending",
-            Order.flagged.is_(False),
+            orders.c.id != bindparam("new_order_id"),
+            orders.c.id == any_(sharing_ids),
+            orders.c.status == "pending",
+            orders.c.flagged.is_(False),
         )
         .values(status="superseded", superseded_by=bindparam("new_order_id"), updated_at=func.now())
-        .returning(Order.id)
+        .returning(orders.c.id)
         .cte("superseded")
     )
     other = table_of(Order).alias("other")

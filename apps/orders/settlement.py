@@ -304,13 +304,17 @@ class PaidItem:
 
 
 def _pay_order() -> Select[Any]:
+    # Core columns, not the mapped class: the same SQL without the ORM's work on every call.
+    orders = table_of(Order)
     transition = (
-        update(Order)
+        update(orders)
         .where(
-            Order.id == bindparam("order_id"), Order.status == "pending", Order.flagged.is_(False)
+            orders.c.id == bindparam("order_id"),
+            orders.c.status == "pending",
+            orders.c.flagged.is_(False),
         )
         .values(status="paid", paid_at=func.now(), updated_at=func.now())
-        .returning(Order.id)
+        .returning(orders.c.id)
         .cte("paid_order")
     )
     items = table_of(OrderItem)
