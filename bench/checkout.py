@@ -130,6 +130,10 @@ class Run:
     postgres_version: str = ""
     baseline_parts: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     profile: list[str] = field(default_factory=list)
+    # Measured sequential checkouts to read back through orders' data API (order id, SumUp
+    # reference, total), once the phase's CPU figures are taken: the read is the bench's check,
+    # not part of a checkout.
+    to_read_back: list[tuple[int, str, Decimal]] = field(default_factory=list)
 
 
 # -- what one checkout is --------------------------------------------------------------------------
@@ -371,13 +375,16 @@ async def attempt(run: Run, label: str, step: Awaitable[Any]) -> Any:
 async def service_checkout(
     driver: Driver, run: Run, payload: dict[str, Any], key: str, measured: bool
 ) -> None:
-    outcome = await attempt(run, f"checkout {key}", driver.checkout(payload, key))
+    outcome = await attempt(
+        run, f"checkout {key}", driver.checkout(payload, key, verify=not measured)
+    )
     if outcome is None:
         return
-    result, _ = outcome
+    result, reference = outcome
     if not measured:
         run.warmup_order_ids.append(result.order_id)
         return
+    run.to_read_back.append((result.order_id, reference, Decimal(payload["product_total"])))
     samples = run.sequential
     samples.order_ids.append(result.order_id)
     samples.add("create", result.create_ms)
@@ -454,6 +461,16 @@ async def sequential_phase(
     sink.phase = None
     after = cpu_snapshot(stack, postmaster)
     run.sequential.cpu_seconds = {name: after[name] - cpu_before.get(name, 0.0) for name in after}
+    failures_before = len(run.failures)
+    for order_id, reference, total in run.to_read_back:
+        await attempt(
+            run, f"read-back of order {order_id}", driver.verify_paid(order_id, reference, total)
+        )
+    read_back = len(run.to_read_back) - (len(run.failures) - failures_before)
+    run.final_check.append(
+        f"{read_back} of {len(run.to_read_back)} sequential orders read back as paid through "
+        "orders' data API (after the phase's CPU figures were taken)"
+    )
 
 
 async def concurrent_phase(
