@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -750,24 +751,22 @@ async def test_placing_an_order_reads_only_the_orders_it_could_replace(clean_db,
     assert read < 50, read
 
 
-async def test_placing_orders_plans_the_statement_once_per_connection(clean_db, credentials):
-    """Found with pg_stat_statements at 20,000 orders: PostgreSQL planned create-order's
-    placing statement anew on every call for orders that name no cart lines (1.3 ms of
-    planning against 0.3 ms of running it), because its cost model kept preferring a plan for
-    each call's values. Create-order's transaction now asks for the prepared statement's one
-    generic plan; that plan must still read only the orders the new one could replace."""
-    seed_other_buyers_orders(clean_db)
+async def place_on_one_connection(
+    server, credentials, placements: list[dict[str, Any]]
+) -> tuple[list[Any], int]:
+    """Orders placed by :func:`place_my_order` with each of ``placements``' arguments, one
+    committed transaction each, on one connection of orders' app role (a rollback makes psycopg
+    forget its prepared statements): the placing statement's prepared plans (generic and
+    custom counts) and the rows the last placement read. Each placement must supersede
+    nothing."""
     tables = ("orders.orders", "orders.order_items", "orders.order_claims")
-    engine = create_engine(clean_db.topology.app_url("orders", credentials), application_name="t")
+    engine = create_engine(server.topology.app_url("orders", credentials), application_name="t")
     try:
-        for run in range(12):  # psycopg prepares a statement on its sixth run on a connection
+        for placement in placements:
             async with sessionmaker_for(engine)() as session, session.begin():
-                # Committed (a rollback makes psycopg forget its prepared statements); a buyer
-                # of its own each time, so that no run has earlier orders to look at.
                 # (The counts include earlier transactions not yet flushed to the statistics.)
                 before = await rows_read(session, *tables)
-                superseded = await place_my_order(session, 5_000 + run, cart_line_id=None)
-                assert superseded == []
+                assert await place_my_order(session, **placement) == []
                 read = await rows_read(session, *tables) - before
         async with sessionmaker_for(engine)() as session:
             plans = (
@@ -780,6 +779,20 @@ async def test_placing_orders_plans_the_statement_once_per_connection(clean_db, 
             ).all()
     finally:
         await engine.dispose()
+    return list(plans), read
+
+
+async def test_placing_orders_plans_the_statement_once_per_connection(clean_db, credentials):
+    """Found with pg_stat_statements at 20,000 orders: PostgreSQL planned create-order's
+    placing statement anew on every call for orders that name no cart lines (1.3 ms of
+    planning against 0.3 ms of running it), because its cost model kept preferring a plan for
+    each call's values. Create-order's transaction now asks for the prepared statement's one
+    generic plan; that plan must still read only the orders the new one could replace."""
+    seed_other_buyers_orders(clean_db)
+    # psycopg prepares a statement on its sixth run on a connection; a buyer of its own each
+    # time, so that no run has earlier orders to look at.
+    placements = [{"buyer": 5_000 + run, "cart_line_id": None} for run in range(12)]
+    plans, read = await place_on_one_connection(clean_db, credentials, placements)
     assert len(plans) == 1, plans
     generic, custom = plans[0]
     assert custom == 0, plans
@@ -795,32 +808,16 @@ async def test_orders_of_every_size_share_one_prepared_placing_statement(clean_d
     of each, on one connection: one prepared statement serves them all, on its generic plan,
     still reading only the orders the new one could replace."""
     seed_other_buyers_orders(clean_db)
-    tables = ("orders.orders", "orders.order_items", "orders.order_claims")
-    engine = create_engine(clean_db.topology.app_url("orders", credentials), application_name="t")
-    try:
-        for run in range(12):
-            async with sessionmaker_for(engine)() as session, session.begin():
-                before = await rows_read(session, *tables)
-                superseded = await place_my_order(
-                    session, 6_000 + run, cart_line_id=900_000 + 10 * run, lines=1 + run % 3
-                )
-                assert superseded == []
-                read = await rows_read(session, *tables) - before
-        async with sessionmaker_for(engine)() as session:
-            plans = (
-                await session.execute(
-                    text(
-                        "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
-                        "WHERE statement LIKE 'WITH new_order AS%'"
-                    )
-                )
-            ).all()
-            claimed = await session.scalar(
-                text("SELECT count(*) FROM orders.order_claims WHERE ref_id >= 900000")
-            )
-    finally:
-        await engine.dispose()
-    assert claimed == 4 * (1 + 2 + 3)
+    placements = [
+        {"buyer": 6_000 + run, "cart_line_id": 900_000 + 10 * run, "lines": 1 + run % 3}
+        for run in range(12)
+    ]
+    plans, read = await place_on_one_connection(clean_db, credentials, placements)
+    with admin_connect(clean_db, "orders") as admin:
+        claimed = admin.execute(
+            "SELECT count(*) FROM orders.order_claims WHERE ref_id >= 900000"
+        ).fetchone()
+    assert claimed == (4 * (1 + 2 + 3),)
     assert len(plans) == 1, plans
     generic, custom = plans[0]
     assert (generic, custom) == (7, 0), plans  # runs 6 to 12 on the prepared statement
