@@ -442,6 +442,13 @@ def _sharing(has_claims: bool, has_goods: bool, by_user: bool, by_session: bool)
     return found.cte("sharing")
 
 
+def _one_array(ids: ColumnElement[int]) -> ColumnElement[Any]:
+    """The ``ids`` a subquery finds, as one array, for ``column == any_(...)``: the rows of
+    that column are then looked up by key whatever the planner guesses of their number.
+    (Cast, or ANY would take the subquery's rows for the values, not its one array.)"""
+    return cast(select(func.array_agg(ids)).scalar_subquery(), ARRAY(BigInteger))
+
+
 def _superseding(
     has_claims: bool, has_goods: bool, by_user: bool, by_session: bool
 ) -> tuple[CTE, CTE]:
@@ -449,12 +456,8 @@ def _superseding(
     most one row: its id and whether it is flagged), for one shape of order. Both read the
     sharing orders, found once."""
     sharing = _sharing(has_claims, has_goods, by_user, by_session)
-    # The sharing ids as one array, so that the orders are looked up by key whatever the
-    # planner guesses of their number (joined as rows, a generic plan read every order).
-    # (Cast, or ANY would take the subquery's rows for the values, not its one array.)
-    sharing_ids = cast(
-        select(func.array_agg(sharing.c.order_id)).scalar_subquery(), ARRAY(BigInteger)
-    )
+    # (Joined as rows, a generic plan read every order.)
+    sharing_ids = _one_array(sharing.c.order_id)
     orders = table_of(Order)
     superseding = (
         update(orders)
@@ -1079,8 +1082,7 @@ async def orders_needing_attention(session: AsyncSession) -> list[dict[str, Any]
         select(Order.id).where(text(NEEDS_A_PERSON)),
         select(Refund.order_id).where(Refund.status != "done"),
     ).subquery()
-    # (Cast, or ANY would take the subquery's rows for the values, not its one array.)
-    ids = cast(select(func.array_agg(candidates.c.id)).scalar_subquery(), ARRAY(BigInteger))
+    ids = _one_array(candidates.c.id)
     orders = await session.scalars(
         select(Order).options(*WITH_DETAILS).where(Order.id == any_(ids)).order_by(Order.id)
     )
