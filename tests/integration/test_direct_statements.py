@@ -1,0 +1,225 @@
+"""apps.common.direct: a Core statement run on the session's psycopg connection behaves as the
+session's own ``execute`` of it: same rows and types, same transaction, same exceptions, same
+prepared statement, and a lost connection is invalidated, not handed out again."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+import pytest
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Enum,
+    MetaData,
+    Numeric,
+    String,
+    Table,
+    bindparam,
+    func,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB, insert
+from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.orm import DeclarativeBase
+
+from apps.common.db import create_engine, sessionmaker_for
+from apps.common.direct import DirectStatement
+from tests.pg import TestServer
+
+SCHEMA = "direct_test"
+metadata = MetaData(schema=SCHEMA)
+things = Table(
+    "things",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("key", String(40), nullable=False, unique=True),
+    Column("payload", JSONB, nullable=False),
+    Column("amount", Numeric(10, 2), nullable=False),
+    Column("state", Enum("open", "shut", name="thing_state", schema=SCHEMA), nullable=False),
+    Column("at", DateTime(timezone=True), server_default=func.now(), nullable=False),
+)
+
+INSERT = (
+    insert(things)
+    .values(
+        key=bindparam("key"),
+        payload=bindparam("payload", type_=JSONB),
+        amount=bindparam("amount"),
+        state="open",
+    )
+    .returning(things.c.id, things.c.key, things.c.payload, things.c.amount, things.c.at)
+)
+BY_KEY = select(things.c.key, things.c.payload, things.c.amount, things.c.state).where(
+    things.c.key == bindparam("key")
+)
+SHUT = update(things).where(things.c.key == bindparam("key")).values(state="shut")
+COUNT = select(func.count().label("n"), func.sum(things.c.amount).label("total")).where(
+    things.c.amount > bindparam("above", Decimal("0.00"))
+)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Thing(Base):
+    __table__ = things
+
+
+@pytest.fixture
+async def engine(pg_server: TestServer) -> AsyncIterator[AsyncEngine]:
+    with psycopg.connect(pg_server.admin_url, autocommit=True) as admin:
+        admin.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
+        admin.execute(f"CREATE SCHEMA {SCHEMA}")
+    engine = create_engine(pg_server.admin_url, application_name="test-direct", pool_size=2)
+    async with engine.begin() as connection:
+        await connection.run_sync(metadata.create_all)
+    yield engine
+    await engine.dispose()
+    with psycopg.connect(pg_server.admin_url, autocommit=True) as admin:
+        admin.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
+
+
+@pytest.fixture
+async def session(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
+    async with sessionmaker_for(engine)() as session:
+        yield session
+
+
+def as_tuples(rows: Any) -> list[tuple[Any, ...]]:
+    return [tuple(row) for row in rows]
+
+
+async def test_rows_keys_and_types_are_the_sessions(session: AsyncSession) -> None:
+    values = {"key": "a", "payload": {"lines": [1, 2], "note": "é"}, "amount": Decimal("12.50")}
+    direct = await DirectStatement(INSERT).first(session, values)
+    assert direct is not None
+    assert direct.key == "a"
+    assert direct.payload == values["payload"]
+    assert direct.amount == Decimal("12.50")
+    assert isinstance(direct.at, datetime)
+    assert direct.at.tzinfo is not None
+    via_session = (await session.execute(INSERT, {**values, "key": "b"})).one()
+    assert direct._fields == tuple(via_session._mapping.keys())
+    assert [type(value) for value in direct] == [type(value) for value in via_session]
+
+    for key in ("a", "b"):
+        direct_rows = await DirectStatement(BY_KEY).rows(session, {"key": key})
+        session_rows = (await session.execute(BY_KEY, {"key": key})).all()
+        assert as_tuples(direct_rows) == as_tuples(session_rows)
+        assert direct_rows[0].state == "open"
+    # A default the statement carries (``above``) is filled in as the session fills it in.
+    counted = await DirectStatement(COUNT).first(session)
+    assert counted is not None
+    assert tuple(counted) == tuple((await session.execute(COUNT)).one()) == (2, Decimal("25.00"))
+    assert await DirectStatement(COUNT).scalar(session, {"above": Decimal("100")}) == 0
+
+
+async def test_it_runs_in_the_sessions_transaction(engine: AsyncEngine) -> None:
+    maker = sessionmaker_for(engine)
+    async with maker() as session:
+        await session.execute(INSERT, {"key": "s", "payload": {}, "amount": Decimal(1)})
+        # The direct statement sees the session's uncommitted row, and the session sees its.
+        assert await DirectStatement(SHUT).rowcount(session, {"key": "s"}) == 1
+        assert (await session.execute(BY_KEY, {"key": "s"})).one().state == "shut"
+        await DirectStatement(INSERT).first(session, {"key": "d", "payload": {}, "amount": 2})
+        await session.rollback()
+    async with maker() as session:
+        assert await DirectStatement(COUNT).scalar(session) == 0
+        await DirectStatement(INSERT).first(session, {"key": "kept", "payload": {}, "amount": 3})
+        await session.commit()
+    async with maker() as session:
+        assert as_tuples(await DirectStatement(BY_KEY).rows(session, {"key": "kept"})) == [
+            ("kept", {}, Decimal("3.00"), "open")
+        ]
+
+
+async def test_errors_are_sqlalchemys_and_the_session_recovers(session: AsyncSession) -> None:
+    row = {"key": "dup", "payload": {}, "amount": Decimal(1)}
+    await DirectStatement(INSERT).first(session, row)
+    with pytest.raises(IntegrityError) as raised:
+        await DirectStatement(INSERT).first(session, row)
+    assert getattr(raised.value.orig, "sqlstate", None) == "23505"
+    assert not raised.value.connection_invalidated
+    await session.rollback()
+    assert await DirectStatement(COUNT).scalar(session) == 0
+    # A missing value: the session's own error, before anything is sent.
+    with pytest.raises(StatementError, match="required for bind parameter 'key'") as missing:
+        await DirectStatement(BY_KEY).rows(session, {})
+    with pytest.raises(StatementError, match="required for bind parameter 'key'") as by_session:
+        await session.execute(BY_KEY, {})
+    assert type(missing.value) is type(by_session.value)
+    assert await DirectStatement(COUNT).scalar(session) == 0
+
+
+async def test_a_lost_connection_is_invalidated_not_reused(
+    engine: AsyncEngine, pg_server: TestServer
+) -> None:
+    maker = sessionmaker_for(engine)
+    async with maker() as session:
+        backend = await DirectStatement(select(func.pg_backend_pid().label("pid"))).scalar(session)
+        with psycopg.connect(pg_server.admin_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (backend,))
+        with pytest.raises(DBAPIError) as raised:
+            await DirectStatement(COUNT).scalar(session)
+        assert raised.value.connection_invalidated
+        await session.rollback()
+    for _ in range(3):  # every pooled connection the next requests get works
+        async with maker() as session:
+            assert await DirectStatement(COUNT).scalar(session) == 0
+
+
+async def test_it_shares_the_sessions_prepared_statement(session: AsyncSession) -> None:
+    await DirectStatement(INSERT).first(session, {"key": "p", "payload": {}, "amount": 1})
+    direct = DirectStatement(BY_KEY)
+    for _ in range(4):
+        await session.execute(BY_KEY, {"key": "p"})
+        await direct.rows(session, {"key": "p"})
+    listed = await session.execute(text("SELECT statement FROM pg_prepared_statements"))
+    statements = [row[0] for row in listed]
+    assert sum("things.key = $1" in text for text in statements) == 1, statements
+
+
+def test_statements_it_cannot_run_as_the_session_would_are_refused() -> None:
+    with pytest.raises(TypeError, match="ORM"):
+        DirectStatement(select(Thing).where(things.c.id == 1))
+    with pytest.raises(TypeError, match="expanding"):
+        DirectStatement(
+            select(things.c.id).where(things.c.key.in_(bindparam("keys", expanding=True)))
+        )
+
+
+    with pytest.raises(TypeError, match="values"):
+        DirectStatement(things.insert().returning(things.c.id))
+
+
+async def test_rows_without_plain_names_are_read_by_position(session: AsyncSession) -> None:
+    unnamed = DirectStatement(select(func.abs(bindparam("n")), func.abs(bindparam("m"))))
+    assert await unnamed.rows(session, {"n": -1, "m": -2}) == [(1, 2)]
+
+
+async def test_one_session_through_commits_rollbacks_and_savepoints(session: AsyncSession) -> None:
+    """The connection is looked up once per transaction: every transaction of a session gets
+    its own, and a savepoint's rollback takes back what a direct statement did inside it."""
+    insert_thing = DirectStatement(INSERT)
+    await insert_thing.first(session, {"key": "one", "payload": {}, "amount": 1})
+    await session.commit()
+    await insert_thing.first(session, {"key": "two", "payload": {}, "amount": 2})
+    await session.rollback()
+    await insert_thing.first(session, {"key": "three", "payload": {}, "amount": 3})
+    savepoint = await session.begin_nested()
+    await insert_thing.first(session, {"key": "four", "payload": {}, "amount": 4})
+    await savepoint.rollback()
+    await session.commit()
+    await session.close()
+    keys = [row.key for row in await DirectStatement(select(things.c.key)).rows(session)]
+    assert sorted(keys) == ["one", "three"]
