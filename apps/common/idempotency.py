@@ -18,12 +18,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-from sqlalchemy import Column, DateTime, MetaData, String, Table, Update, bindparam, func, select
+from sqlalchemy import Column, DateTime, MetaData, String, Table, bindparam, func, select
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.sql import Select
-from sqlalchemy.sql.dml import ReturningInsert
 
+from apps.common.direct import DirectStatement
 from apps.common.problems import InvalidInput
 
 MAX_KEY_LENGTH = 200
@@ -44,31 +43,35 @@ def idempotency_table(metadata: MetaData) -> Table:
 
 @dataclass(frozen=True)
 class _KeyStatements:
-    claim: ReturningInsert[tuple[str]]
-    stored: Select[tuple[str, Any]]
-    answer: Update
+    claim: DirectStatement
+    stored: DirectStatement
+    answer: DirectStatement
 
 
 @functools.cache
 def _statements(table: Table) -> _KeyStatements:
-    """The statements of one idempotency table, built once: constructing a statement and its
-    cache key cost as much client CPU as running it."""
+    """The statements of one idempotency table, built once and run directly on the session's
+    connection: every keyed action runs two of them (apps.common.direct)."""
     this_key = (table.c.action == bindparam("key_action")) & (table.c.key == bindparam("key_value"))
     return _KeyStatements(
         # Claim the key with an empty response; the real one is written before commit.
-        claim=insert(table)
-        .values(
-            action=bindparam("key_action"),
-            key=bindparam("key_value"),
-            request_hash=bindparam("key_hash"),
-            response={},
-        )
-        .on_conflict_do_nothing(index_elements=["action", "key"])
-        .returning(table.c.key),
-        stored=select(table.c.request_hash, table.c.response).where(this_key),
-        answer=table.update()
-        .where(this_key)
-        .values(response=bindparam("key_response", type_=table.c.response.type)),
+        claim=DirectStatement(
+            insert(table)
+            .values(
+                action=bindparam("key_action"),
+                key=bindparam("key_value"),
+                request_hash=bindparam("key_hash"),
+                response={},
+            )
+            .on_conflict_do_nothing(index_elements=["action", "key"])
+            .returning(table.c.key)
+        ),
+        stored=DirectStatement(select(table.c.request_hash, table.c.response).where(this_key)),
+        answer=DirectStatement(
+            table.update()
+            .where(this_key)
+            .values(response=bindparam("key_response", type_=table.c.response.type))
+        ),
     )
 
 
@@ -98,9 +101,10 @@ async def run_idempotent(
     request_hash = payload_hash(payload)
     statements = _statements(table)
     this_key = {"key_action": action, "key_value": key}
-    claimed = await session.execute(statements.claim, {**this_key, "key_hash": request_hash})
-    if claimed.first() is None:
-        stored = (await session.execute(statements.stored, this_key)).one()
+    claimed = await statements.claim.first(session, {**this_key, "key_hash": request_hash})
+    if claimed is None:
+        stored = await statements.stored.first(session, this_key)
+        assert stored is not None  # the conflict that refused the claim is this row
         await session.rollback()
         if stored.request_hash != request_hash:
             raise InvalidInput(
@@ -109,6 +113,6 @@ async def run_idempotent(
             )
         return stored.response
     result = msgspec.to_builtins(await effect())
-    await session.execute(statements.answer, {**this_key, "key_response": result})
+    await statements.answer.rowcount(session, {**this_key, "key_response": result})
     await session.commit()
     return result
