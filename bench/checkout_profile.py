@@ -27,6 +27,7 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from apps.common import app_factory, outbox
+from apps.common.direct import DirectStatement
 from apps.common.observability import configure_logging
 from apps.orders import internal, payments, service, settlement
 from ops.stack.serve import serve
@@ -127,6 +128,24 @@ def instrument_engine(engine: AsyncEngine) -> None:
         setattr(dialect, name, _timed_sync(getattr(dialect, name), label))
 
 
+def instrument_direct_statements() -> None:
+    """Statements run directly on the driver (apps.common.direct) pass no engine event: their
+    execution is timed as a statement the same way."""
+    original = DirectStatement._execute
+
+    async def timed(self: DirectStatement, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return await original(self, *args, **kwargs)
+        finally:
+            timings = current.get()
+            if timings is not None:
+                elapsed = (time.perf_counter() - started) * 1000
+                timings.add_statement(statement_kind(self.sql), elapsed)
+
+    DirectStatement._execute = timed  # type: ignore[method-assign]
+
+
 def _timed_sync(function: Callable[..., Any], label: str) -> Callable[..., Any]:
     def timed(*args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()
@@ -208,6 +227,7 @@ def install() -> None:
             relay_passes[index] = (relay_passes[index][0], time.perf_counter())
 
     relay.deliver_due = deliver_due  # type: ignore[method-assign]
+    instrument_direct_statements()
     for module, names in SECTIONS.items():
         for name in names:
             setattr(module, name, _section(getattr(module, name), name))

@@ -53,6 +53,7 @@ from sqlalchemy.orm import selectinload
 
 from apps.common.contracts import SignIn
 from apps.common.db import one_plan_for_the_rest_of_the_transaction, table_of
+from apps.common.direct import DirectStatement
 from apps.common.fdw import remote_read, timeout_for_next_reads
 from apps.common.internal_client import InternalCallError
 from apps.common.problems import (
@@ -262,14 +263,13 @@ async def lock_buyer(
     if session_id is not None:
         keys.append(f"orders-buyer:session:{session_id}")
     if keys or remote_reads_next:
-        await session.execute(
-            _buyer_locks(len(keys), remote_reads_next),
-            {f"buyer_key_{i}": key for i, key in enumerate(keys)},
+        await _buyer_locks(len(keys), remote_reads_next).rows(
+            session, {f"buyer_key_{i}": key for i, key in enumerate(keys)}
         )
 
 
 @functools.cache
-def _buyer_locks(count: int, remote_reads_next: bool) -> Select[Any]:
+def _buyer_locks(count: int, remote_reads_next: bool) -> DirectStatement:
     locks = [
         func.pg_advisory_xact_lock(
             func.hashtextextended(bindparam(f"buyer_key_{i}", type_=Text), 0)
@@ -277,7 +277,7 @@ def _buyer_locks(count: int, remote_reads_next: bool) -> Select[Any]:
         for i in range(count)
     ]
     settings = [timeout_for_next_reads(), one_plan_for_the_rest_of_the_transaction()]
-    return select(*locks, *(settings if remote_reads_next else []))
+    return DirectStatement(select(*locks, *(settings if remote_reads_next else [])))
 
 
 @dataclass(frozen=True)
@@ -494,6 +494,14 @@ def _superseding(
 
 
 @functools.cache
+def _placing(
+    order_keys: tuple[str, ...], has_claims: bool, has_goods: bool, by_user: bool, by_session: bool
+) -> DirectStatement:
+    """:func:`_place_order`, run directly on the session's connection (apps.common.direct)."""
+    return DirectStatement(_place_order(order_keys, has_claims, has_goods, by_user, by_session))
+
+
+@functools.cache
 def _place_order(
     order_keys: tuple[str, ...], has_claims: bool, has_goods: bool, by_user: bool, by_session: bool
 ) -> Select[Any]:
@@ -563,7 +571,7 @@ async def place_order(
     statements). Then no shared good may be paid for or under review: that is a 409 and the
     whole order rolls back."""
     user_id, session_id = row["user_id"], row["session_id"]
-    statement = _place_order(
+    statement = _placing(
         tuple(row), bool(claims), bool(goods), user_id is not None, session_id is not None
     )
     parameters: dict[str, Any] = {
@@ -578,9 +586,9 @@ async def place_order(
         "buyer_user": user_id,
         "buyer_session": session_id,
     }
-    superseded_ids, blocking_id, blocking_flagged = (
-        await session.execute(statement, parameters)
-    ).one()
+    placed = await statement.first(session, parameters)
+    assert placed is not None  # one row, whatever the statement did
+    superseded_ids, blocking_id, blocking_flagged = placed
     superseded = sorted(superseded_ids or [])
     if blocking_id is not None:
         if blocking_flagged:
@@ -606,7 +614,21 @@ class NewOrder:
     superseded: list[int]
 
 
-_ATTEMPT_INSERT = insert(table_of(PaymentAttempt)).returning(table_of(PaymentAttempt).c.id)
+_ATTEMPT_COLUMNS = (
+    "order_id",
+    "number",
+    "checkout_reference",
+    "sumup_checkout_id",
+    "hosted_url",
+    "status",
+    "amount",
+    "currency",
+)
+_ATTEMPT_INSERT = DirectStatement(
+    insert(table_of(PaymentAttempt))
+    .values({name: bindparam(name) for name in _ATTEMPT_COLUMNS})
+    .returning(table_of(PaymentAttempt).c.id)
+)
 
 
 async def create_order(
@@ -788,7 +810,7 @@ async def _new_attempt(
         "currency": order.currency,
     }
     # A Core insert, as for the order: the attempt object only carries the row's values on.
-    attempt_id = await session.scalar(_ATTEMPT_INSERT, row)
+    attempt_id = await _ATTEMPT_INSERT.scalar(session, row)
     return PaymentAttempt(id=attempt_id, **row)
 
 

@@ -44,6 +44,7 @@ from sqlalchemy.sql.dml import ReturningUpdate
 from apps.cart import contract as cart
 from apps.cart.contract import ClearCartForOrder, PaidLine
 from apps.common.db import table_of
+from apps.common.direct import DirectStatement
 from apps.common.fdw import remote_read
 from apps.common.outbox import enqueue
 from apps.common.problems import Conflict
@@ -126,12 +127,12 @@ def account_lookup(
 
 # Built once, with bound parameters: constructing a statement and its cache key cost as much
 # client CPU as running it (bench.checkout).
-_ACCOUNT_BY_ID = select(account_lookup(bindparam("page_config_id")))
+_ACCOUNT_BY_ID = DirectStatement(select(account_lookup(bindparam("page_config_id"))))
 
 
 async def merchant_account(session: AsyncSession, page_config_id: int) -> MerchantAccount:
     async with remote_read(session, "blog", isolate=False):
-        found = await session.scalar(_ACCOUNT_BY_ID, {"page_config_id": page_config_id})
+        found = await _ACCOUNT_BY_ID.scalar(session, {"page_config_id": page_config_id})
     return account_of(page_config_id, found)
 
 
@@ -327,14 +328,14 @@ def _pay_order() -> Select[Any]:
     ).select_from(transition.outerjoin(items, items.c.order_id == transition.c.id))
 
 
-_PAY_ORDER = _pay_order()
+_PAY_ORDER = DirectStatement(_pay_order())
 
 
 async def _record_payment(session: AsyncSession, order: Order) -> list[PaidItem] | None:
     """The order's transition to paid (if it is still pending and not flagged), in one
     statement that also reads the order's items for what follows a payment (they never change
     after the order is created). None when the order did not transition."""
-    rows = (await session.execute(_PAY_ORDER, {"order_id": order.id})).all()
+    rows = await _PAY_ORDER.rows(session, {"order_id": order.id})
     if not rows:
         return None
     return [
