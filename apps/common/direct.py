@@ -42,7 +42,29 @@ _DIALECT = PGDialectAsync_psycopg(dbapi=PGDialectAsync_psycopg.import_dbapi())
 _HELD = "rose_direct_connection"
 
 
-async def _driver_of(
+# Where a statement runs: a session's transaction, or a connection in autocommit.
+Runner = AsyncSession | AsyncConnection
+
+
+async def _driver_of(runner: Runner) -> tuple[AsyncConnection, psycopg.AsyncConnection[Any]]:
+    if isinstance(runner, AsyncConnection):
+        return runner, _autocommit_driver(runner)
+    return await _session_driver(runner)
+
+
+def _autocommit_driver(connection: AsyncConnection) -> psycopg.AsyncConnection[Any]:
+    """A connection's psycopg connection, in autocommit only: SQLAlchemy begins a connection's
+    transaction when it runs a statement itself, and would not know of one begun here."""
+    held = connection.sync_connection
+    if held is None:
+        raise TypeError("the connection has not started")
+    driver = cast("psycopg.AsyncConnection[Any]", held.connection.driver_connection)
+    if not driver.autocommit:
+        raise TypeError("a connection outside autocommit: run the statement in a session")
+    return driver
+
+
+async def _session_driver(
     session: AsyncSession,
 ) -> tuple[AsyncConnection, psycopg.AsyncConnection[Any]]:
     """The session's connection and its psycopg connection, begun as the session begins one.
@@ -77,7 +99,8 @@ async def _driver_of(
 
 class DirectStatement:
     """One Core statement, compiled once, run with :meth:`rows`, :meth:`first`,
-    :meth:`scalar` or :meth:`rowcount` in a session's transaction."""
+    :meth:`scalar` or :meth:`rowcount` in a session's transaction (or on a connection in
+    autocommit)."""
 
     def __init__(self, statement: ClauseElement) -> None:
         if statement._propagate_attrs.get("compile_state_plugin") == "orm":
@@ -129,9 +152,9 @@ class DirectStatement:
         return values
 
     async def _execute(
-        self, session: AsyncSession, params: Mapping[str, Any] | None, fetch: bool
+        self, runner: Runner, params: Mapping[str, Any] | None, fetch: bool
     ) -> tuple[list[DirectRow], int]:
-        connection, driver = await _driver_of(session)
+        connection, driver = await _driver_of(runner)
         values = self.parameters(params)
         try:
             async with driver.cursor() as cursor:
@@ -178,20 +201,20 @@ class DirectStatement:
         ]
 
     async def rows(
-        self, session: AsyncSession, params: Mapping[str, Any] | None = None
+        self, runner: Runner, params: Mapping[str, Any] | None = None
     ) -> list[DirectRow]:
-        return (await self._execute(session, params, fetch=True))[0]
+        return (await self._execute(runner, params, fetch=True))[0]
 
     async def first(
-        self, session: AsyncSession, params: Mapping[str, Any] | None = None
+        self, runner: Runner, params: Mapping[str, Any] | None = None
     ) -> DirectRow | None:
-        rows = await self.rows(session, params)
+        rows = await self.rows(runner, params)
         return rows[0] if rows else None
 
-    async def scalar(self, session: AsyncSession, params: Mapping[str, Any] | None = None) -> Any:
-        row = await self.first(session, params)
+    async def scalar(self, runner: Runner, params: Mapping[str, Any] | None = None) -> Any:
+        row = await self.first(runner, params)
         return None if row is None else row[0]
 
-    async def rowcount(self, session: AsyncSession, params: Mapping[str, Any] | None = None) -> int:
+    async def rowcount(self, runner: Runner, params: Mapping[str, Any] | None = None) -> int:
         """Rows a DML statement without RETURNING changed."""
-        return (await self._execute(session, params, fetch=False))[1]
+        return (await self._execute(runner, params, fetch=False))[1]

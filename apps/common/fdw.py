@@ -16,15 +16,12 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from sqlalchemy import (
-    ColumnElement,
-    TextClause,
-    text,
-)
+from sqlalchemy import ColumnElement, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from apps.common.db import set_for_the_transaction
+from apps.common.direct import DirectStatement
 from apps.common.observability import FDW_DEGRADED_READS
 from apps.common.problems import DependencyUnavailable
 
@@ -47,13 +44,14 @@ class ProviderUnavailable(DependencyUnavailable):
         self.provider = provider
 
 
-# Built once: a text() construct parses its text for parameters each time it is made.
-DEFAULT_TIMEOUT = text("SET LOCAL statement_timeout TO DEFAULT")
+# Built once (a text() construct parses its text for parameters each time it is made), run
+# directly on the session's connection: every FDW read sets its timeout (apps.common.direct).
+DEFAULT_TIMEOUT = DirectStatement(text("SET LOCAL statement_timeout TO DEFAULT"))
 
 
 @functools.cache
-def _timeout_statement(timeout_ms: int) -> TextClause:
-    return text(f"SET LOCAL statement_timeout = {timeout_ms}")
+def _timeout_statement(timeout_ms: int) -> DirectStatement:
+    return DirectStatement(text(f"SET LOCAL statement_timeout = {timeout_ms}"))
 
 
 @functools.cache
@@ -88,7 +86,7 @@ async def remote_read(
         raise ValueError("a timeout set by the statement before cannot be isolated")
     savepoint = await session.begin_nested() if isolate else None
     if not timeout_set:
-        await session.execute(_timeout_statement(int(timeout_ms)))
+        await _timeout_statement(int(timeout_ms)).rowcount(session)
     try:
         yield
     except DBAPIError as exc:
@@ -104,5 +102,5 @@ async def remote_read(
     else:
         if savepoint is not None:
             # Back to the session's own timeout for whatever the transaction does next.
-            await session.execute(DEFAULT_TIMEOUT)
+            await DEFAULT_TIMEOUT.rowcount(session)
             await savepoint.commit()

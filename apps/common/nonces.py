@@ -10,6 +10,7 @@ from sqlalchemy import Column, DateTime, MetaData, String, Table, bindparam, del
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from apps.common.direct import DirectStatement
 from apps.common.signing import MAX_CLOCK_SKEW_SECONDS, MAX_NONCE_LENGTH
 
 # A nonce can be presented while its timestamp is within the skew, on either side of now.
@@ -31,7 +32,7 @@ def nonce_table(metadata: MetaData) -> Table:
 class NonceStore:
     def __init__(self, table: Table) -> None:
         # Built once: constructing a statement and its cache key cost as much as running it.
-        self._remember = (
+        self._remember = DirectStatement(
             insert(table)
             .values(nonce=bindparam("presented"), expires_at=func.now() + KEEP)
             .on_conflict_do_nothing(index_elements=["nonce"])
@@ -45,7 +46,7 @@ class NonceStore:
         whatever the action does, and costs no BEGIN and COMMIT round trips.)"""
         async with engine.connect() as connection:
             connection = await connection.execution_options(isolation_level="AUTOCOMMIT")
-            fresh = await connection.scalar(self._remember, {"presented": nonce})
+            fresh = await self._remember.scalar(connection, {"presented": nonce})
             if random.randrange(SWEEP_ONE_IN) == 0:
                 await connection.execute(self._sweep)
         return fresh is not None

@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from apps.common.db import end_read, table_of
+from apps.common.direct import DirectStatement
 from apps.common.fdw import ProviderUnavailable, remote_read
 from apps.common.internal_client import InternalClient
 from apps.common.problems import Conflict, InvalidInput, NotFound
@@ -158,6 +159,12 @@ def _liked_page(in_market: bool) -> Select[*tuple[Any, ...]]:
     )
 
 
+@functools.cache
+def _liked_page_direct(in_market: bool) -> DirectStatement:
+    """:func:`_liked_page`, run directly on the session's connection (apps.common.direct)."""
+    return DirectStatement(_liked_page(in_market))
+
+
 def _liked_page_params(
     user_id: int, market_slug: str | None, limit: int, offset: int
 ) -> dict[str, Any]:
@@ -195,14 +202,11 @@ async def list_products(
         # No degraded answer exists for "my liked products": ProviderUnavailable propagates
         # (a 503 problem), so nothing needs isolating from a failure.
         async with remote_read(session, "likes", isolate=False):
-            rows = (
-                await session.execute(
-                    _liked_page(market_slug is not None),
-                    _liked_page_params(user_id, market_slug, per_page, offset),
-                )
-            ).all()
-            if rows:
-                total = rows[0].total
+            liked_rows = await _liked_page_direct(market_slug is not None).rows(
+                session, _liked_page_params(user_id, market_slug, per_page, offset)
+            )
+            if liked_rows:
+                total = liked_rows[0].total
             else:
                 counted = liked_products_query(user_id, market_slug=market_slug, limit=1, offset=0)
                 total = (
@@ -210,7 +214,7 @@ async def list_products(
                     if page > 1
                     else 0
                 ) or 0
-        items = [to_view(row, True) for row in rows]
+        items = [to_view(row, True) for row in liked_rows]
         return ProductPage(items, page, per_page, total, liked_only=True, degraded=[])
 
     query = product_rows(market_slug)

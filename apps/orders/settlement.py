@@ -28,7 +28,9 @@ from sqlalchemy import (
     ColumnElement,
     ScalarSelect,
     Select,
+    String,
     and_,
+    any_,
     bindparam,
     func,
     or_,
@@ -39,7 +41,6 @@ from sqlalchemy.dialects.postgresql import array, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import QueryableAttribute
 from sqlalchemy.orm.attributes import set_committed_value
-from sqlalchemy.sql.dml import ReturningUpdate
 
 from apps.cart import contract as cart
 from apps.cart.contract import ClearCartForOrder, PaidLine
@@ -144,14 +145,16 @@ def account_of(page_config_id: int, found: list[str | None] | None) -> MerchantA
     return MerchantAccount(merchant_code, api_key)
 
 
-def _settle_attempt() -> ReturningUpdate[tuple[int]]:
+def _settle_attempt() -> DirectStatement:
     attempts = table_of(PaymentAttempt)
-    # A paid or expired attempt never changes again; FAILED may still become PAID.
-    return (
+    # A paid or expired attempt never changes again; FAILED may still become PAID. (= ANY of
+    # an array, as PostgreSQL runs an IN list anyway: a literal IN list is rendered per call.)
+    open_states = array(list(OPEN_ATTEMPT_STATES), type_=String)
+    return DirectStatement(
         update(attempts)
         .where(
             attempts.c.id == bindparam("attempt_id"),
-            attempts.c.status.in_(OPEN_ATTEMPT_STATES),
+            attempts.c.status == any_(open_states),
             attempts.c.status != bindparam("remote_status"),
         )
         .values(
@@ -189,8 +192,8 @@ async def apply_checkout(
 
     # Its own statement, first: every path locks the attempt before its order (one CTE for both
     # would lock them in an order PostgreSQL does not promise, and deadlock with the others).
-    settled = await session.scalar(
-        _SETTLE_ATTEMPT,
+    settled = await _SETTLE_ATTEMPT.scalar(
+        session,
         {
             "attempt_id": attempt.id,
             "remote_status": remote.status,

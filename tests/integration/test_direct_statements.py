@@ -197,7 +197,6 @@ def test_statements_it_cannot_run_as_the_session_would_are_refused() -> None:
             select(things.c.id).where(things.c.key.in_(bindparam("keys", expanding=True)))
         )
 
-
     with pytest.raises(TypeError, match="values"):
         DirectStatement(things.insert().returning(things.c.id))
 
@@ -223,3 +222,19 @@ async def test_one_session_through_commits_rollbacks_and_savepoints(session: Asy
     await session.close()
     keys = [row.key for row in await DirectStatement(select(things.c.key)).rows(session)]
     assert sorted(keys) == ["one", "three"]
+
+
+async def test_on_a_connection_only_in_autocommit(engine: AsyncEngine) -> None:
+    """On a connection (the nonce's way): in autocommit, each statement is committed as it
+    runs; outside it SQLAlchemy would not know of the transaction, so it is refused."""
+    row = {"key": "auto", "payload": {}, "amount": Decimal(5)}
+    async with engine.connect() as connection:
+        autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
+        assert await DirectStatement(INSERT).first(autocommit, row) is not None
+        with pytest.raises(IntegrityError):
+            await DirectStatement(INSERT).first(autocommit, row)
+    async with engine.connect() as connection:
+        with pytest.raises(TypeError, match="autocommit"):
+            await DirectStatement(COUNT).scalar(connection)
+    async with sessionmaker_for(engine)() as session:
+        assert await DirectStatement(COUNT).scalar(session) == 1
