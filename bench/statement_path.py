@@ -58,7 +58,6 @@ async def measure(url: str, statements: int, rounds: int) -> dict[str, list[floa
         "DirectStatement": [],
     }
     async with sessionmaker_for(engine)() as session:
-        await session.connection()
         held = (await session.connection()).sync_connection
         assert held is not None
         driver = held.connection.driver_connection

@@ -74,7 +74,11 @@ async def _session_driver(
     # The innermost transaction: a savepoint begun since is emitted when the session first
     # hands out its connection, so a new savepoint asks the session again.
     sync = session.sync_session
-    transaction = sync.get_nested_transaction() or sync.get_transaction()
+
+    def innermost() -> Any:
+        return sync.get_nested_transaction() or sync.get_transaction()
+
+    transaction = innermost()
     held = session.info.get(_HELD)
     if (
         held is not None
@@ -89,11 +93,8 @@ async def _session_driver(
         "psycopg.AsyncConnection[Any]",
         connection.sync_connection.connection.driver_connection,  # type: ignore[union-attr]
     )
-    session.info[_HELD] = (
-        sync.get_nested_transaction() or sync.get_transaction(),
-        connection,
-        driver,
-    )
+    # Asked again: a session begins its transaction when it first hands out a connection.
+    session.info[_HELD] = (innermost(), connection, driver)
     return connection, driver
 
 
