@@ -200,6 +200,7 @@ SECTIONS = {
         "handle_webhook",
         "attempt_for_checkout",
         "refresh_attempt",
+        "refresh_reported_attempt",
     ],
     settlement: ["merchant_account", "apply_checkout", "_enqueue_after_payment"],
 }

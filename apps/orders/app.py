@@ -25,7 +25,7 @@ from apps.orders.payments import SumUpGateway
 from apps.orders.reconciliation import Reconciler, reconciliation_metrics
 from apps.orders.runtime import OrdersRuntime, OrderUrls
 from apps.orders.settings import OrdersSettings
-from apps.orders.settlement import bookings_not_confirmed
+from apps.orders.settlement import RecentMerchantAccounts, bookings_not_confirmed
 from apps.registry import create_service_app, settings_for
 
 logger = logging.getLogger("rose.orders")
@@ -55,6 +55,7 @@ def create_app(
             client=client,
             maker=platform.sessionmaker,
             relay=relay,
+            recent_accounts=RecentMerchantAccounts(own.merchant_account_seconds),
         )
         runtime.jobs = Reconciler(runtime)
         app.state.runtime = runtime

@@ -34,8 +34,12 @@ class PaymentProviderUnavailable(DependencyUnavailable):
 
 
 class PaymentProviderError(BadGateway):
-    def __init__(self, detail: str) -> None:
+    """SumUp refused a request; ``sumup_status`` is the HTTP status it answered (401: the
+    API key is not, or no longer, valid)."""
+
+    def __init__(self, detail: str, sumup_status: int | None = None) -> None:
         super().__init__(f"SumUp refused the request: {detail}", service="sumup")
+        self.sumup_status = sumup_status
 
 
 class CheckoutNotFound(Exception):
@@ -264,4 +268,4 @@ def _error_code(exc: APIError) -> str | None:
 def _classify(exc: APIError) -> Exception:
     if exc.status is None or exc.status >= 500 or exc.status == 429:
         return PaymentProviderUnavailable(str(exc))
-    return PaymentProviderError(str(exc))
+    return PaymentProviderError(str(exc), exc.status)

@@ -13,6 +13,7 @@ from apps.common.observability import with_trace_context
 from apps.common.outbox import OutboxRelay
 from apps.orders.payments import SumUpGateway
 from apps.orders.settings import OrdersSettings
+from apps.orders.settlement import RecentMerchantAccounts
 
 
 class Jobs(Protocol):
@@ -51,6 +52,8 @@ class OrdersRuntime:
     client: InternalClient
     maker: async_sessionmaker[AsyncSession]
     relay: OutboxRelay
+    # The page configs' SumUp accounts read lately, for webhooks (settlement.py says why).
+    recent_accounts: RecentMerchantAccounts
     # Set once the runtime exists (the reconciler works with it).
     jobs: Jobs = field(init=False)
 

@@ -87,12 +87,11 @@ from apps.orders.settlement import (
     OPEN_ATTEMPT_STATES,
     Applied,
     MerchantAccounts,
-    account_lookup,
-    account_of,
     close_attempt,
     merchant_account,
     money,
     refresh_attempt,
+    refresh_reported_attempt,
     refunds_of,
 )
 
@@ -711,6 +710,8 @@ async def create_order(
             attempt = await _new_attempt(
                 session, order, 1, runtime, config.account, valid_until=payable_until
             )
+        # SumUp just took this key: the order's webhook can use it without asking blog again.
+        runtime.recent_accounts.learn(config.id, config.account)
     except TimeoutError:
         raise PaymentProviderUnavailable(
             f"no answer within {settings.create_order_deadline:g} s; nothing was created"
@@ -940,10 +941,10 @@ async def start_new_attempt(
 
 
 # -- what SumUp reports ------------------------------------------------------------------------
-# The order and attempt a webhook names, with the SumUp account of the order's page config
-# (through FDW, in the same round trip: the webhook needs it to ask SumUp).
+# The order and attempt a webhook names (local rows only: the SumUp account it needs to ask
+# SumUp comes from RecentMerchantAccounts, or from blog when this process has none).
 _ATTEMPT_OF = (
-    select(Order, PaymentAttempt, account_lookup(Order.page_config_id).label("account"))
+    select(Order, PaymentAttempt)
     .join(PaymentAttempt, PaymentAttempt.order_id == Order.id)
     .where(
         Order.id == bindparam("order_id"),
@@ -954,18 +955,14 @@ _ATTEMPT_OF = (
 
 async def attempt_for_checkout(
     session: AsyncSession, order_id: int, checkout_id: str
-) -> tuple[Order, PaymentAttempt, MerchantAccounts] | None:
-    """The order and attempt of a checkout, and the order's SumUp account (a page config that
-    lost its key is a 409)."""
-    async with remote_read(session, "blog", isolate=False):
-        found = (
-            await session.execute(_ATTEMPT_OF, {"order_id": order_id, "checkout_id": checkout_id})
-        ).first()
+) -> tuple[Order, PaymentAttempt] | None:
+    """The order and attempt of a checkout."""
+    found = (
+        await session.execute(_ATTEMPT_OF, {"order_id": order_id, "checkout_id": checkout_id})
+    ).first()
     if found is None:
         return None
-    order: Order = found.Order
-    account = account_of(order.page_config_id, found.account)
-    return order, found.PaymentAttempt, MerchantAccounts({order.page_config_id: account})
+    return found.Order, found.PaymentAttempt
 
 
 async def handle_webhook(
@@ -977,8 +974,10 @@ async def handle_webhook(
     found = await attempt_for_checkout(session, order_id, checkout_id)
     if found is None:
         return None
-    order, attempt, accounts = found
-    return await refresh_attempt(session, order, attempt, runtime.gateway, accounts)
+    order, attempt = found
+    return await refresh_reported_attempt(
+        session, order, attempt, runtime.gateway, runtime.recent_accounts
+    )
 
 
 async def recheck(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
@@ -32,6 +33,9 @@ class OrdersSettings:
     # Reconciliation: orders asked about per batch, and SumUp calls in flight at once.
     reconcile_batch: int = 200
     reconcile_concurrency: int = 8
+    # How long a webhook may use a page config's SumUp account read earlier instead of asking
+    # blog (apps.orders.settlement.RecentMerchantAccounts); 0: ask blog every time.
+    merchant_account_seconds: float = 60.0
 
     @property
     def create_order_deadline(self) -> float:
@@ -62,6 +66,13 @@ class OrdersSettings:
             reconcile_concurrency=_number(
                 extra, "ORDERS_RECONCILE_CONCURRENCY", int, defaults.reconcile_concurrency
             ),
+            merchant_account_seconds=_number(
+                extra,
+                "ORDERS_MERCHANT_ACCOUNT_SECONDS",
+                float,
+                defaults.merchant_account_seconds,
+                zero_allowed=True,
+            ),
         )
         parsed.check_budget()
         return parsed
@@ -78,15 +89,21 @@ class OrdersSettings:
 
 
 def _number(
-    extra: Mapping[str, str], name: str, kind: Callable[[str], Number], default: Number
+    extra: Mapping[str, str],
+    name: str,
+    kind: Callable[[str], Number],
+    default: Number,
+    *,
+    zero_allowed: bool = False,
 ) -> Number:
     raw = extra.get(name)
     if raw is None or not raw.strip():
         return default
+    wanted = "a number of 0 or more" if zero_allowed else "a positive number"
     try:
         value = kind(raw.strip())
     except ValueError:
-        raise ConfigError(f"{name} must be a positive number, not {raw!r}") from None
-    if not value > 0:
-        raise ConfigError(f"{name} must be a positive number, not {raw!r}")
+        raise ConfigError(f"{name} must be {wanted}, not {raw!r}") from None
+    if not (value >= 0 if zero_allowed else value > 0) or not math.isfinite(value):
+        raise ConfigError(f"{name} must be {wanted}, not {raw!r}")
     return value

@@ -18,7 +18,8 @@ Rules that keep payments safe:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
@@ -106,6 +107,47 @@ class MerchantAccounts:
             account = await merchant_account(session, page_config_id)
             self._known[page_config_id] = account
         return account
+
+
+class RecentMerchantAccounts:
+    """The SumUp accounts this process read from blog lately, for webhooks.
+
+    A webhook only reads a checkout's status, which needs nothing but the API key, and a stale
+    key shows at once: SumUp answers 401 (or does not know the checkout), and the webhook reads
+    blog again. So a webhook that finds its page config's account here makes no FDW read at
+    all, and settles payments while blog is down. What it costs: a key removed from a page
+    config is still used to *read* statuses for up to ``seconds``. Nothing that moves money or
+    chooses where it goes (create-order, pay again, closing checkouts, refunds) uses this: they
+    read blog every time."""
+
+    # Page configs are few (one per page that takes payments); past this many, expired
+    # entries are dropped as new ones arrive.
+    PRUNE_ABOVE = 256
+
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds = seconds
+        self._clock = clock
+        self._accounts: dict[int, tuple[float, MerchantAccount]] = {}
+
+    def learn(self, page_config_id: int, account: MerchantAccount) -> None:
+        if self.seconds <= 0:
+            return
+        now = self._clock()
+        if len(self._accounts) >= self.PRUNE_ABOVE:
+            self._accounts = {key: entry for key, entry in self._accounts.items() if entry[0] > now}
+        self._accounts[page_config_id] = (now + self.seconds, account)
+
+    def recall(self, page_config_id: int) -> MerchantAccount | None:
+        entry = self._accounts.get(page_config_id)
+        if entry is None:
+            return None
+        if entry[0] <= self._clock():
+            del self._accounts[page_config_id]
+            return None
+        return entry[1]
+
+    def forget(self, page_config_id: int) -> None:
+        self._accounts.pop(page_config_id, None)
 
 
 def account_lookup(
@@ -452,6 +494,35 @@ async def refresh_attempt(
         logger.warning("checkout %s of order %s is unknown to SumUp", attempt.id, order.id)
         return Applied(order.status, attempt.status)
     return await apply_checkout(session, order, attempt, remote)
+
+
+async def refresh_reported_attempt(
+    session: AsyncSession,
+    order: Order,
+    attempt: PaymentAttempt,
+    gateway: SumUpGateway,
+    recent: RecentMerchantAccounts,
+) -> Applied:
+    """:func:`refresh_attempt` for a webhook: with the page config's account this process read
+    lately when it has one (no FDW read), else (or when SumUp refuses that key, or does not
+    know the checkout under it) with the account blog holds now."""
+    remembered = recent.recall(order.page_config_id)
+    if remembered is not None:
+        try:
+            remote = await gateway.get_checkout(remembered, attempt.sumup_checkout_id)
+        except CheckoutNotFound:
+            recent.forget(order.page_config_id)
+        except PaymentProviderError as exc:
+            if exc.sumup_status != 401:
+                raise
+            recent.forget(order.page_config_id)
+        else:
+            return await apply_checkout(session, order, attempt, remote)
+    account = await merchant_account(session, order.page_config_id)
+    recent.learn(order.page_config_id, account)
+    return await refresh_attempt(
+        session, order, attempt, gateway, MerchantAccounts({order.page_config_id: account})
+    )
 
 
 async def close_attempt(

@@ -135,10 +135,15 @@ async def _read_control_body(request: Request[Any, Any, Any], body_type: type[Bo
         raise FieldError(error_code="INVALID", param=None, message=str(error)) from error
 
 
-def _authenticate(request: Request[Any, Any, Any], api_keys: Mapping[str, str]) -> str:
+def _authenticate(
+    request: Request[Any, Any, Any], api_keys: Mapping[str, str], revoked: tuple[str, ...]
+) -> str:
     """The merchant code the Bearer key belongs to; SumUp answers 401 problems otherwise."""
     scheme, _, api_key = request.headers.get("authorization", "").partition(" ")
-    merchant_code = api_keys.get(api_key.strip()) if scheme.lower() == "bearer" else None
+    key = api_key.strip()
+    merchant_code = api_keys.get(key) if scheme.lower() == "bearer" else None
+    if key in revoked:
+        merchant_code = None
     if merchant_code is None:
         raise ApiError(
             401,
@@ -495,7 +500,7 @@ def create_app(
         return service
 
     def provide_merchant_code(request: Request[Any, Any, Any]) -> str:
-        return _authenticate(request, accepted_keys)
+        return _authenticate(request, accepted_keys, sandbox_state.controls.revoked_api_keys)
 
     authenticated = {"merchant_code": Provide(provide_merchant_code, sync_to_thread=False)}
     api = Router(

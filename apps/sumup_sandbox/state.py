@@ -38,6 +38,8 @@ class SandboxControls(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     # Deactivating a checkout (DELETE) answers 503 and leaves it open.
     deactivation_unavailable: bool = False
     refunds: RefundMode = "accept"
+    # API keys a merchant has revoked: SumUp answers 401 for them, as for a key it never issued.
+    revoked_api_keys: tuple[str, ...] = ()
 
     def updated(self, changes: Mapping[str, object]) -> SandboxControls:
         """A copy with `changes` applied; raises msgspec.ValidationError on a bad name or value."""

@@ -14,7 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import bindparam, select, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -23,12 +23,12 @@ from apps.common.outbox import next_due
 from apps.orders.models import outbox
 from apps.orders.reconciliation import Reconciler
 from apps.orders.service import (
-    _ATTEMPT_OF,
     _recent_orders,
     lock_buyer,
     orders_needing_attention,
     place_order,
 )
+from apps.orders.settlement import account_lookup
 from ops.db.provision import APP_SETTINGS, READER_SETTINGS
 from tests.conftest import admin_connect
 from tests.fdw_plans import explain_as_app, foreign_scans
@@ -506,7 +506,8 @@ async def test_a_blog_that_does_not_answer_costs_orders_own_bounded_wait(
     """Page configs are read through FDW under orders' own statement timeout, not only the
     roles' (here raised to an hour): while blog's table is locked (its reads wait),
     create-order and a webhook answer 503 naming blog, with nothing written and nothing asked
-    of SumUp; once blog answers, both go through."""
+    of SumUp; once blog answers, both go through. (Its orders remembers no SumUp account, so
+    the webhook reads blog: test_orders_merchant_accounts has the webhook that does not.)"""
     roles = {"blog_ro_orders": READER_SETTINGS, "orders_app": APP_SETTINGS}
 
     async def answer(request):  # a hang guard, not a measurement
@@ -517,7 +518,9 @@ async def test_a_blog_that_does_not_answer_costs_orders_own_bounded_wait(
             blog.execute(f"ALTER ROLE {role} SET statement_timeout = '1h'")
         try:
             # Started after the change, so that every connection of orders has it.
-            async with orders_stack(clean_db, credentials, sandbox.server) as orders:
+            async with orders_stack(
+                clean_db, credentials, sandbox.server, ORDERS_MERCHANT_ACCOUNT_SECONDS="0"
+            ) as orders:
                 order_id = (await create(orders)).json()["order_id"]
                 checkout_id = checkout_id_of(clean_db, order_id)
                 sandbox.pay(checkout_id)
@@ -548,37 +551,19 @@ async def test_a_blog_that_does_not_answer_costs_orders_own_bounded_wait(
 
 def test_the_webhook_and_create_order_ask_blog_once_each(clean_db, credentials, site_config):
     """The page-config reads folded into orders' own statements stay one remote scan each,
-    filtered at blog: the webhook's by the order's config id, create-order's by the candidates."""
-    with admin_connect(clean_db, "orders") as connection:
-        order_id = connection.execute(
-            """
-            INSERT INTO orders.orders (user_id, currency, product_total, calendar_total,
-                                       ticket_total, total, description, page_config_id,
-                                       merchant_code, checkout_prefix, payable_until)
-            VALUES (1, 'EUR', 5, 0, 0, 5, 'x', %s, 'M', 'p-', now() + interval '15 minutes')
-            RETURNING id
-            """,
-            (site_config,),
-        ).fetchone()[0]
-        connection.execute(
-            """
-            INSERT INTO orders.payment_attempts (order_id, number, checkout_reference,
-                                                 sumup_checkout_id, status, amount, currency)
-            VALUES (%s, 1, 'ref-1', 'co-1', 'PENDING', 5, 'EUR')
-            """,
-            (order_id,),
-        )
+    filtered at blog: the webhook's (when it reads blog) by the order's config id,
+    create-order's by the candidates."""
     dialect = postgresql.psycopg.dialect()
     literal = {"literal_binds": True, "render_postcompile": True}
     webhook_sql = str(
-        _ATTEMPT_OF.params(order_id=order_id, checkout_id="co-1").compile(
-            dialect=dialect, compile_kwargs=literal
-        )
+        select(account_lookup(bindparam("page_config_id")))
+        .params(page_config_id=site_config)
+        .compile(dialect=dialect, compile_kwargs=literal)
     )
     [scan] = foreign_scans(explain_as_app(clean_db, credentials, "orders", webhook_sql))
     assert scan["Actual Loops"] == 1
     assert scan["Actual Rows"] == 1
-    assert "id = $1" in scan["Remote SQL"]
+    assert f"id = {site_config}" in scan["Remote SQL"]
     slot_sql = str(
         _recent_orders(True, False)
         .params(buyer_user=1, candidates=[("page", 4), ("site", 0)])

@@ -366,6 +366,22 @@ def test_unknown_api_key_is_unauthorized(sandbox: BackgroundSandbox) -> None:
     assert unauthorized.value.problem.status == 401
 
 
+def test_a_revoked_key_is_unauthorized_and_its_checkouts_stay_readable_with_another(
+    sandbox: BackgroundSandbox, sumup_client: Sumup, operator: httpx.Client
+) -> None:
+    """A merchant revokes a key (a rotation): SumUp answers 401 for it, as for a key it never
+    issued; the merchant's checkouts are unchanged."""
+    checkout = create_checkout(sumup_client, reference="before-revocation")
+    set_controls(operator, revoked_api_keys=[DEFAULT_API_KEY])
+
+    with pytest.raises(AuthenticationError) as unauthorized:
+        sumup_client.checkouts.get(str(checkout.id))
+
+    assert unauthorized.value.status == 401
+    set_controls(operator, revoked_api_keys=[])
+    assert sumup_client.checkouts.get(str(checkout.id)).checkout_reference == "before-revocation"
+
+
 def test_missing_authorization_header_gets_a_problem_document(sandbox: BackgroundSandbox) -> None:
     response = httpx.get(f"{sandbox.url}/v0.1/checkouts/some-id", timeout=REQUEST_TIMEOUT)
 

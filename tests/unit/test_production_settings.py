@@ -12,6 +12,7 @@ import pytest
 
 from apps.common.settings import ConfigError
 from apps.orders.runtime import OrderUrls
+from apps.orders.settings import OrdersSettings
 from apps.registry import CONTRACTS, settings_for
 
 SECRET = "a-production-secret-0123456789"
@@ -147,3 +148,18 @@ def test_the_database_pool_is_set_per_service_or_for_all():
 def test_a_pool_setting_that_is_not_a_positive_number_is_named(name, value):
     with pytest.raises(ConfigError, match=f"{name} must be .* above zero, not '{value}'"):
         settings_for(CONTRACTS["orders"], {**COMPLETE, name: value})
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf", "soon"])
+def test_a_merchant_account_time_that_is_not_a_number_of_seconds_is_named(value):
+    environment = {**COMPLETE, "ORDERS_MERCHANT_ACCOUNT_SECONDS": value}
+    with pytest.raises(ConfigError, match=f"ORDERS_MERCHANT_ACCOUNT_SECONDS must be .*'{value}'"):
+        OrdersSettings.from_settings(settings_for(CONTRACTS["orders"], environment))
+
+
+def test_a_merchant_account_time_of_zero_remembers_nothing():
+    environment = {**COMPLETE, "ORDERS_MERCHANT_ACCOUNT_SECONDS": "0"}
+    own = OrdersSettings.from_settings(settings_for(CONTRACTS["orders"], environment))
+    assert own.merchant_account_seconds == 0
+    default = OrdersSettings.from_settings(settings_for(CONTRACTS["orders"], COMPLETE))
+    assert default.merchant_account_seconds == 60

@@ -1,0 +1,67 @@
+"""RecentMerchantAccounts: an account is recalled only within its time, never with 0 seconds,
+and forgetting or pruning never drops an account still within its time."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from apps.orders.payments import MerchantAccount
+from apps.orders.settlement import RecentMerchantAccounts
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_an_account_is_recalled_within_its_time_and_not_after() -> None:
+    clock = Clock()
+    recent = RecentMerchantAccounts(60, clock)
+    account = MerchantAccount("M1", "key-1")
+    recent.learn(7, account)
+    clock.now += 59.9
+    assert recent.recall(7) == account
+    assert recent.recall(8) is None
+    clock.now += 0.1
+    assert recent.recall(7) is None
+
+
+def test_zero_seconds_remembers_nothing() -> None:
+    recent = RecentMerchantAccounts(0, Clock())
+    recent.learn(7, MerchantAccount("M1", "key-1"))
+    assert recent.recall(7) is None
+
+
+def test_a_forgotten_account_is_read_again_and_a_newer_one_replaces_it() -> None:
+    recent = RecentMerchantAccounts(60, Clock())
+    recent.learn(7, MerchantAccount("M1", "old"))
+    recent.forget(7)
+    assert recent.recall(7) is None
+    recent.learn(7, MerchantAccount("M1", "old"))
+    recent.learn(7, MerchantAccount("M1", "new"))
+    assert recent.recall(7) == MerchantAccount("M1", "new")
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 400), st.floats(0, 30, allow_nan=False)), min_size=1, max_size=900
+    )
+)
+def test_pruning_keeps_every_account_within_its_time(learned: list[tuple[int, float]]) -> None:
+    """Learn many configs with time passing in between: whatever pruning dropped, every config
+    learned within the last 60 seconds is recalled with its latest account."""
+    clock = Clock()
+    recent = RecentMerchantAccounts(60, clock)
+    latest: dict[int, tuple[float, MerchantAccount]] = {}
+    for number, (config_id, pause) in enumerate(learned):
+        clock.now += pause
+        account = MerchantAccount("M", f"key-{number}")
+        recent.learn(config_id, account)
+        latest[config_id] = (clock.now, account)
+    for config_id, (when, account) in latest.items():
+        expected = account if when + 60 > clock.now else None
+        assert recent.recall(config_id) == expected
