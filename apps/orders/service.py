@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -86,7 +86,9 @@ from apps.orders.runtime import OrdersRuntime, OrderUrls
 from apps.orders.settlement import (
     OPEN_ATTEMPT_STATES,
     Applied,
+    AttemptRow,
     MerchantAccounts,
+    OrderRow,
     close_attempt,
     merchant_account,
     money,
@@ -941,28 +943,38 @@ async def start_new_attempt(
 
 
 # -- what SumUp reports ------------------------------------------------------------------------
-# The order and attempt a webhook names (local rows only: the SumUp account it needs to ask
-# SumUp comes from RecentMerchantAccounts, or from blog when this process has none).
-_ATTEMPT_OF = (
-    select(Order, PaymentAttempt)
-    .join(PaymentAttempt, PaymentAttempt.order_id == Order.id)
-    .where(
-        Order.id == bindparam("order_id"),
-        PaymentAttempt.sumup_checkout_id == bindparam("checkout_id"),
+def _attempt_of() -> DirectStatement:
+    """The order and attempt a webhook names, as :class:`OrderRow` and :class:`AttemptRow`
+    columns in their fields' order (local rows only: the SumUp account it needs to ask SumUp
+    comes from RecentMerchantAccounts, or from blog when this process has none)."""
+    orders, attempts = table_of(Order), table_of(PaymentAttempt)
+    return DirectStatement(
+        select(
+            *(orders.c[name] for name in _ORDER_FIELDS),
+            *(attempts.c[name] for name in _ATTEMPT_FIELDS),
+        )
+        .join_from(orders, attempts, attempts.c.order_id == orders.c.id)
+        .where(
+            orders.c.id == bindparam("order_id"),
+            attempts.c.sumup_checkout_id == bindparam("checkout_id"),
+        )
     )
-)
+
+
+_ORDER_FIELDS = [field.name for field in fields(OrderRow)]
+_ATTEMPT_FIELDS = [field.name for field in fields(AttemptRow)]
+_ATTEMPT_OF = _attempt_of()
 
 
 async def attempt_for_checkout(
     session: AsyncSession, order_id: int, checkout_id: str
-) -> tuple[Order, PaymentAttempt] | None:
+) -> tuple[OrderRow, AttemptRow] | None:
     """The order and attempt of a checkout."""
-    found = (
-        await session.execute(_ATTEMPT_OF, {"order_id": order_id, "checkout_id": checkout_id})
-    ).first()
+    found = await _ATTEMPT_OF.first(session, {"order_id": order_id, "checkout_id": checkout_id})
     if found is None:
         return None
-    return found.Order, found.PaymentAttempt
+    split = len(_ORDER_FIELDS)
+    return OrderRow(*found[:split]), AttemptRow(*found[split:])
 
 
 async def handle_webhook(

@@ -94,6 +94,54 @@ class Applied:
     refund_due: bool = False
 
 
+@dataclass
+class OrderRow:
+    """An order as the webhook reads it: one row of Core columns, not an ORM instance (the
+    webhook changes it only through its conditional UPDATEs, so it needs no identity map)."""
+
+    id: int
+    status: str
+    flagged: bool
+    superseded_by: int | None
+    user_id: int | None
+    session_id: str | None
+    page_post_id: int | None
+    page_config_id: int
+
+
+@dataclass
+class AttemptRow:
+    """A payment attempt as the webhook reads it (see :class:`OrderRow`)."""
+
+    id: int
+    number: int
+    sumup_checkout_id: str
+    amount: Decimal
+    currency: str
+    status: str
+    transaction_code: str | None
+    transaction_id: str | None
+
+
+# What applying a report works on: the ORM instances other paths hold, or the webhook's rows.
+OrderInHand = Order | OrderRow
+AttemptInHand = PaymentAttempt | AttemptRow
+
+
+def _now_says(session: AsyncSession, thing: OrderInHand | AttemptInHand, **values: Any) -> None:
+    """The order or attempt in hand says what its row now says (after a conditional UPDATE):
+    for an ORM instance, as loaded state, not as a change to flush."""
+    if isinstance(thing, OrderRow | AttemptRow):
+        for name, value in values.items():
+            setattr(thing, name, value)
+        return
+    for name, value in values.items():
+        set_committed_value(thing, name, value)
+    if isinstance(thing, PaymentAttempt):
+        # The database's clock is not known here: updated_at is read again if anything asks.
+        session.expire(thing, ["updated_at"])
+
+
 class MerchantAccounts:
     """Page configs' SumUp accounts (read through FDW from blog), remembered for one unit of
     work so a reconciliation pass reads each config once."""
@@ -213,7 +261,7 @@ _SETTLE_ATTEMPT = _settle_attempt()
 
 
 async def apply_checkout(
-    session: AsyncSession, order: Order, attempt: PaymentAttempt, remote: RemoteCheckout
+    session: AsyncSession, order: OrderInHand, attempt: AttemptInHand, remote: RemoteCheckout
 ) -> Applied:
     if remote.id != attempt.sumup_checkout_id:
         raise ValueError("the checkout does not belong to this attempt")
@@ -244,19 +292,19 @@ async def apply_checkout(
         },
     )
     if settled is not None:
-        # The attempt in hand says what the row now says (the database's clock is not known
-        # here: updated_at is read again if anything asks for it).
-        set_committed_value(attempt, "status", remote.status)
-        set_committed_value(attempt, "transaction_code", remote.transaction_code)
-        set_committed_value(attempt, "transaction_id", remote.transaction_id)
-        session.expire(attempt, ["updated_at"])
+        _now_says(
+            session,
+            attempt,
+            status=remote.status,
+            transaction_code=remote.transaction_code,
+            transaction_id=remote.transaction_id,
+        )
     if remote.status != "PAID":
         return Applied(order.status, attempt.status, flagged=order.flagged)
 
     paid_items = await _record_payment(session, order)
     if paid_items is not None:
-        # The order in hand says what the database now says, as an ORM UPDATE would have.
-        set_committed_value(order, "status", "paid")
+        _now_says(session, order, status="paid")
         await _enqueue_after_payment(session, order, paid_items)
         return Applied("paid", "PAID", paid=True)
 
@@ -288,7 +336,7 @@ async def apply_checkout(
     return Applied(current.status, "PAID")
 
 
-def _late_reason(order: Order, current: Any) -> str:
+def _late_reason(order: OrderInHand, current: Any) -> str:
     if current.status == "superseded":
         return f"paid after order {order.superseded_by} replaced it"
     if current.status in ("refund_due", "refunded"):
@@ -297,7 +345,7 @@ def _late_reason(order: Order, current: Any) -> str:
 
 
 async def _is_the_paid_attempt(
-    session: AsyncSession, order: Order, attempt: PaymentAttempt
+    session: AsyncSession, order: OrderInHand, attempt: AttemptInHand
 ) -> bool:
     first_paid = await session.scalar(
         select(func.min(PaymentAttempt.number)).where(
@@ -309,8 +357,8 @@ async def _is_the_paid_attempt(
 
 async def record_refund(
     session: AsyncSession,
-    order: Order,
-    attempt: PaymentAttempt,
+    order: OrderInHand,
+    attempt: AttemptInHand,
     kind: str,
     reason: str,
     amount: Decimal | None = None,
@@ -376,7 +424,7 @@ def _pay_order() -> Select[Any]:
 _PAY_ORDER = DirectStatement(_pay_order())
 
 
-async def _record_payment(session: AsyncSession, order: Order) -> list[PaidItem] | None:
+async def _record_payment(session: AsyncSession, order: OrderInHand) -> list[PaidItem] | None:
     """The order's transition to paid (if it is still pending and not flagged), in one
     statement that also reads the order's items for what follows a payment (they never change
     after the order is created). None when the order did not transition."""
@@ -391,7 +439,7 @@ async def _record_payment(session: AsyncSession, order: Order) -> list[PaidItem]
 
 
 async def _enqueue_after_payment(
-    session: AsyncSession, order: Order, items: list[PaidItem]
+    session: AsyncSession, order: OrderInHand, items: list[PaidItem]
 ) -> None:
     """The effects of a payment elsewhere, in the transaction of the transition."""
     products = [item for item in items if item.kind == "product"]
@@ -482,8 +530,8 @@ async def bookings_not_confirmed(
 
 async def refresh_attempt(
     session: AsyncSession,
-    order: Order,
-    attempt: PaymentAttempt,
+    order: OrderInHand,
+    attempt: AttemptInHand,
     gateway: SumUpGateway,
     accounts: MerchantAccounts | None = None,
 ) -> Applied:
@@ -498,8 +546,8 @@ async def refresh_attempt(
 
 async def refresh_reported_attempt(
     session: AsyncSession,
-    order: Order,
-    attempt: PaymentAttempt,
+    order: OrderInHand,
+    attempt: AttemptInHand,
     gateway: SumUpGateway,
     recent: RecentMerchantAccounts,
 ) -> Applied:
