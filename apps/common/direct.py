@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from typing import Any, cast
 
 import psycopg
+from psycopg.pq import ExecStatus
 from sqlalchemy.dialects.postgresql.psycopg import PGDialectAsync_psycopg
 from sqlalchemy.exc import DBAPIError, InvalidRequestError, StatementError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -160,10 +161,11 @@ class DirectStatement:
         try:
             async with driver.cursor() as cursor:
                 await cursor.execute(self.sql, values)
-                if not fetch or cursor.description is None:
+                result = cursor.pgresult
+                if not fetch or result is None or result.status != ExecStatus.TUPLES_OK:
                     return [], cursor.rowcount
                 rows = await cursor.fetchall()
-                return self._rows(rows, cursor.description), cursor.rowcount
+                return self._rows(rows, cursor), cursor.rowcount
         except psycopg.Error as exc:
             invalidated = connection.dialect.is_disconnect(cast(Any, exc), cast(Any, driver), None)
             if invalidated:
@@ -177,8 +179,12 @@ class DirectStatement:
                 dialect=connection.dialect,
             ) from exc
 
-    def _rows(self, rows: Sequence[tuple[Any, ...]], description: Sequence[Any]) -> list[DirectRow]:
+    def _rows(
+        self, rows: Sequence[tuple[Any, ...]], cursor: psycopg.AsyncCursor[Any]
+    ) -> list[DirectRow]:
         if self._result_processors is None:
+            # Asked once: psycopg builds the description's columns anew on every access.
+            description = cursor.description or []
             if len(description) != len(self._keys):
                 raise TypeError(f"{len(description)} columns came back for {self._keys}")
             # Per column as SQLAlchemy picks them: from the statement's type and the type the
