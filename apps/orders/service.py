@@ -42,7 +42,6 @@ from sqlalchemy import (
     select,
     text,
     true,
-    tuple_,
     union,
     union_all,
     update,
@@ -209,16 +208,34 @@ def config_candidates(page_post_id: int | None, containers: set[int]) -> list[tu
     return candidates
 
 
-# The candidates' page configs (through FDW), as one JSON array of rows.
+def _candidate(number: str) -> ColumnElement[bool]:
+    configs = page_payment_configs.c
+    return and_(
+        configs.container_type == bindparam(f"{number}_type"),
+        configs.container_id == bindparam(f"{number}_id"),
+    )
+
+
+# The candidates' page configs (through FDW), as one JSON array of rows. There are one or two
+# candidates (:func:`config_candidates`); one is bound as both, so every order runs one text.
 _CANDIDATE_CONFIGS = (
     select(func.jsonb_agg(page_payment_configs.table_valued()))
-    .where(
-        tuple_(page_payment_configs.c.container_type, page_payment_configs.c.container_id).in_(
-            bindparam("candidates", expanding=True)
-        )
-    )
+    .where(or_(_candidate("first"), _candidate("second")))
     .scalar_subquery()
 )
+
+
+def candidate_parameters(candidates: list[tuple[str, int]]) -> dict[str, Any]:
+    """The bound values of :data:`_CANDIDATE_CONFIGS` for :func:`config_candidates`' list."""
+    if not 1 <= len(candidates) <= 2:
+        raise ValueError(f"one or two page config candidates, not {candidates}")
+    (first_type, first_id), (second_type, second_id) = candidates[0], candidates[-1]
+    return {
+        "first_type": first_type,
+        "first_id": first_id,
+        "second_type": second_type,
+        "second_id": second_id,
+    }
 
 
 def choose_payment_config(
@@ -305,7 +322,6 @@ def _buyer(by_user: bool, by_session: bool, orders: Any = None) -> ColumnElement
     return or_(*buyer)
 
 
-@functools.cache
 def _recent_orders(by_user: bool, by_session: bool) -> Select[Any]:
     """The buyer's orders of the last minute, the clock, a new order id and the candidate page
     configs (see :func:`reserve_order_slot`), for a buyer known by user, session or both."""
@@ -317,6 +333,11 @@ def _recent_orders(by_user: bool, by_session: bool) -> Select[Any]:
         func.nextval(func.pg_get_serial_sequence(ORDERS_TABLE, "id")),
         _CANDIDATE_CONFIGS,
     ).where(_buyer(by_user, by_session), orders.c.created_at > func.now() - RATE_WINDOW)
+
+
+@functools.cache
+def _order_slot(by_user: bool, by_session: bool) -> DirectStatement:
+    return DirectStatement(_recent_orders(by_user, by_session))
 
 
 async def reserve_order_slot(
@@ -332,12 +353,15 @@ async def reserve_order_slot(
     (the statement before, :func:`lock_buyer`, set its timeout); nothing can go on without
     them, so no savepoint: a failure ends the transaction."""
     async with remote_read(session, "blog", isolate=False, timeout_set=True):
-        recent = (
-            await session.execute(
-                _recent_orders(user_id is not None, session_id is not None),
-                {"buyer_user": user_id, "buyer_session": session_id, "candidates": candidates},
-            )
-        ).one()
+        recent = await _order_slot(user_id is not None, session_id is not None).first(
+            session,
+            {
+                "buyer_user": user_id,
+                "buyer_session": session_id,
+                **candidate_parameters(candidates),
+            },
+        )
+    assert recent is not None  # an aggregate without GROUP BY: always one row
     count, oldest, now, order_id, configs = recent
     if count >= per_minute:
         retry_after = int((oldest + RATE_WINDOW - now).total_seconds()) + 1

@@ -24,6 +24,7 @@ from apps.orders.models import outbox
 from apps.orders.reconciliation import Reconciler
 from apps.orders.service import (
     _recent_orders,
+    candidate_parameters,
     lock_buyer,
     orders_needing_attention,
     place_order,
@@ -566,7 +567,7 @@ def test_the_webhook_and_create_order_ask_blog_once_each(clean_db, credentials, 
     assert f"id = {site_config}" in scan["Remote SQL"]
     slot_sql = str(
         _recent_orders(True, False)
-        .params(buyer_user=1, candidates=[("page", 4), ("site", 0)])
+        .params(buyer_user=1, **candidate_parameters([("page", 4), ("site", 0)]))
         .compile(dialect=dialect, compile_kwargs=literal)
     )
     [scan] = foreign_scans(explain_as_app(clean_db, credentials, "orders", slot_sql))
