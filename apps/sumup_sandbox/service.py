@@ -52,7 +52,7 @@ class CheckoutService:
             checkout = open_checkout(
                 new, hosted_page_base_url=self._hosted_page_base_url, now=_now()
             )
-            self.state.checkouts[checkout.id] = checkout
+            self.state.add(checkout)
             return checkout
 
     async def get(self, checkout_id: str, *, merchant_code: str | None = None) -> Checkout:

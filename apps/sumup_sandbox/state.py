@@ -116,6 +116,9 @@ class SandboxState:
         self.default_controls = controls or SandboxControls()
         self.controls = self.default_controls
         self.checkouts: dict[str, Checkout] = {}
+        # (merchant code, checkout reference) -> checkout: SumUp finds a reference by index, not
+        # by reading every checkout (a long run makes thousands).
+        self._by_reference: dict[tuple[str, str], Checkout] = {}
         self.deliveries: list[DeliveryRecord] = []
         self.held_events: list[WebhookEvent] = []
         self.lock = asyncio.Lock()
@@ -131,6 +134,7 @@ class SandboxState:
     def reset(self) -> None:
         self.controls = self.default_controls
         self.checkouts.clear()
+        self._by_reference.clear()
         self.deliveries.clear()
         self.held_events.clear()
         self._event_ids = itertools.count(1)
@@ -153,9 +157,17 @@ class SandboxState:
                     return transaction
         raise TransactionNotFound(transaction_id)
 
+    def add(self, checkout: Checkout) -> None:
+        """A new checkout; its reference must be new for its merchant (the caller checked)."""
+        self.checkouts[checkout.id] = checkout
+        self._by_reference[(checkout.merchant_code, checkout.checkout_reference)] = checkout
+
     def find_by_reference(
         self, merchant_code: str, checkout_reference: str | None
     ) -> list[Checkout]:
+        if checkout_reference is not None:
+            found = self._by_reference.get((merchant_code, checkout_reference))
+            return [] if found is None else [found]
         return [
             checkout
             for checkout in self.checkouts.values()

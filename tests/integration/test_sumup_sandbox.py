@@ -296,6 +296,12 @@ def test_duplicate_reference_is_a_conflict_for_the_same_merchant_only(
         other_merchant_client, reference="order-dup-1", merchant_code=OTHER_MERCHANT_CODE
     )
     assert other.status == "PENDING"
+    # Listed by reference, each merchant sees its own checkout of that reference only.
+    [own] = sumup_client.checkouts.list(checkout_reference="order-dup-1")
+    [theirs] = other_merchant_client.checkouts.list(checkout_reference="order-dup-1")
+    assert own.id != theirs.id
+    assert theirs.id == other.id
+    assert sumup_client.checkouts.list(checkout_reference="order-dup-2") == []
 
 
 @pytest.mark.parametrize("missing", ["checkout_reference", "amount", "currency", "merchant_code"])
