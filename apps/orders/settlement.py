@@ -40,7 +40,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import array, insert
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import QueryableAttribute
 from sqlalchemy.orm.attributes import set_committed_value
 
 from apps.cart import contract as cart
@@ -198,13 +197,9 @@ class RecentMerchantAccounts:
         self._accounts.pop(page_config_id, None)
 
 
-def account_lookup(
-    page_config_id: ColumnElement[int] | QueryableAttribute[int],
-) -> ScalarSelect[Any]:
+def account_lookup(page_config_id: ColumnElement[int]) -> ScalarSelect[Any]:
     """The SumUp account of the page config ``page_config_id`` names, through FDW, as one value
-    (so blog is asked once): ``[merchant code, API key]``, NULL when the config is gone. A
-    statement that knows the config id by a column (the webhook's) reads it in the same round
-    trip."""
+    (so blog is asked once): ``[merchant code, API key]``, NULL when the config is gone."""
     return (
         select(
             array(
