@@ -186,7 +186,9 @@ def identity_middleware(
     secure: bool,
     csrf_exempt: Iterable[str] = (),
 ) -> Callable[[ASGIApp], ASGIApp]:
-    """Resolve the identity from the cookie, check CSRF on unsafe requests, write the cookie."""
+    """Resolve the identity from the cookie, check CSRF on unsafe requests, write the cookie.
+    ``csrf_exempt``: path prefixes that machines call (a payment provider's webhook): no CSRF
+    check, and no session cookie issued to them."""
     exempt_prefixes = tuple(csrf_exempt)
 
     def middleware(app: ASGIApp) -> ASGIApp:
@@ -200,17 +202,17 @@ def identity_middleware(
             morsel = cookie.get(COOKIE_NAME)
             session = codec.decode(morsel.value) if morsel else None
             identity = session.identity if session is not None else None
-            # A new session, or one in the second half of its life: the cookie is (re)issued.
-            state[CHANGED_KEY] = session is None or (
-                session.expires_at - time.time() < codec.lifetime / 2
+            exempt = scope["path"].startswith(exempt_prefixes)
+            # A new session, or one in the second half of its life: the cookie is (re)issued;
+            # never to the machines that call the exempt paths (they keep no cookies).
+            state[CHANGED_KEY] = not exempt and (
+                session is None or session.expires_at - time.time() < codec.lifetime / 2
             )
             state[STATE_KEY] = identity or new_anonymous_identity()
             # Litestar's template helper {{ csrf_input }} renders this token.
             ScopeState.from_scope(scope).csrf_token = codec.csrf_token(state[STATE_KEY])
 
-            if http_method(scope) not in SAFE_METHODS and not scope["path"].startswith(
-                exempt_prefixes
-            ):
+            if http_method(scope) not in SAFE_METHODS and not exempt:
                 try:
                     body = await read_body(receive)
                 except BodyTooLarge:

@@ -269,6 +269,20 @@ async def test_forged_webhook_for_an_unknown_checkout_calls_nobody(orders, clean
     assert garbage.status_code == 422
 
 
+async def test_a_webhook_is_answered_without_a_session_cookie(orders, clean_db, sandbox):
+    """SumUp keeps no cookies: the webhook's answer mints no anonymous session (one per
+    notification, signed and never used), while a browser's request to orders still gets one."""
+    order_id = (await create(orders)).json()["order_id"]
+    checkout_id = checkout_id_of(clean_db, order_id)
+    sandbox.pay(checkout_id)
+    answered = await webhook(orders, order_id, checkout_id)
+    assert answered.status_code == 204
+    assert "set-cookie" not in answered.headers
+    assert order_rows(clean_db)[0][1] == "paid"
+    page = await orders.browser("orders").get(f"/order/{order_id}/", headers=HTML)
+    assert "set-cookie" in page.headers
+
+
 async def test_known_webhook_while_sumup_is_down_asks_for_a_retry(orders, clean_db, sandbox):
     order_id = (await create(orders)).json()["order_id"]
     checkout_id = checkout_id_of(clean_db, order_id)
