@@ -51,7 +51,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
 from apps.common.contracts import SignIn
-from apps.common.db import one_plan_for_the_rest_of_the_transaction, table_of
+from apps.common.db import (
+    one_plan_for_the_rest_of_the_transaction,
+    set_for_the_transaction,
+    table_of,
+)
 from apps.common.direct import DirectStatement
 from apps.common.fdw import remote_read, timeout_for_next_reads
 from apps.common.internal_client import InternalCallError
@@ -967,15 +971,22 @@ async def start_new_attempt(
 
 
 # -- what SumUp reports ------------------------------------------------------------------------
+# The webhook's statements wait at most this long (for a row another request holds, say): then
+# it answers 503 and SumUp delivers again, as create-order's bound does.
+WEBHOOK_STATEMENT_TIMEOUT_MS = 2000
+
+
 def _attempt_of() -> DirectStatement:
     """The order and attempt a webhook names, as :class:`OrderRow` and :class:`AttemptRow`
     columns in their fields' order (local rows only: the SumUp account it needs to ask SumUp
-    comes from RecentMerchantAccounts, or from blog when this process has none)."""
+    comes from RecentMerchantAccounts, or from blog when this process has none). It also sets
+    the bound of the statements after it, without a round trip of its own."""
     orders, attempts = table_of(Order), table_of(PaymentAttempt)
     return DirectStatement(
         select(
             *(orders.c[name] for name in _ORDER_FIELDS),
             *(attempts.c[name] for name in _ATTEMPT_FIELDS),
+            set_for_the_transaction("statement_timeout", str(WEBHOOK_STATEMENT_TIMEOUT_MS)),
         )
         .join_from(orders, attempts, attempts.c.order_id == orders.c.id)
         .where(
@@ -997,8 +1008,8 @@ async def attempt_for_checkout(
     found = await _ATTEMPT_OF.first(session, {"order_id": order_id, "checkout_id": checkout_id})
     if found is None:
         return None
-    split = len(_ORDER_FIELDS)
-    return OrderRow(*found[:split]), AttemptRow(*found[split:])
+    split, end = len(_ORDER_FIELDS), len(_ORDER_FIELDS) + len(_ATTEMPT_FIELDS)
+    return OrderRow(*found[:split]), AttemptRow(*found[split:end])
 
 
 async def handle_webhook(

@@ -10,6 +10,7 @@ import pytest
 
 from apps.sumup_sandbox import DEFAULT_MERCHANT_CODE
 from apps.sumup_sandbox.server import BackgroundSandbox
+from ops.db.provision import APP_SETTINGS
 from tests.conftest import admin_connect
 from tests.integration.orders_fixtures import (
     Sandbox,
@@ -146,3 +147,42 @@ async def test_a_key_removed_from_blog_still_reads_statuses_for_its_time_only(
         assert refused.status_code == 409, refused.text
         assert "no SumUp key" in refused.json()["detail"]
         assert dict(row[:2] for row in order_rows(clean_db))[order_id] == "pending"
+
+
+async def test_a_webhook_bounds_its_wait_for_a_row_another_request_holds(
+    clean_db, credentials, sandbox
+):
+    """Reading no blog, the webhook no longer takes its statement timeout from the FDW read: it
+    sets its own. With orders' role allowed an hour, a webhook whose payment attempt another
+    transaction holds answers 503 (SumUp delivers again), changes nothing, and goes through
+    once the row is free."""
+    add_page_config(clean_db, "site", 0)
+    with admin_connect(clean_db, "orders") as admin:
+        admin.execute("ALTER ROLE orders_app SET statement_timeout = '1h'")
+    try:
+        # Started after the change, so that every connection of orders has it.
+        async with orders_stack(clean_db, credentials, sandbox.server) as orders:
+            order_id = (await create(orders)).json()["order_id"]
+            checkout_id = checkout_id_of(clean_db, order_id)
+            sandbox.pay(checkout_id)
+            with admin_connect(clean_db, "orders") as holder:
+                holder.autocommit = False
+                holder.execute(
+                    "SELECT id FROM orders.payment_attempts WHERE order_id = %s FOR UPDATE",
+                    (order_id,),
+                )
+                try:
+                    refused = await bounded(webhook(orders, order_id, checkout_id))
+                finally:
+                    holder.rollback()
+            assert refused.status_code == 503, refused.text
+            assert refused.headers["content-type"].startswith("application/problem+json")
+            assert "did not answer in time" in refused.json()["detail"]
+            assert order_rows(clean_db)[0][:2] == (order_id, "pending")
+            settled = await bounded(webhook(orders, order_id, checkout_id))
+            assert settled.status_code == 204, settled.text
+            assert order_rows(clean_db)[0][:2] == (order_id, "paid")
+    finally:
+        with admin_connect(clean_db, "orders") as admin:
+            timeout = APP_SETTINGS["statement_timeout"]
+            admin.execute(f"ALTER ROLE orders_app SET statement_timeout = '{timeout}'")
