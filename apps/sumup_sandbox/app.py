@@ -141,9 +141,8 @@ def _authenticate(
     """The merchant code the Bearer key belongs to; SumUp answers 401 problems otherwise."""
     scheme, _, api_key = request.headers.get("authorization", "").partition(" ")
     key = api_key.strip()
-    merchant_code = api_keys.get(key) if scheme.lower() == "bearer" else None
-    if key in revoked:
-        merchant_code = None
+    bearer = scheme.lower() == "bearer" and key not in revoked
+    merchant_code = api_keys.get(key) if bearer else None
     if merchant_code is None:
         raise ApiError(
             401,

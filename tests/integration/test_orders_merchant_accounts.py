@@ -33,6 +33,21 @@ async def bounded(request):  # a hang guard, not a measurement
     return await asyncio.wait_for(request, timeout=60)
 
 
+async def while_held(server, database: str, statement: str, request, *params):
+    """``request``'s answer while another transaction of ``database`` holds what ``statement``
+    locks (released after the answer, however it ends)."""
+    with admin_connect(server, database) as holder:
+        holder.autocommit = False
+        holder.execute(statement, params or None)
+        try:
+            return await bounded(request)
+        finally:
+            holder.rollback()
+
+
+LOCK_PAGE_CONFIGS = "LOCK TABLE blog.page_configs IN ACCESS EXCLUSIVE MODE"
+
+
 def set_site_key(server, api_key: str | None) -> None:
     with admin_connect(server, "blog") as connection:
         connection.execute(
@@ -61,23 +76,18 @@ async def test_a_webhook_settles_a_payment_while_blog_is_locked_with_the_key_ord
         order_id = (await create(orders)).json()["order_id"]
         checkout_id = checkout_id_of(clean_db, order_id)
         sandbox.pay(checkout_id)
-        with admin_connect(clean_db, "blog") as blog:
-            blog.autocommit = False
-            blog.execute("LOCK TABLE blog.page_configs IN ACCESS EXCLUSIVE MODE")
-            try:
-                settled = await bounded(webhook(orders, order_id, checkout_id))
-            finally:
-                blog.rollback()
+        settled = await while_held(
+            clean_db, "blog", LOCK_PAGE_CONFIGS, webhook(orders, order_id, checkout_id)
+        )
         assert settled.status_code == 204, settled.text
         assert order_rows(clean_db)[0][:2] == (order_id, "paid")
         # create-order still reads blog every time: it is where the merchant is chosen.
-        with admin_connect(clean_db, "blog") as blog:
-            blog.autocommit = False
-            blog.execute("LOCK TABLE blog.page_configs IN ACCESS EXCLUSIVE MODE")
-            try:
-                refused = await bounded(create(orders, order_payload(product_line(7, "2.00"))))
-            finally:
-                blog.rollback()
+        refused = await while_held(
+            clean_db,
+            "blog",
+            LOCK_PAGE_CONFIGS,
+            create(orders, order_payload(product_line(7, "2.00"))),
+        )
         assert refused.status_code == 503, refused.text
         assert "blog" in refused.json()["detail"]
         assert len(order_rows(clean_db)) == 1
@@ -107,13 +117,9 @@ async def test_a_remembered_key_sumup_refuses_is_read_again_from_blog(
         next_id = (await create(orders, order_payload(product_line(2, "3.00")))).json()
         checkout_id = checkout_id_of(clean_db, next_id["order_id"])
         sandbox.pay(checkout_id)
-        with admin_connect(clean_db, "blog") as blog:
-            blog.autocommit = False
-            blog.execute("LOCK TABLE blog.page_configs IN ACCESS EXCLUSIVE MODE")
-            try:
-                settled = await bounded(webhook(orders, next_id["order_id"], checkout_id))
-            finally:
-                blog.rollback()
+        settled = await while_held(
+            clean_db, "blog", LOCK_PAGE_CONFIGS, webhook(orders, next_id["order_id"], checkout_id)
+        )
         assert settled.status_code == 204, settled.text
         assert dict(row[:2] for row in order_rows(clean_db))[next_id["order_id"]] == "paid"
 
@@ -165,16 +171,13 @@ async def test_a_webhook_bounds_its_wait_for_a_row_another_request_holds(
             order_id = (await create(orders)).json()["order_id"]
             checkout_id = checkout_id_of(clean_db, order_id)
             sandbox.pay(checkout_id)
-            with admin_connect(clean_db, "orders") as holder:
-                holder.autocommit = False
-                holder.execute(
-                    "SELECT id FROM orders.payment_attempts WHERE order_id = %s FOR UPDATE",
-                    (order_id,),
-                )
-                try:
-                    refused = await bounded(webhook(orders, order_id, checkout_id))
-                finally:
-                    holder.rollback()
+            refused = await while_held(
+                clean_db,
+                "orders",
+                "SELECT id FROM orders.payment_attempts WHERE order_id = %s FOR UPDATE",
+                webhook(orders, order_id, checkout_id),
+                order_id,
+            )
             assert refused.status_code == 503, refused.text
             assert refused.headers["content-type"].startswith("application/problem+json")
             assert "did not answer in time" in refused.json()["detail"]
