@@ -122,6 +122,7 @@ class Run:
     failures: list[str] = field(default_factory=list)
     sequential: Samples = field(default_factory=Samples)
     concurrent: Samples = field(default_factory=Samples)
+    concurrent_warmup: Samples = field(default_factory=Samples)
     warmup_order_ids: list[int] = field(default_factory=list)
     # The cart lines named by the checked orders (every one must be cleared by the relay).
     cart_line_ids: list[int] = field(default_factory=list)
@@ -476,41 +477,53 @@ async def sequential_phase(
 async def concurrent_phase(
     driver: Driver, rng: random.Random, run: Run, sink: TimingSink, token: str, postmaster: int
 ) -> None:
-    """``--clients`` clients, each running checkouts one after the other, no baseline."""
+    """``--clients`` clients, each running checkouts one after the other, no baseline. First
+    ``--concurrent-warmup`` rounds per client, measured apart: the first burst opens the
+    services' pool connections (a login each, and postgres_fdw's own login on a connection's
+    first foreign read), which a service pays once after it starts, not per checkout."""
     args = run.args
     stack = driver.stack
-    samples = run.concurrent
-    payloads = [cart_payload(rng, stack.shop, 100_000 + n) for n in range(args.concurrent)]
+    warmup = args.concurrent_warmup * args.clients
+    payloads = [cart_payload(rng, stack.shop, 100_000 + n) for n in range(warmup + args.concurrent)]
     run.cart_line_ids += put_in_carts(stack, payloads)
-    counter = itertools.count()
 
-    async def client() -> None:
-        while (index := next(counter)) < len(payloads):
-            key = f"bench-{token}-c{index}"
-            outcome = await attempt(
-                run,
-                f"concurrent checkout {key}",
-                # Checked in bulk afterwards (the database): no extra request inside the timing.
-                driver.checkout(payloads[index], key, verify=False),
-            )
-            if outcome is None:
-                continue
-            result, _ = outcome
-            samples.order_ids.append(result.order_id)
-            samples.add("create", result.create_ms)
-            samples.add("pay", result.pay_ms)
-            samples.add("webhook", result.webhook_ms)
-            samples.add("checkout", result.total_ms)
+    async def clients(first: int, last: int, samples: Samples) -> None:
+        counter = itertools.count(first)
 
+        async def client() -> None:
+            while (index := next(counter)) < last:
+                key = f"bench-{token}-c{index}"
+                outcome = await attempt(
+                    run,
+                    f"concurrent checkout {key}",
+                    # Checked in bulk afterwards (the database): no extra request inside the
+                    # timing.
+                    driver.checkout(payloads[index], key, verify=False),
+                )
+                if outcome is None:
+                    continue
+                result, _ = outcome
+                samples.order_ids.append(result.order_id)
+                samples.add("create", result.create_ms)
+                samples.add("pay", result.pay_ms)
+                samples.add("webhook", result.webhook_ms)
+                samples.add("checkout", result.total_ms)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(args.clients)))
+        samples.wall_seconds = time.perf_counter() - started
+
+    if warmup:
+        await clients(0, warmup, run.concurrent_warmup)
+        run.warmup_order_ids += run.concurrent_warmup.order_ids
+        await asyncio.sleep(0.5)  # the warm-up's access-log lines drain before recording
     sink.phase = "concurrent"
     before = cpu_snapshot(stack, postmaster)
-    started = time.perf_counter()
-    await asyncio.gather(*(client() for _ in range(args.clients)))
-    samples.wall_seconds = time.perf_counter() - started
+    await clients(warmup, len(payloads), run.concurrent)
     await asyncio.sleep(0.5)
     sink.phase = None
     after = cpu_snapshot(stack, postmaster)
-    samples.cpu_seconds = {name: after[name] - before[name] for name in after}
+    run.concurrent.cpu_seconds = {name: after[name] - before[name] for name in after}
 
 
 async def profile_phase(driver: Driver, rng: random.Random, run: Run, token: str) -> None:
@@ -733,7 +746,8 @@ def report(run: Run, sink: TimingSink, argv: list[str]) -> None:
     )
     print(
         f"N         : {args.checkouts} sequential checkouts (+{args.warmup} warm-up, excluded), "
-        f"{args.concurrent if args.clients else 0} with {args.clients} concurrent clients"
+        f"{args.concurrent if args.clients else 0} with {args.clients} concurrent clients "
+        f"(+{args.concurrent_warmup} warm-up per client, excluded)"
     )
     print(f"webhooks  : {run.delivery_check}")
     print(f"history   : {args.history} earlier orders of other buyers in db_orders (--history)")
@@ -795,6 +809,12 @@ def report(run: Run, sink: TimingSink, argv: list[str]) -> None:
             )
         )
         print(_row("complete checkout (create + pay + webhook)", conc.stats("checkout")))
+        print(
+            _row(
+                "  warm-up, excluded (first burst: pools fill)",
+                run.concurrent_warmup.stats("checkout"),
+            )
+        )
         print(
             f"throughput, {args.clients} clients: {count / conc.wall_seconds:6.1f} checkouts/s "
             f"({count} in {conc.wall_seconds:.1f} s wall clock)"
@@ -901,6 +921,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--concurrent", type=int, default=None, help="checkouts of the concurrent phase (def. N)"
     )
     parser.add_argument(
+        "--concurrent-warmup",
+        type=int,
+        default=3,
+        help="warm-up checkouts per client before the concurrent phase, not measured",
+    )
+    parser.add_argument(
         "--breakdown-checkouts",
         type=int,
         default=40,
@@ -933,7 +959,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--log", type=Path, default=None, help="keep the services' log here (else a temp file)"
     )
     args = parser.parse_args(argv)
-    if args.checkouts < 100 or args.warmup < 0 or args.clients < 0:
+    if args.checkouts < 100 or min(args.warmup, args.clients, args.concurrent_warmup) < 0:
         parser.error("--checkouts must be at least 100 (p99 needs them); others at least 0")
     if args.concurrent is None:
         args.concurrent = args.checkouts
