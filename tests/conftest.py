@@ -97,6 +97,10 @@ def make_settings(
         "internal_secret": INTERNAL_SECRET,
         "session_secret": SESSION_SECRET if service_spec(service).public else None,
         "editor_user_ids": frozenset({1}),
+        # Every test starts its own apps: opening each one's whole pool (and its FDW
+        # connections) would cost a login per connection per test. tests/integration/
+        # test_pool_warm.py turns it on.
+        "database_pool_warm": False,
     }
     values.update(overrides)
     return Settings(**values)

@@ -39,6 +39,7 @@ from apps.common.db import (
     database_reachable,
     request_session,
     sessionmaker_for,
+    warm_pool,
 )
 from apps.common.headers import security_headers
 from apps.common.identity import Identity, SessionCodec, identity_from_scope, identity_middleware
@@ -172,6 +173,8 @@ def create_base_app(
             pool_timeout=settings.database_pool_timeout,
         )
         platform.sessionmaker = sessionmaker_for(platform.engine)
+        if settings.database_pool_warm:
+            await warm_pool(platform.engine, settings.database_pool_size)
         try:
             for hook in on_startup:
                 await hook(app)

@@ -6,6 +6,9 @@ a response is never sent for a write that did not commit.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import select
 import time
 from datetime import datetime
@@ -26,7 +29,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -37,6 +40,8 @@ from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
 from apps.common.settings import POOL_SIZE, POOL_TIMEOUT
+
+logger = logging.getLogger("rose.db")
 
 # The request-scoped session handlers receive as ``db_session: DbSession``.
 DbSession = NamedDependency[AsyncSession]
@@ -162,6 +167,70 @@ def check_on_checkout(engine: AsyncEngine, idle_seconds: float = PING_AFTER_IDLE
             raise
         except Exception as exc:
             raise DisconnectionError(f"pooled connection failed its check: {exc}") from exc
+
+
+# How long start-up may spend opening the pool: a database that does not answer is the
+# readiness check's business, not a reason to start late.
+WARM_SECONDS = 5.0
+
+# One foreign table per foreign server that the connected role may read. Reading it (no rows)
+# makes postgres_fdw log in to that server for this session, and keep_connections keeps it.
+_FOREIGN_TABLE_PER_SERVER = text(
+    "SELECT DISTINCT ON (t.ftserver) format('%I.%I', n.nspname, c.relname) "
+    "FROM pg_foreign_table AS t "
+    "JOIN pg_class AS c ON c.oid = t.ftrelid "
+    "JOIN pg_namespace AS n ON n.oid = c.relnamespace "
+    "WHERE has_any_column_privilege(c.oid, 'SELECT') "
+    "ORDER BY t.ftserver, c.oid"
+)
+
+
+async def warm_pool(engine: AsyncEngine, size: int, *, seconds: float = WARM_SECONDS) -> int:
+    """Open ``size`` connections of ``engine``'s pool, each with its postgres_fdw connections,
+    and return how many were opened. Requests right after a start (a deploy) then find them
+    open: the first burst paid a login per pool connection, and another per foreign server on
+    each connection's first foreign read (bench/README.md, "eleventh pass"). Never fails the
+    start for the database: one that does not answer is the readiness check's business, and
+    the pool opens connections on demand as before."""
+    started = time.perf_counter()
+    opened = 0
+    foreign_tables: list[str] = []
+    try:
+        # Held together, so that the pool opens ``size`` different connections; the timeout
+        # ends first, then the held connections go back to the pool.
+        async with contextlib.AsyncExitStack() as held, asyncio.timeout(seconds):
+            for _ in range(size):
+                connection = await held.enter_async_context(engine.connect())
+                opened += 1
+                if opened == 1:
+                    found = await connection.execute(_FOREIGN_TABLE_PER_SERVER)
+                    foreign_tables = [str(name) for name in found.scalars()]
+                for table in foreign_tables:
+                    try:
+                        # A name from the catalog, quoted by format('%I.%I').
+                        await connection.exec_driver_sql(f"SELECT FROM {table} LIMIT 0")
+                    except DBAPIError as exc:
+                        # That provider is down: this connection logs in to it on first use.
+                        logger.warning("could not reach %s at start-up: %s", table, exc.orig)
+                    finally:
+                        await connection.rollback()
+    except (DBAPIError, OSError, TimeoutError) as exc:
+        reason = "no answer" if isinstance(exc, TimeoutError) else getattr(exc, "orig", exc)
+        logger.warning(
+            "could not open the pool at start-up (%d of %d connections): %s; "
+            "connections are opened on demand",
+            opened,
+            size,
+            reason,
+        )
+        return opened
+    logger.info(
+        "pool open: %d connections, each reading %d foreign server(s), in %.0f ms",
+        opened,
+        len(foreign_tables),
+        (time.perf_counter() - started) * 1000,
+    )
+    return opened
 
 
 def sessionmaker_for(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

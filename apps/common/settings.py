@@ -62,6 +62,8 @@ class Settings:
     # gets a 503.
     database_pool_size: int = POOL_SIZE
     database_pool_timeout: float = POOL_TIMEOUT
+    # Open the pool's connections (and their FDW connections) at start-up, not on first use.
+    database_pool_warm: bool = True
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -153,6 +155,7 @@ class Settings:
         pool_timeout = _number(
             env, float, f"DATABASE_POOL_TIMEOUT_{upper}", "DATABASE_POOL_TIMEOUT"
         )
+        pool_warm = _switch(env, f"DATABASE_POOL_WARM_{upper}", "DATABASE_POOL_WARM")
 
         editors = env.get("ROSE_EDITOR_USER_IDS", "")
         try:
@@ -179,8 +182,27 @@ class Settings:
             session_secrets_accepted=session_accepted,
             database_pool_size=int(pool_size or POOL_SIZE),
             database_pool_timeout=float(pool_timeout or POOL_TIMEOUT),
+            database_pool_warm=True if pool_warm is None else pool_warm,
             extra={key: value for key, value in env.items() if key.startswith(f"{upper}_")},
         )
+
+
+_ON = ("1", "true", "yes", "on")
+_OFF = ("0", "false", "no", "off")
+
+
+def _switch(env: Mapping[str, str], *names: str) -> bool | None:
+    """The first of ``names`` that is set, as on or off; None when none is set."""
+    for name in names:
+        text = env.get(name, "").strip().lower()
+        if not text:
+            continue
+        if text in _ON:
+            return True
+        if text in _OFF:
+            return False
+        raise ConfigError(f"{name} must be one of {', '.join(_ON + _OFF)}, not {env[name]!r}")
+    return None
 
 
 def _number(env: Mapping[str, str], kind: type[int] | type[float], *names: str) -> float | None:

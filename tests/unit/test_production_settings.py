@@ -134,6 +134,21 @@ def test_the_database_pool_is_set_per_service_or_for_all():
     assert settings_for(CONTRACTS["orders"], own).database_pool_size == 12
 
 
+def test_the_pool_is_opened_at_start_up_unless_a_setting_says_not():
+    assert settings_for(CONTRACTS["orders"], COMPLETE).database_pool_warm is True
+    off = {**COMPLETE, "DATABASE_POOL_WARM": "0"}
+    assert settings_for(CONTRACTS["orders"], off).database_pool_warm is False
+    own = {**off, "DATABASE_POOL_WARM_ORDERS": "yes"}
+    assert settings_for(CONTRACTS["orders"], own).database_pool_warm is True
+    assert settings_for(CONTRACTS["cart"], own).database_pool_warm is False
+
+
+@pytest.mark.parametrize("value", ["2", "maybe", "enabled"])
+def test_a_pool_warm_setting_that_is_not_on_or_off_is_named(value):
+    with pytest.raises(ConfigError, match=f"DATABASE_POOL_WARM must be one of .*, not '{value}'"):
+        settings_for(CONTRACTS["orders"], {**COMPLETE, "DATABASE_POOL_WARM": value})
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [
