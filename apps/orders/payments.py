@@ -9,6 +9,9 @@ errors become :class:`PaymentProviderUnavailable` (no answer, 5xx: try again lat
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -117,28 +120,84 @@ def sdk_client(api_key: str, base_url: str, timeout: httpx.Timeout) -> AsyncSumu
     return client
 
 
+# SDK clients kept open at once, one per merchant API key in use: each is a connection pool.
+MAX_SDK_CLIENTS = 16
+
+
+@dataclass(eq=False)
+class SdkClient:
+    """One merchant API key's SDK client, and how many calls are running on it."""
+
+    sdk: AsyncSumup
+    calls: int = 0
+    retired: bool = False
+    closed: bool = False
+
+
 class SumUpGateway:
-    def __init__(self, base_url: str = SUMUP_BASE_URL, timeout_seconds: float = 10.0) -> None:
+    def __init__(
+        self,
+        base_url: str = SUMUP_BASE_URL,
+        timeout_seconds: float = 10.0,
+        *,
+        max_clients: int = MAX_SDK_CLIENTS,
+    ) -> None:
         self.base_url = base_url
         self.timeout = httpx.Timeout(timeout_seconds, connect=min(3.0, timeout_seconds))
-        # One SDK client (one connection pool) per merchant API key.
-        self._clients: dict[str, AsyncSumup] = {}
+        # One SDK client (one connection pool) per merchant API key, the most recently used
+        # ``max_clients`` of them: keys rotate, and a pool per key ever seen stayed open.
+        self._max_clients = max_clients
+        self._clients: OrderedDict[str, SdkClient] = OrderedDict()
+        # Pushed out while calls were running on them: closed when the last one answers.
+        self._retired: set[SdkClient] = set()
 
-    def _client(self, account: MerchantAccount) -> AsyncSumup:
+    def client_for(self, account: MerchantAccount) -> SdkClient:
+        """The client of ``account``'s key (made on first use), now the most recently used;
+        pushing the least recently used one out when there are too many."""
         if not account.api_key:
             # The SDK would send "Bearer None"; refuse instead.
             raise PaymentProviderError("no API key is configured for this merchant")
         client = self._clients.get(account.api_key)
-        if client is None:
-            client = sdk_client(account.api_key, self.base_url, self.timeout)
-            # Every SumUp call carries the W3C trace context of the order's work.
-            client._client.event_hooks["request"].append(_traced)
-            self._clients[account.api_key] = client
+        if client is not None:
+            self._clients.move_to_end(account.api_key)
+            return client
+        sdk = sdk_client(account.api_key, self.base_url, self.timeout)
+        # Every SumUp call carries the W3C trace context of the order's work.
+        sdk._client.event_hooks["request"].append(_traced)
+        client = self._clients[account.api_key] = SdkClient(sdk)
+        while len(self._clients) > self._max_clients:
+            _, pushed_out = self._clients.popitem(last=False)
+            pushed_out.retired = True
+            self._retired.add(pushed_out)
         return client
 
+    def open_clients(self) -> int:
+        return len(self._clients) + sum(not client.closed for client in self._retired)
+
+    @asynccontextmanager
+    async def _using(self, account: MerchantAccount) -> AsyncIterator[AsyncSumup]:
+        """The SDK client of ``account``'s key for one call; a client pushed out is closed
+        once no call runs on it."""
+        client = self.client_for(account)
+        client.calls += 1
+        try:
+            for idle in [each for each in self._retired if each.calls == 0]:
+                await self._close(idle)
+            yield client.sdk
+        finally:
+            client.calls -= 1
+            if client.retired and client.calls == 0:
+                await self._close(client)
+
+    async def _close(self, client: SdkClient) -> None:
+        self._retired.discard(client)
+        if not client.closed:
+            client.closed = True
+            await client.sdk.aclose()
+
     async def aclose(self) -> None:
-        for client in self._clients.values():
-            await client.aclose()
+        for client in [*self._clients.values(), *self._retired]:
+            await self._close(client)
         self._clients.clear()
 
     async def create_checkout(
@@ -155,39 +214,39 @@ class SumUpGateway:
     ) -> RemoteCheckout:
         """Create a hosted checkout; a reference SumUp already has (409 DUPLICATED_CHECKOUT,
         e.g. our earlier try whose answer was lost) is recovered by listing by reference."""
-        client = self._client(account)
-        try:
-            created = await client.checkouts.create(
-                checkout_reference=reference,
-                amount=as_amount(amount),
-                currency=currency,
-                merchant_code=account.merchant_code,
-                description=description,
-                return_url=webhook_url,
-                redirect_url=redirect_url,
-                hosted_checkout={"enabled": True},
-                valid_until=valid_until,
-            )
-            return _remote(created)
-        except ConflictError as exc:
-            if _error_code(exc) != "DUPLICATED_CHECKOUT":
-                raise PaymentProviderError(str(exc)) from exc
-            logger.info("checkout %s already exists at SumUp; recovering it", reference)
+        async with self._using(account) as client:
             try:
-                found = await self._by_reference(client, reference)
-            except APIConnectionError as lookup_error:
-                raise PaymentProviderUnavailable(type(lookup_error).__name__) from exc
-            except APIError as lookup_error:
-                raise _classify(lookup_error) from exc
-            if found is None:
-                raise PaymentProviderError(
-                    f"SumUp reports {reference} as duplicated but does not list it"
-                ) from exc
-            return found
-        except APIConnectionError as exc:
-            raise PaymentProviderUnavailable(type(exc).__name__) from exc
-        except APIError as exc:
-            raise _classify(exc) from exc
+                created = await client.checkouts.create(
+                    checkout_reference=reference,
+                    amount=as_amount(amount),
+                    currency=currency,
+                    merchant_code=account.merchant_code,
+                    description=description,
+                    return_url=webhook_url,
+                    redirect_url=redirect_url,
+                    hosted_checkout={"enabled": True},
+                    valid_until=valid_until,
+                )
+                return _remote(created)
+            except ConflictError as exc:
+                if _error_code(exc) != "DUPLICATED_CHECKOUT":
+                    raise PaymentProviderError(str(exc)) from exc
+                logger.info("checkout %s already exists at SumUp; recovering it", reference)
+                try:
+                    found = await self._by_reference(client, reference)
+                except APIConnectionError as lookup_error:
+                    raise PaymentProviderUnavailable(type(lookup_error).__name__) from exc
+                except APIError as lookup_error:
+                    raise _classify(lookup_error) from exc
+                if found is None:
+                    raise PaymentProviderError(
+                        f"SumUp reports {reference} as duplicated but does not list it"
+                    ) from exc
+                return found
+            except APIConnectionError as exc:
+                raise PaymentProviderUnavailable(type(exc).__name__) from exc
+            except APIError as exc:
+                raise _classify(exc) from exc
 
     async def _by_reference(self, client: AsyncSumup, reference: str) -> RemoteCheckout | None:
         for checkout in await client.checkouts.list(checkout_reference=reference):
@@ -196,65 +255,67 @@ class SumUpGateway:
         return None
 
     async def get_checkout(self, account: MerchantAccount, checkout_id: str) -> RemoteCheckout:
-        client = self._client(account)
-        try:
-            return _remote(await client.checkouts.get(checkout_id))
-        except NotFoundError as exc:
-            raise CheckoutNotFound(checkout_id) from exc
-        except APIConnectionError as exc:
-            raise PaymentProviderUnavailable(type(exc).__name__) from exc
-        except APIError as exc:
-            raise _classify(exc) from exc
+        async with self._using(account) as client:
+            try:
+                return _remote(await client.checkouts.get(checkout_id))
+            except NotFoundError as exc:
+                raise CheckoutNotFound(checkout_id) from exc
+            except APIConnectionError as exc:
+                raise PaymentProviderUnavailable(type(exc).__name__) from exc
+            except APIError as exc:
+                raise _classify(exc) from exc
 
     async def deactivate_checkout(
         self, account: MerchantAccount, checkout_id: str
     ) -> RemoteCheckout:
         """Close a checkout so it cannot be paid any more; one SumUp already processed (409
         CHECKOUT_PROCESSED) is returned as it is, so its payment is not lost."""
-        client = self._client(account)
-        try:
-            return _remote(await client.checkouts.deactivate(checkout_id))
-        except ConflictError:
-            return await self.get_checkout(account, checkout_id)
-        except NotFoundError as exc:
-            raise CheckoutNotFound(checkout_id) from exc
-        except APIConnectionError as exc:
-            raise PaymentProviderUnavailable(type(exc).__name__) from exc
-        except APIError as exc:
-            raise _classify(exc) from exc
+        async with self._using(account) as client:
+            try:
+                return _remote(await client.checkouts.deactivate(checkout_id))
+            except ConflictError:
+                return await self.get_checkout(account, checkout_id)
+            except NotFoundError as exc:
+                raise CheckoutNotFound(checkout_id) from exc
+            except APIConnectionError as exc:
+                raise PaymentProviderUnavailable(type(exc).__name__) from exc
+            except APIError as exc:
+                raise _classify(exc) from exc
 
     async def refund(self, account: MerchantAccount, transaction_id: str, amount: Decimal) -> None:
         """Ask SumUp to give ``amount`` of the transaction back. Raises
         :class:`PaymentProviderUnavailable` when the outcome is unknown (no answer) and
         :class:`RefundRefused` when SumUp says no."""
-        client = self._client(account)
-        try:
-            await client.transactions.refund(
-                account.merchant_code, transaction_id, amount=as_amount(amount)
-            )
-        except APIConnectionError as exc:
-            raise PaymentProviderUnavailable(type(exc).__name__) from exc
-        except APIError as exc:
-            if exc.status is None or exc.status >= 500 or exc.status == 429:
-                raise PaymentProviderUnavailable(str(exc)) from exc
-            raise RefundRefused(exc.status, str(exc)) from exc
+        async with self._using(account) as client:
+            try:
+                await client.transactions.refund(
+                    account.merchant_code, transaction_id, amount=as_amount(amount)
+                )
+            except APIConnectionError as exc:
+                raise PaymentProviderUnavailable(type(exc).__name__) from exc
+            except APIError as exc:
+                if exc.status is None or exc.status >= 500 or exc.status == 429:
+                    raise PaymentProviderUnavailable(str(exc)) from exc
+                raise RefundRefused(exc.status, str(exc)) from exc
 
     async def refunded_amount(self, account: MerchantAccount, transaction_id: str) -> Decimal:
         """How much of the transaction SumUp has given back so far (its refund events)."""
-        client = self._client(account)
-        try:
-            transaction = await client.transactions.get(account.merchant_code, id=transaction_id)
-        except APIConnectionError as exc:
-            raise PaymentProviderUnavailable(type(exc).__name__) from exc
-        except APIError as exc:
-            raise _classify(exc) from exc
-        refunded = Decimal(0)
-        for event in transaction.events or ():
-            kind = getattr(event.type, "value", event.type)
-            state = getattr(event.status, "value", event.status)
-            if kind == "REFUND" and state != "FAILED" and event.amount is not None:
-                refunded += Decimal(str(event.amount))
-        return refunded.quantize(CENT)
+        async with self._using(account) as client:
+            try:
+                transaction = await client.transactions.get(
+                    account.merchant_code, id=transaction_id
+                )
+            except APIConnectionError as exc:
+                raise PaymentProviderUnavailable(type(exc).__name__) from exc
+            except APIError as exc:
+                raise _classify(exc) from exc
+            refunded = Decimal(0)
+            for event in transaction.events or ():
+                kind = getattr(event.type, "value", event.type)
+                state = getattr(event.status, "value", event.status)
+                if kind == "REFUND" and state != "FAILED" and event.amount is not None:
+                    refunded += Decimal(str(event.amount))
+            return refunded.quantize(CENT)
 
 
 def _error_code(exc: APIError) -> str | None:
