@@ -145,3 +145,15 @@ def test_the_server_admits_every_pool_and_the_fdw_connections_of_its_sessions():
         pool = int(environment.get("DATABASE_POOL_SIZE", Settings.database_pool_size))
         needed += processes * pool * (1 + providers[name])
     assert needed <= max_connections, (needed, max_connections)
+
+
+def test_the_deployment_guide_counts_the_connections_the_code_opens():
+    """docs/deployment.md budgets ``max_connections`` with a figure for one process per
+    service; it must be the figure the pools and the FDW edges make."""
+    providers = Counter(edge.consumer for edge in load_edges())
+    pool = Settings.database_pool_size
+    expected = sum(pool * (1 + providers[name]) for name in SERVICES)
+    guide = (REPO / "docs" / "deployment.md").read_text()
+    stated = re.search(r"one\s+process\s+per\s+service\s+that\s+is\s+(\d+)\s+connections", guide)
+    assert stated is not None, "docs/deployment.md no longer states the connection budget"
+    assert int(stated.group(1)) == expected
