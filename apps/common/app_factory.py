@@ -41,6 +41,7 @@ from apps.common.db import (
     sessionmaker_for,
     warm_pool,
 )
+from apps.common.head import head_as_get
 from apps.common.headers import security_headers
 from apps.common.identity import Identity, SessionCodec, identity_from_scope, identity_middleware
 from apps.common.internal import internal_router
@@ -227,6 +228,7 @@ def create_base_app(
     # wraps matched routes). Outermost first.
     edge: list[Callable[[ASGIApp], ASGIApp]] = [
         request_middleware(name),
+        head_as_get,
         close_request_session,
         input_limits,
     ]

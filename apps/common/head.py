@@ -1,0 +1,35 @@
+"""HEAD answered wherever GET is, as RFC 9110 (9.3.2) asks of every general-purpose server:
+the GET handler runs and its status and headers go out, its body does not. Litestar routes
+HEAD only to handlers that list it, so without this every page answered 405 to `curl -I`,
+uptime monitors and link checkers."""
+
+from __future__ import annotations
+
+from typing import cast
+
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from apps.common.asgi import http_method
+
+
+def head_as_get(app: ASGIApp) -> ASGIApp:
+    """Edge middleware: a HEAD request goes in as GET (a copy of the scope, so that the layers
+    outside it, the access log among them, still see HEAD) and its body is dropped. GET is
+    safe, so HEAD stays safe: nothing inside asks it for a CSRF token or writes for it."""
+
+    async def answer(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or http_method(scope) != "HEAD":
+            await app(scope, receive, send)
+            return
+
+        async def without_body(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                if message.get("more_body", False):
+                    return
+                # Content-Length stays the GET's, as HEAD's should.
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
+            await send(message)
+
+        await app(cast("Scope", {**scope, "method": "GET"}), receive, without_body)
+
+    return answer
