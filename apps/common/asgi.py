@@ -1,9 +1,12 @@
-"""Small ASGI helpers shared by the signature and CSRF middlewares."""
+"""Small ASGI helpers shared by the edge middlewares (signatures, CSRF, input limits)."""
 
 from __future__ import annotations
 
 import json
+import logging
+from typing import Any
 
+from litestar import Request
 from litestar.types import (
     HTTPRequestEvent,
     HTTPResponseBodyEvent,
@@ -14,7 +17,9 @@ from litestar.types import (
     Send,
 )
 
-from apps.common.problems import PROBLEM_MEDIA_TYPE, problem_body
+from apps.common.problems import PROBLEM_MEDIA_TYPE, Problem, problem_body
+
+logger = logging.getLogger("rose.errors")
 
 MAX_BUFFERED_BODY = 1024 * 1024
 
@@ -67,14 +72,41 @@ def header(scope: Scope, name: str) -> str | None:
     return None
 
 
-async def send_problem(send: Send, status: int, detail: str, path: str) -> None:
-    """Answer with a problem+json directly from a middleware, before any handler runs."""
-    payload = json.dumps(problem_body(status, detail, instance=path)).encode()
+async def send_problem(
+    send: Send, status: int, detail: str, path: str, *, scope: Scope | None = None
+) -> None:
+    """Answer with a problem+json directly from a middleware, before any handler runs; with
+    the request's ``scope``, a browser of a service that has pages gets the themed page, as
+    it does for every problem a handler raises."""
+    problem = problem_body(status, detail, instance=path)
+    page = _problem_page(scope, status, problem) if scope is not None else None
+    if page is not None:
+        payload, media_type = page, "text/html; charset=utf-8"
+    else:
+        payload, media_type = json.dumps(problem).encode(), PROBLEM_MEDIA_TYPE
     headers = [
-        (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
+        (b"content-type", media_type.encode()),
         (b"content-length", str(len(payload)).encode()),
     ]
     if status == 401:
         headers.append((b"www-authenticate", b"Signature"))
     await send(HTTPResponseStartEvent(type="http.response.start", status=status, headers=headers))
     await send(HTTPResponseBodyEvent(type="http.response.body", body=payload, more_body=False))
+
+
+def _problem_page(scope: Scope, status: int, problem: dict[str, Any]) -> bytes | None:
+    """The themed page of ``problem`` when the request wants HTML and its app renders pages;
+    None otherwise, and when the page cannot be made (the problem then goes out as JSON: a
+    refusal must never turn into a 500)."""
+    render = Problem.render_page
+    if render is None or "app" not in scope:
+        return None
+    try:
+        page = render(Request(scope), status, problem)
+        if page is None:
+            return None
+        content = page.content
+        return content.encode() if isinstance(content, str) else bytes(content)
+    except Exception:
+        logger.exception("could not render the page of a %d problem", status)
+        return None

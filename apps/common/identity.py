@@ -216,7 +216,9 @@ def identity_middleware(
                 try:
                     body = await read_body(receive)
                 except BodyTooLarge:
-                    await send_problem(send, 413, "request body too large", scope["path"])
+                    await send_problem(
+                        send, 413, "request body too large", scope["path"], scope=scope
+                    )
                     return
                 given = header(scope, CSRF_HEADER) or _form_field(scope, body, CSRF_FIELD)
                 if identity is None or not given or not codec.csrf_valid(identity, given):
@@ -226,6 +228,7 @@ def identity_middleware(
                         "Missing or wrong CSRF token: send the _csrf_token form field or the "
                         "X-CSRF-Token header from GET /auth/session",
                         scope["path"],
+                        scope=scope,
                     )
                     return
                 receive = replaying_receive(body, receive)

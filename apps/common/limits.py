@@ -37,19 +37,23 @@ def input_limits(app: ASGIApp) -> ASGIApp:
         query = scope.get("query_string", b"")
         if b"%00" in query or b"\x00" in query:
             name = _first_with_nul(query.decode("latin-1"))
-            await send_problem(send, 422, f"{name}: contains a NUL character", path)
+            await send_problem(send, 422, f"{name}: contains a NUL character", path, scope=scope)
             return
         if http_method(scope) in _BODY_METHODS:
             try:
                 body = await read_body(receive, MAX_BODY_BYTES)
             except BodyTooLarge:
                 await send_problem(
-                    send, 413, f"request body larger than {MAX_BODY_BYTES} bytes", path
+                    send,
+                    413,
+                    f"request body larger than {MAX_BODY_BYTES} bytes",
+                    path,
+                    scope=scope,
                 )
                 return
             refusal = _check_body(header(scope, "content-type") or "", body)
             if refusal is not None:
-                await send_problem(send, refusal[0], refusal[1], path)
+                await send_problem(send, refusal[0], refusal[1], path, scope=scope)
                 return
             receive = replaying_receive(body, receive)
         await app(scope, receive, send)

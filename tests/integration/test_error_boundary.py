@@ -8,6 +8,7 @@ import json
 import httpx
 import pytest
 
+from apps.common.problems import Problem
 from apps.common.signing import sign_headers
 from tests.conftest import INTERNAL_SECRET, in_process_stack
 from tests.integration.commerce_fixtures import browser_of, shop_stack
@@ -257,3 +258,43 @@ async def test_a_restart_while_idle_costs_no_request(credentials):
             assert first.status_code == 200, first.text[:300]
     finally:
         cluster_gen.close()
+
+
+@pytest.mark.parametrize("service", PUBLIC)
+async def test_what_the_edge_refuses_is_a_themed_page_for_browsers(stack, service):
+    """The refusals made before any route runs (a form without its CSRF token, a NUL in the
+    query, a body over the limit) are pages for a browser, like every other problem, and
+    stay problem+json for API clients."""
+    browser = stack.browser(service)
+    form = {**HTML, "content-type": "application/x-www-form-urlencoded"}
+    too_large = b"a" * (1024 * 1024 + 1)
+    refusals = [
+        (403, "CSRF", lambda: browser.post("/", content=b"quantity=1", headers=form)),
+        (422, "page", lambda: browser.get("/?page=%00", headers=HTML)),
+        (413, "larger than", lambda: browser.post("/", content=too_large, headers=form)),
+    ]
+    for status, words, request in refusals:
+        response = await request()
+        assert response.status_code == status, (service, response.text[:300])
+        assert response.headers["content-type"].startswith("text/html"), (service, status)
+        assert 'role="alert"' in response.text
+        assert words in response.text, (service, status)
+    assert_problem(await browser.post("/", content=b"quantity=1", headers=JSON), 403, "CSRF")
+    assert_problem(await browser.get("/?page=%00", headers=JSON), 422, "page")
+
+
+async def test_an_edge_refusal_whose_page_cannot_be_made_is_still_its_problem(
+    stack, monkeypatch, caplog
+):
+    """Fault injection: the page renderer fails; the refusal goes out as problem+json with
+    its own status, never as a 500."""
+
+    def broken(*_args: object) -> None:
+        raise RuntimeError("template store unreadable")
+
+    monkeypatch.setattr(Problem, "render_page", broken)
+    cart = stack.browser("cart")
+    form = {**HTML, "content-type": "application/x-www-form-urlencoded"}
+    response = await cart.post("/", content=b"quantity=1", headers=form)
+    assert_problem(response, 403, "CSRF")
+    assert "could not render the page of a 403 problem" in caplog.text
