@@ -33,10 +33,18 @@ def _call(call: Callable[[InternalClient], Awaitable[Any]]) -> Any:
 
 
 def known_service(service: str) -> None:
+    """``service`` is one of ours and there is somewhere to call it."""
+    from ops.stack.calls import operator_urls
+
     try:
         service_spec(service)
     except ValueError as exc:
         raise fail(str(exc)) from None
+    if service not in operator_urls():
+        raise fail(
+            f"{service}: no stack is running (start one with `rose up`) and "
+            f"INTERNAL_URL_{service.upper()} is not set"
+        )
 
 
 def _print_answer(call: Callable[[InternalClient], Awaitable[Any]]) -> None:
@@ -96,6 +104,7 @@ def orders_attention(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Orders a person must look at: flagged payments, money owed back, refunds SumUp refused."""
+    known_service("orders")
     rows = _call(lambda client: client.fetch_data("orders", "attention"))
     if as_json:
         print(json.dumps(rows, indent=2))

@@ -17,15 +17,20 @@ from ops.stack.state import read_state
 T = TypeVar("T")
 
 
-def operator_client() -> InternalClient:
+def operator_urls() -> dict[str, str]:
+    """Where each service answers: the running stack's address, or ``INTERNAL_URL_<SVC>``."""
     state = read_state()
     urls = dict(state["services"]) if state else {}
     for name in SERVICES:
         env_url = os.environ.get(f"INTERNAL_URL_{name.upper()}")
         if env_url:
             urls[name] = env_url
+    return urls
+
+
+def operator_client() -> InternalClient:
     secret = os.environ.get("INTERNAL_SECRET") or Credentials.for_environment().internal_secret()
-    return InternalClient(caller="rose-cli", secret=secret, base_urls=urls)
+    return InternalClient(caller="rose-cli", secret=secret, base_urls=operator_urls())
 
 
 def call_services(call: Callable[[InternalClient], Awaitable[T]]) -> T:

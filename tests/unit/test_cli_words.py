@@ -51,3 +51,22 @@ def test_an_unknown_service_is_one_line_naming_it():
             "error: unknown service 'nosuchsvc'; known services: blog, cart, events, likes, "
             "market, orders, relations"
         ]
+
+
+def test_a_call_with_nowhere_to_go_says_how_to_give_it_one(tmp_path, monkeypatch):
+    """No stack running and no INTERNAL_URL_<SVC>: the error names both ways out, not only
+    the variable (a new user's first `rose data` before `rose up`)."""
+    monkeypatch.setenv("ROSE_HOME", str(tmp_path))
+    monkeypatch.setenv("INTERNAL_SECRET", "x" * 32)
+    for service, command in (
+        ("relations", ["data", "relations", "get-children", "parent_type=page", "parent_id=1"]),
+        ("relations", ["action", "relations", "attach-child", "{}"]),
+        ("orders", ["orders", "attention"]),
+    ):
+        monkeypatch.delenv(f"INTERNAL_URL_{service.upper()}", raising=False)
+        result = runner.invoke(rose_cli, command)
+        assert result.exit_code == 1, result.output
+        assert result.stderr.strip().splitlines() == [
+            f"error: {service}: no stack is running (start one with `rose up`) and "
+            f"INTERNAL_URL_{service.upper()} is not set"
+        ]
