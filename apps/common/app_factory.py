@@ -225,17 +225,19 @@ def create_base_app(
     }
     # The edge: around Litestar's own handler (routing and its exception handling), so it runs
     # for every request, one that matches no route included (Litestar's app middleware only
-    # wraps matched routes). Outermost first.
+    # wraps matched routes). Outermost first; a public service's security headers are outside
+    # every layer that may answer on its own (input limits, CSRF).
     edge: list[Callable[[ASGIApp], ASGIApp]] = [
         request_middleware(name),
         head_as_get,
         close_request_session,
-        input_limits,
     ]
+    if codec is not None:
+        edge.append(security_headers(settings.public_urls.values()))
+    edge.append(input_limits)
     template_settings = None
 
     if codec is not None:
-        edge.append(security_headers(settings.public_urls.values()))
         edge.append(
             identity_middleware(
                 codec,

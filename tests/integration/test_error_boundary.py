@@ -279,6 +279,9 @@ async def test_what_the_edge_refuses_is_a_themed_page_for_browsers(stack, servic
         assert response.headers["content-type"].startswith("text/html"), (service, status)
         assert 'role="alert"' in response.text
         assert words in response.text, (service, status)
+        # Like every answer of a public service, with its security headers.
+        assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+        assert response.headers["x-content-type-options"] == "nosniff", (service, status)
     assert_problem(await browser.post("/", content=b"quantity=1", headers=JSON), 403, "CSRF")
     assert_problem(await browser.get("/?page=%00", headers=JSON), 422, "page")
 
