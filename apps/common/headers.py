@@ -1,6 +1,7 @@
 """Security headers on every answer of a public service: a Content-Security-Policy the pages
-satisfy (no inline script, no framing), no MIME sniffing, and a referrer policy. (HSTS is set by
-the proxy, which terminates TLS for the public hosts.)"""
+satisfy (no inline script, no framing), no MIME sniffing, a referrer policy, and no shared
+caching of what a session was answered. (HSTS is set by the proxy, which terminates TLS for the
+public hosts.)"""
 
 from __future__ import annotations
 
@@ -36,6 +37,10 @@ def security_headers(public_urls: Iterable[str]) -> Callable[[ASGIApp], ASGIApp]
         (b"referrer-policy", b"strict-origin-when-cross-origin"),
     ]
     names = {name for name, _ in headers}
+    # Pages carry the visitor's name, cart and CSRF token: no proxy or CDN keeps them for the
+    # next visitor, and the browser asks again. An answer that says otherwise keeps its own
+    # (market's static images).
+    session_answer = (b"cache-control", b"private, no-cache")
 
     def middleware(app: ASGIApp) -> ASGIApp:
         async def add(scope: Scope, receive: Receive, send: Send) -> None:
@@ -46,6 +51,8 @@ def security_headers(public_urls: Iterable[str]) -> Callable[[ASGIApp], ASGIApp]
             async def with_headers(message: Message) -> None:
                 if message["type"] == "http.response.start":
                     kept = [(k, v) for k, v in message.get("headers", ()) if k.lower() not in names]
+                    if not any(k.lower() == b"cache-control" for k, _ in kept):
+                        kept.append(session_answer)
                     message = {**message, "headers": [*kept, *headers]}
                 await send(message)
 

@@ -210,3 +210,19 @@ async def test_security_headers_on_every_public_page(stack, service):
         assert headers["x-content-type-options"] == "nosniff"
         assert headers["referrer-policy"] == "strict-origin-when-cross-origin"
         assert headers["x-frame-options"] == "DENY"
+
+
+@pytest.mark.parametrize("service", ["blog", "market", "cart", "events", "orders"])
+async def test_no_shared_cache_keeps_what_a_session_was_answered(stack, service):
+    """Pages carry the visitor's name, cart and CSRF token: a proxy or CDN in front must not
+    keep them for the next visitor, and the browser asks again (what the handler does not say
+    otherwise: market's static images keep their own day in any cache)."""
+    browser = stack.browser(service)
+    assert (await browser.get("/auth/dev-login?user_id=7", headers=JSON)).status_code == 200
+    for path, accept in (("/", HTML), ("/auth/session", JSON), ("/no-such-page", HTML)):
+        answer = await browser.get(path, headers=accept)
+        assert answer.headers["cache-control"] == "private, no-cache", (service, path)
+    if service == "market":
+        image = await browser.get("/static/products/apple.svg")
+        assert image.status_code == 200
+        assert image.headers["cache-control"] == "max-age=86400, public"
