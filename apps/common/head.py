@@ -15,11 +15,16 @@ from apps.common.asgi import http_method
 def head_as_get(app: ASGIApp) -> ASGIApp:
     """Edge middleware: a HEAD request goes in as GET (a copy of the scope, so that the layers
     outside it, the access log among them, still see HEAD) and its body is dropped. GET is
-    safe, so HEAD stays safe: nothing inside asks it for a CSRF token or writes for it."""
+    safe, so HEAD stays safe: nothing inside asks it for a CSRF token or writes for it. The
+    ``Allow`` header of other methods' answers (OPTIONS, 405) names HEAD wherever it names GET."""
 
     async def answer(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or http_method(scope) != "HEAD":
+        method = http_method(scope)
+        if scope["type"] != "http" or method == "GET":
             await app(scope, receive, send)
+            return
+        if method != "HEAD":
+            await app(scope, receive, _allowing_head(send))
             return
 
         async def without_body(message: Message) -> None:
@@ -33,3 +38,20 @@ def head_as_get(app: ASGIApp) -> ASGIApp:
         await app(cast("Scope", {**scope, "method": "GET"}), receive, without_body)
 
     return answer
+
+
+def _allowing_head(send: Send) -> Send:
+    async def with_head(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = list(message.get("headers", ()))
+            for index, (name, value) in enumerate(headers):
+                if name.lower() == b"allow":
+                    methods = [part.strip() for part in value.split(b",")]
+                    if b"GET" in methods and b"HEAD" not in methods:
+                        methods.insert(methods.index(b"GET") + 1, b"HEAD")
+                        headers[index] = (name, b", ".join(methods))
+                        message = {**message, "headers": headers}
+                    break
+        await send(message)
+
+    return with_head

@@ -48,3 +48,16 @@ async def test_head_of_what_get_refuses_is_refused_alike(stack):
     internal = await stack.client("relations").head("/healthz")
     assert internal.status_code == 200
     assert internal.content == b""
+
+
+async def test_the_allowed_methods_name_head_wherever_get_is_allowed(stack):
+    market = stack.browser("market")
+    options = await market.options("/")
+    assert options.status_code == 204
+    assert options.headers["allow"] == "GET, HEAD, OPTIONS"
+    wrong = await market.request("TRACE", "/", headers={"accept": "application/json"})
+    assert wrong.status_code == 405
+    assert wrong.headers["allow"] == "GET, HEAD, OPTIONS"
+    # Where GET is not allowed, neither is HEAD.
+    post_only = await market.options("/auth/logout")
+    assert "HEAD" not in post_only.headers["allow"]
