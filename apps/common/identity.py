@@ -225,8 +225,8 @@ def identity_middleware(
                     await send_problem(
                         send,
                         403,
-                        "Missing or wrong CSRF token: send the _csrf_token form field or the "
-                        "X-CSRF-Token header from GET /auth/session",
+                        "Missing or out-of-date CSRF token: reload the page and send the form "
+                        "again (API clients: the X-CSRF-Token header, from GET /auth/session)",
                         scope["path"],
                         scope=scope,
                     )

@@ -269,7 +269,7 @@ async def test_what_the_edge_refuses_is_a_themed_page_for_browsers(stack, servic
     form = {**HTML, "content-type": "application/x-www-form-urlencoded"}
     too_large = b"a" * (1024 * 1024 + 1)
     refusals = [
-        (403, "CSRF", lambda: browser.post("/", content=b"quantity=1", headers=form)),
+        (403, "reload the page", lambda: browser.post("/", content=b"quantity=1", headers=form)),
         (422, "page", lambda: browser.get("/?page=%00", headers=HTML)),
         (413, "larger than", lambda: browser.post("/", content=too_large, headers=form)),
     ]
