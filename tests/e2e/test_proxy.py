@@ -92,6 +92,9 @@ def test_each_public_site_answers_on_its_host(proxied: Proxied):
         "//internal/actions/create-order",
         "/internal",
         "/metrics",
+        # The OpenAPI document describes the internal API too: not for the public either.
+        "/schema/openapi.json",
+        "/schema",
     ],
 )
 def test_internal_paths_are_refused_on_every_host_even_signed(proxied: Proxied, path: str):

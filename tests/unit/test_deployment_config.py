@@ -64,7 +64,7 @@ def test_only_caddy_is_published_and_it_routes_every_public_site():
     for name in set(SERVICES) - set(public):
         assert name not in sites
         assert f"reverse_proxy {name}:" not in caddyfile
-    assert "@never path /internal /internal/* /metrics /metrics/*" in caddyfile
+    assert "@never path /internal /internal/* /metrics /metrics/* /schema /schema/*" in caddyfile
     assert set(services["caddy"]["depends_on"]) == set(public)
 
 
