@@ -5,6 +5,7 @@ axe-core over every public page: no serious or critical accessibility violation.
 from __future__ import annotations
 
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from ops.stack.demo import seed_demo_data
 from ops.stack.screenshots import tour
@@ -31,9 +32,17 @@ def test_the_demo_pages_show_their_markets_calendars_and_images(demo_live, page)
     page.goto(demo_live.url("market", "/"))
     images = page.locator("img.product-image")
     assert images.count() >= 12
-    page.wait_for_load_state("load")
-    loaded = images.evaluate_all("imgs => imgs.map(i => i.complete && i.naturalWidth > 0)")
-    assert all(loaded), loaded
+    # The listing's images load lazily: they need not be in before the page's load event, so
+    # wait for them (a busy machine answered them just after it) rather than race them.
+    every_image_in = (
+        "() => [...document.querySelectorAll('img.product-image')]"
+        ".every(i => i.complete && i.naturalWidth > 0)"
+    )
+    try:
+        page.wait_for_function(every_image_in, timeout=15_000)
+    except PlaywrightTimeout:
+        loaded = images.evaluate_all("imgs => imgs.map(i => i.complete && i.naturalWidth > 0)")
+        raise AssertionError(f"product images not shown: {loaded}") from None
     response = page.request.get(demo_live.url("market", "/static/products/apple.svg"))
     assert response.status == 200
     assert response.headers["content-type"].startswith("image/svg+xml")
