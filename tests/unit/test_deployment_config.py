@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from apps.common.settings import Settings
-from apps.registry import SERVICES
+from apps.registry import SERVICES, service_spec
 from ops.db.manifest import load_edges
 from ops.stack.proxy import host_of, production_caddyfile
 
@@ -157,3 +157,12 @@ def test_the_deployment_guide_counts_the_connections_the_code_opens():
     stated = re.search(r"one\s+process\s+per\s+service\s+that\s+is\s+(\d+)\s+connections", guide)
     assert stated is not None, "docs/deployment.md no longer states the connection budget"
     assert int(stated.group(1)) == expected
+
+
+def test_the_backup_and_restore_loops_name_every_service_database():
+    guide = (REPO / "docs" / "deployment.md").read_text()
+    loops = re.findall(r"^for db in ([a-z_ ]+); do$", guide, flags=re.MULTILINE)
+    assert len(loops) == 2, loops
+    databases = {service_spec(name).database for name in SERVICES}
+    for loop in loops:
+        assert set(loop.split()) == databases
