@@ -1,7 +1,8 @@
-"""A backup restores onto a new server, as docs/deployment.md ("Backups and a restore") says: each service's
-database dumped with pg_dump; the new server provisioned and migrated by `rose` with the same
-secrets; the rows put back with pg_restore. Every row comes back, the sequences go on after
-them, the FDW edges read the new server (not the old one), and `rose db check` is clean."""
+"""A backup restores onto a new server, as docs/deployment.md ("Backups and a restore") says:
+each service's database dumped with pg_dump; the new server provisioned and migrated by `rose`
+with the same secrets; the rows put back with pg_restore. Every row comes back, the sequences go
+on after them, the FDW edges read the new server (not the old one), and `rose db check` is
+clean."""
 
 from __future__ import annotations
 
