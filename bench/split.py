@@ -43,11 +43,11 @@ from psycopg import sql
 from apps.registry import service_spec
 from bench.checkout_stack import set_up_databases
 from bench.split_load import WriterLoad
-from ops.db.binaries import pg_binary
+from ops.db.binaries import client_tool_target, pg_binary
 from ops.db.credentials import Credentials
 from ops.db.topology import Topology
 from ops.split.abort import abort
-from ops.split.common import DEFAULT_JOBS, client_tool_target, ensure_ledger
+from ops.split.common import DEFAULT_JOBS, ensure_ledger
 from ops.split.moves import LEGACY_DIR, LEGACY_SERVICES, LEGACY_TABLES, MOVES
 from ops.split.run import run_all
 from ops.split.seed import seed_legacy

@@ -5,7 +5,10 @@ DBA's sessions and the split use, so nothing depends on what the machine has ins
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
+
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 
 def postgres_bin_dir() -> Path:
@@ -18,3 +21,14 @@ def postgres_bin_dir() -> Path:
 
 def pg_binary(name: str) -> Path:
     return postgres_bin_dir() / name
+
+
+def client_tool_target(url: str) -> tuple[str, dict[str, str]]:
+    """A DSN for pg_dump / pg_restore / psql without the password, and the environment that
+    carries it (PGPASSWORD): a password on a command line is visible to every local user."""
+    params = conninfo_to_dict(url)
+    password = params.pop("password", None)
+    environment = dict(os.environ)
+    if password is not None:
+        environment["PGPASSWORD"] = str(password)
+    return make_conninfo(**{key: str(value) for key, value in params.items()}), environment

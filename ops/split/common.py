@@ -23,7 +23,6 @@ from typing import Any
 
 import psycopg
 from psycopg import pq, sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 
 from apps.registry import service_spec
@@ -212,17 +211,6 @@ def open_sessions(topology: Topology, services: Iterable[str]) -> None:
 def submit_in_context(executor: Executor, function: Callable[..., Any], *args: Any) -> Future[Any]:
     """``executor.submit`` in a copy of this thread's context (its session pool)."""
     return executor.submit(contextvars.copy_context().run, function, *args)
-
-
-def client_tool_target(url: str) -> tuple[str, dict[str, str]]:
-    """A DSN for pg_dump / pg_restore / psql without the password, and the environment that
-    carries it (PGPASSWORD): a password on a command line is visible to every local user."""
-    params = conninfo_to_dict(url)
-    password = params.pop("password", None)
-    environment = dict(os.environ)
-    if password is not None:
-        environment["PGPASSWORD"] = str(password)
-    return make_conninfo(**{key: str(value) for key, value in params.items()}), environment
 
 
 def operator() -> str:

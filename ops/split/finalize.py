@@ -39,17 +39,16 @@ from psycopg import sql
 from psycopg.pq import TransactionStatus
 
 from apps.registry import service_spec
-from ops.db.binaries import pg_binary
+from ops.db.binaries import client_tool_target, pg_binary
+from ops.db.checksums import Checksum, table_checksum
 from ops.db.connections import scalar
 from ops.db.topology import Topology
-from ops.split.checksum import Checksum, table_checksum
 from ops.split.common import (
     FaultHook,
     LedgerEntry,
     Say,
     SplitError,
     as_json,
-    client_tool_target,
     connect,
     crash_from_environment,
     dropped_records,

@@ -18,14 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from apps.registry import service_spec
-from ops.db.binaries import pg_binary
+from ops.db.binaries import client_tool_target, pg_binary
+from ops.db.checksums import table_checksum
 from ops.db.connections import scalar
 from ops.db.topology import Topology
-from ops.split.checksum import table_checksum
 from ops.split.common import (
     Say,
     SplitError,
-    client_tool_target,
     connect,
     dropped_records,
     table_exists,

@@ -26,8 +26,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from ops.db.checksums import Checksum
 from ops.db.topology import Topology
-from ops.split.checksum import Checksum, Located, checksum, locate
+from ops.split.checksum import Located, checksum, locate
 from ops.split.common import (
     DEFAULT_JOBS,
     LedgerEntry,
