@@ -9,6 +9,7 @@ and migrates as a checkout does.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 from pathlib import Path
@@ -45,3 +46,12 @@ def rose_home() -> Path:
 def stack_state_path() -> Path:
     """The running stack's state (its database and services), written by ``rose up``."""
     return rose_home() / "stack.json"
+
+
+def sha256_of(path: Path) -> str:
+    """The file's sha256, read in blocks (backups are large)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -134,6 +135,50 @@ def db_edges(
             answer = "ok" if view["reachable"] else f"error: {view['error']}"
             print(f"  {edge['provider']}.{view['view']} ({answer})")
             print(f"    {', '.join(view['columns'])}")
+
+
+BackupDirectory = Annotated[
+    Path, typer.Argument(metavar="DIRECTORY", help="A backup's directory (manifest.json + dumps).")
+]
+
+
+@db_app.command("backup")
+def db_backup(directory: BackupDirectory, database_url: DatabaseUrlOption = None) -> None:
+    """Every service database's rows into DIRECTORY (new or empty): one pg_dump per database and
+    a manifest of each table's row count and checksum, read in the dump's own snapshot."""
+    from ops.db.backup import BackupError, back_up
+
+    topology = topology_of(database_url)
+    try:
+        outcome = back_up(topology, directory, say=print)
+    except BackupError as exc:
+        raise fail(str(exc)) from None
+    for note in outcome.notes:
+        err_console.print(f"note: {note}", markup=False, soft_wrap=True, style="dim")
+    console.print(
+        f"ok: backup in {directory} ({directory / 'manifest.json'})", markup=False, soft_wrap=True
+    )
+
+
+@db_app.command("restore")
+def db_restore(directory: BackupDirectory, database_url: DatabaseUrlOption = None) -> None:
+    """Put a backup's rows onto a server with none yet: check every file, provision, migrate to
+    the backup's revision, pg_restore each database, verify every table against the manifest,
+    then migrate to this release and check the cluster is as db/ declares."""
+    from ops.db.backup import BackupError, restore
+
+    topology = topology_of(database_url)
+    require_role_passwords()
+    try:
+        outcome = restore(topology, Credentials.for_environment(), directory, say=print)
+    except (BackupError, ConfigError) as exc:
+        raise fail(str(exc)) from None
+    for note in outcome.notes:
+        err_console.print(f"note: {note}", markup=False, soft_wrap=True, style="dim")
+    console.print(
+        "ok: every database restored and verified; roles, privileges and FDW edges as db/ declares",
+        markup=False,
+    )
 
 
 DBA_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True}

@@ -24,7 +24,6 @@ and ends a transaction left idle (``idle_in_transaction_session_timeout``).
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 import time
 from collections.abc import Iterator
@@ -43,6 +42,7 @@ from ops.db.binaries import client_tool_target, pg_binary
 from ops.db.checksums import Checksum, table_checksum
 from ops.db.connections import scalar
 from ops.db.topology import Topology
+from ops.paths import sha256_of
 from ops.split.common import (
     FaultHook,
     LedgerEntry,
@@ -302,14 +302,6 @@ def _new_backup_directory(root: Path) -> Path:
     raise SplitError(f"could not make a new backup directory under {root}")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def back_up(
     topology: Topology, service: str, tables: list[str], directory: Path, options: FinalizeOptions
 ) -> Backup:
@@ -361,7 +353,7 @@ def back_up(
             f"the backup {path} does not hold the data of {', '.join(missing) or '?'} "
             f"({listing.stderr.strip() or 'pg_restore --list'})"
         )
-    return Backup(service, path, path.stat().st_size, _sha256(path), checksums)
+    return Backup(service, path, path.stat().st_size, sha256_of(path), checksums)
 
 
 # -- finalize ------------------------------------------------------------------------------------

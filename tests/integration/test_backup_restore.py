@@ -1,21 +1,26 @@
-"""A backup restores onto a new server, as docs/deployment.md ("Backups and a restore") says:
-each service's database dumped with pg_dump; the new server provisioned and migrated by `rose`
-with the same secrets; the rows put back with pg_restore. Every row comes back, the sequences go
-on after them, the FDW edges read the new server (not the old one), and `rose db check` is
-clean."""
+"""`rose db backup` and `rose db restore`, as docs/deployment.md ("Backups and a restore") uses
+them: every row comes back onto a new server and is verified against the manifest, the
+sequences go on after them (and never back), the FDW edges read the new server (not the old one),
+`rose db check` is clean; a damaged backup, a revision this release does not know and a database
+that already holds other rows are refused before anything changes; an earlier release's backup
+is restored at its revision and then upgraded."""
 
 from __future__ import annotations
 
-import subprocess
+import json
+import re
+import shutil
+import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
 import pytest
+from alembic import command
 
 from apps.registry import SERVICES, service_spec
-from ops.db.binaries import pg_binary
-from ops.db.lifecycle import converge_databases
+from ops.db.migrate import alembic_config
 from ops.db.topology import Topology
 from ops.stack.pgserver import throwaway_postgres
 from tests.integration.db_fixtures import Cluster, start_cluster
@@ -23,7 +28,9 @@ from tests.integration.db_fixtures import Cluster, start_cluster
 
 @pytest.fixture(scope="module")
 def source() -> Iterator[Cluster]:
-    yield from start_cluster()
+    for cluster in start_cluster():
+        seed(cluster)
+        yield cluster
 
 
 def seed(cluster: Cluster) -> None:
@@ -80,57 +87,198 @@ def digests(admin: Callable[[str], psycopg.Connection]) -> dict[str, tuple[int, 
     return found
 
 
-def run(*command: str | Path) -> None:
-    done = subprocess.run([str(part) for part in command], capture_output=True, text=True)
-    assert done.returncode == 0, (command, done.stderr)
+# -- rose db backup / rose db restore ------------------------------------------------------------
+@pytest.fixture(scope="module")
+def made_backup(source: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One backup of the seeded source; a test that spoils it spoils a copy."""
+    backup = tmp_path_factory.mktemp("backups") / "backup"
+    made = source.rose("db", "backup", str(backup))
+    assert made.exit_code == 0, made.output
+    return backup
 
 
-def test_a_backup_restores_onto_a_new_server_with_every_row(source: Cluster, tmp_path: Path):
-    seed(source)
-    before = digests(source.admin)
-    assert before["likes.likes"][0] == 50
-    assert before["orders.orders"][0] == 1
-    # The backup: one file per service database (the version table's row is the migrations'
-    # business: the new server is migrated to the same release before the rows go in).
-    for name in SERVICES:
-        database = service_spec(name).database
-        run(
-            pg_binary("pg_dump"),
-            "--format=custom",
-            "--exclude-table-data=*.alembic_version",
-            f"--file={tmp_path / f'{database}.dump'}",
-            f"--dbname={source.topology.admin_url(name)}",
-        )
+def copy_of(backup: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(backup, tmp_path / "copy"))
 
+
+@contextmanager
+def new_server(source: Cluster) -> Iterator[Cluster]:
+    """An empty server whose `rose` has the source's secrets (the same .env)."""
     with throwaway_postgres("rose-test-restore-") as server:
         topology = Topology.single_server(server.superuser_url(), environ={})
-        # The same secrets: the roles get the passwords the services are configured with.
-        converge_databases(topology, source.credentials, say=lambda _: None)
-        for name in SERVICES:
-            database = service_spec(name).database
-            run(
-                pg_binary("pg_restore"),
-                "--data-only",
-                "--disable-triggers",
-                "--single-transaction",
-                f"--dbname={topology.admin_url(name)}",
-                tmp_path / f"{database}.dump",
-            )
-        restored = Cluster(server, topology, source.credentials, source.home)
+        yield Cluster(server, topology, source.credentials, source.home)
+
+
+def databases_on(cluster: Cluster) -> set[str]:
+    with cluster.admin() as connection:
+        return {row[0] for row in connection.execute("SELECT datname FROM pg_database")}
+
+
+def test_rose_db_backup_and_restore_bring_every_row_back_verified(
+    source: Cluster, tmp_path: Path
+) -> None:
+    before = digests(source.admin)
+    backup = tmp_path / "backup"
+    made = source.rose("db", "backup", str(backup))
+    assert made.exit_code == 0, made.output
+    files = sorted(path.name for path in backup.iterdir())
+    databases = sorted(service_spec(name).database for name in SERVICES)
+    assert files == sorted([*(f"{db}.dump" for db in databases), "manifest.json"])
+    assert re.search(r"db_likes: \d+ tables?, 50 rows", made.output), made.output
+    # Into a directory that already holds something: refused, nothing written over.
+    again = source.rose("db", "backup", str(backup))
+    assert again.exit_code == 1
+    assert "not empty" in again.output
+
+    with new_server(source) as target:
+        restored = target.rose("db", "restore", str(backup))
+        assert restored.exit_code == 0, restored.output
+        assert "verified" in restored.output
 
         def admin(service: str) -> psycopg.Connection:
-            return psycopg.connect(topology.admin_url(service), autocommit=True)
+            return psycopg.connect(target.topology.admin_url(service), autocommit=True)
 
         assert digests(admin) == before
-        check = restored.rose("db", "check")
+        check = target.rose("db", "check")
         assert check.exit_code == 0, check.output
-        # The sequences go on after the restored rows.
-        with restored.as_role("likes", "likes_app") as likes:
+        with target.as_role("likes", "likes_app") as likes:
             new_id = likes.execute(
                 "INSERT INTO likes.likes (user_id, target_type, target_slug) "
-                "VALUES (99, 'product', 'after') RETURNING id"
+                "VALUES (98, 'product', 'after') RETURNING id"
             ).fetchone()[0]
         assert new_id > 50
-        # The FDW edges read the new server, not the old one (still up, with 50 likes).
-        with restored.as_role("market", "market_app") as market:
+        with target.as_role("market", "market_app") as market:
             assert market.execute("SELECT count(*) FROM likes.likes").fetchone()[0] == 51
+        # A second run (say the first was cut off after some databases): what is restored and
+        # verified is left alone, a database that changed since is refused, nothing doubles.
+        rerun = target.rose("db", "restore", str(backup))
+        assert rerun.exit_code == 1, rerun.output
+        assert "db_likes" in rerun.output
+        assert "already holds rows" in rerun.output
+        with target.as_role("likes", "likes_app") as likes:
+            likes.execute("DELETE FROM likes.likes WHERE id = %s", (new_id,))
+        # relations held no rows in the backup, so a rerun restores it again; an id handed out
+        # since (and its row gone) is still never handed out twice.
+        relation = (
+            "INSERT INTO relations.container_relations (parent_type, parent_id, child_type, "
+            "child_id) VALUES ('page', 1, 'market', 2) RETURNING id"
+        )
+        with target.as_role("relations", "relations_app") as relations:
+            handed_out = relations.execute(relation).fetchone()[0]
+            relations.execute("DELETE FROM relations.container_relations")
+        rerun = target.rose("db", "restore", str(backup))
+        assert rerun.exit_code == 0, rerun.output
+        assert "db_likes: already restored" in rerun.output
+        assert "db_relations: restored" in rerun.output
+        assert digests(admin) == before
+        with target.as_role("relations", "relations_app") as relations:
+            assert relations.execute(relation).fetchone()[0] > handed_out
+
+
+def test_a_restore_refuses_a_damaged_backup_before_it_changes_anything(
+    source: Cluster, made_backup: Path, tmp_path: Path
+) -> None:
+    backup = copy_of(made_backup, tmp_path)
+    damaged = backup / "db_orders.dump"
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    with new_server(source) as target:
+        refused = target.rose("db", "restore", str(backup))
+        assert refused.exit_code == 1
+        assert "db_orders.dump" in refused.output
+        assert "sha256" in refused.output
+        assert "db_orders" not in databases_on(target)
+        # A backup cut off before its manifest (the manifest is written last) is no backup.
+        (backup / "manifest.json").unlink()
+        refused = target.rose("db", "restore", str(backup))
+        assert refused.exit_code == 1
+        assert "manifest.json" in refused.output
+
+
+def test_an_earlier_releases_backup_restores_and_is_upgraded(tmp_path: Path) -> None:
+    """A backup made by an earlier release (orders at 0005, before every pending order had a
+    deadline) restores onto this release: the rows go in at the backup's revision, then the
+    migrations bring them forward as `rose up` upgrades any earlier database."""
+    with contextmanager(start_cluster)() as earlier:
+        command.downgrade(alembic_config("orders", earlier.topology.admin_url("orders")), "0005")
+        with earlier.admin("blog") as blog:
+            config_id = blog.execute("SELECT id FROM blog.page_configs").fetchone()[0]
+        with earlier.admin("orders") as orders:
+            orders.execute(
+                "INSERT INTO orders.orders (user_id, status, currency, product_total, "
+                "calendar_total, ticket_total, total, description, page_config_id, "
+                "merchant_code, checkout_prefix) VALUES (7, 'pending', 'EUR', 9, 0, 0, 9, "
+                "'jam', %s, 'MSANDBOX1', 'rose-farm-')",
+                (config_id,),
+            )
+        backup = tmp_path / "earlier"
+        made = earlier.rose("db", "backup", str(backup))
+        assert made.exit_code == 0, made.output
+        manifest = json.loads((backup / "manifest.json").read_text())
+        assert manifest["databases"]["db_orders"]["revisions"] == ["0005"]
+        with new_server(earlier) as target:
+            restored = target.rose("db", "restore", str(backup))
+            assert restored.exit_code == 0, restored.output
+            with target.admin("orders") as orders:
+                assert orders.execute(
+                    "SELECT version_num FROM orders.alembic_version"
+                ).fetchall() == [("0007",)]
+                pending = orders.execute(
+                    "SELECT user_id, payable_until IS NOT NULL FROM orders.orders"
+                ).fetchall()
+            assert pending == [(7, True)]
+            assert target.rose("db", "check").exit_code == 0
+
+
+def test_a_restore_refuses_a_revision_this_release_does_not_know(
+    source: Cluster, made_backup: Path, tmp_path: Path
+) -> None:
+    backup = copy_of(made_backup, tmp_path)
+    manifest_path = backup / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["databases"]["db_orders"]["revisions"] = ["0099"]
+    manifest_path.write_text(json.dumps(manifest))
+    with new_server(source) as target:
+        refused = target.rose("db", "restore", str(backup))
+        assert refused.exit_code == 1
+        assert "0099" in refused.output
+        assert "newer release" in refused.output
+        assert "db_orders" not in databases_on(target)
+
+
+def test_a_backup_taken_while_buyers_write_restores_verified(
+    source: Cluster, tmp_path: Path
+) -> None:
+    """The manifest's checksums are read in the dump's own snapshot: likes written during the
+    backup are in both or in neither, so the restore verifies."""
+    stop = threading.Event()
+    written = 0
+
+    def buyers() -> None:
+        nonlocal written
+        with source.as_role("likes", "likes_app") as likes:
+            while not stop.is_set():
+                likes.execute(
+                    "INSERT INTO likes.likes (user_id, target_type, target_slug) "
+                    "VALUES (%s, 'product', 'busy')",
+                    (1000 + written,),
+                )
+                written += 1
+
+    writer = threading.Thread(target=buyers)
+    writer.start()
+    try:
+        made = source.rose("db", "backup", str(tmp_path / "busy"))
+    finally:
+        stop.set()
+        writer.join()
+    assert made.exit_code == 0, made.output
+    assert written > 0
+    manifest = json.loads((tmp_path / "busy" / "manifest.json").read_text())
+    backed_up = manifest["databases"]["db_likes"]["tables"]["likes.likes"]["rows"]
+    with new_server(source) as target:
+        restored = target.rose("db", "restore", str(tmp_path / "busy"))
+        assert restored.exit_code == 0, restored.output
+        with target.admin("likes") as likes:
+            assert likes.execute("SELECT count(*) FROM likes.likes").fetchone()[0] == backed_up

@@ -11,7 +11,8 @@ from pathlib import Path
 import yaml
 
 from apps.common.settings import Settings
-from apps.registry import SERVICES, service_spec
+from apps.registry import SERVICES
+from ops.cli.db import db_app
 from ops.db.manifest import load_edges
 from ops.stack.proxy import host_of, production_caddyfile
 
@@ -159,10 +160,15 @@ def test_the_deployment_guide_counts_the_connections_the_code_opens():
     assert int(stated.group(1)) == expected
 
 
-def test_the_backup_and_restore_loops_name_every_service_database():
+def test_the_guides_backup_and_restore_lines_are_rose_commands():
+    """docs/deployment.md backs up and restores with `rose db backup` / `rose db restore` run in
+    the migrate job's image; both must be commands rose has, and take the same directory."""
     guide = (REPO / "docs" / "deployment.md").read_text()
-    loops = re.findall(r"^for db in ([a-z_ ]+); do$", guide, flags=re.MULTILINE)
-    assert len(loops) == 2, loops
-    databases = {service_spec(name).database for name in SERVICES}
-    for loop in loops:
-        assert set(loop.split()) == databases
+    section = guide[guide.index("## Backups and a restore") :]
+    section = section[: section.index("\n## ", 1)].replace("\\\n", "")
+    used = re.findall(
+        r"--entrypoint rose\s+migrate db (backup|restore)\s+\"(/backup/\$stamp)\"", section
+    )
+    assert sorted(used) == [("backup", "/backup/$stamp"), ("restore", "/backup/$stamp")], used
+    commands = {command.name for command in db_app.registered_commands}
+    assert {"backup", "restore"} <= commands

@@ -1,0 +1,478 @@
+"""``rose db backup`` and ``rose db restore``: every service database's rows, and the proof that a
+restore put back what the backup took.
+
+A backup is a directory:
+
+    <database>.dump   pg_dump's custom format of the service's own schema, taken in a snapshot
+                      the tool exported (the version table's row is left out: a restore migrates
+                      first, then only rows go in);
+    manifest.json     written last, so a directory without one is no backup: per database the
+                      dump's size and sha256, its Alembic revisions, and every table's row count
+                      and checksum, read in the dump's own snapshot.
+
+Each database is consistent on its own, not with the others (docs/deployment.md says why the
+services live with that). A restore goes onto a server whose databases hold no rows yet:
+
+1. the manifest and every file are checked (size, sha256), every revision must be one this
+   release knows, and a database that already holds rows is refused, unless it holds exactly the
+   backup's (a rerun after an interrupted restore leaves it alone); nothing has changed yet;
+2. provisioning, then each database migrated to the backup's revision (not this release's head);
+3. ``pg_restore --data-only --disable-triggers --single-transaction`` per database, and every
+   table's count and checksum compared with the manifest's;
+4. the migrations on to this release's head (an earlier release's backup is upgraded as any
+   earlier database is), the FDW edges, and the check that the cluster is as ``db/`` declares.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from alembic import command
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
+
+from apps.registry import SERVICES, service_spec
+from ops.db.binaries import client_tool_target, pg_binary
+from ops.db.check import check
+from ops.db.checksums import Checksum, table_checksum
+from ops.db.connections import connect, scalar
+from ops.db.credentials import Credentials
+from ops.db.lifecycle import converge_databases
+from ops.db.migrate import alembic_config, services_with_migrations
+from ops.db.provision import provision
+from ops.db.topology import Topology
+from ops.paths import sha256_of
+
+MANIFEST = "manifest.json"
+FORMAT = 1
+VERSION_TABLE = "alembic_version"
+# pg_dump and pg_restore of one database; a larger one needs its own arrangements anyway.
+TOOL_TIMEOUT = 6 * 3600
+
+Say = Callable[[str], None]
+
+
+class BackupError(Exception):
+    """What stopped a backup or a restore, in a line a DBA acts on."""
+
+
+@dataclass(frozen=True)
+class DatabaseBackup:
+    service: str
+    database: str
+    file: str
+    size: int
+    sha256: str
+    revisions: list[str]
+    tables: dict[str, Checksum]
+
+    @property
+    def rows(self) -> int:
+        return sum(checksum.rows for checksum in self.tables.values())
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "service": self.service,
+            "file": self.file,
+            "size": self.size,
+            "sha256": self.sha256,
+            "revisions": self.revisions,
+            "tables": {name: checksum.as_dict() for name, checksum in self.tables.items()},
+        }
+
+    @classmethod
+    def from_json(cls, database: str, entry: dict[str, Any]) -> DatabaseBackup:
+        return cls(
+            service=str(entry["service"]),
+            database=database,
+            file=str(entry["file"]),
+            size=int(entry["size"]),
+            sha256=str(entry["sha256"]),
+            revisions=[str(revision) for revision in entry["revisions"]],
+            tables={
+                name: Checksum.from_dict(checksum) for name, checksum in entry["tables"].items()
+            },
+        )
+
+
+@dataclass
+class Outcome:
+    """What a backup or a restore did, a line per database, and what it noticed on the way."""
+
+    lines: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _describe(entry: DatabaseBackup) -> str:
+    tables = len(entry.tables)
+    return f"{tables} table{'s' if tables != 1 else ''}, {entry.rows} rows"
+
+
+@contextmanager
+def _session(topology: Topology, service: str) -> Iterator[psycopg.Connection[Any]]:
+    """A superuser connection to the service's database whose text forms of values do not
+    depend on the server's settings: a checksum hashes each row's text, and the backup's and
+    the restore's servers may be configured differently."""
+    with connect(topology.admin_url(service)) as connection:
+        for setting, value in (
+            ("TimeZone", "UTC"),
+            ("DateStyle", "ISO, YMD"),
+            ("IntervalStyle", "postgres"),
+            ("extra_float_digits", "1"),
+            ("bytea_output", "hex"),
+        ):
+            connection.execute("SELECT set_config(%s, %s, false)", (setting, value))
+        yield connection
+
+
+def _tables(connection: psycopg.Connection[Any], schema: str) -> list[str]:
+    """The service schema's tables that hold rows (the version table's row is the migrations')."""
+    rows = connection.execute(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relkind = 'r' AND c.relname <> %s ORDER BY 1",
+        (schema, VERSION_TABLE),
+    ).fetchall()
+    return [f"{schema}.{row[0]}" for row in rows]
+
+
+def _revisions(connection: psycopg.Connection[Any], schema: str) -> list[str] | None:
+    """The database's Alembic revisions; None when it has no version table."""
+    if scalar(connection, "SELECT to_regclass(%s) IS NULL", (f"{schema}.{VERSION_TABLE}",)):
+        return None
+    rows = connection.execute(f'SELECT version_num FROM "{schema}".{VERSION_TABLE} ORDER BY 1')
+    return [str(row[0]) for row in rows]
+
+
+def _others(connection: psycopg.Connection[Any], schema: str) -> list[tuple[str, int]]:
+    """Other schemas of the database with tables of their own (a split's ``legacy`` before
+    finalize): not the service's, so not in its backup."""
+    rows = connection.execute(
+        "SELECT n.nspname, count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.relkind = 'r' AND n.nspname <> %s AND n.nspname <> 'information_schema' "
+        "AND n.nspname NOT LIKE 'pg\\_%%' GROUP BY 1 ORDER BY 1",
+        (schema,),
+    ).fetchall()
+    return [(str(name), int(count)) for name, count in rows]
+
+
+def _write_durably(path: Path, text: str) -> None:
+    """``path`` holds ``text`` entirely or not at all, and survives a crash once this returns."""
+    partial = path.with_name(path.name + ".part")
+    with partial.open("w") as file:
+        file.write(text)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(partial, path)
+    _sync_directory(path.parent)
+
+
+def _sync_directory(directory: Path) -> None:
+    handle = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def _run_tool(arguments: list[str], url: str, what: str) -> None:
+    dsn, environment = client_tool_target(url)
+    done = subprocess.run(
+        [*arguments, f"--dbname={dsn}"],
+        capture_output=True,
+        text=True,
+        timeout=TOOL_TIMEOUT,
+        env=environment,
+    )
+    if done.returncode != 0:
+        raise BackupError(f"{what} failed: {done.stderr.strip() or f'exit {done.returncode}'}")
+
+
+# -- backup -------------------------------------------------------------------------------------
+def _dump(topology: Topology, service: str, directory: Path, outcome: Outcome) -> DatabaseBackup:
+    spec = service_spec(service)
+    path = directory / f"{spec.database}.dump"
+    partial = path.with_name(path.name + ".part")
+    with _session(topology, service) as connection:
+        connection.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        try:
+            snapshot = scalar(connection, "SELECT pg_export_snapshot()")
+            revisions = _revisions(connection, spec.name)
+            if revisions is None:
+                if service in services_with_migrations():
+                    raise BackupError(
+                        f"{spec.database} has no {spec.name}.{VERSION_TABLE}: it was never "
+                        "migrated (`rose db migrate`), so there is nothing of rose's to back up"
+                    )
+                revisions = []
+            names = _tables(connection, spec.name)
+            tables = {name: table_checksum(connection, name) for name in names}
+            for schema, count in _others(connection, spec.name):
+                outcome.notes.append(
+                    f"{spec.database}: schema {schema} ({count} tables) is not {service}'s own "
+                    "and is not in this backup"
+                )
+            try:
+                _run_tool(
+                    [
+                        str(pg_binary("pg_dump")),
+                        "--format=custom",
+                        f"--snapshot={snapshot}",
+                        f"--schema={spec.name}",
+                        f"--exclude-table-data={spec.name}.{VERSION_TABLE}",
+                        f"--file={partial}",
+                    ],
+                    topology.admin_url(service),
+                    f"pg_dump of {spec.database}",
+                )
+            except BaseException:
+                partial.unlink(missing_ok=True)
+                raise
+        finally:
+            connection.execute("ROLLBACK")
+    with partial.open("rb") as file:
+        os.fsync(file.fileno())
+    os.replace(partial, path)
+    return DatabaseBackup(
+        service=service,
+        database=spec.database,
+        file=path.name,
+        size=path.stat().st_size,
+        sha256=sha256_of(path),
+        revisions=revisions,
+        tables=tables,
+    )
+
+
+def back_up(topology: Topology, directory: Path, say: Say = print) -> Outcome:
+    """Every service database into ``directory`` (new or empty), the manifest last."""
+    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+        raise BackupError(f"{directory} is not empty: a backup goes into a new or empty directory")
+    directory.mkdir(parents=True, exist_ok=True)
+    outcome = Outcome()
+    entries: dict[str, DatabaseBackup] = {}
+    for service in SERVICES:
+        entry = _dump(topology, service, directory, outcome)
+        entries[entry.database] = entry
+        line = f"{entry.database}: {_describe(entry)}, {entry.size} bytes -> {entry.file}"
+        outcome.lines.append(line)
+        say(line)
+    manifest = {
+        "format": FORMAT,
+        "made_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "server_version": _server_version(topology),
+        "databases": {database: entry.as_json() for database, entry in entries.items()},
+    }
+    _write_durably(directory / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    _sync_directory(directory)
+    return outcome
+
+
+def _server_version(topology: Topology) -> str:
+    with connect(topology.admin_url(None, "postgres")) as connection:
+        return str(scalar(connection, "SHOW server_version"))
+
+
+# -- restore ------------------------------------------------------------------------------------
+def read_backup(directory: Path) -> dict[str, DatabaseBackup]:
+    """The manifest's databases, once every file it names is there with its size and sha256,
+    and the databases are this release's."""
+    manifest_path = directory / MANIFEST
+    if not manifest_path.is_file():
+        raise BackupError(
+            f"{manifest_path} is missing: not a backup, or one that did not finish "
+            "(`rose db backup` writes the manifest last)"
+        )
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("format") != FORMAT:
+            raise BackupError(
+                f"{manifest_path}: format {manifest.get('format')!r}, this release reads {FORMAT}"
+            )
+        entries = {
+            database: DatabaseBackup.from_json(database, entry)
+            for database, entry in manifest["databases"].items()
+        }
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise BackupError(f"{manifest_path} cannot be read: {exc}") from None
+    expected = {service_spec(name).database for name in SERVICES}
+    if set(entries) != expected:
+        raise BackupError(
+            f"the backup holds {', '.join(sorted(entries))}; this release has "
+            f"{', '.join(sorted(expected))}"
+        )
+    for entry in entries.values():
+        if service_spec(entry.service).database != entry.database:
+            raise BackupError(f"{manifest_path}: {entry.database} is not {entry.service}'s")
+        path = directory / entry.file
+        if path.name != entry.file or not path.is_file():
+            raise BackupError(f"{path} is missing")
+        if path.stat().st_size != entry.size or sha256_of(path) != entry.sha256:
+            raise BackupError(
+                f"{path} is not the file the backup wrote (its size or sha256 differs): "
+                "the backup is damaged"
+            )
+    return entries
+
+
+def _unknown_revisions(entry: DatabaseBackup) -> list[str]:
+    script = ScriptDirectory.from_config(alembic_config(entry.service))
+    unknown = []
+    for revision in entry.revisions:
+        try:
+            script.get_revision(revision)
+        except CommandError:
+            unknown.append(revision)
+    return unknown
+
+
+def _database_exists(topology: Topology, service: str) -> bool:
+    with connect(topology.maintenance_url(service)) as connection:
+        return bool(
+            scalar(
+                connection,
+                "SELECT count(*) > 0 FROM pg_database WHERE datname = %s",
+                (service_spec(service).database,),
+            )
+        )
+
+
+def _checksums(topology: Topology, entry: DatabaseBackup) -> dict[str, Checksum]:
+    """The backup's tables as the server holds them now (a table that is not there: 0 rows)."""
+    found = {}
+    with _session(topology, entry.service) as connection:
+        for name in entry.tables:
+            if scalar(connection, "SELECT to_regclass(%s) IS NULL", (name,)):
+                found[name] = Checksum(method=entry.tables[name].method)
+            else:
+                found[name] = table_checksum(connection, name)
+    return found
+
+
+def _state(topology: Topology, entry: DatabaseBackup) -> tuple[str, str | None]:
+    """("new" | "restored" | "refused", why) for one database before anything changes."""
+    if not _database_exists(topology, entry.service):
+        return "new", None
+    held = _checksums(topology, entry)
+    if held == entry.tables and entry.rows:
+        return "restored", None
+    holding = [f"{name} {checksum.rows} rows" for name, checksum in held.items() if checksum.rows]
+    if holding:
+        return "refused", (
+            f"{entry.database} already holds rows ({', '.join(holding[:3])}"
+            f"{', ...' if len(holding) > 3 else ''}) that are not the backup's: restore onto a "
+            "new server, or drop the database first"
+        )
+    with _session(topology, entry.service) as connection:
+        current = _revisions(connection, service_spec(entry.service).name) or []
+    script = ScriptDirectory.from_config(alembic_config(entry.service))
+    if current and entry.revisions and current != entry.revisions:
+        behind = {
+            revision.revision
+            for head in entry.revisions
+            for revision in script.iterate_revisions(head, "base")
+        }
+        if not set(current) <= behind:
+            return "refused", (
+                f"{entry.database} is migrated to {', '.join(current)}, beyond the backup's "
+                f"{', '.join(entry.revisions)}: restore onto a new server, or drop the database "
+                "first"
+            )
+    return "new", None
+
+
+def _sequences(topology: Topology, service: str) -> dict[str, int]:
+    """The next value each sequence of the service's schema would hand out."""
+    with _session(topology, service) as connection:
+        rows = connection.execute(
+            "SELECT format('%%I.%%I', schemaname, sequencename), "
+            "coalesce(last_value + increment_by, start_value) "
+            "FROM pg_sequences WHERE schemaname = %s",
+            (service_spec(service).name,),
+        ).fetchall()
+    return {str(name): int(value) for name, value in rows}
+
+
+def _never_backwards(topology: Topology, service: str, before: dict[str, int]) -> None:
+    """A sequence the restore set lower than it was (the backup's, onto a database that had
+    handed out more ids since) goes back up: an id once handed out is never handed out again,
+    as other services may hold it (an order names its cart lines by id)."""
+    after = _sequences(topology, service)
+    with _session(topology, service) as connection:
+        for name, value in before.items():
+            if after.get(name, value) < value:
+                connection.execute("SELECT setval(%s, %s, false)", (name, value))
+
+
+def restore(
+    topology: Topology, credentials: Credentials, directory: Path, say: Say = print
+) -> Outcome:
+    entries = read_backup(directory)
+    refusals = []
+    for entry in entries.values():
+        unknown = _unknown_revisions(entry)
+        if unknown:
+            refusals.append(
+                f"{entry.database}: revision {', '.join(unknown)} is unknown to this release "
+                "(a newer release made the backup): restore with that release"
+            )
+    if refusals:
+        raise BackupError("; ".join(refusals))
+    states = {database: _state(topology, entry) for database, entry in entries.items()}
+    refusals = [why for state, why in states.values() if state == "refused" and why]
+    if refusals:
+        raise BackupError("; ".join(refusals))
+
+    outcome = Outcome()
+    provision(topology, credentials, say=lambda _line: None)
+    for database, entry in entries.items():
+        if states[database][0] == "restored":
+            line = f"{database}: already restored ({_describe(entry)}, as the backup's), left alone"
+            outcome.lines.append(line)
+            say(line)
+            continue
+        config = alembic_config(entry.service, topology.admin_url(entry.service))
+        for revision in entry.revisions:
+            command.upgrade(config, revision)
+        before = _sequences(topology, entry.service)
+        _run_tool(
+            [
+                str(pg_binary("pg_restore")),
+                "--data-only",
+                "--disable-triggers",
+                "--single-transaction",
+                "--exit-on-error",
+                str(directory / entry.file),
+            ],
+            topology.admin_url(entry.service),
+            f"pg_restore of {directory / entry.file}",
+        )
+        _never_backwards(topology, entry.service, before)
+        held = _checksums(topology, entry)
+        differing = [name for name, checksum in entry.tables.items() if held[name] != checksum]
+        if differing:
+            raise BackupError(
+                f"{database}: the rows restored differ from the backup's in "
+                f"{', '.join(differing)} (was something writing to the server?); they stay as "
+                "restored: drop the database and run the restore again"
+            )
+        line = f"{database}: restored {_describe(entry)}, verified against the backup"
+        outcome.lines.append(line)
+        say(line)
+    converged = converge_databases(topology, credentials, say=lambda _line: None)
+    say(f"migrated to this release: {', '.join(converged.migrated)}")
+    differences, notes = check(topology, credentials=credentials)
+    outcome.notes.extend(notes)
+    if differences:
+        raise BackupError(
+            "the rows are restored, but the cluster differs from db/: " + "; ".join(differences)
+        )
+    return outcome
