@@ -254,9 +254,19 @@ def _dump(topology: Topology, service: str, directory: Path, outcome: Outcome) -
 
 def back_up(topology: Topology, directory: Path, say: Say = print) -> Outcome:
     """Every service database into ``directory`` (new or empty), the manifest last."""
-    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+    if directory.exists() and not directory.is_dir():
+        raise BackupError(f"{directory} is a file: a backup goes into a new or empty directory")
+    if directory.exists() and any(directory.iterdir()):
         raise BackupError(f"{directory} is not empty: a backup goes into a new or empty directory")
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        return _back_up_into(topology, directory, say)
+    except OSError as exc:
+        where = exc.filename or directory
+        raise BackupError(f"cannot write {where}: {exc.strerror or exc}") from None
+
+
+def _back_up_into(topology: Topology, directory: Path, say: Say) -> Outcome:
     outcome = Outcome()
     entries: dict[str, DatabaseBackup] = {}
     for service in SERVICES:
@@ -412,6 +422,23 @@ def _never_backwards(topology: Topology, service: str, before: dict[str, int]) -
                 connection.execute("SELECT setval(%s, %s, false)", (name, value))
 
 
+def _services_connected(topology: Topology) -> list[str]:
+    """The services' own logins still connected to their databases, as "db_cart: cart_app (2
+    sessions)"."""
+    found = []
+    for service in SERVICES:
+        spec = service_spec(service)
+        with connect(topology.maintenance_url(service)) as connection:
+            sessions = scalar(
+                connection,
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND usename = %s",
+                (spec.database, spec.app_role),
+            )
+        if sessions:
+            found.append(f"{spec.database}: {spec.app_role} ({sessions} sessions)")
+    return found
+
+
 def restore(
     topology: Topology, credentials: Credentials, directory: Path, say: Say = print
 ) -> Outcome:
@@ -426,6 +453,11 @@ def restore(
             )
     if refusals:
         raise BackupError("; ".join(refusals))
+    connected = _services_connected(topology)
+    if connected:
+        raise BackupError(
+            f"{'; '.join(connected)}: stop the services first (nothing may write during a restore)"
+        )
     states = {database: _state(topology, entry) for database, entry in entries.items()}
     refusals = [why for state, why in states.values() if state == "refused" and why]
     if refusals:

@@ -282,3 +282,31 @@ def test_a_backup_taken_while_buyers_write_restores_verified(
         assert restored.exit_code == 0, restored.output
         with target.admin("likes") as likes:
             assert likes.execute("SELECT count(*) FROM likes.likes").fetchone()[0] == backed_up
+
+
+def test_a_restore_waits_for_the_services_to_stop(
+    source: Cluster, made_backup: Path, tmp_path: Path
+) -> None:
+    """A service still connected could write between the checks and the rows going in: the
+    restore names it and changes nothing until it is gone."""
+    with new_server(source) as target:
+        assert target.rose("db", "restore", str(made_backup)).exit_code == 0
+        with target.as_role("cart", "cart_app"):
+            refused = target.rose("db", "restore", str(made_backup))
+            assert refused.exit_code == 1
+            assert "db_cart" in refused.output
+            assert "cart_app" in refused.output
+            assert "stop the services" in refused.output
+        assert target.rose("db", "restore", str(made_backup)).exit_code == 0
+
+
+def test_a_backup_into_a_place_it_cannot_write_says_so(source: Cluster, tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("x")
+    refused = source.rose("db", "backup", str(tmp_path / "a-file"))
+    assert refused.exit_code == 1
+    assert "is a file" in refused.output
+    # Under a file: no directory can be made there (a mode would not stop root, CI's user).
+    refused = source.rose("db", "backup", str(tmp_path / "a-file" / "backup"))
+    assert refused.exit_code == 1
+    assert "cannot write" in refused.output
+    assert "Traceback" not in refused.output
