@@ -113,8 +113,8 @@ class Outcome:
 
 
 def _describe(entry: DatabaseBackup) -> str:
-    tables = len(entry.tables)
-    return f"{tables} table{'s' if tables != 1 else ''}, {entry.rows} rows"
+    tables, rows = len(entry.tables), entry.rows
+    return f"{tables} table{'s' if tables != 1 else ''}, {rows} row{'s' if rows != 1 else ''}"
 
 
 @contextmanager
@@ -167,12 +167,21 @@ def _others(connection: psycopg.Connection[Any], schema: str) -> list[tuple[str,
 def _write_durably(path: Path, text: str) -> None:
     """``path`` holds ``text`` entirely or not at all, and survives a crash once this returns."""
     partial = path.with_name(path.name + ".part")
-    with partial.open("w") as file:
+    with _private(partial).open("w") as file:
         file.write(text)
         file.flush()
         os.fsync(file.fileno())
     os.replace(partial, path)
     _sync_directory(path.parent)
+
+
+def _private(path: Path) -> Path:
+    """``path`` made empty, readable and writable by its owner only (a backup holds a merchant's
+    SumUp key and buyers' rows), before anything is written into it."""
+    handle = os.open(path, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600)
+    os.close(handle)
+    path.chmod(0o600)
+    return path
 
 
 def _sync_directory(directory: Path) -> None:
@@ -228,7 +237,7 @@ def _dump(topology: Topology, service: str, directory: Path, outcome: Outcome) -
                         f"--snapshot={snapshot}",
                         f"--schema={spec.name}",
                         f"--exclude-table-data={spec.name}.{VERSION_TABLE}",
-                        f"--file={partial}",
+                        f"--file={_private(partial)}",
                     ],
                     topology.admin_url(service),
                     f"pg_dump of {spec.database}",
@@ -260,6 +269,7 @@ def back_up(topology: Topology, directory: Path, say: Say = print) -> Outcome:
         raise BackupError(f"{directory} is not empty: a backup goes into a new or empty directory")
     try:
         directory.mkdir(parents=True, exist_ok=True)
+        directory.chmod(0o700)
         return _back_up_into(topology, directory, say)
     except OSError as exc:
         where = exc.filename or directory

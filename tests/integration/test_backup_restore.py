@@ -125,6 +125,9 @@ def test_rose_db_backup_and_restore_bring_every_row_back_verified(
     databases = sorted(service_spec(name).database for name in SERVICES)
     assert files == sorted([*(f"{db}.dump" for db in databases), "manifest.json"])
     assert re.search(r"db_likes: \d+ tables?, 50 rows", made.output), made.output
+    # The dumps hold a merchant's SumUp key and buyers' rows: for their owner's eyes only.
+    assert backup.stat().st_mode & 0o777 == 0o700
+    assert {path.stat().st_mode & 0o777 for path in backup.iterdir()} == {0o600}
     # Into a directory that already holds something: refused, nothing written over.
     again = source.rose("db", "backup", str(backup))
     assert again.exit_code == 1
