@@ -161,7 +161,14 @@ def db_backup(directory: BackupDirectory, database_url: DatabaseUrlOption = None
 
 
 @db_app.command("restore")
-def db_restore(directory: BackupDirectory, database_url: DatabaseUrlOption = None) -> None:
+def db_restore(
+    directory: BackupDirectory,
+    database_url: DatabaseUrlOption = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Check the backup and the server, say what it would do."),
+    ] = False,
+) -> None:
     """Put a backup's rows onto a server with none yet: check every file, provision, migrate to
     the backup's revision, pg_restore each database, verify every table against the manifest,
     then migrate to this release and check the cluster is as db/ declares."""
@@ -170,11 +177,16 @@ def db_restore(directory: BackupDirectory, database_url: DatabaseUrlOption = Non
     topology = topology_of(database_url)
     require_role_passwords()
     try:
-        outcome = restore(topology, Credentials.for_environment(), directory, say=print)
+        outcome = restore(
+            topology, Credentials.for_environment(), directory, say=print, dry_run=dry_run
+        )
     except (BackupError, ConfigError) as exc:
         raise fail(str(exc)) from None
     for note in outcome.notes:
         err_console.print(f"note: {note}", markup=False, soft_wrap=True, style="dim")
+    if dry_run:
+        console.print("dry run: the backup and the server pass every check; changed nothing")
+        return
     console.print(
         "ok: every database restored and verified; roles, privileges and FDW edges as db/ declares",
         markup=False,

@@ -449,9 +449,38 @@ def _services_connected(topology: Topology) -> list[str]:
     return found
 
 
+def _unreadable(directory: Path, entry: DatabaseBackup) -> str | None:
+    """Why this release's pg_restore cannot restore the archive's rows (None: it can): an
+    archive of a newer pg_dump, or one without a table's data."""
+    path = directory / entry.file
+    listing = subprocess.run(
+        [str(pg_binary("pg_restore")), "--list", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if listing.returncode != 0:
+        return f"{path}: pg_restore cannot read it ({listing.stderr.strip()})"
+    missing = [
+        name
+        for name in entry.tables
+        if f" TABLE DATA {name.replace('.', ' ', 1)} " not in listing.stdout
+    ]
+    if missing:
+        return f"{path}: pg_restore cannot read it: no rows of {', '.join(missing)} in it"
+    return None
+
+
 def restore(
-    topology: Topology, credentials: Credentials, directory: Path, say: Say = print
+    topology: Topology,
+    credentials: Credentials,
+    directory: Path,
+    say: Say = print,
+    *,
+    dry_run: bool = False,
 ) -> Outcome:
+    """Everything checked first (nothing changes if a check fails); with ``dry_run`` only that,
+    and what it would do, a line per database."""
     entries = read_backup(directory)
     refusals = []
     for entry in entries.values():
@@ -461,6 +490,9 @@ def restore(
                 f"{entry.database}: revision {', '.join(unknown)} is unknown to this release "
                 "(a newer release made the backup): restore with that release"
             )
+        unreadable = _unreadable(directory, entry)
+        if unreadable:
+            refusals.append(unreadable)
     if refusals:
         raise BackupError("; ".join(refusals))
     connected = _services_connected(topology)
@@ -474,6 +506,16 @@ def restore(
         raise BackupError("; ".join(refusals))
 
     outcome = Outcome()
+    if dry_run:
+        for database, entry in entries.items():
+            at = ", ".join(entry.revisions) or "none"
+            if states[database][0] == "restored":
+                line = f"{database}: already restored ({_describe(entry)}), would leave it alone"
+            else:
+                line = f"{database}: would restore {_describe(entry)} at revision {at}"
+            outcome.lines.append(line)
+            say(line)
+        return outcome
     provision(topology, credentials, say=lambda _line: None)
     for database, entry in entries.items():
         if states[database][0] == "restored":

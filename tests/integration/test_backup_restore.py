@@ -7,6 +7,7 @@ is restored at its revision and then upgraded."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -313,3 +314,33 @@ def test_a_backup_into_a_place_it_cannot_write_says_so(source: Cluster, tmp_path
     assert refused.exit_code == 1
     assert "cannot write" in refused.output
     assert "Traceback" not in refused.output
+
+
+def test_a_dry_run_restore_checks_everything_and_changes_nothing(
+    source: Cluster, made_backup: Path, tmp_path: Path
+) -> None:
+    with new_server(source) as target:
+        planned = target.rose("db", "restore", "--dry-run", str(made_backup))
+        assert planned.exit_code == 0, planned.output
+        assert re.search(
+            r"db_likes: would restore \d+ tables?, 50 rows at revision \w+", planned.output
+        )
+        assert "changed nothing" in planned.output
+        assert databases_on(target) == {"postgres", "template0", "template1"}
+        # An archive this release's pg_restore cannot read is found by the dry run too, before
+        # any server would be touched (its size and sha256 made to match: not damage in
+        # transit, an archive that was never readable).
+        backup = copy_of(made_backup, tmp_path)
+        unreadable = backup / "db_events.dump"
+        unreadable.write_bytes(b"PGDMP" + b"\0" * 64)
+        manifest = json.loads((backup / "manifest.json").read_text())
+        entry = manifest["databases"]["db_events"]
+        entry["size"] = unreadable.stat().st_size
+        entry["sha256"] = hashlib.sha256(unreadable.read_bytes()).hexdigest()
+        (backup / "manifest.json").write_text(json.dumps(manifest))
+        for arguments in (("--dry-run",), ()):
+            refused = target.rose("db", "restore", *arguments, str(backup))
+            assert refused.exit_code == 1
+            assert "db_events.dump" in refused.output
+            assert "pg_restore cannot read" in refused.output
+        assert databases_on(target) == {"postgres", "template0", "template1"}
