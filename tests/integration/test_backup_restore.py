@@ -170,6 +170,12 @@ def test_rose_db_backup_and_restore_bring_every_row_back_verified(
         with target.as_role("relations", "relations_app") as relations:
             handed_out = relations.execute(relation).fetchone()[0]
             relations.execute("DELETE FROM relations.container_relations")
+        planned = target.rose("db", "restore", "--dry-run", str(backup))
+        assert planned.exit_code == 0, planned.output
+        assert "db_likes: already restored (3 tables, 50 rows), would leave it alone" in (
+            planned.output
+        )
+        assert "db_relations: would restore" in planned.output
         rerun = target.rose("db", "restore", str(backup))
         assert rerun.exit_code == 0, rerun.output
         assert "db_likes: already restored" in rerun.output
