@@ -8,6 +8,8 @@
 #                                                 default: the current commit's short hash
 #   ROSE_MIGRATE=0 ...                            skip the migrate job (a rollback: an older
 #                                                 image does not know the newer revisions)
+#   ROSE_BACKUP=0 ...                             skip the backup taken before migrating
+#   ROSE_BACKUP_DIR=<dir> ...                     where those backups go (default: backups/)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -26,8 +28,15 @@ else
     "${COMPOSE[@]}" build
 fi
 "${COMPOSE[@]}" up -d postgres
-# Migrations are additive (the running version keeps working on the new schema): migrate first.
+# Migrations are additive (the running version keeps working on the new schema): migrate first,
+# after a backup of every database's rows (what a migration that went wrong is undone from).
 if [ "${ROSE_MIGRATE:-1}" != "0" ]; then
+    if [ "${ROSE_BACKUP:-1}" != "0" ]; then
+        backups="$(realpath -m "${ROSE_BACKUP_DIR:-backups}")"
+        mkdir -p "$backups"
+        "${COMPOSE[@]}" run --rm --user "$(id -u)" -v "$backups:/backup" \
+            --entrypoint rose migrate db backup "/backup/$ROSE_TAG-$(date -u +%Y%m%dT%H%M%SZ)"
+    fi
     "${COMPOSE[@]}" run --rm migrate
 fi
 
