@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import sys
 
+import psycopg
 import typer
+from rich.markup import escape
 
 from apps.common.settings import ConfigError
 from ops.cli import calls, db, proxy, split, stack
@@ -37,3 +39,9 @@ def main() -> None:  # pragma: no cover - console entry point
     except ConfigError as exc:
         err_console.print(f"[red]error:[/red] {exc}")
         sys.exit(2)
+    except psycopg.OperationalError as exc:
+        # A server that does not answer, refuses the login or went away: what the DBA acts on
+        # is libpq's own words, on one line (they come indented over several).
+        message = " ".join(str(exc).split())
+        err_console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
+        sys.exit(1)

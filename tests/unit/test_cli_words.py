@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 
+import pytest
 import typer
 from typer.testing import CliRunner
 
 from ops.cli import app as rose_cli
+from ops.stack.pgserver import free_port
 
 runner = CliRunner()
 
@@ -70,3 +75,29 @@ def test_a_call_with_nowhere_to_go_says_how_to_give_it_one(tmp_path, monkeypatch
             f"error: {service}: no stack is running (start one with `rose up`) and "
             f"INTERNAL_URL_{service.upper()} is not set"
         ]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["db", "check"],
+        ["db", "backup", "{tmp}/backup"],
+        ["db", "provision", "--dry-run"],
+    ],
+)
+def test_a_database_that_does_not_answer_is_one_line_not_a_traceback(command, tmp_path) -> None:
+    port = free_port()  # nothing listens there
+    arguments = [part.replace("{tmp}", str(tmp_path)) for part in command]
+    done = subprocess.run(
+        [sys.executable, "-m", "ops.cli", *arguments],
+        env={**os.environ, "ROSE_ADMIN_URL": f"postgresql://postgres:x@127.0.0.1:{port}/postgres"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error: ")
+    assert f"127.0.0.1:{port}" in lines[0] or f"port {port}" in lines[0]
