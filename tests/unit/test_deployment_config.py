@@ -179,10 +179,11 @@ def test_a_deploy_backs_up_before_it_migrates():
     the migrate job changes them; ROSE_BACKUP=0 skips it, and a failed backup stops the deploy
     (set -e) before anything migrates."""
     script = (REPO / "ops" / "deploy" / "deploy.sh").read_text()
-    assert script.startswith("#!/usr/bin/env bash") and "set -euo pipefail" in script
+    assert script.startswith("#!/usr/bin/env bash")
+    assert "set -euo pipefail" in script
     backup = script.index("--entrypoint rose migrate db backup")
     migrate = script.index('"${COMPOSE[@]}" run --rm migrate\n')
     assert backup < migrate
     guard = script.rindex("\nif ", 0, backup)
     assert '"${ROSE_BACKUP:-1}" != "0"' in script[guard:backup]
-    assert re.search(r'/backup/\$ROSE_TAG-\$\(date -u \+%Y%m%dT%H%M%SZ\)', script[backup:migrate])
+    assert re.search(r"/backup/\$ROSE_TAG-\$\(date -u \+%Y%m%dT%H%M%SZ\)", script[backup:migrate])
