@@ -172,7 +172,10 @@ def db_restore(
     """Put a backup's rows onto a server with none yet: check every file, provision, migrate to
     the backup's revision, pg_restore each database, verify every table against the manifest,
     then migrate to this release and check the cluster is as db/ declares."""
+    from alembic.util import CommandError
+
     from ops.db.backup import BackupError, restore
+    from ops.db.sqlfiles import ConvergeError
 
     topology = topology_of(database_url)
     require_role_passwords()
@@ -180,7 +183,7 @@ def db_restore(
         outcome = restore(
             topology, Credentials.for_environment(), directory, say=print, dry_run=dry_run
         )
-    except (BackupError, ConfigError) as exc:
+    except (BackupError, ConfigError, ConvergeError, CommandError) as exc:
         raise fail(str(exc)) from None
     for note in outcome.notes:
         err_console.print(f"note: {note}", markup=False, soft_wrap=True, style="dim")
