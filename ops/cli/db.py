@@ -1,4 +1,4 @@
-"""``rose db``: databases, roles, FDW edges and migrations (ops.db); ``rose env-template``."""
+"""``rose db``: databases, roles, FDW edges, migrations, backups (ops.db); ``rose env-template``."""
 
 from __future__ import annotations
 
@@ -21,7 +21,9 @@ from ops.cli.common import (
 from ops.db.credentials import Credentials
 
 db_app = typer.Typer(
-    help="Databases, roles, FDW edges and migrations.", no_args_is_help=True, rich_markup_mode=None
+    help="Databases, roles, FDW edges, migrations and backups.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
 )
 
 
