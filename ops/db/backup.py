@@ -112,9 +112,12 @@ class Outcome:
     notes: list[str] = field(default_factory=list)
 
 
+def _counted(count: int, thing: str) -> str:
+    return f"{count} {thing}{'' if count == 1 else 's'}"
+
+
 def _describe(entry: DatabaseBackup) -> str:
-    tables, rows = len(entry.tables), entry.rows
-    return f"{tables} table{'s' if tables != 1 else ''}, {rows} row{'s' if rows != 1 else ''}"
+    return f"{_counted(len(entry.tables), 'table')}, {_counted(entry.rows, 'row')}"
 
 
 @contextmanager
@@ -226,7 +229,8 @@ def _dump(topology: Topology, service: str, directory: Path, outcome: Outcome) -
             tables = {name: table_checksum(connection, name) for name in names}
             for schema, count in _others(connection, spec.name):
                 outcome.notes.append(
-                    f"{spec.database}: schema {schema} ({count} tables) is not {service}'s own "
+                    f"{spec.database}: schema {schema} ({_counted(count, 'table')}) is not "
+                    f"{service}'s own "
                     "and is not in this backup"
                 )
             try:

@@ -350,3 +350,22 @@ def test_a_dry_run_restore_checks_everything_and_changes_nothing(
             assert "db_events.dump" in refused.output
             assert "pg_restore cannot read" in refused.output
         assert databases_on(target) == {"postgres", "template0", "template1"}
+
+
+def test_a_schema_that_is_not_the_services_is_named_not_backed_up(
+    source: Cluster, tmp_path: Path
+) -> None:
+    """A split's ``legacy`` schema before finalize lives in a service's database but is not the
+    service's: the backup says so rather than leaving it out silently."""
+    with source.admin("cart") as cart:
+        cart.execute("CREATE SCHEMA legacy")
+        cart.execute("CREATE TABLE legacy.cart_items AS SELECT 1 AS id")
+    try:
+        made = source.rose("db", "backup", str(tmp_path / "backup"))
+    finally:
+        with source.admin("cart") as cart:
+            cart.execute("DROP SCHEMA legacy CASCADE")
+    assert made.exit_code == 0, made.output
+    assert "note: db_cart: schema legacy (1 table) is not cart's own" in made.output
+    manifest = json.loads((tmp_path / "backup" / "manifest.json").read_text())
+    assert not [name for name in manifest["databases"]["db_cart"]["tables"] if "legacy" in name]
