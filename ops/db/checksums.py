@@ -66,12 +66,23 @@ class Checksum:
         return cls(int(entry["rows"]), xor, int(entry["sum"]), method)
 
 
-def table_checksum(connection: psycopg.Connection[Any], qualified_name: str) -> Checksum:
-    """The checksum of every row of a table (its text form, all columns): what finalize compares
-    between a backup's snapshot and the rows it drops."""
+# A table's row hash from the row itself (``t`` is the table's row): its text's md5, or its
+# values hashed as hash partitioning hashes them (no printing; every column type needs a hash).
+TABLE_ROW_HASHES = {
+    MD5_HASH: sql.SQL("('x' || left(md5(t::text), 16))::bit(64)::bigint"),
+    CURRENT_HASH: sql.SQL("hashint8extended(hash_record_extended(t, 0), 0)"),
+}
+
+
+def table_checksum(
+    connection: psycopg.Connection[Any], qualified_name: str, method: str = MD5_HASH
+) -> Checksum:
+    """The checksum of every row of a table (all columns): what finalize compares between a
+    backup's snapshot and the rows it drops (the text's md5), and what ``rose db backup``
+    records for ``rose db restore`` to compare (the values' hash where the types allow it)."""
     query = sql.SQL(
         "SELECT count(*), coalesce(bit_xor(h), 0), coalesce(sum(h), 0) "
-        "FROM (SELECT {hash} AS h FROM (SELECT t::text AS row_text FROM {table} AS t) AS r) AS x"
-    ).format(hash=ROW_HASHES[MD5_HASH], table=sql.Identifier(*qualified_name.split(".")))
+        "FROM (SELECT {hash} AS h FROM {table} AS t) AS x"
+    ).format(hash=TABLE_ROW_HASHES[method], table=sql.Identifier(*qualified_name.split(".")))
     rows, xor, total = one_row(connection, query)
-    return Checksum(int(rows), int(xor), int(total), MD5_HASH)
+    return Checksum(int(rows), int(xor), int(total), method)
