@@ -145,18 +145,42 @@ BackupDirectory = Annotated[
 
 
 @db_app.command("backup")
-def db_backup(directory: BackupDirectory, database_url: DatabaseUrlOption = None) -> None:
+def db_backup(
+    directory: BackupDirectory,
+    database_url: DatabaseUrlOption = None,
+    keep: Annotated[
+        int | None,
+        typer.Option(
+            "--keep",
+            metavar="N",
+            help="Then keep only the N newest whole backups beside it (this one included).",
+        ),
+    ] = None,
+) -> None:
     """Every service database's rows into DIRECTORY (new or empty): one pg_dump per database and
     a manifest of each table's row count and checksum, read in the dump's own snapshot."""
-    from ops.db.backup import BackupError, back_up
+    from ops.db.backup import BackupError, back_up, prune_backups
 
     topology = topology_of(database_url)
+    if keep is not None and keep < 1:
+        raise fail(f"--keep {keep}: keep at least 1 backup (the one just made)")
     try:
         outcome = back_up(topology, directory, say=print)
+        pruned = ([], []) if keep is None else prune_backups(directory.parent, keep, directory)
     except BackupError as exc:
         raise fail(str(exc)) from None
     for note in outcome.notes:
         err_console.print(f"note: {note}", markup=False, soft_wrap=True, style="dim")
+    removed, left = pruned
+    for path in removed:
+        print(f"removed the older backup {path}")
+    for path in left:
+        err_console.print(
+            f"note: {path} is not a whole backup (no manifest): left alone",
+            markup=False,
+            soft_wrap=True,
+            style="dim",
+        )
     console.print(
         f"ok: backup in {directory} ({directory / 'manifest.json'})", markup=False, soft_wrap=True
     )

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -311,6 +312,38 @@ def _back_up_into(topology: Topology, directory: Path, say: Say) -> Outcome:
     _write_durably(directory / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     _sync_directory(directory)
     return outcome
+
+
+def prune_backups(root: Path, keep: int, made: Path | None = None) -> tuple[list[Path], list[Path]]:
+    """Of the whole backups in ``root`` (directories with a manifest this release reads), remove
+    all but the ``keep`` newest, ``made`` (the backup just made) always among those kept;
+    returns (removed, directories left alone because they are not whole backups). Nothing else
+    in ``root`` is touched."""
+    if keep < 1:
+        raise BackupError(f"--keep {keep}: keep at least 1 backup (the one just made)")
+    whole: list[tuple[str, str, Path]] = []
+    partial: list[Path] = []
+    for path in sorted(root.iterdir()):
+        if not path.is_dir() or path.is_symlink():
+            continue
+        if made is not None and path.resolve() == made.resolve():
+            continue
+        try:
+            manifest = json.loads((path / MANIFEST).read_text())
+            made_at = str(manifest["made_at"])
+            complete = manifest["format"] == FORMAT and bool(manifest["databases"])
+        except (OSError, ValueError, KeyError, TypeError):
+            complete = False
+        if complete:
+            whole.append((made_at, path.name, path))
+        else:
+            partial.append(path)
+    whole.sort()
+    others = keep - 1 if made is not None else keep
+    removed = [path for _made_at, _name, path in whole[: max(0, len(whole) - others)]]
+    for path in removed:
+        shutil.rmtree(path)
+    return removed, partial
 
 
 def _server_version(topology: Topology) -> str:

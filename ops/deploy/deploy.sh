@@ -10,6 +10,7 @@
 #                                                 image does not know the newer revisions)
 #   ROSE_BACKUP=0 ...                             skip the backup taken before migrating
 #   ROSE_BACKUP_DIR=<dir> ...                     where those backups go (default: backups/)
+#   ROSE_BACKUP_KEEP=<n> ...                      how many of them stay (default: 10)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -35,7 +36,8 @@ if [ "${ROSE_MIGRATE:-1}" != "0" ]; then
         backups="$(realpath -m "${ROSE_BACKUP_DIR:-backups}")"
         mkdir -p "$backups"
         "${COMPOSE[@]}" run --rm --user "$(id -u)" -v "$backups:/backup" \
-            --entrypoint rose migrate db backup "/backup/$ROSE_TAG-$(date -u +%Y%m%dT%H%M%SZ)"
+            --entrypoint rose migrate db backup --keep "${ROSE_BACKUP_KEEP:-10}" \
+            "/backup/$ROSE_TAG-$(date -u +%Y%m%dT%H%M%SZ)"
     fi
     "${COMPOSE[@]}" run --rm migrate
 fi

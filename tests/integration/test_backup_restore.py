@@ -395,3 +395,20 @@ def test_a_backup_hashes_values_and_falls_back_to_text_where_a_type_has_no_hash(
         assert (loose.method, loose.rows) == ("md5", 1)
         assert backup_checksum(likes, "likes.likes").method == "record"
         likes.execute("ROLLBACK")
+
+
+def test_backup_keep_removes_the_oldest_whole_backups_beside_it(
+    source: Cluster, tmp_path: Path
+) -> None:
+    root = tmp_path / "backups"
+    for name in ("first", "second"):
+        assert source.rose("db", "backup", str(root / name)).exit_code == 0
+    (root / "cut-off").mkdir()
+    made = source.rose("db", "backup", str(root / "third"), "--keep", "2")
+    assert made.exit_code == 0, made.output
+    assert f"removed the older backup {root / 'first'}" in made.output
+    assert "cut-off is not a whole backup" in made.output
+    assert sorted(path.name for path in root.iterdir()) == ["cut-off", "second", "third"]
+    refused = source.rose("db", "backup", str(root / "fourth"), "--keep", "0")
+    assert refused.exit_code == 1
+    assert not (root / "fourth").exists()

@@ -187,3 +187,5 @@ def test_a_deploy_backs_up_before_it_migrates():
     guard = script.rindex("\nif ", 0, backup)
     assert '"${ROSE_BACKUP:-1}" != "0"' in script[guard:backup]
     assert re.search(r"/backup/\$ROSE_TAG-\$\(date -u \+%Y%m%dT%H%M%SZ\)", script[backup:migrate])
+    # The oldest go, so deploys do not fill the disk; never fewer than one.
+    assert '--keep "${ROSE_BACKUP_KEEP:-10}"' in script[backup:migrate]
