@@ -21,7 +21,7 @@ import pytest
 from alembic import command
 
 from apps.registry import SERVICES, service_spec
-from ops.db.backup import backup_checksum
+from ops.db.backup import backup_checksum, restore
 from ops.db.migrate import alembic_config
 from ops.db.topology import Topology
 from ops.stack.pgserver import throwaway_postgres
@@ -412,3 +412,37 @@ def test_backup_keep_removes_the_oldest_whole_backups_beside_it(
     refused = source.rose("db", "backup", str(root / "fourth"), "--keep", "0")
     assert refused.exit_code == 1
     assert not (root / "fourth").exists()
+
+
+def test_a_backup_restores_onto_databases_spread_over_two_servers(
+    source: Cluster, made_backup: Path
+) -> None:
+    """Production may put a service's database on a server of its own
+    (``ROSE_ADMIN_URL_<SERVICE>``): each database is restored where the topology says, and the
+    FDW edges between the two servers read the restored rows."""
+    with (
+        throwaway_postgres("rose-test-restore-a-") as first,
+        throwaway_postgres("rose-test-restore-b-") as second,
+    ):
+        topology = Topology(
+            default_admin_url=first.superuser_url(),
+            admin_urls={"likes": second.superuser_url(), "orders": second.superuser_url()},
+        )
+        outcome = restore(topology, source.credentials, made_backup, say=lambda _line: None)
+        assert len(outcome.lines) == len(SERVICES)
+        with psycopg.connect(second.superuser_url("db_likes"), autocommit=True) as likes:
+            assert likes.execute("SELECT count(*) FROM likes.likes").fetchone()[0] == 50
+        with psycopg.connect(first.superuser_url(), autocommit=True) as other:
+            databases = {row[0] for row in other.execute("SELECT datname FROM pg_database")}
+        assert "db_likes" not in databases
+        assert "db_market" in databases
+        password = source.credentials.role_password("market_app")
+        with psycopg.connect(
+            host="127.0.0.1",
+            port=first.port,
+            dbname="db_market",
+            user="market_app",
+            password=password,
+            autocommit=True,
+        ) as market:
+            assert market.execute("SELECT count(*) FROM likes.likes").fetchone()[0] == 50
