@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,8 +33,8 @@ import psycopg
 
 from apps.registry import SERVICES, service_spec
 from bench.checkout_stack import set_up_databases
-from ops.db.backup import BackupError, back_up, restore
-from ops.db.binaries import client_tool_target, pg_binary
+from ops.db.backup import BackupError, back_up, restore, run_client_tool
+from ops.db.binaries import pg_binary
 from ops.db.credentials import Credentials
 from ops.db.lifecycle import converge_databases
 from ops.db.topology import Topology
@@ -72,20 +71,11 @@ def seed(topology: Topology, rows: int) -> int:
     return total
 
 
-def _tool(arguments: list[str], url: str) -> None:
-    dsn, environment = client_tool_target(url)
-    done = subprocess.run(
-        [*arguments, f"--dbname={dsn}"], capture_output=True, text=True, env=environment
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"{arguments[0]}: {done.stderr.strip()}")
-
-
 def baseline_backup(topology: Topology, directory: Path) -> None:
     directory.mkdir()
     for service in SERVICES:
         spec = service_spec(service)
-        _tool(
+        run_client_tool(
             [
                 str(pg_binary("pg_dump")),
                 "--format=custom",
@@ -95,6 +85,7 @@ def baseline_backup(topology: Topology, directory: Path) -> None:
                 f"--file={directory / f'{spec.database}.dump'}",
             ],
             topology.admin_url(service),
+            f"pg_dump of {spec.database}",
         )
 
 
@@ -102,7 +93,7 @@ def baseline_restore(topology: Topology, credentials: Credentials, directory: Pa
     converge_databases(topology, credentials, say=lambda _line: None)
     for service in SERVICES:
         database = service_spec(service).database
-        _tool(
+        run_client_tool(
             [
                 str(pg_binary("pg_restore")),
                 "--data-only",
@@ -112,6 +103,7 @@ def baseline_restore(topology: Topology, credentials: Credentials, directory: Pa
                 str(directory / f"{database}.dump"),
             ],
             topology.admin_url(service),
+            f"pg_restore of {database}",
         )
 
 

@@ -159,12 +159,12 @@ def db_backup(
 ) -> None:
     """Every service database's rows into DIRECTORY (new or empty): one pg_dump per database and
     a manifest of each table's row count and checksum, read in the dump's own snapshot."""
-    from ops.db.backup import BackupError, back_up, prune_backups
+    from ops.db.backup import BackupError, back_up, check_keep, prune_backups
 
     topology = topology_of(database_url)
-    if keep is not None and keep < 1:
-        raise fail(f"--keep {keep}: keep at least 1 backup (the one just made)")
     try:
+        if keep is not None:
+            check_keep(keep)  # before anything is written
         outcome = back_up(topology, directory, say=print)
         pruned = ([], []) if keep is None else prune_backups(directory.parent, keep, directory)
     except BackupError as exc:

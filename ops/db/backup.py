@@ -43,10 +43,10 @@ from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 
 from apps.registry import SERVICES, service_spec
-from ops.db.binaries import client_tool_target, pg_binary
+from ops.db.binaries import client_tool_target, pg_binary, tables_without_data
 from ops.db.check import check
 from ops.db.checksums import CURRENT_HASH, MD5_HASH, Checksum, table_checksum
-from ops.db.connections import connect, scalar
+from ops.db.connections import Connections, connect, scalar
 from ops.db.credentials import Credentials
 from ops.db.lifecycle import converge_databases
 from ops.db.migrate import alembic_config, services_with_migrations
@@ -209,7 +209,7 @@ def _sync_directory(directory: Path) -> None:
         os.close(handle)
 
 
-def _run_tool(arguments: list[str], url: str, what: str) -> None:
+def run_client_tool(arguments: list[str], url: str, what: str) -> None:
     dsn, environment = client_tool_target(url)
     done = subprocess.run(
         [*arguments, f"--dbname={dsn}"],
@@ -248,7 +248,7 @@ def _dump(topology: Topology, service: str, directory: Path, outcome: Outcome) -
                     "and is not in this backup"
                 )
             try:
-                _run_tool(
+                run_client_tool(
                     [
                         str(pg_binary("pg_dump")),
                         "--format=custom",
@@ -310,8 +310,13 @@ def _back_up_into(topology: Topology, directory: Path, say: Say) -> Outcome:
         "databases": {database: entry.as_json() for database, entry in entries.items()},
     }
     _write_durably(directory / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    _sync_directory(directory)
     return outcome
+
+
+def check_keep(keep: int) -> None:
+    """A backup that prunes keeps at least itself."""
+    if keep < 1:
+        raise BackupError(f"--keep {keep}: keep at least 1 backup (the one just made)")
 
 
 def prune_backups(root: Path, keep: int, made: Path | None = None) -> tuple[list[Path], list[Path]]:
@@ -319,8 +324,7 @@ def prune_backups(root: Path, keep: int, made: Path | None = None) -> tuple[list
     all but the ``keep`` newest, ``made`` (the backup just made) always among those kept;
     returns (removed, directories left alone because they are not whole backups). Nothing else
     in ``root`` is touched."""
-    if keep < 1:
-        raise BackupError(f"--keep {keep}: keep at least 1 backup (the one just made)")
+    check_keep(keep)
     whole: list[tuple[str, str, Path]] = []
     partial: list[Path] = []
     for path in sorted(root.iterdir()):
@@ -404,15 +408,14 @@ def _unknown_revisions(entry: DatabaseBackup) -> list[str]:
     return unknown
 
 
-def _database_exists(topology: Topology, service: str) -> bool:
-    with connect(topology.maintenance_url(service)) as connection:
-        return bool(
-            scalar(
-                connection,
-                "SELECT count(*) > 0 FROM pg_database WHERE datname = %s",
-                (service_spec(service).database,),
-            )
+def _database_exists(topology: Topology, service: str, servers: Connections) -> bool:
+    return bool(
+        scalar(
+            servers.get(topology.maintenance_url(service)),
+            "SELECT count(*) > 0 FROM pg_database WHERE datname = %s",
+            (service_spec(service).database,),
         )
+    )
 
 
 def _checksums(topology: Topology, entry: DatabaseBackup) -> dict[str, Checksum]:
@@ -427,9 +430,11 @@ def _checksums(topology: Topology, entry: DatabaseBackup) -> dict[str, Checksum]
     return found
 
 
-def _state(topology: Topology, entry: DatabaseBackup) -> tuple[str, str | None]:
+def _state(
+    topology: Topology, entry: DatabaseBackup, servers: Connections
+) -> tuple[str, str | None]:
     """("new" | "restored" | "refused", why) for one database before anything changes."""
-    if not _database_exists(topology, entry.service):
+    if not _database_exists(topology, entry.service, servers):
         return "new", None
     held = _checksums(topology, entry)
     if held == entry.tables and entry.rows:
@@ -482,18 +487,17 @@ def _never_backwards(topology: Topology, service: str, before: dict[str, int]) -
                 connection.execute("SELECT setval(%s, %s, false)", (name, value))
 
 
-def _services_connected(topology: Topology) -> list[str]:
+def _services_connected(topology: Topology, servers: Connections) -> list[str]:
     """The services' own logins still connected to their databases, as "db_cart: cart_app (2
     sessions)"."""
     found = []
     for service in SERVICES:
         spec = service_spec(service)
-        with connect(topology.maintenance_url(service)) as connection:
-            sessions = scalar(
-                connection,
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND usename = %s",
-                (spec.database, spec.app_role),
-            )
+        sessions = scalar(
+            servers.get(topology.maintenance_url(service)),
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND usename = %s",
+            (spec.database, spec.app_role),
+        )
         if sessions:
             found.append(f"{spec.database}: {spec.app_role} ({sessions} sessions)")
     return found
@@ -503,19 +507,9 @@ def _unreadable(directory: Path, entry: DatabaseBackup) -> str | None:
     """Why this release's pg_restore cannot restore the archive's rows (None: it can): an
     archive of a newer pg_dump, or one without a table's data."""
     path = directory / entry.file
-    listing = subprocess.run(
-        [str(pg_binary("pg_restore")), "--list", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if listing.returncode != 0:
-        return f"{path}: pg_restore cannot read it ({listing.stderr.strip()})"
-    missing = [
-        name
-        for name in entry.tables
-        if f" TABLE DATA {name.replace('.', ' ', 1)} " not in listing.stdout
-    ]
+    missing, unreadable = tables_without_data(path, entry.tables)
+    if unreadable:
+        return f"{path}: pg_restore cannot read it ({unreadable})"
     if missing:
         return f"{path}: pg_restore cannot read it: no rows of {', '.join(missing)} in it"
     return None
@@ -545,12 +539,15 @@ def restore(
             refusals.append(unreadable)
     if refusals:
         raise BackupError("; ".join(refusals))
-    connected = _services_connected(topology)
-    if connected:
-        raise BackupError(
-            f"{'; '.join(connected)}: stop the services first (nothing may write during a restore)"
-        )
-    states = {database: _state(topology, entry) for database, entry in entries.items()}
+    # One connection per server for the checks (the databases may share one, or not).
+    with Connections() as servers:
+        connected = _services_connected(topology, servers)
+        if connected:
+            raise BackupError(
+                f"{'; '.join(connected)}: stop the services first (nothing may write during a "
+                "restore)"
+            )
+        states = {database: _state(topology, entry, servers) for database, entry in entries.items()}
     refusals = [why for state, why in states.values() if state == "refused" and why]
     if refusals:
         raise BackupError("; ".join(refusals))
@@ -577,7 +574,7 @@ def restore(
         for revision in entry.revisions:
             command.upgrade(config, revision)
         before = _sequences(topology, entry.service)
-        _run_tool(
+        run_client_tool(
             [
                 str(pg_binary("pg_restore")),
                 "--data-only",

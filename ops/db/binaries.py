@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
+from collections.abc import Iterable
 from pathlib import Path
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -32,3 +34,20 @@ def client_tool_target(url: str) -> tuple[str, dict[str, str]]:
     if password is not None:
         environment["PGPASSWORD"] = str(password)
     return make_conninfo(**{key: str(value) for key, value in params.items()}), environment
+
+
+def tables_without_data(archive: Path, tables: Iterable[str]) -> tuple[list[str], str | None]:
+    """Of ``tables`` ("schema.table"), those whose rows a pg_dump archive does not hold, by its
+    table of contents (``pg_restore --list``), and pg_restore's error when it cannot read the
+    archive at all (then none of them is held)."""
+    names = list(tables)
+    listing = subprocess.run(
+        [str(pg_binary("pg_restore")), "--list", str(archive)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if listing.returncode != 0:
+        return names, listing.stderr.strip() or "pg_restore --list failed"
+    held = listing.stdout
+    return [name for name in names if f" TABLE DATA {name.replace('.', ' ', 1)} " not in held], None

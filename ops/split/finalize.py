@@ -38,7 +38,7 @@ from psycopg import sql
 from psycopg.pq import TransactionStatus
 
 from apps.registry import service_spec
-from ops.db.binaries import client_tool_target, pg_binary
+from ops.db.binaries import client_tool_target, pg_binary, tables_without_data
 from ops.db.checksums import Checksum, table_checksum
 from ops.db.connections import scalar
 from ops.db.topology import Topology
@@ -341,17 +341,12 @@ def back_up(
             connection.execute("ROLLBACK")
     if dumped.returncode != 0:
         raise SplitError(f"pg_dump of {database} failed: {dumped.stderr.strip()}")
-    listing = subprocess.run(
-        [str(pg_binary("pg_restore")), "--list", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    missing = [table for table in tables if f"TABLE DATA legacy {table} " not in listing.stdout]
-    if listing.returncode != 0 or missing:
+    missing, unreadable = tables_without_data(path, [f"legacy.{table}" for table in tables])
+    if missing or unreadable:
+        named = ", ".join(name.split(".", 1)[1] for name in missing) or "?"
         raise SplitError(
-            f"the backup {path} does not hold the data of {', '.join(missing) or '?'} "
-            f"({listing.stderr.strip() or 'pg_restore --list'})"
+            f"the backup {path} does not hold the data of {named} "
+            f"({unreadable or 'pg_restore --list'})"
         )
     return Backup(service, path, path.stat().st_size, sha256_of(path), checksums)
 
