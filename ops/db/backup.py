@@ -52,7 +52,7 @@ from ops.db.lifecycle import converge_databases
 from ops.db.migrate import alembic_config, services_with_migrations
 from ops.db.provision import provision
 from ops.db.topology import Topology
-from ops.paths import sha256_of
+from ops.paths import private_directory, private_file, sha256_of, sync_directory
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -184,29 +184,12 @@ def _others(connection: psycopg.Connection[Any], schema: str) -> list[tuple[str,
 def _write_durably(path: Path, text: str) -> None:
     """``path`` holds ``text`` entirely or not at all, and survives a crash once this returns."""
     partial = path.with_name(path.name + ".part")
-    with _private(partial).open("w") as file:
+    with private_file(partial).open("w") as file:
         file.write(text)
         file.flush()
         os.fsync(file.fileno())
     os.replace(partial, path)
-    _sync_directory(path.parent)
-
-
-def _private(path: Path) -> Path:
-    """``path`` made empty, readable and writable by its owner only (a backup holds a merchant's
-    SumUp key and buyers' rows), before anything is written into it."""
-    handle = os.open(path, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600)
-    os.close(handle)
-    path.chmod(0o600)
-    return path
-
-
-def _sync_directory(directory: Path) -> None:
-    handle = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(handle)
-    finally:
-        os.close(handle)
+    sync_directory(path.parent)
 
 
 def run_client_tool(arguments: list[str], url: str, what: str) -> None:
@@ -255,7 +238,7 @@ def _dump(topology: Topology, service: str, directory: Path, outcome: Outcome) -
                         f"--snapshot={snapshot}",
                         f"--schema={spec.name}",
                         f"--exclude-table-data={spec.name}.{VERSION_TABLE}",
-                        f"--file={_private(partial)}",
+                        f"--file={private_file(partial)}",
                     ],
                     topology.admin_url(service),
                     f"pg_dump of {spec.database}",
@@ -286,8 +269,7 @@ def back_up(topology: Topology, directory: Path, say: Say = print) -> Outcome:
     if directory.exists() and any(directory.iterdir()):
         raise BackupError(f"{directory} is not empty: a backup goes into a new or empty directory")
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        directory.chmod(0o700)
+        private_directory(directory)
         return _back_up_into(topology, directory, say)
     except OSError as exc:
         where = exc.filename or directory

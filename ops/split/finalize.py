@@ -42,7 +42,7 @@ from ops.db.binaries import client_tool_target, pg_binary, tables_without_data
 from ops.db.checksums import Checksum, table_checksum
 from ops.db.connections import scalar
 from ops.db.topology import Topology
-from ops.paths import sha256_of
+from ops.paths import private_directory, private_file, sha256_of
 from ops.split.common import (
     FaultHook,
     LedgerEntry,
@@ -290,15 +290,21 @@ def _kept_relations(connection: psycopg.Connection[Any], dropped: list[str]) -> 
 
 
 def _new_backup_directory(root: Path) -> Path:
-    """A directory of its own for this finalize's backups (never an earlier one's files)."""
+    """A directory of its own for this finalize's backups (never an earlier one's files), open
+    to its owner only: the archives hold merchants' SumUp keys and buyers' rows."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    for attempt in range(100):
-        directory = root / (stamp if attempt == 0 else f"{stamp}-{attempt + 1}")
-        try:
-            directory.mkdir(parents=True)
-        except FileExistsError:
-            continue
-        return directory
+    try:
+        for attempt in range(100):
+            directory = root / (stamp if attempt == 0 else f"{stamp}-{attempt + 1}")
+            try:
+                directory.mkdir(parents=True, mode=0o700)
+            except FileExistsError:
+                continue
+            return private_directory(directory)
+    except OSError as exc:
+        raise SplitError(
+            f"cannot write {exc.filename or root}: {exc.strerror or exc}; nothing was dropped"
+        ) from None
     raise SplitError(f"could not make a new backup directory under {root}")
 
 
@@ -329,7 +335,7 @@ def back_up(
                     f"--lock-wait-timeout={int(options.lock_timeout * 1000)}",
                     "--schema=legacy",
                     *excluded,
-                    f"--file={path}",
+                    f"--file={private_file(path)}",
                     f"--dbname={dsn}",
                 ],
                 capture_output=True,

@@ -853,8 +853,27 @@ def test_finalize_refuses_before_verification_then_drops_the_sources(monolith, t
     assert verified.exit_code == 0, verified.output
     assert all(ledger(monolith, move.name)["verified_at"] is not None for move in MOVES)
 
-    finalized = rose_split(monolith, "finalize", "--backup-dir", str(tmp_path))
+    # A backup directory that cannot be made: one line naming it, and nothing dropped.
+    (tmp_path / "a-file").write_text("")
+    unwritable = rose_split(monolith, "finalize", "--backup-dir", str(tmp_path / "a-file" / "x"))
+    assert unwritable.exit_code == 1
+    assert isinstance(unwritable.exception, SystemExit), unwritable.exception
+    assert f"cannot write {tmp_path / 'a-file' / 'x'}" in unwritable.output
+    assert value(monolith, "cart", "SELECT to_regclass('legacy.cart_items') IS NOT NULL")
+
+    finalized = rose_split(monolith, "finalize", "--backup-dir", str(tmp_path / "backups"))
     assert finalized.exit_code == 0, finalized.output
+    # The archives hold merchants' SumUp keys and buyers' rows: the owner's alone, whatever
+    # the umask.
+    (directory,) = (tmp_path / "backups").iterdir()
+    assert directory.stat().st_mode & 0o777 == 0o700
+    archives = sorted(directory.iterdir())
+    assert [path.name for path in archives] == [
+        "db_blog.legacy.dump",
+        "db_cart.legacy.dump",
+        "db_market.legacy.dump",
+    ]
+    assert {path.stat().st_mode & 0o777 for path in archives} == {0o600}
     legacy_tables = {
         service: {
             row[0]
@@ -870,7 +889,7 @@ def test_finalize_refuses_before_verification_then_drops_the_sources(monolith, t
     assert value(monolith, "cart", "SELECT to_regnamespace('legacy') IS NULL")
     assert all(ledger(monolith, move.name)["finalized_at"] is not None for move in MOVES)
 
-    again = rose_split(monolith, "finalize", "--backup-dir", str(tmp_path))
+    again = rose_split(monolith, "finalize", "--backup-dir", str(tmp_path / "backups"))
     assert again.exit_code == 0
     assert "already finalized" in again.output
     after = rose_split(monolith, "verify")
