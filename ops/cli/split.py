@@ -292,9 +292,13 @@ def _print_verification(result: MoveVerification) -> None:
     ledger = result.ledger
     if result.finalized and ledger is not None:
         status = "[green]ok[/green]" if result.ok else "[red]LOST ROWS[/red]"
+        dropped = (
+            f"finalized (sources dropped {_when(ledger.finalized_at)} UTC)"
+            if ledger.finalized_at is not None
+            else "finalizing (its sources are being dropped; `rose split finalize` completes it)"
+        )
         console.print(
-            f"{status} {name}: finalized (sources dropped {_when(ledger.finalized_at)} UTC); "
-            "the target against the checksums of the move's commit"
+            f"{status} {name}: {dropped}; the target against the checksums of the move's commit"
         )
         for check in result.checks:
             if check.ok:
@@ -308,7 +312,7 @@ def _print_verification(result: MoveVerification) -> None:
         return
     status = "[green]ok[/green]" if result.ok else "[red]DIFFERENT[/red]"
     console.print(f"{status} {name}")
-    if ledger is not None and ledger.done:
+    if ledger is not None and ledger.done and ledger.source_rows is not None:
         console.print(
             f"  accounting: {ledger.source_rows:,} source rows = {ledger.moved_rows:,} moved "
             f"+ {ledger.collapsed_rows:,} collapsed + {ledger.skipped_rows:,} skipped"
@@ -444,11 +448,12 @@ def abort_command(move: MoveOption = None, database_url: DatabaseUrlOption = Non
         result = abort(topology_of(database_url), _moves(move), _say)
     except (SplitError, psycopg.Error) as exc:
         raise _fail(str(exc)) from None
+    for line in result.refused:
+        console.print(f"[red]refused[/red]: {escape(line)}")
     if result.aborted:
         console.print(f"aborted {', '.join(reversed(result.aborted))}")
-    if result.refused:
-        for line in result.refused:
-            console.print(f"[red]refused[/red]: {escape(line)}")
+    if result.not_aborted:
+        console.print(f"not aborted: {', '.join(reversed(result.not_aborted))} (refused above)")
         raise typer.Exit(1)
 
 

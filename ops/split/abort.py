@@ -44,6 +44,7 @@ LOCK_TIMEOUT = "10s"
 class AbortResult:
     aborted: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
+    not_aborted: list[str] = field(default_factory=list)
     deleted: dict[str, int] = field(default_factory=dict)
 
 
@@ -94,6 +95,8 @@ def abort_move(topology: Topology, move: Move, say: Say, fault: FaultHook) -> di
                 ledger = read_ledger(target, move.name, lock=True)
                 if ledger is not None and ledger.finalized_at is not None:
                     raise SplitError(f"{move.name}: finalized: it cannot be aborted")
+                if ledger is not None and ledger.cut_over_unrecorded:
+                    raise SplitError(f"{move.name}: {ledger.unrecorded_cutover()}; then abort")
                 if ledger is not None and ledger.done:
                     if not ledger.checksums or ledger.inserted_ids is None:
                         raise SplitError(
@@ -111,14 +114,14 @@ def abort_move(topology: Topology, move: Move, say: Say, fault: FaultHook) -> di
                     if changed:
                         raise SplitError(
                             f"{move.name}: {'; '.join(changed)}: something wrote to the target "
-                            "after the move, and abort would lose it. Nothing was aborted."
+                            "after the move, and abort would lose it; the move is left as it was"
                         )
                     deleted = _delete_moved_rows(target, move, ledger.inserted_ids)
                     expected = {table: int(rows) for table, rows in (ledger.inserted or {}).items()}
                     if deleted != expected:
                         raise SplitError(
                             f"{move.name}: deleting the moved rows found {deleted}, the ledger "
-                            f"records {expected}; nothing was aborted"
+                            f"records {expected}; the move is left as it was"
                         )
                 synced = ledger is not None and not ledger.done and ledger.sync_started_at
                 if synced:
@@ -179,6 +182,7 @@ def abort(
             result.refused.append(
                 str(exc) if isinstance(exc, SplitError) else f"{move.name}: {exc}"
             )
+            result.not_aborted.append(move.name)
             continue
         result.aborted.append(move.name)
         for table, count in deleted.items():

@@ -65,6 +65,8 @@ def move_status(
         state = f"finalizing: {len(dropped)} of {owned} sources dropped (finalize completes it)"
     elif ledger.finalizing:
         state = "verified (a finalize stopped before dropping)"
+    elif ledger.cut_over_unrecorded:
+        state = "cut over; its cutover stopped before recording it (`rose split cutover` does)"
     elif ledger.done and ledger.verified_at is not None:
         state = "verified"
     elif ledger.done and ledger.verification is not None:

@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import psycopg
@@ -549,16 +550,23 @@ def _details(snapshot: psycopg.Connection[Any], move: Move) -> tuple[Any, ...]:
     return ledger_record(snapshot, outcome, inserted, checksums)
 
 
-def _record_details(topology: Topology, move: Move, details: tuple[Any, ...]) -> None:
+def _record_details(
+    topology: Topology, move: Move, details: tuple[Any, ...], write_pause: float | Decimal | None
+) -> None:
     with connect(topology, move.target) as target, target.transaction():
         target.execute(
             """
             UPDATE split.ledger
             SET source_rows = %s, moved_rows = %s, collapsed_rows = %s, skipped_rows = %s,
-                reasons = %s, inserted = %s, checksum = %s, checksums = %s, inserted_ids = %s
+                reasons = %s, inserted = %s, checksum = %s, checksums = %s, inserted_ids = %s,
+                write_pause = %s
             WHERE move = %s
             """,
-            (*details, move.name),
+            (
+                *details,
+                None if write_pause is None else round(float(write_pause), 3),
+                move.name,
+            ),
         )
         target.execute("DELETE FROM split.sync_outcome WHERE move = %s", (move.name,))
         target.execute("DELETE FROM split.sync_position WHERE move = %s", (move.name,))
@@ -616,18 +624,23 @@ def cutover_move(
     with connect(topology, move.target) as target:
         ensure_ledger(target, move.target)
         ledger = read_ledger(target, move.name)
+    if ledger is not None and ledger.cut_over_unrecorded:
+        # A cutover that died between the end of the pause and its record: the target now
+        # (its service is not to write before the `verified` line), and the pause it measured.
+        report.done_before = True
+        say(
+            f"{move.name}: the cutover that ended its write pause at {ledger.finished_at:%H:%M:%S} "
+            "stopped before recording the move: recording it now"
+        )
+        with _snapshot_of(topology, move) as snapshot:
+            details = _details(snapshot, move)
+            snapshot.rollback()
+        _record_details(topology, move, details, write_pause=ledger.seconds)
+        return _verify_cut(topology, move, report, say)
     if ledger is not None and ledger.done:
         report.done_before = True
-        if ledger.sync_started_at is not None and not ledger.checksums:
-            # A cutover that died between the end of the pause and its record: the target now.
-            with _snapshot_of(topology, move) as snapshot:
-                details = _details(snapshot, move)
-                snapshot.rollback()
-            _record_details(topology, move, details)
         if ledger.sync_started_at is not None and ledger.verified_at is None:
-            report.verification = verify_recorded(topology, move)
-            if not report.verification.ok:
-                raise SplitError(_differs(move, report.verification))
+            return _verify_cut(topology, move, report, say)
         if ledger.sync_started_at is not None:
             remove(topology, move)
         say(f"{move.name}: done ({ledger.state()}); nothing to cut over")
@@ -655,16 +668,16 @@ def cutover_move(
         fault(move.name, "cutover-after-record")
         details = _details(as_cut, move)
         as_cut.rollback()
-    _record_details(topology, move, details)
-    with connect(topology, move.target) as target:
-        target.execute(
-            "UPDATE split.ledger SET write_pause = %s WHERE move = %s",
-            (round(report.write_pause, 3), move.name),
-        )
+    _record_details(topology, move, details, write_pause=report.write_pause)
     say(
         f"{move.name}: cut over: drained {report.drained:,} changes; write pause "
         f"{report.write_pause:.2f} s (freeze to recorded); its sources stay frozen"
     )
+    return _verify_cut(topology, move, report, say)
+
+
+def _verify_cut(topology: Topology, move: Move, report: CutoverReport, say: Say) -> CutoverReport:
+    """The frozen sources against the target as recorded; then the capture goes."""
     report.verification = verify_recorded(topology, move)
     if not report.verification.ok:
         raise SplitError(_differs(move, report.verification))

@@ -140,7 +140,9 @@ def _listed_rows(ledger: LedgerEntry) -> list[tuple[str, list[int], str, str]]:
 
 
 def accounting_problems(ledger: LedgerEntry, source_rows_now: dict[str, int]) -> list[str]:
-    problems = []
+    problems: list[str] = []
+    if ledger.source_rows is None:
+        return [f"the ledger records no accounting of the move ({ledger.state()})"]
     now = sum(source_rows_now.values())
     if now != ledger.source_rows:
         tables = ", ".join(f"{table} {rows:,}" for table, rows in source_rows_now.items())
@@ -201,6 +203,8 @@ def verify_move(
     the commit's record; ``against_sources`` insists on the sources: finalize's re-verify)."""
     with session(topology, move.target) as target:
         ledger = read_ledger(target, move.name)
+        if ledger is not None and (ledger.syncing or ledger.cut_over_unrecorded):
+            return MoveVerification(move=move, ledger=ledger, problems=[ledger.state()])
         if ledger is None or not ledger.done:
             return MoveVerification(
                 move=move, ledger=ledger, problems=["not moved yet (`rose split run`)"]

@@ -539,12 +539,19 @@ def test_abort_refuses_to_lose_what_was_written_after_the_move(monolith):
     assert "abort would lose it" in refused.output
     assert ledger(monolith, "orders")["finished_at"] is not None
     assert "orders" in str(freeze_triggers(monolith))
-    # Another move is aborted on its own; the table both read stays frozen by the other.
-    aborted = rose_split(monolith, "abort", "--move", "page_configs")
-    assert aborted.exit_code == 0, aborted.output
+    # Both asked for: the other move is aborted, the table both read stays frozen by orders,
+    # and the last lines say which move was aborted and which was not.
+    both = rose_split(monolith, "abort", "--move", "orders", "--move", "page_configs")
+    assert both.exit_code == 1
     assert "unfroze db_cart legacy.page_configs (page_configs); still frozen by orders" in (
-        aborted.output
+        both.output
     )
+    assert "othing was aborted" not in both.output
+    assert both.output.strip().splitlines()[-2:] == [
+        "aborted page_configs",
+        "not aborted: orders (refused above)",
+    ]
+    assert ledger(monolith, "page_configs")["aborted_at"] is not None
 
 
 def test_a_ledger_recorded_with_md5_checksums_still_compares(monolith):

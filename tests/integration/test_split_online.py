@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from traceback import format_exception
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -188,7 +189,9 @@ def test_abort_during_sync_leaves_the_monolith_and_removes_the_capture(monolith)
     assert synced.exit_code == 0, synced.output
     assert value(server, "likes", "SELECT count(*) FROM likes.likes") > 0
     drift = _db_check(server)
-    assert "change capture" not in drift  # syncing: a note, not drift
+    # Syncing: the capture (its triggers, change table, sequence and schema) is a note, not drift.
+    assert "change capture" not in drift
+    assert "split_capture" not in drift, drift
     states = {status.move.name: status.state for status in split_status(server.topology).moves}
     assert states["likes"].startswith("syncing online (snapshot committed")
     offline = rose_split(server, "run", "--move", "likes")
@@ -244,6 +247,51 @@ def own_cluster() -> Iterator[Server]:
         yield server
     finally:
         clusters.close()
+
+
+def test_a_cutover_killed_after_its_record_is_named_and_completed_by_the_next(monolith):
+    """Killed between the end of the write pause and the move's record (ids, checksums): verify
+    and abort say what happened and what finishes it, no traceback; the next cutover records,
+    verifies and keeps the write pause, and abort then goes back."""
+    server = monolith
+    synced = rose_split(server, "sync", "--once", "--move", "relations")
+    assert synced.exit_code == 0, synced.output
+    # While the move syncs, plan and verify point at the cutover, not at `run`.
+    planned = rose_split(server, "plan", "--move", "relations")
+    assert planned.exit_code == 0, planned.output
+    assert "syncing online" in planned.output
+    assert "run starts it again" not in planned.output
+    syncing = rose_split(server, "verify", "--move", "relations")
+    assert syncing.exit_code == 1
+    assert "rose split cutover --move relations" in syncing.output
+    assert "rose split run" not in syncing.output
+
+    code, output = _finish(
+        _split_process(
+            server, "cutover", "--move", "relations", crash="relations:cutover-after-record"
+        )
+    )
+    assert code == CRASH_EXIT_CODE, output
+    unrecorded = "its cutover stopped before recording it: `rose split cutover --move relations`"
+    verified = rose_split(server, "verify", "--move", "relations")
+    assert verified.exit_code == 1
+    assert isinstance(verified.exception, SystemExit), "".join(format_exception(*verified.exc_info))
+    assert unrecorded in verified.output
+    refused = rose_split(server, "abort", "--move", "relations")
+    assert refused.exit_code == 1
+    assert unrecorded in refused.output
+    assert "earlier version" not in refused.output
+    states = {status.move.name: status.state for status in split_status(server.topology).moves}
+    assert "cutover stopped before recording it" in states["relations"]
+
+    again = rose_split(server, "cutover", "--move", "relations")
+    assert again.exit_code == 0, again.output
+    assert "relations: verified: the frozen sources match the target as cut over" in again.output
+    assert ledger(server, "relations")["write_pause"] is not None
+    assert capture_objects(server) == []
+    aborted = rose_split(server, "abort", "--move", "relations")
+    assert aborted.exit_code == 0, aborted.output
+    assert value(server, "relations", "SELECT count(*) FROM relations.container_relations") == 0
 
 
 @pytest.mark.slow
