@@ -25,10 +25,13 @@ FROM (VALUES (:'svc', :'owner'), ('export', :'owner'), ('split', :'owner'),
 JOIN pg_namespace AS n ON n.nspname = s.name
 WHERE pg_get_userbyid(n.nspowner) <> s.owner \gexec
 
+-- `legacy` and `split_capture` (the online split's change tables) belong to `rose split`, which
+-- reports what it leaves behind itself (`rose db check`: a capture of a move not syncing).
 SELECT format(E'-- %s: unexpected schema %s (owner %s): not dropped', current_database(),
               n.nspname, pg_get_userbyid(n.nspowner))
 FROM pg_namespace AS n
-WHERE n.nspname NOT IN (:'svc', 'export', 'public', 'split', 'legacy', 'information_schema')
+WHERE n.nspname NOT IN (:'svc', 'export', 'public', 'split', 'legacy', 'split_capture',
+                        'information_schema')
   AND n.nspname NOT LIKE 'pg\_%'
   AND n.nspname NOT IN (SELECT jsonb_array_elements_text(:'providers'::jsonb))
 ORDER BY n.nspname \gexec
@@ -227,7 +230,8 @@ SELECT format(E'-- %s: unexpected %s %I.%I (owner %s): not dropped', current_dat
 FROM pg_class AS c
 JOIN pg_namespace AS n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S')
-  AND n.nspname NOT IN (:'svc', 'split', 'export', 'legacy', 'information_schema')
+  AND n.nspname NOT IN (:'svc', 'split', 'export', 'legacy', 'split_capture',
+                        'information_schema')
   AND n.nspname NOT LIKE 'pg\_%'
   AND n.nspname NOT IN (SELECT jsonb_array_elements_text(:'providers'::jsonb))
 ORDER BY 1 \gexec
