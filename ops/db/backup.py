@@ -3,12 +3,16 @@ restore put back what the backup took.
 
 A backup is a directory:
 
-    <database>.dump   pg_dump's custom format of the service's own schema, taken in a snapshot
-                      the tool exported (the version table's row is left out: a restore migrates
-                      first, then only rows go in);
-    manifest.json     written last, so a directory without one is no backup: per database the
-                      dump's size and sha256, its Alembic revisions, and every table's row count
-                      and checksum, read in the dump's own snapshot.
+    <database>.dump        pg_dump's custom format of the service's own schema, taken in a
+                           snapshot the tool exported (the version table's row is left out: a
+                           restore migrates first, then only rows go in);
+    <database>.split.dump  where `rose split` left schemas in the database (the monolith's
+                           ``legacy`` tables, before finalize or kept by it; the ledgers and
+                           finalize's records in ``split``; an online sync's change tables):
+                           those schemas whole, in the same snapshot. Nothing else holds them;
+    manifest.json          written last, so a directory without one is no backup: per database
+                           each dump's size and sha256, its Alembic revisions, and every table's
+                           row count and checksum, read in the dumps' own snapshot.
 
 Each database is consistent on its own, not with the others (docs/deployment.md says why the
 services live with that). A restore goes onto a server whose databases hold no rows yet:
@@ -17,8 +21,9 @@ services live with that). A restore goes onto a server whose databases hold no r
    release knows, and a database that already holds rows is refused, unless it holds exactly the
    backup's (a rerun after an interrupted restore leaves it alone); nothing has changed yet;
 2. provisioning, then each database migrated to the backup's revision (not this release's head);
-3. ``pg_restore --data-only --disable-triggers --single-transaction`` per database, and every
-   table's count and checksum compared with the manifest's;
+3. ``pg_restore --data-only --disable-triggers --single-transaction`` per database, then the
+   split's schemas whole when the backup has them, and every table's count and checksum
+   compared with the manifest's;
 4. the migrations on to this release's head (an earlier release's backup is upgraded as any
    earlier database is), the FDW edges, and the check that the cluster is as ``db/`` declares.
 """
@@ -44,7 +49,7 @@ from alembic.util import CommandError
 
 from apps.registry import SERVICES, service_spec
 from ops.db.binaries import client_tool_target, pg_binary, tables_without_data
-from ops.db.check import check
+from ops.db.check import LEGACY_SCHEMA, check
 from ops.db.checksums import CURRENT_HASH, MD5_HASH, Checksum, table_checksum
 from ops.db.connections import Connections, connect, scalar
 from ops.db.credentials import Credentials
@@ -53,8 +58,13 @@ from ops.db.migrate import alembic_config, services_with_migrations
 from ops.db.provision import provision
 from ops.db.topology import Topology
 from ops.paths import private_directory, private_file, sha256_of, sync_directory
+from ops.split.capture import CAPTURE_SCHEMA
+from ops.split.common import SPLIT_SCHEMA
 
 MANIFEST = "manifest.json"
+# The schemas `rose split` makes in the services' databases (not migrated: created by the split
+# and restored whole).
+SPLIT_SCHEMAS = (LEGACY_SCHEMA, SPLIT_SCHEMA, CAPTURE_SCHEMA)
 FORMAT = 1
 VERSION_TABLE = "alembic_version"
 # pg_dump and pg_restore of one database; a larger one needs its own arrangements anyway.
@@ -68,6 +78,28 @@ class BackupError(Exception):
 
 
 @dataclass(frozen=True)
+class ArchiveFile:
+    file: str
+    size: int
+    sha256: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {"file": self.file, "size": self.size, "sha256": self.sha256}
+
+    @classmethod
+    def from_json(cls, entry: dict[str, Any]) -> ArchiveFile:
+        return cls(file=str(entry["file"]), size=int(entry["size"]), sha256=str(entry["sha256"]))
+
+    @classmethod
+    def of(cls, path: Path) -> ArchiveFile:
+        return cls(file=path.name, size=path.stat().st_size, sha256=sha256_of(path))
+
+
+def in_split_schema(table: str) -> bool:
+    return table.split(".", 1)[0] in SPLIT_SCHEMAS
+
+
+@dataclass(frozen=True)
 class DatabaseBackup:
     service: str
     database: str
@@ -76,10 +108,20 @@ class DatabaseBackup:
     sha256: str
     revisions: list[str]
     tables: dict[str, Checksum]
+    # The split's schemas, whole (None: the database had none).
+    split: ArchiveFile | None = None
 
     @property
     def rows(self) -> int:
         return sum(checksum.rows for checksum in self.tables.values())
+
+    def archives(self) -> list[tuple[ArchiveFile, list[str]]]:
+        """Each dump with the tables whose rows it holds."""
+        own = ArchiveFile(self.file, self.size, self.sha256)
+        found = [(own, [name for name in self.tables if not in_split_schema(name)])]
+        if self.split is not None:
+            found.append((self.split, [name for name in self.tables if in_split_schema(name)]))
+        return found
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -89,6 +131,7 @@ class DatabaseBackup:
             "sha256": self.sha256,
             "revisions": self.revisions,
             "tables": {name: checksum.as_dict() for name, checksum in self.tables.items()},
+            **({"split": self.split.as_json()} if self.split is not None else {}),
         }
 
     @classmethod
@@ -103,6 +146,7 @@ class DatabaseBackup:
             tables={
                 name: Checksum.from_dict(checksum) for name, checksum in entry["tables"].items()
             },
+            split=ArchiveFile.from_json(entry["split"]) if "split" in entry else None,
         )
 
 
@@ -151,14 +195,24 @@ def backup_checksum(connection: psycopg.Connection[Any], name: str) -> Checksum:
         return table_checksum(connection, name, MD5_HASH)
 
 
-def _tables(connection: psycopg.Connection[Any], schema: str) -> list[str]:
-    """The service schema's tables that hold rows (the version table's row is the migrations')."""
+def _tables(connection: psycopg.Connection[Any], schemas: list[str]) -> list[str]:
+    """The tables of ``schemas`` that hold rows (the version table's row is the migrations')."""
     rows = connection.execute(
-        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = %s AND c.relkind = 'r' AND c.relname <> %s ORDER BY 1",
-        (schema, VERSION_TABLE),
+        "SELECT format('%%s.%%s', n.nspname, c.relname) FROM pg_class c "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = ANY(%s) AND c.relkind = 'r' AND c.relname <> %s ORDER BY 1",
+        (schemas, VERSION_TABLE),
     ).fetchall()
-    return [f"{schema}.{row[0]}" for row in rows]
+    return [str(row[0]) for row in rows]
+
+
+def _split_schemas(connection: psycopg.Connection[Any]) -> list[str]:
+    """The split's schemas this database has."""
+    rows = connection.execute(
+        "SELECT nspname FROM pg_namespace WHERE nspname = ANY(%s) ORDER BY 1",
+        (list(SPLIT_SCHEMAS),),
+    ).fetchall()
+    return [str(row[0]) for row in rows]
 
 
 def _revisions(connection: psycopg.Connection[Any], schema: str) -> list[str] | None:
@@ -170,13 +224,14 @@ def _revisions(connection: psycopg.Connection[Any], schema: str) -> list[str] | 
 
 
 def _others(connection: psycopg.Connection[Any], schema: str) -> list[tuple[str, int]]:
-    """Other schemas of the database with tables of their own (a split's ``legacy`` before
-    finalize): not the service's, so not in its backup."""
+    """Other schemas of the database with tables of their own (made by hand): neither the
+    service's nor the split's, so not in its backup."""
     rows = connection.execute(
         "SELECT n.nspname, count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE c.relkind = 'r' AND n.nspname <> %s AND n.nspname <> 'information_schema' "
+        "WHERE c.relkind = 'r' AND n.nspname <> %s AND n.nspname <> ALL(%s) "
+        "AND n.nspname <> 'information_schema' "
         "AND n.nspname NOT LIKE 'pg\\_%%' GROUP BY 1 ORDER BY 1",
-        (schema,),
+        (schema, list(SPLIT_SCHEMAS)),
     ).fetchall()
     return [(str(name), int(count)) for name, count in rows]
 
@@ -206,10 +261,35 @@ def run_client_tool(arguments: list[str], url: str, what: str) -> None:
 
 
 # -- backup -------------------------------------------------------------------------------------
+def _pg_dump(
+    topology: Topology, service: str, snapshot: str, arguments: list[str], path: Path
+) -> ArchiveFile:
+    """One pg_dump archive in ``snapshot`` at ``path``, durable (or no file at all)."""
+    partial = path.with_name(path.name + ".part")
+    try:
+        run_client_tool(
+            [
+                str(pg_binary("pg_dump")),
+                "--format=custom",
+                f"--snapshot={snapshot}",
+                *arguments,
+                f"--file={private_file(partial)}",
+            ],
+            topology.admin_url(service),
+            f"pg_dump of {service_spec(service).database}",
+        )
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    with partial.open("rb") as file:
+        os.fsync(file.fileno())
+    os.replace(partial, path)
+    return ArchiveFile.of(path)
+
+
 def _dump(topology: Topology, service: str, directory: Path, outcome: Outcome) -> DatabaseBackup:
     spec = service_spec(service)
-    path = directory / f"{spec.database}.dump"
-    partial = path.with_name(path.name + ".part")
+    split: ArchiveFile | None = None
     with _session(topology, service) as connection:
         connection.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         try:
@@ -222,43 +302,46 @@ def _dump(topology: Topology, service: str, directory: Path, outcome: Outcome) -
                         "migrated (`rose db migrate`), so there is nothing of rose's to back up"
                     )
                 revisions = []
-            names = _tables(connection, spec.name)
+            split_schemas = _split_schemas(connection)
+            names = _tables(connection, [spec.name, *split_schemas])
             tables = {name: backup_checksum(connection, name) for name in names}
             for schema, count in _others(connection, spec.name):
                 outcome.notes.append(
-                    f"{spec.database}: schema {schema} ({_counted(count, 'table')}) is not "
-                    f"{service}'s own "
-                    "and is not in this backup"
+                    f"{spec.database}: schema {schema} ({_counted(count, 'table')}) is neither "
+                    f"{service}'s own nor the split's and is not in this backup"
                 )
-            try:
-                run_client_tool(
-                    [
-                        str(pg_binary("pg_dump")),
-                        "--format=custom",
-                        f"--snapshot={snapshot}",
-                        f"--schema={spec.name}",
-                        f"--exclude-table-data={spec.name}.{VERSION_TABLE}",
-                        f"--file={private_file(partial)}",
-                    ],
-                    topology.admin_url(service),
-                    f"pg_dump of {spec.database}",
+            if CAPTURE_SCHEMA in split_schemas:
+                outcome.notes.append(
+                    f"{spec.database}: an online split is syncing (schema {CAPTURE_SCHEMA}): "
+                    "each database is backed up at its own moment, so after a restore `rose "
+                    "split abort` the moves that were syncing and sync them again"
                 )
-            except BaseException:
-                partial.unlink(missing_ok=True)
-                raise
+            own = _pg_dump(
+                topology,
+                service,
+                snapshot,
+                [f"--schema={spec.name}", f"--exclude-table-data={spec.name}.{VERSION_TABLE}"],
+                directory / f"{spec.database}.dump",
+            )
+            if split_schemas:
+                split = _pg_dump(
+                    topology,
+                    service,
+                    snapshot,
+                    [f"--schema={schema}" for schema in split_schemas],
+                    directory / f"{spec.database}.split.dump",
+                )
         finally:
             connection.execute("ROLLBACK")
-    with partial.open("rb") as file:
-        os.fsync(file.fileno())
-    os.replace(partial, path)
     return DatabaseBackup(
         service=service,
         database=spec.database,
-        file=path.name,
-        size=path.stat().st_size,
-        sha256=sha256_of(path),
+        file=own.file,
+        size=own.size,
+        sha256=own.sha256,
         revisions=revisions,
         tables=tables,
+        split=split,
     )
 
 
@@ -368,14 +451,15 @@ def read_backup(directory: Path) -> dict[str, DatabaseBackup]:
     for entry in entries.values():
         if service_spec(entry.service).database != entry.database:
             raise BackupError(f"{manifest_path}: {entry.database} is not {entry.service}'s")
-        path = directory / entry.file
-        if path.name != entry.file or not path.is_file():
-            raise BackupError(f"{path} is missing")
-        if path.stat().st_size != entry.size or sha256_of(path) != entry.sha256:
-            raise BackupError(
-                f"{path} is not the file the backup wrote (its size or sha256 differs): "
-                "the backup is damaged"
-            )
+        for archive, _tables_in_it in entry.archives():
+            path = directory / archive.file
+            if path.name != archive.file or not path.is_file():
+                raise BackupError(f"{path} is missing")
+            if path.stat().st_size != archive.size or sha256_of(path) != archive.sha256:
+                raise BackupError(
+                    f"{path} is not the file the backup wrote (its size or sha256 differs): "
+                    "the backup is damaged"
+                )
     return entries
 
 
@@ -415,12 +499,18 @@ def _checksums(topology: Topology, entry: DatabaseBackup) -> dict[str, Checksum]
 def _state(
     topology: Topology, entry: DatabaseBackup, servers: Connections
 ) -> tuple[str, str | None]:
-    """("new" | "restored" | "refused", why) for one database before anything changes."""
+    """("new" | "restored" | "split" | "refused", why) for one database before anything changes
+    ("split": its own rows are restored, the split's schemas not yet)."""
     if not _database_exists(topology, entry.service, servers):
         return "new", None
     held = _checksums(topology, entry)
     if held == entry.tables and entry.rows:
         return "restored", None
+    if entry.split is not None and all(
+        held[name] == checksum if not in_split_schema(name) else not held[name].rows
+        for name, checksum in entry.tables.items()
+    ):
+        return "split", None
     holding = [f"{name} {checksum.rows} rows" for name, checksum in held.items() if checksum.rows]
     if holding:
         return "refused", (
@@ -486,14 +576,15 @@ def _services_connected(topology: Topology, servers: Connections) -> list[str]:
 
 
 def _unreadable(directory: Path, entry: DatabaseBackup) -> str | None:
-    """Why this release's pg_restore cannot restore the archive's rows (None: it can): an
+    """Why this release's pg_restore cannot restore an archive's rows (None: it can): an
     archive of a newer pg_dump, or one without a table's data."""
-    path = directory / entry.file
-    missing, unreadable = tables_without_data(path, entry.tables)
-    if unreadable:
-        return f"{path}: pg_restore cannot read it ({unreadable})"
-    if missing:
-        return f"{path}: pg_restore cannot read it: no rows of {', '.join(missing)} in it"
+    for archive, tables in entry.archives():
+        path = directory / archive.file
+        missing, unreadable = tables_without_data(path, tables)
+        if unreadable:
+            return f"{path}: pg_restore cannot read it ({unreadable})"
+        if missing:
+            return f"{path}: pg_restore cannot read it: no rows of {', '.join(missing)} in it"
     return None
 
 
@@ -540,6 +631,10 @@ def restore(
             at = ", ".join(entry.revisions) or "none"
             if states[database][0] == "restored":
                 line = f"{database}: already restored ({_describe(entry)}), would leave it alone"
+            elif states[database][0] == "split":
+                line = (
+                    f"{database}: its own rows already restored; would restore the split's schemas"
+                )
             else:
                 line = f"{database}: would restore {_describe(entry)} at revision {at}"
             outcome.lines.append(line)
@@ -552,23 +647,37 @@ def restore(
             outcome.lines.append(line)
             say(line)
             continue
-        config = alembic_config(entry.service, topology.admin_url(entry.service))
-        for revision in entry.revisions:
-            command.upgrade(config, revision)
-        before = _sequences(topology, entry.service)
-        run_client_tool(
-            [
-                str(pg_binary("pg_restore")),
-                "--data-only",
-                "--disable-triggers",
-                "--single-transaction",
-                "--exit-on-error",
-                str(directory / entry.file),
-            ],
-            topology.admin_url(entry.service),
-            f"pg_restore of {directory / entry.file}",
-        )
-        _never_backwards(topology, entry.service, before)
+        if states[database][0] == "new":
+            config = alembic_config(entry.service, topology.admin_url(entry.service))
+            for revision in entry.revisions:
+                command.upgrade(config, revision)
+            before = _sequences(topology, entry.service)
+            run_client_tool(
+                [
+                    str(pg_binary("pg_restore")),
+                    "--data-only",
+                    "--disable-triggers",
+                    "--single-transaction",
+                    "--exit-on-error",
+                    str(directory / entry.file),
+                ],
+                topology.admin_url(entry.service),
+                f"pg_restore of {directory / entry.file}",
+            )
+            _never_backwards(topology, entry.service, before)
+        if entry.split is not None:
+            # Whole schemas (not migrated: the split made them), their rows before their
+            # triggers (the freeze's among them), as pg_restore orders an archive.
+            run_client_tool(
+                [
+                    str(pg_binary("pg_restore")),
+                    "--single-transaction",
+                    "--exit-on-error",
+                    str(directory / entry.split.file),
+                ],
+                topology.admin_url(entry.service),
+                f"pg_restore of {directory / entry.split.file}",
+            )
         held = _checksums(topology, entry)
         differing = [name for name, checksum in entry.tables.items() if held[name] != checksum]
         if differing:

@@ -314,7 +314,37 @@ class LedgerEntry:
     def finalizing(self) -> bool:
         return self.finalizing_at is not None and self.finalized_at is None
 
+    @property
+    def syncing(self) -> bool:
+        """Being synced online: `rose split cutover` finishes it (`run` refuses)."""
+        return not self.done and self.sync_started_at is not None
+
+    @property
+    def cut_over_unrecorded(self) -> bool:
+        """A cutover ended the write pause and died before recording the move (its ids and
+        checksums): the next cutover records and verifies it."""
+        return self.done and self.sync_started_at is not None and not self.checksums
+
+    def unrecorded_cutover(self) -> str:
+        return (
+            f"cut over at {_when(self.finished_at)}, but its cutover stopped before recording "
+            f"it: `rose split cutover --move {self.move}` records and verifies it"
+        )
+
     def state(self) -> str:
+        if self.cut_over_unrecorded:
+            return self.unrecorded_cutover()
+        if self.syncing:
+            if self.snapshot_at is None:
+                return (
+                    f"syncing online since {_when(self.sync_started_at)}: capturing, snapshot "
+                    f"not committed (`rose split sync --move {self.move}` resumes)"
+                )
+            return (
+                f"syncing online since {_when(self.sync_started_at)} (snapshot committed at "
+                f"{_when(self.snapshot_at)}): `rose split cutover --move {self.move}` finishes "
+                "it; `run` does not"
+            )
         if self.finalized_at is not None:
             return f"finalized at {_when(self.finalized_at)}"
         if self.finalizing:
@@ -341,6 +371,8 @@ def _when(moment: datetime | None) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S %Z").strip() if moment else "?"
 
 
+# The schema of the ledgers (in the targets) and of finalize's records (in the sources).
+SPLIT_SCHEMA = "split"
 LEDGER_FILE = SPLIT_DIR / "ledger.sql"
 
 

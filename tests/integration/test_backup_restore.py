@@ -353,23 +353,62 @@ def test_a_dry_run_restore_checks_everything_and_changes_nothing(
         assert databases_on(target) == {"postgres", "template0", "template1"}
 
 
-def test_a_schema_that_is_not_the_services_is_named_not_backed_up(
-    source: Cluster, tmp_path: Path
-) -> None:
-    """A split's ``legacy`` schema before finalize lives in a service's database but is not the
-    service's: the backup says so rather than leaving it out silently."""
-    with source.admin("cart") as cart:
-        cart.execute("CREATE SCHEMA legacy")
-        cart.execute("CREATE TABLE legacy.cart_items AS SELECT 1 AS id")
-    try:
-        made = source.rose("db", "backup", str(tmp_path / "backup"))
-    finally:
-        with source.admin("cart") as cart:
-            cart.execute("DROP SCHEMA legacy CASCADE")
-    assert made.exit_code == 0, made.output
-    assert "note: db_cart: schema legacy (1 table) is not cart's own" in made.output
-    manifest = json.loads((tmp_path / "backup" / "manifest.json").read_text())
-    assert not [name for name in manifest["databases"]["db_cart"]["tables"] if "legacy" in name]
+def split_state(cluster: Cluster) -> dict[str, tuple[int, str]]:
+    """Every table of the split's schemas (the monolith's ``legacy``, the ledgers and finalize's
+    records in ``split``) in every database: its row count and a digest of its rows."""
+    found: dict[str, tuple[int, str]] = {}
+    for name in SERVICES:
+        with cluster.admin(name) as connection:
+            tables = connection.execute(
+                "SELECT schemaname, tablename FROM pg_tables "
+                "WHERE schemaname IN ('legacy', 'split') ORDER BY 1, 2"
+            ).fetchall()
+            for schema, table in tables:
+                count, digest = connection.execute(
+                    f"SELECT count(*), md5(coalesce(string_agg(t::text, ',' ORDER BY t::text), "
+                    f"'')) FROM {schema}.{table} AS t"
+                ).fetchone()
+                found[f"{service_spec(name).database} {schema}.{table}"] = (count, digest)
+    return found
+
+
+def test_a_backup_after_the_split_keeps_what_it_kept_and_its_ledgers(tmp_path: Path) -> None:
+    """After `rose split finalize`, the monolith's tables it keeps (market's products, blog's
+    posts) and the split's ledgers (what was moved, verified, dropped with which archive) live
+    in the services' databases and nowhere else: a backup holds them, and a restore brings them
+    back, so `rose split status` and `verify` say on the new server what they said on the old."""
+    from ops.split.seed import seed_legacy
+
+    for cluster in start_cluster():
+        with cluster.admin("blog") as blog:
+            blog.execute("DELETE FROM blog.page_configs")  # the move fills an empty target
+        seed_legacy(cluster.topology, 1, replace=False, say=lambda _: None)
+        for step in (("run",), ("finalize", "--backup-dir", str(tmp_path / "split"))):
+            done = cluster.rose("split", *step)
+            assert done.exit_code == 0, done.output
+        kept = split_state(cluster)
+        assert kept["db_market legacy.products"][0] > 0
+        assert kept["db_blog legacy.posts"][0] > 0
+        assert kept["db_likes split.ledger"][0] == 1
+        assert kept["db_cart split.dropped"][0] > 0
+        status = cluster.rose("split", "status")
+        assert status.exit_code == 0, status.output
+
+        backup = tmp_path / "backup"
+        made = cluster.rose("db", "backup", str(backup))
+        assert made.exit_code == 0, made.output
+        assert "not in this backup" not in made.output
+        with new_server(cluster) as target:
+            restored = target.rose("db", "restore", str(backup))
+            assert restored.exit_code == 0, restored.output
+            assert split_state(target) == kept
+            assert target.rose("split", "status").output == status.output
+            verified = target.rose("split", "verify")
+            assert verified.exit_code == 0, verified.output
+            assert "likes.likes: unchanged since the move" in verified.output
+            again = target.rose("db", "restore", str(backup))
+            assert again.exit_code == 0, again.output
+            assert "already restored" in again.output
 
 
 def test_a_backup_hashes_values_and_falls_back_to_text_where_a_type_has_no_hash(
