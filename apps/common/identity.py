@@ -26,7 +26,6 @@ import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -53,6 +52,21 @@ CSRF_HEADER = "X-CSRF-Token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 STATE_KEY = "rose_identity"
 CHANGED_KEY = "rose_identity_changed"
+
+
+def session_cookie(scope: Scope) -> str | None:
+    """The session cookie's value in the request's ``Cookie`` headers, whatever other cookies
+    share them. (``http.cookies`` stops at the first pair that is not an RFC 6265 token, such as
+    a JSON value another site on the domain set; then the session after it went unseen and the
+    visitor was anonymous on every request.)"""
+    for key, value in scope.get("headers", []):
+        if key.lower() != b"cookie":
+            continue
+        for pair in value.decode("latin-1").split(";"):
+            name, equals, given = pair.partition("=")
+            if equals and name.strip() == COOKIE_NAME:
+                return given.strip().strip('"') or None
+    return None
 
 
 @dataclass(frozen=True)
@@ -197,10 +211,8 @@ def identity_middleware(
                 await app(scope, receive, send)
                 return
             state = scope.setdefault("state", {})
-            cookie = SimpleCookie()
-            cookie.load(header(scope, "cookie") or "")
-            morsel = cookie.get(COOKIE_NAME)
-            session = codec.decode(morsel.value) if morsel else None
+            given = session_cookie(scope)
+            session = codec.decode(given) if given else None
             identity = session.identity if session is not None else None
             exempt = scope["path"].startswith(exempt_prefixes)
             # A new session, or one in the second half of its life: the cookie is (re)issued;

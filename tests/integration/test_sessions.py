@@ -125,6 +125,30 @@ async def test_the_signed_expiry_is_checked_on_every_request(stack):
     assert (await legacy.get("/auth/session")).json()["signed_in"] is False
 
 
+@pytest.mark.parametrize(
+    "other",
+    [
+        'prefs={"theme":"dark"}',  # a consent or preference cookie holding JSON
+        "a=b c",
+        "a=b\\c",
+        "x=\u00e9",
+        "novalue",
+        "=orphan",
+    ],
+)
+async def test_another_sites_odd_cookie_hides_no_session(stack, other):
+    """Any site on the cookie's domain can set a cookie that is not a token of RFC 6265 (JSON,
+    spaces, non-ASCII): it comes first in the header when it is older, and the session after it
+    is still read."""
+    session = mint_cookie(SESSION_SECRET, "s-odd", 7, int(time.time()) + 3600)
+    for header in (f"{other}; rose_session={session}", f"rose_session={session}; {other}"):
+        answer = await stack.browser("market").get(
+            "/auth/session", headers={"cookie": header.encode("utf-8")}
+        )
+        assert answer.status_code == 200
+        assert (answer.json()["signed_in"], answer.json()["user_id"]) == (True, 7), header
+
+
 async def test_a_secure_setting_makes_a_secure_cookie(clean_db, credentials):
     for secure in (True, False):
         production = {"market": {"session_cookie_secure": secure}}
