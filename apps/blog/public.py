@@ -22,6 +22,7 @@ from apps.common.problems import InvalidInput
 from apps.common.web import (
     degraded_headers,
     editors_only,
+    form_of,
     redirect_back,
     render,
     require_signed_in,
@@ -109,16 +110,23 @@ async def toggle_like(
 # -- page admin -------------------------------------------------------------------------------
 def update_from_form(page_id: int, form: FormMultiDict) -> contract.UpdatePageConfig:
     """The admin form as an update: ticked features on, the others off; blank merchant code or
-    prefix clears it; the API key is write-only, so blank keeps it and a tick removes it."""
+    prefix clears it; the API key is write-only, so blank keeps it and a tick removes it. A
+    field the request does not carry is left as it is (the form always carries its features
+    as an empty hidden value, so that unticking every box still says so)."""
 
     def text(name: str) -> str:
         value = form.get(name)
         return value.strip() if isinstance(value, str) else ""
 
-    ticked = {value for value in form.getall("features", []) if isinstance(value, str)}
-    features = {name: True for name in ticked} | {
-        name: False for name in service.FEATURES if name not in ticked
-    }
+    def cleared_if_blank(name: str) -> str | msgspec.UnsetType | None:
+        return text(name) or None if name in form else service.UNSET
+
+    features: dict[str, Any] | msgspec.UnsetType = service.UNSET
+    if "features" in form:
+        ticked = {value for value in form.getall("features") if isinstance(value, str) and value}
+        features = {name: True for name in ticked} | {
+            name: False for name in service.FEATURES if name not in ticked
+        }
     api_key: str | msgspec.UnsetType | None = service.UNSET
     if form.get("clear_sumup_api_key"):
         api_key = None
@@ -128,9 +136,9 @@ def update_from_form(page_id: int, form: FormMultiDict) -> contract.UpdatePageCo
         container_type=PAGE_CONTAINER,
         container_id=page_id,
         features=features,
-        sumup_merchant_code=text("sumup_merchant_code") or None,
+        sumup_merchant_code=cleared_if_blank("sumup_merchant_code"),
         sumup_api_key=api_key,
-        sumup_checkout_prefix=text("sumup_checkout_prefix") or None,
+        sumup_checkout_prefix=cleared_if_blank("sumup_checkout_prefix"),
     )
 
 
@@ -194,7 +202,7 @@ async def page_config_admin(
 )
 async def page_config_update(request: Request, db_session: DbSession, slug: SlugParam) -> Any:
     page_id = (await service.require_page(db_session, slug)).id
-    form = await request.form()
+    form = await form_of(request)
     try:
         config = await service.update_page_config(db_session, update_from_form(page_id, form))
     except InvalidInput as problem:

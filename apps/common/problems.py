@@ -137,6 +137,12 @@ class TooManyRequests(Problem):
         )
 
 
+class UnsupportedMediaType(Problem):
+    """A body of a type the route does not read (a JSON body to a form's route)."""
+
+    status_code = 415
+
+
 class InvalidInput(Problem):
     """Input that parses but breaks a rule; names the field."""
 

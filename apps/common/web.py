@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 from litestar import MediaType, Request, Response, get, post
 from litestar.connection import ASGIConnection
+from litestar.datastructures import FormMultiDict
 from litestar.handlers import BaseRouteHandler
 from litestar.params import Parameter, QueryParameter
 from litestar.plugins.jinja import JinjaTemplateEngine
@@ -35,7 +36,7 @@ from apps.common.identity import (
 )
 from apps.common.internal_client import InternalCallError, InternalClient
 from apps.common.internal_paths import is_internal_path
-from apps.common.problems import Forbidden, Problem
+from apps.common.problems import Forbidden, Problem, UnsupportedMediaType
 from apps.common.settings import Settings
 
 COMMON_TEMPLATES = Path(__file__).parent / "templates"
@@ -202,6 +203,21 @@ def render(
 def degraded_headers(degraded: Sequence[str]) -> dict[str, str]:
     """``X-Rose-Degraded: likes``: the answer lacks what these dependencies would have added."""
     return {"X-Rose-Degraded": ", ".join(degraded)} if degraded else {}
+
+
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+async def form_of(request: Request) -> FormMultiDict:
+    """The request's form; a body of another type is refused (415), never read as an empty
+    form (whose absent fields would read as "cleared" or "unticked")."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type not in FORM_TYPES:
+        given = content_type or "a body without a type"
+        raise UnsupportedMediaType(
+            f"This form takes {' or '.join(FORM_TYPES)}, not {given}", field="body"
+        )
+    return await request.form()
 
 
 async def redirect_back(request: Request, default: str) -> Redirect:

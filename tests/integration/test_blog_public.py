@@ -278,10 +278,14 @@ async def test_editor_updates_the_page_config_through_the_admin_form(browser, cl
     assert 'value="MSANDBOX1"' in shown.text
     assert SANDBOX_KEY not in shown.text
 
-    # A blank key keeps the stored one; unticking turns features off.
+    # A blank key keeps the stored one; a blank prefix clears it; unticking turns features off.
     await browser.post(
         "/farm-shop/admin/page-config/",
-        data={"features": "calendar", "sumup_merchant_code": "MSANDBOX1"},
+        data={
+            "features": ["", "calendar"],
+            "sumup_merchant_code": "MSANDBOX1",
+            "sumup_checkout_prefix": "",
+        },
         headers={**HTML, "X-CSRF-Token": token},
     )
     assert config_rows(clean_db)[0][2:6] == (
@@ -299,6 +303,43 @@ async def test_editor_updates_the_page_config_through_the_admin_form(browser, cl
     assert as_json.json()["sumup_configured"] is False
     assert "sumup_api_key" not in as_json.text
     assert config_rows(clean_db)[0][4] is None
+
+
+async def test_a_page_config_post_that_is_not_the_form_changes_nothing(browser, clean_db):
+    """Only the admin form's own fields change a config: a body that is not a form is refused
+    (415, naming its type), and a field the request does not carry is left as it is (a JSON
+    body read as an empty form used to turn every feature off and clear the merchant)."""
+    insert_post(clean_db, "farm-shop", title="Farm shop", is_page=True)
+    token = await sign_in(browser, user_id=1)
+    saved = await browser.post(
+        "/farm-shop/admin/page-config/",
+        data={
+            "features": ["", "cart"],
+            "sumup_merchant_code": "MSANDBOX1",
+            "sumup_checkout_prefix": "rose-farm-",
+            "sumup_api_key": SANDBOX_KEY,
+        },
+        headers={**HTML, "X-CSRF-Token": token},
+    )
+    assert saved.status_code == 303
+    before = config_rows(clean_db)
+
+    for accept in (JSON, HTML):
+        refused = await browser.post(
+            "/farm-shop/admin/page-config/",
+            json={"features": ["market"]},
+            headers={**accept, "X-CSRF-Token": token},
+        )
+        assert refused.status_code == 415
+        assert "application/json" in refused.text
+    assert refused.headers["content-type"].startswith("text/html")
+    bare = await browser.post(
+        "/farm-shop/admin/page-config/",
+        data={"unrelated": "x"},
+        headers={**JSON, "X-CSRF-Token": token},
+    )
+    assert bare.status_code == 200
+    assert config_rows(clean_db) == before
 
 
 @pytest.mark.parametrize(
