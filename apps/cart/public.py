@@ -166,10 +166,16 @@ def checkout_failed(exc: InternalCallError, orders_page: str) -> Problem:
     detail = str(exc.problem.get("detail") or exc).rstrip(".")
     if exc.remote_status == 429:
         return TooManyRequests(detail, retry_after=int(exc.problem.get("retry_after") or 60))
-    status = exc.remote_status if exc.remote_status in (409, 422) else exc.http_status
+    if exc.remote_status in (409, 422):
+        # Orders refused this cart as it is: the same checkout would be refused again.
+        return Problem(
+            f"Checkout failed: {detail}. Your cart has not changed.",
+            status_code=exc.remote_status,
+            title="Checkout failed",
+        )
     return Problem(
         f"Checkout failed: {detail}. Your cart has not changed; please try again.",
-        status_code=status,
+        status_code=exc.http_status,
         title="Checkout failed",
     )
 

@@ -59,6 +59,8 @@ ORDER_STATES = (
 )
 # An order in one of these states will not be paid: a payment that still arrives is refunded.
 CLOSED_UNPAID_STATES = ("superseded", "expired", "cancelled")
+# The amount columns are numeric(12, 2): the most an order, a line or a payment can be.
+MAX_AMOUNT = Decimal("9999999999.99")
 CLAIM_KINDS = ("cart_line", "calendar_entry", "ticket")
 # What an order item is: its goods.
 ITEM_KINDS = ("product", "calendar_entry", "ticket")

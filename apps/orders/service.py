@@ -71,6 +71,7 @@ from apps.orders.contract import AdoptedOrders, CreatedOrder, CreateOrder
 from apps.orders.models import (
     CLAIM_KINDS,
     ITEM_KINDS,
+    MAX_AMOUNT,
     NEEDS_A_PERSON,
     Order,
     OrderClaim,
@@ -152,7 +153,15 @@ def validate_order(request: CreateOrder) -> str:
             raise InvalidInput(
                 f"{field} is {money(stated)} but its lines add up to {computed}", field=field
             )
-    return currencies.pop()
+    currency = currencies.pop()
+    total = money(request.product_total + request.calendar_total + request.ticket_total)
+    if total > MAX_AMOUNT:
+        raise InvalidInput(
+            f"the order's total {total} {currency} is more than one order can hold "
+            f"({MAX_AMOUNT}): check out fewer goods at a time",
+            field="total",
+        )
+    return currency
 
 
 def _check_amount(field: str, value: Decimal | None) -> None:

@@ -25,6 +25,7 @@ from tests.signed import internal_get, internal_post
 from tests.waiting import eventually
 
 HTML = {"accept": "text/html"}
+JSON = {"accept": "application/json"}
 
 
 @pytest.fixture
@@ -188,6 +189,30 @@ async def test_sumup_unavailable_at_checkout_leaves_the_cart_and_no_order(
     assert "Your cart has not changed" in page.text
     api = await cart.post("/checkout/")
     assert api.headers["content-type"].startswith("application/problem+json")
+    assert cart_rows(clean_db) == before
+    assert order_rows(clean_db) == []
+
+
+async def test_a_checkout_orders_refuses_says_why_and_not_to_try_again(stack, clean_db, shop):
+    """More than an order can hold (an editor's price times a quantity): orders' reason, in
+    words, and no advice to try again that cannot work; the cart stays."""
+    with admin_connect(clean_db, "market") as connection:
+        connection.execute(
+            "UPDATE market.products SET regular_price = 99999999.99, special_price = NULL"
+        )
+    cart = await browser_of(stack, "cart", user_id=3)
+    for product in shop.product_ids[:2]:
+        await cart.post(f"/add/{product}/")
+    with admin_connect(clean_db, "cart") as connection:
+        connection.execute("UPDATE cart.cart_items SET quantity = 99")  # 2 x 9,899,999,999.01
+    before = cart_rows(clean_db)
+    for accept in (HTML, JSON):
+        answer = await cart.post("/checkout/", headers=accept)
+        assert answer.status_code == 422, answer.text
+        assert "is more than one order can hold" in answer.text
+        assert "numeric" not in answer.text
+        assert "try again" not in answer.text
+        assert "Your cart has not changed" in answer.text
     assert cart_rows(clean_db) == before
     assert order_rows(clean_db) == []
 

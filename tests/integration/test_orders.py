@@ -144,6 +144,9 @@ async def test_page_config_of_the_page_wins_over_the_site_default(orders, clean_
             "webhook_base_url",
         ),
         ({**order_payload(product_line(1)), "colour": "red"}, "colour"),
+        # More than an order's amounts can hold: named, not PostgreSQL's "numeric field overflow".
+        (order_payload(product_line(1, "99999999.99", quantity=200)), "total"),
+        (order_payload(product_line(1, "9999999999.99"), product_line(2, "0.01")), "total"),
     ],
 )
 async def test_bad_create_order_is_422_and_leaves_nothing(
@@ -152,6 +155,7 @@ async def test_bad_create_order_is_422_and_leaves_nothing(
     response = await create(orders, payload)
     assert response.status_code == 422, response.text
     assert field in response.json()["detail"]
+    assert "numeric" not in response.json()["detail"]
     assert order_rows(clean_db) == []
     assert sandbox.checkouts() == []
 
