@@ -1025,12 +1025,16 @@ async def handle_webhook(
     session: AsyncSession, order_id: int, checkout_id: str, runtime: OrdersRuntime
 ) -> Applied | None:
     """A webhook names a checkout and nothing else; it is unsigned. Unknown checkouts are
-    ignored without calling SumUp; known ones are re-fetched and applied, whatever state the
-    order is in (a payment for a superseded order becomes a refund)."""
+    ignored without calling SumUp, and so are settled ones (PAID or EXPIRED is final at SumUp:
+    a notification cannot change it, and anyone may send one); open ones are re-fetched and
+    applied, whatever state the order is in (a payment for a superseded order becomes a
+    refund)."""
     found = await attempt_for_checkout(session, order_id, checkout_id)
     if found is None:
         return None
     order, attempt = found
+    if attempt.status not in OPEN_ATTEMPT_STATES:
+        return None
     return await refresh_reported_attempt(
         session, order, attempt, runtime.gateway, runtime.recent_accounts
     )

@@ -189,6 +189,25 @@ async def test_create_order_is_idempotent_per_key(orders, clean_db, sandbox):
     assert "Idempotency-Key" in other.json()["detail"]
 
 
+async def test_a_webhook_for_a_settled_checkout_asks_sumup_nothing(orders, clean_db, sandbox):
+    """The webhook is unsigned, and a buyer knows their own order and checkout ids: once a
+    checkout is PAID or EXPIRED (final at SumUp) a notification cannot change it, so it costs
+    no SumUp call (shown with SumUp down: a call would be a 503)."""
+    created = await create(orders)
+    order_id = created.json()["order_id"]
+    checkout_id = checkout_id_of(clean_db, order_id)
+    sandbox.controls(api_unavailable=True)
+    assert (await webhook(orders, order_id, checkout_id)).status_code == 503  # open: it asks
+    sandbox.controls(api_unavailable=False)
+    sandbox.pay(checkout_id)
+    assert (await webhook(orders, order_id, checkout_id)).status_code == 204
+    assert order_rows(clean_db)[0][1] == "paid"
+    sandbox.controls(api_unavailable=True)
+    for _ in range(3):
+        assert (await webhook(orders, order_id, checkout_id)).status_code == 204
+    assert order_rows(clean_db)[0][1] == "paid"
+
+
 async def test_paid_webhook_marks_the_order_paid_once_and_queues_the_effects(
     clean_db, credentials, sandbox, site_config
 ):
