@@ -12,7 +12,7 @@ from litestar.params import Parameter
 from litestar.response import Redirect
 
 from apps.common.deps import CurrentIdentity, DbSession
-from apps.common.problems import Conflict, DependencyUnavailable, InvalidInput
+from apps.common.problems import Conflict, DependencyUnavailable, InvalidInput, NotFound
 from apps.common.web import render, wants_html
 from apps.orders import service
 from apps.orders.models import Order
@@ -32,8 +32,25 @@ async def provide_owned_order(
     )
 
 
+async def provide_returned_order(
+    db_session: DbSession, identity: CurrentIdentity, order_id: OrderId
+) -> Order:
+    """The return page's order: as :func:`provide_owned_order`, but a buyer handed back to
+    another browser or device (a wallet app opens the system browser) is told what happens,
+    not that the order does not exist (the same words whether it exists or not)."""
+    try:
+        return await provide_owned_order(db_session, identity, order_id)
+    except NotFound:
+        raise NotFound(
+            f"Order {order_id} cannot be shown here: it was made in another browser or on "
+            "another device. A payment you made goes through all the same; the order is in "
+            "your orders where you made it, or here once you sign in with the same account"
+        ) from None
+
+
 OwnedOrder = NamedDependency[Order]
 OWNED_ORDER = {"order": Provide(provide_owned_order)}
+RETURNED_ORDER = {"order": Provide(provide_returned_order)}
 
 
 class WebhookEvent(msgspec.Struct):
@@ -110,7 +127,7 @@ async def _rechecked(
     "/checkout/return/{order_id:int}/",
     operation_id="checkout_return",
     tags=["checkout"],
-    dependencies=OWNED_ORDER,
+    dependencies=RETURNED_ORDER,
 )
 async def checkout_return(
     request: Request,

@@ -333,6 +333,36 @@ async def test_return_page_waits_then_shows_paid_after_recheck(orders, clean_db,
     assert order_rows(clean_db)[0][1] == "paid"
 
 
+async def test_the_return_page_in_another_browser_says_what_happens_not_missing(
+    orders, clean_db, sandbox
+):
+    """A wallet app hands the buyer back to another browser, or another device: the return page
+    cannot show the order there (it is not that session's), and says so, and what becomes of
+    the payment, the same for an order that does not exist (nothing is given away)."""
+    order_id = (await create(orders)).json()["order_id"]
+    sandbox.pay(checkout_id_of(clean_db, order_id))
+    stranger = orders.browser("orders")
+    pages = [
+        await stranger.get(f"/checkout/return/{number}/", headers=HTML)
+        for number in (order_id, order_id + 1000)
+    ]
+    for page in pages:
+        assert page.status_code == 404
+        assert "does not exist" not in page.text
+        assert "another browser" in page.text
+        assert "your orders" in page.text
+
+    # Word for word the same page, but for the number asked for and the request's id.
+    def shown(page: Any, number: int) -> str:
+        text = re.sub(r"request [0-9a-f]{16}", "request R", page.text)
+        return text.replace(f"return/{number}", "return/N").replace(f"Order {number} ", "Order N ")
+
+    assert shown(pages[0], order_id) == shown(pages[1], order_id + 1000)
+    api = await stranger.get(f"/checkout/return/{order_id}/")
+    assert api.status_code == 404
+    assert api.headers["content-type"].startswith("application/problem+json")
+
+
 async def test_another_amount_from_sumup_flags_the_order(orders, clean_db, sandbox):
     order_id = (await create(orders)).json()["order_id"]
     checkout_id = checkout_id_of(clean_db, order_id)
