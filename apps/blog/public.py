@@ -23,6 +23,7 @@ from apps.common.web import (
     degraded_headers,
     editors_only,
     form_of,
+    optional_flag,
     redirect_back,
     render,
     require_signed_in,
@@ -101,7 +102,8 @@ async def toggle_like(
     slug: SlugParam,
 ) -> Any:
     user_id = require_signed_in(identity, "like posts")
-    liked = await service.toggle_post_like(db_session, internal, user_id, slug)
+    wanted = await optional_flag(request, "liked")
+    liked = await service.like_post(db_session, internal, user_id, slug, wanted)
     if wants_json(request):
         return {"liked": liked}
     return await redirect_back(request, f"/{slug}/")

@@ -517,17 +517,25 @@ def _one_call_key(action: str) -> str:
     return f"blog:{action}:{uuid.uuid4()}"
 
 
-async def toggle_post_like(
-    session: AsyncSession, internal: InternalClient, user_id: int, slug: str
+async def like_post(
+    session: AsyncSession, internal: InternalClient, user_id: int, slug: str, liked: bool | None
 ) -> bool:
-    """Like or unlike a published post (likes knows no posts: blog checks it exists)."""
+    """Like or unlike a published post (``liked``; None flips it). Likes knows no posts: blog
+    checks it exists."""
     post_id = (await require_published_post(session, slug)).id
     await end_read(session)
-    answer = await internal.call(
-        likes.toggle,
-        likes.LikeTarget(user_id=user_id, target_type="post", target_id=post_id),
-        idempotency_key=_one_call_key("toggle"),
-    )
+    if liked is None:
+        answer = await internal.call(
+            likes.toggle,
+            likes.LikeTarget(user_id=user_id, target_type="post", target_id=post_id),
+            idempotency_key=_one_call_key("toggle"),
+        )
+    else:
+        answer = await internal.call(
+            likes.set_like,
+            likes.SetLike(user_id=user_id, target_type="post", target_id=post_id, liked=liked),
+            idempotency_key=_one_call_key("set"),
+        )
     return answer.liked
 
 

@@ -36,7 +36,7 @@ from apps.common.identity import (
 )
 from apps.common.internal_client import InternalCallError, InternalClient
 from apps.common.internal_paths import is_internal_path
-from apps.common.problems import Forbidden, Problem, UnsupportedMediaType
+from apps.common.problems import Forbidden, InvalidInput, Problem, UnsupportedMediaType
 from apps.common.settings import Settings
 
 COMMON_TEMPLATES = Path(__file__).parent / "templates"
@@ -218,6 +218,26 @@ async def form_of(request: Request) -> FormMultiDict:
             f"This form takes {' or '.join(FORM_TYPES)}, not {given}", field="body"
         )
     return await request.form()
+
+
+_FLAGS = {"true": True, "1": True, "on": True, "false": False, "0": False, "off": False}
+
+
+async def optional_flag(request: Request, name: str) -> bool | None:
+    """A true/false field of the request's form or JSON body; None when it does not carry one."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "application/json":
+        body = await request.json()
+        value = body.get(name) if isinstance(body, dict) else None
+    elif content_type in FORM_TYPES:
+        value = (await request.form()).get(name)
+    else:
+        return None
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _FLAGS:
+        return _FLAGS[value.strip().lower()]
+    raise InvalidInput(f"{name} must be true or false, not {str(value)[:40]!r}", field=name)
 
 
 async def redirect_back(request: Request, default: str) -> Redirect:

@@ -17,6 +17,7 @@ from apps.common.problems import Conflict, Forbidden, InvalidInput, Problem
 from apps.common.web import (
     degraded_headers,
     editors_only,
+    optional_flag,
     redirect_back,
     render,
     require_signed_in,
@@ -119,7 +120,8 @@ async def toggle_like(
     slug: SlugParam,
 ) -> Any:
     user_id = require_signed_in(identity, "like products")
-    liked = await service.toggle_like(db_session, internal, user_id, slug)
+    wanted = await optional_flag(request, "liked")
+    liked = await service.like_product(db_session, internal, user_id, slug, wanted)
     if wants_html(request):
         return await redirect_back(request, f"/product/{slug}/")
     return {"liked": liked}

@@ -264,18 +264,25 @@ async def require_product(session: AsyncSession, slug: str) -> None:
         raise NotFound(f"Product {slug!r} does not exist")
 
 
-async def toggle_like(
-    session: AsyncSession, internal: InternalClient, user_id: int, slug: str
+async def like_product(
+    session: AsyncSession, internal: InternalClient, user_id: int, slug: str, liked: bool | None
 ) -> bool:
-    """Like or unlike a product: only products that exist can be liked (the likes service
-    itself knows no products)."""
+    """Like or unlike a product (``liked``; None flips it): only products that exist can be
+    liked (the likes service itself knows no products)."""
     await require_product(session, slug)
     await end_read(session)
-    answer = await internal.call(
-        likes.toggle,
-        likes.LikeTarget(user_id=user_id, target_type="product", target_slug=slug),
-        idempotency_key=f"market:toggle:{uuid.uuid4()}",
-    )
+    if liked is None:
+        answer = await internal.call(
+            likes.toggle,
+            likes.LikeTarget(user_id=user_id, target_type="product", target_slug=slug),
+            idempotency_key=f"market:toggle:{uuid.uuid4()}",
+        )
+    else:
+        answer = await internal.call(
+            likes.set_like,
+            likes.SetLike(user_id=user_id, target_type="product", target_slug=slug, liked=liked),
+            idempotency_key=f"market:set:{uuid.uuid4()}",
+        )
     return answer.liked
 
 

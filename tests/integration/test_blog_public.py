@@ -141,6 +141,23 @@ async def test_like_toggle_reaches_likes_and_shows_in_the_list(browser, clean_db
     assert (await browser.get("/api/posts/post-1")).json()["is_liked"] is False
 
 
+async def test_a_double_submitted_post_like_stays_liked(browser, clean_db):
+    """As for products: the form sends the state it wants, so sending it twice changes
+    nothing the second time."""
+    ids = seed_posts(clean_db, 1)
+    token = await sign_in(browser, user_id=7)
+    page = await browser.get("/post-0/", headers=HTML)
+    assert 'name="liked" value="true"' in page.text
+    for _ in range(2):
+        form = await browser.post(
+            "/post-0/like/", data={"liked": "true"}, headers={**HTML, "X-CSRF-Token": token}
+        )
+        assert form.status_code == 303
+    assert like_rows(clean_db) == [(7, "post", ids[0], True)]
+    page = await browser.get("/post-0/", headers=HTML)
+    assert 'name="liked" value="false"' in page.text
+
+
 async def test_like_form_post_redirects_back(browser, clean_db):
     seed_posts(clean_db, 1)
     token = await sign_in(browser)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from contextlib import contextmanager
 
@@ -115,6 +116,53 @@ async def test_like_form_redirects_back_and_needs_csrf(market_stack, clean_db):
     assert form.status_code == 303
     assert form.headers["location"] == "/?page=1"
     assert f'data-slug="{slugs[0]}" data-liked="true"' in page.text
+
+
+async def test_a_double_submitted_like_form_stays_liked(market_stack, clean_db):
+    """The form says what the buyer wants (``liked``), so a double click, a retry or a resubmit
+    after the back button leaves the product liked, never unliked again."""
+    slugs = seed_products(clean_db, 2)
+    async with market_stack.browser("market") as browser:
+        token = (await sign_in(browser, 3))["x-csrf-token"]
+        page = await browser.get("/", headers=HTML)
+        assert 'name="liked" value="true"' in page.text
+        posts = [
+            browser.post(
+                f"/product/{slugs[0]}/like/",
+                data={"_csrf_token": token, "liked": "true", "next": "/"},
+                headers=HTML,
+            )
+            for _ in range(3)
+        ]
+        answers = await asyncio.gather(*posts)
+        assert {answer.status_code for answer in answers} == {303}
+        again = await browser.post(
+            f"/product/{slugs[0]}/like/",
+            data={"_csrf_token": token, "liked": "true"},
+            headers=JSON,
+        )
+        assert again.json() == {"liked": True}
+        page = await browser.get("/", headers=HTML)
+        assert 'name="liked" value="false"' in page.text  # the button now unlikes
+        for _ in range(2):
+            unliked = await browser.post(
+                f"/product/{slugs[0]}/like/",
+                data={"_csrf_token": token, "liked": "false"},
+                headers=JSON,
+            )
+            assert unliked.json() == {"liked": False}
+        bad = await browser.post(
+            f"/product/{slugs[0]}/like/",
+            data={"_csrf_token": token, "liked": "maybe"},
+            headers=JSON,
+        )
+        assert bad.status_code == 422
+        assert "liked" in bad.json()["detail"]
+    with admin_connect(clean_db, "likes") as connection:
+        active = connection.execute(
+            "SELECT count(*) FROM likes.likes WHERE deleted_at IS NULL"
+        ).fetchone()[0]
+    assert active == 0
 
 
 async def test_liking_needs_a_user_and_an_existing_product(market_stack, clean_db):
