@@ -90,14 +90,17 @@ class PageCart(msgspec.Struct):
     page_title: str
     lines: list[Line]
     bookings: list[Booking]
-    total: Decimal
+    # The amount per currency; ``total`` only when there is one currency (never a sum of two).
+    totals: dict[str, Decimal]
+    total: Decimal | None
     count: int
 
 
 class CartView(msgspec.Struct):
     pages: list[PageCart]
     count: int
-    total: Decimal
+    totals: dict[str, Decimal]
+    total: Decimal | None
     currency: str | None
     degraded: list[str]
 
@@ -296,23 +299,46 @@ async def load_cart(session: AsyncSession, owner: Owner, page_id: int | None = N
             slug, title = None, "Other"
         else:
             slug, title = names.get(pid, (None, f"Page {pid}"))
-        total = sum((line.line_total or Decimal(0) for line in page_lines), Decimal(0)) + sum(
-            (booking.total for booking in page_bookings), Decimal(0)
+        totals = amounts_by_currency(
+            [(line.currency, line.line_total) for line in page_lines]
+            + [(booking.currency, booking.total) for booking in page_bookings]
         )
         count = sum(line.quantity for line in page_lines) + sum(
             booking.quantity for booking in page_bookings
         )
-        pages.append(PageCart(pid, slug, title, page_lines, page_bookings, total, count))
+        pages.append(
+            PageCart(pid, slug, title, page_lines, page_bookings, totals, _one_total(totals), count)
+        )
     currencies = {line.currency for line in lines if line.currency} | {
         booking.currency for booking in bookings
     }
+    totals = amounts_by_currency(
+        [(currency, amount) for page in pages for currency, amount in page.totals.items()]
+    )
     return CartView(
         pages=pages,
         count=sum(page.count for page in pages),
-        total=sum((page.total for page in pages), Decimal(0)),
+        totals=totals,
+        total=_one_total(totals) if len(currencies) <= 1 else None,
         currency=next(iter(currencies)) if len(currencies) == 1 else None,
         degraded=degraded,
     )
+
+
+def amounts_by_currency(amounts: list[tuple[str | None, Decimal | None]]) -> dict[str, Decimal]:
+    """Amounts added up per currency (an unavailable line has neither)."""
+    totals: dict[str, Decimal] = {}
+    for currency, amount in amounts:
+        if currency and amount is not None:
+            totals[currency] = totals.get(currency, Decimal(0)) + amount
+    return dict(sorted(totals.items()))
+
+
+def _one_total(totals: dict[str, Decimal]) -> Decimal | None:
+    """The total of amounts in one currency (0 for none); None for several: no sum of two."""
+    if len(totals) > 1:
+        return None
+    return next(iter(totals.values()), Decimal(0))
 
 
 async def line_count(session: AsyncSession, owner: Owner) -> int:
@@ -606,6 +632,22 @@ async def _clear_by_products(
 
 
 # -- checkout ---------------------------------------------------------------------------------
+def _mixed_currencies(cart: CartView, page_post_id: int | None) -> str:
+    """Why a cart in several currencies cannot be one order, naming its lines by currency."""
+    named: dict[str, list[str]] = {}
+    for line in cart.lines:
+        named.setdefault(line.currency or "?", []).append(line.title)
+    for booking in cart.bookings:
+        named.setdefault(booking.currency, []).append(booking.title)
+    listed = "; ".join(
+        f"{currency}: {', '.join(titles)}" for currency, titles in sorted(named.items())
+    )
+    advice = "remove the lines in all currencies but one"
+    if page_post_id is None and all(page.total is not None for page in cart.pages):
+        advice = "check out one page at a time, or " + advice
+    return f"One order is paid in one currency, and this cart holds several ({listed}): {advice}"
+
+
 def checkout_request(
     cart: CartView, owner: Owner, session_id: str, page_post_id: int | None
 ) -> tuple[CreateOrder, str]:
@@ -623,7 +665,7 @@ def checkout_request(
             f"Remove what is no longer sold before checking out: {', '.join(unavailable)}"
         )
     if cart.currency is None:
-        raise Conflict("The cart mixes currencies; check out one page at a time")
+        raise Conflict(_mixed_currencies(cart, page_post_id))
 
     def booking_lines(kind: str) -> list[BookingLine]:
         """Orders confirms and refunds bookings one by one: a line of 2 tickets is 2."""

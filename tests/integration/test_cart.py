@@ -193,6 +193,36 @@ async def test_sumup_unavailable_at_checkout_leaves_the_cart_and_no_order(
     assert order_rows(clean_db) == []
 
 
+async def test_a_cart_in_two_currencies_adds_neither_and_names_the_lines(stack, clean_db, shop):
+    """A page's tour priced in USD beside its EUR products: no total adds the two, and a
+    checkout says which lines are in which currency (one order is paid in one), on the page
+    too, where "one page at a time" cannot help."""
+    with admin_connect(clean_db, "events") as connection:
+        connection.execute(
+            "UPDATE events.calendar_entries SET currency = 'USD' WHERE id = %s", (shop.entry_id,)
+        )
+    cart = await browser_of(stack, "cart", user_id=6)
+    events = stack.browser("events")
+    share_cookies(cart, events)
+    await cart.post(f"/add/{shop.product_ids[0]}/")  # page 1, 1.00 EUR
+    assert (await events.post(f"/entries/{shop.entry_id}/book/")).status_code == 200  # 7.50 USD
+    view = (await cart.get("/api/cart")).json()
+    assert (view["total"], view["currency"]) == (None, None)
+    assert view["totals"] == {"EUR": "1.00", "USD": "7.50"}
+    assert view["pages"][0]["total"] is None
+    assert view["pages"][0]["totals"] == {"EUR": "1.00", "USD": "7.50"}
+    page = await cart.get("/", headers=HTML)
+    assert "1.00 EUR + 7.50 USD" in page.text
+    assert "8.50" not in page.text
+    for path in ("/checkout/", "/page/farm-shop/checkout/"):
+        refused = await cart.post(path)
+        assert refused.status_code == 409
+        detail = refused.json()["detail"]
+        assert "EUR: Item 000" in detail and "USD: Morning tour" in detail, detail
+        assert "one page at a time" not in detail
+    assert order_rows(clean_db) == []
+
+
 async def test_a_checkout_orders_refuses_says_why_and_not_to_try_again(stack, clean_db, shop):
     """More than an order can hold (an editor's price times a quantity): orders' reason, in
     words, and no advice to try again that cannot work; the cart stays."""
