@@ -81,12 +81,14 @@ class PageSummary(msgspec.Struct):
     page_slug: str | None
     page_title: str
     count: int
-    total: str
+    # None when the page holds amounts in several currencies (never a sum of two).
+    total: str | None
 
 
 class CartSummary(msgspec.Struct):
     count: int
-    total: str
+    # None, as ``currency``, when the cart holds amounts in several currencies.
+    total: str | None
     currency: str | None
     pages: list[PageSummary]
     degraded: list[str]

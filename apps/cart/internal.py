@@ -29,7 +29,7 @@ async def cart_summary(
     cart = await service.load_cart(db_session, service.Owner(user_id, session_id), page_post_id)
     return contract.CartSummary(
         count=cart.count,
-        total=str(cart.total),
+        total=None if cart.total is None else str(cart.total),
         currency=cart.currency,
         pages=[
             contract.PageSummary(
@@ -37,7 +37,7 @@ async def cart_summary(
                 page_slug=page.page_slug,
                 page_title=page.page_title,
                 count=page.count,
-                total=str(page.total),
+                total=None if page.total is None else str(page.total),
             )
             for page in cart.pages
         ],
