@@ -299,14 +299,15 @@ def auth_handlers(
     return handlers
 
 
-def require_signed_in(identity: Identity, what: str = "this page") -> int:
+def require_signed_in(identity: Identity, to: str = "see this page") -> int:
+    """The signed-in user's id; anyone else is told to sign in ``to`` do what they asked."""
     if identity.user_id is None:
-        raise Forbidden(f"Sign in to see {what}")
+        raise Forbidden(f"Sign in to {to}")
     return identity.user_id
 
 
 def require_editor(settings: Settings, identity: Identity) -> int:
-    user_id = require_signed_in(identity, "the admin pages")
+    user_id = require_signed_in(identity, "see the admin pages")
     if user_id not in settings.editor_user_ids:
         raise Forbidden("Only editors may change this page")
     return user_id

@@ -176,6 +176,7 @@ async def test_liking_needs_a_user_and_an_existing_product(market_stack, clean_d
         unknown = await browser.post("/product/no-such-thing/like/", headers=headers)
         liked_anonymous = await market_stack.browser("market").get("/api/products?liked=true")
     assert anonymous.status_code == 403
+    assert anonymous.json()["detail"] == "Sign in to like products"
     assert unknown.status_code == 404
     assert unknown.headers["content-type"].startswith("application/problem+json")
     assert liked_anonymous.status_code == 403
