@@ -11,6 +11,8 @@ docs/runbook-split.md. The SQL is in ``db/legacy`` and ``db/split``.
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -31,7 +33,13 @@ split_app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode=None,
 )
-console = Console(highlight=False, soft_wrap=True)
+# Into a file or a pipe (the night's notes) the tables keep their columns whole: Rich would
+# otherwise lay them out for 80 columns.
+console = Console(
+    highlight=False,
+    soft_wrap=True,
+    width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 240,
+)
 
 MoveOption = Annotated[
     list[str] | None,
@@ -52,7 +60,8 @@ def _moves(names: list[str] | None) -> list[Move]:
 
 
 def _fail(message: str) -> typer.Exit:
-    console.print(f"[red]error:[/red] {escape(message)}")
+    # One line: libpq's words about a server that does not answer come over several.
+    console.print(f"[red]error:[/red] {escape(' '.join(message.split()))}")
     return typer.Exit(1)
 
 

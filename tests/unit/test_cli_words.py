@@ -83,6 +83,8 @@ def test_a_call_with_nowhere_to_go_says_how_to_give_it_one(tmp_path, monkeypatch
         ["db", "check"],
         ["db", "backup", "{tmp}/backup"],
         ["db", "provision", "--dry-run"],
+        ["split", "status"],
+        ["split", "verify"],
     ],
 )
 def test_a_database_that_does_not_answer_is_one_line_not_a_traceback(command, tmp_path) -> None:
@@ -95,9 +97,10 @@ def test_a_database_that_does_not_answer_is_one_line_not_a_traceback(command, tm
         text=True,
         timeout=60,
     )
-    assert done.returncode == 1, done.stderr
-    assert "Traceback" not in done.stderr
-    lines = done.stderr.strip().splitlines()
+    said = done.stdout + done.stderr
+    assert done.returncode == 1, said
+    assert "Traceback" not in said
+    lines = said.strip().splitlines()
     assert len(lines) == 1, lines
     assert lines[0].startswith("error: ")
     assert f"127.0.0.1:{port}" in lines[0] or f"port {port}" in lines[0]
