@@ -4,9 +4,9 @@ The archive is one of finalize's ``pg_dump -Fc`` files (one per source database)
 be the one finalize recorded (``split.dropped``); it is restored with the wheel's ``pg_restore``
 in one transaction (schema legacy is created when finalize dropped it too), and the restored
 tables must have the rows and checksums recorded when they were dropped. Then their records
-go, and a move whose tables are all back is no longer finalized in its ledger: it is verified,
-frozen (the triggers come back with the tables) and can be aborted (``rose split abort``) or
-finalized again.
+go, and a move whose tables are all back is no longer finalized in its ledger: it is frozen (the
+triggers come back with the tables), verified again (its service wrote to its target since
+finalize), and can be aborted (``rose split abort``) or finalized again.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from ops.split.common import (
 from ops.split.finalize import dropped_of, owned_tables, source_records
 from ops.split.freeze import freeze
 from ops.split.moves import LEGACY_SERVICES, MOVES, MOVES_BY_NAME
+from ops.split.verify import verify_move
 
 
 @dataclass
@@ -141,9 +142,19 @@ def restore(topology: Topology, archive: Path, say: Say) -> RestoreResult:
                     (move.name,),
                 )
             result.reopened.append(move.name)
-            say(f"{move.name}: its sources are all back: verified, no longer finalized")
     if result.reopened:
         # As before finalize: every source of those moves frozen (the lookups included, whose
         # freeze finalize lifted).
         freeze(topology, [MOVES_BY_NAME[name] for name in result.reopened], say)
+        # Then verified again, sources against targets, and recorded: the services wrote to
+        # their targets since finalize, so the verify before it no longer says how they stand.
+        for name in result.reopened:
+            verification = verify_move(topology, MOVES_BY_NAME[name])
+            if verification.ok:
+                say(f"{name}: its sources are all back; verified, no longer finalized")
+            else:
+                say(
+                    f"{name}: its sources are all back; verify found differences (the service "
+                    f"wrote to its target since): {'; '.join(verification.differences())}"
+                )
     return result

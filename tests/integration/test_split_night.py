@@ -21,6 +21,7 @@ from ops.split.checksum import checksum
 from ops.split.common import CRASH_ENV, CRASH_EXIT_CODE, as_json, operator, run_file
 from ops.split.moves import LEGACY_SERVICES, LEGACY_TABLES, MOVES, MOVES_BY_NAME
 from ops.split.run import run_all
+from ops.split.status import split_status
 from tests.conftest import REPO_ROOT, admin_connect, in_process_stack
 from tests.integration.split_fixtures import (
     ledger,
@@ -186,10 +187,27 @@ def test_the_backups_restore_the_dropped_rows_and_abort_goes_back(monolith, tmp_
     refused = rose_split(monolith, "restore", str(copy))
     assert refused.exit_code == 1
     assert "not the archive it took" in refused.output
+    # The services ran after finalize: likes took a like the monolith never had.
+    written = value(
+        monolith,
+        "likes",
+        "INSERT INTO likes.likes (user_id, target_type, target_slug) "
+        "VALUES (999999, 'product', 'after-finalize') RETURNING id",
+    )
+    said = ""
     for service in ("cart", "market", "blog"):
         archive = archives[f"db_{service}.legacy.dump"]
         restored = rose_split(monolith, "restore", str(archive))
         assert restored.exit_code == 0, restored.output
+        said += restored.output
+    # A move whose sources are back is verified again, not declared verified: likes differs.
+    assert "likes: its sources are all back; verify found differences" in said, said
+    assert "orders: its sources are all back; verified" in said, said
+    states = {status.move.name: status.state for status in split_status(monolith.topology).moves}
+    assert states["likes"].startswith("moved, verify found differences"), states
+    assert states["orders"].startswith("verified"), states
+    with admin_connect(monolith, "likes") as connection:
+        connection.execute("DELETE FROM likes.likes WHERE id = %s", (written,))
     assert legacy_snapshot(monolith) == before
     assert dropped_records(monolith) == []
     aborted = rose_split(monolith, "abort")
