@@ -615,13 +615,15 @@ def restore(
     # One connection per server for the checks (the databases may share one, or not).
     with Connections() as servers:
         connected = _services_connected(topology, servers)
-        if connected:
-            raise BackupError(
-                f"{'; '.join(connected)}: stop the services first (nothing may write during a "
-                "restore)"
-            )
         states = {database: _state(topology, entry, servers) for database, entry in entries.items()}
+    # Every reason at once, so that one pass fixes them all.
     refusals = [why for state, why in states.values() if state == "refused" and why]
+    if connected:
+        refusals.insert(
+            0,
+            f"{'; '.join(connected)}: stop the services first (nothing may write during a "
+            "restore)",
+        )
     if refusals:
         raise BackupError("; ".join(refusals))
 

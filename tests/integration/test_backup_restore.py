@@ -308,6 +308,18 @@ def test_a_restore_waits_for_the_services_to_stop(
             assert "db_cart" in refused.output
             assert "cart_app" in refused.output
             assert "stop the services" in refused.output
+            # Every reason at once, not the first only: a row the backup does not have, too.
+            with target.admin("likes") as likes:
+                likes.execute(
+                    "INSERT INTO likes.likes (user_id, target_type, target_slug) "
+                    "VALUES (77, 'product', 'extra')"
+                )
+            both = target.rose("db", "restore", "--dry-run", str(made_backup))
+            assert both.exit_code == 1
+            assert "stop the services" in both.output
+            assert "db_likes already holds rows" in both.output
+            with target.admin("likes") as likes:
+                likes.execute("DELETE FROM likes.likes WHERE user_id = 77")
         assert target.rose("db", "restore", str(made_backup)).exit_code == 0
 
 
