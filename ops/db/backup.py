@@ -621,8 +621,7 @@ def restore(
     if connected:
         refusals.insert(
             0,
-            f"{'; '.join(connected)}: stop the services first (nothing may write during a "
-            "restore)",
+            f"{'; '.join(connected)}: stop the services first (nothing may write during a restore)",
         )
     if refusals:
         raise BackupError("; ".join(refusals))
