@@ -360,10 +360,13 @@ async def line_count(session: AsyncSession, owner: Owner) -> int:
 
 
 # -- writing ----------------------------------------------------------------------------------
-def _check_quantity(quantity: int) -> None:
-    if not 1 <= quantity <= MAX_QUANTITY:
+def _check_quantity(quantity: int, held: int = 0) -> None:
+    """1 to ``MAX_QUANTITY``, or up to what the line already ``held`` (a line sign-in merged
+    past it may be kept or lowered, not raised)."""
+    most = max(MAX_QUANTITY, held)
+    if not 1 <= quantity <= most:
         raise InvalidInput(
-            f"Choose a quantity from 1 to {MAX_QUANTITY} (Remove takes the line out).",
+            f"Choose a quantity from 1 to {most} (Remove takes the line out).",
             field="quantity",
         )
 
@@ -421,10 +424,10 @@ async def _owned_item(session: AsyncSession, owner: Owner, item_id: int) -> Cart
 
 
 async def set_quantity(session: AsyncSession, owner: Owner, item_id: int, quantity: int) -> int:
-    """Change a line's quantity (1 to ``MAX_QUANTITY``; removing is another action). Returns
-    the new quantity."""
-    _check_quantity(quantity)
+    """Change a line's quantity (1 to ``MAX_QUANTITY``, or to what it holds when sign-in merged
+    it past that; removing is another action). Returns the new quantity."""
     item = await _owned_item(session, owner, item_id)
+    _check_quantity(quantity, item.quantity)
     item.quantity = quantity
     item.updated_at = func.now()
     return quantity
@@ -437,9 +440,10 @@ async def remove_item(session: AsyncSession, owner: Owner, item_id: int) -> None
 
 async def adopt_cart(session: AsyncSession, user_id: int, session_id: str) -> int:
     """On sign-in, the anonymous session's lines join the user's cart (quantities of a product
-    in both are added; the anonymous line records the line it was merged into, so an order
-    made before sign-in still finds what it bought). Returns how many anonymous lines were
-    adopted; a second call adopts 0."""
+    in both are added, whole: past the 99 an add stops at, as nothing gathered is dropped, and
+    an order made before sign-in takes its own quantity off the sum when paid; the anonymous
+    line records the line it was merged into, so that order still finds what it bought).
+    Returns how many anonymous lines were adopted; a second call adopts 0."""
     anonymous = table_of(CartItem).alias("anonymous")
     table = table_of(CartItem)
     await session.execute(
@@ -457,7 +461,7 @@ async def adopt_cart(session: AsyncSession, user_id: int, session_id: str) -> in
                 anonymous.c.deleted_at.is_(None),
             )
             .values(
-                quantity=func.least(table.c.quantity + anonymous.c.quantity, MAX_QUANTITY),
+                quantity=table.c.quantity + anonymous.c.quantity,
                 updated_at=func.now(),
             )
             .returning(anonymous.c.id, table.c.id)
