@@ -13,7 +13,7 @@ from apps.cart import service
 from apps.common.deps import AppSettings, CurrentIdentity, DbSession, Internal
 from apps.common.identity import Identity
 from apps.common.internal_client import InternalCallError, InternalClient
-from apps.common.problems import InvalidInput, Problem, TooManyRequests
+from apps.common.problems import DependencyUnavailable, InvalidInput, Problem, TooManyRequests
 from apps.common.settings import Settings
 from apps.common.web import degraded_headers, public_url, redirect_back, render, wants_html
 from apps.orders import contract as orders
@@ -171,6 +171,14 @@ def checkout_failed(exc: InternalCallError, orders_page: str) -> Problem:
         return Problem(
             f"Checkout failed: {detail}. Your cart has not changed.",
             status_code=exc.remote_status,
+            title="Checkout failed",
+        )
+    if exc.http_status == 503:
+        # What is down, in the buyer's words (not the provider's), and when to come back.
+        down = {"sumup": "payments (SumUp)"}.get(str(exc.problem.get("service")), exc.service)
+        return DependencyUnavailable(
+            f"Checkout failed: {down} cannot be reached right now. Your cart has not changed; "
+            "please try again in a minute",
             title="Checkout failed",
         )
     return Problem(

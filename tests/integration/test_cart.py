@@ -230,6 +230,10 @@ async def test_sumup_unavailable_at_checkout_leaves_the_cart_and_no_order(
     assert "Your cart has not changed" in page.text
     api = await cart.post("/checkout/")
     assert api.headers["content-type"].startswith("application/problem+json")
+    # The buyer is told which part is down and when to try again, not SumUp's own words.
+    assert "payments (SumUp) cannot be reached" in api.json()["detail"]
+    assert "sandbox" not in api.json()["detail"]
+    assert int(api.headers["retry-after"]) > 0
     assert cart_rows(clean_db) == before
     assert order_rows(clean_db) == []
 
