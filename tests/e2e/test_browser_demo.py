@@ -59,6 +59,7 @@ def test_axe_finds_no_serious_or_critical_violation_on_any_public_page(demo_live
     page.set_default_timeout(15_000)
     try:
         found: dict[str, list[dict]] = {}
+        wider: dict[str, int] = {}
         pages = tour(demo_live.urls, page)
         for width in (1280, 390):
             page.set_viewport_size({"width": width, "height": 900})
@@ -67,8 +68,13 @@ def test_axe_finds_no_serious_or_critical_violation_on_any_public_page(demo_live
                 violations = axe_violations(page, source)
                 if violations:
                     found[f"{name}@{width}"] = violations
+                # A phone's screen: nothing runs off the side (no sideways scrolling).
+                scroll = page.evaluate("document.documentElement.scrollWidth")
+                if scroll > width:
+                    wider[f"{name}@{width}"] = scroll
         assert len(pages) == 15
         assert found == {}
+        assert wider == {}
         # The check can fail: an image without a text alternative is a critical violation.
         page.set_content('<!doctype html><html lang="en"><title>t</title><img src="x.png">')
         assert [v["id"] for v in axe_violations(page, source)] == ["image-alt"]
