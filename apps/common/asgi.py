@@ -17,7 +17,7 @@ from litestar.types import (
     Send,
 )
 
-from apps.common.problems import PROBLEM_MEDIA_TYPE, Problem, problem_body
+from apps.common.problems import PROBLEM_MEDIA_TYPE, Problem, current_request_id, problem_body
 
 logger = logging.getLogger("rose.errors")
 
@@ -78,12 +78,14 @@ async def send_problem(
     """Answer with a problem+json directly from a middleware, before any handler runs; with
     the request's ``scope``, a browser of a service that has pages gets the themed page, as
     it does for every problem a handler raises."""
-    problem = problem_body(status, detail, instance=path)
+    # The request's id as a handler's problem carries it (the header and the log line have it).
+    problem = problem_body(status, detail, instance=path, request_id=current_request_id.get())
     page = _problem_page(scope, status, problem) if scope is not None else None
     if page is not None:
         payload, media_type = page, "text/html; charset=utf-8"
     else:
-        payload, media_type = json.dumps(problem).encode(), PROBLEM_MEDIA_TYPE
+        payload = json.dumps(problem, separators=(",", ":")).encode()
+        media_type = PROBLEM_MEDIA_TYPE
     headers = [
         (b"content-type", media_type.encode()),
         (b"content-length", str(len(payload)).encode()),

@@ -83,6 +83,23 @@ async def test_nul_characters_are_refused_naming_the_field(stack, shop):
     assert_problem(summary, 422, "session_id")
 
 
+async def test_what_the_edge_refuses_is_the_same_problem_as_a_handlers(stack, shop):
+    """A CSRF refusal, a NUL in the query and an unsigned internal call are answered before any
+    handler: the same problem as a handler's (the request's id in it, as in the header and the
+    log line, and the same compact JSON)."""
+    market = stack.browser("market")
+    refusals = [
+        await market.post("/product/x/like/", headers={"accept": "application/json"}),
+        await market.get("/api/products?q=%00", headers={"accept": "application/json"}),
+        await stack.client("blog").get("/internal/data/page-config"),
+    ]
+    handler = await market.get("/api/products/no-such-thing")
+    for answer in (*refusals, handler):
+        assert answer.headers["content-type"].startswith("application/problem+json"), answer.text
+        assert answer.json()["request_id"] == answer.headers["x-request-id"], answer.text
+        assert ", " not in answer.text.split('"detail"')[0], answer.text  # compact, as msgspec's
+
+
 async def test_integers_beyond_bigint_are_refused(stack):
     huge = "9223372036854775808"
     children = await internal_get(
