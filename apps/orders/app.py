@@ -6,11 +6,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from litestar import Litestar
 from litestar.datastructures import State
 from litestar.di import Provide
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from apps.common.app_factory import platform_of
 from apps.common.internal_client import InternalClient
@@ -40,13 +44,27 @@ def create_app(
     async def start(app: Litestar) -> None:
         platform = platform_of(app)
         client = platform.client
+
+        async def refund_unconfirmed_bookings(
+            session: AsyncSession, payload: Mapping[str, Any], answer: events.ConfirmResult
+        ) -> None:
+            """Bookings events could not confirm for a paid order are money that goes back:
+            asked of SumUp as soon as the relay's transaction commits the refund (before, the
+            settling job would not see it), not at the next reconciliation pass."""
+            if await bookings_not_confirmed(session, payload, answer):
+                event.listen(
+                    session.sync_session,
+                    "after_commit",
+                    lambda _session: runtime.jobs.settle_refunds_soon(),
+                    once=True,
+                )
+
         relay = OutboxRelay(
             platform.sessionmaker,
             outbox,
             poll_seconds=own.outbox_poll_seconds,
             client=client,
-            # Bookings events could not confirm for a paid order are money that goes back.
-            replies={events.confirm_for_order: bookings_not_confirmed},
+            replies={events.confirm_for_order: refund_unconfirmed_bookings},
         )
         runtime = OrdersRuntime(
             settings=own,

@@ -480,13 +480,14 @@ async def _enqueue_after_payment(
 
 async def bookings_not_confirmed(
     session: AsyncSession, payload: Mapping[str, Any], answer: events.ConfirmResult
-) -> None:
+) -> bool:
     """Events' answer to confirm-for-order (an outbox reply): bookings it could not confirm for
-    the paid order are money that must go back, not a log line."""
+    the paid order are money that must go back, not a log line. True when a refund is owed
+    (recorded in ``session``'s transaction)."""
     entry_ids = set(answer.unconfirmed.entry_ids)
     ticket_ids = set(answer.unconfirmed.ticket_ids)
     if not entry_ids and not ticket_ids:
-        return
+        return False
     order_id = int(payload["order_id"])
     order = await session.get(Order, order_id)
     paid_attempt = await session.scalar(
@@ -496,7 +497,7 @@ async def bookings_not_confirmed(
         .limit(1)
     )
     if order is None or paid_attempt is None:
-        return
+        return False
     items = list(
         await session.scalars(
             select(OrderItem).where(
@@ -521,6 +522,7 @@ async def bookings_not_confirmed(
         f"bookings that could not be confirmed: {titles}",
         amount,
     )
+    return True
 
 
 async def refresh_attempt(

@@ -118,6 +118,33 @@ async def test_a_payment_that_arrives_for_a_superseded_order_is_refunded(
     assert orders_of(clean_db)[second][0] == "paid"
 
 
+async def test_a_booking_events_cannot_confirm_is_refunded_at_once(stack, clean_db, shop, sandbox):
+    """The buyer took a tour out of the cart while its order waited, someone else booked it,
+    and then the order was paid: the tour's price goes back at once, not at the next
+    reconciliation pass (minutes later)."""
+    cart = await browser_of(stack, "cart", user_id=3)
+    events = stack.browser("events")
+    share_cookies(cart, events)
+    assert (await events.post(f"/entries/{shop.entry_id}/book/")).status_code == 200
+    await cart.post(f"/add/{shop.product_ids[0]}/")
+    order_id = (await cart.post("/checkout/")).json()["order_id"]
+    removed = await cart.post(f"/booking/entry/{shop.entry_id}/delete/")
+    assert removed.status_code == 200, removed.text
+    other = await browser_of(stack, "events", user_id=4)
+    assert (await other.post(f"/entries/{shop.entry_id}/book/")).status_code == 200
+
+    await pay_and_notify(stack, sandbox, clean_db, order_id)
+    assert orders_of(clean_db)[order_id][0] == "paid"
+
+    def refund() -> tuple | None:
+        with admin_connect(clean_db, "orders") as connection:
+            return connection.execute(
+                "SELECT amount, status FROM orders.refunds WHERE order_id = %s", (order_id,)
+            ).fetchone()
+
+    assert await eventually(lambda: refund() == (Decimal("7.50"), "done"), timeout=10), refund()
+
+
 async def test_a_paid_anonymous_order_clears_the_cart_after_sign_in(stack, clean_db, shop, sandbox):
     """Finding 2: the clear carried the anonymous session id after the lines moved to the user
     at sign-in; nothing was cleared, the order was missing from the user's list, and a second
