@@ -315,6 +315,16 @@ class LedgerEntry:
         return self.finalizing_at is not None and self.finalized_at is None
 
     @property
+    def aborted(self) -> bool:
+        """Aborted, and not started again since (a run after an abort that crashed is that
+        run's: started, not finished)."""
+        return (
+            self.aborted_at is not None
+            and not self.done
+            and (self.started_at is None or self.started_at <= self.aborted_at)
+        )
+
+    @property
     def syncing(self) -> bool:
         """Being synced online: `rose split cutover` finishes it (`run` refuses)."""
         return not self.done and self.sync_started_at is not None
@@ -352,7 +362,7 @@ class LedgerEntry:
                 f"moved; finalize started at {_when(self.finalizing_at)} and did not confirm "
                 "(`rose split status` tells what it dropped; finalize completes it)"
             )
-        if self.aborted_at is not None and not self.done:
+        if self.aborted:
             return f"aborted at {_when(self.aborted_at)}: nothing of it in the target"
         if self.verified_at is not None:
             return f"moved at {_when(self.finished_at)}, verified at {_when(self.verified_at)}"

@@ -77,7 +77,7 @@ def move_status(
         state = "syncing online (snapshot committed; `rose split cutover` finishes it)"
     elif ledger.sync_started_at is not None:
         state = "syncing online: capturing, snapshot not committed (`rose split sync` resumes)"
-    elif ledger.aborted_at is not None:
+    elif ledger.aborted:
         state = "aborted"
     else:
         state = "started, not finished: nothing in the target"

@@ -533,6 +533,12 @@ def test_abort_after_a_crash_at_any_point_leaves_the_monolith_as_before(monolith
         else:
             crashed = rose_split_process(monolith, "run", crash=crash)
         assert crashed.returncode == (CRASH_EXIT_CODE if crash else 0), crashed.stdout
+        if crash is not None and not crash.startswith("abort"):
+            # A run that crashed after an earlier abort is that run's state, not the abort's.
+            states = {
+                status.move.name: status.state for status in split_status(monolith.topology).moves
+            }
+            assert states["likes"].startswith("started, not finished"), (crash, states)
         aborted = rose_split(monolith, "abort")
         assert aborted.exit_code == 0, aborted.output
         assert legacy_snapshot(monolith) == before, crash
