@@ -11,7 +11,6 @@ finalize), and can be aborted (``rose split abort``) or finalized again.
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from ops.db.binaries import client_tool_target, pg_binary
 from ops.db.checksums import table_checksum
 from ops.db.connections import scalar
 from ops.db.topology import Topology
+from ops.paths import sha256_of
 from ops.split.common import (
     Say,
     SplitError,
@@ -49,11 +49,12 @@ def _service_of(archive: Path) -> str:
     raise SplitError(f"{archive}: not a backup of finalize (<database>.legacy.dump)")
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def restore(topology: Topology, archive: Path, say: Say) -> RestoreResult:
+    if archive.is_dir():
+        raise SplitError(
+            f"{archive} is a directory: give one of the archives in it "
+            "(<database>.legacy.dump), one restore each"
+        )
     if not archive.is_file():
         raise SplitError(f"{archive}: no such file")
     service = _service_of(archive)
@@ -66,13 +67,18 @@ def restore(topology: Topology, archive: Path, say: Say) -> RestoreResult:
             if Path(record["backup_file"]).name == archive.name
         }
     if not records:
-        raise SplitError(f"{spec.database} records no table dropped with a backup {archive.name}")
-    digest = _sha256(archive)
+        raise SplitError(
+            f"{spec.database} records no table dropped with a backup {archive.name}: it is "
+            "restored already, or its tables were never dropped (`rose split status`)"
+        )
+    digest = sha256_of(archive)
     recorded = {record["backup_sha256"] for record in records.values()}
     if recorded != {digest}:
+        taken = sorted({str(record["backup_file"]) for record in records.values()})
         raise SplitError(
             f"{archive}: sha256 {digest}, but finalize recorded {', '.join(sorted(recorded))}: "
-            "not the archive it took"
+            f"not the archive it took (it wrote {', '.join(taken)}; `rose split status` lists "
+            "them)"
         )
     with connect(topology, service) as connection:
         freeze_function = scalar(

@@ -187,6 +187,10 @@ def test_the_backups_restore_the_dropped_rows_and_abort_goes_back(monolith, tmp_
     refused = rose_split(monolith, "restore", str(copy))
     assert refused.exit_code == 1
     assert "not the archive it took" in refused.output
+    assert str(tampered) in refused.output.replace("\n", "")  # where the right one is
+    directory = rose_split(monolith, "restore", str(tampered.parent))
+    assert directory.exit_code == 1
+    assert "is a directory: give one of the archives in it" in directory.output
     # The services ran after finalize: likes took a like the monolith never had.
     written = value(
         monolith,
@@ -200,6 +204,9 @@ def test_the_backups_restore_the_dropped_rows_and_abort_goes_back(monolith, tmp_
         restored = rose_split(monolith, "restore", str(archive))
         assert restored.exit_code == 0, restored.output
         said += restored.output
+    again = rose_split(monolith, "restore", str(archives["db_cart.legacy.dump"]))
+    assert again.exit_code == 1
+    assert "it is restored already" in again.output
     # A move whose sources are back is verified again, not declared verified: likes differs.
     assert "likes: its sources are all back; verify found differences" in said, said
     assert "orders: its sources are all back; verified" in said, said
