@@ -13,9 +13,22 @@ from apps.cart import service
 from apps.common.deps import AppSettings, CurrentIdentity, DbSession, Internal
 from apps.common.identity import Identity
 from apps.common.internal_client import InternalCallError, InternalClient
-from apps.common.problems import DependencyUnavailable, InvalidInput, Problem, TooManyRequests
+from apps.common.problems import (
+    DependencyUnavailable,
+    InvalidInput,
+    Problem,
+    TooManyRequests,
+    UnsupportedMediaType,
+)
 from apps.common.settings import Settings
-from apps.common.web import degraded_headers, public_url, redirect_back, render, wants_html
+from apps.common.web import (
+    FORM_TYPES,
+    degraded_headers,
+    public_url,
+    redirect_back,
+    render,
+    wants_html,
+)
 from apps.orders import contract as orders
 
 ItemId = Annotated[int, Parameter(ge=1, le=2**63 - 1)]
@@ -27,12 +40,23 @@ def owner_of(identity: Identity) -> service.Owner:
 
 
 async def _form_int(request: Request, name: str, default: int | None = None) -> int:
-    """An integer from a form field or a JSON body (API clients)."""
-    if request.headers.get("content-type", "").startswith("application/json"):
+    """An integer from a form field or a JSON body (API clients); a body that is neither (or
+    JSON that is not an object) is refused, never read as "nothing given"."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "application/json":
         body = await request.json()
-        value = body.get(name, default) if isinstance(body, dict) else default
-    else:
+        if not isinstance(body, dict):
+            raise InvalidInput('The body must be a JSON object, like {"quantity": 2}', field="body")
+        value = body.get(name, default)
+    elif content_type in FORM_TYPES:
         value = (await request.form()).get(name, default)
+    elif not await request.body():
+        value = default  # a button that posts nothing: the default
+    else:
+        raise UnsupportedMediaType(
+            f"This takes a form or JSON, not {content_type or 'a body without a type'}",
+            field="body",
+        )
     try:
         if value is None or isinstance(value, bool):
             raise ValueError

@@ -71,6 +71,19 @@ async def test_bad_cart_input_is_a_clear_problem(stack, shop):
     assert "quantity" in too_many.json()["detail"]
     not_a_number = await cart.post(f"/add/{shop.product_ids[0]}/", json={"quantity": "lots"})
     assert not_a_number.status_code == 422
+    # A body it cannot read adds nothing (it used to add 1): JSON that is not an object, and a
+    # type that is neither a form nor JSON.
+    not_an_object = await cart.post(f"/add/{shop.product_ids[0]}/", json="x")
+    assert not_an_object.status_code == 422
+    assert "JSON object" in not_an_object.json()["detail"]
+    as_text = await cart.post(
+        f"/add/{shop.product_ids[0]}/",
+        content=b"quantity=5",
+        headers={"content-type": "text/plain"},
+    )
+    assert as_text.status_code == 415
+    assert "text/plain" in as_text.json()["detail"]
+    assert (await cart.get("/api/cart")).json()["pages"] == []
     # Issue 15: the same rule as the form (1 to 99); 0 no longer quietly removes the line.
     other = await browser_of(stack, "cart", user_id=6)
     await other.post(f"/add/{shop.product_ids[0]}/")
