@@ -191,10 +191,11 @@ async def detach_calendar(
 async def create_entry(
     request: Request,
     db_session: DbSession,
+    own_settings: OwnSettings,
     calendar_id: IdParam,
     data: NewEntryForm,
 ) -> Response[Any]:
-    entry = await service.create_entry(db_session, calendar_id, data)
+    entry = await service.create_entry(db_session, calendar_id, data, own_settings.currencies)
     await db_session.commit()
     return await answer(request, entry, status_code=201)
 

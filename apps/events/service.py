@@ -745,7 +745,15 @@ async def commit_or_revert(
     return change.calendar
 
 
-async def create_entry(session: AsyncSession, calendar_id: int, request: NewEntry) -> EntryOut:
+async def create_entry(
+    session: AsyncSession, calendar_id: int, request: NewEntry, currencies: tuple[str, ...]
+) -> EntryOut:
+    if request.currency not in currencies:
+        raise InvalidInput(
+            f"currency: entries are priced in {', '.join(currencies)} here "
+            f"(EVENTS_CURRENCIES), not {request.currency}",
+            field="currency",
+        )
     calendar = await session.get(Calendar, calendar_id)
     if calendar is None or calendar.deleted_at is not None:
         raise NotFound(f"There is no calendar {calendar_id}")

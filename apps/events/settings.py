@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -16,6 +17,9 @@ class EventsSettings:
     # How often ended holds are swept back to open (for tidiness only: an ended hold blocks
     # nobody whether or not it was swept).
     sweep_seconds: float = 60.0
+    # What entries may be priced in: the shop's currency (a cart adds up one currency, and an
+    # order is paid in one).
+    currencies: tuple[str, ...] = ("EUR",)
 
     @property
     def hold(self) -> timedelta:
@@ -27,7 +31,21 @@ class EventsSettings:
         return cls(
             hold_seconds=_seconds(settings, "EVENTS_HOLD_SECONDS", defaults.hold_seconds),
             sweep_seconds=_seconds(settings, "EVENTS_SWEEP_SECONDS", defaults.sweep_seconds),
+            currencies=_currencies(settings, "EVENTS_CURRENCIES", defaults.currencies),
         )
+
+
+def _currencies(settings: Settings, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    raw = settings.extra.get(name, "").strip()
+    if not raw:
+        return default
+    codes = tuple(code.strip() for code in raw.split(","))
+    wrong = [code for code in codes if not re.fullmatch(r"[A-Z]{3}", code)]
+    if wrong:
+        raise ConfigError(
+            f"{name} must be ISO currency codes separated by commas (EUR,GBP), not {raw!r}"
+        )
+    return codes
 
 
 def _seconds(settings: Settings, name: str, default: float) -> float:

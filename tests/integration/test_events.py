@@ -392,22 +392,47 @@ async def test_editors_create_entries(stack, editor, clean_db):
     assert Decimal(entry["cost"]) == Decimal("5.50")
     offset = await editor.post(
         f"/admin/calendars/{calendar_id}/entries/",
-        data={
-            "name": "Tasting",
-            "starts_at": "2030-05-01T18:00+02:00",
-            "cost": "0",
-            "currency": "GBP",
-        },
+        data={"name": "Tasting", "starts_at": "2030-05-01T18:00+02:00", "cost": "0"},
     )
     assert offset.status_code == 201
+    # The shop's currency only (EVENTS_CURRENCIES, EUR by default): a cart adds up one currency,
+    # and an order is paid in one.
+    other = await editor.post(
+        f"/admin/calendars/{calendar_id}/entries/",
+        data={"name": "Abroad", "starts_at": "2030-05-02T10:00", "cost": "5", "currency": "USD"},
+    )
+    assert_problem(other, 422, "currency", "EUR", "USD")
     rows = events_rows(
         clean_db,
         "SELECT name, starts_at, cost, currency, state FROM events.calendar_entries ORDER BY id",
     )
     assert rows == [
         ("Tractor ride", datetime(2030, 5, 1, 9, 30, tzinfo=UTC), Decimal("5.50"), "EUR", "open"),
-        ("Tasting", datetime(2030, 5, 1, 16, 0, tzinfo=UTC), Decimal("0.00"), "GBP", "open"),
+        ("Tasting", datetime(2030, 5, 1, 16, 0, tzinfo=UTC), Decimal("0.00"), "EUR", "open"),
     ]
+
+
+async def test_a_shop_in_several_currencies_says_so(clean_db, credentials):
+    calendar_id = insert_calendar(clean_db)
+    async with in_process_stack(
+        clean_db,
+        credentials,
+        ["events", "relations"],
+        settings_overrides={"events": {"extra": {"EVENTS_CURRENCIES": "EUR, GBP"}}},
+    ) as running:
+        editor = await sign_in(running, 1)
+        priced = await editor.post(
+            f"/admin/calendars/{calendar_id}/entries/",
+            data={
+                "name": "Tasting",
+                "starts_at": "2030-05-01T18:00",
+                "cost": "3",
+                "currency": "GBP",
+            },
+        )
+        assert priced.status_code == 201, priced.text
+        await editor.aclose()
+    assert events_rows(clean_db, "SELECT currency FROM events.calendar_entries") == [("GBP",)]
 
 
 # -- listing ----------------------------------------------------------------------------------
