@@ -524,18 +524,10 @@ async def like_post(
     checks it exists."""
     post_id = (await require_published_post(session, slug)).id
     await end_read(session)
-    if liked is None:
-        answer = await internal.call(
-            likes.toggle,
-            likes.LikeTarget(user_id=user_id, target_type="post", target_id=post_id),
-            idempotency_key=_one_call_key("toggle"),
-        )
-    else:
-        answer = await internal.call(
-            likes.set_like,
-            likes.SetLike(user_id=user_id, target_type="post", target_id=post_id, liked=liked),
-            idempotency_key=_one_call_key("set"),
-        )
+    action, request = likes.like_change(
+        likes.LikeTarget(user_id=user_id, target_type="post", target_id=post_id), liked
+    )
+    answer = await internal.call(action, request, idempotency_key=_one_call_key(action.name))
     return answer.liked
 
 

@@ -42,7 +42,7 @@ def owner_of(identity: Identity) -> service.Owner:
 async def _form_int(request: Request, name: str, default: int | None = None) -> int:
     """An integer from a form field or a JSON body (API clients); a body that is neither (or
     JSON that is not an object) is refused, never read as "nothing given"."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    content_type = request.content_type[0]
     if content_type == "application/json":
         body = await request.json()
         if not isinstance(body, dict):

@@ -211,7 +211,7 @@ FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 async def form_of(request: Request) -> FormMultiDict:
     """The request's form; a body of another type is refused (415), never read as an empty
     form (whose absent fields would read as "cleared" or "unticked")."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    content_type = request.content_type[0]
     if content_type not in FORM_TYPES:
         given = content_type or "a body without a type"
         raise UnsupportedMediaType(
@@ -225,7 +225,7 @@ _FLAGS = {"true": True, "1": True, "on": True, "false": False, "0": False, "off"
 
 async def optional_flag(request: Request, name: str) -> bool | None:
     """A true/false field of the request's form or JSON body; None when it does not carry one."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    content_type = request.content_type[0]
     if content_type == "application/json":
         body = await request.json()
         value = body.get(name) if isinstance(body, dict) else None

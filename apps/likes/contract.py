@@ -3,7 +3,7 @@ Imports nothing else of likes."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 
@@ -44,6 +44,17 @@ liked_ids = Query(SERVICE, "liked-ids", LikedBy, list[int])
 toggle = Action(SERVICE, "toggle", LikeTarget, LikeState)
 # Beyond the plan: idempotent by nature (it sets, it does not flip).
 set_like = Action(SERVICE, "set", SetLike, LikeState)
+
+
+def like_change(
+    target: LikeTarget, liked: bool | None
+) -> tuple[Action[Any, LikeState], LikeTarget]:
+    """The call that makes ``target`` liked or not (``liked``), or flips it (None: the plan's
+    toggle, for callers that do not say what they want)."""
+    if liked is None:
+        return toggle, target
+    return set_like, SetLike(**msgspec.structs.asdict(target), liked=liked)
+
 
 # Active likes only (market and blog: the liked-only filter and the "liked" annotation).
 LIKES = ExportView.of(

@@ -271,18 +271,12 @@ async def like_product(
     liked (the likes service itself knows no products)."""
     await require_product(session, slug)
     await end_read(session)
-    if liked is None:
-        answer = await internal.call(
-            likes.toggle,
-            likes.LikeTarget(user_id=user_id, target_type="product", target_slug=slug),
-            idempotency_key=f"market:toggle:{uuid.uuid4()}",
-        )
-    else:
-        answer = await internal.call(
-            likes.set_like,
-            likes.SetLike(user_id=user_id, target_type="product", target_slug=slug, liked=liked),
-            idempotency_key=f"market:set:{uuid.uuid4()}",
-        )
+    action, request = likes.like_change(
+        likes.LikeTarget(user_id=user_id, target_type="product", target_slug=slug), liked
+    )
+    answer = await internal.call(
+        action, request, idempotency_key=f"market:{action.name}:{uuid.uuid4()}"
+    )
     return answer.liked
 
 

@@ -103,9 +103,8 @@ def in_split_schema(table: str) -> bool:
 class DatabaseBackup:
     service: str
     database: str
-    file: str
-    size: int
-    sha256: str
+    # The service's own schema (its file, size and sha256 stand flat in the manifest).
+    own: ArchiveFile
     revisions: list[str]
     tables: dict[str, Checksum]
     # The split's schemas, whole (None: the database had none).
@@ -117,8 +116,7 @@ class DatabaseBackup:
 
     def archives(self) -> list[tuple[ArchiveFile, list[str]]]:
         """Each dump with the tables whose rows it holds."""
-        own = ArchiveFile(self.file, self.size, self.sha256)
-        found = [(own, [name for name in self.tables if not in_split_schema(name)])]
+        found = [(self.own, [name for name in self.tables if not in_split_schema(name)])]
         if self.split is not None:
             found.append((self.split, [name for name in self.tables if in_split_schema(name)]))
         return found
@@ -126,9 +124,7 @@ class DatabaseBackup:
     def as_json(self) -> dict[str, Any]:
         return {
             "service": self.service,
-            "file": self.file,
-            "size": self.size,
-            "sha256": self.sha256,
+            **self.own.as_json(),
             "revisions": self.revisions,
             "tables": {name: checksum.as_dict() for name, checksum in self.tables.items()},
             **({"split": self.split.as_json()} if self.split is not None else {}),
@@ -139,9 +135,7 @@ class DatabaseBackup:
         return cls(
             service=str(entry["service"]),
             database=database,
-            file=str(entry["file"]),
-            size=int(entry["size"]),
-            sha256=str(entry["sha256"]),
+            own=ArchiveFile.from_json(entry),
             revisions=[str(revision) for revision in entry["revisions"]],
             tables={
                 name: Checksum.from_dict(checksum) for name, checksum in entry["tables"].items()
@@ -336,9 +330,7 @@ def _dump(topology: Topology, service: str, directory: Path, outcome: Outcome) -
     return DatabaseBackup(
         service=service,
         database=spec.database,
-        file=own.file,
-        size=own.size,
-        sha256=own.sha256,
+        own=own,
         revisions=revisions,
         tables=tables,
         split=split,
@@ -365,7 +357,7 @@ def _back_up_into(topology: Topology, directory: Path, say: Say) -> Outcome:
     for service in SERVICES:
         entry = _dump(topology, service, directory, outcome)
         entries[entry.database] = entry
-        line = f"{entry.database}: {_describe(entry)}, {entry.size} bytes -> {entry.file}"
+        line = f"{entry.database}: {_describe(entry)}, {entry.own.size} bytes -> {entry.own.file}"
         outcome.lines.append(line)
         say(line)
     manifest = {
@@ -660,10 +652,10 @@ def restore(
                     "--disable-triggers",
                     "--single-transaction",
                     "--exit-on-error",
-                    str(directory / entry.file),
+                    str(directory / entry.own.file),
                 ],
                 topology.admin_url(entry.service),
-                f"pg_restore of {directory / entry.file}",
+                f"pg_restore of {directory / entry.own.file}",
             )
             _never_backwards(topology, entry.service, before)
         if entry.split is not None:
