@@ -41,6 +41,7 @@ from apps.blog.models import (
 )
 from apps.common.db import end_read, table_of
 from apps.common.fdw import ProviderUnavailable, remote_read
+from apps.common.inputs import whole_number
 from apps.common.internal_client import InternalClient
 from apps.common.problems import DependencyUnavailable, InvalidInput, NotFound
 from apps.likes import contract as likes
@@ -543,10 +544,7 @@ CHOOSE_MARKET_PLACE = "Choose one of the market places."
 
 
 def market_place_id(value: str) -> int:
-    try:
-        wanted = int(value.strip())
-    except ValueError:
-        wanted = 0
+    wanted = whole_number(value, "market_place_id", CHOOSE_MARKET_PLACE)
     if not 1 <= wanted <= MAX_ID:
         raise InvalidInput(CHOOSE_MARKET_PLACE, field="market_place_id")
     return wanted

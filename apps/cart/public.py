@@ -18,51 +18,25 @@ from apps.common.problems import (
     InvalidInput,
     Problem,
     TooManyRequests,
-    UnsupportedMediaType,
 )
 from apps.common.settings import Settings
 from apps.common.web import (
-    FORM_TYPES,
     degraded_headers,
     public_url,
     redirect_back,
     render,
     wants_html,
+    whole_number_field,
 )
 from apps.orders import contract as orders
 
 ItemId = Annotated[int, Parameter(ge=1, le=2**63 - 1)]
 PageSlug = Annotated[str, Parameter(pattern=r"^[a-z0-9][a-z0-9-]{0,254}$")]
+QUANTITY_AS_NUMBER = "Enter the quantity as a whole number."
 
 
 def owner_of(identity: Identity) -> service.Owner:
     return service.Owner(identity.user_id, None if identity.signed_in else identity.session_id)
-
-
-async def _form_int(request: Request, name: str, default: int | None = None) -> int:
-    """An integer from a form field or a JSON body (API clients); a body that is neither (or
-    JSON that is not an object) is refused, never read as "nothing given"."""
-    content_type = request.content_type[0]
-    if content_type == "application/json":
-        body = await request.json()
-        if not isinstance(body, dict):
-            raise InvalidInput('The body must be a JSON object, like {"quantity": 2}', field="body")
-        value = body.get(name, default)
-    elif content_type in FORM_TYPES:
-        value = (await request.form()).get(name, default)
-    elif not await request.body():
-        value = default  # a button that posts nothing: the default
-    else:
-        raise UnsupportedMediaType(
-            f"This takes a form or JSON, not {content_type or 'a body without a type'}",
-            field="body",
-        )
-    try:
-        if value is None or isinstance(value, bool):
-            raise ValueError
-        return int(value)
-    except (TypeError, ValueError):
-        raise InvalidInput(f"Enter the {name} as a whole number.", field=name) from None
 
 
 def _cart_page(
@@ -111,7 +85,7 @@ async def api_page_cart(
 async def add_to_cart(
     request: Request, db_session: DbSession, identity: CurrentIdentity, product_id: ItemId
 ) -> Any:
-    quantity = await _form_int(request, "quantity", 1)
+    quantity = await whole_number_field(request, "quantity", 1, message=QUANTITY_AS_NUMBER)
     item = await service.add_item(db_session, owner_of(identity), product_id, quantity)
     await db_session.commit()
     if wants_html(request):
@@ -124,7 +98,7 @@ async def change_quantity(
     request: Request, db_session: DbSession, identity: CurrentIdentity, item_id: ItemId
 ) -> Any:
     try:
-        quantity = await _form_int(request, "quantity")
+        quantity = await whole_number_field(request, "quantity", message=QUANTITY_AS_NUMBER)
         new_quantity = await service.set_quantity(db_session, owner_of(identity), item_id, quantity)
     except InvalidInput as problem:
         if not wants_html(request):

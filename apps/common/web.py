@@ -34,6 +34,7 @@ from apps.common.identity import (
     new_session_id,
     set_identity,
 )
+from apps.common.inputs import whole_number
 from apps.common.internal_client import InternalCallError, InternalClient
 from apps.common.internal_paths import is_internal_path
 from apps.common.problems import Forbidden, InvalidInput, Problem, UnsupportedMediaType
@@ -218,6 +219,45 @@ async def form_of(request: Request) -> FormMultiDict:
             f"This form takes {' or '.join(FORM_TYPES)}, not {given}", field="body"
         )
     return await request.form()
+
+
+async def _body_value(request: Request, name: str, default: Any = None) -> Any:
+    """Field ``name`` of the request's form or JSON body (API clients); a body that is neither
+    (or JSON that is not an object) is refused, never read as "nothing given"."""
+    content_type = request.content_type[0]
+    if content_type == "application/json":
+        body = await request.json()
+        if not isinstance(body, dict):
+            raise InvalidInput(
+                f'The body must be a JSON object, like {{"{name}": 2}}', field="body"
+            )
+        return body.get(name, default)
+    if content_type in FORM_TYPES:
+        return (await request.form()).get(name, default)
+    if not await request.body():
+        return default  # a button that posts nothing: the default
+    raise UnsupportedMediaType(
+        f"This takes a form or JSON, not {content_type or 'a body without a type'}",
+        field="body",
+    )
+
+
+async def whole_number_field(
+    request: Request, name: str, default: int | None = None, *, message: str | None = None
+) -> int:
+    """A whole number (ASCII digits, :func:`apps.common.inputs.whole_number`) from the form or
+    JSON body; ``default`` when the field is absent (none: it is required)."""
+    return whole_number(await _body_value(request, name, default), name, message)
+
+
+async def optional_whole_number(request: Request, name: str) -> int | None:
+    """A whole number from the form or JSON body, if it carries one (a blank field, or a body
+    of another type, carries none)."""
+    content_type = request.content_type[0]
+    if content_type != "application/json" and content_type not in FORM_TYPES:
+        return None
+    value = await _body_value(request, name)
+    return None if value is None or value == "" else whole_number(value, name)
 
 
 _FLAGS = {"true": True, "1": True, "on": True, "false": False, "0": False, "off": False}

@@ -40,6 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from apps.common.contracts import Adopted, SignIn
 from apps.common.fdw import ProviderUnavailable, remote_read
+from apps.common.inputs import decimal_number
 from apps.common.internal_client import InternalClient
 from apps.common.problems import Conflict, InvalidInput, NotFound, Problem
 from apps.events.contract import SERVICE as EVENTS
@@ -103,7 +104,9 @@ class NewEntry(msgspec.Struct):
     name: Name
     # ISO 8601; a time without an offset (what <input type="datetime-local"> sends) is UTC.
     starts_at: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-    cost: Decimal
+    # Text, read by :func:`check_cost`: msgspec's Decimal takes whatever Decimal() takes
+    # (full-width digits, exponents).
+    cost: Annotated[str, msgspec.Meta(max_length=64)]
     currency: Currency = DEFAULT_CURRENCY
 
 
@@ -781,7 +784,8 @@ def parse_starts_at(value: str) -> datetime:
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
-def check_cost(cost: Decimal) -> Decimal:
+def check_cost(typed: str) -> Decimal:
+    cost = decimal_number(typed, "cost")
     if not cost.is_finite() or cost < 0 or cost > MAX_COST:
         raise InvalidInput(f"cost must be between 0 and {MAX_COST}", field="cost")
     if cost != cost.quantize(Decimal("0.01")):

@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from apps.common.db import end_read, table_of
 from apps.common.direct import DirectStatement
 from apps.common.fdw import ProviderUnavailable, remote_read
+from apps.common.inputs import whole_number
 from apps.common.internal_client import InternalClient
 from apps.common.problems import Conflict, InvalidInput, NotFound
 from apps.likes import contract as likes
@@ -378,13 +379,13 @@ async def pages(session: AsyncSession) -> list[PageChoice]:
         return [PageChoice(id=row.id, title=row.title) for row in rows]
 
 
+CHOOSE_PAGE = "Choose one of the pages."
+
+
 async def check_page(session: AsyncSession, page_id: str) -> int:
-    try:
-        wanted = int(page_id)
-    except ValueError:
-        wanted = 0
+    wanted = whole_number(page_id, "page_id", CHOOSE_PAGE)
     if wanted < 1 or wanted not in {page.id for page in await pages(session)}:
-        raise InvalidInput("Choose one of the pages.", field="page_id")
+        raise InvalidInput(CHOOSE_PAGE, field="page_id")
     return wanted
 
 

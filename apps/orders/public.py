@@ -13,7 +13,7 @@ from litestar.response import Redirect
 
 from apps.common.deps import CurrentIdentity, DbSession
 from apps.common.problems import Conflict, DependencyUnavailable, InvalidInput, NotFound
-from apps.common.web import render, wants_html
+from apps.common.web import optional_whole_number, render, wants_html
 from apps.orders import service
 from apps.orders.models import Order
 from apps.orders.runtime import OrdersRuntime, Runtime
@@ -208,7 +208,7 @@ async def pay_again(
     form (or JSON body) may say which attempt the page showed (``attempt``): a second click
     on the same page gets the attempt the first one made."""
     current = order.current_attempt
-    seen = await _optional_int(request, "attempt")
+    seen = _attempt_number(await optional_whole_number(request, "attempt"))
     if seen is None and current is not None:
         seen = current.number
     attempt = await service.start_new_attempt(db_session, order, seen, runtime)
@@ -244,26 +244,9 @@ async def recheck(
     )
 
 
-async def _optional_int(request: Request, name: str) -> int | None:
-    """An optional whole number from a form field or a JSON body."""
-    content_type = request.headers.get("content-type", "")
-    if content_type.startswith("application/json"):
-        body = await request.json()
-        value = body.get(name) if isinstance(body, dict) else None
-    elif content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
-        value = (await request.form()).get(name)
-    else:
-        return None
-    if value is None or value == "":
-        return None
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        number = int(value)
-    except (TypeError, ValueError):
-        raise InvalidInput(f"{name} must be a whole number", field=name) from None
-    if not 1 <= number <= 1_000_000:
-        raise InvalidInput(f"{name} must be between 1 and 1000000", field=name)
+def _attempt_number(number: int | None) -> int | None:
+    if number is not None and not 1 <= number <= 1_000_000:
+        raise InvalidInput("attempt must be between 1 and 1000000", field="attempt")
     return number
 
 

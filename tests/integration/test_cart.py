@@ -107,6 +107,38 @@ async def test_bad_cart_input_is_a_clear_problem(stack, shop):
     assert "empty" in empty_checkout.json()["detail"]
 
 
+async def test_quantities_are_ascii_digits_only(stack, clean_db, shop):
+    """Audit: Python's int() reads full-width and other scripts' digits (and underscores), so
+    a full-width 3 (U+FF13) added 3. A quantity is ASCII digits (a form field or a JSON string)
+    or a JSON integer; anything else is a 422 naming the field, and the cart does not change."""
+    cart = await browser_of(stack, "cart", user_id=7)
+    product = shop.product_ids[0]
+    wrong_forms = ("\uff13", "\u0663", "\u096a", "1_0", "3.0", "+\uff13")
+    for wrong in wrong_forms:
+        refused = await cart.post(f"/add/{product}/", data={"quantity": wrong})
+        assert refused.status_code == 422, (wrong, refused.text)
+        assert refused.json()["errors"][0]["field"] == "quantity"
+    for wrong_json in ("\uff13", "1_0", 2.5, 3.0, True):
+        refused = await cart.post(f"/add/{product}/", json={"quantity": wrong_json})
+        assert refused.status_code == 422, (wrong_json, refused.text)
+        assert refused.json()["errors"][0]["field"] == "quantity"
+    assert cart_rows(clean_db) == []
+
+    added = await cart.post(f"/add/{product}/", data={"quantity": " 2 "})
+    assert added.status_code == 200, added.text
+    line_id = added.json()["id"]
+    assert (await cart.post(f"/add/{product}/", json={"quantity": "1"})).json()["quantity"] == 3
+    for wrong in ("\uff15", "\u0665"):
+        refused = await cart.post(f"/item/{line_id}/quantity/", data={"quantity": wrong})
+        assert refused.status_code == 422, (wrong, refused.text)
+        assert refused.json()["errors"][0]["field"] == "quantity"
+        page = await cart.post(f"/item/{line_id}/quantity/", data={"quantity": wrong}, headers=HTML)
+        assert page.status_code == 422
+        assert f'id="quantity-{line_id}-error"' in page.text
+        assert "whole number" in page.text
+    assert [row[3] for row in cart_rows(clean_db)] == [3]
+
+
 async def test_anonymous_cart_is_adopted_on_sign_in(stack, clean_db, shop):
     cart = await browser_of(stack, "cart")
     first, second = shop.product_ids[:2]

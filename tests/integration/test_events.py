@@ -910,6 +910,12 @@ async def test_bad_calendar_input_is_422_naming_the_field(stack, editor, clean_d
         ({"name": "Walk", "starts_at": "2030-01-01T10:00", "cost": "-1"}, "cost"),
         ({"name": "Walk", "starts_at": "2030-01-01T10:00", "cost": "1.234"}, "cost"),
         ({"name": "Walk", "starts_at": "2030-01-01T10:00", "cost": "NaN"}, "cost"),
+        # Audit: Decimal() reads full-width and other scripts' digits, underscores, exponents.
+        ({"name": "Walk", "starts_at": "2030-01-01T10:00", "cost": "\uff15"}, "cost"),
+        ({"name": "Walk", "starts_at": "2030-01-01T10:00", "cost": "\u0661\u0662.50"}, "cost"),
+        ({"name": "Walk", "starts_at": "2030-01-01T10:00", "cost": "1_0"}, "cost"),
+        ({"name": "Walk", "starts_at": "2030-01-01T10:00", "cost": "1e1"}, "cost"),
+        ({"name": "Walk", "starts_at": "2030-01-01T10:00", "cost": "Infinity"}, "cost"),
         ({"name": "Walk", "starts_at": "2030-01-01T10:00", "cost": "1", "currency": "eur"},
          "currency"),
     ],

@@ -65,6 +65,8 @@ async def test_wrong_input_is_one_message_in_words_and_changes_nothing(stack, cl
         ({"name": "A", "slug": "Not A Slug", "page_id": "1"}, "slug"),
         ({"name": "A", "slug": "a", "page_id": "9999"}, "page_id"),  # no such page
         ({"name": "A", "slug": "a", "page_id": "x"}, "page_id"),
+        # Audit: int() reads full-width digits ("\uff11" was page 1).
+        ({"name": "A", "slug": "a", "page_id": "\uff11"}, "page_id"),
     ]:
         answer = await editor.post("/admin/market-places/", data=form)
         assert answer.status_code == 422, answer.text
@@ -170,7 +172,8 @@ async def test_blog_attaches_only_market_places_that_exist_and_shows_their_names
         )
     ).json()["id"]
     blog = await browser_of(stack, "blog", user_id=1)
-    for wrong in ("9999", "x", ""):
+    full_width = "".join(chr(ord(digit) + 0xFEE0) for digit in str(place_id))
+    for wrong in ("9999", "x", "", full_width):
         refused = await blog.post(
             "/market-hall/admin/menu-items/attach/", data={"market_place_id": wrong}
         )

@@ -396,6 +396,24 @@ async def test_pay_again_closes_the_old_checkout_and_opens_a_new_one(orders, cle
     assert paid_again.status_code == 409
 
 
+async def test_the_attempt_pay_again_names_is_ascii_digits_only(orders, clean_db, sandbox):
+    """Audit: int() read a full-width 1 (U+FF11) as attempt 1. It is a 422 naming the field,
+    and no new checkout is made."""
+    order_id = (await create(orders)).json()["order_id"]
+    sandbox.fail(checkout_id_of(clean_db, order_id))
+    browser = await signed_in(orders)
+    for body in ({"data": {"attempt": "\uff11"}}, {"json": {"attempt": "\u0661"}}):
+        refused = await browser.post(f"/order/{order_id}/pay/", **body)
+        assert refused.status_code == 422, (body, refused.text)
+        assert refused.json()["errors"] == [
+            {"field": "attempt", "message": "attempt must be a whole number"}
+        ]
+    assert len(sandbox.checkouts()) == 1
+    again = await browser.post(f"/order/{order_id}/pay/", data={"attempt": "1"})
+    assert again.status_code == 200, again.text
+    assert again.json()["attempt"] == 2
+
+
 async def test_pay_again_when_the_old_checkout_was_paid_meanwhile(orders, clean_db, sandbox):
     order_id = (await create(orders)).json()["order_id"]
     sandbox.pay(checkout_id_of(clean_db, order_id))  # paid in another tab; no webhook yet

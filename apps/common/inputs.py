@@ -1,0 +1,49 @@
+"""What people type, read strictly, for every service: the one place a form's or a JSON body's
+text becomes a number. Each refusal is a 422 naming the field.
+
+Python's ``int()`` and ``Decimal()`` also read full-width digits (U+FF13), other scripts'
+digits (U+0663), underscores ("1_0") and, for decimals, exponents and NaN: none of that is a
+number a person meant to type here, so only ASCII digits (with the sign and decimal point the
+field allows) are read. Typed parameters parsed by Litestar and msgspec (an ``int`` query
+parameter, an ``int`` field of a form struct) already take ASCII digits only."""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+
+from apps.common.problems import InvalidInput
+
+# [0-9], never \d: \d matches every script's digits.
+_WHOLE = re.compile(r"[+-]?[0-9]+")
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
+# Longer is no amount or count anyone types (and int() refuses more than 4300 digits).
+_MAX_DIGITS = 40
+
+
+def whole_number(value: object, field: str, message: str | None = None) -> int:
+    """A whole number from a form field ("12", surrounding spaces allowed) or a JSON body (an
+    integer, or a string as a form sends it). Anything else, a JSON float or boolean included,
+    is a 422 naming ``field`` (``message`` says it in the caller's words)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        if len(text) <= _MAX_DIGITS and _WHOLE.fullmatch(text):
+            return int(text)
+    raise InvalidInput(message or f"{field} must be a whole number", field=field)
+
+
+def decimal_number(value: object, field: str, message: str | None = None) -> Decimal:
+    """A decimal number written with ASCII digits and at most one decimal point ("12.50",
+    "-3", ".5"); no exponent, no NaN or Infinity. A JSON integer is taken as it is; a JSON
+    float is refused (it may already have lost the cents it was meant to carry)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return Decimal(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if len(text) <= _MAX_DIGITS and _DECIMAL.fullmatch(text):
+            return Decimal(text)
+    raise InvalidInput(
+        message or f"{field} must be a number written with digits, like 12.50", field=field
+    )
