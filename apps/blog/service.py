@@ -41,7 +41,7 @@ from apps.blog.models import (
 )
 from apps.common.db import end_read, table_of
 from apps.common.fdw import ProviderUnavailable, remote_read
-from apps.common.inputs import whole_number
+from apps.common.inputs import one_line_name, whole_number
 from apps.common.internal_client import InternalClient
 from apps.common.problems import DependencyUnavailable, InvalidInput, NotFound
 from apps.likes import contract as likes
@@ -571,7 +571,10 @@ async def attach_market_place(
     page_id = (await require_page(session, slug)).id
     place = await existing_market_place(session, item.market_place_id)
     await end_read(session)
-    label = (item.label or "").strip() or place.name
+    # A blank label is no label: the relation carries the market place's name.
+    label = place.name
+    if item.label and item.label.strip():
+        label = one_line_name(item.label, "label")
     return await internal.call(
         relations.attach_child,
         relations.AttachChild(

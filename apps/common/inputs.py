@@ -1,5 +1,6 @@
 """What people type, read strictly, for every service: the one place a form's or a JSON body's
-text becomes a number. Each refusal is a 422 naming the field.
+text becomes a number, and where a typed name is checked to be one readable line. Each refusal
+is a 422 naming the field.
 
 Python's ``int()`` and ``Decimal()`` also read full-width digits (U+FF13), other scripts'
 digits (U+0663), underscores ("1_0") and, for decimals, exponents and NaN: none of that is a
@@ -10,6 +11,7 @@ parameter, an ``int`` field of a form struct) already take ASCII digits only."""
 from __future__ import annotations
 
 import re
+import unicodedata
 from decimal import Decimal
 
 from apps.common.problems import InvalidInput
@@ -47,3 +49,29 @@ def decimal_number(value: object, field: str, message: str | None = None) -> Dec
     raise InvalidInput(
         message or f"{field} must be a number written with digits, like 12.50", field=field
     )
+
+
+# Not in a one-line name: C0 and C1 control characters and DEL (a tab, a newline, a terminal's
+# escape sequence), the line and paragraph separators, and the bidirectional embeddings,
+# overrides (U+202A-U+202E) and isolates (U+2066-U+2069), which make text show in another
+# order than it is stored ("gpj.exe" shown as "exe.jpg").
+_NOT_IN_A_NAME = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+# What shows nothing on a page: whitespace, and format characters such as a zero-width space.
+_INVISIBLE = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})
+
+
+def one_line_name(value: str, field: str, *, blank: str | None = None) -> str:
+    """A name or label as a person typed it on one line, surrounding whitespace taken off. A
+    control or text-direction override character anywhere in it, or nothing visible, is a 422
+    naming ``field`` (``blank`` says the latter in the caller's words)."""
+    what = field.replace("_", " ").capitalize()
+    if _NOT_IN_A_NAME.search(value):
+        raise InvalidInput(
+            f"{what} must be one line of text, without control characters or text-direction "
+            "overrides.",
+            field=field,
+        )
+    name = value.strip()
+    if all(unicodedata.category(character) in _INVISIBLE for character in name):
+        raise InvalidInput(blank or f"{what} must not be blank.", field=field)
+    return name

@@ -13,6 +13,7 @@ asked. The one gap left, a commit that fails after relations changed, is closed 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -40,7 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from apps.common.contracts import Adopted, SignIn
 from apps.common.fdw import ProviderUnavailable, remote_read
-from apps.common.inputs import decimal_number
+from apps.common.inputs import decimal_number, one_line_name
 from apps.common.internal_client import InternalClient
 from apps.common.problems import Conflict, InvalidInput, NotFound, Problem
 from apps.events.contract import SERVICE as EVENTS
@@ -81,7 +82,8 @@ TICKET_TITLE_SEPARATOR = " \u2013 "
 
 DbId = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
-Slug = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")]
+SLUG = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?")
+Slug = Annotated[str, msgspec.Meta(pattern=f"^{SLUG.pattern}$")]
 TicketType = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 Currency = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")]
 
@@ -432,6 +434,7 @@ async def add_tickets(
 ) -> list[TicketOut]:
     """Pending tickets for an entry that is not cancelled and has not started, at its cost.
     The entry's row is locked, so a cancellation cannot slip in between check and insert."""
+    ticket_type = one_line_name(request.ticket_type, "ticket_type")
     entry = await session.scalar(
         select(CalendarEntry)
         .where(CalendarEntry.id == entry_id, CalendarEntry.deleted_at.is_(None))
@@ -448,7 +451,7 @@ async def add_tickets(
         [
             {
                 "calendar_entry_id": entry.id,
-                "ticket_type": request.ticket_type,
+                "ticket_type": ticket_type,
                 "price": entry.cost,
                 "currency": entry.currency,
                 "state": "pending",
@@ -672,8 +675,14 @@ async def create_calendar(
 ) -> CalendarChange:
     """Insert the calendar on its page, then attach it in relations. The insert is flushed first
     (it needs its id, and a taken slug is refused before relations is asked)."""
+    name = one_line_name(request.name, "name")
+    # The struct's pattern ends in $, which also matches before a final newline.
+    if not SLUG.fullmatch(request.slug):
+        raise InvalidInput(
+            "slug may use lowercase letters, digits and '-' (not at either end)", field="slug"
+        )
     calendar = Calendar(
-        slug=request.slug, name=request.name, container_type=PAGE, container_id=request.page_id
+        slug=request.slug, name=name, container_type=PAGE, container_id=request.page_id
     )
     session.add(calendar)
     try:
@@ -762,7 +771,7 @@ async def create_entry(
         raise NotFound(f"There is no calendar {calendar_id}")
     entry = CalendarEntry(
         calendar_id=calendar.id,
-        name=request.name,
+        name=one_line_name(request.name, "name"),
         starts_at=parse_starts_at(request.starts_at),
         cost=check_cost(request.cost),
         currency=request.currency,

@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from apps.common.db import end_read, table_of
 from apps.common.direct import DirectStatement
 from apps.common.fdw import ProviderUnavailable, remote_read
-from apps.common.inputs import whole_number
+from apps.common.inputs import one_line_name, whole_number
 from apps.common.internal_client import InternalClient
 from apps.common.problems import Conflict, InvalidInput, NotFound
 from apps.likes import contract as likes
@@ -352,10 +352,7 @@ def _relation(place_id: int, page_id: int) -> relations.DetachChild:
 
 
 def check_name(name: str) -> str:
-    name = name.strip()
-    if not name:
-        raise InvalidInput("Give the market place a name.", field="name")
-    return name
+    return one_line_name(name, "name", blank="Give the market place a name.")
 
 
 def check_slug(slug: str) -> str:

@@ -1201,3 +1201,66 @@ async def test_the_sweeper_releases_ended_holds(stack, clean_db):
     assert entry_state(clean_db, things["walk"]) == ("open", None, None, None)
     assert entry_state(clean_db, things["ride"])[0] == "pending"
     assert events_rows(clean_db, "SELECT DISTINCT state FROM events.tickets") == [("cancelled",)]
+
+
+# Audit: control characters, text-direction overrides and blank names were stored as typed.
+NOT_NAMES = [
+    "Tours\x1b[2J",
+    "Tours\nrow",
+    "Tours\x9b",
+    "\u202eTours",
+    "Tours\u2068",
+    "   ",
+    "\u2003",
+]
+
+
+async def test_calendar_and_entry_names_are_one_readable_line(stack, editor, clean_db):
+    for wrong in NOT_NAMES:
+        form = {"name": wrong, "slug": "tours", "page_id": "1"}
+        problem = assert_problem(await editor.post("/admin/calendars/", data=form), 422, "name")
+        assert names_field(problem, "name"), problem
+        page = await editor.post("/admin/calendars/", data=form, headers=HTML)
+        assert page.status_code == 422
+        assert page.headers["content-type"].startswith("text/html")
+    # A slug is one line too (a pattern ending in $ also matches before a final newline).
+    slug = await editor.post(
+        "/admin/calendars/", data={"name": "Tours", "slug": "tours\n", "page_id": "1"}
+    )
+    assert names_field(assert_problem(slug, 422, "slug"), "slug")
+    assert events_rows(clean_db, "SELECT count(*) FROM events.calendars") == [(0,)]
+    assert relation_rows(clean_db) == []
+
+    created = await editor.post(
+        "/admin/calendars/", data={"name": "  Farm tours\u00a0", "slug": "tours", "page_id": "1"}
+    )
+    assert created.status_code == 201, created.text
+    calendar_id = created.json()["id"]
+    for wrong in NOT_NAMES:
+        form = {"name": wrong, "starts_at": "2030-01-01T10:00", "cost": "1"}
+        answer = await editor.post(f"/admin/calendars/{calendar_id}/entries/", data=form)
+        assert names_field(assert_problem(answer, 422, "name"), "name")
+    entry = await editor.post(
+        f"/admin/calendars/{calendar_id}/entries/",
+        data={"name": " Orchard walk ", "starts_at": "2030-01-01T10:00", "cost": "1"},
+    )
+    assert entry.status_code == 201, entry.text
+    assert events_rows(clean_db, "SELECT name FROM events.calendars") == [("Farm tours",)]
+    assert events_rows(clean_db, "SELECT name FROM events.calendar_entries") == [("Orchard walk",)]
+
+
+async def test_ticket_types_are_one_readable_line(stack, clean_db):
+    entry_id = insert_entry(clean_db, insert_calendar(clean_db))
+    visitor = await anonymous(stack)
+    for wrong in NOT_NAMES:
+        answer = await visitor.post(
+            f"/entries/{entry_id}/tickets/", data={"ticket_type": wrong, "quantity": "1"}
+        )
+        assert names_field(assert_problem(answer, 422, "ticket_type"), "ticket_type")
+    assert events_rows(clean_db, "SELECT count(*) FROM events.tickets") == [(0,)]
+    kept = await visitor.post(
+        f"/entries/{entry_id}/tickets/", data={"ticket_type": " adult ", "quantity": "1"}
+    )
+    assert kept.status_code == 201, kept.text
+    assert events_rows(clean_db, "SELECT ticket_type FROM events.tickets") == [("adult",)]
+    await visitor.aclose()

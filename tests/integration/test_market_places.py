@@ -220,3 +220,78 @@ async def test_a_relation_to_a_market_place_market_does_not_have_is_not_shown(st
     assert post["markets"] == []
     page = await blog.get("/farm-shop/", headers=HTML)
     assert "9999" not in page.text
+
+
+# Audit: control characters, text-direction overrides and invisible-only names were stored as
+# typed; a name is one line a person can read.
+NOT_NAMES = [
+    "Veg\x1b[31m stall",  # an escape sequence
+    "Veg\nstall",
+    "Veg stall\t",
+    "Veg\x7f",
+    "Veg\x85stall",  # C1 (NEL)
+    "\u202eVeg stall",  # right-to-left override
+    "Veg \u2066stall\u2069",  # isolate
+    "\u3000\u3000",  # ideographic spaces only
+    " \u200b ",  # a zero-width space: blank on the page
+]
+
+
+async def test_a_name_is_one_readable_line(stack, clean_db):
+    editor = await browser_of(stack, "market", user_id=1)
+    for wrong in NOT_NAMES:
+        form = {"name": wrong, "slug": "veg", "page_id": "1"}
+        refused = await editor.post("/admin/market-places/", data=form)
+        assert refused.status_code == 422, (wrong, refused.text)
+        [error] = refused.json()["errors"]
+        assert error["field"] == "name"
+        assert error["message"][0].isupper()
+        page = await editor.post("/admin/market-places/", data=form, headers=HTML)
+        assert page.status_code == 422
+        assert 'id="error-name"' in page.text
+    assert places(clean_db) == []
+
+    created = await editor.post(
+        "/admin/market-places/", data={"name": "\u00a0 Veg stall  ", "slug": "veg", "page_id": "1"}
+    )
+    assert created.status_code == 201, created.text
+    place_id = created.json()["id"]
+    assert places(clean_db) == [("veg", "Veg stall", 1, True)]
+    assert live_relations(clean_db) == [("page", 1, "market", place_id, "Veg stall")]
+    for wrong in NOT_NAMES:
+        refused = await editor.post(
+            f"/admin/market-places/{place_id}/rename/", data={"name": wrong}
+        )
+        assert refused.status_code == 422, (wrong, refused.text)
+        assert refused.json()["errors"][0]["field"] == "name"
+    assert places(clean_db) == [("veg", "Veg stall", 1, True)]
+
+
+async def test_blog_labels_are_one_readable_line(stack, clean_db):
+    editor = await browser_of(stack, "market", user_id=1)
+    place_id = (
+        await editor.post(
+            "/admin/market-places/", data={"name": "Veg stall", "slug": "veg", "page_id": "1"}
+        )
+    ).json()["id"]
+    blog = await browser_of(stack, "blog", user_id=1)
+    for wrong in NOT_NAMES[:-2]:  # a blank label is no label: the market place's name
+        refused = await blog.post(
+            "/market-hall/admin/menu-items/attach/",
+            data={"market_place_id": str(place_id), "label": wrong},
+        )
+        assert refused.status_code == 422, (wrong, refused.text)
+        assert refused.json()["errors"][0]["field"] == "label"
+        page = await blog.post(
+            "/market-hall/admin/menu-items/attach/",
+            data={"market_place_id": str(place_id), "label": wrong},
+            headers=HTML,
+        )
+        assert page.status_code == 422
+    assert [row for row in live_relations(clean_db) if row[1] == 2] == []
+    attached = await blog.post(
+        "/market-hall/admin/menu-items/attach/",
+        data={"market_place_id": str(place_id), "label": "  Greens\u3000"},
+    )
+    assert attached.status_code == 200, attached.text
+    assert live_relations(clean_db)[-1] == ("page", 2, "market", place_id, "Greens")

@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import pytest
 
-from apps.common.inputs import decimal_number, whole_number
+from apps.common.inputs import decimal_number, one_line_name, whole_number
 from apps.common.problems import InvalidInput
 
 
@@ -57,3 +57,28 @@ def test_other_decimals_are_a_422_naming_the_field(value: object) -> None:
     with pytest.raises(InvalidInput) as refused:
         decimal_number(value, "cost")
     assert refused.value.field == "cost"
+
+
+@pytest.mark.parametrize(
+    ("typed", "kept"),
+    [
+        ("  Veg stall ", "Veg stall"),
+        ("\u00a0Caf\u00e9\u3000", "Caf\u00e9"),
+        ("\u05e9\u05d5\u05e7", "\u05e9\u05d5\u05e7"),  # right-to-left text is text
+        ("Stall \u200d\U0001f955", "Stall \u200d\U0001f955"),  # a joiner inside an emoji
+    ],
+)
+def test_names_are_kept_without_surrounding_whitespace(typed: str, kept: str) -> None:
+    assert one_line_name(typed, "name") == kept
+
+
+@pytest.mark.parametrize(
+    "typed",
+    ["a\tb", "a\nb", "a\rb", "a\x1b[0m", "a\x7f", "a\x85", "a\x9f", "a\u2028b", "\u202ea",
+     "a\u202a", "a\u2066b\u2069", "", "   ", "\u3000", "\u200b", "\u200e\u200f"],
+)  # fmt: skip
+def test_control_and_direction_characters_and_blanks_are_refused(typed: str) -> None:
+    with pytest.raises(InvalidInput) as refused:
+        one_line_name(typed, "ticket_type")
+    assert refused.value.field == "ticket_type"
+    assert refused.value.message.startswith("Ticket type must")
