@@ -23,6 +23,7 @@ from apps.common.settings import Settings
 from apps.common.web import (
     degraded_headers,
     public_url,
+    read_form,
     redirect_back,
     render,
     wants_html,
@@ -105,7 +106,7 @@ async def change_quantity(
             raise
         # The cart again, the message beside the line's quantity, what was typed kept.
         cart = await service.load_cart(db_session, owner_of(identity))
-        typed = (await request.form()).get("quantity")
+        typed = (await read_form(request)).get("quantity")
         return _cart_page(
             request,
             cart,

@@ -73,13 +73,25 @@ def header(scope: Scope, name: str) -> str | None:
 
 
 async def send_problem(
-    send: Send, status: int, detail: str, path: str, *, scope: Scope | None = None
+    send: Send,
+    status: int,
+    detail: str,
+    path: str,
+    *,
+    scope: Scope | None = None,
+    field: str | None = None,
 ) -> None:
     """Answer with a problem+json directly from a middleware, before any handler runs; with
     the request's ``scope``, a browser of a service that has pages gets the themed page, as
-    it does for every problem a handler raises."""
+    it does for every problem a handler raises. ``field``: the input it is about, in
+    ``errors`` as a handler's :class:`Problem` names it."""
+    errors = None
+    if field is not None:
+        errors = [{"field": field, "message": detail.removeprefix(f"{field}: ")}]
     # The request's id as a handler's problem carries it (the header and the log line have it).
-    problem = problem_body(status, detail, instance=path, request_id=current_request_id.get())
+    problem = problem_body(
+        status, detail, instance=path, request_id=current_request_id.get(), errors=errors
+    )
     page = _problem_page(scope, status, problem) if scope is not None else None
     if page is not None:
         payload, media_type = page, "text/html; charset=utf-8"

@@ -1,13 +1,13 @@
 """Input limits at the edge, before any handler or parser sees a request: a bounded body, JSON
-that is valid UTF-8 and not nested beyond reason, and no NUL character in any value (PostgreSQL
-cannot store one). Each refusal is a problem naming what was wrong."""
+and form fields that are valid UTF-8, JSON not nested beyond reason, and no NUL character in any
+value (PostgreSQL cannot store one). Each refusal is a problem naming what was wrong."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from typing import Any
-from urllib.parse import parse_qsl
+from typing import Any, NamedTuple
+from urllib.parse import parse_qsl, unquote_to_bytes
 
 import msgspec
 from litestar.types import ASGIApp, Receive, Scope, Send
@@ -26,6 +26,13 @@ MAX_JSON_DEPTH = 64
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # JSON strings (with their escapes): brackets inside them do not nest anything.
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_RAW_NON_ASCII = re.compile(rb"[\x80-\xff]")
+
+
+class Refusal(NamedTuple):
+    status: int
+    detail: str
+    field: str | None = None
 
 
 def input_limits(app: ASGIApp) -> ASGIApp:
@@ -37,7 +44,9 @@ def input_limits(app: ASGIApp) -> ASGIApp:
         query = scope.get("query_string", b"")
         if b"%00" in query or b"\x00" in query:
             name = _first_with_nul(query.decode("latin-1"))
-            await send_problem(send, 422, f"{name}: contains a NUL character", path, scope=scope)
+            await send_problem(
+                send, 422, f"{name}: contains a NUL character", path, scope=scope, field=name
+            )
             return
         if http_method(scope) in _BODY_METHODS:
             try:
@@ -51,11 +60,13 @@ def input_limits(app: ASGIApp) -> ASGIApp:
                     scope=scope,
                 )
                 return
-            refusal = _check_body(header(scope, "content-type") or "", body)
-            if refusal is not None:
-                await send_problem(send, refusal[0], refusal[1], path, scope=scope)
+            checked = _check_body(header(scope, "content-type") or "", body)
+            if isinstance(checked, Refusal):
+                await send_problem(
+                    send, checked.status, checked.detail, path, scope=scope, field=checked.field
+                )
                 return
-            receive = replaying_receive(body, receive)
+            receive = replaying_receive(checked, receive)
         await app(scope, receive, send)
 
     return check
@@ -68,29 +79,48 @@ def _first_with_nul(encoded: str) -> str:
     return "parameter"
 
 
-def _check_body(content_type: str, body: bytes) -> tuple[int, str] | None:
+def _check_body(content_type: str, body: bytes) -> Refusal | bytes:
+    """The refusal of ``body``, or the body the app is to read."""
     kind = content_type.split(";")[0].strip().lower()
     if kind == "application/x-www-form-urlencoded":
         if b"%00" in body or b"\x00" in body:
-            return 422, f"{_first_with_nul(body.decode('latin-1'))}: contains a NUL character"
-        return None
+            name = _first_with_nul(body.decode("latin-1"))
+            return Refusal(422, f"{name}: contains a NUL character", name)
+        return _utf8_form(body)
     if kind != "application/json" and not kind.endswith("+json"):
-        return None
+        return body
     try:
         body.decode("utf-8")
     except UnicodeDecodeError:
-        return 400, "the body is not valid UTF-8"
+        return Refusal(400, "the body is not valid UTF-8")
     if body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH and (_depth(body) > MAX_JSON_DEPTH):
-        return 400, f"the JSON body is nested deeper than {MAX_JSON_DEPTH} levels"
+        return Refusal(400, f"the JSON body is nested deeper than {MAX_JSON_DEPTH} levels")
     if b"\\u0000" in body:
         try:
             decoded = msgspec.json.decode(body)
         except msgspec.DecodeError:
-            return None  # not JSON at all: the parser says so
+            return body  # not JSON at all: the parser says so
         where = next(_nul_paths(decoded, ""), None)
         if where is not None:
-            return 422, f"{where or 'body'}: contains a NUL character"
-    return None
+            return Refusal(422, f"{where or 'body'}: contains a NUL character", where or "body")
+    return body
+
+
+def _utf8_form(body: bytes) -> Refusal | bytes:
+    """A URL-encoded form whose every name and value is UTF-8 once percent-decoded, else the
+    refusal naming the first field that is not (Litestar would read each bad byte as U+FFFD, and
+    the handler store that). Litestar reads the raw body as Latin-1 before percent-decoding, so
+    UTF-8 sent unencoded (``curl -d name=Café``) is percent-encoded here to be read as what it
+    is."""
+    for pair in body.split(b"&"):
+        name, _, value = pair.partition(b"=")
+        for part in (name, value):
+            try:
+                unquote_to_bytes(part.replace(b"+", b" ")).decode("utf-8")
+            except UnicodeDecodeError:
+                field = unquote_to_bytes(name.replace(b"+", b" ")).decode("utf-8", "replace")
+                return Refusal(400, f"{field or 'body'}: is not valid UTF-8", field or "body")
+    return _RAW_NON_ASCII.sub(lambda byte: b"%%%02X" % byte[0][0], body)
 
 
 def _depth(body: bytes) -> int:

@@ -37,7 +37,13 @@ from apps.common.identity import (
 from apps.common.inputs import whole_number
 from apps.common.internal_client import InternalCallError, InternalClient
 from apps.common.internal_paths import is_internal_path
-from apps.common.problems import Forbidden, InvalidInput, Problem, UnsupportedMediaType
+from apps.common.problems import (
+    BadRequest,
+    Forbidden,
+    InvalidInput,
+    Problem,
+    UnsupportedMediaType,
+)
 from apps.common.settings import Settings
 
 COMMON_TEMPLATES = Path(__file__).parent / "templates"
@@ -218,7 +224,17 @@ async def form_of(request: Request) -> FormMultiDict:
         raise UnsupportedMediaType(
             f"This form takes {' or '.join(FORM_TYPES)}, not {given}", field="body"
         )
-    return await request.form()
+    return await read_form(request)
+
+
+async def read_form(request: Request) -> FormMultiDict:
+    """The request's form. A URL-encoded one was checked at the edge (every field UTF-8, see
+    apps.common.limits); Litestar decodes a multipart field strictly, and a field that is not
+    UTF-8 is the client's error, not a 500."""
+    try:
+        return await request.form()
+    except UnicodeDecodeError:
+        raise BadRequest("the form is not valid UTF-8", field="body") from None
 
 
 async def _body_value(request: Request, name: str, default: Any = None) -> Any:
@@ -233,7 +249,7 @@ async def _body_value(request: Request, name: str, default: Any = None) -> Any:
             )
         return body.get(name, default)
     if content_type in FORM_TYPES:
-        return (await request.form()).get(name, default)
+        return (await read_form(request)).get(name, default)
     if not await request.body():
         return default  # a button that posts nothing: the default
     raise UnsupportedMediaType(
@@ -270,7 +286,7 @@ async def optional_flag(request: Request, name: str) -> bool | None:
         body = await request.json()
         value = body.get(name) if isinstance(body, dict) else None
     elif content_type in FORM_TYPES:
-        value = (await request.form()).get(name)
+        value = (await read_form(request)).get(name)
     else:
         return None
     if value is None or isinstance(value, bool):
@@ -282,7 +298,7 @@ async def optional_flag(request: Request, name: str) -> bool | None:
 
 async def redirect_back(request: Request, default: str) -> Redirect:
     """After a form post: back to the form's ``next`` field (same-site paths only)."""
-    form = await request.form()
+    form = await read_form(request)
     target = form.get("next")
     return Redirect(
         path=safe_next(target if isinstance(target, str) else None, default), status_code=303

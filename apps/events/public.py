@@ -22,6 +22,7 @@ from apps.common.identity import Identity
 from apps.common.settings import Settings
 from apps.common.web import (
     editors_only,
+    read_form,
     redirect_back,
     render,
     safe_next,
@@ -60,7 +61,7 @@ async def answer(
     if wants_html(request):
         if added is None:
             return await redirect_back(request, "/")
-        target = (await request.form()).get("next")
+        target = (await read_form(request)).get("next")
         back = safe_next(target if isinstance(target, str) else None, "/")
         return Redirect(path=with_added(back, added), status_code=303)
     return Response(body, status_code=status_code)

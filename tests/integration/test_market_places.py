@@ -295,3 +295,43 @@ async def test_blog_labels_are_one_readable_line(stack, clean_db):
     )
     assert attached.status_code == 200, attached.text
     assert live_relations(clean_db)[-1] == ("page", 2, "market", place_id, "Greens")
+
+
+FORM = {"content-type": "application/x-www-form-urlencoded"}
+
+
+async def test_a_form_field_that_is_not_utf8_is_refused_naming_it(stack, clean_db):
+    """Audit: ``name=%FF%FE`` was read as two U+FFFD and stored. Form bytes are UTF-8 or the
+    form is refused, naming the field; UTF-8 sent unencoded (``curl -d name=Café``) is read as
+    UTF-8, not as Latin-1."""
+    editor = await browser_of(stack, "market", user_id=1)
+    for body in (b"name=%FF%FE&slug=veg&page_id=1", b"name=Veg\xff&slug=veg&page_id=1"):
+        refused = await editor.post("/admin/market-places/", content=body, headers=FORM)
+        assert 400 <= refused.status_code < 500, (body, refused.text)
+        assert refused.headers["content-type"].startswith("application/problem+json")
+        assert refused.json()["detail"].startswith("name:"), refused.text
+        assert refused.json()["errors"][0]["field"] == "name"
+        page = await editor.post("/admin/market-places/", content=body, headers={**FORM, **HTML})
+        assert page.headers["content-type"].startswith("text/html")
+        assert page.status_code == refused.status_code
+    assert places(clean_db) == []
+    raw = "name=Caf\u00e9 &slug=cafe&page_id=1".encode()
+    created = await editor.post("/admin/market-places/", content=raw, headers=FORM)
+    assert created.status_code == 201, created.text
+    assert places(clean_db) == [("cafe", "Caf\u00e9", 1, True)]
+
+
+async def test_a_multipart_form_that_is_not_utf8_is_a_client_error(stack, clean_db):
+    blog = await browser_of(stack, "blog", user_id=1)
+    body = (
+        b'--b\r\nContent-Disposition: form-data; name="sumup_checkout_prefix"\r\n\r\n'
+        b"shop\xff\r\n--b--\r\n"
+    )
+    answer = await blog.post(
+        "/farm-shop/admin/page-config/",
+        content=body,
+        headers={"content-type": "multipart/form-data; boundary=b"},
+    )
+    assert answer.status_code == 400, answer.text
+    assert answer.headers["content-type"].startswith("application/problem+json")
+    assert "UTF-8" in answer.json()["detail"]
