@@ -20,6 +20,7 @@ from apps.common.deps import AppSettings, CurrentIdentity, DbSession, Internal
 from apps.common.fdw import ProviderUnavailable
 from apps.common.problems import InvalidInput
 from apps.common.web import (
+    PageNumber,
     degraded_headers,
     editors_only,
     form_of,
@@ -31,7 +32,6 @@ from apps.common.web import (
 )
 
 SlugParam = Annotated[str, Parameter(pattern=r"^[a-z0-9][a-z0-9-]{0,254}$")]
-PageNumber = Annotated[int, Parameter(ge=1, le=100_000)]
 
 
 def wants_json(request: Request) -> bool:

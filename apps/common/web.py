@@ -47,6 +47,12 @@ from apps.common.problems import (
 from apps.common.settings import Settings
 
 COMMON_TEMPLATES = Path(__file__).parent / "templates"
+# Every list pages alike: ``page`` from 1, ``per_page`` from 1 to 100 (each list has its own
+# default). Litestar refuses anything else before the handler runs: a 422 problem naming it.
+MAX_PAGE = 100_000
+MAX_PAGE_SIZE = 100
+PageNumber = Annotated[int, Parameter(ge=1, le=MAX_PAGE)]
+PageSize = Annotated[int, Parameter(ge=1, le=MAX_PAGE_SIZE)]
 NAV_KEY = "rose_nav"
 # A page waits no longer than this for a fragment of its navigation.
 NAV_TIMEOUT_SECONDS = 0.5

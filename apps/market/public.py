@@ -15,6 +15,8 @@ from litestar.response import Redirect, Template
 from apps.common.deps import CurrentIdentity, DbSession, Internal
 from apps.common.problems import Conflict, Forbidden, InvalidInput, Problem
 from apps.common.web import (
+    PageNumber,
+    PageSize,
     degraded_headers,
     editors_only,
     optional_flag,
@@ -36,10 +38,8 @@ class ListingQuery(msgspec.Struct):
 
 
 def provide_listing_query(
-    page: Annotated[int, Parameter(ge=1, le=100_000)] = 1,
-    per_page: Annotated[int, Parameter(ge=1, le=service.MAX_PAGE_SIZE)] = (
-        service.DEFAULT_PAGE_SIZE
-    ),
+    page: PageNumber = 1,
+    per_page: PageSize = service.DEFAULT_PAGE_SIZE,
     liked: Annotated[bool, Parameter()] = False,
     market: Annotated[str | None, Parameter(pattern=r"^[a-z0-9][a-z0-9-]{0,254}$")] = None,
 ) -> ListingQuery:

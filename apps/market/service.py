@@ -34,7 +34,6 @@ from apps.relations import contract as relations
 from apps.relations.contract import RelationsCall, call_relations, commit_or_revert_relations
 
 DEFAULT_PAGE_SIZE = 24
-MAX_PAGE_SIZE = 100
 
 
 class MarketPlaceView(msgspec.Struct):

@@ -13,7 +13,7 @@ from litestar.response import Redirect
 
 from apps.common.deps import CurrentIdentity, DbSession
 from apps.common.problems import Conflict, DependencyUnavailable, InvalidInput, NotFound
-from apps.common.web import optional_whole_number, render, wants_html
+from apps.common.web import PageNumber, PageSize, optional_whole_number, render, wants_html
 from apps.orders import service
 from apps.orders.models import Order
 from apps.orders.runtime import OrdersRuntime, Runtime
@@ -148,12 +148,13 @@ async def order_list(
     request: Request,
     db_session: DbSession,
     identity: CurrentIdentity,
-    page: Annotated[int, Parameter(ge=1, le=100_000)] = 1,
+    page: PageNumber = 1,
+    per_page: PageSize = service.ORDERS_PER_PAGE,
 ) -> Any:
     orders, total = await service.list_orders(
-        db_session, identity.user_id, identity.session_id, page
+        db_session, identity.user_id, identity.session_id, page, per_page
     )
-    pages = max(1, -(-total // service.ORDERS_PER_PAGE))
+    pages = max(1, -(-total // per_page))
     return render(
         request,
         "orders.html",
@@ -161,6 +162,8 @@ async def order_list(
         total=total,
         page=page,
         pages=pages,
+        # Page links keep a page size that is not the default.
+        per_page=per_page if per_page != service.ORDERS_PER_PAGE else None,
         state_of=payment_state,
     )
 
@@ -169,15 +172,16 @@ async def order_list(
 async def api_order_list(
     db_session: DbSession,
     identity: CurrentIdentity,
-    page: Annotated[int, Parameter(ge=1, le=100_000)] = 1,
+    page: PageNumber = 1,
+    per_page: PageSize = service.ORDERS_PER_PAGE,
 ) -> dict[str, Any]:
     orders, total = await service.list_orders(
-        db_session, identity.user_id, identity.session_id, page
+        db_session, identity.user_id, identity.session_id, page, per_page
     )
     return {
         "items": [service.order_dict(order) for order in orders],
         "page": page,
-        "per_page": service.ORDERS_PER_PAGE,
+        "per_page": per_page,
         "total": total,
     }
 

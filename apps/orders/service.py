@@ -1092,7 +1092,11 @@ async def get_owned_order(
 
 
 async def list_orders(
-    session: AsyncSession, user_id: int | None, session_id: str, page: int
+    session: AsyncSession,
+    user_id: int | None,
+    session_id: str,
+    page: int,
+    per_page: int = ORDERS_PER_PAGE,
 ) -> tuple[list[Order], int]:
     owner = (
         Order.user_id == user_id
@@ -1106,8 +1110,8 @@ async def list_orders(
             .options(*WITH_DETAILS)
             .where(owner)
             .order_by(Order.id.desc())
-            .limit(ORDERS_PER_PAGE)
-            .offset((page - 1) * ORDERS_PER_PAGE)
+            .limit(per_page)
+            .offset((page - 1) * per_page)
         )
     )
     return orders, total

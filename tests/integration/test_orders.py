@@ -465,6 +465,54 @@ async def _listed_20_a_page_and_private(orders):
     assert html_list.text.count('class="order"') == 20
 
 
+async def test_the_order_list_pages_by_per_page_as_market_does(
+    clean_db, credentials, sandbox, site_config
+):
+    """Audit: /api/orders ignored ``per_page`` (0 and 1000000 both answered 200 with 20 a
+    page). It takes 1 to 100, as market's product list does, and pages by it."""
+    many = {"ORDERS_CHECKOUTS_PER_MINUTE": "100"}
+    async with orders_stack(clean_db, credentials, sandbox.server, **many) as orders:
+        for n in range(5):
+            assert (await create(orders, order_payload(product_line(n + 1)))).status_code == 200
+        await create(orders, order_payload(product_line(1), user_id=2))
+        browser = await signed_in(orders, 1)
+        mine = sorted((row[0] for row in order_rows(clean_db)[:5]), reverse=True)
+        pages = [
+            (await browser.get("/api/orders", params={"per_page": 2, "page": page})).json()
+            for page in (1, 2, 3, 4)
+        ]
+        assert [[item["id"] for item in page["items"]] for page in pages] == [
+            mine[0:2],
+            mine[2:4],
+            mine[4:5],
+            [],
+        ]
+        assert {(page["page"], page["per_page"], page["total"]) for page in pages} == {
+            (1, 2, 5),
+            (2, 2, 5),
+            (3, 2, 5),
+            (4, 2, 5),
+        }
+        everything = (await browser.get("/api/orders?per_page=100")).json()
+        assert [item["id"] for item in everything["items"]] == mine
+        html = await browser.get("/?per_page=2&page=2", headers=HTML)
+        assert html.status_code == 200
+        assert html.text.count('class="order"') == 2
+        assert 'href="?page=3&amp;per_page=2"' in html.text
+        for query in ("per_page=0", "per_page=101", "per_page=1000000", "per_page=x"):
+            for path, headers in (("/api/orders", JSON), ("/", HTML)):
+                refused = await browser.get(f"{path}?{query}", headers=headers)
+                assert refused.status_code == 422, (path, query, refused.text[:300])
+            problem = (await browser.get(f"/api/orders?{query}")).json()
+            assert [error["field"] for error in problem["errors"]] == ["per_page"]
+            market_like = problem["errors"][0]["message"]
+            assert market_like in (
+                "must be 1 or more",
+                "must be 100 or less",
+                "must be a whole number",
+            )
+
+
 async def test_anonymous_orders_belong_to_their_session(orders, clean_db, sandbox):
     browser = orders.browser("orders")
     session = (await browser.get("/auth/session")).json()
