@@ -123,10 +123,11 @@ class InProcessStack:
     def client(self, service: str) -> httpx.AsyncClient:
         return self.clients[service]
 
-    def browser(self, service: str) -> httpx.AsyncClient:
-        """A cookie-keeping client of one public service, like a browser tab."""
+    def browser(self, service: str, address: str = "127.0.0.1") -> httpx.AsyncClient:
+        """A cookie-keeping client of one public service, like a browser tab, connecting from
+        ``address``."""
         return httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=self.apps[service]),
+            transport=httpx.ASGITransport(app=self.apps[service], client=(address, 50000)),
             base_url=f"http://{service}.test",
             follow_redirects=False,
         )

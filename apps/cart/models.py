@@ -23,7 +23,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import INET, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from apps.blog import contract as blog
@@ -105,6 +105,23 @@ class ClearedOrder(Base):
     order_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     cleared: Mapped[int] = mapped_column(Integer, nullable=False)
     cleared_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), nullable=False
+    )
+
+
+class CheckoutStart(Base):
+    """A new anonymous cart checked out from a client network in the last minute: what bounds a
+    client that starts a new session for every checkout (apps.cart.service.admit_checkout).
+    A row older than the window is deleted by the next checkout."""
+
+    __tablename__ = "checkout_starts"
+    __table_args__ = (Index("ix_checkout_starts_started_at", "started_at"),)
+
+    # The client's address, an IPv6 client's /64.
+    network: Mapped[str] = mapped_column(INET, primary_key=True)
+    # The checkout's idempotency key: the same cart checked out again is not a new start.
+    cart_key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), nullable=False
     )
 

@@ -6,10 +6,13 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from litestar import Request, get, post
+from litestar.di import NamedDependency
 from litestar.params import FromPath, Parameter
 from litestar.response import Redirect, Template
 
 from apps.cart import service
+from apps.cart.service import CheckoutAdmission
+from apps.cart.settings import CartSettings
 from apps.common.deps import AppSettings, CurrentIdentity, DbSession, Internal
 from apps.common.identity import Identity
 from apps.common.internal_client import InternalCallError, InternalClient
@@ -21,6 +24,7 @@ from apps.common.problems import (
 )
 from apps.common.settings import Settings
 from apps.common.web import (
+    client_network,
     degraded_headers,
     public_url,
     read_form,
@@ -31,6 +35,7 @@ from apps.common.web import (
 )
 from apps.orders import contract as orders
 
+OwnSettings = NamedDependency[CartSettings]
 ItemId = Annotated[int, Parameter(ge=1, le=2**63 - 1)]
 PageSlug = Annotated[str, Parameter(pattern=r"^[a-z0-9][a-z0-9-]{0,254}$")]
 QUANTITY_AS_NUMBER = "Enter the quantity as a whole number."
@@ -137,11 +142,15 @@ async def _checkout(
     internal: InternalClient,
     identity: Identity,
     settings: Settings,
+    own_settings: CartSettings,
     page_id: int | None,
 ) -> Any:
+    per_address = own_settings.anonymous_checkouts_per_address
+    network = client_network(request)
+    admission = CheckoutAdmission(network, per_address) if per_address and network else None
     try:
         created = await service.checkout(
-            db_session, internal, owner_of(identity), identity.session_id, page_id
+            db_session, internal, owner_of(identity), identity.session_id, page_id, admission
         )
     except InternalCallError as exc:
         raise checkout_failed(exc, public_url(settings, orders.SERVICE, "/")) from exc
@@ -194,8 +203,9 @@ async def checkout(
     internal: Internal,
     identity: CurrentIdentity,
     settings: AppSettings,
+    own_settings: OwnSettings,
 ) -> Any:
-    return await _checkout(request, db_session, internal, identity, settings, None)
+    return await _checkout(request, db_session, internal, identity, settings, own_settings, None)
 
 
 @post("/page/{page_slug:str}/checkout/", operation_id="page_cart_checkout", status_code=200)
@@ -205,10 +215,11 @@ async def page_checkout(
     internal: Internal,
     identity: CurrentIdentity,
     settings: AppSettings,
+    own_settings: OwnSettings,
     page_slug: PageSlug,
 ) -> Any:
     page_id = await service.page_id_for_slug(db_session, page_slug)
-    return await _checkout(request, db_session, internal, identity, settings, page_id)
+    return await _checkout(request, db_session, internal, identity, settings, own_settings, page_id)
 
 
 @post(

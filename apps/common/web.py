@@ -4,6 +4,7 @@ rendered as pages for browsers, and public URLs of the services (from the settin
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 from collections.abc import Callable, Sequence
 from os import PathLike
@@ -114,6 +115,23 @@ def accepts_html(accept: str) -> bool:
     if "application/json" in accept or "application/problem+json" in accept:
         return False
     return "text/html" in accept
+
+
+def client_network(request: Request) -> str | None:
+    """The client as a limit per client counts it: its address (the proxy's X-Forwarded-For
+    when the connection comes from a trusted proxy), an IPv6 client's /64, as one client is
+    given a whole /64. None when the address is unknown."""
+    if request.client is None:
+        return None
+    try:
+        address = ipaddress.ip_address(request.client.host)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network((address, 64), strict=False))
+    return str(address)
 
 
 def page_context(request: Request, **context: Any) -> dict[str, Any]:

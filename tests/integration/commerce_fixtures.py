@@ -75,9 +75,12 @@ async def shop_stack(
         yield running
 
 
-async def browser_of(stack, service: str, user_id: int | None = None) -> httpx.AsyncClient:
-    """A browser on one service; signed in when ``user_id`` is given; sends its CSRF token."""
-    browser = stack.browser(service)
+async def browser_of(
+    stack, service: str, user_id: int | None = None, address: str = "127.0.0.1"
+) -> httpx.AsyncClient:
+    """A browser on one service (at client ``address``); signed in when ``user_id`` is given;
+    sends its CSRF token."""
+    browser = stack.browser(service, address)
     if user_id is None:
         token = (await browser.get("/auth/session")).json()["csrf_token"]
     else:

@@ -356,6 +356,102 @@ async def test_double_submitted_checkout_creates_one_order(stack, clean_db, shop
     assert third["order_id"] != first["order_id"]
 
 
+def limited_stack(clean_db, credentials, sandbox):
+    """Cart admits 3 new anonymous carts a minute per address; orders' own limit is out of the
+    way (each session is a new buyer to it anyway)."""
+    return shop_stack(
+        clean_db,
+        credentials,
+        sandbox.server,
+        extra_overrides={"cart": {"extra": {"CART_ANONYMOUS_CHECKOUTS_PER_ADDRESS": "3"}}},
+        ORDERS_CHECKOUTS_PER_MINUTE="100",
+    )
+
+
+async def _anonymous_checkout(running, shop, address: str) -> Any:
+    """A new browser session at ``address`` (as a client minting sessions makes) checks out."""
+    cart = await browser_of(running, "cart", address=address)
+    await cart.post(f"/add/{shop.product_ids[0]}/")
+    return cart, await cart.post("/checkout/")
+
+
+async def test_a_client_minting_sessions_is_bounded_per_address(
+    clean_db, credentials, sandbox, shop
+):
+    """The per-buyer limit counts per session; a client that starts a new session for every
+    checkout is bounded by its address (an IPv6 client by its /64): new anonymous carts only,
+    a replay of the same cart and a signed-in buyer are not counted."""
+    async with limited_stack(clean_db, credentials, sandbox) as running:
+        first_cart, first = await _anonymous_checkout(running, shop, "203.0.113.7")
+        for _ in range(2):
+            assert (await _anonymous_checkout(running, shop, "203.0.113.7"))[1].status_code == 200
+        before = cart_rows(clean_db)
+        _, refused = await _anonymous_checkout(running, shop, "203.0.113.7")
+        assert refused.status_code == 429, refused.text
+        assert 1 <= int(refused.headers["retry-after"]) <= 60
+        assert refused.headers["content-type"].startswith("application/problem+json")
+        assert "sign in" in refused.json()["detail"]
+        assert len(order_rows(clean_db)) == 3
+        # The refused session's line is all that changed: nothing of the other carts.
+        assert cart_rows(clean_db)[: len(before)] == before
+
+        # The same cart again is the same order (not a new one): not counted, not refused.
+        again = await first_cart.post("/checkout/")
+        assert again.status_code == 200
+        assert again.json()["order_id"] == first.json()["order_id"]
+        # Another address, and a signed-in buyer at this one (bounded per user by orders).
+        assert (await _anonymous_checkout(running, shop, "203.0.113.8"))[1].status_code == 200
+        user = await browser_of(running, "cart", user_id=7, address="203.0.113.7")
+        await user.post(f"/add/{shop.product_ids[1]}/")
+        assert (await user.post("/checkout/")).status_code == 200
+
+        # One IPv6 client holds a /64: its addresses count together.
+        for host in ("2001:db8:1:2::1", "2001:db8:1:2::2", "2001:db8:1:2:ffff::3"):
+            assert (await _anonymous_checkout(running, shop, host))[1].status_code == 200
+        _, same_network = await _anonymous_checkout(running, shop, "2001:db8:1:2::4")
+        assert same_network.status_code == 429
+        _, next_network = await _anonymous_checkout(running, shop, "2001:db8:1:3::1")
+        assert next_network.status_code == 200
+
+        # A browser gets the same refusal as a page.
+        browser = await browser_of(running, "cart", address="203.0.113.7")
+        await browser.post(f"/add/{shop.product_ids[0]}/")
+        page = await browser.post("/checkout/", headers=HTML)
+        assert page.status_code == 429
+        assert "text/html" in page.headers["content-type"]
+        assert "Too many checkouts" in page.text
+
+        # A minute on, the network's starts have ended, and the next checkout deletes them.
+        with admin_connect(clean_db, "cart") as connection:
+            connection.execute(
+                "UPDATE cart.checkout_starts SET started_at = started_at - interval '61 seconds'"
+                " WHERE network = '203.0.113.7'"
+            )
+        assert (await _anonymous_checkout(running, shop, "203.0.113.7"))[1].status_code == 200
+        with admin_connect(clean_db, "cart") as connection:
+            networks = connection.execute(
+                "SELECT network::text, count(*) FROM cart.checkout_starts GROUP BY 1 ORDER BY 1"
+            ).fetchall()
+        assert networks == [
+            ("2001:db8:1:2::/64", 3),
+            ("2001:db8:1:3::/64", 1),
+            ("203.0.113.7/32", 1),
+            ("203.0.113.8/32", 1),
+        ]
+
+
+async def test_concurrent_new_sessions_at_one_address_get_the_limit_exactly(
+    clean_db, credentials, sandbox, shop
+):
+    async with limited_stack(clean_db, credentials, sandbox) as running:
+        carts = [await browser_of(running, "cart", address="198.51.100.9") for _ in range(8)]
+        for cart in carts:
+            await cart.post(f"/add/{shop.product_ids[0]}/")
+        answers = await asyncio.gather(*(cart.post("/checkout/") for cart in carts))
+        assert sorted(answer.status_code for answer in answers) == [200] * 3 + [429] * 5
+        assert len(order_rows(clean_db)) == 3
+
+
 async def test_cart_down_when_paid_is_cleared_once_it_is_back(clean_db, credentials, sandbox, shop):
     without_cart = ["orders", "market", "blog", "events"]
     async with shop_stack(clean_db, credentials, sandbox.server) as running:
@@ -509,9 +605,11 @@ async def test_cart_is_exactly_what_the_plan_leaves_it(stack, clean_db):
     """The plan's post-split cart state: table, Alembic environment, routes, data, actions."""
     # cart_items, the platform's table of accepted signed requests (replay protection), the
     # ids of the activities the inbox applied (the plan's inbox handlers, idempotent by id),
-    # and the paid orders clear-cart-for-order cleared (the plan's "idempotent per order").
+    # the paid orders clear-cart-for-order cleared (the plan's "idempotent per order"), and the
+    # last minute's anonymous checkouts per client network (what bounds minted sessions).
     assert set(cart_metadata.tables) == {
         "cart.cart_items",
+        "cart.checkout_starts",
         "cart.cleared_orders",
         "cart.inbox_activities",
         "cart.request_nonces",
@@ -523,6 +621,7 @@ async def test_cart_is_exactly_what_the_plan_leaves_it(stack, clean_db):
     assert tables == [
         ("alembic_version",),
         ("cart_items",),
+        ("checkout_starts",),
         ("cleared_orders",),
         ("inbox_activities",),
         ("request_nonces",),

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from apps.cart.settings import CartSettings
 from apps.common.settings import ConfigError
 from apps.orders.runtime import OrderUrls
 from apps.orders.settings import OrdersSettings
@@ -178,3 +179,18 @@ def test_a_merchant_account_time_of_zero_remembers_nothing():
     assert own.merchant_account_seconds == 0
     default = OrdersSettings.from_settings(settings_for(CONTRACTS["orders"], COMPLETE))
     assert default.merchant_account_seconds == 60
+
+
+@pytest.mark.parametrize("value", ["-1", "3.5", "lots", "\uff13"])
+def test_a_checkout_limit_per_address_that_is_not_a_count_is_named(value):
+    environment = {**COMPLETE, "CART_ANONYMOUS_CHECKOUTS_PER_ADDRESS": value}
+    with pytest.raises(ConfigError, match=f"CART_ANONYMOUS_CHECKOUTS_PER_ADDRESS must .*'{value}'"):
+        CartSettings.from_settings(settings_for(CONTRACTS["cart"], environment))
+
+
+def test_the_checkout_limit_per_address_is_30_and_0_turns_it_off():
+    default = CartSettings.from_settings(settings_for(CONTRACTS["cart"], COMPLETE))
+    assert default.anonymous_checkouts_per_address == 30
+    environment = {**COMPLETE, "CART_ANONYMOUS_CHECKOUTS_PER_ADDRESS": "0"}
+    off = CartSettings.from_settings(settings_for(CONTRACTS["cart"], environment))
+    assert off.anonymous_checkouts_per_address == 0

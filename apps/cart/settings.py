@@ -1,0 +1,37 @@
+"""Cart's own settings, typed and checked once at start-up (``CART_*`` variables)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from apps.common.settings import ConfigError, Settings
+
+
+@dataclass(frozen=True)
+class CartSettings:
+    # New anonymous carts checked out per client address (an IPv6 client's /64) a minute; 0
+    # turns the limit off. Orders bounds each buyer (a user or a browser session); this bounds
+    # a client that starts a new session for every checkout. Generous, as many buyers may
+    # share one address (an office, a mobile carrier's NAT), and signed-in buyers are not
+    # counted.
+    anonymous_checkouts_per_address: int = 30
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CartSettings:
+        defaults = cls()
+        return cls(
+            anonymous_checkouts_per_address=_count(
+                settings,
+                "CART_ANONYMOUS_CHECKOUTS_PER_ADDRESS",
+                defaults.anonymous_checkouts_per_address,
+            )
+        )
+
+
+def _count(settings: Settings, name: str, default: int) -> int:
+    raw = settings.extra.get(name, "").strip()
+    if not raw:
+        return default
+    if not (raw.isascii() and raw.isdigit()):
+        raise ConfigError(f"{name} must be a whole number, 0 or more (0: no limit), not {raw!r}")
+    return int(raw)
