@@ -12,7 +12,7 @@ import msgspec
 from litestar import Request, Response, get, post
 from litestar.datastructures import FormMultiDict
 from litestar.params import FromQuery, Parameter, URLEncodedBody
-from litestar.response import Redirect, Template
+from litestar.response import Template
 
 from apps.blog import contract, service
 from apps.blog.models import PAGE_CONTAINER
@@ -28,6 +28,7 @@ from apps.common.web import (
     redirect_back,
     render,
     require_signed_in,
+    see_other,
     wants_html,
 )
 
@@ -217,7 +218,7 @@ async def page_config_update(request: Request, db_session: DbSession, slug: Slug
     await db_session.commit()
     if wants_json(request):
         return config
-    return Redirect(admin_path(slug, saved=True), status_code=303)
+    return see_other(admin_path(slug, saved=True))
 
 
 @post(
@@ -241,7 +242,7 @@ async def attach_menu_item(
         return await _admin_page(request, db_session, slug, error=problem, status_code=422)
     if wants_json(request):
         return relation
-    return Redirect(admin_path(slug), status_code=303)
+    return see_other(admin_path(slug))
 
 
 @post(
@@ -262,7 +263,7 @@ async def detach_menu_item(
     )
     if wants_json(request):
         return {"detached": detached}
-    return Redirect(admin_path(slug), status_code=303)
+    return see_other(admin_path(slug))
 
 
 handlers = [

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from litestar import Request, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, Parameter
-from litestar.response import Redirect, Template
+from litestar.response import Template
 
 from apps.cart import service
 from apps.cart.service import CheckoutAdmission
@@ -30,6 +30,7 @@ from apps.common.web import (
     read_form,
     redirect_back,
     render,
+    see_other,
     wants_html,
     whole_number_field,
 )
@@ -155,7 +156,7 @@ async def _checkout(
     except InternalCallError as exc:
         raise checkout_failed(exc, public_url(settings, orders.SERVICE, "/")) from exc
     if wants_html(request):
-        return Redirect(path=created.sumup_hosted_url, status_code=303)
+        return see_other(created.sumup_hosted_url)
     return created
 
 

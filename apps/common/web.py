@@ -324,9 +324,13 @@ async def redirect_back(request: Request, default: str) -> Redirect:
     """After a form post: back to the form's ``next`` field (same-site paths only)."""
     form = await read_form(request)
     target = form.get("next")
-    return Redirect(
-        path=safe_next(target if isinstance(target, str) else None, default), status_code=303
-    )
+    return see_other(safe_next(target if isinstance(target, str) else None, default))
+
+
+def see_other(path: str) -> Redirect:
+    """After a form post or a hand-over: 303 to ``path``, with an empty body typed as text (the
+    handler's media type, JSON, would promise a body it does not have)."""
+    return Redirect(path=path, status_code=303, media_type=MediaType.TEXT)
 
 
 def safe_next(target: str | None, default: str = "/") -> str:
@@ -355,7 +359,7 @@ def auth_handlers(
     async def logout(request: Request) -> Redirect:
         # A fresh anonymous session: nothing of the signed-in session carries over.
         set_identity(request.scope, new_anonymous_identity(), codec)
-        return Redirect(path="/", status_code=303)
+        return see_other("/")
 
     handlers: list[Any] = [session_info, logout]
     if settings.is_dev:
@@ -372,7 +376,7 @@ def auth_handlers(
             set_identity(request.scope, after, codec)
             await adopt_anonymous_on_sign_in(client, sign_in, before, after)
             if wants_html(request) or next_path:
-                return Redirect(path=safe_next(next_path), status_code=303)
+                return see_other(safe_next(next_path))
             return Response({"user_id": user_id, "csrf_token": codec.csrf_token(after)})
 
         handlers.append(dev_login)

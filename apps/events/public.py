@@ -15,7 +15,7 @@ from litestar import Request, Response, Router, get, post
 from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
 from litestar.params import Body, Parameter
-from litestar.response import Redirect, Template
+from litestar.response import Template
 
 from apps.common.deps import AppSettings, CurrentIdentity, DbSession, Internal
 from apps.common.identity import Identity
@@ -26,6 +26,7 @@ from apps.common.web import (
     redirect_back,
     render,
     safe_next,
+    see_other,
     wants_html,
 )
 from apps.events import service
@@ -63,7 +64,7 @@ async def answer(
             return await redirect_back(request, "/")
         target = (await read_form(request)).get("next")
         back = safe_next(target if isinstance(target, str) else None, "/")
-        return Redirect(path=with_added(back, added), status_code=303)
+        return see_other(with_added(back, added))
     return Response(body, status_code=status_code)
 
 

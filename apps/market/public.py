@@ -10,7 +10,7 @@ from litestar import Request, Response, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.enums import RequestEncodingType
 from litestar.params import Body, Parameter
-from litestar.response import Redirect, Template
+from litestar.response import Template
 
 from apps.common.deps import CurrentIdentity, DbSession, Internal
 from apps.common.problems import Conflict, Forbidden, InvalidInput, Problem
@@ -23,6 +23,7 @@ from apps.common.web import (
     redirect_back,
     render,
     require_signed_in,
+    see_other,
     wants_html,
 )
 from apps.market import service
@@ -179,7 +180,7 @@ async def _answer_or_form(
             request, db_session, error=problem, error_place=error_place, form=form
         )
     if wants_html(request):
-        return Redirect(path=ADMIN_PATH, status_code=303)
+        return see_other(ADMIN_PATH)
     return answer
 
 

@@ -9,11 +9,17 @@ import msgspec
 from litestar import Request, Response, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import Parameter
-from litestar.response import Redirect
 
 from apps.common.deps import CurrentIdentity, DbSession
 from apps.common.problems import Conflict, DependencyUnavailable, InvalidInput, NotFound
-from apps.common.web import PageNumber, PageSize, optional_whole_number, render, wants_html
+from apps.common.web import (
+    PageNumber,
+    PageSize,
+    optional_whole_number,
+    render,
+    see_other,
+    wants_html,
+)
 from apps.orders import service
 from apps.orders.models import Order
 from apps.orders.runtime import OrdersRuntime, Runtime
@@ -224,7 +230,7 @@ async def pay_again(
         raise Conflict(f"Order {order.id} is already {payment_state(settled)}; nothing to pay")
     hosted_url = attempt.hosted_url or ""
     if wants_html(request):
-        return Redirect(path=hosted_url, status_code=303)
+        return see_other(hosted_url)
     return {"order_id": order.id, "attempt": attempt.number, "sumup_hosted_url": hosted_url}
 
 
@@ -242,7 +248,7 @@ async def recheck(
 ) -> Any:
     order, degraded = await _rechecked(db_session, runtime, order)
     if wants_html(request):
-        return Redirect(path=f"/order/{order.id}/", status_code=303)
+        return see_other(f"/order/{order.id}/")
     return Response(
         {"state": payment_state(order), "order": service.order_dict(order), "degraded": degraded}
     )

@@ -318,3 +318,20 @@ async def test_an_edge_refusal_whose_page_cannot_be_made_is_still_its_problem(
     response = await cart.post("/", content=b"quantity=1", headers=form)
     assert_problem(response, 403, "CSRF")
     assert "could not render the page of a 403 problem" in caplog.text
+
+
+async def test_a_redirect_promises_no_json_body(stack, shop):
+    """A 303 has an empty body: it is typed as text, not as the handler's JSON."""
+    cart = await browser_of(stack, "cart")
+    redirects = [
+        await cart.post(f"/add/{shop.product_ids[0]}/", headers=HTML),  # back to the cart
+        await cart.post("/checkout/", headers=HTML),  # to SumUp's page
+    ]
+    blog = await browser_of(stack, "blog", user_id=1)
+    redirects.append(
+        await blog.post("/farm-shop/admin/page-config/", data={"features": ""}, headers=HTML)
+    )
+    for response in redirects:
+        assert response.status_code == 303, response.text[:300]
+        assert response.content == b""
+        assert response.headers["content-type"].startswith("text/plain"), response.headers
