@@ -56,7 +56,7 @@ from apps.common.observability import (
     opentelemetry_middleware,
     prometheus_config,
 )
-from apps.common.openapi import document_problems
+from apps.common.openapi import document_problems, schema_render_plugins
 from apps.common.problems import current_request_id, problem_details_plugin, problem_response
 from apps.common.settings import Settings
 from apps.common.web import auth_handlers, nav_middleware, template_config
@@ -263,7 +263,12 @@ def create_base_app(
         plugins=[problem_details_plugin()],
         middleware=[prometheus_config(name).middleware],
         template_config=template_settings,
-        openapi_config=OpenAPIConfig(title=f"rose-ash {name}", version="1.0.0", path="/schema"),
+        openapi_config=OpenAPIConfig(
+            title=f"rose-ash {name}",
+            version="1.0.0",
+            path="/schema",
+            render_plugins=schema_render_plugins("/schema"),
+        ),
         state=State({"platform": platform}),
         logging_config=None,
         debug=False,

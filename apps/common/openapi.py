@@ -1,15 +1,28 @@
 """OpenAPI that tells the truth: every operation documents the problems it can answer (any 4xx,
 any 5xx) as ``application/problem+json``; and for public services, what browsers get besides:
 the same problem as a page, pages where API clients get JSON, and the redirect (303) after a
-form or a sign-in."""
+form or a sign-in. And the page that shows it, at ``/schema``: Swagger UI from the service's
+own files (``SchemaViewer``)."""
 
 from __future__ import annotations
 
+import importlib.util
+from html import escape
+from pathlib import Path
 from typing import Any
 
-from litestar import Litestar
+from litestar import Litestar, Request
+from litestar.datastructures import CacheControlHeader
+from litestar.openapi.plugins import (
+    JsonRenderPlugin,
+    OpenAPIRenderPlugin,
+    SwaggerRenderPlugin,
+    YamlRenderPlugin,
+)
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, Schema
 from litestar.openapi.spec.enums import OpenAPIType
+from litestar.router import Router
+from litestar.static_files import create_static_files_router
 
 PROBLEM = Schema(
     type=OpenAPIType.OBJECT,
@@ -82,3 +95,73 @@ def _add_browser_answers(responses: dict[str, Any], *, redirects: bool) -> None:
             response.content = content
     if redirects:
         responses.setdefault("303", REDIRECT)
+
+
+# The /schema page: Swagger UI from PyPI's swagger-ui-py, served by the service itself. Litestar's
+# default pages load their scripts, styles and fonts from CDNs, which the Content-Security-Policy
+# (and a developer's offline machine) refuses: the page came out blank.
+OWN_STATIC = Path(__file__).parent / "static"
+ASSETS = "/static"
+
+
+def swagger_ui_static() -> Path:
+    # The package's folder, found without importing it (its __init__ imports its web handlers).
+    spec = importlib.util.find_spec("swagger_ui")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("swagger-ui-py is not installed: pip install -e . brings it")
+    return Path(next(iter(spec.submodule_search_locations))) / "static"
+
+
+class SchemaViewer(SwaggerRenderPlugin):
+    """Swagger UI at ``/schema`` (and ``/schema/swagger``) from this service's own
+    ``/schema/static/``; it fetches ``/schema/openapi.json``. No inline script, so the page keeps
+    the strict policy of every other page."""
+
+    def __init__(self, schema_path: str) -> None:
+        assets = f"{schema_path.rstrip('/')}{ASSETS}"
+        super().__init__(
+            js_url=f"{assets}/swagger-ui-bundle.js",
+            css_url=f"{assets}/swagger-ui.css",
+            standalone_preset_js_url=f"{assets}/swagger-ui-standalone-preset.js",
+            path=["/", "/swagger"],
+            favicon=f"<link rel='icon' type='image/png' href='{assets}/favicon-32x32.png'>",
+        )
+        self.init_js_url = f"{assets}/schema-viewer.js"
+
+    def render(self, request: Request[Any, Any, Any], openapi_schema: dict[str, Any]) -> bytes:
+        title = escape(str(openapi_schema["info"]["title"]))
+        spec_url = escape(self.get_openapi_json_route(request))
+        return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<title>{title}</title>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+{self.favicon}
+<link rel="stylesheet" href="{self.css_url}">
+{self.style}
+</head>
+<body>
+<div id="swagger-ui" data-spec-url="{spec_url}"></div>
+<script src="{self.js_url}"></script>
+<script src="{self.init_js_url}"></script>
+</body>
+</html>
+""".encode()
+
+    def receive_router(self, router: Router) -> None:
+        # The viewer's files instead of Swagger's OAuth2 redirect page (no OAuth here; it is an
+        # inline script).
+        router.register(
+            create_static_files_router(
+                path=ASSETS,
+                directories=[OWN_STATIC, swagger_ui_static()],
+                cache_control=CacheControlHeader(max_age=3600, private=True),
+                include_in_schema=False,
+            )
+        )
+
+
+def schema_render_plugins(schema_path: str) -> list[OpenAPIRenderPlugin]:
+    """The viewer at the schema's root, and the schema itself as JSON and YAML."""
+    return [SchemaViewer(schema_path), JsonRenderPlugin(), YamlRenderPlugin()]

@@ -46,3 +46,41 @@ def test_public_pages_satisfy_their_content_security_policy(shop_live, page):
     page.goto(shop_live.url("blog", "/farm-shop/admin/page-config/"))
     page.goto(shop_live.url("events", "/"))
     assert violations == []
+
+
+@pytest.mark.parametrize("service", ["orders", "relations"])
+def test_schema_page_renders_offline_within_its_policy(shop_live, page, service):
+    """/schema is a page for developers (internal hosts, localhost): in a browser with no way
+    out of this machine it shows the service's operations, and breaks no policy doing so."""
+    violations: list[str] = []
+    page.on(
+        "console",
+        lambda message: (
+            violations.append(message.text) if "Content Security Policy" in message.text else None
+        ),
+    )
+    page.add_init_script(
+        "document.addEventListener('securitypolicyviolation', e => "
+        "console.error('Content Security Policy violation: ' + e.violatedDirective + ' '"
+        " + e.blockedURI))"
+    )
+    # Offline: whatever the page asks of another host is refused, and named.
+    outside: list[str] = []
+    own = shop_live.url(service)
+
+    def only_own(route) -> None:
+        if route.request.url.startswith(own):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_own)
+    answer = page.goto(shop_live.url(service, "/schema"))
+    assert answer is not None
+    assert answer.status == 200
+    # An operation of the service's own, as the viewer lists it.
+    operation = "/internal/actions/attach-child" if service == "relations" else "/api/orders"
+    page.get_by_text(operation, exact=True).first.wait_for()
+    assert outside == []
+    assert violations == []

@@ -11,6 +11,7 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import time
 from http.cookies import SimpleCookie
 
@@ -234,6 +235,39 @@ async def test_security_headers_on_every_public_page(stack, service):
         assert headers["x-content-type-options"] == "nosniff"
         assert headers["referrer-policy"] == "strict-origin-when-cross-origin"
         assert headers["x-frame-options"] == "DENY"
+
+
+async def test_schema_page_keeps_the_strict_policy_of_every_page(stack):
+    """The /schema viewer is served from the service's own files and runs no inline script, so
+    it needs nothing the other pages do not: one policy for all, and that one strict."""
+    browser = stack.browser("orders")
+    policies = {}
+    for path in ("/", "/api/orders", "/no-such-page", "/schema", "/schema/swagger"):
+        answer = await browser.get(path, headers=HTML)
+        policies[path] = answer.headers["content-security-policy"]
+    viewer = await browser.get("/schema", headers=HTML)
+    assert viewer.status_code == 200
+    assert viewer.headers["content-type"].startswith("text/html")
+    directives = dict(
+        part.strip().split(" ", 1) for part in policies["/"].split(";") if part.strip()
+    )
+    assert directives["script-src"] == "'self'"
+    assert directives["default-src"] == "'self'"
+    assert "unsafe-eval" not in policies["/"]
+    assert set(policies.values()) == {policies["/"]}, policies
+    # Every script is a file of its own, and nothing comes from another host.
+    scripts = re.findall(r"<script([^>]*)>", viewer.text)
+    assert scripts
+    assert all('src="/schema/static/' in attributes for attributes in scripts), scripts
+    assert "//" not in re.sub(r"<!DOCTYPE[^>]*>", "", viewer.text), viewer.text
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css", "schema-viewer.js"):
+        served = await browser.get(f"/schema/static/{asset}")
+        assert served.status_code == 200, asset
+        assert served.headers["content-security-policy"] == policies["/"]
+    assert (await browser.get("/schema/openapi.json")).json()["info"]["title"] == "rose-ash orders"
+    # Litestar's CDN pages are not served any more.
+    for gone in ("/schema/redoc", "/schema/elements", "/schema/rapidoc"):
+        assert (await browser.get(gone, headers=JSON)).status_code == 404, gone
 
 
 @pytest.mark.parametrize("service", ["blog", "market", "cart", "events", "orders"])
