@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -29,13 +29,15 @@ from sqlalchemy import (
     Table,
     Text,
     bindparam,
+    exists,
     func,
     select,
     update,
 )
 from sqlalchemy.dialects.postgresql import JSONB, insert
+from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.sql import Select
+from sqlalchemy.sql import ColumnElement, Select
 
 from apps.common.contracts import Action
 from apps.common.direct import DirectStatement
@@ -204,6 +206,8 @@ class OutboxRelay:
         # Whether the last pass found nothing more due.
         self._drained = False
         self._task: asyncio.Task[None] | None = None
+        # deliver_now's deliveries that outlived their caller's wait.
+        self._now: set[asyncio.Task[None]] = set()
 
     def wake(self) -> None:
         self._wakeup.set()
@@ -212,11 +216,11 @@ class OutboxRelay:
         self._task = asyncio.create_task(self._run(), name="outbox-relay")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in [*self._now, *([self._task] if self._task is not None else [])]:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+                await task
+        self._task = None
 
     async def _run(self) -> None:
         while True:
@@ -234,7 +238,6 @@ class OutboxRelay:
 
     async def deliver_due(self) -> int:
         """Deliver what is due now; returns how many messages were acknowledged."""
-        table = self._table
         acknowledged = 0
         self._drained = False
         more_due = True
@@ -248,47 +251,104 @@ class OutboxRelay:
                     self._drained = True
                     return acknowledged
                 message, more_due = due[0], len(due) > 1
-                try:
-                    # The delivery continues the trace of the transaction that queued it.
-                    with continued_trace(
-                        message.traceparent,
-                        f"outbox {message.service}.{message.action}",
-                        outbox_id=message.id,
-                    ):
-                        answer = await self._client.call_action(
-                            message.service,
-                            message.action,
-                            message.payload,
-                            idempotency_key=message.idempotency_key,
-                        )
-                except InternalCallError as exc:
-                    OUTBOX_DELIVERIES.labels(message.service, "failed").inc()
-                    attempts = message.attempts + 1
-                    logger.warning(
-                        "outbox %s %s.%s failed (attempt %d): %s",
-                        message.id,
-                        message.service,
-                        message.action,
-                        attempts,
-                        exc,
-                    )
-                    await session.execute(
-                        update(table)
-                        .where(table.c.id == message.id)
-                        .values(
-                            attempts=attempts,
-                            last_error=str(exc)[:2000],
-                            next_attempt_at=func.now() + backoff(attempts),
-                        )
-                    )
-                    continue
-                reply = self._replies.get((message.service, message.action))
-                if reply is not None:
-                    action, handle = reply
-                    await handle(session, message.payload, msgspec.convert(answer, action.answer))
-                await self._delivered.rowcount(
-                    session, {"message_id": message.id, "message_attempts": message.attempts + 1}
-                )
-                acknowledged += 1
-                OUTBOX_DELIVERIES.labels(message.service, "delivered").inc()
+                if await self._deliver(session, message):
+                    acknowledged += 1
         return acknowledged
+
+    async def _deliver(self, session: AsyncSession, message: Row[Any]) -> bool:
+        """Call the message's action, in ``session``'s transaction, which holds the message's row
+        lock: the delivery recorded (and the reply handled), or the failure and its backoff.
+        True when the receiver acknowledged."""
+        table = self._table
+        try:
+            # The delivery continues the trace of the transaction that queued it.
+            with continued_trace(
+                message.traceparent,
+                f"outbox {message.service}.{message.action}",
+                outbox_id=message.id,
+            ):
+                answer = await self._client.call_action(
+                    message.service,
+                    message.action,
+                    message.payload,
+                    idempotency_key=message.idempotency_key,
+                )
+        except InternalCallError as exc:
+            OUTBOX_DELIVERIES.labels(message.service, "failed").inc()
+            attempts = message.attempts + 1
+            logger.warning(
+                "outbox %s %s.%s failed (attempt %d): %s",
+                message.id,
+                message.service,
+                message.action,
+                attempts,
+                exc,
+            )
+            await session.execute(
+                update(table)
+                .where(table.c.id == message.id)
+                .values(
+                    attempts=attempts,
+                    last_error=str(exc)[:2000],
+                    next_attempt_at=func.now() + backoff(attempts),
+                )
+            )
+            return False
+        reply = self._replies.get((message.service, message.action))
+        if reply is not None:
+            action, handle = reply
+            await handle(session, message.payload, msgspec.convert(answer, action.answer))
+        await self._delivered.rowcount(
+            session, {"message_id": message.id, "message_attempts": message.attempts + 1}
+        )
+        OUTBOX_DELIVERIES.labels(message.service, "delivered").inc()
+        return True
+
+    def _due_among(self, keys: Collection[str]) -> ColumnElement[bool]:
+        table = self._table
+        return (
+            table.c.idempotency_key.in_(list(keys))
+            & table.c.delivered_at.is_(None)
+            & (table.c.next_attempt_at <= func.now())
+        )
+
+    async def deliver_now(self, keys: Collection[str], *, within: float) -> bool:
+        """Deliver now the due messages among ``keys``, for a page about to show their effect
+        (orders' return page: the cart the payment clears). The relay's own delivery, one
+        message a transaction holding its row lock; a message being delivered elsewhere at that
+        moment (this relay's loop, another process) is waited for, not skipped. The caller
+        waits at most ``within`` seconds: a delivery still going on then finishes in the
+        background (never cut half way), and a failed one is retried by the relay with its
+        backoff, as any other. True when some of them were due (what they change may have
+        changed)."""
+        if not keys:
+            return False
+        async with self._maker() as session:
+            if not await session.scalar(select(exists().where(self._due_among(keys)))):
+                return False
+        task = asyncio.create_task(self._deliver_keys(keys), name="outbox-deliver-now")
+        self._now.add(task)
+        task.add_done_callback(self._now.discard)
+        await asyncio.wait({task}, timeout=within)
+        return True
+
+    async def _deliver_keys(self, keys: Collection[str]) -> None:
+        table = self._table
+        # FOR UPDATE without SKIP LOCKED: a message another transaction is delivering is waited
+        # for, then left out if that delivery recorded it (or pushed it back after a failure).
+        next_among = (
+            select(table)
+            .where(self._due_among(keys))
+            .order_by(table.c.id)
+            .limit(1)
+            .with_for_update()
+        )
+        try:
+            for _ in keys:
+                async with self._maker() as session, session.begin():
+                    message = (await session.execute(next_among)).first()
+                    if message is None:
+                        return
+                    await self._deliver(session, message)
+        except Exception:  # the relay delivers it later; nobody awaits this task's result
+            logger.exception("outbox: delivering %s now failed", ", ".join(keys))

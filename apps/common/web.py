@@ -4,6 +4,7 @@ rendered as pages for browsers, and public URLs of the services (from the settin
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 from collections.abc import Callable, Sequence
@@ -55,6 +56,8 @@ MAX_PAGE_SIZE = 100
 PageNumber = Annotated[int, Parameter(ge=1, le=MAX_PAGE)]
 PageSize = Annotated[int, Parameter(ge=1, le=MAX_PAGE_SIZE)]
 NAV_KEY = "rose_nav"
+# How a handler fetches its page's navigation again (refresh_nav).
+NAV_AGAIN_KEY = "rose_nav_again"
 # A page waits no longer than this for a fragment of its navigation.
 NAV_TIMEOUT_SECONDS = 0.5
 logger = logging.getLogger("rose.web")
@@ -192,11 +195,26 @@ def nav_middleware(
                         state[NAV_KEY] = await nav_items(client, fragments, identity)
                     except Exception:  # the page goes on without its navigation, never a 500
                         logger.exception("navigation: the fragments could not be fetched")
+                    state[NAV_AGAIN_KEY] = functools.partial(nav_items, client, fragments, identity)
             await app(scope, receive, send)
 
         return fetch
 
     return middleware
+
+
+async def refresh_nav(request: Request) -> None:
+    """Fetch the page's navigation again: its handler has just changed what a fragment shows
+    (orders' return page, the cart a payment cleared); fetched before the handler ran, it
+    would show the page's own change as not made yet."""
+    state = request.scope.get("state", {})
+    again = state.get(NAV_AGAIN_KEY)
+    if again is None:
+        return
+    try:
+        state[NAV_KEY] = await again()
+    except Exception:  # the navigation fetched before stays
+        logger.exception("navigation: the fragments could not be fetched again")
 
 
 class PageTemplate(Template):

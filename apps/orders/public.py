@@ -16,6 +16,7 @@ from apps.common.web import (
     PageNumber,
     PageSize,
     optional_whole_number,
+    refresh_nav,
     render,
     see_other,
     wants_html,
@@ -23,6 +24,7 @@ from apps.common.web import (
 from apps.orders import service
 from apps.orders.models import Order
 from apps.orders.runtime import OrdersRuntime, Runtime
+from apps.orders.settlement import after_payment_keys
 
 WEBHOOK_PREFIX = "/checkout/webhook/"
 STATUS_CHANGED = "CHECKOUT_STATUS_CHANGED"
@@ -141,9 +143,21 @@ async def checkout_return(
     runtime: Runtime,
     order: OwnedOrder,
 ) -> Any:
-    """Where SumUp sends the buyer back. The checkout may still be pending: re-check it."""
+    """Where SumUp sends the buyer back. The checkout may still be pending: re-check it. Once
+    paid, the payment's effects (the cart's clear) are delivered before the page is made, so
+    it shows the cart emptied; within a bound: past it, or if cart fails, the page says paid
+    all the same and the outbox delivers them later."""
     order, degraded = await _rechecked(db_session, runtime, order)
     result = payment_state(order)
+    if result == "paid":
+        await db_session.commit()  # no transaction left open while the page waits
+        await runtime.relay.deliver_now(
+            after_payment_keys(order.id), within=runtime.settings.return_delivery_seconds
+        )
+        if wants_html(request):
+            # The navigation was fetched before this handler ran: since then this page may have
+            # delivered the clear, or the relay did (woken by the webhook).
+            await refresh_nav(request)
     if not wants_html(request):
         return {"state": result, "order": service.order_dict(order), "degraded": degraded}
     return render(request, "return.html", order=order, state=result, degraded=degraded, refresh=3)

@@ -36,6 +36,10 @@ class OrdersSettings:
     # How long a webhook may use a page config's SumUp account read earlier instead of asking
     # blog (apps.orders.settlement.RecentMerchantAccounts); 0: ask blog every time.
     merchant_account_seconds: float = 60.0
+    # How long the return page of a payment it has seen waits for the payment's effects (the
+    # cart's clear) to be delivered, so its navigation shows them; past it the page goes on
+    # and the outbox delivers them later.
+    return_delivery_seconds: float = 2.0
 
     @property
     def create_order_deadline(self) -> float:
@@ -71,6 +75,13 @@ class OrdersSettings:
                 "ORDERS_MERCHANT_ACCOUNT_SECONDS",
                 float,
                 defaults.merchant_account_seconds,
+                zero_allowed=True,
+            ),
+            return_delivery_seconds=_number(
+                extra,
+                "ORDERS_RETURN_DELIVERY_SECONDS",
+                float,
+                defaults.return_delivery_seconds,
                 zero_allowed=True,
             ),
         )

@@ -433,6 +433,19 @@ async def _record_payment(session: AsyncSession, order: OrderInHand) -> list[Pai
     ]
 
 
+def clear_cart_key(order_id: int) -> str:
+    return f"orders:{order_id}:clear-cart"
+
+
+def confirm_bookings_key(order_id: int) -> str:
+    return f"orders:{order_id}:confirm-bookings"
+
+
+def after_payment_keys(order_id: int) -> tuple[str, ...]:
+    """The outbox messages a payment of the order queues (by their idempotency keys)."""
+    return clear_cart_key(order_id), confirm_bookings_key(order_id)
+
+
 async def _enqueue_after_payment(
     session: AsyncSession, order: OrderInHand, items: list[PaidItem]
 ) -> None:
@@ -458,7 +471,7 @@ async def _enqueue_after_payment(
         outbox,
         cart.clear_cart_for_order,
         clear,
-        idempotency_key=f"orders:{order.id}:clear-cart",
+        idempotency_key=clear_cart_key(order.id),
     )
     entry_ids = sorted(item.source_id for item in items if item.kind == "calendar_entry")
     ticket_ids = sorted(item.source_id for item in items if item.kind == "ticket")
@@ -474,7 +487,7 @@ async def _enqueue_after_payment(
                 user_id=order.user_id,
                 session_id=order.session_id,
             ),
-            idempotency_key=f"orders:{order.id}:confirm-bookings",
+            idempotency_key=confirm_bookings_key(order.id),
         )
 
 

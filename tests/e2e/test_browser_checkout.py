@@ -3,14 +3,22 @@ add to cart, checkout, SumUp's hosted page, pay, webhook, order paid, cart empty
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 
 import httpx
 import pytest
 
 from tests.conftest import truncate_all
-from tests.e2e.conftest import live_stack
-from tests.integration.commerce_fixtures import ALL_SERVICES, cart_rows, entry_state, open_shop
+from tests.e2e.conftest import buy_in_the_browser, live_stack
+from tests.integration.commerce_fixtures import (
+    ALL_SERVICES,
+    Shop,
+    cart_rows,
+    entry_state,
+    open_shop,
+)
 from tests.integration.orders_fixtures import order_rows
 from tests.waiting import eventually_sync
 
@@ -23,8 +31,13 @@ def shop_live(provisioned, credentials):
     truncate_all(provisioned)
 
 
-def test_buy_in_the_browser_from_product_page_to_paid_order(shop_live, provisioned, page):
-    shop = open_shop(provisioned)
+@pytest.fixture(scope="module")
+def shop(shop_live, provisioned) -> Shop:
+    """One shop for the module's buyers (each test buys as a user of its own)."""
+    return open_shop(provisioned)
+
+
+def test_buy_in_the_browser_from_product_page_to_paid_order(shop_live, provisioned, shop, page):
     product_id = shop.product_ids[3]
     market, cart, orders = (shop_live.url(name) for name in ("market", "cart", "orders"))
 
@@ -62,3 +75,49 @@ def test_buy_in_the_browser_from_product_page_to_paid_order(shop_live, provision
     assert page.locator(f'.order[data-order-id="{order_id}"]').get_attribute("data-state") == "paid"
     deliveries = httpx.get(f"{shop_live.sandbox_url}/_sandbox/deliveries").json()
     assert any(entry["outcome"] == "delivered" for entry in deliveries)
+
+
+def test_the_page_back_from_paying_shows_the_cart_emptied(shop_live, provisioned, shop, page):
+    """The README's promise, on the first page the buyer sees after paying (no reload): the
+    order paid and the cart empty in the navigation."""
+    urls = {name: shop_live.url(name) for name in ("market", "cart", "orders")}
+    page.goto(f"{urls['market']}/auth/dev-login?user_id=32&next=/")
+    assert page.locator(".cart-mini").inner_text() == "Cart (0)"
+    order_id = buy_in_the_browser(page, urls, shop_live.sandbox_url, user_id=32, product=5)
+    assert page.locator("#payment-state").get_attribute("data-state") == "paid"
+    assert f"order #{order_id} is paid" in page.locator("#payment-state").inner_text()
+    assert page.locator(".cart-mini").inner_text() == "Cart (0)"
+    assert not [row for row in cart_rows(provisioned) if row[0] == 32 and row[6]]
+
+
+def test_paying_while_cart_is_down_shows_paid_and_the_cart_is_cleared_later(
+    shop_live, provisioned, shop, page
+):
+    """Cart's process is gone when the buyer comes back from SumUp: the page still says paid
+    (cart's slot left out of the navigation); once cart is back, the outbox clears the cart."""
+    urls = {name: shop_live.url(name) for name in ("market", "cart", "orders")}
+    sandbox = shop_live.sandbox_url
+    page.goto(f"{urls['market']}/auth/dev-login?user_id=33&next=/product/shop-004/")
+    page.locator("#add-to-cart").click()
+    page.wait_for_url(f"{urls['cart']}/")
+    page.locator("#checkout").click()
+    page.wait_for_url(re.compile(re.escape(sandbox) + r"/pay/.+"))
+    cart = shop_live.group.processes["cart"]
+    assert cart.process is not None
+    os.killpg(cart.process.pid, signal.SIGKILL)
+    cart.process.wait()
+    try:
+        page.get_by_role("button", name=re.compile("Pay", re.I)).first.click()
+        page.wait_for_url(re.compile(re.escape(urls["orders"]) + r"/checkout/return/\d+/"))
+        assert page.locator("#payment-state").get_attribute("data-state") == "paid"
+        assert page.locator(".cart-mini").count() == 0
+        assert [row for row in cart_rows(provisioned) if row[0] == 33 and row[6]]
+    finally:
+        shop_live.group.restart("cart")
+        assert not shop_live.group.wait_ready(["cart"], timeout=60)
+    assert eventually_sync(
+        lambda: not [row for row in cart_rows(provisioned) if row[0] == 33 and row[6]],
+        timeout=60,
+    )
+    page.reload()
+    assert page.locator(".cart-mini").inner_text() == "Cart (0)"

@@ -7,6 +7,7 @@ import asyncio
 import itertools
 import json
 import re
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -18,6 +19,8 @@ from sqlalchemy import bindparam, select, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from apps.common.app_factory import platform_of
+from apps.common.asgi import send_problem
 from apps.common.db import create_engine, sessionmaker_for
 from apps.common.outbox import next_due
 from apps.orders.models import outbox
@@ -33,6 +36,7 @@ from apps.orders.settlement import account_lookup
 from ops.db.provision import APP_SETTINGS, READER_SETTINGS
 from tests.conftest import admin_connect
 from tests.fdw_plans import explain_as_app, foreign_scans
+from tests.integration.commerce_fixtures import browser_of, cart_rows, share_cookies, shop_stack
 from tests.integration.orders_fixtures import (
     ORDERS_PUBLIC_URL,
     add_page_config,
@@ -1035,3 +1039,112 @@ async def test_reconciliation_turns_pass_from_process_to_process(orders, clean_d
     # a late wake-up on a loaded machine; the old loop kept the turn 5-7 times in 9).
     kept = sum(1 for (one, _), (next_one, _) in itertools.pairwise(taken) if one == next_one)
     assert kept <= 1, taken
+
+
+# -- the return page after paying: the cart the navigation shows ------------------------------
+@pytest.fixture
+async def shop_running(clean_db, credentials, sandbox, shop):
+    """Every service in process (the cart the navigation asks, the clear the outbox sends)."""
+    async with shop_stack(clean_db, credentials, sandbox.server) as running:
+        yield running
+
+
+async def bought(stack, shop, user_id: int) -> tuple[int, Any]:
+    """A signed-in buyer's order of one product, checked out from the cart (not yet paid); the
+    buyer's browser on orders."""
+    cart = await browser_of(stack, "cart", user_id=user_id)
+    orders = stack.browser("orders")
+    share_cookies(cart, orders)
+    assert (await cart.post(f"/add/{shop.product_ids[0]}/")).status_code == 200
+    order_id = (await cart.post("/checkout/")).json()["order_id"]
+    before = await orders.get("/", headers=HTML)
+    assert "Cart (1)" in before.text
+    return order_id, orders
+
+
+def clear_cart_message(server, order_id: int) -> tuple[int, bool]:
+    """The order's clear-cart message in the outbox: its attempts, and whether it is delivered."""
+    with admin_connect(server, "orders") as connection:
+        return connection.execute(
+            "SELECT attempts, delivered_at IS NOT NULL FROM orders.outbox "
+            "WHERE idempotency_key = %s",
+            (f"orders:{order_id}:clear-cart",),
+        ).fetchone()
+
+
+def live_cart_lines(server) -> list[tuple]:
+    return [row for row in cart_rows(server) if row[6]]
+
+
+@pytest.mark.parametrize("webhook_first", [False, True])
+async def test_the_first_return_page_after_paying_shows_the_cart_emptied(
+    shop_running, clean_db, shop, sandbox, webhook_first
+):
+    """The buyer back from SumUp read "your order is paid" over "Cart (1)": the clear went to
+    cart through the outbox after the page's navigation was fetched. Whether the return page
+    records the payment itself or the webhook did a moment before, the page it renders shows
+    the cart cleared."""
+    order_id, orders = await bought(shop_running, shop, user_id=51)
+    checkout_id = checkout_id_of(clean_db, order_id)
+    sandbox.pay(checkout_id)
+    if webhook_first:
+        assert (await webhook(shop_running, order_id, checkout_id)).status_code == 204
+    page = await orders.get(f"/checkout/return/{order_id}/", headers=HTML)
+    assert page.status_code == 200
+    assert 'data-state="paid"' in page.text
+    assert "Cart (0)" in page.text, re.findall(r"Cart \(\d+\)", page.text)
+    assert live_cart_lines(clean_db) == []
+    assert clear_cart_message(clean_db, order_id)[1] is True
+
+
+class UnreachableCart:
+    """Cart as orders sees it while it is down: 503 for every call. With ``hang``, its actions
+    (the clear) do not answer until ``release`` is set (an in-process app knows no timeout:
+    its fragments still answer 503 at once, as a timed-out fragment is left out);
+    ``actions`` counts the actions that reached it."""
+
+    def __init__(self, *, hang: bool = False) -> None:
+        self.hang = hang
+        self.release = asyncio.Event()
+        self.actions = 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"].startswith("/internal/actions/"):
+            self.actions += 1
+            if self.hang:
+                await self.release.wait()
+        await send_problem(send, 503, "cart is down", scope["path"])
+
+
+@pytest.mark.parametrize("hang", [False, True], ids=["cart-down", "cart-hangs"])
+async def test_the_return_page_renders_paid_while_cart_is_down_and_the_clear_comes_later(
+    shop_running, clean_db, shop, sandbox, hang
+):
+    """Delivering the clear for the page is best effort: with cart down (or not answering) the
+    page still says paid, within a bounded wait, and the outbox delivers the clear once cart is
+    back (idempotent: cleared once)."""
+    order_id, orders = await bought(shop_running, shop, user_id=52)
+    client = platform_of(shop_running.apps["orders"]).client
+    down = UnreachableCart(hang=hang)
+    client.route("cart", down)
+    try:
+        sandbox.pay(checkout_id_of(clean_db, order_id))
+        started = time.monotonic()
+        page = await orders.get(f"/checkout/return/{order_id}/", headers=HTML)
+        # A bound, not a timing assertion: a hanging cart must not hold the page for long.
+        assert time.monotonic() - started < 4.0
+        assert page.status_code == 200
+        assert 'data-state="paid"' in page.text
+        assert "Cart (" not in page.text  # cart's slot is left out, as on every page
+        assert down.actions >= 1
+        assert len(live_cart_lines(clean_db)) == 1
+        assert clear_cart_message(clean_db, order_id)[1] is False
+    finally:
+        down.release.set()
+        client.route("cart", shop_running.apps["cart"])
+    assert await eventually(lambda: clear_cart_message(clean_db, order_id)[1], timeout=30)
+    assert live_cart_lines(clean_db) == []
+    again = await orders.get(f"/checkout/return/{order_id}/", headers=HTML)
+    assert "Cart (0)" in again.text
