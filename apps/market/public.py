@@ -79,6 +79,7 @@ async def product_list(
         headers=degraded_headers(products.degraded),
         products=products,
         listing=listing,
+        default_per_page=service.DEFAULT_PAGE_SIZE,
     )
 
 

@@ -66,6 +66,18 @@ async def test_product_list_json_is_paginated(market_stack, clean_db):
     assert [item["slug"] for item in third.json()["items"]] == slugs[24:]
 
 
+async def test_the_product_pages_links_keep_the_page_size(market_stack, clean_db):
+    seed_products(clean_db, 30)
+    async with market_stack.browser("market") as browser:
+        sized = await browser.get("/?per_page=12", headers={"accept": "text/html"})
+        default = await browser.get("/", headers={"accept": "text/html"})
+    assert sized.status_code == 200
+    assert 'href="?page=3&amp;per_page=12"' in sized.text
+    # The default size is not written out: page 2 of 24 is the last.
+    assert 'href="?page=2"' in default.text
+    assert "per_page" not in default.text
+
+
 async def test_like_states_follow_the_signed_in_user(market_stack, clean_db):
     slugs = seed_products(clean_db, 5)
     await like(market_stack.client("likes"), 1, slugs[1])
