@@ -969,6 +969,13 @@ async def start_new_attempt(
             f"Order {order.id} already has a newer payment (attempt {current.number}); "
             "reload the order page"
         )
+    most = runtime.settings.attempts_per_order
+    if current is not None and current.number >= most:
+        # Before SumUp is asked to close or create anything.
+        raise Conflict(
+            f"Order {order.id} has had {most} payment attempts, the most one order may have; "
+            "check out again from your cart"
+        )
     if current is not None and current.status in OPEN_ATTEMPT_STATES:
         applied = await close_attempt(session, order, current, runtime.gateway)
         if applied.order_status != "pending" or applied.flagged:

@@ -30,6 +30,9 @@ class OrdersSettings:
     payable_seconds: float = 1800.0
     # New orders per buyer (user or browser session) per minute; more is a 429.
     checkouts_per_minute: int = 6
+    # Payment attempts one order may have (each new one costs up to three SumUp calls: read,
+    # close, create); past it, pay again says to check out again from the cart.
+    attempts_per_order: int = 10
     # Reconciliation: orders asked about per batch, and SumUp calls in flight at once.
     reconcile_batch: int = 200
     reconcile_concurrency: int = 8
@@ -65,6 +68,9 @@ class OrdersSettings:
             ),
             checkouts_per_minute=_number(
                 extra, "ORDERS_CHECKOUTS_PER_MINUTE", int, defaults.checkouts_per_minute
+            ),
+            attempts_per_order=_number(
+                extra, "ORDERS_ATTEMPTS_PER_ORDER", int, defaults.attempts_per_order
             ),
             reconcile_batch=_number(extra, "ORDERS_RECONCILE_BATCH", int, defaults.reconcile_batch),
             reconcile_concurrency=_number(

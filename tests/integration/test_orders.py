@@ -400,6 +400,37 @@ async def test_pay_again_closes_the_old_checkout_and_opens_a_new_one(orders, cle
     assert paid_again.status_code == 409
 
 
+async def test_pay_again_makes_at_most_the_attempts_one_order_may_have(
+    clean_db, credentials, sandbox, site_config
+):
+    """Each new attempt costs SumUp calls (read, close, create): one order makes at most
+    ORDERS_ATTEMPTS_PER_ORDER, then pay again says to check out again from the cart (which
+    makes a new order), and SumUp is asked nothing more."""
+    async with orders_stack(
+        clean_db, credentials, sandbox.server, ORDERS_ATTEMPTS_PER_ORDER="3"
+    ) as orders:
+        order_id = (await create(orders)).json()["order_id"]
+        browser = await signed_in(orders)
+        for number in (2, 3):
+            sandbox.fail(checkout_id_of(clean_db, order_id, number - 1))
+            again = await browser.post(f"/order/{order_id}/pay/")
+            assert again.status_code == 200, again.text
+            assert again.json()["attempt"] == number
+        third = checkout_id_of(clean_db, order_id, 3)
+        sandbox.fail(third)
+        checkouts = sandbox.checkouts()
+        refused = await browser.post(f"/order/{order_id}/pay/")
+        assert refused.status_code == 409, refused.text
+        assert "check out again from your cart" in refused.json()["detail"]
+        assert sandbox.checkouts() == checkouts  # none made, none closed
+        with admin_connect(clean_db, "orders") as connection:
+            attempts = connection.execute(
+                "SELECT count(*) FROM orders.payment_attempts WHERE order_id = %s", (order_id,)
+            ).fetchone()
+        assert attempts == (3,)
+        assert order_rows(clean_db)[0][1] == "pending"
+
+
 async def test_the_attempt_pay_again_names_is_ascii_digits_only(orders, clean_db, sandbox):
     """Audit: int() read a full-width 1 (U+FF11) as attempt 1. It is a 422 naming the field,
     and no new checkout is made."""

@@ -194,3 +194,12 @@ def test_the_checkout_limit_per_address_is_30_and_0_turns_it_off():
     environment = {**COMPLETE, "CART_ANONYMOUS_CHECKOUTS_PER_ADDRESS": "0"}
     off = CartSettings.from_settings(settings_for(CONTRACTS["cart"], environment))
     assert off.anonymous_checkouts_per_address == 0
+
+
+def test_the_attempts_one_order_may_have_are_10_and_a_positive_count():
+    default = OrdersSettings.from_settings(settings_for(CONTRACTS["orders"], COMPLETE))
+    assert default.attempts_per_order == 10
+    for value in ("0", "-2", "many"):
+        environment = {**COMPLETE, "ORDERS_ATTEMPTS_PER_ORDER": value}
+        with pytest.raises(ConfigError, match=f"ORDERS_ATTEMPTS_PER_ORDER must .*'{value}'"):
+            OrdersSettings.from_settings(settings_for(CONTRACTS["orders"], environment))
