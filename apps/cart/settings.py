@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from apps.common.settings import ConfigError, Settings
+from apps.common.settings import Settings, setting_number
 
 
 @dataclass(frozen=True)
@@ -20,18 +20,11 @@ class CartSettings:
     def from_settings(cls, settings: Settings) -> CartSettings:
         defaults = cls()
         return cls(
-            anonymous_checkouts_per_address=_count(
-                settings,
+            anonymous_checkouts_per_address=setting_number(
+                settings.extra,
                 "CART_ANONYMOUS_CHECKOUTS_PER_ADDRESS",
+                int,
                 defaults.anonymous_checkouts_per_address,
+                zero_allowed=True,
             )
         )
-
-
-def _count(settings: Settings, name: str, default: int) -> int:
-    raw = settings.extra.get(name, "").strip()
-    if not raw:
-        return default
-    if not (raw.isascii() and raw.isdigit()):
-        raise ConfigError(f"{name} must be a whole number, 0 or more (0: no limit), not {raw!r}")
-    return int(raw)

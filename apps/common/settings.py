@@ -17,8 +17,9 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 ENVIRONMENTS = ("dev", "test", "prod")
@@ -246,3 +247,32 @@ def _is_this_machine(url: str) -> bool:
         return ipaddress.ip_address(host).is_loopback or ipaddress.ip_address(host).is_unspecified
     except ValueError:
         return False
+
+
+Number = TypeVar("Number", int, float)
+
+
+def setting_number(
+    extra: Mapping[str, str],
+    name: str,
+    kind: Callable[[str], Number],
+    default: Number,
+    *,
+    zero_allowed: bool = False,
+) -> Number:
+    """A service's own numeric setting (``extra``, its ``<SERVICE>_*`` variables): ``default``
+    when unset, else a positive ``kind`` (or 0 too, with ``zero_allowed``) in ASCII digits
+    (``int()`` would also read full-width ones), else a ConfigError naming it."""
+    raw = extra.get(name)
+    if raw is None or not raw.strip():
+        return default
+    wanted = "a number of 0 or more" if zero_allowed else "a positive number"
+    try:
+        if not raw.isascii():
+            raise ValueError(raw)
+        value = kind(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name} must be {wanted}, not {raw!r}") from None
+    if not (value >= 0 if zero_allowed else value > 0) or not math.isfinite(value):
+        raise ConfigError(f"{name} must be {wanted}, not {raw!r}")
+    return value

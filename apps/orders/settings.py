@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TypeVar
 
-from apps.common.settings import ConfigError, Settings
+from apps.common.settings import ConfigError, Settings, setting_number
 from apps.orders.contract import CREATE_ORDER_MAX_SECONDS
 
 SUMUP_BASE_URL = "https://api.sumup.com"
 # What create-order needs besides SumUp and events: its own database work.
 DATABASE_MARGIN_SECONDS = 2.0
-Number = TypeVar("Number", int, float)
 
 
 @dataclass(frozen=True)
@@ -55,35 +51,41 @@ class OrdersSettings:
         defaults = cls()
         parsed = cls(
             sumup_base_url=extra.get("ORDERS_SUMUP_BASE_URL", defaults.sumup_base_url),
-            sumup_timeout=_number(extra, "ORDERS_SUMUP_TIMEOUT", float, defaults.sumup_timeout),
-            events_timeout=_number(extra, "ORDERS_EVENTS_TIMEOUT", float, defaults.events_timeout),
-            reconcile_seconds=_number(
+            sumup_timeout=setting_number(
+                extra, "ORDERS_SUMUP_TIMEOUT", float, defaults.sumup_timeout
+            ),
+            events_timeout=setting_number(
+                extra, "ORDERS_EVENTS_TIMEOUT", float, defaults.events_timeout
+            ),
+            reconcile_seconds=setting_number(
                 extra, "ORDERS_RECONCILE_SECONDS", float, defaults.reconcile_seconds
             ),
-            outbox_poll_seconds=_number(
+            outbox_poll_seconds=setting_number(
                 extra, "ORDERS_OUTBOX_POLL_SECONDS", float, defaults.outbox_poll_seconds
             ),
-            payable_seconds=_number(
+            payable_seconds=setting_number(
                 extra, "ORDERS_PAYABLE_SECONDS", float, defaults.payable_seconds
             ),
-            checkouts_per_minute=_number(
+            checkouts_per_minute=setting_number(
                 extra, "ORDERS_CHECKOUTS_PER_MINUTE", int, defaults.checkouts_per_minute
             ),
-            attempts_per_order=_number(
+            attempts_per_order=setting_number(
                 extra, "ORDERS_ATTEMPTS_PER_ORDER", int, defaults.attempts_per_order
             ),
-            reconcile_batch=_number(extra, "ORDERS_RECONCILE_BATCH", int, defaults.reconcile_batch),
-            reconcile_concurrency=_number(
+            reconcile_batch=setting_number(
+                extra, "ORDERS_RECONCILE_BATCH", int, defaults.reconcile_batch
+            ),
+            reconcile_concurrency=setting_number(
                 extra, "ORDERS_RECONCILE_CONCURRENCY", int, defaults.reconcile_concurrency
             ),
-            merchant_account_seconds=_number(
+            merchant_account_seconds=setting_number(
                 extra,
                 "ORDERS_MERCHANT_ACCOUNT_SECONDS",
                 float,
                 defaults.merchant_account_seconds,
                 zero_allowed=True,
             ),
-            return_delivery_seconds=_number(
+            return_delivery_seconds=setting_number(
                 extra,
                 "ORDERS_RETURN_DELIVERY_SECONDS",
                 float,
@@ -103,24 +105,3 @@ class OrdersSettings:
                 f"({self.events_timeout:g} s) must be at most {self.create_order_deadline:g} s: "
                 f"create-order answers its callers within {CREATE_ORDER_MAX_SECONDS:g} s"
             )
-
-
-def _number(
-    extra: Mapping[str, str],
-    name: str,
-    kind: Callable[[str], Number],
-    default: Number,
-    *,
-    zero_allowed: bool = False,
-) -> Number:
-    raw = extra.get(name)
-    if raw is None or not raw.strip():
-        return default
-    wanted = "a number of 0 or more" if zero_allowed else "a positive number"
-    try:
-        value = kind(raw.strip())
-    except ValueError:
-        raise ConfigError(f"{name} must be {wanted}, not {raw!r}") from None
-    if not (value >= 0 if zero_allowed else value > 0) or not math.isfinite(value):
-        raise ConfigError(f"{name} must be {wanted}, not {raw!r}")
-    return value
