@@ -60,9 +60,13 @@ MAX_BACKOFF_SECONDS = 300
 ReplyHandler = Callable[[AsyncSession, Mapping[str, Any], Any], Awaitable[None]]
 
 
+# The outbox's table name in its service's schema (a backup finds the services that send by it).
+OUTBOX = "outbox"
+
+
 def outbox_table(metadata: MetaData) -> Table:
     return Table(
-        "outbox",
+        OUTBOX,
         metadata,
         Column("id", BigInteger, Identity(always=False), primary_key=True),
         Column("service", String(32), nullable=False),

@@ -14,8 +14,10 @@ A backup is a directory:
                            each dump's size and sha256, its Alembic revisions, and every table's
                            row count and checksum, read in the dumps' own snapshot.
 
-Each database is consistent on its own, not with the others (docs/deployment.md says why the
-services live with that). A restore goes onto a server whose databases hold no rows yet:
+Each database is consistent on its own. Their snapshots are all taken before the first dump,
+those of the databases that send messages first, so what a sender's backup says was delivered
+is in its receiver's backup too (``_snapshots``; docs/deployment.md says what else a restore
+lives with). A restore goes onto a server whose databases hold no rows yet:
 
 1. the manifest and every file are checked (size, sha256), every revision must be one this
    release knows, and a database that already holds rows is refused, unless it holds exactly the
@@ -35,7 +37,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,6 +49,7 @@ from alembic import command
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 
+from apps.common.outbox import OUTBOX
 from apps.registry import SERVICES, service_spec
 from ops.db.binaries import client_tool_target, pg_binary, tables_without_data
 from ops.db.check import LEGACY_SCHEMA, check
@@ -281,52 +284,98 @@ def _pg_dump(
     return ArchiveFile.of(path)
 
 
-def _dump(topology: Topology, service: str, directory: Path, outcome: Outcome) -> DatabaseBackup:
+@dataclass
+class Snapshot:
+    """A service database's open REPEATABLE READ transaction and the snapshot it exported:
+    everything of the database's backup is read in it."""
+
+    service: str
+    connection: psycopg.Connection[Any]
+    name: str
+
+
+@contextmanager
+def _snapshots(topology: Topology) -> Iterator[list[Snapshot]]:
+    """One exported snapshot per service database, every one taken before any dump starts, those
+    of the databases that send messages (an outbox) first. A message their snapshot says was
+    delivered was applied by its receiver before that, so the receiver's later snapshot has it;
+    one sent later is in no snapshot of its sender, or is undelivered there and is sent again
+    after a restore (receivers apply a message once). Dumped one after another in their own
+    transactions, a sender dumped last could say "delivered" of what its receiver's backup,
+    taken earlier, never applied. The cost: every snapshot stays open, and holds back vacuum
+    in its database, for the whole backup rather than for its own dump only."""
+    with ExitStack() as sessions:
+        opened = [
+            (service, sessions.enter_context(_session(topology, service))) for service in SERVICES
+        ]
+        senders_first = sorted(
+            opened, key=lambda each: not _sends_messages(each[1], service_spec(each[0]).name)
+        )
+        taken: list[Snapshot] = []
+        try:
+            for service, connection in senders_first:
+                connection.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                name = scalar(connection, "SELECT pg_export_snapshot()")
+                taken.append(Snapshot(service, connection, name))
+            yield sorted(taken, key=lambda snapshot: list(SERVICES).index(snapshot.service))
+        finally:
+            for snapshot in taken:
+                snapshot.connection.execute("ROLLBACK")
+
+
+def _sends_messages(connection: psycopg.Connection[Any], schema: str) -> bool:
+    return bool(
+        scalar(
+            connection,
+            "SELECT to_regclass(format('%%I.%%I', %s::text, %s::text)) IS NOT NULL",
+            (schema, OUTBOX),
+        )
+    )
+
+
+def _dump(
+    snapshot: Snapshot, topology: Topology, directory: Path, outcome: Outcome
+) -> DatabaseBackup:
+    service, connection = snapshot.service, snapshot.connection
     spec = service_spec(service)
     split: ArchiveFile | None = None
-    with _session(topology, service) as connection:
-        connection.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        try:
-            snapshot = scalar(connection, "SELECT pg_export_snapshot()")
-            revisions = _revisions(connection, spec.name)
-            if revisions is None:
-                if service in services_with_migrations():
-                    raise BackupError(
-                        f"{spec.database} has no {spec.name}.{VERSION_TABLE}: it was never "
-                        "migrated (`rose db migrate`), so there is nothing of rose's to back up"
-                    )
-                revisions = []
-            split_schemas = _split_schemas(connection)
-            names = _tables(connection, [spec.name, *split_schemas])
-            tables = {name: backup_checksum(connection, name) for name in names}
-            for schema, count in _others(connection, spec.name):
-                outcome.notes.append(
-                    f"{spec.database}: schema {schema} ({_counted(count, 'table')}) is neither "
-                    f"{service}'s own nor the split's and is not in this backup"
-                )
-            if CAPTURE_SCHEMA in split_schemas:
-                outcome.notes.append(
-                    f"{spec.database}: an online split is syncing (schema {CAPTURE_SCHEMA}): "
-                    "each database is backed up at its own moment, so after a restore `rose "
-                    "split abort` the moves that were syncing and sync them again"
-                )
-            own = _pg_dump(
-                topology,
-                service,
-                snapshot,
-                [f"--schema={spec.name}", f"--exclude-table-data={spec.name}.{VERSION_TABLE}"],
-                directory / f"{spec.database}.dump",
+    revisions = _revisions(connection, spec.name)
+    if revisions is None:
+        if service in services_with_migrations():
+            raise BackupError(
+                f"{spec.database} has no {spec.name}.{VERSION_TABLE}: it was never "
+                "migrated (`rose db migrate`), so there is nothing of rose's to back up"
             )
-            if split_schemas:
-                split = _pg_dump(
-                    topology,
-                    service,
-                    snapshot,
-                    [f"--schema={schema}" for schema in split_schemas],
-                    directory / f"{spec.database}.split.dump",
-                )
-        finally:
-            connection.execute("ROLLBACK")
+        revisions = []
+    split_schemas = _split_schemas(connection)
+    names = _tables(connection, [spec.name, *split_schemas])
+    tables = {name: backup_checksum(connection, name) for name in names}
+    for schema, count in _others(connection, spec.name):
+        outcome.notes.append(
+            f"{spec.database}: schema {schema} ({_counted(count, 'table')}) is neither "
+            f"{service}'s own nor the split's and is not in this backup"
+        )
+    if CAPTURE_SCHEMA in split_schemas:
+        outcome.notes.append(
+            f"{spec.database}: an online split is syncing (schema {CAPTURE_SCHEMA}): "
+            "each database is backed up at its own moment, so after a restore `rose "
+            "split abort` the moves that were syncing and sync them again"
+        )
+    own = _pg_dump(
+        topology,
+        service,
+        snapshot.name,
+        [f"--schema={spec.name}", f"--exclude-table-data={spec.name}.{VERSION_TABLE}"],
+        directory / f"{spec.database}.dump",
+    )
+    if split_schemas:
+        split = _pg_dump(
+            topology,
+            service,
+            snapshot.name,
+            [f"--schema={schema}" for schema in split_schemas],
+            directory / f"{spec.database}.split.dump",
+        )
     return DatabaseBackup(
         service=service,
         database=spec.database,
@@ -354,12 +403,15 @@ def back_up(topology: Topology, directory: Path, say: Say = print) -> Outcome:
 def _back_up_into(topology: Topology, directory: Path, say: Say) -> Outcome:
     outcome = Outcome()
     entries: dict[str, DatabaseBackup] = {}
-    for service in SERVICES:
-        entry = _dump(topology, service, directory, outcome)
-        entries[entry.database] = entry
-        line = f"{entry.database}: {_describe(entry)}, {entry.own.size} bytes -> {entry.own.file}"
-        outcome.lines.append(line)
-        say(line)
+    with _snapshots(topology) as snapshots:
+        for snapshot in snapshots:
+            entry = _dump(snapshot, topology, directory, outcome)
+            entries[entry.database] = entry
+            line = (
+                f"{entry.database}: {_describe(entry)}, {entry.own.size} bytes -> {entry.own.file}"
+            )
+            outcome.lines.append(line)
+            say(line)
     manifest = {
         "format": FORMAT,
         "made_at": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -7,6 +7,7 @@ is restored at its revision and then upgraded."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import re
@@ -21,11 +22,21 @@ import pytest
 from alembic import command
 
 from apps.registry import SERVICES, service_spec
-from ops.db.backup import backup_checksum, restore
+from ops.db.backup import back_up, backup_checksum, restore
 from ops.db.migrate import alembic_config
 from ops.db.topology import Topology
 from ops.stack.pgserver import throwaway_postgres
 from tests.integration.db_fixtures import Cluster, start_cluster
+from tests.integration.orders_fixtures import (
+    add_page_config,
+    checkout_id_of,
+    create,
+    order_payload,
+    orders_stack,
+    product_line,
+    webhook,
+)
+from tests.waiting import eventually
 
 
 @pytest.fixture(scope="module")
@@ -506,3 +517,66 @@ def test_a_backup_restores_onto_databases_spread_over_two_servers(
             autocommit=True,
         ) as market:
             assert market.execute("SELECT count(*) FROM likes.likes").fetchone()[0] == 50
+
+
+async def test_a_backup_under_payments_restores_no_delivery_its_receiver_lacks(
+    clean_db, credentials, sandbox, tmp_path: Path
+) -> None:
+    """Orders' outbox says which messages cart has applied. Buyers pay all through the backup,
+    and orders' relay delivers each order's clear-cart to cart. Whatever the restored orders
+    says was delivered, the restored cart has applied: otherwise the paid lines come back to
+    the buyer's cart, can be paid again, and orders never delivers them again."""
+    add_page_config(clean_db, "site", 0)
+    async with orders_stack(clean_db, credentials, sandbox.server, ["orders", "blog", "cart"]) as (
+        orders
+    ):
+        stop = asyncio.Event()
+        paid = 0
+
+        async def buyers() -> None:
+            nonlocal paid
+            while not stop.is_set():
+                user = 100 + paid  # one order each: the per-buyer limit is not the subject
+                created = await create(
+                    orders, order_payload(product_line(1), user_id=user, session_id=f"s-{user}")
+                )
+                assert created.status_code == 200, created.text
+                order_id = created.json()["order_id"]
+                sandbox.pay(checkout_id_of(clean_db, order_id))
+                answered = await webhook(orders, order_id, checkout_id_of(clean_db, order_id))
+                assert answered.status_code == 204, answered.text
+                paid += 1
+
+        paying = asyncio.create_task(buyers())
+        try:
+            await eventually(lambda: delivered_clears(clean_db), timeout=30)
+            made = await asyncio.to_thread(back_up, clean_db.topology, tmp_path / "b", say=print)
+        finally:
+            stop.set()
+            await paying
+    assert not made.notes, made.notes
+    with throwaway_postgres("rose-test-restore-") as server:
+        target = Topology.single_server(server.superuser_url(), environ={})
+        restore(target, credentials, tmp_path / "b", say=print)
+        delivered = delivered_clears_on(target)
+        with psycopg.connect(target.admin_url("cart"), autocommit=True) as cart:
+            cleared = {row[0] for row in cart.execute("SELECT order_id FROM cart.cleared_orders")}
+    assert delivered, "no clear was delivered before the backup"
+    assert delivered <= cleared, (
+        f"delivered per orders, never applied in cart: {delivered - cleared}"
+    )
+
+
+def delivered_clears(server) -> set[int]:
+    return delivered_clears_on(server.topology)
+
+
+def delivered_clears_on(topology: Topology) -> set[int]:
+    with psycopg.connect(topology.admin_url("orders"), autocommit=True) as orders:
+        return {
+            row[0]
+            for row in orders.execute(
+                "SELECT (payload ->> 'order_id')::bigint FROM orders.outbox "
+                "WHERE action = 'clear-cart-for-order' AND delivered_at IS NOT NULL"
+            )
+        }
