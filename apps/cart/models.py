@@ -146,3 +146,4 @@ page_configs = blog.PAGE_CONFIGS.foreign_table(
     ]
 )
 pending_bookings = events.PENDING_BOOKINGS.foreign_table()
+ended_holds = events.ENDED_HOLDS.foreign_table()

@@ -62,13 +62,13 @@ def _cart_page(
 
 @get("/", operation_id="cart_html")
 async def cart_page(request: Request, db_session: DbSession, identity: CurrentIdentity) -> Any:
-    cart = await service.load_cart(db_session, owner_of(identity))
+    cart = await service.load_cart(db_session, owner_of(identity), with_ended_holds=True)
     return _cart_page(request, cart, page_slug=None)
 
 
 @get("/api/cart", operation_id="cart")
 async def api_cart(db_session: DbSession, identity: CurrentIdentity) -> service.CartView:
-    return await service.load_cart(db_session, owner_of(identity))
+    return await service.load_cart(db_session, owner_of(identity), with_ended_holds=True)
 
 
 @get("/page/{page_slug:str}/", operation_id="page_cart_html")
@@ -76,7 +76,7 @@ async def page_cart(
     request: Request, db_session: DbSession, identity: CurrentIdentity, page_slug: PageSlug
 ) -> Any:
     page_id = await service.page_id_for_slug(db_session, page_slug)
-    cart = await service.load_cart(db_session, owner_of(identity), page_id)
+    cart = await service.load_cart(db_session, owner_of(identity), page_id, with_ended_holds=True)
     return _cart_page(request, cart, page_slug=page_slug)
 
 
@@ -85,7 +85,7 @@ async def api_page_cart(
     db_session: DbSession, identity: CurrentIdentity, page_slug: PageSlug
 ) -> service.CartView:
     page_id = await service.page_id_for_slug(db_session, page_slug)
-    return await service.load_cart(db_session, owner_of(identity), page_id)
+    return await service.load_cart(db_session, owner_of(identity), page_id, with_ended_holds=True)
 
 
 @post("/add/{product_id:int}/", operation_id="cart_add", status_code=200)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -17,6 +17,7 @@ import msgspec
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
+    Table,
     and_,
     any_,
     bindparam,
@@ -48,6 +49,7 @@ from apps.cart.models import (
     CheckoutStart,
     ClearedOrder,
     InboxActivity,
+    ended_holds,
     page_configs,
     pending_bookings,
     products,
@@ -81,12 +83,11 @@ class Owner:
             return CartItem.user_id == self.user_id
         return and_(CartItem.session_id == self.session_id, CartItem.user_id.is_(None))
 
-    def booking_clause(self) -> ColumnElement[bool]:
+    def booking_clause(self, bookings: Table = pending_bookings) -> ColumnElement[bool]:
+        """Whose bookings, in events' ``bookings`` view (pending or ended holds)."""
         if self.user_id is not None:
-            return pending_bookings.c.user_id == self.user_id
-        return and_(
-            pending_bookings.c.session_id == self.session_id, pending_bookings.c.user_id.is_(None)
-        )
+            return bookings.c.user_id == self.user_id
+        return and_(bookings.c.session_id == self.session_id, bookings.c.user_id.is_(None))
 
 
 class PageCart(msgspec.Struct):
@@ -101,6 +102,18 @@ class PageCart(msgspec.Struct):
     count: int
 
 
+class EndedHold(msgspec.Struct):
+    """A booking that left the cart in the last hour because its hold ended (events released
+    it): what the cart tells its buyer, unless they booked it again."""
+
+    kind: str
+    id: int
+    title: str
+    starts_at: datetime
+    ended_at: datetime
+    page_id: int | None
+
+
 class CartView(msgspec.Struct):
     pages: list[PageCart]
     count: int
@@ -108,6 +121,8 @@ class CartView(msgspec.Struct):
     total: Decimal | None
     currency: str | None
     degraded: list[str]
+    # Filled where the buyer reads the cart (its pages, its API), not for other services.
+    ended_holds: list[EndedHold] = []
 
     @property
     def lines(self) -> list[Line]:
@@ -200,6 +215,40 @@ async def _bookings(session: AsyncSession, owner: Owner, page_id: int | None) ->
     return list(grouped.values())
 
 
+async def _ended_holds(
+    session: AsyncSession, owner: Owner, page_id: int | None, still_booked: list[Booking]
+) -> list[EndedHold]:
+    """What left the cart because its hold ended, latest first; not what is in it again (the
+    same entry, or a ticket of the same entry and type, booked since)."""
+    query = select(ended_holds).where(owner.booking_clause(ended_holds))
+    if page_id is not None:
+        query = query.where(
+            ended_holds.c.container_type == "page", ended_holds.c.container_id == page_id
+        )
+    async with remote_read(session, "events"):
+        rows = (
+            await session.execute(query.order_by(ended_holds.c.ended_at.desc(), ended_holds.c.id))
+        ).all()
+    booked = {(booking.title, booking.starts_at) for booking in still_booked}
+    said: dict[tuple[str, int], EndedHold] = {}
+    for row in rows:
+        if (row.title, row.starts_at) in booked or (row.kind, row.id) in said:
+            continue
+        page = row.container_id if row.container_type == "page" else None
+        said[(row.kind, row.id)] = EndedHold(
+            row.kind, row.id, row.title, row.starts_at, row.ended_at, page
+        )
+    return list(said.values())
+
+
+def ended_holds_said(ended: list[EndedHold]) -> str:
+    """One sentence naming them, for the cart's page and its refusals."""
+    named = "; ".join(
+        f"{hold.title} (its hold ended at {hold.ended_at:%H:%M} UTC)" for hold in ended
+    )
+    return f"Your hold ended on {named}, so {'they' if len(ended) > 1 else 'it'} left your cart."
+
+
 async def _page_names(session: AsyncSession, page_ids: list[int]) -> dict[int, tuple[str, str]]:
     if not page_ids:
         return {}
@@ -270,17 +319,27 @@ def _line(item: CartItem, product: Any | None, merged: list[int]) -> Line:
     )
 
 
-async def load_cart(session: AsyncSession, owner: Owner, page_id: int | None = None) -> CartView:
+async def load_cart(
+    session: AsyncSession,
+    owner: Owner,
+    page_id: int | None = None,
+    *,
+    with_ended_holds: bool = False,
+) -> CartView:
     """The cart, grouped by the page each line is sold through. Without market there are no
     prices: that is an error (503). Without events the bookings are missing and without blog the
-    page names are: the cart still answers, and says what is missing in ``degraded``."""
+    page names are: the cart still answers, and says what is missing in ``degraded``. With
+    ``with_ended_holds``, also the bookings that left it because their hold ended."""
     items = await _active_items(session, owner, page_id)
     known = await _products(session, sorted({item.product_id for item in items}))
     merged = await _merged_into(session, [item.id for item in items])
     lines = [_line(item, known.get(item.product_id), merged.get(item.id, [])) for item in items]
     degraded: list[str] = []
+    ended: list[EndedHold] = []
     try:
         bookings = await _bookings(session, owner, page_id)
+        if with_ended_holds:
+            ended = await _ended_holds(session, owner, page_id, bookings)
     except ProviderUnavailable:
         bookings, degraded = [], ["events"]
     page_ids = sorted(
@@ -327,6 +386,7 @@ async def load_cart(session: AsyncSession, owner: Owner, page_id: int | None = N
         total=_one_total(totals) if len(currencies) <= 1 else None,
         currency=next(iter(currencies)) if len(currencies) == 1 else None,
         degraded=degraded,
+        ended_holds=ended,
     )
 
 
@@ -667,6 +727,8 @@ def checkout_request(
     lines = cart.lines
     bookings = cart.bookings
     if not lines and not bookings:
+        if cart.ended_holds:
+            raise Conflict(f"The cart is empty. {ended_holds_said(cart.ended_holds)}")
         raise Conflict("The cart is empty")
     unavailable = [line.title for line in lines if not line.available]
     if unavailable:
@@ -794,6 +856,9 @@ async def checkout(
     clears it once the payment is confirmed. An anonymous cart is first admitted under its
     client network's limit (``admission``; None: no limit)."""
     cart = await load_cart(session, owner, page_id)
+    if cart.count == 0:
+        # Only to say why it is empty: a checkout that goes on needs no more reads.
+        cart = await load_cart(session, owner, page_id, with_ended_holds=True)
     order, key = checkout_request(cart, owner, session_id, page_id)
     await end_read(session)
     if owner.user_id is None and admission is not None:

@@ -121,12 +121,29 @@ PENDING_BOOKINGS = ExportView.of(
     primary_key=None,
 )
 
+# Bookings that left their owner's cart because their hold ended, in the last hour (cart: what
+# it tells the buyer). Its columns are its contract.
+ENDED_HOLDS = ExportView.of(
+    SERVICE,
+    "ended_holds",
+    "kind text",
+    "id bigint",
+    "user_id bigint",
+    "session_id character varying(64)",
+    "title text",
+    "starts_at timestamp with time zone",
+    "ended_at timestamp with time zone",
+    "container_type character varying(32)",
+    "container_id bigint",
+    primary_key=None,
+)
+
 CONTRACT = Contract(
     SERVICE,
     dev_port=8004,
     public=True,
     calls=[pending_bookings, confirm_for_order, adopt_bookings_for_user, hold_for_order,
            release_booking],
-    views=[PENDING_BOOKINGS],
+    views=[PENDING_BOOKINGS, ENDED_HOLDS],
     on_sign_in=adopt_bookings_for_user,
 )  # fmt: skip

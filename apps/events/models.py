@@ -16,6 +16,7 @@ from sqlalchemy import (
     Numeric,
     String,
     UniqueConstraint,
+    func,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -152,6 +153,30 @@ class Ticket(IdentityPkMixin, TimestampedMixin, Base):
     hold_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # The order the hold was extended for (confirm-for-order confirms only for it).
     hold_order_id: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class ReleasedHold(Base):
+    """A booking the sweeper released because its hold ended, and whose it was: the sweep takes
+    the owner off an entry, so this is how its cart can still say why the booking left it
+    (export.ended_holds). Kept a day; the cart says it for an hour."""
+
+    __tablename__ = "released_holds"
+    __table_args__ = (
+        CheckConstraint("kind IN ('entry', 'ticket')", name="kind_known"),
+        CheckConstraint(ONE_OWNER, name="one_owner"),
+        Index("ix_released_holds_user_id", "user_id"),
+        Index("ix_released_holds_session_id", "session_id"),
+        Index("ix_released_holds_released_at", "released_at"),
+    )
+
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    booking_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    ended_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    user_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    session_id: Mapped[str | None] = mapped_column(String(SESSION_ID_LENGTH), nullable=True)
+    released_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), nullable=False
+    )
 
 
 idempotency_keys = idempotency_table(metadata)

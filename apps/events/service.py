@@ -27,6 +27,7 @@ from sqlalchemy import (
     and_,
     any_,
     bindparam,
+    delete,
     func,
     insert,
     literal,
@@ -59,6 +60,7 @@ from apps.events.models import (
     DEFAULT_CURRENCY,
     Calendar,
     CalendarEntry,
+    ReleasedHold,
     Ticket,
     foreign_pages,
 )
@@ -618,21 +620,52 @@ async def release_booking(session: AsyncSession, request: ReleaseBooking) -> Rel
     return Released(released=True)
 
 
+# The sweeper keeps whose a released booking was this long (the cart says so for an hour).
+RELEASED_HOLDS_KEPT = timedelta(days=1)
+
+
 async def sweep_ended_holds(session: AsyncSession) -> int:
-    """Tidy up: entries whose hold ended are open again, such tickets cancelled. Correctness
-    never waits for this (an ended hold blocks nobody)."""
+    """Tidy up: entries whose hold ended are open again, such tickets cancelled, and each one's
+    owner recorded in released_holds (the entry's owner is taken off it), so its cart can say
+    why it left. Correctness never waits for this (an ended hold blocks nobody)."""
     swept = 0
-    for model, freed in (
-        (CalendarEntry, {"state": "open", "user_id": None, "session_id": None}),
-        (Ticket, {"state": "cancelled"}),
+    for kind, model, freed in (
+        ("entry", CalendarEntry, {"state": "open", "user_id": None, "session_id": None}),
+        ("ticket", Ticket, {"state": "cancelled"}),
     ):
-        result = await session.execute(
-            update(model)
+        # The owner is read before the update takes it off; rows locked, so a booking taken
+        # again meanwhile is re-checked and left alone.
+        ended = (
+            select(model.id, model.user_id, model.session_id, model.hold_expires_at)
             .where(hold_ended(model))
+            .with_for_update()
+            .cte(f"ended_{kind}")
+        )
+        released = (
+            update(model)
+            .where(model.id == ended.c.id)
             .values(**freed, hold_expires_at=None, hold_order_id=None, updated_at=func.now())
             .returning(model.id)
+            .cte(f"released_{kind}")
         )
-        swept += len(result.all())
+        recorded = await session.execute(
+            insert(ReleasedHold)
+            .from_select(
+                ["kind", "booking_id", "user_id", "session_id", "ended_at"],
+                select(
+                    literal(kind),
+                    ended.c.id,
+                    ended.c.user_id,
+                    ended.c.session_id,
+                    ended.c.hold_expires_at,
+                ).join(released, released.c.id == ended.c.id),
+            )
+            .returning(ReleasedHold.booking_id)
+        )
+        swept += len(recorded.all())
+    await session.execute(
+        delete(ReleasedHold).where(ReleasedHold.released_at < func.now() - RELEASED_HOLDS_KEPT)
+    )
     return swept
 
 

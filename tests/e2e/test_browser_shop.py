@@ -8,8 +8,8 @@ import signal
 
 import pytest
 
-from tests.conftest import truncate_all
-from tests.e2e.conftest import live_stack
+from tests.conftest import admin_connect, truncate_all
+from tests.e2e.conftest import axe_source, axe_violations, live_stack
 from tests.integration.commerce_fixtures import ALL_SERVICES, open_shop
 
 PUBLIC = ["blog", "market", "cart", "events", "orders"]
@@ -127,6 +127,27 @@ def test_tickets_are_one_line_with_a_quantity_and_the_page_says_what_was_added(
     assert lines.first.get_attribute("data-quantity") == "2"
     assert lines.first.locator(".booking-quantity").inner_text() == "2"
     assert page.locator("a.cart-mini").inner_text() == "Cart (2)"
+
+
+def test_the_cart_page_says_which_bookings_left_it_when_their_hold_ended(
+    shop_live, shop, provisioned, page
+):
+    events = shop_live.url("events")
+    page.goto(f"{events}/auth/dev-login?user_id=64&next=/")
+    row = page.locator(f'tr.entry[data-id="{shop.entry_id}"]')
+    row.get_by_role("button", name="Add tickets").click()
+    page.wait_for_url(f"{events}/?added={shop.entry_id}#entry-{shop.entry_id}")
+    with admin_connect(provisioned, "events") as connection:
+        connection.execute(
+            "UPDATE events.tickets SET hold_expires_at = now() - interval '1 second' "
+            "WHERE user_id = 64"
+        )
+    page.goto(shop_live.url("cart", "/"))
+    notice = page.locator("#ended-holds")
+    assert "Morning tour \u2013 adult" in notice.inner_text()
+    assert "hold ended" in notice.inner_text()
+    assert page.locator("#empty-cart").is_visible()
+    assert axe_violations(page, axe_source()) == []
 
 
 def test_market_owns_its_market_places_and_blog_attaches_them_by_name(shop_live, shop, page):

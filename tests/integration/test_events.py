@@ -29,9 +29,10 @@ HTML = {"Accept": "text/html"}
 # -- helpers ----------------------------------------------------------------------------------
 
 
-async def sign_in(stack, user_id: int) -> httpx.AsyncClient:
-    """A browser-like client of events signed in as ``user_id``, sending its CSRF token."""
-    client = stack.browser("events")
+async def sign_in(stack, user_id: int, service: str = "events") -> httpx.AsyncClient:
+    """A browser-like client of events (or ``service``) signed in as ``user_id``, sending its
+    CSRF token."""
+    client = stack.browser(service)
     response = await client.get("/auth/dev-login", params={"user_id": user_id}, headers=JSON)
     assert response.status_code == 200, response.text
     client.headers["X-CSRF-Token"] = response.json()["csrf_token"]
@@ -1201,6 +1202,98 @@ async def test_the_sweeper_releases_ended_holds(stack, clean_db):
     assert entry_state(clean_db, things["walk"]) == ("open", None, None, None)
     assert entry_state(clean_db, things["ride"])[0] == "pending"
     assert events_rows(clean_db, "SELECT DISTINCT state FROM events.tickets") == [("cancelled",)]
+
+
+@pytest.fixture
+async def with_cart(clean_db, credentials) -> AsyncIterator[Any]:
+    async with in_process_stack(clean_db, credentials, ["events", "relations", "cart"]) as running:
+        yield running
+
+
+def ended_titles(cart: dict[str, Any]) -> list[str]:
+    return [ended["title"] for ended in cart["ended_holds"]]
+
+
+async def sweep(stack) -> int:
+    from apps.events.service import sweep_ended_holds
+
+    async with stack.apps["events"].state.platform.sessionmaker() as session:
+        swept = await sweep_ended_holds(session)
+        await session.commit()
+    return swept
+
+
+# Audit (L8): an ended hold took the booking out of the cart without a word, and the next
+# checkout said only "The cart is empty".
+async def test_the_cart_says_which_bookings_left_it_because_their_hold_ended(with_cart, clean_db):
+    stack = with_cart
+    things = await book_things(stack, clean_db)
+    walk = things["walk"]
+    cart = await sign_in(stack, 1, "cart")
+    assert ended_titles((await cart.get("/api/cart")).json()) == []
+    end_holds(clean_db, walk)
+    # Before any sweep: the booking still names its owner in events.
+    seen = (await cart.get("/api/cart")).json()
+    assert ended_titles(seen) == ["Orchard walk"]
+    [ended] = seen["ended_holds"]
+    assert (ended["kind"], ended["id"]) == ("entry", walk)
+    assert [booking["kind"] for booking in seen["pages"][0]["bookings"]] == ["ticket"]
+    page = await cart.get("/", headers={"Accept": "text/html"})
+    assert page.status_code == 200
+    assert "Orchard walk" in page.text
+    assert "hold ended" in page.text
+    # After the sweep freed it for anyone (its owner is gone from the entry), the cart still
+    # says so, and the tickets whose hold ended now are said too.
+    events_rows(
+        clean_db,
+        "UPDATE events.tickets SET hold_expires_at = now() - interval '1 second' RETURNING id",
+    )
+    assert await sweep(stack) == 3
+    assert entry_state(clean_db, walk) == ("open", None, None, None)
+    seen = (await cart.get("/api/cart")).json()
+    assert sorted(ended_titles(seen)) == [
+        "Orchard walk",
+        "Tractor ride \u2013 child",
+        "Tractor ride \u2013 child",
+    ]
+    assert seen["count"] == 0
+    # Nobody else is told: not the visitor whose ride is still held, not another user.
+    other = await sign_in(stack, 2, "cart")
+    assert ended_titles((await other.get("/api/cart")).json()) == []
+    # Checking out the emptied cart says why it is empty.
+    refused = await cart.post("/checkout/", headers=JSON)
+    assert refused.status_code == 409, refused.text
+    assert "Orchard walk" in refused.json()["detail"]
+    assert "hold ended" in refused.json()["detail"]
+    # Booked again, it is in the cart and no longer said to have left it.
+    booker = await sign_in(stack, 1)
+    assert (await booker.post(f"/entries/{walk}/book/")).status_code == 200
+    seen = (await cart.get("/api/cart")).json()
+    assert "Orchard walk" not in ended_titles(seen)
+    # An hour after a hold ended, the cart stops saying so.
+    events_rows(
+        clean_db,
+        "UPDATE events.released_holds SET ended_at = now() - interval '61 minutes' RETURNING 1",
+    )
+    assert ended_titles((await cart.get("/api/cart")).json()) == []
+    for client in (cart, other, booker):
+        await client.aclose()
+
+
+async def test_a_booking_its_owner_removed_or_paid_is_not_said_to_have_ended(with_cart, clean_db):
+    stack = with_cart
+    things = await book_things(stack, clean_db)
+    cart = await sign_in(stack, 1, "cart")
+    removed = await cart.post(f"/booking/entry/{things['walk']}/delete/", headers=JSON)
+    assert removed.status_code == 200, removed.text
+    events_rows(
+        clean_db,
+        "UPDATE events.tickets SET state = 'confirmed', order_id = 7, hold_expires_at = NULL "
+        "RETURNING id",
+    )
+    await sweep(stack)
+    assert ended_titles((await cart.get("/api/cart")).json()) == []
+    await cart.aclose()
 
 
 # Audit: control characters, text-direction overrides and blank names were stored as typed.
