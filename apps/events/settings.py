@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from datetime import timedelta
 
-from apps.common.settings import ConfigError, Settings
+from apps.common.settings import ConfigError, Settings, setting_number
 
 
 @dataclass(frozen=True)
@@ -29,8 +29,12 @@ class EventsSettings:
     def from_settings(cls, settings: Settings) -> EventsSettings:
         defaults = cls()
         return cls(
-            hold_seconds=_seconds(settings, "EVENTS_HOLD_SECONDS", defaults.hold_seconds),
-            sweep_seconds=_seconds(settings, "EVENTS_SWEEP_SECONDS", defaults.sweep_seconds),
+            hold_seconds=setting_number(
+                settings.extra, "EVENTS_HOLD_SECONDS", float, defaults.hold_seconds
+            ),
+            sweep_seconds=setting_number(
+                settings.extra, "EVENTS_SWEEP_SECONDS", float, defaults.sweep_seconds
+            ),
             currencies=_currencies(settings, "EVENTS_CURRENCIES", defaults.currencies),
         )
 
@@ -46,16 +50,3 @@ def _currencies(settings: Settings, name: str, default: tuple[str, ...]) -> tupl
             f"{name} must be ISO currency codes separated by commas (EUR,GBP), not {raw!r}"
         )
     return codes
-
-
-def _seconds(settings: Settings, name: str, default: float) -> float:
-    raw = settings.extra.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number of seconds, not {raw!r}") from None
-    if not value > 0:
-        raise ConfigError(f"{name} must be more than 0 seconds, not {raw!r}")
-    return value

@@ -12,6 +12,7 @@ import pytest
 
 from apps.cart.settings import CartSettings
 from apps.common.settings import ConfigError
+from apps.events.settings import EventsSettings
 from apps.orders.runtime import OrderUrls
 from apps.orders.settings import OrdersSettings
 from apps.registry import CONTRACTS, settings_for
@@ -179,6 +180,24 @@ def test_a_merchant_account_time_of_zero_remembers_nothing():
     assert own.merchant_account_seconds == 0
     default = OrdersSettings.from_settings(settings_for(CONTRACTS["orders"], COMPLETE))
     assert default.merchant_account_seconds == 60
+
+
+# inf was taken: a hold of inf seconds overflowed timedelta at the first booking (a 500), and a
+# sweep every inf seconds never ran; full-width digits were read as digits.
+@pytest.mark.parametrize("name", ["EVENTS_HOLD_SECONDS", "EVENTS_SWEEP_SECONDS"])
+@pytest.mark.parametrize("value", ["0", "-5", "nan", "inf", "soon", "\uff19\uff10"])
+def test_an_events_time_that_is_not_a_number_of_seconds_is_named(name, value):
+    environment = {**COMPLETE, name: value}
+    with pytest.raises(ConfigError, match=f"{name} must be .*'{value}'"):
+        EventsSettings.from_settings(settings_for(CONTRACTS["events"], environment))
+
+
+def test_events_times_default_and_take_fractions():
+    default = EventsSettings.from_settings(settings_for(CONTRACTS["events"], COMPLETE))
+    assert (default.hold_seconds, default.sweep_seconds) == (900, 60)
+    environment = {**COMPLETE, "EVENTS_HOLD_SECONDS": "1.5", "EVENTS_SWEEP_SECONDS": " 30 "}
+    own = EventsSettings.from_settings(settings_for(CONTRACTS["events"], environment))
+    assert (own.hold_seconds, own.sweep_seconds) == (1.5, 30)
 
 
 @pytest.mark.parametrize("value", ["-1", "3.5", "lots", "\uff13"])
