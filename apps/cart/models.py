@@ -111,7 +111,8 @@ class ClearedOrder(Base):
 
 class CheckoutStart(Base):
     """A new anonymous cart checked out from a client network in the last minute: what bounds a
-    client that starts a new session for every checkout (apps.cart.service.admit_checkout).
+    client that starts a new session for every checkout (apps.cart.service.admit_checkout, by
+    apps.common.admission).
     A row older than the window is deleted by the next checkout."""
 
     __tablename__ = "checkout_starts"

@@ -11,8 +11,8 @@ from litestar.params import FromPath, Parameter
 from litestar.response import Template
 
 from apps.cart import service
-from apps.cart.service import CheckoutAdmission
 from apps.cart.settings import CartSettings
+from apps.common.admission import admission_of
 from apps.common.deps import AppSettings, CurrentIdentity, DbSession, Internal
 from apps.common.identity import Identity
 from apps.common.internal_client import InternalCallError, InternalClient
@@ -24,7 +24,6 @@ from apps.common.problems import (
 )
 from apps.common.settings import Settings
 from apps.common.web import (
-    client_network,
     degraded_headers,
     public_url,
     read_form,
@@ -146,9 +145,7 @@ async def _checkout(
     own_settings: CartSettings,
     page_id: int | None,
 ) -> Any:
-    per_address = own_settings.anonymous_checkouts_per_address
-    network = client_network(request)
-    admission = CheckoutAdmission(network, per_address) if per_address and network else None
+    admission = admission_of(request, own_settings.anonymous_checkouts_per_address)
     try:
         created = await service.checkout(
             db_session, internal, owner_of(identity), identity.session_id, page_id, admission

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -21,17 +21,14 @@ from sqlalchemy import (
     and_,
     any_,
     bindparam,
-    cast,
-    delete,
     func,
     insert,
     select,
     text,
     true,
-    tuple_,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, INET
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as upsert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -54,10 +51,11 @@ from apps.cart.models import (
     pending_bookings,
     products,
 )
+from apps.common.admission import Admission, AdmissionRule, admit
 from apps.common.db import end_read, table_of
 from apps.common.fdw import ProviderUnavailable, remote_read
 from apps.common.internal_client import InternalClient
-from apps.common.problems import Conflict, InvalidInput, NotFound, TooManyRequests
+from apps.common.problems import Conflict, InvalidInput, NotFound
 from apps.events import contract as events
 from apps.orders import contract as orders
 from apps.orders.contract import BookingLine, CartLine, CreatedOrder, CreateOrder
@@ -787,61 +785,26 @@ def checkout_request(
     return request, f"cart-checkout:{digest}"
 
 
-CHECKOUT_WINDOW = timedelta(minutes=1)
+# New anonymous carts per client network (what bounds a client minting sessions).
+CHECKOUT_STARTS = AdmissionRule(
+    table=table_of(CheckoutStart),
+    lock_namespace="cart-checkout-start",
+    refusal=lambda per_minute, retry_after: (
+        f"Too many checkouts from your network: at most {per_minute} new carts a minute "
+        f"without signing in. Try again in {retry_after} s, or sign in; your cart is as it was."
+    ),
+    key_column="cart_key",
+)
 
 
-@dataclass(frozen=True)
-class CheckoutAdmission:
-    """Where an anonymous checkout comes from, and how many new carts a minute it may start."""
-
-    network: str
-    per_minute: int
-
-
-async def admit_checkout(session: AsyncSession, admission: CheckoutAdmission, key: str) -> None:
+async def admit_checkout(session: AsyncSession, admission: Admission, key: str) -> None:
     """Count a new anonymous cart against its client network's limit, or refuse it (429). The
-    same cart checked out again (its key) is not a new start. Exact across processes: the
-    network's starts are counted and recorded under its advisory lock, in one transaction."""
-    starts = table_of(CheckoutStart)
-    network = cast(admission.network, INET)
-    await session.execute(
-        text("SELECT pg_advisory_xact_lock(hashtextextended('cart-checkout-start:' || :net, 0))"),
-        {"net": admission.network},
-    )
-    # Every network's ended starts go; those another checkout is deleting now are skipped
-    # (waiting on them could deadlock two checkouts deleting in different orders).
-    ended = (
-        select(starts.c.network, starts.c.cart_key)
-        .where(starts.c.started_at <= func.now() - CHECKOUT_WINDOW)
-        .with_for_update(skip_locked=True)
-    )
-    await session.execute(
-        delete(starts).where(tuple_(starts.c.network, starts.c.cart_key).in_(ended))
-    )
-    count, oldest, now, again = (
-        await session.execute(
-            select(
-                func.count(),
-                func.min(starts.c.started_at),
-                func.now(),
-                func.coalesce(func.bool_or(starts.c.cart_key == key), False),
-            ).where(starts.c.network == network)
-        )
-    ).one()
-    if again:
+    same cart checked out again (its key) is not a new start. The count is committed before
+    orders is asked: the checkout waits on no lock while orders answers."""
+    if await admit(session, CHECKOUT_STARTS, admission, key):
+        await session.commit()
+    else:
         await session.rollback()
-        return
-    if count >= admission.per_minute:
-        await session.rollback()
-        retry_after = int((oldest + CHECKOUT_WINDOW - now).total_seconds()) + 1
-        raise TooManyRequests(
-            f"Too many checkouts from your network: at most {admission.per_minute} new carts a "
-            f"minute without signing in. Try again in {retry_after} s, or sign in; your cart is "
-            "as it was.",
-            retry_after=retry_after,
-        )
-    await session.execute(insert(starts).values(network=network, cart_key=key))
-    await session.commit()
 
 
 async def checkout(
@@ -850,7 +813,7 @@ async def checkout(
     owner: Owner,
     session_id: str,
     page_id: int | None,
-    admission: CheckoutAdmission | None = None,
+    admission: Admission | None = None,
 ) -> CreatedOrder:
     """Hand the cart (or one page's) over to orders. Nothing of the cart changes here: orders
     clears it once the payment is confirmed. An anonymous cart is first admitted under its
