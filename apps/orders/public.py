@@ -10,6 +10,7 @@ from litestar import Request, Response, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import Parameter
 
+from apps.common.admission import admission_of
 from apps.common.deps import CurrentIdentity, DbSession
 from apps.common.problems import Conflict, DependencyUnavailable, InvalidInput, NotFound
 from apps.common.web import (
@@ -235,7 +236,8 @@ async def pay_again(
     seen = _attempt_number(await optional_whole_number(request, "attempt"))
     if seen is None and current is not None:
         seen = current.number
-    attempt = await service.start_new_attempt(db_session, order, seen, runtime)
+    admission = admission_of(request, runtime.settings.pay_again_per_address)
+    attempt = await service.start_new_attempt(db_session, order, seen, runtime, admission)
     await db_session.commit()
     if attempt is None:
         runtime.relay.wake()

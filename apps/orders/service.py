@@ -50,6 +50,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
+from apps.common.admission import Admission, AdmissionRule, admit
 from apps.common.contracts import SignIn
 from apps.common.db import (
     one_plan_for_the_rest_of_the_transaction,
@@ -79,6 +80,7 @@ from apps.orders.models import (
     PaymentAttempt,
     Refund,
     page_payment_configs,
+    pay_again_starts,
 )
 from apps.orders.payments import (
     CENT,
@@ -906,8 +908,93 @@ async def adopt_orders(session: AsyncSession, request: SignIn) -> AdoptedOrders:
 
 
 # -- paying again ------------------------------------------------------------------------------
+# New payment attempts per client network: each costs up to three SumUp calls, and one client
+# may hold many pending orders (the cap per order does not bound it).
+PAY_AGAIN = AdmissionRule(
+    table=pay_again_starts,
+    lock_namespace="orders-pay-again",
+    refusal=lambda per_minute, retry_after: (
+        f"Too many payment attempts from your network: at most {per_minute} new payments a "
+        f"minute. Try again in {retry_after} s; your order is as it was."
+    ),
+)
+
+
+async def _latest_attempt(
+    session: AsyncSession, order_id: int
+) -> tuple[PaymentAttempt | None, bool]:
+    """The order's latest attempt, and whether it was made in the last FRESH_ATTEMPT."""
+    current, just_made = (
+        await session.execute(
+            select(
+                PaymentAttempt,
+                PaymentAttempt.created_at > func.clock_timestamp() - FRESH_ATTEMPT,
+            )
+            .where(PaymentAttempt.order_id == order_id)
+            .order_by(PaymentAttempt.number.desc())
+            .limit(1)
+        )
+    ).one_or_none() or (None, False)
+    return current, just_made
+
+
+def _gives_back(current: PaymentAttempt | None, just_made: bool, seen_attempt: int | None) -> bool:
+    """Whether a pay again gets the current attempt back (clicked twice, or in two tabs at
+    once): when SumUp still has it open, no new checkout is made."""
+    return (
+        current is not None
+        and current.status == "PENDING"
+        and (just_made or (seen_attempt is not None and current.number > seen_attempt))
+    )
+
+
+async def admit_pay_again(
+    session: AsyncSession,
+    order: Order,
+    seen_attempt: int | None,
+    runtime: OrdersRuntime,
+    admission: Admission,
+) -> int | None:
+    """Count the attempt a pay again would make against its client network's limit (429 past
+    it), before the order is locked and SumUp is asked anything: the attempt's number, or None
+    when the request makes none (it gets the current attempt back, or a 409: not counted).
+    Committed at once, so that the network's lock is never held while SumUp answers. Read
+    without the order's lock: :func:`start_new_attempt` counts under it what this could not
+    foresee (the key is the order's attempt: two clicks that foresaw one attempt count once)."""
+    if order.status != "pending" or order.flagged:
+        return None
+    current, just_made = await _latest_attempt(session, order.id)
+    if _gives_back(current, just_made, seen_attempt):
+        return None
+    number = (current.number + 1) if current is not None else 1
+    if number > runtime.settings.attempts_per_order:
+        return None
+    await admit(session, PAY_AGAIN, admission, f"{order.id}:{number}")
+    # Commit, not roll back: the request only read its order, and a rollback would expire it.
+    await session.commit()
+    return number
+
+
+async def _count_under_lock(
+    session: AsyncSession,
+    order_id: int,
+    number: int,
+    admission: Admission | None,
+    counted: int | None,
+) -> None:
+    """Count attempt ``number`` in the order's transaction when :func:`admit_pay_again` did not
+    (the order changed between its read and the lock, or SumUp ended the attempt a second click
+    would have got back). Rare: the network's lock is then held until the attempt commits."""
+    if admission is not None and counted != number:
+        await admit(session, PAY_AGAIN, admission, f"{order_id}:{number}")
+
+
 async def start_new_attempt(
-    session: AsyncSession, order: Order, seen_attempt: int | None, runtime: OrdersRuntime
+    session: AsyncSession,
+    order: Order,
+    seen_attempt: int | None,
+    runtime: OrdersRuntime,
+    admission: Admission | None = None,
 ) -> PaymentAttempt | None:
     """Pay again: first make sure the current attempt is not paid (and close it at SumUp so it
     cannot be paid as well), then create a new checkout with a new reference.
@@ -915,7 +1002,15 @@ async def start_new_attempt(
     One new attempt at a time per order (the order's row is locked, and the current attempt is
     read under the lock). A request that saw an older attempt than the current one (a double
     click, a second tab) gets the current attempt when it can still be paid, else a 409. None
-    when the order turned out to be settled meanwhile: the caller commits that and says so."""
+    when the order turned out to be settled meanwhile: the caller commits that and says so.
+    A new attempt is first counted under its client network's limit (``admission``; None: no
+    limit), before SumUp is asked anything; a request that gets the current attempt back is
+    not counted."""
+    counted = (
+        await admit_pay_again(session, order, seen_attempt, runtime, admission)
+        if admission is not None
+        else None
+    )
     locked = (
         await session.execute(
             select(
@@ -943,17 +1038,12 @@ async def start_new_attempt(
         raise Conflict(
             f"The time to pay order {order.id} has passed; check out again from your cart"
         )
-    current, just_made = (
-        await session.execute(
-            select(
-                PaymentAttempt,
-                PaymentAttempt.created_at > func.clock_timestamp() - FRESH_ATTEMPT,
-            )
-            .where(PaymentAttempt.order_id == order.id)
-            .order_by(PaymentAttempt.number.desc())
-            .limit(1)
-        )
-    ).one_or_none() or (None, False)
+    current, just_made = await _latest_attempt(session, order.id)
+    number = (current.number + 1) if current is not None else 1
+    gives_back_current = _gives_back(current, just_made, seen_attempt)
+    most = runtime.settings.attempts_per_order
+    if not gives_back_current and number <= most:
+        await _count_under_lock(session, order.id, number, admission, counted)
     account = await merchant_account(session, order.page_config_id)
     if current is not None and current.status in OPEN_ATTEMPT_STATES:
         # What SumUp says now: a payment that landed meanwhile settles the order.
@@ -961,7 +1051,7 @@ async def start_new_attempt(
         if applied.order_status != "pending" or applied.flagged:
             return None
     if current is not None and current.status == "PENDING":
-        if just_made or (seen_attempt is not None and current.number > seen_attempt):
+        if _gives_back(current, just_made, seen_attempt):
             # Clicked twice, or in two tabs at once: the payment just started is the one.
             return current
     elif current is not None and seen_attempt is not None and current.number > seen_attempt:
@@ -969,18 +1059,19 @@ async def start_new_attempt(
             f"Order {order.id} already has a newer payment (attempt {current.number}); "
             "reload the order page"
         )
-    most = runtime.settings.attempts_per_order
     if current is not None and current.number >= most:
         # Before SumUp is asked to close or create anything.
         raise Conflict(
             f"Order {order.id} has had {most} payment attempts, the most one order may have; "
             "check out again from your cart"
         )
+    if gives_back_current:
+        # SumUp says the attempt it would have got back ended meanwhile: a new one after all.
+        await _count_under_lock(session, order.id, number, admission, counted)
     if current is not None and current.status in OPEN_ATTEMPT_STATES:
         applied = await close_attempt(session, order, current, runtime.gateway)
         if applied.order_status != "pending" or applied.flagged:
             return None
-    number = (current.number + 1) if current is not None else 1
     return await _new_attempt(
         session, order, number, runtime, account, valid_until=locked.payable_until
     )

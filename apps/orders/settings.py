@@ -29,6 +29,11 @@ class OrdersSettings:
     # Payment attempts one order may have (each new one costs up to three SumUp calls: read,
     # close, create); past it, pay again says to check out again from the cart.
     attempts_per_order: int = 10
+    # New payment attempts (pay again) per client network (an IPv6 client's /64) a minute,
+    # whoever the buyer; 0 turns the limit off. The cap per order does not bound a client
+    # holding many pending orders (cart admits 30 new anonymous carts a minute per address).
+    # Generous, as many buyers may share one address (an office, a mobile carrier's NAT).
+    pay_again_per_address: int = 30
     # Reconciliation: orders asked about per batch, and SumUp calls in flight at once.
     reconcile_batch: int = 200
     reconcile_concurrency: int = 8
@@ -71,6 +76,13 @@ class OrdersSettings:
             ),
             attempts_per_order=setting_number(
                 extra, "ORDERS_ATTEMPTS_PER_ORDER", int, defaults.attempts_per_order
+            ),
+            pay_again_per_address=setting_number(
+                extra,
+                "ORDERS_PAY_AGAIN_PER_ADDRESS",
+                int,
+                defaults.pay_again_per_address,
+                zero_allowed=True,
             ),
             reconcile_batch=setting_number(
                 extra, "ORDERS_RECONCILE_BATCH", int, defaults.reconcile_batch

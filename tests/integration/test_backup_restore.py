@@ -245,7 +245,7 @@ def test_an_earlier_releases_backup_restores_and_is_upgraded(tmp_path: Path) -> 
             with target.admin("orders") as orders:
                 assert orders.execute(
                     "SELECT version_num FROM orders.alembic_version"
-                ).fetchall() == [("0007",)]
+                ).fetchall() == [("0008",)]
                 pending = orders.execute(
                     "SELECT user_id, payable_until IS NOT NULL FROM orders.orders"
                 ).fetchall()

@@ -431,6 +431,151 @@ async def test_pay_again_makes_at_most_the_attempts_one_order_may_have(
         assert order_rows(clean_db)[0][1] == "pending"
 
 
+def pay_again_limited(clean_db, credentials, sandbox, limit: int = 3):
+    """Orders admits ``limit`` new payment attempts a minute per client network; its limit of
+    new orders per buyer is out of the way (the tests make many orders for one buyer)."""
+    return orders_stack(
+        clean_db,
+        credentials,
+        sandbox.server,
+        ORDERS_PAY_AGAIN_PER_ADDRESS=str(limit),
+        ORDERS_CHECKOUTS_PER_MINUTE="100",
+    )
+
+
+async def failed_orders(orders, clean_db, sandbox, count: int, **buyer: Any) -> list[int]:
+    """Pending orders of one buyer, each of other goods (none replaces another), whose checkout
+    failed at SumUp: pay again on each makes a new attempt (read, close, create at SumUp)."""
+    made = []
+    for n in range(count):
+        payload = order_payload(product_line(100 + n), **buyer)
+        order_id = (await create(orders, payload)).json()["order_id"]
+        sandbox.fail(checkout_id_of(clean_db, order_id))
+        made.append(order_id)
+    # Made a while ago, as the order page showed them: a pay again is not a second click.
+    with admin_connect(clean_db, "orders") as connection:
+        connection.execute(
+            "UPDATE orders.payment_attempts SET created_at = created_at - interval '1 minute'"
+            " WHERE order_id = ANY(%s)",
+            (made,),
+        )
+    return made
+
+
+async def signed_in_at(orders, address: str, user_id: int = 1):
+    browser = orders.browser("orders", address)
+    response = await browser.get(f"/auth/dev-login?user_id={user_id}", headers=JSON)
+    browser.headers["x-csrf-token"] = response.json()["csrf_token"]
+    return browser
+
+
+def attempts_of(server) -> list[tuple[int, int]]:
+    with admin_connect(server, "orders") as connection:
+        return connection.execute(
+            "SELECT order_id, count(*) FROM orders.payment_attempts GROUP BY 1 ORDER BY 1"
+        ).fetchall()
+
+
+async def test_pay_again_is_bounded_per_client_network(clean_db, credentials, sandbox, site_config):
+    """One client holding many pending orders cannot make SumUp checkouts at will: at most
+    ORDERS_PAY_AGAIN_PER_ADDRESS new attempts a minute per client network (an IPv6 client's
+    /64), signed in or not; past it a 429 with Retry-After, before SumUp is asked anything.
+    A pay again that only gives back the attempt just made is not counted."""
+    async with pay_again_limited(clean_db, credentials, sandbox) as orders:
+        order_ids = await failed_orders(orders, clean_db, sandbox, 9)
+        browser = await signed_in_at(orders, "203.0.113.7")
+        for order_id in order_ids[:3]:
+            again = await browser.post(f"/order/{order_id}/pay/")
+            assert again.status_code == 200, again.text
+            assert again.json()["attempt"] == 2
+        # A second click on the page that showed attempt 1 gets attempt 2: no new checkout,
+        # so not counted (it would be refused otherwise).
+        replay = await browser.post(f"/order/{order_ids[0]}/pay/", data={"attempt": "1"})
+        assert replay.status_code == 200, replay.text
+        assert replay.json()["attempt"] == 2
+
+        checkouts, attempts, rows = sandbox.checkouts(), attempts_of(clean_db), order_rows(clean_db)
+        sandbox.controls(api_unavailable=True)  # a call to SumUp would make it a 503
+        refused = await browser.post(f"/order/{order_ids[3]}/pay/")
+        sandbox.controls(api_unavailable=False)
+        assert refused.status_code == 429, refused.text
+        assert 1 <= int(refused.headers["retry-after"]) <= 60
+        assert refused.headers["content-type"].startswith("application/problem+json")
+        assert "Too many payment attempts" in refused.json()["detail"]
+        assert sandbox.checkouts() == checkouts  # none made, none closed
+        assert attempts_of(clean_db) == attempts
+        assert order_rows(clean_db) == rows
+        assert rows[3][1] == "pending"
+        # The attempt a click just made failed at SumUp meanwhile: a pay again is a new attempt
+        # after all, refused too (SumUp is asked only what became of the attempt).
+        sandbox.fail(checkout_id_of(clean_db, order_ids[0], 2))
+        checkouts = sandbox.checkouts()
+        assert (await browser.post(f"/order/{order_ids[0]}/pay/")).status_code == 429
+        assert sandbox.checkouts() == checkouts
+        assert attempts_of(clean_db) == attempts
+
+        # An anonymous buyer at the same address is counted with the signed-in one.
+        anonymous = orders.browser("orders", "203.0.113.7")
+        anonymous.headers["x-csrf-token"] = (await anonymous.get("/auth/session")).json()[
+            "csrf_token"
+        ]
+        codec = orders.apps["orders"].state.platform.codec
+        session_id = codec.decode(anonymous.cookies["rose_session"]).identity.session_id
+        (mine,) = await failed_orders(
+            orders, clean_db, sandbox, 1, user_id=None, session_id=session_id
+        )
+        assert (await anonymous.post(f"/order/{mine}/pay/")).status_code == 429
+        # A browser is shown the refusal as a page.
+        page = await browser.post(f"/order/{order_ids[3]}/pay/", headers=HTML)
+        assert page.status_code == 429
+        assert "text/html" in page.headers["content-type"]
+        assert "Too many payment attempts" in page.text
+
+        # Another address is not refused.
+        elsewhere = await signed_in_at(orders, "203.0.113.8")
+        assert (await elsewhere.post(f"/order/{order_ids[3]}/pay/")).status_code == 200
+
+        # One IPv6 client holds a /64: its addresses count together.
+        for order_id, host in zip(
+            order_ids[4:7],
+            ("2001:db8:1:2::1", "2001:db8:1:2::2", "2001:db8:1:2:ffff::3"),
+            strict=True,
+        ):
+            ipv6 = await signed_in_at(orders, host)
+            assert (await ipv6.post(f"/order/{order_id}/pay/")).status_code == 200
+        same_network = await signed_in_at(orders, "2001:db8:1:2::4")
+        assert (await same_network.post(f"/order/{order_ids[7]}/pay/")).status_code == 429
+        next_network = await signed_in_at(orders, "2001:db8:1:3::1")
+        assert (await next_network.post(f"/order/{order_ids[7]}/pay/")).status_code == 200
+        with admin_connect(clean_db, "orders") as connection:
+            networks = connection.execute(
+                "SELECT network::text, count(*) FROM orders.pay_again_starts GROUP BY 1 ORDER BY 1"
+            ).fetchall()
+        assert networks == [
+            ("2001:db8:1:2::/64", 3),
+            ("2001:db8:1:3::/64", 1),
+            ("203.0.113.7/32", 3),
+            ("203.0.113.8/32", 1),
+        ]
+
+
+async def test_concurrent_pay_agains_from_one_network_make_the_limit_exactly(
+    clean_db, credentials, sandbox, site_config
+):
+    async with pay_again_limited(clean_db, credentials, sandbox, limit=3) as orders:
+        order_ids = await failed_orders(orders, clean_db, sandbox, 8)
+        browsers = [await signed_in_at(orders, "198.51.100.9") for _ in order_ids]
+        answers = await asyncio.gather(
+            *(
+                browser.post(f"/order/{order_id}/pay/")
+                for browser, order_id in zip(browsers, order_ids, strict=True)
+            )
+        )
+        assert sorted(answer.status_code for answer in answers) == [200] * 3 + [429] * 5
+        assert sorted(count for _, count in attempts_of(clean_db)) == [1] * 5 + [2] * 3
+        assert len(sandbox.checkouts()) == 8 + 3
+
+
 async def test_the_attempt_pay_again_names_is_ascii_digits_only(orders, clean_db, sandbox):
     """Audit: int() read a full-width 1 (U+FF11) as attempt 1. It is a 422 naming the field,
     and no new checkout is made."""

@@ -222,3 +222,15 @@ def test_the_attempts_one_order_may_have_are_10_and_a_positive_count():
         environment = {**COMPLETE, "ORDERS_ATTEMPTS_PER_ORDER": value}
         with pytest.raises(ConfigError, match=f"ORDERS_ATTEMPTS_PER_ORDER must .*'{value}'"):
             OrdersSettings.from_settings(settings_for(CONTRACTS["orders"], environment))
+
+
+def test_pay_again_per_address_is_30_0_turns_it_off_and_else_a_count():
+    default = OrdersSettings.from_settings(settings_for(CONTRACTS["orders"], COMPLETE))
+    assert default.pay_again_per_address == 30
+    environment = {**COMPLETE, "ORDERS_PAY_AGAIN_PER_ADDRESS": "0"}
+    off = OrdersSettings.from_settings(settings_for(CONTRACTS["orders"], environment))
+    assert off.pay_again_per_address == 0
+    for value in ("-1", "3.5", "lots", "\uff13"):
+        environment = {**COMPLETE, "ORDERS_PAY_AGAIN_PER_ADDRESS": value}
+        with pytest.raises(ConfigError, match=f"ORDERS_PAY_AGAIN_PER_ADDRESS must .*'{value}'"):
+            OrdersSettings.from_settings(settings_for(CONTRACTS["orders"], environment))
