@@ -576,6 +576,34 @@ async def test_concurrent_pay_agains_from_one_network_make_the_limit_exactly(
         assert len(sandbox.checkouts()) == 8 + 3
 
 
+async def test_a_pay_again_that_makes_no_attempt_is_not_counted_and_a_minute_ends_a_count(
+    clean_db, credentials, sandbox, site_config
+):
+    async with pay_again_limited(clean_db, credentials, sandbox, limit=1) as orders:
+        paid = (await create(orders, order_payload(product_line(99)))).json()["order_id"]
+        checkout = checkout_id_of(clean_db, paid)
+        sandbox.pay(checkout)
+        assert (await webhook(orders, paid, checkout)).status_code == 204
+        first, second = await failed_orders(orders, clean_db, sandbox, 2)
+        browser = await signed_in_at(orders, "203.0.113.9")
+        # A paid order has nothing to pay: a 409, not counted (nor refused as a 429).
+        assert (await browser.post(f"/order/{paid}/pay/")).status_code == 409
+        assert (await browser.post(f"/order/{first}/pay/")).status_code == 200
+        assert (await browser.post(f"/order/{second}/pay/")).status_code == 429
+
+        # A minute on, the network's start has ended, and the next pay again deletes it.
+        with admin_connect(clean_db, "orders") as connection:
+            connection.execute(
+                "UPDATE orders.pay_again_starts SET started_at = started_at - interval '61 seconds'"
+            )
+        assert (await browser.post(f"/order/{second}/pay/")).status_code == 200
+        with admin_connect(clean_db, "orders") as connection:
+            starts = connection.execute(
+                "SELECT network::text, key FROM orders.pay_again_starts"
+            ).fetchall()
+        assert starts == [("203.0.113.9/32", f"{second}:2")]
+
+
 async def test_the_attempt_pay_again_names_is_ascii_digits_only(orders, clean_db, sandbox):
     """Audit: int() read a full-width 1 (U+FF11) as attempt 1. It is a 422 naming the field,
     and no new checkout is made."""
