@@ -1,6 +1,7 @@
-"""Input limits at the edge, before any handler or parser sees a request: a bounded body, JSON
-and form fields that are valid UTF-8, JSON not nested beyond reason, and no NUL character in any
-value (PostgreSQL cannot store one). Each refusal is a problem naming what was wrong."""
+"""Input limits at the edge, before any handler or parser sees a request: a bounded body, JSON,
+form fields and query parameters that are valid UTF-8, JSON not nested beyond reason, and no NUL
+character in any value (PostgreSQL cannot store one). Each refusal is a problem naming what was
+wrong."""
 
 from __future__ import annotations
 
@@ -48,6 +49,19 @@ def input_limits(app: ASGIApp) -> ASGIApp:
                 send, 422, f"{name}: contains a NUL character", path, scope=scope, field=name
             )
             return
+        checked_query = _utf8_pairs(query, "parameter")
+        if isinstance(checked_query, Refusal):
+            await send_problem(
+                send,
+                checked_query.status,
+                checked_query.detail,
+                path,
+                scope=scope,
+                field=checked_query.field,
+            )
+            return
+        if checked_query != query:
+            scope["query_string"] = checked_query
         if http_method(scope) in _BODY_METHODS:
             try:
                 body = await read_body(receive, MAX_BODY_BYTES)
@@ -86,7 +100,7 @@ def _check_body(content_type: str, body: bytes) -> Refusal | bytes:
         if b"%00" in body or b"\x00" in body:
             name = _first_with_nul(body.decode("latin-1"))
             return Refusal(422, f"{name}: contains a NUL character", name)
-        return _utf8_form(body)
+        return _utf8_pairs(body, "body")
     if kind != "application/json" and not kind.endswith("+json"):
         return body
     try:
@@ -106,21 +120,30 @@ def _check_body(content_type: str, body: bytes) -> Refusal | bytes:
     return body
 
 
-def _utf8_form(body: bytes) -> Refusal | bytes:
-    """A URL-encoded form whose every name and value is UTF-8 once percent-decoded, else the
-    refusal naming the first field that is not (Litestar would read each bad byte as U+FFFD, and
-    the handler store that). Litestar reads the raw body as Latin-1 before percent-decoding, so
-    UTF-8 sent unencoded (``curl -d name=Café``) is percent-encoded here to be read as what it
-    is."""
-    for pair in body.split(b"&"):
+def _utf8_pairs(encoded: bytes, whole: str) -> Refusal | bytes:
+    """A URL-encoded form or query string whose every name and value is UTF-8 once
+    percent-decoded, else the refusal naming the first field that is not (Litestar would read
+    each bad byte as U+FFFD, and the handler store or look up that; ``whole`` names it when the
+    name itself is unreadable). Litestar reads the raw bytes as Latin-1 before percent-decoding,
+    so UTF-8 sent unencoded (``curl -d name=Café``) is percent-encoded here to be read as what
+    it is."""
+    for pair in encoded.split(b"&"):
         name, _, value = pair.partition(b"=")
         for part in (name, value):
             try:
                 unquote_to_bytes(part.replace(b"+", b" ")).decode("utf-8")
             except UnicodeDecodeError:
-                field = unquote_to_bytes(name.replace(b"+", b" ")).decode("utf-8", "replace")
-                return Refusal(400, f"{field or 'body'}: is not valid UTF-8", field or "body")
-    return _RAW_NON_ASCII.sub(lambda byte: b"%%%02X" % byte[0][0], body)
+                field = _readable(name) or whole
+                return Refusal(400, f"{field}: is not valid UTF-8", field)
+    return _RAW_NON_ASCII.sub(lambda byte: b"%%%02X" % byte[0][0], encoded)
+
+
+def _readable(name: bytes) -> str:
+    """A field's name as the client wrote it, or "" when it is not UTF-8 itself."""
+    try:
+        return unquote_to_bytes(name.replace(b"+", b" ")).decode("utf-8")
+    except UnicodeDecodeError:
+        return ""
 
 
 def _depth(body: bytes) -> int:

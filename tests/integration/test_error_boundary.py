@@ -4,6 +4,7 @@ fuzzing and the outage trials, as a request through the real apps."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import httpx
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from apps.common.problems import Problem
 from apps.common.signing import sign_headers
 from tests.conftest import INTERNAL_SECRET, in_process_stack
-from tests.integration.commerce_fixtures import browser_of, shop_stack
+from tests.integration.commerce_fixtures import ALL_SERVICES, browser_of, shop_stack
 from tests.signed import internal_get, internal_post
 
 HTML = {"accept": "text/html"}
@@ -335,3 +336,57 @@ async def test_a_redirect_promises_no_json_body(stack, shop):
         assert response.status_code == 303, response.text[:300]
         assert response.content == b""
         assert response.headers["content-type"].startswith("text/plain"), response.headers
+
+
+async def raw_get(app: Any, query: bytes, accept: bytes) -> tuple[int, dict[bytes, bytes], bytes]:
+    """A GET whose query string is ``query`` byte for byte, straight to the app's ASGI entry:
+    HTTP clients percent-encode what is not ASCII, and a raw byte is what is tested here."""
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/",
+        "raw_path": b"/",
+        "root_path": "",
+        "query_string": query,
+        "headers": [(b"host", b"service.test"), (b"accept", accept)],
+        "client": ("127.0.0.1", 50000),
+        "server": ("service.test", 80),
+        "state": {},
+    }
+    await app(scope, receive, send)
+    start = next(message for message in sent if message["type"] == "http.response.start")
+    body = b"".join(message.get("body", b"") for message in sent[1:])
+    return start["status"], dict(start["headers"]), body
+
+
+@pytest.mark.parametrize("service", ALL_SERVICES)
+async def test_a_query_parameter_that_is_not_utf8_is_refused_naming_it(stack, service):
+    """Audit: ``?page=%FF%FE`` was read as two U+FFFD (and looked up or stored as that). Every
+    service's edge answers 400 naming the parameter, as it does for a form field; a browser
+    gets the themed page."""
+    client = stack.browser(service) if service in PUBLIC else stack.client(service)
+    for query in ("page=%FF%FE", "page=2%C3", "a=1&page=%E9t%E9"):
+        problem = assert_problem(await client.get(f"/?{query}", headers=JSON), 400, "UTF-8")
+        assert problem["detail"].startswith("page:"), problem
+        assert problem["errors"][0]["field"] == "page", problem
+    status, headers, body = await raw_get(stack.apps[service], b"page=\xff", b"application/json")
+    assert status == 400, body[:300]
+    assert headers[b"content-type"].startswith(b"application/problem+json")
+    assert json.loads(body)["errors"][0]["field"] == "page"
+    if service in PUBLIC:
+        page = await client.get("/?page=%FF", headers=HTML)
+        assert page.status_code == 400
+        assert page.headers["content-type"].startswith("text/html")
+        assert 'role="alert"' in page.text
+        assert "Page is not valid UTF-8" in page.text
