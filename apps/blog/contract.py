@@ -10,12 +10,13 @@ from typing import Annotated, Any
 import msgspec
 
 from apps.common.contracts import Action, Contract, ExportView, Query
+from apps.common.inputs import CONTAINER_TYPE
 
 SERVICE = "blog"
 MAX_ID = 2**63 - 1
 MAX_BATCH = 500
 
-ContainerType = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+ContainerType = Annotated[str, msgspec.Meta(pattern=CONTAINER_TYPE)]
 ContainerId = Annotated[int, msgspec.Meta(ge=0, le=MAX_ID)]
 UNSET = msgspec.UNSET
 

@@ -11,9 +11,10 @@ from litestar.params import FromQuery, Parameter, QueryParameter
 from apps.blog import contract, service
 from apps.blog.models import idempotency_keys
 from apps.common.deps import DbSession
+from apps.common.inputs import CONTAINER_TYPE
 from apps.common.internal import data_route, keyed_action
 
-ContainerTypeParam = Annotated[str, Parameter(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+ContainerTypeParam = Annotated[str, Parameter(pattern=CONTAINER_TYPE)]
 ContainerIdParam = Annotated[int, Parameter(ge=0, le=contract.MAX_ID)]
 Ids = Annotated[list[int] | None, Parameter(max_items=contract.MAX_BATCH)]
 

@@ -6,12 +6,12 @@ Slugs ``api``, ``auth``, ``schema``, ``healthz`` and ``readyz`` are taken by oth
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 import msgspec
 from litestar import Request, Response, get, post
 from litestar.datastructures import FormMultiDict
-from litestar.params import FromQuery, Parameter, URLEncodedBody
+from litestar.params import FromQuery, URLEncodedBody
 from litestar.response import Template
 
 from apps.blog import contract, service
@@ -21,6 +21,7 @@ from apps.common.fdw import ProviderUnavailable
 from apps.common.problems import InvalidInput
 from apps.common.web import (
     PageNumber,
+    SlugParam,
     degraded_headers,
     editors_only,
     form_of,
@@ -31,8 +32,6 @@ from apps.common.web import (
     see_other,
     wants_html,
 )
-
-SlugParam = Annotated[str, Parameter(pattern=r"^[a-z0-9][a-z0-9-]{0,254}$")]
 
 
 def wants_json(request: Request) -> bool:

@@ -57,17 +57,18 @@ FEATURE_LABELS = {
     "cart": "Cart: a page cart with its own checkout",
 }
 
+# Each is checked with fullmatch (a pattern ending in $ also matches before a final newline).
 # SumUp merchant codes are short uppercase codes ("MH4H92C7", "MSANDBOX1").
 MERCHANT_CODE_PATTERN = "[A-Z0-9]{6,12}"  # the form's pattern attribute too
-MERCHANT_CODE = re.compile(rf"^{MERCHANT_CODE_PATTERN}$")
+MERCHANT_CODE = re.compile(MERCHANT_CODE_PATTERN)
 # SumUp limits checkout_reference to 64 characters. Orders builds it as
 # "{prefix}{order_id}-{attempt}" with an order id of up to 19 digits (bigint) and an attempt
 # number of up to 4 digits, which leaves 64 - 19 - 1 - 4 = 40 characters for the prefix.
 SUMUP_REFERENCE_MAX = 64
 MAX_CHECKOUT_PREFIX = SUMUP_REFERENCE_MAX - 19 - 1 - 4
 CHECKOUT_PREFIX_PATTERN = rf"[A-Za-z0-9_\-]{{1,{MAX_CHECKOUT_PREFIX}}}"
-CHECKOUT_PREFIX = re.compile(rf"^{CHECKOUT_PREFIX_PATTERN}$")
-API_KEY = re.compile(r"^[\x21-\x7e]{8,255}$")  # printable ASCII, no spaces
+CHECKOUT_PREFIX = re.compile(CHECKOUT_PREFIX_PATTERN)
+API_KEY = re.compile(r"[\x21-\x7e]{8,255}")  # printable ASCII, no spaces
 
 
 # -- page configs -----------------------------------------------------------------------------
@@ -104,14 +105,14 @@ def check_update(request: UpdatePageConfig) -> None:
     if request.features is not UNSET:
         check_features(request.features)
     code = request.sumup_merchant_code
-    if isinstance(code, str) and not MERCHANT_CODE.match(code):
+    if isinstance(code, str) and not MERCHANT_CODE.fullmatch(code):
         raise InvalidInput(
             "Merchant code must be 6 to 12 capital letters or digits, as SumUp writes it "
             "(for example MH4H92C7).",
             field="sumup_merchant_code",
         )
     prefix = request.sumup_checkout_prefix
-    if isinstance(prefix, str) and not CHECKOUT_PREFIX.match(prefix):
+    if isinstance(prefix, str) and not CHECKOUT_PREFIX.fullmatch(prefix):
         raise InvalidInput(
             f"Checkout prefix must be 1 to {MAX_CHECKOUT_PREFIX} letters, digits, '-' or '_', "
             f"so that every checkout reference stays within SumUp's {SUMUP_REFERENCE_MAX} "
@@ -119,7 +120,7 @@ def check_update(request: UpdatePageConfig) -> None:
             field="sumup_checkout_prefix",
         )
     key = request.sumup_api_key
-    if isinstance(key, str) and not API_KEY.match(key):
+    if isinstance(key, str) and not API_KEY.fullmatch(key):
         raise InvalidInput(
             "API key must be 8 to 255 characters, without spaces.", field="sumup_api_key"
         )

@@ -24,6 +24,7 @@ from apps.common.problems import (
 )
 from apps.common.settings import Settings
 from apps.common.web import (
+    SlugParam,
     degraded_headers,
     public_url,
     read_form,
@@ -37,7 +38,6 @@ from apps.orders import contract as orders
 
 OwnSettings = NamedDependency[CartSettings]
 ItemId = Annotated[int, Parameter(ge=1, le=2**63 - 1)]
-PageSlug = Annotated[str, Parameter(pattern=r"^[a-z0-9][a-z0-9-]{0,254}$")]
 QUANTITY_AS_NUMBER = "Enter the quantity as a whole number."
 
 
@@ -72,7 +72,7 @@ async def api_cart(db_session: DbSession, identity: CurrentIdentity) -> service.
 
 @get("/page/{page_slug:str}/", operation_id="page_cart_html")
 async def page_cart(
-    request: Request, db_session: DbSession, identity: CurrentIdentity, page_slug: PageSlug
+    request: Request, db_session: DbSession, identity: CurrentIdentity, page_slug: SlugParam
 ) -> Any:
     page_id = await service.page_id_for_slug(db_session, page_slug)
     cart = await service.load_cart(db_session, owner_of(identity), page_id, with_ended_holds=True)
@@ -81,7 +81,7 @@ async def page_cart(
 
 @get("/api/page/{page_slug:str}", operation_id="page_cart")
 async def api_page_cart(
-    db_session: DbSession, identity: CurrentIdentity, page_slug: PageSlug
+    db_session: DbSession, identity: CurrentIdentity, page_slug: SlugParam
 ) -> service.CartView:
     page_id = await service.page_id_for_slug(db_session, page_slug)
     return await service.load_cart(db_session, owner_of(identity), page_id, with_ended_holds=True)
@@ -214,7 +214,7 @@ async def page_checkout(
     identity: CurrentIdentity,
     settings: AppSettings,
     own_settings: OwnSettings,
-    page_slug: PageSlug,
+    page_slug: SlugParam,
 ) -> Any:
     page_id = await service.page_id_for_slug(db_session, page_slug)
     return await _checkout(request, db_session, internal, identity, settings, own_settings, page_id)

@@ -16,6 +16,22 @@ from decimal import Decimal
 
 from apps.common.problems import InvalidInput
 
+
+def whole_pattern(body: str) -> str:
+    """``body`` as the pattern of a whole value, for msgspec's and Litestar's checks (Python's
+    ``re.search``) and for the OpenAPI schema (ECMA-262) alike. In Python ``$`` also matches
+    before a final newline, so "slug\\n" would pass a plain ``^...$``; the lookahead refuses it,
+    and means nothing in ECMA-262, where ``$`` is the end already (``\\Z`` is not ECMA-262)."""
+    return f"^(?:{body})(?!\\n)$"
+
+
+# A slug in a URL (a post, a page, a product, a market place): lowercase letters, digits and '-'.
+URL_SLUG = whole_pattern("[a-z0-9][a-z0-9-]{0,254}")
+# A type of container or child in relations ("page", "market", "calendar").
+CONTAINER_TYPE = whole_pattern("[a-z][a-z0-9_]{0,31}")
+# An ISO 4217 currency code ("EUR").
+CURRENCY = whole_pattern("[A-Z]{3}")
+
 # [0-9], never \d: \d matches every script's digits.
 _WHOLE = re.compile(r"[+-]?[0-9]+")
 _DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")

@@ -36,7 +36,7 @@ from apps.common.identity import (
     new_session_id,
     set_identity,
 )
-from apps.common.inputs import whole_number
+from apps.common.inputs import URL_SLUG, whole_number
 from apps.common.internal_client import InternalCallError, InternalClient
 from apps.common.internal_paths import is_internal_path
 from apps.common.problems import (
@@ -55,6 +55,8 @@ MAX_PAGE = 100_000
 MAX_PAGE_SIZE = 100
 PageNumber = Annotated[int, Parameter(ge=1, le=MAX_PAGE)]
 PageSize = Annotated[int, Parameter(ge=1, le=MAX_PAGE_SIZE)]
+# A slug in a path or a query (a malformed one is a 422 naming it, before anything is looked up).
+SlugParam = Annotated[str, Parameter(pattern=URL_SLUG)]
 NAV_KEY = "rose_nav"
 # How a handler fetches its page's navigation again (refresh_nav).
 NAV_AGAIN_KEY = "rose_nav_again"

@@ -13,7 +13,6 @@ asked. The one gap left, a commit that fails after relations changed, is closed 
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -42,7 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from apps.common.contracts import Adopted, SignIn
 from apps.common.fdw import ProviderUnavailable, remote_read
-from apps.common.inputs import decimal_number, one_line_name
+from apps.common.inputs import CURRENCY, decimal_number, one_line_name, whole_pattern
 from apps.common.internal_client import InternalClient
 from apps.common.problems import Conflict, InvalidInput, NotFound, Problem
 from apps.events.contract import SERVICE as EVENTS
@@ -84,10 +83,9 @@ TICKET_TITLE_SEPARATOR = " \u2013 "
 
 DbId = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
-SLUG = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?")
-Slug = Annotated[str, msgspec.Meta(pattern=f"^{SLUG.pattern}$")]
+Slug = Annotated[str, msgspec.Meta(pattern=whole_pattern("[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?"))]
 TicketType = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-Currency = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")]
+Currency = Annotated[str, msgspec.Meta(pattern=CURRENCY)]
 
 
 # -- inputs -----------------------------------------------------------------------------------
@@ -709,11 +707,6 @@ async def create_calendar(
     """Insert the calendar on its page, then attach it in relations. The insert is flushed first
     (it needs its id, and a taken slug is refused before relations is asked)."""
     name = one_line_name(request.name, "name")
-    # The struct's pattern ends in $, which also matches before a final newline.
-    if not SLUG.fullmatch(request.slug):
-        raise InvalidInput(
-            "slug may use lowercase letters, digits and '-' (not at either end)", field="slug"
-        )
     calendar = Calendar(
         slug=request.slug, name=name, container_type=PAGE, container_id=request.page_id
     )

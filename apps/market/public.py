@@ -13,10 +13,12 @@ from litestar.params import Body, Parameter
 from litestar.response import Template
 
 from apps.common.deps import CurrentIdentity, DbSession, Internal
+from apps.common.inputs import URL_SLUG
 from apps.common.problems import Conflict, Forbidden, InvalidInput, Problem
 from apps.common.web import (
     PageNumber,
     PageSize,
+    SlugParam,
     degraded_headers,
     editors_only,
     optional_flag,
@@ -27,8 +29,6 @@ from apps.common.web import (
     wants_html,
 )
 from apps.market import service
-
-SlugParam = Annotated[str, Parameter(pattern=r"^[a-z0-9][a-z0-9-]{0,254}$")]
 
 
 class ListingQuery(msgspec.Struct):
@@ -42,7 +42,7 @@ def provide_listing_query(
     page: PageNumber = 1,
     per_page: PageSize = service.DEFAULT_PAGE_SIZE,
     liked: Annotated[bool, Parameter()] = False,
-    market: Annotated[str | None, Parameter(pattern=r"^[a-z0-9][a-z0-9-]{0,254}$")] = None,
+    market: Annotated[str | None, Parameter(pattern=URL_SLUG)] = None,
 ) -> ListingQuery:
     return ListingQuery(page=page, per_page=per_page, liked=liked, market=market)
 

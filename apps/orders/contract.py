@@ -22,6 +22,7 @@ from apps.common.contracts import (
     Query,
     SignIn,
 )
+from apps.common.inputs import CURRENCY
 
 SERVICE = "orders"
 
@@ -29,7 +30,7 @@ PositiveId = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
 Quantity = Annotated[int, msgspec.Meta(ge=1, le=10_000)]
 # Amounts in major units; orders checks them (>= 0, at most 2 decimals) when it validates.
 Money = Decimal
-Currency = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")]
+Currency = Annotated[str, msgspec.Meta(pattern=CURRENCY)]
 Text255 = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
 SessionId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 # The cart lines one product line stands for: the live line first, then the lines sign-in

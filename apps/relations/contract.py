@@ -19,6 +19,7 @@ import msgspec
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from apps.common.contracts import Action, Contract, ExportView, Query
+from apps.common.inputs import CONTAINER_TYPE
 from apps.common.internal_client import InternalCallError, InternalClient
 from apps.common.problems import Problem
 
@@ -27,7 +28,7 @@ logger = logging.getLogger("rose.relations.calls")
 SERVICE = "relations"
 
 # Types are short lowercase words ("page", "market", "calendar").
-ContainerType = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+ContainerType = Annotated[str, msgspec.Meta(pattern=CONTAINER_TYPE)]
 ContainerId = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
 
 

@@ -8,11 +8,12 @@ from typing import Annotated
 from litestar.params import Parameter
 
 from apps.common.deps import DbSession
+from apps.common.inputs import CONTAINER_TYPE
 from apps.common.internal import data_route, keyed_action
 from apps.relations import contract, service
 from apps.relations.models import idempotency_keys
 
-TypeParam = Parameter(pattern=r"^[a-z][a-z0-9_]{0,31}$")
+TypeParam = Parameter(pattern=CONTAINER_TYPE)
 
 
 @data_route(contract.get_children)

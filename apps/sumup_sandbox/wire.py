@@ -13,7 +13,7 @@ from apps.sumup_sandbox.domain import Checkout, NewCheckout, Transaction
 REQUIRED_CHECKOUT_FIELDS = ("checkout_reference", "amount", "currency", "merchant_code")
 MAX_REFERENCE_LENGTH = 90
 CHECKOUT_PURPOSES = frozenset({"CHECKOUT", "SETUP_RECURRING_PAYMENT"})
-_CURRENCY_CODE = re.compile(r"^[A-Z]{3}$")
+_CURRENCY_CODE = re.compile(r"[A-Z]{3}")
 _CENT = Decimal("0.01")
 
 
@@ -115,7 +115,7 @@ def parse_new_checkout(payload: object) -> NewCheckout:
         )
     amount = parse_amount(payload["amount"])
     currency = _string(payload, "currency") or ""
-    if not _CURRENCY_CODE.match(currency):
+    if not _CURRENCY_CODE.fullmatch(currency):
         raise _invalid("currency", "currency must be a three-letter ISO 4217 code")
     purpose = _string(payload, "purpose")
     if purpose is not None and purpose not in CHECKOUT_PURPOSES:

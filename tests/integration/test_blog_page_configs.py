@@ -275,6 +275,11 @@ async def test_bad_data_input_is_422_naming_the_field(blog, clean_db, name, para
         ({"sumup_merchant_code": "M1"}, "sumup_merchant_code"),
         ({"sumup_merchant_code": "MERCHANT-CODE"}, "sumup_merchant_code"),
         ({"sumup_merchant_code": 12345678}, "sumup_merchant_code"),
+        # Audit: a pattern ending in $ also matched before a final newline, and it was stored.
+        ({"sumup_merchant_code": "MSANDBOX1\n"}, "sumup_merchant_code"),
+        ({"sumup_checkout_prefix": "rose\n"}, "sumup_checkout_prefix"),
+        ({"sumup_api_key": "k" * 12 + "\n"}, "sumup_api_key"),
+        ({"container_type": "page\n"}, "container_type"),
         ({"sumup_checkout_prefix": "p" * 41}, "sumup_checkout_prefix"),
         ({"sumup_checkout_prefix": "rose farm"}, "sumup_checkout_prefix"),
         ({"sumup_checkout_prefix": ""}, "sumup_checkout_prefix"),

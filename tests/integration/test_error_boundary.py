@@ -390,3 +390,31 @@ async def test_a_query_parameter_that_is_not_utf8_is_refused_naming_it(stack, se
         assert page.headers["content-type"].startswith("text/html")
         assert 'role="alert"' in page.text
         assert "Page is not valid UTF-8" in page.text
+
+
+async def test_a_slug_or_type_ending_in_a_newline_is_malformed(stack):
+    """Audit: the patterns ended in ``$``, which in Python also matches before a final newline,
+    so ``/api/products/x%0A`` or ``?market=x%0A`` passed as well-formed (nothing was found, but
+    a malformed slug is a 422 naming it, before anything is looked up)."""
+    for service, path, field in [
+        ("blog", "/farm-shop%0A/", "slug"),
+        ("blog", "/api/posts/farm-shop%0A", "slug"),
+        ("market", "/product/carrots%0A/", "slug"),
+        ("market", "/api/products/carrots%0A", "slug"),
+        ("market", "/api/products?market=greens%0A", "market"),
+        ("cart", "/api/page/farm-shop%0A", "page_slug"),
+    ]:
+        answer = await stack.browser(service).get(path, headers=JSON)
+        assert names_field(assert_problem(answer, 422, field), field), path
+    children = await internal_get(
+        stack.client("relations"), "get-children", {"parent_type": "page\n", "parent_id": "1"}
+    )
+    assert names_field(assert_problem(children, 422, "parent_type"), "parent_type")
+    config = await internal_get(
+        stack.client("blog"), "page-config", {"container_type": "page\n", "container_id": "1"}
+    )
+    assert names_field(assert_problem(config, 422, "container_type"), "container_type")
+
+
+def names_field(problem: dict, field: str) -> bool:
+    return [error["field"] for error in problem.get("errors", [])] == [field]

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 
 import pytest
 
-from apps.common.inputs import decimal_number, one_line_name, whole_number
+from apps.common.inputs import (
+    CONTAINER_TYPE,
+    CURRENCY,
+    URL_SLUG,
+    decimal_number,
+    one_line_name,
+    whole_number,
+)
 from apps.common.problems import InvalidInput
 
 
@@ -82,3 +90,14 @@ def test_control_and_direction_characters_and_blanks_are_refused(typed: str) -> 
         one_line_name(typed, "ticket_type")
     assert refused.value.field == "ticket_type"
     assert refused.value.message.startswith("Ticket type must")
+
+
+@pytest.mark.parametrize(
+    ("pattern", "good"), [(URL_SLUG, "farm-shop"), (CONTAINER_TYPE, "page"), (CURRENCY, "EUR")]
+)
+def test_a_whole_pattern_refuses_a_final_newline(pattern: str, good: str) -> None:
+    # msgspec and Litestar check a pattern with re.search, where $ also matches before a final
+    # newline; the schema's ECMA-262 reads the same pattern (its lookahead is valid there).
+    assert re.search(pattern, good)
+    for wrong in (f"{good}\n", f"\n{good}", f"{good}\n\n", f"{good} ", ""):
+        assert not re.search(pattern, wrong), repr(wrong)
