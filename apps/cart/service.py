@@ -54,6 +54,7 @@ from apps.cart.models import (
 from apps.common.admission import Admission, AdmissionRule, admit
 from apps.common.db import end_read, table_of
 from apps.common.fdw import ProviderUnavailable, remote_read
+from apps.common.inputs import one_line_name
 from apps.common.internal_client import InternalClient
 from apps.common.problems import Conflict, InvalidInput, NotFound
 from apps.events import contract as events
@@ -883,10 +884,20 @@ async def _live_line(session: AsyncSession, owner: Owner, product_id: int) -> Ca
     )
 
 
+def _one_line_as_sent(value: str, field: str) -> None:
+    """An activity's id or actor is one readable line, as a name is; it is compared (and
+    kept) as sent, so surrounding whitespace is refused rather than taken off."""
+    if one_line_name(value, field) != value:
+        raise InvalidInput(f"{field} must not start or end with whitespace", field=field)
+
+
 async def receive_activity(session: AsyncSession, activity: CartActivity) -> InboxAnswer:
     """Apply an Add, Remove or Update of a ``rose:CartItem`` once per activity id. The id is
     claimed first, in the same transaction as the effect: a concurrent second delivery waits
     for the first and then answers what it did; a failed effect records nothing."""
+    _one_line_as_sent(activity.id, "id")
+    if activity.actor is not None:
+        _one_line_as_sent(activity.actor, "actor")
     digest = hashlib.sha256(msgspec.json.encode(activity)).hexdigest()
     claimed = await session.scalar(
         upsert(InboxActivity)

@@ -56,6 +56,7 @@ class AttachChild(msgspec.Struct, forbid_unknown_fields=True):
     child_type: ContainerType
     child_id: ContainerId
     sort_order: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] | None = None
+    # One readable line (apps.common.inputs.one_line_name, checked by relations): a 422 otherwise.
     label: Annotated[str, msgspec.Meta(max_length=255)] | None = None
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from apps.common.inputs import one_line_name
 from apps.relations.contract import AttachChild, DetachChild, Detached, Relation
 from apps.relations.models import ContainerRelation
 
@@ -48,7 +49,9 @@ async def get_children(
 
 async def attach_child(session: AsyncSession, request: AttachChild) -> Relation:
     """Attach ``child`` to ``parent``. Already attached: returned unchanged. Detached before:
-    that row is restored. Otherwise a new row at the end of the parent's children."""
+    that row is restored. Otherwise a new row at the end of the parent's children. A label is
+    one readable line (checked here too: the action is a contract, whoever calls it)."""
+    label = None if request.label is None else one_line_name(request.label, "label")
     # Attaches to one parent are serialised, so "already attached?" and "next sort order" are
     # decided on a stable view of the parent's children. Lock is released at commit.
     await session.execute(
@@ -87,7 +90,7 @@ async def attach_child(session: AsyncSession, request: AttachChild) -> Relation:
                 deleted_at=None,
                 updated_at=func.now(),
                 sort_order=sort_order,
-                label=request.label if request.label is not None else ContainerRelation.label,
+                label=label if label is not None else ContainerRelation.label,
             )
             .returning(ContainerRelation)
         )
@@ -100,7 +103,7 @@ async def attach_child(session: AsyncSession, request: AttachChild) -> Relation:
         child_type=request.child_type,
         child_id=request.child_id,
         sort_order=sort_order,
-        label=request.label,
+        label=label,
     )
     session.add(relation)
     await session.flush()

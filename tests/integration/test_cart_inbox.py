@@ -114,13 +114,18 @@ async def test_a_replayed_activity_id_has_no_second_effect(cart, clean_db):
         (activity("Add", "urn:m:7", 1, userId=1, sessionId="s"), "target"),
         ({**activity("Add", "urn:m:8", 1), "extra": True}, "extra"),
         ({k: v for k, v in activity("Add", "urn:m:9", 1).items() if k != "object"}, "object"),
+        # Audit: the id (kept, and answered back) and the actor are one line, as names are.
+        (activity("Add", "urn:m:10\n", 1), "id"),
+        (activity("Add", "urn:m:\u202e11", 1), "id"),
+        (activity("Add", " urn:m:12", 1), "id"),
+        ({**activity("Add", "urn:m:13", 1), "actor": "https://market\x1b[2J/"}, "actor"),
     ],
 )
 async def test_a_malformed_activity_is_422_and_changes_nothing(cart, clean_db, payload, field):
     answer = await internal_post(cart, "inbox", payload)
     assert answer.status_code == 422, answer.text
     assert answer.headers["content-type"].startswith("application/problem+json")
-    assert field in answer.json()["detail"]
+    assert field in answer.json()["detail"].lower()
     assert lines(clean_db) == []
     assert received(clean_db) == []
 

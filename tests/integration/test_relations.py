@@ -126,6 +126,11 @@ async def test_concurrent_attaches_leave_one_active_row(relations, clean_db):
         ({**PAGE_1_MARKET_7, "parent_type": "Page!"}, "parent_type"),
         ({**PAGE_1_MARKET_7, "sort_order": -1}, "sort_order"),
         ({**PAGE_1_MARKET_7, "colour": "red"}, "colour"),
+        # Audit: the label is checked here as the callers' forms check it (one readable line).
+        ({**PAGE_1_MARKET_7, "label": "Greens\nrow"}, "label"),
+        ({**PAGE_1_MARKET_7, "label": "Greens\x1b[2J"}, "label"),
+        ({**PAGE_1_MARKET_7, "label": "\u202eGreens"}, "label"),
+        ({**PAGE_1_MARKET_7, "label": " \u200b "}, "label"),
         # Audit: a type's pattern ended in $, which also matches before a final newline.
         ({**PAGE_1_MARKET_7, "child_type": "market\n"}, "child_type"),
     ],
@@ -139,6 +144,14 @@ async def test_bad_attach_input_is_422_naming_the_field(relations, clean_db, pay
     assert field in problem["detail"].lower()
     assert any(error["field"] == field for error in problem["errors"])
     assert active_rows(clean_db) == []
+
+
+async def test_a_label_is_kept_without_its_surrounding_whitespace(relations, clean_db):
+    attached = await internal_post(
+        relations, "attach-child", {**PAGE_1_MARKET_7, "label": " Greens "}
+    )
+    assert attached.status_code == 200, attached.text
+    assert attached.json()["label"] == "Greens"
 
 
 async def test_malformed_json_is_a_problem(relations):
