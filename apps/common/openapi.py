@@ -6,7 +6,6 @@ own files (``SchemaViewer``)."""
 
 from __future__ import annotations
 
-import importlib.util
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -97,19 +96,24 @@ def _add_browser_answers(responses: dict[str, Any], *, redirects: bool) -> None:
         responses.setdefault("303", REDIRECT)
 
 
-# The /schema page: Swagger UI from PyPI's swagger-ui-py, served by the service itself. Litestar's
-# default pages load their scripts, styles and fonts from CDNs, which the Content-Security-Policy
-# (and a developer's offline machine) refuses: the page came out blank.
+# The /schema page: Swagger UI from PyPI's swagger-ui-bundle-v2 (Swagger UI 5's dist files),
+# served by the service itself. Litestar's default pages load their scripts, styles and fonts
+# from CDNs, which the Content-Security-Policy (and a developer's offline machine) refuses: the
+# page came out blank.
 OWN_STATIC = Path(__file__).parent / "static"
 ASSETS = "/static"
 
 
 def swagger_ui_static() -> Path:
-    # The package's folder, found without importing it (its __init__ imports its web handlers).
-    spec = importlib.util.find_spec("swagger_ui")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("swagger-ui-py is not installed: pip install -e . brings it")
-    return Path(next(iter(spec.submodule_search_locations))) / "static"
+    """The folder of Swagger UI's files (its name carries Swagger UI's version; the package
+    says which)."""
+    try:
+        from swagger_ui_bundle import swagger_ui_path
+    except ImportError as missing:
+        raise RuntimeError(
+            "swagger-ui-bundle-v2 is not installed: pip install -e . brings it"
+        ) from missing
+    return Path(str(swagger_ui_path))
 
 
 class SchemaViewer(SwaggerRenderPlugin):
