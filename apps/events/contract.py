@@ -4,7 +4,7 @@ sign-in. Imports nothing else of events."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Literal
 
@@ -52,6 +52,10 @@ class ConfirmResult(msgspec.Struct):
     unconfirmed: Unconfirmed
 
 
+# Orders may hold a booking for an order at most this long from now (``until``).
+MAX_ORDER_HOLD = timedelta(hours=2)
+
+
 class HoldForOrder(msgspec.Struct, forbid_unknown_fields=True):
     """Hold the buyer's pending bookings for an order until it can no longer be paid."""
 
@@ -80,6 +84,18 @@ class Released(msgspec.Struct):
     released: bool
 
 
+class ReleaseForOrder(msgspec.Struct, forbid_unknown_fields=True):
+    """Orders found the order unpaid past its payable time and expired it: the holds it made
+    for the order end now (they last a while longer than its payable time, so that a payment
+    made in time and learnt late still finds its bookings)."""
+
+    order_id: DbId
+
+
+class HoldsEnded(msgspec.Struct):
+    ended: int
+
+
 class PendingBooking(msgspec.Struct):
     """One booking held in a cart (a row of ``export.pending_bookings``)."""
 
@@ -102,6 +118,7 @@ adopt_bookings_for_user = Action(SERVICE, "adopt-bookings-for-user", SignIn, Ado
 hold_for_order = Action(SERVICE, "hold-for-order", HoldForOrder, Held)
 # Idempotent without a key: releasing what is no longer held is a 404, nothing else.
 release_booking = Action(SERVICE, "release-booking", ReleaseBooking, Released, keyed=False)
+release_for_order = Action(SERVICE, "release-for-order", ReleaseForOrder, HoldsEnded)
 
 # Every booking still held (cart: the bookings of a cart). Its columns are its contract.
 PENDING_BOOKINGS = ExportView.of(
@@ -143,7 +160,7 @@ CONTRACT = Contract(
     dev_port=8004,
     public=True,
     calls=[pending_bookings, confirm_for_order, adopt_bookings_for_user, hold_for_order,
-           release_booking],
+           release_booking, release_for_order],
     views=[PENDING_BOOKINGS, ENDED_HOLDS],
     on_sign_in=adopt_bookings_for_user,
 )  # fmt: skip

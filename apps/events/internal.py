@@ -1,5 +1,5 @@
 """Internal routes of events (its contract): data pending-bookings; actions confirm-for-order,
-adopt-bookings-for-user, hold-for-order and release-booking."""
+adopt-bookings-for-user, hold-for-order, release-booking and release-for-order."""
 
 from __future__ import annotations
 
@@ -40,6 +40,9 @@ adopt_bookings_for_user = keyed_action(
     contract.adopt_bookings_for_user, idempotency_keys, service.adopt_bookings
 )
 hold_for_order = keyed_action(contract.hold_for_order, idempotency_keys, service.hold_for_order)
+release_for_order = keyed_action(
+    contract.release_for_order, idempotency_keys, service.release_for_order
+)
 
 
 handlers = [
@@ -48,4 +51,5 @@ handlers = [
     adopt_bookings_for_user,
     hold_for_order,
     release_booking,
+    release_for_order,
 ]

@@ -44,17 +44,20 @@ from apps.common.fdw import ProviderUnavailable, remote_read
 from apps.common.inputs import CURRENCY, decimal_number, one_line_name, whole_pattern
 from apps.common.internal_client import InternalClient
 from apps.common.problems import Conflict, InvalidInput, NotFound, Problem
-from apps.events.contract import SERVICE as EVENTS
 from apps.events.contract import (
+    MAX_ORDER_HOLD,
     ConfirmForOrder,
     ConfirmResult,
     Held,
     HoldForOrder,
+    HoldsEnded,
     PendingBooking,
     ReleaseBooking,
     Released,
+    ReleaseForOrder,
     Unconfirmed,
 )
+from apps.events.contract import SERVICE as EVENTS
 from apps.events.models import (
     DEFAULT_CURRENCY,
     Calendar,
@@ -73,8 +76,6 @@ from apps.relations.contract import (
 
 logger = logging.getLogger("rose.events")
 
-# Orders may hold a booking for an order at most this long (its payable time is 30 minutes).
-MAX_ORDER_HOLD = timedelta(hours=2)
 PAGE = "page"
 CALENDAR = "calendar"
 MAX_COST = Decimal("99999999.99")  # numeric(10, 2)
@@ -616,6 +617,25 @@ async def release_booking(session: AsyncSession, request: ReleaseBooking) -> Rel
     if released is None:
         raise NotFound(f"There is no {request.kind} {request.id} in your cart")
     return Released(released=True)
+
+
+async def release_for_order(session: AsyncSession, request: ReleaseForOrder) -> HoldsEnded:
+    """The holds orders made for an order it expired end now; the sweeper then frees them
+    and records whose they were, as for any ended hold. A replay ends nothing more."""
+    ended = 0
+    for model in (CalendarEntry, Ticket):
+        result = await session.execute(
+            update(model)
+            .where(
+                model.state == "pending",
+                model.hold_order_id == request.order_id,
+                model.hold_expires_at > func.now(),
+            )
+            .values(hold_expires_at=func.now(), updated_at=func.now())
+            .returning(model.id)
+        )
+        ended += len(result.all())
+    return HoldsEnded(ended=ended)
 
 
 # The sweeper keeps whose a released booking was this long (the cart says so for an hour).

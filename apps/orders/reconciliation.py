@@ -45,6 +45,7 @@ from apps.orders.settlement import (
     MerchantAccounts,
     close_attempt,
     close_order_checkouts,
+    enqueue_release_of_bookings,
     open_attempts,
     refunds_to_settle,
     settle_refund,
@@ -89,6 +90,8 @@ async def reconciliation_metrics(state: State) -> None:
 class PassReport:
     skipped: bool = False
     expired: list[int] = field(default_factory=list)
+    # An expired order's bookings are to be released (an outbox message the relay delivers).
+    releasing: bool = False
     checked: int = 0
     paid: list[int] = field(default_factory=list)
     closed: int = 0
@@ -197,6 +200,8 @@ class Reconciler:
             )
             if expired is not None:
                 report.expired.append(order_id)
+                if await enqueue_release_of_bookings(session, order_id):
+                    report.releasing = True
 
         async def check(session: AsyncSession, order_id: int) -> None:
             order = await load_order(session, order_id)
@@ -226,7 +231,7 @@ class Reconciler:
             closing = await self.closing_orders(session)
         report.failures += await self._each(closing, close)
         refunds = await self.settle_refunds(report, accounts)
-        if report.paid:
+        if report.paid or report.releasing:
             self._runtime.relay.wake()
         if overdue or due or closing or refunds:
             logger.info(

@@ -89,6 +89,7 @@ from apps.orders.payments import (
     PaymentProviderUnavailable,
 )
 from apps.orders.runtime import OrdersRuntime, OrderUrls
+from apps.orders.settings import HOLD_AFTER_PAYABLE
 from apps.orders.settlement import (
     OPEN_ATTEMPT_STATES,
     Applied,
@@ -783,8 +784,9 @@ def _product_item(line: Any) -> dict[str, Any]:
 
 
 async def hold_bookings(runtime: OrdersRuntime, order: Order, request: CreateOrder) -> None:
-    """Ask events to hold the order's bookings for it until it can no longer be paid. A booking
-    that is no longer the buyer's (its hold expired and someone else took it) is a 409."""
+    """Ask events to hold the order's bookings for it until it can no longer be paid, and a
+    while after (HOLD_AFTER_PAYABLE). A booking that is no longer the buyer's (its hold expired
+    and someone else took it) is a 409."""
     entry_ids = sorted(entry.id for entry in request.calendar_entries)
     ticket_ids = sorted(ticket.id for ticket in request.tickets)
     if not entry_ids and not ticket_ids:
@@ -796,7 +798,7 @@ async def hold_bookings(runtime: OrdersRuntime, order: Order, request: CreateOrd
         session_id=None if request.user_id is not None else request.session_id,
         entry_ids=entry_ids,
         ticket_ids=ticket_ids,
-        until=order.payable_until,
+        until=order.payable_until + HOLD_AFTER_PAYABLE,
     )
     try:
         await runtime.client.call(

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 from apps.common.settings import ConfigError, Settings, setting_number
+from apps.events.contract import MAX_ORDER_HOLD
 from apps.orders.contract import CREATE_ORDER_MAX_SECONDS
 
 SUMUP_BASE_URL = "https://api.sumup.com"
+# An order's bookings stay held this long past its payable time: a payment made in time may be
+# learnt later (a late or lost webhook, then reconciliation's next pass), and must still find
+# them. Expiring the order ends the holds at once (release-for-order), so this is only how long
+# they outlast an order whose fate orders cannot learn (SumUp down).
+HOLD_AFTER_PAYABLE = timedelta(minutes=30)
 # What create-order needs besides SumUp and events: its own database work.
 DATABASE_MARGIN_SECONDS = 2.0
 
@@ -106,7 +113,19 @@ class OrdersSettings:
             ),
         )
         parsed.check_budget()
+        parsed.check_holds()
         return parsed
+
+    def check_holds(self) -> None:
+        """Events holds an order's bookings for at most MAX_ORDER_HOLD: its payable time and
+        HOLD_AFTER_PAYABLE after it must fit, or no order with bookings could be made."""
+        allowed = (MAX_ORDER_HOLD - HOLD_AFTER_PAYABLE).total_seconds()
+        if self.payable_seconds > allowed:
+            raise ConfigError(
+                f"ORDERS_PAYABLE_SECONDS must be at most {allowed:g}, not "
+                f"{self.payable_seconds:g}: events holds an order's bookings for at most "
+                f"{MAX_ORDER_HOLD}, and they stay held {HOLD_AFTER_PAYABLE} past its payable time"
+            )
 
     def check_budget(self) -> None:
         """Timeouts nest: what create-order waits for must fit in what its callers wait."""

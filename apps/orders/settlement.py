@@ -33,6 +33,7 @@ from sqlalchemy import (
     and_,
     any_,
     bindparam,
+    exists,
     func,
     or_,
     select,
@@ -439,6 +440,33 @@ def clear_cart_key(order_id: int) -> str:
 
 def confirm_bookings_key(order_id: int) -> str:
     return f"orders:{order_id}:confirm-bookings"
+
+
+def release_bookings_key(order_id: int) -> str:
+    return f"orders:{order_id}:release-bookings"
+
+
+async def enqueue_release_of_bookings(session: AsyncSession, order_id: int) -> bool:
+    """An expired order's bookings: events ends the holds made for it now, not when they would
+    end (HOLD_AFTER_PAYABLE past its payable time). In the expiry's transaction; False when
+    the order has no bookings."""
+    booked = await session.scalar(
+        select(
+            exists().where(
+                OrderItem.order_id == order_id,
+                OrderItem.kind.in_(("calendar_entry", "ticket")),
+            )
+        )
+    )
+    if not booked:
+        return False
+    return await enqueue(
+        session,
+        outbox,
+        events.release_for_order,
+        events.ReleaseForOrder(order_id=order_id),
+        idempotency_key=release_bookings_key(order_id),
+    )
 
 
 def after_payment_keys(order_id: int) -> tuple[str, ...]:

@@ -322,3 +322,92 @@ async def test_slow_sumup_the_cart_waits_for_orders_and_tells_the_truth(
             page.headers["location"]
             == sandbox.checkout(checkout_id_of(clean_db, order_id))["hosted_checkout_url"]
         )
+
+
+def time_passes_beyond_payable(server, order_id: int) -> None:
+    """The order's payable time ends a second ago, and every hold orders made for it moves by
+    as much: the clock of both databases, as the sweeper and reconciliation see it."""
+    with admin_connect(server, "orders") as orders:
+        shift = orders.execute(
+            "SELECT payable_until - now() + interval '1 second' FROM orders.orders WHERE id = %s",
+            (order_id,),
+        ).fetchone()[0]
+        orders.execute(
+            "UPDATE orders.orders SET payable_until = payable_until - %s WHERE id = %s",
+            (shift, order_id),
+        )
+    with admin_connect(server, "events") as events:
+        for table in ("calendar_entries", "tickets"):
+            events.execute(
+                f"UPDATE events.{table} SET hold_expires_at = hold_expires_at - %s "
+                "WHERE hold_order_id = %s",
+                (shift, order_id),
+            )
+
+
+def booking_of(server, entry_id: int) -> tuple:
+    with admin_connect(server, "events") as events:
+        return events.execute(
+            "SELECT state, order_id, hold_expires_at > now() FROM events.calendar_entries "
+            "WHERE id = %s",
+            (entry_id,),
+        ).fetchone()
+
+
+async def sweep_holds(stack) -> None:
+    from apps.events.service import sweep_ended_holds
+
+    async with stack.apps["events"].state.platform.sessionmaker() as session:
+        await sweep_ended_holds(session)
+        await session.commit()
+
+
+async def test_a_booking_paid_in_time_and_learnt_late_is_confirmed_not_refunded(
+    stack, clean_db, shop, sandbox
+):
+    """Audit (money, H1): paid at SumUp before payable_until, learnt after it (a late or lost
+    webhook); the sweeper had freed the booking at payable_until, so it was refunded and lost
+    to the buyer though nobody else took it."""
+    cart = await browser_of(stack, "cart", user_id=41)
+    events = stack.browser("events")
+    share_cookies(cart, events)
+    assert (await events.post(f"/entries/{shop.entry_id}/book/")).status_code == 200
+    await cart.post(f"/add/{shop.product_ids[0]}/")
+    order_id = (await cart.post("/checkout/")).json()["order_id"]
+    checkout_id = checkout_id_of(clean_db, order_id)
+    sandbox.client.post(f"/pay/{checkout_id}/pay")  # in time; the webhook is late
+    time_passes_beyond_payable(clean_db, order_id)
+    await sweep_holds(stack)
+    assert booking_of(clean_db, shop.entry_id) == ("pending", None, True)
+    assert (await webhook(stack, order_id, checkout_id)).status_code == 204
+    assert orders_of(clean_db)[order_id][0] == "paid"
+    confirmed = await eventually(lambda: booking_of(clean_db, shop.entry_id)[0] == "confirmed")
+    assert confirmed, booking_of(clean_db, shop.entry_id)
+    assert booking_of(clean_db, shop.entry_id)[:2] == ("confirmed", order_id)
+    with admin_connect(clean_db, "orders") as orders:
+        assert orders.execute("SELECT count(*) FROM orders.refunds").fetchone()[0] == 0
+
+
+async def test_an_expired_orders_bookings_are_free_as_soon_as_it_expires(
+    stack, clean_db, shop, sandbox
+):
+    """What the later end of an order's holds costs, bounded: when reconciliation finds the
+    order unpaid past its payable time and expires it, its bookings' holds end then, and the
+    cart says they ended."""
+    cart = await browser_of(stack, "cart", user_id=42)
+    events = stack.browser("events")
+    share_cookies(cart, events)
+    assert (await events.post(f"/entries/{shop.entry_id}/book/")).status_code == 200
+    await cart.post(f"/add/{shop.product_ids[0]}/")
+    order_id = (await cart.post("/checkout/")).json()["order_id"]
+    time_passes_beyond_payable(clean_db, order_id)
+    await stack.apps["orders"].state.reconciler.run_once()
+    assert orders_of(clean_db)[order_id][0] == "expired"
+    ended = await eventually(lambda: not booking_of(clean_db, shop.entry_id)[2])
+    assert ended, booking_of(clean_db, shop.entry_id)
+    await sweep_holds(stack)
+    assert booking_of(clean_db, shop.entry_id)[0] == "open"
+    other = await browser_of(stack, "events", user_id=43)
+    assert (await other.post(f"/entries/{shop.entry_id}/book/")).status_code == 200
+    said = (await cart.get("/api/cart")).json()["ended_holds"]
+    assert [(hold["kind"], hold["id"]) for hold in said] == [("entry", shop.entry_id)]

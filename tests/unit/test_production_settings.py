@@ -192,6 +192,18 @@ def test_an_events_time_that_is_not_a_number_of_seconds_is_named(name, value):
         EventsSettings.from_settings(settings_for(CONTRACTS["events"], environment))
 
 
+def test_an_orders_payable_time_must_leave_room_for_its_holds():
+    """Events holds bookings at most 2 h; they stay held 30 min past the payable time."""
+    fits = {**COMPLETE, "ORDERS_PAYABLE_SECONDS": "5400"}
+    assert (
+        OrdersSettings.from_settings(settings_for(CONTRACTS["orders"], fits)).payable_seconds
+        == 5400
+    )
+    too_long = {**COMPLETE, "ORDERS_PAYABLE_SECONDS": "5401"}
+    with pytest.raises(ConfigError, match="ORDERS_PAYABLE_SECONDS must be at most 5400"):
+        OrdersSettings.from_settings(settings_for(CONTRACTS["orders"], too_long))
+
+
 def test_events_times_default_and_take_fractions():
     default = EventsSettings.from_settings(settings_for(CONTRACTS["events"], COMPLETE))
     assert (default.hold_seconds, default.sweep_seconds) == (900, 60)
