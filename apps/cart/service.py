@@ -111,6 +111,9 @@ class EndedHold(msgspec.Struct):
     starts_at: datetime
     ended_at: datetime
     page_id: int | None
+    quantity: int = 1
+    # The bookings the line stands for (``id`` is the first, the latest to end).
+    ids: list[int] = []
 
 
 class CartView(msgspec.Struct):
@@ -214,11 +217,10 @@ async def _bookings(session: AsyncSession, owner: Owner, page_id: int | None) ->
     return list(grouped.values())
 
 
-async def _ended_holds(
-    session: AsyncSession, owner: Owner, page_id: int | None, still_booked: list[Booking]
-) -> list[EndedHold]:
-    """What left the cart because its hold ended, latest first; not what is in it again (the
-    same entry, or a ticket of the same entry and type, booked since)."""
+async def _ended_holds(session: AsyncSession, owner: Owner, page_id: int | None) -> list[EndedHold]:
+    """What left the cart because its hold ended, latest first (events leaves out what its
+    owner booked again and holds or paid for). Tickets of one entry and type are one line with
+    a quantity, as in the cart."""
     query = select(ended_holds).where(owner.booking_clause(ended_holds))
     if page_id is not None:
         query = query.where(
@@ -228,22 +230,34 @@ async def _ended_holds(
         rows = (
             await session.execute(query.order_by(ended_holds.c.ended_at.desc(), ended_holds.c.id))
         ).all()
-    booked = {(booking.title, booking.starts_at) for booking in still_booked}
-    said: dict[tuple[str, int], EndedHold] = {}
+    said: dict[tuple[Any, ...], EndedHold] = {}
     for row in rows:
-        if (row.title, row.starts_at) in booked or (row.kind, row.id) in said:
-            continue
         page = row.container_id if row.container_type == "page" else None
-        said[(row.kind, row.id)] = EndedHold(
-            row.kind, row.id, row.title, row.starts_at, row.ended_at, page
+        key: tuple[Any, ...] = (
+            ("ticket", row.title, row.starts_at, page)
+            if row.kind == "ticket"
+            else ("entry", row.id)
         )
+        line = said.get(key)
+        if line is None:
+            said[key] = EndedHold(
+                row.kind, row.id, row.title, row.starts_at, row.ended_at, page, ids=[row.id]
+            )
+        elif row.id not in line.ids:
+            line.quantity += 1
+            line.ids.append(row.id)
     return list(said.values())
+
+
+def _times(quantity: int) -> str:
+    return f"{quantity} \u00d7 " if quantity > 1 else ""
 
 
 def ended_holds_said(ended: list[EndedHold]) -> str:
     """One sentence naming them, for the cart's page and its refusals."""
     named = "; ".join(
-        f"{hold.title} (its hold ended at {hold.ended_at:%H:%M} UTC)" for hold in ended
+        f"{_times(hold.quantity)}{hold.title} (its hold ended at {hold.ended_at:%H:%M} UTC)"
+        for hold in ended
     )
     return f"Your hold ended on {named}, so {'they' if len(ended) > 1 else 'it'} left your cart."
 
@@ -338,7 +352,7 @@ async def load_cart(
     try:
         bookings = await _bookings(session, owner, page_id)
         if with_ended_holds:
-            ended = await _ended_holds(session, owner, page_id, bookings)
+            ended = await _ended_holds(session, owner, page_id)
     except ProviderUnavailable:
         bookings, degraded = [], ["events"]
     page_ids = sorted(
