@@ -127,6 +127,8 @@ def _utf8_pairs(encoded: bytes, whole: str) -> Refusal | bytes:
     name itself is unreadable). Litestar reads the raw bytes as Latin-1 before percent-decoding,
     so UTF-8 sent unencoded (``curl -d name=Café``) is percent-encoded here to be read as what
     it is."""
+    if not encoded:
+        return encoded  # most requests: no query string, no form
     for pair in encoded.split(b"&"):
         name, _, value = pair.partition(b"=")
         for part in (name, value):
