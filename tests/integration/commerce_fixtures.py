@@ -117,3 +117,13 @@ def entry_state(server, entry_id: int) -> tuple[str, int | None]:
         return connection.execute(
             "SELECT state, order_id FROM events.calendar_entries WHERE id = %s", (entry_id,)
         ).fetchone()
+
+
+async def sweep_ended_holds_now(stack: Any) -> int:
+    """Events' sweeper, once, now (it runs every EVENTS_SWEEP_SECONDS in the app)."""
+    from apps.events.service import sweep_ended_holds
+
+    async with stack.apps["events"].state.platform.sessionmaker() as session:
+        swept = await sweep_ended_holds(session)
+        await session.commit()
+    return swept

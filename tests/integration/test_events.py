@@ -20,6 +20,7 @@ from sqlalchemy.engine import make_url
 from apps.common.asgi import read_body, replaying_receive, send_problem
 from apps.common.identity import COOKIE_NAME, CSRF_FIELD, SessionCodec
 from tests.conftest import SESSION_SECRET, admin_connect, in_process_stack
+from tests.integration.commerce_fixtures import sweep_ended_holds_now
 from tests.signed import internal_get, internal_post
 
 JSON = {"Accept": "application/json"}
@@ -1214,15 +1215,6 @@ def ended_titles(cart: dict[str, Any]) -> list[str]:
     return [ended["title"] for ended in cart["ended_holds"]]
 
 
-async def sweep(stack) -> int:
-    from apps.events.service import sweep_ended_holds
-
-    async with stack.apps["events"].state.platform.sessionmaker() as session:
-        swept = await sweep_ended_holds(session)
-        await session.commit()
-    return swept
-
-
 # Audit (L8): an ended hold took the booking out of the cart without a word, and the next
 # checkout said only "The cart is empty".
 async def test_the_cart_says_which_bookings_left_it_because_their_hold_ended(with_cart, clean_db):
@@ -1248,7 +1240,7 @@ async def test_the_cart_says_which_bookings_left_it_because_their_hold_ended(wit
         clean_db,
         "UPDATE events.tickets SET hold_expires_at = now() - interval '1 second' RETURNING id",
     )
-    assert await sweep(stack) == 3
+    assert await sweep_ended_holds_now(stack) == 3
     assert entry_state(clean_db, walk) == ("open", None, None, None)
     seen = (await cart.get("/api/cart")).json()
     # The two tickets are one line with a quantity, as in the cart (audit L3).
@@ -1290,7 +1282,7 @@ async def test_a_booking_booked_again_and_paid_is_not_said_to_have_ended_but_a_n
     things = await book_things(stack, clean_db)
     walk = things["walk"]
     end_holds(clean_db, walk)
-    await sweep(stack)
+    await sweep_ended_holds_now(stack)
     cart = await sign_in(stack, 1, "cart")
     assert ended_titles((await cart.get("/api/cart")).json()) == ["Orchard walk"]
     # A namesake on another calendar, at the same time, booked by the same buyer.
@@ -1332,7 +1324,7 @@ async def test_a_booking_its_owner_removed_or_paid_is_not_said_to_have_ended(wit
         "UPDATE events.tickets SET state = 'confirmed', order_id = 7, hold_expires_at = NULL "
         "RETURNING id",
     )
-    await sweep(stack)
+    await sweep_ended_holds_now(stack)
     assert ended_titles((await cart.get("/api/cart")).json()) == []
     await cart.aclose()
 

@@ -20,6 +20,7 @@ from tests.integration.commerce_fixtures import (
     entry_state,
     share_cookies,
     shop_stack,
+    sweep_ended_holds_now,
 )
 from tests.integration.orders_fixtures import Sandbox, checkout_id_of, webhook
 from tests.waiting import eventually
@@ -118,16 +119,21 @@ async def test_a_payment_that_arrives_for_a_superseded_order_is_refunded(
     assert orders_of(clean_db)[second][0] == "paid"
 
 
-async def test_a_booking_events_cannot_confirm_is_refunded_at_once(stack, clean_db, shop, sandbox):
-    """The buyer took a tour out of the cart while its order waited, someone else booked it,
-    and then the order was paid: the tour's price goes back at once, not at the next
-    reconciliation pass (minutes later)."""
-    cart = await browser_of(stack, "cart", user_id=3)
+async def order_with_a_booking(stack, shop, user_id: int) -> tuple[httpx.AsyncClient, int]:
+    """A signed-in buyer's order of the shop's tour and a product: their cart, and the order."""
+    cart = await browser_of(stack, "cart", user_id=user_id)
     events = stack.browser("events")
     share_cookies(cart, events)
     assert (await events.post(f"/entries/{shop.entry_id}/book/")).status_code == 200
     await cart.post(f"/add/{shop.product_ids[0]}/")
-    order_id = (await cart.post("/checkout/")).json()["order_id"]
+    return cart, (await cart.post("/checkout/")).json()["order_id"]
+
+
+async def test_a_booking_events_cannot_confirm_is_refunded_at_once(stack, clean_db, shop, sandbox):
+    """The buyer took a tour out of the cart while its order waited, someone else booked it,
+    and then the order was paid: the tour's price goes back at once, not at the next
+    reconciliation pass (minutes later)."""
+    cart, order_id = await order_with_a_booking(stack, shop, user_id=3)
     removed = await cart.post(f"/booking/entry/{shop.entry_id}/delete/")
     assert removed.status_code == 200, removed.text
     other = await browser_of(stack, "events", user_id=4)
@@ -354,30 +360,17 @@ def booking_of(server, entry_id: int) -> tuple:
         ).fetchone()
 
 
-async def sweep_holds(stack) -> None:
-    from apps.events.service import sweep_ended_holds
-
-    async with stack.apps["events"].state.platform.sessionmaker() as session:
-        await sweep_ended_holds(session)
-        await session.commit()
-
-
 async def test_a_booking_paid_in_time_and_learnt_late_is_confirmed_not_refunded(
     stack, clean_db, shop, sandbox
 ):
     """Audit (money, H1): paid at SumUp before payable_until, learnt after it (a late or lost
     webhook); the sweeper had freed the booking at payable_until, so it was refunded and lost
     to the buyer though nobody else took it."""
-    cart = await browser_of(stack, "cart", user_id=41)
-    events = stack.browser("events")
-    share_cookies(cart, events)
-    assert (await events.post(f"/entries/{shop.entry_id}/book/")).status_code == 200
-    await cart.post(f"/add/{shop.product_ids[0]}/")
-    order_id = (await cart.post("/checkout/")).json()["order_id"]
+    _, order_id = await order_with_a_booking(stack, shop, user_id=41)
     checkout_id = checkout_id_of(clean_db, order_id)
     sandbox.client.post(f"/pay/{checkout_id}/pay")  # in time; the webhook is late
     time_passes_beyond_payable(clean_db, order_id)
-    await sweep_holds(stack)
+    await sweep_ended_holds_now(stack)
     assert booking_of(clean_db, shop.entry_id) == ("pending", None, True)
     assert (await webhook(stack, order_id, checkout_id)).status_code == 204
     assert orders_of(clean_db)[order_id][0] == "paid"
@@ -394,18 +387,13 @@ async def test_an_expired_orders_bookings_are_free_as_soon_as_it_expires(
     """What the later end of an order's holds costs, bounded: when reconciliation finds the
     order unpaid past its payable time and expires it, its bookings' holds end then, and the
     cart says they ended."""
-    cart = await browser_of(stack, "cart", user_id=42)
-    events = stack.browser("events")
-    share_cookies(cart, events)
-    assert (await events.post(f"/entries/{shop.entry_id}/book/")).status_code == 200
-    await cart.post(f"/add/{shop.product_ids[0]}/")
-    order_id = (await cart.post("/checkout/")).json()["order_id"]
+    cart, order_id = await order_with_a_booking(stack, shop, user_id=42)
     time_passes_beyond_payable(clean_db, order_id)
     await stack.apps["orders"].state.reconciler.run_once()
     assert orders_of(clean_db)[order_id][0] == "expired"
     ended = await eventually(lambda: not booking_of(clean_db, shop.entry_id)[2])
     assert ended, booking_of(clean_db, shop.entry_id)
-    await sweep_holds(stack)
+    await sweep_ended_holds_now(stack)
     assert booking_of(clean_db, shop.entry_id)[0] == "open"
     other = await browser_of(stack, "events", user_id=43)
     assert (await other.post(f"/entries/{shop.entry_id}/book/")).status_code == 200
