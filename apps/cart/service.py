@@ -516,6 +516,43 @@ async def remove_item(session: AsyncSession, owner: Owner, item_id: int) -> None
     item.deleted_at = func.now()
 
 
+async def _lock_for_adoption(session: AsyncSession, user_id: int, session_id: str) -> list[int]:
+    """Lock the anonymous session's live lines, then the user's live lines of their products,
+    each in id order, and return the anonymous lines still live once locked.
+
+    Sign-in and clear-cart-for-order (which locks the lines it clears) then wait for each
+    other instead of each working from what it read before the other committed: a line the
+    clear has just taken for its order is not merged, and a line merged first has its paid
+    quantity taken off the user's line by the clear. Waiting for the user's lines before the
+    merge (a statement of its own, reading afresh) means the merge sees any line a clear left
+    in their place (the quantity added after checkout)."""
+    anonymous = (
+        await session.scalars(
+            select(CartItem.id)
+            .where(
+                CartItem.session_id == session_id,
+                CartItem.user_id.is_(None),
+                CartItem.deleted_at.is_(None),
+            )
+            .order_by(CartItem.id)
+            .with_for_update()
+        )
+    ).all()
+    if anonymous:
+        products = select(CartItem.product_id).where(CartItem.id.in_(anonymous))
+        await session.execute(
+            select(CartItem.id)
+            .where(
+                CartItem.user_id == user_id,
+                CartItem.deleted_at.is_(None),
+                CartItem.product_id.in_(products),
+            )
+            .order_by(CartItem.id)
+            .with_for_update()
+        )
+    return list(anonymous)
+
+
 async def adopt_cart(session: AsyncSession, user_id: int, session_id: str) -> int:
     """On sign-in, the anonymous session's lines join the user's cart (quantities of a product
     in both are added, whole: past the 99 an add stops at, as nothing gathered is dropped, and
@@ -527,6 +564,9 @@ async def adopt_cart(session: AsyncSession, user_id: int, session_id: str) -> in
     await session.execute(
         text("SELECT pg_advisory_xact_lock(hashtext('cart-adopt:' || :sid))"), {"sid": session_id}
     )
+    adopting = await _lock_for_adoption(session, user_id, session_id)
+    if not adopting:
+        return 0
     merged = (
         await session.execute(
             update(table)
@@ -534,6 +574,7 @@ async def adopt_cart(session: AsyncSession, user_id: int, session_id: str) -> in
                 table.c.user_id == user_id,
                 table.c.deleted_at.is_(None),
                 table.c.product_id == anonymous.c.product_id,
+                anonymous.c.id == any_(bindparam("adopting", adopting, type_=ARRAY(BigInteger))),
                 anonymous.c.session_id == session_id,
                 anonymous.c.user_id.is_(None),
                 anonymous.c.deleted_at.is_(None),
@@ -554,6 +595,7 @@ async def adopt_cart(session: AsyncSession, user_id: int, session_id: str) -> in
     moved = await session.execute(
         update(table)
         .where(
+            table.c.id == any_(bindparam("adopting", adopting, type_=ARRAY(BigInteger))),
             table.c.session_id == session_id,
             table.c.user_id.is_(None),
             table.c.deleted_at.is_(None),
@@ -609,19 +651,11 @@ async def _clear(session: AsyncSession, request: ClearCartForOrder) -> int:
     before = await _cleared_before(session, request.order_id, unnamed) if unnamed else None
     cleared = 0
     if named:
-        # Every named line locked in one statement, in id order (two orders sharing a line
-        # lock it in the same order).
         first_ids = sorted({paid.cart_line_ids[0] for paid in named})
-        found = await session.scalars(
-            select(CartItem)
-            .where(CartItem.id.in_(first_ids))
-            .order_by(CartItem.id)
-            .with_for_update()
-        )
-        lines = {line.id: line for line in found}
+        lines = await _lock_named(session, first_ids)
         for paid in named:
             line = lines.get(paid.cart_line_ids[0])
-            cleared += await _clear_line(session, request.order_id, paid, line)
+            cleared += await _clear_line(session, request.order_id, paid, line, lines)
     if unnamed:
         # The named lines' changes go first (the session does not flush by itself): the
         # statement below must not take a line just removed for the order as a live one.
@@ -630,8 +664,36 @@ async def _clear(session: AsyncSession, request: ClearCartForOrder) -> int:
     return cleared
 
 
+async def _lock_named(session: AsyncSession, first_ids: list[int]) -> dict[int, CartItem]:
+    """Lock the order's named lines and the lines sign-in merged them into, all in one
+    statement in id order, so that two clears sharing lines never wait on each other in a
+    circle (sign-in locks the user's lines in id order too). The merge targets are read
+    first without a lock; a line sign-in merged in between is seen once locked (sign-in
+    locks it first), and its target is then locked on its own."""
+    targets = (
+        await session.scalars(
+            select(CartItem.merged_into_id).where(
+                CartItem.id.in_(first_ids), CartItem.merged_into_id.is_not(None)
+            )
+        )
+    ).all()
+    ids = sorted({*first_ids, *(target for target in targets if target is not None)})
+    found = await session.scalars(
+        select(CartItem)
+        .where(CartItem.id.in_(ids))
+        .order_by(CartItem.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return {line.id: line for line in found}
+
+
 async def _clear_line(
-    session: AsyncSession, order_id: int, paid: PaidLine, line: CartItem | None
+    session: AsyncSession,
+    order_id: int,
+    paid: PaidLine,
+    line: CartItem | None,
+    locked: dict[int, CartItem],
 ) -> int:
     if line is None or line.order_id is not None:
         return int(line is not None and line.order_id == order_id)
@@ -653,12 +715,12 @@ async def _clear_line(
             )
         return 1
     if line.merged_into_id is not None:
-        into = await session.scalar(
-            select(CartItem)
-            .where(CartItem.id == line.merged_into_id, CartItem.deleted_at.is_(None))
-            .with_for_update()
-        )
-        if into is not None:
+        into = locked.get(line.merged_into_id)
+        if into is None:  # merged after the targets were read (see _lock_named)
+            into = await session.scalar(
+                select(CartItem).where(CartItem.id == line.merged_into_id).with_for_update()
+            )
+        if into is not None and into.deleted_at is None:
             if into.quantity > paid.quantity:
                 into.quantity -= paid.quantity
             else:

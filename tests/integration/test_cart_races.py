@@ -1,0 +1,193 @@
+"""Sign-in's merge racing a paid order's clear-cart-for-order (audit H2). Each interleaving
+is made certain, not hoped for: a second connection holds a row lock on the line both
+operations need, the operations are started one after the other and each is seen waiting on
+that lock (or finished) before the next starts, then the lock is let go. PostgreSQL grants a
+row lock to its waiters in the order they came, so the first started is the first to change
+the line."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import admin_connect
+from tests.integration.commerce_fixtures import browser_of, shop_stack
+from tests.signed import internal_post
+from tests.waiting import eventually
+
+ORDER_ID = 500
+
+
+@pytest.fixture
+async def stack(clean_db, credentials, sandbox, shop):
+    async with shop_stack(
+        clean_db, credentials, sandbox.server, services=["cart", "market"]
+    ) as running:
+        yield running
+
+
+def lock_waiters(server) -> int:
+    """Connections of cart's database waiting on a lock."""
+    with admin_connect(server, "cart") as watcher:
+        row = watcher.execute(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+@contextmanager
+def line_held(server, line_id: int) -> Iterator[None]:
+    """The line's row locked from another connection until the block ends."""
+    with admin_connect(server, "cart") as holder, holder.transaction():
+        holder.execute("SELECT id FROM cart.cart_items WHERE id = %s FOR UPDATE", (line_id,))
+        yield
+
+
+async def started(server, call: Awaitable[httpx.Response], waiting: int) -> asyncio.Task:
+    """Start ``call`` and return once it waits on a lock (``waiting`` waiters in all) or has
+    answered: a call that never needs the lock is not made to wait for it."""
+    task: asyncio.Task = asyncio.ensure_future(call)
+    assert await eventually(lambda: task.done() or lock_waiters(server) >= waiting)
+    return task
+
+
+def line_row(server, line_id: int) -> tuple[Any, ...]:
+    """(quantity, order id, live, merged into) of one line."""
+    with admin_connect(server, "cart") as connection:
+        row = connection.execute(
+            "SELECT quantity, order_id, deleted_at IS NULL, merged_into_id "
+            "FROM cart.cart_items WHERE id = %s",
+            (line_id,),
+        ).fetchone()
+    assert row is not None
+    return tuple(row)
+
+
+def live_lines(server) -> list[tuple[int | None, int, int]]:
+    with admin_connect(server, "cart") as connection:
+        return [
+            tuple(row)
+            for row in connection.execute(
+                "SELECT user_id, product_id, quantity FROM cart.cart_items "
+                "WHERE deleted_at IS NULL ORDER BY id"
+            )
+        ]
+
+
+def session_of(server, line_id: int) -> str:
+    with admin_connect(server, "cart") as connection:
+        row = connection.execute(
+            "SELECT session_id FROM cart.cart_items WHERE id = %s", (line_id,)
+        ).fetchone()
+    assert row is not None
+    assert row[0]
+    return str(row[0])
+
+
+# -- H2: sign-in's merge against the clear of the anonymous order ----------------------------
+async def _anonymous_order_and_users_line(stack, server, product: int) -> tuple[int, int, str]:
+    """User 40 has 2 of ``product`` in their cart (another device); an anonymous session has
+    1 of it, checked out as order 500. Returns (user's line, anonymous line, session)."""
+    user = await browser_of(stack, "cart", user_id=40)
+    users_line = (await user.post(f"/add/{product}/", json={"quantity": 2})).json()["id"]
+    anonymous = await browser_of(stack, "cart")
+    anonymous_line = (await anonymous.post(f"/add/{product}/")).json()["id"]
+    return users_line, anonymous_line, session_of(server, anonymous_line)
+
+
+def _clear_anonymous(stack, product: int, line_id: int, session_id: str) -> Awaitable[Any]:
+    payload = {
+        "order_id": ORDER_ID,
+        "session_id": session_id,
+        "lines": [{"product_id": product, "quantity": 1, "cart_line_ids": [line_id]}],
+    }
+    return internal_post(stack.client("cart"), "clear-cart-for-order", payload)
+
+
+def _adopt(stack, session_id: str) -> Awaitable[Any]:
+    # What sign-in sends (the contract's on_sign_in action).
+    payload = {"user_id": 40, "session_id": session_id}
+    return internal_post(stack.client("cart"), "adopt-cart-for-user", payload)
+
+
+@pytest.mark.parametrize("held", ["anonymous line", "user's line"])
+async def test_a_paid_anonymous_line_cleared_before_sign_in_merges_is_not_merged(
+    stack, clean_db, shop, held
+):
+    """The clear reaches the anonymous line first: it leaves for the order, and sign-in then
+    finds nothing of it to merge; the user keeps their own 2. (Sign-in read the line without
+    a lock: it added the paid unit to the user's line, then marked the cleared line merged.)"""
+    product = shop.product_ids[0]
+    users_line, line, session_id = await _anonymous_order_and_users_line(stack, clean_db, product)
+    if held == "anonymous line":
+        with line_held(clean_db, line):
+            clear = await started(clean_db, _clear_anonymous(stack, product, line, session_id), 1)
+            adopt = await started(clean_db, _adopt(stack, session_id), 2)
+    else:
+        # Sign-in stops on the user's line; the clear runs as far as it can meanwhile.
+        with line_held(clean_db, users_line):
+            adopt = await started(clean_db, _adopt(stack, session_id), 1)
+            clear = await started(clean_db, _clear_anonymous(stack, product, line, session_id), 2)
+    cleared, adopted = await clear, await adopt
+    assert (cleared.status_code, cleared.json()) == (200, {"cleared": 1}), cleared.text
+    assert adopted.status_code == 200, adopted.text
+    assert live_lines(clean_db) == [(40, product, 2)]
+    quantity, order_id, live, merged_into = line_row(clean_db, line)
+    assert (quantity, order_id, live) == (1, ORDER_ID, False)
+    # Whoever came first, the paid unit is counted once: cleared, or merged then taken off.
+    assert merged_into in (None, users_line)
+    assert line_row(clean_db, users_line) == (2, None, True, None)
+
+
+async def test_sign_in_merging_before_the_clear_takes_the_paid_unit_off_the_merged_line(
+    stack, clean_db, shop
+):
+    """Sign-in reaches the anonymous line first: it merges into the user's line (3), and the
+    clear then takes the paid 1 off it."""
+    product = shop.product_ids[0]
+    users_line, line, session_id = await _anonymous_order_and_users_line(stack, clean_db, product)
+    with line_held(clean_db, line):
+        adopt = await started(clean_db, _adopt(stack, session_id), 1)
+        clear = await started(clean_db, _clear_anonymous(stack, product, line, session_id), 2)
+    adopted, cleared = await adopt, await clear
+    assert (adopted.status_code, adopted.json()) == (200, {"adopted": 1}), adopted.text
+    assert (cleared.status_code, cleared.json()) == (200, {"cleared": 1}), cleared.text
+    assert live_lines(clean_db) == [(40, product, 2)]
+    assert line_row(clean_db, line) == (1, ORDER_ID, False, users_line)
+
+
+async def test_sign_in_waiting_on_a_paid_users_line_merges_into_what_the_clear_left(
+    stack, clean_db, shop
+):
+    """The user's own order of 2 is cleared from their line of 3 (the 1 added after
+    checkout becomes a new line) while sign-in brings an anonymous 1 of the same product:
+    sign-in merges into the new line. (It waited on the paid line, found it gone, and moved
+    the anonymous line to the user beside the new one: a duplicate line, and sign-in failed.)"""
+    product = shop.product_ids[0]
+    user = await browser_of(stack, "cart", user_id=40)
+    users_line = (await user.post(f"/add/{product}/", json={"quantity": 3})).json()["id"]
+    anonymous = await browser_of(stack, "cart")
+    line = (await anonymous.post(f"/add/{product}/")).json()["id"]
+    session_id = session_of(clean_db, line)
+    payload = {
+        "order_id": ORDER_ID,
+        "user_id": 40,
+        "lines": [{"product_id": product, "quantity": 2, "cart_line_ids": [users_line]}],
+    }
+    with line_held(clean_db, users_line):
+        clear = await started(
+            clean_db, internal_post(stack.client("cart"), "clear-cart-for-order", payload), 1
+        )
+        adopt = await started(clean_db, _adopt(stack, session_id), 2)
+    cleared, adopted = await clear, await adopt
+    assert cleared.json() == {"cleared": 1}
+    assert (adopted.status_code, adopted.json()) == (200, {"adopted": 1}), adopted.text
+    assert live_lines(clean_db) == [(40, product, 2)]  # the 1 added after checkout, and 1
+    assert line_row(clean_db, users_line) == (3, ORDER_ID, False, None)
+    assert line_row(clean_db, line)[2:] == (False, line + 1)
