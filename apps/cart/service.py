@@ -491,19 +491,34 @@ async def add_item(
 
 
 async def _owned_item(session: AsyncSession, owner: Owner, item_id: int) -> CartItem:
+    """The owner's live line, locked until the edit commits: a paid order's clear that holds
+    it is waited for, and the line is then read as that clear left it (READ COMMITTED reads a
+    locked row again), so an edit never lands on a line that has just left for an order."""
     item = await session.scalar(
-        select(CartItem).where(
-            CartItem.id == item_id, owner.clause(), CartItem.deleted_at.is_(None)
-        )
+        select(CartItem)
+        .where(CartItem.id == item_id, owner.clause(), CartItem.deleted_at.is_(None))
+        .with_for_update()
+        .execution_options(populate_existing=True)
     )
     if item is None:
+        paid_by = await session.scalar(
+            select(CartItem.order_id).where(
+                CartItem.id == item_id, owner.clause(), CartItem.order_id.is_not(None)
+            )
+        )
+        if paid_by is not None:
+            raise Conflict(
+                f"Cart line {item_id} was paid for in order {paid_by}, so it is no longer in "
+                "your cart; anything added to it since is a line of its own"
+            )
         raise NotFound(f"Cart line {item_id} does not exist")
     return item
 
 
 async def set_quantity(session: AsyncSession, owner: Owner, item_id: int, quantity: int) -> int:
     """Change a line's quantity (1 to ``MAX_QUANTITY``, or to what it holds when sign-in merged
-    it past that; removing is another action). Returns the new quantity."""
+    it past that; removing is another action). Returns the new quantity. A line a paid order
+    has taken is a 409 saying so."""
     item = await _owned_item(session, owner, item_id)
     _check_quantity(quantity, item.quantity)
     item.quantity = quantity
@@ -512,6 +527,7 @@ async def set_quantity(session: AsyncSession, owner: Owner, item_id: int, quanti
 
 
 async def remove_item(session: AsyncSession, owner: Owner, item_id: int) -> None:
+    """Remove a line (soft delete); a line a paid order has taken is a 409 saying so."""
     item = await _owned_item(session, owner, item_id)
     item.deleted_at = func.now()
 
@@ -953,11 +969,18 @@ def _activity_owner(target: CartRef) -> Owner:
 
 
 async def _live_line(session: AsyncSession, owner: Owner, product_id: int) -> CartItem | None:
-    return await session.scalar(
+    query = (
         select(CartItem)
         .where(owner.clause(), CartItem.product_id == product_id, CartItem.deleted_at.is_(None))
         .with_for_update()
+        .execution_options(populate_existing=True)
     )
+    line = await session.scalar(query)
+    if line is None:
+        # A line this waited for may have just left for a paid order, its surplus now a new
+        # line the statement could not see; a second statement reads afresh.
+        line = await session.scalar(query)
+    return line
 
 
 def _one_line_as_sent(value: str, field: str) -> None:

@@ -1,9 +1,9 @@
-"""Sign-in's merge racing a paid order's clear-cart-for-order (audit H2). Each interleaving
-is made certain, not hoped for: a second connection holds a row lock on the line both
-operations need, the operations are started one after the other and each is seen waiting on
-that lock (or finished) before the next starts, then the lock is let go. PostgreSQL grants a
-row lock to its waiters in the order they came, so the first started is the first to change
-the line."""
+"""Sign-in's merge and the buyer's edits racing a paid order's clear-cart-for-order (audit
+H2, M2). Each interleaving is made certain, not hoped for: a second connection holds a row
+lock on the line both operations need, the operations are started one after the other and
+each is seen waiting on that lock (or finished) before the next starts, then the lock is let
+go. PostgreSQL grants a row lock to its waiters in the order they came, so the first started
+is the first to change the line."""
 
 from __future__ import annotations
 
@@ -162,6 +162,66 @@ async def test_sign_in_merging_before_the_clear_takes_the_paid_unit_off_the_merg
     assert line_row(clean_db, line) == (1, ORDER_ID, False, users_line)
 
 
+# -- M2: the buyer's edit of a line against the clear of the order that paid it --------------
+def _clear_users(stack, product: int, line_id: int) -> Awaitable[Any]:
+    payload = {
+        "order_id": ORDER_ID,
+        "user_id": 41,
+        "lines": [{"product_id": product, "quantity": 1, "cart_line_ids": [line_id]}],
+    }
+    return internal_post(stack.client("cart"), "clear-cart-for-order", payload)
+
+
+def _edit(browser: httpx.AsyncClient, edit: str, line_id: int) -> Awaitable[httpx.Response]:
+    if edit == "quantity":
+        return browser.post(f"/item/{line_id}/quantity/", json={"quantity": 5})
+    return browser.post(f"/item/{line_id}/delete/")
+
+
+@pytest.mark.parametrize("edit", ["quantity", "delete"])
+async def test_an_edit_landing_during_the_clear_says_the_line_was_paid(stack, clean_db, shop, edit):
+    """The clear reaches the line first: the edit is refused, saying the line was paid for,
+    and changes nothing. (It answered 200 "quantity 5", wrote 5 on the paid line, and the
+    cart was empty.)"""
+    product = shop.product_ids[0]
+    buyer = await browser_of(stack, "cart", user_id=41)
+    line = (await buyer.post(f"/add/{product}/")).json()["id"]
+    with line_held(clean_db, line):
+        clear = await started(clean_db, _clear_users(stack, product, line), 1)
+        edited = await started(clean_db, _edit(buyer, edit, line), 2)
+    cleared, answer = await clear, await edited
+    assert cleared.json() == {"cleared": 1}
+    assert answer.status_code == 409, answer.text
+    assert answer.headers["content-type"].startswith("application/problem+json")
+    assert f"order {ORDER_ID}" in answer.json()["detail"]
+    assert "paid" in answer.json()["detail"]
+    assert live_lines(clean_db) == []
+    assert line_row(clean_db, line) == (1, ORDER_ID, False, None)
+
+
+@pytest.mark.parametrize("edit", ["quantity", "delete"])
+async def test_an_edit_before_the_clear_is_what_the_clear_finds(stack, clean_db, shop, edit):
+    """The edit reaches the line first: it is answered as done, and the clear works on the
+    line as edited (5 with 1 paid: 4 stay in the cart; removed: nothing stays)."""
+    product = shop.product_ids[0]
+    buyer = await browser_of(stack, "cart", user_id=41)
+    line = (await buyer.post(f"/add/{product}/")).json()["id"]
+    with line_held(clean_db, line):
+        edited = await started(clean_db, _edit(buyer, edit, line), 1)
+        clear = await started(clean_db, _clear_users(stack, product, line), 2)
+    answer, cleared = await edited, await clear
+    assert answer.status_code == 200, answer.text
+    assert cleared.json() == {"cleared": 1}
+    if edit == "quantity":
+        assert answer.json() == {"id": line, "quantity": 5}
+        assert live_lines(clean_db) == [(41, product, 4)]
+        assert line_row(clean_db, line) == (5, ORDER_ID, False, None)
+    else:
+        assert answer.json() == {"id": line, "deleted": True}
+        assert live_lines(clean_db) == []
+        assert line_row(clean_db, line) == (1, ORDER_ID, False, None)
+
+
 async def test_sign_in_waiting_on_a_paid_users_line_merges_into_what_the_clear_left(
     stack, clean_db, shop
 ):
@@ -191,3 +251,27 @@ async def test_sign_in_waiting_on_a_paid_users_line_merges_into_what_the_clear_l
     assert live_lines(clean_db) == [(40, product, 2)]  # the 1 added after checkout, and 1
     assert line_row(clean_db, users_line) == (3, ORDER_ID, False, None)
     assert line_row(clean_db, line)[2:] == (False, line + 1)
+
+
+async def test_an_inbox_update_waiting_on_a_paid_line_changes_what_the_clear_left(
+    stack, clean_db, shop
+):
+    """An inbox Update of a product whose line a paid order is clearing, surplus and all,
+    changes the line the clear left for the surplus (it said the cart had no such line)."""
+    product = shop.product_ids[0]
+    buyer = await browser_of(stack, "cart", user_id=41)
+    line = (await buyer.post(f"/add/{product}/", json={"quantity": 3})).json()["id"]
+    update = {
+        "@context": "https://www.w3.org/ns/activitystreams",
+        "id": "urn:test:update-1",
+        "type": "Update",
+        "target": {"type": "rose:Cart", "userId": 41},
+        "object": {"type": "rose:CartItem", "productId": product, "quantity": 7},
+    }
+    with line_held(clean_db, line):
+        clear = await started(clean_db, _clear_users(stack, product, line), 1)
+        updated = await started(clean_db, internal_post(stack.client("cart"), "inbox", update), 2)
+    cleared, answer = await clear, await updated
+    assert cleared.json() == {"cleared": 1}
+    assert answer.status_code == 200, answer.text
+    assert live_lines(clean_db) == [(41, product, 7)]
