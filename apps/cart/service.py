@@ -811,8 +811,9 @@ def _mixed_currencies(cart: CartView, page_post_id: int | None) -> str:
 def checkout_request(
     cart: CartView, owner: Owner, session_id: str, page_post_id: int | None
 ) -> tuple[CreateOrder, str]:
-    """The create-order request (orders' contract) and an idempotency key derived from this
-    cart snapshot: a double submit creates one order; a changed cart another. ``session_id`` is
+    """The create-order request (orders' contract) and its idempotency key, derived from this
+    cart snapshot (``orders.checkout_key``): a double submit creates one order; a changed cart
+    another; the same cart once its order cannot be paid, another too. ``session_id`` is
     the browser session, sent even when signed in: orders made before sign-in are the same
     buyer's."""
     lines = cart.lines
@@ -872,10 +873,7 @@ def checkout_request(
         ticket_total=sum((ticket.price for ticket in tickets), Decimal(0)),
         page_post_id=page_post_id,
     )
-    # Line ids are part of the snapshot: the same products bought again later are new lines.
-    snapshot = msgspec.json.encode(request, order="sorted")
-    digest = hashlib.sha256(snapshot).hexdigest()
-    return request, f"cart-checkout:{digest}"
+    return request, orders.checkout_key(request)
 
 
 # New anonymous carts per client network (what bounds a client minting sessions).

@@ -5,8 +5,13 @@ effect and stores its response there too. A replay (same key, same payload) retu
 response without running the effect again; the same key with another payload is a 422. If the
 effect fails, the transaction rolls back and the key is free again, so nothing half-written stays.
 
+An action whose answer can go stale passes ``replay``: it gets the stored response and answers
+the current one, or None when what the key stood for is gone (an order that can no longer be
+paid). The key is then taken over by one request, which runs the effect again and stores its
+answer in place of the old one.
+
 Concurrent calls with one key serialise on the key's row: the second ``INSERT ... ON CONFLICT``
-waits for the first transaction, then reads its committed response.
+(or take-over ``UPDATE``) waits for the first transaction, then reads its committed response.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from apps.common.direct import DirectStatement
-from apps.common.problems import InvalidInput
+from apps.common.problems import Conflict, InvalidInput
 
 MAX_KEY_LENGTH = 200
 
@@ -46,6 +51,7 @@ class _KeyStatements:
     claim: DirectStatement
     stored: DirectStatement
     answer: DirectStatement
+    take_over: DirectStatement
 
 
 @functools.cache
@@ -72,6 +78,17 @@ def _statements(table: Table) -> _KeyStatements:
             .where(this_key)
             .values(response=bindparam("key_response", type_=table.c.response.type))
         ),
+        # Only while the key still holds the response the caller found dead: of concurrent
+        # callers one takes it over, the others wait on its row and then find its new answer.
+        take_over=DirectStatement(
+            table.update()
+            .where(
+                this_key,
+                table.c.request_hash == bindparam("key_hash"),
+                table.c.response == bindparam("key_stale", type_=table.c.response.type),
+            )
+            .values(created_at=func.now())
+        ),
     )
 
 
@@ -88,8 +105,10 @@ async def run_idempotent(
     key: str | None,
     payload: Any,
     effect: Callable[[], Awaitable[Any]],
+    replay: Callable[[Any], Awaitable[Any | None]] | None = None,
 ) -> Any:
-    """Run ``effect`` at most once per (action, key), then commit. Returns JSON-ready builtins."""
+    """Run ``effect`` at most once per (action, key), then commit. Returns JSON-ready builtins.
+    With ``replay``, once more each time the stored answer is dead (``replay`` answered None)."""
     if key is None:
         result = msgspec.to_builtins(await effect())
         await session.commit()
@@ -100,18 +119,46 @@ async def run_idempotent(
         )
     request_hash = payload_hash(payload)
     statements = _statements(table)
-    this_key = {"key_action": action, "key_value": key}
-    claimed = await statements.claim.first(session, {**this_key, "key_hash": request_hash})
-    if claimed is None:
+    this_key = {"key_action": action, "key_value": key, "key_hash": request_hash}
+    # A second round only when another request took the key over first: its answer is new.
+    for _ in range(3):
+        claimed = await statements.claim.first(session, this_key)
+        if claimed is not None:
+            return await _run_and_store(session, statements, this_key, effect)
         stored = await statements.stored.first(session, this_key)
         assert stored is not None  # the conflict that refused the claim is this row
-        await session.rollback()
         if stored.request_hash != request_hash:
+            await session.rollback()
             raise InvalidInput(
                 f"Idempotency-Key {key!r} was already used for {action} with another payload",
                 field="Idempotency-Key",
             )
-        return stored.response
+        if replay is None:
+            await session.rollback()
+            return stored.response
+        try:
+            current = await replay(stored.response)
+        except BaseException:
+            await session.rollback()
+            raise
+        if current is not None:
+            await session.rollback()
+            return msgspec.to_builtins(current)
+        taken = await statements.take_over.rowcount(
+            session, {**this_key, "key_stale": stored.response}
+        )
+        if taken:
+            return await _run_and_store(session, statements, this_key, effect)
+        await session.rollback()
+    raise Conflict(f"Idempotency-Key {key!r} is in use by {action}; try again")
+
+
+async def _run_and_store(
+    session: AsyncSession,
+    statements: _KeyStatements,
+    this_key: dict[str, Any],
+    effect: Callable[[], Awaitable[Any]],
+) -> Any:
     result = msgspec.to_builtins(await effect())
     await statements.answer.rowcount(session, {**this_key, "key_response": result})
     await session.commit()

@@ -8,6 +8,7 @@ in cart, not a surprise at run time. This module imports nothing else of orders.
 
 from __future__ import annotations
 
+import hashlib
 from decimal import Decimal
 from typing import Annotated, Any
 
@@ -110,6 +111,19 @@ class OrderOf(msgspec.Struct, forbid_unknown_fields=True):
     order_id: PositiveId
 
 
+def checkout_key(request: CreateOrder) -> str:
+    """Cart's create-order idempotency key: a digest of the cart snapshot the request is (line
+    ids included: the same products bought again later are new lines). A double submit, or a
+    retry after a lost answer, is one order."""
+    snapshot = msgspec.json.encode(request, order="sorted")
+    return f"cart-checkout:{hashlib.sha256(snapshot).hexdigest()}"
+
+
+# A known key (a cart as it was at an earlier checkout) answers the order it made, with that
+# order's current payment attempt (its hosted URL and reference, not the first ones), while
+# the buyer can pay it. Once they cannot (expired, superseded, cancelled, its current attempt
+# ended, or it has had ORDERS_ATTEMPTS_PER_ORDER attempts), the same key makes a new order, once
+# however many requests carry it at the same time. An order under review is a 409.
 create_order = Action(SERVICE, "create-order", CreateOrder, CreatedOrder)
 # Idempotent without a key: a second adoption adopts nothing.
 adopt_orders_for_user = Action(SERVICE, "adopt-orders-for-user", SignIn, AdoptedOrders, keyed=False)

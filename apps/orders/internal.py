@@ -27,13 +27,18 @@ async def create_order(
     db_session: DbSession, request: Request, runtime: Runtime, data: JSONBody[CreateOrder]
 ) -> dict[str, Any]:
     """Called by cart at checkout; answers with the SumUp hosted checkout URL. Earlier orders
-    the new one supersedes have their checkouts closed right after the commit."""
+    the new one supersedes have their checkouts closed right after the commit. A known key
+    answers its order's current attempt, or makes a new order once that one cannot be paid
+    (service.replay_checkout)."""
     superseded: list[int] = []
 
     async def effect() -> CreatedOrder:
         made = await service.create_order(db_session, data, runtime)
         superseded.extend(made.superseded)
         return made.created
+
+    async def replay(stored: Any) -> CreatedOrder | None:
+        return await service.replay_checkout(db_session, stored, runtime)
 
     created = await run_idempotent(
         db_session,
@@ -42,6 +47,7 @@ async def create_order(
         key=request.headers.get(IDEMPOTENCY_HEADER),
         payload=data,
         effect=effect,
+        replay=replay,
     )
     runtime.jobs.close_soon(superseded)
     return created

@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import msgspec
 from sqlalchemy import (
     CTE,
     BigInteger,
@@ -71,6 +72,7 @@ from apps.events import contract as events
 from apps.orders.contract import AdoptedOrders, CreatedOrder, CreateOrder
 from apps.orders.models import (
     CLAIM_KINDS,
+    CLOSED_UNPAID_STATES,
     ITEM_KINDS,
     MAX_AMOUNT,
     NEEDS_A_PERSON,
@@ -766,6 +768,54 @@ async def create_order(
         description=order.description,
     )
     return NewOrder(created, superseded)
+
+
+async def replay_checkout(
+    session: AsyncSession, stored: Any, runtime: OrdersRuntime
+) -> CreatedOrder | None:
+    """What a create-order with a known key answers now (the contract's rule, see
+    ``apps.orders.contract.create_order``): the order the key made, with its current attempt,
+    while the buyer can still pay that attempt; None once they cannot (the order expired, was
+    superseded or cancelled, its payable time passed, its current attempt ended, or it has had
+    the most attempts an order may have), so that the same cart makes a new order instead of
+    being pinned to a dead one. A flagged order is a 409: money may have arrived for it, and a
+    new order for the same goods could take it twice; a person decides. Any other state (paid,
+    money owed back) answers as stored: those goods are not for sale again."""
+    created = msgspec.convert(stored, CreatedOrder)
+    found = (
+        await session.execute(
+            select(Order, PaymentAttempt, Order.payable_until > func.now())
+            .join(PaymentAttempt, PaymentAttempt.order_id == Order.id)
+            .where(Order.id == created.order_id)
+            .order_by(PaymentAttempt.number.desc())
+            .limit(1)
+        )
+    ).one_or_none()
+    if found is None:
+        return None  # no order behind the key (every order has an attempt): a new one
+    order, attempt, still_payable = found
+    if order.flagged:
+        raise Conflict(
+            f"Order {order.id} for these goods is being reviewed; we will contact you",
+            order_id=order.id,
+        )
+    if order.status in CLOSED_UNPAID_STATES:
+        return None
+    if order.status != "pending":
+        return created
+    if (
+        not still_payable
+        or attempt.status != "PENDING"
+        or attempt.number >= runtime.settings.attempts_per_order
+    ):
+        return None
+    return CreatedOrder(
+        order_id=order.id,
+        sumup_hosted_url=attempt.hosted_url or "",
+        page_config_id=order.page_config_id,
+        sumup_reference=attempt.checkout_reference,
+        description=order.description,
+    )
 
 
 def _product_item(line: Any) -> dict[str, Any]:

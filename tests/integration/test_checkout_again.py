@@ -1,0 +1,252 @@
+"""Checking out the same cart again (audit findings H3 and M3): while its order can be paid, the
+cart gets that order with its current payment attempt; once it cannot (expired, superseded, at
+its attempts cap), the same cart makes a new order, exactly once under concurrent submits.
+Real apps in process, real PostgreSQL, the SumUp sandbox over HTTP. Each test failed before
+create-order looked at the order behind a known key (apps.orders.service.replay_checkout).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+
+import pytest
+
+from tests.conftest import admin_connect
+from tests.integration.commerce_fixtures import browser_of, share_cookies, shop_stack
+from tests.integration.orders_fixtures import Sandbox, checkout_id_of, webhook
+
+
+@pytest.fixture
+async def stack(clean_db, credentials, sandbox, shop):
+    async with shop_stack(clean_db, credentials, sandbox.server) as running:
+        yield running
+
+
+def orders_of(server) -> dict[int, tuple[str, Decimal]]:
+    with admin_connect(server, "orders") as connection:
+        rows = connection.execute("SELECT id, status, total FROM orders.orders ORDER BY id")
+        return {row[0]: (row[1], row[2]) for row in rows}
+
+
+async def time_to_pay_ends(stack, server, sandbox: Sandbox, order_id: int) -> None:
+    """The order's payable time passes: SumUp closes its checkouts (their valid_until), and
+    orders' reconciliation expires it, as the running service would."""
+    with admin_connect(server, "orders") as connection:
+        connection.execute(
+            "UPDATE orders.orders SET payable_until = now() - interval '1 s' WHERE id = %s",
+            (order_id,),
+        )
+        checkout_ids = [
+            row[0]
+            for row in connection.execute(
+                "SELECT sumup_checkout_id FROM orders.payment_attempts WHERE order_id = %s",
+                (order_id,),
+            )
+        ]
+    for checkout_id in checkout_ids:
+        sandbox.client.post(f"/_sandbox/checkouts/{checkout_id}/expire").raise_for_status()
+    await stack.apps["orders"].state.reconciler.run_once()
+    assert orders_of(server)[order_id][0] == "expired"
+
+
+def checkout_of(sandbox: Sandbox, answer: dict) -> dict:
+    """SumUp's view of the checkout the answer's hosted URL opens."""
+    return sandbox.checkout(answer["sumup_hosted_url"].rstrip("/").rsplit("/", 1)[-1])
+
+
+async def test_a_retry_while_payable_gets_the_same_order(stack, clean_db, shop, sandbox):
+    cart = await browser_of(stack, "cart", user_id=3)
+    await cart.post(f"/add/{shop.product_ids[0]}/")
+    first = (await cart.post("/checkout/")).json()
+    again = (await cart.post("/checkout/")).json()
+    assert again == first
+    assert len(orders_of(clean_db)) == 1
+
+
+async def test_the_cart_of_an_expired_order_checks_out_as_a_new_order(
+    stack, clean_db, shop, sandbox
+):
+    """H3 (b): the expired order and its closed SumUp checkout came back for ever."""
+    cart = await browser_of(stack, "cart", user_id=3)
+    await cart.post(f"/add/{shop.product_ids[0]}/")
+    first = (await cart.post("/checkout/")).json()
+    await time_to_pay_ends(stack, clean_db, sandbox, first["order_id"])
+
+    second = await cart.post("/checkout/")
+    assert second.status_code == 200, second.text
+    new = second.json()
+    assert new["order_id"] != first["order_id"]
+    assert orders_of(clean_db)[new["order_id"]][0] == "pending"
+    assert checkout_of(sandbox, new)["status"] == "PENDING"
+    # The cart now stands for the new order: checking out again gets it back.
+    assert (await cart.post("/checkout/")).json() == new
+    assert len(orders_of(clean_db)) == 2
+
+    # And it pays normally.
+    checkout_id = checkout_id_of(clean_db, new["order_id"])
+    sandbox.pay(checkout_id)
+    assert (await webhook(stack, new["order_id"], checkout_id)).status_code == 204
+    assert orders_of(clean_db)[new["order_id"]][0] == "paid"
+
+
+async def test_a_cart_back_as_it_was_does_not_get_its_superseded_order(
+    stack, clean_db, shop, sandbox
+):
+    """H3 (a): 1 unit, then 2 (a newer order), then 1 again: the buyer was sent to the closed
+    checkout of the first order, then told to pay the second, for the 2 units."""
+    cart = await browser_of(stack, "cart", user_id=3)
+    line = (await cart.post(f"/add/{shop.product_ids[0]}/")).json()
+    one = (await cart.post("/checkout/")).json()
+    await cart.post(f"/item/{line['id']}/quantity/", data={"quantity": "2"})
+    two = (await cart.post("/checkout/")).json()
+    assert orders_of(clean_db)[one["order_id"]][0] == "superseded"
+    await cart.post(f"/item/{line['id']}/quantity/", data={"quantity": "1"})
+
+    back = await cart.post("/checkout/")
+    assert back.status_code == 200, back.text
+    answer = back.json()
+    assert answer["order_id"] not in (one["order_id"], two["order_id"])
+    orders = orders_of(clean_db)
+    assert orders[answer["order_id"]] == ("pending", orders[one["order_id"]][1])  # 1 unit
+    assert orders[two["order_id"]][0] == "superseded"  # the 2 units can no longer be paid
+    assert checkout_of(sandbox, answer)["status"] == "PENDING"
+
+
+async def test_checkout_after_pay_again_opens_the_current_attempt(stack, clean_db, shop, sandbox):
+    """M3: after a pay again, the cart's Checkout sent the buyer to attempt 1, closed."""
+    cart = await browser_of(stack, "cart", user_id=3)
+    orders = stack.browser("orders")
+    share_cookies(cart, orders)
+    await cart.post(f"/add/{shop.product_ids[0]}/")
+    first = (await cart.post("/checkout/")).json()
+    order_id = first["order_id"]
+    sandbox.fail(checkout_id_of(clean_db, order_id))
+    again = await orders.post(f"/order/{order_id}/pay/")
+    assert again.status_code == 200, again.text
+    assert again.json()["attempt"] == 2
+
+    checkout = (await cart.post("/checkout/")).json()
+    assert checkout["order_id"] == order_id
+    assert checkout["sumup_hosted_url"] == again.json()["sumup_hosted_url"]
+    assert checkout["sumup_reference"].endswith(f"-{order_id}-2")
+    assert checkout_of(sandbox, checkout)["status"] == "PENDING"
+    assert len(orders_of(clean_db)) == 1
+
+
+async def test_past_the_attempts_cap_checking_out_again_makes_a_new_order(
+    clean_db, credentials, sandbox, shop
+):
+    """M3: the 409's advice ("check out again from your cart") gave the same capped order."""
+    async with shop_stack(
+        clean_db, credentials, sandbox.server, ORDERS_ATTEMPTS_PER_ORDER="2"
+    ) as stack:
+        cart = await browser_of(stack, "cart", user_id=3)
+        orders = stack.browser("orders")
+        share_cookies(cart, orders)
+        await cart.post(f"/add/{shop.product_ids[0]}/")
+        order_id = (await cart.post("/checkout/")).json()["order_id"]
+        sandbox.fail(checkout_id_of(clean_db, order_id))
+        assert (await orders.post(f"/order/{order_id}/pay/")).status_code == 200
+        sandbox.fail(checkout_id_of(clean_db, order_id, 2))
+        capped = await orders.post(f"/order/{order_id}/pay/")
+        assert capped.status_code == 409
+        assert "check out again from your cart" in capped.json()["detail"]
+
+        new = await cart.post("/checkout/")
+        assert new.status_code == 200, new.text
+        answer = new.json()
+        assert answer["order_id"] != order_id
+        statuses = orders_of(clean_db)
+        assert statuses[order_id][0] == "superseded"
+        assert statuses[answer["order_id"]][0] == "pending"
+        assert checkout_of(sandbox, answer)["status"] == "PENDING"
+        assert (await orders.post(f"/order/{answer['order_id']}/pay/")).status_code == 200
+
+
+async def test_concurrent_checkouts_after_the_order_died_make_one_new_order(
+    stack, clean_db, shop, sandbox
+):
+    cart = await browser_of(stack, "cart", user_id=3)
+    await cart.post(f"/add/{shop.product_ids[0]}/")
+    first = (await cart.post("/checkout/")).json()
+    await time_to_pay_ends(stack, clean_db, sandbox, first["order_id"])
+
+    answers = await asyncio.gather(*(cart.post("/checkout/") for _ in range(4)))
+    assert [answer.status_code for answer in answers] == [200] * 4, [a.text for a in answers]
+    made = {answer.json()["order_id"] for answer in answers}
+    assert len(made) == 1
+    assert first["order_id"] not in made
+    assert len(orders_of(clean_db)) == 2
+    pending = [checkout for checkout in sandbox.checkouts() if checkout["status"] == "PENDING"]
+    assert len(pending) == 1
+
+
+async def test_a_flagged_order_is_not_replaced_by_checking_out_again(
+    stack, clean_db, shop, sandbox
+):
+    """An order under review may have been paid (another amount came back): the cart's
+    checkout says so and makes no order, nor sends the buyer to its checkout again."""
+    cart = await browser_of(stack, "cart", user_id=3)
+    await cart.post(f"/add/{shop.product_ids[0]}/")
+    first = (await cart.post("/checkout/")).json()
+    checkout_id = checkout_id_of(clean_db, first["order_id"])
+    sandbox.pay(checkout_id, amount_override=0.37)
+    assert (await webhook(stack, first["order_id"], checkout_id)).status_code == 204
+
+    with admin_connect(clean_db, "orders") as connection:
+        flagged = connection.execute(
+            "SELECT status, flagged FROM orders.orders WHERE id = %s", (first["order_id"],)
+        ).fetchone()
+    assert flagged == ("pending", True)
+
+    again = await cart.post("/checkout/")
+    assert again.status_code == 409, again.text
+    assert "being reviewed" in again.json()["detail"]
+    assert len(orders_of(clean_db)) == 1
+
+
+async def test_a_dead_key_is_taken_over_by_one_request_while_the_other_waits(stack):
+    """run_idempotent's take-over on its own, with the order's real key table: the second
+    request that finds the stored answer dead waits for the first one's new answer, and the
+    effect runs once more, not twice."""
+    from apps.common.idempotency import run_idempotent
+    from apps.orders.models import idempotency_keys
+
+    maker = stack.apps["orders"].state.platform.sessionmaker
+    effects: list[int] = []
+    in_effect, release = asyncio.Event(), asyncio.Event()
+
+    async def call(wait: bool) -> object:
+        async def effect() -> dict[str, int]:
+            effects.append(len(effects) + 1)
+            made = {"n": len(effects)}
+            if wait:
+                in_effect.set()
+                await release.wait()
+            return made
+
+        async def replay(stored: dict[str, int]) -> dict[str, int] | None:
+            return None if stored["n"] == 1 else stored  # the first answer is dead
+
+        async with maker() as session:
+            return await run_idempotent(
+                session,
+                idempotency_keys,
+                action="take-over-test",
+                key="k",
+                payload={"cart": 1},
+                effect=effect,
+                replay=replay,
+            )
+
+    assert await call(wait=False) == {"n": 1}
+    first = asyncio.create_task(call(wait=True))
+    await in_effect.wait()
+    second = asyncio.create_task(call(wait=False))
+    await asyncio.sleep(0.3)  # time for the second to reach the key's row and wait on it
+    assert not second.done()
+    release.set()
+    assert await first == {"n": 2}
+    assert await second == {"n": 2}
+    assert effects == [1, 2]
