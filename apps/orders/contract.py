@@ -122,8 +122,9 @@ def checkout_key(request: CreateOrder) -> str:
 # A known key (a cart as it was at an earlier checkout) answers the order it made, with that
 # order's current payment attempt (its hosted URL and reference, not the first ones), while
 # the buyer can pay it. Once they cannot (expired, superseded, cancelled, its current attempt
-# ended, or it has had ORDERS_ATTEMPTS_PER_ORDER attempts), the same key makes a new order, once
-# however many requests carry it at the same time. An order under review is a 409.
+# ended, it has had ORDERS_ATTEMPTS_PER_ORDER attempts, or its late payment is given back), the
+# same key makes a new order, once however many requests carry it at the same time. An order
+# under review is a 409; a paid one answers as it did.
 create_order = Action(SERVICE, "create-order", CreateOrder, CreatedOrder)
 # Idempotent without a key: a second adoption adopts nothing.
 adopt_orders_for_user = Action(SERVICE, "adopt-orders-for-user", SignIn, AdoptedOrders, keyed=False)

@@ -72,7 +72,6 @@ from apps.events import contract as events
 from apps.orders.contract import AdoptedOrders, CreatedOrder, CreateOrder
 from apps.orders.models import (
     CLAIM_KINDS,
-    CLOSED_UNPAID_STATES,
     ITEM_KINDS,
     MAX_AMOUNT,
     NEEDS_A_PERSON,
@@ -776,11 +775,12 @@ async def replay_checkout(
     """What a create-order with a known key answers now (the contract's rule, see
     ``apps.orders.contract.create_order``): the order the key made, with its current attempt,
     while the buyer can still pay that attempt; None once they cannot (the order expired, was
-    superseded or cancelled, its payable time passed, its current attempt ended, or it has had
-    the most attempts an order may have), so that the same cart makes a new order instead of
-    being pinned to a dead one. A flagged order is a 409: money may have arrived for it, and a
-    new order for the same goods could take it twice; a person decides. Any other state (paid,
-    money owed back) answers as stored: those goods are not for sale again."""
+    superseded or cancelled, its payable time passed, its current attempt ended, it has had
+    the most attempts an order may have, or a late payment for it is being given back), so that
+    the same cart makes a new order instead of being pinned to a dead one. A flagged order is a
+    409: money may have arrived for it, and a new order for the same goods could take it twice;
+    a person decides. A paid order answers as stored (its goods leave the cart shortly; a new
+    order for them would be refused anyway)."""
     created = msgspec.convert(stored, CreatedOrder)
     found = (
         await session.execute(
@@ -799,10 +799,10 @@ async def replay_checkout(
             f"Order {order.id} for these goods is being reviewed; we will contact you",
             order_id=order.id,
         )
-    if order.status in CLOSED_UNPAID_STATES:
-        return None
-    if order.status != "pending":
+    if order.status == "paid":
         return created
+    if order.status != "pending":
+        return None
     if (
         not still_payable
         or attempt.status != "PENDING"

@@ -250,3 +250,29 @@ async def test_a_dead_key_is_taken_over_by_one_request_while_the_other_waits(sta
     assert await first == {"n": 2}
     assert await second == {"n": 2}
     assert effects == [1, 2]
+
+
+async def test_an_order_whose_late_payment_went_back_does_not_pin_the_cart(
+    stack, clean_db, shop, sandbox
+):
+    """The superseded order's old tab paid anyway (its SumUp checkout could not be closed):
+    that money goes back, and the cart back as it was makes a new order, not that one again."""
+    cart = await browser_of(stack, "cart", user_id=3)
+    line = (await cart.post(f"/add/{shop.product_ids[0]}/")).json()
+    one = (await cart.post("/checkout/")).json()
+    sandbox.controls(deactivation_unavailable=True)
+    await cart.post(f"/item/{line['id']}/quantity/", data={"quantity": "2"})
+    two = (await cart.post("/checkout/")).json()
+    old_tab = checkout_id_of(clean_db, one["order_id"])
+    sandbox.pay(old_tab)
+    assert (await webhook(stack, one["order_id"], old_tab)).status_code == 204
+    sandbox.controls(deactivation_unavailable=False)
+    assert orders_of(clean_db)[one["order_id"]][0] in ("refund_due", "refunded")
+    await cart.post(f"/item/{line['id']}/quantity/", data={"quantity": "1"})
+
+    back = await cart.post("/checkout/")
+    assert back.status_code == 200, back.text
+    answer = back.json()
+    assert answer["order_id"] not in (one["order_id"], two["order_id"])
+    assert orders_of(clean_db)[answer["order_id"]][0] == "pending"
+    assert checkout_of(sandbox, answer)["status"] == "PENDING"
