@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from contextlib import asynccontextmanager
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -139,6 +140,13 @@ def order_rows(server) -> list[tuple]:
         return connection.execute(
             "SELECT id, status, flagged, total, currency FROM orders.orders ORDER BY id"
         ).fetchall()
+
+
+def orders_of(server) -> dict[int, tuple[str, Decimal]]:
+    """Every order: its status and total, by id."""
+    with admin_connect(server, "orders") as connection:
+        rows = connection.execute("SELECT id, status, total FROM orders.orders ORDER BY id")
+        return {row[0]: (row[1], row[2]) for row in rows}
 
 
 def outbox_rows(server) -> list[tuple]:

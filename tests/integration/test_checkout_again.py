@@ -8,25 +8,18 @@ create-order looked at the order behind a known key (apps.orders.service.replay_
 from __future__ import annotations
 
 import asyncio
-from decimal import Decimal
 
 import pytest
 
 from tests.conftest import admin_connect
 from tests.integration.commerce_fixtures import browser_of, share_cookies, shop_stack
-from tests.integration.orders_fixtures import Sandbox, checkout_id_of, webhook
+from tests.integration.orders_fixtures import Sandbox, checkout_id_of, orders_of, webhook
 
 
 @pytest.fixture
 async def stack(clean_db, credentials, sandbox, shop):
     async with shop_stack(clean_db, credentials, sandbox.server) as running:
         yield running
-
-
-def orders_of(server) -> dict[int, tuple[str, Decimal]]:
-    with admin_connect(server, "orders") as connection:
-        rows = connection.execute("SELECT id, status, total FROM orders.orders ORDER BY id")
-        return {row[0]: (row[1], row[2]) for row in rows}
 
 
 async def time_to_pay_ends(stack, server, sandbox: Sandbox, order_id: int) -> None:

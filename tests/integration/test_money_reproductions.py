@@ -22,7 +22,7 @@ from tests.integration.commerce_fixtures import (
     shop_stack,
     sweep_ended_holds_now,
 )
-from tests.integration.orders_fixtures import Sandbox, checkout_id_of, webhook
+from tests.integration.orders_fixtures import Sandbox, checkout_id_of, orders_of, webhook
 from tests.waiting import eventually
 
 HTML = {"accept": "text/html"}
@@ -32,12 +32,6 @@ HTML = {"accept": "text/html"}
 async def stack(clean_db, credentials, sandbox, shop):
     async with shop_stack(clean_db, credentials, sandbox.server) as running:
         yield running
-
-
-def orders_of(server) -> dict[int, tuple[str, Decimal]]:
-    with admin_connect(server, "orders") as connection:
-        rows = connection.execute("SELECT id, status, total FROM orders.orders ORDER BY id")
-        return {row[0]: (row[1], row[2]) for row in rows}
 
 
 def live_cart_lines(server) -> list[tuple]:
