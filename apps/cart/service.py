@@ -7,6 +7,7 @@ with one query per source (the page's keys as one array), bounded by a statement
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime
@@ -910,9 +911,10 @@ async def checkout(
     clears it once the payment is confirmed. An anonymous cart is first admitted under its
     client network's limit (``admission``; None: no limit)."""
     cart = await load_cart(session, owner, page_id)
-    if cart.count == 0:
+    if cart.count == 0 and "events" not in cart.degraded:
         # Only to say why it is empty: a checkout that goes on needs no more reads.
-        cart = await load_cart(session, owner, page_id, with_ended_holds=True)
+        with contextlib.suppress(ProviderUnavailable):
+            cart.ended_holds = await _ended_holds(session, owner, page_id)
     order, key = checkout_request(cart, owner, session_id, page_id)
     await end_read(session)
     if owner.user_id is None and admission is not None:

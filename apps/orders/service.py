@@ -634,10 +634,7 @@ async def place_order(
     superseded = sorted(superseded_ids or [])
     if blocking_id is not None:
         if blocking_flagged:
-            raise Conflict(
-                f"Order {blocking_id} for these goods is being reviewed; we will contact you",
-                order_id=blocking_id,
-            )
+            raise _under_review(blocking_id)
         raise Conflict(
             f"These goods are already paid for in order {blocking_id}; your cart will be "
             "updated shortly",
@@ -769,6 +766,14 @@ async def create_order(
     return NewOrder(created, superseded)
 
 
+def _under_review(order_id: int) -> Conflict:
+    """The same goods again while their order is flagged: money may have arrived for it."""
+    return Conflict(
+        f"Order {order_id} for these goods is being reviewed; we will contact you",
+        order_id=order_id,
+    )
+
+
 async def replay_checkout(
     session: AsyncSession, stored: Any, runtime: OrdersRuntime
 ) -> CreatedOrder | None:
@@ -795,10 +800,7 @@ async def replay_checkout(
         return None  # no order behind the key (every order has an attempt): a new one
     order, attempt, still_payable = found
     if order.flagged:
-        raise Conflict(
-            f"Order {order.id} for these goods is being reviewed; we will contact you",
-            order_id=order.id,
-        )
+        raise _under_review(order.id)
     if order.status == "paid":
         return created
     if order.status != "pending":

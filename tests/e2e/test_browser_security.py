@@ -21,7 +21,9 @@ def shop_live(provisioned, credentials):
     truncate_all(provisioned)
 
 
-def test_public_pages_satisfy_their_content_security_policy(shop_live, page):
+def csp_violations(page) -> list[str]:
+    """The page's Content Security Policy violations from now on, as the browser reports them
+    (directive and blocked address)."""
     violations: list[str] = []
     page.on(
         "console",
@@ -31,8 +33,14 @@ def test_public_pages_satisfy_their_content_security_policy(shop_live, page):
     )
     page.add_init_script(
         "document.addEventListener('securitypolicyviolation', e => "
-        "console.error('Content Security Policy violation: ' + e.violatedDirective))"
+        "console.error('Content Security Policy violation: ' + e.violatedDirective + ' '"
+        " + e.blockedURI))"
     )
+    return violations
+
+
+def test_public_pages_satisfy_their_content_security_policy(shop_live, page):
+    violations = csp_violations(page)
     page.goto(shop_live.url("market", "/auth/dev-login?user_id=1&next=/"))
     for service in PUBLIC:
         answer = page.goto(shop_live.url(service, "/"))
@@ -52,18 +60,7 @@ def test_public_pages_satisfy_their_content_security_policy(shop_live, page):
 def test_schema_page_renders_offline_within_its_policy(shop_live, page, service):
     """/schema is a page for developers (internal hosts, localhost): in a browser with no way
     out of this machine it shows the service's operations, and breaks no policy doing so."""
-    violations: list[str] = []
-    page.on(
-        "console",
-        lambda message: (
-            violations.append(message.text) if "Content Security Policy" in message.text else None
-        ),
-    )
-    page.add_init_script(
-        "document.addEventListener('securitypolicyviolation', e => "
-        "console.error('Content Security Policy violation: ' + e.violatedDirective + ' '"
-        " + e.blockedURI))"
-    )
+    violations = csp_violations(page)
     # Offline: whatever the page asks of another host is refused, and named.
     outside: list[str] = []
     own = shop_live.url(service)
