@@ -153,7 +153,7 @@ async def _checkout(
     except InternalCallError as exc:
         raise checkout_failed(exc, public_url(settings, orders.SERVICE, "/")) from exc
     if wants_html(request):
-        return see_other(created.sumup_hosted_url)
+        return see_other(created.where_next)
     return created
 
 

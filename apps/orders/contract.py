@@ -96,10 +96,20 @@ class CreateOrder(msgspec.Struct, forbid_unknown_fields=True):
 
 class CreatedOrder(msgspec.Struct):
     order_id: int
+    # SumUp's hosted checkout and its reference; empty for an order with nothing to pay.
     sumup_hosted_url: str
     page_config_id: int
     sumup_reference: str
     description: str
+    # Where the buyer goes now: SumUp's hosted checkout while the order waits for its payment,
+    # its return page once it is paid (an order with nothing to pay, every line free, is paid
+    # as it is made, without SumUp). Answers stored by an earlier orders lack it: see where_next.
+    next_url: str = ""
+    paid: bool = False
+
+    @property
+    def where_next(self) -> str:
+        return self.next_url or self.sumup_hosted_url
 
 
 class AdoptedOrders(msgspec.Struct):
@@ -124,7 +134,7 @@ def checkout_key(request: CreateOrder) -> str:
 # the buyer can pay it. Once they cannot (expired, superseded, cancelled, its current attempt
 # ended, it has had ORDERS_ATTEMPTS_PER_ORDER attempts, or its late payment is given back), the
 # same key makes a new order, once however many requests carry it at the same time. An order
-# under review is a 409; a paid one answers as it did.
+# under review is a 409; a paid one answers as it did, sending the buyer to its return page.
 create_order = Action(SERVICE, "create-order", CreateOrder, CreatedOrder)
 # Idempotent without a key: a second adoption adopts nothing.
 adopt_orders_for_user = Action(SERVICE, "adopt-orders-for-user", SignIn, AdoptedOrders, keyed=False)

@@ -26,7 +26,8 @@ from apps.orders.runtime import Runtime
 async def create_order(
     db_session: DbSession, request: Request, runtime: Runtime, data: JSONBody[CreateOrder]
 ) -> dict[str, Any]:
-    """Called by cart at checkout; answers with the SumUp hosted checkout URL. Earlier orders
+    """Called by cart at checkout; answers with where the buyer goes next (SumUp's hosted
+    checkout, or the return page of an order with nothing to pay). Earlier orders
     the new one supersedes have their checkouts closed right after the commit. A known key
     answers its order's current attempt, or makes a new order once that one cannot be paid
     (service.replay_checkout)."""
@@ -50,6 +51,8 @@ async def create_order(
         replay=replay,
     )
     runtime.jobs.close_soon(superseded)
+    if created.get("paid"):
+        runtime.relay.wake()  # an order with nothing to pay: its bookings are confirmed now
     return created
 
 

@@ -100,6 +100,7 @@ from apps.orders.settlement import (
     close_attempt,
     merchant_account,
     money,
+    pay_with_nothing_to_pay,
     refresh_attempt,
     refresh_reported_attempt,
     refunds_of,
@@ -698,8 +699,6 @@ async def create_order(
     )
     config = slot.config
     total = money(request.product_total + request.calendar_total + request.ticket_total)
-    if total <= 0:
-        raise InvalidInput("the order total must be more than zero", field="product_total")
     payable_until = slot.now + timedelta(seconds=settings.payable_seconds)
 
     # Plain rows placed by one Core statement: the ORM's unit of work cost more Python than
@@ -747,6 +746,10 @@ async def create_order(
     try:
         async with asyncio.timeout(settings.create_order_deadline):
             await hold_bookings(runtime, order, request)
+            if total == 0:
+                # Every line is free: nothing to take, no SumUp checkout; paid as it is made.
+                await pay_with_nothing_to_pay(session, order)
+                return NewOrder(paid_answer(order, runtime.urls), superseded)
             attempt = await _new_attempt(
                 session, order, 1, runtime, config.account, valid_until=payable_until
             )
@@ -762,8 +765,23 @@ async def create_order(
         page_config_id=config.id,
         sumup_reference=attempt.checkout_reference,
         description=order.description,
+        next_url=attempt.hosted_url or "",
     )
     return NewOrder(created, superseded)
+
+
+def paid_answer(order: Order, urls: OrderUrls, stored: CreatedOrder | None = None) -> CreatedOrder:
+    """Create-order's answer for a paid order: the buyer goes to its return page. ``stored`` is
+    the answer the order was made with (its SumUp checkout, if it had one)."""
+    return CreatedOrder(
+        order_id=order.id,
+        sumup_hosted_url=stored.sumup_hosted_url if stored else "",
+        page_config_id=order.page_config_id,
+        sumup_reference=stored.sumup_reference if stored else "",
+        description=order.description,
+        next_url=urls.return_page(order.id),
+        paid=True,
+    )
 
 
 def _under_review(order_id: int) -> Conflict:
@@ -784,26 +802,27 @@ async def replay_checkout(
     the most attempts an order may have, or a late payment for it is being given back), so that
     the same cart makes a new order instead of being pinned to a dead one. A flagged order is a
     409: money may have arrived for it, and a new order for the same goods could take it twice;
-    a person decides. A paid order answers as stored (its goods leave the cart shortly; a new
-    order for them would be refused anyway)."""
+    a person decides. A paid order sends the buyer to its return page (its goods leave the
+    cart shortly; a new order for them would be refused anyway)."""
     created = msgspec.convert(stored, CreatedOrder)
     found = (
         await session.execute(
             select(Order, PaymentAttempt, Order.payable_until > func.now())
-            .join(PaymentAttempt, PaymentAttempt.order_id == Order.id)
+            # An order with nothing to pay has no attempt.
+            .outerjoin(PaymentAttempt, PaymentAttempt.order_id == Order.id)
             .where(Order.id == created.order_id)
             .order_by(PaymentAttempt.number.desc())
             .limit(1)
         )
     ).one_or_none()
     if found is None:
-        return None  # no order behind the key (every order has an attempt): a new one
+        return None  # no order behind the key: a new one
     order, attempt, still_payable = found
     if order.flagged:
         raise _under_review(order.id)
     if order.status == "paid":
-        return created
-    if order.status != "pending":
+        return paid_answer(order, runtime.urls, created)
+    if order.status != "pending" or attempt is None:
         return None
     if (
         not still_payable
@@ -817,6 +836,7 @@ async def replay_checkout(
         page_config_id=order.page_config_id,
         sumup_reference=attempt.checkout_reference,
         description=order.description,
+        next_url=attempt.hosted_url or "",
     )
 
 

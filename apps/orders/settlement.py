@@ -434,6 +434,17 @@ async def _record_payment(session: AsyncSession, order: OrderInHand) -> list[Pai
     ]
 
 
+async def pay_with_nothing_to_pay(session: AsyncSession, order: OrderInHand) -> None:
+    """An order whose every line is free is paid as it is made, in its creation's transaction:
+    the same transition and after-payment messages as a payment (events confirms its bookings,
+    cart lets go of its lines), and no SumUp checkout, since there is nothing to take."""
+    paid_items = await _record_payment(session, order)
+    if paid_items is None:
+        raise RuntimeError(f"order {order.id} was made in this transaction but is not pending")
+    _now_says(session, order, status="paid")
+    await _enqueue_after_payment(session, order, paid_items)
+
+
 def clear_cart_key(order_id: int) -> str:
     return f"orders:{order_id}:clear-cart"
 

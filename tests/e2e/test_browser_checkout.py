@@ -11,12 +11,13 @@ import httpx
 import pytest
 
 from tests.conftest import truncate_all
-from tests.e2e.conftest import buy_in_the_browser, live_stack
+from tests.e2e.conftest import axe_source, axe_violations, buy_in_the_browser, live_stack
 from tests.integration.commerce_fixtures import (
     ALL_SERVICES,
     Shop,
     cart_rows,
     entry_state,
+    free_entry,
     open_shop,
 )
 from tests.integration.orders_fixtures import order_rows
@@ -88,6 +89,27 @@ def test_the_page_back_from_paying_shows_the_cart_emptied(shop_live, provisioned
     assert f"order #{order_id} is paid" in page.locator("#payment-state").inner_text()
     assert page.locator(".cart-mini").inner_text() == "Cart (0)"
     assert not [row for row in cart_rows(provisioned) if row[0] == 32 and row[6]]
+
+
+def test_a_free_booking_is_confirmed_without_sumup(shop_live, provisioned, shop, page):
+    """Audit M4: a free event could be booked but never checked out. Now Check out confirms
+    it and shows the order's return page; SumUp is never opened."""
+    entry_id = free_entry(provisioned, "Free walk")
+    events, orders = shop_live.url("events"), shop_live.url("orders")
+    page.goto(f"{events}/auth/dev-login?user_id=33&next=/")
+    with page.expect_navigation():
+        page.locator(f'tr.entry[data-id="{entry_id}"]').get_by_role("button", name="Book").click()
+    page.goto(shop_live.url("cart", "/"))
+    assert page.locator(".cart-mini").inner_text() == "Cart (1)"
+    page.locator("#checkout").click()
+    page.wait_for_url(re.compile(re.escape(orders) + r"/checkout/return/\d+/"))
+    state = page.locator("#payment-state")
+    assert state.get_attribute("data-state") == "paid"
+    assert "is confirmed; there was nothing to pay" in state.inner_text()
+    assert page.locator(".cart-mini").inner_text() == "Cart (0)"
+    order_id = int(page.url.rstrip("/").rsplit("/", 1)[-1])
+    assert entry_state(provisioned, entry_id) == ("confirmed", order_id)
+    assert axe_violations(page, axe_source()) == []
 
 
 def test_paying_while_cart_is_down_shows_paid_and_the_cart_is_cleared_later(

@@ -112,6 +112,17 @@ def cart_rows(server) -> list[tuple[Any, ...]]:
         ).fetchall()
 
 
+def free_entry(server, name: str = "Orchard walk") -> int:
+    """A free entry (cost 0.00) in open_shop's calendar, as the demo's Orchard walk."""
+    with admin_connect(server, "events") as connection:
+        return connection.execute(
+            "INSERT INTO events.calendar_entries (calendar_id, name, starts_at, cost) "
+            "SELECT id, %s, %s, 0.00 FROM events.calendars WHERE slug = 'farm-tours' "
+            "RETURNING id",
+            (name, datetime.now(UTC) + timedelta(days=4)),
+        ).fetchone()[0]
+
+
 def entry_state(server, entry_id: int) -> tuple[str, int | None]:
     with admin_connect(server, "events") as connection:
         return connection.execute(

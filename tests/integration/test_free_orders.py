@@ -1,0 +1,159 @@
+"""An order with nothing to pay (audit finding M4): a free booking (an entry or ticket at 0.00,
+as three of the demo's entries) could be booked into the cart but never checked out; every
+checkout was a 422 naming ``product_total``. Now such an order is paid as it is made, without
+SumUp: the same transition and after-payment messages as a payment (events confirms the
+bookings, cart lets go of the lines), and the buyer goes to the order's return page.
+Real apps in process, real PostgreSQL, the SumUp sandbox over HTTP (which must not be asked).
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from tests.conftest import admin_connect
+from tests.integration.commerce_fixtures import (
+    browser_of,
+    entry_state,
+    free_entry,
+    share_cookies,
+    shop_stack,
+)
+from tests.integration.orders_fixtures import (
+    Sandbox,
+    add_page_config,
+    checkout_id_of,
+    create,
+    order_payload,
+    orders_of,
+    orders_stack,
+    outbox_rows,
+    product_line,
+    webhook,
+)
+from tests.waiting import eventually
+
+
+def attempts_of(server, order_id: int) -> int:
+    with admin_connect(server, "orders") as connection:
+        return connection.execute(
+            "SELECT count(*) FROM orders.payment_attempts WHERE order_id = %s", (order_id,)
+        ).fetchone()[0]
+
+
+@pytest.fixture
+async def orders(clean_db, credentials, sandbox):
+    add_page_config(clean_db, "site", 0)
+    async with orders_stack(clean_db, credentials, sandbox.server) as running:
+        yield running
+
+
+async def test_an_order_of_free_goods_is_paid_as_it_is_made(orders, clean_db, sandbox):
+    response = await create(orders, order_payload(product_line(1, "0.00", 2)), key="free-1")
+    assert response.status_code == 200, response.text
+    created = response.json()
+    order_id = created["order_id"]
+    assert created["paid"] is True
+    assert created["next_url"].endswith(f"/checkout/return/{order_id}/")
+    assert created["sumup_hosted_url"] == ""
+    assert orders_of(clean_db) == {order_id: ("paid", Decimal("0.00"))}
+    # SumUp was not asked for anything: no checkout, no attempt.
+    assert sandbox.checkouts() == []
+    assert attempts_of(clean_db, order_id) == 0
+    # The cart is told to let go of the lines, as after a payment.
+    assert [(row[1], row[3]) for row in outbox_rows(clean_db)] == [
+        ("clear-cart-for-order", f"orders:{order_id}:clear-cart")
+    ]
+
+    # The same cart again (a double submit) is the same order, not a second one.
+    again = await create(orders, order_payload(product_line(1, "0.00", 2)), key="free-1")
+    assert again.status_code == 200, again.text
+    assert again.json() == created
+    assert list(orders_of(clean_db)) == [order_id]
+
+
+async def test_an_order_with_something_to_pay_still_goes_to_sumup(orders, clean_db, sandbox):
+    """A free line next to a paid one changes nothing: the order waits for its payment."""
+    payload = order_payload(product_line(1, "0.00"), product_line(2, "4.00"))
+    created = (await create(orders, payload)).json()
+    assert created["paid"] is False
+    assert created["next_url"] == created["sumup_hosted_url"] != ""
+    assert orders_of(clean_db) == {created["order_id"]: ("pending", Decimal("4.00"))}
+    assert len(sandbox.checkouts()) == 1
+
+
+@pytest.fixture
+async def stack(clean_db, credentials, sandbox, shop):
+    async with shop_stack(clean_db, credentials, sandbox.server) as running:
+        yield running
+
+
+async def cart_count(cart) -> int:
+    return (await cart.get("/api/cart")).json()["count"]
+
+
+async def test_a_free_booking_checks_out_and_is_confirmed(stack, clean_db, shop, sandbox):
+    cart = await browser_of(stack, "cart", user_id=3)
+    events = stack.browser("events")
+    share_cookies(cart, events)
+    entry_id = free_entry(clean_db)
+    assert (await events.post(f"/entries/{entry_id}/book/")).status_code == 200
+    assert await cart_count(cart) == 1
+
+    response = await cart.post("/checkout/")
+    assert response.status_code == 200, response.text
+    created = response.json()
+    order_id = created["order_id"]
+    assert created["paid"] is True
+    assert orders_of(clean_db)[order_id] == ("paid", Decimal("0.00"))
+    assert sandbox.checkouts() == []
+    # Events confirms the booking for the order; it leaves the cart.
+    assert await eventually(lambda: entry_state(clean_db, entry_id) == ("confirmed", order_id))
+    assert await cart_count(cart) == 0
+
+
+async def test_a_browser_goes_to_the_return_page_which_says_confirmed(
+    stack, clean_db, shop, sandbox
+):
+    """Anonymous, in a browser: the checkout's redirect is the order's return page, which says
+    the order is confirmed with nothing to pay and shows the cart emptied."""
+    cart = await browser_of(stack, "cart")
+    events, orders = stack.browser("events"), stack.browser("orders")
+    share_cookies(cart, events, orders)
+    entry_id = free_entry(clean_db)
+    assert (await events.post(f"/entries/{entry_id}/book/")).status_code == 200
+
+    response = await cart.post("/checkout/", headers={"accept": "text/html"})
+    assert response.status_code == 303, response.text
+    order_id = next(iter(orders_of(clean_db)))
+    target = response.headers["location"]
+    assert target.endswith(f"/checkout/return/{order_id}/")
+    page = await orders.get(f"/checkout/return/{order_id}/", headers={"accept": "text/html"})
+    assert page.status_code == 200, page.text
+    assert f"order #{order_id} is confirmed" in page.text
+    assert "nothing to pay" in page.text
+    assert entry_state(clean_db, entry_id) == ("confirmed", order_id)
+    assert await cart_count(cart) == 0
+
+
+async def test_a_paid_orders_cart_checked_out_again_goes_to_the_order(
+    stack, clean_db, shop, sandbox: Sandbox
+):
+    """Once an order is paid, the same cart checked out again (before cart let go of its lines)
+    goes to the order's return page, not to SumUp's closed checkout."""
+    cart = await browser_of(stack, "cart", user_id=3)
+    await cart.post(f"/add/{shop.product_ids[0]}/")
+    first = (await cart.post("/checkout/")).json()
+    order_id = first["order_id"]
+    checkout_id = checkout_id_of(clean_db, order_id)
+    sandbox.pay(checkout_id)
+    with admin_connect(clean_db, "cart") as connection, connection.transaction():
+        # Cart's clear waits behind this lock: the cart is still as it was at checkout.
+        connection.execute("SELECT * FROM cart.cart_items FOR UPDATE")
+        assert (await webhook(stack, order_id, checkout_id)).status_code == 204
+        again = (await cart.post("/checkout/")).json()
+    assert again["order_id"] == order_id
+    assert again["paid"] is True
+    assert again["next_url"].endswith(f"/checkout/return/{order_id}/")
+    assert list(orders_of(clean_db)) == [order_id]
