@@ -1,8 +1,8 @@
 """The money invariants as a stateful property: one buyer with two browser tabs drives the real
 apps (in process, over ASGI HTTP), the real database and the SumUp sandbox (over HTTP) through
-add / remove / book / release / checkout / sign-in / pay / pay again / webhooks (delivered,
-duplicated, lost) / reconciliation / time passing / a competitor booking, in every order
-Hypothesis can think of. After every step:
+add / remove / book / release (a paid entry and a free one) / checkout / sign-in / pay / pay
+again / webhooks (delivered, duplicated, lost) / reconciliation / time passing / a competitor
+booking, in every order Hypothesis can think of. After every step:
 
 - no cart line or booking is claimed by two orders that both count as paid;
 - at most one payable order holds any good;
@@ -10,6 +10,8 @@ Hypothesis can think of. After every step:
 - every superseded order's SumUp checkout is closed (unless closing was made to fail, until
   the next reconciliation);
 - no hold outlives its expiry: a competitor can book exactly what is not held;
+- an order with nothing to pay took nothing (no SumUp checkout) and its bookings are confirmed
+  for it;
 - money adds up: every payment orders knows of is an order's one payment or has a refund of
   its whole amount; after reconciliation orders knows of every payment SumUp took, and SumUp
   gave back exactly what orders' settled refunds say.
@@ -93,13 +95,16 @@ def test_two_tabs_of_one_buyer_never_lose_money(clean_db, credentials, sandbox) 
             self.tabs = {"left": Tab(), "right": Tab()}
             self.closing_may_lag = False
             sandbox.controls(deactivation_unavailable=False, refunds="accept")
-            self.entry_id = rows(
-                clean_db,
-                "events",
-                "INSERT INTO events.calendar_entries (calendar_id, name, starts_at, cost) "
-                "VALUES (%s, %s, now() + interval '3 days', 7.50) RETURNING id",
-                (calendar_id, f"Tour {self.n}"),
-            )[0][0]
+            self.entry_id, self.free_entry_id = (
+                rows(
+                    clean_db,
+                    "events",
+                    "INSERT INTO events.calendar_entries (calendar_id, name, starts_at, cost) "
+                    "VALUES (%s, %s, now() + interval '3 days', %s) RETURNING id",
+                    (calendar_id, f"{name} {self.n}", cost),
+                )[0][0]
+                for name, cost in (("Tour", "7.50"), ("Walk", "0.00"))
+            )
             # Each buyer at an address of its own: cart's limit per address is not this test's.
             address = f"10.{self.n // 65536 % 256}.{self.n // 256 % 256}.{self.n % 256}"
             self.browser = {
@@ -131,14 +136,17 @@ def test_two_tabs_of_one_buyer_never_lose_money(clean_db, credentials, sandbox) 
             if line is not None:
                 assert self.cart(f"/item/{line[0]}/delete/").status_code == 200
 
-        @rule()
-        def book(self) -> None:
-            booked = run(self.browser["events"].post(f"/entries/{self.entry_id}/book/"))
+        def entry(self, free: bool) -> int:
+            return self.free_entry_id if free else self.entry_id
+
+        @rule(free=st.booleans())
+        def book(self, free: bool) -> None:
+            booked = run(self.browser["events"].post(f"/entries/{self.entry(free)}/book/"))
             assert booked.status_code in (200, 409), booked.text
 
-        @rule()
-        def release(self) -> None:
-            released = self.cart(f"/booking/entry/{self.entry_id}/delete/")
+        @rule(free=st.booleans())
+        def release(self, free: bool) -> None:
+            released = self.cart(f"/booking/entry/{self.entry(free)}/delete/")
             assert released.status_code in (200, 404), released.text
 
         @rule(tab=TABS)
@@ -222,8 +230,8 @@ def test_two_tabs_of_one_buyer_never_lose_money(clean_db, credentials, sandbox) 
                 clean_db,
                 "events",
                 "UPDATE events.calendar_entries SET hold_expires_at = now() - interval '1 s' "
-                f"WHERE id = %s AND state = 'pending' {extended} RETURNING id",
-                (self.entry_id,),
+                f"WHERE id = ANY(%s) AND state = 'pending' {extended} RETURNING id",
+                ([self.entry_id, self.free_entry_id],),
             )
             if minutes < 30:
                 return
@@ -284,14 +292,16 @@ def test_two_tabs_of_one_buyer_never_lose_money(clean_db, credentials, sandbox) 
             view = run(self.browser["cart"].get("/api/cart")).json()
             return [(line["id"], line["product_id"]) for p in view["pages"] for line in p["lines"]]
 
-        def current_checkout(self, order_id: int) -> str:
-            return rows(
+        def current_checkout(self, order_id: int) -> str | None:
+            """None for an order with nothing to pay (it has no SumUp checkout)."""
+            found = rows(
                 clean_db,
                 "orders",
                 "SELECT sumup_checkout_id FROM orders.payment_attempts WHERE order_id = %s "
                 "ORDER BY number DESC LIMIT 1",
                 (order_id,),
-            )[0][0]
+            )
+            return found[0][0] if found else None
 
         def my_orders(self) -> list[tuple]:
             return rows(
@@ -324,6 +334,7 @@ def test_two_tabs_of_one_buyer_never_lose_money(clean_db, credentials, sandbox) 
             self.one_payable_order_per_good()
             self.paid_orders_are_gone_from_the_cart()
             self.superseded_checkouts_are_closed()
+            self.free_orders_took_nothing()
             self.money_adds_up()
 
         def no_good_is_paid_twice(self) -> None:
@@ -335,19 +346,18 @@ def test_two_tabs_of_one_buyer_never_lose_money(clean_db, credentials, sandbox) 
                 f"AND {self.mine('o')} GROUP BY c.kind, c.ref_id HAVING count(*) > 1",
             )
             assert doubled == []
-            confirmed = rows(
+            for (order_id,) in rows(
                 clean_db,
                 "events",
-                "SELECT order_id FROM events.calendar_entries WHERE id = %s "
+                "SELECT order_id FROM events.calendar_entries WHERE id = ANY(%s) "
                 "AND state = 'confirmed'",
-                (self.entry_id,),
-            )
-            if confirmed:
+                ([self.entry_id, self.free_entry_id],),
+            ):
                 assert rows(
                     clean_db,
                     "orders",
                     "SELECT status FROM orders.orders WHERE id = %s",
-                    (confirmed[0][0],),
+                    (order_id,),
                 ) == [("paid",)]
 
         def one_payable_order_per_good(self) -> None:
@@ -391,6 +401,26 @@ def test_two_tabs_of_one_buyer_never_lose_money(clean_db, credentials, sandbox) 
                 f"WHERE o.status = 'superseded' AND {self.mine('o')}",
             ):
                 assert sandbox.checkout(checkout_id)["status"] in ("EXPIRED", "PAID")
+
+        def free_orders_took_nothing(self) -> None:
+            """A paid order of 0.00 never had a SumUp checkout, and its bookings are its own."""
+            for order_id, attempts, entry_ids in rows(
+                clean_db,
+                "orders",
+                "SELECT o.id, (SELECT count(*) FROM orders.payment_attempts a "
+                "WHERE a.order_id = o.id), array(SELECT i.source_id FROM orders.order_items i "
+                "WHERE i.order_id = o.id AND i.kind = 'calendar_entry') FROM orders.orders o "
+                f"WHERE o.status = 'paid' AND o.total = 0 AND {self.mine('o')}",
+            ):
+                assert attempts == 0, order_id
+                confirmed = rows(
+                    clean_db,
+                    "events",
+                    "SELECT id FROM events.calendar_entries WHERE id = ANY(%s) "
+                    "AND state = 'confirmed' AND order_id = %s",
+                    (entry_ids, order_id),
+                )
+                assert sorted(entry_id for (entry_id,) in confirmed) == sorted(entry_ids)
 
         def money_adds_up(self) -> None:
             """Every payment orders knows of is an order's one payment or goes back whole."""
@@ -450,7 +480,10 @@ def test_two_tabs_of_one_buyer_never_lose_money(clean_db, credentials, sandbox) 
             given_back = sum(Decimal(str(event["amount"])) for event in events)
             assert given_back == amount, attempt_id
         outcomes = rows(
-            clean_db, "orders", "SELECT status, count(*) FROM orders.orders GROUP BY 1 ORDER BY 1"
+            clean_db,
+            "orders",
+            "SELECT status || CASE WHEN total = 0 THEN ' (nothing to pay)' ELSE '' END, count(*) "
+            "FROM orders.orders GROUP BY 1 ORDER BY 1",
         )
         print("orders by status:", outcomes)
         refunds = rows(clean_db, "orders", "SELECT status, count(*) FROM orders.refunds GROUP BY 1")
