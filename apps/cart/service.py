@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -22,6 +22,8 @@ from sqlalchemy import (
     and_,
     any_,
     bindparam,
+    delete,
+    exists,
     func,
     insert,
     select,
@@ -43,6 +45,7 @@ from apps.cart.contract import (
     PaidLine,
 )
 from apps.cart.models import (
+    AdoptedSession,
     CartItem,
     CheckoutStart,
     ClearedOrder,
@@ -460,6 +463,8 @@ async def add_item(
         raise NotFound(f"Product {product_id} does not exist")
     if product.container_type != "page":
         raise Conflict(f"Product {product_id} is not sold through a page")
+    if owner.user_id is None:
+        await _refuse_if_signed_in(session, owner.session_id)
     # The partial unique index of live lines of one owner and product decides the conflict.
     if owner.user_id is not None:
         owner_column, live = "user_id", "deleted_at IS NULL AND user_id IS NOT NULL"
@@ -570,6 +575,32 @@ async def _lock_for_adoption(session: AsyncSession, user_id: int, session_id: st
     return list(anonymous)
 
 
+# How long sign-in remembers the sessions it adopted (AdoptedSession).
+ADOPTED_SESSION_KEPT = timedelta(days=1)
+
+
+async def _adoption_lock(session: AsyncSession, session_id: str, *, shared: bool) -> None:
+    """Sign-in adopting a session holds it alone; anonymous adds to the session share it."""
+    function = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
+    await session.execute(
+        text(f"SELECT {function}(hashtext('cart-adopt:' || :sid))"), {"sid": session_id}
+    )
+
+
+async def _refuse_if_signed_in(session: AsyncSession, session_id: str | None) -> None:
+    """An anonymous add waits for a sign-in that is adopting its session, then is refused if
+    the session was adopted: its line would be written for a session nobody uses again (the
+    browser now carries the user's), where sign-in did not see it."""
+    if session_id is None:
+        return
+    await _adoption_lock(session, session_id, shared=True)
+    if await session.scalar(select(exists().where(AdoptedSession.session_id == session_id))):
+        raise Conflict(
+            "You signed in while this was being added, and your cart is now your account's: "
+            "nothing was added. Add it again."
+        )
+
+
 async def adopt_cart(session: AsyncSession, user_id: int, session_id: str) -> int:
     """On sign-in, the anonymous session's lines join the user's cart (quantities of a product
     in both are added, whole: past the 99 an add stops at, as nothing gathered is dropped, and
@@ -578,8 +609,14 @@ async def adopt_cart(session: AsyncSession, user_id: int, session_id: str) -> in
     Returns how many anonymous lines were adopted; a second call adopts 0."""
     anonymous = table_of(CartItem).alias("anonymous")
     table = table_of(CartItem)
+    await _adoption_lock(session, session_id, shared=False)
     await session.execute(
-        text("SELECT pg_advisory_xact_lock(hashtext('cart-adopt:' || :sid))"), {"sid": session_id}
+        upsert(AdoptedSession)
+        .values(session_id=session_id, user_id=user_id)
+        .on_conflict_do_nothing(index_elements=["session_id"])
+    )
+    await session.execute(
+        delete(AdoptedSession).where(AdoptedSession.adopted_at < func.now() - ADOPTED_SESSION_KEPT)
     )
     adopting = await _lock_for_adoption(session, user_id, session_id)
     if not adopting:

@@ -275,3 +275,35 @@ async def test_an_inbox_update_waiting_on_a_paid_line_changes_what_the_clear_lef
     assert cleared.json() == {"cleared": 1}
     assert answer.status_code == 200, answer.text
     assert live_lines(clean_db) == [(41, product, 7)]
+
+
+# -- an anonymous add racing sign-in ----------------------------------------------------------
+async def test_an_add_from_a_session_sign_in_adopted_is_refused_not_lost(stack, clean_db, shop):
+    """The browser's add left with the anonymous session as sign-in adopted that session: the
+    line was written for a session nobody uses again (the browser now carries the user's), so
+    the buyer never saw it. Now it is a 409 saying so, and nothing is written."""
+    anonymous = await browser_of(stack, "cart")
+    first = (await anonymous.post(f"/add/{shop.product_ids[0]}/")).json()["id"]
+    session_id = session_of(clean_db, first)
+    assert (await _adopt(stack, session_id)).status_code == 200
+
+    late = await anonymous.post(f"/add/{shop.product_ids[1]}/")
+    assert late.status_code == 409, late.text
+    assert "signed in" in late.json()["detail"]
+    assert live_lines(clean_db) == [(40, shop.product_ids[0], 1)]
+
+
+async def test_an_add_arriving_during_sign_in_waits_for_it_then_is_refused(stack, clean_db, shop):
+    """Sign-in is adopting the session (held up on the session's line) when the add arrives:
+    the add waits for the adoption, then is refused. Before, it was written beside the
+    adoption, for the session, where sign-in never saw it."""
+    anonymous = await browser_of(stack, "cart")
+    first = (await anonymous.post(f"/add/{shop.product_ids[0]}/")).json()["id"]
+    session_id = session_of(clean_db, first)
+    with line_held(clean_db, first):
+        adopt = await started(clean_db, _adopt(stack, session_id), 1)
+        add = await started(clean_db, anonymous.post(f"/add/{shop.product_ids[1]}/"), 2)
+    adopted, added = await adopt, await add
+    assert (adopted.status_code, adopted.json()) == (200, {"adopted": 1}), adopted.text
+    assert added.status_code == 409, added.text
+    assert live_lines(clean_db) == [(40, shop.product_ids[0], 1)]
