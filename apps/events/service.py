@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import msgspec
 from sqlalchemy import (
@@ -36,6 +36,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -63,6 +64,7 @@ from apps.events.models import (
     Calendar,
     CalendarEntry,
     ReleasedHold,
+    SignedInSession,
     Ticket,
     foreign_pages,
 )
@@ -468,7 +470,10 @@ async def add_tickets(
 
 async def adopt_bookings(session: AsyncSession, request: SignIn) -> Adopted:
     """At sign-in, the anonymous session's held bookings become the user's, so they stay in
-    the cart (which looks bookings up by user id once signed in). A second call adopts 0."""
+    the cart (which looks bookings up by user id once signed in). A second call adopts 0.
+
+    The sign-in is recorded, so that a checkout the session started before is told why its
+    bookings are no longer held for the session (:func:`hold_for_order`)."""
     adopted = 0
     for model in (CalendarEntry, Ticket):
         result = await session.execute(
@@ -482,6 +487,11 @@ async def adopt_bookings(session: AsyncSession, request: SignIn) -> Adopted:
             .returning(model.id)
         )
         adopted += len(result.all())
+    await session.execute(
+        pg_insert(SignedInSession)
+        .values(session_id=request.session_id, user_id=request.user_id)
+        .on_conflict_do_nothing(index_elements=[SignedInSession.session_id])
+    )
     return Adopted(adopted=adopted)
 
 
@@ -549,7 +559,9 @@ def _buyer(user_id: int | None, session_id: str | None) -> BookingOwner | None:
 
 async def hold_for_order(session: AsyncSession, request: HoldForOrder) -> Held:
     """Hold the buyer's bookings for an order until ``until`` (when it can no longer be paid).
-    Every booking must still be held for the buyer; otherwise nothing is held (409)."""
+    Every booking must still be held for the buyer; otherwise nothing is held (409), saying
+    which holds ended, or that an anonymous buyer signed in meanwhile and the bookings are in
+    the account's cart."""
     buyer = _buyer(request.user_id, request.session_id)
     if buyer is None:
         raise InvalidInput("user_id or session_id is required", field="user_id")
@@ -560,7 +572,7 @@ async def hold_for_order(session: AsyncSession, request: HoldForOrder) -> Held:
             field="until",
         )
     held_count = 0
-    lost: list[str] = []
+    missing: list[tuple[type[CalendarEntry] | type[Ticket], str, list[int]]] = []
     for model, ids, label in (
         (CalendarEntry, request.entry_ids, "entries"),
         (Ticket, request.ticket_ids, "tickets"),
@@ -586,16 +598,56 @@ async def hold_for_order(session: AsyncSession, request: HoldForOrder) -> Held:
             )
         )
         held_count += len(got)
-        missing = [item for item in wanted if item not in got]
-        if missing:
-            lost.append(f"{label} {', '.join(map(str, missing))}")
+        if absent := [item for item in wanted if item not in got]:
+            missing.append((model, label, absent))
+    if missing:
+        await _refuse_missing(session, buyer, missing)
+    return Held(held=held_count)
+
+
+async def _refuse_missing(
+    session: AsyncSession,
+    buyer: BookingOwner,
+    missing: list[tuple[type[CalendarEntry] | type[Ticket], str, list[int]]],
+) -> NoReturn:
+    """Why bookings could not be held for the buyer (a 409): their hold ended and they may
+    have been taken, or, for an anonymous buyer, its session signed in meanwhile and sign-in
+    adopted them to the user (held or paid for by them: in their cart, not lost)."""
+    user_id = None
+    if buyer.session_id is not None:
+        user_id = await session.scalar(
+            select(SignedInSession.user_id).where(SignedInSession.session_id == buyer.session_id)
+        )
+    lost: list[str] = []
+    adopted: list[str] = []
+    for model, label, ids in missing:
+        theirs: set[int] = set()
+        if user_id is not None:
+            id_list = bindparam(f"{model.__tablename__}_ids", ids, type_=ARRAY(model.id.type))
+            theirs = set(
+                await session.scalars(
+                    select(model.id).where(
+                        model.id == any_(id_list),
+                        model.user_id == user_id,
+                        or_(held(model), model.state == "confirmed"),
+                    )
+                )
+            )
+        if gone := [item for item in ids if item not in theirs]:
+            lost.append(f"{label} {', '.join(map(str, gone))}")
+        if moved := [item for item in ids if item in theirs]:
+            adopted.append(f"{label} {', '.join(map(str, moved))}")
     if lost:
         raise Conflict(
             f"Your bookings are no longer held for you ({'; '.join(lost)}): their hold ended "
             "and they may have been taken. Book them again, then check out.",
             field="bookings",
         )
-    return Held(held=held_count)
+    raise Conflict(
+        f"You signed in while checking out: your bookings ({'; '.join(adopted)}) are in your "
+        "account's cart now, still yours. Check out again.",
+        field="bookings",
+    )
 
 
 async def release_booking(session: AsyncSession, request: ReleaseBooking) -> Released:
@@ -638,7 +690,8 @@ async def release_for_order(session: AsyncSession, request: ReleaseForOrder) -> 
     return HoldsEnded(ended=ended)
 
 
-# The sweeper keeps whose a released booking was this long (the cart says so for an hour).
+# The sweeper keeps whose a released booking was this long (the cart says so for an hour), and
+# which user a session signed in as.
 RELEASED_HOLDS_KEPT = timedelta(days=1)
 
 
@@ -683,6 +736,11 @@ async def sweep_ended_holds(session: AsyncSession) -> int:
         swept += len(recorded.all())
     await session.execute(
         delete(ReleasedHold).where(ReleasedHold.released_at < func.now() - RELEASED_HOLDS_KEPT)
+    )
+    await session.execute(
+        delete(SignedInSession).where(
+            SignedInSession.signed_in_at < func.now() - RELEASED_HOLDS_KEPT
+        )
     )
     return swept
 

@@ -1138,6 +1138,50 @@ async def test_hold_for_order_extends_holds_and_refuses_bookings_no_longer_held(
     assert_problem(await internal_post(events, "hold-for-order", too_long), 422, "until")
 
 
+async def test_hold_for_order_of_a_session_that_signed_in_says_so(stack, clean_db):
+    """Audit L1, in events: sign-in adopted the session's bookings to the user, then an order
+    of the session asked to hold them, and the refusal said their hold had ended and they may
+    have been taken. It says the buyer signed in; a booking really lost is still named lost."""
+    calendar_id = insert_calendar(clean_db)
+    walk = insert_entry(clean_db, calendar_id, "Orchard walk")
+    ride = insert_entry(clean_db, calendar_id, "Tractor ride")
+    visitor = await anonymous(stack)
+    for entry in (walk, ride):
+        assert (await visitor.post(f"/entries/{entry}/book/")).status_code == 200
+    session_id = session_id_of(visitor)
+    signed = await visitor.get("/auth/dev-login", params={"user_id": 7}, headers=JSON)
+    assert signed.status_code == 200, signed.text
+    events = stack.client("events")
+    until = (datetime.now(UTC) + timedelta(minutes=30)).isoformat()
+    hold = {"order_id": 90, "session_id": session_id, "entry_ids": [walk], "until": until}
+    refused = assert_problem(
+        await internal_post(events, "hold-for-order", hold), 409, "signed in", f"entries {walk}"
+    )
+    assert "may have been taken" not in refused["detail"]
+    # The ride's hold ends and someone else takes it: that one is lost, and said so.
+    end_holds(clean_db, ride)
+    taker = await sign_in(stack, 8)
+    assert (await taker.post(f"/entries/{ride}/book/")).status_code == 200
+    both = {**hold, "order_id": 91, "entry_ids": [walk, ride]}
+    refused = assert_problem(
+        await internal_post(events, "hold-for-order", both), 409, f"(entries {ride})"
+    )
+    assert "may have been taken" in refused["detail"]
+    # A session that never signed in is told its hold ended, as before.
+    other = await anonymous(stack)
+    foraging = insert_entry(clean_db, calendar_id, "Foraging")
+    assert (await other.post(f"/entries/{foraging}/book/")).status_code == 200
+    end_holds(clean_db, foraging)
+    theirs = {**hold, "order_id": 92, "session_id": session_id_of(other), "entry_ids": [foraging]}
+    assert_problem(await internal_post(events, "hold-for-order", theirs), 409, "no longer held")
+    assert entry_state(clean_db, walk) == ("pending", 7, None, None)
+    assert events_rows(
+        clean_db, "SELECT hold_order_id FROM events.calendar_entries WHERE id = %s", (walk,)
+    ) == [(None,)]
+    for client in (visitor, taker, other):
+        await client.aclose()
+
+
 async def test_confirm_for_order_confirms_what_was_held_for_that_order_only(stack, clean_db):
     things = await book_things(stack, clean_db)
     events = stack.client("events")
