@@ -472,21 +472,26 @@ async def adopt_bookings(session: AsyncSession, request: SignIn) -> Adopted:
     """At sign-in, the anonymous session's held bookings become the user's, so they stay in
     the cart (which looks bookings up by user id once signed in). A second call adopts 0.
 
-    The sign-in is recorded, so that a checkout the session started before is told why its
-    bookings are no longer held for the session (:func:`hold_for_order`)."""
+    So do its ended holds, swept or not, so that the user's cart still says which bookings
+    left it; and the sign-in is recorded, so that a checkout the session started before is
+    told why its bookings are no longer held for the session (:func:`hold_for_order`)."""
     adopted = 0
+    to_user = {"user_id": request.user_id, "session_id": None, "updated_at": func.now()}
     for model in (CalendarEntry, Ticket):
+        sessions = and_(model.session_id == request.session_id, model.user_id.is_(None))
         result = await session.execute(
-            update(model)
-            .where(
-                model.session_id == request.session_id,
-                model.user_id.is_(None),
-                held(model),
-            )
-            .values(user_id=request.user_id, session_id=None, updated_at=func.now())
-            .returning(model.id)
+            update(model).where(sessions, held(model)).values(to_user).returning(model.id)
         )
         adopted += len(result.all())
+        # Bookings first: a sweep that locked one of them has committed its released_holds
+        # row before this goes on, so the update of released_holds below sees it; a sweep
+        # after this finds the booking the user's.
+        await session.execute(update(model).where(sessions, hold_ended(model)).values(to_user))
+    await session.execute(
+        update(ReleasedHold)
+        .where(ReleasedHold.session_id == request.session_id, ReleasedHold.user_id.is_(None))
+        .values(user_id=request.user_id, session_id=None)
+    )
     await session.execute(
         pg_insert(SignedInSession)
         .values(session_id=request.session_id, user_id=request.user_id)

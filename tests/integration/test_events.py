@@ -22,6 +22,7 @@ from apps.common.identity import COOKIE_NAME, CSRF_FIELD, SessionCodec
 from tests.conftest import SESSION_SECRET, admin_connect, in_process_stack
 from tests.integration.commerce_fixtures import sweep_ended_holds_now
 from tests.signed import internal_get, internal_post
+from tests.waiting import eventually
 
 JSON = {"Accept": "application/json"}
 HTML = {"Accept": "text/html"}
@@ -1354,6 +1355,92 @@ async def test_a_booking_booked_again_and_paid_is_not_said_to_have_ended_but_a_n
     )
     assert ended_titles((await cart.get("/api/cart")).json()) == []
     for client in (cart, booker):
+        await client.aclose()
+
+
+async def test_ended_holds_follow_the_visitor_who_signs_in(with_cart, clean_db):
+    """A visitor's holds ended (one swept, one not yet), then they signed in: their account's
+    cart did not say so, as the notices named only the anonymous session."""
+    stack = with_cart
+    calendar_id = insert_calendar(clean_db, "tours", page_id=4)
+    walk = insert_entry(clean_db, calendar_id, "Orchard walk")
+    ride = insert_entry(clean_db, calendar_id, "Tractor ride", cost="0")
+    visitor = await anonymous(stack)
+    for entry in (walk, ride):
+        assert (await visitor.post(f"/entries/{entry}/book/")).status_code == 200
+    end_holds(clean_db, walk)
+    assert await sweep_ended_holds_now(stack) == 1
+    end_holds(clean_db, ride)  # not swept yet: the booking itself still names the session
+    cart = stack.browser("cart")
+    cart.cookies.set(COOKIE_NAME, visitor.cookies[COOKIE_NAME], domain=cart.base_url.host)
+    assert ended_titles((await cart.get("/api/cart", headers=JSON)).json()) == [
+        "Tractor ride",
+        "Orchard walk",
+    ]
+    signed = await cart.get("/auth/dev-login", params={"user_id": 5}, headers=JSON)
+    assert signed.status_code == 200, signed.text
+    cart.headers["X-CSRF-Token"] = signed.json()["csrf_token"]
+    seen = (await cart.get("/api/cart", headers=JSON)).json()
+    assert ended_titles(seen) == ["Tractor ride", "Orchard walk"]
+    refused = await cart.post("/checkout/", headers=JSON)
+    assert refused.status_code == 409, refused.text
+    assert "Orchard walk" in refused.json()["detail"]
+    # Still said once the sweeper has released the second one.
+    assert await sweep_ended_holds_now(stack) == 1
+    assert ended_titles((await cart.get("/api/cart", headers=JSON)).json()) == [
+        "Tractor ride",
+        "Orchard walk",
+    ]
+    # Nobody else is told: not another user, not another visitor.
+    other = await sign_in(stack, 6, "cart")
+    assert ended_titles((await other.get("/api/cart", headers=JSON)).json()) == []
+    stranger = stack.browser("cart")
+    assert ended_titles((await stranger.get("/api/cart", headers=JSON)).json()) == []
+    for client in (visitor, cart, other, stranger):
+        await client.aclose()
+
+
+def lock_waiters(server) -> int:
+    """Connections of events' database waiting on a lock."""
+    [(waiting,)] = events_rows(
+        server,
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND wait_event_type = 'Lock'",
+    )
+    return int(waiting)
+
+
+async def test_an_ended_hold_the_sweeper_is_releasing_at_sign_in_follows_the_visitor(
+    with_cart, clean_db
+):
+    """Sign-in while the sweeper releases the session's ended hold (its transaction open, the
+    booking locked): sign-in waits for it, then hands the record it made to the user."""
+    from apps.events.service import sweep_ended_holds
+
+    stack = with_cart
+    walk = insert_entry(clean_db, insert_calendar(clean_db, "tours", page_id=4), "Orchard walk")
+    visitor = await anonymous(stack)
+    assert (await visitor.post(f"/entries/{walk}/book/")).status_code == 200
+    end_holds(clean_db, walk)
+    cart = stack.browser("cart")
+    cart.cookies.set(COOKIE_NAME, visitor.cookies[COOKIE_NAME], domain=cart.base_url.host)
+    async with stack.apps["events"].state.platform.sessionmaker() as sweeping:
+        assert await sweep_ended_holds(sweeping) == 1
+        signing_in = asyncio.ensure_future(
+            cart.get("/auth/dev-login", params={"user_id": 5}, headers=JSON)
+        )
+        assert await eventually(lambda: signing_in.done() or lock_waiters(clean_db) >= 1)
+        assert not signing_in.done()
+        await sweeping.commit()
+    signed = await signing_in
+    assert signed.status_code == 200, signed.text
+    assert events_rows(
+        clean_db,
+        "SELECT user_id, session_id FROM events.released_holds WHERE booking_id = %s",
+        (walk,),
+    ) == [(5, None)]
+    assert ended_titles((await cart.get("/api/cart", headers=JSON)).json()) == ["Orchard walk"]
+    for client in (visitor, cart):
         await client.aclose()
 
 
