@@ -27,6 +27,7 @@ from sqlalchemy.dialects.postgresql import INET, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from apps.blog import contract as blog
+from apps.common.adoption import adopted_sessions_table
 from apps.common.db import IdentityPkMixin, TimestampedMixin, service_metadata
 from apps.common.nonces import nonce_table
 from apps.events import contract as events
@@ -127,22 +128,8 @@ class CheckoutStart(Base):
     )
 
 
-class AdoptedSession(Base):
-    """An anonymous session that sign-in gave to a user (apps.cart.service.adopt_cart). An add
-    that still carries it (sent before the browser had the user's session) is refused: written
-    for the session, it would be in a cart nobody looks at again. Kept a day (the next sign-in
-    deletes older rows): no add is in flight that long."""
-
-    __tablename__ = "adopted_sessions"
-    __table_args__ = (Index("ix_adopted_sessions_adopted_at", "adopted_at"),)
-
-    session_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    user_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
-    adopted_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), server_default=func.now(), nullable=False
-    )
-
-
+# Anonymous sessions sign-in adopted (apps.common.adoption): an add still carrying one is refused.
+adopted_sessions = adopted_sessions_table(metadata)
 request_nonces = nonce_table(metadata)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -22,8 +22,6 @@ from sqlalchemy import (
     and_,
     any_,
     bindparam,
-    delete,
-    exists,
     func,
     insert,
     select,
@@ -45,17 +43,23 @@ from apps.cart.contract import (
     PaidLine,
 )
 from apps.cart.models import (
-    AdoptedSession,
     CartItem,
     CheckoutStart,
     ClearedOrder,
     InboxActivity,
+    adopted_sessions,
     ended_holds,
     page_configs,
     pending_bookings,
     products,
 )
 from apps.common.admission import Admission, AdmissionRule, admit
+from apps.common.adoption import (
+    SessionAdoption,
+    adopt_session,
+    forget_old_adoptions,
+    refuse_if_adopted,
+)
 from apps.common.db import end_read, table_of
 from apps.common.fdw import ProviderUnavailable, remote_read
 from apps.common.inputs import one_line_name
@@ -575,29 +579,21 @@ async def _lock_for_adoption(session: AsyncSession, user_id: int, session_id: st
     return list(anonymous)
 
 
-# How long sign-in remembers the sessions it adopted (AdoptedSession).
-ADOPTED_SESSION_KEPT = timedelta(days=1)
-
-
-async def _adoption_lock(session: AsyncSession, session_id: str, *, shared: bool) -> None:
-    """Sign-in adopting a session holds it alone; anonymous adds to the session share it."""
-    function = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
-    await session.execute(
-        text(f"SELECT {function}(hashtext('cart-adopt:' || :sid))"), {"sid": session_id}
-    )
+# Sign-in's adoptions of anonymous sessions (apps.common.adoption).
+ADOPTIONS = SessionAdoption(adopted_sessions, lock_namespace="cart-adopt")
 
 
 async def _refuse_if_signed_in(session: AsyncSession, session_id: str | None) -> None:
-    """An anonymous add waits for a sign-in that is adopting its session, then is refused if
-    the session was adopted: its line would be written for a session nobody uses again (the
-    browser now carries the user's), where sign-in did not see it."""
-    if session_id is None:
-        return
-    await _adoption_lock(session, session_id, shared=True)
-    if await session.scalar(select(exists().where(AdoptedSession.session_id == session_id))):
-        raise Conflict(
+    """An anonymous add waits for sign-in adopting its session, then is refused if it did: its
+    line would be written for a session nobody uses again (the browser now carries the
+    user's), where sign-in did not see it."""
+    if session_id is not None:
+        await refuse_if_adopted(
+            session,
+            ADOPTIONS,
+            session_id,
             "You signed in while this was being added, and your cart is now your account's: "
-            "nothing was added. Add it again."
+            "nothing was added. Add it again.",
         )
 
 
@@ -609,15 +605,8 @@ async def adopt_cart(session: AsyncSession, user_id: int, session_id: str) -> in
     Returns how many anonymous lines were adopted; a second call adopts 0."""
     anonymous = table_of(CartItem).alias("anonymous")
     table = table_of(CartItem)
-    await _adoption_lock(session, session_id, shared=False)
-    await session.execute(
-        upsert(AdoptedSession)
-        .values(session_id=session_id, user_id=user_id)
-        .on_conflict_do_nothing(index_elements=["session_id"])
-    )
-    await session.execute(
-        delete(AdoptedSession).where(AdoptedSession.adopted_at < func.now() - ADOPTED_SESSION_KEPT)
-    )
+    await adopt_session(session, ADOPTIONS, session_id, user_id)
+    await forget_old_adoptions(session, ADOPTIONS)
     adopting = await _lock_for_adoption(session, user_id, session_id)
     if not adopting:
         return 0

@@ -22,6 +22,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from apps.blog import contract as blog
+from apps.common.adoption import adopted_sessions_table
 from apps.common.db import IdentityPkMixin, TimestampedMixin, service_metadata
 from apps.common.idempotency import idempotency_table
 from apps.common.nonces import nonce_table
@@ -179,21 +180,9 @@ class ReleasedHold(Base):
     )
 
 
-class SignedInSession(Base):
-    """An anonymous session that signed in, and as whom: its held bookings became the user's
-    (adopt-bookings-for-user), so a checkout the session started before can be told why they
-    are no longer held for it. Kept a day, as released_holds."""
-
-    __tablename__ = "signed_in_sessions"
-    __table_args__ = (Index("ix_signed_in_sessions_signed_in_at", "signed_in_at"),)
-
-    session_id: Mapped[str] = mapped_column(String(SESSION_ID_LENGTH), primary_key=True)
-    user_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
-    signed_in_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), server_default=func.now(), nullable=False
-    )
-
-
+# Anonymous sessions sign-in adopted (apps.common.adoption): a booking still carrying one is
+# refused, and a checkout the session started is told why its bookings moved.
+adopted_sessions = adopted_sessions_table(metadata)
 idempotency_keys = idempotency_table(metadata)
 request_nonces = nonce_table(metadata)
 

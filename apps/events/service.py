@@ -36,10 +36,16 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from apps.common.adoption import (
+    SessionAdoption,
+    adopt_session,
+    adopted_by,
+    forget_old_adoptions,
+    refuse_if_adopted,
+)
 from apps.common.contracts import Adopted, SignIn
 from apps.common.fdw import ProviderUnavailable, remote_read
 from apps.common.inputs import CURRENCY, decimal_number, one_line_name, whole_pattern
@@ -64,8 +70,8 @@ from apps.events.models import (
     Calendar,
     CalendarEntry,
     ReleasedHold,
-    SignedInSession,
     Ticket,
+    adopted_sessions,
     foreign_pages,
 )
 from apps.relations import contract as relations
@@ -387,12 +393,30 @@ async def pending_bookings(
 # -- booking ----------------------------------------------------------------------------------
 
 
+# Sign-in's adoptions of anonymous sessions (apps.common.adoption).
+ADOPTIONS = SessionAdoption(adopted_sessions, lock_namespace="events-adopt")
+
+
+async def _refuse_if_signed_in(session: AsyncSession, owner: BookingOwner) -> None:
+    """An anonymous booking waits for sign-in adopting its session, then is refused if it did:
+    held for the session, it would block the place for nobody the buyer can see."""
+    if owner.user_id is None and owner.session_id is not None:
+        await refuse_if_adopted(
+            session,
+            ADOPTIONS,
+            owner.session_id,
+            "You signed in while this was being booked, and your cart is now your account's: "
+            "nothing was booked. Book it again.",
+        )
+
+
 async def book_entry(
     session: AsyncSession, entry_id: int, owner: BookingOwner, hold: timedelta
 ) -> EntryOut:
     """Make an open (or no longer held), not yet started entry pending for ``owner``, held for
     ``hold``. One conditional UPDATE, so of concurrent bookings of one entry exactly one wins;
     the others see it is held. Booking an entry one already holds answers it as it is."""
+    await _refuse_if_signed_in(session, owner)
     booked = await session.scalar(
         update(CalendarEntry)
         .where(
@@ -438,6 +462,7 @@ async def add_tickets(
     """Pending tickets for an entry that is not cancelled and has not started, at its cost.
     The entry's row is locked, so a cancellation cannot slip in between check and insert."""
     ticket_type = one_line_name(request.ticket_type, "ticket_type")
+    await _refuse_if_signed_in(session, owner)
     entry = await session.scalar(
         select(CalendarEntry)
         .where(CalendarEntry.id == entry_id, CalendarEntry.deleted_at.is_(None))
@@ -474,7 +499,10 @@ async def adopt_bookings(session: AsyncSession, request: SignIn) -> Adopted:
 
     So do its ended holds, swept or not, so that the user's cart still says which bookings
     left it; and the sign-in is recorded, so that a checkout the session started before is
-    told why its bookings are no longer held for the session (:func:`hold_for_order`)."""
+    told why its bookings are no longer held for the session (:func:`hold_for_order`). An
+    anonymous booking of the session in progress finishes first; one that comes after is
+    refused (apps.common.adoption)."""
+    await adopt_session(session, ADOPTIONS, request.session_id, request.user_id)
     adopted = 0
     to_user = {"user_id": request.user_id, "session_id": None, "updated_at": func.now()}
     for model in (CalendarEntry, Ticket):
@@ -491,11 +519,6 @@ async def adopt_bookings(session: AsyncSession, request: SignIn) -> Adopted:
         update(ReleasedHold)
         .where(ReleasedHold.session_id == request.session_id, ReleasedHold.user_id.is_(None))
         .values(user_id=request.user_id, session_id=None)
-    )
-    await session.execute(
-        pg_insert(SignedInSession)
-        .values(session_id=request.session_id, user_id=request.user_id)
-        .on_conflict_do_nothing(index_elements=[SignedInSession.session_id])
     )
     return Adopted(adopted=adopted)
 
@@ -620,9 +643,7 @@ async def _refuse_missing(
     adopted them to the user (held or paid for by them: in their cart, not lost)."""
     user_id = None
     if buyer.session_id is not None:
-        user_id = await session.scalar(
-            select(SignedInSession.user_id).where(SignedInSession.session_id == buyer.session_id)
-        )
+        user_id = await adopted_by(session, ADOPTIONS, buyer.session_id)
     lost: list[str] = []
     adopted: list[str] = []
     for model, label, ids in missing:
@@ -742,11 +763,7 @@ async def sweep_ended_holds(session: AsyncSession) -> int:
     await session.execute(
         delete(ReleasedHold).where(ReleasedHold.released_at < func.now() - RELEASED_HOLDS_KEPT)
     )
-    await session.execute(
-        delete(SignedInSession).where(
-            SignedInSession.signed_in_at < func.now() - RELEASED_HOLDS_KEPT
-        )
-    )
+    await forget_old_adoptions(session, ADOPTIONS)
     return swept
 
 

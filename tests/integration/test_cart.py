@@ -605,9 +605,11 @@ async def test_cart_is_exactly_what_the_plan_leaves_it(stack, clean_db):
     """The plan's post-split cart state: table, Alembic environment, routes, data, actions."""
     # cart_items, the platform's table of accepted signed requests (replay protection), the
     # ids of the activities the inbox applied (the plan's inbox handlers, idempotent by id),
-    # the paid orders clear-cart-for-order cleared (the plan's "idempotent per order"), and the
-    # last minute's anonymous checkouts per client network (what bounds minted sessions).
+    # the paid orders clear-cart-for-order cleared (the plan's "idempotent per order"), the
+    # last minute's anonymous checkouts per client network (what bounds minted sessions), and
+    # the last day's sessions sign-in adopted (whose late adds are refused).
     assert set(cart_metadata.tables) == {
+        "cart.adopted_sessions",
         "cart.cart_items",
         "cart.checkout_starts",
         "cart.cleared_orders",
@@ -619,6 +621,7 @@ async def test_cart_is_exactly_what_the_plan_leaves_it(stack, clean_db):
             "SELECT tablename FROM pg_tables WHERE schemaname = 'cart' ORDER BY 1"
         ).fetchall()
     assert tables == [
+        ("adopted_sessions",),
         ("alembic_version",),
         ("cart_items",),
         ("checkout_starts",),

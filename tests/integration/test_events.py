@@ -846,6 +846,37 @@ async def test_concurrent_confirms_of_one_entry_by_two_orders_have_one_winner(st
 # -- adopting an anonymous session's bookings at sign-in --------------------------------------
 
 
+async def test_a_booking_from_a_session_sign_in_adopted_is_refused_not_held_for_nobody(
+    stack, clean_db
+):
+    """A booking sent with the anonymous session as sign-in adopted it was held for that
+    session, which nobody uses again: the place was blocked for a buyer who never saw it in
+    their cart. Now it waits for the adoption and is refused, and nothing is held."""
+    calendar_id = insert_calendar(clean_db)
+    first, late = insert_entry(clean_db, calendar_id, "Walk"), insert_entry(clean_db, calendar_id)
+    visitor = await anonymous(stack)
+    session_id = session_id_of(visitor)
+    assert (await visitor.post(f"/entries/{first}/book/")).status_code == 200
+    adopt = {"user_id": 42, "session_id": session_id}
+    assert (
+        await internal_post(stack.client("events"), "adopt-bookings-for-user", adopt)
+    ).json() == {"adopted": 1}
+
+    booked = await visitor.post(f"/entries/{late}/book/")
+    assert booked.status_code == 409, booked.text
+    assert "signed in" in booked.json()["detail"]
+    tickets = await visitor.post(f"/entries/{late}/tickets/", data={"ticket_type": "adult"})
+    assert tickets.status_code == 409, tickets.text
+    assert entry_state(clean_db, late) == ("open", None, None, None)
+    assert events_rows(clean_db, "SELECT count(*) FROM events.tickets") == [(0,)]
+    assert entry_state(clean_db, first) == ("pending", 42, None, None)
+    # Another session, never signed in, books as before.
+    other = await anonymous(stack)
+    assert (await other.post(f"/entries/{late}/book/")).status_code == 200
+    await visitor.aclose()
+    await other.aclose()
+
+
 async def test_adopt_bookings_for_user_moves_pending_bookings_once(stack, clean_db):
     things = await book_things(stack, clean_db)  # the visitor holds the ride, pending
     calendar_id = things["calendar_id"]

@@ -1,0 +1,101 @@
+"""Sign-in's adoption of an anonymous session, against writes that still carry that session.
+
+At sign-in a service gives the anonymous session's things (cart lines, bookings) to the user,
+and from then on the browser carries the user's session. A write sent with the anonymous
+session just before (an add, a booking) would land for a session nobody uses again, where
+sign-in did not look. So a service records each session it adopts (a table of its own,
+``adopted_sessions_table``) under the session's advisory lock, which its anonymous writes
+share: such a write waits for an adoption in progress, then is refused (409) if the session was
+adopted. A record is kept a day: no write is in flight that long.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    MetaData,
+    String,
+    Table,
+    delete,
+    func,
+    select,
+    text,
+)
+from sqlalchemy.dialects.postgresql import insert as upsert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from apps.common.problems import Conflict
+
+KEPT = timedelta(days=1)
+SESSION_ID_LENGTH = 64
+
+# hashtext of "<namespace>:<session id>": cart's sign-in took this lock before the record existed.
+_LOCK = "SELECT {function}(hashtext(:space || ':' || :sid))"
+_EXCLUSIVE = text(_LOCK.format(function="pg_advisory_xact_lock"))
+_SHARED = text(_LOCK.format(function="pg_advisory_xact_lock_shared"))
+
+
+def adopted_sessions_table(metadata: MetaData) -> Table:
+    """A service's record of the anonymous sessions sign-in adopted (in its schema)."""
+    return Table(
+        "adopted_sessions",
+        metadata,
+        Column("session_id", String(SESSION_ID_LENGTH), primary_key=True),
+        Column("user_id", BigInteger, nullable=False),
+        Column("adopted_at", DateTime(timezone=True), server_default=func.now(), nullable=False),
+        Index("ix_adopted_sessions_adopted_at", "adopted_at"),
+    )
+
+
+@dataclass(frozen=True)
+class SessionAdoption:
+    """One service's adoptions: its table and the namespace of its lock per session."""
+
+    table: Table
+    lock_namespace: str
+
+
+async def adopt_session(
+    session: AsyncSession, adoption: SessionAdoption, session_id: str, user_id: int
+) -> None:
+    """Sign-in, before it moves anything: the session's lock, alone, and the record (the first
+    sign-in's user stays). Anonymous writes of the session in progress finish first."""
+    await session.execute(_EXCLUSIVE, {"space": adoption.lock_namespace, "sid": session_id})
+    await session.execute(
+        upsert(adoption.table)
+        .values(session_id=session_id, user_id=user_id)
+        .on_conflict_do_nothing(index_elements=["session_id"])
+    )
+
+
+async def refuse_if_adopted(
+    session: AsyncSession, adoption: SessionAdoption, session_id: str, refusal: str
+) -> None:
+    """An anonymous write: wait for an adoption of its session in progress, then refuse it
+    (409, ``refusal``) if sign-in adopted the session. The lock is shared with other writes
+    and held until the write commits, so an adoption never starts in between."""
+    await session.execute(_SHARED, {"space": adoption.lock_namespace, "sid": session_id})
+    if await adopted_by(session, adoption, session_id) is not None:
+        raise Conflict(refusal)
+
+
+async def adopted_by(
+    session: AsyncSession, adoption: SessionAdoption, session_id: str
+) -> int | None:
+    """The user sign-in gave the session to, if it did (within the last KEPT)."""
+    user_id = await session.scalar(
+        select(adoption.table.c.user_id).where(adoption.table.c.session_id == session_id)
+    )
+    return None if user_id is None else int(user_id)
+
+
+async def forget_old_adoptions(session: AsyncSession, adoption: SessionAdoption) -> None:
+    await session.execute(
+        delete(adoption.table).where(adoption.table.c.adopted_at < func.now() - KEPT)
+    )
