@@ -20,6 +20,7 @@ from apps.orders import contract, service
 from apps.orders.contract import AdoptedOrders, CreatedOrder, CreateOrder
 from apps.orders.models import idempotency_keys
 from apps.orders.runtime import Runtime
+from apps.orders.settlement import after_payment_keys
 
 
 @action_route(contract.create_order)
@@ -52,7 +53,11 @@ async def create_order(
     )
     runtime.jobs.close_soon(superseded)
     if created.get("paid"):
-        runtime.relay.wake()  # an order with nothing to pay: its bookings are confirmed now
+        # Paid as it was made (nothing to pay): its bookings are confirmed before the buyer
+        # is answered, so that the cart they come back to no longer offers to remove them.
+        await runtime.relay.deliver_now(
+            after_payment_keys(created["order_id"]), within=runtime.settings.return_delivery_seconds
+        )
     return created
 
 

@@ -129,10 +129,15 @@ class OrdersSettings:
 
     def check_budget(self) -> None:
         """Timeouts nest: what create-order waits for must fit in what its callers wait."""
-        needed = self.events_timeout + self.sumup_timeout
-        if needed > self.create_order_deadline:
-            raise ConfigError(
-                f"ORDERS_SUMUP_TIMEOUT ({self.sumup_timeout:g} s) + ORDERS_EVENTS_TIMEOUT "
-                f"({self.events_timeout:g} s) must be at most {self.create_order_deadline:g} s: "
-                f"create-order answers its callers within {CREATE_ORDER_MAX_SECONDS:g} s"
-            )
+        # An order waits for events, then for SumUp; one with nothing to pay waits for events,
+        # then for its bookings' confirmation.
+        for name, seconds in (
+            ("ORDERS_SUMUP_TIMEOUT", self.sumup_timeout),
+            ("ORDERS_RETURN_DELIVERY_SECONDS", self.return_delivery_seconds),
+        ):
+            if self.events_timeout + seconds > self.create_order_deadline:
+                raise ConfigError(
+                    f"{name} ({seconds:g} s) + ORDERS_EVENTS_TIMEOUT ({self.events_timeout:g} s) "
+                    f"must be at most {self.create_order_deadline:g} s: create-order answers "
+                    f"its callers within {CREATE_ORDER_MAX_SECONDS:g} s"
+                )

@@ -33,6 +33,7 @@ from sqlalchemy import (
     and_,
     any_,
     bindparam,
+    delete,
     exists,
     func,
     or_,
@@ -54,6 +55,7 @@ from apps.events import contract as events
 from apps.orders.models import (
     CLOSED_UNPAID_STATES,
     Order,
+    OrderClaim,
     OrderItem,
     PaymentAttempt,
     Refund,
@@ -533,37 +535,58 @@ async def _enqueue_after_payment(
 async def bookings_not_confirmed(
     session: AsyncSession, payload: Mapping[str, Any], answer: events.ConfirmResult
 ) -> bool:
-    """Events' answer to confirm-for-order (an outbox reply): bookings it could not confirm for
-    the paid order are money that must go back, not a log line. True when a refund is owed
-    (recorded in ``session``'s transaction)."""
+    """Events' answer to confirm-for-order (an outbox reply), in the delivery's transaction.
+    Bookings it could not confirm for the paid order (removed from the cart, or taken after
+    their hold ended):
+
+    - the order lets go of its claims on them: a paid order's claim refuses every later order
+      of the same booking, and an entry's id is the same place for the next buyer;
+    - their price is money that must go back, not a log line (a refund is recorded);
+    - an order with nothing to pay has nothing to give back; if none of its lines was
+      confirmed, it is cancelled, so that it does not say it is confirmed.
+
+    True when a refund is owed."""
     entry_ids = set(answer.unconfirmed.entry_ids)
     ticket_ids = set(answer.unconfirmed.ticket_ids)
     if not entry_ids and not ticket_ids:
         return False
     order_id = int(payload["order_id"])
-    order = await session.get(Order, order_id)
-    paid_attempt = await session.scalar(
-        select(PaymentAttempt)
-        .where(PaymentAttempt.order_id == order_id, PaymentAttempt.status == "PAID")
-        .order_by(PaymentAttempt.number)
-        .limit(1)
-    )
-    if order is None or paid_attempt is None:
-        return False
-    items = list(
-        await session.scalars(
-            select(OrderItem).where(
-                OrderItem.order_id == order_id,
-                OrderItem.kind.in_(("calendar_entry", "ticket")),
-            )
+    await session.execute(
+        delete(OrderClaim).where(
+            OrderClaim.order_id == order_id,
+            or_(
+                and_(OrderClaim.kind == "calendar_entry", OrderClaim.ref_id.in_(entry_ids)),
+                and_(OrderClaim.kind == "ticket", OrderClaim.ref_id.in_(ticket_ids)),
+            ),
         )
     )
+    order = await session.get(Order, order_id)
+    if order is None:
+        return False
+    items = list(await session.scalars(select(OrderItem).where(OrderItem.order_id == order_id)))
     lost = [
         item
         for item in items
         if (item.kind == "calendar_entry" and item.source_id in entry_ids)
         or (item.kind == "ticket" and item.source_id in ticket_ids)
     ]
+    paid_attempt = await session.scalar(
+        select(PaymentAttempt)
+        .where(PaymentAttempt.order_id == order_id, PaymentAttempt.status == "PAID")
+        .order_by(PaymentAttempt.number)
+        .limit(1)
+    )
+    if paid_attempt is None:
+        if order.total == 0 and len(lost) == len(items):
+            cancelled = await session.scalar(
+                update(Order)
+                .where(Order.id == order_id, Order.status == "paid")
+                .values(status="cancelled", updated_at=func.now())
+                .returning(Order.id)
+            )
+            if cancelled is not None:
+                logger.warning("order %s: nothing could be confirmed; cancelled", order_id)
+        return False
     amount = sum((item.unit_price * item.quantity for item in lost), Decimal(0))
     titles = ", ".join(item.title for item in lost)
     await record_refund(

@@ -123,6 +123,16 @@ def free_entry(server, name: str = "Orchard walk") -> int:
         ).fetchone()[0]
 
 
+async def book_and_check_out(stack: Any, entry_id: int, user_id: int) -> httpx.Response:
+    """Another buyer (signed in as ``user_id``) books the entry and checks out."""
+    cart = await browser_of(stack, "cart", user_id=user_id)
+    events = stack.browser("events")
+    share_cookies(cart, events)
+    booked = await events.post(f"/entries/{entry_id}/book/")
+    assert booked.status_code == 200, booked.text
+    return await cart.post("/checkout/")
+
+
 def entry_state(server, entry_id: int) -> tuple[str, int | None]:
     with admin_connect(server, "events") as connection:
         return connection.execute(

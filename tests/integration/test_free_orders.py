@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+import psycopg
 import pytest
 
 from tests.conftest import admin_connect
 from tests.integration.commerce_fixtures import (
+    book_and_check_out,
     browser_of,
     entry_state,
     free_entry,
@@ -157,3 +159,50 @@ async def test_a_paid_orders_cart_checked_out_again_goes_to_the_order(
     assert again["paid"] is True
     assert again["next_url"].endswith(f"/checkout/return/{order_id}/")
     assert list(orders_of(clean_db)) == [order_id]
+
+
+def next_order_id(server) -> int:
+    with admin_connect(server, "orders") as connection:
+        return connection.execute(
+            "SELECT CASE WHEN is_called THEN last_value + 1 ELSE last_value END "
+            "FROM orders.orders_id_seq"
+        ).fetchone()[0]
+
+
+async def test_a_free_booking_removed_as_its_order_is_made_cancels_the_order(
+    stack, clean_db, shop, sandbox
+):
+    """Audit F2 and F4: the free order said "confirmed" although the buyer had removed its
+    booking from the cart before events confirmed it, and its claim on the entry made every
+    later checkout of it a 409 ("already paid for"). The confirmation is held up here (a
+    second transaction holds its idempotency key in events) while the buyer removes the
+    booking; then it goes on and finds nothing to confirm."""
+    cart = await browser_of(stack, "cart", user_id=3)
+    events = stack.browser("events")
+    share_cookies(cart, events)
+    entry_id = free_entry(clean_db)
+    assert (await events.post(f"/entries/{entry_id}/book/")).status_code == 200
+    order_id = next_order_id(clean_db)
+    with admin_connect(clean_db, "events") as holder, holder.transaction():
+        holder.execute(
+            "INSERT INTO events.idempotency_keys (action, key, request_hash, response) "
+            "VALUES ('confirm-for-order', %s, '', '{}')",
+            (f"orders:{order_id}:confirm-bookings",),
+        )
+        answer = await cart.post("/checkout/")
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["order_id"] == order_id
+        removed = await cart.post(f"/booking/entry/{entry_id}/delete/")
+        assert removed.status_code == 200, removed.text
+        raise psycopg.Rollback()  # the confirmation goes on
+    assert await eventually(lambda: orders_of(clean_db)[order_id][0] == "cancelled", timeout=15)
+    with admin_connect(clean_db, "orders") as connection:
+        assert connection.execute(
+            "SELECT count(*) FROM orders.order_claims WHERE order_id = %s", (order_id,)
+        ).fetchone() == (0,)
+
+    # Someone else books the entry and checks it out.
+    again = await book_and_check_out(stack, entry_id, user_id=4)
+    assert again.status_code == 200, again.text
+    assert await eventually(lambda: entry_state(clean_db, entry_id)[0] == "confirmed")
+    assert entry_state(clean_db, entry_id)[1] == again.json()["order_id"]

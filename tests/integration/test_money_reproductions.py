@@ -15,6 +15,7 @@ from apps.common.problems import PROBLEM_MEDIA_TYPE
 from apps.sumup_sandbox.app import DEFAULT_API_KEY, DEFAULT_MERCHANT_CODE
 from tests.conftest import admin_connect
 from tests.integration.commerce_fixtures import (
+    book_and_check_out,
     browser_of,
     cart_rows,
     entry_state,
@@ -143,6 +144,34 @@ async def test_a_booking_events_cannot_confirm_is_refunded_at_once(stack, clean_
             ).fetchone()
 
     assert await eventually(lambda: refund() == (Decimal("7.50"), "done"), timeout=10), refund()
+
+
+async def test_a_booking_a_paid_order_could_not_confirm_can_be_ordered_again(
+    stack, clean_db, shop, sandbox
+):
+    """Audit F4: the buyer paid, then removed the tour from the cart before the payment was
+    known; events could not confirm it and its price went back, but the paid order kept its
+    claim on the tour. Every later buyer could book it and was refused at checkout, for ever:
+    "already paid for in order N". Anyone could kill any entry at no cost."""
+    cart, order_id = await order_with_a_booking(stack, shop, user_id=3)
+    checkout_id = checkout_id_of(clean_db, order_id)
+    sandbox.client.post(f"/pay/{checkout_id}/pay")
+    removed = await cart.post(f"/booking/entry/{shop.entry_id}/delete/")
+    assert removed.status_code == 200, removed.text
+    assert (await webhook(stack, order_id, checkout_id)).status_code == 204
+
+    def refunded() -> bool:
+        with admin_connect(clean_db, "orders") as connection:
+            return connection.execute(
+                "SELECT status FROM orders.refunds WHERE order_id = %s", (order_id,)
+            ).fetchone() == ("done",)
+
+    assert await eventually(refunded, timeout=10)
+    assert entry_state(clean_db, shop.entry_id)[0] == "open"
+
+    checkout = await book_and_check_out(stack, shop.entry_id, user_id=4)
+    assert checkout.status_code == 200, checkout.text
+    assert checkout.json()["order_id"] != order_id
 
 
 async def test_a_paid_anonymous_order_clears_the_cart_after_sign_in(stack, clean_db, shop, sandbox):

@@ -204,6 +204,17 @@ def test_an_orders_payable_time_must_leave_room_for_its_holds():
         OrdersSettings.from_settings(settings_for(CONTRACTS["orders"], too_long))
 
 
+def test_an_order_with_nothing_to_pay_waits_for_its_confirmation_within_the_budget():
+    """A free order answers after events holds its bookings and they are confirmed: both
+    waits must fit in what create-order's callers wait (25 s, less the database's margin)."""
+    fits = {**COMPLETE, "ORDERS_RETURN_DELIVERY_SECONDS": "20"}
+    own = OrdersSettings.from_settings(settings_for(CONTRACTS["orders"], fits))
+    assert own.return_delivery_seconds == 20
+    too_long = {**COMPLETE, "ORDERS_RETURN_DELIVERY_SECONDS": "20.5"}
+    with pytest.raises(ConfigError, match=r"ORDERS_RETURN_DELIVERY_SECONDS .* must be at most"):
+        OrdersSettings.from_settings(settings_for(CONTRACTS["orders"], too_long))
+
+
 def test_events_times_default_and_take_fractions():
     default = EventsSettings.from_settings(settings_for(CONTRACTS["events"], COMPLETE))
     assert (default.hold_seconds, default.sweep_seconds) == (900, 60)
