@@ -57,6 +57,7 @@ from apps.common.admission import Admission, AdmissionRule, admit
 from apps.common.adoption import (
     SessionAdoption,
     adopt_session,
+    adopted_by,
     forget_old_adoptions,
     refuse_if_adopted,
 )
@@ -937,6 +938,18 @@ async def checkout(
     clears it once the payment is confirmed. An anonymous cart is first admitted under its
     client network's limit (``admission``; None: no limit)."""
     cart = await load_cart(session, owner, page_id)
+    # Empty because sign-in has just moved it to the user (the browser signed in as this
+    # checkout left it): say so, not that the cart is empty.
+    if (
+        cart.count == 0
+        and owner.user_id is None
+        and owner.session_id is not None
+        and await adopted_by(session, ADOPTIONS, owner.session_id) is not None
+    ):
+        raise Conflict(
+            "You signed in while checking out, and your cart is now your account's: "
+            "nothing was ordered. Check out again."
+        )
     if cart.count == 0 and "events" not in cart.degraded:
         # Only to say why it is empty: a checkout that goes on needs no more reads.
         with contextlib.suppress(ProviderUnavailable):

@@ -67,6 +67,14 @@ async def adopt_session(
     """Sign-in, before it moves anything: the session's lock, alone, and the record (the first
     sign-in's user stays). Anonymous writes of the session in progress finish first."""
     await session.execute(_EXCLUSIVE, {"space": adoption.lock_namespace, "sid": session_id})
+    await record_adoption(session, adoption, session_id, user_id)
+
+
+async def record_adoption(
+    session: AsyncSession, adoption: SessionAdoption, session_id: str, user_id: int
+) -> None:
+    """The record alone, for a service whose sign-in and anonymous writes already take one
+    lock of their own (orders: its buyer lock)."""
     await session.execute(
         upsert(adoption.table)
         .values(session_id=session_id, user_id=user_id)

@@ -75,3 +75,20 @@ def create_request_nonces(schema: str) -> None:
     op.create_index(
         op.f("ix_request_nonces_expires_at"), "request_nonces", ["expires_at"], schema=schema
     )
+
+
+def create_adopted_sessions(schema: str) -> None:
+    """The table behind :mod:`apps.common.adoption` in ``schema``: the anonymous sessions
+    sign-in gave to a user, a day's worth."""
+    op.create_table(
+        "adopted_sessions",
+        sa.Column("session_id", sa.String(64), primary_key=True),
+        sa.Column("user_id", sa.BigInteger, nullable=False),
+        sa.Column(
+            "adopted_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
+        ),
+        schema=schema,
+    )
+    op.create_index(
+        "ix_adopted_sessions_adopted_at", "adopted_sessions", ["adopted_at"], schema=schema
+    )

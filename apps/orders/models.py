@@ -34,6 +34,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from apps.blog import contract as blog
 from apps.common.admission import admission_table
+from apps.common.adoption import adopted_sessions_table
 from apps.common.db import IdentityPkMixin, service_metadata
 from apps.common.idempotency import idempotency_table
 from apps.common.nonces import nonce_table
@@ -273,6 +274,8 @@ idempotency_keys = idempotency_table(metadata)
 request_nonces = nonce_table(metadata)
 # The last minute's new payment attempts per client network (apps.orders.service.PAY_AGAIN).
 pay_again_starts = admission_table(metadata, "pay_again_starts")
+# Anonymous sessions sign-in adopted (apps.common.adoption): an order still for one is refused.
+adopted_sessions = adopted_sessions_table(metadata)
 
 
 # -- foreign tables (not managed by migrations): blog's export views, read through FDW --------

@@ -52,6 +52,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
 from apps.common.admission import Admission, AdmissionRule, admit
+from apps.common.adoption import (
+    SessionAdoption,
+    adopted_by,
+    forget_old_adoptions,
+    record_adoption,
+)
 from apps.common.contracts import SignIn
 from apps.common.db import (
     one_plan_for_the_rest_of_the_transaction,
@@ -80,6 +86,7 @@ from apps.orders.models import (
     OrderItem,
     PaymentAttempt,
     Refund,
+    adopted_sessions,
     page_payment_configs,
     pay_again_starts,
 )
@@ -690,6 +697,8 @@ async def create_order(
         if line.container_id is not None
     }
     await lock_buyer(session, request.user_id, request.session_id, remote_reads_next=True)
+    if request.user_id is None and request.session_id is not None:
+        await _refuse_if_signed_in(session, request.session_id)
     slot = await reserve_order_slot(
         session,
         request.user_id,
@@ -931,10 +940,29 @@ async def _new_attempt(
 
 
 # -- sign-in -----------------------------------------------------------------------------------
+# Sign-in's adoptions of anonymous sessions (apps.common.adoption). The buyer lock, which
+# create-order and sign-in both take, orders them; the adoption's own lock is not needed.
+ADOPTIONS = SessionAdoption(adopted_sessions, lock_namespace="orders-adopt")
+
+
+async def _refuse_if_signed_in(session: AsyncSession, session_id: str) -> None:
+    """An anonymous order for a session sign-in already adopted (a checkout that read the cart
+    as the browser signed in) would be for a session nobody uses again, and no sign-in would
+    adopt it: the buyer could pay it and never see it. A 409; nothing is made."""
+    if await adopted_by(session, ADOPTIONS, session_id) is not None:
+        raise Conflict(
+            "You signed in while checking out, and your cart is now your account's: no order "
+            "was made. Check out again."
+        )
+
+
 async def adopt_orders(session: AsyncSession, request: SignIn) -> AdoptedOrders:
     """The anonymous session's orders become the user's; then, among the user's pending orders,
-    a newer one supersedes any older one it shares goods with (one payable order per good)."""
+    a newer one supersedes any older one it shares goods with (one payable order per good).
+    The session is recorded as adopted: an anonymous order for it that comes later is refused."""
     await lock_buyer(session, request.user_id, request.session_id)
+    await record_adoption(session, ADOPTIONS, request.session_id, request.user_id)
+    await forget_old_adoptions(session, ADOPTIONS)
     adopted = list(
         await session.scalars(
             update(Order)

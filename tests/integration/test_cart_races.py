@@ -307,3 +307,16 @@ async def test_an_add_arriving_during_sign_in_waits_for_it_then_is_refused(stack
     assert (adopted.status_code, adopted.json()) == (200, {"adopted": 1}), adopted.text
     assert added.status_code == 409, added.text
     assert live_lines(clean_db) == [(40, shop.product_ids[0], 1)]
+
+
+async def test_a_checkout_from_a_session_sign_in_adopted_says_so(stack, clean_db, shop):
+    """Audit L2: the checkout left with the anonymous session as sign-in moved its cart to the
+    user, and was told "The cart is empty"."""
+    anonymous = await browser_of(stack, "cart")
+    first = (await anonymous.post(f"/add/{shop.product_ids[0]}/")).json()["id"]
+    assert (await _adopt(stack, session_of(clean_db, first))).status_code == 200
+
+    late = await anonymous.post("/checkout/")
+    assert late.status_code == 409, late.text
+    assert "signed in" in late.json()["detail"]
+    assert "empty" not in late.json()["detail"]

@@ -137,6 +137,10 @@ async def test_a_browser_goes_to_the_return_page_which_says_confirmed(
     assert "nothing to pay" in page.text
     assert entry_state(clean_db, entry_id) == ("confirmed", order_id)
     assert await cart_count(cart) == 0
+    # The list of orders says it the same way (audit L1: it said "paid").
+    listing = await orders.get("/", headers={"accept": "text/html"})
+    row = listing.text.split(f'data-order-id="{order_id}"', 1)[1].split("</tr>", 1)[0]
+    assert "confirmed (nothing to pay)" in row
 
 
 async def test_a_paid_orders_cart_checked_out_again_goes_to_the_order(

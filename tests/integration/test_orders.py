@@ -50,7 +50,7 @@ from tests.integration.orders_fixtures import (
     product_line,
     webhook,
 )
-from tests.signed import internal_get
+from tests.signed import internal_get, internal_post
 from tests.waiting import eventually
 
 JSON = {"accept": "application/json"}
@@ -191,6 +191,28 @@ async def test_create_order_is_idempotent_per_key(orders, clean_db, sandbox):
     other = await create(orders, order_payload(product_line(9, "3.00")), key="cart-snapshot-1")
     assert other.status_code == 422
     assert "Idempotency-Key" in other.json()["detail"]
+
+
+async def test_an_anonymous_order_after_its_session_signed_in_is_refused(orders, clean_db, sandbox):
+    """Audit F3: a checkout that read the anonymous cart before sign-in and reached orders
+    after sign-in had adopted the session's orders made an order for the old session, which
+    nothing would ever adopt: the buyer paid it, its return page was a 404 to them, and it was
+    in nobody's list. Now it is a 409 saying why, and nothing is made."""
+    signed_in = {"user_id": 40, "session_id": "session-9"}
+    adopted = await internal_post(orders.client("orders"), "adopt-orders-for-user", signed_in)
+    assert adopted.status_code == 200, adopted.text
+    late = await create(
+        orders, order_payload(product_line(1), user_id=None, session_id="session-9")
+    )
+    assert late.status_code == 409, late.text
+    assert "signed in" in late.json()["detail"]
+    assert order_rows(clean_db) == []
+    assert sandbox.checkouts() == []
+    # Another session, and the user, check out as before.
+    other = await create(orders, order_payload(product_line(1), user_id=None, session_id="s-2"))
+    assert other.status_code == 200, other.text
+    mine = await create(orders, order_payload(product_line(2), user_id=40, session_id="s-3"))
+    assert mine.status_code == 200, mine.text
 
 
 async def test_a_webhook_for_a_settled_checkout_asks_sumup_nothing(orders, clean_db, sandbox):

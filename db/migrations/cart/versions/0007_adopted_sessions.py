@@ -9,8 +9,9 @@ Revises: 0006
 Create Date: 2026-12-04
 """
 
-import sqlalchemy as sa
 from alembic import op
+
+from apps.common.migration_helpers import create_adopted_sessions
 
 revision = "0007"
 down_revision = "0006"
@@ -19,18 +20,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.create_table(
-        "adopted_sessions",
-        sa.Column("session_id", sa.String(64), primary_key=True),
-        sa.Column("user_id", sa.BigInteger, nullable=False),
-        sa.Column(
-            "adopted_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
-        ),
-        schema="cart",
-    )
-    op.create_index(
-        "ix_adopted_sessions_adopted_at", "adopted_sessions", ["adopted_at"], schema="cart"
-    )
+    create_adopted_sessions("cart")
 
 
 def downgrade() -> None:

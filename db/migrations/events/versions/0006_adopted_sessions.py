@@ -11,8 +11,9 @@ Revises: 0005
 Create Date: 2026-12-04
 """
 
-import sqlalchemy as sa
 from alembic import op
+
+from apps.common.migration_helpers import create_adopted_sessions
 
 revision = "0006"
 down_revision = "0005"
@@ -21,18 +22,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.create_table(
-        "adopted_sessions",
-        sa.Column("session_id", sa.String(64), primary_key=True),
-        sa.Column("user_id", sa.BigInteger, nullable=False),
-        sa.Column(
-            "adopted_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
-        ),
-        schema="events",
-    )
-    op.create_index(
-        "ix_adopted_sessions_adopted_at", "adopted_sessions", ["adopted_at"], schema="events"
-    )
+    create_adopted_sessions("events")
 
 
 def downgrade() -> None:
