@@ -242,3 +242,61 @@ def test_a_split_pending_order_without_a_deadline_gets_one_and_none_can_lack_it(
                 "checkout_prefix) VALUES (7, 'EUR', 4, 0, 0, 4, 'no deadline', %s, %s, 'rose-')",
                 (config_id, merchant),
             )
+
+
+def test_claims_kept_on_bookings_a_paid_order_could_not_confirm_are_dropped(
+    cluster: Cluster,
+) -> None:
+    """Audit F4: before this release, a paid order kept its claim on a booking events could not
+    confirm (its price refunded), and that entry could never be checked out again. The upgrade
+    drops such claims; an order without that refund keeps its own."""
+    command.downgrade(alembic_config("orders", cluster.topology.admin_url("orders")), "0009")
+    with cluster.admin("orders") as orders:
+        config_id, merchant = orders.execute(
+            "SELECT page_config_id, merchant_code FROM orders.orders LIMIT 1"
+        ).fetchone()
+
+        def paid_order(reference: str) -> tuple[int, int]:
+            order_id = orders.execute(
+                "INSERT INTO orders.orders (user_id, status, currency, product_total, "
+                "calendar_total, ticket_total, total, description, page_config_id, "
+                "merchant_code, checkout_prefix) VALUES (8, 'paid', 'EUR', 4, 7, 0, 11, 'paid', "
+                "%s, %s, 'rose-') RETURNING id",
+                (config_id, merchant),
+            ).fetchone()[0]
+            attempt_id = orders.execute(
+                "INSERT INTO orders.payment_attempts (order_id, number, checkout_reference, "
+                "sumup_checkout_id, status, amount, currency) VALUES (%s, 1, %s, %s, 'PAID', "
+                "11, 'EUR') RETURNING id",
+                (order_id, reference, f"checkout-{reference}"),
+            ).fetchone()[0]
+            orders.execute(
+                "INSERT INTO orders.order_claims (kind, ref_id, order_id) VALUES "
+                "('cart_line', %s, %s), ('calendar_entry', %s, %s), ('ticket', %s, %s)",
+                (order_id * 10, order_id, order_id * 10, order_id, order_id * 10, order_id),
+            )
+            return order_id, attempt_id
+
+        lost, lost_attempt = paid_order("upgrade-lost")
+        orders.execute(
+            "INSERT INTO orders.refunds (order_id, attempt_id, reason_key, reason, amount, "
+            "currency, status) VALUES (%s, %s, %s, 'bookings that could not be confirmed: a', "
+            "7, 'EUR', 'done')",
+            (lost, lost_attempt, f"unconfirmed-bookings:{lost_attempt}"),
+        )
+        kept, _ = paid_order("upgrade-kept")
+
+    converge_databases(cluster.topology, cluster.credentials, say=lambda _: None)
+
+    with cluster.admin("orders") as orders:
+        claims = orders.execute(
+            "SELECT order_id, kind FROM orders.order_claims WHERE order_id IN (%s, %s) "
+            "ORDER BY order_id, kind",
+            (lost, kept),
+        ).fetchall()
+    assert claims == [
+        (lost, "cart_line"),
+        (kept, "calendar_entry"),
+        (kept, "cart_line"),
+        (kept, "ticket"),
+    ]
