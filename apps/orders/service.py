@@ -166,7 +166,7 @@ def validate_order(request: CreateOrder) -> str:
                 f"{field} is {money(stated)} but its lines add up to {computed}", field=field
             )
     currency = currencies.pop()
-    total = money(request.product_total + request.calendar_total + request.ticket_total)
+    total = _total_of(request)
     if total > MAX_AMOUNT:
         raise InvalidInput(
             f"the order's total {total} {currency} is more than one order can hold "
@@ -174,6 +174,10 @@ def validate_order(request: CreateOrder) -> str:
             field="total",
         )
     return currency
+
+
+def _total_of(request: CreateOrder) -> Decimal:
+    return money(request.product_total + request.calendar_total + request.ticket_total)
 
 
 def _check_amount(field: str, value: Decimal | None) -> None:
@@ -687,6 +691,14 @@ async def create_order(
     settings = runtime.settings
     currency = validate_order(request)
     _check_urls(request, runtime.urls)
+    if request.user_id is None and _total_of(request) == 0:
+        # Nothing to pay, so nothing ties the order to a person: free places (a whole entry, any
+        # number of tickets) are confirmed for accounts, which orders limits per minute, not
+        # for any passer-by at the rate of the sessions they can make.
+        raise Conflict(
+            "Sign in to confirm free bookings: with nothing to pay, they are confirmed for an "
+            "account. Your cart keeps them while you sign in."
+        )
     containers = {
         line.market_place_container_id
         for line in request.cart_items
@@ -707,7 +719,7 @@ async def create_order(
         config_candidates(request.page_post_id, containers),
     )
     config = slot.config
-    total = money(request.product_total + request.calendar_total + request.ticket_total)
+    total = _total_of(request)
     payable_until = slot.now + timedelta(seconds=settings.payable_seconds)
 
     # Plain rows placed by one Core statement: the ORM's unit of work cost more Python than
