@@ -875,6 +875,11 @@ def checkout_request(
 
     entries = booking_lines("entry")
     tickets = booking_lines("ticket")
+    if len(entries) + len(tickets) > events.MAX_IDS_PER_ORDER:
+        raise Conflict(
+            f"One order holds at most {events.MAX_IDS_PER_ORDER} bookings, and this cart has "
+            f"{len(entries) + len(tickets)}: remove some, or check out one page at a time"
+        )
 
     request = CreateOrder(
         cart_items=[

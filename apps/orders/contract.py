@@ -24,6 +24,7 @@ from apps.common.contracts import (
     SignIn,
 )
 from apps.common.inputs import CURRENCY
+from apps.events.contract import MAX_IDS_PER_ORDER
 
 SERVICE = "orders"
 
@@ -74,6 +75,10 @@ class BookingLine(msgspec.Struct, forbid_unknown_fields=True):
     container_id: PositiveId | None = None
 
 
+# Events holds at most this many bookings for one order.
+BookingLines = Annotated[list[BookingLine], msgspec.Meta(max_length=MAX_IDS_PER_ORDER)]
+
+
 class CreateOrder(msgspec.Struct, forbid_unknown_fields=True):
     """The plan's section 4.3 payload. ``user_id`` is the buyer once signed in; ``session_id``
     is the browser session (sent even when signed in, so orders made before sign-in count as
@@ -83,8 +88,8 @@ class CreateOrder(msgspec.Struct, forbid_unknown_fields=True):
     calendar_total: Money
     ticket_total: Money
     cart_items: list[CartLine] = []
-    calendar_entries: list[BookingLine] = []
-    tickets: list[BookingLine] = []
+    calendar_entries: BookingLines = []
+    tickets: BookingLines = []
     user_id: PositiveId | None = None
     session_id: SessionId | None = None
     page_post_id: PositiveId | None = None
