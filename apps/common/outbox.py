@@ -50,6 +50,7 @@ from apps.common.observability import (
     scrape_gauge,
     scrape_row,
 )
+from apps.common.streaks import FailureStreak
 
 logger = logging.getLogger("rose.outbox")
 
@@ -195,6 +196,7 @@ class OutboxRelay:
         }
         self._poll = poll_seconds
         self._batch = batch
+        self.failures = FailureStreak(logger, "outbox relay pass")
         # Built once (see _queue_statement). The next due message, and whether another one is
         # due after it (the second row, locked but left for the next transaction): a pass that
         # delivers the last due message ends without a transaction that finds nothing.
@@ -230,8 +232,9 @@ class OutboxRelay:
         while True:
             try:
                 delivered = await self.deliver_due()
-            except Exception:  # the relay must outlive any single failure
-                logger.exception("outbox relay pass failed")
+                self.failures.succeeded()
+            except Exception as exc:  # the relay must outlive any single failure
+                self.failures.failed(exc)
                 delivered = 0
             # More may be due only when a batch ended full (an empty search costs a transaction).
             if delivered and not self._drained:

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from apps.common.app_factory import platform_of
 from apps.common.internal_client import InternalClient
 from apps.common.settings import Settings
+from apps.common.streaks import FailureStreak
 from apps.events import internal, public, service
 from apps.events.contract import CONTRACT
 from apps.events.models import request_nonces
@@ -57,19 +58,20 @@ def create_app(
 
 
 async def _sweep_forever(maker: async_sessionmaker[AsyncSession], every: float) -> None:
+    failures = FailureStreak(logger, "sweeping ended holds")
     while True:
         await asyncio.sleep(every)
         try:
             async with maker() as session:
                 # One sweep at a time across every events process; the others skip this turn.
-                if not await session.scalar(
+                mine = await session.scalar(
                     text("SELECT pg_try_advisory_xact_lock(hashtextextended(:key, 0))"),
                     {"key": SWEEP_LOCK},
-                ):
-                    continue
-                swept = await service.sweep_ended_holds(session)
+                )
+                swept = await service.sweep_ended_holds(session) if mine else 0
                 await session.commit()
             if swept:
                 logger.info("released %d booking(s) whose hold ended", swept)
-        except Exception:
-            logger.exception("sweeping ended holds failed")
+            failures.succeeded()
+        except Exception as exc:
+            failures.failed(exc)

@@ -36,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from apps.common.observability import scrape_gauge, scrape_row
+from apps.common.streaks import FailureStreak
 from apps.orders.models import CLOSED_UNPAID_STATES, Order, PaymentAttempt, ReconciliationPass
 from apps.orders.runtime import OrdersRuntime
 from apps.orders.service import load_order, recheck
@@ -361,11 +362,13 @@ class Reconciler:
         """A pass at start-up (webhooks may have been lost while this process was down), then
         one per interval across every process, taken in turns (see ``_until_my_turn``)."""
         min_interval = 0.0
+        failures = FailureStreak(logger, "reconciliation pass")
         while True:
             try:
                 await self.run_once(min_interval=min_interval)
-            except Exception:
-                logger.exception("reconciliation pass failed")
+                failures.succeeded()
+            except Exception as exc:
+                failures.failed(exc)
             self.started_up.set()
             min_interval = every * 0.9
             try:
