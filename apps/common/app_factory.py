@@ -44,7 +44,7 @@ from apps.common.db import (
 from apps.common.head import head_as_get
 from apps.common.headers import security_headers
 from apps.common.identity import Identity, SessionCodec, identity_from_scope, identity_middleware
-from apps.common.internal import internal_router
+from apps.common.internal import internal_router, only_contract_routes_serve_internal_paths
 from apps.common.internal_client import InternalClient
 from apps.common.limits import MAX_BODY_BYTES, input_limits
 from apps.common.nonces import NonceStore
@@ -261,7 +261,7 @@ def create_base_app(
         lifespan=[lifespan],
         dependencies=all_dependencies,
         plugins=[problem_details_plugin()],
-        middleware=[prometheus_config(name).middleware],
+        middleware=[prometheus_config(name).middleware, only_contract_routes_serve_internal_paths],
         template_config=template_settings,
         openapi_config=OpenAPIConfig(
             title=f"rose-ash {name}",

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from litestar import MediaType, Request, Router, get, post
+from litestar.exceptions import NotFoundException
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import JSONBody
 from litestar.types import ASGIApp, Receive, Scope, Send
@@ -35,7 +36,7 @@ from apps.common.contracts import Action, Call, Contract, Fragment, Query
 from apps.common.db import DbSession
 from apps.common.idempotency import run_idempotent
 from apps.common.internal_client import IDEMPOTENCY_HEADER
-from apps.common.internal_paths import INTERNAL_PREFIX
+from apps.common.internal_paths import INTERNAL_PREFIX, is_internal_path
 from apps.common.signing import NONCE_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 
 CONTRACT_KEY = "contract_call"
@@ -101,6 +102,25 @@ def signature_middleware(
         return check
 
     return middleware
+
+
+def only_contract_routes_serve_internal_paths(app: ASGIApp) -> ASGIApp:
+    """App middleware (it runs once a route matched): an internal path served by anything but a
+    route of the contract is not found. A public catch-all (blog's ``/{slug}/``) matches
+    ``/internal`` itself; the identity middleware skips internal paths, so that handler would
+    run with no identity (a 500), and the path is not one of the service's pages anyway."""
+
+    async def guard(scope: Scope, receive: Receive, send: Send) -> None:
+        handler = scope.get("route_handler")
+        if (
+            scope["type"] == "http"
+            and is_internal_path(scope["path"])
+            and not (isinstance(handler, HTTPRouteHandler) and CONTRACT_KEY in handler.opt)
+        ):
+            raise NotFoundException()
+        await app(scope, receive, send)
+
+    return guard
 
 
 def internal_router(

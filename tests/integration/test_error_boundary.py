@@ -418,3 +418,26 @@ async def test_a_slug_or_type_ending_in_a_newline_is_malformed(stack):
 
 def names_field(problem: dict, field: str) -> bool:
     return [error["field"] for error in problem.get("errors", [])] == [field]
+
+
+@pytest.mark.parametrize("service", ALL_SERVICES)
+async def test_the_internal_prefix_itself_is_not_found_on_every_service(stack, service):
+    """Audit O5: blog's ``GET /{slug}/`` caught ``/internal`` (an internal path, so no identity
+    was resolved) and answered 500. No public route serves an internal path: every service
+    answers ``/internal`` and whatever under it its contract does not declare with a 404."""
+    browser = stack.browser(service)
+    for path in ("/internal", "/internal/", "/internal%2f", "/%69nternal/", "/internal/nope"):
+        assert_problem(await browser.get(path, headers=JSON), 404)
+        if service in PUBLIC:
+            page = await browser.get(path, headers=HTML)
+            assert page.status_code == 404, (service, path)
+            assert page.headers["content-type"].startswith("text/html"), (service, path)
+            assert 'role="alert"' in page.text
+    if service == "blog":
+        # Its other public routes under ``/{slug}/``, with their methods.
+        for method, path in (
+            ("GET", "/internal/admin/page-config/"),
+            ("POST", "/internal/admin/page-config/"),
+            ("POST", "/internal/like/"),
+        ):
+            assert_problem(await browser.request(method, path, headers=JSON), 404)
