@@ -82,9 +82,12 @@ def db_migrate(
     """Upgrade every service's database to its latest migration, then converge (provision)."""
     from ops.db.lifecycle import converge_databases
 
+    try:
+        services = [service_spec(service).name] if service else None
+    except ValueError as exc:
+        raise fail(str(exc)) from None
     topology = topology_of(database_url)
     require_role_passwords()
-    services = [service_spec(service).name] if service else None
     converge_databases(
         topology, Credentials.for_environment(), services, provision_first=False, say=print
     )

@@ -37,7 +37,7 @@ def main() -> None:  # pragma: no cover - console entry point
     try:
         app()
     except ConfigError as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         sys.exit(2)
     except psycopg.OperationalError as exc:
         # A server that does not answer, refuses the login or went away: what the DBA acts on

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from ops.cli.common import console, fail
-from ops.stack.pgserver import DEFAULT_PG_PORT
+from ops.stack.pgserver import DEFAULT_PG_PORT, MAX_PORT, MIN_PORT
 from ops.stack.processes import SUMUP_SANDBOX_PORT
 from ops.stack.proxy import DEFAULT_PROXY_PORT
 
@@ -23,7 +23,10 @@ def up(
         ),
     ] = None,
     pg_port: Annotated[
-        int, typer.Option(metavar="PORT", help="Port of the embedded PostgreSQL.")
+        int,
+        typer.Option(
+            min=MIN_PORT, max=MAX_PORT, metavar="PORT", help="Port of the embedded PostgreSQL."
+        ),
     ] = (DEFAULT_PG_PORT),
     only: Annotated[
         str | None,
@@ -43,7 +46,10 @@ def up(
         ),
     ] = False,
     proxy_port: Annotated[
-        int, typer.Option(metavar="PORT", help="The proxy's port (with --proxy).")
+        int,
+        typer.Option(
+            min=MIN_PORT, max=MAX_PORT, metavar="PORT", help="The proxy's port (with --proxy)."
+        ),
     ] = DEFAULT_PROXY_PORT,
     workers: Annotated[
         int,
@@ -58,7 +64,8 @@ def up(
     if it exits). Ctrl-C stops."""
     from ops.stack.up import StackError, StackOptions, run_stack
 
-    wanted = [name.strip() for name in only.split(",") if name.strip()] if only else None
+    # `--only ''` is a selection of nothing (refused), not the default of every service.
+    wanted = None if only is None else [name.strip() for name in only.split(",") if name.strip()]
     options = StackOptions(
         fresh,
         database_url,

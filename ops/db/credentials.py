@@ -20,6 +20,21 @@ from ops.db.manifest import load_edges
 from ops.paths import rose_home
 
 
+def _read_values(path: Path) -> dict[str, str]:
+    """The file's passwords. A damaged file (a crash or a full disk while writing) is refused,
+    never replaced: the cluster's passwords are in it."""
+    try:
+        values = json.loads(path.read_text())
+    except (ValueError, OSError) as exc:
+        raise ConfigError(
+            f"{path} cannot be read ({exc}); it holds the cluster's passwords, so it is not "
+            "replaced: restore it, or remove it and the embedded database (rose up --fresh)"
+        ) from None
+    if not isinstance(values, dict) or not all(isinstance(v, str) for v in values.values()):
+        raise ConfigError(f"{path} is not a JSON object of passwords; restore or remove it")
+    return values
+
+
 def role_env_name(role: str) -> str:
     return f"ROSE_DB_PASSWORD_{role.upper()}"
 
@@ -37,7 +52,7 @@ class Credentials:
         self._generate = generate
         self._values: dict[str, str] = {}
         if path is not None and path.exists():
-            self._values = json.loads(path.read_text())
+            self._values = _read_values(path)
 
     @classmethod
     def for_environment(cls, home: Path | None = None, *, generate: bool = True) -> Credentials:

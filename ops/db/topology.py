@@ -15,9 +15,28 @@ from dataclasses import dataclass, field
 from urllib.parse import quote
 
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
+from apps.common.settings import ConfigError
 from apps.registry import SERVICES, service_spec
 from ops.db.credentials import Credentials
+
+# Where the default admin DSN comes from, for the operator's error line.
+ADMIN_URL_SOURCE = "--database-url (or ROSE_ADMIN_URL)"
+
+
+def check_dsn(url: str, source: str = ADMIN_URL_SOURCE) -> str:
+    """``url`` when it is a PostgreSQL DSN, else a ConfigError naming ``source`` (not the
+    value: it may hold a password)."""
+    try:
+        backend = make_url(url).get_backend_name()
+    except ArgumentError:
+        backend = None
+    if backend != "postgresql":
+        raise ConfigError(
+            f"{source} is not a PostgreSQL DSN (postgresql://USER:PASSWORD@HOST:PORT/DATABASE)"
+        )
+    return url
 
 
 @dataclass(frozen=True)
@@ -29,8 +48,9 @@ class Topology:
     @classmethod
     def single_server(cls, admin_url: str, environ: Mapping[str, str] | None = None) -> Topology:
         env = os.environ if environ is None else environ
+        check_dsn(admin_url)
         admin_urls = {
-            name: env[f"ROSE_ADMIN_URL_{name.upper()}"]
+            name: check_dsn(env[f"ROSE_ADMIN_URL_{name.upper()}"], f"ROSE_ADMIN_URL_{name.upper()}")
             for name in SERVICES
             if env.get(f"ROSE_ADMIN_URL_{name.upper()}")
         }

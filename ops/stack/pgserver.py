@@ -32,6 +32,10 @@ SUPERUSER = "postgres"
 # The local stack's server (`rose up --pg-port`).
 DEFAULT_PG_PORT = 55432
 SYSTEM_USER = "embedded_postgres"
+# The ports the stack may use: no privileged port (the embedded server may run as its own
+# unprivileged user), none beyond TCP's range.
+MIN_PORT = 1024
+MAX_PORT = 65535
 
 HBA_CONF = """\
 # Written by rose (ops/stack/pgserver.py). Password authentication for every role, TCP on loopback
@@ -236,6 +240,16 @@ class LocalPostgres:
         except PermissionError:
             return True
         return True
+
+    def running_port(self) -> int | None:
+        """The port of the server running in this data directory (its postmaster.pid's fourth
+        line), or None when none runs."""
+        if not self.is_running():
+            return None
+        try:
+            return int((self.data_dir / "postmaster.pid").read_text().splitlines()[3])
+        except (OSError, ValueError, IndexError):
+            return None
 
     def start(self, timeout: float = 60.0) -> None:
         self.initialize()

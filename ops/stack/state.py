@@ -12,6 +12,7 @@ from typing import TypedDict
 
 import httpx
 
+from apps.common.settings import ConfigError
 from ops.paths import stack_state_path
 
 
@@ -36,10 +37,19 @@ def read_state(path: Path | None = None) -> StackState | None:
     path = path or stack_state_path()
     if not path.exists():
         return None
-    state: StackState = json.loads(path.read_text())
     try:
-        os.kill(int(state["pid"]), 0)
-    except (ProcessLookupError, ValueError, KeyError):
+        state: StackState = json.loads(path.read_text())
+        pid = int(state["pid"])
+        if not isinstance(state["database_url"], str) or not isinstance(state["services"], dict):
+            raise ValueError("database_url or services of the wrong type")
+    except (ValueError, KeyError, TypeError, OSError) as exc:
+        # A crash or a full disk while writing it: say so, rather than guess whether a stack runs.
+        raise ConfigError(
+            f"{path} cannot be read ({exc}); delete it if no stack runs (else stop that stack)"
+        ) from None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
         return None
     except PermissionError:
         pass

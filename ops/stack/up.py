@@ -16,10 +16,10 @@ from types import FrameType
 from apps.registry import SERVICES, service_spec
 from ops.db.credentials import Credentials
 from ops.db.lifecycle import converge_databases
-from ops.db.topology import Topology
+from ops.db.topology import Topology, check_dsn
 from ops.paths import rose_home
 from ops.stack.demo import seed_demo_data
-from ops.stack.pgserver import DEFAULT_PG_PORT, LocalPostgres, port_is_free
+from ops.stack.pgserver import DEFAULT_PG_PORT, MAX_PORT, MIN_PORT, LocalPostgres, port_is_free
 from ops.stack.processes import (
     SANDBOX,
     SUMUP_SANDBOX_PORT,
@@ -101,28 +101,56 @@ def run_stack(options: StackOptions) -> int:
         raise StackError(f"a stack already runs (pid {running['pid']}); stop it first")
     names = available_services()
     if options.only is not None:
+        if not options.only:
+            raise StackError(f"--only names no service; known services: {', '.join(names)}")
         for name in options.only:
-            service_spec(name)
+            try:
+                service_spec(name)
+            except ValueError as exc:
+                raise StackError(f"--only: {exc}") from None
         names = [name for name in names if name in options.only]
+    if options.database_url is not None:
+        check_dsn(options.database_url)
     ports = {name: SERVICES[name].dev_port + options.port_offset for name in names}
     sandbox_port = SUMUP_SANDBOX_PORT + options.port_offset
+    outside = [
+        f"{name} ({port})"
+        for name, port in [*ports.items(), ("sumup sandbox", sandbox_port)]
+        if not MIN_PORT <= port <= MAX_PORT
+    ]
+    if outside:
+        raise StackError(
+            f"--port-offset {options.port_offset} puts ports outside {MIN_PORT}-{MAX_PORT}: "
+            f"{', '.join(outside)}"
+        )
     proxy = None
     if options.proxy_port is not None:
         proxy = LocalProxy(options.proxy_port, home / "caddy")
+
+    # Read (or made) before anything starts: a damaged file is refused here.
+    credentials = Credentials.for_environment(home)
+    embedded: LocalPostgres | None = None
     wanted = [*ports.items(), ("sumup sandbox", sandbox_port)]
     if proxy is not None:
         wanted.append((PROXY, proxy.port))
+    if options.database_url is None:
+        embedded = LocalPostgres(home / "pgdata", options.pg_port, credentials.superuser_password())
+        # A server of this data directory left on that port (a killed stack) is restarted by
+        # start(); anything else there is a refusal now, before --fresh deletes anything.
+        if embedded.running_port() != options.pg_port:
+            wanted.insert(0, ("PostgreSQL", options.pg_port))
     busy = [f"{name} ({port})" for name, port in wanted if not port_is_free(port)]
     if busy:
-        raise StackError(f"ports in use: {', '.join(busy)}")
+        raise StackError(
+            f"ports in use: {', '.join(busy)}; stop what listens there or choose other ports "
+            "(--pg-port, --port-offset, --proxy-port)"
+        )
 
-    credentials = Credentials.for_environment(home)
     sink = LogSink(home / "rose.log")
 
     def say(message: str) -> None:
         sink.write("rose", message)
 
-    embedded: LocalPostgres | None = None
     stop_requested = False
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:
@@ -135,18 +163,22 @@ def run_stack(options: StackOptions) -> int:
     group: ProcessGroup | None = None
     database_url = options.database_url
     try:
-        if database_url is None:
-            embedded = LocalPostgres(
-                home / "pgdata", options.pg_port, credentials.superuser_password()
-            )
+        if embedded is not None:
             if options.fresh:
                 say("--fresh: removing the embedded database")
                 embedded.destroy()
             say(
                 f"starting embedded PostgreSQL on 127.0.0.1:{options.pg_port} ({embedded.data_dir})"
             )
-            embedded.start()
+            try:
+                embedded.start()
+            except RuntimeError as exc:
+                # Its first line (the reason); the server's own log has the rest.
+                reason = str(exc).strip().splitlines()[0]
+                raise StackError(f"{reason} (see {embedded.log_file})") from None
             database_url = embedded.superuser_url()
+        # (No embedded server exactly when a DSN was given.)
+        assert database_url is not None
         topology = Topology.single_server(database_url)
         converge_databases(topology, credentials, say=say)
         if options.demo:

@@ -1,0 +1,117 @@
+"""`rose` used wrongly (audit D: O1, O2, O9, O14): one clear line on stderr and a non-zero exit,
+never a traceback, and nothing deleted or started on the way to the refusal."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ops.stack.pgserver import free_port
+from tests.e2e.conftest import rose_cli as rose
+
+# Far from every other test's ports (test_rose_up uses 20000).
+PORT_OFFSET = 21000
+
+
+def refused(result, *words: str) -> str:
+    """The refusal's text (stderr), checked: non-zero exit, no traceback, the words in it."""
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "Traceback" not in output, output
+    for word in words:
+        assert word in result.stderr, result.stderr
+    return result.stderr
+
+
+def one_line(result, *words: str) -> None:
+    text = refused(result, *words)
+    assert len(text.strip().splitlines()) == 1, text
+    assert text.startswith("error: "), text
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        yield listener.getsockname()[1]
+
+
+def test_rose_up_refuses_a_taken_postgres_port_before_fresh_deletes_anything(
+    tmp_path: Path, taken_port: int
+):
+    """O1: the port was checked only by ``LocalPostgres.start``, after ``--fresh`` had removed
+    the data directory, and its refusal came under a 40-line traceback."""
+    home = tmp_path / "home"
+    kept = home / "pgdata" / "PG_VERSION"
+    kept.parent.mkdir(parents=True)
+    kept.write_text("18\n")
+    args = ["up", "--fresh", "--only", "relations", "--port-offset", str(PORT_OFFSET)]
+    result = rose(home, *args, "--pg-port", str(taken_port), check=False)
+    one_line(result, f"PostgreSQL ({taken_port})", "--pg-port")
+    assert kept.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--only", "nope"], "nope"),
+        (["--only", ""], "--only"),
+        (["--only", " , "], "--only"),
+        (["--pg-port", "99999"], "--pg-port"),
+        (["--pg-port", "0"], "--pg-port"),
+        (["--pg-port", "80"], "--pg-port"),
+        (["--proxy", "--proxy-port", "70000"], "--proxy-port"),
+        (["--port-offset", "99999"], "--port-offset"),
+        (["--port-offset", "-8000"], "--port-offset"),
+        (["--database-url", "notadsn"], "--database-url"),
+        (["--database-url", "mysql://root@127.0.0.1/x"], "--database-url"),
+    ],
+)
+def test_rose_up_checks_its_option_values_before_doing_anything(tmp_path: Path, args, named):
+    """O9, O2: tracebacks (ValueError, OverflowError, a failed pg_ctl), or worse, services on
+    ports 1-99 (a negative offset) and every service for ``--only ''``."""
+    home = tmp_path / "home"
+    base = ["up", "--only", "relations", "--port-offset", str(PORT_OFFSET)]
+    result = rose(home, *base, "--pg-port", str(free_port()), *args, check=False)
+    assert named in refused(result)
+    assert not (home / "pgdata").exists()
+
+
+@pytest.mark.parametrize("command", [["db", "check"], ["db", "migrate"], ["db", "provision"]])
+def test_db_commands_refuse_a_malformed_dsn_in_one_line(tmp_path: Path, command, monkeypatch):
+    """O2: a DSN SQLAlchemy cannot parse was a 116-line traceback, from the option or the
+    environment (ROSE_ADMIN_URL). The line must not echo the DSN (it may hold a password)."""
+    one_line(rose(tmp_path, *command, "--database-url", "notadsn:secret", check=False), "DSN")
+    monkeypatch.setenv("ROSE_ADMIN_URL", "notadsn:secret")
+    result = rose(tmp_path, *command, check=False)
+    one_line(result, "ROSE_ADMIN_URL")
+    assert "secret" not in result.stderr
+
+
+def test_db_migrate_names_an_unknown_service_in_one_line(tmp_path: Path):
+    unused = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
+    result = rose(
+        tmp_path, "db", "migrate", "--service", "nope", "--database-url", unused, check=False
+    )
+    one_line(result, "nope", "relations")
+
+
+@pytest.mark.parametrize("command", [["status"], ["db", "check"], ["data", "relations", "x"]])
+def test_a_truncated_stack_state_is_one_line_naming_the_file(tmp_path: Path, command):
+    """O14: a crash or a full disk while writing leaves exactly this."""
+    tmp_path.joinpath("stack.json").write_text('{"pid": ')
+    one_line(rose(tmp_path, *command, check=False), "stack.json")
+
+
+def test_a_truncated_credentials_file_is_refused_not_regenerated(tmp_path: Path):
+    """O14: the cluster's passwords are in it: never replaced silently."""
+    credentials = tmp_path / "credentials.json"
+    credentials.write_text('{"internal_secret": ')
+    args = ["up", "--only", "relations", "--port-offset", str(PORT_OFFSET)]
+    one_line(rose(tmp_path, *args, "--pg-port", str(free_port()), check=False), "credentials.json")
+    assert credentials.read_text() == '{"internal_secret": '
+    assert not (tmp_path / "pgdata").exists()
