@@ -56,7 +56,7 @@ from apps.common.observability import (
     opentelemetry_middleware,
     prometheus_config,
 )
-from apps.common.openapi import document_problems, schema_render_plugins
+from apps.common.openapi import document_problems, schema_render_plugins, schema_router
 from apps.common.problems import current_request_id, problem_details_plugin, problem_response
 from apps.common.settings import Settings
 from apps.common.web import auth_handlers, nav_middleware, template_config
@@ -268,6 +268,7 @@ def create_base_app(
             version="1.0.0",
             path="/schema",
             render_plugins=schema_render_plugins("/schema"),
+            openapi_router=schema_router("/schema"),
         ),
         state=State({"platform": platform}),
         logging_config=None,

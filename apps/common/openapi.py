@@ -10,8 +10,9 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from litestar import Litestar, Request
+from litestar import Litestar, Request, Response
 from litestar.datastructures import CacheControlHeader
+from litestar.exceptions import NotFoundException
 from litestar.openapi.plugins import (
     JsonRenderPlugin,
     OpenAPIRenderPlugin,
@@ -22,6 +23,7 @@ from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, Schema
 from litestar.openapi.spec.enums import OpenAPIType
 from litestar.router import Router
 from litestar.static_files import create_static_files_router
+from litestar.status_codes import HTTP_404_NOT_FOUND
 
 PROBLEM = Schema(
     type=OpenAPIType.OBJECT,
@@ -164,6 +166,25 @@ class SchemaViewer(SwaggerRenderPlugin):
                 include_in_schema=False,
             )
         )
+
+
+def _not_found_as_a_problem(response: Response[Any]) -> Response[Any]:
+    # Litestar's schema router answers a path it has no page for with its own bare HTML 404
+    # (whatever the Accept); raised instead, it is the app's problem / themed page.
+    if response.status_code == HTTP_404_NOT_FOUND:
+        raise NotFoundException()
+    return response
+
+
+def schema_router(schema_path: str) -> Router:
+    """The router Litestar fills with the schema's pages (see :func:`schema_render_plugins`),
+    whose unknown paths are not found like any other."""
+    return Router(
+        schema_path,
+        route_handlers=[],
+        include_in_schema=False,
+        after_request=_not_found_as_a_problem,
+    )
 
 
 def schema_render_plugins(schema_path: str) -> list[OpenAPIRenderPlugin]:

@@ -441,3 +441,19 @@ async def test_the_internal_prefix_itself_is_not_found_on_every_service(stack, s
             ("POST", "/internal/like/"),
         ):
             assert_problem(await browser.request(method, path, headers=JSON), 404)
+
+
+@pytest.mark.parametrize("service", ALL_SERVICES)
+async def test_an_unknown_schema_page_is_the_projects_not_found(stack, service):
+    """Audit O6: ``/schema/<unknown>`` was Litestar's own bare HTML 404, whatever the Accept."""
+    browser = stack.browser(service)
+    for path in ("/schema/nope", "/schema/redoc", "/schema/rapidoc", "/schema/nope.json"):
+        assert_problem(await browser.get(path, headers=JSON), 404)
+        if service in PUBLIC:
+            page = await browser.get(path, headers=HTML)
+            assert page.status_code == 404, (service, path)
+            assert page.headers["content-type"].startswith("text/html"), (service, path)
+            assert 'role="alert"' in page.text
+    # What the schema does serve, still served.
+    assert (await browser.get("/schema", headers=HTML)).status_code == 200
+    assert (await browser.get("/schema/openapi.json")).status_code == 200
