@@ -94,6 +94,14 @@ def action(
         raise fail(f"payload is not JSON: {exc}") from None
     if not isinstance(body, dict):
         raise fail("payload must be a JSON object")
+    # It travels in a header (and is signed as given): printable ASCII, no space at either end
+    # (HTTP would strip it, and the signature would no longer match).
+    if idempotency_key is not None and not (
+        idempotency_key.isascii()
+        and idempotency_key.isprintable()
+        and idempotency_key == idempotency_key.strip()
+    ):
+        raise fail("--idempotency-key must be printable ASCII with no space at either end")
     _print_answer(
         lambda client: client.call_action(service, name, body, idempotency_key=idempotency_key)
     )

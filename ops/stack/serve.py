@@ -101,7 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=None)
     parser.add_argument("--workers", type=int, default=None)
     args = parser.parse_args(argv)
-    spec = service_spec(args.service)
+    try:
+        spec = service_spec(args.service)
+    except ValueError as exc:
+        print(f"cannot start: {exc}", file=sys.stderr)
+        return 2
     configure_logging(spec.name)
     workers = args.workers or default_workers()
     try:

@@ -4,6 +4,8 @@ never a traceback, and nothing deleted or started on the way to the refusal."""
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -115,3 +117,27 @@ def test_a_truncated_credentials_file_is_refused_not_regenerated(tmp_path: Path)
     one_line(rose(tmp_path, *args, "--pg-port", str(free_port()), check=False), "credentials.json")
     assert credentials.read_text() == '{"internal_secret": '
     assert not (tmp_path / "pgdata").exists()
+
+
+def test_serving_an_unknown_service_is_one_line(tmp_path: Path):
+    """O13: ``python -m ops.stack.serve nope`` was a traceback (ValueError)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "ops.stack.serve", "nope"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "nope" in result.stderr
+    assert "relations" in result.stderr
+
+
+@pytest.mark.parametrize("key", ["é✓", "a\nb", "tab\there", " padded "])
+def test_an_idempotency_key_that_cannot_be_a_header_is_one_line(tmp_path: Path, monkeypatch, key):
+    """O13: a non-ASCII key was a UnicodeEncodeError traceback, a control character httpx's
+    ValueError; refused before anything is sent (nothing listens at the URL)."""
+    monkeypatch.setenv("INTERNAL_URL_RELATIONS", f"http://127.0.0.1:{free_port()}")
+    args = ["action", "relations", "attach-child", "{}", "--idempotency-key", key]
+    one_line(rose(tmp_path, *args, check=False), "--idempotency-key")
