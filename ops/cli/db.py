@@ -162,7 +162,7 @@ def db_backup(
 ) -> None:
     """Every service database's rows into DIRECTORY (new or empty): one pg_dump per database and
     a manifest of each table's row count and checksum, read in the dump's own snapshot."""
-    from ops.db.backup import BackupError, back_up, check_keep, prune_backups
+    from ops.db.backup import MANIFEST, BackupError, back_up, check_keep, prune_backups
 
     topology = topology_of(database_url)
     try:
@@ -178,8 +178,13 @@ def db_backup(
     for path in removed:
         print(f"removed the older backup {path}")
     for path in left:
+        why = (
+            "its manifest.json is not one of a rose backup this release reads"
+            if (path / MANIFEST).exists()
+            else "no manifest.json"
+        )
         err_console.print(
-            f"note: {path} is not a whole backup (no manifest): left alone",
+            f"note: {path} is not a whole backup ({why}): left alone",
             markup=False,
             soft_wrap=True,
             style="dim",

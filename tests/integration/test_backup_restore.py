@@ -475,11 +475,15 @@ def test_backup_keep_removes_the_oldest_whole_backups_beside_it(
     for name in ("first", "second"):
         assert source.rose("db", "backup", str(root / name)).exit_code == 0
     (root / "cut-off").mkdir()
+    # Audit O13: someone else's directory with a manifest.json was said to have none.
+    (root / "foreign").mkdir()
+    (root / "foreign" / "manifest.json").write_text("{}")
     made = source.rose("db", "backup", str(root / "third"), "--keep", "2")
     assert made.exit_code == 0, made.output
     assert f"removed the older backup {root / 'first'}" in made.output
-    assert "cut-off is not a whole backup" in made.output
-    assert sorted(path.name for path in root.iterdir()) == ["cut-off", "second", "third"]
+    assert "cut-off is not a whole backup (no manifest.json): left alone" in made.output
+    assert "foreign is not a whole backup (its manifest.json is not" in made.output
+    assert sorted(path.name for path in root.iterdir()) == ["cut-off", "foreign", "second", "third"]
     refused = source.rose("db", "backup", str(root / "fourth"), "--keep", "0")
     assert refused.exit_code == 1
     assert not (root / "fourth").exists()
