@@ -1,7 +1,7 @@
-"""Input limits at the edge, before any handler or parser sees a request: a bounded body, JSON,
-form fields and query parameters that are valid UTF-8, JSON not nested beyond reason, and no NUL
-character in any value (PostgreSQL cannot store one). Each refusal is a problem naming what was
-wrong."""
+"""Input limits at the edge, before any handler or parser sees a request: a bounded body sent
+as is (no content coding) in UTF-8; JSON, form fields and query parameters that are valid UTF-8;
+JSON not nested beyond reason; and no NUL character in any value (PostgreSQL cannot store one).
+Each refusal is a problem naming what was wrong."""
 
 from __future__ import annotations
 
@@ -74,6 +74,12 @@ def input_limits(app: ASGIApp) -> ASGIApp:
                     scope=scope,
                 )
                 return
+            encoding = _unread_encoding(
+                header(scope, "content-encoding"), header(scope, "content-type")
+            )
+            if encoding is not None:
+                await send_problem(send, 415, encoding, path, scope=scope)
+                return
             checked = _check_body(header(scope, "content-type") or "", body)
             if isinstance(checked, Refusal):
                 await send_problem(
@@ -84,6 +90,23 @@ def input_limits(app: ASGIApp) -> ASGIApp:
         await app(scope, receive, send)
 
     return check
+
+
+_UTF8 = frozenset({"utf-8", "utf8"})
+
+
+def _unread_encoding(content_encoding: str | None, content_type: str | None) -> str | None:
+    """Why a body cannot be read as declared: a content coding (gzip...) the services do not
+    decode, or a charset other than UTF-8 (the body would be read as UTF-8 whatever it said)."""
+    coding = (content_encoding or "").strip().lower()
+    if coding not in ("", "identity"):
+        return f"Content-Encoding {coding}: request bodies are read as sent; send it uncompressed"
+    for parameter in (content_type or "").split(";")[1:]:
+        name, _, value = parameter.partition("=")
+        charset = value.strip().strip('"').lower()
+        if name.strip().lower() == "charset" and charset not in _UTF8:
+            return f"charset {charset}: request bodies are read as UTF-8; send UTF-8"
+    return None
 
 
 def _first_with_nul(encoded: str) -> str:

@@ -457,3 +457,41 @@ async def test_an_unknown_schema_page_is_the_projects_not_found(stack, service):
     # What the schema does serve, still served.
     assert (await browser.get("/schema", headers=HTML)).status_code == 200
     assert (await browser.get("/schema/openapi.json")).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("headers", "said"),
+    [
+        ({"content-encoding": "gzip", "content-type": "application/json"}, "gzip"),
+        ({"content-encoding": "br", "content-type": "application/x-www-form-urlencoded"}, "br"),
+        ({"content-type": "application/json; charset=utf-16"}, "utf-16"),
+        ({"content-type": "application/x-www-form-urlencoded; charset=latin-1"}, "latin-1"),
+    ],
+)
+async def test_a_body_in_an_encoding_the_edge_does_not_read_is_415(stack, shop, headers, said):
+    """Audit O12: a body declared gzip, or in a charset other than UTF-8, was read as plain
+    UTF-8 whatever it said (a gzip body that was not gzip added 1 to the cart). Now it is a
+    415 naming the encoding, and nothing changes."""
+    cart = await browser_of(stack, "cart", user_id=9)
+    body = b'{"quantity": 1}' if "json" in headers["content-type"] else b"quantity=1"
+    answer = await cart.post(f"/add/{shop.product_ids[0]}/", content=body, headers=headers)
+    problem = assert_problem(answer, 415, said)
+    assert problem["detail"], problem
+    assert (await cart.get("/api/cart")).json()["count"] == 0
+    # As declared by most clients, it is read as before.
+    for fine in ("application/json; charset=utf-8", "application/json; charset=UTF-8"):
+        added = await cart.post(
+            f"/add/{shop.product_ids[0]}/",
+            content=b'{"quantity": 1}',
+            headers={"content-type": fine},
+        )
+        assert added.status_code == 200, added.text
+    identity = await cart.post(
+        f"/add/{shop.product_ids[0]}/",
+        content=b"quantity=1",
+        headers={
+            "content-type": "application/x-www-form-urlencoded",
+            "content-encoding": "identity",
+        },
+    )
+    assert identity.status_code == 200, identity.text
