@@ -26,7 +26,14 @@ from tests.integration.orders_fixtures import order_payload, order_rows, product
 from tests.waiting import eventually_sync
 
 PORT_OFFSET = 21000
-PROBLEM = {"type": "about:blank", "title": "Not Found", "status": 404}
+REFUSED = "Not served on this host: the services' internal API, metrics and schema are not public"
+PROBLEM = {"type": "about:blank", "title": "Not Found", "status": 404, "detail": REFUSED}
+NO_SITE = {
+    "type": "about:blank",
+    "title": "Not Found",
+    "status": 404,
+    "detail": "No site is served on this host",
+}
 
 
 @dataclass
@@ -110,6 +117,11 @@ def test_internal_paths_are_refused_on_every_host_even_signed(proxied: Proxied, 
                 assert response.status_code == 404, (name, method, path, response.text)
                 assert response.headers["content-type"] == "application/problem+json"
                 assert response.json() == PROBLEM
+            # Audit O11: a browser got the bare JSON; it gets a page saying why.
+            page = client.get(proxied.url(name, path), headers={"accept": "text/html"})
+            assert page.status_code == 404, (name, path)
+            assert page.headers["content-type"] == "text/html; charset=utf-8"
+            assert f'<p role="alert">{REFUSED}.</p>' in page.text
     # Nothing reached a service's internal API.
     assert "/internal/actions/create-order 200" not in proxied.log()
 
@@ -119,7 +131,12 @@ def test_internal_services_and_unknown_hosts_are_refused(proxied: Proxied):
         for host in ("relations.rose.localhost", "likes.rose.localhost", "127.0.0.1"):
             response = client.get(f"http://{host}:{proxied.port}/readyz")
             assert response.status_code == 404, host
-            assert response.json() == PROBLEM
+            assert response.json() == NO_SITE
+            page = client.get(f"http://{host}:{proxied.port}/", headers={"accept": "text/html"})
+            assert (page.status_code, page.headers["content-type"]) == (
+                404,
+                "text/html; charset=utf-8",
+            ), host
     # Directly, they are up (on this machine's loopback only).
     assert httpx.get(proxied.services["relations"] + "/readyz").status_code == 200
 
