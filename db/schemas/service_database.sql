@@ -73,7 +73,8 @@ WHERE NOT EXISTS (SELECT FROM declared AS d
                   WHERE (a.nspname, a.grantee, a.privilege) = (d.nspname, d.grantee, d.privilege)) \gexec
 
 -- Default privileges: what the owner creates in its schema (tables, views and sequences, by its
--- migrations) is the app role's to use; nothing the owner creates is executable by PUBLIC.
+-- migrations) is the app role's to use (Alembic's version table too, at first: the migration
+-- environment, ops/db/migrate.py, takes it back); nothing the owner creates is executable by PUBLIC.
 -- No other default privilege exists in this database.
 WITH entry AS (
     SELECT pg_get_userbyid(d.defaclrole) AS role_name, d.defaclrole AS role_oid,
@@ -154,7 +155,9 @@ WHERE n.nspname IN (:'svc', 'split')
 ORDER BY 1 \gexec
 
 -- Privileges on them: the app role may read and write the tables of its own schema and use its
--- sequences (no TRUNCATE, REFERENCES, TRIGGER or MAINTAIN; no grant options); nobody else may do
+-- sequences (no TRUNCATE, REFERENCES, TRIGGER or MAINTAIN; no grant options), except Alembic's
+-- <svc>.alembic_version, which is the migrations' alone (the service never reads it; a runtime
+-- role that could write it could make a migration be skipped or run twice); nobody else may do
 -- anything, here or in any other schema rose manages (the split's ledger, `public`).
 WITH rel AS (
     SELECT c.oid, n.nspname, c.relname, c.relkind, c.relowner, c.relacl,
@@ -172,7 +175,7 @@ WITH rel AS (
     FROM rel
     CROSS JOIN LATERAL unnest(CASE WHEN rel.relkind = 'S' THEN ARRAY['USAGE', 'SELECT']
                               ELSE ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE'] END) AS p
-    WHERE rel.nspname = :'svc'
+    WHERE rel.nspname = :'svc' AND rel.relname <> 'alembic_version'
 ), actual AS (
     SELECT rel.oid, coalesce(r.rolname, 'PUBLIC') AS grantee, a.privilege_type AS privilege,
            a.is_grantable, pg_get_userbyid(a.grantor) AS grantor, a.grantor = rel.relowner AS by_owner

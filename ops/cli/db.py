@@ -81,6 +81,8 @@ def db_migrate(
 ) -> None:
     """Upgrade every service's database to its latest migration, then converge (provision)."""
     from ops.db.lifecycle import converge_databases
+    from ops.db.migrate import MigrateError
+    from ops.db.sqlfiles import ConvergeError
 
     try:
         services = [service_spec(service).name] if service else None
@@ -88,9 +90,12 @@ def db_migrate(
         raise fail(str(exc)) from None
     topology = topology_of(database_url)
     require_role_passwords()
-    converge_databases(
-        topology, Credentials.for_environment(), services, provision_first=False, say=print
-    )
+    try:
+        converge_databases(
+            topology, Credentials.for_environment(), services, provision_first=False, say=print
+        )
+    except (MigrateError, ConfigError, ConvergeError) as exc:
+        raise fail(str(exc)) from None
 
 
 @db_app.command("check")
@@ -209,6 +214,7 @@ def db_restore(
     from alembic.util import CommandError
 
     from ops.db.backup import BackupError, restore
+    from ops.db.migrate import MigrateError
     from ops.db.sqlfiles import ConvergeError
 
     topology = topology_of(database_url)
@@ -217,7 +223,7 @@ def db_restore(
         outcome = restore(
             topology, Credentials.for_environment(), directory, say=print, dry_run=dry_run
         )
-    except (BackupError, ConfigError, ConvergeError, CommandError) as exc:
+    except (BackupError, ConfigError, ConvergeError, CommandError, MigrateError) as exc:
         raise fail(str(exc)) from None
     for note in outcome.notes:
         err_console.print(f"note: {note}", markup=False, soft_wrap=True, style="dim")

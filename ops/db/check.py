@@ -7,6 +7,7 @@ One line per difference, from three sources:
   and template databases), schemas, tables, columns, default privileges, export views (declared
   columns, undeclared ones, secrets), foreign servers, user mappings and foreign tables;
 - role passwords, when the credentials are at hand;
+- each service's Alembic version table holding a revision its migrations know;
 - each edge working end to end: a query through every foreign table as the consumer's app role
   (a broken reader password, a missing grant or a missing view shows up only there).
 """
@@ -25,6 +26,7 @@ from apps.registry import SERVICES, service_spec
 from ops.db.connections import Connections
 from ops.db.credentials import Credentials
 from ops.db.manifest import Edge, load_edges
+from ops.db.migrate import services_with_migrations, unknown_version, versions_in
 from ops.db.provision import DATABASE_WORKERS, provision
 from ops.db.topology import Topology
 from ops.split.capture import capture_drift
@@ -182,10 +184,31 @@ def _check(
                 f"{probe.edge.provider}: {probe.table} cannot be read as "
                 f"{service_spec(probe.edge.consumer).app_role}: {probe.error}"
             )
+    differences += version_differences(topology, chosen, connections)
     capture_differences, capture_notes = capture_drift(topology, chosen)
     return differences + capture_differences, legacy_notes(
         topology, chosen, connections
     ) + capture_notes
+
+
+def version_differences(
+    topology: Topology, services: Iterable[str], connections: Connections
+) -> list[str]:
+    """A version table at a revision the service's migrations do not know: `rose db migrate`
+    would refuse it (a newer release's database, or the table written by hand)."""
+    differences = []
+    with_migrations = set(services_with_migrations())
+    for name in services:
+        if name not in with_migrations:
+            continue
+        try:
+            connection = connections.get(topology.admin_url(name))
+        except psycopg.OperationalError:
+            continue  # a missing database is a difference already
+        problem = unknown_version(name, versions_in(connection, name))
+        if problem:
+            differences.append(problem)
+    return differences
 
 
 class ViewDescription(TypedDict):

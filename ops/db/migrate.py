@@ -14,8 +14,11 @@ from collections.abc import Callable, Iterable
 import psycopg
 from alembic import command, context
 from alembic.config import Config
-from sqlalchemy import MetaData, create_engine, pool, text
+from alembic.script import Script, ScriptDirectory
+from alembic.util import CommandError
+from sqlalchemy import Connection, MetaData, create_engine, pool, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from apps.registry import SERVICES, service_spec
 from ops.paths import ALEMBIC_INI, DB_DIR, stack_state_path
@@ -76,6 +79,7 @@ def run_env(
         )
         with context.begin_transaction():
             context.run_migrations()
+        _version_table_for_the_owner_only(connection, spec.name, spec.app_role)
         if after_migrations is not None:
             raw = connection.connection.driver_connection
             if not isinstance(raw, psycopg.Connection):  # postgresql+psycopg's own connection
@@ -85,11 +89,110 @@ def run_env(
     engine.dispose()
 
 
+def _version_table_for_the_owner_only(connection: Connection, schema: str, app: str) -> None:
+    """Alembic creates its version table as the owner, whose default privileges give the app role
+    every new table of the schema: take them back (db/schemas/service_database.sql declares the
+    table the migrations' alone). Nothing runs when there is nothing to take back."""
+    granted = connection.execute(
+        text(
+            "SELECT EXISTS (SELECT FROM pg_class AS c "
+            "JOIN pg_namespace AS n ON n.oid = c.relnamespace "
+            "CROSS JOIN LATERAL aclexplode(c.relacl) AS a "
+            "JOIN pg_roles AS r ON r.oid = a.grantee "
+            "WHERE n.nspname = :schema AND c.relname = 'alembic_version' AND r.rolname = :app)"
+        ),
+        {"schema": schema, "app": app},
+    ).scalar()
+    if granted:
+        connection.execute(text(f'REVOKE ALL ON TABLE "{schema}".alembic_version FROM "{app}"'))
+    connection.commit()
+
+
+class MigrateError(RuntimeError):
+    """A service's migrations could not run: the message says which database and why."""
+
+
+def known_revisions(service: str) -> set[str]:
+    script = ScriptDirectory.from_config(alembic_config(service))
+    return {revision.revision for revision in script.walk_revisions()}
+
+
+def unknown_version(service: str, versions: Iterable[str]) -> str | None:
+    """The difference, when the version table holds a revision the service's migrations do not
+    know (a newer release migrated this database, or someone wrote the table by hand)."""
+    unknown = sorted(set(versions) - known_revisions(service))
+    if not unknown:
+        return None
+    spec = service_spec(service)
+    return (
+        f"{spec.database}: {spec.name}.alembic_version is at "
+        f"{', '.join(repr(version) for version in unknown)}, which db/migrations/{service} "
+        "does not know (a newer release's, or written by hand)"
+    )
+
+
+def versions_in(connection: psycopg.Connection, service: str) -> list[str]:
+    """What the service's version table holds (nothing when it has none yet)."""
+    schema = service_spec(service).name
+    found = connection.execute(
+        "SELECT to_regclass(format('%%I.alembic_version', %s::text)) IS NOT NULL", (schema,)
+    ).fetchone()
+    if not found or not found[0]:
+        return []
+    rows = connection.execute(f'SELECT version_num FROM "{schema}".alembic_version').fetchall()
+    return [row[0] for row in rows]
+
+
+def _error_line(exc: BaseException) -> str:
+    cause = getattr(exc, "orig", None) or exc  # SQLAlchemy's wrapper: the driver's own error
+    lines = str(cause).strip().splitlines()
+    return lines[0] if lines else type(cause).__name__
+
+
+def _down_revisions(revision: Script) -> set[str]:
+    down = revision.down_revision
+    if down is None:
+        return set()
+    return {down} if isinstance(down, str) else set(down)
+
+
+def upgrade(service: str, admin_url: str) -> None:
+    """One service to head, or :class:`MigrateError` in one line (nothing is half-applied: each
+    migration runs in its own transaction)."""
+    database = service_spec(service).database
+    try:
+        with psycopg.connect(admin_url, connect_timeout=10) as connection:
+            current = versions_in(connection, service)
+    except psycopg.Error as exc:
+        raise MigrateError(f"{database}: {_error_line(exc)}") from exc
+    problem = unknown_version(service, current)
+    if problem:
+        raise MigrateError(f"{problem}: nothing migrated")
+    config = alembic_config(service, admin_url)
+    try:
+        command.upgrade(config, "head")
+    except (CommandError, SQLAlchemyError, psycopg.Error) as exc:
+        try:
+            with psycopg.connect(admin_url, connect_timeout=10) as connection:
+                reached = set(versions_in(connection, service))
+        except psycopg.Error:
+            reached = set(current)
+        script = ScriptDirectory.from_config(config)
+        failed = [
+            revision.revision
+            for revision in script.walk_revisions()
+            if (_down_revisions(revision) & reached)
+            or (not reached and not _down_revisions(revision))
+        ]
+        what = f"migration {', '.join(failed)}" if failed else "migrating"
+        raise MigrateError(f"{database}: {what} failed: {_error_line(exc)}") from exc
+
+
 def migrate(admin_url_for: dict[str, str], services: Iterable[str] | None = None) -> list[str]:
     """Upgrade each service to head. ``admin_url_for`` maps service -> superuser DSN of its db."""
     done = []
     for service in services or services_with_migrations():
-        command.upgrade(alembic_config(service, admin_url_for[service]), "head")
+        upgrade(service, admin_url_for[service])
         done.append(service)
     return done
 

@@ -16,6 +16,8 @@ from types import FrameType
 from apps.registry import SERVICES, service_spec
 from ops.db.credentials import Credentials
 from ops.db.lifecycle import converge_databases
+from ops.db.migrate import MigrateError
+from ops.db.sqlfiles import ConvergeError
 from ops.db.topology import Topology, check_dsn
 from ops.paths import rose_home
 from ops.stack.demo import seed_demo_data
@@ -180,7 +182,10 @@ def run_stack(options: StackOptions) -> int:
         # (No embedded server exactly when a DSN was given.)
         assert database_url is not None
         topology = Topology.single_server(database_url)
-        converge_databases(topology, credentials, say=say)
+        try:
+            converge_databases(topology, credentials, say=say)
+        except (MigrateError, ConvergeError) as exc:
+            raise StackError(str(exc)) from None
         if options.demo:
             seed_demo_data(topology, names, say)
 

@@ -394,6 +394,28 @@ DRIFTS = [
         holds=can("likes", "likes_app", "SELECT count(*) FROM likes.likes"),
     ),
     Drift(
+        "the app role may rewrite its migrations' version (as an earlier release granted)",
+        [("likes", "GRANT SELECT, INSERT, UPDATE, DELETE ON likes.alembic_version TO likes_app")],
+        names=[
+            "db_likes: extra privilege UPDATE on table likes.alembic_version for likes_app",
+            "db_likes: extra privilege SELECT on table likes.alembic_version for likes_app",
+        ],
+        fix=["REVOKE UPDATE ON TABLE likes.alembic_version FROM likes_app CASCADE"],
+        broken=can(
+            "likes",
+            "likes_app",
+            "UPDATE likes.alembic_version SET version_num = version_num RETURNING 1",
+        ),
+        holds=all_of(
+            cannot(
+                "likes",
+                "likes_app",
+                "UPDATE likes.alembic_version SET version_num = 'x' RETURNING 1",
+            ),
+            cannot("likes", "likes_app", "SELECT version_num FROM likes.alembic_version"),
+        ),
+    ),
+    Drift(
         "the app role gets TRUNCATE",
         [("orders", "GRANT TRUNCATE ON orders.orders TO orders_app")],
         names=["db_orders: extra privilege TRUNCATE on table orders.orders for orders_app"],

@@ -15,10 +15,13 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from alembic.script import ScriptDirectory
 
+from apps.registry import service_spec
 from ops.db.dba import Login, command, environment, passfile
 from ops.db.lifecycle import converge_databases
 from ops.db.manifest import load_edges
+from ops.db.migrate import alembic_config, services_with_migrations
 from tests.integration.db_fixtures import Cluster, environ_without_rose
 
 REPO = Path(__file__).resolve().parents[2]
@@ -296,3 +299,90 @@ def test_upgrade_of_a_database_an_earlier_rose_provisioned(db_cluster: Cluster):
         ]
     with db_cluster.admin("likes") as likes:
         likes.execute("DELETE FROM likes.likes")
+
+
+# -- the migrations' version table is the owner's (audit O3) ---------------------------------------
+def test_no_app_role_may_read_or_write_its_migrations_version(db_cluster: Cluster):
+    """The services never read alembic_version; a runtime role that could write it could make
+    `rose db migrate` skip or re-run migrations."""
+    for service in services_with_migrations():
+        app = service_spec(service).app_role
+        for sql in (
+            f"SELECT version_num FROM {service}.alembic_version",
+            f"UPDATE {service}.alembic_version SET version_num = 'x' RETURNING 1",
+            f"DELETE FROM {service}.alembic_version RETURNING 1",
+        ):
+            with (
+                db_cluster.as_role(service, app) as connection,
+                pytest.raises(psycopg.errors.InsufficientPrivilege),
+            ):
+                connection.execute(sql).fetchall()
+
+
+def test_plain_alembic_creating_the_version_table_leaves_the_app_role_out(db_cluster: Cluster):
+    """The version table is created by the first migration, as the owner, whose default
+    privileges give the app role its tables: the migration environment takes them back."""
+    env = {**environ_without_rose(), "ROSE_ADMIN_URL": db_cluster.admin_url}
+    alembic = str(Path(sys.executable).parent / "alembic")
+
+    def run(*step: str) -> None:
+        done = subprocess.run(
+            [alembic, "-c", "db/alembic.ini", "-n", "likes", *step],
+            cwd=REPO, env=env, capture_output=True, text=True,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+
+    run("downgrade", "base")
+    with db_cluster.admin("likes") as likes:
+        likes.execute("DROP TABLE likes.alembic_version")  # a database never migrated
+    run("upgrade", "head")
+    with (
+        db_cluster.as_role("likes", "likes_app") as app,
+        pytest.raises(psycopg.errors.InsufficientPrivilege),
+    ):
+        app.execute("SELECT version_num FROM likes.alembic_version").fetchall()
+    check = db_cluster.rose("db", "check")
+    assert check.exit_code == 0, check.output
+
+
+def _set_version(cluster: Cluster, version: str) -> None:
+    with cluster.admin("likes") as likes:
+        likes.execute("UPDATE likes.alembic_version SET version_num = %s", (version,))
+
+
+def test_check_and_migrate_name_a_version_no_migration_knows_in_one_line(db_cluster: Cluster):
+    head = ScriptDirectory.from_config(alembic_config("likes")).get_current_head()
+    _set_version(db_cluster, "x")
+    try:
+        check = db_cluster.rose("db", "check")
+        assert check.exit_code == 1, check.output
+        assert (
+            "db_likes: likes.alembic_version is at 'x', which db/migrations/likes does not know"
+            in (check.output)
+        )
+        migrate = db_cluster.rose("db", "migrate", "--service", "likes")
+        assert migrate.exit_code == 1, migrate.output
+        assert migrate.output.strip().splitlines() == [
+            "error: db_likes: likes.alembic_version is at 'x', which db/migrations/likes does not "
+            "know (a newer release's, or written by hand): nothing migrated"
+        ]
+    finally:
+        _set_version(db_cluster, head)
+    assert db_cluster.rose("db", "check").exit_code == 0
+
+
+def test_a_migration_that_fails_is_one_line_naming_it(db_cluster: Cluster):
+    script = ScriptDirectory.from_config(alembic_config("likes"))
+    head = script.get_revision(script.get_current_head())
+    assert isinstance(head.down_revision, str)
+    _set_version(db_cluster, head.down_revision)  # the head's tables exist: it cannot run again
+    try:
+        migrate = db_cluster.rose("db", "migrate", "--service", "likes")
+        assert migrate.exit_code == 1, migrate.output
+        lines = migrate.output.strip().splitlines()
+        assert len(lines) == 1, migrate.output
+        assert lines[0].startswith(f"error: db_likes: migration {head.revision} failed: "), lines
+        assert "already exists" in lines[0]
+    finally:
+        _set_version(db_cluster, head.revision)
+    assert db_cluster.rose("db", "check").exit_code == 0
