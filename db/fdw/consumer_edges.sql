@@ -3,16 +3,20 @@
 -- (db/fdw/manifest.toml), never imported from whatever the provider's view shows. Any other
 -- foreign server, user mapping or foreign table in the database is dropped (they hold no data).
 --
--- Run as a superuser, connected to the consumer database, after db/schemas/service_database.sql:
---   psql -d db_market -v owner=market_owner -v app=market_app \
---        -v edges='[{"edge": "market <- likes", "provider": "likes", "server": "likes_server",
---                    "host": "127.0.0.1", "port": "5432", "dbname": "db_likes",
---                    "reader": "likes_ro_market", "password": "...",
---                    "views": [{"name": "likes",
---                               "columns": [{"name": "id", "type": "bigint"}, ...]}]}]' \
---        -f db/fdw/consumer_edges.sql
--- password: the reader role's; null (for `rose db check`, which has no passwords) compares
--- everything but the password. See db/schemas/roles.sql for how these files work.
+-- Run by hand as a superuser, connected to the consumer database, after
+-- db/schemas/service_database.sql,
+-- from the repository's root (the password in PGPASSWORD or ~/.pgpass). Print the psql
+-- command with every value `rose db provision` passes, read it, run what it prints:
+--   .venv/bin/rose db print-psql db/fdw/consumer_edges.sql
+-- Never shorten its values: the file converges to exactly the declaration it is given, so what
+-- a partial one leaves out (another service's roles or CONNECT, an FDW edge, a reader's grant)
+-- is revoked, reset or dropped. Passwords are left out (null): none is compared or changed.
+-- `rose db provision --dry-run` prints the statements a run would execute.
+-- owner, app: the consumer's roles. edges: every edge it reads, [{"edge", "provider", "server",
+-- "host", "port", "dbname", "reader", "password", "views": [{"name", "columns": [{"name",
+-- "type"}]}]}] (host and port: how the consumer's server reaches the provider's).
+-- password: the reader role's; null (print-psql, and `rose db check`, which has no passwords)
+-- compares everything but the password. See db/schemas/roles.sql for how these files work.
 
 SELECT format(E'-- %s: missing extension postgres_fdw\nCREATE EXTENSION postgres_fdw',
               current_database())

@@ -2,18 +2,20 @@
 -- views. Each edge's reader role <provider>_ro_<consumer> (db/schemas/roles.sql) gets SELECT on
 -- exactly the columns the edge declares in db/fdw/manifest.toml, nothing else; every other grant
 -- on the export schema and its views is revoked. Column grants mean a column added to a view
--- reaches no reader until an edge declares it.
+-- reaches no reader until an edge declares it. Each service's Alembic environment also runs it,
+-- as <svc>_owner, after its migrations, so views recreated by a migration get their grants back.
 --
--- Run as a superuser or as <svc>_owner (each service's Alembic environment runs it as the owner
--- after its migrations, so views recreated by a migration get their grants back), connected to
--- the provider database:
---   psql -d db_likes -v owner=likes_owner \
---        -v grants='[{"edge": "market <- likes", "reader": "likes_ro_market", "view": "likes",
---                     "columns": [{"name": "id", "type": "bigint"}, ...]}]' \
---        -v secrets='[{"schema": "blog", "table": "page_configs", "column": "sumup_api_key",
---                      "only_in": ["page_payment_configs"]}]' \
---        -f db/fdw/export_grants.sql
--- grants: one entry per edge and view. secrets: provider columns only the listed views may read.
+-- Run by hand as a superuser, connected to the provider database,
+-- from the repository's root (the password in PGPASSWORD or ~/.pgpass). Print the psql
+-- command with every value `rose db provision` passes, read it, run what it prints:
+--   .venv/bin/rose db print-psql db/fdw/export_grants.sql
+-- Never shorten its values: the file converges to exactly the declaration it is given, so what
+-- a partial one leaves out (another service's roles or CONNECT, an FDW edge, a reader's grant)
+-- is revoked, reset or dropped. Passwords are left out (null): none is compared or changed.
+-- `rose db provision --dry-run` prints the statements a run would execute.
+-- owner: the provider's owner. grants: one entry per edge and view, every edge the provider
+-- serves, [{"edge", "reader", "view", "columns": [{"name", "type"}]}]. secrets: provider
+-- columns only the listed views may read, [{"schema", "table", "column", "only_in"}].
 -- See db/schemas/roles.sql for how these files work.
 
 -- The export views belong to the owner (its migrations create them).

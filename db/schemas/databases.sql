@@ -1,15 +1,18 @@
 -- The databases rose declares on one PostgreSQL server, who may connect to them, and what rose's
 -- roles may do in the server's other databases (nothing).
 --
--- Run as a superuser, connected to the maintenance database (postgres), after roles.sql:
---   psql -v namespace='^(blog|cart|events|likes|market|orders|relations)_' \
---        -v known='["db_likes"]' \
---        -v databases='[{"name": "db_likes", "owner": "likes_owner",
---                        "connect": ["likes_app", "likes_ro_market", "likes_ro_blog"]}]' \
---        -f db/schemas/databases.sql
--- databases: the service databases to converge, each with its owner and the roles that may
--- connect (its app role and the FDW reader roles of the edges it provides). known: every database
--- rose declares on this server. See db/schemas/roles.sql for how these files work.
+-- Run by hand as a superuser, connected to the maintenance database (postgres), after roles.sql,
+-- from the repository's root (the password in PGPASSWORD or ~/.pgpass). Print the psql
+-- command with every value `rose db provision` passes, read it, run what it prints:
+--   .venv/bin/rose db print-psql db/schemas/databases.sql
+-- Never shorten its values: the file converges to exactly the declaration it is given, so what
+-- a partial one leaves out (another service's roles or CONNECT, an FDW edge, a reader's grant)
+-- is revoked, reset or dropped. Passwords are left out (null): none is compared or changed.
+-- `rose db provision --dry-run` prints the statements a run would execute.
+-- databases: the service databases to converge, [{"name", "owner", "connect"}], each with its
+-- owner and the roles that may connect (its app role and the FDW reader roles of the edges it
+-- provides). known: every database rose declares on this server. See db/schemas/roles.sql for
+-- how these files work.
 
 -- A missing service database. (CREATE DATABASE cannot run inside a transaction: its own statement.)
 -- Its locale is PostgreSQL's builtin C.UTF-8 whatever the server's initdb chose: text sorts by

@@ -8,19 +8,20 @@
 --   rose db provision --dry-run   prints the statements (with the comments), runs none
 --   rose db check                 prints the comments: one line per difference
 --
--- Run as a superuser, connected to any database of the server:
---   psql -v namespace='^(blog|cart|events|likes|market|orders|relations)_' \
---        -v known='["likes_owner", "likes_app"]' \
---        -v roles='[{"name": "likes_owner", "login": false, "inherit": true, "password": null,
---                    "settings": {}},
---                   {"name": "likes_app", "login": true, "inherit": false, "password": "...",
---                    "settings": {"statement_timeout": "30s"}}]' \
---        -f db/schemas/roles.sql
--- roles: the roles to converge (rose passes every role of the services on this server: each
--- service's <svc>_owner and <svc>_app, and the FDW reader roles <provider>_ro_<consumer> of the
--- edges it provides). known: every role rose declares on this server. namespace: the names that
--- are rose's; a role there that rose does not declare is reported (and dropped by
--- db/schemas/prune_roles.sql, `rose db provision --prune`).
+-- Run by hand as a superuser, connected to any database of the server,
+-- from the repository's root (the password in PGPASSWORD or ~/.pgpass). Print the psql
+-- command with every value `rose db provision` passes, read it, run what it prints:
+--   .venv/bin/rose db print-psql db/schemas/roles.sql
+-- Never shorten its values: the file converges to exactly the declaration it is given, so what
+-- a partial one leaves out (another service's roles or CONNECT, an FDW edge, a reader's grant)
+-- is revoked, reset or dropped. Passwords are left out (null): none is compared or changed.
+-- `rose db provision --dry-run` prints the statements a run would execute.
+-- roles: the roles to converge, [{"name", "login", "inherit", "password", "settings"}] (rose
+-- passes every role of the services on this server: each service's <svc>_owner and <svc>_app,
+-- and the FDW reader roles <provider>_ro_<consumer> of the edges it provides). known: every role
+-- rose declares on this server. namespace: the names that are rose's; a role there that rose
+-- does not declare is reported (and dropped by db/schemas/prune_roles.sql, `rose db provision
+-- --prune`).
 
 -- A missing role is created with its attributes (and password, when one is given).
 SELECT format(

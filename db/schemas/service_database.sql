@@ -1,8 +1,14 @@
 -- Inside one service database: its schemas, default privileges, and who may use its own tables.
 --
--- Run as a superuser, connected to db_<svc>, after roles.sql and databases.sql:
---   psql -d db_likes -v svc=likes -v owner=likes_owner -v app=likes_app -v providers='[]' \
---        -f db/schemas/service_database.sql
+-- Run by hand as a superuser, connected to db_<svc>, after roles.sql and databases.sql,
+-- from the repository's root (the password in PGPASSWORD or ~/.pgpass). Print the psql
+-- command with every value `rose db provision` passes, read it, run what it prints:
+--   .venv/bin/rose db print-psql db/schemas/service_database.sql
+-- Never shorten its values: the file converges to exactly the declaration it is given, so what
+-- a partial one leaves out (another service's roles or CONNECT, an FDW edge, a reader's grant)
+-- is revoked, reset or dropped. Passwords are left out (null): none is compared or changed.
+-- `rose db provision --dry-run` prints the statements a run would execute.
+-- svc, owner, app: the service and its roles (likes, likes_owner, likes_app).
 -- providers: the services whose export views this database reads through FDW (their schemas here
 -- hold foreign tables; db/fdw/consumer_edges.sql converges them). The export schema's grants are
 -- db/fdw/export_grants.sql's. Tables and views themselves come from the service's Alembic

@@ -72,6 +72,31 @@ def db_provision(
         raise typer.Exit(1)
 
 
+@db_app.command("print-psql")
+def db_print_psql(
+    file: Annotated[
+        str | None,
+        typer.Argument(metavar="[FILE]", help="Only this file's, e.g. db/schemas/roles.sql."),
+    ] = None,
+    database_url: DatabaseUrlOption = None,
+) -> None:
+    """Print the psql commands that run db/'s SQL by hand, with every value rose db provision
+    passes (each file converges to exactly what it is given: partial values revoke or drop the
+    rest). Passwords are left out: none is compared or changed. Run them from the repository's
+    root, the superuser's password in PGPASSWORD or ~/.pgpass."""
+    from ops.db.provision import psql_commands
+
+    only = None
+    if file is not None:
+        only = file.removeprefix("./").removeprefix("db/")
+    try:
+        commands = psql_commands(topology_of(database_url), only)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    for line in commands:
+        print(line)
+
+
 @db_app.command("migrate")
 def db_migrate(
     service: Annotated[

@@ -21,6 +21,7 @@ import hashlib
 import hmac
 import json
 import logging
+import shlex
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ import psycopg
 from sqlalchemy.engine import make_url
 
 from apps.registry import SERVICES, service_spec
+from ops.db.binaries import client_tool_target
 from ops.db.connections import Connections, scalar
 from ops.db.credentials import Credentials
 from ops.db.manifest import Edge, Secret, load_edges, load_secrets
@@ -318,7 +320,6 @@ def provision(
     secrets = load_secrets() if secrets is None else secrets
     apply = not dry_run
     report = ProvisionReport(applied=apply)
-    namespace = namespace_pattern()
 
     def run(connection: psycopg.Connection, path: str, variables: dict[str, str]) -> None:
         changes = converge_file(connection, DB_DIR / path, variables, apply=apply)
@@ -333,34 +334,15 @@ def provision(
             continue
         hosted_edges = [edge for edge in edges if edge.provider in server.services]
         roles = declared_roles(hosted, hosted_edges, credentials)
-        known_roles = [role["name"] for role in declared_roles(server.services, hosted_edges, None)]
-        databases = [
-            {
-                "name": service_spec(name).database,
-                "owner": service_spec(name).owner_role,
-                "connect": [service_spec(name).app_role]
-                + [edge.reader_role for edge in edges if edge.provider == name],
-            }
-            for name in hosted
-        ]
+        variables = server_variables(server, hosted, edges, credentials)
         connection = connections.get(server.maintenance_url)
-        common = {"namespace": namespace, "known": _json(known_roles)}
-        run(connection, "schemas/roles.sql", {**common, "roles": _json(roles)})
+        run(connection, "schemas/roles.sql", variables["schemas/roles.sql"])
         changes = password_changes(connection, roles, apply=apply)
         for change in changes:
             say(change.text() if dry_run else change.line)
         report.changes.extend(changes)
-        known_databases = [service_spec(name).database for name in server.services]
-        run(
-            connection,
-            "schemas/databases.sql",
-            {
-                "namespace": namespace,
-                "known": _json(known_databases),
-                "databases": _json(databases),
-            },
-        )
-        report.inventory += len(roles) + len(databases)
+        run(connection, "schemas/databases.sql", variables["schemas/databases.sql"])
+        report.inventory += len(roles) + len(hosted)
         existing |= {
             name for name in hosted if database_exists(connection, service_spec(name).database)
         }
@@ -368,31 +350,9 @@ def provision(
     # Inside each database: independent of one another, so they run side by side (one
     # connection each); their changes are reported in service order.
     def converge_database(name: str) -> tuple[list[Change], int]:
-        spec = service_spec(name)
         connection = connections.get(topology.admin_url(name))
-        providers = sorted({edge.provider for edge in edges if edge.consumer == name})
-        files = [
-            (
-                "schemas/service_database.sql",
-                {
-                    "svc": name,
-                    "owner": spec.owner_role,
-                    "app": spec.app_role,
-                    "providers": _json(providers),
-                },
-            ),
-            ("fdw/export_grants.sql", export_variables(name, edges, secrets)),
-            (
-                "fdw/consumer_edges.sql",
-                {
-                    "owner": spec.owner_role,
-                    "app": spec.app_role,
-                    "edges": _json(consumer_edges(topology, name, edges, credentials)),
-                },
-            ),
-        ]
         changes = []
-        for path, variables in files:
+        for path, variables in database_variables(topology, name, edges, secrets, credentials):
             changes += converge_file(connection, DB_DIR / path, variables, apply=apply)
         return changes, scalar(connection, _INVENTORY)
 
@@ -418,14 +378,10 @@ def provision(
         for server in servers(topology):
             if not chosen & set(server.services):
                 continue
-            hosted_edges = [edge for edge in edges if edge.provider in server.services]
-            known_roles = [
-                role["name"] for role in declared_roles(server.services, hosted_edges, None)
-            ]
             run(
                 connections.get(server.maintenance_url),
                 "schemas/prune_roles.sql",
-                {"namespace": namespace, "known": _json(known_roles)},
+                server_variables(server, [], edges, None)["schemas/prune_roles.sql"],
             )
         dropped = {
             change.subject for change in report.changes if change.sql.startswith("DROP ROLE")
@@ -434,6 +390,76 @@ def provision(
             change for change in report.changes if change.sql or change.subject not in dropped
         ]
     return report
+
+
+def server_variables(
+    server: Server,
+    hosted: Iterable[str],
+    edges: Iterable[Edge],
+    credentials: Credentials | None,
+) -> dict[str, dict[str, str]]:
+    """What each file of one server is given (db/schemas/roles.sql, databases.sql,
+    prune_roles.sql): the roles and databases of the ``hosted`` services, and everything rose
+    declares on the server as known."""
+    chosen = [name for name in server.services if name in set(hosted)]
+    hosted_edges = [edge for edge in edges if edge.provider in server.services]
+    known_roles = [role["name"] for role in declared_roles(server.services, hosted_edges, None)]
+    databases = [
+        {
+            "name": service_spec(name).database,
+            "owner": service_spec(name).owner_role,
+            "connect": [service_spec(name).app_role]
+            + [edge.reader_role for edge in hosted_edges if edge.provider == name],
+        }
+        for name in chosen
+    ]
+    namespace = namespace_pattern()
+    common = {"namespace": namespace, "known": _json(known_roles)}
+    return {
+        "schemas/roles.sql": {
+            **common,
+            "roles": _json(declared_roles(chosen, hosted_edges, credentials)),
+        },
+        "schemas/databases.sql": {
+            "namespace": namespace,
+            "known": _json([service_spec(name).database for name in server.services]),
+            "databases": _json(databases),
+        },
+        "schemas/prune_roles.sql": common,
+    }
+
+
+def database_variables(
+    topology: Topology,
+    name: str,
+    edges: Iterable[Edge],
+    secrets: Iterable[Secret],
+    credentials: Credentials | None,
+) -> list[tuple[str, dict[str, str]]]:
+    """The files run in one service database, in order, with what each is given."""
+    spec = service_spec(name)
+    edges = list(edges)
+    providers = sorted({edge.provider for edge in edges if edge.consumer == name})
+    return [
+        (
+            "schemas/service_database.sql",
+            {
+                "svc": name,
+                "owner": spec.owner_role,
+                "app": spec.app_role,
+                "providers": _json(providers),
+            },
+        ),
+        ("fdw/export_grants.sql", export_variables(name, edges, secrets)),
+        (
+            "fdw/consumer_edges.sql",
+            {
+                "owner": spec.owner_role,
+                "app": spec.app_role,
+                "edges": _json(consumer_edges(topology, name, edges, credentials)),
+            },
+        ),
+    ]
 
 
 def export_variables(
@@ -456,3 +482,51 @@ def grant_exports(connection: psycopg.Connection, provider: str) -> list[Change]
         if change.sql:
             logger.info("%s", change.line)
     return changes
+
+
+# -- by hand -------------------------------------------------------------------------------------
+SQL_FILES = (
+    "schemas/roles.sql",
+    "schemas/databases.sql",
+    "schemas/service_database.sql",
+    "fdw/export_grants.sql",
+    "fdw/consumer_edges.sql",
+    "schemas/prune_roles.sql",
+)
+
+
+def psql_command(url: str, path: str, variables: dict[str, str]) -> str:
+    """One file's psql command line: the connection without its password (PGPASSWORD or
+    ~/.pgpass give it), every variable, stopping at the first error."""
+    target, _ = client_tool_target(url)
+    words = ["psql", "-X", "-v", "ON_ERROR_STOP=1", "-d", shlex.quote(target)]
+    for name, value in variables.items():
+        words += ["-v", f"{name}={shlex.quote(value)}"]
+    return " ".join([*words, "-f", f"db/{path}"])
+
+
+def psql_commands(topology: Topology, only: str | None = None) -> list[str]:
+    """The psql commands that run db/'s SQL by hand, in `rose db provision --prune`'s order, with
+    the complete values it passes (without passwords: null, so none is compared or changed).
+    ``only``: one file's (its path under db/)."""
+    if only is not None and only not in SQL_FILES:
+        raise ValueError(
+            f"{only}: not one of db/'s SQL files ({', '.join(f'db/{p}' for p in SQL_FILES)})"
+        )
+    edges, secrets = load_edges(), load_secrets()
+    runs: list[tuple[str, str, dict[str, str]]] = []
+    for server in servers(topology):
+        by_file = server_variables(server, server.services, edges, None)
+        for path in ("schemas/roles.sql", "schemas/databases.sql"):
+            runs.append((server.maintenance_url, path, by_file[path]))
+    for name in SERVICES:
+        for path, variables in database_variables(topology, name, edges, secrets, None):
+            runs.append((topology.admin_url(name), path, variables))
+    for server in servers(topology):
+        path = "schemas/prune_roles.sql"
+        runs.append((server.maintenance_url, path, server_variables(server, [], edges, None)[path]))
+    return [
+        psql_command(url, path, variables)
+        for url, path, variables in runs
+        if only is None or path == only
+    ]

@@ -1,0 +1,118 @@
+"""Audit O4: each SQL file of db/schemas and db/fdw says in its header how to run it by hand
+with psql. Run exactly as written (the embedded PostgreSQL's psql, the superuser's password in
+PGPASSWORD) against a provisioned server, it must change nothing: every file converges the server
+to exactly the values it is given, so an example with partial values revokes, resets or drops
+what it leaves out."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from ops.db.binaries import postgres_bin_dir
+from tests.integration.db_fixtures import (
+    Cluster,
+    catalog_snapshot,
+    differing_keys,
+    environ_without_rose,
+    start_cluster,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+SQL_FILES = sorted(
+    str(path.relative_to(REPO))
+    for folder in ("db/schemas", "db/fdw")
+    for path in (REPO / folder).glob("*.sql")
+)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    yield from start_cluster()
+
+
+def header_commands(path: str) -> list[str]:
+    """The shell commands of the file's header comment (``--   psql ...`` or ``--   .venv/bin/rose
+    ...``, with their backslash continuations)."""
+    commands: list[str] = []
+    continuing = False
+    for line in (REPO / path).read_text().splitlines():
+        if not line.startswith("--"):
+            break
+        text = line[2:].strip()
+        if continuing:
+            commands[-1] += " " + text.removesuffix("\\").strip()
+        elif text.startswith(("psql ", ".venv/bin/rose ")):
+            commands.append(text.removesuffix("\\").strip())
+        else:
+            continue
+        # A line ending in a backslash, or inside a quoted value, continues on the next.
+        continuing = text.endswith("\\") or commands[-1].count("'") % 2 == 1
+    return commands
+
+
+def environment(cluster: Cluster) -> dict[str, str]:
+    url = make_url(cluster.admin_url)
+    return {
+        **environ_without_rose(),
+        "PATH": f"{postgres_bin_dir()}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PGHOST": url.host or "127.0.0.1",
+        "PGPORT": str(url.port),
+        "PGUSER": url.username or "postgres",
+        "PGDATABASE": "postgres",
+        "PGPASSWORD": str(url.password),
+        "ROSE_HOME": str(cluster.home),
+        "ROSE_ADMIN_URL": cluster.admin_url,
+        "ROSE_ENV": "dev",
+    }
+
+
+def shell(command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    command = command.replace(".venv/bin/rose ", f"{Path(sys.executable).parent / 'rose'} ", 1)
+    return subprocess.run(
+        ["bash", "-c", command], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_every_sql_file_has_a_header_command():
+    for path in SQL_FILES:
+        assert header_commands(path), f"{path}: no command in its header"
+
+
+@pytest.mark.parametrize("path", SQL_FILES)
+def test_the_header_command_run_as_written_changes_nothing(cluster: Cluster, path: str):
+    env = environment(cluster)
+    before = catalog_snapshot(cluster.admin)
+    try:
+        for command in header_commands(path):
+            done = shell(command, env)
+            assert done.returncode == 0, done.stderr
+            assert "ERROR" not in done.stderr, done.stderr
+            if command.startswith(".venv/bin/rose "):
+                # It prints the psql commands themselves, complete: run what it printed.
+                printed = [line for line in done.stdout.splitlines() if line.strip()]
+                assert printed, done.stdout
+                assert all(line.startswith("psql ") for line in printed), done.stdout
+                assert str(make_url(cluster.admin_url).password) not in done.stdout
+                for line in printed:
+                    ran = shell(line, env)
+                    assert ran.returncode == 0, ran.stderr
+                    assert "ERROR" not in ran.stderr, ran.stderr
+        assert differing_keys(before, catalog_snapshot(cluster.admin)) == []
+    finally:
+        cluster.rose("db", "provision")
+    check = cluster.rose("db", "check")
+    assert check.exit_code == 0, check.output
+
+
+def test_print_psql_names_a_file_it_does_not_know_in_one_line(cluster: Cluster):
+    result = cluster.rose("db", "print-psql", "db/schemas/nope.sql")
+    assert result.exit_code == 1
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert "schemas/nope.sql: not one of db/'s SQL files" in result.output
