@@ -244,3 +244,52 @@ WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S')
   AND n.nspname NOT LIKE 'pg\_%'
   AND n.nspname NOT IN (SELECT jsonb_array_elements_text(:'providers'::jsonb))
 ORDER BY 1 \gexec
+
+-- Functions and procedures in the schemas rose manages: nobody but their owner may execute them.
+-- PostgreSQL gives PUBLIC EXECUTE on every new one; the owner's get none (the default
+-- privileges above), but one a superuser made, or gave to the owner, keeps it, and a SECURITY
+-- DEFINER one runs with its owner's rights for whoever may call it (a reader's read-only
+-- default is the reader's own to switch off: its grants are the guarantee). Those in `export`
+-- are reported too, never dropped: a person decides. (An extension's own functions are the
+-- extension's: see the extensions below.)
+WITH routine AS (
+    SELECT p.oid, n.nspname, p.proname, pg_get_function_identity_arguments(p.oid) AS args,
+           p.proowner, p.proacl, p.prosecdef,
+           CASE p.prokind WHEN 'p' THEN 'procedure' WHEN 'a' THEN 'aggregate'
+                          ELSE 'function' END AS kind_name
+    FROM pg_proc AS p
+    JOIN pg_namespace AS n ON n.oid = p.pronamespace
+    WHERE n.nspname IN (:'svc', 'export', 'split')
+      AND NOT EXISTS (SELECT FROM pg_depend AS dep
+                      WHERE dep.classid = 'pg_proc'::regclass AND dep.objid = p.oid
+                        AND dep.deptype = 'e')
+)
+SELECT format(E'-- %s: extra privilege EXECUTE on %s %I.%I(%s) for %s\n'
+              'REVOKE EXECUTE ON ROUTINE %I.%I(%s) FROM %s%s CASCADE',
+              current_database(), r.kind_name, r.nspname, r.proname, r.args,
+              coalesce(g.rolname, 'PUBLIC'), r.nspname, r.proname, r.args,
+              coalesce(quote_ident(g.rolname), 'PUBLIC'),
+              CASE WHEN a.grantor = r.proowner THEN ''
+                   ELSE format(' GRANTED BY %I', pg_get_userbyid(a.grantor)) END)
+FROM routine AS r
+CROSS JOIN LATERAL aclexplode(coalesce(r.proacl, acldefault('f', r.proowner))) AS a
+LEFT JOIN pg_roles AS g ON g.oid = a.grantee
+WHERE a.grantee <> r.proowner
+UNION ALL
+SELECT format(E'-- %s: %s %I.%I(%s) is SECURITY DEFINER (it runs as %s for whoever may call '
+              'it) in the schema the FDW readers use: not changed',
+              current_database(), r.kind_name, r.nspname, r.proname, r.args,
+              pg_get_userbyid(r.proowner))
+FROM routine AS r
+WHERE r.nspname = 'export' AND r.prosecdef
+ORDER BY 1 \gexec
+
+-- Extensions: PL/pgSQL (PostgreSQL's own) and postgres_fdw (db/fdw/consumer_edges.sql) only.
+-- Another one brings functions every role may run (dblink's connect elsewhere): reported, never
+-- dropped (a person decides; it may be in use).
+SELECT format(E'-- %s: unexpected extension %s (schema %s, owner %s): not dropped',
+              current_database(), e.extname, e.extnamespace::regnamespace,
+              pg_get_userbyid(e.extowner))
+FROM pg_extension AS e
+WHERE e.extname NOT IN ('plpgsql', 'postgres_fdw')
+ORDER BY e.extname \gexec

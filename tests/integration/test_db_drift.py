@@ -141,6 +141,19 @@ PAGE_CONFIGS_KEY_AS_PREFIX = PAGE_CONFIGS_WITH_KEY.replace(
 ).replace(", pc.sumup_api_key\n", "\n")
 
 
+def reader_purges_likes(cluster: Cluster) -> None:
+    """The audit's way in: the reader switches its read-only default off (it is its own to
+    set), then calls a SECURITY DEFINER function of export that deletes likes."""
+    with cluster.as_role("likes", "likes_ro_market") as reader:
+        reader.execute("SET default_transaction_read_only = off")
+        reader.execute("SELECT export.purge(424242)").fetchall()
+
+
+def reader_cannot_purge_likes(cluster: Cluster) -> None:
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        reader_purges_likes(cluster)
+
+
 @dataclass(frozen=True)
 class Drift:
     name: str
@@ -416,6 +429,46 @@ DRIFTS = [
         ),
     ),
     Drift(
+        "a public SECURITY DEFINER function in export (market's reader deleted likes with it)",
+        [
+            (
+                "likes",
+                "CREATE FUNCTION export.purge(u bigint) RETURNS bigint LANGUAGE sql "
+                "SECURITY DEFINER AS 'WITH d AS (DELETE FROM likes.likes WHERE user_id = u "
+                "RETURNING 1) SELECT count(*) FROM d'",
+            ),
+            ("likes", "ALTER FUNCTION export.purge(bigint) OWNER TO likes_owner"),
+        ],
+        names=[
+            "db_likes: extra privilege EXECUTE on function export.purge(u bigint) for PUBLIC",
+            "db_likes: function export.purge(u bigint) is SECURITY DEFINER",
+        ],
+        fix=["REVOKE EXECUTE ON ROUTINE export.purge(u bigint) FROM PUBLIC CASCADE"],
+        broken=reader_purges_likes,
+        left=["function export.purge(u bigint) is SECURITY DEFINER"],
+        while_left=reader_cannot_purge_likes,
+        by_hand=[("likes", "DROP FUNCTION export.purge(bigint)")],
+        holds=lambda c: _no_routines_in(c, "likes", "export"),
+    ),
+    Drift(
+        "a function in the service's schema that every role may execute",
+        [("cart", "CREATE FUNCTION cart.peek() RETURNS bigint LANGUAGE sql AS 'SELECT 1::bigint'")],
+        names=["db_cart: extra privilege EXECUTE on function cart.peek() for PUBLIC"],
+        fix=["REVOKE EXECUTE ON ROUTINE cart.peek() FROM PUBLIC CASCADE"],
+        broken=can("cart", "cart_app", "SELECT cart.peek()"),
+        holds=cannot("cart", "cart_app", "SELECT cart.peek()"),
+        cleanup=[("cart", "DROP FUNCTION cart.peek()")],
+    ),
+    Drift(
+        "an extension nobody declared (dblink) in a service database",
+        [("cart", "CREATE EXTENSION dblink")],
+        names=["db_cart: unexpected extension dblink"],
+        fix=["-- db_cart: unexpected extension dblink"],
+        left=["unexpected extension dblink"],
+        by_hand=[("cart", "DROP EXTENSION dblink")],
+        holds=lambda c: _no_extension(c, "cart", "dblink"),
+    ),
+    Drift(
         "the app role gets TRUNCATE",
         [("orders", "GRANT TRUNCATE ON orders.orders TO orders_app")],
         names=["db_orders: extra privilege TRUNCATE on table orders.orders for orders_app"],
@@ -534,6 +587,23 @@ DRIFTS = [
         holds=edge_works("blog", "relations.container_relations"),
     ),
 ]
+
+
+def _no_routines_in(cluster: Cluster, service: str, schema: str) -> None:
+    with cluster.admin(service) as connection:
+        rows = connection.execute(
+            "SELECT p.proname FROM pg_proc AS p WHERE p.pronamespace = %s::regnamespace",
+            (schema,),
+        ).fetchall()
+    assert rows == []
+
+
+def _no_extension(cluster: Cluster, service: str, name: str) -> None:
+    with cluster.admin(service) as connection:
+        assert (
+            connection.execute("SELECT FROM pg_extension WHERE extname = %s", (name,)).fetchall()
+            == []
+        )
 
 
 def _no_default_acl_for(cluster: Cluster, role: str) -> None:
