@@ -245,12 +245,13 @@ WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S')
   AND n.nspname NOT IN (SELECT jsonb_array_elements_text(:'providers'::jsonb))
 ORDER BY 1 \gexec
 
--- Functions and procedures in the schemas rose manages: nobody but their owner may execute them.
--- PostgreSQL gives PUBLIC EXECUTE on every new one; the owner's get none (the default
--- privileges above), but one a superuser made, or gave to the owner, keeps it, and a SECURITY
--- DEFINER one runs with its owner's rights for whoever may call it (a reader's read-only
--- default is the reader's own to switch off: its grants are the guarantee). Those in `export`
--- are reported too, never dropped: a person decides. (An extension's own functions are the
+-- Functions and procedures in the schemas rose manages (`public` too, which every role may
+-- use): nobody but their owner may execute them. PostgreSQL gives PUBLIC EXECUTE on every new
+-- one; the owner's get none (the default privileges above), but one a superuser made, or gave
+-- to the owner, keeps it, and a SECURITY DEFINER one runs with its owner's rights for whoever
+-- may call it (a reader's read-only default is the reader's own to switch off: its grants are
+-- the guarantee). Those in `export` and `public`, the schemas the FDW readers may use, are
+-- reported too, never dropped: a person decides. (An extension's own functions are the
 -- extension's: see the extensions below.)
 WITH routine AS (
     SELECT p.oid, n.nspname, p.proname, pg_get_function_identity_arguments(p.oid) AS args,
@@ -259,7 +260,7 @@ WITH routine AS (
                           ELSE 'function' END AS kind_name
     FROM pg_proc AS p
     JOIN pg_namespace AS n ON n.oid = p.pronamespace
-    WHERE n.nspname IN (:'svc', 'export', 'split')
+    WHERE n.nspname IN (:'svc', 'export', 'split', 'public')
       AND NOT EXISTS (SELECT FROM pg_depend AS dep
                       WHERE dep.classid = 'pg_proc'::regclass AND dep.objid = p.oid
                         AND dep.deptype = 'e')
@@ -277,11 +278,11 @@ LEFT JOIN pg_roles AS g ON g.oid = a.grantee
 WHERE a.grantee <> r.proowner
 UNION ALL
 SELECT format(E'-- %s: %s %I.%I(%s) is SECURITY DEFINER (it runs as %s for whoever may call '
-              'it) in the schema the FDW readers use: not changed',
+              'it) in a schema the FDW readers use: not changed',
               current_database(), r.kind_name, r.nspname, r.proname, r.args,
               pg_get_userbyid(r.proowner))
 FROM routine AS r
-WHERE r.nspname = 'export' AND r.prosecdef
+WHERE r.nspname IN ('export', 'public') AND r.prosecdef
 ORDER BY 1 \gexec
 
 -- Extensions: PL/pgSQL (PostgreSQL's own) and postgres_fdw (db/fdw/consumer_edges.sql) only.

@@ -460,6 +460,30 @@ DRIFTS = [
         cleanup=[("cart", "DROP FUNCTION cart.peek()")],
     ),
     Drift(
+        "a SECURITY DEFINER function in public, where every role may look",
+        [
+            (
+                "likes",
+                "CREATE FUNCTION public.purge(u bigint) RETURNS bigint LANGUAGE sql "
+                "SECURITY DEFINER AS 'WITH d AS (DELETE FROM likes.likes WHERE user_id = u "
+                "RETURNING 1) SELECT count(*) FROM d'",
+            ),
+        ],
+        names=[
+            "db_likes: extra privilege EXECUTE on function public.purge(u bigint) for PUBLIC",
+            "db_likes: function public.purge(u bigint) is SECURITY DEFINER",
+        ],
+        fix=["REVOKE EXECUTE ON ROUTINE public.purge(u bigint) FROM PUBLIC CASCADE"],
+        broken=can("likes", "likes_app", "SELECT public.purge(424242)"),
+        left=["function public.purge(u bigint) is SECURITY DEFINER"],
+        while_left=all_of(
+            cannot("likes", "likes_app", "SELECT public.purge(424242)"),
+            cannot("likes", "likes_ro_market", "SELECT public.purge(424242)"),
+        ),
+        by_hand=[("likes", "DROP FUNCTION public.purge(bigint)")],
+        holds=lambda c: _no_routines_in(c, "likes", "public"),
+    ),
+    Drift(
         "an extension nobody declared (dblink) in a service database",
         [("cart", "CREATE EXTENSION dblink")],
         names=["db_cart: unexpected extension dblink"],
@@ -592,7 +616,9 @@ DRIFTS = [
 def _no_routines_in(cluster: Cluster, service: str, schema: str) -> None:
     with cluster.admin(service) as connection:
         rows = connection.execute(
-            "SELECT p.proname FROM pg_proc AS p WHERE p.pronamespace = %s::regnamespace",
+            "SELECT p.proname FROM pg_proc AS p WHERE p.pronamespace = %s::regnamespace "
+            "AND NOT EXISTS (SELECT FROM pg_depend AS d WHERE d.objid = p.oid "
+            "AND d.classid = 'pg_proc'::regclass AND d.deptype = 'e')",
             (schema,),
         ).fetchall()
     assert rows == []
