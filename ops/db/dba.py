@@ -10,6 +10,7 @@ edge logs in as).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -17,6 +18,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -148,13 +150,45 @@ def environment(login: Login, passfile_path: Path) -> dict[str, str]:
     return env
 
 
+# After SIGTERM or SIGHUP is passed on, how long the client has to end before it is killed.
+CLIENT_GRACE_SECONDS = 5
+
+
 def run_client(binary: str, login: Login, extra: Sequence[str]) -> int:
-    """Run the client attached to this terminal; its exit code. Ctrl-C is the client's."""
+    """Run the client attached to this terminal; its exit code. Ctrl-C is the client's.
+
+    SIGTERM and SIGHUP (a closed terminal) are passed on to the client, and the passfile is
+    removed once it has ended (by default Python would end at once and leave it behind)."""
+    ended: list[int] = []
+    process: subprocess.Popen[bytes] | None = None
+
+    def kill() -> None:
+        if process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+
+    def pass_on(signum: int, _frame: object) -> None:
+        ended.append(signum)
+        if process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signum)
+        if len(ended) == 1:  # a client that does not end on it is killed after a while
+            timer = threading.Timer(CLIENT_GRACE_SECONDS, kill)
+            timer.daemon = True
+            timer.start()
+
     with passfile(login) as path:
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        previous = {
+            signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
+            signal.SIGTERM: signal.signal(signal.SIGTERM, pass_on),
+            signal.SIGHUP: signal.signal(signal.SIGHUP, pass_on),
+        }
         try:
-            return subprocess.run(
-                command(binary, login, extra), env=environment(login, path)
-            ).returncode
+            process = subprocess.Popen(command(binary, login, extra), env=environment(login, path))
+            if ended:  # it came before the client existed
+                process.send_signal(ended[0])
+            code = process.wait()
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+    return 128 + ended[0] if ended else code

@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -386,3 +387,37 @@ def test_a_migration_that_fails_is_one_line_naming_it(db_cluster: Cluster):
     finally:
         _set_version(db_cluster, head.revision)
     assert db_cluster.rose("db", "check").exit_code == 0
+
+
+# -- the passfile goes whatever ends the session (audit O10) ------------------------------------
+@pytest.mark.parametrize("ending", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_psql_ended_by_a_signal_removes_its_passfile(db_cluster: Cluster, ending: signal.Signals):
+    process = rose_process(db_cluster, "db", "psql", "likes", "-c", "SELECT pg_sleep(20)")
+    passfile_path = None
+    children: list[int] = []
+    try:
+        deadline = time.monotonic() + 30
+        while passfile_path is None and time.monotonic() < deadline:
+            children = descendants(process.pid)
+            for pid in children:
+                with contextlib.suppress(OSError):
+                    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                    for entry in environ:
+                        if entry.startswith(b"PGPASSFILE="):
+                            passfile_path = Path(entry.split(b"=", 1)[1].decode())
+            time.sleep(0.05)
+        assert passfile_path is not None, "psql was never seen running"
+        assert passfile_path.exists()
+        process.send_signal(ending)
+        process.communicate(timeout=30)
+        assert process.returncode != 0
+        assert not passfile_path.exists()
+        assert not passfile_path.parent.exists()
+    finally:
+        for pid in [process.pid, *children]:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        if passfile_path is not None and passfile_path.parent.exists():
+            for leftover in passfile_path.parent.iterdir():
+                leftover.unlink()
+            passfile_path.parent.rmdir()
