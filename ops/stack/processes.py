@@ -3,8 +3,8 @@ readable log.
 
 Each service runs as ``python -m ops.stack.serve <svc>`` with its own environment (its app role's
 DSN, the URLs of its peers, the shared secrets). Output of every process goes, line by line and
-prefixed with the service name, to the terminal and to ``.rose/rose.log``. Stopping sends
-SIGTERM to every process, waits, then kills what is left.
+prefixed with the service name, to the terminal and to ``.rose/rose.log`` (mode 0600: it has
+every request line). Stopping sends SIGTERM to every process, waits, then kills what is left.
 """
 
 from __future__ import annotations
@@ -93,16 +93,29 @@ class LogSink:
 
     def __init__(self, path: Path | None, echo: IO[str] | None = sys.stdout) -> None:
         self._lock = threading.Lock()
-        self._file = path.open("a", buffering=1) if path else None
+        self._file = None
+        if path is not None:
+            # Owner only, also when an earlier release left it readable by all.
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            os.fchmod(descriptor, 0o600)
+            self._file = os.fdopen(descriptor, "a", buffering=1)
         self._echo = echo
         self._width = max(len(name) for name in [*SERVICES, "postgres", SANDBOX])
 
     def write(self, source: str, line: str) -> None:
+        self._emit(source, line, self._echo)
+
+    def warn(self, source: str, line: str) -> None:
+        """A line the operator should see even when the output goes elsewhere: to the log and
+        to stderr (instead of the terminal's usual stream)."""
+        self._emit(source, line, sys.stderr if self._echo is not None else None)
+
+    def _emit(self, source: str, line: str, echo: IO[str] | None) -> None:
         stamp = datetime.now().strftime("%H:%M:%S")
         text = f"{stamp} {source:<{self._width}} | {line.rstrip()}"
         with self._lock:
-            if self._echo is not None:
-                print(text, file=self._echo, flush=True)
+            if echo is not None:
+                print(text, file=echo, flush=True)
             if self._file is not None:
                 self._file.write(text + "\n")
 

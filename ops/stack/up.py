@@ -169,6 +169,8 @@ def run_stack(options: StackOptions) -> int:
             if options.fresh:
                 say("--fresh: removing the embedded database")
                 embedded.destroy()
+            # In the log and on stderr: a permission change the operator should know of.
+            embedded.notify = lambda line: sink.warn("rose", line)
             say(
                 f"starting embedded PostgreSQL on 127.0.0.1:{options.pg_port} ({embedded.data_dir})"
             )

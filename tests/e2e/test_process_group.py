@@ -5,8 +5,11 @@ process runs. Found when CI's browser test reached relations on the port chosen 
 from __future__ import annotations
 
 import signal
+import stat
+from pathlib import Path
 
 from ops.stack.pgserver import free_ports, port_is_free
+from ops.stack.processes import LogSink
 from tests.conftest import truncate_all
 from tests.e2e.conftest import live_stack
 
@@ -34,3 +37,17 @@ def test_a_process_is_not_ready_while_another_service_answers_on_its_port(provis
         assert duplicate is not None
         assert duplicate.wait(15) != 0  # it could not bind the port
         assert "address already in use" in "\n".join(group.processes["events"].last_lines).lower()
+
+
+def test_the_log_is_for_its_owner_only(tmp_path: Path):
+    """Audit O15: rose.log (every request line of the stack) was created 0644; an existing one
+    an earlier release made readable by all is made owner-only too."""
+    fresh, earlier = tmp_path / "fresh.log", tmp_path / "earlier.log"
+    earlier.write_text("old line\n")
+    earlier.chmod(0o644)
+    for path in (fresh, earlier):
+        sink = LogSink(path, echo=None)
+        sink.write("rose", "a line")
+        sink.close()
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert earlier.read_text().startswith("old line\n")

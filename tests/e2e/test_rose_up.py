@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import time
 from pathlib import Path
 
@@ -66,6 +67,15 @@ def test_rose_up_runs_relations_and_cli_calls_reach_it(running_stack):
     log = (home / "rose.log").read_text()
     assert "relations  http://127.0.0.1:28008  ready" in log
     assert "embedded PostgreSQL stopped" in log
+    # Audit O15: the logs (every request line; the server's) are for their owner only.
+    for name in ("rose.log", "pgdata.log"):
+        assert stat.S_IMODE((home / name).stat().st_mode) == 0o600, name
+    if os.geteuid() == 0:
+        # The server's system user needed o+x on the test's folder (pytest makes it 0700):
+        # the change is said, in the log and on stderr.
+        change = f"embedded_postgres: {home.parent}: drwx------ -> drwx-----x"
+        assert change in log
+        assert change in home.with_name("rose-home.out").read_text()
 
 
 def children_of(pid: int) -> list[int]:
