@@ -75,6 +75,16 @@ def free_port() -> int:
     return free_ports(1)[0]
 
 
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _running_as_root() -> bool:
     return os.geteuid() == 0
 
@@ -253,18 +263,17 @@ class LocalPostgres:
             for path in (conf, self.data_dir / "pg_hba.conf"):
                 os.chown(path, user.pw_uid, user.pw_gid)
 
-    def is_running(self) -> bool:
-        pid_file = self.data_dir / "postmaster.pid"
-        if not pid_file.exists():
-            return False
+    def pid(self) -> int | None:
+        """The postmaster's pid (its postmaster.pid's first line) while that process exists;
+        None when there is no file, a damaged one, or its process is gone (a kill -9)."""
         try:
-            pid = int(pid_file.read_text().splitlines()[0])
-            os.kill(pid, 0)
-        except (ValueError, IndexError, ProcessLookupError):
-            return False
-        except PermissionError:
-            return True
-        return True
+            pid = int((self.data_dir / "postmaster.pid").read_text().splitlines()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        return pid if _process_exists(pid) else None
+
+    def is_running(self) -> bool:
+        return self.pid() is not None
 
     def running_port(self) -> int | None:
         """The port of the server running in this data directory (its postmaster.pid's fourth

@@ -5,18 +5,21 @@ Each service runs as ``python -m ops.stack.serve <svc>`` with its own environmen
 DSN, the URLs of its peers, the shared secrets). Output of every process goes, line by line and
 prefixed with the service name, to the terminal and to ``.rose/rose.log`` (mode 0600: it has
 every request line). Stopping sends SIGTERM to every process, waits, then kills what is left.
+On Linux every process also gets SIGTERM from the kernel when the process that started it dies
+(``PR_SET_PDEATHSIG``): a supervisor killed by SIGKILL or the OOM killer leaves no services behind.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -34,6 +37,33 @@ HOST = "127.0.0.1"
 SANDBOX = "sumup"
 SUMUP_SANDBOX_PORT = 8099
 SANDBOX_READY_PATH = "/_sandbox/controls"
+
+
+# prctl(2): the signal the calling process gets when its parent dies (Linux).
+PR_SET_PDEATHSIG = 1
+
+
+def _parent_death_signal() -> Callable[[], None] | None:
+    """What a child runs between fork and exec so that it gets SIGTERM when its parent dies
+    (strictly: when the parent's thread that started it ends; every caller starts processes
+    from its main thread);
+    None where prctl is missing (not Linux). libc is looked up here, in the parent: the child
+    only calls it (no loading, no allocation between fork and exec)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def arm() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        # The parent may have died between fork and prctl: no signal would ever come then.
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return arm
 
 
 def available_services() -> list[str]:
@@ -183,6 +213,8 @@ class ProcessGroup:
             cwd=self.cwd,
             # Own process group: Ctrl-C reaches the manager, which stops children in order.
             process_group=0,
+            # And SIGTERM when the manager dies without stopping them (SIGKILL, OOM killer).
+            preexec_fn=_parent_death_signal(),
         )
         entry.reader = threading.Thread(target=self._pump, args=(entry,), daemon=True)
         entry.reader.start()

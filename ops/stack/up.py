@@ -2,8 +2,12 @@
 its databases brought to the declared state, demo data, the SumUp sandbox and every service as
 a process of its own (``workers`` processes each, on one port), one log. It supervises: a
 service process that exits is started again after a backoff (1 s, doubling up to 30 s; back to
-1 s once it has stayed up for a minute), and the log says so. It runs until SIGINT or SIGTERM,
-then stops everything it started."""
+1 s once it has stayed up for a minute), and the log says so. It runs until SIGINT, SIGTERM or
+SIGHUP (a closed terminal), then stops everything it started. Killed without a chance to stop
+them (SIGKILL, the OOM killer), it still takes the services and the sandbox with it
+(``ProcessGroup``: they get SIGTERM when it dies); the embedded PostgreSQL is left running, and
+the next ``rose up`` stops and starts it again (the log says so).
+"""
 
 from __future__ import annotations
 
@@ -161,6 +165,8 @@ def run_stack(options: StackOptions) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    # A closed terminal or a dropped ssh session: stop cleanly too (its default kills us only).
+    signal.signal(signal.SIGHUP, request_stop)
 
     group: ProcessGroup | None = None
     database_url = options.database_url
@@ -169,6 +175,13 @@ def run_stack(options: StackOptions) -> int:
             if options.fresh:
                 say("--fresh: removing the embedded database")
                 embedded.destroy()
+            left = embedded.pid()
+            if left is not None:
+                say(
+                    f"a PostgreSQL server left running in {embedded.data_dir} (pid {left}) by a "
+                    "stack that did not stop: stopping it and starting it again"
+                )
+
             # In the log and on stderr: a permission change the operator should know of.
             embedded.notify = lambda line: sink.warn("rose", line)
             say(

@@ -4,14 +4,18 @@ process runs. Found when CI's browser test reached relations on the port chosen 
 
 from __future__ import annotations
 
+import os
 import signal
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 from ops.stack.pgserver import free_ports, port_is_free
 from ops.stack.processes import LogSink
 from tests.conftest import truncate_all
 from tests.e2e.conftest import live_stack
+from tests.waiting import eventually_sync
 
 
 def test_ports_chosen_together_are_distinct_and_free():
@@ -37,6 +41,42 @@ def test_a_process_is_not_ready_while_another_service_answers_on_its_port(provis
         assert duplicate is not None
         assert duplicate.wait(15) != 0  # it could not bind the port
         assert "address already in use" in "\n".join(group.processes["events"].last_lines).lower()
+
+
+# A process that starts one long-sleeping child through a ProcessGroup, says its pid, and waits.
+PARENT = """
+import sys, time
+from ops.stack.processes import LogSink, ProcessGroup
+group = ProcessGroup(LogSink(None, echo=None), {})
+child = group.start("sleeper", 1, [sys.executable, "-c", "import time; time.sleep(600)"])
+print(child.process.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def alive(pid: int) -> bool:
+    """A process that exists and is not a zombie waiting to be reaped."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_processes_of_a_group_die_with_the_process_that_started_them():
+    """Audit O7: a ``rose up`` killed by SIGKILL (or the OOM killer) left every service running,
+    orphaned; they now get SIGTERM from the kernel when it dies."""
+    parent = subprocess.Popen([sys.executable, "-c", PARENT], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    try:
+        assert alive(child)
+        parent.kill()
+        parent.wait(15)
+        assert eventually_sync(lambda: not alive(child), timeout=30)
+    finally:
+        if alive(child):
+            os.kill(child, signal.SIGKILL)
 
 
 def test_the_log_is_for_its_owner_only(tmp_path: Path):

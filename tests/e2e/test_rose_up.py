@@ -177,3 +177,45 @@ def test_workers_run_several_processes_on_one_port_and_replace_a_dead_one(runnin
         metrics = httpx.get(relations_url + "/metrics", timeout=5)
         assert metrics.status_code == 200
         assert wanted in metrics.text, metrics.text
+
+
+def postmaster_pid(home: Path) -> int:
+    return int((home / "pgdata" / "postmaster.pid").read_text().splitlines()[0])
+
+
+def running(pid: int) -> bool:
+    """A process that exists and is not a zombie waiting to be reaped."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_a_killed_rose_up_takes_its_services_along_and_sighup_stops_cleanly(tmp_path: Path):
+    """Audit O7: `rose up` killed (SIGKILL, the OOM killer) left its services running orphaned,
+    and SIGHUP (a closed terminal, a dropped ssh session) killed it without cleanup. Now the
+    services die with it, the next `rose up` restarts the PostgreSQL it left (and says so), and
+    SIGHUP stops everything like SIGTERM."""
+    home = tmp_path / "rose-home"
+    pg_port = free_port()
+    args = ["--pg-port", str(pg_port), "--port-offset", str(PORT_OFFSET), "--only", "relations"]
+    with rose_up(home, "--fresh", *args, timeout=90) as first:
+        relations = service_pid(first.process.pid, "relations")
+        left = postmaster_pid(home)
+        first.process.kill()
+        first.process.wait(30)
+        assert wait_for(lambda: not running(relations), timeout=30)
+    assert running(left)  # the embedded PostgreSQL outlives it: the next `rose up` takes it over
+
+    with rose_up(home, *args, timeout=90) as second:
+        assert not running(left)
+        log = (home / "rose.log").read_text()
+        assert f"a PostgreSQL server left running in {home / 'pgdata'} (pid {left})" in log
+        assert answers(second.state["services"]["relations"] + "/readyz")
+        relations = service_pid(second.process.pid, "relations")
+        second.process.send_signal(signal.SIGHUP)
+        assert second.process.wait(timeout=60) == 0
+    assert not running(relations)
+    assert "embedded PostgreSQL stopped" in (home / "rose.log").read_text()
+    assert wait_for(lambda: port_is_free(pg_port), timeout=10)
