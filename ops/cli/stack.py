@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from typing import Annotated
+from urllib.parse import urlsplit
 
 import typer
 from rich.table import Table
@@ -88,7 +89,7 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Where the running stack's database and services are."""
-    from ops.stack.state import health, read_state
+    from ops.stack.state import database_health, health, read_state
 
     state = read_state()
     if state is None:
@@ -98,6 +99,9 @@ def status(
         print(json.dumps({"database_url": state["database_url"], "services": services}))
         return
     table = Table("service", "url", "health")
+    database = state["database_url"]
+    where = urlsplit(database)
+    table.add_row("database", f"{where.hostname}:{where.port}", database_health(database))
     answers = health(services)
     for name, url in services.items():
         table.add_row(name, url, answers[name])

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TypedDict
 
 import httpx
+import psycopg
 
 from apps.common.settings import ConfigError
 from ops.paths import stack_state_path
@@ -71,3 +72,13 @@ def health(services: Mapping[str, str]) -> dict[str, str]:
             except httpx.HTTPError:
                 answers[name] = "down"
     return answers
+
+
+def database_health(database_url: str) -> str:
+    """The stack's database: ``ready`` when it answers a query, else ``down``."""
+    try:
+        with psycopg.connect(database_url, connect_timeout=3) as connection:
+            connection.execute("SELECT 1")
+    except psycopg.Error:
+        return "down"
+    return "ready"

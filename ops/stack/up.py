@@ -1,12 +1,12 @@
 """``rose up``: the whole system on this machine. The embedded PostgreSQL (or a given server),
 its databases brought to the declared state, demo data, the SumUp sandbox and every service as
 a process of its own (``workers`` processes each, on one port), one log. It supervises: a
-service process that exits is started again after a backoff (1 s, doubling up to 30 s; back to
-1 s once it has stayed up for a minute), and the log says so. It runs until SIGINT, SIGTERM or
-SIGHUP (a closed terminal), then stops everything it started. Killed without a chance to stop
-them (SIGKILL, the OOM killer), it still takes the services and the sandbox with it
-(``ProcessGroup``: they get SIGTERM when it dies); the embedded PostgreSQL is left running, and
-the next ``rose up`` stops and starts it again (the log says so).
+service process that exits, or the embedded PostgreSQL's postmaster, is started again after a
+backoff (1 s, doubling up to 30 s; back to 1 s once it has stayed up for a minute), and the log
+says so. It runs until SIGINT, SIGTERM or SIGHUP (a closed terminal), then stops everything it
+started. Killed without a chance to stop them (SIGKILL, the OOM killer), it still takes the
+services and the sandbox with it (``ProcessGroup``: they get SIGTERM when it dies); the embedded
+PostgreSQL is left running, and the next ``rose up`` stops and starts it again (the log says so).
 """
 
 from __future__ import annotations
@@ -62,39 +62,90 @@ RESTART_DELAYS = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 STABLE_SECONDS = 60.0
 
 
-class Supervisor:
-    """Restarts the exited processes of a group, with backoff, saying so in the log."""
+# The embedded PostgreSQL's name in the supervisor's log lines.
+POSTGRES = "PostgreSQL"
 
-    def __init__(self, group: ProcessGroup, say: Callable[[str], None]) -> None:
+
+class Supervisor:
+    """Restarts the exited processes of a group, and the embedded PostgreSQL when it is given
+    and stops running, with backoff, saying so in the log."""
+
+    def __init__(
+        self,
+        group: ProcessGroup,
+        say: Callable[[str], None],
+        database: LocalPostgres | None = None,
+    ) -> None:
         self._group = group
         self._say = say
+        self._database = database
         self._failures: dict[str, int] = {}
-        self._started: dict[str, float] = {name: time.monotonic() for name in group.processes}
+        now = time.monotonic()
+        self._started: dict[str, float] = {name: now for name in group.processes}
+        if database is not None:
+            self._started[POSTGRES] = now
         self._due: dict[str, float] = {}
+
+    def _schedule(self, name: str, now: float) -> float:
+        """The backoff for ``name``'s next start (marks it due then); returns the delay."""
+        if now - self._started.get(name, now) >= STABLE_SECONDS:
+            self._failures[name] = 0
+        failures = self._failures.get(name, 0)
+        delay = RESTART_DELAYS[min(failures, len(RESTART_DELAYS) - 1)]
+        self._failures[name] = failures + 1
+        self._due[name] = now + delay
+        return delay
 
     def tick(self) -> None:
         now = time.monotonic()
+        database = self._database
+        if database is not None and POSTGRES not in self._due and not database.is_running():
+            delay = self._schedule(POSTGRES, now)
+            self._say(
+                f"{POSTGRES} exited ({database.data_dir}); restarting in {delay:g}s "
+                f"(restart {self._failures[POSTGRES]})"
+            )
         for entry in self._group.exited():
             if entry.name in self._due:
                 continue
             code = entry.process.returncode if entry.process else None
-            if now - self._started.get(entry.name, now) >= STABLE_SECONDS:
-                self._failures[entry.name] = 0
-            failures = self._failures.get(entry.name, 0)
-            delay = RESTART_DELAYS[min(failures, len(RESTART_DELAYS) - 1)]
-            self._failures[entry.name] = failures + 1
-            self._due[entry.name] = now + delay
+            delay = self._schedule(entry.name, now)
             self._say(
                 f"{entry.name} exited with code {code}; restarting in {delay:g}s "
-                f"(restart {failures + 1})"
+                f"(restart {self._failures[entry.name]})"
             )
         for name, due in list(self._due.items()):
-            if now >= due:
-                del self._due[name]
-                restarted = self._group.restart(name)
-                self._started[name] = time.monotonic()
-                pid = restarted.process.pid if restarted.process else None
-                self._say(f"{name} restarted (pid {pid})")
+            if now < due:
+                continue
+            del self._due[name]
+            if name == POSTGRES:
+                self._restart_database()
+                continue
+            restarted = self._group.restart(name)
+            self._started[name] = time.monotonic()
+            pid = restarted.process.pid if restarted.process else None
+            self._say(f"{name} restarted (pid {pid})")
+
+    def _restart_database(self) -> None:
+        assert self._database is not None
+        self._started[POSTGRES] = time.monotonic()
+        if not self._database.initialized:
+            # Deleted under it: start() would make a new, empty cluster (no roles, no data).
+            self._say(
+                f"{POSTGRES}'s data directory {self._database.data_dir} is gone; not restarting "
+                "it (stop the stack and run `rose up` again)"
+            )
+            self._database = None
+            return
+        try:
+            self._database.start(timeout=30)
+        except RuntimeError as exc:
+            # (Its backends may still hold the old shared memory for a moment.) Next tick
+            # finds it not running and schedules it again, with the next delay.
+            reason = str(exc).strip().splitlines()[0]
+            self._say(f"{POSTGRES} did not start: {reason} (see {self._database.log_file})")
+            return
+        self._say(f"{POSTGRES} restarted (pid {self._database.pid()})")
 
 
 def run_stack(options: StackOptions) -> int:
@@ -235,7 +286,7 @@ def run_stack(options: StackOptions) -> int:
         if options.workers > 1:
             say(f"{options.workers} worker processes per service")
         say(f"log: {home / 'rose.log'}; Ctrl-C stops everything")
-        supervisor = Supervisor(group, say)
+        supervisor = Supervisor(group, say, embedded)
         while not stop_requested:
             supervisor.tick()
             time.sleep(0.3)

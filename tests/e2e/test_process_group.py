@@ -11,8 +11,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ops.stack.pgserver import free_ports, port_is_free
-from ops.stack.processes import LogSink
+from ops.stack.pgserver import LocalPostgres, free_ports, port_is_free
+from ops.stack.processes import LogSink, ProcessGroup
+from ops.stack.up import Supervisor
 from tests.conftest import truncate_all
 from tests.e2e.conftest import live_stack
 from tests.waiting import eventually_sync
@@ -91,3 +92,25 @@ def test_the_log_is_for_its_owner_only(tmp_path: Path):
         sink.close()
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert earlier.read_text().startswith("old line\n")
+
+
+def test_the_supervisor_does_not_make_a_new_cluster_where_the_data_directory_was_deleted(
+    tmp_path: Path,
+):
+    """Restarting a dead postmaster must not initdb an empty cluster in its place."""
+    said: list[str] = []
+    database = LocalPostgres(tmp_path / "pgdata", free_ports(1)[0], "unused")
+    supervisor = Supervisor(ProcessGroup(LogSink(None, echo=None), {}), said.append, database)
+
+    def gave_up() -> bool:
+        supervisor.tick()
+        return any("is gone; not restarting" in line for line in said)
+
+    try:
+        assert eventually_sync(gave_up, timeout=30)
+        assert said[0].startswith(f"PostgreSQL exited ({tmp_path / 'pgdata'}); restarting in 1s")
+        assert not (tmp_path / "pgdata").exists()
+        supervisor.tick()
+        assert len(said) == 2  # and it stops watching
+    finally:
+        database.stop()  # (what a broken supervisor would have started)

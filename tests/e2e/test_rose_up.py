@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import stat
 import time
@@ -190,6 +191,37 @@ def running(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def test_a_killed_postgres_is_restarted_and_status_says_while_it_is_down(running_stack):
+    """Audit O16: kill -9 of the embedded postmaster went unnoticed; every service answered 503
+    for good. The supervisor now starts it again; `rose status` says when the database is down."""
+    home, process, state, _pg_port = running_stack
+    relations_url = state["services"]["relations"]
+    first = postmaster_pid(home)
+    # Held still, the supervisor cannot restart it before `rose status` has looked.
+    process.send_signal(signal.SIGSTOP)
+    try:
+        os.kill(first, signal.SIGKILL)
+        assert wait_for(lambda: not running(first), timeout=30)
+        down = rose(home, "status")
+        assert re.search(r"database\s.*\sdown", down.stdout), down.stdout
+    finally:
+        process.send_signal(signal.SIGCONT)
+
+    assert wait_for(
+        lambda: (
+            "PostgreSQL restarted" in (home / "rose.log").read_text()
+            and answers(relations_url + "/readyz")
+        ),
+        timeout=90,
+    ), (home / "rose.log").read_text()
+    log = (home / "rose.log").read_text()
+    assert f"PostgreSQL exited ({home / 'pgdata'}); restarting in 1s (restart 1)" in log
+    assert postmaster_pid(home) != first
+    assert process.poll() is None
+    up = rose(home, "status")
+    assert re.search(r"database\s.*\sready", up.stdout), up.stdout
 
 
 def test_a_killed_rose_up_takes_its_services_along_and_sighup_stops_cleanly(tmp_path: Path):
