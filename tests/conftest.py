@@ -57,6 +57,17 @@ def admin_connect(server: TestServer, service: str | None = None) -> psycopg.Con
     return psycopg.connect(server.topology.admin_url(service, database), autocommit=True)
 
 
+def lock_waiters(server: TestServer, service: str) -> int:
+    """Connections of ``service``'s database waiting on a lock (a row lock or an advisory one):
+    how a race test sees that a call has reached the lock it is made to wait on."""
+    with admin_connect(server, service) as watcher:
+        row = watcher.execute(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
 def truncate_all(server: TestServer) -> None:
     """Empty every service table (not the migration versions), so tests do not see each other."""
     for name in services_with_migrations():

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from apps.cart.models import metadata as cart_metadata
-from tests.conftest import admin_connect
+from tests.conftest import admin_connect, lock_waiters
 from tests.integration.commerce_fixtures import (
     browser_of,
     cart_rows,
@@ -560,12 +560,7 @@ async def test_concurrent_deliveries_of_one_order_clear_it_once(stack, clean_db,
     payload = {"order_id": 80, "user_id": 16, "product_ids": [first_product, second_product]}
 
     def waiting() -> bool:
-        with admin_connect(clean_db, "cart") as watcher:
-            row = watcher.execute(
-                "SELECT count(*) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND wait_event_type = 'Lock'"
-            ).fetchone()
-        return row is not None and row[0] >= 4
+        return lock_waiters(clean_db, "cart") >= 4
 
     with admin_connect(clean_db, "cart") as holder:
         with holder.transaction():

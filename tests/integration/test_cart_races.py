@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import admin_connect
+from tests.conftest import admin_connect, lock_waiters
 from tests.integration.commerce_fixtures import browser_of, shop_stack
 from tests.signed import internal_post
 from tests.waiting import eventually
@@ -31,16 +31,6 @@ async def stack(clean_db, credentials, sandbox, shop):
         yield running
 
 
-def lock_waiters(server) -> int:
-    """Connections of cart's database waiting on a lock."""
-    with admin_connect(server, "cart") as watcher:
-        row = watcher.execute(
-            "SELECT count(*) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND wait_event_type = 'Lock'"
-        ).fetchone()
-    return int(row[0]) if row else 0
-
-
 @contextmanager
 def line_held(server, line_id: int) -> Iterator[None]:
     """The line's row locked from another connection until the block ends."""
@@ -53,7 +43,7 @@ async def started(server, call: Awaitable[httpx.Response], waiting: int) -> asyn
     """Start ``call`` and return once it waits on a lock (``waiting`` waiters in all) or has
     answered: a call that never needs the lock is not made to wait for it."""
     task: asyncio.Task = asyncio.ensure_future(call)
-    assert await eventually(lambda: task.done() or lock_waiters(server) >= waiting)
+    assert await eventually(lambda: task.done() or lock_waiters(server, "cart") >= waiting)
     return task
 
 

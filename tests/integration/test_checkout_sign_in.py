@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from apps.common.identity import SessionCodec
-from tests.conftest import SESSION_SECRET, admin_connect
+from tests.conftest import SESSION_SECRET, admin_connect, lock_waiters
 from tests.integration.commerce_fixtures import (
     JSON,
     browser_of,
@@ -35,16 +35,6 @@ USER_ID = 44
 async def stack(clean_db, credentials, sandbox, shop):
     async with shop_stack(clean_db, credentials, sandbox.server) as running:
         yield running
-
-
-def lock_waiters(server, service: str) -> int:
-    """Connections of ``service``'s database waiting on a lock."""
-    with admin_connect(server, service) as watcher:
-        row = watcher.execute(
-            "SELECT count(*) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND wait_event_type = 'Lock'"
-        ).fetchone()
-    return int(row[0]) if row else 0
 
 
 @contextmanager

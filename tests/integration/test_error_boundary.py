@@ -420,6 +420,16 @@ def names_field(problem: dict, field: str) -> bool:
     return [error["field"] for error in problem.get("errors", [])] == [field]
 
 
+async def assert_not_found(browser: httpx.AsyncClient, service: str, path: str) -> None:
+    """A 404 problem, and for a public service's browser the themed page."""
+    assert_problem(await browser.get(path, headers=JSON), 404)
+    if service in PUBLIC:
+        page = await browser.get(path, headers=HTML)
+        assert page.status_code == 404, (service, path)
+        assert page.headers["content-type"].startswith("text/html"), (service, path)
+        assert 'role="alert"' in page.text
+
+
 @pytest.mark.parametrize("service", ALL_SERVICES)
 async def test_the_internal_prefix_itself_is_not_found_on_every_service(stack, service):
     """Audit O5: blog's ``GET /{slug}/`` caught ``/internal`` (an internal path, so no identity
@@ -427,12 +437,7 @@ async def test_the_internal_prefix_itself_is_not_found_on_every_service(stack, s
     answers ``/internal`` and whatever under it its contract does not declare with a 404."""
     browser = stack.browser(service)
     for path in ("/internal", "/internal/", "/internal%2f", "/%69nternal/", "/internal/nope"):
-        assert_problem(await browser.get(path, headers=JSON), 404)
-        if service in PUBLIC:
-            page = await browser.get(path, headers=HTML)
-            assert page.status_code == 404, (service, path)
-            assert page.headers["content-type"].startswith("text/html"), (service, path)
-            assert 'role="alert"' in page.text
+        await assert_not_found(browser, service, path)
     if service == "blog":
         # Its other public routes under ``/{slug}/``, with their methods.
         for method, path in (
@@ -448,12 +453,7 @@ async def test_an_unknown_schema_page_is_the_projects_not_found(stack, service):
     """Audit O6: ``/schema/<unknown>`` was Litestar's own bare HTML 404, whatever the Accept."""
     browser = stack.browser(service)
     for path in ("/schema/nope", "/schema/redoc", "/schema/rapidoc", "/schema/nope.json"):
-        assert_problem(await browser.get(path, headers=JSON), 404)
-        if service in PUBLIC:
-            page = await browser.get(path, headers=HTML)
-            assert page.status_code == 404, (service, path)
-            assert page.headers["content-type"].startswith("text/html"), (service, path)
-            assert 'role="alert"' in page.text
+        await assert_not_found(browser, service, path)
     # What the schema does serve, still served.
     assert (await browser.get("/schema", headers=HTML)).status_code == 200
     assert (await browser.get("/schema/openapi.json")).status_code == 200

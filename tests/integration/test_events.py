@@ -19,7 +19,7 @@ from sqlalchemy.engine import make_url
 
 from apps.common.asgi import read_body, replaying_receive, send_problem
 from apps.common.identity import COOKIE_NAME, CSRF_FIELD, SessionCodec
-from tests.conftest import SESSION_SECRET, admin_connect, in_process_stack
+from tests.conftest import SESSION_SECRET, admin_connect, in_process_stack, lock_waiters
 from tests.integration.commerce_fixtures import sweep_ended_holds_now
 from tests.signed import internal_get, internal_post
 from tests.waiting import eventually
@@ -1431,16 +1431,6 @@ async def test_ended_holds_follow_the_visitor_who_signs_in(with_cart, clean_db):
         await client.aclose()
 
 
-def lock_waiters(server) -> int:
-    """Connections of events' database waiting on a lock."""
-    [(waiting,)] = events_rows(
-        server,
-        "SELECT count(*) FROM pg_stat_activity "
-        "WHERE datname = current_database() AND wait_event_type = 'Lock'",
-    )
-    return int(waiting)
-
-
 async def test_an_ended_hold_the_sweeper_is_releasing_at_sign_in_follows_the_visitor(
     with_cart, clean_db
 ):
@@ -1460,7 +1450,7 @@ async def test_an_ended_hold_the_sweeper_is_releasing_at_sign_in_follows_the_vis
         signing_in = asyncio.ensure_future(
             cart.get("/auth/dev-login", params={"user_id": 5}, headers=JSON)
         )
-        assert await eventually(lambda: signing_in.done() or lock_waiters(clean_db) >= 1)
+        assert await eventually(lambda: signing_in.done() or lock_waiters(clean_db, "events") >= 1)
         assert not signing_in.done()
         await sweeping.commit()
     signed = await signing_in
