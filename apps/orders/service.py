@@ -780,15 +780,20 @@ async def create_order(
         raise PaymentProviderUnavailable(
             f"no answer within {settings.create_order_deadline:g} s; nothing was created"
         ) from None
-    created = CreatedOrder(
+    return NewOrder(payable_answer(order, attempt), superseded)
+
+
+def payable_answer(order: Order, attempt: PaymentAttempt) -> CreatedOrder:
+    """Create-order's answer while the order waits for its payment: the buyer goes to the
+    hosted checkout of its current attempt."""
+    return CreatedOrder(
         order_id=order.id,
         sumup_hosted_url=attempt.hosted_url or "",
-        page_config_id=config.id,
+        page_config_id=order.page_config_id,
         sumup_reference=attempt.checkout_reference,
         description=order.description,
         next_url=attempt.hosted_url or "",
     )
-    return NewOrder(created, superseded)
 
 
 def paid_answer(order: Order, urls: OrderUrls, stored: CreatedOrder | None = None) -> CreatedOrder:
@@ -851,14 +856,7 @@ async def replay_checkout(
         or attempt.number >= runtime.settings.attempts_per_order
     ):
         return None
-    return CreatedOrder(
-        order_id=order.id,
-        sumup_hosted_url=attempt.hosted_url or "",
-        page_config_id=order.page_config_id,
-        sumup_reference=attempt.checkout_reference,
-        description=order.description,
-        next_url=attempt.hosted_url or "",
-    )
+    return payable_answer(order, attempt)
 
 
 def _product_item(line: Any) -> dict[str, Any]:
