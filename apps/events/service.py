@@ -498,10 +498,12 @@ async def adopt_bookings(session: AsyncSession, request: SignIn) -> Adopted:
     the cart (which looks bookings up by user id once signed in). A second call adopts 0.
 
     So do its ended holds, swept or not, so that the user's cart still says which bookings
-    left it; and the sign-in is recorded, so that a checkout the session started before is
-    told why its bookings are no longer held for the session (:func:`hold_for_order`). An
-    anonymous booking of the session in progress finishes first; one that comes after is
-    refused (apps.common.adoption)."""
+    left it, and its confirmed bookings (an order it paid: orders gives the order to the user
+    at the same sign-in), whether events confirmed them before this or while it runs; and the
+    sign-in is recorded, so that a checkout the session started before is told why its
+    bookings are no longer held for the session (:func:`hold_for_order`). An anonymous
+    booking of the session in progress finishes first; one that comes after is refused
+    (apps.common.adoption)."""
     await adopt_session(session, ADOPTIONS, request.session_id, request.user_id)
     adopted = 0
     to_user = {"user_id": request.user_id, "session_id": None, "updated_at": func.now()}
@@ -514,7 +516,16 @@ async def adopt_bookings(session: AsyncSession, request: SignIn) -> Adopted:
         # Bookings first: a sweep that locked one of them has committed its released_holds
         # row before this goes on, so the update of released_holds below sees it; a sweep
         # after this finds the booking the user's.
-        await session.execute(update(model).where(sessions, hold_ended(model)).values(to_user))
+        # Confirmed ones after the held ones, in a statement of its own: a confirmation that
+        # had locked a held booking made the update above skip it once it committed (the row
+        # was no longer held); this statement's snapshot, taken after, finds it confirmed. A
+        # confirmation that comes after the update above finds the booking the user's, and
+        # confirms it as it is.
+        await session.execute(
+            update(model)
+            .where(sessions, or_(hold_ended(model), model.state == "confirmed"))
+            .values(to_user)
+        )
     await session.execute(
         update(ReleasedHold)
         .where(ReleasedHold.session_id == request.session_id, ReleasedHold.user_id.is_(None))
@@ -535,8 +546,22 @@ async def confirm_for_order(session: AsyncSession, request: ConfirmForOrder) -> 
     reported as unconfirmed, and orders gives their money back.
 
     Idempotent per order: the answer counts what is confirmed *for this order* among the ids, so
-    a replay confirms nothing new and answers the same."""
+    a replay confirms nothing new and answers the same.
+
+    An anonymous buyer's session that sign-in adopted since is the user now: its bookings are
+    the user's (:func:`adopt_bookings`), and so is what this confirms. A sign-in still in
+    progress gives the user what this confirmed once it commits."""
     buyer = _buyer(request.user_id, request.session_id)
+    signed_in = None
+    if request.user_id is None and request.session_id is not None:
+        signed_in = await adopted_by(session, ADOPTIONS, request.session_id)
+    confirm: dict[str, Any] = {
+        "state": "confirmed",
+        "order_id": request.order_id,
+        "updated_at": func.now(),
+    }
+    if signed_in is not None:
+        confirm.update(user_id=signed_in, session_id=None)
     results: dict[str, list[int]] = {}
     confirmed = 0
     for model, ids in ((CalendarEntry, request.entry_ids), (Ticket, request.ticket_ids)):
@@ -547,13 +572,14 @@ async def confirm_for_order(session: AsyncSession, request: ConfirmForOrder) -> 
         id_list = bindparam(f"{model.__tablename__}_ids", wanted, type_=ARRAY(model.id.type))
         held_for_it = model.hold_order_id == request.order_id
         if buyer is not None:
-            held_for_it = or_(
-                held_for_it, and_(model.hold_order_id.is_(None), held(model), buyer.owns(model))
-            )
+            owned = buyer.owns(model)
+            if signed_in is not None:
+                owned = or_(owned, BookingOwner(user_id=signed_in).owns(model))
+            held_for_it = or_(held_for_it, and_(model.hold_order_id.is_(None), held(model), owned))
         await session.execute(
             update(model)
             .where(model.id == any_(id_list), model.state == "pending", held_for_it)
-            .values(state="confirmed", order_id=request.order_id, updated_at=func.now())
+            .values(confirm)
         )
         mine = set(
             await session.scalars(

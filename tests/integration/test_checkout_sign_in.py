@@ -25,7 +25,7 @@ from tests.integration.commerce_fixtures import (
     share_cookies,
     shop_stack,
 )
-from tests.integration.orders_fixtures import orders_of
+from tests.integration.orders_fixtures import Sandbox, checkout_id_of, orders_of, webhook
 from tests.waiting import eventually
 
 USER_ID = 44
@@ -105,3 +105,130 @@ async def test_signing_in_during_an_anonymous_checkout_says_so_not_that_the_hold
     assert booking_of(clean_db, shop.entry_id) == ("pending", USER_ID, None, order_id, True)
     for client in (cart, events):
         await client.aclose()
+
+
+# -- audit L3: the confirmed bookings of an anonymous order at sign-in ---------------------------
+# An anonymous buyer's order is paid; events confirms its bookings (for the session, as they were
+# held). Sign-in adopted the session's held bookings and ended holds, not its confirmed ones: a
+# confirmation that came first left them the session's (user_id NULL), one that came after left
+# them the user's. Whatever the order, they are the user's once the buyer signs in.
+
+
+def ticket_of(server, ticket_id: int) -> tuple:
+    with admin_connect(server, "events") as events:
+        return events.execute(
+            "SELECT state, user_id, session_id, order_id FROM events.tickets WHERE id = %s",
+            (ticket_id,),
+        ).fetchone()
+
+
+def order_owner(server, order_id: int) -> tuple:
+    with admin_connect(server, "orders") as connection:
+        return connection.execute(
+            "SELECT status, user_id FROM orders.orders WHERE id = %s", (order_id,)
+        ).fetchone()
+
+
+@contextmanager
+def ticket_locked(server, ticket_id: int) -> Iterator[None]:
+    """The ticket's row locked from another connection until the block ends: confirmation and
+    adoption both change an order's entries, then its tickets, so either waits here with the
+    entry changed and not committed."""
+    with admin_connect(server, "events") as holder, holder.transaction():
+        holder.execute("SELECT id FROM events.tickets WHERE id = %s FOR UPDATE", (ticket_id,))
+        yield
+
+
+async def waiting_in_events(server, call: Awaitable[httpx.Response], waiting: int) -> asyncio.Task:
+    task: asyncio.Task = asyncio.ensure_future(call)
+    assert await eventually(lambda: task.done() or lock_waiters(server, "events") >= waiting)
+    return task
+
+
+async def anonymous_paid_checkout(stack, server, shop, sandbox: Sandbox) -> tuple:
+    """An anonymous buyer books the entry and a ticket of it, checks out and pays at SumUp
+    (the webhook is the test's to send). Answers the cart browser, its session id, the order,
+    its checkout and the ticket's id."""
+    cart = await browser_of(stack, "cart")
+    events = stack.browser("events")
+    share_cookies(cart, events)
+    assert (await events.post(f"/entries/{shop.entry_id}/book/")).status_code == 200
+    added = await events.post(f"/entries/{shop.entry_id}/tickets/", data={"ticket_type": "adult"})
+    assert added.status_code == 201, added.text
+    [ticket] = added.json()
+    await events.aclose()
+    decoded = SessionCodec(SESSION_SECRET).decode(session_cookie(cart))
+    assert decoded is not None
+    created = await cart.post("/checkout/")
+    assert created.status_code == 200, created.text
+    order_id = created.json()["order_id"]
+    checkout_id = checkout_id_of(server, order_id)
+    sandbox.pay(checkout_id)
+    return cart, decoded.identity.session_id, order_id, checkout_id, ticket["id"]
+
+
+def sign_in(cart: httpx.AsyncClient) -> Awaitable[httpx.Response]:
+    return cart.get("/auth/dev-login", params={"user_id": USER_ID}, headers=JSON)
+
+
+async def test_bookings_confirmed_before_sign_in_become_the_users(stack, clean_db, shop, sandbox):
+    cart, session_id, order_id, checkout_id, ticket_id = await anonymous_paid_checkout(
+        stack, clean_db, shop, sandbox
+    )
+    assert (await webhook(stack, order_id, checkout_id)).status_code == 204
+    assert await eventually(lambda: ticket_of(clean_db, ticket_id)[0] == "confirmed")
+    assert booking_of(clean_db, shop.entry_id)[:4] == ("confirmed", None, session_id, order_id)
+
+    signed = await sign_in(cart)
+    assert signed.status_code == 200, signed.text
+    assert booking_of(clean_db, shop.entry_id)[:4] == ("confirmed", USER_ID, None, order_id)
+    assert ticket_of(clean_db, ticket_id) == ("confirmed", USER_ID, None, order_id)
+    assert order_owner(clean_db, order_id) == ("paid", USER_ID)
+    await cart.aclose()
+
+
+async def test_a_confirmation_in_flight_at_sign_in_ends_with_the_user(
+    stack, clean_db, shop, sandbox
+):
+    """Events confirms the entry and waits on the ticket (locked here); sign-in's adoption then
+    waits on the entry the confirmation changed. The confirmation commits first: the adoption,
+    which looked for held bookings, finds the entry confirmed, and must still give it over."""
+    cart, _, order_id, checkout_id, ticket_id = await anonymous_paid_checkout(
+        stack, clean_db, shop, sandbox
+    )
+    with ticket_locked(clean_db, ticket_id):
+        assert (await webhook(stack, order_id, checkout_id)).status_code == 204
+        assert await eventually(lambda: lock_waiters(clean_db, "events") >= 1)
+        signing_in = await waiting_in_events(clean_db, sign_in(cart), waiting=2)
+        assert not signing_in.done()
+    signed = await signing_in
+    assert signed.status_code == 200, signed.text
+    assert await eventually(lambda: ticket_of(clean_db, ticket_id)[0] == "confirmed")
+    assert booking_of(clean_db, shop.entry_id)[:4] == ("confirmed", USER_ID, None, order_id)
+    assert ticket_of(clean_db, ticket_id) == ("confirmed", USER_ID, None, order_id)
+    assert order_owner(clean_db, order_id) == ("paid", USER_ID)
+    await cart.aclose()
+
+
+async def test_a_sign_in_in_flight_when_the_confirmation_comes_ends_with_the_user(
+    stack, clean_db, shop, sandbox
+):
+    """The other order: sign-in's adoption moved the entry and waits on the ticket (locked
+    here); the payment's confirmation then waits on the entry the adoption changed, and goes
+    on once the adoption commits."""
+    cart, _, order_id, checkout_id, ticket_id = await anonymous_paid_checkout(
+        stack, clean_db, shop, sandbox
+    )
+    with ticket_locked(clean_db, ticket_id):
+        signing_in = await waiting_in_events(clean_db, sign_in(cart), waiting=1)
+        assert (await webhook(stack, order_id, checkout_id)).status_code == 204
+        assert await eventually(lambda: lock_waiters(clean_db, "events") >= 2)
+        assert not signing_in.done()
+        assert booking_of(clean_db, shop.entry_id)[0] == "pending"
+    signed = await signing_in
+    assert signed.status_code == 200, signed.text
+    assert await eventually(lambda: ticket_of(clean_db, ticket_id)[0] == "confirmed")
+    assert booking_of(clean_db, shop.entry_id)[:4] == ("confirmed", USER_ID, None, order_id)
+    assert ticket_of(clean_db, ticket_id) == ("confirmed", USER_ID, None, order_id)
+    assert await eventually(lambda: order_owner(clean_db, order_id) == ("paid", USER_ID))
+    await cart.aclose()

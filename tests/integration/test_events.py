@@ -824,6 +824,30 @@ async def test_confirm_for_order_with_an_idempotency_key_replays_its_answer(stac
     assert entry_state(clean_db, things["walk"])[::3] == ("confirmed", 7)
 
 
+async def test_a_confirmation_for_a_session_signed_in_since_confirms_for_the_user(stack, clean_db):
+    """An anonymous order's confirmation names the session it was made by; sign-in gave that
+    session's bookings to the user before it came. A booking held before orders held them for
+    orders (no hold_order_id) is confirmed for the buyer who holds it: the user the session
+    became is that buyer, not someone else (it was refused as "not held for the buyer", and
+    its price refunded)."""
+    calendar_id = insert_calendar(clean_db)
+    walk = insert_entry(clean_db, calendar_id, "Walk")
+    visitor = await anonymous(stack)
+    session_id = session_id_of(visitor)
+    assert (await visitor.post(f"/entries/{walk}/book/")).status_code == 200
+    events = stack.client("events")
+    adopt = {"user_id": 42, "session_id": session_id}
+    assert (await internal_post(events, "adopt-bookings-for-user", adopt)).json() == {"adopted": 1}
+    paid = {"order_id": 9, "entry_ids": [walk], "session_id": session_id}
+    answer = await internal_post(events, "confirm-for-order", paid)
+    assert answer.json() == {"confirmed": 1, "unconfirmed": {"entry_ids": [], "ticket_ids": []}}
+    assert entry_state(clean_db, walk) == ("confirmed", 42, None, 9)
+    # Another session's confirmation takes nothing of the user's.
+    stranger = {"order_id": 10, "entry_ids": [walk], "session_id": "x" * 43}
+    assert (await internal_post(events, "confirm-for-order", stranger)).json()["confirmed"] == 0
+    await visitor.aclose()
+
+
 async def test_concurrent_confirms_of_one_entry_by_two_orders_have_one_winner(stack, clean_db):
     things = await book_things(stack, clean_db)
     events = stack.client("events")
@@ -893,9 +917,11 @@ async def test_adopt_bookings_for_user_moves_pending_bookings_once(stack, clean_
     adopt = {"user_id": 42, "session_id": session_id}
     first = await internal_post(events, "adopt-bookings-for-user", adopt)
     assert first.status_code == 200, first.text
-    assert first.json() == {"adopted": 1}  # the pending ticket; the paid entry stays as it is
+    assert first.json() == {"adopted": 1}  # the pending ticket is counted
     assert (await internal_post(events, "adopt-bookings-for-user", adopt)).json() == {"adopted": 0}
-    assert entry_state(clean_db, confirmed) == ("confirmed", None, session_id, 9)
+    # The paid entry is the user's too (audit L3: it stayed the session's, which nobody uses
+    # again), still confirmed for its order (which orders gives the user at the same sign-in).
+    assert entry_state(clean_db, confirmed) == ("confirmed", 42, None, 9)
     assert events_rows(
         clean_db,
         "SELECT user_id, session_id FROM events.tickets WHERE id = %s",
