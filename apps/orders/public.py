@@ -152,16 +152,29 @@ async def checkout_return(
     result = payment_state(order)
     if result == "paid":
         await db_session.commit()  # no transaction left open while the page waits
-        await runtime.relay.deliver_now(
+        if await runtime.relay.deliver_now(
             after_payment_keys(order.id), within=runtime.settings.return_delivery_seconds
-        )
+        ):
+            # Events' answer to the confirmation may have named bookings it could not confirm
+            # (a refund of them, or, with nothing to pay, the claims dropped): read it again.
+            delivered = await service.load_order(db_session, order.id)
+            assert delivered is not None
+            order = delivered
         if wants_html(request):
             # The navigation was fetched before this handler ran: since then this page may have
             # delivered the clear, or the relay did (woken by the webhook).
             await refresh_nav(request)
     if not wants_html(request):
         return {"state": result, "order": service.order_dict(order), "degraded": degraded}
-    return render(request, "return.html", order=order, state=result, degraded=degraded, refresh=3)
+    return render(
+        request,
+        "return.html",
+        order=order,
+        state=result,
+        degraded=degraded,
+        refresh=3,
+        unconfirmed=service.unconfirmed_note(order),
+    )
 
 
 @get("/", operation_id="order_list_html")
@@ -186,6 +199,7 @@ async def order_list(
         # Page links keep a page size that is not the default.
         per_page=per_page if per_page != service.ORDERS_PER_PAGE else None,
         state_of=payment_state,
+        unconfirmed_of=service.unconfirmed_note,
     )
 
 
@@ -209,7 +223,13 @@ async def api_order_list(
 
 @get("/order/{order_id:int}/", operation_id="order_html", dependencies=OWNED_ORDER)
 async def order_detail(request: Request, order: OwnedOrder) -> Any:
-    return render(request, "order.html", order=order, state=payment_state(order))
+    return render(
+        request,
+        "order.html",
+        order=order,
+        state=payment_state(order),
+        unconfirmed=service.unconfirmed_note(order),
+    )
 
 
 @get("/api/orders/{order_id:int}", operation_id="order", dependencies=OWNED_ORDER)

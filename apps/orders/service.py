@@ -1280,7 +1280,40 @@ WITH_DETAILS = (
     selectinload(Order.items),
     selectinload(Order.attempts),
     selectinload(Order.refunds),
+    selectinload(Order.claims),
 )
+BOOKING_KINDS = ("calendar_entry", "ticket")
+
+
+def unconfirmed_bookings(order: Order) -> list[OrderItem]:
+    """The bookings of an order with nothing to pay that events could not confirm (the buyer
+    removed them from the cart the moment before): the order's claims on them were dropped
+    when events answered (settlement.bookings_not_confirmed). A paid order's are named by its
+    refund of them; a free one has nothing to refund, and says it here.
+
+    Only for an order with nothing to pay, confirmed, that still claims something (an order
+    none of whose bookings was confirmed is cancelled): orders moved by the split have no
+    claims, and migration 0010 dropped every booking claim of paid orders refunded for
+    unconfirmed bookings, so elsewhere a missing claim does not mean this."""
+    if order.status != "paid" or order.total != 0 or order.attempts or not order.claims:
+        return []
+    claimed = {(claim.kind, claim.ref_id) for claim in order.claims}
+    return [
+        item
+        for item in order.items
+        if item.kind in BOOKING_KINDS and (item.kind, item.source_id) not in claimed
+    ]
+
+
+def unconfirmed_note(order: Order) -> str:
+    """What an order's pages add to "confirmed; there was nothing to pay" when some of its
+    bookings could not be confirmed; empty when all were."""
+    lost = unconfirmed_bookings(order)
+    if not lost:
+        return ""
+    count = sum(item.quantity for item in lost)
+    titles = ", ".join(item.title for item in lost)
+    return f"{count} booking{'' if count == 1 else 's'} could not be confirmed: {titles}"
 
 
 async def load_order(session: AsyncSession, order_id: int) -> Order | None:
@@ -1365,6 +1398,10 @@ def order_dict(order: Order) -> dict[str, Any]:
             for item in order.items
         ],
         "refunds": refunds_of(order.refunds),
+        "unconfirmed_bookings": [
+            {"kind": item.kind, "source_id": item.source_id, "title": item.title}
+            for item in unconfirmed_bookings(order)
+        ],
     }
 
 

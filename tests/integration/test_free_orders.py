@@ -229,3 +229,70 @@ async def test_a_free_booking_removed_as_its_order_is_made_cancels_the_order(
     assert again.status_code == 200, again.text
     assert await eventually(lambda: entry_state(clean_db, entry_id)[0] == "confirmed")
     assert entry_state(clean_db, entry_id)[1] == again.json()["order_id"]
+
+
+async def test_a_free_order_with_a_booking_removed_before_its_confirmation_says_which(
+    stack, clean_db, shop, sandbox
+):
+    """A free order of two bookings, one removed from the cart while its confirmation is held
+    up (as above): the other is confirmed, so the order stays confirmed, but its pages said
+    "confirmed; there was nothing to pay" as if both were. They name the one that could not be
+    confirmed, as a paid order's refund of it does (with nothing to refund)."""
+    cart = await browser_of(stack, "cart", user_id=3)
+    events, orders = stack.browser("events"), stack.browser("orders")
+    share_cookies(cart, events, orders)
+    kept, removed = free_entry(clean_db, "Orchard walk"), free_entry(clean_db, "Hedge laying")
+    for entry_id in (kept, removed):
+        assert (await events.post(f"/entries/{entry_id}/book/")).status_code == 200
+    order_id = next_order_id(clean_db)
+    with admin_connect(clean_db, "events") as holder, holder.transaction():
+        holder.execute(
+            "INSERT INTO events.idempotency_keys (action, key, request_hash, response) "
+            "VALUES ('confirm-for-order', %s, '', '{}')",
+            (f"orders:{order_id}:confirm-bookings",),
+        )
+        answer = await cart.post("/checkout/")
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["order_id"] == order_id
+        dropped = await cart.post(f"/booking/entry/{removed}/delete/")
+        assert dropped.status_code == 200, dropped.text
+        raise psycopg.Rollback()  # the confirmation goes on
+    assert await eventually(lambda: claims_of(clean_db, order_id) == [("calendar_entry", kept)])
+    assert entry_state(clean_db, kept) == ("confirmed", order_id)
+    assert entry_state(clean_db, removed) == ("open", None)
+    assert orders_of(clean_db)[order_id] == ("paid", Decimal("0.00"))
+
+    said = "1 booking could not be confirmed: Hedge laying"
+    html = {"accept": "text/html"}
+    returned = await orders.get(f"/checkout/return/{order_id}/", headers=html)
+    assert returned.status_code == 200, returned.text
+    heading = returned.text.split('id="payment-state"', 1)[1].split("</h1>", 1)[0]
+    assert "there was nothing to pay" in heading
+    assert said in heading, heading
+    assert "Orchard walk" not in heading
+    detail = await orders.get(f"/order/{order_id}/", headers=html)
+    state = detail.text.split('id="order-state"', 1)[1].split("</p>", 1)[0]
+    assert "there was nothing to pay" in state
+    assert said in state, state
+    listing = await orders.get("/", headers=html)
+    row = listing.text.split(f'data-order-id="{order_id}"', 1)[1].split("</tr>", 1)[0]
+    assert "confirmed (nothing to pay)" in row
+    assert said in row, row
+    # Nothing is refunded: there was nothing to pay.
+    assert 'id="refunds"' not in returned.text + detail.text
+    api = (await orders.get(f"/api/orders/{order_id}")).json()
+    assert api["unconfirmed_bookings"] == [
+        {"kind": "calendar_entry", "source_id": removed, "title": "Hedge laying"}
+    ]
+    assert api["refunds"] == []
+    for client in (cart, events, orders):
+        await client.aclose()
+
+
+def claims_of(server, order_id: int) -> list[tuple[str, int]]:
+    with admin_connect(server, "orders") as connection:
+        return connection.execute(
+            "SELECT kind, ref_id FROM orders.order_claims WHERE order_id = %s "
+            "ORDER BY kind, ref_id",
+            (order_id,),
+        ).fetchall()
