@@ -18,6 +18,7 @@ from apps.blog import contract, service
 from apps.blog.models import PAGE_CONTAINER
 from apps.common.deps import AppSettings, CurrentIdentity, DbSession, Internal
 from apps.common.fdw import ProviderUnavailable
+from apps.common.limits import LIST_FIELDS
 from apps.common.problems import InvalidInput
 from apps.common.web import (
     PageNumber,
@@ -201,6 +202,7 @@ async def page_config_admin(
     operation_id="page_config_update",
     guards=[editors_only],
     status_code=200,
+    opt={LIST_FIELDS: ("features",)},  # one per ticked box, after the form's empty one
 )
 async def page_config_update(request: Request, db_session: DbSession, slug: SlugParam) -> Any:
     page_id = (await service.require_page(db_session, slug)).id

@@ -46,7 +46,7 @@ from apps.common.headers import security_headers
 from apps.common.identity import Identity, SessionCodec, identity_from_scope, identity_middleware
 from apps.common.internal import internal_router, only_contract_routes_serve_internal_paths
 from apps.common.internal_client import InternalClient
-from apps.common.limits import MAX_BODY_BYTES, input_limits
+from apps.common.limits import MAX_BODY_BYTES, input_limits, list_fields
 from apps.common.nonces import NonceStore
 from apps.common.observability import (
     UNOBSERVED_PATHS,
@@ -234,7 +234,12 @@ def create_base_app(
     ]
     if codec is not None:
         edge.append(security_headers(settings.public_urls.values()))
-    edge.append(input_limits)
+
+    def limits(inner: ASGIApp) -> ASGIApp:
+        # The names the app reads as lists may repeat (``app``: built below, before the edge).
+        return input_limits(inner, list_fields(app))
+
+    edge.append(limits)
     template_settings = None
 
     if codec is not None:

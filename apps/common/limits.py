@@ -1,16 +1,27 @@
 """Input limits at the edge, before any handler or parser sees a request: a bounded body sent
 as is (no content coding) in UTF-8; JSON, form fields and query parameters that are valid UTF-8;
-JSON not nested beyond reason; and no NUL character in any value (PostgreSQL cannot store one).
-Each refusal is a problem naming what was wrong."""
+JSON not nested beyond reason; no NUL character in any value (PostgreSQL cannot store one); and
+no field given more than once (a form field or query parameter that is not a list, a key of a
+JSON object). Each refusal is a problem naming what was wrong.
+
+A repeated field has no one reading: Litestar reads a form's first value, a query string's
+last, and a JSON object's last duplicate key, so ``quantity=1&quantity=2`` added 1 and
+``{"quantity":1,"quantity":2}`` added 2. Refusing it is the one rule that holds for every
+reader. What is a list may repeat: a query parameter typed as one, and a form field a handler
+declares it reads as one (``opt={LIST_FIELDS: ("features",)}``, the checkboxes of one name).
+JSON has arrays for lists, so a key is never repeated in an object."""
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, unquote_to_bytes
 
 import msgspec
+from litestar import Litestar
+from litestar.routes import HTTPRoute
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from apps.common.asgi import (
@@ -28,6 +39,8 @@ _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # JSON strings (with their escapes): brackets inside them do not nest anything.
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _RAW_NON_ASCII = re.compile(rb"[\x80-\xff]")
+# A route handler's ``opt`` key: the form fields it reads as lists (``form.getall``).
+LIST_FIELDS = "list_fields"
 
 
 class Refusal(NamedTuple):
@@ -36,7 +49,24 @@ class Refusal(NamedTuple):
     field: str | None = None
 
 
-def input_limits(app: ASGIApp) -> ASGIApp:
+def list_fields(app: Litestar) -> frozenset[str]:
+    """The names ``app`` reads as lists, which may be given more than once: the query
+    parameters Litestar itself reads as lists (typed as one, such as a contract's ``ids``; its
+    own ``sequence_query_parameter_names``), and the form fields its handlers declare under
+    :data:`LIST_FIELDS`. One set for the app: a name is a list on every route or none."""
+    names: set[str] = set()
+    for route in app.routes:
+        if isinstance(route, HTTPRoute):
+            for handler, kwargs in route.route_handler_map.values():
+                names.update(handler.opt.get(LIST_FIELDS, ()))
+                names.update(kwargs.sequence_query_parameter_names)
+    return frozenset(names)
+
+
+def input_limits(app: ASGIApp, lists: Iterable[str] = ()) -> ASGIApp:
+    """The edge's checks around ``app``; ``lists``: the field names that may repeat."""
+    repeatable = frozenset(lists)
+
     async def check(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await app(scope, receive, send)
@@ -49,7 +79,7 @@ def input_limits(app: ASGIApp) -> ASGIApp:
                 send, 422, f"{name}: contains a NUL character", path, scope=scope, field=name
             )
             return
-        checked_query = _utf8_pairs(query, "parameter")
+        checked_query = _utf8_pairs(query, "parameter", repeatable)
         if isinstance(checked_query, Refusal):
             await send_problem(
                 send,
@@ -80,7 +110,7 @@ def input_limits(app: ASGIApp) -> ASGIApp:
             if encoding is not None:
                 await send_problem(send, 415, encoding, path, scope=scope)
                 return
-            checked = _check_body(header(scope, "content-type") or "", body)
+            checked = _check_body(header(scope, "content-type") or "", body, repeatable)
             if isinstance(checked, Refusal):
                 await send_problem(
                     send, checked.status, checked.detail, path, scope=scope, field=checked.field
@@ -116,14 +146,17 @@ def _first_with_nul(encoded: str) -> str:
     return "parameter"
 
 
-def _check_body(content_type: str, body: bytes) -> Refusal | bytes:
-    """The refusal of ``body``, or the body the app is to read."""
+def _check_body(
+    content_type: str, body: bytes, lists: frozenset[str] = frozenset()
+) -> Refusal | bytes:
+    """The refusal of ``body``, or the body the app is to read (``lists``: the form fields that
+    may repeat)."""
     kind = content_type.split(";")[0].strip().lower()
     if kind == "application/x-www-form-urlencoded":
         if b"%00" in body or b"\x00" in body:
             name = _first_with_nul(body.decode("latin-1"))
             return Refusal(422, f"{name}: contains a NUL character", name)
-        return _utf8_pairs(body, "body")
+        return _utf8_pairs(body, "body", lists)
     if kind != "application/json" and not kind.endswith("+json"):
         return body
     try:
@@ -140,26 +173,80 @@ def _check_body(content_type: str, body: bytes) -> Refusal | bytes:
         where = next(_nul_paths(decoded, ""), None)
         if where is not None:
             return Refusal(422, f"{where or 'body'}: contains a NUL character", where or "body")
+    repeated = _repeated_key(body)
+    if repeated is not None:
+        return _given_twice(repeated)
     return body
 
 
-def _utf8_pairs(encoded: bytes, whole: str) -> Refusal | bytes:
+def _given_twice(name: str) -> Refusal:
+    return Refusal(422, f"{name}: given more than once", name)
+
+
+class _Repeated(Exception):
+    pass
+
+
+class _Pairs(list[tuple[str, Any]]):
+    """A JSON object as its pairs, in order, duplicates kept."""
+
+
+def _refuse_repeats(pairs: list[tuple[str, Any]]) -> None:
+    if len({key for key, _ in pairs}) != len(pairs):
+        raise _Repeated
+
+
+def _repeated_key(body: bytes) -> str | None:
+    """Where a key is given twice in one object of the JSON ``body`` ("lines[1].qty"), if it
+    is. The parser's hook sees every object's pairs as decoded (so ``"\\u0071"`` is "q"); only
+    a body with a repeat is parsed again to say where."""
+    if body.count(b":") < 2:
+        return None  # no object with two keys
+    try:
+        json.loads(body, object_pairs_hook=_refuse_repeats)
+    except _Repeated:
+        return next(_repeat_paths(json.loads(body, object_pairs_hook=_Pairs), ""), "body")
+    except (ValueError, RecursionError):
+        return None  # not JSON: the parser says so
+    return None
+
+
+def _repeat_paths(value: Any, path: str) -> Iterator[str]:
+    if isinstance(value, _Pairs):
+        seen: set[str] = set()
+        for key, _ in value:
+            if key in seen:
+                yield f"{path}.{key}" if path else key
+            seen.add(key)
+        for key, item in value:
+            yield from _repeat_paths(item, f"{path}.{key}" if path else key)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _repeat_paths(item, f"{path}[{index}]")
+
+
+def _utf8_pairs(encoded: bytes, whole: str, lists: frozenset[str] = frozenset()) -> Refusal | bytes:
     """A URL-encoded form or query string whose every name and value is UTF-8 once
     percent-decoded, else the refusal naming the first field that is not (Litestar would read
     each bad byte as U+FFFD, and the handler store or look up that; ``whole`` names it when the
     name itself is unreadable). Litestar reads the raw bytes as Latin-1 before percent-decoding,
     so UTF-8 sent unencoded (``curl -d name=Café``) is percent-encoded here to be read as what
-    it is."""
+    it is. A name given twice is refused too, unless it is one of ``lists``."""
     if not encoded:
         return encoded  # most requests: no query string, no form
+    seen: set[str] = set()
     for pair in encoded.split(b"&"):
         name, _, value = pair.partition(b"=")
-        for part in (name, value):
-            try:
-                unquote_to_bytes(part.replace(b"+", b" ")).decode("utf-8")
-            except UnicodeDecodeError:
-                field = _readable(name) or whole
-                return Refusal(400, f"{field}: is not valid UTF-8", field)
+        try:
+            field = unquote_to_bytes(name.replace(b"+", b" ")).decode("utf-8")
+            unquote_to_bytes(value.replace(b"+", b" ")).decode("utf-8")
+        except UnicodeDecodeError:
+            field = _readable(name) or whole
+            return Refusal(400, f"{field}: is not valid UTF-8", field)
+        if field in seen and field not in lists:
+            return _given_twice(field)
+        if field:
+            seen.add(field)
     return _RAW_NON_ASCII.sub(lambda byte: b"%%%02X" % byte[0][0], encoded)
 
 

@@ -39,6 +39,7 @@ from apps.common.identity import (
 from apps.common.inputs import URL_SLUG, whole_number
 from apps.common.internal_client import InternalCallError, InternalClient
 from apps.common.internal_paths import is_internal_path
+from apps.common.limits import LIST_FIELDS
 from apps.common.problems import (
     BadRequest,
     Forbidden,
@@ -272,13 +273,23 @@ async def form_of(request: Request) -> FormMultiDict:
 
 
 async def read_form(request: Request) -> FormMultiDict:
-    """The request's form. A URL-encoded one was checked at the edge (every field UTF-8, see
-    apps.common.limits); Litestar decodes a multipart field strictly, and a field that is not
-    UTF-8 is the client's error, not a 500."""
+    """The request's form. A URL-encoded one was checked at the edge (every field UTF-8 and
+    given once unless a list, see apps.common.limits); Litestar decodes a multipart field
+    strictly, and a field that is not UTF-8 is the client's error, not a 500. A multipart
+    field given more than once is refused here, as the edge refuses a URL-encoded one, unless
+    the handler reads it as a list (its ``opt[LIST_FIELDS]``)."""
     try:
-        return await request.form()
+        form = await request.form()
     except UnicodeDecodeError:
         raise BadRequest("the form is not valid UTF-8", field="body") from None
+    if request.content_type[0] == "multipart/form-data":
+        lists = request.route_handler.opt.get(LIST_FIELDS, ())
+        seen: set[str] = set()
+        for name, _ in form.multi_items():
+            if name in seen and name not in lists:
+                raise InvalidInput(f"{name}: given more than once", field=name)
+            seen.add(name)
+    return form
 
 
 async def _body_value(request: Request, name: str, default: Any = None) -> Any:

@@ -4,11 +4,14 @@ fuzzing and the outage trials, as a request through the real apps."""
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from apps.common.limits import list_fields
 from apps.common.problems import Problem
 from apps.common.signing import sign_headers
 from tests.conftest import INTERNAL_SECRET, in_process_stack
@@ -495,3 +498,140 @@ async def test_a_body_in_an_encoding_the_edge_does_not_read_is_415(stack, shop, 
         },
     )
     assert identity.status_code == 200, identity.text
+
+
+FORM = {"content-type": "application/x-www-form-urlencoded"}
+MULTIPART = {"content-type": "multipart/form-data; boundary=b0undary"}
+
+
+def multipart(*fields: tuple[str, str]) -> bytes:
+    parts = [
+        f'--b0undary\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
+        for name, value in fields
+    ]
+    return ("".join(parts) + "--b0undary--\r\n").encode()
+
+
+async def test_a_field_given_twice_is_refused_wherever_it_comes_from(stack, shop):
+    """Audit O12: a repeated field was read by where it came from: a form's first value (added
+    1), a JSON object's last duplicate key (added 2), a query string's last (page 2). One rule
+    now, at every service's edge: a field given more than once is a 422 naming it, and nothing
+    is done. The same fields given once are read as before."""
+    cart = await browser_of(stack, "cart", user_id=9)
+    add = f"/add/{shop.product_ids[0]}/"
+    for body, headers in (
+        (b"quantity=1&quantity=2", FORM),
+        (b"quantity=1&quantit%79=2", FORM),  # the same name, spelt differently
+        (b'{"quantity":1,"quantity":2}', {"content-type": "application/json"}),
+        (b'{"quantity":1,"\\u0071uantity":2}', {"content-type": "application/json"}),
+        (multipart(("quantity", "1"), ("quantity", "2")), MULTIPART),
+    ):
+        problem = assert_problem(await cart.post(add, content=body, headers=headers), 422)
+        assert problem["detail"] == "quantity: given more than once", (body, problem)
+        assert names_field(problem, "quantity"), problem
+    assert (await cart.get("/api/cart")).json()["count"] == 0
+    products = await stack.browser("market").get(
+        "/api/products?page=1&page=2&per_page=1", headers=JSON
+    )
+    assert names_field(assert_problem(products, 422, "page: given more than once"), "page")
+    # Inside a JSON body too (an internal action's): not "whichever user_id came last".
+    toggle = await internal_post(
+        stack.client("likes"),
+        "toggle",
+        None,
+        raw=b'{"user_id":1,"target_type":"post","target_id":42,"user_id":2}',
+    )
+    assert names_field(assert_problem(toggle, 422, "user_id"), "user_id")
+    # Given once, each is read as before.
+    assert (await cart.post(add, content=b"quantity=2", headers=FORM)).status_code == 200
+    added = await cart.post(
+        add, content=b'{"quantity":1}', headers={"content-type": "application/json"}
+    )
+    assert added.status_code == 200, added.text
+    assert (await cart.get("/api/cart")).json()["count"] == 3
+    page = await stack.browser("market").get("/api/products?page=1&per_page=1", headers=JSON)
+    assert page.status_code == 200, page.text
+
+
+async def test_fields_that_are_lists_may_still_be_repeated(stack, shop):
+    """What is a list stays one: a query parameter typed as a list (a contract's ``ids``), and
+    the page admin's feature checkboxes (a browser sends one ``features`` per ticked box, after
+    the form's empty hidden one)."""
+    batch = await internal_get(stack.client("blog"), "page-configs-batch", {"ids": [1, 2, 3]})
+    assert batch.status_code == 200, batch.text
+    editor = await browser_of(stack, "blog", user_id=1)
+    # The same id twice is a list with a repeat in it, not an ambiguity.
+    pages = await internal_get(stack.client("blog"), "page-configs-batch", {"ids": [1, 1]})
+    assert pages.status_code == 200, pages.text
+    slug = "farm-shop"
+    saved = await editor.post(
+        f"/{slug}/admin/page-config/",
+        content=b"features=&features=cart&features=market",
+        headers=FORM,
+    )
+    assert saved.status_code == 200, saved.text
+    assert saved.json()["features"]["cart"] is True, saved.json()
+    assert saved.json()["features"]["market"] is True, saved.json()
+    sent_as_multipart = await editor.post(
+        f"/{slug}/admin/page-config/",
+        content=multipart(("features", ""), ("features", "calendar")),
+        headers=MULTIPART,
+    )
+    assert sent_as_multipart.status_code == 200, sent_as_multipart.text
+    assert sent_as_multipart.json()["features"]["calendar"] is True
+    # A scalar field of the same form is still refused when repeated.
+    twice = await editor.post(
+        f"/{slug}/admin/page-config/",
+        content=b"features=&sumup_checkout_prefix=a-&sumup_checkout_prefix=b-",
+        headers=FORM,
+    )
+    assert names_field(assert_problem(twice, 422, "sumup_checkout_prefix"), "sumup_checkout_prefix")
+
+
+@pytest.mark.parametrize("service", ALL_SERVICES)
+async def test_a_query_parameter_given_twice_is_refused_by_every_service(stack, service):
+    client = stack.browser(service) if service in PUBLIC else stack.client(service)
+    problem = assert_problem(await client.get("/?page=1&page=2", headers=JSON), 422)
+    assert problem["detail"] == "page: given more than once", problem
+    assert names_field(problem, "page"), problem
+    # Blank values count (``?page=&page=2`` is as ambiguous); distinct names do not.
+    assert_problem(await client.get("/?page=&page=2", headers=JSON), 422, "page")
+    assert (await client.get("/?page=1&per_page=2", headers=JSON)).status_code != 422
+
+
+def names_a_form_repeats(template: str) -> set[str]:
+    """The names one ``<form>`` of ``template`` may send more than once: a name given to more
+    than one of its fields (or to one inside a loop), or a ``<select multiple>``'s."""
+    repeated: set[str] = set()
+    for form in re.findall(r"<form\b.*?</form>", template, re.DOTALL):
+        fields = re.findall(r"<(?:input|select|textarea|button)\b[^>]*>", form)
+        names = [re.search(r'\bname="([^"]+)"', field) for field in fields]
+        given = [match.group(1) for match in names if match]
+        repeated |= {name for name in given if given.count(name) > 1}
+        for loop in re.findall(r"{%-? *for\b.*?{%-? *endfor", form, re.DOTALL):
+            repeated |= set(re.findall(r'<(?:input|select)\b[^>]*\bname="([^"]+)"', loop))
+        repeated |= {
+            match.group(1)
+            for field in fields
+            if field.startswith("<select") and re.search(r"\bmultiple\b", field)
+            if (match := re.search(r'\bname="([^"]+)"', field))
+        }
+    return repeated
+
+
+def names_the_pages_repeat(service: str) -> set[str]:
+    apps = Path(__file__).resolve().parents[2] / "apps"
+    templates = [*(apps / service / "templates").rglob("*.html")]
+    templates += (apps / "common" / "templates").rglob("*.html")
+    return set().union(*(names_a_form_repeats(path.read_text()) for path in templates))
+
+
+@pytest.mark.parametrize("service", PUBLIC)
+async def test_no_form_of_a_service_trips_its_edge(stack, service):
+    """A browser sends a name once per field that carries it: every name a service's pages
+    (its own templates and the shared ones) may send more than once is one its edge reads as a
+    list, so no form a person fills in is refused as ambiguous."""
+    repeated = names_the_pages_repeat(service)
+    assert repeated <= list_fields(stack.apps[service]), (service, repeated)
+    if service == "blog":
+        assert repeated == {"features"}  # the page admin's checkboxes: the scan sees them

@@ -1,9 +1,19 @@
-"""The edge's UTF-8 check of URL-encoded pairs (a form body or a query string), byte for byte:
-HTTP clients percent-encode what is not ASCII, so raw bytes are tested here."""
+"""The edge's checks of URL-encoded pairs (a form body or a query string) and JSON bodies, byte
+for byte: UTF-8 (HTTP clients percent-encode what is not ASCII, so raw bytes are tested here),
+and no field given more than once unless the app reads it as a list (audit O12)."""
 
 from __future__ import annotations
 
-from apps.common.limits import Refusal, _utf8_pairs
+import json
+from typing import Annotated
+from urllib.parse import urlencode
+
+from hypothesis import given
+from hypothesis import strategies as st
+from litestar import Litestar, get, post
+from litestar.params import FromHeader, FromQuery, JSONBody, QueryParameter
+
+from apps.common.limits import LIST_FIELDS, Refusal, _check_body, _utf8_pairs, list_fields
 
 
 def test_raw_utf8_is_percent_encoded_to_be_read_as_utf8() -> None:
@@ -25,3 +35,111 @@ def test_bytes_that_are_not_utf8_are_refused_naming_the_field() -> None:
         400, "parameter: is not valid UTF-8", "parameter"
     )
     assert _utf8_pairs(b"%FF=1", "body") == Refusal(400, "body: is not valid UTF-8", "body")
+
+
+# -- a field given more than once (audit O12) ---------------------------------------------------
+def given_twice(name: str) -> Refusal:
+    return Refusal(422, f"{name}: given more than once", name)
+
+
+def test_a_form_or_query_field_given_twice_is_refused_naming_it() -> None:
+    assert _utf8_pairs(b"quantity=1&quantity=2", "body") == given_twice("quantity")
+    assert _utf8_pairs(b"page=&per_page=1&page=2", "parameter") == given_twice("page")
+    # Spelt differently, read the same: percent-encoded, or "+" for a space.
+    assert _utf8_pairs(b"quantity=1&quantit%79=2", "body") == given_twice("quantity")
+    assert _utf8_pairs(b"a+b=1&a%20b=2", "body") == given_twice("a b")
+    # Raw UTF-8 names are compared as the characters they are.
+    assert _utf8_pairs("caf\u00e9=1&caf%C3%A9=2".encode(), "body") == given_twice("caf\u00e9")
+    # Empty pairs ("&&") and distinct names are no repeat.
+    assert _utf8_pairs(b"a=1&&b=2&", "parameter") == b"a=1&&b=2&"
+
+
+def test_a_field_that_is_a_list_may_be_repeated() -> None:
+    lists = frozenset({"features", "ids"})
+    form = b"features=&features=cart&features=market&next=%2F"
+    assert _utf8_pairs(form, "body", lists) == form
+    assert _utf8_pairs(b"ids=1&ids=1&ids=2", "parameter", lists) == b"ids=1&ids=1&ids=2"
+    assert _utf8_pairs(b"ids=1&page=1&page=2", "parameter", lists) == given_twice("page")
+    assert _check_body("application/x-www-form-urlencoded", form, lists) == form
+    assert _check_body("application/x-www-form-urlencoded", b"next=a&next=b", lists) == (
+        given_twice("next")
+    )
+
+
+def test_a_json_key_given_twice_is_refused_naming_where_it_is() -> None:
+    json_type = "application/json"
+    assert _check_body(json_type, b'{"quantity":1,"quantity":2}') == given_twice("quantity")
+    assert _check_body(json_type, b'{"quantity":1,"\\u0071uantity":2}') == given_twice("quantity")
+    nested = b'{"lines":[{"id":1},{"id":2,"qty":1,"qty":3}]}'
+    assert _check_body(json_type, nested) == given_twice("lines[1].qty")
+    assert _check_body("application/merge-patch+json", b'{"a":{"b":1,"b":1}}') == (
+        given_twice("a.b")
+    )
+    # JSON's lists are arrays: a key that is a list elsewhere is still one key here.
+    assert _check_body(json_type, b'{"ids":1,"ids":2}', frozenset({"ids"})) == given_twice("ids")
+    # Repeats in different objects, in arrays, and in strings are no duplicate keys.
+    fine = b'{"a":{"id":1},"b":{"id":1},"c":[1,1],"d":"\\"d\\":1,\\"d\\":2"}'
+    assert _check_body(json_type, fine) == fine
+    # Not JSON at all: passed on, for the parser to say so.
+    assert _check_body(json_type, b'{"a":1,"a":') == b'{"a":1,"a":'
+
+
+@given(st.lists(st.sampled_from(["a", "b", "page", "caf\u00e9", "a b", ""]), max_size=8))
+def test_a_query_is_refused_exactly_when_a_name_repeats(names: list[str]) -> None:
+    encoded = urlencode([(name, str(index)) for index, name in enumerate(names)]).encode()
+    seen: set[str] = set()
+    repeated = None
+    for name in names:
+        if name in seen and name:
+            repeated = name
+            break
+        seen.add(name)
+    expected = encoded if repeated is None else given_twice(repeated)
+    assert _utf8_pairs(encoded, "parameter") == expected
+    # Declared a list, any name may repeat.
+    assert _utf8_pairs(encoded, "parameter", frozenset(names)) == encoded
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["a", "b", "id", "\u00e9", "x y"]),
+            st.integers() | st.text(st.characters(exclude_characters="\x00")),
+        ),
+        max_size=6,
+    )
+)
+def test_a_json_object_is_refused_exactly_when_a_key_repeats(
+    pairs: list[tuple[str, object]],
+) -> None:
+    body = ("{" + ",".join(f"{json.dumps(k)}:{json.dumps(v)}" for k, v in pairs) + "}").encode()
+    seen: set[str] = set()
+    repeated = None
+    for key, _ in pairs:
+        if key in seen:
+            repeated = key
+            break
+        seen.add(key)
+    expected = body if repeated is None else given_twice(repeated)
+    assert _check_body("application/json", body) == expected
+
+
+def test_the_names_an_app_reads_as_lists() -> None:
+    """Query parameters typed as lists, and the form fields a handler declares it reads as
+    lists; nothing else."""
+
+    @get("/batch", sync_to_thread=False)
+    def batch(
+        ids: FromQuery[list[int] | None] = None,
+        tags: Annotated[list[str] | None, QueryParameter(name="tag")] = None,
+        page: FromQuery[int] = 1,
+        x_trace: FromHeader[list[str] | None] = None,
+    ) -> None:
+        return None
+
+    @post("/form", opt={LIST_FIELDS: ("features",)}, sync_to_thread=False)
+    def form(data: JSONBody[list[int]]) -> None:
+        return None
+
+    app = Litestar([batch, form], openapi_config=None)
+    assert list_fields(app) == frozenset({"ids", "tag", "features"})
