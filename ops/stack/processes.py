@@ -4,7 +4,8 @@ readable log.
 Each service runs as ``python -m ops.stack.serve <svc>`` with its own environment (its app role's
 DSN, the URLs of its peers, the shared secrets). Output of every process goes, line by line and
 prefixed with the service name, to the terminal and to ``.rose/rose.log`` (mode 0600: it has
-every request line). Stopping sends SIGTERM to every process, waits, then kills what is left.
+every request line; rotated at ``LOG_MAX_BYTES``, ``LOG_KEPT`` earlier files kept). Stopping
+sends SIGTERM to every process, waits, then kills what is left.
 On Linux every process also gets SIGTERM from the kernel when the process that started it dies
 (``PR_SET_PDEATHSIG``): a supervisor killed by SIGKILL or the OOM killer leaves no services behind.
 """
@@ -118,19 +119,69 @@ class ServiceProcess:
         return f"http://{HOST}:{self.port}"
 
 
-class LogSink:
-    """Writes lines from many processes to the terminal and one log file, whole lines only."""
+# rose.log's bound: past this many bytes it is rotated (rose.log -> rose.log.1 -> .2 ...), and
+# this many earlier files are kept, so the log takes at most (1 + LOG_KEPT) * LOG_MAX_BYTES.
+LOG_MAX_BYTES = 10 * 1024 * 1024
+LOG_KEPT = 3
 
-    def __init__(self, path: Path | None, echo: IO[str] | None = sys.stdout) -> None:
+
+class LogSink:
+    """Writes lines from many processes to the terminal and one log file, whole lines only.
+    The file is bounded: a line that would take it past ``max_bytes`` goes to a fresh one, the
+    full one becoming ``<name>.1`` (and ``.1`` ``.2``..., ``kept`` of them kept). Every file is
+    for its owner only (mode 0600): the log has every request line."""
+
+    def __init__(
+        self,
+        path: Path | None,
+        echo: IO[str] | None = sys.stdout,
+        *,
+        max_bytes: int = LOG_MAX_BYTES,
+        kept: int = LOG_KEPT,
+    ) -> None:
         self._lock = threading.Lock()
-        self._file = None
+        self._path = path
+        self._max_bytes = max_bytes
+        self._kept = kept
+        self._descriptor: int | None = None
+        self._size = 0
         if path is not None:
-            # Owner only, also when an earlier release left it readable by all.
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            os.fchmod(descriptor, 0o600)
-            self._file = os.fdopen(descriptor, "a", buffering=1)
+            self._open(path)
         self._echo = echo
         self._width = max(len(name) for name in [*SERVICES, "postgres", SANDBOX])
+
+    def _open(self, path: Path) -> None:
+        # Owner only whatever the umask, also when an earlier release left it readable by all.
+        self._descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.fchmod(self._descriptor, 0o600)
+        self._size = os.fstat(self._descriptor).st_size
+
+    def _rotate(self, path: Path) -> None:
+        """rose.log becomes rose.log.1, .1 becomes .2 ..., the oldest beyond ``kept`` goes."""
+        if self._descriptor is not None:
+            os.close(self._descriptor)
+        for number in range(self._kept - 1, 0, -1):
+            older = path.with_name(f"{path.name}.{number}")
+            if older.exists():
+                os.replace(older, path.with_name(f"{path.name}.{number + 1}"))
+        if self._kept > 0 and path.exists():  # (unless someone removed it meanwhile)
+            os.replace(path, path.with_name(f"{path.name}.1"))
+        else:
+            path.unlink(missing_ok=True)
+        self._open(path)
+
+    def _append(self, text: str) -> None:
+        if self._path is None or self._descriptor is None:
+            return
+        data = (text + "\n").encode("utf-8", "replace")
+        if len(data) > self._max_bytes:  # one line longer than the bound: cut to it
+            cut = data[: self._max_bytes - 1].decode("utf-8", "ignore")  # whole characters
+            data = cut.encode("utf-8") + b"\n"
+        if self._size and self._size + len(data) > self._max_bytes:
+            self._rotate(self._path)
+        self._size += len(data)
+        while data:
+            data = data[os.write(self._descriptor, data) :]
 
     def write(self, source: str, line: str) -> None:
         self._emit(source, line, self._echo)
@@ -146,12 +197,13 @@ class LogSink:
         with self._lock:
             if echo is not None:
                 print(text, file=echo, flush=True)
-            if self._file is not None:
-                self._file.write(text + "\n")
+            self._append(text)
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
+        with self._lock:
+            if self._descriptor is not None:
+                os.close(self._descriptor)
+                self._descriptor = None
 
 
 def _answers_as(answer: httpx.Response, service: str | None) -> bool:

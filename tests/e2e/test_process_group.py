@@ -94,6 +94,43 @@ def test_the_log_is_for_its_owner_only(tmp_path: Path):
     assert earlier.read_text().startswith("old line\n")
 
 
+def test_the_log_is_bounded_and_every_file_of_it_is_for_its_owner_only(tmp_path: Path):
+    """Audit O13: rose.log grew without limit (every request line of a stack left running).
+    It is rotated: past ``max_bytes`` it becomes rose.log.1 (and .1 becomes .2...), ``kept``
+    of them are kept, and each, created or renamed, is owner-only. Lines are whole, the newest
+    in rose.log."""
+    path = tmp_path / "rose.log"
+    umask = os.umask(0o022)  # what a shell usually has: a plain open() would make 0644 files
+    try:
+        sink = LogSink(path, echo=None, max_bytes=1000, kept=2)
+        for number in range(200):  # about 9 KB of lines: rotated several times
+            sink.write("cart", f"line {number:03d} " + "x" * 20)
+        sink.close()
+    finally:
+        os.umask(umask)
+    files = sorted(tmp_path.iterdir())
+    assert [file.name for file in files] == ["rose.log", "rose.log.1", "rose.log.2"]
+    for file in files:
+        assert 0 < file.stat().st_size <= 1000, file
+        assert stat.S_IMODE(file.stat().st_mode) == 0o600, file
+        assert all(line.endswith("x" * 20) for line in file.read_text().splitlines()), file
+    newest = path.read_text().splitlines()[-1]
+    assert "line 199 " in newest
+    # Oldest to newest across the files, with no line lost between the kept ones.
+    numbers = [
+        int(line.split("line ")[1][:3])
+        for file in (files[2], files[1], files[0])
+        for line in file.read_text().splitlines()
+    ]
+    assert numbers == list(range(numbers[0], 200))
+    # A line longer than the bound is cut to it, so no file ever exceeds it.
+    sink = LogSink(path, echo=None, max_bytes=1000, kept=2)
+    sink.write("cart", "y" * 5000)
+    sink.close()
+    assert all(file.stat().st_size <= 1000 for file in tmp_path.iterdir())
+    assert len(list(tmp_path.iterdir())) == 3
+
+
 def test_the_supervisor_does_not_make_a_new_cluster_where_the_data_directory_was_deleted(
     tmp_path: Path,
 ):
