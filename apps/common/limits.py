@@ -53,7 +53,8 @@ def list_fields(app: Litestar) -> frozenset[str]:
     """The names ``app`` reads as lists, which may be given more than once: the query
     parameters Litestar itself reads as lists (typed as one, such as a contract's ``ids``; its
     own ``sequence_query_parameter_names``), and the form fields its handlers declare under
-    :data:`LIST_FIELDS`. One set for the app: a name is a list on every route or none."""
+    :data:`LIST_FIELDS`. One set for the app, as the edge runs before routing: a name that is
+    a list on one route may repeat on any (so no route should read that name as one value)."""
     names: set[str] = set()
     for route in app.routes:
         if isinstance(route, HTTPRoute):
@@ -191,9 +192,11 @@ class _Pairs(list[tuple[str, Any]]):
     """A JSON object as its pairs, in order, duplicates kept."""
 
 
-def _refuse_repeats(pairs: list[tuple[str, Any]]) -> None:
-    if len({key for key, _ in pairs}) != len(pairs):
+def _refuse_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    decoded = dict(pairs)
+    if len(decoded) != len(pairs):
         raise _Repeated
+    return decoded
 
 
 def _repeated_key(body: bytes) -> str | None:
