@@ -8,6 +8,7 @@ One line per difference, from three sources:
   columns, undeclared ones, secrets), foreign servers, user mappings and foreign tables;
 - role passwords, when the credentials are at hand;
 - each service's Alembic version table holding a revision its migrations know;
+- each service's tables and columns as its models declare them (:mod:`ops.db.schema_drift`);
 - each edge working end to end: a query through every foreign table as the consumer's app role
   (a broken reader password, a missing grant or a missing view shows up only there).
 """
@@ -28,6 +29,7 @@ from ops.db.credentials import Credentials
 from ops.db.manifest import Edge, load_edges
 from ops.db.migrate import services_with_migrations, unknown_version, versions_in
 from ops.db.provision import DATABASE_WORKERS, provision
+from ops.db.schema_drift import schema_differences
 from ops.db.topology import Topology
 from ops.split.capture import capture_drift
 from ops.split.moves import tables_read_in
@@ -185,6 +187,9 @@ def _check(
                 f"{service_spec(probe.edge.consumer).app_role}: {probe.error}"
             )
     differences += version_differences(topology, chosen, connections)
+    differences += schema_differences(
+        topology, [name for name in chosen if service_spec(name).database not in missing]
+    )
     capture_differences, capture_notes = capture_drift(topology, chosen)
     return differences + capture_differences, legacy_notes(
         topology, chosen, connections

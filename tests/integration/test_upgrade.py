@@ -300,3 +300,75 @@ def test_claims_kept_on_bookings_a_paid_order_could_not_confirm_are_dropped(
         (kept, "cart_line"),
         (kept, "ticket"),
     ]
+
+
+def test_events_made_by_the_first_0006_gets_its_adopted_sessions(cluster: Cluster) -> None:
+    """Audit U1: two commits of main shipped events 0006 as ``signed_in_sessions``; it was
+    rewritten later under the same revision as ``adopted_sessions``. A database those commits
+    made is at 0006 already, so before 0007 it never got the table the code reads (every
+    anonymous booking a 500). `rose db check` names the table the models declare and the
+    database lacks, and the upgrade renames the old one, keeping its rows."""
+    events_url = cluster.topology.admin_url("events")
+    command.downgrade(alembic_config("events", events_url), "0005")
+    with cluster.admin("events") as events:
+        # As 0006 of 6702985 and b47c182 made it (migrations run as the owner role).
+        events.execute("SET ROLE events_owner")
+        events.execute(
+            "CREATE TABLE events.signed_in_sessions (session_id varchar(64) PRIMARY KEY, "
+            "user_id bigint NOT NULL, signed_in_at timestamptz NOT NULL DEFAULT now())"
+        )
+        events.execute(
+            "CREATE INDEX ix_signed_in_sessions_signed_in_at "
+            "ON events.signed_in_sessions (signed_in_at)"
+        )
+        events.execute(
+            "INSERT INTO events.signed_in_sessions (session_id, user_id) VALUES ('before', 9)"
+        )
+        events.execute("UPDATE events.alembic_version SET version_num = '0006'")
+
+    broken = cluster.rose("db", "check")
+    assert broken.exit_code == 1, broken.output
+    assert "events.adopted_sessions" in broken.output, broken.output
+    assert "events.signed_in_sessions" in broken.output, broken.output
+
+    converge_databases(cluster.topology, cluster.credentials, say=lambda _: None)
+
+    mended = cluster.rose("db", "check")
+    assert mended.exit_code == 0, mended.output
+    with cluster.admin("events") as events:
+        assert events.execute(
+            "SELECT session_id, user_id, adopted_at IS NOT NULL FROM events.adopted_sessions"
+        ).fetchall() == [("before", 9, True)]
+        assert events.execute("SELECT to_regclass('events.signed_in_sessions')").fetchone() == (
+            None,
+        )
+    # The app role reads and writes it as it does any table of its service.
+    with cluster.as_role("events", "events_app") as app:
+        app.execute(
+            "INSERT INTO events.adopted_sessions (session_id, user_id) VALUES ('after', 10)"
+        )
+        assert app.execute("SELECT count(*) FROM events.adopted_sessions").fetchone() == (2,)
+
+
+def test_check_names_columns_the_models_do_not_match(cluster: Cluster) -> None:
+    """A column added or dropped by hand is named by `rose db check`, as a table is."""
+    with cluster.admin("likes") as likes:
+        likes.execute("SET ROLE likes_owner")
+        likes.execute("ALTER TABLE likes.likes ADD COLUMN by_hand integer")
+        likes.execute("ALTER TABLE likes.request_nonces DROP COLUMN expires_at")
+    try:
+        check = cluster.rose("db", "check")
+        assert check.exit_code == 1, check.output
+        assert "db_likes: column likes.likes.by_hand is not declared by the models" in check.output
+        assert "db_likes: column likes.request_nonces.expires_at is missing" in check.output
+    finally:
+        with cluster.admin("likes") as likes:
+            likes.execute("ALTER TABLE likes.likes DROP COLUMN by_hand")
+            likes.execute("SET ROLE likes_owner")
+            likes.execute(
+                "ALTER TABLE likes.request_nonces ADD COLUMN expires_at timestamptz NOT NULL"
+            )
+            likes.execute(
+                "CREATE INDEX ix_request_nonces_expires_at ON likes.request_nonces (expires_at)"
+            )
+        assert cluster.rose("db", "check").exit_code == 0
