@@ -103,7 +103,9 @@ class CreatedOrder(msgspec.Struct):
     order_id: int
     # SumUp's hosted checkout and its reference; empty for an order with nothing to pay.
     sumup_hosted_url: str
-    page_config_id: int
+    # The page config whose SumUp merchant it is paid through; None for an order with nothing
+    # to pay made where no page config has a merchant (it needs none).
+    page_config_id: int | None
     sumup_reference: str
     description: str
     # Where the buyer goes now: SumUp's hosted checkout while the order waits for its payment,

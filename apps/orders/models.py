@@ -82,6 +82,13 @@ class Order(IdentityPkMixin, Base):
         CheckConstraint(
             "status <> 'pending' OR payable_until IS NOT NULL", name="pending_has_deadline"
         ),
+        # Where its money is paid (orders 0011): an order with nothing to pay (every line free,
+        # paid as it is made, without SumUp) may name no merchant; any other must.
+        CheckConstraint(
+            "total = 0 OR (page_config_id IS NOT NULL AND merchant_code IS NOT NULL "
+            "AND checkout_prefix IS NOT NULL)",
+            name="free_or_has_merchant",
+        ),
         Index("ix_orders_user", "user_id", "id"),
         Index("ix_orders_session", "session_id", "id"),
         Index("ix_orders_pending", "id", postgresql_where=text("status = 'pending'")),
@@ -98,9 +105,11 @@ class Order(IdentityPkMixin, Base):
     ticket_total: Mapped[Decimal] = mapped_column(Numeric(12, 2), nullable=False)
     total: Mapped[Decimal] = mapped_column(Numeric(12, 2), nullable=False)
     description: Mapped[str] = mapped_column(String(255), nullable=False)
-    page_config_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
-    merchant_code: Mapped[str] = mapped_column(String(32), nullable=False)
-    checkout_prefix: Mapped[str] = mapped_column(String(40), nullable=False)
+    # The page config (its SumUp merchant) the order is paid through, snapshotted when it is
+    # made; None only for an order with nothing to pay (free_or_has_merchant).
+    page_config_id: Mapped[int | None] = mapped_column(BigInteger)
+    merchant_code: Mapped[str | None] = mapped_column(String(32))
+    checkout_prefix: Mapped[str | None] = mapped_column(String(40))
     # Set when SumUp reports something that does not match the order (another amount): the
     # order is not marked paid and a person has to look at it.
     flagged: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default="false")

@@ -108,6 +108,7 @@ from apps.orders.settlement import (
     merchant_account,
     money,
     pay_with_nothing_to_pay,
+    payment_config_of,
     refresh_attempt,
     refresh_reported_attempt,
     refunds_of,
@@ -915,6 +916,8 @@ async def _new_attempt(
     *,
     valid_until: datetime | None,
 ) -> PaymentAttempt:
+    if order.checkout_prefix is None:  # nothing to pay (orders 0011): never a checkout
+        raise Conflict(f"order {order.id} had nothing to pay: it names no SumUp merchant")
     reference = checkout_reference(order.checkout_prefix, order.id, number)
     remote = await runtime.gateway.create_checkout(
         account,
@@ -1156,7 +1159,7 @@ async def start_new_attempt(
     most = runtime.settings.attempts_per_order
     if not gives_back_current and number <= most:
         await _count_under_lock(session, order.id, number, admission, counted)
-    account = await merchant_account(session, order.page_config_id)
+    account = await merchant_account(session, payment_config_of(order))
     if current is not None and current.status in OPEN_ATTEMPT_STATES:
         # What SumUp says now: a payment that landed meanwhile settles the order.
         applied = await refresh_attempt(session, order, current, runtime.gateway)

@@ -108,7 +108,8 @@ class OrderRow:
     user_id: int | None
     session_id: str | None
     page_post_id: int | None
-    page_config_id: int
+    # None only for an order with nothing to pay, which has no attempt for a webhook to name.
+    page_config_id: int | None
 
 
 @dataclass
@@ -198,6 +199,16 @@ class RecentMerchantAccounts:
 
     def forget(self, page_config_id: int) -> None:
         self._accounts.pop(page_config_id, None)
+
+
+def payment_config_of(order: OrderInHand) -> int:
+    """The page config whose SumUp merchant an order is paid through. Whatever asks SumUp about
+    an order does so about one of its payment attempts (or a refund of one), and an order has
+    attempts only when it has something to pay, which the database refuses without its
+    merchant (orders 0011). Only an order with nothing to pay, paid as it is made, names none."""
+    if order.page_config_id is None:
+        raise Conflict(f"order {order.id} had nothing to pay: it names no SumUp merchant")
+    return order.page_config_id
 
 
 def account_lookup(page_config_id: ColumnElement[int]) -> ScalarSelect[Any]:
@@ -607,7 +618,7 @@ async def refresh_attempt(
     gateway: SumUpGateway,
     accounts: MerchantAccounts | None = None,
 ) -> Applied:
-    account = await (accounts or MerchantAccounts()).of(session, order.page_config_id)
+    account = await (accounts or MerchantAccounts()).of(session, payment_config_of(order))
     try:
         remote = await gateway.get_checkout(account, attempt.sumup_checkout_id)
     except CheckoutNotFound:
@@ -626,22 +637,23 @@ async def refresh_reported_attempt(
     """:func:`refresh_attempt` for a webhook: with the page config's account this process read
     lately when it has one (no FDW read), else (or when SumUp refuses that key, or does not
     know the checkout under it) with the account blog holds now."""
-    remembered = recent.recall(order.page_config_id)
+    config_id = payment_config_of(order)
+    remembered = recent.recall(config_id)
     if remembered is not None:
         try:
             remote = await gateway.get_checkout(remembered, attempt.sumup_checkout_id)
         except CheckoutNotFound:
-            recent.forget(order.page_config_id)
+            recent.forget(config_id)
         except PaymentProviderError as exc:
             if exc.sumup_status != 401:
                 raise
-            recent.forget(order.page_config_id)
+            recent.forget(config_id)
         else:
             return await apply_checkout(session, order, attempt, remote)
-    account = await merchant_account(session, order.page_config_id)
-    recent.learn(order.page_config_id, account)
+    account = await merchant_account(session, config_id)
+    recent.learn(config_id, account)
     return await refresh_attempt(
-        session, order, attempt, gateway, MerchantAccounts({order.page_config_id: account})
+        session, order, attempt, gateway, MerchantAccounts({config_id: account})
     )
 
 
@@ -654,7 +666,7 @@ async def close_attempt(
 ) -> Applied:
     """Deactivate an open checkout so it can take no money; one SumUp already processed comes
     back PAID and is applied (a late payment becomes a refund)."""
-    account = await (accounts or MerchantAccounts()).of(session, order.page_config_id)
+    account = await (accounts or MerchantAccounts()).of(session, payment_config_of(order))
     try:
         remote = await gateway.deactivate_checkout(account, attempt.sumup_checkout_id)
     except (PaymentProviderUnavailable, PaymentProviderError):
@@ -743,7 +755,7 @@ async def settle_refund(
     attempt = await session.get(PaymentAttempt, refund.attempt_id)
     assert order is not None
     assert attempt is not None
-    account = await (accounts or MerchantAccounts()).of(session, order.page_config_id)
+    account = await (accounts or MerchantAccounts()).of(session, payment_config_of(order))
     transaction_id = attempt.transaction_id or await _transaction_id(
         gateway, account, attempt, session
     )

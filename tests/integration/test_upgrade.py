@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import httpx
 import psycopg
 import pytest
+import sqlalchemy.exc
 from alembic import command
 
 from apps.sumup_sandbox.app import DEFAULT_API_KEY, DEFAULT_MERCHANT_CODE
@@ -372,3 +373,59 @@ def test_check_names_columns_the_models_do_not_match(cluster: Cluster) -> None:
                 "CREATE INDEX ix_request_nonces_expires_at ON likes.request_nonces (expires_at)"
             )
         assert cluster.rose("db", "check").exit_code == 0
+
+
+def test_orders_keep_their_merchant_and_a_free_one_may_have_none(cluster: Cluster) -> None:
+    """An order with nothing to pay needs no payment configuration (a site with only free
+    places has no SumUp merchant): orders 0011 lets an order's page config, merchant code and
+    checkout prefix be NULL when its total is 0, and nowhere else. The orders made before it
+    keep theirs."""
+    command.downgrade(alembic_config("orders", cluster.topology.admin_url("orders")), "0010")
+    with cluster.admin("orders") as orders:
+        config_id, merchant = orders.execute(
+            "SELECT page_config_id, merchant_code FROM orders.orders LIMIT 1"
+        ).fetchone()
+        before = orders.execute(
+            "SELECT id, status, total, page_config_id, merchant_code, checkout_prefix "
+            "FROM orders.orders ORDER BY id"
+        ).fetchall()
+        free = orders.execute(
+            "INSERT INTO orders.orders (user_id, status, currency, product_total, "
+            "calendar_total, ticket_total, total, description, page_config_id, merchant_code, "
+            "checkout_prefix, paid_at) VALUES (9, 'paid', 'EUR', 0, 0, 0, 0, 'free before', "
+            "%s, %s, 'rose-', now()) RETURNING id, status, total, page_config_id, "
+            "merchant_code, checkout_prefix",
+            (config_id, merchant),
+        ).fetchone()
+
+    converge_databases(cluster.topology, cluster.credentials, say=lambda _: None)
+    assert cluster.rose("db", "check").exit_code == 0
+
+    columns = "user_id, status, currency, product_total, calendar_total, ticket_total, total, "
+    columns += "description, page_config_id, merchant_code, checkout_prefix, paid_at"
+    with cluster.admin("orders") as orders:
+        assert orders.execute(
+            "SELECT id, status, total, page_config_id, merchant_code, checkout_prefix "
+            "FROM orders.orders ORDER BY id"
+        ).fetchall() == [*before, free]
+        nothing_to_pay = orders.execute(
+            f"INSERT INTO orders.orders ({columns}) VALUES (9, 'paid', 'EUR', 0, 0, 0, 0, "
+            "'free, no merchant', NULL, NULL, NULL, now()) RETURNING page_config_id"
+        ).fetchone()
+        assert nothing_to_pay == (None,)
+        with pytest.raises(sqlalchemy.exc.DBAPIError, match="cannot be undone"):
+            command.downgrade(
+                alembic_config("orders", cluster.topology.admin_url("orders")), "0010"
+            )
+        # Anything to pay still names where it is paid: each of the three, one missing at a time.
+        for missing in range(3):
+            given = [str(config_id), f"'{merchant}'", "'rose-'"]
+            given[missing] = "NULL"
+            refused = pytest.raises(psycopg.errors.CheckViolation, match="free_or_has_merchant")
+            with refused, orders.transaction():
+                orders.execute(
+                    f"INSERT INTO orders.orders ({columns}) VALUES (9, 'pending', 'EUR', 4, "
+                    f"0, 0, 4, 'no merchant', {', '.join(given)}, now() + interval '1 hour')"
+                )
+        # The revision before cannot hold it (the downgrade refuses while it is there).
+        orders.execute("DELETE FROM orders.orders WHERE page_config_id IS NULL")
