@@ -270,9 +270,9 @@ def candidate_parameters(candidates: list[tuple[str, int]]) -> dict[str, Any]:
 
 def choose_payment_config(
     candidates: list[tuple[str, int]], rows: list[dict[str, Any]]
-) -> PaymentConfig:
+) -> PaymentConfig | None:
     """The first candidate with a SumUp merchant and key: a page without SumUp settings falls
-    back to the site default too."""
+    back to the site default too. None when neither has one."""
     by_container = {(row["container_type"], row["container_id"]): row for row in rows}
     for candidate in candidates:
         row = by_container.get(candidate)
@@ -284,7 +284,12 @@ def choose_payment_config(
                 account=MerchantAccount(row["sumup_merchant_code"], row["sumup_api_key"]),
                 checkout_prefix=row["sumup_checkout_prefix"] or DEFAULT_CHECKOUT_PREFIX,
             )
-    raise Conflict(
+    return None
+
+
+def payments_not_configured() -> Conflict:
+    """An order with something to pay where no candidate has a SumUp merchant and key."""
+    return Conflict(
         "Payments are not configured for this page (no SumUp merchant and key on the page or "
         "the site default)"
     )
@@ -336,8 +341,9 @@ class OrderSlot:
     order_id: int
     # The database's clock.
     now: datetime
-    # The page config the order takes.
-    config: PaymentConfig
+    # The page config the order takes; None when neither candidate has a SumUp merchant, which
+    # only an order with nothing to pay may go on without (:func:`create_order`).
+    config: PaymentConfig | None
 
 
 def _buyer(by_user: bool, by_session: bool, orders: Any = None) -> ColumnElement[bool]:
@@ -381,7 +387,8 @@ async def reserve_order_slot(
     held, and the count is of committed orders). A refused order leaves a gap in the ids, as
     a rolled-back one always did. The page configs are read in the same statement, through FDW
     (the statement before, :func:`lock_buyer`, set its timeout); nothing can go on without
-    them, so no savepoint: a failure ends the transaction."""
+    them, so no savepoint: a failure ends the transaction. Finding no SumUp merchant among
+    them is not a failure here: an order with nothing to pay needs none."""
     async with remote_read(session, "blog", isolate=False, timeout_set=True):
         recent = await _order_slot(user_id is not None, session_id is not None).first(
             session,
@@ -400,8 +407,9 @@ async def reserve_order_slot(
             "your cart is as it was.",
             retry_after=retry_after,
         )
-    config = choose_payment_config(candidates, configs or [])
-    return OrderSlot(order_id=order_id, now=now, config=config)
+    return OrderSlot(
+        order_id=order_id, now=now, config=choose_payment_config(candidates, configs or [])
+    )
 
 
 def claims_of(request: CreateOrder) -> list[Claim]:
@@ -688,7 +696,9 @@ async def create_order(
 ) -> NewOrder:
     """Insert the order (pending), its items and claims, supersede what it replaces, hold its
     bookings and create its first SumUp checkout, all in the caller's transaction: if anything
-    fails, nothing is left behind (bookings stay held for the buyer, no longer than before)."""
+    fails, nothing is left behind (bookings stay held for the buyer, no longer than before).
+    An order with nothing to pay is paid as it is made instead, and needs no SumUp merchant:
+    without one, it names none."""
     settings = runtime.settings
     currency = validate_order(request)
     _check_urls(request, runtime.urls)
@@ -721,6 +731,8 @@ async def create_order(
     )
     config = slot.config
     total = _total_of(request)
+    if config is None and total > 0:
+        raise payments_not_configured()
     payable_until = slot.now + timedelta(seconds=settings.payable_seconds)
 
     # Plain rows placed by one Core statement: the ORM's unit of work cost more Python than
@@ -736,9 +748,9 @@ async def create_order(
         "ticket_total": money(request.ticket_total),
         "total": total,
         "description": f"rose-ash order #{slot.order_id}",
-        "page_config_id": config.id,
-        "merchant_code": config.account.merchant_code,
-        "checkout_prefix": config.checkout_prefix,
+        "page_config_id": config.id if config else None,
+        "merchant_code": config.account.merchant_code if config else None,
+        "checkout_prefix": config.checkout_prefix if config else None,
         "payable_until": payable_until,
     }
     items = [
@@ -768,8 +780,9 @@ async def create_order(
     try:
         async with asyncio.timeout(settings.create_order_deadline):
             await hold_bookings(runtime, order, request)
-            if total == 0:
+            if total == 0 or config is None:
                 # Every line is free: nothing to take, no SumUp checkout; paid as it is made.
+                # (No config with something to pay was refused above.)
                 await pay_with_nothing_to_pay(session, order)
                 return NewOrder(paid_answer(order, runtime.urls), superseded)
             attempt = await _new_attempt(

@@ -296,3 +296,101 @@ def claims_of(server, order_id: int) -> list[tuple[str, int]]:
             "ORDER BY kind, ref_id",
             (order_id,),
         ).fetchall()
+
+
+def remove_payment_configs(server) -> None:
+    """A site that only gives free places: no page config on any page, no site default, so no
+    SumUp merchant anywhere."""
+    with admin_connect(server, "blog") as connection:
+        connection.execute("DELETE FROM blog.page_configs")
+
+
+def payment_columns(server, order_id: int) -> tuple:
+    with admin_connect(server, "orders") as connection:
+        return connection.execute(
+            "SELECT page_config_id, merchant_code, checkout_prefix FROM orders.orders "
+            "WHERE id = %s",
+            (order_id,),
+        ).fetchone()
+
+
+async def test_free_bookings_are_confirmed_on_a_site_without_payments(
+    stack, clean_db, shop, sandbox
+):
+    """A site with no SumUp account at all (no page config, no site default) could confirm no
+    free booking: making the order read the page configs and refused it, 409 "Payments are
+    not configured". With nothing to pay, no payment configuration is needed: the order is
+    made without one, paid at 0.00, its booking confirmed, and its pages work."""
+    remove_payment_configs(clean_db)
+    cart = await browser_of(stack, "cart", user_id=3)
+    events, orders = stack.browser("events"), stack.browser("orders")
+    share_cookies(cart, events, orders)
+    entry_id = free_entry(clean_db)
+    assert (await events.post(f"/entries/{entry_id}/book/")).status_code == 200
+
+    html = {"accept": "text/html"}
+    response = await cart.post("/checkout/", headers=html)
+    assert response.status_code == 303, response.text
+    [order_id] = orders_of(clean_db)
+    assert response.headers["location"].endswith(f"/checkout/return/{order_id}/")
+    assert orders_of(clean_db) == {order_id: ("paid", Decimal("0.00"))}
+    # It names no payment configuration: there is none, and nothing to pay through one.
+    assert payment_columns(clean_db, order_id) == (None, None, None)
+    assert sandbox.checkouts() == []
+    assert attempts_of(clean_db, order_id) == 0
+    assert await eventually(lambda: entry_state(clean_db, entry_id) == ("confirmed", order_id))
+    assert await cart_count(cart) == 0
+
+    returned = await orders.get(f"/checkout/return/{order_id}/", headers=html)
+    assert returned.status_code == 200, returned.text
+    assert f"order #{order_id} is confirmed" in returned.text
+    assert "nothing to pay" in returned.text
+    detail = await orders.get(f"/order/{order_id}/", headers=html)
+    assert detail.status_code == 200, detail.text
+    assert "there was nothing to pay" in detail.text
+    listing = await orders.get("/", headers=html)
+    assert listing.status_code == 200, listing.text
+    row = listing.text.split(f'data-order-id="{order_id}"', 1)[1].split("</tr>", 1)[0]
+    assert "confirmed (nothing to pay)" in row
+    api = await orders.get(f"/api/orders/{order_id}")
+    assert api.status_code == 200, api.text
+    assert (api.json()["status"], api.json()["total"], api.json()["payment"]) == (
+        "paid",
+        "0.00",
+        None,
+    )
+    # Its recheck has nothing to ask SumUp; paying it again is refused as for any paid order.
+    rechecked = await orders.post(f"/order/{order_id}/recheck/")
+    assert rechecked.status_code == 200, rechecked.text
+    assert rechecked.json()["order"]["status"] == "paid"
+    again = await orders.post(f"/order/{order_id}/pay/")
+    assert again.status_code == 409, again.text
+    assert "cannot be paid again" in again.json()["detail"]
+    assert sandbox.checkouts() == []
+    for client in (cart, events, orders):
+        await client.aclose()
+
+
+async def test_something_to_pay_still_needs_payments_configured(stack, clean_db, shop, sandbox):
+    """The same cart with a priced booking next to the free one still needs a SumUp merchant:
+    409 naming payments not configured, and nothing is left behind (no order, no checkout,
+    both bookings held in the cart as before)."""
+    remove_payment_configs(clean_db)
+    cart = await browser_of(stack, "cart", user_id=3)
+    events = stack.browser("events")
+    share_cookies(cart, events)
+    free = free_entry(clean_db)
+    for entry_id in (free, shop.entry_id):
+        assert (await events.post(f"/entries/{entry_id}/book/")).status_code == 200
+
+    refused = await cart.post("/checkout/")
+    assert refused.status_code == 409, refused.text
+    assert "Payments are not configured for this page" in refused.json()["detail"]
+    assert orders_of(clean_db) == {}
+    assert sandbox.checkouts() == []
+    assert outbox_rows(clean_db) == []
+    assert entry_state(clean_db, free) == ("pending", None)
+    assert entry_state(clean_db, shop.entry_id) == ("pending", None)
+    assert await cart_count(cart) == 2
+    for client in (cart, events):
+        await client.aclose()
