@@ -111,6 +111,13 @@ class InternalClient:
         if stale is not None:
             self._closing.append(stale)
 
+    def knows(self, service: str) -> bool:
+        """Whether calls to ``service`` have somewhere to go (its URL is configured, or it
+        runs in process): a deployment without it has nothing of it to call."""
+        return bool(
+            service in self._rerouted or service in self._asgi_apps or self._base_urls.get(service)
+        )
+
     async def aclose(self) -> None:
         for client in self._closing:
             await client.aclose()

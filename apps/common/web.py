@@ -42,6 +42,7 @@ from apps.common.internal_paths import is_internal_path
 from apps.common.limits import LIST_FIELDS
 from apps.common.problems import (
     BadRequest,
+    DependencyUnavailable,
     Forbidden,
     InvalidInput,
     Problem,
@@ -73,16 +74,30 @@ async def adopt_anonymous_on_sign_in(
     after: Identity,
 ) -> None:
     """What the visitor gathered anonymously (cart lines, bookings, orders: whatever the
-    services' contracts adopt at sign-in) joins the user. A service that cannot be reached must
-    not block signing in: it is logged, and what it holds stays with the anonymous session."""
+    services' contracts adopt at sign-in) joins the user, before the new session is issued.
+    A service that cannot be reached makes sign-in a 503 (audit M1): the new session would
+    leave the anonymous one behind, and with it what that service holds (a paid order out of
+    the user's sight for good). Every action is tried, and all are idempotent, so signing in
+    again finishes what this began."""
     if after.user_id is None or before.user_id == after.user_id:
         return
     request = SignIn(user_id=after.user_id, session_id=before.session_id)
+    unreachable = []
     for action in actions:
+        if not client.knows(action.service):
+            # Not part of this deployment (no URL configured): nothing of it to adopt.
+            logger.warning("sign-in: %s is not configured; not asked", action.service)
+            continue
         try:
             await client.call(action, request)
         except InternalCallError as exc:
             logger.warning("sign-in: %s %s failed: %s", action.service, action.name, exc)
+            unreachable.append(action.service)
+    if unreachable:
+        raise DependencyUnavailable(
+            f"Signing in could not finish: {', '.join(unreachable)} cannot be reached right "
+            "now. You are still signed out and nothing is lost; please try again in a minute."
+        )
 
 
 def public_url(settings: Settings, service: str, path: str = "/") -> str:
@@ -404,8 +419,9 @@ def auth_handlers(
             before = identity_from_scope(request.scope)
             # A new session id at sign-in: whoever saw or planted the anonymous one has nothing.
             after = Identity(session_id=new_session_id(), user_id=user_id)
-            set_identity(request.scope, after, codec)
+            # Issued only once every service has given the user what the anonymous one holds.
             await adopt_anonymous_on_sign_in(client, sign_in, before, after)
+            set_identity(request.scope, after, codec)
             if wants_html(request) or next_path:
                 return see_other(safe_next(next_path))
             return Response({"user_id": user_id, "csrf_token": codec.csrf_token(after)})

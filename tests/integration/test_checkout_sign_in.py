@@ -16,6 +16,8 @@ from contextlib import contextmanager
 import httpx
 import pytest
 
+from apps.common.app_factory import platform_of
+from apps.common.asgi import send_problem
 from apps.common.identity import SessionCodec
 from tests.conftest import SESSION_SECRET, admin_connect, lock_waiters
 from tests.integration.commerce_fixtures import (
@@ -232,3 +234,52 @@ async def test_a_sign_in_in_flight_when_the_confirmation_comes_ends_with_the_use
     assert ticket_of(clean_db, ticket_id) == ("confirmed", USER_ID, None, order_id)
     assert await eventually(lambda: order_owner(clean_db, order_id) == ("paid", USER_ID))
     await cart.aclose()
+
+
+# -- audit M1: a sign-in that a service cannot hear ---------------------------------------------
+# Sign-in gives the browser a new session id; what the anonymous one holds joins the user through
+# each service's adopt action. A failed one was logged and sign-in went on: an anonymous paid
+# order then belonged to a session nobody held any more, out of the user's sight for good.
+
+
+class OrdersDown:
+    """Orders as cart's client sees it when it cannot be reached: every call a 503."""
+
+    async def __call__(self, scope, receive, send) -> None:
+        await send_problem(send, 503, "orders is down", scope["path"])
+
+
+async def test_a_sign_in_orders_cannot_hear_is_refused_and_loses_no_order(
+    stack, clean_db, shop, sandbox
+):
+    cart, _, order_id, checkout_id, _ = await anonymous_paid_checkout(
+        stack, clean_db, shop, sandbox
+    )
+    assert (await webhook(stack, order_id, checkout_id)).status_code == 204
+    anonymous_cookie = session_cookie(cart)
+    client = platform_of(stack.apps["cart"]).client
+    client.route("orders", OrdersDown())
+    try:
+        refused = await sign_in(cart)
+    finally:
+        client.route("orders", stack.apps["orders"])
+    assert refused.status_code == 503, refused.text
+    problem = refused.json()
+    assert "orders" in problem["detail"], problem
+    assert "try again" in problem["detail"], problem
+    # Not signed in: the browser keeps its anonymous session, which still owns the order.
+    assert session_cookie(cart) == anonymous_cookie
+    assert (await cart.get("/auth/session")).json()["signed_in"] is False
+    assert order_owner(clean_db, order_id) == ("paid", None)
+
+    # Signing in again, with orders back, gives the user the order (and the cart's things).
+    signed = await sign_in(cart)
+    assert signed.status_code == 200, signed.text
+    assert order_owner(clean_db, order_id) == ("paid", USER_ID)
+    assert booking_of(clean_db, shop.entry_id)[1:3] == (USER_ID, None)
+    orders_page = stack.browser("orders")
+    share_cookies(cart, orders_page)
+    mine = await orders_page.get("/api/orders")
+    assert [order["id"] for order in mine.json()["items"]] == [order_id], mine.text
+    for client_ in (cart, orders_page):
+        await client_.aclose()
