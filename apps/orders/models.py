@@ -150,6 +150,10 @@ class OrderItem(IdentityPkMixin, Base):
         CheckConstraint(f"kind IN {ITEM_KINDS!r}", name="kind_known"),
         CheckConstraint("quantity > 0", name="quantity_positive"),
         CheckConstraint("unit_price >= 0", name="unit_price_not_negative"),
+        CheckConstraint(
+            "unconfirmed_at IS NULL OR kind IN ('calendar_entry', 'ticket')",
+            name="unconfirmed_is_a_booking",
+        ),
     )
 
     order_id: Mapped[int] = mapped_column(
@@ -168,6 +172,11 @@ class OrderItem(IdentityPkMixin, Base):
     # The cart lines a product line stands for (the live line, then lines merged into it at
     # sign-in): what clear-cart-for-order removes once the order is paid.
     cart_line_ids: Mapped[list[int] | None] = mapped_column(ARRAY(BigInteger))
+    # When events said it could not confirm this booking for the order (the buyer removed it
+    # from the cart the moment before): settlement.bookings_not_confirmed. None for a booking
+    # confirmed (or not yet answered), for goods, and for lines older than orders 0011 whose
+    # fate it could not tell.
+    unconfirmed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     order: Mapped[Order] = relationship(back_populates="items", lazy="raise")
 

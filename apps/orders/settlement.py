@@ -552,6 +552,7 @@ async def bookings_not_confirmed(
 
     - the order lets go of its claims on them: a paid order's claim refuses every later order
       of the same booking, and an entry's id is the same place for the next buyer;
+    - its lines of them record when (``unconfirmed_at``): what the order's pages name;
     - their price is money that must go back, not a log line (a refund is recorded);
     - an order with nothing to pay has nothing to give back; if none of its lines was
       confirmed, it is cancelled, so that it does not say it is confirmed.
@@ -574,13 +575,27 @@ async def bookings_not_confirmed(
     order = await session.get(Order, order_id)
     if order is None:
         return False
-    items = list(await session.scalars(select(OrderItem).where(OrderItem.order_id == order_id)))
+    items = list(
+        await session.scalars(
+            select(OrderItem).where(OrderItem.order_id == order_id).order_by(OrderItem.id)
+        )
+    )
     lost = [
         item
         for item in items
         if (item.kind == "calendar_entry" and item.source_id in entry_ids)
         or (item.kind == "ticket" and item.source_id in ticket_ids)
     ]
+    if lost:
+        # What the order's pages say, for any order: the fact, not an inference.
+        await session.execute(
+            update(OrderItem)
+            .where(
+                OrderItem.id.in_([item.id for item in lost]),
+                OrderItem.unconfirmed_at.is_(None),
+            )
+            .values(unconfirmed_at=func.now())
+        )
     paid_attempt = await session.scalar(
         select(PaymentAttempt)
         .where(PaymentAttempt.order_id == order_id, PaymentAttempt.status == "PAID")

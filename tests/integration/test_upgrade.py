@@ -429,3 +429,136 @@ def test_orders_keep_their_merchant_and_a_free_one_may_have_none(cluster: Cluste
                 )
         # The revision before cannot hold it (the downgrade refuses while it is there).
         orders.execute("DELETE FROM orders.orders WHERE page_config_id IS NULL")
+
+
+def test_bookings_events_could_not_confirm_are_recorded_where_the_claims_tell(
+    cluster: Cluster,
+) -> None:
+    """orders 0011: a line records when events could not confirm its booking (unconfirmed_at).
+    The upgrade keeps every line as it was and fills it in where the claims an order lost say
+    it (only events' answer drops a booking claim, and 0010 every booking claim of an order
+    refunded for unconfirmed bookings): at the time the confirmation was delivered, else when
+    the order was paid. Elsewhere it stays NULL; only a booking line can have it."""
+    command.downgrade(alembic_config("orders", cluster.topology.admin_url("orders")), "0010")
+    with cluster.admin("orders") as orders:
+        config_id, merchant = orders.execute(
+            "SELECT page_config_id, merchant_code FROM orders.orders LIMIT 1"
+        ).fetchone()
+        before = orders.execute(
+            "SELECT id, order_id, kind, source_id, title, unit_price, quantity "
+            "FROM orders.order_items ORDER BY id"
+        ).fetchall()
+
+        def order(total: int, reference: str | None) -> tuple[int, int | None]:
+            order_id = orders.execute(
+                "INSERT INTO orders.orders (user_id, status, currency, product_total, "
+                "calendar_total, ticket_total, total, description, page_config_id, "
+                "merchant_code, checkout_prefix, paid_at) VALUES (9, 'paid', 'EUR', %s, 0, 0, "
+                "%s, 'paid', %s, %s, 'rose-', timestamptz '2026-12-01 10:00+00') RETURNING id",
+                (total, total, config_id, merchant),
+            ).fetchone()[0]
+            if reference is None:
+                return order_id, None
+            attempt_id = orders.execute(
+                "INSERT INTO orders.payment_attempts (order_id, number, checkout_reference, "
+                "sumup_checkout_id, status, amount, currency) VALUES (%s, 1, %s, %s, 'PAID', "
+                "%s, 'EUR') RETURNING id",
+                (order_id, reference, f"checkout-{reference}", total),
+            ).fetchone()[0]
+            return order_id, attempt_id
+
+        def lines(order_id: int, *kinds: str) -> list[int]:
+            return [
+                orders.execute(
+                    "INSERT INTO orders.order_items (order_id, kind, source_id, title, "
+                    "unit_price, currency, quantity) VALUES (%s, %s, %s, %s, 0, 'EUR', 1) "
+                    "RETURNING id",
+                    (order_id, kind, order_id * 10 + number, f"{kind} {number}"),
+                ).fetchone()[0]
+                for number, kind in enumerate(kinds)
+            ]
+
+        def claim(order_id: int, kind: str, ref_id: int) -> None:
+            orders.execute(
+                "INSERT INTO orders.order_claims (kind, ref_id, order_id) VALUES (%s, %s, %s)",
+                (kind, ref_id, order_id),
+            )
+
+        def refund(order_id: int, attempt_id: int | None) -> None:
+            orders.execute(
+                "INSERT INTO orders.refunds (order_id, attempt_id, reason_key, reason, amount, "
+                "currency) VALUES (%s, %s, %s, 'bookings that could not be confirmed: x', 2, "
+                "'EUR')",
+                (order_id, attempt_id, f"unconfirmed-bookings:{attempt_id}"),
+            )
+
+        # A free order: one booking confirmed (still claimed), one not (its claim dropped);
+        # its confirmation's delivery is known.
+        free, _ = order(0, None)
+        free_kept, free_lost = lines(free, "calendar_entry", "calendar_entry")
+        claim(free, "calendar_entry", free * 10)
+        orders.execute(
+            "INSERT INTO orders.outbox (service, action, payload, idempotency_key, "
+            "delivered_at) VALUES ('events', 'confirm-for-order', '{}', %s, "
+            "timestamptz '2026-12-01 10:00:02+00')",
+            (f"orders:{free}:confirm-bookings",),
+        )
+        # A paid order after 0010: a free ticket lost, a product and an entry kept.
+        paid, _ = order(4, "upgrade-0011-paid")
+        paid_product, paid_kept, paid_lost = lines(paid, "product", "calendar_entry", "ticket")
+        claim(paid, "cart_line", 77)
+        claim(paid, "calendar_entry", paid * 10 + 1)
+        # A paid order refunded before 0010, which dropped all its booking claims: which
+        # booking was lost is not known here.
+        refunded, refunded_attempt = order(4, "upgrade-0011-refunded")
+        refunded_lines = lines(refunded, "product", "calendar_entry", "calendar_entry")
+        claim(refunded, "cart_line", 78)
+        refund(refunded, refunded_attempt)
+        # The same refund, with a booking still claimed: 0010 did not touch it.
+        later, later_attempt = order(4, "upgrade-0011-later")
+        later_kept, later_lost = lines(later, "calendar_entry", "calendar_entry")
+        claim(later, "calendar_entry", later * 10)
+        refund(later, later_attempt)
+        # Moved by the split: no claims at all.
+        moved, _ = order(0, None)
+        moved_lines = lines(moved, "calendar_entry")
+
+    converge_databases(cluster.topology, cluster.credentials, say=lambda _: None)
+    assert cluster.rose("db", "check").exit_code == 0
+
+    with cluster.admin("orders") as orders:
+        after = orders.execute(
+            "SELECT id, order_id, kind, source_id, title, unit_price, quantity "
+            "FROM orders.order_items WHERE id <= %s ORDER BY id",
+            (before[-1][0],),
+        ).fetchall()
+        recorded = dict(
+            orders.execute(
+                "SELECT id, unconfirmed_at FROM orders.order_items WHERE order_id IN "
+                "(%s, %s, %s, %s, %s)",
+                (free, paid, refunded, later, moved),
+            ).fetchall()
+        )
+        earlier = orders.execute(
+            "SELECT count(*) FROM orders.order_items WHERE id <= %s AND unconfirmed_at IS NULL",
+            (before[-1][0],),
+        ).fetchone()
+        with pytest.raises(psycopg.errors.CheckViolation, match="unconfirmed_is_a_booking"):
+            orders.execute(
+                "UPDATE orders.order_items SET unconfirmed_at = now() WHERE id = %s",
+                (paid_product,),
+            )
+    assert after == before  # the lines there were are intact
+    assert earlier == (len(before),)
+    found = {line: at.isoformat() if at else None for line, at in recorded.items()}
+    assert found == {
+        free_kept: None,
+        free_lost: "2026-12-01T10:00:02+00:00",
+        paid_product: None,
+        paid_kept: None,
+        paid_lost: "2026-12-01T10:00:00+00:00",
+        **dict.fromkeys(refunded_lines, None),
+        later_kept: None,
+        later_lost: "2026-12-01T10:00:00+00:00",
+        **dict.fromkeys(moved_lines, None),
+    }
