@@ -135,9 +135,6 @@ class Order(IdentityPkMixin, Base):
         back_populates="order", order_by="PaymentAttempt.number", lazy="raise"
     )
     refunds: Mapped[list[Refund]] = relationship(order_by="Refund.id", lazy="raise")
-    # What it still claims: a paid order's booking that events could not confirm has lost its
-    # claim (settlement.bookings_not_confirmed); read only.
-    claims: Mapped[list[OrderClaim]] = relationship(lazy="raise", viewonly=True)
 
     @property
     def current_attempt(self) -> PaymentAttempt | None:

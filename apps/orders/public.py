@@ -156,7 +156,7 @@ async def checkout_return(
             after_payment_keys(order.id), within=runtime.settings.return_delivery_seconds
         ):
             # Events' answer to the confirmation may have named bookings it could not confirm
-            # (a refund of them, or, with nothing to pay, the claims dropped): read it again.
+            # (recorded on its lines, and a refund of what they cost): read it again.
             delivered = await service.load_order(db_session, order.id)
             assert delivered is not None
             order = delivered

@@ -100,6 +100,7 @@ from apps.orders.runtime import OrdersRuntime, OrderUrls
 from apps.orders.settings import HOLD_AFTER_PAYABLE
 from apps.orders.settlement import (
     OPEN_ATTEMPT_STATES,
+    UNCONFIRMED_BOOKINGS,
     Applied,
     AttemptRow,
     MerchantAccounts,
@@ -1296,40 +1297,31 @@ WITH_DETAILS = (
     selectinload(Order.items),
     selectinload(Order.attempts),
     selectinload(Order.refunds),
-    selectinload(Order.claims),
 )
-BOOKING_KINDS = ("calendar_entry", "ticket")
 
 
 def unconfirmed_bookings(order: Order) -> list[OrderItem]:
-    """The bookings of an order with nothing to pay that events could not confirm (the buyer
-    removed them from the cart the moment before): the order's claims on them were dropped
-    when events answered (settlement.bookings_not_confirmed). A paid order's are named by its
-    refund of them; a free one has nothing to refund, and says it here.
-
-    Only for an order with nothing to pay, confirmed, that still claims something (an order
-    none of whose bookings was confirmed is cancelled): orders moved by the split have no
-    claims, and migration 0010 dropped every booking claim of paid orders refunded for
-    unconfirmed bookings, so elsewhere a missing claim does not mean this."""
-    if order.status != "paid" or order.total != 0 or order.attempts or not order.claims:
-        return []
-    claimed = {(claim.kind, claim.ref_id) for claim in order.claims}
-    return [
-        item
-        for item in order.items
-        if item.kind in BOOKING_KINDS and (item.kind, item.source_id) not in claimed
-    ]
+    """The bookings of an order that events could not confirm for it (the buyer removed them
+    from the cart the moment before), as recorded when it answered
+    (settlement.bookings_not_confirmed), whatever the order's total. Lines older than orders
+    0011 whose fate it could not tell are not among them."""
+    return [item for item in order.items if item.unconfirmed_at is not None]
 
 
 def unconfirmed_note(order: Order) -> str:
-    """What an order's pages add to "confirmed; there was nothing to pay" when some of its
-    bookings could not be confirmed; empty when all were."""
+    """One sentence for an order's pages, after its state, when some of its bookings could not
+    be confirmed; empty when none. When what they cost goes back (a paid order's refund of
+    them, listed with its amount under "Money going back to you"), the sentence says so rather
+    than naming them a second time; a free booking had nothing to give back."""
     lost = unconfirmed_bookings(order)
     if not lost:
         return ""
     count = sum(item.quantity for item in lost)
     titles = ", ".join(item.title for item in lost)
-    return f"{count} booking{'' if count == 1 else 's'} could not be confirmed: {titles}"
+    note = f"{count} booking{'' if count == 1 else 's'} could not be confirmed: {titles}"
+    if any(refund.reason_key.startswith(f"{UNCONFIRMED_BOOKINGS}:") for refund in order.refunds):
+        note += f"; what {'it' if count == 1 else 'they'} cost goes back to you"
+    return note
 
 
 async def load_order(session: AsyncSession, order_id: int) -> Order | None:

@@ -289,6 +289,68 @@ async def test_a_free_order_with_a_booking_removed_before_its_confirmation_says_
         await client.aclose()
 
 
+async def test_a_paid_order_names_a_free_booking_it_could_not_confirm(
+    stack, clean_db, shop, sandbox
+):
+    """A paid order (a priced product and a free booking) whose booking the buyer removed from
+    the cart after paying and before the payment was known: events could not confirm it.
+    Nothing is refunded for it (it cost 0.00), so no refund named it and the order's pages said
+    only "paid". Now events' answer is recorded on the order's line (unconfirmed_at) and the
+    pages and the JSON name it, whatever the order's total."""
+    cart = await browser_of(stack, "cart", user_id=3)
+    events, orders = stack.browser("events"), stack.browser("orders")
+    share_cookies(cart, events, orders)
+    removed = free_entry(clean_db, "Hedge laying")
+    assert (await events.post(f"/entries/{removed}/book/")).status_code == 200
+    assert (await cart.post(f"/add/{shop.product_ids[0]}/")).status_code == 200
+    answer = await cart.post("/checkout/")
+    assert answer.status_code == 200, answer.text
+    order_id = answer.json()["order_id"]
+    status, total = orders_of(clean_db)[order_id]
+    assert status == "pending"
+    assert total > 0
+    checkout_id = checkout_id_of(clean_db, order_id)
+    assert sandbox.client.post(f"/pay/{checkout_id}/pay").status_code == 303
+    dropped = await cart.post(f"/booking/entry/{removed}/delete/")
+    assert dropped.status_code == 200, dropped.text
+    assert (await webhook(stack, order_id, checkout_id)).status_code == 204
+    # Events' answer came: the order let go of its claim on the entry.
+    assert await eventually(
+        lambda: all(kind != "calendar_entry" for kind, _ in claims_of(clean_db, order_id))
+    )
+    assert orders_of(clean_db)[order_id] == ("paid", total)
+    assert entry_state(clean_db, removed) == ("open", None)
+
+    said = "1 booking could not be confirmed: Hedge laying"
+    html = {"accept": "text/html"}
+    returned = await orders.get(f"/checkout/return/{order_id}/", headers=html)
+    assert returned.status_code == 200, returned.text
+    heading = returned.text.split('id="payment-state"', 1)[1].split("</h1>", 1)[0]
+    assert "is paid" in heading
+    assert said in heading, heading
+    detail = await orders.get(f"/order/{order_id}/", headers=html)
+    state = detail.text.split('id="order-state"', 1)[1].split("</p>", 1)[0]
+    assert "Paid" in state
+    assert said in state, state
+    listing = await orders.get("/", headers=html)
+    row = listing.text.split(f'data-order-id="{order_id}"', 1)[1].split("</tr>", 1)[0]
+    assert said in row, row
+    # It cost nothing: nothing is refunded.
+    assert 'id="refunds"' not in returned.text + detail.text
+    with admin_connect(clean_db, "orders") as connection:
+        assert connection.execute(
+            "SELECT count(*) FROM orders.refunds WHERE order_id = %s", (order_id,)
+        ).fetchone() == (0,)
+    api = (await orders.get(f"/api/orders/{order_id}")).json()
+    assert api["status"] == "paid"
+    assert api["unconfirmed_bookings"] == [
+        {"kind": "calendar_entry", "source_id": removed, "title": "Hedge laying"}
+    ]
+    assert api["refunds"] == []
+    for client in (cart, events, orders):
+        await client.aclose()
+
+
 def claims_of(server, order_id: int) -> list[tuple[str, int]]:
     with admin_connect(server, "orders") as connection:
         return connection.execute(

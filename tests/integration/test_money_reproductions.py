@@ -144,6 +144,16 @@ async def test_a_booking_events_cannot_confirm_is_refunded_at_once(stack, clean_
             ).fetchone()
 
     assert await eventually(lambda: refund() == (Decimal("7.50"), "done"), timeout=10), refund()
+    # Its page says which booking could not be confirmed, once, and that its price goes back.
+    orders = stack.browser("orders")
+    share_cookies(cart, orders)
+    detail = await orders.get(f"/order/{order_id}/", headers=HTML)
+    state = detail.text.split('id="order-state"', 1)[1].split("</p>", 1)[0]
+    said = "1 booking could not be confirmed: Morning tour; what it cost goes back to you."
+    assert said in " ".join(state.split()), state
+    assert (await orders.get(f"/api/orders/{order_id}")).json()["unconfirmed_bookings"] == [
+        {"kind": "calendar_entry", "source_id": shop.entry_id, "title": "Morning tour"}
+    ]
 
 
 async def test_a_booking_a_paid_order_could_not_confirm_can_be_ordered_again(
