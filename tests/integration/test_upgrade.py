@@ -434,7 +434,7 @@ def test_orders_keep_their_merchant_and_a_free_one_may_have_none(cluster: Cluste
 def test_bookings_events_could_not_confirm_are_recorded_where_the_claims_tell(
     cluster: Cluster,
 ) -> None:
-    """orders 0011: a line records when events could not confirm its booking (unconfirmed_at).
+    """orders 0012: a line records when events could not confirm its booking (unconfirmed_at).
     The upgrade keeps every line as it was and fills it in where the claims an order lost say
     it (only events' answer drops a booking claim, and 0010 every booking claim of an order
     refunded for unconfirmed bookings): at the time the confirmation was delivered, else when
@@ -504,18 +504,18 @@ def test_bookings_events_could_not_confirm_are_recorded_where_the_claims_tell(
             (f"orders:{free}:confirm-bookings",),
         )
         # A paid order after 0010: a free ticket lost, a product and an entry kept.
-        paid, _ = order(4, "upgrade-0011-paid")
+        paid, _ = order(4, "upgrade-0012-paid")
         paid_product, paid_kept, paid_lost = lines(paid, "product", "calendar_entry", "ticket")
         claim(paid, "cart_line", 77)
         claim(paid, "calendar_entry", paid * 10 + 1)
         # A paid order refunded before 0010, which dropped all its booking claims: which
         # booking was lost is not known here.
-        refunded, refunded_attempt = order(4, "upgrade-0011-refunded")
+        refunded, refunded_attempt = order(4, "upgrade-0012-refunded")
         refunded_lines = lines(refunded, "product", "calendar_entry", "calendar_entry")
         claim(refunded, "cart_line", 78)
         refund(refunded, refunded_attempt)
         # The same refund, with a booking still claimed: 0010 did not touch it.
-        later, later_attempt = order(4, "upgrade-0011-later")
+        later, later_attempt = order(4, "upgrade-0012-later")
         later_kept, later_lost = lines(later, "calendar_entry", "calendar_entry")
         claim(later, "calendar_entry", later * 10)
         refund(later, later_attempt)
