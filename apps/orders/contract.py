@@ -138,7 +138,8 @@ def checkout_key(request: CreateOrder) -> str:
 
 # A known key (a cart as it was at an earlier checkout) answers the order it made, with that
 # order's current payment attempt (its hosted URL and reference, not the first ones), while
-# the buyer can pay it. Once they cannot (expired, superseded, cancelled, its current attempt
+# the buyer can pay it, its bookings held for it again (as a new order's are: 409 if one can no
+# longer be). Once they cannot (expired, superseded, cancelled, its current attempt
 # ended, it has had ORDERS_ATTEMPTS_PER_ORDER attempts, or its late payment is given back), the
 # same key makes a new order, once however many requests carry it at the same time. An order
 # under review is a 409; a paid one answers as it did, sending the buyer to its return page.

@@ -40,7 +40,7 @@ async def create_order(
         return made.created
 
     async def replay(stored: Any) -> CreatedOrder | None:
-        return await service.replay_checkout(db_session, stored, runtime)
+        return await service.replay_checkout(db_session, stored, data, runtime)
 
     created = await run_idempotent(
         db_session,

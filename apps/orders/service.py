@@ -834,7 +834,7 @@ def _under_review(order_id: int) -> Conflict:
 
 
 async def replay_checkout(
-    session: AsyncSession, stored: Any, runtime: OrdersRuntime
+    session: AsyncSession, stored: Any, request: CreateOrder, runtime: OrdersRuntime
 ) -> CreatedOrder | None:
     """What a create-order with a known key answers now (the contract's rule, see
     ``apps.orders.contract.create_order``): the order the key made, with its current attempt,
@@ -844,8 +844,16 @@ async def replay_checkout(
     the same cart makes a new order instead of being pinned to a dead one. A flagged order is a
     409: money may have arrived for it, and a new order for the same goods could take it twice;
     a person decides. A paid order sends the buyer to its return page (its goods leave the
-    cart shortly; a new order for them would be refused anyway)."""
+    cart shortly; a new order for them would be refused anyway).
+
+    The request's bookings are held for a payable order again, as a new order holds them
+    (:func:`hold_bookings`): the buyer may have taken one out of the cart and booked it again
+    since, and it is then held only for the cart's while. The buyer's lock keeps a newer order
+    from superseding this one in between (its hold would be undone). A booking that can no
+    longer be held is create-order's 409."""
     created = msgspec.convert(stored, CreatedOrder)
+    if request.calendar_entries or request.tickets:
+        await lock_buyer(session, request.user_id, request.session_id)
     found = (
         await session.execute(
             select(Order, PaymentAttempt, Order.payable_until > func.now())
@@ -871,6 +879,7 @@ async def replay_checkout(
         or attempt.number >= runtime.settings.attempts_per_order
     ):
         return None
+    await hold_bookings(runtime, order, request, again=True)
     return payable_answer(order, attempt)
 
 
@@ -889,10 +898,14 @@ def _product_item(line: Any) -> dict[str, Any]:
     }
 
 
-async def hold_bookings(runtime: OrdersRuntime, order: Order, request: CreateOrder) -> None:
+async def hold_bookings(
+    runtime: OrdersRuntime, order: Order, request: CreateOrder, *, again: bool = False
+) -> None:
     """Ask events to hold the order's bookings for it until it can no longer be paid, and a
     while after (HOLD_AFTER_PAYABLE). A booking that is no longer the buyer's (its hold expired
-    and someone else took it) is a 409."""
+    and someone else took it) is a 409. ``again`` (a replay of the order's checkout): the hold
+    is asked for anew, without the order's key, whose stored answer would hold nothing; holding
+    again what is held changes nothing, so the call is retried all the same."""
     entry_ids = sorted(entry.id for entry in request.calendar_entries)
     ticket_ids = sorted(ticket.id for ticket in request.tickets)
     if not entry_ids and not ticket_ids:
@@ -910,8 +923,9 @@ async def hold_bookings(runtime: OrdersRuntime, order: Order, request: CreateOrd
         await runtime.client.call(
             events.hold_for_order,
             hold,
-            idempotency_key=f"orders:{order.id}:hold",
+            idempotency_key=None if again else f"orders:{order.id}:hold",
             timeout=runtime.settings.events_timeout,
+            retry=True,
         )
     except InternalCallError as exc:
         if exc.remote_status == 409:

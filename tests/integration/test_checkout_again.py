@@ -8,12 +8,21 @@ create-order looked at the order behind a known key (apps.orders.service.replay_
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
+from decimal import Decimal
 
 import pytest
 
+from apps.orders.settings import HOLD_AFTER_PAYABLE
 from tests.conftest import admin_connect
-from tests.integration.commerce_fixtures import browser_of, share_cookies, shop_stack
+from tests.integration.commerce_fixtures import (
+    browser_of,
+    share_cookies,
+    shop_stack,
+    sweep_ended_holds_now,
+)
 from tests.integration.orders_fixtures import Sandbox, checkout_id_of, orders_of, webhook
+from tests.waiting import eventually
 
 
 @pytest.fixture
@@ -269,3 +278,101 @@ async def test_an_order_whose_late_payment_went_back_does_not_pin_the_cart(
     assert answer["order_id"] not in (one["order_id"], two["order_id"])
     assert orders_of(clean_db)[answer["order_id"]][0] == "pending"
     assert checkout_of(sandbox, answer)["status"] == "PENDING"
+
+
+# -- a booking taken out of the cart and booked again (audit s19 M5) --------------------------
+
+
+def booking_hold(server, entry_id: int) -> tuple:
+    """The entry's state, confirmed order, and the order it is held for until when."""
+    with admin_connect(server, "events") as connection:
+        return connection.execute(
+            "SELECT state, order_id, hold_order_id, hold_expires_at "
+            "FROM events.calendar_entries WHERE id = %s",
+            (entry_id,),
+        ).fetchone()
+
+
+def payable_until_of(server, order_id: int):
+    with admin_connect(server, "orders") as connection:
+        return connection.execute(
+            "SELECT payable_until FROM orders.orders WHERE id = %s", (order_id,)
+        ).fetchone()[0]
+
+
+def refunds_of(server, order_id: int) -> list[tuple]:
+    with admin_connect(server, "orders") as connection:
+        return connection.execute(
+            "SELECT amount, status FROM orders.refunds WHERE order_id = %s ORDER BY id",
+            (order_id,),
+        ).fetchall()
+
+
+def booking_claims_of(server, order_id: int) -> list[tuple]:
+    with admin_connect(server, "orders") as connection:
+        return connection.execute(
+            "SELECT kind, ref_id FROM orders.order_claims WHERE order_id = %s "
+            "AND kind IN ('calendar_entry', 'ticket') ORDER BY kind, ref_id",
+            (order_id,),
+        ).fetchall()
+
+
+def minutes_pass(server, order_id: int, entry_id: int, minutes: int) -> None:
+    """``minutes`` go by: the order's payable time and the entry's hold come that much nearer
+    (the clocks orders' reconciliation and events' holds read)."""
+    shift = timedelta(minutes=minutes)
+    with admin_connect(server, "orders") as connection:
+        connection.execute(
+            "UPDATE orders.orders SET payable_until = payable_until - %s WHERE id = %s",
+            (shift, order_id),
+        )
+    with admin_connect(server, "events") as connection:
+        connection.execute(
+            "UPDATE events.calendar_entries SET hold_expires_at = hold_expires_at - %s "
+            "WHERE id = %s",
+            (shift, entry_id),
+        )
+
+
+async def pay_on_the_hosted_page(stack, sandbox: Sandbox, server, order_id: int) -> None:
+    checkout_id = checkout_id_of(server, order_id)
+    assert sandbox.client.post(f"/pay/{checkout_id}/pay").status_code < 400
+    assert (await webhook(stack, order_id, checkout_id)).status_code == 204
+
+
+async def test_a_booking_booked_again_is_held_for_the_order_its_checkout_replays(
+    stack, clean_db, shop, sandbox
+):
+    """Audit s19 M5: the booking taken out of the cart while its order waited and booked again
+    (the cart as it was) replayed the same order, but stayed held only for the cart's 15
+    minutes; paid after those, within the order's payable time, it was lost and refunded."""
+    cart = await browser_of(stack, "cart", user_id=3)
+    events = stack.browser("events")
+    share_cookies(cart, events)
+    assert (await events.post(f"/entries/{shop.entry_id}/book/")).status_code == 200
+    first = (await cart.post("/checkout/")).json()
+    order_id = first["order_id"]
+    held_until = payable_until_of(clean_db, order_id) + HOLD_AFTER_PAYABLE
+    assert booking_hold(clean_db, shop.entry_id) == ("pending", None, order_id, held_until)
+
+    removed = await cart.post(f"/booking/entry/{shop.entry_id}/delete/")
+    assert removed.status_code == 200, removed.text
+    assert (await events.post(f"/entries/{shop.entry_id}/book/")).status_code == 200
+    assert booking_hold(clean_db, shop.entry_id)[2] is None  # the cart's hold only
+
+    again = await cart.post("/checkout/")
+    assert again.status_code == 200, again.text
+    assert again.json() == first  # the same order, its same checkout
+    assert booking_hold(clean_db, shop.entry_id) == ("pending", None, order_id, held_until)
+
+    # The cart's 15 minutes pass (and one more); the order can still be paid.
+    minutes_pass(clean_db, order_id, shop.entry_id, 16)
+    assert await sweep_ended_holds_now(stack) == 0
+    await pay_on_the_hosted_page(stack, sandbox, clean_db, order_id)
+    assert orders_of(clean_db)[order_id] == ("paid", Decimal("7.50"))
+    assert await eventually(
+        lambda: booking_hold(clean_db, shop.entry_id)[:2] == ("confirmed", order_id)
+    ), booking_hold(clean_db, shop.entry_id)
+    await stack.apps["orders"].state.reconciler.quiet()
+    assert refunds_of(clean_db, order_id) == []
+    assert booking_claims_of(clean_db, order_id) == [("calendar_entry", shop.entry_id)]
