@@ -280,7 +280,7 @@ async def test_an_order_whose_late_payment_went_back_does_not_pin_the_cart(
     assert checkout_of(sandbox, answer)["status"] == "PENDING"
 
 
-# -- a booking taken out of the cart and booked again (audit s19 M5) --------------------------
+# -- a booking taken out of the cart and booked again (audit s19 M2, M5) ----------------------
 
 
 def booking_hold(server, entry_id: int) -> tuple:
@@ -376,3 +376,81 @@ async def test_a_booking_booked_again_is_held_for_the_order_its_checkout_replays
     await stack.apps["orders"].state.reconciler.quiet()
     assert refunds_of(clean_db, order_id) == []
     assert booking_claims_of(clean_db, order_id) == [("calendar_entry", shop.entry_id)]
+
+
+async def test_a_booking_its_paid_order_gave_back_checks_out_as_a_new_order(
+    stack, clean_db, shop, sandbox
+):
+    """Audit s19 M2: the booking was taken out of the cart while its order waited, the order
+    was then paid (the booking's price went back, and the order let go of it), and the buyer
+    booked it again: the same cart's checkout answered the old paid order's return page, for
+    ever, and the booking lapsed."""
+    cart = await browser_of(stack, "cart", user_id=3)
+    events = stack.browser("events")
+    share_cookies(cart, events)
+    assert (await events.post(f"/entries/{shop.entry_id}/book/")).status_code == 200
+    first = (await cart.post("/checkout/")).json()
+    order_id = first["order_id"]
+    removed = await cart.post(f"/booking/entry/{shop.entry_id}/delete/")
+    assert removed.status_code == 200, removed.text
+    await pay_on_the_hosted_page(stack, sandbox, clean_db, order_id)
+    assert orders_of(clean_db)[order_id][0] == "paid"
+    assert await eventually(
+        lambda: refunds_of(clean_db, order_id) == [(Decimal("7.50"), "done")]
+    ), refunds_of(clean_db, order_id)
+    assert booking_claims_of(clean_db, order_id) == []
+
+    assert (await events.post(f"/entries/{shop.entry_id}/book/")).status_code == 200
+    again = await cart.post("/checkout/")
+    assert again.status_code == 200, again.text
+    new = again.json()
+    assert new["order_id"] != order_id
+    assert new["paid"] is False
+    assert checkout_of(sandbox, new)["status"] == "PENDING"
+    assert orders_of(clean_db) == {
+        order_id: ("paid", Decimal("7.50")),
+        new["order_id"]: ("pending", Decimal("7.50")),
+    }
+    assert booking_claims_of(clean_db, new["order_id"]) == [("calendar_entry", shop.entry_id)]
+    held_until = payable_until_of(clean_db, new["order_id"]) + HOLD_AFTER_PAYABLE
+    assert booking_hold(clean_db, shop.entry_id) == ("pending", None, new["order_id"], held_until)
+    # The cart now stands for the new order: checking out again gets it back.
+    assert (await cart.post("/checkout/")).json() == new
+
+    await pay_on_the_hosted_page(stack, sandbox, clean_db, new["order_id"])
+    assert orders_of(clean_db)[new["order_id"]][0] == "paid"
+    assert await eventually(
+        lambda: booking_hold(clean_db, shop.entry_id)[:2] == ("confirmed", new["order_id"])
+    ), booking_hold(clean_db, shop.entry_id)
+    await stack.apps["orders"].state.reconciler.quiet()
+    assert refunds_of(clean_db, new["order_id"]) == []
+    assert booking_claims_of(clean_db, new["order_id"]) == [("calendar_entry", shop.entry_id)]
+
+
+async def test_a_paid_order_that_still_claims_the_booking_answers_its_return_page(
+    stack, clean_db, shop, sandbox
+):
+    """The other side of M2: paid, its booking being confirmed (not let go of), the same cart
+    checked out again goes to the order's return page and makes no order."""
+    cart = await browser_of(stack, "cart", user_id=3)
+    events = stack.browser("events")
+    share_cookies(cart, events)
+    assert (await events.post(f"/entries/{shop.entry_id}/book/")).status_code == 200
+    order_id = (await cart.post("/checkout/")).json()["order_id"]
+    with admin_connect(clean_db, "events") as connection, connection.transaction():
+        # Events' confirmation waits behind this lock: the booking is still in the cart.
+        connection.execute(
+            "SELECT * FROM events.calendar_entries WHERE id = %s FOR UPDATE", (shop.entry_id,)
+        )
+        await pay_on_the_hosted_page(stack, sandbox, clean_db, order_id)
+        assert orders_of(clean_db)[order_id][0] == "paid"
+        again = await cart.post("/checkout/")
+    assert again.status_code == 200, again.text
+    answer = again.json()
+    assert (answer["order_id"], answer["paid"]) == (order_id, True)
+    assert answer["next_url"].endswith(f"/checkout/return/{order_id}/")
+    assert list(orders_of(clean_db)) == [order_id]
+    assert booking_claims_of(clean_db, order_id) == [("calendar_entry", shop.entry_id)]
+    assert await eventually(
+        lambda: booking_hold(clean_db, shop.entry_id)[:2] == ("confirmed", order_id)
+    ), booking_hold(clean_db, shop.entry_id)
