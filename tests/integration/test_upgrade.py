@@ -10,9 +10,15 @@ from collections.abc import Iterator
 import httpx
 import psycopg
 import pytest
+import sqlalchemy as sa
 import sqlalchemy.exc
 from alembic import command
+from alembic.migration import MigrationContext
+from alembic.operations import Operations
+from sqlalchemy import create_engine, pool, text
+from sqlalchemy.engine import make_url
 
+from apps.events.models import metadata as events_metadata
 from apps.sumup_sandbox.app import DEFAULT_API_KEY, DEFAULT_MERCHANT_CODE
 from ops.db.lifecycle import converge_databases
 from ops.db.migrate import alembic_config
@@ -311,21 +317,39 @@ def test_events_made_by_the_first_0006_gets_its_adopted_sessions(cluster: Cluste
     database lacks, and the upgrade renames the old one, keeping its rows."""
     events_url = cluster.topology.admin_url("events")
     command.downgrade(alembic_config("events", events_url), "0005")
-    with cluster.admin("events") as events:
-        # As 0006 of 6702985 and b47c182 made it (migrations run as the owner role).
-        events.execute("SET ROLE events_owner")
-        events.execute(
-            "CREATE TABLE events.signed_in_sessions (session_id varchar(64) PRIMARY KEY, "
-            "user_id bigint NOT NULL, signed_in_at timestamptz NOT NULL DEFAULT now())"
+    # 0006 as 6702985 and b47c182 shipped it, run as Alembic runs a migration (as the owner,
+    # with the models' naming convention: its primary key is pk_signed_in_sessions).
+    engine = create_engine(
+        make_url(events_url).set(drivername="postgresql+psycopg"), poolclass=pool.NullPool
+    )
+    with engine.begin() as connection:
+        connection.execute(text("SET ROLE events_owner"))
+        early = Operations(
+            MigrationContext.configure(connection, opts={"target_metadata": events_metadata})
         )
-        events.execute(
-            "CREATE INDEX ix_signed_in_sessions_signed_in_at "
-            "ON events.signed_in_sessions (signed_in_at)"
+        early.create_table(
+            "signed_in_sessions",
+            sa.Column("session_id", sa.String(64), primary_key=True),
+            sa.Column("user_id", sa.BigInteger, nullable=False),
+            sa.Column(
+                "signed_in_at",
+                sa.DateTime(timezone=True),
+                server_default=sa.func.now(),
+                nullable=False,
+            ),
+            schema="events",
         )
-        events.execute(
-            "INSERT INTO events.signed_in_sessions (session_id, user_id) VALUES ('before', 9)"
+        early.create_index(
+            "ix_signed_in_sessions_signed_in_at",
+            "signed_in_sessions",
+            ["signed_in_at"],
+            schema="events",
         )
-        events.execute("UPDATE events.alembic_version SET version_num = '0006'")
+        connection.execute(
+            text("INSERT INTO events.signed_in_sessions (session_id, user_id) VALUES ('before', 9)")
+        )
+        connection.execute(text("UPDATE events.alembic_version SET version_num = '0006'"))
+    engine.dispose()
 
     broken = cluster.rose("db", "check")
     assert broken.exit_code == 1, broken.output
@@ -343,6 +367,19 @@ def test_events_made_by_the_first_0006_gets_its_adopted_sessions(cluster: Cluste
         assert events.execute("SELECT to_regclass('events.signed_in_sessions')").fetchone() == (
             None,
         )
+        # Named as a database made by today's 0006 names them.
+        constraints = [
+            name
+            for (name,) in events.execute(
+                "SELECT conname FROM pg_constraint "
+                "WHERE conrelid = 'events.adopted_sessions'::regclass ORDER BY 1"
+            )
+        ]
+        assert "pk_adopted_sessions" in constraints
+        assert not [name for name in constraints if "signed_in" in name], constraints
+        assert events.execute(
+            "SELECT indexname FROM pg_indexes WHERE tablename = 'adopted_sessions' ORDER BY 1"
+        ).fetchall() == [("ix_adopted_sessions_adopted_at",), ("pk_adopted_sessions",)]
     # The app role reads and writes it as it does any table of its service.
     with cluster.as_role("events", "events_app") as app:
         app.execute(
