@@ -116,8 +116,11 @@ def _system_user() -> pwd.struct_passwd:
 # Written directly: `setfacl` is not installed everywhere, and the standard library has no ACLs.
 ACL_ATTRIBUTE = "system.posix_acl_access"
 _ACL_VERSION = 2
-_ACL_USER_OBJ, _ACL_USER, _ACL_GROUP_OBJ, _ACL_MASK, _ACL_OTHER = 0x01, 0x02, 0x04, 0x10, 0x20
+_ACL_USER_OBJ, _ACL_USER, _ACL_GROUP_OBJ, _ACL_GROUP = 0x01, 0x02, 0x04, 0x08
+_ACL_MASK, _ACL_OTHER = 0x10, 0x20
 _ACL_NO_ID = 0xFFFFFFFF
+# The entries the mask caps (acl(5)): named users, the owning group, named groups.
+_ACL_GROUP_CLASS = frozenset({_ACL_USER, _ACL_GROUP_OBJ, _ACL_GROUP})
 _EXECUTE = 0o1
 _ACL_HEADER = struct.Struct("<I")
 _ACL_ENTRY = struct.Struct("<HHI")
@@ -163,9 +166,14 @@ def _grant_traverse(directory: Path, uid: int) -> str | None:
     mask = acl.get((_ACL_MASK, _ACL_NO_ID), acl[(_ACL_GROUP_OBJ, _ACL_NO_ID)])
     if granted & mask & _EXECUTE:
         return None
+    if not mask & _EXECUTE:
+        # The mask caps the owning group and every named entry: x in it would let through
+        # any of them whose x it capped (a `chmod 700` after an earlier grant caps the
+        # group's). Their x goes, so that what each may do stays as it was.
+        for key in acl:
+            if key[0] in _ACL_GROUP_CLASS:
+                acl[key] &= ~_EXECUTE
     acl[(_ACL_USER, uid)] = granted | _EXECUTE
-    # The mask caps the owning group and every named entry: x in it lets through ours, and
-    # any other that was given x but capped (none, unless someone wrote such an ACL).
     acl[(_ACL_MASK, _ACL_NO_ID)] = mask | _EXECUTE
     os.setxattr(
         directory,

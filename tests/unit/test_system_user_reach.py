@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import stat
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,6 +28,17 @@ def reaches(user: str, path: Path) -> bool:
     return (
         subprocess.run(["test", "-e", str(path)], user=user, group=gid, check=False).returncode == 0
     )
+
+
+@pytest.fixture
+def open_base() -> Iterator[Path]:
+    """A folder everyone may traverse on the way (pytest's own are closed to all but root)."""
+    base = Path(tempfile.mkdtemp(prefix="rose-reach-"))
+    base.chmod(0o711)
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base)
 
 
 def closed_tree(base: Path) -> tuple[Path, Path]:
@@ -86,3 +100,27 @@ def test_an_acl_already_there_is_kept(tmp_path: Path) -> None:
     assert reaches(SYSTEM_USER, inner / "PG_VERSION")
     assert not reaches("nobody", inner / "PG_VERSION")
     assert len(os.getxattr(outer, "system.posix_acl_access")) == len(acl) + 8
+
+
+def test_a_folder_closed_again_is_not_reopened_to_its_group(open_base: Path) -> None:
+    """Audit s19b: after the grant, `chmod 700` caps the ACL's mask again (the group's and our
+    entry's x masked out); the next start grants again. Raising the mask alone gave the owning
+    group its x back, and any other named entry whose x the mask had capped."""
+    _system_user()
+    outer, inner = closed_tree(open_base)
+    member = "nobody"  # the folder's group is one nobody is in: give the group to nobody
+    os.chown(outer, 0, pwd.getpwnam(member).pw_gid)
+    outer.chmod(0o750)  # the group may enter, then ...
+    let_system_user_reach(inner)
+    assert reaches(member, inner / "PG_VERSION") is False  # inner is closed to all but us
+    assert reaches(SYSTEM_USER, inner / "PG_VERSION")
+    outer.chmod(0o700)  # ... it is closed to the group (the mask caps it)
+    probe = outer / "probe"
+    probe.write_text("")
+    assert not reaches(member, probe)
+
+    changed = let_system_user_reach(inner)
+
+    assert any(line.startswith(f"{outer}: ") for line in changed), changed
+    assert reaches(SYSTEM_USER, inner / "PG_VERSION")
+    assert not reaches(member, probe)  # the group stays shut out
