@@ -74,12 +74,21 @@ async def record_adoption(
     session: AsyncSession, adoption: SessionAdoption, session_id: str, user_id: int
 ) -> None:
     """The record alone, for a service whose sign-in and anonymous writes already take one
-    lock of their own (orders: its buyer lock)."""
+    lock of their own (orders: its buyer lock). A session is given to one account: a sign-in
+    of it as another (a sign-in that did not finish everywhere, then another account on the
+    same browser) is a 409 before anything moves, so the visitor's things are never split
+    between two users."""
     await session.execute(
         upsert(adoption.table)
         .values(session_id=session_id, user_id=user_id)
         .on_conflict_do_nothing(index_elements=["session_id"])
     )
+    owner = await adopted_by(session, adoption, session_id)
+    if owner is not None and owner != user_id:
+        raise Conflict(
+            "This browser's session was being handed to another account by a sign-in that did "
+            "not finish: sign in as that account to finish it, or sign out first."
+        )
 
 
 async def refuse_if_adopted(

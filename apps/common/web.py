@@ -42,6 +42,7 @@ from apps.common.internal_paths import is_internal_path
 from apps.common.limits import LIST_FIELDS
 from apps.common.problems import (
     BadRequest,
+    Conflict,
     DependencyUnavailable,
     Forbidden,
     InvalidInput,
@@ -75,14 +76,15 @@ async def adopt_anonymous_on_sign_in(
 ) -> None:
     """What the visitor gathered anonymously (cart lines, bookings, orders: whatever the
     services' contracts adopt at sign-in) joins the user, before the new session is issued.
-    A service that cannot be reached makes sign-in a 503 (audit M1): the new session would
-    leave the anonymous one behind, and with it what that service holds (a paid order out of
-    the user's sight for good). Every action is tried, and all are idempotent, so signing in
-    again finishes what this began."""
+    A service that fails makes sign-in a 503 naming it (audit M1): the new session would leave
+    the anonymous one behind, and with it what that service holds (a paid order out of the
+    user's sight for good). Every action is tried; each service commits its own, so a refused
+    sign-in may have moved part; all are idempotent, and signing in again as the same account
+    finishes the move (another account is refused: apps.common.adoption)."""
     if after.user_id is None or before.user_id == after.user_id:
         return
     request = SignIn(user_id=after.user_id, session_id=before.session_id)
-    unreachable = []
+    failed: list[str] = []
     for action in actions:
         if not client.knows(action.service):
             # Not part of this deployment (no URL configured): nothing of it to adopt.
@@ -92,11 +94,22 @@ async def adopt_anonymous_on_sign_in(
             await client.call(action, request)
         except InternalCallError as exc:
             logger.warning("sign-in: %s %s failed: %s", action.service, action.name, exc)
-            unreachable.append(action.service)
-    if unreachable:
+            if exc.remote_status == 409:
+                # The service refused it for a reason of its own (the session was handed to
+                # another account): that is the answer, not an outage.
+                raise Conflict(
+                    str(exc.problem.get("detail") or f"{action.service} refused the sign-in")
+                ) from None
+            failed.append(
+                f"{action.service} answered {exc.remote_status}"
+                if exc.remote_status is not None
+                else f"{action.service} could not be reached"
+            )
+    if failed:
         raise DependencyUnavailable(
-            f"Signing in could not finish: {', '.join(unreachable)} cannot be reached right "
-            "now. You are still signed out and nothing is lost; please try again in a minute."
+            f"Signing in did not finish: {', '.join(failed)}. You are still signed out; what "
+            "you gathered is safe, some of it may already be your account's. Please sign in "
+            "again in a minute: that finishes it."
         )
 
 

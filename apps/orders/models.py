@@ -171,7 +171,7 @@ class OrderItem(IdentityPkMixin, Base):
     cart_line_ids: Mapped[list[int] | None] = mapped_column(ARRAY(BigInteger))
     # When events said it could not confirm this booking for the order (the buyer removed it
     # from the cart the moment before): settlement.bookings_not_confirmed. None for a booking
-    # confirmed (or not yet answered), for goods, and for lines older than orders 0011 whose
+    # confirmed (or not yet answered), for goods, and for lines older than orders 0012 whose
     # fate it could not tell.
     unconfirmed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 

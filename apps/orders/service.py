@@ -1338,7 +1338,7 @@ def unconfirmed_bookings(order: Order) -> list[OrderItem]:
     """The bookings of an order that events could not confirm for it (the buyer removed them
     from the cart the moment before), as recorded when it answered
     (settlement.bookings_not_confirmed), whatever the order's total. Lines older than orders
-    0011 whose fate it could not tell are not among them."""
+    0012 whose fate it could not tell are not among them."""
     return [item for item in order.items if item.unconfirmed_at is not None]
 
 

@@ -266,7 +266,7 @@ async def test_a_sign_in_orders_cannot_hear_is_refused_and_loses_no_order(
     assert refused.status_code == 503, refused.text
     problem = refused.json()
     assert "orders" in problem["detail"], problem
-    assert "try again" in problem["detail"], problem
+    assert "sign in again" in problem["detail"], problem
     # Not signed in: the browser keeps its anonymous session, which still owns the order.
     assert session_cookie(cart) == anonymous_cookie
     assert (await cart.get("/auth/session")).json()["signed_in"] is False
@@ -283,3 +283,37 @@ async def test_a_sign_in_orders_cannot_hear_is_refused_and_loses_no_order(
     assert [order["id"] for order in mine.json()["items"]] == [order_id], mine.text
     for client_ in (cart, orders_page):
         await client_.aclose()
+
+
+async def test_a_sign_in_left_unfinished_is_finished_by_its_own_account_only(
+    stack, clean_db, shop, sandbox
+):
+    """Audit s19b F2: a refused sign-in has moved what the services it reached hold (cart and
+    events commit each on their side). Signing in again as another account from the same browser
+    would have split the visitor's things between two users; it is refused, nothing moves, and
+    the first account's sign-in finishes the move."""
+    cart, _, order_id, checkout_id, _ = await anonymous_paid_checkout(
+        stack, clean_db, shop, sandbox
+    )
+    assert (await webhook(stack, order_id, checkout_id)).status_code == 204
+    client = platform_of(stack.apps["cart"]).client
+    client.route("orders", OrdersDown())
+    try:
+        refused = await sign_in(cart)
+    finally:
+        client.route("orders", stack.apps["orders"])
+    assert refused.status_code == 503, refused.text
+    assert "orders answered 503" in refused.json()["detail"]
+    assert booking_of(clean_db, shop.entry_id)[1:3] == (USER_ID, None)  # events moved it
+
+    other = await cart.get("/auth/dev-login", params={"user_id": USER_ID + 1}, headers=JSON)
+    assert other.status_code == 409, other.text
+    assert "another account" in other.json()["detail"], other.text
+    assert (await cart.get("/auth/session")).json()["signed_in"] is False
+    assert booking_of(clean_db, shop.entry_id)[1:3] == (USER_ID, None)
+    assert order_owner(clean_db, order_id) == ("paid", None)
+
+    signed = await sign_in(cart)
+    assert signed.status_code == 200, signed.text
+    assert order_owner(clean_db, order_id) == ("paid", USER_ID)
+    await cart.aclose()
