@@ -1,4 +1,9 @@
-"""Column sets and tables every service's migrations create the same way."""
+"""Column sets and tables every service's migrations create the same way.
+
+Frozen: a released migration calls these (db/migrations/released.toml lists the released ones),
+and a database that ran it keeps what it made, so a helper's behaviour never changes, nor the
+constants it reads (``MAX_KEY_LENGTH``, ``MAX_NONCE_LENGTH``). A different table is a new helper
+called by a new revision; only the files of the migrations are hashed, not this module."""
 
 from __future__ import annotations
 

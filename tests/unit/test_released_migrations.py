@@ -1,0 +1,123 @@
+"""A migration once committed is never changed (audit U1): db/migrations/released.toml lists
+every revision with the sha256 of its file, and ops.db.released.problems names a listed file
+that changed, went or was renamed, a file not listed, a revision id used twice in a service, a
+down_revision that is no revision of the service, and a service with more than one head.
+
+The real tree must have no problem; each kind of problem is shown on a copy of it."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from ops.db.released import ADD_COMMAND, MANIFEST_PATH, MIGRATIONS_DIR, add_unlisted, problems
+
+EVENTS_0006 = "events/versions/0006_adopted_sessions.py"
+
+
+def test_every_migration_is_released_unchanged() -> None:
+    found = problems()
+    assert not found, "\n".join(found)
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    """A copy of db/migrations (the manifest in it)."""
+    copy = tmp_path / "migrations"
+    shutil.copytree(MIGRATIONS_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    assert problems(copy, copy / MANIFEST_PATH.name) == []
+    return copy
+
+
+def found(tree: Path) -> list[str]:
+    return problems(tree, tree / MANIFEST_PATH.name)
+
+
+def new_revision(tree: Path, service: str, name: str, revision: str, down: str | None) -> None:
+    (tree / service / "versions" / name).write_text(
+        f'"""new"""\n\nrevision = "{revision}"\ndown_revision = {down!r}\n'
+    )
+
+
+def test_a_released_file_changed_in_its_docstring(tree: Path) -> None:
+    path = tree / EVENTS_0006
+    path.write_text(path.read_text().replace("adopted_sessions", "adopted_session", 1))
+    [problem] = found(tree)
+    assert problem.startswith(f"{EVENTS_0006} changed after it was released (events 0006)")
+
+
+def test_a_released_file_changed_by_one_byte(tree: Path) -> None:
+    path = tree / EVENTS_0006
+    content = bytearray(path.read_bytes())
+    content[-2] ^= 1
+    path.write_bytes(bytes(content))
+    [problem, *others] = (m for m in found(tree) if "changed after it was released" in m)
+    assert not others
+    assert EVENTS_0006 in problem
+    assert "released migrations are never rewritten" in problem
+    assert "make a new revision" in problem
+
+
+def test_a_released_file_gone(tree: Path) -> None:
+    (tree / "likes/versions/0002_request_nonces.py").unlink()
+    [problem] = found(tree)
+    assert "likes 0002" in problem
+    assert "gone" in problem
+
+
+def test_a_released_file_renamed(tree: Path) -> None:
+    versions = tree / "likes" / "versions"
+    (versions / "0002_request_nonces.py").rename(versions / "0002_nonces.py")
+    [problem] = found(tree)
+    assert "likes/versions/0002_request_nonces.py" in problem
+    assert "likes/versions/0002_nonces.py" in problem
+    assert "renamed" in problem
+
+
+def test_a_file_given_another_revision_id(tree: Path) -> None:
+    path = tree / "likes" / "versions" / "0002_request_nonces.py"
+    path.write_text(path.read_text().replace('revision = "0002"', 'revision = "0002a"'))
+    changed, unlisted = found(tree)
+    assert changed.startswith("likes/versions/0002_request_nonces.py changed after it was released")
+    assert unlisted.startswith("likes/versions/0002_request_nonces.py (likes 0002a) is not in")
+
+
+def test_a_new_file_is_not_listed_until_added(tree: Path) -> None:
+    manifest = tree / MANIFEST_PATH.name
+    before = manifest.read_bytes()
+    new_revision(tree, "events", "0008_more.py", "0008", "0007")
+    [problem] = found(tree)
+    assert "events/versions/0008_more.py" in problem
+    assert ADD_COMMAND in problem
+
+    added = add_unlisted(tree, manifest)
+    assert [(m.service, m.revision) for m in added] == [("events", "0008")]
+    assert manifest.read_bytes().startswith(before)
+    assert found(tree) == []
+    # Adding again adds nothing, and the new entry is as released as the others.
+    assert add_unlisted(tree, manifest) == []
+    new_revision(tree, "events", "0008_more.py", "0008", "0007")
+    (tree / "events/versions/0008_more.py").write_text("revision = '0008'\ndown_revision = '0007'")
+    [problem] = found(tree)
+    assert "never rewritten" in problem
+
+
+def test_a_revision_id_twice_in_a_service(tree: Path) -> None:
+    new_revision(tree, "likes", "0003_again.py", "0002", "0001")
+    messages = found(tree)
+    assert any("likes: revision '0002' is in more than one file" in m for m in messages)
+
+
+def test_a_down_revision_the_service_does_not_have(tree: Path) -> None:
+    new_revision(tree, "likes", "0003_next.py", "0003", "0009")
+    messages = found(tree)
+    assert any("likes/versions/0003_next.py: down_revision '0009'" in m for m in messages)
+
+
+def test_two_heads(tree: Path) -> None:
+    new_revision(tree, "likes", "0003_one.py", "0003", "0002")
+    new_revision(tree, "likes", "0003_two.py", "0003b", "0002")
+    messages = found(tree)
+    assert any("likes: 2 heads (0003, 0003b)" in m for m in messages)
