@@ -58,7 +58,9 @@ async def cart_items(
 
 @action_route(contract.adopt_cart_for_user)
 async def adopt_cart_for_user(db_session: DbSession, data: JSONBody[SignIn]) -> Adopted:
-    adopted = await service.adopt_cart(db_session, data.user_id, data.session_id)
+    adopted = await service.adopt_cart(
+        db_session, data.user_id, data.session_id, check_only=data.check_only
+    )
     await db_session.commit()
     return Adopted(adopted=adopted)
 

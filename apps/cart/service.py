@@ -59,6 +59,7 @@ from apps.common.adoption import (
     adopt_session,
     adopted_by,
     forget_old_adoptions,
+    refuse_another_account,
     refuse_if_adopted,
 )
 from apps.common.db import end_read, table_of
@@ -598,12 +599,18 @@ async def _refuse_if_signed_in(session: AsyncSession, session_id: str | None) ->
         )
 
 
-async def adopt_cart(session: AsyncSession, user_id: int, session_id: str) -> int:
+async def adopt_cart(
+    session: AsyncSession, user_id: int, session_id: str, *, check_only: bool = False
+) -> int:
     """On sign-in, the anonymous session's lines join the user's cart (quantities of a product
     in both are added, whole: past the 99 an add stops at, as nothing gathered is dropped, and
     an order made before sign-in takes its own quantity off the sum when paid; the anonymous
     line records the line it was merged into, so that order still finds what it bought).
-    Returns how many anonymous lines were adopted; a second call adopts 0."""
+    Returns how many anonymous lines were adopted; a second call adopts 0. ``check_only``:
+    only the 409 of a session given to another account (SignIn.check_only)."""
+    if check_only:
+        await refuse_another_account(session, ADOPTIONS, session_id, user_id)
+        return 0
     anonymous = table_of(CartItem).alias("anonymous")
     table = table_of(CartItem)
     await adopt_session(session, ADOPTIONS, session_id, user_id)

@@ -83,11 +83,18 @@ async def record_adoption(
         .values(session_id=session_id, user_id=user_id)
         .on_conflict_do_nothing(index_elements=["session_id"])
     )
+    await refuse_another_account(session, adoption, session_id, user_id)
+
+
+async def refuse_another_account(
+    session: AsyncSession, adoption: SessionAdoption, session_id: str, user_id: int
+) -> None:
+    """409 if sign-in gave the session to an account other than ``user_id``."""
     owner = await adopted_by(session, adoption, session_id)
     if owner is not None and owner != user_id:
         raise Conflict(
-            "This browser's session was being handed to another account by a sign-in that did "
-            "not finish: sign in as that account to finish it, or sign out first."
+            "This browser's session was handed to another account at an earlier sign-in (one "
+            "that may not have finished): sign in as that account, or sign out and sign in again."
         )
 
 

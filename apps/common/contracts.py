@@ -56,10 +56,13 @@ class IdentityParams(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class SignIn(msgspec.Struct, forbid_unknown_fields=True):
-    """Sign-in: what the anonymous session gathered becomes the user's."""
+    """Sign-in: what the anonymous session gathered becomes the user's. ``check_only``: move
+    nothing, only answer 409 if the session was given to another account (sign-in asks every
+    service so before any of them moves anything)."""
 
     user_id: PositiveId
     session_id: SessionId
+    check_only: bool = False
 
 
 class Adopted(msgspec.Struct):

@@ -12,6 +12,7 @@ from os import PathLike
 from pathlib import Path
 from typing import Annotated, Any
 
+import msgspec
 from litestar import MediaType, Request, Response, get, post
 from litestar.connection import ASGIConnection
 from litestar.datastructures import FormMultiDict
@@ -84,12 +85,23 @@ async def adopt_anonymous_on_sign_in(
     if after.user_id is None or before.user_id == after.user_id:
         return
     request = SignIn(user_id=after.user_id, session_id=before.session_id)
-    failed: list[str] = []
+    asked = [action for action in actions if client.knows(action.service)]
     for action in actions:
-        if not client.knows(action.service):
+        if action not in asked:
             # Not part of this deployment (no URL configured): nothing of it to adopt.
             logger.warning("sign-in: %s is not configured; not asked", action.service)
-            continue
+    # First, every service is asked whether the session went to another account, so that
+    # none moves anything for this one when another would refuse (the visitor's things split
+    # between two accounts).
+    await _adopt_everywhere(client, asked, msgspec.structs.replace(request, check_only=True))
+    await _adopt_everywhere(client, asked, request)
+
+
+async def _adopt_everywhere(
+    client: InternalClient, actions: Sequence[Action[SignIn, Any]], request: SignIn
+) -> None:
+    failed: list[str] = []
+    for action in actions:
         try:
             await client.call(action, request)
         except InternalCallError as exc:

@@ -44,6 +44,7 @@ from apps.common.adoption import (
     adopt_session,
     adopted_by,
     forget_old_adoptions,
+    refuse_another_account,
     refuse_if_adopted,
 )
 from apps.common.contracts import Adopted, SignIn
@@ -504,6 +505,9 @@ async def adopt_bookings(session: AsyncSession, request: SignIn) -> Adopted:
     bookings are no longer held for the session (:func:`hold_for_order`). An anonymous
     booking of the session in progress finishes first; one that comes after is refused
     (apps.common.adoption)."""
+    if request.check_only:
+        await refuse_another_account(session, ADOPTIONS, request.session_id, request.user_id)
+        return Adopted(adopted=0)
     await adopt_session(session, ADOPTIONS, request.session_id, request.user_id)
     adopted = 0
     to_user = {"user_id": request.user_id, "session_id": None, "updated_at": func.now()}

@@ -57,6 +57,7 @@ from apps.common.adoption import (
     adopted_by,
     forget_old_adoptions,
     record_adoption,
+    refuse_another_account,
 )
 from apps.common.contracts import SignIn
 from apps.common.db import (
@@ -1020,7 +1021,11 @@ async def _refuse_if_signed_in(session: AsyncSession, session_id: str) -> None:
 async def adopt_orders(session: AsyncSession, request: SignIn) -> AdoptedOrders:
     """The anonymous session's orders become the user's; then, among the user's pending orders,
     a newer one supersedes any older one it shares goods with (one payable order per good).
-    The session is recorded as adopted: an anonymous order for it that comes later is refused."""
+    The session is recorded as adopted: an anonymous order for it that comes later is refused.
+    ``check_only``: only the 409 of a session given to another account."""
+    if request.check_only:
+        await refuse_another_account(session, ADOPTIONS, request.session_id, request.user_id)
+        return AdoptedOrders(adopted=0, superseded=[])
     await lock_buyer(session, request.user_id, request.session_id)
     await record_adoption(session, ADOPTIONS, request.session_id, request.user_id)
     await forget_old_adoptions(session, ADOPTIONS)

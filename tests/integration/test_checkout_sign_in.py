@@ -271,6 +271,8 @@ async def test_a_sign_in_orders_cannot_hear_is_refused_and_loses_no_order(
     assert session_cookie(cart) == anonymous_cookie
     assert (await cart.get("/auth/session")).json()["signed_in"] is False
     assert order_owner(clean_db, order_id) == ("paid", None)
+    # Sign-in's first round of questions found orders down: nothing moved anywhere.
+    assert booking_of(clean_db, shop.entry_id)[1] is None
 
     # Signing in again, with orders back, gives the user the order (and the cart's things).
     signed = await sign_in(cart)
@@ -297,7 +299,7 @@ async def test_a_sign_in_left_unfinished_is_finished_by_its_own_account_only(
     )
     assert (await webhook(stack, order_id, checkout_id)).status_code == 204
     client = platform_of(stack.apps["cart"]).client
-    client.route("orders", OrdersDown())
+    client.route("orders", FailsToAdopt(stack.apps["orders"]))
     try:
         refused = await sign_in(cart)
     finally:
@@ -317,3 +319,80 @@ async def test_a_sign_in_left_unfinished_is_finished_by_its_own_account_only(
     assert signed.status_code == 200, signed.text
     assert order_owner(clean_db, order_id) == ("paid", USER_ID)
     await cart.aclose()
+
+
+class FailsToAdopt:
+    """A service that answers sign-in's check (SignIn.check_only) and then fails the adoption
+    itself (503), as one that goes down in between: the others have moved their part."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        body = b""
+        more = True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        if scope["type"] == "http" and b'"check_only":true' not in body:
+            await send_problem(send, 503, "down", scope["path"])
+            return
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if sent:
+                return {"type": "http.disconnect"}
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+def cart_line_owners(server) -> list[tuple]:
+    with admin_connect(server, "cart") as connection:
+        return connection.execute(
+            "SELECT user_id, session_id IS NOT NULL FROM cart.cart_items "
+            "WHERE deleted_at IS NULL ORDER BY id"
+        ).fetchall()
+
+
+async def test_another_account_moves_nothing_when_any_service_would_refuse_it(
+    stack, clean_db, shop, sandbox
+):
+    """Audit s19c F1: the first sign-in failed at cart (first to be asked), after events and
+    orders gave the session to the user. Another account's sign-in then moved the cart's lines
+    to itself before events refused it: split, and the first account's sign-in refused in turn.
+    Every service is now asked first whether it would refuse; nothing moves unless none does."""
+    cart, _, order_id, checkout_id, _ = await anonymous_paid_checkout(
+        stack, clean_db, shop, sandbox
+    )
+    assert (await webhook(stack, order_id, checkout_id)).status_code == 204
+    assert (
+        await cart.post(f"/add/{shop.product_ids[0]}/", json={"quantity": 1})
+    ).status_code == 200
+    market = stack.browser("market")  # signs in on a service other than cart, as a visitor may
+    share_cookies(cart, market)
+    client = platform_of(stack.apps["market"]).client
+    client.route("cart", FailsToAdopt(stack.apps["cart"]))
+    try:
+        refused = await market.get("/auth/dev-login", params={"user_id": USER_ID}, headers=JSON)
+    finally:
+        client.route("cart", stack.apps["cart"])
+    assert refused.status_code == 503, refused.text
+    assert "cart answered 503" in refused.json()["detail"]
+    assert order_owner(clean_db, order_id) == ("paid", USER_ID)  # orders gave it over
+    assert cart_line_owners(clean_db) == [(None, True)]  # cart did not
+
+    other = await market.get("/auth/dev-login", params={"user_id": USER_ID + 1}, headers=JSON)
+    assert other.status_code == 409, other.text
+    assert "another account" in other.json()["detail"], other.text
+    assert cart_line_owners(clean_db) == [(None, True)]  # nothing moved to the other account
+
+    signed = await market.get("/auth/dev-login", params={"user_id": USER_ID}, headers=JSON)
+    assert signed.status_code == 200, signed.text
+    assert [user for user, _ in cart_line_owners(clean_db)] == [USER_ID]
+    assert order_owner(clean_db, order_id) == ("paid", USER_ID)
+    for client_ in (cart, market):
+        await client_.aclose()
