@@ -181,7 +181,8 @@ def checkout_failed(exc: InternalCallError, orders_page: str) -> Problem:
         )
     if exc.http_status == 503:
         # What is down, in the buyer's words (not the provider's), and when to come back.
-        down = {"sumup": "payments (SumUp)"}.get(str(exc.problem.get("service")), exc.service)
+        named = exc.problem.get("service")
+        down = {"sumup": "payments (SumUp)"}.get(str(named), str(named)) if named else exc.service
         return DependencyUnavailable(
             f"Checkout failed: {down} cannot be reached right now. Your cart has not changed; "
             "please try again in a minute",

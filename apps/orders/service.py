@@ -951,8 +951,13 @@ async def hold_bookings(
     except InternalCallError as exc:
         if exc.remote_status == 409:
             raise Conflict(str(exc.problem.get("detail") or exc), service="events") from exc
+        outcome = (
+            f"order {order.id} is as it was, and checking out again is safe"
+            if again
+            else "nothing was created"
+        )
         raise DependencyUnavailable(
-            f"events could not hold the bookings ({exc}); nothing was created", service="events"
+            f"events could not hold the bookings ({exc}); {outcome}", service="events"
         ) from exc
 
 

@@ -13,6 +13,8 @@ from decimal import Decimal
 
 import pytest
 
+from apps.common.app_factory import platform_of
+from apps.common.asgi import send_problem
 from apps.orders.settings import HOLD_AFTER_PAYABLE
 from tests.conftest import admin_connect
 from tests.integration.commerce_fixtures import (
@@ -454,3 +456,33 @@ async def test_a_paid_order_that_still_claims_the_booking_answers_its_return_pag
     assert await eventually(
         lambda: booking_hold(clean_db, shop.entry_id)[:2] == ("confirmed", order_id)
     ), booking_hold(clean_db, shop.entry_id)
+
+
+class EventsDown:
+    async def __call__(self, scope, receive, send) -> None:
+        await send_problem(send, 503, "events is down", scope["path"])
+
+
+async def test_a_replay_events_cannot_hold_for_says_the_order_is_as_it_was(
+    stack, clean_db, shop, sandbox
+):
+    """Audit s19c F4: the replay asks events to hold the bookings again. When events could not
+    be reached, orders said "nothing was created" of an order that exists, and cart told the
+    buyer orders could not be reached (it named only SumUp by name). The buyer is told events,
+    the order is as it was, and checking out again answers it."""
+    cart = await browser_of(stack, "cart", user_id=3)
+    events = stack.browser("events")
+    share_cookies(cart, events)
+    assert (await events.post(f"/entries/{shop.entry_id}/book/")).status_code == 200
+    first = (await cart.post("/checkout/")).json()
+    client = platform_of(stack.apps["orders"]).client
+    client.route("events", EventsDown())
+    try:
+        again = await cart.post("/checkout/")
+    finally:
+        client.route("events", stack.apps["events"])
+    assert again.status_code == 503, again.text
+    detail = again.json()["detail"]
+    assert "events cannot be reached" in detail, detail
+    assert orders_of(clean_db)[first["order_id"]][0] == "pending"
+    assert (await cart.post("/checkout/")).json() == first
