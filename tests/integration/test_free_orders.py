@@ -8,6 +8,8 @@ Real apps in process, real PostgreSQL, the SumUp sandbox over HTTP (which must n
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 
 import psycopg
@@ -35,6 +37,20 @@ from tests.integration.orders_fixtures import (
     webhook,
 )
 from tests.waiting import eventually
+
+
+@contextmanager
+def confirmation_held(server, order_id: int) -> Iterator[None]:
+    """Events' confirmation of the order held up for the block: a second transaction holds its
+    idempotency key; it is rolled back at the end, and the confirmation goes on."""
+    with admin_connect(server, "events") as holder, holder.transaction():
+        holder.execute(
+            "INSERT INTO events.idempotency_keys (action, key, request_hash, response) "
+            "VALUES ('confirm-for-order', %s, '', '{}')",
+            (f"orders:{order_id}:confirm-bookings",),
+        )
+        yield
+        raise psycopg.Rollback()
 
 
 def attempts_of(server, order_id: int) -> int:
@@ -206,18 +222,12 @@ async def test_a_free_booking_removed_as_its_order_is_made_cancels_the_order(
     entry_id = free_entry(clean_db)
     assert (await events.post(f"/entries/{entry_id}/book/")).status_code == 200
     order_id = next_order_id(clean_db)
-    with admin_connect(clean_db, "events") as holder, holder.transaction():
-        holder.execute(
-            "INSERT INTO events.idempotency_keys (action, key, request_hash, response) "
-            "VALUES ('confirm-for-order', %s, '', '{}')",
-            (f"orders:{order_id}:confirm-bookings",),
-        )
+    with confirmation_held(clean_db, order_id):
         answer = await cart.post("/checkout/")
         assert answer.status_code == 200, answer.text
         assert answer.json()["order_id"] == order_id
         removed = await cart.post(f"/booking/entry/{entry_id}/delete/")
         assert removed.status_code == 200, removed.text
-        raise psycopg.Rollback()  # the confirmation goes on
     assert await eventually(lambda: orders_of(clean_db)[order_id][0] == "cancelled", timeout=15)
     with admin_connect(clean_db, "orders") as connection:
         assert connection.execute(
@@ -245,18 +255,12 @@ async def test_a_free_order_with_a_booking_removed_before_its_confirmation_says_
     for entry_id in (kept, removed):
         assert (await events.post(f"/entries/{entry_id}/book/")).status_code == 200
     order_id = next_order_id(clean_db)
-    with admin_connect(clean_db, "events") as holder, holder.transaction():
-        holder.execute(
-            "INSERT INTO events.idempotency_keys (action, key, request_hash, response) "
-            "VALUES ('confirm-for-order', %s, '', '{}')",
-            (f"orders:{order_id}:confirm-bookings",),
-        )
+    with confirmation_held(clean_db, order_id):
         answer = await cart.post("/checkout/")
         assert answer.status_code == 200, answer.text
         assert answer.json()["order_id"] == order_id
         dropped = await cart.post(f"/booking/entry/{removed}/delete/")
         assert dropped.status_code == 200, dropped.text
-        raise psycopg.Rollback()  # the confirmation goes on
     assert await eventually(lambda: claims_of(clean_db, order_id) == [("calendar_entry", kept)])
     assert entry_state(clean_db, kept) == ("confirmed", order_id)
     assert entry_state(clean_db, removed) == ("open", None)
