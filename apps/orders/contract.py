@@ -143,7 +143,8 @@ def checkout_key(request: CreateOrder) -> str:
 # ended, it has had ORDERS_ATTEMPTS_PER_ORDER attempts, or its late payment is given back), the
 # same key makes a new order, once however many requests carry it at the same time. An order
 # under review is a 409; a paid one answers as it did, sending the buyer to its return page,
-# unless it let go of one of the bookings (not confirmed for it, refunded): then a new order.
+# unless it claims none of the cart's lines and bookings any more (it let go of its bookings:
+# not confirmed for it, refunded): then a new order.
 create_order = Action(SERVICE, "create-order", CreateOrder, CreatedOrder)
 # Idempotent without a key: a second adoption adopts nothing.
 adopt_orders_for_user = Action(SERVICE, "adopt-orders-for-user", SignIn, AdoptedOrders, keyed=False)

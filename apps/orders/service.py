@@ -845,10 +845,13 @@ async def replay_checkout(
     the same cart makes a new order instead of being pinned to a dead one. A flagged order is a
     409: money may have arrived for it, and a new order for the same goods could take it twice;
     a person decides. A paid order sends the buyer to its return page (its goods leave the
-    cart shortly; a new order for them would be refused anyway), unless it let go of some of
-    the request's bookings (events could not confirm them for it, their price went back:
-    ``settlement.bookings_not_confirmed``): the buyer booked them again, and a new order is
-    what can confirm them.
+    cart shortly; a new order for them would be refused anyway), unless it claims none of the
+    request's cart lines and bookings: it let go of its bookings (events could not confirm them
+    for it, their price went back: ``settlement.bookings_not_confirmed``), the buyer booked
+    them again, and a new order is what can confirm them. While it still claims some of them
+    (its products, before their clear reaches cart), a new order would be refused: the buyer
+    gets its return page, and the cart checked out once its goods have left makes the new
+    order.
 
     The request's bookings are held for a payable order again, as a new order holds them
     (:func:`hold_bookings`): the buyer may have taken one out of the cart and booked it again
@@ -874,7 +877,7 @@ async def replay_checkout(
     if order.flagged:
         raise _under_review(order.id)
     if order.status == "paid":
-        if await _lets_go_of_bookings(session, order.id, request):
+        if await _lets_go_of_everything(session, order.id, request):
             return None
         return paid_answer(order, runtime.urls, created)
     if order.status != "pending" or attempt is None:
@@ -889,19 +892,19 @@ async def replay_checkout(
     return payable_answer(order, attempt)
 
 
-async def _lets_go_of_bookings(session: AsyncSession, order_id: int, request: CreateOrder) -> bool:
-    """Whether the order no longer claims some of the request's bookings."""
-    wanted = {("calendar_entry", entry.id) for entry in request.calendar_entries} | {
-        ("ticket", ticket.id) for ticket in request.tickets
-    }
-    if not wanted:
+async def _lets_go_of_everything(
+    session: AsyncSession, order_id: int, request: CreateOrder
+) -> bool:
+    """Whether the paid order no longer claims any of the request's cart lines and bookings (it
+    let go of its bookings, and they were all it had of the request): a new order for them is
+    not refused. Only bookings are let go of, so a request without any is always still claimed
+    (and costs no query)."""
+    if not request.calendar_entries and not request.tickets:
         return False
     claimed = await session.execute(
-        select(OrderClaim.kind, OrderClaim.ref_id).where(
-            OrderClaim.order_id == order_id, OrderClaim.kind.in_(("calendar_entry", "ticket"))
-        )
+        select(OrderClaim.kind, OrderClaim.ref_id).where(OrderClaim.order_id == order_id)
     )
-    return not wanted <= {(kind, ref_id) for kind, ref_id in claimed}
+    return {(kind, ref_id) for kind, ref_id in claimed}.isdisjoint(claims_of(request))
 
 
 def _product_item(line: Any) -> dict[str, Any]:

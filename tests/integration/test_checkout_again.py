@@ -19,6 +19,7 @@ from apps.orders.settings import HOLD_AFTER_PAYABLE
 from tests.conftest import admin_connect
 from tests.integration.commerce_fixtures import (
     browser_of,
+    cart_rows,
     share_cookies,
     shop_stack,
     sweep_ended_holds_now,
@@ -458,9 +459,62 @@ async def test_a_paid_order_that_still_claims_the_booking_answers_its_return_pag
     ), booking_hold(clean_db, shop.entry_id)
 
 
-class EventsDown:
+class Down:
+    """A service as orders sees it while it is down: 503 for every call."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+
     async def __call__(self, scope, receive, send) -> None:
-        await send_problem(send, 503, "events is down", scope["path"])
+        await send_problem(send, 503, f"{self.service} is down", scope["path"])
+
+
+async def test_a_paid_order_that_gave_back_a_booking_but_claims_the_goods_answers_its_page(
+    stack, clean_db, shop, sandbox
+):
+    """Audit s19c F3: the paid order let go of the booking (taken out of the cart, refunded)
+    but still claims the cart's product line, whose clear has not reached cart yet. The same
+    cart with the booking booked again was refused a new order (409: the product is paid for)
+    where it had answered the paid order's return page. It answers that page again; once the
+    clear has taken the product out, checking out makes a new order for the booking."""
+    cart = await browser_of(stack, "cart", user_id=3)
+    events = stack.browser("events")
+    share_cookies(cart, events)
+    await cart.post(f"/add/{shop.product_ids[0]}/")
+    assert (await events.post(f"/entries/{shop.entry_id}/book/")).status_code == 200
+    order_id = (await cart.post("/checkout/")).json()["order_id"]
+    removed = await cart.post(f"/booking/entry/{shop.entry_id}/delete/")
+    assert removed.status_code == 200, removed.text
+    client = platform_of(stack.apps["orders"]).client
+    client.route("cart", Down("cart"))  # the clear-cart waits in orders' outbox
+    try:
+        await pay_on_the_hosted_page(stack, sandbox, clean_db, order_id)
+        assert orders_of(clean_db)[order_id][0] == "paid"
+        assert await eventually(
+            lambda: refunds_of(clean_db, order_id) == [(Decimal("7.50"), "done")]
+        ), refunds_of(clean_db, order_id)
+        assert booking_claims_of(clean_db, order_id) == []
+        assert (await events.post(f"/entries/{shop.entry_id}/book/")).status_code == 200
+        again = await cart.post("/checkout/")
+        assert again.status_code == 200, again.text
+        answer = again.json()
+        assert (answer["order_id"], answer["paid"]) == (order_id, True)
+        assert answer["next_url"].endswith(f"/checkout/return/{order_id}/")
+        assert list(orders_of(clean_db)) == [order_id]
+        assert [row[2] for row in cart_rows(clean_db) if row[6]] == [shop.product_ids[0]]
+    finally:
+        client.route("cart", stack.apps["cart"])
+
+    assert await eventually(
+        lambda: not [row for row in cart_rows(clean_db) if row[6]], timeout=30
+    ), cart_rows(clean_db)
+    new = await cart.post("/checkout/")
+    assert new.status_code == 200, new.text
+    created = new.json()
+    assert created["order_id"] != order_id
+    assert created["paid"] is False
+    assert orders_of(clean_db)[created["order_id"]] == ("pending", Decimal("7.50"))
+    assert booking_claims_of(clean_db, created["order_id"]) == [("calendar_entry", shop.entry_id)]
 
 
 async def test_a_replay_events_cannot_hold_for_says_the_order_is_as_it_was(
@@ -476,7 +530,7 @@ async def test_a_replay_events_cannot_hold_for_says_the_order_is_as_it_was(
     assert (await events.post(f"/entries/{shop.entry_id}/book/")).status_code == 200
     first = (await cart.post("/checkout/")).json()
     client = platform_of(stack.apps["orders"]).client
-    client.route("events", EventsDown())
+    client.route("events", Down("events"))
     try:
         again = await cart.post("/checkout/")
     finally:
