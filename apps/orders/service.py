@@ -109,6 +109,7 @@ from apps.orders.settlement import (
     close_attempt,
     merchant_account,
     money,
+    names_no_merchant,
     pay_with_nothing_to_pay,
     payment_config_of,
     refresh_attempt,
@@ -974,7 +975,7 @@ async def _new_attempt(
     valid_until: datetime | None,
 ) -> PaymentAttempt:
     if order.checkout_prefix is None:  # nothing to pay (orders 0011): never a checkout
-        raise Conflict(f"order {order.id} had nothing to pay: it names no SumUp merchant")
+        raise names_no_merchant(order.id)
     reference = checkout_reference(order.checkout_prefix, order.id, number)
     remote = await runtime.gateway.create_checkout(
         account,

@@ -207,8 +207,13 @@ def payment_config_of(order: OrderInHand) -> int:
     attempts only when it has something to pay, which the database refuses without its
     merchant (orders 0011). Only an order with nothing to pay, paid as it is made, names none."""
     if order.page_config_id is None:
-        raise Conflict(f"order {order.id} had nothing to pay: it names no SumUp merchant")
+        raise names_no_merchant(order.id)
     return order.page_config_id
+
+
+def names_no_merchant(order_id: int) -> Conflict:
+    """What asking SumUp about an order with nothing to pay (no merchant) answers."""
+    return Conflict(f"order {order_id} had nothing to pay: it names no SumUp merchant")
 
 
 def account_lookup(page_config_id: ColumnElement[int]) -> ScalarSelect[Any]:

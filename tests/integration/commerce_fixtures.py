@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 
+from apps.common.asgi import send_problem
 from apps.sumup_sandbox.server import BackgroundSandbox
 from tests.conftest import admin_connect, in_process_stack
 from tests.integration.blog_fixtures import insert_post
@@ -148,3 +149,14 @@ async def sweep_ended_holds_now(stack: Any) -> int:
         swept = await sweep_ended_holds(session)
         await session.commit()
     return swept
+
+
+class ServiceDown:
+    """A service as a caller sees it while it is down (route a client's calls to it): a 503
+    for every call."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+
+    async def __call__(self, scope, receive, send) -> None:
+        await send_problem(send, 503, f"{self.service} is down", scope["path"])

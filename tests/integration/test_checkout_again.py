@@ -14,10 +14,10 @@ from decimal import Decimal
 import pytest
 
 from apps.common.app_factory import platform_of
-from apps.common.asgi import send_problem
 from apps.orders.settings import HOLD_AFTER_PAYABLE
 from tests.conftest import admin_connect
 from tests.integration.commerce_fixtures import (
+    ServiceDown,
     browser_of,
     cart_rows,
     share_cookies,
@@ -381,6 +381,17 @@ async def test_a_booking_booked_again_is_held_for_the_order_its_checkout_replays
     assert booking_claims_of(clean_db, order_id) == [("calendar_entry", shop.entry_id)]
 
 
+async def paid_with_its_booking_given_back(stack, sandbox, clean_db, order_id: int) -> None:
+    """The order, whose booking the buyer took out of the cart, is paid on the hosted page:
+    events cannot confirm the booking, its 7.50 is refunded and the order lets go of it."""
+    await pay_on_the_hosted_page(stack, sandbox, clean_db, order_id)
+    assert orders_of(clean_db)[order_id][0] == "paid"
+    assert await eventually(
+        lambda: refunds_of(clean_db, order_id) == [(Decimal("7.50"), "done")]
+    ), refunds_of(clean_db, order_id)
+    assert booking_claims_of(clean_db, order_id) == []
+
+
 async def test_a_booking_its_paid_order_gave_back_checks_out_as_a_new_order(
     stack, clean_db, shop, sandbox
 ):
@@ -396,12 +407,7 @@ async def test_a_booking_its_paid_order_gave_back_checks_out_as_a_new_order(
     order_id = first["order_id"]
     removed = await cart.post(f"/booking/entry/{shop.entry_id}/delete/")
     assert removed.status_code == 200, removed.text
-    await pay_on_the_hosted_page(stack, sandbox, clean_db, order_id)
-    assert orders_of(clean_db)[order_id][0] == "paid"
-    assert await eventually(
-        lambda: refunds_of(clean_db, order_id) == [(Decimal("7.50"), "done")]
-    ), refunds_of(clean_db, order_id)
-    assert booking_claims_of(clean_db, order_id) == []
+    await paid_with_its_booking_given_back(stack, sandbox, clean_db, order_id)
 
     assert (await events.post(f"/entries/{shop.entry_id}/book/")).status_code == 200
     again = await cart.post("/checkout/")
@@ -459,16 +465,6 @@ async def test_a_paid_order_that_still_claims_the_booking_answers_its_return_pag
     ), booking_hold(clean_db, shop.entry_id)
 
 
-class Down:
-    """A service as orders sees it while it is down: 503 for every call."""
-
-    def __init__(self, service: str) -> None:
-        self.service = service
-
-    async def __call__(self, scope, receive, send) -> None:
-        await send_problem(send, 503, f"{self.service} is down", scope["path"])
-
-
 async def test_a_paid_order_that_gave_back_a_booking_but_claims_the_goods_answers_its_page(
     stack, clean_db, shop, sandbox
 ):
@@ -486,14 +482,9 @@ async def test_a_paid_order_that_gave_back_a_booking_but_claims_the_goods_answer
     removed = await cart.post(f"/booking/entry/{shop.entry_id}/delete/")
     assert removed.status_code == 200, removed.text
     client = platform_of(stack.apps["orders"]).client
-    client.route("cart", Down("cart"))  # the clear-cart waits in orders' outbox
+    client.route("cart", ServiceDown("cart"))  # the clear-cart waits in orders' outbox
     try:
-        await pay_on_the_hosted_page(stack, sandbox, clean_db, order_id)
-        assert orders_of(clean_db)[order_id][0] == "paid"
-        assert await eventually(
-            lambda: refunds_of(clean_db, order_id) == [(Decimal("7.50"), "done")]
-        ), refunds_of(clean_db, order_id)
-        assert booking_claims_of(clean_db, order_id) == []
+        await paid_with_its_booking_given_back(stack, sandbox, clean_db, order_id)
         assert (await events.post(f"/entries/{shop.entry_id}/book/")).status_code == 200
         again = await cart.post("/checkout/")
         assert again.status_code == 200, again.text
@@ -530,7 +521,7 @@ async def test_a_replay_events_cannot_hold_for_says_the_order_is_as_it_was(
     assert (await events.post(f"/entries/{shop.entry_id}/book/")).status_code == 200
     first = (await cart.post("/checkout/")).json()
     client = platform_of(stack.apps["orders"]).client
-    client.route("events", Down("events"))
+    client.route("events", ServiceDown("events"))
     try:
         again = await cart.post("/checkout/")
     finally:

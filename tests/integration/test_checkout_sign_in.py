@@ -22,6 +22,7 @@ from apps.common.identity import SessionCodec
 from tests.conftest import SESSION_SECRET, admin_connect, lock_waiters
 from tests.integration.commerce_fixtures import (
     JSON,
+    ServiceDown,
     browser_of,
     session_cookie,
     share_cookies,
@@ -242,13 +243,6 @@ async def test_a_sign_in_in_flight_when_the_confirmation_comes_ends_with_the_use
 # order then belonged to a session nobody held any more, out of the user's sight for good.
 
 
-class OrdersDown:
-    """Orders as cart's client sees it when it cannot be reached: every call a 503."""
-
-    async def __call__(self, scope, receive, send) -> None:
-        await send_problem(send, 503, "orders is down", scope["path"])
-
-
 async def test_a_sign_in_orders_cannot_hear_is_refused_and_loses_no_order(
     stack, clean_db, shop, sandbox
 ):
@@ -258,7 +252,7 @@ async def test_a_sign_in_orders_cannot_hear_is_refused_and_loses_no_order(
     assert (await webhook(stack, order_id, checkout_id)).status_code == 204
     anonymous_cookie = session_cookie(cart)
     client = platform_of(stack.apps["cart"]).client
-    client.route("orders", OrdersDown())
+    client.route("orders", ServiceDown("orders"))
     try:
         refused = await sign_in(cart)
     finally:
