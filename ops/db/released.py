@@ -8,6 +8,11 @@ runs it; so does ``python -m ops.db.released``), and reads each file's ``revisio
 ``down_revision`` without importing it: ids unique per service, every ``down_revision`` known,
 one head per service. ``python -m ops.db.released --add`` appends the revisions the manifest
 does not list yet, and never changes a line already in it.
+
+The helpers released migrations call (``apps/common/migration_helpers.py``) are listed too, one
+line per top-level definition (function or constant) with the sha256 of its source: a released
+migration that calls one runs it again on every fresh database, so it must make what it made.
+A new definition is listed by ``--add`` like a new revision.
 """
 
 from __future__ import annotations
@@ -20,10 +25,13 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from ops.paths import DB_DIR
+from ops.paths import APPS_DIR, DB_DIR
 
 MIGRATIONS_DIR = DB_DIR / "migrations"
 MANIFEST_PATH = MIGRATIONS_DIR / "released.toml"
+HELPERS_PATH = APPS_DIR / "common" / "migration_helpers.py"
+# The manifest's table of the helpers' definitions (no service has this name).
+HELPERS = "helpers"
 ADD_COMMAND = "python -m ops.db.released --add"
 
 HEADER = """\
@@ -34,14 +42,16 @@ HEADER = """\
 # A released migration is never rewritten: a database that ran it keeps what it made, and
 # Alembic never runs a revision again. A change is a new revision (events 0007 mends the one
 # time one was rewritten, audit U1). The helpers a released migration calls
-# (apps/common/migration_helpers.py, and the constants they read) are frozen the same way:
-# their behaviour never changes; a different table is a new helper.
+# (apps/common/migration_helpers.py) are frozen the same way: `helpers.<name>` lists each of
+# its top-level definitions (function or constant) with the sha256 of its source. A
+# different table is a new helper; a new definition is listed by --add.
 #
 # A new revision is listed by `python -m ops.db.released --add` (it appends, and changes no
 # line here), in the commit that adds the migration. Until that commit is made, its line is
 # yours: delete it and add it again after editing the migration.
 #
 # <service>.<revision> = { file = "<file in db/migrations/<service>/versions>", sha256 = "..." }
+# helpers.<name> = { file = "migration_helpers.py", sha256 = "<of the definition's source>" }
 
 """
 
@@ -60,6 +70,36 @@ class Migration:
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@dataclass(frozen=True)
+class HelperDefinition:
+    """A top-level function or constant of the migration helpers, with its source's sha256."""
+
+    name: str
+    sha256: str
+
+
+def read_helpers(helpers_path: Path) -> list[HelperDefinition]:
+    """Every top-level function and constant of ``helpers_path`` (imports are not listed)."""
+    source = helpers_path.read_text()
+    definitions = []
+    for node in ast.parse(source, filename=str(helpers_path)).body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names = [node.name]
+        elif isinstance(node, ast.Assign):
+            names = [t.id for t in node.targets if isinstance(t, ast.Name)]
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names = [node.target.id]
+        else:
+            continue
+        # With its decorators: they change what the definition does too.
+        lines = source.splitlines(keepends=True)
+        first = min([node.lineno, *(d.lineno for d in getattr(node, "decorator_list", []))])
+        text = "".join(lines[first - 1 : node.end_lineno])
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        definitions += [HelperDefinition(name, digest) for name in names]
+    return definitions
 
 
 @dataclass(frozen=True)
@@ -177,16 +217,48 @@ def graph_problems(migrations: list[Migration]) -> list[str]:
     return problems
 
 
+def helper_problems(released: list[Released], helpers_path: Path) -> list[str]:
+    """Each listed helper definition changed or gone, and each one not listed."""
+    shown = helpers_path.name
+    current = {d.name: d for d in read_helpers(helpers_path)}
+    found = []
+    for entry in released:
+        definition = current.get(entry.revision)
+        if definition is None:
+            found.append(
+                f"{shown}: {entry.revision} is gone, and released migrations may call it: "
+                "restore it as it was"
+            )
+        elif definition.sha256 != entry.sha256:
+            found.append(
+                f"{shown}: {entry.revision} changed after released migrations called it (a "
+                "fresh database would get what the databases that ran them never got). "
+                "Restore it (git checkout -- the file), and write a new helper for the change"
+            )
+    listed = {entry.revision for entry in released}
+    for name in current:
+        if name not in listed:
+            found.append(
+                f"{shown}: {name} is not in {MANIFEST_PATH.name}: list it with `{ADD_COMMAND}` "
+                "in the commit that adds it"
+            )
+    return found
+
+
 def problems(
-    migrations_dir: Path = MIGRATIONS_DIR, manifest_path: Path = MANIFEST_PATH
+    migrations_dir: Path = MIGRATIONS_DIR,
+    manifest_path: Path = MANIFEST_PATH,
+    helpers_path: Path = HELPERS_PATH,
 ) -> list[str]:
-    """Every difference between the released manifest and the migration files, and every
-    problem of the revision graph; empty when all is well."""
+    """Every difference between the released manifest and the migration files or the migration
+    helpers, and every problem of the revision graph; empty when all is well."""
     migrations, files, found = read_migrations(migrations_dir)
     found += graph_problems(migrations)
     by_key = {(m.service, m.revision): m for m in migrations}
     listed = set()
-    for entry in read_manifest(manifest_path):
+    manifest = read_manifest(manifest_path)
+    found += helper_problems([e for e in manifest if e.service == HELPERS], helpers_path)
+    for entry in (e for e in manifest if e.service != HELPERS):
         listed.add((entry.service, entry.revision))
         where = f"{entry.service}/versions/{entry.file}"
         path = files.get((entry.service, entry.file))
@@ -226,11 +298,21 @@ def manifest_line(migration: Migration) -> str:
     )
 
 
+def helper_line(helpers_path: Path, definition: HelperDefinition) -> str:
+    return (
+        f'{HELPERS}.{definition.name} = {{ file = "{helpers_path.name}", '
+        f'sha256 = "{definition.sha256}" }}\n'
+    )
+
+
 def add_unlisted(
-    migrations_dir: Path = MIGRATIONS_DIR, manifest_path: Path = MANIFEST_PATH
-) -> list[Migration]:
-    """Append the migrations the manifest does not list (a new manifest gets the header first);
-    the lines already there are left as they are. Returns what was added."""
+    migrations_dir: Path = MIGRATIONS_DIR,
+    manifest_path: Path = MANIFEST_PATH,
+    helpers_path: Path = HELPERS_PATH,
+) -> list[str]:
+    """Append the migrations and helper definitions the manifest does not list (a new manifest
+    gets the header first); the lines already there are left as they are. Returns what was
+    added ("events 0008", "helpers create_outbox")."""
     migrations, _, _ = read_migrations(migrations_dir)
     listed = (
         {(e.service, e.revision) for e in read_manifest(manifest_path)}
@@ -238,11 +320,18 @@ def add_unlisted(
         else set()
     )
     new = [m for m in migrations if (m.service, m.revision) not in listed]
+    new_helpers = [d for d in read_helpers(helpers_path) if (HELPERS, d.name) not in listed]
     text = manifest_path.read_text() if manifest_path.exists() else ""
     start = HEADER if not text else ("" if text.endswith("\n") else "\n")
     with manifest_path.open("a") as manifest:
-        manifest.write(start + "".join(manifest_line(m) for m in new))
-    return new
+        manifest.write(
+            start
+            + "".join(manifest_line(m) for m in new)
+            + "".join(helper_line(helpers_path, d) for d in new_helpers)
+        )
+    return [f"{m.service} {m.revision} ({m.path.name})" for m in new] + [
+        f"{HELPERS} {d.name}" for d in new_helpers
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -252,8 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.add:
-        for m in add_unlisted():
-            print(f"added {m.service} {m.revision} ({m.path.name})")
+        for added in add_unlisted():
+            print(f"added {added}")
     found = problems()
     for problem in found:
         print(problem, file=sys.stderr)

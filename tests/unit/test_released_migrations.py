@@ -1,7 +1,9 @@
 """A migration once committed is never changed (audit U1): db/migrations/released.toml lists
 every revision with the sha256 of its file, and ops.db.released.problems names a listed file
 that changed, went or was renamed, a file not listed, a revision id used twice in a service, a
-down_revision that is no revision of the service, and a service with more than one head.
+down_revision that is no revision of the service, and a service with more than one head. The
+helpers released migrations call (apps/common/migration_helpers.py) are listed too, each
+top-level definition with the sha256 of its source.
 
 The real tree must have no problem; each kind of problem is shown on a copy of it."""
 
@@ -12,7 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from ops.db.released import ADD_COMMAND, MANIFEST_PATH, MIGRATIONS_DIR, add_unlisted, problems
+from ops.db.released import (
+    ADD_COMMAND,
+    HELPERS_PATH,
+    MANIFEST_PATH,
+    MIGRATIONS_DIR,
+    add_unlisted,
+    problems,
+)
 
 EVENTS_0006 = "events/versions/0006_adopted_sessions.py"
 
@@ -24,15 +33,20 @@ def test_every_migration_is_released_unchanged() -> None:
 
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
-    """A copy of db/migrations (the manifest in it)."""
+    """A copy of db/migrations (the manifest in it) and of the migration helpers, in it."""
     copy = tmp_path / "migrations"
     shutil.copytree(MIGRATIONS_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    assert problems(copy, copy / MANIFEST_PATH.name) == []
+    shutil.copy(HELPERS_PATH, copy / HELPERS_PATH.name)
+    assert found(copy) == []
     return copy
 
 
 def found(tree: Path) -> list[str]:
-    return problems(tree, tree / MANIFEST_PATH.name)
+    return problems(tree, tree / MANIFEST_PATH.name, tree / HELPERS_PATH.name)
+
+
+def add(tree: Path) -> list[str]:
+    return add_unlisted(tree, tree / MANIFEST_PATH.name, tree / HELPERS_PATH.name)
 
 
 def new_revision(tree: Path, service: str, name: str, revision: str, down: str | None) -> None:
@@ -92,12 +106,11 @@ def test_a_new_file_is_not_listed_until_added(tree: Path) -> None:
     assert "events/versions/0008_more.py" in problem
     assert ADD_COMMAND in problem
 
-    added = add_unlisted(tree, manifest)
-    assert [(m.service, m.revision) for m in added] == [("events", "0008")]
+    assert add(tree) == ["events 0008 (0008_more.py)"]
     assert manifest.read_bytes().startswith(before)
     assert found(tree) == []
     # Adding again adds nothing, and the new entry is as released as the others.
-    assert add_unlisted(tree, manifest) == []
+    assert add(tree) == []
     new_revision(tree, "events", "0008_more.py", "0008", "0007")
     (tree / "events/versions/0008_more.py").write_text("revision = '0008'\ndown_revision = '0007'")
     [problem] = found(tree)
@@ -121,3 +134,44 @@ def test_two_heads(tree: Path) -> None:
     new_revision(tree, "likes", "0003_two.py", "0003b", "0002")
     messages = found(tree)
     assert any("likes: 2 heads (0003, 0003b)" in m for m in messages)
+
+
+def test_a_helper_changed_without_its_file_name(tree: Path) -> None:
+    """A released migration calls the helper again on every fresh database: a length changed
+    in it would give new databases a column the old ones never got (audit s19c)."""
+    helpers = tree / HELPERS_PATH.name
+    helpers.write_text(
+        helpers.read_text().replace('"user_id", sa.BigInteger', '"user_id", sa.Integer')
+    )
+    [problem] = found(tree)
+    assert problem.startswith("migration_helpers.py: create_adopted_sessions changed")
+    assert "write a new helper" in problem
+
+
+def test_a_helper_constant_changed(tree: Path) -> None:
+    helpers = tree / HELPERS_PATH.name
+    helpers.write_text(helpers.read_text().replace("MAX_KEY_LENGTH = 200", "MAX_KEY_LENGTH = 300"))
+    [problem] = found(tree)
+    assert "MAX_KEY_LENGTH changed" in problem
+
+
+def test_a_helper_gone(tree: Path) -> None:
+    helpers = tree / HELPERS_PATH.name
+    text = helpers.read_text()
+    start = text.index("def create_request_nonces")
+    end = text.index("def create_adopted_sessions")
+    helpers.write_text(text[:start] + text[end:])
+    [problem] = found(tree)
+    assert "create_request_nonces is gone" in problem
+
+
+def test_a_new_helper_is_listed_by_add(tree: Path) -> None:
+    helpers = tree / HELPERS_PATH.name
+    helpers.write_text(
+        helpers.read_text() + "\n\ndef create_more(schema: str) -> None:\n    pass\n"
+    )
+    [problem] = found(tree)
+    assert "create_more is not in released.toml" in problem
+    assert ADD_COMMAND in problem
+    assert add(tree) == ["helpers create_more"]
+    assert found(tree) == []
