@@ -33,6 +33,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from apps.common.problems import Conflict
 
 KEPT = timedelta(days=1)
+# The key, set to true, of the 409 problem that says the session was given to another account
+# (sign-in tells it from other refusals: apps.common.web.adopt_anonymous_on_sign_in).
+GIVEN_TO_ANOTHER_ACCOUNT = "session_given_to_another_account"
 SESSION_ID_LENGTH = 64
 
 # hashtext of "<namespace>:<session id>": cart's sign-in took this lock before the record existed.
@@ -94,7 +97,8 @@ async def refuse_another_account(
     if owner is not None and owner != user_id:
         raise Conflict(
             "This browser's session was handed to another account at an earlier sign-in (one "
-            "that may not have finished): sign in as that account, or sign out and sign in again."
+            "that may not have finished): sign in as that account, or sign out and sign in again.",
+            session_given_to_another_account=True,  # GIVEN_TO_ANOTHER_ACCOUNT
         )
 
 

@@ -25,6 +25,7 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 from litestar.utils.scope.state import ScopeState
 from markupsafe import Markup, escape
 
+from apps.common.adoption import GIVEN_TO_ANOTHER_ACCOUNT
 from apps.common.asgi import header
 from apps.common.contracts import Action, Fragment, IdentityParams, SignIn
 from apps.common.identity import (
@@ -81,7 +82,12 @@ async def adopt_anonymous_on_sign_in(
     the anonymous one behind, and with it what that service holds (a paid order out of the
     user's sight for good). Every action is tried; each service commits its own, so a refused
     sign-in may have moved part; all are idempotent, and signing in again as the same account
-    finishes the move (another account is refused: apps.common.adoption)."""
+    finishes the move (another account is refused: apps.common.adoption).
+
+    A session that every service gave to other accounts was adopted whole by a sign-in that
+    finished (a cookie kept after signing in and planted in this browser, or left on a shared
+    one): nothing of it is anonymous any more, and its anonymous writes are refused, so nothing
+    in it is this visitor's. The sign-in moves nothing and goes on, with its new session."""
     if after.user_id is None or before.user_id == after.user_id:
         return
     request = SignIn(user_id=after.user_id, session_id=before.session_id)
@@ -93,8 +99,48 @@ async def adopt_anonymous_on_sign_in(
     # First, every service is asked whether the session went to another account, so that
     # none moves anything for this one when another would refuse (the visitor's things split
     # between two accounts).
-    await _adopt_everywhere(client, asked, msgspec.structs.replace(request, check_only=True))
+    refusing = await _ask_everywhere(
+        client, asked, msgspec.structs.replace(request, check_only=True)
+    )
+    if asked and len(refusing) == len(asked):
+        logger.warning(
+            "sign-in: the session was adopted by other accounts everywhere; nothing to move"
+        )
+        return
+    if refusing:
+        # Some services gave the session to another account and some did not: that sign-in
+        # did not finish, and what the others hold is its account's to finish (audit s19b F2).
+        raise Conflict(
+            "An earlier sign-in to another account from this browser did not finish "
+            f"({', '.join(refusing)} already gave that account this browser's things): sign in "
+            "as that account to finish it, or sign out first."
+        )
     await _adopt_everywhere(client, asked, request)
+
+
+async def _ask_everywhere(
+    client: InternalClient, actions: Sequence[Action[SignIn, Any]], request: SignIn
+) -> list[str]:
+    """Sign-in's check, asked of every service: the services that gave the session to another
+    account. 503 naming those that could not answer (whether they did is unknown)."""
+    refusing: list[str] = []
+    failed: list[str] = []
+    for action in actions:
+        try:
+            await client.call(action, request)
+        except InternalCallError as exc:
+            if exc.remote_status == 409 and exc.problem.get(GIVEN_TO_ANOTHER_ACCOUNT) is True:
+                refusing.append(action.service)
+                continue
+            logger.warning("sign-in: %s %s failed: %s", action.service, action.name, exc)
+            if exc.remote_status == 409:
+                raise Conflict(
+                    str(exc.problem.get("detail") or f"{action.service} refused the sign-in")
+                ) from None
+            failed.append(_failure(action, exc))
+    if failed:
+        raise _unfinished(failed)
+    return refusing
 
 
 async def _adopt_everywhere(
@@ -112,17 +158,23 @@ async def _adopt_everywhere(
                 raise Conflict(
                     str(exc.problem.get("detail") or f"{action.service} refused the sign-in")
                 ) from None
-            failed.append(
-                f"{action.service} answered {exc.remote_status}"
-                if exc.remote_status is not None
-                else f"{action.service} could not be reached"
-            )
+            failed.append(_failure(action, exc))
     if failed:
-        raise DependencyUnavailable(
-            f"Signing in did not finish: {', '.join(failed)}. You are still signed out; what "
-            "you gathered is safe, some of it may already be your account's. Please sign in "
-            "again in a minute: that finishes it."
-        )
+        raise _unfinished(failed)
+
+
+def _failure(action: Action[SignIn, Any], exc: InternalCallError) -> str:
+    if exc.remote_status is None:
+        return f"{action.service} could not be reached"
+    return f"{action.service} answered {exc.remote_status}"
+
+
+def _unfinished(failed: Sequence[str]) -> DependencyUnavailable:
+    return DependencyUnavailable(
+        f"Signing in did not finish: {', '.join(failed)}. You are still signed out; what "
+        "you gathered is safe, some of it may already be your account's. Please sign in "
+        "again in a minute: that finishes it."
+    )
 
 
 def public_url(settings: Settings, service: str, path: str = "/") -> str:

@@ -390,3 +390,38 @@ async def test_another_account_moves_nothing_when_any_service_would_refuse_it(
     assert order_owner(clean_db, order_id) == ("paid", USER_ID)
     for client_ in (cart, market):
         await client_.aclose()
+
+
+async def test_a_planted_session_another_account_signed_in_with_does_not_block_sign_in(
+    stack, clean_db, shop
+):
+    """Audit s19c F2: an attacker signs in with an anonymous session, keeps its cookie and
+    plants it in a victim's browser. Every service recorded the session as the attacker's, so
+    the victim's sign-in was refused ("sign out first") for the record's day. Everything of that
+    session has moved (anonymous writes to it are refused since), so nothing in it can be the
+    victim's: the victim signs in, with a fresh session, and nothing of the attacker's moves."""
+    attacker = await browser_of(stack, "cart")
+    events = stack.browser("events")
+    share_cookies(attacker, events)
+    assert (await events.post(f"/entries/{shop.entry_id}/book/")).status_code == 200
+    await events.aclose()
+    assert (
+        await attacker.post(f"/add/{shop.product_ids[0]}/", json={"quantity": 1})
+    ).status_code == 200
+    planted = session_cookie(attacker)
+    signed = await attacker.get("/auth/dev-login", params={"user_id": USER_ID}, headers=JSON)
+    assert signed.status_code == 200, signed.text
+    assert [user for user, _ in cart_line_owners(clean_db)] == [USER_ID]
+    assert booking_of(clean_db, shop.entry_id)[1:3] == (USER_ID, None)
+
+    victim = stack.browser("market")
+    victim.cookies.set("rose_session", planted, domain=victim.base_url.host)
+    signed = await victim.get("/auth/dev-login", params={"user_id": USER_ID + 1}, headers=JSON)
+    assert signed.status_code == 200, signed.text
+    assert session_cookie(victim) not in ("", planted)
+    assert (await victim.get("/auth/session")).json()["user_id"] == USER_ID + 1
+    # Nothing of the attacker's moved to the victim.
+    assert [user for user, _ in cart_line_owners(clean_db)] == [USER_ID]
+    assert booking_of(clean_db, shop.entry_id)[1:3] == (USER_ID, None)
+    for client_ in (attacker, victim):
+        await client_.aclose()
