@@ -858,20 +858,30 @@ async def replay_checkout(
     (:func:`hold_bookings`): the buyer may have taken one out of the cart and booked it again
     since, and it is then held only for the cart's while. The buyer's lock keeps a newer order
     from superseding this one in between (its hold would be undone). A booking that can no
-    longer be held is create-order's 409."""
+    longer be held is create-order's 409.
+
+    The order's row is share-locked before it is read, until the hold is in (audit s19c F5):
+    its expiry locks the row (``FOR UPDATE SKIP LOCKED``) before it ends the order's holds
+    (release-for-order), so it passes the order by until this commits, and its release comes
+    after this hold, not before it (which would have held the booking again, for an order that
+    can no longer be paid, until HOLD_AFTER_PAYABLE past its payable time). A payment settled
+    meanwhile waits for the same while, then goes on as ever."""
     created = msgspec.convert(stored, CreatedOrder)
-    if request.calendar_entries or request.tickets:
+    holds = bool(request.calendar_entries or request.tickets)
+    if holds:
         await lock_buyer(session, request.user_id, request.session_id)
-    found = (
-        await session.execute(
-            select(Order, PaymentAttempt, Order.payable_until > func.now())
-            # An order with nothing to pay has no attempt.
-            .outerjoin(PaymentAttempt, PaymentAttempt.order_id == Order.id)
-            .where(Order.id == created.order_id)
-            .order_by(PaymentAttempt.number.desc())
-            .limit(1)
-        )
-    ).one_or_none()
+    looked_up = (
+        select(Order, PaymentAttempt, Order.payable_until > func.statement_timestamp())
+        # An order with nothing to pay has no attempt.
+        .outerjoin(PaymentAttempt, PaymentAttempt.order_id == Order.id)
+        .where(Order.id == created.order_id)
+        .order_by(PaymentAttempt.number.desc())
+        .limit(1)
+    )
+    if holds:
+        # KEY SHARE: enough to keep the expiry's FOR UPDATE off, and nothing more.
+        looked_up = looked_up.with_for_update(read=True, key_share=True, of=Order)
+    found = (await session.execute(looked_up)).one_or_none()
     if found is None:
         return None  # no order behind the key: a new one
     order, attempt, still_payable = found

@@ -14,7 +14,9 @@ from decimal import Decimal
 import pytest
 
 from apps.common.app_factory import platform_of
+from apps.events import contract as events_contract
 from apps.orders.settings import HOLD_AFTER_PAYABLE
+from apps.orders.settlement import release_bookings_key
 from tests.conftest import admin_connect
 from tests.integration.commerce_fixtures import (
     ServiceDown,
@@ -531,3 +533,87 @@ async def test_a_replay_events_cannot_hold_for_says_the_order_is_as_it_was(
     assert "events cannot be reached" in detail, detail
     assert orders_of(clean_db)[first["order_id"]][0] == "pending"
     assert (await cart.post("/checkout/")).json() == first
+
+
+# -- a replay at the moment its order expires (audit s19c F5) --------------------------------
+
+
+class HoldsKeptWaiting:
+    """Events as orders' client reaches it, but its hold-for-order calls wait (``reached`` is
+    set) until ``go`` is set; every other call goes straight through."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+        self.reached = asyncio.Event()
+        self.go = asyncio.Event()
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["path"] == events_contract.hold_for_order.path:
+            self.reached.set()
+            await self.go.wait()
+        await self.app(scope, receive, send)
+
+
+def releases_undelivered(server, order_id: int) -> int:
+    with admin_connect(server, "orders") as connection:
+        return connection.execute(
+            "SELECT count(*) FROM orders.outbox WHERE idempotency_key = %s "
+            "AND delivered_at IS NULL",
+            (release_bookings_key(order_id),),
+        ).fetchone()[0]
+
+
+def booking_held_for(server, entry_id: int, order_id: int) -> bool:
+    """Whether the entry is held for the order now (its hold has not ended)."""
+    with admin_connect(server, "events") as connection:
+        return connection.execute(
+            "SELECT state = 'pending' AND hold_order_id = %s AND hold_expires_at > now() "
+            "FROM events.calendar_entries WHERE id = %s",
+            (order_id, entry_id),
+        ).fetchone()[0]
+
+
+async def test_a_replay_as_its_order_expires_does_not_hold_the_booking_past_the_expiry(
+    stack, clean_db, shop, sandbox
+):
+    """Audit s19c F5: a checkout replay found its order payable, then asked events to hold the
+    booking again; the order expired in between, and its release (which ends the holds made
+    for it) reached events first. The replay's hold then held the booking again, for an order
+    that can no longer be paid, until its payable time and 30 minutes more. Whatever comes
+    first, an expired order's booking ends up not held for it."""
+    cart = await browser_of(stack, "cart", user_id=3)
+    events = stack.browser("events")
+    share_cookies(cart, events)
+    assert (await events.post(f"/entries/{shop.entry_id}/book/")).status_code == 200
+    order_id = (await cart.post("/checkout/")).json()["order_id"]
+    assert booking_held_for(clean_db, shop.entry_id, order_id)
+
+    client = platform_of(stack.apps["orders"]).client
+    holds = HoldsKeptWaiting(stack.apps["events"])
+    client.route("events", holds)
+    try:
+        replay = asyncio.ensure_future(cart.post("/checkout/"))
+        await asyncio.wait_for(holds.reached.wait(), timeout=10)
+        # The payable time ends now, while the replay's hold is on its way to events:
+        # reconciliation expires what it may, and its release reaches events first.
+        with admin_connect(clean_db, "orders") as connection:
+            connection.execute(
+                "UPDATE orders.orders SET payable_until = now() - interval '1 s' WHERE id = %s",
+                (order_id,),
+            )
+        await stack.apps["orders"].state.reconciler.run_once()
+        assert await eventually(lambda: releases_undelivered(clean_db, order_id) == 0)
+        holds.go.set()
+        answered = await replay
+    finally:
+        holds.go.set()
+        client.route("events", stack.apps["events"])
+    assert answered.status_code == 200, answered.text
+
+    # The order expires (now, if the replay kept it from expiring until its hold was in).
+    await stack.apps["orders"].state.reconciler.run_once()
+    assert orders_of(clean_db)[order_id][0] == "expired"
+    assert await eventually(lambda: releases_undelivered(clean_db, order_id) == 0)
+    assert not booking_held_for(clean_db, shop.entry_id, order_id), booking_hold(
+        clean_db, shop.entry_id
+    )
