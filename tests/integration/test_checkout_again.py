@@ -15,6 +15,7 @@ import pytest
 
 from apps.common.app_factory import platform_of
 from apps.events import contract as events_contract
+from apps.orders import contract as orders_contract
 from apps.orders.settings import HOLD_AFTER_PAYABLE
 from apps.orders.settlement import release_bookings_key
 from tests.conftest import admin_connect
@@ -538,17 +539,18 @@ async def test_a_replay_events_cannot_hold_for_says_the_order_is_as_it_was(
 # -- a replay at the moment its order expires (audit s19c F5) --------------------------------
 
 
-class HoldsKeptWaiting:
-    """Events as orders' client reaches it, but its hold-for-order calls wait (``reached`` is
+class KeptWaiting:
+    """A service as another's client reaches it, but calls of ``action`` wait (``reached`` is
     set) until ``go`` is set; every other call goes straight through."""
 
-    def __init__(self, app) -> None:
+    def __init__(self, app, action) -> None:
         self.app = app
+        self.path = action.path
         self.reached = asyncio.Event()
         self.go = asyncio.Event()
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http" and scope["path"] == events_contract.hold_for_order.path:
+        if scope["type"] == "http" and scope["path"] == self.path:
             self.reached.set()
             await self.go.wait()
         await self.app(scope, receive, send)
@@ -589,7 +591,7 @@ async def test_a_replay_as_its_order_expires_does_not_hold_the_booking_past_the_
     assert booking_held_for(clean_db, shop.entry_id, order_id)
 
     client = platform_of(stack.apps["orders"]).client
-    holds = HoldsKeptWaiting(stack.apps["events"])
+    holds = KeptWaiting(stack.apps["events"], events_contract.hold_for_order)
     client.route("events", holds)
     try:
         replay = asyncio.ensure_future(cart.post("/checkout/"))
@@ -617,3 +619,55 @@ async def test_a_replay_as_its_order_expires_does_not_hold_the_booking_past_the_
     assert not booking_held_for(clean_db, shop.entry_id, order_id), booking_hold(
         clean_db, shop.entry_id
     )
+
+
+async def test_a_replay_whose_booking_someone_else_took_is_refused_and_changes_nothing(
+    stack, clean_db, shop, sandbox
+):
+    """The replay holds the request's bookings for its order again; when events can no longer
+    hold one (the buyer took it out of the cart, in another tab, as the checkout left cart, and
+    someone else booked the last place), the replay is a 409 saying so: no new order, the order
+    as it was, and the other buyer's booking theirs."""
+    cart = await browser_of(stack, "cart", user_id=3)
+    events = stack.browser("events")
+    share_cookies(cart, events)
+    assert (await events.post(f"/entries/{shop.entry_id}/book/")).status_code == 200
+    first = (await cart.post("/checkout/")).json()
+    order_id = first["order_id"]
+    claims = booking_claims_of(clean_db, order_id)
+
+    client = platform_of(stack.apps["cart"]).client
+    checkouts = KeptWaiting(stack.apps["orders"], orders_contract.create_order)
+    client.route("orders", checkouts)
+    try:
+        replay = asyncio.ensure_future(cart.post("/checkout/"))
+        await asyncio.wait_for(checkouts.reached.wait(), timeout=10)
+        # Cart has read the cart (with the booking) and its create-order is on its way.
+        removed = await cart.post(f"/booking/entry/{shop.entry_id}/delete/")
+        assert removed.status_code == 200, removed.text
+        other = await browser_of(stack, "events", user_id=4)
+        assert (await other.post(f"/entries/{shop.entry_id}/book/")).status_code == 200
+        checkouts.go.set()
+        refused = await replay
+    finally:
+        checkouts.go.set()
+        client.route("orders", stack.apps["orders"])
+    assert refused.status_code == 409, refused.text
+    detail = refused.json()["detail"]
+    assert f"no longer held for you (entries {shop.entry_id})" in detail, detail
+    assert "Your cart has not changed" in detail, detail
+    assert list(orders_of(clean_db)) == [order_id]
+    assert orders_of(clean_db)[order_id][0] == "pending"
+    assert booking_claims_of(clean_db, order_id) == claims
+    with admin_connect(clean_db, "orders") as connection:
+        # One key: the cart as it was, so this was the replay of the order's checkout.
+        keys = connection.execute("SELECT count(*) FROM orders.idempotency_keys").fetchone()[0]
+    assert keys == 1
+    with admin_connect(clean_db, "events") as connection:
+        owner = connection.execute(
+            "SELECT state, user_id, hold_order_id FROM events.calendar_entries WHERE id = %s",
+            (shop.entry_id,),
+        ).fetchone()
+    assert owner == ("pending", 4, None), owner
+    for browser in (cart, events, other):
+        await browser.aclose()
