@@ -112,6 +112,9 @@ class CreatedOrder(msgspec.Struct):
     # its return page once it is paid (an order with nothing to pay, every line free, is paid
     # as it is made, without SumUp). Answers stored by an earlier orders lack it: see where_next.
     next_url: str = ""
+    # Such an order is paid once events has confirmed its bookings: while that is on its way
+    # when orders answers, False, and next_url is its return page (which says what became of
+    # it); a 409 if the buyer removed them all from the cart first (it is cancelled).
     paid: bool = False
 
     @property

@@ -54,10 +54,12 @@ async def create_order(
     runtime.jobs.close_soon(superseded)
     if created.get("paid"):
         # Paid as it was made (nothing to pay): its bookings are confirmed before the buyer
-        # is answered, so that the cart they come back to no longer offers to remove them.
+        # is answered, so that the cart they come back to no longer offers to remove them,
+        # and the answer says what became of the order (the buyer may have removed them).
         await runtime.relay.deliver_now(
             after_payment_keys(created["order_id"]), within=runtime.settings.return_delivery_seconds
         )
+        return await service.answer_once_confirmed(db_session, created)
     return created
 
 

@@ -88,6 +88,7 @@ from apps.orders.models import (
     PaymentAttempt,
     Refund,
     adopted_sessions,
+    outbox,
     page_payment_configs,
     pay_again_starts,
 )
@@ -107,6 +108,7 @@ from apps.orders.settlement import (
     MerchantAccounts,
     OrderRow,
     close_attempt,
+    confirm_bookings_key,
     merchant_account,
     money,
     names_no_merchant,
@@ -825,6 +827,47 @@ def paid_answer(order: Order, urls: OrderUrls, stored: CreatedOrder | None = Non
         next_url=urls.return_page(order.id),
         paid=True,
     )
+
+
+async def answer_once_confirmed(session: AsyncSession, created: dict[str, Any]) -> dict[str, Any]:
+    """Create-order's paid answer, once the order's confirmation had its chance (the route
+    delivers it before answering). An order with nothing to pay is "paid" only in that its
+    bookings are confirmed, and the buyer may remove them from the cart until events confirms
+    them (audit s19 M4): events then confirms none, and the order is cancelled. So:
+
+    - cancelled: a 409 saying nothing was confirmed, not "paid";
+    - its confirmation still on its way (events slow or down): not said to be paid; the buyer
+      goes to its return page all the same, which says what became of it;
+    - otherwise (confirmed, or an order paid through SumUp, whose money is taken whatever
+      events does): the answer as it was."""
+    order_id = created["order_id"]
+    outbox_row = outbox.c
+    confirming = (
+        select(outbox_row.id)
+        .where(
+            outbox_row.idempotency_key == confirm_bookings_key(order_id),
+            outbox_row.delivered_at.is_(None),
+        )
+        .exists()
+    )
+    found = (
+        await session.execute(
+            select(Order.status, Order.total, confirming).where(Order.id == order_id)
+        )
+    ).one_or_none()
+    if found is None:
+        return created
+    status, total, still_confirming = found
+    if status == "cancelled":
+        raise Conflict(
+            f"Nothing was confirmed: the bookings of order {order_id} left your cart before "
+            "they could be confirmed for it, so it is cancelled (there was nothing to pay). "
+            "Book them again to check out",
+            order_id=order_id,
+        )
+    if total == 0 and still_confirming:
+        return {**created, "paid": False}
+    return created
 
 
 def _under_review(order_id: int) -> Conflict:

@@ -8,6 +8,7 @@ Real apps in process, real PostgreSQL, the SumUp sandbox over HTTP (which must n
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 from decimal import Decimal
@@ -15,7 +16,7 @@ from decimal import Decimal
 import psycopg
 import pytest
 
-from tests.conftest import admin_connect
+from tests.conftest import admin_connect, lock_waiters
 from tests.integration.commerce_fixtures import (
     book_and_check_out,
     browser_of,
@@ -215,7 +216,9 @@ async def test_a_free_booking_removed_as_its_order_is_made_cancels_the_order(
     booking from the cart before events confirmed it, and its claim on the entry made every
     later checkout of it a 409 ("already paid for"). The confirmation is held up here (a
     second transaction holds its idempotency key in events) while the buyer removes the
-    booking; then it goes on and finds nothing to confirm."""
+    booking; then it goes on and finds nothing to confirm. The checkout gave up waiting for
+    the confirmation before that: its answer does not say the order is paid (audit s19 M4),
+    only where to see what becomes of it."""
     cart = await browser_of(stack, "cart", user_id=3)
     events = stack.browser("events")
     share_cookies(cart, events)
@@ -226,6 +229,8 @@ async def test_a_free_booking_removed_as_its_order_is_made_cancels_the_order(
         answer = await cart.post("/checkout/")
         assert answer.status_code == 200, answer.text
         assert answer.json()["order_id"] == order_id
+        assert answer.json()["paid"] is False
+        assert answer.json()["next_url"].endswith(f"/checkout/return/{order_id}/")
         removed = await cart.post(f"/booking/entry/{entry_id}/delete/")
         assert removed.status_code == 200, removed.text
     assert await eventually(lambda: orders_of(clean_db)[order_id][0] == "cancelled", timeout=15)
@@ -239,6 +244,62 @@ async def test_a_free_booking_removed_as_its_order_is_made_cancels_the_order(
     assert again.status_code == 200, again.text
     assert await eventually(lambda: entry_state(clean_db, entry_id)[0] == "confirmed")
     assert entry_state(clean_db, entry_id)[1] == again.json()["order_id"]
+
+
+@pytest.fixture
+async def patient_stack(clean_db, credentials, sandbox, shop):
+    """A free checkout waits up to 15 s (2 s by default) for its bookings' confirmation before
+    answering: long enough for a race to be played out step by step on a busy machine."""
+    async with shop_stack(
+        clean_db, credentials, sandbox.server, ORDERS_RETURN_DELIVERY_SECONDS="15"
+    ) as running:
+        yield running
+
+
+async def test_a_free_checkout_racing_the_removal_of_its_bookings_does_not_say_paid(
+    patient_stack, clean_db, shop, sandbox
+):
+    """Audit s19 M4: a free checkout whose bookings the buyer removed from the cart between
+    the order's making (its bookings held for it, the order paid at 0.00) and events'
+    confirmation answered 200 ``paid: true`` (the browser sent to a page saying "confirmed"),
+    and the order then ended cancelled, nothing confirmed. Played out in order here: the
+    checkout's confirmation waits in events (a second transaction holds its key) while the
+    buyer removes both bookings; then it goes on. The answer says what became of the order."""
+    stack = patient_stack
+    cart = await browser_of(stack, "cart", user_id=3)
+    events, orders = stack.browser("events"), stack.browser("orders")
+    share_cookies(cart, events, orders)
+    entry_ids = [free_entry(clean_db, "Orchard walk"), free_entry(clean_db, "Hedge laying")]
+    for entry_id in entry_ids:
+        assert (await events.post(f"/entries/{entry_id}/book/")).status_code == 200
+    order_id = next_order_id(clean_db)
+    with confirmation_held(clean_db, order_id):
+        checkout = asyncio.ensure_future(cart.post("/checkout/"))
+        # The order is made and its confirmation waits in events for the held key.
+        assert await eventually(lambda: checkout.done() or lock_waiters(clean_db, "events") >= 1)
+        assert not checkout.done(), checkout.result().text
+        assert orders_of(clean_db) == {order_id: ("paid", Decimal("0.00"))}
+        for entry_id in entry_ids:
+            removed = await cart.post(f"/booking/entry/{entry_id}/delete/")
+            assert removed.status_code == 200, removed.text
+    answer = await checkout
+    # Events confirmed neither: the order is cancelled, nothing is the buyer's.
+    assert orders_of(clean_db) == {order_id: ("cancelled", Decimal("0.00"))}
+    assert [entry_state(clean_db, entry_id) for entry_id in entry_ids] == [("open", None)] * 2
+    # The answer says so, not "paid".
+    assert answer.status_code == 409, answer.text
+    detail = answer.json()["detail"]
+    assert f"order {order_id}" in detail, detail
+    assert "nothing was confirmed" in detail.lower(), detail
+    # The order's return page says the same.
+    html = {"accept": "text/html"}
+    returned = await orders.get(f"/checkout/return/{order_id}/", headers=html)
+    assert returned.status_code == 200, returned.text
+    heading = returned.text.split('id="payment-state"', 1)[1].split("</h1>", 1)[0]
+    assert "Cancelled" in heading, heading
+    assert "is confirmed" not in heading
+    for client in (cart, events, orders):
+        await client.aclose()
 
 
 async def test_a_free_order_with_a_booking_removed_before_its_confirmation_says_which(
