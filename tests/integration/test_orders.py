@@ -36,7 +36,13 @@ from apps.orders.settlement import account_lookup
 from ops.db.provision import APP_SETTINGS, READER_SETTINGS
 from tests.conftest import admin_connect
 from tests.fdw_plans import explain_as_app, foreign_scans
-from tests.integration.commerce_fixtures import browser_of, cart_rows, share_cookies, shop_stack
+from tests.integration.commerce_fixtures import (
+    browser_of,
+    cart_rows,
+    entry_state,
+    share_cookies,
+    shop_stack,
+)
 from tests.integration.orders_fixtures import (
     ORDERS_PUBLIC_URL,
     add_page_config,
@@ -1321,6 +1327,131 @@ async def test_the_first_return_page_after_paying_shows_the_cart_emptied(
     assert "Cart (0)" in page.text, re.findall(r"Cart \(\d+\)", page.text)
     assert live_cart_lines(clean_db) == []
     assert clear_cart_message(clean_db, order_id)[1] is True
+
+
+def after_payment_messages(server, order_id: int) -> dict[str, bool]:
+    """The order's after-payment messages in the outbox: whether each is delivered, by action."""
+    with admin_connect(server, "orders") as connection:
+        rows = connection.execute(
+            "SELECT action, delivered_at IS NOT NULL FROM orders.outbox "
+            "WHERE idempotency_key LIKE %s",
+            (f"orders:{order_id}:%",),
+        ).fetchall()
+    return dict(rows)
+
+
+def payment_rows(server, order_id: int) -> tuple[Any, ...]:
+    """The order's status, whether it has its paid time, its attempts' statuses and its
+    refunds (amount, reason)."""
+    with admin_connect(server, "orders") as connection:
+        status, has_paid_at = connection.execute(
+            "SELECT status, paid_at IS NOT NULL FROM orders.orders WHERE id = %s", (order_id,)
+        ).fetchone()
+        attempts = [
+            row[0]
+            for row in connection.execute(
+                "SELECT status FROM orders.payment_attempts WHERE order_id = %s ORDER BY number",
+                (order_id,),
+            )
+        ]
+        refunds = connection.execute(
+            "SELECT amount, reason FROM orders.refunds WHERE order_id = %s ORDER BY id",
+            (order_id,),
+        ).fetchall()
+    return status, has_paid_at, attempts, refunds
+
+
+async def booked_and_bought(stack, server, shop, user_id: int) -> tuple[int, Any, Any]:
+    """A signed-in buyer's order of a product and the shop's priced entry (7.50), checked out
+    from the cart and not yet paid; the buyer's browsers on orders and cart."""
+    cart = await browser_of(stack, "cart", user_id=user_id)
+    events, orders = stack.browser("events"), stack.browser("orders")
+    share_cookies(cart, events, orders)
+    assert (await cart.post(f"/add/{shop.product_ids[0]}/")).status_code == 200
+    assert (await events.post(f"/entries/{shop.entry_id}/book/")).status_code == 200
+    answer = await cart.post("/checkout/")
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["paid"] is False
+    order_id = answer.json()["order_id"]
+    assert entry_state(server, shop.entry_id) == ("pending", None)
+    await events.aclose()
+    return order_id, orders, cart
+
+
+async def test_the_return_page_confirms_a_payment_no_webhook_told(
+    shop_running, clean_db, shop, sandbox
+):
+    """The buyer pays and comes back before any webhook (the sandbox drops them here, and
+    reconciliation is an hour away): the return page is the first to learn of the payment. It
+    re-reads the checkout from SumUp (paid), delivers the payment's effects itself (events
+    confirms the booking for the order, cart lets go of the product, as after a webhook), then
+    re-reads its own order, so that the page it renders shows it paid and confirmed."""
+    order_id, orders, cart = await booked_and_bought(shop_running, clean_db, shop, user_id=54)
+    checkout_id = checkout_id_of(clean_db, order_id)
+    sandbox.pay(checkout_id)
+    # Nothing has told orders yet.
+    assert payment_rows(clean_db, order_id) == ("pending", False, ["PENDING"], [])
+    assert after_payment_messages(clean_db, order_id) == {}
+
+    page = await orders.get(f"/checkout/return/{order_id}/", headers=HTML)
+    assert page.status_code == 200, page.text
+    heading = page.text.split('id="payment-state"', 1)[1].split("</h1>", 1)[0]
+    assert 'data-state="paid"' in heading
+    assert f"your order #{order_id} is paid." in heading, heading
+    assert 'id="unconfirmed-bookings"' not in page.text
+    assert 'id="refunds"' not in page.text
+    assert "Morning tour" in page.text
+    assert "Cart (0)" in page.text, re.findall(r"Cart \(\d+\)", page.text)
+
+    # The rows behind it: paid through the attempt SumUp took, nothing to give back...
+    assert payment_rows(clean_db, order_id) == ("paid", True, ["PAID"], [])
+    assert sandbox.checkout(checkout_id)["status"] == "PAID"
+    # ...the booking confirmed for the order, the product gone from the cart, both messages
+    # delivered before the page was made.
+    assert entry_state(clean_db, shop.entry_id) == ("confirmed", order_id)
+    assert live_cart_lines(clean_db) == []
+    assert after_payment_messages(clean_db, order_id) == {
+        "clear-cart-for-order": True,
+        "confirm-for-order": True,
+    }
+    assert (await cart.get("/api/cart")).json()["count"] == 0
+    api = (await orders.get(f"/api/orders/{order_id}")).json()
+    assert (api["status"], api["unconfirmed_bookings"], api["refunds"]) == ("paid", [], [])
+    for client in (cart, orders):
+        await client.aclose()
+
+
+async def test_the_return_page_shows_what_its_own_delivery_found(
+    shop_running, clean_db, shop, sandbox
+):
+    """The same, with the booking taken out of the cart while the order waited for its
+    payment: events can no longer confirm it, and orders records a refund of its price when
+    it delivers the confirmation. The page, made after that delivery, reads the order again
+    and names the refund (the order as read before the delivery has none)."""
+    order_id, orders, cart = await booked_and_bought(shop_running, clean_db, shop, user_id=55)
+    removed = await cart.post(f"/booking/entry/{shop.entry_id}/delete/")
+    assert removed.status_code == 200, removed.text
+    checkout_id = checkout_id_of(clean_db, order_id)
+    sandbox.pay(checkout_id)
+
+    page = await orders.get(f"/checkout/return/{order_id}/", headers=HTML)
+    assert page.status_code == 200, page.text
+    heading = page.text.split('id="payment-state"', 1)[1].split("</h1>", 1)[0]
+    assert f"your order #{order_id} is paid." in heading, heading
+    assert 'id="refunds"' in page.text, heading
+    refunds = page.text.split('id="refunds"', 1)[1].split("</section>", 1)[0]
+    assert "7.50 EUR: bookings that could not be confirmed: Morning tour" in refunds, refunds
+    status, has_paid_at, attempts, refund_rows = payment_rows(clean_db, order_id)
+    assert (status, has_paid_at, attempts) == ("paid", True, ["PAID"])
+    assert refund_rows == [(Decimal("7.50"), "bookings that could not be confirmed: Morning tour")]
+    assert entry_state(clean_db, shop.entry_id) == ("open", None)
+    assert live_cart_lines(clean_db) == []
+    assert after_payment_messages(clean_db, order_id) == {
+        "clear-cart-for-order": True,
+        "confirm-for-order": True,
+    }
+    for client in (cart, orders):
+        await client.aclose()
 
 
 class UnreachableCart:
