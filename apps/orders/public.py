@@ -69,7 +69,9 @@ class WebhookEvent(msgspec.Struct):
 
 def payment_state(order: Order) -> str:
     """What the buyer is told: paid, review (flagged), failed (pay again), waiting, or why the
-    order can no longer be paid (superseded, expired, cancelled, refund_due, refunded)."""
+    order can no longer be paid (superseded, expired, cancelled, refund_due, refunded). The
+    return page says "confirming" instead of paid for an order with nothing to pay whose
+    bookings events has yet to confirm."""
     if order.flagged:
         return "review"
     if order.status != "pending":
@@ -160,6 +162,11 @@ async def checkout_return(
             delivered = await service.load_order(db_session, order.id)
             assert delivered is not None
             order = delivered
+        if not order.total and await service.confirmation_on_its_way(db_session, order.id):
+            # Nothing to pay: the order is confirmed once events has confirmed its bookings,
+            # and the buyer may still remove them until then (audit s19 M4): the page says it
+            # is being confirmed and looks again, not that it is confirmed.
+            result = "confirming"
         if wants_html(request):
             # The navigation was fetched before this handler ran: since then this page may have
             # delivered the clear, or the relay did (woken by the webhook).

@@ -841,18 +841,9 @@ async def answer_once_confirmed(session: AsyncSession, created: dict[str, Any]) 
     - otherwise (confirmed, or an order paid through SumUp, whose money is taken whatever
       events does): the answer as it was."""
     order_id = created["order_id"]
-    outbox_row = outbox.c
-    confirming = (
-        select(outbox_row.id)
-        .where(
-            outbox_row.idempotency_key == confirm_bookings_key(order_id),
-            outbox_row.delivered_at.is_(None),
-        )
-        .exists()
-    )
     found = (
         await session.execute(
-            select(Order.status, Order.total, confirming).where(Order.id == order_id)
+            select(Order.status, Order.total, _confirming(order_id)).where(Order.id == order_id)
         )
     ).one_or_none()
     if found is None:
@@ -868,6 +859,23 @@ async def answer_once_confirmed(session: AsyncSession, created: dict[str, Any]) 
     if total == 0 and still_confirming:
         return {**created, "paid": False}
     return created
+
+
+def _confirming(order_id: int) -> ColumnElement[bool]:
+    """Whether the order's confirmation of its bookings is queued and not yet delivered."""
+    return (
+        select(outbox.c.id)
+        .where(
+            outbox.c.idempotency_key == confirm_bookings_key(order_id),
+            outbox.c.delivered_at.is_(None),
+        )
+        .exists()
+    )
+
+
+async def confirmation_on_its_way(session: AsyncSession, order_id: int) -> bool:
+    """Whether events has yet to confirm the order's bookings (its outbox message waits)."""
+    return bool(await session.scalar(select(_confirming(order_id))))
 
 
 def _under_review(order_id: int) -> Conflict:

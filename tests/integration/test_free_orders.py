@@ -222,18 +222,32 @@ async def test_a_free_booking_removed_as_its_order_is_made_cancels_the_order(
     cart = await browser_of(stack, "cart", user_id=3)
     events = stack.browser("events")
     share_cookies(cart, events)
+    orders = stack.browser("orders")
+    share_cookies(cart, orders)
     entry_id = free_entry(clean_db)
     assert (await events.post(f"/entries/{entry_id}/book/")).status_code == 200
     order_id = next_order_id(clean_db)
+    html = {"accept": "text/html"}
     with confirmation_held(clean_db, order_id):
         answer = await cart.post("/checkout/")
         assert answer.status_code == 200, answer.text
         assert answer.json()["order_id"] == order_id
         assert answer.json()["paid"] is False
         assert answer.json()["next_url"].endswith(f"/checkout/return/{order_id}/")
+        # Its return page does not say confirmed either while events has not confirmed it: it
+        # says so, and looks again in a moment.
+        waiting = await orders.get(f"/checkout/return/{order_id}/", headers=html)
+        assert waiting.status_code == 200, waiting.text
+        heading = waiting.text.split('id="payment-state"', 1)[1].split("</h1>", 1)[0]
+        assert 'data-state="confirming"' in heading, heading
+        assert "is being confirmed" in heading
+        assert 'http-equiv="refresh"' in waiting.text
         removed = await cart.post(f"/booking/entry/{entry_id}/delete/")
         assert removed.status_code == 200, removed.text
     assert await eventually(lambda: orders_of(clean_db)[order_id][0] == "cancelled", timeout=15)
+    settled = await orders.get(f"/checkout/return/{order_id}/", headers=html)
+    heading = settled.text.split('id="payment-state"', 1)[1].split("</h1>", 1)[0]
+    assert "Cancelled" in heading, heading
     with admin_connect(clean_db, "orders") as connection:
         assert connection.execute(
             "SELECT count(*) FROM orders.order_claims WHERE order_id = %s", (order_id,)
