@@ -10,7 +10,12 @@ PostgreSQL refuses to run as root; as root we run it as the system user ``embedd
 every start lets it traverse each ancestor of the data directory it cannot, by an ACL entry that
 names it alone (o+x only where the file system keeps no ACLs), and makes the PostgreSQL install
 readable by all; each change is reported (``LocalPostgres.notify``). The
-server's log, ``<data dir>.log``, is owner-only (0600; owned by the system user when we are root).
+server's log, ``<data dir>.log``, is owner-only (0600; owned by the system user when we are root)
+and bounded as rose.log is (``ops.stack.logfiles``): PostgreSQL's logging collector writes it
+(``log_file_mode`` 0600), and ``rotate_log_if_full`` moves it to ``<data dir>.log.1`` (``.1`` to
+``.2`` ...) past ``log_max_bytes`` and has the collector open a fresh one (``pg_ctl logrotate``,
+PostgreSQL's hook for outside rotation). The collector's own size rotation cannot do this: with a
+fixed file name it appends to the same file again, so `rose up`'s supervisor checks it.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from ops.db.binaries import pg_binary, postgres_bin_dir
+from ops.stack.logfiles import LOG_KEPT, LOG_MAX_BYTES, earlier_file, shift_to_earlier
 
 SUPERUSER = "postgres"
 # The local stack's server (`rose up --pg-port`).
@@ -50,6 +56,11 @@ HBA_CONF = """\
 host    all       all   127.0.0.1/32  scram-sha-256
 host    all       all   ::1/128       scram-sha-256
 """
+
+
+def _conf_string(value: str) -> str:
+    """``value`` as a postgresql.conf string literal."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -237,6 +248,9 @@ class LocalPostgres:
     extra_settings: dict[str, str] = field(default_factory=dict)
     # Told of each permission change made for the system user (as root); silent when None.
     notify: Callable[[str], None] | None = None
+    # The server's log is bounded as rose.log is (a smaller bound for tests).
+    log_max_bytes: int = LOG_MAX_BYTES
+    log_kept: int = LOG_KEPT
 
     @property
     def log_file(self) -> Path:
@@ -334,6 +348,16 @@ class LocalPostgres:
             "password_encryption": "'scram-sha-256'",
             "log_min_messages": "warning",
             "log_line_prefix": "'%m [%p] %q%u@%d '",
+            # The log goes through the collector, which can open it afresh when it is rotated
+            # (a pg_ctl -l file stays open in every process until the server stops). Same file
+            # as pg_ctl's -l, which has what the server says before the collector takes over.
+            "logging_collector": "on",
+            "log_directory": _conf_string(str(self.log_file.parent)),
+            "log_filename": _conf_string(self.log_file.name.replace("%", "%%")),
+            "log_file_mode": "0600",
+            # Only rotate_log_if_full rotates it (see the module's docstring).
+            "log_rotation_age": "0",
+            "log_rotation_size": "0",
         }
         if self.fast_unsafe:
             settings.update(fsync="off", synchronous_commit="off", full_page_writes="off")
@@ -383,11 +407,8 @@ class LocalPostgres:
                 f"port {self.port} is taken: stop what listens there or choose another port"
             )
         self._write_runtime_settings()
-        # pg_ctl's shell appends to it (keeping the mode): owner only, for the user it runs as.
-        self.log_file.touch(mode=0o600)
-        self.log_file.chmod(0o600)
-        if _running_as_root():
-            os.chown(self.log_file, _system_user().pw_uid, -1)
+        self.rotate_log_if_full()  # what earlier runs left
+        self._make_log_file()
         try:
             self._run(
                 [
@@ -409,6 +430,38 @@ class LocalPostgres:
             log = self.log_file.read_text()[-4000:] if self.log_file.exists() else ""
             raise RuntimeError(f"PostgreSQL did not start: {exc.stderr}\n{log}") from exc
         self._wait_accepting(timeout)
+
+    def _make_log_file(self) -> None:
+        """The log, made in advance for the user the server runs as: the collector may not
+        create files in its folder (rose's home, root's when we are root). pg_ctl's shell and
+        the collector append to it, keeping the mode: owner only."""
+        self.log_file.touch(mode=0o600)
+        self.log_file.chmod(0o600)
+        if _running_as_root():
+            os.chown(self.log_file, _system_user().pw_uid, -1)
+
+    def log_files(self) -> list[Path]:
+        """The log and its earlier files that exist, the current one first."""
+        candidates = [self.log_file]
+        candidates += [earlier_file(self.log_file, n) for n in range(1, self.log_kept + 1)]
+        return [path for path in candidates if path.exists()]
+
+    def rotate_log_if_full(self) -> bool:
+        """Past ``log_max_bytes``: the log becomes ``<log>.1`` (``.1`` ``.2`` ..., ``log_kept``
+        earlier files kept) and a running server's collector opens a fresh one; it goes on
+        writing to the moved file until then, so no line is lost. Says whether it rotated."""
+        try:
+            if self.log_file.stat().st_size < self.log_max_bytes:
+                return False
+        except FileNotFoundError:
+            return False
+        shift_to_earlier(self.log_file, self.log_kept)
+        self._make_log_file()
+        if self.is_running():
+            self._run(
+                [str(pg_binary("pg_ctl")), "-D", str(self.data_dir), "logrotate"], check=False
+            )
+        return True
 
     def _wait_accepting(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -433,7 +486,8 @@ class LocalPostgres:
     def destroy(self) -> None:
         self.stop(mode="immediate")
         shutil.rmtree(self.data_dir, ignore_errors=True)
-        self.log_file.unlink(missing_ok=True)
+        for path in self.log_files():
+            path.unlink(missing_ok=True)
 
 
 @contextmanager

@@ -4,8 +4,9 @@ readable log.
 Each service runs as ``python -m ops.stack.serve <svc>`` with its own environment (its app role's
 DSN, the URLs of its peers, the shared secrets). Output of every process goes, line by line and
 prefixed with the service name, to the terminal and to ``.rose/rose.log`` (mode 0600: it has
-every request line; rotated at ``LOG_MAX_BYTES``, ``LOG_KEPT`` earlier files kept). Stopping
-sends SIGTERM to every process, waits, then kills what is left.
+every request line; rotated at ``LOG_MAX_BYTES``, ``LOG_KEPT`` earlier files kept, as
+``ops.stack.logfiles`` says). Stopping sends SIGTERM to every process, waits, then kills what
+is left.
 On Linux every process also gets SIGTERM from the kernel when the process that started it dies
 (``PR_SET_PDEATHSIG``): a supervisor killed by SIGKILL or the OOM killer leaves no services behind.
 """
@@ -32,6 +33,7 @@ from apps.registry import SERVICES, service_spec
 from ops.db.credentials import Credentials
 from ops.db.topology import Topology
 from ops.paths import APPS_DIR
+from ops.stack.logfiles import LOG_KEPT, LOG_MAX_BYTES, shift_to_earlier
 
 HOST = "127.0.0.1"
 # The SumUp sandbox's process name in a group and in the log; it is ready when its controls answer.
@@ -119,12 +121,6 @@ class ServiceProcess:
         return f"http://{HOST}:{self.port}"
 
 
-# rose.log's bound: past this many bytes it is rotated (rose.log -> rose.log.1 -> .2 ...), and
-# this many earlier files are kept, so the log takes at most (1 + LOG_KEPT) * LOG_MAX_BYTES.
-LOG_MAX_BYTES = 10 * 1024 * 1024
-LOG_KEPT = 3
-
-
 class LogSink:
     """Writes lines from many processes to the terminal and one log file, whole lines only.
     The file is bounded: a line that would take it past ``max_bytes`` goes to a fresh one, the
@@ -160,14 +156,7 @@ class LogSink:
         """rose.log becomes rose.log.1, .1 becomes .2 ..., the oldest beyond ``kept`` goes."""
         if self._descriptor is not None:
             os.close(self._descriptor)
-        for number in range(self._kept - 1, 0, -1):
-            older = path.with_name(f"{path.name}.{number}")
-            if older.exists():
-                os.replace(older, path.with_name(f"{path.name}.{number + 1}"))
-        if self._kept > 0 and path.exists():  # (unless someone removed it meanwhile)
-            os.replace(path, path.with_name(f"{path.name}.1"))
-        else:
-            path.unlink(missing_ok=True)
+        shift_to_earlier(path, self._kept)
         self._open(path)
 
     def _append(self, text: str) -> None:

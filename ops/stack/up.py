@@ -99,6 +99,9 @@ class Supervisor:
     def tick(self) -> None:
         now = time.monotonic()
         database = self._database
+        if database is not None:
+            # Its log is bounded by this check (several times a second while `rose up` runs).
+            database.rotate_log_if_full()
         if database is not None and POSTGRES not in self._due and not database.is_running():
             delay = self._schedule(POSTGRES, now)
             self._say(

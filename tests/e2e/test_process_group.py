@@ -5,13 +5,16 @@ process runs. Found when CI's browser test reached relations on the port chosen 
 from __future__ import annotations
 
 import os
+import pwd
 import signal
 import stat
 import subprocess
 import sys
 from pathlib import Path
 
-from ops.stack.pgserver import LocalPostgres, free_ports, port_is_free
+import psycopg
+
+from ops.stack.pgserver import SYSTEM_USER, LocalPostgres, free_ports, port_is_free
 from ops.stack.processes import LogSink, ProcessGroup
 from ops.stack.up import Supervisor
 from tests.conftest import truncate_all
@@ -151,3 +154,58 @@ def test_the_supervisor_does_not_make_a_new_cluster_where_the_data_directory_was
         assert len(said) == 2  # and it stops watching
     finally:
         database.stop()  # (what a broken supervisor would have started)
+
+
+def test_the_embedded_servers_log_is_bounded_and_every_file_of_it_is_for_its_owner_only(
+    tmp_path: Path,
+):
+    """`rose up` runs for weeks: PostgreSQL's own log (``<data dir>.log``) must not grow
+    without bound any more than rose.log does. A small bound here; the supervisor keeps it."""
+    tmp_path.chmod(0o755)  # the server runs as its own system user when we are root
+    bound, kept = 64 * 1024, 2
+    database = LocalPostgres(
+        tmp_path / "pgdata",
+        free_ports(1)[0],
+        "a-password",
+        fast_unsafe=True,
+        log_max_bytes=bound,
+        log_kept=kept,
+    )
+    supervisor = Supervisor(ProcessGroup(LogSink(None, echo=None), {}), lambda _: None, database)
+    # About 16 KiB of log lines a round: twenty rounds are five times what may be kept.
+    burst = (
+        "DO $$ BEGIN FOR i IN 1..30 LOOP "
+        "RAISE LOG 'round % line % %', {0}, i, repeat('x', 160); END LOOP; END $$"
+    )
+    try:
+        database.start()
+
+        def logged(line: str) -> bool:
+            return any(line in file.read_text(errors="replace") for file in database.log_files())
+
+        for round_number in range(20):
+            with psycopg.connect(database.superuser_url(), autocommit=True) as connection:
+                connection.execute(burst.format(round_number).encode())
+            # The collector writes a moment later: a check comes after each round is written,
+            # as the supervisor's come several times a second, whatever the machine's load.
+            last_line = f"round {round_number} line 30 "
+            assert eventually_sync(lambda line=last_line: logged(line), timeout=10)
+            supervisor.tick()
+
+        files = sorted(tmp_path.glob("pgdata.log*"))
+        assert [file.name for file in files] == ["pgdata.log", "pgdata.log.1", "pgdata.log.2"]
+        # Rotated once past the bound: by at most the round that took it there (and what the
+        # collector wrote to it before it opened the fresh file).
+        assert all(file.stat().st_size <= bound + 2 * 16 * 1024 for file in files), files
+        for file in files:
+            assert stat.S_IMODE(file.stat().st_mode) == 0o600, file
+            if os.geteuid() == 0:
+                assert file.stat().st_uid == pwd.getpwnam(SYSTEM_USER).pw_uid, file
+        # Moved aside, not lost: every line of the last rounds is kept, once.
+        kept_text = "".join(file.read_text(errors="replace") for file in files)
+        for round_number in range(16, 20):
+            for line in range(1, 31):
+                assert kept_text.count(f"round {round_number} line {line} ") == 1
+    finally:
+        database.destroy()
+    assert not list(tmp_path.glob("pgdata.log*"))

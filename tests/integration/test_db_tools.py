@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from ops.db.lifecycle import converge_databases
 from ops.db.manifest import load_edges
 from ops.db.migrate import alembic_config, services_with_migrations
 from tests.integration.db_fixtures import Cluster, environ_without_rose
+from tests.waiting import eventually_sync
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -42,9 +44,19 @@ def statements_logged(cluster: Cluster, action) -> list[str]:  # type: ignore[no
             del os.environ["PGOPTIONS"]
         else:
             os.environ["PGOPTIONS"] = previous
-    with log.open("rb") as handle:
-        handle.seek(start)
-        text = handle.read().decode("utf-8", "replace")
+    # The logging collector writes the log after the statements ran: a line logged after
+    # them all marks where their lines are all in.
+    end = f"statements_logged: end {secrets.token_hex(8)}"
+    with psycopg.connect(cluster.admin_url, autocommit=True) as admin:
+        admin.execute(f"DO $$ BEGIN RAISE LOG '{end}'; END $$".encode())
+
+    def logged_since_start() -> str:
+        with log.open("rb") as handle:
+            handle.seek(start)
+            return handle.read().decode("utf-8", "replace")
+
+    assert eventually_sync(lambda: end in logged_since_start(), timeout=10)
+    text = logged_since_start()
     # An entry starts with the line prefix's timestamp; a multi-line statement continues it.
     entries = re.split(r"\n(?=\d{4}-\d\d-\d\d )", text)
     return [entry.split("statement: ", 1)[1] for entry in entries if "statement: " in entry]
