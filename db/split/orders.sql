@@ -32,6 +32,10 @@
 -- The merchant snapshot (page_config_id, merchant_code, checkout_prefix), resolved as the orders
 -- service does: the order's own config when it recorded one, else its page's active config, else
 -- the site default ('site', 0); the first of them with a SumUp merchant code. No prefix: 'rose-'.
+-- When none resolves, an order with nothing to pay (total 0) moves with the three NULL, as the
+-- service makes such an order (orders 0011, ck_orders_free_or_has_merchant: only an order with
+-- something to pay must name its merchant). One with something to pay is skipped, and so is a
+-- free one with a SumUp checkout: its payment attempt could only be asked about at a merchant.
 --
 -- Quirks:
 --   no description             moved as 'rose-ash order #<id>' (noted)
@@ -40,7 +44,8 @@
 --   item with quantity 0       skipped (a line removed before checkout; the target wants > 0)
 --   neither user nor session   skipped with its items (nobody could own it in the service)
 --   total <> sum of its parts  skipped with its items (the target checks the sum)
---   no merchant resolvable     skipped with its items (the target needs the snapshot)
+--   no merchant resolvable     total > 0 (or a checkout): skipped with its items (the target
+--                              needs the snapshot); total 0: moved with NULL merchant columns
 -- Every skipped row is listed in the ledger with its id and reason.
 
 CREATE TEMP TABLE split_orders (
@@ -73,7 +78,7 @@ SELECT o.id,
        coalesce(nullif(o.description, ''), 'rose-ash order #' || o.id),
        chosen.id,
        chosen.sumup_merchant_code,
-       coalesce(chosen.sumup_checkout_prefix, 'rose-'),
+       CASE WHEN chosen.id IS NOT NULL THEN coalesce(chosen.sumup_checkout_prefix, 'rose-') END,
        coalesce(o.sumup_reference, coalesce(chosen.sumup_checkout_prefix, 'rose-') || o.id || '-1'),
        EXISTS (SELECT FROM orders.orders AS existing WHERE existing.id = o.id)
 FROM stage_orders AS o
@@ -109,8 +114,12 @@ FROM (
                    THEN 'neither user nor session: nobody could own it in the orders service'
                WHEN o.total_amount <> o.product_total + o.calendar_total + o.ticket_total
                    THEN 'total_amount is not the sum of the product, calendar and ticket totals'
-               WHEN s.page_config_id IS NULL
+               WHEN s.page_config_id IS NULL AND o.total_amount <> 0
                    THEN 'no page config with a SumUp merchant (its own, its page''s or the site''s)'
+               -- (Nothing to pay: moved without a merchant, unless it has a checkout to move.)
+               WHEN s.page_config_id IS NULL AND o.sumup_checkout_id IS NOT NULL
+                   THEN 'nothing to pay but a SumUp checkout, and no page config with a SumUp '
+                        'merchant (its own, its page''s or the site''s)'
            END AS skip_reason,
            nullif(concat_ws('; ',
                CASE WHEN nullif(o.description, '') IS NULL

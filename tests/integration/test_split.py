@@ -430,6 +430,90 @@ def test_orders_map_every_status_and_keep_their_snapshots(monolith):
     assert listed_ids(ledger(monolith, "orders"), "skipped", reason, "order_items") == zero_lines
 
 
+def test_a_free_order_needs_no_merchant_and_a_payable_one_still_does(monolith):
+    """Since orders 0011 an order with nothing to pay needs no merchant (its page config,
+    merchant code and checkout prefix may be NULL when its total is 0): a legacy free order
+    no merchant resolves for moves with NULL ones and its items; one with something to pay
+    (or a SumUp checkout, which only a merchant's order has) is still skipped and named."""
+    with admin_connect(monolith, "cart") as cart:
+        # No site default: an order of no page, with no config of its own, resolves no merchant.
+        cart.execute(
+            "UPDATE legacy.page_configs SET deleted_at = updated_at WHERE container_type = 'site'"
+        )
+        orders = {}
+        for name, price, checkout in (
+            ("free", "0.00", None),
+            ("payable", "4.50", None),
+            ("free with a checkout", "0.00", "co_free_without_merchant"),
+        ):
+            orders[name] = cart.execute(
+                "INSERT INTO legacy.orders (user_id, status, product_total, total_amount, "
+                "description, sumup_checkout_id) VALUES (7, 'paid', %s, %s, %s, %s) RETURNING id",
+                (price, price, name, checkout),
+            ).fetchone()[0]
+            cart.execute(
+                "INSERT INTO legacy.order_items (order_id, product_id, product_title, "
+                "unit_price, quantity) VALUES (%s, 1, 'Product 1', %s, 1)",
+                (orders[name], price),
+            )
+    items = dict(rows(monolith, "cart", "SELECT order_id, id FROM legacy.order_items"))
+
+    moved = rose_split(monolith, "run", "--move", "page_configs", "--move", "orders")
+    assert moved.exit_code == 0, moved.output
+    assert "orders: verified: ok" in moved.output
+
+    free = orders["free"]
+    assert rows(
+        monolith,
+        "orders",
+        "SELECT status, total, page_config_id, merchant_code, checkout_prefix "
+        "FROM orders.orders WHERE id = %s",
+        (free,),
+    ) == [("paid", 0, None, None, None)]
+    assert rows(
+        monolith, "orders", "SELECT id FROM orders.order_items WHERE order_id = %s", (free,)
+    ) == [(items[free],)]
+    assert (
+        value(
+            monolith,
+            "orders",
+            "SELECT count(*) FROM orders.payment_attempts WHERE order_id = %s",
+            (free,),
+        )
+        == 0
+    )
+
+    entry = ledger(monolith, "orders")
+    assert entry is not None
+    payable, with_checkout = orders["payable"], orders["free with a checkout"]
+    no_merchant = "no page config with a SumUp merchant (its own, its page's or the site's)"
+    assert payable in listed_ids(entry, "skipped", no_merchant, "orders")
+    assert free not in listed_ids(entry, "skipped", no_merchant, "orders")
+    checkout_reason = (
+        "nothing to pay but a SumUp checkout, and no page config with a SumUp merchant "
+        "(its own, its page's or the site's)"
+    )
+    assert listed_ids(entry, "skipped", checkout_reason, "orders") == [with_checkout]
+    not_moved = listed_ids(entry, "skipped", "its order is not moved", "order_items")
+    assert {items[payable], items[with_checkout]} <= set(not_moved)
+    assert items[free] not in not_moved
+    assert (
+        value(
+            monolith,
+            "orders",
+            "SELECT count(*) FROM orders.orders WHERE id = ANY(%s)",
+            ([payable, with_checkout],),
+        )
+        == 0
+    )
+    assert entry["source_rows"] == (
+        entry["moved_rows"] + entry["collapsed_rows"] + entry["skipped_rows"]
+    )
+    # What moved is what the verification expects, again on demand.
+    verified = rose_split(monolith, "verify", "--move", "orders")
+    assert verified.exit_code == 0, verified.output
+
+
 def test_page_configs_relation_history_and_sequences(monolith):
     keys = rows(monolith, "cart", "SELECT id, sumup_api_key FROM legacy.page_configs ORDER BY id")
     detached = rows(

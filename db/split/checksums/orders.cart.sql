@@ -24,7 +24,9 @@ SELECT o.*,
        END AS attempt_status,
        chosen.id AS target_page_config_id,
        chosen.sumup_merchant_code AS target_merchant_code,
-       coalesce(chosen.sumup_checkout_prefix, 'rose-') AS target_checkout_prefix
+       -- (No merchant: a free order's three are NULL; orders.sql skips any other.)
+       CASE WHEN chosen.id IS NOT NULL THEN coalesce(chosen.sumup_checkout_prefix, 'rose-') END
+           AS target_checkout_prefix
 FROM legacy.orders AS o
 LEFT JOIN LATERAL (
     SELECT c.id, c.sumup_merchant_code, c.sumup_checkout_prefix
