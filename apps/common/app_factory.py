@@ -46,9 +46,15 @@ from apps.common.headers import security_headers
 from apps.common.identity import Identity, SessionCodec, identity_from_scope, identity_middleware
 from apps.common.internal import internal_router, only_contract_routes_serve_internal_paths
 from apps.common.internal_client import InternalClient
-from apps.common.limits import MAX_BODY_BYTES, input_limits, list_fields
+from apps.common.limits import (
+    MAX_BODY_BYTES,
+    input_limits,
+    list_fields,
+    query_parameters_read_once,
+)
 from apps.common.nonces import NonceStore
 from apps.common.observability import (
+    TRACEPARENT,
     UNOBSERVED_PATHS,
     ScrapeHook,
     configure_tracing,
@@ -236,8 +242,11 @@ def create_base_app(
         edge.append(security_headers(settings.public_urls.values()))
 
     def limits(inner: ASGIApp) -> ASGIApp:
-        # The names the app reads as lists may repeat (``app``: built below, before the edge).
-        return input_limits(inner, list_fields(app))
+        # The form fields the app reads as lists may repeat; the query parameters it reads as
+        # one value may not, the trace context a URL may carry included (``app``: built below,
+        # before the edge).
+        read_once = query_parameters_read_once(app) | {TRACEPARENT}
+        return input_limits(inner, list_fields(app), read_once)
 
     edge.append(limits)
     template_settings = None

@@ -1,22 +1,28 @@
 """Input limits at the edge, before any handler or parser sees a request: a bounded body sent
 as is (no content coding) in UTF-8; JSON, form fields and query parameters that are valid UTF-8;
 JSON not nested beyond reason; no NUL character in any value (PostgreSQL cannot store one); and
-no field given more than once (a form field or query parameter that is not a list, a key of a
-JSON object). Each refusal is a problem naming what was wrong.
+no field given more than once that is read as one value (a form field that is not a list, a
+query parameter a handler reads as one value, a key of a JSON object). Each refusal is a
+problem naming what was wrong.
 
 A repeated field has no one reading: Litestar reads a form's first value, a query string's
 last, and a JSON object's last duplicate key, so ``quantity=1&quantity=2`` added 1 and
 ``{"quantity":1,"quantity":2}`` added 2. Refusing it is the one rule that holds for every
-reader. What is a list may repeat: a query parameter typed as one, and a form field a handler
-declares it reads as one (``opt={LIST_FIELDS: ("features",)}``, the checkboxes of one name).
-JSON has arrays for lists, so a key is never repeated in an object."""
+reader. What is a list may repeat: a form field a handler declares it reads as one
+(``opt={LIST_FIELDS: ("features",)}``, the checkboxes of one name), and a query parameter
+typed as one. A query parameter nothing reads may repeat too (a tracking link's ``utm``: any
+site ignores it): only the names the app reads as one value are refused when repeated, those
+of its handlers' signatures (and their dependencies'), and those a handler reads from
+``request.query_params`` itself, which it declares (``opt={READS_QUERY: ("q",)}``). A form's
+fields are all the handler's to read, so every repeat there is refused but a list's. JSON has
+arrays for lists, so a key is never repeated in an object."""
 
 from __future__ import annotations
 
 import json
 import re
 from collections.abc import Iterable, Iterator
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import parse_qsl, unquote_to_bytes
 
 import msgspec
@@ -33,6 +39,10 @@ from apps.common.asgi import (
     send_problem,
 )
 
+if TYPE_CHECKING:
+    from litestar._kwargs import KwargsModel
+    from litestar.handlers import HTTPRouteHandler
+
 MAX_BODY_BYTES = 1024 * 1024
 MAX_JSON_DEPTH = 64
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -41,6 +51,9 @@ _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _RAW_NON_ASCII = re.compile(rb"[\x80-\xff]")
 # A route handler's ``opt`` key: the form fields it reads as lists (``form.getall``).
 LIST_FIELDS = "list_fields"
+# A route handler's ``opt`` key: the query parameters it reads as one value outside its
+# signature (``request.query_params``), which the edge cannot see otherwise.
+READS_QUERY = "reads_query"
 
 
 class Refusal(NamedTuple):
@@ -49,24 +62,55 @@ class Refusal(NamedTuple):
     field: str | None = None
 
 
-def list_fields(app: Litestar) -> frozenset[str]:
-    """The names ``app`` reads as lists, which may be given more than once: the query
-    parameters Litestar itself reads as lists (typed as one, such as a contract's ``ids``; its
-    own ``sequence_query_parameter_names``), and the form fields its handlers declare under
-    :data:`LIST_FIELDS`. One set for the app, as the edge runs before routing: a name that is
-    a list on one route may repeat on any (so no route should read that name as one value)."""
-    names: set[str] = set()
+def _handlers(app: Litestar) -> Iterator[tuple[HTTPRouteHandler, KwargsModel]]:
     for route in app.routes:
         if isinstance(route, HTTPRoute):
-            for handler, kwargs in route.route_handler_map.values():
-                names.update(handler.opt.get(LIST_FIELDS, ()))
-                names.update(kwargs.sequence_query_parameter_names)
+            yield from route.route_handler_map.values()
+
+
+def list_fields(app: Litestar) -> frozenset[str]:
+    """The form fields ``app``'s handlers declare they read as lists (:data:`LIST_FIELDS`),
+    which may be given more than once. One set for the app, as the edge runs before routing:
+    a field that is a list on one route may repeat on any (so no route should read that name
+    as one value)."""
+    names: set[str] = set()
+    for handler, _ in _handlers(app):
+        names.update(handler.opt.get(LIST_FIELDS, ()))
     return frozenset(names)
 
 
-def input_limits(app: ASGIApp, lists: Iterable[str] = ()) -> ASGIApp:
-    """The edge's checks around ``app``; ``lists``: the field names that may repeat."""
+def query_parameters_read_once(app: Litestar) -> frozenset[str]:
+    """The query parameters ``app`` reads as one value, which may not be given more than once:
+    those of its handlers' signatures and their dependencies' that are not lists (Litestar's
+    own kwargs model of each handler), and those a handler declares under :data:`READS_QUERY`.
+    One set for the app, as the edge runs before routing. A name one handler reads as a list
+    and another as one value could be neither refused nor let repeat: the app is refused."""
+    once: dict[str, str] = {}
+    lists: dict[str, str] = {}
+    for handler, kwargs in _handlers(app):
+        if "query" in kwargs.expected_reserved_kwargs and READS_QUERY not in handler.opt:
+            raise ValueError(
+                f"{handler}: takes the whole query; declare the parameters it reads as one "
+                f"value under opt[{READS_QUERY!r}]"
+            )
+        for name in handler.opt.get(READS_QUERY, ()):
+            once.setdefault(name, str(handler))
+        for parameter in kwargs.expected_query_params:
+            read_as = lists if parameter.is_sequence else once
+            read_as.setdefault(parameter.field_alias, str(handler))
+    for name in sorted(once.keys() & lists.keys()):
+        raise ValueError(
+            f"query parameter {name!r}: a list for {lists[name]} but one value for "
+            f"{once[name]}; the edge cannot tell whether it may repeat"
+        )
+    return frozenset(once)
+
+
+def input_limits(app: ASGIApp, lists: Iterable[str] = (), read_once: Iterable[str] = ()) -> ASGIApp:
+    """The edge's checks around ``app``; ``lists``: the form fields that may repeat;
+    ``read_once``: the query parameters that may not (any other may)."""
     repeatable = frozenset(lists)
+    query_read_once = frozenset(read_once)
 
     async def check(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -80,7 +124,7 @@ def input_limits(app: ASGIApp, lists: Iterable[str] = ()) -> ASGIApp:
                 send, 422, f"{name}: contains a NUL character", path, scope=scope, field=name
             )
             return
-        checked_query = _utf8_pairs(query, "parameter", repeatable)
+        checked_query = _utf8_pairs(query, "parameter", read_once=query_read_once)
         if isinstance(checked_query, Refusal):
             await send_problem(
                 send,
@@ -228,13 +272,20 @@ def _repeat_paths(value: Any, path: str) -> Iterator[str]:
             yield from _repeat_paths(item, f"{path}[{index}]")
 
 
-def _utf8_pairs(encoded: bytes, whole: str, lists: frozenset[str] = frozenset()) -> Refusal | bytes:
+def _utf8_pairs(
+    encoded: bytes,
+    whole: str,
+    lists: frozenset[str] = frozenset(),
+    *,
+    read_once: frozenset[str] | None = None,
+) -> Refusal | bytes:
     """A URL-encoded form or query string whose every name and value is UTF-8 once
     percent-decoded, else the refusal naming the first field that is not (Litestar would read
     each bad byte as U+FFFD, and the handler store or look up that; ``whole`` names it when the
     name itself is unreadable). Litestar reads the raw bytes as Latin-1 before percent-decoding,
     so UTF-8 sent unencoded (``curl -d name=Café``) is percent-encoded here to be read as what
-    it is. A name given twice is refused too, unless it is one of ``lists``."""
+    it is. A name given twice is refused too, unless it is one of ``lists``; given
+    ``read_once`` (a query string's), only a name of those is."""
     if not encoded:
         return encoded  # most requests: no query string, no form
     seen: set[str] = set()
@@ -246,7 +297,7 @@ def _utf8_pairs(encoded: bytes, whole: str, lists: frozenset[str] = frozenset())
         except UnicodeDecodeError:
             field = _readable(name) or whole
             return Refusal(400, f"{field}: is not valid UTF-8", field)
-        if field in seen and field not in lists:
+        if field in seen and (field in read_once if read_once is not None else field not in lists):
             return _given_twice(field)
         if field:
             seen.add(field)

@@ -1,6 +1,7 @@
 """The edge's checks of URL-encoded pairs (a form body or a query string) and JSON bodies, byte
 for byte: UTF-8 (HTTP clients percent-encode what is not ASCII, so raw bytes are tested here),
-and no field given more than once unless the app reads it as a list (audit O12)."""
+and no field given more than once unless the app reads it as a list (audit O12), a query
+parameter only if the app reads it as one value (audit s20 A1)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,22 @@ import json
 from typing import Annotated
 from urllib.parse import urlencode
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from litestar import Litestar, get, post
-from litestar.params import FromHeader, FromQuery, JSONBody, QueryParameter
+from litestar import Litestar, Request, get, post
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromHeader, FromQuery, JSONBody, QueryParameter, QueryParams
 
-from apps.common.limits import LIST_FIELDS, Refusal, _check_body, _utf8_pairs, list_fields
+from apps.common.limits import (
+    LIST_FIELDS,
+    READS_QUERY,
+    Refusal,
+    _check_body,
+    _utf8_pairs,
+    list_fields,
+    query_parameters_read_once,
+)
 
 
 def test_raw_utf8_is_percent_encoded_to_be_read_as_utf8() -> None:
@@ -64,6 +75,19 @@ def test_a_field_that_is_a_list_may_be_repeated() -> None:
     assert _check_body("application/x-www-form-urlencoded", b"next=a&next=b", lists) == (
         given_twice("next")
     )
+
+
+def test_only_a_query_parameter_read_as_one_value_is_refused_when_repeated() -> None:
+    """Audit s20 A1: a parameter nothing reads (a tracking link's) may repeat; one a handler
+    reads as one value may not."""
+    read_once = frozenset({"page", "per_page"})
+    query = b"utm=a&utm=b&ids=1&ids=2&page=1"
+    assert _utf8_pairs(query, "parameter", read_once=read_once) == query
+    assert _utf8_pairs(b"utm=a&page=1&utm=b&page=2", "parameter", read_once=read_once) == (
+        given_twice("page")
+    )
+    # Nothing read: nothing refused.
+    assert _utf8_pairs(b"page=1&page=2", "parameter", read_once=frozenset()) == b"page=1&page=2"
 
 
 def test_a_json_key_given_twice_is_refused_naming_where_it_is() -> None:
@@ -124,15 +148,22 @@ def test_a_json_object_is_refused_exactly_when_a_key_repeats(
     assert _check_body("application/json", body) == expected
 
 
-def test_the_names_an_app_reads_as_lists() -> None:
-    """Query parameters typed as lists, and the form fields a handler declares it reads as
-    lists; nothing else."""
+def per_page(per_page: FromQuery[int] = 10) -> int:
+    return per_page
 
-    @get("/batch", sync_to_thread=False)
-    def batch(
+
+def test_the_names_an_app_reads() -> None:
+    """The form fields a handler declares it reads as lists; the query parameters read as one
+    value: its signature's and its dependencies' that are not lists (by their name in the
+    query), and those it declares it reads itself; nothing else."""
+
+    @get("/batch", dependencies={"size": Provide(per_page, sync_to_thread=False)})
+    async def batch(
+        size: NamedDependency[int],
         ids: FromQuery[list[int] | None] = None,
         tags: Annotated[list[str] | None, QueryParameter(name="tag")] = None,
         page: FromQuery[int] = 1,
+        sort: Annotated[str, QueryParameter(name="order")] = "",
         x_trace: FromHeader[list[str] | None] = None,
     ) -> None:
         return None
@@ -141,5 +172,30 @@ def test_the_names_an_app_reads_as_lists() -> None:
     def form(data: JSONBody[list[int]]) -> None:
         return None
 
-    app = Litestar([batch, form], openapi_config=None)
-    assert list_fields(app) == frozenset({"ids", "tag", "features"})
+    @get("/search", opt={READS_QUERY: ("q",)}, sync_to_thread=False)
+    def search(request: Request) -> str:
+        return str(request.query_params.get("q"))
+
+    app = Litestar([batch, form, search], openapi_config=None)
+    assert list_fields(app) == frozenset({"features"})
+    assert query_parameters_read_once(app) == frozenset({"page", "order", "per_page", "q"})
+
+
+def test_an_app_whose_query_reading_the_edge_cannot_know_is_refused() -> None:
+    @get("/all", sync_to_thread=False)
+    def everything(query: QueryParams) -> None:
+        return None
+
+    with pytest.raises(ValueError, match="takes the whole query"):
+        query_parameters_read_once(Litestar([everything], openapi_config=None))
+
+    @get("/list", sync_to_thread=False)
+    def listed(ids: FromQuery[list[int]]) -> None:
+        return None
+
+    @get("/one", sync_to_thread=False)
+    def single(ids: FromQuery[int]) -> None:
+        return None
+
+    with pytest.raises(ValueError, match="'ids': a list for"):
+        query_parameters_read_once(Litestar([listed, single], openapi_config=None))
