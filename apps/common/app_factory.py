@@ -65,7 +65,13 @@ from apps.common.observability import (
 from apps.common.openapi import document_problems, schema_render_plugins, schema_router
 from apps.common.problems import current_request_id, problem_details_plugin, problem_response
 from apps.common.settings import Settings
-from apps.common.web import auth_handlers, nav_middleware, template_config
+from apps.common.web import (
+    auth_handlers,
+    check_form_routes,
+    nav_middleware,
+    read_form_body_first,
+    template_config,
+)
 
 LifespanHook = Callable[[Litestar], Awaitable[None]]
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -275,6 +281,9 @@ def create_base_app(
         lifespan=[lifespan],
         dependencies=all_dependencies,
         plugins=[problem_details_plugin()],
+        # A form given to a handler as a struct is read as every form is (URL-encoded or
+        # multipart; any other body refused).
+        before_request=read_form_body_first,
         middleware=[prometheus_config(name).middleware, only_contract_routes_serve_internal_paths],
         template_config=template_settings,
         openapi_config=OpenAPIConfig(
@@ -289,6 +298,7 @@ def create_base_app(
         debug=False,
         request_max_body_size=MAX_BODY_BYTES,
     )
+    check_form_routes(app)
     for layer in reversed(edge):
         app.asgi_handler = layer(app.asgi_handler)
     app.asgi_handler = opentelemetry_middleware(app.asgi_handler)

@@ -13,14 +13,14 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from litestar import Request, Response, Router, get, post
 from litestar.di import NamedDependency
-from litestar.enums import RequestEncodingType
-from litestar.params import Body, Parameter
+from litestar.params import Parameter
 from litestar.response import Template
 
 from apps.common.deps import AppSettings, CurrentIdentity, DbSession, Internal
 from apps.common.identity import Identity
 from apps.common.settings import Settings
 from apps.common.web import (
+    FORM_BODY,
     editors_only,
     read_form,
     redirect_back,
@@ -38,12 +38,11 @@ PageIdParam = Annotated[int | None, Parameter(ge=1, le=2**63 - 1)]
 IdParam = Annotated[int, Parameter(ge=1, le=2**63 - 1)]
 
 
-# Request bodies are URL-encoded form fields.
-FormBody = Body(media_type=RequestEncodingType.URL_ENCODED)
-NewTicketsForm = Annotated[service.NewTickets, FormBody]
-NewCalendarForm = Annotated[service.NewCalendar, FormBody]
-PageChoiceForm = Annotated[service.PageChoice, FormBody]
-NewEntryForm = Annotated[service.NewEntry, FormBody]
+# Request bodies are forms (URL-encoded or multipart).
+NewTicketsForm = Annotated[service.NewTickets, FORM_BODY]
+NewCalendarForm = Annotated[service.NewCalendar, FORM_BODY]
+PageChoiceForm = Annotated[service.PageChoice, FORM_BODY]
+NewEntryForm = Annotated[service.NewEntry, FORM_BODY]
 
 
 def owner(identity: Identity) -> service.BookingOwner:

@@ -8,14 +8,14 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Request, Response, get, post
 from litestar.di import NamedDependency, Provide
-from litestar.enums import RequestEncodingType
-from litestar.params import Body, Parameter
+from litestar.params import Parameter
 from litestar.response import Template
 
 from apps.common.deps import CurrentIdentity, DbSession, Internal
 from apps.common.inputs import URL_SLUG
 from apps.common.problems import Conflict, Forbidden, InvalidInput, Problem
 from apps.common.web import (
+    FORM_BODY,
     PageNumber,
     PageSize,
     SlugParam,
@@ -132,7 +132,7 @@ async def toggle_like(
 # -- market places (editors only) -------------------------------------------------------------
 
 PlaceIdParam = Annotated[int, Parameter(ge=1, le=2**63 - 1)]
-PlaceFormBody = Annotated[service.PlaceForm, Body(media_type=RequestEncodingType.URL_ENCODED)]
+PlaceFormBody = Annotated[service.PlaceForm, FORM_BODY]
 ADMIN_PATH = "/admin/market-places/"
 
 

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
+import msgspec
 import pytest
+from litestar import Litestar, post
+from litestar.params import JSONBody
 
 from apps.common.identity import Identity, SessionCodec
 from apps.common.settings import ConfigError, Settings
 from apps.common.signing import sign_headers, verify
+from apps.common.web import FORM_BODY, check_form_routes, read_form_body_first
 from ops.db.sqlfiles import parse
 
 SECRET = "unit-test-secret-0123456789"
@@ -111,3 +117,37 @@ def test_sql_files_are_read_like_psql():
     assert statements[2].sql == "SELECT $$ keeps ; and :'role' $$, 'it''s', 1::int"
     with pytest.raises(KeyError, match="missing"):
         parse("SELECT :'missing';", {})
+
+
+class Named(msgspec.Struct):
+    name: str
+
+
+def test_a_form_given_as_a_struct_is_read_first_as_every_form_is():
+    """Audit s20 A2: a handler given its form as a struct reads it through the app's
+    ``read_form_body_first``; one whose own ``before_request`` would replace it is refused."""
+
+    @post("/form", sync_to_thread=False)
+    def form(data: Annotated[Named, FORM_BODY]) -> None:
+        return None
+
+    @post("/json", sync_to_thread=False)
+    def as_json(data: JSONBody[Named]) -> None:
+        return None
+
+    def own_hook(request: object) -> None:
+        return None
+
+    @post("/other", before_request=own_hook, sync_to_thread=False)
+    def other(data: Annotated[Named, FORM_BODY]) -> None:
+        return None
+
+    @post("/plain", before_request=own_hook, sync_to_thread=False)
+    def plain(data: JSONBody[Named]) -> None:
+        return None
+
+    check_form_routes(Litestar([form, as_json, plain], before_request=read_form_body_first))
+    with pytest.raises(ValueError, match="takes a form as a struct"):
+        check_form_routes(Litestar([form, other], before_request=read_form_body_first))
+    with pytest.raises(ValueError, match="takes a form as a struct"):
+        check_form_routes(Litestar([form]))
