@@ -82,9 +82,22 @@ async def adopt_anonymous_on_sign_in(
     services' contracts adopt at sign-in) joins the user, before the new session is issued.
     A service that fails makes sign-in a 503 naming it (audit M1): the new session would leave
     the anonymous one behind, and with it what that service holds (a paid order out of the
-    user's sight for good). Every action is tried; each service commits its own, so a refused
-    sign-in may have moved part; all are idempotent, and signing in again as the same account
-    finishes the move (another account is refused: apps.common.adoption).
+    user's sight for good). Each service commits its own, so a refused sign-in may have moved
+    part; all are idempotent, and signing in again as the same account finishes the move
+    (another account is refused: apps.common.adoption).
+
+    The visitor's things are never split between two accounts, however sign-ins of one session
+    as two accounts interleave (audit s19c F1, and two at once: both can pass the check before
+    either recorded anything). The services are asked in one order, the registry's, the same
+    for every sign-in; the real pass asks the next one only once the one before answered 2xx,
+    which a service does only after committing its record of the session as this account's,
+    and the first refusal or failure ends it. So the services that gave the session to an
+    account are a first part of that order, and as a service records one account per session,
+    two accounts' parts would share the first service: only one account ever has any.
+    Whichever adoption commits at the first service wins; the other stops there, having moved
+    nothing, and its 409 says why. (The check below refuses, before anything moves, a session
+    a later service recorded and an earlier one did not: left by a sign-in before this rule,
+    or by a record the earlier service forgot after adoption.KEPT.)
 
     A session that every service gave to other accounts was adopted whole by a sign-in that
     finished (a cookie kept after signing in and planted in this browser, or left on a shared
@@ -148,7 +161,9 @@ async def _ask_everywhere(
 async def _adopt_everywhere(
     client: InternalClient, actions: Sequence[Action[SignIn, Any]], request: SignIn
 ) -> None:
-    failed: list[str] = []
+    """The adoptions, in order, each only once the one before answered 2xx: a service that
+    refuses or fails ends the sign-in, so no later one moves anything for an account an
+    earlier one did not give the session to (see adopt_anonymous_on_sign_in)."""
     for action in actions:
         try:
             await client.call(action, request)
@@ -160,9 +175,7 @@ async def _adopt_everywhere(
                 raise Conflict(
                     str(exc.problem.get("detail") or f"{action.service} refused the sign-in")
                 ) from None
-            failed.append(_failure(action, exc))
-    if failed:
-        raise _unfinished(failed)
+            raise _unfinished([_failure(action, exc)]) from None
 
 
 def _failure(action: Action[SignIn, Any], exc: InternalCallError) -> str:

@@ -10,6 +10,7 @@ to its waiters in the order they came: the checkout goes on first, after the boo
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
 
@@ -18,7 +19,10 @@ import pytest
 
 from apps.common.app_factory import platform_of
 from apps.common.asgi import send_problem
+from apps.common.contracts import SignIn
 from apps.common.identity import SessionCodec
+from apps.events.contract import adopt_bookings_for_user
+from apps.orders.contract import adopt_orders_for_user
 from tests.conftest import SESSION_SECRET, admin_connect, lock_waiters
 from tests.integration.commerce_fixtures import (
     JSON,
@@ -323,25 +327,35 @@ class FailsToAdopt:
         self.app = app
 
     async def __call__(self, scope, receive, send) -> None:
-        body = b""
-        more = True
-        while more:
-            message = await receive()
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-        if scope["type"] == "http" and b'"check_only":true' not in body:
+        body = await body_of(receive)
+        if scope["type"] == "http" and not json.loads(body).get("check_only"):
             await send_problem(send, 503, "down", scope["path"])
             return
-        sent = False
+        await self.app(scope, replaying(body), send)
 
-        async def replay():
-            nonlocal sent
-            if sent:
-                return {"type": "http.disconnect"}
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
 
-        await self.app(scope, replay, send)
+async def body_of(receive) -> bytes:
+    body = b""
+    more = True
+    while more:
+        message = await receive()
+        body += message.get("body", b"")
+        more = message.get("more_body", False)
+    return body
+
+
+def replaying(body: bytes):
+    """An ASGI ``receive`` that gives ``body`` again (a stand-in read it first)."""
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
 
 
 def cart_line_owners(server) -> list[tuple]:
@@ -355,11 +369,13 @@ def cart_line_owners(server) -> list[tuple]:
 async def test_another_account_moves_nothing_when_any_service_would_refuse_it(
     stack, clean_db, shop, sandbox
 ):
-    """Audit s19c F1: the first sign-in failed at cart (first to be asked), after events and
-    orders gave the session to the user. Another account's sign-in then moved the cart's lines
-    to itself before events refused it: split, and the first account's sign-in refused in turn.
-    Every service is now asked first whether it would refuse; nothing moves unless none does."""
-    cart, _, order_id, checkout_id, _ = await anonymous_paid_checkout(
+    """Audit s19c F1: the first sign-in failed at cart (first to be asked), and went on: events
+    and orders gave the session to the user. Another account's sign-in then moved the cart's
+    lines to itself before events refused it: split, and the first account's sign-in refused in
+    turn. Sign-in now stops at the first service that fails, so that state is what a sign-in
+    before this change left; and every service is asked first whether it would refuse, so
+    nothing moves unless none does."""
+    cart, session_id, order_id, checkout_id, _ = await anonymous_paid_checkout(
         stack, clean_db, shop, sandbox
     )
     assert (await webhook(stack, order_id, checkout_id)).status_code == 204
@@ -376,8 +392,15 @@ async def test_another_account_moves_nothing_when_any_service_would_refuse_it(
         client.route("cart", stack.apps["cart"])
     assert refused.status_code == 503, refused.text
     assert "cart answered 503" in refused.json()["detail"]
-    assert order_owner(clean_db, order_id) == ("paid", USER_ID)  # orders gave it over
-    assert cart_line_owners(clean_db) == [(None, True)]  # cart did not
+    # It stopped at cart: nothing moved anywhere.
+    assert cart_line_owners(clean_db) == [(None, True)]
+    assert booking_of(clean_db, shop.entry_id)[1:3] == (None, session_id)
+    assert order_owner(clean_db, order_id) == ("paid", None)
+
+    # What a sign-in before this change left: it went on past cart, to events and orders.
+    for action in (adopt_bookings_for_user, adopt_orders_for_user):
+        await client.call(action, SignIn(user_id=USER_ID, session_id=session_id))
+    assert order_owner(clean_db, order_id) == ("paid", USER_ID)
 
     other = await market.get("/auth/dev-login", params={"user_id": USER_ID + 1}, headers=JSON)
     assert other.status_code == 409, other.text
@@ -424,4 +447,82 @@ async def test_a_planted_session_another_account_signed_in_with_does_not_block_s
     assert [user for user, _ in cart_line_owners(clean_db)] == [USER_ID]
     assert booking_of(clean_db, shop.entry_id)[1:3] == (USER_ID, None)
     for client_ in (attacker, victim):
+        await client_.aclose()
+
+
+class TwoSignInsMeet:
+    """Cart as sign-in reaches it while two sign-ins of one anonymous session, as ``first`` and
+    as ``second``, run side by side, interleaved so (no sleeps): both pass sign-in's check (the
+    first's adoption waits at cart until the second's reaches cart, so nothing was recorded
+    anywhere yet); cart then fails the first's adoption (503, as a cart that went down), and the
+    second's goes through only once ``first_answered`` is set."""
+
+    def __init__(self, app, first: int, second: int) -> None:
+        self.app = app
+        self.first = first
+        self.second = second
+        self.second_reached = asyncio.Event()
+        self.first_answered = asyncio.Event()
+
+    async def __call__(self, scope, receive, send) -> None:
+        body = await body_of(receive)
+        request = json.loads(body) if scope["type"] == "http" and body else {}
+        if "user_id" in request and not request.get("check_only"):
+            if request["user_id"] == self.first:
+                await self.second_reached.wait()
+                await send_problem(send, 503, "cart is down", scope["path"])
+                return
+            if request["user_id"] == self.second:
+                self.second_reached.set()
+                await self.first_answered.wait()
+        await self.app(scope, replaying(body), send)
+
+
+async def test_two_sign_ins_side_by_side_as_two_accounts_never_split_the_visitors_things(
+    stack, clean_db, shop, sandbox
+):
+    """Two sign-ins from one browser cookie, as two accounts, at once, while cart fails the
+    first: both passed the check before either adoption recorded anything. The first went on
+    past cart and gave the booking and the order to its account; the second then gave the cart
+    line to its own and was refused at events. Whatever the interleaving, the visitor's things
+    end up with one account."""
+    cart, _, order_id, checkout_id, _ = await anonymous_paid_checkout(
+        stack, clean_db, shop, sandbox
+    )
+    assert (await webhook(stack, order_id, checkout_id)).status_code == 204
+    assert (
+        await cart.post(f"/add/{shop.product_ids[0]}/", json={"quantity": 1})
+    ).status_code == 200
+    first, second = stack.browser("market"), stack.browser("market")
+    share_cookies(cart, first, second)
+    client = platform_of(stack.apps["market"]).client
+    meeting = TwoSignInsMeet(stack.apps["cart"], USER_ID, USER_ID + 1)
+    client.route("cart", meeting)
+    try:
+        first_sign_in = asyncio.ensure_future(
+            first.get("/auth/dev-login", params={"user_id": USER_ID}, headers=JSON)
+        )
+        second_sign_in = asyncio.ensure_future(
+            second.get("/auth/dev-login", params={"user_id": USER_ID + 1}, headers=JSON)
+        )
+        refused = await asyncio.wait_for(first_sign_in, timeout=30)
+        meeting.first_answered.set()
+        other = await asyncio.wait_for(second_sign_in, timeout=30)
+    finally:
+        client.route("cart", stack.apps["cart"])
+    assert refused.status_code == 503, refused.text
+    assert "cart answered 503" in refused.json()["detail"]
+
+    owners = {
+        "cart line": cart_line_owners(clean_db)[0][0],
+        "booking": booking_of(clean_db, shop.entry_id)[1],
+        "order": order_owner(clean_db, order_id)[1],
+    }
+    assert len(set(owners.values())) == 1, f"split between two accounts: {owners}"
+    # The first account's adoption stopped at cart, which it could not reach: nothing moved
+    # for it, and the second account's sign-in moved everything.
+    assert other.status_code == 200, other.text
+    assert owners["order"] == USER_ID + 1
+    assert (await second.get("/auth/session")).json()["user_id"] == USER_ID + 1
+    for client_ in (cart, first, second):
         await client_.aclose()
