@@ -28,6 +28,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from apps.blog.contract import MAX_BATCH, MAX_ID, UNSET, PageConfigData, UpdatePageConfig
+from apps.blog.contract import SERVICE as BLOG
 from apps.blog.models import (
     CONTAINER_TYPES,
     PAGE_CONTAINER,
@@ -526,11 +527,8 @@ async def like_post(
     checks it exists."""
     post_id = (await require_published_post(session, slug)).id
     await end_read(session)
-    action, request = likes.like_change(
-        likes.LikeTarget(user_id=user_id, target_type="post", target_id=post_id), liked
-    )
-    answer = await internal.call(action, request, idempotency_key=_one_call_key(action.name))
-    return answer.liked
+    target = likes.LikeTarget(user_id=user_id, target_type="post", target_id=post_id)
+    return await likes.change_like(internal, target, liked, caller=BLOG)
 
 
 class MenuItemForm(msgspec.Struct):

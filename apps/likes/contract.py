@@ -3,11 +3,13 @@ Imports nothing else of likes."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated, Any
 
 import msgspec
 
 from apps.common.contracts import Action, Contract, ExportView, Query
+from apps.common.internal_client import InternalClient
 
 SERVICE = "likes"
 
@@ -46,7 +48,7 @@ toggle = Action(SERVICE, "toggle", LikeTarget, LikeState)
 set_like = Action(SERVICE, "set", SetLike, LikeState)
 
 
-def like_change(
+def _like_change(
     target: LikeTarget, liked: bool | None
 ) -> tuple[Action[Any, LikeState], LikeTarget]:
     """The call that makes ``target`` liked or not (``liked``), or flips it (None: the plan's
@@ -54,6 +56,19 @@ def like_change(
     if liked is None:
         return toggle, target
     return set_like, SetLike(**msgspec.structs.asdict(target), liked=liked)
+
+
+async def change_like(
+    internal: InternalClient, target: LikeTarget, liked: bool | None, *, caller: str
+) -> bool:
+    """Like or unlike ``target`` (``liked``; None flips it); whether it is liked now. Likes
+    knows no products nor posts: the caller checks that the target exists."""
+    action, request = _like_change(target, liked)
+    # A fresh key per call, so the internal client may retry it safely.
+    answer = await internal.call(
+        action, request, idempotency_key=f"{caller}:{action.name}:{uuid.uuid4()}"
+    )
+    return answer.liked
 
 
 # Active likes only (market and blog: the liked-only filter and the "liked" annotation).

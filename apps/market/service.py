@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import re
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -271,13 +270,8 @@ async def like_product(
     liked (the likes service itself knows no products)."""
     await require_product(session, slug)
     await end_read(session)
-    action, request = likes.like_change(
-        likes.LikeTarget(user_id=user_id, target_type="product", target_slug=slug), liked
-    )
-    answer = await internal.call(
-        action, request, idempotency_key=f"market:{action.name}:{uuid.uuid4()}"
-    )
-    return answer.liked
+    target = likes.LikeTarget(user_id=user_id, target_type="product", target_slug=slug)
+    return await likes.change_like(internal, target, liked, caller=MARKET)
 
 
 def liked_slugs_query(user_id: int, slugs: list[str]) -> Select[str]:
