@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import select
 import time
 from datetime import datetime
-from typing import Any, cast
+from select import POLLIN, poll
+from typing import Any, ClassVar, Protocol, TypeVar, cast
 
 from litestar.di import NamedDependency
 from litestar.types import ASGIApp, Receive, Scope, Send
@@ -26,6 +26,7 @@ from sqlalchemy import (
     event,
     func,
     literal_column,
+    select,
     text,
 )
 from sqlalchemy.engine import make_url
@@ -39,6 +40,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
+from apps.common.problems import NotFound
 from apps.common.settings import POOL_SIZE, POOL_TIMEOUT
 
 logger = logging.getLogger("rose.db")
@@ -129,8 +131,8 @@ def _closed_by_server(dbapi_connection: Any) -> bool:
     if pgconn.status != pq.ConnStatus.OK:
         return True
     # poll, not select: a socket's number may be above select's FD_SETSIZE in a busy process.
-    poller = select.poll()
-    poller.register(pgconn.socket, select.POLLIN)
+    poller = poll()
+    poller.register(pgconn.socket, POLLIN)
     return bool(poller.poll(0))
 
 
@@ -291,6 +293,29 @@ async def end_read(session: AsyncSession) -> None:
     not sit idle in a transaction (holding its snapshot and locks) while the other one answers."""
     if session.in_transaction():
         await session.rollback()
+
+
+class LiveRow(Protocol):
+    """A row found by its ``id`` that may be soft-deleted (``deleted_at``)."""
+
+    # ClassVar: the mapped class's columns, as a query names them (mypy matches no plain
+    # Mapped member of a protocol against a mapped class).
+    id: ClassVar[Mapped[int]]
+    deleted_at: ClassVar[Mapped[datetime | None]]
+
+
+Row = TypeVar("Row", bound=LiveRow)
+
+
+async def lock_live_row(session: AsyncSession, model: type[Row], row_id: int, what: str) -> Row:
+    """The row ``row_id`` of ``model`` that is not deleted, locked until commit (FOR UPDATE);
+    else a 404 saying "There is no {what} {row_id}"."""
+    row = await session.scalar(
+        select(model).where(model.id == row_id, model.deleted_at.is_(None)).with_for_update()
+    )
+    if row is None:
+        raise NotFound(f"There is no {what} {row_id}")
+    return row
 
 
 async def database_reachable(engine: AsyncEngine) -> bool:

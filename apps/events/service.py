@@ -48,6 +48,7 @@ from apps.common.adoption import (
     refuse_if_adopted,
 )
 from apps.common.contracts import Adopted, SignIn
+from apps.common.db import lock_live_row
 from apps.common.fdw import ProviderUnavailable, remote_read
 from apps.common.inputs import CURRENCY, decimal_number, one_line_name, whole_pattern
 from apps.common.internal_client import InternalClient
@@ -464,13 +465,7 @@ async def add_tickets(
     The entry's row is locked, so a cancellation cannot slip in between check and insert."""
     ticket_type = one_line_name(request.ticket_type, "ticket_type")
     await _refuse_if_signed_in(session, owner)
-    entry = await session.scalar(
-        select(CalendarEntry)
-        .where(CalendarEntry.id == entry_id, CalendarEntry.deleted_at.is_(None))
-        .with_for_update()
-    )
-    if entry is None:
-        raise NotFound(f"There is no calendar entry {entry_id}")
+    entry = await lock_live_row(session, CalendarEntry, entry_id, "calendar entry")
     if entry.state == "cancelled":
         raise Conflict(f"Calendar entry {entry_id} is cancelled: no tickets")
     if entry.starts_at <= await database_now(session):
@@ -821,14 +816,7 @@ async def _call_relations(internal: InternalClient, call: RelationsCall, doing: 
 async def _lock_calendar(session: AsyncSession, calendar_id: int) -> Calendar:
     """The calendar's row, locked until commit: changes of one calendar's page are serialised,
     so "which page is it on now" stays true while relations is called."""
-    calendar = await session.scalar(
-        select(Calendar)
-        .where(Calendar.id == calendar_id, Calendar.deleted_at.is_(None))
-        .with_for_update()
-    )
-    if calendar is None:
-        raise NotFound(f"There is no calendar {calendar_id}")
-    return calendar
+    return await lock_live_row(session, Calendar, calendar_id, "calendar")
 
 
 async def create_calendar(

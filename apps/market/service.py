@@ -21,7 +21,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from apps.common.db import end_read, table_of
+from apps.common.db import end_read, lock_live_row, table_of
 from apps.common.direct import DirectStatement
 from apps.common.fdw import ProviderUnavailable, remote_read
 from apps.common.inputs import one_line_name, whole_number
@@ -419,14 +419,7 @@ async def admin_places(
 
 
 async def _lock_place(session: AsyncSession, place_id: int) -> MarketPlace:
-    place = await session.scalar(
-        select(MarketPlace)
-        .where(MarketPlace.id == place_id, MarketPlace.deleted_at.is_(None))
-        .with_for_update()
-    )
-    if place is None:
-        raise NotFound(f"There is no market place {place_id}")
-    return place
+    return await lock_live_row(session, MarketPlace, place_id, "market place")
 
 
 async def create_place(
