@@ -35,11 +35,6 @@ from apps.common.web import (
 )
 
 
-def wants_json(request: Request) -> bool:
-    """API clients say so with Accept: application/json; forms (browsers) get redirects."""
-    return "application/json" in request.headers.get("accept", "")
-
-
 def admin_path(slug: str, *, saved: bool = False) -> str:
     return f"/{slug}/admin/page-config/" + ("?saved=1" if saved else "")
 
@@ -105,7 +100,7 @@ async def toggle_like(
     user_id = require_signed_in(identity, "like posts")
     wanted = await optional_flag(request, "liked")
     liked = await service.like_post(db_session, internal, user_id, slug, wanted)
-    if wants_json(request):
+    if not wants_html(request):
         return {"liked": liked}
     return await redirect_back(request, f"/{slug}/")
 
@@ -217,7 +212,7 @@ async def page_config_update(request: Request, db_session: DbSession, slug: Slug
             request, db_session, slug, error=problem, form=form, status_code=422
         )
     await db_session.commit()
-    if wants_json(request):
+    if not wants_html(request):
         return config
     return see_other(admin_path(slug, saved=True))
 
@@ -241,7 +236,7 @@ async def attach_menu_item(
         if not wants_html(request):
             raise
         return await _admin_page(request, db_session, slug, error=problem, status_code=422)
-    if wants_json(request):
+    if not wants_html(request):
         return relation
     return see_other(admin_path(slug))
 
@@ -262,7 +257,7 @@ async def detach_menu_item(
     detached = await service.detach_market_place(
         db_session, internal, slug, service.market_place_id(data.market_place_id)
     )
-    if wants_json(request):
+    if not wants_html(request):
         return {"detached": detached}
     return see_other(admin_path(slug))
 

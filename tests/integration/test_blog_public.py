@@ -179,6 +179,19 @@ async def test_like_form_post_redirects_back(browser, clean_db):
     assert offsite.headers["location"] == "/post-0/"
 
 
+async def test_a_client_that_prefers_nothing_gets_json_as_from_market(browser, clean_db):
+    """One rule for every service (apps.common.web.wants_html): a page only for a client that
+    asks for HTML. curl's Accept: */* got blog's 303 and market's JSON for the same toggle."""
+    [post_id] = seed_posts(clean_db, 1)
+    token = await sign_in(browser, 7)
+    for accept in ({"Accept": "*/*"}, {}):
+        liked = await browser.post("/post-0/like/", headers={**accept, "X-CSRF-Token": token})
+        assert liked.status_code == 200, accept
+        assert liked.headers["content-type"].startswith("application/json")
+        assert "liked" in liked.json()
+    assert like_rows(clean_db) == [(7, "post", post_id, False)]
+
+
 async def test_liking_needs_a_signed_in_user_a_csrf_token_and_a_published_post(browser, clean_db):
     seed_posts(clean_db, 1)
     insert_post(clean_db, "a-draft", status="draft")
