@@ -67,21 +67,6 @@ class WebhookEvent(msgspec.Struct):
     id: str | None = None
 
 
-def payment_state(order: Order) -> str:
-    """What the buyer is told: paid, review (flagged), failed (pay again), waiting, or why the
-    order can no longer be paid (superseded, expired, cancelled, refund_due, refunded). The
-    return page says "confirming" instead of paid for an order with nothing to pay whose
-    bookings events has yet to confirm."""
-    if order.flagged:
-        return "review"
-    if order.status != "pending":
-        return order.status
-    attempt = order.current_attempt
-    if attempt is not None and attempt.status in ("FAILED", "EXPIRED"):
-        return "failed"
-    return "waiting"
-
-
 @post(
     f"{WEBHOOK_PREFIX}{{order_id:int}}/",
     operation_id="sumup_webhook",
@@ -151,22 +136,20 @@ async def checkout_return(
     it shows the cart emptied; within a bound: past it, or if cart fails, the page says paid
     all the same and the outbox delivers them later."""
     order, degraded = await _rechecked(db_session, runtime, order)
-    result = payment_state(order)
-    if result == "paid":
+    result = await service.order_state(db_session, order)
+    if result in ("paid", "confirming"):
         await db_session.commit()  # no transaction left open while the page waits
         if await runtime.relay.deliver_now(
             after_payment_keys(order.id), within=runtime.settings.return_delivery_seconds
         ):
             # Events' answer to the confirmation may have named bookings it could not confirm
-            # (recorded on its lines, and a refund of what they cost): read it again.
+            # (recorded on its lines, and a refund of what they cost), or none (an order with
+            # nothing to pay is then cancelled): read it again.
             delivered = await service.load_order(db_session, order.id)
             assert delivered is not None
             order = delivered
-        if not order.total and await service.confirmation_on_its_way(db_session, order.id):
-            # Nothing to pay: the order is confirmed once events has confirmed its bookings,
-            # and the buyer may still remove them until then (audit s19 M4): the page says it
-            # is being confirmed and looks again, not that it is confirmed.
-            result = "confirming"
+        # Still "confirming" (the page looks again in a moment) while events has yet to answer.
+        result = await service.order_state(db_session, order)
         if wants_html(request):
             # The navigation was fetched before this handler ran: since then this page may have
             # delivered the clear, or the relay did (woken by the webhook).
@@ -196,6 +179,7 @@ async def order_list(
         db_session, identity.user_id, identity.session_id, page, per_page
     )
     pages = max(1, -(-total // per_page))
+    states = await service.order_states(db_session, orders)
     return render(
         request,
         "orders.html",
@@ -205,7 +189,7 @@ async def order_list(
         pages=pages,
         # Page links keep a page size that is not the default.
         per_page=per_page if per_page != service.ORDERS_PER_PAGE else None,
-        state_of=payment_state,
+        states=states,
         unconfirmed_of=service.unconfirmed_note,
     )
 
@@ -220,8 +204,9 @@ async def api_order_list(
     orders, total = await service.list_orders(
         db_session, identity.user_id, identity.session_id, page, per_page
     )
+    states = await service.order_states(db_session, orders)
     return {
-        "items": [service.order_dict(order) for order in orders],
+        "items": [{**service.order_dict(order), "state": states[order.id]} for order in orders],
         "page": page,
         "per_page": per_page,
         "total": total,
@@ -229,19 +214,19 @@ async def api_order_list(
 
 
 @get("/order/{order_id:int}/", operation_id="order_html", dependencies=OWNED_ORDER)
-async def order_detail(request: Request, order: OwnedOrder) -> Any:
+async def order_detail(request: Request, db_session: DbSession, order: OwnedOrder) -> Any:
     return render(
         request,
         "order.html",
         order=order,
-        state=payment_state(order),
+        state=await service.order_state(db_session, order),
         unconfirmed=service.unconfirmed_note(order),
     )
 
 
 @get("/api/orders/{order_id:int}", operation_id="order", dependencies=OWNED_ORDER)
-async def api_order_detail(order: OwnedOrder) -> dict[str, Any]:
-    return {**service.order_dict(order), "state": payment_state(order)}
+async def api_order_detail(db_session: DbSession, order: OwnedOrder) -> dict[str, Any]:
+    return {**service.order_dict(order), "state": await service.order_state(db_session, order)}
 
 
 @post(
@@ -270,7 +255,8 @@ async def pay_again(
         runtime.relay.wake()
         settled = await service.load_order(db_session, order.id)
         assert settled is not None
-        raise Conflict(f"Order {order.id} is already {payment_state(settled)}; nothing to pay")
+        state = await service.order_state(db_session, settled)
+        raise Conflict(f"Order {order.id} is already {state}; nothing to pay")
     hosted_url = attempt.hosted_url or ""
     if wants_html(request):
         return see_other(hosted_url)
@@ -292,9 +278,8 @@ async def recheck(
     order, degraded = await _rechecked(db_session, runtime, order)
     if wants_html(request):
         return see_other(f"/order/{order.id}/")
-    return Response(
-        {"state": payment_state(order), "order": service.order_dict(order), "degraded": degraded}
-    )
+    state = await service.order_state(db_session, order)
+    return Response({"state": state, "order": service.order_dict(order), "degraded": degraded})
 
 
 def _attempt_number(number: int | None) -> int | None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -841,41 +842,20 @@ async def answer_once_confirmed(session: AsyncSession, created: dict[str, Any]) 
     - otherwise (confirmed, or an order paid through SumUp, whose money is taken whatever
       events does): the answer as it was."""
     order_id = created["order_id"]
-    found = (
-        await session.execute(
-            select(Order.status, Order.total, _confirming(order_id)).where(Order.id == order_id)
-        )
-    ).one_or_none()
-    if found is None:
+    order = await load_order(session, order_id)
+    if order is None:
         return created
-    status, total, still_confirming = found
-    if status == "cancelled":
+    state = await order_state(session, order)
+    if state == "cancelled":
         raise Conflict(
             f"Nothing was confirmed: the bookings of order {order_id} left your cart before "
             "they could be confirmed for it, so it is cancelled (there was nothing to pay). "
             "Book them again to check out",
             order_id=order_id,
         )
-    if total == 0 and still_confirming:
+    if state == "confirming":
         return {**created, "paid": False}
     return created
-
-
-def _confirming(order_id: int) -> ColumnElement[bool]:
-    """Whether the order's confirmation of its bookings is queued and not yet delivered."""
-    return (
-        select(outbox.c.id)
-        .where(
-            outbox.c.idempotency_key == confirm_bookings_key(order_id),
-            outbox.c.delivered_at.is_(None),
-        )
-        .exists()
-    )
-
-
-async def confirmation_on_its_way(session: AsyncSession, order_id: int) -> bool:
-    """Whether events has yet to confirm the order's bookings (its outbox message waits)."""
-    return bool(await session.scalar(select(_confirming(order_id))))
 
 
 def _under_review(order_id: int) -> Conflict:
@@ -1431,6 +1411,54 @@ def unconfirmed_note(order: Order) -> str:
     if any(refund.reason_key.startswith(f"{UNCONFIRMED_BOOKINGS}:") for refund in order.refunds):
         note += f"; what {'it' if count == 1 else 'they'} cost goes back to you"
     return note
+
+
+def payment_state(order: Order, confirming: bool) -> str:
+    """What the buyer is told of an order, on every page and in every answer about it: paid,
+    confirming, review (flagged), failed (pay again), waiting, or why the order can no longer
+    be paid (superseded, expired, cancelled, refund_due, refunded). ``confirming``: the order's
+    confirmation of its bookings is queued and not yet delivered (:func:`order_states`).
+
+    An order with nothing to pay is paid as it is made, but it is confirmed only once events
+    has confirmed its bookings, and the buyer may remove them from the cart until then (the
+    order then ends cancelled; audit s19 M4): until then it is "confirming", not "paid". An
+    order paid through SumUp is paid whatever events does (its money is taken)."""
+    if order.flagged:
+        return "review"
+    if order.status == "paid" and not order.total and confirming:
+        return "confirming"
+    if order.status != "pending":
+        return order.status
+    attempt = order.current_attempt
+    if attempt is not None and attempt.status in ("FAILED", "EXPIRED"):
+        return "failed"
+    return "waiting"
+
+
+async def order_states(session: AsyncSession, orders: Sequence[Order]) -> dict[int, str]:
+    """:func:`payment_state` of each order, by id: one look at the outbox for those that may
+    still be confirming (paid with nothing to pay), none when no order may."""
+    keys = {
+        confirm_bookings_key(order.id): order.id
+        for order in orders
+        if order.status == "paid" and not order.total
+    }
+    waiting: set[int] = set()
+    if keys:
+        waiting = {
+            keys[key]
+            for key in await session.scalars(
+                select(outbox.c.idempotency_key).where(
+                    outbox.c.idempotency_key.in_(list(keys)), outbox.c.delivered_at.is_(None)
+                )
+            )
+        }
+    return {order.id: payment_state(order, order.id in waiting) for order in orders}
+
+
+async def order_state(session: AsyncSession, order: Order) -> str:
+    """:func:`payment_state` of one order."""
+    return (await order_states(session, [order]))[order.id]
 
 
 async def load_order(session: AsyncSession, order_id: int) -> Order | None:

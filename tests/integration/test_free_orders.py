@@ -177,6 +177,10 @@ async def test_a_browser_goes_to_the_return_page_which_says_confirmed(
     listing = await orders.get("/", headers={"accept": "text/html"})
     row = listing.text.split(f'data-order-id="{order_id}"', 1)[1].split("</tr>", 1)[0]
     assert "confirmed (nothing to pay)" in row
+    assert "being confirmed" not in row
+    assert (await orders.get(f"/api/orders/{order_id}")).json()["state"] == "paid"
+    [listed] = (await orders.get("/api/orders")).json()["items"]
+    assert listed["state"] == "paid"
 
 
 async def test_a_paid_orders_cart_checked_out_again_goes_to_the_order(
@@ -242,12 +246,30 @@ async def test_a_free_booking_removed_as_its_order_is_made_cancels_the_order(
         assert 'data-state="confirming"' in heading, heading
         assert "is being confirmed" in heading
         assert 'http-equiv="refresh"' in waiting.text
+        # The order's own page, the list of orders and their JSON say the same: it said
+        # "Confirmed; there was nothing to pay" (and the list "confirmed (nothing to pay)").
+        detail = await orders.get(f"/order/{order_id}/", headers=html)
+        assert detail.status_code == 200, detail.text
+        state = detail.text.split('id="order-state"', 1)[1].split("</p>", 1)[0]
+        assert 'data-state="confirming"' in state, state
+        assert "Being confirmed; there is nothing to pay" in state, state
+        listing = await orders.get("/", headers=html)
+        row = listing.text.split(f'data-order-id="{order_id}"', 1)[1].split("</tr>", 1)[0]
+        assert 'data-state="confirming"' in row, row
+        assert "being confirmed (nothing to pay)" in row, row
+        api = (await orders.get(f"/api/orders/{order_id}")).json()
+        assert (api["status"], api["state"]) == ("paid", "confirming"), api
+        [listed] = (await orders.get("/api/orders")).json()["items"]
+        assert (listed["id"], listed["status"], listed["state"]) == (order_id, "paid", "confirming")
         removed = await cart.post(f"/booking/entry/{entry_id}/delete/")
         assert removed.status_code == 200, removed.text
     assert await eventually(lambda: orders_of(clean_db)[order_id][0] == "cancelled", timeout=15)
     settled = await orders.get(f"/checkout/return/{order_id}/", headers=html)
     heading = settled.text.split('id="payment-state"', 1)[1].split("</h1>", 1)[0]
     assert "Cancelled" in heading, heading
+    assert (await orders.get(f"/api/orders/{order_id}")).json()["state"] == "cancelled"
+    [listed] = (await orders.get("/api/orders")).json()["items"]
+    assert listed["state"] == "cancelled"
     with admin_connect(clean_db, "orders") as connection:
         assert connection.execute(
             "SELECT count(*) FROM orders.order_claims WHERE order_id = %s", (order_id,)
