@@ -25,7 +25,6 @@ from apps.common.web import (
 from apps.orders import service
 from apps.orders.models import Order
 from apps.orders.runtime import OrdersRuntime, Runtime
-from apps.orders.settlement import after_payment_keys
 
 WEBHOOK_PREFIX = "/checkout/webhook/"
 STATUS_CHANGED = "CHECKOUT_STATUS_CHANGED"
@@ -138,16 +137,7 @@ async def checkout_return(
     order, degraded = await _rechecked(db_session, runtime, order)
     result = await service.order_state(db_session, order)
     if result in ("paid", "confirming"):
-        await db_session.commit()  # no transaction left open while the page waits
-        if await runtime.relay.deliver_now(
-            after_payment_keys(order.id), within=runtime.settings.return_delivery_seconds
-        ):
-            # Events' answer to the confirmation may have named bookings it could not confirm
-            # (recorded on its lines, and a refund of what they cost), or none (an order with
-            # nothing to pay is then cancelled): read it again.
-            delivered = await service.load_order(db_session, order.id)
-            assert delivered is not None
-            order = delivered
+        order = await service.once_delivered(db_session, runtime, order)
         # Still "confirming" (the page looks again in a moment) while events has yet to answer.
         result = await service.order_state(db_session, order)
         if wants_html(request):

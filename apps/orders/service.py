@@ -108,6 +108,7 @@ from apps.orders.settlement import (
     AttemptRow,
     MerchantAccounts,
     OrderRow,
+    after_payment_keys,
     close_attempt,
     confirm_bookings_key,
     merchant_account,
@@ -1459,6 +1460,23 @@ async def order_states(session: AsyncSession, orders: Sequence[Order]) -> dict[i
 async def order_state(session: AsyncSession, order: Order) -> str:
     """:func:`payment_state` of one order."""
     return (await order_states(session, [order]))[order.id]
+
+
+async def once_delivered(session: AsyncSession, runtime: OrdersRuntime, order: Order) -> Order:
+    """A paid order as it is once what its payment queued (the cart's clear, the bookings'
+    confirmation) has been delivered, or the page's wait for that has ended: the return page
+    shows the cart emptied, and what events' answer recorded (bookings it could not confirm,
+    a refund of what they cost, an order with nothing to pay cancelled). Read again every time,
+    by its key: the relay may have finished the delivery between the caller's read and the
+    look at what is left to deliver, which then finds nothing due, and a paid page does not
+    look again."""
+    await session.commit()  # no transaction left open while the page waits
+    await runtime.relay.deliver_now(
+        after_payment_keys(order.id), within=runtime.settings.return_delivery_seconds
+    )
+    delivered = await load_order(session, order.id)
+    assert delivered is not None
+    return delivered
 
 
 async def load_order(session: AsyncSession, order_id: int) -> Order | None:

@@ -557,3 +557,77 @@ async def test_something_to_pay_still_needs_payments_configured(stack, clean_db,
     assert await cart_count(cart) == 2
     for client in (cart, events):
         await client.aclose()
+
+
+def delivered_keys(server) -> list[str]:
+    with admin_connect(server, "orders") as connection:
+        return [
+            row[0]
+            for row in connection.execute(
+                "SELECT idempotency_key FROM orders.outbox WHERE delivered_at IS NOT NULL "
+                "ORDER BY id"
+            )
+        ]
+
+
+def lock_outbox_until_granted(server) -> None:
+    """An exclusive lock on orders' outbox, asked for and let go of as soon as it is granted:
+    it waits for the transactions holding the table (the relay's delivery), and every read of
+    the outbox asked for after it waits behind it (PostgreSQL grants locks in order)."""
+    with admin_connect(server, "orders") as connection, connection.transaction():
+        connection.execute("LOCK TABLE orders.outbox IN ACCESS EXCLUSIVE MODE")
+
+
+async def test_the_return_page_shows_what_a_delivery_that_just_ended_found(
+    stack, clean_db, shop, sandbox
+):
+    """The return page reads its order, then delivers what its payment queued and reads the
+    order again only when something was still due. The relay (woken by the payment) could
+    finish that delivery in between: the page then showed the order as it was before it,
+    "paid" with nothing about the booking events could not confirm, and a paid page does not
+    look again. Played out in order here: the relay's confirmation waits in events (its key
+    held) after delivering the cart's clear; a lock asked for on orders' outbox queues behind
+    the relay's transaction, so the page's look at the outbox queues behind that, after the
+    page has read its order; then events answers (the booking was removed from the cart), the
+    relay records it, and the page looks."""
+    cart = await browser_of(stack, "cart", user_id=3)
+    events, orders = stack.browser("events"), stack.browser("orders")
+    share_cookies(cart, events, orders)
+    removed = free_entry(clean_db, "Hedge laying")
+    assert (await events.post(f"/entries/{removed}/book/")).status_code == 200
+    assert (await cart.post(f"/add/{shop.product_ids[0]}/")).status_code == 200
+    answer = await cart.post("/checkout/")
+    assert answer.status_code == 200, answer.text
+    order_id = answer.json()["order_id"]
+    checkout_id = checkout_id_of(clean_db, order_id)
+    assert sandbox.client.post(f"/pay/{checkout_id}/pay").status_code == 303
+    dropped = await cart.post(f"/booking/entry/{removed}/delete/")
+    assert dropped.status_code == 200, dropped.text
+
+    with confirmation_held(clean_db, order_id):
+        assert (await webhook(stack, order_id, checkout_id)).status_code == 204
+        # The relay delivered the clear and waits in events with the confirmation.
+        assert await eventually(lambda: lock_waiters(clean_db, "events") >= 1)
+        assert await eventually(
+            lambda: delivered_keys(clean_db) == [f"orders:{order_id}:clear-cart"]
+        )
+        locker = asyncio.ensure_future(asyncio.to_thread(lock_outbox_until_granted, clean_db))
+        assert await eventually(lambda: lock_waiters(clean_db, "orders") >= 1)
+        page = asyncio.ensure_future(orders.get(f"/checkout/return/{order_id}/"))
+        # The page has read its order and waits to look at the outbox.
+        assert await eventually(lambda: page.done() or lock_waiters(clean_db, "orders") >= 2)
+        assert not page.done(), page.result().text
+    await locker
+    returned = await page
+    assert returned.status_code == 200, returned.text
+    assert delivered_keys(clean_db) == [
+        f"orders:{order_id}:clear-cart",
+        f"orders:{order_id}:confirm-bookings",
+    ]
+    body = returned.json()
+    assert body["state"] == "paid"
+    assert body["order"]["unconfirmed_bookings"] == [
+        {"kind": "calendar_entry", "source_id": removed, "title": "Hedge laying"}
+    ]
+    for client in (cart, events, orders):
+        await client.aclose()
