@@ -13,6 +13,7 @@ from litestar.response import Template
 from apps.cart import service
 from apps.cart.settings import CartSettings
 from apps.common.admission import admission_of
+from apps.common.adoption import SIGN_OUT_PATH, START_AFRESH
 from apps.common.deps import AppSettings, CurrentIdentity, DbSession, Internal
 from apps.common.identity import Identity
 from apps.common.internal_client import InternalCallError, InternalClient
@@ -178,6 +179,8 @@ def checkout_failed(exc: InternalCallError, orders_page: str) -> Problem:
             f"Checkout failed: {detail}. Your cart has not changed.",
             status_code=exc.remote_status,
             title="Checkout failed",
+            # The way out orders named (a session sign-in gave away: sign out to start afresh).
+            start_afresh=SIGN_OUT_PATH if exc.problem.get(START_AFRESH) else None,
         )
     if exc.http_status == 503:
         # What is down, in the buyer's words (not the provider's), and when to come back.

@@ -59,6 +59,7 @@ from apps.common.adoption import (
     adopt_session,
     adopted_by,
     forget_old_adoptions,
+    given_away,
     refuse_another_account,
     refuse_if_adopted,
 )
@@ -594,8 +595,8 @@ async def _refuse_if_signed_in(session: AsyncSession, session_id: str | None) ->
             session,
             ADOPTIONS,
             session_id,
-            "You signed in while this was being added, and your cart is now your account's: "
-            "nothing was added. Add it again.",
+            "Nothing was added",
+            "add it again",
         )
 
 
@@ -958,10 +959,7 @@ async def checkout(
         and owner.session_id is not None
         and await adopted_by(session, ADOPTIONS, owner.session_id) is not None
     ):
-        raise Conflict(
-            "You signed in while checking out, and your cart is now your account's: "
-            "nothing was ordered. Check out again."
-        )
+        raise given_away("Nothing was ordered", "check out again")
     if cart.count == 0 and "events" not in cart.degraded:
         # Only to say why it is empty: a checkout that goes on needs no more reads.
         with contextlib.suppress(ProviderUnavailable):

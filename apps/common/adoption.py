@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -36,6 +37,11 @@ KEPT = timedelta(days=1)
 # The key, set to true, of the 409 problem that says the session was given to another account
 # (sign-in tells it from other refusals: apps.common.web.adopt_anonymous_on_sign_in).
 GIVEN_TO_ANOTHER_ACCOUNT = "session_given_to_another_account"
+# The key of a problem whose way out may be to start afresh: its value is where a browser
+# signs out (POST), which gives even an anonymous browser a new session; the error page shows
+# the form (apps/common/templates/error.html).
+START_AFRESH = "start_afresh"
+SIGN_OUT_PATH = "/auth/logout"
 SESSION_ID_LENGTH = 64
 
 # hashtext of "<namespace>:<session id>": cart's sign-in took this lock before the record existed.
@@ -102,15 +108,41 @@ async def refuse_another_account(
         )
 
 
+def given_away(nothing_done: str, again: str, *, what_went: str = "", **extra: Any) -> Conflict:
+    """The 409 of an anonymous write (or checkout) carrying a session that sign-in gave to an
+    account. Who sends it is not known here, so it says what is true for each of them and what
+    works for each: the visitor who has just signed in (the browser carries their account's
+    session now: ``again``), one whose sign-in did not finish (still signed out; signing in
+    again as that account finishes it, where signing out would leave behind what the services
+    not reached yet hold), and one whose browser carries a session someone else signed in
+    with (a planted cookie, a shared browser: signing in works, or signing out starts afresh).
+    Not a new session on its own: the same answer reaches the visitor who has just signed in,
+    whose browser would be signed out by it, and one whose sign-in did not finish, whose
+    things some services still hold for this session alone (audit M1). ``what_went``: what
+    went with the session, said after it."""
+    return Conflict(
+        f"{nothing_done}: this browser's session was given to an account when it signed in"
+        f"{what_went}, and "
+        "takes nothing more while signed out. If that sign-in was yours: once it has finished, "
+        f"{again}; if it did not finish (you are still signed out), sign in again as that "
+        "account to finish it. If it was not yours: sign in, or sign out to start afresh.",
+        **{START_AFRESH: SIGN_OUT_PATH, **extra},
+    )
+
+
 async def refuse_if_adopted(
-    session: AsyncSession, adoption: SessionAdoption, session_id: str, refusal: str
+    session: AsyncSession,
+    adoption: SessionAdoption,
+    session_id: str,
+    nothing_done: str,
+    again: str,
 ) -> None:
     """An anonymous write: wait for an adoption of its session in progress, then refuse it
-    (409, ``refusal``) if sign-in adopted the session. The lock is shared with other writes
-    and held until the write commits, so an adoption never starts in between."""
+    (409, :func:`given_away`) if sign-in adopted the session. The lock is shared with other
+    writes and held until the write commits, so an adoption never starts in between."""
     await session.execute(_SHARED, {"space": adoption.lock_namespace, "sid": session_id})
     if await adopted_by(session, adoption, session_id) is not None:
-        raise Conflict(refusal)
+        raise given_away(nothing_done, again)
 
 
 async def adopted_by(

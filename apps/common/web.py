@@ -27,7 +27,7 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 from litestar.utils.scope.state import ScopeState
 from markupsafe import Markup, escape
 
-from apps.common.adoption import GIVEN_TO_ANOTHER_ACCOUNT
+from apps.common.adoption import GIVEN_TO_ANOTHER_ACCOUNT, SIGN_OUT_PATH
 from apps.common.asgi import header
 from apps.common.contracts import Action, Fragment, IdentityParams, SignIn
 from apps.common.identity import (
@@ -128,7 +128,9 @@ async def adopt_anonymous_on_sign_in(
         raise Conflict(
             "An earlier sign-in to another account from this browser did not finish "
             f"({', '.join(refusing)} already gave that account this browser's things): sign in "
-            "as that account to finish it, or sign out first."
+            "as that account to finish it, or sign out first.",
+            # Signing out gives even an anonymous browser a new session (the page's form).
+            start_afresh=SIGN_OUT_PATH,  # START_AFRESH
         )
     await _adopt_everywhere(client, asked, request)
 
@@ -536,7 +538,7 @@ def auth_handlers(
             "csrf_token": codec.csrf_token(identity),
         }
 
-    @post("/auth/logout", operation_id="auth_logout", tags=["auth"], status_code=303)
+    @post(SIGN_OUT_PATH, operation_id="auth_logout", tags=["auth"], status_code=303)
     async def logout(request: Request) -> Redirect:
         # A fresh anonymous session: nothing of the signed-in session carries over.
         set_identity(request.scope, new_anonymous_identity(), codec)

@@ -44,6 +44,7 @@ from apps.common.adoption import (
     adopt_session,
     adopted_by,
     forget_old_adoptions,
+    given_away,
     refuse_another_account,
     refuse_if_adopted,
 )
@@ -407,8 +408,8 @@ async def _refuse_if_signed_in(session: AsyncSession, owner: BookingOwner) -> No
             session,
             ADOPTIONS,
             owner.session_id,
-            "You signed in while this was being booked, and your cart is now your account's: "
-            "nothing was booked. Book it again.",
+            "Nothing was booked",
+            "book it again",
         )
 
 
@@ -694,9 +695,10 @@ async def _refuse_missing(
             "and they may have been taken. Book them again, then check out.",
             field="bookings",
         )
-    raise Conflict(
-        f"You signed in while checking out: your bookings ({'; '.join(adopted)}) are in your "
-        "account's cart now, still yours. Check out again.",
+    raise given_away(
+        "Nothing was ordered",
+        "check out again",
+        what_went=f" with its bookings ({'; '.join(adopted)}), held in that account's cart",
         field="bookings",
     )
 

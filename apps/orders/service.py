@@ -54,9 +54,12 @@ from sqlalchemy.orm import selectinload
 
 from apps.common.admission import Admission, AdmissionRule, admit
 from apps.common.adoption import (
+    SIGN_OUT_PATH,
+    START_AFRESH,
     SessionAdoption,
     adopted_by,
     forget_old_adoptions,
+    given_away,
     record_adoption,
     refuse_another_account,
 )
@@ -996,7 +999,12 @@ async def hold_bookings(
         )
     except InternalCallError as exc:
         if exc.remote_status == 409:
-            raise Conflict(str(exc.problem.get("detail") or exc), service="events") from exc
+            raise Conflict(
+                str(exc.problem.get("detail") or exc),
+                service="events",
+                # Events' way out, passed on (a session sign-in gave away: apps.common.adoption).
+                start_afresh=SIGN_OUT_PATH if exc.problem.get(START_AFRESH) else None,
+            ) from exc
         outcome = (
             f"order {order.id} is as it was, and checking out again is safe"
             if again
@@ -1063,10 +1071,7 @@ async def _refuse_if_signed_in(session: AsyncSession, session_id: str) -> None:
     as the browser signed in) would be for a session nobody uses again, and no sign-in would
     adopt it: the buyer could pay it and never see it. A 409; nothing is made."""
     if await adopted_by(session, ADOPTIONS, session_id) is not None:
-        raise Conflict(
-            "You signed in while checking out, and your cart is now your account's: no order "
-            "was made. Check out again."
-        )
+        raise given_away("No order was made", "check out again")
 
 
 async def adopt_orders(session: AsyncSession, request: SignIn) -> AdoptedOrders:

@@ -309,4 +309,5 @@ async def test_a_checkout_from_a_session_sign_in_adopted_says_so(stack, clean_db
     late = await anonymous.post("/checkout/")
     assert late.status_code == 409, late.text
     assert "signed in" in late.json()["detail"]
+    assert late.json()["start_afresh"] == "/auth/logout"  # the way out of a planted session
     assert "empty" not in late.json()["detail"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
 
@@ -20,7 +21,7 @@ import pytest
 from apps.common.app_factory import platform_of
 from apps.common.asgi import send_problem
 from apps.common.contracts import SignIn
-from apps.common.identity import SessionCodec
+from apps.common.identity import CSRF_FIELD, SessionCodec
 from apps.events.contract import adopt_bookings_for_user
 from apps.orders.contract import adopt_orders_for_user
 from tests.conftest import SESSION_SECRET, admin_connect, lock_waiters
@@ -36,6 +37,8 @@ from tests.integration.orders_fixtures import Sandbox, checkout_id_of, orders_of
 from tests.waiting import eventually
 
 USER_ID = 44
+# Where a refusal of a session sign-in gave away sends the visitor to start afresh (sign-out).
+START_AFRESH = "/auth/logout"
 
 
 @pytest.fixture
@@ -99,6 +102,7 @@ async def test_signing_in_during_an_anonymous_checkout_says_so_not_that_the_hold
     assert "signed in" in detail, detail
     assert "no longer held" not in detail, detail
     assert "may have been taken" not in detail, detail
+    assert refused.json()["start_afresh"] == START_AFRESH, refused.text  # passed on by orders
     signed = await signing_in
     assert signed.status_code == 200, signed.text
     assert orders_of(clean_db) == {}  # nothing was created
@@ -525,4 +529,134 @@ async def test_two_sign_ins_side_by_side_as_two_accounts_never_split_the_visitor
     assert owners["order"] == USER_ID + 1
     assert (await second.get("/auth/session")).json()["user_id"] == USER_ID + 1
     for client_ in (cart, first, second):
+        await client_.aclose()
+
+
+# -- audit s19c F2, the refusal: an anonymous write to a session sign-in gave away ---------------
+# A service refuses an anonymous write to a session it adopted (apps.common.adoption). It said
+# "You signed in while this was being added, and your cart is now your account's": true for the
+# visitor who just signed in, false for one whose browser carries a session someone else signed
+# in with (a planted cookie, a shared browser) or whose own sign-in did not finish (still signed
+# out). Each of them is now told what is true for all and a remedy that works for them.
+
+
+async def refused_as_given_away(response: httpx.Response) -> str:
+    assert response.status_code == 409, response.text
+    problem = response.json()
+    detail = problem["detail"]
+    assert "You signed in" not in detail, detail  # not said to someone who may not have
+    assert "your account's" not in detail, detail
+    assert "sign in again as that account" in detail, detail
+    assert "sign out to start afresh" in detail, detail
+    assert problem["start_afresh"] == START_AFRESH, problem
+    return str(detail)
+
+
+async def signed_out_afresh(browser: httpx.AsyncClient) -> None:
+    """The remedy the refusal names, as a browser follows it: sign out (a POST with the CSRF
+    token of the session it has), which gives an anonymous browser a new session."""
+    before = session_cookie(browser)
+    token = (await browser.get("/auth/session")).json()["csrf_token"]
+    out = await browser.post(START_AFRESH, headers={"x-csrf-token": token})
+    assert out.status_code == 303, out.text
+    assert session_cookie(browser) not in ("", before)
+    browser.headers["x-csrf-token"] = (await browser.get("/auth/session")).json()["csrf_token"]
+
+
+async def test_a_planted_session_someone_signed_in_with_is_refused_truly_and_sign_out_frees_it(
+    stack, clean_db, shop
+):
+    attacker = await browser_of(stack, "cart")
+    assert (
+        await attacker.post(f"/add/{shop.product_ids[0]}/", json={"quantity": 1})
+    ).status_code == 200
+    planted = session_cookie(attacker)
+    signed = await sign_in(attacker)
+    assert signed.status_code == 200, signed.text
+
+    victim = stack.browser("cart")
+    victim.cookies.set("rose_session", planted, domain=victim.base_url.host)
+    victim.headers["accept"] = "application/json"
+    victim.headers["x-csrf-token"] = (await victim.get("/auth/session")).json()["csrf_token"]
+    events = stack.browser("events")
+    share_cookies(victim, events)
+    await refused_as_given_away(
+        await victim.post(f"/add/{shop.product_ids[1]}/", json={"quantity": 1})
+    )
+    await refused_as_given_away(await events.post(f"/entries/{shop.entry_id}/book/"))
+    # A browser is shown the way out on the page: the sign-out form, with its CSRF field.
+    page = await victim.post(
+        f"/add/{shop.product_ids[1]}/", data={"quantity": "1"}, headers={"accept": "text/html"}
+    )
+    assert page.status_code == 409, page.text
+    form = re.search(
+        rf'<form method="post" action="{START_AFRESH}">'
+        rf'<input type="hidden" name="{CSRF_FIELD}" value="([^"]+)">',
+        page.text,
+    )
+    assert form is not None, page.text
+    out = await victim.post(
+        START_AFRESH, data={CSRF_FIELD: form.group(1)}, headers={"x-csrf-token": ""}
+    )
+    assert out.status_code == 303, out.text
+    assert session_cookie(victim) not in ("", planted)
+
+    await signed_out_afresh(victim)
+    added = await victim.post(f"/add/{shop.product_ids[1]}/", json={"quantity": 1})
+    assert added.status_code == 200, added.text
+    assert (await victim.get("/auth/session")).json()["signed_in"] is False
+    # The attacker's line stays theirs; the victim's is of the victim's new session.
+    assert [user for user, _ in cart_line_owners(clean_db)] == [USER_ID, None]
+    for client_ in (attacker, victim, events):
+        await client_.aclose()
+
+
+async def test_after_a_sign_in_that_did_not_finish_the_refusal_names_what_finishes_it(
+    stack, clean_db, shop, sandbox
+):
+    """The visitor's own sign-in failed at orders after cart and events gave the session to
+    the account: still signed out, an add is refused, and signing in again (as the refusal
+    says) finishes the move and lets them add. Another browser carrying the same session (a
+    shared one) cannot finish that sign-in: signing out starts it afresh, and nothing of the
+    unfinished sign-in's moves to it or is lost (the first account still finishes it)."""
+    cart, _, order_id, checkout_id, _ = await anonymous_paid_checkout(
+        stack, clean_db, shop, sandbox
+    )
+    assert (await webhook(stack, order_id, checkout_id)).status_code == 204
+    anonymous_cookie = session_cookie(cart)
+    client = platform_of(stack.apps["cart"]).client
+    client.route("orders", FailsToAdopt(stack.apps["orders"]))
+    try:
+        refused = await sign_in(cart)
+    finally:
+        client.route("orders", stack.apps["orders"])
+    assert refused.status_code == 503, refused.text
+
+    shared = stack.browser("cart")
+    shared.cookies.set("rose_session", anonymous_cookie, domain=shared.base_url.host)
+    shared.headers["accept"] = "application/json"
+    shared.headers["x-csrf-token"] = cart.headers["x-csrf-token"]
+
+    await refused_as_given_away(
+        await cart.post(f"/add/{shop.product_ids[1]}/", json={"quantity": 1})
+    )
+    await refused_as_given_away(
+        await shared.post(f"/add/{shop.product_ids[1]}/", json={"quantity": 1})
+    )
+    # The shared browser's sign-in as another account is refused, and names the same way out.
+    other = await shared.get("/auth/dev-login", params={"user_id": USER_ID + 1}, headers=JSON)
+    assert other.status_code == 409, other.text
+    assert other.json()["start_afresh"] == START_AFRESH, other.text
+    await signed_out_afresh(shared)
+    added = await shared.post(f"/add/{shop.product_ids[1]}/", json={"quantity": 1})
+    assert added.status_code == 200, added.text
+    assert order_owner(clean_db, order_id) == ("paid", None)  # still the unfinished sign-in's
+
+    signed = await sign_in(cart)
+    assert signed.status_code == 200, signed.text
+    assert order_owner(clean_db, order_id) == ("paid", USER_ID)
+    cart.headers["x-csrf-token"] = signed.json()["csrf_token"]
+    added = await cart.post(f"/add/{shop.product_ids[1]}/", json={"quantity": 1})
+    assert added.status_code == 200, added.text
+    for client_ in (cart, shared):
         await client_.aclose()

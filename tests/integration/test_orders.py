@@ -212,6 +212,7 @@ async def test_an_anonymous_order_after_its_session_signed_in_is_refused(orders,
     )
     assert late.status_code == 409, late.text
     assert "signed in" in late.json()["detail"]
+    assert late.json()["start_afresh"] == "/auth/logout"
     assert order_rows(clean_db) == []
     assert sandbox.checkouts() == []
     # Another session, and the user, check out as before.
