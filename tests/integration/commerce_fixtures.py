@@ -4,12 +4,14 @@ and an in-process stack of every service with the sandbox as SumUp."""
 
 from __future__ import annotations
 
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import psycopg
 
 from apps.common.asgi import send_problem
 from apps.sumup_sandbox.server import BackgroundSandbox
@@ -121,6 +123,28 @@ def free_entry(server, name: str = "Orchard walk") -> int:
             "SELECT id, %s, %s, 0.00 FROM events.calendars WHERE slug = 'farm-tours' "
             "RETURNING id",
             (name, datetime.now(UTC) + timedelta(days=4)),
+        ).fetchone()[0]
+
+
+@contextmanager
+def confirmation_held(server, order_id: int) -> Iterator[None]:
+    """Events' confirmation of the order held up for the block: a second transaction holds its
+    idempotency key; it is rolled back at the end, and the confirmation goes on."""
+    with admin_connect(server, "events") as holder, holder.transaction():
+        holder.execute(
+            "INSERT INTO events.idempotency_keys (action, key, request_hash, response) "
+            "VALUES ('confirm-for-order', %s, '', '{}')",
+            (f"orders:{order_id}:confirm-bookings",),
+        )
+        yield
+        raise psycopg.Rollback()
+
+
+def next_order_id(server) -> int:
+    with admin_connect(server, "orders") as connection:
+        return connection.execute(
+            "SELECT CASE WHEN is_called THEN last_value + 1 ELSE last_value END "
+            "FROM orders.orders_id_seq"
         ).fetchone()[0]
 
 

@@ -9,19 +9,18 @@ Real apps in process, real PostgreSQL, the SumUp sandbox over HTTP (which must n
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from contextlib import contextmanager
 from decimal import Decimal
 
-import psycopg
 import pytest
 
 from tests.conftest import admin_connect, lock_waiters
 from tests.integration.commerce_fixtures import (
     book_and_check_out,
     browser_of,
+    confirmation_held,
     entry_state,
     free_entry,
+    next_order_id,
     share_cookies,
     shop_stack,
 )
@@ -38,20 +37,6 @@ from tests.integration.orders_fixtures import (
     webhook,
 )
 from tests.waiting import eventually
-
-
-@contextmanager
-def confirmation_held(server, order_id: int) -> Iterator[None]:
-    """Events' confirmation of the order held up for the block: a second transaction holds its
-    idempotency key; it is rolled back at the end, and the confirmation goes on."""
-    with admin_connect(server, "events") as holder, holder.transaction():
-        holder.execute(
-            "INSERT INTO events.idempotency_keys (action, key, request_hash, response) "
-            "VALUES ('confirm-for-order', %s, '', '{}')",
-            (f"orders:{order_id}:confirm-bookings",),
-        )
-        yield
-        raise psycopg.Rollback()
 
 
 def attempts_of(server, order_id: int) -> int:
@@ -203,14 +188,6 @@ async def test_a_paid_orders_cart_checked_out_again_goes_to_the_order(
     assert again["paid"] is True
     assert again["next_url"].endswith(f"/checkout/return/{order_id}/")
     assert list(orders_of(clean_db)) == [order_id]
-
-
-def next_order_id(server) -> int:
-    with admin_connect(server, "orders") as connection:
-        return connection.execute(
-            "SELECT CASE WHEN is_called THEN last_value + 1 ELSE last_value END "
-            "FROM orders.orders_id_seq"
-        ).fetchone()[0]
 
 
 async def test_a_free_booking_removed_as_its_order_is_made_cancels_the_order(
