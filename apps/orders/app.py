@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from litestar import Litestar
-from litestar.datastructures import State
+from litestar.datastructures import CacheControlHeader, State
 from litestar.di import Provide
+from litestar.static_files import create_static_files_router
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -33,6 +34,9 @@ from apps.orders.settlement import RecentMerchantAccounts, bookings_not_confirme
 from apps.registry import create_service_app, settings_for
 
 logger = logging.getLogger("rose.orders")
+
+# The return page's script (look-again.js): a file, as the pages' policy runs no inline script.
+STATIC = Path(__file__).parent / "static"
 
 
 def create_app(
@@ -102,7 +106,15 @@ def create_app(
         internal_client,
         nonce_table=request_nonces,
         internal_handlers=internal.handlers,
-        public_handlers=public.handlers,
+        public_handlers=[
+            *public.handlers,
+            create_static_files_router(
+                path="/static",
+                directories=[STATIC],
+                cache_control=CacheControlHeader(max_age=3600, public=True),
+                include_in_schema=False,
+            ),
+        ],
         templates=Path(__file__).parent / "templates",
         on_startup=[start],
         on_shutdown=[stop],

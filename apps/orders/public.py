@@ -152,7 +152,9 @@ async def checkout_return(
         order=order,
         state=result,
         degraded=degraded,
-        refresh=3,
+        # Not known yet: the page asks again every few seconds (static/look-again.js).
+        looking_again=result in ("waiting", "confirming"),
+        look_again_seconds=3,
         unconfirmed=service.unconfirmed_note(order),
     )
 

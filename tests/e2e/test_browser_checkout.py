@@ -9,6 +9,7 @@ import signal
 
 import httpx
 import pytest
+from playwright.sync_api import expect
 
 from tests.conftest import truncate_all
 from tests.e2e.conftest import axe_source, axe_violations, buy_in_the_browser, live_stack
@@ -16,8 +17,10 @@ from tests.integration.commerce_fixtures import (
     ALL_SERVICES,
     Shop,
     cart_rows,
+    confirmation_held,
     entry_state,
     free_entry,
+    next_order_id,
     open_shop,
 )
 from tests.integration.orders_fixtures import order_rows
@@ -110,6 +113,37 @@ def test_a_free_booking_is_confirmed_without_sumup(shop_live, provisioned, shop,
     order_id = int(page.url.rstrip("/").rsplit("/", 1)[-1])
     assert entry_state(provisioned, entry_id) == ("confirmed", order_id)
     assert axe_violations(page, axe_source()) == []
+
+
+def test_a_free_booking_slow_to_confirm_says_being_confirmed_until_it_is(
+    shop_live, provisioned, shop, page
+):
+    """A free booking's checkout while events is slow to confirm it (its confirmation held up
+    by a second transaction holding its key in events): the return page says the order is
+    being confirmed, not confirmed, and with no reload by the buyer (or the test) it shows the
+    order confirmed, and the cart emptied in its navigation, once events has confirmed it."""
+    entry_id = free_entry(provisioned, "Slow walk")
+    events, orders = shop_live.url("events"), shop_live.url("orders")
+    page.goto(f"{events}/auth/dev-login?user_id=34&next=/")
+    with page.expect_navigation():
+        page.locator(f'tr.entry[data-id="{entry_id}"]').get_by_role("button", name="Book").click()
+    page.goto(shop_live.url("cart", "/"))
+    expect(page.locator(".cart-mini")).to_have_text("Cart (1)")
+    order_id = next_order_id(provisioned)
+    state = page.locator("#payment-state")
+    with confirmation_held(provisioned, order_id):
+        page.locator("#checkout").click()
+        page.wait_for_url(f"{orders}/checkout/return/{order_id}/", timeout=30_000)
+        expect(state).to_have_attribute("data-state", "confirming")
+        expect(state).to_contain_text(f"order #{order_id} is being confirmed")
+        assert entry_state(provisioned, entry_id)[0] != "confirmed"
+        assert axe_violations(page, axe_source()) == []
+    # Events confirms it now; the page, looking again by itself, says so.
+    expect(state).to_have_attribute("data-state", "paid", timeout=45_000)
+    expect(state).to_contain_text(f"order #{order_id} is confirmed; there was nothing to pay")
+    expect(page.locator(".cart-mini")).to_have_text("Cart (0)")
+    assert page.url == f"{orders}/checkout/return/{order_id}/"
+    assert entry_state(provisioned, entry_id) == ("confirmed", order_id)
 
 
 def test_paying_while_cart_is_down_shows_paid_and_the_cart_is_cleared_later(

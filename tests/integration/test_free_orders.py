@@ -222,7 +222,7 @@ async def test_a_free_booking_removed_as_its_order_is_made_cancels_the_order(
         heading = waiting.text.split('id="payment-state"', 1)[1].split("</h1>", 1)[0]
         assert 'data-state="confirming"' in heading, heading
         assert "is being confirmed" in heading
-        assert 'http-equiv="refresh"' in waiting.text
+        assert 'src="/static/look-again.js"' in waiting.text
         # The order's own page, the list of orders and their JSON say the same: it said
         # "Confirmed; there was nothing to pay" (and the list "confirmed (nothing to pay)").
         detail = await orders.get(f"/order/{order_id}/", headers=html)

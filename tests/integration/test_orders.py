@@ -356,13 +356,22 @@ async def test_return_page_waits_then_shows_paid_after_recheck(orders, clean_db,
     waiting = await browser.get(f"/checkout/return/{order_id}/", headers=HTML)
     assert waiting.status_code == 200
     assert 'data-state="waiting"' in waiting.text
-    assert 'http-equiv="refresh"' in waiting.text
+    # It looks again by itself (a script of orders' own; no timed <meta> refresh, WCAG 2.2.1).
+    assert 'src="/static/look-again.js"' in waiting.text
+    assert 'http-equiv="refresh"' not in waiting.text
+    script = await browser.get("/static/look-again.js")
+    assert script.status_code == 200
+    assert "javascript" in script.headers["content-type"]
+    # What the script asks for: the order's state, as JSON, at the page's own address.
+    asked = await browser.get(f"/checkout/return/{order_id}/", headers=JSON)
+    assert asked.json()["state"] == "waiting"
 
     sandbox.pay(checkout_id_of(clean_db, order_id))  # paid, but no webhook arrives
     rechecked = await browser.post(f"/order/{order_id}/recheck/")
     assert rechecked.json()["state"] == "paid"
     page = await browser.get(f"/checkout/return/{order_id}/", headers=HTML)
     assert 'data-state="paid"' in page.text
+    assert "look-again.js" not in page.text
     assert order_rows(clean_db)[0][1] == "paid"
 
 
