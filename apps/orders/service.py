@@ -297,8 +297,15 @@ def choose_payment_config(
     return None
 
 
-def payments_not_configured() -> Conflict:
-    """An order with something to pay where no candidate has a SumUp merchant and key."""
+def payments_not_configured(candidates: list[tuple[str, int]]) -> Conflict:
+    """An order with something to pay where no candidate has a SumUp merchant and key. Goods
+    of several pages (no page among the candidates) are paid to the site default's merchant
+    only: each page's own merchant is taken for its own goods, checked out from its page."""
+    if not any(kind == "page" for kind, _ in candidates):
+        return Conflict(
+            "Payments are not configured for a checkout of goods of several pages (no SumUp "
+            "merchant and key on the site default): check out each page's goods from its page"
+        )
     return Conflict(
         "Payments are not configured for this page (no SumUp merchant and key on the page or "
         "the site default)"
@@ -732,17 +739,14 @@ async def create_order(
     await lock_buyer(session, request.user_id, request.session_id, remote_reads_next=True)
     if request.user_id is None and request.session_id is not None:
         await _refuse_if_signed_in(session, request.session_id)
+    candidates = config_candidates(request.page_post_id, containers)
     slot = await reserve_order_slot(
-        session,
-        request.user_id,
-        request.session_id,
-        settings.checkouts_per_minute,
-        config_candidates(request.page_post_id, containers),
+        session, request.user_id, request.session_id, settings.checkouts_per_minute, candidates
     )
     config = slot.config
     total = _total_of(request)
     if config is None and total > 0:
-        raise payments_not_configured()
+        raise payments_not_configured(candidates)
     payable_until = slot.now + timedelta(seconds=settings.payable_seconds)
 
     # Plain rows placed by one Core statement: the ORM's unit of work cost more Python than

@@ -186,6 +186,25 @@ async def test_no_payment_config_is_a_clear_conflict(clean_db, credentials, sand
     assert order_rows(clean_db) == []
 
 
+async def test_goods_of_several_pages_without_a_site_merchant_are_refused_truly(
+    clean_db, credentials, sandbox
+):
+    """Audit s20 M2: "check out everything" with goods of two pages takes the site default's
+    merchant (a page's is taken only for one page's goods); without one it was refused "for
+    this page", on a checkout of no one page. It says what it is, and what works."""
+    payload = order_payload(
+        product_line(1, market_place_container_id=1), product_line(2, market_place_container_id=2)
+    )
+    async with orders_stack(clean_db, credentials, sandbox.server) as running:
+        response = await create(running, payload)
+    assert response.status_code == 409
+    detail = response.json()["detail"]
+    assert "for this page" not in detail, detail
+    assert "goods of several pages" in detail, detail
+    assert "from its page" in detail, detail
+    assert order_rows(clean_db) == []
+
+
 async def test_create_order_is_idempotent_per_key(orders, clean_db, sandbox):
     first = await create(orders, key="cart-snapshot-1")
     again = await create(orders, key="cart-snapshot-1")
