@@ -8,7 +8,8 @@ One line per difference, from three sources:
   columns, undeclared ones, secrets), foreign servers, user mappings and foreign tables;
 - role passwords, when the credentials are at hand;
 - each service's Alembic version table holding a revision its migrations know;
-- each service's tables and columns as its models declare them (:mod:`ops.db.schema_drift`);
+- each service's tables and columns, and each column's type and nullability, as its models
+  declare them (:mod:`ops.db.schema_drift`);
 - each edge working end to end: a query through every foreign table as the consumer's app role
   (a broken reader password, a missing grant or a missing view shows up only there).
 """

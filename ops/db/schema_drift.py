@@ -1,8 +1,10 @@
-"""What a service's schema lacks, or has more of, than its models declare: tables and their
-columns, compared by Alembic's own autogenerate (``compare_metadata``), as ``rose db check``
-reports them. A database whose revision says "head" can still differ: a migration rewritten
-after it ran (audit U1: events 0006 was), or a table made or dropped by hand. Indexes, types and
-defaults are left out: the models do not declare every one the migrations make."""
+"""What a service's schema lacks, has more of, or has otherwise than its models declare: tables,
+their columns, and each column's type and nullability, compared by Alembic's own autogenerate
+(``compare_metadata``, ``compare_type`` on), as ``rose db check`` reports them. A database whose
+revision says "head" can still differ: a migration rewritten after it ran (audit U1: events 0006
+was), a table made or dropped by hand, a column altered by hand (a narrower ``varchar`` than the
+app accepts is a 500 where a 422 was meant), or a model changed without its migration. Indexes,
+constraints and defaults are left out: the models do not declare every one the migrations make."""
 
 from __future__ import annotations
 
@@ -12,16 +14,26 @@ from typing import Any
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import MetaData, create_engine, pool
-from sqlalchemy.engine import make_url
+from sqlalchemy import Column, MetaData, create_engine, pool
+from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.types import TypeEngine
 
 from apps.registry import service_spec
 from ops.db.migrate import services_with_migrations
 from ops.db.topology import Topology
 
 # The kinds of difference reported, as Alembic names them.
-_TABLE_AND_COLUMN_KINDS = frozenset({"add_table", "remove_table", "add_column", "remove_column"})
+_REPORTED_KINDS = frozenset(
+    {
+        "add_table",
+        "remove_table",
+        "add_column",
+        "remove_column",
+        "modify_type",
+        "modify_nullable",
+    }
+)
 
 
 def declared_metadata(service: str) -> MetaData:
@@ -50,14 +62,18 @@ def schema_differences(topology: Topology, services: Iterable[str]) -> list[str]
                         "include_schemas": True,
                         "include_name": _only_schema(spec.name),
                         "version_table_schema": spec.name,
+                        "compare_type": _types_differ,
                     },
                 )
                 found = compare_metadata(context, declared_metadata(name))
+                lines += [
+                    _line(spec.database, difference, connection.dialect)
+                    for difference in _flat(found)
+                ]
         except OperationalError:
             continue  # a database that cannot be reached is a difference already
         finally:
             engine.dispose()
-        lines += [_line(spec.database, difference) for difference in _flat(found)]
     return lines
 
 
@@ -70,16 +86,37 @@ def _only_schema(schema: str) -> Any:
     return include
 
 
+def _types_differ(
+    context: MigrationContext,
+    inspected_column: Column[Any],
+    metadata_column: Column[Any],
+    inspected_type: TypeEngine[Any],
+    metadata_type: TypeEngine[Any],
+) -> bool | None:
+    """Alembic's comparison (None), and one case it lets pass: it compares a type's arguments
+    only where both sides have them, so a column the models bound (``numeric(12, 2)``,
+    ``varchar(64)``) that the database holds unbounded (``numeric``, ``varchar``) would be
+    "the same". The bound is what the app relies on (amounts rounded to cents, MAX_AMOUNT)."""
+    dialect = context.dialect
+    if _has_arguments(metadata_type, dialect) and not _has_arguments(inspected_type, dialect):
+        return True
+    return None
+
+
+def _has_arguments(type_: TypeEngine[Any], dialect: Dialect) -> bool:
+    return "(" in type_.compile(dialect=dialect)
+
+
 def _flat(found: list[Any]) -> Iterable[tuple[Any, ...]]:
     """Alembic lists column changes of one table as a nested list; the rest as tuples."""
     for difference in found:
         if isinstance(difference, list):
             yield from _flat(difference)
-        elif isinstance(difference, tuple) and difference[0] in _TABLE_AND_COLUMN_KINDS:
+        elif isinstance(difference, tuple) and difference[0] in _REPORTED_KINDS:
             yield difference
 
 
-def _line(database: str, difference: tuple[Any, ...]) -> str:
+def _line(database: str, difference: tuple[Any, ...], dialect: Dialect) -> str:
     kind = difference[0]
     if kind == "add_table":
         table = difference[1]
@@ -90,6 +127,18 @@ def _line(database: str, difference: tuple[Any, ...]) -> str:
             f"{database}: table {table.schema}.{table.name} is not declared by the models "
             "(made by hand, or by a migration since rewritten)"
         )
+    if kind in ("modify_type", "modify_nullable"):
+        # (kind, schema, table, column name, what else it has, the database's, the models')
+        _, schema, table, name, _, in_database, declared = difference
+        where = f"{database}: column {schema}.{table}.{name}"
+        if kind == "modify_type":
+            return (
+                f"{where} is {in_database.compile(dialect=dialect)}, "
+                f"the models declare {declared.compile(dialect=dialect)}"
+            )
+        if in_database:
+            return f"{where} is nullable, the models declare it NOT NULL"
+        return f"{where} is NOT NULL, the models declare it nullable"
     _, schema, table, column = difference
     where = f"{database}: column {schema}.{table}.{column.name}"
     if kind == "add_column":

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 import psycopg
 import pytest
 
+from apps.registry import SERVICES
+from ops.db.schema_drift import schema_differences
 from tests.integration.db_fixtures import (
     SUMUP_KEY,
     Cluster,
@@ -708,3 +710,52 @@ def test_drift_is_named_shown_repaired_and_the_property_holds(cluster: Cluster, 
         drift.holds(cluster)
     finally:
         execute(cluster, drift.cleanup)
+
+
+# -- a column's type or nullability, altered by hand ----------------------------------------------
+COLUMNS_ALTERED_BY_HAND = [
+    # The idempotency key column narrower than the keys the app accepts (apps.common.idempotency.
+    # MAX_KEY_LENGTH): a longer key would be a 500, not a 422.
+    (
+        "orders",
+        "ALTER TABLE orders.idempotency_keys ALTER COLUMN key TYPE varchar(100)",
+        "ALTER TABLE orders.idempotency_keys ALTER COLUMN key TYPE varchar(200)",
+    ),
+    # An amount without its scale: Alembic compares only the arguments both sides have.
+    (
+        "orders",
+        "ALTER TABLE orders.orders ALTER COLUMN total TYPE numeric",
+        "ALTER TABLE orders.orders ALTER COLUMN total TYPE numeric(12, 2)",
+    ),
+    ("likes", "ALTER TABLE likes.likes ALTER COLUMN user_id DROP NOT NULL",
+     "ALTER TABLE likes.likes ALTER COLUMN user_id SET NOT NULL"),
+    ("orders", "ALTER TABLE orders.orders ALTER COLUMN paid_at SET NOT NULL",
+     "ALTER TABLE orders.orders ALTER COLUMN paid_at DROP NOT NULL"),
+]  # fmt: skip
+
+
+def test_a_fresh_database_has_every_column_as_its_models_declare(cluster: Cluster):
+    """Types and nullability compared too, and nothing to report on databases the migrations
+    just made: the models declare what the migrations make."""
+    assert schema_differences(cluster.topology, SERVICES) == []
+
+
+def test_check_names_a_column_whose_type_or_nullability_was_changed_by_hand(cluster: Cluster):
+    for service, alter, _ in COLUMNS_ALTERED_BY_HAND:
+        execute(cluster, [(service, alter)])
+    try:
+        check = cluster.rose("db", "check")
+        assert check.exit_code == 1, check.output
+        for line in [
+            "db_orders: column orders.idempotency_keys.key is VARCHAR(100), "
+            "the models declare VARCHAR(200)",
+            "db_orders: column orders.orders.total is NUMERIC, the models declare NUMERIC(12, 2)",
+            "db_likes: column likes.likes.user_id is nullable, the models declare it NOT NULL",
+            "db_orders: column orders.orders.paid_at is NOT NULL, the models declare it nullable",
+        ]:
+            assert line in check.output, f"check does not name {line!r}:\n{check.output}"
+    finally:
+        for service, _, restore in COLUMNS_ALTERED_BY_HAND:
+            execute(cluster, [(service, restore)])
+    healed = cluster.rose("db", "check")
+    assert healed.exit_code == 0, healed.output
