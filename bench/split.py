@@ -42,7 +42,7 @@ from psycopg import sql
 
 from apps.registry import service_spec
 from bench.checkout_stack import set_up_databases
-from bench.split_load import WriterLoad
+from bench.split_load import WriterLoad, monolith_writer
 from ops.db.binaries import client_tool_target, pg_binary
 from ops.db.credentials import Credentials
 from ops.db.topology import Topology
@@ -205,7 +205,8 @@ def online(topology: Topology, jobs: int, sync_seconds: float, say: Callable[[st
     )
     reset_split(topology)
     samples: dict[str, list[tuple[int, float]]] = {move.name: [] for move in MOVES}
-    with WriterLoad(topology, seed=11) as load:
+    # As the monolith's app writes: its own login role with DML grants, not the superuser.
+    with monolith_writer(topology) as urls, WriterLoad(topology, seed=11, urls=urls) as load:
         time.sleep(1.0)
         started = time.perf_counter()
         stop_at = [float("inf")]

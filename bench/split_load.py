@@ -7,21 +7,81 @@ posts (liking again inserts a new row: duplicates), new orders with items and st
 page-config edits, relation attaches and detaches, cart lines. A write refused because the
 table is frozen (SQLSTATE 25006) is counted, with when the first and the last refusal came; a
 lost connection (PostgreSQL restarting) is retried after a short wait.
+
+It writes as the monolith's app would (``monolith_writer``): a login role of its own with DML
+grants on the legacy tables, neither a superuser nor their owner, so a practice round meets
+every permission the real monolith meets (the split's change capture included).
 """
 
 from __future__ import annotations
 
 import random
+import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-from psycopg import errors
+from psycopg import errors, sql
+from psycopg.conninfo import make_conninfo
 
+from apps.registry import service_spec
 from ops.db.topology import Topology
+
+MONOLITH_SERVICES = ("market", "blog", "cart")
+MONOLITH_WRITER = "monolith_writer"
+
+
+@contextmanager
+def monolith_writer(
+    topology: Topology, role: str = MONOLITH_WRITER, services: tuple[str, ...] = MONOLITH_SERVICES
+) -> Iterator[dict[str, str]]:
+    """A login role writing the legacy tables as the monolith's deployed app does: CONNECT on
+    the databases, USAGE on schema ``legacy``, SELECT, INSERT, UPDATE and DELETE on its tables
+    and USAGE on its sequences; not a superuser, not the tables' owner (``<svc>_owner``), a
+    member of no role. Yields each service's DSN as that role; dropped afterwards (its grants
+    with it). Its name is outside rose's namespace: ``rose db check`` would report its CONNECT
+    on a service database, which ``provision`` revokes."""
+    password = secrets.token_hex(16)
+    with psycopg.connect(topology.admin_url(None, "postgres"), autocommit=True) as admin:
+        admin.execute(
+            sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                sql.Identifier(role), sql.Literal(password)
+            )
+        )
+    try:
+        urls = {}
+        for service in services:
+            database = service_spec(service).database
+            with psycopg.connect(topology.admin_url(service), autocommit=True) as admin:
+                for grant in (
+                    "GRANT CONNECT ON DATABASE {database} TO {role}",
+                    "GRANT USAGE ON SCHEMA legacy TO {role}",
+                    "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA legacy TO {role}",
+                    "GRANT USAGE ON ALL SEQUENCES IN SCHEMA legacy TO {role}",
+                ):
+                    admin.execute(
+                        sql.SQL(grant).format(
+                            database=sql.Identifier(database), role=sql.Identifier(role)
+                        )
+                    )
+            urls[service] = make_conninfo(topology.admin_url(service), user=role, password=password)
+        yield urls
+    finally:
+        for service in services:
+            with psycopg.connect(topology.admin_url(service), autocommit=True) as admin:
+                admin.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+                admin.execute(
+                    sql.SQL("REVOKE ALL ON DATABASE {} FROM {}").format(
+                        sql.Identifier(service_spec(service).database), sql.Identifier(role)
+                    )
+                )
+        with psycopg.connect(topology.admin_url(None, "postgres"), autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
 
 Write = Callable[[dict[str, psycopg.Connection[Any]], random.Random], None]
 
@@ -164,10 +224,18 @@ class LoadReport:
 
 
 class WriterLoad:
-    """Writes in a thread until stopped (``with WriterLoad(...) as load:``)."""
+    """Writes in a thread until stopped (``with WriterLoad(...) as load:``), as the superuser
+    or, given ``urls`` (``monolith_writer``'s), as the monolith's own role."""
 
-    def __init__(self, topology: Topology, seed: int = 16, pause: float = 0.002) -> None:
+    def __init__(
+        self,
+        topology: Topology,
+        seed: int = 16,
+        pause: float = 0.002,
+        urls: dict[str, str] | None = None,
+    ) -> None:
         self.topology = topology
+        self.urls = urls or {service: topology.admin_url(service) for service in MONOLITH_SERVICES}
         self.rng = random.Random(seed)
         self.pause = pause
         self.report = LoadReport()
@@ -187,10 +255,8 @@ class WriterLoad:
 
     def _connect(self) -> dict[str, psycopg.Connection[Any]]:
         return {
-            service: psycopg.connect(
-                self.topology.admin_url(service), autocommit=True, connect_timeout=5
-            )
-            for service in ("market", "blog", "cart")
+            service: psycopg.connect(url, autocommit=True, connect_timeout=5)
+            for service, url in self.urls.items()
         }
 
     def _run(self) -> None:

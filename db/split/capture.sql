@@ -15,6 +15,15 @@
 -- `rose split sync` runs it for every source table of the move (lookups the transform reads
 -- included, when their changes change the move's result); `rose split cutover`, `abort` and
 -- `finalize` remove it (uncapture.sql). `rose db check` names a leftover one as drift.
+--
+-- Who writes: the monolith's app is an ordinary login role (DML grants on the legacy tables,
+-- neither a superuser nor their owner), and schema split_capture stays closed to it and to
+-- PUBLIC. So the trigger functions are SECURITY DEFINER, owned by :owner (the owner of the
+-- legacy tables and of the change tables): the change row is written with the owner's rights,
+-- whoever wrote the source row. A fixed search_path (pg_catalog only; every name of ours is
+-- schema-qualified) keeps a writer's objects out of them, and EXECUTE is revoked from PUBLIC:
+-- PostgreSQL checks EXECUTE on a trigger function only when a trigger is created, not when it
+-- fires, so no writer needs it.
 
 SELECT set_config('lock_timeout', :'lock_timeout', true);
 SELECT pg_advisory_xact_lock(hashtext('rose split freeze'));
@@ -34,7 +43,7 @@ SELECT format(
 -- moved the row to another group.
 SELECT format($fn$
 CREATE OR REPLACE FUNCTION split_capture.%1$I() RETURNS trigger
-LANGUAGE plpgsql AS $body$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $body$
 DECLARE
     new_key jsonb;
     old_key jsonb;
@@ -54,6 +63,9 @@ END
 $body$
 $fn$, :'move' || '__' || :'table', :'move', :'key_new', :'key_old') \gexec
 
+SELECT format('REVOKE ALL ON FUNCTION split_capture.%I() FROM PUBLIC',
+              :'move' || '__' || :'table') \gexec
+
 SELECT format(
     'CREATE OR REPLACE TRIGGER %I AFTER INSERT OR DELETE ON legacy.%I '
     'FOR EACH ROW EXECUTE FUNCTION split_capture.%I()',
@@ -70,13 +82,14 @@ SELECT format(
 
 -- TRUNCATE writes no row changes: refused while the move syncs.
 CREATE OR REPLACE FUNCTION split_capture.refuse_truncate() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
 BEGIN
     RAISE EXCEPTION '%.% is being synced by the rose-ash split (move %): TRUNCATE is refused',
         TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[0]
         USING ERRCODE = 'read_only_sql_transaction';
 END
 $$;
+REVOKE ALL ON FUNCTION split_capture.refuse_truncate() FROM PUBLIC;
 
 SELECT format(
     'CREATE OR REPLACE TRIGGER %I BEFORE TRUNCATE ON legacy.%I '

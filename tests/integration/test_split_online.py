@@ -17,9 +17,10 @@ from collections.abc import Iterator
 from traceback import format_exception
 from typing import TYPE_CHECKING, Any
 
+import psycopg
 import pytest
 
-from bench.split_load import WriterLoad
+from bench.split_load import WriterLoad, monolith_writer
 from ops.split.capture import install
 from ops.split.common import CRASH_ENV, CRASH_EXIT_CODE
 from ops.split.moves import LEGACY_SERVICES, MOVES
@@ -27,7 +28,7 @@ from ops.split.seed import seed_legacy
 from ops.split.status import split_status
 from tests.conftest import REPO_ROOT, admin_connect
 from tests.integration.db_fixtures import start_cluster
-from tests.integration.split_fixtures import ledger, rose_split, seeded_monolith, value
+from tests.integration.split_fixtures import ledger, rose_split, rows, seeded_monolith, value
 from tests.pg import TestServer as Server
 
 if TYPE_CHECKING:
@@ -104,7 +105,11 @@ def test_sync_then_cutover_equals_the_offline_run_of_the_final_state(monolith):
     assert first.exit_code == 0, first.output
     assert "snapshot committed" in first.output
     assert capture_objects(server)
-    with WriterLoad(server.topology, seed=1) as load:
+    # The load writes as the monolith's app does: its own login role, DML grants only.
+    with (
+        monolith_writer(server.topology) as urls,
+        WriterLoad(server.topology, seed=1, urls=urls) as load,
+    ):
         for _ in range(3):
             again = rose_split(server, "sync", "--once")
             assert again.exit_code == 0, again.output
@@ -132,6 +137,57 @@ def test_sync_then_cutover_equals_the_offline_run_of_the_final_state(monolith):
     assert capture_objects(server) == []
     online = target_rows(server)
     assert online == offline_of_final_state(server)
+
+
+def test_the_monolith_writing_as_its_own_role_keeps_writing_while_captured(monolith):
+    """Audit s20b H1: the monolith's app writes as an ordinary login role (DML grants on the
+    legacy tables; not a superuser, not their owner). Once the capture is installed its
+    inserts, updates and deletes must still succeed and be captured, and the next round move
+    them, while schema split_capture stays closed to it."""
+    server = monolith
+    first = rose_split(server, "sync", "--once", "--move", "cart")
+    assert first.exit_code == 0, first.output
+    with (
+        monolith_writer(server.topology, services=("cart",)) as urls,
+        psycopg.connect(urls["cart"], autocommit=True) as writer,
+    ):
+        added = writer.execute(
+            "INSERT INTO legacy.cart_items (user_id, product_id, quantity, "
+            "market_place_container_id) VALUES (5, 2, 1, 1) RETURNING id"
+        ).fetchone()[0]
+        writer.execute("UPDATE legacy.cart_items SET quantity = 3 WHERE id = %s", (added,))
+        removed = writer.execute(
+            "DELETE FROM legacy.cart_items WHERE user_id IS NOT NULL AND deleted_at IS NULL "
+            "AND quantity > 0 AND id <> %s RETURNING user_id, product_id",
+            (added,),
+        ).fetchone()
+        # The capture is the split's: the writer can neither read it nor call its functions.
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            writer.execute("SELECT count(*) FROM split_capture.cart")
+        assert not writer.execute(
+            "SELECT bool_or(has_function_privilege(p.oid, 'EXECUTE')) FROM pg_proc AS p "
+            "JOIN pg_namespace AS n ON n.oid = p.pronamespace WHERE n.nspname = 'split_capture'"
+        ).fetchone()[0]
+    captured = [
+        row[0] for row in rows(server, "cart", "SELECT key FROM split_capture.cart ORDER BY id")
+    ]
+    assert [5, None, 2] in captured
+    assert [removed[0], None, removed[1]] in captured
+    again = rose_split(server, "sync", "--once", "--move", "cart")
+    assert again.exit_code == 0, again.output
+    assert (
+        value(
+            server,
+            "cart",
+            "SELECT sum(quantity) FROM cart.cart_items WHERE user_id = 5 AND product_id = 2 "
+            "AND deleted_at IS NULL",
+        )
+        >= 3
+    )
+    assert value(server, "cart", "SELECT count(*) FROM split_capture.cart") == 0
+    cut = rose_split(server, "cutover", "--move", "cart")
+    assert cut.exit_code == 0, cut.output
+    assert "cart: verified" in cut.output
 
 
 def test_lookup_edits_during_sync_reach_the_moved_rows(monolith):
