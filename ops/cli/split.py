@@ -97,7 +97,11 @@ def seed_legacy_command(
         ),
     ] = 1,
     replace: Annotated[
-        bool, typer.Option(help="Drop schema legacy (and its freeze triggers) and seed again.")
+        bool,
+        typer.Option(
+            help="Drop schema legacy (and its freeze triggers) and seed again. Refused, as "
+            "seeding is, while the split records a move not aborted or a dropped table."
+        ),
     ] = False,
     database_url: DatabaseUrlOption = None,
 ) -> None:

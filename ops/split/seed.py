@@ -11,9 +11,17 @@ import psycopg
 from psycopg import sql
 
 from apps.registry import service_spec
-from ops.db.connections import scalar
 from ops.db.topology import Topology
-from ops.split.common import Say, SplitError, connect, count_rows, ledger_exists, run_file
+from ops.split.common import (
+    LedgerEntry,
+    Say,
+    SplitError,
+    connect,
+    count_rows,
+    dropped_records,
+    read_ledger,
+    run_file,
+)
 from ops.split.moves import LEGACY_DIR, LEGACY_SERVICES, MOVES
 
 
@@ -39,23 +47,61 @@ def _legacy_rows(topology: Topology, service: str) -> dict[str, int]:
         }
 
 
-def moves_recorded(topology: Topology) -> list[str]:
-    """Moves some ledger records as started or done."""
-    recorded = []
+def _short_state(entry: LedgerEntry) -> str:
+    if entry.syncing:
+        return "syncing online"
+    if entry.finalized_at is not None:
+        return "finalized"
+    if entry.finalizing:
+        return "finalizing"
+    if entry.done:
+        return "moved"
+    return "started, not finished"
+
+
+def split_records(topology: Topology) -> tuple[list[str], list[str]]:
+    """What the split has recorded that a new practice monolith would contradict: the moves a
+    ledger records and that are not aborted, with their state (moved, syncing, finalized, a run
+    that did not finish...), and the source databases where finalize recorded dropped tables
+    (split.dropped)."""
+    moves = []
     for move in MOVES:
         with connect(topology, move.target) as connection:
-            if ledger_exists(connection) and scalar(
-                connection,
-                "SELECT EXISTS (SELECT FROM split.ledger WHERE move = %s)",
-                (move.name,),
-            ):
-                recorded.append(move.name)
-    return recorded
+            entry = read_ledger(connection, move.name)
+        if entry is not None and not entry.aborted:
+            moves.append(f"{move.name} ({_short_state(entry)})")
+    dropped = []
+    for service in LEGACY_SERVICES:
+        with connect(topology, service) as connection:
+            if dropped_records(connection):
+                dropped.append(service_spec(service).database)
+    return moves, dropped
+
+
+def _refuse_over_split_records(topology: Topology) -> None:
+    """Seeding over them would replace the sources a recorded move came from (verify would then
+    call them changed), and --replace would drop the lookups finalize keeps and its records of
+    the backups, after which `rose split restore` refuses the genuine archives."""
+    moves, dropped = split_records(topology)
+    if not moves and not dropped:
+        return
+    found = []
+    if moves:
+        found.append(f"the ledgers record move(s) {', '.join(moves)}")
+    if dropped:
+        found.append(f"{', '.join(dropped)} record tables finalize dropped (split.dropped)")
+    raise SplitError(
+        f"seed-legacy refused: {' and '.join(found)}; nothing seeded, nothing dropped: a "
+        "practice monolith would replace the one the split moved. Go back first (`rose split "
+        "abort`, after finalize `rose split restore` each backup then `abort`), or practise "
+        "from scratch on a fresh stack (`rose up --fresh --no-demo`, then seed-legacy)"
+    )
 
 
 def seed_legacy(topology: Topology, scale: int, *, replace: bool, say: Say) -> SeedResult:
     if scale < 1:
         raise SplitError("--scale must be at least 1")
+    _refuse_over_split_records(topology)
     populated = {
         service_spec(service).database: rows
         for service in LEGACY_SERVICES
@@ -73,10 +119,9 @@ def seed_legacy(topology: Topology, scale: int, *, replace: bool, say: Say) -> S
         spec = service_spec(service)
         with connect(topology, service) as connection, connection.transaction():
             if replace:
-                # The freeze triggers and their function go with the schema; finalize's records
-                # of an earlier monolith's drops would describe tables that are back.
+                # The freeze triggers and their function go with the schema (only those of
+                # aborted moves can be left: _refuse_over_split_records). split.dropped is empty.
                 connection.execute("DROP SCHEMA IF EXISTS legacy CASCADE")
-                connection.execute("DROP TABLE IF EXISTS split.dropped")
             run_file(connection, LEGACY_DIR / f"{service}.sql", {"owner": spec.owner_role})
             run_file(connection, LEGACY_DIR / f"seed_{service}.sql", {"scale": str(scale)})
         with connect(topology, service) as connection:
@@ -89,10 +134,4 @@ def seed_legacy(topology: Topology, scale: int, *, replace: bool, say: Say) -> S
             result.rows[f"{spec.database} legacy.{table}"] = count
             say(f"seeded {spec.database} legacy.{table}: {count:,} rows")
     result.seconds = time.perf_counter() - started
-    recorded = moves_recorded(topology)
-    if recorded:
-        say(
-            f"note: the ledgers already record move(s) {', '.join(recorded)}; `rose split run` "
-            "does not move them again (start from empty targets for another practice round)"
-        )
     return result

@@ -994,3 +994,84 @@ def test_db_check_accepts_the_ledger_and_notes_legacy_tables(monolith):
     differences, _ = check(monolith.topology)
     assert "db_likes: extra privilege SELECT on table split.ledger for likes_app" in differences
     assert "db_likes: extra privilege USAGE on schema split for likes_app" in differences
+
+
+SEED_REFUSED = "seed-legacy refused"
+
+
+def _legacy_counts(server: TestServer) -> dict[str, int]:
+    return {
+        f"{service}.{table}": value(server, service, f"SELECT count(*) FROM legacy.{table}")
+        for service, table in (
+            ("cart", "container_relations"),
+            ("cart", "orders"),
+            ("market", "products"),
+            ("blog", "posts"),
+        )
+        if value(server, service, "SELECT to_regclass(%s) IS NOT NULL", (f"legacy.{table}",))
+    }
+
+
+def test_seed_legacy_refuses_while_a_ledger_records_a_move_not_aborted(monolith):
+    """Audit s20b M3: seeding (with or without --replace) over a monolith a ledger records a
+    move of would replace the sources that move came from; refused with one line saying why
+    and how to start afresh. Once every recorded move is aborted, --replace seeds again."""
+    assert rose_split(monolith, "run", "--move", "relations").exit_code == 0
+    before = _legacy_counts(monolith)
+    for args in (("--replace",), ()):
+        refused = rose_split(monolith, "seed-legacy", *args)
+        assert refused.exit_code == 1, refused.output
+        assert isinstance(refused.exception, SystemExit), refused.exception
+        line = " ".join(refused.output.split())
+        assert SEED_REFUSED in line
+        assert "relations (moved" in line
+        assert "rose up --fresh --no-demo" in line
+        assert "rose split abort" in line
+        assert "rows" not in line  # no "seeded ... rows" line
+    assert _legacy_counts(monolith) == before
+    assert ledger(monolith, "relations")["finished_at"] is not None
+
+    assert rose_split(monolith, "abort", "--move", "relations").exit_code == 0
+    seeded = rose_split(monolith, "seed-legacy", "--replace")
+    assert seeded.exit_code == 0, seeded.output
+    assert "seeded" in seeded.output
+
+
+def test_seed_legacy_refuses_after_finalize_and_keeps_its_records(monolith, tmp_path):
+    """Audit s20b M3, after finalize: --replace dropped the kept lookups (legacy.products,
+    legacy.posts) and finalize's records of its backups (split.dropped), after which `rose
+    split restore` refused the genuine archives. Refused instead, also when only finalize's
+    records are left (the ledgers gone)."""
+    assert rose_split(monolith, "run").exit_code == 0
+    finalized = rose_split(monolith, "finalize", "--backup-dir", str(tmp_path))
+    assert finalized.exit_code == 0, finalized.output
+    kept = _legacy_counts(monolith)
+    dropped = {
+        service: value(monolith, service, "SELECT count(*) FROM split.dropped")
+        for service in ("cart", "market", "blog")
+    }
+    assert all(dropped.values())
+    for args in (("--replace",), ()):
+        refused = rose_split(monolith, "seed-legacy", *args)
+        assert refused.exit_code == 1, refused.output
+        line = " ".join(refused.output.split())
+        assert SEED_REFUSED in line
+        assert "orders (finalized" in line
+        assert "db_market, db_blog, db_cart record tables finalize dropped" in line
+        assert "rose split restore" in line
+    assert _legacy_counts(monolith) == kept
+    assert {
+        service: value(monolith, service, "SELECT count(*) FROM split.dropped")
+        for service in ("cart", "market", "blog")
+    } == dropped
+
+    # Only finalize's records left (say, the targets' ledgers lost): still refused.
+    for move in MOVES:
+        with admin_connect(monolith, move.target) as connection:
+            connection.execute("DELETE FROM split.ledger")
+    refused = rose_split(monolith, "seed-legacy", "--replace")
+    assert refused.exit_code == 1, refused.output
+    line = " ".join(refused.output.split())
+    assert "record tables finalize dropped" in line
+    assert "ledgers record" not in line
+    assert _legacy_counts(monolith) == kept
