@@ -4,8 +4,10 @@ which move moves it (and finalize drops it), or why it is kept. The SQL lives in
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from apps.registry import service_spec
 from ops.paths import DB_DIR
@@ -50,10 +52,28 @@ class Check:
     target_table: str
     # What the view's ``bucket`` column is, for the messages that locate a difference.
     bucket: str = "id"
+    # Which columns the view covers, numbered from 1; the ledger records the number with each
+    # checksum of the commit. A view that changes gets the next number, and its checksum files
+    # keep each earlier one as ``<view>_v<n>``: a ledger's checksums are compared with the
+    # definition they were taken with, so an honest split recorded before is not "changed".
+    definition: int = 1
 
     @property
     def view(self) -> str:
         return f"split_check_{self.name}"
+
+    def view_for(self, recorded: Mapping[str, Any]) -> str:
+        """The view of the definition a ledger's checksum ``recorded`` was taken with (no
+        number: the first)."""
+        number = int(recorded.get("definition", 1))
+        if number == self.definition:
+            return self.view
+        if number > self.definition:
+            raise ValueError(
+                f"{self.target_table}: the ledger's checksum was taken with check definition "
+                f"{number}, newer than this version's {self.definition}: use the newer rose"
+            )
+        return f"{self.view}_v{number}"
 
 
 @dataclass(frozen=True)
@@ -146,7 +166,8 @@ MOVES: tuple[Move, ...] = (
         ),
         target_tables=("orders.orders", "orders.order_items", "orders.payment_attempts"),
         checks=(
-            Check("orders", "orders.orders"),
+            # 2: payable_until, which the move fills, covered too (audit s20b L1).
+            Check("orders", "orders.orders", definition=2),
             Check("order_items", "orders.order_items"),
             Check("payment_attempts", "orders.payment_attempts", bucket="order_id"),
         ),

@@ -586,7 +586,11 @@ def target_checksums(target: psycopg.Connection[Any], move: Move) -> dict[str, S
 def recorded_checksums(move: Move, taken: dict[str, SideChecksum]) -> dict[str, dict[str, Any]]:
     """The target's checksums as the ledger records them."""
     return {
-        check.name: {"target_table": check.target_table, **taken[check.name][0].as_dict()}
+        check.name: {
+            "target_table": check.target_table,
+            **taken[check.name][0].as_dict(),
+            "definition": check.definition,
+        }
         for check in move.checks
     }
 

@@ -595,8 +595,9 @@ def verify_recorded(topology: Topology, move: Move) -> MoveVerification:
         result.problems += accounting_problems(ledger, result.source_rows_now)
         with source_sessions(topology, move, ledger) as sources:
             for check in move.checks:
-                recorded = recorded_checksum(ledger.checksums[check.name])
-                source_sum = checksum(sources, check.view, recorded.method)[0]
+                entry = ledger.checksums[check.name]
+                recorded = recorded_checksum(entry)
+                source_sum = checksum(sources, check.view_for(entry), recorded.method)[0]
                 result.checks.append(
                     CheckResult(check.name, check.target_table, check.bucket, source_sum, recorded)
                 )

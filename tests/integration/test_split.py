@@ -1075,3 +1075,25 @@ def test_seed_legacy_refuses_after_finalize_and_keeps_its_records(monolith, tmp_
     assert "record tables finalize dropped" in line
     assert "ledgers record" not in line
     assert _legacy_counts(monolith) == kept
+
+
+def test_verify_and_the_commit_checksums_cover_payable_until(monolith):
+    """Audit s20b L1: the orders move fills orders.payable_until (a pending order's deadline,
+    which holds its bookings), but verify and the ledger's commit checksums left it out: a
+    migrated pending order made payable for 30 days more passed verify, and abort's check that
+    nothing wrote to the target since."""
+    assert rose_split(monolith, "run", "--move", "orders").exit_code == 0
+    with admin_connect(monolith, "orders") as connection:
+        changed = connection.execute(
+            "UPDATE orders.orders SET payable_until = payable_until + interval '30 days' "
+            "WHERE id = (SELECT min(id) FROM orders.orders WHERE status = 'pending') RETURNING id"
+        ).fetchone()[0]
+    verified = rose_split(monolith, "verify", "--move", "orders")
+    assert verified.exit_code == 1, verified.output
+    assert "difference orders: orders.orders: " in verified.output
+    assert f"differences at id {changed} " in verified.output
+    refused = rose_split(monolith, "abort", "--move", "orders")
+    assert refused.exit_code == 1, refused.output
+    assert "orders.orders: " in refused.output
+    assert "changed since the move" in refused.output
+    assert value(monolith, "orders", "SELECT count(*) FROM orders.orders") > 0

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from ops.db.checksums import Checksum
 from ops.split.checksum import checksum
 from ops.split.common import CRASH_ENV, CRASH_EXIT_CODE, as_json, operator, run_file
 from ops.split.moves import LEGACY_SERVICES, LEGACY_TABLES, MOVES, MOVES_BY_NAME
@@ -633,6 +634,70 @@ def test_a_ledger_recorded_with_md5_checksums_still_compares(monolith):
     aborted = rose_split(monolith, "abort", "--move", "relations")
     assert aborted.exit_code == 0, aborted.output
     assert value(monolith, "relations", "SELECT count(*) FROM relations.container_relations") == 0
+
+
+# orders.orders as its check view covered it before payable_until (definition 1), written out
+# here rather than read from the view that keeps it.
+ORDERS_ROW_BEFORE_PAYABLE_UNTIL = (
+    "row(id, user_id, session_id, page_post_id, status, currency, product_total, calendar_total, "
+    "ticket_total, total, description, page_config_id, merchant_code, checkout_prefix, flagged, "
+    "flag_reason, paid_at, created_at, updated_at)"
+)
+
+
+def test_a_ledger_recorded_before_payable_until_was_checked_still_compares(monolith):
+    """Audit s20b L1, the upgrade: the orders check now covers payable_until (definition 2). A
+    ledger whose commit checksums were taken before (no definition recorded) is compared with
+    the columns it covered: an untouched target is still the commit's (abort goes on), and a
+    change of a column it covered is still caught."""
+    assert rose_split(monolith, "run", "--move", "orders").exit_code == 0
+    recorded = ledger(monolith, "orders")["checksums"]
+    assert recorded["orders"]["definition"] == 2
+    with admin_connect(monolith, "orders") as connection:
+        rows_count, xor, total = connection.execute(
+            "SELECT count(*), coalesce(bit_xor(h), 0), coalesce(sum(h), 0) FROM ("
+            f"SELECT hashint8extended(hash_record_extended({ORDERS_ROW_BEFORE_PAYABLE_UNTIL}, 0), "
+            "0) AS h FROM orders.orders) AS hashed"
+        ).fetchone()
+        before = {
+            "target_table": "orders.orders",
+            **Checksum(int(rows_count), int(xor), int(total)).as_dict(),
+        }
+        assert before != {key: found for key, found in recorded["orders"].items()}
+        old = {
+            name: {key: found for key, found in entry.items() if key != "definition"}
+            for name, entry in recorded.items()
+        }
+        old["orders"] = before
+        connection.execute(
+            "UPDATE split.ledger SET checksums = %s WHERE move = 'orders'", (as_json(old),)
+        )
+        first = value(monolith, "orders", "SELECT min(id) FROM orders.orders")
+        connection.execute(
+            "UPDATE orders.orders SET description = 'changed' WHERE id = %s", (first,)
+        )
+    refused = rose_split(monolith, "abort", "--move", "orders")
+    assert refused.exit_code == 1, refused.output
+    assert "orders.orders: " in refused.output
+    assert "abort would lose it" in refused.output
+    with admin_connect(monolith, "orders") as connection:
+        # Back as the move wrote it (orders.sql: the legacy description, or its stand-in).
+        connection.execute(
+            "UPDATE orders.orders SET description = %s WHERE id = %s",
+            (
+                value(
+                    monolith,
+                    "cart",
+                    "SELECT coalesce(nullif(description, ''), 'rose-ash order #' || id) "
+                    "FROM legacy.orders WHERE id = %s",
+                    (first,),
+                ),
+                first,
+            ),
+        )
+    aborted = rose_split(monolith, "abort", "--move", "orders")
+    assert aborted.exit_code == 0, aborted.output
+    assert value(monolith, "orders", "SELECT count(*) FROM orders.orders") == 0
 
 
 def test_a_lock_timeout_while_freezing_tells_what_is_frozen(monolith):

@@ -49,7 +49,27 @@ WHERE NOT EXISTS (
       AND listed.outcome <> 'moved' AND listed.reason <> 'already in the target'
 );
 
+-- Definition 2 (ops/split/moves.py `Check.definition`): with payable_until, a pending
+-- order's deadline: its legacy updated_at + the orders service's default window (1800 s).
 CREATE OR REPLACE TEMP VIEW split_check_orders AS
+SELECT bucket, row_value::text AS row_text,
+       hashint8extended(hash_record_extended(row_value, 0), 0) AS row_hash
+FROM (
+    SELECT o.id::bigint AS bucket,
+           row(o.id, o.user_id, o.session_id, o.page_post_id, o.target_status, o.currency,
+               o.product_total, o.calendar_total, o.ticket_total, o.total_amount,
+               coalesce(nullif(o.description, ''), 'rose-ash order #' || o.id),
+               o.target_page_config_id, o.target_merchant_code, o.target_checkout_prefix,
+               false, NULL::text,
+               CASE WHEN o.status = 'paid' THEN o.updated_at AT TIME ZONE 'UTC' END,
+               CASE WHEN o.target_status = 'pending'
+                    THEN o.updated_at AT TIME ZONE 'UTC' + interval '1800 seconds' END,
+               o.created_at AT TIME ZONE 'UTC', o.updated_at AT TIME ZONE 'UTC') AS row_value
+    FROM split_moved_orders AS o
+) AS checked;
+
+-- Definition 1, without payable_until (see orders.target.sql). Keep it as it is.
+CREATE OR REPLACE TEMP VIEW split_check_orders_v1 AS
 SELECT bucket, row_value::text AS row_text,
        hashint8extended(hash_record_extended(row_value, 0), 0) AS row_hash
 FROM (

@@ -1,7 +1,23 @@
 -- Checksum views of move `orders`, target side (db_orders): every order, item and payment
 -- attempt. Run right after the move, before the orders service writes (see orders.cart.sql).
 
+-- Definition 2 (ops/split/moves.py `Check.definition`): payable_until too, which the move
+-- fills.
 CREATE OR REPLACE TEMP VIEW split_check_orders AS
+SELECT bucket, row_value::text AS row_text,
+       hashint8extended(hash_record_extended(row_value, 0), 0) AS row_hash
+FROM (
+    SELECT id AS bucket,
+           row(id, user_id, session_id, page_post_id, status, currency, product_total,
+               calendar_total, ticket_total, total, description, page_config_id, merchant_code,
+               checkout_prefix, flagged, flag_reason, paid_at, payable_until, created_at,
+               updated_at) AS row_value
+    FROM orders.orders
+) AS checked;
+
+-- Definition 1, without payable_until: what ledgers recorded before definition 2 (their
+-- checksums name no definition) are compared with. Keep it as it is.
+CREATE OR REPLACE TEMP VIEW split_check_orders_v1 AS
 SELECT bucket, row_value::text AS row_text,
        hashint8extended(hash_record_extended(row_value, 0), 0) AS row_hash
 FROM (
