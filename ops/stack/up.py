@@ -60,6 +60,8 @@ class StackOptions:
 RESTART_DELAYS = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 # A process that stayed up this long before it exited starts over at the first delay.
 STABLE_SECONDS = 60.0
+# How long the sandbox and every service have, together, to answer their ready paths.
+READY_SECONDS = 90.0
 
 
 # The embedded PostgreSQL's name in the supervisor's log lines.
@@ -268,8 +270,9 @@ def run_stack(options: StackOptions) -> int:
         group.start_sandbox(sandbox_port, proxy.sandbox_environment() if proxy else None)
         for name in names:
             group.start_service(name, ports[name], options.workers)
-        not_ready = group.wait_ready([SANDBOX], timeout=30)
-        not_ready += group.wait_ready(names, timeout=60)
+        # One deadline for all: on a busy machine a process may take most of it to import
+        # (the sandbox alone was once given 30 s, and missed it while the services were ready).
+        not_ready = group.wait_ready([SANDBOX, *names], timeout=READY_SECONDS)
         if proxy is not None and not not_ready:
             proxy.start(group, {name: f"127.0.0.1:{port}" for name, port in ports.items()})
             if not proxy.wait_ready(group, names):

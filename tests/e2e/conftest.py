@@ -163,7 +163,7 @@ def rose_cli(home: Path, *args: str, check: bool = True) -> subprocess.Completed
 
 
 @contextmanager
-def rose_up(home: Path, *args: str, timeout: float = 120) -> Iterator[RoseUp]:
+def rose_up(home: Path, *args: str, timeout: float = 180) -> Iterator[RoseUp]:
     """``rose up ARGS`` as a process of its own; yields once ``rose status`` answers. Stops it
     (SIGTERM) at the end unless the test did. Its output goes beside ``home``, which ``rose up``
     makes itself (the embedded server, running as its own user when we are root, must reach
