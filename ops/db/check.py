@@ -7,7 +7,7 @@ One line per difference, from three sources:
   and template databases), schemas, tables, columns, default privileges, export views (declared
   columns, undeclared ones, secrets), foreign servers, user mappings and foreign tables;
 - role passwords, when the credentials are at hand;
-- each service's Alembic version table holding a revision its migrations know;
+- each service's Alembic version table holding a revision its migrations know, and at its head;
 - each service's tables and columns, and each column's type and nullability, as its models
   declare them (:mod:`ops.db.schema_drift`);
 - each edge working end to end: a query through every foreign table as the consumer's app role
@@ -28,7 +28,7 @@ from apps.registry import SERVICES, service_spec
 from ops.db.connections import Connections
 from ops.db.credentials import Credentials
 from ops.db.manifest import Edge, load_edges
-from ops.db.migrate import services_with_migrations, unknown_version, versions_in
+from ops.db.migrate import behind_head, services_with_migrations, unknown_version, versions_in
 from ops.db.provision import DATABASE_WORKERS, provision
 from ops.db.schema_drift import schema_differences
 from ops.db.topology import Topology
@@ -201,7 +201,8 @@ def version_differences(
     topology: Topology, services: Iterable[str], connections: Connections
 ) -> list[str]:
     """A version table at a revision the service's migrations do not know: `rose db migrate`
-    would refuse it (a newer release's database, or the table written by hand)."""
+    would refuse it (a newer release's database, or the table written by hand); or one behind
+    the service's head: `rose db migrate` would run the rest (audit s20b L3)."""
     differences = []
     with_migrations = set(services_with_migrations())
     for name in services:
@@ -211,7 +212,8 @@ def version_differences(
             connection = connections.get(topology.admin_url(name))
         except psycopg.OperationalError:
             continue  # a missing database is a difference already
-        problem = unknown_version(name, versions_in(connection, name))
+        versions = versions_in(connection, name)
+        problem = unknown_version(name, versions) or behind_head(name, versions)
         if problem:
             differences.append(problem)
     return differences

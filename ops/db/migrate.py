@@ -131,6 +131,25 @@ def unknown_version(service: str, versions: Iterable[str]) -> str | None:
     )
 
 
+def head_revisions(service: str) -> set[str]:
+    return set(ScriptDirectory.from_config(alembic_config(service)).get_heads())
+
+
+def behind_head(service: str, versions: Iterable[str]) -> str | None:
+    """The difference, when the version table is not at the service's head: the schema may even
+    be at head (written by hand), but `rose db migrate` goes by the version table alone. A
+    revision no migration knows is :func:`unknown_version`'s to name."""
+    current = set(versions)
+    heads = head_revisions(service)
+    if current == heads or current - known_revisions(service):
+        return None
+    at = ", ".join(sorted(current)) or "no revision (never migrated)"
+    return (
+        f"{service_spec(service).database} at {at}, head {', '.join(sorted(heads))}: "
+        "run rose db migrate"
+    )
+
+
 def versions_in(connection: psycopg.Connection, service: str) -> list[str]:
     """What the service's version table holds (nothing when it has none yet)."""
     schema = service_spec(service).name

@@ -384,6 +384,31 @@ def test_check_and_migrate_name_a_version_no_migration_knows_in_one_line(db_clus
     assert db_cluster.rose("db", "check").exit_code == 0
 
 
+def test_check_names_a_database_behind_its_head(db_cluster: Cluster):
+    """Audit s20b L3: the schema at head, the version row behind. `rose db migrate` would run the
+    head's migration again (and fail): check says which database is behind and what to run."""
+    script = ScriptDirectory.from_config(alembic_config("likes"))
+    head = script.get_revision(script.get_current_head())
+    assert isinstance(head.down_revision, str)
+    _set_version(db_cluster, head.down_revision)
+    try:
+        check = db_cluster.rose("db", "check")
+        assert check.exit_code == 1, check.output
+        assert (
+            f"db_likes at {head.down_revision}, head {head.revision}: run rose db migrate"
+            in check.output.splitlines()
+        ), check.output
+        as_json = json.loads(db_cluster.rose("db", "check", "--json").output)
+        assert as_json["ok"] is False
+        assert (
+            f"db_likes at {head.down_revision}, head {head.revision}: run rose db migrate"
+            in as_json["differences"]
+        )
+    finally:
+        _set_version(db_cluster, head.revision)
+    assert db_cluster.rose("db", "check").exit_code == 0
+
+
 def test_a_migration_that_fails_is_one_line_naming_it(db_cluster: Cluster):
     script = ScriptDirectory.from_config(alembic_config("likes"))
     head = script.get_revision(script.get_current_head())
