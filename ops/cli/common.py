@@ -50,3 +50,17 @@ def admin_url(database_url: str | None) -> str:
 
 def topology_of(database_url: str | None) -> Topology:
     return Topology.single_server(admin_url(database_url))
+
+
+def superuser_topology(database_url: str | None, command: str) -> Topology:
+    """``topology_of`` for a command that needs a superuser: each server's admin DSN is checked
+    once, up front, so a lesser role is one line, not a permission error half way through."""
+    from apps.registry import SERVICES
+    from ops.db.connections import not_a_superuser
+
+    topology = topology_of(database_url)
+    for url in dict.fromkeys(topology.maintenance_url(name) for name in SERVICES):
+        role = not_a_superuser(url)
+        if role is not None:
+            raise fail(f"{command} needs a superuser connection: {role} is not one")
+    return topology

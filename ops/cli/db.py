@@ -16,6 +16,7 @@ from ops.cli.common import (
     console,
     err_console,
     fail,
+    superuser_topology,
     topology_of,
 )
 from ops.db.credentials import Credentials
@@ -53,7 +54,7 @@ def db_provision(
     from ops.db.provision import provision
     from ops.db.sqlfiles import ConvergeError
 
-    topology = topology_of(database_url)
+    topology = superuser_topology(database_url, "rose db provision")
     require_role_passwords()
     show = (lambda text: print(text, flush=True)) if dry_run else (lambda text: None)
     try:
@@ -113,7 +114,7 @@ def db_migrate(
         services = [service_spec(service).name] if service else None
     except ValueError as exc:
         raise fail(str(exc)) from None
-    topology = topology_of(database_url)
+    topology = superuser_topology(database_url, "rose db migrate")
     require_role_passwords()
     try:
         converge_databases(
@@ -131,7 +132,7 @@ def db_check(
     """Compare the cluster with what db/ declares: one line per difference; exit 1 on any."""
     from ops.db.check import check_as_declared
 
-    differences, notes = check_as_declared(topology_of(database_url))
+    differences, notes = check_as_declared(superuser_topology(database_url, "rose db check"))
     if as_json:
         print(json.dumps({"ok": not differences, "differences": differences, "notes": notes}))
     else:
@@ -156,7 +157,7 @@ def db_edges(
     whether each foreign table answers (read as the consumer's app role)."""
     from ops.db.check import describe_edges
 
-    edges = describe_edges(topology_of(database_url))
+    edges = describe_edges(superuser_topology(database_url, "rose db edges"))
     if as_json:
         print(json.dumps(edges, indent=2))
         return
@@ -194,7 +195,7 @@ def db_backup(
     a manifest of each table's row count and checksum, read in the dump's own snapshot."""
     from ops.db.backup import MANIFEST, BackupError, back_up, check_keep, prune_backups
 
-    topology = topology_of(database_url)
+    topology = superuser_topology(database_url, "rose db backup")
     try:
         if keep is not None:
             check_keep(keep)  # before anything is written
@@ -242,7 +243,7 @@ def db_restore(
     from ops.db.migrate import MigrateError
     from ops.db.sqlfiles import ConvergeError
 
-    topology = topology_of(database_url)
+    topology = superuser_topology(database_url, "rose db restore")
     require_role_passwords()
     try:
         outcome = restore(

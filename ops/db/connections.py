@@ -18,6 +18,17 @@ def connect(url: str) -> psycopg.Connection:
     return psycopg.connect(url, autocommit=True, connect_timeout=10)
 
 
+def not_a_superuser(url: str) -> str | None:
+    """The role ``url`` logs in as, when it is no superuser (None when it is). rose's database
+    tools read pg_authid, SET ROLE to every service role and read every table: a role with
+    CREATEROLE and CREATEDB gets part way, then a permission error deep inside."""
+    with connect(url) as connection:
+        role, superuser = one_row(
+            connection, "SELECT rolname, rolsuper FROM pg_roles WHERE rolname = current_user"
+        )
+    return None if superuser else str(role)
+
+
 class Connections:
     """Superuser connections by DSN, each opened once (a check visits every database twice).
     Threads may share it as long as each uses its own DSN."""

@@ -13,13 +13,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 from alembic.script import ScriptDirectory
 
-from apps.registry import service_spec
+from apps.registry import SERVICES, service_spec
 from ops.db.dba import Login, command, environment, passfile
 from ops.db.lifecycle import converge_databases
 from ops.db.manifest import load_edges
@@ -424,6 +425,53 @@ def test_a_migration_that_fails_is_one_line_naming_it(db_cluster: Cluster):
     finally:
         _set_version(db_cluster, head.revision)
     assert db_cluster.rose("db", "check").exit_code == 0
+
+
+# -- a non-superuser admin DSN (audit s20b L4) ----------------------------------------------------
+@pytest.fixture
+def not_a_superuser(db_cluster: Cluster) -> Iterator[str]:
+    """A DSN for a role that may create roles and databases and connect everywhere, but is no
+    superuser (pg_authid, SET ROLE to the service roles and their tables are closed to it)."""
+    password = secrets.token_hex(12)
+    databases = ["postgres", *(service_spec(name).database for name in SERVICES)]
+    with db_cluster.admin() as admin:
+        admin.execute(f"CREATE ROLE helper_admin LOGIN CREATEROLE CREATEDB PASSWORD '{password}'")
+        for database in databases:
+            admin.execute(f'GRANT CONNECT ON DATABASE "{database}" TO helper_admin')
+    try:
+        yield f"postgresql://helper_admin:{password}@127.0.0.1:{db_cluster.server.port}/postgres"
+    finally:
+        with db_cluster.admin() as admin:
+            for database in databases:
+                admin.execute(f'REVOKE CONNECT ON DATABASE "{database}" FROM helper_admin')
+            admin.execute("DROP ROLE helper_admin")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["check"],
+        ["check", "--json"],
+        ["provision"],
+        ["provision", "--dry-run"],
+        ["migrate"],
+        ["edges"],
+        ["backup", "{tmp}/backup"],
+        ["restore", "{tmp}/backup"],
+    ],
+    ids=" ".join,
+)
+def test_a_db_command_given_no_superuser_says_so_in_one_line(
+    db_cluster: Cluster, not_a_superuser: str, command: list[str], tmp_path: Path
+):
+    arguments = [part.replace("{tmp}", str(tmp_path)) for part in command]
+    done = db_cluster.rose("db", *arguments, "--database-url", not_a_superuser)
+    assert done.exit_code == 1, done.output
+    assert done.exception is None or isinstance(done.exception, SystemExit), done.exception
+    assert done.output.strip().splitlines() == [
+        f"error: rose db {command[0]} needs a superuser connection: helper_admin is not one"
+    ]
+    assert not (tmp_path / "backup").exists()
 
 
 # -- the passfile goes whatever ends the session (audit O10) ------------------------------------
