@@ -105,9 +105,10 @@ def db_migrate(
     ] = None,
     database_url: DatabaseUrlOption = None,
 ) -> None:
-    """Upgrade every service's database to its latest migration, then converge (provision)."""
-    from ops.db.lifecycle import converge_databases
-    from ops.db.migrate import MigrateError
+    """Upgrade every service's database to its latest migration, then converge (provision);
+    provision first when a service's database or role is missing."""
+    from ops.db.lifecycle import converge_databases, missing_for_migrations
+    from ops.db.migrate import MigrateError, services_with_migrations
     from ops.db.sqlfiles import ConvergeError
 
     try:
@@ -116,9 +117,17 @@ def db_migrate(
         raise fail(str(exc)) from None
     topology = superuser_topology(database_url, "rose db migrate")
     require_role_passwords()
+    missing = missing_for_migrations(topology, services or services_with_migrations())
+    if missing:
+        verb = "is" if len(missing) == 1 else "are"
+        print(f"provisioning first: {', '.join(missing)} {verb} missing")
     try:
         converge_databases(
-            topology, Credentials.for_environment(), services, provision_first=False, say=print
+            topology,
+            Credentials.for_environment(),
+            services,
+            provision_first=bool(missing),
+            say=print,
         )
     except (MigrateError, ConfigError, ConvergeError) as exc:
         raise fail(str(exc)) from None

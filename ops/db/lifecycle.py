@@ -15,10 +15,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from apps.registry import service_spec
+from ops.db.connections import Connections, scalar
 from ops.db.credentials import Credentials
 from ops.db.manifest import Edge, load_edges
 from ops.db.migrate import migrate, services_with_migrations
-from ops.db.provision import ProvisionReport, Say, provision
+from ops.db.provision import ProvisionReport, Say, database_exists, provision
 from ops.db.topology import Topology
 
 logger = logging.getLogger("rose.lifecycle")
@@ -46,8 +47,9 @@ def converge_databases(
     """Provision every service, migrate ``services`` (default: every service with migrations),
     then converge the databases at both ends of ``edges`` (default: every edge).
 
-    ``provision_first=False`` is ``rose db migrate``: the cluster is provisioned already and
-    nothing changes before the migrations."""
+    ``provision_first=False`` is ``rose db migrate`` on a cluster that has every database and role
+    its migrations need (:func:`missing_for_migrations`): nothing changes before the
+    migrations."""
     if provision_first:
         provision(topology, credentials, say=say)
     names = list(services) if services is not None else services_with_migrations()
@@ -65,3 +67,21 @@ def converge_databases(
         else:
             converged.created_edges.append(str(edge))
     return converged
+
+
+def missing_for_migrations(topology: Topology, services: Iterable[str]) -> list[str]:
+    """The databases and owner and app roles of ``services`` that the cluster lacks: their
+    migrations cannot run until provisioning creates them (a new server, a dropped database)."""
+    missing = []
+    with Connections() as connections:
+        for name in services:
+            spec = service_spec(name)
+            connection = connections.get(topology.maintenance_url(name))
+            for role in (spec.owner_role, spec.app_role):
+                if not scalar(
+                    connection, "SELECT EXISTS (SELECT FROM pg_roles WHERE rolname = %s)", (role,)
+                ):
+                    missing.append(role)
+            if not database_exists(connection, spec.database):
+                missing.append(spec.database)
+    return missing

@@ -427,6 +427,22 @@ def test_a_migration_that_fails_is_one_line_naming_it(db_cluster: Cluster):
     assert db_cluster.rose("db", "check").exit_code == 0
 
 
+def test_migrate_provisions_first_on_a_server_missing_a_service_database(db_cluster: Cluster):
+    """Audit s20b L5: the README's "provision, migrate, provision again" for `rose db migrate`
+    too, where it matters: a new server, or a database dropped as restore's message advises."""
+    with db_cluster.admin() as admin:
+        admin.execute("DROP DATABASE db_likes WITH (FORCE)")
+    migrate = db_cluster.rose("db", "migrate")
+    assert migrate.exit_code == 0, migrate.output
+    assert "provisioning first: db_likes is missing" in migrate.output, migrate.output
+    with db_cluster.admin("likes") as likes:
+        assert likes.execute("SELECT count(*) FROM likes.likes").fetchone() == (0,)
+    check = db_cluster.rose("db", "check")
+    assert check.exit_code == 0, check.output
+    with db_cluster.as_role("market", "market_app") as market:
+        assert market.execute("SELECT count(*) FROM likes.likes").fetchone() == (0,)
+
+
 # -- a non-superuser admin DSN (audit s20b L4) ----------------------------------------------------
 @pytest.fixture
 def not_a_superuser(db_cluster: Cluster) -> Iterator[str]:
