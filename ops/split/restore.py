@@ -5,8 +5,10 @@ be the one finalize recorded (``split.dropped``); it is restored with the wheel'
 in one transaction (schema legacy is created when finalize dropped it too), and the restored
 tables must have the rows and checksums recorded when they were dropped. Then their records
 go, and a move whose tables are all back is no longer finalized in its ledger: it is frozen (the
-triggers come back with the tables), verified again (its service wrote to its target since
-finalize), and can be aborted (``rose split abort``) or finalized again.
+triggers come back with the tables; so do the kept lookups it reads, in whichever database),
+verified again (its service wrote to its target since finalize, or the monolith to a kept
+lookup: the message says which, as far as the commit's checksums tell), and can be aborted
+(``rose split abort``) or finalized again.
 """
 
 from __future__ import annotations
@@ -27,12 +29,13 @@ from ops.split.common import (
     SplitError,
     connect,
     dropped_records,
+    read_ledger,
     table_exists,
 )
 from ops.split.finalize import dropped_of, owned_tables, source_records
 from ops.split.freeze import freeze
-from ops.split.moves import LEGACY_SERVICES, MOVES, MOVES_BY_NAME
-from ops.split.verify import verify_move
+from ops.split.moves import LEGACY_SERVICES, MOVES, MOVES_BY_NAME, Move
+from ops.split.verify import verify_against_commit, verify_move
 
 
 @dataclass
@@ -159,8 +162,31 @@ def restore(topology: Topology, archive: Path, say: Say) -> RestoreResult:
             if verification.ok:
                 say(f"{name}: its sources are all back; verified, no longer finalized")
             else:
+                why = changed_side(topology, MOVES_BY_NAME[name])
                 say(
-                    f"{name}: its sources are all back; verify found differences (the service "
-                    f"wrote to its target since): {'; '.join(verification.differences())}"
+                    f"{name}: its sources are all back; verify found differences ({why}): "
+                    f"{'; '.join(verification.differences())}"
                 )
     return result
+
+
+def changed_side(topology: Topology, move: Move) -> str:
+    """Which side made a restored move's verify differ, as far as the commit's checksums tell.
+    The restored tables are as they were dropped, so on the sources' side only the lookups
+    finalize kept (and made writable) can have changed; the target is told apart by comparing
+    it with its checksums of the commit (audit s20b L2)."""
+    kept = ", ".join(str(source) for source in move.sources if not source.moved)
+    with connect(topology, move.target) as target:
+        ledger = read_ledger(target, move.name)
+        unchanged = (
+            ledger is not None
+            and bool(ledger.checksums)
+            and not verify_against_commit(target, move, ledger, strict=True).problems
+        )
+    if unchanged:
+        written = (
+            f"the kept lookups {kept} were written after finalize" if kept else "written since"
+        )
+        return f"its target is as the move committed it, so its sources changed since: {written}"
+    also = f"; the kept lookups {kept} may have changed too" if kept else ""
+    return f"the service wrote to its target since{also}"

@@ -211,6 +211,10 @@ def test_the_backups_restore_the_dropped_rows_and_abort_goes_back(monolith, tmp_
     # A move whose sources are back is verified again, not declared verified: likes differs.
     assert "likes: its sources are all back; verify found differences" in said, said
     assert "orders: its sources are all back; verified" in said, said
+    # The target took the new like: the service's write, told apart by the commit's checksums.
+    assert "verify found differences (the service wrote to its target since" in " ".join(
+        said.split()
+    ), said
     states = {status.move.name: status.state for status in split_status(monolith.topology).moves}
     assert states["likes"].startswith("moved, verify found differences"), states
     assert states["orders"].startswith("verified"), states
@@ -224,6 +228,39 @@ def test_the_backups_restore_the_dropped_rows_and_abort_goes_back(monolith, tmp_
     assert freeze_triggers(monolith) == []
     assert set(target_counts(monolith).values()) == {0}
     assert_writable(monolith)
+
+
+def test_restore_says_the_monolith_changed_a_kept_lookup_not_the_service(monolith, tmp_path):
+    """Audit s20b L2: after finalize the kept lookups are writable again, and the monolith may
+    write them. Restoring brings the likes move back with a difference its target did not cause
+    (the commit checksums say the target is as the move committed it): the message must say the
+    sources changed, not blame the service. The refreeze reaches the kept lookups too."""
+    # A post with likes, deleted by the monolith after finalize (blog's posts are kept).
+    post = value(
+        monolith,
+        "blog",
+        "SELECT post_id FROM legacy.post_likes GROUP BY post_id ORDER BY count(*) DESC LIMIT 1",
+    )
+    run_and_verify(monolith)
+    assert finalize(monolith, tmp_path).exit_code == 0
+    archives = {path.name: path for path in tmp_path.glob("*/*.legacy.dump")}
+    with admin_connect(monolith, "blog") as blog:
+        blog.execute("DELETE FROM legacy.posts WHERE id = %s", (post,))
+    said = ""
+    for service in ("cart", "market", "blog"):
+        restored = rose_split(monolith, "restore", str(archives[f"db_{service}.legacy.dump"]))
+        assert restored.exit_code == 0, restored.output
+        said += restored.output
+    said = " ".join(said.split())
+    assert "likes: its sources are all back; verify found differences" in said, said
+    assert "the service wrote to its target" not in said, said
+    assert (
+        "its target is as the move committed it, so its sources changed since: "
+        "the kept lookups db_market legacy.products, db_blog legacy.posts were written "
+        "after finalize"
+    ) in said, said
+    # The kept lookups are frozen again, as before finalize.
+    assert "blog.posts.split_freeze_likes" in freeze_triggers(monolith)
 
 
 # -- carts survive the cut-over -----------------------------------------------------------------
