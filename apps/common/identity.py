@@ -246,7 +246,11 @@ def identity_middleware(
                 receive = replaying_receive(body, receive)
 
             async def send_with_cookie(message: Message) -> None:
-                if message["type"] == "http.response.start" and state.get(CHANGED_KEY):
+                if (
+                    message["type"] == "http.response.start"
+                    and state.get(CHANGED_KEY)
+                    and not _shared_cacheable(message.get("headers", []))
+                ):
                     headers = list(message.get("headers", []))
                     headers.append((b"set-cookie", _cookieheader(codec, state[STATE_KEY])))
                     message = {**message, "headers": headers}
@@ -271,6 +275,18 @@ def identity_middleware(
         return handle
 
     return middleware
+
+
+def _shared_cacheable(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """Whether a shared cache (a CDN, a caching proxy) may keep the response: a session cookie
+    on it would be handed to whoever asks next (audit s20c: static files are ``public``). The
+    cookie waits for the next page, which is never cached so."""
+    for name, value in headers:
+        if name.lower() == b"cache-control":
+            directives = {d.strip().split(b"=")[0] for d in value.lower().split(b",")}
+            if directives & {b"public", b"s-maxage"}:
+                return True
+    return False
 
 
 def _form_field(scope: Scope, body: bytes, name: str) -> str | None:

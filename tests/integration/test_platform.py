@@ -130,3 +130,19 @@ def test_a_provider_serves_exactly_its_contract():
 
     with pytest.raises(ValueError, match="the contract says"):
         internal_router(FLAKY, INTERNAL_SECRET, [thing, do])
+
+
+async def test_a_response_a_shared_cache_may_keep_carries_no_session_cookie(clean_db, credentials):
+    """Audit s20c: a static file (Cache-Control: public) was answered with the visitor's session
+    cookie, a signed-in one too once past the middle of its life: a shared cache (a CDN, a
+    caching proxy) keeping it would hand that session to the next visitor. Pages still issue it."""
+    async with in_process_stack(clean_db, credentials, ["market", "orders"]) as stack:
+        image = await stack.browser("market").get("/static/products/apple.svg")
+        script = await stack.browser("orders").get("/static/look-again.js")
+        page = await stack.browser("market").get("/", headers={"accept": "text/html"})
+    for static in (image, script):
+        assert static.status_code == 200, static.text
+        assert "public" in static.headers["cache-control"]
+        assert "set-cookie" not in static.headers, static.headers
+    assert page.status_code == 200
+    assert "rose_session=" in page.headers["set-cookie"]
