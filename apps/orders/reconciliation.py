@@ -44,6 +44,7 @@ from apps.orders.settlement import (
     OPEN_ATTEMPT_STATES,
     Applied,
     MerchantAccounts,
+    MerchantKeyGone,
     close_attempt,
     close_order_checkouts,
     enqueue_release_of_bookings,
@@ -98,6 +99,9 @@ class PassReport:
     closed: int = 0
     refunds: dict[str, int] = field(default_factory=dict)
     failures: int = 0
+    # Orders whose SumUp merchant has no key in their page config any more: left as they are
+    # (what SumUp did is unknown), warned about once a pass, listed by `rose orders attention`.
+    keyless: set[int] = field(default_factory=set)
 
 
 class Reconciler:
@@ -224,26 +228,27 @@ class Reconciler:
 
         async with self._runtime.maker() as session:
             overdue = await self.overdue_orders(session)
-        report.failures += await self._each(overdue, expire)
+        report.failures += await self._each(overdue, expire, report.keyless)
         async with self._runtime.maker() as session:
             due = await self.due_orders(session)
-        report.failures += await self._each(due, check)
+        report.failures += await self._each(due, check, report.keyless)
         async with self._runtime.maker() as session:
             closing = await self.closing_orders(session)
-        report.failures += await self._each(closing, close)
+        report.failures += await self._each(closing, close, report.keyless)
         refunds = await self.settle_refunds(report, accounts)
         if report.paid or report.releasing:
             self._runtime.relay.wake()
         if overdue or due or closing or refunds:
             logger.info(
                 "reconciled: %d expired, %d checked, %d paid, %d checkouts closed, refunds %s, "
-                "%d failed",
+                "%d failed, %d waiting for their merchant's key",
                 len(report.expired),
                 report.checked,
                 len(report.paid),
                 report.closed,
                 report.refunds,
                 report.failures,
+                len(report.keyless),
             )
         return report
 
@@ -261,6 +266,12 @@ class Reconciler:
                     outcome = await settle_refund(
                         session, refund_id, self._runtime.gateway, lease, accounts
                     )
+                except MerchantKeyGone as exc:
+                    # Stays due (the order is listed for a person) until the key is back.
+                    if exc.order_id not in report.keyless:
+                        report.keyless.add(exc.order_id)
+                        logger.warning("refund %s waits: %s", refund_id, exc.note)
+                    continue
                 except Exception:  # one refund's trouble must not stop the others
                     logger.exception("refund %s could not be settled", refund_id)
                     report.failures += 1
@@ -285,10 +296,15 @@ class Reconciler:
         task.add_done_callback(self._background.discard)
 
     async def _each(
-        self, ids: Iterable[int], work: Callable[[AsyncSession, int], Awaitable[None]]
+        self,
+        ids: Iterable[int],
+        work: Callable[[AsyncSession, int], Awaitable[None]],
+        keyless: set[int],
     ) -> int:
         """Run ``work`` for each id, each in its own transaction, a bounded number at once.
-        Returns how many failed (logged; they are tried again next pass)."""
+        Returns how many failed (logged; they are tried again next pass). An order whose
+        merchant has no key any more is not a failure: it waits, warned about once a pass
+        (added to ``keyless``)."""
         limit = asyncio.Semaphore(self._runtime.settings.reconcile_concurrency)
         failures = 0
 
@@ -298,6 +314,11 @@ class Reconciler:
                 try:
                     await work(session, order_id)
                     await session.commit()
+                except MerchantKeyGone as exc:
+                    await session.rollback()
+                    if order_id not in keyless:
+                        keyless.add(order_id)
+                        logger.warning("%s", exc.note)
                 except Exception:  # one order's trouble must not stop the others
                     logger.exception("reconciling order %s failed", order_id)
                     failures += 1
@@ -409,6 +430,8 @@ class Reconciler:
                 try:
                     paid += await close_order_checkouts(session, order_id, self._runtime.gateway)
                     await session.commit()
+                except MerchantKeyGone as exc:
+                    logger.warning("%s", exc.note)
                 except Exception:
                     logger.warning(
                         "closing the checkouts of superseded order %s failed; the next "

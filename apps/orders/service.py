@@ -39,6 +39,7 @@ from sqlalchemy import (
     false,
     func,
     insert,
+    literal,
     null,
     or_,
     select,
@@ -83,6 +84,7 @@ from apps.events import contract as events
 from apps.orders.contract import AdoptedOrders, CreatedOrder, CreateOrder
 from apps.orders.models import (
     CLAIM_KINDS,
+    CLOSED_UNPAID_STATES,
     ITEM_KINDS,
     MAX_AMOUNT,
     NEEDS_A_PERSON,
@@ -110,7 +112,9 @@ from apps.orders.settlement import (
     Applied,
     AttemptRow,
     MerchantAccounts,
+    MerchantKeyGone,
     OrderRow,
+    account_of,
     after_payment_keys,
     close_attempt,
     confirm_bookings_key,
@@ -118,7 +122,6 @@ from apps.orders.settlement import (
     money,
     names_no_merchant,
     pay_with_nothing_to_pay,
-    payment_config_of,
     refresh_attempt,
     refresh_reported_attempt,
     refunds_of,
@@ -1272,7 +1275,7 @@ async def start_new_attempt(
     most = runtime.settings.attempts_per_order
     if not gives_back_current and number <= most:
         await _count_under_lock(session, order.id, number, admission, counted)
-    account = await merchant_account(session, payment_config_of(order))
+    account = await merchant_account(session, order)
     if current is not None and current.status in OPEN_ATTEMPT_STATES:
         # What SumUp says now: a payment that landed meanwhile settles the order.
         applied = await refresh_attempt(session, order, current, runtime.gateway)
@@ -1577,8 +1580,59 @@ def order_dict(order: Order) -> dict[str, Any]:
     }
 
 
+async def orders_without_their_key(session: AsyncSession) -> dict[int, str]:
+    """Orders that still need SumUp (an open checkout, or money to give back) whose merchant
+    has no key in their page config any more (removed, or the page now names another
+    merchant), each with what a person should do: a payment may be waiting on SumUp, and
+    orders can neither settle nor expire them until the key is back (settlement.MerchantKeyGone).
+    Derived from blog's configs as they are now, so nothing is stored to go stale."""
+    attempts = select(PaymentAttempt.order_id).where(
+        PaymentAttempt.status.in_(OPEN_ATTEMPT_STATES),
+        PaymentAttempt.order_id.in_(
+            select(Order.id).where(Order.status.in_(("pending", *CLOSED_UNPAID_STATES)))
+        ),
+    )
+    owed = select(Refund.order_id).where(Refund.status.in_(("due", "requested")))
+    ids = _one_array(union(attempts, owed).subquery().c.order_id)
+    orders = (
+        await session.execute(
+            select(Order.id, Order.page_config_id, Order.merchant_code).where(
+                Order.id == any_(ids), Order.page_config_id.is_not(None)
+            )
+        )
+    ).all()
+    if not orders:
+        return {}
+    config_ids = sorted({order.page_config_id for order in orders})
+    async with remote_read(session, "blog"):
+        configs = {
+            row.id: (row.sumup_merchant_code, row.sumup_api_key)
+            for row in await session.execute(
+                select(
+                    page_payment_configs.c.id,
+                    page_payment_configs.c.sumup_merchant_code,
+                    page_payment_configs.c.sumup_api_key,
+                ).where(page_payment_configs.c.id.in_(config_ids))
+            )
+        }
+    missing: dict[int, str] = {}
+    for order in orders:
+        try:
+            account_of(
+                order.id,
+                order.merchant_code,
+                order.page_config_id,
+                configs.get(order.page_config_id),
+            )
+        except MerchantKeyGone as gone:
+            missing[order.id] = gone.note
+    return missing
+
+
 async def orders_needing_attention(session: AsyncSession) -> list[dict[str, Any]]:
-    """What a person must look at: flagged orders, money owed back, refunds SumUp refused."""
+    """What a person must look at: flagged orders, money owed back, refunds SumUp refused, and
+    orders whose SumUp merchant has no key any more (:func:`orders_without_their_key`)."""
+    keyless = await orders_without_their_key(session)
     # The candidates' ids first, each from its own search (ix_orders_attention; the refunds),
     # as one array, so that the orders are then looked up by key whatever the planner guesses
     # of their number (one OR over the orders table read every order).
@@ -1588,7 +1642,10 @@ async def orders_needing_attention(session: AsyncSession) -> list[dict[str, Any]
     ).subquery()
     ids = _one_array(candidates.c.id)
     orders = await session.scalars(
-        select(Order).options(*WITH_DETAILS).where(Order.id == any_(ids)).order_by(Order.id)
+        select(Order)
+        .options(*WITH_DETAILS)
+        .where(Order.id == any_(func.array_cat(ids, literal(sorted(keyless), ARRAY(BigInteger)))))
+        .order_by(Order.id)
     )
     return [
         {
@@ -1600,6 +1657,7 @@ async def orders_needing_attention(session: AsyncSession) -> list[dict[str, Any]
             "currency": order.currency,
             "user_id": order.user_id,
             "refunds": refunds_of(order.refunds),
+            "merchant_key_missing": keyless.get(order.id),
         }
         for order in orders
     ]

@@ -50,7 +50,7 @@ from apps.common.db import table_of
 from apps.common.direct import DirectStatement
 from apps.common.fdw import remote_read
 from apps.common.outbox import enqueue
-from apps.common.problems import Conflict
+from apps.common.problems import Conflict, DependencyUnavailable
 from apps.events import contract as events
 from apps.orders.models import (
     CLOSED_UNPAID_STATES,
@@ -110,6 +110,8 @@ class OrderRow:
     page_post_id: int | None
     # None only for an order with nothing to pay, which has no attempt for a webhook to name.
     page_config_id: int | None
+    # The SumUp merchant its checkouts were made for (snapshotted with page_config_id).
+    merchant_code: str | None
 
 
 @dataclass
@@ -145,19 +147,62 @@ def _now_says(session: AsyncSession, thing: OrderInHand | AttemptInHand, **value
         session.expire(thing, ["updated_at"])
 
 
+class MerchantKeyGone(DependencyUnavailable):
+    """The SumUp merchant an order was made for has no key in its page config any more: an
+    editor removed the key (or the merchant), or the page now names another merchant. What
+    happened to the order's checkouts cannot be learnt until the key is back, so the outcome
+    is unknown: never "checkout not found" (a checkout unknown under another merchant's key
+    proves nothing), never a reason to expire or close the order. For the buyer and for SumUp's
+    webhook it is SumUp being out of reach (503: we keep checking, SumUp delivers again);
+    ``rose orders attention`` lists the order with :attr:`note`."""
+
+    def __init__(
+        self, order_id: int, page_config_id: int, merchant_code: str, names_now: str | None
+    ) -> None:
+        self.order_id = order_id
+        self.note = key_missing_note(order_id, merchant_code, page_config_id, names_now)
+        super().__init__(
+            f"The payment of order {order_id} cannot be checked right now: its SumUp merchant "
+            f"{merchant_code} has no key in page config {page_config_id} any more; we will keep "
+            "checking",
+            service="sumup",
+        )
+
+
+def key_missing_note(
+    order_id: int, merchant_code: str, page_config_id: int, names_now: str | None
+) -> str:
+    """What a person is told about an order whose merchant has no key any more (attention,
+    the reconciliation's warning)."""
+    switched = f" (it now names merchant {names_now})" if names_now else ""
+    return (
+        f"order {order_id}: its SumUp merchant {merchant_code} has no key in page config "
+        f"{page_config_id} any more{switched}; a payment may be waiting on SumUp: restore the "
+        "key (blog page settings) to settle it"
+    )
+
+
+# A page config's SumUp merchant code and API key as blog holds them now (either may be
+# missing); None when the config is gone.
+ConfiguredAccount = tuple[str | None, str | None] | None
+
+
 class MerchantAccounts:
     """Page configs' SumUp accounts (read through FDW from blog), remembered for one unit of
     work so a reconciliation pass reads each config once."""
 
     def __init__(self, known: dict[int, MerchantAccount] | None = None) -> None:
-        self._known: dict[int, MerchantAccount] = dict(known or {})
+        self._known: dict[int, ConfiguredAccount] = {
+            config_id: (account.merchant_code, account.api_key)
+            for config_id, account in (known or {}).items()
+        }
 
-    async def of(self, session: AsyncSession, page_config_id: int) -> MerchantAccount:
-        account = self._known.get(page_config_id)
-        if account is None:
-            account = await merchant_account(session, page_config_id)
-            self._known[page_config_id] = account
-        return account
+    async def of(self, session: AsyncSession, order: OrderInHand) -> MerchantAccount:
+        """The account to ask SumUp about ``order``'s checkouts with: its own merchant's."""
+        config_id = payment_config_of(order)
+        if config_id not in self._known:
+            self._known[config_id] = await configured_account(session, config_id)
+        return account_of(order.id, order.merchant_code, config_id, self._known[config_id])
 
 
 class RecentMerchantAccounts:
@@ -235,17 +280,35 @@ def account_lookup(page_config_id: ColumnElement[int]) -> ScalarSelect[Any]:
 _ACCOUNT_BY_ID = DirectStatement(select(account_lookup(bindparam("page_config_id"))))
 
 
-async def merchant_account(session: AsyncSession, page_config_id: int) -> MerchantAccount:
+async def configured_account(session: AsyncSession, page_config_id: int) -> ConfiguredAccount:
     async with remote_read(session, "blog", isolate=False):
         found = await _ACCOUNT_BY_ID.scalar(session, {"page_config_id": page_config_id})
-    return account_of(page_config_id, found)
+    return None if found is None else (found[0], found[1])
 
 
-def account_of(page_config_id: int, found: list[str | None] | None) -> MerchantAccount:
-    """The SumUp account of a page config from :func:`account_lookup`'s value."""
-    merchant_code, api_key = found or (None, None)
-    if not merchant_code or not api_key:
-        raise Conflict(f"page config {page_config_id} has no SumUp key any more")
+async def merchant_account(session: AsyncSession, order: OrderInHand) -> MerchantAccount:
+    """The account to ask SumUp about ``order``'s checkouts with, as blog holds it now."""
+    config_id = payment_config_of(order)
+    found = await configured_account(session, config_id)
+    return account_of(order.id, order.merchant_code, config_id, found)
+
+
+def account_of(
+    order_id: int, order_merchant: str | None, page_config_id: int, found: ConfiguredAccount
+) -> MerchantAccount:
+    """The SumUp account of the order's merchant (``order_merchant``, its snapshot), from its
+    page config's as :func:`configured_account` found it (see :class:`MerchantKeyGone` when it
+    has none): a config that now names another merchant has no key for the order's checkouts,
+    which only the merchant they were made for knows."""
+    names_now, api_key = found or (None, None)
+    merchant_code = order_merchant or names_now
+    if not merchant_code or not api_key or names_now != merchant_code:
+        raise MerchantKeyGone(
+            order_id,
+            page_config_id,
+            merchant_code or "(none)",
+            names_now if names_now != merchant_code else None,
+        )
     return MerchantAccount(merchant_code, api_key)
 
 
@@ -638,7 +701,7 @@ async def refresh_attempt(
     gateway: SumUpGateway,
     accounts: MerchantAccounts | None = None,
 ) -> Applied:
-    account = await (accounts or MerchantAccounts()).of(session, payment_config_of(order))
+    account = await (accounts or MerchantAccounts()).of(session, order)
     try:
         remote = await gateway.get_checkout(account, attempt.sumup_checkout_id)
     except CheckoutNotFound:
@@ -659,6 +722,8 @@ async def refresh_reported_attempt(
     know the checkout under it) with the account blog holds now."""
     config_id = payment_config_of(order)
     remembered = recent.recall(config_id)
+    if remembered is not None and remembered.merchant_code != order.merchant_code:
+        remembered = None  # the page has switched merchants: that key cannot see this checkout
     if remembered is not None:
         try:
             remote = await gateway.get_checkout(remembered, attempt.sumup_checkout_id)
@@ -670,7 +735,7 @@ async def refresh_reported_attempt(
             recent.forget(config_id)
         else:
             return await apply_checkout(session, order, attempt, remote)
-    account = await merchant_account(session, config_id)
+    account = await merchant_account(session, order)
     recent.learn(config_id, account)
     return await refresh_attempt(
         session, order, attempt, gateway, MerchantAccounts({config_id: account})
@@ -686,7 +751,7 @@ async def close_attempt(
 ) -> Applied:
     """Deactivate an open checkout so it can take no money; one SumUp already processed comes
     back PAID and is applied (a late payment becomes a refund)."""
-    account = await (accounts or MerchantAccounts()).of(session, payment_config_of(order))
+    account = await (accounts or MerchantAccounts()).of(session, order)
     try:
         remote = await gateway.deactivate_checkout(account, attempt.sumup_checkout_id)
     except (PaymentProviderUnavailable, PaymentProviderError):
@@ -775,7 +840,7 @@ async def settle_refund(
     attempt = await session.get(PaymentAttempt, refund.attempt_id)
     assert order is not None
     assert attempt is not None
-    account = await (accounts or MerchantAccounts()).of(session, payment_config_of(order))
+    account = await (accounts or MerchantAccounts()).of(session, order)
     transaction_id = attempt.transaction_id or await _transaction_id(
         gateway, account, attempt, session
     )

@@ -111,7 +111,8 @@ def action(
 def orders_attention(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
-    """Orders a person must look at: flagged payments, money owed back, refunds SumUp refused."""
+    """Orders a person must look at: flagged payments, money owed back, refunds SumUp refused,
+    and orders whose SumUp merchant has no key any more (a payment may be waiting on SumUp)."""
     known_service("orders")
     rows = _call(lambda client: client.fetch_data("orders", "attention"))
     if as_json:
@@ -121,18 +122,30 @@ def orders_attention(
         console.print("nothing needs attention")
         return
     table = Table("order", "status", "total", "why", "refunds")
+    for row in attention_rows(rows):
+        table.add_row(*row)
+    console.print(table)
+
+
+def attention_rows(rows: list[dict[str, Any]]) -> list[tuple[str, str, str, str, str]]:
+    """The attention call's orders as the table's rows: order, status, total, why, refunds."""
+    shown = []
     for row in rows:
-        why = row["flag_reason"] if row["flagged"] else ""
+        reasons = [row["flag_reason"] if row["flagged"] else ""]
+        # Absent from an orders service older than the key check.
+        reasons.append(row.get("merchant_key_missing") or "")
         refunds = "; ".join(
             f"{refund['amount']} {refund['currency']} {refund['status']}: {refund['reason']}"
             + (f" ({refund['last_error']})" if refund["last_error"] else "")
             for refund in row["refunds"]
         )
-        table.add_row(
-            str(row["order_id"]),
-            "flagged" if row["flagged"] else row["status"],
-            f"{row['total']} {row['currency']}",
-            why,
-            refunds,
+        shown.append(
+            (
+                str(row["order_id"]),
+                "flagged" if row["flagged"] else row["status"],
+                f"{row['total']} {row['currency']}",
+                "; ".join(reason for reason in reasons if reason),
+                refunds,
+            )
         )
-    console.print(table)
+    return shown

@@ -33,6 +33,7 @@ from apps.orders.service import (
     place_order,
 )
 from apps.orders.settlement import account_lookup
+from apps.sumup_sandbox.app import DEFAULT_API_KEY
 from ops.db.provision import APP_SETTINGS, READER_SETTINGS
 from tests.conftest import admin_connect
 from tests.fdw_plans import explain_as_app, foreign_scans
@@ -1534,3 +1535,81 @@ async def test_the_return_page_renders_paid_while_cart_is_down_and_the_clear_com
     assert live_cart_lines(clean_db) == []
     again = await orders.get(f"/checkout/return/{order_id}/", headers=HTML)
     assert "Cart (0)" in again.text
+
+
+def page_config_of(server, order_id: int) -> tuple[int, str]:
+    with admin_connect(server, "orders") as connection:
+        return connection.execute(
+            "SELECT page_config_id, merchant_code FROM orders.orders WHERE id = %s", (order_id,)
+        ).fetchone()
+
+
+def set_config_key(server, config_id: int, api_key: str | None) -> None:
+    with admin_connect(server, "blog") as connection:
+        connection.execute(
+            "UPDATE blog.page_configs SET sumup_api_key = %s WHERE id = %s", (api_key, config_id)
+        )
+
+
+async def test_a_payment_after_the_page_key_was_removed_is_not_lost_and_settles_once_restored(
+    clean_db, credentials, sandbox, shop
+):
+    """Audit s20 H1, end to end: a buyer checks out their cart, an editor removes the page's
+    SumUp key, and the buyer pays on SumUp's page. The webhook answered 409 every delivery, the
+    return page and recheck a bare 409, reconciliation failed every pass, nothing was listed.
+    Now: the webhook asks SumUp to deliver again (503), the buyer's pages say the payment is
+    being checked, the order neither expires nor fails the pass, `rose orders attention` lists
+    it with what to do, and once the key is back the next pass settles it and clears the cart."""
+    async with shop_stack(
+        clean_db, credentials, sandbox.server, ORDERS_MERCHANT_ACCOUNT_SECONDS="0"
+    ) as stack:
+        order_id, browser = await bought(stack, shop, user_id=53)
+        config_id, merchant_code = page_config_of(clean_db, order_id)
+        set_config_key(clean_db, config_id, None)
+        checkout_id = checkout_id_of(clean_db, order_id)
+        sandbox.pay(checkout_id)
+
+        delivered = await webhook(stack, order_id, checkout_id)
+        assert delivered.status_code == 503, delivered.text
+        assert delivered.headers["content-type"].startswith("application/problem+json")
+        page = await browser.get(f"/checkout/return/{order_id}/", headers=HTML)
+        assert page.status_code == 200, page.text
+        assert 'data-state="waiting"' in page.text
+        assert "we will keep checking" in page.text
+        answer = await browser.get(f"/checkout/return/{order_id}/", headers=JSON)
+        assert answer.status_code == 200, answer.text
+        assert (answer.json()["state"], answer.json()["degraded"]) == ("waiting", ["sumup"])
+        rechecked = await browser.post(f"/order/{order_id}/recheck/", headers=JSON)
+        assert rechecked.status_code == 200, rechecked.text
+        assert rechecked.json()["degraded"] == ["sumup"]
+        # A new payment cannot be started without the key: SumUp out of reach, not a conflict.
+        again = await browser.post(f"/order/{order_id}/pay/", headers=JSON)
+        assert again.status_code == 503, again.text
+        assert again.headers["content-type"].startswith("application/problem+json")
+        assert "we will keep checking" in again.json()["detail"]
+
+        with admin_connect(clean_db, "orders") as connection:
+            connection.execute(
+                "UPDATE orders.orders SET payable_until = now() - interval '1 minute' "
+                "WHERE id = %s",
+                (order_id,),
+            )
+        reconciler = stack.apps["orders"].state.reconciler
+        report = await reconciler.run_once()
+        assert (report.failures, report.expired) == (0, [])
+        assert order_rows(clean_db)[0][:2] == (order_id, "pending")
+        assert len(live_cart_lines(clean_db)) == 1
+        listed = (await internal_get(stack.client("orders"), "attention")).json()
+        assert [row["order_id"] for row in listed] == [order_id]
+        assert listed[0]["merchant_key_missing"] == (
+            f"order {order_id}: its SumUp merchant {merchant_code} has no key in page config "
+            f"{config_id} any more; a payment may be waiting on SumUp: restore the key (blog "
+            "page settings) to settle it"
+        )
+
+        set_config_key(clean_db, config_id, DEFAULT_API_KEY)
+        report = await reconciler.run_once()
+        assert report.paid == [order_id]
+        assert order_rows(clean_db)[0][:2] == (order_id, "paid")
+        assert await eventually(lambda: live_cart_lines(clean_db) == [])
+        assert (await internal_get(stack.client("orders"), "attention")).json() == []

@@ -5,10 +5,12 @@ chooses where money goes, reading blog every time."""
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 
 from apps.sumup_sandbox import DEFAULT_MERCHANT_CODE
+from apps.sumup_sandbox.app import DEFAULT_API_KEY
 from apps.sumup_sandbox.server import BackgroundSandbox
 from ops.db.provision import APP_SETTINGS
 from tests.conftest import admin_connect
@@ -24,7 +26,10 @@ from tests.integration.orders_fixtures import (
     sandbox_state,
     webhook,
 )
+from tests.signed import internal_get
 
+OTHER_MERCHANT = "MOTHER2"
+OTHER_KEY = "sup_sk_other_merchant"
 OLD_KEY = "sup_sk_rotated_out"
 NEW_KEY = "sup_sk_rotated_in"
 
@@ -129,8 +134,8 @@ async def test_a_key_removed_from_blog_still_reads_statuses_for_its_time_only(
 ):
     """The documented cost: a page config that lost its key still has its orders' payments
     read with the key orders remembers (it only reads; SumUp still takes it). With nothing
-    remembered (ORDERS_MERCHANT_ACCOUNT_SECONDS=0) the webhook reads blog and answers 409,
-    and the order stays pending for reconciliation."""
+    remembered (ORDERS_MERCHANT_ACCOUNT_SECONDS=0) the webhook reads blog and answers 503 (SumUp
+    delivers again later), and the order stays pending for reconciliation."""
     add_page_config(clean_db, "site", 0)
     async with orders_stack(clean_db, credentials, sandbox.server) as orders:
         order_id = (await create(orders)).json()["order_id"]
@@ -150,8 +155,9 @@ async def test_a_key_removed_from_blog_still_reads_statuses_for_its_time_only(
         sandbox.pay(checkout_id)
         set_site_key(clean_db, None)
         refused = await bounded(webhook(orders, order_id, checkout_id))
-        assert refused.status_code == 409, refused.text
-        assert "no SumUp key" in refused.json()["detail"]
+        # SumUp delivers again later (503), and the order waits for its key (never expires).
+        assert refused.status_code == 503, refused.text
+        assert "has no key" in refused.json()["detail"]
         assert dict(row[:2] for row in order_rows(clean_db))[order_id] == "pending"
 
 
@@ -189,3 +195,147 @@ async def test_a_webhook_bounds_its_wait_for_a_row_another_request_holds(
         with admin_connect(clean_db, "orders") as admin:
             timeout = APP_SETTINGS["statement_timeout"]
             admin.execute(f"ALTER ROLE orders_app SET statement_timeout = '{timeout}'")
+
+
+@pytest.fixture
+def two_merchant_sandbox():
+    """A sandbox that knows two merchants (a page switched from one to the other)."""
+    keys = {DEFAULT_API_KEY: DEFAULT_MERCHANT_CODE, OTHER_KEY: OTHER_MERCHANT}
+    with BackgroundSandbox(api_keys=keys, state=sandbox_state()) as server:
+        yield Sandbox(server)
+
+
+def set_site_account(server, merchant_code: str | None, api_key: str | None) -> None:
+    with admin_connect(server, "blog") as connection:
+        connection.execute(
+            "UPDATE blog.page_configs SET sumup_merchant_code = %s, sumup_api_key = %s "
+            "WHERE container_type = 'site' AND container_id = 0",
+            (merchant_code, api_key),
+        )
+
+
+def overdue(server, order_id: int) -> None:
+    """The order's time to pay is over: the next pass would expire it."""
+    with admin_connect(server, "orders") as connection:
+        connection.execute(
+            "UPDATE orders.orders SET payable_until = now() - interval '1 minute' WHERE id = %s",
+            (order_id,),
+        )
+
+
+def attempt_statuses(server, order_id: int) -> list[str]:
+    with admin_connect(server, "orders") as connection:
+        rows = connection.execute(
+            "SELECT status FROM orders.payment_attempts WHERE order_id = %s ORDER BY number",
+            (order_id,),
+        )
+        return [row[0] for row in rows]
+
+
+async def attention_of(orders) -> dict[int, dict]:
+    listed = await internal_get(orders.client("orders"), "attention")
+    assert listed.status_code == 200, listed.text
+    return {row["order_id"]: row for row in listed.json()}
+
+
+def reconciliation_records(caplog) -> list[logging.LogRecord]:
+    return [record for record in caplog.records if record.name.startswith("rose.orders")]
+
+
+async def test_a_payment_to_a_merchant_the_page_switched_away_from_is_never_expired_unseen(
+    clean_db, credentials, two_merchant_sandbox, caplog
+):
+    """Audit s20 H1, the worse variant: the page's editor switches it to another merchant while
+    an order is open, and the buyer pays the old merchant's checkout. Asked under the new
+    merchant's key, SumUp does not know the checkout, which proves nothing: the order must not
+    expire (its money would never be seen). It waits, is listed for a person, and is settled
+    once the old merchant's key is back."""
+    sandbox = two_merchant_sandbox
+    config_id = add_page_config(clean_db, "site", 0)
+    async with orders_stack(
+        clean_db, credentials, sandbox.server, ORDERS_MERCHANT_ACCOUNT_SECONDS="0"
+    ) as orders:
+        order_id = (await create(orders)).json()["order_id"]
+        checkout_id = checkout_id_of(clean_db, order_id)
+        set_site_account(clean_db, OTHER_MERCHANT, OTHER_KEY)
+        sandbox.pay(checkout_id)
+        refused = await bounded(webhook(orders, order_id, checkout_id))
+        assert refused.status_code == 503, refused.text
+        assert refused.headers["content-type"].startswith("application/problem+json")
+        assert DEFAULT_MERCHANT_CODE in refused.json()["detail"]
+
+        overdue(clean_db, order_id)
+        reconciler = orders.apps["orders"].state.reconciler
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="rose.orders"):
+            await reconciler.run_once()
+        assert dict(row[:2] for row in order_rows(clean_db))[order_id] == "pending"
+        assert attempt_statuses(clean_db, order_id) == ["PENDING"]
+        warned = [
+            record for record in reconciliation_records(caplog) if record.levelno >= logging.WARNING
+        ]
+        assert [record.levelno for record in warned] == [logging.WARNING], warned
+        assert warned[0].exc_info is None
+        assert f"order {order_id}" in warned[0].getMessage()
+        assert OTHER_MERCHANT in warned[0].getMessage()
+
+        listed = await attention_of(orders)
+        assert list(listed) == [order_id]
+        what = listed[order_id]["merchant_key_missing"]
+        assert what.startswith(
+            f"order {order_id}: its SumUp merchant {DEFAULT_MERCHANT_CODE} has no key in page "
+            f"config {config_id} any more"
+        ), what
+        assert OTHER_MERCHANT in what
+        assert "a payment may be waiting on SumUp: restore the key" in what
+
+        set_site_account(clean_db, DEFAULT_MERCHANT_CODE, DEFAULT_API_KEY)
+        await reconciler.run_once()
+        assert dict(row[:2] for row in order_rows(clean_db))[order_id] == "paid"
+        assert attempt_statuses(clean_db, order_id) == ["PAID"]
+        assert await attention_of(orders) == {}
+
+
+async def test_a_removed_key_leaves_the_order_waiting_and_listed_not_failing_every_pass(
+    clean_db, credentials, sandbox, caplog
+):
+    """Audit s20 H1: the site's key removed while an order is open, the buyer pays. Every
+    reconciliation pass logged a traceback and could neither settle nor expire the order, and
+    `rose orders attention` said nothing needs attention. Now a pass warns in one line, the
+    order is listed with what to do, and putting the key back settles it."""
+    config_id = add_page_config(clean_db, "site", 0)
+    async with orders_stack(
+        clean_db, credentials, sandbox.server, ORDERS_MERCHANT_ACCOUNT_SECONDS="0"
+    ) as orders:
+        order_id = (await create(orders)).json()["order_id"]
+        checkout_id = checkout_id_of(clean_db, order_id)
+        set_site_key(clean_db, None)
+        sandbox.pay(checkout_id)
+        overdue(clean_db, order_id)
+        reconciler = orders.apps["orders"].state.reconciler
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="rose.orders"):
+            report = await reconciler.run_once()
+        assert report.failures == 0
+        assert dict(row[:2] for row in order_rows(clean_db))[order_id] == "pending"
+        assert attempt_statuses(clean_db, order_id) == ["PENDING"]
+        warned = [
+            record for record in reconciliation_records(caplog) if record.levelno >= logging.WARNING
+        ]
+        assert len(warned) == 1, warned
+        assert warned[0].levelno == logging.WARNING
+        assert warned[0].exc_info is None
+        assert "has no key" in warned[0].getMessage()
+
+        listed = await attention_of(orders)
+        assert listed[order_id]["merchant_key_missing"] == (
+            f"order {order_id}: its SumUp merchant {DEFAULT_MERCHANT_CODE} has no key in page "
+            f"config {config_id} any more; a payment may be waiting on SumUp: restore the key "
+            "(blog page settings) to settle it"
+        )
+        assert listed[order_id]["status"] == "pending"
+
+        set_site_key(clean_db, DEFAULT_API_KEY)
+        await reconciler.run_once()
+        assert dict(row[:2] for row in order_rows(clean_db))[order_id] == "paid"
+        assert await attention_of(orders) == {}

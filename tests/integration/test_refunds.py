@@ -3,6 +3,9 @@ the sandbox), recorded before the call, settled exactly once whatever SumUp answ
 
 from __future__ import annotations
 
+import logging
+from decimal import Decimal
+
 import pytest
 
 from tests.conftest import admin_connect
@@ -139,3 +142,48 @@ async def test_a_late_payment_is_found_while_sumup_still_cannot_close_checkouts(
     assert status_of(clean_db, older) == "refunded"
     [(order_id, status, amount, _)] = refunds(clean_db)
     assert (order_id, status, str(amount)) == (older, "done", "4.00")
+
+
+def set_site_key(server, api_key: str | None) -> None:
+    with admin_connect(server, "blog") as connection:
+        connection.execute(
+            "UPDATE blog.page_configs SET sumup_api_key = %s "
+            "WHERE container_type = 'site' AND container_id = 0",
+            (api_key,),
+        )
+
+
+async def test_a_refund_whose_merchant_lost_its_key_waits_listed_and_goes_back_once_restored(
+    orders, clean_db, sandbox, caplog
+):
+    """Audit s20 H1, money going back: the site's key is removed after a late payment was
+    learnt (the webhook read it with the key orders remembered). The refund cannot be asked
+    for: it stays due (no traceback, no 'failed'), the order is listed with what to do, and
+    the refund is made once the key is back."""
+    sandbox.controls(deactivation_unavailable=True)
+    older = (await create(orders, order_payload(product_line(1, "4.00")))).json()["order_id"]
+    newer = await create(orders, order_payload(product_line(1, "4.00"), product_line(2)))
+    assert newer.status_code == 200, newer.text
+    checkout_id = checkout_id_of(clean_db, older)
+    sandbox.pay(checkout_id)
+    set_site_key(clean_db, None)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="rose.orders"):
+        assert (await webhook(orders, older, checkout_id)).status_code == 204
+        reconciler = orders.apps["orders"].state.reconciler
+        await reconciler.quiet()
+        report = await reconciler.run_once()
+    assert refunds(clean_db) == [(older, "due", Decimal("4.00"), 0)]
+    assert status_of(clean_db, older) == "refund_due"
+    assert report.failures == 0
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
+    listed = (await internal_get(orders.client("orders"), "attention")).json()
+    what = {row["order_id"]: row["merchant_key_missing"] for row in listed}
+    assert what[older] is not None
+    assert what[older].startswith(f"order {older}: its SumUp merchant ")
+    assert "restore the key" in what[older]
+
+    set_site_key(clean_db, "sup_sk_sandbox_rose")
+    await reconciler.run_once()
+    assert refunds(clean_db)[0][:2] == (older, "done")
+    assert status_of(clean_db, older) == "refunded"

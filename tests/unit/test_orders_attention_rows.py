@@ -1,0 +1,45 @@
+"""`rose orders attention` shows why each order is listed: a flag, and (audit s20 H1) its SumUp
+merchant having no key any more, with what to do."""
+
+from __future__ import annotations
+
+from ops.cli.calls import attention_rows
+
+NOTE = (
+    "order 4: its SumUp merchant M1 has no key in page config 2 any more; a payment may be "
+    "waiting on SumUp: restore the key (blog page settings) to settle it"
+)
+
+
+def row(**changes: object) -> dict[str, object]:
+    base: dict[str, object] = {
+        "order_id": 4,
+        "status": "pending",
+        "flagged": False,
+        "flag_reason": None,
+        "total": "9.00",
+        "currency": "EUR",
+        "refunds": [],
+        "merchant_key_missing": None,
+    }
+    return {**base, **changes}
+
+
+def test_an_order_without_its_merchant_key_says_what_to_do() -> None:
+    assert attention_rows([row(merchant_key_missing=NOTE)]) == [
+        ("4", "pending", "9.00 EUR", NOTE, "")
+    ]
+
+
+def test_a_flagged_order_without_its_key_gives_both_reasons() -> None:
+    [(_, status, _, why, _)] = attention_rows(
+        [row(flagged=True, flag_reason="amount differs", merchant_key_missing=NOTE)]
+    )
+    assert status == "flagged"
+    assert why == f"amount differs; {NOTE}"
+
+
+def test_an_answer_without_the_key_field_still_shows() -> None:
+    answer = row()
+    del answer["merchant_key_missing"]
+    assert attention_rows([answer]) == [("4", "pending", "9.00 EUR", "", "")]
