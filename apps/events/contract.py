@@ -87,9 +87,14 @@ class Released(msgspec.Struct):
 class ReleaseForOrder(msgspec.Struct, forbid_unknown_fields=True):
     """Orders found the order unpaid past its payable time and expired it: the holds it made
     for the order end now (they last a while longer than its payable time, so that a payment
-    made in time and learnt late still finds its bookings)."""
+    made in time and learnt late still finds its bookings).
+
+    ``rolled_back``: create-order failed after events held the bookings for the order, so the
+    order never existed; each booking goes back to the hold it had before (still the buyer's,
+    in their cart, for no longer than then), not ended."""
 
     order_id: DbId
+    rolled_back: bool = False
 
 
 class HoldsEnded(msgspec.Struct):

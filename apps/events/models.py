@@ -114,6 +114,10 @@ class CalendarEntry(IdentityPkMixin, TimestampedMixin, Base):
     hold_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # The order the hold was extended for (confirm-for-order confirms only for it).
     hold_order_id: Mapped[int | None] = mapped_column(BigInteger)
+    # The hold it had before hold-for-order held it for that order (a cart's: no order), which
+    # release-for-order puts back when that order was rolled back (it never existed).
+    prior_hold_order_id: Mapped[int | None] = mapped_column(BigInteger)
+    prior_hold_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Ticket(IdentityPkMixin, TimestampedMixin, Base):
@@ -154,6 +158,10 @@ class Ticket(IdentityPkMixin, TimestampedMixin, Base):
     hold_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # The order the hold was extended for (confirm-for-order confirms only for it).
     hold_order_id: Mapped[int | None] = mapped_column(BigInteger)
+    # The hold it had before hold-for-order held it for that order (a cart's: no order), which
+    # release-for-order puts back when that order was rolled back (it never existed).
+    prior_hold_order_id: Mapped[int | None] = mapped_column(BigInteger)
+    prior_hold_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class ReleasedHold(Base):

@@ -26,6 +26,7 @@ from sqlalchemy import (
     and_,
     any_,
     bindparam,
+    case,
     delete,
     func,
     insert,
@@ -646,6 +647,17 @@ async def hold_for_order(session: AsyncSession, request: HoldForOrder) -> Held:
                 .values(
                     hold_order_id=request.order_id,
                     hold_expires_at=func.greatest(model.hold_expires_at, request.until),
+                    # The hold it had before this order's (SET reads the row as it was): what
+                    # a rollback of the order puts back. Holding again for the same order
+                    # keeps what it had before the first time.
+                    prior_hold_order_id=case(
+                        (model.hold_order_id == request.order_id, model.prior_hold_order_id),
+                        else_=model.hold_order_id,
+                    ),
+                    prior_hold_expires_at=case(
+                        (model.hold_order_id == request.order_id, model.prior_hold_expires_at),
+                        else_=model.hold_expires_at,
+                    ),
                     updated_at=func.now(),
                 )
                 .returning(model.id)
@@ -726,7 +738,14 @@ async def release_booking(session: AsyncSession, request: ReleaseBooking) -> Rel
 
 async def release_for_order(session: AsyncSession, request: ReleaseForOrder) -> HoldsEnded:
     """The holds orders made for an order it expired end now; the sweeper then frees them
-    and records whose they were, as for any ended hold. A replay ends nothing more."""
+    and records whose they were, as for any ended hold. A replay ends nothing more.
+
+    ``rolled_back``: the order never existed (create-order failed after events held its
+    bookings). Each booking goes back to the hold it had before (the buyer's cart's, or an
+    earlier order's), for the buyer still, and no longer than then: it is still in their cart.
+    A hold from before events kept that (no prior expiry) ends now. A replay changes nothing."""
+    if request.rolled_back:
+        return await _restore_holds_before(session, request.order_id)
     ended = 0
     for model in (CalendarEntry, Ticket):
         result = await session.execute(
@@ -741,6 +760,25 @@ async def release_for_order(session: AsyncSession, request: ReleaseForOrder) -> 
         )
         ended += len(result.all())
     return HoldsEnded(ended=ended)
+
+
+async def _restore_holds_before(session: AsyncSession, order_id: int) -> HoldsEnded:
+    restored = 0
+    for model in (CalendarEntry, Ticket):
+        result = await session.execute(
+            update(model)
+            .where(model.state == "pending", model.hold_order_id == order_id)
+            .values(
+                hold_order_id=model.prior_hold_order_id,
+                hold_expires_at=func.coalesce(model.prior_hold_expires_at, func.now()),
+                prior_hold_order_id=None,
+                prior_hold_expires_at=None,
+                updated_at=func.now(),
+            )
+            .returning(model.id)
+        )
+        restored += len(result.all())
+    return HoldsEnded(ended=restored)
 
 
 # The sweeper keeps whose a released booking was this long (the cart says so for an hour), and

@@ -33,24 +33,32 @@ async def create_order(
     answers its order's current attempt, or makes a new order once that one cannot be paid
     (service.replay_checkout)."""
     superseded: list[int] = []
+    held = service.HeldForNewOrder()
 
     async def effect() -> CreatedOrder:
-        made = await service.create_order(db_session, data, runtime)
+        made = await service.create_order(db_session, data, runtime, held)
         superseded.extend(made.superseded)
         return made.created
 
     async def replay(stored: Any) -> CreatedOrder | None:
         return await service.replay_checkout(db_session, stored, data, runtime)
 
-    created = await run_idempotent(
-        db_session,
-        idempotency_keys,
-        action="create-order",
-        key=request.headers.get(IDEMPOTENCY_HEADER),
-        payload=data,
-        effect=effect,
-        replay=replay,
-    )
+    try:
+        created = await run_idempotent(
+            db_session,
+            idempotency_keys,
+            action="create-order",
+            key=request.headers.get(IDEMPOTENCY_HEADER),
+            payload=data,
+            effect=effect,
+            replay=replay,
+        )
+    except BaseException:
+        # Not committed (run_idempotent commits last): the order never existed, but events may
+        # hold its bookings for it.
+        if held.order_id is not None:
+            await service.give_back_holds(runtime, held.order_id)
+        raise
     runtime.jobs.close_soon(superseded)
     if created.get("paid"):
         # Paid as it was made (nothing to pay): its bookings are confirmed before the buyer

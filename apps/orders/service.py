@@ -73,6 +73,7 @@ from apps.common.db import (
 from apps.common.direct import DirectStatement
 from apps.common.fdw import remote_read, timeout_for_next_reads
 from apps.common.internal_client import InternalCallError
+from apps.common.outbox import enqueue
 from apps.common.problems import (
     Conflict,
     DependencyUnavailable,
@@ -711,12 +712,25 @@ _ATTEMPT_INSERT = DirectStatement(
 )
 
 
+@dataclass
+class HeldForNewOrder:
+    """The new order create-order asked events to hold bookings for, if it did. Until the
+    order is committed, a failure must give them back (:func:`give_back_holds`): events
+    applied the hold, or may yet, for an order that then never existed."""
+
+    order_id: int | None = None
+
+
 async def create_order(
-    session: AsyncSession, request: CreateOrder, runtime: OrdersRuntime
+    session: AsyncSession,
+    request: CreateOrder,
+    runtime: OrdersRuntime,
+    held: HeldForNewOrder | None = None,
 ) -> NewOrder:
     """Insert the order (pending), its items and claims, supersede what it replaces, hold its
     bookings and create its first SumUp checkout, all in the caller's transaction: if anything
-    fails, nothing is left behind (bookings stay held for the buyer, no longer than before).
+    fails, nothing is left behind (bookings stay held for the buyer, no longer than before:
+    the caller gives events' holds back, ``held`` saying for which order it asked).
     An order with nothing to pay is paid as it is made instead, and needs no SumUp merchant:
     without one, it names none."""
     settings = runtime.settings
@@ -796,6 +810,8 @@ async def create_order(
     order = Order(**row)
     try:
         async with asyncio.timeout(settings.create_order_deadline):
+            if held is not None and (request.calendar_entries or request.tickets):
+                held.order_id = order.id  # set first: a hold that times out may be applied
             await hold_bookings(runtime, order, request)
             if total == 0 or config is None:
                 # Every line is free: nothing to take, no SumUp checkout; paid as it is made.
@@ -1020,6 +1036,42 @@ async def hold_bookings(
         raise DependencyUnavailable(
             f"events could not hold the bookings ({exc}); {outcome}", service="events"
         ) from exc
+
+
+def give_back_holds_key(order_id: int) -> str:
+    return f"orders:{order_id}:give-back-holds"
+
+
+async def give_back_holds(runtime: OrdersRuntime, order_id: int) -> None:
+    """Create-order failed after asking events to hold the new order's bookings (SumUp could
+    not be reached, events answered too late, the commit failed): the order never existed, yet
+    events holds them for it, or will once it gets to the request, until its payable time and
+    30 minutes more (audit s20 M1 b). Events' release-for-order of a rolled-back order puts each
+    back on the hold it had before (the buyer's cart's), which is what the buyer was told:
+    their cart has not changed.
+
+    Queued in a transaction of its own (the order's is rolled back), so that the relay retries
+    it when events cannot take it now (or takes it before the hold it undoes: events is down or
+    slow), then delivered at once, for the buyer's next look at their cart. Never raises: the
+    buyer is answered with the failure that brought this here."""
+    key = give_back_holds_key(order_id)
+    try:
+        async with runtime.maker() as session, session.begin():
+            await enqueue(
+                session,
+                outbox,
+                events.release_for_order,
+                events.ReleaseForOrder(order_id=order_id, rolled_back=True),
+                idempotency_key=key,
+            )
+    except Exception:
+        logger.exception(
+            "order %s was rolled back after events held its bookings, and giving them back "
+            "could not be queued: they stay held until the hold for it ends",
+            order_id,
+        )
+        return
+    await runtime.relay.deliver_now([key], within=runtime.settings.return_delivery_seconds)
 
 
 async def _new_attempt(

@@ -671,3 +671,53 @@ async def test_a_replay_whose_booking_someone_else_took_is_refused_and_changes_n
     assert owner == ("pending", 4, None), owner
     for browser in (cart, events, other):
         await browser.aclose()
+
+
+async def test_a_checkout_sumup_refuses_gives_the_bookings_back_to_the_cart_as_they_were(
+    stack, clean_db, shop, sandbox
+):
+    """Audit s20 M1 (b): events held the booking for the new order (until its payable time and
+    30 minutes more), then SumUp could not be reached and create-order rolled back. The order
+    never existed, but the booking stayed held for it for an hour. The cart's hold is what it
+    was: for the buyer, no order, until the cart's expiry."""
+    cart = await browser_of(stack, "cart", user_id=3)
+    events = stack.browser("events")
+    share_cookies(cart, events)
+    assert (await events.post(f"/entries/{shop.entry_id}/book/")).status_code == 200
+    await cart.post(f"/add/{shop.product_ids[0]}/")
+    before = booking_hold(clean_db, shop.entry_id)
+    assert before[:3] == ("pending", None, None), before
+
+    sandbox.controls(api_unavailable=True)
+    refused = await cart.post("/checkout/")
+    assert refused.status_code == 503, refused.text
+    assert "Your cart has not changed" in refused.json()["detail"]
+    assert orders_of(clean_db) == {}
+    assert booking_hold(clean_db, shop.entry_id) == before
+    for browser in (cart, events):
+        await browser.aclose()
+
+
+async def test_a_new_order_sumup_refuses_leaves_the_booking_held_for_the_order_before_it(
+    stack, clean_db, shop, sandbox
+):
+    """The same when the new order would have superseded one (the cart changed): that order
+    is payable as before, and the booking held for it as before, not for the order that never
+    was."""
+    cart = await browser_of(stack, "cart", user_id=3)
+    events = stack.browser("events")
+    share_cookies(cart, events)
+    assert (await events.post(f"/entries/{shop.entry_id}/book/")).status_code == 200
+    order_id = (await cart.post("/checkout/")).json()["order_id"]
+    before = booking_hold(clean_db, shop.entry_id)
+    assert before[:3] == ("pending", None, order_id), before
+
+    await cart.post(f"/add/{shop.product_ids[0]}/")  # a new cart: a new order
+    sandbox.controls(api_unavailable=True)
+    refused = await cart.post("/checkout/")
+    assert refused.status_code == 503, refused.text
+    assert list(orders_of(clean_db)) == [order_id]
+    assert orders_of(clean_db)[order_id][0] == "pending"
+    assert booking_hold(clean_db, shop.entry_id) == before
+    for browser in (cart, events):
+        await browser.aclose()
