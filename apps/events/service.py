@@ -849,8 +849,10 @@ def _relation(calendar: Calendar, page_id: int) -> relations.DetachChild:
     )
 
 
-async def _call_relations(internal: InternalClient, call: RelationsCall, doing: str) -> None:
-    await call_relations(internal, call, doing, caller=EVENTS)
+async def _call_relations(
+    internal: InternalClient, call: RelationsCall, doing: str, *, undo_if_unknown: bool = True
+) -> None:
+    await call_relations(internal, call, doing, caller=EVENTS, undo_if_unknown=undo_if_unknown)
 
 
 async def _lock_calendar(session: AsyncSession, calendar_id: int) -> Calendar:
@@ -893,7 +895,13 @@ async def attach_calendar(
     previous_page = calendar.container_id if calendar.container_type == PAGE else None
     done: list[RelationsCall] = []
     attach = RelationsCall(True, _relation(calendar, page_id), calendar.name)
-    await _call_relations(internal, attach, f"attaching calendar {calendar.id} to page {page_id}")
+    await _call_relations(
+        internal,
+        attach,
+        f"attaching calendar {calendar.id} to page {page_id}",
+        # On its own page already: the attach only repeats (or repairs) what events stores.
+        undo_if_unknown=previous_page != page_id,
+    )
     if previous_page == page_id:
         # Nothing moved locally, so nothing would need undoing.
         return CalendarChange(to_calendar(calendar), [])

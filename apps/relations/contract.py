@@ -3,8 +3,9 @@ which parent (page). Imports nothing else of relations.
 
 For the owners of children (events' calendars, market's market places), the one way to keep
 relations in step with their own rows: call relations inside the open local transaction, after
-the local rows are flushed, and commit only once it answered (:func:`call_relations`); should
-the commit then fail, undo what relations did (:func:`commit_or_revert_relations`)."""
+the local rows are flushed, and commit only once it answered (:func:`call_relations`, which
+undoes a call relations may have applied without answering in time); should the commit then
+fail, undo what relations did (:func:`commit_or_revert_relations`)."""
 
 from __future__ import annotations
 
@@ -121,20 +122,62 @@ class RelationsCall:
 
 
 async def call_relations(
-    internal: InternalClient, call: RelationsCall, doing: str, *, caller: str
+    internal: InternalClient,
+    call: RelationsCall,
+    doing: str,
+    *,
+    caller: str,
+    undo_if_unknown: bool = True,
 ) -> None:
-    """Send ``call``; a failure is a problem saying nothing was changed (the caller's open
-    transaction then rolls back)."""
+    """Send ``call``; a failure is a problem (the caller's open transaction then rolls back)
+    saying what is true: nothing was changed, or, when relations may have applied it and could
+    not be made to undo it, that it may show the change.
+
+    A call that timed out (or lost its connection after sending) may still be applied by
+    relations once it answers (audit s20 M1 a: an attachment of a market place that never
+    existed). It is sent again with its key, which relations applies at most once and answers
+    only once applied, then undone, while the caller still holds its locks, so that no later
+    change of the same child comes in between. ``undo_if_unknown=False``: the call only
+    repeats what the caller already stores (attaching a calendar to its own page), so it is
+    left as it may be."""
     # A fresh key per call: the client may then retry a timeout or a 503 safely, and relations
     # applies the call once. (attach/detach are no-ops when repeated, but a key makes it exact.)
+    key = f"{caller}-{uuid.uuid4()}"
     try:
-        await call.send(internal, idempotency_key=f"{caller}-{uuid.uuid4()}")
+        await call.send(internal, idempotency_key=key)
     except InternalCallError as exc:
+        if exc.outcome_unknown and not (
+            undo_if_unknown and await _settle_and_undo(internal, call, key)
+        ):
+            raise Problem(
+                f"Not saved: {doing} needs the relations service, which did not answer in time "
+                f"({exc}). Relations may have recorded it all the same, and could not be asked "
+                "to undo it: try again once it answers.",
+                status_code=exc.http_status,
+                service=SERVICE,
+            ) from exc
         raise Problem(
             f"Nothing was changed: {doing} needs the relations service, which failed ({exc})",
             status_code=exc.http_status,
             service=SERVICE,
         ) from exc
+
+
+async def _settle_and_undo(internal: InternalClient, call: RelationsCall, key: str) -> bool:
+    """Whether a call of unknown outcome is now known to be undone: sent again under its key
+    (so it is applied, once, and the original can no longer be applied after the undo), then
+    reversed. False when relations did not answer either."""
+    try:
+        await call.send(internal, idempotency_key=key)
+        await call.undo().send(internal, idempotency_key=f"{key}-undo")
+    except InternalCallError:
+        logger.exception(
+            "relations may have applied %s %s, and it could not be undone",
+            "attach" if call.attach else "detach",
+            call.relation,
+        )
+        return False
+    return True
 
 
 async def revert_relations(internal: InternalClient, calls: Sequence[RelationsCall]) -> None:

@@ -175,6 +175,29 @@ async def sweep_ended_holds_now(stack: Any) -> int:
     return swept
 
 
+class AnswersLost:
+    """A service as another's client reaches it, except that the answers to the first
+    ``lost`` calls of ``action`` are lost after the service applied them: the caller times out,
+    as when the service stalls past the caller's timeout (a GC pause, a slow database) and
+    then goes on."""
+
+    def __init__(self, app: Any, action: str, lost: int) -> None:
+        self.app = app
+        self.path = f"/internal/actions/{action}"
+        self.lost = lost
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == self.path and self.lost > 0:
+            self.lost -= 1
+
+            async def nowhere(message: Any) -> None:
+                pass
+
+            await self.app(scope, receive, nowhere)
+            raise httpx.ReadTimeout("no answer in time")
+        await self.app(scope, receive, send)
+
+
 class ServiceDown:
     """A service as a caller sees it while it is down (route a client's calls to it): a 503
     for every call."""

@@ -20,7 +20,7 @@ from sqlalchemy.engine import make_url
 from apps.common.asgi import read_body, replaying_receive, send_problem
 from apps.common.identity import COOKIE_NAME, CSRF_FIELD, SessionCodec
 from tests.conftest import SESSION_SECRET, admin_connect, in_process_stack, lock_waiters
-from tests.integration.commerce_fixtures import sweep_ended_holds_now
+from tests.integration.commerce_fixtures import AnswersLost, sweep_ended_holds_now
 from tests.signed import internal_get, internal_post
 from tests.waiting import eventually
 
@@ -284,6 +284,36 @@ async def test_relations_down_is_a_clear_problem_and_nothing_is_written(clean_db
     assert events_rows(
         clean_db, "SELECT slug, container_type, container_id FROM events.calendars"
     ) == [("tours", "page", 5)]
+
+
+async def test_a_move_whose_attach_timed_out_but_was_applied_is_undone(stack, editor, clean_db):
+    """Audit s20 M1 (a), for calendars: relations attached the calendar to the new page, but
+    its answer came after events' timeout. Events kept the calendar where it was and said
+    "Nothing was changed", while relations showed it on both pages. The attach is undone."""
+    calendar_id = (
+        await editor.post("/admin/calendars/", data={"name": "Tours", "slug": "t", "page_id": "5"})
+    ).json()["id"]
+    for client in stack.all_internal:
+        client.route("relations", AnswersLost(stack.apps["relations"], "attach-child", lost=3))
+    moved = await editor.post(f"/admin/calendars/{calendar_id}/attach/", data={"page_id": "6"})
+    assert_problem(moved, 503, "relations", "Nothing was changed")
+    assert calendar_container(clean_db, calendar_id) == ("page", 5)
+    assert active_relations(clean_db) == [("page", 5, "calendar", calendar_id)]
+
+
+async def test_an_attach_to_its_own_page_that_timed_out_is_left_attached(stack, editor, clean_db):
+    """Attaching a calendar to the page it is on repeats what events stores: one whose outcome
+    is unknown is not undone (that would take it off its page in relations)."""
+    calendar_id = (
+        await editor.post("/admin/calendars/", data={"name": "Tours", "slug": "t", "page_id": "5"})
+    ).json()["id"]
+    for client in stack.all_internal:
+        client.route("relations", AnswersLost(stack.apps["relations"], "attach-child", lost=3))
+    again = await editor.post(f"/admin/calendars/{calendar_id}/attach/", data={"page_id": "5"})
+    problem = assert_problem(again, 503, "relations", "may have recorded it")
+    assert "Nothing was changed" not in problem["detail"]
+    assert calendar_container(clean_db, calendar_id) == ("page", 5)
+    assert active_relations(clean_db) == [("page", 5, "calendar", calendar_id)]
 
 
 async def test_relations_erroring_leaves_no_local_half_write(clean_db, credentials):

@@ -11,7 +11,7 @@ import pytest
 from apps.common.asgi import read_body, send_problem
 from tests.conftest import admin_connect, in_process_stack
 from tests.integration.blog_fixtures import insert_post, relation_rows
-from tests.integration.commerce_fixtures import browser_of
+from tests.integration.commerce_fixtures import AnswersLost, browser_of
 
 HTML = {"accept": "text/html"}
 
@@ -139,6 +139,60 @@ async def test_relations_failing_leaves_no_market_place_behind(stack, clean_db):
     )
     assert answer.status_code == 502
     assert "Nothing was changed" in answer.json()["detail"]
+    assert places(clean_db) == []
+
+
+def route_relations(stack, app: Any) -> None:
+    for client in stack.all_internal:
+        client.route("relations", app)
+
+
+async def test_an_attach_that_timed_out_but_was_applied_is_undone(stack, clean_db):
+    """Audit s20 M1 (a): relations applied the attach, but its answer came after market's
+    timeout (every attempt). Market said "Nothing was changed" and rolled the market place
+    back, and relations kept a live attachment of a market place that never existed. Now
+    what relations did is undone before the answer, so "Nothing was changed" is true."""
+    editor = await browser_of(stack, "market", user_id=1)
+    route_relations(stack, AnswersLost(stack.apps["relations"], "attach-child", lost=3))
+    answer = await editor.post(
+        "/admin/market-places/", data={"name": "Ghost", "slug": "ghost", "page_id": "1"}
+    )
+    assert answer.status_code == 503, answer.text
+    assert "Nothing was changed" in answer.json()["detail"]
+    assert places(clean_db) == []
+    assert live_relations(clean_db) == []
+
+
+async def test_a_detach_that_timed_out_but_was_applied_is_undone(stack, clean_db):
+    """The same for removing a market place: it stays, and stays attached to its page."""
+    editor = await browser_of(stack, "market", user_id=1)
+    place_id = (
+        await editor.post(
+            "/admin/market-places/", data={"name": "Dairy", "slug": "dairy", "page_id": "2"}
+        )
+    ).json()["id"]
+    route_relations(stack, AnswersLost(stack.apps["relations"], "detach-child", lost=3))
+    answer = await editor.post(f"/admin/market-places/{place_id}/delete/")
+    assert answer.status_code == 503, answer.text
+    assert "Nothing was changed" in answer.json()["detail"]
+    assert places(clean_db) == [("dairy", "Dairy", 2, True)]
+    assert live_relations(clean_db) == [("page", 2, "market", place_id, "Dairy")]
+
+
+async def test_an_attach_relations_may_have_applied_is_not_said_to_have_changed_nothing(
+    stack, clean_db
+):
+    """When relations cannot be reached to undo it either, the answer does not claim that
+    nothing was changed: relations may show the market place, which does not exist."""
+    editor = await browser_of(stack, "market", user_id=1)
+    route_relations(stack, AnswersLost(stack.apps["relations"], "attach-child", lost=100))
+    answer = await editor.post(
+        "/admin/market-places/", data={"name": "Ghost", "slug": "ghost", "page_id": "1"}
+    )
+    assert answer.status_code == 503, answer.text
+    detail = answer.json()["detail"]
+    assert "Nothing was changed" not in detail, detail
+    assert "may" in detail, detail
     assert places(clean_db) == []
 
 
