@@ -20,6 +20,7 @@ from apps.orders.settings import HOLD_AFTER_PAYABLE
 from apps.orders.settlement import release_bookings_key
 from tests.conftest import admin_connect
 from tests.integration.commerce_fixtures import (
+    AnswersLost,
     ServiceDown,
     browser_of,
     cart_rows,
@@ -719,5 +720,31 @@ async def test_a_new_order_sumup_refuses_leaves_the_booking_held_for_the_order_b
     assert list(orders_of(clean_db)) == [order_id]
     assert orders_of(clean_db)[order_id][0] == "pending"
     assert booking_hold(clean_db, shop.entry_id) == before
+    for browser in (cart, events):
+        await browser.aclose()
+
+
+async def test_a_hold_events_applied_after_orders_gave_up_is_given_back(
+    stack, clean_db, shop, sandbox
+):
+    """Audit s20 M1 (b), the other way: events held the booking for the new order, but its
+    answer came after orders' timeout (every attempt), so create-order failed ("nothing was
+    created"). The hold events applied is given back: the booking is in the cart as before."""
+    cart = await browser_of(stack, "cart", user_id=3)
+    events = stack.browser("events")
+    share_cookies(cart, events)
+    assert (await events.post(f"/entries/{shop.entry_id}/book/")).status_code == 200
+    await cart.post(f"/add/{shop.product_ids[0]}/")
+    before = booking_hold(clean_db, shop.entry_id)
+
+    client = platform_of(stack.apps["orders"]).client
+    client.route("events", AnswersLost(stack.apps["events"], "hold-for-order", lost=3))
+    try:
+        refused = await cart.post("/checkout/")
+    finally:
+        client.route("events", stack.apps["events"])
+    assert refused.status_code == 503, refused.text
+    assert orders_of(clean_db) == {}
+    assert await eventually(lambda: booking_hold(clean_db, shop.entry_id) == before)
     for browser in (cart, events):
         await browser.aclose()
