@@ -30,6 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as upsert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import ColumnElement
 
 from apps.common.problems import Conflict
 
@@ -87,10 +88,14 @@ async def record_adoption(
     of it as another (a sign-in that did not finish everywhere, then another account on the
     same browser) is a 409 before anything moves, so the visitor's things are never split
     between two users."""
+    record = upsert(adoption.table).values(session_id=session_id, user_id=user_id)
     await session.execute(
-        upsert(adoption.table)
-        .values(session_id=session_id, user_id=user_id)
-        .on_conflict_do_nothing(index_elements=["session_id"])
+        record.on_conflict_do_update(
+            index_elements=["session_id"],
+            # A record past KEPT is forgotten (:func:`adopted_by`), whether or not it was swept.
+            set_={"user_id": record.excluded.user_id, "adopted_at": func.now()},
+            where=~_kept(adoption),
+        )
     )
     await refuse_another_account(session, adoption, session_id, user_id)
 
@@ -148,11 +153,20 @@ async def refuse_if_adopted(
 async def adopted_by(
     session: AsyncSession, adoption: SessionAdoption, session_id: str
 ) -> int | None:
-    """The user sign-in gave the session to, if it did (within the last KEPT)."""
+    """The user sign-in gave the session to, if it did within the last KEPT. Older records
+    count as forgotten when read, not when a service's sweep deletes them: every service
+    forgets a sign-in at the same moment (audit s20c: events, swept first, took the session's
+    writes again while cart and orders still said it was given away)."""
     user_id = await session.scalar(
-        select(adoption.table.c.user_id).where(adoption.table.c.session_id == session_id)
+        select(adoption.table.c.user_id).where(
+            adoption.table.c.session_id == session_id, _kept(adoption)
+        )
     )
     return None if user_id is None else int(user_id)
+
+
+def _kept(adoption: SessionAdoption) -> ColumnElement[bool]:
+    return adoption.table.c.adopted_at >= func.now() - KEPT
 
 
 async def forget_old_adoptions(session: AsyncSession, adoption: SessionAdoption) -> None:

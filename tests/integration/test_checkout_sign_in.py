@@ -454,6 +454,40 @@ async def test_a_planted_session_another_account_signed_in_with_does_not_block_s
         await client_.aclose()
 
 
+async def test_the_services_forget_a_sign_in_together_not_each_at_its_own_sweep(
+    stack, clean_db, shop
+):
+    """Audit s20c: a record of an adopted session is kept a day (adoption.KEPT), but each
+    service deleted it at its own next sweep or sign-in, and read it until then. A day after
+    a sign-in that finished everywhere, events (swept) took the old session's writes again
+    while cart and orders (not swept) still said it was given away: a sign-in from it was
+    refused as "an earlier sign-in did not finish". Past KEPT every service forgets it."""
+    first = await browser_of(stack, "cart")
+    kept = session_cookie(first)
+    assert (
+        await first.post(f"/add/{shop.product_ids[0]}/", json={"quantity": 1})
+    ).status_code == 200
+    signed = await first.get("/auth/dev-login", params={"user_id": USER_ID}, headers=JSON)
+    assert signed.status_code == 200, signed.text
+    for service in ("cart", "events", "orders"):
+        with admin_connect(clean_db, service) as connection:
+            connection.execute(
+                f"UPDATE {service}.adopted_sessions SET adopted_at = now() - interval '25 hours'"
+            )
+    with admin_connect(clean_db, "events") as connection:
+        connection.execute("DELETE FROM events.adopted_sessions")  # events' sweep came first
+
+    later = stack.browser("market")
+    later.cookies.set("rose_session", kept, domain=later.base_url.host)
+    signed = await later.get("/auth/dev-login", params={"user_id": USER_ID + 1}, headers=JSON)
+    assert signed.status_code == 200, signed.text
+    assert (await later.get("/auth/session")).json()["user_id"] == USER_ID + 1
+    # What the first sign-in moved stays its account's.
+    assert [user for user, _ in cart_line_owners(clean_db)] == [USER_ID]
+    for client_ in (first, later):
+        await client_.aclose()
+
+
 class TwoSignInsMeet:
     """Cart as sign-in reaches it while two sign-ins of one anonymous session, as ``first`` and
     as ``second``, run side by side, interleaved so (no sleeps): both pass sign-in's check (the
