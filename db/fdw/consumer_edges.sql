@@ -82,13 +82,21 @@ FROM declared AS d
 WHERE NOT EXISTS (SELECT FROM actual AS a
                   WHERE (a.server, a.grantee, a.privilege) = (d.server, d.grantee, d.privilege))
 UNION ALL
+-- A declared privilege with a grant option loses the option only (a REVOKE of the privilege
+-- would take what the GRANT above, computed before, found present).
+SELECT format(E'-- %s: extra grant option for %s on foreign server %s for %s\n'
+              'REVOKE GRANT OPTION FOR %s ON FOREIGN SERVER %I FROM %I%s CASCADE',
+              current_database(), a.privilege, a.server, a.grantee, a.privilege, a.server,
+              a.grantee, CASE WHEN a.by_owner THEN '' ELSE format(' GRANTED BY %I', a.grantor) END)
+FROM actual AS a JOIN declared AS d USING (server, grantee, privilege)
+WHERE a.is_grantable
+UNION ALL
 SELECT format(E'-- %s: extra privilege %s on foreign server %s for %s\nREVOKE %s ON FOREIGN SERVER %I FROM %s%s CASCADE',
               current_database(), a.privilege, a.server, a.grantee, a.privilege, a.server,
               CASE WHEN a.grantee = 'PUBLIC' THEN 'PUBLIC' ELSE quote_ident(a.grantee) END,
               CASE WHEN a.by_owner THEN '' ELSE format(' GRANTED BY %I', a.grantor) END)
 FROM actual AS a
-WHERE a.is_grantable
-   OR NOT EXISTS (SELECT FROM declared AS d
+WHERE NOT EXISTS (SELECT FROM declared AS d
                   WHERE (a.server, a.grantee, a.privilege) = (d.server, d.grantee, d.privilege))
 \gexec
 
@@ -178,13 +186,19 @@ FROM declared AS d
 WHERE NOT EXISTS (SELECT FROM actual AS a
                   WHERE (a.nspname, a.grantee, a.privilege) = (d.nspname, d.grantee, d.privilege))
 UNION ALL
+SELECT format(E'-- %s: extra grant option for %s on schema %s for %s\n'
+              'REVOKE GRANT OPTION FOR %s ON SCHEMA %I FROM %I%s CASCADE',
+              current_database(), a.privilege, a.nspname, a.grantee, a.privilege, a.nspname,
+              a.grantee, CASE WHEN a.by_owner THEN '' ELSE format(' GRANTED BY %I', a.grantor) END)
+FROM actual AS a JOIN declared AS d USING (nspname, grantee, privilege)
+WHERE a.is_grantable
+UNION ALL
 SELECT format(E'-- %s: extra privilege %s on schema %s for %s\nREVOKE %s ON SCHEMA %I FROM %s%s CASCADE',
               current_database(), a.privilege, a.nspname, a.grantee, a.privilege, a.nspname,
               CASE WHEN a.grantee = 'PUBLIC' THEN 'PUBLIC' ELSE quote_ident(a.grantee) END,
               CASE WHEN a.by_owner THEN '' ELSE format(' GRANTED BY %I', a.grantor) END)
 FROM actual AS a
-WHERE a.is_grantable
-   OR NOT EXISTS (SELECT FROM declared AS d
+WHERE NOT EXISTS (SELECT FROM declared AS d
                   WHERE (a.nspname, a.grantee, a.privilege) = (d.nspname, d.grantee, d.privilege))
 \gexec
 
@@ -307,13 +321,22 @@ FROM ft
 WHERE NOT EXISTS (SELECT FROM actual AS a
                   WHERE (a.oid, a.grantee, a.privilege) = (ft.oid, :'app', 'SELECT'))
 UNION ALL
+-- The app's SELECT with a grant option loses the option only: REVOKE SELECT would take the
+-- privilege itself, which the GRANT above, computed before, found present.
+SELECT format(E'-- %s: extra grant option for SELECT on foreign table %I.%I for %s\n'
+              'REVOKE GRANT OPTION FOR SELECT ON %I.%I FROM %I%s CASCADE',
+              current_database(), ft.nspname, ft.relname, a.grantee, ft.nspname, ft.relname,
+              a.grantee, CASE WHEN a.by_owner THEN '' ELSE format(' GRANTED BY %I', a.grantor) END)
+FROM actual AS a JOIN ft USING (oid)
+WHERE a.is_grantable AND (a.grantee, a.privilege) = (:'app', 'SELECT')
+UNION ALL
 SELECT format(E'-- %s: extra privilege %s on foreign table %I.%I for %s\nREVOKE %s ON %I.%I FROM %s%s CASCADE',
               current_database(), a.privilege, ft.nspname, ft.relname, a.grantee, a.privilege,
               ft.nspname, ft.relname,
               CASE WHEN a.grantee = 'PUBLIC' THEN 'PUBLIC' ELSE quote_ident(a.grantee) END,
               CASE WHEN a.by_owner THEN '' ELSE format(' GRANTED BY %I', a.grantor) END)
 FROM actual AS a JOIN ft USING (oid)
-WHERE a.is_grantable OR (a.grantee, a.privilege) <> (:'app', 'SELECT')
+WHERE (a.grantee, a.privilege) <> (:'app', 'SELECT')
 UNION ALL
 SELECT format(E'-- %s: extra privilege %s on column %s of foreign table %I.%I for %s\n'
               'REVOKE %s (%I) ON %I.%I FROM %s CASCADE',

@@ -47,13 +47,21 @@ SELECT format(E'-- %s: missing privilege USAGE on schema export for %s\nGRANT US
 FROM declared AS d
 WHERE NOT EXISTS (SELECT FROM actual AS a WHERE (a.grantee, a.privilege) = (d.grantee, d.privilege))
 UNION ALL
+-- A declared privilege that carries a grant option loses the option only (REVOKE USAGE would
+-- take the privilege itself, which the GRANT above, computed before, found present).
+SELECT format(E'-- %s: extra grant option for %s on schema export for %s\n'
+              'REVOKE GRANT OPTION FOR %s ON SCHEMA export FROM %I%s CASCADE',
+              current_database(), a.privilege, a.grantee, a.privilege, a.grantee,
+              CASE WHEN a.by_owner THEN '' ELSE format(' GRANTED BY %I', a.grantor) END)
+FROM actual AS a JOIN declared AS d USING (grantee, privilege)
+WHERE a.is_grantable
+UNION ALL
 SELECT format(E'-- %s: extra privilege %s on schema export for %s\nREVOKE %s ON SCHEMA export FROM %s%s CASCADE',
               current_database(), a.privilege, a.grantee, a.privilege,
               CASE WHEN a.grantee = 'PUBLIC' THEN 'PUBLIC' ELSE quote_ident(a.grantee) END,
               CASE WHEN a.by_owner THEN '' ELSE format(' GRANTED BY %I', a.grantor) END)
 FROM actual AS a
-WHERE a.is_grantable
-   OR NOT EXISTS (SELECT FROM declared AS d WHERE (a.grantee, a.privilege) = (d.grantee, d.privilege))
+WHERE NOT EXISTS (SELECT FROM declared AS d WHERE (a.grantee, a.privilege) = (d.grantee, d.privilege))
 \gexec
 
 -- SELECT on exactly the declared columns of each edge's views, and no other privilege on any
@@ -134,13 +142,37 @@ FROM declared AS d JOIN view USING (oid)
 WHERE NOT EXISTS (SELECT FROM columns AS c
                   WHERE (c.oid, c.attname, c.grantee, c.privilege)
                       = (d.oid, d.attname, d.grantee, 'SELECT'))
+  -- the table-wide revoke below gives this reader its columns back
+  AND NOT EXISTS (SELECT FROM table_wide AS t
+                  WHERE (t.oid, t.grantee, t.privilege) = (d.oid, d.grantee, 'SELECT'))
 UNION ALL
-SELECT format(E'-- %s: extra privilege %s on view export.%I for %s\nREVOKE %s ON export.%I FROM %s%s CASCADE',
+-- REVOKE SELECT on the view also revokes the reader's SELECT on its columns (PostgreSQL takes
+-- a table privilege's column privileges with it), so the same statement grants the edge's
+-- columns again: one run converges, and --dry-run shows exactly what it does (audit s20b M1).
+SELECT format(E'-- %s: extra privilege %s on view export.%I for %s\nREVOKE %s ON export.%I FROM %s%s CASCADE%s',
               current_database(), t.privilege, view.relname, t.grantee, t.privilege,
               view.relname,
               CASE WHEN t.grantee = 'PUBLIC' THEN 'PUBLIC' ELSE quote_ident(t.grantee) END,
-              CASE WHEN t.by_owner THEN '' ELSE format(' GRANTED BY %I', t.grantor) END)
+              CASE WHEN t.by_owner THEN '' ELSE format(' GRANTED BY %I', t.grantor) END,
+              (SELECT format(E';\nGRANT SELECT (%s) ON export.%I TO %I',
+                             string_agg(quote_ident(d.attname), ', ' ORDER BY att.attnum),
+                             view.relname, t.grantee)
+               FROM declared AS d
+               JOIN pg_attribute AS att ON att.attrelid = d.oid AND att.attname = d.attname
+               WHERE t.privilege = 'SELECT' AND (d.oid, d.grantee) = (t.oid, t.grantee)
+               HAVING count(*) > 0))
 FROM table_wide AS t JOIN view USING (oid)
+UNION ALL
+-- A declared column privilege that carries a grant option loses the option only.
+SELECT format(E'-- %s: extra grant option for %s on column %s of view export.%I for %s\n'
+              'REVOKE GRANT OPTION FOR %s (%I) ON export.%I FROM %I%s CASCADE',
+              current_database(), c.privilege, c.attname, view.relname, c.grantee, c.privilege,
+              c.attname, view.relname, c.grantee,
+              CASE WHEN c.by_owner THEN '' ELSE format(' GRANTED BY %I', c.grantor) END)
+FROM columns AS c JOIN view USING (oid)
+WHERE c.is_grantable AND c.privilege = 'SELECT'
+  AND EXISTS (SELECT FROM declared AS d
+              WHERE (d.oid, d.attname, d.grantee) = (c.oid, c.attname, c.grantee))
 UNION ALL
 SELECT format(E'-- %s: extra privilege %s on column %s of view export.%I for %s\n'
               'REVOKE %s (%I) ON export.%I FROM %s%s CASCADE',
@@ -149,8 +181,7 @@ SELECT format(E'-- %s: extra privilege %s on column %s of view export.%I for %s\
               CASE WHEN c.grantee = 'PUBLIC' THEN 'PUBLIC' ELSE quote_ident(c.grantee) END,
               CASE WHEN c.by_owner THEN '' ELSE format(' GRANTED BY %I', c.grantor) END)
 FROM columns AS c JOIN view USING (oid)
-WHERE c.is_grantable
-   OR NOT EXISTS (SELECT FROM declared AS d
+WHERE NOT EXISTS (SELECT FROM declared AS d
                   WHERE (d.oid, d.attname, d.grantee) = (c.oid, c.attname, c.grantee)
                     AND c.privilege = 'SELECT') \gexec
 

@@ -34,7 +34,7 @@ from ops.db.binaries import client_tool_target
 from ops.db.connections import Connections, scalar
 from ops.db.credentials import Credentials
 from ops.db.manifest import Edge, Secret, load_edges, load_secrets
-from ops.db.sqlfiles import Change, converge_file
+from ops.db.sqlfiles import Change, ConvergeError, converge_file
 from ops.db.topology import Topology
 from ops.paths import DB_DIR
 
@@ -389,7 +389,37 @@ def provision(
         report.changes = [
             change for change in report.changes if change.sql or change.subject not in dropped
         ]
+    if apply and report.statements:
+        verify_converged(
+            topology, credentials, chosen, prune=prune, edges=edges, secrets=secrets,
+            connections=connections,
+        )  # fmt: skip
     return report
+
+
+def verify_converged(
+    topology: Topology,
+    credentials: Credentials | None,
+    services: Iterable[str],
+    *,
+    prune: bool,
+    edges: list[Edge],
+    secrets: list[Secret],
+    connections: Connections,
+) -> None:
+    """After a run that changed something: the same comparison again (a dry run), which must
+    find nothing to repair. One statement undoing another's work (a REVOKE ... CASCADE taking
+    the column grants the run had just found present, audit s20b M1) would otherwise exit 0
+    with the drift left for the next run."""
+    again = provision(
+        topology, credentials, services, say=lambda _: None, dry_run=True, prune=prune,
+        edges=edges, secrets=secrets, connections=connections,
+    )  # fmt: skip
+    if again.statements:
+        raise ConvergeError(
+            "provisioned, yet still different from db/ (a run left what it repaired undone): "
+            + "; ".join(change.line for change in again.statements)
+        )
 
 
 def server_variables(

@@ -222,6 +222,63 @@ DRIFTS = [
         broken=can("blog", "blog_ro_cart", "SELECT sumup_api_key FROM export.page_payment_configs"),
         holds=cart_cannot_read_the_key,
     ),
+    # Audit s20b M1: REVOKE ... CASCADE of a table-wide grant takes the reader's column grants
+    # with it; one provision must give them back (not a second one).
+    Drift(
+        "orders' reader is granted its payment view table-wide",
+        [("blog", "GRANT SELECT ON export.page_payment_configs TO blog_ro_orders")],
+        names=[
+            "db_blog: extra privilege SELECT on view export.page_payment_configs for blog_ro_orders"
+        ],
+        fix=[
+            "REVOKE SELECT ON export.page_payment_configs FROM blog_ro_orders CASCADE;\n"
+            "GRANT SELECT (id, container_type, container_id, sumup_merchant_code, sumup_api_key, "
+            "sumup_checkout_prefix) ON export.page_payment_configs TO blog_ro_orders"
+        ],
+        holds=all_of(
+            edge_works("orders", "blog.page_payment_configs"),
+            cannot("blog", "blog_ro_orders", "SELECT created_at FROM export.page_payment_configs"),
+        ),
+    ),
+    Drift(
+        "cart's reader is granted every export view table-wide",
+        [("blog", "GRANT SELECT ON ALL TABLES IN SCHEMA export TO blog_ro_cart")],
+        names=["db_blog: extra privilege SELECT on view export.page_configs for blog_ro_cart"],
+        fix=["REVOKE SELECT ON export.page_configs FROM blog_ro_cart CASCADE;\nGRANT SELECT ("],
+        holds=all_of(cart_cannot_read_the_key, edge_works("cart", "blog.page_configs")),
+    ),
+    Drift(
+        "orders' reader's column grants and schema use carry grant options",
+        [
+            (
+                "blog",
+                "GRANT SELECT (sumup_api_key) ON export.page_payment_configs TO blog_ro_orders "
+                "WITH GRANT OPTION",
+            ),
+            ("blog", "GRANT USAGE ON SCHEMA export TO blog_ro_orders WITH GRANT OPTION"),
+        ],
+        names=[
+            "db_blog: extra grant option for SELECT on column sumup_api_key of view "
+            "export.page_payment_configs for blog_ro_orders",
+            "db_blog: extra grant option for USAGE on schema export for blog_ro_orders",
+        ],
+        fix=[
+            "REVOKE GRANT OPTION FOR SELECT (sumup_api_key) ON export.page_payment_configs "
+            "FROM blog_ro_orders CASCADE",
+            "REVOKE GRANT OPTION FOR USAGE ON SCHEMA export FROM blog_ro_orders CASCADE",
+        ],
+        holds=edge_works("orders", "blog.page_payment_configs"),
+    ),
+    Drift(
+        "a consumer's app may pass on its foreign table",
+        [("orders", "GRANT SELECT ON blog.page_payment_configs TO orders_app WITH GRANT OPTION")],
+        names=[
+            "db_orders: extra grant option for SELECT on foreign table "
+            "blog.page_payment_configs for orders_app"
+        ],
+        fix=["REVOKE GRANT OPTION FOR SELECT ON blog.page_payment_configs FROM orders_app CASCADE"],
+        holds=edge_works("orders", "blog.page_payment_configs"),
+    ),
     Drift(
         "cart's reader is granted the key column",
         [("blog", "GRANT SELECT (sumup_api_key) ON export.page_payment_configs TO blog_ro_cart")],
