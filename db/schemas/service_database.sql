@@ -43,7 +43,9 @@ WHERE n.nspname NOT IN (:'svc', 'export', 'public', 'split', 'legacy', 'split_ca
 ORDER BY n.nspname \gexec
 
 -- Schema privileges: the app role uses its own schema; PUBLIC keeps only USAGE on `public`
--- (postgres_fdw's functions live there); the split's ledger is its owner's alone.
+-- (postgres_fdw's functions live there); the split's ledger and the monolith's tables (`legacy`:
+-- every merchant's SumUp key, every order) are their owner's alone. `rose split` reads and
+-- writes legacy as a superuser or its owner, and grants nothing there.
 -- Missing grants first, then revocations (here and below).
 WITH declared(nspname, grantee, privilege) AS (
     VALUES (:'svc', :'app', 'USAGE'), ('public', 'PUBLIC', 'USAGE')
@@ -53,7 +55,7 @@ WITH declared(nspname, grantee, privilege) AS (
     FROM pg_namespace AS n
     CROSS JOIN LATERAL aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner))) AS a
     LEFT JOIN pg_roles AS r ON r.oid = a.grantee
-    WHERE n.nspname IN (:'svc', 'public', 'split') AND a.grantee <> n.nspowner
+    WHERE n.nspname IN (:'svc', 'public', 'split', 'legacy') AND a.grantee <> n.nspowner
 )
 SELECT format(E'-- %s: missing privilege %s on schema %s for %s\nGRANT %s ON SCHEMA %I TO %s',
               current_database(), d.privilege, d.nspname, d.grantee, d.privilege, d.nspname,
@@ -164,7 +166,8 @@ ORDER BY 1 \gexec
 -- sequences (no TRUNCATE, REFERENCES, TRIGGER or MAINTAIN; no grant options), except Alembic's
 -- <svc>.alembic_version, which is the migrations' alone (the service never reads it; a runtime
 -- role that could write it could make a migration be skipped or run twice); nobody else may do
--- anything, here or in any other schema rose manages (the split's ledger, `public`).
+-- anything, here or in any other schema rose manages (the split's ledger, `public`, the
+-- monolith's `legacy`: only its tables' existence is `rose split`'s business).
 WITH rel AS (
     SELECT c.oid, n.nspname, c.relname, c.relkind, c.relowner, c.relacl,
            k.kind_name, k.grant_keyword
@@ -173,7 +176,7 @@ WITH rel AS (
     JOIN (VALUES ('r', 'table', 'TABLE'), ('p', 'table', 'TABLE'), ('v', 'view', 'TABLE'),
                  ('m', 'materialized view', 'TABLE'), ('S', 'sequence', 'SEQUENCE'))
          AS k(relkind, kind_name, grant_keyword) ON k.relkind = c.relkind::text
-    WHERE n.nspname NOT IN ('export', 'legacy', 'information_schema')
+    WHERE n.nspname NOT IN ('export', 'information_schema')
       AND n.nspname NOT LIKE 'pg\_%'
       AND n.nspname NOT IN (SELECT jsonb_array_elements_text(:'providers'::jsonb))
 ), declared AS (
@@ -246,7 +249,7 @@ WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S')
 ORDER BY 1 \gexec
 
 -- Functions and procedures in the schemas rose manages (`public` too, which every role may
--- use): nobody but their owner may execute them. PostgreSQL gives PUBLIC EXECUTE on every new
+-- use; `legacy`, where the split's freeze keeps its trigger function): nobody but their owner may execute them. PostgreSQL gives PUBLIC EXECUTE on every new
 -- one; the owner's get none (the default privileges above), but one a superuser made, or gave
 -- to the owner, keeps it, and a SECURITY DEFINER one runs with its owner's rights for whoever
 -- may call it (a reader's read-only default is the reader's own to switch off: its grants are
@@ -260,7 +263,7 @@ WITH routine AS (
                           ELSE 'function' END AS kind_name
     FROM pg_proc AS p
     JOIN pg_namespace AS n ON n.oid = p.pronamespace
-    WHERE n.nspname IN (:'svc', 'export', 'split', 'public')
+    WHERE n.nspname IN (:'svc', 'export', 'split', 'public', 'legacy')
       AND NOT EXISTS (SELECT FROM pg_depend AS dep
                       WHERE dep.classid = 'pg_proc'::regclass AND dep.objid = p.oid
                         AND dep.deptype = 'e')

@@ -279,6 +279,43 @@ DRIFTS = [
         fix=["REVOKE GRANT OPTION FOR SELECT ON blog.page_payment_configs FROM orders_app CASCADE"],
         holds=edge_works("orders", "blog.page_payment_configs"),
     ),
+    # Audit s20b M2: the monolith's tables hold every merchant's SumUp key and every order;
+    # `legacy` is its owner's alone, like every other schema rose manages.
+    Drift(
+        "cart's app is granted the monolith's page configs and orders",
+        [
+            ("cart", "CREATE SCHEMA legacy AUTHORIZATION cart_owner"),
+            ("cart", "SET ROLE cart_owner"),
+            ("cart", "CREATE TABLE legacy.page_configs (id serial, sumup_api_key text)"),
+            ("cart", "INSERT INTO legacy.page_configs (sumup_api_key) VALUES ('sup_sk_legacy')"),
+            ("cart", "CREATE TABLE legacy.orders (id serial, total numeric)"),
+            ("cart", "RESET ROLE"),
+            ("cart", "GRANT USAGE ON SCHEMA legacy TO cart_app"),
+            ("cart", "GRANT SELECT ON legacy.page_configs TO cart_app"),
+            ("cart", "GRANT INSERT, UPDATE, DELETE ON legacy.orders TO cart_app"),
+            ("cart", "GRANT UPDATE (total) ON legacy.orders TO PUBLIC"),
+            ("cart", "GRANT USAGE ON SEQUENCE legacy.orders_id_seq TO cart_app"),
+        ],
+        names=[
+            "db_cart: extra privilege USAGE on schema legacy for cart_app",
+            "db_cart: extra privilege SELECT on table legacy.page_configs for cart_app",
+            "db_cart: extra privilege INSERT on table legacy.orders for cart_app",
+            "db_cart: extra privilege UPDATE on column total of table legacy.orders for PUBLIC",
+            "db_cart: extra privilege USAGE on sequence legacy.orders_id_seq for cart_app",
+        ],
+        fix=[
+            "REVOKE USAGE ON SCHEMA legacy FROM cart_app CASCADE",
+            "REVOKE SELECT ON TABLE legacy.page_configs FROM cart_app CASCADE",
+            "REVOKE DELETE ON TABLE legacy.orders FROM cart_app CASCADE",
+            "REVOKE UPDATE (total) ON TABLE legacy.orders FROM PUBLIC CASCADE",
+        ],
+        broken=can("cart", "cart_app", "SELECT sumup_api_key FROM legacy.page_configs"),
+        holds=all_of(
+            cannot("cart", "cart_app", "SELECT sumup_api_key FROM legacy.page_configs"),
+            cannot("cart", "cart_app", "DELETE FROM legacy.orders"),
+        ),
+        cleanup=[("cart", "DROP SCHEMA IF EXISTS legacy CASCADE")],
+    ),
     Drift(
         "cart's reader is granted the key column",
         [("blog", "GRANT SELECT (sumup_api_key) ON export.page_payment_configs TO blog_ro_cart")],
