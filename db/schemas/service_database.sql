@@ -233,6 +233,57 @@ CROSS JOIN LATERAL aclexplode(att.attacl) AS x
 LEFT JOIN pg_roles AS r ON r.oid = x.grantee
 WHERE x.grantee <> rel.relowner \gexec
 
+-- Row-level security and triggers decide what a role reads or may write as much as its grants
+-- do, and db/ declares none of the first and no disabled trigger: a policy USING (false) empties
+-- a table for the app, a permissive one or a disabled foreign-key trigger lets rows through.
+-- Like an extra grant, each is repaired: the policy dropped (its line keeps its definition), the
+-- table's row-level security switched off, the trigger enabled again. Rows written while a
+-- foreign key's trigger was off are not checked again: the line says so.
+WITH rel AS (
+    SELECT c.oid, n.nspname, c.relname, c.relrowsecurity, c.relforcerowsecurity,
+           CASE c.relkind WHEN 'v' THEN 'view' WHEN 'm' THEN 'materialized view'
+                          ELSE 'table' END AS kind_name
+    FROM pg_class AS c
+    JOIN pg_namespace AS n ON n.oid = c.relnamespace
+    WHERE c.relkind IN ('r', 'p', 'v', 'm')
+      AND n.nspname NOT IN ('information_schema') AND n.nspname NOT LIKE 'pg\_%'
+)
+SELECT format(E'-- %s: unexpected policy %s on %s %I.%I (%s FOR %s TO %s%s%s)\n'
+              'DROP POLICY %I ON %I.%I',
+              current_database(), p.policyname, rel.kind_name, rel.nspname, rel.relname,
+              p.permissive, p.cmd, array_to_string(p.roles, ', '),
+              coalesce(' USING (' || p.qual || ')', ''),
+              coalesce(' WITH CHECK (' || p.with_check || ')', ''),
+              p.policyname, rel.nspname, rel.relname)
+FROM rel
+JOIN pg_policies AS p ON (p.schemaname, p.tablename) = (rel.nspname, rel.relname)
+UNION ALL
+SELECT format(E'-- %s: row-level security is enabled on %s %I.%I\n'
+              'ALTER TABLE %I.%I DISABLE ROW LEVEL SECURITY',
+              current_database(), rel.kind_name, rel.nspname, rel.relname, rel.nspname, rel.relname)
+FROM rel
+WHERE rel.relrowsecurity
+UNION ALL
+SELECT format(E'-- %s: row-level security is forced on %s %I.%I\n'
+              'ALTER TABLE %I.%I NO FORCE ROW LEVEL SECURITY',
+              current_database(), rel.kind_name, rel.nspname, rel.relname, rel.nspname, rel.relname)
+FROM rel
+WHERE rel.relforcerowsecurity
+UNION ALL
+SELECT format(E'-- %s: trigger %s on %s %I.%I is %s%s\nALTER TABLE %I.%I ENABLE TRIGGER %I',
+              current_database(), t.tgname, rel.kind_name, rel.nspname, rel.relname,
+              CASE t.tgenabled WHEN 'D' THEN 'disabled' WHEN 'R' THEN 'enabled for replicas only'
+                               ELSE 'enabled always (replicas too)' END,
+              CASE WHEN t.tgconstraint <> 0 AND t.tgenabled = 'D'
+                   THEN format(' (constraint %s: rows written meanwhile are not checked again)',
+                               (SELECT conname FROM pg_constraint WHERE oid = t.tgconstraint))
+                   ELSE '' END,
+              rel.nspname, rel.relname, t.tgname)
+FROM rel
+JOIN pg_trigger AS t ON t.tgrelid = rel.oid
+WHERE t.tgenabled <> 'O'
+ORDER BY 1 \gexec
+
 -- Relations in `public` or any unexpected schema: reported (their privileges were revoked
 -- above), never dropped (they may hold data).
 SELECT format(E'-- %s: unexpected %s %I.%I (owner %s): not dropped', current_database(),

@@ -5,7 +5,8 @@ One line per difference, from three sources:
   dry-run mode (:mod:`ops.db.provision`), so check and provision can never disagree; that covers
   roles (attributes, settings, memberships, unknown ones), databases (unknown ones, the maintenance
   and template databases), schemas, tables, columns, default privileges, export views (declared
-  columns, undeclared ones, secrets), foreign servers, user mappings and foreign tables;
+  columns, undeclared ones, secrets), foreign servers, user mappings and foreign tables,
+  row-level security (policies, enabled or forced) and triggers not enabled;
 - role passwords, when the credentials are at hand;
 - each service's Alembic version table holding a revision its migrations know, and at its head;
 - each service's tables and columns, and each column's type and nullability, as its models

@@ -316,6 +316,59 @@ DRIFTS = [
         ),
         cleanup=[("cart", "DROP SCHEMA IF EXISTS legacy CASCADE")],
     ),
+    # Audit s20b M4: row-level security and disabled triggers decide what a role reads or may
+    # write as much as grants do; the models declare none.
+    Drift(
+        "a policy empties every cart, another opens blog's page configs",
+        [
+            ("cart", "CREATE POLICY p ON cart.cart_items USING (false)"),
+            ("cart", "ALTER TABLE cart.cart_items ENABLE ROW LEVEL SECURITY"),
+            ("blog", "CREATE POLICY open ON blog.page_configs TO blog_app USING (true)"),
+        ],
+        names=[
+            "db_cart: unexpected policy p on table cart.cart_items (PERMISSIVE FOR ALL TO public "
+            "USING (false))",
+            "db_cart: row-level security is enabled on table cart.cart_items",
+            "db_blog: unexpected policy open on table blog.page_configs",
+        ],
+        fix=[
+            "DROP POLICY p ON cart.cart_items",
+            "ALTER TABLE cart.cart_items DISABLE ROW LEVEL SECURITY",
+            "DROP POLICY open ON blog.page_configs",
+        ],
+        broken=lambda c: _row_security_is(c, "cart", "cart.cart_items", True),
+        holds=all_of(
+            lambda c: _row_security_is(c, "cart", "cart.cart_items", False),
+            lambda c: _no_policies(c, "blog"),
+        ),
+        cleanup=[
+            ("cart", "DROP POLICY IF EXISTS p ON cart.cart_items"),
+            ("cart", "ALTER TABLE cart.cart_items DISABLE ROW LEVEL SECURITY"),
+            ("blog", "DROP POLICY IF EXISTS open ON blog.page_configs"),
+        ],
+    ),
+    Drift(
+        "row-level security forced on likes, triggers (foreign keys') disabled on cart's lines",
+        [
+            ("likes", "ALTER TABLE likes.likes FORCE ROW LEVEL SECURITY"),
+            ("cart", "ALTER TABLE cart.cart_items DISABLE TRIGGER ALL"),
+        ],
+        names=[
+            "db_likes: row-level security is forced on table likes.likes",
+            "db_cart: trigger ",
+            " on table cart.cart_items is disabled",
+        ],
+        fix=[
+            "ALTER TABLE likes.likes NO FORCE ROW LEVEL SECURITY",
+            "ALTER TABLE cart.cart_items ENABLE TRIGGER ",
+        ],
+        broken=lambda c: _triggers_disabled(c, "cart", expected=True),
+        holds=lambda c: _triggers_disabled(c, "cart", expected=False),
+        cleanup=[
+            ("likes", "ALTER TABLE likes.likes NO FORCE ROW LEVEL SECURITY"),
+            ("cart", "ALTER TABLE cart.cart_items ENABLE TRIGGER ALL"),
+        ],
+    ),
     Drift(
         "cart's reader is granted the key column",
         [("blog", "GRANT SELECT (sumup_api_key) ON export.page_payment_configs TO blog_ro_cart")],
@@ -718,6 +771,25 @@ def _no_routines_in(cluster: Cluster, service: str, schema: str) -> None:
             (schema,),
         ).fetchall()
     assert rows == []
+
+
+def _row_security_is(cluster: Cluster, service: str, table: str, active: bool) -> None:
+    """Whether row-level security filters what the service's app reads of the table."""
+    rows = run_as(cluster, service, f"{service}_app", f"SELECT row_security_active('{table}')")
+    assert rows == [(active,)]
+
+
+def _no_policies(cluster: Cluster, service: str) -> None:
+    with cluster.admin(service) as connection:
+        assert connection.execute("SELECT policyname FROM pg_policies").fetchall() == []
+
+
+def _triggers_disabled(cluster: Cluster, service: str, *, expected: bool) -> None:
+    with cluster.admin(service) as connection:
+        disabled = connection.execute(
+            "SELECT tgname FROM pg_trigger WHERE tgenabled = 'D'"
+        ).fetchall()
+    assert bool(disabled) is expected, disabled
 
 
 def _no_extension(cluster: Cluster, service: str, name: str) -> None:
