@@ -81,25 +81,57 @@ class HelperDefinition:
 
 
 def read_helpers(helpers_path: Path) -> list[HelperDefinition]:
-    """Every top-level function and constant of ``helpers_path`` (imports are not listed)."""
+    """Every top-level function, class, constant and import of ``helpers_path``: a definition
+    by its name, an import as ``import_<12 hex digits of its text's sha256>`` (a changed
+    import is a listed one gone). Other statements are :func:`helper_statement_problems`'."""
+    return _read_helpers(helpers_path)[0]
+
+
+def helper_statement_problems(helpers_path: Path) -> list[str]:
+    """Top-level statements of the helpers that the manifest cannot freeze one by one: one that
+    is neither a definition (``def``, ``class``, ``NAME = ...``) nor an import nor the module's
+    docstring (``MAX_KEY_LENGTH += 100``, ``sa.String = sa.Text``, an ``if`` block: each would
+    change what released migrations make), and a name defined twice (audit s20c)."""
+    return _read_helpers(helpers_path)[1]
+
+
+def _read_helpers(helpers_path: Path) -> tuple[list[HelperDefinition], list[str]]:
     source = helpers_path.read_text()
-    definitions = []
-    for node in ast.parse(source, filename=str(helpers_path)).body:
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-            names = [node.name]
-        elif isinstance(node, ast.Assign):
-            names = [t.id for t in node.targets if isinstance(t, ast.Name)]
-        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            names = [node.target.id]
-        else:
-            continue
+    lines = source.splitlines(keepends=True)
+    definitions: list[HelperDefinition] = []
+    problems: list[str] = []
+    body = ast.parse(source, filename=str(helpers_path)).body
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        body = body[1:]  # the module's docstring
+    for node in body:
         # With its decorators: they change what the definition does too.
-        lines = source.splitlines(keepends=True)
         first = min([node.lineno, *(d.lineno for d in getattr(node, "decorator_list", []))])
         text = "".join(lines[first - 1 : node.end_lineno])
         digest = hashlib.sha256(text.encode()).hexdigest()
-        definitions += [HelperDefinition(name, digest) for name in names]
-    return definitions
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names = [node.name]
+        elif isinstance(node, ast.Assign) and all(isinstance(t, ast.Name) for t in node.targets):
+            names = [t.id for t in node.targets if isinstance(t, ast.Name)]
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names = [node.target.id]
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            names = [f"import_{digest[:12]}"]
+        else:
+            problems.append(
+                f"{helpers_path.name}, line {node.lineno}: `{lines[node.lineno - 1].strip()}`: "
+                "only definitions (def, class, NAME = ...) and imports stand at the top level "
+                "of the migration helpers (each is frozen on its own); a different table is a "
+                "new helper"
+            )
+            continue
+        for name in names:
+            if any(d.name == name for d in definitions):
+                problems.append(
+                    f"{helpers_path.name}, line {node.lineno}: {name} is defined again: a "
+                    "released migration calls the first; a different table is a new helper"
+                )
+            definitions.append(HelperDefinition(name, digest))
+    return definitions, problems
 
 
 @dataclass(frozen=True)
@@ -221,7 +253,7 @@ def helper_problems(released: list[Released], helpers_path: Path) -> list[str]:
     """Each listed helper definition changed or gone, and each one not listed."""
     shown = helpers_path.name
     current = {d.name: d for d in read_helpers(helpers_path)}
-    found = []
+    found = helper_statement_problems(helpers_path)
     for entry in released:
         definition = current.get(entry.revision)
         if definition is None:

@@ -175,3 +175,30 @@ def test_a_new_helper_is_listed_by_add(tree: Path) -> None:
     assert ADD_COMMAND in problem
     assert add(tree) == ["helpers create_more"]
     assert found(tree) == []
+
+
+@pytest.mark.parametrize(
+    "statement",
+    ["MAX_KEY_LENGTH += 100", "sa.String = sa.Text", "if True:\n    MAX_NONCE_LENGTH = 1"],
+)
+def test_a_statement_that_is_no_definition_is_refused(tree: Path, statement: str) -> None:
+    """Audit s20c: only definitions were hashed, so a statement after them (rebinding a
+    constant, patching a type) changed what released migrations make, unseen."""
+    helpers = tree / HELPERS_PATH.name
+    helpers.write_text(helpers.read_text() + "\n" + statement + "\n")
+    [problem] = found(tree)
+    assert "only definitions" in problem, problem
+    assert statement.splitlines()[0] in problem
+
+
+def test_a_helper_defined_again_is_refused(tree: Path) -> None:
+    helpers = tree / HELPERS_PATH.name
+    helpers.write_text(helpers.read_text() + "\n\ndef timestamps() -> list:\n    return []\n")
+    assert any("timestamps is defined again" in m for m in found(tree))
+
+
+def test_a_changed_import_is_a_released_one_gone(tree: Path) -> None:
+    helpers = tree / HELPERS_PATH.name
+    helpers.write_text(helpers.read_text().replace("import sqlalchemy as sa", "import mylib as sa"))
+    messages = found(tree)
+    assert any("import_" in m and "is gone" in m for m in messages), messages
