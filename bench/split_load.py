@@ -15,6 +15,7 @@ every permission the real monolith meets (the split's change capture included).
 
 from __future__ import annotations
 
+import os
 import random
 import secrets
 import threading
@@ -29,7 +30,7 @@ from psycopg import errors, sql
 from psycopg.conninfo import make_conninfo
 
 from apps.registry import service_spec
-from ops.db.topology import Topology
+from ops.db.topology import MONOLITH_ROLES_ENV, Topology
 
 MONOLITH_SERVICES = ("market", "blog", "cart")
 MONOLITH_WRITER = "monolith_writer"
@@ -43,8 +44,10 @@ def monolith_writer(
     the databases, USAGE on schema ``legacy``, SELECT, INSERT, UPDATE and DELETE on its tables
     and USAGE on its sequences; not a superuser, not the tables' owner (``<svc>_owner``), a
     member of no role. Yields each service's DSN as that role; dropped afterwards (its grants
-    with it). Its name is outside rose's namespace: ``rose db check`` would report its CONNECT
-    on a service database, which ``provision`` revokes."""
+    with it). While it lives the role is declared as production declares it, in
+    ROSE_MONOLITH_ROLES of this process's environment (children inherit it), so a ``rose db
+    provision`` of the practice round leaves its grants alone as it would the real monolith's
+    (undeclared, provision revokes its CONNECT)."""
     password = secrets.token_hex(16)
     with psycopg.connect(topology.admin_url(None, "postgres"), autocommit=True) as admin:
         admin.execute(
@@ -52,6 +55,8 @@ def monolith_writer(
                 sql.Identifier(role), sql.Literal(password)
             )
         )
+    declared = os.environ.get(MONOLITH_ROLES_ENV)
+    os.environ[MONOLITH_ROLES_ENV] = ",".join(filter(None, [declared, role]))
     try:
         urls = {}
         for service in services:
@@ -81,6 +86,10 @@ def monolith_writer(
                 )
         with psycopg.connect(topology.admin_url(None, "postgres"), autocommit=True) as admin:
             admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+        if declared is None:
+            os.environ.pop(MONOLITH_ROLES_ENV, None)
+        else:
+            os.environ[MONOLITH_ROLES_ENV] = declared
 
 
 Write = Callable[[dict[str, psycopg.Connection[Any]], random.Random], None]

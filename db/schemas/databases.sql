@@ -11,8 +11,10 @@
 -- `rose db provision --dry-run` prints the statements a run would execute.
 -- databases: the service databases to converge, [{"name", "owner", "connect"}], each with its
 -- owner and the roles that may connect (its app role and the FDW reader roles of the edges it
--- provides). known: every database rose declares on this server. See db/schemas/roles.sql for
--- how these files work.
+-- provides). known: every database rose declares on this server. monolith: the login roles the
+-- monolith writes its legacy tables as until the split is finalized (ROSE_MONOLITH_ROLES) and
+-- what they may hold, {"roles", "databases", "connect", ...} (ops/db/monolith.py). See
+-- db/schemas/roles.sql for how these files work.
 
 -- A missing service database. (CREATE DATABASE cannot run inside a transaction: its own statement.)
 -- Its locale is PostgreSQL's builtin C.UTF-8 whatever the server's initdb chose: text sorts by
@@ -34,10 +36,17 @@ WHERE pg_get_userbyid(db.datdba) <> d.owner \gexec
 -- Who may connect: the declared roles get CONNECT and nothing else; nobody else gets anything
 -- (PUBLIC's default CONNECT and TEMPORARY included). The owner's own privileges are its own.
 -- Missing grants first, then revocations, so no declared role is locked out in between.
+-- The monolith's declared roles may keep the CONNECT a DBA gave them on the databases holding
+-- schema legacy (accepted: never granted, never revoked); anything else of theirs is revoked.
 WITH declared AS (
     SELECT d.name AS datname, role_name AS grantee, 'CONNECT' AS privilege
     FROM jsonb_to_recordset(:'databases'::jsonb) AS d(name text, connect jsonb),
          jsonb_array_elements_text(d.connect) AS role_name
+), accepted AS (
+    SELECT datname, grantee, privilege
+    FROM jsonb_array_elements_text(:'monolith'::jsonb -> 'databases') AS datname,
+         jsonb_array_elements_text(:'monolith'::jsonb -> 'roles') AS grantee,
+         jsonb_array_elements_text(:'monolith'::jsonb -> 'connect') AS privilege
 ), actual AS (
     SELECT db.datname, coalesce(r.rolname, 'PUBLIC') AS grantee, a.privilege_type AS privilege,
            a.is_grantable, pg_get_userbyid(a.grantor) AS grantor,
@@ -65,7 +74,8 @@ SELECT format(E'-- cluster: extra grant option for %s on database %s for %s\n'
               'REVOKE GRANT OPTION FOR %s ON DATABASE %I FROM %I%s CASCADE',
               a.privilege, a.datname, a.grantee, a.privilege, a.datname, a.grantee,
               CASE WHEN a.by_owner THEN '' ELSE format(' GRANTED BY %I', a.grantor) END)
-FROM actual AS a JOIN declared AS d USING (datname, grantee, privilege)
+FROM actual AS a
+JOIN (SELECT * FROM declared UNION SELECT * FROM accepted) AS d USING (datname, grantee, privilege)
 WHERE a.is_grantable
 UNION ALL
 SELECT format(E'-- cluster: extra privilege %s on database %s for %s\nREVOKE %s ON DATABASE %I FROM %s%s CASCADE',
@@ -76,10 +86,22 @@ FROM actual AS a
 WHERE NOT EXISTS (
     SELECT FROM declared AS d
     WHERE (a.datname, a.grantee, a.privilege) = (d.datname, d.grantee, d.privilege))
+  AND NOT EXISTS (
+    SELECT FROM accepted AS m
+    WHERE (a.datname, a.grantee, a.privilege) = (m.datname, m.grantee, m.privilege))
 UNION ALL
 SELECT format(E'-- cluster: extra privilege %s on database %s for PUBLIC\nREVOKE %s ON DATABASE %I FROM PUBLIC',
               m.privilege, m.datname, m.privilege, m.datname)
 FROM missing_database AS m \gexec
+
+-- A declared monolith role that does not exist: named, never created (the DBA makes it and
+-- grants it what the monolith needs).
+SELECT format(E'-- cluster: monolith role %s declared in ROSE_MONOLITH_ROLES does not exist: '
+              'rose never creates it; create it (and grant it its legacy privileges) or take it '
+              'out of the setting', role_name)
+FROM jsonb_array_elements_text(:'monolith'::jsonb -> 'roles') AS role_name
+WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = role_name)
+ORDER BY 1 \gexec
 
 -- The maintenance and template databases, and any database of rose's namespace (db_*) rose does
 -- not declare: no rose role may connect to them or create temporary tables there, neither

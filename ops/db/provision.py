@@ -22,7 +22,7 @@ import hmac
 import json
 import logging
 import shlex
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -34,6 +34,7 @@ from ops.db.binaries import client_tool_target
 from ops.db.connections import Connections, scalar
 from ops.db.credentials import Credentials
 from ops.db.manifest import Edge, Secret, load_edges, load_secrets
+from ops.db.monolith import monolith_declaration
 from ops.db.sqlfiles import Change, ConvergeError, converge_file
 from ops.db.topology import Topology
 from ops.paths import DB_DIR
@@ -334,7 +335,9 @@ def provision(
             continue
         hosted_edges = [edge for edge in edges if edge.provider in server.services]
         roles = declared_roles(hosted, hosted_edges, credentials)
-        variables = server_variables(server, hosted, edges, credentials)
+        variables = server_variables(
+            server, hosted, edges, credentials, monolith_roles=topology.monolith_roles
+        )
         connection = connections.get(server.maintenance_url)
         run(connection, "schemas/roles.sql", variables["schemas/roles.sql"])
         changes = password_changes(connection, roles, apply=apply)
@@ -427,10 +430,12 @@ def server_variables(
     hosted: Iterable[str],
     edges: Iterable[Edge],
     credentials: Credentials | None,
+    *,
+    monolith_roles: Sequence[str] = (),
 ) -> dict[str, dict[str, str]]:
     """What each file of one server is given (db/schemas/roles.sql, databases.sql,
-    prune_roles.sql): the roles and databases of the ``hosted`` services, and everything rose
-    declares on the server as known."""
+    prune_roles.sql): the roles and databases of the ``hosted`` services, everything rose
+    declares on the server as known, and the monolith's declared roles (ops/db/monolith.py)."""
     chosen = [name for name in server.services if name in set(hosted)]
     hosted_edges = [edge for edge in edges if edge.provider in server.services]
     known_roles = [role["name"] for role in declared_roles(server.services, hosted_edges, None)]
@@ -454,6 +459,7 @@ def server_variables(
             "namespace": namespace,
             "known": _json([service_spec(name).database for name in server.services]),
             "databases": _json(databases),
+            "monolith": _json(monolith_declaration(monolith_roles)),
         },
         "schemas/prune_roles.sql": common,
     }
@@ -478,6 +484,8 @@ def database_variables(
                 "owner": spec.owner_role,
                 "app": spec.app_role,
                 "providers": _json(providers),
+                # For the rules of schema legacy (what the monolith's roles may hold there).
+                "monolith": _json(monolith_declaration(topology.monolith_roles)),
             },
         ),
         ("fdw/export_grants.sql", export_variables(name, edges, secrets)),
@@ -546,7 +554,9 @@ def psql_commands(topology: Topology, only: str | None = None) -> list[str]:
     edges, secrets = load_edges(), load_secrets()
     runs: list[tuple[str, str, dict[str, str]]] = []
     for server in servers(topology):
-        by_file = server_variables(server, server.services, edges, None)
+        by_file = server_variables(
+            server, server.services, edges, None, monolith_roles=topology.monolith_roles
+        )
         for path in ("schemas/roles.sql", "schemas/databases.sql"):
             runs.append((server.maintenance_url, path, by_file[path]))
     for name in SERVICES:

@@ -5,11 +5,16 @@ By default every database is on one server (``ROSE_ADMIN_URL`` or the embedded o
 can move to its own server with ``ROSE_ADMIN_URL_<SERVICE>``; ``ROSE_FDW_HOST_<SERVICE>`` and
 ``ROSE_FDW_PORT_<SERVICE>`` say how other servers reach it when that differs from the admin URL
 (for example a container name).
+
+``ROSE_MONOLITH_ROLES`` (comma-separated) names the login roles the monolith writes its legacy
+tables as until the split is finalized (docs/runbook-split.md): provisioning leaves their grants
+there alone (:mod:`ops.db.monolith`). Rose never creates, changes or grants them anything.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import quote
@@ -23,6 +28,7 @@ from ops.db.credentials import Credentials
 
 # Where the default admin DSN comes from, for the operator's error line.
 ADMIN_URL_SOURCE = "--database-url (or ROSE_ADMIN_URL)"
+MONOLITH_ROLES_ENV = "ROSE_MONOLITH_ROLES"
 
 
 def check_dsn(url: str, source: str = ADMIN_URL_SOURCE) -> str:
@@ -39,11 +45,29 @@ def check_dsn(url: str, source: str = ADMIN_URL_SOURCE) -> str:
     return url
 
 
+def monolith_roles_of(value: str) -> tuple[str, ...]:
+    """The roles named in ROSE_MONOLITH_ROLES, in order, once each. A role of rose's own
+    (``<service>_...``: provisioning owns it, and prune may drop it) or of PostgreSQL's
+    (``pg_...``, PUBLIC) cannot be the monolith's."""
+    roles = tuple(dict.fromkeys(name.strip() for name in value.split(",") if name.strip()))
+    rose_role = re.compile("^(" + "|".join(sorted(SERVICES)) + ")_")
+    for role in roles:
+        if rose_role.match(role) or role.startswith("pg_") or role.lower() == "public":
+            raise ConfigError(
+                f"{MONOLITH_ROLES_ENV} names {role}, a role of "
+                f"{'PostgreSQL' if not rose_role.match(role) else 'rose'}'s own: name the "
+                "login roles the monolith writes its legacy tables as"
+            )
+    return roles
+
+
 @dataclass(frozen=True)
 class Topology:
     default_admin_url: str
     admin_urls: Mapping[str, str] = field(default_factory=dict)
     fdw_addresses: Mapping[str, tuple[str, int]] = field(default_factory=dict)
+    # The monolith's login roles (ROSE_MONOLITH_ROLES), on every server.
+    monolith_roles: tuple[str, ...] = ()
 
     @classmethod
     def single_server(cls, admin_url: str, environ: Mapping[str, str] | None = None) -> Topology:
@@ -59,7 +83,12 @@ class Topology:
             host = env.get(f"ROSE_FDW_HOST_{name.upper()}")
             if host:
                 fdw[name] = (host, int(env.get(f"ROSE_FDW_PORT_{name.upper()}", "5432")))
-        return cls(default_admin_url=admin_url, admin_urls=admin_urls, fdw_addresses=fdw)
+        return cls(
+            default_admin_url=admin_url,
+            admin_urls=admin_urls,
+            fdw_addresses=fdw,
+            monolith_roles=monolith_roles_of(env.get(MONOLITH_ROLES_ENV, "")),
+        )
 
     def admin_url(self, service: str | None = None, database: str | None = None) -> str:
         """Superuser DSN (libpq form) of the service's server, connected to ``database``."""

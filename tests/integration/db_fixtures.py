@@ -50,9 +50,14 @@ class Cluster:
             connect_timeout=5,
         )
 
-    def rose(self, *args: str) -> Result:
-        env = {"ROSE_HOME": str(self.home), "ROSE_ENV": "dev", "ROSE_ADMIN_URL": self.admin_url}
-        return CliRunner().invoke(rose_cli, list(args), env=env)
+    def rose(self, *args: str, env: dict[str, str] | None = None) -> Result:
+        """The CLI on this cluster; ``env``: settings of the operator's (ROSE_MONOLITH_ROLES)."""
+        settings = {
+            "ROSE_HOME": str(self.home),
+            "ROSE_ENV": "dev",
+            "ROSE_ADMIN_URL": self.admin_url,
+        }
+        return CliRunner().invoke(rose_cli, list(args), env={**settings, **(env or {})})
 
 
 def start_cluster(extra_settings: dict[str, str] | None = None) -> Iterator[Cluster]:

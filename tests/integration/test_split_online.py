@@ -14,13 +14,17 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from traceback import format_exception
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
 
-from bench.split_load import WriterLoad, monolith_writer
+from bench.split_load import MONOLITH_WRITER, WriterLoad, monolith_writer
+from ops.db.credentials import Credentials
+from ops.db.provision import provision
+from ops.db.topology import MONOLITH_ROLES_ENV, monolith_roles_of
 from ops.split.capture import install
 from ops.split.common import CRASH_ENV, CRASH_EXIT_CODE
 from ops.split.moves import LEGACY_SERVICES, MOVES
@@ -99,7 +103,9 @@ def capture_objects(server: Any) -> list[str]:
     return found
 
 
-def test_sync_then_cutover_equals_the_offline_run_of_the_final_state(monolith):
+def test_sync_then_cutover_equals_the_offline_run_of_the_final_state(
+    monolith, credentials: Credentials
+):
     server = monolith
     first = rose_split(server, "sync", "--once")
     assert first.exit_code == 0, first.output
@@ -113,6 +119,19 @@ def test_sync_then_cutover_equals_the_offline_run_of_the_final_state(monolith):
         for _ in range(3):
             again = rose_split(server, "sync", "--once")
             assert again.exit_code == 0, again.output
+        # A provisioning mid-night (the deploy's migrate job, `rose up`), with the monolith's
+        # role declared as in production: its grants stay, it still connects and writes.
+        declared = replace(
+            server.topology, monolith_roles=monolith_roles_of(os.environ[MONOLITH_ROLES_ENV])
+        )
+        assert MONOLITH_WRITER in declared.monolith_roles
+        provisioned = provision(declared, credentials, say=lambda _: None)
+        assert not [c.line for c in provisioned.changes if MONOLITH_WRITER in c.line]
+        for url in urls.values():
+            with psycopg.connect(url) as writer:
+                assert writer.execute(
+                    "SELECT has_schema_privilege('legacy', 'USAGE')"
+                ).fetchone() == (True,)
         # A sync left running through the cutover ends by itself once every move is cut over.
         syncing = _split_process(server, "sync")
         time.sleep(3)
