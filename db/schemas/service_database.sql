@@ -45,10 +45,18 @@ ORDER BY n.nspname \gexec
 -- Schema privileges: the app role uses its own schema; PUBLIC keeps only USAGE on `public`
 -- (postgres_fdw's functions live there); the split's ledger and the monolith's tables (`legacy`:
 -- every merchant's SumUp key, every order) are their owner's alone. `rose split` reads and
--- writes legacy as a superuser or its owner, and grants nothing there.
+-- writes legacy as a superuser or its owner, and grants nothing there. The monolith's own
+-- login roles, declared (ROSE_MONOLITH_ROLES, ops/db/monolith.py: the variable monolith), may
+-- keep USAGE on legacy, and below DML on its tables and USAGE/SELECT on its sequences, in the
+-- databases that hold it: accepted, never granted (the DBA grants them), never revoked.
 -- Missing grants first, then revocations (here and below).
 WITH declared(nspname, grantee, privilege) AS (
     VALUES (:'svc', :'app', 'USAGE'), ('public', 'PUBLIC', 'USAGE')
+), accepted(nspname, grantee, privilege) AS (
+    SELECT :'monolith'::jsonb->>'schema', role, privilege
+    FROM jsonb_array_elements_text(:'monolith'::jsonb->'roles') AS role
+    CROSS JOIN jsonb_array_elements_text(:'monolith'::jsonb->'schema_privileges') AS privilege
+    WHERE current_database() IN (SELECT jsonb_array_elements_text(:'monolith'::jsonb->'databases'))
 ), actual AS (
     SELECT n.nspname, coalesce(r.rolname, 'PUBLIC') AS grantee, a.privilege_type AS privilege,
            a.is_grantable, pg_get_userbyid(a.grantor) AS grantor, a.grantor = n.nspowner AS by_owner
@@ -69,7 +77,8 @@ SELECT format(E'-- %s: extra grant option for %s on schema %s for %s\n'
               current_database(), a.privilege, a.nspname, a.grantee, a.privilege, a.nspname,
               CASE WHEN a.grantee = 'PUBLIC' THEN 'PUBLIC' ELSE quote_ident(a.grantee) END,
               CASE WHEN a.by_owner THEN '' ELSE format(' GRANTED BY %I', a.grantor) END)
-FROM actual AS a JOIN declared AS d USING (nspname, grantee, privilege)
+FROM actual AS a
+JOIN (SELECT * FROM declared UNION ALL SELECT * FROM accepted) AS d USING (nspname, grantee, privilege)
 WHERE a.is_grantable
 UNION ALL
 SELECT format(E'-- %s: extra privilege %s on schema %s for %s\nREVOKE %s ON SCHEMA %I FROM %s%s CASCADE',
@@ -78,6 +87,8 @@ SELECT format(E'-- %s: extra privilege %s on schema %s for %s\nREVOKE %s ON SCHE
               CASE WHEN a.by_owner THEN '' ELSE format(' GRANTED BY %I', a.grantor) END)
 FROM actual AS a
 WHERE NOT EXISTS (SELECT FROM declared AS d
+                  WHERE (a.nspname, a.grantee, a.privilege) = (d.nspname, d.grantee, d.privilege))
+  AND NOT EXISTS (SELECT FROM accepted AS d
                   WHERE (a.nspname, a.grantee, a.privilege) = (d.nspname, d.grantee, d.privilege)) \gexec
 
 -- Default privileges: what the owner creates in its schema (tables, views and sequences, by its
@@ -185,6 +196,15 @@ WITH rel AS (
     CROSS JOIN LATERAL unnest(CASE WHEN rel.relkind = 'S' THEN ARRAY['USAGE', 'SELECT']
                               ELSE ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE'] END) AS p
     WHERE rel.nspname = :'svc' AND rel.relname <> 'alembic_version'
+), accepted AS (
+    -- The declared monolith roles' DML on legacy's tables, USAGE/SELECT on its sequences.
+    SELECT rel.oid, role AS grantee, p AS privilege
+    FROM rel
+    CROSS JOIN jsonb_array_elements_text(:'monolith'::jsonb->'roles') AS role
+    CROSS JOIN LATERAL jsonb_array_elements_text(:'monolith'::jsonb->(
+        CASE WHEN rel.relkind = 'S' THEN 'sequence_privileges' ELSE 'table_privileges' END)) AS p
+    WHERE rel.nspname = :'monolith'::jsonb->>'schema' AND rel.relkind IN ('r', 'p', 'S')
+      AND current_database() IN (SELECT jsonb_array_elements_text(:'monolith'::jsonb->'databases'))
 ), actual AS (
     SELECT rel.oid, coalesce(r.rolname, 'PUBLIC') AS grantee, a.privilege_type AS privilege,
            a.is_grantable, pg_get_userbyid(a.grantor) AS grantor, a.grantor = rel.relowner AS by_owner
@@ -206,7 +226,9 @@ SELECT format(E'-- %s: extra grant option for %s on %s %I.%I for %s\n'
               current_database(), a.privilege, rel.kind_name, rel.nspname, rel.relname,
               a.grantee, a.privilege, rel.grant_keyword, rel.nspname, rel.relname, a.grantee,
               CASE WHEN a.by_owner THEN '' ELSE format(' GRANTED BY %I', a.grantor) END)
-FROM actual AS a JOIN declared AS d USING (oid, grantee, privilege) JOIN rel USING (oid)
+FROM actual AS a
+JOIN (SELECT * FROM declared UNION ALL SELECT * FROM accepted) AS d USING (oid, grantee, privilege)
+JOIN rel USING (oid)
 WHERE a.is_grantable
 UNION ALL
 SELECT format(E'-- %s: extra privilege %s on %s %I.%I for %s\nREVOKE %s ON %s %I.%I FROM %s%s CASCADE',
@@ -216,6 +238,8 @@ SELECT format(E'-- %s: extra privilege %s on %s %I.%I for %s\nREVOKE %s ON %s %I
               CASE WHEN a.by_owner THEN '' ELSE format(' GRANTED BY %I', a.grantor) END)
 FROM actual AS a JOIN rel USING (oid)
 WHERE NOT EXISTS (SELECT FROM declared AS d
+                  WHERE (a.oid, a.grantee, a.privilege) = (d.oid, d.grantee, d.privilege))
+  AND NOT EXISTS (SELECT FROM accepted AS d
                   WHERE (a.oid, a.grantee, a.privilege) = (d.oid, d.grantee, d.privilege))
 UNION ALL
 -- Column privileges: none are declared here.

@@ -96,6 +96,9 @@ def test_undeclared_the_monolith_role_loses_its_connect_as_before(monolith: Clus
     check = monolith.rose("db", "check")
     assert check.exit_code == 1, check.output
     assert f"extra privilege CONNECT on database db_cart for {ROLE}" in check.output
+    # Schema legacy is its owner's alone (audit s20b M2) unless the role is declared.
+    assert f"extra privilege USAGE on schema legacy for {ROLE}" in check.output
+    assert f"extra privilege INSERT on table legacy.cart_items for {ROLE}" in check.output
     provisioned = monolith.rose("db", "provision")
     assert provisioned.exit_code == 0, provisioned.output
     with pytest.raises(psycopg.OperationalError, match="permission denied"):
