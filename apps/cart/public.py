@@ -93,11 +93,17 @@ async def add_to_cart(
     request: Request, db_session: DbSession, identity: CurrentIdentity, product_id: ItemId
 ) -> Any:
     quantity = await whole_number_field(request, "quantity", 1, message=QUANTITY_AS_NUMBER)
-    item = await service.add_item(db_session, owner_of(identity), product_id, quantity)
+    added = await service.add_item(db_session, owner_of(identity), product_id, quantity)
     await db_session.commit()
     if wants_html(request):
         return await redirect_back(request, "/")
-    return {"id": item.id, "product_id": item.product_id, "quantity": item.quantity}
+    item = added.item
+    return {
+        "id": item.id,
+        "product_id": item.product_id,
+        "quantity": item.quantity,
+        "added": added.added,
+    }
 
 
 @post("/item/{item_id:int}/quantity/", operation_id="cart_item_quantity", status_code=200)

@@ -24,6 +24,7 @@ from sqlalchemy import (
     bindparam,
     func,
     insert,
+    literal_column,
     select,
     text,
     true,
@@ -451,7 +452,8 @@ async def line_count(session: AsyncSession, owner: Owner) -> int:
 # -- writing ----------------------------------------------------------------------------------
 def _check_quantity(quantity: int, held: int = 0) -> None:
     """1 to ``MAX_QUANTITY``, or up to what the line already ``held`` (a line sign-in merged
-    past it may be kept or lowered, not raised)."""
+    past it may be kept or lowered by a change of quantity, not raised; an add never lowers
+    it, see ``add_item``)."""
     most = max(MAX_QUANTITY, held)
     if not 1 <= quantity <= most:
         raise InvalidInput(
@@ -460,10 +462,21 @@ def _check_quantity(quantity: int, held: int = 0) -> None:
         )
 
 
+@dataclass(frozen=True)
+class Added:
+    """What an add did: the line as it now is, and how many units the add put on it."""
+
+    item: CartItem
+    added: int
+
+
 async def add_item(
     session: AsyncSession, owner: Owner, product_id: int, quantity: int = 1
-) -> CartItem:
-    """Add a product (or more of it) in one statement; concurrent adds never duplicate a line."""
+) -> Added:
+    """Add a product (or more of it) in one statement; concurrent adds never duplicate a line.
+    An add takes a line to ``MAX_QUANTITY`` at most and never lowers it: a line sign-in merged
+    past that is kept as it is, and an add that could put nothing on its line is a 409 saying
+    so (the answer would otherwise read as if it had been added)."""
     _check_quantity(quantity)
     product = (await _products(session, [product_id])).get(product_id)
     if product is None:
@@ -491,16 +504,24 @@ async def add_item(
             index_elements=[owner_column, "product_id"],
             index_where=text(live),
             set_={
-                "quantity": func.least(table.c.quantity + quantity, MAX_QUANTITY),
+                "quantity": func.greatest(
+                    table.c.quantity, func.least(table.c.quantity + quantity, MAX_QUANTITY)
+                ),
                 "updated_at": func.now(),
             },
         )
-        .returning(table.c.id)
+        # PostgreSQL 18's OLD: the line's quantity before this add (NULL for a new line).
+        .returning(table.c.id, table.c.quantity, literal_column("old.quantity"))
     )
-    item_id = (await session.execute(statement)).scalar_one()
+    item_id, now_held, held_before = (await session.execute(statement)).one()
+    if held_before is not None and now_held == held_before:
+        raise Conflict(
+            f"Nothing was added: your cart already holds {held_before} of this product, and an "
+            f"add takes a line to {MAX_QUANTITY} at most (the line is kept as it is)"
+        )
     item = await session.get(CartItem, item_id, populate_existing=True)
     assert item is not None
-    return item
+    return Added(item, now_held - (held_before or 0))
 
 
 async def _owned_item(session: AsyncSession, owner: Owner, item_id: int) -> CartItem:
@@ -1064,7 +1085,8 @@ async def receive_activity(session: AsyncSession, activity: CartActivity) -> Inb
     owner = _activity_owner(activity.target)
     item = activity.object
     if activity.type == "Add":
-        quantity = (await add_item(session, owner, item.product_id, item.quantity or 1)).quantity
+        added = await add_item(session, owner, item.product_id, item.quantity or 1)
+        quantity = added.item.quantity
     else:
         line = await _live_line(session, owner, item.product_id)
         if activity.type == "Update":

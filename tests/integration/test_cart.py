@@ -210,6 +210,46 @@ async def test_sign_in_keeps_every_unit_and_paying_before_it_takes_only_its_own(
     assert "from 1 to 120" in raised.json()["detail"]
 
 
+async def test_an_add_never_lowers_a_line_sign_in_took_past_99(stack, clean_db, shop):
+    """Audit s20 M4: the anonymous 99 and the account's 99 make 198 at sign-in; one more
+    "Add to cart" made it 99 without a word. An add keeps such a line and says nothing was
+    added; an add that reaches the 99 says how many it added."""
+    product, other_product = shop.product_ids[0], shop.product_ids[2]
+    account = await browser_of(stack, "cart", user_id=71)
+    await account.post(f"/add/{product}/", json={"quantity": 99})
+    cart = await browser_of(stack, "cart")
+    await cart.post(f"/add/{product}/", json={"quantity": 99})
+    market = stack.browser("market")
+    share_cookies(cart, market)
+    assert (await market.get("/auth/dev-login?user_id=71")).status_code == 200
+    share_cookies(market, cart)
+    cart.headers["x-csrf-token"] = (await cart.get("/auth/session")).json()["csrf_token"]
+    view = (await cart.get("/api/cart")).json()
+    assert [(x["product_id"], x["quantity"]) for x in view["pages"][0]["lines"]] == [(product, 198)]
+
+    one_more = await cart.post(f"/add/{product}/", json={"quantity": 1})
+    assert one_more.status_code == 409, one_more.text
+    assert one_more.headers["content-type"] == "application/problem+json"
+    assert one_more.json()["detail"] == (
+        "Nothing was added: your cart already holds 198 of this product, and an add takes a "
+        "line to 99 at most (the line is kept as it is)"
+    )
+    as_page = await cart.post(f"/add/{product}/", data={"quantity": "1"}, headers=HTML)
+    assert as_page.status_code == 409
+    assert "Nothing was added" in as_page.text
+    view = (await cart.get("/api/cart")).json()
+    assert [(x["product_id"], x["quantity"]) for x in view["pages"][0]["lines"]] == [(product, 198)]
+
+    # Up to the 99, an add says what it added.
+    assert (await cart.post(f"/add/{other_product}/", json={"quantity": 97})).json()["added"] == 97
+    reaching = await cart.post(f"/add/{other_product}/", json={"quantity": 5})
+    assert reaching.status_code == 200, reaching.text
+    assert (reaching.json()["quantity"], reaching.json()["added"]) == (99, 2)
+    at_most = await cart.post(f"/add/{other_product}/", json={"quantity": 1})
+    assert at_most.status_code == 409
+    assert "already holds 99 of this product" in at_most.json()["detail"]
+
+
 async def test_checkout_pays_and_clears_the_cart_and_confirms_bookings(
     stack, clean_db, shop, sandbox
 ):

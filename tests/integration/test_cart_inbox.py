@@ -140,6 +140,20 @@ async def test_a_product_market_does_not_sell_is_404_and_not_recorded(cart, clea
     assert received(clean_db) == []
 
 
+async def test_an_add_keeps_a_line_past_99_and_is_409_not_recorded(cart, clean_db):
+    """Audit s20 M4: an Add to a line sign-in took past 99 lowered it to 99."""
+    assert (
+        await internal_post(cart, "inbox", activity("Add", "urn:m:1", 1, 90))
+    ).status_code == 200
+    with admin_connect(clean_db, "cart") as connection:
+        connection.execute("UPDATE cart.cart_items SET quantity = 150")
+    refused = await internal_post(cart, "inbox", activity("Add", "urn:m:2", 1, 1))
+    assert refused.status_code == 409, refused.text
+    assert "already holds 150" in refused.json()["detail"]
+    assert lines(clean_db) == [(7, None, 1, 150, True)]
+    assert received(clean_db) == [("urn:m:1", "Add")]
+
+
 async def test_an_unsigned_or_wrongly_signed_activity_is_401(cart, clean_db):
     body = json.dumps(activity("Add", "urn:u:1", 1)).encode()
     unsigned = await cart.post(
