@@ -385,9 +385,13 @@ async def apply_checkout(
         await _enqueue_after_payment(session, order, paid_items)
         return Applied("paid", "PAID", paid=True)
 
+    # The order as it is now, locked: ``order`` was read before SumUp was asked, and a
+    # supersede may have committed since (its status and what replaced it come from here).
     current = (
         await session.execute(
-            select(Order.status, Order.flagged).where(Order.id == order.id).with_for_update()
+            select(Order.status, Order.flagged, Order.superseded_by)
+            .where(Order.id == order.id)
+            .with_for_update()
         )
     ).one()
     if current.flagged:
@@ -395,7 +399,7 @@ async def apply_checkout(
     if current.status in (*CLOSED_UNPAID_STATES, "refund_due", "refunded"):
         # Money for an order that will not be honoured (a tab left open on a superseded order,
         # a payment after the order expired): it goes back.
-        reason = _late_reason(order, current)
+        reason = _late_reason(current)
         if not await record_refund(session, order, attempt, LATE_PAYMENT, reason):
             return Applied(current.status, "PAID")  # this payment's refund is already known
         await session.execute(
@@ -413,9 +417,10 @@ async def apply_checkout(
     return Applied(current.status, "PAID")
 
 
-def _late_reason(order: OrderInHand, current: Any) -> str:
+def _late_reason(current: Any) -> str:
+    """Why a payment goes back, from the order's locked row (``status``, ``superseded_by``)."""
     if current.status == "superseded":
-        return f"paid after order {order.superseded_by} replaced it"
+        return f"paid after order {current.superseded_by} replaced it"
     if current.status in ("refund_due", "refunded"):
         return "a further payment of an order that is being refunded"
     return f"paid after the order was {current.status}"

@@ -8,6 +8,7 @@ from decimal import Decimal
 
 import pytest
 
+from apps.orders import service
 from tests.conftest import admin_connect
 from tests.integration.orders_fixtures import (
     Sandbox,
@@ -187,3 +188,37 @@ async def test_a_refund_whose_merchant_lost_its_key_waits_listed_and_goes_back_o
     await reconciler.run_once()
     assert refunds(clean_db)[0][:2] == (older, "done")
     assert status_of(clean_db, older) == "refunded"
+
+
+async def test_a_late_payment_names_the_order_that_replaced_it_whenever_that_committed(
+    orders, clean_db, sandbox
+):
+    """Audit s20 L6: the buyer read "paid after order None replaced it". The webhook reads the
+    order, asks SumUp, then locks the order; a supersede that committed in between left the
+    reason naming the order as first read (not yet replaced). Here the webhook's own steps
+    run with the supersede between them: its read, a checkout again, then the rest."""
+    sandbox.controls(deactivation_unavailable=True)  # the older tab stays open and pays
+    older = (await create(orders, order_payload(product_line(1, "4.00")))).json()["order_id"]
+    checkout_id = checkout_id_of(clean_db, older)
+    app = orders.apps["orders"]
+    runtime = app.state.runtime
+    async with app.state.platform.sessionmaker() as session:
+        found = await service.attempt_for_checkout(session, older, checkout_id)
+        assert found is not None
+        order, attempt = found  # as the webhook first reads them: older is pending
+        newer = await create(orders, order_payload(product_line(1, "4.00"), product_line(2)))
+        assert newer.status_code == 200, newer.text
+        await app.state.reconciler.quiet()  # closing the older tab failed, nothing applied
+        assert status_of(clean_db, older) == "superseded"
+        sandbox.pay(checkout_id)
+        applied = await service.refresh_reported_attempt(
+            session, order, attempt, runtime.gateway, runtime.recent_accounts
+        )
+        await session.commit()
+    assert applied is not None
+    assert applied.refund_due
+    with admin_connect(clean_db, "orders") as connection:
+        [(reason,)] = connection.execute(
+            "SELECT reason FROM orders.refunds WHERE order_id = %s", (older,)
+        ).fetchall()
+    assert reason == f"paid after order {newer.json()['order_id']} replaced it"
