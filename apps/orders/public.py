@@ -151,6 +151,7 @@ async def checkout_return(
         "return.html",
         order=order,
         state=result,
+        latest=await service.latest_checkout_of(db_session, order),
         degraded=degraded,
         # Not known yet: the page asks again every few seconds (static/look-again.js).
         looking_again=result in ("waiting", "confirming"),
@@ -212,6 +213,7 @@ async def order_detail(request: Request, db_session: DbSession, order: OwnedOrde
         "order.html",
         order=order,
         state=await service.order_state(db_session, order),
+        latest=await service.latest_checkout_of(db_session, order),
         unconfirmed=service.unconfirmed_note(order),
     )
 

@@ -1308,10 +1308,12 @@ async def start_new_attempt(
         )
     ).one()
     if locked.status == "superseded":
+        latest = await latest_checkout(session, order.id)
+        if latest is None:  # every superseded order names its replacement; this is a guard
+            raise Conflict(f"Order {order.id} was replaced; it cannot be paid again")
         raise Conflict(
-            f"Order {order.id} was replaced by order {locked.superseded_by}: pay "
-            f"{runtime.urls.order_page(locked.superseded_by)} instead",
-            order_id=locked.superseded_by,
+            replaced_said(order.id, latest, runtime.urls.order_page(latest.order_id)),
+            order_id=latest.order_id,
         )
     if locked.status != "pending":
         raise Conflict(f"Order {order.id} is {locked.status}; it cannot be paid again")
@@ -1440,6 +1442,70 @@ async def recheck(
 
 
 # -- reading -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LatestCheckout:
+    """The end of a chain of superseded orders: the buyer's latest checkout of those goods
+    (which may hold other quantities or more goods than the order it replaced)."""
+
+    order_id: int
+    status: str
+
+    @property
+    def payable(self) -> bool:
+        return self.status == "pending"
+
+
+# A chain is one order per checkout again; this only bounds a chain that would loop.
+_MOST_CHAIN_LINKS = 10_000
+
+
+def _latest_checkout() -> Select[Any]:
+    orders = table_of(Order)
+    chain = (
+        select(orders.c.id, orders.c.status, orders.c.superseded_by, literal(0).label("links"))
+        .where(orders.c.id == bindparam("order_id"))
+        .cte("chain", recursive=True)
+    )
+    newer = orders.alias("newer")
+    chain = chain.union_all(
+        select(newer.c.id, newer.c.status, newer.c.superseded_by, chain.c.links + 1).where(
+            newer.c.id == chain.c.superseded_by,
+            chain.c.status == "superseded",
+            chain.c.links < _MOST_CHAIN_LINKS,
+        )
+    )
+    return select(chain.c.id, chain.c.status).order_by(chain.c.links.desc()).limit(1)
+
+
+_LATEST_CHECKOUT = _latest_checkout()
+
+
+async def latest_checkout(session: AsyncSession, order_id: int) -> LatestCheckout | None:
+    """For a superseded order, the order at the end of its chain (each checkout again
+    supersedes the one before, so ``superseded_by`` may itself be superseded): where the
+    buyer is sent, rather than one hop at a time. None for an order not superseded."""
+    row = (await session.execute(_LATEST_CHECKOUT, {"order_id": order_id})).one_or_none()
+    if row is None or row.id == order_id:
+        return None
+    return LatestCheckout(row.id, row.status)
+
+
+async def latest_checkout_of(session: AsyncSession, order: Order) -> LatestCheckout | None:
+    """:func:`latest_checkout` for an order in hand: no query unless it is superseded."""
+    if order.status != "superseded":
+        return None
+    return await latest_checkout(session, order.id)
+
+
+def replaced_said(order_id: int, latest: LatestCheckout, order_page: str) -> str:
+    """Why a superseded order cannot be paid, and where to go instead."""
+    then = f"pay {order_page} instead" if latest.payable else f"see {order_page}"
+    return (
+        f"Order {order_id} was replaced when you checked out again; your latest checkout of "
+        f"these goods is order {latest.order_id}: {then}"
+    )
+
+
 def owned_by(order: Order, user_id: int | None, session_id: str) -> bool:
     if order.user_id is not None:
         return order.user_id == user_id

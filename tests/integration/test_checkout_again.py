@@ -31,6 +31,8 @@ from tests.integration.commerce_fixtures import (
 from tests.integration.orders_fixtures import Sandbox, checkout_id_of, orders_of, webhook
 from tests.waiting import eventually
 
+HTML = {"accept": "text/html"}
+
 
 @pytest.fixture
 async def stack(clean_db, credentials, sandbox, shop):
@@ -120,6 +122,42 @@ async def test_a_cart_back_as_it_was_does_not_get_its_superseded_order(
     assert orders[answer["order_id"]] == ("pending", orders[one["order_id"]][1])  # 1 unit
     assert orders[two["order_id"]][0] == "superseded"  # the 2 units can no longer be paid
     assert checkout_of(sandbox, answer)["status"] == "PENDING"
+
+
+async def test_a_superseded_order_points_to_the_end_of_its_chain_not_the_same_goods(
+    stack, clean_db, shop, sandbox
+):
+    """Audit s20 L7: 1, 2, then 3 units checked out made orders A, B, C, each superseding the
+    one before. A pointed to B (itself superseded) and called it "the same goods" (2 units
+    against 1); paying A again sent the buyer to B, which sent them to C."""
+    cart = await browser_of(stack, "cart", user_id=3)
+    orders = stack.browser("orders")
+    share_cookies(cart, orders)
+    line = (await cart.post(f"/add/{shop.product_ids[0]}/")).json()
+    made = []
+    for quantity in (1, 2, 3):
+        await cart.post(f"/item/{line['id']}/quantity/", data={"quantity": str(quantity)})
+        made.append((await cart.post("/checkout/")).json()["order_id"])
+    first, second, latest = made
+    assert [orders_of(clean_db)[order_id][0] for order_id in made] == [
+        "superseded",
+        "superseded",
+        "pending",
+    ]
+
+    page = await orders.get(f"/order/{first}/", headers=HTML)
+    assert f'<a href="/order/{latest}/" id="newer-order">order #{latest}</a>' in page.text
+    assert "same goods" not in page.text
+    assert "your latest checkout of these goods" in page.text
+    orders_page = stack.apps["orders"].state.runtime.urls.public_base
+    again = await orders.post(f"/order/{first}/pay/", headers={"accept": "application/json"})
+    assert again.status_code == 409
+    assert again.json()["order_id"] == latest
+    assert again.json()["detail"] == (
+        f"Order {first} was replaced when you checked out again; your latest checkout of these "
+        f"goods is order {latest}: pay {orders_page}/order/{latest}/ instead"
+    )
+    assert f"/order/{latest}/" in (await orders.post(f"/order/{second}/pay/")).json()["detail"]
 
 
 async def test_checkout_after_pay_again_opens_the_current_attempt(stack, clean_db, shop, sandbox):
