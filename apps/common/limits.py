@@ -191,6 +191,14 @@ def _first_with_nul(encoded: str) -> str:
     return "parameter"
 
 
+def is_json_type(content_type: str) -> bool:
+    """Whether a Content-Type (parameters allowed) is JSON: the bodies whose keys, depth and
+    encoding this edge checks. A route that reads its body as JSON whatever its type must
+    refuse the others, or a body sent untyped skips those checks (audit s20 L1)."""
+    kind = content_type.split(";")[0].strip().lower()
+    return kind == "application/json" or kind.endswith("+json")
+
+
 def _check_body(
     content_type: str, body: bytes, lists: frozenset[str] = frozenset()
 ) -> Refusal | bytes:
@@ -202,7 +210,7 @@ def _check_body(
             name = _first_with_nul(body.decode("latin-1"))
             return Refusal(422, f"{name}: contains a NUL character", name)
         return _utf8_pairs(body, "body", lists)
-    if kind != "application/json" and not kind.endswith("+json"):
+    if not is_json_type(kind):
         return body
     try:
         body.decode("utf-8")

@@ -12,7 +12,14 @@ from litestar.params import Parameter
 
 from apps.common.admission import admission_of
 from apps.common.deps import CurrentIdentity, DbSession
-from apps.common.problems import Conflict, DependencyUnavailable, InvalidInput, NotFound
+from apps.common.limits import is_json_type
+from apps.common.problems import (
+    Conflict,
+    DependencyUnavailable,
+    InvalidInput,
+    NotFound,
+    UnsupportedMediaType,
+)
 from apps.common.web import (
     PageNumber,
     PageSize,
@@ -77,7 +84,15 @@ async def sumup_webhook(
 ) -> None:
     """SumUp's notification: ``{"event_type": "CHECKOUT_STATUS_CHANGED", "id": ...}``, unsigned.
     An unknown checkout gets a 2xx and no SumUp call; a known one is re-fetched and applied.
-    A SumUp or blog outage answers 503, so SumUp delivers again later."""
+    A SumUp or blog outage answers 503, so SumUp delivers again later. The body must be typed
+    as JSON (SumUp's is): the edge checks only such bodies (a key given twice, depth, UTF-8)."""
+    content_type = request.headers.get("content-type", "")
+    if not is_json_type(content_type):
+        raise UnsupportedMediaType(
+            f"SumUp's notification is application/json, not "
+            f"{content_type or 'a body without a type'}",
+            field="body",
+        )
     try:
         event = msgspec.json.decode(await request.body(), type=WebhookEvent)
     except msgspec.ValidationError as exc:

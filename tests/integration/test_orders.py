@@ -340,9 +340,45 @@ async def test_forged_webhook_for_an_unknown_checkout_calls_nobody(orders, clean
     )
     assert ignored.status_code == 204
     garbage = await orders.client("orders").post(
-        f"/checkout/webhook/{order_id}/", content=b"not json"
+        f"/checkout/webhook/{order_id}/",
+        content=b"not json",
+        headers={"content-type": "application/json"},
     )
     assert garbage.status_code == 422
+
+
+async def test_a_webhook_body_that_is_not_typed_json_is_415(orders, clean_db, sandbox):
+    """Audit s20 L1: the webhook read any body as JSON, so leaving out the JSON type passed a
+    key given twice the edge refuses in JSON (msgspec takes the last). SumUp sends JSON typed
+    as JSON (the sandbox too, see test_webhook_delivery), so another type is refused."""
+    order_id = (await create(orders)).json()["order_id"]
+    checkout_id = checkout_id_of(clean_db, order_id)
+    sandbox.pay(checkout_id)
+    twice = json.dumps({"event_type": "X", "id": checkout_id})[:-1] + (
+        ', "event_type": "CHECKOUT_STATUS_CHANGED"}'
+    )
+    url = f"/checkout/webhook/{order_id}/"
+    client = orders.client("orders")
+    as_json = await client.post(url, content=twice, headers={"content-type": "application/json"})
+    assert as_json.status_code == 422
+    assert "event_type: given more than once" in as_json.json()["detail"]
+    for headers in (
+        {},
+        {"content-type": "text/plain"},
+        {"content-type": "application/x-www-form-urlencoded"},
+    ):
+        refused = await client.post(url, content=twice, headers=headers)
+        assert refused.status_code == 415, (headers, refused.text)
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert "application/json" in refused.json()["detail"]
+    assert order_rows(clean_db)[0][1] == "pending"  # nothing was applied
+    typed = await client.post(
+        url,
+        content=json.dumps({"event_type": "CHECKOUT_STATUS_CHANGED", "id": checkout_id}),
+        headers={"content-type": "application/json; charset=utf-8"},
+    )
+    assert typed.status_code == 204
+    assert order_rows(clean_db)[0][1] == "paid"
 
 
 async def test_a_webhook_is_answered_without_a_session_cookie(orders, clean_db, sandbox):
