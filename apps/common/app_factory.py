@@ -58,6 +58,7 @@ from apps.common.observability import (
     UNOBSERVED_PATHS,
     ScrapeHook,
     configure_tracing,
+    log_safe,
     metrics_controller,
     opentelemetry_middleware,
     prometheus_config,
@@ -128,14 +129,16 @@ def request_middleware(service: str) -> Callable[[ASGIApp], ASGIApp]:
                     # The client as uvicorn saw it: the proxy's X-Forwarded-For when the
                     # connection comes from a trusted proxy (FORWARDED_ALLOW_IPS), else the peer.
                     client = scope.get("client")
+                    # The path (and a forwarded client) are what the request chose: escaped,
+                    # so they cannot write a line of their own (audit s20 L2).
                     logger.info(
                         "%s %s %d %.1fms request=%s client=%s",
-                        http_method(scope),
-                        scope["path"],
+                        log_safe(http_method(scope)),
+                        log_safe(scope["path"]),
                         status,
                         (time.perf_counter() - started) * 1000,
                         request_id,
-                        client[0] if client else "-",
+                        log_safe(client[0]) if client else "-",
                     )
 
         return log

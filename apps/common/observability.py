@@ -31,6 +31,7 @@ import os
 import re
 import sys
 import threading
+import unicodedata
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -332,6 +333,28 @@ def trace_id() -> str:
 
 
 # -- logs --------------------------------------------------------------------------------------
+# What a request sends that a log line must not write as it is: control characters (a newline
+# starts a line of the sender's choosing, ESC drives the terminal, NUL makes the file
+# "binary"), invisible format characters (text-direction overrides), line and paragraph
+# separators, and the space that separates the access line's fields.
+_UNSAFE_IN_A_LOG_LINE = {"Cc", "Cf", "Cs", "Zl", "Zp"}
+
+
+def log_safe(text: str) -> str:
+    """``text`` (a request's path, say) for one field of one log line: each character that
+    could break the line or the terminal percent-encoded as UTF-8, as in a URL (``%0A``,
+    ``%1B``, ``%E2%80%AE``); the rest as it reads. The text format writes messages as they
+    are (the JSON lines escape them), so the access line passes what a request chose here."""
+    if text.isprintable() and " " not in text:
+        return text
+    return "".join(
+        "".join(f"%{byte:02X}" for byte in char.encode("utf-8", "surrogatepass"))
+        if char == " " or unicodedata.category(char) in _UNSAFE_IN_A_LOG_LINE
+        else char
+        for char in text
+    )
+
+
 class TraceIdFilter(logging.Filter):
     """Puts the current trace id on every record (``trace_id``)."""
 
