@@ -22,8 +22,9 @@ from litestar.openapi.plugins import (
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, Schema
 from litestar.openapi.spec.enums import OpenAPIType
 from litestar.router import Router
-from litestar.static_files import create_static_files_router
 from litestar.status_codes import HTTP_404_NOT_FOUND
+
+from apps.common.static import static_files_router
 
 PROBLEM = Schema(
     type=OpenAPIType.OBJECT,
@@ -159,11 +160,10 @@ class SchemaViewer(SwaggerRenderPlugin):
         # The viewer's files instead of Swagger's OAuth2 redirect page (no OAuth here; it is an
         # inline script).
         router.register(
-            create_static_files_router(
-                path=ASSETS,
-                directories=[OWN_STATIC, swagger_ui_static()],
-                cache_control=CacheControlHeader(max_age=3600, private=True),
-                include_in_schema=False,
+            static_files_router(
+                ASSETS,
+                [OWN_STATIC, swagger_ui_static()],
+                CacheControlHeader(max_age=3600, private=True),
             )
         )
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 from litestar import Litestar
 from litestar.datastructures import CacheControlHeader
-from litestar.static_files import create_static_files_router
 
 from apps.common.internal_client import InternalClient
 from apps.common.settings import Settings
+from apps.common.static import static_files_router
 from apps.market import public
 from apps.market.contract import CONTRACT
 from apps.registry import create_service_app
@@ -28,11 +28,8 @@ def create_app(
         public_handlers=[
             *public.handlers,
             # Product images (the demo's, and any an editor puts there), cached by browsers.
-            create_static_files_router(
-                path="/static",
-                directories=[STATIC],
-                cache_control=CacheControlHeader(max_age=86_400, public=True),
-                include_in_schema=False,
+            static_files_router(
+                "/static", [STATIC], CacheControlHeader(max_age=86_400, public=True)
             ),
         ],
         templates=Path(__file__).parent / "templates",

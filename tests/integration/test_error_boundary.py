@@ -38,6 +38,33 @@ async def stack(clean_db, credentials, sandbox, shop):
         yield running
 
 
+# Where this clone is installed: no answer may name it.
+INSTALLED_AT = str(Path(__file__).resolve().parents[2])
+# Each static files router: market's product images, and every service's schema viewer files.
+STATIC_MISSES = [
+    ("market", "/static/products/"),
+    ("market", "/static/products"),
+    ("market", "/static/no-such.svg"),
+    ("market", "/schema/static/no-such.js"),
+    ("orders", "/schema/static/no-such.js"),
+    ("blog", "/schema/static/products/x.css"),
+]
+
+
+@pytest.mark.parametrize(("service", "path"), STATIC_MISSES)
+async def test_a_static_miss_is_a_plain_404_naming_the_request_path_only(stack, service, path):
+    """Audit s20 L3: GET /static/products/ on market answered "no file or directory match the
+    path /work/.../apps/market/static/products was found" (Litestar's message, as the page)."""
+    browser = stack.browser(service)
+    problem = assert_problem(await browser.get(path, headers=JSON), 404)
+    assert problem["detail"] == f"Nothing is served at {path.rstrip('/')}"
+    page = await browser.get(path, headers=HTML)
+    assert page.status_code == 404
+    assert page.headers["content-type"].startswith("text/html")
+    assert INSTALLED_AT not in page.text
+    assert "no file or directory" not in page.text
+
+
 @pytest.mark.parametrize("service", PUBLIC)
 async def test_unknown_urls_and_wrong_methods_are_themed_pages_for_browsers(stack, service):
     browser = stack.browser(service)
