@@ -13,7 +13,6 @@ from typing import Any
 from litestar import Litestar
 from litestar.datastructures import CacheControlHeader, State
 from litestar.di import Provide
-from litestar.static_files import create_static_files_router
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -21,6 +20,7 @@ from apps.common.app_factory import platform_of
 from apps.common.internal_client import InternalClient
 from apps.common.outbox import OutboxRelay, backlog_metrics
 from apps.common.settings import Settings
+from apps.common.static import static_files_router
 from apps.common.web import public_url
 from apps.events import contract as events
 from apps.orders import internal, public
@@ -108,12 +108,7 @@ def create_app(
         internal_handlers=internal.handlers,
         public_handlers=[
             *public.handlers,
-            create_static_files_router(
-                path="/static",
-                directories=[STATIC],
-                cache_control=CacheControlHeader(max_age=3600, public=True),
-                include_in_schema=False,
-            ),
+            static_files_router("/static", [STATIC], CacheControlHeader(max_age=3600, public=True)),
         ],
         templates=Path(__file__).parent / "templates",
         on_startup=[start],
