@@ -21,6 +21,11 @@
 --   expired         pending     EXPIRED
 --   cancelled       cancelled   EXPIRED   (a cancelled order's checkout can no longer be paid)
 -- An order without a checkout gets no attempt.
+-- An order with nothing to pay (total 0) and no checkout is paid or cancelled: the orders
+-- service pays such an order as it is made, without SumUp, and cancels one that did not go
+-- through. A legacy one never paid (pending, failed, expired) moves as cancelled (noted), with
+-- or without a merchant: as pending the buyer was shown "Waiting for SumUp", "Pay again" was a
+-- 409 (no merchant) or a checkout of 0.00, and it expired half an hour later (audit s20c LOW 4).
 -- Pending orders (failed and expired ones included) are payable for the orders service's
 -- default window (ORDERS_PAYABLE_SECONDS, 1800 s: SumUp's hosted checkout session) from their
 -- last change (updated_at: a new checkout), as the service's own orders are from creation: a
@@ -46,6 +51,8 @@
 --   total <> sum of its parts  skipped with its items (the target checks the sum)
 --   no merchant resolvable     total > 0 (or a checkout): skipped with its items (the target
 --                              needs the snapshot); total 0: moved with NULL merchant columns
+--   free, never paid           total 0, no checkout, pending/failed/expired: moved as
+--                              cancelled (noted), with or without a merchant
 -- Every skipped row is listed in the ledger with its id and reason.
 
 CREATE TEMP TABLE split_orders (
@@ -65,7 +72,13 @@ CREATE TEMP TABLE split_orders (
 
 INSERT INTO split_orders
 SELECT o.id,
-       CASE o.status WHEN 'paid' THEN 'paid' WHEN 'cancelled' THEN 'cancelled' ELSE 'pending' END,
+       CASE
+           WHEN o.status IN ('paid', 'cancelled') THEN o.status
+           -- Nothing to pay and no checkout: orders pays such an order as it is made, so one
+           -- never paid cannot be waited for or paid again there; it did not go through.
+           WHEN o.total_amount = 0 AND o.sumup_checkout_id IS NULL THEN 'cancelled'
+           ELSE 'pending'
+       END,
        CASE WHEN o.sumup_checkout_id IS NOT NULL THEN
            CASE o.status
                WHEN 'pending' THEN 'PENDING'
@@ -125,7 +138,11 @@ FROM (
                CASE WHEN nullif(o.description, '') IS NULL
                     THEN 'no description: moved as "rose-ash order #<id>"' END,
                CASE WHEN o.sumup_checkout_id IS NOT NULL AND o.sumup_reference IS NULL
-                    THEN 'no sumup_reference: the payment attempt''s is <prefix><id>-1' END
+                    THEN 'no sumup_reference: the payment attempt''s is <prefix><id>-1' END,
+               CASE WHEN o.status NOT IN ('paid', 'cancelled') AND s.status = 'cancelled'
+                    THEN 'nothing to pay, no SumUp checkout and never paid: moved as cancelled '
+                         '(the orders service pays an order with nothing to pay as it is made)'
+               END
            ), '') AS note
     FROM stage_orders AS o
     JOIN split_orders AS s ON s.id = o.id

@@ -514,6 +514,90 @@ def test_a_free_order_needs_no_merchant_and_a_payable_one_still_does(monolith):
     assert verified.exit_code == 0, verified.output
 
 
+def test_a_free_order_never_paid_moves_as_cancelled_not_waiting_for_sumup(monolith):
+    """Audit s20c LOW 4: the orders service pays an order with nothing to pay as it is made,
+    without SumUp, so a legacy free order without a SumUp checkout that was never paid (pending,
+    failed, expired) cannot be waited for or paid again there. It moved as pending: the buyer
+    saw "Waiting for SumUp", "Pay again" was a 409 (no merchant) or a checkout of 0.00, and it
+    expired half an hour later. It moves as cancelled, the service's own end for a free order
+    that did not go through, with no deadline and a note in the ledger; a paid one as paid."""
+    with admin_connect(monolith, "cart") as cart:
+        # No site default: an order of no page, with no config of its own, resolves no merchant.
+        cart.execute(
+            "UPDATE legacy.page_configs SET deleted_at = updated_at WHERE container_type = 'site'"
+        )
+        merchant_config = cart.execute(
+            "SELECT id FROM legacy.page_configs WHERE sumup_merchant_code IS NOT NULL "
+            "ORDER BY id LIMIT 1"
+        ).fetchone()[0]
+        orders = {}
+        for name, status, config in (
+            ("pending", "pending", None),
+            ("failed", "failed", None),
+            ("expired", "expired", None),
+            ("cancelled", "cancelled", None),
+            ("paid", "paid", None),
+            ("pending with a merchant", "pending", merchant_config),
+        ):
+            orders[name] = cart.execute(
+                "INSERT INTO legacy.orders (user_id, status, product_total, total_amount, "
+                "description, page_config_id) VALUES (7, %s, 0, 0, %s, %s) RETURNING id",
+                (status, name, config),
+            ).fetchone()[0]
+            cart.execute(
+                "INSERT INTO legacy.order_items (order_id, product_id, product_title, "
+                "unit_price, quantity) VALUES (%s, 1, 'Product 1', 0, 1)",
+                (orders[name],),
+            )
+
+    moved = rose_split(monolith, "run", "--move", "page_configs", "--move", "orders")
+    assert moved.exit_code == 0, moved.output
+    assert "orders: verified: ok" in moved.output
+
+    found = dict(
+        (row[0], row[1:])
+        for row in rows(
+            monolith,
+            "orders",
+            "SELECT id, status, payable_until IS NULL, merchant_code IS NULL "
+            "FROM orders.orders WHERE id = ANY(%s)",
+            (list(orders.values()),),
+        )
+    )
+    assert {name: found.get(order_id) for name, order_id in orders.items()} == {
+        "pending": ("cancelled", True, True),
+        "failed": ("cancelled", True, True),
+        "expired": ("cancelled", True, True),
+        "cancelled": ("cancelled", True, True),
+        "paid": ("paid", True, True),
+        "pending with a merchant": ("cancelled", True, False),
+    }
+    assert (
+        value(
+            monolith,
+            "orders",
+            "SELECT count(*) FROM orders.payment_attempts WHERE order_id = ANY(%s)",
+            (list(orders.values()),),
+        )
+        == 0
+    )
+
+    entry = ledger(monolith, "orders")
+    assert entry is not None
+    never_paid = (
+        "nothing to pay, no SumUp checkout and never paid: moved as cancelled (the orders "
+        "service pays an order with nothing to pay as it is made)"
+    )
+    assert sorted(listed_ids(entry, "moved", never_paid, "orders")) == sorted(
+        orders[name] for name in ("pending", "failed", "expired", "pending with a merchant")
+    )
+    assert entry["source_rows"] == (
+        entry["moved_rows"] + entry["collapsed_rows"] + entry["skipped_rows"]
+    )
+    verified = rose_split(monolith, "verify", "--move", "orders")
+    assert verified.exit_code == 0, verified.output
+
+
 def test_page_configs_relation_history_and_sequences(monolith):
     keys = rows(monolith, "cart", "SELECT id, sumup_api_key FROM legacy.page_configs ORDER BY id")
     detached = rows(

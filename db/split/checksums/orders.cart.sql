@@ -14,8 +14,12 @@ CREATE TEMP TABLE IF NOT EXISTS split_listed (
 -- Each moved order with its target status and merchant snapshot.
 CREATE OR REPLACE TEMP VIEW split_moved_orders AS
 SELECT o.*,
-       CASE o.status WHEN 'paid' THEN 'paid' WHEN 'cancelled' THEN 'cancelled' ELSE 'pending' END
-           AS target_status,
+       CASE
+           WHEN o.status IN ('paid', 'cancelled') THEN o.status
+           -- Nothing to pay, no checkout, never paid: cancelled (see orders.sql).
+           WHEN o.total_amount = 0 AND o.sumup_checkout_id IS NULL THEN 'cancelled'
+           ELSE 'pending'
+       END AS target_status,
        CASE o.status
            WHEN 'pending' THEN 'PENDING'
            WHEN 'paid' THEN 'PAID'
