@@ -17,6 +17,7 @@ from sqlalchemy.engine import make_url
 
 from ops.db.credentials import Credentials
 from ops.db.migrate import migrate
+from ops.db.monolith import monolith_declaration
 from ops.db.sqlfiles import converge_file
 from ops.db.topology import Topology
 from ops.paths import DB_DIR
@@ -138,6 +139,7 @@ def build_monolith(topology: Topology, credentials: Credentials) -> str:
                 **cluster,
                 "known": json.dumps([MONOLITH_DATABASE]),
                 "databases": json.dumps([database]),
+                "monolith": json.dumps(monolith_declaration(())),
             },
             apply=True,
         )
@@ -147,7 +149,7 @@ def build_monolith(topology: Topology, credentials: Credentials) -> str:
         converge_file(
             connection,
             DB_DIR / "schemas" / "service_database.sql",
-            {**variables, "providers": "[]"},
+            {**variables, "providers": "[]", "monolith": json.dumps(monolith_declaration(()))},
             apply=True,
         )
     migrate({"market": monolith_admin}, ["market"])
