@@ -151,9 +151,7 @@ async def _ask_everywhere(
                 continue
             logger.warning("sign-in: %s %s failed: %s", action.service, action.name, exc)
             if exc.remote_status == 409:
-                raise Conflict(
-                    str(exc.problem.get("detail") or f"{action.service} refused the sign-in")
-                ) from None
+                raise _refused(action, exc) from None
             failed.append(_failure(action, exc))
     if failed:
         raise _unfinished(failed)
@@ -172,12 +170,14 @@ async def _adopt_everywhere(
         except InternalCallError as exc:
             logger.warning("sign-in: %s %s failed: %s", action.service, action.name, exc)
             if exc.remote_status == 409:
-                # The service refused it for a reason of its own (the session was handed to
-                # another account): that is the answer, not an outage.
-                raise Conflict(
-                    str(exc.problem.get("detail") or f"{action.service} refused the sign-in")
-                ) from None
+                raise _refused(action, exc) from None
             raise _unfinished([_failure(action, exc)]) from None
+
+
+def _refused(action: Action[SignIn, Any], exc: InternalCallError) -> Conflict:
+    """A service refused the sign-in for a reason of its own (the session was handed to
+    another account): that is the answer, not an outage."""
+    return Conflict(str(exc.problem.get("detail") or f"{action.service} refused the sign-in"))
 
 
 def _failure(action: Action[SignIn, Any], exc: InternalCallError) -> str:

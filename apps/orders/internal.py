@@ -20,7 +20,6 @@ from apps.orders import contract, service
 from apps.orders.contract import AdoptedOrders, CreatedOrder, CreateOrder
 from apps.orders.models import idempotency_keys
 from apps.orders.runtime import Runtime
-from apps.orders.settlement import after_payment_keys
 
 
 @action_route(contract.create_order)
@@ -61,13 +60,8 @@ async def create_order(
         raise
     runtime.jobs.close_soon(superseded)
     if created.get("paid"):
-        # Paid as it was made (nothing to pay): its bookings are confirmed before the buyer
-        # is answered, so that the cart they come back to no longer offers to remove them,
-        # and the answer says what became of the order (the buyer may have removed them).
-        await runtime.relay.deliver_now(
-            after_payment_keys(created["order_id"]), within=runtime.settings.return_delivery_seconds
-        )
-        return await service.answer_once_confirmed(db_session, created)
+        # Paid as it was made (nothing to pay): the answer says what became of it.
+        return await service.answer_once_confirmed(db_session, runtime, created)
     return created
 
 

@@ -152,7 +152,7 @@ async def checkout_return(
     order, degraded = await _rechecked(db_session, runtime, order)
     result = await service.order_state(db_session, order)
     if result in ("paid", "confirming"):
-        order = await service.once_delivered(db_session, runtime, order)
+        order = await service.once_delivered(db_session, runtime, order.id)
         # Still "confirming" (the page looks again in a moment) while events has yet to answer.
         result = await service.order_state(db_session, order)
         if wants_html(request):

@@ -857,11 +857,15 @@ def paid_answer(order: Order, urls: OrderUrls, stored: CreatedOrder | None = Non
     )
 
 
-async def answer_once_confirmed(session: AsyncSession, created: dict[str, Any]) -> dict[str, Any]:
-    """Create-order's paid answer, once the order's confirmation had its chance (the route
-    delivers it before answering). An order with nothing to pay is "paid" only in that its
-    bookings are confirmed, and the buyer may remove them from the cart until events confirms
-    them (audit s19 M4): events then confirms none, and the order is cancelled. So:
+async def answer_once_confirmed(
+    session: AsyncSession, runtime: OrdersRuntime, created: dict[str, Any]
+) -> dict[str, Any]:
+    """Create-order's paid answer, once the order's confirmation had its chance
+    (:func:`once_delivered`: its bookings are confirmed before the buyer is answered, so that
+    the cart they come back to no longer offers to remove them). An order with nothing to pay
+    is "paid" only in that its bookings are confirmed, and the buyer may remove them from the
+    cart until events confirms them (audit s19 M4): events then confirms none, and the order
+    is cancelled. So:
 
     - cancelled: a 409 saying nothing was confirmed, not "paid";
     - its confirmation still on its way (events slow or down): not said to be paid; the buyer
@@ -869,9 +873,7 @@ async def answer_once_confirmed(session: AsyncSession, created: dict[str, Any]) 
     - otherwise (confirmed, or an order paid through SumUp, whose money is taken whatever
       events does): the answer as it was."""
     order_id = created["order_id"]
-    order = await load_order(session, order_id)
-    if order is None:
-        return created
+    order = await once_delivered(session, runtime, order_id)
     state = await order_state(session, order)
     if state == "cancelled":
         raise Conflict(
@@ -1592,7 +1594,7 @@ async def order_state(session: AsyncSession, order: Order) -> str:
     return (await order_states(session, [order]))[order.id]
 
 
-async def once_delivered(session: AsyncSession, runtime: OrdersRuntime, order: Order) -> Order:
+async def once_delivered(session: AsyncSession, runtime: OrdersRuntime, order_id: int) -> Order:
     """A paid order as it is once what its payment queued (the cart's clear, the bookings'
     confirmation) has been delivered, or the page's wait for that has ended: the return page
     shows the cart emptied, and what events' answer recorded (bookings it could not confirm,
@@ -1602,9 +1604,9 @@ async def once_delivered(session: AsyncSession, runtime: OrdersRuntime, order: O
     look again."""
     await session.commit()  # no transaction left open while the page waits
     await runtime.relay.deliver_now(
-        after_payment_keys(order.id), within=runtime.settings.return_delivery_seconds
+        after_payment_keys(order_id), within=runtime.settings.return_delivery_seconds
     )
-    delivered = await load_order(session, order.id)
+    delivered = await load_order(session, order_id)
     assert delivered is not None
     return delivered
 
