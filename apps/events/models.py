@@ -188,6 +188,21 @@ class ReleasedHold(Base):
     )
 
 
+class GivenBackOrder(Base):
+    """An order whose holds orders gave back because create-order failed (release-for-order
+    with ``rolled_back``): it never existed, so a hold for it that arrives later (sent before
+    orders gave up, and slower than the give-back) holds nothing. Kept a day: a hold is sent
+    within create-order's deadline, and orders never makes an order id twice."""
+
+    __tablename__ = "given_back_orders"
+    __table_args__ = (Index("ix_given_back_orders_given_back_at", "given_back_at"),)
+
+    order_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    given_back_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), nullable=False
+    )
+
+
 # Anonymous sessions sign-in adopted (apps.common.adoption): a booking still carrying one is
 # refused, and a checkout the session started is told why its bookings moved.
 adopted_sessions = adopted_sessions_table(metadata)

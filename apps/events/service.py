@@ -37,6 +37,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -73,6 +74,7 @@ from apps.events.models import (
     DEFAULT_CURRENCY,
     Calendar,
     CalendarEntry,
+    GivenBackOrder,
     ReleasedHold,
     Ticket,
     adopted_sessions,
@@ -626,6 +628,15 @@ async def hold_for_order(session: AsyncSession, request: HoldForOrder) -> Held:
             f"until must be in the next {MAX_ORDER_HOLD}, not {request.until.isoformat()}",
             field="until",
         )
+    await _lock_holds_of(session, request.order_id)
+    if await session.scalar(
+        select(GivenBackOrder.order_id).where(GivenBackOrder.order_id == request.order_id)
+    ):
+        raise Conflict(
+            f"Nothing was held: order {request.order_id} was given up by orders (its holds "
+            "were given back) before this hold arrived",
+            field="order_id",
+        )
     held_count = 0
     missing: list[tuple[type[CalendarEntry] | type[Ticket], str, list[int]]] = []
     for model, ids, label in (
@@ -745,6 +756,12 @@ async def release_for_order(session: AsyncSession, request: ReleaseForOrder) -> 
     earlier order's), for the buyer still, and no longer than then: it is still in their cart.
     A hold from before events kept that (no prior expiry) ends now. A replay changes nothing."""
     if request.rolled_back:
+        await _lock_holds_of(session, request.order_id)
+        await session.execute(
+            pg_insert(GivenBackOrder)
+            .values(order_id=request.order_id)
+            .on_conflict_do_nothing(index_elements=[GivenBackOrder.order_id])
+        )
         return await _restore_holds_before(session, request.order_id)
     ended = 0
     for model in (CalendarEntry, Ticket):
@@ -760,6 +777,19 @@ async def release_for_order(session: AsyncSession, request: ReleaseForOrder) -> 
         )
         ended += len(result.all())
     return HoldsEnded(ended=ended)
+
+
+async def _lock_holds_of(session: AsyncSession, order_id: int) -> None:
+    """Serialise the hold and the give-back of one order until the transaction ends: a
+    give-back that commits first is seen by the hold (READ COMMITTED reads it after the lock),
+    and a hold that commits first is given back."""
+    await session.execute(
+        select(
+            func.pg_advisory_xact_lock(
+                func.hashtextextended(literal(f"events-order-holds:{order_id}"), 0)
+            )
+        )
+    )
 
 
 async def _restore_holds_before(session: AsyncSession, order_id: int) -> HoldsEnded:
@@ -827,6 +857,11 @@ async def sweep_ended_holds(session: AsyncSession) -> int:
         swept += len(recorded.all())
     await session.execute(
         delete(ReleasedHold).where(ReleasedHold.released_at < func.now() - RELEASED_HOLDS_KEPT)
+    )
+    await session.execute(
+        delete(GivenBackOrder).where(
+            GivenBackOrder.given_back_at < func.now() - RELEASED_HOLDS_KEPT
+        )
     )
     await forget_old_adoptions(session, ADOPTIONS)
     return swept

@@ -14,11 +14,12 @@ from decimal import Decimal
 import pytest
 
 from apps.common.app_factory import platform_of
+from apps.common.internal_client import InternalCallError
 from apps.events import contract as events_contract
 from apps.orders import contract as orders_contract
 from apps.orders.settings import HOLD_AFTER_PAYABLE
 from apps.orders.settlement import release_bookings_key
-from tests.conftest import admin_connect
+from tests.conftest import admin_connect, lock_waiters
 from tests.integration.commerce_fixtures import (
     AnswersLost,
     ServiceDown,
@@ -784,5 +785,92 @@ async def test_a_hold_events_applied_after_orders_gave_up_is_given_back(
     assert refused.status_code == 503, refused.text
     assert orders_of(clean_db) == {}
     assert await eventually(lambda: booking_hold(clean_db, shop.entry_id) == before)
+    for browser in (cart, events):
+        await browser.aclose()
+
+
+async def test_a_hold_that_reaches_events_after_its_give_back_holds_nothing(
+    stack, clean_db, shop, sandbox
+):
+    """A give-back of an order that never existed can reach events before the hold it gives
+    back (the hold still on its way when orders gave up): it ended nothing, and the late hold
+    then held the booking for that order until its payable time and 30 minutes more. Events
+    now remembers the orders given back: a hold for one of them holds nothing (409), and the
+    booking stays in the cart as it was."""
+    cart = await browser_of(stack, "cart", user_id=3)
+    events = stack.browser("events")
+    share_cookies(cart, events)
+    assert (await events.post(f"/entries/{shop.entry_id}/book/")).status_code == 200
+    before = booking_hold(clean_db, shop.entry_id)
+    assert before[:3] == ("pending", None, None), before
+
+    client = platform_of(stack.apps["orders"]).client
+    never_made = 987_654
+    given_back = await client.call(
+        events_contract.release_for_order,
+        events_contract.ReleaseForOrder(order_id=never_made, rolled_back=True),
+    )
+    assert given_back.ended == 0
+    late_hold = events_contract.HoldForOrder(
+        order_id=never_made,
+        until=before[3] + timedelta(minutes=30),
+        entry_ids=[shop.entry_id],
+        user_id=3,
+    )
+    with pytest.raises(InternalCallError) as refused:
+        await client.call(events_contract.hold_for_order, late_hold)
+    assert refused.value.remote_status == 409, refused.value
+    assert f"order {never_made}" in refused.value.problem["detail"]
+    assert booking_hold(clean_db, shop.entry_id) == before
+    # A replay of the give-back changes nothing either.
+    again = await client.call(
+        events_contract.release_for_order,
+        events_contract.ReleaseForOrder(order_id=never_made, rolled_back=True),
+    )
+    assert again.ended == 0
+    assert booking_hold(clean_db, shop.entry_id) == before
+    for browser in (cart, events):
+        await browser.aclose()
+
+
+async def test_a_hold_and_its_give_back_at_once_leave_the_booking_as_it_was(
+    stack, clean_db, shop, sandbox
+):
+    """The race of the test above: the hold is already inside events (past its check of the
+    orders given back) but waits on the booking's row, and the give-back comes in meanwhile.
+    Without one order of the two, the give-back found nothing to give back and committed, then
+    the hold went on and held the booking for an order that never existed. Events serialises
+    a hold and the give-back of one order: the give-back waits, then gives the hold back."""
+    cart = await browser_of(stack, "cart", user_id=3)
+    events = stack.browser("events")
+    share_cookies(cart, events)
+    assert (await events.post(f"/entries/{shop.entry_id}/book/")).status_code == 200
+    before = booking_hold(clean_db, shop.entry_id)
+    client = platform_of(stack.apps["orders"]).client
+    never_made = 987_655
+    late_hold = events_contract.HoldForOrder(
+        order_id=never_made,
+        until=before[3] + timedelta(minutes=30),
+        entry_ids=[shop.entry_id],
+        user_id=3,
+    )
+    give_back = events_contract.ReleaseForOrder(order_id=never_made, rolled_back=True)
+    with admin_connect(clean_db, "events") as blocker:
+        with blocker.transaction():
+            blocker.execute(
+                "SELECT 1 FROM events.calendar_entries WHERE id = %s FOR UPDATE",
+                (shop.entry_id,),
+            )
+            hold = asyncio.create_task(client.call(events_contract.hold_for_order, late_hold))
+            assert await eventually(lambda: lock_waiters(clean_db, "events") == 1)
+            given = asyncio.create_task(client.call(events_contract.release_for_order, give_back))
+            # The give-back either finishes at once (nothing serialises it with the hold) or
+            # waits for the hold's transaction.
+            await eventually(lambda: given.done() or lock_waiters(clean_db, "events") == 2)
+        held = await hold
+        ended = await given
+    assert held.held == 1
+    assert ended.ended == 1
+    assert booking_hold(clean_db, shop.entry_id) == before
     for browser in (cart, events):
         await browser.aclose()
