@@ -83,7 +83,7 @@ async def order_data(
     order = await service.load_order(db_session, order_id)
     if order is None:
         raise NotFound(f"Order {order_id} does not exist")
-    return service.order_dict(order)
+    return service.order_dict(order, await service.latest_checkout_of(db_session, order))
 
 
 @data_route(contract.attention)

@@ -159,14 +159,15 @@ async def checkout_return(
             # The navigation was fetched before this handler ran: since then this page may have
             # delivered the clear, or the relay did (woken by the webhook).
             await refresh_nav(request)
+    latest = await service.latest_checkout_of(db_session, order)
     if not wants_html(request):
-        return {"state": result, "order": service.order_dict(order), "degraded": degraded}
+        return {"state": result, "order": service.order_dict(order, latest), "degraded": degraded}
     return render(
         request,
         "return.html",
         order=order,
         state=result,
-        latest=await service.latest_checkout_of(db_session, order),
+        latest=latest,
         degraded=degraded,
         # Not known yet: the page asks again every few seconds (static/look-again.js).
         looking_again=result in ("waiting", "confirming"),
@@ -213,8 +214,12 @@ async def api_order_list(
         db_session, identity.user_id, identity.session_id, page, per_page
     )
     states = await service.order_states(db_session, orders)
+    latest = await service.latest_checkouts(db_session, orders)
     return {
-        "items": [{**service.order_dict(order), "state": states[order.id]} for order in orders],
+        "items": [
+            {**service.order_dict(order, latest.get(order.id)), "state": states[order.id]}
+            for order in orders
+        ],
         "page": page,
         "per_page": per_page,
         "total": total,
@@ -235,7 +240,10 @@ async def order_detail(request: Request, db_session: DbSession, order: OwnedOrde
 
 @get("/api/orders/{order_id:int}", operation_id="order", dependencies=OWNED_ORDER)
 async def api_order_detail(db_session: DbSession, order: OwnedOrder) -> dict[str, Any]:
-    return {**service.order_dict(order), "state": await service.order_state(db_session, order)}
+    return {
+        **service.order_dict(order, await service.latest_checkout_of(db_session, order)),
+        "state": await service.order_state(db_session, order),
+    }
 
 
 @post(
@@ -288,7 +296,10 @@ async def recheck(
     if wants_html(request):
         return see_other(f"/order/{order.id}/")
     state = await service.order_state(db_session, order)
-    return Response({"state": state, "order": service.order_dict(order), "degraded": degraded})
+    latest = await service.latest_checkout_of(db_session, order)
+    return Response(
+        {"state": state, "order": service.order_dict(order, latest), "degraded": degraded}
+    )
 
 
 def _attempt_number(number: int | None) -> int | None:

@@ -49,7 +49,7 @@ from sqlalchemy import (
     union_all,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, distinct_on
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
@@ -1461,32 +1461,59 @@ class LatestCheckout:
 _MOST_CHAIN_LINKS = 10_000
 
 
-def _latest_checkout() -> Select[Any]:
+def _latest_checkouts() -> Select[Any]:
+    """The end of the chain of each order of ``:order_ids`` (the order itself when it is not
+    superseded), one recursive walk for them all."""
     orders = table_of(Order)
     chain = (
-        select(orders.c.id, orders.c.status, orders.c.superseded_by, literal(0).label("links"))
-        .where(orders.c.id == bindparam("order_id"))
+        select(
+            orders.c.id.label("origin"),
+            orders.c.id,
+            orders.c.status,
+            orders.c.superseded_by,
+            literal(0).label("links"),
+        )
+        .where(orders.c.id == any_(bindparam("order_ids", type_=ARRAY(BigInteger))))
         .cte("chain", recursive=True)
     )
     newer = orders.alias("newer")
     chain = chain.union_all(
-        select(newer.c.id, newer.c.status, newer.c.superseded_by, chain.c.links + 1).where(
+        select(
+            chain.c.origin, newer.c.id, newer.c.status, newer.c.superseded_by, chain.c.links + 1
+        ).where(
             newer.c.id == chain.c.superseded_by,
             chain.c.status == "superseded",
             chain.c.links < _MOST_CHAIN_LINKS,
         )
     )
-    return select(chain.c.id, chain.c.status).order_by(chain.c.links.desc()).limit(1)
+    return (
+        select(chain.c.origin, chain.c.id, chain.c.status)
+        .ext(distinct_on(chain.c.origin))
+        .order_by(chain.c.origin, chain.c.links.desc())
+    )
 
 
-_LATEST_CHECKOUT = _latest_checkout()
+_LATEST_CHECKOUTS = _latest_checkouts()
+
+
+async def latest_checkouts(
+    session: AsyncSession, orders: Sequence[Order]
+) -> dict[int, LatestCheckout]:
+    """For each superseded order of ``orders``, the order at the end of its chain (each
+    checkout again supersedes the one before, so ``superseded_by`` may itself be superseded):
+    where the buyer is sent, rather than one hop at a time. Orders not superseded are absent;
+    no query when none is."""
+    superseded = [order.id for order in orders if order.status == "superseded"]
+    if not superseded:
+        return {}
+    rows = await session.execute(_LATEST_CHECKOUTS, {"order_ids": superseded})
+    return {row.origin: LatestCheckout(row.id, row.status) for row in rows if row.id != row.origin}
 
 
 async def latest_checkout(session: AsyncSession, order_id: int) -> LatestCheckout | None:
-    """For a superseded order, the order at the end of its chain (each checkout again
-    supersedes the one before, so ``superseded_by`` may itself be superseded): where the
-    buyer is sent, rather than one hop at a time. None for an order not superseded."""
-    row = (await session.execute(_LATEST_CHECKOUT, {"order_id": order_id})).one_or_none()
+    """For a superseded order, the order at the end of its chain (see
+    :func:`latest_checkouts`). None for an order not superseded."""
+    row = (await session.execute(_LATEST_CHECKOUTS, {"order_ids": [order_id]})).one_or_none()
     if row is None or row.id == order_id:
         return None
     return LatestCheckout(row.id, row.status)
@@ -1494,9 +1521,7 @@ async def latest_checkout(session: AsyncSession, order_id: int) -> LatestCheckou
 
 async def latest_checkout_of(session: AsyncSession, order: Order) -> LatestCheckout | None:
     """:func:`latest_checkout` for an order in hand: no query unless it is superseded."""
-    if order.status != "superseded":
-        return None
-    return await latest_checkout(session, order.id)
+    return (await latest_checkouts(session, [order])).get(order.id)
 
 
 def replaced_said(order_id: int, latest: LatestCheckout, order_page: str) -> str:
@@ -1655,13 +1680,18 @@ async def list_orders(
     return orders, total
 
 
-def order_dict(order: Order) -> dict[str, Any]:
+def order_dict(order: Order, latest: LatestCheckout | None) -> dict[str, Any]:
+    """An order's JSON. ``latest``: the end of its chain when it is superseded
+    (:func:`latest_checkouts`), the order its page sends the buyer to."""
     attempt = order.current_attempt
     return {
         "id": order.id,
         "status": order.status,
         "flagged": order.flagged,
+        # The next order only (kept for compatibility): it may itself have been replaced.
         "superseded_by": order.superseded_by,
+        # The end of the chain: the buyer's latest checkout of these goods.
+        "latest_checkout_id": latest.order_id if latest is not None else None,
         "currency": order.currency,
         "product_total": str(order.product_total),
         "calendar_total": str(order.calendar_total),

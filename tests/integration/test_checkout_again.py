@@ -161,6 +161,34 @@ async def test_a_superseded_order_points_to_the_end_of_its_chain_not_the_same_go
     assert f"/order/{latest}/" in (await orders.post(f"/order/{second}/pay/")).json()["detail"]
 
 
+async def test_a_superseded_orders_json_names_the_end_of_its_chain(stack, clean_db, shop, sandbox):
+    """Orders A, B, C, each superseding the one before: the JSON of A named only B (its
+    ``superseded_by``, itself superseded) while A's page pointed to C. Now every JSON answer of
+    an order (the order, the list, the return page's) names C as ``latest_checkout_id`` beside
+    ``superseded_by`` (kept as it was: the next order); an order not superseded has none."""
+    cart = await browser_of(stack, "cart", user_id=3)
+    orders = stack.browser("orders")
+    share_cookies(cart, orders)
+    line = (await cart.post(f"/add/{shop.product_ids[0]}/")).json()
+    made = []
+    for quantity in (1, 2, 3):
+        await cart.post(f"/item/{line['id']}/quantity/", data={"quantity": str(quantity)})
+        made.append((await cart.post("/checkout/")).json()["order_id"])
+    first, second, latest = made
+    chain = {first: (second, latest), second: (latest, latest), latest: (None, None)}
+
+    for order_id, (next_order, end) in chain.items():
+        answer = (await orders.get(f"/api/orders/{order_id}")).json()
+        assert (answer["superseded_by"], answer["latest_checkout_id"]) == (next_order, end)
+        returned = (await orders.get(f"/checkout/return/{order_id}/")).json()["order"]
+        assert (returned["superseded_by"], returned["latest_checkout_id"]) == (next_order, end)
+    listed = {
+        item["id"]: (item["superseded_by"], item["latest_checkout_id"])
+        for item in (await orders.get("/api/orders")).json()["items"]
+    }
+    assert listed == chain
+
+
 async def test_checkout_after_pay_again_opens_the_current_attempt(stack, clean_db, shop, sandbox):
     """M3: after a pay again, the cart's Checkout sent the buyer to attempt 1, closed."""
     cart = await browser_of(stack, "cart", user_id=3)
