@@ -15,7 +15,7 @@ from apps.cart.settings import CartSettings
 from apps.common.admission import admission_of
 from apps.common.adoption import SIGN_OUT_PATH, START_AFRESH
 from apps.common.deps import AppSettings, CurrentIdentity, DbSession, Internal
-from apps.common.identity import Identity
+from apps.common.identity import Identity, flash_notice
 from apps.common.internal_client import InternalCallError, InternalClient
 from apps.common.problems import (
     DependencyUnavailable,
@@ -96,6 +96,9 @@ async def add_to_cart(
     added = await service.add_item(db_session, owner_of(identity), product_id, quantity)
     await db_session.commit()
     if wants_html(request):
+        if added.short_note is not None:
+            # The page the browser lands on says what JSON's ``added`` says.
+            flash_notice(request.scope, added.short_note)
         return await redirect_back(request, "/")
     item = added.item
     return {

@@ -464,10 +464,25 @@ def _check_quantity(quantity: int, held: int = 0) -> None:
 
 @dataclass(frozen=True)
 class Added:
-    """What an add did: the line as it now is, and how many units the add put on it."""
+    """What an add did: the line as it now is, how many units the add put on it, of how many
+    asked, and the product's title (for the buyer's notice)."""
 
     item: CartItem
     added: int
+    asked: int
+    title: str
+
+    @property
+    def short_note(self) -> str | None:
+        """What the buyer is told when the add took fewer than asked (the line reached the
+        most an add takes it to); None when it took them all."""
+        if self.added >= self.asked:
+            return None
+        return (
+            f"Only {self.added} of the {self.asked} you asked for "
+            f"{'was' if self.added == 1 else 'were'} added: your cart now holds "
+            f"{self.item.quantity} of {self.title}, the most one line can hold."
+        )
 
 
 async def add_item(
@@ -521,7 +536,7 @@ async def add_item(
         )
     item = await session.get(CartItem, item_id, populate_existing=True)
     assert item is not None
-    return Added(item, now_held - (held_before or 0))
+    return Added(item, now_held - (held_before or 0), quantity, product.title)
 
 
 async def _owned_item(session: AsyncSession, owner: Owner, item_id: int) -> CartItem:

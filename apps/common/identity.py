@@ -14,6 +14,10 @@ read it from ``GET /auth/session``. A token read before signing in is refused af
 
 During a rotation of ``SESSION_SECRET`` the codec signs with the current secret and accepts the
 ones listed in ``SESSION_SECRET_PREVIOUS`` too.
+
+A form post that redirects may leave the page it lands on a notice (``flash_notice``): a second
+cookie, signed and bound to the session, that the next page shows once (``take_notice``) and
+then forgets.
 """
 
 from __future__ import annotations
@@ -44,6 +48,10 @@ from apps.common.internal_paths import is_internal_path
 from apps.common.signing import same_secret
 
 COOKIE_NAME = "rose_session"
+# A notice for the next page (flash_notice); it lives no longer than this unless shown.
+NOTICE_COOKIE = "rose_notice"
+NOTICE_LIFETIME_SECONDS = 300
+NOTICE_MAX_LENGTH = 500
 # How long a session lasts without a visit; each visit in its second half extends it.
 SESSION_LIFETIME_SECONDS = 60 * 60 * 24 * 30
 # The field name Litestar's ``{{ csrf_input }}`` template helper renders; we fill in our token.
@@ -52,19 +60,24 @@ CSRF_HEADER = "X-CSRF-Token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 STATE_KEY = "rose_identity"
 CHANGED_KEY = "rose_identity_changed"
+# The notice the request's cookie carried (None: none, or not this session's), whether a page
+# showed it, and a notice the response leaves for the next page.
+NOTICE_KEY = "rose_notice"
+NOTICE_TAKEN_KEY = "rose_notice_taken"
+NEW_NOTICE_KEY = "rose_notice_new"
 
 
-def session_cookie(scope: Scope) -> str | None:
+def session_cookie(scope: Scope, cookie: str = COOKIE_NAME) -> str | None:
     """The session cookie's value in the request's ``Cookie`` headers, whatever other cookies
     share them. (``http.cookies`` stops at the first pair that is not an RFC 6265 token, such as
     a JSON value another site on the domain set; then the session after it went unseen and the
-    visitor was anonymous on every request.)"""
+    visitor was anonymous on every request.) ``cookie``: another of ours, read the same way."""
     for key, value in scope.get("headers", []):
         if key.lower() != b"cookie":
             continue
         for pair in value.decode("latin-1").split(";"):
             name, equals, given = pair.partition("=")
-            if equals and name.strip() == COOKIE_NAME:
+            if equals and name.strip() == cookie:
                 return given.strip().strip('"') or None
     return None
 
@@ -99,12 +112,14 @@ class SessionKeys:
 
     cookie: bytes
     csrf: bytes
+    notice: bytes
 
     @classmethod
     def of(cls, secret: str) -> SessionKeys:
         return cls(
             cookie=hashlib.sha256(b"rose-session:" + secret.encode()).digest(),
             csrf=hashlib.sha256(b"rose-csrf:" + secret.encode()).digest(),
+            notice=hashlib.sha256(b"rose-notice:" + secret.encode()).digest(),
         )
 
 
@@ -178,6 +193,29 @@ class SessionCodec:
     def csrf_valid(self, identity: Identity, given: str) -> bool:
         return any(same_secret(given, self._token(keys, identity)) for keys in self._all)
 
+    def _notice_mac(self, keys: SessionKeys, identity: Identity, payload: str) -> str:
+        return self._mac(keys.notice, f"{identity.session_id}|{payload}".encode())
+
+    def encode_notice(self, identity: Identity, text: str) -> str:
+        """A notice cookie's value: the text, signed for this session alone (nobody else can
+        make a page of ours say something, and a notice never follows a copied cookie)."""
+        payload = base64.urlsafe_b64encode(text[:NOTICE_MAX_LENGTH].encode()).rstrip(b"=")
+        return f"{payload.decode()}.{self._notice_mac(self._current, identity, payload.decode())}"
+
+    def decode_notice(self, identity: Identity, value: str) -> str | None:
+        """The text of a notice cookie made for ``identity``'s session; else None."""
+        payload, _, mac = value.partition(".")
+        if not payload or not mac:
+            return None
+        if not any(
+            same_secret(mac, self._notice_mac(keys, identity, payload)) for keys in self._all
+        ):
+            return None
+        try:
+            return base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)).decode()
+        except (ValueError, UnicodeDecodeError):
+            return None
+
 
 def identity_from_scope(scope: Scope) -> Identity:
     identity = scope.get("state", {}).get(STATE_KEY)
@@ -191,6 +229,21 @@ def set_identity(scope: Scope, identity: Identity, codec: SessionCodec) -> None:
     scope.setdefault("state", {})[STATE_KEY] = identity
     scope["state"][CHANGED_KEY] = True
     ScopeState.from_scope(scope).csrf_token = codec.csrf_token(identity)
+
+
+def flash_notice(scope: Scope, text: str) -> None:
+    """Leave ``text`` for the next page this browser is shown (after a redirect): it shows it
+    once. The response carries it as a cookie for the request's identity as it ends."""
+    scope.setdefault("state", {})[NEW_NOTICE_KEY] = text
+
+
+def take_notice(scope: Scope) -> str | None:
+    """The notice left for this page (None: none); the response then forgets it."""
+    state = scope.get("state", {})
+    text = state.get(NOTICE_KEY)
+    if text is not None:
+        state[NOTICE_TAKEN_KEY] = True
+    return text
 
 
 def identity_middleware(
@@ -221,6 +274,12 @@ def identity_middleware(
                 session is None or session.expires_at - time.time() < codec.lifetime / 2
             )
             state[STATE_KEY] = identity or new_anonymous_identity()
+            notice_cookie = None if exempt else session_cookie(scope, NOTICE_COOKIE)
+            state[NOTICE_KEY] = (
+                codec.decode_notice(identity, notice_cookie)
+                if identity is not None and notice_cookie
+                else None
+            )
             # Litestar's template helper {{ csrf_input }} renders this token.
             ScopeState.from_scope(scope).csrf_token = codec.csrf_token(state[STATE_KEY])
 
@@ -246,21 +305,38 @@ def identity_middleware(
                 receive = replaying_receive(body, receive)
 
             async def send_with_cookie(message: Message) -> None:
-                if (
-                    message["type"] == "http.response.start"
-                    and state.get(CHANGED_KEY)
-                    and not _shared_cacheable(message.get("headers", []))
+                if message["type"] == "http.response.start" and not _shared_cacheable(
+                    message.get("headers", [])
                 ):
-                    headers = list(message.get("headers", []))
-                    headers.append((b"set-cookie", _cookieheader(codec, state[STATE_KEY])))
-                    message = {**message, "headers": headers}
+                    added: list[tuple[bytes, bytes]] = []
+                    if state.get(CHANGED_KEY):
+                        added.append((b"set-cookie", _cookieheader(codec, state[STATE_KEY])))
+                    notice = _notice_header(state, notice_cookie)
+                    if notice is not None:
+                        added.append((b"set-cookie", notice))
+                    if added:
+                        message = {**message, "headers": [*message.get("headers", []), *added]}
                 await send(message)
 
+            def _notice_header(state: dict[str, Any], given: str | None) -> bytes | None:
+                """A new notice for the next page; else the one given forgotten once a page
+                showed it (or when it is not this session's: it never will be)."""
+                new = state.get(NEW_NOTICE_KEY)
+                if new is not None:
+                    value = codec.encode_notice(state[STATE_KEY], new)
+                    return _header(NOTICE_COOKIE, value, NOTICE_LIFETIME_SECONDS)
+                if given and (state.get(NOTICE_TAKEN_KEY) or state.get(NOTICE_KEY) is None):
+                    return _header(NOTICE_COOKIE, "", 0)
+                return None
+
             def _cookieheader(codec: SessionCodec, identity: Identity) -> bytes:
+                return _header(COOKIE_NAME, codec.encode(identity), codec.lifetime)
+
+            def _header(name: str, value: str, max_age: int) -> bytes:
                 parts = [
-                    f"{COOKIE_NAME}={codec.encode(identity)}",
+                    f"{name}={value}",
                     "Path=/",
-                    f"Max-Age={codec.lifetime}",
+                    f"Max-Age={max_age}",
                     "HttpOnly",
                     "SameSite=Lax",
                 ]

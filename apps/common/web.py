@@ -39,6 +39,7 @@ from apps.common.identity import (
     new_anonymous_identity,
     new_session_id,
     set_identity,
+    take_notice,
 )
 from apps.common.inputs import URL_SLUG, whole_number
 from apps.common.internal_client import InternalCallError, InternalClient
@@ -251,15 +252,17 @@ def client_network(request: Request) -> str | None:
 
 def page_context(request: Request, **context: Any) -> dict[str, Any]:
     """What every page template needs: who is asking (``{{ csrf_input }}``, the CSRF field of
-    forms, is Litestar's own helper, filled with our token by the identity middleware), and
-    the navigation's fragments (both edge layers: a route that does not exist has them too).
-    A request those layers skip (an internal path) is nobody in particular."""
+    forms, is Litestar's own helper, filled with our token by the identity middleware), the
+    navigation's fragments (both edge layers: a route that does not exist has them too), and
+    the notice a form post left for this page (shown once). A request those layers skip (an
+    internal path) is nobody in particular."""
     state = request.scope.get("state", {})
     identity = state.get(STATE_KEY)
     return {
         "identity": identity,
         "request": request,
         "nav_items": state.get(NAV_KEY, []),
+        "flash_notice": take_notice(request.scope),
         **context,
     }
 

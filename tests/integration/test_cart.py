@@ -250,6 +250,51 @@ async def test_an_add_never_lowers_a_line_sign_in_took_past_99(stack, clean_db, 
     assert "already holds 99 of this product" in at_most.json()["detail"]
 
 
+async def test_a_browser_told_when_only_part_of_an_add_fits(stack, clean_db, shop):
+    """The line holds 97 of at most 99 and the buyer's form adds 5: JSON said ``added`` 2, but
+    the browser was sent back to the cart with not a word of the 3 left out. Now the page it
+    lands on says so, once (a notice the page shows and then forgets)."""
+    product = shop.product_ids[2]
+    cart = await browser_of(stack, "cart")
+    assert (await cart.post(f"/add/{product}/", json={"quantity": 97})).json()["added"] == 97
+    token = cart.headers.pop("x-csrf-token")
+
+    # As the market's product form posts it: a URL-encoded form with its CSRF field.
+    form = {"quantity": "5", "_csrf_token": token}
+    sent = await cart.post(f"/add/{product}/", data=form, headers=HTML)
+    assert sent.status_code == 303, sent.text
+    landed = await cart.get(sent.headers["location"], headers=HTML)
+    assert landed.status_code == 200, landed.text
+    notice = (
+        "Only 2 of the 5 you asked for were added: your cart now holds 99 of Item 002, "
+        "the most one line can hold."
+    )
+    assert notice in landed.text
+    view = (await cart.get("/api/cart")).json()
+    assert [(x["product_id"], x["quantity"]) for x in view["pages"][0]["lines"]] == [(product, 99)]
+    # Shown once: the next page does not say it again.
+    again = await cart.get("/", headers=HTML)
+    assert again.status_code == 200
+    assert "you asked for" not in again.text
+
+    # Followed as a browser does, from the market's page (its form names no ``next``).
+    await cart.post(
+        f"/item/{view['pages'][0]['lines'][0]['id']}/quantity/",
+        data={"quantity": "97", "_csrf_token": token},
+    )
+    followed = await cart.post(f"/add/{product}/", data=form, headers=HTML, follow_redirects=True)
+    assert followed.status_code == 200
+    assert notice in followed.text
+    # A whole add says nothing more than the cart it shows.
+    await cart.post(
+        f"/item/{view['pages'][0]['lines'][0]['id']}/quantity/",
+        data={"quantity": "90", "_csrf_token": token},
+    )
+    whole = await cart.post(f"/add/{product}/", data=form, headers=HTML, follow_redirects=True)
+    assert whole.status_code == 200
+    assert "you asked for" not in whole.text
+
+
 async def test_checkout_pays_and_clears_the_cart_and_confirms_bookings(
     stack, clean_db, shop, sandbox
 ):

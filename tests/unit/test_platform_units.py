@@ -101,6 +101,24 @@ def test_session_cookie_cannot_be_forged():
     assert codec.csrf_token(Identity("abc")) != codec.csrf_token(Identity("abc", 7))
 
 
+def test_a_notice_is_read_only_by_the_session_it_was_made_for():
+    """A page's notice (flash_notice) is signed for one session: a notice cookie planted from
+    another session, altered, or signed with another secret says nothing."""
+    codec = SessionCodec(SECRET)
+    mine, other = Identity("session-a"), Identity("session-b")
+    value = codec.encode_notice(mine, "Only 2 of the 5 you asked for were added.")
+    assert codec.decode_notice(mine, value) == "Only 2 of the 5 you asked for were added."
+    assert codec.decode_notice(other, value) is None
+    payload, mac = value.split(".")
+    altered = codec.encode_notice(mine, "Call us now").split(".")[0]
+    assert codec.decode_notice(mine, f"{altered}.{mac}") is None
+    assert codec.decode_notice(mine, payload) is None
+    assert SessionCodec("another-secret-0123456789").decode_notice(mine, value) is None
+    # A rotation keeps notices made with the previous secret readable.
+    rotated = SessionCodec("another-secret-0123456789", [SECRET])
+    assert rotated.decode_notice(mine, value) is not None
+
+
 def test_sql_files_are_read_like_psql():
     statements = parse(
         """
