@@ -32,6 +32,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from apps.common.adoption import SIGN_OUT_PATH
 from apps.common.asgi import header, http_method
 from apps.common.contracts import Action, Contract, Fragment, IdentityParams, SignIn
 from apps.common.db import (
@@ -289,6 +290,9 @@ def create_base_app(
                 cookie_domain=settings.session_cookie_domain,
                 secure=settings.session_cookie_secure,
                 csrf_exempt=csrf_exempt,
+                # A page of ours may sign out with a token read before a sign-in in another tab.
+                sign_out_path=SIGN_OUT_PATH,
+                own_origins=settings.public_urls.values(),
             )
         )
         if nav:

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from litestar.utils.scope.state import ScopeState
@@ -246,17 +246,33 @@ def take_notice(scope: Scope) -> str | None:
     return text
 
 
+def origin_of(url: str) -> str | None:
+    """A URL's origin as a browser writes it in an ``Origin`` header (``scheme://host[:port]``,
+    lower case, no default port); None for a URL without one."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    default = {"http": 80, "https": 443}[parts.scheme]
+    port = f":{parts.port}" if parts.port not in (None, default) else ""
+    return f"{parts.scheme}://{parts.hostname}{port}"
+
+
 def identity_middleware(
     codec: SessionCodec,
     *,
     cookie_domain: str | None,
     secure: bool,
     csrf_exempt: Iterable[str] = (),
+    sign_out_path: str | None = None,
+    own_origins: Iterable[str] = (),
 ) -> Callable[[ASGIApp], ASGIApp]:
     """Resolve the identity from the cookie, check CSRF on unsafe requests, write the cookie.
     ``csrf_exempt``: path prefixes that machines call (a payment provider's webhook): no CSRF
-    check, and no session cookie issued to them."""
+    check, and no session cookie issued to them. ``sign_out_path``: signing out, which a page
+    of ours (``own_origins``: the services' public URLs) may ask for with a token that no longer
+    fits (:func:`_signs_out_from_our_page`)."""
     exempt_prefixes = tuple(csrf_exempt)
+    origins = frozenset(filter(None, (origin_of(url) for url in own_origins)))
 
     def middleware(app: ASGIApp) -> ASGIApp:
         async def handle(scope: Scope, receive: Receive, send: Send) -> None:
@@ -292,7 +308,10 @@ def identity_middleware(
                     )
                     return
                 given = header(scope, CSRF_HEADER) or _form_field(scope, body, CSRF_FIELD)
-                if identity is None or not given or not codec.csrf_valid(identity, given):
+                fits = identity is not None and given and codec.csrf_valid(identity, given)
+                if not fits and not (
+                    scope["path"] == sign_out_path and _signs_out_from_our_page(scope, origins)
+                ):
                     await send_problem(
                         send,
                         403,
@@ -351,6 +370,30 @@ def identity_middleware(
         return handle
 
     return middleware
+
+
+def _signs_out_from_our_page(scope: Scope, origins: frozenset[str]) -> bool:
+    """Whether a sign-out whose CSRF token does not fit the cookie's session came from a page of
+    ours: its ``Origin`` is one of the services' own.
+
+    Why that is enough for signing out, and for nothing else. The token, bound to the whole
+    identity, proves two things: that a page of ours sent the form (no other site can read
+    the token), and that the page was made for the identity the cookie carries now (a form
+    read before sign-in must not act as the account after it). The second is what refused
+    "Sign out and start afresh" (the error page of an anonymous write to a session sign-in
+    adopted) once the visitor's sign-in finished in another tab: the form carries the
+    anonymous session's token, the cookie is the account's. For a sign-out it protects
+    nothing: whichever session the cookie carries, the answer is the same (it ends, and a new
+    anonymous one begins), and ending it is what the visitor pressed the button for.
+
+    The first still holds without the token: every current browser sends ``Origin`` with a
+    POST, same-origin ones included, and no page can set or remove it; a form another site
+    posts (a forged cross-site sign-out, a sibling host of a shared cookie domain) carries that
+    site's origin, and a sandboxed page or a frame of data carries ``null``: both refused. A
+    post without ``Origin`` (an old browser, a client that is no one's victim) needs the token
+    to fit, as before. Every other unsafe request keeps the token's both proofs."""
+    given = header(scope, "origin")
+    return given is not None and given in origins
 
 
 def _shared_cacheable(headers: Iterable[tuple[bytes, bytes]]) -> bool:

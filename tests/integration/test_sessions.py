@@ -17,6 +17,7 @@ from http.cookies import SimpleCookie
 
 import pytest
 
+from apps.common.app_factory import platform_of
 from apps.common.settings import Settings
 from tests.conftest import SESSION_SECRET, admin_connect, in_process_stack
 from tests.integration.commerce_fixtures import cart_rows, entry_state, shop_stack
@@ -101,6 +102,64 @@ async def test_a_csrf_token_read_before_sign_in_is_refused_after_it(stack, shop)
         headers={"x-csrf-token": signed.json()["csrf_token"], **JSON},
     )
     assert accepted.status_code == 200
+
+
+def form_token(page: str) -> str:
+    """The CSRF field of the page's "Sign out and start afresh" form."""
+    form = re.search(r'<form method="post" action="/auth/logout">(.*?)</form>', page, re.S)
+    assert form is not None, page
+    found = re.search(r'name="_csrf_token" value="([^"]*)"', form.group(1))
+    assert found is not None, form.group(1)
+    return found.group(1)
+
+
+async def test_start_afresh_signs_out_after_a_sign_in_in_another_tab(stack, shop):
+    """The add of tab A left with the anonymous session as sign-in (tab B) adopted it: its
+    error page offers "Sign out and start afresh", a form whose token is the anonymous
+    session's. The browser's cookie is the signed-in session's by the time it is pressed, so
+    the token did not fit and signing out was a 403. Logout now also takes a post whose Origin
+    is one of the services' own (what a browser sends with a form of our page, and no other
+    site can send); without one, the token must fit as before."""
+    browser = stack.browser("cart")
+    token = (await browser.get("/auth/session")).json()["csrf_token"]
+    anonymous = claims_of(browser)
+    tab_a = stack.browser("cart")  # the add in flight still carries the anonymous cookie
+    tab_a.cookies.set("rose_session", browser.cookies.get("rose_session"), domain="cart.test")
+    assert (await browser.get("/auth/dev-login?user_id=41", headers=JSON)).status_code == 200
+    signed_in = claims_of(browser)
+    assert signed_in["uid"] == 41
+
+    late = await tab_a.post(
+        f"/add/{shop.product_ids[0]}/", data={"quantity": "1", "_csrf_token": token}, headers=HTML
+    )
+    assert late.status_code == 409, late.text
+    assert "Sign out and start afresh" in late.text
+    stale = form_token(late.text)
+    assert stale == token  # the anonymous session's
+
+    # The page's origin: the service's public URL, where the browser was shown it.
+    origin = platform_of(stack.apps["cart"]).settings.public_urls["cart"].rstrip("/")
+    pressed = {"_csrf_token": stale}
+    forged = [
+        ({**HTML, "origin": "https://evil.example"}, pressed),  # another site, the stale token
+        ({**HTML, "origin": "https://evil.example"}, {}),  # another site, no token
+        ({**HTML, "origin": "null"}, pressed),  # a sandboxed or opaque page
+        ({**HTML, "origin": f"{origin}.evil.example"}, pressed),
+        (HTML, pressed),  # no Origin at all: the token must fit, as before
+        (HTML, {"_csrf_token": "0" * 40}),
+    ]
+    for headers, form in forged:
+        refused = await browser.post("/auth/logout", data=form, headers=headers)
+        assert refused.status_code == 403, (headers, form, refused.text)
+        assert claims_of(browser) == signed_in, (headers, form)
+
+    out = await browser.post("/auth/logout", data=pressed, headers={**HTML, "origin": origin})
+    assert out.status_code == 303, out.text
+    assert out.headers["location"] == "/"
+    after = claims_of(browser)
+    assert "uid" not in after
+    assert after["sid"] not in (anonymous["sid"], signed_in["sid"])
+    assert (await browser.get("/auth/session")).json()["signed_in"] is False
 
 
 async def test_the_signed_expiry_is_checked_on_every_request(stack):
