@@ -324,16 +324,15 @@ def identity_middleware(
                 receive = replaying_receive(body, receive)
 
             async def send_with_cookie(message: Message) -> None:
-                if message["type"] == "http.response.start" and not _shared_cacheable(
-                    message.get("headers", [])
-                ):
+                if message["type"] == "http.response.start":
                     added: list[tuple[bytes, bytes]] = []
                     if state.get(CHANGED_KEY):
                         added.append((b"set-cookie", _cookieheader(codec, state[STATE_KEY])))
                     notice = _notice_header(state, notice_cookie)
                     if notice is not None:
                         added.append((b"set-cookie", notice))
-                    if added:
+                    # Looked at only when a cookie would ride on it (most responses carry none).
+                    if added and not _shared_cacheable(message.get("headers", [])):
                         message = {**message, "headers": [*message.get("headers", []), *added]}
                 await send(message)
 
