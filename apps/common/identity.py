@@ -9,8 +9,9 @@ issues a new session id. The format is a contract with the account side of rose-
 
 Forms are protected against cross-site request forgery with a token bound to the whole identity
 (session id and user id): every unsafe public request must carry it as the ``_csrf_token`` form
-field (templates write it with ``{{ csrf_input }}``) or the ``X-CSRF-Token`` header. API clients
-read it from ``GET /auth/session``. A token read before signing in is refused after.
+field (templates write it with ``{{ csrf_input }}``; a URL-encoded or a multipart form) or the
+``X-CSRF-Token`` header. API clients read it from ``GET /auth/session``. A token read before
+signing in is refused after.
 
 During a rotation of ``SESSION_SECRET`` the codec signs with the current secret and accepts the
 ones listed in ``SESSION_SECRET_PREVIOUS`` too.
@@ -35,6 +36,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from litestar.utils.scope.state import ScopeState
+from multipart import MultipartError, MultipartSegment, PushMultipartParser, parse_options_header
 
 from apps.common.asgi import (
     BodyTooLarge,
@@ -408,8 +410,45 @@ def _shared_cacheable(headers: Iterable[tuple[bytes, bytes]]) -> bool:
 
 
 def _form_field(scope: Scope, body: bytes, name: str) -> str | None:
-    content_type = (header(scope, "content-type") or "").split(";")[0].strip().lower()
-    if content_type != "application/x-www-form-urlencoded":
+    """Field ``name`` of a form body, URL-encoded or multipart (a browser form's ``enctype``
+    decides; both carry ``{{ csrf_input }}``'s hidden field); None in any other body."""
+    given = header(scope, "content-type") or ""
+    content_type = given.split(";")[0].strip().lower()
+    if content_type == "application/x-www-form-urlencoded":
+        values = parse_qs(body.decode("utf-8", "replace")).get(name)
+        return values[0] if values else None
+    if content_type == "multipart/form-data":
+        return _multipart_field(given, body, name)
+    return None
+
+
+# A CSRF token is 40 characters: a part of that name much longer is not one.
+_MAX_TOKEN_BYTES = 256
+
+
+def _multipart_field(content_type: str, body: bytes, name: str) -> str | None:
+    """The first text part called ``name`` of a multipart body (read already, within the
+    edge's body limit), parsed only as far as that part, by the parser Litestar reads the
+    form with after (``multipart``, its dependency); None when there is none or the body
+    is not multipart (the form's reader refuses that body itself, after)."""
+    boundary = parse_options_header(content_type)[1].get("boundary")
+    if not boundary:
         return None
-    values = parse_qs(body.decode("utf-8", "replace")).get(name)
-    return values[0] if values else None
+    value = bytearray()
+    reading = False
+    try:
+        parser = PushMultipartParser(boundary)
+        # Never closed: the parts after the token are not this reader's business.
+        for event in parser.parse(body):
+            if isinstance(event, MultipartSegment):
+                reading = event.name == name and not event.filename
+            elif event is None:
+                if reading:
+                    return value.decode("utf-8", "replace")
+            elif reading:
+                value += event
+                if len(value) > _MAX_TOKEN_BYTES:
+                    return None
+    except MultipartError:
+        return None
+    return None

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
+from apps.common.identity import CSRF_FIELD as CSRF
 from apps.common.limits import list_fields
 from apps.common.problems import Problem
 from apps.common.signing import sign_headers
@@ -761,4 +762,59 @@ async def test_every_form_route_reads_a_multipart_form_as_it_reads_a_url_encoded
         headers=MULTIPART,
     )
     assert_problem(forged, 403, "CSRF")
+    assert rows(clean_db, "events", calendars) == made
+
+
+async def test_a_csrf_token_sent_as_a_multipart_field_is_read_as_a_url_encoded_ones(
+    stack, clean_db
+):
+    """A browser form with ``enctype="multipart/form-data"`` sends ``{{ csrf_input }}``'s
+    hidden field as a part of its body, no header: it was refused (403, "Missing or out-of-date
+    CSRF token"), as the identity middleware read the token from the header or a URL-encoded
+    body only. It passes now as the URL-encoded form does; a wrong or absent token is still
+    refused, and nothing is made."""
+    events = await browser_of(stack, "events", user_id=1)
+    token = events.headers.pop("x-csrf-token")
+    calendars = "SELECT slug FROM events.calendars ORDER BY id"
+    before = rows(clean_db, "events", calendars)
+    # As a browser sends it: a quoted boundary, a file input's (empty) part before the token.
+    browser_form = (
+        b"--b0undary\r\n"
+        b'Content-Disposition: form-data; name="picture"; filename=""\r\n'
+        b"Content-Type: application/octet-stream\r\n\r\n\r\n"
+    ) + multipart((CSRF, token), ("name", "Cider tours"), ("slug", "cider-tours"), ("page_id", "5"))
+    created = await events.post(
+        "/admin/calendars/",
+        content=browser_form,
+        headers={"content-type": 'multipart/form-data; boundary="b0undary"'},
+    )
+    assert created.status_code == 201, created.text
+    assert rows(clean_db, "events", calendars) == [*before, ("cider-tours",)]
+    # The token last, as a template that writes it at the form's end sends it.
+    last = await events.post(
+        "/admin/calendars/",
+        content=multipart(
+            ("name", "Tastings"), ("slug", "tastings"), ("page_id", "5"), (CSRF, token)
+        ),
+        headers=MULTIPART,
+    )
+    assert last.status_code == 201, last.text
+    made = rows(clean_db, "events", calendars)
+    for fields in (
+        [(CSRF, token[:-1] + ("0" if token[-1] != "0" else "1"))],  # wrong
+        [(CSRF, "")],  # blank
+        [],  # absent
+        [(f"{CSRF}x", token)],  # under another name
+    ):
+        forged = await events.post(
+            "/admin/calendars/",
+            content=multipart(*fields, ("name", "Forged"), ("slug", "forged"), ("page_id", "5")),
+            headers=MULTIPART,
+        )
+        assert_problem(forged, 403, "CSRF")
+    # A body that is not multipart at all, though it says so, is refused the same way.
+    broken = await events.post(
+        "/admin/calendars/", content=f"{CSRF}={token}".encode(), headers=MULTIPART
+    )
+    assert_problem(broken, 403, "CSRF")
     assert rows(clean_db, "events", calendars) == made
