@@ -65,7 +65,12 @@ from apps.common.observability import (
     opentelemetry_middleware,
     prometheus_config,
 )
-from apps.common.openapi import document_problems, schema_render_plugins, schema_router
+from apps.common.openapi import (
+    document_form_encodings,
+    document_problems,
+    schema_render_plugins,
+    schema_router,
+)
 from apps.common.problems import current_request_id, problem_details_plugin, problem_response
 from apps.common.settings import Settings
 from apps.common.web import (
@@ -333,4 +338,5 @@ def create_base_app(
         app.asgi_handler = layer(app.asgi_handler)
     app.asgi_handler = opentelemetry_middleware(app.asgi_handler)
     document_problems(app, html=codec is not None)
+    document_form_encodings(app)
     return app

@@ -19,12 +19,13 @@ from litestar.openapi.plugins import (
     SwaggerRenderPlugin,
     YamlRenderPlugin,
 )
-from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, Schema
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, RequestBody, Schema
 from litestar.openapi.spec.enums import OpenAPIType
 from litestar.router import Router
 from litestar.status_codes import HTTP_404_NOT_FOUND
 
 from apps.common.static import static_files_router
+from apps.common.web import FORM_TYPES
 
 PROBLEM = Schema(
     type=OpenAPIType.OBJECT,
@@ -87,6 +88,26 @@ def document_problems(app: Litestar, *, html: bool) -> None:
                 if isinstance(response, OpenAPIResponse):
                     response.content = dict(content)
             operation.responses = responses
+
+
+def document_form_encodings(app: Litestar) -> None:
+    """A form a handler takes as a struct is read in either encoding (every app reads it with
+    ``apps.common.web.read_form_body_first``, which ``check_form_routes`` enforces), but
+    Litestar's schema lists only the one its route declares: each form body lists both, with
+    the same schema."""
+    for path_item in (app.openapi_schema.paths or {}).values():
+        for method in METHODS:
+            operation = getattr(path_item, method, None)
+            body = getattr(operation, "request_body", None)
+            if not isinstance(body, RequestBody) or not body.content:
+                continue
+            declared = next(
+                (body.content[kind] for kind in FORM_TYPES if kind in body.content), None
+            )
+            if declared is None:
+                continue
+            for kind in FORM_TYPES:
+                body.content.setdefault(kind, OpenAPIMediaType(schema=declared.schema))
 
 
 def _add_browser_answers(responses: dict[str, Any], *, redirects: bool) -> None:
