@@ -56,7 +56,6 @@ from apps.common.limits import (
 )
 from apps.common.nonces import NonceStore
 from apps.common.observability import (
-    TRACEPARENT,
     UNOBSERVED_PATHS,
     ScrapeHook,
     configure_tracing,
@@ -280,10 +279,9 @@ def create_base_app(
 
     def limits(inner: ASGIApp) -> ASGIApp:
         # The form fields the app reads as lists may repeat; the query parameters it reads as
-        # one value may not, the trace context a URL may carry included (``app``: built below,
-        # before the edge).
-        read_once = query_parameters_read_once(app) | {TRACEPARENT}
-        return input_limits(inner, list_fields(app), read_once)
+        # one value may not (``app``: built below, before the edge). Not the trace context a
+        # URL may carry: an ambiguous one is ignored (observability.trace_context_from_query).
+        return input_limits(inner, list_fields(app), query_parameters_read_once(app))
 
     edge.append(limits)
     template_settings = None

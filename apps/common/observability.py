@@ -294,18 +294,26 @@ def with_trace_context(url: str) -> str:
 
 def trace_context_from_query(app: ASGIApp) -> ASGIApp:
     """A request without a ``traceparent`` header but with a well-formed one in its query
-    string (a URL made by :func:`with_trace_context`) continues that trace."""
+    string (a URL made by :func:`with_trace_context`) continues that trace.
+
+    Trace context never fails a request (W3C Trace Context): a ``traceparent`` that is not
+    one, or that is ambiguous (the query parameter, or the header, given more than once: no
+    one reading), is ignored, and the request starts a new trace."""
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and _QUERY_MARK in scope.get("query_string", b""):
-            given = parse_qs(scope["query_string"].decode("latin-1")).get(TRACEPARENT, [""])[0]
+        if scope["type"] == "http":
             headers = scope["headers"]
-            if _TRACEPARENT_FORMAT.fullmatch(given) and not any(
-                name == b"traceparent" for name, _ in headers
-            ):
-                scope = cast(
-                    Scope, {**scope, "headers": [*headers, (b"traceparent", given.encode())]}
-                )
+            given = [value for name, value in headers if name == b"traceparent"]
+            if len(given) > 1:
+                headers = [(name, value) for name, value in headers if name != b"traceparent"]
+                scope = cast(Scope, {**scope, "headers": headers})
+            elif not given and _QUERY_MARK in scope.get("query_string", b""):
+                values = parse_qs(
+                    scope["query_string"].decode("latin-1"), keep_blank_values=True
+                ).get(TRACEPARENT, [])
+                if len(values) == 1 and _TRACEPARENT_FORMAT.fullmatch(values[0]):
+                    headers = [*headers, (b"traceparent", values[0].encode())]
+                    scope = cast(Scope, {**scope, "headers": headers})
         await app(scope, receive, send)
 
     return middleware

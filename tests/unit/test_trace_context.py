@@ -54,3 +54,32 @@ async def test_a_callers_trace_is_continued_without_an_exporter(no_exporter):
     assert len(new) == 32
     assert new_onward is not None
     assert new in new_onward
+
+
+OTHER = "0af7651916cd43dd8448eb211c80319c"
+
+
+async def test_an_ambiguous_or_invalid_traceparent_is_ignored_and_a_new_trace_starts(
+    no_exporter,
+):
+    """W3C Trace Context: a traceparent that cannot be parsed as one is ignored, and the
+    request starts a new trace. One given twice (in the query, or as two header lines) has no
+    one reading: the first of a repeated query parameter was continued, and the first header
+    line."""
+    seen: list[tuple[str, str | None]] = []
+    app = opentelemetry_middleware(recording_app(seen))
+    one, other = f"00-{TRACE}-00f067aa0ba902b7-01", f"00-{OTHER}-00f067aa0ba902b7-01"
+    await _get(app, f"/x?traceparent={one}&traceparent={other}")
+    await _get(app, f"/x?traceparent={one}&traceparent={one}")
+    await _get(app, f"/x?traceparent={one}&traceparent=")
+    await _get(app, "/x?traceparent=nonsense")
+    await _get(app, f"/x?traceparent=00-{'0' * 32}-00f067aa0ba902b7-01")
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        twice = await client.get("/x", headers=[("traceparent", one), ("traceparent", other)])
+        assert twice.status_code == 204
+    ids = [trace for trace, _ in seen]
+    assert len(ids) == 6
+    assert not {TRACE, OTHER, "0" * 32} & set(ids), ids
+    assert all(len(new) == 32 for new in ids), ids
+    assert len(set(ids)) == 6, ids  # each a trace of its own
