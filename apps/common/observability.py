@@ -348,19 +348,63 @@ def trace_id() -> str:
 _UNSAFE_IN_A_LOG_LINE = {"Cc", "Cf", "Cs", "Zl", "Zp"}
 
 
+def _percent_encoded(char: str) -> str:
+    return "".join(f"%{byte:02X}" for byte in char.encode("utf-8", "surrogatepass"))
+
+
 def log_safe(text: str) -> str:
     """``text`` (a request's path, say) for one field of one log line: each character that
     could break the line or the terminal percent-encoded as UTF-8, as in a URL (``%0A``,
-    ``%1B``, ``%E2%80%AE``); the rest as it reads. The text format writes messages as they
-    are (the JSON lines escape them), so the access line passes what a request chose here."""
+    ``%1B``, ``%E2%80%AE``), and the space that separates the access line's fields; the rest as
+    it reads. (The text format escapes every message's such characters but the space itself:
+    :class:`TextFormatter`.)"""
     if text.isprintable() and " " not in text:
         return text
     return "".join(
-        "".join(f"%{byte:02X}" for byte in char.encode("utf-8", "surrogatepass"))
+        _percent_encoded(char)
         if char == " " or unicodedata.category(char) in _UNSAFE_IN_A_LOG_LINE
         else char
         for char in text
     )
+
+
+def one_line(text: str) -> str:
+    """``text`` as one line of a log: what :func:`log_safe` encodes, spaces apart."""
+    if text.isprintable():
+        return text
+    return "".join(
+        _percent_encoded(char) if unicodedata.category(char) in _UNSAFE_IN_A_LOG_LINE else char
+        for char in text
+    )
+
+
+class TextFormatter(logging.Formatter):
+    """The text format (development, ``rose up``, the SumUp sandbox): one record, one line
+    that starts with its level. A message quotes what requests chose (a path, a form field,
+    another service's problem naming one, an exception's message), and a CR/LF in it wrote a
+    line that read as a record of its own; so each message is made :func:`one_line` here,
+    once for every logger (ours, Litestar's, uvicorn's), as the JSON lines escape theirs. An
+    exception's or stack's text, many lines by nature, is written indented under its record,
+    each line made one line too, so none of it starts a line as a record does."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.message = one_line(record.getMessage())
+        text = self.formatMessage(record)
+        if record.exc_info:
+            # Not cached on the record (record.exc_text): another handler formats its own.
+            text += _indented(self.formatException(record.exc_info))
+        elif record.exc_text:
+            text += _indented(record.exc_text)
+        if record.stack_info:
+            text += _indented(self.formatStack(record.stack_info))
+        return text
+
+
+def _indented(block: str) -> str:
+    return "".join(f"\n    {one_line(line)}" for line in block.splitlines())
 
 
 class TraceIdFilter(logging.Filter):
@@ -406,7 +450,7 @@ def configure_logging(
         json_lines = os.environ.get("ROSE_ENV", "prod").strip() in ("", "prod")
     handler = logging.StreamHandler(stream)
     handler.addFilter(TraceIdFilter())
-    handler.setFormatter(JsonFormatter(service) if json_lines else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(JsonFormatter(service) if json_lines else TextFormatter())
     logging.basicConfig(level=level, handlers=[handler], force=True)
     # Our access log (rose.<svc>.access) replaces uvicorn's.
     logging.getLogger("uvicorn.access").disabled = True

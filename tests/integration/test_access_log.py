@@ -11,12 +11,15 @@ import io
 import logging
 import socket
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 import pytest
 import uvicorn
 
-from apps.common.observability import TEXT_FORMAT, TraceIdFilter
+from apps.common.observability import TextFormatter, TraceIdFilter, configure_logging
+from apps.sumup_sandbox.app import create_app as create_sandbox
 from tests.conftest import in_process_stack
 
 
@@ -45,7 +48,7 @@ def text_log() -> Iterator[io.StringIO]:
     written = io.StringIO()
     handler = logging.StreamHandler(written)
     handler.addFilter(TraceIdFilter())
-    handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(TextFormatter())
     logger = logging.getLogger("rose.market.access")
     logger.addHandler(handler)
     level = logger.level
@@ -82,3 +85,52 @@ async def test_a_plain_path_is_logged_as_it_reads(market_url, text_log):
     assert line.startswith(
         f"INFO    rose.market.access: GET /api/products/café-au-lait {answer.status_code} "
     ), line
+
+
+@pytest.fixture
+def process_log() -> Iterator[io.StringIO]:
+    """What a process writes with configure_logging's text format (``rose up``, the sandbox):
+    the root logger's handler, as that installs it; pytest's handlers put back after."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    written = io.StringIO()
+    configure_logging("sumup-sandbox", json_lines=False, stream=written)
+    try:
+        yield written
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+@asynccontextmanager
+async def served(app: Any) -> AsyncIterator[str]:
+    listening = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listening.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="warning"))
+    serving = asyncio.create_task(server.serve(sockets=[listening]))
+    while not server.started:
+        assert not serving.done(), "uvicorn did not start"
+        await asyncio.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{listening.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        await serving
+        listening.close()
+
+
+async def test_a_value_a_request_chose_cannot_write_a_line_of_its_own(process_log):
+    """The SumUp sandbox logs each request's path in its own words ("GET <path> 404"), written
+    raw: a CR/LF in the path wrote a line that reads as an ERROR record of orders. The text
+    format escapes what a message quotes, whichever logger writes it: one line per record."""
+    forged = "/v0.1/checkouts/x%0D%0AERROR   rose.orders: forged%20line%20trace=-"
+    async with served(create_sandbox()) as url, httpx.AsyncClient(base_url=url) as client:
+        answer = await client.get(forged)
+    assert answer.status_code in (401, 404), answer.text
+    lines = process_log.getvalue().splitlines()
+    assert not [line for line in lines if line.startswith("ERROR")], lines
+    [line] = [line for line in lines if "/v0.1/checkouts/" in line]
+    assert line.startswith(
+        "INFO    sumup-sandbox: GET /v0.1/checkouts/x%0D%0AERROR   rose.orders: forged line "
+    ), line
+    assert line.isprintable(), line

@@ -55,3 +55,43 @@ def test_development_logs_are_text_with_the_trace_id(monkeypatch):
         f"INFO    rose.test: inside a trace trace={TRACE_ID}",
         "INFO    rose.test: outside trace=-",
     ]
+
+
+FORGED = "06:30:00 orders | ERROR forged line trace=-"
+
+
+@pytest.mark.usefixtures("root_logging")
+def test_a_text_log_line_cannot_be_split_by_what_it_quotes(monkeypatch):
+    """The text format wrote a message as it was: a value a request chose (a path, a field, a
+    remote's problem quoting one) with CR/LF in it wrote a line of its own that reads as
+    another record, and an exception's message did in its traceback. Now every record is one
+    line starting with its level: control characters (and line separators, text-direction
+    overrides) in the message are percent-encoded as log_safe does, and an exception's or
+    stack's text is indented under its record, so no line of it can pass for one."""
+    monkeypatch.setenv("ROSE_ENV", "dev")
+    stream = io.StringIO()
+    configure_logging("orders", stream=stream)
+    logger = logging.getLogger("rose.test")
+    logger.warning("sign-in: %s failed: %s", "cart", f"x\r\n{FORGED}\x1b[31m\u2028\u202e!")
+    try:
+        raise ValueError(f"no such slug 'a\n{FORGED}\r{FORGED}'")
+    except ValueError:
+        logger.exception("could not read %s", "the form")
+    logger.info("a plain café line, its spaces as they are")
+    lines = stream.getvalue().splitlines()
+    records = [line for line in lines if not line.startswith(" ")]
+    assert [line.split(":")[0] for line in records] == [
+        "WARNING rose.test",
+        "ERROR   rose.test",
+        "INFO    rose.test",
+    ], lines
+    assert records[0] == (
+        "WARNING rose.test: sign-in: cart failed: x%0D%0A06:30:00 orders | ERROR forged line "
+        "trace=-%1B[31m%E2%80%A8%E2%80%AE! trace=-"
+    ), records[0]
+    assert records[2] == "INFO    rose.test: a plain café line, its spaces as they are trace=-"
+    assert all(line.isprintable() for line in lines), lines
+    traceback = lines[lines.index(records[1]) + 1 : lines.index(records[2])]
+    assert traceback[0].strip() == "Traceback (most recent call last):", traceback
+    assert any(FORGED in line for line in traceback), traceback  # quoted, indented
+    assert not any(line.startswith(FORGED) for line in lines), lines
