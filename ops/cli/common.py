@@ -53,14 +53,13 @@ def topology_of(database_url: str | None) -> Topology:
 
 
 def superuser_topology(database_url: str | None, command: str) -> Topology:
-    """``topology_of`` for a command that needs a superuser: each server's admin DSN is checked
-    once, up front, so a lesser role is one line, not a permission error half way through."""
-    from apps.registry import SERVICES
-    from ops.db.connections import not_a_superuser
+    """``topology_of`` for a command that needs a superuser (every ``rose db`` and ``rose split``
+    command that connects): a lesser role is refused in one line before anything is read."""
+    from ops.db.connections import NotASuperuser, require_superusers
 
     topology = topology_of(database_url)
-    for url in dict.fromkeys(topology.maintenance_url(name) for name in SERVICES):
-        role = not_a_superuser(url)
-        if role is not None:
-            raise fail(f"{command} needs a superuser connection: {role} is not one")
+    try:
+        require_superusers(topology, command)
+    except NotASuperuser as exc:
+        raise fail(str(exc)) from None
     return topology

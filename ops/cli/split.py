@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ops.cli.common import DatabaseUrlOption, topology_of
+from ops.cli.common import DatabaseUrlOption, superuser_topology
 from ops.split.common import SplitError
 from ops.split.moves import LEGACY_TABLES, Move, select_moves
 from ops.split.run import BULK_LOAD_MIN_ROWS, MovePlan, MoveReport, Outcome
@@ -109,7 +109,12 @@ def seed_legacy_command(
     from ops.split.seed import seed_legacy
 
     try:
-        result = seed_legacy(topology_of(database_url), scale, replace=replace, say=_say)
+        result = seed_legacy(
+            superuser_topology(database_url, "rose split seed-legacy"),
+            scale,
+            replace=replace,
+            say=_say,
+        )
     except (SplitError, psycopg.Error) as exc:
         raise _fail(str(exc)) from None
     console.print(
@@ -185,7 +190,7 @@ def plan_command(move: MoveOption = None, database_url: DatabaseUrlOption = None
     (a rolled-back, read-only dry run)."""
     from ops.split.run import plan_move
 
-    topology = topology_of(database_url)
+    topology = superuser_topology(database_url, "rose split plan")
     _print_classification()
     for selected in _moves(move):
         try:
@@ -257,7 +262,7 @@ def run_command(
     from ops.split.moves import LEGACY_SERVICES
     from ops.split.run import MoveNotVerified, run_all
 
-    topology = topology_of(database_url)
+    topology = superuser_topology(database_url, "rose split run")
     try:
         result = run_all(
             topology,
@@ -348,7 +353,7 @@ def verify_command(
     from ops.split.common import DEFAULT_JOBS
     from ops.split.verify import verify_moves
 
-    topology = topology_of(database_url)
+    topology = superuser_topology(database_url, "rose split verify")
     failed = []
     try:
         results = verify_moves(topology, _moves(move), jobs or DEFAULT_JOBS)
@@ -397,7 +402,7 @@ def finalize_command(
 
     options = FinalizeOptions(backup_dir or _default_backup_dir(), lock_timeout, lock_attempts)
     try:
-        result = finalize(topology_of(database_url), options, _say)
+        result = finalize(superuser_topology(database_url, "rose split finalize"), options, _say)
     except (SplitError, psycopg.Error) as exc:
         raise _fail(f"finalize: {exc}") from None
     if result.refused:
@@ -426,7 +431,7 @@ def status_command(database_url: DatabaseUrlOption = None) -> None:
     from ops.split.status import split_status
 
     try:
-        status = split_status(topology_of(database_url))
+        status = split_status(superuser_topology(database_url, "rose split status"))
     except (SplitError, psycopg.Error) as exc:
         raise _fail(str(exc)) from None
     table = Table("move", "state", "source rows", "checksums (at commit)", "when (UTC)", "by")
@@ -458,7 +463,7 @@ def abort_command(move: MoveOption = None, database_url: DatabaseUrlOption = Non
     from ops.split.abort import abort
 
     try:
-        result = abort(topology_of(database_url), _moves(move), _say)
+        result = abort(superuser_topology(database_url, "rose split abort"), _moves(move), _say)
     except (SplitError, psycopg.Error) as exc:
         raise _fail(str(exc)) from None
     for line in result.refused:
@@ -484,7 +489,7 @@ def restore_command(
     from ops.split.restore import restore
 
     try:
-        result = restore(topology_of(database_url), archive, _say)
+        result = restore(superuser_topology(database_url, "rose split restore"), archive, _say)
     except (SplitError, psycopg.Error, OSError) as exc:
         raise _fail(f"restore: {exc}") from None
     tables = ", ".join(f"legacy.{table} ({rows:,} rows)" for table, rows in result.tables.items())
@@ -506,7 +511,7 @@ def sync_command(
     from ops.split.sync import sync
 
     try:
-        sync(topology_of(database_url), _moves(move), _say, once=once)
+        sync(superuser_topology(database_url, "rose split sync"), _moves(move), _say, once=once)
     except (SplitError, psycopg.Error) as exc:
         raise _fail(f"{exc}\nNothing is frozen by sync; run it again to resume.") from None
 
@@ -519,7 +524,7 @@ def cutover_command(move: MoveOption = None, database_url: DatabaseUrlOption = N
     from ops.split.moves import LEGACY_SERVICES
     from ops.split.sync import cutover
 
-    topology = topology_of(database_url)
+    topology = superuser_topology(database_url, "rose split cutover")
     try:
         reports = cutover(topology, _moves(move), _say)
     except (SplitError, psycopg.Error) as exc:

@@ -4,11 +4,14 @@ open by DSN, and the one value a catalog query or an aggregate returns."""
 from __future__ import annotations
 
 import threading
-from typing import Any, LiteralString
+from typing import TYPE_CHECKING, Any, LiteralString
 
 import psycopg
 from psycopg import sql
 from psycopg.abc import Params
+
+if TYPE_CHECKING:
+    from ops.db.topology import Topology
 
 # What Connection.execute takes (psycopg.abc.Query also names t-strings, which it does not).
 Query = LiteralString | sql.SQL | sql.Composed
@@ -27,6 +30,21 @@ def not_a_superuser(url: str) -> str | None:
             connection, "SELECT rolname, rolsuper FROM pg_roles WHERE rolname = current_user"
         )
     return None if superuser else str(role)
+
+
+class NotASuperuser(Exception):
+    """A command that needs a superuser was given a lesser role (the one-line reason)."""
+
+
+def require_superusers(topology: Topology, command: str) -> None:
+    """Each server's admin DSN, checked once, up front: a lesser role is one line naming it,
+    not a permission error half way through (``rose db``, ``rose split``, ``rose up``)."""
+    from apps.registry import SERVICES
+
+    for url in dict.fromkeys(topology.maintenance_url(name) for name in SERVICES):
+        role = not_a_superuser(url)
+        if role is not None:
+            raise NotASuperuser(f"{command} needs a superuser connection: {role} is not one")
 
 
 class Connections:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from types import FrameType
 
 from apps.registry import SERVICES, service_spec
+from ops.db.connections import NotASuperuser, require_superusers
 from ops.db.credentials import Credentials
 from ops.db.lifecycle import converge_databases
 from ops.db.migrate import MigrateError
@@ -173,6 +174,11 @@ def run_stack(options: StackOptions) -> int:
         names = [name for name in names if name in options.only]
     if options.database_url is not None:
         check_dsn(options.database_url)
+        # Before anything is made (credentials, the log): provisioning reads pg_authid.
+        try:
+            require_superusers(Topology.single_server(options.database_url), "rose up")
+        except NotASuperuser as exc:
+            raise StackError(str(exc)) from None
     ports = {name: SERVICES[name].dev_port + options.port_offset for name in names}
     sandbox_port = SUMUP_SANDBOX_PORT + options.port_offset
     outside = [
