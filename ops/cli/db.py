@@ -106,7 +106,7 @@ def db_migrate(
     database_url: DatabaseUrlOption = None,
 ) -> None:
     """Upgrade every service's database to its latest migration, then converge (provision);
-    provision first when a service's database or role is missing."""
+    first provision the services whose database or role is missing (only those)."""
     from ops.db.lifecycle import converge_databases, missing_for_migrations
     from ops.db.migrate import MigrateError, services_with_migrations
     from ops.db.sqlfiles import ConvergeError
@@ -119,14 +119,15 @@ def db_migrate(
     require_role_passwords()
     missing = missing_for_migrations(topology, services or services_with_migrations())
     if missing:
-        verb = "is" if len(missing) == 1 else "are"
-        print(f"provisioning first: {', '.join(missing)} {verb} missing")
+        lacking = [item for items in missing.values() for item in items]
+        verb = "is" if len(lacking) == 1 else "are"
+        print(f"provisioning {', '.join(missing)} first: {', '.join(lacking)} {verb} missing")
     try:
         converge_databases(
             topology,
             Credentials.for_environment(),
             services,
-            provision_first=bool(missing),
+            provision_first=list(missing),
             say=print,
         )
     except (MigrateError, ConfigError, ConvergeError) as exc:

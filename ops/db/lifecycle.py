@@ -41,17 +41,22 @@ def converge_databases(
     services: Iterable[str] | None = None,
     *,
     edges: Iterable[Edge] | None = None,
-    provision_first: bool = True,
+    provision_first: bool | Iterable[str] = True,
     say: Say = logger.info,
 ) -> Converged:
     """Provision every service, migrate ``services`` (default: every service with migrations),
     then converge the databases at both ends of ``edges`` (default: every edge).
 
-    ``provision_first=False`` is ``rose db migrate`` on a cluster that has every database and role
-    its migrations need (:func:`missing_for_migrations`): nothing changes before the
-    migrations."""
-    if provision_first:
+    ``provision_first`` names the services provisioned before the migrations (True: every
+    service; False: none). ``rose db migrate`` passes those :func:`missing_for_migrations` finds
+    (none on a cluster that has every database and role its migrations need): nothing of
+    another service changes before the migrations."""
+    if provision_first is True:
         provision(topology, credentials, say=say)
+    elif provision_first is not False:
+        first = list(provision_first)
+        if first:
+            provision(topology, credentials, first, say)
     names = list(services) if services is not None else services_with_migrations()
     migrated = migrate({name: topology.admin_url(name) for name in names}, names)
     say(f"migrated: {', '.join(migrated)}")
@@ -69,19 +74,24 @@ def converge_databases(
     return converged
 
 
-def missing_for_migrations(topology: Topology, services: Iterable[str]) -> list[str]:
-    """The databases and owner and app roles of ``services`` that the cluster lacks: their
-    migrations cannot run until provisioning creates them (a new server, a dropped database)."""
-    missing = []
+def missing_for_migrations(topology: Topology, services: Iterable[str]) -> dict[str, list[str]]:
+    """The services whose database, owner or app role the cluster lacks, each with what it
+    lacks: their migrations cannot run until provisioning creates them (a new server, a
+    dropped database). The others are left out."""
+    missing: dict[str, list[str]] = {}
     with Connections() as connections:
         for name in services:
             spec = service_spec(name)
             connection = connections.get(topology.maintenance_url(name))
-            for role in (spec.owner_role, spec.app_role):
+            lacks = [
+                role
+                for role in (spec.owner_role, spec.app_role)
                 if not scalar(
                     connection, "SELECT EXISTS (SELECT FROM pg_roles WHERE rolname = %s)", (role,)
-                ):
-                    missing.append(role)
+                )
+            ]
             if not database_exists(connection, spec.database):
-                missing.append(spec.database)
+                lacks.append(spec.database)
+            if lacks:
+                missing[name] = lacks
     return missing

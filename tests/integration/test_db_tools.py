@@ -437,13 +437,42 @@ def test_migrate_provisions_first_on_a_server_missing_a_service_database(db_clus
         admin.execute("DROP DATABASE db_likes WITH (FORCE)")
     migrate = db_cluster.rose("db", "migrate")
     assert migrate.exit_code == 0, migrate.output
-    assert "provisioning first: db_likes is missing" in migrate.output, migrate.output
+    assert "provisioning likes first: db_likes is missing" in migrate.output, migrate.output
     with db_cluster.admin("likes") as likes:
         assert likes.execute("SELECT count(*) FROM likes.likes").fetchone() == (0,)
     check = db_cluster.rose("db", "check")
     assert check.exit_code == 0, check.output
     with db_cluster.as_role("market", "market_app") as market:
         assert market.execute("SELECT count(*) FROM likes.likes").fetchone() == (0,)
+
+
+def test_migrate_provisions_only_the_services_that_are_missing(db_cluster: Cluster):
+    """The closing note's defect 2: a missing db_likes made `rose db migrate` provision every
+    service before migrating: a hand grant in db_market was revoked in that first pass, among
+    likes' repairs. Only likes is provisioned first now; every other database is converged
+    after the migrations, as a plain `rose db migrate` converges it."""
+    with db_cluster.admin("market") as market:
+        market.execute("GRANT TRUNCATE ON market.products TO market_app")
+    with db_cluster.admin() as admin:
+        admin.execute("DROP DATABASE db_likes WITH (FORCE)")
+    migrate = db_cluster.rose("db", "migrate")
+    assert migrate.exit_code == 0, migrate.output
+    lines = migrate.output.splitlines()
+    assert lines[0] == "provisioning likes first: db_likes is missing", migrate.output
+    migrated = next(i for i, line in enumerate(lines) if line.startswith("migrated: "))
+    first_pass = lines[1:migrated]
+    assert "cluster: missing database db_likes" in first_pass, migrate.output
+    # Nothing of another service's before the migrations: only likes' database and roles.
+    others = [
+        line for line in first_pass if not re.match(r"(db_likes|cluster: .*db_likes)\b", line)
+    ]
+    assert others == [], migrate.output
+    repair = "db_market: extra privilege TRUNCATE on table market.products for market_app"
+    assert repair in lines[migrated + 1 :], migrate.output
+    with db_cluster.as_role("market", "market_app") as market:
+        assert market.execute("SELECT count(*) FROM likes.likes").fetchone() == (0,)
+    check = db_cluster.rose("db", "check")
+    assert check.exit_code == 0, check.output
 
 
 # -- a non-superuser admin DSN (audit s20b L4) ----------------------------------------------------
