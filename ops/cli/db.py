@@ -51,13 +51,15 @@ def db_provision(
     ] = False,
 ) -> None:
     """Make the cluster equal to db/: create what is missing, revoke and reset what is extra."""
-    from ops.db.provision import provision
+    from ops.db.provision import provision, refuse_missing_monolith_roles
     from ops.db.sqlfiles import ConvergeError
 
     topology = superuser_topology(database_url, "rose db provision")
     require_role_passwords()
     show = (lambda text: print(text, flush=True)) if dry_run else (lambda text: None)
     try:
+        # The dry run too: it shows what a real run would do, which is to refuse.
+        refuse_missing_monolith_roles(topology)
         report = provision(
             topology, Credentials.for_environment(), say=show, dry_run=dry_run, prune=prune
         )

@@ -19,7 +19,13 @@ from ops.db.connections import Connections, scalar
 from ops.db.credentials import Credentials
 from ops.db.manifest import Edge, load_edges
 from ops.db.migrate import migrate, services_with_migrations
-from ops.db.provision import ProvisionReport, Say, database_exists, provision
+from ops.db.provision import (
+    ProvisionReport,
+    Say,
+    database_exists,
+    provision,
+    refuse_missing_monolith_roles,
+)
 from ops.db.topology import Topology
 
 logger = logging.getLogger("rose.lifecycle")
@@ -51,6 +57,8 @@ def converge_databases(
     service; False: none). ``rose db migrate`` passes those :func:`missing_for_migrations` finds
     (none on a cluster that has every database and role its migrations need): nothing of
     another service changes before the migrations."""
+    # Before the migrations too: the last pass would refuse only after them.
+    refuse_missing_monolith_roles(topology)
     if provision_first is True:
         provision(topology, credentials, say=say)
     elif provision_first is not False:

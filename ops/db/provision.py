@@ -36,7 +36,7 @@ from ops.db.credentials import Credentials
 from ops.db.manifest import Edge, Secret, load_edges, load_secrets
 from ops.db.monolith import monolith_declaration
 from ops.db.sqlfiles import Change, ConvergeError, converge_file
-from ops.db.topology import Topology
+from ops.db.topology import MONOLITH_ROLES_ENV, Topology
 from ops.paths import DB_DIR
 
 logger = logging.getLogger("rose.provision")
@@ -295,6 +295,39 @@ def database_exists(connection: psycopg.Connection, name: str) -> bool:
     return row is not None
 
 
+def refuse_missing_monolith_roles(
+    topology: Topology, connections: Connections | None = None
+) -> None:
+    """A declared monolith role that does not exist is a ConvergeError before anything changes.
+    Most likely the setting is misspelt, and the real role is then a stranger to provisioning,
+    whose CONNECT and legacy grants it would revoke: the legacy app cut off mid-split. (``rose
+    db check`` reports it as a difference instead: databases.sql names it.)"""
+    if not topology.monolith_roles:
+        return
+    if connections is None:
+        with Connections() as own:
+            return refuse_missing_monolith_roles(topology, own)
+    for server in servers(topology):
+        present = {
+            row[0]
+            for row in connections.get(server.maintenance_url).execute(
+                "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)",
+                (list(topology.monolith_roles),),
+            )
+        }
+        absent = [role for role in topology.monolith_roles if role not in present]
+        if absent:
+            url = make_url(server.maintenance_url)
+            one = len(absent) == 1
+            raise ConvergeError(
+                f"{MONOLITH_ROLES_ENV} names {', '.join(absent)}, which "
+                f"{'does' if one else 'do'} not exist on {url.host}:{url.port or 5432}: rose "
+                f"never creates {'it' if one else 'them'}; create {'it' if one else 'them'} "
+                "(and grant it its legacy privileges) or take "
+                f"{'it' if one else 'them'} out of {MONOLITH_ROLES_ENV}. Nothing was changed"
+            )
+
+
 def provision(
     topology: Topology,
     credentials: Credentials | None,
@@ -317,6 +350,8 @@ def provision(
                 edges=edges, secrets=secrets, connections=own,
             )  # fmt: skip
     chosen = {service_spec(name).name for name in services}
+    if not dry_run:
+        refuse_missing_monolith_roles(topology, connections)
     edges = load_edges() if edges is None else edges
     secrets = load_secrets() if secrets is None else secrets
     apply = not dry_run

@@ -14,6 +14,7 @@ import pytest
 from apps.common.settings import ConfigError
 from ops.db.topology import Topology
 from tests.integration.db_fixtures import Cluster
+from tests.integration.test_db_tools import statements_logged
 
 ROLE = "monolith_app"
 PASSWORD = "monolith-pw"
@@ -112,6 +113,47 @@ def test_a_declared_role_that_does_not_exist_is_named_in_one_line(db_cluster: Cl
     assert len(named) == 1, check.output
     assert "ROSE_MONOLITH_ROLES" in named[0]
     assert "does not exist" in named[0]
+
+
+@pytest.mark.parametrize("command", [["provision"], ["migrate"]], ids=" ".join)
+def test_a_declared_role_that_does_not_exist_stops_provisioning_before_any_change(
+    monolith: Cluster, command: list[str]
+):
+    """The closing note's defect 3. A misspelt declaration (monolith_ap for monolith_app) left
+    the real role undeclared: provision revoked its CONNECT on db_cart and its legacy grants,
+    cutting the legacy app off, and only then said the declared role was 'left for a person'
+    (exit 1); migrate did the same and exited 0. Both now refuse first, in one line naming the
+    role and what to do, and change nothing. check reports it as a difference (exit 1)."""
+    typo = {"ROSE_MONOLITH_ROLES": "monolith_ap"}
+    done: list = []
+    changed = statements_logged(
+        monolith, lambda: done.append(monolith.rose("db", *command, env=typo))
+    )
+    result = done[0]
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert result.output.strip().splitlines() == [
+        "error: ROSE_MONOLITH_ROLES names monolith_ap, which does not exist on 127.0.0.1:"
+        f"{monolith.server.port}: rose never creates it; create it (and grant it its legacy "
+        "privileges) or take it out of ROSE_MONOLITH_ROLES. Nothing was changed"
+    ]
+    assert changed == []
+    # The real monolith role kept everything, its grants that are not the monolith's too.
+    with as_monolith(monolith, "db_cart") as writer:
+        assert writer.execute("SELECT count(*) FROM legacy.cart_items").fetchone() == (0,)
+    as_monolith(monolith, "db_orders").close()
+    with monolith.admin("cart") as cart:
+        assert cart.execute(
+            "SELECT has_table_privilege(%s, 'cart.cart_items', 'SELECT')", (ROLE,)
+        ).fetchone() == (True,)
+
+    check = monolith.rose("db", "check", env=typo)
+    assert check.exit_code == 1, check.output
+    assert (
+        "cluster: monolith role monolith_ap declared in ROSE_MONOLITH_ROLES does not exist: rose "
+        "never creates it; create it (and grant it its legacy privileges) or take it out of the "
+        "setting"
+    ) in check.output.splitlines(), check.output
 
 
 @pytest.mark.parametrize("value", ["cart_app", "orders_owner", "pg_monitor", "public"])
