@@ -118,6 +118,9 @@ class CalendarEntry(IdentityPkMixin, TimestampedMixin, Base):
     # release-for-order puts back when that order was rolled back (it never existed).
     prior_hold_order_id: Mapped[int | None] = mapped_column(BigInteger)
     prior_hold_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The cart's own hold, kept while orders hold it, whichever order held it after which:
+    # what a give-back goes back to when the orders before it were given back too.
+    cart_hold_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Ticket(IdentityPkMixin, TimestampedMixin, Base):
@@ -162,6 +165,9 @@ class Ticket(IdentityPkMixin, TimestampedMixin, Base):
     # release-for-order puts back when that order was rolled back (it never existed).
     prior_hold_order_id: Mapped[int | None] = mapped_column(BigInteger)
     prior_hold_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The cart's own hold, kept while orders hold it, whichever order held it after which:
+    # what a give-back goes back to when the orders before it were given back too.
+    cart_hold_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class ReleasedHold(Base):

@@ -31,6 +31,7 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    null,
     or_,
     select,
     union_all,
@@ -669,6 +670,11 @@ async def hold_for_order(session: AsyncSession, request: HoldForOrder) -> Held:
                         (model.hold_order_id == request.order_id, model.prior_hold_expires_at),
                         else_=model.hold_expires_at,
                     ),
+                    # Taken from the cart: its hold is kept, whatever orders hold it next.
+                    cart_hold_expires_at=case(
+                        (model.hold_order_id.is_(None), model.hold_expires_at),
+                        else_=model.cart_hold_expires_at,
+                    ),
                     updated_at=func.now(),
                 )
                 .returning(model.id)
@@ -793,14 +799,30 @@ async def _lock_holds_of(session: AsyncSession, order_id: int) -> None:
 
 
 async def _restore_holds_before(session: AsyncSession, order_id: int) -> HoldsEnded:
+    """Each booking held for ``order_id`` goes back to the order hold it had before, unless
+    that order was given back too (two checkouts failed in a row, audit s21 F1), and then to
+    its cart's hold; a hold from before events kept either ends now."""
     restored = 0
     for model in (CalendarEntry, Ticket):
+        # The order before it, when that one is still an order (not given back).
+        order_before = case(
+            (
+                model.prior_hold_order_id.in_(select(GivenBackOrder.order_id)),
+                null(),
+            ),
+            else_=model.prior_hold_order_id,
+        )
         result = await session.execute(
             update(model)
             .where(model.state == "pending", model.hold_order_id == order_id)
             .values(
-                hold_order_id=model.prior_hold_order_id,
-                hold_expires_at=func.coalesce(model.prior_hold_expires_at, func.now()),
+                hold_order_id=order_before,
+                hold_expires_at=case(
+                    (order_before.is_not(None), model.prior_hold_expires_at),
+                    else_=func.coalesce(
+                        model.cart_hold_expires_at, model.prior_hold_expires_at, func.now()
+                    ),
+                ),
                 prior_hold_order_id=None,
                 prior_hold_expires_at=None,
                 updated_at=func.now(),

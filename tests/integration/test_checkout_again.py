@@ -902,3 +902,51 @@ async def test_a_hold_and_its_give_back_at_once_leave_the_booking_as_it_was(
     assert booking_hold(clean_db, shop.entry_id) == before
     for browser in (cart, events):
         await browser.aclose()
+
+
+async def _hold(client, order_id: int, entry_id: int, until) -> int:
+    held = await client.call(
+        events_contract.hold_for_order,
+        events_contract.HoldForOrder(
+            order_id=order_id, until=until, entry_ids=[entry_id], user_id=3
+        ),
+    )
+    return held.held
+
+
+async def _give_back(client, order_id: int) -> int:
+    given = await client.call(
+        events_contract.release_for_order,
+        events_contract.ReleaseForOrder(order_id=order_id, rolled_back=True),
+    )
+    return given.ended
+
+
+@pytest.mark.parametrize("first_given_back", ["older", "newer"])
+async def test_two_failed_checkouts_in_a_row_give_the_booking_back_to_the_cart(
+    stack, clean_db, shop, sandbox, first_given_back
+):
+    """Audit s21 F1: two checkouts failed in a row after events held the booking, the first
+    one's give-back still queued (events was down) when the second held it. The second held it
+    over the first's hold, and remembered only that; its give-back put it back on the first's
+    hold (an order that never existed, for an hour), and the first's give-back then found no
+    hold before it and ended the hold at once: the booking left the cart. Events now keeps the
+    cart's own hold while orders hold a booking, and a give-back goes back past orders that were
+    given back: whichever give-back arrives first, the booking ends on the cart's hold."""
+    cart = await browser_of(stack, "cart", user_id=3)
+    events = stack.browser("events")
+    share_cookies(cart, events)
+    assert (await events.post(f"/entries/{shop.entry_id}/book/")).status_code == 200
+    before = booking_hold(clean_db, shop.entry_id)
+    assert before[:3] == ("pending", None, None), before
+    client = platform_of(stack.apps["orders"]).client
+    older, newer = 987_701, 987_702
+    until = before[3] + timedelta(minutes=45)
+    assert await _hold(client, older, shop.entry_id, until) == 1
+    assert await _hold(client, newer, shop.entry_id, until) == 1
+    order = (older, newer) if first_given_back == "older" else (newer, older)
+    for order_id in order:
+        await _give_back(client, order_id)
+    assert booking_hold(clean_db, shop.entry_id) == before
+    for browser in (cart, events):
+        await browser.aclose()
