@@ -925,11 +925,35 @@ async def replay_checkout(
     (release-for-order), so it passes the order by until this commits, and its release comes
     after this hold, not before it (which would have held the booking again, for an order that
     can no longer be paid, until HOLD_AFTER_PAYABLE past its payable time). A payment settled
-    meanwhile waits for the same while, then goes on as ever."""
+    meanwhile waits for the same while, then goes on as ever. An order found dead is let go of
+    at once (audit s20c LOW 3): the lock is taken in a savepoint, rolled back then, so that
+    the new order made next in this transaction (its SumUp call and all) keeps nothing that
+    locks the old one FOR UPDATE waiting, such as its late payment's webhook."""
     created = msgspec.convert(stored, CreatedOrder)
-    holds = bool(request.calendar_entries or request.tickets)
-    if holds:
-        await lock_buyer(session, request.user_id, request.session_id)
+    if not (request.calendar_entries or request.tickets):
+        return await _replayed(session, created, request, runtime, lock=False)
+    await lock_buyer(session, request.user_id, request.session_id)
+    # Rolling back to a savepoint ends the row locks taken after it. Nothing in it writes, so
+    # the rollback undoes only the lock, and the ORM objects read in it stay as they are.
+    savepoint = await session.begin_nested()
+    answer = await _replayed(session, created, request, runtime, lock=True)
+    if answer is None:
+        await savepoint.rollback()
+    else:
+        await savepoint.commit()  # the lock stays until the transaction ends
+    return answer
+
+
+async def _replayed(
+    session: AsyncSession,
+    created: CreatedOrder,
+    request: CreateOrder,
+    runtime: OrdersRuntime,
+    *,
+    lock: bool,
+) -> CreatedOrder | None:
+    """:func:`replay_checkout`'s answer; ``lock``: the order's row share-locked as it is read,
+    and the request's bookings held for it again when it is payable."""
     looked_up = (
         select(Order, PaymentAttempt, Order.payable_until > func.statement_timestamp())
         # An order with nothing to pay has no attempt.
@@ -938,7 +962,7 @@ async def replay_checkout(
         .order_by(PaymentAttempt.number.desc())
         .limit(1)
     )
-    if holds:
+    if lock:
         # KEY SHARE: enough to keep the expiry's FOR UPDATE off, and nothing more.
         looked_up = looked_up.with_for_update(read=True, key_share=True, of=Order)
     found = (await session.execute(looked_up)).one_or_none()

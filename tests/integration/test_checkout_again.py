@@ -950,3 +950,79 @@ async def test_two_failed_checkouts_in_a_row_give_the_booking_back_to_the_cart(
     assert booking_hold(clean_db, shop.entry_id) == before
     for browser in (cart, events):
         await browser.aclose()
+
+
+class PausedCall:
+    """A method of an object as its service calls it, but each call waits (``reached`` is set)
+    until ``go`` is set, then goes on to the real thing (here, the real SumUp sandbox)."""
+
+    def __init__(self, method) -> None:
+        self.method = method
+        self.reached = asyncio.Event()
+        self.go = asyncio.Event()
+
+    async def __call__(self, *args, **kwargs):
+        self.reached.set()
+        await self.go.wait()
+        return await self.method(*args, **kwargs)
+
+
+async def test_a_replay_that_makes_a_new_order_lets_go_of_the_old_orders_row(
+    stack, clean_db, shop, sandbox, monkeypatch
+):
+    """Audit s20c LOW 3: the replay of a checkout with a booking share-locks its order's row
+    (F5, above); when that order turned out dead and the same transaction made a new order,
+    the lock stayed until the new order committed, after its SumUp call. A payment webhook
+    for the old order (its old tab, paid late: the money goes back) locks that row FOR
+    UPDATE, so it waited on the new order's SumUp call, and answered 503 once its lock
+    timeout ran out (SumUp delivering again later). It is answered while the new order is
+    still being made."""
+    cart = await browser_of(stack, "cart", user_id=3)
+    events = stack.browser("events")
+    share_cookies(cart, events)
+    assert (await events.post(f"/entries/{shop.entry_id}/book/")).status_code == 200
+    line = (await cart.post(f"/add/{shop.product_ids[0]}/")).json()
+    one = (await cart.post("/checkout/")).json()
+    sandbox.controls(deactivation_unavailable=True)  # the first order's tab stays open
+    await cart.post(f"/item/{line['id']}/quantity/", data={"quantity": "2"})
+    two = (await cart.post("/checkout/")).json()
+    await stack.apps["orders"].state.reconciler.quiet()  # its try to close the old tab is over
+    assert orders_of(clean_db)[one["order_id"]][0] == "superseded"
+    await cart.post(f"/item/{line['id']}/quantity/", data={"quantity": "1"})
+    old_tab = checkout_id_of(clean_db, one["order_id"])
+
+    gateway = stack.apps["orders"].state.runtime.gateway
+    creating = PausedCall(gateway.create_checkout)
+    monkeypatch.setattr(gateway, "create_checkout", creating)
+    try:
+        # The cart as it was: the replay of the first order's checkout, which is dead, so a
+        # new order is made; it waits for its SumUp checkout.
+        replay = asyncio.ensure_future(cart.post("/checkout/"))
+        await asyncio.wait_for(creating.reached.wait(), timeout=10)
+        sandbox.pay(old_tab)
+        late = asyncio.ensure_future(webhook(stack, one["order_id"], old_tab))
+        settled = await eventually(lambda: late.done() or lock_waiters(clean_db, "orders") > 0)
+        answered_meanwhile, waiting = late.done(), lock_waiters(clean_db, "orders")
+        creating.go.set()
+        answered = await replay
+        delivered = await late
+    finally:
+        creating.go.set()
+        sandbox.controls(deactivation_unavailable=False)
+    assert settled
+    assert answered_meanwhile, f"the webhook waited on a lock ({waiting} waiting)"
+    assert waiting == 0
+    assert delivered.status_code == 204, delivered.text
+
+    assert answered.status_code == 200, answered.text
+    new = answered.json()
+    assert new["order_id"] not in (one["order_id"], two["order_id"])
+    orders = orders_of(clean_db)
+    assert orders[new["order_id"]][0] == "pending"
+    assert orders[two["order_id"]][0] == "superseded"
+    assert orders[one["order_id"]][0] in ("refund_due", "refunded")  # the late payment goes back
+    assert checkout_of(sandbox, new)["status"] == "PENDING"
+    held_until = payable_until_of(clean_db, new["order_id"]) + HOLD_AFTER_PAYABLE
+    assert booking_hold(clean_db, shop.entry_id) == ("pending", None, new["order_id"], held_until)
+    for browser in (cart, events):
+        await browser.aclose()
