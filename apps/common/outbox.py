@@ -59,6 +59,10 @@ MAX_BACKOFF_SECONDS = 300
 # What a sender does with the receiver's answer, in the transaction that records the delivery:
 # ``(session, payload, answer)``, the answer typed as the action's contract says.
 ReplyHandler = Callable[[AsyncSession, Mapping[str, Any], Any], Awaitable[None]]
+# What a sender does once any message is acknowledged, in the transaction that records the
+# delivery: ``(session, message)`` (a message that must be followed by another, sent only after
+# it: queued there, so that the relay's retries never deliver the two out of order).
+AcknowledgedHandler = Callable[[AsyncSession, Row[Any]], Awaitable[None]]
 
 
 # The outbox's table name in its service's schema (a backup finds the services that send by it).
@@ -175,7 +179,8 @@ class OutboxRelay:
     LOCKED``), so several processes can relay one outbox without delivering a message twice
     at once. A reply handler registered for the message's action sees the receiver's answer
     in the transaction that records the delivery (an answer that needs acting on is never
-    just logged)."""
+    just logged); ``acknowledged`` sees every acknowledged message there (a sender that queues
+    a message only once another was delivered)."""
 
     def __init__(
         self,
@@ -186,6 +191,7 @@ class OutboxRelay:
         batch: int = 20,
         client: InternalClient,
         replies: Mapping[Action[Any, Any], ReplyHandler] | None = None,
+        acknowledged: AcknowledgedHandler | None = None,
     ) -> None:
         self._maker = maker
         self._table = table
@@ -194,6 +200,7 @@ class OutboxRelay:
             (action.service, action.name): (action, handler)
             for action, handler in (replies or {}).items()
         }
+        self._acknowledged = acknowledged
         self._poll = poll_seconds
         self._batch = batch
         self.failures = FailureStreak(logger, "outbox relay pass")
@@ -305,6 +312,8 @@ class OutboxRelay:
         if reply is not None:
             action, handle = reply
             await handle(session, message.payload, msgspec.convert(answer, action.answer))
+        if self._acknowledged is not None:
+            await self._acknowledged(session, message)
         await self._delivered.rowcount(
             session, {"message_id": message.id, "message_attempts": message.attempts + 1}
         )

@@ -1,5 +1,6 @@
 """events: public. Calendars attached to pages, bookable entries and tickets that go into a cart
-(held for a while, then free for others), confirmed when their order is paid."""
+(held for a while, then free for others), confirmed when their order is paid; the outbox relay
+of undos for relations."""
 
 from __future__ import annotations
 
@@ -19,9 +20,10 @@ from apps.common.settings import Settings
 from apps.common.streaks import FailureStreak
 from apps.events import internal, public, service
 from apps.events.contract import CONTRACT
-from apps.events.models import request_nonces
+from apps.events.models import outbox, request_nonces
 from apps.events.settings import EventsSettings
 from apps.registry import create_service_app, settings_for
+from apps.relations.contract import relations_link_wiring
 
 logger = logging.getLogger("rose.events")
 SWEEP_LOCK = "events-hold-sweep"
@@ -43,6 +45,8 @@ def create_app(
         with contextlib.suppress(asyncio.CancelledError):
             await app.state.sweeper
 
+    # Calendars are attached to pages in relations; an undo it missed is queued (its relay).
+    link = relations_link_wiring(outbox)
     return create_service_app(
         CONTRACT,
         settings,
@@ -51,9 +55,13 @@ def create_app(
         internal_handlers=internal.handlers,
         public_handlers=public.handlers,
         templates=Path(__file__).parent / "templates",
-        on_startup=[start],
-        on_shutdown=[stop],
-        dependencies={"own_settings": Provide(lambda: own, use_cache=True, sync_to_thread=False)},
+        on_startup=[start, *link["on_startup"]],
+        on_shutdown=[*link["on_shutdown"], stop],
+        dependencies={
+            "own_settings": Provide(lambda: own, use_cache=True, sync_to_thread=False),
+            **link["dependencies"],
+        },
+        scrape_hooks=link["scrape_hooks"],
     )
 
 

@@ -26,6 +26,7 @@ from apps.common.adoption import adopted_sessions_table
 from apps.common.db import IdentityPkMixin, TimestampedMixin, service_metadata
 from apps.common.idempotency import idempotency_table
 from apps.common.nonces import nonce_table
+from apps.common.outbox import outbox_table
 
 metadata = service_metadata("events")
 
@@ -214,6 +215,8 @@ class GivenBackOrder(Base):
 adopted_sessions = adopted_sessions_table(metadata)
 idempotency_keys = idempotency_table(metadata)
 request_nonces = nonce_table(metadata)
+# The undos relations could not be given when due (apps.relations.contract.RelationsLink).
+outbox = outbox_table(metadata)
 
 # -- foreign tables: other services' export views, as their contracts declare them ------------
 foreign_pages = blog.PAGES.foreign_table()

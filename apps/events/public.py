@@ -16,7 +16,7 @@ from litestar.di import NamedDependency
 from litestar.params import Parameter
 from litestar.response import Template
 
-from apps.common.deps import AppSettings, CurrentIdentity, DbSession, Internal
+from apps.common.deps import AppSettings, CurrentIdentity, DbSession
 from apps.common.identity import Identity
 from apps.common.settings import Settings
 from apps.common.web import (
@@ -31,6 +31,7 @@ from apps.common.web import (
 )
 from apps.events import service
 from apps.events.settings import EventsSettings
+from apps.relations.contract import Relations
 
 OwnSettings = NamedDependency[EventsSettings]
 
@@ -155,10 +156,10 @@ async def add_tickets(
 
 @post("/calendars/", operation_id="calendar_create", status_code=201)
 async def create_calendar(
-    request: Request, db_session: DbSession, internal: Internal, data: NewCalendarForm
+    request: Request, db_session: DbSession, relations: Relations, data: NewCalendarForm
 ) -> Response[Any]:
-    change = await service.create_calendar(db_session, internal, data)
-    calendar = await service.commit_or_revert(db_session, internal, change)
+    change = await service.create_calendar(db_session, relations, data)
+    calendar = await service.commit_or_revert(db_session, relations, change)
     return await answer(request, calendar, status_code=201)
 
 
@@ -166,21 +167,21 @@ async def create_calendar(
 async def attach_calendar(
     request: Request,
     db_session: DbSession,
-    internal: Internal,
+    relations: Relations,
     calendar_id: IdParam,
     data: PageChoiceForm,
 ) -> Response[Any]:
-    change = await service.attach_calendar(db_session, internal, calendar_id, data.page_id)
-    calendar = await service.commit_or_revert(db_session, internal, change)
+    change = await service.attach_calendar(db_session, relations, calendar_id, data.page_id)
+    calendar = await service.commit_or_revert(db_session, relations, change)
     return await answer(request, calendar)
 
 
 @post("/calendars/{calendar_id:int}/detach/", operation_id="calendar_detach", status_code=200)
 async def detach_calendar(
-    request: Request, db_session: DbSession, internal: Internal, calendar_id: IdParam
+    request: Request, db_session: DbSession, relations: Relations, calendar_id: IdParam
 ) -> Response[Any]:
-    change = await service.detach_calendar(db_session, internal, calendar_id)
-    calendar = await service.commit_or_revert(db_session, internal, change)
+    change = await service.detach_calendar(db_session, relations, calendar_id)
+    calendar = await service.commit_or_revert(db_session, relations, change)
     return await answer(request, calendar)
 
 

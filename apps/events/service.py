@@ -55,7 +55,6 @@ from apps.common.contracts import Adopted, SignIn
 from apps.common.db import lock_live_row
 from apps.common.fdw import ProviderUnavailable, remote_read
 from apps.common.inputs import CURRENCY, decimal_number, one_line_name, whole_pattern
-from apps.common.internal_client import InternalClient
 from apps.common.problems import Conflict, InvalidInput, NotFound, Problem
 from apps.events.contract import (
     MAX_ORDER_HOLD,
@@ -70,7 +69,6 @@ from apps.events.contract import (
     ReleaseForOrder,
     Unconfirmed,
 )
-from apps.events.contract import SERVICE as EVENTS
 from apps.events.models import (
     DEFAULT_CURRENCY,
     Calendar,
@@ -84,6 +82,7 @@ from apps.events.models import (
 from apps.relations import contract as relations
 from apps.relations.contract import (
     RelationsCall,
+    RelationsLink,
     call_relations,
     commit_or_revert_relations,
     revert_relations,
@@ -898,18 +897,13 @@ class CalendarChange:
 
     calendar: CalendarOut
     relations_calls: list[RelationsCall]
+    doing: str = "changing a calendar"  # in words (a problem names it)
 
 
 def _relation(calendar: Calendar, page_id: int) -> relations.DetachChild:
     return relations.DetachChild(
         parent_type=PAGE, parent_id=page_id, child_type=CALENDAR, child_id=calendar.id
     )
-
-
-async def _call_relations(
-    internal: InternalClient, call: RelationsCall, doing: str, *, undo_if_unknown: bool = True
-) -> None:
-    await call_relations(internal, call, doing, caller=EVENTS, undo_if_unknown=undo_if_unknown)
 
 
 async def _lock_calendar(session: AsyncSession, calendar_id: int) -> Calendar:
@@ -919,7 +913,7 @@ async def _lock_calendar(session: AsyncSession, calendar_id: int) -> Calendar:
 
 
 async def create_calendar(
-    session: AsyncSession, internal: InternalClient, request: NewCalendar
+    session: AsyncSession, link: RelationsLink, request: NewCalendar
 ) -> CalendarChange:
     """Insert the calendar on its page, then attach it in relations. The insert is flushed first
     (it needs its id, and a taken slug is refused before relations is asked)."""
@@ -934,14 +928,13 @@ async def create_calendar(
         raise Conflict(f"The slug {request.slug!r} is already used", field="slug") from exc
     await session.refresh(calendar)
     attach = RelationsCall(True, _relation(calendar, request.page_id), calendar.name)
-    await _call_relations(
-        internal, attach, f"attaching calendar {calendar.slug!r} to page {request.page_id}"
-    )
-    return CalendarChange(to_calendar(calendar), [attach])
+    doing = f"attaching calendar {calendar.slug!r} to page {request.page_id}"
+    await call_relations(link, attach, doing)
+    return CalendarChange(to_calendar(calendar), [attach], doing)
 
 
 async def attach_calendar(
-    session: AsyncSession, internal: InternalClient, calendar_id: int, page_id: int
+    session: AsyncSession, link: RelationsLink, calendar_id: int, page_id: int
 ) -> CalendarChange:
     """Put the calendar on ``page_id``: attach it there first (the page never loses a calendar
     mid-move), then detach it from its previous page, then update the container columns.
@@ -952,10 +945,11 @@ async def attach_calendar(
     previous_page = calendar.container_id if calendar.container_type == PAGE else None
     done: list[RelationsCall] = []
     attach = RelationsCall(True, _relation(calendar, page_id), calendar.name)
-    await _call_relations(
-        internal,
+    doing = f"attaching calendar {calendar.id} to page {page_id}"
+    await call_relations(
+        link,
         attach,
-        f"attaching calendar {calendar.id} to page {page_id}",
+        doing,
         # On its own page already: the attach only repeats (or repairs) what events stores.
         undo_if_unknown=previous_page != page_id,
     )
@@ -965,23 +959,30 @@ async def attach_calendar(
     done.append(attach)
     if previous_page is not None:
         detach = RelationsCall(False, _relation(calendar, previous_page), calendar.name)
+        moving = f"moving calendar {calendar.id} from page {previous_page}"
         try:
-            await _call_relations(
-                internal, detach, f"moving calendar {calendar.id} from page {previous_page}"
-            )
-        except Problem:
-            await revert_relations(internal, done)
+            await call_relations(link, detach, moving)
+        except Problem as exc:
+            if not await revert_relations(link, done):
+                # "Nothing was changed" is not true yet: relations shows it on the new page.
+                raise Problem(
+                    f"Not saved: {moving} needs the relations service, which failed. Relations "
+                    f"shows it on page {page_id} as well until it answers again, when that "
+                    "is undone.",
+                    status_code=exc.status_code,
+                    service=relations.SERVICE,
+                ) from exc
             raise
         done.append(detach)
     calendar.container_type = PAGE
     calendar.container_id = page_id
     calendar.updated_at = await database_now(session)
     await session.flush()
-    return CalendarChange(to_calendar(calendar), done)
+    return CalendarChange(to_calendar(calendar), done, doing)
 
 
 async def detach_calendar(
-    session: AsyncSession, internal: InternalClient, calendar_id: int
+    session: AsyncSession, link: RelationsLink, calendar_id: int
 ) -> CalendarChange:
     """Take the calendar off its page (relations first, then the container columns). A calendar
     on no page is left as it is: detaching is idempotent."""
@@ -989,20 +990,21 @@ async def detach_calendar(
     if calendar.container_type != PAGE or calendar.container_id is None:
         return CalendarChange(to_calendar(calendar), [])
     detach = RelationsCall(False, _relation(calendar, calendar.container_id), calendar.name)
-    await _call_relations(internal, detach, f"detaching calendar {calendar.id} from its page")
+    doing = f"detaching calendar {calendar.id} from its page"
+    await call_relations(link, detach, doing)
     calendar.container_type = None
     calendar.container_id = None
     calendar.updated_at = await database_now(session)
     await session.flush()
-    return CalendarChange(to_calendar(calendar), [detach])
+    return CalendarChange(to_calendar(calendar), [detach], doing)
 
 
 async def commit_or_revert(
-    session: AsyncSession, internal: InternalClient, change: CalendarChange
+    session: AsyncSession, link: RelationsLink, change: CalendarChange
 ) -> CalendarOut:
     """Commit a calendar change whose relations calls already succeeded (reversing them should
     the commit fail)."""
-    await commit_or_revert_relations(session, internal, change.relations_calls)
+    await commit_or_revert_relations(session, link, change.relations_calls, change.doing)
     return change.calendar
 
 

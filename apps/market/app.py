@@ -1,5 +1,5 @@
 """market: public. Product browse (with ?liked=true), product pages, like toggle, market places
-(editors), product images as static files."""
+(editors), product images as static files, the outbox relay of undos for relations."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ from apps.common.settings import Settings
 from apps.common.static import static_files_router
 from apps.market import public
 from apps.market.contract import CONTRACT
+from apps.market.models import outbox
 from apps.registry import create_service_app
+from apps.relations.contract import relations_link_wiring
 
 STATIC = Path(__file__).parent / "static"
 
@@ -33,4 +35,6 @@ def create_app(
             ),
         ],
         templates=Path(__file__).parent / "templates",
+        # Market places are attached to pages in relations; an undo it missed is queued.
+        **relations_link_wiring(outbox),
     )

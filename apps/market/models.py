@@ -9,6 +9,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from apps.blog import contract as blog
 from apps.common.db import IdentityPkMixin, TimestampedMixin, service_metadata
+from apps.common.outbox import outbox_table
 from apps.likes import contract as likes
 
 metadata = service_metadata("market")
@@ -47,6 +48,9 @@ class Product(IdentityPkMixin, TimestampedMixin, Base):
         BigInteger, ForeignKey("market.market_places.id"), nullable=False, index=True
     )
 
+
+# The undos relations could not be given when due (apps.relations.contract.RelationsLink).
+outbox = outbox_table(metadata)
 
 # -- foreign tables: other services' export views, as their contracts declare them ------------
 foreign_likes = likes.LIKES.foreign_table()

@@ -29,6 +29,7 @@ from apps.common.web import (
     wants_html,
 )
 from apps.market import service
+from apps.relations.contract import Relations
 
 
 class ListingQuery(msgspec.Struct):
@@ -192,11 +193,11 @@ async def market_places_admin(request: Request, db_session: DbSession) -> Templa
 
 @post(ADMIN_PATH, operation_id="market_place_create", guards=[editors_only], status_code=201)
 async def create_market_place(
-    request: Request, db_session: DbSession, internal: Internal, data: PlaceFormBody
+    request: Request, db_session: DbSession, relations: Relations, data: PlaceFormBody
 ) -> Any:
     async def work() -> service.MarketPlaceView:
-        change = await service.create_place(db_session, internal, data)
-        return await service.commit_place(db_session, internal, change)
+        change = await service.create_place(db_session, relations, data)
+        return await service.commit_place(db_session, relations, change)
 
     return await _answer_or_form(request, db_session, work(), form=data)
 
@@ -225,11 +226,11 @@ async def rename_market_place(
     status_code=200,
 )
 async def delete_market_place(
-    request: Request, db_session: DbSession, internal: Internal, place_id: PlaceIdParam
+    request: Request, db_session: DbSession, relations: Relations, place_id: PlaceIdParam
 ) -> Any:
     async def work() -> service.MarketPlaceView:
-        change = await service.delete_place(db_session, internal, place_id)
-        return await service.commit_place(db_session, internal, change)
+        change = await service.delete_place(db_session, relations, place_id)
+        return await service.commit_place(db_session, relations, change)
 
     return await _answer_or_form(request, db_session, work(), error_place=place_id)
 

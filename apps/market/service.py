@@ -30,7 +30,12 @@ from apps.common.problems import Conflict, InvalidInput, NotFound
 from apps.likes import contract as likes
 from apps.market.models import MarketPlace, Product, foreign_likes, foreign_pages
 from apps.relations import contract as relations
-from apps.relations.contract import RelationsCall, call_relations, commit_or_revert_relations
+from apps.relations.contract import (
+    RelationsCall,
+    RelationsLink,
+    call_relations,
+    commit_or_revert_relations,
+)
 
 DEFAULT_PAGE_SIZE = 24
 
@@ -330,6 +335,7 @@ class PageChoice(msgspec.Struct):
 class PlaceChange:
     place: MarketPlaceView
     relations_calls: list[RelationsCall]
+    doing: str  # what the change is, in words (a problem names it)
 
 
 def _to_place_view(place: MarketPlace) -> MarketPlaceView:
@@ -422,9 +428,7 @@ async def _lock_place(session: AsyncSession, place_id: int) -> MarketPlace:
     return await lock_live_row(session, MarketPlace, place_id, "market place")
 
 
-async def create_place(
-    session: AsyncSession, internal: InternalClient, form: PlaceForm
-) -> PlaceChange:
+async def create_place(session: AsyncSession, link: RelationsLink, form: PlaceForm) -> PlaceChange:
     """Insert the market place on its page (flushed: it needs its id, and a taken slug is
     refused before relations is asked), then attach it there in relations."""
     name, slug = check_name(form.name), check_slug(form.slug)
@@ -439,8 +443,8 @@ async def create_place(
             f"Another market place already uses the web address name {slug!r}.", field="slug"
         ) from exc
     attach = RelationsCall(True, _relation(place.id, page_id), name)
-    await call_relations(internal, attach, f"adding market place {name!r}", caller=MARKET)
-    return PlaceChange(_to_place_view(place), [attach])
+    await call_relations(link, attach, f"adding market place {name!r}")
+    return PlaceChange(_to_place_view(place), [attach], f"adding market place {name!r}")
 
 
 async def rename_place(session: AsyncSession, place_id: int, name: str) -> MarketPlaceView:
@@ -452,9 +456,7 @@ async def rename_place(session: AsyncSession, place_id: int, name: str) -> Marke
     return _to_place_view(place)
 
 
-async def delete_place(
-    session: AsyncSession, internal: InternalClient, place_id: int
-) -> PlaceChange:
+async def delete_place(session: AsyncSession, link: RelationsLink, place_id: int) -> PlaceChange:
     """Soft-delete an empty market place and detach it from its page in relations. One that
     still sells products is refused (they would vanish from every cart and page)."""
     place = await _lock_place(session, place_id)
@@ -470,14 +472,15 @@ async def delete_place(
             field="market_place",
         )
     detach = RelationsCall(False, _relation(place.id, place.container_id), place.name)
-    await call_relations(internal, detach, f"removing market place {place.name!r}", caller=MARKET)
+    doing = f"removing market place {place.name!r}"
+    await call_relations(link, detach, doing)
     place.deleted_at = func.now()
     await session.flush()
-    return PlaceChange(_to_place_view(place), [detach])
+    return PlaceChange(_to_place_view(place), [detach], doing)
 
 
 async def commit_place(
-    session: AsyncSession, internal: InternalClient, change: PlaceChange
+    session: AsyncSession, link: RelationsLink, change: PlaceChange
 ) -> MarketPlaceView:
-    await commit_or_revert_relations(session, internal, change.relations_calls)
+    await commit_or_revert_relations(session, link, change.relations_calls, change.doing)
     return change.place

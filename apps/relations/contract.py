@@ -11,17 +11,24 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
-from sqlalchemy.ext.asyncio import AsyncSession
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.di import NamedDependency, Provide
+from sqlalchemy import Table, event
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from apps.common.app_factory import platform_of
 from apps.common.contracts import Action, Contract, ExportView, Query
 from apps.common.inputs import CONTAINER_TYPE
 from apps.common.internal_client import InternalCallError, InternalClient
+from apps.common.outbox import OutboxRelay, backlog_metrics, enqueue
 from apps.common.problems import Problem
 
 logger = logging.getLogger("rose.relations.calls")
@@ -102,6 +109,11 @@ CONTRACT = Contract(
 
 
 # -- keeping relations in step (the owners of children call these) ----------------------------
+# The key of an undo queued in the owner's outbox ends so (the relay's acknowledgement of any
+# other relations message there is a settled call whose undo it then queues).
+UNDO = "-undo"
+
+
 @dataclass(frozen=True)
 class RelationsCall:
     """One attach-child or detach-child of a child on a parent; :meth:`undo` reverses it."""
@@ -110,54 +122,172 @@ class RelationsCall:
     relation: DetachChild  # which parent and child
     label: str | None = None
 
+    @classmethod
+    def of(cls, action: str, payload: Mapping[str, Any]) -> RelationsCall:
+        """The call an outbox message of ``action`` with ``payload`` makes."""
+        relation = msgspec.convert(
+            {name: payload[name] for name in DetachChild.__struct_fields__}, DetachChild
+        )
+        return cls(action == attach_child.name, relation, payload.get("label"))
+
     def undo(self) -> RelationsCall:
         return RelationsCall(not self.attach, self.relation, self.label)
 
-    async def send(self, internal: InternalClient, idempotency_key: str | None = None) -> None:
+    @property
+    def action(self) -> Action[Any, Any]:
+        return attach_child if self.attach else detach_child
+
+    @property
+    def request(self) -> AttachChild | DetachChild:
         if self.attach:
-            attach = AttachChild(**msgspec.structs.asdict(self.relation), label=self.label)
-            await internal.call(attach_child, attach, idempotency_key=idempotency_key)
-        else:
-            await internal.call(detach_child, self.relation, idempotency_key=idempotency_key)
+            return AttachChild(**msgspec.structs.asdict(self.relation), label=self.label)
+        return self.relation
+
+    async def send(self, internal: InternalClient, idempotency_key: str | None = None) -> None:
+        await internal.call(self.action, self.request, idempotency_key=idempotency_key)
+
+    def __str__(self) -> str:
+        return f"{'attach' if self.attach else 'detach'} {self.relation}"
+
+
+class RelationsLink:
+    """How an owner of children keeps relations in step: its client of relations, and its own
+    outbox (:mod:`apps.common.outbox`) for the undos relations could not be given when they
+    were due. Those are queued in a transaction of their own (the caller's is failing or rolled
+    back by then) and delivered by the outbox's relay, under their keys, until relations
+    answers, across restarts: a ghost attachment (relations showing a child its owner never
+    stored) lasts only as long as relations is unreachable."""
+
+    def __init__(
+        self,
+        caller: str,
+        client: InternalClient,
+        maker: async_sessionmaker[AsyncSession],
+        outbox: Table,
+        *,
+        poll_seconds: float = 2.0,
+    ) -> None:
+        self.caller = caller
+        self.client = client
+        self._maker = maker
+        self._outbox = outbox
+        self.relay = OutboxRelay(
+            maker, outbox, poll_seconds=poll_seconds, client=client, acknowledged=self._settled
+        )
+
+    async def undo_later(self, calls: Sequence[tuple[RelationsCall, str]]) -> bool:
+        """Queue each ``(call, key)``, in order, in one transaction of its own; False (logged)
+        when even that failed."""
+        try:
+            async with self._maker() as session, session.begin():
+                for call, key in calls:
+                    await enqueue(
+                        session, self._outbox, call.action, call.request, idempotency_key=key
+                    )
+        except Exception:  # the owner's database: nothing more can be done here
+            logger.exception(
+                "could not queue %s for relations", ", ".join(str(call) for call, _key in calls)
+            )
+            return False
+        self.relay.wake()
+        return True
+
+    async def _settled(self, session: AsyncSession, message: Row[Any]) -> None:
+        """The relay's acknowledgement of a queued message. One that is not an undo repeated a
+        call of unknown outcome under its key (relations applied it, once, and the original can
+        no longer be applied): its undo is queued now, in the delivery's transaction, so it is
+        never delivered before it."""
+        if message.service != SERVICE or message.idempotency_key.endswith(UNDO):
+            return
+        call = RelationsCall.of(message.action, message.payload).undo()
+        await enqueue(
+            session,
+            self._outbox,
+            call.action,
+            call.request,
+            idempotency_key=message.idempotency_key + UNDO,
+        )
+        relay = self.relay
+        event.listen(session.sync_session, "after_commit", lambda _s: relay.wake(), once=True)
+
+
+def relations_link_wiring(outbox: Table) -> dict[str, Any]:
+    """What an owner's app adds to its wiring (``create_service_app(**...)``): its
+    :class:`RelationsLink` made at start-up (its relay started, stopped at shut-down), given
+    to handlers as ``relations: Relations``, and its outbox's backlog in /metrics."""
+
+    async def start(app: Litestar) -> None:
+        platform = platform_of(app)
+        link = RelationsLink(
+            platform.settings.service, platform.client, platform.sessionmaker, outbox
+        )
+        app.state.relations_link = link
+        link.relay.start()
+
+    async def stop(app: Litestar) -> None:
+        await app.state.relations_link.relay.stop()
+
+    def provide(state: State) -> RelationsLink:
+        return state.relations_link
+
+    return {
+        "on_startup": [start],
+        "on_shutdown": [stop],
+        "dependencies": {"relations": Provide(provide, sync_to_thread=False)},
+        "scrape_hooks": [backlog_metrics(outbox)],
+    }
+
+
+# Handlers receive it as ``relations: Relations``.
+Relations = NamedDependency[RelationsLink]
 
 
 async def call_relations(
-    internal: InternalClient,
+    link: RelationsLink,
     call: RelationsCall,
     doing: str,
     *,
-    caller: str,
     undo_if_unknown: bool = True,
 ) -> None:
     """Send ``call``; a failure is a problem (the caller's open transaction then rolls back)
-    saying what is true: nothing was changed, or, when relations may have applied it and could
-    not be made to undo it, that it may show the change.
+    saying what is true: nothing was changed, or, when relations may have applied it, that
+    this is undone (now, or by the outbox once relations answers again).
 
     A call that timed out (or lost its connection after sending) may still be applied by
     relations once it answers (audit s20 M1 a: an attachment of a market place that never
     existed). It is sent again with its key, which relations applies at most once and answers
     only once applied, then undone, while the caller still holds its locks, so that no later
-    change of the same child comes in between. ``undo_if_unknown=False``: the call only
-    repeats what the caller already stores (attaching a calendar to its own page), so it is
-    left as it may be."""
+    change of the same child comes in between. When relations does not answer that either, the
+    repeat goes into the outbox, and its undo after it. ``undo_if_unknown=False``: the call
+    only repeats what the caller already stores (attaching a calendar to its own page), so it
+    is left as it may be."""
     # A fresh key per call: the client may then retry a timeout or a 503 safely, and relations
     # applies the call once. (attach/detach are no-ops when repeated, but a key makes it exact.)
-    key = f"{caller}-{uuid.uuid4()}"
+    key = f"{link.caller}-{uuid.uuid4()}"
     try:
-        await call.send(internal, idempotency_key=key)
+        await call.send(link.client, idempotency_key=key)
     except InternalCallError as exc:
-        if exc.outcome_unknown and not (
-            undo_if_unknown and await _settle_and_undo(internal, call, key)
+        if not exc.outcome_unknown or (
+            undo_if_unknown and await _settle_and_undo(link.client, call, key)
         ):
             raise Problem(
-                f"Not saved: {doing} needs the relations service, which did not answer in time "
-                f"({exc}). Relations may have recorded it all the same, and could not be asked "
-                "to undo it: try again once it answers.",
+                f"Nothing was changed: {doing} needs the relations service, which failed ({exc})",
+                status_code=exc.http_status,
+                service=SERVICE,
+            ) from exc
+        not_saved = (
+            f"Not saved: {doing} needs the relations service, which did not answer in time "
+            f"({exc}). Relations may have recorded it all the same"
+        )
+        # The repeat under its key first, its undo queued once that is acknowledged.
+        if undo_if_unknown and await link.undo_later([(call, key)]):
+            raise Problem(
+                f"{not_saved}: that will be undone when relations answers again.",
                 status_code=exc.http_status,
                 service=SERVICE,
             ) from exc
         raise Problem(
-            f"Nothing was changed: {doing} needs the relations service, which failed ({exc})",
+            f"{not_saved}, and could not be asked to undo it: try again once it answers.",
             status_code=exc.http_status,
             service=SERVICE,
         ) from exc
@@ -169,39 +299,58 @@ async def _settle_and_undo(internal: InternalClient, call: RelationsCall, key: s
     reversed. False when relations did not answer either."""
     try:
         await call.send(internal, idempotency_key=key)
-        await call.undo().send(internal, idempotency_key=f"{key}-undo")
-    except InternalCallError:
-        logger.exception(
-            "relations may have applied %s %s, and it could not be undone",
-            "attach" if call.attach else "detach",
-            call.relation,
+        await call.undo().send(internal, idempotency_key=f"{key}{UNDO}")
+    except InternalCallError as exc:
+        logger.warning(
+            "relations may have applied %s, and it could not be undone now: %s", call, exc
         )
         return False
     return True
 
 
-async def revert_relations(internal: InternalClient, calls: Sequence[RelationsCall]) -> None:
-    """Undo relations calls, newest first. Best effort: a failure is logged, not raised, because
-    the caller is already reporting the error that made it revert."""
+async def revert_relations(link: RelationsLink, calls: Sequence[RelationsCall]) -> bool:
+    """Undo relations calls, newest first: True when relations took every undo now; otherwise
+    those it did not take are queued in the outbox, delivered once it answers (False). Never
+    raises: the caller is already reporting the error that made it revert."""
+    later: list[tuple[RelationsCall, str]] = []
     for call in reversed(calls):
+        undo = call.undo()
+        # Under a key: the same undo, repeated by the outbox after a lost answer, applies once.
+        key = f"{link.caller}-{uuid.uuid4()}{UNDO}"
+        if later:
+            later.append((undo, key))  # after the one queued before it, never ahead of it
+            continue
         try:
-            await call.undo().send(internal)
-        except InternalCallError:
-            logger.exception(
-                "could not revert relations (%s %s); relations and its caller disagree until "
-                "the child is attached again",
-                "attach" if call.attach else "detach",
-                call.relation,
-            )
+            await undo.send(link.client, idempotency_key=key)
+        except InternalCallError as exc:
+            logger.warning("could not %s now, queued: %s", undo, exc)
+            later.append((undo, key))
+    if later and not await link.undo_later(later):
+        logger.error(
+            "relations and its caller disagree until the child is attached again: %s",
+            ", ".join(str(undo) for undo, _key in later),
+        )
+    return not later
 
 
 async def commit_or_revert_relations(
-    session: AsyncSession, internal: InternalClient, calls: Sequence[RelationsCall]
+    session: AsyncSession,
+    link: RelationsLink,
+    calls: Sequence[RelationsCall],
+    doing: str = "the change",
 ) -> None:
     """Commit a local change whose relations calls already succeeded. Should the commit fail,
-    reverse those calls, so relations does not keep an attachment its owner never stored."""
+    reverse those calls, so relations does not keep an attachment its owner never stored; a
+    reversal relations cannot take now is made by the outbox once it answers, and the problem
+    says so."""
     try:
         await session.commit()
-    except Exception:
-        await revert_relations(internal, calls)
+    except Exception as exc:
+        if not await revert_relations(link, calls):
+            raise Problem(
+                f"Not saved: {doing} could not be stored ({type(exc).__name__}). Relations "
+                "recorded it already, and will be brought back in step when it answers again.",
+                status_code=500,
+                service=SERVICE,
+            ) from exc
         raise

@@ -4,12 +4,14 @@ that exist (read through FDW), shown by their names."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import httpx
 import pytest
 
 from apps.common.asgi import read_body, send_problem
-from tests.conftest import admin_connect, in_process_stack
+from tests.conftest import InProcessStack, admin_connect, in_process_stack
 from tests.integration.blog_fixtures import insert_post, relation_rows
 from tests.integration.commerce_fixtures import AnswersLost, browser_of
 
@@ -202,12 +204,12 @@ async def test_a_failed_commit_undoes_the_attach_in_relations(stack, clean_db, m
     editor = await browser_of(stack, "market", user_id=1)
     real = service.commit_or_revert_relations
 
-    async def failing_commit(session, internal, calls):
+    async def failing_commit(session, link, calls, doing):
         async def boom() -> None:
             raise RuntimeError("commit failed")
 
         session.commit = boom
-        await real(session, internal, calls)
+        await real(session, link, calls, doing)
 
     monkeypatch.setattr(service, "commit_or_revert_relations", failing_commit)
     answer = await editor.post(
@@ -216,6 +218,121 @@ async def test_a_failed_commit_undoes_the_attach_in_relations(stack, clean_db, m
     assert answer.status_code == 500
     assert places(clean_db) == []
     assert live_relations(clean_db) == []
+
+
+class UnreachableAfterApplying:
+    """relations, except that until ``back``: every attach-child is applied and its answer lost
+    (the caller times out), and every other call finds relations unreachable."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.back = False
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if self.back or scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if scope["path"] == "/internal/actions/attach-child":
+
+            async def nowhere(message: Any) -> None:
+                pass
+
+            await self.app(scope, receive, nowhere)
+            raise httpx.ReadTimeout("no answer in time")
+        raise httpx.ConnectError("relations is unreachable")
+
+
+def outbox_rows(server) -> list[tuple]:
+    with admin_connect(server, "market") as connection:
+        return connection.execute(
+            "SELECT action, idempotency_key, delivered_at IS NOT NULL FROM market.outbox "
+            "ORDER BY id"
+        ).fetchall()
+
+
+async def relay_until_delivered(stack: InProcessStack, server) -> None:
+    """Market's relay passes (the backoff of its earlier failures counted as passed) until its
+    outbox holds nothing undelivered; bounded, so a relay that never delivers fails the test."""
+    relay = stack.apps["market"].state.relations_link.relay
+    for _ in range(50):
+        with admin_connect(server, "market") as connection:
+            connection.execute("UPDATE market.outbox SET next_attempt_at = now()")
+        await relay.deliver_due()
+        if all(delivered for *_, delivered in outbox_rows(server)):
+            return
+        await asyncio.sleep(0.1)  # the relay's own loop holds a message: let it finish
+
+
+async def test_an_attach_relations_applied_but_could_not_undo_is_undone_once_it_answers(
+    clean_db, credentials
+):
+    """Relations applied the attach of a market place market then rolled back, and could not
+    be reached to undo it: the undo was only logged, and relations showed the market place, which
+    never existed, for good. Now the repeat of the attach under its key and then its undo are
+    kept in market's outbox, which survives a restart of market: its relay delivers them once
+    relations answers, and the ghost attachment is gone."""
+    insert_post(clean_db, "farm-shop", title="Farm Shop", is_page=True)
+    async with in_process_stack(clean_db, credentials, ["market", "relations"]) as first:
+        editor = await browser_of(first, "market", user_id=1)
+        route_relations(first, UnreachableAfterApplying(first.apps["relations"]))
+        answer = await editor.post(
+            "/admin/market-places/", data={"name": "Ghost", "slug": "ghost", "page_id": "1"}
+        )
+        assert answer.status_code == 503, answer.text
+        detail = answer.json()["detail"]
+        assert "Nothing was changed" not in detail, detail
+        assert "will be undone when relations answers" in detail, detail
+        assert places(clean_db) == []
+        [ghost] = live_relations(clean_db)
+        assert ghost[:3] == ("page", 1, "market")
+        [(action, key, delivered)] = outbox_rows(clean_db)
+        assert (action, delivered) == ("attach-child", False)
+    # Market restarts; relations answers again.
+    async with in_process_stack(clean_db, credentials, ["market", "relations"]) as restarted:
+        await relay_until_delivered(restarted, clean_db)
+    assert live_relations(clean_db) == []
+    assert outbox_rows(clean_db) == [
+        ("attach-child", key, True),  # the repeat, under the attach's own key: applied once
+        ("detach-child", f"{key}-undo", True),
+    ]
+
+
+async def test_a_failed_commit_whose_undo_relations_could_not_take_is_undone_later(
+    stack, clean_db, monkeypatch
+):
+    """The commit failed after relations attached the market place, and relations could not be
+    reached for the undo: it was logged and forgotten. Now it is queued in market's outbox, the
+    answer says so, and the relay delivers it when relations answers."""
+    from apps.market import service
+
+    editor = await browser_of(stack, "market", user_id=1)
+    real = service.commit_or_revert_relations
+    down = UnreachableAfterApplying(stack.apps["relations"])
+    down.back = True
+
+    async def failing_commit(session, link, calls, *doing):
+        async def boom() -> None:
+            raise RuntimeError("commit failed")
+
+        session.commit = boom
+        down.back = False  # relations goes away after attaching
+        await real(session, link, calls, *doing)
+
+    monkeypatch.setattr(service, "commit_or_revert_relations", failing_commit)
+    route_relations(stack, down)
+    answer = await editor.post(
+        "/admin/market-places/", data={"name": "Veg", "slug": "veg", "page_id": "1"}
+    )
+    assert answer.status_code == 500, answer.text
+    assert "when it answers again" in answer.json()["detail"], answer.text
+    assert places(clean_db) == []
+    [ghost] = live_relations(clean_db)
+    assert ghost[:3] == ("page", 1, "market")
+    down.back = True
+    await relay_until_delivered(stack, clean_db)
+    assert live_relations(clean_db) == []
+    [(action, _key, delivered)] = outbox_rows(clean_db)
+    assert (action, delivered) == ("detach-child", True)
 
 
 async def test_blog_attaches_only_market_places_that_exist_and_shows_their_names(stack, clean_db):
