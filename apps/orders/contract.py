@@ -152,8 +152,19 @@ create_order = Action(SERVICE, "create-order", CreateOrder, CreatedOrder)
 # Idempotent without a key: a second adoption adopts nothing.
 adopt_orders_for_user = Action(SERVICE, "adopt-orders-for-user", SignIn, AdoptedOrders, keyed=False)
 order = Query(SERVICE, "order", OrderOf, dict[str, Any])
-# Flagged orders, money owed back, refunds SumUp refused.
-attention = Query(SERVICE, "attention", NoParams, list[dict[str, Any]])
+
+
+class Attention(msgspec.Struct):
+    """Orders a person must look at; ``degraded`` names the services whose part could not be
+    read now (``["blog"]``: which orders' SumUp merchant has no key any more), so what orders
+    holds itself is listed all the same."""
+
+    orders: list[dict[str, Any]]
+    degraded: list[str]
+
+
+# Flagged orders, money owed back, refunds SumUp refused, merchants without their key.
+attention = Query(SERVICE, "attention", NoParams, Attention)
 account_nav_item = Fragment(SERVICE, "account-nav-item", IdentityParams)
 
 CONTRACT = Contract(

@@ -87,8 +87,9 @@ async def order_data(
 
 
 @data_route(contract.attention)
-async def attention(db_session: DbSession) -> list[dict[str, Any]]:
-    """Orders a person must look at: flagged, money owed back, refunds SumUp refused."""
+async def attention(db_session: DbSession) -> contract.Attention:
+    """Orders a person must look at: flagged, money owed back, refunds SumUp refused, merchants
+    without their key (blog's part, named in ``degraded`` when it cannot be read)."""
     return await service.orders_needing_attention(db_session)
 
 

@@ -71,7 +71,7 @@ from apps.common.db import (
     table_of,
 )
 from apps.common.direct import DirectStatement
-from apps.common.fdw import remote_read, timeout_for_next_reads
+from apps.common.fdw import ProviderUnavailable, remote_read, timeout_for_next_reads
 from apps.common.internal_client import InternalCallError
 from apps.common.outbox import enqueue
 from apps.common.problems import (
@@ -82,7 +82,7 @@ from apps.common.problems import (
     TooManyRequests,
 )
 from apps.events import contract as events
-from apps.orders.contract import AdoptedOrders, CreatedOrder, CreateOrder
+from apps.orders.contract import AdoptedOrders, Attention, CreatedOrder, CreateOrder
 from apps.orders.models import (
     CLAIM_KINDS,
     CLOSED_UNPAID_STATES,
@@ -1803,10 +1803,16 @@ async def orders_without_their_key(session: AsyncSession) -> dict[int, str]:
     return missing
 
 
-async def orders_needing_attention(session: AsyncSession) -> list[dict[str, Any]]:
+async def orders_needing_attention(session: AsyncSession) -> Attention:
     """What a person must look at: flagged orders, money owed back, refunds SumUp refused, and
-    orders whose SumUp merchant has no key any more (:func:`orders_without_their_key`)."""
-    keyless = await orders_without_their_key(session)
+    orders whose SumUp merchant has no key any more (:func:`orders_without_their_key`). That
+    last part needs blog's page configs: while blog cannot be read, the rest is listed all the
+    same and the answer names blog as degraded (a person is told what is missing)."""
+    degraded: list[str] = []
+    try:
+        keyless = await orders_without_their_key(session)
+    except ProviderUnavailable as unavailable:
+        keyless, degraded = {}, [unavailable.provider]
     # The candidates' ids first, each from its own search (ix_orders_attention; the refunds),
     # as one array, so that the orders are then looked up by key whatever the planner guesses
     # of their number (one OR over the orders table read every order).
@@ -1821,7 +1827,7 @@ async def orders_needing_attention(session: AsyncSession) -> list[dict[str, Any]
         .where(Order.id == any_(func.array_cat(ids, literal(sorted(keyless), ARRAY(BigInteger)))))
         .order_by(Order.id)
     )
-    return [
+    listed = [
         {
             "order_id": order.id,
             "status": order.status,
@@ -1835,3 +1841,4 @@ async def orders_needing_attention(session: AsyncSession) -> list[dict[str, Any]
         }
         for order in orders
     ]
+    return Attention(listed, degraded)

@@ -112,19 +112,40 @@ def orders_attention(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Orders a person must look at: flagged payments, money owed back, refunds SumUp refused,
-    and orders whose SumUp merchant has no key any more (a payment may be waiting on SumUp)."""
+    and orders whose SumUp merchant has no key any more (a payment may be waiting on SumUp).
+    While blog cannot be read, that last part is missing, and it is said so."""
     known_service("orders")
-    rows = _call(lambda client: client.fetch_data("orders", "attention"))
+    answer = _call(lambda client: client.fetch_data("orders", "attention"))
     if as_json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(answer, indent=2))
         return
+    rows = answer["orders"]
+    if rows:
+        table = Table("order", "status", "total", "why", "refunds")
+        for row in attention_rows(rows):
+            table.add_row(*row)
+        console.print(table)
+    for line in unread_parts(answer["degraded"]):
+        console.print(line, style="bold yellow")
     if not rows:
-        console.print("nothing needs attention")
-        return
-    table = Table("order", "status", "total", "why", "refunds")
-    for row in attention_rows(rows):
-        table.add_row(*row)
-    console.print(table)
+        console.print(
+            "nothing else needs attention" if answer["degraded"] else "nothing needs attention"
+        )
+
+
+# What each service's part of the attention list is, for a person told it could not be read.
+ATTENTION_PARTS = {
+    "blog": "which orders' SumUp merchant has no key any more (a payment may be waiting on SumUp)"
+}
+
+
+def unread_parts(degraded: list[str]) -> list[str]:
+    """One line for each service whose part of the list could not be read."""
+    return [
+        f"{service} could not be read: not listed is "
+        f"{ATTENTION_PARTS.get(service, 'what ' + service + ' adds')}; ask again once it answers"
+        for service in degraded
+    ]
 
 
 def attention_rows(rows: list[dict[str, Any]]) -> list[tuple[str, str, str, str, str]]:

@@ -156,7 +156,7 @@ def test_a_late_payment_of_a_superseded_order_is_listed_for_a_person(
                 timeout=60,
             )
             assert result.returncode == 0, result.stderr
-            rows = json.loads(result.stdout)
+            rows = json.loads(result.stdout)["orders"]
             return [r for r in rows if r["refunds"] and r["refunds"][0]["status"] == "failed"]
 
         [row] = eventually_sync(listed)

@@ -14,6 +14,7 @@ from apps.sumup_sandbox.app import DEFAULT_API_KEY
 from apps.sumup_sandbox.server import BackgroundSandbox
 from ops.db.provision import APP_SETTINGS
 from tests.conftest import admin_connect
+from tests.integration.blog_fixtures import provider_unreachable
 from tests.integration.orders_fixtures import (
     Sandbox,
     add_page_config,
@@ -235,7 +236,7 @@ def attempt_statuses(server, order_id: int) -> list[str]:
 async def attention_of(orders) -> dict[int, dict]:
     listed = await internal_get(orders.client("orders"), "attention")
     assert listed.status_code == 200, listed.text
-    return {row["order_id"]: row for row in listed.json()}
+    return {row["order_id"]: row for row in listed.json()["orders"]}
 
 
 def reconciliation_records(caplog) -> list[logging.LogRecord]:
@@ -339,3 +340,30 @@ async def test_a_removed_key_leaves_the_order_waiting_and_listed_not_failing_eve
         await reconciler.run_once()
         assert dict(row[:2] for row in order_rows(clean_db))[order_id] == "paid"
         assert await attention_of(orders) == {}
+
+
+async def test_attention_lists_what_orders_knows_while_blog_is_down(clean_db, credentials, sandbox):
+    """`rose orders attention` failed naming blog while blog was down (its page configs say
+    which orders' merchant has no key any more): a person could not see even the flagged orders
+    orders holds itself. Now they are listed, and the answer names blog's part as not read."""
+    add_page_config(clean_db, "site", 0)
+    async with orders_stack(clean_db, credentials, sandbox.server) as orders:
+        order_id = (await create(orders)).json()["order_id"]
+        with admin_connect(clean_db, "orders") as connection:
+            connection.execute(
+                "UPDATE orders.orders SET flagged = true, flag_reason = 'amount differs' "
+                "WHERE id = %s",
+                (order_id,),
+            )
+        with provider_unreachable(clean_db, "orders", "blog_server"):
+            listed = await internal_get(orders.client("orders"), "attention")
+        assert listed.status_code == 200, listed.text
+        answer = listed.json()
+        assert [(row["order_id"], row["flag_reason"]) for row in answer["orders"]] == [
+            (order_id, "amount differs")
+        ]
+        assert answer["orders"][0]["merchant_key_missing"] is None
+        assert answer["degraded"] == ["blog"]
+        # With blog back, nothing is said to be missing.
+        whole = (await internal_get(orders.client("orders"), "attention")).json()
+        assert whole["degraded"] == []

@@ -110,7 +110,7 @@ async def test_a_refused_refund_waits_for_a_person_and_is_listed(orders, clean_d
     await reconciler.quiet()
     [(_, status, amount, tries)] = refunds(clean_db)
     assert (status, tries) == ("failed", 1)
-    listed = (await internal_get(orders.client("orders"), "attention")).json()
+    listed = (await internal_get(orders.client("orders"), "attention")).json()["orders"]
     assert [(row["order_id"], row["status"]) for row in listed] == [(older, "refund_due")]
     assert listed[0]["refunds"][0]["status"] == "failed"
     assert "refused" in listed[0]["refunds"][0]["last_error"]
@@ -178,7 +178,7 @@ async def test_a_refund_whose_merchant_lost_its_key_waits_listed_and_goes_back_o
     assert status_of(clean_db, older) == "refund_due"
     assert report.failures == 0
     assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
-    listed = (await internal_get(orders.client("orders"), "attention")).json()
+    listed = (await internal_get(orders.client("orders"), "attention")).json()["orders"]
     what = {row["order_id"]: row["merchant_key_missing"] for row in listed}
     assert what[older] is not None
     assert what[older].startswith(f"order {older}: its SumUp merchant ")

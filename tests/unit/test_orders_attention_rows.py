@@ -3,7 +3,7 @@ merchant having no key any more, with what to do."""
 
 from __future__ import annotations
 
-from ops.cli.calls import attention_rows
+from ops.cli.calls import attention_rows, unread_parts
 
 NOTE = (
     "order 4: its SumUp merchant M1 has no key in page config 2 any more; a payment may be "
@@ -43,3 +43,12 @@ def test_an_answer_without_the_key_field_still_shows() -> None:
     answer = row()
     del answer["merchant_key_missing"]
     assert attention_rows([answer]) == [("4", "pending", "9.00 EUR", "", "")]
+
+
+def test_blog_not_read_is_said_with_what_is_missing() -> None:
+    """While blog is down, the list says which part is missing, and from whom."""
+    assert unread_parts(["blog"]) == [
+        "blog could not be read: not listed is which orders' SumUp merchant has no key any more "
+        "(a payment may be waiting on SumUp); ask again once it answers"
+    ]
+    assert unread_parts([]) == []
