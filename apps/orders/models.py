@@ -186,6 +186,9 @@ class PaymentAttempt(IdentityPkMixin, Base):
     """One SumUp hosted checkout for an order; a new attempt gets a new reference."""
 
     __tablename__ = "payment_attempts"
+    # Open attempts (PENDING, FAILED) are indexed by ix_payment_attempts_open_checked (orders
+    # 0002, partial on that status, not declared here): reconciliation's scan and the attention
+    # list's search for orders waiting on SumUp read only them.
     __table_args__ = (
         UniqueConstraint("order_id", "number"),
         CheckConstraint("status IN ('PENDING', 'PAID', 'FAILED', 'EXPIRED')", name="status_known"),
