@@ -64,6 +64,7 @@ class InternalCallError(Exception):
         outcome_unknown: bool = False,
     ) -> None:
         super().__init__(f"{service} {name}: {message}")
+        self.message = message
         self.service = service
         self.name = name
         self.http_status = http_status
@@ -73,6 +74,19 @@ class InternalCallError(Exception):
         # timed out or the connection broke after sending): the caller must not say "nothing
         # happened".
         self.outcome_unknown = outcome_unknown
+
+
+def _outcome_unknown(error: InternalCallError) -> InternalCallError:
+    """``error`` of a last attempt, after an earlier one whose outcome is unknown."""
+    return InternalCallError(
+        error.service,
+        error.name,
+        f"{error.message}, after an attempt that timed out or lost its connection",
+        http_status=error.http_status,
+        remote_status=error.remote_status,
+        problem=error.problem,
+        outcome_unknown=True,
+    )
 
 
 class InternalClient:
@@ -193,6 +207,9 @@ class InternalClient:
         client, base_url = self._target(service, name)
         attempts = len(RETRY_DELAYS) + 1 if retry else 1
         last_error: InternalCallError | None = None
+        # Whether an attempt may have had its effect (sent, then no answer): the call's outcome
+        # stays unknown whatever later attempts find (unreachable, a 503).
+        unknown = False
         for attempt in range(attempts):
             if attempt:
                 await asyncio.sleep(RETRY_DELAYS[attempt - 1])
@@ -223,6 +240,7 @@ class InternalClient:
                 last_error = InternalCallError(
                     service, name, "timed out", http_status=503, outcome_unknown=True
                 )
+                unknown = True
                 continue
             except httpx.TransportError as exc:
                 last_error = InternalCallError(
@@ -232,14 +250,20 @@ class InternalClient:
                     http_status=503,
                     outcome_unknown=True,
                 )
+                unknown = True
                 continue
             if response.status_code in RETRYABLE_STATUSES and attempt + 1 < attempts:
                 last_error = _error_from_response(service, name, response)
                 continue
             if response.is_success:
                 return response
-            raise _error_from_response(service, name, response)
+            error = _error_from_response(service, name, response)
+            if unknown and response.status_code in RETRYABLE_STATUSES:
+                raise _outcome_unknown(error)
+            raise error
         assert last_error is not None
+        if unknown and not last_error.outcome_unknown:
+            last_error = _outcome_unknown(last_error)
         logger.warning("internal call failed after %d attempt(s): %s", attempts, last_error)
         raise last_error
 

@@ -221,18 +221,22 @@ async def test_a_failed_commit_undoes_the_attach_in_relations(stack, clean_db, m
 
 
 class UnreachableAfterApplying:
-    """relations, except that until ``back``: every attach-child is applied and its answer lost
-    (the caller times out), and every other call finds relations unreachable."""
+    """relations, except that until ``back``: attach-child is applied and its answer lost (the
+    caller times out), the first ``applied`` times (None: every time), and every other call
+    finds relations unreachable."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, applied: int | None = None) -> None:
         self.app = app
         self.back = False
+        self.applied = applied
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if self.back or scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if scope["path"] == "/internal/actions/attach-child":
+        if scope["path"] == "/internal/actions/attach-child" and self.applied != 0:
+            if self.applied is not None:
+                self.applied -= 1
 
             async def nowhere(message: Any) -> None:
                 pass
@@ -295,6 +299,29 @@ async def test_an_attach_relations_applied_but_could_not_undo_is_undone_once_it_
         ("attach-child", key, True),  # the repeat, under the attach's own key: applied once
         ("detach-child", f"{key}-undo", True),
     ]
+
+
+async def test_an_attach_that_timed_out_then_found_relations_unreachable_is_undone(stack, clean_db):
+    """The attach was applied and its answer lost; the client's retries then found relations
+    unreachable. The call's error was the last attempt's ("unreachable"), as if nothing had
+    been sent, so market said "Nothing was changed", asked for no undo, and relations kept the
+    ghost. An earlier attempt of unknown outcome now makes the call's outcome unknown."""
+    editor = await browser_of(stack, "market", user_id=1)
+    down = UnreachableAfterApplying(stack.apps["relations"], applied=1)
+    route_relations(stack, down)
+    answer = await editor.post(
+        "/admin/market-places/", data={"name": "Ghost", "slug": "ghost", "page_id": "1"}
+    )
+    assert answer.status_code == 503, answer.text
+    detail = answer.json()["detail"]
+    assert "Nothing was changed" not in detail, detail
+    assert "will be undone when relations answers" in detail, detail
+    assert places(clean_db) == []
+    [ghost] = live_relations(clean_db)
+    assert ghost[:3] == ("page", 1, "market")
+    down.back = True
+    await relay_until_delivered(stack, clean_db)
+    assert live_relations(clean_db) == []
 
 
 async def test_a_failed_commit_whose_undo_relations_could_not_take_is_undone_later(
