@@ -20,7 +20,7 @@ import msgspec
 from litestar import Litestar
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
-from sqlalchemy import Table, event
+from sqlalchemy import BigInteger, Table, event, func, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -175,6 +175,44 @@ class RelationsLink:
             maker, outbox, poll_seconds=poll_seconds, client=client, acknowledged=self._settled
         )
 
+    async def _pending(self, relation: DetachChild) -> list[str]:
+        """The keys of the messages still queued about ``relation``'s child."""
+        outbox = self._outbox
+        about_child = (
+            outbox.c.delivered_at.is_(None)
+            & (outbox.c.service == SERVICE)
+            & (outbox.c.payload["child_type"].astext == relation.child_type)
+            & (outbox.c.payload["child_id"].astext.cast(BigInteger) == relation.child_id)
+        )
+        async with self._maker() as session, session.begin():
+            keys = list(await session.scalars(select(outbox.c.idempotency_key).where(about_child)))
+            if keys:
+                # Due now, whatever their backoff: a change of the child waits for them.
+                await session.execute(
+                    update(outbox)
+                    .where(outbox.c.idempotency_key.in_(keys))
+                    .values(next_attempt_at=func.now())
+                )
+        return keys
+
+    async def deliver_pending(self, relation: DetachChild, doing: str) -> None:
+        """Deliver now what the outbox still holds about this child (an earlier change's undo):
+        delivered after this change, it would undo it. A problem, nothing changed, while
+        relations does not take them."""
+        # Twice: a repeat of unknown outcome, then the undo its delivery queues.
+        for _ in range(2):
+            keys = await self._pending(relation)
+            if not keys:
+                return
+            await self.relay.deliver_now(keys, within=PENDING_WAIT_SECONDS)
+        if await self._pending(relation):
+            raise Problem(
+                f"Nothing was changed: {doing} waits for relations to undo an earlier change of "
+                f"this {relation.child_type}, and it has not answered yet: try again shortly.",
+                status_code=503,
+                service=SERVICE,
+            )
+
     async def undo_later(self, calls: Sequence[tuple[RelationsCall, str]]) -> bool:
         """Queue each ``(call, key)``, in order, in one transaction of its own; False (logged)
         when even that failed."""
@@ -238,6 +276,9 @@ def relations_link_wiring(outbox: Table) -> dict[str, Any]:
     }
 
 
+# How long a change waits for the undos still queued about its child to be delivered.
+PENDING_WAIT_SECONDS = 5.0
+
 # Handlers receive it as ``relations: Relations``.
 Relations = NamedDependency[RelationsLink]
 
@@ -258,11 +299,14 @@ async def call_relations(
     existed). It is sent again with its key, which relations applies at most once and answers
     only once applied, then undone, while the caller still holds its locks, so that no later
     change of the same child comes in between. When relations does not answer that either, the
-    repeat goes into the outbox, and its undo after it. ``undo_if_unknown=False``: the call
+    repeat goes into the outbox, and its undo after it. What the outbox still holds about the
+    child is delivered first (:meth:`RelationsLink.deliver_pending`): an undo delivered after
+    this call would undo it. ``undo_if_unknown=False``: the call
     only repeats what the caller already stores (attaching a calendar to its own page), so it
     is left as it may be."""
     # A fresh key per call: the client may then retry a timeout or a 503 safely, and relations
     # applies the call once. (attach/detach are no-ops when repeated, but a key makes it exact.)
+    await link.deliver_pending(call.relation, doing)
     key = f"{link.caller}-{uuid.uuid4()}"
     try:
         await call.send(link.client, idempotency_key=key)

@@ -362,6 +362,53 @@ async def test_a_failed_commit_whose_undo_relations_could_not_take_is_undone_lat
     assert (action, delivered) == ("detach-child", True)
 
 
+async def test_an_undo_still_queued_never_lands_after_a_later_change(stack, clean_db, monkeypatch):
+    """Removing a market place failed at commit after relations detached it, and relations was
+    unreachable for the undo (a re-attach, queued). Relations is back while the relay's backoff
+    still runs, and the market place is removed again: had the queued re-attach been delivered
+    after that, relations would show a market place market deleted. A change of a child first
+    delivers what is still queued about it."""
+    from apps.market import service
+
+    editor = await browser_of(stack, "market", user_id=1)
+    place_id = (
+        await editor.post(
+            "/admin/market-places/", data={"name": "Dairy", "slug": "dairy", "page_id": "2"}
+        )
+    ).json()["id"]
+    real = service.commit_or_revert_relations
+    down = UnreachableAfterApplying(stack.apps["relations"], applied=0)
+    down.back = True
+
+    async def failing_commit(session, link, calls, *doing):
+        async def boom() -> None:
+            raise RuntimeError("commit failed")
+
+        session.commit = boom
+        down.back = False
+        await real(session, link, calls, *doing)
+
+    monkeypatch.setattr(service, "commit_or_revert_relations", failing_commit)
+    route_relations(stack, down)
+    failed = await editor.post(f"/admin/market-places/{place_id}/delete/")
+    assert failed.status_code == 500, failed.text
+    assert places(clean_db) == [("dairy", "Dairy", 2, True)]
+    assert live_relations(clean_db) == []  # detached in relations; the re-attach is queued
+    monkeypatch.setattr(service, "commit_or_revert_relations", real)
+    down.back = True
+    with admin_connect(clean_db, "market") as connection:  # the relay's backoff still runs
+        connection.execute("UPDATE market.outbox SET next_attempt_at = now() + interval '1 hour'")
+
+    deleted = await editor.post(f"/admin/market-places/{place_id}/delete/")
+    assert deleted.status_code == 200, deleted.text
+    await relay_until_delivered(stack, clean_db)
+    assert places(clean_db) == [("dairy", "Dairy", 2, False)]
+    assert live_relations(clean_db) == []
+    assert [(action, delivered) for action, _key, delivered in outbox_rows(clean_db)] == [
+        ("attach-child", True)
+    ]
+
+
 async def test_blog_attaches_only_market_places_that_exist_and_shows_their_names(stack, clean_db):
     editor = await browser_of(stack, "market", user_id=1)
     place_id = (
