@@ -301,6 +301,58 @@ async def test_a_move_whose_attach_timed_out_but_was_applied_is_undone(stack, ed
     assert active_relations(clean_db) == [("page", 5, "calendar", calendar_id)]
 
 
+class DetachUnreachable:
+    """relations, except that until ``back`` every detach-child finds it unreachable."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.back = False
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if not self.back and scope.get("path") == "/internal/actions/detach-child":
+            raise httpx.ConnectError("relations is unreachable")
+        await self.app(scope, receive, send)
+
+
+async def test_a_move_relations_could_not_finish_or_undo_is_undone_once_it_answers(
+    stack, editor, clean_db
+):
+    """Moving a calendar: relations attached it to the new page, then could not be reached to
+    detach it from the old one, nor to undo the attach. Events kept it where it was, and the
+    undo was only logged: relations showed it on both pages for good, while the answer said
+    "Nothing was changed". Now the undo is queued in events' outbox, the answer says relations
+    shows it on the new page until it answers, and events' relay then detaches it there."""
+    calendar_id = (
+        await editor.post("/admin/calendars/", data={"name": "Tours", "slug": "t", "page_id": "5"})
+    ).json()["id"]
+    down = DetachUnreachable(stack.apps["relations"])
+    for client in stack.all_internal:
+        client.route("relations", down)
+    moved = await editor.post(f"/admin/calendars/{calendar_id}/attach/", data={"page_id": "6"})
+    problem = assert_problem(moved, 503, "relations", "page 6")
+    assert "Nothing was changed" not in problem["detail"], problem
+    assert "undone" in problem["detail"], problem
+    assert calendar_container(clean_db, calendar_id) == ("page", 5)
+    assert active_relations(clean_db) == [
+        ("page", 5, "calendar", calendar_id),
+        ("page", 6, "calendar", calendar_id),
+    ]
+    down.back = True
+    relay = stack.apps["events"].state.relations_link.relay
+    for _ in range(50):  # bounded: a relay that never delivers fails below
+        with admin_connect(clean_db, "events") as connection:
+            connection.execute("UPDATE events.outbox SET next_attempt_at = now()")
+        await relay.deliver_due()
+        if active_relations(clean_db) == [("page", 5, "calendar", calendar_id)]:
+            break
+        await asyncio.sleep(0.1)
+    assert active_relations(clean_db) == [("page", 5, "calendar", calendar_id)]
+    with admin_connect(clean_db, "events") as connection:
+        assert connection.execute(
+            "SELECT action, delivered_at IS NOT NULL FROM events.outbox"
+        ).fetchall() == [("detach-child", True)]
+
+
 async def test_an_attach_to_its_own_page_that_timed_out_is_left_attached(stack, editor, clean_db):
     """Attaching a calendar to the page it is on repeats what events stores: one whose outcome
     is unknown is not undone (that would take it off its page in relations)."""
