@@ -391,10 +391,11 @@ async def commit_or_revert_relations(
         await session.commit()
     except Exception as exc:
         if not await revert_relations(link, calls):
+            # Answered as a problem, not the unexpected error (which is logged with its cause).
+            logger.exception("storing failed after relations recorded it: %s", doing)
             raise Problem(
-                f"Not saved: {doing} could not be stored ({type(exc).__name__}). Relations "
-                "recorded it already, and will be brought back in step when it answers again.",
+                f"Not saved: {doing} could not be stored. Relations recorded it already, and "
+                "will be brought back in step when it answers again.",
                 status_code=500,
-                service=SERVICE,
             ) from exc
         raise
