@@ -53,6 +53,7 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
     SpanExportResult,
 )
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -255,15 +256,38 @@ def trace_context_only(app: ASGIApp) -> ASGIApp:
             await app(scope, receive, send)
             return
         given = next((value for name, value in scope["headers"] if name == b"traceparent"), None)
-        name, _ = _span_details(scope)
-        with continued_trace(
-            given.decode("latin-1") if given is not None else None,
-            name,
-            kind=trace.SpanKind.SERVER,
-        ):
+        token = otel_context.attach(_carried(given.decode("latin-1") if given else None))
+        try:
             await app(scope, receive, send)
+        finally:
+            otel_context.detach(token)
 
     return middleware
+
+
+_ids = RandomIdGenerator()
+
+
+def _carried(traceparent: str | None) -> otel_context.Context:
+    """The context of a request's span when no span is recorded: a non-recording span of the
+    caller's trace (a new one without it), made directly. What the tracer would make with its
+    ALWAYS_OFF sampler, the same ids and flags, at a fraction of the cost of its sampler and
+    span machinery on every request (bench.edge_overhead)."""
+    parent = (
+        propagate.extract({TRACEPARENT: traceparent}) if traceparent else otel_context.Context()
+    )
+    caller = trace.get_current_span(parent).get_span_context()
+    trace_id = caller.trace_id if caller.is_valid else _ids.generate_trace_id()
+    span = trace.NonRecordingSpan(
+        trace.SpanContext(
+            trace_id,
+            _ids.generate_span_id(),
+            is_remote=False,
+            trace_flags=trace.TraceFlags(trace.TraceFlags.DEFAULT),
+            trace_state=caller.trace_state if caller.is_valid else None,
+        )
+    )
+    return trace.set_span_in_context(span, parent)
 
 
 def _span_details(scope: Scope) -> tuple[str, dict[str, Any]]:
