@@ -68,7 +68,7 @@ from apps.common.db import end_read, table_of
 from apps.common.fdw import ProviderUnavailable, remote_read
 from apps.common.inputs import one_line_name
 from apps.common.internal_client import InternalClient
-from apps.common.problems import Conflict, InvalidInput, NotFound
+from apps.common.problems import Conflict, DependencyUnavailable, InvalidInput, NotFound
 from apps.events import contract as events
 from apps.orders import contract as orders
 from apps.orders.contract import BookingLine, CartLine, CreatedOrder, CreateOrder
@@ -888,6 +888,15 @@ def checkout_request(
     another; the same cart once its order cannot be paid, another too. ``session_id`` is
     the browser session, sent even when signed in: orders made before sign-in are the same
     buyer's."""
+    if "events" in cart.degraded:
+        # Its bookings could not be read: an order now would leave them out (the buyer paying
+        # for part of the cart), and a cart of bookings only would look empty.
+        raise DependencyUnavailable(
+            "Checkout failed: your bookings cannot be read right now (events is unavailable). "
+            "Your cart has not changed; please try again in a minute",
+            title="Checkout failed",
+            service="events",
+        )
     lines = cart.lines
     bookings = cart.bookings
     if not lines and not bookings:

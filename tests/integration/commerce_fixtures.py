@@ -140,6 +140,20 @@ def confirmation_held(server, order_id: int) -> Iterator[None]:
         raise psycopg.Rollback()
 
 
+@contextmanager
+def table_locked(server, service: str, table: str) -> Iterator[None]:
+    """Another transaction of ``service``'s database holds ``table`` (ACCESS EXCLUSIVE) for
+    the block: every read of it, other services' FDW reads included, waits, and those give up
+    at their statement timeout (the provider is "unavailable"). Released however it ends."""
+    with admin_connect(server, service) as holder:
+        holder.autocommit = False
+        holder.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+        try:
+            yield
+        finally:
+            holder.rollback()
+
+
 def next_order_id(server) -> int:
     with admin_connect(server, "orders") as connection:
         return connection.execute(

@@ -19,6 +19,7 @@ from tests.integration.commerce_fixtures import (
     entry_state,
     share_cookies,
     shop_stack,
+    table_locked,
 )
 from tests.integration.orders_fixtures import checkout_id_of, order_rows, outbox_rows, webhook
 from tests.signed import internal_get, internal_post
@@ -366,6 +367,58 @@ async def test_sumup_unavailable_at_checkout_leaves_the_cart_and_no_order(
     assert int(api.headers["retry-after"]) > 0
     assert cart_rows(clean_db) == before
     assert order_rows(clean_db) == []
+
+
+async def answer(request):  # a hang guard, not a measurement
+    return await asyncio.wait_for(request, timeout=60)
+
+
+async def test_a_checkout_while_cart_cannot_read_events_is_refused_naming_events(
+    stack, clean_db, shop, sandbox
+):
+    """Audit s21 F5: while cart's read of events fails (events' table locked: its FDW read
+    gives up at its timeout), the cart shows no bookings (degraded, for display), and a
+    checkout made an order of the products only (the buyer sent to pay part of the cart), or
+    for a cart of bookings only said "The cart is empty". Every checkout (the whole cart, a
+    page's; JSON and a browser's) is a 503 naming events and saying the cart has not changed;
+    nothing is created, nothing held; once events answers, the checkout orders everything."""
+    cart = await browser_of(stack, "cart", user_id=3)
+    events = stack.browser("events")
+    share_cookies(cart, events)
+    line = (await cart.post(f"/add/{shop.product_ids[0]}/")).json()  # page 1, 1.00
+    assert (await events.post(f"/entries/{shop.entry_id}/book/")).status_code == 200  # 7.50
+    before = (cart_rows(clean_db), entry_state(clean_db, shop.entry_id))
+
+    def refused_naming_events(refused) -> None:
+        assert refused.status_code == 503, refused.text
+        assert "events" in refused.text
+        assert "Your cart has not changed" in refused.text
+        assert "empty" not in refused.text
+
+    with table_locked(clean_db, "events", "events.calendar_entries"):
+        for path in ("/checkout/", "/page/farm-shop/checkout/"):
+            refused = await answer(cart.post(path))
+            refused_naming_events(refused)
+            assert refused.headers["content-type"].startswith("application/problem+json")
+            assert int(refused.headers["retry-after"]) > 0
+        refused_naming_events(await answer(cart.post("/checkout/", headers=HTML)))
+    assert order_rows(clean_db) == []
+    assert sandbox.checkouts() == []
+    assert (cart_rows(clean_db), entry_state(clean_db, shop.entry_id)) == before
+
+    # A cart of bookings only is not "empty" while events cannot be read.
+    assert (await cart.post(f"/item/{line['id']}/delete/")).status_code == 200
+    with table_locked(clean_db, "events", "events.calendar_entries"):
+        refused_naming_events(await answer(cart.post("/checkout/")))
+    assert order_rows(clean_db) == []
+
+    await cart.post(f"/add/{shop.product_ids[0]}/")
+    created = await cart.post("/checkout/")
+    assert created.status_code == 200, created.text
+    [(_, status, _, total, _)] = order_rows(clean_db)
+    assert (status, str(total)) == ("pending", "8.50")  # the product and the booking
+    for browser in (cart, events):
+        await browser.aclose()
 
 
 async def test_a_cart_in_two_currencies_adds_neither_and_names_the_lines(stack, clean_db, shop):
