@@ -38,6 +38,7 @@ from sqlalchemy.orm import aliased
 from apps.common.observability import scrape_gauge, scrape_row
 from apps.common.streaks import FailureStreak
 from apps.orders.models import CLOSED_UNPAID_STATES, Order, PaymentAttempt, ReconciliationPass
+from apps.orders.payments import PaymentProviderUnavailable
 from apps.orders.runtime import OrdersRuntime
 from apps.orders.service import load_order, recheck
 from apps.orders.settlement import (
@@ -65,6 +66,12 @@ RECONCILIATION_LAG = scrape_gauge(
     "rose_orders_reconciliation_lag_seconds",
     "Seconds since the last reconciliation pass finished (-1: none has yet)",
 )
+
+
+def _listed(ids: list[int], shown: int = 20) -> str:
+    """Order ids for a log line, bounded: a long outage may leave thousands open."""
+    listed = ", ".join(str(each) for each in ids[:shown])
+    return listed if len(ids) <= shown else f"{listed} and {len(ids) - shown} more"
 
 
 async def reconciliation_metrics(state: State) -> None:
@@ -272,6 +279,11 @@ class Reconciler:
                         report.keyless.add(exc.order_id)
                         logger.warning("refund %s waits: %s", refund_id, exc.note)
                     continue
+                except PaymentProviderUnavailable as exc:
+                    # An outage the code expects: one line, no traceback; tried next pass.
+                    logger.warning("refund %s waits: %s", refund_id, exc.detail)
+                    report.failures += 1
+                    continue
                 except Exception:  # one refund's trouble must not stop the others
                     logger.exception("refund %s could not be settled", refund_id)
                     report.failures += 1
@@ -307,6 +319,9 @@ class Reconciler:
         (added to ``keyless``)."""
         limit = asyncio.Semaphore(self._runtime.settings.reconcile_concurrency)
         failures = 0
+        # Orders SumUp could not be asked about (down or slow): an outage the code expects,
+        # said once for them all below, without a traceback per order.
+        unanswered: dict[int, str] = {}
 
         async def one(order_id: int) -> None:
             nonlocal failures
@@ -319,6 +334,10 @@ class Reconciler:
                     if order_id not in keyless:
                         keyless.add(order_id)
                         logger.warning("%s", exc.note)
+                except PaymentProviderUnavailable as exc:
+                    await session.rollback()
+                    unanswered[order_id] = exc.detail
+                    failures += 1
                 except Exception:  # one order's trouble must not stop the others
                     logger.exception("reconciling order %s failed", order_id)
                     failures += 1
@@ -327,6 +346,14 @@ class Reconciler:
         ordered = list(ids)
         for start in range(0, len(ordered), batch):
             await asyncio.gather(*(one(order_id) for order_id in ordered[start : start + batch]))
+        if unanswered:
+            logger.warning(
+                "%s; %d orders left for the next reconciliation pass: %s",
+                # Their answers are alike (one outage): the first of them says what it was.
+                unanswered[min(unanswered)],
+                len(unanswered),
+                _listed(sorted(unanswered)),
+            )
         return failures
 
     async def overdue_orders(self, session: AsyncSession) -> list[int]:
@@ -432,6 +459,13 @@ class Reconciler:
                     await session.commit()
                 except MerchantKeyGone as exc:
                     logger.warning("%s", exc.note)
+                except PaymentProviderUnavailable as exc:
+                    logger.warning(
+                        "closing the checkouts of superseded order %s waits: %s; the next "
+                        "reconciliation pass retries",
+                        order_id,
+                        exc.detail,
+                    )
                 except Exception:
                     logger.warning(
                         "closing the checkouts of superseded order %s failed; the next "

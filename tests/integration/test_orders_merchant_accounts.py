@@ -5,10 +5,13 @@ chooses where money goes, reading blog every time."""
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
+from collections.abc import Iterator
 
 import pytest
 
+from apps.common.observability import TextFormatter, TraceIdFilter
 from apps.sumup_sandbox import DEFAULT_MERCHANT_CODE
 from apps.sumup_sandbox.app import DEFAULT_API_KEY
 from apps.sumup_sandbox.server import BackgroundSandbox
@@ -367,3 +370,61 @@ async def test_attention_lists_what_orders_knows_while_blog_is_down(clean_db, cr
         # With blog back, nothing is said to be missing.
         whole = (await internal_get(orders.client("orders"), "attention")).json()
         assert whole["degraded"] == []
+
+
+@pytest.fixture
+def orders_log() -> Iterator[io.StringIO]:
+    """What orders' loggers write, as configure_logging's text format writes it (a
+    traceback is written indented under its record)."""
+    written = io.StringIO()
+    handler = logging.StreamHandler(written)
+    handler.addFilter(TraceIdFilter())
+    handler.setFormatter(TextFormatter())
+    logger = logging.getLogger("rose.orders")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        yield written
+    finally:
+        logger.setLevel(level)
+        logger.removeHandler(handler)
+
+
+async def test_a_sumup_outage_is_a_warning_line_not_a_traceback_per_open_order(
+    clean_db, credentials, sandbox, orders_log
+):
+    """Audit s21 F7: while SumUp was unavailable, every reconciliation pass logged a full
+    traceback (~35 lines) per open order, an expected outage reading as a crash and filling
+    the bounded log. Now the pass says it in one warning line naming SumUp and the orders left
+    for the next pass, no traceback; the orders stay pending and are settled once SumUp is
+    back."""
+    add_page_config(clean_db, "site", 0)
+    async with orders_stack(clean_db, credentials, sandbox.server) as orders:
+        first = (await create(orders)).json()["order_id"]
+        second = (await create(orders, order_payload(user_id=2, session_id="s-2"))).json()[
+            "order_id"
+        ]
+        reconciler = orders.apps["orders"].state.reconciler
+        sandbox.controls(api_unavailable=True)
+        try:
+            report = await reconciler.run_once()
+        finally:
+            sandbox.controls(api_unavailable=False)
+        written = orders_log.getvalue()
+        assert report.failures == 2, written
+        assert "Traceback" not in written, written
+        lines = written.splitlines()
+        assert not [line for line in lines if line.startswith(" ")], written
+        warned = [line for line in lines if "WARNING" in line and "SumUp" in line]
+        assert len(warned) == 1, written
+        assert f"{first}, {second}" in warned[0], warned
+        assert not [line for line in lines if "ERROR" in line], written
+        assert {row[0]: row[1] for row in order_rows(clean_db)} == {
+            first: "pending",
+            second: "pending",
+        }
+
+        sandbox.pay(checkout_id_of(clean_db, first))
+        assert (await reconciler.run_once()).failures == 0
+        assert dict(row[:2] for row in order_rows(clean_db))[first] == "paid"
