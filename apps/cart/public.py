@@ -40,6 +40,8 @@ from apps.orders import contract as orders
 OwnSettings = NamedDependency[CartSettings]
 ItemId = Annotated[int, Parameter(ge=1, le=2**63 - 1)]
 QUANTITY_AS_NUMBER = "Enter the quantity as a whole number."
+# A party a checkout waited on, as the buyer knows it.
+SERVICE_WORDS = {"sumup": "payments (SumUp)"}
 
 
 def owner_of(identity: Identity) -> service.Owner:
@@ -192,13 +194,24 @@ def checkout_failed(exc: InternalCallError, orders_page: str) -> Problem:
             start_afresh=SIGN_OUT_PATH if exc.problem.get(START_AFRESH) else None,
         )
     if exc.http_status == 503:
-        # What is down, in the buyer's words (not the provider's), and when to come back.
-        named = exc.problem.get("service")
-        down = {"sumup": "payments (SumUp)"}.get(str(named), str(named)) if named else exc.service
+        # What was unavailable, in the buyer's words (not the provider's), and when to come
+        # back: the service orders could not reach (``service``) or whose data it could not
+        # read (``provider``, an FDW read); orders itself only when it named neither.
+        service, provider = exc.problem.get("service"), exc.problem.get("provider")
+        if service:
+            unavailable = str(service)
+            down = f"{SERVICE_WORDS.get(unavailable, unavailable)} cannot be reached"
+        elif provider:
+            unavailable = str(provider)
+            down = f"the {unavailable} data is unavailable"
+        else:
+            unavailable = exc.service
+            down = f"{unavailable} cannot be reached"
         return DependencyUnavailable(
-            f"Checkout failed: {down} cannot be reached right now. Your cart has not changed; "
+            f"Checkout failed: {down} right now. Your cart has not changed; "
             "please try again in a minute",
             title="Checkout failed",
+            service=unavailable,
         )
     return Problem(
         f"Checkout failed: {detail}. Your cart has not changed; please try again.",

@@ -12,8 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from apps.cart.models import metadata as cart_metadata
+from apps.common.app_factory import platform_of
 from tests.conftest import admin_connect, lock_waiters
 from tests.integration.commerce_fixtures import (
+    ServiceDown,
     browser_of,
     cart_rows,
     entry_state,
@@ -367,6 +369,47 @@ async def test_sumup_unavailable_at_checkout_leaves_the_cart_and_no_order(
     assert int(api.headers["retry-after"]) > 0
     assert cart_rows(clean_db) == before
     assert order_rows(clean_db) == []
+
+
+async def test_a_checkout_orders_could_not_make_names_who_was_unavailable(
+    clean_db, credentials, sandbox, shop
+):
+    """Audit s21 F6: orders answered 503 because blog's page configs (its FDW read: the
+    problem names the ``provider``) or SumUp (too slow) were unavailable, and the buyer was
+    told "orders cannot be reached". The buyer is told which party was unavailable; orders
+    itself only when it did not answer. Nothing is made."""
+    async with shop_stack(clean_db, credentials, sandbox.server, ORDERS_SUMUP_TIMEOUT="1") as stack:
+        cart = await browser_of(stack, "cart", user_id=3)
+        await cart.post(f"/add/{shop.product_ids[0]}/")
+        with table_locked(clean_db, "blog", "blog.page_configs"):
+            refused = await answer(cart.post("/checkout/"))
+        assert refused.status_code == 503, refused.text
+        detail = refused.json()["detail"]
+        assert "blog" in detail, detail
+        assert "orders" not in detail, detail
+        assert "Your cart has not changed" in detail
+        assert refused.json()["service"] == "blog"
+        assert order_rows(clean_db) == []
+
+        sandbox.controls(api_latency=3)  # SumUp answers after orders gave up on it
+        try:
+            refused = await answer(cart.post("/checkout/"))
+        finally:
+            sandbox.controls(api_latency=0)
+        assert refused.status_code == 503, refused.text
+        detail = refused.json()["detail"]
+        assert "payments (SumUp) cannot be reached" in detail, detail
+        assert "orders" not in detail, detail
+        assert refused.json()["service"] == "sumup"
+        assert order_rows(clean_db) == []
+
+        # Orders itself down: orders is named.
+        platform_of(stack.apps["cart"]).client.route("orders", ServiceDown("orders"))
+        refused = await answer(cart.post("/checkout/"))
+        assert refused.status_code == 503, refused.text
+        assert "orders cannot be reached" in refused.json()["detail"]
+        assert refused.json()["service"] == "orders"
+        await cart.aclose()
 
 
 async def answer(request):  # a hang guard, not a measurement
