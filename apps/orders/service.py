@@ -491,10 +491,11 @@ def _by_kind(pairs: list[Claim], parameter: str, kinds: tuple[str, ...]) -> dict
 
 
 def _sharing(has_claims: bool, has_goods: bool, by_user: bool, by_session: bool) -> CTE:
-    """The ids of the orders that share a claim of the new order (``by_claim``), and of the
-    buyer's orders that share its goods (products and bookings), new order excluded. The lists
-    are bound as arrays of a fixed number (:func:`_of_kinds`), so that every size of cart runs
-    one statement text: one prepared statement and one generic plan.
+    """The ids of the orders that share a claim of the new order (``by_claim``; for a calendar
+    entry, only the buyer's orders), and of the buyer's orders that share its goods (products
+    and bookings), new order excluded. The lists are bound as arrays of a fixed number
+    (:func:`_of_kinds`), so that every size of cart runs one statement text: one prepared
+    statement and one generic plan.
 
     Each kind of candidate comes from its own index (the claims' key, the buyer's orders and
     their items) and only those orders are looked up later: conditions OR-ed on the orders
@@ -504,10 +505,20 @@ def _sharing(has_claims: bool, has_goods: bool, by_user: bool, by_session: bool)
     # process, not on every call.
     candidates: list[Select[Any]] = []
     if has_claims:
-        claim = table_of(OrderClaim).alias("claim")
+        # A claim on a calendar entry counts only when it is the buyer's order's (audit s21
+        # F3): an entry's id is the same place for the next buyer, and an order keeps claiming
+        # an entry its buyer took out of the cart, which another buyer may book; events says
+        # which order gets it once one is paid (the other is refunded:
+        # settlement.bookings_not_confirmed). Cart lines and tickets are one person's rows for
+        # good (sign-in moves them to that person's account before orders adopts the orders
+        # claiming them): their claims count whoever's order it is, as they always did.
+        claim, holder = table_of(OrderClaim).alias("claim"), table_of(Order).alias("holder")
         candidates.append(
-            select(claim.c.order_id, true().label("by_claim")).where(
-                _of_kinds(claim.c.kind, claim.c.ref_id, "claims", CLAIM_KINDS)
+            select(claim.c.order_id, true().label("by_claim"))
+            .join(holder, holder.c.id == claim.c.order_id)
+            .where(
+                _of_kinds(claim.c.kind, claim.c.ref_id, "claims", CLAIM_KINDS),
+                or_(claim.c.kind != "calendar_entry", _buyer(by_user, by_session, holder)),
             )
         )
     if has_goods:

@@ -23,8 +23,10 @@ from tests.conftest import admin_connect, lock_waiters
 from tests.integration.commerce_fixtures import (
     AnswersLost,
     ServiceDown,
+    book_and_check_out,
     browser_of,
     cart_rows,
+    confirmation_held,
     share_cookies,
     shop_stack,
     sweep_ended_holds_now,
@@ -1026,3 +1028,123 @@ async def test_a_replay_that_makes_a_new_order_lets_go_of_the_old_orders_row(
     assert booking_hold(clean_db, shop.entry_id) == ("pending", None, new["order_id"], held_until)
     for browser in (cart, events):
         await browser.aclose()
+
+
+# -- another buyer's checkout of a booking an order still claims (audit s21 F3) ----------------
+
+
+async def order_that_let_its_booking_go(stack, shop) -> tuple[dict, object]:
+    """Buyer 1 (user 3) checks out a product and the tour, then takes the tour out of the cart
+    while the order waits: the entry is open again, the order still claims it. Their order
+    (the create answer) and their browser on orders."""
+    cart = await browser_of(stack, "cart", user_id=3)
+    events, orders = stack.browser("events"), stack.browser("orders")
+    share_cookies(cart, events, orders)
+    await cart.post(f"/add/{shop.product_ids[0]}/")
+    assert (await events.post(f"/entries/{shop.entry_id}/book/")).status_code == 200
+    first = await cart.post("/checkout/")
+    assert first.status_code == 200, first.text
+    removed = await cart.post(f"/booking/entry/{shop.entry_id}/delete/")
+    assert removed.status_code == 200, removed.text
+    return first.json(), orders
+
+
+async def test_another_buyers_checkout_of_a_booking_i_let_go_leaves_my_order_payable(
+    stack, clean_db, shop, sandbox
+):
+    """Audit s21 F3: buyer 2 booked the tour buyer 1 had taken out of the cart while buyer 1's
+    order waited, and checked it out: buyer 1's order was superseded (its SumUp checkout
+    closed) and its page said "Replaced when you checked out again ... pay order #N instead",
+    N being buyer 2's order. A new order supersedes only its own buyer's orders; which order
+    gets the tour is events' to say when one is paid, and the other gives its price back."""
+    first, orders = await order_that_let_its_booking_go(stack, shop)
+    mine = first["order_id"]
+    theirs = await book_and_check_out(stack, shop.entry_id, user_id=4)
+    assert theirs.status_code == 200, theirs.text
+    other = theirs.json()["order_id"]
+
+    assert orders_of(clean_db)[mine][0] == "pending"
+    assert orders_of(clean_db)[other] == ("pending", Decimal("7.50"))
+    await stack.apps["orders"].state.reconciler.quiet()  # a superseded order's closing is done
+    assert checkout_of(sandbox, first)["status"] == "PENDING"
+    answer = (await orders.get(f"/api/orders/{mine}")).json()
+    assert (answer["status"], answer["superseded_by"], answer["latest_checkout_id"]) == (
+        "pending",
+        None,
+        None,
+    )
+    page = await orders.get(f"/order/{mine}/", headers=HTML)
+    assert page.status_code == 200, page.text
+    assert "Replaced" not in page.text
+    assert f"order #{other}" not in page.text
+    assert f"/order/{other}/" not in page.text
+
+    # Buyer 1 pays their order: the tour is held for buyer 2's, so events does not confirm it
+    # for buyer 1's, whose 7.50 goes back; buyer 2's order then pays for it and gets it.
+    await pay_on_the_hosted_page(stack, sandbox, clean_db, mine)
+    assert orders_of(clean_db)[mine][0] == "paid"
+    refunded = [(Decimal("7.50"), "done")]
+    assert await eventually(lambda: refunds_of(clean_db, mine) == refunded), refunds_of(
+        clean_db, mine
+    )
+    assert booking_claims_of(clean_db, mine) == []
+    assert booking_hold(clean_db, shop.entry_id)[:3] == ("pending", None, other)
+    await pay_on_the_hosted_page(stack, sandbox, clean_db, other)
+    assert await eventually(
+        lambda: booking_hold(clean_db, shop.entry_id)[:2] == ("confirmed", other)
+    ), booking_hold(clean_db, shop.entry_id)
+    await stack.apps["orders"].state.reconciler.quiet()
+    assert refunds_of(clean_db, other) == []
+
+
+async def test_my_paid_orders_stale_claim_does_not_refuse_another_buyers_checkout(
+    stack, clean_db, shop, sandbox
+):
+    """Audit s21 F3, second face: buyer 1 paid the order whose tour they had taken out of the
+    cart, and buyer 2 booked it; while events' confirmation of buyer 1's order was on its way,
+    buyer 2's checkout was refused "These goods are already paid for in order N" (buyer 1's
+    order). Events confirms the tour for neither paid order that does not hold it: buyer 2's
+    checkout goes on, and buyer 1's order gives its price back."""
+    first, _ = await order_that_let_its_booking_go(stack, shop)
+    mine = first["order_id"]
+    cart = await browser_of(stack, "cart", user_id=4)
+    events = stack.browser("events")
+    share_cookies(cart, events)
+    assert (await events.post(f"/entries/{shop.entry_id}/book/")).status_code == 200
+    with confirmation_held(clean_db, mine):
+        await pay_on_the_hosted_page(stack, sandbox, clean_db, mine)
+        assert orders_of(clean_db)[mine][0] == "paid"
+        assert booking_claims_of(clean_db, mine) == [("calendar_entry", shop.entry_id)]
+        theirs = await cart.post("/checkout/")
+    assert theirs.status_code == 200, theirs.text
+    other = theirs.json()["order_id"]
+    assert other != mine
+    assert orders_of(clean_db)[other] == ("pending", Decimal("7.50"))
+    refunded = [(Decimal("7.50"), "done")]
+    assert await eventually(lambda: refunds_of(clean_db, mine) == refunded), refunds_of(
+        clean_db, mine
+    )
+    assert booking_hold(clean_db, shop.entry_id)[:3] == ("pending", None, other)
+    await pay_on_the_hosted_page(stack, sandbox, clean_db, other)
+    assert await eventually(
+        lambda: booking_hold(clean_db, shop.entry_id)[:2] == ("confirmed", other)
+    ), booking_hold(clean_db, shop.entry_id)
+
+
+async def test_my_own_checkout_of_a_booking_i_booked_again_still_supersedes_my_order(
+    stack, clean_db, shop, sandbox
+):
+    """The same buyer as before audit s21 F3's fix: the tour taken out of the cart and booked
+    again, and the cart changed, the new order replaces the one that still claims the tour."""
+    first, orders = await order_that_let_its_booking_go(stack, shop)
+    cart = await browser_of(stack, "cart", user_id=3)
+    events = stack.browser("events")
+    share_cookies(cart, events)
+    assert (await events.post(f"/entries/{shop.entry_id}/book/")).status_code == 200
+    await cart.post(f"/add/{shop.product_ids[1]}/")
+    again = await cart.post("/checkout/")
+    assert again.status_code == 200, again.text
+    new = again.json()["order_id"]
+    answer = (await orders.get(f"/api/orders/{first['order_id']}")).json()
+    assert (answer["status"], answer["superseded_by"]) == ("superseded", new)
+    assert booking_hold(clean_db, shop.entry_id)[:3] == ("pending", None, new)
