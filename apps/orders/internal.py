@@ -28,7 +28,8 @@ async def create_order(
 ) -> dict[str, Any]:
     """Called by cart at checkout; answers with where the buyer goes next (SumUp's hosted
     checkout, or the return page of an order with nothing to pay). Earlier orders
-    the new one supersedes have their checkouts closed right after the commit. A known key
+    the new one supersedes have their checkouts closed right after the commit, and their
+    bookings given back to the cart's hold. A known key
     answers its order's current attempt, or makes a new order once that one cannot be paid
     (service.replay_checkout)."""
     superseded: list[int] = []
@@ -59,6 +60,8 @@ async def create_order(
             await service.give_back_holds(runtime, held.order_id)
         raise
     runtime.jobs.close_soon(superseded)
+    if superseded:
+        runtime.relay.wake()  # their bookings' give-back, queued in the order's transaction
     if created.get("paid"):
         # Paid as it was made (nothing to pay): the answer says what became of it.
         return await service.answer_once_confirmed(db_session, runtime, created)
@@ -73,6 +76,8 @@ async def adopt_orders_for_user(
     adopted = await service.adopt_orders(db_session, data)
     await db_session.commit()
     runtime.jobs.close_soon(adopted.superseded)
+    if adopted.superseded:
+        runtime.relay.wake()  # their bookings' give-back
     return adopted
 
 

@@ -119,6 +119,7 @@ from apps.orders.settlement import (
     after_payment_keys,
     close_attempt,
     confirm_bookings_key,
+    enqueue_give_back_of_superseded,
     merchant_account,
     money,
     names_no_merchant,
@@ -738,7 +739,8 @@ async def create_order(
     runtime: OrdersRuntime,
     held: HeldForNewOrder | None = None,
 ) -> NewOrder:
-    """Insert the order (pending), its items and claims, supersede what it replaces, hold its
+    """Insert the order (pending), its items and claims, supersede what it replaces (queueing
+    the give-back of what it held: settlement.enqueue_give_back_of_superseded), hold its
     bookings and create its first SumUp checkout, all in the caller's transaction: if anything
     fails, nothing is left behind (bookings stay held for the buyer, no longer than before:
     the caller gives events' holds back, ``held`` saying for which order it asked).
@@ -818,6 +820,7 @@ async def create_order(
         ),
     ]
     superseded = await place_order(session, row, items, claims_of(request), goods_of(request))
+    await enqueue_give_back_of_superseded(session, superseded)
     order = Order(**row)
     try:
         async with asyncio.timeout(settings.create_order_deadline):
@@ -1172,7 +1175,8 @@ async def _refuse_if_signed_in(session: AsyncSession, session_id: str) -> None:
 
 async def adopt_orders(session: AsyncSession, request: SignIn) -> AdoptedOrders:
     """The anonymous session's orders become the user's; then, among the user's pending orders,
-    a newer one supersedes any older one it shares goods with (one payable order per good).
+    a newer one supersedes any older one it shares goods with (one payable order per good), and
+    the bookings still held for the older one go back to the cart's hold once this commits.
     The session is recorded as adopted: an anonymous order for it that comes later is refused.
     ``check_only``: only the 409 of a session given to another account."""
     if request.check_only:
@@ -1224,6 +1228,7 @@ async def adopt_orders(session: AsyncSession, request: SignIn) -> AdoptedOrders:
             .values(status="superseded", superseded_by=newer, updated_at=func.now())
         )
         superseded.append(order.id)
+    await enqueue_give_back_of_superseded(session, superseded)
     return AdoptedOrders(adopted=len(adopted), superseded=superseded)
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
@@ -564,6 +564,46 @@ async def enqueue_release_of_bookings(session: AsyncSession, order_id: int) -> b
         events.ReleaseForOrder(order_id=order_id),
         idempotency_key=release_bookings_key(order_id),
     )
+
+
+def give_back_superseded_key(order_id: int) -> str:
+    return f"orders:{order_id}:give-back-superseded"
+
+
+async def enqueue_give_back_of_superseded(
+    session: AsyncSession, order_ids: Sequence[int]
+) -> list[str]:
+    """Orders just superseded (audit s21 F2): the bookings still held for them (those the new
+    order does not hold) would stay held for an order that can no longer be paid until
+    HOLD_AFTER_PAYABLE past its payable time, about an hour. Events gives each back to the hold
+    it had before the order's (``rolled_back``): the buyer's cart's, no longer than it was;
+    ending it instead would take the booking out of the cart. Events then refuses any later
+    hold for the order, as none can come (a replay of its checkout makes a new order). In the
+    superseding transaction, delivered after its commit; the keys queued (orders without
+    bookings need none)."""
+    if not order_ids:
+        return []
+    booked = await session.scalars(
+        select(OrderItem.order_id)
+        .where(
+            OrderItem.order_id.in_(list(order_ids)),
+            OrderItem.kind.in_(("calendar_entry", "ticket")),
+        )
+        .distinct()
+        .order_by(OrderItem.order_id)
+    )
+    keys = []
+    for order_id in booked:
+        key = give_back_superseded_key(order_id)
+        await enqueue(
+            session,
+            outbox,
+            events.release_for_order,
+            events.ReleaseForOrder(order_id=order_id, rolled_back=True),
+            idempotency_key=key,
+        )
+        keys.append(key)
+    return keys
 
 
 def after_payment_keys(order_id: int) -> tuple[str, ...]:

@@ -1148,3 +1148,112 @@ async def test_my_own_checkout_of_a_booking_i_booked_again_still_supersedes_my_o
     answer = (await orders.get(f"/api/orders/{first['order_id']}")).json()
     assert (answer["status"], answer["superseded_by"]) == ("superseded", new)
     assert booking_hold(clean_db, shop.entry_id)[:3] == ("pending", None, new)
+
+
+# -- a superseded order's bookings (audit s21 F2) -----------------------------------------------
+
+
+def given_back_undelivered(server) -> int:
+    """Outbox messages of orders to events not delivered yet (a superseded order's give-back
+    among them)."""
+    with admin_connect(server, "orders") as connection:
+        return connection.execute(
+            "SELECT count(*) FROM orders.outbox WHERE delivered_at IS NULL"
+        ).fetchone()[0]
+
+
+async def test_a_superseded_orders_booking_goes_back_to_its_cart_hold(
+    stack, clean_db, shop, sandbox
+):
+    """Audit s21 F2: a checkout of the whole cart (a product of page 2, the tour of page 1),
+    then of page 2's goods only: the new order superseded the first, but the tour stayed held
+    for the first, which can no longer be paid, until its payable time and 30 minutes more
+    (about an hour, against the cart's 15 minutes). It goes back to the cart's hold it had
+    before: the buyer's still, in the cart, until the cart's expiry, and no order's."""
+    cart = await browser_of(stack, "cart", user_id=3)
+    events = stack.browser("events")
+    share_cookies(cart, events)
+    await cart.post(f"/add/{shop.product_ids[1]}/")  # market-hall, page 2
+    assert (await events.post(f"/entries/{shop.entry_id}/book/")).status_code == 200
+    in_the_cart = booking_hold(clean_db, shop.entry_id)
+    assert in_the_cart[:3] == ("pending", None, None), in_the_cart
+    whole = (await cart.post("/checkout/")).json()["order_id"]
+    assert booking_hold(clean_db, shop.entry_id)[2] == whole
+
+    page = await cart.post("/page/market-hall/checkout/")
+    assert page.status_code == 200, page.text
+    assert orders_of(clean_db)[whole][0] == "superseded"
+    assert await eventually(lambda: given_back_undelivered(clean_db) == 0)
+    assert booking_hold(clean_db, shop.entry_id) == in_the_cart
+    assert await sweep_ended_holds_now(stack) == 0  # still held: in the cart
+    listed = (await cart.get("/api/cart")).json()
+    assert listed["count"] == 2, listed
+
+    # Its page's checkout holds it for a new order, as any booking in the cart.
+    tour = await cart.post("/page/farm-shop/checkout/")
+    assert tour.status_code == 200, tour.text
+    tour_order = tour.json()["order_id"]
+    held_until = payable_until_of(clean_db, tour_order) + HOLD_AFTER_PAYABLE
+    assert booking_hold(clean_db, shop.entry_id) == ("pending", None, tour_order, held_until)
+    for browser in (cart, events):
+        await browser.aclose()
+
+
+async def test_a_booking_the_superseding_order_holds_stays_held_for_it(
+    stack, clean_db, shop, sandbox
+):
+    """The superseded order's give-back leaves alone what the new order took over: the tour in
+    both orders stays held for the new one, until its payable time and 30 minutes more."""
+    cart = await browser_of(stack, "cart", user_id=3)
+    events = stack.browser("events")
+    share_cookies(cart, events)
+    assert (await events.post(f"/entries/{shop.entry_id}/book/")).status_code == 200
+    first = (await cart.post("/checkout/")).json()["order_id"]
+    await cart.post(f"/add/{shop.product_ids[0]}/")
+    again = await cart.post("/checkout/")
+    assert again.status_code == 200, again.text
+    new = again.json()["order_id"]
+    assert orders_of(clean_db)[first][0] == "superseded"
+    assert await eventually(lambda: given_back_undelivered(clean_db) == 0)
+    held_until = payable_until_of(clean_db, new) + HOLD_AFTER_PAYABLE
+    assert booking_hold(clean_db, shop.entry_id) == ("pending", None, new, held_until)
+    for browser in (cart, events):
+        await browser.aclose()
+
+
+async def test_an_order_sign_in_supersedes_gives_its_booking_back_to_the_cart_hold(
+    stack, clean_db, shop, sandbox
+):
+    """Audit s21 F2, at sign-in: the anonymous order (a product and the tour) is adopted by an
+    account with a newer order for the same product, which supersedes it; the tour stayed
+    held for the superseded order. It goes back to the cart's hold, now the account's."""
+    cart = await browser_of(stack, "cart")
+    events, market = stack.browser("events"), stack.browser("market")
+    share_cookies(cart, events, market)
+    await cart.post(f"/add/{shop.product_ids[1]}/")
+    assert (await events.post(f"/entries/{shop.entry_id}/book/")).status_code == 200
+    in_the_cart = booking_hold(clean_db, shop.entry_id)
+    anonymous = (await cart.post("/checkout/")).json()["order_id"]
+    assert booking_hold(clean_db, shop.entry_id)[2] == anonymous
+    elsewhere = await browser_of(stack, "cart", user_id=12)
+    await elsewhere.post(f"/add/{shop.product_ids[1]}/")
+    newer = (await elsewhere.post("/checkout/")).json()["order_id"]
+    assert orders_of(clean_db)[anonymous][0] == "pending"
+
+    signed = await market.get("/auth/dev-login?user_id=12")
+    assert signed.status_code == 200, signed.text
+    with admin_connect(clean_db, "orders") as connection:
+        adopted = connection.execute(
+            "SELECT user_id, status, superseded_by FROM orders.orders WHERE id = %s",
+            (anonymous,),
+        ).fetchone()
+    assert adopted == (12, "superseded", newer)
+    assert await eventually(lambda: given_back_undelivered(clean_db) == 0)
+    assert booking_hold(clean_db, shop.entry_id) == in_the_cart
+    with admin_connect(clean_db, "events") as connection:
+        owner = connection.execute(
+            "SELECT user_id FROM events.calendar_entries WHERE id = %s", (shop.entry_id,)
+        ).fetchone()
+    assert owner == (12,)
+    for browser in (cart, events, market, elsewhere):
+        await browser.aclose()
