@@ -10,14 +10,17 @@ from litestar import Litestar
 from apps.blog import internal, public
 from apps.blog.contract import CONTRACT
 from apps.blog.models import request_nonces
+from apps.blog.settings import BlogSettings
 from apps.common.internal_client import InternalClient
 from apps.common.settings import Settings
-from apps.registry import create_service_app
+from apps.registry import create_service_app, settings_for
 
 
 def create_app(
     settings: Settings | None = None, internal_client: InternalClient | None = None
 ) -> Litestar:
+    settings = settings or settings_for(CONTRACT)
+    BlogSettings.from_settings(settings)  # a wrong BLOG_* value stops start-up, naming it
     return create_service_app(
         CONTRACT,
         settings,

@@ -99,6 +99,19 @@ PAGE_PAYMENT_CONFIGS = ExportView.of(
     "sumup_checkout_prefix character varying(40)",
 )
 
+# The SumUp keys page configs stopped using (merchant changed, key removed), kept for a while:
+# orders settles and refunds the old merchant's checkouts with them. Orders' edge only (a
+# [[secret]] in db/fdw/manifest.toml). One row per config and merchant.
+RETIRED_SUMUP_KEYS = ExportView.of(
+    SERVICE,
+    "retired_sumup_keys",
+    "page_config_id bigint",
+    "sumup_merchant_code character varying(32)",
+    "sumup_api_key character varying(255)",
+    "retired_at timestamp with time zone",
+    primary_key=None,
+)
+
 # Pages by id: market's admin offers them, events names a calendar's page.
 PAGES = ExportView.of(
     SERVICE, "pages", "id bigint", "slug character varying(255)", "title character varying(255)"
@@ -110,5 +123,5 @@ CONTRACT = Contract(
     public=True,
     calls=[page_config, page_config_by_id, page_configs_batch, page_config_ensure,
            update_page_config],
-    views=[PAGE_CONFIGS, PAGE_PAYMENT_CONFIGS, PAGES],
+    views=[PAGE_CONFIGS, PAGE_PAYMENT_CONFIGS, RETIRED_SUMUP_KEYS, PAGES],
 )  # fmt: skip

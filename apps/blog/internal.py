@@ -6,13 +6,17 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from litestar.params import FromQuery, Parameter, QueryParameter
+from litestar import Request
+from litestar.params import FromQuery, JSONBody, Parameter, QueryParameter
 
 from apps.blog import contract, service
 from apps.blog.models import idempotency_keys
-from apps.common.deps import DbSession
+from apps.blog.settings import BlogSettings
+from apps.common.deps import AppSettings, DbSession
+from apps.common.idempotency import run_idempotent
 from apps.common.inputs import CONTAINER_TYPE
-from apps.common.internal import data_route, keyed_action
+from apps.common.internal import action_route, data_route
+from apps.common.internal_client import IDEMPOTENCY_HEADER
 
 ContainerTypeParam = Annotated[str, Parameter(pattern=CONTAINER_TYPE)]
 ContainerIdParam = Annotated[int, Parameter(ge=0, le=contract.MAX_ID)]
@@ -56,9 +60,25 @@ async def page_config_ensure(
     return config
 
 
-update_page_config = keyed_action(
-    contract.update_page_config, idempotency_keys, service.update_page_config
-)
+@action_route(contract.update_page_config)
+async def update_page_config(
+    db_session: DbSession,
+    request: Request,
+    settings: AppSettings,
+    data: JSONBody[contract.UpdatePageConfig],
+) -> contract.PageConfigData:
+    """The change and the idempotency key in one transaction (as keyed_action does), with the
+    retired keys' time to keep (a write prunes those past it)."""
+    keep_days = BlogSettings.from_settings(settings).retired_sumup_key_days
+    answer: contract.PageConfigData = await run_idempotent(
+        db_session,
+        idempotency_keys,
+        action=contract.update_page_config.name,
+        key=request.headers.get(IDEMPOTENCY_HEADER),
+        payload=data,
+        effect=lambda: service.update_page_config(db_session, data, keep_days),
+    )
+    return answer
 
 
 handlers = [

@@ -15,6 +15,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     DateTime,
+    ForeignKey,
     Index,
     String,
     Text,
@@ -104,6 +105,25 @@ class PageConfig(IdentityPkMixin, TimestampedMixin, Base):
     # Write-only: never returned by an endpoint, never in export.page_configs.
     sumup_api_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
     sumup_checkout_prefix: Mapped[str | None] = mapped_column(String(40), nullable=True)
+
+
+class RetiredSumUpKey(Base):
+    """A SumUp merchant and key a page config stopped using (its merchant changed or its key
+    was removed), kept for orders: its orders made for that merchant still settle and refund
+    with it. Written only by the trigger of migration 0004 (in the transaction that changed the
+    config); dropped when the config names that merchant with a key again, and after
+    ``BLOG_RETIRED_SUMUP_KEY_DAYS``. Readable only by orders (``export.retired_sumup_keys``)."""
+
+    __tablename__ = "retired_sumup_keys"
+
+    page_config_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("page_configs.id", ondelete="CASCADE"), primary_key=True
+    )
+    sumup_merchant_code: Mapped[str] = mapped_column(String(32), primary_key=True)
+    sumup_api_key: Mapped[str] = mapped_column(String(255), nullable=False)
+    retired_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), nullable=False
+    )
 
 
 idempotency_keys = idempotency_table(metadata)

@@ -16,6 +16,7 @@ from litestar.response import Template
 
 from apps.blog import contract, service
 from apps.blog.models import PAGE_CONTAINER
+from apps.blog.settings import BlogSettings
 from apps.common.deps import AppSettings, CurrentIdentity, DbSession, Internal
 from apps.common.fdw import ProviderUnavailable
 from apps.common.limits import LIST_FIELDS
@@ -199,11 +200,16 @@ async def page_config_admin(
     status_code=200,
     opt={LIST_FIELDS: ("features",)},  # one per ticked box, after the form's empty one
 )
-async def page_config_update(request: Request, db_session: DbSession, slug: SlugParam) -> Any:
+async def page_config_update(
+    request: Request, db_session: DbSession, settings: AppSettings, slug: SlugParam
+) -> Any:
     page_id = (await service.require_page(db_session, slug)).id
     form = await form_of(request)
+    keep_days = BlogSettings.from_settings(settings).retired_sumup_key_days
     try:
-        config = await service.update_page_config(db_session, update_from_form(page_id, form))
+        config = await service.update_page_config(
+            db_session, update_from_form(page_id, form), keep_days
+        )
     except InvalidInput as problem:
         if not wants_html(request):
             raise

@@ -6,7 +6,9 @@ Page configs
     One active config per container: ("page", posts.id) for a page, ("site", 0) for the
     site-wide default that serves checkouts whose items span pages. Every dict this module
     returns says ``sumup_configured`` and never contains the SumUp API key, which is write-only
-    here and readable only by orders through ``export.page_payment_configs``.
+    here and readable only by orders through ``export.page_payment_configs``. A merchant and
+    key a config stops using are kept for orders (``blog.retired_sumup_keys``, by a trigger;
+    read through ``export.retired_sumup_keys``), then pruned here on write.
 
 Feature flags (``features``), all booleans, absent meaning off:
     calendar   the page shows the calendars attached to it and takes bookings into a cart
@@ -23,7 +25,18 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
-from sqlalchemy import BigInteger, Select, and_, any_, bindparam, func, select, type_coerce, update
+from sqlalchemy import (
+    BigInteger,
+    Select,
+    and_,
+    any_,
+    bindparam,
+    delete,
+    func,
+    select,
+    type_coerce,
+    update,
+)
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -36,6 +49,7 @@ from apps.blog.models import (
     SITE_CONTAINER_ID,
     PageConfig,
     Post,
+    RetiredSumUpKey,
     foreign_container_relations,
     foreign_likes,
     foreign_market_places,
@@ -259,8 +273,13 @@ async def ensure_page_config(
     return await get_page_config(session, container_type, container_id)
 
 
-async def update_page_config(session: AsyncSession, request: UpdatePageConfig) -> PageConfigData:
-    """Apply ``request`` to the container's config, creating the config first if missing."""
+async def update_page_config(
+    session: AsyncSession, request: UpdatePageConfig, retired_key_days: int
+) -> PageConfigData:
+    """Apply ``request`` to the container's config, creating the config first if missing. A
+    merchant and key the config stops using are kept for orders by the table's trigger (blog
+    migration 0004), in this transaction; those kept longer than ``retired_key_days`` are
+    deleted here (blog has no background job: every config write prunes)."""
     check_update(request)
     await _require_container(session, request.container_type, request.container_id)
     await _insert_if_missing(session, request.container_type, request.container_id)
@@ -278,6 +297,11 @@ async def update_page_config(session: AsyncSession, request: UpdatePageConfig) -
             .where(*_is_container(request.container_type, request.container_id))
             .values(**changes, updated_at=func.now())
         )
+    await session.execute(
+        delete(RetiredSumUpKey).where(
+            RetiredSumUpKey.retired_at < func.now() - func.make_interval(0, 0, 0, retired_key_days)
+        )
+    )
     return await get_page_config(session, request.container_type, request.container_id)
 
 

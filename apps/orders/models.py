@@ -302,3 +302,6 @@ adopted_sessions = adopted_sessions_table(metadata)
 # -- foreign tables (not managed by migrations): blog's export views, read through FDW --------
 # blog.page_payment_configs in db_orders: only the orders edge may read the SumUp API key.
 page_payment_configs = blog.PAGE_PAYMENT_CONFIGS.foreign_table()
+# blog.retired_sumup_keys in db_orders: a config's old merchant's key, for that merchant's
+# orders (late payments, refunds); only the orders edge may read it.
+retired_sumup_keys = blog.RETIRED_SUMUP_KEYS.foreign_table()

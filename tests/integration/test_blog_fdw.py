@@ -251,3 +251,59 @@ def test_demo_data_seeds_once(clean_db):
         ("market-hall", "MSANDBOX1", SANDBOX_KEY, True),
         ("site", "MSANDBOX1", SANDBOX_KEY, True),
     ]
+
+
+RETIRED_KEY_COLUMNS = ["page_config_id", "sumup_merchant_code", "sumup_api_key", "retired_at"]
+
+
+def test_only_orders_reads_the_retired_sumup_keys(clean_db, credentials):
+    """A key a page config stopped using (its merchant changed) is kept for orders' late
+    payments and refunds: orders reads it through its foreign table; every other service's
+    reader role is refused by db_blog (permission denied) and has no foreign table of it."""
+    page_id = insert_post(clean_db, "farm-shop", is_page=True)
+    config_id = insert_config(clean_db, "page", page_id)
+    with admin_connect(clean_db, "blog") as connection:
+        connection.execute(
+            "UPDATE blog.page_configs SET sumup_merchant_code = 'MOTHER2', "
+            "sumup_api_key = 'sup_sk_other_merchant' WHERE id = %s",
+            (config_id,),
+        )
+        readers = [
+            row[0]
+            for row in connection.execute(
+                "SELECT rolname FROM pg_roles WHERE rolname LIKE 'blog\\_ro\\_%' ORDER BY 1"
+            )
+        ]
+        grantees = connection.execute(
+            """
+            SELECT DISTINCT grantee FROM information_schema.column_privileges
+            WHERE table_schema = 'export' AND table_name = 'retired_sumup_keys'
+              AND grantee <> 'blog_owner'
+            """
+        ).fetchall()
+    assert grantees == [("blog_ro_orders",)]
+    with psycopg.connect(clean_db.topology.app_url("orders", credentials)) as orders:
+        assert columns_of(orders, "blog", "retired_sumup_keys") == RETIRED_KEY_COLUMNS
+        assert orders.execute(
+            "SELECT page_config_id, sumup_merchant_code, sumup_api_key FROM blog.retired_sumup_keys"
+        ).fetchall() == [(config_id, "MSANDBOX1", SANDBOX_KEY)]
+    with psycopg.connect(role_url(clean_db, credentials, "blog", "blog_ro_orders")) as reader:
+        assert reader.execute("SELECT sumup_api_key FROM export.retired_sumup_keys").fetchall() == [
+            (SANDBOX_KEY,)
+        ]
+    others = [role for role in readers if role != "blog_ro_orders"]
+    assert others, readers  # cart, market, events read blog too
+    for role in others:
+        reader = role_url(clean_db, credentials, "blog", role)
+        for forbidden in (
+            "SELECT sumup_api_key FROM export.retired_sumup_keys",
+            "SELECT sumup_api_key FROM blog.retired_sumup_keys",
+        ):
+            with (
+                psycopg.connect(reader) as connection,
+                pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied"),
+            ):
+                connection.execute(forbidden)
+    for consumer in ("cart", "market", "events", "likes", "relations"):
+        with psycopg.connect(clean_db.topology.app_url(consumer, credentials)) as connection:
+            assert columns_of(connection, "blog", "retired_sumup_keys") == [], consumer

@@ -358,3 +358,78 @@ async def test_the_api_key_is_in_no_response_and_no_stored_replay(blog, farm_sho
     assert SANDBOX_KEY not in json.dumps([row[0] for row in stored])
     schema = await blog.get("/schema/openapi.json")
     assert "/internal/data/page-configs-batch" in schema.json()["paths"]
+
+
+def retired_keys(server) -> list[tuple]:
+    with admin_connect(server, "blog") as connection:
+        return connection.execute(
+            "SELECT page_config_id, sumup_merchant_code, sumup_api_key "
+            "FROM blog.retired_sumup_keys ORDER BY sumup_merchant_code"
+        ).fetchall()
+
+
+async def test_a_key_the_config_stops_using_is_kept_for_orders_and_a_rotation_keeps_none(
+    blog, farm_shop, clean_db
+):
+    """What the config stops using because its merchant changed or its key was removed is
+    kept (orders settles and refunds that merchant's checkouts with it); a rotation of the
+    same merchant's key keeps nothing; naming a merchant with a key again drops its entry."""
+
+    async def update(**fields) -> int:
+        answer = await internal_post(blog, "update-page-config", page(farm_shop, **fields))
+        assert answer.status_code == 200, answer.text
+        assert "sumup_api_key" not in answer.text
+        return int(answer.json()["id"])
+
+    config_id = await update(sumup_merchant_code="MONE111", sumup_api_key="sup_sk_one_first")
+    await update(sumup_api_key="sup_sk_one_second")  # rotation: the new key sees the checkouts
+    assert retired_keys(clean_db) == []
+    await update(sumup_merchant_code="MTWO222", sumup_api_key="sup_sk_two_first")
+    assert retired_keys(clean_db) == [(config_id, "MONE111", "sup_sk_one_second")]
+    await update(sumup_api_key=None)
+    assert retired_keys(clean_db) == [
+        (config_id, "MONE111", "sup_sk_one_second"),
+        (config_id, "MTWO222", "sup_sk_two_first"),
+    ]
+    await update(sumup_api_key="sup_sk_two_second")
+    assert retired_keys(clean_db) == [(config_id, "MONE111", "sup_sk_one_second")]
+    await update(sumup_merchant_code=None)  # the merchant removed, key and all
+    assert retired_keys(clean_db) == [
+        (config_id, "MONE111", "sup_sk_one_second"),
+        (config_id, "MTWO222", "sup_sk_two_second"),
+    ]
+    await update(sumup_merchant_code="MONE111", sumup_api_key="sup_sk_one_third")
+    assert retired_keys(clean_db) == [(config_id, "MTWO222", "sup_sk_two_second")]
+
+
+async def test_retired_keys_are_pruned_past_their_time_on_the_next_write(
+    clean_db, credentials, farm_shop
+):
+    """Kept BLOG_RETIRED_SUMUP_KEY_DAYS (90 by default, 30 here): an entry older than that is
+    deleted by the next config write, of any config; a younger one stays."""
+    overrides = {"blog": {"extra": {"BLOG_RETIRED_SUMUP_KEY_DAYS": "30"}}}
+    async with in_process_stack(
+        clean_db, credentials, ["blog"], settings_overrides=overrides
+    ) as stack:
+        blog = stack.client("blog")
+        other_page = insert_post(clean_db, "other-page", is_page=True)
+        for page_id in (farm_shop, other_page):
+            for fields in (
+                {"sumup_merchant_code": "MONE111", "sumup_api_key": "sup_sk_one_first"},
+                {"sumup_merchant_code": "MTWO222", "sumup_api_key": "sup_sk_two_first"},
+            ):
+                answer = await internal_post(blog, "update-page-config", page(page_id, **fields))
+                assert answer.status_code == 200, answer.text
+        with admin_connect(clean_db, "blog") as connection:
+            connection.execute(
+                "UPDATE blog.retired_sumup_keys SET retired_at = now() - interval '31 days' "
+                "WHERE page_config_id = (SELECT id FROM blog.page_configs "
+                "WHERE container_type = 'page' AND container_id = %s)",
+                (farm_shop,),
+            )
+        assert len(retired_keys(clean_db)) == 2
+        answer = await internal_post(
+            blog, "update-page-config", page(other_page, features={"cart": True})
+        )
+        assert answer.status_code == 200, answer.text
+        assert [row[1:] for row in retired_keys(clean_db)] == [("MONE111", "sup_sk_one_first")]

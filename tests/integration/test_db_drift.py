@@ -64,6 +64,7 @@ def cart_cannot_read_the_key(cluster: Cluster) -> None:
             assert SUMUP_KEY not in repr(rows), table
     denied(cluster, "blog", "blog_ro_cart", "SELECT sumup_api_key FROM export.page_payment_configs")
     denied(cluster, "blog", "blog_ro_cart", "SELECT sumup_api_key FROM export.page_configs")
+    denied(cluster, "blog", "blog_ro_cart", "SELECT sumup_api_key FROM export.retired_sumup_keys")
 
 
 def edge_works(consumer: str, table: str) -> Property:

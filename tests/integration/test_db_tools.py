@@ -228,8 +228,13 @@ def test_edges_lists_every_edge_and_names_one_that_does_not_answer(db_cluster: C
     orders = next(e for e in edges if e["consumer"] == "orders")
     assert orders["reader"] == "blog_ro_orders"
     assert orders["server_options"]["updatable"] == "false"
-    assert [view["view"] for view in orders["views"]] == ["page_configs", "page_payment_configs"]
+    assert [view["view"] for view in orders["views"]] == [
+        "page_configs",
+        "page_payment_configs",
+        "retired_sumup_keys",
+    ]
     assert "sumup_api_key character varying(255)" in orders["views"][1]["columns"]
+    assert "sumup_api_key character varying(255)" in orders["views"][2]["columns"]
 
     with db_cluster.admin("cart") as cart:
         cart.execute(

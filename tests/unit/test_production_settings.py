@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from apps.blog.settings import BlogSettings
 from apps.cart.settings import CartSettings
 from apps.common.settings import ConfigError
 from apps.events.settings import EventsSettings
@@ -257,3 +258,18 @@ def test_pay_again_per_address_is_30_0_turns_it_off_and_else_a_count():
         environment = {**COMPLETE, "ORDERS_PAY_AGAIN_PER_ADDRESS": value}
         with pytest.raises(ConfigError, match=f"ORDERS_PAY_AGAIN_PER_ADDRESS must .*'{value}'"):
             OrdersSettings.from_settings(settings_for(CONTRACTS["orders"], environment))
+
+
+def test_retired_sumup_keys_are_kept_90_days_unless_blog_says_otherwise():
+    default = BlogSettings.from_settings(settings_for(CONTRACTS["blog"], COMPLETE))
+    assert default.retired_sumup_key_days == 90
+    environment = {**COMPLETE, "BLOG_RETIRED_SUMUP_KEY_DAYS": "30"}
+    own = BlogSettings.from_settings(settings_for(CONTRACTS["blog"], environment))
+    assert own.retired_sumup_key_days == 30
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "1.5", "forever", "\uff19\uff10", "3651"])
+def test_a_retired_key_time_that_is_not_a_number_of_days_is_named(value):
+    environment = {**COMPLETE, "BLOG_RETIRED_SUMUP_KEY_DAYS": value}
+    with pytest.raises(ConfigError, match="BLOG_RETIRED_SUMUP_KEY_DAYS must be"):
+        BlogSettings.from_settings(settings_for(CONTRACTS["blog"], environment))
