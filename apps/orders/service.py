@@ -98,6 +98,7 @@ from apps.orders.models import (
     outbox,
     page_payment_configs,
     pay_again_starts,
+    retired_sumup_keys,
 )
 from apps.orders.payments import (
     CENT,
@@ -1371,7 +1372,9 @@ async def start_new_attempt(
     most = runtime.settings.attempts_per_order
     if not gives_back_current and number <= most:
         await _count_under_lock(session, order.id, number, admission, counted)
-    account = await merchant_account(session, order)
+    # The new checkout's: a merchant the page no longer names with a key takes no new money
+    # (its retired key only settles and refunds what it already took).
+    account = await merchant_account(session, order, new_checkout=True)
     if current is not None and current.status in OPEN_ATTEMPT_STATES:
         # What SumUp says now: a payment that landed meanwhile settles the order.
         applied = await refresh_attempt(session, order, current, runtime.gateway)
@@ -1805,14 +1808,29 @@ async def orders_without_their_key(session: AsyncSession) -> dict[int, str]:
                 ).where(page_payment_configs.c.id.in_(config_ids))
             )
         }
+        # The keys blog kept for merchants the configs stopped using (settlement.account_of
+        # uses them for the checkouts already made and money going back).
+        kept = {
+            (row.page_config_id, row.sumup_merchant_code): row.sumup_api_key
+            for row in await session.execute(
+                select(
+                    retired_sumup_keys.c.page_config_id,
+                    retired_sumup_keys.c.sumup_merchant_code,
+                    retired_sumup_keys.c.sumup_api_key,
+                ).where(retired_sumup_keys.c.page_config_id.in_(config_ids))
+            )
+        }
     missing: dict[int, str] = {}
     for order in orders:
         try:
+            now = configs.get(order.page_config_id)
             account_of(
                 order.id,
                 order.merchant_code,
                 order.page_config_id,
-                configs.get(order.page_config_id),
+                None
+                if now is None
+                else (*now, kept.get((order.page_config_id, order.merchant_code))),
             )
         except MerchantKeyGone as gone:
             missing[order.id] = gone.note

@@ -61,6 +61,7 @@ from apps.orders.models import (
     Refund,
     outbox,
     page_payment_configs,
+    retired_sumup_keys,
 )
 from apps.orders.payments import (
     CENT,
@@ -148,13 +149,15 @@ def _now_says(session: AsyncSession, thing: OrderInHand | AttemptInHand, **value
 
 
 class MerchantKeyGone(DependencyUnavailable):
-    """The SumUp merchant an order was made for has no key in its page config any more: an
-    editor removed the key (or the merchant), or the page now names another merchant. What
-    happened to the order's checkouts cannot be learnt until the key is back, so the outcome
-    is unknown: never "checkout not found" (a checkout unknown under another merchant's key
-    proves nothing), never a reason to expire or close the order. For the buyer and for SumUp's
-    webhook it is SumUp being out of reach (503: we keep checking, SumUp delivers again);
-    ``rose orders attention`` lists the order with :attr:`note`."""
+    """The SumUp merchant an order was made for has no key in its page config any more (an
+    editor removed the key or the merchant, or the page now names another merchant), and blog
+    keeps no retired key of that merchant for the config either (kept
+    ``BLOG_RETIRED_SUMUP_KEY_DAYS``, 90 by default). What happened to the order's checkouts
+    cannot be learnt until a key is back, so the outcome is unknown: never "checkout not
+    found" (a checkout unknown under another merchant's key proves nothing), never a reason to
+    expire or close the order. For the buyer and for SumUp's webhook it is SumUp being out of
+    reach (503: we keep checking, SumUp delivers again); ``rose orders attention`` lists the
+    order with :attr:`note`."""
 
     def __init__(
         self, order_id: int, page_config_id: int, merchant_code: str, names_now: str | None
@@ -183,8 +186,9 @@ def key_missing_note(
 
 
 # A page config's SumUp merchant code and API key as blog holds them now (either may be
-# missing); None when the config is gone.
-ConfiguredAccount = tuple[str | None, str | None] | None
+# missing), and the key blog retired for the order's merchant on that config (when the config
+# stopped using it); None when the config is gone.
+ConfiguredAccount = tuple[str | None, str | None, str | None] | None
 
 
 class MerchantAccounts:
@@ -192,17 +196,20 @@ class MerchantAccounts:
     work so a reconciliation pass reads each config once."""
 
     def __init__(self, known: dict[int, MerchantAccount] | None = None) -> None:
-        self._known: dict[int, ConfiguredAccount] = {
-            config_id: (account.merchant_code, account.api_key)
+        # By config and the order's merchant: the retired key read depends on both.
+        self._known: dict[tuple[int, str | None], ConfiguredAccount] = {
+            (config_id, account.merchant_code): (account.merchant_code, account.api_key, None)
             for config_id, account in (known or {}).items()
         }
 
     async def of(self, session: AsyncSession, order: OrderInHand) -> MerchantAccount:
-        """The account to ask SumUp about ``order``'s checkouts with: its own merchant's."""
+        """The account to ask SumUp about ``order``'s checkouts with: its own merchant's (a
+        retired key of it included: these are checkouts already made, or money going back)."""
         config_id = payment_config_of(order)
-        if config_id not in self._known:
-            self._known[config_id] = await configured_account(session, config_id)
-        return account_of(order.id, order.merchant_code, config_id, self._known[config_id])
+        known = (config_id, order.merchant_code)
+        if known not in self._known:
+            self._known[known] = await configured_account(session, config_id, order.merchant_code)
+        return account_of(order.id, order.merchant_code, config_id, self._known[known])
 
 
 class RecentMerchantAccounts:
@@ -261,55 +268,87 @@ def names_no_merchant(order_id: int) -> Conflict:
     return Conflict(f"order {order_id} had nothing to pay: it names no SumUp merchant")
 
 
-def account_lookup(page_config_id: ColumnElement[int]) -> ScalarSelect[Any]:
-    """The SumUp account of the page config ``page_config_id`` names, through FDW, as one value
-    (so blog is asked once): ``[merchant code, API key]``, NULL when the config is gone."""
+def account_lookup(
+    page_config_id: ColumnElement[int], merchant_code: ColumnElement[str | None]
+) -> ScalarSelect[Any]:
+    """The SumUp account of the page config ``page_config_id`` names, through FDW, as one value:
+    ``[merchant code, API key, retired key]``, the last the key blog retired for
+    ``merchant_code`` (the order's merchant) on that config, if any; NULL when the config is
+    gone. Both of blog's views in one join, which postgres_fdw sends to blog as one query (one
+    round trip; tests/integration/test_orders.py checks it stays one remote scan)."""
+    configs = page_payment_configs.c
+    retired = retired_sumup_keys.c
     return (
-        select(
-            array(
-                [page_payment_configs.c.sumup_merchant_code, page_payment_configs.c.sumup_api_key]
+        select(array([configs.sumup_merchant_code, configs.sumup_api_key, retired.sumup_api_key]))
+        .select_from(
+            page_payment_configs.outerjoin(
+                retired_sumup_keys,
+                and_(
+                    retired.page_config_id == configs.id,
+                    retired.sumup_merchant_code == merchant_code,
+                ),
             )
         )
-        .where(page_payment_configs.c.id == page_config_id)
+        .where(configs.id == page_config_id)
         .scalar_subquery()
     )
 
 
 # Built once, with bound parameters: constructing a statement and its cache key cost as much
 # client CPU as running it (bench.checkout).
-_ACCOUNT_BY_ID = DirectStatement(select(account_lookup(bindparam("page_config_id"))))
+_ACCOUNT_BY_ID = DirectStatement(
+    select(account_lookup(bindparam("page_config_id"), bindparam("merchant_code", type_=String)))
+)
 
 
-async def configured_account(session: AsyncSession, page_config_id: int) -> ConfiguredAccount:
+async def configured_account(
+    session: AsyncSession, page_config_id: int, merchant_code: str | None
+) -> ConfiguredAccount:
     async with remote_read(session, "blog", isolate=False):
-        found = await _ACCOUNT_BY_ID.scalar(session, {"page_config_id": page_config_id})
-    return None if found is None else (found[0], found[1])
+        found = await _ACCOUNT_BY_ID.scalar(
+            session, {"page_config_id": page_config_id, "merchant_code": merchant_code}
+        )
+    return None if found is None else (found[0], found[1], found[2])
 
 
-async def merchant_account(session: AsyncSession, order: OrderInHand) -> MerchantAccount:
-    """The account to ask SumUp about ``order``'s checkouts with, as blog holds it now."""
+async def merchant_account(
+    session: AsyncSession, order: OrderInHand, *, new_checkout: bool
+) -> MerchantAccount:
+    """The account to ask SumUp about ``order``'s checkouts with, as blog holds it now (see
+    :func:`account_of`). ``new_checkout`` (for a checkout about to be made: no retired key)
+    has no default: each caller says whether it moves new money."""
     config_id = payment_config_of(order)
-    found = await configured_account(session, config_id)
-    return account_of(order.id, order.merchant_code, config_id, found)
+    found = await configured_account(session, config_id, order.merchant_code)
+    return account_of(order.id, order.merchant_code, config_id, found, new_checkout=new_checkout)
 
 
 def account_of(
-    order_id: int, order_merchant: str | None, page_config_id: int, found: ConfiguredAccount
+    order_id: int,
+    order_merchant: str | None,
+    page_config_id: int,
+    found: ConfiguredAccount,
+    *,
+    new_checkout: bool = False,
 ) -> MerchantAccount:
     """The SumUp account of the order's merchant (``order_merchant``, its snapshot), from its
     page config's as :func:`configured_account` found it (see :class:`MerchantKeyGone` when it
     has none): a config that now names another merchant has no key for the order's checkouts,
-    which only the merchant they were made for knows."""
-    names_now, api_key = found or (None, None)
+    which only the merchant they were made for knows. When the config no longer holds that
+    merchant with a key, the key blog retired for it is used, for the checkouts already made
+    and money going back; never for a ``new_checkout``: new money goes only to the merchant the
+    page names now."""
+    names_now, api_key, retired_key = found or (None, None, None)
     merchant_code = order_merchant or names_now
-    if not merchant_code or not api_key or names_now != merchant_code:
-        raise MerchantKeyGone(
-            order_id,
-            page_config_id,
-            merchant_code or "(none)",
-            names_now if names_now != merchant_code else None,
-        )
-    return MerchantAccount(merchant_code, api_key)
+    if merchant_code and api_key and names_now == merchant_code:
+        return MerchantAccount(merchant_code, api_key)
+    if merchant_code and retired_key and not new_checkout:
+        return MerchantAccount(merchant_code, retired_key)
+    raise MerchantKeyGone(
+        order_id,
+        page_config_id,
+        merchant_code or "(none)",
+        names_now if names_now != merchant_code else None,
+    )
 
 
 def _settle_attempt() -> DirectStatement:
@@ -780,7 +819,7 @@ async def refresh_reported_attempt(
             recent.forget(config_id)
         else:
             return await apply_checkout(session, order, attempt, remote)
-    account = await merchant_account(session, order)
+    account = await merchant_account(session, order, new_checkout=False)
     recent.learn(config_id, account)
     return await refresh_attempt(
         session, order, attempt, gateway, MerchantAccounts({config_id: account})

@@ -988,19 +988,23 @@ async def test_a_blog_that_does_not_answer_costs_orders_own_bounded_wait(
 
 def test_the_webhook_and_create_order_ask_blog_once_each(clean_db, credentials, site_config):
     """The page-config reads folded into orders' own statements stay one remote scan each,
-    filtered at blog: the webhook's (when it reads blog) by the order's config id,
+    filtered at blog: the webhook's (when it reads blog) by the order's config id, with the
+    retired key of the order's merchant joined at blog,
     create-order's by the candidates."""
     dialect = postgresql.psycopg.dialect()
     literal = {"literal_binds": True, "render_postcompile": True}
     webhook_sql = str(
-        select(account_lookup(bindparam("page_config_id")))
-        .params(page_config_id=site_config)
+        select(account_lookup(bindparam("page_config_id"), bindparam("merchant_code")))
+        .params(page_config_id=site_config, merchant_code="MOLDONE1")
         .compile(dialect=dialect, compile_kwargs=literal)
     )
     [scan] = foreign_scans(explain_as_app(clean_db, credentials, "orders", webhook_sql))
     assert scan["Actual Loops"] == 1
     assert scan["Actual Rows"] == 1
     assert f"id = {site_config}" in scan["Remote SQL"]
+    # The retired key of the order's merchant comes in the same remote query (a join at blog).
+    assert "retired_sumup_keys" in scan["Remote SQL"]
+    assert "'MOLDONE1'" in scan["Remote SQL"]
     slot_sql = str(
         _recent_orders(True, False)
         .params(buyer_user=1, **candidate_parameters([("page", 4), ("site", 0)]))
@@ -1630,17 +1634,21 @@ async def test_a_payment_after_the_page_key_was_removed_is_not_lost_and_settles_
     clean_db, credentials, sandbox, shop
 ):
     """Audit s20 H1, end to end: a buyer checks out their cart, an editor removes the page's
-    SumUp key, and the buyer pays on SumUp's page. The webhook answered 409 every delivery, the
-    return page and recheck a bare 409, reconciliation failed every pass, nothing was listed.
-    Now: the webhook asks SumUp to deliver again (503), the buyer's pages say the payment is
-    being checked, the order neither expires nor fails the pass, `rose orders attention` lists
-    it with what to do, and once the key is back the next pass settles it and clears the cart."""
+    SumUp key (and blog no longer keeps the retired one), and the buyer pays on SumUp's page.
+    The webhook answered 409 every delivery, the return page and recheck a bare 409,
+    reconciliation failed every pass, nothing was listed. Now: the webhook asks SumUp to
+    deliver again (503), the buyer's pages say the payment is being checked, the order neither
+    expires nor fails the pass, `rose orders attention` lists it with what to do, and once the
+    key is back the next pass settles it and clears the cart."""
     async with shop_stack(
         clean_db, credentials, sandbox.server, ORDERS_MERCHANT_ACCOUNT_SECONDS="0"
     ) as stack:
         order_id, browser = await bought(stack, shop, user_id=53)
         config_id, merchant_code = page_config_of(clean_db, order_id)
         set_config_key(clean_db, config_id, None)
+        # Nor does blog keep it any more (retired past BLOG_RETIRED_SUMUP_KEY_DAYS, say).
+        with admin_connect(clean_db, "blog") as connection:
+            connection.execute("DELETE FROM blog.retired_sumup_keys")
         checkout_id = checkout_id_of(clean_db, order_id)
         sandbox.pay(checkout_id)
 

@@ -30,7 +30,7 @@ from tests.integration.orders_fixtures import (
     sandbox_state,
     webhook,
 )
-from tests.signed import internal_get
+from tests.signed import internal_get, internal_post
 
 OTHER_MERCHANT = "MOTHER2"
 OTHER_KEY = "sup_sk_other_merchant"
@@ -158,6 +158,7 @@ async def test_a_key_removed_from_blog_still_reads_statuses_for_its_time_only(
         checkout_id = checkout_id_of(clean_db, order_id)
         sandbox.pay(checkout_id)
         set_site_key(clean_db, None)
+        forget_retired_keys(clean_db)  # and blog keeps no retired key of it (past its time)
         refused = await bounded(webhook(orders, order_id, checkout_id))
         # SumUp delivers again later (503), and the order waits for its key (never expires).
         assert refused.status_code == 503, refused.text
@@ -252,8 +253,9 @@ async def test_a_payment_to_a_merchant_the_page_switched_away_from_is_never_expi
     """Audit s20 H1, the worse variant: the page's editor switches it to another merchant while
     an order is open, and the buyer pays the old merchant's checkout. Asked under the new
     merchant's key, SumUp does not know the checkout, which proves nothing: the order must not
-    expire (its money would never be seen). It waits, is listed for a person, and is settled
-    once the old merchant's key is back."""
+    expire (its money would never be seen). With no retired key of the old merchant left in
+    blog, it waits, is listed for a person, and is settled once the old merchant's key is
+    back."""
     sandbox = two_merchant_sandbox
     config_id = add_page_config(clean_db, "site", 0)
     async with orders_stack(
@@ -262,6 +264,7 @@ async def test_a_payment_to_a_merchant_the_page_switched_away_from_is_never_expi
         order_id = (await create(orders)).json()["order_id"]
         checkout_id = checkout_id_of(clean_db, order_id)
         set_site_account(clean_db, OTHER_MERCHANT, OTHER_KEY)
+        forget_retired_keys(clean_db)  # and blog keeps no retired key of it (past its time)
         sandbox.pay(checkout_id)
         refused = await bounded(webhook(orders, order_id, checkout_id))
         assert refused.status_code == 503, refused.text
@@ -303,7 +306,8 @@ async def test_a_payment_to_a_merchant_the_page_switched_away_from_is_never_expi
 async def test_a_removed_key_leaves_the_order_waiting_and_listed_not_failing_every_pass(
     clean_db, credentials, sandbox, caplog
 ):
-    """Audit s20 H1: the site's key removed while an order is open, the buyer pays. Every
+    """Audit s20 H1: the site's key removed (blog's retired one gone too) while an order is
+    open, the buyer pays. Every
     reconciliation pass logged a traceback and could neither settle nor expire the order, and
     `rose orders attention` said nothing needs attention. Now a pass warns in one line, the
     order is listed with what to do, and putting the key back settles it."""
@@ -314,6 +318,7 @@ async def test_a_removed_key_leaves_the_order_waiting_and_listed_not_failing_eve
         order_id = (await create(orders)).json()["order_id"]
         checkout_id = checkout_id_of(clean_db, order_id)
         set_site_key(clean_db, None)
+        forget_retired_keys(clean_db)  # and blog keeps no retired key of it (past its time)
         sandbox.pay(checkout_id)
         overdue(clean_db, order_id)
         reconciler = orders.apps["orders"].state.reconciler
@@ -428,3 +433,123 @@ async def test_a_sumup_outage_is_a_warning_line_not_a_traceback_per_open_order(
         sandbox.pay(checkout_id_of(clean_db, first))
         assert (await reconciler.run_once()).failures == 0
         assert dict(row[:2] for row in order_rows(clean_db))[first] == "paid"
+
+
+# -- retired keys: blog keeps the key a page config stopped using, for its orders -----------------
+async def switch_site(orders, **fields):
+    """The site config changed through blog's own action (what the admin page calls too)."""
+    changed = await internal_post(
+        orders.client("blog"),
+        "update-page-config",
+        {"container_type": "site", "container_id": 0, **fields},
+    )
+    assert changed.status_code == 200, changed.text
+    return changed.json()
+
+
+def retired_keys(server) -> list[tuple]:
+    with admin_connect(server, "blog") as connection:
+        return connection.execute(
+            "SELECT page_config_id, sumup_merchant_code, sumup_api_key "
+            "FROM blog.retired_sumup_keys ORDER BY page_config_id, sumup_merchant_code"
+        ).fetchall()
+
+
+def forget_retired_keys(server) -> None:
+    """The history is gone (kept past its time, say): nothing has the order's key any more."""
+    with admin_connect(server, "blog") as connection:
+        connection.execute("DELETE FROM blog.retired_sumup_keys")
+
+
+async def test_a_payment_to_the_merchant_a_page_switched_away_from_settles_without_its_key_back(
+    clean_db, credentials, two_merchant_sandbox
+):
+    """The closing note's defect: the editor switches the page to another merchant (blog's
+    action) while an order is open, and the buyer pays the old merchant's checkout. Nobody puts
+    the old key back: the webhook settles it with the key blog retired, and the reconciliation
+    closes (expires) another order's unpaid checkout the same way. Nothing is listed."""
+    sandbox = two_merchant_sandbox
+    config_id = add_page_config(clean_db, "site", 0)
+    async with orders_stack(
+        clean_db, credentials, sandbox.server, ORDERS_MERCHANT_ACCOUNT_SECONDS="0"
+    ) as orders:
+        paid_id = (await create(orders)).json()["order_id"]
+        other_buyer = order_payload(product_line(5, "3.00"), user_id=2, session_id="session-2")
+        unpaid_id = (await create(orders, other_buyer)).json()["order_id"]
+        await switch_site(orders, sumup_merchant_code=OTHER_MERCHANT, sumup_api_key=OTHER_KEY)
+        checkout_id = checkout_id_of(clean_db, paid_id)
+        sandbox.pay(checkout_id)
+        settled = await bounded(webhook(orders, paid_id, checkout_id))
+        assert settled.status_code == 204, settled.text
+        statuses = dict(row[:2] for row in order_rows(clean_db))
+        assert statuses[paid_id] == "paid"
+        assert attempt_statuses(clean_db, paid_id) == ["PAID"]
+        assert await attention_of(orders) == {}
+        assert retired_keys(clean_db) == [(config_id, DEFAULT_MERCHANT_CODE, DEFAULT_API_KEY)]
+
+        overdue(clean_db, unpaid_id)
+        await orders.apps["orders"].state.reconciler.run_once()
+        assert dict(row[:2] for row in order_rows(clean_db))[unpaid_id] == "expired"
+        assert attempt_statuses(clean_db, unpaid_id) == ["EXPIRED"]
+        assert await attention_of(orders) == {}
+
+
+async def test_a_key_removed_then_the_retired_one_pruned_is_a_merchant_key_gone_again(
+    clean_db, credentials, sandbox
+):
+    """Neither the config nor blog's history has the order's key: the outcome is unknown, as
+    before the history (503, listed); with the key retired, the same order settles."""
+    config_id = add_page_config(clean_db, "site", 0)
+    async with orders_stack(
+        clean_db, credentials, sandbox.server, ORDERS_MERCHANT_ACCOUNT_SECONDS="0"
+    ) as orders:
+        order_id = (await create(orders)).json()["order_id"]
+        checkout_id = checkout_id_of(clean_db, order_id)
+        await switch_site(orders, sumup_api_key=None)
+        assert retired_keys(clean_db) == [(config_id, DEFAULT_MERCHANT_CODE, DEFAULT_API_KEY)]
+        sandbox.pay(checkout_id)
+        with admin_connect(clean_db, "blog") as connection:
+            kept = connection.execute("SELECT * FROM blog.retired_sumup_keys").fetchall()
+        forget_retired_keys(clean_db)
+        refused = await bounded(webhook(orders, order_id, checkout_id))
+        assert refused.status_code == 503, refused.text
+        assert "has no key" in refused.json()["detail"]
+        assert list(await attention_of(orders)) == [order_id]
+
+        with admin_connect(clean_db, "blog") as connection:
+            connection.execute(
+                "INSERT INTO blog.retired_sumup_keys VALUES (%s, %s, %s, %s)", kept[0]
+            )
+        settled = await bounded(webhook(orders, order_id, checkout_id))
+        assert settled.status_code == 204, settled.text
+        assert dict(row[:2] for row in order_rows(clean_db))[order_id] == "paid"
+        assert await attention_of(orders) == {}
+
+
+async def test_a_same_merchant_key_rotation_keeps_no_retired_key(
+    clean_db, credentials, two_key_sandbox
+):
+    """The new key of the same merchant sees its checkouts: the old one is not kept (a kept
+    secret is a liability), and an order made under the old key settles with the new one.
+    A retired entry goes when the config names that merchant with a key again."""
+    config_id = add_page_config(clean_db, "site", 0, api_key=OLD_KEY)
+    sandbox = two_key_sandbox
+    async with orders_stack(
+        clean_db, credentials, sandbox.server, ORDERS_MERCHANT_ACCOUNT_SECONDS="0"
+    ) as orders:
+        order_id = (await create(orders)).json()["order_id"]
+        await switch_site(orders, sumup_api_key=NEW_KEY)
+        assert retired_keys(clean_db) == []
+        sandbox.client.post(
+            "/_sandbox/controls", json={"revoked_api_keys": [OLD_KEY]}
+        ).raise_for_status()
+        checkout_id = checkout_id_of(clean_db, order_id)
+        sandbox.pay(checkout_id)
+        settled = await bounded(webhook(orders, order_id, checkout_id))
+        assert settled.status_code == 204, settled.text
+        assert order_rows(clean_db)[0][:2] == (order_id, "paid")
+
+        await switch_site(orders, sumup_api_key=None)
+        assert retired_keys(clean_db) == [(config_id, DEFAULT_MERCHANT_CODE, NEW_KEY)]
+        await switch_site(orders, sumup_api_key=OLD_KEY)
+        assert retired_keys(clean_db) == []

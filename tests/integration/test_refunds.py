@@ -20,7 +20,7 @@ from tests.integration.orders_fixtures import (
     product_line,
     webhook,
 )
-from tests.signed import internal_get
+from tests.signed import internal_get, internal_post
 
 
 @pytest.fixture
@@ -158,9 +158,9 @@ async def test_a_refund_whose_merchant_lost_its_key_waits_listed_and_goes_back_o
     orders, clean_db, sandbox, caplog
 ):
     """Audit s20 H1, money going back: the site's key is removed after a late payment was
-    learnt (the webhook read it with the key orders remembered). The refund cannot be asked
-    for: it stays due (no traceback, no 'failed'), the order is listed with what to do, and
-    the refund is made once the key is back."""
+    learnt (the webhook read it with the key orders remembered), and blog keeps no retired key
+    for it either. The refund cannot be asked for: it stays due (no traceback, no 'failed'),
+    the order is listed with what to do, and the refund is made once the key is back."""
     sandbox.controls(deactivation_unavailable=True)
     older = (await create(orders, order_payload(product_line(1, "4.00")))).json()["order_id"]
     newer = await create(orders, order_payload(product_line(1, "4.00"), product_line(2)))
@@ -168,6 +168,9 @@ async def test_a_refund_whose_merchant_lost_its_key_waits_listed_and_goes_back_o
     checkout_id = checkout_id_of(clean_db, older)
     sandbox.pay(checkout_id)
     set_site_key(clean_db, None)
+    # Nor does blog's history have it (kept past its time, say): the refund cannot be asked for.
+    with admin_connect(clean_db, "blog") as connection:
+        connection.execute("DELETE FROM blog.retired_sumup_keys")
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="rose.orders"):
         assert (await webhook(orders, older, checkout_id)).status_code == 204
@@ -222,3 +225,35 @@ async def test_a_late_payment_names_the_order_that_replaced_it_whenever_that_com
             "SELECT reason FROM orders.refunds WHERE order_id = %s", (older,)
         ).fetchall()
     assert reason == f"paid after order {newer.json()['order_id']} replaced it"
+
+
+async def test_a_refund_owed_after_the_key_was_removed_is_made_with_the_retired_key(
+    orders, clean_db, sandbox
+):
+    """The closing note's defect, money going back: the site's key is removed (blog's own
+    action) after a late payment was learnt. Nobody restores it: the refund is asked for with
+    the key blog retired, SumUp gives the money back once, and nothing is listed."""
+    sandbox.controls(deactivation_unavailable=True)
+    older = (await create(orders, order_payload(product_line(1, "4.00")))).json()["order_id"]
+    newer = await create(orders, order_payload(product_line(1, "4.00"), product_line(2)))
+    assert newer.status_code == 200, newer.text
+    checkout_id = checkout_id_of(clean_db, older)
+    sandbox.pay(checkout_id)
+    removed = await internal_post(
+        orders.client("blog"),
+        "update-page-config",
+        {"container_type": "site", "container_id": 0, "sumup_api_key": None},
+    )
+    assert removed.status_code == 200, removed.text
+    assert removed.json()["sumup_configured"] is False
+    assert (await webhook(orders, older, checkout_id)).status_code == 204
+    reconciler = orders.apps["orders"].state.reconciler
+    await reconciler.quiet()
+    report = await reconciler.run_once()
+    await reconciler.quiet()
+    assert report.failures == 0
+    assert refunds(clean_db)[0][:2] == (older, "done")
+    assert status_of(clean_db, older) == "refunded"
+    transaction_id = sandbox.checkout(checkout_id)["transaction_id"]
+    assert refunded_at_sumup(sandbox, transaction_id) == 4.0
+    assert (await internal_get(orders.client("orders"), "attention")).json() == []
