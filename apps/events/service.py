@@ -784,6 +784,12 @@ async def release_for_order(session: AsyncSession, request: ReleaseForOrder) -> 
     return HoldsEnded(ended=ended)
 
 
+# A booking given back to its cart whose cart hold ran out while an order held it (a superseded
+# order given back long after, a checkout that failed slowly) is held this long from then, so
+# the buyer still finds it in the cart; never longer than the order held it.
+GIVEN_BACK_HOLD = timedelta(minutes=15)
+
+
 async def _lock_holds_of(session: AsyncSession, order_id: int) -> None:
     """Serialise the hold and the give-back of one order until the transaction ends: a
     give-back that commits first is seen by the hold (READ COMMITTED reads it after the lock),
@@ -800,7 +806,8 @@ async def _lock_holds_of(session: AsyncSession, order_id: int) -> None:
 async def _restore_holds_before(session: AsyncSession, order_id: int) -> HoldsEnded:
     """Each booking held for ``order_id`` goes back to the order hold it had before, unless
     that order was given back too (two checkouts failed in a row, audit s21 F1), and then to
-    its cart's hold; a hold from before events kept either ends now."""
+    its cart's hold; when that ran out while the order held it (or events kept none), it is
+    held :data:`GIVEN_BACK_HOLD` from now, no longer than the order held it."""
     restored = 0
     for model in (CalendarEntry, Ticket):
         # The order before it, when that one is still an order (not given back).
@@ -811,6 +818,7 @@ async def _restore_holds_before(session: AsyncSession, order_id: int) -> HoldsEn
             ),
             else_=model.prior_hold_order_id,
         )
+        cart_hold = func.coalesce(model.cart_hold_expires_at, model.prior_hold_expires_at)
         result = await session.execute(
             update(model)
             .where(model.state == "pending", model.hold_order_id == order_id)
@@ -818,8 +826,11 @@ async def _restore_holds_before(session: AsyncSession, order_id: int) -> HoldsEn
                 hold_order_id=order_before,
                 hold_expires_at=case(
                     (order_before.is_not(None), model.prior_hold_expires_at),
-                    else_=func.coalesce(
-                        model.cart_hold_expires_at, model.prior_hold_expires_at, func.now()
+                    # Back in the cart: its hold as it was, or a while from now when that ran
+                    # out while the order held it, no longer than the order held it.
+                    else_=case(
+                        (cart_hold > func.now(), cart_hold),
+                        else_=func.least(func.now() + GIVEN_BACK_HOLD, model.hold_expires_at),
                     ),
                 ),
                 prior_hold_order_id=None,

@@ -590,6 +590,27 @@ def _superseding(
     return superseding, blocking
 
 
+# The columns create-order names for a new order, in its row's order (the others take their
+# defaults): one statement text per shape, and the text psycopg caches the parse of
+# (tests/unit/test_orders_statements.py measures it with these).
+NEW_ORDER_KEYS = (
+    "id",
+    "user_id",
+    "session_id",
+    "page_post_id",
+    "currency",
+    "product_total",
+    "calendar_total",
+    "ticket_total",
+    "total",
+    "description",
+    "page_config_id",
+    "merchant_code",
+    "checkout_prefix",
+    "payable_until",
+)
+
+
 @functools.cache
 def _placing(
     order_keys: tuple[str, ...], has_claims: bool, has_goods: bool, by_user: bool, by_session: bool
@@ -667,9 +688,11 @@ async def place_order(
     that share its goods, in one statement (four round trips were a third of create-order's
     statements). Then no shared good may be paid for or under review: that is a 409 and the
     whole order rolls back."""
+    if tuple(row) != NEW_ORDER_KEYS:
+        raise ValueError(f"a new order's row names {tuple(row)}, not {NEW_ORDER_KEYS}")
     user_id, session_id = row["user_id"], row["session_id"]
     statement = _placing(
-        tuple(row), bool(claims), bool(goods), user_id is not None, session_id is not None
+        NEW_ORDER_KEYS, bool(claims), bool(goods), user_id is not None, session_id is not None
     )
     parameters: dict[str, Any] = {
         f"order_{key}": value for key, value in row.items() if key != "id"

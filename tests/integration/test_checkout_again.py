@@ -1257,3 +1257,41 @@ async def test_an_order_sign_in_supersedes_gives_its_booking_back_to_the_cart_ho
     assert owner == (12,)
     for browser in (cart, events, market, elsewhere):
         await browser.aclose()
+
+
+async def test_a_booking_given_back_after_its_cart_hold_ran_out_stays_in_the_cart(
+    stack, clean_db, shop, sandbox
+):
+    """Review s21 MEDIUM-1: a give-back put the booking back on the cart's hold as it was when
+    the order took it (booking time and 15 minutes). When that had run out meanwhile (a
+    superseded order given back 20 minutes later, a checkout that failed slowly), the hold
+    ended at once and the booking left the cart, where the order's hold had kept it. A
+    booking given back is now held a while from then (no longer than the order held it)."""
+    cart = await browser_of(stack, "cart", user_id=3)
+    events = stack.browser("events")
+    share_cookies(cart, events)
+    assert (await events.post(f"/entries/{shop.entry_id}/book/")).status_code == 200
+    before = booking_hold(clean_db, shop.entry_id)
+    client = platform_of(stack.apps["orders"]).client
+    order_id = 987_801
+    until = before[3] + timedelta(minutes=45)
+    assert await _hold(client, order_id, shop.entry_id, until) == 1
+    with admin_connect(clean_db, "events") as admin:
+        # The cart's hold ran out while the order held the booking.
+        admin.execute(
+            "UPDATE events.calendar_entries SET cart_hold_expires_at = now() - interval "
+            "'1 minute' WHERE id = %s",
+            (shop.entry_id,),
+        )
+        assert await _give_back(client, order_id) == 1
+        state, _, held_for, held_until = booking_hold(clean_db, shop.entry_id)
+        still_held = admin.execute(
+            "SELECT hold_expires_at > now() + interval '10 minutes' "
+            "FROM events.calendar_entries WHERE id = %s",
+            (shop.entry_id,),
+        ).fetchone()
+    assert (state, held_for) == ("pending", None)
+    assert still_held == (True,)
+    assert held_until <= until
+    for browser in (cart, events):
+        await browser.aclose()
