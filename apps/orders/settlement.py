@@ -985,6 +985,11 @@ async def _already_refunded(
 
 
 async def _refund_done(session: AsyncSession, refund: Refund, order: Order) -> RefundOutcome:
+    # The order's row first, before the refund's is written (and before the autoflush of the
+    # changes below would write it): a late payment applied meanwhile locks the order, then
+    # inserts this refund again (ON CONFLICT waits on a refund row being written). Writing the
+    # refund first and then waiting on the order deadlocked with it (audit s21 F4).
+    await session.execute(select(Order.id).where(Order.id == order.id).with_for_update())
     refund.status = "done"
     refund.refunded_at = func.now()
     refund.last_error = None

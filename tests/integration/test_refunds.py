@@ -3,13 +3,16 @@ the sandbox), recorded before the call, settled exactly once whatever SumUp answ
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
 
 from apps.orders import service
-from tests.conftest import admin_connect
+from apps.orders.settlement import settle_refund
+from tests.conftest import admin_connect, lock_waiters
 from tests.integration.orders_fixtures import (
     Sandbox,
     add_page_config,
@@ -21,6 +24,7 @@ from tests.integration.orders_fixtures import (
     webhook,
 )
 from tests.signed import internal_get, internal_post
+from tests.waiting import eventually
 
 
 @pytest.fixture
@@ -257,3 +261,69 @@ async def test_a_refund_owed_after_the_key_was_removed_is_made_with_the_retired_
     transaction_id = sandbox.checkout(checkout_id)["transaction_id"]
     assert refunded_at_sumup(sandbox, transaction_id) == 4.0
     assert (await internal_get(orders.client("orders"), "attention")).json()["orders"] == []
+
+
+async def test_a_refund_settling_while_a_stale_recheck_applies_the_late_payment_does_not_deadlock(
+    orders, clean_db, sandbox
+):
+    """Audit s21 F4: the return page's recheck of a late-paid superseded order, read before the
+    webhook committed the payment, applies it again (it locks the order, then inserts the
+    refund, which is already there: ON CONFLICT waits for whatever writes that refund's row),
+    while the refund is being settled (its row marked done, then the order made 'refunded').
+    The settling wrote the refund before locking the order: each waited on the other, and
+    PostgreSQL killed one (DeadlockDetected: a 500 to the buyer). Here the test holds the order's
+    row so that the recheck queues on it first and the settling second, then lets both go."""
+    sandbox.controls(deactivation_unavailable=True, refunds="unavailable")
+    older = (await create(orders, order_payload(product_line(1, "4.00")))).json()["order_id"]
+    newer = await create(orders, order_payload(product_line(1, "4.00"), product_line(2)))
+    assert newer.status_code == 200, newer.text
+    app = orders.apps["orders"]
+    runtime = app.state.runtime
+    await app.state.reconciler.quiet()  # closing the older tab failed: it stays open
+    checkout_id = checkout_id_of(clean_db, older)
+    async with runtime.maker() as page, runtime.maker() as settling:
+        stale = await service.load_order(page, older)  # as a return page read it: tab open
+        assert stale is not None
+        assert [attempt.status for attempt in stale.attempts] == ["PENDING"]
+        sandbox.pay(checkout_id)
+        assert (await webhook(orders, older, checkout_id)).status_code == 204
+        await app.state.reconciler.quiet()  # SumUp could not be asked: the refund waits
+        [(_, status, _, _)] = refunds(clean_db)
+        assert status == "requested"
+        lease_passed(clean_db)
+        sandbox.controls(refunds="accept")
+        refund_id = settling_refund_id(clean_db, older)
+
+        with admin_connect(clean_db, "orders") as holder:
+            holder.execute("BEGIN")
+            holder.execute("SELECT 1 FROM orders.orders WHERE id = %s FOR UPDATE", (older,))
+            recheck = asyncio.create_task(rechecked_as_the_page_does(page, stale, runtime))
+            assert await eventually(lambda: lock_waiters(clean_db, "orders") == 1)
+            settle = asyncio.create_task(
+                settle_refund(settling, refund_id, runtime.gateway, timedelta(seconds=1))
+            )
+            assert await eventually(lambda: lock_waiters(clean_db, "orders") == 2)
+            holder.execute("COMMIT")
+            rechecked, settled = await asyncio.gather(recheck, settle, return_exceptions=True)
+    assert not isinstance(rechecked, BaseException), repr(rechecked)
+    assert not isinstance(settled, BaseException), repr(settled)
+    assert rechecked is not None
+    assert (rechecked.order_status, rechecked.refund_due) == ("refund_due", False)
+    assert settled is not None
+    assert settled.status == "done"
+    assert refunds(clean_db) == [(older, "done", Decimal("4.00"), 2)]
+    assert status_of(clean_db, older) == "refunded"
+    assert refunded_at_sumup(sandbox, sandbox.checkout(checkout_id)["transaction_id"]) == 4.0
+
+
+async def rechecked_as_the_page_does(session, order, runtime) -> service.Applied | None:
+    applied = await service.recheck(session, order, runtime)
+    await session.commit()
+    return applied
+
+
+def settling_refund_id(server, order_id: int) -> int:
+    with admin_connect(server, "orders") as connection:
+        return connection.execute(
+            "SELECT id FROM orders.refunds WHERE order_id = %s", (order_id,)
+        ).fetchone()[0]
