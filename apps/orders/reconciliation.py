@@ -219,13 +219,17 @@ class Reconciler:
             order = await load_order(session, order_id)
             if order is None or order.status != "pending" or order.current_attempt is None:
                 return
+            attempt_id = order.current_attempt.id
+            applied = await recheck(session, order, self._runtime, accounts)
+            # After the recheck, which locks the order before the attempt (settlement's one
+            # order of locks): marking the attempt first held it across the SumUp call, and
+            # then waited on the order.
             await session.execute(
                 update(PaymentAttempt)
-                .where(PaymentAttempt.id == order.current_attempt.id)
+                .where(PaymentAttempt.id == attempt_id)
                 .values(checked_at=func.now())
             )
             report.checked += 1
-            applied = await recheck(session, order, self._runtime, accounts)
             if applied is not None and applied.paid:
                 report.paid.append(order_id)
 

@@ -376,6 +376,18 @@ def _settle_attempt() -> DirectStatement:
 _SETTLE_ATTEMPT = _settle_attempt()
 
 
+def _lock_order() -> DirectStatement:
+    orders = table_of(Order)
+    return DirectStatement(
+        select(orders.c.status, orders.c.flagged, orders.c.superseded_by)
+        .where(orders.c.id == bindparam("order_id"))
+        .with_for_update(key_share=True)
+    )
+
+
+_LOCK_ORDER = _lock_order()
+
+
 async def apply_checkout(
     session: AsyncSession, order: OrderInHand, attempt: AttemptInHand, remote: RemoteCheckout
 ) -> Applied:
@@ -396,8 +408,17 @@ async def apply_checkout(
             logger.warning("order %s flagged: %s", order.id, reason)
         return Applied(order.status, attempt.status, flagged=True)
 
-    # Its own statement, first: every path locks the attempt before its order (one CTE for both
-    # would lock them in an order PostgreSQL does not promise, and deadlock with the others).
+    # The order's row first, then the attempt's, then a refund's, on every path (audit s21 F4):
+    # pay again and the expiry lock the order before they settle its attempt, so a report
+    # that settled the attempt first and then waited on the order deadlocked with them. Its
+    # own statement: one CTE for several would lock them in an order PostgreSQL does not
+    # promise. NO KEY UPDATE, as the transition's UPDATE takes: a checkout replay's KEY SHARE
+    # (held while it holds bookings again) does not keep it waiting. What it reads is the
+    # order as it is now: ``order`` was read before SumUp was asked, and a supersede may have
+    # committed since (its status and what replaced it come from here).
+    current = await _LOCK_ORDER.first(session, {"order_id": order.id})
+    if current is None:
+        raise ValueError(f"order {order.id} does not exist")
     settled = await _SETTLE_ATTEMPT.scalar(
         session,
         {
@@ -424,15 +445,7 @@ async def apply_checkout(
         await _enqueue_after_payment(session, order, paid_items)
         return Applied("paid", "PAID", paid=True)
 
-    # The order as it is now, locked: ``order`` was read before SumUp was asked, and a
-    # supersede may have committed since (its status and what replaced it come from here).
-    current = (
-        await session.execute(
-            select(Order.status, Order.flagged, Order.superseded_by)
-            .where(Order.id == order.id)
-            .with_for_update()
-        )
-    ).one()
+    # Not paid now: ``current`` (locked above) is how the order stands.
     if current.flagged:
         return Applied(current.status, "PAID", flagged=True)
     if current.status in (*CLOSED_UNPAID_STATES, "refund_due", "refunded"):
@@ -846,6 +859,7 @@ async def close_attempt(
             raise
         return await apply_checkout(session, order, attempt, remote)
     except CheckoutNotFound:
+        await _LOCK_ORDER.first(session, {"order_id": order.id})  # the order first, as ever
         await session.execute(
             update(PaymentAttempt)
             .where(

@@ -36,7 +36,7 @@ from apps.orders.service import (
 from apps.orders.settlement import account_lookup
 from apps.sumup_sandbox.app import DEFAULT_API_KEY
 from ops.db.provision import APP_SETTINGS, READER_SETTINGS
-from tests.conftest import admin_connect
+from tests.conftest import admin_connect, lock_waiters
 from tests.fdw_plans import explain_as_app, foreign_scans
 from tests.integration.commerce_fixtures import (
     browser_of,
@@ -493,6 +493,41 @@ async def test_pay_again_closes_the_old_checkout_and_opens_a_new_one(orders, cle
     assert order_rows(clean_db)[0][1] == "paid"
     paid_again = await browser.post(f"/order/{order_id}/pay/")
     assert paid_again.status_code == 409
+
+
+async def test_pay_again_and_a_recheck_finding_the_same_payment_do_not_deadlock(
+    orders, clean_db, sandbox
+):
+    """Audit s21 F4, the attempt and the order: pay again locks the order, then (SumUp says
+    the current attempt is paid) settles the attempt; a recheck (the return page, the webhook)
+    settled the attempt, then took the order to mark it paid. Each waited on the other:
+    DeadlockDetected, a 500. The test holds the attempt's row so that the recheck queues on
+    it first and pay again second, then lets go: the payment is applied once, pay again says
+    the order is paid."""
+    order_id = (await create(orders)).json()["order_id"]
+    checkout_id = checkout_id_of(clean_db, order_id)
+    sandbox.pay(checkout_id)  # no webhook arrives
+    browser = await signed_in(orders)
+    with admin_connect(clean_db, "orders") as holder:
+        holder.execute("BEGIN")
+        holder.execute(
+            "SELECT 1 FROM orders.payment_attempts WHERE sumup_checkout_id = %s FOR UPDATE",
+            (checkout_id,),
+        )
+        recheck = asyncio.create_task(browser.post(f"/order/{order_id}/recheck/", headers=JSON))
+        assert await eventually(lambda: lock_waiters(clean_db, "orders") == 1)
+        again = asyncio.create_task(browser.post(f"/order/{order_id}/pay/", headers=JSON))
+        assert await eventually(lambda: lock_waiters(clean_db, "orders") == 2)
+        holder.execute("COMMIT")
+        rechecked, paid_again = await asyncio.gather(recheck, again)
+    assert (rechecked.status_code, paid_again.status_code) == (200, 409), (
+        rechecked.text,
+        paid_again.text,
+    )
+    assert rechecked.json()["state"] == "paid"
+    assert paid_again.json()["detail"] == f"Order {order_id} is paid; it cannot be paid again"
+    assert order_rows(clean_db)[0][1] == "paid"
+    assert [row[3] for row in outbox_rows(clean_db)] == [f"orders:{order_id}:clear-cart"]
 
 
 async def test_pay_again_makes_at_most_the_attempts_one_order_may_have(
