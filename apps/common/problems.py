@@ -290,6 +290,11 @@ _UNAVAILABLE = ("08", "57P01", "57P02", "57P03", "53300")
 # up waiting for a lock (a lock_timeout). The transaction rolled back, and the same request may
 # well succeed in a moment.
 _TIMED_OUT = ("57014", "55P03")
+# 40P01: a deadlock; 40001: a serialization failure. PostgreSQL undid this transaction to let
+# another go on, and the same request made again is expected to succeed: not an unexpected
+# error. Still logged (a warning, with the statement): a deadlock is two paths taking the same
+# locks in different orders, to be found and fixed (audit s21 F4).
+_UNDONE = ("40P01", "40001")
 
 
 def _from_database(exc: DBAPIError) -> Problem:
@@ -302,6 +307,17 @@ def _from_database(exc: DBAPIError) -> Problem:
         return DependencyUnavailable(
             "The database did not answer in time (busy, or waiting on other work); try again "
             "shortly"
+        )
+    if sqlstate in _UNDONE:
+        logger.warning(
+            "database conflict, request %s undone (%s): %s",
+            current_request_id.get(),
+            sqlstate,
+            exc.orig,
+        )
+        return DependencyUnavailable(
+            "The database undid this request's work to let another request go on (they "
+            "conflicted); try again"
         )
     if sqlstate.startswith("22"):
         message = str(exc.orig).splitlines()[0] if exc.orig else "invalid value"

@@ -530,6 +530,40 @@ async def test_pay_again_and_a_recheck_finding_the_same_payment_do_not_deadlock(
     assert [row[3] for row in outbox_rows(clean_db)] == [f"orders:{order_id}:clear-cart"]
 
 
+async def test_a_request_the_database_rolls_back_for_a_deadlock_is_a_503_to_try_again(
+    orders, clean_db, sandbox, caplog
+):
+    """A deadlock (or a serialization failure) is PostgreSQL undoing one transaction to let
+    another go on: the same request made again succeeds. It was a 500 'unexpected error'
+    (audit s21 F4's buyer saw one); it is a 503 with Retry-After, and it is logged. Here the
+    test's own transaction is the other party: it holds the attempt's row, a recheck locks
+    the order and waits on the attempt, then the test asks for the order."""
+    order_id = (await create(orders)).json()["order_id"]
+    checkout_id = checkout_id_of(clean_db, order_id)
+    sandbox.pay(checkout_id)
+    browser = await signed_in(orders)
+    with admin_connect(clean_db, "orders") as holder:
+        holder.execute("BEGIN")
+        holder.execute(
+            "SELECT 1 FROM orders.payment_attempts WHERE sumup_checkout_id = %s FOR UPDATE",
+            (checkout_id,),
+        )
+        recheck = asyncio.create_task(browser.post(f"/order/{order_id}/recheck/", headers=JSON))
+        assert await eventually(lambda: lock_waiters(clean_db, "orders") == 1)
+        # The recheck waited first, so its deadlock check runs first: it is the one undone.
+        holder.execute("SELECT 1 FROM orders.orders WHERE id = %s FOR UPDATE", (order_id,))
+        refused = await recheck
+        holder.execute("ROLLBACK")
+    assert refused.status_code == 503, refused.text
+    assert refused.headers["retry-after"]
+    assert refused.headers["content-type"].startswith("application/problem+json")
+    assert "try again" in refused.json()["detail"]
+    assert [r for r in caplog.records if "deadlock detected" in r.getMessage()]
+    assert order_rows(clean_db)[0][1] == "pending"  # undone; asking again settles it
+    again = await browser.post(f"/order/{order_id}/recheck/", headers=JSON)
+    assert again.json()["state"] == "paid"
+
+
 async def test_pay_again_makes_at_most_the_attempts_one_order_may_have(
     clean_db, credentials, sandbox, site_config
 ):
