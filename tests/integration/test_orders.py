@@ -530,6 +530,40 @@ async def test_pay_again_and_a_recheck_finding_the_same_payment_do_not_deadlock(
     assert [row[3] for row in outbox_rows(clean_db)] == [f"orders:{order_id}:clear-cart"]
 
 
+async def test_the_reconciliations_check_and_a_recheck_finding_the_same_payment_do_not_deadlock(
+    orders, clean_db, sandbox
+):
+    """Audit s21 F4, the order of locks in the reconciliation's check: it marked the attempt
+    checked (its row locked through the SumUp call), then applied what SumUp said, which locks
+    the order; a recheck locks the order, then the attempt. The test holds the order's row so
+    that the recheck queues on it first and the pass's check second, then lets go."""
+    order_id = (await create(orders)).json()["order_id"]
+    checkout_id = checkout_id_of(clean_db, order_id)
+    sandbox.pay(checkout_id)  # no webhook arrives
+    browser = await signed_in(orders)
+    reconciler = orders.apps["orders"].state.reconciler
+    with admin_connect(clean_db, "orders") as holder:
+        holder.execute("BEGIN")
+        holder.execute("SELECT 1 FROM orders.orders WHERE id = %s FOR UPDATE", (order_id,))
+        recheck = asyncio.create_task(browser.post(f"/order/{order_id}/recheck/", headers=JSON))
+        assert await eventually(lambda: lock_waiters(clean_db, "orders") == 1)
+        passed = asyncio.create_task(reconciler.run_once())
+        assert await eventually(lambda: lock_waiters(clean_db, "orders") == 2)
+        holder.execute("COMMIT")
+        rechecked, report = await asyncio.gather(recheck, passed)
+    assert rechecked.status_code == 200, rechecked.text
+    assert rechecked.json()["state"] == "paid"
+    assert report.failures == 0
+    assert report.checked == 1
+    assert order_rows(clean_db)[0][1] == "paid"
+    with admin_connect(clean_db, "orders") as connection:
+        checked = connection.execute(
+            "SELECT checked_at IS NOT NULL FROM orders.payment_attempts WHERE order_id = %s",
+            (order_id,),
+        ).fetchone()[0]
+    assert checked
+
+
 async def test_a_request_the_database_rolls_back_for_a_deadlock_is_a_503_to_try_again(
     orders, clean_db, sandbox, caplog
 ):
