@@ -441,7 +441,7 @@ def _multipart_field(content_type: str, body: bytes, name: str) -> str | None:
         # Never closed: the parts after the token are not this reader's business.
         for event in parser.parse(body):
             if isinstance(event, MultipartSegment):
-                reading = event.name == name and not event.filename
+                reading = event.name == name and event.filename is None
             elif event is None:
                 if reading:
                     return value.decode("utf-8", "replace")

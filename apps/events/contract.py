@@ -89,9 +89,11 @@ class ReleaseForOrder(msgspec.Struct, forbid_unknown_fields=True):
     for the order end now (they last a while longer than its payable time, so that a payment
     made in time and learnt late still finds its bookings).
 
-    ``rolled_back``: create-order failed after events held the bookings for the order, so the
-    order never existed; each booking goes back to the hold it had before (still the buyer's,
-    in their cart, for no longer than then), not ended."""
+    ``rolled_back``: the order will never be paid for its bookings: create-order failed after
+    events held them (the order never existed), or a newer order of the buyer superseded it.
+    Each booking still held for it goes back to the hold it had before (an earlier order's not
+    given back itself, else the buyer's cart's), not ended, and events refuses any later hold
+    for the order."""
 
     order_id: DbId
     rolled_back: bool = False

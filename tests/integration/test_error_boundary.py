@@ -847,6 +847,20 @@ async def test_a_csrf_token_sent_as_a_multipart_field_is_read_as_a_url_encoded_o
             headers=MULTIPART,
         )
         assert_problem(forged, 403, "CSRF")
+    # The token as a file part (a file input's, even with no file chosen) is not the field.
+    as_file = (
+        b"--b0undary\r\n"
+        + f'Content-Disposition: form-data; name="{CSRF}"; filename=""\r\n'.encode()
+        + b"Content-Type: application/octet-stream\r\n\r\n"
+        + token.encode()
+        + b"\r\n"
+    ) + multipart(("name", "Forged"), ("slug", "forged"), ("page_id", "5"))
+    forged = await events.post(
+        "/admin/calendars/",
+        content=as_file,
+        headers={"content-type": 'multipart/form-data; boundary="b0undary"'},
+    )
+    assert_problem(forged, 403, "CSRF")
     # A body that is not multipart at all, though it says so, is refused the same way.
     broken = await events.post(
         "/admin/calendars/", content=f"{CSRF}={token}".encode(), headers=MULTIPART
