@@ -1338,6 +1338,23 @@ async def _count_under_lock(
         await admit(session, PAY_AGAIN, admission, f"{order_id}:{number}")
 
 
+async def _new_checkout_account(session: AsyncSession, order: Order) -> MerchantAccount:
+    """The account a new checkout of ``order`` is made with: its merchant's current key (a
+    retired key only settles and refunds what its merchant already took). The order's merchant
+    is fixed when it is made, so when its page now names another merchant no new checkout can
+    ever be made for it: a 409 sending the buyer back to the cart (a new order is for the
+    merchant the page names), not the 503 of a key that may come back."""
+    try:
+        return await merchant_account(session, order, new_checkout=True)
+    except MerchantKeyGone as gone:
+        if gone.names_now is None:
+            raise
+        raise Conflict(
+            f"Order {order.id} can no longer be paid: its page now takes payments through "
+            "another SumUp merchant; check out again from your cart"
+        ) from gone
+
+
 async def start_new_attempt(
     session: AsyncSession,
     order: Order,
@@ -1352,6 +1369,8 @@ async def start_new_attempt(
     read under the lock). A request that saw an older attempt than the current one (a double
     click, a second tab) gets the current attempt when it can still be paid, else a 409. None
     when the order turned out to be settled meanwhile: the caller commits that and says so.
+    A 409 "check out again", before anything is closed, when the page now names another
+    merchant (no new checkout can be made for the order).
     A new attempt is first counted under its client network's limit (``admission``; None: no
     limit), before SumUp is asked anything; a request that gets the current attempt back is
     not counted."""
@@ -1395,11 +1414,9 @@ async def start_new_attempt(
     most = runtime.settings.attempts_per_order
     if not gives_back_current and number <= most:
         await _count_under_lock(session, order.id, number, admission, counted)
-    # The new checkout's: a merchant the page no longer names with a key takes no new money
-    # (its retired key only settles and refunds what it already took).
-    account = await merchant_account(session, order, new_checkout=True)
     if current is not None and current.status in OPEN_ATTEMPT_STATES:
-        # What SumUp says now: a payment that landed meanwhile settles the order.
+        # What SumUp says now: a payment that landed meanwhile settles the order. Asked with
+        # the order's merchant's key, a retired one included (the page may name another now).
         applied = await refresh_attempt(session, order, current, runtime.gateway)
         if applied.order_status != "pending" or applied.flagged:
             return None
@@ -1421,6 +1438,9 @@ async def start_new_attempt(
     if gives_back_current:
         # SumUp says the attempt it would have got back ended meanwhile: a new one after all.
         await _count_under_lock(session, order.id, number, admission, counted)
+    # Whether a new checkout can be made, before the current one is closed: a refusal leaves
+    # the buyer what they had.
+    account = await _new_checkout_account(session, order)
     if current is not None and current.status in OPEN_ATTEMPT_STATES:
         applied = await close_attempt(session, order, current, runtime.gateway)
         if applied.order_status != "pending" or applied.flagged:

@@ -163,6 +163,8 @@ class MerchantKeyGone(DependencyUnavailable):
         self, order_id: int, page_config_id: int, merchant_code: str, names_now: str | None
     ) -> None:
         self.order_id = order_id
+        # The merchant the page names now when it is another than the order's, else None.
+        self.names_now = names_now
         self.note = key_missing_note(order_id, merchant_code, page_config_id, names_now)
         super().__init__(
             f"The payment of order {order_id} cannot be checked right now: its SumUp merchant "

@@ -553,3 +553,64 @@ async def test_a_same_merchant_key_rotation_keeps_no_retired_key(
         assert retired_keys(clean_db) == [(config_id, DEFAULT_MERCHANT_CODE, NEW_KEY)]
         await switch_site(orders, sumup_api_key=OLD_KEY)
         assert retired_keys(clean_db) == []
+
+
+async def buyer_browser(orders, user_id: int = 1):
+    browser = orders.browser("orders")
+    response = await browser.get(
+        f"/auth/dev-login?user_id={user_id}", headers={"accept": "application/json"}
+    )
+    browser.headers["x-csrf-token"] = response.json()["csrf_token"]
+    return browser
+
+
+async def test_pay_again_after_a_merchant_switch_settles_a_payment_the_old_merchant_took(
+    clean_db, credentials, two_merchant_sandbox
+):
+    """Review s21 LOW-1: the page switched to another merchant while the buyer paid the old
+    merchant's checkout (no webhook yet). Pay again asks SumUp with the key blog retired and
+    finds the payment: the order is paid, the answer says so, and no checkout is made."""
+    sandbox = two_merchant_sandbox
+    add_page_config(clean_db, "site", 0)
+    async with orders_stack(
+        clean_db, credentials, sandbox.server, ORDERS_MERCHANT_ACCOUNT_SECONDS="0"
+    ) as orders:
+        order_id = (await create(orders)).json()["order_id"]
+        await switch_site(orders, sumup_merchant_code=OTHER_MERCHANT, sumup_api_key=OTHER_KEY)
+        sandbox.pay(checkout_id_of(clean_db, order_id))
+        browser = await buyer_browser(orders)
+        again = await bounded(browser.post(f"/order/{order_id}/pay/"))
+        assert again.status_code == 409, again.text
+        assert "already paid" in again.json()["detail"]
+        assert dict(row[:2] for row in order_rows(clean_db))[order_id] == "paid"
+        assert attempt_statuses(clean_db, order_id) == ["PAID"]
+        assert len(sandbox.checkouts()) == 1
+
+
+async def test_pay_again_after_a_merchant_switch_says_check_out_again_and_closes_nothing(
+    clean_db, credentials, two_merchant_sandbox
+):
+    """Review s21 LOW-1: the order is for the merchant the page named at checkout (fixed in the
+    order); the page now names another, so no new checkout can be made for it, ever (new money
+    only goes to the merchant the page names). A 409 telling the buyer to check out again, not
+    a 503 that suggests waiting; the old checkout is read with the retired key, not closed, and
+    SumUp is asked for no new one."""
+    sandbox = two_merchant_sandbox
+    add_page_config(clean_db, "site", 0)
+    async with orders_stack(
+        clean_db, credentials, sandbox.server, ORDERS_MERCHANT_ACCOUNT_SECONDS="0"
+    ) as orders:
+        order_id = (await create(orders)).json()["order_id"]
+        checkout_id = checkout_id_of(clean_db, order_id)
+        await switch_site(orders, sumup_merchant_code=OTHER_MERCHANT, sumup_api_key=OTHER_KEY)
+        sandbox.fail(checkout_id)
+        browser = await buyer_browser(orders)
+        again = await bounded(browser.post(f"/order/{order_id}/pay/"))
+        assert again.status_code == 409, again.text
+        assert "check out again" in again.json()["detail"]
+        assert dict(row[:2] for row in order_rows(clean_db))[order_id] == "pending"
+        # Not closed, at SumUp or here (what SumUp said goes with the refusal's rollback).
+        assert sandbox.checkout(checkout_id)["status"] == "FAILED"
+        assert len(attempt_statuses(clean_db, order_id)) == 1
+        assert "EXPIRED" not in attempt_statuses(clean_db, order_id)
+        assert len(sandbox.checkouts()) == 1
