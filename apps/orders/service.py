@@ -140,6 +140,10 @@ RATE_WINDOW = timedelta(minutes=1)
 ORDERS_TABLE = table_of(Order).fullname
 # A pay-again this soon after an attempt was made gets that attempt (a double click).
 FRESH_ATTEMPT = timedelta(seconds=10)
+# Pay again makes no new checkout with less than this left of the order's time to pay: the
+# checkout ends when that time does (valid_until), and a person needs a while on SumUp's page
+# (card details, 3-D Secure) to pay it. One made in the last seconds could take no money.
+MIN_TIME_TO_PAY = timedelta(minutes=2)
 
 Claim = tuple[str, int]
 
@@ -1369,8 +1373,8 @@ async def start_new_attempt(
     read under the lock). A request that saw an older attempt than the current one (a double
     click, a second tab) gets the current attempt when it can still be paid, else a 409. None
     when the order turned out to be settled meanwhile: the caller commits that and says so.
-    A 409 "check out again", before anything is closed, when the page now names another
-    merchant (no new checkout can be made for the order).
+    A 409 "check out again", before anything is closed, when no new checkout can be paid or
+    made: less than MIN_TIME_TO_PAY left, or the page now names another merchant.
     A new attempt is first counted under its client network's limit (``admission``; None: no
     limit), before SumUp is asked anything; a request that gets the current attempt back is
     not counted."""
@@ -1440,6 +1444,11 @@ async def start_new_attempt(
         await _count_under_lock(session, order.id, number, admission, counted)
     # Whether a new checkout can be made, before the current one is closed: a refusal leaves
     # the buyer what they had.
+    if locked.payable_until is not None and locked.payable_until - locked.now < MIN_TIME_TO_PAY:
+        raise Conflict(
+            f"The time to pay order {order.id} is nearly over, too little to pay it at SumUp; "
+            "check out again from your cart"
+        )
     account = await _new_checkout_account(session, order)
     if current is not None and current.status in OPEN_ATTEMPT_STATES:
         applied = await close_attempt(session, order, current, runtime.gateway)

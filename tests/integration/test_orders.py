@@ -495,6 +495,34 @@ async def test_pay_again_closes_the_old_checkout_and_opens_a_new_one(orders, cle
     assert paid_again.status_code == 409
 
 
+async def test_pay_again_with_too_little_time_left_makes_no_checkout(orders, clean_db, sandbox):
+    """Audit s21b B2: a new checkout is valid until the order's payable time ends; made 30 s
+    before it ends, nobody could pay it (SumUp's page, card details, 3-D Secure). With less
+    than MIN_TIME_TO_PAY left, pay again answers the 409 "check out again", asks SumUp for no
+    checkout and leaves the current one as it is."""
+    order_id = (await create(orders)).json()["order_id"]
+    first_checkout = checkout_id_of(clean_db, order_id)
+    sandbox.fail(first_checkout)
+    with admin_connect(clean_db, "orders") as connection:
+        connection.execute(
+            "UPDATE orders.orders SET payable_until = now() + interval '30 seconds' WHERE id = %s",
+            (order_id,),
+        )
+    browser = await signed_in(orders)
+    again = await browser.post(f"/order/{order_id}/pay/")
+    assert again.status_code == 409, again.text
+    assert "check out again" in again.json()["detail"]
+    assert order_rows(clean_db)[0][1] == "pending"
+    assert [checkout["id"] for checkout in sandbox.checkouts()] == [first_checkout]
+    # Not closed, at SumUp or here (what SumUp said goes with the refused request's rollback).
+    assert sandbox.checkout(first_checkout)["status"] == "FAILED"
+    with admin_connect(clean_db, "orders") as connection:
+        attempts = connection.execute(
+            "SELECT number, status FROM orders.payment_attempts WHERE order_id = %s", (order_id,)
+        ).fetchall()
+    assert [number for number, status in attempts if status != "EXPIRED"] == [1]
+
+
 async def test_pay_again_and_a_recheck_finding_the_same_payment_do_not_deadlock(
     orders, clean_db, sandbox
 ):
