@@ -37,6 +37,7 @@ async def create_order(
 
     async def effect() -> CreatedOrder:
         made = await service.create_order(db_session, data, runtime, held)
+        held.made = True  # run_idempotent stores the answer and commits next
         superseded.extend(made.superseded)
         return made.created
 
@@ -54,10 +55,10 @@ async def create_order(
             replay=replay,
         )
     except BaseException:
-        # Not committed (run_idempotent commits last): the order never existed, but events may
-        # hold its bookings for it.
+        # Events may hold the bookings for an order that was not committed (run_idempotent
+        # commits last); a failure at the commit may come after PostgreSQL committed it.
         if held.order_id is not None:
-            await service.give_back_holds(runtime, held.order_id)
+            await service.give_back_unless_committed(db_session, runtime, held, data)
         raise
     runtime.jobs.close_soon(superseded)
     if superseded:

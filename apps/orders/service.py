@@ -36,6 +36,7 @@ from sqlalchemy import (
     bindparam,
     cast,
     column,
+    exists,
     false,
     func,
     insert,
@@ -755,10 +756,13 @@ _ATTEMPT_INSERT = DirectStatement(
 @dataclass
 class HeldForNewOrder:
     """The new order create-order asked events to hold bookings for, if it did. Until the
-    order is committed, a failure must give them back (:func:`give_back_holds`): events
-    applied the hold, or may yet, for an order that then never existed."""
+    order is committed, a failure must give them back (:func:`give_back_unless_committed`):
+    events applied the hold, or may yet, for an order that then never existed."""
 
     order_id: int | None = None
+    # create_order returned: the order is in the transaction, which is committed next. A failure
+    # from here on may come after PostgreSQL committed it (review s21 LOW-2).
+    made: bool = False
 
 
 async def create_order(
@@ -1106,17 +1110,76 @@ async def hold_bookings(
         ) from exc
 
 
+# How long a failed create-order waits for the buyer's lock to learn whether its order was
+# committed (order_committed): the order's own transaction holds it until it ends.
+COMMIT_OUTCOME_WAIT = "5s"
+
+
+async def give_back_unless_committed(
+    session: AsyncSession, runtime: OrdersRuntime, held: HeldForNewOrder, request: CreateOrder
+) -> None:
+    """Create-order failed after asking events to hold the new order's bookings: give them
+    back (:func:`give_back_holds`) when the order was not committed. A failure before the
+    commit was issued leaves nothing committed. One at or after it (the answer to COMMIT lost,
+    a cancellation while awaiting it) may come after PostgreSQL committed the order: giving
+    back then would have events refuse every later hold for it, so that the buyer's retry (the
+    same cart and key, which replays the payable order) is a 409 until its payable time passes
+    (review s21 LOW-2). The database says whether it exists; when it cannot say, nothing is
+    given back: the order's expiry (or its holds' end) releases them, whereas a give-back of
+    an order that exists would keep its buyer from it."""
+    assert held.order_id is not None
+    if held.made:
+        # The request's transaction may still be open (its answer not stored, COMMIT never
+        # sent): ended here, so that it no longer holds the buyer's lock order_committed waits
+        # for. After a commit, or on a connection lost, there is nothing to roll back.
+        try:
+            await session.rollback()
+        except Exception:
+            logger.debug("order %s: the failed create-order's rollback failed", held.order_id)
+        committed = await order_committed(runtime, held.order_id, request)
+        if committed is not False:
+            if committed is None:
+                logger.warning(
+                    "order %s: create-order failed at its commit and whether the order exists "
+                    "could not be learnt: its bookings stay held for it until its expiry "
+                    "(or, if it was not committed, until the hold for it ends)",
+                    held.order_id,
+                )
+            return
+    await give_back_holds(runtime, held.order_id)
+
+
+async def order_committed(
+    runtime: OrdersRuntime, order_id: int, request: CreateOrder
+) -> bool | None:
+    """Whether create-order's order exists, asked from a session of its own once the buyer's
+    lock is free (:func:`lock_buyer`): the order's transaction holds it until it ends, so a
+    COMMIT still on its way is waited for, not read as "no order". None when that cannot be
+    learnt within :data:`COMMIT_OUTCOME_WAIT` (the lock still held) or at all (the database
+    cannot be reached)."""
+    try:
+        async with runtime.maker() as session, session.begin():
+            await session.execute(
+                select(set_for_the_transaction("lock_timeout", COMMIT_OUTCOME_WAIT))
+            )
+            await lock_buyer(session, request.user_id, request.session_id)
+            return bool(await session.scalar(select(exists().where(Order.id == order_id))))
+    except Exception:
+        logger.exception("order %s: whether create-order committed it is unknown", order_id)
+        return None
+
+
 def give_back_holds_key(order_id: int) -> str:
     return f"orders:{order_id}:give-back-holds"
 
 
 async def give_back_holds(runtime: OrdersRuntime, order_id: int) -> None:
     """Create-order failed after asking events to hold the new order's bookings (SumUp could
-    not be reached, events answered too late, the commit failed): the order never existed, yet
-    events holds them for it, or will once it gets to the request, until its payable time and
-    30 minutes more (audit s20 M1 b). Events' release-for-order of a rolled-back order puts each
-    back on the hold it had before (the buyer's cart's), which is what the buyer was told:
-    their cart has not changed.
+    not be reached, events answered too late, the commit failed and the order is not there):
+    the order never existed, yet events holds them for it, or will once it gets to the request,
+    until its payable time and 30 minutes more (audit s20 M1 b). Events' release-for-order of a
+    rolled-back order puts each back on the hold it had before (the buyer's cart's), which is
+    what the buyer was told: their cart has not changed.
 
     Queued in a transaction of its own (the order's is rolled back), so that the relay retries
     it when events cannot take it now (or takes it before the hold it undoes: events is down or

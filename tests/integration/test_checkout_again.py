@@ -14,9 +14,11 @@ from decimal import Decimal
 import pytest
 
 from apps.common.app_factory import platform_of
+from apps.common.db import REQUEST_SESSION_KEY
 from apps.common.internal_client import InternalCallError
 from apps.events import contract as events_contract
 from apps.orders import contract as orders_contract
+from apps.orders.service import give_back_holds_key
 from apps.orders.settings import HOLD_AFTER_PAYABLE
 from apps.orders.settlement import release_bookings_key
 from tests.conftest import admin_connect, lock_waiters
@@ -902,6 +904,148 @@ async def test_a_hold_and_its_give_back_at_once_leave_the_booking_as_it_was(
     assert held.held == 1
     assert ended.ended == 1
     assert booking_hold(clean_db, shop.entry_id) == before
+    for browser in (cart, events):
+        await browser.aclose()
+
+
+class CommitAnswerLost:
+    """Orders as cart reaches it, except that the first create-order's commit fails: with
+    ``applied``, PostgreSQL committed and the answer was then lost (the request's session
+    commits, then raises: a stand-in for a connection lost after COMMIT reached the database,
+    or a cancellation while awaiting its answer); without, the commit raises before it reached
+    the database (the transaction still open on its connection)."""
+
+    def __init__(self, app, action, maker, *, applied: bool) -> None:
+        self.app = app
+        self.path = action.path
+        self.maker = maker
+        self.applied = applied
+        self.lost = 1
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["path"] == self.path and self.lost > 0:
+            self.lost -= 1
+            session = self.maker()
+            commit = session.commit
+
+            async def commit_then_lose_the_answer() -> None:
+                if self.applied:
+                    await commit()
+                raise ConnectionResetError("the answer to COMMIT was lost")
+
+            session.commit = commit_then_lose_the_answer
+            # The session the request's handler gets (apps.common.db.request_session).
+            scope.setdefault("state", {})[REQUEST_SESSION_KEY] = session
+        await self.app(scope, receive, send)
+
+
+def given_back_of(server, order_id: int) -> tuple[int, int]:
+    """Give-backs of the order's holds orders queued, and whether events recorded the order
+    as given back (and refuses any later hold for it)."""
+    with admin_connect(server, "orders") as connection:
+        queued = connection.execute(
+            "SELECT count(*) FROM orders.outbox WHERE idempotency_key = %s",
+            (give_back_holds_key(order_id),),
+        ).fetchone()[0]
+    with admin_connect(server, "events") as connection:
+        recorded = connection.execute(
+            "SELECT count(*) FROM events.given_back_orders WHERE order_id = %s", (order_id,)
+        ).fetchone()[0]
+    return queued, recorded
+
+
+async def test_a_checkout_whose_commit_answer_was_lost_keeps_its_bookings_for_the_order(
+    stack, clean_db, shop, sandbox
+):
+    """Review s21 LOW-2: create-order gave the bookings' holds back on any failure after
+    asking events to hold them, one raised by the commit included, though PostgreSQL had
+    committed the order (the answer to COMMIT lost). Events then recorded the order as given
+    back and refused every later hold for it, so the buyer's retry (the same cart and key,
+    which replays the payable order and holds its bookings again) was a 409 until the order's
+    payable time passed. A failure at the commit now asks the database whether the order
+    exists, and gives back only when it does not."""
+    cart = await browser_of(stack, "cart", user_id=3)
+    events = stack.browser("events")
+    share_cookies(cart, events)
+    assert (await events.post(f"/entries/{shop.entry_id}/book/")).status_code == 200
+
+    client = platform_of(stack.apps["cart"]).client
+    orders_app = stack.apps["orders"]
+    client.route(
+        "orders",
+        CommitAnswerLost(
+            orders_app,
+            orders_contract.create_order,
+            platform_of(orders_app).sessionmaker,
+            applied=True,
+        ),
+    )
+    try:
+        failed = await cart.post("/checkout/")
+    finally:
+        client.route("orders", orders_app)
+    assert failed.status_code >= 500, failed.text
+    [order_id] = orders_of(clean_db)
+    assert orders_of(clean_db)[order_id][0] == "pending"
+    assert given_back_of(clean_db, order_id) == (0, 0)
+    assert booking_held_for(clean_db, shop.entry_id, order_id), booking_hold(
+        clean_db, shop.entry_id
+    )
+
+    again = await cart.post("/checkout/")
+    assert again.status_code == 200, again.text
+    assert again.json()["order_id"] == order_id
+    assert booking_held_for(clean_db, shop.entry_id, order_id), booking_hold(
+        clean_db, shop.entry_id
+    )
+    assert given_back_of(clean_db, order_id) == (0, 0)
+    for browser in (cart, events):
+        await browser.aclose()
+
+
+async def test_a_checkout_whose_commit_failed_before_the_database_gives_its_bookings_back(
+    stack, clean_db, shop, sandbox
+):
+    """The other side of the test above: the commit failed before PostgreSQL committed the
+    order (its transaction still open on the request's connection). The database says there
+    is no order: its bookings are given back to the cart as they were, and checking out again
+    makes the order."""
+    cart = await browser_of(stack, "cart", user_id=3)
+    events = stack.browser("events")
+    share_cookies(cart, events)
+    assert (await events.post(f"/entries/{shop.entry_id}/book/")).status_code == 200
+    before = booking_hold(clean_db, shop.entry_id)
+
+    client = platform_of(stack.apps["cart"]).client
+    orders_app = stack.apps["orders"]
+    client.route(
+        "orders",
+        CommitAnswerLost(
+            orders_app,
+            orders_contract.create_order,
+            platform_of(orders_app).sessionmaker,
+            applied=False,
+        ),
+    )
+    try:
+        failed = await cart.post("/checkout/")
+    finally:
+        client.route("orders", orders_app)
+    assert failed.status_code >= 500, failed.text
+    assert orders_of(clean_db) == {}
+    assert booking_hold(clean_db, shop.entry_id) == before
+    # The order's id was drawn though the order never was: it is given back.
+    with admin_connect(clean_db, "events") as connection:
+        [(never_made,)] = connection.execute(
+            "SELECT order_id FROM events.given_back_orders"
+        ).fetchall()
+    assert given_back_of(clean_db, never_made) == (1, 1)
+
+    again = await cart.post("/checkout/")
+    assert again.status_code == 200, again.text
+    order_id = again.json()["order_id"]
+    assert orders_of(clean_db)[order_id][0] == "pending"
+    assert booking_held_for(clean_db, shop.entry_id, order_id)
     for browser in (cart, events):
         await browser.aclose()
 
