@@ -87,7 +87,8 @@ class Released(msgspec.Struct):
 class ReleaseForOrder(msgspec.Struct, forbid_unknown_fields=True):
     """Orders found the order unpaid past its payable time and expired it: the holds it made
     for the order end now (they last a while longer than its payable time, so that a payment
-    made in time and learnt late still finds its bookings).
+    made in time and learnt late still finds its bookings), except that a booking whose cart's
+    own hold still runs goes back on it (the payable time may be shorter than that hold).
 
     ``rolled_back``: the order will never be paid for its bookings: create-order failed after
     events held them (the order never existed), or a newer order of the buyer superseded it.

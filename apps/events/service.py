@@ -753,8 +753,11 @@ async def release_booking(session: AsyncSession, request: ReleaseBooking) -> Rel
 
 
 async def release_for_order(session: AsyncSession, request: ReleaseForOrder) -> HoldsEnded:
-    """The holds orders made for an order it expired end now; the sweeper then frees them
-    and records whose they were, as for any ended hold. A replay ends nothing more.
+    """The holds orders made for an order it expired end: each booking whose cart's own hold
+    (``cart_hold_expires_at``) still runs goes back on it, in the buyer's cart and no order's
+    (audit s21b B1: the payable time may be shorter than the cart's hold); the others end now,
+    and the sweeper then frees them and records whose they were, as for any ended hold. A
+    replay ends nothing more.
 
     ``rolled_back``: the order never existed (create-order failed after events held its
     bookings). Each booking goes back to the hold it had before (the buyer's cart's, or an
@@ -770,6 +773,7 @@ async def release_for_order(session: AsyncSession, request: ReleaseForOrder) -> 
         return await _restore_holds_before(session, request.order_id)
     ended = 0
     for model in (CalendarEntry, Ticket):
+        cart_hold_runs = model.cart_hold_expires_at > func.now()
         result = await session.execute(
             update(model)
             .where(
@@ -777,7 +781,19 @@ async def release_for_order(session: AsyncSession, request: ReleaseForOrder) -> 
                 model.hold_order_id == request.order_id,
                 model.hold_expires_at > func.now(),
             )
-            .values(hold_expires_at=func.now(), updated_at=func.now())
+            .values(
+                hold_order_id=case((cart_hold_runs, null()), else_=model.hold_order_id),
+                hold_expires_at=case(
+                    (cart_hold_runs, model.cart_hold_expires_at), else_=func.now()
+                ),
+                # Back in the cart: no order's hold to go back to (a hold for a new order
+                # takes these anew from the cart's).
+                prior_hold_order_id=case((cart_hold_runs, null()), else_=model.prior_hold_order_id),
+                prior_hold_expires_at=case(
+                    (cart_hold_runs, null()), else_=model.prior_hold_expires_at
+                ),
+                updated_at=func.now(),
+            )
             .returning(model.id)
         )
         ended += len(result.all())

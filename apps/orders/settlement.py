@@ -599,8 +599,8 @@ def release_bookings_key(order_id: int) -> str:
 
 async def enqueue_release_of_bookings(session: AsyncSession, order_id: int) -> bool:
     """An expired order's bookings: events ends the holds made for it now, not when they would
-    end (HOLD_AFTER_PAYABLE past its payable time). In the expiry's transaction; False when
-    the order has no bookings."""
+    end (HOLD_AFTER_PAYABLE past its payable time), or puts a booking back on its cart's hold
+    while that still runs. In the expiry's transaction; False when the order has no bookings."""
     booked = await session.scalar(
         select(
             exists().where(

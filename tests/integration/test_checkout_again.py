@@ -1068,6 +1068,63 @@ async def _give_back(client, order_id: int) -> int:
     return given.ended
 
 
+async def _expire(client, order_id: int) -> int:
+    """The order's release as its expiry sends it (not rolled back)."""
+    released = await client.call(
+        events_contract.release_for_order, events_contract.ReleaseForOrder(order_id=order_id)
+    )
+    return released.ended
+
+
+@pytest.mark.parametrize("cart_hold", ["running", "run out"])
+async def test_an_expired_orders_booking_goes_back_to_its_cart_hold_while_that_runs(
+    stack, clean_db, shop, sandbox, cart_hold
+):
+    """Audit s21b B1: with ORDERS_PAYABLE_SECONDS below EVENTS_HOLD_SECONDS, an order expired
+    while the cart's own hold of its booking still ran, and its release ended the booking's
+    hold at once: the booking left the cart minutes early, though the cart "still holds its
+    goods". The release now puts a booking whose cart hold still runs back on it (in the
+    cart, no order's); one whose cart hold ran out ends now, as before."""
+    cart = await browser_of(stack, "cart", user_id=3)
+    events = stack.browser("events")
+    share_cookies(cart, events)
+    assert (await events.post(f"/entries/{shop.entry_id}/book/")).status_code == 200
+    before = booking_hold(clean_db, shop.entry_id)
+    assert before[:3] == ("pending", None, None), before
+    client = platform_of(stack.apps["orders"]).client
+    order_id = 987_901
+    assert await _hold(client, order_id, shop.entry_id, before[3] + timedelta(minutes=45)) == 1
+    if cart_hold == "run out":
+        with admin_connect(clean_db, "events") as admin:
+            admin.execute(
+                "UPDATE events.calendar_entries SET cart_hold_expires_at = now() - interval "
+                "'1 minute' WHERE id = %s",
+                (shop.entry_id,),
+            )
+
+    assert await _expire(client, order_id) == 1
+    assert not booking_held_for(clean_db, shop.entry_id, order_id)
+    if cart_hold == "running":
+        assert booking_hold(clean_db, shop.entry_id) == before
+        assert await sweep_ended_holds_now(stack) == 0
+        assert (await cart.get("/api/cart")).json()["count"] == 1
+    else:
+        with admin_connect(clean_db, "events") as admin:
+            ended = admin.execute(
+                "SELECT hold_expires_at <= now() FROM events.calendar_entries WHERE id = %s",
+                (shop.entry_id,),
+            ).fetchone()
+        assert ended == (True,)
+        assert await sweep_ended_holds_now(stack) == 1
+        assert booking_hold(clean_db, shop.entry_id)[0] == "open"
+    # A replay of the release changes nothing.
+    settled = booking_hold(clean_db, shop.entry_id)
+    assert await _expire(client, order_id) == 0
+    assert booking_hold(clean_db, shop.entry_id) == settled
+    for browser in (cart, events):
+        await browser.aclose()
+
+
 @pytest.mark.parametrize("first_given_back", ["older", "newer"])
 async def test_two_failed_checkouts_in_a_row_give_the_booking_back_to_the_cart(
     stack, clean_db, shop, sandbox, first_given_back

@@ -365,7 +365,8 @@ async def test_slow_sumup_the_cart_waits_for_orders_and_tells_the_truth(
 
 def time_passes_beyond_payable(server, order_id: int) -> None:
     """The order's payable time ends a second ago, and every hold orders made for it moves by
-    as much: the clock of both databases, as the sweeper and reconciliation see it."""
+    as much, with the cart's own hold kept under it (with the default settings that one ran out
+    first): the clock of both databases, as the sweeper and reconciliation see it."""
     with admin_connect(server, "orders") as orders:
         shift = orders.execute(
             "SELECT payable_until - now() + interval '1 second' FROM orders.orders WHERE id = %s",
@@ -378,9 +379,10 @@ def time_passes_beyond_payable(server, order_id: int) -> None:
     with admin_connect(server, "events") as events:
         for table in ("calendar_entries", "tickets"):
             events.execute(
-                f"UPDATE events.{table} SET hold_expires_at = hold_expires_at - %s "
-                "WHERE hold_order_id = %s",
-                (shift, order_id),
+                f"UPDATE events.{table} SET hold_expires_at = hold_expires_at - %s, "
+                "cart_hold_expires_at = cart_hold_expires_at - %s, "
+                "prior_hold_expires_at = prior_hold_expires_at - %s WHERE hold_order_id = %s",
+                (shift, shift, shift, order_id),
             )
 
 
