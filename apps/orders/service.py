@@ -74,7 +74,6 @@ from apps.common.db import (
 from apps.common.direct import DirectStatement
 from apps.common.fdw import ProviderUnavailable, remote_read, timeout_for_next_reads
 from apps.common.internal_client import InternalCallError
-from apps.common.outbox import enqueue
 from apps.common.problems import (
     Conflict,
     DependencyUnavailable,
@@ -121,6 +120,7 @@ from apps.orders.settlement import (
     after_payment_keys,
     close_attempt,
     confirm_bookings_key,
+    enqueue_give_back,
     enqueue_give_back_of_superseded,
     merchant_account,
     money,
@@ -1188,13 +1188,7 @@ async def give_back_holds(runtime: OrdersRuntime, order_id: int) -> None:
     key = give_back_holds_key(order_id)
     try:
         async with runtime.maker() as session, session.begin():
-            await enqueue(
-                session,
-                outbox,
-                events.release_for_order,
-                events.ReleaseForOrder(order_id=order_id, rolled_back=True),
-                idempotency_key=key,
-            )
+            await enqueue_give_back(session, order_id, key)
     except Exception:
         logger.exception(
             "order %s was rolled back after events held its bookings, and giving them back "

@@ -649,15 +649,21 @@ async def enqueue_give_back_of_superseded(
     keys = []
     for order_id in booked:
         key = give_back_superseded_key(order_id)
-        await enqueue(
-            session,
-            outbox,
-            events.release_for_order,
-            events.ReleaseForOrder(order_id=order_id, rolled_back=True),
-            idempotency_key=key,
-        )
+        await enqueue_give_back(session, order_id, key)
         keys.append(key)
     return keys
+
+
+async def enqueue_give_back(session: AsyncSession, order_id: int, key: str) -> None:
+    """Queue events' release-for-order with ``rolled_back`` for ``order_id`` (its bookings go
+    back to the hold they had before it) in ``session``'s transaction, under ``key``."""
+    await enqueue(
+        session,
+        outbox,
+        events.release_for_order,
+        events.ReleaseForOrder(order_id=order_id, rolled_back=True),
+        idempotency_key=key,
+    )
 
 
 def after_payment_keys(order_id: int) -> tuple[str, ...]:
