@@ -24,9 +24,11 @@ from typing import Any, cast
 
 import psycopg
 from psycopg.pq import ExecStatus
+from sqlalchemy import event
 from sqlalchemy.dialects.postgresql.psycopg import PGDialectAsync_psycopg
 from sqlalchemy.exc import DBAPIError, InvalidRequestError, StatementError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.orm import Session
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import ValuesBase
 from sqlalchemy.sql.elements import ClauseElement
@@ -161,23 +163,18 @@ class DirectStatement:
         try:
             async with driver.cursor() as cursor:
                 await cursor.execute(self.sql, values)
-                result = cursor.pgresult
-                if not fetch or result is None or result.status != ExecStatus.TUPLES_OK:
-                    return [], cursor.rowcount
-                rows = await cursor.fetchall()
-                return self._rows(rows, cursor), cursor.rowcount
+                return await self._read(cursor, fetch)
         except psycopg.Error as exc:
-            invalidated = connection.dialect.is_disconnect(cast(Any, exc), cast(Any, driver), None)
-            if invalidated:
-                await connection.invalidate(exc)
-            raise DBAPIError.instance(
-                self.sql,
-                values,
-                exc,
-                psycopg.Error,
-                connection_invalidated=invalidated,
-                dialect=connection.dialect,
-            ) from exc
+            raise await _as_sqlalchemys(connection, driver, self.sql, values, exc) from exc
+
+    async def _read(
+        self, cursor: psycopg.AsyncCursor[Any], fetch: bool
+    ) -> tuple[list[DirectRow], int]:
+        result = cursor.pgresult
+        if not fetch or result is None or result.status != ExecStatus.TUPLES_OK:
+            return [], cursor.rowcount
+        rows = await cursor.fetchall()
+        return self._rows(rows, cursor), cursor.rowcount
 
     def _rows(
         self, rows: Sequence[tuple[Any, ...]], cursor: psycopg.AsyncCursor[Any]
@@ -225,3 +222,153 @@ class DirectStatement:
     async def rowcount(self, runner: Runner, params: Mapping[str, Any] | None = None) -> int:
         """Rows a DML statement without RETURNING changed."""
         return (await self._execute(runner, params, fetch=False))[1]
+
+
+async def _as_sqlalchemys(
+    connection: AsyncConnection,
+    driver: psycopg.AsyncConnection[Any],
+    sql: str,
+    values: Any,
+    exc: psycopg.Error,
+) -> StatementError:
+    """``exc`` as a session would raise it; a lost connection is invalidated first."""
+    invalidated = connection.dialect.is_disconnect(cast(Any, exc), cast(Any, driver), None)
+    if invalidated:
+        await connection.invalidate(exc)
+    return DBAPIError.instance(
+        sql,
+        values,
+        exc,
+        psycopg.Error,
+        connection_invalidated=invalidated,
+        dialect=connection.dialect,
+    )
+
+
+# One statement of a batch, and its parameters.
+Call = tuple[DirectStatement, Mapping[str, Any] | None]
+
+
+# A statement of a batch with its parameters as sent (:meth:`DirectStatement.parameters`).
+_Bound = tuple[DirectStatement, MutableMapping[str, Any]]
+
+
+async def _pipelined(
+    runner: Runner, bound: Sequence[_Bound], *, then_commit: bool = False
+) -> list[list[DirectRow]]:
+    """The statements sent in psycopg's pipeline mode, followed by COMMIT if asked, with one
+    Sync at the end: one round trip. PostgreSQL runs them in order; once one fails, those
+    after it (and the COMMIT) are skipped, and the first error is raised as a session raises
+    it."""
+    connection, driver = await _driver_of(runner)
+    cursors: list[psycopg.AsyncCursor[Any]] = []
+    try:
+        try:
+            async with driver.pipeline():
+                for statement, parameters in bound:
+                    cursor = driver.cursor()
+                    cursors.append(cursor)
+                    await cursor.execute(statement.sql, parameters)
+                if then_commit:
+                    # As a statement, not Connection.commit(): that syncs at once, and leaving
+                    # the pipeline would then cost a second round trip for its own Sync.
+                    await driver.execute(b"COMMIT", prepare=False)
+        except psycopg.Error as exc:
+            # The statement that failed is the first without a result (cursors may be fewer
+            # than the statements when sending failed).
+            failed: tuple[str, Any] = next(
+                (
+                    (statement.sql, parameters)
+                    for (statement, parameters), cursor in zip(bound, cursors, strict=False)
+                    if cursor.pgresult is None
+                ),
+                ("COMMIT", None),
+            )
+            sql, parameters = failed
+            raise await _as_sqlalchemys(connection, driver, sql, parameters, exc) from exc
+        return [
+            (await statement._read(cursor, fetch=True))[0]
+            for (statement, _), cursor in zip(bound, cursors, strict=True)
+        ]
+    finally:
+        for cursor in cursors:
+            await cursor.close()
+
+
+async def run_together(runner: Runner, *calls: Call) -> list[list[DirectRow]]:
+    """Several statements in one round trip, the rows of each returned (none for a statement
+    without RETURNING). For statements whose parameters do not come from each other's rows:
+    PostgreSQL runs them one after the other in the order given, so each sees what those
+    before it did, and their locks are taken in that order. The first that fails raises as
+    :class:`DirectStatement` does; those after it do not run (the transaction is then failed,
+    for the caller to roll back)."""
+    return await _pipelined(
+        runner, [(statement, statement.parameters(params)) for statement, params in calls]
+    )
+
+
+# Where a session keeps its writes at commit: (its transaction, [(statement, parameters)]).
+_AT_COMMIT = "rose_direct_at_commit"
+
+
+def write_at_commit(
+    session: AsyncSession, statement: DirectStatement, params: Mapping[str, Any] | None
+) -> None:
+    """A write of the session's transaction whose result nothing reads (a message for an
+    outbox, an idempotency key's answer): made with the transaction's COMMIT, in its round trip,
+    by :func:`commit`; by the session's own ``commit`` (just before its COMMIT, as it makes
+    pending ORM changes), so that no way of committing loses it. A rollback, or a transaction
+    that ends otherwise, forgets it. Nothing in the transaction sees it before the commit.
+    Not inside a savepoint: the savepoint's rollback could not take it back."""
+    sync = session.sync_session
+    transaction = sync.get_transaction()
+    if transaction is None or not transaction.is_active:
+        raise TypeError("a write at commit needs the transaction begun by a statement first")
+    if sync.get_nested_transaction() is not None:
+        raise TypeError("a write at commit cannot be undone by a savepoint: run it now")
+    held: tuple[Any, list[_Bound]] | None = session.info.get(_AT_COMMIT)
+    if held is None or held[0] is not transaction:
+        held = session.info[_AT_COMMIT] = (transaction, [])
+    held[1].append((statement, statement.parameters(params)))
+
+
+def _take_writes(sync: Session) -> list[_Bound]:
+    """The writes at commit of the session's current transaction, no longer held. Those of a
+    transaction that ended without a commit are dropped."""
+    held = sync.info.pop(_AT_COMMIT, None)
+    if held is None or held[0] is not sync.get_transaction():
+        return []
+    return held[1]
+
+
+@event.listens_for(Session, "before_commit")
+def _write_before_commit(sync: Session) -> None:
+    """A commit other than :func:`commit`'s: the writes at commit first, a round trip each."""
+    if sync.get_nested_transaction() is not None:
+        return  # a savepoint's release: they wait for the transaction's commit
+    writes = _take_writes(sync)
+    if writes:
+        connection = sync.connection()
+        for statement, values in writes:
+            connection.exec_driver_sql(statement.sql, values)
+
+
+async def commit(session: AsyncSession) -> None:
+    """Commit the session's transaction; its writes at commit (:func:`write_at_commit`) are sent
+    with the COMMIT, in one round trip. Pending ORM changes are flushed first. With a savepoint
+    open, or nothing queued, it is the session's own commit."""
+    sync = session.sync_session
+    held = session.info.get(_AT_COMMIT)
+    if (
+        held is None
+        or held[0] is not sync.get_transaction()
+        or sync.get_nested_transaction() is not None
+    ):
+        await session.commit()
+        return
+    if session.new or session.dirty or session.deleted:
+        await session.flush()
+    await _pipelined(session, _take_writes(sync), then_commit=True)
+    # The session's own bookkeeping: psycopg's connection is idle now, so its commit sends
+    # nothing.
+    await session.commit()

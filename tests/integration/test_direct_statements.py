@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import DeclarativeBase
 
 from apps.common.db import create_engine, sessionmaker_for
-from apps.common.direct import DirectStatement
+from apps.common.direct import DirectStatement, commit, run_together, write_at_commit
 from tests.pg import TestServer
 
 SCHEMA = "direct_test"
@@ -238,3 +238,171 @@ async def test_on_a_connection_only_in_autocommit(engine: AsyncEngine) -> None:
             await DirectStatement(COUNT).scalar(connection)
     async with sessionmaker_for(engine)() as session:
         assert await DirectStatement(COUNT).scalar(session) == 1
+
+
+# -- several statements in one round trip, and writes sent with the COMMIT ---------------------
+class RoundTrips:
+    """Counts the round trips of a psycopg connection: libpq's trace of what the server sent,
+    one ReadyForQuery per synchronisation point (a simple query such as BEGIN, or a Sync)."""
+
+    def __init__(self, driver: Any, path: Any) -> None:
+        self._file = open(path, "w+")  # noqa: SIM115 (closed in count)
+        self._driver = driver
+        driver.pgconn.trace(self._file.fileno())
+        driver.pgconn.set_trace_flags(
+            psycopg.pq.Trace.SUPPRESS_TIMESTAMPS | psycopg.pq.Trace.REGRESS_MODE
+        )
+
+    def count(self) -> int:
+        self._driver.pgconn.untrace()
+        self._file.seek(0)
+        trace = self._file.read()
+        self._file.close()
+        return sum(1 for line in trace.splitlines() if "\tReadyForQuery\t" in line)
+
+
+async def driver_of(session: AsyncSession) -> Any:
+    connection = await session.connection()
+    return connection.sync_connection.connection.driver_connection  # type: ignore[union-attr]
+
+
+async def test_together_in_one_round_trip_in_the_order_given(
+    session: AsyncSession, tmp_path: Any
+) -> None:
+    """``run_together``: the statements run in the order given, each sees what those before it
+    did, and all of them cost one round trip."""
+    await session.execute(INSERT, {"key": "a", "payload": {}, "amount": Decimal(1)})
+    trips = RoundTrips(await driver_of(session), tmp_path / "trace")
+    inserted, shut, found, counted = await run_together(
+        session,
+        (DirectStatement(INSERT), {"key": "b", "payload": {"n": 1}, "amount": Decimal(2)}),
+        (DirectStatement(SHUT), {"key": "a"}),
+        (DirectStatement(BY_KEY), {"key": "a"}),
+        (DirectStatement(COUNT), None),
+    )
+    assert trips.count() == 1
+    assert [row.key for row in inserted] == ["b"]
+    assert shut == []  # no RETURNING: no rows
+    assert as_tuples(found) == [("a", {}, Decimal("1.00"), "shut")]
+    assert as_tuples(counted) == [(2, Decimal("3.00"))]
+
+
+async def test_together_the_first_failure_raises_and_nothing_after_it_runs(
+    engine: AsyncEngine,
+) -> None:
+    maker = sessionmaker_for(engine)
+    async with maker() as session:
+        await DirectStatement(INSERT).first(session, {"key": "x", "payload": {}, "amount": 1})
+        await session.commit()
+    async with maker() as session:
+        with pytest.raises(IntegrityError) as raised:
+            await run_together(
+                session,
+                (DirectStatement(SHUT), {"key": "x"}),
+                (DirectStatement(INSERT), {"key": "x", "payload": {}, "amount": 2}),
+                (DirectStatement(INSERT), {"key": "y", "payload": {}, "amount": 3}),
+            )
+        assert "things_key_key" in str(raised.value.orig)
+        assert raised.value.statement == DirectStatement(INSERT).sql
+        await session.rollback()
+        # The session goes on after its rollback; nothing of the failed batch was kept.
+        assert as_tuples(await DirectStatement(BY_KEY).rows(session, {"key": "x"})) == [
+            ("x", {}, Decimal("1.00"), "open")
+        ]
+        assert await DirectStatement(COUNT).scalar(session) == 1
+
+
+async def test_writes_at_commit_go_with_the_commit_in_one_round_trip(
+    engine: AsyncEngine, tmp_path: Any
+) -> None:
+    maker = sessionmaker_for(engine)
+    async with maker() as session:
+        await DirectStatement(INSERT).first(session, {"key": "w1", "payload": {}, "amount": 1})
+        write_at_commit(session, DirectStatement(SHUT), {"key": "w1"})
+        write_at_commit(session, DirectStatement(INSERT), {"key": "w2", "payload": {}, "amount": 2})
+        # Not written yet: nothing in this transaction reads them.
+        assert as_tuples(await DirectStatement(BY_KEY).rows(session, {"key": "w1"}))[0][3] == (
+            "open"
+        )
+        trips = RoundTrips(await driver_of(session), tmp_path / "trace")
+        await commit(session)
+        assert trips.count() == 1
+        assert not session.in_transaction()
+    async with maker() as session:
+        rows = await session.execute(select(things.c.key, things.c.state).order_by(things.c.key))
+        assert as_tuples(rows) == [("w1", "shut"), ("w2", "open")]
+
+
+async def test_writes_at_commit_are_made_by_any_commit_and_forgotten_by_a_rollback(
+    engine: AsyncEngine,
+) -> None:
+    """The session's own ``commit`` makes them too (before its COMMIT, a round trip each), so
+    code that commits the usual way loses none; a rollback, or a transaction that ends
+    otherwise, forgets them."""
+    maker = sessionmaker_for(engine)
+    async with maker() as session:
+        await DirectStatement(COUNT).scalar(session)
+        write_at_commit(session, DirectStatement(INSERT), {"key": "k", "payload": {}, "amount": 1})
+        await session.commit()
+        await DirectStatement(COUNT).scalar(session)
+        write_at_commit(session, DirectStatement(INSERT), {"key": "r", "payload": {}, "amount": 1})
+        await session.rollback()
+        await DirectStatement(COUNT).scalar(session)
+        await session.commit()
+        await DirectStatement(COUNT).scalar(session)
+        write_at_commit(session, DirectStatement(INSERT), {"key": "c", "payload": {}, "amount": 1})
+    # Closed without a commit: as a rollback.
+    async with maker() as session:
+        await DirectStatement(COUNT).scalar(session)
+        await commit(session)  # nothing queued: the session's own commit
+    async with maker() as session:
+        keys = await session.scalars(select(things.c.key).order_by(things.c.key))
+        assert list(keys) == ["k"]
+
+
+async def test_a_write_at_commit_that_fails_takes_the_whole_transaction_back(
+    engine: AsyncEngine,
+) -> None:
+    maker = sessionmaker_for(engine)
+    async with maker() as session:
+        await DirectStatement(INSERT).first(session, {"key": "dup", "payload": {}, "amount": 1})
+        await session.commit()
+    async with maker() as session:
+        await DirectStatement(INSERT).first(session, {"key": "new", "payload": {}, "amount": 1})
+        write_at_commit(
+            session, DirectStatement(INSERT), {"key": "dup", "payload": {}, "amount": 9}
+        )
+        with pytest.raises(IntegrityError):
+            await commit(session)
+        await session.rollback()
+        keys = await session.scalars(select(things.c.key).order_by(things.c.key))
+        assert list(keys) == ["dup"]
+
+
+async def test_writes_at_commit_with_orm_changes_and_savepoints(engine: AsyncEngine) -> None:
+    """ORM changes still pending are flushed first; a write cannot be queued inside a
+    savepoint, whose rollback could not take it back; with a savepoint open, ``commit`` is the
+    session's own (the writes are made before its COMMIT all the same)."""
+    maker = sessionmaker_for(engine)
+    async with maker() as session:
+        session.add(Thing(key="orm", payload={}, amount=Decimal(1), state="open"))
+        await DirectStatement(COUNT).scalar(session)
+        write_at_commit(session, DirectStatement(SHUT), {"key": "orm"})
+        await commit(session)
+    async with maker() as session:
+        await DirectStatement(COUNT).scalar(session)
+        write_at_commit(session, DirectStatement(INSERT), {"key": "sp", "payload": {}, "amount": 1})
+        savepoint = await session.begin_nested()
+        with pytest.raises(TypeError, match="savepoint"):
+            write_at_commit(session, DirectStatement(SHUT), {"key": "sp"})
+        await DirectStatement(INSERT).first(session, {"key": "in", "payload": {}, "amount": 1})
+        await savepoint.commit()
+        await commit(session)
+    async with maker() as session:
+        rows = await session.execute(select(things.c.key, things.c.state).order_by(things.c.key))
+        assert as_tuples(rows) == [("in", "open"), ("orm", "shut"), ("sp", "open")]
+
+
+async def test_a_write_at_commit_needs_a_transaction(session: AsyncSession) -> None:
+    with pytest.raises(TypeError, match="transaction"):
+        write_at_commit(session, DirectStatement(SHUT), {"key": "none"})
