@@ -26,12 +26,14 @@ import psycopg
 from psycopg.pq import ExecStatus
 from sqlalchemy import event
 from sqlalchemy.dialects.postgresql.psycopg import PGDialectAsync_psycopg
+from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, InvalidRequestError, StatementError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import ValuesBase
 from sqlalchemy.sql.elements import ClauseElement
+from sqlalchemy.util import await_only
 
 # A row: a named tuple of the statement's result columns (``row.total``, ``row[0]``), typed
 # loosely as SQLAlchemy's rows are.
@@ -235,64 +237,58 @@ async def _as_sqlalchemys(
     invalidated = connection.dialect.is_disconnect(cast(Any, exc), cast(Any, driver), None)
     if invalidated:
         await connection.invalidate(exc)
+    return _error(connection.dialect, sql, values, exc, invalidated)
+
+
+def _error(
+    dialect: Dialect, sql: str, values: Any, exc: psycopg.Error, invalidated: bool
+) -> StatementError:
     return DBAPIError.instance(
-        sql,
-        values,
-        exc,
-        psycopg.Error,
-        connection_invalidated=invalidated,
-        dialect=connection.dialect,
+        sql, values, exc, psycopg.Error, connection_invalidated=invalidated, dialect=dialect
     )
 
 
 # One statement of a batch, and its parameters.
 Call = tuple[DirectStatement, Mapping[str, Any] | None]
 
-
 # A statement of a batch with its parameters as sent (:meth:`DirectStatement.parameters`).
 _Bound = tuple[DirectStatement, MutableMapping[str, Any]]
 
 
-async def _pipelined(
-    runner: Runner, bound: Sequence[_Bound], *, then_commit: bool = False
-) -> list[list[DirectRow]]:
+async def _send_together(
+    driver: psycopg.AsyncConnection[Any],
+    bound: Sequence[_Bound],
+    cursors: list[psycopg.AsyncCursor[Any]],
+    *,
+    then_commit: bool = False,
+) -> None:
     """The statements sent in psycopg's pipeline mode, followed by COMMIT if asked, with one
     Sync at the end: one round trip. PostgreSQL runs them in order; once one fails, those
-    after it (and the COMMIT) are skipped, and the first error is raised as a session raises
-    it."""
-    connection, driver = await _driver_of(runner)
-    cursors: list[psycopg.AsyncCursor[Any]] = []
-    try:
-        try:
-            async with driver.pipeline():
-                for statement, parameters in bound:
-                    cursor = driver.cursor()
-                    cursors.append(cursor)
-                    await cursor.execute(statement.sql, parameters)
-                if then_commit:
-                    # As a statement, not Connection.commit(): that syncs at once, and leaving
-                    # the pipeline would then cost a second round trip for its own Sync.
-                    await driver.execute(b"COMMIT", prepare=False)
-        except psycopg.Error as exc:
-            # The statement that failed is the first without a result (cursors may be fewer
-            # than the statements when sending failed).
-            failed: tuple[str, Any] = next(
-                (
-                    (statement.sql, parameters)
-                    for (statement, parameters), cursor in zip(bound, cursors, strict=False)
-                    if cursor.pgresult is None
-                ),
-                ("COMMIT", None),
-            )
-            sql, parameters = failed
-            raise await _as_sqlalchemys(connection, driver, sql, parameters, exc) from exc
-        return [
-            (await statement._read(cursor, fetch=True))[0]
-            for (statement, _), cursor in zip(bound, cursors, strict=True)
-        ]
-    finally:
-        for cursor in cursors:
-            await cursor.close()
+    after it (and the COMMIT) are skipped, and the first error is raised. Each statement's
+    result is left on its cursor, appended to ``cursors`` (for the caller to close)."""
+    async with driver.pipeline():
+        for statement, parameters in bound:
+            cursor = driver.cursor()
+            cursors.append(cursor)
+            await cursor.execute(statement.sql, parameters)
+        if then_commit:
+            # As a statement, not Connection.commit(): that syncs at once, and leaving the
+            # pipeline would then cost a second round trip for its own Sync.
+            await driver.execute(b"COMMIT", prepare=False)
+
+
+def _failed(bound: Sequence[_Bound], cursors: list[psycopg.AsyncCursor[Any]]) -> tuple[str, Any]:
+    """The statement of a batch that failed: the first without a result (the cursors may be
+    fewer than the statements when sending failed); else the COMMIT."""
+    for (statement, parameters), cursor in zip(bound, cursors, strict=False):
+        if cursor.pgresult is None:
+            return statement.sql, parameters
+    return "COMMIT", None
+
+
+async def _close(cursors: list[psycopg.AsyncCursor[Any]]) -> None:
+    for cursor in cursors:
+        await cursor.close()
 
 
 async def run_together(runner: Runner, *calls: Call) -> list[list[DirectRow]]:
@@ -302,9 +298,21 @@ async def run_together(runner: Runner, *calls: Call) -> list[list[DirectRow]]:
     before it did, and their locks are taken in that order. The first that fails raises as
     :class:`DirectStatement` does; those after it do not run (the transaction is then failed,
     for the caller to roll back)."""
-    return await _pipelined(
-        runner, [(statement, statement.parameters(params)) for statement, params in calls]
-    )
+    bound = [(statement, statement.parameters(params)) for statement, params in calls]
+    connection, driver = await _driver_of(runner)
+    cursors: list[psycopg.AsyncCursor[Any]] = []
+    try:
+        try:
+            await _send_together(driver, bound, cursors)
+        except psycopg.Error as exc:
+            sql, values = _failed(bound, cursors)
+            raise await _as_sqlalchemys(connection, driver, sql, values, exc) from exc
+        return [
+            (await statement._read(cursor, fetch=True))[0]
+            for (statement, _), cursor in zip(bound, cursors, strict=True)
+        ]
+    finally:
+        await _close(cursors)
 
 
 # Where a session keeps its writes at commit: (its transaction, [(statement, parameters)]).
@@ -315,11 +323,10 @@ def write_at_commit(
     session: AsyncSession, statement: DirectStatement, params: Mapping[str, Any] | None
 ) -> None:
     """A write of the session's transaction whose result nothing reads (a message for an
-    outbox, an idempotency key's answer): made with the transaction's COMMIT, in its round trip,
-    by :func:`commit`; by the session's own ``commit`` (just before its COMMIT, as it makes
-    pending ORM changes), so that no way of committing loses it. A rollback, or a transaction
-    that ends otherwise, forgets it. Nothing in the transaction sees it before the commit.
-    Not inside a savepoint: the savepoint's rollback could not take it back."""
+    outbox, an idempotency key's answer), sent with the transaction's COMMIT, in its round
+    trip, whatever commits the session. A rollback, or a transaction that ends otherwise,
+    forgets it. Nothing in the transaction sees it before the commit. Not inside a savepoint:
+    the savepoint's rollback could not take it back."""
     sync = session.sync_session
     transaction = sync.get_transaction()
     if transaction is None or not transaction.is_active:
@@ -342,33 +349,31 @@ def _take_writes(sync: Session) -> list[_Bound]:
 
 
 @event.listens_for(Session, "before_commit")
-def _write_before_commit(sync: Session) -> None:
-    """A commit other than :func:`commit`'s: the writes at commit first, a round trip each."""
+def _commit_with_the_writes(sync: Session) -> None:
+    """A session's commit with writes at commit: pending ORM changes flushed, then the writes
+    and COMMIT in one round trip. SQLAlchemy's own COMMIT after this finds psycopg's
+    connection idle and sends nothing. (Runs in the greenlet of the async session's commit,
+    where SQLAlchemy's async bridge awaits.)"""
     if sync.get_nested_transaction() is not None:
         return  # a savepoint's release: they wait for the transaction's commit
     writes = _take_writes(sync)
-    if writes:
-        connection = sync.connection()
-        for statement, values in writes:
-            connection.exec_driver_sql(statement.sql, values)
-
-
-async def commit(session: AsyncSession) -> None:
-    """Commit the session's transaction; its writes at commit (:func:`write_at_commit`) are sent
-    with the COMMIT, in one round trip. Pending ORM changes are flushed first. With a savepoint
-    open, or nothing queued, it is the session's own commit."""
-    sync = session.sync_session
-    held = session.info.get(_AT_COMMIT)
-    if (
-        held is None
-        or held[0] is not sync.get_transaction()
-        or sync.get_nested_transaction() is not None
-    ):
-        await session.commit()
+    if not writes:
         return
-    if session.new or session.dirty or session.deleted:
-        await session.flush()
-    await _pipelined(session, _take_writes(sync), then_commit=True)
-    # The session's own bookkeeping: psycopg's connection is idle now, so its commit sends
-    # nothing.
-    await session.commit()
+    if sync.new or sync.dirty or sync.deleted:
+        sync.flush()
+    connection = sync.connection()
+    driver = cast(
+        "psycopg.AsyncConnection[Any]",
+        connection.connection.driver_connection,
+    )
+    cursors: list[psycopg.AsyncCursor[Any]] = []
+    try:
+        await_only(_send_together(driver, writes, cursors, then_commit=True))
+    except psycopg.Error as exc:
+        invalidated = connection.dialect.is_disconnect(cast(Any, exc), cast(Any, driver), None)
+        if invalidated:
+            connection.invalidate(exc)
+        sql, values = _failed(writes, cursors)
+        raise _error(connection.dialect, sql, values, exc, invalidated) from exc
+    finally:
+        await_only(_close(cursors))

@@ -92,15 +92,26 @@ async def remote_read(
     except DBAPIError as exc:
         if savepoint is not None:
             await savepoint.rollback()
-        state = _sqlstate(exc)
-        if state.startswith("08") or state in UNAVAILABLE_SQLSTATES:
-            logger.warning("%s unavailable through FDW: %s %s", provider, state, exc.orig)
-            reason = "timeout" if state == "57014" else state
-            FDW_DEGRADED_READS.labels(provider, reason).inc()
-            raise ProviderUnavailable(provider, reason) from exc
+        unavailable = provider_unavailable(exc, provider)
+        if unavailable is not None:
+            raise unavailable from exc
         raise
     else:
         if savepoint is not None:
             # Back to the session's own timeout for whatever the transaction does next.
             await DEFAULT_TIMEOUT.rowcount(session)
             await savepoint.commit()
+
+
+def provider_unavailable(exc: DBAPIError, provider: str) -> ProviderUnavailable | None:
+    """What a failed FDW read of ``provider`` means for the caller: ProviderUnavailable when
+    the provider could not answer (connection, timeout: logged and counted), None for any
+    other error. For a read that is not in a :func:`remote_read` block (sent with other
+    statements, its own error told from theirs by the statement)."""
+    state = _sqlstate(exc)
+    if not (state.startswith("08") or state in UNAVAILABLE_SQLSTATES):
+        return None
+    logger.warning("%s unavailable through FDW: %s %s", provider, state, exc.orig)
+    reason = "timeout" if state == "57014" else state
+    FDW_DEGRADED_READS.labels(provider, reason).inc()
+    return ProviderUnavailable(provider, reason)

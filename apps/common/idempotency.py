@@ -27,7 +27,7 @@ from sqlalchemy import Column, DateTime, MetaData, String, Table, bindparam, fun
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from apps.common.direct import DirectStatement
+from apps.common.direct import DirectStatement, write_at_commit
 from apps.common.problems import Conflict, InvalidInput
 
 MAX_KEY_LENGTH = 200
@@ -160,6 +160,7 @@ async def _run_and_store(
     effect: Callable[[], Awaitable[Any]],
 ) -> Any:
     result = msgspec.to_builtins(await effect())
-    await statements.answer.rowcount(session, {**this_key, "key_response": result})
+    # The answer goes with the COMMIT (one round trip): the effect's own writes at commit too.
+    write_at_commit(session, statements.answer, {**this_key, "key_response": result})
     await session.commit()
     return result

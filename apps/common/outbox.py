@@ -40,7 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.sql import ColumnElement, Select
 
 from apps.common.contracts import Action
-from apps.common.direct import DirectStatement
+from apps.common.direct import DirectStatement, write_at_commit
 from apps.common.internal_client import InternalCallError, InternalClient
 from apps.common.observability import (
     OUTBOX_DELIVERIES,
@@ -99,19 +99,43 @@ async def enqueue(
 ) -> bool:
     """Add a call of ``action`` in the caller's transaction; False when that key is already
     queued."""
-    if not isinstance(request, action.request):
-        raise TypeError(f"{action.name} takes {action.request.__name__}, not {request!r}")
     queued = await _queue_statement(table).first(
-        session,
-        {
-            "message_service": action.service,
-            "message_action": action.name,
-            "message_payload": msgspec.to_builtins(request),
-            "message_key": idempotency_key,
-            "message_trace": current_traceparent(),
-        },
+        session, _message(action, request, idempotency_key)
     )
     return queued is not None
+
+
+async def enqueue_at_commit(
+    session: AsyncSession,
+    table: Table,
+    action: Action[Any, Any],
+    request: msgspec.Struct,
+    *,
+    idempotency_key: str,
+) -> None:
+    """:func:`enqueue` as a write at commit (apps.common.direct.write_at_commit): the message is
+    added with the transaction's COMMIT, in its round trip when the caller commits with
+    ``direct.commit``; a key already queued is left as it is. For a message nothing in the
+    transaction reads after it; inside a savepoint it is added now."""
+    message = _message(action, request, idempotency_key)
+    if session.sync_session.get_nested_transaction() is not None:
+        await _queue_statement(table).first(session, message)
+    else:
+        write_at_commit(session, _queue_statement(table), message)
+
+
+def _message(
+    action: Action[Any, Any], request: msgspec.Struct, idempotency_key: str
+) -> dict[str, Any]:
+    if not isinstance(request, action.request):
+        raise TypeError(f"{action.name} takes {action.request.__name__}, not {request!r}")
+    return {
+        "message_service": action.service,
+        "message_action": action.name,
+        "message_payload": msgspec.to_builtins(request),
+        "message_key": idempotency_key,
+        "message_trace": current_traceparent(),
+    }
 
 
 @functools.cache

@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import DeclarativeBase
 
 from apps.common.db import create_engine, sessionmaker_for
-from apps.common.direct import DirectStatement, commit, run_together, write_at_commit
+from apps.common.direct import DirectStatement, run_together, write_at_commit
 from tests.pg import TestServer
 
 SCHEMA = "direct_test"
@@ -325,7 +325,7 @@ async def test_writes_at_commit_go_with_the_commit_in_one_round_trip(
             "open"
         )
         trips = RoundTrips(await driver_of(session), tmp_path / "trace")
-        await commit(session)
+        await session.commit()
         assert trips.count() == 1
         assert not session.in_transaction()
     async with maker() as session:
@@ -336,9 +336,7 @@ async def test_writes_at_commit_go_with_the_commit_in_one_round_trip(
 async def test_writes_at_commit_are_made_by_any_commit_and_forgotten_by_a_rollback(
     engine: AsyncEngine,
 ) -> None:
-    """The session's own ``commit`` makes them too (before its COMMIT, a round trip each), so
-    code that commits the usual way loses none; a rollback, or a transaction that ends
-    otherwise, forgets them."""
+    """A commit makes them, a rollback, or a transaction that ends otherwise, forgets them."""
     maker = sessionmaker_for(engine)
     async with maker() as session:
         await DirectStatement(COUNT).scalar(session)
@@ -354,7 +352,7 @@ async def test_writes_at_commit_are_made_by_any_commit_and_forgotten_by_a_rollba
     # Closed without a commit: as a rollback.
     async with maker() as session:
         await DirectStatement(COUNT).scalar(session)
-        await commit(session)  # nothing queued: the session's own commit
+        await session.commit()  # nothing queued
     async with maker() as session:
         keys = await session.scalars(select(things.c.key).order_by(things.c.key))
         assert list(keys) == ["k"]
@@ -373,7 +371,7 @@ async def test_a_write_at_commit_that_fails_takes_the_whole_transaction_back(
             session, DirectStatement(INSERT), {"key": "dup", "payload": {}, "amount": 9}
         )
         with pytest.raises(IntegrityError):
-            await commit(session)
+            await session.commit()
         await session.rollback()
         keys = await session.scalars(select(things.c.key).order_by(things.c.key))
         assert list(keys) == ["dup"]
@@ -381,14 +379,14 @@ async def test_a_write_at_commit_that_fails_takes_the_whole_transaction_back(
 
 async def test_writes_at_commit_with_orm_changes_and_savepoints(engine: AsyncEngine) -> None:
     """ORM changes still pending are flushed first; a write cannot be queued inside a
-    savepoint, whose rollback could not take it back; with a savepoint open, ``commit`` is the
-    session's own (the writes are made before its COMMIT all the same)."""
+    savepoint, whose rollback could not take it back; a commit with a savepoint open releases
+    it, then sends the writes with the COMMIT."""
     maker = sessionmaker_for(engine)
     async with maker() as session:
         session.add(Thing(key="orm", payload={}, amount=Decimal(1), state="open"))
         await DirectStatement(COUNT).scalar(session)
         write_at_commit(session, DirectStatement(SHUT), {"key": "orm"})
-        await commit(session)
+        await session.commit()
     async with maker() as session:
         await DirectStatement(COUNT).scalar(session)
         write_at_commit(session, DirectStatement(INSERT), {"key": "sp", "payload": {}, "amount": 1})
@@ -397,7 +395,7 @@ async def test_writes_at_commit_with_orm_changes_and_savepoints(engine: AsyncEng
             write_at_commit(session, DirectStatement(SHUT), {"key": "sp"})
         await DirectStatement(INSERT).first(session, {"key": "in", "payload": {}, "amount": 1})
         await savepoint.commit()
-        await commit(session)
+        await session.commit()
     async with maker() as session:
         rows = await session.execute(select(things.c.key, things.c.state).order_by(things.c.key))
         assert as_tuples(rows) == [("in", "open"), ("orm", "shut"), ("sp", "open")]
@@ -406,3 +404,20 @@ async def test_writes_at_commit_with_orm_changes_and_savepoints(engine: AsyncEng
 async def test_a_write_at_commit_needs_a_transaction(session: AsyncSession) -> None:
     with pytest.raises(TypeError, match="transaction"):
         write_at_commit(session, DirectStatement(SHUT), {"key": "none"})
+
+
+async def test_a_commit_with_a_savepoint_still_open_sends_the_writes_too(
+    engine: AsyncEngine,
+) -> None:
+    maker = sessionmaker_for(engine)
+    async with maker() as session:
+        await DirectStatement(COUNT).scalar(session)
+        write_at_commit(
+            session, DirectStatement(INSERT), {"key": "out", "payload": {}, "amount": 1}
+        )
+        await session.begin_nested()
+        await DirectStatement(INSERT).first(session, {"key": "in", "payload": {}, "amount": 1})
+        await session.commit()
+    async with maker() as session:
+        keys = await session.scalars(select(things.c.key).order_by(things.c.key))
+        assert list(keys) == ["in", "out"]
