@@ -104,7 +104,7 @@ async def sumup_webhook(
     if not event.id:
         raise InvalidInput("a checkout status event needs the checkout id", field="id")
     applied = await service.handle_webhook(db_session, order_id, event.id, runtime)
-    await db_session.commit()
+    await db_session.commit()  # with what the payment queued, in one round trip
     _after_settlement(runtime, applied)
 
 

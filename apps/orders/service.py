@@ -51,6 +51,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, distinct_on
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
@@ -71,8 +72,13 @@ from apps.common.db import (
     set_for_the_transaction,
     table_of,
 )
-from apps.common.direct import DirectStatement
-from apps.common.fdw import ProviderUnavailable, remote_read, timeout_for_next_reads
+from apps.common.direct import DirectStatement, run_together, write_at_commit
+from apps.common.fdw import (
+    ProviderUnavailable,
+    provider_unavailable,
+    remote_read,
+    timeout_for_next_reads,
+)
 from apps.common.internal_client import InternalCallError
 from apps.common.problems import (
     Conflict,
@@ -338,15 +344,19 @@ async def lock_buyer(
     them run on their generic plans: for orders whose lines name no cart lines, PostgreSQL
     planned the placing statement anew on every call, 1.3 ms at 20,000 orders against 0.3 ms
     to run it."""
+    keys = _buyer_keys(user_id, session_id)
+    if keys or remote_reads_next:
+        await _buyer_locks(len(keys), remote_reads_next).rows(session, keys)
+
+
+def _buyer_keys(user_id: int | None, session_id: str | None) -> dict[str, str]:
+    """The parameters of :func:`_buyer_locks`: the buyer's lock keys, user first."""
     keys = []
     if user_id is not None:
         keys.append(f"orders-buyer:user:{user_id}")
     if session_id is not None:
         keys.append(f"orders-buyer:session:{session_id}")
-    if keys or remote_reads_next:
-        await _buyer_locks(len(keys), remote_reads_next).rows(
-            session, {f"buyer_key_{i}": key for i, key in enumerate(keys)}
-        )
+    return {f"buyer_key_{i}": key for i, key in enumerate(keys)}
 
 
 @functools.cache
@@ -411,21 +421,38 @@ async def reserve_order_slot(
     per_minute: int,
     candidates: list[tuple[str, int]],
 ) -> OrderSlot:
-    """At most ``per_minute`` new orders per buyer; exact across processes (the buyer lock is
-    held, and the count is of committed orders). A refused order leaves a gap in the ids, as
-    a rolled-back one always did. The page configs are read in the same statement, through FDW
-    (the statement before, :func:`lock_buyer`, set its timeout); nothing can go on without
-    them, so no savepoint: a failure ends the transaction. Finding no SumUp merchant among
-    them is not a failure here: an order with nothing to pay needs none."""
-    async with remote_read(session, "blog", isolate=False, timeout_set=True):
-        recent = await _order_slot(user_id is not None, session_id is not None).first(
+    """Take the buyer's lock (:func:`lock_buyer`, with the FDW timeout of the read after it),
+    then allow at most ``per_minute`` new orders per buyer; exact across processes (the buyer
+    lock is held, and the count is of committed orders). The two statements are sent together,
+    in one round trip: PostgreSQL runs the count once the lock is held. A refused order leaves
+    a gap in the ids, as a rolled-back one always did. The page configs are read in the same
+    statement as the count, through FDW; nothing can go on without them, so no savepoint: a
+    failure ends the transaction. Finding no SumUp merchant among them is not a failure here:
+    an order with nothing to pay needs none."""
+    keys = _buyer_keys(user_id, session_id)
+    count_and_read = _order_slot(user_id is not None, session_id is not None)
+    try:
+        _, rows = await run_together(
             session,
-            {
-                "buyer_user": user_id,
-                "buyer_session": session_id,
-                **candidate_parameters(candidates),
-            },
+            (_buyer_locks(len(keys), True), keys),
+            (
+                count_and_read,
+                {
+                    "buyer_user": user_id,
+                    "buyer_session": session_id,
+                    **candidate_parameters(candidates),
+                },
+            ),
         )
+    except DBAPIError as exc:
+        # Blog not answering is the read's failure alone, not the lock's.
+        unavailable = (
+            provider_unavailable(exc, "blog") if exc.statement == count_and_read.sql else None
+        )
+        if unavailable is not None:
+            raise unavailable from exc
+        raise
+    recent = rows[0] if rows else None
     assert recent is not None  # an aggregate without GROUP BY: always one row
     count, oldest, now, order_id, configs = recent
     if count >= per_minute:
@@ -798,13 +825,12 @@ async def create_order(
         for line in (*request.calendar_entries, *request.tickets)
         if line.container_id is not None
     }
-    await lock_buyer(session, request.user_id, request.session_id, remote_reads_next=True)
-    if request.user_id is None and request.session_id is not None:
-        await _refuse_if_signed_in(session, request.session_id)
     candidates = config_candidates(request.page_post_id, containers)
     slot = await reserve_order_slot(
         session, request.user_id, request.session_id, settings.checkouts_per_minute, candidates
     )
+    if request.user_id is None and request.session_id is not None:
+        await _refuse_if_signed_in(session, request.session_id)
     config = slot.config
     total = _total_of(request)
     if config is None and total > 0:
@@ -864,9 +890,10 @@ async def create_order(
                 # (No config with something to pay was refused above.)
                 await pay_with_nothing_to_pay(session, order)
                 return NewOrder(paid_answer(order, runtime.urls), superseded)
-            attempt = await _new_attempt(
-                session, order, 1, runtime, config.account, valid_until=payable_until
-            )
+            row = await _open_checkout(order, 1, runtime, config.account, valid_until=payable_until)
+            # Written with the COMMIT, in its round trip: nothing reads it before.
+            write_at_commit(session, _ATTEMPT_INSERT, row)
+            attempt = PaymentAttempt(**row)
         # SumUp just took this key: the order's webhook can use it without asking blog again.
         runtime.recent_accounts.learn(config.id, config.account)
     except TimeoutError:
@@ -1208,6 +1235,22 @@ async def _new_attempt(
     *,
     valid_until: datetime | None,
 ) -> PaymentAttempt:
+    """Attempt ``number`` of the order: its SumUp checkout, and its row written."""
+    row = await _open_checkout(order, number, runtime, account, valid_until=valid_until)
+    # A Core insert, as for the order: the attempt object only carries the row's values on.
+    attempt_id = await _ATTEMPT_INSERT.scalar(session, row)
+    return PaymentAttempt(id=attempt_id, **row)
+
+
+async def _open_checkout(
+    order: Order,
+    number: int,
+    runtime: OrdersRuntime,
+    account: MerchantAccount,
+    *,
+    valid_until: datetime | None,
+) -> dict[str, Any]:
+    """SumUp's checkout for attempt ``number`` of the order: the attempt's row, not written."""
     if order.checkout_prefix is None:  # nothing to pay (orders 0011): never a checkout
         raise names_no_merchant(order.id)
     reference = checkout_reference(order.checkout_prefix, order.id, number)
@@ -1239,9 +1282,7 @@ async def _new_attempt(
         "amount": order.total,
         "currency": order.currency,
     }
-    # A Core insert, as for the order: the attempt object only carries the row's values on.
-    attempt_id = await _ATTEMPT_INSERT.scalar(session, row)
-    return PaymentAttempt(id=attempt_id, **row)
+    return row
 
 
 # -- sign-in -----------------------------------------------------------------------------------

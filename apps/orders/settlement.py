@@ -47,9 +47,9 @@ from sqlalchemy.orm.attributes import set_committed_value
 from apps.cart import contract as cart
 from apps.cart.contract import ClearCartForOrder, PaidLine
 from apps.common.db import table_of
-from apps.common.direct import DirectStatement
+from apps.common.direct import Call, DirectRow, DirectStatement, run_together
 from apps.common.fdw import remote_read
-from apps.common.outbox import enqueue
+from apps.common.outbox import enqueue, enqueue_at_commit
 from apps.common.problems import Conflict, DependencyUnavailable
 from apps.events import contract as events
 from apps.orders.models import (
@@ -412,25 +412,33 @@ async def apply_checkout(
 
     # The order's row first, then the attempt's, then a refund's, on every path (audit s21 F4):
     # pay again and the expiry lock the order before they settle its attempt, so a report
-    # that settled the attempt first and then waited on the order deadlocked with them. Its
-    # own statement: one CTE for several would lock them in an order PostgreSQL does not
-    # promise. NO KEY UPDATE, as the transition's UPDATE takes: a checkout replay's KEY SHARE
+    # that settled the attempt first and then waited on the order deadlocked with them. Each
+    # its own statement (one CTE for several would lock them in an order PostgreSQL does not
+    # promise), sent together: PostgreSQL runs them in the order given, in one round trip.
+    # NO KEY UPDATE, as the transition's UPDATE takes: a checkout replay's KEY SHARE
     # (held while it holds bookings again) does not keep it waiting. What it reads is the
     # order as it is now: ``order`` was read before SumUp was asked, and a supersede may have
-    # committed since (its status and what replaced it come from here).
-    current = await _LOCK_ORDER.first(session, {"order_id": order.id})
-    if current is None:
+    # committed since (its status and what replaced it come from here). A payment's
+    # transition to paid (if the order is still pending and not flagged) comes last.
+    calls: list[Call] = [
+        (_LOCK_ORDER, {"order_id": order.id}),
+        (
+            _SETTLE_ATTEMPT,
+            {
+                "attempt_id": attempt.id,
+                "remote_status": remote.status,
+                "remote_code": remote.transaction_code,
+                "remote_transaction": remote.transaction_id,
+            },
+        ),
+    ]
+    if remote.status == "PAID":
+        calls.append((_PAY_ORDER, {"order_id": order.id}))
+    locked, settled, *transition = await run_together(session, *calls)
+    if not locked:
         raise ValueError(f"order {order.id} does not exist")
-    settled = await _SETTLE_ATTEMPT.scalar(
-        session,
-        {
-            "attempt_id": attempt.id,
-            "remote_status": remote.status,
-            "remote_code": remote.transaction_code,
-            "remote_transaction": remote.transaction_id,
-        },
-    )
-    if settled is not None:
+    current = locked[0]
+    if settled:
         _now_says(
             session,
             attempt,
@@ -441,7 +449,7 @@ async def apply_checkout(
     if remote.status != "PAID":
         return Applied(order.status, attempt.status, flagged=order.flagged)
 
-    paid_items = await _record_payment(session, order)
+    paid_items = _paid_items(transition[0])
     if paid_items is not None:
         _now_says(session, order, status="paid")
         await _enqueue_after_payment(session, order, paid_items)
@@ -564,7 +572,11 @@ async def _record_payment(session: AsyncSession, order: OrderInHand) -> list[Pai
     """The order's transition to paid (if it is still pending and not flagged), in one
     statement that also reads the order's items for what follows a payment (they never change
     after the order is created). None when the order did not transition."""
-    rows = await _PAY_ORDER.rows(session, {"order_id": order.id})
+    return _paid_items(await _PAY_ORDER.rows(session, {"order_id": order.id}))
+
+
+def _paid_items(rows: list[DirectRow]) -> list[PaidItem] | None:
+    """The items of the order :data:`_PAY_ORDER` made paid; None when it did not."""
     if not rows:
         return None
     return [
@@ -674,7 +686,9 @@ def after_payment_keys(order_id: int) -> tuple[str, ...]:
 async def _enqueue_after_payment(
     session: AsyncSession, order: OrderInHand, items: list[PaidItem]
 ) -> None:
-    """The effects of a payment elsewhere, in the transaction of the transition."""
+    """The effects of a payment elsewhere, in the transaction of the transition: queued with its
+    COMMIT (nothing in the transaction reads them; a webhook's commit sends them in its round
+    trip)."""
     products = [item for item in items if item.kind == "product"]
     clear = ClearCartForOrder(
         order_id=order.id,
@@ -691,7 +705,7 @@ async def _enqueue_after_payment(
             for item in products
         ],
     )
-    await enqueue(
+    await enqueue_at_commit(
         session,
         outbox,
         cart.clear_cart_for_order,
@@ -701,7 +715,7 @@ async def _enqueue_after_payment(
     entry_ids = sorted(item.source_id for item in items if item.kind == "calendar_entry")
     ticket_ids = sorted(item.source_id for item in items if item.kind == "ticket")
     if entry_ids or ticket_ids:
-        await enqueue(
+        await enqueue_at_commit(
             session,
             outbox,
             events.confirm_for_order,
