@@ -173,6 +173,7 @@ async def checkout_return(
         looking_again=result in ("waiting", "confirming"),
         look_again_seconds=3,
         unconfirmed=service.unconfirmed_note(order),
+        pay_again=service.pay_again_offered(order),
     )
 
 
@@ -235,6 +236,7 @@ async def order_detail(request: Request, db_session: DbSession, order: OwnedOrde
         state=await service.order_state(db_session, order),
         latest=await service.latest_checkout_of(db_session, order),
         unconfirmed=service.unconfirmed_note(order),
+        pay_again=service.pay_again_offered(order),
     )
 
 

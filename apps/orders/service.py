@@ -19,7 +19,7 @@ import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -1762,6 +1762,16 @@ def unconfirmed_note(order: Order) -> str:
     if any(refund.reason_key.startswith(f"{UNCONFIRMED_BOOKINGS}:") for refund in order.refunds):
         note += f"; what {'it' if count == 1 else 'they'} cost goes back to you"
     return note
+
+
+def pay_again_offered(order: Order, now: datetime | None = None) -> bool:
+    """Whether an order's pages offer pay again: not with less than MIN_TIME_TO_PAY of its
+    payable time left, when :func:`start_new_attempt` can only refuse it (the 409 "check out
+    again"). The app's clock, not the database's: a page need not ask the database the time,
+    and a few seconds between the two do not matter against two minutes."""
+    if order.payable_until is None:
+        return True
+    return order.payable_until - (now or datetime.now(UTC)) >= MIN_TIME_TO_PAY
 
 
 def payment_state(order: Order, confirming: bool) -> str:

@@ -523,6 +523,42 @@ async def test_pay_again_with_too_little_time_left_makes_no_checkout(orders, cle
     assert [number for number, status in attempts if status != "EXPIRED"] == [1]
 
 
+@pytest.mark.parametrize("state", ["failed", "waiting"])
+async def test_the_pages_offer_no_pay_again_with_too_little_time_left(
+    orders, clean_db, sandbox, state
+):
+    """With less than MIN_TIME_TO_PAY left, pay again can only be the 409 "check out again":
+    the order page and the return page offered its button all the same ("Pay again" for a
+    failed payment, "Start a new payment" while waiting). They offer it while there is time,
+    and then say what the buyer can do instead; "Check again" stays."""
+    order_id = (await create(orders)).json()["order_id"]
+    checkout_id = checkout_id_of(clean_db, order_id)
+    if state == "failed":
+        sandbox.fail(checkout_id)
+        assert (await webhook(orders, order_id, checkout_id)).status_code == 204
+    browser = await signed_in(orders)
+    page = await browser.get(f"/order/{order_id}/", headers=HTML)
+    assert f'data-state="{state}"' in page.text
+    assert 'id="pay-again"' in page.text
+    assert 'id="too-late-to-pay-again"' not in page.text
+
+    with admin_connect(clean_db, "orders") as connection:
+        connection.execute(
+            "UPDATE orders.orders SET payable_until = now() + interval '30 seconds' WHERE id = %s",
+            (order_id,),
+        )
+    for path in (f"/order/{order_id}/", f"/checkout/return/{order_id}/"):
+        page = await browser.get(path, headers=HTML)
+        assert page.status_code == 200, page.text
+        assert 'id="pay-again"' not in page.text, path
+        assert f"/order/{order_id}/pay/" not in page.text, path
+        said = page.text.split('id="too-late-to-pay-again"', 1)[1].split("</p>", 1)[0]
+        assert "check out again from your cart" in said, path
+        assert ('id="recheck"' in page.text) == (state == "waiting"), path
+    if state == "failed":  # what the page no longer offers is indeed refused
+        assert (await browser.post(f"/order/{order_id}/pay/")).status_code == 409
+
+
 async def test_pay_again_and_a_recheck_finding_the_same_payment_do_not_deadlock(
     orders, clean_db, sandbox
 ):
