@@ -113,7 +113,7 @@ from apps.orders.payments import (
     PaymentProviderUnavailable,
 )
 from apps.orders.runtime import OrdersRuntime, OrderUrls
-from apps.orders.settings import HOLD_AFTER_PAYABLE
+from apps.orders.settings import HOLD_AFTER_PAYABLE, MIN_TIME_TO_PAY
 from apps.orders.settlement import (
     OPEN_ATTEMPT_STATES,
     UNCONFIRMED_BOOKINGS,
@@ -147,10 +147,6 @@ RATE_WINDOW = timedelta(minutes=1)
 ORDERS_TABLE = table_of(Order).fullname
 # A pay-again this soon after an attempt was made gets that attempt (a double click).
 FRESH_ATTEMPT = timedelta(seconds=10)
-# Pay again makes no new checkout with less than this left of the order's time to pay: the
-# checkout ends when that time does (valid_until), and a person needs a while on SumUp's page
-# (card details, 3-D Secure) to pay it. One made in the last seconds could take no money.
-MIN_TIME_TO_PAY = timedelta(minutes=2)
 
 Claim = tuple[str, int]
 

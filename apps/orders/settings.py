@@ -15,6 +15,14 @@ SUMUP_BASE_URL = "https://api.sumup.com"
 # them. Expiring the order ends the holds at once (release-for-order), so this is only how long
 # they outlast an order whose fate orders cannot learn (SumUp down).
 HOLD_AFTER_PAYABLE = timedelta(minutes=30)
+# Pay again makes no new checkout with less than this left of the order's time to pay: the
+# checkout ends when that time does (valid_until), and a person needs a while on SumUp's page
+# (card details, 3-D Secure) to pay it. One made in the last seconds could take no money.
+MIN_TIME_TO_PAY = timedelta(minutes=2)
+# The shortest payable time (ORDERS_PAYABLE_SECONDS) allowed: a first try at SumUp that fails
+# takes a person about as long as paying does (MIN_TIME_TO_PAY), and pay again then needs
+# MIN_TIME_TO_PAY left; anything shorter would refuse (nearly) every pay again.
+MIN_PAYABLE = 2 * MIN_TIME_TO_PAY
 # What create-order needs besides SumUp and events: its own database work.
 DATABASE_MARGIN_SECONDS = 2.0
 
@@ -118,7 +126,16 @@ class OrdersSettings:
 
     def check_holds(self) -> None:
         """Events holds an order's bookings for at most MAX_ORDER_HOLD: its payable time and
-        HOLD_AFTER_PAYABLE after it must fit, or no order with bookings could be made."""
+        HOLD_AFTER_PAYABLE after it must fit, or no order with bookings could be made. And it
+        must leave room for pay again (MIN_PAYABLE), or every pay again would be refused."""
+        shortest = MIN_PAYABLE.total_seconds()
+        if self.payable_seconds < shortest:
+            raise ConfigError(
+                f"ORDERS_PAYABLE_SECONDS must be at least {shortest:g}, not "
+                f"{self.payable_seconds:g}: pay again makes no checkout with less than "
+                f"{MIN_TIME_TO_PAY} left, so a shorter time leaves no room to pay again after a "
+                "first try"
+            )
         allowed = (MAX_ORDER_HOLD - HOLD_AFTER_PAYABLE).total_seconds()
         if self.payable_seconds > allowed:
             raise ConfigError(

@@ -205,6 +205,23 @@ def test_an_orders_payable_time_must_leave_room_for_its_holds():
         OrdersSettings.from_settings(settings_for(CONTRACTS["orders"], too_long))
 
 
+def test_an_orders_payable_time_must_leave_room_to_pay_again():
+    """Pay again makes no checkout with less than MIN_TIME_TO_PAY (2 min) left: a payable time
+    shorter than a first try plus that refused every pay again. At least 2 x 120 s it is."""
+    fits = {**COMPLETE, "ORDERS_PAYABLE_SECONDS": "240"}
+    assert (
+        OrdersSettings.from_settings(settings_for(CONTRACTS["orders"], fits)).payable_seconds == 240
+    )
+    for seconds in ("239", "120", "60"):
+        too_short = {**COMPLETE, "ORDERS_PAYABLE_SECONDS": seconds}
+        with pytest.raises(ConfigError) as refused:
+            OrdersSettings.from_settings(settings_for(CONTRACTS["orders"], too_short))
+        said = str(refused.value)
+        assert said.startswith(f"ORDERS_PAYABLE_SECONDS must be at least 240, not {seconds}:")
+        assert "pay again" in said
+        assert "\n" not in said
+
+
 def test_an_order_with_nothing_to_pay_waits_for_its_confirmation_within_the_budget():
     """A free order answers after events holds its bookings and they are confirmed: both
     waits must fit in what create-order's callers wait (25 s, less the database's margin)."""
