@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, NoReturn
 
 import msgspec
 from sqlalchemy import (
@@ -1453,6 +1453,19 @@ async def _new_checkout_account(session: AsyncSession, order: Order) -> Merchant
         ) from gone
 
 
+async def _refuse_keeping_what_sumup_said(session: AsyncSession, refused: Conflict) -> NoReturn:
+    """A pay again refused after it asked SumUp about the current attempt: commit what that
+    taught (the attempt failed, say), then refuse; a rollback would lose it, and the next look
+    would ask SumUp again. Safe for money: what is committed is what a recheck commits (the
+    order's row locked, then the attempt's, as on every path; a settled order is no refusal),
+    nothing is closed or made yet, and commit only lets go of locks, so a webhook waiting on
+    the order then reads the attempt as SumUp left it. An attempt counted under the order's
+    lock (rare) stays counted: its key is the attempt's number, so the pay again that does
+    make it is not counted twice."""
+    await session.commit()
+    raise refused
+
+
 async def start_new_attempt(
     session: AsyncSession,
     order: Order,
@@ -1523,15 +1536,21 @@ async def start_new_attempt(
             # Clicked twice, or in two tabs at once: the payment just started is the one.
             return current
     elif current is not None and seen_attempt is not None and current.number > seen_attempt:
-        raise Conflict(
-            f"Order {order.id} already has a newer payment (attempt {current.number}); "
-            "reload the order page"
+        await _refuse_keeping_what_sumup_said(
+            session,
+            Conflict(
+                f"Order {order.id} already has a newer payment (attempt {current.number}); "
+                "reload the order page"
+            ),
         )
     if current is not None and current.number >= most:
         # Before SumUp is asked to close or create anything.
-        raise Conflict(
-            f"Order {order.id} has had {most} payment attempts, the most one order may have; "
-            "check out again from your cart"
+        await _refuse_keeping_what_sumup_said(
+            session,
+            Conflict(
+                f"Order {order.id} has had {most} payment attempts, the most one order may "
+                "have; check out again from your cart"
+            ),
         )
     if gives_back_current:
         # SumUp says the attempt it would have got back ended meanwhile: a new one after all.
@@ -1539,11 +1558,17 @@ async def start_new_attempt(
     # Whether a new checkout can be made, before the current one is closed: a refusal leaves
     # the buyer what they had.
     if locked.payable_until is not None and locked.payable_until - locked.now < MIN_TIME_TO_PAY:
-        raise Conflict(
-            f"The time to pay order {order.id} is nearly over, too little to pay it at SumUp; "
-            "check out again from your cart"
+        await _refuse_keeping_what_sumup_said(
+            session,
+            Conflict(
+                f"The time to pay order {order.id} is nearly over, too little to pay it at "
+                "SumUp; check out again from your cart"
+            ),
         )
-    account = await _new_checkout_account(session, order)
+    try:
+        account = await _new_checkout_account(session, order)
+    except Conflict as refused:
+        await _refuse_keeping_what_sumup_said(session, refused)
     if current is not None and current.status in OPEN_ATTEMPT_STATES:
         applied = await close_attempt(session, order, current, runtime.gateway)
         if applied.order_status != "pending" or applied.flagged:
