@@ -28,12 +28,13 @@ from apps.orders.reconciliation import Reconciler
 from apps.orders.service import (
     _recent_orders,
     candidate_parameters,
+    load_order,
     lock_buyer,
     orders_needing_attention,
     orders_without_their_key,
     place_order,
 )
-from apps.orders.settlement import account_lookup
+from apps.orders.settlement import account_lookup, close_attempt
 from apps.sumup_sandbox.app import DEFAULT_API_KEY
 from ops.db.provision import APP_SETTINGS, READER_SETTINGS
 from tests.conftest import admin_connect, lock_waiters
@@ -627,6 +628,46 @@ async def test_the_reconciliations_check_and_a_recheck_finding_the_same_payment_
             (order_id,),
         ).fetchone()[0]
     assert checked
+
+
+async def test_close_attempt_takes_the_orders_lock_before_the_attempts(orders, clean_db, sandbox):
+    """The lock order (the order's row, then the attempt's, then a refund's; audit s21 F4) in
+    close_attempt, which pay again and the expiry's closing of checkouts use. The test holds
+    the order's row, as pay again does, while close_attempt closes the checkout at SumUp and
+    applies it: close_attempt waits for the order with the attempt's row free, so the holder
+    (going on as pay again does, to the attempt) takes it at once (NOWAIT) and nobody
+    deadlocks; then close_attempt records the checkout closed."""
+    order_id = (await create(orders)).json()["order_id"]
+    checkout_id = checkout_id_of(clean_db, order_id)
+    runtime = orders.apps["orders"].state.runtime
+    async with runtime.maker() as session:
+        order = await load_order(session, order_id)
+        assert order is not None
+        assert order.current_attempt is not None
+        with admin_connect(clean_db, "orders") as holder:
+            holder.execute("BEGIN")
+            holder.execute("SELECT 1 FROM orders.orders WHERE id = %s FOR UPDATE", (order_id,))
+            closing = asyncio.create_task(
+                close_attempt(session, order, order.current_attempt, runtime.gateway)
+            )
+            assert await eventually(lambda: lock_waiters(clean_db, "orders") == 1)
+            assert sandbox.checkout(checkout_id)["status"] == "EXPIRED"  # closed at SumUp
+            assert not closing.done()  # waiting on the order
+            holder.execute(
+                "SELECT 1 FROM orders.payment_attempts WHERE sumup_checkout_id = %s "
+                "FOR UPDATE NOWAIT",
+                (checkout_id,),
+            )
+            holder.execute("COMMIT")
+            applied = await closing
+        await session.commit()
+    assert applied.attempt_status == "EXPIRED"
+    with admin_connect(clean_db, "orders") as connection:
+        attempts = connection.execute(
+            "SELECT number, status FROM orders.payment_attempts WHERE order_id = %s", (order_id,)
+        ).fetchall()
+    assert attempts == [(1, "EXPIRED")]
+    assert order_rows(clean_db)[0][1] == "pending"
 
 
 async def test_a_request_the_database_rolls_back_for_a_deadlock_is_a_503_to_try_again(
