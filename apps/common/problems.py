@@ -297,6 +297,23 @@ _TIMED_OUT = ("57014", "55P03")
 _UNDONE = ("40P01", "40001")
 
 
+def undone_by_conflict(exc: BaseException) -> bool:
+    """Whether ``exc`` is PostgreSQL undoing the transaction for a conflict with another (a
+    deadlock, a serialization failure; ``_UNDONE``): the same work again is expected to
+    succeed. For a handler that answers such a case itself (then :func:`log_undone`)."""
+    return isinstance(exc, DBAPIError) and (getattr(exc.orig, "sqlstate", None) or "") in _UNDONE
+
+
+def log_undone(exc: DBAPIError) -> None:
+    """The warning every undone request leaves (a deadlock is a lock order to be fixed)."""
+    logger.warning(
+        "database conflict, request %s undone (%s): %s",
+        current_request_id.get(),
+        getattr(exc.orig, "sqlstate", None),
+        exc.orig,
+    )
+
+
 def _from_database(exc: DBAPIError) -> Problem:
     sqlstate = getattr(exc.orig, "sqlstate", None) or ""
     if sqlstate.startswith(_UNAVAILABLE) or (not sqlstate and exc.connection_invalidated):
@@ -309,12 +326,7 @@ def _from_database(exc: DBAPIError) -> Problem:
             "shortly"
         )
     if sqlstate in _UNDONE:
-        logger.warning(
-            "database conflict, request %s undone (%s): %s",
-            current_request_id.get(),
-            sqlstate,
-            exc.orig,
-        )
+        log_undone(exc)
         return DependencyUnavailable(
             "The database undid this request's work to let another request go on (they "
             "conflicted); try again"

@@ -9,16 +9,20 @@ import msgspec
 from litestar import Request, Response, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import Parameter
+from sqlalchemy.exc import DBAPIError
 
 from apps.common.admission import admission_of
 from apps.common.deps import CurrentIdentity, DbSession
 from apps.common.limits import is_json_type
 from apps.common.problems import (
+    RETRY_AFTER_SECONDS,
     Conflict,
     DependencyUnavailable,
     InvalidInput,
     NotFound,
     UnsupportedMediaType,
+    log_undone,
+    undone_by_conflict,
 )
 from apps.common.web import (
     PageNumber,
@@ -149,7 +153,14 @@ async def checkout_return(
     paid, the payment's effects (the cart's clear) are delivered before the page is made, so
     it shows the cart emptied; within a bound: past it, or if cart fails, the page says paid
     all the same and the outbox delivers them later."""
-    order, degraded = await _rechecked(db_session, runtime, order)
+    order_id = order.id  # the objects expire if the transaction is rolled back
+    try:
+        order, degraded = await _rechecked(db_session, runtime, order)
+    except DBAPIError as exc:
+        if not (wants_html(request) and undone_by_conflict(exc)):
+            raise
+        log_undone(exc)
+        return await _still_checking(request, db_session, order_id)
     result = await service.order_state(db_session, order)
     if result in ("paid", "confirming"):
         order = await service.once_delivered(db_session, runtime, order.id)
@@ -172,6 +183,38 @@ async def checkout_return(
         # Not known yet: the page asks again every few seconds (static/look-again.js).
         looking_again=result in ("waiting", "confirming"),
         look_again_seconds=3,
+        unconfirmed=service.unconfirmed_note(order),
+        pay_again=service.pay_again_offered(order),
+    )
+
+
+async def _still_checking(request: Request, db_session: DbSession, order_id: int) -> Any:
+    """The return page when PostgreSQL undid its recheck for a conflict with other work on the
+    order (a deadlock, a serialization failure): for a browser back from SumUp, the page's own
+    "still checking" state, which looks again by itself, rather than the platform's generic
+    503 page that shows nothing of the order. The status stays 503 with Retry-After: the check
+    was undone, not done, so this is no outcome (nothing caches it, monitors count it), and a
+    browser shows the page all the same; the JSON the page's script asks for stays the
+    platform's 503 problem, which the script takes as "look again later"."""
+    await db_session.rollback()
+    order = await service.load_order(db_session, order_id)
+    assert order is not None
+    state = await service.order_state(db_session, order)
+    if state == "failed":
+        state = "waiting"  # the check that would have told was undone: it may have been paid
+    looking_again = state in ("waiting", "confirming")
+    return render(
+        request,
+        "return.html",
+        status_code=503,
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        order=order,
+        state=state,
+        latest=await service.latest_checkout_of(db_session, order),
+        degraded=[],
+        still_checking=looking_again,
+        looking_again=looking_again,
+        look_again_seconds=RETRY_AFTER_SECONDS,
         unconfirmed=service.unconfirmed_note(order),
         pay_again=service.pay_again_offered(order),
     )

@@ -704,6 +704,43 @@ async def test_a_request_the_database_rolls_back_for_a_deadlock_is_a_503_to_try_
     assert again.json()["state"] == "paid"
 
 
+async def test_the_return_page_undone_for_a_deadlock_still_checks_the_payment(
+    orders, clean_db, sandbox, caplog
+):
+    """The return page's recheck undone by PostgreSQL (a deadlock, here with the test's own
+    transaction, as above) was the platform's generic 503 page: the buyer back from SumUp saw
+    "try again" and nothing of their order. The page is now the return page's own "still
+    checking" state, which looks again by itself; still a 503 with Retry-After (the check was
+    undone, not done), and still logged. Once the conflict is over, the page shows paid."""
+    order_id = (await create(orders)).json()["order_id"]
+    checkout_id = checkout_id_of(clean_db, order_id)
+    sandbox.pay(checkout_id)  # no webhook arrives
+    browser = await signed_in(orders)
+    with admin_connect(clean_db, "orders") as holder:
+        holder.execute("BEGIN")
+        holder.execute(
+            "SELECT 1 FROM orders.payment_attempts WHERE sumup_checkout_id = %s FOR UPDATE",
+            (checkout_id,),
+        )
+        returned = asyncio.create_task(browser.get(f"/checkout/return/{order_id}/", headers=HTML))
+        assert await eventually(lambda: lock_waiters(clean_db, "orders") == 1)
+        holder.execute("SELECT 1 FROM orders.orders WHERE id = %s FOR UPDATE", (order_id,))
+        page = await returned
+        holder.execute("ROLLBACK")
+    assert [r for r in caplog.records if "deadlock detected" in r.getMessage()]
+    assert page.status_code == 503, page.text
+    assert page.headers["retry-after"]
+    assert page.headers["content-type"].startswith("text/html")
+    assert 'id="payment-state" data-state="waiting"' in page.text
+    assert 'src="/static/look-again.js"' in page.text
+    said = page.text.split('id="still-checking"', 1)[1].split("</p>", 1)[0]
+    assert "still checking your payment" in said
+    assert order_rows(clean_db)[0][1] == "pending"  # undone
+    again = await browser.get(f"/checkout/return/{order_id}/", headers=HTML)
+    assert again.status_code == 200
+    assert 'data-state="paid"' in again.text
+
+
 async def test_pay_again_makes_at_most_the_attempts_one_order_may_have(
     clean_db, credentials, sandbox, site_config
 ):
