@@ -26,7 +26,7 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from apps.common import app_factory, outbox
+from apps.common import app_factory, direct, outbox
 from apps.common.direct import DirectStatement
 from apps.common.observability import configure_logging
 from apps.orders import internal, payments, service, settlement
@@ -144,6 +144,26 @@ def instrument_direct_statements() -> None:
                 timings.add_statement(statement_kind(self.sql), elapsed)
 
     DirectStatement._execute = timed  # type: ignore[method-assign]
+
+    # Statements sent together in one round trip (run_together, and the writes a commit sends
+    # with its COMMIT): one part, named by its statements in order.
+    original_send = direct._send_together
+
+    async def send_together(
+        driver: Any, bound: Any, cursors: Any, *, then_commit: bool = False
+    ) -> None:
+        started = time.perf_counter()
+        try:
+            await original_send(driver, bound, cursors, then_commit=then_commit)
+        finally:
+            timings = current.get()
+            if timings is not None:
+                elapsed = (time.perf_counter() - started) * 1000
+                names = [statement_kind(statement.sql) for statement, _ in bound]
+                label = " + ".join([*names, *(["commit"] if then_commit else [])])
+                timings.add_statement(f"[{label}]", elapsed)
+
+    direct._send_together = send_together
 
 
 def _timed_sync(function: Callable[..., Any], label: str) -> Callable[..., Any]:
