@@ -117,11 +117,20 @@ async def enqueue_at_commit(
     added with the transaction's COMMIT, in its round trip when the caller commits with
     ``direct.commit``; a key already queued is left as it is. For a message nothing in the
     transaction reads after it; inside a savepoint it is added now."""
-    message = _message(action, request, idempotency_key)
+    await _at_commit_or_now(
+        session, _queue_statement(table), _message(action, request, idempotency_key)
+    )
+
+
+async def _at_commit_or_now(
+    session: AsyncSession, statement: DirectStatement, params: dict[str, Any]
+) -> None:
+    """``statement`` as a write at commit; inside a savepoint (which must be able to take it
+    back), now."""
     if session.sync_session.get_nested_transaction() is not None:
-        await _queue_statement(table).first(session, message)
+        await statement.rows(session, params)
     else:
-        write_at_commit(session, _queue_statement(table), message)
+        write_at_commit(session, statement, params)
 
 
 def _message(
@@ -338,8 +347,11 @@ class OutboxRelay:
             await handle(session, message.payload, msgspec.convert(answer, action.answer))
         if self._acknowledged is not None:
             await self._acknowledged(session, message)
-        await self._delivered.rowcount(
-            session, {"message_id": message.id, "message_attempts": message.attempts + 1}
+        # With the COMMIT, in its round trip: a delivery is recorded only if all of it commits.
+        await _at_commit_or_now(
+            session,
+            self._delivered,
+            {"message_id": message.id, "message_attempts": message.attempts + 1},
         )
         OUTBOX_DELIVERIES.labels(message.service, "delivered").inc()
         return True
