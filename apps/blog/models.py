@@ -15,7 +15,6 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     DateTime,
-    ForeignKey,
     Index,
     String,
     Text,
@@ -109,16 +108,17 @@ class PageConfig(IdentityPkMixin, TimestampedMixin, Base):
 
 class RetiredSumUpKey(Base):
     """A SumUp merchant and key a page config stopped using (its merchant changed or its key
-    was removed), kept for orders: its orders made for that merchant still settle and refund
-    with it. Written only by the trigger of migration 0004 (in the transaction that changed the
-    config); dropped when the config names that merchant with a key again, and after
-    ``BLOG_RETIRED_SUMUP_KEY_DAYS``. Readable only by orders (``export.retired_sumup_keys``)."""
+    was removed, or the config was deleted), kept for orders: its orders made for that merchant
+    still settle and refund with it. Written only by the trigger of migrations 0004 and 0005 (in
+    the transaction that changed the config); dropped when the config names that merchant with
+    a key again, and after ``BLOG_RETIRED_SUMUP_KEY_DAYS``. Readable only by orders
+    (``export.retired_sumup_keys``)."""
 
     __tablename__ = "retired_sumup_keys"
 
-    page_config_id: Mapped[int] = mapped_column(
-        BigInteger, ForeignKey("page_configs.id", ondelete="CASCADE"), primary_key=True
-    )
+    # No foreign key (migration 0005): the entry outlives a removed config, whose orders
+    # still settle with it.
+    page_config_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     sumup_merchant_code: Mapped[str] = mapped_column(String(32), primary_key=True)
     sumup_api_key: Mapped[str] = mapped_column(String(255), nullable=False)
     retired_at: Mapped[datetime] = mapped_column(

@@ -2032,14 +2032,13 @@ async def orders_without_their_key(session: AsyncSession) -> dict[int, str]:
     missing: dict[int, str] = {}
     for order in orders:
         try:
-            now = configs.get(order.page_config_id)
+            # A deleted config's orders still have the key blog retired for their merchant.
+            now = configs.get(order.page_config_id, (None, None))
             account_of(
                 order.id,
                 order.merchant_code,
                 order.page_config_id,
-                None
-                if now is None
-                else (*now, kept.get((order.page_config_id, order.merchant_code))),
+                (*now, kept.get((order.page_config_id, order.merchant_code))),
             )
         except MerchantKeyGone as gone:
             missing[order.id] = gone.note

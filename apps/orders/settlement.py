@@ -189,7 +189,7 @@ def key_missing_note(
 
 # A page config's SumUp merchant code and API key as blog holds them now (either may be
 # missing), and the key blog retired for the order's merchant on that config (when the config
-# stopped using it); None when the config is gone.
+# stopped using it, or was deleted: the first two are then None); None when neither is there.
 ConfiguredAccount = tuple[str | None, str | None, str | None] | None
 
 
@@ -275,23 +275,35 @@ def account_lookup(
 ) -> ScalarSelect[Any]:
     """The SumUp account of the page config ``page_config_id`` names, through FDW, as one value:
     ``[merchant code, API key, retired key]``, the last the key blog retired for
-    ``merchant_code`` (the order's merchant) on that config, if any; NULL when the config is
-    gone. Both of blog's views in one join, which postgres_fdw sends to blog as one query (one
-    round trip; tests/integration/test_orders.py checks it stays one remote scan)."""
-    configs = page_payment_configs.c
-    retired = retired_sumup_keys.c
-    return (
-        select(array([configs.sumup_merchant_code, configs.sumup_api_key, retired.sumup_api_key]))
-        .select_from(
-            page_payment_configs.outerjoin(
-                retired_sumup_keys,
-                and_(
-                    retired.page_config_id == configs.id,
-                    retired.sumup_merchant_code == merchant_code,
-                ),
-            )
+    ``merchant_code`` (the order's merchant) on that config, if any; the first two NULL when
+    the config is gone (deleted: its retired key is still found, by the order's config id and
+    merchant alone); NULL when neither is there. Both of blog's views in one full join, which
+    postgres_fdw sends to blog as one query (one round trip; tests/integration/test_orders.py
+    checks it stays one remote scan)."""
+    configs = (
+        select(
+            page_payment_configs.c.id,
+            page_payment_configs.c.sumup_merchant_code,
+            page_payment_configs.c.sumup_api_key,
         )
-        .where(configs.id == page_config_id)
+        .where(page_payment_configs.c.id == page_config_id)
+        .subquery("config")
+    )
+    retired = (
+        select(retired_sumup_keys.c.page_config_id, retired_sumup_keys.c.sumup_api_key)
+        .where(
+            retired_sumup_keys.c.page_config_id == page_config_id,
+            retired_sumup_keys.c.sumup_merchant_code == merchant_code,
+        )
+        .subquery("retired")
+    )
+    return (
+        select(
+            array([configs.c.sumup_merchant_code, configs.c.sumup_api_key, retired.c.sumup_api_key])
+        )
+        .select_from(
+            configs.outerjoin(retired, retired.c.page_config_id == configs.c.id, full=True)
+        )
         .scalar_subquery()
     )
 

@@ -614,3 +614,46 @@ async def test_pay_again_after_a_merchant_switch_says_check_out_again_and_closes
         assert len(attempt_statuses(clean_db, order_id)) == 1
         assert "EXPIRED" not in attempt_statuses(clean_db, order_id)
         assert len(sandbox.checkouts()) == 1
+
+
+DELETE_SITE_CONFIG = {
+    # blog's own deletion marks the row (its views hide it); the split's sync removes it.
+    "marked": "UPDATE blog.page_configs SET deleted_at = now() "
+    "WHERE container_type = 'site' AND container_id = 0",
+    "removed": "DELETE FROM blog.page_configs WHERE container_type = 'site' AND container_id = 0",
+}
+
+
+@pytest.mark.parametrize("how", sorted(DELETE_SITE_CONFIG))
+async def test_a_payment_for_a_page_config_deleted_since_settles_with_its_retired_key(
+    clean_db, credentials, sandbox, how
+):
+    """Task s21 retired keys 1: a page config DELETED while an order of its merchant is open
+    kept no retired key (the trigger watched only updates of the merchant and key, and a
+    removed row took its entries with it), and orders looked the retired key up only through
+    the config's row: the order could never be settled, closed or refunded again. Now the
+    key is kept on delete too, and orders finds it by the order's config id and merchant
+    alone: the buyer's payment settles, and another order's unpaid checkout is closed."""
+    config_id = add_page_config(clean_db, "site", 0)
+    async with orders_stack(
+        clean_db, credentials, sandbox.server, ORDERS_MERCHANT_ACCOUNT_SECONDS="0"
+    ) as orders:
+        paid_id = (await create(orders)).json()["order_id"]
+        other_buyer = order_payload(product_line(5, "3.00"), user_id=2, session_id="session-2")
+        unpaid_id = (await create(orders, other_buyer)).json()["order_id"]
+        with admin_connect(clean_db, "blog") as connection:
+            connection.execute(DELETE_SITE_CONFIG[how])
+        assert retired_keys(clean_db) == [(config_id, DEFAULT_MERCHANT_CODE, DEFAULT_API_KEY)]
+        assert await attention_of(orders) == {}  # the retired key reaches both orders
+        checkout_id = checkout_id_of(clean_db, paid_id)
+        sandbox.pay(checkout_id)
+        settled = await bounded(webhook(orders, paid_id, checkout_id))
+        assert settled.status_code == 204, settled.text
+        assert dict(row[:2] for row in order_rows(clean_db))[paid_id] == "paid"
+        assert attempt_statuses(clean_db, paid_id) == ["PAID"]
+
+        overdue(clean_db, unpaid_id)
+        await orders.apps["orders"].state.reconciler.run_once()
+        assert dict(row[:2] for row in order_rows(clean_db))[unpaid_id] == "expired"
+        assert attempt_statuses(clean_db, unpaid_id) == ["EXPIRED"]
+        assert await attention_of(orders) == {}
