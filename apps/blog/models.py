@@ -16,6 +16,7 @@ from sqlalchemy import (
     CheckConstraint,
     DateTime,
     Index,
+    Integer,
     String,
     Text,
     func,
@@ -124,6 +125,21 @@ class RetiredSumUpKey(Base):
     retired_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), nullable=False
     )
+
+
+class RetiredSumUpKeyDays(Base):
+    """One row: the ``BLOG_RETIRED_SUMUP_KEY_DAYS`` blog last started with (migration 0006).
+    ``export.retired_sumup_keys`` returns only entries younger than it, so a key past its days
+    is not readable even while nobody writes a config."""
+
+    __tablename__ = "retired_sumup_key_days"
+    __table_args__ = (
+        CheckConstraint("one", name="one_row"),
+        CheckConstraint("days BETWEEN 1 AND 3650", name="days"),
+    )
+
+    one: Mapped[bool] = mapped_column(Boolean, primary_key=True, server_default=text("true"))
+    days: Mapped[int] = mapped_column(Integer, nullable=False)
 
 
 idempotency_keys = idempotency_table(metadata)

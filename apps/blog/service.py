@@ -50,6 +50,7 @@ from apps.blog.models import (
     PageConfig,
     Post,
     RetiredSumUpKey,
+    RetiredSumUpKeyDays,
     foreign_container_relations,
     foreign_likes,
     foreign_market_places,
@@ -279,7 +280,7 @@ async def update_page_config(
     """Apply ``request`` to the container's config, creating the config first if missing. A
     merchant and key the config stops using are kept for orders by the table's trigger (blog
     migration 0004), in this transaction; those kept longer than ``retired_key_days`` are
-    deleted here (blog has no background job: every config write prunes)."""
+    deleted here (:func:`prune_retired_keys`)."""
     check_update(request)
     await _require_container(session, request.container_type, request.container_id)
     await _insert_if_missing(session, request.container_type, request.container_id)
@@ -297,12 +298,33 @@ async def update_page_config(
             .where(*_is_container(request.container_type, request.container_id))
             .values(**changes, updated_at=func.now())
         )
+    await prune_retired_keys(session, retired_key_days)
+    return await get_page_config(session, request.container_type, request.container_id)
+
+
+async def record_retired_key_days(session: AsyncSession, days: int) -> None:
+    """Record ``days`` (``BLOG_RETIRED_SUMUP_KEY_DAYS``, fixed for a process: blog does this
+    when it starts) as the time retired keys are readable: export.retired_sumup_keys returns
+    only entries younger than it, so a key past its days is never read, even while nobody
+    writes a config (blog has no background job)."""
+    recorded = insert(RetiredSumUpKeyDays).values(one=True, days=days)
     await session.execute(
-        delete(RetiredSumUpKey).where(
-            RetiredSumUpKey.retired_at < func.now() - func.make_interval(0, 0, 0, retired_key_days)
+        recorded.on_conflict_do_update(
+            index_elements=[RetiredSumUpKeyDays.one],
+            set_={"days": recorded.excluded.days},
+            where=RetiredSumUpKeyDays.days != recorded.excluded.days,
         )
     )
-    return await get_page_config(session, request.container_type, request.container_id)
+
+
+async def prune_retired_keys(session: AsyncSession, days: int) -> None:
+    """Delete the retired keys kept ``days`` or longer (past them they are not readable
+    either): when blog starts, and with every config write."""
+    await session.execute(
+        delete(RetiredSumUpKey).where(
+            RetiredSumUpKey.retired_at <= func.now() - func.make_interval(0, 0, 0, days)
+        )
+    )
 
 
 # -- posts ------------------------------------------------------------------------------------

@@ -15,8 +15,8 @@ class BlogSettings:
     # How long a SumUp key a page config stopped using (its merchant changed, its key was
     # removed) is kept for orders, whose orders made for that merchant may still be paid late
     # or owed a refund: SumUp's refunds window and a late payment's reconciliation fit well
-    # within 90 days. Past it the key is deleted (at the next page config write): a kept
-    # secret is a liability.
+    # within 90 days. Past it orders cannot read the key, and blog deletes it (when it starts,
+    # and at the next page config write): a kept secret is a liability.
     retired_sumup_key_days: int = 90
 
     @classmethod

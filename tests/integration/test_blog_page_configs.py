@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import psycopg
 import pytest
 
 from tests.conftest import admin_connect, in_process_stack
@@ -433,3 +434,51 @@ async def test_retired_keys_are_pruned_past_their_time_on_the_next_write(
         )
         assert answer.status_code == 200, answer.text
         assert [row[1:] for row in retired_keys(clean_db)] == [("MONE111", "sup_sk_one_first")]
+
+
+def keys_orders_reads(server, credentials) -> list[tuple]:
+    """The retired keys as orders reads them: its foreign table, through postgres_fdw."""
+    with psycopg.connect(server.topology.app_url("orders", credentials)) as orders:
+        return orders.execute(
+            "SELECT sumup_merchant_code, sumup_api_key FROM blog.retired_sumup_keys "
+            "ORDER BY sumup_merchant_code"
+        ).fetchall()
+
+
+async def test_a_retired_key_past_its_days_is_not_readable_and_not_kept_without_a_config_write(
+    clean_db, credentials, farm_shop
+):
+    """Task s21 retired keys 2: an entry older than BLOG_RETIRED_SUMUP_KEY_DAYS was deleted
+    only by the next page-config write: while nobody edited a config, orders could read the
+    key for ever. Now orders' read (export.retired_sumup_keys) returns only entries younger
+    than blog's setting, as blog last started with it, and blog deletes the older ones when it
+    starts (it has no background job)."""
+
+    def blog_with_days(days: int):
+        overrides = {"blog": {"extra": {"BLOG_RETIRED_SUMUP_KEY_DAYS": str(days)}}}
+        return in_process_stack(clean_db, credentials, ["blog"], settings_overrides=overrides)
+
+    async with blog_with_days(60) as stack:
+        for fields in (
+            {"sumup_merchant_code": "MONE111", "sumup_api_key": "sup_sk_one_first"},
+            {"sumup_merchant_code": "MTWO222", "sumup_api_key": "sup_sk_two_first"},
+            {"sumup_merchant_code": "MTHREE3", "sumup_api_key": "sup_sk_three_first"},
+        ):
+            answer = await internal_post(
+                stack.client("blog"), "update-page-config", page(farm_shop, **fields)
+            )
+            assert answer.status_code == 200, answer.text
+        with admin_connect(clean_db, "blog") as connection:
+            connection.execute(
+                "UPDATE blog.retired_sumup_keys SET retired_at = now() - interval '31 days' "
+                "WHERE sumup_merchant_code = 'MONE111'"
+            )
+        # Younger than blog's 60 days: both readable.
+        assert keys_orders_reads(clean_db, credentials) == [
+            ("MONE111", "sup_sk_one_first"),
+            ("MTWO222", "sup_sk_two_first"),
+        ]
+    async with blog_with_days(30):
+        # No config written: the entry past 30 days is neither readable nor kept.
+        assert keys_orders_reads(clean_db, credentials) == [("MTWO222", "sup_sk_two_first")]
+        assert [row[1:] for row in retired_keys(clean_db)] == [("MTWO222", "sup_sk_two_first")]
