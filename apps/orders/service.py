@@ -2033,12 +2033,14 @@ async def orders_without_their_key(session: AsyncSession) -> dict[int, str]:
     for order in orders:
         try:
             # A deleted config's orders still have the key blog retired for their merchant.
-            now = configs.get(order.page_config_id, (None, None))
+            now = configs.get(order.page_config_id)
+            kept_key = kept.get((order.page_config_id, order.merchant_code))
             account_of(
                 order.id,
                 order.merchant_code,
                 order.page_config_id,
-                (*now, kept.get((order.page_config_id, order.merchant_code))),
+                # As configured_account reads it: None when neither is there.
+                None if now is None and kept_key is None else (*(now or (None, None)), kept_key),
             )
         except MerchantKeyGone as gone:
             missing[order.id] = gone.note

@@ -160,12 +160,26 @@ class MerchantKeyGone(DependencyUnavailable):
     order with :attr:`note`."""
 
     def __init__(
-        self, order_id: int, page_config_id: int, merchant_code: str, names_now: str | None
+        self,
+        order_id: int,
+        page_config_id: int,
+        merchant_code: str,
+        names_now: str | None,
+        *,
+        page_names_it: bool = False,
+        config_gone: bool = False,
     ) -> None:
         self.order_id = order_id
         # The merchant the page names now when it is another than the order's, else None.
         self.names_now = names_now
-        self.note = key_missing_note(order_id, merchant_code, page_config_id, names_now)
+        self.note = key_missing_note(
+            order_id,
+            merchant_code,
+            page_config_id,
+            names_now,
+            page_names_it=page_names_it,
+            config_gone=config_gone,
+        )
         super().__init__(
             f"The payment of order {order_id} cannot be checked right now: its SumUp merchant "
             f"{merchant_code} has no key in page config {page_config_id} any more; we will keep "
@@ -175,15 +189,44 @@ class MerchantKeyGone(DependencyUnavailable):
 
 
 def key_missing_note(
-    order_id: int, merchant_code: str, page_config_id: int, names_now: str | None
+    order_id: int,
+    merchant_code: str,
+    page_config_id: int,
+    names_now: str | None,
+    *,
+    page_names_it: bool = False,
+    config_gone: bool = False,
 ) -> str:
     """What a person is told about an order whose merchant has no key any more (attention,
-    the reconciliation's warning)."""
-    switched = f" (it now names merchant {names_now})" if names_now else ""
-    return (
+    the reconciliation's warning): what they can do about it. Any API key of the merchant
+    sees all its checkouts. When the page still names the merchant (its key removed), that is
+    putting a key back in the page's settings; otherwise (the page names another merchant or
+    none, or the config was deleted) a key in the page's settings would send new payments
+    there, so it is a key given to blog as a retired one; without any key, SumUp's dashboard."""
+    said = (
         f"order {order_id}: its SumUp merchant {merchant_code} has no key in page config "
-        f"{page_config_id} any more{switched}; a payment may be waiting on SumUp: restore the "
-        "key (blog page settings) to settle it"
+        f"{page_config_id} any more"
+    )
+    if page_names_it:
+        return (
+            f"{said}; a payment may be waiting on SumUp: restore the key (blog page settings; "
+            f"any API key of merchant {merchant_code}, a new one from its SumUp dashboard if the "
+            "old one is lost) to settle it"
+        )
+    if config_gone:
+        said += " (the config was deleted)"
+    elif names_now:
+        said += f" (it now names merchant {names_now})"
+    else:
+        said += " (it names no merchant now)"
+    return (
+        f"{said} and blog keeps none it retired; a payment may be waiting on SumUp: give blog a "
+        f"key of merchant {merchant_code} (any API key of it, a new one from its SumUp "
+        "dashboard if the old one is lost) as a retired one, as blog's owner: INSERT INTO "
+        "blog.retired_sumup_keys (page_config_id, sumup_merchant_code, sumup_api_key) VALUES "
+        f"({page_config_id}, '{merchant_code}', '<key>'); orders then settles, closes or "
+        "refunds it. Without any key of that merchant, look the order's checkouts up in its "
+        "SumUp dashboard (refund or cancel them there): the order stays pending and listed here"
     )
 
 
@@ -362,6 +405,8 @@ def account_of(
         page_config_id,
         merchant_code or "(none)",
         names_now if names_now != merchant_code else None,
+        page_names_it=names_now is not None and names_now == merchant_code,
+        config_gone=found is None,
     )
 
 

@@ -1933,7 +1933,8 @@ async def test_a_payment_after_the_page_key_was_removed_is_not_lost_and_settles_
         assert listed[0]["merchant_key_missing"] == (
             f"order {order_id}: its SumUp merchant {merchant_code} has no key in page config "
             f"{config_id} any more; a payment may be waiting on SumUp: restore the key (blog "
-            "page settings) to settle it"
+            f"page settings; any API key of merchant {merchant_code}, a new one from its SumUp "
+            "dashboard if the old one is lost) to settle it"
         )
 
         set_config_key(clean_db, config_id, DEFAULT_API_KEY)

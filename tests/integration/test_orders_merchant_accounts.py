@@ -15,6 +15,7 @@ from apps.common.observability import TextFormatter, TraceIdFilter
 from apps.sumup_sandbox import DEFAULT_MERCHANT_CODE
 from apps.sumup_sandbox.app import DEFAULT_API_KEY
 from apps.sumup_sandbox.server import BackgroundSandbox
+from ops.cli.calls import attention_rows
 from ops.db.provision import APP_SETTINGS
 from tests.conftest import admin_connect
 from tests.integration.blog_fixtures import provider_unreachable
@@ -35,6 +36,22 @@ from tests.signed import internal_get, internal_post
 OTHER_MERCHANT = "MOTHER2"
 OTHER_KEY = "sup_sk_other_merchant"
 OLD_KEY = "sup_sk_rotated_out"
+
+
+def key_gone_advice(config_id: int, merchant: str) -> str:
+    """What the attention listing tells a person to do when the page no longer names the order's
+    merchant (another merchant, none, or the config deleted) and blog keeps no key of it."""
+    return (
+        f"a payment may be waiting on SumUp: give blog a key of merchant {merchant} (any API "
+        "key of it, a new one from its SumUp dashboard if the old one is lost) as a retired "
+        "one, as blog's owner: INSERT INTO blog.retired_sumup_keys (page_config_id, "
+        f"sumup_merchant_code, sumup_api_key) VALUES ({config_id}, '{merchant}', '<key>'); "
+        "orders then settles, closes or refunds it. Without any key of that merchant, look "
+        "the order's checkouts up in its SumUp dashboard (refund or cancel them there): the "
+        "order stays pending and listed here"
+    )
+
+
 NEW_KEY = "sup_sk_rotated_in"
 
 
@@ -294,7 +311,10 @@ async def test_a_payment_to_a_merchant_the_page_switched_away_from_is_never_expi
             f"config {config_id} any more"
         ), what
         assert OTHER_MERCHANT in what
-        assert "a payment may be waiting on SumUp: restore the key" in what
+        # Restoring the page's key would send new payments to the old merchant again: what
+        # a person can do is give blog a key of the order's merchant as a retired one.
+        assert "restore the key" not in what, what
+        assert what.endswith(key_gone_advice(config_id, DEFAULT_MERCHANT_CODE)), what
 
         set_site_account(clean_db, DEFAULT_MERCHANT_CODE, DEFAULT_API_KEY)
         await reconciler.run_once()
@@ -340,7 +360,8 @@ async def test_a_removed_key_leaves_the_order_waiting_and_listed_not_failing_eve
         assert listed[order_id]["merchant_key_missing"] == (
             f"order {order_id}: its SumUp merchant {DEFAULT_MERCHANT_CODE} has no key in page "
             f"config {config_id} any more; a payment may be waiting on SumUp: restore the key "
-            "(blog page settings) to settle it"
+            f"(blog page settings; any API key of merchant {DEFAULT_MERCHANT_CODE}, a new one "
+            "from its SumUp dashboard if the old one is lost) to settle it"
         )
         assert listed[order_id]["status"] == "pending"
 
@@ -656,4 +677,43 @@ async def test_a_payment_for_a_page_config_deleted_since_settles_with_its_retire
         await orders.apps["orders"].state.reconciler.run_once()
         assert dict(row[:2] for row in order_rows(clean_db))[unpaid_id] == "expired"
         assert attempt_statuses(clean_db, unpaid_id) == ["EXPIRED"]
+        assert await attention_of(orders) == {}
+
+
+async def test_attention_says_what_a_person_can_do_for_an_order_of_a_deleted_config(
+    clean_db, credentials, sandbox
+):
+    """Task s21 retired keys 3: an order whose config was deleted and whose retired key is gone
+    too was listed with "restore the key (blog page settings)": there are no settings to restore
+    it in. The listing (JSON, and the CLI's table, which shows the same text) now says the
+    config was deleted and what a person can do: give blog a key of the order's merchant as a
+    retired one, or handle the checkouts in SumUp's dashboard."""
+    config_id = add_page_config(clean_db, "site", 0)
+    async with orders_stack(
+        clean_db, credentials, sandbox.server, ORDERS_MERCHANT_ACCOUNT_SECONDS="0"
+    ) as orders:
+        order_id = (await create(orders)).json()["order_id"]
+        with admin_connect(clean_db, "blog") as connection:
+            connection.execute(DELETE_SITE_CONFIG["removed"])
+        forget_retired_keys(clean_db)  # kept past its time
+        listed = await attention_of(orders)
+        what = listed[order_id]["merchant_key_missing"]
+        assert what == (
+            f"order {order_id}: its SumUp merchant {DEFAULT_MERCHANT_CODE} has no key in page "
+            f"config {config_id} any more (the config was deleted) and blog keeps none it "
+            f"retired; {key_gone_advice(config_id, DEFAULT_MERCHANT_CODE)}"
+        )
+        [row] = attention_rows(list(listed.values()))
+        assert row[3] == what
+
+        # What it says works: the key given back as a retired one settles the payment.
+        sandbox.pay(checkout_id_of(clean_db, order_id))
+        with admin_connect(clean_db, "blog") as connection:
+            connection.execute(
+                "INSERT INTO blog.retired_sumup_keys (page_config_id, sumup_merchant_code, "
+                "sumup_api_key) VALUES (%s, %s, %s)",
+                (config_id, DEFAULT_MERCHANT_CODE, DEFAULT_API_KEY),
+            )
+        await orders.apps["orders"].state.reconciler.run_once()
+        assert dict(row[:2] for row in order_rows(clean_db))[order_id] == "paid"
         assert await attention_of(orders) == {}
