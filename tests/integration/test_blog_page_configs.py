@@ -482,3 +482,37 @@ async def test_a_retired_key_past_its_days_is_not_readable_and_not_kept_without_
         # No config written: the entry past 30 days is neither readable nor kept.
         assert keys_orders_reads(clean_db, credentials) == [("MTWO222", "sup_sk_two_first")]
         assert [row[1:] for row in retired_keys(clean_db)] == [("MTWO222", "sup_sk_two_first")]
+
+
+async def test_a_deleted_config_keeps_its_key_and_one_back_with_it_keeps_none(
+    blog, farm_shop, clean_db
+):
+    """Blog 0005's trigger, each way a config is deleted and comes back: marked deleted, its
+    merchant's key is kept; unmarked, it names that merchant with a key again and the entry
+    goes; its row removed, the key is kept (the entry outlives the row); the row inserted again
+    with its id and key (the split's sync does so), the entry goes."""
+    answer = await internal_post(
+        blog,
+        "update-page-config",
+        page(farm_shop, sumup_merchant_code="MONE111", sumup_api_key="sup_sk_one_first"),
+    )
+    assert answer.status_code == 200, answer.text
+    config_id = int(answer.json()["id"])
+    kept = [(config_id, "MONE111", "sup_sk_one_first")]
+    with admin_connect(clean_db, "blog") as connection:
+        connection.execute(
+            "UPDATE blog.page_configs SET deleted_at = now() WHERE id = %s", (config_id,)
+        )
+        assert retired_keys(clean_db) == kept
+        connection.execute(
+            "UPDATE blog.page_configs SET deleted_at = NULL WHERE id = %s", (config_id,)
+        )
+        assert retired_keys(clean_db) == []
+        connection.execute("DELETE FROM blog.page_configs WHERE id = %s", (config_id,))
+        assert retired_keys(clean_db) == kept
+        connection.execute(
+            "INSERT INTO blog.page_configs (id, container_type, container_id, "
+            "sumup_merchant_code, sumup_api_key) VALUES (%s, 'page', %s, %s, %s)",
+            (config_id, farm_shop, "MONE111", "sup_sk_one_first"),
+        )
+        assert retired_keys(clean_db) == []
