@@ -46,6 +46,11 @@ logger = logging.getLogger("rose.internal")
 DEFAULT_TIMEOUT = httpx.Timeout(5.0, connect=2.0)
 RETRY_DELAYS = (0.1, 0.4)
 RETRYABLE_STATUSES = frozenset({502, 503, 504})
+# The 4xx answers that may change when the same request is sent again later: a timeout (408), a
+# conflict of the moment (409: its idempotency key in use, a replayed nonce), too early (425),
+# too many (429), and a signature refused (401: a clock or a secret to set right, after which
+# the same message is taken). Any other 4xx refuses the request itself, for good.
+REFUSED_FOR_NOW = frozenset({401, 408, 409, 425, 429})
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
@@ -74,6 +79,13 @@ class InternalCallError(Exception):
         # timed out or the connection broke after sending): the caller must not say "nothing
         # happened".
         self.outcome_unknown = outcome_unknown
+
+    @property
+    def refused(self) -> bool:
+        """Whether the other service refused the request for good: sent again, unchanged, it
+        gets the same answer (a 4xx but those of :data:`REFUSED_FOR_NOW`)."""
+        status = self.remote_status
+        return status is not None and 400 <= status < 500 and status not in REFUSED_FOR_NOW
 
 
 def _outcome_unknown(error: InternalCallError) -> InternalCallError:

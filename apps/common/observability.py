@@ -102,7 +102,8 @@ FDW_DEGRADED_READS = Counter(
 )
 OUTBOX_DELIVERIES = Counter(
     "rose_outbox_deliveries_total",
-    "Outbox messages delivered (acknowledged) or failed, by target service and outcome",
+    "Outbox messages delivered (acknowledged), failed or dead (refused for good), by target "
+    "service and outcome",
     ["target", "outcome"],
 )
 

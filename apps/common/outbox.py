@@ -1,6 +1,8 @@
 """A transactional outbox: actions of other services' contracts to call, written in the same
 transaction as the change that requires them, delivered later by a relay with retries and
-backoff until the other service acknowledges.
+backoff until the other service acknowledges, or refuses it for good (a 4xx that sending it
+again cannot change, :attr:`InternalCallError.refused`): such a message is dead (``dead_at``),
+logged once as an error, never sent again, and left for a person (``rose_outbox_dead``).
 
 Each message carries an idempotency key (unique), sent as the ``Idempotency-Key`` header, so a
 redelivery after a lost acknowledgement is harmless: the receiver replays its stored answer.
@@ -82,6 +84,8 @@ def outbox_table(metadata: MetaData) -> Table:
         Column("next_attempt_at", DateTime(timezone=True), server_default=func.now()),
         Column("delivered_at", DateTime(timezone=True), nullable=True),
         Column("last_error", Text, nullable=True),
+        # When the receiver refused it for good: never sent again (its next_attempt_at NULL).
+        Column("dead_at", DateTime(timezone=True), nullable=True),
         Column("created_at", DateTime(timezone=True), server_default=func.now(), nullable=False),
         # The W3C trace context of the transaction that queued it: its delivery continues that
         # trace (apps/common/observability.py).
@@ -169,21 +173,33 @@ OUTBOX_BACKLOG = scrape_gauge("rose_outbox_backlog", "Outbox messages not yet de
 OUTBOX_OLDEST_AGE = scrape_gauge(
     "rose_outbox_oldest_age_seconds", "Age of the oldest outbox message not yet delivered (0: none)"
 )
+OUTBOX_DEAD = scrape_gauge(
+    "rose_outbox_dead", "Outbox messages their receiver refused for good: never sent again"
+)
 
 
 def backlog_metrics(table: Table) -> ScrapeHook:
-    """A scrape hook: the outbox backlog and its oldest message's age, read when scraped."""
+    """A scrape hook: the outbox backlog (dead messages apart) and its oldest message's age, and
+    the dead messages, read when scraped."""
+    waiting = table.c.delivered_at.is_(None) & table.c.dead_at.is_(None)
 
     async def scrape(state: State) -> None:
-        count, oldest = await scrape_row(
+        count, oldest, dead = await scrape_row(
             state,
             select(
-                func.count(),
-                func.coalesce(func.extract("epoch", func.now() - func.min(table.c.created_at)), 0),
+                func.count().filter(waiting),
+                func.coalesce(
+                    func.extract(
+                        "epoch", func.now() - func.min(table.c.created_at).filter(waiting)
+                    ),
+                    0,
+                ),
+                func.count().filter(table.c.dead_at.is_not(None)),
             ).where(table.c.delivered_at.is_(None)),
         )
         OUTBOX_BACKLOG.set(count)
         OUTBOX_OLDEST_AGE.set(float(oldest))
+        OUTBOX_DEAD.set(dead)
 
     return scrape
 
@@ -198,7 +214,11 @@ def next_due(table: Table) -> Select[Any]:
     second row, locked but left for the next transaction); locked rows are skipped."""
     return (
         select(table)
-        .where(table.c.delivered_at.is_(None), table.c.next_attempt_at <= func.now())
+        .where(
+            table.c.delivered_at.is_(None),
+            table.c.dead_at.is_(None),
+            table.c.next_attempt_at <= func.now(),
+        )
         .order_by(table.c.id)
         .limit(2)
         .with_for_update(skip_locked=True)
@@ -321,8 +341,11 @@ class OutboxRelay:
                     idempotency_key=message.idempotency_key,
                 )
         except InternalCallError as exc:
-            OUTBOX_DELIVERIES.labels(message.service, "failed").inc()
             attempts = message.attempts + 1
+            if exc.refused:
+                await self._refused(session, message, attempts, exc)
+                return False
+            OUTBOX_DELIVERIES.labels(message.service, "failed").inc()
             logger.warning(
                 "outbox %s %s.%s failed (attempt %d): %s",
                 message.id,
@@ -356,11 +379,40 @@ class OutboxRelay:
         OUTBOX_DELIVERIES.labels(message.service, "delivered").inc()
         return True
 
+    async def _refused(
+        self, session: AsyncSession, message: Row[Any], attempts: int, exc: InternalCallError
+    ) -> None:
+        """The receiver refused the message for good (sent again, it would answer the same, and
+        a sender waiting for it, a later change of the same relation, would wait for ever): it
+        is dead, never sent again, logged once for a person to decide on."""
+        OUTBOX_DELIVERIES.labels(message.service, "dead").inc()
+        logger.error(
+            "outbox %s %s.%s refused for good (attempt %d), not sent again: %s; its payload: %s",
+            message.id,
+            message.service,
+            message.action,
+            attempts,
+            exc,
+            msgspec.json.encode(message.payload).decode(),
+        )
+        table = self._table
+        await session.execute(
+            update(table)
+            .where(table.c.id == message.id)
+            .values(
+                attempts=attempts,
+                last_error=str(exc)[:2000],
+                dead_at=func.now(),
+                next_attempt_at=None,
+            )
+        )
+
     def _due_among(self, keys: Collection[str]) -> ColumnElement[bool]:
         table = self._table
         return (
             table.c.idempotency_key.in_(list(keys))
             & table.c.delivered_at.is_(None)
+            & table.c.dead_at.is_(None)
             & (table.c.next_attempt_at <= func.now())
         )
 

@@ -176,10 +176,12 @@ class RelationsLink:
         )
 
     async def _pending(self, relation: DetachChild) -> list[str]:
-        """The keys of the messages still queued about ``relation``'s child."""
+        """The keys of the messages still queued about ``relation``'s child (not those relations
+        refused for good: dead, they are never delivered, and nothing waits for them)."""
         outbox = self._outbox
         about_child = (
             outbox.c.delivered_at.is_(None)
+            & outbox.c.dead_at.is_(None)
             & (outbox.c.service == SERVICE)
             & (outbox.c.payload["child_type"].astext == relation.child_type)
             & (outbox.c.payload["child_id"].astext.cast(BigInteger) == relation.child_id)

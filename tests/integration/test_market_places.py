@@ -5,6 +5,7 @@ that exist (read through FDW), shown by their names."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import httpx
@@ -407,6 +408,154 @@ async def test_an_undo_still_queued_never_lands_after_a_later_change(stack, clea
     assert [(action, delivered) for action, _key, delivered in outbox_rows(clean_db)] == [
         ("attach-child", True)
     ]
+
+
+class RelationsAnswering:
+    """relations, except that while ``status`` is set every call is answered with it (a
+    problem), unapplied."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.status: int | None = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if self.status is None or scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        await read_body(receive)
+        await send_problem(send, self.status, "relations is not taking this now", scope["path"])
+
+
+def outbox_states(server) -> list[tuple]:
+    """(action, attempts, delivered, dead, last error) of each message of market's outbox."""
+    with admin_connect(server, "market") as connection:
+        return connection.execute(
+            "SELECT action, attempts, delivered_at IS NOT NULL, dead_at IS NOT NULL, last_error "
+            "FROM market.outbox ORDER BY id"
+        ).fetchall()
+
+
+async def queue_a_reattach(stack, server, monkeypatch, editor, place_id: int) -> Any:
+    """Removing the market place fails at commit after relations detached it, and relations is
+    unreachable for the undo: a re-attach (with the market place's name as its label) is
+    queued in market's outbox. Relations answers again (the returned app; its relay's backoff
+    still runs)."""
+    from apps.market import service
+
+    real = service.commit_or_revert_relations
+    down = UnreachableAfterApplying(stack.apps["relations"], applied=0)
+    down.back = True
+
+    async def failing_commit(session, link, calls, *doing):
+        async def boom() -> None:
+            raise RuntimeError("commit failed")
+
+        session.commit = boom
+        down.back = False
+        await real(session, link, calls, *doing)
+
+    monkeypatch.setattr(service, "commit_or_revert_relations", failing_commit)
+    answering = RelationsAnswering(down)
+    route_relations(stack, answering)
+    failed = await editor.post(f"/admin/market-places/{place_id}/delete/")
+    assert failed.status_code == 500, failed.text
+    monkeypatch.setattr(service, "commit_or_revert_relations", real)
+
+    def backoff_runs() -> None:
+        with admin_connect(server, "market") as connection:
+            connection.execute(
+                "UPDATE market.outbox SET next_attempt_at = now() + interval '1 hour'"
+            )
+
+    # In a thread: the relay's loop may be delivering the undo (the row locked) meanwhile.
+    await asyncio.to_thread(backoff_runs)
+    down.back = True
+    return answering
+
+
+async def test_an_undo_relations_refuses_for_good_is_dead_and_blocks_nothing(
+    stack, clean_db, monkeypatch, caplog
+):
+    """Audit LOW-4: the relay sent every message again until it was taken, whatever the
+    answer, and a change of a child waited for what the outbox held about it. An undo relations
+    refuses for good (a re-attach whose label, a name stored before names were checked, is not
+    one line: a 422) was sent again every 5 minutes for ever, and every later change of that
+    market place answered 503 "waits for relations to undo an earlier change" until a person
+    deleted the row. Now such a refusal is final: the message is dead (``dead_at``), logged
+    once as an error saying what was refused and why, never sent again, and the next change of
+    the market place goes through."""
+    editor = await browser_of(stack, "market", user_id=1)
+    place_id = (
+        await editor.post(
+            "/admin/market-places/", data={"name": "Dairy", "slug": "dairy", "page_id": "2"}
+        )
+    ).json()["id"]
+    with admin_connect(clean_db, "market") as connection:  # a name from before the check
+        connection.execute(
+            "UPDATE market.market_places SET name = E'Dairy\\nfarm' WHERE id = %s", (place_id,)
+        )
+    await queue_a_reattach(stack, clean_db, monkeypatch, editor, place_id)
+    [(action, _key, delivered)] = outbox_rows(clean_db)
+    assert (action, delivered) == ("attach-child", False)
+
+    deleted = await editor.post(f"/admin/market-places/{place_id}/delete/")
+    assert deleted.status_code == 200, deleted.text
+    assert places(clean_db) == [("dairy", "Dairy\nfarm", 2, False)]
+    assert live_relations(clean_db) == []
+    [(action, attempts, delivered, dead, error)] = outbox_states(clean_db)
+    assert (action, delivered, dead) == ("attach-child", False, True)
+    assert "answered 422: label: Label must be one line" in error, error
+    refused = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "rose.outbox" and r.levelno >= logging.ERROR
+    ]
+    assert len(refused) == 1, refused
+    assert "relations.attach-child refused for good" in refused[0], refused
+    assert "answered 422: label: Label must be one line" in refused[0], refused
+
+    # An operator sees it: /metrics counts it as dead, not as waiting.
+    metrics = (await editor.get("/metrics")).text
+    assert "\nrose_outbox_dead 1.0\n" in metrics
+    assert "\nrose_outbox_backlog 0.0\n" in metrics
+
+    # Never sent again, however long the relay runs.
+    relay = stack.apps["market"].state.relations_link.relay
+    with admin_connect(clean_db, "market") as connection:
+        connection.execute("UPDATE market.outbox SET next_attempt_at = now()")
+    assert await relay.deliver_due() == 0
+    assert [row[1] for row in outbox_states(clean_db)] == [attempts]
+
+
+async def test_an_undo_relations_cannot_take_now_is_retried_and_still_blocks(
+    stack, clean_db, monkeypatch
+):
+    """A 503 is not a refusal: the undo stays queued, is sent again, and a later change of the
+    market place still waits for it (delivered after that change, it would undo it)."""
+    editor = await browser_of(stack, "market", user_id=1)
+    place_id = (
+        await editor.post(
+            "/admin/market-places/", data={"name": "Dairy", "slug": "dairy", "page_id": "2"}
+        )
+    ).json()["id"]
+    answering = await queue_a_reattach(stack, clean_db, monkeypatch, editor, place_id)
+    answering.status = 503
+    blocked = await editor.post(f"/admin/market-places/{place_id}/delete/")
+    assert blocked.status_code == 503, blocked.text
+    assert "waits for relations to undo an earlier change" in blocked.json()["detail"]
+    [(action, attempts, delivered, dead, error)] = outbox_states(clean_db)
+    assert (action, delivered, dead) == ("attach-child", False, False)
+    assert attempts >= 2, attempts
+    assert "answered 503" in error, error
+
+    answering.status = None
+    deleted = await editor.post(f"/admin/market-places/{place_id}/delete/")
+    assert deleted.status_code == 200, deleted.text
+    assert [(row[0], row[2], row[3]) for row in outbox_states(clean_db)] == [
+        ("attach-child", True, False)
+    ]
+    assert places(clean_db) == [("dairy", "Dairy", 2, False)]
+    assert live_relations(clean_db) == []
 
 
 async def test_blog_attaches_only_market_places_that_exist_and_shows_their_names(stack, clean_db):
