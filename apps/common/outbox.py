@@ -407,16 +407,20 @@ class OutboxRelay:
             )
         )
 
-    def _due_among(self, keys: Collection[str]) -> ColumnElement[bool]:
+    def _due_among(
+        self, keys: Collection[str], whatever_backoff: bool = False
+    ) -> ColumnElement[bool]:
         table = self._table
-        return (
+        among = (
             table.c.idempotency_key.in_(list(keys))
             & table.c.delivered_at.is_(None)
             & table.c.dead_at.is_(None)
-            & (table.c.next_attempt_at <= func.now())
         )
+        return among if whatever_backoff else among & (table.c.next_attempt_at <= func.now())
 
-    async def deliver_now(self, keys: Collection[str], *, within: float) -> bool:
+    async def deliver_now(
+        self, keys: Collection[str], *, within: float, whatever_backoff: bool = False
+    ) -> bool:
         """Deliver now the due messages among ``keys``, for a page about to show their effect
         (orders' return page: the cart the payment clears). The relay's own delivery, one
         message a transaction holding its row lock; a message being delivered elsewhere at that
@@ -424,35 +428,48 @@ class OutboxRelay:
         waits at most ``within`` seconds: a delivery still going on then finishes in the
         background (never cut half way), and a failed one is retried by the relay with its
         backoff, as any other. True when some of them were due (what they change may have
-        changed)."""
+        changed), or may have been: the wait ended before that was known (the pool's
+        connections all busy). ``whatever_backoff``: those still in their backoff too."""
         if not keys:
             return False
-        async with self._maker() as session:
-            if not await session.scalar(select(exists().where(self._due_among(keys)))):
-                return False
-        task = asyncio.create_task(self._deliver_keys(keys), name="outbox-deliver-now")
+        loop = asyncio.get_running_loop()
+        until = loop.time() + within
+        due = exists().where(self._due_among(keys, whatever_backoff))
+        try:
+            # A connection of the pool is waited for within the same bound.
+            async with asyncio.timeout_at(until), self._maker() as session:
+                if not await session.scalar(select(due)):
+                    return False
+        except TimeoutError:
+            return True
+        task = asyncio.create_task(
+            self._deliver_keys(keys, whatever_backoff), name="outbox-deliver-now"
+        )
         self._now.add(task)
         task.add_done_callback(self._now.discard)
-        await asyncio.wait({task}, timeout=within)
+        await asyncio.wait({task}, timeout=max(until - loop.time(), 0))
         return True
 
-    async def _deliver_keys(self, keys: Collection[str]) -> None:
+    async def _deliver_keys(self, keys: Collection[str], whatever_backoff: bool) -> None:
         table = self._table
         # FOR UPDATE without SKIP LOCKED: a message another transaction is delivering is waited
         # for, then left out if that delivery recorded it (or pushed it back after a failure).
-        next_among = (
-            select(table)
-            .where(self._due_among(keys))
-            .order_by(table.c.id)
-            .limit(1)
-            .with_for_update()
-        )
+        # Each message once here: one that failed is the relay's to retry.
+        tried: list[int] = []
         try:
             for _ in keys:
+                next_among = (
+                    select(table)
+                    .where(self._due_among(keys, whatever_backoff), table.c.id.not_in(tried))
+                    .order_by(table.c.id)
+                    .limit(1)
+                    .with_for_update()
+                )
                 async with self._maker() as session, session.begin():
                     message = (await session.execute(next_among)).first()
                     if message is None:
                         return
+                    tried.append(message.id)
                     await self._deliver(session, message)
         except Exception:  # the relay delivers it later; nobody awaits this task's result
             logger.exception("outbox: delivering %s now failed", ", ".join(keys))

@@ -956,7 +956,7 @@ async def create_calendar(
     await session.refresh(calendar)
     attach = RelationsCall(True, _relation(calendar, request.page_id), calendar.name)
     doing = f"attaching calendar {calendar.slug!r} to page {request.page_id}"
-    await call_relations(link, attach, doing)
+    await call_relations(session, link, attach, doing)
     return CalendarChange(to_calendar(calendar), [attach], doing)
 
 
@@ -974,6 +974,7 @@ async def attach_calendar(
     attach = RelationsCall(True, _relation(calendar, page_id), calendar.name)
     doing = f"attaching calendar {calendar.id} to page {page_id}"
     await call_relations(
+        session,
         link,
         attach,
         doing,
@@ -988,7 +989,7 @@ async def attach_calendar(
         detach = RelationsCall(False, _relation(calendar, previous_page), calendar.name)
         moving = f"moving calendar {calendar.id} from page {previous_page}"
         try:
-            await call_relations(link, detach, moving)
+            await call_relations(session, link, detach, moving)
         except Problem as exc:
             if not await revert_relations(link, done):
                 # "Nothing was changed" is not true yet: relations shows it on the new page.
@@ -1018,7 +1019,7 @@ async def detach_calendar(
         return CalendarChange(to_calendar(calendar), [])
     detach = RelationsCall(False, _relation(calendar, calendar.container_id), calendar.name)
     doing = f"detaching calendar {calendar.id} from its page"
-    await call_relations(link, detach, doing)
+    await call_relations(session, link, detach, doing)
     calendar.container_type = None
     calendar.container_id = None
     calendar.updated_at = await database_now(session)

@@ -443,7 +443,7 @@ async def create_place(session: AsyncSession, link: RelationsLink, form: PlaceFo
             f"Another market place already uses the web address name {slug!r}.", field="slug"
         ) from exc
     attach = RelationsCall(True, _relation(place.id, page_id), name)
-    await call_relations(link, attach, f"adding market place {name!r}")
+    await call_relations(session, link, attach, f"adding market place {name!r}")
     return PlaceChange(_to_place_view(place), [attach], f"adding market place {name!r}")
 
 
@@ -473,7 +473,7 @@ async def delete_place(session: AsyncSession, link: RelationsLink, place_id: int
         )
     detach = RelationsCall(False, _relation(place.id, place.container_id), place.name)
     doing = f"removing market place {place.name!r}"
-    await call_relations(link, detach, doing)
+    await call_relations(session, link, detach, doing)
     place.deleted_at = func.now()
     await session.flush()
     return PlaceChange(_to_place_view(place), [detach], doing)

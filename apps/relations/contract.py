@@ -20,7 +20,7 @@ import msgspec
 from litestar import Litestar
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
-from sqlalchemy import BigInteger, Table, event, func, select, update
+from sqlalchemy import BigInteger, Table, event, select
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -175,9 +175,15 @@ class RelationsLink:
             maker, outbox, poll_seconds=poll_seconds, client=client, acknowledged=self._settled
         )
 
-    async def _pending(self, relation: DetachChild) -> list[str]:
+    async def _pending(self, session: AsyncSession, relation: DetachChild) -> list[str]:
         """The keys of the messages still queued about ``relation``'s child (not those relations
-        refused for good: dead, they are never delivered, and nothing waits for them)."""
+        refused for good: dead, they are never delivered, and nothing waits for them).
+
+        Read in the request's own transaction (``session``), with no lock and no write: the
+        request needs no second connection of the pool for it (audit LOW-3: each of a few
+        concurrent changes held one and waited for another until the pool's timeout), and its
+        rollback has nothing to undo here. Its isolation is READ COMMITTED, so each look sees
+        what the deliveries committed before it (:meth:`deliver_pending` looks again)."""
         outbox = self._outbox
         about_child = (
             outbox.c.delivered_at.is_(None)
@@ -186,28 +192,28 @@ class RelationsLink:
             & (outbox.c.payload["child_type"].astext == relation.child_type)
             & (outbox.c.payload["child_id"].astext.cast(BigInteger) == relation.child_id)
         )
-        async with self._maker() as session, session.begin():
-            keys = list(await session.scalars(select(outbox.c.idempotency_key).where(about_child)))
-            if keys:
-                # Due now, whatever their backoff: a change of the child waits for them.
-                await session.execute(
-                    update(outbox)
-                    .where(outbox.c.idempotency_key.in_(keys))
-                    .values(next_attempt_at=func.now())
-                )
-        return keys
+        return list(await session.scalars(select(outbox.c.idempotency_key).where(about_child)))
 
-    async def deliver_pending(self, relation: DetachChild, doing: str) -> None:
+    async def deliver_pending(
+        self, session: AsyncSession, relation: DetachChild, doing: str
+    ) -> None:
         """Deliver now what the outbox still holds about this child (an earlier change's undo):
         delivered after this change, it would undo it. A problem, nothing changed, while
-        relations does not take them."""
+        relations does not take them.
+
+        Only then is a second connection used: a delivery is recorded in a transaction of its
+        own, whatever becomes of the request's (relations took it; the undo of a repeat is
+        queued there, :meth:`_settled`), and it holds the message's row lock, which the request
+        must not (the delivery would wait for the request that waits for it). The wait for it,
+        that connection included, is bounded (``PENDING_WAIT_SECONDS`` each time)."""
         # Twice: a repeat of unknown outcome, then the undo its delivery queues.
         for _ in range(2):
-            keys = await self._pending(relation)
+            keys = await self._pending(session, relation)
             if not keys:
                 return
-            await self.relay.deliver_now(keys, within=PENDING_WAIT_SECONDS)
-        if await self._pending(relation):
+            # Due now, whatever their backoff: a change of the child waits for them.
+            await self.relay.deliver_now(keys, within=PENDING_WAIT_SECONDS, whatever_backoff=True)
+        if await self._pending(session, relation):
             raise Problem(
                 f"Nothing was changed: {doing} waits for relations to undo an earlier change of "
                 f"this {relation.child_type}, and it has not answered yet: try again shortly.",
@@ -286,13 +292,15 @@ Relations = NamedDependency[RelationsLink]
 
 
 async def call_relations(
+    session: AsyncSession,
     link: RelationsLink,
     call: RelationsCall,
     doing: str,
     *,
     undo_if_unknown: bool = True,
 ) -> None:
-    """Send ``call``; a failure is a problem (the caller's open transaction then rolls back)
+    """Send ``call`` for the change in ``session``'s open transaction; a failure is a problem
+    (the caller's open transaction then rolls back)
     saying what is true: nothing was changed, or, when relations may have applied it, that
     this is undone (now, or by the outbox once relations answers again).
 
@@ -308,7 +316,7 @@ async def call_relations(
     is left as it may be."""
     # A fresh key per call: the client may then retry a timeout or a 503 safely, and relations
     # applies the call once. (attach/detach are no-ops when repeated, but a key makes it exact.)
-    await link.deliver_pending(call.relation, doing)
+    await link.deliver_pending(session, call.relation, doing)
     key = f"{link.caller}-{uuid.uuid4()}"
     try:
         await call.send(link.client, idempotency_key=key)

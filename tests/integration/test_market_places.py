@@ -558,6 +558,30 @@ async def test_an_undo_relations_cannot_take_now_is_retried_and_still_blocks(
     assert live_relations(clean_db) == []
 
 
+async def test_a_relations_change_needs_one_connection_of_the_pool(clean_db, credentials):
+    """Audit LOW-3: the look for undos still queued about the child (before every relations
+    call) took a second connection of market's pool while the request's transaction held its
+    own: with every connection held by such a request, each waited for a second one until the
+    pool's timeout, and failed. It reads in the request's own transaction now: with a pool of
+    one connection (no overflow), market places are created and removed."""
+    insert_post(clean_db, "farm-shop", title="Farm Shop", is_page=True)
+    one = {"database_pool_size": 1, "database_pool_timeout": 3.0}
+    async with in_process_stack(
+        clean_db, credentials, ["market", "relations", "blog"], settings_overrides={"market": one}
+    ) as small:
+        editor = await browser_of(small, "market", user_id=1)
+        created = await editor.post(
+            "/admin/market-places/", data={"name": "Veg", "slug": "veg", "page_id": "1"}
+        )
+        assert created.status_code == 201, created.text
+        place_id = created.json()["id"]
+        assert live_relations(clean_db) == [("page", 1, "market", place_id, "Veg")]
+        deleted = await editor.post(f"/admin/market-places/{place_id}/delete/")
+        assert deleted.status_code == 200, deleted.text
+    assert places(clean_db) == [("veg", "Veg", 1, False)]
+    assert live_relations(clean_db) == []
+
+
 async def test_blog_attaches_only_market_places_that_exist_and_shows_their_names(stack, clean_db):
     editor = await browser_of(stack, "market", user_id=1)
     place_id = (
