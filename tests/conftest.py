@@ -188,7 +188,13 @@ async def in_process_stack(
     for name in names:
         overrides = (settings_overrides or {}).get(name, {})
         settings = make_settings(server, credentials, name, env=env, **overrides)
-        own = InternalClient(caller=name, secret=settings.internal_secret, asgi_apps=apps)
+        # A service not in this process is reached at its URL in the settings, if any.
+        own = InternalClient(
+            caller=name,
+            secret=settings.internal_secret,
+            asgi_apps=apps,
+            base_urls=settings.internal_urls,
+        )
         clients.append(own)
         module = importlib.import_module(SERVICES[name].app_module)
         apps[name] = module.create_app(settings, internal_client=own)

@@ -4,8 +4,8 @@ which parent (page). Imports nothing else of relations.
 For the owners of children (events' calendars, market's market places), the one way to keep
 relations in step with their own rows: call relations inside the open local transaction, after
 the local rows are flushed, and commit only once it answered (:func:`call_relations`, which
-undoes a call relations may have applied without answering in time); should the commit then
-fail, undo what relations did (:func:`commit_or_revert_relations`)."""
+has the owner's outbox undo a call relations may have applied without answering in time);
+should the commit then fail, undo what relations did (:func:`commit_or_revert_relations`)."""
 
 from __future__ import annotations
 
@@ -300,20 +300,21 @@ async def call_relations(
     undo_if_unknown: bool = True,
 ) -> None:
     """Send ``call`` for the change in ``session``'s open transaction; a failure is a problem
-    (the caller's open transaction then rolls back)
-    saying what is true: nothing was changed, or, when relations may have applied it, that
-    this is undone (now, or by the outbox once relations answers again).
+    (the caller's open transaction then rolls back) saying what is true: nothing was changed,
+    or, when relations may have applied it, that the outbox undoes it once relations answers.
 
     A call that timed out (or lost its connection after sending) may still be applied by
     relations once it answers (audit s20 M1 a: an attachment of a market place that never
-    existed). It is sent again with its key, which relations applies at most once and answers
-    only once applied, then undone, while the caller still holds its locks, so that no later
-    change of the same child comes in between. When relations does not answer that either, the
-    repeat goes into the outbox, and its undo after it. What the outbox still holds about the
-    child is delivered first (:meth:`RelationsLink.deliver_pending`): an undo delivered after
-    this call would undo it. ``undo_if_unknown=False``: the call
-    only repeats what the caller already stores (attaching a calendar to its own page), so it
-    is left as it may be."""
+    existed). Its repeat under its key (relations applies a key at most once and answers only
+    once applied) is queued in the owner's outbox at once, committed while the caller still
+    holds its locks, and its undo is queued once that is acknowledged; a later change of the
+    same child first delivers what the outbox holds about it
+    (:meth:`RelationsLink.deliver_pending`), so that undo never lands after it. Nothing more is
+    tried here: a relations that does not answer made the call wait its tries already, and
+    trying the repeat and the undo now, each with its own tries, doubled that wait (audit s21b
+    B3: 31 s before the 503, longer than many clients and proxies wait). ``undo_if_unknown=
+    False``: the call only repeats what the caller already stores (attaching a calendar to its
+    own page), so it is left as it may be."""
     # A fresh key per call: the client may then retry a timeout or a 503 safely, and relations
     # applies the call once. (attach/detach are no-ops when repeated, but a key makes it exact.)
     await link.deliver_pending(session, call.relation, doing)
@@ -321,9 +322,7 @@ async def call_relations(
     try:
         await call.send(link.client, idempotency_key=key)
     except InternalCallError as exc:
-        if not exc.outcome_unknown or (
-            undo_if_unknown and await _settle_and_undo(link.client, call, key)
-        ):
+        if not exc.outcome_unknown:
             raise Problem(
                 f"Nothing was changed: {doing} needs the relations service, which failed ({exc})",
                 status_code=exc.http_status,
@@ -345,21 +344,6 @@ async def call_relations(
             status_code=exc.http_status,
             service=SERVICE,
         ) from exc
-
-
-async def _settle_and_undo(internal: InternalClient, call: RelationsCall, key: str) -> bool:
-    """Whether a call of unknown outcome is now known to be undone: sent again under its key
-    (so it is applied, once, and the original can no longer be applied after the undo), then
-    reversed. False when relations did not answer either."""
-    try:
-        await call.send(internal, idempotency_key=key)
-        await call.undo().send(internal, idempotency_key=f"{key}{UNDO}")
-    except InternalCallError as exc:
-        logger.warning(
-            "relations may have applied %s, and it could not be undone now: %s", call, exc
-        )
-        return False
-    return True
 
 
 async def revert_relations(link: RelationsLink, calls: Sequence[RelationsCall]) -> bool:

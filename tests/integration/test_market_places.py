@@ -154,15 +154,17 @@ async def test_an_attach_that_timed_out_but_was_applied_is_undone(stack, clean_d
     """Audit s20 M1 (a): relations applied the attach, but its answer came after market's
     timeout (every attempt). Market said "Nothing was changed" and rolled the market place
     back, and relations kept a live attachment of a market place that never existed. Now
-    what relations did is undone before the answer, so "Nothing was changed" is true."""
+    what relations may have done is undone by market's outbox (queued before the answer, which
+    says so; audit s21b B3: not tried again in the request)."""
     editor = await browser_of(stack, "market", user_id=1)
     route_relations(stack, AnswersLost(stack.apps["relations"], "attach-child", lost=3))
     answer = await editor.post(
         "/admin/market-places/", data={"name": "Ghost", "slug": "ghost", "page_id": "1"}
     )
     assert answer.status_code == 503, answer.text
-    assert "Nothing was changed" in answer.json()["detail"]
+    assert "will be undone when relations answers again" in answer.json()["detail"]
     assert places(clean_db) == []
+    await relay_until_delivered(stack, clean_db)
     assert live_relations(clean_db) == []
 
 
@@ -177,8 +179,9 @@ async def test_a_detach_that_timed_out_but_was_applied_is_undone(stack, clean_db
     route_relations(stack, AnswersLost(stack.apps["relations"], "detach-child", lost=3))
     answer = await editor.post(f"/admin/market-places/{place_id}/delete/")
     assert answer.status_code == 503, answer.text
-    assert "Nothing was changed" in answer.json()["detail"]
+    assert "will be undone when relations answers again" in answer.json()["detail"]
     assert places(clean_db) == [("dairy", "Dairy", 2, True)]
+    await relay_until_delivered(stack, clean_db)
     assert live_relations(clean_db) == [("page", 2, "market", place_id, "Dairy")]
 
 
@@ -259,9 +262,15 @@ async def relay_until_delivered(stack: InProcessStack, server) -> None:
     """Market's relay passes (the backoff of its earlier failures counted as passed) until its
     outbox holds nothing undelivered; bounded, so a relay that never delivers fails the test."""
     relay = stack.apps["market"].state.relations_link.relay
-    for _ in range(50):
+
+    def due_now() -> None:
         with admin_connect(server, "market") as connection:
             connection.execute("UPDATE market.outbox SET next_attempt_at = now()")
+
+    for _ in range(50):
+        # In a thread: the relay's own loop may hold a message's row meanwhile (woken when it
+        # was queued); blocking the event loop on that lock would stall the relay itself.
+        await asyncio.to_thread(due_now)
         await relay.deliver_due()
         if all(delivered for *_, delivered in outbox_rows(server)):
             return
@@ -579,6 +588,79 @@ async def test_a_relations_change_needs_one_connection_of_the_pool(clean_db, cre
         deleted = await editor.post(f"/admin/market-places/{place_id}/delete/")
         assert deleted.status_code == 200, deleted.text
     assert places(clean_db) == [("veg", "Veg", 1, False)]
+    assert live_relations(clean_db) == []
+
+
+class SilentServer:
+    """A real socket server that accepts connections, reads what is sent, and never answers
+    (relations stopped with SIGSTOP: the kernel still accepts). ``requests``: the first line of
+    each request it got."""
+
+    def __init__(self) -> None:
+        self.requests: list[str] = []
+        self._server: asyncio.Server | None = None
+        self._held: list[asyncio.StreamWriter] = []
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._held.append(writer)
+        line = await reader.readline()
+        if line:
+            self.requests.append(line.decode("latin-1").strip())
+        await reader.read()  # until the client gives up
+
+    async def __aenter__(self) -> str:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in self._held:
+            writer.close()
+
+
+async def test_relations_not_answering_is_a_prompt_503_and_the_undo_is_queued(
+    clean_db, credentials
+):
+    """Audit s21b B3: with relations accepting connections but never answering, creating a
+    market place answered 503 only after the attach's three tries and then three more of its
+    repeat (to undo it at once), some 31 s, longer than many clients and proxies wait. Now,
+    once the attach's outcome is unknown, its undo is queued in market's outbox at once (the
+    repeat under its key, then the undo) and the 503 answers, naming relations: relations got
+    the attach's tries and nothing more from the request. Delivered once relations answers."""
+    insert_post(clean_db, "farm-shop", title="Farm Shop", is_page=True)
+    silent = SilentServer()
+    async with silent as url:
+        market = {"internal_urls": {"relations": url}}
+        async with in_process_stack(
+            clean_db, credentials, ["market"], settings_overrides={"market": market}
+        ) as first:
+            # Market's relay stopped (as if restarting): what relations gets is the request's.
+            await first.apps["market"].state.relations_link.relay.stop()
+            editor = await browser_of(first, "market", user_id=1)
+            answer = await editor.post(
+                "/admin/market-places/", data={"name": "Veg", "slug": "veg", "page_id": "1"}
+            )
+        assert answer.status_code == 503, answer.text
+        assert answer.headers["content-type"].startswith("application/problem+json")
+        problem = answer.json()
+        assert problem["service"] == "relations", problem
+        assert "will be undone when relations answers again" in problem["detail"], problem
+        assert "Nothing was changed" not in problem["detail"], problem
+        # The attach's own tries (the client's retries), no more.
+        assert silent.requests == ["POST /internal/actions/attach-child HTTP/1.1"] * 3
+    assert places(clean_db) == []
+    [(action, key, delivered)] = outbox_rows(clean_db)
+    assert (action, delivered) == ("attach-child", False)
+
+    # Relations answers: the repeat (applied once, under the attach's key), then its undo.
+    async with in_process_stack(clean_db, credentials, ["market", "relations"]) as restarted:
+        await relay_until_delivered(restarted, clean_db)
+    assert outbox_rows(clean_db) == [
+        ("attach-child", key, True),
+        ("detach-child", f"{key}-undo", True),
+    ]
     assert live_relations(clean_db) == []
 
 
