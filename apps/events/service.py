@@ -86,6 +86,7 @@ from apps.relations.contract import (
     call_relations,
     commit_or_revert_relations,
     revert_relations,
+    unanswered,
 )
 
 logger = logging.getLogger("rose.events")
@@ -991,7 +992,8 @@ async def attach_calendar(
         try:
             await call_relations(session, link, detach, moving)
         except Problem as exc:
-            if not await revert_relations(link, done):
+            # Relations not answering the detach: the attach's undo is queued, not waited for.
+            if not await revert_relations(link, done, now=not unanswered(exc)):
                 # "Nothing was changed" is not true yet: relations shows it on the new page.
                 raise Problem(
                     f"Not saved: {moving} needs the relations service, which failed. Relations "

@@ -346,16 +346,26 @@ async def call_relations(
         ) from exc
 
 
-async def revert_relations(link: RelationsLink, calls: Sequence[RelationsCall]) -> bool:
+def unanswered(problem: Problem) -> bool:
+    """Whether ``problem`` (of :func:`call_relations`) is relations not answering in time: an
+    undo sent now would wait as long again."""
+    cause = problem.__cause__
+    return isinstance(cause, InternalCallError) and cause.outcome_unknown
+
+
+async def revert_relations(
+    link: RelationsLink, calls: Sequence[RelationsCall], *, now: bool = True
+) -> bool:
     """Undo relations calls, newest first: True when relations took every undo now; otherwise
-    those it did not take are queued in the outbox, delivered once it answers (False). Never
+    those it did not take are queued in the outbox, delivered once it answers (False).
+    ``now=False``: all are queued at once (relations just did not answer: audit s21b B3). Never
     raises: the caller is already reporting the error that made it revert."""
     later: list[tuple[RelationsCall, str]] = []
     for call in reversed(calls):
         undo = call.undo()
         # Under a key: the same undo, repeated by the outbox after a lost answer, applies once.
         key = f"{link.caller}-{uuid.uuid4()}{UNDO}"
-        if later:
+        if later or not now:
             later.append((undo, key))  # after the one queued before it, never ahead of it
             continue
         try:

@@ -367,6 +367,112 @@ async def test_a_move_relations_could_not_finish_or_undo_is_undone_once_it_answe
         ).fetchall() == [("detach-child", True)]
 
 
+class SilentToDetach:
+    """A real HTTP server in front of relations: every request but detach-child is passed to
+    relations (in process) and its answer sent back; a detach-child is read and never answered
+    (relations stalled after the attach). ``requests``: each request's path, in order."""
+
+    def __init__(self, relations: Any) -> None:
+        self.requests: list[str] = []
+        self._relations = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=relations), base_url="http://relations"
+        )
+        self._server: asyncio.Server | None = None
+        self._held: list[asyncio.StreamWriter] = []
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._held.append(writer)
+        while head := await reader.readuntil(b"\r\n\r\n"):
+            method, path, _version = head.split(b"\r\n", 1)[0].decode().split(" ")
+            headers = dict(
+                line.split(": ", 1) for line in head.decode("latin-1").split("\r\n")[1:] if line
+            )
+            length = int({k.lower(): v for k, v in headers.items()}.get("content-length", 0))
+            body = await reader.readexactly(length)
+            self.requests.append(path)
+            if path == "/internal/actions/detach-child":
+                await reader.read()  # until the caller gives up
+                return
+            headers.pop("Host", None)
+            answer = await self._relations.request(method, path, content=body, headers=headers)
+            writer.write(
+                f"HTTP/1.1 {answer.status_code} X\r\nContent-Type: "
+                f"{answer.headers['content-type']}\r\nContent-Length: {len(answer.content)}"
+                "\r\n\r\n".encode()
+                + answer.content
+            )
+            await writer.drain()
+
+    async def __aenter__(self) -> str:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in self._held:
+            writer.close()
+        await self._relations.aclose()
+
+
+async def test_a_move_whose_detach_relations_never_answers_is_a_prompt_503(clean_db, credentials):
+    """Audit s21b B3, for a calendar's move: relations attached it to the new page, then never
+    answered the detach from the old one. The detach's three tries ran out, and the attach was
+    then undone in the request, with three tries of its own at a relations that was not
+    answering: twice the wait. Now the undo of the attach is queued at once (relations did not
+    answer: nothing more is tried in the request), the 503 says so, and the outbox puts
+    relations back in step once it answers."""
+    async with in_process_stack(clean_db, credentials, ["relations"]) as relations:
+        proxy = SilentToDetach(relations.apps["relations"])
+        async with proxy as url:
+            events = {"internal_urls": {"relations": url}}
+            async with in_process_stack(
+                clean_db, credentials, ["events"], settings_overrides={"events": events}
+            ) as stack:
+                # Events' relay stopped: what relations gets is the request's.
+                await stack.apps["events"].state.relations_link.relay.stop()
+                editor = await sign_in(stack, 1)
+                calendar_id = (
+                    await editor.post(
+                        "/admin/calendars/", data={"name": "Tours", "slug": "t", "page_id": "5"}
+                    )
+                ).json()["id"]
+                moved = await editor.post(
+                    f"/admin/calendars/{calendar_id}/attach/", data={"page_id": "6"}
+                )
+                await editor.aclose()
+            problem = assert_problem(moved, 503, "relations", "page 6", "undone")
+            assert problem["service"] == "relations", problem
+            # The detach's own tries, and nothing after them.
+            assert proxy.requests == [
+                "/internal/actions/attach-child",
+                "/internal/actions/attach-child",
+                *["/internal/actions/detach-child"] * 3,
+            ]
+        assert calendar_container(clean_db, calendar_id) == ("page", 5)
+        with admin_connect(clean_db, "events") as connection:
+            queued = connection.execute(
+                "SELECT action, payload->>'parent_id' FROM events.outbox ORDER BY id"
+            ).fetchall()
+        # The detach's repeat (its undo follows it), and the attach's undo.
+        assert sorted(queued) == [("detach-child", "5"), ("detach-child", "6")]
+
+    async with in_process_stack(clean_db, credentials, ["events", "relations"]) as back:
+        relay = back.apps["events"].state.relations_link.relay
+
+        def due_now() -> None:
+            with admin_connect(clean_db, "events") as connection:
+                connection.execute("UPDATE events.outbox SET next_attempt_at = now()")
+
+        for _ in range(50):  # bounded: a relay that never delivers fails below
+            await asyncio.to_thread(due_now)
+            await relay.deliver_due()
+            if active_relations(clean_db) == [("page", 5, "calendar", calendar_id)]:
+                break
+            await asyncio.sleep(0.1)
+    assert active_relations(clean_db) == [("page", 5, "calendar", calendar_id)]
+
+
 async def test_an_attach_to_its_own_page_that_timed_out_is_left_attached(stack, editor, clean_db):
     """Attaching a calendar to the page it is on repeats what events stores: one whose outcome
     is unknown is not undone (that would take it off its page in relations)."""
