@@ -48,9 +48,11 @@ RETRY_DELAYS = (0.1, 0.4)
 RETRYABLE_STATUSES = frozenset({502, 503, 504})
 # The 4xx answers that may change when the same request is sent again later: a timeout (408), a
 # conflict of the moment (409: its idempotency key in use, a replayed nonce), too early (425),
-# too many (429), and a signature refused (401: a clock or a secret to set right, after which
-# the same message is taken). Any other 4xx refuses the request itself, for good.
-REFUSED_FOR_NOW = frozenset({401, 408, 409, 425, 429})
+# too many (429), a signature refused (401: a clock or a secret to set right, after which
+# the same message is taken) and a path not found (404: a receiver of the release before, which
+# lacks a new action, while a deploy goes on; a payment's messages must not die of the order in
+# which services are deployed). Any other 4xx refuses the request itself, for good.
+REFUSED_FOR_NOW = frozenset({401, 404, 408, 409, 425, 429})
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 

@@ -10,6 +10,7 @@ from litestar import Litestar, post
 from litestar.params import JSONBody
 
 from apps.common.identity import Identity, SessionCodec
+from apps.common.internal_client import InternalCallError
 from apps.common.settings import ConfigError, Settings
 from apps.common.signing import sign_headers, verify
 from apps.common.web import FORM_BODY, check_form_routes, read_form_body_first
@@ -169,3 +170,24 @@ def test_a_form_given_as_a_struct_is_read_first_as_every_form_is():
         check_form_routes(Litestar([form, other], before_request=read_form_body_first))
     with pytest.raises(ValueError, match="takes a form as a struct"):
         check_form_routes(Litestar([form]))
+
+
+@pytest.mark.parametrize(
+    ("status", "for_good"),
+    [
+        (400, True),
+        (403, True),
+        (422, True),
+        # A receiver of the release before lacks a new action while a deploy goes on: a
+        # payment's messages to it must wait for the deploy, not die.
+        (404, False),
+        (401, False),
+        (409, False),
+        (429, False),
+        (503, False),
+        (None, False),
+    ],
+)
+def test_which_answers_refuse_an_outbox_message_for_good(status: int | None, for_good: bool):
+    error = InternalCallError("cart", "clear-cart-for-order", "refused", remote_status=status)
+    assert error.refused is for_good
