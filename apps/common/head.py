@@ -11,6 +11,15 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from apps.common.asgi import http_method
 
+# Set on the GET scope a HEAD goes in as: what renders a page for its reader alone (a notice
+# shown once) knows that nobody will read this one.
+ASKED_AS_HEAD_KEY = "rose_asked_as_head"
+
+
+def asked_as_head(scope: Scope) -> bool:
+    """Whether this GET is a HEAD's (its body will be dropped)."""
+    return bool(scope.get(ASKED_AS_HEAD_KEY))
+
 
 def head_as_get(app: ASGIApp) -> ASGIApp:
     """Edge middleware: a HEAD request goes in as GET (a copy of the scope, so that the layers
@@ -35,7 +44,8 @@ def head_as_get(app: ASGIApp) -> ASGIApp:
                 message = {"type": "http.response.body", "body": b"", "more_body": False}
             await send(message)
 
-        await app(cast("Scope", {**scope, "method": "GET"}), receive, without_body)
+        as_get = cast("Scope", {**scope, "method": "GET", ASKED_AS_HEAD_KEY: True})
+        await app(as_get, receive, without_body)
 
     return answer
 

@@ -46,6 +46,7 @@ from apps.common.asgi import (
     replaying_receive,
     send_problem,
 )
+from apps.common.head import asked_as_head
 from apps.common.internal_paths import is_internal_path
 from apps.common.signing import same_secret
 
@@ -240,10 +241,11 @@ def flash_notice(scope: Scope, text: str) -> None:
 
 
 def take_notice(scope: Scope) -> str | None:
-    """The notice left for this page (None: none); the response then forgets it."""
+    """The notice left for this page (None: none); the response then forgets it, unless the
+    page's body is not sent (a HEAD's): the GET that shows it still finds it."""
     state = scope.get("state", {})
     text = state.get(NOTICE_KEY)
-    if text is not None:
+    if text is not None and not asked_as_head(scope):
         state[NOTICE_TAKEN_KEY] = True
     return text
 

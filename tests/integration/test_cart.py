@@ -298,6 +298,35 @@ async def test_a_browser_told_when_only_part_of_an_add_fits(stack, clean_db, sho
     assert "you asked for" not in whole.text
 
 
+async def test_a_head_of_the_page_leaves_the_notice_for_the_get(stack, clean_db, shop):
+    """A HEAD of the page a partial add lands on (a link checker, a prefetcher, ``curl -I``)
+    ran the page's GET handler, which took the notice, and its answer forgot the notice
+    cookie: the GET that followed showed the cart without a word of what was left out. A
+    HEAD renders no page, so it leaves the notice for the GET that shows it."""
+    product = shop.product_ids[2]
+    cart = await browser_of(stack, "cart")
+    assert (await cart.post(f"/add/{product}/", json={"quantity": 97})).json()["added"] == 97
+    token = cart.headers.pop("x-csrf-token")
+    sent = await cart.post(
+        f"/add/{product}/", data={"quantity": "5", "_csrf_token": token}, headers=HTML
+    )
+    assert sent.status_code == 303, sent.text
+    assert "rose_notice" in cart.cookies
+
+    head = await cart.head(sent.headers["location"], headers=HTML)
+    assert head.status_code == 200
+    assert head.content == b""
+    assert not any(
+        value.startswith("rose_notice=") for value in head.headers.get_list("set-cookie")
+    )
+    landed = await cart.get(sent.headers["location"], headers=HTML)
+    assert landed.status_code == 200, landed.text
+    assert "Only 2 of the 5 you asked for were added" in landed.text
+    # The GET that showed it forgets it, as before.
+    again = await cart.get("/", headers=HTML)
+    assert "you asked for" not in again.text
+
+
 async def test_checkout_pays_and_clears_the_cart_and_confirms_bookings(
     stack, clean_db, shop, sandbox
 ):
