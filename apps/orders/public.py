@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Request, Response, get, post
 from litestar.di import NamedDependency, Provide
-from litestar.params import Parameter
+from litestar.params import Parameter, QueryParameter
 from sqlalchemy.exc import DBAPIError
 
 from apps.common.admission import admission_of
@@ -40,6 +40,16 @@ from apps.orders.runtime import OrdersRuntime, Runtime
 WEBHOOK_PREFIX = "/checkout/webhook/"
 STATUS_CHANGED = "CHECKOUT_STATUS_CHANGED"
 OrderId = Annotated[int, Parameter(ge=1, le=2**63 - 1)]
+# The return page while the outcome is not known: look-again.js asks every few seconds and
+# reloads on news. A browser without scripts reloads it on a timer instead (a <meta> refresh
+# inside <noscript>, which a browser running scripts never reads), this often and this many
+# times (two minutes), then leaves it to the buyer's "check now": a page that reloads itself
+# for ever, news or not, fails WCAG 2.2.1, and so the page offers to stop (its last look).
+# ``looked``: the reloads so far.
+LOOK_AGAIN_SECONDS = 3
+NO_SCRIPT_LOOK_AGAIN_SECONDS = 5
+NO_SCRIPT_LOOKS = 24
+LooksSoFar = Annotated[int, QueryParameter(ge=0, le=NO_SCRIPT_LOOKS)]
 
 
 async def provide_owned_order(
@@ -148,6 +158,7 @@ async def checkout_return(
     db_session: DbSession,
     runtime: Runtime,
     order: OwnedOrder,
+    looked: LooksSoFar = 0,
 ) -> Any:
     """Where SumUp sends the buyer back. The checkout may still be pending: re-check it. Once
     paid, the payment's effects (the cart's clear) are delivered before the page is made, so
@@ -160,7 +171,7 @@ async def checkout_return(
         if not (wants_html(request) and undone_by_conflict(exc)):
             raise
         log_undone(exc)
-        return await _still_checking(request, db_session, order_id)
+        return await _still_checking(request, db_session, order_id, looked)
     result = await service.order_state(db_session, order)
     if result in ("paid", "confirming"):
         order = await service.once_delivered(db_session, runtime, order.id)
@@ -173,6 +184,9 @@ async def checkout_return(
     latest = await service.latest_checkout_of(db_session, order)
     if not wants_html(request):
         return {"state": result, "order": service.order_dict(order, latest), "degraded": degraded}
+    # Not known yet: the page asks again every few seconds (static/look-again.js), or without
+    # scripts reloads a bounded number of times; a final state never does.
+    looking_again = result in ("waiting", "confirming")
     return render(
         request,
         "return.html",
@@ -180,15 +194,29 @@ async def checkout_return(
         state=result,
         latest=latest,
         degraded=degraded,
-        # Not known yet: the page asks again every few seconds (static/look-again.js).
-        looking_again=result in ("waiting", "confirming"),
-        look_again_seconds=3,
+        looking_again=looking_again,
+        look_again_seconds=LOOK_AGAIN_SECONDS,
+        **_reloads_without_scripts(looking_again, looked),
         unconfirmed=service.unconfirmed_note(order),
         pay_again=service.pay_again_offered(order),
     )
 
 
-async def _still_checking(request: Request, db_session: DbSession, order_id: int) -> Any:
+def _reloads_without_scripts(looking_again: bool, looked: int) -> dict[str, Any]:
+    """The return page's values for its reloads without scripts: while the outcome is not
+    known, at most NO_SCRIPT_LOOKS of them, ``looked`` so far."""
+    return {
+        "no_script_reload": looking_again and looked < NO_SCRIPT_LOOKS,
+        "no_script_seconds": NO_SCRIPT_LOOK_AGAIN_SECONDS,
+        "no_script_looked": looked,
+        "no_script_looks_left": NO_SCRIPT_LOOKS - looked,
+        "no_script_looks": NO_SCRIPT_LOOKS,
+    }
+
+
+async def _still_checking(
+    request: Request, db_session: DbSession, order_id: int, looked: int
+) -> Any:
     """The return page when PostgreSQL undid its recheck for a conflict with other work on the
     order (a deadlock, a serialization failure): for a browser back from SumUp, the page's own
     "still checking" state, which looks again by itself, rather than the platform's generic
@@ -215,6 +243,7 @@ async def _still_checking(request: Request, db_session: DbSession, order_id: int
         still_checking=looking_again,
         looking_again=looking_again,
         look_again_seconds=RETRY_AFTER_SECONDS,
+        **_reloads_without_scripts(looking_again, looked),
         unconfirmed=service.unconfirmed_note(order),
         pay_again=service.pay_again_offered(order),
     )

@@ -24,6 +24,7 @@ from apps.common.asgi import send_problem
 from apps.common.db import create_engine, sessionmaker_for
 from apps.common.outbox import next_due
 from apps.orders.models import outbox
+from apps.orders.public import NO_SCRIPT_LOOKS
 from apps.orders.reconciliation import Reconciler
 from apps.orders.service import (
     _recent_orders,
@@ -408,15 +409,67 @@ async def test_known_webhook_while_sumup_is_down_asks_for_a_retry(orders, clean_
     assert order_rows(clean_db)[0][1] == "paid"
 
 
+def no_script_refresh(html: str) -> str | None:
+    """Where a browser without scripts goes when the page's timed refresh fires (None: the
+    page has none). The refresh must be the page's only one, inside <noscript>."""
+    found = re.findall(
+        r'<noscript><meta http-equiv="refresh" content="(\d+); url=([^"]+)"></noscript>', html
+    )
+    assert html.count('http-equiv="refresh"') == len(found) <= 1, html
+    if not found:
+        return None
+    seconds, url = found[0]
+    assert int(seconds) >= 5
+    return url.replace("&amp;", "&")
+
+
+async def test_the_return_page_reloads_without_javascript_while_it_checks(
+    orders, clean_db, sandbox
+):
+    """Without JavaScript, the return page of an order still being checked said "still
+    checking" for ever: only look-again.js reloaded it. A browser without scripts now reloads
+    it on a timer (a <meta> refresh inside <noscript>, which a browser running scripts never
+    reads), a bounded number of times, and the page says so; once the state is final, the
+    page has no refresh."""
+    order_id = (await create(orders)).json()["order_id"]
+    browser = await signed_in(orders)
+    page = f"/checkout/return/{order_id}/"
+    waiting = await browser.get(page, headers=HTML)
+    assert 'data-state="waiting"' in waiting.text
+    assert no_script_refresh(waiting.text) == f"{page}?looked=1"
+    assert "reloads by itself" in waiting.text
+    # The buyer can stop it (WCAG 2.2.1): the link is the last look, which has no refresh.
+    assert f'href="{page}?looked={NO_SCRIPT_LOOKS}" id="stop-reloading"' in waiting.text
+    # Each reload counts one more, up to the bound; then the page stops reloading and says so.
+    looked = await browser.get(f"{page}?looked=1", headers=HTML)
+    assert no_script_refresh(looked.text) == f"{page}?looked=2"
+    last = await browser.get(f"{page}?looked={NO_SCRIPT_LOOKS}", headers=HTML)
+    assert 'data-state="waiting"' in last.text
+    assert no_script_refresh(last.text) is None
+    assert "no longer reloads by itself" in last.text
+    too_many = await browser.get(f"{page}?looked={NO_SCRIPT_LOOKS + 1}", headers=HTML)
+    assert too_many.status_code == 422
+    # The JSON the script reads is as it was.
+    assert (await browser.get(f"{page}?looked=3", headers=JSON)).json()["state"] == "waiting"
+
+    sandbox.pay(checkout_id_of(clean_db, order_id))
+    paid = await browser.get(f"{page}?looked=3", headers=HTML)
+    assert 'data-state="paid"' in paid.text
+    assert no_script_refresh(paid.text) is None
+    assert "reloads by itself" not in paid.text
+    assert "refresh" not in {name.lower() for name in paid.headers}
+
+
 async def test_return_page_waits_then_shows_paid_after_recheck(orders, clean_db, sandbox):
     order_id = (await create(orders)).json()["order_id"]
     browser = await signed_in(orders)
     waiting = await browser.get(f"/checkout/return/{order_id}/", headers=HTML)
     assert waiting.status_code == 200
     assert 'data-state="waiting"' in waiting.text
-    # It looks again by itself (a script of orders' own; no timed <meta> refresh, WCAG 2.2.1).
+    # It looks again by itself (a script of orders' own, reloading only on news, WCAG 2.2.1);
+    # the timed <meta> refresh is for a browser without scripts alone (<noscript>).
     assert 'src="/static/look-again.js"' in waiting.text
-    assert 'http-equiv="refresh"' not in waiting.text
+    assert no_script_refresh(waiting.text) == f"/checkout/return/{order_id}/?looked=1"
     script = await browser.get("/static/look-again.js")
     assert script.status_code == 200
     assert "javascript" in script.headers["content-type"]

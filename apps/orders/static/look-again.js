@@ -4,6 +4,8 @@
 // state has changed, so the buyer sees the outcome without reloading. Not a
 // <meta http-equiv="refresh">: a page reloading itself on a timer, news or not, fails WCAG 2.2.1
 // (axe's "meta-refresh", critical); this page changes only when there is something to show.
+// (A browser without scripts has only that: the page's <noscript> refresh, a bounded number of
+// times, which a browser running this script never reads.)
 (() => {
   const heading = document.getElementById("payment-state");
   if (heading === null) {
