@@ -12,16 +12,13 @@ answer in place of the old one.
 
 Concurrent calls with one key serialise on the key's row: the second ``INSERT ... ON CONFLICT``
 (or take-over ``UPDATE``) waits for the first transaction, then reads its committed response.
-
-An effect whose first statements do not depend on anything before them passes them as
-``together``: they are sent with the claim, in its round trip, and run after it.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +27,7 @@ from sqlalchemy import Column, DateTime, MetaData, String, Table, bindparam, fun
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from apps.common.direct import Call, DirectRow, DirectStatement, run_together, write_at_commit
+from apps.common.direct import DirectStatement, write_at_commit
 from apps.common.problems import Conflict, InvalidInput
 
 MAX_KEY_LENGTH = 200
@@ -95,17 +92,6 @@ def _statements(table: Table) -> _KeyStatements:
     )
 
 
-@dataclass
-class Together:
-    """An effect's first statements, sent with the key's claim (one round trip), in the claim's
-    transaction after it. ``rows``: theirs, once sent; None when they were not (no key), and
-    the effect runs them itself. Sent whether or not the claim succeeds: they must be
-    statements a replay may run for nothing (reads, locks of the transaction)."""
-
-    calls: Sequence[Call]
-    rows: list[list[DirectRow]] | None = None
-
-
 def payload_hash(payload: Any) -> str:
     canonical = msgspec.json.encode(msgspec.to_builtins(payload), order="sorted")
     return hashlib.sha256(canonical).hexdigest()
@@ -120,7 +106,6 @@ async def run_idempotent(
     payload: Any,
     effect: Callable[[], Awaitable[Any]],
     replay: Callable[[Any], Awaitable[Any | None]] | None = None,
-    together: Together | None = None,
 ) -> Any:
     """Run ``effect`` at most once per (action, key), then commit. Returns JSON-ready builtins.
     With ``replay``, once more each time the stored answer is dead (``replay`` answered None)."""
@@ -137,7 +122,7 @@ async def run_idempotent(
     this_key = {"key_action": action, "key_value": key, "key_hash": request_hash}
     # A second round only when another request took the key over first: its answer is new.
     for _ in range(3):
-        claimed = await _claim(session, statements, this_key, together)
+        claimed = await statements.claim.first(session, this_key)
         if claimed is not None:
             return await _run_and_store(session, statements, this_key, effect)
         stored = await statements.stored.first(session, this_key)
@@ -166,20 +151,6 @@ async def run_idempotent(
             return await _run_and_store(session, statements, this_key, effect)
         await session.rollback()
     raise Conflict(f"Idempotency-Key {key!r} is in use by {action}; try again")
-
-
-async def _claim(
-    session: AsyncSession,
-    statements: _KeyStatements,
-    this_key: dict[str, Any],
-    together: Together | None,
-) -> DirectRow | None:
-    if together is None:
-        return await statements.claim.first(session, this_key)
-    claimed, *together.rows = await run_together(
-        session, (statements.claim, this_key), *together.calls
-    )
-    return claimed[0] if claimed else None
 
 
 async def _run_and_store(

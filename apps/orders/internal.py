@@ -34,11 +34,9 @@ async def create_order(
     (service.replay_checkout)."""
     superseded: list[int] = []
     held = service.HeldForNewOrder()
-    # Its first statements go with the key's claim, in one round trip.
-    slot_read = service.slot_read_for(data)
 
     async def effect() -> CreatedOrder:
-        made = await service.create_order(db_session, data, runtime, held, slot_read)
+        made = await service.create_order(db_session, data, runtime, held)
         held.made = True  # run_idempotent stores the answer and commits next
         superseded.extend(made.superseded)
         return made.created
@@ -47,17 +45,15 @@ async def create_order(
         return await service.replay_checkout(db_session, stored, data, runtime)
 
     try:
-        async with slot_read.naming_blog():
-            created = await run_idempotent(
-                db_session,
-                idempotency_keys,
-                action="create-order",
-                key=request.headers.get(IDEMPOTENCY_HEADER),
-                payload=data,
-                effect=effect,
-                replay=replay,
-                together=slot_read.together,
-            )
+        created = await run_idempotent(
+            db_session,
+            idempotency_keys,
+            action="create-order",
+            key=request.headers.get(IDEMPOTENCY_HEADER),
+            payload=data,
+            effect=effect,
+            replay=replay,
+        )
     except BaseException:
         # Events may hold the bookings for an order that was not committed (run_idempotent
         # commits last); a failure at the commit may come after PostgreSQL committed it.

@@ -17,8 +17,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -73,14 +72,13 @@ from apps.common.db import (
     set_for_the_transaction,
     table_of,
 )
-from apps.common.direct import DirectRow, DirectStatement, run_together, write_at_commit
+from apps.common.direct import DirectStatement, run_together, write_at_commit
 from apps.common.fdw import (
     ProviderUnavailable,
     provider_unavailable,
     remote_read,
     timeout_for_next_reads,
 )
-from apps.common.idempotency import Together
 from apps.common.internal_client import InternalCallError
 from apps.common.problems import (
     Conflict,
@@ -412,65 +410,47 @@ def _order_slot(by_user: bool, by_session: bool) -> DirectStatement:
     return DirectStatement(_recent_orders(by_user, by_session))
 
 
-class SlotRead:
-    """What a new order starts from, in two statements sent together (one round trip): the
-    buyer's lock (:func:`lock_buyer`, with the FDW timeout of the read after it), then the count
-    of the buyer's recent orders, the new order's id and the page configs read through FDW
-    (``candidates``). PostgreSQL runs the count once the lock is held. Create-order sends them
-    with its idempotency key's claim (``together``; a replay runs them for nothing: a lock of
-    the transaction, a read, an id never used); :func:`reserve_order_slot` reads their rows.
-    Nothing can go on without the configs, so no savepoint: a failure ends the transaction."""
-
-    def __init__(
-        self, user_id: int | None, session_id: str | None, candidates: list[tuple[str, int]]
-    ) -> None:
-        keys = _buyer_keys(user_id, session_id)
-        self.candidates = candidates
-        self._read = _order_slot(user_id is not None, session_id is not None)
-        self.together = Together(
-            [
-                (_buyer_locks(len(keys), True), keys),
-                (
-                    self._read,
-                    {
-                        "buyer_user": user_id,
-                        "buyer_session": session_id,
-                        **candidate_parameters(candidates),
-                    },
-                ),
-            ]
+async def reserve_order_slot(
+    session: AsyncSession,
+    user_id: int | None,
+    session_id: str | None,
+    per_minute: int,
+    candidates: list[tuple[str, int]],
+) -> OrderSlot:
+    """Take the buyer's lock (:func:`lock_buyer`, with the FDW timeout of the read after it),
+    then allow at most ``per_minute`` new orders per buyer; exact across processes (the buyer
+    lock is held, and the count is of committed orders). The two statements are sent together,
+    in one round trip: PostgreSQL runs the count once the lock is held. A refused order leaves
+    a gap in the ids, as a rolled-back one always did. The page configs are read in the same
+    statement as the count, through FDW; nothing can go on without them, so no savepoint: a
+    failure ends the transaction. Finding no SumUp merchant among them is not a failure here:
+    an order with nothing to pay needs none."""
+    keys = _buyer_keys(user_id, session_id)
+    count_and_read = _order_slot(user_id is not None, session_id is not None)
+    try:
+        _, rows = await run_together(
+            session,
+            (_buyer_locks(len(keys), True), keys),
+            (
+                count_and_read,
+                {
+                    "buyer_user": user_id,
+                    "buyer_session": session_id,
+                    **candidate_parameters(candidates),
+                },
+            ),
         )
-
-    @asynccontextmanager
-    async def naming_blog(self) -> AsyncIterator[None]:
-        """Blog not answering, while the statements run, is the read's failure alone, not the
-        lock's or the claim's sent with them: a 503 that names blog."""
-        try:
-            yield
-        except DBAPIError as exc:
-            unavailable = (
-                provider_unavailable(exc, "blog") if exc.statement == self._read.sql else None
-            )
-            if unavailable is not None:
-                raise unavailable from exc
-            raise
-
-    async def rows(self, session: AsyncSession) -> DirectRow:
-        """The read's row: as sent with the claim, or sent now (no key was claimed)."""
-        sent = self.together.rows
-        if sent is None:
-            async with self.naming_blog():
-                sent = await run_together(session, *self.together.calls)
-        [recent] = sent[1]  # an aggregate without GROUP BY: always one row
-        return recent
-
-
-async def reserve_order_slot(slot: SlotRead, session: AsyncSession, per_minute: int) -> OrderSlot:
-    """Allow at most ``per_minute`` new orders per buyer; exact across processes (the buyer lock
-    is held, and the count is of committed orders). A refused order leaves a gap in the ids, as
-    a rolled-back one always did. Finding no SumUp merchant among the configs is not a failure
-    here: an order with nothing to pay needs none."""
-    count, oldest, now, order_id, configs = await slot.rows(session)
+    except DBAPIError as exc:
+        # Blog not answering is the read's failure alone, not the lock's.
+        unavailable = (
+            provider_unavailable(exc, "blog") if exc.statement == count_and_read.sql else None
+        )
+        if unavailable is not None:
+            raise unavailable from exc
+        raise
+    recent = rows[0] if rows else None
+    assert recent is not None  # an aggregate without GROUP BY: always one row
+    count, oldest, now, order_id, configs = recent
     if count >= per_minute:
         retry_after = int((oldest + RATE_WINDOW - now).total_seconds()) + 1
         raise TooManyRequests(
@@ -479,25 +459,7 @@ async def reserve_order_slot(slot: SlotRead, session: AsyncSession, per_minute: 
             retry_after=retry_after,
         )
     return OrderSlot(
-        order_id=order_id, now=now, config=choose_payment_config(slot.candidates, configs or [])
-    )
-
-
-def slot_read_for(request: CreateOrder) -> SlotRead:
-    """The :class:`SlotRead` of a create-order request."""
-    containers = {
-        line.market_place_container_id
-        for line in request.cart_items
-        if line.market_place_container_id is not None
-    } | {
-        line.container_id
-        for line in (*request.calendar_entries, *request.tickets)
-        if line.container_id is not None
-    }
-    return SlotRead(
-        request.user_id,
-        request.session_id,
-        config_candidates(request.page_post_id, containers),
+        order_id=order_id, now=now, config=choose_payment_config(candidates, configs or [])
     )
 
 
@@ -831,7 +793,6 @@ async def create_order(
     request: CreateOrder,
     runtime: OrdersRuntime,
     held: HeldForNewOrder | None = None,
-    slot_read: SlotRead | None = None,
 ) -> NewOrder:
     """Insert the order (pending), its items and claims, supersede what it replaces (queueing
     the give-back of what it held: settlement.enqueue_give_back_of_superseded), hold its
@@ -851,14 +812,25 @@ async def create_order(
             "Sign in to confirm free bookings: with nothing to pay, they are confirmed for an "
             "account. Your cart keeps them while you sign in."
         )
-    slot_read = slot_read or slot_read_for(request)
-    slot = await reserve_order_slot(slot_read, session, settings.checkouts_per_minute)
+    containers = {
+        line.market_place_container_id
+        for line in request.cart_items
+        if line.market_place_container_id is not None
+    } | {
+        line.container_id
+        for line in (*request.calendar_entries, *request.tickets)
+        if line.container_id is not None
+    }
+    candidates = config_candidates(request.page_post_id, containers)
+    slot = await reserve_order_slot(
+        session, request.user_id, request.session_id, settings.checkouts_per_minute, candidates
+    )
     if request.user_id is None and request.session_id is not None:
         await _refuse_if_signed_in(session, request.session_id)
     config = slot.config
     total = _total_of(request)
     if config is None and total > 0:
-        raise payments_not_configured(slot_read.candidates)
+        raise payments_not_configured(candidates)
     payable_until = slot.now + timedelta(seconds=settings.payable_seconds)
 
     # Plain rows placed by one Core statement: the ORM's unit of work cost more Python than
