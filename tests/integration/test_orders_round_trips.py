@@ -69,8 +69,8 @@ def round_trips(app: Any, directory: Path) -> Iterator[list[int]]:
 
 async def test_a_checkout_costs_orders_these_round_trips(orders, clean_db, sandbox, tmp_path):
     """Create-order: the nonce (its own connection, in autocommit), then BEGIN, the key's claim
-    with the buyer's lock and the slot read, the placing statement, and the attempt with the
-    key's answer and the COMMIT. The webhook of the payment: BEGIN, the attempt, the order's
+    (alone: a replay must not need blog), the buyer's lock with the slot read, the placing
+    statement, and the attempt with the key's answer and the COMMIT. The webhook of the payment: BEGIN, the attempt, the order's
     lock with the settlement and the transition, and the outbox message with the COMMIT."""
     app = orders.apps["orders"]
     # Warm (the pool's connections made, the statements prepared), with other goods: an order
@@ -79,7 +79,7 @@ async def test_a_checkout_costs_orders_these_round_trips(orders, clean_db, sandb
     with round_trips(app, tmp_path) as created_trips:
         created = await create(orders, order_payload(product_line(1)), key="measured")
     assert created.status_code == 200, created.text
-    assert created_trips == [1, 4]
+    assert created_trips == [1, 5]
 
     order_id = created.json()["order_id"]
     sandbox.pay(checkout_id_of(clean_db, order_id))
