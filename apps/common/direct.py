@@ -26,10 +26,9 @@ import psycopg
 from psycopg.pq import ExecStatus
 from sqlalchemy import event
 from sqlalchemy.dialects.postgresql.psycopg import PGDialectAsync_psycopg
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.exc import DBAPIError, InvalidRequestError, StatementError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
-from sqlalchemy.orm import Session
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import ValuesBase
 from sqlalchemy.sql.elements import ClauseElement
@@ -315,57 +314,62 @@ async def run_together(runner: Runner, *calls: Call) -> list[list[DirectRow]]:
         await _close(cursors)
 
 
-# Where a session keeps its writes at commit: (its transaction, [(statement, parameters)]).
+# Where a connection keeps the writes at commit of its transaction: (that transaction,
+# [(statement, parameters)]). On the connection, not the session: they go with the database's
+# COMMIT, which only the connection's commit event sees whichever way the session commits.
 _AT_COMMIT = "rose_direct_at_commit"
 
 
-def write_at_commit(
+async def write_at_commit(
     session: AsyncSession, statement: DirectStatement, params: Mapping[str, Any] | None
 ) -> None:
     """A write of the session's transaction whose result nothing reads (a message for an
     outbox, an idempotency key's answer), sent with the transaction's COMMIT, in its round
-    trip, whatever commits the session. A rollback, or a transaction that ends otherwise,
-    forgets it. Nothing in the transaction sees it before the commit. Not inside a savepoint:
-    the savepoint's rollback could not take it back."""
+    trip, whatever commits the session. A rollback forgets it. Nothing in the transaction
+    sees it before the commit. Inside a savepoint (whose rollback must take it back) it is
+    written now, as any statement; so is one made while the session is in no transaction (it
+    begins the next)."""
     sync = session.sync_session
     transaction = sync.get_transaction()
-    if transaction is None or not transaction.is_active:
-        raise TypeError("a write at commit needs the transaction begun by a statement first")
-    if sync.get_nested_transaction() is not None:
-        raise TypeError("a write at commit cannot be undone by a savepoint: run it now")
-    held: tuple[Any, list[_Bound]] | None = session.info.get(_AT_COMMIT)
-    if held is None or held[0] is not transaction:
-        held = session.info[_AT_COMMIT] = (transaction, [])
+    if (
+        transaction is None
+        or not transaction.is_active
+        or sync.get_nested_transaction() is not None
+    ):
+        await statement.rows(session, params)
+        return
+    connection, _ = await _session_driver(session)
+    engine_connection = connection.sync_connection
+    assert engine_connection is not None  # handed out by the session: started
+    root = engine_connection.get_transaction()
+    held: tuple[Any, list[_Bound]] | None = engine_connection.info.get(_AT_COMMIT)
+    if held is None or held[0] is not root:
+        held = engine_connection.info[_AT_COMMIT] = (root, [])
     held[1].append((statement, statement.parameters(params)))
 
 
-def _take_writes(sync: Session) -> list[_Bound]:
-    """The writes at commit of the session's current transaction, no longer held. Those of a
+def _take_writes(connection: Connection) -> list[_Bound]:
+    """The writes at commit of the connection's transaction, no longer held. Those of a
     transaction that ended without a commit are dropped."""
-    held = sync.info.pop(_AT_COMMIT, None)
-    if held is None or held[0] is not sync.get_transaction():
+    held = connection.info.pop(_AT_COMMIT, None)
+    if held is None or held[0] is not connection.get_transaction():
         return []
     return held[1]
 
 
-@event.listens_for(Session, "before_commit")
-def _commit_with_the_writes(sync: Session) -> None:
-    """A session's commit with writes at commit: pending ORM changes flushed, then the writes
-    and COMMIT in one round trip. SQLAlchemy's own COMMIT after this finds psycopg's
-    connection idle and sends nothing. (Runs in the greenlet of the async session's commit,
-    where SQLAlchemy's async bridge awaits.)"""
-    if sync.get_nested_transaction() is not None:
-        return  # a savepoint's release: they wait for the transaction's commit
-    writes = _take_writes(sync)
+@event.listens_for(Engine, "commit")
+def _commit_with_the_writes(connection: Connection) -> None:
+    """The database COMMIT of a transaction with writes at commit: the writes and COMMIT in one
+    round trip. SQLAlchemy's own COMMIT after this finds psycopg's connection idle and sends
+    nothing. The event comes once per database transaction, after the session's flush and
+    savepoints, whichever way it commits (``session.commit()``, ``session.begin()``'s exit);
+    it runs in the greenlet of the async session's commit, where SQLAlchemy's async bridge
+    awaits. A failure fails the commit as SQLAlchemy's own would: the transaction is over,
+    and the session needs its rollback before anything else."""
+    writes = _take_writes(connection)
     if not writes:
         return
-    if sync.new or sync.dirty or sync.deleted:
-        sync.flush()
-    connection = sync.connection()
-    driver = cast(
-        "psycopg.AsyncConnection[Any]",
-        connection.connection.driver_connection,
-    )
+    driver = cast("psycopg.AsyncConnection[Any]", connection.connection.driver_connection)
     cursors: list[psycopg.AsyncCursor[Any]] = []
     try:
         await_only(_send_together(driver, writes, cursors, then_commit=True))
@@ -377,3 +381,11 @@ def _commit_with_the_writes(sync: Session) -> None:
         raise _error(connection.dialect, sql, values, exc, invalidated) from exc
     finally:
         await_only(_close(cursors))
+
+
+@event.listens_for(Engine, "rollback")
+def _forget_the_writes(connection: Connection) -> None:
+    """A rollback forgets them. (An invalidated connection's are left: they name a transaction
+    that is over, which :func:`_take_writes` never sends.)"""
+    if not connection.invalidated:
+        connection.info.pop(_AT_COMMIT, None)

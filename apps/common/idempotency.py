@@ -161,6 +161,6 @@ async def _run_and_store(
 ) -> Any:
     result = msgspec.to_builtins(await effect())
     # The answer goes with the COMMIT (one round trip): the effect's own writes at commit too.
-    write_at_commit(session, statements.answer, {**this_key, "key_response": result})
+    await write_at_commit(session, statements.answer, {**this_key, "key_response": result})
     await session.commit()
     return result

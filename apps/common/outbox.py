@@ -118,23 +118,12 @@ async def enqueue_at_commit(
     idempotency_key: str,
 ) -> None:
     """:func:`enqueue` as a write at commit (apps.common.direct.write_at_commit): the message is
-    added with the transaction's COMMIT, in its round trip when the caller commits with
-    ``direct.commit``; a key already queued is left as it is. For a message nothing in the
-    transaction reads after it; inside a savepoint it is added now."""
-    await _at_commit_or_now(
+    added with the transaction's COMMIT, in its round trip, whatever commits it; a key already
+    queued is left as it is. For a message nothing in the
+    transaction reads after it (inside a savepoint it is added now)."""
+    await write_at_commit(
         session, _queue_statement(table), _message(action, request, idempotency_key)
     )
-
-
-async def _at_commit_or_now(
-    session: AsyncSession, statement: DirectStatement, params: dict[str, Any]
-) -> None:
-    """``statement`` as a write at commit; inside a savepoint (which must be able to take it
-    back), now."""
-    if session.sync_session.get_nested_transaction() is not None:
-        await statement.rows(session, params)
-    else:
-        write_at_commit(session, statement, params)
 
 
 def _message(
@@ -371,7 +360,7 @@ class OutboxRelay:
         if self._acknowledged is not None:
             await self._acknowledged(session, message)
         # With the COMMIT, in its round trip: a delivery is recorded only if all of it commits.
-        await _at_commit_or_now(
+        await write_at_commit(
             session,
             self._delivered,
             {"message_id": message.id, "message_attempts": message.attempts + 1},

@@ -888,7 +888,7 @@ async def create_order(
                 return NewOrder(paid_answer(order, runtime.urls), superseded)
             row = await _open_checkout(order, 1, runtime, config.account, valid_until=payable_until)
             # Written with the COMMIT, in its round trip: nothing reads it before.
-            write_at_commit(session, _ATTEMPT_INSERT, row)
+            await write_at_commit(session, _ATTEMPT_INSERT, row)
             attempt = PaymentAttempt(**row)
         # SumUp just took this key: the order's webhook can use it without asking blog again.
         runtime.recent_accounts.learn(config.id, config.account)

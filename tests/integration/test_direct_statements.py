@@ -318,8 +318,10 @@ async def test_writes_at_commit_go_with_the_commit_in_one_round_trip(
     maker = sessionmaker_for(engine)
     async with maker() as session:
         await DirectStatement(INSERT).first(session, {"key": "w1", "payload": {}, "amount": 1})
-        write_at_commit(session, DirectStatement(SHUT), {"key": "w1"})
-        write_at_commit(session, DirectStatement(INSERT), {"key": "w2", "payload": {}, "amount": 2})
+        await write_at_commit(session, DirectStatement(SHUT), {"key": "w1"})
+        await write_at_commit(
+            session, DirectStatement(INSERT), {"key": "w2", "payload": {}, "amount": 2}
+        )
         # Not written yet: nothing in this transaction reads them.
         assert as_tuples(await DirectStatement(BY_KEY).rows(session, {"key": "w1"}))[0][3] == (
             "open"
@@ -340,15 +342,21 @@ async def test_writes_at_commit_are_made_by_any_commit_and_forgotten_by_a_rollba
     maker = sessionmaker_for(engine)
     async with maker() as session:
         await DirectStatement(COUNT).scalar(session)
-        write_at_commit(session, DirectStatement(INSERT), {"key": "k", "payload": {}, "amount": 1})
+        await write_at_commit(
+            session, DirectStatement(INSERT), {"key": "k", "payload": {}, "amount": 1}
+        )
         await session.commit()
         await DirectStatement(COUNT).scalar(session)
-        write_at_commit(session, DirectStatement(INSERT), {"key": "r", "payload": {}, "amount": 1})
+        await write_at_commit(
+            session, DirectStatement(INSERT), {"key": "r", "payload": {}, "amount": 1}
+        )
         await session.rollback()
         await DirectStatement(COUNT).scalar(session)
         await session.commit()
         await DirectStatement(COUNT).scalar(session)
-        write_at_commit(session, DirectStatement(INSERT), {"key": "c", "payload": {}, "amount": 1})
+        await write_at_commit(
+            session, DirectStatement(INSERT), {"key": "c", "payload": {}, "amount": 1}
+        )
     # Closed without a commit: as a rollback.
     async with maker() as session:
         await DirectStatement(COUNT).scalar(session)
@@ -367,7 +375,7 @@ async def test_a_write_at_commit_that_fails_takes_the_whole_transaction_back(
         await session.commit()
     async with maker() as session:
         await DirectStatement(INSERT).first(session, {"key": "new", "payload": {}, "amount": 1})
-        write_at_commit(
+        await write_at_commit(
             session, DirectStatement(INSERT), {"key": "dup", "payload": {}, "amount": 9}
         )
         with pytest.raises(IntegrityError):
@@ -385,14 +393,16 @@ async def test_writes_at_commit_with_orm_changes_and_savepoints(engine: AsyncEng
     async with maker() as session:
         session.add(Thing(key="orm", payload={}, amount=Decimal(1), state="open"))
         await DirectStatement(COUNT).scalar(session)
-        write_at_commit(session, DirectStatement(SHUT), {"key": "orm"})
+        await write_at_commit(session, DirectStatement(SHUT), {"key": "orm"})
         await session.commit()
     async with maker() as session:
         await DirectStatement(COUNT).scalar(session)
-        write_at_commit(session, DirectStatement(INSERT), {"key": "sp", "payload": {}, "amount": 1})
+        await write_at_commit(
+            session, DirectStatement(INSERT), {"key": "sp", "payload": {}, "amount": 1}
+        )
         savepoint = await session.begin_nested()
-        with pytest.raises(TypeError, match="savepoint"):
-            write_at_commit(session, DirectStatement(SHUT), {"key": "sp"})
+        # Inside a savepoint, written now: the savepoint's rollback takes it back.
+        await write_at_commit(session, DirectStatement(SHUT), {"key": "in-sp"})
         await DirectStatement(INSERT).first(session, {"key": "in", "payload": {}, "amount": 1})
         await savepoint.commit()
         await session.commit()
@@ -401,23 +411,60 @@ async def test_writes_at_commit_with_orm_changes_and_savepoints(engine: AsyncEng
         assert as_tuples(rows) == [("in", "open"), ("orm", "shut"), ("sp", "open")]
 
 
-async def test_a_write_at_commit_needs_a_transaction(session: AsyncSession) -> None:
-    with pytest.raises(TypeError, match="transaction"):
-        write_at_commit(session, DirectStatement(SHUT), {"key": "none"})
-
-
-async def test_a_commit_with_a_savepoint_still_open_sends_the_writes_too(
+async def test_a_write_at_commit_outside_a_transaction_is_written_in_the_next(
     engine: AsyncEngine,
 ) -> None:
+    """Review s22 LOW-5: an effect that committed before its caller queued its answer: the
+    write begins the next transaction, which the caller's commit commits."""
     maker = sessionmaker_for(engine)
     async with maker() as session:
-        await DirectStatement(COUNT).scalar(session)
-        write_at_commit(
-            session, DirectStatement(INSERT), {"key": "out", "payload": {}, "amount": 1}
+        await write_at_commit(
+            session, DirectStatement(INSERT), {"key": "n", "payload": {}, "amount": 1}
         )
-        await session.begin_nested()
-        await DirectStatement(INSERT).first(session, {"key": "in", "payload": {}, "amount": 1})
         await session.commit()
     async with maker() as session:
+        assert list(await session.scalars(select(things.c.key))) == ["n"]
+
+
+async def test_a_transaction_committed_with_a_savepoint_open_sends_its_writes(
+    engine: AsyncEngine,
+) -> None:
+    """Review s22 MEDIUM-1: ``session.begin()``'s commit (the root transaction's, with a
+    savepoint still open) committed the transaction without its writes at commit: the hook
+    waited for a commit with no savepoint open, which that way of committing never makes."""
+    maker = sessionmaker_for(engine)
+    async with maker() as session, session.begin():
+        await DirectStatement(INSERT).first(session, {"key": "a", "payload": {}, "amount": 1})
+        await write_at_commit(
+            session, DirectStatement(INSERT), {"key": "queued", "payload": {}, "amount": 1}
+        )
+        await session.begin_nested()
+        await DirectStatement(INSERT).first(session, {"key": "b", "payload": {}, "amount": 1})
+    async with maker() as session:
         keys = await session.scalars(select(things.c.key).order_by(things.c.key))
-        assert list(keys) == ["in", "out"]
+        assert list(keys) == ["a", "b", "queued"]
+
+
+async def test_after_a_failed_commit_the_session_commits_nothing_more_until_rolled_back(
+    engine: AsyncEngine,
+) -> None:
+    """Review s22 MEDIUM-3: a write at commit failed, and the session still took the
+    transaction for active: a second commit said nothing (PostgreSQL ended the failed
+    transaction with a ROLLBACK), and a statement after the failure ran. As with SQLAlchemy's
+    own failed commit, the session now needs its rollback first."""
+    maker = sessionmaker_for(engine)
+    async with maker() as session:
+        await DirectStatement(INSERT).first(session, {"key": "dup", "payload": {}, "amount": 1})
+        await session.commit()
+    async with maker() as session:
+        await DirectStatement(INSERT).first(session, {"key": "lost", "payload": {}, "amount": 1})
+        await write_at_commit(
+            session, DirectStatement(INSERT), {"key": "dup", "payload": {}, "amount": 2}
+        )
+        with pytest.raises(IntegrityError):
+            await session.commit()
+        with pytest.raises(Exception, match=r"'prepared' state|rollback"):
+            await session.execute(select(things.c.key))
+        await session.rollback()
+        keys = await session.scalars(select(things.c.key))
+        assert list(keys) == ["dup"]
