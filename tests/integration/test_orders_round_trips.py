@@ -70,8 +70,9 @@ def round_trips(app: Any, directory: Path) -> Iterator[list[int]]:
 async def test_a_checkout_costs_orders_these_round_trips(orders, clean_db, sandbox, tmp_path):
     """Create-order: the nonce (its own connection, in autocommit), then BEGIN, the key's claim
     (alone: a replay must not need blog), the buyer's lock with the slot read, the placing
-    statement, and the attempt with the key's answer and the COMMIT. The webhook of the payment: BEGIN, the attempt, the order's
-    lock with the settlement and the transition, and the outbox message with the COMMIT."""
+    statement, and the attempt with the key's answer and the COMMIT. The webhook of the
+    payment: BEGIN, the attempt, the order's lock with the settlement and the transition, and
+    the outbox message with the COMMIT."""
     app = orders.apps["orders"]
     # Warm (the pool's connections made, the statements prepared), with other goods: an order
     # of the same goods would be superseded, a statement more.
