@@ -171,7 +171,7 @@ async def checkout_return(
         if not (wants_html(request) and undone_by_conflict(exc)):
             raise
         log_undone(exc)
-        return await _still_checking(request, db_session, order_id, looked)
+        return await _still_checking(request, db_session, runtime, order_id, looked)
     result = await service.order_state(db_session, order)
     if result in ("paid", "confirming"):
         order = await service.once_delivered(db_session, runtime, order.id)
@@ -198,7 +198,7 @@ async def checkout_return(
         look_again_seconds=LOOK_AGAIN_SECONDS,
         **_reloads_without_scripts(looking_again, looked),
         unconfirmed=service.unconfirmed_note(order),
-        pay_again=service.pay_again_offered(order),
+        pay_again=service.pay_again_offer(order, runtime.settings.attempts_per_order),
     )
 
 
@@ -215,7 +215,7 @@ def _reloads_without_scripts(looking_again: bool, looked: int) -> dict[str, Any]
 
 
 async def _still_checking(
-    request: Request, db_session: DbSession, order_id: int, looked: int
+    request: Request, db_session: DbSession, runtime: Runtime, order_id: int, looked: int
 ) -> Any:
     """The return page when PostgreSQL undid its recheck for a conflict with other work on the
     order (a deadlock, a serialization failure): for a browser back from SumUp, the page's own
@@ -245,7 +245,7 @@ async def _still_checking(
         look_again_seconds=RETRY_AFTER_SECONDS,
         **_reloads_without_scripts(looking_again, looked),
         unconfirmed=service.unconfirmed_note(order),
-        pay_again=service.pay_again_offered(order),
+        pay_again=service.pay_again_offer(order, runtime.settings.attempts_per_order),
     )
 
 
@@ -300,7 +300,9 @@ async def api_order_list(
 
 
 @get("/order/{order_id:int}/", operation_id="order_html", dependencies=OWNED_ORDER)
-async def order_detail(request: Request, db_session: DbSession, order: OwnedOrder) -> Any:
+async def order_detail(
+    request: Request, db_session: DbSession, runtime: Runtime, order: OwnedOrder
+) -> Any:
     return render(
         request,
         "order.html",
@@ -308,7 +310,7 @@ async def order_detail(request: Request, db_session: DbSession, order: OwnedOrde
         state=await service.order_state(db_session, order),
         latest=await service.latest_checkout_of(db_session, order),
         unconfirmed=service.unconfirmed_note(order),
-        pay_again=service.pay_again_offered(order),
+        pay_again=service.pay_again_offer(order, runtime.settings.attempts_per_order),
     )
 
 

@@ -1785,14 +1785,20 @@ def unconfirmed_note(order: Order) -> str:
     return note
 
 
-def pay_again_offered(order: Order, now: datetime | None = None) -> bool:
-    """Whether an order's pages offer pay again: not with less than MIN_TIME_TO_PAY of its
-    payable time left, when :func:`start_new_attempt` can only refuse it (the 409 "check out
-    again"). The app's clock, not the database's: a page need not ask the database the time,
+def pay_again_offer(order: Order, most_attempts: int, now: datetime | None = None) -> str:
+    """What an order's pages say of pay again: "offered", or why :func:`start_new_attempt` can
+    only refuse it (the 409 "check out again"): "attempts_used_up" (the order had the most
+    attempts an order may have), "too_late" (less than MIN_TIME_TO_PAY of its payable time
+    left). The app's clock, not the database's: a page need not ask the database the time,
     and a few seconds between the two do not matter against two minutes."""
-    if order.payable_until is None:
-        return True
-    return order.payable_until - (now or datetime.now(UTC)) >= MIN_TIME_TO_PAY
+    current = order.current_attempt
+    if current is not None and current.number >= most_attempts:
+        return "attempts_used_up"
+    if order.payable_until is not None and (
+        order.payable_until - (now or datetime.now(UTC)) < MIN_TIME_TO_PAY
+    ):
+        return "too_late"
+    return "offered"
 
 
 def payment_state(order: Order, confirming: bool) -> str:

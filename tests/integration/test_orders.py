@@ -614,6 +614,35 @@ async def test_the_pages_offer_no_pay_again_with_too_little_time_left(
         assert (await browser.post(f"/order/{order_id}/pay/")).status_code == 409
 
 
+async def test_the_pages_offer_no_pay_again_once_the_order_used_its_attempts(
+    orders, clean_db, sandbox
+):
+    """An order that had ORDERS_ATTEMPTS_PER_ORDER attempts can only get the 409 "the most one
+    order may have; check out again" from pay again: its pages offered the button all the same.
+    They say what the buyer can do instead."""
+    order_id = (await create(orders)).json()["order_id"]
+    checkout_id = checkout_id_of(clean_db, order_id)
+    sandbox.fail(checkout_id)
+    assert (await webhook(orders, order_id, checkout_id)).status_code == 204
+    most = orders.apps["orders"].state.runtime.settings.attempts_per_order
+    with admin_connect(clean_db, "orders") as connection:
+        connection.execute(
+            "UPDATE orders.payment_attempts SET number = %s WHERE order_id = %s",
+            (most, order_id),
+        )
+    browser = await signed_in(orders)
+    for path in (f"/order/{order_id}/", f"/checkout/return/{order_id}/"):
+        page = await browser.get(path, headers=HTML)
+        assert page.status_code == 200, page.text
+        assert 'data-state="failed"' in page.text, path
+        assert 'id="pay-again"' not in page.text, path
+        said = page.text.split('id="attempts-used-up"', 1)[1].split("</p>", 1)[0]
+        assert "check out again from your cart" in said, path
+    refused = await browser.post(f"/order/{order_id}/pay/", headers=JSON)
+    assert refused.status_code == 409
+    assert "the most one order may have" in refused.json()["detail"]
+
+
 async def test_pay_again_and_a_recheck_finding_the_same_payment_do_not_deadlock(
     orders, clean_db, sandbox
 ):
