@@ -196,10 +196,11 @@ class ReleasedHold(Base):
 
 
 class GivenBackOrder(Base):
-    """An order whose holds orders gave back because create-order failed (release-for-order
-    with ``rolled_back``): it never existed, so a hold for it that arrives later (sent before
-    orders gave up, and slower than the give-back) holds nothing. Kept a day: a hold is sent
-    within create-order's deadline, and orders never makes an order id twice."""
+    """An order orders let go of (release-for-order): create-order failed (``rolled_back``: it
+    never existed), or it expired. A hold for it that arrives later (sent before orders gave
+    up, and slower than the give-back) holds nothing, and a later order's give-back never
+    returns a booking to its hold. Kept a day: a hold is sent within create-order's deadline,
+    and orders never makes an order id twice."""
 
     __tablename__ = "given_back_orders"
     __table_args__ = (Index("ix_given_back_orders_given_back_at", "given_back_at"),)

@@ -763,14 +763,19 @@ async def release_for_order(session: AsyncSession, request: ReleaseForOrder) -> 
     ``rolled_back``: the order never existed (create-order failed after events held its
     bookings). Each booking goes back to the hold it had before (the buyer's cart's, or an
     earlier order's), for the buyer still, and no longer than then: it is still in their cart.
-    A hold from before events kept that (no prior expiry) ends now. A replay changes nothing."""
+    A hold from before events kept that (no prior expiry) ends now. A replay changes nothing.
+
+    Either way the order is let go of for good (``given_back_orders``): no later hold is taken
+    for it, and a give-back of a later order never returns a booking to its hold (an order
+    that expired while a later checkout held the booking: that checkout's failure gave the
+    booking back to the expired order, which nobody can pay, until long past its time)."""
+    await _lock_holds_of(session, request.order_id)
+    await session.execute(
+        pg_insert(GivenBackOrder)
+        .values(order_id=request.order_id)
+        .on_conflict_do_nothing(index_elements=[GivenBackOrder.order_id])
+    )
     if request.rolled_back:
-        await _lock_holds_of(session, request.order_id)
-        await session.execute(
-            pg_insert(GivenBackOrder)
-            .values(order_id=request.order_id)
-            .on_conflict_do_nothing(index_elements=[GivenBackOrder.order_id])
-        )
         return await _restore_holds_before(session, request.order_id)
     ended = 0
     for model in (CalendarEntry, Ticket):

@@ -1496,3 +1496,46 @@ async def test_a_booking_given_back_after_its_cart_hold_ran_out_stays_in_the_car
     assert held_until <= until
     for browser in (cart, events):
         await browser.aclose()
+
+
+async def test_a_give_back_never_returns_a_booking_to_an_order_that_expired_meanwhile(
+    stack, clean_db, shop, sandbox
+):
+    """Found by reading (s22): order A holds the booking; the buyer checks out again, order B's
+    hold takes it over (the hold before it: A's); A expires, and its release finds nothing held
+    for A; B's checkout then fails and its give-back returned the booking to A's hold, an order
+    nobody can pay, for up to HOLD_AFTER_PAYABLE past its payable time, blocking every other
+    buyer. An expired order is let go of for good now: a give-back after it skips its hold, and
+    the booking goes back to the buyer's cart."""
+    cart = await browser_of(stack, "cart", user_id=3)
+    events = stack.browser("events")
+    share_cookies(cart, events)
+    assert (await events.post(f"/entries/{shop.entry_id}/book/")).status_code == 200
+    before = booking_hold(clean_db, shop.entry_id)
+    client = platform_of(stack.apps["orders"]).client
+    order_a, order_b = 987_700, 987_701
+    for order_id in (order_a, order_b):
+        held = await client.call(
+            events_contract.hold_for_order,
+            events_contract.HoldForOrder(
+                order_id=order_id,
+                until=before[3] + timedelta(minutes=30),
+                entry_ids=[shop.entry_id],
+                user_id=3,
+            ),
+        )
+        assert held.held == 1
+    assert booking_held_for(clean_db, shop.entry_id, order_b)
+    expired = await client.call(
+        events_contract.release_for_order, events_contract.ReleaseForOrder(order_id=order_a)
+    )
+    assert expired.ended == 0  # held for B, not A, at that moment
+    await client.call(
+        events_contract.release_for_order,
+        events_contract.ReleaseForOrder(order_id=order_b, rolled_back=True),
+    )
+    state, confirmed, held_for, until = booking_hold(clean_db, shop.entry_id)
+    assert (state, confirmed, held_for) == ("pending", None, None)
+    assert until == before[3]  # the cart's own hold, as it was
+    for browser in (cart, events):
+        await browser.aclose()
