@@ -56,9 +56,9 @@ def _timeout_statement(timeout_ms: int) -> DirectStatement:
 
 @functools.cache
 def timeout_for_next_reads(timeout_ms: int = DEFAULT_REMOTE_TIMEOUT_MS) -> ColumnElement[str]:
-    """A column for the statement just before ``remote_read(..., timeout_set=True)``: it sets
-    the timeout as ``SET LOCAL`` does (a statement's own timeout is armed when it starts, so it
-    bounds the statements after it), without a round trip of its own."""
+    """A column for the statement just before FDW reads outside a :func:`remote_read` block: it
+    sets the timeout as ``SET LOCAL`` does (a statement's own timeout is armed when it starts,
+    so it bounds the statements after it), without a round trip of its own."""
     return set_for_the_transaction("statement_timeout", str(int(timeout_ms)))
 
 
@@ -73,20 +73,14 @@ async def remote_read(
     *,
     timeout_ms: int = DEFAULT_REMOTE_TIMEOUT_MS,
     isolate: bool = True,
-    timeout_set: bool = False,
 ) -> AsyncIterator[None]:
     """Bound (and by default isolate) the FDW queries run inside the block.
 
     ``isolate=False`` is for requests that cannot answer at all without the provider: no
     savepoint (two local and two remote round trips fewer), the timeout stays on until the
-    transaction ends, and a failure leaves the transaction to be rolled back by the caller.
-    ``timeout_set=True`` (only without isolation): the statement before the block set the
-    timeout with :func:`timeout_for_next_reads`."""
-    if timeout_set and isolate:
-        raise ValueError("a timeout set by the statement before cannot be isolated")
+    transaction ends, and a failure leaves the transaction to be rolled back by the caller."""
     savepoint = await session.begin_nested() if isolate else None
-    if not timeout_set:
-        await _timeout_statement(int(timeout_ms)).rowcount(session)
+    await _timeout_statement(int(timeout_ms)).rowcount(session)
     try:
         yield
     except DBAPIError as exc:

@@ -119,8 +119,8 @@ async def enqueue_at_commit(
 ) -> None:
     """:func:`enqueue` as a write at commit (apps.common.direct.write_at_commit): the message is
     added with the transaction's COMMIT, in its round trip, whatever commits it; a key already
-    queued is left as it is. For a message nothing in the
-    transaction reads after it (inside a savepoint it is added now)."""
+    queued is left as it is. For a message nothing in the transaction reads after it (inside
+    a savepoint it is added now)."""
     await write_at_commit(
         session, _queue_statement(table), _message(action, request, idempotency_key)
     )

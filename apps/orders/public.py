@@ -184,34 +184,47 @@ async def checkout_return(
     latest = await service.latest_checkout_of(db_session, order)
     if not wants_html(request):
         return {"state": result, "order": service.order_dict(order, latest), "degraded": degraded}
-    # Not known yet: the page asks again every few seconds (static/look-again.js), or without
-    # scripts reloads a bounded number of times; a final state never does.
-    looking_again = result in ("waiting", "confirming")
-    return render(
-        request,
-        "return.html",
-        order=order,
-        state=result,
-        latest=latest,
-        degraded=degraded,
-        looking_again=looking_again,
-        look_again_seconds=LOOK_AGAIN_SECONDS,
-        **_reloads_without_scripts(looking_again, looked),
-        unconfirmed=service.unconfirmed_note(order),
-        pay_again=service.pay_again_offer(order, runtime.settings.attempts_per_order),
+    return _return_page(
+        request, runtime, order, result, latest, looked, degraded, LOOK_AGAIN_SECONDS
     )
 
 
-def _reloads_without_scripts(looking_again: bool, looked: int) -> dict[str, Any]:
-    """The return page's values for its reloads without scripts: while the outcome is not
-    known, at most NO_SCRIPT_LOOKS of them, ``looked`` so far."""
-    return {
-        "no_script_reload": looking_again and looked < NO_SCRIPT_LOOKS,
-        "no_script_seconds": NO_SCRIPT_LOOK_AGAIN_SECONDS,
-        "no_script_looked": looked,
-        "no_script_looks_left": NO_SCRIPT_LOOKS - looked,
-        "no_script_looks": NO_SCRIPT_LOOKS,
-    }
+def _return_page(
+    request: Request,
+    runtime: OrdersRuntime,
+    order: Order,
+    state: str,
+    latest: service.LatestCheckout | None,
+    looked: int,
+    degraded: list[str],
+    look_again_seconds: int,
+    *,
+    still_checking: bool = False,
+    **response: Any,
+) -> Any:
+    """The return page (``response``: its status and headers when not 200). Not known yet, the
+    page asks again every ``look_again_seconds`` (static/look-again.js), or without scripts
+    reloads at most NO_SCRIPT_LOOKS times (``looked`` so far); a final state never does."""
+    looking_again = state in ("waiting", "confirming")
+    return render(
+        request,
+        "return.html",
+        **response,
+        order=order,
+        state=state,
+        latest=latest,
+        degraded=degraded,
+        still_checking=still_checking and looking_again,
+        looking_again=looking_again,
+        look_again_seconds=look_again_seconds,
+        no_script_reload=looking_again and looked < NO_SCRIPT_LOOKS,
+        no_script_seconds=NO_SCRIPT_LOOK_AGAIN_SECONDS,
+        no_script_looked=looked,
+        no_script_looks_left=NO_SCRIPT_LOOKS - looked,
+        no_script_looks=NO_SCRIPT_LOOKS,
+        unconfirmed=service.unconfirmed_note(order),
+        pay_again=service.pay_again_offer(order, runtime.settings.attempts_per_order),
+    )
 
 
 async def _still_checking(
@@ -230,22 +243,18 @@ async def _still_checking(
     state = await service.order_state(db_session, order)
     if state == "failed":
         state = "waiting"  # the check that would have told was undone: it may have been paid
-    looking_again = state in ("waiting", "confirming")
-    return render(
+    return _return_page(
         request,
-        "return.html",
+        runtime,
+        order,
+        state,
+        await service.latest_checkout_of(db_session, order),
+        looked,
+        [],
+        RETRY_AFTER_SECONDS,
+        still_checking=True,
         status_code=503,
         headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-        order=order,
-        state=state,
-        latest=await service.latest_checkout_of(db_session, order),
-        degraded=[],
-        still_checking=looking_again,
-        looking_again=looking_again,
-        look_again_seconds=RETRY_AFTER_SECONDS,
-        **_reloads_without_scripts(looking_again, looked),
-        unconfirmed=service.unconfirmed_note(order),
-        pay_again=service.pay_again_offer(order, runtime.settings.attempts_per_order),
     )
 
 

@@ -335,11 +335,11 @@ async def lock_buyer(
 ) -> None:
     """Serialise one buyer's order changes until the transaction ends: user first, then
     session (PostgreSQL evaluates a select list in order), so two requests never wait on each
-    other in opposite orders. ``remote_reads_next`` (create-order): the same statement sets the
-    FDW timeout of the statements after it (``remote_read(..., timeout_set=True)``) and has
-    them run on their generic plans: for orders whose lines name no cart lines, PostgreSQL
-    planned the placing statement anew on every call, 1.3 ms at 20,000 orders against 0.3 ms
-    to run it."""
+    other in opposite orders. ``remote_reads_next`` (create-order's, which
+    :func:`reserve_order_slot` sends with its FDW read): the same statement sets the FDW
+    timeout of the statements after it (:func:`timeout_for_next_reads`) and has them run on
+    their generic plans: for orders whose lines name no cart lines, PostgreSQL planned the
+    placing statement anew on every call, 1.3 ms at 20,000 orders against 0.3 ms to run it."""
     keys = _buyer_keys(user_id, session_id)
     if keys or remote_reads_next:
         await _buyer_locks(len(keys), remote_reads_next).rows(session, keys)
