@@ -119,6 +119,7 @@ from apps.orders.settlement import (
     UNCONFIRMED_BOOKINGS,
     Applied,
     AttemptRow,
+    EarlyCheckoutRead,
     MerchantAccounts,
     MerchantKeyGone,
     OrderRow,
@@ -892,6 +893,7 @@ async def create_order(
             attempt = PaymentAttempt(**row)
         # SumUp just took this key: the order's webhook can use it without asking blog again.
         runtime.recent_accounts.learn(config.id, config.account)
+        runtime.recent_accounts.opened(row["sumup_checkout_id"], order.id, config.id)
     except TimeoutError:
         raise PaymentProviderUnavailable(
             f"no answer within {settings.create_order_deadline:g} s; nothing was created"
@@ -1627,16 +1629,23 @@ async def handle_webhook(
     ignored without calling SumUp, and so are settled ones (PAID or EXPIRED is final at SumUp:
     a notification cannot change it, and anyone may send one); open ones are re-fetched and
     applied, whatever state the order is in (a payment for a superseded order becomes a
-    refund)."""
-    found = await attempt_for_checkout(session, order_id, checkout_id)
-    if found is None:
-        return None
-    order, attempt = found
-    if attempt.status not in OPEN_ATTEMPT_STATES:
-        return None
-    return await refresh_reported_attempt(
-        session, order, attempt, runtime.gateway, runtime.recent_accounts
-    )
+    refund). The first webhook of a checkout this process opened for that order (and nothing
+    read since) sends its GET while it reads the attempt (:class:`EarlyCheckoutRead`): one
+    read of SumUp per such checkout at most, whatever the attempt turns out to be."""
+    early = EarlyCheckoutRead.start(runtime.gateway, runtime.recent_accounts, order_id, checkout_id)
+    try:
+        found = await attempt_for_checkout(session, order_id, checkout_id)
+        if found is None:
+            return None
+        order, attempt = found
+        if attempt.status not in OPEN_ATTEMPT_STATES:
+            return None
+        return await refresh_reported_attempt(
+            session, order, attempt, runtime.gateway, runtime.recent_accounts, early
+        )
+    finally:
+        if early is not None:
+            early.drop()
 
 
 async def recheck(
@@ -1653,6 +1662,7 @@ async def recheck(
             continue
         if order.status == "pending" and attempt is not order.current_attempt:
             continue
+        runtime.recent_accounts.forget_opened(attempt.sumup_checkout_id)
         applied = await refresh_attempt(session, order, attempt, runtime.gateway, accounts)
     return applied
 

@@ -17,6 +17,7 @@ Rules that keep payments safe:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -272,10 +273,16 @@ class RecentMerchantAccounts:
     # entries are dropped as new ones arrive.
     PRUNE_ABOVE = 256
 
+    # Checkouts this process opened lately: past this many, the oldest are forgotten (a miss
+    # only costs the webhook its read of SumUp at once).
+    MOST_OPENED = 4096
+
     def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.seconds = seconds
         self._clock = clock
         self._accounts: dict[int, tuple[float, MerchantAccount]] = {}
+        # SumUp checkout id -> (its order, its page config), in the order they were opened.
+        self._opened: dict[str, tuple[int, int]] = {}
 
     def learn(self, page_config_id: int, account: MerchantAccount) -> None:
         if self.seconds <= 0:
@@ -296,6 +303,69 @@ class RecentMerchantAccounts:
 
     def forget(self, page_config_id: int) -> None:
         self._accounts.pop(page_config_id, None)
+
+    def opened(self, checkout_id: str, order_id: int, page_config_id: int) -> None:
+        """Create-order opened ``checkout_id`` with the account it just learnt."""
+        if self.seconds <= 0:
+            return
+        if len(self._opened) >= self.MOST_OPENED:
+            del self._opened[next(iter(self._opened))]
+        self._opened[checkout_id] = (order_id, page_config_id)
+
+    def forget_opened(self, checkout_id: str) -> None:
+        """Something else read the checkout from SumUp (the return page): its webhook need not
+        read it early, which would be a second GET of a checkout most likely settled."""
+        self._opened.pop(checkout_id, None)
+
+    def take_opened(self, order_id: int, checkout_id: str) -> tuple[int, MerchantAccount] | None:
+        """The page config and account of a checkout this process opened for ``order_id``,
+        given once: only its first webhook reads SumUp before reading the attempt (a
+        repeated or forged one then asks SumUp only for an attempt still open, as before)."""
+        opened = self._opened.pop(checkout_id, None)
+        if opened is None or opened[0] != order_id:
+            return None
+        account = self.recall(opened[1])
+        return None if account is None else (opened[1], account)
+
+
+@dataclass(frozen=True)
+class EarlyCheckoutRead:
+    """A webhook's GET of a checkout this process opened, sent before the attempt is read (the
+    two wait together). Its answer is used only for the attempt it turns out to be: open, of
+    the same page config, read with the account still remembered for it
+    (:func:`refresh_reported_attempt`); else it is dropped."""
+
+    page_config_id: int
+    account: MerchantAccount
+    answer: asyncio.Task[RemoteCheckout]
+
+    @classmethod
+    def start(
+        cls,
+        gateway: SumUpGateway,
+        recent: RecentMerchantAccounts,
+        order_id: int,
+        checkout_id: str,
+    ) -> EarlyCheckoutRead | None:
+        opened = recent.take_opened(order_id, checkout_id)
+        if opened is None:
+            return None
+        page_config_id, account = opened
+        answer = asyncio.ensure_future(gateway.get_checkout(account, checkout_id))
+        return cls(page_config_id, account, answer)
+
+    def serves(self, page_config_id: int, account: MerchantAccount) -> bool:
+        return self.page_config_id == page_config_id and self.account == account
+
+    def drop(self) -> None:
+        """Not used: cancelled if still asking; its outcome is retrieved, never logged."""
+        self.answer.cancel()
+        self.answer.add_done_callback(_retrieved)
+
+
+def _retrieved(answer: asyncio.Task[RemoteCheckout]) -> None:
+    if not answer.cancelled():
+        answer.exception()
 
 
 def payment_config_of(order: OrderInHand) -> int:
@@ -892,17 +962,22 @@ async def refresh_reported_attempt(
     attempt: AttemptInHand,
     gateway: SumUpGateway,
     recent: RecentMerchantAccounts,
+    early: EarlyCheckoutRead | None = None,
 ) -> Applied:
     """:func:`refresh_attempt` for a webhook: with the page config's account this process read
-    lately when it has one (no FDW read), else (or when SumUp refuses that key, or does not
-    know the checkout under it) with the account blog holds now."""
+    lately when it has one (no FDW read; the ``early`` read's answer when it was sent with that
+    account), else (or when SumUp refuses that key, or does not know the checkout under it)
+    with the account blog holds now."""
     config_id = payment_config_of(order)
     remembered = recent.recall(config_id)
     if remembered is not None and remembered.merchant_code != order.merchant_code:
         remembered = None  # the page has switched merchants: that key cannot see this checkout
     if remembered is not None:
         try:
-            remote = await gateway.get_checkout(remembered, attempt.sumup_checkout_id)
+            if early is not None and early.serves(config_id, remembered):
+                remote = await early.answer
+            else:
+                remote = await gateway.get_checkout(remembered, attempt.sumup_checkout_id)
         except CheckoutNotFound:
             recent.forget(config_id)
         except PaymentProviderError as exc:

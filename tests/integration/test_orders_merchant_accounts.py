@@ -119,6 +119,76 @@ async def test_a_webhook_settles_a_payment_while_blog_is_locked_with_the_key_ord
         assert len(order_rows(clean_db)) == 1
 
 
+async def soon(condition, within: float = 10.0) -> bool:
+    """Whether ``condition()`` holds within ``within`` seconds (a wait bound, not a measure)."""
+    deadline = asyncio.get_running_loop().time() + within
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+async def test_the_first_webhook_of_a_checkout_this_process_opened_asks_sumup_at_once(
+    clean_db, credentials, sandbox, caplog
+):
+    """Issue #14: create-order remembers the checkout it opened with the key SumUp took, and
+    the first webhook naming it sends its GET to SumUp while it reads the attempt; the answer
+    is used only for that attempt, open, of that page config and merchant. Shown with orders'
+    attempts locked: SumUp is asked before the read can finish, and the payment is applied
+    once it does. Only the first: a later webhook of the same checkout (repeated or forged)
+    finds it settled and asks SumUp nothing, as before."""
+    caplog.set_level(logging.INFO, logger="sumup-sandbox")
+    add_page_config(clean_db, "site", 0)
+    async with orders_stack(clean_db, credentials, sandbox.server) as orders:
+        order_id = (await create(orders)).json()["order_id"]
+        checkout_id = checkout_id_of(clean_db, order_id)
+        sandbox.pay(checkout_id)
+        asked_sumup = f"GET /v0.1/checkouts/{checkout_id} "
+        caplog.clear()
+        with admin_connect(clean_db, "orders") as holder:
+            holder.autocommit = False
+            holder.execute("LOCK TABLE orders.payment_attempts IN ACCESS EXCLUSIVE MODE")
+            pending = asyncio.ensure_future(webhook(orders, order_id, checkout_id))
+            try:
+                asked_while_reading = await soon(lambda: asked_sumup in caplog.text)
+            finally:
+                holder.rollback()
+        settled = await bounded(pending)
+        assert asked_while_reading, "SumUp was asked only after the attempt was read"
+        assert settled.status_code == 204, settled.text
+        assert order_rows(clean_db)[0][:2] == (order_id, "paid")
+        assert caplog.text.count(asked_sumup) == 1
+
+        caplog.clear()
+        again = await bounded(webhook(orders, order_id, checkout_id))
+        assert again.status_code == 204, again.text
+        assert asked_sumup not in caplog.text
+
+
+async def test_a_webhook_after_the_return_page_read_the_checkout_reads_no_sumup_early(
+    clean_db, credentials, sandbox, caplog
+):
+    """The buyer's return page usually reads the checkout first (and settles the payment): its
+    webhook then must not read SumUp early, which would be a second GET of a settled
+    checkout for nothing. It finds the attempt settled and asks SumUp nothing."""
+    caplog.set_level(logging.INFO, logger="sumup-sandbox")
+    add_page_config(clean_db, "site", 0)
+    async with orders_stack(clean_db, credentials, sandbox.server) as orders:
+        order_id = (await create(orders)).json()["order_id"]
+        checkout_id = checkout_id_of(clean_db, order_id)
+        sandbox.pay(checkout_id)
+        browser = orders.browser("orders")
+        json_only = {"accept": "application/json"}
+        await browser.get("/auth/dev-login?user_id=1", headers=json_only)
+        returned = await browser.get(f"/checkout/return/{order_id}/", headers=json_only)
+        assert returned.json()["state"] == "paid", returned.text
+        caplog.clear()
+        settled = await bounded(webhook(orders, order_id, checkout_id))
+        assert settled.status_code == 204, settled.text
+        assert f"GET /v0.1/checkouts/{checkout_id} " not in caplog.text
+
+
 async def test_a_remembered_key_sumup_refuses_is_read_again_from_blog(
     clean_db, credentials, two_key_sandbox
 ):

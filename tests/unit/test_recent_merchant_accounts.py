@@ -65,3 +65,36 @@ def test_pruning_keeps_every_account_within_its_time(learned: list[tuple[int, fl
     for config_id, (when, account) in latest.items():
         expected = account if when + 60 > clock.now else None
         assert recent.recall(config_id) == expected
+
+
+def test_an_opened_checkout_is_given_once_for_its_own_order_with_the_account_still_known() -> None:
+    """The webhook's early read (EarlyCheckoutRead): a checkout create-order opened is given
+    with its config's account to the first webhook naming it and its order, never to one naming
+    another order (a forged pairing), never twice, and never once the account is not recalled."""
+    clock = Clock()
+    recent = RecentMerchantAccounts(60, clock)
+    account = MerchantAccount("M1", "key-1")
+    recent.learn(7, account)
+    recent.opened("chk-a", 41, 7)
+    recent.opened("chk-b", 42, 7)
+    recent.opened("chk-c", 43, 7)
+    assert recent.take_opened(99, "chk-a") is None  # another order's id: dropped, not given
+    assert recent.take_opened(41, "chk-a") is None
+    assert recent.take_opened(42, "chk-b") == (7, account)
+    assert recent.take_opened(42, "chk-b") is None
+    clock.now += 60
+    assert recent.take_opened(43, "chk-c") is None  # the account's time is over
+    assert recent.take_opened(44, "chk-unknown") is None
+
+
+def test_opened_checkouts_are_bounded_and_none_kept_with_zero_seconds() -> None:
+    recent = RecentMerchantAccounts(60, Clock())
+    recent.learn(7, MerchantAccount("M1", "key-1"))
+    for number in range(RecentMerchantAccounts.MOST_OPENED + 10):
+        recent.opened(f"chk-{number}", number, 7)
+    assert recent.take_opened(0, "chk-0") is None  # the oldest went first
+    last = RecentMerchantAccounts.MOST_OPENED + 9
+    assert recent.take_opened(last, f"chk-{last}") is not None
+    nothing = RecentMerchantAccounts(0, Clock())
+    nothing.opened("chk-a", 1, 7)
+    assert nothing.take_opened(1, "chk-a") is None
