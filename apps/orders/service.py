@@ -874,9 +874,28 @@ async def create_order(
             for line in lines
         ),
     ]
-    superseded = await place_order(session, row, items, claims_of(request), goods_of(request))
-    await enqueue_give_back_of_superseded(session, superseded)
     order = Order(**row)
+    opening: asyncio.Future[dict[str, Any]] | None = None
+    if total > 0 and config is not None and not (request.calendar_entries or request.tickets):
+        # Nothing to hold at events: SumUp's checkout is opened while the order is placed (the
+        # two round trips wait together). Nobody gets its URL unless the order commits; one
+        # made for an order then refused is closed (_close_unused_checkout).
+        opening = asyncio.ensure_future(
+            asyncio.wait_for(
+                _open_checkout(order, 1, runtime, config.account, valid_until=payable_until),
+                settings.create_order_deadline,
+            )
+        )
+    try:
+        superseded = await place_order(session, row, items, claims_of(request), goods_of(request))
+        await enqueue_give_back_of_superseded(session, superseded)
+    except BaseException as refused:
+        if opening is not None and config is not None:
+            if isinstance(refused, Exception):
+                await _close_unused_checkout(opening, runtime, config.account)
+            else:  # the request itself ends (cancelled): the checkout expires unpaid
+                opening.cancel()
+        raise
     try:
         async with asyncio.timeout(settings.create_order_deadline):
             if held is not None and (request.calendar_entries or request.tickets):
@@ -887,7 +906,10 @@ async def create_order(
                 # (No config with something to pay was refused above.)
                 await pay_with_nothing_to_pay(session, order)
                 return NewOrder(paid_answer(order, runtime.urls), superseded)
-            row = await _open_checkout(order, 1, runtime, config.account, valid_until=payable_until)
+            row = await (
+                opening
+                or _open_checkout(order, 1, runtime, config.account, valid_until=payable_until)
+            )
             # Written with the COMMIT, in its round trip: nothing reads it before.
             await write_at_commit(session, _ATTEMPT_INSERT, row)
             attempt = PaymentAttempt(**row)
@@ -899,6 +921,23 @@ async def create_order(
             f"no answer within {settings.create_order_deadline:g} s; nothing was created"
         ) from None
     return NewOrder(payable_answer(order, attempt), superseded)
+
+
+async def _close_unused_checkout(
+    opening: asyncio.Future[dict[str, Any]], runtime: OrdersRuntime, account: MerchantAccount
+) -> None:
+    """The order SumUp's checkout was opened for was refused: nobody has the checkout's URL,
+    and it is closed so that it can take no money even so. Best effort, and never in place of
+    the refusal: it expires unpaid at its ``valid_until`` anyway."""
+    try:
+        row = await opening
+    except Exception:  # SumUp made none, or we cannot know which: nothing to close
+        return
+    checkout_id = row["sumup_checkout_id"]
+    try:
+        await runtime.gateway.deactivate_checkout(account, checkout_id)
+    except Exception as exc:  # the refusal is the answer, whatever SumUp says to this
+        logger.warning("could not close unused SumUp checkout %s: %s", checkout_id, exc)
 
 
 def payable_answer(order: Order, attempt: PaymentAttempt) -> CreatedOrder:

@@ -1,11 +1,14 @@
 """Issue #14: what a checkout costs orders in database round trips, counted in libpq's trace of
 the connections its requests use (one ReadyForQuery per synchronisation point: a BEGIN, or the
 Sync that ends a statement or a batch sent together). A change that sends a statement of these
-paths alone again, or reopens a connection, shows here, not only in bench.checkout."""
+paths alone again, or reopens a connection, shows here, not only in bench.checkout. And what
+waits together: SumUp's checkout is opened while the order is placed."""
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +18,7 @@ import pytest
 from sqlalchemy import event
 
 from apps.common.app_factory import platform_of
+from tests.conftest import admin_connect
 from tests.integration.orders_fixtures import (
     add_page_config,
     checkout_id_of,
@@ -25,6 +29,7 @@ from tests.integration.orders_fixtures import (
     product_line,
     webhook,
 )
+from tests.integration.test_orders_merchant_accounts import bounded, soon
 
 # Set while the test's own request runs: the relay and jobs of the in-process orders use the
 # same pool, from tasks of their own, which do not see it.
@@ -89,3 +94,45 @@ async def test_a_checkout_costs_orders_these_round_trips(orders, clean_db, sandb
     assert answered.status_code == 204
     assert [row[1] for row in order_rows(clean_db) if row[0] == order_id] == ["paid"]
     assert webhook_trips == [4]
+
+
+async def test_sumup_is_asked_for_the_checkout_while_the_order_is_placed(orders, clean_db, caplog):
+    """An order with nothing to hold at events: create-order asks SumUp for its checkout while
+    the placing statement runs (the two wait together). Shown with orders' order items locked:
+    SumUp is asked before the order can be placed, and the order is made once it can."""
+    caplog.set_level(logging.INFO, logger="sumup-sandbox")
+    with admin_connect(clean_db, "orders") as holder:
+        holder.autocommit = False
+        holder.execute("LOCK TABLE orders.order_items IN ACCESS EXCLUSIVE MODE")
+        pending = asyncio.ensure_future(create(orders, order_payload(product_line(3))))
+        try:
+            asked_while_placing = await soon(lambda: "POST /v0.1/checkouts 201" in caplog.text)
+        finally:
+            holder.rollback()
+    created = await bounded(pending)
+    assert asked_while_placing, "SumUp was asked only after the order was placed"
+    assert created.status_code == 200, created.text
+    order_id = created.json()["order_id"]
+    assert [row[1] for row in order_rows(clean_db) if row[0] == order_id] == ["pending"]
+    assert created.json()["sumup_hosted_url"].endswith(checkout_id_of(clean_db, order_id))
+
+
+async def test_a_checkout_opened_for_an_order_placing_refused_is_closed(orders, clean_db, sandbox):
+    """The checkout SumUp made while the order was placed, for an order placing then refused
+    (its cart line is already paid for in another order): nobody got its URL, nothing of the
+    order is left, and the checkout is closed at SumUp, so it can take no money either."""
+    line = product_line(4, cart_line_ids=[501])
+    first = await create(orders, order_payload(line), key="first")
+    assert first.status_code == 200, first.text
+    first_id = first.json()["order_id"]
+    first_checkout = checkout_id_of(clean_db, first_id)
+    sandbox.pay(first_checkout)
+    assert (await webhook(orders, first_id, first_checkout)).status_code == 204
+
+    refused = await create(orders, order_payload(line), key="second")
+    assert refused.status_code == 409, refused.text
+    assert f"already paid for in order {first_id}" in refused.json()["detail"]
+    assert [row[0] for row in order_rows(clean_db)] == [first_id]
+    made = {checkout["id"]: checkout["status"] for checkout in sandbox.checkouts()}
+    assert made.pop(first_checkout) == "PAID"
+    assert all(status != "PENDING" for status in made.values()), made
