@@ -39,7 +39,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.sql import ColumnElement, Select
+from sqlalchemy.sql import ColumnElement, Select, Update
 
 from apps.common.contracts import Action
 from apps.common.direct import DirectStatement, write_at_commit
@@ -211,6 +211,50 @@ def next_due(table: Table) -> Select[Any]:
         .order_by(table.c.id)
         .limit(2)
         .with_for_update(skip_locked=True)
+    )
+
+
+def dead_messages(table: Table) -> Select[Any]:
+    """Every dead message of ``table``'s outbox, oldest first: what a person decides on."""
+    return (
+        select(
+            table.c.id,
+            table.c.service,
+            table.c.action,
+            table.c.attempts,
+            table.c.dead_at,
+            table.c.last_error,
+            table.c.payload,
+        )
+        .where(table.c.dead_at.is_not(None))
+        .order_by(table.c.id)
+    )
+
+
+def messages_among(table: Table, ids: Collection[int]) -> Select[Any]:
+    """Which of ``ids`` are messages of ``table``'s outbox, delivered or dead, their rows locked
+    (a resend decides on them all, then changes them)."""
+    return (
+        select(table.c.id, table.c.delivered_at.is_not(None), table.c.dead_at.is_not(None))
+        .where(table.c.id.in_(list(ids)))
+        .order_by(table.c.id)
+        .with_for_update()
+    )
+
+
+def resend_dead(table: Table, ids: Collection[int] | None = None) -> Update:
+    """Make the dead messages among ``ids`` (None: every one) due again, as :func:`next_due`
+    selects them: not dead, due now, and their attempts counted from nought, so a failure is
+    retried with the backoff of a first one. Returns their ids. The last error stays until the
+    message is delivered (what it died of, for whoever looks next)."""
+    chosen = table.c.dead_at.is_not(None) & table.c.delivered_at.is_(None)
+    if ids is not None:
+        chosen &= table.c.id.in_(list(ids))
+    return (
+        update(table)
+        .where(chosen)
+        .values(dead_at=None, attempts=0, next_attempt_at=func.now())
+        .returning(table.c.id)
     )
 
 

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from apps.common.settings import ConfigError
-from ops.cli import calls, db, proxy, split, stack
+from ops.cli import calls, db, outbox, proxy, split, stack
 from ops.cli.common import err_console
 
 app = typer.Typer(
@@ -31,6 +31,7 @@ app.command()(proxy.caddyfile)
 app.add_typer(db.db_app, name="db")
 app.add_typer(split.split_app, name="split")
 app.add_typer(calls.orders_app, name="orders")
+app.add_typer(outbox.outbox_app, name="outbox")
 
 
 def main() -> None:  # pragma: no cover - console entry point
