@@ -16,6 +16,7 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from http import HTTPStatus
 from typing import Any
+from urllib.parse import quote
 
 from litestar import Request, Response
 from litestar.exceptions import (
@@ -119,6 +120,28 @@ class Forbidden(Problem):
 
 class NotFound(Problem):
     status_code = 404
+
+
+# What a path segment may hold unescaped (RFC 3986 pchar, less the unreserved quote() keeps).
+_PCHAR = "/:@!$&'()*+,;="
+
+
+class NothingHere(NotFound):
+    """A URL that names nothing: no route matches its path, or one does but a parameter of the
+    path fails its type or pattern (``/product/Not_A_Slug/``, ``/order/0/``: no product and no
+    order can be there). A 404 like any unknown thing, not a 422: there is no input to correct,
+    only an address that leads nowhere. The detail names the path (escaped as sent) and, when
+    there is one, what is wrong with its parameter."""
+
+    def __init__(self, why: str | None = None) -> None:
+        self.why = why
+        super().__init__("Nothing is found here")
+
+    def to_response(self, request: Request[Any, Any, Any]) -> Response[Any]:
+        self.detail = f"Nothing is found at {quote(request.url.path, safe=_PCHAR)}"
+        if self.why:
+            self.detail += f": its {self.why}"
+        return super().to_response(request)
 
 
 class Conflict(Problem):
@@ -250,18 +273,51 @@ def _field_errors(exc: ValidationException) -> list[dict[str, str]]:
     return errors
 
 
+class _InvalidRequest(Problem):
+    """Litestar's refusal of a request's values: a 422 naming the fields, unless one of them
+    is a parameter of the path (known only once the request is at hand), which makes the URL
+    one that names nothing (:class:`NothingHere`)."""
+
+    def __init__(self, detail: str, errors: list[dict[str, str]], beside_body: set[str]) -> None:
+        super().__init__(detail, status_code=422, errors=errors or None)
+        self.field_errors = errors
+        self.beside_body = beside_body
+
+    def to_response(self, request: Request[Any, Any, Any]) -> Response[Any]:
+        in_path = [
+            error
+            for error in self.field_errors
+            if error["field"] in self.beside_body and error["field"] in request.path_params
+        ]
+        if in_path:
+            error = in_path[0]
+            return NothingHere(f"{error['field']} {error['message']}").to_response(request)
+        return super().to_response(request)
+
+
 def _from_validation(exc: ValidationException) -> Problem:
     errors = _field_errors(exc)
     if errors:
         detail = "; ".join(f"{error['field']}: {error['message']}" for error in errors)
     else:
         detail = str(exc.detail)
-    return Problem(f"Invalid input: {detail}", status_code=422, errors=errors or None)
+    # Litestar tells a body's field ("source": "body") from a parameter's; a query parameter
+    # named like a path's is told apart by the request (_InvalidRequest).
+    beside_body = {
+        str(item.get("key"))
+        for item in (exc.extra if isinstance(exc.extra, list) else [])
+        if isinstance(item, dict) and item.get("source") != "body"
+    }
+    return _InvalidRequest(f"Invalid input: {detail}", errors, beside_body)
 
 
 def _from_http(exc: HTTPException) -> Problem:
     status = exc.status_code
     detail = str(exc.detail) if exc.detail else HTTPStatus(status).phrase
+    if status == 404 and detail == HTTPStatus(404).phrase:
+        # Litestar's own (no route matches, a path parameter not of its route's type): what
+        # was not found is the path.
+        return NothingHere()
     if status == 400 and detail.startswith("JSON is malformed"):
         status = 422
     headers = dict(exc.headers or {})

@@ -78,7 +78,7 @@ async def test_bad_page_number_is_422_naming_page(browser, page):
         assert "page" in response.json()["detail"]
 
 
-async def test_a_malformed_slug_is_422_naming_slug(browser):
+async def test_a_malformed_slug_names_nothing_a_404_naming_slug(browser):
     token = await sign_in(browser)
     for method, path in [
         ("GET", "/Not_A_Slug/"),
@@ -87,9 +87,9 @@ async def test_a_malformed_slug_is_422_naming_slug(browser):
         ("GET", "/Not_A_Slug/admin/page-config/"),
     ]:
         response = await browser.request(method, path, headers={**JSON, "X-CSRF-Token": token})
-        assert response.status_code == 422, (method, path)
+        assert response.status_code == 404, (method, path)
         assert response.headers["content-type"].startswith("application/problem+json")
-        assert "slug" in response.json()["detail"]
+        assert "its slug is not in the expected form" in response.json()["detail"]
 
 
 async def test_a_post_or_page_is_shown_unknown_and_draft_are_404(browser, clean_db):

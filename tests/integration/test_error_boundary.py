@@ -455,18 +455,20 @@ async def test_a_query_parameter_that_is_not_utf8_is_refused_naming_it(stack, se
 
 async def test_a_slug_or_type_ending_in_a_newline_is_malformed(stack):
     """Audit: the patterns ended in ``$``, which in Python also matches before a final newline,
-    so ``/api/products/x%0A`` or ``?market=x%0A`` passed as well-formed (nothing was found, but
-    a malformed slug is a 422 naming it, before anything is looked up)."""
+    so ``/api/products/x%0A`` or ``?market=x%0A`` passed as well-formed. A malformed slug in a
+    query is a 422 naming it, before anything is looked up; in a path, the URL names nothing
+    (a 404, test_a_url_whose_path_parameter_is_malformed_names_nothing)."""
     for service, path, field in [
         ("blog", "/farm-shop%0A/", "slug"),
         ("blog", "/api/posts/farm-shop%0A", "slug"),
         ("market", "/product/carrots%0A/", "slug"),
         ("market", "/api/products/carrots%0A", "slug"),
-        ("market", "/api/products?market=greens%0A", "market"),
         ("cart", "/api/page/farm-shop%0A", "page_slug"),
     ]:
         answer = await stack.browser(service).get(path, headers=JSON)
-        assert names_field(assert_problem(answer, 422, field), field), path
+        assert_problem(answer, 404, f"{path.rstrip('/')}: its {field} is not in the expected form")
+    market = await stack.browser("market").get("/api/products?market=greens%0A", headers=JSON)
+    assert names_field(assert_problem(market, 422, "market"), "market")
     children = await internal_get(
         stack.client("relations"), "get-children", {"parent_type": "page\n", "parent_id": "1"}
     )
@@ -475,6 +477,68 @@ async def test_a_slug_or_type_ending_in_a_newline_is_malformed(stack):
         stack.client("blog"), "page-config", {"container_type": "page\n", "container_id": "1"}
     )
     assert names_field(assert_problem(config, 422, "container_type"), "container_type")
+
+
+# Each public service's GET routes whose path names a thing, with a value of the path parameter
+# that fails its type or pattern (the field it names; None: Litestar's own path type refuses it
+# while routing).
+MALFORMED_PATHS = [
+    ("market", "/product/Not_A_Slug/", "slug"),
+    ("market", "/api/products/carrots%0A", "slug"),
+    ("blog", "/Not_A_Slug/", "slug"),
+    ("blog", "/api/posts/-farm", "slug"),
+    ("cart", "/page/Not_A_Slug/", "page_slug"),
+    ("cart", "/api/page/farm_shop", "page_slug"),
+    ("orders", "/order/0/", "order_id"),
+    ("orders", "/order/9223372036854775808/", "order_id"),
+    ("orders", "/api/orders/-1", "order_id"),
+    ("orders", "/checkout/return/0/", "order_id"),
+    ("orders", "/order/abc/", None),
+]
+
+
+@pytest.mark.parametrize(("service", "path", "field"), MALFORMED_PATHS)
+async def test_a_url_whose_path_parameter_is_malformed_names_nothing(stack, service, path, field):
+    """A path parameter that fails its type or pattern (a product or post slug that no slug can
+    be, an order id below 1 or beyond bigint) was a 422, as if the visitor had typed a form
+    wrong: the URL names nothing, so it is a 404 like any unknown thing, naming the path (and
+    the parameter), a themed page for a browser."""
+    browser = stack.browser(service)
+    said = f"Nothing is found at {path.rstrip('/')}"
+    problem = assert_problem(await browser.get(path, headers=JSON), 404, said)
+    if field is not None:
+        assert field in problem["detail"], problem
+    page = await browser.get(path, headers=HTML)
+    assert page.status_code == 404, (service, path, page.text[:300])
+    assert page.headers["content-type"].startswith("text/html")
+    assert 'role="alert"' in page.text
+    assert said in page.text
+    head = await browser.head(path, headers=HTML)
+    assert head.status_code == 404, (service, path)
+
+
+async def test_a_post_to_a_malformed_path_is_404_and_a_bad_body_stays_422(stack, shop):
+    """Only the path's parameters make a 404: a body (or a query) that breaks a rule is still
+    the 422 naming the field, on the same routes."""
+    cart = await browser_of(stack, "cart", user_id=4)
+    product = shop.product_ids[0]
+    assert_problem(await cart.post("/add/0/", json={"quantity": 1}), 404, "/add/0", "product_id")
+    # The URL names nothing, whatever the body: nothing to correct in it.
+    assert_problem(await cart.post("/add/0/", json={"quantity": 0}), 404, "/add/0")
+    refused = assert_problem(await cart.post(f"/add/{product}/", json={"quantity": 0}), 422)
+    assert names_field(refused, "quantity"), refused
+    events = await browser_of(stack, "events")
+    assert_problem(await events.post("/entries/0/book/"), 404, "/entries/0/book", "entry_id")
+    refused = assert_problem(
+        await events.post(
+            f"/entries/{shop.entry_id}/tickets/", data={"ticket_type": "adult", "quantity": "0"}
+        ),
+        422,
+    )
+    assert names_field(refused, "quantity"), refused
+    query = assert_problem(await stack.browser("orders").get("/api/orders?page=0"), 422)
+    assert names_field(query, "page"), query
+    assert (await cart.get("/api/cart")).json()["count"] == 0
 
 
 def names_field(problem: dict, field: str) -> bool:

@@ -1190,13 +1190,14 @@ async def test_bad_entry_input_is_422_naming_the_field(stack, editor, clean_db, 
     assert events_rows(clean_db, "SELECT count(*) FROM events.calendar_entries") == [(0,)]
 
 
-async def test_bad_attach_and_path_input_is_422_naming_the_field(stack, editor, clean_db):
+async def test_bad_attach_input_is_422_naming_the_field_a_bad_path_404(stack, editor, clean_db):
     calendar_id = insert_calendar(clean_db, page_id=3)
     for form in ({}, {"page_id": "x"}, {"page_id": "-2"}):
         response = await editor.post(f"/admin/calendars/{calendar_id}/attach/", data=form)
         assert_problem(response, 422, "page_id")
-    assert_problem(await editor.post("/admin/calendars/0/detach/"), 422, "calendar_id")
-    assert_problem(await editor.post("/entries/0/book/"), 422, "entry_id")
+    # An id no calendar or entry can have: the URL names nothing.
+    assert_problem(await editor.post("/admin/calendars/0/detach/"), 404, "its calendar_id")
+    assert_problem(await editor.post("/entries/0/book/"), 404, "its entry_id")
     assert calendar_container(clean_db, calendar_id) == ("page", 3)
     assert relation_rows(clean_db) == []
 
