@@ -9,16 +9,45 @@ from typing import cast
 
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from apps.common.asgi import http_method
+from apps.common.asgi import header, http_method
 
 # Set on the GET scope a HEAD goes in as: what renders a page for its reader alone (a notice
 # shown once) knows that nobody will read this one.
 ASKED_AS_HEAD_KEY = "rose_asked_as_head"
 
 
+# The headers a browser marks a prefetch (or a prerender) with, and the first word each says:
+# Sec-Purpose (Chromium's and Firefox's link prefetch and speculation rules: "prefetch",
+# "prefetch;prerender"), Purpose (older Chromium), X-Purpose (Safari's "preview"), X-Moz (older
+# Firefox).
+_PREFETCH_HEADERS = (
+    ("sec-purpose", "prefetch"),
+    ("purpose", "prefetch"),
+    ("x-purpose", "preview"),
+    ("x-purpose", "prefetch"),
+    ("x-moz", "prefetch"),
+)
+
+
 def asked_as_head(scope: Scope) -> bool:
     """Whether this GET is a HEAD's (its body will be dropped)."""
     return bool(scope.get(ASKED_AS_HEAD_KEY))
+
+
+def prefetched(scope: Scope) -> bool:
+    """Whether this GET is a browser's prefetch: nobody is looking at the page yet, and maybe
+    nobody ever will (a prefetched link the visitor does not follow)."""
+    for name, word in _PREFETCH_HEADERS:
+        value = header(scope, name)
+        if value is not None and value.split(",")[0].split(";")[0].strip().lower() == word:
+            return True
+    return False
+
+
+def unseen(scope: Scope) -> bool:
+    """Whether nobody is shown this GET's page as it is answered (a HEAD's, a prefetch's): what
+    a page shows its reader once (a notice) is left for the GET that does show it."""
+    return asked_as_head(scope) or prefetched(scope)
 
 
 def head_as_get(app: ASGIApp) -> ASGIApp:

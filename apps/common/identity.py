@@ -46,7 +46,7 @@ from apps.common.asgi import (
     replaying_receive,
     send_problem,
 )
-from apps.common.head import asked_as_head
+from apps.common.head import unseen
 from apps.common.internal_paths import is_internal_path
 from apps.common.signing import same_secret
 
@@ -241,11 +241,13 @@ def flash_notice(scope: Scope, text: str) -> None:
 
 
 def take_notice(scope: Scope) -> str | None:
-    """The notice left for this page (None: none); the response then forgets it, unless the
-    page's body is not sent (a HEAD's): the GET that shows it still finds it."""
+    """The notice left for this page (None: none); the response then forgets it, unless nobody
+    is shown the page yet (a HEAD's, whose body is dropped; a browser's prefetch, which may
+    never be shown): the GET of the visit still finds it. A prefetch's page carries it too,
+    for a browser that shows the prefetched page: at worst it is shown twice, never lost."""
     state = scope.get("state", {})
     text = state.get(NOTICE_KEY)
-    if text is not None and not asked_as_head(scope):
+    if text is not None and not unseen(scope):
         state[NOTICE_TAKEN_KEY] = True
     return text
 

@@ -327,6 +327,48 @@ async def test_a_head_of_the_page_leaves_the_notice_for_the_get(stack, clean_db,
     assert "you asked for" not in again.text
 
 
+@pytest.mark.parametrize(
+    "prefetch",
+    [
+        {"sec-purpose": "prefetch"},
+        {"sec-purpose": "prefetch;prerender"},
+        {"purpose": "prefetch"},
+        {"x-purpose": "preview"},
+        {"x-moz": "prefetch"},
+    ],
+)
+async def test_a_prefetch_of_the_page_leaves_the_notice_for_the_visit(
+    stack, clean_db, shop, prefetch
+):
+    """A browser prefetching the page a partial add lands on (a link's prefetch, speculation
+    rules, Safari's preview) sent a GET that took the notice and forgot its cookie: the visit
+    itself then showed the cart without a word of what was left out. A prefetch is answered
+    like a HEAD: the page, with the notice, and the notice kept for the visit."""
+    product = shop.product_ids[2]
+    cart = await browser_of(stack, "cart")
+    assert (await cart.post(f"/add/{product}/", json={"quantity": 97})).json()["added"] == 97
+    token = cart.headers.pop("x-csrf-token")
+    sent = await cart.post(
+        f"/add/{product}/", data={"quantity": "5", "_csrf_token": token}, headers=HTML
+    )
+    assert sent.status_code == 303, sent.text
+    assert "rose_notice" in cart.cookies
+
+    fetched = await cart.get(sent.headers["location"], headers={**HTML, **prefetch})
+    assert fetched.status_code == 200, fetched.text
+    assert "Only 2 of the 5 you asked for were added" in fetched.text
+    landed = await cart.get(sent.headers["location"], headers=HTML)
+    assert landed.status_code == 200, landed.text
+    assert "Only 2 of the 5 you asked for were added" in landed.text
+    # The prefetch's answer did not forget it (Max-Age=0); the visit's did.
+    assert not any(
+        value.startswith("rose_notice=") for value in fetched.headers.get_list("set-cookie")
+    )
+    assert any(value.startswith("rose_notice=;") for value in landed.headers.get_list("set-cookie"))
+    again = await cart.get("/", headers=HTML)
+    assert "you asked for" not in again.text
+
+
 async def test_checkout_pays_and_clears_the_cart_and_confirms_bookings(
     stack, clean_db, shop, sandbox
 ):
