@@ -2,8 +2,9 @@
 problem-details plugin.
 
 Our errors are :class:`Problem` (a ``ProblemDetailsException``) and its subclasses; Litestar's
-own (404, 405, validation), a failed call to another service and anything unexpected are mapped
-to problems by :func:`problem_details_plugin`. Browsers get the same problem as a themed page
+own (404, 405, validation: a path parameter that fails is a 404, the rest 422), a failed call
+to another service and anything unexpected are mapped to problems by
+:func:`problem_details_plugin`. Browsers get the same problem as a themed page
 (the page renderer is given by the app factory); anything unexpected is logged once, with a
 traceback, and never shown to the client.
 """
@@ -130,8 +131,8 @@ class NothingHere(NotFound):
     """A URL that names nothing: no route matches its path, or one does but a parameter of the
     path fails its type or pattern (``/product/Not_A_Slug/``, ``/order/0/``: no product and no
     order can be there). A 404 like any unknown thing, not a 422: there is no input to correct,
-    only an address that leads nowhere. The detail names the path (escaped as sent) and, when
-    there is one, what is wrong with its parameter."""
+    only an address that leads nowhere. The detail names the path (percent-encoded: a newline
+    in it is shown, not written) and, when there is one, what is wrong with its parameter."""
 
     def __init__(self, why: str | None = None) -> None:
         self.why = why
@@ -284,10 +285,12 @@ class _InvalidRequest(Problem):
         self.beside_body = beside_body
 
     def to_response(self, request: Request[Any, Any, Any]) -> Response[Any]:
+        # Empty before a route matched (nothing of the path was read as a parameter).
+        path_params = request.scope.get("path_params") or {}
         in_path = [
             error
             for error in self.field_errors
-            if error["field"] in self.beside_body and error["field"] in request.path_params
+            if error["field"] in self.beside_body and error["field"] in path_params
         ]
         if in_path:
             error = in_path[0]

@@ -63,7 +63,8 @@ MAX_PAGE = 100_000
 MAX_PAGE_SIZE = 100
 PageNumber = Annotated[int, Parameter(ge=1, le=MAX_PAGE)]
 PageSize = Annotated[int, Parameter(ge=1, le=MAX_PAGE_SIZE)]
-# A slug in a path or a query (a malformed one is a 422 naming it, before anything is looked up).
+# A slug in a path or a query, checked before anything is looked up: a malformed one in a query
+# is a 422 naming it; in a path, the URL names nothing (a 404, apps.common.problems.NothingHere).
 SlugParam = Annotated[str, Parameter(pattern=URL_SLUG)]
 NAV_KEY = "rose_nav"
 # How a handler fetches its page's navigation again (refresh_nav).
