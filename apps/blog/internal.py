@@ -15,7 +15,7 @@ from apps.blog.settings import BlogSettings
 from apps.common.deps import AppSettings, DbSession
 from apps.common.idempotency import run_idempotent
 from apps.common.inputs import CONTAINER_TYPE
-from apps.common.internal import action_route, data_route
+from apps.common.internal import action_route, data_route, deferred_nonce
 from apps.common.internal_client import IDEMPOTENCY_HEADER
 
 ContainerTypeParam = Annotated[str, Parameter(pattern=CONTAINER_TYPE)]
@@ -60,7 +60,7 @@ async def page_config_ensure(
     return config
 
 
-@action_route(contract.update_page_config)
+@action_route(contract.update_page_config, claims_nonce=True)
 async def update_page_config(
     db_session: DbSession,
     request: Request,
@@ -77,6 +77,7 @@ async def update_page_config(
         key=request.headers.get(IDEMPOTENCY_HEADER),
         payload=data,
         effect=lambda: service.update_page_config(db_session, data, keep_days),
+        nonce=deferred_nonce(request),
     )
     return answer
 

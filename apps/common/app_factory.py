@@ -13,6 +13,7 @@ by name elsewhere.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
@@ -54,7 +55,7 @@ from apps.common.limits import (
     list_fields,
     query_parameters_read_once,
 )
-from apps.common.nonces import NonceStore
+from apps.common.nonces import DeferredNonce, NonceStore
 from apps.common.observability import (
     UNOBSERVED_PATHS,
     ScrapeHook,
@@ -255,7 +256,10 @@ def create_base_app(
             return nonces is None or await nonces.remember(platform.engine, nonce)
 
         secrets = (settings.internal_secret, *settings.internal_secrets_accepted)
-        route_handlers.append(internal_router(contract, secrets, internal_handlers, remember_nonce))
+        defer_nonce = functools.partial(DeferredNonce, nonces) if nonces is not None else None
+        route_handlers.append(
+            internal_router(contract, secrets, internal_handlers, remember_nonce, defer_nonce)
+        )
     route_handlers.extend(public_handlers)
 
     all_dependencies: dict[str, Provide] = {

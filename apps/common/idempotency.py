@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,10 +28,13 @@ from sqlalchemy import Column, DateTime, MetaData, String, Table, bindparam, fun
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from apps.common.direct import DirectStatement, write_at_commit
+from apps.common.direct import DirectStatement, run_together, write_at_commit
+from apps.common.nonces import REPLAYED, DeferredNonce
 from apps.common.problems import Conflict, InvalidInput
 
 MAX_KEY_LENGTH = 200
+
+logger = logging.getLogger("rose.idempotency")
 
 
 def idempotency_table(metadata: MetaData) -> Table:
@@ -106,9 +110,12 @@ async def run_idempotent(
     payload: Any,
     effect: Callable[[], Awaitable[Any]],
     replay: Callable[[Any], Awaitable[Any | None]] | None = None,
+    nonce: DeferredNonce | None = None,
 ) -> Any:
     """Run ``effect`` at most once per (action, key), then commit. Returns JSON-ready builtins.
-    With ``replay``, once more each time the stored answer is dead (``replay`` answered None)."""
+    With ``replay``, once more each time the stored answer is dead (``replay`` answered None).
+    A ``nonce`` the signature middleware deferred is recorded with the key's first claim, in
+    its round trip; a nonce used before refuses the request (409) before anything runs."""
     if key is None:
         result = msgspec.to_builtins(await effect())
         await session.commit()
@@ -120,37 +127,72 @@ async def run_idempotent(
     request_hash = payload_hash(payload)
     statements = _statements(table)
     this_key = {"key_action": action, "key_value": key, "key_hash": request_hash}
-    # A second round only when another request took the key over first: its answer is new.
-    for _ in range(3):
-        claimed = await statements.claim.first(session, this_key)
-        if claimed is not None:
-            return await _run_and_store(session, statements, this_key, effect)
-        stored = await statements.stored.first(session, this_key)
-        assert stored is not None  # the conflict that refused the claim is this row
-        if stored.request_hash != request_hash:
-            await session.rollback()
-            raise InvalidInput(
-                f"Idempotency-Key {key!r} was already used for {action} with another payload",
-                field="Idempotency-Key",
+    try:
+        # A second round only when another request took the key over first: its answer is new.
+        for _ in range(3):
+            if await _claim(session, statements, this_key, nonce):
+                result = await _run_and_store(session, statements, this_key, effect)
+                if nonce is not None:
+                    nonce.committed = True
+                return result
+            stored = await statements.stored.first(session, this_key)
+            assert stored is not None  # the conflict that refused the claim is this row
+            if stored.request_hash != request_hash:
+                await session.rollback()
+                raise InvalidInput(
+                    f"Idempotency-Key {key!r} was already used for {action} with another payload",
+                    field="Idempotency-Key",
+                )
+            if replay is None:
+                await session.rollback()
+                return stored.response
+            try:
+                current = await replay(stored.response)
+            except BaseException:
+                await session.rollback()
+                raise
+            if current is not None:
+                await session.rollback()
+                return msgspec.to_builtins(current)
+            taken = await statements.take_over.rowcount(
+                session, {**this_key, "key_stale": stored.response}
             )
-        if replay is None:
+            if taken:
+                result = await _run_and_store(session, statements, this_key, effect)
+                if nonce is not None:
+                    nonce.committed = True
+                return result
             await session.rollback()
-            return stored.response
-        try:
-            current = await replay(stored.response)
-        except BaseException:
-            await session.rollback()
-            raise
-        if current is not None:
-            await session.rollback()
-            return msgspec.to_builtins(current)
-        taken = await statements.take_over.rowcount(
-            session, {**this_key, "key_stale": stored.response}
-        )
-        if taken:
-            return await _run_and_store(session, statements, this_key, effect)
+        raise Conflict(f"Idempotency-Key {key!r} is in use by {action}; try again")
+    except BaseException:
+        if nonce is not None:
+            # Ended now, not when the request's session closes: the middleware then records
+            # the nonce on a connection of its own, which this transaction's row would block.
+            await _roll_back_quietly(session)
+        raise
+
+
+async def _claim(
+    session: AsyncSession,
+    statements: _KeyStatements,
+    this_key: dict[str, Any],
+    nonce: DeferredNonce | None,
+) -> bool:
+    """Whether this request claimed the key; with the deferred ``nonce`` in the same round
+    trip, refused as a replay when the nonce was used before."""
+    if nonce is None:
+        return await statements.claim.first(session, this_key) is not None
+    fresh, claimed = await run_together(session, nonce.claim(), (statements.claim, this_key))
+    if not fresh:
+        raise Conflict(REPLAYED)  # rolled back by run_idempotent
+    return bool(claimed)
+
+
+async def _roll_back_quietly(session: AsyncSession) -> None:
+    try:
         await session.rollback()
-    raise Conflict(f"Idempotency-Key {key!r} is in use by {action}; try again")
+    except Exception:  # a lost connection has nothing left to roll back
+        logger.debug("the failed action's rollback failed", exc_info=True)
 
 
 async def _run_and_store(

@@ -12,6 +12,7 @@ else is a 401 problem before any handler runs. Public routing (Caddy) never expo
 from __future__ import annotations
 
 import inspect
+import logging
 import typing
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -37,20 +38,42 @@ from apps.common.db import DbSession
 from apps.common.idempotency import run_idempotent
 from apps.common.internal_client import IDEMPOTENCY_HEADER
 from apps.common.internal_paths import INTERNAL_PREFIX, is_internal_path
+from apps.common.nonces import DEFERRED_NONCE, REPLAYED, DeferredNonce
 from apps.common.signing import NONCE_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 
+logger = logging.getLogger("rose.internal")
+
 CONTRACT_KEY = "contract_call"
+# An action route whose handler records a deferred nonce with its key's claim (run_idempotent).
+CLAIMS_NONCE_KEY = "claims_nonce"
 
 
 # Is this nonce new? (False: the same signed request was delivered before.)
 RememberNonce = Callable[[str], Awaitable[bool]]
+# The nonce as the action's own transaction records it (apps.common.nonces.DeferredNonce).
+DeferNonce = Callable[[str], DeferredNonce]
+
+
+def deferred_nonce(request: Request[Any, Any, Any]) -> DeferredNonce | None:
+    """The nonce the signature middleware left for this action's key claim, if any."""
+    nonce: DeferredNonce | None = request.scope.get("state", {}).get(DEFERRED_NONCE)
+    return nonce
+
+
+def _claims_nonce(scope: Scope) -> bool:
+    handler = scope.get("route_handler")
+    return isinstance(handler, HTTPRouteHandler) and bool(handler.opt.get(CLAIMS_NONCE_KEY))
 
 
 def signature_middleware(
-    secrets: str | Sequence[str], remember_nonce: RememberNonce | None = None
+    secrets: str | Sequence[str],
+    remember_nonce: RememberNonce | None = None,
+    defer_nonce: DeferNonce | None = None,
 ) -> Callable[[ASGIApp], ASGIApp]:
     """ASGI middleware factory that refuses unsigned or wrongly signed internal requests, and
-    a second delivery of a signed action (its nonce was seen)."""
+    a second delivery of a signed action (its nonce was seen). An action that claims an
+    idempotency key gets its nonce deferred to that claim (``defer_nonce``), and the nonce is
+    recorded here after the request when the action's transaction did not commit it."""
 
     # The current secret, and those accepted during a rotation.
     accepted = (secrets,) if isinstance(secrets, str) else tuple(secrets)
@@ -83,25 +106,39 @@ def signature_middleware(
                 await send_problem(send, 401, f"Internal request refused: {reason}", path)
                 return
             # Reads have no effect to repeat; an action is accepted once per signed delivery.
+            if http_method(scope) != "POST" or remember_nonce is None or nonce is None:
+                await app(scope, replaying_receive(body, receive), send)
+                return
             if (
-                http_method(scope) == "POST"
-                and remember_nonce is not None
-                and nonce is not None
-                and not await remember_nonce(nonce)
+                defer_nonce is not None
+                and header(scope, IDEMPOTENCY_HEADER) is not None
+                and _claims_nonce(scope)
             ):
-                await send_problem(
-                    send,
-                    409,
-                    "Internal request refused: this signed request was replayed (its nonce was "
-                    "used before); a retry must be signed anew",
-                    path,
-                )
+                deferred = defer_nonce(nonce)
+                scope.setdefault("state", {})[DEFERRED_NONCE] = deferred
+                try:
+                    await app(scope, replaying_receive(body, receive), send)
+                finally:
+                    if not deferred.committed:
+                        # Refused, rolled back or answered from the key: used up all the same.
+                        await _remember_after(remember_nonce, nonce, path)
+                return
+            if not await remember_nonce(nonce):
+                await send_problem(send, 409, REPLAYED, path)
                 return
             await app(scope, replaying_receive(body, receive), send)
 
         return check
 
     return middleware
+
+
+async def _remember_after(remember_nonce: RememberNonce, nonce: str, path: str) -> None:
+    """After the answer went out: a failure can no longer change it, and is logged."""
+    try:
+        await remember_nonce(nonce)
+    except Exception:
+        logger.warning("%s: the nonce of a request that did not commit was not recorded", path)
 
 
 def only_contract_routes_serve_internal_paths(app: ASGIApp) -> ASGIApp:
@@ -128,6 +165,7 @@ def internal_router(
     secret: str | Sequence[str],
     handlers: Sequence[Any],
     remember_nonce: RememberNonce | None = None,
+    defer_nonce: DeferNonce | None = None,
 ) -> Router:
     """The service's internal routes: exactly the calls its contract declares."""
     served: dict[str, Call] = {}
@@ -148,7 +186,7 @@ def internal_router(
     return Router(
         path=INTERNAL_PREFIX,
         route_handlers=list(handlers),
-        middleware=[signature_middleware(secret, remember_nonce)],
+        middleware=[signature_middleware(secret, remember_nonce, defer_nonce)],
         tags=[f"{contract.service} internal"],
     )
 
@@ -175,13 +213,16 @@ def data_route(query: Query[Any, Any], **kwargs: Any) -> Callable[[Any], Any]:
     )
 
 
-def action_route(action: Action[Any, Any], **kwargs: Any) -> Callable[[Any], Any]:
-    """``POST /internal/actions/{name}``: JSON in, JSON out, 200 on success (replays included)."""
+def action_route(
+    action: Action[Any, Any], *, claims_nonce: bool = False, **kwargs: Any
+) -> Callable[[Any], Any]:
+    """``POST /internal/actions/{name}``: JSON in, JSON out, 200 on success (replays included).
+    ``claims_nonce``: the handler passes :func:`deferred_nonce` to ``run_idempotent``."""
     return post(
         f"/actions/{action.name}",
         operation_id=f"action_{action.name.replace('-', '_')}",
         status_code=200,
-        opt={CONTRACT_KEY: action},
+        opt={CONTRACT_KEY: action, CLAIMS_NONCE_KEY: claims_nonce},
         **kwargs,
     )
 
@@ -215,6 +256,7 @@ def keyed_action(
             key=request.headers.get(IDEMPOTENCY_HEADER),
             payload=data,
             effect=lambda: effect(db_session, data),
+            nonce=deferred_nonce(request),
         )
 
     # Real objects, not strings: the payload type is only known here, at run time.
@@ -226,4 +268,4 @@ def keyed_action(
     }
     handler.__name__ = handler.__qualname__ = action.name.replace("-", "_")
     handler.__doc__ = inspect.getdoc(effect)
-    return action_route(action, **route_kwargs)(handler)
+    return action_route(action, claims_nonce=True, **route_kwargs)(handler)

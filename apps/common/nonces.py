@@ -4,13 +4,14 @@ the service's own database, so that the same signed action delivered twice has o
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import Column, DateTime, MetaData, String, Table, bindparam, delete, func
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from apps.common.direct import DirectStatement
+from apps.common.direct import Call, DirectStatement
 from apps.common.signing import MAX_CLOCK_SKEW_SECONDS, MAX_NONCE_LENGTH
 
 # A nonce can be presented while its timestamp is within the skew, on either side of now.
@@ -40,6 +41,11 @@ class NonceStore:
         )
         self._sweep = delete(table).where(table.c.expires_at < func.now())
 
+    def remembering(self, nonce: str) -> Call:
+        """The INSERT of :meth:`remember` as a statement of another transaction (its one row
+        back: the nonce is new)."""
+        return self._remember, {"presented": nonce}
+
     async def remember(self, engine: AsyncEngine, nonce: str) -> bool:
         """True the first time ``nonce`` is presented, False on every later delivery. (Core on
         a connection of its own, in autocommit: the INSERT is committed before the action runs,
@@ -50,3 +56,33 @@ class NonceStore:
             if random.randrange(SWEEP_ONE_IN) == 0:
                 await connection.execute(self._sweep)
         return fresh is not None
+
+
+# Where the signature middleware leaves a deferred nonce for the action (the ASGI scope's state).
+DEFERRED_NONCE = "rose_deferred_nonce"
+
+# What a replayed signed request is told.
+REPLAYED = (
+    "Internal request refused: this signed request was replayed (its nonce was used before); "
+    "a retry must be signed anew"
+)
+
+
+@dataclass
+class DeferredNonce:
+    """The nonce of a signed action delivered with an ``Idempotency-Key``, recorded in the
+    action's own transaction with the key's claim (apps.common.idempotency): one round trip,
+    instead of a connection and round trip of its own before the action. ``committed`` is set
+    once that transaction commits; when it does not (the action is refused, rolls back or
+    answers a stored response), the middleware records the nonce on its own after the request,
+    so every delivery uses its nonce up, as one recorded first does. What differs: a replay
+    sent while the first delivery is still running waits for it (the nonce's row is not yet
+    committed) and is refused once it commits; if it rolls back, the replay runs, as a retry
+    with the same key would (the key's claim rolled back with it)."""
+
+    store: NonceStore
+    value: str
+    committed: bool = False
+
+    def claim(self) -> Call:
+        return self.store.remembering(self.value)

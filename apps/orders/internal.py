@@ -12,7 +12,7 @@ from markupsafe import escape
 from apps.common.contracts import SignIn
 from apps.common.deps import AppSettings, DbSession
 from apps.common.idempotency import run_idempotent
-from apps.common.internal import action_route, data_route, fragment_route
+from apps.common.internal import action_route, data_route, deferred_nonce, fragment_route
 from apps.common.internal_client import IDEMPOTENCY_HEADER
 from apps.common.problems import InvalidInput, NotFound
 from apps.common.web import public_url
@@ -22,7 +22,7 @@ from apps.orders.models import idempotency_keys
 from apps.orders.runtime import Runtime
 
 
-@action_route(contract.create_order)
+@action_route(contract.create_order, claims_nonce=True)
 async def create_order(
     db_session: DbSession, request: Request, runtime: Runtime, data: JSONBody[CreateOrder]
 ) -> dict[str, Any]:
@@ -53,6 +53,7 @@ async def create_order(
             payload=data,
             effect=effect,
             replay=replay,
+            nonce=deferred_nonce(request),
         )
     except BaseException:
         # Events may hold the bookings for an order that was not committed (run_idempotent

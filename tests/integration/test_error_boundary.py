@@ -199,18 +199,40 @@ async def test_a_signed_action_cannot_be_replayed(stack):
     assert state.json() == {"liked": True}
 
 
-async def test_a_signed_action_that_fails_still_uses_up_its_nonce(stack, shop):
-    """The nonce is committed before the action runs: a replay of a refused action is refused
-    as a replay, never run a second time."""
+async def test_a_signed_action_that_fails_still_uses_up_its_nonce(stack, shop, clean_db):
+    """A refused action's nonce is used up: recorded first for an action without a key, after
+    the request for a keyed one whose transaction did not commit it (its claim would have
+    recorded it). A replay is refused, never run: as a replay at once without a key; with its
+    key, by its body again (refused before anything runs) or at its key's claim
+    (tests/integration/test_orders_round_trips.py)."""
+
+    def recorded(nonce: str) -> bool:
+        with admin_connect(clean_db, "orders") as connection:
+            return bool(
+                connection.execute(
+                    "SELECT 1 FROM orders.request_nonces WHERE nonce = %s", (nonce,)
+                ).fetchone()
+            )
+
     orders = stack.client("orders")
     path = "/internal/actions/create-order"
     body = json.dumps({"product_total": "0"}).encode()
-    headers = sign_headers(INTERNAL_SECRET, "POST", path, body, caller="tests", idempotency_key="k")
-    headers.update({"content-type": "application/json", "Idempotency-Key": "k"})
-    refused = await orders.post(path, content=body, headers=headers)
-    assert refused.status_code == 422, refused.text
-    again = await orders.post(path, content=body, headers=headers)
-    assert_problem(again, 409, "replayed")
+    for key in (None, "k"):
+        headers = sign_headers(
+            INTERNAL_SECRET, "POST", path, body, caller="tests", idempotency_key=key
+        )
+        headers["content-type"] = "application/json"
+        if key is not None:
+            headers["Idempotency-Key"] = key
+        refused = await orders.post(path, content=body, headers=headers)
+        assert refused.status_code == 422, refused.text
+        assert recorded(headers["X-Rose-Nonce"])
+        again = await orders.post(path, content=body, headers=headers)
+        if key is None:
+            assert_problem(again, 409, "replayed")
+        else:
+            assert_problem(again, 422, "calendar_total")
+    assert not rows(clean_db, "orders", "SELECT id FROM orders.orders")
 
 
 async def test_the_idempotency_key_is_part_of_the_signature(stack, shop):

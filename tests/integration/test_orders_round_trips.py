@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,7 +19,8 @@ import pytest
 from sqlalchemy import event
 
 from apps.common.app_factory import platform_of
-from tests.conftest import admin_connect
+from apps.common.signing import sign_headers
+from tests.conftest import INTERNAL_SECRET, admin_connect
 from tests.integration.orders_fixtures import (
     add_page_config,
     checkout_id_of,
@@ -73,9 +75,10 @@ def round_trips(app: Any, directory: Path) -> Iterator[list[int]]:
 
 
 async def test_a_checkout_costs_orders_these_round_trips(orders, clean_db, sandbox, tmp_path):
-    """Create-order: the nonce (its own connection, in autocommit), then BEGIN, the key's claim
-    (alone: a replay must not need blog), the buyer's lock with the slot read, the placing
-    statement, and the attempt with the key's answer and the COMMIT. The webhook of the
+    """Create-order: BEGIN, the nonce with the key's claim (the claim without the lock and slot
+    read: a replay must not need blog), the buyer's lock with the slot read, the placing
+    statement, and the attempt with the key's answer and the COMMIT. (The nonce had a
+    connection and round trip of its own, in autocommit, before the action.) The webhook of the
     payment: BEGIN, the attempt, the order's lock with the settlement and the transition, and
     the outbox message with the COMMIT."""
     app = orders.apps["orders"]
@@ -85,7 +88,7 @@ async def test_a_checkout_costs_orders_these_round_trips(orders, clean_db, sandb
     with round_trips(app, tmp_path) as created_trips:
         created = await create(orders, order_payload(product_line(1)), key="measured")
     assert created.status_code == 200, created.text
-    assert created_trips == [1, 5]
+    assert created_trips == [5]
 
     order_id = created.json()["order_id"]
     sandbox.pay(checkout_id_of(clean_db, order_id))
@@ -136,3 +139,70 @@ async def test_a_checkout_opened_for_an_order_placing_refused_is_closed(orders, 
     made = {checkout["id"]: checkout["status"] for checkout in sandbox.checkouts()}
     assert made.pop(first_checkout) == "PAID"
     assert all(status != "PENDING" for status in made.values()), made
+
+
+def waiting_backends(server) -> int:
+    """Backends of db_orders waiting for a lock."""
+    with admin_connect(server, "orders") as connection:
+        return (
+            connection.execute(
+                "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+                "WHERE d.datname = current_database() AND NOT l.granted"
+            ).fetchone()[0]
+            + connection.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'transactionid' AND NOT granted"
+            ).fetchone()[0]
+        )
+
+
+async def test_a_replay_sent_while_its_first_delivery_runs_is_refused_once_that_commits(
+    orders, clean_db
+):
+    """The nonce of a keyed action goes with its key's claim, in the action's transaction. The
+    same signed request delivered again while the first still runs (its nonce not yet
+    committed) waits for it, and is refused as a replay once it commits: one order, made once."""
+    path = "/internal/actions/create-order"
+    body = json.dumps(order_payload(product_line(5))).encode()
+    headers = sign_headers(
+        INTERNAL_SECRET, "POST", path, body, caller="tests", idempotency_key="once"
+    )
+    headers.update({"content-type": "application/json", "Idempotency-Key": "once"})
+    client = orders.client("orders")
+    with admin_connect(clean_db, "orders") as holder:
+        holder.autocommit = False
+        holder.execute("LOCK TABLE orders.order_items IN ACCESS EXCLUSIVE MODE")
+        try:
+            first = asyncio.ensure_future(client.post(path, content=body, headers=headers))
+            assert await soon(lambda: waiting_backends(clean_db) == 1), "first never placed"
+            replay = asyncio.ensure_future(client.post(path, content=body, headers=headers))
+            await soon(lambda: waiting_backends(clean_db) == 2 or replay.done())
+        finally:
+            holder.rollback()
+    made, replayed = await bounded(first), await bounded(replay)
+    assert made.status_code == 200, made.text
+    assert replayed.status_code == 409, replayed.text
+    assert "replayed" in replayed.json()["detail"]
+    assert [row[0] for row in order_rows(clean_db)] == [made.json()["order_id"]]
+
+
+async def test_a_keyed_action_refused_in_its_transaction_still_uses_up_its_nonce(
+    orders, clean_db, sandbox
+):
+    """Its transaction rolled back with the nonce in it (these goods are already paid for): the
+    nonce is recorded after the request, and the same signed request again is a replay."""
+    line = product_line(6, cart_line_ids=[601])
+    first = await create(orders, order_payload(line), key="paid")
+    first_id = first.json()["order_id"]
+    sandbox.pay(checkout_id_of(clean_db, first_id))
+    assert (await webhook(orders, first_id, checkout_id_of(clean_db, first_id))).status_code == 204
+    path = "/internal/actions/create-order"
+    body = json.dumps(order_payload(line)).encode()
+    headers = sign_headers(INTERNAL_SECRET, "POST", path, body, caller="tests", idempotency_key="r")
+    headers.update({"content-type": "application/json", "Idempotency-Key": "r"})
+    client = orders.client("orders")
+    refused = await client.post(path, content=body, headers=headers)
+    assert refused.status_code == 409, refused.text
+    assert "already paid for" in refused.json()["detail"]
+    again = await client.post(path, content=body, headers=headers)
+    assert again.status_code == 409, again.text
+    assert "replayed" in again.json()["detail"]
