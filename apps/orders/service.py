@@ -85,6 +85,7 @@ from apps.common.problems import (
     DependencyUnavailable,
     InvalidInput,
     NotFound,
+    Problem,
     TooManyRequests,
 )
 from apps.events import contract as events
@@ -133,6 +134,7 @@ from apps.orders.settlement import (
     money,
     names_no_merchant,
     pay_with_nothing_to_pay,
+    payment_config_of,
     refresh_attempt,
     refresh_reported_attempt,
     refunds_of,
@@ -1494,15 +1496,17 @@ async def _new_checkout_account(session: AsyncSession, order: Order) -> Merchant
         ) from gone
 
 
-async def _refuse_keeping_what_sumup_said(session: AsyncSession, refused: Conflict) -> NoReturn:
-    """A pay again refused after it asked SumUp about the current attempt: commit what that
-    taught (the attempt failed, say), then refuse; a rollback would lose it, and the next look
-    would ask SumUp again. Safe for money: what is committed is what a recheck commits (the
-    order's row locked, then the attempt's, as on every path; a settled order is no refusal),
-    nothing is closed or made yet, and commit only lets go of locks, so a webhook waiting on
-    the order then reads the attempt as SumUp left it. An attempt counted under the order's
-    lock (rare) stays counted: its key is the attempt's number, so the pay again that does
-    make it is not counted twice."""
+async def _refuse_keeping_what_sumup_said(session: AsyncSession, refused: Problem) -> NoReturn:
+    """A pay again refused, or failed (the merchant's key gone, SumUp out of reach), after it
+    asked SumUp about the current attempt and perhaps closed it: commit what SumUp said (the
+    attempt failed, say, or is closed now), then answer; a rollback would forget it while SumUp
+    keeps it, and the next look would ask SumUp again. Safe for money: what is committed is
+    what a recheck or a close commits (the order's row locked, then the attempt's, as on every
+    path; a payment found settles the order, which is no refusal), a new attempt's row is
+    written only once SumUp made its checkout (so none half-exists), and commit only lets go
+    of locks, so a webhook waiting on the order then reads the attempt as SumUp left it. An
+    attempt counted under the order's lock (rare) stays counted: its key is the attempt's
+    number, so the pay again that does make it is not counted twice."""
     await session.commit()
     raise refused
 
@@ -1572,51 +1576,48 @@ async def start_new_attempt(
         applied = await refresh_attempt(session, order, current, runtime.gateway)
         if applied.order_status != "pending" or applied.flagged:
             return None
-    if current is not None and current.status == "PENDING":
-        if _gives_back(current, just_made, seen_attempt):
-            # Clicked twice, or in two tabs at once: the payment just started is the one.
-            return current
-    elif current is not None and seen_attempt is not None and current.number > seen_attempt:
-        await _refuse_keeping_what_sumup_said(
-            session,
-            Conflict(
+    # From here on what SumUp said is kept whatever the answer (one place: the except below):
+    # a refusal, the merchant's key gone, SumUp failing as the checkout is closed or made. (Not
+    # blog failing to answer the key's read: that read has no savepoint, so its failure aborts
+    # the transaction and what SumUp said goes with it, as before.)
+    try:
+        if current is not None and current.status == "PENDING":
+            if _gives_back(current, just_made, seen_attempt):
+                # Clicked twice, or in two tabs at once: the payment just started is the one.
+                return current
+        elif current is not None and seen_attempt is not None and current.number > seen_attempt:
+            raise Conflict(
                 f"Order {order.id} already has a newer payment (attempt {current.number}); "
                 "reload the order page"
-            ),
-        )
-    if current is not None and current.number >= most:
-        # Before SumUp is asked to close or create anything.
-        await _refuse_keeping_what_sumup_said(
-            session,
-            Conflict(
+            )
+        if current is not None and current.number >= most:
+            # Before SumUp is asked to close or create anything.
+            raise Conflict(
                 f"Order {order.id} has had {most} payment attempts, the most one order may "
                 "have; check out again from your cart"
-            ),
-        )
-    if gives_back_current:
-        # SumUp says the attempt it would have got back ended meanwhile: a new one after all.
-        await _count_under_lock(session, order.id, number, admission, counted)
-    # Whether a new checkout can be made, before the current one is closed: a refusal leaves
-    # the buyer what they had.
-    if locked.payable_until is not None and locked.payable_until - locked.now < MIN_TIME_TO_PAY:
-        await _refuse_keeping_what_sumup_said(
-            session,
-            Conflict(
+            )
+        if gives_back_current:
+            # SumUp says the attempt it would have got back ended meanwhile: a new one after all.
+            await _count_under_lock(session, order.id, number, admission, counted)
+        # Whether a new checkout can be made, before the current one is closed: a refusal
+        # leaves the buyer what they had.
+        if locked.payable_until is not None and locked.payable_until - locked.now < MIN_TIME_TO_PAY:
+            raise Conflict(
                 f"The time to pay order {order.id} is nearly over, too little to pay it at "
                 "SumUp; check out again from your cart"
-            ),
-        )
-    try:
+            )
         account = await _new_checkout_account(session, order)
-    except Conflict as refused:
+        if current is not None and current.status in OPEN_ATTEMPT_STATES:
+            # Closed with the key just read (its merchant's own): blog is not read again.
+            accounts = MerchantAccounts({payment_config_of(order): account})
+            applied = await close_attempt(session, order, current, runtime.gateway, accounts)
+            if applied.order_status != "pending" or applied.flagged:
+                return None
+        return await _new_attempt(
+            session, order, number, runtime, account, valid_until=locked.payable_until
+        )
+    except Problem as refused:
         await _refuse_keeping_what_sumup_said(session, refused)
-    if current is not None and current.status in OPEN_ATTEMPT_STATES:
-        applied = await close_attempt(session, order, current, runtime.gateway)
-        if applied.order_status != "pending" or applied.flagged:
-            return None
-    return await _new_attempt(
-        session, order, number, runtime, account, valid_until=locked.payable_until
-    )
 
 
 # -- what SumUp reports ------------------------------------------------------------------------

@@ -1055,6 +1055,122 @@ async def test_pay_again_when_the_old_checkout_was_paid_meanwhile(orders, clean_
     assert len(sandbox.checkouts()) == 1
 
 
+def attempt_rows(server, order_id: int) -> list[tuple[int, str]]:
+    with admin_connect(server, "orders") as connection:
+        return connection.execute(
+            "SELECT number, status FROM orders.payment_attempts WHERE order_id = %s "
+            "ORDER BY number",
+            (order_id,),
+        ).fetchall()
+
+
+async def test_pay_again_without_the_merchants_key_keeps_what_sumup_said(
+    orders, clean_db, sandbox, site_config
+):
+    """Review: pay again asks SumUp about the current attempt (failed, no webhook told), then
+    finds the page's key removed: no new checkout can be made, a 503 naming the missing key.
+    That refusal rolled back what SumUp had said: the attempt's row said PENDING again, SumUp
+    FAILED. What SumUp said is kept, as a 409 refusal keeps it; nothing is closed or made."""
+    order_id = (await create(orders)).json()["order_id"]
+    checkout_id = checkout_id_of(clean_db, order_id)
+    sandbox.fail(checkout_id)  # no webhook arrives
+    set_config_key(clean_db, site_config, None)  # blog keeps it retired: checkouts made can be read
+    browser = await signed_in(orders)
+    again = await browser.post(f"/order/{order_id}/pay/", headers=JSON)
+    assert again.status_code == 503, again.text
+    assert again.headers["content-type"].startswith("application/problem+json")
+    assert f"has no key in page config {site_config}" in again.json()["detail"]
+    assert attempt_rows(clean_db, order_id) == [(1, "FAILED")]
+    assert order_rows(clean_db)[0][1] == "pending"
+    assert sandbox.checkout(checkout_id)["status"] == "FAILED"  # not closed
+    assert len(sandbox.checkouts()) == 1
+
+
+def aged_attempts(server, order_id: int) -> None:
+    """The order's attempts made long enough ago that pay again does not give the current one
+    back as a double click's (FRESH_ATTEMPT)."""
+    with admin_connect(server, "orders") as connection:
+        connection.execute(
+            "UPDATE orders.payment_attempts SET created_at = now() - interval '1 minute' "
+            "WHERE order_id = %s",
+            (order_id,),
+        )
+
+
+@pytest.mark.parametrize("fault", ["unavailable", "timeout"])
+async def test_pay_again_whose_new_checkout_sumup_fails_keeps_the_old_one_closed(
+    orders, clean_db, sandbox, fault
+):
+    """Review: pay again closed the current checkout at SumUp (EXPIRED), then SumUp failed to
+    make the new one (a 503, or no answer within ORDERS_SUMUP_TIMEOUT). The 503 rolled back the
+    close: the attempt's row said PENDING, SumUp EXPIRED. The test holds the attempt's row so
+    that pay again waits, the checkout closed at SumUp, to apply the close; meanwhile SumUp
+    breaks. The answer is the 503 naming SumUp, the closed attempt is on record, no second
+    attempt's row exists, and the next pay again (SumUp back) makes attempt 2."""
+    order_id = (await create(orders)).json()["order_id"]
+    checkout_id = checkout_id_of(clean_db, order_id)
+    aged_attempts(clean_db, order_id)
+    browser = await signed_in(orders)
+    with admin_connect(clean_db, "orders") as holder:
+        holder.execute("BEGIN")
+        holder.execute(
+            "SELECT 1 FROM orders.payment_attempts WHERE sumup_checkout_id = %s FOR UPDATE",
+            (checkout_id,),
+        )
+        again = asyncio.create_task(browser.post(f"/order/{order_id}/pay/", headers=JSON))
+        assert await eventually(lambda: lock_waiters(clean_db, "orders") == 1)
+        assert sandbox.checkout(checkout_id)["status"] == "EXPIRED"  # closed at SumUp
+        if fault == "unavailable":
+            sandbox.controls(api_unavailable=True)
+        else:
+            sandbox.controls(api_latency=5)  # past ORDERS_SUMUP_TIMEOUT (3 s)
+        holder.execute("COMMIT")
+        refused = await again
+    sandbox.controls(api_unavailable=False, api_latency=0)
+    assert refused.status_code == 503, refused.text
+    assert refused.headers["content-type"].startswith("application/problem+json")
+    assert "SumUp is unavailable" in refused.json()["detail"]
+    assert attempt_rows(clean_db, order_id) == [(1, "EXPIRED")]
+    assert order_rows(clean_db)[0][1] == "pending"
+
+    retried = await browser.post(f"/order/{order_id}/pay/", headers=JSON)
+    assert retried.status_code == 200, retried.text
+    assert retried.json()["attempt"] == 2
+    assert attempt_rows(clean_db, order_id) == [(1, "EXPIRED"), (2, "PENDING")]
+    assert retried.json()["sumup_hosted_url"].endswith(checkout_id_of(clean_db, order_id, 2))
+
+
+async def test_pay_again_applies_a_payment_it_finds_as_it_closes_the_old_checkout(
+    orders, clean_db, sandbox
+):
+    """The current checkout failed (no webhook told), and pay again reads it so; before pay
+    again closes it, the buyer pays it in another tab (a failed checkout can still be paid).
+    Closing it finds it PAID: the payment is applied (the order paid, its effects queued), not
+    lost with a rollback, the answer says the order is paid, and SumUp is asked for no new
+    checkout. The test holds the attempt's row so that pay again waits between the two."""
+    order_id = (await create(orders)).json()["order_id"]
+    checkout_id = checkout_id_of(clean_db, order_id)
+    sandbox.fail(checkout_id)
+    browser = await signed_in(orders)
+    with admin_connect(clean_db, "orders") as holder:
+        holder.execute("BEGIN")
+        holder.execute(
+            "SELECT 1 FROM orders.payment_attempts WHERE sumup_checkout_id = %s FOR UPDATE",
+            (checkout_id,),
+        )
+        again = asyncio.create_task(browser.post(f"/order/{order_id}/pay/", headers=JSON))
+        assert await eventually(lambda: lock_waiters(clean_db, "orders") == 1)
+        sandbox.pay(checkout_id)
+        holder.execute("COMMIT")
+        answer = await again
+    assert answer.status_code == 409, answer.text
+    assert answer.json()["detail"] == f"Order {order_id} is already paid; nothing to pay"
+    assert order_rows(clean_db)[0][1] == "paid"
+    assert attempt_rows(clean_db, order_id) == [(1, "PAID")]
+    assert [row[3] for row in outbox_rows(clean_db)] == [f"orders:{order_id}:clear-cart"]
+    assert len(sandbox.checkouts()) == 1
+
+
 async def test_reconciliation_at_start_up_pays_orders_whose_webhooks_were_lost(
     clean_db, credentials, sandbox, site_config
 ):
