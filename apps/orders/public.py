@@ -168,10 +168,7 @@ async def checkout_return(
     try:
         order, degraded = await _rechecked(db_session, runtime, order)
     except DBAPIError as exc:
-        if not (wants_html(request) and undone_by_conflict(exc)):
-            raise
-        log_undone(exc)
-        return await _still_checking(request, db_session, runtime, order_id, looked)
+        return await _still_checking(request, db_session, runtime, order_id, looked, exc)
     result = await service.order_state(db_session, order)
     if result in ("paid", "confirming"):
         order = await service.once_delivered(db_session, runtime, order.id)
@@ -228,15 +225,25 @@ def _return_page(
 
 
 async def _still_checking(
-    request: Request, db_session: DbSession, runtime: Runtime, order_id: int, looked: int
+    request: Request,
+    db_session: DbSession,
+    runtime: Runtime,
+    order_id: int,
+    looked: int,
+    undone: DBAPIError,
 ) -> Any:
-    """The return page when PostgreSQL undid its recheck for a conflict with other work on the
-    order (a deadlock, a serialization failure): for a browser back from SumUp, the page's own
-    "still checking" state, which looks again by itself, rather than the platform's generic
-    503 page that shows nothing of the order. The status stays 503 with Retry-After: the check
-    was undone, not done, so this is no outcome (nothing caches it, monitors count it), and a
-    browser shows the page all the same; the JSON the page's script asks for stays the
-    platform's 503 problem, which the script takes as "look again later"."""
+    """The return page when PostgreSQL undid a recheck (the return page's, or the recheck
+    button's) for a conflict with other work on the order (a deadlock, a serialization
+    failure): for a browser, the page's own "still checking" state, which looks again by
+    itself (at the return page's address), rather than the platform's generic 503 page that
+    shows nothing of the order. The status stays 503 with Retry-After: the check was undone,
+    not done, so this is no outcome (nothing caches it, monitors count it), and a browser
+    shows the page all the same; the JSON the page's script asks for stays the platform's 503
+    problem, which the script takes as "look again later". Any other error (``undone``, or
+    JSON) is raised again."""
+    if not (wants_html(request) and undone_by_conflict(undone)):
+        raise undone
+    log_undone(undone)
     await db_session.rollback()
     order = await service.load_order(db_session, order_id)
     assert order is not None
@@ -377,7 +384,11 @@ async def recheck(
     runtime: Runtime,
     order: OwnedOrder,
 ) -> Any:
-    order, degraded = await _rechecked(db_session, runtime, order)
+    order_id = order.id  # the objects expire if the transaction is rolled back
+    try:
+        order, degraded = await _rechecked(db_session, runtime, order)
+    except DBAPIError as exc:
+        return await _still_checking(request, db_session, runtime, order_id, 0, exc)
     if wants_html(request):
         return see_other(f"/order/{order.id}/")
     state = await service.order_state(db_session, order)

@@ -823,6 +823,47 @@ async def test_the_return_page_undone_for_a_deadlock_still_checks_the_payment(
     assert 'data-state="paid"' in again.text
 
 
+async def test_the_recheck_button_undone_for_a_deadlock_still_checks_the_payment(
+    orders, clean_db, sandbox, caplog
+):
+    """The recheck button's check undone by PostgreSQL (a deadlock with the test's own
+    transaction, as above) answered the platform's generic 503 page, where the return page
+    answers its own "still checking" state. The button now answers that state too (503 with
+    Retry-After, logged), and the page looks again at the return page's address (the button's
+    is a POST): its script there, its no-script reload and "check now" too."""
+    order_id = (await create(orders)).json()["order_id"]
+    checkout_id = checkout_id_of(clean_db, order_id)
+    sandbox.pay(checkout_id)  # no webhook arrives
+    browser = await signed_in(orders)
+    with admin_connect(clean_db, "orders") as holder:
+        holder.execute("BEGIN")
+        holder.execute(
+            "SELECT 1 FROM orders.payment_attempts WHERE sumup_checkout_id = %s FOR UPDATE",
+            (checkout_id,),
+        )
+        rechecked = asyncio.create_task(browser.post(f"/order/{order_id}/recheck/", headers=HTML))
+        assert await eventually(lambda: lock_waiters(clean_db, "orders") == 1)
+        holder.execute("SELECT 1 FROM orders.orders WHERE id = %s FOR UPDATE", (order_id,))
+        page = await rechecked
+        holder.execute("ROLLBACK")
+    assert [r for r in caplog.records if "deadlock detected" in r.getMessage()]
+    assert page.status_code == 503, page.text
+    assert page.headers["retry-after"]
+    assert page.headers["content-type"].startswith("text/html")
+    return_page = f"/checkout/return/{order_id}/"
+    assert 'id="payment-state" data-state="waiting"' in page.text
+    assert f'data-look-at="{return_page}"' in page.text
+    assert 'src="/static/look-again.js"' in page.text
+    said = page.text.split('id="still-checking"', 1)[1].split("</p>", 1)[0]
+    assert "still checking your payment" in said
+    assert no_script_refresh(page.text) == f"{return_page}?looked=1"
+    assert f'<a href="{return_page}">check now</a>' in page.text
+    assert order_rows(clean_db)[0][1] == "pending"  # undone
+    again = await browser.get(return_page, headers=HTML)
+    assert again.status_code == 200
+    assert 'data-state="paid"' in again.text
+
+
 async def test_pay_again_makes_at_most_the_attempts_one_order_may_have(
     clean_db, credentials, sandbox, site_config
 ):
