@@ -12,7 +12,7 @@ import pytest
 from playwright.sync_api import expect
 
 from apps.orders.public import NO_SCRIPT_LOOKS
-from tests.conftest import truncate_all
+from tests.conftest import admin_connect, lock_waiters, truncate_all
 from tests.e2e.conftest import axe_source, axe_violations, buy_in_the_browser, live_stack
 from tests.integration.commerce_fixtures import (
     ALL_SERVICES,
@@ -203,6 +203,53 @@ def test_without_javascript_the_return_page_reloads_until_the_order_is_confirmed
         assert entry_state(provisioned, entry_id) == ("confirmed", order_id)
     finally:
         context.close()
+
+
+def test_the_check_again_button_undone_for_a_deadlock_looks_again_until_paid(
+    shop_live, provisioned, shop, page
+):
+    """The order page's "Check again" button, its check undone by PostgreSQL for a deadlock
+    (with the test's own transaction: it holds the attempt, the check locks the order and waits
+    on it, then the test asks for the order): the buyer saw the generic error page. Now the
+    answer is the return page's "still checking" state, and with no reload by the buyer (or
+    the test) its script looks again at the return page and goes there once the order is paid
+    (the button's own address is a POST: looking again there was a 405 for ever)."""
+    orders = shop_live.url("orders")
+    controls = f"{shop_live.sandbox_url}/_sandbox/controls"
+    webhooks = httpx.get(controls).json()["webhooks"]
+    httpx.post(controls, json={"webhooks": "drop"}).raise_for_status()
+    try:
+        page.goto(f"{shop_live.url('market')}/auth/dev-login?user_id=38&next=/product/shop-004/")
+        page.locator("#add-to-cart").click()
+        page.wait_for_url(f"{shop_live.url('cart')}/")
+        order_id = next_order_id(provisioned)
+        page.locator("#checkout").click()
+        page.wait_for_url(re.compile(re.escape(shop_live.sandbox_url) + r"/pay/.+"))
+        checkout_id = page.url.rstrip("/").rsplit("/", 1)[-1]
+        # Paid at SumUp in another tab, say; no webhook arrives.
+        httpx.post(
+            f"{shop_live.sandbox_url}/_sandbox/checkouts/{checkout_id}/pay"
+        ).raise_for_status()
+        page.goto(f"{orders}/order/{order_id}/")
+        assert page.locator("#order-state").get_attribute("data-state") == "waiting"
+        with admin_connect(provisioned, "orders") as holder:
+            holder.execute("BEGIN")
+            holder.execute(
+                "SELECT 1 FROM orders.payment_attempts WHERE sumup_checkout_id = %s FOR UPDATE",
+                (checkout_id,),
+            )
+            # Clicked without waiting for the answer, which waits on the test's lock.
+            page.evaluate("document.getElementById('recheck').click()")
+            assert eventually_sync(lambda: lock_waiters(provisioned, "orders") == 1)
+            holder.execute("SELECT 1 FROM orders.orders WHERE id = %s FOR UPDATE", (order_id,))
+            expect(page.locator("#still-checking")).to_contain_text("still checking your payment")
+            holder.execute("ROLLBACK")
+        state = page.locator("#payment-state")
+        expect(state).to_have_attribute("data-state", "paid", timeout=30_000)
+        assert page.url == f"{orders}/checkout/return/{order_id}/"
+        assert dict(row[:2] for row in order_rows(provisioned))[order_id] == "paid"
+    finally:
+        httpx.post(controls, json={"webhooks": webhooks}).raise_for_status()
 
 
 def test_paying_while_cart_is_down_shows_paid_and_the_cart_is_cleared_later(
