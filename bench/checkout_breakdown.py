@@ -101,6 +101,8 @@ def print_breakdown(
             values["= total in the app"].append(record["total_ms"])
             values["~ process CPU during the request"].append(record["cpu_ms"])
             values["~ outbox relay pass overlapping it"].append(record["relay_overlap_ms"])
+            # SumUp asked while a statement runs: both parts above, the overlap once in time.
+            values["~ waits that ran during others"].append(record.get("overlapped_ms", 0.0))
         title = "create-order" if kind == "create" else "webhook"
         print()
         print(

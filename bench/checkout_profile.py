@@ -5,8 +5,9 @@ breakdown; nothing in ``apps/`` changes).
 Per request it writes one ``BREAKDOWN {json}`` line to its log: the request's total time in the
 ASGI app, the time of every SQL statement as the app sees it (round trip included: the time from
 SQLAlchemy's before- to after-cursor-execute), commits, rollbacks, the pool's pre-ping, and the
-SumUp SDK calls. What is left is Python: Litestar, signature check, validation, the ORM, the SDK's
-models, logging, and the event loop. Statements of the outbox relay (its own task) are not
+SumUp SDK calls (a wait that runs while another does, SumUp asked while a statement runs, is
+counted once in time). What is left is Python: Litestar, signature check, validation, the ORM,
+the SDK's models, logging, and the event loop. Statements of the outbox relay (its own task) are not
 attributed to any request; how long a relay pass overlapped the request, and the process's CPU
 time during the request, are in the line too.
 """
@@ -17,6 +18,7 @@ import argparse
 import contextvars
 import json
 import logging
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -43,8 +45,19 @@ class Section:
 
     name: str
     started: float
-    io_at_start: float
     children_python: float = 0.0
+
+
+def _covered(intervals: list[tuple[float, float]], start: float, end: float) -> float:
+    """Seconds of [start, end] inside at least one of ``intervals``: waits that overlap (SumUp
+    asked while a statement runs) count once."""
+    clipped = sorted((max(a, start), min(b, end)) for a, b in intervals if b > start and a < end)
+    covered, reach = 0.0, start
+    for a, b in clipped:
+        if b > reach:
+            covered += b - max(a, reach)
+            reach = b
+    return covered
 
 
 @dataclass
@@ -54,23 +67,33 @@ class RequestTimings:
     statements: list[tuple[str, float]] = field(default_factory=list)
     waits: dict[str, float] = field(default_factory=dict)  # commit, rollback, ping, sumup
     counts: dict[str, int] = field(default_factory=dict)
-    io_ms: float = 0.0  # statements + waits so far
+    # When each statement or wait ran (perf_counter): the request's Python is what none covers.
+    intervals: list[tuple[float, float]] = field(default_factory=list)
     open_sections: list[Section] = field(default_factory=list)
     python: dict[str, float] = field(default_factory=dict)  # own Python time per section
     top_python: float = 0.0  # Python inside the outermost sections
 
-    def add_statement(self, kind: str, elapsed_ms: float) -> None:
-        self.statements.append((kind, elapsed_ms))
-        self.io_ms += elapsed_ms
+    def add_statement(self, kind: str, started: float, ended: float) -> None:
+        self.statements.append((kind, (ended - started) * 1000))
+        self.intervals.append((started, ended))
 
-    def add_wait(self, name: str, elapsed_ms: float) -> None:
-        self.waits[name] = self.waits.get(name, 0.0) + elapsed_ms
+    def add_wait(self, name: str, started: float, ended: float) -> None:
+        self.waits[name] = self.waits.get(name, 0.0) + (ended - started) * 1000
         self.counts[name] = self.counts.get(name, 0) + 1
-        self.io_ms += elapsed_ms
+        self.intervals.append((started, ended))
+
+    def waiting_ms(self, start: float, end: float) -> float:
+        return _covered(self.intervals, start, end) * 1000
+
+    def overlapped_ms(self) -> float:
+        """How much of the waits ran at the same time as others (counted once above)."""
+        waited = sum(b - a for a, b in self.intervals)
+        return (waited - _covered(self.intervals, -math.inf, math.inf)) * 1000
 
     def close(self, section: Section) -> None:
-        elapsed = (time.perf_counter() - section.started) * 1000
-        python = elapsed - (self.io_ms - section.io_at_start)
+        ended = time.perf_counter()
+        elapsed = (ended - section.started) * 1000
+        python = elapsed - self.waiting_ms(section.started, ended)
         own = python - section.children_python
         self.python[section.name] = self.python.get(section.name, 0.0) + own
         if self.open_sections:
@@ -120,8 +143,7 @@ def instrument_engine(engine: AsyncEngine) -> None:
         started = conn.info["bench_started"].pop()
         timings = current.get()
         if timings is not None:
-            elapsed = (time.perf_counter() - started) * 1000
-            timings.add_statement(statement_kind(statement), elapsed)
+            timings.add_statement(statement_kind(statement), started, time.perf_counter())
 
     dialect = sync_engine.dialect
     for name, label in (("do_commit", "commit"), ("do_rollback", "rollback"), ("do_ping", "ping")):
@@ -140,8 +162,7 @@ def instrument_direct_statements() -> None:
         finally:
             timings = current.get()
             if timings is not None:
-                elapsed = (time.perf_counter() - started) * 1000
-                timings.add_statement(statement_kind(self.sql), elapsed)
+                timings.add_statement(statement_kind(self.sql), started, time.perf_counter())
 
     DirectStatement._execute = timed  # type: ignore[method-assign]
 
@@ -158,10 +179,9 @@ def instrument_direct_statements() -> None:
         finally:
             timings = current.get()
             if timings is not None:
-                elapsed = (time.perf_counter() - started) * 1000
                 names = [statement_kind(statement.sql) for statement, _ in bound]
                 label = " + ".join([*names, *(["commit"] if then_commit else [])])
-                timings.add_statement(f"[{label}]", elapsed)
+                timings.add_statement(f"[{label}]", started, time.perf_counter())
 
     direct._send_together = send_together
 
@@ -174,7 +194,7 @@ def _timed_sync(function: Callable[..., Any], label: str) -> Callable[..., Any]:
         finally:
             timings = current.get()
             if timings is not None:
-                timings.add_wait(label, (time.perf_counter() - started) * 1000)
+                timings.add_wait(label, started, time.perf_counter())
 
     return timed
 
@@ -187,7 +207,7 @@ def _timed_async(function: Callable[..., Any], label: str) -> Callable[..., Any]
         finally:
             timings = current.get()
             if timings is not None:
-                timings.add_wait(label, (time.perf_counter() - started) * 1000)
+                timings.add_wait(label, started, time.perf_counter())
 
     return timed
 
@@ -197,7 +217,7 @@ def _section(function: Callable[..., Any], name: str) -> Callable[..., Any]:
         timings = current.get()
         if timings is None:
             return await function(*args, **kwargs)
-        section = Section(name, time.perf_counter(), timings.io_ms)
+        section = Section(name, time.perf_counter())
         timings.open_sections.append(section)
         try:
             return await function(*args, **kwargs)
@@ -288,8 +308,11 @@ def timing_middleware(app: Any) -> Any:
                 "relay_overlap_ms": round(_relay_overlap(started, ended) * 1000, 3),
                 # Python outside every wrapped function: uvicorn's ASGI handoff, middlewares,
                 # the signature check, routing, msgspec, serialising, the session's lifecycle.
+                "overlapped_ms": round(timings.overlapped_ms(), 3),
                 "python": {
-                    "framework": round(total - timings.io_ms - timings.top_python, 3),
+                    "framework": round(
+                        total - timings.waiting_ms(started, ended) - timings.top_python, 3
+                    ),
                     **{name: round(ms, 3) for name, ms in timings.python.items()},
                 },
             }
