@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from psycopg.errors import UndefinedColumn, UndefinedTable
 from sqlalchemy import Connection, Table, create_engine, pool, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError, ProgrammingError
@@ -76,7 +77,18 @@ def as_owner(topology: Topology, service: str) -> Iterator[Connection]:
                     f"{service}'s outbox is read and changed as {owner}: "
                     f"{' '.join(str(exc.orig).split())}"
                 ) from None
-            yield connection
+            try:
+                yield connection
+            except ProgrammingError as exc:
+                # No outbox table, or one without a column rose reads: the service's
+                # migrations are behind this rose (an upgrade not migrated yet).
+                if not isinstance(exc.orig, UndefinedTable | UndefinedColumn):
+                    raise
+                problem = str(exc.orig).splitlines()[0]
+                raise OutboxError(
+                    f"{service}'s outbox is not as this rose reads it ({problem}): "
+                    f"its migrations are behind; run rose db migrate"
+                ) from None
     finally:
         engine.dispose()
 

@@ -190,3 +190,40 @@ async def test_resend_refuses_what_it_cannot_do(clean_db):
     listed = await rose(clean_db, "outbox", "dead", "--service", "blog")
     assert listed.exit_code != 0
     assert "blog has no outbox" in listed.stderr
+
+
+@pytest.mark.parametrize(
+    ("hide", "unhide"),
+    [
+        # orders' migrations not run as far as the outbox (no table) ...
+        (
+            "ALTER TABLE orders.outbox RENAME TO outbox_hidden",
+            "ALTER TABLE orders.outbox_hidden RENAME TO outbox",
+        ),
+        # ... or run only as far as an outbox without dead messages (no dead_at).
+        (
+            "ALTER TABLE orders.outbox RENAME COLUMN dead_at TO dead_at_hidden",
+            "ALTER TABLE orders.outbox RENAME COLUMN dead_at_hidden TO dead_at",
+        ),
+    ],
+)
+async def test_an_outbox_not_migrated_is_one_clear_error(clean_db, hide, unhide):
+    """A database whose migrations are behind is named, with what to run: no traceback."""
+    with admin_connect(clean_db, "orders") as connection:
+        connection.execute(hide)
+        connection.commit()
+    try:
+        for args in (["dead"], ["dead", "--service", "orders"], ["resend", "orders", "--all"]):
+            refused = await rose(clean_db, "outbox", *args)
+            assert refused.exit_code == 1, (args, refused.output)
+            assert refused.exception is None or isinstance(refused.exception, SystemExit), (
+                args,
+                refused.exception,
+            )
+            assert "outbox is not as this rose reads it" in refused.stderr, (args, refused.stderr)
+            assert "rose db migrate" in refused.stderr, (args, refused.stderr)
+            assert "Traceback" not in refused.output
+    finally:
+        with admin_connect(clean_db, "orders") as connection:
+            connection.execute(unhide)
+            connection.commit()
