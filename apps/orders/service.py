@@ -120,6 +120,7 @@ from apps.orders.settlement import (
     UNCONFIRMED_BOOKINGS,
     Applied,
     AttemptRow,
+    ConfiguredAccount,
     EarlyCheckoutRead,
     MerchantAccounts,
     MerchantKeyGone,
@@ -127,10 +128,10 @@ from apps.orders.settlement import (
     account_of,
     after_payment_keys,
     close_attempt,
+    configured_account,
     confirm_bookings_key,
     enqueue_give_back,
     enqueue_give_back_of_superseded,
-    merchant_account,
     money,
     names_no_merchant,
     pay_with_nothing_to_pay,
@@ -1479,14 +1480,27 @@ async def _count_under_lock(
         await admit(session, PAY_AGAIN, admission, f"{order_id}:{number}")
 
 
-async def _new_checkout_account(session: AsyncSession, order: Order) -> MerchantAccount:
+async def _read_accounts_for_pay_again(session: AsyncSession, order: Order) -> ConfiguredAccount:
+    """The order's page config's SumUp accounts as blog holds them now, for pay again: read
+    once, and committed at once (the order is only read so far). postgres_fdw commits its
+    remote transaction with ours, so a transaction that read blog cannot commit once blog's
+    connection is lost: the transaction that asks SumUp, and must keep what SumUp said
+    whatever comes next, reads no foreign table. Blog unable to answer is a 503 before SumUp
+    is asked anything."""
+    found = await configured_account(session, payment_config_of(order), order.merchant_code)
+    await session.commit()
+    return found
+
+
+def _new_checkout_account(order: Order, found: ConfiguredAccount) -> MerchantAccount:
     """The account a new checkout of ``order`` is made with: its merchant's current key (a
     retired key only settles and refunds what its merchant already took). The order's merchant
     is fixed when it is made, so when its page now names another merchant no new checkout can
     ever be made for it: a 409 sending the buyer back to the cart (a new order is for the
     merchant the page names), not the 503 of a key that may come back."""
+    config_id = payment_config_of(order)
     try:
-        return await merchant_account(session, order, new_checkout=True)
+        return account_of(order.id, order.merchant_code, config_id, found, new_checkout=True)
     except MerchantKeyGone as gone:
         if gone.names_now is None:
             raise
@@ -1535,6 +1549,9 @@ async def start_new_attempt(
         if admission is not None
         else None
     )
+    # Blog first, in its own transaction; not for an order refused under the lock below.
+    read_early = order.status == "pending" and not order.flagged
+    found = await _read_accounts_for_pay_again(session, order) if read_early else None
     locked = (
         await session.execute(
             select(
@@ -1564,6 +1581,9 @@ async def start_new_attempt(
         raise Conflict(
             f"The time to pay order {order.id} has passed; check out again from your cart"
         )
+    if not read_early:  # a review ended since the order was read (rare): blog now, locked
+        found = await configured_account(session, payment_config_of(order), order.merchant_code)
+    accounts = MerchantAccounts.as_read(payment_config_of(order), order.merchant_code, found)
     current, just_made = await _latest_attempt(session, order.id)
     number = (current.number + 1) if current is not None else 1
     gives_back_current = _gives_back(current, just_made, seen_attempt)
@@ -1573,13 +1593,12 @@ async def start_new_attempt(
     if current is not None and current.status in OPEN_ATTEMPT_STATES:
         # What SumUp says now: a payment that landed meanwhile settles the order. Asked with
         # the order's merchant's key, a retired one included (the page may name another now).
-        applied = await refresh_attempt(session, order, current, runtime.gateway)
+        applied = await refresh_attempt(session, order, current, runtime.gateway, accounts)
         if applied.order_status != "pending" or applied.flagged:
             return None
     # From here on what SumUp said is kept whatever the answer (one place: the except below):
-    # a refusal, the merchant's key gone, SumUp failing as the checkout is closed or made. (Not
-    # blog failing to answer the key's read: that read has no savepoint, so its failure aborts
-    # the transaction and what SumUp said goes with it, as before.)
+    # a refusal, the merchant's key gone, SumUp failing as the checkout is closed or made.
+    # Nothing here reads blog (_read_accounts_for_pay_again), so nothing aborts the transaction.
     try:
         if current is not None and current.status == "PENDING":
             if _gives_back(current, just_made, seen_attempt):
@@ -1606,11 +1625,11 @@ async def start_new_attempt(
                 f"The time to pay order {order.id} is nearly over, too little to pay it at "
                 "SumUp; check out again from your cart"
             )
-        account = await _new_checkout_account(session, order)
+        account = _new_checkout_account(order, found)
         if current is not None and current.status in OPEN_ATTEMPT_STATES:
-            # Closed with the key just read (its merchant's own): blog is not read again.
-            accounts = MerchantAccounts({payment_config_of(order): account})
-            applied = await close_attempt(session, order, current, runtime.gateway, accounts)
+            # Closed with the key the new checkout is made with (its merchant's own).
+            closing = MerchantAccounts({payment_config_of(order): account})
+            applied = await close_attempt(session, order, current, runtime.gateway, closing)
             if applied.order_status != "pending" or applied.flagged:
                 return None
         return await _new_attempt(

@@ -248,6 +248,15 @@ class MerchantAccounts:
             for config_id, account in (known or {}).items()
         }
 
+    @classmethod
+    def as_read(
+        cls, config_id: int, merchant_code: str | None, found: ConfiguredAccount
+    ) -> MerchantAccounts:
+        """What one :func:`configured_account` read found, for the unit of work after it."""
+        accounts = cls()
+        accounts._known[(config_id, merchant_code)] = found
+        return accounts
+
     async def of(self, session: AsyncSession, order: OrderInHand) -> MerchantAccount:
         """The account to ask SumUp about ``order``'s checkouts with: its own merchant's (a
         retired key of it included: these are checkouts already made, or money going back)."""

@@ -40,6 +40,7 @@ from apps.sumup_sandbox.app import DEFAULT_API_KEY
 from ops.db.provision import APP_SETTINGS, READER_SETTINGS
 from tests.conftest import admin_connect, lock_waiters
 from tests.fdw_plans import explain_as_app, foreign_scans
+from tests.integration.blog_fixtures import provider_unreachable
 from tests.integration.commerce_fixtures import (
     browser_of,
     cart_rows,
@@ -1125,6 +1126,70 @@ async def test_pay_again_without_the_merchants_key_keeps_what_sumup_said(
     assert order_rows(clean_db)[0][1] == "pending"
     assert sandbox.checkout(checkout_id)["status"] == "FAILED"  # not closed
     assert len(sandbox.checkouts()) == 1
+
+
+async def test_pay_again_keeps_what_sumup_said_when_blog_goes_after_the_key_read(
+    orders, clean_db, sandbox
+):
+    """Review (carried from the last stop): pay again asked SumUp about the current attempt
+    (failed, no webhook told), then read the key for the new checkout from blog, in the same
+    transaction. When blog could not answer that read (here: blog's database ends orders'
+    FDW sessions), its failure aborted the transaction and the 503 rolled back what SumUp had
+    said (the attempt's row PENDING, SumUp FAILED). Now blog is read once, before SumUp is
+    asked, in a transaction of its own: the one that asks SumUp reads no foreign table, so
+    blog going away meanwhile cannot undo it. The test holds the attempt's row so that pay
+    again waits, SumUp already asked, to apply the failure; meanwhile blog's side ends."""
+    order_id = (await create(orders)).json()["order_id"]
+    checkout_id = checkout_id_of(clean_db, order_id)
+    aged_attempts(clean_db, order_id)
+    sandbox.fail(checkout_id)  # no webhook arrives
+    browser = await signed_in(orders)
+    with (
+        admin_connect(clean_db, "orders") as holder,
+        admin_connect(clean_db, "blog") as blog_side,
+    ):
+        holder.execute("BEGIN")
+        holder.execute(
+            "SELECT 1 FROM orders.payment_attempts WHERE sumup_checkout_id = %s FOR UPDATE",
+            (checkout_id,),
+        )
+        again = asyncio.create_task(browser.post(f"/order/{order_id}/pay/", headers=JSON))
+        assert await eventually(lambda: lock_waiters(clean_db, "orders") == 1)
+        ended = blog_side.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND application_name = 'postgres_fdw'"
+        ).fetchone()
+        assert ended is not None
+        assert ended[0] >= 1
+        holder.execute("COMMIT")
+        paying = await again
+    assert paying.status_code == 200, paying.text
+    assert paying.json()["attempt"] == 2
+    assert attempt_rows(clean_db, order_id) == [(1, "EXPIRED"), (2, "PENDING")]
+    assert sandbox.checkout(checkout_id)["status"] == "EXPIRED"  # closed: it cannot be paid
+    assert len(sandbox.checkouts()) == 2
+
+
+async def test_pay_again_while_blog_is_down_asks_sumup_nothing(orders, clean_db, sandbox):
+    """Blog unable to answer the key's read: a 503 naming blog before SumUp is asked anything
+    (nothing it said to lose); once blog is back, the same pay again makes attempt 2."""
+    order_id = (await create(orders)).json()["order_id"]
+    checkout_id = checkout_id_of(clean_db, order_id)
+    aged_attempts(clean_db, order_id)
+    sandbox.fail(checkout_id)
+    browser = await signed_in(orders)
+    with provider_unreachable(clean_db, "orders", "blog_server"):
+        refused = await browser.post(f"/order/{order_id}/pay/", headers=JSON)
+    assert refused.status_code == 503, refused.text
+    assert refused.headers["content-type"].startswith("application/problem+json")
+    assert "blog" in refused.json()["detail"]
+    assert attempt_rows(clean_db, order_id) == [(1, "PENDING")]  # SumUp not asked
+    assert sandbox.checkout(checkout_id)["status"] == "FAILED"
+    assert len(sandbox.checkouts()) == 1
+
+    retried = await browser.post(f"/order/{order_id}/pay/", headers=JSON)
+    assert retried.status_code == 200, retried.text
+    assert attempt_rows(clean_db, order_id) == [(1, "EXPIRED"), (2, "PENDING")]
 
 
 def aged_attempts(server, order_id: int) -> None:
