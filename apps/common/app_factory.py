@@ -255,10 +255,16 @@ def create_base_app(
         async def remember_nonce(nonce: str) -> bool:
             return nonces is None or await nonces.remember(platform.engine, nonce)
 
+        async def sweep_nonces() -> None:
+            if nonces is not None:
+                await nonces.sweep_sometimes(platform.engine)
+
         secrets = (settings.internal_secret, *settings.internal_secrets_accepted)
         defer_nonce = functools.partial(DeferredNonce, nonces) if nonces is not None else None
         route_handlers.append(
-            internal_router(contract, secrets, internal_handlers, remember_nonce, defer_nonce)
+            internal_router(
+                contract, secrets, internal_handlers, remember_nonce, defer_nonce, sweep_nonces
+            )
         )
     route_handlers.extend(public_handlers)
 

@@ -52,6 +52,8 @@ CLAIMS_NONCE_KEY = "claims_nonce"
 RememberNonce = Callable[[str], Awaitable[bool]]
 # The nonce as the action's own transaction records it (apps.common.nonces.DeferredNonce).
 DeferNonce = Callable[[str], DeferredNonce]
+# After a deferred nonce committed: delete, now and then, the nonces no longer presentable.
+SweepNonces = Callable[[], Awaitable[None]]
 
 
 def deferred_nonce(request: Request[Any, Any, Any]) -> DeferredNonce | None:
@@ -69,6 +71,7 @@ def signature_middleware(
     secrets: str | Sequence[str],
     remember_nonce: RememberNonce | None = None,
     defer_nonce: DeferNonce | None = None,
+    sweep_nonces: SweepNonces | None = None,
 ) -> Callable[[ASGIApp], ASGIApp]:
     """ASGI middleware factory that refuses unsigned or wrongly signed internal requests, and
     a second delivery of a signed action (its nonce was seen). An action that claims an
@@ -122,6 +125,8 @@ def signature_middleware(
                     if not deferred.committed:
                         # Refused, rolled back or answered from the key: used up all the same.
                         await _remember_after(remember_nonce, nonce, path)
+                    elif sweep_nonces is not None:
+                        await _sweep_after(sweep_nonces, path)
                 return
             if not await remember_nonce(nonce):
                 await send_problem(send, 409, REPLAYED, path)
@@ -139,6 +144,14 @@ async def _remember_after(remember_nonce: RememberNonce, nonce: str, path: str) 
         await remember_nonce(nonce)
     except Exception:
         logger.warning("%s: the nonce of a request that did not commit was not recorded", path)
+
+
+async def _sweep_after(sweep_nonces: SweepNonces, path: str) -> None:
+    """After the answer went out: a failure is logged (a later sweep deletes the same rows)."""
+    try:
+        await sweep_nonces()
+    except Exception:
+        logger.warning("%s: expired nonces were not swept", path)
 
 
 def only_contract_routes_serve_internal_paths(app: ASGIApp) -> ASGIApp:
@@ -166,6 +179,7 @@ def internal_router(
     handlers: Sequence[Any],
     remember_nonce: RememberNonce | None = None,
     defer_nonce: DeferNonce | None = None,
+    sweep_nonces: SweepNonces | None = None,
 ) -> Router:
     """The service's internal routes: exactly the calls its contract declares."""
     served: dict[str, Call] = {}
@@ -186,7 +200,7 @@ def internal_router(
     return Router(
         path=INTERNAL_PREFIX,
         route_handlers=list(handlers),
-        middleware=[signature_middleware(secret, remember_nonce, defer_nonce)],
+        middleware=[signature_middleware(secret, remember_nonce, defer_nonce, sweep_nonces)],
         tags=[f"{contract.service} internal"],
     )
 

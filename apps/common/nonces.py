@@ -57,6 +57,16 @@ class NonceStore:
                 await connection.execute(self._sweep)
         return fresh is not None
 
+    async def sweep_sometimes(self, engine: AsyncEngine) -> None:
+        """After a nonce recorded in an action's own transaction (:class:`DeferredNonce`),
+        which does not sweep: one call in SWEEP_ONE_IN deletes the nonces that can no longer
+        be presented, on a connection of its own (never holding the action's locks)."""
+        if random.randrange(SWEEP_ONE_IN) != 0:
+            return
+        async with engine.connect() as connection:
+            connection = await connection.execution_options(isolation_level="AUTOCOMMIT")
+            await connection.execute(self._sweep)
+
 
 # Where the signature middleware leaves a deferred nonce for the action (the ASGI scope's state).
 DEFERRED_NONCE = "rose_deferred_nonce"

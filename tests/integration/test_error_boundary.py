@@ -199,6 +199,33 @@ async def test_a_signed_action_cannot_be_replayed(stack):
     assert state.json() == {"liked": True}
 
 
+async def test_keyed_actions_sweep_the_nonces_no_longer_presentable(stack, clean_db, monkeypatch):
+    """Review F1: a keyed action records its nonce with its key's claim (one round trip), and
+    that path never deleted the expired nonces (only a nonce recorded on its own connection
+    swept them, one in SWEEP_ONE_IN). Likes and relations take keyed actions only: their
+    request_nonces grew without end. Every committed keyed action now sweeps, one in
+    SWEEP_ONE_IN (made 1 here), after its answer, on a connection of its own."""
+    monkeypatch.setattr("apps.common.nonces.SWEEP_ONE_IN", 1)
+    with admin_connect(clean_db, "likes") as connection:
+        connection.execute(
+            "INSERT INTO likes.request_nonces (nonce, expires_at) "
+            "VALUES ('stale', now() - interval '1 day')"
+        )
+        connection.commit()
+    likes = stack.client("likes")
+    path = "/internal/actions/toggle"
+    body = json.dumps({"user_id": 3, "target_type": "product", "target_slug": "jam"}).encode()
+    headers = sign_headers(
+        INTERNAL_SECRET, "POST", path, body, caller="tests", idempotency_key="toggle-1"
+    )
+    headers["content-type"] = "application/json"
+    headers["Idempotency-Key"] = "toggle-1"
+    toggled = await likes.post(path, content=body, headers=headers)
+    assert toggled.json() == {"liked": True}
+    nonces = rows(clean_db, "likes", "SELECT nonce FROM likes.request_nonces ORDER BY nonce")
+    assert nonces == [(headers["X-Rose-Nonce"],)]  # its own recorded, the stale one gone
+
+
 async def test_a_signed_action_that_fails_still_uses_up_its_nonce(stack, shop, clean_db):
     """A refused action's nonce is used up: recorded first for an action without a key, after
     the request for a keyed one whose transaction did not commit it (its claim would have
