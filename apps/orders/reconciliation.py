@@ -448,6 +448,10 @@ class Reconciler:
         return min(max(wait, every * 0.1), every * 1.2)
 
     # -- right after a commit ------------------------------------------------------------
+    def run_soon(self, work: Awaitable[object], name: str) -> None:
+        """Work a request hands over so as not to wait for it (failures logged)."""
+        self._spawn(work, name)
+
     def close_soon(self, order_ids: list[int]) -> None:
         """Close the checkouts of orders a commit just superseded, without making the buyer
         wait; what fails here is closed by the next pass."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -20,6 +21,8 @@ class Jobs(Protocol):
     """The background work handlers hand over (apps.orders.reconciliation.Reconciler)."""
 
     def close_soon(self, order_ids: list[int]) -> None: ...
+
+    def run_soon(self, work: Awaitable[object], name: str) -> None: ...
 
     def settle_refunds_soon(self) -> None: ...
 

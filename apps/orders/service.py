@@ -892,12 +892,14 @@ async def create_order(
     try:
         superseded = await place_order(session, row, items, claims_of(request), goods_of(request))
         await enqueue_give_back_of_superseded(session, superseded)
-    except BaseException as refused:
+    except BaseException:
         if opening is not None and config is not None:
-            if isinstance(refused, Exception):
-                await _close_unused_checkout(opening, runtime, config.account)
-            else:  # the request itself ends (cancelled): the checkout expires unpaid
-                opening.cancel()
+            # Not awaited here: the refusal (or the request's end) is answered at once, its
+            # transaction and locks let go, and the checkout is closed once SumUp made it.
+            runtime.jobs.run_soon(
+                _close_unused_checkout(opening, runtime, config.account),
+                "orders-close-unused-checkout",
+            )
         raise
     try:
         async with asyncio.timeout(settings.create_order_deadline):

@@ -136,9 +136,47 @@ async def test_a_checkout_opened_for_an_order_placing_refused_is_closed(orders, 
     assert refused.status_code == 409, refused.text
     assert f"already paid for in order {first_id}" in refused.json()["detail"]
     assert [row[0] for row in order_rows(clean_db)] == [first_id]
-    made = {checkout["id"]: checkout["status"] for checkout in sandbox.checkouts()}
-    assert made.pop(first_checkout) == "PAID"
-    assert all(status != "PENDING" for status in made.values()), made
+
+    def closed() -> bool:  # in the background, once SumUp made it
+        made = {checkout["id"]: checkout["status"] for checkout in sandbox.checkouts()}
+        return made.pop(first_checkout) == "PAID" and "PENDING" not in made.values()
+
+    assert await soon(closed), sandbox.checkouts()
+
+
+async def test_an_order_placing_refused_answers_without_waiting_for_sumup(
+    orders, clean_db, sandbox, caplog
+):
+    """Review F2: an order placing refused awaited SumUp's checkout (to close it) before its
+    refusal, its transaction open all the while: the buyer's lock and the rows of the orders
+    its statement superseded were held while SumUp answered, twice (the create, then the
+    close). The refusal is now answered at once, the transaction ended; the checkout is closed
+    in the background once SumUp made it. Shown with SumUp slow to answer (2.5 s; the refusal
+    path takes milliseconds): the 409 arrives before SumUp answered the create."""
+    caplog.set_level(logging.INFO, logger="sumup-sandbox")
+    line = product_line(4, cart_line_ids=[502])
+    first = await create(orders, order_payload(line), key="first")
+    assert first.status_code == 200, first.text
+    first_id = first.json()["order_id"]
+    first_checkout = checkout_id_of(clean_db, first_id)
+    sandbox.pay(first_checkout)
+    assert (await webhook(orders, first_id, first_checkout)).status_code == 204
+    caplog.clear()
+    sandbox.controls(api_latency=2.5)
+    try:
+        refused = await bounded(create(orders, order_payload(line), key="second"))
+        sumup_answered_first = "POST /v0.1/checkouts 201" in caplog.text
+        assert refused.status_code == 409, refused.text
+        assert not sumup_answered_first, "the refusal waited for SumUp's checkout"
+
+        def closed() -> bool:
+            made = {c["id"]: c["status"] for c in sandbox.checkouts() if c["id"] != first_checkout}
+            return len(made) == 1 and "PENDING" not in made.values()
+
+        assert await soon(closed), sandbox.checkouts()
+    finally:
+        sandbox.controls(api_latency=0)
+    assert [row[0] for row in order_rows(clean_db)] == [first_id]
 
 
 def waiting_backends(server) -> int:
