@@ -920,7 +920,9 @@ async def create_order(
             attempt = PaymentAttempt(**row)
         # SumUp just took this key: the order's webhook can use it without asking blog again.
         runtime.recent_accounts.learn(config.id, config.account)
-        runtime.recent_accounts.opened(row["sumup_checkout_id"], order.id, config.id)
+        runtime.recent_accounts.opened(
+            row["sumup_checkout_id"], order.id, config.id, config.account
+        )
     except TimeoutError:
         raise PaymentProviderUnavailable(
             f"no answer within {settings.create_order_deadline:g} s; nothing was created"

@@ -290,8 +290,9 @@ class RecentMerchantAccounts:
         self.seconds = seconds
         self._clock = clock
         self._accounts: dict[int, tuple[float, MerchantAccount]] = {}
-        # SumUp checkout id -> (its order, its page config), in the order they were opened.
-        self._opened: dict[str, tuple[int, int]] = {}
+        # SumUp checkout id -> (its order, its page config, the account it was opened with), in
+        # the order they were opened.
+        self._opened: dict[str, tuple[int, int, MerchantAccount]] = {}
 
     def learn(self, page_config_id: int, account: MerchantAccount) -> None:
         if self.seconds <= 0:
@@ -313,13 +314,15 @@ class RecentMerchantAccounts:
     def forget(self, page_config_id: int) -> None:
         self._accounts.pop(page_config_id, None)
 
-    def opened(self, checkout_id: str, order_id: int, page_config_id: int) -> None:
-        """Create-order opened ``checkout_id`` with the account it just learnt."""
+    def opened(
+        self, checkout_id: str, order_id: int, page_config_id: int, account: MerchantAccount
+    ) -> None:
+        """Create-order opened ``checkout_id`` with ``account`` (the one it just learnt)."""
         if self.seconds <= 0:
             return
         if len(self._opened) >= self.MOST_OPENED:
             del self._opened[next(iter(self._opened))]
-        self._opened[checkout_id] = (order_id, page_config_id)
+        self._opened[checkout_id] = (order_id, page_config_id, account)
 
     def forget_opened(self, checkout_id: str) -> None:
         """Something else read the checkout from SumUp (the return page): its webhook need not
@@ -329,12 +332,16 @@ class RecentMerchantAccounts:
     def take_opened(self, order_id: int, checkout_id: str) -> tuple[int, MerchantAccount] | None:
         """The page config and account of a checkout this process opened for ``order_id``,
         given once: only its first webhook reads SumUp before reading the attempt (a
-        repeated or forged one then asks SumUp only for an attempt still open, as before)."""
+        repeated or forged one then asks SumUp only for an attempt still open, as before).
+        Only while the config's account recalled is still the one it was opened with: the
+        checkout's merchant's key is never sent with another merchant's checkout."""
         opened = self._opened.pop(checkout_id, None)
         if opened is None or opened[0] != order_id:
             return None
-        account = self.recall(opened[1])
-        return None if account is None else (opened[1], account)
+        _, page_config_id, account = opened
+        if self.recall(page_config_id) != account:
+            return None
+        return page_config_id, account
 
 
 @dataclass(frozen=True)

@@ -75,9 +75,9 @@ def test_an_opened_checkout_is_given_once_for_its_own_order_with_the_account_sti
     recent = RecentMerchantAccounts(60, clock)
     account = MerchantAccount("M1", "key-1")
     recent.learn(7, account)
-    recent.opened("chk-a", 41, 7)
-    recent.opened("chk-b", 42, 7)
-    recent.opened("chk-c", 43, 7)
+    recent.opened("chk-a", 41, 7, account)
+    recent.opened("chk-b", 42, 7, account)
+    recent.opened("chk-c", 43, 7, account)
     assert recent.take_opened(99, "chk-a") is None  # another order's id: dropped, not given
     assert recent.take_opened(41, "chk-a") is None
     assert recent.take_opened(42, "chk-b") == (7, account)
@@ -89,12 +89,29 @@ def test_an_opened_checkout_is_given_once_for_its_own_order_with_the_account_sti
 
 def test_opened_checkouts_are_bounded_and_none_kept_with_zero_seconds() -> None:
     recent = RecentMerchantAccounts(60, Clock())
-    recent.learn(7, MerchantAccount("M1", "key-1"))
+    account = MerchantAccount("M1", "key-1")
+    recent.learn(7, account)
     for number in range(RecentMerchantAccounts.MOST_OPENED + 10):
-        recent.opened(f"chk-{number}", number, 7)
+        recent.opened(f"chk-{number}", number, 7, account)
     assert recent.take_opened(0, "chk-0") is None  # the oldest went first
     last = RecentMerchantAccounts.MOST_OPENED + 9
     assert recent.take_opened(last, f"chk-{last}") is not None
     nothing = RecentMerchantAccounts(0, Clock())
-    nothing.opened("chk-a", 1, 7)
+    nothing.opened("chk-a", 1, 7, account)
     assert nothing.take_opened(1, "chk-a") is None
+
+
+def test_an_opened_checkout_is_not_given_once_its_page_names_another_account() -> None:
+    """Review F6: the early read took whatever account was remembered for the page config when
+    the webhook came; a page that switched merchant (or key) since the checkout was opened had
+    the other merchant's key sent with this merchant's checkout (the answer then dropped). The
+    checkout is given only with the account it was opened with, while still the one recalled."""
+    recent = RecentMerchantAccounts(60, Clock())
+    opened_with = MerchantAccount("M1", "key-1")
+    recent.learn(7, opened_with)
+    recent.opened("chk-a", 41, 7, opened_with)
+    recent.opened("chk-b", 42, 7, opened_with)
+    recent.learn(7, MerchantAccount("M2", "key-2"))  # the page now takes payments elsewhere
+    assert recent.take_opened(41, "chk-a") is None
+    recent.learn(7, MerchantAccount("M1", "key-1b"))  # the same merchant, its key rotated
+    assert recent.take_opened(42, "chk-b") is None
