@@ -11,6 +11,7 @@ else is a 401 problem before any handler runs. Public routing (Caddy) never expo
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import typing
@@ -139,11 +140,18 @@ def signature_middleware(
 
 
 async def _remember_after(remember_nonce: RememberNonce, nonce: str, path: str) -> None:
-    """After the answer went out: a failure can no longer change it, and is logged."""
-    try:
-        await remember_nonce(nonce)
-    except Exception:
-        logger.warning("%s: the nonce of a request that did not commit was not recorded", path)
+    """After the answer went out: a failure can no longer change it. Tried twice (unrecorded,
+    the same signed request could run again within the signature's window), then logged;
+    shielded, so that a request ended (cancelled) meanwhile still records it."""
+    for attempt in (1, 2):
+        try:
+            await asyncio.shield(remember_nonce(nonce))
+            return
+        except Exception:
+            if attempt == 2:
+                logger.warning(
+                    "%s: the nonce of a request that did not commit was not recorded", path
+                )
 
 
 async def _sweep_after(sweep_nonces: SweepNonces, path: str) -> None:

@@ -244,3 +244,64 @@ async def test_a_keyed_action_refused_in_its_transaction_still_uses_up_its_nonce
     again = await client.post(path, content=body, headers=headers)
     assert again.status_code == 409, again.text
     assert "replayed" in again.json()["detail"]
+
+
+@contextmanager
+def nonce_record_fails_once(server, nonce: str, failing_call: int) -> Iterator[None]:
+    """orders' request_nonces refuses the ``failing_call``-th INSERT of ``nonce`` (a fault of
+    PostgreSQL's own making: a trigger counting with a sequence, which no rollback resets)."""
+    with admin_connect(server, "orders") as connection:
+        connection.execute("CREATE SEQUENCE orders.test_nonce_inserts")
+        connection.execute(
+            f"""
+            CREATE FUNCTION orders.test_nonce_fault() RETURNS trigger
+            LANGUAGE plpgsql SECURITY DEFINER AS $$
+            BEGIN
+                IF NEW.nonce = TG_ARGV[0]
+                   AND nextval('orders.test_nonce_inserts') = {int(failing_call)} THEN
+                    RAISE EXCEPTION 'injected: this nonce cannot be recorded now';
+                END IF;
+                RETURN NEW;
+            END $$
+            """
+        )
+        connection.execute(
+            "CREATE TRIGGER test_nonce_fault BEFORE INSERT ON orders.request_nonces "
+            f"FOR EACH ROW EXECUTE FUNCTION orders.test_nonce_fault('{nonce}')"
+        )
+        connection.commit()
+    try:
+        yield
+    finally:
+        with admin_connect(server, "orders") as connection:
+            connection.execute("DROP TRIGGER test_nonce_fault ON orders.request_nonces")
+            connection.execute("DROP FUNCTION orders.test_nonce_fault()")
+            connection.execute("DROP SEQUENCE orders.test_nonce_inserts")
+            connection.commit()
+
+
+async def test_a_nonce_whose_record_after_the_request_fails_once_is_still_used_up(
+    orders, clean_db, sandbox
+):
+    """Review F5: a keyed action whose transaction did not commit has its nonce recorded after
+    the request; when that one record failed, it was only logged, and the same signed request
+    sent again ran as a first delivery. The record is tried again once. Shown with the first
+    record after the request refused by PostgreSQL (the claim's INSERT, rolled back with the
+    refused transaction, is the first): the same request again is a replay."""
+    line = product_line(6, cart_line_ids=[602])
+    first = await create(orders, order_payload(line), key="paid")
+    first_id = first.json()["order_id"]
+    sandbox.pay(checkout_id_of(clean_db, first_id))
+    assert (await webhook(orders, first_id, checkout_id_of(clean_db, first_id))).status_code == 204
+    path = "/internal/actions/create-order"
+    body = json.dumps(order_payload(line)).encode()
+    headers = sign_headers(INTERNAL_SECRET, "POST", path, body, caller="tests", idempotency_key="f")
+    headers.update({"content-type": "application/json", "Idempotency-Key": "f"})
+    client = orders.client("orders")
+    with nonce_record_fails_once(clean_db, headers["X-Rose-Nonce"], failing_call=2):
+        refused = await client.post(path, content=body, headers=headers)
+        assert refused.status_code == 409, refused.text
+        assert "already paid for" in refused.json()["detail"]
+        again = await client.post(path, content=body, headers=headers)
+    assert again.status_code == 409, again.text
+    assert "replayed" in again.json()["detail"]
