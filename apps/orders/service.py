@@ -1553,9 +1553,11 @@ async def start_new_attempt(
         if admission is not None
         else None
     )
-    # Blog first, in its own transaction; not for an order refused under the lock below.
-    read_early = order.status == "pending" and not order.flagged
-    found = await _read_accounts_for_pay_again(session, order) if read_early else None
+    # Blog first, in its own transaction, for every order that may still be payable (flagged
+    # ones too: a review may end before the lock). No order becomes pending again, so one
+    # loaded otherwise is refused under the lock below, blog unread.
+    payable = order.status == "pending"
+    found = await _read_accounts_for_pay_again(session, order) if payable else None
     locked = (
         await session.execute(
             select(
@@ -1585,8 +1587,8 @@ async def start_new_attempt(
         raise Conflict(
             f"The time to pay order {order.id} has passed; check out again from your cart"
         )
-    if not read_early:  # a review ended since the order was read (rare): blog now, locked
-        found = await configured_account(session, payment_config_of(order), order.merchant_code)
+    if not payable:  # cannot be: pending now, so pending when loaded
+        raise Conflict(f"Order {order.id} changed while it was read; reload the order page")
     accounts = MerchantAccounts.as_read(payment_config_of(order), order.merchant_code, found)
     current, just_made = await _latest_attempt(session, order.id)
     number = (current.number + 1) if current is not None else 1

@@ -590,7 +590,8 @@ async def apply_checkout(
             transaction_id=remote.transaction_id,
         )
     if remote.status != "PAID":
-        return Applied(order.status, attempt.status, flagged=order.flagged)
+        # Flagged as the locked row says: ``order`` may be older than a review that ended.
+        return Applied(order.status, attempt.status, flagged=current.flagged)
 
     paid_items = _paid_items(transition[0])
     if paid_items is not None:
