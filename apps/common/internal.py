@@ -139,13 +139,25 @@ def signature_middleware(
     return middleware
 
 
+# Records after a request, held until done: one that outlives its request (cancelled meanwhile)
+# is still tried twice and logged, never left to the garbage collector.
+_RECORDING: set[asyncio.Task[None]] = set()
+
+
 async def _remember_after(remember_nonce: RememberNonce, nonce: str, path: str) -> None:
     """After the answer went out: a failure can no longer change it. Tried twice (unrecorded,
-    the same signed request could run again within the signature's window), then logged;
-    shielded, so that a request ended (cancelled) meanwhile still records it."""
+    the same signed request could run again within the signature's window), then logged; in a
+    task of its own, so that a request ended (cancelled) meanwhile still records it."""
+    task = asyncio.create_task(_remember_twice(remember_nonce, nonce, path))
+    _RECORDING.add(task)
+    task.add_done_callback(_RECORDING.discard)
+    await asyncio.shield(task)
+
+
+async def _remember_twice(remember_nonce: RememberNonce, nonce: str, path: str) -> None:
     for attempt in (1, 2):
         try:
-            await asyncio.shield(remember_nonce(nonce))
+            await remember_nonce(nonce)
             return
         except Exception:
             if attempt == 2:
