@@ -139,6 +139,7 @@ from apps.orders.settlement import (
     refresh_attempt,
     refresh_reported_attempt,
     refunds_of,
+    retrieved,
 )
 
 logger = logging.getLogger("rose.orders")
@@ -889,6 +890,8 @@ async def create_order(
                 settings.create_order_deadline,
             )
         )
+        # Its outcome is read even if no one awaits it (a request ended at shutdown).
+        opening.add_done_callback(retrieved)
     try:
         superseded = await place_order(session, row, items, claims_of(request), goods_of(request))
         await enqueue_give_back_of_superseded(session, superseded)

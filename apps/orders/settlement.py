@@ -376,10 +376,11 @@ class EarlyCheckoutRead:
     def drop(self) -> None:
         """Not used: cancelled if still asking; its outcome is retrieved, never logged."""
         self.answer.cancel()
-        self.answer.add_done_callback(_retrieved)
+        self.answer.add_done_callback(retrieved)
 
 
-def _retrieved(answer: asyncio.Task[RemoteCheckout]) -> None:
+def retrieved(answer: asyncio.Future[Any]) -> None:
+    """A done callback: the outcome of work nobody may await is read, never logged by asyncio."""
     if not answer.cancelled():
         answer.exception()
 

@@ -14,7 +14,7 @@ from typing import Any
 from psycopg.errors import UndefinedColumn, UndefinedTable
 from sqlalchemy import Connection, Table, create_engine, pool, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 
 from apps.common.outbox import OUTBOX, dead_messages, messages_among, resend_dead
 from apps.registry import SERVICES, service_spec
@@ -72,7 +72,7 @@ def as_owner(topology: Topology, service: str) -> Iterator[Connection]:
         with connection, connection.begin():
             try:
                 connection.execute(text(f'SET LOCAL ROLE "{owner}"'))
-            except ProgrammingError as exc:  # a login that may not act as the owner
+            except DBAPIError as exc:  # a login that may not act as the owner, or no owner
                 raise OutboxError(
                     f"{service}'s outbox is read and changed as {owner}: "
                     f"{' '.join(str(exc.orig).split())}"
