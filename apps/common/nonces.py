@@ -7,7 +7,17 @@ import random
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import Column, DateTime, MetaData, String, Table, bindparam, delete, func
+from sqlalchemy import (
+    Column,
+    DateTime,
+    MetaData,
+    String,
+    Table,
+    bindparam,
+    delete,
+    func,
+    select,
+)
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -18,6 +28,8 @@ from apps.common.signing import MAX_CLOCK_SKEW_SECONDS, MAX_NONCE_LENGTH
 KEEP = timedelta(seconds=2 * MAX_CLOCK_SKEW_SECONDS + 60)
 # One accepted action in this many also deletes the nonces that can no longer be presented.
 SWEEP_ONE_IN = 100
+# The most nonces one sweep deletes (a hundred deliveries make a few hundred at most).
+SWEEP_BATCH = 10_000
 
 
 def nonce_table(metadata: MetaData) -> Table:
@@ -39,7 +51,10 @@ class NonceStore:
             .on_conflict_do_nothing(index_elements=["nonce"])
             .returning(table.c.nonce)
         )
-        self._sweep = delete(table).where(table.c.expires_at < func.now())
+        # At most SWEEP_BATCH rows a sweep: a backlog goes in bounded steps, each well inside
+        # the statement timeout, instead of one DELETE that may time out every time.
+        expired = select(table.c.nonce).where(table.c.expires_at < func.now()).limit(SWEEP_BATCH)
+        self._sweep = delete(table).where(table.c.nonce.in_(expired.scalar_subquery()))
 
     def remembering(self, nonce: str) -> Call:
         """The INSERT of :meth:`remember` as a statement of another transaction (its one row
