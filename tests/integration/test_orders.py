@@ -8,12 +8,13 @@ import itertools
 import json
 import re
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+import psycopg
 import pytest
 from sqlalchemy import bindparam, select, text
 from sqlalchemy.dialects import postgresql
@@ -657,12 +658,7 @@ async def test_pay_again_and_a_recheck_finding_the_same_payment_do_not_deadlock(
     checkout_id = checkout_id_of(clean_db, order_id)
     sandbox.pay(checkout_id)  # no webhook arrives
     browser = await signed_in(orders)
-    with admin_connect(clean_db, "orders") as holder:
-        holder.execute("BEGIN")
-        holder.execute(
-            "SELECT 1 FROM orders.payment_attempts WHERE sumup_checkout_id = %s FOR UPDATE",
-            (checkout_id,),
-        )
+    with holding_attempt(clean_db, checkout_id) as holder:
         recheck = asyncio.create_task(browser.post(f"/order/{order_id}/recheck/", headers=JSON))
         assert await eventually(lambda: lock_waiters(clean_db, "orders") == 1)
         again = asyncio.create_task(browser.post(f"/order/{order_id}/pay/", headers=JSON))
@@ -765,12 +761,7 @@ async def test_a_request_the_database_rolls_back_for_a_deadlock_is_a_503_to_try_
     checkout_id = checkout_id_of(clean_db, order_id)
     sandbox.pay(checkout_id)
     browser = await signed_in(orders)
-    with admin_connect(clean_db, "orders") as holder:
-        holder.execute("BEGIN")
-        holder.execute(
-            "SELECT 1 FROM orders.payment_attempts WHERE sumup_checkout_id = %s FOR UPDATE",
-            (checkout_id,),
-        )
+    with holding_attempt(clean_db, checkout_id) as holder:
         recheck = asyncio.create_task(browser.post(f"/order/{order_id}/recheck/", headers=JSON))
         assert await eventually(lambda: lock_waiters(clean_db, "orders") == 1)
         # The recheck waited first, so its deadlock check runs first: it is the one undone.
@@ -799,12 +790,7 @@ async def test_the_return_page_undone_for_a_deadlock_still_checks_the_payment(
     checkout_id = checkout_id_of(clean_db, order_id)
     sandbox.pay(checkout_id)  # no webhook arrives
     browser = await signed_in(orders)
-    with admin_connect(clean_db, "orders") as holder:
-        holder.execute("BEGIN")
-        holder.execute(
-            "SELECT 1 FROM orders.payment_attempts WHERE sumup_checkout_id = %s FOR UPDATE",
-            (checkout_id,),
-        )
+    with holding_attempt(clean_db, checkout_id) as holder:
         returned = asyncio.create_task(browser.get(f"/checkout/return/{order_id}/", headers=HTML))
         assert await eventually(lambda: lock_waiters(clean_db, "orders") == 1)
         holder.execute("SELECT 1 FROM orders.orders WHERE id = %s FOR UPDATE", (order_id,))
@@ -836,12 +822,7 @@ async def test_the_recheck_button_undone_for_a_deadlock_still_checks_the_payment
     checkout_id = checkout_id_of(clean_db, order_id)
     sandbox.pay(checkout_id)  # no webhook arrives
     browser = await signed_in(orders)
-    with admin_connect(clean_db, "orders") as holder:
-        holder.execute("BEGIN")
-        holder.execute(
-            "SELECT 1 FROM orders.payment_attempts WHERE sumup_checkout_id = %s FOR UPDATE",
-            (checkout_id,),
-        )
+    with holding_attempt(clean_db, checkout_id) as holder:
         rechecked = asyncio.create_task(browser.post(f"/order/{order_id}/recheck/", headers=HTML))
         assert await eventually(lambda: lock_waiters(clean_db, "orders") == 1)
         holder.execute("SELECT 1 FROM orders.orders WHERE id = %s FOR UPDATE", (order_id,))
@@ -1144,23 +1125,10 @@ async def test_pay_again_keeps_what_sumup_said_when_blog_goes_after_the_key_read
     aged_attempts(clean_db, order_id)
     sandbox.fail(checkout_id)  # no webhook arrives
     browser = await signed_in(orders)
-    with (
-        admin_connect(clean_db, "orders") as holder,
-        admin_connect(clean_db, "blog") as blog_side,
-    ):
-        holder.execute("BEGIN")
-        holder.execute(
-            "SELECT 1 FROM orders.payment_attempts WHERE sumup_checkout_id = %s FOR UPDATE",
-            (checkout_id,),
-        )
+    with holding_attempt(clean_db, checkout_id) as holder:
         again = asyncio.create_task(browser.post(f"/order/{order_id}/pay/", headers=JSON))
         assert await eventually(lambda: lock_waiters(clean_db, "orders") == 1)
-        ended = blog_side.execute(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND application_name = 'postgres_fdw'"
-        ).fetchone()
-        assert ended is not None
-        assert ended[0] >= 1
+        assert end_blogs_fdw_sessions(clean_db) >= 1
         holder.execute("COMMIT")
         paying = await again
     assert paying.status_code == 200, paying.text
@@ -1203,16 +1171,10 @@ async def test_pay_again_of_an_order_whose_review_ends_meanwhile_reads_blog_firs
     browser = await signed_in(orders)
     with (
         admin_connect(clean_db, "orders") as reviewer,
-        admin_connect(clean_db, "orders") as holder,
-        admin_connect(clean_db, "blog") as blog_side,
+        holding_attempt(clean_db, checkout_id) as holder,
     ):
         reviewer.execute("BEGIN")
         reviewer.execute("SELECT 1 FROM orders.orders WHERE id = %s FOR UPDATE", (order_id,))
-        holder.execute("BEGIN")
-        holder.execute(
-            "SELECT 1 FROM orders.payment_attempts WHERE sumup_checkout_id = %s FOR UPDATE",
-            (checkout_id,),
-        )
         again = asyncio.create_task(browser.post(f"/order/{order_id}/pay/", headers=JSON))
         assert await eventually(lambda: lock_waiters(clean_db, "orders") == 1)
         reviewer.execute(
@@ -1221,10 +1183,7 @@ async def test_pay_again_of_an_order_whose_review_ends_meanwhile_reads_blog_firs
         )
         reviewer.execute("COMMIT")  # the review ends; pay again goes on to the attempt
         assert await eventually(lambda: waiting_on_attempts(clean_db) == 1)
-        blog_side.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND application_name = 'postgres_fdw'"
-        )
+        end_blogs_fdw_sessions(clean_db)
         holder.execute("COMMIT")
         paying = await again
     assert paying.status_code == 200, paying.text
@@ -1254,6 +1213,31 @@ async def test_pay_again_while_blog_is_down_asks_sumup_nothing(orders, clean_db,
     assert attempt_rows(clean_db, order_id) == [(1, "EXPIRED"), (2, "PENDING")]
 
 
+@contextmanager
+def holding_attempt(server, checkout_id: str) -> Iterator[psycopg.Connection]:
+    """A transaction of the test's holding the attempt of ``checkout_id`` (FOR UPDATE): what
+    waits to change it waits until the caller's COMMIT (or the end of the block)."""
+    with admin_connect(server, "orders") as holder:
+        holder.execute("BEGIN")
+        holder.execute(
+            "SELECT 1 FROM orders.payment_attempts WHERE sumup_checkout_id = %s FOR UPDATE",
+            (checkout_id,),
+        )
+        yield holder
+
+
+def end_blogs_fdw_sessions(server) -> int:
+    """Blog's database ends the sessions orders' postgres_fdw opened to it (as a restart
+    would): how many."""
+    with admin_connect(server, "blog") as blog:
+        row = blog.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND application_name = 'postgres_fdw'"
+        ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+
 def aged_attempts(server, order_id: int) -> None:
     """The order's attempts made long enough ago that pay again does not give the current one
     back as a double click's (FRESH_ATTEMPT)."""
@@ -1279,12 +1263,7 @@ async def test_pay_again_whose_new_checkout_sumup_fails_keeps_the_old_one_closed
     checkout_id = checkout_id_of(clean_db, order_id)
     aged_attempts(clean_db, order_id)
     browser = await signed_in(orders)
-    with admin_connect(clean_db, "orders") as holder:
-        holder.execute("BEGIN")
-        holder.execute(
-            "SELECT 1 FROM orders.payment_attempts WHERE sumup_checkout_id = %s FOR UPDATE",
-            (checkout_id,),
-        )
+    with holding_attempt(clean_db, checkout_id) as holder:
         again = asyncio.create_task(browser.post(f"/order/{order_id}/pay/", headers=JSON))
         assert await eventually(lambda: lock_waiters(clean_db, "orders") == 1)
         assert sandbox.checkout(checkout_id)["status"] == "EXPIRED"  # closed at SumUp
@@ -1320,12 +1299,7 @@ async def test_pay_again_applies_a_payment_it_finds_as_it_closes_the_old_checkou
     checkout_id = checkout_id_of(clean_db, order_id)
     sandbox.fail(checkout_id)
     browser = await signed_in(orders)
-    with admin_connect(clean_db, "orders") as holder:
-        holder.execute("BEGIN")
-        holder.execute(
-            "SELECT 1 FROM orders.payment_attempts WHERE sumup_checkout_id = %s FOR UPDATE",
-            (checkout_id,),
-        )
+    with holding_attempt(clean_db, checkout_id) as holder:
         again = asyncio.create_task(browser.post(f"/order/{order_id}/pay/", headers=JSON))
         assert await eventually(lambda: lock_waiters(clean_db, "orders") == 1)
         sandbox.pay(checkout_id)

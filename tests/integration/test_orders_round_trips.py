@@ -120,17 +120,32 @@ async def test_sumup_is_asked_for_the_checkout_while_the_order_is_placed(orders,
     assert created.json()["sumup_hosted_url"].endswith(checkout_id_of(clean_db, order_id))
 
 
-async def test_a_checkout_opened_for_an_order_placing_refused_is_closed(orders, clean_db, sandbox):
-    """The checkout SumUp made while the order was placed, for an order placing then refused
-    (its cart line is already paid for in another order): nobody got its URL, nothing of the
-    order is left, and the checkout is closed at SumUp, so it can take no money either."""
-    line = product_line(4, cart_line_ids=[501])
+async def paid_order(orders, clean_db, sandbox, line: dict[str, Any]) -> tuple[int, str]:
+    """An order of ``line`` made and paid (its webhook applied): its id and its checkout's."""
     first = await create(orders, order_payload(line), key="first")
     assert first.status_code == 200, first.text
     first_id = first.json()["order_id"]
     first_checkout = checkout_id_of(clean_db, first_id)
     sandbox.pay(first_checkout)
     assert (await webhook(orders, first_id, first_checkout)).status_code == 204
+    return first_id, first_checkout
+
+
+def signed_create(line: dict[str, Any], key: str) -> tuple[str, bytes, dict[str, str]]:
+    """create-order of ``line`` signed as cart signs it, with ``key``: path, body, headers."""
+    path = "/internal/actions/create-order"
+    body = json.dumps(order_payload(line)).encode()
+    headers = sign_headers(INTERNAL_SECRET, "POST", path, body, caller="tests", idempotency_key=key)
+    headers.update({"content-type": "application/json", "Idempotency-Key": key})
+    return path, body, headers
+
+
+async def test_a_checkout_opened_for_an_order_placing_refused_is_closed(orders, clean_db, sandbox):
+    """The checkout SumUp made while the order was placed, for an order placing then refused
+    (its cart line is already paid for in another order): nobody got its URL, nothing of the
+    order is left, and the checkout is closed at SumUp, so it can take no money either."""
+    line = product_line(4, cart_line_ids=[501])
+    first_id, first_checkout = await paid_order(orders, clean_db, sandbox, line)
 
     refused = await create(orders, order_payload(line), key="second")
     assert refused.status_code == 409, refused.text
@@ -155,12 +170,7 @@ async def test_an_order_placing_refused_answers_without_waiting_for_sumup(
     path takes milliseconds): the 409 arrives before SumUp answered the create."""
     caplog.set_level(logging.INFO, logger="sumup-sandbox")
     line = product_line(4, cart_line_ids=[502])
-    first = await create(orders, order_payload(line), key="first")
-    assert first.status_code == 200, first.text
-    first_id = first.json()["order_id"]
-    first_checkout = checkout_id_of(clean_db, first_id)
-    sandbox.pay(first_checkout)
-    assert (await webhook(orders, first_id, first_checkout)).status_code == 204
+    first_id, first_checkout = await paid_order(orders, clean_db, sandbox, line)
     caplog.clear()
     sandbox.controls(api_latency=2.5)
     try:
@@ -229,14 +239,8 @@ async def test_a_keyed_action_refused_in_its_transaction_still_uses_up_its_nonce
     """Its transaction rolled back with the nonce in it (these goods are already paid for): the
     nonce is recorded after the request, and the same signed request again is a replay."""
     line = product_line(6, cart_line_ids=[601])
-    first = await create(orders, order_payload(line), key="paid")
-    first_id = first.json()["order_id"]
-    sandbox.pay(checkout_id_of(clean_db, first_id))
-    assert (await webhook(orders, first_id, checkout_id_of(clean_db, first_id))).status_code == 204
-    path = "/internal/actions/create-order"
-    body = json.dumps(order_payload(line)).encode()
-    headers = sign_headers(INTERNAL_SECRET, "POST", path, body, caller="tests", idempotency_key="r")
-    headers.update({"content-type": "application/json", "Idempotency-Key": "r"})
+    await paid_order(orders, clean_db, sandbox, line)
+    path, body, headers = signed_create(line, "r")
     client = orders.client("orders")
     refused = await client.post(path, content=body, headers=headers)
     assert refused.status_code == 409, refused.text
@@ -289,14 +293,8 @@ async def test_a_nonce_whose_record_after_the_request_fails_once_is_still_used_u
     record after the request refused by PostgreSQL (the claim's INSERT, rolled back with the
     refused transaction, is the first): the same request again is a replay."""
     line = product_line(6, cart_line_ids=[602])
-    first = await create(orders, order_payload(line), key="paid")
-    first_id = first.json()["order_id"]
-    sandbox.pay(checkout_id_of(clean_db, first_id))
-    assert (await webhook(orders, first_id, checkout_id_of(clean_db, first_id))).status_code == 204
-    path = "/internal/actions/create-order"
-    body = json.dumps(order_payload(line)).encode()
-    headers = sign_headers(INTERNAL_SECRET, "POST", path, body, caller="tests", idempotency_key="f")
-    headers.update({"content-type": "application/json", "Idempotency-Key": "f"})
+    await paid_order(orders, clean_db, sandbox, line)
+    path, body, headers = signed_create(line, "f")
     client = orders.client("orders")
     with nonce_record_fails_once(clean_db, headers["X-Rose-Nonce"], failing_call=2):
         refused = await client.post(path, content=body, headers=headers)
