@@ -16,8 +16,10 @@ class BlogSettings:
     # removed) is kept for orders, whose orders made for that merchant may still be paid late
     # or owed a refund: SumUp's refunds window and a late payment's reconciliation fit well
     # within 90 days. Past it orders cannot read the key, and blog deletes it (when it starts,
-    # and at the next page config write): a kept secret is a liability.
+    # every ``retired_sumup_key_prune_seconds``, and at a page config write): a kept secret is
+    # a liability.
     retired_sumup_key_days: int = 90
+    retired_sumup_key_prune_seconds: float = 3600.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> BlogSettings:
@@ -30,4 +32,10 @@ class BlogSettings:
                 f"BLOG_RETIRED_SUMUP_KEY_DAYS must be at most {MAX_RETIRED_SUMUP_KEY_DAYS}, "
                 f"not {days}"
             )
-        return cls(retired_sumup_key_days=days)
+        prune_seconds = setting_number(
+            settings.extra,
+            "BLOG_RETIRED_SUMUP_KEY_PRUNE_SECONDS",
+            float,
+            defaults.retired_sumup_key_prune_seconds,
+        )
+        return cls(retired_sumup_key_days=days, retired_sumup_key_prune_seconds=prune_seconds)

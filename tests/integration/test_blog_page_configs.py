@@ -516,3 +516,54 @@ async def test_a_deleted_config_keeps_its_key_and_one_back_with_it_keeps_none(
             (config_id, farm_shop, "MONE111", "sup_sk_one_first"),
         )
         assert retired_keys(clean_db) == []
+
+
+async def test_blog_starts_while_its_database_is_unreachable(clean_db, credentials):
+    """Carried LOW-7: blog recorded its retired-key days and pruned as it started, in its
+    start-up hook, so it did not start at all while its database was unreachable (every
+    other service starts, its /readyz a 503 until the database answers). The first pass is
+    still tried at start-up; failing, it is retried in the background."""
+    unreachable = "postgresql://blog_app:x@127.0.0.1:1/db_blog"
+    overrides = {"blog": {"database_url": unreachable}}
+    async with in_process_stack(
+        clean_db, credentials, ["blog"], settings_overrides=overrides
+    ) as running:
+        ready = await running.client("blog").get("/readyz")
+    assert ready.status_code == 503
+    assert "database unreachable" in ready.json()["detail"]
+
+
+async def test_a_running_blog_deletes_retired_keys_past_their_days(
+    clean_db, credentials, farm_shop
+):
+    """Carried: a retired key past its days was deleted only when blog started or a config
+    was written (unreadable meanwhile, but a kept secret is a liability). A running blog now
+    prunes every BLOG_RETIRED_SUMUP_KEY_PRUNE_SECONDS (an hour by default; 0.2 s here)."""
+    overrides = {
+        "blog": {
+            "extra": {
+                "BLOG_RETIRED_SUMUP_KEY_DAYS": "30",
+                "BLOG_RETIRED_SUMUP_KEY_PRUNE_SECONDS": "0.2",
+            }
+        }
+    }
+    async with in_process_stack(
+        clean_db, credentials, ["blog"], settings_overrides=overrides
+    ) as stack:
+        for fields in (
+            {"sumup_merchant_code": "MONE111", "sumup_api_key": "sup_sk_one_first"},
+            {"sumup_merchant_code": "MTWO222", "sumup_api_key": "sup_sk_two_first"},
+        ):
+            answer = await internal_post(
+                stack.client("blog"), "update-page-config", page(farm_shop, **fields)
+            )
+            assert answer.status_code == 200, answer.text
+        with admin_connect(clean_db, "blog") as connection:
+            connection.execute(
+                "UPDATE blog.retired_sumup_keys SET retired_at = now() - interval '31 days'"
+            )
+        for _ in range(250):  # a hang guard, not a measure
+            if not retired_keys(clean_db):
+                break
+            await asyncio.sleep(0.02)
+        assert retired_keys(clean_db) == []

@@ -290,3 +290,18 @@ def test_a_retired_key_time_that_is_not_a_number_of_days_is_named(value):
     environment = {**COMPLETE, "BLOG_RETIRED_SUMUP_KEY_DAYS": value}
     with pytest.raises(ConfigError, match="BLOG_RETIRED_SUMUP_KEY_DAYS must be"):
         BlogSettings.from_settings(settings_for(CONTRACTS["blog"], environment))
+
+
+def test_retired_keys_are_pruned_hourly_unless_blog_says_otherwise():
+    default = BlogSettings.from_settings(settings_for(CONTRACTS["blog"], COMPLETE))
+    assert default.retired_sumup_key_prune_seconds == 3600.0
+    environment = {**COMPLETE, "BLOG_RETIRED_SUMUP_KEY_PRUNE_SECONDS": "60"}
+    own = BlogSettings.from_settings(settings_for(CONTRACTS["blog"], environment))
+    assert own.retired_sumup_key_prune_seconds == 60.0
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "often", "inf", "nan"])
+def test_a_prune_interval_that_is_not_a_positive_number_is_named(value):
+    environment = {**COMPLETE, "BLOG_RETIRED_SUMUP_KEY_PRUNE_SECONDS": value}
+    with pytest.raises(ConfigError, match="BLOG_RETIRED_SUMUP_KEY_PRUNE_SECONDS must be"):
+        BlogSettings.from_settings(settings_for(CONTRACTS["blog"], environment))
