@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 
 from litestar import Litestar
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from apps.blog import internal, public, service
@@ -35,15 +36,17 @@ def create_app(
         # retired keys then goes by this process's days); the next ones in the background.
         maker = platform_of(app).sessionmaker
         failures = FailureStreak(logger, "recording and pruning retired SumUp keys")
-        first = await _keep_retired_keys_once(maker, own, failures)
+        first = await _keep_retired_keys_once(maker, own, failures, within=FIRST_PASS_SECONDS)
         app.state.retired_keys = asyncio.create_task(
             _keep_retired_keys(maker, own, failures, first), name="blog-retired-keys"
         )
 
     async def stop(app: Litestar) -> None:
-        app.state.retired_keys.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await app.state.retired_keys
+        task = getattr(app.state, "retired_keys", None)  # none if start-up did not finish
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     return create_service_app(
         CONTRACT,
@@ -61,15 +64,25 @@ def create_app(
 # After a failed pass (the database unreachable, say), the next comes this soon: the days are
 # recorded soon after the database answers.
 RETRY_SECONDS = 5.0
+# The first pass, before blog serves, gives up after this long (a host that does not answer);
+# a pass waits this long at most for the days row another transaction holds.
+FIRST_PASS_SECONDS = 8.0
+LOCK_TIMEOUT = "2s"
 
 
 async def _keep_retired_keys_once(
-    maker: async_sessionmaker[AsyncSession], own: BlogSettings, failures: FailureStreak
+    maker: async_sessionmaker[AsyncSession],
+    own: BlogSettings,
+    failures: FailureStreak,
+    *,
+    within: float | None = None,
 ) -> float:
     """Record the retired keys' days (orders' read filters by them) and delete the keys past
-    them; how long until the next pass (sooner after a failure, logged once per streak)."""
+    them, giving up after ``within`` seconds (None: no bound but the lock's); how long until
+    the next pass (sooner after a failure, logged once per streak)."""
     try:
-        async with maker.begin() as session:
+        async with asyncio.timeout(within), maker.begin() as session:
+            await session.execute(text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
             await service.record_retired_key_days(session, own.retired_sumup_key_days)
             await service.prune_retired_keys(session, own.retired_sumup_key_days)
     except Exception as exc:

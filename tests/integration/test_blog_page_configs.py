@@ -567,3 +567,36 @@ async def test_a_running_blog_deletes_retired_keys_past_their_days(
                 break
             await asyncio.sleep(0.02)
         assert retired_keys(clean_db) == []
+
+
+async def test_blog_starts_while_its_retired_key_days_are_locked(clean_db, credentials):
+    """Review LOW-A: the first pass ran unbounded before blog served, so a transaction holding
+    the days row (a DBA's, another blog's) kept blog from serving for the role's statement
+    timeout (30 s). The first pass now gives up after a few seconds (the background retries);
+    once the row is free, the days are recorded."""
+    overrides = {"blog": {"extra": {"BLOG_RETIRED_SUMUP_KEY_DAYS": "45"}}}
+    with admin_connect(clean_db, "blog") as holder:
+        holder.execute(
+            "INSERT INTO blog.retired_sumup_key_days (one, days) VALUES (true, 90) "
+            "ON CONFLICT (one) DO UPDATE SET days = 90"
+        )
+        holder.execute("BEGIN")
+        holder.execute("SELECT 1 FROM blog.retired_sumup_key_days FOR UPDATE")
+        starting = in_process_stack(clean_db, credentials, ["blog"], settings_overrides=overrides)
+        # A hang guard, not a measure: well under the 30 s the first pass could wait before.
+        running = await asyncio.wait_for(starting.__aenter__(), timeout=20)
+        try:
+            ready = await running.client("blog").get("/readyz")
+            assert ready.status_code == 200
+            holder.execute("ROLLBACK")
+            for _ in range(500):  # the background's retry, within RETRY_SECONDS
+                with admin_connect(clean_db, "blog") as connection:
+                    days = connection.execute(
+                        "SELECT days FROM blog.retired_sumup_key_days"
+                    ).fetchone()
+                if days == (45,):
+                    break
+                await asyncio.sleep(0.02)
+            assert days == (45,)
+        finally:
+            await starting.__aexit__(None, None, None)
