@@ -3,6 +3,7 @@ the service's own database, so that the same signed action delivered twice has o
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass
 from datetime import timedelta
@@ -23,6 +24,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from apps.common.direct import Call, DirectStatement
 from apps.common.signing import MAX_CLOCK_SKEW_SECONDS, MAX_NONCE_LENGTH
+
+logger = logging.getLogger("rose.nonces")
 
 # A nonce can be presented while its timestamp is within the skew, on either side of now.
 KEEP = timedelta(seconds=2 * MAX_CLOCK_SKEW_SECONDS + 60)
@@ -53,7 +56,15 @@ class NonceStore:
         )
         # At most SWEEP_BATCH rows a sweep: a backlog goes in bounded steps, each well inside
         # the statement timeout, instead of one DELETE that may time out every time.
-        expired = select(table.c.nonce).where(table.c.expires_at < func.now()).limit(SWEEP_BATCH)
+        # Rows another sweep holds are skipped (it deletes them): two sweeps never wait on, or
+        # deadlock with, each other.
+        expired = (
+            select(table.c.nonce)
+            .where(table.c.expires_at < func.now())
+            .order_by(table.c.expires_at)
+            .limit(SWEEP_BATCH)
+            .with_for_update(skip_locked=True)
+        )
         self._sweep = delete(table).where(table.c.nonce.in_(expired.scalar_subquery()))
 
     def remembering(self, nonce: str) -> Call:
@@ -69,7 +80,12 @@ class NonceStore:
             connection = await connection.execution_options(isolation_level="AUTOCOMMIT")
             fresh = await self._remember.scalar(connection, {"presented": nonce})
             if random.randrange(SWEEP_ONE_IN) == 0:
-                await connection.execute(self._sweep)
+                # Before the action runs: its failure only costs this sweep (a later one
+                # deletes the same rows), never the action whose nonce is recorded.
+                try:
+                    await connection.execute(self._sweep)
+                except Exception:
+                    logger.warning("expired nonces were not swept", exc_info=True)
         return fresh is not None
 
     async def sweep_sometimes(self, engine: AsyncEngine) -> None:

@@ -226,6 +226,43 @@ async def test_keyed_actions_sweep_the_nonces_no_longer_presentable(stack, clean
     assert nonces == [(headers["X-Rose-Nonce"],)]  # its own recorded, the stale one gone
 
 
+async def test_a_failed_nonce_sweep_does_not_fail_the_action(stack, clean_db, monkeypatch):
+    """Review LOW-B: the sweep that one nonce recorded first (an action without a key) sends
+    ran before the action, and its failure (a lock conflict with another sweep, say) failed
+    the request after the nonce was recorded: the action never ran, its delivery used up.
+    Shown with orders' nonces refusing every DELETE: the action is answered as without it
+    (422, its body), and the failed sweep is only logged."""
+    monkeypatch.setattr("apps.common.nonces.SWEEP_ONE_IN", 1)
+    with admin_connect(clean_db, "orders") as connection:
+        connection.execute(
+            """
+            CREATE FUNCTION orders.test_refuse_sweeps() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN RAISE EXCEPTION 'injected: nonces cannot be deleted now'; END $$
+            """
+        )
+        connection.execute(
+            "CREATE TRIGGER test_refuse_sweeps BEFORE DELETE ON orders.request_nonces "
+            "FOR EACH ROW EXECUTE FUNCTION orders.test_refuse_sweeps()"
+        )
+        connection.execute(
+            "INSERT INTO orders.request_nonces (nonce, expires_at) "
+            "VALUES ('stale', now() - interval '1 day')"
+        )
+        connection.commit()
+    try:
+        path = "/internal/actions/create-order"
+        body = json.dumps({"product_total": "0"}).encode()
+        headers = sign_headers(INTERNAL_SECRET, "POST", path, body, caller="tests")
+        headers["content-type"] = "application/json"
+        answer = await stack.client("orders").post(path, content=body, headers=headers)
+        assert answer.status_code == 422, answer.text
+    finally:
+        with admin_connect(clean_db, "orders") as connection:
+            connection.execute("DROP TRIGGER test_refuse_sweeps ON orders.request_nonces")
+            connection.execute("DROP FUNCTION orders.test_refuse_sweeps()")
+            connection.commit()
+
+
 async def test_a_signed_action_that_fails_still_uses_up_its_nonce(stack, shop, clean_db):
     """A refused action's nonce is used up: recorded first for an action without a key, after
     the request for a keyed one whose transaction did not commit it (its claim would have
