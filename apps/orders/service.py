@@ -1556,10 +1556,10 @@ async def start_new_attempt(
         if admission is not None
         else None
     )
-    # Blog first, in its own transaction, for every order that may still be payable (flagged
-    # ones too: a review may end before the lock). No order becomes pending again, so one
-    # loaded otherwise is refused under the lock below, blog unread.
-    payable = order.status == "pending"
+    # Blog first, in its own transaction, for an order that may be payable as loaded. One
+    # loaded otherwise is refused under the lock below, blog unread (a flagged one as under
+    # review, even while blog is down); one whose review ended since is asked to reload.
+    payable = order.status == "pending" and not order.flagged
     found = await _read_accounts_for_pay_again(session, order) if payable else None
     locked = (
         await session.execute(
@@ -1590,7 +1590,7 @@ async def start_new_attempt(
         raise Conflict(
             f"The time to pay order {order.id} has passed; check out again from your cart"
         )
-    if not payable:  # cannot be: pending now, so pending when loaded
+    if not payable:  # its review ended since it was read: nothing asked of blog or SumUp
         raise Conflict(f"Order {order.id} changed while it was read; reload the order page")
     accounts = MerchantAccounts.as_read(payment_config_of(order), order.merchant_code, found)
     current, just_made = await _latest_attempt(session, order.id)

@@ -1138,27 +1138,14 @@ async def test_pay_again_keeps_what_sumup_said_when_blog_goes_after_the_key_read
     assert len(sandbox.checkouts()) == 2
 
 
-def waiting_on_attempts(server) -> int:
-    """Backends of db_orders waiting for a lock in a statement that changes an attempt."""
-    with admin_connect(server, "orders") as connection:
-        row = connection.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-            "AND wait_event_type = 'Lock' AND query ILIKE '%%UPDATE%%payment_attempts%%'"
-        ).fetchone()
-        assert row is not None
-        return int(row[0])
-
-
-async def test_pay_again_of_an_order_whose_review_ends_meanwhile_reads_blog_first_too(
+async def test_pay_again_of_an_order_whose_review_ends_meanwhile_asks_for_a_reload(
     orders, clean_db, sandbox
 ):
     """Review of cf1e0b2 (MEDIUM-1): an order flagged when pay again loaded it, its review
     ended (flag cleared) before pay again took its lock, was read from blog inside the locked
     transaction (a fallback), the one that then asks SumUp: blog's connection lost after that
-    read made its commit fail, and what SumUp said went with it. Every pending order's key is
-    now read first, in its own transaction, flagged or not. The test holds the order (as the
-    review ends) and then the attempt, so that pay again waits after SumUp's answer; blog's
-    FDW sessions end meanwhile."""
+    read made its commit fail, and what SumUp said went with it. Such a pay again now asks
+    for a reload (409) before blog or SumUp is asked anything; the next one pays."""
     order_id = (await create(orders)).json()["order_id"]
     checkout_id = checkout_id_of(clean_db, order_id)
     aged_attempts(clean_db, order_id)
@@ -1169,10 +1156,7 @@ async def test_pay_again_of_an_order_whose_review_ends_meanwhile_reads_blog_firs
             (order_id,),
         )
     browser = await signed_in(orders)
-    with (
-        admin_connect(clean_db, "orders") as reviewer,
-        holding_attempt(clean_db, checkout_id) as holder,
-    ):
+    with admin_connect(clean_db, "orders") as reviewer:
         reviewer.execute("BEGIN")
         reviewer.execute("SELECT 1 FROM orders.orders WHERE id = %s FOR UPDATE", (order_id,))
         again = asyncio.create_task(browser.post(f"/order/{order_id}/pay/", headers=JSON))
@@ -1181,14 +1165,34 @@ async def test_pay_again_of_an_order_whose_review_ends_meanwhile_reads_blog_firs
             "UPDATE orders.orders SET flagged = false, flag_reason = NULL WHERE id = %s",
             (order_id,),
         )
-        reviewer.execute("COMMIT")  # the review ends; pay again goes on to the attempt
-        assert await eventually(lambda: waiting_on_attempts(clean_db) == 1)
-        end_blogs_fdw_sessions(clean_db)
-        holder.execute("COMMIT")
-        paying = await again
+        reviewer.execute("COMMIT")  # the review ends
+        reload = await again
+    assert reload.status_code == 409, reload.text
+    assert "reload the order page" in reload.json()["detail"]
+    assert attempt_rows(clean_db, order_id) == [(1, "PENDING")]  # SumUp not asked
+    assert sandbox.checkout(checkout_id)["status"] == "FAILED"
+
+    paying = await browser.post(f"/order/{order_id}/pay/", headers=JSON)
     assert paying.status_code == 200, paying.text
     assert attempt_rows(clean_db, order_id) == [(1, "EXPIRED"), (2, "PENDING")]
-    assert sandbox.checkout(checkout_id)["status"] == "EXPIRED"
+
+
+async def test_pay_again_of_an_order_under_review_is_refused_so_while_blog_is_down(
+    orders, clean_db, sandbox
+):
+    """Review LOW-C: a flagged order's pay again (a stale page) is the 409 'under review',
+    blog unread: not a 503 naming blog while blog is down."""
+    order_id = (await create(orders)).json()["order_id"]
+    with admin_connect(clean_db, "orders") as connection:
+        connection.execute(
+            "UPDATE orders.orders SET flagged = true, flag_reason = 'amount differs' WHERE id = %s",
+            (order_id,),
+        )
+    browser = await signed_in(orders)
+    with provider_unreachable(clean_db, "orders", "blog_server"):
+        refused = await browser.post(f"/order/{order_id}/pay/", headers=JSON)
+    assert refused.status_code == 409, refused.text
+    assert "under review" in refused.json()["detail"]
 
 
 async def test_pay_again_while_blog_is_down_asks_sumup_nothing(orders, clean_db, sandbox):
