@@ -10,6 +10,7 @@ import pytest
 from litestar import Litestar, get
 from litestar.di import NamedDependency, Provide
 from litestar.testing import AsyncTestClient
+from litestar.types import Scope
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
@@ -34,8 +35,8 @@ async def engine(pg_server) -> AsyncIterator[AsyncEngine]:
 def app_on(engine: AsyncEngine) -> Litestar:
     maker = sessionmaker_for(engine)
 
-    def provide(scope: dict) -> AsyncSession:
-        return request_session(maker, scope)  # type: ignore[arg-type]
+    def provide(scope: Scope) -> AsyncSession:
+        return request_session(maker, scope)
 
     async def mark(session: AsyncSession, name: str) -> None:
         await session.execute(text("INSERT INTO request_session_marks VALUES (:n)"), {"n": name})

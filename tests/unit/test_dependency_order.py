@@ -39,7 +39,7 @@ def test_independent_dependencies_run_in_the_request_task_one_after_another() ->
         tasks["second"] = asyncio.current_task()
         return 2
 
-    @get("/", sync_to_thread=False)
+    @get("/")
     async def both(first: NamedDependency[int], second: NamedDependency[int]) -> dict[str, int]:
         tasks["handler"] = asyncio.current_task()
         return {"sum": first + second}
