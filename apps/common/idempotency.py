@@ -131,10 +131,7 @@ async def run_idempotent(
         # A second round only when another request took the key over first: its answer is new.
         for _ in range(3):
             if await _claim(session, statements, this_key, nonce):
-                result = await _run_and_store(session, statements, this_key, effect)
-                if nonce is not None:
-                    nonce.committed = True
-                return result
+                return await _run_and_store(session, statements, this_key, effect, nonce)
             stored = await statements.stored.first(session, this_key)
             assert stored is not None  # the conflict that refused the claim is this row
             if stored.request_hash != request_hash:
@@ -158,10 +155,7 @@ async def run_idempotent(
                 session, {**this_key, "key_stale": stored.response}
             )
             if taken:
-                result = await _run_and_store(session, statements, this_key, effect)
-                if nonce is not None:
-                    nonce.committed = True
-                return result
+                return await _run_and_store(session, statements, this_key, effect, nonce)
             await session.rollback()
         raise Conflict(f"Idempotency-Key {key!r} is in use by {action}; try again")
     except BaseException:
@@ -200,9 +194,12 @@ async def _run_and_store(
     statements: _KeyStatements,
     this_key: dict[str, Any],
     effect: Callable[[], Awaitable[Any]],
+    nonce: DeferredNonce | None,
 ) -> Any:
     result = msgspec.to_builtins(await effect())
     # The answer goes with the COMMIT (one round trip): the effect's own writes at commit too.
     await write_at_commit(session, statements.answer, {**this_key, "key_response": result})
     await session.commit()
+    if nonce is not None:
+        nonce.committed = True  # recorded with the claim, now committed
     return result

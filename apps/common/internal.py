@@ -127,7 +127,7 @@ def signature_middleware(
                         # Refused, rolled back or answered from the key: used up all the same.
                         await _remember_after(remember_nonce, nonce, path)
                     elif sweep_nonces is not None:
-                        await _sweep_after(sweep_nonces, path)
+                        await sweep_nonces()  # never raises: a failure is logged
                 return
             if not await remember_nonce(nonce):
                 await send_problem(send, 409, REPLAYED, path)
@@ -164,14 +164,6 @@ async def _remember_twice(remember_nonce: RememberNonce, nonce: str, path: str) 
                 logger.warning(
                     "%s: the nonce of a request that did not commit was not recorded", path
                 )
-
-
-async def _sweep_after(sweep_nonces: SweepNonces, path: str) -> None:
-    """After the answer went out: a failure is logged (a later sweep deletes the same rows)."""
-    try:
-        await sweep_nonces()
-    except Exception:
-        logger.warning("%s: expired nonces were not swept", path)
 
 
 def only_contract_routes_serve_internal_paths(app: ASGIApp) -> ASGIApp:

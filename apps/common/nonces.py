@@ -20,7 +20,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from apps.common.direct import Call, DirectStatement
 from apps.common.signing import MAX_CLOCK_SKEW_SECONDS, MAX_NONCE_LENGTH
@@ -80,23 +80,30 @@ class NonceStore:
             connection = await connection.execution_options(isolation_level="AUTOCOMMIT")
             fresh = await self._remember.scalar(connection, {"presented": nonce})
             if random.randrange(SWEEP_ONE_IN) == 0:
-                # Before the action runs: its failure only costs this sweep (a later one
-                # deletes the same rows), never the action whose nonce is recorded.
-                try:
-                    await connection.execute(self._sweep)
-                except Exception:
-                    logger.warning("expired nonces were not swept", exc_info=True)
+                await self._sweep_on(connection)  # before the action runs: never fails it
         return fresh is not None
 
     async def sweep_sometimes(self, engine: AsyncEngine) -> None:
         """After a nonce recorded in an action's own transaction (:class:`DeferredNonce`),
         which does not sweep: one call in SWEEP_ONE_IN deletes the nonces that can no longer
-        be presented, on a connection of its own (never holding the action's locks)."""
+        be presented, on a connection of its own (never holding the action's locks). Never
+        raises: a failure is logged."""
         if random.randrange(SWEEP_ONE_IN) != 0:
             return
-        async with engine.connect() as connection:
-            connection = await connection.execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            async with engine.connect() as connection:
+                connection = await connection.execution_options(isolation_level="AUTOCOMMIT")
+                await self._sweep_on(connection)
+        except Exception:
+            logger.warning("expired nonces were not swept", exc_info=True)
+
+    async def _sweep_on(self, connection: AsyncConnection) -> None:
+        """One sweep, in autocommit; a failure only costs this sweep (a later one deletes the
+        same rows), and is logged."""
+        try:
             await connection.execute(self._sweep)
+        except Exception:
+            logger.warning("expired nonces were not swept", exc_info=True)
 
 
 # Where the signature middleware leaves a deferred nonce for the action (the ASGI scope's state).

@@ -1636,9 +1636,8 @@ async def start_new_attempt(
             )
         account = _new_checkout_account(order, found)
         if current is not None and current.status in OPEN_ATTEMPT_STATES:
-            # Closed with the key the new checkout is made with (its merchant's own).
-            closing = MerchantAccounts({payment_config_of(order): account})
-            applied = await close_attempt(session, order, current, runtime.gateway, closing)
+            # With the same read: its merchant's current key, the one the new checkout uses.
+            applied = await close_attempt(session, order, current, runtime.gateway, accounts)
             if applied.order_status != "pending" or applied.flagged:
                 return None
         return await _new_attempt(
