@@ -267,9 +267,19 @@ def close_request_session(app: ASGIApp) -> ASGIApp:
             # one never used, or committed or rolled back, has nothing to close (closing it
             # still cost a greenlet switch of SQLAlchemy's async bridge: bench.edge_overhead).
             if session is not None and session.in_transaction():
-                await session.close()
+                await _close(session)
 
     return handle
+
+
+async def _close(session: AsyncSession) -> None:
+    try:
+        await session.close()
+    except Exception:
+        # The rollback failed: the server ended the session (a restart, a terminated backend),
+        # which rolled the transaction back itself, and SQLAlchemy has discarded the
+        # connection. The request's answer is already out; this is not the request's error.
+        logger.warning("could not end the request's transaction", exc_info=True)
 
 
 def set_for_the_transaction(setting: str, value: str) -> ColumnElement[str]:
