@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from click.testing import Result
+from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
 from apps.common.asgi import read_body, send_problem
@@ -227,3 +228,37 @@ async def test_an_outbox_not_migrated_is_one_clear_error(clean_db, hide, unhide)
         with admin_connect(clean_db, "orders") as connection:
             connection.execute(unhide)
             connection.commit()
+
+
+async def test_a_login_that_may_not_act_as_the_owner_is_one_clear_error(clean_db):
+    """The outbox is read and changed as its service's owner (SET LOCAL ROLE): a login that
+    may connect but is not a member of the owner role is told so in one line, naming the role,
+    and nothing is read or changed."""
+    login, password = "outbox_test_stranger", "stranger-password-1"
+    with admin_connect(clean_db) as admin:
+        admin.execute(f"CREATE ROLE {login} LOGIN PASSWORD '{password}'")
+        admin.execute(f"GRANT CONNECT ON DATABASE db_orders TO {login}")
+    url = make_url(clean_db.admin_url).set(username=login, password=password)
+    env = {
+        "ROSE_ADMIN_URL": url.render_as_string(hide_password=False),
+        "ROSE_ENV": "dev",
+        "COLUMNS": "200",
+    }
+    try:
+        for args in (["dead", "--service", "orders"], ["resend", "orders", "--all"]):
+            refused = await asyncio.to_thread(
+                CliRunner().invoke, rose_cli, ["outbox", *args], env=env
+            )
+            assert refused.exit_code == 1, (args, refused.output)
+            assert refused.exception is None or isinstance(refused.exception, SystemExit)
+            assert "orders's outbox is read and changed as orders_owner" in refused.stderr, (
+                args,
+                refused.stderr,
+            )
+            assert "permission denied" in refused.stderr, refused.stderr
+            assert "Traceback" not in refused.output
+            assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    finally:
+        with admin_connect(clean_db) as admin:
+            admin.execute(f"REVOKE CONNECT ON DATABASE db_orders FROM {login}")
+            admin.execute(f"DROP ROLE {login}")
