@@ -154,6 +154,32 @@ adopt_orders_for_user = Action(SERVICE, "adopt-orders-for-user", SignIn, Adopted
 order = Query(SERVICE, "order", OrderOf, dict[str, Any])
 
 
+class RefundGoingBack(msgspec.Struct):
+    """Money SumUp took for a checkout of an order whose review ended: it goes back."""
+
+    checkout_id: str
+    amount: str  # what SumUp took, in major units, as text (no float)
+    currency: str
+
+
+class ReviewEnded(msgspec.Struct):
+    """What ending a flagged order's review did (apps.orders.review): its status now, the
+    checkouts it closed at SumUp, the refunds it recorded (settled by orders next), and
+    whether the release of its bookings was queued."""
+
+    order_id: int
+    status: str
+    closed_checkouts: list[str]
+    refunds: list[RefundGoingBack]
+    releasing_bookings: bool
+
+
+# A person ended a flagged order's review (``rose orders end-review``): the order is settled
+# from what SumUp says now, as one that was never paid. Without a key: a second call finds no
+# review to end (409).
+end_review = Action(SERVICE, "end-review", OrderOf, ReviewEnded, keyed=False)
+
+
 class Attention(msgspec.Struct):
     """Orders a person must look at; ``degraded`` names the services whose part could not be
     read now (``["blog"]``: which orders' SumUp merchant has no key any more), so what orders
@@ -171,7 +197,7 @@ CONTRACT = Contract(
     SERVICE,
     dev_port=8010,
     public=True,
-    calls=[create_order, adopt_orders_for_user, order, attention, account_nav_item],
+    calls=[create_order, adopt_orders_for_user, order, attention, end_review, account_nav_item],
     on_sign_in=adopt_orders_for_user,
     nav=account_nav_item,
 )

@@ -1,5 +1,5 @@
-"""Internal routes of orders: actions create-order and adopt-orders-for-user; data order and
-attention; fragment account-nav-item."""
+"""Internal routes of orders: actions create-order, adopt-orders-for-user and end-review; data
+order and attention; fragment account-nav-item."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from apps.common.internal import action_route, data_route, deferred_nonce, fragm
 from apps.common.internal_client import IDEMPOTENCY_HEADER
 from apps.common.problems import InvalidInput, NotFound
 from apps.common.web import public_url
-from apps.orders import contract, service
-from apps.orders.contract import AdoptedOrders, CreatedOrder, CreateOrder
+from apps.orders import contract, review, service
+from apps.orders.contract import AdoptedOrders, CreatedOrder, CreateOrder, OrderOf
 from apps.orders.models import idempotency_keys
 from apps.orders.runtime import Runtime
 
@@ -100,6 +100,20 @@ async def attention(db_session: DbSession) -> contract.Attention:
     return await service.orders_needing_attention(db_session)
 
 
+@action_route(contract.end_review)
+async def end_review(
+    db_session: DbSession, runtime: Runtime, data: JSONBody[OrderOf]
+) -> contract.ReviewEnded:
+    """A person ended a flagged order's review (``rose orders end-review``): settled from what
+    SumUp says now (apps.orders.review); the money going back is asked for at once."""
+    ended = await review.end_review(db_session, data.order_id, runtime.gateway)
+    if ended.refunds:
+        runtime.jobs.settle_refunds_soon()
+    if ended.releasing_bookings:
+        runtime.relay.wake()
+    return ended
+
+
 @fragment_route(contract.account_nav_item)
 async def account_nav_item(
     db_session: DbSession,
@@ -115,4 +129,11 @@ async def account_nav_item(
     return f'<a class="account-nav-item" href="{href}">Orders ({total})</a>'
 
 
-handlers = [create_order, adopt_orders_for_user, order_data, attention, account_nav_item]
+handlers = [
+    create_order,
+    adopt_orders_for_user,
+    order_data,
+    attention,
+    end_review,
+    account_nav_item,
+]

@@ -532,6 +532,12 @@ def _lock_order() -> DirectStatement:
 
 
 _LOCK_ORDER = _lock_order()
+# An attempt's status as it is now (read after its order's row is locked).
+_ATTEMPT_STATUS = DirectStatement(
+    select(table_of(PaymentAttempt).c.status).where(
+        table_of(PaymentAttempt).c.id == bindparam("attempt_id")
+    )
+)
 
 
 async def apply_checkout(
@@ -544,6 +550,18 @@ async def apply_checkout(
             f"SumUp reports {remote.amount} {remote.currency} for checkout {remote.id}, "
             f"the order is {attempt.amount} {attempt.currency}"
         )
+        # The order's row first, as on every settling path, then the attempt as it is now:
+        # ``attempt`` was read before SumUp was asked, and one settled since (a review ended
+        # from what SumUp said, apps.orders.review) makes this report nothing new. Flagging
+        # an order whose review just ended left it flagged, its money going back, for ever.
+        locked, now = await run_together(
+            session,
+            (_LOCK_ORDER, {"order_id": order.id}),
+            (_ATTEMPT_STATUS, {"attempt_id": attempt.id}),
+        )
+        if not locked or not now or now[0].status not in OPEN_ATTEMPT_STATES:
+            status = locked[0].status if locked else order.status
+            return Applied(status, now[0].status if now else attempt.status)
         flagged = await session.scalar(
             update(Order)
             .where(Order.id == order.id, Order.flagged.is_(False))
@@ -651,9 +669,12 @@ async def record_refund(
     kind: str,
     reason: str,
     amount: Decimal | None = None,
+    currency: str | None = None,
 ) -> bool:
-    """Money that must go back, once per order, kind and attempt. False if already recorded."""
+    """Money that must go back, once per order, kind and attempt (the attempt's amount and
+    currency unless given: what SumUp took, when that differs). False if already recorded."""
     refunded = money(amount if amount is not None else attempt.amount)
+    currency = currency or attempt.currency
     if refunded <= 0:
         return False
     key = f"{kind}:{attempt.id}"
@@ -665,16 +686,14 @@ async def record_refund(
             reason_key=key,
             reason=reason,
             amount=refunded,
-            currency=attempt.currency,
+            currency=currency,
         )
         .on_conflict_do_nothing(index_elements=["order_id", "reason_key"])
         .returning(Refund.id)
     )
     created = result.first() is not None
     if created:
-        logger.warning(
-            "order %s: refund of %s %s due: %s", order.id, refunded, attempt.currency, reason
-        )
+        logger.warning("order %s: refund of %s %s due: %s", order.id, refunded, currency, reason)
     return created
 
 

@@ -1,5 +1,5 @@
-"""``rose data``, ``rose action`` and ``rose orders attention``: signed internal calls to the
-running services (ops.stack.calls), their answers printed."""
+"""``rose data``, ``rose action``, ``rose orders attention`` and ``rose orders end-review``:
+signed internal calls to the running services (ops.stack.calls), their answers printed."""
 
 from __future__ import annotations
 
@@ -125,12 +125,50 @@ def orders_attention(
         for row in attention_rows(rows):
             table.add_row(*row)
         console.print(table)
+        for line in attention_hints(rows):
+            console.print(line, markup=False)
     for line in unread_parts(answer["degraded"]):
         console.print(line, style="bold yellow")
     if not rows:
         console.print(
             "nothing else needs attention" if answer["degraded"] else "nothing needs attention"
         )
+
+
+@orders_app.command("end-review")
+def orders_end_review(
+    order_id: Annotated[int, typer.Argument(metavar="ORDER", min=1, help="The flagged order.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """End a flagged order's review, once you have looked at it (SumUp's dashboard, the
+    buyer). orders settles it from what SumUp says now, as an order that was never paid: its
+    open checkouts are closed, money SumUp took for it goes back (what SumUp took), and a
+    pending order expires (refund_due while money goes back), its goods free again. An order
+    that was paid is refused: settle it in SumUp's dashboard."""
+    known_service("orders")
+    answer = _call(
+        lambda client: client.call_action("orders", "end-review", {"order_id": order_id})
+    )
+    if as_json:
+        print(json.dumps(answer, indent=2))
+        return
+    for line in review_ended_lines(answer):
+        console.print(line, markup=False)
+
+
+def review_ended_lines(answer: dict[str, Any]) -> list[str]:
+    """What ``rose orders end-review`` prints of the action's answer."""
+    lines = [f"order {answer['order_id']}: review ended; it is {answer['status']} now"]
+    lines += [f"  closed at SumUp: checkout {checkout}" for checkout in answer["closed_checkouts"]]
+    lines += [
+        f"  going back: {refund['amount']} {refund['currency']} of checkout "
+        f"{refund['checkout_id']} (orders asks SumUp now; `rose orders attention` lists it until "
+        "it is done)"
+        for refund in answer["refunds"]
+    ]
+    if answer["releasing_bookings"]:
+        lines.append("  its bookings are being let go of at events")
+    return lines
 
 
 # What each service's part of the attention list is, for a person told it could not be read.
@@ -145,6 +183,17 @@ def unread_parts(degraded: list[str]) -> list[str]:
         f"{service} could not be read: not listed is "
         f"{ATTENTION_PARTS.get(service, 'what ' + service + ' adds')}; ask again once it answers"
         for service in degraded
+    ]
+
+
+def attention_hints(rows: list[dict[str, Any]]) -> list[str]:
+    """What a person can do about the listed orders that the table does not say."""
+    flagged = [str(row["order_id"]) for row in rows if row["flagged"]]
+    if not flagged:
+        return []
+    return [
+        f"flagged: {', '.join(flagged)}. Once you have looked at one (SumUp's dashboard, the "
+        "buyer), `rose orders end-review ORDER` settles it from what SumUp says now"
     ]
 
 

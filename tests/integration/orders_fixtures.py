@@ -156,6 +156,16 @@ def outbox_rows(server) -> list[tuple]:
         ).fetchall()
 
 
+def attempt_rows(server, order_id: int) -> list[tuple[int, str]]:
+    """(number, status) of each payment attempt of the order."""
+    with admin_connect(server, "orders") as connection:
+        return connection.execute(
+            "SELECT number, status FROM orders.payment_attempts WHERE order_id = %s "
+            "ORDER BY number",
+            (order_id,),
+        ).fetchall()
+
+
 def checkout_id_of(server, order_id: int, attempt: int = 1) -> str:
     with admin_connect(server, "orders") as connection:
         return connection.execute(

@@ -24,6 +24,7 @@ from tests.integration.commerce_fixtures import (
     sweep_ended_holds_now,
 )
 from tests.integration.orders_fixtures import Sandbox, checkout_id_of, orders_of, webhook
+from tests.signed import internal_post
 from tests.waiting import eventually
 
 HTML = {"accept": "text/html"}
@@ -434,3 +435,37 @@ async def test_an_expired_orders_bookings_are_free_as_soon_as_it_expires(
     assert (await other.post(f"/entries/{shop.entry_id}/book/")).status_code == 200
     said = (await cart.get("/api/cart")).json()["ended_holds"]
     assert [(hold["kind"], hold["id"]) for hold in said] == [("entry", shop.entry_id)]
+
+
+async def test_a_flagged_orders_bookings_are_let_go_of_once_its_review_ends(
+    stack, clean_db, shop, sandbox
+):
+    """A flagged order held its tour for ever (reconciliation passes flagged orders by). Its
+    review ended (`rose orders end-review`), it expires and lets go of the tour as an expiry
+    does (events' release-for-order): back in the buyer's cart while the cart's own hold runs,
+    no order's (audit s21b B1)."""
+    _cart, order_id = await order_with_a_booking(stack, shop, user_id=44)
+    with admin_connect(clean_db, "orders") as connection:
+        connection.execute(
+            "UPDATE orders.orders SET flagged = true, flag_reason = 'amount differs' WHERE id = %s",
+            (order_id,),
+        )
+    await stack.apps["orders"].state.reconciler.run_once()
+    assert hold_order_of(clean_db, shop.entry_id) == order_id  # flagged: held for the order
+    ended = await internal_post(stack.client("orders"), "end-review", {"order_id": order_id})
+    assert ended.status_code == 200, ended.text
+    assert (ended.json()["status"], ended.json()["releasing_bookings"]) == ("expired", True)
+    let_go = await eventually(lambda: hold_order_of(clean_db, shop.entry_id) is None)
+    assert let_go, booking_of(clean_db, shop.entry_id)
+    with admin_connect(clean_db, "events") as events:
+        given_back = events.execute(
+            "SELECT order_id FROM events.given_back_orders WHERE order_id = %s", (order_id,)
+        ).fetchall()
+    assert given_back == [(order_id,)]
+
+
+def hold_order_of(server, entry_id: int) -> int | None:
+    with admin_connect(server, "events") as events:
+        return events.execute(
+            "SELECT hold_order_id FROM events.calendar_entries WHERE id = %s", (entry_id,)
+        ).fetchone()[0]

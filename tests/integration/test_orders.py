@@ -52,6 +52,7 @@ from tests.integration.commerce_fixtures import (
 from tests.integration.orders_fixtures import (
     ORDERS_PUBLIC_URL,
     add_page_config,
+    attempt_rows,
     checkout_id_of,
     create,
     held_bookings,
@@ -1076,15 +1077,6 @@ async def test_pay_again_when_the_old_checkout_was_paid_meanwhile(orders, clean_
     assert response.status_code == 409
     assert order_rows(clean_db)[0][1] == "paid"
     assert len(sandbox.checkouts()) == 1
-
-
-def attempt_rows(server, order_id: int) -> list[tuple[int, str]]:
-    with admin_connect(server, "orders") as connection:
-        return connection.execute(
-            "SELECT number, status FROM orders.payment_attempts WHERE order_id = %s "
-            "ORDER BY number",
-            (order_id,),
-        ).fetchall()
 
 
 async def test_pay_again_without_the_merchants_key_keeps_what_sumup_said(

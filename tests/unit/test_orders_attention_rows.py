@@ -3,7 +3,7 @@ merchant having no key any more, with what to do."""
 
 from __future__ import annotations
 
-from ops.cli.calls import attention_rows, unread_parts
+from ops.cli.calls import attention_hints, attention_rows, unread_parts
 
 NOTE = (
     "order 4: its SumUp merchant M1 has no key in page config 2 any more; a payment may be "
@@ -52,3 +52,12 @@ def test_blog_not_read_is_said_with_what_is_missing() -> None:
         "(a payment may be waiting on SumUp); ask again once it answers"
     ]
     assert unread_parts([]) == []
+
+
+def test_flagged_orders_are_told_how_their_review_ends() -> None:
+    listed = [row(order_id=4, flagged=True, flag_reason="amount differs"), row(order_id=5)]
+    assert attention_hints(listed) == [
+        "flagged: 4. Once you have looked at one (SumUp's dashboard, the buyer), "
+        "`rose orders end-review ORDER` settles it from what SumUp says now"
+    ]
+    assert attention_hints([row(order_id=5)]) == []
