@@ -1,0 +1,101 @@
+"""An operator ends a flagged order's review with `rose`, against `rose up`'s real processes:
+orders and blog on the embedded PostgreSQL, the SumUp sandbox paying another amount and
+delivering its webhook over HTTP, `rose orders attention` and `rose orders end-review`."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ops.stack.pgserver import free_port
+from ops.stack.processes import SUMUP_SANDBOX_PORT
+from tests.e2e.conftest import rose_cli as rose
+from tests.e2e.conftest import rose_up
+
+PORT_OFFSET = 23000
+SANDBOX = f"http://127.0.0.1:{SUMUP_SANDBOX_PORT + PORT_OFFSET}"
+
+
+def until(condition: Callable[[], bool], timeout: float = 30) -> bool:
+    """A hang guard: polls until ``condition`` holds or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.3)
+    return condition()
+
+
+def words(text: str) -> str:
+    return " ".join(text.split())
+
+
+def attention(home: Path) -> list[dict]:
+    answer = json.loads(rose(home, "orders", "attention", "--json").stdout)
+    return answer["orders"]
+
+
+@pytest.mark.slow
+def test_an_operator_ends_a_flagged_orders_review_with_rose(tmp_path: Path) -> None:
+    home = tmp_path / "rose-home"
+    args = ["--fresh", "--pg-port", str(free_port()), "--port-offset", str(PORT_OFFSET)]
+    with rose_up(home, *args, "--only", "orders,blog", timeout=120):
+        line = {
+            "product_id": 1,
+            "product_title": "Jam",
+            "product_slug": "jam",
+            "product_regular_price": "10.00",
+            "product_price_currency": "EUR",
+            "quantity": 1,
+        }
+        payload = {
+            "cart_items": [line],
+            "product_total": "10.00",
+            "calendar_total": "0",
+            "ticket_total": "0",
+            "user_id": 1,
+            "session_id": "e2e-review",
+        }
+        created = json.loads(
+            rose(
+                home,
+                "action",
+                "orders",
+                "create-order",
+                json.dumps(payload),
+                "--idempotency-key",
+                "e2e-review-1",
+            ).stdout
+        )
+        order_id = created["order_id"]
+        [checkout] = [
+            c
+            for c in httpx.get(f"{SANDBOX}/_sandbox/checkouts").json()
+            if c["checkout_reference"] == created["sumup_reference"]
+        ]
+        # The buyer's payment reaches SumUp as another amount; SumUp's webhook tells orders.
+        paid = httpx.post(
+            f"{SANDBOX}/_sandbox/checkouts/{checkout['id']}/pay", json={"amount_override": 1.00}
+        )
+        paid.raise_for_status()
+        assert until(lambda: [o["order_id"] for o in attention(home) if o["flagged"]] == [order_id])
+        # (Words, not lines: the console wraps them to the terminal's width.)
+        listed = words(rose(home, "orders", "attention").stdout)
+        assert "rose orders end-review ORDER" in listed
+
+        ended = words(rose(home, "orders", "end-review", str(order_id)).stdout)
+        assert f"order {order_id}: review ended; it is refund_due now" in ended
+        assert f"going back: 1.00 EUR of checkout {checkout['id']}" in ended
+        # The refund is asked for at once: the order is refunded and needs nobody any more.
+        assert until(lambda: attention(home) == [])
+        order = json.loads(rose(home, "data", "orders", "order", f"order_id={order_id}").stdout)
+        assert (order["status"], order["flagged"]) == ("refunded", False)
+
+        again = rose(home, "orders", "end-review", str(order_id), check=False)
+        assert again.returncode == 1
+        assert "not under review" in again.stderr
