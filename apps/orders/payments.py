@@ -68,6 +68,8 @@ class RemoteCheckout:
     transaction_code: str | None
     # SumUp's id of the successful transaction (what a refund names), once paid.
     transaction_id: str | None = None
+    # The transaction that took the money, also once refunded since (in part or in full).
+    paid_transaction_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,16 @@ def _successful_transaction_id(checkout: object) -> str | None:
     return None
 
 
+def _paid_transaction_id(checkout: object) -> str | None:
+    """The checkout's transaction that took the money, refunded since (in part or in full:
+    SumUp's REFUNDED) included."""
+    for transaction in getattr(checkout, "transactions", None) or ():
+        status = getattr(transaction, "status", None)
+        if str(getattr(status, "value", status)) in ("SUCCESSFUL", "REFUNDED") and transaction.id:
+            return str(transaction.id)
+    return None
+
+
 def _remote(checkout: Any) -> RemoteCheckout:
     """Any of the SDK's checkout models (create, get and list answer with different classes that
     share these fields but no base class, hence ``Any``)."""
@@ -102,6 +114,7 @@ def _remote(checkout: Any) -> RemoteCheckout:
         hosted_url=getattr(checkout, "hosted_checkout_url", None),
         transaction_code=getattr(checkout, "transaction_code", None),
         transaction_id=_successful_transaction_id(checkout),
+        paid_transaction_id=_paid_transaction_id(checkout),
     )
 
 

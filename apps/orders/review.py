@@ -47,6 +47,7 @@ from apps.orders.settlement import (
     enqueue_release_of_bookings,
     money,
     record_refund,
+    refund_recorded_for,
 )
 
 logger = logging.getLogger("rose.orders")
@@ -82,13 +83,13 @@ async def end_review(session: AsyncSession, order_id: int, gateway: SumUpGateway
     paid = False
     for attempt in attempts:
         assert account is not None
-        was_open = attempt.status in OPEN_ATTEMPT_STATES
-        remote = await _what_sumup_says(gateway, account, attempt)
+        remote, closing = await _what_sumup_says(gateway, account, attempt)
         if remote is None:
-            attempt.status = "EXPIRED"  # SumUp does not know it (an open one: asked above)
+            # SumUp does not know it: EXPIRED, as close_attempt records such a checkout.
+            attempt.status = "EXPIRED"
             attempt.updated_at = func.now()
             continue
-        if was_open and remote.status != "PAID":
+        if closing and remote.status != "PAID":
             closed.append(attempt.sumup_checkout_id)
         attempt.status = remote.status
         attempt.transaction_code = remote.transaction_code or attempt.transaction_code
@@ -98,12 +99,15 @@ async def end_review(session: AsyncSession, order_id: int, gateway: SumUpGateway
         if remote.status != "PAID":
             continue
         paid = True
-        if await _money_already_going_back(session, attempt):
+        if await refund_recorded_for(session, attempt.id):
             continue
+        owed = await _still_taken(gateway, account, attempt, remote)
+        if owed is None:
+            continue  # all of it given back already (a person, in SumUp's dashboard)
         reason = (
             f"order {order.id}'s review ended: SumUp took {remote.amount} {remote.currency} "
             f"for checkout {remote.id} (the order is {order.total} {order.currency}); "
-            "it goes back"
+            f"{owed} {remote.currency} of it goes back"
         )
         await session.flush()  # the attempt's row as SumUp says before its refund names it
         if await record_refund(
@@ -112,15 +116,11 @@ async def end_review(session: AsyncSession, order_id: int, gateway: SumUpGateway
             attempt,
             REVIEW,
             reason,
-            amount=money(Decimal(remote.amount)),
+            amount=owed,
             currency=remote.currency,
         ):
             refunds.append(
-                RefundGoingBack(
-                    checkout_id=remote.id,
-                    amount=str(money(Decimal(remote.amount))),
-                    currency=remote.currency,
-                )
+                RefundGoingBack(checkout_id=remote.id, amount=str(owed), currency=remote.currency)
             )
     was_pending = order.status == "pending"
     if paid:
@@ -174,57 +174,101 @@ async def _accounts_of(session: AsyncSession, order_id: int) -> MerchantAccounts
     return accounts
 
 
+async def _still_taken(
+    gateway: SumUpGateway, account: MerchantAccount, attempt: PaymentAttempt, remote: RemoteCheckout
+) -> Decimal | None:
+    """What SumUp took for ``remote`` (paid), None when all of it was given back already. A
+    person looking at the order may have refunded it in SumUp's dashboard: all of it is
+    nothing owed; part of it is a 409 (orders asks for all of a payment or none: a refund of
+    the rest recorded here could not tell, were its answer lost, what SumUp gave back
+    before it from what it gave back for it). Nothing is written either way."""
+    transaction_id = remote.paid_transaction_id or attempt.transaction_id
+    if transaction_id is None:
+        raise Conflict(
+            f"SumUp reports checkout {remote.id} of order {attempt.order_id} paid without a "
+            "transaction orders can give back: look at it in SumUp's dashboard; nothing was "
+            "changed",
+            order_id=attempt.order_id,
+        )
+    taken = money(Decimal(remote.amount))
+    given_back = await gateway.refunded_amount(account, transaction_id)
+    if given_back >= taken:
+        return None
+    if given_back > 0:
+        raise Conflict(
+            f"SumUp gave back {given_back} of the {taken} {remote.currency} it took for "
+            f"checkout {remote.id} of order {attempt.order_id} already: give back the rest "
+            f"({money(taken - given_back)}) in SumUp's dashboard too, then end the review "
+            "again; nothing was changed",
+            order_id=attempt.order_id,
+        )
+    return taken
+
+
 def _check_under_review(order: Order | None, order_id: int) -> None:
     if order is None:
         raise NotFound(f"Order {order_id} does not exist")
     if not order.flagged:
+        if order.flag_reason:
+            raise Conflict(
+                f"Order {order_id} is not under review: its review ended already; it is "
+                f"{order.status}",
+                order_id=order_id,
+            )
         raise Conflict(f"Order {order_id} is not under review: there is no review to end")
     if order.status not in NEVER_PAID:
         raise Conflict(
             f"Order {order_id} is {order.status}: ending a review settles an order that was "
             "never paid. What this one holds was honoured or is going back already: look at "
-            "its checkouts in SumUp's dashboard",
+            "its checkouts in SumUp's dashboard (orders has no command to clear its flag)",
             order_id=order_id,
         )
 
 
 async def _what_sumup_says(
     gateway: SumUpGateway, account: MerchantAccount, attempt: PaymentAttempt
-) -> RemoteCheckout | None:
-    """The attempt's checkout as SumUp has it now, closed first if it was open (so that it can
-    take no more money); None when SumUp does not know an open one. Raises (nothing is
-    written) when SumUp cannot answer, or when it does not know a checkout we hold settled."""
+) -> tuple[RemoteCheckout | None, bool]:
+    """The attempt's checkout as SumUp has it now, and whether it was closed here: closed first
+    if it is open (by orders or at
+    SumUp: so that it can take no more money); None when SumUp does not know one orders does
+    not hold paid (its attempt is EXPIRED: ``close_attempt`` records a checkout SumUp does not
+    know so). Raises (nothing is written) when SumUp cannot answer or keeps it open, and for a
+    checkout orders holds paid that SumUp does not know or reports otherwise (never undone)."""
     checkout_id = attempt.sumup_checkout_id
+    held_paid = attempt.status == "PAID"
     try:
+        remote = None
         if attempt.status not in OPEN_ATTEMPT_STATES:
-            return await gateway.get_checkout(account, checkout_id)
+            remote = await gateway.get_checkout(account, checkout_id)
+            if held_paid and remote.status != "PAID":
+                raise Conflict(
+                    f"SumUp reports checkout {checkout_id} of order {attempt.order_id} "
+                    f"{remote.status}, which orders holds PAID: look at it in SumUp's "
+                    "dashboard; nothing was changed",
+                    order_id=attempt.order_id,
+                )
+            if remote.status not in OPEN_ATTEMPT_STATES:
+                return remote, False
         try:
             remote = await gateway.deactivate_checkout(account, checkout_id)
         except (PaymentProviderUnavailable, PaymentProviderError):
             remote = await gateway.get_checkout(account, checkout_id)
             if remote.status in OPEN_ATTEMPT_STATES:
                 raise
-            return remote
-        if remote.status in OPEN_ATTEMPT_STATES:
-            # Every attempt leaves the review settled (PAID or EXPIRED, final at SumUp): the
-            # webhook and the return page then never read it again, so nothing flags the
-            # order once more.
-            raise PaymentProviderUnavailable(
-                f"checkout {checkout_id} is still {remote.status} at SumUp after closing it"
-            )
-        return remote
+            return remote, False
     except CheckoutNotFound:
-        if attempt.status in OPEN_ATTEMPT_STATES:
-            return None
+        if not held_paid:
+            return None, False
         raise Conflict(
             f"SumUp does not know checkout {checkout_id} of order {attempt.order_id}, which "
-            f"orders holds {attempt.status}: look at it in SumUp's dashboard; nothing was "
-            "changed",
+            "orders holds PAID: look at it in SumUp's dashboard; nothing was changed",
             order_id=attempt.order_id,
         ) from None
-
-
-async def _money_already_going_back(session: AsyncSession, attempt: PaymentAttempt) -> bool:
-    """A refund of this attempt is recorded already (of any kind): its money goes back once."""
-    found = await session.scalar(select(Refund.id).where(Refund.attempt_id == attempt.id).limit(1))
-    return found is not None
+    if remote.status in OPEN_ATTEMPT_STATES:
+        # Every attempt leaves the review settled (PAID or EXPIRED, final at SumUp): the
+        # webhook and the return page then never read it again, so nothing flags the
+        # order once more.
+        raise PaymentProviderUnavailable(
+            f"checkout {checkout_id} is still {remote.status} at SumUp after closing it"
+        )
+    return remote, True

@@ -552,16 +552,21 @@ async def apply_checkout(
         )
         # The order's row first, as on every settling path, then the attempt as it is now:
         # ``attempt`` was read before SumUp was asked, and one settled since (a review ended
-        # from what SumUp said, apps.orders.review) makes this report nothing new. Flagging
+        # from what SumUp said, apps.orders.review) makes this report nothing new: flagging
         # an order whose review just ended left it flagged, its money going back, for ever.
+        # Money reported for an attempt settled unpaid since (EXPIRED) is news: flagged.
         locked, now = await run_together(
             session,
             (_LOCK_ORDER, {"order_id": order.id}),
             (_ATTEMPT_STATUS, {"attempt_id": attempt.id}),
         )
-        if not locked or not now or now[0].status not in OPEN_ATTEMPT_STATES:
-            status = locked[0].status if locked else order.status
-            return Applied(status, now[0].status if now else attempt.status)
+        settled_since = now[0].status if now else None
+        if (
+            locked
+            and settled_since not in (None, *OPEN_ATTEMPT_STATES)
+            and (remote.status != "PAID" or settled_since == "PAID")
+        ):
+            return Applied(locked[0].status, settled_since)
         flagged = await session.scalar(
             update(Order)
             .where(Order.id == order.id, Order.flagged.is_(False))
@@ -570,7 +575,7 @@ async def apply_checkout(
         )
         if flagged is not None:
             logger.warning("order %s flagged: %s", order.id, reason)
-        return Applied(order.status, attempt.status, flagged=True)
+        return Applied(locked[0].status if locked else order.status, attempt.status, flagged=True)
 
     # The order's row first, then the attempt's, then a refund's, on every path (audit s21 F4):
     # pay again and the expiry lock the order before they settle its attempt, so a report
@@ -624,6 +629,13 @@ async def apply_checkout(
     if current.status in (*CLOSED_UNPAID_STATES, "refund_due", "refunded"):
         # Money for an order that will not be honoured (a tab left open on a superseded order,
         # a payment after the order expired): it goes back.
+        if not settled and await _ATTEMPT_STATUS.scalar(session, {"attempt_id": attempt.id}) == (
+            "PAID"
+        ):
+            # Settled paid by another path since this report read it (a review that ended,
+            # apps.orders.review, having given its money back or found it given back): that
+            # path saw to its money; a refund here would ask for it twice.
+            return Applied(current.status, "PAID")
         reason = _late_reason(current)
         if not await record_refund(session, order, attempt, LATE_PAYMENT, reason):
             return Applied(current.status, "PAID")  # this payment's refund is already known
@@ -660,6 +672,12 @@ async def _is_the_paid_attempt(
         )
     )
     return first_paid == attempt.number
+
+
+async def refund_recorded_for(session: AsyncSession, attempt_id: int) -> bool:
+    """A refund of this attempt is recorded (of any kind): its money goes back once."""
+    found = await session.scalar(select(Refund.id).where(Refund.attempt_id == attempt_id).limit(1))
+    return found is not None
 
 
 async def record_refund(

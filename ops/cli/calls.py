@@ -135,6 +135,9 @@ def orders_attention(
         )
 
 
+END_REVIEW_TIMEOUT = 300.0
+
+
 @orders_app.command("end-review")
 def orders_end_review(
     order_id: Annotated[int, typer.Argument(metavar="ORDER", min=1, help="The flagged order.")],
@@ -146,8 +149,15 @@ def orders_end_review(
     pending order expires (refund_due while money goes back), its goods free again. An order
     that was paid is refused: settle it in SumUp's dashboard."""
     known_service("orders")
+    # Its SumUp calls run one after another, a few per checkout (each bounded by orders'
+    # SumUp timeout): far longer than a data call may take.
     answer = _call(
-        lambda client: client.call_action("orders", "end-review", {"order_id": order_id})
+        lambda client: client.call_action(
+            "orders",
+            "end-review",
+            {"order_id": order_id},
+            timeout=END_REVIEW_TIMEOUT,
+        )
     )
     if as_json:
         print(json.dumps(answer, indent=2))

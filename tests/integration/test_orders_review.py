@@ -10,6 +10,7 @@ from decimal import Decimal
 
 import pytest
 
+from apps.sumup_sandbox.app import DEFAULT_API_KEY, DEFAULT_MERCHANT_CODE
 from ops.cli.calls import review_ended_lines
 from tests.conftest import admin_connect, lock_waiters
 from tests.integration.orders_fixtures import (
@@ -17,7 +18,9 @@ from tests.integration.orders_fixtures import (
     attempt_rows,
     checkout_id_of,
     create,
+    order_payload,
     orders_stack,
+    product_line,
     webhook,
 )
 from tests.signed import internal_get, internal_post
@@ -221,3 +224,139 @@ async def test_a_report_read_before_the_review_ended_does_not_flag_the_order_aga
     sandbox.controls(api_latency=0.0)
     assert await eventually(lambda: order_state(clean_db, order_id)[:2] == ("refunded", False))
     assert refunds(clean_db) == [(order_id, True, Decimal("1.00"), "EUR", "done")]
+
+
+async def test_a_payment_refunded_meanwhile_goes_back_once(orders, clean_db, sandbox):
+    """Review finding 1: a flagged order's checkout SumUp took the order's amount for, its
+    webhook reading the attempt open while the review ended. The review records the refund;
+    the report, applied once the review committed, found an order being refunded and
+    recorded a second one for the same payment (one done, one refused: refund_due for ever).
+    It goes back once."""
+    order_id = (await create(orders)).json()["order_id"]
+    checkout_id = checkout_id_of(clean_db, order_id)
+    flag(clean_db, order_id)
+    sandbox.pay(checkout_id)  # the order's own amount; its webhook comes below
+    with admin_connect(clean_db, "orders") as holder:
+        holder.execute("BEGIN")
+        holder.execute(
+            "INSERT INTO orders.refunds (order_id, attempt_id, reason_key, reason, amount, "
+            "currency) SELECT order_id, id, 'review:' || id, 'held by the test', 1, 'EUR' "
+            "FROM orders.payment_attempts WHERE order_id = %s",
+            (order_id,),
+        )
+        ending = asyncio.create_task(end_review(orders, order_id))
+        assert await eventually(lambda: lock_waiters(clean_db, "orders") == 1)
+        sandbox.controls(api_latency=1.0)
+        reported = asyncio.create_task(webhook(orders, order_id, checkout_id))
+        await asyncio.sleep(0.3)  # the webhook has read the attempt, and waits on SumUp
+        holder.execute("ROLLBACK")
+        ended = await ending
+    assert ended.status_code == 200, ended.text
+    assert (await reported).status_code == 204
+    sandbox.controls(api_latency=0.0)
+    assert await eventually(lambda: order_state(clean_db, order_id)[:2] == ("refunded", False))
+    assert refunds(clean_db) == [(order_id, True, Decimal("10.00"), "EUR", "done")]
+
+
+async def test_what_sumup_gave_back_already_is_not_asked_for_again(orders, clean_db, sandbox):
+    """Review finding 3: the person looking at the order refunded it in SumUp's dashboard. A
+    refund of everything again would be refused and stay failed, the order refund_due for
+    ever. Part of it given back: a 409 naming the rest to give back there, nothing changed
+    (orders asks for all of a payment or none); all of it: the order is refunded, nothing
+    asked of SumUp."""
+    order_id = (await create(orders)).json()["order_id"]
+    checkout_id = checkout_id_of(clean_db, order_id)
+    sandbox.pay(checkout_id, amount_override=1.00)
+    assert (await webhook(orders, order_id, checkout_id)).status_code == 204
+    transaction = sandbox.checkout(checkout_id)["transaction_id"]
+
+    def dashboard_refund(amount: str) -> None:
+        given = sandbox.client.post(
+            f"/v1.0/merchants/{DEFAULT_MERCHANT_CODE}/payments/{transaction}/refunds",
+            json={"amount": float(amount)},
+            headers={"Authorization": f"Bearer {DEFAULT_API_KEY}"},
+        )
+        assert given.status_code == 201, given.text
+
+    dashboard_refund("0.40")
+    partly = await end_review(orders, order_id)
+    assert partly.status_code == 409, partly.text
+    assert "give back the rest (0.60) in SumUp's dashboard" in partly.json()["detail"]
+    assert order_state(clean_db, order_id)[:2] == ("pending", True)
+    assert attempt_rows(clean_db, order_id) == [(1, "PENDING")]
+    assert refunds(clean_db) == []
+
+    dashboard_refund("0.60")
+    ended = await end_review(orders, order_id)
+    assert ended.status_code == 200, ended.text
+    assert (ended.json()["status"], ended.json()["refunds"]) == ("refunded", [])
+    assert order_state(clean_db, order_id)[:2] == ("refunded", False)
+    assert attempt_rows(clean_db, order_id) == [(1, "PAID")]
+    assert refunds(clean_db) == []
+    events = sandbox.transaction(transaction)["events"]
+    assert sum(Decimal(str(e["amount"])) for e in events if e["type"] == "REFUND") == Decimal("1")
+    # SumUp delivers its event again: the payment was seen to; no refund is asked for.
+    assert (await webhook(orders, order_id, checkout_id)).status_code == 204
+    assert refunds(clean_db) == []
+    assert order_state(clean_db, order_id)[:2] == ("refunded", False)
+
+
+_seeds = iter(range(100, 1000))
+
+
+def order_id_seed() -> int:
+    """A product no other order of the test has (each order its own goods)."""
+    return next(_seeds)
+
+
+async def test_attempts_sumup_does_not_know_or_reopened_are_settled_as_sumup_says(
+    orders, clean_db, sandbox
+):
+    """Review findings 2 and 4. An attempt orders holds EXPIRED because SumUp did not know its
+    checkout (close_attempt records it so) blocked the review for good (409 on every call);
+    it is EXPIRED and stays so. One orders holds EXPIRED that SumUp still has open is closed
+    there, not reopened here. One orders holds PAID that SumUp reports otherwise is a 409,
+    nothing changed."""
+    unknown = (await create(orders, order_payload(product_line(order_id_seed())))).json()
+    reopened = (await create(orders, order_payload(product_line(order_id_seed())))).json()
+    held_paid = (await create(orders, order_payload(product_line(order_id_seed())))).json()
+    with admin_connect(clean_db, "orders") as connection:
+        connection.execute(
+            "UPDATE orders.payment_attempts SET status = 'EXPIRED', "
+            "sumup_checkout_id = 'not-at-sumup' WHERE order_id = %s",
+            (unknown["order_id"],),
+        )
+        connection.execute(
+            "UPDATE orders.payment_attempts SET status = 'EXPIRED' WHERE order_id = %s",
+            (reopened["order_id"],),
+        )
+        connection.execute(
+            "UPDATE orders.payment_attempts SET status = 'PAID' WHERE order_id = %s",
+            (held_paid["order_id"],),
+        )
+    for created in (unknown, reopened, held_paid):
+        flag(clean_db, created["order_id"])
+
+    first = await end_review(orders, unknown["order_id"])
+    assert first.status_code == 200, first.text
+    assert (first.json()["status"], first.json()["closed_checkouts"]) == ("expired", [])
+    assert attempt_rows(clean_db, unknown["order_id"]) == [(1, "EXPIRED")]
+
+    reopened_checkout = checkout_id_of(clean_db, reopened["order_id"])
+    second = await end_review(orders, reopened["order_id"])
+    assert second.status_code == 200, second.text
+    assert second.json()["closed_checkouts"] == [reopened_checkout]
+    assert sandbox.checkout(reopened_checkout)["status"] == "EXPIRED"
+    assert attempt_rows(clean_db, reopened["order_id"]) == [(1, "EXPIRED")]
+
+    paid_checkout = checkout_id_of(clean_db, held_paid["order_id"])
+    refused = await end_review(orders, held_paid["order_id"])
+    assert refused.status_code == 409
+    assert "which orders holds PAID" in refused.json()["detail"]
+    assert order_state(clean_db, held_paid["order_id"]) == ("pending", True, "amount differs")
+    assert attempt_rows(clean_db, held_paid["order_id"]) == [(1, "PAID")]
+    assert sandbox.checkout(paid_checkout)["status"] == "PENDING"
+
+    again = await end_review(orders, unknown["order_id"])
+    assert again.status_code == 409
+    assert "its review ended already; it is expired" in again.json()["detail"]
