@@ -8,9 +8,9 @@ the review, and the order is settled from what SumUp says now, as an order that 
 - its open checkouts are closed at SumUp, so that they can take no more money;
 - every checkout SumUp says is paid has its money given back, the amount and currency SumUp
   took (a refund, settled by the refunds' own machinery: asked once, read back when unknown);
-- a pending order becomes ``refund_due`` when money goes back, else ``expired``, and its
-  bookings are released; a superseded, expired or cancelled one keeps its status, or becomes
-  ``refund_due``;
+- a pending order becomes ``refund_due`` when money goes back (``refunded`` when SumUp gave it
+  all back already), else ``expired``, and its bookings are released; a superseded, expired or
+  cancelled one keeps its status, or becomes ``refund_due`` (``refunded``);
 - it is no longer flagged, its ``flag_reason`` kept (what was reviewed), and every one of its
   attempts is settled as SumUp has it (PAID or EXPIRED, final there): the webhook and the
   return page read a settled attempt no more, and a report read before the review committed
@@ -83,6 +83,10 @@ async def end_review(session: AsyncSession, order_id: int, gateway: SumUpGateway
     paid = False
     for attempt in attempts:
         assert account is not None
+        # What the attempt before this one learnt, written now: the transaction is never idle
+        # for longer than one checkout's calls to SumUp (the app role's sessions end after
+        # 60 s idle in a transaction, ops/db/provision.py), however many attempts it has.
+        await session.flush()
         remote, closing = await _what_sumup_says(gateway, account, attempt)
         if remote is None:
             # SumUp does not know it: EXPIRED, as close_attempt records such a checkout.
@@ -93,7 +97,9 @@ async def end_review(session: AsyncSession, order_id: int, gateway: SumUpGateway
             closed.append(attempt.sumup_checkout_id)
         attempt.status = remote.status
         attempt.transaction_code = remote.transaction_code or attempt.transaction_code
-        attempt.transaction_id = remote.transaction_id or attempt.transaction_id
+        attempt.transaction_id = (
+            remote.transaction_id or remote.paid_transaction_id or attempt.transaction_id
+        )
         attempt.checked_at = func.now()
         attempt.updated_at = func.now()
         if remote.status != "PAID":
@@ -187,7 +193,7 @@ async def _still_taken(
         raise Conflict(
             f"SumUp reports checkout {remote.id} of order {attempt.order_id} paid without a "
             "transaction orders can give back: look at it in SumUp's dashboard; nothing was "
-            "changed",
+            "changed in orders (checkouts closed at SumUp before stay closed)",
             order_id=attempt.order_id,
         )
     taken = money(Decimal(remote.amount))
@@ -199,7 +205,8 @@ async def _still_taken(
             f"SumUp gave back {given_back} of the {taken} {remote.currency} it took for "
             f"checkout {remote.id} of order {attempt.order_id} already: give back the rest "
             f"({money(taken - given_back)}) in SumUp's dashboard too, then end the review "
-            "again; nothing was changed",
+            "again; nothing was changed in orders (checkouts closed at SumUp before stay "
+            "closed)",
             order_id=attempt.order_id,
         )
     return taken
@@ -244,7 +251,8 @@ async def _what_sumup_says(
                 raise Conflict(
                     f"SumUp reports checkout {checkout_id} of order {attempt.order_id} "
                     f"{remote.status}, which orders holds PAID: look at it in SumUp's "
-                    "dashboard; nothing was changed",
+                    "dashboard; nothing was changed in orders (checkouts closed at SumUp "
+                    "before stay closed)",
                     order_id=attempt.order_id,
                 )
             if remote.status not in OPEN_ATTEMPT_STATES:
@@ -261,7 +269,8 @@ async def _what_sumup_says(
             return None, False
         raise Conflict(
             f"SumUp does not know checkout {checkout_id} of order {attempt.order_id}, which "
-            "orders holds PAID: look at it in SumUp's dashboard; nothing was changed",
+            "orders holds PAID: look at it in SumUp's dashboard; nothing was changed in orders "
+            "(checkouts closed at SumUp before stay closed)",
             order_id=attempt.order_id,
         ) from None
     if remote.status in OPEN_ATTEMPT_STATES:

@@ -1183,10 +1183,13 @@ async def _transaction_id(
     gateway: SumUpGateway, account: MerchantAccount, attempt: PaymentAttempt, session: AsyncSession
 ) -> str | None:
     remote = await gateway.get_checkout(account, attempt.sumup_checkout_id)
-    if remote.transaction_id:
-        attempt.transaction_id = remote.transaction_id
+    # Refunded in part since (a person, in SumUp's dashboard), it is REFUNDED, not SUCCESSFUL:
+    # still the transaction what goes back is asked of.
+    transaction_id = remote.transaction_id or remote.paid_transaction_id
+    if transaction_id:
+        attempt.transaction_id = transaction_id
         await session.flush()
-    return remote.transaction_id
+    return transaction_id
 
 
 async def _already_refunded(
