@@ -203,25 +203,7 @@ async def test_a_report_read_before_the_review_ended_does_not_flag_the_order_aga
     sandbox.pay(checkout_id, amount_override=1.00)
     assert (await webhook(orders, order_id, checkout_id)).status_code == 204
     assert order_state(clean_db, order_id)[:2] == ("pending", True)
-    with admin_connect(clean_db, "orders") as holder:
-        holder.execute("BEGIN")
-        holder.execute(
-            "INSERT INTO orders.refunds (order_id, attempt_id, reason_key, reason, amount, "
-            "currency) SELECT order_id, id, 'review:' || id, 'held by the test', 1, 'EUR' "
-            "FROM orders.payment_attempts WHERE order_id = %s",
-            (order_id,),
-        )
-        ending = asyncio.create_task(end_review(orders, order_id))
-        # The review asked SumUp, and waits to record its refund, the order's row held.
-        assert await eventually(lambda: lock_waiters(clean_db, "orders") == 1)
-        sandbox.controls(api_latency=1.0)
-        reported = asyncio.create_task(webhook(orders, order_id, checkout_id))
-        await asyncio.sleep(0.3)  # the webhook has read the attempt, and waits on SumUp
-        holder.execute("ROLLBACK")
-        ended = await ending
-    assert ended.status_code == 200, ended.text
-    assert (await reported).status_code == 204
-    sandbox.controls(api_latency=0.0)
+    await review_ends_while_a_report_waits_on_sumup(orders, clean_db, sandbox, order_id)
     assert await eventually(lambda: order_state(clean_db, order_id)[:2] == ("refunded", False))
     assert refunds(clean_db) == [(order_id, True, Decimal("1.00"), "EUR", "done")]
 
@@ -236,24 +218,7 @@ async def test_a_payment_refunded_meanwhile_goes_back_once(orders, clean_db, san
     checkout_id = checkout_id_of(clean_db, order_id)
     flag(clean_db, order_id)
     sandbox.pay(checkout_id)  # the order's own amount; its webhook comes below
-    with admin_connect(clean_db, "orders") as holder:
-        holder.execute("BEGIN")
-        holder.execute(
-            "INSERT INTO orders.refunds (order_id, attempt_id, reason_key, reason, amount, "
-            "currency) SELECT order_id, id, 'review:' || id, 'held by the test', 1, 'EUR' "
-            "FROM orders.payment_attempts WHERE order_id = %s",
-            (order_id,),
-        )
-        ending = asyncio.create_task(end_review(orders, order_id))
-        assert await eventually(lambda: lock_waiters(clean_db, "orders") == 1)
-        sandbox.controls(api_latency=1.0)
-        reported = asyncio.create_task(webhook(orders, order_id, checkout_id))
-        await asyncio.sleep(0.3)  # the webhook has read the attempt, and waits on SumUp
-        holder.execute("ROLLBACK")
-        ended = await ending
-    assert ended.status_code == 200, ended.text
-    assert (await reported).status_code == 204
-    sandbox.controls(api_latency=0.0)
+    await review_ends_while_a_report_waits_on_sumup(orders, clean_db, sandbox, order_id)
     assert await eventually(lambda: order_state(clean_db, order_id)[:2] == ("refunded", False))
     assert refunds(clean_db) == [(order_id, True, Decimal("10.00"), "EUR", "done")]
 
@@ -360,3 +325,30 @@ async def test_attempts_sumup_does_not_know_or_reopened_are_settled_as_sumup_say
     again = await end_review(orders, unknown["order_id"])
     assert again.status_code == 409
     assert "its review ended already; it is expired" in again.json()["detail"]
+
+
+async def review_ends_while_a_report_waits_on_sumup(orders, clean_db, sandbox, order_id: int):
+    """The order's review ends (200) while a webhook of its checkout, which read the attempt
+    still open, waits on SumUp's answer (204 once it is applied). The review is held at its
+    refund's row by a conflicting row inserted here and rolled back once the webhook has read
+    the attempt; SumUp answers the webhook in 1 s, after the review committed."""
+    checkout_id = checkout_id_of(clean_db, order_id)
+    with admin_connect(clean_db, "orders") as holder:
+        holder.execute("BEGIN")
+        holder.execute(
+            "INSERT INTO orders.refunds (order_id, attempt_id, reason_key, reason, amount, "
+            "currency) SELECT order_id, id, 'review:' || id, 'held by the test', 1, 'EUR' "
+            "FROM orders.payment_attempts WHERE order_id = %s",
+            (order_id,),
+        )
+        ending = asyncio.create_task(end_review(orders, order_id))
+        # The review asked SumUp, and waits to record its refund, the order's row held.
+        assert await eventually(lambda: lock_waiters(clean_db, "orders") == 1)
+        sandbox.controls(api_latency=1.0)
+        reported = asyncio.create_task(webhook(orders, order_id, checkout_id))
+        await asyncio.sleep(0.3)  # the webhook has read the attempt, and waits on SumUp
+        holder.execute("ROLLBACK")
+        ended = await ending
+    assert ended.status_code == 200, ended.text
+    assert (await reported).status_code == 204
+    sandbox.controls(api_latency=0.0)
