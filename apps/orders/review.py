@@ -132,12 +132,12 @@ async def end_review(session: AsyncSession, order_id: int, gateway: SumUpGateway
     if paid:
         # What SumUp took goes back: refund_due until every refund of the order is done (one
         # recorded before, and done, leaves nothing owed).
-        owed = await session.scalar(
+        not_done = await session.scalar(
             select(func.count())
             .select_from(Refund)
             .where(Refund.order_id == order.id, Refund.status != "done")
         )
-        order.status = "refund_due" if owed else "refunded"
+        order.status = "refund_due" if not_done else "refunded"
     elif was_pending:
         order.status = "expired"
     order.flagged = False
