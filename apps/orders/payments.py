@@ -82,20 +82,11 @@ def as_amount(value: Decimal) -> float:
     return float(value.quantize(CENT))
 
 
-def _successful_transaction_id(checkout: object) -> str | None:
+def _transaction_id(checkout: object, *statuses: str) -> str | None:
+    """The id of the checkout's first transaction in one of ``statuses``."""
     for transaction in getattr(checkout, "transactions", None) or ():
         status = getattr(transaction, "status", None)
-        if str(getattr(status, "value", status)) == "SUCCESSFUL" and transaction.id:
-            return str(transaction.id)
-    return None
-
-
-def _paid_transaction_id(checkout: object) -> str | None:
-    """The checkout's transaction that took the money, refunded since (in part or in full:
-    SumUp's REFUNDED) included."""
-    for transaction in getattr(checkout, "transactions", None) or ():
-        status = getattr(transaction, "status", None)
-        if str(getattr(status, "value", status)) in ("SUCCESSFUL", "REFUNDED") and transaction.id:
+        if str(getattr(status, "value", status)) in statuses and transaction.id:
             return str(transaction.id)
     return None
 
@@ -113,8 +104,9 @@ def _remote(checkout: Any) -> RemoteCheckout:
         currency=str(getattr(currency, "value", currency)),
         hosted_url=getattr(checkout, "hosted_checkout_url", None),
         transaction_code=getattr(checkout, "transaction_code", None),
-        transaction_id=_successful_transaction_id(checkout),
-        paid_transaction_id=_paid_transaction_id(checkout),
+        transaction_id=_transaction_id(checkout, "SUCCESSFUL"),
+        # Refunded since, in part or in full, SumUp says REFUNDED.
+        paid_transaction_id=_transaction_id(checkout, "SUCCESSFUL", "REFUNDED"),
     )
 
 

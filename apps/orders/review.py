@@ -36,7 +36,6 @@ from apps.orders.models import CLOSED_UNPAID_STATES, Order, PaymentAttempt, Refu
 from apps.orders.payments import (
     CheckoutNotFound,
     MerchantAccount,
-    PaymentProviderError,
     PaymentProviderUnavailable,
     RemoteCheckout,
     SumUpGateway,
@@ -44,6 +43,7 @@ from apps.orders.payments import (
 from apps.orders.settlement import (
     OPEN_ATTEMPT_STATES,
     MerchantAccounts,
+    close_at_sumup,
     enqueue_release_of_bookings,
     money,
     record_refund,
@@ -236,15 +236,14 @@ async def _what_sumup_says(
     gateway: SumUpGateway, account: MerchantAccount, attempt: PaymentAttempt
 ) -> tuple[RemoteCheckout | None, bool]:
     """The attempt's checkout as SumUp has it now, and whether it was closed here: closed first
-    if it is open (by orders or at
-    SumUp: so that it can take no more money); None when SumUp does not know one orders does
-    not hold paid (its attempt is EXPIRED: ``close_attempt`` records a checkout SumUp does not
-    know so). Raises (nothing is written) when SumUp cannot answer or keeps it open, and for a
-    checkout orders holds paid that SumUp does not know or reports otherwise (never undone)."""
+    if it is open (by orders or at SumUp: so that it can take no more money, settlement's
+    close_at_sumup); None when SumUp does not know one orders does not hold paid (its attempt
+    is EXPIRED: ``close_attempt`` records a checkout SumUp does not know so). Raises (nothing
+    is written) when SumUp cannot answer or keeps it open, and for a checkout orders holds
+    paid that SumUp does not know or reports otherwise (never undone)."""
     checkout_id = attempt.sumup_checkout_id
     held_paid = attempt.status == "PAID"
     try:
-        remote = None
         if attempt.status not in OPEN_ATTEMPT_STATES:
             remote = await gateway.get_checkout(account, checkout_id)
             if held_paid and remote.status != "PAID":
@@ -257,13 +256,7 @@ async def _what_sumup_says(
                 )
             if remote.status not in OPEN_ATTEMPT_STATES:
                 return remote, False
-        try:
-            remote = await gateway.deactivate_checkout(account, checkout_id)
-        except (PaymentProviderUnavailable, PaymentProviderError):
-            remote = await gateway.get_checkout(account, checkout_id)
-            if remote.status in OPEN_ATTEMPT_STATES:
-                raise
-            return remote, False
+        remote, closing = await close_at_sumup(gateway, account, checkout_id)
     except CheckoutNotFound:
         if not held_paid:
             return None, False
@@ -280,4 +273,4 @@ async def _what_sumup_says(
         raise PaymentProviderUnavailable(
             f"checkout {checkout_id} is still {remote.status} at SumUp after closing it"
         )
-    return remote, True
+    return remote, closing

@@ -1048,6 +1048,22 @@ async def refresh_reported_attempt(
     )
 
 
+async def close_at_sumup(
+    gateway: SumUpGateway, account: MerchantAccount, checkout_id: str
+) -> tuple[RemoteCheckout, bool]:
+    """Deactivate a checkout so it can take no money: SumUp's answer, and whether it was closed
+    here. When SumUp cannot or will not close it, it is read: one no longer open (paid,
+    expired) is the answer (money it already took must not wait for SumUp to let us close it),
+    one still open re-raises. :class:`CheckoutNotFound` propagates."""
+    try:
+        return await gateway.deactivate_checkout(account, checkout_id), True
+    except (PaymentProviderUnavailable, PaymentProviderError):
+        remote = await gateway.get_checkout(account, checkout_id)
+        if remote.status in OPEN_ATTEMPT_STATES:
+            raise
+        return remote, False
+
+
 async def close_attempt(
     session: AsyncSession,
     order: Order,
@@ -1059,14 +1075,7 @@ async def close_attempt(
     back PAID and is applied (a late payment becomes a refund)."""
     account = await (accounts or MerchantAccounts()).of(session, order)
     try:
-        remote = await gateway.deactivate_checkout(account, attempt.sumup_checkout_id)
-    except (PaymentProviderUnavailable, PaymentProviderError):
-        # The checkout stays open for now, but money it already took must not wait for SumUp
-        # to let us close it: read it, apply what it settled, and fail only if it is still open.
-        remote = await gateway.get_checkout(account, attempt.sumup_checkout_id)
-        if remote.status in OPEN_ATTEMPT_STATES:
-            raise
-        return await apply_checkout(session, order, attempt, remote)
+        remote, _ = await close_at_sumup(gateway, account, attempt.sumup_checkout_id)
     except CheckoutNotFound:
         await _LOCK_ORDER.first(session, {"order_id": order.id})  # the order first, as ever
         await session.execute(
