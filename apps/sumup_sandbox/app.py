@@ -164,7 +164,11 @@ def _api_fault_gate(
     async def apply_api_faults(request: Request[Any, Any, Any]) -> Response[Any] | None:
         controls = state.controls
         if controls.api_latency > 0:
-            await asyncio.sleep(controls.api_latency)
+            state.delayed_calls += 1
+            try:
+                await asyncio.sleep(controls.api_latency)
+            finally:
+                state.delayed_calls -= 1
         if controls.api_unavailable:
             return _json_response(
                 503,
@@ -420,6 +424,12 @@ async def list_deliveries(service: Service) -> list[JsonObject]:
     return [record.as_json() for record in service.state.deliveries]
 
 
+@get("/delayed-calls")
+async def count_delayed_calls(service: Service) -> JsonObject:
+    """How many API calls the injected latency (``api_latency``) holds right now."""
+    return {"delayed_calls": service.state.delayed_calls}
+
+
 # --- Errors and logging ---------------------------------------------------------------------
 
 _DOMAIN_ERRORS: dict[type[CheckoutError], tuple[int, str]] = {
@@ -528,6 +538,7 @@ def create_app(
             release_held_webhooks,
             list_held_webhooks,
             list_deliveries,
+            count_delayed_calls,
         ],
     )
     app = Litestar(

@@ -122,6 +122,9 @@ class SandboxState:
         self.deliveries: list[DeliveryRecord] = []
         self.held_events: list[WebhookEvent] = []
         self.lock = asyncio.Lock()
+        # API calls the injected latency holds right now: a test waits for a client's call to
+        # be on its way (and so past whatever it read before) instead of sleeping a guess.
+        self.delayed_calls = 0
         self._event_ids = itertools.count(1)
         self._refund_ids = itertools.count(1)
 

@@ -228,3 +228,9 @@ class Sandbox:
 
     def controls(self, **changes: Any) -> None:
         self.client.post("/_sandbox/controls", json=changes).raise_for_status()
+
+    def delayed_calls(self) -> int:
+        """API calls the injected latency holds right now (each is on its way to an answer)."""
+        response = self.client.get("/_sandbox/delayed-calls")
+        response.raise_for_status()
+        return response.json()["delayed_calls"]

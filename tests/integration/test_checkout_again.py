@@ -286,7 +286,7 @@ async def test_a_flagged_order_is_not_replaced_by_checking_out_again(
     assert len(orders_of(clean_db)) == 1
 
 
-async def test_a_dead_key_is_taken_over_by_one_request_while_the_other_waits(stack):
+async def test_a_dead_key_is_taken_over_by_one_request_while_the_other_waits(stack, clean_db):
     """run_idempotent's take-over on its own, with the order's real key table: the second
     request that finds the stored answer dead waits for the first one's new answer, and the
     effect runs once more, not twice."""
@@ -324,7 +324,8 @@ async def test_a_dead_key_is_taken_over_by_one_request_while_the_other_waits(sta
     first = asyncio.create_task(call(wait=True))
     await in_effect.wait()
     second = asyncio.create_task(call(wait=False))
-    await asyncio.sleep(0.3)  # time for the second to reach the key's row and wait on it
+    # The second has reached the key's row and waits on it.
+    assert await eventually(lambda: lock_waiters(clean_db, "orders") == 1)
     assert not second.done()
     release.set()
     assert await first == {"n": 2}

@@ -346,7 +346,8 @@ async def review_ends_while_a_report_waits_on_sumup(orders, clean_db, sandbox, o
         assert await eventually(lambda: lock_waiters(clean_db, "orders") == 1)
         sandbox.controls(api_latency=1.0)
         reported = asyncio.create_task(webhook(orders, order_id, checkout_id))
-        await asyncio.sleep(0.3)  # the webhook has read the attempt, and waits on SumUp
+        # The webhook has read the attempt, and waits on SumUp.
+        assert await eventually(lambda: sandbox.delayed_calls() == 1)
         holder.execute("ROLLBACK")
         ended = await ending
     assert ended.status_code == 200, ended.text

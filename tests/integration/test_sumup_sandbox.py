@@ -724,6 +724,38 @@ def test_api_latency_beyond_the_sdk_timeout_raises_a_timeout(
         impatient.checkouts.list(checkout_reference="order-slow-1")
 
 
+def test_delayed_calls_counts_the_calls_the_latency_holds(
+    sandbox: BackgroundSandbox, operator: httpx.Client
+) -> None:
+    """Tests wait on this count for a client's call to be on its way, not on a sleep."""
+
+    def delayed() -> int:
+        return int(operator.get("/_sandbox/delayed-calls").json()["delayed_calls"])
+
+    deadline = time.monotonic() + 5
+    while delayed():  # an earlier test's impatient client may have left a call held
+        assert time.monotonic() < deadline, "a call stayed held"
+        time.sleep(0.02)
+    set_controls(operator, api_latency=1.0)
+    answers: list[int] = []
+
+    def call() -> None:
+        with Sumup(api_key=DEFAULT_API_KEY, base_url=sandbox.url, timeout=10) as client:
+            answers.append(len(client.checkouts.list(checkout_reference="order-held-1")))
+
+    callers = [threading.Thread(target=call) for _ in range(2)]
+    for caller in callers:
+        caller.start()
+    deadline = time.monotonic() + 5
+    while delayed() != 2:
+        assert time.monotonic() < deadline, "the two calls never reached the latency"
+        time.sleep(0.02)
+    for caller in callers:
+        caller.join()
+    assert answers == [0, 0]
+    assert delayed() == 0
+
+
 # --- Webhook delivery -----------------------------------------------------------------------
 
 
