@@ -29,6 +29,9 @@ logger = logging.getLogger("rose.orders.sumup")
 
 SUMUP_BASE_URL = "https://api.sumup.com"
 CENT = Decimal("0.01")
+# SumUp's transaction events that give a payment's money back to the buyer: a refund, or a
+# charge-back (the buyer disputed the payment and the card issuer took it back).
+GIVING_BACK = frozenset({"REFUND", "CHARGE_BACK"})
 
 
 class PaymentProviderUnavailable(DependencyUnavailable):
@@ -303,8 +306,10 @@ class SumUpGateway:
                     raise PaymentProviderUnavailable(str(exc)) from exc
                 raise RefundRefused(exc.status, str(exc)) from exc
 
-    async def refunded_amount(self, account: MerchantAccount, transaction_id: str) -> Decimal:
-        """How much of the transaction SumUp has given back so far (its refund events)."""
+    async def given_back(self, account: MerchantAccount, transaction_id: str) -> Decimal:
+        """How much of the transaction has gone back to the buyer so far, as SumUp's events
+        say: its refunds (orders', or a person's in SumUp's dashboard) and the card issuer's
+        charge-backs. A failed one gave nothing back."""
         async with self._using(account) as client:
             try:
                 transaction = await client.transactions.get(
@@ -318,7 +323,7 @@ class SumUpGateway:
             for event in transaction.events or ():
                 kind = getattr(event.type, "value", event.type)
                 state = getattr(event.status, "value", event.status)
-                if kind == "REFUND" and state != "FAILED" and event.amount is not None:
+                if kind in GIVING_BACK and state != "FAILED" and event.amount is not None:
                     refunded += Decimal(str(event.amount))
             return refunded.quantize(CENT)
 

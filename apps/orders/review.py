@@ -109,7 +109,7 @@ async def end_review(session: AsyncSession, order_id: int, gateway: SumUpGateway
             continue
         owed = await _still_taken(gateway, account, attempt, remote)
         if owed is None:
-            continue  # all of it given back already (a person, in SumUp's dashboard)
+            continue  # all of it given back already (SumUp's dashboard, or a charge-back)
         reason = (
             f"order {order.id}'s review ended: SumUp took {remote.amount} {remote.currency} "
             f"for checkout {remote.id} (the order is {order.total} {order.currency}); "
@@ -184,10 +184,11 @@ async def _still_taken(
     gateway: SumUpGateway, account: MerchantAccount, attempt: PaymentAttempt, remote: RemoteCheckout
 ) -> Decimal | None:
     """What SumUp took for ``remote`` (paid), None when all of it was given back already. A
-    person looking at the order may have refunded it in SumUp's dashboard: all of it is
-    nothing owed; part of it is a 409 (orders asks for all of a payment or none: a refund of
-    the rest recorded here could not tell, were its answer lost, what SumUp gave back
-    before it from what it gave back for it). Nothing is written either way."""
+    person looking at the order may have refunded it in SumUp's dashboard, or the buyer's
+    card issuer charged it back: all of it is nothing owed; part of it is a 409 (orders asks
+    for all of a payment or none: a refund of the rest recorded here could not tell, were
+    its answer lost, what SumUp gave back before it from what it gave back for it). Nothing
+    is written either way."""
     transaction_id = remote.paid_transaction_id or attempt.transaction_id
     if transaction_id is None:
         raise Conflict(
@@ -197,7 +198,7 @@ async def _still_taken(
             order_id=attempt.order_id,
         )
     taken = money(Decimal(remote.amount))
-    given_back = await gateway.refunded_amount(account, transaction_id)
+    given_back = await gateway.given_back(account, transaction_id)
     if given_back >= taken:
         return None
     if given_back > 0:

@@ -1163,10 +1163,10 @@ async def settle_refund(
     if transaction_id is None:
         return await _refund_failed(session, refund, order, "SumUp reports no paid transaction")
 
-    # An earlier request's outcome is unknown: SumUp's transaction says whether it happened.
-    if refund.status == "requested" and await _already_refunded(
-        session, gateway, account, refund, transaction_id
-    ):
+    # SumUp's transaction says whether the money went back already: by an earlier request of
+    # this refund whose outcome is unknown, or, never asked, by a person in SumUp's dashboard
+    # or the card issuer's charge-back. Asking then could be refused, or give it back twice.
+    if await _already_given_back(session, gateway, account, refund, transaction_id):
         return await _refund_done(session, refund, order)
     refund.status = "requested"
     refund.tries += 1
@@ -1180,7 +1180,7 @@ async def settle_refund(
         await session.commit()
         return RefundOutcome(refund.id, "requested")
     except RefundRefused as exc:
-        if exc.status == 409 and await _already_refunded(
+        if exc.status == 409 and await _already_given_back(
             session, gateway, account, refund, transaction_id
         ):
             return await _refund_done(session, refund, order)
@@ -1201,22 +1201,26 @@ async def _transaction_id(
     return transaction_id
 
 
-async def _already_refunded(
+async def _already_given_back(
     session: AsyncSession,
     gateway: SumUpGateway,
     account: MerchantAccount,
     refund: Refund,
     transaction_id: str,
 ) -> bool:
-    """SumUp has given back at least what our settled refunds of this transaction and this one
-    add up to."""
+    """SumUp has given back at least what the transaction's settled refunds and this one add
+    up to. For a refund never asked, the transaction's refunds asked with their outcome
+    unknown count as given back too: their money must not settle this one."""
+    counted = ["done"] if refund.status == "requested" else ["done", "requested"]
     settled = await session.scalar(
         select(func.coalesce(func.sum(Refund.amount), 0)).where(
-            Refund.attempt_id == refund.attempt_id, Refund.status == "done"
+            Refund.attempt_id == refund.attempt_id,
+            Refund.id != refund.id,
+            Refund.status.in_(counted),
         )
     )
-    refunded = await gateway.refunded_amount(account, transaction_id)
-    return refunded >= money(Decimal(settled or 0) + refund.amount)
+    given_back = await gateway.given_back(account, transaction_id)
+    return given_back >= money(Decimal(settled or 0) + refund.amount)
 
 
 async def _refund_done(session: AsyncSession, refund: Refund, order: Order) -> RefundOutcome:

@@ -100,6 +100,11 @@ class PayRequest(msgspec.Struct, forbid_unknown_fields=True):
     amount_override: float | None = None
 
 
+class ChargeBackRequest(msgspec.Struct, forbid_unknown_fields=True):
+    # All that is left of the payment when omitted.
+    amount: float | None = None
+
+
 class ReleaseRequest(msgspec.Struct, forbid_unknown_fields=True):
     order: Literal["fifo", "reverse"] = "fifo"
 
@@ -393,6 +398,17 @@ async def control_fail(checkout_id: CheckoutId, service: Service) -> JsonObject:
     return checkout_as_json(await service.fail(checkout_id))
 
 
+@post("/transactions/{transaction_id:str}/charge-back", status_code=200)
+async def control_charge_back(
+    transaction_id: FromPath[str], request: Request[Any, Any, Any], service: Service
+) -> JsonObject:
+    """The card's holder disputed the payment and won: the money goes back outside the
+    merchant's refunds (a CHARGE_BACK event on the transaction)."""
+    body = await _read_control_body(request, ChargeBackRequest)
+    amount = None if body.amount is None else parse_amount(body.amount, param="amount")
+    return transaction_full_as_json(await service.charge_back(transaction_id, amount))
+
+
 @post("/checkouts/{checkout_id:str}/expire", status_code=200)
 async def control_expire(checkout_id: CheckoutId, service: Service) -> JsonObject:
     return checkout_as_json(await service.deactivate(checkout_id))
@@ -534,6 +550,7 @@ def create_app(
             control_pay,
             control_fail,
             control_expire,
+            control_charge_back,
             control_resend_webhook,
             release_held_webhooks,
             list_held_webhooks,

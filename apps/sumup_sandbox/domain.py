@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
+from typing import Literal
 
 
 class CheckoutStatus(StrEnum):
@@ -87,10 +88,14 @@ class CheckoutHasNoReturnUrl(CheckoutError):
 
 
 @dataclass(frozen=True)
-class RefundRecord:
+class GivenBack:
+    """Money of a transaction given back: a refund the merchant asked for, or a charge-back
+    (the card's holder disputed the payment and the card issuer took it back)."""
+
     id: int
     amount: Decimal
     timestamp: datetime
+    kind: Literal["REFUND", "CHARGE_BACK"] = "REFUND"
 
 
 @dataclass
@@ -103,29 +108,39 @@ class Transaction:
     timestamp: datetime
     merchant_code: str
     auth_code: str | None
-    refunds: list[RefundRecord] = field(default_factory=list)
+    given_back: list[GivenBack] = field(default_factory=list)
 
     @property
-    def refunded_amount(self) -> Decimal:
-        return sum((refund.amount for refund in self.refunds), Decimal(0))
+    def given_back_amount(self) -> Decimal:
+        return sum((event.amount for event in self.given_back), Decimal(0))
+
+    @property
+    def charged_back(self) -> bool:
+        return any(event.kind == "CHARGE_BACK" for event in self.given_back)
 
     @property
     def refundable_amount(self) -> Decimal:
+        """What is left to give back: charged back money is gone from the merchant already."""
         if self.status not in (TransactionStatus.SUCCESSFUL, TransactionStatus.REFUNDED):
             return Decimal(0)
-        return self.amount - self.refunded_amount
+        return self.amount - self.given_back_amount
 
 
 def refund_transaction(
     transaction: Transaction, amount: Decimal | None, *, refund_id: int, now: datetime
-) -> RefundRecord:
+) -> GivenBack:
     """Give ``amount`` (all that is left when None) of a successful transaction back. Fully
     refunded, the transaction's status becomes REFUNDED."""
     left = transaction.refundable_amount
     if left <= 0:
         raise RefundNotAllowed(
             f"Transaction {transaction.id} cannot be refunded: it is {transaction.status.value}"
-            + (" and fully refunded" if transaction.refunds else "")
+            + (" and charged back" if transaction.charged_back else "")
+            + (
+                " and fully refunded"
+                if transaction.given_back and not transaction.charged_back
+                else ""
+            )
         )
     wanted = left if amount is None else amount
     if wanted <= 0:
@@ -134,11 +149,31 @@ def refund_transaction(
         raise RefundNotAllowed(
             f"Transaction {transaction.id} has {left} left to refund, not {wanted}"
         )
-    refund = RefundRecord(id=refund_id, amount=wanted, timestamp=now)
-    transaction.refunds.append(refund)
+    refund = GivenBack(id=refund_id, amount=wanted, timestamp=now)
+    transaction.given_back.append(refund)
     if transaction.refundable_amount == 0:
         transaction.status = TransactionStatus.REFUNDED
     return refund
+
+
+def charge_back_transaction(
+    transaction: Transaction, amount: Decimal | None, *, event_id: int, now: datetime
+) -> GivenBack:
+    """The card issuer takes ``amount`` (all that is left when None) of a successful payment
+    back. The transaction stays SUCCESSFUL (it was paid; its simple status says CHARGEBACK),
+    and what was charged back can no longer be refunded."""
+    left = transaction.refundable_amount
+    wanted = left if amount is None else amount
+    if left <= 0 or wanted > left:
+        raise RefundNotAllowed(
+            f"Transaction {transaction.id} has {max(left, Decimal(0))} left to charge back, "
+            f"not {wanted}"
+        )
+    if wanted <= 0:
+        raise InvalidRefundAmount("amount must be greater than zero")
+    charge_back = GivenBack(id=event_id, amount=wanted, timestamp=now, kind="CHARGE_BACK")
+    transaction.given_back.append(charge_back)
+    return charge_back
 
 
 @dataclass(frozen=True)

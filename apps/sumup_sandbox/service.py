@@ -13,6 +13,7 @@ from apps.sumup_sandbox.domain import (
     RefundNotAllowed,
     Transaction,
     attempt_payment,
+    charge_back_transaction,
     decline_payment,
     expire_checkout,
     expire_if_overdue,
@@ -116,6 +117,16 @@ class CheckoutService:
             )
             if mode == "lose_answer":
                 raise SandboxUnavailable("the refund was made, but its answer is lost")
+            return transaction
+
+    async def charge_back(self, transaction_id: str, amount: Decimal | None) -> Transaction:
+        """The operator's charge-back of a payment (all that is left when ``amount`` is None):
+        the card issuer takes the money back, outside the merchant's refunds."""
+        async with self.state.lock:
+            transaction = self.state.find_transaction(transaction_id)
+            charge_back_transaction(
+                transaction, amount, event_id=self.state.next_refund_id(), now=_now()
+            )
             return transaction
 
     async def resend_webhook(self, checkout_id: str, *, copies: int) -> list[DeliveryRecord]:

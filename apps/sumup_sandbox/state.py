@@ -151,9 +151,12 @@ class SandboxState:
             raise CheckoutNotFound(checkout_id)
         return checkout
 
-    def find_transaction(self, transaction_id: str, *, merchant_code: str) -> Transaction:
+    def find_transaction(
+        self, transaction_id: str, *, merchant_code: str | None = None
+    ) -> Transaction:
+        """The transaction, as visible to `merchant_code` (None: the operator sees all)."""
         for checkout in self.checkouts.values():
-            if checkout.merchant_code != merchant_code:
+            if merchant_code is not None and checkout.merchant_code != merchant_code:
                 continue
             for transaction in checkout.transactions:
                 if transaction.id == transaction_id:

@@ -169,33 +169,32 @@ def transaction_as_json(transaction: Transaction) -> dict[str, object]:
 
 
 def transaction_full_as_json(transaction: Transaction) -> dict[str, object]:
-    """GET /v2.1/merchants/{code}/transactions: the transaction with its refund events."""
-    refunds: list[dict[str, object]] = [
+    """GET /v2.1/merchants/{code}/transactions: the transaction with its refund and
+    charge-back events."""
+    events: list[dict[str, object]] = [
         {
-            "id": refund.id,
-            "type": "REFUND",
-            "status": "REFUNDED",
-            "amount": float(refund.amount),
-            "timestamp": iso_timestamp(refund.timestamp),
+            "id": event.id,
+            "type": event.kind,
+            "status": "REFUNDED" if event.kind == "REFUND" else "SUCCESSFUL",
+            "amount": float(event.amount),
+            "timestamp": iso_timestamp(event.timestamp),
             "transaction_id": transaction.id,
         }
-        for refund in transaction.refunds
+        for event in transaction.given_back
     ]
     return {
         **transaction_as_json(transaction),
-        "simple_status": "REFUNDED"
-        if transaction.status.value == "REFUNDED"
-        else transaction.status.value,
-        "events": refunds,
+        "simple_status": "CHARGEBACK" if transaction.charged_back else transaction.status.value,
+        "events": events,
         "transaction_events": [
             {
                 "id": event["id"],
-                "event_type": "REFUND",
-                "status": "REFUNDED",
+                "event_type": event["type"],
+                "status": event["status"],
                 "amount": event["amount"],
                 "timestamp": event["timestamp"],
             }
-            for event in refunds
+            for event in events
         ],
     }
 

@@ -234,3 +234,12 @@ class Sandbox:
         response = self.client.get("/_sandbox/delayed-calls")
         response.raise_for_status()
         return response.json()["delayed_calls"]
+
+    def charge_back(self, transaction_id: str, amount: float | None = None) -> dict[str, Any]:
+        """The card issuer takes the payment (or ``amount`` of it) back: a charge-back."""
+        body = {} if amount is None else {"amount": amount}
+        response = self.client.post(
+            f"/_sandbox/transactions/{transaction_id}/charge-back", json=body
+        )
+        response.raise_for_status()
+        return response.json()

@@ -266,6 +266,28 @@ async def test_what_sumup_gave_back_already_is_not_asked_for_again(orders, clean
     assert order_state(clean_db, order_id)[:2] == ("refunded", False)
 
 
+async def test_a_payment_charged_back_is_given_back_already(orders, clean_db, sandbox):
+    """Review MEDIUM (charge-backs): the buyer disputed the mismatched payment and the card
+    issuer took it back. The review counted SumUp's refunds only and asked for all of it
+    again; SumUp refused, and the refund was left failed for a person."""
+    order_id = (await create(orders)).json()["order_id"]
+    checkout_id = checkout_id_of(clean_db, order_id)
+    sandbox.pay(checkout_id, amount_override=1.00)
+    assert (await webhook(orders, order_id, checkout_id)).status_code == 204
+    transaction = sandbox.checkout(checkout_id)["transaction_id"]
+    sandbox.charge_back(transaction)
+
+    ended = await end_review(orders, order_id)
+
+    assert ended.status_code == 200, ended.text
+    assert (ended.json()["status"], ended.json()["refunds"]) == ("refunded", [])
+    assert order_state(clean_db, order_id)[:2] == ("refunded", False)
+    assert refunds(clean_db) == []
+    assert [event["type"] for event in sandbox.transaction(transaction)["events"]] == [
+        "CHARGE_BACK"
+    ]
+
+
 _seeds = iter(range(100, 1000))
 
 

@@ -93,6 +93,54 @@ async def test_a_refund_whose_answer_was_lost_is_settled_by_reading_sumup_not_by
     assert refunded_at_sumup(sandbox, transaction_id) == 4.0  # given back once
 
 
+async def test_a_late_payment_charged_back_while_its_refund_was_unknown_is_not_asked_again(
+    orders, clean_db, sandbox
+):
+    """Review MEDIUM (charge-backs): the buyer disputed the late payment and the card issuer
+    took it back while orders' refund of it had no answer. Orders counted SumUp's REFUND
+    events only, asked again, was refused (nothing left to refund) and listed the refund as
+    failed for a person: money the buyer had back already."""
+    sandbox.controls(refunds="unavailable")
+    older, transaction_id = await late_payment(orders, clean_db, sandbox)
+    reconciler = orders.apps["orders"].state.reconciler
+    await reconciler.quiet()
+    assert refunds(clean_db)[0][1] == "requested"
+    sandbox.charge_back(transaction_id)
+    sandbox.controls(refunds="accept")
+    lease_passed(clean_db)
+
+    await reconciler.run_once()
+
+    [(order_id, status, amount, tries)] = refunds(clean_db)
+    assert (order_id, status, amount, tries) == (older, "done", Decimal("4.00"), 1)
+    assert status_of(clean_db, older) == "refunded"
+    assert refunded_at_sumup(sandbox, transaction_id) == 0  # the charge-back gave it back
+
+
+async def test_a_late_payment_charged_back_before_orders_learnt_of_it_is_not_asked_for(
+    orders, clean_db, sandbox
+):
+    """The charge-back came before the payment's report: the refund it makes is settled by
+    what SumUp says went back, without a request SumUp might refuse, or pay a second time."""
+    sandbox.controls(deactivation_unavailable=True)
+    older = (await create(orders, order_payload(product_line(1, "4.00")))).json()["order_id"]
+    newer = await create(orders, order_payload(product_line(1, "4.00"), product_line(2)))
+    assert newer.status_code == 200, newer.text
+    checkout_id = checkout_id_of(clean_db, older)
+    sandbox.pay(checkout_id)
+    transaction_id = sandbox.checkout(checkout_id)["transaction_id"]
+    sandbox.charge_back(transaction_id)
+    sandbox.controls(refunds="unavailable")  # a request would leave the refund unknown
+
+    assert (await webhook(orders, older, checkout_id)).status_code == 204
+    await orders.apps["orders"].state.reconciler.quiet()
+
+    [(order_id, status, amount, tries)] = refunds(clean_db)
+    assert (order_id, status, amount, tries) == (older, "done", Decimal("4.00"), 0)
+    assert status_of(clean_db, older) == "refunded"
+    assert refunded_at_sumup(sandbox, transaction_id) == 0
+
+
 async def test_sumup_down_for_a_refund_retries_it_next_pass(orders, clean_db, sandbox):
     sandbox.controls(refunds="unavailable")
     _, transaction_id = await late_payment(orders, clean_db, sandbox)

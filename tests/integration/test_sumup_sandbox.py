@@ -986,6 +986,51 @@ def test_refund_fault_modes(sumup_client: Sumup, operator: httpx.Client) -> None
     assert refunded_amount(sumup_client, transaction_id) == 8.0
 
 
+def test_a_charge_back_is_an_event_of_its_own_and_leaves_nothing_to_refund(
+    sumup_client: Sumup, operator: httpx.Client
+) -> None:
+    """The card issuer took the money back: SumUp reports a CHARGE_BACK event (not a REFUND),
+    the transaction stays SUCCESSFUL with simple status CHARGEBACK, and the merchant can no
+    longer refund what was charged back."""
+    transaction_id = paid_transaction_id(sumup_client, operator, 10.0)
+    sumup_client.transactions.refund(DEFAULT_MERCHANT_CODE, transaction_id, amount=3.0)
+
+    charged = operator.post(f"/_sandbox/transactions/{transaction_id}/charge-back")
+    assert charged.status_code == 200, charged.text
+
+    transaction = sumup_client.transactions.get(DEFAULT_MERCHANT_CODE, id=transaction_id)
+    assert (transaction.status, transaction.simple_status) == ("SUCCESSFUL", "CHARGEBACK")
+    assert [(event.type, event.amount) for event in transaction.events or ()] == [
+        ("REFUND", 3.0),
+        ("CHARGE_BACK", 7.0),
+    ]
+    assert refunded_amount(sumup_client, transaction_id) == 3.0
+    with pytest.raises(ConflictError) as refused:
+        sumup_client.transactions.refund(DEFAULT_MERCHANT_CODE, transaction_id, amount=1.0)
+    assert "charged back" in str(refused.value.body)
+    again = operator.post(f"/_sandbox/transactions/{transaction_id}/charge-back")
+    assert again.status_code == 409
+
+
+def test_a_charge_back_of_part_leaves_the_rest_refundable(
+    sumup_client: Sumup, operator: httpx.Client
+) -> None:
+    transaction_id = paid_transaction_id(sumup_client, operator, 10.0)
+    charged = operator.post(
+        f"/_sandbox/transactions/{transaction_id}/charge-back", json={"amount": 4.0}
+    )
+    assert charged.status_code == 200, charged.text
+    with pytest.raises(ConflictError):
+        sumup_client.transactions.refund(DEFAULT_MERCHANT_CODE, transaction_id, amount=6.5)
+    sumup_client.transactions.refund(DEFAULT_MERCHANT_CODE, transaction_id)  # the rest
+    assert refunded_amount(sumup_client, transaction_id) == 6.0
+    assert operator.post("/_sandbox/transactions/no-such/charge-back").status_code == 404
+    bad = operator.post(
+        f"/_sandbox/transactions/{transaction_id}/charge-back", json={"amount": "all"}
+    )
+    assert bad.status_code == 400
+
+
 def test_deactivation_can_be_switched_unavailable(
     sumup_client: Sumup, operator: httpx.Client
 ) -> None:
