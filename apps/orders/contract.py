@@ -175,8 +175,8 @@ class ReviewEnded(msgspec.Struct):
 
 
 # A person ended a flagged order's review (``rose orders end-review``): the order is settled
-# from what SumUp says now, as one that was never paid. Without a key: a second call finds no
-# review to end (409).
+# from what SumUp says now (apps.orders.review). Without a key: a second call finds no review
+# to end (409).
 end_review = Action(SERVICE, "end-review", OrderOf, ReviewEnded, keyed=False)
 
 

@@ -3,23 +3,26 @@
 An order is flagged when SumUp reports another amount or currency for one of its checkouts than
 the order's: it is never marked paid, its goods are refused to new orders while it is pending,
 and reconciliation passes it by. A person looks at it (SumUp's dashboard, the buyer), then ends
-the review, and the order is settled from what SumUp says now, as an order that was never paid:
+the review, and the order is settled from what SumUp says now:
 
 - its open checkouts are closed at SumUp, so that they can take no more money;
 - every checkout SumUp says is paid has its money given back, the amount and currency SumUp
-  took (a refund, settled by the refunds' own machinery: asked once, read back when unknown);
+  took (a refund, settled by the refunds' own machinery: asked once, read back when unknown),
+  but for the payment a paid order was paid with, which stays as it is (a paid order can be
+  flagged by another checkout's report), and one whose money goes back already;
 - a pending order becomes ``refund_due`` when money goes back (``refunded`` when SumUp gave it
-  all back already), else ``expired``, and its bookings are released; a superseded, expired or
-  cancelled one keeps its status, or becomes ``refund_due`` (``refunded``);
+  all back already), else ``expired``, and its bookings are released; a superseded, expired,
+  cancelled, refund_due or refunded one keeps its status, or becomes ``refund_due``
+  (``refunded``) as its refunds are; a paid one stays paid;
 - it is no longer flagged, its ``flag_reason`` kept (what was reviewed), and every one of its
   attempts is settled as SumUp has it (PAID or EXPIRED, final there): the webhook and the
   return page read a settled attempt no more, and a report read before the review committed
   finds its attempt settled once it has the order's lock (settlement.apply_checkout), so the
   same report cannot flag it again.
 
-An order that was paid, or whose money is already going back, is not settled this way (409):
-what it holds was honoured, and a person settles it in SumUp's dashboard. Nothing is written
-unless SumUp answered for every checkout (a 503 otherwise, the order still flagged).
+Nothing is written unless SumUp answered for every checkout (a 503 otherwise, the order still
+flagged), nor when SumUp does not know, or reports otherwise, a checkout orders holds paid (a
+409: never undone here; a person looks at it in SumUp's dashboard).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from apps.common.problems import Conflict, NotFound
 from apps.orders.contract import RefundGoingBack, ReviewEnded
-from apps.orders.models import CLOSED_UNPAID_STATES, Order, PaymentAttempt, Refund
+from apps.orders.models import Order, PaymentAttempt, Refund
 from apps.orders.payments import (
     CheckoutNotFound,
     MerchantAccount,
@@ -53,8 +56,6 @@ from apps.orders.settlement import (
 logger = logging.getLogger("rose.orders")
 
 REVIEW = "review"
-# The statuses of an order that was never paid: the only ones a review ends by settling.
-NEVER_PAID = ("pending", *CLOSED_UNPAID_STATES)
 
 
 async def end_review(session: AsyncSession, order_id: int, gateway: SumUpGateway) -> ReviewEnded:
@@ -78,6 +79,7 @@ async def end_review(session: AsyncSession, order_id: int, gateway: SumUpGateway
         )
     )
     account = await accounts.of(session, order) if attempts else None
+    honoured = _honoured_attempt(order, attempts)
     refunds: list[RefundGoingBack] = []
     closed: list[str] = []
     paid = False
@@ -102,8 +104,8 @@ async def end_review(session: AsyncSession, order_id: int, gateway: SumUpGateway
         )
         attempt.checked_at = func.now()
         attempt.updated_at = func.now()
-        if remote.status != "PAID":
-            continue
+        if remote.status != "PAID" or attempt is honoured:
+            continue  # the payment a paid order was paid with stays as it is
         paid = True
         if await refund_recorded_for(session, attempt.id):
             continue
@@ -129,7 +131,9 @@ async def end_review(session: AsyncSession, order_id: int, gateway: SumUpGateway
                 RefundGoingBack(checkout_id=remote.id, amount=str(owed), currency=remote.currency)
             )
     was_pending = order.status == "pending"
-    if paid:
+    if order.status == "paid":
+        pass  # honoured: a payment that goes back is another one (as a second payment's)
+    elif paid:
         # What SumUp took goes back: refund_due until every refund of the order is done (one
         # recorded before, and done, leaves nothing owed).
         not_done = await session.scalar(
@@ -224,13 +228,14 @@ def _check_under_review(order: Order | None, order_id: int) -> None:
                 order_id=order_id,
             )
         raise Conflict(f"Order {order_id} is not under review: there is no review to end")
-    if order.status not in NEVER_PAID:
-        raise Conflict(
-            f"Order {order_id} is {order.status}: ending a review settles an order that was "
-            "never paid. What this one holds was honoured or is going back already: look at "
-            "its checkouts in SumUp's dashboard (orders has no command to clear its flag)",
-            order_id=order_id,
-        )
+
+
+def _honoured_attempt(order: Order, attempts: list[PaymentAttempt]) -> PaymentAttempt | None:
+    """The attempt a paid order was paid with (its first held PAID, as settlement counts a
+    second payment), None for an order that is not paid."""
+    if order.status != "paid":
+        return None
+    return next((attempt for attempt in attempts if attempt.status == "PAID"), None)
 
 
 async def _what_sumup_says(

@@ -626,16 +626,19 @@ async def apply_checkout(
     # Not paid now: ``current`` (locked above) is how the order stands.
     if current.flagged:
         return Applied(current.status, "PAID", flagged=True)
+    # Settled paid before this report: by an earlier report, which saw to its money in the
+    # same transaction, or by another path since this one read it (a review that ended,
+    # apps.orders.review, having given its money back or found it given back). A refund here
+    # would ask for it twice.
+    if (
+        not settled
+        and current.status != "pending"
+        and await _ATTEMPT_STATUS.scalar(session, {"attempt_id": attempt.id}) == "PAID"
+    ):
+        return Applied(current.status, "PAID")
     if current.status in (*CLOSED_UNPAID_STATES, "refund_due", "refunded"):
         # Money for an order that will not be honoured (a tab left open on a superseded order,
         # a payment after the order expired): it goes back.
-        if not settled and await _ATTEMPT_STATUS.scalar(session, {"attempt_id": attempt.id}) == (
-            "PAID"
-        ):
-            # Settled paid by another path since this report read it (a review that ended,
-            # apps.orders.review, having given its money back or found it given back): that
-            # path saw to its money; a refund here would ask for it twice.
-            return Applied(current.status, "PAID")
         reason = _late_reason(current)
         if not await record_refund(session, order, attempt, LATE_PAYMENT, reason):
             return Applied(current.status, "PAID")  # this payment's refund is already known

@@ -144,10 +144,10 @@ def orders_end_review(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """End a flagged order's review, once you have looked at it (SumUp's dashboard, the
-    buyer). orders settles it from what SumUp says now, as an order that was never paid: its
-    open checkouts are closed, money SumUp took for it goes back (what SumUp took), and a
-    pending order expires (refund_due while money goes back), its goods free again. An order
-    that was paid is refused: settle it in SumUp's dashboard."""
+    buyer). orders settles it from what SumUp says now: its open checkouts are closed, money
+    SumUp took for it goes back (what SumUp took), but for the payment a paid order was paid
+    with, and a pending order expires (refund_due while money goes back), its goods free
+    again; a paid order stays paid."""
     known_service("orders")
     # Its SumUp calls run one after another, a few per checkout (each bounded by orders'
     # SumUp timeout): far longer than a data call may take.

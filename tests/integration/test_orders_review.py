@@ -154,19 +154,118 @@ async def test_what_a_review_cannot_settle_is_refused_and_left_as_it_was(orders,
     missing = await end_review(orders, pending + 1000)
     assert missing.status_code == 404
 
-    # A paid order flagged by another checkout's report: what it holds was honoured.
+
+async def stray_checkout(clean_db, sandbox, order_id: int, amount: float) -> str:
+    """A second checkout of the order at SumUp, for another amount than the order's, and its
+    attempt in orders (number 2, open): how SumUp's report of another amount looks to orders
+    whatever made it."""
+    created = sandbox.client.post(
+        "/v0.1/checkouts",
+        json={
+            "checkout_reference": f"rose-test-{order_id}-2",
+            "amount": amount,
+            "currency": "EUR",
+            "merchant_code": DEFAULT_MERCHANT_CODE,
+        },
+        headers={"Authorization": f"Bearer {DEFAULT_API_KEY}"},
+    )
+    assert created.status_code == 201, created.text
+    checkout_id = created.json()["id"]
     with admin_connect(clean_db, "orders") as connection:
         connection.execute(
-            "UPDATE orders.orders SET status = 'paid', paid_at = now(), flagged = true, "
-            "flag_reason = 'amount differs' WHERE id = %s",
-            (pending,),
+            "INSERT INTO orders.payment_attempts (order_id, number, checkout_reference, "
+            "sumup_checkout_id, status, amount, currency) SELECT id, 2, %s, %s, 'PENDING', "
+            "total, currency FROM orders.orders WHERE id = %s",
+            (f"rose-test-{order_id}-2", checkout_id, order_id),
         )
-    paid = await end_review(orders, pending)
-    assert paid.status_code == 409
-    assert "is paid" in paid.json()["detail"]
-    assert order_state(clean_db, pending) == ("paid", True, "amount differs")
-    assert attempt_rows(clean_db, pending) == [(1, "PENDING")]
-    assert sandbox.checkout(checkout_id_of(clean_db, pending))["status"] == "PENDING"
+    return checkout_id
+
+
+async def paid_order(orders, clean_db, sandbox) -> tuple[int, str]:
+    order_id = (await create(orders)).json()["order_id"]
+    checkout_id = checkout_id_of(clean_db, order_id)
+    sandbox.pay(checkout_id)
+    assert (await webhook(orders, order_id, checkout_id)).status_code == 204
+    assert order_state(clean_db, order_id) == ("paid", False, None)
+    return order_id, checkout_id
+
+
+async def test_a_paid_order_keeps_its_payment_and_gives_back_the_flagged_one(
+    orders, clean_db, sandbox
+):
+    """A paid order flagged by another checkout's report (SumUp took 1.00 there). Before, the
+    review refused it (409: "look at it in SumUp's dashboard") and only SQL cleared the flag.
+    Now the payment it was paid with stays as it is, and the flagged checkout's money goes back
+    as SumUp took it; the order stays paid."""
+    order_id, honoured = await paid_order(orders, clean_db, sandbox)
+    stray = await stray_checkout(clean_db, sandbox, order_id, 1.00)
+    sandbox.pay(stray)
+    assert (await webhook(orders, order_id, stray)).status_code == 204
+    assert order_state(clean_db, order_id)[:2] == ("paid", True)
+    assert await attention(orders) == [order_id]
+
+    ended = await end_review(orders, order_id)
+
+    assert ended.status_code == 200, ended.text
+    assert ended.json() == {
+        "order_id": order_id,
+        "status": "paid",
+        "closed_checkouts": [],
+        "refunds": [{"checkout_id": stray, "amount": "1.00", "currency": "EUR"}],
+        "releasing_bookings": False,
+    }
+    assert attempt_rows(clean_db, order_id) == [(1, "PAID"), (2, "PAID")]
+    assert await eventually(
+        lambda: refunds(clean_db) == [(order_id, True, Decimal("1.00"), "EUR", "done")]
+    )
+    assert order_state(clean_db, order_id)[:2] == ("paid", False)
+    paid_with = sandbox.checkout(honoured)["transaction_id"]
+    assert sandbox.transaction(paid_with)["events"] == []  # never given back
+    assert await attention(orders) == []
+
+
+async def test_a_paid_order_flagged_by_an_open_checkout_has_it_closed(orders, clean_db, sandbox):
+    """SumUp reported another amount for a checkout nobody paid: the review closes it at SumUp
+    (it can take no money now) and gives nothing back; the order stays paid."""
+    order_id, honoured = await paid_order(orders, clean_db, sandbox)
+    stray = await stray_checkout(clean_db, sandbox, order_id, 3.00)
+    assert (await webhook(orders, order_id, stray)).status_code == 204
+    assert order_state(clean_db, order_id)[:2] == ("paid", True)
+
+    ended = await end_review(orders, order_id)
+
+    assert ended.status_code == 200, ended.text
+    assert (ended.json()["status"], ended.json()["closed_checkouts"]) == ("paid", [stray])
+    assert ended.json()["refunds"] == []
+    assert sandbox.checkout(stray)["status"] == "EXPIRED"
+    assert sandbox.checkout(honoured)["status"] == "PAID"
+    assert attempt_rows(clean_db, order_id) == [(1, "PAID"), (2, "EXPIRED")]
+    assert order_state(clean_db, order_id)[:2] == ("paid", False)
+    assert refunds(clean_db) == []
+
+
+async def test_an_order_whose_money_goes_back_is_settled_with_its_refunds(
+    orders, clean_db, sandbox
+):
+    """A flagged order whose payment goes back already (a late payment, refund_due): its
+    review records no second refund of that payment, and the order is as its refunds are."""
+    sandbox.controls(deactivation_unavailable=True)
+    older = (await create(orders, order_payload(product_line(1, "4.00")))).json()["order_id"]
+    newer = await create(orders, order_payload(product_line(1, "4.00"), product_line(2)))
+    assert newer.status_code == 200, newer.text
+    sandbox.controls(deactivation_unavailable=False, refunds="unavailable")
+    checkout_id = checkout_id_of(clean_db, older)
+    sandbox.pay(checkout_id)
+    assert (await webhook(orders, older, checkout_id)).status_code == 204
+    assert order_state(clean_db, older)[0] == "refund_due"
+    flag(clean_db, older)
+
+    ended = await end_review(orders, older)
+
+    assert ended.status_code == 200, ended.text
+    assert (ended.json()["status"], ended.json()["refunds"]) == ("refund_due", [])
+    assert order_state(clean_db, older) == ("refund_due", False, "amount differs")
+    assert [row[0] for row in refunds(clean_db)] == [older]  # the late payment's, once
 
 
 async def test_sumup_unable_to_answer_leaves_the_review_open(orders, clean_db, sandbox):
@@ -221,6 +320,22 @@ async def test_a_payment_refunded_meanwhile_goes_back_once(orders, clean_db, san
     await review_ends_while_a_report_waits_on_sumup(orders, clean_db, sandbox, order_id)
     assert await eventually(lambda: order_state(clean_db, order_id)[:2] == ("refunded", False))
     assert refunds(clean_db) == [(order_id, True, Decimal("10.00"), "EUR", "done")]
+
+
+async def test_a_second_payment_of_a_paid_order_goes_back_once(orders, clean_db, sandbox):
+    """The same race on a paid order: its review gives back another checkout's payment while
+    that checkout's webhook, read before, waits on SumUp. Applied after the review committed,
+    the report found a paid order paid a second time and recorded that payment's refund once
+    more."""
+    order_id, _ = await paid_order(orders, clean_db, sandbox)
+    stray = await stray_checkout(clean_db, sandbox, order_id, 10.00)
+    flag(clean_db, order_id)
+    sandbox.pay(stray)  # the order's own amount; its webhook comes below
+    await review_ends_while_a_report_waits_on_sumup(orders, clean_db, sandbox, order_id, 2)
+    assert await eventually(
+        lambda: refunds(clean_db) == [(order_id, True, Decimal("10.00"), "EUR", "done")]
+    )
+    assert order_state(clean_db, order_id)[:2] == ("paid", False)
 
 
 async def test_what_sumup_gave_back_already_is_not_asked_for_again(orders, clean_db, sandbox):
@@ -349,12 +464,15 @@ async def test_attempts_sumup_does_not_know_or_reopened_are_settled_as_sumup_say
     assert "its review ended already; it is expired" in again.json()["detail"]
 
 
-async def review_ends_while_a_report_waits_on_sumup(orders, clean_db, sandbox, order_id: int):
-    """The order's review ends (200) while a webhook of its checkout, which read the attempt
-    still open, waits on SumUp's answer (204 once it is applied). The review is held at its
-    refund's row by a conflicting row inserted here and rolled back once the webhook has read
-    the attempt; SumUp answers the webhook in 1 s, after the review committed."""
-    checkout_id = checkout_id_of(clean_db, order_id)
+async def review_ends_while_a_report_waits_on_sumup(
+    orders, clean_db, sandbox, order_id: int, attempt: int = 1
+):
+    """The order's review ends (200) while a webhook of its checkout (of ``attempt``), which
+    read the attempt still open, waits on SumUp's answer (204 once it is applied). The review
+    is held at its refund's row by a conflicting row inserted here and rolled back once the
+    webhook has read the attempt; SumUp answers the webhook in 1 s, after the review
+    committed."""
+    checkout_id = checkout_id_of(clean_db, order_id, attempt)
     with admin_connect(clean_db, "orders") as holder:
         holder.execute("BEGIN")
         holder.execute(
