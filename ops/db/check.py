@@ -11,6 +11,8 @@ One line per difference, from three sources:
 - each service's Alembic version table holding a revision its migrations know, and at its head;
 - each service's tables and columns, and each column's type and nullability, as its models
   declare them (:mod:`ops.db.schema_drift`);
+- each service's indexes, constraints, column defaults and identity columns, as its migrations
+  make them at head (:mod:`ops.db.schema_shape`, ``db/migrations/<service>/shape.toml``);
 - each edge working end to end: a query through every foreign table as the consumer's app role
   (a broken reader password, a missing grant or a missing view shows up only there).
 """
@@ -32,6 +34,7 @@ from ops.db.manifest import Edge, load_edges
 from ops.db.migrate import behind_head, services_with_migrations, unknown_version, versions_in
 from ops.db.provision import DATABASE_WORKERS, provision
 from ops.db.schema_drift import schema_differences
+from ops.db.schema_shape import shape_differences
 from ops.db.topology import Topology
 from ops.split.capture import capture_drift
 from ops.split.moves import tables_read_in
@@ -189,9 +192,9 @@ def _check(
                 f"{service_spec(probe.edge.consumer).app_role}: {probe.error}"
             )
     differences += version_differences(topology, chosen, connections)
-    differences += schema_differences(
-        topology, [name for name in chosen if service_spec(name).database not in missing]
-    )
+    reachable = [name for name in chosen if service_spec(name).database not in missing]
+    differences += schema_differences(topology, reachable)
+    differences += shape_differences(topology, reachable, connections)
     capture_differences, capture_notes = capture_drift(topology, chosen)
     return differences + capture_differences, legacy_notes(
         topology, chosen, connections

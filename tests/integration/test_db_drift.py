@@ -5,6 +5,7 @@ holds again."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -12,7 +13,9 @@ import psycopg
 import pytest
 
 from apps.registry import SERVICES
+from ops.db.connections import Connections
 from ops.db.schema_drift import schema_differences
+from ops.db.schema_shape import shape_differences, stale_files, write_files
 from tests.integration.db_fixtures import (
     SUMUP_KEY,
     Cluster,
@@ -923,6 +926,86 @@ def test_check_names_a_column_whose_type_or_nullability_was_changed_by_hand(clus
             assert line in check.output, f"check does not name {line!r}:\n{check.output}"
     finally:
         for service, _, restore in COLUMNS_ALTERED_BY_HAND:
+            execute(cluster, [(service, restore)])
+    healed = cluster.rose("db", "check")
+    assert healed.exit_code == 0, healed.output
+
+
+# -- indexes, constraints, defaults and identities: db/migrations/<service>/shape.toml -----------
+def test_every_shape_file_is_what_the_migrations_make(cluster: Cluster):
+    """Each service's shape.toml is what its migrations made in these fresh databases: a
+    migration added without its file, or a file edited by hand, fails here. ROSE_WRITE_SHAPES=1
+    writes the files instead (as `python -m ops.db.schema_shape --write` does)."""
+    if os.environ.get("ROSE_WRITE_SHAPES") == "1":
+        write_files(cluster.topology)
+    assert stale_files(cluster.topology) == [], (
+        "run ROSE_WRITE_SHAPES=1 pytest -k shape_file, or python -m ops.db.schema_shape --write"
+    )
+    with Connections() as connections:
+        assert shape_differences(cluster.topology, SERVICES, connections) == []
+
+
+SHAPE_ALTERED_BY_HAND = [
+    # A refund recorded twice for one payment: the unique key that makes it once is gone.
+    (
+        "orders",
+        "ALTER TABLE orders.refunds DROP CONSTRAINT uq_refunds_order_id_reason_key",
+        "ALTER TABLE orders.refunds ADD CONSTRAINT uq_refunds_order_id_reason_key "
+        "UNIQUE (order_id, reason_key)",
+    ),
+    # A status no code knows let in.
+    (
+        "orders",
+        "ALTER TABLE orders.orders DROP CONSTRAINT ck_orders_status_known",
+        "ALTER TABLE orders.orders ADD CONSTRAINT ck_orders_status_known CHECK (status IN "
+        "('pending', 'paid', 'superseded', 'expired', 'cancelled', 'refund_due', 'refunded'))",
+    ),
+    # Rows written otherwise: every new order flagged.
+    (
+        "orders",
+        "ALTER TABLE orders.orders ALTER COLUMN flagged SET DEFAULT true",
+        "ALTER TABLE orders.orders ALTER COLUMN flagged SET DEFAULT false",
+    ),
+    # An index made by hand, and one the migrations make, made otherwise.
+    (
+        "likes",
+        "CREATE INDEX by_hand ON likes.likes (created_at)",
+        "DROP INDEX likes.by_hand",
+    ),
+    (
+        "orders",
+        "DROP INDEX orders.ix_orders_pending; CREATE INDEX ix_orders_pending ON orders.orders (id)",
+        "DROP INDEX orders.ix_orders_pending; CREATE INDEX ix_orders_pending ON orders.orders "
+        "(id) WHERE status = 'pending'",
+    ),
+]  # fmt: skip
+
+
+def test_check_names_indexes_constraints_and_defaults_changed_by_hand(cluster: Cluster):
+    """Before, `rose db check` compared tables and columns only: a unique key dropped by hand
+    (a refund could be recorded twice) passed it with exit 0."""
+    for service, alter, _ in SHAPE_ALTERED_BY_HAND:
+        execute(cluster, [(service, alter)])
+    try:
+        check = cluster.rose("db", "check")
+        assert check.exit_code == 1, check.output
+        for line in [
+            "db_orders: constraint uq_refunds_order_id_reason_key of orders.refunds is missing "
+            "(the migrations make it: UNIQUE (order_id, reason_key))",
+            "db_orders: constraint ck_orders_status_known of orders.orders is missing",
+            "db_orders: default of orders.orders.flagged is true, the migrations make false",
+            "db_likes: index by_hand of likes.likes is not made by the migrations (made by "
+            "hand?): CREATE INDEX by_hand ON likes.likes USING btree (created_at)",
+            "db_orders: index ix_orders_pending of orders.orders is CREATE INDEX "
+            "ix_orders_pending ON orders.orders USING btree (id), the migrations make CREATE "
+            "INDEX ix_orders_pending ON orders.orders USING btree (id) WHERE ((status)::text = "
+            "'pending'::text)",
+        ]:
+            assert line in " ".join(check.output.split()), (
+                f"check does not name {line!r}:\n{check.output}"
+            )
+    finally:
+        for service, _, restore in reversed(SHAPE_ALTERED_BY_HAND):
             execute(cluster, [(service, restore)])
     healed = cluster.rose("db", "check")
     assert healed.exit_code == 0, healed.output
