@@ -76,6 +76,22 @@ class RemoteCheckout:
 
 
 @dataclass(frozen=True)
+class MoneyBack:
+    """What SumUp's transaction says of its money: what it took, and what went back to the
+    buyer since (its refunds, orders' or a person's in SumUp's dashboard, and the charge-backs
+    the card issuer decided for the buyer)."""
+
+    taken: Decimal
+    given_back: Decimal
+    # A charge-back not decided yet: the money may still go back by it, or not.
+    charge_back_pending: bool = False
+
+    @property
+    def all_given_back(self) -> bool:
+        return self.given_back >= self.taken
+
+
+@dataclass(frozen=True)
 class MerchantAccount:
     merchant_code: str
     api_key: str
@@ -306,10 +322,10 @@ class SumUpGateway:
                     raise PaymentProviderUnavailable(str(exc)) from exc
                 raise RefundRefused(exc.status, str(exc)) from exc
 
-    async def given_back(self, account: MerchantAccount, transaction_id: str) -> Decimal:
-        """How much of the transaction has gone back to the buyer so far, as SumUp's events
-        say: its refunds (orders', or a person's in SumUp's dashboard) and the card issuer's
-        charge-backs. A failed one gave nothing back."""
+    async def money_back(self, account: MerchantAccount, transaction_id: str) -> MoneyBack:
+        """What the transaction took and what of it went back so far, as SumUp's events say.
+        A failed refund or charge-back gave nothing back; a pending refund (orders' own, on
+        its way) counts; a pending charge-back is reported, not counted."""
         async with self._using(account) as client:
             try:
                 transaction = await client.transactions.get(
@@ -319,13 +335,21 @@ class SumUpGateway:
                 raise PaymentProviderUnavailable(type(exc).__name__) from exc
             except APIError as exc:
                 raise _classify(exc) from exc
-            refunded = Decimal(0)
-            for event in transaction.events or ():
-                kind = getattr(event.type, "value", event.type)
-                state = getattr(event.status, "value", event.status)
-                if kind in GIVING_BACK and state != "FAILED" and event.amount is not None:
-                    refunded += Decimal(str(event.amount))
-            return refunded.quantize(CENT)
+        given_back, pending = Decimal(0), False
+        for event in transaction.events or ():
+            kind = getattr(event.type, "value", event.type)
+            state = getattr(event.status, "value", event.status)
+            if kind not in GIVING_BACK or state == "FAILED" or event.amount is None:
+                continue
+            if kind == "CHARGE_BACK" and state == "PENDING":
+                pending = True
+                continue
+            given_back += Decimal(str(event.amount))
+        return MoneyBack(
+            taken=Decimal(str(transaction.amount or 0)).quantize(CENT),
+            given_back=given_back.quantize(CENT),
+            charge_back_pending=pending,
+        )
 
 
 def _error_code(exc: APIError) -> str | None:

@@ -1,8 +1,9 @@
 """Ending a flagged order's review (``rose orders end-review``).
 
 An order is flagged when SumUp reports another amount or currency for one of its checkouts than
-the order's: it is never marked paid, its goods are refused to new orders while it is pending,
-and reconciliation passes it by. A person looks at it (SumUp's dashboard, the buyer), then ends
+the order's: a pending one is not marked paid while it is flagged (a paid one can be flagged by
+another checkout's report), its goods are refused to new orders while it is pending, and
+reconciliation passes it by. A person looks at it (SumUp's dashboard, the buyer), then ends
 the review, and the order is settled from what SumUp says now:
 
 - its open checkouts are closed at SumUp, so that they can take no more money;
@@ -80,6 +81,12 @@ async def end_review(session: AsyncSession, order_id: int, gateway: SumUpGateway
     )
     account = await accounts.of(session, order) if attempts else None
     honoured = _honoured_attempt(order, attempts)
+    if order.status == "paid" and order.total > 0 and honoured is None:
+        raise Conflict(
+            f"Order {order_id} is paid, but orders holds none of its checkouts paid: look at "
+            "it in SumUp's dashboard; nothing was changed",
+            order_id=order_id,
+        )
     refunds: list[RefundGoingBack] = []
     closed: list[str] = []
     paid = False
@@ -104,6 +111,17 @@ async def end_review(session: AsyncSession, order_id: int, gateway: SumUpGateway
         )
         attempt.checked_at = func.now()
         attempt.updated_at = func.now()
+        if attempt is honoured and (
+            money(Decimal(remote.amount)) != money(attempt.amount)
+            or remote.currency != attempt.currency
+        ):
+            raise Conflict(
+                f"SumUp reports {remote.amount} {remote.currency} for checkout {remote.id}, "
+                f"which paid order {order_id} ({attempt.amount} {attempt.currency}): look at it "
+                "in SumUp's dashboard; nothing was changed in orders (checkouts closed at SumUp "
+                "before stay closed)",
+                order_id=order_id,
+            )
         if remote.status != "PAID" or attempt is honoured:
             continue  # the payment a paid order was paid with stays as it is
         paid = True
@@ -202,7 +220,15 @@ async def _still_taken(
             order_id=attempt.order_id,
         )
     taken = money(Decimal(remote.amount))
-    given_back = await gateway.given_back(account, transaction_id)
+    back = await gateway.money_back(account, transaction_id)
+    if back.charge_back_pending:
+        raise Conflict(
+            f"A charge-back of checkout {remote.id} of order {attempt.order_id} is pending at "
+            "SumUp: end the review once it is decided; nothing was changed in orders "
+            "(checkouts closed at SumUp before stay closed)",
+            order_id=attempt.order_id,
+        )
+    given_back = back.given_back
     if given_back >= taken:
         return None
     if given_back > 0:

@@ -68,6 +68,7 @@ from apps.orders.payments import (
     CENT,
     CheckoutNotFound,
     MerchantAccount,
+    MoneyBack,
     PaymentProviderError,
     PaymentProviderUnavailable,
     RefundRefused,
@@ -1166,11 +1167,30 @@ async def settle_refund(
     if transaction_id is None:
         return await _refund_failed(session, refund, order, "SumUp reports no paid transaction")
 
-    # SumUp's transaction says whether the money went back already: by an earlier request of
-    # this refund whose outcome is unknown, or, never asked, by a person in SumUp's dashboard
-    # or the card issuer's charge-back. Asking then could be refused, or give it back twice.
-    if await _already_given_back(session, gateway, account, refund, transaction_id):
-        return await _refund_done(session, refund, order)
+    if refund.status == "requested":
+        # An earlier request's outcome is unknown: SumUp's transaction says whether it happened.
+        back = await gateway.money_back(account, transaction_id)
+        if back.charge_back_pending:
+            return await _refund_waits(session, refund, order)
+        if await _given_back_for(session, refund, back):
+            return await _refund_done(session, refund, order)
+    else:
+        # Never asked: all of the payment may have gone back already by other means (a person
+        # in SumUp's dashboard, the card issuer's charge-back). Asking then would be refused,
+        # or could give it back twice. Part of it says nothing of this refund: it is asked.
+        known = await _money_back_if_known(gateway, account, transaction_id)
+        if known is not None and known.charge_back_pending:
+            return await _refund_waits(session, refund, order)
+        if known is not None and known.all_given_back:
+            logger.warning(
+                "order %s: refund %s of %s settled unasked: SumUp gave back all %s of the "
+                "payment already (in its dashboard, or a charge-back)",
+                order.id,
+                refund.id,
+                refund.amount,
+                known.taken,
+            )
+            return await _refund_done(session, refund, order)
     refund.status = "requested"
     refund.tries += 1
     refund.updated_at = func.now()
@@ -1183,10 +1203,14 @@ async def settle_refund(
         await session.commit()
         return RefundOutcome(refund.id, "requested")
     except RefundRefused as exc:
-        if exc.status == 409 and await _already_given_back(
-            session, gateway, account, refund, transaction_id
-        ):
-            return await _refund_done(session, refund, order)
+        if exc.status == 409:
+            # Refused as nothing (or too little) is left: all of it went back meanwhile, or an
+            # earlier request of this refund went through after all. Else a person decides.
+            back = await gateway.money_back(account, transaction_id)
+            if back.all_given_back or (
+                refund.tries > 1 and await _given_back_for(session, refund, back)
+            ):
+                return await _refund_done(session, refund, order)
         return await _refund_failed(session, refund, order, str(exc))
     return await _refund_done(session, refund, order)
 
@@ -1204,26 +1228,39 @@ async def _transaction_id(
     return transaction_id
 
 
-async def _already_given_back(
-    session: AsyncSession,
-    gateway: SumUpGateway,
-    account: MerchantAccount,
-    refund: Refund,
-    transaction_id: str,
-) -> bool:
+async def _given_back_for(session: AsyncSession, refund: Refund, back: MoneyBack) -> bool:
     """SumUp has given back at least what the transaction's settled refunds and this one add
-    up to. For a refund never asked, the transaction's refunds asked with their outcome
-    unknown count as given back too: their money must not settle this one."""
-    counted = ["done"] if refund.status == "requested" else ["done", "requested"]
+    up to (``back`` read before the sum: a refund whose money SumUp shows was recorded
+    ``requested`` before it was asked, so the sum read after it sees every settled one)."""
     settled = await session.scalar(
         select(func.coalesce(func.sum(Refund.amount), 0)).where(
             Refund.attempt_id == refund.attempt_id,
             Refund.id != refund.id,
-            Refund.status.in_(counted),
+            Refund.status == "done",
         )
     )
-    given_back = await gateway.given_back(account, transaction_id)
-    return given_back >= money(Decimal(settled or 0) + refund.amount)
+    return back.given_back >= money(Decimal(settled or 0) + refund.amount)
+
+
+async def _money_back_if_known(
+    gateway: SumUpGateway, account: MerchantAccount, transaction_id: str
+) -> MoneyBack | None:
+    """The transaction's money as SumUp says, None when SumUp refuses to tell (a 4xx): the
+    refund is then asked as before this look existed. An outage raises (tried next pass)."""
+    try:
+        return await gateway.money_back(account, transaction_id)
+    except PaymentProviderError as exc:
+        logger.warning("transaction %s unread before its refund: %s", transaction_id, exc)
+        return None
+
+
+async def _refund_waits(session: AsyncSession, refund: Refund, order: Order) -> RefundOutcome:
+    """A charge-back of the payment is not decided yet: its money may go back by it. Neither
+    asked (it could go back twice) nor settled (it may not go back at all): tried next pass."""
+    refund.last_error = "a charge-back of the payment is pending at SumUp: waiting for it"
+    await session.commit()
+    logger.warning("order %s: refund %s waits for a pending charge-back", order.id, refund.id)
+    return RefundOutcome(refund.id, refund.status)
 
 
 async def _refund_done(session: AsyncSession, refund: Refund, order: Order) -> RefundOutcome:

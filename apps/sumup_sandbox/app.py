@@ -103,6 +103,8 @@ class PayRequest(msgspec.Struct, forbid_unknown_fields=True):
 class ChargeBackRequest(msgspec.Struct, forbid_unknown_fields=True):
     # All that is left of the payment when omitted.
     amount: float | None = None
+    # A dispute the card issuer has not decided yet (its event PENDING).
+    pending: bool = False
 
 
 class ReleaseRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -406,7 +408,9 @@ async def control_charge_back(
     merchant's refunds (a CHARGE_BACK event on the transaction)."""
     body = await _read_control_body(request, ChargeBackRequest)
     amount = None if body.amount is None else parse_amount(body.amount, param="amount")
-    return transaction_full_as_json(await service.charge_back(transaction_id, amount))
+    return transaction_full_as_json(
+        await service.charge_back(transaction_id, amount, pending=body.pending)
+    )
 
 
 @post("/checkouts/{checkout_id:str}/expire", status_code=200)

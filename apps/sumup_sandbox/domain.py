@@ -96,6 +96,8 @@ class GivenBack:
     amount: Decimal
     timestamp: datetime
     kind: Literal["REFUND", "CHARGE_BACK"] = "REFUND"
+    # A charge-back the card issuer has not decided yet: nothing went back by it so far.
+    pending: bool = False
 
 
 @dataclass
@@ -112,11 +114,11 @@ class Transaction:
 
     @property
     def given_back_amount(self) -> Decimal:
-        return sum((event.amount for event in self.given_back), Decimal(0))
+        return sum((event.amount for event in self.given_back if not event.pending), Decimal(0))
 
     @property
     def charged_back(self) -> bool:
-        return any(event.kind == "CHARGE_BACK" for event in self.given_back)
+        return any(event.kind == "CHARGE_BACK" and not event.pending for event in self.given_back)
 
     @property
     def refundable_amount(self) -> Decimal:
@@ -157,11 +159,17 @@ def refund_transaction(
 
 
 def charge_back_transaction(
-    transaction: Transaction, amount: Decimal | None, *, event_id: int, now: datetime
+    transaction: Transaction,
+    amount: Decimal | None,
+    *,
+    event_id: int,
+    now: datetime,
+    pending: bool = False,
 ) -> GivenBack:
     """The card issuer takes ``amount`` (all that is left when None) of a successful payment
     back. The transaction stays SUCCESSFUL (it was paid; its simple status says CHARGEBACK),
-    and what was charged back can no longer be refunded."""
+    and what was charged back can no longer be refunded. A pending one (a dispute not decided
+    yet) takes nothing so far: what it names can still be refunded, and so go back twice."""
     left = transaction.refundable_amount
     wanted = left if amount is None else amount
     if left <= 0 or wanted > left:
@@ -171,7 +179,9 @@ def charge_back_transaction(
         )
     if wanted <= 0:
         raise InvalidRefundAmount("amount must be greater than zero")
-    charge_back = GivenBack(id=event_id, amount=wanted, timestamp=now, kind="CHARGE_BACK")
+    charge_back = GivenBack(
+        id=event_id, amount=wanted, timestamp=now, kind="CHARGE_BACK", pending=pending
+    )
     transaction.given_back.append(charge_back)
     return charge_back
 

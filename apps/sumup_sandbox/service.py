@@ -119,13 +119,19 @@ class CheckoutService:
                 raise SandboxUnavailable("the refund was made, but its answer is lost")
             return transaction
 
-    async def charge_back(self, transaction_id: str, amount: Decimal | None) -> Transaction:
+    async def charge_back(
+        self, transaction_id: str, amount: Decimal | None, *, pending: bool = False
+    ) -> Transaction:
         """The operator's charge-back of a payment (all that is left when ``amount`` is None):
         the card issuer takes the money back, outside the merchant's refunds."""
         async with self.state.lock:
-            transaction = self.state.find_transaction(transaction_id)
+            transaction = self.state.find_any_transaction(transaction_id)
             charge_back_transaction(
-                transaction, amount, event_id=self.state.next_refund_id(), now=_now()
+                transaction,
+                amount,
+                event_id=self.state.next_refund_id(),
+                now=_now(),
+                pending=pending,
             )
             return transaction
 

@@ -151,10 +151,15 @@ class SandboxState:
             raise CheckoutNotFound(checkout_id)
         return checkout
 
-    def find_transaction(
-        self, transaction_id: str, *, merchant_code: str | None = None
-    ) -> Transaction:
-        """The transaction, as visible to `merchant_code` (None: the operator sees all)."""
+    def find_transaction(self, transaction_id: str, *, merchant_code: str) -> Transaction:
+        """The transaction, as visible to `merchant_code`."""
+        return self._find_transaction(transaction_id, merchant_code)
+
+    def find_any_transaction(self, transaction_id: str) -> Transaction:
+        """The transaction, whichever merchant's (the operator's controls)."""
+        return self._find_transaction(transaction_id, None)
+
+    def _find_transaction(self, transaction_id: str, merchant_code: str | None) -> Transaction:
         for checkout in self.checkouts.values():
             if merchant_code is not None and checkout.merchant_code != merchant_code:
                 continue

@@ -8,7 +8,7 @@ from decimal import Decimal, InvalidOperation
 
 import httpx
 
-from apps.sumup_sandbox.domain import Checkout, NewCheckout, Transaction
+from apps.sumup_sandbox.domain import Checkout, GivenBack, NewCheckout, Transaction
 
 REQUIRED_CHECKOUT_FIELDS = ("checkout_reference", "amount", "currency", "merchant_code")
 MAX_REFERENCE_LENGTH = 90
@@ -168,6 +168,12 @@ def transaction_as_json(transaction: Transaction) -> dict[str, object]:
     return body
 
 
+def _event_status(event: GivenBack) -> str:
+    if event.kind == "REFUND":
+        return "REFUNDED"
+    return "PENDING" if event.pending else "SUCCESSFUL"
+
+
 def transaction_full_as_json(transaction: Transaction) -> dict[str, object]:
     """GET /v2.1/merchants/{code}/transactions: the transaction with its refund and
     charge-back events."""
@@ -175,7 +181,7 @@ def transaction_full_as_json(transaction: Transaction) -> dict[str, object]:
         {
             "id": event.id,
             "type": event.kind,
-            "status": "REFUNDED" if event.kind == "REFUND" else "SUCCESSFUL",
+            "status": _event_status(event),
             "amount": float(event.amount),
             "timestamp": iso_timestamp(event.timestamp),
             "transaction_id": transaction.id,

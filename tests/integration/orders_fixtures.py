@@ -235,9 +235,14 @@ class Sandbox:
         response.raise_for_status()
         return response.json()["delayed_calls"]
 
-    def charge_back(self, transaction_id: str, amount: float | None = None) -> dict[str, Any]:
-        """The card issuer takes the payment (or ``amount`` of it) back: a charge-back."""
-        body = {} if amount is None else {"amount": amount}
+    def charge_back(
+        self, transaction_id: str, amount: float | None = None, *, pending: bool = False
+    ) -> dict[str, Any]:
+        """The card issuer takes the payment (or ``amount`` of it) back: a charge-back (one
+        not decided yet when ``pending``)."""
+        body: dict[str, Any] = {"pending": pending}
+        if amount is not None:
+            body["amount"] = amount
         response = self.client.post(
             f"/_sandbox/transactions/{transaction_id}/charge-back", json=body
         )

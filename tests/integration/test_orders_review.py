@@ -1,7 +1,7 @@
 """Ending a flagged order's review (`rose orders end-review`, orders' end-review action): the
-order is settled from what SumUp says now, as one that was never paid. Before, a flagged order
-had no way out but SQL by hand: pending for ever, its goods refused to every new order, passed
-by reconciliation, listed by `rose orders attention` for ever."""
+order is settled from what SumUp says now. Before, a flagged order had no way out but SQL by
+hand: pending for ever, its goods refused to every new order, passed by reconciliation, listed
+by `rose orders attention` for ever."""
 
 from __future__ import annotations
 
@@ -241,6 +241,67 @@ async def test_a_paid_order_flagged_by_an_open_checkout_has_it_closed(orders, cl
     assert sandbox.checkout(honoured)["status"] == "PAID"
     assert attempt_rows(clean_db, order_id) == [(1, "PAID"), (2, "EXPIRED")]
     assert order_state(clean_db, order_id)[:2] == ("paid", False)
+    assert refunds(clean_db) == []
+
+
+async def test_a_second_payment_of_a_paid_order_goes_back(orders, clean_db, sandbox):
+    """Not a review: a paid order's other checkout paid too (its own amount): that payment goes
+    back at once, the order stays paid, nothing flagged (the path the review's race guard in
+    apply_checkout must not swallow)."""
+    order_id, honoured = await paid_order(orders, clean_db, sandbox)
+    stray = await stray_checkout(clean_db, sandbox, order_id, 10.00)
+    sandbox.pay(stray)
+    assert (await webhook(orders, order_id, stray)).status_code == 204
+    assert await eventually(
+        lambda: refunds(clean_db) == [(order_id, False, Decimal("10.00"), "EUR", "done")]
+    )
+    assert order_state(clean_db, order_id) == ("paid", False, None)
+    assert sandbox.transaction(sandbox.checkout(honoured)["transaction_id"])["events"] == []
+
+
+async def test_a_paid_order_sumup_reports_otherwise_is_left_to_a_person(orders, clean_db, sandbox):
+    """Review L3: the payment a paid order was paid with, reported for another amount than
+    the order's; or a paid order orders holds no checkout of paid. Its review would clear the
+    flag of what nobody settled: a 409, nothing changed."""
+    order_id, _ = await paid_order(orders, clean_db, sandbox)
+    with admin_connect(clean_db, "orders") as connection:
+        connection.execute(
+            "UPDATE orders.payment_attempts SET amount = 9.00 WHERE order_id = %s", (order_id,)
+        )
+    flag(clean_db, order_id)
+    refused = await end_review(orders, order_id)
+    assert refused.status_code == 409, refused.text
+    assert "which paid order" in refused.json()["detail"]
+    assert order_state(clean_db, order_id) == ("paid", True, "amount differs")
+
+    with admin_connect(clean_db, "orders") as connection:
+        connection.execute(
+            "UPDATE orders.payment_attempts SET amount = 10.00, status = 'EXPIRED' "
+            "WHERE order_id = %s",
+            (order_id,),
+        )
+    none_paid = await end_review(orders, order_id)
+    assert none_paid.status_code == 409, none_paid.text
+    assert "orders holds none of its checkouts paid" in none_paid.json()["detail"]
+    assert order_state(clean_db, order_id) == ("paid", True, "amount differs")
+    assert refunds(clean_db) == []
+
+
+async def test_a_pending_charge_back_keeps_the_review_open(orders, clean_db, sandbox):
+    """Review M1: a dispute not decided yet may give the money back, or not: the review
+    neither asks for it nor takes it as given back (409, nothing changed)."""
+    order_id = (await create(orders)).json()["order_id"]
+    checkout_id = checkout_id_of(clean_db, order_id)
+    sandbox.pay(checkout_id, amount_override=1.00)
+    assert (await webhook(orders, order_id, checkout_id)).status_code == 204
+    sandbox.charge_back(sandbox.checkout(checkout_id)["transaction_id"], pending=True)
+
+    refused = await end_review(orders, order_id)
+
+    assert refused.status_code == 409, refused.text
+    assert "charge-back of checkout" in refused.json()["detail"]
+    assert order_state(clean_db, order_id)[:2] == ("pending", True)
+    assert attempt_rows(clean_db, order_id) == [(1, "PENDING")]
     assert refunds(clean_db) == []
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from apps.orders import service
 from apps.orders.settlement import settle_refund
+from apps.sumup_sandbox.app import DEFAULT_API_KEY, DEFAULT_MERCHANT_CODE
 from tests.conftest import admin_connect, lock_waiters
 from tests.integration.orders_fixtures import (
     Sandbox,
@@ -139,6 +140,65 @@ async def test_a_late_payment_charged_back_before_orders_learnt_of_it_is_not_ask
     assert (order_id, status, amount, tries) == (older, "done", Decimal("4.00"), 0)
     assert status_of(clean_db, older) == "refunded"
     assert refunded_at_sumup(sandbox, transaction_id) == 0
+
+
+async def test_money_given_back_for_something_else_does_not_settle_a_refund(
+    orders, clean_db, sandbox
+):
+    """Review H1: a person gave 3.00 of a paid 10.00 order back in SumUp's dashboard (a
+    damaged product, say); then 2.00 of it must go back for a booking events could not
+    confirm. SumUp's 3.00 covered 2.00, and the refund was settled done unasked: the buyer
+    never got the 2.00. Only all of the payment given back settles a refund unasked."""
+    order_id = (await create(orders)).json()["order_id"]
+    checkout_id = checkout_id_of(clean_db, order_id)
+    sandbox.pay(checkout_id)
+    assert (await webhook(orders, order_id, checkout_id)).status_code == 204
+    transaction_id = sandbox.checkout(checkout_id)["transaction_id"]
+    given = sandbox.client.post(
+        f"/v1.0/merchants/{DEFAULT_MERCHANT_CODE}/payments/{transaction_id}/refunds",
+        json={"amount": 3.0},
+        headers={"Authorization": f"Bearer {DEFAULT_API_KEY}"},
+    )
+    assert given.status_code == 201, given.text
+    with admin_connect(clean_db, "orders") as connection:
+        connection.execute(
+            "INSERT INTO orders.refunds (order_id, attempt_id, reason_key, reason, amount, "
+            "currency) SELECT order_id, id, 'unconfirmed:test', 'a booking could not be "
+            "confirmed', 2.00, 'EUR' FROM orders.payment_attempts WHERE order_id = %s",
+            (order_id,),
+        )
+
+    await orders.apps["orders"].state.reconciler.settle_refunds()
+
+    [(_, status, amount, tries)] = refunds(clean_db)
+    assert (status, amount, tries) == ("done", Decimal("2.00"), 1)
+    assert refunded_at_sumup(sandbox, transaction_id) == 5.0
+
+
+async def test_a_refund_waits_while_a_charge_back_is_pending(orders, clean_db, sandbox):
+    """Review M1: a dispute the card issuer has not decided yet. Counted as given back, the
+    late payment's refund was settled, and the buyer got nothing if the merchant won it; asked
+    for, the money could go back twice if the buyer won. It waits, named."""
+    sandbox.controls(deactivation_unavailable=True)
+    older = (await create(orders, order_payload(product_line(1, "4.00")))).json()["order_id"]
+    newer = await create(orders, order_payload(product_line(1, "4.00"), product_line(2)))
+    assert newer.status_code == 200, newer.text
+    checkout_id = checkout_id_of(clean_db, older)
+    sandbox.pay(checkout_id)
+    transaction_id = sandbox.checkout(checkout_id)["transaction_id"]
+    sandbox.charge_back(transaction_id, pending=True)
+
+    assert (await webhook(orders, older, checkout_id)).status_code == 204
+    reconciler = orders.apps["orders"].state.reconciler
+    await reconciler.quiet()
+    await reconciler.settle_refunds()
+
+    [(order_id, status, amount, tries)] = refunds(clean_db)
+    assert (order_id, status, amount, tries) == (older, "due", Decimal("4.00"), 0)
+    assert status_of(clean_db, older) == "refund_due"
+    assert refunded_at_sumup(sandbox, transaction_id) == 0
+    listed = (await internal_get(orders.client("orders"), "attention")).json()["orders"]
+    assert "charge-back of the payment is pending" in listed[0]["refunds"][0]["last_error"]
 
 
 async def test_sumup_down_for_a_refund_retries_it_next_pass(orders, clean_db, sandbox):
