@@ -143,8 +143,12 @@ def db_check(
 ) -> None:
     """Compare the cluster with what db/ declares: one line per difference; exit 1 on any."""
     from ops.db.check import check_as_declared
+    from ops.db.sqlfiles import ConvergeError
 
-    differences, notes = check_as_declared(superuser_topology(database_url, "rose db check"))
+    try:
+        differences, notes = check_as_declared(superuser_topology(database_url, "rose db check"))
+    except ConvergeError as exc:  # a server it cannot compare with db/ at all (too old)
+        raise fail(str(exc)) from None
     if as_json:
         print(json.dumps({"ok": not differences, "differences": differences, "notes": notes}))
     else:

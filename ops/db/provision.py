@@ -67,6 +67,22 @@ class Server:
     services: tuple[str, ...]
 
 
+# The oldest PostgreSQL the service databases can be made on: their builtin C.UTF-8 locale
+# (db/schemas/databases.sql) came with 17. The project is built and tested on 18.
+OLDEST_SERVER = 170000
+
+
+def require_supported_server(version_num: int, where: str) -> None:
+    """One line naming the server's version when it is older than :data:`OLDEST_SERVER`,
+    before anything is made on it (a half-provisioned server otherwise)."""
+    if version_num < OLDEST_SERVER:
+        major, minor = divmod(version_num, 10000)
+        raise ConvergeError(
+            f"{where}: PostgreSQL {major}.{minor} is too old: rose-ash needs PostgreSQL 17 or "
+            "later (the service databases use its builtin C.UTF-8 locale); it is tested on 18"
+        )
+
+
 def servers(topology: Topology) -> list[Server]:
     grouped: dict[tuple[str, int], list[str]] = {}
     urls: dict[tuple[str, int], str] = {}
@@ -374,6 +390,10 @@ def provision(
             server, hosted, edges, credentials, monolith_roles=topology.monolith_roles
         )
         connection = connections.get(server.maintenance_url)
+        require_supported_server(
+            connection.info.server_version,
+            make_url(server.maintenance_url).render_as_string(hide_password=True),
+        )
         run(connection, "schemas/roles.sql", variables["schemas/roles.sql"])
         changes = password_changes(connection, roles, apply=apply)
         for change in changes:
