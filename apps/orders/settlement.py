@@ -1153,7 +1153,9 @@ async def settle_refund(
         )
         .with_for_update(skip_locked=True)
     )
-    if refund is None:
+    if refund is None or (
+        refund.status == "due" and await _request_unknown_beside(session, refund)
+    ):
         await session.rollback()
         return None
     order = await session.get(Order, refund.order_id)
@@ -1226,6 +1228,22 @@ async def _transaction_id(
         attempt.transaction_id = transaction_id
         await session.flush()
     return transaction_id
+
+
+async def _request_unknown_beside(session: AsyncSession, refund: Refund) -> bool:
+    """Another refund of the same payment was asked with its outcome unknown: this one waits
+    until that is settled. SumUp's total tells one unknown request from none, not two: with
+    both unknown, the money of one could settle the other, and the other be asked again."""
+    found = await session.scalar(
+        select(Refund.id)
+        .where(
+            Refund.attempt_id == refund.attempt_id,
+            Refund.id != refund.id,
+            Refund.status == "requested",
+        )
+        .limit(1)
+    )
+    return found is not None
 
 
 async def _given_back_for(session: AsyncSession, refund: Refund, back: MoneyBack) -> bool:

@@ -175,6 +175,41 @@ async def test_money_given_back_for_something_else_does_not_settle_a_refund(
     assert refunded_at_sumup(sandbox, transaction_id) == 5.0
 
 
+async def test_a_refund_waits_while_another_of_its_payment_is_unknown(orders, clean_db, sandbox):
+    """Review L1: two refunds of one payment, both asked with their answers lost, could not be
+    told apart by SumUp's total (the money of one settled the other, which was then asked
+    again). A refund never asked waits while another of its payment is unknown."""
+    order_id = (await create(orders)).json()["order_id"]
+    checkout_id = checkout_id_of(clean_db, order_id)
+    sandbox.pay(checkout_id)
+    assert (await webhook(orders, order_id, checkout_id)).status_code == 204
+    transaction_id = sandbox.checkout(checkout_id)["transaction_id"]
+    with admin_connect(clean_db, "orders") as connection:
+        for key, amount, status, tries in (("one", 2, "requested", 1), ("two", 3, "due", 0)):
+            connection.execute(
+                "INSERT INTO orders.refunds (order_id, attempt_id, reason_key, reason, amount, "
+                "currency, status, tries) SELECT order_id, id, %s, 'a booking could not be "
+                "confirmed', %s, 'EUR', %s, %s FROM orders.payment_attempts WHERE order_id = %s",
+                (key, amount, status, tries, order_id),
+            )
+    reconciler = orders.apps["orders"].state.reconciler
+
+    await reconciler.settle_refunds()  # the first's request may still be on its way
+    assert [row[1:] for row in refunds(clean_db)] == [
+        ("requested", Decimal("2.00"), 1),
+        ("due", Decimal("3.00"), 0),
+    ]
+    assert refunded_at_sumup(sandbox, transaction_id) == 0
+
+    lease_passed(clean_db)  # SumUp's total says the first was never made: asked again
+    await reconciler.settle_refunds()
+    assert [row[1:] for row in refunds(clean_db)] == [
+        ("done", Decimal("2.00"), 2),
+        ("done", Decimal("3.00"), 1),
+    ]
+    assert refunded_at_sumup(sandbox, transaction_id) == 5.0
+
+
 async def test_a_refund_waits_while_a_charge_back_is_pending(orders, clean_db, sandbox):
     """Review M1: a dispute the card issuer has not decided yet. Counted as given back, the
     late payment's refund was settled, and the buyer got nothing if the merchant won it; asked
