@@ -910,25 +910,38 @@ def test_a_fresh_database_has_every_column_as_its_models_declare(cluster: Cluste
     assert schema_differences(cluster.topology, SERVICES) == []
 
 
-def test_check_names_a_column_whose_type_or_nullability_was_changed_by_hand(cluster: Cluster):
-    for service, alter, _ in COLUMNS_ALTERED_BY_HAND:
+def check_names_what_was_altered_by_hand(
+    cluster: Cluster, altered: list[tuple[str, str, str]], lines: list[str]
+) -> None:
+    """Each (service, alter, restore) altered: `rose db check` exits 1 naming every one of
+    ``lines``; restored, it exits 0."""
+    for service, alter, _ in altered:
         execute(cluster, [(service, alter)])
     try:
         check = cluster.rose("db", "check")
         assert check.exit_code == 1, check.output
-        for line in [
+        said = " ".join(check.output.split())
+        for line in lines:
+            assert line in said, f"check does not name {line!r}:\n{check.output}"
+    finally:
+        for service, _, restore in reversed(altered):
+            execute(cluster, [(service, restore)])
+    healed = cluster.rose("db", "check")
+    assert healed.exit_code == 0, healed.output
+
+
+def test_check_names_a_column_whose_type_or_nullability_was_changed_by_hand(cluster: Cluster):
+    check_names_what_was_altered_by_hand(
+        cluster,
+        COLUMNS_ALTERED_BY_HAND,
+        [
             "db_orders: column orders.idempotency_keys.key is VARCHAR(100), "
             "the models declare VARCHAR(200)",
             "db_orders: column orders.orders.total is NUMERIC, the models declare NUMERIC(12, 2)",
             "db_likes: column likes.likes.user_id is nullable, the models declare it NOT NULL",
             "db_orders: column orders.orders.paid_at is NOT NULL, the models declare it nullable",
-        ]:
-            assert line in check.output, f"check does not name {line!r}:\n{check.output}"
-    finally:
-        for service, _, restore in COLUMNS_ALTERED_BY_HAND:
-            execute(cluster, [(service, restore)])
-    healed = cluster.rose("db", "check")
-    assert healed.exit_code == 0, healed.output
+        ],
+    )
 
 
 # -- indexes, constraints, defaults and identities: db/migrations/<service>/shape.toml -----------
@@ -984,12 +997,10 @@ SHAPE_ALTERED_BY_HAND = [
 def test_check_names_indexes_constraints_and_defaults_changed_by_hand(cluster: Cluster):
     """Before, `rose db check` compared tables and columns only: a unique key dropped by hand
     (a refund could be recorded twice) passed it with exit 0."""
-    for service, alter, _ in SHAPE_ALTERED_BY_HAND:
-        execute(cluster, [(service, alter)])
-    try:
-        check = cluster.rose("db", "check")
-        assert check.exit_code == 1, check.output
-        for line in [
+    check_names_what_was_altered_by_hand(
+        cluster,
+        SHAPE_ALTERED_BY_HAND,
+        [
             "db_orders: constraint uq_refunds_order_id_reason_key of orders.refunds is missing "
             "(the migrations make it: UNIQUE (order_id, reason_key))",
             "db_orders: constraint ck_orders_status_known of orders.orders is missing",
@@ -1000,12 +1011,5 @@ def test_check_names_indexes_constraints_and_defaults_changed_by_hand(cluster: C
             "ix_orders_pending ON orders.orders USING btree (id), the migrations make CREATE "
             "INDEX ix_orders_pending ON orders.orders USING btree (id) WHERE ((status)::text = "
             "'pending'::text)",
-        ]:
-            assert line in " ".join(check.output.split()), (
-                f"check does not name {line!r}:\n{check.output}"
-            )
-    finally:
-        for service, _, restore in reversed(SHAPE_ALTERED_BY_HAND):
-            execute(cluster, [(service, restore)])
-    healed = cluster.rose("db", "check")
-    assert healed.exit_code == 0, healed.output
+        ],
+    )

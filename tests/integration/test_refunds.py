@@ -49,15 +49,22 @@ def status_of(server, order_id: int) -> str:
         ).fetchone()[0]
 
 
-async def late_payment(orders, server, sandbox: Sandbox) -> tuple[int, str]:
+async def paid_after_superseded(orders, server, sandbox: Sandbox) -> tuple[int, str]:
     """Order 1 is superseded by order 2, its checkout could not be closed, and its old tab
-    pays: money that must go back. Returns the old order and its SumUp transaction."""
+    pays; nobody has told orders yet. Returns the old order and its checkout."""
     sandbox.controls(deactivation_unavailable=True)
     older = (await create(orders, order_payload(product_line(1, "4.00")))).json()["order_id"]
     newer = await create(orders, order_payload(product_line(1, "4.00"), product_line(2)))
     assert newer.status_code == 200, newer.text
     checkout_id = checkout_id_of(server, older)
     sandbox.pay(checkout_id)
+    return older, checkout_id
+
+
+async def late_payment(orders, server, sandbox: Sandbox) -> tuple[int, str]:
+    """:func:`paid_after_superseded`, reported by SumUp's webhook: money that must go back.
+    Returns the old order and its SumUp transaction."""
+    older, checkout_id = await paid_after_superseded(orders, server, sandbox)
     assert (await webhook(orders, older, checkout_id)).status_code == 204
     return older, sandbox.checkout(checkout_id)["transaction_id"]
 
@@ -123,12 +130,7 @@ async def test_a_late_payment_charged_back_before_orders_learnt_of_it_is_not_ask
 ):
     """The charge-back came before the payment's report: the refund it makes is settled by
     what SumUp says went back, without a request SumUp might refuse, or pay a second time."""
-    sandbox.controls(deactivation_unavailable=True)
-    older = (await create(orders, order_payload(product_line(1, "4.00")))).json()["order_id"]
-    newer = await create(orders, order_payload(product_line(1, "4.00"), product_line(2)))
-    assert newer.status_code == 200, newer.text
-    checkout_id = checkout_id_of(clean_db, older)
-    sandbox.pay(checkout_id)
+    older, checkout_id = await paid_after_superseded(orders, clean_db, sandbox)
     transaction_id = sandbox.checkout(checkout_id)["transaction_id"]
     sandbox.charge_back(transaction_id)
     sandbox.controls(refunds="unavailable")  # a request would leave the refund unknown
@@ -214,12 +216,7 @@ async def test_a_refund_waits_while_a_charge_back_is_pending(orders, clean_db, s
     """Review M1: a dispute the card issuer has not decided yet. Counted as given back, the
     late payment's refund was settled, and the buyer got nothing if the merchant won it; asked
     for, the money could go back twice if the buyer won. It waits, named."""
-    sandbox.controls(deactivation_unavailable=True)
-    older = (await create(orders, order_payload(product_line(1, "4.00")))).json()["order_id"]
-    newer = await create(orders, order_payload(product_line(1, "4.00"), product_line(2)))
-    assert newer.status_code == 200, newer.text
-    checkout_id = checkout_id_of(clean_db, older)
-    sandbox.pay(checkout_id)
+    older, checkout_id = await paid_after_superseded(orders, clean_db, sandbox)
     transaction_id = sandbox.checkout(checkout_id)["transaction_id"]
     sandbox.charge_back(transaction_id, pending=True)
 
@@ -271,12 +268,7 @@ async def test_a_late_payment_is_found_while_sumup_still_cannot_close_checkouts(
     """Found by the money property: a superseded order's checkout could not be closed, its old
     tab paid, the webhook was lost, and SumUp still refuses to deactivate checkouts when the
     pass runs. The pass must still learn of the money (by reading the checkout) and give it back."""
-    sandbox.controls(deactivation_unavailable=True)
-    older = (await create(orders, order_payload(product_line(1, "4.00")))).json()["order_id"]
-    newer = await create(orders, order_payload(product_line(1, "4.00"), product_line(2)))
-    assert newer.status_code == 200, newer.text
-    checkout_id = checkout_id_of(clean_db, older)
-    sandbox.pay(checkout_id)  # no webhook arrives
+    older, checkout_id = await paid_after_superseded(orders, clean_db, sandbox)  # no webhook
     reconciler = orders.apps["orders"].state.reconciler
     await reconciler.quiet()
     await reconciler.run_once()
