@@ -77,18 +77,24 @@ class RemoteCheckout:
 
 @dataclass(frozen=True)
 class MoneyBack:
-    """What SumUp's transaction says of its money: what it took, and what went back to the
-    buyer since (its refunds, orders' or a person's in SumUp's dashboard, and the charge-backs
-    the card issuer decided for the buyer)."""
+    """What SumUp's transaction says of its money: what it took (None when it does not say),
+    and what went back to the buyer since: its refunds (orders', or a person's in SumUp's
+    dashboard) and the charge-backs the card issuer decided for the buyer."""
 
-    taken: Decimal
-    given_back: Decimal
-    # A charge-back not decided yet: the money may still go back by it, or not.
+    taken: Decimal | None
+    refunded: Decimal
+    charged_back: Decimal = Decimal(0)
+    # A charge-back not decided yet (PENDING, or a status orders does not know): the money
+    # may still go back by it, or not.
     charge_back_pending: bool = False
 
     @property
+    def given_back(self) -> Decimal:
+        return self.refunded + self.charged_back
+
+    @property
     def all_given_back(self) -> bool:
-        return self.given_back >= self.taken
+        return self.taken is not None and self.given_back >= self.taken
 
 
 @dataclass(frozen=True)
@@ -325,7 +331,8 @@ class SumUpGateway:
     async def money_back(self, account: MerchantAccount, transaction_id: str) -> MoneyBack:
         """What the transaction took and what of it went back so far, as SumUp's events say.
         A failed refund or charge-back gave nothing back; a pending refund (orders' own, on
-        its way) counts; a pending charge-back is reported, not counted."""
+        its way) counts; a charge-back counts once SUCCESSFUL, and is reported undecided in
+        any other status."""
         async with self._using(account) as client:
             try:
                 transaction = await client.transactions.get(
@@ -335,19 +342,25 @@ class SumUpGateway:
                 raise PaymentProviderUnavailable(type(exc).__name__) from exc
             except APIError as exc:
                 raise _classify(exc) from exc
-        given_back, pending = Decimal(0), False
+        refunded, charged_back, pending = Decimal(0), Decimal(0), False
         for event in transaction.events or ():
             kind = getattr(event.type, "value", event.type)
             state = getattr(event.status, "value", event.status)
             if kind not in GIVING_BACK or state == "FAILED" or event.amount is None:
                 continue
-            if kind == "CHARGE_BACK" and state == "PENDING":
-                pending = True
-                continue
-            given_back += Decimal(str(event.amount))
+            amount = Decimal(str(event.amount))
+            if kind == "REFUND":
+                refunded += amount  # pending too: a refund on its way is money going back
+            elif state == "SUCCESSFUL":
+                charged_back += amount
+            else:
+                pending = True  # a dispute not decided (or a status not known here)
         return MoneyBack(
-            taken=Decimal(str(transaction.amount or 0)).quantize(CENT),
-            given_back=given_back.quantize(CENT),
+            taken=None
+            if transaction.amount is None
+            else Decimal(str(transaction.amount)).quantize(CENT),
+            refunded=refunded.quantize(CENT),
+            charged_back=charged_back.quantize(CENT),
             charge_back_pending=pending,
         )
 

@@ -1153,11 +1153,20 @@ async def settle_refund(
         )
         .with_for_update(skip_locked=True)
     )
-    if refund is None or (
-        refund.status == "due" and await _request_unknown_beside(session, refund)
-    ):
+    # One settler per payment from here until its request is on record: two refunds of one
+    # payment asked at once, both answers lost, could not be told apart (below).
+    if refund is None or not await session.scalar(_payment_lock(refund.attempt_id)):
         await session.rollback()
         return None
+    if refund.status == "due":
+        waiting_on = await _request_unknown_beside(session, refund)
+        if waiting_on is not None:
+            return await _refund_waits(
+                session,
+                refund,
+                f"waits for refund {waiting_on} of the same payment, asked with its outcome "
+                "unknown",
+            )
     order = await session.get(Order, refund.order_id)
     attempt = await session.get(PaymentAttempt, refund.attempt_id)
     assert order is not None
@@ -1171,18 +1180,21 @@ async def settle_refund(
 
     if refund.status == "requested":
         # An earlier request's outcome is unknown: SumUp's transaction says whether it happened.
-        back = await gateway.money_back(account, transaction_id)
-        if back.charge_back_pending:
-            return await _refund_waits(session, refund, order)
-        if await _given_back_for(session, refund, back):
+        try:
+            back = await gateway.money_back(account, transaction_id)
+        except PaymentProviderError as exc:
+            return await _refund_failed(
+                session, refund, order, f"SumUp would not show the transaction: {exc}"
+            )
+        if back.all_given_back or await _given_back_for(session, refund, back):
             return await _refund_done(session, refund, order)
+        if back.charge_back_pending:
+            return await _refund_waits(session, refund, CHARGE_BACK_PENDING)
     else:
         # Never asked: all of the payment may have gone back already by other means (a person
         # in SumUp's dashboard, the card issuer's charge-back). Asking then would be refused,
         # or could give it back twice. Part of it says nothing of this refund: it is asked.
         known = await _money_back_if_known(gateway, account, transaction_id)
-        if known is not None and known.charge_back_pending:
-            return await _refund_waits(session, refund, order)
         if known is not None and known.all_given_back:
             logger.warning(
                 "order %s: refund %s of %s settled unasked: SumUp gave back all %s of the "
@@ -1193,6 +1205,8 @@ async def settle_refund(
                 known.taken,
             )
             return await _refund_done(session, refund, order)
+        if known is not None and known.charge_back_pending:
+            return await _refund_waits(session, refund, CHARGE_BACK_PENDING)
     refund.status = "requested"
     refund.tries += 1
     refund.updated_at = func.now()
@@ -1208,13 +1222,27 @@ async def settle_refund(
         if exc.status == 409:
             # Refused as nothing (or too little) is left: all of it went back meanwhile, or an
             # earlier request of this refund went through after all. Else a person decides.
-            back = await gateway.money_back(account, transaction_id)
-            if back.all_given_back or (
-                refund.tries > 1 and await _given_back_for(session, refund, back)
+            seen = await _money_back_if_known(gateway, account, transaction_id)
+            if seen is not None and (
+                seen.all_given_back
+                or (refund.tries > 1 and await _given_back_for(session, refund, seen))
             ):
                 return await _refund_done(session, refund, order)
         return await _refund_failed(session, refund, order, str(exc))
     return await _refund_done(session, refund, order)
+
+
+CHARGE_BACK_PENDING = "a charge-back of the payment is pending at SumUp: waiting for it"
+PAYMENT_LOCK_NAMESPACE = "orders-refund-payment"
+
+
+def _payment_lock(attempt_id: int) -> Select[tuple[bool]]:
+    """The payment's refund lock, for this transaction, if no other settler holds it."""
+    return select(
+        func.pg_try_advisory_xact_lock(
+            func.hashtext(PAYMENT_LOCK_NAMESPACE), func.hashtext(str(attempt_id))
+        )
+    )
 
 
 async def _transaction_id(
@@ -1230,26 +1258,28 @@ async def _transaction_id(
     return transaction_id
 
 
-async def _request_unknown_beside(session: AsyncSession, refund: Refund) -> bool:
-    """Another refund of the same payment was asked with its outcome unknown: this one waits
-    until that is settled. SumUp's total tells one unknown request from none, not two: with
-    both unknown, the money of one could settle the other, and the other be asked again."""
-    found = await session.scalar(
+async def _request_unknown_beside(session: AsyncSession, refund: Refund) -> int | None:
+    """Another refund of the same payment asked with its outcome unknown: this one waits until
+    that is settled. SumUp's total tells one unknown request from none, not two: with both
+    unknown, the money of one could settle the other, and the other be asked again."""
+    return await session.scalar(
         select(Refund.id)
         .where(
             Refund.attempt_id == refund.attempt_id,
             Refund.id != refund.id,
             Refund.status == "requested",
         )
+        .order_by(Refund.id)
         .limit(1)
     )
-    return found is not None
 
 
 async def _given_back_for(session: AsyncSession, refund: Refund, back: MoneyBack) -> bool:
-    """SumUp has given back at least what the transaction's settled refunds and this one add
-    up to (``back`` read before the sum: a refund whose money SumUp shows was recorded
-    ``requested`` before it was asked, so the sum read after it sees every settled one)."""
+    """SumUp has refunded at least what the transaction's settled refunds and this one add up
+    to (``back`` read before the sum: a refund whose money SumUp shows was recorded
+    ``requested`` before it was asked, so the sum read after it sees every settled one).
+    Charge-backs are not counted: they are not what a request made; all of the payment gone
+    back by one is :attr:`MoneyBack.all_given_back`'s."""
     settled = await session.scalar(
         select(func.coalesce(func.sum(Refund.amount), 0)).where(
             Refund.attempt_id == refund.attempt_id,
@@ -1257,7 +1287,7 @@ async def _given_back_for(session: AsyncSession, refund: Refund, back: MoneyBack
             Refund.status == "done",
         )
     )
-    return back.given_back >= money(Decimal(settled or 0) + refund.amount)
+    return back.refunded >= money(Decimal(settled or 0) + refund.amount)
 
 
 async def _money_back_if_known(
@@ -1272,12 +1302,13 @@ async def _money_back_if_known(
         return None
 
 
-async def _refund_waits(session: AsyncSession, refund: Refund, order: Order) -> RefundOutcome:
-    """A charge-back of the payment is not decided yet: its money may go back by it. Neither
-    asked (it could go back twice) nor settled (it may not go back at all): tried next pass."""
-    refund.last_error = "a charge-back of the payment is pending at SumUp: waiting for it"
+async def _refund_waits(session: AsyncSession, refund: Refund, why: str) -> RefundOutcome:
+    """Neither asked nor settled now (asked, the money could go back twice; settled, not at
+    all): ``why`` is its ``last_error``, which ``rose orders attention`` shows; tried again
+    next pass."""
+    refund.last_error = why
     await session.commit()
-    logger.warning("order %s: refund %s waits for a pending charge-back", order.id, refund.id)
+    logger.warning("order %s: refund %s %s", refund.order_id, refund.id, why)
     return RefundOutcome(refund.id, refund.status)
 
 

@@ -380,6 +380,14 @@ def provision(
         report.changes.extend(changes)
 
     existing: set[str] = set()
+    # Every server's version first: an old one refused after another was provisioned would
+    # leave the system half made.
+    for server in servers(topology):
+        if any(name in chosen for name in server.services):
+            require_supported_server(
+                connections.get(server.maintenance_url).info.server_version,
+                make_url(server.maintenance_url).render_as_string(hide_password=True),
+            )
     for server in servers(topology):
         hosted = [name for name in server.services if name in chosen]
         if not hosted:
@@ -390,10 +398,6 @@ def provision(
             server, hosted, edges, credentials, monolith_roles=topology.monolith_roles
         )
         connection = connections.get(server.maintenance_url)
-        require_supported_server(
-            connection.info.server_version,
-            make_url(server.maintenance_url).render_as_string(hide_password=True),
-        )
         run(connection, "schemas/roles.sql", variables["schemas/roles.sql"])
         changes = password_changes(connection, roles, apply=apply)
         for change in changes:

@@ -45,7 +45,10 @@ KINDS = {
 # them from PostgreSQL 18) are the nullability ``schema_drift`` compares already.
 _SHAPE_SQL = {
     "indexes": """
-        SELECT format('%%s.%%s %%s', n.nspname, t.relname, i.relname), pg_get_indexdef(i.oid)
+        SELECT format('%%s.%%s %%s', n.nspname, t.relname, i.relname),
+               pg_get_indexdef(i.oid)
+               -- an index a failed CREATE INDEX CONCURRENTLY or REINDEX left is not one
+               || CASE WHEN x.indisvalid AND x.indisready THEN '' ELSE ' (INVALID)' END
         FROM pg_index AS x
         JOIN pg_class AS i ON i.oid = x.indexrelid
         JOIN pg_class AS t ON t.oid = x.indrelid
@@ -184,17 +187,28 @@ def shape_differences(
     lines: list[str] = []
     with_migrations = set(services_with_migrations())
     for name in services:
-        written = load_written(name) if name in with_migrations else None
-        if written is None:
+        if name not in with_migrations:
+            continue
+        database = service_spec(name).database
+        written = load_written(name)
+        if written is None or written.head != head_revisions(name):
+            # The release's own file is missing or stale: nothing to compare with (a packaging
+            # or release mistake, never the database's).
+            lines.append(
+                f"{database}: {shape_path(name)} is "
+                f"{'missing' if written is None else 'not at the migrations head'}: its "
+                "indexes, constraints and defaults cannot be compared (regenerate it: "
+                "python -m ops.db.schema_shape --write)"
+            )
             continue
         try:
             connection = connections.get(topology.admin_url(name))
         except psycopg.OperationalError:
             continue  # a database that cannot be reached is a difference already
         if set(versions_in(connection, name)) != written.head:
-            continue  # behind (or ahead of) the file: the version check names it
+            continue  # behind (or ahead of) the head: the version check names it
         found = read_shape(connection, name)
-        lines += differences_between(service_spec(name).database, written.shape, found)
+        lines += differences_between(database, written.shape, found)
     return lines
 
 

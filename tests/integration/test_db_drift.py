@@ -985,6 +985,14 @@ SHAPE_ALTERED_BY_HAND = [
         "CREATE INDEX by_hand ON likes.likes (created_at)",
         "DROP INDEX likes.by_hand",
     ),
+    # An index a failed CREATE INDEX CONCURRENTLY (or REINDEX) left invalid: it serves nothing.
+    (
+        "orders",
+        "UPDATE pg_index SET indisvalid = false "
+        "WHERE indexrelid = 'orders.ix_orders_user'::regclass",
+        "UPDATE pg_index SET indisvalid = true "
+        "WHERE indexrelid = 'orders.ix_orders_user'::regclass",
+    ),
     (
         "orders",
         "DROP INDEX orders.ix_orders_pending; CREATE INDEX ix_orders_pending ON orders.orders (id)",
@@ -1011,5 +1019,33 @@ def test_check_names_indexes_constraints_and_defaults_changed_by_hand(cluster: C
             "ix_orders_pending ON orders.orders USING btree (id), the migrations make CREATE "
             "INDEX ix_orders_pending ON orders.orders USING btree (id) WHERE ((status)::text = "
             "'pending'::text)",
+            "db_orders: index ix_orders_user of orders.orders is CREATE INDEX ix_orders_user ON "
+            "orders.orders USING btree (user_id, id) (INVALID), the migrations make CREATE "
+            "INDEX ix_orders_user ON orders.orders USING btree (user_id, id)",
         ],
     )
+
+
+def test_a_missing_or_stale_shape_file_is_named_not_passed(cluster: Cluster, tmp_path, monkeypatch):
+    """A release whose shape.toml is missing, or written at another head than its migrations,
+    compared nothing and said nothing: now `rose db check` names it."""
+    import ops.db.schema_shape as shapes
+
+    written = shapes.shape_path("likes").read_text()
+    monkeypatch.setattr(shapes, "shape_path", lambda service: tmp_path / f"{service}.toml")
+    with Connections() as connections:
+        missing = shape_differences(cluster.topology, ["likes"], connections)
+        (tmp_path / "likes.toml").write_text(written.replace('head = ["', 'head = ["0000-'))
+        stale = shape_differences(cluster.topology, ["likes"], connections)
+        (tmp_path / "likes.toml").write_text(written)
+        fine = shape_differences(cluster.topology, ["likes"], connections)
+    assert missing == [
+        f"db_likes: {tmp_path / 'likes.toml'} is missing: its indexes, constraints and defaults "
+        "cannot be compared (regenerate it: python -m ops.db.schema_shape --write)"
+    ]
+    assert stale == [
+        f"db_likes: {tmp_path / 'likes.toml'} is not at the migrations head: its indexes, "
+        "constraints and defaults cannot be compared (regenerate it: python -m "
+        "ops.db.schema_shape --write)"
+    ]
+    assert fine == []

@@ -11,7 +11,7 @@ from decimal import Decimal
 import pytest
 
 from apps.orders import service
-from apps.orders.settlement import settle_refund
+from apps.orders.settlement import PAYMENT_LOCK_NAMESPACE, settle_refund
 from apps.sumup_sandbox.app import DEFAULT_API_KEY, DEFAULT_MERCHANT_CODE
 from tests.conftest import admin_connect, lock_waiters
 from tests.integration.orders_fixtures import (
@@ -202,6 +202,10 @@ async def test_a_refund_waits_while_another_of_its_payment_is_unknown(orders, cl
         ("due", Decimal("3.00"), 0),
     ]
     assert refunded_at_sumup(sandbox, transaction_id) == 0
+    first = refund_ids(clean_db)[0]
+    assert last_errors(clean_db)[1] == (
+        f"waits for refund {first} of the same payment, asked with its outcome unknown"
+    )
 
     lease_passed(clean_db)  # SumUp's total says the first was never made: asked again
     await reconciler.settle_refunds()
@@ -210,6 +214,79 @@ async def test_a_refund_waits_while_another_of_its_payment_is_unknown(orders, cl
         ("done", Decimal("3.00"), 1),
     ]
     assert refunded_at_sumup(sandbox, transaction_id) == 5.0
+
+
+def refund_ids(server) -> list[int]:
+    with admin_connect(server, "orders") as connection:
+        return [row[0] for row in connection.execute("SELECT id FROM orders.refunds ORDER BY id")]
+
+
+def last_errors(server) -> list[str | None]:
+    with admin_connect(server, "orders") as connection:
+        rows = connection.execute("SELECT last_error FROM orders.refunds ORDER BY id")
+        return [row[0] for row in rows]
+
+
+async def paid_order_with_refunds(orders, clean_db, sandbox, *rows: tuple) -> tuple[int, str]:
+    """A paid 10.00 order and refunds of its payment as ``(key, amount, status, tries)``;
+    returns the order and its SumUp transaction."""
+    order_id = (await create(orders)).json()["order_id"]
+    checkout_id = checkout_id_of(clean_db, order_id)
+    sandbox.pay(checkout_id)
+    assert (await webhook(orders, order_id, checkout_id)).status_code == 204
+    with admin_connect(clean_db, "orders") as connection:
+        for key, amount, status, tries in rows:
+            connection.execute(
+                "INSERT INTO orders.refunds (order_id, attempt_id, reason_key, reason, amount, "
+                "currency, status, tries) SELECT order_id, id, %s, 'a booking could not be "
+                "confirmed', %s, 'EUR', %s, %s FROM orders.payment_attempts WHERE order_id = %s",
+                (key, amount, status, tries, order_id),
+            )
+    return order_id, sandbox.checkout(checkout_id)["transaction_id"]
+
+
+async def test_one_settler_at_a_time_works_on_a_payments_refunds(orders, clean_db, sandbox):
+    """Second review M1: two settlers (the pass, a settle-soon task, another worker) each took
+    one refund of the same payment, both saw the other not asked yet, and both asked: with
+    both answers lost, SumUp's total could not tell them apart. The payment's refund lock is
+    held from the look at its siblings until the request is on record."""
+    _, transaction_id = await paid_order_with_refunds(
+        orders, clean_db, sandbox, ("one", 2, "due", 0)
+    )
+    [refund_id] = refund_ids(clean_db)
+    with admin_connect(clean_db, "orders") as holder:
+        attempt_id = holder.execute(
+            "SELECT attempt_id FROM orders.refunds WHERE id = %s", (refund_id,)
+        ).fetchone()[0]
+        holder.execute(
+            "SELECT pg_advisory_lock(hashtext(%s), hashtext(%s))",
+            (PAYMENT_LOCK_NAMESPACE, str(attempt_id)),
+        )
+        await orders.apps["orders"].state.reconciler.settle_refunds()
+        assert [row[1:] for row in refunds(clean_db)] == [("due", Decimal("2.00"), 0)]
+        holder.execute("SELECT pg_advisory_unlock_all()")
+    await orders.apps["orders"].state.reconciler.settle_refunds()
+    assert [row[1:] for row in refunds(clean_db)] == [("done", Decimal("2.00"), 1)]
+    assert refunded_at_sumup(sandbox, transaction_id) == 2.0
+
+
+async def test_a_charge_back_does_not_settle_a_request_whose_answer_was_lost(
+    orders, clean_db, sandbox
+):
+    """Second review M2: a 2.00 refund asked with its answer lost (never made), and the card
+    issuer charged 3.00 of the 10.00 payment back meanwhile. Read back after the lease, the
+    3.00 covered the 2.00: done, and the buyer never got it. A charge-back is not what a
+    request made: only all of the payment gone back settles it."""
+    _, transaction_id = await paid_order_with_refunds(
+        orders, clean_db, sandbox, ("one", 2, "requested", 1)
+    )
+    sandbox.charge_back(transaction_id, 3.0)
+    lease_passed(clean_db)
+
+    await orders.apps["orders"].state.reconciler.settle_refunds()
+
+    assert [row[1:] for row in refunds(clean_db)] == [("done", Decimal("2.00"), 2)]
+    assert refunded_at_sumup(sandbox, transaction_id) == 2.0
 
 
 async def test_a_refund_waits_while_a_charge_back_is_pending(orders, clean_db, sandbox):

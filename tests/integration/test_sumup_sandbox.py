@@ -736,7 +736,8 @@ def test_delayed_calls_counts_the_calls_the_latency_holds(
     while delayed():  # an earlier test's impatient client may have left a call held
         assert time.monotonic() < deadline, "a call stayed held"
         time.sleep(0.02)
-    set_controls(operator, api_latency=1.0)
+    # Long enough for both calls to be held at once however slow the threads are to start.
+    set_controls(operator, api_latency=3.0)
     answers: list[int] = []
 
     def call() -> None:
@@ -746,7 +747,7 @@ def test_delayed_calls_counts_the_calls_the_latency_holds(
     callers = [threading.Thread(target=call) for _ in range(2)]
     for caller in callers:
         caller.start()
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 2.5
     while delayed() != 2:
         assert time.monotonic() < deadline, "the two calls never reached the latency"
         time.sleep(0.02)
