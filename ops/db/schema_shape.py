@@ -212,23 +212,10 @@ def shape_differences(
     return lines
 
 
-def stale_files(topology: Topology) -> list[str]:
-    """The services whose ``shape.toml`` is not what the migrations made in ``topology``'s
-    databases (each at its head): what ``--write`` would change."""
-    stale = []
-    for name in services_with_migrations():
-        with psycopg.connect(topology.admin_url(name), autocommit=True) as connection:
-            now = render(name, head_revisions(name), read_shape(connection, name))
-        path = shape_path(name)
-        if not path.exists() or path.read_text() != now:
-            stale.append(name)
-    return stale
-
-
-def write_files(topology: Topology) -> list[Path]:
-    """Write every service's ``shape.toml`` from ``topology``'s databases, which the migrations
-    just made (each must be at its head)."""
-    written = []
+def _files_that_differ(topology: Topology) -> dict[str, str]:
+    """Each service whose ``shape.toml`` is not what the migrations made in ``topology``'s
+    databases, and the text they made (each database must be at its head)."""
+    differ = {}
     for name in services_with_migrations():
         with psycopg.connect(topology.admin_url(name), autocommit=True) as connection:
             at = set(versions_in(connection, name))
@@ -240,8 +227,23 @@ def write_files(topology: Topology) -> list[Path]:
             text = render(name, at, read_shape(connection, name))
         path = shape_path(name)
         if not path.exists() or path.read_text() != text:
-            path.write_text(text)
-            written.append(path)
+            differ[name] = text
+    return differ
+
+
+def stale_files(topology: Topology) -> list[str]:
+    """The services whose ``shape.toml`` ``--write`` would change."""
+    return list(_files_that_differ(topology))
+
+
+def write_files(topology: Topology) -> list[Path]:
+    """Write every service's ``shape.toml`` that differs from what the migrations made in
+    ``topology``'s databases (just made, each at its head)."""
+    written = []
+    for name, text in _files_that_differ(topology).items():
+        path = shape_path(name)
+        path.write_text(text)
+        written.append(path)
     return written
 
 
