@@ -50,6 +50,7 @@ from apps.orders.settlement import (
     close_at_sumup,
     enqueue_release_of_bookings,
     money,
+    paid_attempt_id,
     record_refund,
     refund_recorded_for,
 )
@@ -80,10 +81,10 @@ async def end_review(session: AsyncSession, order_id: int, gateway: SumUpGateway
         )
     )
     account = await accounts.of(session, order) if attempts else None
-    honoured = _honoured_attempt(order, attempts)
+    honoured = await _honoured_attempt(session, order, attempts)
     if order.status == "paid" and order.total > 0 and honoured is None:
         raise Conflict(
-            f"Order {order_id} is paid, but orders holds none of its checkouts paid: look at "
+            f"Order {order_id} is paid, but orders does not know which checkout paid it: look at "
             "it in SumUp's dashboard; nothing was changed",
             order_id=order_id,
         )
@@ -256,12 +257,15 @@ def _check_under_review(order: Order | None, order_id: int) -> None:
         raise Conflict(f"Order {order_id} is not under review: there is no review to end")
 
 
-def _honoured_attempt(order: Order, attempts: list[PaymentAttempt]) -> PaymentAttempt | None:
-    """The attempt a paid order was paid with (its first held PAID, as settlement counts a
-    second payment), None for an order that is not paid."""
+async def _honoured_attempt(
+    session: AsyncSession, order: Order, attempts: list[PaymentAttempt]
+) -> PaymentAttempt | None:
+    """The attempt a paid order was paid with (settlement's ``paid_attempt_id``), None for an
+    order that is not paid."""
     if order.status != "paid":
         return None
-    return next((attempt for attempt in attempts if attempt.status == "PAID"), None)
+    paid_with = await paid_attempt_id(session, order.id, order.paid_attempt_id)
+    return next((attempt for attempt in attempts if attempt.id == paid_with), None)
 
 
 async def _what_sumup_says(

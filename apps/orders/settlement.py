@@ -27,6 +27,7 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
     ScalarSelect,
     Select,
@@ -526,7 +527,7 @@ _SETTLE_ATTEMPT = _settle_attempt()
 def _lock_order() -> DirectStatement:
     orders = table_of(Order)
     return DirectStatement(
-        select(orders.c.status, orders.c.flagged, orders.c.superseded_by)
+        select(orders.c.status, orders.c.flagged, orders.c.superseded_by, orders.c.paid_attempt_id)
         .where(orders.c.id == bindparam("order_id"))
         .with_for_update(key_share=True)
     )
@@ -601,7 +602,7 @@ async def apply_checkout(
         ),
     ]
     if remote.status == "PAID":
-        calls.append((_PAY_ORDER, {"order_id": order.id}))
+        calls.append((_PAY_ORDER, {"order_id": order.id, "attempt_id": attempt.id}))
     locked, settled, *transition = await run_together(session, *calls)
     if not locked:
         raise ValueError(f"order {order.id} does not exist")
@@ -649,7 +650,9 @@ async def apply_checkout(
             .values(status="refund_due", updated_at=func.now())
         )
         return Applied("refund_due", "PAID", refund_due=True)
-    if current.status == "paid" and not await _is_the_paid_attempt(session, order, attempt):
+    if current.status == "paid" and attempt.id != await paid_attempt_id(
+        session, order.id, current.paid_attempt_id
+    ):
         # Paid twice for one order (SumUp took two attempts): the second payment goes back.
         await record_refund(
             session, order, attempt, LATE_PAYMENT, "a second payment of an order already paid"
@@ -667,15 +670,19 @@ def _late_reason(current: Any) -> str:
     return f"paid after the order was {current.status}"
 
 
-async def _is_the_paid_attempt(
-    session: AsyncSession, order: OrderInHand, attempt: AttemptInHand
-) -> bool:
-    first_paid = await session.scalar(
-        select(func.min(PaymentAttempt.number)).where(
-            PaymentAttempt.order_id == order.id, PaymentAttempt.status == "PAID"
-        )
+async def paid_attempt_id(session: AsyncSession, order_id: int, recorded: int | None) -> int | None:
+    """The id of the attempt a paid order was paid with: ``recorded``, its ``paid_attempt_id``
+    (read with the order). An order the release before orders 0015 paid while this one rolled
+    out recorded none: for it, its first attempt held PAID, the rule that release went by
+    (0015 filled in every order paid before it so)."""
+    if recorded is not None:
+        return recorded
+    return await session.scalar(
+        select(PaymentAttempt.id)
+        .where(PaymentAttempt.order_id == order_id, PaymentAttempt.status == "PAID")
+        .order_by(PaymentAttempt.number)
+        .limit(1)
     )
-    return first_paid == attempt.number
 
 
 async def refund_recorded_for(session: AsyncSession, attempt_id: int) -> bool:
@@ -730,6 +737,16 @@ class PaidItem:
 def _pay_order() -> Select[Any]:
     # Core columns, not the mapped class: the same SQL without the ORM's work on every call.
     orders = table_of(Order)
+    attempts = table_of(PaymentAttempt)
+    # The attempt it is paid with, if it is one of the order's own (None: nothing to pay).
+    paid_with = (
+        select(attempts.c.id)
+        .where(
+            attempts.c.id == bindparam("attempt_id", type_=BigInteger),
+            attempts.c.order_id == orders.c.id,
+        )
+        .scalar_subquery()
+    )
     transition = (
         update(orders)
         .where(
@@ -737,7 +754,7 @@ def _pay_order() -> Select[Any]:
             orders.c.status == "pending",
             orders.c.flagged.is_(False),
         )
-        .values(status="paid", paid_at=func.now(), updated_at=func.now())
+        .values(status="paid", paid_at=func.now(), paid_attempt_id=paid_with, updated_at=func.now())
         .returning(orders.c.id)
         .cte("paid_order")
     )
@@ -758,7 +775,7 @@ async def _record_payment(session: AsyncSession, order: OrderInHand) -> list[Pai
     """The order's transition to paid (if it is still pending and not flagged), in one
     statement that also reads the order's items for what follows a payment (they never change
     after the order is created). None when the order did not transition."""
-    return _paid_items(await _PAY_ORDER.rows(session, {"order_id": order.id}))
+    return _paid_items(await _PAY_ORDER.rows(session, {"order_id": order.id, "attempt_id": None}))
 
 
 def _paid_items(rows: list[DirectRow]) -> list[PaidItem] | None:
@@ -969,12 +986,8 @@ async def bookings_not_confirmed(
             )
             .values(unconfirmed_at=func.now())
         )
-    paid_attempt = await session.scalar(
-        select(PaymentAttempt)
-        .where(PaymentAttempt.order_id == order_id, PaymentAttempt.status == "PAID")
-        .order_by(PaymentAttempt.number)
-        .limit(1)
-    )
+    paid_with = await paid_attempt_id(session, order_id, order.paid_attempt_id)
+    paid_attempt = None if paid_with is None else await session.get(PaymentAttempt, paid_with)
     if paid_attempt is None:
         if order.total == 0 and len(lost) == len(items):
             cancelled = await session.scalar(

@@ -16,7 +16,8 @@
 -- not the order; the buyer may pay again while the order is pending):
 --   legacy status   order       attempt
 --   pending         pending     PENDING   (reconciliation asks SumUp, as for any pending order)
---   paid            paid        PAID      paid_at = the legacy updated_at (when it was marked paid)
+--   paid            paid        PAID      paid_at = the legacy updated_at (when it was marked paid),
+--                                         paid_attempt_id = that attempt
 --   failed          pending     FAILED
 --   expired         pending     EXPIRED
 --   cancelled       cancelled   EXPIRED   (a cancelled order's checkout can no longer be paid)
@@ -261,6 +262,20 @@ INSERT INTO split_inserted (target_table, wanted, inserted, ids)
 SELECT 'orders.payment_attempts', (SELECT count(*) FROM wanted),
        (SELECT count(*) FROM inserted),
        (SELECT range_agg(int8range(id, id, '[]')) FROM inserted);
+
+-- A paid order was paid with its one checkout: the attempt just made for it (orders 0015,
+-- orders.paid_attempt_id; the orders service records it when it marks an order paid).
+UPDATE orders.orders AS o
+SET paid_attempt_id = attempt.id
+FROM orders.payment_attempts AS attempt
+JOIN split_orders AS s ON s.id = attempt.order_id
+JOIN split_outcome AS outcome
+  ON outcome.source_table = 'orders' AND outcome.source_id = attempt.order_id
+WHERE attempt.order_id = o.id
+  AND attempt.number = 1
+  AND outcome.outcome = 'moved'
+  AND s.status = 'paid'
+  AND s.attempt_status = 'PAID';
 
 -- Past the largest id, never backwards (see relations.sql). Payment attempts got new ids from
 -- their own sequence.

@@ -169,7 +169,8 @@ MOVES: tuple[Move, ...] = (
             # 2: payable_until, which the move fills, covered too (audit s20b L1).
             Check("orders", "orders.orders", definition=2),
             Check("order_items", "orders.order_items"),
-            Check("payment_attempts", "orders.payment_attempts", bucket="order_id"),
+            # 2: whether it is the attempt its order was paid with (orders 0015).
+            Check("payment_attempts", "orders.payment_attempts", bucket="order_id", definition=2),
         ),
         checked_in=("cart",),
     ),

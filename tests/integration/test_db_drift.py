@@ -28,6 +28,8 @@ Property = Callable[[Cluster], None]
 
 @pytest.fixture(scope="module")
 def cluster(db_cluster: Cluster) -> Cluster:
+    if os.environ.get("ROSE_WRITE_SHAPES") == "1":
+        write_files(db_cluster.topology)  # before the check below, which compares with them
     check = db_cluster.rose("db", "check")
     assert check.exit_code == 0, check.output
     return db_cluster

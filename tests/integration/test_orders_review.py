@@ -259,10 +259,31 @@ async def test_a_second_payment_of_a_paid_order_goes_back(orders, clean_db, sand
     assert sandbox.transaction(sandbox.checkout(honoured)["transaction_id"])["events"] == []
 
 
+async def test_an_order_the_release_before_paid_goes_by_its_first_attempt_held_paid(
+    orders, clean_db, sandbox
+):
+    """An order paid by the release before orders 0015 while this one rolled out recorded no
+    attempt: its first held PAID is the one it was paid with, as that release counted; a
+    second payment of it goes back, the first stays."""
+    order_id, honoured = await paid_order(orders, clean_db, sandbox)
+    with admin_connect(clean_db, "orders") as connection:
+        connection.execute(
+            "UPDATE orders.orders SET paid_attempt_id = NULL WHERE id = %s", (order_id,)
+        )
+    stray = await stray_checkout(clean_db, sandbox, order_id, 10.00)
+    sandbox.pay(stray)
+    assert (await webhook(orders, order_id, stray)).status_code == 204
+    assert await eventually(
+        lambda: refunds(clean_db) == [(order_id, False, Decimal("10.00"), "EUR", "done")]
+    )
+    assert sandbox.transaction(sandbox.checkout(stray)["transaction_id"])["events"] != []
+    assert sandbox.transaction(sandbox.checkout(honoured)["transaction_id"])["events"] == []
+
+
 async def test_a_paid_order_sumup_reports_otherwise_is_left_to_a_person(orders, clean_db, sandbox):
     """Review L3: the payment a paid order was paid with, reported for another amount than
-    the order's; or a paid order orders holds no checkout of paid. Its review would clear the
-    flag of what nobody settled: a 409, nothing changed."""
+    the order's; or a paid order that recorded no checkout it was paid with and holds none
+    paid. Its review would clear the flag of what nobody settled: a 409, nothing changed."""
     order_id, _ = await paid_order(orders, clean_db, sandbox)
     with admin_connect(clean_db, "orders") as connection:
         connection.execute(
@@ -280,9 +301,12 @@ async def test_a_paid_order_sumup_reports_otherwise_is_left_to_a_person(orders, 
             "WHERE order_id = %s",
             (order_id,),
         )
+        connection.execute(
+            "UPDATE orders.orders SET paid_attempt_id = NULL WHERE id = %s", (order_id,)
+        )
     none_paid = await end_review(orders, order_id)
     assert none_paid.status_code == 409, none_paid.text
-    assert "orders holds none of its checkouts paid" in none_paid.json()["detail"]
+    assert "orders does not know which checkout paid it" in none_paid.json()["detail"]
     assert order_state(clean_db, order_id) == ("paid", True, "amount differs")
     assert refunds(clean_db) == []
 
@@ -554,3 +578,44 @@ async def review_ends_while_a_report_waits_on_sumup(
     assert ended.status_code == 200, ended.text
     assert (await reported).status_code == 204
     sandbox.controls(api_latency=0.0)
+
+
+async def test_the_payment_an_order_was_paid_with_stays_its_payment_after_a_review(
+    orders, clean_db, sandbox
+):
+    """Review L2. The order was paid with its second checkout; its first, which orders held
+    EXPIRED, had been paid at SumUp too. The first review gave that payment back and recorded
+    its attempt PAID. Before, "the payment a paid order was paid with" was inferred as its
+    first attempt held PAID: from then on the refunded one. A second review then gave back the
+    payment the order was paid with, as if it were the stray one: the buyer kept the goods and
+    both payments came back. Now the order records the attempt it was paid with."""
+    order_id = (await create(orders)).json()["order_id"]
+    first = checkout_id_of(clean_db, order_id)
+    paid_with = await stray_checkout(clean_db, sandbox, order_id, 10.00)
+    sandbox.pay(paid_with)
+    assert (await webhook(orders, order_id, paid_with)).status_code == 204
+    assert order_state(clean_db, order_id) == ("paid", False, None)
+    sandbox.pay(first)
+    with admin_connect(clean_db, "orders") as connection:
+        connection.execute(
+            "UPDATE orders.payment_attempts SET status = 'EXPIRED' "
+            "WHERE order_id = %s AND number = 1",
+            (order_id,),
+        )
+    flag(clean_db, order_id)
+    ended = await end_review(orders, order_id)
+    assert ended.status_code == 200, ended.text
+    assert ended.json()["refunds"] == [{"checkout_id": first, "amount": "10.00", "currency": "EUR"}]
+    assert attempt_rows(clean_db, order_id) == [(1, "PAID"), (2, "PAID")]
+    assert await eventually(
+        lambda: refunds(clean_db) == [(order_id, True, Decimal("10.00"), "EUR", "done")]
+    )
+
+    flag(clean_db, order_id)
+    again = await end_review(orders, order_id)
+
+    assert again.status_code == 200, again.text
+    assert (again.json()["status"], again.json()["refunds"]) == ("paid", [])
+    assert order_state(clean_db, order_id) == ("paid", False, "amount differs")
+    assert refunds(clean_db) == [(order_id, True, Decimal("10.00"), "EUR", "done")]
+    assert sandbox.transaction(sandbox.checkout(paid_with)["transaction_id"])["events"] == []

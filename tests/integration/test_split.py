@@ -392,16 +392,29 @@ def test_orders_map_every_status_and_keep_their_snapshots(monolith):
         "orders",
         """
         SELECT o.id, o.status, a.status, a.sumup_checkout_id, a.checkout_reference,
-               o.paid_at IS NOT NULL
+               o.paid_at IS NOT NULL, o.paid_attempt_id IS NOT DISTINCT FROM a.id,
+               o.paid_attempt_id IS NOT NULL
         FROM orders.orders AS o LEFT JOIN orders.payment_attempts AS a ON a.order_id = o.id
         """,
     )
     assert moved
-    for order_id, status, attempt_status, checkout_id, reference, has_paid_at in moved:
+    for (
+        order_id,
+        status,
+        attempt_status,
+        checkout_id,
+        reference,
+        has_paid_at,
+        paid_with_it,
+        paid_with_one,
+    ) in moved:
         legacy_status, legacy_checkout, legacy_reference = legacy_orders[order_id]
         order_status, expected_attempt = STATUS_MAPPING[legacy_status]
         assert status == order_status, order_id
         assert has_paid_at == (legacy_status == "paid")
+        # A paid order was paid with its one checkout (orders 0015); a free one with none.
+        assert paid_with_one == (legacy_status == "paid" and legacy_checkout is not None)
+        assert paid_with_it == (legacy_checkout is None or legacy_status == "paid"), order_id
         assert checkout_id == legacy_checkout
         if legacy_checkout is None:
             assert attempt_status is None

@@ -44,8 +44,8 @@ def monolith(clean_db: TestServer) -> Iterator[TestServer]:
     yield from seeded_monolith(clean_db)
 
 
-# Every target table row for row, in a fixed order; likes without their ids (the move gives
-# new ones, run or sync).
+# Every target table row for row, in a fixed order; likes and payment attempts without their
+# ids (the move gives new ones, run or sync).
 TARGET_ROWS = {
     "relations": ["SELECT t::text FROM relations.container_relations AS t ORDER BY id"],
     "likes": [
@@ -56,7 +56,10 @@ TARGET_ROWS = {
     "page_configs": ["SELECT t::text FROM blog.page_configs AS t ORDER BY id"],
     "cart": ["SELECT t::text FROM cart.cart_items AS t ORDER BY id"],
     "orders": [
-        "SELECT t::text FROM orders.orders AS t ORDER BY id",
+        # The attempt an order was paid with by its number: attempt ids are new each time.
+        "SELECT jsonb_set(to_jsonb(t), '{paid_attempt_id}', coalesce(to_jsonb(a.number), "
+        "'null'))::text FROM orders.orders AS t "
+        "LEFT JOIN orders.payment_attempts AS a ON a.id = t.paid_attempt_id ORDER BY t.id",
         "SELECT t::text FROM orders.order_items AS t ORDER BY id",
         "SELECT row(order_id, number, checkout_reference, sumup_checkout_id, hosted_url, "
         "status, amount, currency, created_at, updated_at)::text FROM orders.payment_attempts "

@@ -599,3 +599,92 @@ def test_bookings_events_could_not_confirm_are_recorded_where_the_claims_tell(
         later_lost: "2026-12-01T10:00:00+00:00",
         **dict.fromkeys(moved_lines, None),
     }
+
+
+def test_a_paid_order_records_the_attempt_it_was_paid_with(cluster: Cluster) -> None:
+    """orders 0015: the attempt an order was paid with is recorded (paid_attempt_id). The
+    upgrade fills it in for every paid order by the rule the code went by until then (its
+    first attempt held PAID), and leaves it NULL where there is none: an order paid with
+    nothing to pay, one never paid. Nothing else changes; it must be an attempt of the order,
+    and only a paid one has it."""
+    command.downgrade(alembic_config("orders", cluster.topology.admin_url("orders")), "0014")
+    with cluster.admin("orders") as orders:
+        config_id, merchant = orders.execute(
+            "SELECT page_config_id, merchant_code FROM orders.orders "
+            "WHERE merchant_code IS NOT NULL LIMIT 1"
+        ).fetchone()
+        before = orders.execute("SELECT * FROM orders.orders ORDER BY id").fetchall()
+
+        def order(total: int, paid: bool, *attempts: str) -> tuple[int, list[int]]:
+            order_id = orders.execute(
+                "INSERT INTO orders.orders (user_id, status, currency, product_total, "
+                "calendar_total, ticket_total, total, description, page_config_id, "
+                "merchant_code, checkout_prefix, paid_at, payable_until) VALUES (9, %s, 'EUR', "
+                "%s, 0, 0, %s, 'o', %s, %s, 'rose-', %s, now()) RETURNING id",
+                (
+                    "paid" if paid else "pending",
+                    total,
+                    total,
+                    config_id,
+                    merchant,
+                    "2026-12-01 10:00+00" if paid else None,
+                ),
+            ).fetchone()[0]
+            ids = [
+                orders.execute(
+                    "INSERT INTO orders.payment_attempts (order_id, number, checkout_reference, "
+                    "sumup_checkout_id, status, amount, currency) VALUES (%s, %s, %s, %s, %s, "
+                    "%s, 'EUR') RETURNING id",
+                    (
+                        order_id,
+                        number,
+                        f"u15-{order_id}-{number}",
+                        f"c15-{order_id}-{number}",
+                        status,
+                        total,
+                    ),
+                ).fetchone()[0]
+                for number, status in enumerate(attempts, start=1)
+            ]
+            return order_id, ids
+
+        paid_second, paid_second_attempts = order(4, True, "EXPIRED", "PAID", "PAID")
+        paid_free, _ = order(0, True)
+        pending, _ = order(4, False, "PENDING")
+
+    converge_databases(cluster.topology, cluster.credentials, say=lambda _: None)
+    assert cluster.rose("db", "check").exit_code == 0
+
+    with cluster.admin("orders") as orders:
+        recorded = dict(
+            orders.execute(
+                "SELECT id, paid_attempt_id FROM orders.orders WHERE id IN (%s, %s, %s)",
+                (paid_second, paid_free, pending),
+            ).fetchall()
+        )
+        columns = [
+            row[0]
+            for row in orders.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = "
+                "'orders' AND table_name = 'orders' AND column_name <> 'paid_attempt_id' "
+                "ORDER BY ordinal_position"
+            ).fetchall()
+        ]
+        after = orders.execute(
+            f"SELECT {', '.join(columns)} FROM orders.orders WHERE id <= %s ORDER BY id",
+            (before[-1][0] if before else 0,),
+        ).fetchall()
+        with pytest.raises(psycopg.errors.ForeignKeyViolation):
+            orders.execute(
+                "UPDATE orders.orders SET paid_attempt_id = -1 WHERE id = %s", (paid_second,)
+            )
+    with (
+        cluster.admin("orders") as orders,
+        pytest.raises(psycopg.errors.CheckViolation, match="paid_attempt_is_paid"),
+    ):
+        orders.execute(
+            "UPDATE orders.orders SET paid_attempt_id = %s WHERE id = %s",
+            (paid_second_attempts[0], pending),
+        )
+    assert recorded == {paid_second: paid_second_attempts[1], paid_free: None, pending: None}
+    assert after == before  # every order there was is as it was

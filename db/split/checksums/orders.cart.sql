@@ -106,7 +106,23 @@ FROM (
 ) AS checked;
 
 -- One attempt per moved order that had a checkout; bucketed by order id (attempt ids are new).
+-- Definition 2: a paid order's one attempt is the one it was paid with (see orders.target.sql).
 CREATE OR REPLACE TEMP VIEW split_check_payment_attempts AS
+SELECT bucket, row_value::text AS row_text,
+       hashint8extended(hash_record_extended(row_value, 0), 0) AS row_hash
+FROM (
+    SELECT o.id::bigint AS bucket,
+           row(o.id, 1,
+               coalesce(o.sumup_reference, o.target_checkout_prefix || o.id || '-1'),
+               o.sumup_checkout_id, o.sumup_hosted_url, o.attempt_status, o.total_amount,
+               o.currency, o.created_at AT TIME ZONE 'UTC', o.updated_at AT TIME ZONE 'UTC',
+               o.status = 'paid') AS row_value
+    FROM split_moved_orders AS o
+    WHERE o.sumup_checkout_id IS NOT NULL
+) AS checked;
+
+-- Definition 1, without it (see orders.target.sql). Keep it as it is.
+CREATE OR REPLACE TEMP VIEW split_check_payment_attempts_v1 AS
 SELECT bucket, row_value::text AS row_text,
        hashint8extended(hash_record_extended(row_value, 0), 0) AS row_hash
 FROM (
