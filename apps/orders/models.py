@@ -267,6 +267,10 @@ class Refund(IdentityPkMixin, Base):
     currency: Mapped[str] = mapped_column(String(3), nullable=False)
     status: Mapped[str] = mapped_column(String(16), nullable=False, server_default="due")
     tries: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    # What SumUp had refunded of the payment, read right before this refund was last asked
+    # (orders 0016): a request whose answer was lost counts only what SumUp refunded since.
+    # None when SumUp would not show it, or for a request made before 0016.
+    sumup_refunded_before: Mapped[Decimal | None] = mapped_column(Numeric(12, 2))
     last_error: Mapped[str | None] = mapped_column(Text)
     refunded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(

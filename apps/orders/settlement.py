@@ -1191,35 +1191,43 @@ async def settle_refund(
     if transaction_id is None:
         return await _refund_failed(session, refund, order, "SumUp reports no paid transaction")
 
+    # What SumUp had refunded when the earlier request (if any) was made.
+    earlier_before = refund.sumup_refunded_before
+    seen: MoneyBack | None
     if refund.status == "requested":
         # An earlier request's outcome is unknown: SumUp's transaction says whether it happened.
         try:
-            back = await gateway.money_back(account, transaction_id)
+            seen = await gateway.money_back(account, transaction_id)
         except PaymentProviderError as exc:
             return await _refund_failed(
                 session, refund, order, f"SumUp would not show the transaction: {exc}"
             )
-        if back.all_given_back or await _given_back_for(session, refund, back):
+        if seen.all_given_back or await _request_went_through(
+            session, refund, seen, earlier_before
+        ):
             return await _refund_done(session, refund, order)
-        if back.charge_back_pending:
+        if seen.charge_back_pending:
             return await _refund_waits(session, refund, CHARGE_BACK_PENDING)
     else:
         # Never asked: all of the payment may have gone back already by other means (a person
         # in SumUp's dashboard, the card issuer's charge-back). Asking then would be refused,
         # or could give it back twice. Part of it says nothing of this refund: it is asked.
-        known = await _money_back_if_known(gateway, account, transaction_id)
-        if known is not None and known.all_given_back:
+        seen = await _money_back_if_known(gateway, account, transaction_id)
+        if seen is not None and seen.all_given_back:
             logger.warning(
                 "order %s: refund %s of %s settled unasked: SumUp gave back all %s of the "
                 "payment already (in its dashboard, or a charge-back)",
                 order.id,
                 refund.id,
                 refund.amount,
-                known.taken,
+                seen.taken,
             )
             return await _refund_done(session, refund, order)
-        if known is not None and known.charge_back_pending:
+        if seen is not None and seen.charge_back_pending:
             return await _refund_waits(session, refund, CHARGE_BACK_PENDING)
+    # Read just now, before the request, with the payment's lock held: should its answer be
+    # lost, only what SumUp refunds from here on can be this request's.
+    refund.sumup_refunded_before = None if seen is None else seen.refunded
     refund.status = "requested"
     refund.tries += 1
     refund.updated_at = func.now()
@@ -1235,10 +1243,13 @@ async def settle_refund(
         if exc.status == 409:
             # Refused as nothing (or too little) is left: all of it went back meanwhile, or an
             # earlier request of this refund went through after all. Else a person decides.
-            seen = await _money_back_if_known(gateway, account, transaction_id)
-            if seen is not None and (
-                seen.all_given_back
-                or (refund.tries > 1 and await _given_back_for(session, refund, seen))
+            after = await _money_back_if_known(gateway, account, transaction_id)
+            if after is not None and (
+                after.all_given_back
+                or (
+                    refund.tries > 1
+                    and await _request_went_through(session, refund, after, earlier_before)
+                )
             ):
                 return await _refund_done(session, refund, order)
         return await _refund_failed(session, refund, order, str(exc))
@@ -1285,6 +1296,19 @@ async def _request_unknown_beside(session: AsyncSession, refund: Refund) -> int 
         .order_by(Refund.id)
         .limit(1)
     )
+
+
+async def _request_went_through(
+    session: AsyncSession, refund: Refund, back: MoneyBack, before: Decimal | None
+) -> bool:
+    """SumUp's transaction ``back`` shows the refund's request made: SumUp refunded at least
+    its amount since ``before`` (its refunded total read right before the request; a sibling
+    refund of the payment is never asked while this one's outcome is unknown). Without
+    ``before`` (SumUp would not show the transaction then, or the request predates orders
+    0016): :func:`_given_back_for`, which a refund given in SumUp's dashboard can mislead."""
+    if before is not None:
+        return back.refunded - before >= refund.amount
+    return await _given_back_for(session, refund, back)
 
 
 async def _given_back_for(session: AsyncSession, refund: Refund, back: MoneyBack) -> bool:

@@ -289,6 +289,40 @@ async def test_a_charge_back_does_not_settle_a_request_whose_answer_was_lost(
     assert refunded_at_sumup(sandbox, transaction_id) == 2.0
 
 
+async def test_a_dashboard_refund_made_before_a_request_does_not_settle_its_lost_answer(
+    orders, clean_db, sandbox
+):
+    """A person gave 3.00 of a paid 10.00 order back in SumUp's dashboard. Then a 2.00 refund
+    was asked and its answer lost: SumUp never made it. Read back after the lease, SumUp's
+    refunded 3.00 covered the 2.00, and it was settled done: the buyer never got the 2.00. Now
+    a request records what SumUp had refunded of the payment right before it was made, and
+    only a refund made since counts for it."""
+    _, transaction_id = await paid_order_with_refunds(orders, clean_db, sandbox)
+    given = sandbox.client.post(
+        f"/v1.0/merchants/{DEFAULT_MERCHANT_CODE}/payments/{transaction_id}/refunds",
+        json={"amount": 3.0},
+        headers={"Authorization": f"Bearer {DEFAULT_API_KEY}"},
+    )
+    assert given.status_code == 201, given.text
+    with admin_connect(clean_db, "orders") as connection:
+        connection.execute(
+            "INSERT INTO orders.refunds (order_id, attempt_id, reason_key, reason, amount, "
+            "currency) SELECT order_id, id, 'unconfirmed:test', 'a booking could not be "
+            "confirmed', 2.00, 'EUR' FROM orders.payment_attempts"
+        )
+    sandbox.controls(refunds="unavailable")  # asked, not made, the answer an outage
+    reconciler = orders.apps["orders"].state.reconciler
+    await reconciler.settle_refunds()
+    assert [row[1:] for row in refunds(clean_db)] == [("requested", Decimal("2.00"), 1)]
+    sandbox.controls(refunds="accept")
+    lease_passed(clean_db)
+
+    await reconciler.settle_refunds()
+
+    assert [row[1:] for row in refunds(clean_db)] == [("done", Decimal("2.00"), 2)]
+    assert refunded_at_sumup(sandbox, transaction_id) == 5.0
+
+
 async def test_a_refund_waits_while_a_charge_back_is_pending(orders, clean_db, sandbox):
     """Review M1: a dispute the card issuer has not decided yet. Counted as given back, the
     late payment's refund was settled, and the buyer got nothing if the merchant won it; asked
