@@ -31,6 +31,9 @@ from apps.common.observability import (
 )
 from apps.sumup_sandbox.domain import (
     ALWAYS_FAILING_AMOUNTS,
+    AmbiguousChargeBack,
+    ChargeBackDecision,
+    ChargeBackNotPending,
     Checkout,
     CheckoutAlreadyPaid,
     CheckoutError,
@@ -105,6 +108,13 @@ class ChargeBackRequest(msgspec.Struct, forbid_unknown_fields=True):
     amount: float | None = None
     # A dispute the card issuer has not decided yet (its event PENDING).
     pending: bool = False
+
+
+class DecideChargeBackRequest(msgspec.Struct, forbid_unknown_fields=True):
+    # For the buyer (the money goes back) or for the merchant (nothing goes back).
+    status: ChargeBackDecision
+    # The charge-back's event id; may be omitted while the transaction has one pending.
+    event_id: int | None = None
 
 
 class ReleaseRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -276,6 +286,13 @@ async def get_transaction(
     _own_merchant(path_merchant, merchant_code)
     if not transaction_id:
         raise FieldError(error_code="MISSING", param="id", message="id is required")
+    refusal = service.state.controls.transaction_lookups
+    if refusal == "not_found":
+        raise TransactionNotFound(transaction_id)
+    if refusal == "forbidden":
+        raise ApiError(
+            403, forbidden_body(f"The API key is not allowed to read transaction {transaction_id}")
+        )
     return transaction_full_as_json(
         await service.transaction(transaction_id, merchant_code=merchant_code)
     )
@@ -413,6 +430,18 @@ async def control_charge_back(
     )
 
 
+@post("/transactions/{transaction_id:str}/charge-back/decide", status_code=200)
+async def control_decide_charge_back(
+    transaction_id: FromPath[str], request: Request[Any, Any, Any], service: Service
+) -> JsonObject:
+    """The card issuer decides a pending charge-back: its event becomes SUCCESSFUL (the money
+    goes back; the transaction's simple status says CHARGEBACK) or FAILED (nothing goes back)."""
+    body = await _read_control_body(request, DecideChargeBackRequest)
+    return transaction_full_as_json(
+        await service.decide_charge_back(transaction_id, body.status, event_id=body.event_id)
+    )
+
+
 @post("/checkouts/{checkout_id:str}/expire", status_code=200)
 async def control_expire(checkout_id: CheckoutId, service: Service) -> JsonObject:
     return checkout_as_json(await service.deactivate(checkout_id))
@@ -456,6 +485,8 @@ _DOMAIN_ERRORS: dict[type[CheckoutError], tuple[int, str]] = {
     CheckoutNotFound: (404, "NOT_FOUND"),
     TransactionNotFound: (404, "NOT_FOUND"),
     RefundNotAllowed: (409, "CONFLICT"),
+    ChargeBackNotPending: (409, "CONFLICT"),
+    AmbiguousChargeBack: (400, "INVALID"),
     InvalidRefundAmount: (400, "INVALID"),
     DuplicateCheckout: (409, "DUPLICATED_CHECKOUT"),
     CheckoutAlreadyPaid: (409, "CHECKOUT_PROCESSED"),
@@ -555,6 +586,7 @@ def create_app(
             control_fail,
             control_expire,
             control_charge_back,
+            control_decide_charge_back,
             control_resend_webhook,
             release_held_webhooks,
             list_held_webhooks,

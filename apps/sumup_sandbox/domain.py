@@ -10,7 +10,7 @@ from __future__ import annotations
 import secrets
 import string
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -82,9 +82,22 @@ class InvalidRefundAmount(CheckoutError):
     """SumUp's 400: the amount is not more than zero."""
 
 
+class ChargeBackNotPending(CheckoutError):
+    """A 409: no charge-back of the transaction (or none with that event id) waits for a
+    decision."""
+
+
+class AmbiguousChargeBack(CheckoutError):
+    """A 400: more than one charge-back of the transaction is pending and none was named."""
+
+
 class CheckoutHasNoReturnUrl(CheckoutError):
     def __init__(self, checkout_id: str) -> None:
         super().__init__(f"Checkout {checkout_id} has no return_url to send webhooks to")
+
+
+ChargeBackStatus = Literal["PENDING", "SUCCESSFUL", "FAILED"]
+ChargeBackDecision = Literal["SUCCESSFUL", "FAILED"]
 
 
 @dataclass(frozen=True)
@@ -96,8 +109,18 @@ class GivenBack:
     amount: Decimal
     timestamp: datetime
     kind: Literal["REFUND", "CHARGE_BACK"] = "REFUND"
-    # A charge-back the card issuer has not decided yet: nothing went back by it so far.
-    pending: bool = False
+    # A charge-back's: PENDING while the card issuer has not decided the dispute (nothing went
+    # back by it so far), SUCCESSFUL once decided for the buyer (the money went back), FAILED
+    # once decided for the merchant (nothing goes back by it). A refund is SUCCESSFUL.
+    status: ChargeBackStatus = "SUCCESSFUL"
+
+    @property
+    def pending(self) -> bool:
+        return self.status == "PENDING"
+
+    @property
+    def gave_back(self) -> bool:
+        return self.status == "SUCCESSFUL"
 
 
 @dataclass
@@ -114,11 +137,11 @@ class Transaction:
 
     @property
     def given_back_amount(self) -> Decimal:
-        return sum((event.amount for event in self.given_back if not event.pending), Decimal(0))
+        return sum((event.amount for event in self.given_back if event.gave_back), Decimal(0))
 
     @property
     def charged_back(self) -> bool:
-        return any(event.kind == "CHARGE_BACK" and not event.pending for event in self.given_back)
+        return any(event.kind == "CHARGE_BACK" and event.gave_back for event in self.given_back)
 
     @property
     def refundable_amount(self) -> Decimal:
@@ -180,10 +203,45 @@ def charge_back_transaction(
     if wanted <= 0:
         raise InvalidRefundAmount("amount must be greater than zero")
     charge_back = GivenBack(
-        id=event_id, amount=wanted, timestamp=now, kind="CHARGE_BACK", pending=pending
+        id=event_id,
+        amount=wanted,
+        timestamp=now,
+        kind="CHARGE_BACK",
+        status="PENDING" if pending else "SUCCESSFUL",
     )
     transaction.given_back.append(charge_back)
     return charge_back
+
+
+def decide_charge_back(
+    transaction: Transaction, decision: ChargeBackDecision, *, event_id: int | None = None
+) -> GivenBack:
+    """The card issuer decides a pending charge-back (``event_id``'s; the transaction's only
+    pending one when None): SUCCESSFUL for the buyer (what it names goes back now, even if it
+    was refunded meanwhile: the money then went back twice), FAILED for the merchant (nothing
+    goes back by it). The transaction's status is unchanged; charged back, its simple status
+    says CHARGEBACK."""
+    pending = [
+        event
+        for event in transaction.given_back
+        if event.kind == "CHARGE_BACK"
+        and event.pending
+        and (event_id is None or event.id == event_id)
+    ]
+    if not pending:
+        named = "" if event_id is None else f" with event id {event_id}"
+        raise ChargeBackNotPending(
+            f"Transaction {transaction.id} has no pending charge-back{named} to decide"
+        )
+    if len(pending) > 1:
+        raise AmbiguousChargeBack(
+            f"Transaction {transaction.id} has {len(pending)} pending charge-backs: name one by "
+            "its event_id"
+        )
+    [undecided] = pending
+    decided = replace(undecided, status=decision)
+    transaction.given_back[transaction.given_back.index(undecided)] = decided
+    return decided
 
 
 @dataclass(frozen=True)

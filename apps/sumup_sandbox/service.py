@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 from apps.sumup_sandbox.domain import (
+    ChargeBackDecision,
     Checkout,
     CheckoutHasNoReturnUrl,
     DuplicateCheckout,
@@ -14,6 +15,7 @@ from apps.sumup_sandbox.domain import (
     Transaction,
     attempt_payment,
     charge_back_transaction,
+    decide_charge_back,
     decline_payment,
     expire_checkout,
     expire_if_overdue,
@@ -133,6 +135,15 @@ class CheckoutService:
                 now=_now(),
                 pending=pending,
             )
+            return transaction
+
+    async def decide_charge_back(
+        self, transaction_id: str, decision: ChargeBackDecision, *, event_id: int | None
+    ) -> Transaction:
+        """The operator's decision of a pending charge-back (the card issuer's, later)."""
+        async with self.state.lock:
+            transaction = self.state.find_any_transaction(transaction_id)
+            decide_charge_back(transaction, decision, event_id=event_id)
             return transaction
 
     async def resend_webhook(self, checkout_id: str, *, copies: int) -> list[DeliveryRecord]:

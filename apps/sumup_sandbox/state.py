@@ -18,6 +18,10 @@ WebhookMode = Literal["deliver", "drop", "hold"]
 # accept: refund and answer 201. refuse: answer 409 and refund nothing. unavailable: answer 503
 # and refund nothing. lose_answer: refund, then answer 503 (the caller cannot know it worked).
 RefundMode = Literal["accept", "refuse", "unavailable", "lose_answer"]
+# show: GET /v2.1/merchants/{code}/transactions answers the transaction. not_found: it answers
+# 404 NOT_FOUND, as for a transaction SumUp does not know; forbidden: 403 FORBIDDEN. Either way
+# checkouts and refunds keep working (the transaction is still there to refund).
+TransactionLookupMode = Literal["show", "not_found", "forbidden"]
 NonNegativeSeconds = Annotated[float, msgspec.Meta(ge=0)]
 
 
@@ -38,6 +42,7 @@ class SandboxControls(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     # Deactivating a checkout (DELETE) answers 503 and leaves it open.
     deactivation_unavailable: bool = False
     refunds: RefundMode = "accept"
+    transaction_lookups: TransactionLookupMode = "show"
     # API keys a merchant has revoked: SumUp answers 401 for them, as for a key it never issued.
     revoked_api_keys: tuple[str, ...] = ()
 

@@ -171,7 +171,7 @@ def transaction_as_json(transaction: Transaction) -> dict[str, object]:
 def _event_status(event: GivenBack) -> str:
     if event.kind == "REFUND":
         return "REFUNDED"
-    return "PENDING" if event.pending else "SUCCESSFUL"
+    return event.status
 
 
 def transaction_full_as_json(transaction: Transaction) -> dict[str, object]:

@@ -1032,6 +1032,132 @@ def test_a_charge_back_of_part_leaves_the_rest_refundable(
     assert bad.status_code == 400
 
 
+def charge_back_events(sumup_client: Sumup, transaction_id: str) -> list[tuple]:
+    """(type, status, amount) of the transaction's charge-back events, as the SDK reads them."""
+    transaction = sumup_client.transactions.get(DEFAULT_MERCHANT_CODE, id=transaction_id)
+    return [
+        (event.type, event.status, event.amount)
+        for event in transaction.events or ()
+        if event.type == "CHARGE_BACK"
+    ]
+
+
+def test_a_pending_charge_back_decided_for_the_buyer_takes_the_money_back(
+    sumup_client: Sumup, operator: httpx.Client
+) -> None:
+    """A dispute the card issuer decides later: PENDING, nothing went back by it (the
+    transaction's simple status SUCCESSFUL); decided SUCCESSFUL, its event says so, the simple
+    status says CHARGEBACK and nothing is left to refund. A decision is made once."""
+    transaction_id = paid_transaction_id(sumup_client, operator, 10.0)
+    charged = operator.post(
+        f"/_sandbox/transactions/{transaction_id}/charge-back", json={"pending": True}
+    )
+    assert charged.status_code == 200, charged.text
+    undecided = sumup_client.transactions.get(DEFAULT_MERCHANT_CODE, id=transaction_id)
+    assert (undecided.status, undecided.simple_status) == ("SUCCESSFUL", "SUCCESSFUL")
+    assert charge_back_events(sumup_client, transaction_id) == [("CHARGE_BACK", "PENDING", 10.0)]
+
+    decided = operator.post(
+        f"/_sandbox/transactions/{transaction_id}/charge-back/decide",
+        json={"status": "SUCCESSFUL"},
+    )
+
+    assert decided.status_code == 200, decided.text
+    transaction = sumup_client.transactions.get(DEFAULT_MERCHANT_CODE, id=transaction_id)
+    assert (transaction.status, transaction.simple_status) == ("SUCCESSFUL", "CHARGEBACK")
+    assert charge_back_events(sumup_client, transaction_id) == [("CHARGE_BACK", "SUCCESSFUL", 10.0)]
+    with pytest.raises(ConflictError):
+        sumup_client.transactions.refund(DEFAULT_MERCHANT_CODE, transaction_id, amount=1.0)
+    again = operator.post(
+        f"/_sandbox/transactions/{transaction_id}/charge-back/decide", json={"status": "FAILED"}
+    )
+    assert again.status_code == 409
+    assert again.json()["error_code"] == "CONFLICT"
+    assert charge_back_events(sumup_client, transaction_id) == [("CHARGE_BACK", "SUCCESSFUL", 10.0)]
+
+
+def test_a_pending_charge_back_decided_for_the_merchant_gives_nothing_back(
+    sumup_client: Sumup, operator: httpx.Client
+) -> None:
+    transaction_id = paid_transaction_id(sumup_client, operator, 10.0)
+    operator.post(
+        f"/_sandbox/transactions/{transaction_id}/charge-back",
+        json={"amount": 4.0, "pending": True},
+    ).raise_for_status()
+
+    decided = operator.post(
+        f"/_sandbox/transactions/{transaction_id}/charge-back/decide", json={"status": "FAILED"}
+    )
+
+    assert decided.status_code == 200, decided.text
+    assert charge_back_events(sumup_client, transaction_id) == [("CHARGE_BACK", "FAILED", 4.0)]
+    transaction = sumup_client.transactions.get(DEFAULT_MERCHANT_CODE, id=transaction_id)
+    assert (transaction.status, transaction.simple_status) == ("SUCCESSFUL", "SUCCESSFUL")
+    sumup_client.transactions.refund(DEFAULT_MERCHANT_CODE, transaction_id)  # all of it is left
+    assert refunded_amount(sumup_client, transaction_id) == 10.0
+    refunded = sumup_client.transactions.get(DEFAULT_MERCHANT_CODE, id=transaction_id)
+    assert (refunded.status, refunded.simple_status) == ("REFUNDED", "REFUNDED")
+
+
+def test_deciding_a_charge_back_needs_one_pending_and_a_decision(
+    sumup_client: Sumup, operator: httpx.Client
+) -> None:
+    transaction_id = paid_transaction_id(sumup_client, operator, 10.0)
+    decide = f"/_sandbox/transactions/{transaction_id}/charge-back/decide"
+    assert operator.post(decide, json={"status": "SUCCESSFUL"}).status_code == 409  # none
+    event_ids = []
+    for amount in (2.0, 3.0):
+        charged = operator.post(
+            f"/_sandbox/transactions/{transaction_id}/charge-back",
+            json={"amount": amount, "pending": True},
+        )
+        assert charged.status_code == 200, charged.text
+        event_ids.append(charged.json()["events"][-1]["id"])
+
+    ambiguous = operator.post(decide, json={"status": "SUCCESSFUL"})
+    assert ambiguous.status_code == 400
+    assert "event_id" in ambiguous.json()["message"]
+    assert operator.post(decide, json={}).status_code == 400
+    assert operator.post(decide, json={"status": "REFUNDED"}).status_code == 400
+    named = operator.post(decide, json={"status": "SUCCESSFUL", "event_id": event_ids[1]})
+    assert named.status_code == 200, named.text
+    assert operator.post(decide, json={"status": "FAILED"}).status_code == 200  # the one left
+    assert charge_back_events(sumup_client, transaction_id) == [
+        ("CHARGE_BACK", "FAILED", 2.0),
+        ("CHARGE_BACK", "SUCCESSFUL", 3.0),
+    ]
+    unknown = operator.post(
+        "/_sandbox/transactions/no-such/charge-back/decide", json={"status": "FAILED"}
+    )
+    assert unknown.status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("refusal", "status", "error_code"),
+    [("not_found", 404, "NOT_FOUND"), ("forbidden", 403, "FORBIDDEN")],
+)
+def test_transaction_lookups_can_be_refused_while_checkouts_and_refunds_work(
+    sumup_client: Sumup, operator: httpx.Client, refusal: str, status: int, error_code: str
+) -> None:
+    """SumUp refuses to show a transaction (a 4xx on the SDK's transactions.get), and still
+    takes payments and refunds it."""
+    transaction_id = paid_transaction_id(sumup_client, operator, 10.0)
+    set_controls(operator, transaction_lookups=refusal)
+
+    with pytest.raises(APIError) as refused:
+        sumup_client.transactions.get(DEFAULT_MERCHANT_CODE, id=transaction_id)
+
+    assert refused.value.status == status
+    assert refused.value.response is not None
+    assert refused.value.response.json()["error_code"] == error_code
+    sumup_client.transactions.refund(DEFAULT_MERCHANT_CODE, transaction_id, amount=4.0)
+    other = paid_transaction_id(sumup_client, operator, 5.0)
+    sumup_client.transactions.refund(DEFAULT_MERCHANT_CODE, other)
+    set_controls(operator, transaction_lookups="show")
+    assert refunded_amount(sumup_client, transaction_id) == 4.0
+    assert refunded_amount(sumup_client, other) == 5.0
+
+
 def test_deactivation_can_be_switched_unavailable(
     sumup_client: Sumup, operator: httpx.Client
 ) -> None:
