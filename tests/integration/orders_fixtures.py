@@ -248,3 +248,18 @@ class Sandbox:
         )
         response.raise_for_status()
         return response.json()
+
+    def decide_charge_back(
+        self, transaction_id: str, status: str, *, event_id: int | None = None
+    ) -> dict[str, Any]:
+        """The card issuer decides the transaction's pending charge-back (``event_id``'s when
+        it has several): ``SUCCESSFUL`` for the buyer (the money goes back), ``FAILED`` for
+        the merchant (nothing goes back)."""
+        body: dict[str, Any] = {"status": status}
+        if event_id is not None:
+            body["event_id"] = event_id
+        response = self.client.post(
+            f"/_sandbox/transactions/{transaction_id}/charge-back/decide", json=body
+        )
+        response.raise_for_status()
+        return response.json()

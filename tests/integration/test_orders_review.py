@@ -329,6 +329,101 @@ async def test_a_pending_charge_back_keeps_the_review_open(orders, clean_db, san
     assert refunds(clean_db) == []
 
 
+async def held_open_by_a_pending_charge_back(orders, clean_db, sandbox) -> tuple[int, str, str]:
+    """A flagged order (SumUp took 1.00 of 10.00) whose buyer disputed the payment: its review
+    is refused (409) while the card issuer has not decided. Returns the order, its checkout
+    and its transaction."""
+    order_id = (await create(orders)).json()["order_id"]
+    checkout_id = checkout_id_of(clean_db, order_id)
+    sandbox.pay(checkout_id, amount_override=1.00)
+    assert (await webhook(orders, order_id, checkout_id)).status_code == 204
+    transaction = sandbox.checkout(checkout_id)["transaction_id"]
+    sandbox.charge_back(transaction, pending=True)
+    refused = await end_review(orders, order_id)
+    assert refused.status_code == 409, refused.text
+    assert "charge-back of checkout" in refused.json()["detail"]
+    assert order_state(clean_db, order_id)[:2] == ("pending", True)
+    return order_id, checkout_id, transaction
+
+
+async def test_a_review_held_open_by_a_charge_back_ends_once_decided_for_the_buyer(
+    orders, clean_db, sandbox
+):
+    """The card issuer decides the dispute for the buyer: what SumUp took went back by the
+    charge-back. The review ends, the order refunded, nothing asked of SumUp."""
+    order_id, _, transaction = await held_open_by_a_pending_charge_back(orders, clean_db, sandbox)
+
+    sandbox.decide_charge_back(transaction, "SUCCESSFUL")
+    ended = await end_review(orders, order_id)
+
+    assert ended.status_code == 200, ended.text
+    assert (ended.json()["status"], ended.json()["refunds"]) == ("refunded", [])
+    assert order_state(clean_db, order_id)[:2] == ("refunded", False)
+    assert attempt_rows(clean_db, order_id) == [(1, "PAID")]
+    assert refunds(clean_db) == []
+    events = sandbox.transaction(transaction)["events"]
+    assert [(event["type"], event["status"]) for event in events] == [("CHARGE_BACK", "SUCCESSFUL")]
+    assert await attention(orders) == []
+
+
+async def test_a_review_held_open_by_a_charge_back_ends_once_decided_for_the_merchant(
+    orders, clean_db, sandbox
+):
+    """The card issuer decides the dispute for the merchant: nothing went back by it. The
+    review ends and gives back what SumUp took, once."""
+    order_id, checkout_id, transaction = await held_open_by_a_pending_charge_back(
+        orders, clean_db, sandbox
+    )
+
+    sandbox.decide_charge_back(transaction, "FAILED")
+    ended = await end_review(orders, order_id)
+
+    assert ended.status_code == 200, ended.text
+    assert ended.json()["status"] == "refund_due"
+    assert ended.json()["refunds"] == [
+        {"checkout_id": checkout_id, "amount": "1.00", "currency": "EUR"}
+    ]
+    assert await eventually(
+        lambda: refunds(clean_db) == [(order_id, True, Decimal("1.00"), "EUR", "done")]
+    )
+    assert order_state(clean_db, order_id)[:2] == ("refunded", False)
+    events = sandbox.transaction(transaction)["events"]
+    assert [(event["type"], event["status"], event["amount"]) for event in events] == [
+        ("CHARGE_BACK", "FAILED", 1.0),
+        ("REFUND", "REFUNDED", 1.0),
+    ]
+    assert await attention(orders) == []
+
+
+async def test_a_review_sumup_will_not_show_the_payment_of_is_left_open(orders, clean_db, sandbox):
+    """SumUp refuses to show the flagged payment's transaction (a 4xx): what went back of it
+    already cannot be learnt, so the review neither records a refund nor takes it as given
+    back: refused, nothing written, the order still under review; once SumUp shows it, the
+    review ends and the money goes back once."""
+    order_id = (await create(orders)).json()["order_id"]
+    checkout_id = checkout_id_of(clean_db, order_id)
+    sandbox.pay(checkout_id, amount_override=1.00)
+    assert (await webhook(orders, order_id, checkout_id)).status_code == 204
+    sandbox.controls(transaction_lookups="not_found")
+
+    refused = await end_review(orders, order_id)
+
+    assert refused.status_code == 502, refused.text
+    assert "HTTP 404" in refused.json()["detail"]
+    assert order_state(clean_db, order_id)[:2] == ("pending", True)
+    assert attempt_rows(clean_db, order_id) == [(1, "PENDING")]
+    assert refunds(clean_db) == []
+    sandbox.controls(transaction_lookups="show")
+    ended = await end_review(orders, order_id)
+    assert ended.status_code == 200, ended.text
+    assert await eventually(
+        lambda: refunds(clean_db) == [(order_id, True, Decimal("1.00"), "EUR", "done")]
+    )
+    transaction = sandbox.checkout(checkout_id)["transaction_id"]
+    events = sandbox.transaction(transaction)["events"]
+    assert [(event["type"], event["amount"]) for event in events] == [("REFUND", 1.0)]
+
+
 async def test_an_order_whose_money_goes_back_is_settled_with_its_refunds(
     orders, clean_db, sandbox
 ):

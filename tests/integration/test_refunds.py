@@ -11,7 +11,7 @@ from decimal import Decimal
 import pytest
 
 from apps.orders import service
-from apps.orders.settlement import PAYMENT_LOCK_NAMESPACE, settle_refund
+from apps.orders.settlement import CHARGE_BACK_PENDING, PAYMENT_LOCK_NAMESPACE, settle_refund
 from apps.sumup_sandbox.app import DEFAULT_API_KEY, DEFAULT_MERCHANT_CODE
 from tests.conftest import admin_connect, lock_waiters
 from tests.integration.orders_fixtures import (
@@ -342,6 +342,161 @@ async def test_a_refund_waits_while_a_charge_back_is_pending(orders, clean_db, s
     assert refunded_at_sumup(sandbox, transaction_id) == 0
     listed = (await internal_get(orders.client("orders"), "attention")).json()["orders"]
     assert "charge-back of the payment is pending" in listed[0]["refunds"][0]["last_error"]
+
+
+def given_back_at_sumup(sandbox: Sandbox, transaction_id: str) -> list[tuple]:
+    """(type, status, amount) of every event of the transaction that gives money back."""
+    events = sandbox.transaction(transaction_id)["events"]
+    return [(event["type"], event["status"], event["amount"]) for event in events]
+
+
+async def waiting_on_a_pending_charge_back(orders, server, sandbox: Sandbox) -> tuple[int, str]:
+    """A late payment of 4.00 whose buyer disputed it first: its refund waits, never asked, on
+    the charge-back the card issuer has not decided. Returns the order and its transaction."""
+    older, checkout_id = await paid_after_superseded(orders, server, sandbox)
+    transaction_id = sandbox.checkout(checkout_id)["transaction_id"]
+    sandbox.charge_back(transaction_id, pending=True)
+    assert (await webhook(orders, older, checkout_id)).status_code == 204
+    reconciler = orders.apps["orders"].state.reconciler
+    await reconciler.quiet()
+    await reconciler.settle_refunds()
+    assert refunds(server) == [(older, "due", Decimal("4.00"), 0)]
+    assert last_errors(server) == [CHARGE_BACK_PENDING]
+    return older, transaction_id
+
+
+async def test_a_refund_waiting_on_a_charge_back_decided_for_the_buyer_is_settled_unasked(
+    orders, clean_db, sandbox
+):
+    """The card issuer decides the dispute for the buyer: all of the payment went back by
+    the charge-back. The waiting refund is done without asking SumUp (asked, the money would
+    go back twice, or the request be refused and left failed for a person)."""
+    older, transaction_id = await waiting_on_a_pending_charge_back(orders, clean_db, sandbox)
+
+    sandbox.decide_charge_back(transaction_id, "SUCCESSFUL")
+    await orders.apps["orders"].state.reconciler.settle_refunds()
+
+    assert refunds(clean_db) == [(older, "done", Decimal("4.00"), 0)]
+    assert last_errors(clean_db) == [None]
+    assert status_of(clean_db, older) == "refunded"
+    assert given_back_at_sumup(sandbox, transaction_id) == [("CHARGE_BACK", "SUCCESSFUL", 4.0)]
+    assert (await internal_get(orders.client("orders"), "attention")).json()["orders"] == []
+
+
+async def test_a_refund_waiting_on_a_charge_back_decided_for_the_merchant_is_asked(
+    orders, clean_db, sandbox
+):
+    """The card issuer decides the dispute for the merchant: nothing went back by it. The
+    waiting refund is asked for now, and the money goes back once."""
+    older, transaction_id = await waiting_on_a_pending_charge_back(orders, clean_db, sandbox)
+
+    sandbox.decide_charge_back(transaction_id, "FAILED")
+    reconciler = orders.apps["orders"].state.reconciler
+    await reconciler.settle_refunds()
+    await reconciler.run_once()  # settled: nothing more is asked
+
+    assert refunds(clean_db) == [(older, "done", Decimal("4.00"), 1)]
+    assert last_errors(clean_db) == [None]
+    assert status_of(clean_db, older) == "refunded"
+    assert given_back_at_sumup(sandbox, transaction_id) == [
+        ("CHARGE_BACK", "FAILED", 4.0),
+        ("REFUND", "REFUNDED", 4.0),
+    ]
+
+
+async def test_a_request_unknown_waiting_on_a_charge_back_decided_for_the_merchant_is_asked_once(
+    orders, clean_db, sandbox
+):
+    """A refund asked with no answer (SumUp down: never made), then the buyer disputed the
+    payment. Read back after the lease, it waits on the charge-back, still requested; decided
+    for the merchant, SumUp's refunds say the request was never made: asked again, once."""
+    sandbox.controls(refunds="unavailable")
+    older, transaction_id = await late_payment(orders, clean_db, sandbox)
+    reconciler = orders.apps["orders"].state.reconciler
+    await reconciler.quiet()
+    assert refunds(clean_db) == [(older, "requested", Decimal("4.00"), 1)]
+    sandbox.charge_back(transaction_id, pending=True)
+    sandbox.controls(refunds="accept")
+    lease_passed(clean_db)
+    await reconciler.settle_refunds()
+    assert refunds(clean_db) == [(older, "requested", Decimal("4.00"), 1)]
+    assert last_errors(clean_db) == [CHARGE_BACK_PENDING]
+
+    sandbox.decide_charge_back(transaction_id, "FAILED")
+    lease_passed(clean_db)
+    await reconciler.settle_refunds()
+
+    assert refunds(clean_db) == [(older, "done", Decimal("4.00"), 2)]
+    assert status_of(clean_db, older) == "refunded"
+    assert given_back_at_sumup(sandbox, transaction_id) == [
+        ("CHARGE_BACK", "FAILED", 4.0),
+        ("REFUND", "REFUNDED", 4.0),
+    ]
+
+
+LOOKUP_REFUSALS = pytest.mark.parametrize(
+    ("refusal", "answer"), [("not_found", "HTTP 404: Transaction "), ("forbidden", "HTTP 403")]
+)
+
+
+@LOOKUP_REFUSALS
+async def test_a_refund_never_asked_is_asked_when_sumup_will_not_show_its_transaction(
+    orders, clean_db, sandbox, caplog, refusal, answer
+):
+    """SumUp refuses to show the transaction (a 4xx) when orders looks, before its first
+    request, at what went back already: the refund is asked as before that look existed, and
+    the money goes back once."""
+    sandbox.controls(transaction_lookups=refusal)
+    with caplog.at_level(logging.WARNING, logger="rose.orders"):
+        older, transaction_id = await late_payment(orders, clean_db, sandbox)
+        await orders.apps["orders"].state.reconciler.quiet()
+
+    assert refunds(clean_db) == [(older, "done", Decimal("4.00"), 1)]
+    assert status_of(clean_db, older) == "refunded"
+    [unread] = [
+        record.getMessage()
+        for record in caplog.records
+        if "unread before its refund" in record.getMessage()
+    ]
+    assert answer in unread
+    sandbox.controls(transaction_lookups="show")
+    assert given_back_at_sumup(sandbox, transaction_id) == [("REFUND", "REFUNDED", 4.0)]
+
+
+@LOOKUP_REFUSALS
+async def test_a_request_whose_answer_was_lost_fails_for_a_person_when_sumup_hides_its_transaction(
+    orders, clean_db, sandbox, refusal, answer
+):
+    """2.00 of a paid 10.00 order asked back, made, its answer lost; then SumUp refuses to show
+    the transaction (a 4xx). Whether the request went through cannot be learnt, so it is never
+    asked again (SumUp would pay it a second time: 8.00 is left to refund); it is failed for a
+    person, SumUp's answer in its last_error, and listed."""
+    sandbox.controls(refunds="lose_answer")
+    order_id, transaction_id = await paid_order_with_refunds(
+        orders, clean_db, sandbox, ("one", 2, "due", 0)
+    )
+    reconciler = orders.apps["orders"].state.reconciler
+    await reconciler.settle_refunds()
+    assert refunds(clean_db) == [(order_id, "requested", Decimal("2.00"), 1)]
+    sandbox.controls(refunds="accept", transaction_lookups=refusal)
+    lease_passed(clean_db)
+
+    await reconciler.settle_refunds()
+
+    assert refunds(clean_db) == [(order_id, "failed", Decimal("2.00"), 1)]
+    [last_error] = last_errors(clean_db)
+    assert last_error is not None
+    assert last_error.startswith("SumUp would not show the transaction: ")
+    assert f"SumUp refused the request: {answer}" in last_error
+    listed = (await internal_get(orders.client("orders"), "attention")).json()["orders"]
+    assert [(row["order_id"], row["refunds"][0]["status"]) for row in listed] == [
+        (order_id, "failed")
+    ]
+    assert listed[0]["refunds"][0]["last_error"] == last_error
+    await reconciler.run_once()  # a failed refund is not asked again behind a person's back
+    assert refunds(clean_db) == [(order_id, "failed", Decimal("2.00"), 1)]
+    sandbox.controls(transaction_lookups="show")
+    assert given_back_at_sumup(sandbox, transaction_id) == [("REFUND", "REFUNDED", 2.0)]
 
 
 async def test_sumup_down_for_a_refund_retries_it_next_pass(orders, clean_db, sandbox):
