@@ -3,6 +3,7 @@ leaves no legacy schema and no ledger behind for other tests."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,6 +11,7 @@ from click.testing import Result
 from typer.testing import CliRunner
 
 from ops.cli import app as rose_cli
+from ops.db.credentials import Credentials
 from ops.split.moves import LEGACY_SERVICES, MOVES
 from ops.split.seed import seed_legacy
 from tests.conftest import admin_connect
@@ -31,6 +33,24 @@ STATUS_MAPPING = {
 
 def rose_split(server: TestServer, *args: str) -> Result:
     return runner.invoke(rose_cli, ["split", *args, "--database-url", server.admin_url])
+
+
+def rose_db_check(server: TestServer, credentials: Credentials) -> tuple[int, dict[str, Any]]:
+    """``rose db check --json`` as the DBA runs it: the CLI, the superuser DSN, and the
+    session's declared passwords (``ROSE_HOME``'s credentials.json), so passwords are compared
+    too. Its exit code, and what it printed (ok, differences, notes)."""
+    assert credentials.path is not None
+    result = runner.invoke(
+        rose_cli,
+        ["db", "check", "--json"],
+        env={
+            "ROSE_HOME": str(credentials.path.parent),
+            "ROSE_ENV": "dev",
+            "ROSE_ADMIN_URL": server.admin_url,
+        },
+    )
+    assert result.exit_code in (0, 1), result.output
+    return result.exit_code, json.loads(result.stdout)
 
 
 def rows(server: TestServer, service: str, query: str, params: tuple[Any, ...] = ()) -> list[Any]:

@@ -16,6 +16,7 @@ import psycopg
 import pytest
 
 from apps.orders.settings import OrdersSettings
+from bench.split_load import monolith_writer
 from ops.db.check import check
 from ops.split.common import CRASH_ENV, CRASH_EXIT_CODE, SplitError, connect
 from ops.split.moves import MOVES, MOVES_BY_NAME, Move
@@ -33,6 +34,7 @@ from tests.integration.split_fixtures import (
     STATUS_MAPPING,
     ledger,
     listed_ids,
+    rose_db_check,
     rose_split,
     rows,
     seeded_monolith,
@@ -1097,6 +1099,45 @@ def test_db_check_accepts_the_ledger_and_notes_legacy_tables(monolith):
     differences, _ = check(monolith.topology)
     assert "db_likes: extra privilege SELECT on table split.ledger for likes_app" in differences
     assert "db_likes: extra privilege USAGE on schema split for likes_app" in differences
+
+
+def test_rose_db_check_is_clean_through_the_offline_night_and_after_finalize(
+    monolith, credentials, tmp_path
+):
+    """The runbook's offline night, `rose db check` (the CLI, passwords compared) between its
+    steps, the monolith's login role declared (ROSE_MONOLITH_ROLES) until the DBA drops it after
+    finalize: clean before the night ("Before the night" 1), after `run` and `verify` (sources
+    frozen, ledgers written: notes, not differences), after `finalize` and step 6's verify, and
+    once the role is dropped and no longer declared: exit 0, no difference at all, the kept
+    lookups a note. The split's own objects (ledgers, split.dropped, freeze triggers), the moved
+    rows and the monolith role's grants are no drift."""
+    with monolith_writer(monolith.topology):
+        code, found = rose_db_check(monolith, credentials)
+        # Not the split's yet: an earlier test left drift in the session's cluster.
+        assert (code, found["differences"]) == (0, []), ("drift before the night", found)
+        assert not [note for note in found["notes"] if "passwords not compared" in note], found
+
+        ran = rose_split(monolith, "run")
+        assert ran.exit_code == 0, ran.output
+        assert rose_split(monolith, "verify").exit_code == 0
+        code, found = rose_db_check(monolith, credentials)
+        assert (code, found["differences"]) == (0, []), found
+        assert any("db_cart: legacy tables present" in note for note in found["notes"]), found
+
+        finalized = rose_split(monolith, "finalize", "--backup-dir", str(tmp_path))
+        assert finalized.exit_code == 0, finalized.output
+        after = rose_split(monolith, "verify")
+        assert after.exit_code == 0, after.output
+        code, found = rose_db_check(monolith, credentials)
+        assert (code, found["differences"]) == (0, []), found
+    # The DBA dropped the monolith's role (monolith_writer's exit) and took it out of
+    # ROSE_MONOLITH_ROLES.
+    code, found = rose_db_check(monolith, credentials)
+    assert (code, found["ok"], found["differences"]) == (0, True, []), found
+    assert sorted(found["notes"]) == [
+        "db_blog: legacy tables outside the split remain (posts)",
+        "db_market: legacy tables outside the split remain (products)",
+    ], found
 
 
 SEED_REFUSED = "seed-legacy refused"
