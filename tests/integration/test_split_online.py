@@ -32,7 +32,14 @@ from ops.split.seed import seed_legacy
 from ops.split.status import split_status
 from tests.conftest import REPO_ROOT, admin_connect
 from tests.integration.db_fixtures import start_cluster
-from tests.integration.split_fixtures import ledger, rose_split, rows, seeded_monolith, value
+from tests.integration.split_fixtures import (
+    ledger,
+    rose_db_check,
+    rose_split,
+    rows,
+    seeded_monolith,
+    value,
+)
 from tests.pg import TestServer as Server
 
 if TYPE_CHECKING:
@@ -422,7 +429,7 @@ def test_kills_and_restarts_during_sync_and_cutover_lose_and_double_nothing(own_
     assert online == offline_of_final_state(server)
 
 
-def test_finalize_removes_a_capture_left_behind(monolith, tmp_path):
+def test_finalize_removes_a_capture_left_behind(monolith, credentials: Credentials, tmp_path):
     """A capture a cutover did not get to remove (it died after recording its move) goes with
     finalize, like the sources it watched."""
     server = monolith
@@ -436,6 +443,70 @@ def test_finalize_removes_a_capture_left_behind(monolith, tmp_path):
     assert finalized.exit_code == 0, finalized.output
     assert "orders: removed the change capture from db_cart" in finalized.output
     assert capture_objects(server) == []
+    code, found = rose_db_check(server, credentials)
+    assert (code, found["differences"]) == (0, []), found
+
+
+def test_rose_db_check_is_clean_through_the_online_night_and_after_finalize(
+    monolith, credentials: Credentials, tmp_path
+):
+    """The runbook's online night: the monolith writes as its declared login role while
+    `sync` copies; `cutover`; `finalize` as on the offline night; the DBA drops the role. `rose
+    db check` (the CLI, passwords compared) is clean at every step: the capture of a syncing
+    move is a note, the frozen sources and the ledgers are the split's, and once finalized and
+    the role gone: exit 0, no difference at all, the kept lookups a note."""
+    server = monolith
+    with monolith_writer(server.topology) as urls:
+        first = rose_split(server, "sync", "--once")
+        assert first.exit_code == 0, first.output
+        with psycopg.connect(urls["market"], autocommit=True) as market:
+            product = market.execute("SELECT min(id) FROM legacy.products").fetchone()[0]
+            market.execute(
+                "INSERT INTO legacy.product_likes (user_id, product_id) VALUES (7, %s)", (product,)
+            )
+        with psycopg.connect(urls["blog"], autocommit=True) as blog:
+            blog.execute(
+                "INSERT INTO legacy.post_likes (user_id, post_id) "
+                "SELECT 7, min(id) FROM legacy.posts"
+            )
+        with psycopg.connect(urls["cart"], autocommit=True) as cart:
+            cart.execute(
+                "INSERT INTO legacy.cart_items (user_id, product_id, quantity, "
+                "market_place_container_id) VALUES (7, %s, 2, 1)",
+                (product,),
+            )
+            cart.execute(
+                "DELETE FROM legacy.container_relations WHERE id = "
+                "(SELECT min(id) FROM legacy.container_relations)"
+            )
+        # The writes are captured, not yet applied: the check sees change rows pending.
+        assert value(server, "cart", "SELECT count(*) FROM split_capture.cart") > 0
+        assert value(server, "market", "SELECT count(*) FROM split_capture.likes") > 0
+        code, found = rose_db_check(server, credentials)
+        assert (code, found["differences"]) == (0, []), found
+        assert any("is syncing" in note for note in found["notes"]), found
+        assert not [note for note in found["notes"] if "passwords not compared" in note], found
+
+        for command in (("sync", "--once"), ("cutover",)):
+            done = rose_split(server, *command)
+            assert done.exit_code == 0, done.output
+        assert capture_objects(server) == []
+        code, found = rose_db_check(server, credentials)
+        assert (code, found["differences"]) == (0, []), found
+        assert any("db_cart: legacy tables present" in note for note in found["notes"]), found
+
+        finalized = rose_split(server, "finalize", "--backup-dir", str(tmp_path))
+        assert finalized.exit_code == 0, finalized.output
+        code, found = rose_db_check(server, credentials)
+        assert (code, found["differences"]) == (0, []), found
+    # The DBA dropped the monolith's role (monolith_writer's exit) and took it out of
+    # ROSE_MONOLITH_ROLES.
+    code, found = rose_db_check(server, credentials)
+    assert (code, found["ok"], found["differences"]) == (0, True, []), found
+    assert sorted(found["notes"]) == [
+        "db_blog: legacy tables outside the split remain (posts)",
+        "db_market: legacy tables outside the split remain (products)",
+    ], found
 
 
 def _db_check(server: TestServer) -> str:
