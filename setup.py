@@ -6,12 +6,21 @@ package (``ops.paths.DB_DIR``), not the working directory. pyproject.toml cannot
 to a package name next to package discovery, hence this file.
 """
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 DB_FILES = ["alembic.ini", "**/*.sql", "**/*.toml", "**/*.py", "**/*.mako"]
 
 setup(
-    packages=[*find_packages(include=["apps*", "ops*"]), "rose_ash_db"],
+    # Namespace packages: the templates' and static files' folders are packages too (data-only),
+    # as setuptools wants every folder whose files it installs declared.
+    packages=[
+        *find_namespace_packages(include=["apps*", "ops*"], exclude=["*__pycache__*"]),
+        "rose_ash_db",
+        *(
+            f"rose_ash_db.{folder}"
+            for folder in find_namespace_packages(where="db", exclude=["*__pycache__*"])
+        ),
+    ],
     package_dir={"rose_ash_db": "db"},
     package_data={
         "": ["templates/**/*", "static/**/*"],
