@@ -46,6 +46,7 @@ from apps.orders.payments import (
 )
 from apps.orders.settlement import (
     OPEN_ATTEMPT_STATES,
+    REVIEW,
     MerchantAccounts,
     close_at_sumup,
     enqueue_release_of_bookings,
@@ -56,8 +57,6 @@ from apps.orders.settlement import (
 )
 
 logger = logging.getLogger("rose.orders")
-
-REVIEW = "review"
 
 
 async def end_review(session: AsyncSession, order_id: int, gateway: SumUpGateway) -> ReviewEnded:
@@ -265,6 +264,10 @@ async def _honoured_attempt(
     if order.status != "paid":
         return None
     paid_with = await paid_attempt_id(session, order.id, order.paid_attempt_id)
+    if order.paid_attempt_id is None and paid_with is not None and order.paid_at is not None:
+        # Paid by the release before orders 0015: recorded now (its row is locked), so that
+        # what this review changes cannot make another attempt look like it later.
+        order.paid_attempt_id = paid_with
     return next((attempt for attempt in attempts if attempt.id == paid_with), None)
 
 

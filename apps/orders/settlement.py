@@ -82,6 +82,8 @@ logger = logging.getLogger("rose.orders")
 OPEN_ATTEMPT_STATES = ("PENDING", "FAILED")
 LATE_PAYMENT = "late-payment"
 UNCONFIRMED_BOOKINGS = "unconfirmed-bookings"
+# A payment a review of a flagged order gives back (apps.orders.review).
+REVIEW = "review"
 
 
 def money(value: Decimal) -> Decimal:
@@ -527,7 +529,7 @@ _SETTLE_ATTEMPT = _settle_attempt()
 def _lock_order() -> DirectStatement:
     orders = table_of(Order)
     return DirectStatement(
-        select(orders.c.status, orders.c.flagged, orders.c.superseded_by, orders.c.paid_attempt_id)
+        select(orders.c.status, orders.c.flagged, orders.c.superseded_by)
         .where(orders.c.id == bindparam("order_id"))
         .with_for_update(key_share=True)
     )
@@ -650,10 +652,11 @@ async def apply_checkout(
             .values(status="refund_due", updated_at=func.now())
         )
         return Applied("refund_due", "PAID", refund_due=True)
-    if current.status == "paid" and attempt.id != await paid_attempt_id(
-        session, order.id, current.paid_attempt_id
-    ):
+    if current.status == "paid":
         # Paid twice for one order (SumUp took two attempts): the second payment goes back.
+        # This attempt is never the one the order was paid with: that one is held PAID, and
+        # a report of an attempt held PAID returned above; this report settled it (it was
+        # open), or found it closed.
         await record_refund(
             session, order, attempt, LATE_PAYMENT, "a second payment of an order already paid"
         )
@@ -673,16 +676,32 @@ def _late_reason(current: Any) -> str:
 async def paid_attempt_id(session: AsyncSession, order_id: int, recorded: int | None) -> int | None:
     """The id of the attempt a paid order was paid with: ``recorded``, its ``paid_attempt_id``
     (read with the order). An order the release before orders 0015 paid while this one rolled
-    out recorded none: for it, its first attempt held PAID, the rule that release went by
-    (0015 filled in every order paid before it so)."""
+    out recorded none: for it, :data:`PAID_WITH` (as 0015 filled in every order paid before
+    it)."""
     if recorded is not None:
         return recorded
     return await session.scalar(
         select(PaymentAttempt.id)
-        .where(PaymentAttempt.order_id == order_id, PaymentAttempt.status == "PAID")
+        .where(PaymentAttempt.order_id == order_id, PAID_WITH)
         .order_by(PaymentAttempt.number)
         .limit(1)
     )
+
+
+# The first of these (by number) is the attempt a paid order that recorded none was paid with:
+# held PAID, and no payment that goes back as another's (a second payment's or a review's
+# refund is never recorded for the attempt an order was paid with). Orders 0015 fills in the
+# orders paid before it by the same rule, in SQL.
+PAID_WITH = and_(
+    PaymentAttempt.status == "PAID",
+    ~exists().where(
+        Refund.attempt_id == PaymentAttempt.id,
+        or_(
+            Refund.reason_key.startswith(f"{LATE_PAYMENT}:"),
+            Refund.reason_key.startswith(f"{REVIEW}:"),
+        ),
+    ),
+)
 
 
 async def refund_recorded_for(session: AsyncSession, attempt_id: int) -> bool:
@@ -1230,7 +1249,9 @@ async def settle_refund(
     refund.sumup_refunded_before = None if seen is None else seen.refunded
     refund.status = "requested"
     refund.tries += 1
-    refund.updated_at = func.now()
+    # The request's lease runs from now, not from this transaction's start (now()): the reads
+    # of SumUp above may have taken as long as the lease itself.
+    refund.updated_at = func.clock_timestamp()
     await session.commit()  # the intent is on record before money moves
 
     try:

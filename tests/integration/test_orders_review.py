@@ -259,25 +259,30 @@ async def test_a_second_payment_of_a_paid_order_goes_back(orders, clean_db, sand
     assert sandbox.transaction(sandbox.checkout(honoured)["transaction_id"])["events"] == []
 
 
-async def test_an_order_the_release_before_paid_goes_by_its_first_attempt_held_paid(
-    orders, clean_db, sandbox
-):
-    """An order paid by the release before orders 0015 while this one rolled out recorded no
-    attempt: its first held PAID is the one it was paid with, as that release counted; a
-    second payment of it goes back, the first stays."""
-    order_id, honoured = await paid_order(orders, clean_db, sandbox)
+async def test_a_second_payment_goes_back_whichever_attempt_paid_first(orders, clean_db, sandbox):
+    """Third review M2. An order the release before orders 0015 paid (while this one rolled
+    out) recorded no attempt: paid with its second checkout, its first paid afterwards in
+    another tab. The report of the first settled it PAID and then inferred "the payment it was
+    paid with" as the first attempt held PAID: that one, so nothing went back and the buyer
+    paid twice. A payment a report settles for an order already paid is never the one it was
+    paid with: it goes back."""
+    order_id = (await create(orders)).json()["order_id"]
+    first = checkout_id_of(clean_db, order_id)
+    paid_with = await stray_checkout(clean_db, sandbox, order_id, 10.00)
+    sandbox.pay(paid_with)
+    assert (await webhook(orders, order_id, paid_with)).status_code == 204
     with admin_connect(clean_db, "orders") as connection:
         connection.execute(
             "UPDATE orders.orders SET paid_attempt_id = NULL WHERE id = %s", (order_id,)
         )
-    stray = await stray_checkout(clean_db, sandbox, order_id, 10.00)
-    sandbox.pay(stray)
-    assert (await webhook(orders, order_id, stray)).status_code == 204
+    sandbox.pay(first)
+    assert (await webhook(orders, order_id, first)).status_code == 204
     assert await eventually(
         lambda: refunds(clean_db) == [(order_id, False, Decimal("10.00"), "EUR", "done")]
     )
-    assert sandbox.transaction(sandbox.checkout(stray)["transaction_id"])["events"] != []
-    assert sandbox.transaction(sandbox.checkout(honoured)["transaction_id"])["events"] == []
+    assert order_state(clean_db, order_id) == ("paid", False, None)
+    assert sandbox.transaction(sandbox.checkout(first)["transaction_id"])["events"] != []
+    assert sandbox.transaction(sandbox.checkout(paid_with)["transaction_id"])["events"] == []
 
 
 async def test_a_paid_order_sumup_reports_otherwise_is_left_to_a_person(orders, clean_db, sandbox):

@@ -323,6 +323,63 @@ async def test_a_dashboard_refund_made_before_a_request_does_not_settle_its_lost
     assert refunded_at_sumup(sandbox, transaction_id) == 5.0
 
 
+async def test_a_request_made_after_a_dashboard_refund_is_settled_by_what_it_made(
+    orders, clean_db, sandbox
+):
+    """The other side of the test above: SumUp made the 2.00 refund and its answer was lost.
+    Read back, the 3.00 given in the dashboard before it is not counted for it, the 2.00 is:
+    done, without asking again (the buyer got 5.00 back in all, once)."""
+    _, transaction_id = await paid_order_with_refunds(orders, clean_db, sandbox)
+    given = sandbox.client.post(
+        f"/v1.0/merchants/{DEFAULT_MERCHANT_CODE}/payments/{transaction_id}/refunds",
+        json={"amount": 3.0},
+        headers={"Authorization": f"Bearer {DEFAULT_API_KEY}"},
+    )
+    assert given.status_code == 201, given.text
+    with admin_connect(clean_db, "orders") as connection:
+        connection.execute(
+            "INSERT INTO orders.refunds (order_id, attempt_id, reason_key, reason, amount, "
+            "currency) SELECT order_id, id, 'unconfirmed:test', 'a booking could not be "
+            "confirmed', 2.00, 'EUR' FROM orders.payment_attempts"
+        )
+    sandbox.controls(refunds="lose_answer")  # SumUp refunds, then the answer is lost
+    reconciler = orders.apps["orders"].state.reconciler
+    await reconciler.settle_refunds()
+    assert [row[1:] for row in refunds(clean_db)] == [("requested", Decimal("2.00"), 1)]
+    assert refunded_at_sumup(sandbox, transaction_id) == 5.0
+    sandbox.controls(refunds="accept")
+    lease_passed(clean_db)
+
+    await reconciler.settle_refunds()
+
+    assert [row[1:] for row in refunds(clean_db)] == [("done", Decimal("2.00"), 1)]
+    assert refunded_at_sumup(sandbox, transaction_id) == 5.0
+
+
+async def test_a_requests_lease_runs_from_the_request_not_from_the_reads_before_it(
+    orders, clean_db, sandbox
+):
+    """Third review M3: the time a request was made (``updated_at``, from which its lease
+    runs) was the start of the settler's transaction, before it read SumUp (the checkout, the
+    transaction's money): with SumUp slow, the lease could run out while the request was still
+    on its way, and another settler ask again. It is the moment it is recorded, after those
+    reads: later than a moment taken while one of them was held."""
+    await paid_order_with_refunds(orders, clean_db, sandbox, ("one", 2, "due", 0))
+    sandbox.controls(refunds="unavailable", api_latency=1.0)
+    settling = asyncio.create_task(orders.apps["orders"].state.reconciler.settle_refunds())
+    assert await eventually(lambda: sandbox.delayed_calls() == 1)  # a read, in its transaction
+    with admin_connect(clean_db, "orders") as connection:
+        during_a_read = connection.execute("SELECT clock_timestamp()").fetchone()[0]
+    await settling
+    sandbox.controls(api_latency=0.0)
+    with admin_connect(clean_db, "orders") as connection:
+        status, requested_at = connection.execute(
+            "SELECT status, updated_at FROM orders.refunds"
+        ).fetchone()
+    assert status == "requested"
+    assert requested_at > during_a_read
+
+
 async def test_a_refund_waits_while_a_charge_back_is_pending(orders, clean_db, sandbox):
     """Review M1: a dispute the card issuer has not decided yet. Counted as given back, the
     late payment's refund was settled, and the buyer got nothing if the merchant won it; asked

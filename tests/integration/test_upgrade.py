@@ -603,10 +603,11 @@ def test_bookings_events_could_not_confirm_are_recorded_where_the_claims_tell(
 
 def test_a_paid_order_records_the_attempt_it_was_paid_with(cluster: Cluster) -> None:
     """orders 0015: the attempt an order was paid with is recorded (paid_attempt_id). The
-    upgrade fills it in for every paid order by the rule the code went by until then (its
-    first attempt held PAID), and leaves it NULL where there is none: an order paid with
-    nothing to pay, one never paid. Nothing else changes; it must be an attempt of the order,
-    and only a paid one has it."""
+    upgrade fills it in for every paid order: its first attempt held PAID whose money does not
+    go back as another payment's (a review's or a second payment's refund), and leaves it NULL
+    where there is none: an order paid with
+    nothing to pay, one never paid. Nothing else changes; it must be an attempt, and only a
+    paid order has one."""
     command.downgrade(alembic_config("orders", cluster.topology.admin_url("orders")), "0014")
     with cluster.admin("orders") as orders:
         config_id, merchant = orders.execute(
@@ -651,6 +652,19 @@ def test_a_paid_order_records_the_attempt_it_was_paid_with(cluster: Cluster) -> 
         paid_second, paid_second_attempts = order(4, True, "EXPIRED", "PAID", "PAID")
         paid_free, _ = order(0, True)
         pending, _ = order(4, False, "PENDING")
+        # Third review M1: paid with its second attempt; a review found the first paid too and
+        # gave it back (recorded PAID). Another's first payment went back as a second payment.
+        reviewed, reviewed_attempts = order(4, True, "PAID", "PAID")
+        late, late_attempts = order(4, True, "PAID", "PAID")
+        for order_id, attempt_id, kind in (
+            (reviewed, reviewed_attempts[0], "review"),
+            (late, late_attempts[0], "late-payment"),
+        ):
+            orders.execute(
+                "INSERT INTO orders.refunds (order_id, attempt_id, reason_key, reason, amount, "
+                "currency, status) VALUES (%s, %s, %s, 'went back', 4, 'EUR', 'done')",
+                (order_id, attempt_id, f"{kind}:{attempt_id}"),
+            )
 
     converge_databases(cluster.topology, cluster.credentials, say=lambda _: None)
     assert cluster.rose("db", "check").exit_code == 0
@@ -658,8 +672,8 @@ def test_a_paid_order_records_the_attempt_it_was_paid_with(cluster: Cluster) -> 
     with cluster.admin("orders") as orders:
         recorded = dict(
             orders.execute(
-                "SELECT id, paid_attempt_id FROM orders.orders WHERE id IN (%s, %s, %s)",
-                (paid_second, paid_free, pending),
+                "SELECT id, paid_attempt_id FROM orders.orders WHERE id = ANY(%s)",
+                ([paid_second, paid_free, pending, reviewed, late],),
             ).fetchall()
         )
         columns = [
@@ -686,5 +700,11 @@ def test_a_paid_order_records_the_attempt_it_was_paid_with(cluster: Cluster) -> 
             "UPDATE orders.orders SET paid_attempt_id = %s WHERE id = %s",
             (paid_second_attempts[0], pending),
         )
-    assert recorded == {paid_second: paid_second_attempts[1], paid_free: None, pending: None}
+    assert recorded == {
+        paid_second: paid_second_attempts[1],
+        paid_free: None,
+        pending: None,
+        reviewed: reviewed_attempts[1],
+        late: late_attempts[1],
+    }
     assert after == before  # every order there was is as it was

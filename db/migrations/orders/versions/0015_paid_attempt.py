@@ -7,21 +7,27 @@ and the next review gave back the payment the order was really paid with (review
 transition to paid now records the attempt (settlement's ``_PAY_ORDER``); settlement's second
 payment, a refund of unconfirmed bookings and a review all read it.
 
-Existing rows: an order paid (``paid_at`` set) gets its first attempt held PAID, the rule the
-code used until now, so nothing that was decided changes meaning. An order paid with nothing
-to pay has no attempt and keeps NULL. ON DELETE SET NULL (of this column alone): the split's
-sync deletes an order's attempts before the order itself.
+Existing rows: an order paid (``paid_at`` set) gets its first attempt held PAID whose money
+does not go back as another payment's (a second payment's or a review's refund is never
+recorded for the attempt an order was paid with): an order a review gave an earlier payment
+back for gets the one it kept, not the first held PAID the code took until now.An
+order paid with nothing to pay has no attempt and keeps NULL. ON DELETE SET NULL (of this
+column alone): the split's sync deletes an order's attempts before the order itself.
+
+Beside the running release: the column and its constraints (NOT VALID) are added in a short
+transaction that waits at most 5 s for the table (then fails, changing nothing: run it again);
+the rows are filled in a transaction of their own, and the constraints validated after it
+without holding writers. Run again after a failure, it picks up where it stopped.
 
 Additive: the release before this one neither reads nor writes it. An order it pays while
-this release rolls out is left NULL, and settlement falls back to the inference for it
-(apps.orders.settlement.paid_attempt_id).
+this release rolls out is left NULL; the same rule names its attempt
+(apps.orders.settlement.PAID_WITH), and a review records it.
 
 Revision ID: 0015
 Revises: 0014
 Create Date: 2026-12-06
 """
 
-import sqlalchemy as sa
 from alembic import op
 
 revision = "0015"
@@ -30,38 +36,54 @@ branch_labels = None
 depends_on = None
 
 
+FOREIGN_KEY = "fk_orders_paid_attempt_id_payment_attempts"
+CHECK = "ck_orders_paid_attempt_is_paid"
+
+
 def upgrade() -> None:
-    op.add_column(
-        "orders", sa.Column("paid_attempt_id", sa.BigInteger(), nullable=True), schema="orders"
-    )
+    op.execute("SET LOCAL lock_timeout = '5s'")
+    op.execute("ALTER TABLE orders.orders ADD COLUMN IF NOT EXISTS paid_attempt_id bigint")
+    op.execute(f"ALTER TABLE orders.orders DROP CONSTRAINT IF EXISTS {FOREIGN_KEY}")
     op.execute(
-        """
+        f"""
         ALTER TABLE orders.orders
-            ADD CONSTRAINT fk_orders_paid_attempt_id_payment_attempts
+            ADD CONSTRAINT {FOREIGN_KEY}
             FOREIGN KEY (paid_attempt_id) REFERENCES orders.payment_attempts (id)
-            ON DELETE SET NULL (paid_attempt_id)
+            ON DELETE SET NULL (paid_attempt_id) NOT VALID
         """
     )
-    op.create_check_constraint(
-        op.f("ck_orders_paid_attempt_is_paid"),
-        "orders",
-        "paid_attempt_id IS NULL OR paid_at IS NOT NULL",
-        schema="orders",
-    )
+    op.execute(f"ALTER TABLE orders.orders DROP CONSTRAINT IF EXISTS {CHECK}")
     op.execute(
-        """
-        UPDATE orders.orders AS "order"
-        SET paid_attempt_id = first_paid.id
-        FROM (
-            SELECT DISTINCT ON (attempt.order_id) attempt.order_id, attempt.id
-            FROM orders.payment_attempts AS attempt
-            WHERE attempt.status = 'PAID'
-            ORDER BY attempt.order_id, attempt.number
-        ) AS first_paid
-        WHERE first_paid.order_id = "order".id
-          AND "order".paid_at IS NOT NULL
+        f"""
+        ALTER TABLE orders.orders
+            ADD CONSTRAINT {CHECK} CHECK (paid_attempt_id IS NULL OR paid_at IS NOT NULL)
+            NOT VALID
         """
     )
+    with op.get_context().autocommit_block():
+        op.execute(
+            """
+            UPDATE orders.orders AS "order"
+            SET paid_attempt_id = first_paid.id
+            FROM (
+                SELECT DISTINCT ON (attempt.order_id) attempt.order_id, attempt.id
+                FROM orders.payment_attempts AS attempt
+                WHERE attempt.status = 'PAID'
+                  AND NOT EXISTS (
+                      SELECT FROM orders.refunds AS refund
+                      WHERE refund.attempt_id = attempt.id
+                        AND (refund.reason_key LIKE 'late-payment:%'
+                             OR refund.reason_key LIKE 'review:%')
+                  )
+                ORDER BY attempt.order_id, attempt.number
+            ) AS first_paid
+            WHERE first_paid.order_id = "order".id
+              AND "order".paid_at IS NOT NULL
+              AND "order".paid_attempt_id IS NULL
+            """
+        )
+        op.execute(f"ALTER TABLE orders.orders VALIDATE CONSTRAINT {FOREIGN_KEY}")
+        op.execute(f"ALTER TABLE orders.orders VALIDATE CONSTRAINT {CHECK}")
 
 
 def downgrade() -> None:
