@@ -285,6 +285,37 @@ async def test_a_second_payment_goes_back_whichever_attempt_paid_first(orders, c
     assert sandbox.transaction(sandbox.checkout(paid_with)["transaction_id"])["events"] == []
 
 
+async def test_a_review_records_the_attempt_an_order_the_release_before_paid_was_paid_with(
+    orders, clean_db, sandbox
+):
+    """An order the release before orders 0015 paid recorded no attempt: its review keeps the
+    one it was paid with (the first held PAID, no money of it going back), gives the flagged
+    one back, and records which it kept, so that what it changed cannot make the refunded one
+    look like it later."""
+    order_id, honoured = await paid_order(orders, clean_db, sandbox)
+    with admin_connect(clean_db, "orders") as connection:
+        connection.execute(
+            "UPDATE orders.orders SET paid_attempt_id = NULL WHERE id = %s", (order_id,)
+        )
+    stray = await stray_checkout(clean_db, sandbox, order_id, 1.00)
+    sandbox.pay(stray)
+    assert (await webhook(orders, order_id, stray)).status_code == 204
+    assert order_state(clean_db, order_id)[:2] == ("paid", True)
+
+    ended = await end_review(orders, order_id)
+
+    assert ended.status_code == 200, ended.text
+    assert ended.json()["refunds"] == [{"checkout_id": stray, "amount": "1.00", "currency": "EUR"}]
+    with admin_connect(clean_db, "orders") as connection:
+        recorded = connection.execute(
+            "SELECT a.sumup_checkout_id FROM orders.orders AS o "
+            "JOIN orders.payment_attempts AS a ON a.id = o.paid_attempt_id WHERE o.id = %s",
+            (order_id,),
+        ).fetchone()
+    assert recorded == (honoured,)
+    assert sandbox.transaction(sandbox.checkout(honoured)["transaction_id"])["events"] == []
+
+
 async def test_a_paid_order_sumup_reports_otherwise_is_left_to_a_person(orders, clean_db, sandbox):
     """Review L3: the payment a paid order was paid with, reported for another amount than
     the order's; or a paid order that recorded no checkout it was paid with and holds none
