@@ -32,6 +32,12 @@ CENT = Decimal("0.01")
 # SumUp's transaction events that give a payment's money back to the buyer: a refund, or a
 # charge-back (the buyer disputed the payment and the card issuer took it back).
 GIVING_BACK = frozenset({"REFUND", "CHARGE_BACK"})
+# The statuses of a refund event whose money is going or gone back (SumUp's documented ones,
+# FAILED aside). A status outside them (the SDK's type is open) is not taken as money back,
+# nor as none: whatever asks is left to a person.
+REFUND_GIVING_BACK = frozenset(
+    {"PENDING", "SCHEDULED", "SUCCESSFUL", "REFUNDED", "PAID_OUT", "RECONCILED"}
+)
 
 
 class PaymentProviderUnavailable(DependencyUnavailable):
@@ -87,6 +93,9 @@ class MoneyBack:
     # A charge-back not decided yet (PENDING, or a status orders does not know): the money
     # may still go back by it, or not.
     charge_back_pending: bool = False
+    # A refund event in a status orders does not know (REFUND_GIVING_BACK, FAILED): whether its
+    # money went back is not known.
+    refund_status_unknown: str | None = None
 
     @property
     def given_back(self) -> Decimal:
@@ -343,6 +352,7 @@ class SumUpGateway:
             except APIError as exc:
                 raise _classify(exc) from exc
         refunded, charged_back, pending = Decimal(0), Decimal(0), False
+        unknown: str | None = None
         for event in transaction.events or ():
             kind = getattr(event.type, "value", event.type)
             state = getattr(event.status, "value", event.status)
@@ -350,7 +360,10 @@ class SumUpGateway:
                 continue
             amount = Decimal(str(event.amount))
             if kind == "REFUND":
-                refunded += amount  # pending too: a refund on its way is money going back
+                if state in REFUND_GIVING_BACK:
+                    refunded += amount  # pending too: a refund on its way is money going back
+                else:
+                    unknown = str(state)
             elif state == "SUCCESSFUL":
                 charged_back += amount
             else:
@@ -362,6 +375,7 @@ class SumUpGateway:
             refunded=refunded.quantize(CENT),
             charged_back=charged_back.quantize(CENT),
             charge_back_pending=pending,
+            refund_status_unknown=unknown,
         )
 
 

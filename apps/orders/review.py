@@ -228,6 +228,14 @@ async def _still_taken(
             "(checkouts closed at SumUp before stay closed)",
             order_id=attempt.order_id,
         )
+    if back.refund_status_unknown is not None:
+        raise Conflict(
+            f"A refund of checkout {remote.id} of order {attempt.order_id} is "
+            f"{back.refund_status_unknown} at SumUp, a status orders does not know: look at it "
+            "in SumUp's dashboard; nothing was changed in orders (checkouts closed at SumUp "
+            "before stay closed)",
+            order_id=attempt.order_id,
+        )
     given_back = back.given_back
     if given_back >= taken:
         return None

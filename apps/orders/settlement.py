@@ -1225,8 +1225,8 @@ async def settle_refund(
             session, refund, seen, earlier_before
         ):
             return await _refund_done(session, refund, order)
-        if seen.charge_back_pending:
-            return await _refund_waits(session, refund, CHARGE_BACK_PENDING)
+        if (undecided := _undecided(seen)) is not None:
+            return await _refund_waits(session, refund, undecided)
     else:
         # Never asked: all of the payment may have gone back already by other means (a person
         # in SumUp's dashboard, the card issuer's charge-back). Asking then would be refused,
@@ -1242,8 +1242,8 @@ async def settle_refund(
                 seen.taken,
             )
             return await _refund_done(session, refund, order)
-        if seen is not None and seen.charge_back_pending:
-            return await _refund_waits(session, refund, CHARGE_BACK_PENDING)
+        if seen is not None and (undecided := _undecided(seen)) is not None:
+            return await _refund_waits(session, refund, undecided)
     # Read just now, before the request, with the payment's lock held: should its answer be
     # lost, only what SumUp refunds from here on can be this request's.
     refund.sumup_refunded_before = None if seen is None else seen.refunded
@@ -1278,6 +1278,21 @@ async def settle_refund(
 
 
 CHARGE_BACK_PENDING = "a charge-back of the payment is pending at SumUp: waiting for it"
+
+
+def _undecided(seen: MoneyBack) -> str | None:
+    """Why the payment's money back cannot be told now (asked, it could go back twice;
+    settled, not at all): a refund waits, this its ``last_error``. None when it can."""
+    if seen.charge_back_pending:
+        return CHARGE_BACK_PENDING
+    if seen.refund_status_unknown is not None:
+        return (
+            f"a refund of the payment is {seen.refund_status_unknown} at SumUp, a status "
+            "orders does not know: waiting for a person to look at it in SumUp's dashboard"
+        )
+    return None
+
+
 PAYMENT_LOCK_NAMESPACE = "orders-refund-payment"
 
 

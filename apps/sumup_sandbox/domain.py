@@ -96,7 +96,6 @@ class CheckoutHasNoReturnUrl(CheckoutError):
         super().__init__(f"Checkout {checkout_id} has no return_url to send webhooks to")
 
 
-ChargeBackStatus = Literal["PENDING", "SUCCESSFUL", "FAILED"]
 ChargeBackDecision = Literal["SUCCESSFUL", "FAILED"]
 
 
@@ -111,8 +110,9 @@ class GivenBack:
     kind: Literal["REFUND", "CHARGE_BACK"] = "REFUND"
     # A charge-back's: PENDING while the card issuer has not decided the dispute (nothing went
     # back by it so far), SUCCESSFUL once decided for the buyer (the money went back), FAILED
-    # once decided for the merchant (nothing goes back by it). A refund is SUCCESSFUL.
-    status: ChargeBackStatus = "SUCCESSFUL"
+    # once decided for the merchant (nothing goes back by it). A refund is SUCCESSFUL, unless
+    # the `refund_event_status` control says otherwise.
+    status: str = "SUCCESSFUL"
 
     @property
     def pending(self) -> bool:
@@ -120,6 +120,8 @@ class GivenBack:
 
     @property
     def gave_back(self) -> bool:
+        if self.kind == "REFUND":
+            return self.status in ("SUCCESSFUL", "PENDING")  # pending: on its way
         return self.status == "SUCCESSFUL"
 
 
@@ -152,7 +154,12 @@ class Transaction:
 
 
 def refund_transaction(
-    transaction: Transaction, amount: Decimal | None, *, refund_id: int, now: datetime
+    transaction: Transaction,
+    amount: Decimal | None,
+    *,
+    refund_id: int,
+    now: datetime,
+    status: str = "SUCCESSFUL",
 ) -> GivenBack:
     """Give ``amount`` (all that is left when None) of a successful transaction back. Fully
     refunded, the transaction's status becomes REFUNDED."""
@@ -174,7 +181,7 @@ def refund_transaction(
         raise RefundNotAllowed(
             f"Transaction {transaction.id} has {left} left to refund, not {wanted}"
         )
-    refund = GivenBack(id=refund_id, amount=wanted, timestamp=now)
+    refund = GivenBack(id=refund_id, amount=wanted, timestamp=now, status=status)
     transaction.given_back.append(refund)
     if transaction.refundable_amount == 0:
         transaction.status = TransactionStatus.REFUNDED

@@ -115,7 +115,11 @@ class CheckoutService:
             if mode == "unavailable":
                 raise SandboxUnavailable("refunds are switched to unavailable")
             refund_transaction(
-                transaction, amount, refund_id=self.state.next_refund_id(), now=_now()
+                transaction,
+                amount,
+                refund_id=self.state.next_refund_id(),
+                now=_now(),
+                status=self.state.controls.refund_event_status,
             )
             if mode == "lose_answer":
                 raise SandboxUnavailable("the refund was made, but its answer is lost")

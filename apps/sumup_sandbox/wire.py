@@ -169,7 +169,7 @@ def transaction_as_json(transaction: Transaction) -> dict[str, object]:
 
 
 def _event_status(event: GivenBack) -> str:
-    if event.kind == "REFUND":
+    if event.kind == "REFUND" and event.status == "SUCCESSFUL":
         return "REFUNDED"
     return event.status
 

@@ -460,6 +460,33 @@ async def test_a_review_sumup_will_not_show_the_payment_of_is_left_open(orders, 
     assert [(event["type"], event["amount"]) for event in events] == [("REFUND", 1.0)]
 
 
+async def test_a_refund_in_a_status_orders_does_not_know_keeps_the_review_open(
+    orders, clean_db, sandbox
+):
+    """Third review L3: a refund of the flagged payment SumUp shows in a status orders does
+    not know (CANCELLED here) is neither money back nor none: 409, nothing changed."""
+    order_id = (await create(orders)).json()["order_id"]
+    checkout_id = checkout_id_of(clean_db, order_id)
+    sandbox.pay(checkout_id, amount_override=1.00)
+    assert (await webhook(orders, order_id, checkout_id)).status_code == 204
+    sandbox.controls(refund_event_status="CANCELLED")
+    transaction_id = sandbox.checkout(checkout_id)["transaction_id"]
+    given = sandbox.client.post(
+        f"/v1.0/merchants/{DEFAULT_MERCHANT_CODE}/payments/{transaction_id}/refunds",
+        json={"amount": 1.0},
+        headers={"Authorization": f"Bearer {DEFAULT_API_KEY}"},
+    )
+    assert given.status_code == 201, given.text
+    sandbox.controls(refund_event_status="SUCCESSFUL")
+
+    refused = await end_review(orders, order_id)
+
+    assert refused.status_code == 409, refused.text
+    assert "is CANCELLED at SumUp, a status orders does not know" in refused.json()["detail"]
+    assert order_state(clean_db, order_id)[:2] == ("pending", True)
+    assert refunds(clean_db) == []
+
+
 async def test_an_order_whose_money_goes_back_is_settled_with_its_refunds(
     orders, clean_db, sandbox
 ):

@@ -356,6 +356,46 @@ async def test_a_request_made_after_a_dashboard_refund_is_settled_by_what_it_mad
     assert refunded_at_sumup(sandbox, transaction_id) == 5.0
 
 
+async def test_a_refund_in_a_status_orders_does_not_know_is_not_taken_as_money_back(
+    orders, clean_db, sandbox
+):
+    """Third review L3: every refund event that was not FAILED counted as money back, whatever
+    its status (the SDK's type is open). A person's 10.00 refund of a paid 10.00 order that
+    SumUp shows CANCELLED settled a 2.00 refund done unasked, all of the payment "gone back":
+    the buyer never got the 2.00. Neither money back nor none: the refund waits for a person,
+    its last_error naming the status, and SumUp is asked nothing."""
+    order_id, transaction_id = await paid_order_with_refunds(orders, clean_db, sandbox)
+    sandbox.controls(refund_event_status="CANCELLED")
+    given = sandbox.client.post(
+        f"/v1.0/merchants/{DEFAULT_MERCHANT_CODE}/payments/{transaction_id}/refunds",
+        json={"amount": 10.0},
+        headers={"Authorization": f"Bearer {DEFAULT_API_KEY}"},
+    )
+    assert given.status_code == 201, given.text
+    sandbox.controls(refund_event_status="SUCCESSFUL")
+    with admin_connect(clean_db, "orders") as connection:
+        connection.execute(
+            "INSERT INTO orders.refunds (order_id, attempt_id, reason_key, reason, amount, "
+            "currency) SELECT order_id, id, 'unconfirmed:test', 'a booking could not be "
+            "confirmed', 2.00, 'EUR' FROM orders.payment_attempts"
+        )
+
+    await orders.apps["orders"].state.reconciler.settle_refunds()
+
+    assert [row[1:] for row in refunds(clean_db)] == [("due", Decimal("2.00"), 0)]
+    with admin_connect(clean_db, "orders") as connection:
+        [last_error] = connection.execute("SELECT last_error FROM orders.refunds").fetchone()
+    assert "a refund of the payment is CANCELLED at SumUp" in last_error
+    assert [
+        (event["status"], event["amount"])
+        for event in sandbox.transaction(transaction_id)["events"]
+    ] == [("CANCELLED", 10.0)]
+    assert order_id in [
+        row["order_id"]
+        for row in (await internal_get(orders.client("orders"), "attention")).json()["orders"]
+    ]
+
+
 async def test_a_requests_lease_runs_from_the_request_not_from_the_reads_before_it(
     orders, clean_db, sandbox
 ):

@@ -987,6 +987,34 @@ def test_refund_fault_modes(sumup_client: Sumup, operator: httpx.Client) -> None
     assert refunded_amount(sumup_client, transaction_id) == 8.0
 
 
+def test_refund_events_carry_the_status_the_control_gives_them(
+    sumup_client: Sumup, operator: httpx.Client
+) -> None:
+    """`refund_event_status`: SUCCESSFUL (shown REFUNDED, the default) and PENDING give the
+    money back; any other status (one a client may not know) gives nothing back, and what it
+    names can be refunded again."""
+    transaction_id = paid_transaction_id(sumup_client, operator, 10.0)
+    set_controls(operator, refund_event_status="PENDING")
+    sumup_client.transactions.refund(DEFAULT_MERCHANT_CODE, transaction_id, amount=2.0)
+    set_controls(operator, refund_event_status="CANCELLED")
+    sumup_client.transactions.refund(DEFAULT_MERCHANT_CODE, transaction_id, amount=8.0)
+    set_controls(operator, refund_event_status="SUCCESSFUL")
+    sumup_client.transactions.refund(DEFAULT_MERCHANT_CODE, transaction_id, amount=8.0)
+
+    transaction = sumup_client.transactions.get(DEFAULT_MERCHANT_CODE, id=transaction_id)
+    assert [(event.type, event.status, event.amount) for event in transaction.events or ()] == [
+        ("REFUND", "PENDING", 2.0),
+        ("REFUND", "CANCELLED", 8.0),
+        ("REFUND", "REFUNDED", 8.0),
+    ]
+    assert transaction.status == "REFUNDED"  # 2.00 on its way and 8.00: all of it
+    with pytest.raises(ConflictError):
+        sumup_client.transactions.refund(DEFAULT_MERCHANT_CODE, transaction_id, amount=1.0)
+    assert (
+        operator.post("/_sandbox/controls", json={"refund_event_status": "no"}).status_code == 400
+    )
+
+
 def test_a_charge_back_is_an_event_of_its_own_and_leaves_nothing_to_refund(
     sumup_client: Sumup, operator: httpx.Client
 ) -> None:
