@@ -120,10 +120,10 @@ class Order(IdentityPkMixin, Base):
     # for orders made before orders expired (they are reconciled for RECONCILE_WINDOW).
     payable_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     paid_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    # The attempt whose payment made it paid, recorded then and never changed (orders 0015, a
-    # foreign key to payment_attempts made there and not declared here: a second path between
-    # the two tables would make ``attempts`` ambiguous). None for an order never paid, one
-    # paid with nothing to pay, and one the release before 0015 paid (see
+    # The attempt whose payment made it paid, recorded then and never changed (orders 0015: a
+    # foreign key, with ``id``, to one of its own attempts, made there and not declared here: a
+    # second path between the two tables would make ``attempts`` ambiguous). None for an order
+    # never paid, one paid with nothing to pay, and one the release before 0015 paid (see
     # apps.orders.settlement.paid_attempt_id).
     paid_attempt_id: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(
@@ -197,6 +197,8 @@ class PaymentAttempt(IdentityPkMixin, Base):
     # list's search for orders waiting on SumUp read only them.
     __table_args__ = (
         UniqueConstraint("order_id", "number"),
+        # What orders.paid_attempt_id's foreign key names (orders 0015): an attempt of the order.
+        UniqueConstraint("id", "order_id", name="uq_payment_attempts_id_order_id"),
         CheckConstraint("status IN ('PENDING', 'PAID', 'FAILED', 'EXPIRED')", name="status_known"),
     )
 

@@ -606,8 +606,8 @@ def test_a_paid_order_records_the_attempt_it_was_paid_with(cluster: Cluster) -> 
     upgrade fills it in for every paid order: its first attempt held PAID whose money does not
     go back as another payment's (a review's or a second payment's refund), and leaves it NULL
     where there is none: an order paid with
-    nothing to pay, one never paid. Nothing else changes; it must be an attempt, and only a
-    paid order has one."""
+    nothing to pay, one never paid. Nothing else changes; it must be an attempt of the order,
+    and only a paid order has one."""
     command.downgrade(alembic_config("orders", cluster.topology.admin_url("orders")), "0014")
     with cluster.admin("orders") as orders:
         config_id, merchant = orders.execute(
@@ -649,6 +649,16 @@ def test_a_paid_order_records_the_attempt_it_was_paid_with(cluster: Cluster) -> 
             ]
             return order_id, ids
 
+        # An earlier run of 0015 interrupted while it built its index CONCURRENTLY left it
+        # invalid: dropped and built again.
+        orders.execute(
+            "CREATE UNIQUE INDEX uq_payment_attempts_id_order_id "
+            "ON orders.payment_attempts (id, order_id)"
+        )
+        orders.execute(
+            "UPDATE pg_index SET indisvalid = false "
+            "WHERE indexrelid = 'orders.uq_payment_attempts_id_order_id'::regclass"
+        )
         paid_second, paid_second_attempts = order(4, True, "EXPIRED", "PAID", "PAID")
         paid_free, _ = order(0, True)
         pending, _ = order(4, False, "PENDING")
@@ -692,6 +702,11 @@ def test_a_paid_order_records_the_attempt_it_was_paid_with(cluster: Cluster) -> 
             orders.execute(
                 "UPDATE orders.orders SET paid_attempt_id = -1 WHERE id = %s", (paid_second,)
             )
+    with cluster.admin("orders") as orders, pytest.raises(psycopg.errors.ForeignKeyViolation):
+        orders.execute(  # another order's attempt
+            "UPDATE orders.orders SET paid_attempt_id = %s WHERE id = %s",
+            (late_attempts[1], reviewed),
+        )
     with (
         cluster.admin("orders") as orders,
         pytest.raises(psycopg.errors.CheckViolation, match="paid_attempt_is_paid"),

@@ -11,13 +11,18 @@ Existing rows: an order paid (``paid_at`` set) gets its first attempt held PAID 
 does not go back as another payment's (a second payment's or a review's refund is never
 recorded for the attempt an order was paid with): an order a review gave an earlier payment
 back for gets the one it kept, not the first held PAID the code took until now.An
-order paid with nothing to pay has no attempt and keeps NULL. ON DELETE SET NULL (of this
-column alone): the split's sync deletes an order's attempts before the order itself.
+order paid with nothing to pay has no attempt and keeps NULL.
 
-Beside the running release: the column and its constraints (NOT VALID) are added in a short
-transaction that waits at most 5 s for the table (then fails, changing nothing: run it again);
-the rows are filled in a transaction of their own, and the constraints validated after it
-without holding writers. Run again after a failure, it picks up where it stopped.
+The foreign key names the attempt with its order, ``(paid_attempt_id, id)`` to
+``payment_attempts (id, order_id)`` (unique there for it), so an order can only name an attempt
+of its own; ON DELETE SET NULL (of this column alone): the split's sync deletes an order's
+attempts before the order itself.
+
+Beside the running release: the unique index is built CONCURRENTLY; the column and the
+constraints (NOT VALID) are added in a short transaction that waits at most 5 s for the tables
+(then fails, changing nothing of its own: run it again); the rows are filled in a transaction of
+their own, and the constraints validated after it without holding writers. Run again after a
+failure, it picks up where it stopped.
 
 Additive: the release before this one neither reads nor writes it. An order it pays while
 this release rolls out is left NULL; the same rule names its attempt
@@ -38,17 +43,52 @@ depends_on = None
 
 FOREIGN_KEY = "fk_orders_paid_attempt_id_payment_attempts"
 CHECK = "ck_orders_paid_attempt_is_paid"
+# What the foreign key names: an attempt, and that it is one of the order's own.
+ATTEMPT_OF_ORDER = "uq_payment_attempts_id_order_id"
 
 
 def upgrade() -> None:
+    with op.get_context().autocommit_block():
+        # Built beside the writers (create-order inserts attempts); a build interrupted before
+        # left an invalid index of this name, dropped first (as orders 0007's).
+        invalid = (
+            op.get_bind()
+            .exec_driver_sql(
+                "SELECT NOT indisvalid FROM pg_index "
+                f"WHERE indexrelid = to_regclass('orders.{ATTEMPT_OF_ORDER}')"
+            )
+            .scalar()
+        )
+        if invalid:
+            op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS orders.{ATTEMPT_OF_ORDER}")
+        op.execute(
+            f"CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS {ATTEMPT_OF_ORDER} "
+            "ON orders.payment_attempts (id, order_id)"
+        )
     op.execute("SET LOCAL lock_timeout = '5s'")
+    op.execute(
+        f"""
+        DO $$
+        BEGIN
+            IF NOT EXISTS (
+                SELECT FROM pg_constraint
+                WHERE conname = '{ATTEMPT_OF_ORDER}'
+                  AND connamespace = 'orders'::regnamespace
+            ) THEN
+                ALTER TABLE orders.payment_attempts
+                    ADD CONSTRAINT {ATTEMPT_OF_ORDER} UNIQUE USING INDEX {ATTEMPT_OF_ORDER};
+            END IF;
+        END
+        $$
+        """
+    )
     op.execute("ALTER TABLE orders.orders ADD COLUMN IF NOT EXISTS paid_attempt_id bigint")
     op.execute(f"ALTER TABLE orders.orders DROP CONSTRAINT IF EXISTS {FOREIGN_KEY}")
     op.execute(
         f"""
         ALTER TABLE orders.orders
             ADD CONSTRAINT {FOREIGN_KEY}
-            FOREIGN KEY (paid_attempt_id) REFERENCES orders.payment_attempts (id)
+            FOREIGN KEY (paid_attempt_id, id) REFERENCES orders.payment_attempts (id, order_id)
             ON DELETE SET NULL (paid_attempt_id) NOT VALID
         """
     )
@@ -88,3 +128,4 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_column("orders", "paid_attempt_id", schema="orders")
+    op.execute(f"ALTER TABLE orders.payment_attempts DROP CONSTRAINT IF EXISTS {ATTEMPT_OF_ORDER}")
