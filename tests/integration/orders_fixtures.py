@@ -249,6 +249,24 @@ class Sandbox:
         response.raise_for_status()
         return response.json()
 
+    def refund_in_dashboard(
+        self, transaction_id: str, amount: float, *, status: str = "SUCCESSFUL"
+    ) -> None:
+        """A person gives ``amount`` of the payment back in SumUp's dashboard (a refund orders
+        did not ask for), its event in ``status`` (the sandbox's ``refund_event_status``)."""
+        if status != "SUCCESSFUL":
+            self.controls(refund_event_status=status)
+        try:
+            given = self.client.post(
+                f"/v1.0/merchants/{DEFAULT_MERCHANT_CODE}/payments/{transaction_id}/refunds",
+                json={"amount": amount},
+                headers={"Authorization": f"Bearer {DEFAULT_API_KEY}"},
+            )
+        finally:
+            if status != "SUCCESSFUL":
+                self.controls(refund_event_status="SUCCESSFUL")
+        assert given.status_code == 201, given.text
+
     def decide_charge_back(
         self, transaction_id: str, status: str, *, event_id: int | None = None
     ) -> dict[str, Any]:

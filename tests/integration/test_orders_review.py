@@ -469,15 +469,8 @@ async def test_a_refund_in_a_status_orders_does_not_know_keeps_the_review_open(
     checkout_id = checkout_id_of(clean_db, order_id)
     sandbox.pay(checkout_id, amount_override=1.00)
     assert (await webhook(orders, order_id, checkout_id)).status_code == 204
-    sandbox.controls(refund_event_status="CANCELLED")
     transaction_id = sandbox.checkout(checkout_id)["transaction_id"]
-    given = sandbox.client.post(
-        f"/v1.0/merchants/{DEFAULT_MERCHANT_CODE}/payments/{transaction_id}/refunds",
-        json={"amount": 1.0},
-        headers={"Authorization": f"Bearer {DEFAULT_API_KEY}"},
-    )
-    assert given.status_code == 201, given.text
-    sandbox.controls(refund_event_status="SUCCESSFUL")
+    sandbox.refund_in_dashboard(transaction_id, 1.0, status="CANCELLED")
 
     refused = await end_review(orders, order_id)
 
@@ -593,15 +586,7 @@ async def test_what_sumup_gave_back_already_is_not_asked_for_again(orders, clean
     assert (await webhook(orders, order_id, checkout_id)).status_code == 204
     transaction = sandbox.checkout(checkout_id)["transaction_id"]
 
-    def dashboard_refund(amount: str) -> None:
-        given = sandbox.client.post(
-            f"/v1.0/merchants/{DEFAULT_MERCHANT_CODE}/payments/{transaction}/refunds",
-            json={"amount": float(amount)},
-            headers={"Authorization": f"Bearer {DEFAULT_API_KEY}"},
-        )
-        assert given.status_code == 201, given.text
-
-    dashboard_refund("0.40")
+    sandbox.refund_in_dashboard(transaction, 0.40)
     partly = await end_review(orders, order_id)
     assert partly.status_code == 409, partly.text
     assert "give back the rest (0.60) in SumUp's dashboard" in partly.json()["detail"]
@@ -609,7 +594,7 @@ async def test_what_sumup_gave_back_already_is_not_asked_for_again(orders, clean
     assert attempt_rows(clean_db, order_id) == [(1, "PENDING")]
     assert refunds(clean_db) == []
 
-    dashboard_refund("0.60")
+    sandbox.refund_in_dashboard(transaction, 0.60)
     ended = await end_review(orders, order_id)
     assert ended.status_code == 200, ended.text
     assert (ended.json()["status"], ended.json()["refunds"]) == ("refunded", [])

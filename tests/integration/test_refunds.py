@@ -12,7 +12,6 @@ import pytest
 
 from apps.orders import service
 from apps.orders.settlement import CHARGE_BACK_PENDING, PAYMENT_LOCK_NAMESPACE, settle_refund
-from apps.sumup_sandbox.app import DEFAULT_API_KEY, DEFAULT_MERCHANT_CODE
 from tests.conftest import admin_connect, lock_waiters
 from tests.integration.orders_fixtures import (
     Sandbox,
@@ -72,6 +71,18 @@ async def late_payment(orders, server, sandbox: Sandbox) -> tuple[int, str]:
 def refunded_at_sumup(sandbox: Sandbox, transaction_id: str) -> float:
     events = sandbox.transaction(transaction_id)["events"]
     return sum(event["amount"] for event in events if event["type"] == "REFUND")
+
+
+def owe_for_a_booking(server, amount: str) -> None:
+    """A refund of ``amount`` of the (one) paid order's payment is due: a booking events could
+    not confirm."""
+    with admin_connect(server, "orders") as connection:
+        connection.execute(
+            "INSERT INTO orders.refunds (order_id, attempt_id, reason_key, reason, amount, "
+            "currency) SELECT order_id, id, 'unconfirmed:test', 'a booking could not be "
+            "confirmed', %s, 'EUR' FROM orders.payment_attempts",
+            (amount,),
+        )
 
 
 def lease_passed(server) -> None:
@@ -156,19 +167,8 @@ async def test_money_given_back_for_something_else_does_not_settle_a_refund(
     sandbox.pay(checkout_id)
     assert (await webhook(orders, order_id, checkout_id)).status_code == 204
     transaction_id = sandbox.checkout(checkout_id)["transaction_id"]
-    given = sandbox.client.post(
-        f"/v1.0/merchants/{DEFAULT_MERCHANT_CODE}/payments/{transaction_id}/refunds",
-        json={"amount": 3.0},
-        headers={"Authorization": f"Bearer {DEFAULT_API_KEY}"},
-    )
-    assert given.status_code == 201, given.text
-    with admin_connect(clean_db, "orders") as connection:
-        connection.execute(
-            "INSERT INTO orders.refunds (order_id, attempt_id, reason_key, reason, amount, "
-            "currency) SELECT order_id, id, 'unconfirmed:test', 'a booking could not be "
-            "confirmed', 2.00, 'EUR' FROM orders.payment_attempts WHERE order_id = %s",
-            (order_id,),
-        )
+    sandbox.refund_in_dashboard(transaction_id, 3.0)
+    owe_for_a_booking(clean_db, "2.00")
 
     await orders.apps["orders"].state.reconciler.settle_refunds()
 
@@ -298,18 +298,8 @@ async def test_a_dashboard_refund_made_before_a_request_does_not_settle_its_lost
     a request records what SumUp had refunded of the payment right before it was made, and
     only a refund made since counts for it."""
     _, transaction_id = await paid_order_with_refunds(orders, clean_db, sandbox)
-    given = sandbox.client.post(
-        f"/v1.0/merchants/{DEFAULT_MERCHANT_CODE}/payments/{transaction_id}/refunds",
-        json={"amount": 3.0},
-        headers={"Authorization": f"Bearer {DEFAULT_API_KEY}"},
-    )
-    assert given.status_code == 201, given.text
-    with admin_connect(clean_db, "orders") as connection:
-        connection.execute(
-            "INSERT INTO orders.refunds (order_id, attempt_id, reason_key, reason, amount, "
-            "currency) SELECT order_id, id, 'unconfirmed:test', 'a booking could not be "
-            "confirmed', 2.00, 'EUR' FROM orders.payment_attempts"
-        )
+    sandbox.refund_in_dashboard(transaction_id, 3.0)
+    owe_for_a_booking(clean_db, "2.00")
     sandbox.controls(refunds="unavailable")  # asked, not made, the answer an outage
     reconciler = orders.apps["orders"].state.reconciler
     await reconciler.settle_refunds()
@@ -330,18 +320,8 @@ async def test_a_request_made_after_a_dashboard_refund_is_settled_by_what_it_mad
     Read back, the 3.00 given in the dashboard before it is not counted for it, the 2.00 is:
     done, without asking again (the buyer got 5.00 back in all, once)."""
     _, transaction_id = await paid_order_with_refunds(orders, clean_db, sandbox)
-    given = sandbox.client.post(
-        f"/v1.0/merchants/{DEFAULT_MERCHANT_CODE}/payments/{transaction_id}/refunds",
-        json={"amount": 3.0},
-        headers={"Authorization": f"Bearer {DEFAULT_API_KEY}"},
-    )
-    assert given.status_code == 201, given.text
-    with admin_connect(clean_db, "orders") as connection:
-        connection.execute(
-            "INSERT INTO orders.refunds (order_id, attempt_id, reason_key, reason, amount, "
-            "currency) SELECT order_id, id, 'unconfirmed:test', 'a booking could not be "
-            "confirmed', 2.00, 'EUR' FROM orders.payment_attempts"
-        )
+    sandbox.refund_in_dashboard(transaction_id, 3.0)
+    owe_for_a_booking(clean_db, "2.00")
     sandbox.controls(refunds="lose_answer")  # SumUp refunds, then the answer is lost
     reconciler = orders.apps["orders"].state.reconciler
     await reconciler.settle_refunds()
@@ -365,20 +345,8 @@ async def test_a_refund_in_a_status_orders_does_not_know_is_not_taken_as_money_b
     the buyer never got the 2.00. Neither money back nor none: the refund waits for a person,
     its last_error naming the status, and SumUp is asked nothing."""
     order_id, transaction_id = await paid_order_with_refunds(orders, clean_db, sandbox)
-    sandbox.controls(refund_event_status="CANCELLED")
-    given = sandbox.client.post(
-        f"/v1.0/merchants/{DEFAULT_MERCHANT_CODE}/payments/{transaction_id}/refunds",
-        json={"amount": 10.0},
-        headers={"Authorization": f"Bearer {DEFAULT_API_KEY}"},
-    )
-    assert given.status_code == 201, given.text
-    sandbox.controls(refund_event_status="SUCCESSFUL")
-    with admin_connect(clean_db, "orders") as connection:
-        connection.execute(
-            "INSERT INTO orders.refunds (order_id, attempt_id, reason_key, reason, amount, "
-            "currency) SELECT order_id, id, 'unconfirmed:test', 'a booking could not be "
-            "confirmed', 2.00, 'EUR' FROM orders.payment_attempts"
-        )
+    sandbox.refund_in_dashboard(transaction_id, 10.0, status="CANCELLED")
+    owe_for_a_booking(clean_db, "2.00")
 
     await orders.apps["orders"].state.reconciler.settle_refunds()
 
