@@ -529,7 +529,7 @@ _SETTLE_ATTEMPT = _settle_attempt()
 def _lock_order() -> DirectStatement:
     orders = table_of(Order)
     return DirectStatement(
-        select(orders.c.status, orders.c.flagged, orders.c.superseded_by)
+        select(orders.c.status, orders.c.flagged, orders.c.superseded_by, orders.c.paid_attempt_id)
         .where(orders.c.id == bindparam("order_id"))
         .with_for_update(key_share=True)
     )
@@ -652,11 +652,17 @@ async def apply_checkout(
             .values(status="refund_due", updated_at=func.now())
         )
         return Applied("refund_due", "PAID", refund_due=True)
+    if current.status == "paid" and attempt.id == current.paid_attempt_id:
+        # The payment the order was paid with, reported again: by a report that read the
+        # attempt open while the transition recorded it, made by a report of the attempt held
+        # EXPIRED (closed by pay again as SumUp took its payment).
+        return Applied("paid", "PAID")
     if current.status == "paid":
         # Paid twice for one order (SumUp took two attempts): the second payment goes back.
-        # This attempt is never the one the order was paid with: that one is held PAID, and
-        # a report of an attempt held PAID returned above; this report settled it (it was
-        # open), or found it closed.
+        # Not the recorded one (above), nor inferred: this report settled the attempt (it was
+        # open, so it paid nothing before) or found it closed. An order the release before
+        # orders 0015 paid records none; one it paid with an attempt held EXPIRED, reported
+        # again, is the one case this cannot tell (noted in 0015).
         await record_refund(
             session, order, attempt, LATE_PAYMENT, "a second payment of an order already paid"
         )
@@ -1221,7 +1227,11 @@ async def settle_refund(
             return await _refund_failed(
                 session, refund, order, f"SumUp would not show the transaction: {exc}"
             )
-        if seen.all_given_back or await _request_went_through(
+        if seen.all_given_back:
+            return await _refund_done(session, refund, order)
+        # A refund SumUp shows in a status orders does not know may be this request's: what
+        # else SumUp refunded since cannot be told from it.
+        if seen.refund_status_unknown is None and await _request_went_through(
             session, refund, seen, earlier_before
         ):
             return await _refund_done(session, refund, order)

@@ -97,6 +97,11 @@ class CheckoutHasNoReturnUrl(CheckoutError):
 
 
 ChargeBackDecision = Literal["SUCCESSFUL", "FAILED"]
+# SumUp's documented statuses of a refund event whose money is going or gone back (PENDING: on
+# its way). A refund in any other (FAILED, or one a client may not know) gives nothing back.
+REFUND_GIVING_BACK = frozenset(
+    {"PENDING", "SCHEDULED", "SUCCESSFUL", "REFUNDED", "PAID_OUT", "RECONCILED"}
+)
 
 
 @dataclass(frozen=True)
@@ -121,7 +126,7 @@ class GivenBack:
     @property
     def gave_back(self) -> bool:
         if self.kind == "REFUND":
-            return self.status in ("SUCCESSFUL", "PENDING")  # pending: on its way
+            return self.status in REFUND_GIVING_BACK
         return self.status == "SUCCESSFUL"
 
 

@@ -44,8 +44,9 @@ class SandboxControls(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     refunds: RefundMode = "accept"
     transaction_lookups: TransactionLookupMode = "show"
     # The status the refunds made from now on carry in their transaction's events: SUCCESSFUL
-    # (shown REFUNDED, as SumUp does); PENDING, on its way; any other (a status SumUp may send
-    # that a client does not know) gives nothing back here.
+    # (shown REFUNDED, as SumUp does), or another of SumUp's (PENDING, on its way, SCHEDULED,
+    # PAID_OUT, RECONCILED), money back all; FAILED, or any other (a status a client may not
+    # know), gives nothing back.
     refund_event_status: Annotated[str, msgspec.Meta(pattern="^[A-Z_]{1,32}$")] = "SUCCESSFUL"
     # API keys a merchant has revoked: SumUp answers 401 for them, as for a key it never issued.
     revoked_api_keys: tuple[str, ...] = ()

@@ -285,6 +285,43 @@ async def test_a_second_payment_goes_back_whichever_attempt_paid_first(orders, c
     assert sandbox.transaction(sandbox.checkout(paid_with)["transaction_id"])["events"] == []
 
 
+async def test_the_payment_an_order_was_paid_with_is_never_refunded_by_a_second_report_of_it(
+    orders, clean_db, sandbox
+):
+    """Fourth review M-1. Two reports of the order's checkout (a webhook and its repeat, or the
+    return page's look) both read it open and wait on SumUp; meanwhile pay again closes it
+    (EXPIRED in orders, its payment already made at SumUp). The first pays the order with it,
+    held EXPIRED. The second found the order paid and its attempt not PAID, took it for a
+    second payment and gave the order's only payment back. The attempt the order records it
+    was paid with is never given back by a report."""
+    order_id = (await create(orders)).json()["order_id"]
+    checkout_id = checkout_id_of(clean_db, order_id)
+    sandbox.pay(checkout_id)
+    sandbox.controls(api_latency=2.0)  # under the stack's SumUp timeout, 3 s
+    reports = [asyncio.create_task(webhook(orders, order_id, checkout_id)) for _ in range(2)]
+    # Both read the attempt open and wait on SumUp.
+    assert await eventually(lambda: sandbox.delayed_calls() == 2)
+    with admin_connect(clean_db, "orders") as connection:
+        connection.execute(
+            "UPDATE orders.payment_attempts SET status = 'EXPIRED' WHERE order_id = %s",
+            (order_id,),
+        )
+    assert [(await report).status_code for report in reports] == [204, 204]
+    sandbox.controls(api_latency=0.0)
+
+    await orders.apps["orders"].state.reconciler.quiet()
+    assert order_state(clean_db, order_id) == ("paid", False, None)
+    assert refunds(clean_db) == []
+    assert sandbox.transaction(sandbox.checkout(checkout_id)["transaction_id"])["events"] == []
+    with admin_connect(clean_db, "orders") as connection:
+        paid_with = connection.execute(
+            "SELECT a.sumup_checkout_id FROM orders.orders AS o "
+            "JOIN orders.payment_attempts AS a ON a.id = o.paid_attempt_id WHERE o.id = %s",
+            (order_id,),
+        ).fetchone()
+    assert paid_with == (checkout_id,)
+
+
 async def test_a_review_records_the_attempt_an_order_the_release_before_paid_was_paid_with(
     orders, clean_db, sandbox
 ):

@@ -364,6 +364,31 @@ async def test_a_refund_in_a_status_orders_does_not_know_is_not_taken_as_money_b
     ]
 
 
+async def test_a_lost_request_shown_in_an_unknown_status_is_not_settled_by_another_refund(
+    orders, clean_db, sandbox
+):
+    """Fourth review L-3: a 2.00 refund asked with its answer lost, which SumUp shows in a
+    status orders does not know (CANCELLED here); then a person gave 2.00 back in the
+    dashboard. Read back, that 2.00 was counted for the request, settled done: it may well be
+    the request that did not go through. The refund waits for a person."""
+    _, transaction_id = await paid_order_with_refunds(orders, clean_db, sandbox)
+    owe_for_a_booking(clean_db, "2.00")
+    sandbox.controls(refunds="lose_answer", refund_event_status="CANCELLED")
+    reconciler = orders.apps["orders"].state.reconciler
+    await reconciler.settle_refunds()
+    assert [row[1:] for row in refunds(clean_db)] == [("requested", Decimal("2.00"), 1)]
+    sandbox.controls(refunds="accept", refund_event_status="SUCCESSFUL")
+    sandbox.refund_in_dashboard(transaction_id, 2.0)
+    lease_passed(clean_db)
+
+    await reconciler.settle_refunds()
+
+    assert [row[1:] for row in refunds(clean_db)] == [("requested", Decimal("2.00"), 1)]
+    with admin_connect(clean_db, "orders") as connection:
+        [last_error] = connection.execute("SELECT last_error FROM orders.refunds").fetchone()
+    assert "a refund of the payment is CANCELLED at SumUp" in last_error
+
+
 async def test_a_requests_lease_runs_from_the_request_not_from_the_reads_before_it(
     orders, clean_db, sandbox
 ):
