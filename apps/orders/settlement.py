@@ -657,12 +657,32 @@ async def apply_checkout(
         # attempt open while the transition recorded it, made by a report of the attempt held
         # EXPIRED (closed by pay again as SumUp took its payment).
         return Applied("paid", "PAID")
+    if (
+        current.status == "paid"
+        and current.paid_attempt_id is None
+        and not settled
+        and await paid_attempt_id(session, order.id, None) is None
+    ):
+        # Paid by the release before orders 0015, which recorded no attempt, and none held
+        # PAID: this one, held closed, may be the payment it was paid with (reported again
+        # after pay again closed it as SumUp took it). Neither kept nor given back here.
+        reason = (
+            f"SumUp reports checkout {remote.id} paid, which orders holds closed, for an order "
+            "paid without a record of the checkout it was paid with: it may be that one"
+        )
+        flagged = await session.scalar(
+            update(Order)
+            .where(Order.id == order.id, Order.flagged.is_(False))
+            .values(flagged=True, flag_reason=reason, updated_at=func.now())
+            .returning(Order.id)
+        )
+        if flagged is not None:
+            logger.warning("order %s flagged: %s", order.id, reason)
+        return Applied("paid", "PAID", flagged=True)
     if current.status == "paid":
         # Paid twice for one order (SumUp took two attempts): the second payment goes back.
         # Not the recorded one (above), nor inferred: this report settled the attempt (it was
-        # open, so it paid nothing before) or found it closed. An order the release before
-        # orders 0015 paid records none; one it paid with an attempt held EXPIRED, reported
-        # again, is the one case this cannot tell (noted in 0015).
+        # open, so it paid nothing before) or found it closed while another paid the order.
         await record_refund(
             session, order, attempt, LATE_PAYMENT, "a second payment of an order already paid"
         )

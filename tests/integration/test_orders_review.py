@@ -10,6 +10,7 @@ from decimal import Decimal
 
 import pytest
 
+from apps.orders import service
 from apps.sumup_sandbox.app import DEFAULT_API_KEY, DEFAULT_MERCHANT_CODE
 from ops.cli.calls import review_ended_lines
 from tests.conftest import admin_connect, lock_waiters
@@ -296,6 +297,10 @@ async def test_the_payment_an_order_was_paid_with_is_never_refunded_by_a_second_
     was paid with is never given back by a report."""
     order_id = (await create(orders)).json()["order_id"]
     checkout_id = checkout_id_of(clean_db, order_id)
+    # A report of the open checkout first: the one read of SumUp a report makes before it
+    # reads the attempt (right after the checkout was made) is spent; those below read the
+    # attempt, then SumUp.
+    assert (await webhook(orders, order_id, checkout_id)).status_code == 204
     sandbox.pay(checkout_id)
     sandbox.controls(api_latency=2.0)  # under the stack's SumUp timeout, 3 s
     reports = [asyncio.create_task(webhook(orders, order_id, checkout_id)) for _ in range(2)]
@@ -320,6 +325,44 @@ async def test_the_payment_an_order_was_paid_with_is_never_refunded_by_a_second_
             (order_id,),
         ).fetchone()
     assert paid_with == (checkout_id,)
+
+
+async def test_an_order_paid_before_0015_is_flagged_not_refunded_when_its_closed_attempt_pays(
+    orders, clean_db, sandbox
+):
+    """Fifth review L3. An order the release before orders 0015 paid records no attempt. Paid
+    with one held EXPIRED (pay again closed it as SumUp took its payment), no attempt held
+    PAID, a report of that attempt read while it was open (here the return page's look) may be
+    of the payment it was paid with: it was given back, the buyer keeping the goods for
+    nothing. The order is flagged for a person; nothing goes back."""
+    order_id = (await create(orders)).json()["order_id"]
+    checkout_id = checkout_id_of(clean_db, order_id)
+    assert (await webhook(orders, order_id, checkout_id)).status_code == 204  # see above
+    app = orders.apps["orders"]
+    runtime = app.state.runtime
+    async with runtime.maker() as page:
+        stale = await service.load_order(page, order_id)  # as a return page read it: open
+        assert stale is not None
+        assert [attempt.status for attempt in stale.attempts] == ["PENDING"]
+        sandbox.pay(checkout_id)
+        assert (await webhook(orders, order_id, checkout_id)).status_code == 204
+        with admin_connect(clean_db, "orders") as connection:  # as the release before left it
+            connection.execute(
+                "UPDATE orders.orders SET paid_attempt_id = NULL WHERE id = %s", (order_id,)
+            )
+            connection.execute(
+                "UPDATE orders.payment_attempts SET status = 'EXPIRED' WHERE order_id = %s",
+                (order_id,),
+            )
+        await service.recheck(page, stale, runtime)
+        await page.commit()
+
+    await app.state.reconciler.quiet()
+    status, flagged, reason = order_state(clean_db, order_id)
+    assert (status, flagged) == ("paid", True)
+    assert "it may be that one" in reason
+    assert refunds(clean_db) == []
+    assert sandbox.transaction(sandbox.checkout(checkout_id)["transaction_id"])["events"] == []
 
 
 async def test_a_review_records_the_attempt_an_order_the_release_before_paid_was_paid_with(

@@ -19,16 +19,16 @@ of its own; ON DELETE SET NULL (of this column alone): the split's sync deletes 
 attempts before the order itself.
 
 Beside the running release: the unique index is built CONCURRENTLY; the column and the
-constraints (NOT VALID) are added in a short transaction that waits at most 2 s for the tables
+constraints (NOT VALID) are added in a short transaction that waits at most 1 s for each table
 (then fails, changing nothing of its own: run it again); the rows are filled in a transaction of
 their own, and the constraints validated after it without holding writers. Run again after a
 failure, it picks up where it stopped.
 
 Additive: the release before this one neither reads nor writes it. An order it pays while
 this release rolls out is left NULL; the same rule names its attempt
-(apps.orders.settlement.PAID_WITH), and a review records it. One case stays as it was before
-this revision: such an order paid with an attempt held EXPIRED (pay again closed it as SumUp
-took its payment), reported once more, has that payment taken for a second one and given back.
+(apps.orders.settlement.PAID_WITH), and a review records it. Such an order with no attempt held
+PAID, reported paid by one held EXPIRED (pay again closed it as SumUp took its payment: it may
+be the one it was paid with), is flagged for a person, not given back.
 
 Revision ID: 0015
 Revises: 0014
@@ -67,7 +67,7 @@ def upgrade() -> None:
             f"CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS {ATTEMPT_OF_ORDER} "
             "ON orders.payment_attempts (id, order_id)"
         )
-    op.execute("SET LOCAL lock_timeout = '2s'")
+    op.execute("SET LOCAL lock_timeout = '1s'")
     # Both tables at once, in the services' order (an order's row, then its attempts'): taken
     # one by one, the other way round, a webhook holding the order and waiting on its attempt
     # deadlocked with this.
