@@ -680,32 +680,49 @@ ORDERS_ROW_BEFORE_PAYABLE_UNTIL = (
     "ticket_total, total, description, page_config_id, merchant_code, checkout_prefix, flagged, "
     "flag_reason, paid_at, created_at, updated_at)"
 )
+# Payment attempts' definition 1, before orders 0015 (whether it paid its order).
+ATTEMPTS_ROW_BEFORE_PAID_ATTEMPT = (
+    "row(order_id, number, checkout_reference, sumup_checkout_id, hosted_url, status, amount, "
+    "currency, created_at, updated_at)"
+)
+
+
+def checksum_as_before(connection, target_table: str, row: str) -> dict:
+    """The commit checksum of ``target_table`` as a ledger from before check definitions
+    recorded it: the columns of ``row`` (its definition 1), no definition named."""
+    rows_count, xor, total = connection.execute(
+        "SELECT count(*), coalesce(bit_xor(h), 0), coalesce(sum(h), 0) FROM ("
+        f"SELECT hashint8extended(hash_record_extended({row}, 0), 0) AS h "
+        f"FROM {target_table}) AS hashed"
+    ).fetchone()
+    return {
+        "target_table": target_table,
+        **Checksum(int(rows_count), int(xor), int(total)).as_dict(),
+    }
 
 
 def test_a_ledger_recorded_before_payable_until_was_checked_still_compares(monolith):
     """Audit s20b L1, the upgrade: the orders check now covers payable_until (definition 2). A
     ledger whose commit checksums were taken before (no definition recorded) is compared with
     the columns it covered: an untouched target is still the commit's (abort goes on), and a
-    change of a column it covered is still caught."""
+    change of a column it covered is still caught. The same for payment attempts, whose check
+    covers whether each paid its order since orders 0015 (their definition 2)."""
     assert rose_split(monolith, "run", "--move", "orders").exit_code == 0
     recorded = ledger(monolith, "orders")["checksums"]
     assert recorded["orders"]["definition"] == 2
+    assert recorded["payment_attempts"]["definition"] == 2
     with admin_connect(monolith, "orders") as connection:
-        rows_count, xor, total = connection.execute(
-            "SELECT count(*), coalesce(bit_xor(h), 0), coalesce(sum(h), 0) FROM ("
-            f"SELECT hashint8extended(hash_record_extended({ORDERS_ROW_BEFORE_PAYABLE_UNTIL}, 0), "
-            "0) AS h FROM orders.orders) AS hashed"
-        ).fetchone()
-        before = {
-            "target_table": "orders.orders",
-            **Checksum(int(rows_count), int(xor), int(total)).as_dict(),
-        }
+        before = checksum_as_before(connection, "orders.orders", ORDERS_ROW_BEFORE_PAYABLE_UNTIL)
         assert before != {key: found for key, found in recorded["orders"].items()}
         old = {
             name: {key: found for key, found in entry.items() if key != "definition"}
             for name, entry in recorded.items()
         }
         old["orders"] = before
+        # The attempts' checksum too, as it was taken before their definition 2 (orders 0015).
+        old["payment_attempts"] = checksum_as_before(
+            connection, "orders.payment_attempts", ATTEMPTS_ROW_BEFORE_PAID_ATTEMPT
+        )
         connection.execute(
             "UPDATE split.ledger SET checksums = %s WHERE move = 'orders'", (as_json(old),)
         )
