@@ -571,14 +571,7 @@ async def apply_checkout(
             and (remote.status != "PAID" or settled_since == "PAID")
         ):
             return Applied(locked[0].status, settled_since)
-        flagged = await session.scalar(
-            update(Order)
-            .where(Order.id == order.id, Order.flagged.is_(False))
-            .values(flagged=True, flag_reason=reason, updated_at=func.now())
-            .returning(Order.id)
-        )
-        if flagged is not None:
-            logger.warning("order %s flagged: %s", order.id, reason)
+        await _flag(session, order.id, reason)
         return Applied(locked[0].status if locked else order.status, attempt.status, flagged=True)
 
     # The order's row first, then the attempt's, then a refund's, on every path (audit s21 F4):
@@ -670,14 +663,7 @@ async def apply_checkout(
             f"SumUp reports checkout {remote.id} paid, which orders holds closed, for an order "
             "paid without a record of the checkout it was paid with: it may be that one"
         )
-        flagged = await session.scalar(
-            update(Order)
-            .where(Order.id == order.id, Order.flagged.is_(False))
-            .values(flagged=True, flag_reason=reason, updated_at=func.now())
-            .returning(Order.id)
-        )
-        if flagged is not None:
-            logger.warning("order %s flagged: %s", order.id, reason)
+        await _flag(session, order.id, reason)
         return Applied("paid", "PAID", flagged=True)
     if current.status == "paid":
         # Paid twice for one order (SumUp took two attempts): the second payment goes back.
@@ -688,6 +674,19 @@ async def apply_checkout(
         )
         return Applied("paid", "PAID", refund_due=True)
     return Applied(current.status, "PAID")
+
+
+async def _flag(session: AsyncSession, order_id: int, reason: str) -> None:
+    """The order is left to a person (``rose orders attention``), for ``reason``; an order
+    flagged already keeps its first reason."""
+    flagged = await session.scalar(
+        update(Order)
+        .where(Order.id == order_id, Order.flagged.is_(False))
+        .values(flagged=True, flag_reason=reason, updated_at=func.now())
+        .returning(Order.id)
+    )
+    if flagged is not None:
+        logger.warning("order %s flagged: %s", order_id, reason)
 
 
 def _late_reason(current: Any) -> str:
