@@ -174,10 +174,19 @@ class ReviewEnded(msgspec.Struct):
     releasing_bookings: bool
 
 
+class EndReview(msgspec.Struct, forbid_unknown_fields=True):
+    """The flagged order whose review a person ends and, for a paid order that does not know
+    which checkout paid it (paid by the release before orders 0015, none held paid), the
+    checkout the person found it was paid with in SumUp's dashboard: SumUp must confirm it."""
+
+    order_id: PositiveId
+    paid_with: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
+
+
 # A person ended a flagged order's review (``rose orders end-review``): the order is settled
 # from what SumUp says now (apps.orders.review). Without a key: a second call finds no review
 # to end (409).
-end_review = Action(SERVICE, "end-review", OrderOf, ReviewEnded, keyed=False)
+end_review = Action(SERVICE, "end-review", EndReview, ReviewEnded, keyed=False)
 
 
 class Attention(msgspec.Struct):

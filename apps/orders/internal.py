@@ -17,7 +17,7 @@ from apps.common.internal_client import IDEMPOTENCY_HEADER
 from apps.common.problems import InvalidInput, NotFound
 from apps.common.web import public_url
 from apps.orders import contract, review, service
-from apps.orders.contract import AdoptedOrders, CreatedOrder, CreateOrder, OrderOf
+from apps.orders.contract import AdoptedOrders, CreatedOrder, CreateOrder
 from apps.orders.models import idempotency_keys
 from apps.orders.runtime import Runtime
 
@@ -102,11 +102,13 @@ async def attention(db_session: DbSession) -> contract.Attention:
 
 @action_route(contract.end_review)
 async def end_review(
-    db_session: DbSession, runtime: Runtime, data: JSONBody[OrderOf]
+    db_session: DbSession, runtime: Runtime, data: JSONBody[contract.EndReview]
 ) -> contract.ReviewEnded:
     """A person ended a flagged order's review (``rose orders end-review``): settled from what
     SumUp says now (apps.orders.review); the money going back is asked for at once."""
-    ended = await review.end_review(db_session, data.order_id, runtime.gateway)
+    ended = await review.end_review(
+        db_session, data.order_id, runtime.gateway, paid_with=data.paid_with
+    )
     if ended.refunds:
         runtime.jobs.settle_refunds_soon()
     if ended.releasing_bookings:

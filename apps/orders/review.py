@@ -24,6 +24,13 @@ the review, and the order is settled from what SumUp says now:
 Nothing is written unless SumUp answered for every checkout (a 503 otherwise, the order still
 flagged), nor when SumUp does not know, or reports otherwise, a checkout orders holds paid (a
 409: never undone here; a person looks at it in SumUp's dashboard).
+
+A paid order that records no checkout it was paid with and holds none paid (paid by the
+release before orders 0015 with a checkout pay again closed as SumUp took its payment) cannot
+be settled from orders' rows: a person finds its payment in SumUp's dashboard and names it
+(``paid_with``). It must be one of the order's checkouts whose money does not go back, of a
+paid order that records no other, and SumUp must say it paid the order's amount; it is then
+recorded as the order's payment and kept, as a recorded one is.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from decimal import Decimal
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from apps.common.problems import Conflict, NotFound
+from apps.common.problems import Conflict, InvalidInput, NotFound
 from apps.orders.contract import RefundGoingBack, ReviewEnded
 from apps.orders.models import Order, PaymentAttempt, Refund
 from apps.orders.payments import (
@@ -59,9 +66,12 @@ from apps.orders.settlement import (
 logger = logging.getLogger("rose.orders")
 
 
-async def end_review(session: AsyncSession, order_id: int, gateway: SumUpGateway) -> ReviewEnded:
+async def end_review(
+    session: AsyncSession, order_id: int, gateway: SumUpGateway, *, paid_with: str | None = None
+) -> ReviewEnded:
     """Settle the flagged order ``order_id`` from what SumUp says of its checkouts now (see the
-    module). Commits."""
+    module); ``paid_with`` names the checkout a person found a paid order was paid with.
+    Commits."""
     accounts = await _accounts_of(session, order_id)
     # The order's row first, then its attempts' (settlement's one order of locks), FOR NO KEY
     # UPDATE as settlement's: a refund or item row being written for them (its key share) does
@@ -80,11 +90,15 @@ async def end_review(session: AsyncSession, order_id: int, gateway: SumUpGateway
         )
     )
     account = await accounts.of(session, order) if attempts else None
-    honoured = await _honoured_attempt(session, order, attempts)
+    if paid_with is None:
+        honoured = await _honoured_attempt(session, order, attempts)
+    else:
+        honoured = await _named_payment(session, order, attempts, paid_with)
     if order.status == "paid" and order.total > 0 and honoured is None:
         raise Conflict(
-            f"Order {order_id} is paid, but orders does not know which checkout paid it: look at "
-            "it in SumUp's dashboard; nothing was changed",
+            f"Order {order_id} is paid, but orders does not know which checkout paid it: find "
+            "its payment in SumUp's dashboard and name it (`rose orders end-review "
+            f"{order_id} --paid-with CHECKOUT`); nothing was changed",
             order_id=order_id,
         )
     refunds: list[RefundGoingBack] = []
@@ -97,6 +111,14 @@ async def end_review(session: AsyncSession, order_id: int, gateway: SumUpGateway
         # 60 s idle in a transaction, ops/db/provision.py), however many attempts it has.
         await session.flush()
         remote, closing = await _what_sumup_says(gateway, account, attempt)
+        if attempt is honoured and (remote is None or remote.status != "PAID"):
+            # Only a named one can get here: one orders holds paid is checked as it is read.
+            raise Conflict(
+                f"SumUp reports checkout {attempt.sumup_checkout_id} "
+                f"{remote.status if remote else 'unknown'}: it did not pay order {order_id}; "
+                "nothing was changed in orders (checkouts closed at SumUp before stay closed)",
+                order_id=order_id,
+            )
         if remote is None:
             # SumUp does not know it: EXPIRED, as close_attempt records such a checkout.
             attempt.status = "EXPIRED"
@@ -277,6 +299,43 @@ async def _honoured_attempt(
         # what this review changes cannot make another attempt look like it later.
         order.paid_attempt_id = paid_with
     return next((attempt for attempt in attempts if attempt.id == paid_with), None)
+
+
+async def _named_payment(
+    session: AsyncSession, order: Order, attempts: list[PaymentAttempt], paid_with: str
+) -> PaymentAttempt:
+    """The attempt of checkout ``paid_with``, which a person found the paid ``order`` was paid
+    with, once orders' rows allow it; recorded (its row is locked). SumUp confirms it after."""
+    named = next((attempt for attempt in attempts if attempt.sumup_checkout_id == paid_with), None)
+    if named is None:
+        raise InvalidInput(
+            f"checkout {paid_with} is not one of order {order.id}'s checkouts", field="paid_with"
+        )
+    if order.status != "paid":
+        raise Conflict(
+            f"Order {order.id} is {order.status}: only a paid order is paid with a checkout; end "
+            "its review without --paid-with. Nothing was changed",
+            order_id=order.id,
+        )
+    if order.paid_attempt_id is not None and order.paid_attempt_id != named.id:
+        recorded = next(
+            (attempt for attempt in attempts if attempt.id == order.paid_attempt_id), None
+        )
+        raise Conflict(
+            f"Order {order.id} recorded checkout "
+            f"{recorded.sumup_checkout_id if recorded else order.paid_attempt_id} as its "
+            f"payment when it was paid, not {paid_with}; nothing was changed",
+            order_id=order.id,
+        )
+    if await refund_recorded_for(session, named.id):
+        raise Conflict(
+            f"The money of checkout {paid_with} goes back already (a refund of order "
+            f"{order.id}'s): it cannot be the payment the order keeps; nothing was changed",
+            order_id=order.id,
+        )
+    if order.paid_at is not None:
+        order.paid_attempt_id = named.id  # the transition to paid would have recorded it
+    return named
 
 
 async def _what_sumup_says(

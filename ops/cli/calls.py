@@ -141,6 +141,15 @@ END_REVIEW_TIMEOUT = 300.0
 @orders_app.command("end-review")
 def orders_end_review(
     order_id: Annotated[int, typer.Argument(metavar="ORDER", min=1, help="The flagged order.")],
+    paid_with: Annotated[
+        str | None,
+        typer.Option(
+            "--paid-with",
+            metavar="CHECKOUT",
+            help="The SumUp checkout a paid order was paid with, found in SumUp's dashboard, "
+            "when orders does not know it (it says so); SumUp must confirm it.",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """End a flagged order's review, once you have looked at it (SumUp's dashboard, the
@@ -149,14 +158,14 @@ def orders_end_review(
     with, and a pending order expires (refund_due while money goes back), its goods free
     again; a paid order stays paid."""
     known_service("orders")
+    request: dict[str, Any] = {"order_id": order_id}
+    if paid_with is not None:
+        request["paid_with"] = paid_with
     # Its SumUp calls run one after another, a few per checkout (each bounded by orders'
     # SumUp timeout): far longer than a data call may take.
     answer = _call(
         lambda client: client.call_action(
-            "orders",
-            "end-review",
-            {"order_id": order_id},
-            timeout=END_REVIEW_TIMEOUT,
+            "orders", "end-review", request, timeout=END_REVIEW_TIMEOUT
         )
     )
     if as_json:

@@ -88,6 +88,14 @@ def test_an_operator_ends_a_flagged_orders_review_with_rose(tmp_path: Path) -> N
         listed = words(rose(home, "orders", "attention").stdout)
         assert "rose orders end-review ORDER" in listed
 
+        # Naming a payment is for a paid order that does not know its own: refused, nothing
+        # changed.
+        named = rose(
+            home, "orders", "end-review", str(order_id), "--paid-with", checkout["id"], check=False
+        )
+        assert named.returncode == 1
+        assert "only a paid order is paid with a checkout" in words(named.stderr)
+
         ended = words(rose(home, "orders", "end-review", str(order_id)).stdout)
         assert f"order {order_id}: review ended; it is refund_due now" in ended
         assert f"going back: 1.00 EUR of checkout {checkout['id']}" in ended

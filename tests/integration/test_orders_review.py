@@ -60,8 +60,11 @@ def flag(server, order_id: int) -> None:
         )
 
 
-async def end_review(orders, order_id: int):
-    return await internal_post(orders.client("orders"), "end-review", {"order_id": order_id})
+async def end_review(orders, order_id: int, paid_with: str | None = None):
+    body: dict = {"order_id": order_id}
+    if paid_with is not None:
+        body["paid_with"] = paid_with
+    return await internal_post(orders.client("orders"), "end-review", body)
 
 
 async def attention(orders) -> list[int]:
@@ -335,6 +338,17 @@ async def test_an_order_paid_before_0015_is_flagged_not_refunded_when_its_closed
     PAID, a report of that attempt read while it was open (here the return page's look) may be
     of the payment it was paid with: it was given back, the buyer keeping the goods for
     nothing. The order is flagged for a person; nothing goes back."""
+    order_id, checkout_id = await flagged_paid_before_0015(orders, clean_db, sandbox)
+    status, flagged, reason = order_state(clean_db, order_id)
+    assert (status, flagged) == ("paid", True)
+    assert "it may be that one" in reason
+    assert refunds(clean_db) == []
+    assert sandbox.transaction(sandbox.checkout(checkout_id)["transaction_id"])["events"] == []
+
+
+async def flagged_paid_before_0015(orders, clean_db, sandbox) -> tuple[int, str]:
+    """The case above: an order the release before 0015 paid with its one checkout, held
+    EXPIRED, flagged by a report of it read while it was open. Its order and checkout."""
     order_id = (await create(orders)).json()["order_id"]
     checkout_id = checkout_id_of(clean_db, order_id)
     assert (await webhook(orders, order_id, checkout_id)).status_code == 204  # see above
@@ -356,13 +370,114 @@ async def test_an_order_paid_before_0015_is_flagged_not_refunded_when_its_closed
             )
         await service.recheck(page, stale, runtime)
         await page.commit()
-
     await app.state.reconciler.quiet()
-    status, flagged, reason = order_state(clean_db, order_id)
-    assert (status, flagged) == ("paid", True)
-    assert "it may be that one" in reason
+    return order_id, checkout_id
+
+
+def paid_with_of(server, order_id: int) -> str | None:
+    """The checkout the order records it was paid with (orders.paid_attempt_id)."""
+    with admin_connect(server, "orders") as connection:
+        row = connection.execute(
+            "SELECT a.sumup_checkout_id FROM orders.orders AS o "
+            "LEFT JOIN orders.payment_attempts AS a ON a.id = o.paid_attempt_id WHERE o.id = %s",
+            (order_id,),
+        ).fetchone()
+    return row[0]
+
+
+async def test_a_person_names_the_payment_an_order_the_release_before_paid_was_paid_with(
+    orders, clean_db, sandbox
+):
+    """The order above holds no checkout paid and records none: its review cannot tell which
+    payment to keep (409), and before, only SQL by hand settled it. A person who found it in
+    SumUp's dashboard names it (`end-review --paid-with CHECKOUT`): SumUp must say it paid the
+    order's amount; it is recorded, held PAID, and kept; the flag is cleared; nothing goes
+    back."""
+    order_id, checkout_id = await flagged_paid_before_0015(orders, clean_db, sandbox)
+    unknown = await end_review(orders, order_id)
+    assert unknown.status_code == 409, unknown.text
+    assert "--paid-with" in unknown.json()["detail"]
+    assert order_state(clean_db, order_id)[:2] == ("paid", True)
+
+    ended = await end_review(orders, order_id, paid_with=checkout_id)
+
+    assert ended.status_code == 200, ended.text
+    assert ended.json() == {
+        "order_id": order_id,
+        "status": "paid",
+        "closed_checkouts": [],
+        "refunds": [],
+        "releasing_bookings": False,
+    }
+    assert order_state(clean_db, order_id)[:2] == ("paid", False)
+    assert paid_with_of(clean_db, order_id) == checkout_id
+    assert attempt_rows(clean_db, order_id) == [(1, "PAID")]
     assert refunds(clean_db) == []
     assert sandbox.transaction(sandbox.checkout(checkout_id)["transaction_id"])["events"] == []
+    assert await attention(orders) == []
+
+
+async def test_a_payment_named_that_cannot_be_the_orders_is_refused_and_nothing_changes(
+    orders, clean_db, sandbox
+):
+    """`--paid-with` names what SumUp must confirm: a checkout of this order, PAID at SumUp for
+    the order's amount, whose money does not go back, of an order that is paid and does not
+    record another one. Anything else is refused, and the order stays flagged as it was."""
+    order_id, checkout_id = await flagged_paid_before_0015(orders, clean_db, sandbox)
+    before = order_state(clean_db, order_id)
+    other_order, other_checkout = await paid_order(orders, clean_db, sandbox)
+
+    not_its = await end_review(orders, order_id, paid_with=other_checkout)
+    assert not_its.status_code == 422, not_its.text
+    assert not_its.json()["errors"][0]["field"] == "paid_with"
+    assert other_checkout in not_its.json()["detail"]
+
+    unpaid = await stray_checkout(clean_db, sandbox, order_id, 10.00)  # open, nobody paid it
+    not_paid = await end_review(orders, order_id, paid_with=unpaid)
+    assert not_paid.status_code == 409, not_paid.text
+    assert "did not pay" in not_paid.json()["detail"]
+
+    with admin_connect(clean_db, "orders") as connection:  # as if given back as another's
+        connection.execute(
+            "INSERT INTO orders.refunds (order_id, attempt_id, reason_key, reason, amount, "
+            "currency, status) SELECT order_id, id, 'second-payment:test', 'given back', "
+            "amount, currency, 'failed' FROM orders.payment_attempts "
+            "WHERE sumup_checkout_id = %s",
+            (checkout_id,),
+        )
+    going_back = await end_review(orders, order_id, paid_with=checkout_id)
+    assert going_back.status_code == 409, going_back.text
+    assert "goes back" in going_back.json()["detail"]
+    with admin_connect(clean_db, "orders") as connection:
+        connection.execute("DELETE FROM orders.refunds WHERE order_id = %s", (order_id,))
+
+    assert order_state(clean_db, order_id) == before
+    assert paid_with_of(clean_db, order_id) is None
+    assert refunds(clean_db) == []
+
+    # A paid order that records its payment: naming another is refused; naming it is the same
+    # review as without.
+    flag(clean_db, other_order)
+    stray = await stray_checkout(clean_db, sandbox, other_order, 10.00)
+    sandbox.pay(stray)
+    contradicts = await end_review(orders, other_order, paid_with=stray)
+    assert contradicts.status_code == 409, contradicts.text
+    assert "recorded" in contradicts.json()["detail"]
+    assert order_state(clean_db, other_order) == ("paid", True, "amount differs")
+    agrees = await end_review(orders, other_order, paid_with=other_checkout)
+    assert agrees.status_code == 200, agrees.text
+    assert agrees.json()["refunds"] == [
+        {"checkout_id": stray, "amount": "10.00", "currency": "EUR"}
+    ]
+    assert paid_with_of(clean_db, other_order) == other_checkout
+
+    # Only a paid order is paid with something.
+    pending = (await create(orders)).json()["order_id"]
+    flag(clean_db, pending)
+    not_paid_order = await end_review(orders, pending, paid_with=checkout_id_of(clean_db, pending))
+    assert not_paid_order.status_code == 409, not_paid_order.text
+    assert "is pending" in not_paid_order.json()["detail"]
+    assert order_state(clean_db, pending) == ("pending", True, "amount differs")
 
 
 async def test_a_review_records_the_attempt_an_order_the_release_before_paid_was_paid_with(
