@@ -723,3 +723,87 @@ def test_a_paid_order_records_the_attempt_it_was_paid_with(cluster: Cluster) -> 
         late: late_attempts[1],
     }
     assert after == before  # every order there was is as it was
+
+
+def test_0015_run_again_after_its_fill_failed_finishes_it(cluster: Cluster) -> None:
+    """orders 0015 commits its index and its constraints (NOT VALID) before it fills the column
+    and validates them, each without holding the writers. A run that fails after that (its
+    fill here, refused by a trigger standing in for a terminated backend) leaves the database
+    at 0014 with the new column and constraints in it; run again, it finishes: the column
+    filled, both constraints validated, `rose db check` clean."""
+    orders_url = cluster.topology.admin_url("orders")
+    command.downgrade(alembic_config("orders", orders_url), "0014")
+    with cluster.admin("orders") as orders:
+        config_id, merchant = orders.execute(
+            "SELECT page_config_id, merchant_code FROM orders.orders "
+            "WHERE merchant_code IS NOT NULL LIMIT 1"
+        ).fetchone()
+        order_id = orders.execute(
+            "INSERT INTO orders.orders (user_id, status, currency, product_total, "
+            "calendar_total, ticket_total, total, description, page_config_id, merchant_code, "
+            "checkout_prefix, paid_at, payable_until) VALUES (9, 'paid', 'EUR', 4, 0, 0, 4, "
+            "'o', %s, %s, 'rose-', '2026-12-01 10:00+00', now()) RETURNING id",
+            (config_id, merchant),
+        ).fetchone()[0]
+        attempt_id = orders.execute(
+            "INSERT INTO orders.payment_attempts (order_id, number, checkout_reference, "
+            "sumup_checkout_id, status, amount, currency) VALUES (%s, 1, %s, %s, 'PAID', 4, "
+            "'EUR') RETURNING id",
+            (order_id, f"r15-{order_id}", f"r15c-{order_id}"),
+        ).fetchone()[0]
+        orders.execute(
+            "CREATE FUNCTION orders.refuse_fill() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE EXCEPTION 'the fill was interrupted'; END $$"
+        )
+        orders.execute(
+            "CREATE TRIGGER refuse_fill BEFORE UPDATE ON orders.orders "
+            "FOR EACH ROW EXECUTE FUNCTION orders.refuse_fill()"
+        )
+
+    def state() -> dict[str, object]:
+        with cluster.admin("orders") as orders:
+            return {
+                "version": orders.execute(
+                    "SELECT version_num FROM orders.alembic_version"
+                ).fetchone()[0],
+                "paid_attempt_id": orders.execute(
+                    "SELECT paid_attempt_id FROM orders.orders WHERE id = %s", (order_id,)
+                ).fetchone()[0],
+                "constraints": dict(
+                    orders.execute(
+                        "SELECT conname, convalidated FROM pg_constraint WHERE conname IN "
+                        "('fk_orders_paid_attempt_id_payment_attempts', "
+                        "'ck_orders_paid_attempt_is_paid', 'uq_payment_attempts_id_order_id')"
+                    ).fetchall()
+                ),
+            }
+
+    try:
+        with pytest.raises(sqlalchemy.exc.DBAPIError, match="the fill was interrupted"):
+            command.upgrade(alembic_config("orders", orders_url), "0015")
+        assert state() == {
+            "version": "0014",
+            "paid_attempt_id": None,
+            "constraints": {
+                "fk_orders_paid_attempt_id_payment_attempts": False,
+                "ck_orders_paid_attempt_is_paid": False,
+                "uq_payment_attempts_id_order_id": True,
+            },
+        }
+    finally:
+        with cluster.admin("orders") as orders:
+            orders.execute("DROP TRIGGER IF EXISTS refuse_fill ON orders.orders")
+            orders.execute("DROP FUNCTION IF EXISTS orders.refuse_fill()")
+
+    command.upgrade(alembic_config("orders", orders_url), "0015")
+    assert state() == {
+        "version": "0015",
+        "paid_attempt_id": attempt_id,
+        "constraints": {
+            "fk_orders_paid_attempt_id_payment_attempts": True,
+            "ck_orders_paid_attempt_is_paid": True,
+            "uq_payment_attempts_id_order_id": True,
+        },
+    }
+    converge_databases(cluster.topology, cluster.credentials, say=lambda _: None)
+    assert cluster.rose("db", "check").exit_code == 0
