@@ -269,7 +269,7 @@ class SumUpGateway:
                 return _remote(created)
             except ConflictError as exc:
                 if _error_code(exc) != "DUPLICATED_CHECKOUT":
-                    raise PaymentProviderError(str(exc)) from exc
+                    raise PaymentProviderError(_described(exc)) from exc
                 logger.info("checkout %s already exists at SumUp; recovering it", reference)
                 try:
                     found = await self._by_reference(client, reference)
@@ -334,8 +334,8 @@ class SumUpGateway:
                 raise PaymentProviderUnavailable(type(exc).__name__) from exc
             except APIError as exc:
                 if exc.status is None or exc.status >= 500 or exc.status == 429:
-                    raise PaymentProviderUnavailable(str(exc)) from exc
-                raise RefundRefused(exc.status, str(exc)) from exc
+                    raise PaymentProviderUnavailable(_described(exc)) from exc
+                raise RefundRefused(exc.status, _described(exc)) from exc
 
     async def money_back(self, account: MerchantAccount, transaction_id: str) -> MoneyBack:
         """What the transaction took and what of it went back so far, as SumUp's events say.
@@ -387,7 +387,19 @@ def _error_code(exc: APIError) -> str | None:
     return str(code) if code is not None else None
 
 
+def _described(exc: APIError) -> str:
+    """SumUp's refusal as the SDK words it, with SumUp's own message where the SDK kept a body
+    it has no type for (a 403 of a transaction's lookup: "Unexpected response") as plain JSON."""
+    body = exc.body
+    if isinstance(body, dict):
+        for field in ("detail", "message", "error_message", "title"):
+            message = body.get(field)
+            if isinstance(message, str) and message and message not in exc.message:
+                return f"HTTP {exc.status}: {message}" if exc.status is not None else message
+    return str(exc)
+
+
 def _classify(exc: APIError) -> Exception:
     if exc.status is None or exc.status >= 500 or exc.status == 429:
-        return PaymentProviderUnavailable(str(exc))
-    return PaymentProviderError(str(exc), exc.status)
+        return PaymentProviderUnavailable(_described(exc))
+    return PaymentProviderError(_described(exc), exc.status)

@@ -525,7 +525,12 @@ async def test_a_request_unknown_waiting_on_a_charge_back_decided_for_the_mercha
 
 
 LOOKUP_REFUSALS = pytest.mark.parametrize(
-    ("refusal", "answer"), [("not_found", "HTTP 404: Transaction "), ("forbidden", "HTTP 403")]
+    ("refusal", "answer"),
+    [
+        ("not_found", "HTTP 404: Transaction "),
+        # SumUp's message, though the SDK types no 403 body for this call.
+        ("forbidden", "HTTP 403: The API key is not allowed to read transaction"),
+    ],
 )
 
 
