@@ -321,13 +321,7 @@ async def test_the_payment_an_order_was_paid_with_is_never_refunded_by_a_second_
     assert order_state(clean_db, order_id) == ("paid", False, None)
     assert refunds(clean_db) == []
     assert sandbox.transaction(sandbox.checkout(checkout_id)["transaction_id"])["events"] == []
-    with admin_connect(clean_db, "orders") as connection:
-        paid_with = connection.execute(
-            "SELECT a.sumup_checkout_id FROM orders.orders AS o "
-            "JOIN orders.payment_attempts AS a ON a.id = o.paid_attempt_id WHERE o.id = %s",
-            (order_id,),
-        ).fetchone()
-    assert paid_with == (checkout_id,)
+    assert paid_with_of(clean_db, order_id) == checkout_id
 
 
 async def test_an_order_paid_before_0015_is_flagged_not_refunded_when_its_closed_attempt_pays(
@@ -501,13 +495,7 @@ async def test_a_review_records_the_attempt_an_order_the_release_before_paid_was
 
     assert ended.status_code == 200, ended.text
     assert ended.json()["refunds"] == [{"checkout_id": stray, "amount": "1.00", "currency": "EUR"}]
-    with admin_connect(clean_db, "orders") as connection:
-        recorded = connection.execute(
-            "SELECT a.sumup_checkout_id FROM orders.orders AS o "
-            "JOIN orders.payment_attempts AS a ON a.id = o.paid_attempt_id WHERE o.id = %s",
-            (order_id,),
-        ).fetchone()
-    assert recorded == (honoured,)
+    assert paid_with_of(clean_db, order_id) == honoured
     assert sandbox.transaction(sandbox.checkout(honoured)["transaction_id"])["events"] == []
 
 
