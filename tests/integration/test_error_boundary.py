@@ -66,6 +66,34 @@ async def test_a_static_miss_is_a_plain_404_naming_the_request_path_only(stack, 
     assert "no file or directory" not in page.text
 
 
+# A static path the file system cannot even look up: a NUL (Python refuses it: ValueError), a
+# name longer than the file system's limit (ENAMETOOLONG), a file taken for a directory
+# (ENOTDIR). Each was a 500 (a traceback in the log for the NUL), for a client's mistake.
+UNLOOKABLE_STATIC = [
+    ("market", "/static/%00"),
+    ("market", "/static/products/a%00b.svg"),
+    ("market", "/static/" + "a" * 300),
+    ("market", "/static/products/apple.svg/x"),
+    ("orders", "/static/%00"),
+    ("blog", "/schema/static/%00"),
+    ("cart", "/schema/static/" + "a" * 300),
+    ("events", "/schema/static/swagger-ui.css/x"),
+]
+
+
+@pytest.mark.parametrize(("service", "path"), UNLOOKABLE_STATIC)
+async def test_a_static_path_no_file_can_have_is_a_404_not_a_500(stack, service, path, caplog):
+    browser = stack.browser(service)
+    problem = assert_problem(await browser.get(path, headers=JSON), 404, "Nothing is served at")
+    assert INSTALLED_AT not in problem["detail"]
+    head = await browser.head(path, headers=JSON)
+    assert head.status_code == 404
+    page = await browser.get(path, headers=HTML)
+    assert page.status_code == 404
+    assert page.headers["content-type"].startswith("text/html")
+    assert "unhandled error" not in caplog.text
+
+
 @pytest.mark.parametrize("service", PUBLIC)
 async def test_unknown_urls_and_wrong_methods_are_themed_pages_for_browsers(stack, service):
     browser = stack.browser(service)
