@@ -7,6 +7,7 @@ import asyncio
 import functools
 import ipaddress
 import logging
+import re
 from collections.abc import Callable, Sequence
 from os import PathLike
 from pathlib import Path
@@ -520,9 +521,21 @@ def see_other(path: str) -> Redirect:
     return Redirect(path=path, status_code=303, media_type=MediaType.TEXT)
 
 
+# What a browser's URL parser (and Python's urlsplit) drops or reads as a "/" in a URL: a tab,
+# a newline or another control character, and a backslash; with them "/<tab>/evil.example" or
+# "/\\evil.example" is "//evil.example", another site.
+_NOT_IN_A_WAY_BACK = re.compile(r"[\x00-\x1f\x7f\\]")
+
+
 def safe_next(target: str | None, default: str = "/") -> str:
-    """Only same-site relative paths may be redirect targets (no open redirects)."""
-    if not target or not target.startswith("/") or target.startswith("//"):
+    """Only same-site relative paths may be redirect targets (no open redirects): a path that
+    starts with one "/" and holds no character a URL parser drops or reads as a slash."""
+    if (
+        not target
+        or not target.startswith("/")
+        or target.startswith("//")
+        or _NOT_IN_A_WAY_BACK.search(target)
+    ):
         return default
     return target
 

@@ -743,6 +743,26 @@ async def test_booking_from_a_form_redirects_back(stack, clean_db):
     await visitor.aclose()
 
 
+@pytest.mark.parametrize(
+    "given", ["/\t///evil.example/", "/\n///evil.example/x", "/\r//evil.example"]
+)
+async def test_booking_from_a_form_never_redirects_off_site(stack, clean_db, given):
+    """A ``next`` that passes as a same-site path ("/", then not "/") but holds a tab or a
+    newline: the booking's way back (``added=`` put in its query) parsed it with urlsplit, which
+    drops those characters, so "/<tab>///evil.example/" came back as "//evil.example/?added=1":
+    a Location another site's. Such a ``next`` is no way back: the calendars page instead."""
+    entry_id = insert_entry(clean_db, insert_calendar(clean_db))
+    visitor = await anonymous(stack)
+    token = visitor.headers.pop("X-CSRF-Token")
+    response = await visitor.post(
+        f"/entries/{entry_id}/book/", data={CSRF_FIELD: token, "next": given}, headers=HTML
+    )
+    assert response.status_code == 303, response.text
+    assert response.headers["location"] == f"/?added={entry_id}#entry-{entry_id}"
+    assert entry_state(clean_db, entry_id)[0] == "pending"
+    await visitor.aclose()
+
+
 async def test_booking_without_csrf_token_is_refused(stack, clean_db):
     entry_id = insert_entry(clean_db, insert_calendar(clean_db))
     visitor = await anonymous(stack)
