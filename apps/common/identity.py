@@ -279,6 +279,12 @@ def identity_middleware(
     fits (:func:`_signs_out_from_our_page`)."""
     exempt_prefixes = tuple(csrf_exempt)
     origins = frozenset(filter(None, (origin_of(url) for url in own_origins)))
+    # Both spellings the route answers at (Litestar takes a path with or without its final /).
+    sign_out_paths = (
+        frozenset({sign_out_path.rstrip("/"), sign_out_path.rstrip("/") + "/"})
+        if sign_out_path
+        else frozenset()
+    )
 
     def middleware(app: ASGIApp) -> ASGIApp:
         async def handle(scope: Scope, receive: Receive, send: Send) -> None:
@@ -316,7 +322,7 @@ def identity_middleware(
                 given = header(scope, CSRF_HEADER) or _form_field(scope, body, CSRF_FIELD)
                 fits = identity is not None and given and codec.csrf_valid(identity, given)
                 if not fits and not (
-                    scope["path"] == sign_out_path and _signs_out_from_our_page(scope, origins)
+                    scope["path"] in sign_out_paths and _signs_out_from_our_page(scope, origins)
                 ):
                     await send_problem(
                         send,

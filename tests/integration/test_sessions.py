@@ -162,6 +162,27 @@ async def test_start_afresh_signs_out_after_a_sign_in_in_another_tab(stack, shop
     assert (await browser.get("/auth/session")).json()["signed_in"] is False
 
 
+async def test_a_sign_out_from_our_page_is_taken_at_either_spelling_of_its_path(stack):
+    """Litestar answers /auth/logout/ as /auth/logout (as every route, with or without the
+    final slash), but only the bare path was let through on its Origin: the same post from a
+    page of ours with the token of another session (the "start afresh" form) was a 403 at
+    /auth/logout/. Another site's post stays refused there."""
+    origin = platform_of(stack.apps["cart"]).settings.public_urls["cart"].rstrip("/")
+    for path in ("/auth/logout", "/auth/logout/"):
+        browser = stack.browser("cart")
+        assert (await browser.get("/auth/dev-login?user_id=41", headers=JSON)).status_code == 200
+        signed_in = claims_of(browser)
+        stale = {"_csrf_token": "0" * 40}
+        refused = await browser.post(
+            path, data=stale, headers={**HTML, "origin": "https://evil.example"}
+        )
+        assert refused.status_code == 403, (path, refused.text)
+        assert claims_of(browser) == signed_in
+        out = await browser.post(path, data=stale, headers={**HTML, "origin": origin})
+        assert out.status_code == 303, (path, out.text)
+        assert "uid" not in claims_of(browser)
+
+
 async def test_the_signed_expiry_is_checked_on_every_request(stack):
     market = stack.browser("market")
     now = int(time.time())
