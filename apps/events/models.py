@@ -19,6 +19,7 @@ from sqlalchemy import (
     func,
     text,
 )
+from sqlalchemy.dialects.postgresql import INET
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from apps.blog import contract as blog
@@ -39,6 +40,11 @@ SESSION_ID_LENGTH = 64
 ONE_OWNER = "num_nonnulls(user_id, session_id) = 1"
 # A pending booking always has an end to its hold.
 PENDING_HAS_HOLD = "state <> 'pending' OR hold_expires_at IS NOT NULL"
+# The entries an anonymous client holds in a cart, by its network (service.anonymous_hold_of;
+# the partial index of the count per network, events 0013).
+ANONYMOUS_HOLD_ROWS = (
+    "state = 'pending' AND user_id IS NULL AND hold_order_id IS NULL AND hold_network IS NOT NULL"
+)
 
 
 class Base(DeclarativeBase):
@@ -98,6 +104,13 @@ class CalendarEntry(IdentityPkMixin, TimestampedMixin, Base):
             postgresql_where=text("state = 'pending'"),
         ),
         Index("ix_calendar_entries_order_id", "order_id"),
+        # The live anonymous holds of one client network (counted at each anonymous booking).
+        Index(
+            "ix_calendar_entries_anonymous_holds",
+            "hold_network",
+            "hold_expires_at",
+            postgresql_where=text(ANONYMOUS_HOLD_ROWS),
+        ),
     )
 
     calendar_id: Mapped[int] = mapped_column(
@@ -122,6 +135,10 @@ class CalendarEntry(IdentityPkMixin, TimestampedMixin, Base):
     # The cart's own hold, kept while orders hold it, whichever order held it after which:
     # what a give-back goes back to when the orders before it were given back too.
     cart_hold_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The client network (an address, an IPv6 client's /64) an anonymous hold was made from,
+    # counted against EVENTS_ANONYMOUS_HOLDS_PER_ADDRESS while it is held for a session; NULL
+    # for a signed-in hold and an unknown address, cleared when the entry is open again.
+    hold_network: Mapped[str | None] = mapped_column(INET)
 
 
 class Ticket(IdentityPkMixin, TimestampedMixin, Base):

@@ -101,18 +101,18 @@ def test_a_file_given_another_revision_id(tree: Path) -> None:
 def test_a_new_file_is_not_listed_until_added(tree: Path) -> None:
     manifest = tree / MANIFEST_PATH.name
     before = manifest.read_bytes()
-    new_revision(tree, "events", "0013_more.py", "0013", "0012")
+    new_revision(tree, "events", "0014_more.py", "0014", "0013")
     [problem] = found(tree)
-    assert "events/versions/0013_more.py" in problem
+    assert "events/versions/0014_more.py" in problem
     assert ADD_COMMAND in problem
 
-    assert add(tree) == ["events 0013 (0013_more.py)"]
+    assert add(tree) == ["events 0014 (0014_more.py)"]
     assert manifest.read_bytes().startswith(before)
     assert found(tree) == []
     # Adding again adds nothing, and the new entry is as released as the others.
     assert add(tree) == []
-    new_revision(tree, "events", "0013_more.py", "0013", "0012")
-    (tree / "events/versions/0013_more.py").write_text("revision = '0013'\ndown_revision = '0012'")
+    new_revision(tree, "events", "0014_more.py", "0014", "0013")
+    (tree / "events/versions/0014_more.py").write_text("revision = '0014'\ndown_revision = '0013'")
     [problem] = found(tree)
     assert "never rewritten" in problem
 
