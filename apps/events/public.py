@@ -21,6 +21,7 @@ from apps.common.identity import Identity
 from apps.common.settings import Settings
 from apps.common.web import (
     FORM_BODY,
+    client_network,
     editors_only,
     read_form,
     redirect_back,
@@ -130,7 +131,11 @@ async def book_entry(
     own_settings: OwnSettings,
     entry_id: IdParam,
 ) -> Response[Any]:
-    booked = await service.book_entry(db_session, entry_id, owner(identity), own_settings.hold)
+    # An anonymous hold records its client network, which holds so many at once at most.
+    limit = service.HoldLimit(client_network(request), own_settings.anonymous_holds_per_address)
+    booked = await service.book_entry(
+        db_session, entry_id, owner(identity), own_settings.hold, limit
+    )
     await db_session.commit()
     return await answer(request, booked, added=entry_id)
 

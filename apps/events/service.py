@@ -13,6 +13,7 @@ asked. The one gap left, a commit that fails after relations changed, is closed 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -27,6 +28,7 @@ from sqlalchemy import (
     any_,
     bindparam,
     case,
+    cast,
     delete,
     func,
     insert,
@@ -34,10 +36,11 @@ from sqlalchemy import (
     null,
     or_,
     select,
+    text,
     union_all,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import ARRAY, INET
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -55,7 +58,7 @@ from apps.common.contracts import Adopted, SignIn
 from apps.common.db import lock_live_row
 from apps.common.fdw import ProviderUnavailable, remote_read
 from apps.common.inputs import CURRENCY, decimal_number, one_line_name, whole_pattern
-from apps.common.problems import Conflict, InvalidInput, NotFound, Problem
+from apps.common.problems import Conflict, InvalidInput, NotFound, Problem, TooManyRequests
 from apps.events.contract import (
     MAX_ORDER_HOLD,
     ConfirmForOrder,
@@ -70,6 +73,7 @@ from apps.events.contract import (
     Unconfirmed,
 )
 from apps.events.models import (
+    ANONYMOUS_HOLD_ROWS,
     DEFAULT_CURRENCY,
     Calendar,
     CalendarEntry,
@@ -417,13 +421,88 @@ async def _refuse_if_signed_in(session: AsyncSession, owner: BookingOwner) -> No
         )
 
 
+@dataclass(frozen=True)
+class HoldLimit:
+    """Where an anonymous booking comes from (``apps.common.web.client_network``: an address,
+    an IPv6 client's /64; None when unknown), and how many live anonymous holds one network
+    may have at once (0: no limit)."""
+
+    network: str | None = None
+    per_network: int = 0
+
+
+# Of the advisory lock per client network: its live anonymous holds are counted and a new one
+# is made under it, so concurrent bookings from one network count exactly.
+HOLDS_LOCK_NAMESPACE = "events-anonymous-holds"
+
+
+def anonymous_hold_of(network: str) -> ColumnElement[bool]:
+    """A live anonymous hold in a cart from ``network``: pending, held still, for no order, for
+    no user (sign-in's adoption makes it the user's). The rows of the partial index
+    ``ix_calendar_entries_anonymous_holds``, named in the SQL as its predicate is (not as bound
+    parameters: a generic plan could not use the index with those)."""
+    return and_(
+        text(ANONYMOUS_HOLD_ROWS),
+        CalendarEntry.hold_network == cast(network, INET),
+        CalendarEntry.hold_expires_at > func.now(),
+    )
+
+
+async def _lock_network(session: AsyncSession, network: str) -> None:
+    await session.execute(
+        select(
+            func.pg_advisory_xact_lock(
+                func.hashtextextended(literal(f"{HOLDS_LOCK_NAMESPACE}:{network}"), 0)
+            )
+        )
+    )
+
+
+async def _refuse_over_the_limit(
+    session: AsyncSession, entry_id: int, network: str, per_network: int
+) -> None:
+    """Under the network's lock, after the booking's update: the network's other live
+    anonymous holds. At the limit, the booking is rolled back and refused (429, Retry-After
+    the seconds until the first of them ends)."""
+    count, first_end, now = (
+        await session.execute(
+            select(func.count(), func.min(CalendarEntry.hold_expires_at), func.now()).where(
+                anonymous_hold_of(network), CalendarEntry.id != entry_id
+            )
+        )
+    ).one()
+    if count < per_network or first_end is None:
+        return
+    await session.rollback()
+    retry_after = max(1, math.ceil((first_end - now).total_seconds()))
+    raise TooManyRequests(
+        f"Nothing was booked: {per_network} entries are held in carts from your network "
+        f"without signing in, the most there may be at once. Try again in {retry_after} s, "
+        "when the first of those holds ends (sooner if one of them is taken out of its cart "
+        "or checked out), or sign in: bookings of a signed-in buyer are not counted.",
+        retry_after=retry_after,
+    )
+
+
 async def book_entry(
-    session: AsyncSession, entry_id: int, owner: BookingOwner, hold: timedelta
+    session: AsyncSession,
+    entry_id: int,
+    owner: BookingOwner,
+    hold: timedelta,
+    limit: HoldLimit | None = None,
 ) -> EntryOut:
     """Make an open (or no longer held), not yet started entry pending for ``owner``, held for
     ``hold``. One conditional UPDATE, so of concurrent bookings of one entry exactly one wins;
-    the others see it is held. Booking an entry one already holds answers it as it is."""
+    the others see it is held. Booking an entry one already holds answers it as it is.
+
+    An anonymous owner's hold records its client network (``limit.network``), and a network
+    has at most ``limit.per_network`` live anonymous holds: a new one past that is refused (a
+    429, nothing written), counted under the network's advisory lock."""
     await _refuse_if_signed_in(session, owner)
+    network = limit.network if limit is not None and owner.user_id is None else None
+    per_network = limit.per_network if limit is not None and network is not None else 0
+    if network is not None and per_network:
+        await _lock_network(session, network)
     booked = await session.scalar(
         update(CalendarEntry)
         .where(
@@ -438,10 +517,13 @@ async def book_entry(
             session_id=owner.session_id,
             hold_expires_at=func.now() + hold,
             hold_order_id=None,
+            hold_network=cast(network, INET) if network is not None else null(),
             updated_at=func.now(),
         )
         .returning(CalendarEntry)
     )
+    if booked is not None and network is not None and per_network:
+        await _refuse_over_the_limit(session, entry_id, network, per_network)
     now = await database_now(session)
     if booked is not None:
         return to_entry(booked, owner, now)
@@ -739,7 +821,12 @@ async def release_booking(session: AsyncSession, request: ReleaseBooking) -> Rel
     if owner is None:
         raise InvalidInput("user_id or session_id is required", field="user_id")
     model: type[CalendarEntry] | type[Ticket] = CalendarEntry if request.kind == "entry" else Ticket
-    freed = {"state": "open", "user_id": None, "session_id": None}
+    freed: dict[str, Any] = {
+        "state": "open",
+        "user_id": None,
+        "session_id": None,
+        "hold_network": None,
+    }
     if model is Ticket:
         freed = {"state": "cancelled"}
     released = await session.scalar(
@@ -876,7 +963,11 @@ async def sweep_ended_holds(session: AsyncSession) -> int:
     why it left. Correctness never waits for this (an ended hold blocks nobody)."""
     swept = 0
     for kind, model, freed in (
-        ("entry", CalendarEntry, {"state": "open", "user_id": None, "session_id": None}),
+        (
+            "entry",
+            CalendarEntry,
+            {"state": "open", "user_id": None, "session_id": None, "hold_network": None},
+        ),
         ("ticket", Ticket, {"state": "cancelled"}),
     ):
         # The owner is read before the update takes it off; rows locked, so a booking taken

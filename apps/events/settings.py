@@ -20,6 +20,11 @@ class EventsSettings:
     # What entries may be priced in: the shop's currency (a cart adds up one currency, and an
     # order is paid in one).
     currencies: tuple[str, ...] = ("EUR",)
+    # Live anonymous holds of entries per client network (an address, an IPv6 client's /64) at
+    # once; 0 turns the limit off. An entry has one booker, so a client minting a session per
+    # booking could hold every entry; this bounds it. Generous, as many buyers may share one
+    # address (an office, a mobile carrier's NAT); signed-in buyers are not counted.
+    anonymous_holds_per_address: int = 20
 
     @property
     def hold(self) -> timedelta:
@@ -36,6 +41,13 @@ class EventsSettings:
                 settings.extra, "EVENTS_SWEEP_SECONDS", float, defaults.sweep_seconds
             ),
             currencies=_currencies(settings, "EVENTS_CURRENCIES", defaults.currencies),
+            anonymous_holds_per_address=setting_number(
+                settings.extra,
+                "EVENTS_ANONYMOUS_HOLDS_PER_ADDRESS",
+                int,
+                defaults.anonymous_holds_per_address,
+                zero_allowed=True,
+            ),
         )
 
 

@@ -256,6 +256,20 @@ def test_the_checkout_limit_per_address_is_30_and_0_turns_it_off():
     assert off.anonymous_checkouts_per_address == 0
 
 
+def test_the_anonymous_holds_per_address_are_20_and_0_turns_the_limit_off():
+    default = EventsSettings.from_settings(settings_for(CONTRACTS["events"], COMPLETE))
+    assert default.anonymous_holds_per_address == 20
+    environment = {**COMPLETE, "EVENTS_ANONYMOUS_HOLDS_PER_ADDRESS": "0"}
+    off = EventsSettings.from_settings(settings_for(CONTRACTS["events"], environment))
+    assert off.anonymous_holds_per_address == 0
+    for value in ("-1", "2.5", "many"):
+        environment = {**COMPLETE, "EVENTS_ANONYMOUS_HOLDS_PER_ADDRESS": value}
+        with pytest.raises(
+            ConfigError, match=f"EVENTS_ANONYMOUS_HOLDS_PER_ADDRESS must .*'{value}'"
+        ):
+            EventsSettings.from_settings(settings_for(CONTRACTS["events"], environment))
+
+
 def test_the_attempts_one_order_may_have_are_10_and_a_positive_count():
     default = OrdersSettings.from_settings(settings_for(CONTRACTS["orders"], COMPLETE))
     assert default.attempts_per_order == 10
