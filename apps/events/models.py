@@ -40,11 +40,10 @@ SESSION_ID_LENGTH = 64
 ONE_OWNER = "num_nonnulls(user_id, session_id) = 1"
 # A pending booking always has an end to its hold.
 PENDING_HAS_HOLD = "state <> 'pending' OR hold_expires_at IS NOT NULL"
-# The entries an anonymous client holds in a cart, by its network (service.anonymous_hold_of;
-# the partial index of the count per network, events 0013).
-ANONYMOUS_HOLD_ROWS = (
-    "state = 'pending' AND user_id IS NULL AND hold_order_id IS NULL AND hold_network IS NOT NULL"
-)
+# The entries an anonymous client holds, in its cart or for an order it checked out and has not
+# paid, by its network (service.anonymous_hold_of; the partial index of the count per network,
+# events 0013).
+ANONYMOUS_HOLD_ROWS = "state = 'pending' AND user_id IS NULL AND hold_network IS NOT NULL"
 
 
 class Base(DeclarativeBase):

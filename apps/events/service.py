@@ -437,8 +437,9 @@ HOLDS_LOCK_NAMESPACE = "events-anonymous-holds"
 
 
 def anonymous_hold_of(network: str) -> ColumnElement[bool]:
-    """A live anonymous hold in a cart from ``network``: pending, held still, for no order, for
-    no user (sign-in's adoption makes it the user's). The rows of the partial index
+    """A live anonymous hold from ``network``, in a cart or for an order not paid yet (a
+    checkout keeps the entry from everyone else as a cart does): pending, held still, for no
+    user (sign-in's adoption makes it the user's). The rows of the partial index
     ``ix_calendar_entries_anonymous_holds``, named in the SQL as its predicate is (not as bound
     parameters: a generic plan could not use the index with those)."""
     return and_(
@@ -476,10 +477,10 @@ async def _refuse_over_the_limit(
     await session.rollback()
     retry_after = max(1, math.ceil((first_end - now).total_seconds()))
     raise TooManyRequests(
-        f"Nothing was booked: {per_network} entries are held in carts from your network "
+        f"Nothing was booked: {per_network} entries are held from your network "
         f"without signing in, the most there may be at once. Try again in {retry_after} s, "
         "when the first of those holds ends (sooner if one of them is taken out of its cart "
-        "or checked out), or sign in: bookings of a signed-in buyer are not counted.",
+        "or paid for), or sign in: bookings of a signed-in buyer are not counted.",
         retry_after=retry_after,
     )
 
@@ -592,8 +593,14 @@ async def adopt_bookings(session: AsyncSession, request: SignIn) -> Adopted:
         return Adopted(adopted=0)
     await adopt_session(session, ADOPTIONS, request.session_id, request.user_id)
     adopted = 0
-    to_user = {"user_id": request.user_id, "session_id": None, "updated_at": func.now()}
     for model in (CalendarEntry, Ticket):
+        to_user: dict[str, Any] = {
+            "user_id": request.user_id,
+            "session_id": None,
+            "updated_at": func.now(),
+        }
+        if model is CalendarEntry:
+            to_user["hold_network"] = None  # a user's hold: its network is not kept
         sessions = and_(model.session_id == request.session_id, model.user_id.is_(None))
         result = await session.execute(
             update(model).where(sessions, held(model)).values(to_user).returning(model.id)
@@ -651,6 +658,8 @@ async def confirm_for_order(session: AsyncSession, request: ConfirmForOrder) -> 
     results: dict[str, list[int]] = {}
     confirmed = 0
     for model, ids in ((CalendarEntry, request.entry_ids), (Ticket, request.ticket_ids)):
+        # A booking confirmed is no hold: the network it was held from is not kept.
+        values = {**confirm, "hold_network": None} if model is CalendarEntry else confirm
         wanted = sorted(set(ids))
         if not wanted:
             results[model.__tablename__] = []
@@ -665,7 +674,7 @@ async def confirm_for_order(session: AsyncSession, request: ConfirmForOrder) -> 
         await session.execute(
             update(model)
             .where(model.id == any_(id_list), model.state == "pending", held_for_it)
-            .values(confirm)
+            .values(values)
         )
         mine = set(
             await session.scalars(

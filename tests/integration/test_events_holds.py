@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -226,3 +227,42 @@ async def test_a_client_whose_address_is_unknown_is_not_counted(clean_db, creden
         for entry_id in ids:
             assert (await book(stack, "not-an-address", entry_id))[1].status_code == 200
         assert hold_network(clean_db, ids[0]) is None
+
+
+async def test_a_hold_checked_out_counts_until_its_order_is_paid(clean_db, credentials):
+    """Holds an order holds (checked out, not yet paid) still keep the entries from everyone
+    else: they count for their network until the order is paid (confirmed) or lets them go.
+    Not counted, an anonymous client held the limit, checked out, and held the limit again,
+    for as long as its orders could be paid. The network is not kept once a hold is confirmed
+    or adopted at sign-in."""
+    async with holds_stack(clean_db, credentials) as stack:
+        ids = some_entries(clean_db, LIMIT + 2)
+        visitors = []
+        for entry_id in ids[:LIMIT]:
+            visitor, booked = await book(stack, "198.51.100.9", entry_id)
+            assert booked.status_code == 200, booked.text
+            visitors.append(visitor)
+        events = stack.client("events")
+        until = (datetime.now(UTC) + timedelta(minutes=30)).isoformat()
+        hold = {
+            "order_id": 500,
+            "until": until,
+            "entry_ids": [ids[0]],
+            "session_id": session_id_of(visitors[0]),
+        }
+        held = await internal_post(events, "hold-for-order", hold)
+        assert held.json() == {"held": 1}, held.text
+
+        assert_problem((await book(stack, "198.51.100.9", ids[LIMIT]))[1], 429)
+
+        confirm = {"order_id": 500, "entry_ids": [ids[0]], "session_id": hold["session_id"]}
+        confirmed = await internal_post(events, "confirm-for-order", confirm)
+        assert confirmed.json()["confirmed"] == 1, confirmed.text
+        assert hold_network(clean_db, ids[0]) is None
+        assert (await book(stack, "198.51.100.9", ids[LIMIT]))[1].status_code == 200
+
+        adopt = {"user_id": 43, "session_id": session_id_of(visitors[1])}
+        adopted = await internal_post(events, "adopt-bookings-for-user", adopt)
+        assert adopted.json() == {"adopted": 1}
+        assert hold_network(clean_db, ids[1]) is None
+        assert (await book(stack, "198.51.100.9", ids[LIMIT + 1]))[1].status_code == 200

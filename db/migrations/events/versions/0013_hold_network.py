@@ -27,9 +27,7 @@ depends_on = None
 
 INDEX = "ix_calendar_entries_anonymous_holds"
 # apps/events/models.py: ANONYMOUS_HOLD_ROWS (a migration keeps its own copy: it must not change).
-ANONYMOUS_HOLD_ROWS = (
-    "state = 'pending' AND user_id IS NULL AND hold_order_id IS NULL AND hold_network IS NOT NULL"
-)
+ANONYMOUS_HOLD_ROWS = "state = 'pending' AND user_id IS NULL AND hold_network IS NOT NULL"
 
 
 def upgrade() -> None:
