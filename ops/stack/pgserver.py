@@ -73,6 +73,20 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
+def listening_socket(port: int, host: str = "127.0.0.1") -> socket.socket:
+    """A socket bound to ``port`` and listening (OSError when the port is taken): held by
+    ``rose up`` from its check of the port and handed to the service that serves on it."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)  # uvicorn's backlog
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def free_ports(count: int) -> list[int]:
     """``count`` distinct free ports. The probes stay bound until all are chosen: ports taken one
     at a time can repeat, since the kernel may hand out a port again as soon as its probe closes."""

@@ -17,6 +17,7 @@ import contextlib
 import ctypes
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -112,6 +113,8 @@ class ServiceProcess:
     # The service its ready answer must name: a port answering is not proof enough, since
     # another process may hold it (this one then fails to bind and exits).
     service: str | None = None
+    # Descriptors the process inherits, each start of it (the listening socket rose up keeps).
+    pass_fds: tuple[int, ...] = ()
     process: subprocess.Popen[bytes] | None = None
     reader: threading.Thread | None = None
     last_lines: list[str] = field(default_factory=list)
@@ -235,6 +238,7 @@ class ProcessGroup:
         ready_path: str = "/readyz",
         environment: Mapping[str, str] | None = None,
         service: str | None = None,
+        pass_fds: tuple[int, ...] = (),
     ) -> ServiceProcess:
         """Start one process; ``environment`` adds to the group's for this process only;
         ``service`` is the name its ready answer must carry (any 200 will do without it)."""
@@ -245,9 +249,11 @@ class ProcessGroup:
             ready_path=ready_path,
             environment=environment,
             service=service,
+            pass_fds=pass_fds,
         )
         entry.process = subprocess.Popen(
             command,
+            pass_fds=pass_fds,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env={**self.environment, **(environment or {})},
@@ -262,7 +268,12 @@ class ProcessGroup:
         self.processes[name] = entry
         return entry
 
-    def start_service(self, name: str, port: int, workers: int = 1) -> ServiceProcess:
+    def start_service(
+        self, name: str, port: int, workers: int = 1, listener: socket.socket | None = None
+    ) -> ServiceProcess:
+        """With ``listener``, a socket listening on ``port`` that the caller keeps open: the
+        service serves on it (``--fd``), and so does every restart of it, so the port is never
+        free for anything else in between."""
         command = [
             self.python,
             "-m",
@@ -275,7 +286,10 @@ class ProcessGroup:
             "--workers",
             str(workers),
         ]
-        return self.start(name, port, command, service=name)
+        if listener is None:
+            return self.start(name, port, command, service=name)
+        fd = listener.fileno()
+        return self.start(name, port, [*command, "--fd", str(fd)], service=name, pass_fds=(fd,))
 
     def restart(self, name: str) -> ServiceProcess:
         """Start an exited process again with the same command and environment; what is left
@@ -287,7 +301,15 @@ class ProcessGroup:
             old.process.wait()
         if old.reader is not None:
             old.reader.join(timeout=2)
-        return self.start(name, old.port, old.command, old.ready_path, old.environment, old.service)
+        return self.start(
+            name,
+            old.port,
+            old.command,
+            old.ready_path,
+            old.environment,
+            old.service,
+            old.pass_fds,
+        )
 
     def start_sandbox(
         self, port: int, environment: Mapping[str, str] | None = None

@@ -17,15 +17,18 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib
+import logging
 import os
 import shutil
+import socket
 import sys
 import tempfile
 from collections.abc import Callable
 from typing import Any
 
 import uvicorn
-from uvicorn.config import LifespanType
+from uvicorn.config import STARTUP_FAILURE, LifespanType
+from uvicorn.supervisors import Multiprocess
 
 from apps.common.observability import MULTIPROC_ENV, configure_logging
 from apps.common.settings import ConfigError, Settings
@@ -43,11 +46,32 @@ def serve(
     lifespan: LifespanType = "auto",
     *,
     workers: int = 1,
+    fd: int | None = None,
 ) -> None:
     """Serve one app as every service process is served: our logging and access log (not
     uvicorn's), a graceful shutdown, the client address from the proxy's headers. With
-    ``workers`` > 1, ``app`` is the import string of an app factory."""
-    uvicorn.run(
+    ``workers`` > 1, ``app`` is the import string of an app factory. With ``fd``, the
+    listening socket is that inherited descriptor (``rose up`` binds every service's port when
+    it checks it, and keeps it, so nothing else takes it before the service has started or
+    while it is restarted); without, uvicorn binds ``host``:``port`` after the app's start-up."""
+    if fd is None:
+        uvicorn.run(
+            app,
+            host=host,
+            port=port,
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=10,
+            proxy_headers=True,
+            lifespan=lifespan,
+            workers=workers if workers > 1 else None,
+            factory=workers > 1,
+        )
+        return
+    # A TCP socket of its own family (uvicorn's own ``fd`` option takes every descriptor for a
+    # Unix socket, which leaves a TCP connection without TCP_NODELAY).
+    sock = socket.socket(fileno=fd)
+    config = uvicorn.Config(
         app,
         host=host,
         port=port,
@@ -59,6 +83,19 @@ def serve(
         workers=workers if workers > 1 else None,
         factory=workers > 1,
     )
+    bound_host, bound_port = sock.getsockname()[:2]
+    logging.getLogger("uvicorn.error").info(
+        "Uvicorn running on http://%s:%d (Press CTRL+C to quit)", bound_host, bound_port
+    )
+    if workers > 1:
+        sock.set_inheritable(True)
+        Multiprocess(config, sockets=[sock]).run()
+        return
+    config.load_app()
+    server = uvicorn.Server(config)
+    server.run(sockets=[sock])
+    if not server.started:
+        sys.exit(STARTUP_FAILURE)
 
 
 def settle_heap() -> None:
@@ -100,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--port", type=int, default=None)
     parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument(
+        "--fd", type=int, default=None, help="an inherited listening socket (rose up's)"
+    )
     args = parser.parse_args(argv)
     try:
         spec = service_spec(args.service)
@@ -115,13 +155,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     port = args.port or spec.dev_port
     if workers == 1:
-        serve(build_app(spec.name, settings), args.host, port)
+        serve(build_app(spec.name, settings), args.host, port, fd=args.fd)
         return 0
     os.environ[SERVICE_ENV] = spec.name
     metrics_dir = tempfile.mkdtemp(prefix=f"rose-metrics-{spec.name}-")
     os.environ[MULTIPROC_ENV] = metrics_dir
     try:
-        serve("ops.stack.serve:worker_app", args.host, port, workers=workers)
+        serve("ops.stack.serve:worker_app", args.host, port, workers=workers, fd=args.fd)
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0

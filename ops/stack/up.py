@@ -12,6 +12,7 @@ PostgreSQL is left running, and the next ``rose up`` stops and starts it again (
 from __future__ import annotations
 
 import signal
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,7 +27,14 @@ from ops.db.sqlfiles import ConvergeError
 from ops.db.topology import Topology, check_dsn
 from ops.paths import rose_home
 from ops.stack.demo import seed_demo_data
-from ops.stack.pgserver import DEFAULT_PG_PORT, MAX_PORT, MIN_PORT, LocalPostgres, port_is_free
+from ops.stack.pgserver import (
+    DEFAULT_PG_PORT,
+    MAX_PORT,
+    MIN_PORT,
+    LocalPostgres,
+    listening_socket,
+    port_is_free,
+)
 from ops.stack.processes import (
     SANDBOX,
     SUMUP_SANDBOX_PORT,
@@ -207,8 +215,24 @@ def run_stack(options: StackOptions) -> int:
         # start(); anything else there is a refusal now, before --fresh deletes anything.
         if embedded.running_port() != options.pg_port:
             wanted.insert(0, ("PostgreSQL", options.pg_port))
-    busy = [f"{name} ({port})" for name, port in wanted if not port_is_free(port)]
+    # A service's port is bound here and kept (each start of the service is handed it): free
+    # now and never again until the stack stops, though the service binds nothing for a
+    # while (provisioning, migrations, its pool's warm-up, a restart's wait), while every
+    # connection made meanwhile takes a local port, one of the kernel's ephemeral range
+    # (32768-60999) where --port-offset may have put ours.
+    listeners: dict[str, socket.socket] = {}
+    busy: list[str] = []
+    for name, port in wanted:
+        if name in ports:
+            try:
+                listeners[name] = listening_socket(port)
+            except OSError:
+                busy.append(f"{name} ({port})")
+        elif not port_is_free(port):
+            busy.append(f"{name} ({port})")
     if busy:
+        for listener in listeners.values():
+            listener.close()
         raise StackError(
             f"ports in use: {', '.join(busy)}; stop what listens there or choose other ports "
             "(--pg-port, --port-offset, --proxy-port)"
@@ -275,7 +299,7 @@ def run_stack(options: StackOptions) -> int:
         # The local SumUp sandbox stands in for SumUp (orders' SDK points at it).
         group.start_sandbox(sandbox_port, proxy.sandbox_environment() if proxy else None)
         for name in names:
-            group.start_service(name, ports[name], options.workers)
+            group.start_service(name, ports[name], options.workers, listeners[name])
         # One deadline for all: on a busy machine a process may take most of it to import
         # (the sandbox alone was once given 30 s, and missed it while the services were ready).
         not_ready = group.wait_ready([SANDBOX, *names], timeout=READY_SECONDS)
@@ -309,6 +333,8 @@ def run_stack(options: StackOptions) -> int:
     finally:
         if group is not None:
             group.stop()
+        for listener in listeners.values():
+            listener.close()
         remove_state()
         if embedded is not None:
             embedded.stop()

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import stat
 import time
 from pathlib import Path
@@ -253,3 +254,49 @@ def test_a_killed_rose_up_takes_its_services_along_and_sighup_stops_cleanly(tmp_
     assert not running(relations)
     assert "embedded PostgreSQL stopped" in (home / "rose.log").read_text()
     assert wait_for(lambda: port_is_free(pg_port), timeout=10)
+
+
+def test_a_service_port_stays_the_stacks_while_its_service_is_down(running_stack):
+    """Probe B: `rose up` checked that a service's port was free, then let go of it until the
+    service bound it, after provisioning, migrations, the demo data and the service's own pool
+    warm-up (dozens of connections to PostgreSQL, each with an ephemeral local port), and again
+    for as long as a killed service waited to be restarted. A port in the kernel's ephemeral
+    range (32768-60999 on Linux: ``--port-offset 33000``) was then taken by a client
+    connection: ``[Errno 98] ... address already in use``, and `rose up` gave up ("not ready:
+    events, orders"), or the restarted service failed for as long as that connection lived.
+    `rose up` now binds every service's port when it checks it and hands the listening socket
+    to the service, each start of it: nothing else can take the port while the stack runs."""
+    home, process, state, _pg_port = running_stack
+    relations_url = state["services"]["relations"]
+    port = 8008 + PORT_OFFSET
+    first = service_pid(process.pid, "relations")
+    # Held still, the supervisor cannot restart the service before the port is tried.
+    process.send_signal(signal.SIGSTOP)
+    try:
+        os.kill(first, signal.SIGKILL)
+        assert wait_for(lambda: not running(first), timeout=30)
+        # What a client connection given the port as its ephemeral one holds: a socket bound
+        # to it without SO_REUSEADDR (the kernel may hand out a port whose earlier connections
+        # linger in TIME_WAIT, as the readiness checks' do: hence the option while it binds).
+        # Not connected: closed, it leaves no TIME_WAIT of its own on the port.
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taker:
+            taker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                taker.bind(("127.0.0.1", port))
+            except OSError:
+                taken = False
+            else:
+                taker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
+                taken = True
+            assert not taken, f"port {port} was free for anyone while relations was down"
+    finally:
+        process.send_signal(signal.SIGCONT)
+
+    assert wait_for(
+        lambda: (
+            "relations restarted" in (home / "rose.log").read_text()
+            and answers(relations_url + "/readyz")
+        )
+    ), (home / "rose.log").read_text()
+    assert service_pid(process.pid, "relations") != first
+    assert process.poll() is None
