@@ -1,6 +1,7 @@
 """The running stack, as the operator's other commands find it: ``rose up`` writes where its
-database and services are (``.rose/stack.json``, mode 0600, with its pid) and removes it when it
-stops; a state whose process is gone counts as no stack."""
+database and services are (``.rose/stack.json``, mode 0600, with its pid and when that process
+started) and removes it when it stops; a state whose process is gone, or whose pid another
+process has since, counts as no stack."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 import httpx
 import psycopg
@@ -21,12 +22,31 @@ class StackState(TypedDict):
     database_url: str
     services: dict[str, str]
     pid: int
+    # Which process of that pid: ``process_start`` of it (absent in a state an earlier release
+    # wrote, None where it cannot be known).
+    started: NotRequired[str | None]
+
+
+def process_start(pid: int) -> str | None:
+    """What tells process ``pid`` from any other that has or had that pid: the boot and its start
+    time (Linux's /proc); None where that cannot be read (no such process, not Linux)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return f"{boot}/{fields[19]}"  # field 22 of proc(5), starttime
+    except (OSError, IndexError):
+        return None
 
 
 def write_state(database_url: str, services: Mapping[str, str], path: Path | None = None) -> None:
     path = path or stack_state_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = StackState(database_url=database_url, services=dict(services), pid=os.getpid())
+    state = StackState(
+        database_url=database_url,
+        services=dict(services),
+        pid=os.getpid(),
+        started=process_start(os.getpid()),
+    )
     temporary = path.with_suffix(".tmp")
     temporary.write_text(json.dumps(state, indent=2))
     temporary.chmod(0o600)
@@ -54,6 +74,15 @@ def read_state(path: Path | None = None) -> StackState | None:
         return None
     except PermissionError:
         pass
+    # A stack killed without cleaning up (SIGKILL, a reboot, a container stopped) leaves its
+    # state; its pid may since be another process's (ours included): that is no stack.
+    if pid == os.getpid():
+        return None
+    recorded = state.get("started")
+    if isinstance(recorded, str):
+        now = process_start(pid)
+        if now is not None and now != recorded:
+            return None
     return state
 
 

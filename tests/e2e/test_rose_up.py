@@ -8,6 +8,7 @@ import re
 import signal
 import socket
 import stat
+import subprocess
 import time
 from pathlib import Path
 
@@ -300,3 +301,39 @@ def test_a_service_port_stays_the_stacks_while_its_service_is_down(running_stack
     ), (home / "rose.log").read_text()
     assert service_pid(process.pid, "relations") != first
     assert process.poll() is None
+
+
+def test_a_killed_rose_ups_state_is_no_stack_once_another_process_has_its_pid(tmp_path: Path):
+    """Probe B: `rose up` killed (SIGKILL, the OOM killer, a reboot, a container stopped) leaves
+    `.rose/stack.json`, which named the stack by its pid alone. Once another process had that
+    pid (after a reboot; in a container started again, the new `rose up` itself, pid 1), every
+    later `rose up` refused, "a stack already runs (pid N); stop it first", pointing at a
+    process that is no stack, and `rose status` and `rose data` reported the dead stack. The
+    state now records the process's start (the boot and the start time), and a pid another
+    process has taken counts as no stack."""
+    home = tmp_path / "rose-home"
+    pg_port = free_port()
+    args = ["--pg-port", str(pg_port), "--port-offset", str(PORT_OFFSET), "--only", "relations"]
+    with rose_up(home, "--fresh", *args, timeout=90) as first:
+        relations = service_pid(first.process.pid, "relations")
+        first.process.kill()
+        first.process.wait(30)
+        assert wait_for(lambda: not running(relations), timeout=30)
+    state_file = home / "stack.json"
+    state = json.loads(state_file.read_text())
+    # The dead stack's pid, given to another process.
+    other = subprocess.Popen(["sleep", "600"])
+    try:
+        state["pid"] = other.pid
+        state_file.write_text(json.dumps(state))
+        status = rose(home, "status", check=False)
+        assert status.returncode == 1
+        assert "no stack is running" in status.stderr
+
+        with rose_up(home, *args, timeout=90) as second:
+            assert answers(second.state["services"]["relations"] + "/readyz")
+            assert json.loads(state_file.read_text())["pid"] == second.process.pid
+        assert running(other.pid)  # nobody stopped it
+    finally:
+        other.kill()
+        other.wait()
