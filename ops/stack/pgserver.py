@@ -63,6 +63,10 @@ def _conf_string(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
+# What a data directory initdb has made holds, and a start needs (its configuration files).
+DATA_DIR_FILES = ("global/pg_control", "postgresql.conf", "pg_hba.conf")
+
+
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -410,6 +414,15 @@ class LocalPostgres:
         if self.initialized and _running_as_root():
             self._let_system_user_in()
         self.initialize()
+        # PG_VERSION is among the first files initdb writes: one killed (SIGKILL, a full disk)
+        # leaves a directory that has it and lacks what every start needs.
+        missing = [name for name in DATA_DIR_FILES if not (self.data_dir / name).exists()]
+        if missing:
+            raise RuntimeError(
+                f"{self.data_dir} is not a whole PostgreSQL data directory ({', '.join(missing)} "
+                "missing: an initdb that did not finish?); move it away, or start with --fresh, "
+                "which deletes it"
+            )
         if self.is_running():
             # Left running by a stack that was killed: stop it and start afresh with this run's
             # settings (port, options) rather than refuse.

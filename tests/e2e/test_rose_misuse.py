@@ -141,3 +141,21 @@ def test_an_idempotency_key_that_cannot_be_a_header_is_one_line(tmp_path: Path, 
     monkeypatch.setenv("INTERNAL_URL_RELATIONS", f"http://127.0.0.1:{free_port()}")
     args = ["action", "relations", "attach-child", "{}", "--idempotency-key", key]
     one_line(rose(tmp_path, *args, check=False), "--idempotency-key")
+
+
+def test_rose_up_names_a_data_directory_initdb_did_not_finish(tmp_path: Path):
+    """Probe B: an initdb killed after it wrote PG_VERSION (SIGKILL, the OOM killer, a full disk)
+    leaves a data directory `rose up` took for a made one; as root it ended in a traceback
+    (``FileNotFoundError: .../pgdata/pg_hba.conf``). It is now named in one line, with the way
+    out, and left as it is."""
+    home = tmp_path / "home"
+    version = home / "pgdata" / "PG_VERSION"
+    version.parent.mkdir(parents=True)
+    version.write_text("18\n")
+    args = ["up", "--only", "relations", "--port-offset", str(PORT_OFFSET)]
+    result = rose(home, *args, "--pg-port", str(free_port()), check=False)
+    # (As root, the lines before it say which folders the server's system user may traverse.)
+    error = refused(result, str(home / "pgdata"), "pg_hba.conf", "--fresh").strip()
+    assert error.splitlines()[-1].startswith("error: "), error
+    assert error.count("error: ") == 1, error
+    assert sorted(path.name for path in version.parent.iterdir()) == ["PG_VERSION"]
