@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -616,12 +617,17 @@ def create_app(
     return app
 
 
-def run(host: str = "127.0.0.1", port: int = 8099) -> None:
-    """Serve the sandbox until interrupted (used by `rose sumup-sandbox`)."""
+def run(host: str = "127.0.0.1", port: int = 8099, fd: int | None = None) -> None:
+    """Serve the sandbox until interrupted (used by `rose sumup-sandbox`). With ``fd``, on that
+    inherited listening socket (``rose up``'s, bound to ``port`` and kept while the stack runs)."""
     configure_logging("sumup-sandbox", json_lines=False)
     configure_tracing("sumup-sandbox")
     # A wildcard bind address is not something a browser can open.
     browser_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     app = create_app(public_url=f"http://{browser_host}:{port}")
     logger.info("SumUp sandbox on http://%s:%d (API key %s)", browser_host, port, DEFAULT_API_KEY)
-    uvicorn.run(app, host=host, port=port, access_log=False)
+    if fd is None:
+        uvicorn.run(app, host=host, port=port, access_log=False)
+        return
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, access_log=False))
+    server.run(sockets=[socket.socket(fileno=fd)])

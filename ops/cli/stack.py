@@ -113,8 +113,12 @@ def sumup_sandbox(
     port: Annotated[int, typer.Option(metavar="PORT", help="Port to listen on.")] = (
         SUMUP_SANDBOX_PORT
     ),
+    fd: Annotated[
+        int | None,
+        typer.Option(hidden=True, help="An inherited listening socket on PORT (rose up's)."),
+    ] = None,
 ) -> None:
     """Run the local SumUp sandbox (checkout API, hosted page, webhooks)."""
     from apps.sumup_sandbox.app import run
 
-    run(host=host, port=port)
+    run(host=host, port=port, fd=fd)

@@ -312,11 +312,25 @@ class ProcessGroup:
         )
 
     def start_sandbox(
-        self, port: int, environment: Mapping[str, str] | None = None
+        self,
+        port: int,
+        environment: Mapping[str, str] | None = None,
+        listener: socket.socket | None = None,
     ) -> ServiceProcess:
-        """The local SumUp sandbox (``rose sumup-sandbox``) as one more process, ``sumup``."""
+        """The local SumUp sandbox (``rose sumup-sandbox``) as one more process, ``sumup``; on
+        ``listener`` (kept by the caller, as ``start_service``'s) when given."""
         command = [self.python, "-m", "ops.cli", "sumup-sandbox", "--port", str(port)]
-        return self.start(SANDBOX, port, command, SANDBOX_READY_PATH, environment)
+        if listener is None:
+            return self.start(SANDBOX, port, command, SANDBOX_READY_PATH, environment)
+        fd = listener.fileno()
+        return self.start(
+            SANDBOX,
+            port,
+            [*command, "--fd", str(fd)],
+            SANDBOX_READY_PATH,
+            environment,
+            pass_fds=(fd,),
+        )
 
     def _pump(self, entry: ServiceProcess) -> None:
         assert entry.process is not None

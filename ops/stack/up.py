@@ -69,6 +69,9 @@ class StackOptions:
 RESTART_DELAYS = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 # A process that stayed up this long before it exited starts over at the first delay.
 STABLE_SECONDS = 60.0
+# The sandbox's port, as refusals name it.
+SANDBOX_PORT_NAME = "sumup sandbox"
+
 # How long the sandbox and every service have, together, to answer their ready paths.
 READY_SECONDS = 90.0
 
@@ -191,7 +194,7 @@ def run_stack(options: StackOptions) -> int:
     sandbox_port = SUMUP_SANDBOX_PORT + options.port_offset
     outside = [
         f"{name} ({port})"
-        for name, port in [*ports.items(), ("sumup sandbox", sandbox_port)]
+        for name, port in [*ports.items(), (SANDBOX_PORT_NAME, sandbox_port)]
         if not MIN_PORT <= port <= MAX_PORT
     ]
     if outside:
@@ -206,7 +209,7 @@ def run_stack(options: StackOptions) -> int:
     # Read (or made) before anything starts: a damaged file is refused here.
     credentials = Credentials.for_environment(home)
     embedded: LocalPostgres | None = None
-    wanted = [*ports.items(), ("sumup sandbox", sandbox_port)]
+    wanted = [*ports.items(), (SANDBOX_PORT_NAME, sandbox_port)]
     if proxy is not None:
         wanted.append((PROXY, proxy.port))
     if options.database_url is None:
@@ -223,7 +226,7 @@ def run_stack(options: StackOptions) -> int:
     listeners: dict[str, socket.socket] = {}
     busy: list[str] = []
     for name, port in wanted:
-        if name in ports:
+        if name in ports or name == SANDBOX_PORT_NAME:
             try:
                 listeners[name] = listening_socket(port)
             except OSError:
@@ -297,7 +300,11 @@ def run_stack(options: StackOptions) -> int:
         environment = service_environment(topology, credentials, ports, extra=extra)
         group = ProcessGroup(sink, environment)
         # The local SumUp sandbox stands in for SumUp (orders' SDK points at it).
-        group.start_sandbox(sandbox_port, proxy.sandbox_environment() if proxy else None)
+        group.start_sandbox(
+            sandbox_port,
+            proxy.sandbox_environment() if proxy else None,
+            listeners[SANDBOX_PORT_NAME],
+        )
         for name in names:
             group.start_service(name, ports[name], options.workers, listeners[name])
         # One deadline for all: on a busy machine a process may take most of it to import

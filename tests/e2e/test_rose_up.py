@@ -107,6 +107,16 @@ def service_pid(up_pid: int, service: str) -> int:
     return pid
 
 
+def child_pid(up_pid: int, command: str) -> int:
+    """The child of ``up_pid`` whose command line has ``command`` (arguments joined by NULs)."""
+    [pid] = [
+        child
+        for child in children_of(up_pid)
+        if command in Path(f"/proc/{child}/cmdline").read_text()
+    ]
+    return pid
+
+
 def wait_for(condition, timeout: float = 60.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -257,7 +267,16 @@ def test_a_killed_rose_up_takes_its_services_along_and_sighup_stops_cleanly(tmp_
     assert wait_for(lambda: port_is_free(pg_port), timeout=10)
 
 
-def test_a_service_port_stays_the_stacks_while_its_service_is_down(running_stack):
+@pytest.mark.parametrize(
+    ("name", "command", "port", "ready"),
+    [
+        ("relations", "ops.stack.serve\0relations\0", 8008, "/readyz"),
+        ("sumup", "sumup-sandbox\0", 8099, "/_sandbox/controls"),
+    ],
+)
+def test_a_service_port_stays_the_stacks_while_its_service_is_down(
+    running_stack, name, command, port, ready
+):
     """Probe B: `rose up` checked that a service's port was free, then let go of it until the
     service bound it, after provisioning, migrations, the demo data and the service's own pool
     warm-up (dozens of connections to PostgreSQL, each with an ephemeral local port), and again
@@ -267,10 +286,10 @@ def test_a_service_port_stays_the_stacks_while_its_service_is_down(running_stack
     events, orders"), or the restarted service failed for as long as that connection lived.
     `rose up` now binds every service's port when it checks it and hands the listening socket
     to the service, each start of it: nothing else can take the port while the stack runs."""
-    home, process, state, _pg_port = running_stack
-    relations_url = state["services"]["relations"]
-    port = 8008 + PORT_OFFSET
-    first = service_pid(process.pid, "relations")
+    home, process, _state, _pg_port = running_stack
+    port += PORT_OFFSET
+    url = f"http://127.0.0.1:{port}"
+    first = child_pid(process.pid, command)
     # Held still, the supervisor cannot restart the service before the port is tried.
     process.send_signal(signal.SIGSTOP)
     try:
@@ -289,17 +308,14 @@ def test_a_service_port_stays_the_stacks_while_its_service_is_down(running_stack
             else:
                 taker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
                 taken = True
-            assert not taken, f"port {port} was free for anyone while relations was down"
+            assert not taken, f"port {port} was free for anyone while {name} was down"
     finally:
         process.send_signal(signal.SIGCONT)
 
     assert wait_for(
-        lambda: (
-            "relations restarted" in (home / "rose.log").read_text()
-            and answers(relations_url + "/readyz")
-        )
+        lambda: f"{name} restarted" in (home / "rose.log").read_text() and answers(url + ready)
     ), (home / "rose.log").read_text()
-    assert service_pid(process.pid, "relations") != first
+    assert child_pid(process.pid, command) != first
     assert process.poll() is None
 
 
