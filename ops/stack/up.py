@@ -16,6 +16,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 
 from apps.registry import SERVICES, service_spec
@@ -165,6 +166,29 @@ class Supervisor:
         self._say(f"{POSTGRES} restarted (pid {self._database.pid()})")
 
 
+def ephemeral_ports() -> tuple[int, int] | None:
+    """The kernel's range of ports for client connections (Linux), or None where unknown."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return None
+
+
+def _ephemeral_note(busy: list[int]) -> str:
+    """Why ports nothing listens on can be in use: any client connection of the machine takes
+    one of the kernel's ephemeral ports for a moment (and leaves it in TIME_WAIT a minute)."""
+    span = ephemeral_ports()
+    if span is None or not any(span[0] <= port <= span[1] for port in busy):
+        return ""
+    low, high = span
+    return (
+        f"; those in the kernel's ephemeral range ({low}-{high}) may be held by nothing but a "
+        f"client connection of this machine, for a moment: choose a --port-offset that puts "
+        f"every port below {low} (or above {high})"
+    )
+
+
 def run_stack(options: StackOptions) -> int:
     """Run the stack until asked to stop (0), restarting service processes that exit.
     Raises StackError (after stopping what it started) when it cannot start."""
@@ -224,21 +248,22 @@ def run_stack(options: StackOptions) -> int:
     # connection made meanwhile takes a local port, one of the kernel's ephemeral range
     # (32768-60999) where --port-offset may have put ours.
     listeners: dict[str, socket.socket] = {}
-    busy: list[str] = []
+    busy: dict[str, int] = {}
     for name, port in wanted:
         if name in ports or name == SANDBOX_PORT_NAME:
             try:
                 listeners[name] = listening_socket(port)
             except OSError:
-                busy.append(f"{name} ({port})")
+                busy[name] = port
         elif not port_is_free(port):
-            busy.append(f"{name} ({port})")
+            busy[name] = port
     if busy:
         for listener in listeners.values():
             listener.close()
+        named = ", ".join(f"{name} ({port})" for name, port in busy.items())
         raise StackError(
-            f"ports in use: {', '.join(busy)}; stop what listens there or choose other ports "
-            "(--pg-port, --port-offset, --proxy-port)"
+            f"ports in use: {named}; stop what listens there or choose other ports "
+            f"(--pg-port, --port-offset, --proxy-port){_ephemeral_note(list(busy.values()))}"
         )
 
     sink = LogSink(home / "rose.log")

@@ -159,3 +159,17 @@ def test_rose_up_names_a_data_directory_initdb_did_not_finish(tmp_path: Path):
     assert error.splitlines()[-1].startswith("error: "), error
     assert error.count("error: ") == 1, error
     assert sorted(path.name for path in version.parent.iterdir()) == ["PG_VERSION"]
+
+
+def test_a_taken_port_in_the_ephemeral_range_is_named_as_such(tmp_path: Path, taken_port: int):
+    """Probe B: with --port-offset 33000 (the brief's, and any offset past 24000) the ports lie
+    in the kernel's ephemeral range, where any client connection of the machine takes a local
+    port for a moment (and leaves it in TIME_WAIT for a minute): `rose up` refused now one port,
+    now another ("ports in use: orders (41010)"), with nothing listening there. The refusal
+    now says why, and what to choose instead."""
+    home = tmp_path / "home"
+    # A port the kernel handed out is one of its ephemeral ones.
+    offset = taken_port - 8008
+    args = ["up", "--only", "relations", "--port-offset", str(offset)]
+    result = rose(home, *args, "--pg-port", str(free_port()), check=False)
+    one_line(result, f"relations ({taken_port})", "ephemeral", "--port-offset")
