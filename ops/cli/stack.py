@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from typing import Annotated
 from urllib.parse import urlsplit
 
@@ -110,9 +111,9 @@ def status(
 
 def sumup_sandbox(
     host: Annotated[str, typer.Option(metavar="HOST", help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(metavar="PORT", help="Port to listen on.")] = (
-        SUMUP_SANDBOX_PORT
-    ),
+    port: Annotated[
+        int, typer.Option(min=MIN_PORT, max=MAX_PORT, metavar="PORT", help="Port to listen on.")
+    ] = SUMUP_SANDBOX_PORT,
     fd: Annotated[
         int | None,
         typer.Option(hidden=True, help="An inherited listening socket on PORT (rose up's)."),
@@ -121,4 +122,15 @@ def sumup_sandbox(
     """Run the local SumUp sandbox (checkout API, hosted page, webhooks)."""
     from apps.sumup_sandbox.app import run
 
+    if fd is None:
+        # Bound here, before the app starts: a taken port is one line, not uvicorn's log.
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        try:
+            listener = socket.create_server((host, port), family=family, backlog=2048)
+        except OSError as exc:
+            raise fail(
+                f"cannot listen on {host}:{port}: {exc.strerror or exc}; stop what listens "
+                "there or choose another --port"
+            ) from None
+        fd = listener.detach()  # the sandbox's server owns it (and closes it) from here
     run(host=host, port=port, fd=fd)

@@ -173,3 +173,13 @@ def test_a_taken_port_in_the_ephemeral_range_is_named_as_such(tmp_path: Path, ta
     args = ["up", "--only", "relations", "--port-offset", str(offset)]
     result = rose(home, *args, "--pg-port", str(free_port()), check=False)
     one_line(result, f"relations ({taken_port})", "ephemeral", "--port-offset")
+
+
+def test_the_sandbox_refuses_a_taken_port_in_one_line(tmp_path: Path, taken_port: int):
+    """`rose sumup-sandbox` on a port something listens on ended in uvicorn's own log lines and
+    exit 3; it took port 1 as well, which `rose up` refuses for every port it uses."""
+    result = rose(tmp_path / "home", "sumup-sandbox", "--port", str(taken_port), check=False)
+    one_line(result, f"127.0.0.1:{taken_port}", "--port")
+    low = rose(tmp_path / "home", "sumup-sandbox", "--port", "1", check=False)
+    assert low.returncode == 2, low.stdout + low.stderr
+    assert "Traceback" not in low.stdout + low.stderr
