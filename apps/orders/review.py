@@ -144,6 +144,8 @@ async def end_review(
                 "before stay closed)",
                 order_id=order_id,
             )
+        if attempt is honoured and paid_with is not None:
+            await _refuse_unless_kept_whole(gateway, account, attempt, remote, order)
         if remote.status != "PAID" or attempt is honoured:
             continue  # the payment a paid order was paid with stays as it is
         paid = True
@@ -327,6 +329,17 @@ async def _named_payment(
             f"payment when it was paid, not {paid_with}; nothing was changed",
             order_id=order.id,
         )
+    inferred = await paid_attempt_id(session, order.id, order.paid_attempt_id)
+    if inferred is not None and inferred != named.id:
+        # It holds one paid (the release before 0015 paid it): naming is for an order that
+        # does not know; what it knows is not overridden here.
+        held = next(attempt for attempt in attempts if attempt.id == inferred)
+        raise Conflict(
+            f"Order {order.id} knows checkout {held.sumup_checkout_id} as the payment it was "
+            f"paid with (held PAID), not {paid_with}: end its review without --paid-with; "
+            "nothing was changed",
+            order_id=order.id,
+        )
     if await refund_recorded_for(session, named.id):
         raise Conflict(
             f"The money of checkout {paid_with} goes back already (a refund of order "
@@ -336,6 +349,48 @@ async def _named_payment(
     if order.paid_at is not None:
         order.paid_attempt_id = named.id  # the transition to paid would have recorded it
     return named
+
+
+async def _refuse_unless_kept_whole(
+    gateway: SumUpGateway,
+    account: MerchantAccount,
+    attempt: PaymentAttempt,
+    remote: RemoteCheckout,
+    order: Order,
+) -> None:
+    """A checkout a person names as a paid order's payment is kept only if SumUp took the
+    order's amount with it and none of that went back (a refund in SumUp's dashboard, a
+    charge-back, decided or not): else the order would stay paid with nothing, or less, taken.
+    Raises (nothing is written)."""
+    refused = (
+        f"it cannot be the payment order {order.id} keeps: look at it in SumUp's dashboard; "
+        "nothing was changed in orders (checkouts closed at SumUp before stay closed)"
+    )
+    if money(Decimal(remote.amount)) != money(order.total) or remote.currency != order.currency:
+        raise Conflict(
+            f"SumUp took {remote.amount} {remote.currency} with checkout {remote.id}, not the "
+            f"order's {order.total} {order.currency}: {refused}",
+            order_id=order.id,
+        )
+    transaction_id = remote.paid_transaction_id or attempt.transaction_id
+    if transaction_id is None:
+        raise Conflict(
+            f"SumUp reports checkout {remote.id} paid without a transaction, so whether its "
+            f"money went back cannot be read: {refused}",
+            order_id=order.id,
+        )
+    back = await gateway.money_back(account, transaction_id)
+    if back.given_back > 0:
+        raise Conflict(
+            f"SumUp gave back {back.given_back} {remote.currency} of checkout {remote.id} "
+            f"already: {refused}",
+            order_id=order.id,
+        )
+    if back.charge_back_pending or back.refund_status_unknown is not None:
+        raise Conflict(
+            f"A charge-back or refund of checkout {remote.id} is not settled at SumUp: {refused}",
+            order_id=order.id,
+        )
 
 
 async def _what_sumup_says(

@@ -159,14 +159,16 @@ async def test_what_a_review_cannot_settle_is_refused_and_left_as_it_was(orders,
     assert missing.status_code == 404
 
 
-async def stray_checkout(clean_db, sandbox, order_id: int, amount: float) -> str:
+async def stray_checkout(
+    clean_db, sandbox, order_id: int, amount: float, *, number: int = 2
+) -> str:
     """A second checkout of the order at SumUp, for another amount than the order's, and its
     attempt in orders (number 2, open): how SumUp's report of another amount looks to orders
     whatever made it."""
     created = sandbox.client.post(
         "/v0.1/checkouts",
         json={
-            "checkout_reference": f"rose-test-{order_id}-2",
+            "checkout_reference": f"rose-test-{order_id}-{number}",
             "amount": amount,
             "currency": "EUR",
             "merchant_code": DEFAULT_MERCHANT_CODE,
@@ -178,9 +180,9 @@ async def stray_checkout(clean_db, sandbox, order_id: int, amount: float) -> str
     with admin_connect(clean_db, "orders") as connection:
         connection.execute(
             "INSERT INTO orders.payment_attempts (order_id, number, checkout_reference, "
-            "sumup_checkout_id, status, amount, currency) SELECT id, 2, %s, %s, 'PENDING', "
+            "sumup_checkout_id, status, amount, currency) SELECT id, %s, %s, %s, 'PENDING', "
             "total, currency FROM orders.orders WHERE id = %s",
-            (f"rose-test-{order_id}-2", checkout_id, order_id),
+            (number, f"rose-test-{order_id}-{number}", checkout_id, order_id),
         )
     return checkout_id
 
@@ -430,6 +432,12 @@ async def test_a_payment_named_that_cannot_be_the_orders_is_refused_and_nothing_
     not_paid = await end_review(orders, order_id, paid_with=unpaid)
     assert not_paid.status_code == 409, not_paid.text
     assert "did not pay" in not_paid.json()["detail"]
+    # Paid at SumUp, but another amount than the order's.
+    other_amount = await stray_checkout(clean_db, sandbox, order_id, 1.00, number=3)
+    sandbox.pay(other_amount)
+    not_the_amount = await end_review(orders, order_id, paid_with=other_amount)
+    assert not_the_amount.status_code == 409, not_the_amount.text
+    assert "SumUp reports 1.00 EUR" in not_the_amount.json()["detail"]
 
     with admin_connect(clean_db, "orders") as connection:  # as if given back as another's
         connection.execute(
@@ -449,11 +457,39 @@ async def test_a_payment_named_that_cannot_be_the_orders_is_refused_and_nothing_
     assert paid_with_of(clean_db, order_id) is None
     assert refunds(clean_db) == []
 
+    # Its money given back at SumUp already (a person in the dashboard): the order would stay
+    # paid with nothing taken. Refused; then a charge-back pending: refused too.
+    transaction_id = sandbox.checkout(checkout_id)["transaction_id"]
+    sandbox.refund_in_dashboard(transaction_id, 1.00)
+    given_back = await end_review(orders, order_id, paid_with=checkout_id)
+    assert given_back.status_code == 409, given_back.text
+    assert "gave back" in given_back.json()["detail"]
+    assert order_state(clean_db, order_id) == before
+    assert paid_with_of(clean_db, order_id) is None
+
+    # A paid order that records none but holds one checkout paid knows its payment: naming
+    # another is refused.
+    with admin_connect(clean_db, "orders") as connection:
+        connection.execute(
+            "UPDATE orders.orders SET paid_attempt_id = NULL WHERE id = %s", (other_order,)
+        )
+    flag(clean_db, other_order)
+    known = await stray_checkout(clean_db, sandbox, other_order, 10.00)
+    sandbox.pay(known)
+    holds_one = await end_review(orders, other_order, paid_with=known)
+    assert holds_one.status_code == 409, holds_one.text
+    assert f"knows checkout {other_checkout}" in holds_one.json()["detail"]
+    assert order_state(clean_db, other_order) == ("paid", True, "amount differs")
+    with admin_connect(clean_db, "orders") as connection:
+        connection.execute(
+            "UPDATE orders.orders SET paid_attempt_id = (SELECT id FROM orders.payment_attempts "
+            "WHERE sumup_checkout_id = %s) WHERE id = %s",
+            (other_checkout, other_order),
+        )
+
     # A paid order that records its payment: naming another is refused; naming it is the same
     # review as without.
-    flag(clean_db, other_order)
-    stray = await stray_checkout(clean_db, sandbox, other_order, 10.00)
-    sandbox.pay(stray)
+    stray = known
     contradicts = await end_review(orders, other_order, paid_with=stray)
     assert contradicts.status_code == 409, contradicts.text
     assert "recorded" in contradicts.json()["detail"]
