@@ -77,9 +77,26 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
+def reserved_port(port: int, host: str = "127.0.0.1") -> socket.socket:
+    """A socket bound to ``port``, not listening (OSError when something listens there or
+    holds it bound): ``rose up`` keeps one for each service's port from its check on. No
+    connection is ever given a bound port as its ephemeral one, nor can another process bind
+    it plainly; and since it does not listen, a client of a service that is down is refused at
+    once rather than queued. Each start of the service gets a listening socket of its own on
+    the port (``listening_socket``), which SO_REUSEADDR lets bind beside this one."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def listening_socket(port: int, host: str = "127.0.0.1") -> socket.socket:
-    """A socket bound to ``port`` and listening (OSError when the port is taken): held by
-    ``rose up`` from its check of the port and handed to the service that serves on it."""
+    """A socket bound to ``port`` (beside its reservation, ``reserved_port``) and listening,
+    for one start of the service that serves on it (OSError while another listens there)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

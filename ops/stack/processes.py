@@ -35,6 +35,7 @@ from ops.db.credentials import Credentials
 from ops.db.topology import Topology
 from ops.paths import APPS_DIR
 from ops.stack.logfiles import LOG_KEPT, LOG_MAX_BYTES, shift_to_earlier
+from ops.stack.pgserver import listening_socket
 
 HOST = "127.0.0.1"
 # The SumUp sandbox's process name in a group and in the log; it is ready when its controls answer.
@@ -45,6 +46,18 @@ SANDBOX_READY_PATH = "/_sandbox/controls"
 
 # prctl(2): the signal the calling process gets when its parent dies (Linux).
 PR_SET_PDEATHSIG = 1
+
+
+def _listener_for(port: int) -> socket.socket | None:
+    """A listening socket on ``port`` for one start of its service. None when another still
+    listens there (the killed start's workers, for a moment): the service then binds the port
+    itself, and fails and is restarted as any service whose port is taken."""
+    for _ in range(20):
+        try:
+            return listening_socket(port, HOST)
+        except OSError:
+            time.sleep(0.1)
+    return None
 
 
 def _parent_death_signal() -> Callable[[], None] | None:
@@ -113,8 +126,9 @@ class ServiceProcess:
     # The service its ready answer must name: a port answering is not proof enough, since
     # another process may hold it (this one then fails to bind and exits).
     service: str | None = None
-    # Descriptors the process inherits, each start of it (the listening socket rose up keeps).
-    pass_fds: tuple[int, ...] = ()
+    # Whether each start of it is handed a listening socket on its port (``--fd``), made for
+    # that start beside the port's reservation (``rose up``'s, pgserver.reserved_port).
+    listens: bool = False
     process: subprocess.Popen[bytes] | None = None
     reader: threading.Thread | None = None
     last_lines: list[str] = field(default_factory=list)
@@ -238,10 +252,11 @@ class ProcessGroup:
         ready_path: str = "/readyz",
         environment: Mapping[str, str] | None = None,
         service: str | None = None,
-        pass_fds: tuple[int, ...] = (),
+        listens: bool = False,
     ) -> ServiceProcess:
         """Start one process; ``environment`` adds to the group's for this process only;
-        ``service`` is the name its ready answer must carry (any 200 will do without it)."""
+        ``service`` is the name its ready answer must carry (any 200 will do without it);
+        ``listens``: it is handed a listening socket on ``port`` (``--fd``), made for it."""
         entry = ServiceProcess(
             name=name,
             port=port,
@@ -249,31 +264,37 @@ class ProcessGroup:
             ready_path=ready_path,
             environment=environment,
             service=service,
-            pass_fds=pass_fds,
+            listens=listens,
         )
-        entry.process = subprocess.Popen(
-            command,
-            pass_fds=pass_fds,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env={**self.environment, **(environment or {})},
-            cwd=self.cwd,
-            # Own process group: Ctrl-C reaches the manager, which stops children in order.
-            process_group=0,
-            # And SIGTERM when the manager dies without stopping them (SIGKILL, OOM killer).
-            preexec_fn=_parent_death_signal(),
-        )
+        listener = _listener_for(port) if listens else None
+        try:
+            entry.process = subprocess.Popen(
+                command if listener is None else [*command, "--fd", str(listener.fileno())],
+                pass_fds=() if listener is None else (listener.fileno(),),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env={**self.environment, **(environment or {})},
+                cwd=self.cwd,
+                # Own process group: Ctrl-C reaches the manager, which stops children in order.
+                process_group=0,
+                # And SIGTERM when the manager dies without stopping them (SIGKILL, OOM killer).
+                preexec_fn=_parent_death_signal(),
+            )
+        finally:
+            # The process's own now: once it is gone, nothing listens, and a client is refused.
+            if listener is not None:
+                listener.close()
         entry.reader = threading.Thread(target=self._pump, args=(entry,), daemon=True)
         entry.reader.start()
         self.processes[name] = entry
         return entry
 
     def start_service(
-        self, name: str, port: int, workers: int = 1, listener: socket.socket | None = None
+        self, name: str, port: int, workers: int = 1, listens: bool = False
     ) -> ServiceProcess:
-        """With ``listener``, a socket listening on ``port`` that the caller keeps open: the
-        service serves on it (``--fd``), and so does every restart of it, so the port is never
-        free for anything else in between."""
+        """With ``listens``, each start of the service is handed a socket listening on ``port``
+        (``--fd``), which the caller keeps reserved (pgserver.reserved_port): nothing else can
+        take the port before the service has started, nor while it is restarted."""
         command = [
             self.python,
             "-m",
@@ -286,10 +307,7 @@ class ProcessGroup:
             "--workers",
             str(workers),
         ]
-        if listener is None:
-            return self.start(name, port, command, service=name)
-        fd = listener.fileno()
-        return self.start(name, port, [*command, "--fd", str(fd)], service=name, pass_fds=(fd,))
+        return self.start(name, port, command, service=name, listens=listens)
 
     def restart(self, name: str) -> ServiceProcess:
         """Start an exited process again with the same command and environment; what is left
@@ -308,29 +326,19 @@ class ProcessGroup:
             old.ready_path,
             old.environment,
             old.service,
-            old.pass_fds,
+            old.listens,
         )
 
     def start_sandbox(
         self,
         port: int,
         environment: Mapping[str, str] | None = None,
-        listener: socket.socket | None = None,
+        listens: bool = False,
     ) -> ServiceProcess:
-        """The local SumUp sandbox (``rose sumup-sandbox``) as one more process, ``sumup``; on
-        ``listener`` (kept by the caller, as ``start_service``'s) when given."""
+        """The local SumUp sandbox (``rose sumup-sandbox``) as one more process, ``sumup``;
+        ``listens`` as ``start_service``'s."""
         command = [self.python, "-m", "ops.cli", "sumup-sandbox", "--port", str(port)]
-        if listener is None:
-            return self.start(SANDBOX, port, command, SANDBOX_READY_PATH, environment)
-        fd = listener.fileno()
-        return self.start(
-            SANDBOX,
-            port,
-            [*command, "--fd", str(fd)],
-            SANDBOX_READY_PATH,
-            environment,
-            pass_fds=(fd,),
-        )
+        return self.start(SANDBOX, port, command, SANDBOX_READY_PATH, environment, listens=listens)
 
     def _pump(self, entry: ServiceProcess) -> None:
         assert entry.process is not None

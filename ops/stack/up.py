@@ -33,8 +33,8 @@ from ops.stack.pgserver import (
     MAX_PORT,
     MIN_PORT,
     LocalPostgres,
-    listening_socket,
     port_is_free,
+    reserved_port,
 )
 from ops.stack.processes import (
     SANDBOX,
@@ -242,17 +242,19 @@ def run_stack(options: StackOptions) -> int:
         # start(); anything else there is a refusal now, before --fresh deletes anything.
         if embedded.running_port() != options.pg_port:
             wanted.insert(0, ("PostgreSQL", options.pg_port))
-    # A service's port is bound here and kept (each start of the service is handed it): free
-    # now and never again until the stack stops, though the service binds nothing for a
-    # while (provisioning, migrations, its pool's warm-up, a restart's wait), while every
-    # connection made meanwhile takes a local port, one of the kernel's ephemeral range
-    # (32768-60999) where --port-offset may have put ours.
+    # A service's port is bound here and kept bound, not listening, until the stack stops
+    # (each start of the service gets a listening socket of its own beside it): the service
+    # listens on nothing for a while (provisioning, migrations, its pool's warm-up, a
+    # restart's wait), while every connection made meanwhile takes a local port, one of the
+    # kernel's ephemeral range (32768-60999) where --port-offset may have put ours; a bound
+    # port is never one. Not listening, it lets a client of a service that is down be
+    # refused at once rather than wait in a queue.
     listeners: dict[str, socket.socket] = {}
     busy: dict[str, int] = {}
     for name, port in wanted:
         if name in ports or name == SANDBOX_PORT_NAME:
             try:
-                listeners[name] = listening_socket(port)
+                listeners[name] = reserved_port(port)
             except OSError:
                 busy[name] = port
         elif not port_is_free(port):
@@ -328,10 +330,10 @@ def run_stack(options: StackOptions) -> int:
         group.start_sandbox(
             sandbox_port,
             proxy.sandbox_environment() if proxy else None,
-            listeners[SANDBOX_PORT_NAME],
+            listens=True,
         )
         for name in names:
-            group.start_service(name, ports[name], options.workers, listeners[name])
+            group.start_service(name, ports[name], options.workers, listens=True)
         # One deadline for all: on a busy machine a process may take most of it to import
         # (the sandbox alone was once given 30 s, and missed it while the services were ready).
         not_ready = group.wait_ready([SANDBOX, *names], timeout=READY_SECONDS)

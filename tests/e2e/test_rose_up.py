@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import os
 import re
@@ -284,8 +286,11 @@ def test_a_service_port_stays_the_stacks_while_its_service_is_down(
     range (32768-60999 on Linux: ``--port-offset 33000``) was then taken by a client
     connection: ``[Errno 98] ... address already in use``, and `rose up` gave up ("not ready:
     events, orders"), or the restarted service failed for as long as that connection lived.
-    `rose up` now binds every service's port when it checks it and hands the listening socket
-    to the service, each start of it: nothing else can take the port while the stack runs."""
+    `rose up` now binds every service's port when it checks it and keeps it bound (not
+    listening: a bound port is never a connection's ephemeral one), and hands each start of
+    the service a listening socket of its own on it. Review M2: the first version kept the
+    listening socket itself, and a client of a service that was down waited (the kernel
+    queued its connection) instead of being refused at once; now it is refused."""
     home, process, _state, _pg_port = running_stack
     port += PORT_OFFSET
     url = f"http://127.0.0.1:{port}"
@@ -295,20 +300,12 @@ def test_a_service_port_stays_the_stacks_while_its_service_is_down(
     try:
         os.kill(first, signal.SIGKILL)
         assert wait_for(lambda: not running(first), timeout=30)
-        # What a client connection given the port as its ephemeral one holds: a socket bound
-        # to it without SO_REUSEADDR (the kernel may hand out a port whose earlier connections
-        # linger in TIME_WAIT, as the readiness checks' do: hence the option while it binds).
-        # Not connected: closed, it leaves no TIME_WAIT of its own on the port.
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taker:
-            taker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                taker.bind(("127.0.0.1", port))
-            except OSError:
-                taken = False
-            else:
-                taker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
-                taken = True
-            assert not taken, f"port {port} was free for anyone while {name} was down"
+        assert port in bound_not_listening(process.pid), f"{name}'s port was let go"
+        with (
+            pytest.raises(ConnectionRefusedError),
+            socket.create_connection(("127.0.0.1", port), timeout=5),
+        ):
+            pass
     finally:
         process.send_signal(signal.SIGCONT)
 
@@ -317,6 +314,33 @@ def test_a_service_port_stays_the_stacks_while_its_service_is_down(
     ), (home / "rose.log").read_text()
     assert child_pid(process.pid, command) != first
     assert process.poll() is None
+
+
+def bound_not_listening(pid: int) -> set[int]:
+    """The local ports of the TCP sockets process ``pid`` holds bound and not listening: what
+    keeps a port from being any connection's ephemeral one. Such a socket is in no table
+    /proc/net/tcp or this ss show: each of the process's sockets is copied here
+    (pidfd_getfd(2), Linux 5.6+) and asked."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd_getfd = 438  # the syscall's number, the same on every architecture since 5.6
+    ports = set()
+    pidfd = os.pidfd_open(pid)
+    try:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                if not os.readlink(fd).startswith("socket:["):
+                    continue
+            copy = libc.syscall(pidfd_getfd, pidfd, int(fd.name), 0)
+            if copy < 0:
+                continue
+            with socket.socket(fileno=copy) as sock:
+                if sock.type != socket.SOCK_STREAM or sock.family != socket.AF_INET:
+                    continue
+                if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                    ports.add(sock.getsockname()[1])
+    finally:
+        os.close(pidfd)
+    return ports
 
 
 def test_a_killed_rose_ups_state_is_no_stack_once_another_process_has_its_pid(tmp_path: Path):
