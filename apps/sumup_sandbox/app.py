@@ -7,8 +7,10 @@ Point the SDK at it with `Sumup(api_key=DEFAULT_API_KEY, base_url="http://127.0.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
+import sys
 from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -24,6 +26,7 @@ from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect, Template
 from litestar.template import TemplateConfig
 from litestar.types import Message, Scope
+from uvicorn.config import STARTUP_FAILURE
 
 from apps.common.observability import (
     configure_logging,
@@ -630,4 +633,8 @@ def run(host: str = "127.0.0.1", port: int = 8099, fd: int | None = None) -> Non
         uvicorn.run(app, host=host, port=port, access_log=False)
         return
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, access_log=False))
-    server.run(sockets=[socket.socket(fileno=fd)])
+    # As uvicorn.run ends: Ctrl-C is a clean stop, a start-up that failed exit code 3.
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run(sockets=[socket.socket(fileno=fd)])
+    if not server.started:
+        sys.exit(STARTUP_FAILURE)

@@ -126,7 +126,13 @@ def sumup_sandbox(
         # Bound here, before the app starts: a taken port is one line, not uvicorn's log.
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         try:
-            listener = socket.create_server((host, port), family=family, backlog=2048)
+            listener = socket.create_server(
+                (host, port),
+                family=family,
+                backlog=2048,
+                # "::" takes IPv4 clients too where the system can, as uvicorn's own bind did.
+                dualstack_ipv6=host == "::" and socket.has_dualstack_ipv6(),
+            )
         except OSError as exc:
             raise fail(
                 f"cannot listen on {host}:{port}: {exc.strerror or exc}; stop what listens "

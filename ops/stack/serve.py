@@ -15,6 +15,7 @@ worker's ``/metrics`` answers for all of them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import importlib
 import logging
@@ -87,13 +88,16 @@ def serve(
     logging.getLogger("uvicorn.error").info(
         "Uvicorn running on http://%s:%d (Press CTRL+C to quit)", bound_host, bound_port
     )
+    # As uvicorn.run ends: Ctrl-C is a clean stop, a start-up that failed exit code 3.
     if workers > 1:
         sock.set_inheritable(True)
-        Multiprocess(config, sockets=[sock]).run()
+        with contextlib.suppress(KeyboardInterrupt):
+            Multiprocess(config, sockets=[sock]).run()
         return
     config.load_app()
     server = uvicorn.Server(config)
-    server.run(sockets=[sock])
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run(sockets=[sock])
     if not server.started:
         sys.exit(STARTUP_FAILURE)
 
