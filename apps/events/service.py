@@ -465,21 +465,28 @@ async def _refuse_over_the_limit(
     """Under the network's lock, after the booking's update: the network's other live
     anonymous holds. At the limit, the booking is rolled back and refused (429, Retry-After
     the seconds until the first of them ends)."""
-    count, first_end, now = (
+    others = and_(anonymous_hold_of(network), CalendarEntry.id != entry_id)
+    count = await session.scalar(select(func.count()).where(others)) or 0
+    if count < per_network:
+        return
+    # One more fits once count - per_network + 1 of them have ended (more than the limit are
+    # held where it was lowered, or the release before counted nothing).
+    place_free, now = (
         await session.execute(
-            select(func.count(), func.min(CalendarEntry.hold_expires_at), func.now()).where(
-                anonymous_hold_of(network), CalendarEntry.id != entry_id
-            )
+            select(CalendarEntry.hold_expires_at, func.now())
+            .where(others)
+            .order_by(CalendarEntry.hold_expires_at)
+            .offset(count - per_network)
+            .limit(1)
         )
     ).one()
-    if count < per_network or first_end is None:
-        return
     await session.rollback()
-    retry_after = max(1, math.ceil((first_end - now).total_seconds()))
+    assert place_free is not None  # a live hold has an end
+    retry_after = max(1, math.ceil((place_free - now).total_seconds()))
     raise TooManyRequests(
         f"Nothing was booked: {per_network} entries are held from your network "
         f"without signing in, the most there may be at once. Try again in {retry_after} s, "
-        "when the first of those holds ends (sooner if one of them is taken out of its cart "
+        "when enough of those holds have ended (sooner if one is taken out of its cart "
         "or paid for), or sign in: bookings of a signed-in buyer are not counted.",
         retry_after=retry_after,
     )

@@ -266,3 +266,24 @@ async def test_a_hold_checked_out_counts_until_its_order_is_paid(clean_db, crede
         assert adopted.json() == {"adopted": 1}
         assert hold_network(clean_db, ids[1]) is None
         assert (await book(stack, "198.51.100.9", ids[LIMIT + 1]))[1].status_code == 200
+
+
+async def test_retry_after_names_when_enough_holds_end_for_one_more(clean_db, credentials):
+    """A network holding more than the limit (it was lowered, or the release before counted
+    nothing) gets a place only once all but limit - 1 of its holds end: Retry-After names that
+    moment, not when its first hold ends (a retry then was refused again)."""
+    async with holds_stack(clean_db, credentials) as stack:
+        ids = some_entries(clean_db, LIMIT + 3)
+        held = ids[: LIMIT + 2]
+        for minutes, entry_id in enumerate(held, start=1):
+            events_rows(
+                clean_db,
+                "UPDATE events.calendar_entries SET state = 'pending', session_id = %s, "
+                "hold_network = '203.0.113.70', hold_expires_at = now() + %s * interval "
+                "'1 minute' WHERE id = %s RETURNING id",
+                (f"s{entry_id}", minutes, entry_id),
+            )
+        _, refused = await book(stack, "203.0.113.70", ids[-1])
+        assert_problem(refused, 429)
+        # Five held, a limit of 3: three must end for one more to fit, the third at 3 minutes.
+        assert 170 <= int(refused.headers["retry-after"]) <= 181
