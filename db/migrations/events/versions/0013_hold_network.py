@@ -11,7 +11,9 @@ Beside the running release: the column is added in a short transaction that wait
 for the table (then fails, changing nothing: run it again); the partial index is built
 CONCURRENTLY (bookings go on meanwhile), and an invalid one an interrupted build left is dropped
 first. Existing rows keep NULL (not counted). Additive: the release before this one neither
-reads nor writes it (an entry it holds anonymously is not counted, as before).
+reads nor writes it, so while the two run side by side an entry it holds anonymously records
+no network (not counted), and one it books again after a hold of this release ended keeps that
+hold's network (counted for that network until the new hold ends, at most a hold's time).
 
 Revision ID: 0013
 Revises: 0012
