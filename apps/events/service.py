@@ -464,14 +464,14 @@ async def _refuse_over_the_limit(
 ) -> None:
     """Under the network's lock, after the booking's update: the network's other live
     anonymous holds. At the limit, the booking is rolled back and refused (429, Retry-After
-    the seconds until the first of them ends)."""
+    the seconds until enough of them have ended for one more)."""
     others = and_(anonymous_hold_of(network), CalendarEntry.id != entry_id)
     count = await session.scalar(select(func.count()).where(others)) or 0
     if count < per_network:
         return
     # One more fits once count - per_network + 1 of them have ended (more than the limit are
     # held where it was lowered, or the release before counted nothing).
-    place_free, now = (
+    row = (
         await session.execute(
             select(CalendarEntry.hold_expires_at, func.now())
             .where(others)
@@ -479,9 +479,12 @@ async def _refuse_over_the_limit(
             .offset(count - per_network)
             .limit(1)
         )
-    ).one()
+    ).first()
+    place_free = row.hold_expires_at if row is not None else None
+    if row is None or place_free is None:
+        return  # enough of them ended (or were let go of) since they were counted
+    now = row[1]
     await session.rollback()
-    assert place_free is not None  # a live hold has an end
     retry_after = max(1, math.ceil((place_free - now).total_seconds()))
     raise TooManyRequests(
         f"Nothing was booked: {per_network} entries are held from your network "

@@ -90,10 +90,13 @@ async def end_review(
         )
     )
     account = await accounts.of(session, order) if attempts else None
+    # A payment a person names that orders did not know is confirmed whole at SumUp; one it
+    # knows (recorded, or held PAID) named again is the review without a name.
+    newly_named = False
     if paid_with is None:
         honoured = await _honoured_attempt(session, order, attempts)
     else:
-        honoured = await _named_payment(session, order, attempts, paid_with)
+        honoured, newly_named = await _named_payment(session, order, attempts, paid_with)
     if order.status == "paid" and order.total > 0 and honoured is None:
         raise Conflict(
             f"Order {order_id} is paid, but orders does not know which checkout paid it: find "
@@ -144,7 +147,7 @@ async def end_review(
                 "before stay closed)",
                 order_id=order_id,
             )
-        if attempt is honoured and paid_with is not None:
+        if attempt is honoured and newly_named:
             await _refuse_unless_kept_whole(gateway, account, attempt, remote, order)
         if remote.status != "PAID" or attempt is honoured:
             continue  # the payment a paid order was paid with stays as it is
@@ -305,9 +308,10 @@ async def _honoured_attempt(
 
 async def _named_payment(
     session: AsyncSession, order: Order, attempts: list[PaymentAttempt], paid_with: str
-) -> PaymentAttempt:
+) -> tuple[PaymentAttempt, bool]:
     """The attempt of checkout ``paid_with``, which a person found the paid ``order`` was paid
-    with, once orders' rows allow it; recorded (its row is locked). SumUp confirms it after."""
+    with, once orders' rows allow it; recorded (its row is locked). SumUp confirms it after.
+    And whether it is new to orders (neither recorded nor held PAID)."""
     named = next((attempt for attempt in attempts if attempt.sumup_checkout_id == paid_with), None)
     if named is None:
         raise InvalidInput(
@@ -348,7 +352,7 @@ async def _named_payment(
         )
     if order.paid_at is not None:
         order.paid_attempt_id = named.id  # the transition to paid would have recorded it
-    return named
+    return named, inferred is None
 
 
 async def _refuse_unless_kept_whole(

@@ -622,7 +622,7 @@ def create_app(
 
 def run(host: str = "127.0.0.1", port: int = 8099, fd: int | None = None) -> None:
     """Serve the sandbox until interrupted (used by `rose sumup-sandbox`). With ``fd``, on that
-    inherited listening socket (``rose up``'s, bound to ``port`` and kept while the stack runs)."""
+    inherited listening socket on ``port`` (``rose up``'s, or ``rose sumup-sandbox``'s own)."""
     configure_logging("sumup-sandbox", json_lines=False)
     configure_tracing("sumup-sandbox")
     # A wildcard bind address is not something a browser can open.

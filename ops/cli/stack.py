@@ -130,7 +130,7 @@ def sumup_sandbox(
                 (host, port),
                 family=family,
                 backlog=2048,
-                # "::" takes IPv4 clients too where the system can, as uvicorn's own bind did.
+                # "::" takes IPv4 clients too where the system can (uvicorn's bind did not).
                 dualstack_ipv6=host == "::" and socket.has_dualstack_ipv6(),
             )
         except OSError as exc:

@@ -81,9 +81,11 @@ def reserved_port(port: int, host: str = "127.0.0.1") -> socket.socket:
     """A socket bound to ``port``, not listening (OSError when something listens there or
     holds it bound): ``rose up`` keeps one for each service's port from its check on. No
     connection is ever given a bound port as its ephemeral one, nor can another process bind
-    it plainly; and since it does not listen, a client of a service that is down is refused at
-    once rather than queued. Each start of the service gets a listening socket of its own on
-    the port (``listening_socket``), which SO_REUSEADDR lets bind beside this one."""
+    it plainly (a server binding with SO_REUSEADDR still can: what the lock on the rose home,
+    not this, keeps a second ``rose up`` from); and since it does not listen, a client of a
+    service that is down is refused at once rather than queued. Each start of the service gets
+    a listening socket of its own on the port (``listening_socket``), which SO_REUSEADDR lets
+    bind beside this one (Linux; elsewhere that may need SO_REUSEPORT: untried)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -293,8 +293,9 @@ class ProcessGroup:
         self, name: str, port: int, workers: int = 1, listens: bool = False
     ) -> ServiceProcess:
         """With ``listens``, each start of the service is handed a socket listening on ``port``
-        (``--fd``), which the caller keeps reserved (pgserver.reserved_port): nothing else can
-        take the port before the service has started, nor while it is restarted."""
+        (``--fd``), which the caller keeps reserved (pgserver.reserved_port): no connection
+        takes it as its ephemeral port, nor a plain bind, before the service has started or
+        while it is restarted (a server binding with SO_REUSEADDR still could)."""
         command = [
             self.python,
             "-m",

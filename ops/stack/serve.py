@@ -52,9 +52,9 @@ def serve(
     """Serve one app as every service process is served: our logging and access log (not
     uvicorn's), a graceful shutdown, the client address from the proxy's headers. With
     ``workers`` > 1, ``app`` is the import string of an app factory. With ``fd``, the
-    listening socket is that inherited descriptor (``rose up`` binds every service's port when
-    it checks it, and keeps it, so nothing else takes it before the service has started or
-    while it is restarted); without, uvicorn binds ``host``:``port`` after the app's start-up."""
+    listening socket is that inherited descriptor (``rose up`` keeps every service's port
+    reserved from its check on, no connection's ephemeral port, and hands each start a
+    listening socket on it); without, uvicorn binds ``host``:``port`` after the app's start-up."""
     if fd is None:
         uvicorn.run(
             app,

@@ -11,10 +11,13 @@ PostgreSQL is left running, and the next ``rose up`` stops and starts it again (
 
 from __future__ import annotations
 
+import fcntl
+import os
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -70,6 +73,8 @@ class StackOptions:
 RESTART_DELAYS = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 # A process that stayed up this long before it exited starts over at the first delay.
 STABLE_SECONDS = 60.0
+# In the rose home: held (flock) by the `rose up` that runs there, from its first step.
+STACK_LOCK = "stack.lock"
 # The sandbox's port, as refusals name it.
 SANDBOX_PORT_NAME = "sumup sandbox"
 
@@ -189,11 +194,41 @@ def _ephemeral_note(busy: list[int]) -> str:
     )
 
 
+@contextmanager
+def home_locked(home: Path) -> Iterator[None]:
+    """The rose home, this process's alone while the block runs: a second ``rose up`` in it is
+    refused from its first step, while the first starts as well as once it runs (its state,
+    ``stack.json``, is written only once it is ready: before, a second ``rose up --fresh``
+    passed every check and deleted the starting stack's data directory). An exclusive flock
+    on ``stack.lock``, which the kernel lets go of however the process ends."""
+    path = home / STACK_LOCK
+    with path.open("a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "unknown"
+            raise StackError(
+                f"another `rose up` is starting or running in {home} (pid {holder}); stop it "
+                "first, or give this one another ROSE_HOME"
+            ) from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        yield
+
+
 def run_stack(options: StackOptions) -> int:
     """Run the stack until asked to stop (0), restarting service processes that exit.
     Raises StackError (after stopping what it started) when it cannot start."""
     home = rose_home()
     home.mkdir(parents=True, exist_ok=True)
+    with home_locked(home):
+        return _run_stack(options, home)
+
+
+def _run_stack(options: StackOptions, home: Path) -> int:
     running = read_state()
     if running is not None:
         raise StackError(f"a stack already runs (pid {running['pid']}); stop it first")

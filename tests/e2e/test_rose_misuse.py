@@ -3,6 +3,7 @@ never a traceback, and nothing deleted or started on the way to the refusal."""
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -188,8 +189,8 @@ def test_the_sandbox_refuses_a_taken_port_in_one_line(tmp_path: Path, taken_port
 
 
 def test_the_sandbox_on_every_address_takes_ipv4_and_stops_cleanly_on_ctrl_c(tmp_path: Path):
-    """`rose sumup-sandbox --host ::` binds its port itself now (above): it still takes IPv4
-    clients where the system has dual-stack sockets, as uvicorn's own bind did, and Ctrl-C
+    """`rose sumup-sandbox --host ::` binds its port itself now (above): it takes IPv4 clients
+    too where the system has dual-stack sockets (uvicorn's own bind was IPv6 only), and Ctrl-C
     stops it with exit 0, not typer's "Aborted!" and 1."""
     port = free_port()
     sandbox = subprocess.Popen(
@@ -218,3 +219,43 @@ def test_the_sandbox_on_every_address_takes_ipv4_and_stops_cleanly_on_ctrl_c(tmp
     assert sandbox.returncode == 0, output
     assert "Aborted" not in output, output
     assert "Traceback" not in output, output
+
+
+def test_a_second_rose_up_in_a_home_whose_stack_is_starting_is_refused(tmp_path: Path):
+    """Review M1: the stack's state (what refuses a second `rose up`) is written once the stack
+    is ready; until then a second `rose up --fresh` in the same home passed every check (its
+    services' ports were free, PostgreSQL's was its own), then stopped the first stack's
+    PostgreSQL and deleted its data directory. The home is locked for the stack's whole life."""
+    home = tmp_path / "home"
+    args = ["--only", "relations", "--port-offset", str(PORT_OFFSET), "--pg-port"]
+    pg_port = str(free_port())
+    output = (tmp_path / "first.out").open("w")
+    first = subprocess.Popen(
+        [sys.executable, "-m", "ops.cli", "up", "--fresh", *args, pg_port],
+        env={**os.environ, "ROSE_HOME": str(home)},
+        stdout=output,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        data = home / "pgdata" / "PG_VERSION"
+        for _ in range(600):  # a hang guard: initdb takes a few seconds
+            if data.exists() or first.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert data.exists(), (tmp_path / "first.out").read_text()
+        assert not (home / "stack.json").exists()  # still starting
+
+        second = rose(home, "up", "--fresh", *args, pg_port, check=False)
+
+        one_line(second, "another `rose up`", str(first.pid))
+        assert data.exists()
+        for _ in range(1200):  # the first goes on to be ready
+            if rose(home, "status", "--json", check=False).returncode == 0:
+                break
+            assert first.poll() is None, (tmp_path / "first.out").read_text()
+            time.sleep(0.2)
+        assert rose(home, "status", "--json", check=False).returncode == 0
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.wait(timeout=60)
+        output.close()

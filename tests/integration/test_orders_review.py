@@ -458,7 +458,7 @@ async def test_a_payment_named_that_cannot_be_the_orders_is_refused_and_nothing_
     assert refunds(clean_db) == []
 
     # Its money given back at SumUp already (a person in the dashboard): the order would stay
-    # paid with nothing taken. Refused; then a charge-back pending: refused too.
+    # paid with less taken than its total. Refused.
     transaction_id = sandbox.checkout(checkout_id)["transaction_id"]
     sandbox.refund_in_dashboard(transaction_id, 1.00)
     given_back = await end_review(orders, order_id, paid_with=checkout_id)

@@ -13,7 +13,8 @@ CONCURRENTLY (bookings go on meanwhile), and an invalid one an interrupted build
 first. Existing rows keep NULL (not counted). Additive: the release before this one neither
 reads nor writes it, so while the two run side by side an entry it holds anonymously records
 no network (not counted), and one it books again after a hold of this release ended keeps that
-hold's network (counted for that network until the new hold ends, at most a hold's time).
+hold's network (counted for that network until the new hold ends, or its order's, should it
+check the entry out).
 
 Revision ID: 0013
 Revises: 0012
