@@ -55,35 +55,24 @@ def serve(
     listening socket is that inherited descriptor (``rose up`` keeps every service's port
     reserved from its check on, no connection's ephemeral port, and hands each start a
     listening socket on it); without, uvicorn binds ``host``:``port`` after the app's start-up."""
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "log_config": None,
+        "access_log": False,
+        "timeout_graceful_shutdown": 10,
+        "proxy_headers": True,
+        "lifespan": lifespan,
+        "workers": workers if workers > 1 else None,
+        "factory": workers > 1,
+    }
     if fd is None:
-        uvicorn.run(
-            app,
-            host=host,
-            port=port,
-            log_config=None,
-            access_log=False,
-            timeout_graceful_shutdown=10,
-            proxy_headers=True,
-            lifespan=lifespan,
-            workers=workers if workers > 1 else None,
-            factory=workers > 1,
-        )
+        uvicorn.run(app, **options)
         return
     # A TCP socket of its own family (uvicorn's own ``fd`` option takes every descriptor for a
     # Unix socket, which leaves a TCP connection without TCP_NODELAY).
     sock = socket.socket(fileno=fd)
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=10,
-        proxy_headers=True,
-        lifespan=lifespan,
-        workers=workers if workers > 1 else None,
-        factory=workers > 1,
-    )
+    config = uvicorn.Config(app, **options)
     bound_host, bound_port = sock.getsockname()[:2]
     logging.getLogger("uvicorn.error").info(
         "Uvicorn running on http://%s:%d (Press CTRL+C to quit)", bound_host, bound_port
