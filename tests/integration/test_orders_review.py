@@ -413,6 +413,31 @@ async def test_a_person_names_the_payment_an_order_the_release_before_paid_was_p
     assert await attention(orders) == []
 
 
+async def test_a_named_payment_whose_charge_back_is_pending_is_not_kept_yet(
+    orders, clean_db, sandbox
+):
+    """The card issuer has not decided a charge-back of the named payment: kept now, the order
+    could stay paid with its money gone. Refused (409) until it is decided, nothing changed;
+    decided for the merchant, the payment is the order's."""
+    order_id, checkout_id = await flagged_paid_before_0015(orders, clean_db, sandbox)
+    before = order_state(clean_db, order_id)
+    transaction_id = sandbox.checkout(checkout_id)["transaction_id"]
+    sandbox.charge_back(transaction_id, pending=True)
+
+    pending = await end_review(orders, order_id, paid_with=checkout_id)
+
+    assert pending.status_code == 409, pending.text
+    assert "not settled at SumUp" in pending.json()["detail"]
+    assert order_state(clean_db, order_id) == before
+    assert paid_with_of(clean_db, order_id) is None
+
+    sandbox.decide_charge_back(transaction_id, "FAILED")
+    decided = await end_review(orders, order_id, paid_with=checkout_id)
+    assert decided.status_code == 200, decided.text
+    assert paid_with_of(clean_db, order_id) == checkout_id
+    assert refunds(clean_db) == []
+
+
 async def test_a_payment_named_that_cannot_be_the_orders_is_refused_and_nothing_changes(
     orders, clean_db, sandbox
 ):
