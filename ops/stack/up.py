@@ -17,7 +17,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -224,11 +224,14 @@ def run_stack(options: StackOptions) -> int:
     Raises StackError (after stopping what it started) when it cannot start."""
     home = rose_home()
     home.mkdir(parents=True, exist_ok=True)
-    with home_locked(home):
-        return _run_stack(options, home)
+    with ExitStack() as held:
+        return _run_stack(options, home, lambda: held.enter_context(home_locked(home)))
 
 
-def _run_stack(options: StackOptions, home: Path) -> int:
+def _run_stack(options: StackOptions, home: Path, lock_home: Callable[[], None]) -> int:
+    """``lock_home`` takes the home's lock (``home_locked``) for the rest of the run: once the
+    options are checked, which leave nothing behind when they refuse, and before anything is
+    made in the home or checked against another stack (the ports, --fresh's deletion)."""
     running = read_state()
     if running is not None:
         raise StackError(f"a stack already runs (pid {running['pid']}); stop it first")
@@ -265,6 +268,7 @@ def _run_stack(options: StackOptions, home: Path) -> int:
     if options.proxy_port is not None:
         proxy = LocalProxy(options.proxy_port, home / "caddy")
 
+    lock_home()
     # Read (or made) before anything starts: a damaged file is refused here.
     credentials = Credentials.for_environment(home)
     embedded: LocalPostgres | None = None
