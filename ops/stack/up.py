@@ -73,7 +73,7 @@ class StackOptions:
 RESTART_DELAYS = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 # A process that stayed up this long before it exited starts over at the first delay.
 STABLE_SECONDS = 60.0
-# In the rose home: held (flock) by the `rose up` that runs there, from its first step.
+# In the rose home: held (flock) by the `rose up` that runs there, from its options' check on.
 STACK_LOCK = "stack.lock"
 # The sandbox's port, as refusals name it.
 SANDBOX_PORT_NAME = "sumup sandbox"
@@ -197,10 +197,11 @@ def _ephemeral_note(busy: list[int]) -> str:
 @contextmanager
 def home_locked(home: Path) -> Iterator[None]:
     """The rose home, this process's alone while the block runs: a second ``rose up`` in it is
-    refused from its first step, while the first starts as well as once it runs (its state,
-    ``stack.json``, is written only once it is ready: before, a second ``rose up --fresh``
-    passed every check and deleted the starting stack's data directory). An exclusive flock
-    on ``stack.lock``, which the kernel lets go of however the process ends."""
+    refused before it checks a port or makes anything there, while the first starts as well
+    as once it runs (its state, ``stack.json``, is written only once it is ready: before, a
+    second ``rose up --fresh`` passed every check and deleted the starting stack's data
+    directory). An exclusive flock on ``stack.lock``, which the kernel lets go of however the
+    process ends."""
     path = home / STACK_LOCK
     with path.open("a+") as lock:
         try:
