@@ -41,6 +41,13 @@ WINDOW = timedelta(minutes=1)
 _LOCK = text("SELECT pg_advisory_xact_lock(hashtextextended(:space || ':' || :net, 0))")
 
 
+async def lock_network(session: AsyncSession, namespace: str, network: str) -> None:
+    """Hold ``network``'s advisory lock of ``namespace`` until the session's transaction ends:
+    what is counted per client network and written under it is counted exactly across
+    processes."""
+    await session.execute(_LOCK, {"space": namespace, "net": network})
+
+
 def admission_table(metadata: MetaData, name: str) -> Table:
     """A service's table of the last minute's starts per client network (in its schema). A row
     older than the window is deleted by a later start."""
@@ -92,7 +99,7 @@ async def admit(session: AsyncSession, rule: AdmissionRule, admission: Admission
     starts = rule.table
     keys = starts.c[rule.key_column]
     network = cast(admission.network, INET)
-    await session.execute(_LOCK, {"space": rule.lock_namespace, "net": admission.network})
+    await lock_network(session, rule.lock_namespace, admission.network)
     # Every network's ended starts go; those another start is deleting now are skipped
     # (waiting on them could deadlock two starts deleting in different orders).
     ended = (

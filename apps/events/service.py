@@ -45,6 +45,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from apps.common.admission import lock_network
 from apps.common.adoption import (
     SessionAdoption,
     adopt_session,
@@ -421,6 +422,17 @@ async def _refuse_if_signed_in(session: AsyncSession, owner: BookingOwner) -> No
         )
 
 
+# What an entry whose hold ended or was let go of becomes (open, nobody's, its network not
+# kept), and a ticket (cancelled): release_booking's and sweep_ended_holds' one answer.
+ENTRY_OPEN_AGAIN: dict[str, Any] = {
+    "state": "open",
+    "user_id": None,
+    "session_id": None,
+    "hold_network": None,
+}
+TICKET_LET_GO: dict[str, Any] = {"state": "cancelled"}
+
+
 @dataclass(frozen=True)
 class HoldLimit:
     """Where an anonymous booking comes from (``apps.common.web.client_network``: an address,
@@ -449,16 +461,6 @@ def anonymous_hold_of(network: str) -> ColumnElement[bool]:
     )
 
 
-async def _lock_network(session: AsyncSession, network: str) -> None:
-    await session.execute(
-        select(
-            func.pg_advisory_xact_lock(
-                func.hashtextextended(literal(f"{HOLDS_LOCK_NAMESPACE}:{network}"), 0)
-            )
-        )
-    )
-
-
 async def _refuse_over_the_limit(
     session: AsyncSession, entry_id: int, network: str, per_network: int
 ) -> None:
@@ -480,10 +482,10 @@ async def _refuse_over_the_limit(
             .limit(1)
         )
     ).first()
-    place_free = row.hold_expires_at if row is not None else None
-    if row is None or place_free is None:
+    if row is None:
         return  # enough of them ended (or were let go of) since they were counted
-    now = row[1]
+    place_free, now = row.tuple()
+    assert place_free is not None  # a live hold has an end (hold_expires_at > now())
     await session.rollback()
     retry_after = max(1, math.ceil((place_free - now).total_seconds()))
     raise TooManyRequests(
@@ -513,7 +515,7 @@ async def book_entry(
     network = limit.network if limit is not None and owner.user_id is None else None
     per_network = limit.per_network if limit is not None and network is not None else 0
     if network is not None and per_network:
-        await _lock_network(session, network)
+        await lock_network(session, HOLDS_LOCK_NAMESPACE, network)
     booked = await session.scalar(
         update(CalendarEntry)
         .where(
@@ -840,14 +842,7 @@ async def release_booking(session: AsyncSession, request: ReleaseBooking) -> Rel
     if owner is None:
         raise InvalidInput("user_id or session_id is required", field="user_id")
     model: type[CalendarEntry] | type[Ticket] = CalendarEntry if request.kind == "entry" else Ticket
-    freed: dict[str, Any] = {
-        "state": "open",
-        "user_id": None,
-        "session_id": None,
-        "hold_network": None,
-    }
-    if model is Ticket:
-        freed = {"state": "cancelled"}
+    freed = ENTRY_OPEN_AGAIN if model is CalendarEntry else TICKET_LET_GO
     released = await session.scalar(
         update(model)
         .where(model.id == request.id, model.state == "pending", owner.owns(model))
@@ -982,12 +977,8 @@ async def sweep_ended_holds(session: AsyncSession) -> int:
     why it left. Correctness never waits for this (an ended hold blocks nobody)."""
     swept = 0
     for kind, model, freed in (
-        (
-            "entry",
-            CalendarEntry,
-            {"state": "open", "user_id": None, "session_id": None, "hold_network": None},
-        ),
-        ("ticket", Ticket, {"state": "cancelled"}),
+        ("entry", CalendarEntry, ENTRY_OPEN_AGAIN),
+        ("ticket", Ticket, TICKET_LET_GO),
     ):
         # The owner is read before the update takes it off; rows locked, so a booking taken
         # again meanwhile is re-checked and left alone.

@@ -238,32 +238,8 @@ async def _still_taken(
     for all of a payment or none: a refund of the rest recorded here could not tell, were
     its answer lost, what SumUp gave back before it from what it gave back for it). Nothing
     is written either way."""
-    transaction_id = remote.paid_transaction_id or attempt.transaction_id
-    if transaction_id is None:
-        raise Conflict(
-            f"SumUp reports checkout {remote.id} of order {attempt.order_id} paid without a "
-            "transaction orders can give back: look at it in SumUp's dashboard; nothing was "
-            "changed in orders (checkouts closed at SumUp before stay closed)",
-            order_id=attempt.order_id,
-        )
     taken = money(Decimal(remote.amount))
-    back = await gateway.money_back(account, transaction_id)
-    if back.charge_back_pending:
-        raise Conflict(
-            f"A charge-back of checkout {remote.id} of order {attempt.order_id} is pending at "
-            "SumUp: end the review once it is decided; nothing was changed in orders "
-            "(checkouts closed at SumUp before stay closed)",
-            order_id=attempt.order_id,
-        )
-    if back.refund_status_unknown is not None:
-        raise Conflict(
-            f"A refund of checkout {remote.id} of order {attempt.order_id} is "
-            f"{back.refund_status_unknown} at SumUp, a status orders does not know: look at it "
-            "in SumUp's dashboard; nothing was changed in orders (checkouts closed at SumUp "
-            "before stay closed)",
-            order_id=attempt.order_id,
-        )
-    given_back = back.given_back
+    given_back = await _given_back(gateway, account, attempt, remote)
     if given_back >= taken:
         return None
     if given_back > 0:
@@ -276,6 +252,39 @@ async def _still_taken(
             order_id=attempt.order_id,
         )
     return taken
+
+
+async def _given_back(
+    gateway: SumUpGateway, account: MerchantAccount, attempt: PaymentAttempt, remote: RemoteCheckout
+) -> Decimal:
+    """What SumUp gave back so far of the payment ``remote`` (paid) took: refunds and decided
+    charge-backs. Raises (a 409, nothing written) when that cannot be told: no transaction,
+    a charge-back not decided yet, a refund in a status orders does not know."""
+    transaction_id = remote.paid_transaction_id or attempt.transaction_id
+    if transaction_id is None:
+        raise Conflict(
+            f"SumUp reports checkout {remote.id} of order {attempt.order_id} paid without a "
+            "transaction orders can give back: look at it in SumUp's dashboard; nothing was "
+            "changed in orders (checkouts closed at SumUp before stay closed)",
+            order_id=attempt.order_id,
+        )
+    back = await gateway.money_back(account, transaction_id)
+    if back.charge_back_pending:
+        raise Conflict(
+            f"A charge-back of checkout {remote.id} of order {attempt.order_id} is pending, not "
+            "settled at SumUp: end the review once it is decided; nothing was changed in orders "
+            "(checkouts closed at SumUp before stay closed)",
+            order_id=attempt.order_id,
+        )
+    if back.refund_status_unknown is not None:
+        raise Conflict(
+            f"A refund of checkout {remote.id} of order {attempt.order_id} is "
+            f"{back.refund_status_unknown} at SumUp, a status orders does not know: look at it "
+            "in SumUp's dashboard; nothing was changed in orders (checkouts closed at SumUp "
+            "before stay closed)",
+            order_id=attempt.order_id,
+        )
+    return back.given_back
 
 
 def _check_under_review(order: Order | None, order_id: int) -> None:
@@ -323,25 +332,21 @@ async def _named_payment(
             "its review without --paid-with. Nothing was changed",
             order_id=order.id,
         )
-    if order.paid_attempt_id is not None and order.paid_attempt_id != named.id:
-        recorded = next(
-            (attempt for attempt in attempts if attempt.id == order.paid_attempt_id), None
+    # What orders knows (recorded, or for an order the release before 0015 paid, the one it
+    # holds PAID) is not overridden: naming is for an order that does not know.
+    known = await paid_attempt_id(session, order.id, order.paid_attempt_id)
+    if known is not None and known != named.id:
+        checkout = next(
+            (attempt.sumup_checkout_id for attempt in attempts if attempt.id == known), known
+        )
+        how = (
+            "recorded checkout {} as its payment when it was paid"
+            if order.paid_attempt_id is not None
+            else "knows checkout {} as the payment it was paid with (held PAID)"
         )
         raise Conflict(
-            f"Order {order.id} recorded checkout "
-            f"{recorded.sumup_checkout_id if recorded else order.paid_attempt_id} as its "
-            f"payment when it was paid, not {paid_with}; nothing was changed",
-            order_id=order.id,
-        )
-    inferred = await paid_attempt_id(session, order.id, order.paid_attempt_id)
-    if inferred is not None and inferred != named.id:
-        # It holds one paid (the release before 0015 paid it): naming is for an order that
-        # does not know; what it knows is not overridden here.
-        held = next(attempt for attempt in attempts if attempt.id == inferred)
-        raise Conflict(
-            f"Order {order.id} knows checkout {held.sumup_checkout_id} as the payment it was "
-            f"paid with (held PAID), not {paid_with}: end its review without --paid-with; "
-            "nothing was changed",
+            f"Order {order.id} {how.format(checkout)}, not {paid_with}: end its review without "
+            "--paid-with; nothing was changed",
             order_id=order.id,
         )
     if await refund_recorded_for(session, named.id):
@@ -352,7 +357,7 @@ async def _named_payment(
         )
     if order.paid_at is not None:
         order.paid_attempt_id = named.id  # the transition to paid would have recorded it
-    return named, inferred is None
+    return named, known is None
 
 
 async def _refuse_unless_kept_whole(
@@ -376,23 +381,11 @@ async def _refuse_unless_kept_whole(
             f"order's {order.total} {order.currency}: {refused}",
             order_id=order.id,
         )
-    transaction_id = remote.paid_transaction_id or attempt.transaction_id
-    if transaction_id is None:
+    given_back = await _given_back(gateway, account, attempt, remote)
+    if given_back > 0:
         raise Conflict(
-            f"SumUp reports checkout {remote.id} paid without a transaction, so whether its "
-            f"money went back cannot be read: {refused}",
-            order_id=order.id,
-        )
-    back = await gateway.money_back(account, transaction_id)
-    if back.given_back > 0:
-        raise Conflict(
-            f"SumUp gave back {back.given_back} {remote.currency} of checkout {remote.id} "
+            f"SumUp gave back {given_back} {remote.currency} of checkout {remote.id} "
             f"already: {refused}",
-            order_id=order.id,
-        )
-    if back.charge_back_pending or back.refund_status_unknown is not None:
-        raise Conflict(
-            f"A charge-back or refund of checkout {remote.id} is not settled at SumUp: {refused}",
             order_id=order.id,
         )
 

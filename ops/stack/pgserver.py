@@ -68,12 +68,10 @@ DATA_DIR_FILES = ("global/pg_control", "postgresql.conf", "pg_hba.conf")
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError:
-            return False
+    try:
+        reserved_port(port, host).close()
+    except OSError:
+        return False
     return True
 
 
@@ -99,10 +97,8 @@ def reserved_port(port: int, host: str = "127.0.0.1") -> socket.socket:
 def listening_socket(port: int, host: str = "127.0.0.1") -> socket.socket:
     """A socket bound to ``port`` (beside its reservation, ``reserved_port``) and listening,
     for one start of the service that serves on it (OSError while another listens there)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock = reserved_port(port, host)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
         sock.listen(2048)  # uvicorn's backlog
     except OSError:
         sock.close()

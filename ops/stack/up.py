@@ -289,19 +289,19 @@ def _run_stack(options: StackOptions, home: Path, lock_home: Callable[[], None])
     # kernel's ephemeral range (32768-60999) where --port-offset may have put ours; a bound
     # port is never one. Not listening, it lets a client of a service that is down be
     # refused at once rather than wait in a queue.
-    listeners: dict[str, socket.socket] = {}
+    reservations: dict[str, socket.socket] = {}
     busy: dict[str, int] = {}
     for name, port in wanted:
         if name in ports or name == SANDBOX_PORT_NAME:
             try:
-                listeners[name] = reserved_port(port)
+                reservations[name] = reserved_port(port)
             except OSError:
                 busy[name] = port
         elif not port_is_free(port):
             busy[name] = port
     if busy:
-        for listener in listeners.values():
-            listener.close()
+        for reservation in reservations.values():
+            reservation.close()
         named = ", ".join(f"{name} ({port})" for name, port in busy.items())
         raise StackError(
             f"ports in use: {named}; stop what listens there or choose other ports "
@@ -407,8 +407,8 @@ def _run_stack(options: StackOptions, home: Path, lock_home: Callable[[], None])
     finally:
         if group is not None:
             group.stop()
-        for listener in listeners.values():
-            listener.close()
+        for reservation in reservations.values():
+            reservation.close()
         remove_state()
         if embedded is not None:
             embedded.stop()
