@@ -67,6 +67,16 @@ async def book(stack, address: str, entry_id: int) -> tuple[httpx.AsyncClient, h
     return visitor, await visitor.post(f"/entries/{entry_id}/book/")
 
 
+async def hold_the_limit(stack, address: str, ids: list[int]) -> list[httpx.AsyncClient]:
+    """Sessions minted at ``address`` hold the first LIMIT of ``ids``, one each."""
+    visitors = []
+    for entry_id in ids[:LIMIT]:
+        visitor, booked = await book(stack, address, entry_id)
+        assert booked.status_code == 200, booked.text
+        visitors.append(visitor)
+    return visitors
+
+
 def entries(server) -> list[tuple]:
     """Every entry row as it is, every column."""
     return events_rows(server, "SELECT * FROM events.calendar_entries ORDER BY id")
@@ -94,11 +104,8 @@ async def test_one_network_holds_at_most_the_limit_of_entries_anonymously(clean_
     again are not refused."""
     async with holds_stack(clean_db, credentials) as stack:
         ids = some_entries(clean_db, 8)
-        visitors = []
+        visitors = await hold_the_limit(stack, "203.0.113.7", ids)
         for entry_id in ids[:LIMIT]:
-            visitor, booked = await book(stack, "203.0.113.7", entry_id)
-            assert booked.status_code == 200, booked.text
-            visitors.append(visitor)
             assert hold_network(clean_db, entry_id) == "203.0.113.7/32"
         # The first of them ends sooner: the refusal says when a place is free again.
         events_rows(
@@ -157,11 +164,7 @@ async def test_one_network_holds_at_most_the_limit_of_entries_anonymously(clean_
 async def test_a_hold_that_ended_or_that_sign_in_adopted_frees_a_place(clean_db, credentials):
     async with holds_stack(clean_db, credentials) as stack:
         ids = some_entries(clean_db, LIMIT + 3)
-        visitors = []
-        for entry_id in ids[:LIMIT]:
-            visitor, booked = await book(stack, "198.51.100.4", entry_id)
-            assert booked.status_code == 200, booked.text
-            visitors.append(visitor)
+        visitors = await hold_the_limit(stack, "198.51.100.4", ids)
         assert_problem((await book(stack, "198.51.100.4", ids[LIMIT]))[1], 429)
 
         # Its hold ended (swept or not): it holds nothing, and counts for nothing.
@@ -237,11 +240,7 @@ async def test_a_hold_checked_out_counts_until_its_order_is_paid(clean_db, crede
     or adopted at sign-in."""
     async with holds_stack(clean_db, credentials) as stack:
         ids = some_entries(clean_db, LIMIT + 2)
-        visitors = []
-        for entry_id in ids[:LIMIT]:
-            visitor, booked = await book(stack, "198.51.100.9", entry_id)
-            assert booked.status_code == 200, booked.text
-            visitors.append(visitor)
+        visitors = await hold_the_limit(stack, "198.51.100.9", ids)
         events = stack.client("events")
         until = (datetime.now(UTC) + timedelta(minutes=30)).isoformat()
         hold = {
