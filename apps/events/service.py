@@ -484,7 +484,8 @@ async def _refuse_over_the_limit(
     ).first()
     if row is None:
         return  # enough of them ended (or were let go of) since they were counted
-    place_free, now = row.tuple()
+    place_free: datetime | None = row.hold_expires_at
+    now: datetime = row[1]
     assert place_free is not None  # a live hold has an end (hold_expires_at > now())
     await session.rollback()
     retry_after = max(1, math.ceil((place_free - now).total_seconds()))
