@@ -164,14 +164,17 @@ class RefundGoingBack(msgspec.Struct):
 
 class ReviewEnded(msgspec.Struct):
     """What ending a flagged order's review did (apps.orders.review): its status now, the
-    checkouts it closed at SumUp, the refunds it recorded (settled by orders next), and
-    whether the release of its bookings was queued."""
+    checkouts it closed at SumUp, the refunds it recorded (settled by orders next), whether
+    the release of its bookings was queued, and the checkout a paid order keeps as the payment
+    it was paid with (None for an order that is not paid, or paid nothing: a free one)."""
 
     order_id: int
     status: str
     closed_checkouts: list[str]
     refunds: list[RefundGoingBack]
     releasing_bookings: bool
+    # Last, with a default: an answer of the release before it still decodes.
+    kept_payment: str | None = None
 
 
 class EndReview(msgspec.Struct, forbid_unknown_fields=True):

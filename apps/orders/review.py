@@ -209,6 +209,9 @@ async def end_review(
         closed_checkouts=closed,
         refunds=refunds,
         releasing_bookings=releasing,
+        kept_payment=(
+            honoured.sumup_checkout_id if honoured is not None and status == "paid" else None
+        ),
     )
 
 

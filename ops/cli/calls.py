@@ -178,6 +178,10 @@ def orders_end_review(
 def review_ended_lines(answer: dict[str, Any]) -> list[str]:
     """What ``rose orders end-review`` prints of the action's answer."""
     lines = [f"order {answer['order_id']}: review ended; it is {answer['status']} now"]
+    if answer.get("kept_payment"):
+        lines.append(
+            f"  kept: checkout {answer['kept_payment']}, the payment the order was paid with"
+        )
     lines += [f"  closed at SumUp: checkout {checkout}" for checkout in answer["closed_checkouts"]]
     lines += [
         f"  going back: {refund['amount']} {refund['currency']} of checkout "

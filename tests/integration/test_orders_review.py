@@ -92,6 +92,7 @@ async def test_a_flagged_payment_goes_back_as_sumup_took_it(orders, clean_db, sa
         "closed_checkouts": [],
         "refunds": [{"checkout_id": checkout_id, "amount": "1.00", "currency": "EUR"}],
         "releasing_bookings": False,
+        "kept_payment": None,
     }
     assert review_ended_lines(ended.json()) == [
         f"order {order_id}: review ended; it is refund_due now",
@@ -219,7 +220,14 @@ async def test_a_paid_order_keeps_its_payment_and_gives_back_the_flagged_one(
         "closed_checkouts": [],
         "refunds": [{"checkout_id": stray, "amount": "1.00", "currency": "EUR"}],
         "releasing_bookings": False,
+        "kept_payment": honoured,
     }
+    assert review_ended_lines(ended.json()) == [
+        f"order {order_id}: review ended; it is paid now",
+        f"  kept: checkout {honoured}, the payment the order was paid with",
+        f"  going back: 1.00 EUR of checkout {stray} (orders asks SumUp now; "
+        "`rose orders attention` lists it until it is done)",
+    ]
     assert attempt_rows(clean_db, order_id) == [(1, "PAID"), (2, "PAID")]
     assert await eventually(
         lambda: refunds(clean_db) == [(order_id, True, Decimal("1.00"), "EUR", "done")]
@@ -404,7 +412,11 @@ async def test_a_person_names_the_payment_an_order_the_release_before_paid_was_p
         "closed_checkouts": [],
         "refunds": [],
         "releasing_bookings": False,
+        "kept_payment": checkout_id,
     }
+    assert review_ended_lines(ended.json())[1] == (
+        f"  kept: checkout {checkout_id}, the payment the order was paid with"
+    )
     assert order_state(clean_db, order_id)[:2] == ("paid", False)
     assert paid_with_of(clean_db, order_id) == checkout_id
     assert attempt_rows(clean_db, order_id) == [(1, "PAID")]
