@@ -161,11 +161,11 @@ async def test_what_a_review_cannot_settle_is_refused_and_left_as_it_was(orders,
 
 
 async def stray_checkout(
-    clean_db, sandbox, order_id: int, amount: float, *, number: int = 2
+    clean_db, sandbox, order_id: int, amount: float, *, number: int = 2, recorded: bool = False
 ) -> str:
     """A second checkout of the order at SumUp, for another amount than the order's, and its
     attempt in orders (number 2, open): how SumUp's report of another amount looks to orders
-    whatever made it."""
+    whatever made it. ``recorded``: the attempt says that amount too, not the order's."""
     created = sandbox.client.post(
         "/v0.1/checkouts",
         json={
@@ -182,8 +182,14 @@ async def stray_checkout(
         connection.execute(
             "INSERT INTO orders.payment_attempts (order_id, number, checkout_reference, "
             "sumup_checkout_id, status, amount, currency) SELECT id, %s, %s, %s, 'PENDING', "
-            "total, currency FROM orders.orders WHERE id = %s",
-            (number, f"rose-test-{order_id}-{number}", checkout_id, order_id),
+            "COALESCE(%s, total), currency FROM orders.orders WHERE id = %s",
+            (
+                number,
+                f"rose-test-{order_id}-{number}",
+                checkout_id,
+                Decimal(str(amount)) if recorded else None,
+                order_id,
+            ),
         )
     return checkout_id
 
@@ -475,6 +481,13 @@ async def test_a_payment_named_that_cannot_be_the_orders_is_refused_and_nothing_
     not_the_amount = await end_review(orders, order_id, paid_with=other_amount)
     assert not_the_amount.status_code == 409, not_the_amount.text
     assert "SumUp reports 1.00 EUR" in not_the_amount.json()["detail"]
+    # Paid at SumUp for what its attempt says, which is not the order's total (an attempt
+    # recorded for another amount): kept, the order would stay paid with 1.00 taken.
+    not_the_total = await stray_checkout(clean_db, sandbox, order_id, 1.00, number=4, recorded=True)
+    sandbox.pay(not_the_total)
+    short = await end_review(orders, order_id, paid_with=not_the_total)
+    assert short.status_code == 409, short.text
+    assert "not the order's 10.00 EUR" in short.json()["detail"]
 
     with admin_connect(clean_db, "orders") as connection:  # as if given back as another's
         connection.execute(
