@@ -349,12 +349,18 @@ class ProcessGroup:
             entry.last_lines = [*entry.last_lines[-19:], line.rstrip()]
             self.sink.write(entry.name, line)
 
-    def wait_ready(self, names: Iterable[str], timeout: float = 60.0) -> list[str]:
-        """Wait until each process answers 200 on its ready path; returns those that never did."""
+    def wait_ready(
+        self,
+        names: Iterable[str],
+        timeout: float = 60.0,
+        give_up: Callable[[], bool] = lambda: False,
+    ) -> list[str]:
+        """Wait until each process answers 200 on its ready path, or ``give_up()`` says to stop
+        waiting; returns those that did not answer."""
         deadline = time.monotonic() + timeout
         pending = list(names)
         with httpx.Client(timeout=2.0) as client:
-            while pending and time.monotonic() < deadline:
+            while pending and time.monotonic() < deadline and not give_up():
                 for name in list(pending):
                     entry = self.processes[name]
                     assert entry.process is not None

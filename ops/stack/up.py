@@ -51,6 +51,10 @@ from ops.stack.proxy import PROXY, LocalProxy, ProxyError
 from ops.stack.state import read_state, remove_state, write_state
 
 
+class _StoppedStarting(Exception):
+    """A stop (Ctrl-C, SIGTERM, SIGHUP) was asked for while the stack started."""
+
+
 class StackError(Exception):
     """Why the stack cannot start or run, in one line."""
 
@@ -319,6 +323,13 @@ def _run_stack(options: StackOptions, home: Path, lock_home: Callable[[], None])
         nonlocal stop_requested
         stop_requested = True
 
+    def unless_stopping() -> None:
+        """Between the steps of the start: a stop asked for meanwhile (Ctrl-C) ends it here,
+        not once every service is ready. Each step (a migration, the demo data) commits or
+        rolls back as a whole, so a start stopped between them is one the next resumes."""
+        if stop_requested:
+            raise _StoppedStarting
+
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     # A closed terminal or a dropped ssh session: stop cleanly too (its default kills us only).
@@ -350,6 +361,7 @@ def _run_stack(options: StackOptions, home: Path, lock_home: Callable[[], None])
                 reason = str(exc).strip().splitlines()[0]
                 raise StackError(f"{reason} (see {embedded.log_file})") from None
             database_url = embedded.superuser_url()
+            unless_stopping()
         # (No embedded server exactly when a DSN was given.)
         assert database_url is not None
         topology = Topology.single_server(database_url)
@@ -357,8 +369,10 @@ def _run_stack(options: StackOptions, home: Path, lock_home: Callable[[], None])
             converge_databases(topology, credentials, say=say)
         except (MigrateError, ConvergeError) as exc:
             raise StackError(str(exc)) from None
+        unless_stopping()
         if options.demo:
             seed_demo_data(topology, names, say)
+            unless_stopping()
 
         sandbox_url = f"http://127.0.0.1:{sandbox_port}"
         extra = {"ORDERS_SUMUP_BASE_URL": sandbox_url}
@@ -376,7 +390,10 @@ def _run_stack(options: StackOptions, home: Path, lock_home: Callable[[], None])
             group.start_service(name, ports[name], options.workers, listens=True)
         # One deadline for all: on a busy machine a process may take most of it to import
         # (the sandbox alone was once given 30 s, and missed it while the services were ready).
-        not_ready = group.wait_ready([SANDBOX, *names], timeout=READY_SECONDS)
+        not_ready = group.wait_ready(
+            [SANDBOX, *names], timeout=READY_SECONDS, give_up=lambda: stop_requested
+        )
+        unless_stopping()
         if proxy is not None and not not_ready:
             proxy.start(group, {name: f"127.0.0.1:{port}" for name, port in ports.items()})
             if not proxy.wait_ready(group, names):
@@ -401,6 +418,9 @@ def _run_stack(options: StackOptions, home: Path, lock_home: Callable[[], None])
             supervisor.tick()
             time.sleep(0.3)
         say("stopping")
+        return 0
+    except _StoppedStarting:
+        say("stopped before the stack was ready (a stop was asked for while it started)")
         return 0
     except ProxyError as exc:
         raise StackError(str(exc)) from None
