@@ -239,7 +239,11 @@ def _run_stack(options: StackOptions, home: Path, lock_home: Callable[[], None])
     made in the home or checked against another stack (the ports, --fresh's deletion)."""
     running = read_state()
     if running is not None:
-        raise StackError(f"a stack already runs (pid {running['pid']}); stop it first")
+        raise StackError(
+            f"a stack already runs (pid {running['pid']}) in {home}; stop it first, or run "
+            "this one in another home (ROSE_HOME=DIR, with its own --port-offset and "
+            "--pg-port)"
+        )
     names = available_services()
     if options.only is not None:
         if not options.only:
@@ -405,7 +409,14 @@ def _run_stack(options: StackOptions, home: Path, lock_home: Callable[[], None])
             raise StackError(f"not ready: {', '.join(not_ready)} (see {home / 'rose.log'})")
         urls = {name: group.processes[name].url for name in names}
         write_state(database_url, urls)
-        public = proxy.public_urls(names) if proxy is not None else {}
+        # Where a browser goes: each public service's APP_URL (``localhost``, or the proxy's
+        # host), the host its pages link to and the session cookie is set for; the printed
+        # 127.0.0.1 address is the one the stack's own calls use.
+        public = {
+            name: environment[f"APP_URL_{name.upper()}"]
+            for name in names
+            if f"APP_URL_{name.upper()}" in environment
+        }
         for name in names:
             shown = f"  public: {public[name]}" if name in public else ""
             say(f"{name:<10} {urls[name]}  ready{shown}")

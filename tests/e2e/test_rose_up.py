@@ -434,3 +434,39 @@ def test_ctrl_c_while_starting_stops_without_finishing_the_start(tmp_path: Path)
     assert not (home / "stack.json").exists()
     assert wait_for(lambda: port_is_free(8008 + PORT_OFFSET), timeout=10)
     assert wait_for(lambda: port_is_free(pg_port), timeout=10)
+
+
+def test_rose_up_prints_each_public_service_where_a_browser_keeps_its_session(tmp_path: Path):
+    """Probe docs: `rose up` printed every service as `http://127.0.0.1:PORT` only. A new user
+    opening the printed market signed in on 127.0.0.1, while every link of the pages (their
+    navigation, "Add to cart"'s redirect) goes to the services' public URLs on `localhost`, a
+    host the session cookie was not set for: the cart they landed on was an empty anonymous
+    one. A public service's line now also names its public URL, the one its pages link to."""
+    home = tmp_path / "rose-home"
+    args = ["--fresh", "--no-demo", "--pg-port", str(free_port()), "--only", "blog,relations"]
+    with rose_up(home, *args, "--port-offset", str(PORT_OFFSET), timeout=90) as running:
+        public = f"http://localhost:{8001 + PORT_OFFSET}"
+        line = f"blog       http://127.0.0.1:{8001 + PORT_OFFSET}  ready  public: {public}"
+        assert wait_for(lambda: line in (home / "rose.log").read_text(), timeout=30)
+        page = httpx.get(running.state["services"]["blog"] + "/")
+        assert page.status_code == 200
+        assert f'href="{public}/"' in page.text  # the navigation's link to blog itself
+        # An internal service has no public URL: its line is the address alone.
+        relations = f"relations  http://127.0.0.1:{8008 + PORT_OFFSET}  ready\n"
+        assert relations in (home / "rose.log").read_text()
+
+
+def test_a_second_rose_up_in_the_same_home_says_to_give_it_another_home(running_stack):
+    """Probe docs: the README offers `--port-offset N` (with `--pg-port`) for "a second stack
+    beside the first". Run as written, in the same checkout, it was refused with "a stack
+    already runs (pid N); stop it first", which names no way to run the second one: each
+    stack needs a home of its own (`ROSE_HOME`)."""
+    home, _process, _state, _pg_port = running_stack
+    second = rose(
+        home,
+        *("up", "--port-offset", str(PORT_OFFSET + 100), "--pg-port", str(free_port())),
+        check=False,
+    )
+    assert second.returncode == 1
+    assert "a stack already runs" in second.stderr
+    assert "ROSE_HOME" in second.stderr, second.stderr
