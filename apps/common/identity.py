@@ -27,6 +27,7 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import secrets
 import time
 from collections.abc import Callable, Iterable
@@ -55,6 +56,11 @@ COOKIE_NAME = "rose_session"
 NOTICE_COOKIE = "rose_notice"
 NOTICE_LIFETIME_SECONDS = 300
 NOTICE_MAX_LENGTH = 500
+# What a cookie's ``sid`` and ``uid`` may be (docs/sign-in.md): URL-safe characters, no more
+# than the services store (varchar(64)); a user id from 1 to 2^31-1, dev-login's bounds. A
+# signed cookie carrying anything else is no session, like one whose MAC or expiry fails.
+SESSION_ID_FORM = re.compile(r"[A-Za-z0-9_-]{1,64}")
+MAX_USER_ID = 2**31 - 1
 # How long a session lasts without a visit; each visit in its second half extends it.
 SESSION_LIFETIME_SECONDS = 60 * 60 * 24 * 30
 # The field name Litestar's ``{{ csrf_input }}`` template helper renders; we fill in our token.
@@ -175,9 +181,13 @@ class SessionCodec:
             session_id, user_id, expires_at = data["sid"], data.get("uid"), data["exp"]
         except (ValueError, KeyError, TypeError):
             return None
-        if not isinstance(session_id, str) or not session_id:
+        if not isinstance(session_id, str) or not SESSION_ID_FORM.fullmatch(session_id):
             return None
-        if not (user_id is None or (isinstance(user_id, int) and not isinstance(user_id, bool))):
+        if user_id is not None and not (
+            isinstance(user_id, int)
+            and not isinstance(user_id, bool)
+            and 0 < user_id <= MAX_USER_ID
+        ):
             return None
         if not isinstance(expires_at, int) or isinstance(expires_at, bool):
             return None

@@ -33,6 +33,7 @@ from apps.common.asgi import header
 from apps.common.contracts import Action, Fragment, IdentityParams, SignIn
 from apps.common.identity import (
     CSRF_FIELD,
+    MAX_USER_ID,
     STATE_KEY,
     Identity,
     SessionCodec,
@@ -567,7 +568,7 @@ def auth_handlers(
         @get("/auth/dev-login", operation_id="auth_dev_login", tags=["auth"])
         async def dev_login(
             request: Request,
-            user_id: Annotated[int, Parameter(ge=1, le=2_147_483_647)],
+            user_id: Annotated[int, Parameter(ge=1, le=MAX_USER_ID)],
             next_path: Annotated[str | None, QueryParameter(name="next")] = None,
         ) -> Response[Any]:
             before = identity_from_scope(request.scope)

@@ -207,6 +207,38 @@ async def test_the_signed_expiry_is_checked_on_every_request(stack):
 
 
 @pytest.mark.parametrize(
+    ("session_id", "user_id"),
+    [
+        ("abc\u0000defghijklmnop", None),  # a NUL: PostgreSQL stores no such text (a 500)
+        ("s" * 65, None),  # longer than any service stores (a 422 naming varchar(64))
+        ("with space/and+slash", None),  # not URL-safe
+        ("s-fine", 0),  # user 0: likes and orders refuse it (502, 422), cart kept lines for it
+        ("s-fine", -1),
+        ("s-fine", 2**31),  # past the contract's 2^31-1 (dev-login's bound)
+        ("s-fine", 2**63),  # past bigint: every page a 422
+    ],
+)
+async def test_a_signed_cookie_outside_the_contract_is_no_session(stack, session_id, user_id):
+    """Probe docs: docs/sign-in.md gives the cookie's `sid` as URL-safe characters and its
+    `uid` as 1 to 2^31-1, but the services took any string and any integer a cookie signed with
+    SESSION_SECRET carried (an account side's bug away). A NUL in the `sid` made every page of
+    cart, events and orders a bare 500 ("an unexpected error"), a `sid` longer than 64 a 422
+    naming a column type, user 0 or -1 a cart line nobody could check out (likes 502, orders
+    422) and a `uid` past bigint a 422 on every page. Such a cookie is ignored, as one whose
+    MAC or expiry fails: the visitor is anonymous, with a new session."""
+    cookie = mint_cookie(SESSION_SECRET, session_id, user_id, int(time.time()) + 3600)
+    for service in ("cart", "market", "orders", "events"):
+        browser = stack.browser(service)
+        browser.cookies.set("rose_session", cookie, domain=f"{service}.test")
+        session = await browser.get("/auth/session")
+        assert session.status_code == 200
+        assert (session.json()["signed_in"], session.json()["user_id"]) == (False, None)
+        assert claims_of(browser)["sid"] != session_id  # a new anonymous session
+        page = await browser.get("/", headers=HTML)
+        assert page.status_code == 200, (service, page.status_code, page.text[:300])
+
+
+@pytest.mark.parametrize(
     "other",
     [
         'prefs={"theme":"dark"}',  # a consent or preference cookie holding JSON
