@@ -41,8 +41,24 @@ def require_superusers(topology: Topology, command: str) -> None:
     not a permission error half way through (``rose db``, ``rose split``, ``rose up``)."""
     from apps.registry import SERVICES
 
-    for url in dict.fromkeys(topology.maintenance_url(name) for name in SERVICES):
-        role = not_a_superuser(url)
+    checked = {
+        topology.maintenance_url(name): topology.admin_urls.get(name, topology.default_admin_url)
+        for name in SERVICES
+    }
+    for url, given in checked.items():
+        try:
+            role = not_a_superuser(url)
+        except psycopg.OperationalError as refused:
+            # A superuser may connect to `postgres` whatever its grants; rose revokes CONNECT
+            # there from everyone else. A role refused there (a service's own DSN, given as
+            # the admin one) is named as what it is when the database it was given lets it in;
+            # else the first error stands (the server, the password, the address).
+            try:
+                role = not_a_superuser(given)
+            except psycopg.Error:
+                raise refused from None
+            if role is None:
+                raise
         if role is not None:
             raise NotASuperuser(f"{command} needs a superuser connection: {role} is not one")
 

@@ -529,6 +529,26 @@ def test_a_db_command_given_no_superuser_says_so_in_one_line(
     assert not (tmp_path / "backup").exists()
 
 
+@pytest.mark.parametrize("command", [["db", "check"], ["split", "status"]], ids=" ".join)
+def test_a_services_own_dsn_given_as_the_admin_one_is_refused_as_no_superuser(
+    db_cluster: Cluster, command: list[str]
+):
+    """Probe docs: the README promises that a role other than a superuser is refused up front
+    in one line ("rose db check needs a superuser connection: x is not one"). The likeliest
+    such DSN, a service's own (DATABASE_URL_LIKES: likes_app), got "error: connection failed:
+    ... permission denied for database "postgres" DETAIL: User does not have CONNECT
+    privilege", which reads as a grant to add: rose revokes CONNECT from everyone on
+    `postgres`, where the tools connect first, and a superuser needs none."""
+    dsn = db_cluster.topology.app_url("likes", db_cluster.credentials)
+    done = db_cluster.rose(*command, "--database-url", dsn)
+    assert done.exit_code == 1, done.output
+    assert done.exception is None or isinstance(done.exception, SystemExit), done.exception
+    name = " ".join(command)
+    assert done.output.strip().splitlines() == [
+        f"error: rose {name} needs a superuser connection: likes_app is not one"
+    ]
+
+
 SPLIT_COMMANDS = [
     ["seed-legacy"],
     ["plan"],
