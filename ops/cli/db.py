@@ -85,8 +85,9 @@ def db_print_psql(
 ) -> None:
     """Print the psql commands that run db/'s SQL by hand, with every value rose db provision
     passes (each file converges to exactly what it is given: partial values revoke or drop the
-    rest). Passwords are left out: none is compared or changed. Run them from the repository's
-    root, the superuser's password in PGPASSWORD or ~/.pgpass."""
+    rest). Passwords are left out: none is compared or changed. Each names its file where this
+    rose reads it (a checkout's db/ or the installed package's), so they run from any
+    directory; the superuser's password in PGPASSWORD or ~/.pgpass."""
     from ops.db.provision import psql_commands
 
     only = None

@@ -594,12 +594,13 @@ SQL_FILES = (
 
 def psql_command(url: str, path: str, variables: dict[str, str]) -> str:
     """One file's psql command line: the connection without its password (PGPASSWORD or
-    ~/.pgpass give it), every variable, stopping at the first error."""
+    ~/.pgpass give it), every variable, stopping at the first error; the file as this rose
+    reads it (a checkout's db/, or the installed package's), so it runs from any directory."""
     target, _ = client_tool_target(url)
     words = ["psql", "-X", "-v", "ON_ERROR_STOP=1", "-d", shlex.quote(target)]
     for name, value in variables.items():
         words += ["-v", f"{name}={shlex.quote(value)}"]
-    return " ".join([*words, "-f", f"db/{path}"])
+    return " ".join([*words, "-f", shlex.quote(str(DB_DIR / path))])
 
 
 def psql_commands(topology: Topology, only: str | None = None) -> list[str]:

@@ -116,3 +116,23 @@ def test_print_psql_names_a_file_it_does_not_know_in_one_line(cluster: Cluster):
     assert result.exit_code == 1
     assert len(result.output.strip().splitlines()) == 1, result.output
     assert "schemas/nope.sql: not one of db/'s SQL files" in result.output
+
+
+def test_the_printed_commands_run_from_any_directory(cluster: Cluster, tmp_path: Path):
+    """Probe docs: `rose db print-psql` printed `-f db/schemas/roles.sql`, a path relative to a
+    checkout's root. The installed package is the product (the image copies no source): there,
+    and from any other directory, psql answered "db/schemas/roles.sql: No such file or
+    directory". Each command names the file the installed rose reads."""
+    env = environment(cluster)
+    before = catalog_snapshot(cluster.admin)
+    result = cluster.rose("db", "print-psql")
+    assert result.exit_code == 0, result.output
+    printed = [line for line in result.output.splitlines() if line.startswith("psql ")]
+    assert len(printed) > 3, result.output
+    for line in printed:
+        ran = subprocess.run(
+            ["bash", "-c", line], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+        )
+        assert ran.returncode == 0, ran.stderr
+        assert "ERROR" not in ran.stderr, ran.stderr
+    assert differing_keys(before, catalog_snapshot(cluster.admin)) == []
