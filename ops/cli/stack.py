@@ -38,7 +38,11 @@ def up(
     port_offset: Annotated[
         int,
         typer.Option(
-            metavar="N", help="Add this to every service's dev port (to run a second stack)."
+            metavar="N",
+            help=(
+                "Add this to every service's dev port (a second stack: with --pg-port, and its "
+                "own home, ROSE_HOME=DIR)."
+            ),
         ),
     ] = 0,
     proxy: Annotated[
