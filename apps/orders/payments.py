@@ -53,6 +53,12 @@ class PaymentProviderError(BadGateway):
         super().__init__(f"SumUp refused the request: {detail}", service="sumup")
         self.sumup_status = sumup_status
 
+    @property
+    def key_refused(self) -> bool:
+        """SumUp refused the merchant's API key (401: revoked or never issued; 403: not
+        allowed this): every request with that key alike, until a person gives it a new one."""
+        return self.sumup_status in (401, 403)
+
 
 class CheckoutNotFound(Exception):
     pass

@@ -38,7 +38,7 @@ from sqlalchemy.orm import aliased
 from apps.common.observability import scrape_gauge, scrape_row
 from apps.common.streaks import FailureStreak
 from apps.orders.models import CLOSED_UNPAID_STATES, Order, PaymentAttempt, ReconciliationPass
-from apps.orders.payments import PaymentProviderUnavailable
+from apps.orders.payments import PaymentProviderError, PaymentProviderUnavailable
 from apps.orders.runtime import OrdersRuntime
 from apps.orders.service import load_order, recheck
 from apps.orders.settlement import (
@@ -283,9 +283,13 @@ class Reconciler:
                         report.keyless.add(exc.order_id)
                         logger.warning("refund %s waits: %s", refund_id, exc.note)
                     continue
-                except PaymentProviderUnavailable as exc:
-                    # An outage the code expects: one line, no traceback; tried next pass.
-                    logger.warning("refund %s waits: %s", refund_id, exc.detail)
+                except (PaymentProviderUnavailable, PaymentProviderError) as exc:
+                    if isinstance(exc, PaymentProviderError) and not exc.key_refused:
+                        logger.exception("refund %s could not be settled", refund_id)
+                    else:
+                        # An outage or a refused key, which the code expects: one line, no
+                        # traceback; tried next pass.
+                        logger.warning("refund %s waits: %s", refund_id, exc.detail)
                     report.failures += 1
                     continue
                 except Exception:  # one refund's trouble must not stop the others
@@ -323,9 +327,11 @@ class Reconciler:
         (added to ``keyless``)."""
         limit = asyncio.Semaphore(self._runtime.settings.reconcile_concurrency)
         failures = 0
-        # Orders SumUp could not be asked about (down or slow): an outage the code expects,
-        # said once for them all below, without a traceback per order.
+        # Orders SumUp could not be asked about (down or slow), and orders whose requests it
+        # refused (a merchant's key revoked in its dashboard: every one of its orders alike):
+        # what the code expects, said once for them all below, without a traceback per order.
         unanswered: dict[int, str] = {}
+        refused: dict[int, str] = {}
 
         async def one(order_id: int) -> None:
             nonlocal failures
@@ -342,22 +348,28 @@ class Reconciler:
                     await session.rollback()
                     unanswered[order_id] = exc.detail
                     failures += 1
-                except Exception:  # one order's trouble must not stop the others
-                    logger.exception("reconciling order %s failed", order_id)
+                except Exception as exc:  # one order's trouble must not stop the others
+                    if isinstance(exc, PaymentProviderError) and exc.key_refused:
+                        await session.rollback()
+                        refused[order_id] = exc.detail
+                    else:
+                        logger.exception("reconciling order %s failed", order_id)
                     failures += 1
 
         batch = self._runtime.settings.reconcile_batch
         ordered = list(ids)
         for start in range(0, len(ordered), batch):
             await asyncio.gather(*(one(order_id) for order_id in ordered[start : start + batch]))
-        if unanswered:
-            logger.warning(
-                "%s; %d orders left for the next reconciliation pass: %s",
-                # Their answers are alike (one outage): the first of them says what it was.
-                unanswered[min(unanswered)],
-                len(unanswered),
-                _listed(sorted(unanswered)),
-            )
+        for waiting in (unanswered, refused):
+            if waiting:
+                logger.warning(
+                    "%s; %d orders left for the next reconciliation pass: %s",
+                    # Their answers are alike (one outage, one refused key): the first of them
+                    # says what it was.
+                    waiting[min(waiting)],
+                    len(waiting),
+                    _listed(sorted(waiting)),
+                )
         return failures
 
     async def overdue_orders(self, session: AsyncSession) -> list[int]:
@@ -467,7 +479,14 @@ class Reconciler:
                     await session.commit()
                 except MerchantKeyGone as exc:
                     logger.warning("%s", exc.note)
-                except PaymentProviderUnavailable as exc:
+                except (PaymentProviderUnavailable, PaymentProviderError) as exc:
+                    if isinstance(exc, PaymentProviderError) and not exc.key_refused:
+                        logger.exception(
+                            "closing the checkouts of superseded order %s failed; the next "
+                            "reconciliation pass retries",
+                            order_id,
+                        )
+                        continue
                     logger.warning(
                         "closing the checkouts of superseded order %s waits: %s; the next "
                         "reconciliation pass retries",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
 import re
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -2282,3 +2283,45 @@ async def test_a_payment_after_the_page_key_was_removed_is_not_lost_and_settles_
             "orders": [],
             "degraded": [],
         }
+
+
+async def test_a_key_sumup_refuses_is_one_warning_a_pass_not_a_traceback_per_order(
+    orders, clean_db, sandbox, caplog
+):
+    """Probe (docs, December 2026): a merchant key SumUp refuses (401: revoked in its
+    dashboard) made every reconciliation pass log a full traceback for each pending order of
+    that merchant (225 a pass with the demo data). A refusal the code expects: one warning a
+    pass says what SumUp answered and which orders wait, no traceback; they stay pending and
+    are asked about again next pass (and settle once the key works)."""
+    ids = [
+        (
+            await create(
+                orders,
+                order_payload(
+                    product_line(number, "2.00"), user_id=number, session_id=f"s{number}"
+                ),
+            )
+        ).json()["order_id"]
+        for number in (1, 2, 3)
+    ]
+    sandbox.client.post(
+        "/_sandbox/controls", json={"revoked_api_keys": [DEFAULT_API_KEY]}
+    ).raise_for_status()
+    caplog.set_level(logging.INFO, logger="rose.orders")
+    reconciler = orders.apps["orders"].state.reconciler
+    report = await reconciler.run_once()
+
+    assert report.failures == 3
+    ours = [record for record in caplog.records if record.name.startswith("rose.orders")]
+    assert [record.getMessage() for record in ours if record.exc_info] == []
+    [refused] = [record for record in ours if "refused" in record.getMessage()]
+    assert "401" in refused.getMessage() or "API key" in refused.getMessage()
+    assert f"3 orders left for the next reconciliation pass: {', '.join(map(str, ids))}" in (
+        refused.getMessage()
+    )
+    assert [row[1] for row in order_rows(clean_db)] == ["pending"] * 3
+
+    sandbox.client.post("/_sandbox/controls", json={"revoked_api_keys": []}).raise_for_status()
+    sandbox.pay(checkout_id_of(clean_db, ids[0]))
+    report = await reconciler.run_once()
+    assert (report.failures, report.paid) == (0, [ids[0]])
