@@ -1319,6 +1319,23 @@ async def _open_checkout(
             f"SumUp already holds {reference} for {remote.amount} {remote.currency}, "
             f"not {order.total} {order.currency}"
         )
+    if remote.status != "PENDING" or remote.paid_transaction_id is not None:
+        # Nor one anybody used: the only checkout of ours SumUp can hold under the reference
+        # already is one whose answer was lost, whose page nobody had. One paid or tried is
+        # another order's, under a reference handed out again (orders restored from a backup
+        # older than that order, a second deployment on the merchant and prefix): taken as
+        # this order's, its payment paid this order. Its money is for a person to find.
+        logger.warning(
+            "SumUp holds checkout %s %s for reference %s: not order %s's",
+            remote.id,
+            remote.status,
+            reference,
+            order.id,
+        )
+        raise PaymentProviderError(
+            f"SumUp already holds {reference} as another payment ({remote.status}), not "
+            f"order {order.id}'s; checking out again makes a new order"
+        )
     row: dict[str, Any] = {
         "order_id": order.id,
         "number": number,

@@ -1502,6 +1502,42 @@ async def test_a_reference_sumup_already_has_is_recovered_by_listing(orders, cle
     assert len(sandbox.checkouts()) == 1
 
 
+@pytest.mark.parametrize("outcome", ["pay", "fail"])
+async def test_a_checkout_someone_used_under_the_reference_is_not_the_orders(
+    orders, clean_db, sandbox, outcome
+):
+    """The only checkout of ours SumUp can already hold under a reference is one whose answer
+    was lost: nobody had its page, so nobody tried to pay it. One that was paid (or tried) is
+    another order's, under a reference handed out again (orders' database restored from a
+    backup taken before that order was made; a second deployment on the same merchant and
+    prefix): a new order for the same amount took it as its own, and the other buyer's
+    payment paid it. Before: 200, and the webhook made the order paid."""
+    someone_elses = sandbox.client.post(
+        "/v0.1/checkouts",
+        json={
+            "checkout_reference": "rose-test-1-1",  # what the first order's first attempt uses
+            "amount": 10.0,
+            "currency": "EUR",
+            "merchant_code": "MSANDBOX1",
+            "hosted_checkout": {"enabled": True},
+        },
+        headers={"Authorization": f"Bearer {DEFAULT_API_KEY}"},
+    )
+    assert someone_elses.status_code == 201
+    getattr(sandbox, outcome)(someone_elses.json()["id"])
+    refused = await create(orders)
+    assert refused.status_code == 502, refused.text
+    assert "rose-test-1-1" in refused.json()["detail"]
+    assert order_rows(clean_db) == []
+    # The cart checked out again gets an order of its own, paid by nobody yet.
+    created = await create(orders)
+    assert created.status_code == 200, created.text
+    order_id = created.json()["order_id"]
+    assert created.json()["sumup_reference"] == f"rose-test-{order_id}-1"
+    assert (await webhook(orders, order_id, checkout_id_of(clean_db, order_id))).status_code == 204
+    assert [row[1] for row in order_rows(clean_db)] == ["pending"]
+
+
 async def test_a_recovered_checkout_for_another_amount_is_refused(orders, clean_db, sandbox):
     sandbox.client.post(
         "/v0.1/checkouts",
