@@ -204,6 +204,8 @@ class Reconciler:
                 if applied.paid:
                     report.paid.append(order_id)
                     return
+                if applied.flagged:  # left to a person, who settles it (end-review)
+                    return
             expired = await session.scalar(
                 update(Order)
                 .where(Order.id == order_id, Order.status == "pending")

@@ -1138,16 +1138,21 @@ async def close_attempt(
     try:
         remote, _ = await close_at_sumup(gateway, account, attempt.sumup_checkout_id)
     except CheckoutNotFound:
-        await _LOCK_ORDER.first(session, {"order_id": order.id})  # the order first, as ever
-        await session.execute(
-            update(PaymentAttempt)
-            .where(
-                PaymentAttempt.id == attempt.id,
-                PaymentAttempt.status.in_(OPEN_ATTEMPT_STATES),
-            )
-            .values(status="EXPIRED", updated_at=func.now())
+        # SumUp keeps every checkout it made: one it does not know under the key of the
+        # order's merchant says the key is not that merchant's (an editor pasted a key of
+        # another of their merchants into the page's settings, blog cannot tell), and proves
+        # nothing of the payment, as under another merchant's key (MerchantKeyGone). Held
+        # EXPIRED, a payment it had taken was never read again (the order expired, its goods
+        # released, nothing owed back): the order is left to a person instead, its attempt
+        # as it was (rose orders end-review reads it with the key put right).
+        await _flag(
+            session,
+            order.id,
+            f"SumUp does not know checkout {attempt.sumup_checkout_id} under the key page "
+            f"config {payment_config_of(order)} holds for merchant {account.merchant_code}: "
+            "the key may be another merchant's; a payment may be waiting on SumUp",
         )
-        return Applied(order.status, "EXPIRED")
+        return Applied(order.status, attempt.status, flagged=True)
     return await apply_checkout(session, order, attempt, remote)
 
 

@@ -802,3 +802,45 @@ async def test_a_replay_of_a_known_key_needs_no_blog(clean_db, credentials, sand
             again = await create(orders, key="answer-lost")
         assert again.status_code == 200, again.text
         assert again.json() == first.json()
+
+
+async def test_a_key_of_another_merchant_under_the_orders_merchant_never_expires_a_payment(
+    clean_db, credentials, two_merchant_sandbox
+):
+    """The editor pastes a key of another of their SumUp merchants into the page's settings,
+    the merchant code left as it was (blog cannot tell a key's merchant). The buyer has paid
+    meanwhile, unseen (the webhook lost). Under that key SumUp does not know the checkout,
+    which proves nothing, as under a page switched to another merchant. Before: the order's
+    time over, the reconciliation held the checkout EXPIRED ("unknown to SumUp") and expired
+    the order, and once the key was put right nothing read the payment again (money taken,
+    goods released, nothing owed back). Now the order is left to a person, listed with why;
+    the key put right, ending its review gives the payment back."""
+    sandbox = two_merchant_sandbox
+    add_page_config(clean_db, "site", 0)
+    async with orders_stack(
+        clean_db, credentials, sandbox.server, ORDERS_MERCHANT_ACCOUNT_SECONDS="0"
+    ) as orders:
+        order_id = (await create(orders)).json()["order_id"]
+        checkout_id = checkout_id_of(clean_db, order_id)
+        sandbox.pay(checkout_id)  # its webhook lost (the sandbox drops them here)
+        set_site_account(clean_db, DEFAULT_MERCHANT_CODE, OTHER_KEY)
+        overdue(clean_db, order_id)
+        reconciler = orders.apps["orders"].state.reconciler
+        await reconciler.run_once()
+        assert attempt_statuses(clean_db, order_id) == ["PENDING"]
+        assert dict(row[:2] for row in order_rows(clean_db))[order_id] == "pending"
+        listed = await attention_of(orders)
+        assert list(listed) == [order_id]
+        assert listed[order_id]["flagged"] is True
+        assert checkout_id in listed[order_id]["flag_reason"]
+        await reconciler.run_once()  # a flagged order is a person's: not expired meanwhile
+        assert dict(row[:2] for row in order_rows(clean_db))[order_id] == "pending"
+
+        set_site_account(clean_db, DEFAULT_MERCHANT_CODE, DEFAULT_API_KEY)
+        ended = await internal_post(orders.client("orders"), "end-review", {"order_id": order_id})
+        assert ended.status_code == 200, ended.text
+        assert ended.json()["status"] == "refund_due"
+        assert ended.json()["refunds"] == [
+            {"checkout_id": checkout_id, "amount": "10.00", "currency": "EUR"}
+        ]
+        assert attempt_statuses(clean_db, order_id) == ["PAID"]
