@@ -1289,6 +1289,10 @@ async def _new_attempt(
     return PaymentAttempt(id=attempt_id, **row)
 
 
+# What a checkout nobody had the page of can be at SumUp (see _open_checkout).
+UNUSED_CHECKOUT_STATES = ("PENDING", "EXPIRED")
+
+
 async def _open_checkout(
     order: Order,
     number: int,
@@ -1319,9 +1323,10 @@ async def _open_checkout(
             f"SumUp already holds {reference} for {remote.amount} {remote.currency}, "
             f"not {order.total} {order.currency}"
         )
-    if remote.status != "PENDING" or remote.paid_transaction_id is not None:
+    if remote.status not in UNUSED_CHECKOUT_STATES or remote.paid_transaction_id is not None:
         # Nor one anybody used: the only checkout of ours SumUp can hold under the reference
-        # already is one whose answer was lost, whose page nobody had. One paid or tried is
+        # already is one whose answer was lost, whose page nobody had (still open, or expired
+        # since: its next attempt is made as for any expired one). One paid or tried is
         # another order's, under a reference handed out again (orders restored from a backup
         # older than that order, a second deployment on the merchant and prefix): taken as
         # this order's, its payment paid this order. Its money is for a person to find.
