@@ -8,6 +8,7 @@ errors become :class:`PaymentProviderUnavailable` (no answer, 5xx: try again lat
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator
@@ -179,6 +180,21 @@ class SdkClient:
     closed: bool = False
 
 
+@dataclass
+class _Reads:
+    """One checkout's reads (:meth:`SumUpGateway.get_checkout`): the one running, and the one
+    that starts once it ends, which every caller asking meanwhile waits for."""
+
+    running: asyncio.Future[RemoteCheckout] | None = None
+    next: asyncio.Future[RemoteCheckout] | None = None
+
+
+def _retrieved(read: asyncio.Future[Any]) -> None:
+    """A shared read's outcome is read even when every caller gave up, never logged."""
+    if not read.cancelled():
+        read.exception()
+
+
 class SumUpGateway:
     def __init__(
         self,
@@ -195,6 +211,8 @@ class SumUpGateway:
         self._clients: OrderedDict[str, SdkClient] = OrderedDict()
         # Pushed out while calls were running on them: closed when the last one answers.
         self._retired: set[SdkClient] = set()
+        # The reads of a checkout (by key and checkout id) running and waiting to start.
+        self._reads: dict[tuple[str, str], _Reads] = {}
 
     def client_for(self, account: MerchantAccount) -> SdkClient:
         """The client of ``account``'s key (made on first use), now the most recently used;
@@ -300,6 +318,37 @@ class SumUpGateway:
         return None
 
     async def get_checkout(self, account: MerchantAccount, checkout_id: str) -> RemoteCheckout:
+        """The checkout as SumUp has it, read after this call began. Reads of one checkout
+        with one key share SumUp's answer: a caller waits for the read that starts next (not
+        one running, begun before it asked: the checkout may have changed since), so at most
+        one read of a checkout runs and one waits, however many ask at once (unsigned webhooks
+        and return-page loads, which anyone with the checkout's id can send without end)."""
+        key = (account.api_key, checkout_id)
+        reads = self._reads.setdefault(key, _Reads())
+        if reads.next is None:
+            reads.next = asyncio.ensure_future(self._read_next(key, reads, account, checkout_id))
+            reads.next.add_done_callback(_retrieved)
+        # Shielded: a caller that gives up (its request ended) ends no other caller's read.
+        return await asyncio.shield(reads.next)
+
+    async def _read_next(
+        self, key: tuple[str, str], reads: _Reads, account: MerchantAccount, checkout_id: str
+    ) -> RemoteCheckout:
+        running = reads.running
+        if running is not None:
+            await asyncio.wait([running])  # its outcome is its callers'
+        # Starting now: whoever asks from here on waits for the read after this one.
+        this = reads.next
+        reads.next, reads.running = None, this
+        try:
+            return await self._read_checkout(account, checkout_id)
+        finally:
+            if reads.running is this:
+                reads.running = None
+            if reads.running is None and reads.next is None:
+                self._reads.pop(key, None)
+
+    async def _read_checkout(self, account: MerchantAccount, checkout_id: str) -> RemoteCheckout:
         async with self._using(account) as client:
             try:
                 return _remote(await client.checkouts.get(checkout_id))

@@ -240,6 +240,7 @@ async def list_checkouts(
 async def get_checkout(
     checkout_id: CheckoutId, service: Service, merchant_code: AuthenticatedMerchant
 ) -> JsonObject:
+    service.state.checkout_reads[checkout_id] += 1
     return checkout_as_json(await service.get(checkout_id, merchant_code=merchant_code))
 
 

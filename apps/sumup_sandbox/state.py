@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -135,6 +136,8 @@ class SandboxState:
         # API calls the injected latency holds right now: a test waits for a client's call to
         # be on its way (and so past whatever it read before) instead of sleeping a guess.
         self.delayed_calls = 0
+        # GET /v0.1/checkouts/{id} answered, by checkout id: what a client's reads cost SumUp.
+        self.checkout_reads: collections.Counter[str] = collections.Counter()
         self._event_ids = itertools.count(1)
         self._refund_ids = itertools.count(1)
 
@@ -150,6 +153,7 @@ class SandboxState:
         self._by_reference.clear()
         self.deliveries.clear()
         self.held_events.clear()
+        self.checkout_reads.clear()
         self._event_ids = itertools.count(1)
 
     def find(self, checkout_id: str, *, merchant_code: str | None = None) -> Checkout:

@@ -402,6 +402,37 @@ async def test_a_webhook_is_answered_without_a_session_cookie(orders, clean_db, 
     assert "set-cookie" in page.headers
 
 
+async def test_a_flood_of_webhooks_and_return_pages_costs_sumup_one_read_at_a_time(
+    orders, clean_db, sandbox
+):
+    """The webhook is unsigned and a buyer knows their order's and checkout's ids: every
+    notification of an open checkout, and every load of its return page, read it from SumUp
+    with the merchant's key, one read each, however many at once (on rose up, one anonymous
+    client made orders read one checkout 200 times a second), which SumUp's rate limit on the
+    key turns into every buyer's checkout of that merchant failing. Reads of one checkout now
+    share SumUp's answer: each asker waits for a read that starts after it asked, so one runs
+    and one waits, however many ask. (Eight at once, fewer than orders' connections: each
+    holds one while SumUp answers.)"""
+    order_id = (await create(orders)).json()["order_id"]
+    checkout_id = checkout_id_of(clean_db, order_id)
+    browser = await signed_in(orders)  # the buyer (user 1)
+    sandbox.controls(api_latency=2.0)  # the reads overlap: SumUp is slow to answer
+    try:
+        answers = await asyncio.gather(
+            *(webhook(orders, order_id, checkout_id) for _ in range(6)),
+            *(browser.get(f"/checkout/return/{order_id}/", headers=JSON) for _ in range(2)),
+        )
+    finally:
+        sandbox.controls(api_latency=0.0)
+    assert [answer.status_code for answer in answers] == [204] * 6 + [200] * 2
+    assert [answer.json()["state"] for answer in answers[6:]] == ["waiting"] * 2
+    assert sandbox.server.state.checkout_reads[checkout_id] <= 3  # 8 before
+    # What was shared is SumUp's answer, not an old one: a payment is seen by the next look.
+    sandbox.pay(checkout_id)
+    assert (await webhook(orders, order_id, checkout_id)).status_code == 204
+    assert order_rows(clean_db)[0][1] == "paid"
+
+
 async def test_known_webhook_while_sumup_is_down_asks_for_a_retry(orders, clean_db, sandbox):
     order_id = (await create(orders)).json()["order_id"]
     checkout_id = checkout_id_of(clean_db, order_id)
