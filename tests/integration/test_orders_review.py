@@ -305,6 +305,18 @@ async def test_a_second_payment_goes_back_whichever_attempt_paid_first(orders, c
     assert sandbox.transaction(sandbox.checkout(paid_with)["transaction_id"])["events"] == []
 
 
+def reports_waiting_on_sumup(server) -> int:
+    """Orders' transactions idle after reading a reported checkout's attempt: reports that
+    wait on SumUp's answer."""
+    with admin_connect(server, "orders") as watcher:
+        row = watcher.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND state = 'idle in transaction' AND query LIKE '%%payment_attempts%%' "
+            "AND query LIKE '%%sumup_checkout_id%%'"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
 async def test_the_payment_an_order_was_paid_with_is_never_refunded_by_a_second_report_of_it(
     orders, clean_db, sandbox
 ):
@@ -323,8 +335,11 @@ async def test_the_payment_an_order_was_paid_with_is_never_refunded_by_a_second_
     sandbox.pay(checkout_id)
     sandbox.controls(api_latency=2.0)  # under the stack's SumUp timeout, 3 s
     reports = [asyncio.create_task(webhook(orders, order_id, checkout_id)) for _ in range(2)]
-    # Both read the attempt open and wait on SumUp.
-    assert await eventually(lambda: sandbox.delayed_calls() == 2)
+    # Both read the attempt open and wait on SumUp: the first's read is on its way, the second
+    # waits for the read after it (reads of one checkout share SumUp's answer), each in its
+    # transaction.
+    assert await eventually(lambda: sandbox.delayed_calls() == 1)
+    assert await eventually(lambda: reports_waiting_on_sumup(clean_db) == 2)
     with admin_connect(clean_db, "orders") as connection:
         connection.execute(
             "UPDATE orders.payment_attempts SET status = 'EXPIRED' WHERE order_id = %s",
