@@ -1150,7 +1150,9 @@ async def close_attempt(
             order.id,
             f"SumUp does not know checkout {attempt.sumup_checkout_id} under the key page "
             f"config {payment_config_of(order)} holds for merchant {account.merchant_code}: "
-            "the key may be another merchant's; a payment may be waiting on SumUp",
+            "the key may be another merchant's, and a payment may be waiting on SumUp: put the "
+            "key right before ending the review, which holds a checkout SumUp does not know "
+            "EXPIRED (a local sandbox restarted since forgets its checkouts: end it as it is)",
         )
         return Applied(order.status, attempt.status, flagged=True)
     return await apply_checkout(session, order, attempt, remote)

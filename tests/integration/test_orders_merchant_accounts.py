@@ -833,6 +833,7 @@ async def test_a_key_of_another_merchant_under_the_orders_merchant_never_expires
         assert list(listed) == [order_id]
         assert listed[order_id]["flagged"] is True
         assert checkout_id in listed[order_id]["flag_reason"]
+        assert "put the key right before ending the review" in listed[order_id]["flag_reason"]
         await reconciler.run_once()  # a flagged order is a person's: not expired meanwhile
         assert dict(row[:2] for row in order_rows(clean_db))[order_id] == "pending"
 
