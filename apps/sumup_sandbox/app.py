@@ -559,6 +559,15 @@ def create_app(
     )
     sandbox_state = state if state is not None else SandboxState()
     dispatcher = WebhookDispatcher(sandbox_state)
+
+    async def save_after_a_change(request: Request[Any, Any, Any]) -> None:
+        # Whatever a request other than a read may have changed is kept (a state file's).
+        if request.method not in ("GET", "HEAD", "OPTIONS"):
+            sandbox_state.save()
+
+    async def save_at_shutdown() -> None:
+        sandbox_state.save()
+
     service = CheckoutService(sandbox_state, dispatcher, public_url=public_url)
 
     def provide_service() -> CheckoutService:
@@ -612,7 +621,8 @@ def create_app(
             Exception: _handle_unexpected_error,
         },
         before_send=[_log_request],
-        on_shutdown=[dispatcher.aclose],
+        after_response=save_after_a_change,
+        on_shutdown=[dispatcher.aclose, save_at_shutdown],
         openapi_config=None,
         logging_config=None,
     )
@@ -621,14 +631,22 @@ def create_app(
     return app
 
 
-def run(host: str = "127.0.0.1", port: int = 8099, fd: int | None = None) -> None:
+def run(
+    host: str = "127.0.0.1",
+    port: int = 8099,
+    fd: int | None = None,
+    state_file: Path | None = None,
+) -> None:
     """Serve the sandbox until interrupted (used by `rose sumup-sandbox`). With ``fd``, on that
-    inherited listening socket on ``port`` (``rose up``'s, or ``rose sumup-sandbox``'s own)."""
+    inherited listening socket on ``port`` (``rose up``'s, or ``rose sumup-sandbox``'s own);
+    with ``state_file``, its checkouts kept there (SandboxState)."""
     configure_logging("sumup-sandbox", json_lines=False)
     configure_tracing("sumup-sandbox")
     # A wildcard bind address is not something a browser can open.
     browser_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-    app = create_app(public_url=f"http://{browser_host}:{port}")
+    app = create_app(
+        public_url=f"http://{browser_host}:{port}", state=SandboxState(state_file=state_file)
+    )
     logger.info("SumUp sandbox on http://%s:%d (API key %s)", browser_host, port, DEFAULT_API_KEY)
     if fd is None:
         uvicorn.run(app, host=host, port=port, access_log=False)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Literal
 
 import msgspec
@@ -118,10 +120,21 @@ class DeliveryRecord:
         }
 
 
-class SandboxState:
-    """Everything the sandbox remembers. Mutate checkouts only while holding `lock`."""
+class StateFileUnreadable(ValueError):
+    """A sandbox's state file that is not one it wrote (or not readable)."""
 
-    def __init__(self, controls: SandboxControls | None = None) -> None:
+
+class SandboxState:
+    """Everything the sandbox remembers. Mutate checkouts only while holding `lock`.
+
+    With ``state_file`` its checkouts (their transactions, what went back) outlive the
+    process, as SumUp's do: read from the file now, written to it by :meth:`save` (the app
+    saves after every request that may change them). Without, they live in memory only (the
+    tests' sandboxes, the benchmarks')."""
+
+    def __init__(
+        self, controls: SandboxControls | None = None, *, state_file: Path | None = None
+    ) -> None:
         # Reset goes back to the controls the state was built with, so a test suite can choose
         # short retry delays once and keep them across resets.
         self.default_controls = controls or SandboxControls()
@@ -140,6 +153,42 @@ class SandboxState:
         self.checkout_reads: collections.Counter[str] = collections.Counter()
         self._event_ids = itertools.count(1)
         self._refund_ids = itertools.count(1)
+        self.state_file = state_file
+        if state_file is not None:
+            self._load(state_file)
+
+    def _load(self, path: Path) -> None:
+        try:
+            kept = msgspec.json.decode(path.read_bytes(), type=list[Checkout])
+        except FileNotFoundError:
+            return
+        except (OSError, msgspec.DecodeError) as exc:
+            raise StateFileUnreadable(
+                f"cannot read the sandbox's checkouts from {path}: {exc}; move it away to start "
+                "with none"
+            ) from None
+        for checkout in kept:
+            self.add(checkout)
+        # Refund ids go on from the last one kept: SumUp never gives one twice.
+        given = [
+            event.id
+            for checkout in kept
+            for transaction in checkout.transactions
+            for event in transaction.given_back
+        ]
+        self._refund_ids = itertools.count(max(given, default=0) + 1)
+
+    def save(self) -> None:
+        """The checkouts to the state file (if any), replaced whole: a stop or a crash midway
+        leaves the last whole copy. For the operator alone (mode 0600)."""
+        if self.state_file is None:
+            return
+        data = msgspec.json.encode(list(self.checkouts.values()))
+        partial = self.state_file.with_name(f".{self.state_file.name}.partial")
+        descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "wb") as out:
+            out.write(data)
+        os.replace(partial, self.state_file)
 
     def next_refund_id(self) -> int:
         return next(self._refund_ids)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit
 
@@ -122,9 +123,18 @@ def sumup_sandbox(
         int | None,
         typer.Option(hidden=True, help="An inherited listening socket on PORT (rose up's)."),
     ] = None,
+    state_file: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="FILE",
+            help="Keep the checkouts in FILE, as SumUp keeps them, so a restart still knows "
+            "them (rose up keeps them in its home; without it, in memory only).",
+        ),
+    ] = None,
 ) -> None:
     """Run the local SumUp sandbox (checkout API, hosted page, webhooks)."""
     from apps.sumup_sandbox.app import run
+    from apps.sumup_sandbox.state import StateFileUnreadable
 
     if fd is None:
         # Bound here, before the app starts: a taken port is one line, not uvicorn's log.
@@ -143,4 +153,7 @@ def sumup_sandbox(
                 "there or choose another --port"
             ) from None
         fd = listener.detach()  # the sandbox's server owns it (and closes it) from here
-    run(host=host, port=port, fd=fd)
+    try:
+        run(host=host, port=port, fd=fd, state_file=state_file)
+    except StateFileUnreadable as exc:
+        raise fail(str(exc)) from None

@@ -335,10 +335,13 @@ class ProcessGroup:
         port: int,
         environment: Mapping[str, str] | None = None,
         listens: bool = False,
+        state_file: Path | None = None,
     ) -> ServiceProcess:
         """The local SumUp sandbox (``rose sumup-sandbox``) as one more process, ``sumup``;
-        ``listens`` as ``start_service``'s."""
+        ``listens`` as ``start_service``'s; its checkouts kept in ``state_file`` if given."""
         command = [self.python, "-m", "ops.cli", "sumup-sandbox", "--port", str(port)]
+        if state_file is not None:
+            command += ["--state-file", str(state_file)]
         return self.start(SANDBOX, port, command, SANDBOX_READY_PATH, environment, listens=listens)
 
     def _pump(self, entry: ServiceProcess) -> None:

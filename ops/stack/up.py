@@ -84,6 +84,8 @@ SANDBOX_PORT_NAME = "sumup sandbox"
 
 # How long the sandbox and every service have, together, to answer their ready paths.
 READY_SECONDS = 90.0
+# The local SumUp sandbox's checkouts, in the home: a restart of the stack still knows them.
+SANDBOX_STATE_FILE = "sumup-sandbox.json"
 
 
 # The embedded PostgreSQL's name in the supervisor's log lines.
@@ -341,10 +343,15 @@ def _run_stack(options: StackOptions, home: Path, lock_home: Callable[[], None])
 
     group: ProcessGroup | None = None
     database_url = options.database_url
+    sandbox_state = home / SANDBOX_STATE_FILE
     try:
+        if options.fresh:
+            # Orders starts again from 1, and so do its checkout references: the sandbox
+            # (which keeps its checkouts, as SumUp does) starts with none too.
+            sandbox_state.unlink(missing_ok=True)
         if embedded is not None:
             if options.fresh:
-                say("--fresh: removing the embedded database")
+                say("--fresh: removing the embedded database and the SumUp sandbox's checkouts")
                 embedded.destroy()
             left = embedded.pid()
             if left is not None:
@@ -389,6 +396,7 @@ def _run_stack(options: StackOptions, home: Path, lock_home: Callable[[], None])
             sandbox_port,
             proxy.sandbox_environment() if proxy else None,
             listens=True,
+            state_file=sandbox_state,
         )
         for name in names:
             group.start_service(name, ports[name], options.workers, listens=True)

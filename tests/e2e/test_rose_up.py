@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from apps.sumup_sandbox.app import DEFAULT_API_KEY, DEFAULT_MERCHANT_CODE
 from ops.stack.pgserver import free_port, port_is_free
 from tests.e2e.conftest import rose_cli as rose
 from tests.e2e.conftest import rose_up
@@ -470,3 +471,38 @@ def test_a_second_rose_up_in_the_same_home_says_to_give_it_another_home(running_
     assert second.returncode == 1
     assert "a stack already runs" in second.stderr
     assert "ROSE_HOME" in second.stderr, second.stderr
+
+
+def test_the_sumup_sandbox_keeps_its_checkouts_across_restarts_until_fresh(tmp_path: Path):
+    """SumUp keeps every checkout it made, and orders flags an order whose checkout SumUp does
+    not know (probe money, December 2026). The sandbox `rose up` runs forgot them at every
+    restart, so each pending order of a dev stack was flagged at its expiry. It keeps them in
+    the home now; `--fresh` (orders starts again from 1) starts it with none."""
+    home = tmp_path / "rose-home"
+    pg_port = free_port()
+    args = ["--pg-port", str(pg_port), "--port-offset", str(PORT_OFFSET), "--only", "relations"]
+    sandbox_url = f"http://127.0.0.1:{8099 + PORT_OFFSET}"
+    api = {"Authorization": f"Bearer {DEFAULT_API_KEY}"}
+    with rose_up(home, "--fresh", *args, timeout=90):
+        made = httpx.post(
+            f"{sandbox_url}/v0.1/checkouts",
+            json={
+                "checkout_reference": "rose-kept-1",
+                "amount": 4.5,
+                "currency": "EUR",
+                "merchant_code": DEFAULT_MERCHANT_CODE,
+            },
+            headers=api,
+        )
+        assert made.status_code == 201, made.text
+        checkout_id = made.json()["id"]
+        assert httpx.post(f"{sandbox_url}/_sandbox/checkouts/{checkout_id}/pay").status_code == 200
+
+    with rose_up(home, *args, timeout=90):
+        kept = httpx.get(f"{sandbox_url}/v0.1/checkouts/{checkout_id}", headers=api)
+        assert kept.status_code == 200, kept.text
+        assert kept.json()["status"] == "PAID"
+
+    with rose_up(home, "--fresh", *args, timeout=90):
+        gone = httpx.get(f"{sandbox_url}/v0.1/checkouts/{checkout_id}", headers=api)
+        assert gone.status_code == 404, gone.text

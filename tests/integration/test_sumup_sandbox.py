@@ -1197,3 +1197,45 @@ def test_deactivation_can_be_switched_unavailable(
     assert sumup_client.checkouts.get(checkout.id).status == "PENDING"
     set_controls(operator, deactivation_unavailable=False)
     assert sumup_client.checkouts.deactivate(checkout.id).status == "EXPIRED"
+
+
+# --- A sandbox started again on its state file ----------------------------------------------
+
+
+def test_a_sandbox_started_again_on_its_state_file_still_knows_its_checkouts(tmp_path) -> None:
+    """Probe (money, December 2026): SumUp keeps every checkout it made, and orders now flags an
+    order whose checkout SumUp does not know (it may be a key of another merchant). A sandbox
+    that forgot its checkouts at every restart of `rose up` left each pending order flagged at
+    its expiry. Started with a state file, it knows them again: their status, their
+    transactions and what went back; refunds go on with new ids; a duplicate reference is
+    still refused; and a file it cannot read is one clear error."""
+    state_file = tmp_path / "sandbox-state.json"
+    with (
+        BackgroundSandbox(state=SandboxState(state_file=state_file)) as first,
+        Sumup(api_key=DEFAULT_API_KEY, base_url=first.url, timeout=REQUEST_TIMEOUT) as client,
+        httpx.Client(base_url=first.url, timeout=REQUEST_TIMEOUT) as operator,
+    ):
+        transaction_id = paid_transaction_id(client, operator, 12.5)
+        client.transactions.refund(DEFAULT_MERCHANT_CODE, transaction_id, amount=2.5)
+        pending = create_checkout(client, reference="kept-reference")
+    assert state_file.stat().st_mode & 0o077 == 0  # the operator's alone
+
+    with (
+        BackgroundSandbox(state=SandboxState(state_file=state_file)) as second,
+        Sumup(api_key=DEFAULT_API_KEY, base_url=second.url, timeout=REQUEST_TIMEOUT) as client,
+    ):
+        assert pending.id is not None
+        assert client.checkouts.get(pending.id).status == "PENDING"
+        transaction = client.transactions.get(DEFAULT_MERCHANT_CODE, id=transaction_id)
+        assert transaction.amount == 12.5
+        assert refunded_amount(client, transaction_id) == 2.5
+        client.transactions.refund(DEFAULT_MERCHANT_CODE, transaction_id, amount=1.0)
+        events = client.transactions.get(DEFAULT_MERCHANT_CODE, id=transaction_id).events
+        refund_ids = [event.id for event in events or () if event.type == "REFUND"]
+        assert len(set(refund_ids)) == 2
+        with pytest.raises(ConflictError):
+            create_checkout(client, reference="kept-reference")
+
+    state_file.write_text("not json")
+    with pytest.raises(ValueError, match=str(state_file)):
+        SandboxState(state_file=state_file)
