@@ -39,6 +39,7 @@ from apps.common.db import DbSession
 from apps.common.idempotency import run_idempotent
 from apps.common.internal_client import IDEMPOTENCY_HEADER
 from apps.common.internal_paths import INTERNAL_PREFIX, is_internal_path
+from apps.common.limits import is_json_type
 from apps.common.nonces import DEFERRED_NONCE, REPLAYED, DeferredNonce
 from apps.common.signing import NONCE_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 
@@ -108,6 +109,16 @@ def signature_middleware(
             )
             if reason is not None:
                 await send_problem(send, 401, f"Internal request refused: {reason}", path)
+                return
+            if http_method(scope) == "POST" and not is_json_type(
+                header(scope, "content-type") or ""
+            ):
+                # An action reads its body as JSON whatever its type; the edge checks only a
+                # body typed as JSON (a key given twice, depth): another is not read at all.
+                given = header(scope, "content-type") or "a body without a type"
+                await send_problem(
+                    send, 415, f"An internal action takes application/json, not {given}", path
+                )
                 return
             # Reads have no effect to repeat; an action is accepted once per signed delivery.
             if http_method(scope) != "POST" or remember_nonce is None or nonce is None:

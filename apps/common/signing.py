@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 import time
 
@@ -21,6 +22,10 @@ CALLER_HEADER = "X-Rose-Caller"
 # Requests older (or further in the future) than this are refused.
 MAX_CLOCK_SKEW_SECONDS = 300
 MAX_NONCE_LENGTH = 64
+# A timestamp is what ``sign_headers`` writes: ASCII digits, seconds since the epoch. (``int``
+# also takes a sign, spaces, underscores and other scripts' digits; and a number of hundreds of
+# digits was an OverflowError against the clock, a 500.)
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")
 
 
 def signature(
@@ -98,10 +103,9 @@ def verify(
         return "missing request signature"
     if len(nonce) > MAX_NONCE_LENGTH:
         return "malformed request nonce"
-    try:
-        stamp = int(timestamp)
-    except ValueError:
+    if _TIMESTAMP.fullmatch(timestamp) is None:
         return "malformed signature timestamp"
+    stamp = int(timestamp)
     current = time.time() if now is None else now
     if abs(current - stamp) > MAX_CLOCK_SKEW_SECONDS:
         return "stale request signature"

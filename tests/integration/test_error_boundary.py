@@ -209,6 +209,49 @@ async def test_non_ascii_csrf_tokens_and_signatures_are_refused_not_crashed(stac
     assert_problem(signed, 401, "signature")
 
 
+async def test_a_signature_timestamp_is_ascii_digits_or_refused_not_crashed(stack):
+    """Probe (2026-12-06): a signature timestamp of 400 digits was a 500 (OverflowError: int
+    too large to convert to float, a traceback in the log), for a malformed header. Any
+    timestamp that is not plain ASCII digits is now "malformed", a 401 like the others."""
+    path = "/internal/data/get-children?parent_type=page&parent_id=1"
+    for given in ("9" * 400, "1" * 19 + "0" * 11, "\uff11\uff12\uff13", "+1", "1_000", " 1 "):
+        headers = sign_headers(INTERNAL_SECRET, "GET", path, b"", caller="tests")
+        headers["X-Rose-Timestamp"] = given.encode()
+        answer = await stack.client("relations").get(path, headers=headers)
+        assert_problem(answer, 401, "malformed signature timestamp")
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=b"],
+)
+async def test_an_internal_action_reads_only_a_body_typed_as_json(stack, content_type):
+    """Probe (2026-12-06): an action's body sent untyped (or typed as text or a form) was read
+    as JSON all the same, past the edge, which checks only a body typed as JSON: a key given
+    twice was read (the last ``user_id``: user 2's like toggled), and JSON nested deeper than
+    the edge allows was a 500 (RecursionError). Such a body is a 415 naming the type, and
+    nothing is done; typed as JSON, the same body is read as before."""
+    likes = stack.client("likes")
+    path = "/internal/actions/toggle"
+    repeated = b'{"user_id":1,"target_type":"post","target_id":42,"user_id":2}'
+    deep = b'{"user_id":1,"target_type":"post","target_id":42,"x":' + b"[" * 50_000
+    for body in (repeated, deep + b"]" * 50_000 + b"}"):
+        headers = sign_headers(INTERNAL_SECRET, "POST", path, body, caller="tests")
+        if content_type is not None:
+            headers["content-type"] = content_type
+        answer = await likes.post(path, content=body, headers=headers)
+        assert_problem(answer, 415, "application/json")
+    for user_id in (1, 2):
+        state = await internal_get(
+            likes, "is-liked", {"user_id": user_id, "target_type": "post", "target_id": 42}
+        )
+        assert state.json() == {"liked": False}, user_id
+    typed = await internal_post(
+        likes, "toggle", {"user_id": 2, "target_type": "post", "target_id": 42}
+    )
+    assert typed.json() == {"liked": True}, typed.text
+
+
 async def test_a_signed_action_cannot_be_replayed(stack):
     likes = stack.client("likes")
     payload = {"user_id": 3, "target_type": "product", "target_slug": "jam"}
