@@ -1174,11 +1174,13 @@ async def create_entry(
 def parse_starts_at(value: str) -> datetime:
     try:
         parsed = datetime.fromisoformat(value.strip())
-    except ValueError:
+        # In UTC, as it is stored and read back: an offset that takes it past the year 9999 or
+        # before the year 1 was stored, and then could not be read (a 500).
+        return parsed.astimezone(UTC) if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+    except (ValueError, OverflowError):
         raise InvalidInput(
             f"starts_at must be an ISO 8601 date and time, not {value!r}", field="starts_at"
         ) from None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
 def check_cost(typed: str) -> Decimal:

@@ -1187,6 +1187,10 @@ async def test_bad_calendar_input_is_422_naming_the_field(stack, editor, clean_d
         ({"starts_at": "2030-01-01T10:00", "cost": "1"}, "name"),
         ({"name": "Walk", "cost": "1"}, "starts_at"),
         ({"name": "Walk", "starts_at": "next tuesday", "cost": "1"}, "starts_at"),
+        # Probe (2026-12-06): a time whose offset takes it past the year 9999 (or before the
+        # year 1) in UTC was stored, then could not be read back: a 500.
+        ({"name": "Walk", "starts_at": "9999-12-31T23:59:59-05:00", "cost": "1"}, "starts_at"),
+        ({"name": "Walk", "starts_at": "0001-01-01T00:00:00+01:00", "cost": "1"}, "starts_at"),
         ({"name": "Walk", "starts_at": "2030-01-01T10:00"}, "cost"),
         ({"name": "Walk", "starts_at": "2030-01-01T10:00", "cost": "cheap"}, "cost"),
         ({"name": "Walk", "starts_at": "2030-01-01T10:00", "cost": "-1"}, "cost"),
