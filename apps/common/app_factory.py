@@ -77,6 +77,7 @@ from apps.common.web import (
     auth_handlers,
     check_form_routes,
     nav_middleware,
+    path_numbers_in_ascii,
     read_form_body_first,
     template_config,
 )
@@ -326,7 +327,11 @@ def create_base_app(
         # A form given to a handler as a struct is read as every form is (URL-encoded or
         # multipart; any other body refused).
         before_request=read_form_body_first,
-        middleware=[prometheus_config(name).middleware, only_contract_routes_serve_internal_paths],
+        middleware=[
+            prometheus_config(name).middleware,
+            only_contract_routes_serve_internal_paths,
+            path_numbers_in_ascii,
+        ],
         template_config=template_settings,
         openapi_config=OpenAPIConfig(
             title=f"rose-ash {name}",

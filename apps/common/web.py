@@ -53,6 +53,7 @@ from apps.common.problems import (
     DependencyUnavailable,
     Forbidden,
     InvalidInput,
+    NothingHere,
     Problem,
     UnsupportedMediaType,
 )
@@ -69,6 +70,10 @@ PageSize = Annotated[int, Parameter(ge=1, le=MAX_PAGE_SIZE)]
 # is a 422 naming it; in a path, the URL names nothing (a 404, apps.common.problems.NothingHere).
 SlugParam = Annotated[str, Parameter(pattern=URL_SLUG)]
 NAV_KEY = "rose_nav"
+# A whole number in a path (an ``{id:int}`` segment) as the query's and a form's are read:
+# ASCII digits only. Litestar reads the segment with ``int()``, which also takes other
+# scripts' digits, a sign, spaces and underscores: ``/order/%D9%A3/`` was order 3.
+_PATH_NUMBER = re.compile(r"[0-9]+")
 # How a handler fetches its page's navigation again (refresh_nav).
 NAV_AGAIN_KEY = "rose_nav_again"
 # A page waits no longer than this for a fragment of its navigation.
@@ -621,3 +626,38 @@ def html_problem_page(
 
 
 Problem.render_page = html_problem_page
+
+
+def path_numbers_in_ascii(app: ASGIApp) -> ASGIApp:
+    """App middleware (it runs once a route matched): a path whose whole-number parameter is
+    not written in ASCII digits names nothing (:class:`NothingHere`, a 404 naming it), as any
+    other malformed path parameter."""
+
+    async def guard(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            for name, written in _path_numbers(scope):
+                if _PATH_NUMBER.fullmatch(written) is None:
+                    raise NothingHere(f"{name} is not written in digits 0-9")
+        await app(scope, receive, send)
+
+    return guard
+
+
+def _path_numbers(scope: Scope) -> list[tuple[str, str]]:
+    """Each whole-number parameter of the matched route's path, as the path wrote it."""
+    numbers = [
+        name
+        for name, value in (scope.get("path_params") or {}).items()
+        if isinstance(value, int) and not isinstance(value, bool)
+    ]
+    if not numbers:
+        return []
+    template = str(scope.get("path_template") or "").strip("/").split("/")
+    given = str(scope["path"]).strip("/").split("/")
+    if len(template) != len(given):
+        return []
+    return [
+        (name, given[template.index(f"{{{name}}}")])
+        for name in numbers
+        if f"{{{name}}}" in template
+    ]

@@ -651,6 +651,13 @@ MALFORMED_PATHS = [
     ("orders", "/api/orders/-1", "order_id"),
     ("orders", "/checkout/return/0/", "order_id"),
     ("orders", "/order/abc/", None),
+    # Probe (2026-12-06): other scripts' digits, a sign, a space or an underscore were read as
+    # the number (int() takes them): /order/%D9%A3/ was order 3's page.
+    ("orders", "/order/%D9%A3/", "order_id"),
+    ("orders", "/api/orders/%EF%BC%91", "order_id"),
+    ("orders", "/order/+1/", "order_id"),
+    ("orders", "/order/%201/", "order_id"),
+    ("orders", "/checkout/return/1_0/", "order_id"),
 ]
 
 
@@ -693,6 +700,13 @@ async def test_a_post_to_a_malformed_path_is_404_and_a_bad_body_stays_422(stack,
         422,
     )
     assert names_field(refused, "quantity"), refused
+    # A number not written in digits 0-9 names nothing either (it was read as the number:
+    # product and entry 1 went into the cart).
+    for written in ("%D9%A1", "+1", "%EF%BC%91"):
+        product_path = f"/add/{written}/"
+        assert_problem(await cart.post(product_path, json={"quantity": 1}), 404, "product_id")
+        entry_path = f"/entries/{written}/book/"
+        assert_problem(await events.post(entry_path), 404, "entry_id")
     query = assert_problem(await stack.browser("orders").get("/api/orders?page=0"), 422)
     assert names_field(query, "page"), query
     assert (await cart.get("/api/cart")).json()["count"] == 0
