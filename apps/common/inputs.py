@@ -6,7 +6,9 @@ Python's ``int()`` and ``Decimal()`` also read full-width digits (U+FF13), other
 digits (U+0663), underscores ("1_0") and, for decimals, exponents and NaN: none of that is a
 number a person meant to type here, so only ASCII digits (with the sign and decimal point the
 field allows) are read. Typed parameters parsed by Litestar and msgspec (an ``int`` query
-parameter, an ``int`` field of a form struct) already take ASCII digits only."""
+parameter, an ``int`` field of a form struct) already take ASCII digits only; an ``int`` path
+parameter, which Litestar reads with ``int()``, is held to them by
+``apps.common.web.path_numbers_in_ascii``."""
 
 from __future__ import annotations
 
