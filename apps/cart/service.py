@@ -1091,6 +1091,13 @@ async def receive_activity(session: AsyncSession, activity: CartActivity) -> Inb
     _one_line_as_sent(activity.id, "id")
     if activity.actor is not None:
         _one_line_as_sent(activity.actor, "actor")
+    if activity.type == "Remove" and activity.object.quantity is not None:
+        # Not ignored: "remove 1" would take the whole line out.
+        raise InvalidInput(
+            "A Remove takes the product's whole line out and names no quantity "
+            "(an Update sets how many are left)",
+            field="object.quantity",
+        )
     digest = hashlib.sha256(msgspec.json.encode(activity)).hexdigest()
     claimed = await session.scalar(
         upsert(InboxActivity)

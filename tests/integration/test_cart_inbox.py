@@ -130,6 +130,21 @@ async def test_a_malformed_activity_is_422_and_changes_nothing(cart, clean_db, p
     assert received(clean_db) == []
 
 
+async def test_a_remove_that_says_how_many_is_422_and_keeps_the_line(cart, clean_db):
+    """Probe (2026-12-06): a Remove carrying a quantity ("take 1 of the 3 away", as a careless
+    sender may mean it) took the whole line out, its quantity silently ignored, though an
+    unknown member is refused rather than ignored. A Remove names the product only: one that
+    says how many is a 422 naming object.quantity, the line kept, nothing recorded (an Update
+    sets how many are left)."""
+    await internal_post(cart, "inbox", activity("Add", "urn:r:1", 1, 3))
+    answer = await internal_post(cart, "inbox", activity("Remove", "urn:r:2", 1, 1))
+    assert answer.status_code == 422, answer.text
+    assert answer.headers["content-type"].startswith("application/problem+json")
+    assert answer.json()["errors"][0]["field"] == "object.quantity", answer.text
+    assert lines(clean_db) == [(7, None, 1, 3, True)]
+    assert received(clean_db) == [("urn:r:1", "Add")]
+
+
 async def test_a_product_market_does_not_sell_is_404_and_not_recorded(cart, clean_db):
     answer = await internal_post(cart, "inbox", activity("Add", "urn:n:1", 999))
     assert answer.status_code == 404
