@@ -269,10 +269,34 @@ async def delete_booking(
             raise Problem(
                 str(exc.problem.get("detail") or exc), status_code=exc.remote_status
             ) from exc
-        raise
+        raise removal_failed(exc) from exc
     if wants_html(request):
         return await redirect_back(request, "/")
     return released
+
+
+def removal_failed(exc: InternalCallError) -> Problem:
+    """The buyer's words for a booking removal events did not answer: whether it may have
+    happened (its answer lost) or not (events not reached), and what to do."""
+    if exc.outcome_unknown:
+        return DependencyUnavailable(
+            "Events did not confirm in time that your booking was removed; it may have been. "
+            "Your cart shows what it holds now, and removing the booking again is safe.",
+            title="Removal not confirmed",
+            service="events",
+        )
+    if exc.http_status == 503:
+        return DependencyUnavailable(
+            "Events, which holds your booking, cannot be reached right now, so the booking "
+            "could not be removed; your cart shows what it holds. Please try again in a minute.",
+            title="Booking not removed",
+            service="events",
+        )
+    return Problem(
+        f"Your booking could not be removed ({exc}); please try again.",
+        status_code=exc.http_status,
+        title="Booking not removed",
+    )
 
 
 handlers = [

@@ -1540,3 +1540,51 @@ async def test_a_give_back_never_returns_a_booking_to_an_order_that_expired_mean
     assert until == before[3]  # the cart's own hold, as it was
     for browser in (cart, events):
         await browser.aclose()
+
+
+async def test_a_booking_removal_events_did_not_answer_says_what_the_buyer_can_do(
+    stack, clean_db, shop
+):
+    """Probe (2026-12-06): events released the booking but its answer never came (every
+    attempt); the buyer read "events release-booking: timed out", which says nothing of the
+    booking, though it was gone. Now the problem says the removal was not confirmed, that the
+    cart shows what it holds, and that removing it again is safe; and while events is down,
+    that nothing was removed. The page the browser gets says the same."""
+    cart = await browser_of(stack, "cart", user_id=3)
+    events = stack.browser("events")
+    share_cookies(cart, events)
+    assert (await events.post(f"/entries/{shop.entry_id}/book/")).status_code == 200
+
+    client = platform_of(stack.apps["cart"]).client
+    client.route("events", AnswersLost(stack.apps["events"], "release-booking", lost=3))
+    try:
+        lost = await cart.post(f"/booking/entry/{shop.entry_id}/delete/")
+    finally:
+        client.route("events", stack.apps["events"])
+    assert lost.status_code == 503, lost.text
+    problem = lost.json()
+    assert problem["title"] == "Removal not confirmed", problem
+    assert "your cart shows" in problem["detail"].lower(), problem
+    assert "again is safe" in problem["detail"], problem
+    assert "release-booking" not in problem["detail"], problem
+    # It was released: the cart says so, and removing again is the 404 of a booking not there.
+    assert (await cart.get("/api/cart")).json()["count"] == 0
+    again = await cart.post(f"/booking/entry/{shop.entry_id}/delete/")
+    assert again.status_code == 404, again.text
+
+    assert (await events.post(f"/entries/{shop.entry_id}/book/")).status_code == 200
+    client.route("events", ServiceDown("events"))
+    try:
+        down = await cart.post(f"/booking/entry/{shop.entry_id}/delete/")
+        page = await cart.post(f"/booking/entry/{shop.entry_id}/delete/", headers=HTML)
+    finally:
+        client.route("events", stack.apps["events"])
+    assert down.status_code == 503, down.text
+    assert down.json()["title"] == "Booking not removed", down.json()
+    assert "cannot be reached" in down.json()["detail"], down.json()
+    assert page.status_code == 503
+    assert page.headers["content-type"].startswith("text/html")
+    assert "Booking not removed" in page.text
+    assert (await cart.get("/api/cart")).json()["count"] == 1
+    for browser in (cart, events):
+        await browser.aclose()
