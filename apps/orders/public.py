@@ -35,6 +35,7 @@ from apps.common.web import (
 )
 from apps.orders import service
 from apps.orders.models import Order
+from apps.orders.payments import PaymentProviderError
 from apps.orders.runtime import OrdersRuntime, Runtime
 
 WEBHOOK_PREFIX = "/checkout/webhook/"
@@ -139,7 +140,11 @@ async def _rechecked(
         applied = await service.recheck(db_session, order, runtime)
         await db_session.commit()
         _after_settlement(runtime, applied)
-    except DependencyUnavailable:
+    except (DependencyUnavailable, PaymentProviderError) as exc:
+        if isinstance(exc, PaymentProviderError) and not exc.key_refused:
+            raise
+        # SumUp out of reach, or refusing the merchant's key (revoked in its dashboard): to
+        # the buyer both are "still waiting" (reconciliation tells the operator of the key).
         await db_session.rollback()
         degraded.append("sumup")
     reloaded = await service.load_order(db_session, order_id)

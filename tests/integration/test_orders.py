@@ -2392,3 +2392,27 @@ async def test_a_key_sumup_refuses_is_one_warning_a_pass_not_a_traceback_per_ord
     sandbox.pay(checkout_id_of(clean_db, ids[0]))
     report = await reconciler.run_once()
     assert (report.failures, report.paid) == (0, [ids[0]])
+
+
+async def test_return_page_while_sumup_refuses_the_key_says_waiting(orders, clean_db, sandbox):
+    """Probe (docs, December 2026): with the merchant's key revoked at SumUp (401), the buyer's
+    return page was a 502 quoting SumUp ("Missing or invalid API key in the Authorization
+    header"), and so was the recheck button. To the buyer it is SumUp out of reach, as a key
+    missing from blog is: the order's page, waiting, and we keep checking (reconciliation
+    says the rest to the operator)."""
+    order_id = (await create(orders)).json()["order_id"]
+    sandbox.client.post(
+        "/_sandbox/controls", json={"revoked_api_keys": [DEFAULT_API_KEY]}
+    ).raise_for_status()
+    browser = await signed_in(orders)
+    page = await browser.get(f"/checkout/return/{order_id}/", headers=HTML)
+    assert page.status_code == 200, page.text
+    assert 'data-state="waiting"' in page.text
+    assert "API key" not in page.text
+    answer = await browser.get(f"/checkout/return/{order_id}/")
+    assert answer.status_code == 200, answer.text
+    assert (answer.json()["state"], answer.json()["degraded"]) == ("waiting", ["sumup"])
+    rechecked = await browser.post(f"/order/{order_id}/recheck/", headers=JSON)
+    assert rechecked.status_code == 200, rechecked.text
+    assert rechecked.json()["degraded"] == ["sumup"]
+    assert order_rows(clean_db)[0][:2] == (order_id, "pending")
