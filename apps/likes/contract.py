@@ -9,7 +9,8 @@ from typing import Annotated, Any
 import msgspec
 
 from apps.common.contracts import Action, Contract, ExportView, Query
-from apps.common.internal_client import InternalClient
+from apps.common.internal_client import InternalCallError, InternalClient
+from apps.common.problems import DependencyUnavailable
 
 SERVICE = "likes"
 
@@ -64,11 +65,37 @@ async def change_like(
     """Like or unlike ``target`` (``liked``; None flips it); whether it is liked now. Likes
     knows no products nor posts: the caller checks that the target exists."""
     action, request = _like_change(target, liked)
-    # A fresh key per call, so the internal client may retry it safely.
-    answer = await internal.call(
-        action, request, idempotency_key=f"{caller}:{action.name}:{uuid.uuid4()}"
-    )
+    try:
+        # A fresh key per call, so the internal client may retry it safely.
+        answer = await internal.call(
+            action, request, idempotency_key=f"{caller}:{action.name}:{uuid.uuid4()}"
+        )
+    except InternalCallError as exc:
+        told = _in_the_buyers_words(exc)
+        if told is None:
+            raise
+        raise told from exc
     return answer.liked
+
+
+def _in_the_buyers_words(exc: InternalCallError) -> DependencyUnavailable | None:
+    """What a buyer reads when likes did not answer a like: whether it may have been saved (its
+    answer lost) or not (likes not reached), and what to do; not the internal call's name."""
+    if exc.outcome_unknown:
+        return DependencyUnavailable(
+            "Likes did not confirm in time that your change was saved; it may have been. The "
+            "page shows whether it is liked now.",
+            title="Like not confirmed",
+            service=SERVICE,
+        )
+    if exc.http_status == 503:
+        return DependencyUnavailable(
+            "Likes, which keeps your likes, cannot be reached right now, so nothing was "
+            "changed. Please try again in a minute.",
+            title="Like not saved",
+            service=SERVICE,
+        )
+    return None  # likes refused it (a 4xx): its own problem says why
 
 
 # Active likes only (market and blog: the liked-only filter and the "liked" annotation).

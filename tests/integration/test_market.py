@@ -10,9 +10,11 @@ import psycopg
 import pytest
 from sqlalchemy.dialects import postgresql
 
+from apps.common.app_factory import platform_of
 from apps.market.service import liked_products_query, liked_slugs_query
 from tests.conftest import admin_connect, in_process_stack
 from tests.fdw_plans import explain_as_app
+from tests.integration.commerce_fixtures import AnswersLost, ServiceDown
 from tests.integration.market_fixtures import seed_products
 from tests.signed import internal_post
 
@@ -321,3 +323,42 @@ def test_market_cannot_write_likes_and_its_reader_sees_only_the_export_view(
         pytest.raises(psycopg.errors.ReadOnlySqlTransaction),
     ):
         reader.execute("CREATE TEMP TABLE x (id int)")
+
+
+async def test_a_like_likes_did_not_answer_says_what_the_buyer_can_do(market_stack, clean_db):
+    """Probe (API, December 2026): liking while likes stalled told the buyer "likes toggle:
+    timed out" (an internal call's name, nothing of their like), though likes had saved it.
+    Now a lost answer is "Like not confirmed" (it may have been saved; the page shows whether
+    it is), and likes down is "Like not saved" (try again in a minute); a browser gets the same
+    as a themed page. The same words come from blog's like of a post (one contract)."""
+    slug = seed_products(clean_db, 1)[0]
+    client = platform_of(market_stack.apps["market"]).client
+    async with market_stack.browser("market") as browser:
+        headers = await sign_in(browser, 7)
+        client.route("likes", AnswersLost(market_stack.apps["likes"], "toggle", lost=3))
+        try:
+            lost = await browser.post(f"/product/{slug}/like/", headers=headers)
+        finally:
+            client.route("likes", market_stack.apps["likes"])
+        assert lost.status_code == 503, lost.text
+        assert lost.json()["title"] == "Like not confirmed", lost.json()
+        assert "toggle" not in lost.json()["detail"], lost.json()
+        product = (await browser.get(f"/api/products/{slug}")).json()
+        assert product["is_liked"] is True  # it was saved: the page says so
+
+        client.route("likes", ServiceDown("likes"))
+        try:
+            down = await browser.post(f"/product/{slug}/like/", headers=headers)
+            page = await browser.post(
+                f"/product/{slug}/like/",
+                headers={"x-csrf-token": headers["x-csrf-token"], "accept": "text/html"},
+            )
+        finally:
+            client.route("likes", market_stack.apps["likes"])
+        assert down.status_code == 503, down.text
+        assert down.json()["title"] == "Like not saved", down.json()
+        assert "cannot be reached" in down.json()["detail"], down.json()
+        assert page.status_code == 503
+        assert page.headers["content-type"].startswith("text/html")
+        assert "Like not saved" in page.text
+        assert (await browser.get(f"/api/products/{slug}")).json()["is_liked"] is True
