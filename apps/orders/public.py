@@ -118,8 +118,17 @@ async def sumup_webhook(
         return
     if not event.id:
         raise InvalidInput("a checkout status event needs the checkout id", field="id")
-    applied = await service.handle_webhook(db_session, order_id, event.id, runtime)
-    await db_session.commit()  # with what the payment queued, in one round trip
+    with runtime.reports.taken(("checkout", event.id)) as handling:
+        if not handling:
+            # Two of its reports are being handled (one reading SumUp, one waiting for the
+            # read after): SumUp delivers this one again later, when it may be read anew.
+            raise DependencyUnavailable(
+                f"SumUp's notifications of checkout {event.id} are being handled now; deliver "
+                "this one again later",
+                service="orders",
+            )
+        applied = await service.handle_webhook(db_session, order_id, event.id, runtime)
+        await db_session.commit()  # with what the payment queued, in one round trip
     _after_settlement(runtime, applied)
 
 
@@ -137,8 +146,10 @@ async def _rechecked(
     order_id = order.id  # the objects expire if the transaction is rolled back
     degraded: list[str] = []
     try:
-        applied = await service.recheck(db_session, order, runtime)
-        await db_session.commit()
+        with runtime.reports.taken(("order", order_id)) as looking:
+            # Beyond two looks at once (a buyer's reloads): the order as orders holds it.
+            applied = await service.recheck(db_session, order, runtime) if looking else None
+            await db_session.commit()
         _after_settlement(runtime, applied)
     except (DependencyUnavailable, PaymentProviderError) as exc:
         if isinstance(exc, PaymentProviderError) and not exc.key_refused:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+import collections
+import contextlib
+from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -47,6 +49,31 @@ class OrderUrls:
         return f"{self.public_base}/order/{order_id}/"
 
 
+class AtATime:
+    """At most ``most`` of something per key handled at once in this process: reports of one
+    checkout (its webhooks) and looks at one order's return page. Each holds a database
+    connection while SumUp answers, and anyone who knows the ids can send them without end;
+    one beyond the bound is told at once, before it takes a connection."""
+
+    def __init__(self, most: int) -> None:
+        self.most = most
+        self._handling: collections.Counter[tuple[str, int | str]] = collections.Counter()
+
+    @contextlib.contextmanager
+    def taken(self, key: tuple[str, int | str]) -> Iterator[bool]:
+        """Whether this one may go on (False: ``most`` of its key are being handled now)."""
+        if self._handling[key] >= self.most:
+            yield False
+            return
+        self._handling[key] += 1
+        try:
+            yield True
+        finally:
+            self._handling[key] -= 1
+            if not self._handling[key]:
+                del self._handling[key]
+
+
 @dataclass
 class OrdersRuntime:
     settings: OrdersSettings
@@ -59,6 +86,9 @@ class OrdersRuntime:
     recent_accounts: RecentMerchantAccounts
     # Set once the runtime exists (the reconciler works with it).
     jobs: Jobs = field(init=False)
+    # SumUp's duplicated deliveries of one report come in pairs; a buyer's page and its
+    # script's look, too.
+    reports: AtATime = field(default_factory=lambda: AtATime(2))
 
 
 # Handlers receive it as ``runtime: Runtime``.
