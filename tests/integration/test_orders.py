@@ -1523,21 +1523,27 @@ async def test_reconciliation_asks_about_open_attempts_least_recently_checked_fi
         assert await reconciler.due_orders(session) == [fifth, fourth, third]
 
 
-async def test_a_reference_sumup_already_has_is_recovered_by_listing(orders, clean_db, sandbox):
-    """Our earlier try created the checkout but its answer was lost: SumUp says 409
-    DUPLICATED_CHECKOUT for the reference, and orders finds the checkout by listing it."""
-    existing = sandbox.client.post(
+def checkout_under_the_first_reference(sandbox):
+    """A checkout at SumUp under the reference the first order's first attempt uses."""
+    made = sandbox.client.post(
         "/v0.1/checkouts",
         json={
-            "checkout_reference": "rose-test-1-1",  # what the first order's first attempt uses
+            "checkout_reference": "rose-test-1-1",
             "amount": 10.0,
             "currency": "EUR",
             "merchant_code": "MSANDBOX1",
             "hosted_checkout": {"enabled": True},
         },
-        headers={"Authorization": "Bearer sup_sk_sandbox_rose"},
+        headers={"Authorization": f"Bearer {DEFAULT_API_KEY}"},
     )
-    assert existing.status_code == 201
+    assert made.status_code == 201, made.text
+    return made
+
+
+async def test_a_reference_sumup_already_has_is_recovered_by_listing(orders, clean_db, sandbox):
+    """Our earlier try created the checkout but its answer was lost: SumUp says 409
+    DUPLICATED_CHECKOUT for the reference, and orders finds the checkout by listing it."""
+    existing = checkout_under_the_first_reference(sandbox)
     created = await create(orders)
     assert created.status_code == 200, created.text
     assert created.json()["sumup_reference"] == "rose-test-1-1"
@@ -1555,18 +1561,7 @@ async def test_a_checkout_someone_used_under_the_reference_is_not_the_orders(
     backup taken before that order was made; a second deployment on the same merchant and
     prefix): a new order for the same amount took it as its own, and the other buyer's
     payment paid it. Before: 200, and the webhook made the order paid."""
-    someone_elses = sandbox.client.post(
-        "/v0.1/checkouts",
-        json={
-            "checkout_reference": "rose-test-1-1",  # what the first order's first attempt uses
-            "amount": 10.0,
-            "currency": "EUR",
-            "merchant_code": "MSANDBOX1",
-            "hosted_checkout": {"enabled": True},
-        },
-        headers={"Authorization": f"Bearer {DEFAULT_API_KEY}"},
-    )
-    assert someone_elses.status_code == 201
+    someone_elses = checkout_under_the_first_reference(sandbox)
     getattr(sandbox, outcome)(someone_elses.json()["id"])
     refused = await create(orders)
     assert refused.status_code == 502, refused.text
