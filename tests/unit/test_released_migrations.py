@@ -75,44 +75,46 @@ def test_a_released_file_changed_by_one_byte(tree: Path) -> None:
 
 
 def test_a_released_file_gone(tree: Path) -> None:
-    (tree / "likes/versions/0002_request_nonces.py").unlink()
+    (tree / "cart/versions/0007_adopted_sessions.py").unlink()
     [problem] = found(tree)
-    assert "likes 0002" in problem
+    assert "cart 0007" in problem
     assert "gone" in problem
 
 
 def test_a_released_file_renamed(tree: Path) -> None:
-    versions = tree / "likes" / "versions"
-    (versions / "0002_request_nonces.py").rename(versions / "0002_nonces.py")
+    versions = tree / "cart" / "versions"
+    (versions / "0007_adopted_sessions.py").rename(versions / "0007_sessions.py")
     [problem] = found(tree)
-    assert "likes/versions/0002_request_nonces.py" in problem
-    assert "likes/versions/0002_nonces.py" in problem
+    assert "cart/versions/0007_adopted_sessions.py" in problem
+    assert "cart/versions/0007_sessions.py" in problem
     assert "renamed" in problem
 
 
 def test_a_file_given_another_revision_id(tree: Path) -> None:
-    path = tree / "likes" / "versions" / "0002_request_nonces.py"
-    path.write_text(path.read_text().replace('revision = "0002"', 'revision = "0002a"'))
+    path = tree / "cart" / "versions" / "0007_adopted_sessions.py"
+    path.write_text(path.read_text().replace('revision = "0007"', 'revision = "0007a"'))
     changed, unlisted = found(tree)
-    assert changed.startswith("likes/versions/0002_request_nonces.py changed after it was released")
-    assert unlisted.startswith("likes/versions/0002_request_nonces.py (likes 0002a) is not in")
+    assert changed.startswith(
+        "cart/versions/0007_adopted_sessions.py changed after it was released"
+    )
+    assert unlisted.startswith("cart/versions/0007_adopted_sessions.py (cart 0007a) is not in")
 
 
 def test_a_new_file_is_not_listed_until_added(tree: Path) -> None:
     manifest = tree / MANIFEST_PATH.name
     before = manifest.read_bytes()
-    new_revision(tree, "events", "0014_more.py", "0014", "0013")
+    new_revision(tree, "events", "0015_more.py", "0015", "0014")
     [problem] = found(tree)
-    assert "events/versions/0014_more.py" in problem
+    assert "events/versions/0015_more.py" in problem
     assert ADD_COMMAND in problem
 
-    assert add(tree) == ["events 0014 (0014_more.py)"]
+    assert add(tree) == ["events 0015 (0015_more.py)"]
     assert manifest.read_bytes().startswith(before)
     assert found(tree) == []
     # Adding again adds nothing, and the new entry is as released as the others.
     assert add(tree) == []
-    new_revision(tree, "events", "0014_more.py", "0014", "0013")
-    (tree / "events/versions/0014_more.py").write_text("revision = '0014'\ndown_revision = '0013'")
+    new_revision(tree, "events", "0015_more.py", "0015", "0014")
+    (tree / "events/versions/0015_more.py").write_text("revision = '0015'\ndown_revision = '0014'")
     [problem] = found(tree)
     assert "never rewritten" in problem
 
