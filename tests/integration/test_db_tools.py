@@ -421,14 +421,16 @@ def test_check_names_a_database_behind_its_head(db_cluster: Cluster):
 def test_a_migration_that_fails_is_one_line_naming_it(db_cluster: Cluster):
     script = ScriptDirectory.from_config(alembic_config("likes"))
     head = script.get_revision(script.get_current_head())
-    assert isinstance(head.down_revision, str)
-    _set_version(db_cluster, head.down_revision)  # the head's tables exist: it cannot run again
+    # likes 0002 creates a table (the head, 0003, only sets view options: it runs again fine).
+    failing = script.get_revision("0002")
+    assert isinstance(failing.down_revision, str)
+    _set_version(db_cluster, failing.down_revision)  # 0002's table exists: it cannot run again
     try:
         migrate = db_cluster.rose("db", "migrate", "--service", "likes")
         assert migrate.exit_code == 1, migrate.output
         lines = migrate.output.strip().splitlines()
         assert len(lines) == 1, migrate.output
-        assert lines[0].startswith(f"error: db_likes: migration {head.revision} failed: "), lines
+        assert lines[0].startswith(f"error: db_likes: migration {failing.revision} failed: "), lines
         assert "already exists" in lines[0]
     finally:
         _set_version(db_cluster, head.revision)
