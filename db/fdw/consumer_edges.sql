@@ -100,6 +100,21 @@ WHERE NOT EXISTS (SELECT FROM declared AS d
                   WHERE (a.server, a.grantee, a.privilege) = (d.server, d.grantee, d.privilege))
 \gexec
 
+-- The wrapper itself is its owner's (the superuser's) alone: USAGE on it lets a role create
+-- foreign servers of its own, connections from this server to any host and database, as any
+-- role whose password it knows. Nobody is declared one.
+SELECT format(E'-- %s: extra privilege %s on foreign data wrapper %s for %s\n'
+              'REVOKE %s ON FOREIGN DATA WRAPPER %I FROM %s%s CASCADE',
+              current_database(), a.privilege_type, w.fdwname, coalesce(r.rolname, 'PUBLIC'),
+              a.privilege_type, w.fdwname, coalesce(quote_ident(r.rolname), 'PUBLIC'),
+              CASE WHEN a.grantor = w.fdwowner THEN ''
+                   ELSE format(' GRANTED BY %I', pg_get_userbyid(a.grantor)) END)
+FROM pg_foreign_data_wrapper AS w
+CROSS JOIN LATERAL aclexplode(coalesce(w.fdwacl, acldefault('F', w.fdwowner))) AS a
+LEFT JOIN pg_roles AS r ON r.oid = a.grantee
+WHERE a.grantee <> w.fdwowner
+ORDER BY 1 \gexec
+
 -- User mappings: the owner (which owns the foreign tables) and the app (which queries them) log
 -- in remotely as the edge's reader role, always with an explicit user and a password (never
 -- password_required 'false'). No other mapping exists.

@@ -253,3 +253,38 @@ def test_a_filter_of_the_reader_never_sees_the_rows_an_export_view_hides(
                 ).fetchall()
             ]
     assert not_barriers == []
+
+
+def test_usage_on_the_foreign_data_wrapper_is_drift_and_provisioning_revokes_it(
+    provisioned, credentials
+):
+    """USAGE on postgres_fdw lets a role create foreign servers of its own: connections from
+    the database server to any host and database it names, as any role whose password it
+    knows. db/ declares it for nobody (the servers are the superuser's, their USAGE the
+    consumer owner's), yet `rose db check` said nothing of it and provisioning kept it."""
+    topology = provisioned.topology
+    with admin_connect(provisioned, "cart") as cart_db:
+        cart_db.execute("GRANT USAGE ON FOREIGN DATA WRAPPER postgres_fdw TO cart_app")
+    try:
+        with psycopg.connect(topology.app_url("cart", credentials)) as cart:
+            cart.execute(
+                "CREATE SERVER elsewhere FOREIGN DATA WRAPPER postgres_fdw "
+                "OPTIONS (host '127.0.0.1', dbname 'postgres')"
+            )
+        from ops.db.check import check
+
+        differences, _ = check(topology)
+        provision(topology, credentials, say=lambda _: None)
+        with admin_connect(provisioned, "cart") as cart_db:
+            usage = cart_db.execute(
+                "SELECT has_foreign_data_wrapper_privilege('cart_app', 'postgres_fdw', 'USAGE')"
+            ).fetchone()[0]
+    finally:
+        with admin_connect(provisioned, "cart") as cart_db:
+            cart_db.execute("DROP SERVER IF EXISTS elsewhere CASCADE")
+            cart_db.execute("REVOKE USAGE ON FOREIGN DATA WRAPPER postgres_fdw FROM cart_app")
+    text = "\n".join(differences)
+    assert "unexpected foreign server elsewhere" in text
+    assert "extra privilege USAGE on foreign data wrapper postgres_fdw for cart_app" in text
+    assert usage is False
+    assert check(topology)[0] == []
