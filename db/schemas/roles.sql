@@ -103,6 +103,21 @@ WHERE member.rolname IN (SELECT jsonb_array_elements_text(:'known'::jsonb))
    OR grp.rolname IN (SELECT jsonb_array_elements_text(:'known'::jsonb))
 ORDER BY member.rolname, grp.rolname \gexec
 
+-- Parameters (GRANT SET / ALTER SYSTEM ON PARAMETER, PostgreSQL 15+): none is declared for a
+-- rose role, nor for PUBLIC (which every rose role is). SET on session_replication_role alone
+-- switches off every trigger of a session's writes, the foreign keys' included.
+SELECT format(E'-- cluster: extra privilege %s on parameter %s for %s\n'
+              'REVOKE %s ON PARAMETER %s FROM %s%s CASCADE',
+              a.privilege_type, p.parname, coalesce(r.rolname, 'PUBLIC'), a.privilege_type,
+              p.parname, coalesce(quote_ident(r.rolname), 'PUBLIC'),
+              CASE WHEN g.rolsuper THEN '' ELSE format(' GRANTED BY %I', g.rolname) END)
+FROM pg_parameter_acl AS p
+CROSS JOIN LATERAL aclexplode(p.paracl) AS a
+LEFT JOIN pg_roles AS r ON r.oid = a.grantee
+JOIN pg_roles AS g ON g.oid = a.grantor
+WHERE a.grantee = 0 OR r.rolname IN (SELECT jsonb_array_elements_text(:'known'::jsonb))
+ORDER BY 1 \gexec
+
 -- Roles in rose's namespace that rose does not declare: reported, dropped only by --prune.
 SELECT format(E'-- cluster: unknown role %s%s in rose''s namespace (rose db provision --prune drops it)',
               p.rolname, CASE WHEN p.rolcanlogin THEN ' (LOGIN)' ELSE '' END)

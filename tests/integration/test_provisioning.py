@@ -288,3 +288,34 @@ def test_usage_on_the_foreign_data_wrapper_is_drift_and_provisioning_revokes_it(
     assert "extra privilege USAGE on foreign data wrapper postgres_fdw for cart_app" in text
     assert usage is False
     assert check(topology)[0] == []
+
+
+def test_a_parameter_granted_to_a_rose_role_is_drift_and_provisioning_revokes_it(
+    provisioned, credentials
+):
+    """PostgreSQL 15+ grants the right to set a superuser-only parameter (`GRANT SET ON
+    PARAMETER`). session_replication_role = replica switches off every trigger of the session's
+    writes, the foreign keys' included: cart_app could write lines whose merged_into_id names
+    no line. db/ declares no such grant, yet `rose db check` said nothing and provisioning kept
+    it."""
+    topology = provisioned.topology
+    with admin_connect(provisioned) as admin:
+        admin.execute("GRANT SET ON PARAMETER session_replication_role TO cart_app")
+    try:
+        with psycopg.connect(topology.app_url("cart", credentials)) as cart:
+            cart.execute("SET session_replication_role = replica")  # the grant works
+        from ops.db.check import check
+
+        differences, _ = check(topology)
+        provision(topology, credentials, say=lambda _: None)
+        with (
+            psycopg.connect(topology.app_url("cart", credentials)) as cart,
+            pytest.raises(psycopg.errors.InsufficientPrivilege),
+        ):
+            cart.execute("SET session_replication_role = replica")
+    finally:
+        with admin_connect(provisioned) as admin:
+            admin.execute("REVOKE SET ON PARAMETER session_replication_role FROM cart_app")
+    text = "\n".join(differences)
+    assert "extra privilege SET on parameter session_replication_role for cart_app" in text
+    assert check(topology)[0] == []
