@@ -129,3 +129,22 @@ FROM pg_database AS db
 WHERE db.datname LIKE 'db\_%'
   AND db.datname NOT IN (SELECT jsonb_array_elements_text(:'known'::jsonb))
 ORDER BY db.datname \gexec
+
+-- Settings of rose's databases (ALTER DATABASE ... SET, and ALTER ROLE ALL IN DATABASE ...
+-- SET): none are declared, and each applies to every session there, the services' included
+-- (session_replication_role = replica alone switches off every trigger of their writes, the
+-- foreign keys' included). Reset. The same for every database of the server (ALTER ROLE ALL
+-- SET) is reported only: it is the server's, shared with whatever else runs there.
+SELECT format(E'-- cluster: database %s has settings (%s)\nALTER DATABASE %I RESET ALL',
+              d.datname, array_to_string(s.setconfig, ', '), d.datname)
+FROM pg_db_role_setting AS s
+JOIN pg_database AS d ON d.oid = s.setdatabase
+WHERE s.setrole = 0
+  AND d.datname IN (SELECT jsonb_array_elements_text(:'known'::jsonb))
+ORDER BY d.datname \gexec
+
+SELECT format(E'-- cluster: every role has settings in every database (ALTER ROLE ALL SET %s): '
+              'not changed (the server''s, not rose''s; reset it by hand if rose''s services '
+              'must not run with it)', array_to_string(s.setconfig, ', '))
+FROM pg_db_role_setting AS s
+WHERE s.setrole = 0 AND s.setdatabase = 0 \gexec

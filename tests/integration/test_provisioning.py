@@ -319,3 +319,31 @@ def test_a_parameter_granted_to_a_rose_role_is_drift_and_provisioning_revokes_it
     text = "\n".join(differences)
     assert "extra privilege SET on parameter session_replication_role for cart_app" in text
     assert check(topology)[0] == []
+
+
+def test_a_setting_of_a_service_database_is_drift_and_provisioning_resets_it(
+    provisioned, credentials
+):
+    """`ALTER DATABASE db_cart SET session_replication_role = replica` (or `ALTER ROLE ALL IN
+    DATABASE db_cart SET ...`) applies to every session there, cart_app's included: its writes
+    fired no trigger, the foreign keys' included. db/ declares no database-wide setting, yet
+    `rose db check` said nothing and provisioning kept it."""
+    topology = provisioned.topology
+    with admin_connect(provisioned) as admin:
+        admin.execute("ALTER DATABASE db_cart SET session_replication_role = replica")
+    try:
+        with psycopg.connect(topology.app_url("cart", credentials)) as cart:
+            assert cart.execute("SHOW session_replication_role").fetchone() == ("replica",)
+        from ops.db.check import check
+
+        differences, _ = check(topology)
+        provision(topology, credentials, say=lambda _: None)
+        with psycopg.connect(topology.app_url("cart", credentials)) as cart:
+            role = cart.execute("SHOW session_replication_role").fetchone()
+    finally:
+        with admin_connect(provisioned) as admin:
+            admin.execute("ALTER DATABASE db_cart RESET ALL")
+    text = "\n".join(differences)
+    assert "database db_cart has settings (session_replication_role=replica)" in text
+    assert role == ("origin",)
+    assert check(topology)[0] == []
