@@ -38,6 +38,8 @@ KINDS = {
     "constraints": "constraint",
     "defaults": "default of",
     "identities": "identity of",
+    "triggers": "trigger",
+    "functions": "function",
 }
 
 # One query per kind: (key, definition). Indexes that back a constraint (a primary key, a unique
@@ -81,6 +83,28 @@ _SHAPE_SQL = {
         JOIN pg_namespace AS n ON n.oid = t.relnamespace
         WHERE n.nspname = %(schema)s AND t.relname = ANY(%(tables)s)
           AND a.attidentity <> '' AND NOT a.attisdropped
+    """,
+    # A trigger dropped by hand (blog's that keeps the SumUp key a config stops using) or one
+    # made by hand changes what every write does.
+    "triggers": """
+        SELECT format('%%s.%%s %%s', n.nspname, t.relname, g.tgname), pg_get_triggerdef(g.oid)
+        FROM pg_trigger AS g
+        JOIN pg_class AS t ON t.oid = g.tgrelid
+        JOIN pg_namespace AS n ON n.oid = t.relnamespace
+        WHERE n.nspname = %(schema)s AND t.relname = ANY(%(tables)s) AND NOT g.tgisinternal
+    """,
+    # The service's own trigger functions, bodies included: one replaced by hand with one that
+    # does nothing is drift too. (Other functions' EXECUTE grants are provisioning's.)
+    "functions": """
+        SELECT format('%%s.%%s(%%s)', n.nspname, p.proname,
+                      pg_get_function_identity_arguments(p.oid)),
+               pg_get_functiondef(p.oid)
+        FROM pg_proc AS p
+        JOIN pg_namespace AS n ON n.oid = p.pronamespace
+        WHERE n.nspname = %(schema)s AND p.prorettype = 'pg_catalog.trigger'::regtype
+          AND NOT EXISTS (SELECT FROM pg_depend AS dep
+                          WHERE dep.classid = 'pg_proc'::regclass AND dep.objid = p.oid
+                            AND dep.deptype = 'e')
     """,
 }
 
@@ -133,8 +157,9 @@ def load_written(service: str) -> WrittenShape | None:
 def render(service: str, head: Iterable[str], shape: Shape) -> str:
     """``shape.toml``'s text: a header, the head, one table per kind, keys sorted."""
     lines = [
-        f"# {service}: the indexes, constraints, column defaults and identity columns of its",
-        "# tables as its migrations make them at the head below. `rose db check` names what a",
+        f"# {service}: the indexes, constraints, column defaults, identity columns and triggers",
+        "# of its tables and its schema's trigger functions as its migrations make them at the",
+        "# head below. `rose db check` names what a",
         "# database at this head lacks, has more of, or holds otherwise (ops/db/schema_shape.py).",
         "# Written by `python -m ops.db.schema_shape --write --database-url DSN` from databases",
         "# the migrations just made; do not edit by hand (a test fails while it is stale).",
@@ -173,7 +198,7 @@ def differences_between(database: str, expected: Shape, found: Shape) -> list[st
 
 
 def _named(kind: str, key: str) -> str:
-    if kind in ("indexes", "constraints"):
+    if kind in ("indexes", "constraints", "triggers"):
         table, name = key.split(" ", 1)
         return f"{name} of {table}"
     return key

@@ -1051,3 +1051,34 @@ def test_a_missing_or_stale_shape_file_is_named_not_passed(cluster: Cluster, tmp
         "ops.db.schema_shape --write)"
     ]
     assert fine == []
+
+
+def test_check_names_triggers_and_functions_changed_by_hand(cluster: Cluster):
+    """Blog's trigger keeps the SumUp key a page config stops using, for orders' late payments
+    and refunds (blog 0004). Dropped by hand, or its function made to do nothing, every key
+    change lost the old key, and `rose db check` exited 0: triggers and the service's own
+    functions were not compared with what the migrations make."""
+    check_names_what_was_altered_by_hand(
+        cluster,
+        [
+            (
+                "blog",
+                "DROP TRIGGER page_configs_retire_sumup_key ON blog.page_configs",
+                "CREATE TRIGGER page_configs_retire_sumup_key AFTER INSERT OR DELETE OR "
+                "UPDATE OF sumup_merchant_code, sumup_api_key, deleted_at ON blog.page_configs "
+                "FOR EACH ROW EXECUTE FUNCTION blog.retire_sumup_key()",
+            ),
+            (
+                "likes",
+                "CREATE FUNCTION likes.by_hand() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN RETURN NEW; END $$; CREATE TRIGGER by_hand BEFORE INSERT ON "
+                "likes.likes FOR EACH ROW EXECUTE FUNCTION likes.by_hand()",
+                "DROP TRIGGER by_hand ON likes.likes; DROP FUNCTION likes.by_hand()",
+            ),
+        ],
+        [
+            "db_blog: trigger page_configs_retire_sumup_key of blog.page_configs is missing",
+            "db_likes: trigger by_hand of likes.likes is not made by the migrations",
+            "db_likes: function likes.by_hand() is not made by the migrations",
+        ],
+    )
