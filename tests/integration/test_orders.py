@@ -292,7 +292,11 @@ async def _paid_once_with_effects(orders, clean_db, sandbox, payload, entry_id, 
     sandbox.pay(checkout_id)
 
     responses = await asyncio.gather(*(webhook(orders, order_id, checkout_id) for _ in range(50)))
-    assert {response.status_code for response in responses} == {204}
+    # Two of one checkout's reports are handled at a time; the others are 503s SumUp delivers
+    # again (the flood test counts them).
+    statuses = [response.status_code for response in responses]
+    assert set(statuses) <= {204, 503}, statuses
+    assert 204 in statuses, statuses
     assert order_rows(clean_db)[0][1] == "paid"
     effects = outbox_rows(clean_db)
     assert [(service, action) for service, action, _, _ in effects] == [
