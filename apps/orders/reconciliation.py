@@ -414,6 +414,9 @@ class Reconciler:
                 select(Order.id)
                 .where(
                     Order.status.in_(CLOSED_UNPAID_STATES),
+                    # A flagged one is a person's (its checkout unknown to SumUp under the key
+                    # blog holds): closed by ending its review, not a DELETE every pass.
+                    Order.flagged.is_(False),
                     exists().where(
                         PaymentAttempt.order_id == Order.id,
                         PaymentAttempt.status.in_(OPEN_ATTEMPT_STATES),

@@ -1113,12 +1113,15 @@ async def close_at_sumup(
     gateway: SumUpGateway, account: MerchantAccount, checkout_id: str
 ) -> tuple[RemoteCheckout, bool]:
     """Deactivate a checkout so it can take no money: SumUp's answer, and whether it was closed
-    here. When SumUp cannot or will not close it, it is read: one no longer open (paid,
-    expired) is the answer (money it already took must not wait for SumUp to let us close it),
-    one still open re-raises. :class:`CheckoutNotFound` propagates."""
+    here. When SumUp cannot or will not close it, or answers that it does not know it, it is
+    read: one no longer open (paid, expired) is the answer (money it already took must not
+    wait for SumUp to let us close it), one still open re-raises. :class:`CheckoutNotFound`
+    propagates when the read does not find it either."""
     try:
         return await gateway.deactivate_checkout(account, checkout_id), True
-    except (PaymentProviderUnavailable, PaymentProviderError):
+    except (PaymentProviderUnavailable, PaymentProviderError, CheckoutNotFound):
+        # A 404 to the DELETE may be SumUp's answer for a checkout it expired itself (its
+        # docs do not say): only one the read does not find either is unknown to SumUp.
         remote = await gateway.get_checkout(account, checkout_id)
         if remote.status in OPEN_ATTEMPT_STATES:
             raise
@@ -1144,7 +1147,15 @@ async def close_attempt(
         # nothing of the payment, as under another merchant's key (MerchantKeyGone). Held
         # EXPIRED, a payment it had taken was never read again (the order expired, its goods
         # released, nothing owed back): the order is left to a person instead, its attempt
-        # as it was (rose orders end-review reads it with the key put right).
+        # as it was (rose orders end-review reads it with the key put right). The order
+        # first, as ever, and the attempt read again under its lock: one a review settled
+        # since this close read it flags nothing.
+        await _LOCK_ORDER.first(session, {"order_id": order.id})
+        now = await session.scalar(
+            select(PaymentAttempt.status).where(PaymentAttempt.id == attempt.id)
+        )
+        if now not in OPEN_ATTEMPT_STATES:
+            return Applied(order.status, now or attempt.status)
         await _flag(
             session,
             order.id,

@@ -250,6 +250,10 @@ async def deactivate_checkout(
 ) -> JsonObject:
     if service.state.controls.deactivation_unavailable:
         raise SandboxUnavailable("deactivation is switched to unavailable")
+    if service.state.controls.expired_deactivation == "not_found":
+        current = await service.get(checkout_id, merchant_code=merchant_code)
+        if current.status is CheckoutStatus.EXPIRED:
+            raise CheckoutNotFound(checkout_id)
     return checkout_as_json(await service.deactivate(checkout_id, merchant_code=merchant_code))
 
 

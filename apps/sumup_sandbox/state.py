@@ -53,6 +53,11 @@ class SandboxControls(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     refund_event_status: Annotated[str, msgspec.Meta(pattern="^[A-Z_]{1,32}$")] = "SUCCESSFUL"
     # API keys a merchant has revoked: SumUp answers 401 for them, as for a key it never issued.
     revoked_api_keys: tuple[str, ...] = ()
+    # What DELETE answers for a checkout already EXPIRED (past its valid_until, or deactivated
+    # before): "answer" it as it is (200), or "not_found" (404 NOT_FOUND: SumUp's own page on
+    # that problem lists "deleted or expired" among its causes; its docs do not say which).
+    # GET shows it EXPIRED either way.
+    expired_deactivation: Literal["answer", "not_found"] = "answer"
 
     def updated(self, changes: Mapping[str, object]) -> SandboxControls:
         """A copy with `changes` applied; raises msgspec.ValidationError on a bad name or value."""

@@ -10,8 +10,12 @@ import logging
 from collections.abc import Iterator
 
 import pytest
+from sqlalchemy import select
 
 from apps.common.observability import TextFormatter, TraceIdFilter
+from apps.orders.models import Order, PaymentAttempt
+from apps.orders.payments import MerchantAccount
+from apps.orders.settlement import MerchantAccounts, close_attempt
 from apps.sumup_sandbox import DEFAULT_MERCHANT_CODE
 from apps.sumup_sandbox.app import DEFAULT_API_KEY
 from apps.sumup_sandbox.server import BackgroundSandbox
@@ -802,6 +806,92 @@ async def test_a_replay_of_a_known_key_needs_no_blog(clean_db, credentials, sand
             again = await create(orders, key="answer-lost")
         assert again.status_code == 200, again.text
         assert again.json() == first.json()
+
+
+async def test_an_abandoned_checkout_sumup_expired_and_will_not_delete_expires_its_order(
+    clean_db, credentials, sandbox
+):
+    """Review M1 (December 2026): a checkout SumUp expired itself (past its valid_until, the
+    order's payable time) may be answered 404 to the DELETE orders sends at the order's
+    expiry (SumUp's docs do not say; its own page on a 404 lists "deleted or expired" among
+    the causes). That 404 alone flagged every abandoned order for a person, its goods held.
+    SumUp is now asked to read the checkout: known and EXPIRED, the order expires as ever;
+    only a checkout SumUp does not know under the key either way flags it."""
+    add_page_config(clean_db, "site", 0)
+    async with orders_stack(clean_db, credentials, sandbox.server) as orders:
+        order_id = (await create(orders)).json()["order_id"]
+        checkout_id = checkout_id_of(clean_db, order_id)
+        sandbox.controls(expired_deactivation="not_found")
+        sandbox.client.post(f"/_sandbox/checkouts/{checkout_id}/expire").raise_for_status()
+        overdue(clean_db, order_id)
+        report = await orders.apps["orders"].state.reconciler.run_once()
+        assert report.expired == [order_id]
+        assert attempt_statuses(clean_db, order_id) == ["EXPIRED"]
+        assert order_rows(clean_db)[0][:3] == (order_id, "expired", False)
+        assert await attention_of(orders) == {}
+
+
+async def test_a_close_read_before_a_review_ended_does_not_flag_the_order_again(
+    clean_db, credentials, two_merchant_sandbox, caplog
+):
+    """Review L1 and L2 (December 2026). An order flagged because SumUp does not know its
+    checkout under the key blog holds: a close that read its attempt open before the review
+    ended, with the key it read then, flagged the settled order once more (the flag's update
+    asked nothing of the attempt). Now the order is locked and the attempt read again first:
+    settled, nothing is flagged. And while the order is flagged (a cancelled one here), the
+    closing pass leaves it to the person: it sent a DELETE every pass, for 14 days."""
+    sandbox = two_merchant_sandbox
+    add_page_config(clean_db, "site", 0)
+    async with orders_stack(
+        clean_db, credentials, sandbox.server, ORDERS_MERCHANT_ACCOUNT_SECONDS="0"
+    ) as orders:
+        order_id = (await create(orders)).json()["order_id"]
+        checkout_id = checkout_id_of(clean_db, order_id)
+        set_site_account(clean_db, DEFAULT_MERCHANT_CODE, OTHER_KEY)
+        with admin_connect(clean_db, "orders") as connection:
+            connection.execute(
+                "UPDATE orders.orders SET status = 'cancelled' WHERE id = %s", (order_id,)
+            )
+        reconciler = orders.apps["orders"].state.reconciler
+        await reconciler.run_once()
+        assert order_rows(clean_db)[0][:3] == (order_id, "cancelled", True)
+        caplog.set_level(logging.INFO, logger="sumup-sandbox")
+        caplog.clear()
+        for _ in range(2):
+            await reconciler.run_once()
+        assert f"DELETE /v0.1/checkouts/{checkout_id}" not in caplog.text
+
+        runtime = orders.apps["orders"].state.runtime
+        async with runtime.maker() as session:  # what a close read before the review ended
+            stale = await session.scalar(
+                select(PaymentAttempt).where(PaymentAttempt.order_id == order_id)
+            )
+            assert stale is not None
+            assert stale.status == "PENDING"
+            session.expunge(stale)
+        set_site_account(clean_db, DEFAULT_MERCHANT_CODE, DEFAULT_API_KEY)
+        ended = await internal_post(orders.client("orders"), "end-review", {"order_id": order_id})
+        assert ended.status_code == 200, ended.text
+        assert order_rows(clean_db)[0][:3] == (order_id, "cancelled", False)
+
+        wrong_key = MerchantAccounts(
+            {config_of(clean_db, order_id): MerchantAccount(DEFAULT_MERCHANT_CODE, OTHER_KEY)}
+        )
+        async with runtime.maker() as session:
+            order = await session.get(Order, order_id)
+            assert order is not None
+            await close_attempt(session, order, stale, runtime.gateway, wrong_key)
+            await session.commit()
+        assert order_rows(clean_db)[0][:3] == (order_id, "cancelled", False)
+        assert attempt_statuses(clean_db, order_id) == ["EXPIRED"]
+
+
+def config_of(server, order_id: int) -> int:
+    """The page config whose SumUp account the order pays."""
+    with admin_connect(server, "orders") as connection:
+        return connection.execute(
+            "SELECT page_config_id FROM orders.orders WHERE id = %s", (order_id,)
+        ).fetchone()[0]
 
 
 async def test_a_key_of_another_merchant_under_the_orders_merchant_never_expires_a_payment(
