@@ -325,7 +325,7 @@ class SumUpGateway:
         and return-page loads, which anyone with the checkout's id can send without end)."""
         key = (account.api_key, checkout_id)
         reads = self._reads.setdefault(key, _Reads())
-        if reads.next is None:
+        if reads.next is None or reads.next.done():  # done: cancelled before it began
             reads.next = asyncio.ensure_future(self._read_next(key, reads, account, checkout_id))
             reads.next.add_done_callback(_retrieved)
         # Shielded: a caller that gives up (its request ended) ends no other caller's read.
@@ -334,15 +334,19 @@ class SumUpGateway:
     async def _read_next(
         self, key: tuple[str, str], reads: _Reads, account: MerchantAccount, checkout_id: str
     ) -> RemoteCheckout:
-        running = reads.running
-        if running is not None:
-            await asyncio.wait([running])  # its outcome is its callers'
-        # Starting now: whoever asks from here on waits for the read after this one.
         this = reads.next
-        reads.next, reads.running = None, this
         try:
+            running = reads.running
+            if running is not None:
+                await asyncio.wait([running])  # its outcome is its callers'
+            # Starting now: whoever asks from here on waits for the read after this one.
+            reads.next, reads.running = None, this
             return await self._read_checkout(account, checkout_id)
         finally:
+            # Ended, read or not (cancelled while it waited: at shutdown), it is no one's
+            # next or running read any more, so a later caller starts a read of its own.
+            if reads.next is this:
+                reads.next = None
             if reads.running is this:
                 reads.running = None
             if reads.running is None and reads.next is None:

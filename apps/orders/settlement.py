@@ -1097,7 +1097,7 @@ async def refresh_reported_attempt(
         except CheckoutNotFound:
             recent.forget(config_id)
         except PaymentProviderError as exc:
-            if exc.sumup_status != 401:
+            if not exc.key_refused:
                 raise
             recent.forget(config_id)
         else:

@@ -345,10 +345,12 @@ def _run_stack(options: StackOptions, home: Path, lock_home: Callable[[], None])
     database_url = options.database_url
     sandbox_state = home / SANDBOX_STATE_FILE
     try:
-        if options.fresh:
+        if options.fresh and sandbox_state.exists():
             # Orders starts again from 1, and so do its checkout references: the sandbox
             # (which keeps its checkouts, as SumUp does) starts with none too.
-            sandbox_state.unlink(missing_ok=True)
+            if embedded is None:
+                say("--fresh: removing the SumUp sandbox's checkouts")
+            sandbox_state.unlink()
         if embedded is not None:
             if options.fresh:
                 say("--fresh: removing the embedded database and the SumUp sandbox's checkouts")

@@ -13,6 +13,7 @@ import pytest
 from apps.orders.payments import MerchantAccount, SumUpGateway
 from apps.sumup_sandbox.server import BackgroundSandbox
 from apps.sumup_sandbox.state import SandboxControls, SandboxState
+from tests.waiting import eventually
 
 ACCOUNTS = [MerchantAccount(f"MGATE{n}", f"sup_sk_gateway_test_key_{n}") for n in range(4)]
 
@@ -84,3 +85,40 @@ async def test_closing_the_gateway_closes_every_client(sandbox):
     await gateway.aclose()
     assert all(client.closed for client in clients)
     assert gateway.open_clients() == 0
+
+
+async def test_a_shared_read_cancelled_while_it_waits_leaves_later_reads_working(sandbox):
+    """Review L3 (December 2026): reads of one checkout are shared, one running and one
+    waiting to start. A waiting read cancelled (the loop shutting down) stayed the checkout's
+    next read, and every later caller got its CancelledError, for ever. Cancelled before it
+    even began, the same. A later caller now starts a read of its own."""
+    gateway = SumUpGateway(base_url=sandbox.url)
+    account = ACCOUNTS[0]
+    try:
+        checkout = await _create(gateway, account, "gate-shared")
+        sandbox.state.controls = sandbox.state.controls.updated({"api_latency": 0.3})
+        first = asyncio.create_task(gateway.get_checkout(account, checkout))
+        assert await eventually(lambda: sandbox.state.delayed_calls > 0)  # on its way
+        second = asyncio.create_task(gateway.get_checkout(account, checkout))
+        await asyncio.sleep(0)  # it asked: its read waits for the first
+        [reads] = gateway._reads.values()
+        assert reads.next is not None
+        reads.next.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await second
+        assert (await first).reference == "gate-shared"
+        sandbox.state.controls = sandbox.state.controls.updated({"api_latency": 0.0})
+        assert (await gateway.get_checkout(account, checkout)).reference == "gate-shared"
+        assert gateway._reads == {}
+
+        # Cancelled before it began: the next caller does not wait on it.
+        third = asyncio.create_task(gateway.get_checkout(account, checkout))
+        await asyncio.sleep(0)  # it asked: its read is made, not begun
+        [reads] = gateway._reads.values()
+        assert reads.next is not None
+        reads.next.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await third
+        assert (await gateway.get_checkout(account, checkout)).reference == "gate-shared"
+    finally:
+        await gateway.aclose()
