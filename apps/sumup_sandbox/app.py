@@ -564,9 +564,14 @@ def create_app(
     sandbox_state = state if state is not None else SandboxState()
     dispatcher = WebhookDispatcher(sandbox_state)
 
-    async def save_after_a_change(request: Request[Any, Any, Any]) -> None:
-        # Whatever a request other than a read may have changed is kept (a state file's).
-        if request.method not in ("GET", "HEAD", "OPTIONS"):
+    async def save_after_a_change(message: Message, scope: Scope) -> None:
+        # Whatever a request other than a read may have changed is kept (a state file's), as
+        # its answer starts: an error answer too (a refund made, then its answer "lost").
+        if message["type"] == "http.response.start" and scope.get("method") not in (
+            "GET",
+            "HEAD",
+            "OPTIONS",
+        ):
             sandbox_state.save()
 
     async def save_at_shutdown() -> None:
@@ -624,8 +629,7 @@ def create_app(
             HTTPException: _handle_http_exception,
             Exception: _handle_unexpected_error,
         },
-        before_send=[_log_request],
-        after_response=save_after_a_change,
+        before_send=[_log_request, save_after_a_change],
         on_shutdown=[dispatcher.aclose, save_at_shutdown],
         openapi_config=None,
         logging_config=None,

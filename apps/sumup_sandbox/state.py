@@ -193,6 +193,8 @@ class SandboxState:
         descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(descriptor, "wb") as out:
             out.write(data)
+            out.flush()
+            os.fsync(out.fileno())  # whole on disk before it replaces the last copy
         os.replace(partial, self.state_file)
 
     def next_refund_id(self) -> int:
