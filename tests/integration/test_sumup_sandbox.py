@@ -1219,9 +1219,9 @@ def test_a_sandbox_started_again_on_its_state_file_still_knows_its_checkouts(tmp
         set_controls(operator, refunds="lose_answer")  # made, then answered 503
         with pytest.raises(APIError):
             client.transactions.refund(DEFAULT_MERCHANT_CODE, transaction_id, amount=2.5)
-        set_controls(operator, refunds="accept")
         # Kept as the answer started, error or not (review L6), not only at a clean stop.
         assert b'"amount":"2.5"' in state_file.read_bytes()
+        set_controls(operator, refunds="accept")
         pending = create_checkout(client, reference="kept-reference")
     assert state_file.stat().st_mode & 0o077 == 0  # the operator's alone
 
