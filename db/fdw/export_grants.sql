@@ -29,6 +29,17 @@ FROM pg_class AS c
 JOIN pg_namespace AS n ON n.oid = c.relnamespace AND n.nspname = 'export'
 WHERE c.relkind IN ('r', 'p', 'v', 'm') AND pg_get_userbyid(c.relowner) <> :'owner' \gexec
 
+-- Every export view is a security barrier: its own conditions run before any a reader adds (a
+-- cheap function of the reader's, shipped by postgres_fdw, would otherwise see the rows the view
+-- hides and could say them in its error). CREATE OR REPLACE VIEW without WITH (security_barrier)
+-- drops it.
+SELECT format(E'-- %s: export view %I is not a security barrier\nALTER VIEW export.%I SET (security_barrier = true)',
+              current_database(), c.relname, c.relname)
+FROM pg_class AS c
+JOIN pg_namespace AS n ON n.oid = c.relnamespace AND n.nspname = 'export'
+WHERE c.relkind = 'v'
+  AND NOT coalesce('security_barrier=true' = ANY (c.reloptions), false) \gexec
+
 -- The reader roles use the export schema; nobody else does.
 WITH declared AS (
     SELECT DISTINCT g.reader AS grantee, 'USAGE' AS privilege

@@ -105,17 +105,29 @@ ORDER BY member.rolname, grp.rolname \gexec
 
 -- Parameters (GRANT SET / ALTER SYSTEM ON PARAMETER, PostgreSQL 15+): none is declared for a
 -- rose role, nor for PUBLIC (which every rose role is). SET on session_replication_role alone
--- switches off every trigger of a session's writes, the foreign keys' included.
+-- switches off every trigger of a session's writes, the foreign keys' included. A rose role's
+-- is revoked; PUBLIC's is reported only: the privilege is the server's, shared with whatever
+-- else runs there (revoke it by hand if rose's roles must not have it).
 SELECT format(E'-- cluster: extra privilege %s on parameter %s for %s\n'
-              'REVOKE %s ON PARAMETER %s FROM %s%s CASCADE',
-              a.privilege_type, p.parname, coalesce(r.rolname, 'PUBLIC'), a.privilege_type,
-              p.parname, coalesce(quote_ident(r.rolname), 'PUBLIC'),
+              'REVOKE %s ON PARAMETER %s FROM %I%s CASCADE',
+              a.privilege_type, p.parname, r.rolname, a.privilege_type,
+              (SELECT string_agg(quote_ident(part), '.')
+               FROM unnest(string_to_array(p.parname, '.')) AS part),
+              r.rolname,
               CASE WHEN g.rolsuper THEN '' ELSE format(' GRANTED BY %I', g.rolname) END)
 FROM pg_parameter_acl AS p
 CROSS JOIN LATERAL aclexplode(p.paracl) AS a
-LEFT JOIN pg_roles AS r ON r.oid = a.grantee
+JOIN pg_roles AS r ON r.oid = a.grantee
 JOIN pg_roles AS g ON g.oid = a.grantor
-WHERE a.grantee = 0 OR r.rolname IN (SELECT jsonb_array_elements_text(:'known'::jsonb))
+WHERE r.rolname IN (SELECT jsonb_array_elements_text(:'known'::jsonb))
+ORDER BY 1 \gexec
+
+SELECT format(E'-- cluster: every role may %s parameter %s (granted to PUBLIC): not changed (the '
+              'server''s, not rose''s; revoke it by hand if rose''s roles must not)',
+              a.privilege_type, p.parname)
+FROM pg_parameter_acl AS p
+CROSS JOIN LATERAL aclexplode(p.paracl) AS a
+WHERE a.grantee = 0
 ORDER BY 1 \gexec
 
 -- Roles in rose's namespace that rose does not declare: reported, dropped only by --prune.

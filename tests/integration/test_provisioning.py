@@ -255,6 +255,58 @@ def test_a_filter_of_the_reader_never_sees_the_rows_an_export_view_hides(
     assert not_barriers == []
 
 
+def test_a_filter_of_the_reader_never_sees_other_buyers_ended_holds(provisioned, credentials):
+    """Review H1 (December 2026): export.pending_bookings is a UNION ALL at its top, and
+    PostgreSQL flattens such a view into its branches, its security_barrier ignored. So a
+    cheap condition of cart's (`decode(session_id, 'hex')`, shipped to events) still ran on
+    a hold that ended two days ago, another buyer's, and said its session id. The view is now
+    one query over the union: its own conditions run first."""
+    with admin_connect(provisioned, "events") as events:
+        calendar_id = events.execute(
+            "INSERT INTO events.calendars (slug, name) VALUES ('barrier', 'Barrier') RETURNING id"
+        ).fetchone()[0]
+        events.execute(
+            "INSERT INTO events.calendar_entries (calendar_id, name, starts_at, cost, state, "
+            "session_id, hold_expires_at) VALUES (%s, 'Hidden', now() + interval '3 days', "
+            "2.00, 'pending', 'someone_elses_session', now() - interval '2 days')",
+            (calendar_id,),
+        )
+    try:
+        with psycopg.connect(provisioned.topology.app_url("cart", credentials)) as cart:
+            rows = cart.execute(
+                "SELECT id FROM events.pending_bookings WHERE decode(session_id, 'hex') IS NULL"
+            ).fetchall()
+        assert rows == []
+    finally:
+        with admin_connect(provisioned, "events") as events:
+            events.execute(
+                "DELETE FROM events.calendar_entries WHERE calendar_id = %s", (calendar_id,)
+            )
+            events.execute("DELETE FROM events.calendars WHERE id = %s", (calendar_id,))
+
+
+def test_an_export_view_that_is_no_security_barrier_is_drift_and_provisioning_restores_it(
+    provisioned, credentials
+):
+    """Review M1 (December 2026): an export view made again by hand (CREATE OR REPLACE VIEW
+    without WITH (security_barrier)) or reset lost the barrier, and neither `rose db check`
+    nor provisioning noticed: its readers' cheap conditions saw its hidden rows again."""
+    topology = provisioned.topology
+    from ops.db.check import check
+
+    with admin_connect(provisioned, "likes") as likes_db:
+        likes_db.execute("ALTER VIEW export.likes RESET (security_barrier)")
+    differences, _ = check(topology)
+    provision(topology, credentials, say=lambda _: None)
+    with admin_connect(provisioned, "likes") as likes_db:
+        options = likes_db.execute(
+            "SELECT reloptions FROM pg_class WHERE oid = 'export.likes'::regclass"
+        ).fetchone()[0]
+    assert "export view likes is not a security barrier" in "\n".join(differences)
+    assert options == ["security_barrier=true"]
+    assert check(topology)[0] == []
+
+
 def test_usage_on_the_foreign_data_wrapper_is_drift_and_provisioning_revokes_it(
     provisioned, credentials
 ):
@@ -318,6 +370,24 @@ def test_a_parameter_granted_to_a_rose_role_is_drift_and_provisioning_revokes_it
             admin.execute("REVOKE SET ON PARAMETER session_replication_role FROM cart_app")
     text = "\n".join(differences)
     assert "extra privilege SET on parameter session_replication_role for cart_app" in text
+    assert check(topology)[0] == []
+
+    # One granted to PUBLIC is the server's (review M2): reported, and left as it is, as
+    # every database's settings are; check fails until a person revokes it.
+    with admin_connect(provisioned) as admin:
+        admin.execute("GRANT SET ON PARAMETER log_statement_stats TO PUBLIC")
+    try:
+        provision(topology, credentials, say=lambda _: None)
+        with admin_connect(provisioned) as admin:
+            kept = admin.execute(
+                "SELECT has_parameter_privilege('public', 'log_statement_stats', 'SET')"
+            ).fetchone()[0]
+        public = "\n".join(check(topology)[0])
+    finally:
+        with admin_connect(provisioned) as admin:
+            admin.execute("REVOKE SET ON PARAMETER log_statement_stats FROM PUBLIC")
+    assert kept is True
+    assert "every role may SET parameter log_statement_stats (granted to PUBLIC)" in public
     assert check(topology)[0] == []
 
 

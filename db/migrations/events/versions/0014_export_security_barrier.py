@@ -9,6 +9,11 @@ ids and slugs) are leakproof and still reach the indexes. A later CREATE OR REPL
 say WITH (security_barrier) again (tests/integration/test_provisioning.py checks every export
 view).
 
+pending_bookings is a UNION ALL at its top, which PostgreSQL flattens into its branches, the
+barrier ignored (review H1: cart's `decode(session_id, 'hex')` still ran on another buyer's
+ended hold). It is made again as one query over the union (same columns, so its grants stay):
+the barrier then holds, and an `id = ANY(...)` still reaches each branch's index.
+
 Revision ID: 0014
 Revises: 0013
 Create Date: 2026-12-06
@@ -21,16 +26,61 @@ down_revision = "0013"
 branch_labels = None
 depends_on = None
 
-VIEWS = ("ended_holds", "pending_bookings")
+# 0002's union, as it is.
+PENDING_BOOKINGS = """
+        SELECT 'entry'::text AS kind,
+               entry.id,
+               entry.user_id,
+               entry.session_id,
+               entry.name::text AS title,
+               entry.cost::numeric(10, 2) AS price,
+               entry.currency,
+               entry.calendar_id,
+               entry.starts_at,
+               calendar.container_type,
+               calendar.container_id
+        FROM events.calendar_entries AS entry
+        JOIN events.calendars AS calendar ON calendar.id = entry.calendar_id
+        WHERE entry.state = 'pending'
+          AND entry.hold_expires_at > now()
+          AND entry.deleted_at IS NULL
+          AND calendar.deleted_at IS NULL
+        UNION ALL
+        SELECT 'ticket'::text,
+               ticket.id,
+               ticket.user_id,
+               ticket.session_id,
+               (entry.name || ' \u2013 ' || ticket.ticket_type)::text,
+               ticket.price::numeric(10, 2),
+               ticket.currency,
+               entry.calendar_id,
+               entry.starts_at,
+               calendar.container_type,
+               calendar.container_id
+        FROM events.tickets AS ticket
+        JOIN events.calendar_entries AS entry ON entry.id = ticket.calendar_entry_id
+        JOIN events.calendars AS calendar ON calendar.id = entry.calendar_id
+        WHERE ticket.state = 'pending'
+          AND ticket.hold_expires_at > now()
+          AND ticket.deleted_at IS NULL
+          AND entry.deleted_at IS NULL
+          AND calendar.deleted_at IS NULL
+"""
 
 
 def upgrade() -> None:
-    # A moment's ACCESS EXCLUSIVE on each view, beside the running release: wait at most 5 s.
-    op.execute("SET LOCAL lock_timeout = '5s'")
-    for view in VIEWS:
-        op.execute(f"ALTER VIEW export.{view} SET (security_barrier = true)")
+    # A moment's ACCESS EXCLUSIVE on each view, beside the running release: wait at most 1 s
+    # (the consumers' reads give up after 2 s; queued behind this, they would time out).
+    op.execute("SET LOCAL lock_timeout = '1s'")
+    op.execute("ALTER VIEW export.ended_holds SET (security_barrier = true)")
+    op.execute(
+        "CREATE OR REPLACE VIEW export.pending_bookings WITH (security_barrier = true) AS "
+        f"SELECT * FROM ({PENDING_BOOKINGS}) AS booking"
+    )
 
 
 def downgrade() -> None:
-    for view in VIEWS:
-        op.execute(f"ALTER VIEW export.{view} RESET (security_barrier)")
+    op.execute("SET LOCAL lock_timeout = '1s'")
+    op.execute("ALTER VIEW export.ended_holds RESET (security_barrier)")
+    op.execute(f"CREATE OR REPLACE VIEW export.pending_bookings AS {PENDING_BOOKINGS}")
+    op.execute("ALTER VIEW export.pending_bookings RESET (security_barrier)")

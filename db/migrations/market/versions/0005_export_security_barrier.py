@@ -24,12 +24,14 @@ VIEWS = ("market_places", "products")
 
 
 def upgrade() -> None:
-    # A moment's ACCESS EXCLUSIVE on each view, beside the running release: wait at most 5 s.
-    op.execute("SET LOCAL lock_timeout = '5s'")
+    # A moment's ACCESS EXCLUSIVE on each view, beside the running release: wait at most 1 s
+    # (the consumers' reads give up after 2 s; queued behind this, they would time out).
+    op.execute("SET LOCAL lock_timeout = '1s'")
     for view in VIEWS:
         op.execute(f"ALTER VIEW export.{view} SET (security_barrier = true)")
 
 
 def downgrade() -> None:
+    op.execute("SET LOCAL lock_timeout = '1s'")
     for view in VIEWS:
         op.execute(f"ALTER VIEW export.{view} RESET (security_barrier)")
