@@ -154,7 +154,10 @@ def test_three_orders_processes_under_a_webhook_storm(three_orders, provisioned)
         )
         statuses = list(pool.map(send, deliveries))
         assert release.result().status_code == 200
-    assert set(statuses) == {204}, statuses
+    # A process handles two reports of one checkout at a time; one beyond them is a 503, which
+    # SumUp (here the sandbox) delivers again.
+    assert set(statuses) <= {204, 503}, statuses
+    assert 204 in statuses, statuses
 
     def settled() -> bool:
         with admin_connect(provisioned, "orders") as connection:
