@@ -61,6 +61,17 @@ class PaymentProviderError(BadGateway):
         return self.sumup_status in (401, 403)
 
 
+def sumup_waits(exc: BaseException) -> str | None:
+    """What SumUp said, for a failure the code expects and waits out in one line, without a
+    traceback: SumUp down or slow, or refusing the merchant's key (revoked in its dashboard:
+    a person gives the page a new one). None for any other failure."""
+    if isinstance(exc, PaymentProviderUnavailable) or (
+        isinstance(exc, PaymentProviderError) and exc.key_refused
+    ):
+        return exc.detail
+    return None
+
+
 class CheckoutNotFound(Exception):
     pass
 

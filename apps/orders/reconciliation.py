@@ -38,7 +38,7 @@ from sqlalchemy.orm import aliased
 from apps.common.observability import scrape_gauge, scrape_row
 from apps.common.streaks import FailureStreak
 from apps.orders.models import CLOSED_UNPAID_STATES, Order, PaymentAttempt, ReconciliationPass
-from apps.orders.payments import PaymentProviderError, PaymentProviderUnavailable
+from apps.orders.payments import PaymentProviderUnavailable, sumup_waits
 from apps.orders.runtime import OrdersRuntime
 from apps.orders.service import load_order, recheck
 from apps.orders.settlement import (
@@ -285,17 +285,11 @@ class Reconciler:
                         report.keyless.add(exc.order_id)
                         logger.warning("refund %s waits: %s", refund_id, exc.note)
                     continue
-                except (PaymentProviderUnavailable, PaymentProviderError) as exc:
-                    if isinstance(exc, PaymentProviderError) and not exc.key_refused:
-                        logger.exception("refund %s could not be settled", refund_id)
+                except Exception as exc:  # one refund's trouble must not stop the others
+                    if (said := sumup_waits(exc)) is not None:  # tried next pass
+                        logger.warning("refund %s waits: %s", refund_id, said)
                     else:
-                        # An outage or a refused key, which the code expects: one line, no
-                        # traceback; tried next pass.
-                        logger.warning("refund %s waits: %s", refund_id, exc.detail)
-                    report.failures += 1
-                    continue
-                except Exception:  # one refund's trouble must not stop the others
-                    logger.exception("refund %s could not be settled", refund_id)
+                        logger.exception("refund %s could not be settled", refund_id)
                     report.failures += 1
                     continue
             if outcome is not None:
@@ -346,14 +340,11 @@ class Reconciler:
                     if order_id not in keyless:
                         keyless.add(order_id)
                         logger.warning("%s", exc.note)
-                except PaymentProviderUnavailable as exc:
-                    await session.rollback()
-                    unanswered[order_id] = exc.detail
-                    failures += 1
                 except Exception as exc:  # one order's trouble must not stop the others
-                    if isinstance(exc, PaymentProviderError) and exc.key_refused:
+                    if (said := sumup_waits(exc)) is not None:
                         await session.rollback()
-                        refused[order_id] = exc.detail
+                        outage = isinstance(exc, PaymentProviderUnavailable)
+                        (unanswered if outage else refused)[order_id] = said
                     else:
                         logger.exception("reconciling order %s failed", order_id)
                     failures += 1
@@ -484,27 +475,21 @@ class Reconciler:
                     await session.commit()
                 except MerchantKeyGone as exc:
                     logger.warning("%s", exc.note)
-                except (PaymentProviderUnavailable, PaymentProviderError) as exc:
-                    if isinstance(exc, PaymentProviderError) and not exc.key_refused:
-                        logger.exception(
+                except Exception as exc:
+                    if (said := sumup_waits(exc)) is not None:
+                        logger.warning(
+                            "closing the checkouts of superseded order %s waits: %s; the next "
+                            "reconciliation pass retries",
+                            order_id,
+                            said,
+                        )
+                    else:
+                        logger.warning(
                             "closing the checkouts of superseded order %s failed; the next "
                             "reconciliation pass retries",
                             order_id,
+                            exc_info=True,
                         )
-                        continue
-                    logger.warning(
-                        "closing the checkouts of superseded order %s waits: %s; the next "
-                        "reconciliation pass retries",
-                        order_id,
-                        exc.detail,
-                    )
-                except Exception:
-                    logger.warning(
-                        "closing the checkouts of superseded order %s failed; the next "
-                        "reconciliation pass retries",
-                        order_id,
-                        exc_info=True,
-                    )
         if any(applied.refund_due for applied in paid):
             # Money arrived for a superseded order just before its checkout could be closed.
             await self.settle_refunds()
