@@ -13,7 +13,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -97,6 +97,11 @@ class RemoteCheckout:
     transaction_id: str | None = None
     # The transaction that took the money, also once refunded since (in part or in full).
     paid_transaction_id: str | None = None
+    # Until when SumUp lets it be paid (what its creator asked for; None if it did not say).
+    valid_until: datetime | None = None
+    # Found by its reference after SumUp said it had one (409): made by an earlier request,
+    # which may not have been this order's (see apps.orders.service._open_checkout).
+    recovered: bool = False
 
 
 @dataclass(frozen=True)
@@ -159,6 +164,7 @@ def _remote(checkout: Any) -> RemoteCheckout:
         transaction_id=_transaction_id(checkout, "SUCCESSFUL"),
         # Refunded since, in part or in full, SumUp says REFUNDED.
         paid_transaction_id=_transaction_id(checkout, "SUCCESSFUL", "REFUNDED"),
+        valid_until=getattr(checkout, "valid_until", None),
     )
 
 
@@ -325,7 +331,7 @@ class SumUpGateway:
     async def _by_reference(self, client: AsyncSumup, reference: str) -> RemoteCheckout | None:
         for checkout in await client.checkouts.list(checkout_reference=reference):
             if checkout.checkout_reference == reference:
-                return _remote(checkout)
+                return replace(_remote(checkout), recovered=True)
         return None
 
     async def get_checkout(self, account: MerchantAccount, checkout_id: str) -> RemoteCheckout:

@@ -1293,6 +1293,16 @@ async def _new_attempt(
 UNUSED_CHECKOUT_STATES = ("PENDING", "EXPIRED")
 
 
+def same_moment(said: datetime | None, asked: datetime | None) -> bool:
+    """Whether the valid_until SumUp says a checkout has is the one asked for: within a second
+    (SumUp keeps it to its own precision), a time without a zone read as UTC."""
+    if said is None or asked is None:
+        return said is asked
+    if said.tzinfo is None:
+        said = said.replace(tzinfo=UTC)
+    return abs(said - asked) < timedelta(seconds=1)
+
+
 async def _open_checkout(
     order: Order,
     number: int,
@@ -1340,6 +1350,24 @@ async def _open_checkout(
         raise PaymentProviderError(
             f"SumUp already holds {reference} as another payment ({remote.status}), not "
             f"order {order.id}'s; checking out again makes a new order"
+        )
+    if remote.recovered and not same_moment(remote.valid_until, valid_until):
+        # One nobody used, but made for another order under the reference handed out again
+        # (as above): every attempt of an order asks for the order's payable_until, so a
+        # checkout an earlier try of ours made carries it. Taken, the other order's buyer would
+        # pay this order too. (A checkout made now, not found by its reference, is ours.)
+        logger.warning(
+            "SumUp holds checkout %s for reference %s valid until %s, not %s: not order %s's",
+            remote.id,
+            reference,
+            remote.valid_until,
+            valid_until,
+            order.id,
+        )
+        raise PaymentProviderError(
+            f"SumUp already holds {reference} as another checkout (valid until "
+            f"{remote.valid_until or 'unsaid'}), not order {order.id}'s; checking out again "
+            "makes a new order"
         )
     row: dict[str, Any] = {
         "order_id": order.id,

@@ -56,6 +56,8 @@ class CheckoutService:
                 new, hosted_page_base_url=self._hosted_page_base_url, now=_now()
             )
             self.state.add(checkout)
+            if self.state.controls.checkout_creations == "lose_answer":
+                raise SandboxUnavailable("the checkout was made, but its answer is lost")
             return checkout
 
     async def get(self, checkout_id: str, *, merchant_code: str | None = None) -> Checkout:

@@ -58,6 +58,10 @@ class SandboxControls(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     # that problem lists "deleted or expired" among its causes; its docs do not say which).
     # GET shows it EXPIRED either way.
     expired_deactivation: Literal["answer", "not_found"] = "answer"
+    # lose_answer: a new checkout is made, then its answer is a 503, as when SumUp's answer is
+    # lost on its way (the caller cannot know it was made; asking again is a 409 for the
+    # reference).
+    checkout_creations: Literal["answer", "lose_answer"] = "answer"
 
     def updated(self, changes: Mapping[str, object]) -> SandboxControls:
         """A copy with `changes` applied; raises msgspec.ValidationError on a bad name or value."""

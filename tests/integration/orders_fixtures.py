@@ -226,6 +226,11 @@ class Sandbox:
         response.raise_for_status()
         return response.json()
 
+    def expire(self, checkout_id: str) -> dict[str, Any]:
+        response = self.client.post(f"/_sandbox/checkouts/{checkout_id}/expire")
+        response.raise_for_status()
+        return response.json()
+
     def controls(self, **changes: Any) -> None:
         self.client.post("/_sandbox/controls", json=changes).raise_for_status()
 

@@ -1527,7 +1527,7 @@ async def test_reconciliation_asks_about_open_attempts_least_recently_checked_fi
         assert await reconciler.due_orders(session) == [fifth, fourth, third]
 
 
-def checkout_under_the_first_reference(sandbox):
+def checkout_under_the_first_reference(sandbox, **fields: Any):
     """A checkout at SumUp under the reference the first order's first attempt uses."""
     made = sandbox.client.post(
         "/v0.1/checkouts",
@@ -1537,6 +1537,7 @@ def checkout_under_the_first_reference(sandbox):
             "currency": "EUR",
             "merchant_code": "MSANDBOX1",
             "hosted_checkout": {"enabled": True},
+            **fields,
         },
         headers={"Authorization": f"Bearer {DEFAULT_API_KEY}"},
     )
@@ -1544,15 +1545,50 @@ def checkout_under_the_first_reference(sandbox):
     return made
 
 
-async def test_a_reference_sumup_already_has_is_recovered_by_listing(orders, clean_db, sandbox):
-    """Our earlier try created the checkout but its answer was lost: SumUp says 409
-    DUPLICATED_CHECKOUT for the reference, and orders finds the checkout by listing it."""
-    existing = checkout_under_the_first_reference(sandbox)
+async def test_a_pay_again_whose_answer_was_lost_recovers_its_checkout(orders, clean_db, sandbox):
+    """SumUp made pay again's checkout and its answer was lost (a 503): nothing was written,
+    and the next pay again asks for the same reference, which SumUp answers 409
+    DUPLICATED_CHECKOUT; orders finds the checkout by listing it and takes it as the order's
+    (same amount, same valid_until: the order's payable_until, which every attempt sends)."""
+    order_id = (await create(orders)).json()["order_id"]
+    sandbox.fail(checkout_id_of(clean_db, order_id))
+    browser = await signed_in(orders)
+    sandbox.controls(checkout_creations="lose_answer")
+    lost = await browser.post(f"/order/{order_id}/pay/")
+    assert lost.status_code == 503, lost.text
+    made = [c for c in sandbox.checkouts() if c["checkout_reference"] == f"rose-test-{order_id}-2"]
+    assert len(made) == 1
+    assert [number for number, _ in attempt_rows(clean_db, order_id)] == [1]
+    sandbox.controls(checkout_creations="answer")
+    again = await browser.post(f"/order/{order_id}/pay/")
+    assert again.status_code == 200, again.text
+    assert again.json()["attempt"] == 2
+    assert checkout_id_of(clean_db, order_id, 2) == made[0]["id"]
+    assert len(sandbox.checkouts()) == 2
+
+
+@pytest.mark.parametrize("valid_until", [None, "2030-01-01T00:00:00Z"])
+@pytest.mark.parametrize("state", ["open", "expired"])
+async def test_a_checkout_nobody_used_under_the_reference_for_another_order_is_not_the_orders(
+    orders, clean_db, sandbox, valid_until, state
+):
+    """A checkout under the reference that nobody paid or tried, for the same amount, but not
+    made for this order: another order's under a reference handed out again (orders restored
+    from an older backup; a second deployment on the merchant and prefix). Every attempt of an
+    order asks SumUp for the order's payable_until as valid_until, so a checkout of ours carries
+    it; one that does not is refused (502 naming the reference; nothing written). Before (review
+    M2): the order took it, and the other order's buyer, paying it, paid this order too."""
+    fields = {} if valid_until is None else {"valid_until": valid_until}
+    someone_elses = checkout_under_the_first_reference(sandbox, **fields)
+    if state == "expired":
+        sandbox.expire(someone_elses.json()["id"])
+    refused = await create(orders)
+    assert refused.status_code == 502, refused.text
+    assert "rose-test-1-1" in refused.json()["detail"]
+    assert order_rows(clean_db) == []
     created = await create(orders)
     assert created.status_code == 200, created.text
-    assert created.json()["sumup_reference"] == "rose-test-1-1"
-    assert checkout_id_of(clean_db, created.json()["order_id"]) == existing.json()["id"]
-    assert len(sandbox.checkouts()) == 1
+    assert created.json()["sumup_reference"] == f"rose-test-{created.json()['order_id']}-1"
 
 
 @pytest.mark.parametrize("outcome", ["pay", "fail"])
