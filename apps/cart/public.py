@@ -3,6 +3,7 @@ hands over to orders and sends the browser to SumUp's hosted checkout."""
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any, Literal
 
 from litestar import Request, get, post
@@ -36,6 +37,8 @@ from apps.common.web import (
     whole_number_field,
 )
 from apps.orders import contract as orders
+
+logger = logging.getLogger("rose.cart")
 
 OwnSettings = NamedDependency[CartSettings]
 ItemId = Annotated[int, Parameter(ge=1, le=2**63 - 1)]
@@ -277,8 +280,9 @@ async def delete_booking(
 
 def removal_failed(exc: InternalCallError) -> Problem:
     """The buyer's words for a booking removal events did not answer: whether it may have
-    happened (its answer lost) or not (events not reached), and what to do."""
-    if exc.outcome_unknown:
+    happened (its answer lost or unreadable, a 500 or a gateway's 504) or not (events not
+    reached, or it said it is unavailable), and what to do; not the internal call's name."""
+    if exc.may_have_happened:
         return DependencyUnavailable(
             "Events did not confirm in time that your booking was removed; it may have been. "
             "Your cart shows what it holds now, and removing the booking again is safe.",
@@ -292,8 +296,11 @@ def removal_failed(exc: InternalCallError) -> Problem:
             title="Booking not removed",
             service="events",
         )
+    # Events refused it for a reason of the moment (a 4xx but 404, 409 and 422): logged, the
+    # internal call's words are not the buyer's.
+    logger.warning("booking removal refused: %s", exc)
     return Problem(
-        f"Your booking could not be removed ({exc}); please try again.",
+        "Your booking could not be removed; please try again.",
         status_code=exc.http_status,
         title="Booking not removed",
     )

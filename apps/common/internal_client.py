@@ -83,6 +83,19 @@ class InternalCallError(Exception):
         self.outcome_unknown = outcome_unknown
 
     @property
+    def may_have_happened(self) -> bool:
+        """Whether the request may have had its effect, so that a caller must not tell anyone
+        that nothing happened: its outcome is unknown (:attr:`outcome_unknown`: sent, then no
+        answer; a gateway's 504), or the other service answered but neither refused it (a 4xx)
+        nor said it was unavailable (a 503): a 2xx whose body does not match the contract (it
+        happened), a 500 or 502 (a failure may come after the commit: the answer to COMMIT
+        lost, an answer that could not be written, a gateway losing the answer)."""
+        if self.outcome_unknown:
+            return True
+        status = self.remote_status
+        return status is not None and not (400 <= status < 500 or status == 503)
+
+    @property
     def refused(self) -> bool:
         """Whether the other service refused the request for good: sent again, unchanged, it
         gets the same answer (a 4xx but those of :data:`REFUSED_FOR_NOW`)."""
@@ -268,6 +281,7 @@ class InternalClient:
                 continue
             if response.status_code in RETRYABLE_STATUSES and attempt + 1 < attempts:
                 last_error = _error_from_response(service, name, response)
+                unknown = unknown or last_error.outcome_unknown
                 continue
             if response.is_success:
                 return response
@@ -291,7 +305,7 @@ class InternalClient:
         retry: bool | None = None,
     ) -> Answer:
         """Ask for an action of another service's contract; its typed answer."""
-        answer = await self.call_action(
+        response = await self._action(
             action.service,
             action.name,
             msgspec.to_builtins(request),
@@ -299,16 +313,17 @@ class InternalClient:
             timeout=timeout,
             retry=retry,
         )
-        return _typed(action.service, action.name, answer, action.answer)
+        return _typed(action.service, action.name, response, action.answer)
 
     async def query(
         self, query: Query[Params, Answer], params: Params, *, timeout: float | None = None
     ) -> Answer:
         """Read through another service's contract; its typed answer."""
-        answer = await self.fetch_data(
-            query.service, query.name, msgspec.to_builtins(params), timeout=timeout
+        path = f"/internal/data/{query.name}" + _query(msgspec.to_builtins(params))
+        response = await self._request(
+            "GET", query.service, query.name, path, retry=True, timeout=timeout
         )
-        return _typed(query.service, query.name, answer, query.answer)
+        return _typed(query.service, query.name, response, query.answer)
 
     async def fragment(
         self,
@@ -349,9 +364,29 @@ class InternalClient:
         retry: bool | None = None,
     ) -> Any:
         """``retry`` defaults to: only when the action carries an idempotency key."""
+        response = await self._action(
+            service,
+            name,
+            payload,
+            idempotency_key=idempotency_key,
+            timeout=timeout,
+            retry=retry,
+        )
+        return _json(service, name, response)
+
+    async def _action(
+        self,
+        service: str,
+        name: str,
+        payload: Mapping[str, Any],
+        *,
+        idempotency_key: str | None,
+        timeout: float | None,
+        retry: bool | None,
+    ) -> httpx.Response:
         body = json.dumps(payload, separators=(",", ":"), default=str).encode()
         headers = {IDEMPOTENCY_HEADER: idempotency_key} if idempotency_key else None
-        response = await self._request(
+        return await self._request(
             "POST",
             service,
             name,
@@ -361,7 +396,6 @@ class InternalClient:
             retry=idempotency_key is not None if retry is None else retry,
             timeout=timeout,
         )
-        return _json(service, name, response)
 
     async def fetch_fragment(
         self,
@@ -392,12 +426,19 @@ def _query(params: Mapping[str, Any] | None) -> str:
     return "?" + urlencode(pairs) if pairs else ""
 
 
-def _typed(service: str, name: str, answer: Any, answer_type: Any) -> Any:
+def _typed(service: str, name: str, response: httpx.Response, answer_type: Any) -> Any:
+    """The 2xx ``response``'s body as the contract's ``answer_type``. One that is not of it is
+    an error that keeps the answer's status (:attr:`InternalCallError.may_have_happened`: the
+    other service did what was asked)."""
+    answer = _json(service, name, response)
     try:
         return msgspec.convert(answer, answer_type, strict=False)
     except msgspec.ValidationError as exc:
         raise InternalCallError(
-            service, name, f"answered with a body that does not match its contract: {exc}"
+            service,
+            name,
+            f"answered with a body that does not match its contract: {exc}",
+            remote_status=response.status_code,
         ) from None
 
 
@@ -405,7 +446,12 @@ def _json(service: str, name: str, response: httpx.Response) -> Any:
     try:
         return response.json()
     except ValueError:
-        raise InternalCallError(service, name, "answered with a body that is not JSON") from None
+        raise InternalCallError(
+            service,
+            name,
+            "answered with a body that is not JSON",
+            remote_status=response.status_code,
+        ) from None
 
 
 def _error_from_response(service: str, name: str, response: httpx.Response) -> InternalCallError:
@@ -426,4 +472,6 @@ def _error_from_response(service: str, name: str, response: httpx.Response) -> I
         http_status=http_status,
         remote_status=status,
         problem=problem,
+        # A gateway's timeout: it passed the request on and stopped waiting for the answer.
+        outcome_unknown=status == 504,
     )

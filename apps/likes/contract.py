@@ -80,8 +80,9 @@ async def change_like(
 
 def _in_the_buyers_words(exc: InternalCallError) -> DependencyUnavailable | None:
     """What a buyer reads when likes did not answer a like: whether it may have been saved (its
-    answer lost) or not (likes not reached), and what to do; not the internal call's name."""
-    if exc.outcome_unknown:
+    answer lost or unreadable, a 500 or a gateway's 504) or not (likes not reached, or it said
+    it is unavailable), and what to do; not the internal call's name."""
+    if exc.may_have_happened:
         return DependencyUnavailable(
             "Likes did not confirm in time that your change was saved; it may have been. The "
             "page shows whether it is liked now.",

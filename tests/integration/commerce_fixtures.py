@@ -4,6 +4,7 @@ and an in-process stack of every service with the sandbox as SumUp."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -210,6 +211,37 @@ class AnswersLost:
             await self.app(scope, receive, nowhere)
             raise httpx.ReadTimeout("no answer in time")
         await self.app(scope, receive, send)
+
+
+class AnswerReplaced:
+    """A service as another's client reaches it, except that every answer to ``action`` is
+    replaced, after the service handled the call, with ``status`` and ``body`` (a problem when
+    ``body`` is None): a 500 after its commit (the answer to COMMIT lost, an answer it could
+    not write), a 504 of a gateway in front of it that stopped waiting, or a 2xx whose body
+    does not match the contract (another release)."""
+
+    def __init__(self, app: Any, action: str, status: int, body: Any = None) -> None:
+        self.app = app
+        self.path = f"/internal/actions/{action}"
+        self.status = status
+        self.body = body
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] != self.path:
+            await self.app(scope, receive, send)
+            return
+
+        async def nowhere(message: Any) -> None:
+            pass
+
+        await self.app(scope, receive, nowhere)
+        if self.body is None:
+            await send_problem(send, self.status, "replaced", scope["path"])
+            return
+        payload = json.dumps(self.body).encode()
+        headers = [(b"content-type", b"application/json")]
+        await send({"type": "http.response.start", "status": self.status, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
 
 
 class ServiceDown:

@@ -23,6 +23,7 @@ from apps.orders.settings import HOLD_AFTER_PAYABLE
 from apps.orders.settlement import release_bookings_key
 from tests.conftest import admin_connect, lock_waiters
 from tests.integration.commerce_fixtures import (
+    AnswerReplaced,
     AnswersLost,
     ServiceDown,
     book_and_check_out,
@@ -1586,5 +1587,37 @@ async def test_a_booking_removal_events_did_not_answer_says_what_the_buyer_can_d
     assert page.headers["content-type"].startswith("text/html")
     assert "Booking not removed" in page.text
     assert (await cart.get("/api/cart")).json()["count"] == 1
+    for browser in (cart, events):
+        await browser.aclose()
+
+
+async def test_a_booking_removal_answered_by_a_500_a_504_or_an_unreadable_body_is_not_confirmed(
+    stack, clean_db, shop
+):
+    """Probe (2026-12-06): events released the booking, then answered a 500 (its answer lost
+    after the commit), a gateway's 504, or a 2xx whose body is not its contract's. The buyer
+    read "Your booking could not be removed (events release-booking: answered 500: ...)", or
+    for the 504 "Booking not removed ... cannot be reached", though it was gone each time. Now
+    each is "Removal not confirmed", in the buyer's words."""
+    cart = await browser_of(stack, "cart", user_id=3)
+    events = stack.browser("events")
+    share_cookies(cart, events)
+    client = platform_of(stack.apps["cart"]).client
+    for status, body in [(500, None), (504, None), (200, {"released": "perhaps"})]:
+        assert (await events.post(f"/entries/{shop.entry_id}/book/")).status_code == 200
+        assert (await cart.get("/api/cart")).json()["count"] == 1
+        client.route(
+            "events", AnswerReplaced(stack.apps["events"], "release-booking", status, body)
+        )
+        try:
+            answer = await cart.post(f"/booking/entry/{shop.entry_id}/delete/")
+        finally:
+            client.route("events", stack.apps["events"])
+        assert answer.status_code == 503, (status, answer.text)
+        problem = answer.json()
+        assert problem["title"] == "Removal not confirmed", (status, problem)
+        assert "release-booking" not in problem["detail"], (status, problem)
+        # It was released: the cart says so.
+        assert (await cart.get("/api/cart")).json()["count"] == 0, status
     for browser in (cart, events):
         await browser.aclose()

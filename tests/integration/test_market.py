@@ -14,7 +14,7 @@ from apps.common.app_factory import platform_of
 from apps.market.service import liked_products_query, liked_slugs_query
 from tests.conftest import admin_connect, in_process_stack
 from tests.fdw_plans import explain_as_app
-from tests.integration.commerce_fixtures import AnswersLost, ServiceDown
+from tests.integration.commerce_fixtures import AnswerReplaced, AnswersLost, ServiceDown
 from tests.integration.market_fixtures import seed_products
 from tests.signed import internal_post
 
@@ -362,3 +362,33 @@ async def test_a_like_likes_did_not_answer_says_what_the_buyer_can_do(market_sta
         assert page.headers["content-type"].startswith("text/html")
         assert "Like not saved" in page.text
         assert (await browser.get(f"/api/products/{slug}")).json()["is_liked"] is True
+
+
+async def test_a_like_answered_by_a_500_a_504_or_an_unreadable_body_is_not_confirmed(
+    market_stack, clean_db
+):
+    """Probe (2026-12-06): likes saved the like, then answered a 500 (its answer lost after
+    the commit), a gateway's 504, or a 2xx whose body is not its contract's: the buyer read
+    "likes toggle: answered 500: ...", or for the 504 "Like not saved ... nothing was
+    changed", though the like was saved each time. Now each is "Like not confirmed" (it may
+    have been saved; the page shows), in the buyer's words."""
+    slug = seed_products(clean_db, 1)[0]
+    client = platform_of(market_stack.apps["market"]).client
+    likes = market_stack.apps["likes"]
+    answers = [(500, None), (504, None), (200, {"liked": "perhaps"})]
+    async with market_stack.browser("market") as browser:
+        headers = await sign_in(browser, 7)
+        for turn, (status, body) in enumerate(answers):
+            client.route("likes", AnswerReplaced(likes, "toggle", status, body))
+            try:
+                answer = await browser.post(f"/product/{slug}/like/", headers=headers)
+            finally:
+                client.route("likes", likes)
+            assert answer.status_code == 503, (status, answer.text)
+            problem = answer.json()
+            assert problem["title"] == "Like not confirmed", (status, problem)
+            assert "toggle" not in problem["detail"], (status, problem)
+            assert "nothing was changed" not in problem["detail"], (status, problem)
+            # Each was saved (likes flipped it): the page says so.
+            product = (await browser.get(f"/api/products/{slug}")).json()
+            assert product["is_liked"] is (turn % 2 == 0), (status, product)
