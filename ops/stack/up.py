@@ -227,7 +227,8 @@ def home_locked(home: Path) -> Iterator[None]:
 
 
 def run_stack(options: StackOptions) -> int:
-    """Run the stack until asked to stop (0), restarting service processes that exit.
+    """Run the stack until asked to stop (0), restarting service processes that exit; a stop
+    asked for while it starts ends the start, 128 + the signal's number (130 for SIGINT).
     Raises StackError (after stopping what it started) when it cannot start."""
     home = rose_home()
     home.mkdir(parents=True, exist_ok=True)
@@ -324,9 +325,14 @@ def _run_stack(options: StackOptions, home: Path, lock_home: Callable[[], None])
         sink.write("rose", message)
 
     stop_requested = False
+    # The signal that asked for the stop: a start it ends exits 128 + its number (130 for
+    # Ctrl-C), as a shell expects of a command a signal stopped (`rose up && next` stops).
+    stop_signal = signal.SIGINT
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:
-        nonlocal stop_requested
+        nonlocal stop_requested, stop_signal
+        if not stop_requested:
+            stop_signal = signal.Signals(signum)
         stop_requested = True
 
     def unless_stopping() -> None:
@@ -442,7 +448,7 @@ def _run_stack(options: StackOptions, home: Path, lock_home: Callable[[], None])
         return 0
     except _StoppedStarting:
         say("stopped before the stack was ready (a stop was asked for while it started)")
-        return 0
+        return 128 + stop_signal
     except ProxyError as exc:
         raise StackError(str(exc)) from None
     finally:
