@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import sys
 
 import psycopg
@@ -34,7 +35,18 @@ app.add_typer(calls.orders_app, name="orders")
 app.add_typer(outbox.outbox_app, name="outbox")
 
 
+def _line_by_line() -> None:
+    """stdout and stderr written through line by line, into a pipe or a file too: Python
+    buffers stdout in blocks there, so `rose ... 2>&1 | tee notes` showed every stderr line
+    (a note, a "left:", an error) before the stdout lines printed ahead of it, which waited in
+    the buffer until the process ended."""
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(line_buffering=True)
+
+
 def main() -> None:  # pragma: no cover - console entry point
+    _line_by_line()
     try:
         app()
     except ConfigError as exc:

@@ -4,6 +4,9 @@ detection, idempotent provisioning, FDW edges that are read-only."""
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
+import sys
 
 import psycopg
 import pytest
@@ -13,7 +16,7 @@ from apps.registry import SERVICES
 from ops.cli import app as rose_cli
 from ops.db.migrate import current_heads
 from ops.db.provision import provision
-from tests.conftest import admin_connect, in_process_stack
+from tests.conftest import REPO_ROOT, admin_connect, in_process_stack
 from tests.integration.db_fixtures import catalog_snapshot, differing_keys
 from tests.pg import docker_engine_available
 from tests.signed import internal_post
@@ -389,6 +392,47 @@ def test_a_parameter_granted_to_a_rose_role_is_drift_and_provisioning_revokes_it
     assert kept is True
     assert "every role may SET parameter log_statement_stats (granted to PUBLIC)" in public
     assert check(topology)[0] == []
+
+
+def test_rose_db_provision_through_a_pipe_keeps_its_lines_in_order(provisioned, credentials):
+    """Probe (2026-12-06): `rose db provision 2>&1 | cat` (or `| tee notes`) printed its
+    "left:" line (stderr) before the repairs it had printed first (stdout, block-buffered
+    into a pipe until the process ended). Every `rose` command's output now reaches a pipe
+    line by line, in the order it was written. Run as its own process, stdout and stderr
+    into one pipe."""
+    assert credentials.path is not None
+    with admin_connect(provisioned) as admin:
+        # One difference provisioning repairs (printed), one it leaves (stderr: "left:").
+        admin.execute("GRANT SET ON PARAMETER session_replication_role TO cart_app")
+        admin.execute("GRANT SET ON PARAMETER log_statement_stats TO PUBLIC")
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "ops.cli", "db", "provision"],
+            cwd=REPO_ROOT,
+            # As a DBA's shell runs it: Python's own buffering (no PYTHONUNBUFFERED).
+            env={
+                **{k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"},
+                "ROSE_HOME": str(credentials.path.parent),
+                "ROSE_ENV": "dev",
+                "ROSE_ADMIN_URL": provisioned.admin_url,
+                "COLUMNS": "200",
+            },
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        with admin_connect(provisioned) as admin:
+            admin.execute("REVOKE SET ON PARAMETER session_replication_role FROM cart_app")
+            admin.execute("REVOKE SET ON PARAMETER log_statement_stats FROM PUBLIC")
+    assert done.returncode == 1, done.stdout  # something left for a person
+    lines = done.stdout.splitlines()
+    repaired = next(index for index, line in enumerate(lines) if "session_replication_role" in line)
+    left = next(index for index, line in enumerate(lines) if line.startswith("left: "))
+    assert "log_statement_stats" in lines[left], lines
+    summary = next(index for index, line in enumerate(lines) if "left for a person" in line)
+    assert repaired < left < summary, lines
 
 
 def test_a_setting_of_a_service_database_is_drift_and_provisioning_resets_it(

@@ -159,6 +159,38 @@ def test_plan_reads_only_and_run_does_what_it_said(monolith):
     assert f"checksum:   likes.likes: {likes:,} rows, checksums match" in moved.output
 
 
+def test_plan_through_a_pipe_keeps_its_lines_in_order(monolith):
+    """Probe (2026-12-06): `rose split plan 2>&1 | cat` was said to interleave its stderr and
+    stdout out of order (stdout block-buffered into a pipe). Every `rose` command now writes
+    both line by line (ops.cli.main); here the plan of a monolith whose cart source cannot be
+    read, as its own process with stdout and stderr into one pipe and no PYTHONUNBUFFERED (as
+    a DBA's shell runs it): the plans of the moves before come first, the error last."""
+    with admin_connect(monolith, "cart") as cart:
+        cart.execute("ALTER TABLE legacy.cart_items RENAME COLUMN quantity TO amount")
+    command = ["split", "plan", "--database-url", monolith.admin_url]
+    try:
+        planned = subprocess.run(
+            [sys.executable, "-m", "ops.cli", *command],
+            cwd=REPO_ROOT,
+            env={k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        with admin_connect(monolith, "cart") as cart:
+            cart.execute("ALTER TABLE legacy.cart_items RENAME COLUMN amount TO quantity")
+    assert planned.returncode == 1, planned.stdout
+    lines = planned.stdout.splitlines()
+    assert lines[0].startswith("legacy tables"), lines
+    names = [move.name for move in MOVES]
+    before = names[: names.index("cart")]
+    headings = [line.split(":")[0] for line in lines[1:] if not line.startswith(" ")]
+    assert headings == [*before, "error"], lines
+    assert lines[-1].startswith("error: cart: column"), lines
+
+
 def test_a_source_error_in_the_middle_of_a_copy_is_raised_and_stages_nothing(monolith):
     """The relay of a source's COPY takes the rows libpq has received itself: an error the
     source sends after some rows (here on the last one) still reaches the caller as that
