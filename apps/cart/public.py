@@ -163,7 +163,13 @@ async def _checkout(
     admission = admission_of(request, own_settings.anonymous_checkouts_per_address)
     try:
         created = await service.checkout(
-            db_session, internal, owner_of(identity), identity.session_id, page_id, admission
+            db_session,
+            internal,
+            owner_of(identity),
+            identity.session_id,
+            page_id,
+            admission,
+            wait=own_settings.checkout_wait_seconds,
         )
     except InternalCallError as exc:
         raise checkout_failed(exc, public_url(settings, orders.SERVICE, "/")) from exc
@@ -176,13 +182,18 @@ def checkout_failed(exc: InternalCallError, orders_page: str) -> Problem:
     """Tell the buyer the truth about a checkout that did not end with a payment page: the cart
     never changes at checkout, and when orders may have made the order, say where it is."""
     if exc.outcome_unknown:
+        in_time = "in time"
+        if exc.waited is not None:
+            in_time = f"within {exc.waited:g} second{'' if exc.waited == 1 else 's'}"
         return Problem(
-            "We could not confirm your checkout in time. If your order was made, it is in your "
-            f"orders ({orders_page}). Checking out again is safe: the same cart never makes a "
-            "second order.",
+            f"We could not confirm your checkout {in_time}. If your order was made, it is in "
+            f"your orders ({orders_page}). Checking out again is safe: the same cart never "
+            "makes a second order.",
             status_code=503,
             title="Checkout not confirmed",
             orders=orders_page,
+            # How long the checkout waited for orders (CART_CHECKOUT_WAIT_SECONDS).
+            waited_seconds=exc.waited,
         )
     detail = str(exc.problem.get("detail") or exc).rstrip(".")
     if exc.remote_status == 429:

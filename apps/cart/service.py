@@ -991,10 +991,13 @@ async def checkout(
     session_id: str,
     page_id: int | None,
     admission: Admission | None = None,
+    *,
+    wait: float,
 ) -> CreatedOrder:
     """Hand the cart (or one page's) over to orders. Nothing of the cart changes here: orders
     clears it once the payment is confirmed. An anonymous cart is first admitted under its
-    client network's limit (``admission``; None: no limit)."""
+    client network's limit (``admission``; None: no limit). Orders' answer is awaited
+    ``wait`` seconds in all (CART_CHECKOUT_WAIT_SECONDS)."""
     cart = await load_cart(session, owner, page_id)
     # Empty because sign-in has just moved it to the user (the browser signed in as this
     # checkout left it): say so, not that the cart is empty.
@@ -1013,14 +1016,11 @@ async def checkout(
     await end_read(session)
     if owner.user_id is None and admission is not None:
         await admit_checkout(session, admission, key)
-    # Orders answers within its budget (its contract); waiting longer means never giving up
-    # on an order that is still being made. No retry: the answer is awaited, not raced.
+    # A buyer waits ``wait`` seconds, not orders' whole budget (CREATE_ORDER_MAX_SECONDS):
+    # past it the order may still be made, and the buyer is told so (the same cart checked out
+    # again replays it: its key). No retry: the answer is awaited, not raced.
     return await internal.call(
-        orders.create_order,
-        order,
-        idempotency_key=key,
-        timeout=orders.CREATE_ORDER_CALLER_TIMEOUT,
-        retry=False,
+        orders.create_order, order, idempotency_key=key, retry=False, deadline=wait
     )
 
 

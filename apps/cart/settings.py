@@ -15,6 +15,12 @@ class CartSettings:
     # share one address (an office, a mobile carrier's NAT), and signed-in buyers are not
     # counted.
     anonymous_checkouts_per_address: int = 30
+    # How long a checkout waits for orders' answer, in all: what a buyer is kept waiting on
+    # a stuck orders before "Checkout not confirmed" (the order may exist; checking out again
+    # is safe: the same cart replays it). A working orders answers in well under a second
+    # (bench/README.md: p99 0.12 s with four clients); orders itself may take up to
+    # CREATE_ORDER_MAX_SECONDS (25 s) before it gives up, longer than a person waits.
+    checkout_wait_seconds: float = 10.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CartSettings:
@@ -26,5 +32,11 @@ class CartSettings:
                 int,
                 defaults.anonymous_checkouts_per_address,
                 zero_allowed=True,
-            )
+            ),
+            checkout_wait_seconds=setting_number(
+                settings.extra,
+                "CART_CHECKOUT_WAIT_SECONDS",
+                float,
+                defaults.checkout_wait_seconds,
+            ),
         )

@@ -19,7 +19,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
@@ -69,6 +69,7 @@ class InternalCallError(Exception):
         remote_status: int | None = None,
         problem: Mapping[str, Any] | None = None,
         outcome_unknown: bool = False,
+        waited: float | None = None,
     ) -> None:
         super().__init__(f"{service} {name}: {message}")
         self.message = message
@@ -81,6 +82,8 @@ class InternalCallError(Exception):
         # timed out or the connection broke after sending): the caller must not say "nothing
         # happened".
         self.outcome_unknown = outcome_unknown
+        # The caller's deadline for the whole call (seconds), when that is what ran out.
+        self.waited = waited
 
     @property
     def may_have_happened(self) -> bool:
@@ -113,6 +116,7 @@ def _outcome_unknown(error: InternalCallError) -> InternalCallError:
         remote_status=error.remote_status,
         problem=error.problem,
         outcome_unknown=True,
+        waited=error.waited,
     )
 
 
@@ -197,13 +201,14 @@ class InternalClient:
         headers: Mapping[str, str] | None = None,
         retry: bool,
         timeout: float | None,
+        deadline: float | None = None,
     ) -> httpx.Response:
         started = time.perf_counter()
         with tracer.start_as_current_span(
             f"call {service}.{name}", kind=SpanKind.CLIENT, attributes={"rose.target": service}
         ):
             try:
-                return await self._attempts(
+                attempts = self._attempts(
                     method,
                     service,
                     name,
@@ -211,13 +216,22 @@ class InternalClient:
                     body=body,
                     headers=headers,
                     retry=retry,
-                    timeout=timeout,
+                    timeout=timeout if deadline is None else self._within_deadline(timeout),
                 )
+                if deadline is None:
+                    return await attempts
+                return await _by_deadline(attempts, service, name, deadline)
             except InternalCallError as exc:
                 INTERNAL_CALL_ERRORS.labels(service, name, str(exc.http_status)).inc()
                 raise
             finally:
                 INTERNAL_CALL_SECONDS.labels(service, name).observe(time.perf_counter() - started)
+
+    def _within_deadline(self, timeout: float | None) -> httpx.Timeout:
+        """An attempt's timeouts under a deadline for the whole call: connecting keeps its
+        own (short: a service not listening is "unreachable", nothing sent), and ``timeout``
+        (None: none) bounds the rest; the deadline bounds it all."""
+        return httpx.Timeout(timeout, connect=self._timeout.connect, pool=self._timeout.pool)
 
     async def _attempts(
         self,
@@ -229,7 +243,7 @@ class InternalClient:
         body: bytes,
         headers: Mapping[str, str] | None,
         retry: bool,
-        timeout: float | None,
+        timeout: float | httpx.Timeout | None,
     ) -> httpx.Response:
         client, base_url = self._target(service, name)
         attempts = len(RETRY_DELAYS) + 1 if retry else 1
@@ -303,8 +317,13 @@ class InternalClient:
         idempotency_key: str | None = None,
         timeout: float | None = None,
         retry: bool | None = None,
+        deadline: float | None = None,
     ) -> Answer:
-        """Ask for an action of another service's contract; its typed answer."""
+        """Ask for an action of another service's contract; its typed answer. ``timeout``
+        bounds each step of each attempt (connecting, each read); ``deadline`` (seconds) the
+        whole call, attempts and waits between them included: past it the call is an
+        :class:`InternalCallError` whose outcome is unknown, with ``waited`` set (what a
+        person waits on; without ``timeout`` only the deadline bounds an attempt's answer)."""
         response = await self._action(
             action.service,
             action.name,
@@ -312,6 +331,7 @@ class InternalClient:
             idempotency_key=idempotency_key,
             timeout=timeout,
             retry=retry,
+            deadline=deadline,
         )
         return _typed(action.service, action.name, response, action.answer)
 
@@ -362,8 +382,10 @@ class InternalClient:
         idempotency_key: str | None = None,
         timeout: float | None = None,
         retry: bool | None = None,
+        deadline: float | None = None,
     ) -> Any:
-        """``retry`` defaults to: only when the action carries an idempotency key."""
+        """``retry`` defaults to: only when the action carries an idempotency key. ``timeout``
+        and ``deadline`` as for :meth:`call`."""
         response = await self._action(
             service,
             name,
@@ -371,6 +393,7 @@ class InternalClient:
             idempotency_key=idempotency_key,
             timeout=timeout,
             retry=retry,
+            deadline=deadline,
         )
         return _json(service, name, response)
 
@@ -383,6 +406,7 @@ class InternalClient:
         idempotency_key: str | None,
         timeout: float | None,
         retry: bool | None,
+        deadline: float | None = None,
     ) -> httpx.Response:
         body = json.dumps(payload, separators=(",", ":"), default=str).encode()
         headers = {IDEMPOTENCY_HEADER: idempotency_key} if idempotency_key else None
@@ -395,6 +419,7 @@ class InternalClient:
             headers=headers,
             retry=idempotency_key is not None if retry is None else retry,
             timeout=timeout,
+            deadline=deadline,
         )
 
     async def fetch_fragment(
@@ -409,6 +434,30 @@ class InternalClient:
         path = f"/internal/fragments/{name}" + _query(params)
         response = await self._request("GET", service, name, path, retry=retry, timeout=timeout)
         return response.text
+
+
+async def _by_deadline(
+    attempts: Coroutine[Any, Any, httpx.Response], service: str, name: str, deadline: float
+) -> httpx.Response:
+    """``attempts`` given ``deadline`` seconds in all. Cut off, the request may have been sent
+    and applied: its outcome is unknown."""
+    timer = asyncio.timeout(deadline)
+    try:
+        async with timer:
+            return await attempts
+    except TimeoutError:
+        if not timer.expired():
+            raise
+    error = InternalCallError(
+        service,
+        name,
+        f"no answer within {deadline:g} s",
+        http_status=503,
+        outcome_unknown=True,
+        waited=deadline,
+    )
+    logger.warning("internal call failed: %s", error)
+    raise error
 
 
 def _query(params: Mapping[str, Any] | None) -> str:

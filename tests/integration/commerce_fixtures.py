@@ -4,10 +4,11 @@ and an in-process stack of every service with the sandbox as SumUp."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -242,6 +243,44 @@ class AnswerReplaced:
         headers = [(b"content-type", b"application/json")]
         await send({"type": "http.response.start", "status": self.status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
+
+
+@dataclass
+class HungServer:
+    """A real TCP server that accepts every connection, reads what comes, and never answers
+    (a service stuck in a GC pause, a deadlock, a full worker queue)."""
+
+    url: str = ""
+    connections: int = 0
+    received: bytearray = field(default_factory=bytearray)
+
+
+@asynccontextmanager
+async def hung_server():
+    hung = HungServer()
+    handlers: list[asyncio.Task[None]] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        hung.connections += 1
+        current = asyncio.current_task()
+        assert current is not None
+        handlers.append(current)
+        try:
+            while chunk := await reader.read(65536):
+                hung.received.extend(chunk)
+            await asyncio.Event().wait()  # the other end closed its side: still no answer
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    hung.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        async with server:
+            yield hung
+            for task in handlers:
+                task.cancel()
+    finally:
+        server.close()
 
 
 class ServiceDown:

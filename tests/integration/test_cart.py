@@ -13,12 +13,13 @@ from hypothesis import strategies as st
 
 from apps.cart.models import metadata as cart_metadata
 from apps.common.app_factory import platform_of
-from tests.conftest import admin_connect, lock_waiters
+from tests.conftest import admin_connect, in_process_stack, lock_waiters
 from tests.integration.commerce_fixtures import (
     ServiceDown,
     browser_of,
     cart_rows,
     entry_state,
+    hung_server,
     share_cookies,
     shop_stack,
     table_locked,
@@ -485,6 +486,44 @@ async def test_a_checkout_orders_could_not_make_names_who_was_unavailable(
 
 async def answer(request):  # a hang guard, not a measurement
     return await asyncio.wait_for(request, timeout=60)
+
+
+async def test_a_checkout_orders_never_answers_ends_at_the_buyers_wait(clean_db, credentials, shop):
+    """Probe (2026-12-06): orders accepted the connection and never answered (stuck), and the
+    buyer waited ~27 s for "Checkout not confirmed": cart waited CREATE_ORDER_MAX_SECONDS
+    (orders' own budget, 25 s) + 2 s for every checkout. Now cart waits
+    CART_CHECKOUT_WAIT_SECONDS (10 s by default; far beyond a working orders' answer) for the
+    whole call, then says the checkout was not confirmed and how long it waited. Set small
+    here: the answer names it, so it is what ended the wait. Orders is a real socket that
+    accepts and never answers; the request reached it once (no retry)."""
+    async with hung_server() as orders:
+        overrides = {
+            "cart": {
+                "internal_urls": {"orders": orders.url},
+                "extra": {"CART_CHECKOUT_WAIT_SECONDS": "0.5"},
+            }
+        }
+        async with in_process_stack(
+            clean_db, credentials, ["cart"], settings_overrides=overrides
+        ) as stack:
+            # Anonymous: signing in asks orders too (adopt-orders), which does not answer.
+            cart = await browser_of(stack, "cart")
+            assert (await cart.post(f"/add/{shop.product_ids[0]}/")).status_code == 200
+            before = cart_rows(clean_db)
+            checkout = await answer(cart.post("/checkout/"))
+            page = await answer(cart.post("/checkout/", headers=HTML))
+            await cart.aclose()
+    assert checkout.status_code == 503, checkout.text
+    problem = checkout.json()
+    assert problem["title"] == "Checkout not confirmed", problem
+    assert "within 0.5 seconds" in problem["detail"], problem
+    assert problem["waited_seconds"] == 0.5, problem
+    assert "checking out again is safe" in problem["detail"].lower(), problem
+    assert page.status_code == 503
+    assert "Checkout not confirmed" in page.text
+    assert orders.connections >= 1
+    assert orders.received.count(b"POST /internal/actions/create-order ") == 2  # one each
+    assert cart_rows(clean_db) == before
 
 
 async def test_a_checkout_while_cart_cannot_read_events_is_refused_naming_events(

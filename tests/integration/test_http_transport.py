@@ -243,6 +243,35 @@ async def test_the_internal_client_keeps_unreachable_and_outcome_unknown_apart(s
         await internal.aclose()
 
 
+async def test_a_deadline_bounds_the_whole_call_and_names_itself(server):
+    """A deadline bounds a call, its attempts and the waits between them together (cart's
+    checkout: what a buyer waits on): cut off, its outcome is unknown and the error says how
+    long it waited. The client's per-read timeout (5 s by default) does not cut it shorter,
+    and a service not listening is still unreachable (nothing sent), not unknown."""
+    internal = InternalClient(
+        caller="tests",
+        secret=INTERNAL_SECRET,
+        base_urls={"gone": "http://127.0.0.1:1", "rude": f"http://127.0.0.1:{server.port}"},
+    )
+    try:
+        with pytest.raises(InternalCallError) as cut:
+            # /slow answers after 3 s: each attempt would be retried (a key) past 0.5 s.
+            await internal.call_action("rude", "slow", {}, idempotency_key="k", deadline=0.5)
+        assert cut.value.outcome_unknown
+        assert cut.value.waited == 0.5
+        assert "no answer within 0.5 s" in str(cut.value)
+        assert [line for line, _, _ in server.requests] == ["POST /internal/actions/slow"]
+        with pytest.raises(InternalCallError) as unreachable:
+            await internal.call_action("gone", "do", {}, deadline=5)
+        assert not unreachable.value.outcome_unknown
+        assert unreachable.value.waited is None
+        assert "unreachable" in str(unreachable.value)
+        answered = await internal.call_action("rude", "echo", {}, deadline=5)
+        assert answered["method"] == "POST"
+    finally:
+        await internal.aclose()
+
+
 async def test_the_sumup_sdk_sends_through_this_transport(server):
     """The SDK builds its own httpx client; ``sdk_client`` swaps its engine. Checked by what
     arrives and by the cause of a failure (an SDK upgrade that ignores the swap fails here)."""
