@@ -652,12 +652,24 @@ def _path_numbers(scope: Scope) -> list[tuple[str, str]]:
     ]
     if not numbers:
         return []
-    template = str(scope.get("path_template") or "").strip("/").split("/")
-    given = str(scope["path"]).strip("/").split("/")
-    if len(template) != len(given):
-        return []
-    return [
-        (name, given[template.index(f"{{{name}}}")])
-        for name in numbers
-        if f"{{{name}}}" in template
-    ]
+    # Segments as the router reads them. A path-typed parameter (``{rest:path}``) takes every
+    # segment from its own on, so it is the template's last: any other segment is the path's
+    # segment of the same place, whether the path has more than the template or not.
+    template = [part for part in str(scope.get("path_template") or "").split("/") if part]
+    given = [part for part in str(scope["path"]).split("/") if part]
+    found = []
+    for name in numbers:
+        slot = f"{{{name}}}"
+        place = template.index(slot) if slot in template else None
+        if (
+            place is None
+            or place >= len(given)
+            or (place == len(template) - 1 and len(given) != len(template))
+        ):
+            # Never checked in silence: a route this cannot read is a route to fix.
+            raise RuntimeError(
+                f"path_numbers_in_ascii cannot find {name} of {scope.get('path_template')!r} "
+                f"in {scope['path']!r}"
+            )
+        found.append((name, given[place]))
+    return found
