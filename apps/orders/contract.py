@@ -41,10 +41,9 @@ CartLineIds = Annotated[list[PositiveId], msgspec.Meta(max_length=100)]
 
 # How long orders may take to answer create-order, whatever SumUp and events do: orders checks
 # at start-up that its own timeouts fit inside and gives up (nothing created) when it runs out.
-# A caller waits longer than this, so it never gives up on an order that is still being made.
+# A caller may stop waiting sooner (cart waits CART_CHECKOUT_WAIT_SECONDS, what a buyer waits):
+# the order may then still be made, and the same idempotency key sent again replays it.
 CREATE_ORDER_MAX_SECONDS = 25.0
-CALLER_MARGIN_SECONDS = 2.0
-CREATE_ORDER_CALLER_TIMEOUT = CREATE_ORDER_MAX_SECONDS + CALLER_MARGIN_SECONDS
 
 
 class CartLine(msgspec.Struct, forbid_unknown_fields=True):
