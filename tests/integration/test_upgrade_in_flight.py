@@ -26,12 +26,6 @@ def cluster() -> Iterator[Cluster]:
     yield from start_cluster()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a confirm-for-order an earlier main queued (no user_id/session_id) finds a booking "
-    "events 0002 gave no hold_order_id: events reports it unconfirmed and orders refunds it; "
-    "the fix is orders' (fill in the buyer of such messages), whose files others edit now",
-)
 async def test_a_paid_orders_confirmation_queued_before_the_upgrade_confirms_its_booking(
     cluster: Cluster, sandbox: Sandbox
 ) -> None:
