@@ -66,6 +66,18 @@ def up(
             help="Processes per service (uvicorn workers on the service's port).",
         ),
     ] = 1,
+    restore: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="DIR",
+            file_okay=False,
+            exists=True,
+            help=(
+                "Restore this `rose db backup` into the empty database first (with --fresh: "
+                "delete this home's database; the SumUp sandbox's checkouts stay). No demo data."
+            ),
+        ),
+    ] = None,
 ) -> None:
     """Run the whole system: database, provisioning, migrations, every service (restarted
     if it exits). Ctrl-C stops."""
@@ -82,6 +94,7 @@ def up(
         port_offset,
         proxy_port=proxy_port if proxy else None,
         workers=workers,
+        restore=restore,
     )
     try:
         code = run_stack(options)

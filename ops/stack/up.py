@@ -22,7 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+from alembic.util import CommandError
+
 from apps.registry import SERVICES, service_spec
+from ops.db.backup import MANIFEST, BackupError, restore
 from ops.db.connections import NotASuperuser, require_superusers
 from ops.db.credentials import Credentials
 from ops.db.lifecycle import converge_databases
@@ -72,6 +75,9 @@ class StackOptions:
     proxy_port: int | None = None
     # Processes per service (uvicorn workers sharing the service's port).
     workers: int = 1
+    # A `rose db backup` directory restored into the empty database before anything else
+    # (ops.db.backup.restore); None: none.
+    restore: Path | None = None
 
 
 RESTART_DELAYS = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
@@ -279,6 +285,8 @@ def _run_stack(options: StackOptions, home: Path, lock_home: Callable[[], None])
     proxy = None
     if options.proxy_port is not None:
         proxy = LocalProxy(options.proxy_port, home / "caddy")
+    if options.restore is not None and not (options.restore / MANIFEST).is_file():
+        raise StackError(f"--restore {options.restore}: no {MANIFEST} there (not a rose db backup)")
 
     lock_home()
     # Read (or made) before anything starts: a damaged file is refused here.
@@ -289,6 +297,14 @@ def _run_stack(options: StackOptions, home: Path, lock_home: Callable[[], None])
         wanted.append((PROXY, proxy.port))
     if options.database_url is None:
         embedded = LocalPostgres(home / "pgdata", options.pg_port, credentials.superuser_password())
+        if options.restore is not None and embedded.initialized and not options.fresh:
+            # A restore goes into databases that hold no rows (ops.db.backup): this home's hold
+            # the stack's. Deleting them is the operator's call, said out loud.
+            raise StackError(
+                f"--restore needs an empty database, and {embedded.data_dir} holds this home's: "
+                "add --fresh to delete it first (the SumUp sandbox's checkouts stay, as "
+                "SumUp's would), or restore in another home (ROSE_HOME=DIR)"
+            )
         # A server of this data directory left on that port (a killed stack) is restarted by
         # start(); anything else there is a refusal now, before --fresh deletes anything.
         if embedded.running_port() != options.pg_port:
@@ -351,7 +367,9 @@ def _run_stack(options: StackOptions, home: Path, lock_home: Callable[[], None])
     database_url = options.database_url
     sandbox_state = home / SANDBOX_STATE_FILE
     try:
-        if options.fresh and sandbox_state.exists():
+        # A restore keeps the sandbox's checkouts: it stands in for SumUp, which a restore of
+        # rose's databases does not touch (the restored orders still name their checkouts).
+        if options.fresh and options.restore is None and sandbox_state.exists():
             # Orders starts again from 1, and so do its checkout references: the sandbox
             # (which keeps its checkouts, as SumUp does) starts with none too.
             if embedded is None:
@@ -359,7 +377,10 @@ def _run_stack(options: StackOptions, home: Path, lock_home: Callable[[], None])
             sandbox_state.unlink()
         if embedded is not None:
             if options.fresh:
-                say("--fresh: removing the embedded database and the SumUp sandbox's checkouts")
+                if options.restore is None:
+                    say("--fresh: removing the embedded database and the SumUp sandbox's checkouts")
+                else:
+                    say("--fresh: removing the embedded database (restoring it next)")
                 embedded.destroy()
             left = embedded.pid()
             if left is not None:
@@ -384,12 +405,22 @@ def _run_stack(options: StackOptions, home: Path, lock_home: Callable[[], None])
         # (No embedded server exactly when a DSN was given.)
         assert database_url is not None
         topology = Topology.single_server(database_url)
+        if options.restore is not None:
+            say(f"restoring {options.restore}")
+            try:
+                restored = restore(topology, credentials, options.restore, say=say)
+            except (BackupError, CommandError, ConvergeError, MigrateError) as exc:
+                raise StackError(f"--restore: {exc}") from None
+            for note in restored.notes:
+                say(f"note: {note}")
+            unless_stopping()
         try:
             converge_databases(topology, credentials, say=say)
         except (MigrateError, ConvergeError) as exc:
             raise StackError(str(exc)) from None
         unless_stopping()
-        if options.demo:
+        # Demo data fills empty tables: a restored backup's empty ones stay as it had them.
+        if options.demo and options.restore is None:
             seed_demo_data(topology, names, say)
             unless_stopping()
 

@@ -508,3 +508,51 @@ def test_the_sumup_sandbox_keeps_its_checkouts_across_restarts_until_fresh(tmp_p
     with rose_up(home, "--fresh", *args, timeout=90):
         gone = httpx.get(f"{sandbox_url}/v0.1/checkouts/{checkout_id}", headers=api)
         assert gone.status_code == 404, gone.text
+
+
+def test_a_backup_is_restored_into_the_homes_own_database_with_fresh_restore(tmp_path: Path):
+    """An operator of one machine whose data went bad restores last night's `rose db backup`
+    into the stack's own embedded database (operator probe, December 2026: `rose db restore`
+    needs a server that runs and that no service uses, which the embedded one is only while
+    `rose up` runs its services; the docs named no way). `rose up --restore DIR` refuses a home
+    whose database holds the stack's rows (nothing deleted), and with --fresh deletes it and
+    restores the backup before any service starts: the rows are the backup's, no demo data is
+    added, and the cluster is as db/ declares."""
+    import psycopg
+
+    home = tmp_path / "rose-home"
+    pg_port = free_port()
+    args = ["--pg-port", str(pg_port), "--port-offset", str(PORT_OFFSET), "--only", "relations"]
+    backup = tmp_path / "backup"
+
+    def posts(database_url: str) -> list[str]:
+        with psycopg.connect(database_url.rsplit("/", 1)[0] + "/db_blog") as blog:
+            return [row[0] for row in blog.execute("SELECT slug FROM blog.posts ORDER BY slug")]
+
+    with rose_up(home, "--fresh", *args, timeout=90) as running:
+        url = running.state["database_url"]
+        with psycopg.connect(url.rsplit("/", 1)[0] + "/db_blog") as blog:
+            blog.execute(
+                "INSERT INTO blog.posts (slug, title, status) VALUES ('kept', 'Kept', 'draft')"
+            )
+        backed_up = posts(url)
+        assert "kept" in backed_up
+        rose(home, "db", "backup", str(backup))
+        with psycopg.connect(url.rsplit("/", 1)[0] + "/db_blog") as blog:
+            blog.execute("DELETE FROM blog.posts WHERE slug = 'kept'")
+
+    refused = subprocess.run(
+        [sys.executable, "-m", "ops.cli", "up", "--restore", str(backup), *args],
+        env={**os.environ, "ROSE_HOME": str(home)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode != 0
+    assert "--restore needs an empty database" in refused.stderr + refused.stdout
+    assert "Traceback" not in refused.stderr
+
+    with rose_up(home, "--fresh", "--restore", str(backup), *args, timeout=120) as running:
+        assert posts(running.state["database_url"]) == backed_up
+        check = rose(home, "db", "check", check=False)
+        assert check.returncode == 0, check.stdout + check.stderr
