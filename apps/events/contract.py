@@ -84,7 +84,7 @@ class Released(msgspec.Struct):
     released: bool
 
 
-class ReleaseForOrder(msgspec.Struct, forbid_unknown_fields=True):
+class ReleaseForOrder(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     """Orders found the order unpaid past its payable time and expired it: the holds it made
     for the order end now (they last a while longer than its payable time, so that a payment
     made in time and learnt late still finds its bookings), except that a booking whose cart's
@@ -94,10 +94,16 @@ class ReleaseForOrder(msgspec.Struct, forbid_unknown_fields=True):
     events held them (the order never existed), or a newer order of the buyer superseded it.
     Each booking still held for it goes back to the hold it had before (an earlier order's not
     given back itself, else the buyer's cart's), not ended, and events refuses any later hold
-    for the order."""
+    for the order.
+
+    ``paid_back``: the order was paid, and SumUp gave all of its payment back since (a refund
+    in SumUp's dashboard, a charge-back; orders' review of it found so): the bookings confirmed
+    for it are let go as well (an entry open again, a ticket cancelled), and events confirms
+    none for it later (a confirm-for-order delivered after this one, retried late)."""
 
     order_id: DbId
     rolled_back: bool = False
+    paid_back: bool = False
 
 
 class HoldsEnded(msgspec.Struct):

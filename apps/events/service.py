@@ -656,7 +656,24 @@ async def confirm_for_order(session: AsyncSession, request: ConfirmForOrder) -> 
 
     An anonymous buyer's session that sign-in adopted since is the user now: its bookings are
     the user's (:func:`adopt_bookings`), and so is what this confirms. A sign-in still in
-    progress gives the user what this confirmed once it commits."""
+    progress gives the user what this confirmed once it commits.
+
+    An order orders let go of (release-for-order; after its payment went back whole, one
+    delivered before this confirm, which was retried late) has nothing confirmed: every id is
+    reported unconfirmed."""
+    await _lock_holds_of(session, request.order_id)
+    if await session.scalar(
+        select(GivenBackOrder.order_id).where(GivenBackOrder.order_id == request.order_id)
+    ):
+        logger.warning(
+            "order %s: let go of before its confirm arrived; nothing confirmed", request.order_id
+        )
+        return ConfirmResult(
+            confirmed=0,
+            unconfirmed=Unconfirmed(
+                entry_ids=sorted(set(request.entry_ids)), ticket_ids=sorted(set(request.ticket_ids))
+            ),
+        )
     buyer = _buyer(request.user_id, request.session_id)
     signed_in = None
     if request.user_id is None and request.session_id is not None:
@@ -870,7 +887,10 @@ async def release_for_order(session: AsyncSession, request: ReleaseForOrder) -> 
     Either way the order is let go of for good (``given_back_orders``): no later hold is taken
     for it, and a give-back of a later order never returns a booking to its hold (an order
     that expired while a later checkout held the booking: that checkout's failure gave the
-    booking back to the expired order, which nobody can pay, until long past its time)."""
+    booking back to the expired order, which nobody can pay, until long past its time).
+
+    ``paid_back``: the paid order's money went back whole; its confirmed bookings are let go
+    too (:func:`_let_go_confirmed`), and confirm-for-order confirms none for it from now."""
     await _lock_holds_of(session, request.order_id)
     await session.execute(
         pg_insert(GivenBackOrder)
@@ -879,7 +899,7 @@ async def release_for_order(session: AsyncSession, request: ReleaseForOrder) -> 
     )
     if request.rolled_back:
         return await _restore_holds_before(session, request.order_id)
-    ended = 0
+    ended = await _let_go_confirmed(session, request.order_id) if request.paid_back else 0
     for model in (CalendarEntry, Ticket):
         cart_hold_runs = model.cart_hold_expires_at > func.now()
         result = await session.execute(
@@ -906,6 +926,33 @@ async def release_for_order(session: AsyncSession, request: ReleaseForOrder) -> 
         )
         ended += len(result.all())
     return HoldsEnded(ended=ended)
+
+
+async def _let_go_confirmed(session: AsyncSession, order_id: int) -> int:
+    """The bookings confirmed for ``order_id`` are let go, as a buyer's removal lets go of one
+    in the cart: an entry is open again (nobody's), a ticket cancelled (it keeps its order)."""
+    let_go = 0
+    for model, freed in ((CalendarEntry, ENTRY_OPEN_AGAIN), (Ticket, TICKET_LET_GO)):
+        values: dict[str, Any] = {**freed, "updated_at": func.now()}
+        if model is CalendarEntry:
+            values.update(
+                order_id=None,
+                hold_expires_at=None,
+                hold_order_id=None,
+                prior_hold_order_id=None,
+                prior_hold_expires_at=None,
+                cart_hold_expires_at=None,
+            )
+        result = await session.execute(
+            update(model)
+            .where(model.state == "confirmed", model.order_id == order_id)
+            .values(values)
+            .returning(model.id)
+        )
+        let_go += len(result.all())
+    if let_go:
+        logger.warning("order %s: paid back whole; %d booking(s) let go", order_id, let_go)
+    return let_go
 
 
 # A booking given back to its cart whose cart hold ran out while an order held it (a superseded

@@ -14,7 +14,11 @@ the review, and the order is settled from what SumUp says now:
 - a pending order becomes ``refund_due`` when money goes back (``refunded`` when SumUp gave it
   all back already), else ``expired``, and its bookings are released; a superseded, expired,
   cancelled, refund_due or refunded one keeps its status, or becomes ``refund_due``
-  (``refunded``) as its refunds are; a paid one stays paid;
+  (``refunded``) as its refunds are; a paid one stays paid, unless SumUp gave back all of the
+  payment it was paid with (a refund in SumUp's dashboard, a charge-back decided for the
+  buyer): nothing is asked of SumUp for it, the order becomes ``refunded`` (``refund_due``
+  while another of its payments goes back) and its bookings are let go at events, the
+  confirmed ones too (part of it given back leaves it paid: the merchant keeps the rest);
 - it is no longer flagged, its ``flag_reason`` kept (what was reviewed), and every one of its
   attempts is settled as SumUp has it (PAID or EXPIRED, final there): the webhook and the
   return page read a settled attempt no more, and a report read before the review committed
@@ -23,7 +27,10 @@ the review, and the order is settled from what SumUp says now:
 
 Nothing is written unless SumUp answered for every checkout (a 503 otherwise, the order still
 flagged), nor when SumUp does not know, or reports otherwise, a checkout orders holds paid (a
-409: never undone here; a person looks at it in SumUp's dashboard).
+409: never undone here; a person looks at it in SumUp's dashboard), nor while what SumUp gave
+back of a paid checkout is undecided (a charge-back not decided, a refund in a status orders
+does not know: a 409), the payment a paid order was paid with included (one SumUp will not
+show is kept).
 
 A paid order that records no checkout it was paid with and holds none paid (paid by the
 release before orders 0015 with a checkout pay again closed as SumUp took its payment) cannot
@@ -47,6 +54,7 @@ from apps.orders.models import Order, PaymentAttempt, Refund
 from apps.orders.payments import (
     CheckoutNotFound,
     MerchantAccount,
+    PaymentProviderError,
     PaymentProviderUnavailable,
     RemoteCheckout,
     SumUpGateway,
@@ -107,6 +115,8 @@ async def end_review(
     refunds: list[RefundGoingBack] = []
     closed: list[str] = []
     paid = False
+    # The payment a paid order keeps: none once SumUp gave all of it back (below).
+    kept = honoured
     for attempt in attempts:
         assert account is not None
         # What the attempt before this one learnt, written now: the transaction is never idle
@@ -149,6 +159,12 @@ async def end_review(
             )
         if attempt is honoured and newly_named:
             await _refuse_unless_kept_whole(gateway, account, attempt, remote, order)
+        elif attempt is honoured and await _given_back_whole(gateway, account, attempt, remote):
+            # All of it given back already (SumUp's dashboard, or a charge-back): the order
+            # keeps no payment, and nothing is asked of SumUp.
+            kept = None
+            paid = True
+            continue
         if remote.status != "PAID" or attempt is honoured:
             continue  # the payment a paid order was paid with stays as it is
         paid = True
@@ -176,7 +192,9 @@ async def end_review(
                 RefundGoingBack(checkout_id=remote.id, amount=str(owed), currency=remote.currency)
             )
     was_pending = order.status == "pending"
-    if order.status == "paid":
+    # A paid order whose payment SumUp gave back whole: settled as what SumUp took goes back.
+    paid_back = order.status == "paid" and honoured is not None and kept is None
+    if order.status == "paid" and not paid_back:
         pass  # honoured: a payment that goes back is another one (as a second payment's)
     elif paid:
         # What SumUp took goes back: refund_due until every refund of the order is done (one
@@ -192,7 +210,9 @@ async def end_review(
     order.flagged = False
     order.updated_at = func.now()
     await session.flush()
-    releasing = was_pending and await enqueue_release_of_bookings(session, order.id)
+    releasing = (was_pending or paid_back) and await enqueue_release_of_bookings(
+        session, order.id, paid_back=paid_back
+    )
     status = order.status
     await session.commit()
     logger.warning(
@@ -209,9 +229,7 @@ async def end_review(
         closed_checkouts=closed,
         refunds=refunds,
         releasing_bookings=releasing,
-        kept_payment=(
-            honoured.sumup_checkout_id if honoured is not None and status == "paid" else None
-        ),
+        kept_payment=kept.sumup_checkout_id if kept is not None and status == "paid" else None,
     )
 
 
@@ -255,6 +273,31 @@ async def _still_taken(
             order_id=attempt.order_id,
         )
     return taken
+
+
+async def _given_back_whole(
+    gateway: SumUpGateway, account: MerchantAccount, attempt: PaymentAttempt, remote: RemoteCheckout
+) -> bool:
+    """SumUp gave back all it took for ``remote`` (paid), the payment a paid order was paid
+    with: a person refunded it in SumUp's dashboard, or a charge-back was decided for the
+    buyer. Part of it is not (a goodwill refund: the order keeps the rest). Raises (a 409,
+    nothing written) when that is undecided (``_given_back``: a charge-back pending, a
+    refund in a status orders does not know). SumUp refusing to show the transaction (a key
+    not allowed to read it), or reporting no transaction, is not: the payment is kept, as
+    before this look existed."""
+    if (remote.paid_transaction_id or attempt.transaction_id) is None:
+        return False
+    try:
+        given_back = await _given_back(gateway, account, attempt, remote)
+    except PaymentProviderError as exc:
+        logger.warning(
+            "order %s: kept checkout %s without knowing what SumUp gave back of it: %s",
+            attempt.order_id,
+            remote.id,
+            exc.detail,
+        )
+        return False
+    return given_back >= money(Decimal(remote.amount))
 
 
 async def _given_back(

@@ -856,10 +856,19 @@ def release_bookings_key(order_id: int) -> str:
     return f"orders:{order_id}:release-bookings"
 
 
-async def enqueue_release_of_bookings(session: AsyncSession, order_id: int) -> bool:
+def let_go_bookings_key(order_id: int) -> str:
+    return f"orders:{order_id}:let-go-bookings"
+
+
+async def enqueue_release_of_bookings(
+    session: AsyncSession, order_id: int, *, paid_back: bool = False
+) -> bool:
     """An expired order's bookings: events ends the holds made for it now, not when they would
     end (HOLD_AFTER_PAYABLE past its payable time), or puts a booking back on its cart's hold
-    while that still runs. In the expiry's transaction; False when the order has no bookings."""
+    while that still runs. In the expiry's transaction; False when the order has no bookings.
+
+    ``paid_back``: a paid order whose payment SumUp gave back whole (a review found it): the
+    bookings confirmed for it are let go too (``ReleaseForOrder.paid_back``)."""
     booked = await session.scalar(
         select(
             exists().where(
@@ -870,12 +879,13 @@ async def enqueue_release_of_bookings(session: AsyncSession, order_id: int) -> b
     )
     if not booked:
         return False
+    key = let_go_bookings_key(order_id) if paid_back else release_bookings_key(order_id)
     return await enqueue(
         session,
         outbox,
         events.release_for_order,
-        events.ReleaseForOrder(order_id=order_id),
-        idempotency_key=release_bookings_key(order_id),
+        events.ReleaseForOrder(order_id=order_id, paid_back=paid_back),
+        idempotency_key=key,
     )
 
 

@@ -156,7 +156,8 @@ def orders_end_review(
     buyer). orders settles it from what SumUp says now: its open checkouts are closed, money
     SumUp took for it goes back (what SumUp took), but for the payment a paid order was paid
     with, and a pending order expires (refund_due while money goes back), its goods free
-    again; a paid order stays paid."""
+    again; a paid order stays paid, unless SumUp gave all of its payment back (a refund in
+    its dashboard, a charge-back): then it is refunded and its bookings are let go."""
     known_service("orders")
     request: dict[str, Any] = {"order_id": order_id}
     if paid_with is not None:

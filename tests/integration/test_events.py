@@ -1489,6 +1489,60 @@ async def test_confirm_for_order_confirms_what_was_held_for_that_order_only(stac
     assert entry_state(clean_db, walk)[::3] == ("confirmed", 80)
 
 
+def ticket_states(server, ticket_ids: list[int]) -> list[tuple]:
+    return events_rows(
+        server,
+        "SELECT state, order_id FROM events.tickets WHERE id = ANY(%s) ORDER BY id",
+        (ticket_ids,),
+    )
+
+
+async def test_a_paid_order_whose_money_went_back_lets_go_its_bookings_and_confirms_none_later(
+    stack, clean_db
+):
+    """Orders' review found a paid order's payment given back whole at SumUp (a refund in its
+    dashboard, a charge-back): release-for-order with ``paid_back`` lets go of the bookings
+    confirmed for it (the entry open again, the tickets cancelled). Sent before a confirm of
+    another order that is retried late (the outbox delivers a retried message after a newer
+    one), that confirm confirms nothing for the order let go of: every id unconfirmed."""
+    things = await book_things(stack, clean_db)
+    events = stack.client("events")
+    walk, tickets = things["walk"], things["ticket_ids"]
+    until = (datetime.now(UTC) + timedelta(minutes=30)).isoformat()
+    order = {"order_id": 85, "user_id": 1, "entry_ids": [walk], "ticket_ids": tickets}
+    held = await internal_post(events, "hold-for-order", {**order, "until": until})
+    assert held.json() == {"held": 3}
+    confirmed = await internal_post(events, "confirm-for-order", order)
+    assert confirmed.json()["confirmed"] == 3
+    assert entry_state(clean_db, walk) == ("confirmed", 1, None, 85)
+
+    let_go = await internal_post(
+        events, "release-for-order", {"order_id": 85, "paid_back": True}, idempotency_key="l85"
+    )
+    assert let_go.status_code == 200, let_go.text
+    assert let_go.json() == {"ended": 3}
+    assert entry_state(clean_db, walk) == ("open", None, None, None)
+    assert ticket_states(clean_db, tickets) == [("cancelled", 85), ("cancelled", 85)]
+    replay = await internal_post(
+        events, "release-for-order", {"order_id": 85, "paid_back": True}, idempotency_key="l85"
+    )
+    assert replay.json() == {"ended": 3}
+
+    # Booked again and held for order 86; its money went back before its confirm arrived.
+    user = await sign_in(stack, 1)
+    assert (await user.post(f"/entries/{walk}/book/")).status_code == 200
+    await user.aclose()
+    again = {"order_id": 86, "user_id": 1, "entry_ids": [walk], "until": until}
+    held = await internal_post(events, "hold-for-order", again)
+    assert held.json() == {"held": 1}
+    await internal_post(events, "release-for-order", {"order_id": 86, "paid_back": True})
+    late = await internal_post(
+        events, "confirm-for-order", {"order_id": 86, "entry_ids": [walk], "user_id": 1}
+    )
+    assert late.json() == {"confirmed": 0, "unconfirmed": {"entry_ids": [walk], "ticket_ids": []}}
+    assert entry_state(clean_db, walk)[0] != "confirmed"
+
+
 async def test_release_booking_frees_the_slot_at_once(stack, clean_db):
     things = await book_things(stack, clean_db)
     events = stack.client("events")

@@ -19,6 +19,7 @@ from tests.integration.orders_fixtures import (
     attempt_rows,
     checkout_id_of,
     create,
+    held_bookings,
     order_payload,
     orders_stack,
     product_line,
@@ -242,6 +243,130 @@ async def test_a_paid_order_keeps_its_payment_and_gives_back_the_flagged_one(
     paid_with = sandbox.checkout(honoured)["transaction_id"]
     assert sandbox.transaction(paid_with)["events"] == []  # never given back
     assert await attention(orders) == []
+
+
+def bookings_of(server, entry_id: int, ticket_id: int) -> list[tuple]:
+    """(state, order_id) of the entry, then of the ticket, as events holds them."""
+    with admin_connect(server, "events") as connection:
+        entry = connection.execute(
+            "SELECT state, order_id FROM events.calendar_entries WHERE id = %s", (entry_id,)
+        ).fetchone()
+        ticket = connection.execute(
+            "SELECT state, order_id FROM events.tickets WHERE id = %s", (ticket_id,)
+        ).fetchone()
+    return [entry, ticket]
+
+
+@pytest.mark.parametrize("given_back", ["dashboard", "charge-back"])
+async def test_a_paid_order_sumup_gave_back_whole_is_refunded_and_lets_go_its_bookings(
+    clean_db, credentials, sandbox, given_back
+):
+    """A paid order whose only payment SumUp gave back whole (a refund a person made in
+    SumUp's dashboard, or a charge-back decided for the buyer), flagged for review. Before, the
+    review kept that payment as the order's: the order stayed paid with nothing taken, its
+    entry and ticket confirmed for a buyer who paid nothing, and no review could settle it
+    (SQL by hand). Now it is refunded, nothing asked of SumUp (it gave all of it back
+    already), and its bookings are let go at events: the entry open again, the ticket
+    cancelled. Part of it given back is a paid order still (the merchant keeps the rest)."""
+    add_page_config(clean_db, "site", 0)
+    entry_id, ticket_id = held_bookings(clean_db, user_id=1)
+    payload = order_payload(
+        product_line(1, "5.00"),
+        calendar_entries=[{"id": entry_id, "title": "Tour", "price": "2.00", "currency": "EUR"}],
+        tickets=[{"id": ticket_id, "title": "Tour - adult", "price": "3.00", "currency": "EUR"}],
+        calendar_total="2.00",
+        ticket_total="3.00",
+    )
+    services = ["orders", "blog", "events"]
+    async with orders_stack(clean_db, credentials, sandbox.server, services) as orders:
+        created = await create(orders, payload)
+        assert created.status_code == 200, created.text
+        order_id = created.json()["order_id"]
+        checkout_id = checkout_id_of(clean_db, order_id)
+        sandbox.pay(checkout_id)
+        assert (await webhook(orders, order_id, checkout_id)).status_code == 204
+        assert order_state(clean_db, order_id) == ("paid", False, None)
+        confirmed = [("confirmed", order_id), ("confirmed", order_id)]
+        assert await eventually(lambda: bookings_of(clean_db, entry_id, ticket_id) == confirmed)
+        transaction = sandbox.checkout(checkout_id)["transaction_id"]
+
+        # Part of it given back (a goodwill refund in the dashboard): still paid, kept.
+        sandbox.refund_in_dashboard(transaction, 1.00)
+        flag(clean_db, order_id)
+        partly = await end_review(orders, order_id)
+        assert partly.status_code == 200, partly.text
+        assert (partly.json()["status"], partly.json()["kept_payment"]) == ("paid", checkout_id)
+        assert bookings_of(clean_db, entry_id, ticket_id) == confirmed
+
+        # The rest of it given back too: nothing is taken for the order any more.
+        if given_back == "dashboard":
+            sandbox.refund_in_dashboard(transaction, 9.00)
+        else:
+            sandbox.charge_back(transaction, 9.00)
+        flag(clean_db, order_id)
+        ended = await end_review(orders, order_id)
+
+        assert ended.status_code == 200, ended.text
+        assert ended.json() == {
+            "order_id": order_id,
+            "status": "refunded",
+            "closed_checkouts": [],
+            "refunds": [],
+            "releasing_bookings": True,
+            "kept_payment": None,
+        }
+        assert review_ended_lines(ended.json()) == [
+            f"order {order_id}: review ended; it is refunded now",
+            "  its bookings are being let go of at events",
+        ]
+        assert order_state(clean_db, order_id) == ("refunded", False, "amount differs")
+        assert attempt_rows(clean_db, order_id) == [(1, "PAID")]
+        assert refunds(clean_db) == []  # nothing asked of SumUp: given back once
+        assert await eventually(
+            lambda: (
+                bookings_of(clean_db, entry_id, ticket_id)
+                == [("open", None), ("cancelled", order_id)]
+            )
+        )
+        await orders.apps["orders"].state.reconciler.quiet()
+        assert refunds(clean_db) == []
+        events = sandbox.transaction(transaction)["events"]
+        assert sum(Decimal(str(event["amount"])) for event in events) == Decimal("10")
+        assert await attention(orders) == []
+        again = await end_review(orders, order_id)
+        assert again.status_code == 409
+        assert "its review ended already; it is refunded" in again.json()["detail"]
+
+
+async def test_a_paid_orders_own_payment_disputed_keeps_its_review_open_until_decided(
+    orders, clean_db, sandbox
+):
+    """The payment a paid order was paid with, disputed by the buyer and not decided: it may
+    all go back, or not. The review is refused (409, nothing changed) rather than keep it or
+    give the order up; decided for the merchant, the order stays paid and keeps it. A SumUp
+    that will not show the transaction (a key not allowed to) keeps it, as before."""
+    order_id, checkout_id = await paid_order(orders, clean_db, sandbox)
+    transaction = sandbox.checkout(checkout_id)["transaction_id"]
+    sandbox.charge_back(transaction, pending=True)
+    flag(clean_db, order_id)
+
+    refused = await end_review(orders, order_id)
+    assert refused.status_code == 409, refused.text
+    assert "charge-back of checkout" in refused.json()["detail"]
+    assert order_state(clean_db, order_id) == ("paid", True, "amount differs")
+
+    sandbox.decide_charge_back(transaction, "FAILED")
+    ended = await end_review(orders, order_id)
+    assert ended.status_code == 200, ended.text
+    assert (ended.json()["status"], ended.json()["kept_payment"]) == ("paid", checkout_id)
+    assert ended.json()["releasing_bookings"] is False
+
+    flag(clean_db, order_id)
+    sandbox.controls(transaction_lookups="not_found")
+    unseen = await end_review(orders, order_id)
+    assert unseen.status_code == 200, unseen.text
+    assert (unseen.json()["status"], unseen.json()["kept_payment"]) == ("paid", checkout_id)
+    assert refunds(clean_db) == []
 
 
 async def test_a_paid_order_flagged_by_an_open_checkout_has_it_closed(orders, clean_db, sandbox):
