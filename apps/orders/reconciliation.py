@@ -74,6 +74,16 @@ def _listed(ids: list[int], shown: int = 20) -> str:
     return listed if len(ids) <= shown else f"{listed} and {len(ids) - shown} more"
 
 
+def _warn_waiting(said: str, order_ids: list[int]) -> None:
+    """One warning for orders a pass leaves because SumUp did not answer, or refused a key."""
+    logger.warning(
+        "%s; %d orders left for the next reconciliation pass: %s",
+        said,
+        len(order_ids),
+        _listed(order_ids),
+    )
+
+
 async def reconciliation_metrics(state: State) -> None:
     """A scrape hook: pending orders and the reconciliation lag, read when scraped."""
     pending, lag = await scrape_row(
@@ -353,16 +363,22 @@ class Reconciler:
         ordered = list(ids)
         for start in range(0, len(ordered), batch):
             await asyncio.gather(*(one(order_id) for order_id in ordered[start : start + batch]))
-        for waiting in (unanswered, refused):
-            if waiting:
-                logger.warning(
-                    "%s; %d orders left for the next reconciliation pass: %s",
-                    # Their answers are alike (one outage, one refused key): the first of them
-                    # says what it was.
-                    waiting[min(waiting)],
-                    len(waiting),
-                    _listed(sorted(waiting)),
+        if unanswered:
+            # Their answers are alike (one outage): the first of them says what it was.
+            _warn_waiting(unanswered[min(unanswered)], sorted(unanswered))
+        if refused:
+            # A key is a merchant's: one warning per merchant, naming it and its orders (a
+            # person gives that merchant's page a new key), each with its first answer.
+            async with self._runtime.maker() as session:
+                rows = await session.execute(
+                    select(Order.id, Order.merchant_code).where(Order.id.in_(sorted(refused)))
                 )
+                merchants = {order_id: code for order_id, code in rows}
+            by_merchant: dict[str, list[int]] = {}
+            for order_id in sorted(refused):
+                by_merchant.setdefault(merchants.get(order_id) or "(none)", []).append(order_id)
+            for merchant, order_ids in sorted(by_merchant.items()):
+                _warn_waiting(f"merchant {merchant}: {refused[order_ids[0]]}", order_ids)
         return failures
 
     async def overdue_orders(self, session: AsyncSession) -> list[int]:

@@ -935,3 +935,48 @@ async def test_a_key_of_another_merchant_under_the_orders_merchant_never_expires
             {"checkout_id": checkout_id, "amount": "10.00", "currency": "EUR"}
         ]
         assert attempt_statuses(clean_db, order_id) == ["PAID"]
+
+
+async def test_keys_sumup_refuses_are_one_warning_a_pass_per_merchant_naming_its_orders(
+    clean_db, credentials, two_merchant_sandbox, caplog
+):
+    """Review L5: two merchants' keys refused by SumUp in one pass (both revoked in their
+    dashboards). The pass said one warning: the first order's answer, and every order of both
+    merchants listed under it, so the person who reads it puts a new key in one merchant's
+    page and the other merchant's orders stay waiting unnamed. One warning per merchant now,
+    naming it and only its orders (`test_orders`'s
+    `test_a_key_sumup_refuses_is_one_warning_a_pass_not_a_traceback_per_order`: one merchant)."""
+    sandbox = two_merchant_sandbox
+    add_page_config(clean_db, "site", 0)
+    add_page_config(clean_db, "page", 2, merchant_code=OTHER_MERCHANT, api_key=OTHER_KEY)
+    async with orders_stack(clean_db, credentials, sandbox.server) as orders:
+        ids: dict[str, list[int]] = {DEFAULT_MERCHANT_CODE: [], OTHER_MERCHANT: []}
+        for number, merchant in enumerate(
+            [DEFAULT_MERCHANT_CODE, OTHER_MERCHANT, DEFAULT_MERCHANT_CODE, OTHER_MERCHANT], 1
+        ):
+            container = 1 if merchant == DEFAULT_MERCHANT_CODE else 2
+            line = product_line(number, "2.00", market_place_container_id=container)
+            payload = order_payload(line, user_id=number, session_id=f"s{number}")
+            created = await create(orders, payload)
+            assert created.status_code == 200, created.text
+            ids[merchant].append(created.json()["order_id"])
+        sandbox.controls(revoked_api_keys=[DEFAULT_API_KEY, OTHER_KEY])
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="rose.orders"):
+            report = await orders.apps["orders"].state.reconciler.run_once()
+
+        assert report.failures == 4
+        ours = reconciliation_records(caplog)
+        assert [record.getMessage() for record in ours if record.exc_info] == []
+        refused = [record.getMessage() for record in ours if "refused" in record.getMessage()]
+        assert len(refused) == 2, refused
+        for merchant, theirs in ids.items():
+            [said] = [message for message in refused if merchant in message]
+            assert f"2 orders left for the next reconciliation pass: {theirs[0]}, {theirs[1]}" in (
+                said
+            ), said
+            others = ids[
+                OTHER_MERCHANT if merchant == DEFAULT_MERCHANT_CODE else DEFAULT_MERCHANT_CODE
+            ]
+            assert not any(str(order_id) in said.split("pass: ")[1] for order_id in others), said
+        assert [row[1] for row in order_rows(clean_db)] == ["pending"] * 4
