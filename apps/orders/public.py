@@ -118,10 +118,11 @@ async def sumup_webhook(
         return
     if not event.id:
         raise InvalidInput("a checkout status event needs the checkout id", field="id")
-    with runtime.reports.taken(("checkout", event.id)) as handling:
+    async with runtime.reports.turn(("checkout", event.id)) as handling:
         if not handling:
             # Two of its reports are being handled (one reading SumUp, one waiting for the
-            # read after): SumUp delivers this one again later, when it may be read anew.
+            # read after) and one waits for a turn, whose read of SumUp starts after this
+            # arrived: SumUp delivers this one again later all the same.
             raise DependencyUnavailable(
                 f"SumUp's notifications of checkout {event.id} are being handled now; deliver "
                 "this one again later",

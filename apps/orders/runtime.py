@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
-from collections.abc import Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -53,11 +54,24 @@ class AtATime:
     """At most ``most`` of something per key handled at once in this process: reports of one
     checkout (its webhooks) and looks at one order's return page. Each holds a database
     connection while SumUp answers, and anyone who knows the ids can send them without end;
-    one beyond the bound is told at once, before it takes a connection."""
+    one beyond the bound is told at once, before it takes a connection.
 
-    def __init__(self, most: int) -> None:
+    With :meth:`turn` (``waiting`` > 0), that many beyond the bound wait for a turn instead,
+    holding no connection, and only those beyond them are told at once: a report told so is
+    then always followed by one that reads SumUp after it arrived (the one waiting), so what
+    it announced is not left for SumUp's retry."""
+
+    def __init__(self, most: int, waiting: int = 0) -> None:
         self.most = most
+        self.most_waiting = waiting
         self._handling: collections.Counter[tuple[str, int | str]] = collections.Counter()
+        self._waiting: collections.Counter[tuple[str, int | str]] = collections.Counter()
+        # Set when one of a key's turns ends, for whoever waits for one.
+        self._freed: dict[tuple[str, int | str], asyncio.Event] = {}
+
+    def waiting(self, key: tuple[str, int | str]) -> int:
+        """How many of ``key`` wait for a turn now."""
+        return self._waiting[key]
 
     @contextlib.contextmanager
     def taken(self, key: tuple[str, int | str]) -> Iterator[bool]:
@@ -69,9 +83,37 @@ class AtATime:
         try:
             yield True
         finally:
-            self._handling[key] -= 1
-            if not self._handling[key]:
-                del self._handling[key]
+            self._release(key)
+
+    @contextlib.asynccontextmanager
+    async def turn(self, key: tuple[str, int | str]) -> AsyncIterator[bool]:
+        """As :meth:`taken`, but beyond ``most`` it waits for a turn while fewer than
+        ``waiting`` of its key wait already (False at once beyond them)."""
+        if self._handling[key] >= self.most:
+            if self._waiting[key] >= self.most_waiting:
+                yield False
+                return
+            self._waiting[key] += 1
+            try:
+                while self._handling[key] >= self.most:
+                    await self._freed.setdefault(key, asyncio.Event()).wait()
+            finally:
+                self._waiting[key] -= 1
+                if not self._waiting[key]:
+                    del self._waiting[key]
+        self._handling[key] += 1
+        try:
+            yield True
+        finally:
+            self._release(key)
+
+    def _release(self, key: tuple[str, int | str]) -> None:
+        self._handling[key] -= 1
+        if not self._handling[key]:
+            del self._handling[key]
+        freed = self._freed.pop(key, None)
+        if freed is not None:
+            freed.set()
 
 
 @dataclass
@@ -87,8 +129,8 @@ class OrdersRuntime:
     # Set once the runtime exists (the reconciler works with it).
     jobs: Jobs = field(init=False)
     # SumUp's duplicated deliveries of one report come in pairs; a buyer's page and its
-    # script's look, too.
-    reports: AtATime = field(default_factory=lambda: AtATime(2))
+    # script's look, too. One webhook beyond them waits for a turn (AtATime says why).
+    reports: AtATime = field(default_factory=lambda: AtATime(2, waiting=1))
 
 
 # Handlers receive it as ``runtime: Runtime``.

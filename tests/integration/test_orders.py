@@ -420,10 +420,11 @@ async def test_a_flood_of_webhooks_and_return_pages_costs_sumup_one_read_at_a_ti
     Each of them also held one of orders' database connections while SumUp answered (probe
     money: 60 forged webhooks with SumUp taking 2 s made another buyer's page wait 9.8 s for a
     connection). Now at most two reports of one checkout (SumUp's duplicated deliveries come
-    in pairs), and two looks of one order's return page, are handled at a time: a webhook
-    beyond them is a 503 (SumUp delivers again later; a forged one is lost), a return page
-    beyond them shows the order as orders holds it, without asking SumUp. Neither takes a
-    connection while it waits."""
+    in pairs), and two looks of one order's return page, are handled at a time: one webhook
+    beyond them waits for a turn (review L4: its read covers those refused), any further one
+    is a 503 (SumUp delivers again later; a forged one is lost), a return page beyond them
+    shows the order as orders holds it, without asking SumUp. None takes a connection while
+    it waits."""
     order_id = (await create(orders)).json()["order_id"]
     checkout_id = checkout_id_of(clean_db, order_id)
     browser = await signed_in(orders)  # the buyer (user 1)
@@ -436,7 +437,7 @@ async def test_a_flood_of_webhooks_and_return_pages_costs_sumup_one_read_at_a_ti
     finally:
         sandbox.controls(api_latency=0.0)
     webhooks, pages = answers[:30], answers[30:]
-    assert sorted(answer.status_code for answer in webhooks) == [204] * 2 + [503] * 28
+    assert sorted(answer.status_code for answer in webhooks) == [204] * 3 + [503] * 27
     refused = next(answer for answer in webhooks if answer.status_code == 503)
     assert refused.headers["content-type"].startswith("application/problem+json")
     assert "Retry-After" in refused.headers
@@ -446,6 +447,40 @@ async def test_a_flood_of_webhooks_and_return_pages_costs_sumup_one_read_at_a_ti
     # What was shared is SumUp's answer, not an old one: a payment is seen by the next look.
     sandbox.pay(checkout_id)
     assert (await webhook(orders, order_id, checkout_id)).status_code == 204
+    assert order_rows(clean_db)[0][1] == "paid"
+
+
+async def test_a_webhook_refused_while_two_reports_are_in_flight_is_read_after_it_arrived(
+    orders, clean_db, sandbox
+):
+    """Review L4. Two reports of a checkout in flight, both past their read of SumUp (each
+    waits on the order's row, held here), and the buyer pays: SumUp's webhook of the payment
+    was a 503 at once (two of a checkout's reports at a time), and no read started after it
+    arrived, so the payment waited for SumUp's retry (a minute or more). One report beyond
+    the two now waits for a turn (holding no connection) and reads SumUp then; only one
+    beyond that waiting one is refused, and the waiting one's read covers it."""
+    order_id = (await create(orders)).json()["order_id"]
+    checkout_id = checkout_id_of(clean_db, order_id)
+    # The first report of a checkout this process opened reads SumUp as it starts: spent here.
+    assert (await webhook(orders, order_id, checkout_id)).status_code == 204
+    reports = orders.apps["orders"].state.runtime.reports
+    with admin_connect(clean_db, "orders") as holder:
+        holder.execute("BEGIN")
+        holder.execute("SELECT id FROM orders.orders WHERE id = %s FOR UPDATE", (order_id,))
+        first = asyncio.create_task(webhook(orders, order_id, checkout_id))
+        assert await eventually(lambda: lock_waiters(clean_db, "orders") == 1)
+        second = asyncio.create_task(webhook(orders, order_id, checkout_id))
+        assert await eventually(lambda: lock_waiters(clean_db, "orders") == 2)
+        # Both read SumUp (PENDING) and wait on the order's row. The buyer pays now.
+        sandbox.pay(checkout_id)
+        third = asyncio.create_task(webhook(orders, order_id, checkout_id))
+        assert await eventually(
+            lambda: third.done() or reports.waiting(("checkout", checkout_id)) == 1
+        )
+        fourth = await webhook(orders, order_id, checkout_id)
+        holder.execute("ROLLBACK")
+    assert fourth.status_code == 503
+    assert [(await report).status_code for report in (first, second, third)] == [204] * 3
     assert order_rows(clean_db)[0][1] == "paid"
 
 
