@@ -191,6 +191,30 @@ class EndReview(msgspec.Struct, forbid_unknown_fields=True):
 end_review = Action(SERVICE, "end-review", EndReview, ReviewEnded, keyed=False)
 
 
+class FlagForReview(msgspec.Struct, forbid_unknown_fields=True):
+    """An order a person wants settled from what SumUp says now, for ``reason`` (what they saw:
+    a refund made in SumUp's dashboard, a charge-back, which orders hears nothing of):
+    flagged, as SumUp's report of another amount flags one, until its review ends."""
+
+    order_id: PositiveId
+    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
+
+
+class FlaggedForReview(msgspec.Struct):
+    """The order's status and the reason it is flagged for (its first, when it was flagged
+    already: ``flagged_now`` False)."""
+
+    order_id: int
+    status: str
+    flag_reason: str
+    flagged_now: bool
+
+
+# A person flags an order for review (``rose orders flag``). Without a key: flagging a flagged
+# order again changes nothing.
+flag_for_review = Action(SERVICE, "flag-for-review", FlagForReview, FlaggedForReview, keyed=False)
+
+
 class Attention(msgspec.Struct):
     """Orders a person must look at; ``degraded`` names the services whose part could not be
     read now (``["blog"]``: which orders' SumUp merchant has no key any more), so what orders
@@ -208,7 +232,15 @@ CONTRACT = Contract(
     SERVICE,
     dev_port=8010,
     public=True,
-    calls=[create_order, adopt_orders_for_user, order, attention, end_review, account_nav_item],
+    calls=[
+        create_order,
+        adopt_orders_for_user,
+        order,
+        attention,
+        end_review,
+        flag_for_review,
+        account_nav_item,
+    ],
     on_sign_in=adopt_orders_for_user,
     nav=account_nav_item,
 )

@@ -116,6 +116,15 @@ async def end_review(
     return ended
 
 
+@action_route(contract.flag_for_review)
+async def flag_for_review(
+    db_session: DbSession, data: JSONBody[contract.FlagForReview]
+) -> contract.FlaggedForReview:
+    """A person flagged an order for review (``rose orders flag``): ``rose orders end-review``
+    then settles it from what SumUp says (apps.orders.review)."""
+    return await review.flag_for_review(db_session, data.order_id, data.reason)
+
+
 @fragment_route(contract.account_nav_item)
 async def account_nav_item(
     db_session: DbSession,
@@ -137,5 +146,6 @@ handlers = [
     order_data,
     attention,
     end_review,
+    flag_for_review,
     account_nav_item,
 ]

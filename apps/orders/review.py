@@ -1,10 +1,11 @@
 """Ending a flagged order's review (``rose orders end-review``).
 
 An order is flagged when SumUp reports another amount or currency for one of its checkouts than
-the order's: a pending one is not marked paid while it is flagged (a paid one can be flagged by
-another checkout's report), its goods are refused to new orders while it is pending, and
-reconciliation passes it by. A person looks at it (SumUp's dashboard, the buyer), then ends
-the review, and the order is settled from what SumUp says now:
+the order's, or by a person (``rose orders flag``: orders hears nothing of a refund made in
+SumUp's dashboard, nor of a charge-back): a pending one is not marked paid while it is flagged
+(a paid one can be flagged by another checkout's report), its goods are refused to new orders
+while it is pending, and reconciliation passes it by. A person looks at it (SumUp's dashboard,
+the buyer), then ends the review, and the order is settled from what SumUp says now:
 
 - its open checkouts are closed at SumUp, so that they can take no more money;
 - every checkout SumUp says is paid has its money given back, the amount and currency SumUp
@@ -45,11 +46,11 @@ from __future__ import annotations
 import logging
 from decimal import Decimal
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from apps.common.problems import Conflict, InvalidInput, NotFound
-from apps.orders.contract import RefundGoingBack, ReviewEnded
+from apps.orders.contract import FlaggedForReview, RefundGoingBack, ReviewEnded
 from apps.orders.models import Order, PaymentAttempt, Refund
 from apps.orders.payments import (
     CheckoutNotFound,
@@ -231,6 +232,32 @@ async def end_review(
         releasing_bookings=releasing,
         kept_payment=kept.sumup_checkout_id if kept is not None and status == "paid" else None,
     )
+
+
+async def flag_for_review(session: AsyncSession, order_id: int, reason: str) -> FlaggedForReview:
+    """Flag the order for a person's review, for ``reason``: orders hears nothing of a refund
+    made in SumUp's dashboard, nor of a charge-back, so a person who learns of one flags the
+    order, and ending its review settles it. Flagged already, it keeps its first reason.
+    Commits."""
+    flagged = await session.scalar(
+        update(Order)
+        .where(Order.id == order_id, Order.flagged.is_(False))
+        .values(flagged=True, flag_reason=reason, updated_at=func.now())
+        .returning(Order.id)
+    )
+    order = await session.get(Order, order_id, populate_existing=True)
+    if order is None:
+        raise NotFound(f"Order {order_id} does not exist")
+    answer = FlaggedForReview(
+        order_id=order_id,
+        status=order.status,
+        flag_reason=order.flag_reason or "",
+        flagged_now=flagged is not None,
+    )
+    await session.commit()
+    if flagged is not None:
+        logger.warning("order %s flagged by a person: %s", order_id, reason)
+    return answer
 
 
 async def _accounts_of(session: AsyncSession, order_id: int) -> MerchantAccounts:

@@ -176,6 +176,42 @@ def orders_end_review(
         console.print(line, markup=False)
 
 
+@orders_app.command("flag")
+def orders_flag(
+    order_id: Annotated[int, typer.Argument(metavar="ORDER", min=1, help="The order.")],
+    reason: Annotated[
+        str, typer.Argument(metavar="REASON", help="What you saw, kept with the order.")
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Flag an order for review, for REASON: orders hears nothing of a refund made in SumUp's
+    dashboard, nor of a charge-back. It is listed by rose orders attention, and rose orders
+    end-review then settles it from what SumUp says (a paid order whose payment SumUp gave
+    all back is refunded). An order flagged already keeps its first reason."""
+    known_service("orders")
+    answer = _call(
+        lambda client: client.call_action(
+            "orders", "flag-for-review", {"order_id": order_id, "reason": reason}
+        )
+    )
+    if as_json:
+        print(json.dumps(answer, indent=2))
+        return
+    for line in flagged_lines(answer):
+        console.print(line, markup=False)
+
+
+def flagged_lines(answer: dict[str, Any]) -> list[str]:
+    """What ``rose orders flag`` prints of the action's answer."""
+    order_id = answer["order_id"]
+    said = "flagged for review" if answer["flagged_now"] else "was flagged already"
+    return [
+        f"order {order_id} ({answer['status']}) {said}: {answer['flag_reason']}",
+        f"  once you have looked at it, `rose orders end-review {order_id}` settles it from what "
+        "SumUp says now",
+    ]
+
+
 def review_ended_lines(answer: dict[str, Any]) -> list[str]:
     """What ``rose orders end-review`` prints of the action's answer."""
     lines = [f"order {answer['order_id']}: review ended; it is {answer['status']} now"]

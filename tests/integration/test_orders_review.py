@@ -338,6 +338,50 @@ async def test_a_paid_order_sumup_gave_back_whole_is_refunded_and_lets_go_its_bo
         assert "its review ended already; it is refunded" in again.json()["detail"]
 
 
+async def test_a_person_flags_a_paid_order_sumup_gave_back_and_its_review_settles_it(
+    orders, clean_db, sandbox
+):
+    """Probe (orders edges): orders hears nothing of a refund a person makes in SumUp's
+    dashboard, nor of a charge-back, so nothing flags such a paid order, and `rose orders
+    end-review` said "there is no review to end": only SQL could flag it. A person flags it
+    now (`rose orders flag ORDER REASON`, orders' flag-for-review action): listed by
+    attention with the reason, and its review then settles it. Flagged already, its first
+    reason is kept."""
+    order_id, checkout_id = await paid_order(orders, clean_db, sandbox)
+    sandbox.refund_in_dashboard(sandbox.checkout(checkout_id)["transaction_id"], 10.00)
+    refused = await end_review(orders, order_id)
+    assert refused.status_code == 409, refused.text
+    assert "there is no review to end" in refused.json()["detail"]
+
+    reason = "refunded in SumUp's dashboard (buyer's mail of 6 December)"
+    client = orders.client("orders")
+    body = {"order_id": order_id, "reason": reason}
+    flagged = await internal_post(client, "flag-for-review", body)
+    assert flagged.status_code == 200, flagged.text
+    assert flagged.json() == {
+        "order_id": order_id,
+        "status": "paid",
+        "flag_reason": reason,
+        "flagged_now": True,
+    }
+    again = await internal_post(client, "flag-for-review", {**body, "reason": "again"})
+    assert again.status_code == 200, again.text
+    assert (again.json()["flag_reason"], again.json()["flagged_now"]) == (reason, False)
+    assert order_state(clean_db, order_id) == ("paid", True, reason)
+    assert await attention(orders) == [order_id]
+
+    ended = await end_review(orders, order_id)
+    assert ended.status_code == 200, ended.text
+    assert (ended.json()["status"], ended.json()["refunds"]) == ("refunded", [])
+    assert refunds(clean_db) == []
+    assert await attention(orders) == []
+
+    missing = await internal_post(client, "flag-for-review", {**body, "order_id": order_id + 9})
+    assert missing.status_code == 404, missing.text
+    blank = await internal_post(client, "flag-for-review", {**body, "reason": ""})
+    assert blank.status_code == 422, blank.text
+
+
 async def test_a_paid_orders_own_payment_disputed_keeps_its_review_open_until_decided(
     orders, clean_db, sandbox
 ):

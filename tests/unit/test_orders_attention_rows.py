@@ -3,7 +3,7 @@ merchant having no key any more, with what to do."""
 
 from __future__ import annotations
 
-from ops.cli.calls import attention_hints, attention_rows, unread_parts
+from ops.cli.calls import attention_hints, attention_rows, flagged_lines, unread_parts
 
 NOTE = (
     "order 4: its SumUp merchant M1 has no key in page config 2 any more; a payment may be "
@@ -61,3 +61,16 @@ def test_flagged_orders_are_told_how_their_review_ends() -> None:
         "`rose orders end-review ORDER` settles it from what SumUp says now"
     ]
     assert attention_hints([row(order_id=5)]) == []
+
+
+def test_a_flag_says_its_reason_and_how_the_review_ends() -> None:
+    """`rose orders flag`: the order's status and reason, the first one when it was flagged
+    already, and the command that settles it."""
+    answer = {"order_id": 9, "status": "paid", "flag_reason": "charged back", "flagged_now": True}
+    assert flagged_lines(answer) == [
+        "order 9 (paid) flagged for review: charged back",
+        "  once you have looked at it, `rose orders end-review 9` settles it from what SumUp "
+        "says now",
+    ]
+    again = flagged_lines({**answer, "flagged_now": False})
+    assert again[0] == "order 9 (paid) was flagged already: charged back"
