@@ -11,7 +11,9 @@ the buyer), then ends the review, and the order is settled from what SumUp says 
 - every checkout SumUp says is paid has its money given back, the amount and currency SumUp
   took (a refund, settled by the refunds' own machinery: asked once, read back when unknown),
   but for the payment a paid order was paid with, which stays as it is (a paid order can be
-  flagged by another checkout's report), and one whose money goes back already;
+  flagged by another checkout's report), and one whose money goes back already; a refund of
+  any of them SumUp refused (failed, never asked again) is done once SumUp shows its money
+  given back (by a person, in SumUp's dashboard), else it stays failed;
 - a pending order becomes ``refund_due`` when money goes back (``refunded`` when SumUp gave it
   all back already), else ``expired``, and its bookings are released; a superseded, expired,
   cancelled, refund_due or refunded one keeps its status, or becomes ``refund_due``
@@ -66,6 +68,7 @@ from apps.orders.settlement import (
     MerchantAccounts,
     close_at_sumup,
     enqueue_release_of_bookings,
+    given_back_for,
     money,
     paid_attempt_id,
     record_refund,
@@ -158,6 +161,8 @@ async def end_review(
                 "before stay closed)",
                 order_id=order_id,
             )
+        if remote.status == "PAID":
+            await _settle_refused_refunds(session, gateway, account, attempt, remote)
         if attempt is honoured and newly_named:
             await _refuse_unless_kept_whole(gateway, account, attempt, remote, order)
         elif attempt is honoured and await _given_back_whole(gateway, account, attempt, remote):
@@ -300,6 +305,57 @@ async def _still_taken(
             order_id=attempt.order_id,
         )
     return taken
+
+
+async def _settle_refused_refunds(
+    session: AsyncSession,
+    gateway: SumUpGateway,
+    account: MerchantAccount,
+    attempt: PaymentAttempt,
+    remote: RemoteCheckout,
+) -> None:
+    """The attempt's refunds SumUp refused (failed: never asked again; a person gives the money
+    back in SumUp's dashboard) are done once SumUp shows their money given back: all of the
+    payment, or at least what its done refunds and each add up to (as a refund whose answer
+    was lost is told, settlement). Else, or while that cannot be told (a charge-back or a
+    refund undecided, the transaction not shown), they stay failed for a person."""
+    refused = list(
+        await session.scalars(
+            select(Refund)
+            .where(Refund.attempt_id == attempt.id, Refund.status == "failed")
+            .order_by(Refund.id)
+            .with_for_update()
+        )
+    )
+    transaction_id = remote.paid_transaction_id or attempt.transaction_id
+    if not refused or transaction_id is None:
+        return
+    try:
+        back = await gateway.money_back(account, transaction_id)
+    except PaymentProviderError as exc:
+        logger.warning(
+            "order %s: refused refunds of checkout %s left failed: %s",
+            attempt.order_id,
+            remote.id,
+            exc.detail,
+        )
+        return
+    if back.charge_back_pending or back.refund_status_unknown is not None:
+        return
+    for refund in refused:
+        if back.all_given_back or await given_back_for(session, refund, back):
+            refund.status = "done"
+            refund.refunded_at = func.now()
+            refund.last_error = None
+            refund.updated_at = func.now()
+            await session.flush()  # counted as done by the next one's sum
+            logger.warning(
+                "order %s: refund %s of %s SumUp refused is done: SumUp shows it given back "
+                "(by a person, in its dashboard)",
+                attempt.order_id,
+                refund.id,
+                refund.amount,
+            )
 
 
 async def _given_back_whole(

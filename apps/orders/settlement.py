@@ -1398,13 +1398,13 @@ async def _request_went_through(
     its amount since ``before`` (its refunded total read right before the request; a sibling
     refund of the payment is never asked while this one's outcome is unknown). Without
     ``before`` (SumUp would not show the transaction then, or the request predates orders
-    0016): :func:`_given_back_for`, which a refund given in SumUp's dashboard can mislead."""
+    0016): :func:`given_back_for`, which a refund given in SumUp's dashboard can mislead."""
     if before is not None:
         return back.refunded - before >= refund.amount
-    return await _given_back_for(session, refund, back)
+    return await given_back_for(session, refund, back)
 
 
-async def _given_back_for(session: AsyncSession, refund: Refund, back: MoneyBack) -> bool:
+async def given_back_for(session: AsyncSession, refund: Refund, back: MoneyBack) -> bool:
     """SumUp has refunded at least what the transaction's settled refunds and this one add up
     to (``back`` read before the sum: a refund whose money SumUp shows was recorded
     ``requested`` before it was asked, so the sum read after it sees every settled one).

@@ -382,6 +382,42 @@ async def test_a_person_flags_a_paid_order_sumup_gave_back_and_its_review_settle
     assert blank.status_code == 422, blank.text
 
 
+async def test_a_refused_refund_a_person_gave_back_in_sumups_dashboard_is_settled_by_a_review(
+    orders, clean_db, sandbox
+):
+    """Probe (orders edges): SumUp refused a refund (409): it is failed, for a person, and
+    orders never asks again. The person gives the money back in SumUp's dashboard, as they
+    must: orders still said refund_due and listed the failed refund in attention for ever,
+    and a review passed it by (a refund recorded). Now a review settles a refused refund
+    whose money SumUp shows given back (done), and the order is refunded; nothing is asked
+    of SumUp."""
+    sandbox.controls(refunds="refuse")
+    order_id = (await create(orders)).json()["order_id"]
+    checkout_id = checkout_id_of(clean_db, order_id)
+    sandbox.pay(checkout_id, amount_override=1.00)
+    assert (await webhook(orders, order_id, checkout_id)).status_code == 204
+    first = await end_review(orders, order_id)
+    assert first.status_code == 200, first.text
+    assert first.json()["status"] == "refund_due"
+    await orders.apps["orders"].state.reconciler.quiet()
+    assert refunds(clean_db) == [(order_id, True, Decimal("1.00"), "EUR", "failed")]
+
+    sandbox.controls(refunds="accept")
+    transaction = sandbox.checkout(checkout_id)["transaction_id"]
+    sandbox.refund_in_dashboard(transaction, 1.00)
+    body = {"order_id": order_id, "reason": "refunded by hand in SumUp's dashboard"}
+    assert (await internal_post(orders.client("orders"), "flag-for-review", body)).is_success
+    ended = await end_review(orders, order_id)
+
+    assert ended.status_code == 200, ended.text
+    assert (ended.json()["status"], ended.json()["refunds"]) == ("refunded", [])
+    assert order_state(clean_db, order_id)[:2] == ("refunded", False)
+    assert refunds(clean_db) == [(order_id, True, Decimal("1.00"), "EUR", "done")]
+    assert await attention(orders) == []
+    events = sandbox.transaction(transaction)["events"]
+    assert [(event["type"], event["amount"]) for event in events] == [("REFUND", 1.0)]
+
+
 async def test_a_paid_orders_own_payment_disputed_keeps_its_review_open_until_decided(
     orders, clean_db, sandbox
 ):
