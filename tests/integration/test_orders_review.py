@@ -336,6 +336,16 @@ async def test_a_paid_order_sumup_gave_back_whole_is_refunded_and_lets_go_its_bo
         again = await end_review(orders, order_id)
         assert again.status_code == 409
         assert "its review ended already; it is refunded" in again.json()["detail"]
+        # The buyer's page says what happened (not that a payment came too late).
+        browser = orders.browser("orders")
+        signed = await browser.get(
+            "/auth/dev-login?user_id=1", headers={"accept": "application/json"}
+        )
+        assert signed.status_code == 200, signed.text
+        page = await browser.get(f"/order/{order_id}/", headers={"accept": "text/html"})
+        assert page.status_code == 200, page.text
+        assert "payment was given back to you" in page.text
+        assert "after it could no longer be paid" not in page.text
 
 
 async def test_a_person_flags_a_paid_order_sumup_gave_back_and_its_review_settles_it(
