@@ -194,7 +194,9 @@ end_review = Action(SERVICE, "end-review", EndReview, ReviewEnded, keyed=False)
 class FlagForReview(msgspec.Struct, forbid_unknown_fields=True):
     """An order a person wants settled from what SumUp says now, for ``reason`` (what they saw:
     a refund made in SumUp's dashboard, a charge-back, which orders hears nothing of):
-    flagged, as SumUp's report of another amount flags one, until its review ends."""
+    flagged, as SumUp's report of another amount flags one, until its review ends. The reason
+    is one readable line (apps.common.inputs.one_line_name, checked by orders): a 422
+    otherwise."""
 
     order_id: PositiveId
     reason: Annotated[str, msgspec.Meta(min_length=1, max_length=500)]

@@ -51,6 +51,7 @@ from decimal import Decimal
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from apps.common.inputs import one_line_name
 from apps.common.problems import Conflict, InvalidInput, NotFound
 from apps.orders.contract import FlaggedForReview, RefundGoingBack, ReviewEnded
 from apps.orders.models import Order, PaymentAttempt, Refund
@@ -242,8 +243,9 @@ async def end_review(
 async def flag_for_review(session: AsyncSession, order_id: int, reason: str) -> FlaggedForReview:
     """Flag the order for a person's review, for ``reason``: orders hears nothing of a refund
     made in SumUp's dashboard, nor of a charge-back, so a person who learns of one flags the
-    order, and ending its review settles it. Flagged already, it keeps its first reason.
-    Commits."""
+    order, and ending its review settles it. Flagged already, it keeps its first reason. The
+    reason is one readable line (a 422 otherwise: it is shown in attention's table). Commits."""
+    reason = one_line_name(reason, "reason", blank="The reason must say what you saw.")
     flagged = await session.scalar(
         update(Order)
         .where(Order.id == order_id, Order.flagged.is_(False))

@@ -388,8 +388,10 @@ async def test_a_person_flags_a_paid_order_sumup_gave_back_and_its_review_settle
 
     missing = await internal_post(client, "flag-for-review", {**body, "order_id": order_id + 9})
     assert missing.status_code == 404, missing.text
-    blank = await internal_post(client, "flag-for-review", {**body, "reason": ""})
-    assert blank.status_code == 422, blank.text
+    for unreadable in ("", "   ", "two\nlines", "\u001b[31mred"):
+        refused = await internal_post(client, "flag-for-review", {**body, "reason": unreadable})
+        assert refused.status_code == 422, (unreadable, refused.text)
+        assert refused.json()["errors"][0]["field"] == "reason"
 
 
 async def test_a_refused_refund_a_person_gave_back_in_sumups_dashboard_is_settled_by_a_review(
