@@ -382,11 +382,20 @@ async def pay_again(
         settled = await service.load_order(db_session, order.id)
         assert settled is not None
         state = await service.order_state(db_session, settled)
-        raise Conflict(f"Order {order.id} is already {state}; nothing to pay")
+        said = _AS_SAID.get(state, f"already {state}")
+        raise Conflict(f"Order {order.id} is {said}; nothing to pay")
     hosted_url = attempt.hosted_url or ""
     if wants_html(request):
         return see_other(hosted_url)
     return {"order_id": order.id, "attempt": attempt.number, "sumup_hosted_url": hosted_url}
+
+
+# How pay again's refusal words an order state that is not a word of its own.
+_AS_SAID = {
+    "review": "under review",
+    "confirming": "already paid",
+    "refund_due": "being refunded",
+}
 
 
 @post(

@@ -615,6 +615,21 @@ async def test_another_amount_from_sumup_flags_the_order(orders, clean_db, sandb
     assert 'data-state="review"' in page.text
 
 
+async def test_pay_again_that_finds_another_amount_says_the_order_is_under_review(
+    orders, clean_db, sandbox
+):
+    """Pay again reads the open checkout first: SumUp took another amount, so the order is
+    flagged and nothing is paid again. The answer said "Order 1 is already review" (operator
+    probe); it says the order is under review."""
+    order_id = (await create(orders)).json()["order_id"]
+    sandbox.pay(checkout_id_of(clean_db, order_id), amount_override=1.00)
+    browser = await signed_in(orders)
+    again = await browser.post(f"/order/{order_id}/pay/", headers=JSON)
+    assert again.status_code == 409, again.text
+    assert again.json()["detail"] == f"Order {order_id} is under review; nothing to pay"
+    assert order_rows(clean_db)[0][1:3] == ("pending", True)
+
+
 async def test_pay_again_closes_the_old_checkout_and_opens_a_new_one(orders, clean_db, sandbox):
     order_id = (await create(orders)).json()["order_id"]
     first_checkout = checkout_id_of(clean_db, order_id)
