@@ -39,6 +39,8 @@ GIVING_BACK = frozenset({"REFUND", "CHARGE_BACK"})
 REFUND_GIVING_BACK = frozenset(
     {"PENDING", "SCHEDULED", "SUCCESSFUL", "REFUNDED", "PAID_OUT", "RECONCILED"}
 )
+# Of those, the ones SumUp has not carried out yet (it may still fail them).
+REFUND_ON_ITS_WAY = frozenset({"PENDING", "SCHEDULED"})
 
 
 class PaymentProviderUnavailable(DependencyUnavailable):
@@ -119,6 +121,9 @@ class MoneyBack:
     # A refund event in a status orders does not know (REFUND_GIVING_BACK, FAILED): whether its
     # money went back is not known.
     refund_status_unknown: str | None = None
+    # A refund event still on its way (PENDING, SCHEDULED): counted in ``refunded``, but SumUp
+    # may yet fail it, so whatever cannot be undone waits for it (a review letting bookings go).
+    refund_pending: bool = False
 
     @property
     def given_back(self) -> Decimal:
@@ -428,6 +433,7 @@ class SumUpGateway:
             except APIError as exc:
                 raise _classify(exc) from exc
         refunded, charged_back, pending = Decimal(0), Decimal(0), False
+        refund_pending = False
         unknown: str | None = None
         for event in transaction.events or ():
             kind = getattr(event.type, "value", event.type)
@@ -438,6 +444,7 @@ class SumUpGateway:
             if kind == "REFUND":
                 if state in REFUND_GIVING_BACK:
                     refunded += amount  # pending too: a refund on its way is money going back
+                    refund_pending = refund_pending or state in REFUND_ON_ITS_WAY
                 else:
                     unknown = str(state)
             elif state == "SUCCESSFUL":
@@ -452,6 +459,7 @@ class SumUpGateway:
             charged_back=charged_back.quantize(CENT),
             charge_back_pending=pending,
             refund_status_unknown=unknown,
+            refund_pending=refund_pending,
         )
 
 

@@ -31,9 +31,9 @@ the buyer), then ends the review, and the order is settled from what SumUp says 
 Nothing is written unless SumUp answered for every checkout (a 503 otherwise, the order still
 flagged), nor when SumUp does not know, or reports otherwise, a checkout orders holds paid (a
 409: never undone here; a person looks at it in SumUp's dashboard), nor while what SumUp gave
-back of a paid checkout is undecided (a charge-back not decided, a refund in a status orders
-does not know: a 409), the payment a paid order was paid with included (one SumUp will not
-show is kept).
+back of a paid checkout is undecided (a charge-back not decided, a refund still on its way or
+in a status orders does not know: a 409), the payment a paid order was paid with included
+(one SumUp will not show is kept).
 
 A paid order that records no checkout it was paid with and holds none paid (paid by the
 release before orders 0015 with a checkout pay again closed as SumUp took its payment) cannot
@@ -342,7 +342,7 @@ async def _settle_refused_refunds(
             exc.detail,
         )
         return
-    if back.charge_back_pending or back.refund_status_unknown is not None:
+    if back.charge_back_pending or back.refund_status_unknown is not None or back.refund_pending:
         return
     for refund in refused:
         if back.all_given_back or await given_back_for(session, refund, back):
@@ -413,6 +413,15 @@ async def _given_back(
             f"{back.refund_status_unknown} at SumUp, a status orders does not know: look at it "
             "in SumUp's dashboard; nothing was changed in orders (checkouts closed at SumUp "
             "before stay closed)",
+            order_id=attempt.order_id,
+        )
+    if back.refund_pending:
+        # Counted as given back, the order could be settled (its bookings let go, for good)
+        # on money SumUp may still fail to send.
+        raise Conflict(
+            f"A refund of checkout {remote.id} of order {attempt.order_id} is still on its way "
+            "at SumUp (pending): end the review once SumUp has made it; nothing was changed in "
+            "orders (checkouts closed at SumUp before stay closed)",
             order_id=attempt.order_id,
         )
     return back.given_back

@@ -257,6 +257,43 @@ def bookings_of(server, entry_id: int, ticket_id: int) -> list[tuple]:
     return [entry, ticket]
 
 
+async def test_a_paid_orders_payment_whose_refund_is_still_pending_keeps_its_review_open(
+    clean_db, credentials, sandbox
+):
+    """A person refunded the whole payment in SumUp's dashboard and SumUp has not made the
+    refund yet (PENDING: it may still fail it). The review letting the bookings go for good on
+    that (review M1, December 2026) would leave a buyer who paid with nothing if SumUp then
+    failed the refund: a 409 now, nothing written, the order paid and flagged, its bookings
+    confirmed (a refund SumUp made is settled as the test below shows)."""
+    add_page_config(clean_db, "site", 0)
+    entry_id, ticket_id = held_bookings(clean_db, user_id=1)
+    payload = order_payload(
+        product_line(1, "5.00"),
+        calendar_entries=[{"id": entry_id, "title": "Tour", "price": "2.00", "currency": "EUR"}],
+        tickets=[{"id": ticket_id, "title": "Tour - adult", "price": "3.00", "currency": "EUR"}],
+        calendar_total="2.00",
+        ticket_total="3.00",
+    )
+    services = ["orders", "blog", "events"]
+    async with orders_stack(clean_db, credentials, sandbox.server, services) as orders:
+        order_id = (await create(orders, payload)).json()["order_id"]
+        checkout_id = checkout_id_of(clean_db, order_id)
+        sandbox.pay(checkout_id)
+        assert (await webhook(orders, order_id, checkout_id)).status_code == 204
+        confirmed = [("confirmed", order_id), ("confirmed", order_id)]
+        assert await eventually(lambda: bookings_of(clean_db, entry_id, ticket_id) == confirmed)
+        transaction = sandbox.checkout(checkout_id)["transaction_id"]
+        sandbox.refund_in_dashboard(transaction, 10.00, status="PENDING")
+        flag(clean_db, order_id)
+
+        waiting = await end_review(orders, order_id)
+        assert waiting.status_code == 409, waiting.text
+        assert "still on its way" in waiting.json()["detail"]
+        assert order_state(clean_db, order_id) == ("paid", True, "amount differs")
+        assert bookings_of(clean_db, entry_id, ticket_id) == confirmed
+        assert refunds(clean_db) == []
+
+
 @pytest.mark.parametrize("given_back", ["dashboard", "charge-back"])
 async def test_a_paid_order_sumup_gave_back_whole_is_refunded_and_lets_go_its_bookings(
     clean_db, credentials, sandbox, given_back
