@@ -84,7 +84,7 @@ class Released(msgspec.Struct):
     released: bool
 
 
-class ReleaseForOrder(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+class ReleaseForOrder(msgspec.Struct, forbid_unknown_fields=True):
     """Orders found the order unpaid past its payable time and expired it: the holds it made
     for the order end now (they last a while longer than its payable time, so that a payment
     made in time and learnt late still finds its bookings), except that a booking whose cart's
@@ -103,7 +103,9 @@ class ReleaseForOrder(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=
 
     order_id: DbId
     rolled_back: bool = False
-    paid_back: bool = False
+    # Left out of the message unless set (UNSET): an events that predates it (its fields are
+    # closed) still takes every other release, and their idempotency hashes stay as they were.
+    paid_back: bool | msgspec.UnsetType = msgspec.UNSET
 
 
 class HoldsEnded(msgspec.Struct):

@@ -899,7 +899,7 @@ async def release_for_order(session: AsyncSession, request: ReleaseForOrder) -> 
     )
     if request.rolled_back:
         return await _restore_holds_before(session, request.order_id)
-    ended = await _let_go_confirmed(session, request.order_id) if request.paid_back else 0
+    ended = await _let_go_confirmed(session, request.order_id) if request.paid_back is True else 0
     for model in (CalendarEntry, Ticket):
         cart_hold_runs = model.cart_hold_expires_at > func.now()
         result = await session.execute(

@@ -884,7 +884,9 @@ async def enqueue_release_of_bookings(
         session,
         outbox,
         events.release_for_order,
-        events.ReleaseForOrder(order_id=order_id, paid_back=paid_back),
+        events.ReleaseForOrder(order_id=order_id, paid_back=True)
+        if paid_back
+        else events.ReleaseForOrder(order_id=order_id),
         idempotency_key=key,
     )
 
