@@ -25,7 +25,7 @@ from types import FrameType
 from alembic.util import CommandError
 
 from apps.registry import SERVICES, service_spec
-from ops.db.backup import MANIFEST, BackupError, restore
+from ops.db.backup import BackupError, check_backup, restore
 from ops.db.connections import NotASuperuser, require_superusers
 from ops.db.credentials import Credentials
 from ops.db.lifecycle import converge_databases
@@ -92,6 +92,10 @@ SANDBOX_PORT_NAME = "sumup sandbox"
 READY_SECONDS = 90.0
 # The local SumUp sandbox's checkouts, in the home: a restart of the stack still knows them.
 SANDBOX_STATE_FILE = "sumup-sandbox.json"
+# In the home, naming the backup: a --restore under way (or cut off), and one that finished
+# (no demo data is added to a restored home's empty tables).
+RESTORE_UNFINISHED = "restore-unfinished"
+RESTORED_FROM = "restored-from"
 
 
 # The embedded PostgreSQL's name in the supervisor's log lines.
@@ -285,8 +289,13 @@ def _run_stack(options: StackOptions, home: Path, lock_home: Callable[[], None])
     proxy = None
     if options.proxy_port is not None:
         proxy = LocalProxy(options.proxy_port, home / "caddy")
-    if options.restore is not None and not (options.restore / MANIFEST).is_file():
-        raise StackError(f"--restore {options.restore}: no {MANIFEST} there (not a rose db backup)")
+    if options.restore is not None:
+        # Every file checked before anything is deleted (--fresh): a damaged backup, or a
+        # newer release's, leaves the home's database as it is.
+        try:
+            check_backup(options.restore)
+        except BackupError as exc:
+            raise StackError(f"--restore: {exc}; nothing was changed") from None
 
     lock_home()
     # Read (or made) before anything starts: a damaged file is refused here.
@@ -363,10 +372,25 @@ def _run_stack(options: StackOptions, home: Path, lock_home: Callable[[], None])
     # A closed terminal or a dropped ssh session: stop cleanly too (its default kills us only).
     signal.signal(signal.SIGHUP, request_stop)
 
+    unfinished = home / RESTORE_UNFINISHED
+    if unfinished.exists() and options.restore is None and not options.fresh:
+        # Its databases may hold part of the backup: services (and demo data) on them would
+        # build on rows that are not all there.
+        raise StackError(
+            f"a restore of {unfinished.read_text().strip()} did not finish in this home: run "
+            "`rose up --fresh --restore DIR` again (or `rose up --fresh` to start empty)"
+        )
+
     group: ProcessGroup | None = None
     database_url = options.database_url
     sandbox_state = home / SANDBOX_STATE_FILE
+    restored_mark = home / RESTORED_FROM
     try:
+        if options.fresh and embedded is not None:  # the database they speak of is deleted
+            restored_mark.unlink(missing_ok=True)
+            unfinished.unlink(missing_ok=True)
+        if options.restore is not None:
+            unfinished.write_text(f"{options.restore.resolve()}\n")
         # A restore keeps the sandbox's checkouts: it stands in for SumUp, which a restore of
         # rose's databases does not touch (the restored orders still name their checkouts).
         if options.fresh and options.restore is None and sandbox_state.exists():
@@ -413,14 +437,17 @@ def _run_stack(options: StackOptions, home: Path, lock_home: Callable[[], None])
                 raise StackError(f"--restore: {exc}") from None
             for note in restored.notes:
                 say(f"note: {note}")
+            restored_mark.write_text(f"{options.restore.resolve()}\n")
+            unfinished.unlink()
             unless_stopping()
         try:
             converge_databases(topology, credentials, say=say)
         except (MigrateError, ConvergeError) as exc:
             raise StackError(str(exc)) from None
         unless_stopping()
-        # Demo data fills empty tables: a restored backup's empty ones stay as it had them.
-        if options.demo and options.restore is None:
+        # Demo data fills empty tables: a restored backup's empty ones stay as it had them,
+        # in every start of this home until --fresh.
+        if options.demo and not restored_mark.exists():
             seed_demo_data(topology, names, say)
             unless_stopping()
 

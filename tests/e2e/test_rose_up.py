@@ -8,6 +8,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import stat
@@ -515,9 +516,11 @@ def test_a_backup_is_restored_into_the_homes_own_database_with_fresh_restore(tmp
     into the stack's own embedded database (operator probe, December 2026: `rose db restore`
     needs a server that runs and that no service uses, which the embedded one is only while
     `rose up` runs its services; the docs named no way). `rose up --restore DIR` refuses a home
-    whose database holds the stack's rows (nothing deleted), and with --fresh deletes it and
-    restores the backup before any service starts: the rows are the backup's, no demo data is
-    added, and the cluster is as db/ declares."""
+    whose database holds the stack's rows, and a damaged backup (review H1: --fresh deleted the
+    database before the backup's files were checked), deleting nothing; with --fresh it
+    deletes the database and restores the backup before any service starts: the rows are the
+    backup's, no demo data is added (then or in a later start), and the cluster is as db/
+    declares."""
     import psycopg
 
     home = tmp_path / "rose-home"
@@ -525,34 +528,49 @@ def test_a_backup_is_restored_into_the_homes_own_database_with_fresh_restore(tmp
     args = ["--pg-port", str(pg_port), "--port-offset", str(PORT_OFFSET), "--only", "relations"]
     backup = tmp_path / "backup"
 
-    def posts(database_url: str) -> list[str]:
-        with psycopg.connect(database_url.rsplit("/", 1)[0] + "/db_blog") as blog:
-            return [row[0] for row in blog.execute("SELECT slug FROM blog.posts ORDER BY slug")]
+    def blog(database_url: str) -> psycopg.Connection:
+        return psycopg.connect(database_url.rsplit("/", 1)[0] + "/db_blog", autocommit=True)
 
-    with rose_up(home, "--fresh", *args, timeout=90) as running:
+    def posts(database_url: str) -> list[str]:
+        with blog(database_url) as connection:
+            return [r[0] for r in connection.execute("SELECT slug FROM blog.posts ORDER BY slug")]
+
+    def up_refused(*extra: str) -> str:
+        refused = subprocess.run(
+            [sys.executable, "-m", "ops.cli", "up", *extra, *args],
+            env={**os.environ, "ROSE_HOME": str(home)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert refused.returncode != 0
+        assert "Traceback" not in refused.stderr
+        return refused.stdout + refused.stderr
+
+    with rose_up(home, "--fresh", "--no-demo", *args, timeout=90) as running:
         url = running.state["database_url"]
-        with psycopg.connect(url.rsplit("/", 1)[0] + "/db_blog") as blog:
-            blog.execute(
+        with blog(url) as connection:
+            connection.execute(
                 "INSERT INTO blog.posts (slug, title, status) VALUES ('kept', 'Kept', 'draft')"
             )
-        backed_up = posts(url)
-        assert "kept" in backed_up
         rose(home, "db", "backup", str(backup))
-        with psycopg.connect(url.rsplit("/", 1)[0] + "/db_blog") as blog:
-            blog.execute("DELETE FROM blog.posts WHERE slug = 'kept'")
+        with blog(url) as connection:
+            connection.execute("UPDATE blog.posts SET title = 'changed since'")
 
-    refused = subprocess.run(
-        [sys.executable, "-m", "ops.cli", "up", "--restore", str(backup), *args],
-        env={**os.environ, "ROSE_HOME": str(home)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert refused.returncode != 0
-    assert "--restore needs an empty database" in refused.stderr + refused.stdout
-    assert "Traceback" not in refused.stderr
+    assert "--restore needs an empty database" in up_refused("--restore", str(backup))
+    damaged = tmp_path / "damaged"
+    shutil.copytree(backup, damaged)
+    dump = damaged / "db_blog.dump"
+    dump.write_bytes(dump.read_bytes()[:-1] + bytes([dump.read_bytes()[-1] ^ 1]))
+    said = up_refused("--fresh", "--restore", str(damaged))
+    assert "nothing was changed" in said
+    # The home's database, as it was.
+    with rose_up(home, *args, timeout=90) as running, blog(running.state["database_url"]) as db:
+        assert db.execute("SELECT title FROM blog.posts").fetchall() == [("changed since",)]
 
     with rose_up(home, "--fresh", "--restore", str(backup), *args, timeout=120) as running:
-        assert posts(running.state["database_url"]) == backed_up
+        assert posts(running.state["database_url"]) == ["kept"]
         check = rose(home, "db", "check", check=False)
         assert check.returncode == 0, check.stdout + check.stderr
+    with rose_up(home, *args, timeout=90) as running:  # no demo data in a restored home
+        assert posts(running.state["database_url"]) == ["kept"]

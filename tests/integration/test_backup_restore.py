@@ -23,7 +23,7 @@ from alembic import command
 from alembic.script import ScriptDirectory
 
 from apps.registry import SERVICES, service_spec
-from ops.db.backup import back_up, backup_checksum, restore
+from ops.db.backup import RESTORED_IDS_GAP, back_up, backup_checksum, restore
 from ops.db.migrate import alembic_config
 from ops.db.topology import Topology
 from ops.stack.pgserver import throwaway_postgres
@@ -163,7 +163,10 @@ def test_rose_db_backup_and_restore_bring_every_row_back_verified(
                 "INSERT INTO likes.likes (user_id, target_type, target_slug) "
                 "VALUES (98, 'product', 'after') RETURNING id"
             ).fetchone()[0]
-        assert new_id > 50
+        # Past the backup's ids by a gap (review M3, December 2026): the ids handed out after
+        # the backup are held elsewhere (SumUp's checkout references name order ids; a new
+        # order under a taken one was a 502, one per order, until the ids passed them).
+        assert new_id > 50 + RESTORED_IDS_GAP
         with target.as_role("market", "market_app") as market:
             assert market.execute("SELECT count(*) FROM likes.likes").fetchone()[0] == 51
         # A second run (say the first was cut off after some databases): what is restored and
