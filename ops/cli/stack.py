@@ -73,7 +73,7 @@ def up(
             file_okay=False,
             exists=True,
             help=(
-                "Restore this `rose db backup` into the empty database first (with --fresh: "
+                "Restore this rose db backup into the empty database first (with --fresh: "
                 "delete this home's database; the SumUp sandbox's checkouts stay). No demo data."
             ),
         ),
