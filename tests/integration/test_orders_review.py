@@ -257,14 +257,8 @@ def bookings_of(server, entry_id: int, ticket_id: int) -> list[tuple]:
     return [entry, ticket]
 
 
-async def test_a_paid_orders_payment_whose_refund_is_still_pending_keeps_its_review_open(
-    clean_db, credentials, sandbox
-):
-    """A person refunded the whole payment in SumUp's dashboard and SumUp has not made the
-    refund yet (PENDING: it may still fail it). The review letting the bookings go for good on
-    that (review M1, December 2026) would leave a buyer who paid with nothing if SumUp then
-    failed the refund: a 409 now, nothing written, the order paid and flagged, its bookings
-    confirmed (a refund SumUp made is settled as the test below shows)."""
+def order_with_bookings(clean_db) -> tuple[dict, int, int]:
+    """A 10.00 order (a product, an entry and a ticket user 1 holds) and the bookings' ids."""
     add_page_config(clean_db, "site", 0)
     entry_id, ticket_id = held_bookings(clean_db, user_id=1)
     payload = order_payload(
@@ -274,6 +268,18 @@ async def test_a_paid_orders_payment_whose_refund_is_still_pending_keeps_its_rev
         calendar_total="2.00",
         ticket_total="3.00",
     )
+    return payload, entry_id, ticket_id
+
+
+async def test_a_paid_orders_payment_whose_refund_is_still_pending_keeps_its_review_open(
+    clean_db, credentials, sandbox
+):
+    """A person refunded the whole payment in SumUp's dashboard and SumUp has not made the
+    refund yet (PENDING: it may still fail it). The review letting the bookings go for good on
+    that (review M1, December 2026) would leave a buyer who paid with nothing if SumUp then
+    failed the refund: a 409 now, nothing written, the order paid and flagged, its bookings
+    confirmed (a refund SumUp made is settled as the test below shows)."""
+    payload, entry_id, ticket_id = order_with_bookings(clean_db)
     services = ["orders", "blog", "events"]
     async with orders_stack(clean_db, credentials, sandbox.server, services) as orders:
         order_id = (await create(orders, payload)).json()["order_id"]
@@ -305,15 +311,7 @@ async def test_a_paid_order_sumup_gave_back_whole_is_refunded_and_lets_go_its_bo
     (SQL by hand). Now it is refunded, nothing asked of SumUp (it gave all of it back
     already), and its bookings are let go at events: the entry open again, the ticket
     cancelled. Part of it given back is a paid order still (the merchant keeps the rest)."""
-    add_page_config(clean_db, "site", 0)
-    entry_id, ticket_id = held_bookings(clean_db, user_id=1)
-    payload = order_payload(
-        product_line(1, "5.00"),
-        calendar_entries=[{"id": entry_id, "title": "Tour", "price": "2.00", "currency": "EUR"}],
-        tickets=[{"id": ticket_id, "title": "Tour - adult", "price": "3.00", "currency": "EUR"}],
-        calendar_total="2.00",
-        ticket_total="3.00",
-    )
+    payload, entry_id, ticket_id = order_with_bookings(clean_db)
     services = ["orders", "blog", "events"]
     async with orders_stack(clean_db, credentials, sandbox.server, services) as orders:
         created = await create(orders, payload)
