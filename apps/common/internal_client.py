@@ -339,9 +339,8 @@ class InternalClient:
         self, query: Query[Params, Answer], params: Params, *, timeout: float | None = None
     ) -> Answer:
         """Read through another service's contract; its typed answer."""
-        path = f"/internal/data/{query.name}" + _query(msgspec.to_builtins(params))
-        response = await self._request(
-            "GET", query.service, query.name, path, retry=True, timeout=timeout
+        response = await self._data(
+            query.service, query.name, msgspec.to_builtins(params), timeout=timeout
         )
         return _typed(query.service, query.name, response, query.answer)
 
@@ -369,9 +368,18 @@ class InternalClient:
         *,
         timeout: float | None = None,
     ) -> Any:
+        return _json(service, name, await self._data(service, name, params, timeout=timeout))
+
+    async def _data(
+        self,
+        service: str,
+        name: str,
+        params: Mapping[str, Any] | None,
+        *,
+        timeout: float | None,
+    ) -> httpx.Response:
         path = f"/internal/data/{name}" + _query(params)
-        response = await self._request("GET", service, name, path, retry=True, timeout=timeout)
-        return _json(service, name, response)
+        return await self._request("GET", service, name, path, retry=True, timeout=timeout)
 
     async def call_action(
         self,

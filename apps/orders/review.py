@@ -48,7 +48,7 @@ from __future__ import annotations
 import logging
 from decimal import Decimal
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from apps.common.inputs import one_line_name
@@ -69,6 +69,7 @@ from apps.orders.settlement import (
     MerchantAccounts,
     close_at_sumup,
     enqueue_release_of_bookings,
+    flag_order,
     given_back_for,
     money,
     paid_attempt_id,
@@ -246,12 +247,7 @@ async def flag_for_review(session: AsyncSession, order_id: int, reason: str) -> 
     order, and ending its review settles it. Flagged already, it keeps its first reason. The
     reason is one readable line (a 422 otherwise: it is shown in attention's table). Commits."""
     reason = one_line_name(reason, "reason", blank="The reason must say what you saw.")
-    flagged = await session.scalar(
-        update(Order)
-        .where(Order.id == order_id, Order.flagged.is_(False))
-        .values(flagged=True, flag_reason=reason, updated_at=func.now())
-        .returning(Order.id)
-    )
+    flagged_now = await flag_order(session, order_id, reason)
     order = await session.get(Order, order_id, populate_existing=True)
     if order is None:
         raise NotFound(f"Order {order_id} does not exist")
@@ -259,11 +255,9 @@ async def flag_for_review(session: AsyncSession, order_id: int, reason: str) -> 
         order_id=order_id,
         status=order.status,
         flag_reason=order.flag_reason or "",
-        flagged_now=flagged is not None,
+        flagged_now=flagged_now,
     )
     await session.commit()
-    if flagged is not None:
-        logger.warning("order %s flagged by a person: %s", order_id, reason)
     return answer
 
 

@@ -571,7 +571,7 @@ async def apply_checkout(
             and (remote.status != "PAID" or settled_since == "PAID")
         ):
             return Applied(locked[0].status, settled_since)
-        await _flag(session, order.id, reason)
+        await flag_order(session, order.id, reason)
         return Applied(locked[0].status if locked else order.status, attempt.status, flagged=True)
 
     # The order's row first, then the attempt's, then a refund's, on every path (audit s21 F4):
@@ -663,7 +663,7 @@ async def apply_checkout(
             f"SumUp reports checkout {remote.id} paid, which orders holds closed, for an order "
             "paid without a record of the checkout it was paid with: it may be that one"
         )
-        await _flag(session, order.id, reason)
+        await flag_order(session, order.id, reason)
         return Applied("paid", "PAID", flagged=True)
     if current.status == "paid":
         # Paid twice for one order (SumUp took two attempts): the second payment goes back.
@@ -676,9 +676,9 @@ async def apply_checkout(
     return Applied(current.status, "PAID")
 
 
-async def _flag(session: AsyncSession, order_id: int, reason: str) -> None:
+async def flag_order(session: AsyncSession, order_id: int, reason: str) -> bool:
     """The order is left to a person (``rose orders attention``), for ``reason``; an order
-    flagged already keeps its first reason."""
+    flagged already keeps its first reason. Whether it was flagged now."""
     flagged = await session.scalar(
         update(Order)
         .where(Order.id == order_id, Order.flagged.is_(False))
@@ -687,6 +687,7 @@ async def _flag(session: AsyncSession, order_id: int, reason: str) -> None:
     )
     if flagged is not None:
         logger.warning("order %s flagged: %s", order_id, reason)
+    return flagged is not None
 
 
 def _late_reason(current: Any) -> str:
@@ -1168,7 +1169,7 @@ async def close_attempt(
         )
         if now not in OPEN_ATTEMPT_STATES:
             return Applied(order.status, now or attempt.status)
-        await _flag(
+        await flag_order(
             session,
             order.id,
             f"SumUp does not know checkout {attempt.sumup_checkout_id} under the key page "
