@@ -9,6 +9,7 @@ from decimal import Decimal
 from sqlalchemy import (
     CHAR,
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     ForeignKey,
@@ -213,10 +214,12 @@ class ReleasedHold(Base):
 
 class GivenBackOrder(Base):
     """An order orders let go of (release-for-order): create-order failed (``rolled_back``: it
-    never existed), or it expired. A hold for it that arrives later (sent before orders gave
-    up, and slower than the give-back) holds nothing, and a later order's give-back never
-    returns a booking to its hold. Kept a day: a hold is sent within create-order's deadline,
-    and orders never makes an order id twice."""
+    never existed), it expired, or its payment went back whole (``paid_back``). A hold for it
+    that arrives later (sent before orders gave up, and slower than the give-back) holds
+    nothing, a later order's give-back never returns a booking to its hold, and a confirm for
+    it confirms nothing. Kept a day: a hold is sent within create-order's deadline, and orders
+    never makes an order id twice. A paid-back order is kept for good: its confirm may be a
+    dead message a person resends any time later."""
 
     __tablename__ = "given_back_orders"
     __table_args__ = (Index("ix_given_back_orders_given_back_at", "given_back_at"),)
@@ -224,6 +227,9 @@ class GivenBackOrder(Base):
     order_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     given_back_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), nullable=False
+    )
+    paid_back: Mapped[bool] = mapped_column(
+        Boolean, server_default=text("false"), nullable=False
     )
 
 

@@ -892,10 +892,15 @@ async def release_for_order(session: AsyncSession, request: ReleaseForOrder) -> 
     ``paid_back``: the paid order's money went back whole; its confirmed bookings are let go
     too (:func:`_let_go_confirmed`), and confirm-for-order confirms none for it from now."""
     await _lock_holds_of(session, request.order_id)
+    given_back = pg_insert(GivenBackOrder).values(
+        order_id=request.order_id, paid_back=request.paid_back is True
+    )
     await session.execute(
-        pg_insert(GivenBackOrder)
-        .values(order_id=request.order_id)
-        .on_conflict_do_nothing(index_elements=[GivenBackOrder.order_id])
+        given_back.on_conflict_do_update(
+            index_elements=[GivenBackOrder.order_id],
+            # Paid back once, kept for good; a replay without it forgets nothing.
+            set_={"paid_back": GivenBackOrder.paid_back | given_back.excluded.paid_back},
+        )
     )
     if request.rolled_back:
         return await _restore_holds_before(session, request.order_id)
@@ -1063,7 +1068,8 @@ async def sweep_ended_holds(session: AsyncSession) -> int:
     )
     await session.execute(
         delete(GivenBackOrder).where(
-            GivenBackOrder.given_back_at < func.now() - RELEASED_HOLDS_KEPT
+            GivenBackOrder.given_back_at < func.now() - RELEASED_HOLDS_KEPT,
+            GivenBackOrder.paid_back.is_(False),
         )
     )
     await forget_old_adoptions(session, ADOPTIONS)

@@ -1543,6 +1543,41 @@ async def test_a_paid_order_whose_money_went_back_lets_go_its_bookings_and_confi
     assert entry_state(clean_db, walk)[0] != "confirmed"
 
 
+async def test_a_paid_back_order_is_remembered_past_the_day_other_given_back_orders_are_kept(
+    stack, clean_db
+):
+    """Review L5: a paid order whose money went back whole was forgotten by events' sweeper a
+    day after, like an expired order's give-back. Its confirm-for-order, dead in orders' outbox
+    and resent by a person later (``rose outbox resend``), then confirmed the buyer's bookings
+    held in their cart again: goods for an order whose money went back. A paid-back order is
+    remembered for good; an expired one is still forgotten after the day."""
+    things = await book_things(stack, clean_db)
+    events = stack.client("events")
+    walk = things["walk"]
+    until = (datetime.now(UTC) + timedelta(minutes=30)).isoformat()
+    order = {"order_id": 87, "user_id": 1, "entry_ids": [walk], "ticket_ids": []}
+    assert (await internal_post(events, "hold-for-order", {**order, "until": until})).json() == {
+        "held": 1
+    }
+    assert (await internal_post(events, "confirm-for-order", order)).json()["confirmed"] == 1
+    await internal_post(events, "release-for-order", {"order_id": 87, "paid_back": True})
+    await internal_post(events, "release-for-order", {"order_id": 88})  # an expired order's
+    with admin_connect(clean_db, "events") as connection:
+        connection.execute(
+            "UPDATE events.given_back_orders SET given_back_at = now() - interval '2 days'"
+        )
+    await sweep_ended_holds_now(stack)
+    assert events_rows(clean_db, "SELECT order_id FROM events.given_back_orders") == [(87,)]
+
+    # The buyer books the entry again; it waits in their cart (no order holds it).
+    user = await sign_in(stack, 1)
+    assert (await user.post(f"/entries/{walk}/book/")).status_code == 200
+    await user.aclose()
+    late = await internal_post(events, "confirm-for-order", order)
+    assert late.json() == {"confirmed": 0, "unconfirmed": {"entry_ids": [walk], "ticket_ids": []}}
+    assert entry_state(clean_db, walk)[:2] == ("pending", 1)
+
+
 async def test_release_booking_frees_the_slot_at_once(stack, clean_db):
     things = await book_things(stack, clean_db)
     events = stack.client("events")
