@@ -103,18 +103,22 @@ def test_a_file_given_another_revision_id(tree: Path) -> None:
 def test_a_new_file_is_not_listed_until_added(tree: Path) -> None:
     manifest = tree / MANIFEST_PATH.name
     before = manifest.read_bytes()
-    new_revision(tree, "events", "0015_more.py", "0015", "0014")
+    # After events' head, whichever it is now (the id itself is the test's: 0999).
+    head = max(path.name[:4] for path in (tree / "events" / "versions").glob("0*.py"))
+    new_revision(tree, "events", "0999_more.py", "0999", head)
     [problem] = found(tree)
-    assert "events/versions/0015_more.py" in problem
+    assert "events/versions/0999_more.py" in problem
     assert ADD_COMMAND in problem
 
-    assert add(tree) == ["events 0015 (0015_more.py)"]
+    assert add(tree) == ["events 0999 (0999_more.py)"]
     assert manifest.read_bytes().startswith(before)
     assert found(tree) == []
     # Adding again adds nothing, and the new entry is as released as the others.
     assert add(tree) == []
-    new_revision(tree, "events", "0015_more.py", "0015", "0014")
-    (tree / "events/versions/0015_more.py").write_text("revision = '0015'\ndown_revision = '0014'")
+    new_revision(tree, "events", "0999_more.py", "0999", head)
+    (tree / "events/versions/0999_more.py").write_text(
+        f"revision = '0999'\ndown_revision = '{head}'"
+    )
     [problem] = found(tree)
     assert "never rewritten" in problem
 
