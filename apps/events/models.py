@@ -228,9 +228,7 @@ class GivenBackOrder(Base):
     given_back_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), nullable=False
     )
-    paid_back: Mapped[bool] = mapped_column(
-        Boolean, server_default=text("false"), nullable=False
-    )
+    paid_back: Mapped[bool] = mapped_column(Boolean, server_default=text("false"), nullable=False)
 
 
 # Anonymous sessions sign-in adopted (apps.common.adoption): a booking still carrying one is

@@ -245,12 +245,27 @@ async def flag_for_review(session: AsyncSession, order_id: int, reason: str) -> 
     """Flag the order for a person's review, for ``reason``: orders hears nothing of a refund
     made in SumUp's dashboard, nor of a charge-back, so a person who learns of one flags the
     order, and ending its review settles it. Flagged already, it keeps its first reason. The
-    reason is one readable line (a 422 otherwise: it is shown in attention's table). Commits."""
+    reason is one readable line (a 422 otherwise: it is shown in attention's table).
+
+    A pending order is refused (review L3): its checkout is open at SumUp, a flagged order is
+    not marked paid, and its review gives back what SumUp took, so the buyer's payment would go
+    back for nothing wrong. Its payment, or its expiry, settles it as ever. Commits."""
     reason = one_line_name(reason, "reason", blank="The reason must say what you saw.")
+    # Locked: a payment settling the order now waits, or is seen.
+    status = await session.scalar(
+        select(Order.status).where(Order.id == order_id).with_for_update()
+    )
+    if status is None:
+        raise NotFound(f"Order {order_id} does not exist")
+    if status == "pending":
+        raise Conflict(
+            f"Order {order_id} is pending: its checkout is still open at SumUp, and a flag "
+            "would give back the buyer's payment; nothing was flagged. Its payment or its "
+            "expiry settles it (rose orders attention lists it if that goes wrong)"
+        )
     flagged_now = await flag_order(session, order_id, reason)
     order = await session.get(Order, order_id, populate_existing=True)
-    if order is None:
-        raise NotFound(f"Order {order_id} does not exist")
+    assert order is not None  # locked above
     answer = FlaggedForReview(
         order_id=order_id,
         status=order.status,

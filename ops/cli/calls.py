@@ -187,9 +187,8 @@ def orders_flag(
     """Flag an order for review, for REASON: orders hears nothing of a refund made in SumUp's
     dashboard, nor of a charge-back. It is listed by rose orders attention, and rose orders
     end-review then settles it from what SumUp says (a paid order whose payment SumUp gave
-    all back is refunded). A pending order flagged is not marked paid meanwhile, and its
-    review gives back what SumUp took for it. An order flagged already keeps its first
-    reason."""
+    all back is refunded). A pending order is refused: its checkout is still open, and its
+    payment or expiry settles it. An order flagged already keeps its first reason."""
     known_service("orders")
     answer = _call(
         lambda client: client.call_action(

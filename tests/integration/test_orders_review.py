@@ -429,6 +429,29 @@ async def test_a_person_flags_a_paid_order_sumup_gave_back_and_its_review_settle
         assert refused.json()["errors"][0]["field"] == "reason"
 
 
+async def test_a_person_cannot_flag_a_pending_order_whose_checkout_the_buyer_may_still_pay(
+    orders, clean_db, sandbox
+):
+    """Review L3: `rose orders flag` took a pending order, and its checkout stayed open at
+    SumUp: the buyer paid it, the order was not marked paid (flagged), and its review gave the
+    money back and let go of the bookings, for a payment nothing was wrong with. A person's
+    flag is for what orders cannot hear of (a dashboard refund, a charge-back: money taken
+    first); a pending order is refused (409, nothing written), and its payment settles it as
+    ever."""
+    order_id = (await create(orders)).json()["order_id"]
+    checkout_id = checkout_id_of(clean_db, order_id)
+    body = {"order_id": order_id, "reason": "the buyer wrote that they paid twice"}
+    refused = await internal_post(orders.client("orders"), "flag-for-review", body)
+    assert refused.status_code == 409, refused.text
+    assert f"Order {order_id} is pending" in refused.json()["detail"]
+    assert order_state(clean_db, order_id) == ("pending", False, None)
+
+    sandbox.pay(checkout_id)
+    assert (await webhook(orders, order_id, checkout_id)).status_code == 204
+    assert order_state(clean_db, order_id) == ("paid", False, None)
+    assert await attention(orders) == []
+
+
 async def test_a_refused_refund_a_person_gave_back_in_sumups_dashboard_is_settled_by_a_review(
     orders, clean_db, sandbox
 ):
