@@ -174,6 +174,9 @@ class ReviewEnded(msgspec.Struct):
     releasing_bookings: bool
     # Last, with a default: an answer of the release before it still decodes.
     kept_payment: str | None = None
+    # SumUp's answer when it would not show the kept payment's transaction (a key not allowed
+    # to read it): what of it went back is not known, so a person looks in its dashboard.
+    kept_unchecked: str | None = None
 
 
 class EndReview(msgspec.Struct, forbid_unknown_fields=True):

@@ -121,6 +121,7 @@ async def end_review(
     refunds: list[RefundGoingBack] = []
     closed: list[str] = []
     paid = False
+    kept_unchecked: str | None = None
     # The payment a paid order keeps: none once SumUp gave all of it back (below).
     kept = honoured
     for attempt in attempts:
@@ -167,12 +168,16 @@ async def end_review(
             await _settle_refused_refunds(session, gateway, account, attempt, remote)
         if attempt is honoured and newly_named:
             await _refuse_unless_kept_whole(gateway, account, attempt, remote, order)
-        elif attempt is honoured and await _given_back_whole(gateway, account, attempt, remote):
-            # All of it given back already (SumUp's dashboard, or a charge-back): the order
-            # keeps no payment, and nothing is asked of SumUp.
-            kept = None
-            paid = True
-            continue
+        elif attempt is honoured:
+            given_back_whole, kept_unchecked = await _given_back_whole(
+                gateway, account, attempt, remote
+            )
+            if given_back_whole:
+                # All of it given back already (SumUp's dashboard, or a charge-back): the
+                # order keeps no payment, and nothing is asked of SumUp.
+                kept = None
+                paid = True
+                continue
         if remote.status != "PAID" or attempt is honoured:
             continue  # the payment a paid order was paid with stays as it is
         paid = True
@@ -238,6 +243,7 @@ async def end_review(
         refunds=refunds,
         releasing_bookings=releasing,
         kept_payment=kept.sumup_checkout_id if kept is not None and status == "paid" else None,
+        kept_unchecked=kept_unchecked if status == "paid" else None,
     )
 
 
@@ -371,16 +377,16 @@ async def _settle_refused_refunds(
 
 async def _given_back_whole(
     gateway: SumUpGateway, account: MerchantAccount, attempt: PaymentAttempt, remote: RemoteCheckout
-) -> bool:
-    """SumUp gave back all it took for ``remote`` (paid), the payment a paid order was paid
-    with: a person refunded it in SumUp's dashboard, or a charge-back was decided for the
+) -> tuple[bool, str | None]:
+    """Whether SumUp gave back all it took for ``remote`` (paid), the payment a paid order was
+    paid with: a person refunded it in SumUp's dashboard, or a charge-back was decided for the
     buyer. Part of it is not (a goodwill refund: the order keeps the rest). Raises (a 409,
     nothing written) when that is undecided (``_given_back``: a charge-back pending, a
     refund in a status orders does not know). SumUp refusing to show the transaction (a key
     not allowed to read it), or reporting no transaction, is not: the payment is kept, as
-    before this look existed."""
+    before this look existed, and SumUp's answer is returned beside it for the person."""
     if (remote.paid_transaction_id or attempt.transaction_id) is None:
-        return False
+        return False, "SumUp reports no transaction for it"
     try:
         given_back = await _given_back(gateway, account, attempt, remote)
     except PaymentProviderError as exc:
@@ -390,8 +396,8 @@ async def _given_back_whole(
             remote.id,
             exc.detail,
         )
-        return False
-    return given_back >= money(Decimal(remote.amount))
+        return False, f"SumUp would not show its transaction: {exc.detail}"
+    return given_back >= money(Decimal(remote.amount)), None
 
 
 async def _given_back(

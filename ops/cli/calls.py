@@ -220,6 +220,11 @@ def review_ended_lines(answer: dict[str, Any]) -> list[str]:
         lines.append(
             f"  kept: checkout {answer['kept_payment']}, the payment the order was paid with"
         )
+    if answer.get("kept_unchecked"):
+        lines.append(
+            f"  unchecked: {answer['kept_unchecked']}; orders could not tell whether any of it "
+            "went back: look at it in SumUp's dashboard"
+        )
     lines += [f"  closed at SumUp: checkout {checkout}" for checkout in answer["closed_checkouts"]]
     lines += [
         f"  going back: {refund['amount']} {refund['currency']} of checkout "

@@ -94,6 +94,7 @@ async def test_a_flagged_payment_goes_back_as_sumup_took_it(orders, clean_db, sa
         "refunds": [{"checkout_id": checkout_id, "amount": "1.00", "currency": "EUR"}],
         "releasing_bookings": False,
         "kept_payment": None,
+        "kept_unchecked": None,
     }
     assert review_ended_lines(ended.json()) == [
         f"order {order_id}: review ended; it is refund_due now",
@@ -228,6 +229,7 @@ async def test_a_paid_order_keeps_its_payment_and_gives_back_the_flagged_one(
         "refunds": [{"checkout_id": stray, "amount": "1.00", "currency": "EUR"}],
         "releasing_bookings": False,
         "kept_payment": honoured,
+        "kept_unchecked": None,
     }
     assert review_ended_lines(ended.json()) == [
         f"order {order_id}: review ended; it is paid now",
@@ -349,6 +351,7 @@ async def test_a_paid_order_sumup_gave_back_whole_is_refunded_and_lets_go_its_bo
             "refunds": [],
             "releasing_bookings": True,
             "kept_payment": None,
+            "kept_unchecked": None,
         }
         assert review_ended_lines(ended.json()) == [
             f"order {order_id}: review ended; it is refunded now",
@@ -517,6 +520,12 @@ async def test_a_paid_orders_own_payment_disputed_keeps_its_review_open_until_de
     assert unseen.status_code == 200, unseen.text
     assert (unseen.json()["status"], unseen.json()["kept_payment"]) == ("paid", checkout_id)
     assert refunds(clean_db) == []
+    # Review L4: the person is told the payment was kept unchecked (it said nothing but a log
+    # line): what SumUp answered, and where to look.
+    assert "404" in unseen.json()["kept_unchecked"], unseen.text
+    lines = review_ended_lines(unseen.json())
+    assert any("could not tell whether any of it went back" in line for line in lines), lines
+    assert ended.json()["kept_unchecked"] is None  # the review above read the transaction
 
 
 async def test_a_paid_order_flagged_by_an_open_checkout_has_it_closed(orders, clean_db, sandbox):
@@ -709,6 +718,7 @@ async def test_a_person_names_the_payment_an_order_the_release_before_paid_was_p
         "refunds": [],
         "releasing_bookings": False,
         "kept_payment": checkout_id,
+        "kept_unchecked": None,
     }
     assert review_ended_lines(ended.json())[1] == (
         f"  kept: checkout {checkout_id}, the payment the order was paid with"
