@@ -37,7 +37,13 @@ from sqlalchemy.orm import aliased
 
 from apps.common.observability import scrape_gauge, scrape_row
 from apps.common.streaks import FailureStreak
-from apps.orders.models import CLOSED_UNPAID_STATES, Order, PaymentAttempt, ReconciliationPass
+from apps.orders.models import (
+    CLOSED_UNPAID_STATES,
+    Order,
+    PaymentAttempt,
+    ReconciliationPass,
+    Refund,
+)
 from apps.orders.payments import PaymentProviderUnavailable, sumup_waits
 from apps.orders.runtime import OrdersRuntime
 from apps.orders.service import load_order, recheck
@@ -74,14 +80,78 @@ def _listed(ids: list[int], shown: int = 20) -> str:
     return listed if len(ids) <= shown else f"{listed} and {len(ids) - shown} more"
 
 
-def _warn_waiting(said: str, order_ids: list[int]) -> None:
-    """One warning for orders a pass leaves because SumUp did not answer, or refused a key."""
-    logger.warning(
-        "%s; %d orders left for the next reconciliation pass: %s",
-        said,
-        len(order_ids),
-        _listed(order_ids),
-    )
+@dataclass
+class WaitingOnSumUp:
+    """What a pass leaves because SumUp did not answer (down or slow), or refused a merchant's
+    key (revoked in its dashboard: every one of its orders alike): what the code expects, said
+    once for them all (:meth:`warn`), without a traceback or a line for each. ``of`` is what
+    the ids are, orders or refunds."""
+
+    of: str
+    unanswered: dict[int, str] = field(default_factory=dict)
+    refused: dict[int, str] = field(default_factory=dict)
+
+    def waits(self, item_id: int, exc: BaseException) -> bool:
+        """Whether ``exc`` is SumUp's to wait out; if so, ``item_id`` is kept for the warning."""
+        said = sumup_waits(exc)
+        if said is None:
+            return False
+        outage = isinstance(exc, PaymentProviderUnavailable)
+        (self.unanswered if outage else self.refused)[item_id] = said
+        return True
+
+    async def warn(self, maker: Callable[[], AsyncSession]) -> None:
+        if self.unanswered:
+            # Their answers are alike (one outage): the first of them says what it was.
+            await self._warn(maker, self.unanswered[min(self.unanswered)], self.unanswered)
+        if self.refused:
+            # A key is a merchant's: one warning per merchant, naming it and its orders (a
+            # person gives that merchant's page a new key), each with its first answer.
+            merchants = await self._merchants(maker, self.refused)
+            by_merchant: dict[str, list[int]] = {}
+            for item_id in sorted(self.refused):
+                merchant = merchants.get(item_id, (0, None))[1] or "(none)"
+                by_merchant.setdefault(merchant, []).append(item_id)
+            for merchant, item_ids in sorted(by_merchant.items()):
+                said = f"merchant {merchant}: {self.refused[item_ids[0]]}"
+                await self._warn(maker, said, item_ids)
+
+    async def _warn(self, maker: Callable[[], AsyncSession], said: str, ids: Iterable[int]) -> None:
+        item_ids = sorted(ids)
+        if self.of == "orders":
+            logger.warning(
+                "%s; %d orders left for the next reconciliation pass: %s",
+                said,
+                len(item_ids),
+                _listed(item_ids),
+            )
+            return
+        orders = await self._merchants(maker, item_ids)
+        order_ids = sorted({orders[item][0] for item in item_ids if item in orders})
+        logger.warning(
+            "%s; %d %s left for the next reconciliation pass, of orders %s",
+            said,
+            len(item_ids),
+            self.of,
+            _listed(order_ids),
+        )
+
+    async def _merchants(
+        self, maker: Callable[[], AsyncSession], ids: Iterable[int]
+    ) -> dict[int, tuple[int, str | None]]:
+        """Each id's order and that order's merchant."""
+        wanted = sorted(ids)
+        if self.of == "orders":
+            query = select(Order.id, Order.id, Order.merchant_code).where(Order.id.in_(wanted))
+        else:
+            query = (
+                select(Refund.id, Refund.order_id, Order.merchant_code)
+                .join(Order, Order.id == Refund.order_id)
+                .where(Refund.id.in_(wanted))
+            )
+        async with maker() as session:
+            rows = await session.execute(query)
+            return {item: (order_id, merchant) for item, order_id, merchant in rows}
 
 
 async def reconciliation_metrics(state: State) -> None:
@@ -283,6 +353,7 @@ class Reconciler:
         lease = timedelta(seconds=3 * self._runtime.settings.sumup_timeout)
         async with self._runtime.maker() as session:
             refunds = await refunds_to_settle(session)
+        waiting = WaitingOnSumUp("refunds")
         for refund_id in refunds:
             async with self._runtime.maker() as session:
                 try:
@@ -296,14 +367,13 @@ class Reconciler:
                         logger.warning("refund %s waits: %s", refund_id, exc.note)
                     continue
                 except Exception as exc:  # one refund's trouble must not stop the others
-                    if (said := sumup_waits(exc)) is not None:  # tried next pass
-                        logger.warning("refund %s waits: %s", refund_id, said)
-                    else:
+                    if not waiting.waits(refund_id, exc):  # else tried next pass
                         logger.exception("refund %s could not be settled", refund_id)
                     report.failures += 1
                     continue
             if outcome is not None:
                 report.refunds[outcome.status] = report.refunds.get(outcome.status, 0) + 1
+        await waiting.warn(self._runtime.maker)
         return refunds
 
     def settle_refunds_soon(self) -> None:
@@ -333,11 +403,7 @@ class Reconciler:
         (added to ``keyless``)."""
         limit = asyncio.Semaphore(self._runtime.settings.reconcile_concurrency)
         failures = 0
-        # Orders SumUp could not be asked about (down or slow), and orders whose requests it
-        # refused (a merchant's key revoked in its dashboard: every one of its orders alike):
-        # what the code expects, said once for them all below, without a traceback per order.
-        unanswered: dict[int, str] = {}
-        refused: dict[int, str] = {}
+        waiting = WaitingOnSumUp("orders")
 
         async def one(order_id: int) -> None:
             nonlocal failures
@@ -351,10 +417,8 @@ class Reconciler:
                         keyless.add(order_id)
                         logger.warning("%s", exc.note)
                 except Exception as exc:  # one order's trouble must not stop the others
-                    if (said := sumup_waits(exc)) is not None:
+                    if waiting.waits(order_id, exc):
                         await session.rollback()
-                        outage = isinstance(exc, PaymentProviderUnavailable)
-                        (unanswered if outage else refused)[order_id] = said
                     else:
                         logger.exception("reconciling order %s failed", order_id)
                     failures += 1
@@ -363,22 +427,7 @@ class Reconciler:
         ordered = list(ids)
         for start in range(0, len(ordered), batch):
             await asyncio.gather(*(one(order_id) for order_id in ordered[start : start + batch]))
-        if unanswered:
-            # Their answers are alike (one outage): the first of them says what it was.
-            _warn_waiting(unanswered[min(unanswered)], sorted(unanswered))
-        if refused:
-            # A key is a merchant's: one warning per merchant, naming it and its orders (a
-            # person gives that merchant's page a new key), each with its first answer.
-            async with self._runtime.maker() as session:
-                rows = await session.execute(
-                    select(Order.id, Order.merchant_code).where(Order.id.in_(sorted(refused)))
-                )
-                merchants = {order_id: code for order_id, code in rows}
-            by_merchant: dict[str, list[int]] = {}
-            for order_id in sorted(refused):
-                by_merchant.setdefault(merchants.get(order_id) or "(none)", []).append(order_id)
-            for merchant, order_ids in sorted(by_merchant.items()):
-                _warn_waiting(f"merchant {merchant}: {refused[order_ids[0]]}", order_ids)
+        await waiting.warn(self._runtime.maker)
         return failures
 
     async def overdue_orders(self, session: AsyncSession) -> list[int]:

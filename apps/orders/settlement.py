@@ -1274,6 +1274,11 @@ async def settle_refund(
         try:
             seen = await gateway.money_back(account, transaction_id)
         except PaymentProviderError as exc:
+            if exc.sumup_status == 401:
+                # The key itself is refused (revoked in SumUp's dashboard): every request of
+                # it alike, until a person gives the page a new one; then this read settles
+                # the refund. A 403 or 404 is this key not shown this transaction: a person.
+                raise
             return await _refund_failed(
                 session, refund, order, f"SumUp would not show the transaction: {exc}"
             )

@@ -823,3 +823,68 @@ def settling_refund_id(server, order_id: int) -> int:
         return connection.execute(
             "SELECT id FROM orders.refunds WHERE order_id = %s", (order_id,)
         ).fetchone()[0]
+
+
+@pytest.mark.parametrize("trouble", ["unavailable", "revoked"])
+async def test_refunds_that_wait_on_sumup_are_one_warning_a_pass(
+    orders, clean_db, sandbox, caplog, trouble
+):
+    """Refunds SumUp cannot make now (down, or refusing the merchant's key, revoked in its
+    dashboard) waited with one warning per refund per pass: a long outage or a revoked key
+    filled the log with one line for every refund owed, every pass. As reconciliation's orders,
+    they are one warning a pass (one per merchant for a refused key) naming their orders."""
+    sandbox.controls(refunds="unavailable")
+    first, _ = await late_payment(orders, clean_db, sandbox)
+    second, _ = await late_payment(orders, clean_db, sandbox)
+    reconciler = orders.apps["orders"].state.reconciler
+    await reconciler.quiet()
+    assert [row[:2] for row in refunds(clean_db)] == [(first, "requested"), (second, "requested")]
+    lease_passed(clean_db)
+    if trouble == "revoked":
+        sandbox.controls(refunds="accept", revoked_api_keys=["sup_sk_sandbox_rose"])
+    else:
+        sandbox.controls(refunds="accept", api_unavailable=True)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="rose.orders"):
+        await reconciler.run_once()
+
+    said = [
+        record.getMessage()
+        for record in caplog.records
+        if record.name.startswith("rose.orders") and "refund" in record.getMessage()
+    ]
+    waiting = [message for message in said if "left for the next reconciliation pass" in message]
+    assert len(waiting) == 1, said
+    assert (
+        f"2 refunds left for the next reconciliation pass, of orders {first}, {second}"
+        in (waiting[0])
+    ), waiting
+    assert not [message for message in said if " waits: " in message], said
+    assert [row[:2] for row in refunds(clean_db)] == [(first, "requested"), (second, "requested")]
+
+
+async def test_a_refund_whose_answer_was_lost_waits_out_a_revoked_key_and_is_made_once_it_is_back(
+    orders, clean_db, sandbox
+):
+    """A refund requested with its answer lost is settled by reading SumUp's transaction. With
+    the merchant's key revoked meanwhile (SumUp answers 401 to everything), that read failed
+    the refund for good, for a person to give the money back by hand, though a new key would
+    have let orders read the transaction and settle it. It waits for the key, as every other
+    request of a refused key does; once SumUp takes the key again it is made, once."""
+    sandbox.controls(refunds="unavailable")
+    older, transaction_id = await late_payment(orders, clean_db, sandbox)
+    reconciler = orders.apps["orders"].state.reconciler
+    await reconciler.quiet()
+    assert refunds(clean_db)[0][:2] == (older, "requested")
+    lease_passed(clean_db)
+    sandbox.controls(refunds="accept", revoked_api_keys=["sup_sk_sandbox_rose"])
+    await reconciler.run_once()
+    assert refunds(clean_db)[0][:2] == (older, "requested")
+    assert status_of(clean_db, older) == "refund_due"
+
+    sandbox.controls(revoked_api_keys=[])
+    lease_passed(clean_db)
+    await reconciler.run_once()
+    assert refunds(clean_db)[0][:2] == (older, "done")
+    assert refunded_at_sumup(sandbox, transaction_id) == 4.0
+    assert status_of(clean_db, older) == "refunded"
