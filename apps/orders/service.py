@@ -116,6 +116,7 @@ from apps.orders.payments import (
 from apps.orders.runtime import OrdersRuntime, OrderUrls
 from apps.orders.settings import HOLD_AFTER_PAYABLE, MIN_TIME_TO_PAY
 from apps.orders.settlement import (
+    LATE_PAYMENT,
     OPEN_ATTEMPT_STATES,
     UNCONFIRMED_BOOKINGS,
     Applied,
@@ -1910,6 +1911,19 @@ def unconfirmed_note(order: Order) -> str:
     if any(refund.reason_key.startswith(f"{UNCONFIRMED_BOOKINGS}:") for refund in order.refunds):
         note += f"; what {'it' if count == 1 else 'they'} cost goes back to you"
     return note
+
+
+def ended_by_review(order: Order) -> bool:
+    """Whether a person's review (``rose orders end-review``) is what ended an order that is
+    no longer paid: its flag cleared, its reason kept, and no payment of it that came after it
+    could no longer be paid (that is its own story, told as such). Its pages then say so: a
+    pending order paid in time and flagged (another amount reported, or a person's flag) that
+    the review refunded or expired was neither paid late nor out of time."""
+    return (
+        order.flag_reason is not None
+        and not order.flagged
+        and not any(refund.reason_key.startswith(f"{LATE_PAYMENT}:") for refund in order.refunds)
+    )
 
 
 def pay_again_offer(order: Order, most_attempts: int, now: datetime | None = None) -> str:

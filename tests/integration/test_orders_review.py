@@ -125,6 +125,43 @@ async def test_a_flagged_payment_goes_back_as_sumup_took_it(orders, clean_db, sa
     assert "not under review" in again.json()["detail"]
 
 
+async def buyers_order_page(orders, order_id: int) -> str:
+    """The order's page as its buyer (user 1, the payload's) sees it."""
+    browser = orders.browser("orders")
+    signed = await browser.get("/auth/dev-login?user_id=1", headers={"accept": "application/json"})
+    assert signed.status_code == 200, signed.text
+    page = await browser.get(f"/order/{order_id}/", headers={"accept": "text/html"})
+    assert page.status_code == 200, page.text
+    return page.text
+
+
+async def test_the_buyer_is_told_a_review_ended_the_order_not_that_time_ran_out(
+    orders, clean_db, sandbox
+):
+    """Probe (money): a pending order paid in time, but flagged (SumUp reported another
+    amount, or a person flagged it), ends its review refunded or expired. Its page told the
+    buyer "A payment arrived for this order after it could no longer be paid" (the buyer
+    paid while it could be paid), or "The time to pay this order has passed" (minutes into
+    its time to pay). It says now that the order was reviewed."""
+    order_id = (await create(orders)).json()["order_id"]
+    checkout_id = checkout_id_of(clean_db, order_id)
+    sandbox.pay(checkout_id, amount_override=1.00)
+    assert (await webhook(orders, order_id, checkout_id)).status_code == 204
+    assert (await end_review(orders, order_id)).status_code == 200
+    assert await eventually(lambda: order_state(clean_db, order_id)[0] == "refunded")
+    page = await buyers_order_page(orders, order_id)
+    assert "after it could no longer be paid" not in page
+    assert "After a review of its payment, this order no longer stands" in page
+    assert "has been refunded to you" in page
+
+    unpaid = (await create(orders)).json()["order_id"]
+    flag(clean_db, unpaid)
+    assert (await end_review(orders, unpaid)).json()["status"] == "expired"
+    page = await buyers_order_page(orders, unpaid)
+    assert "The time to pay this order has passed" not in page
+    assert "After a review, this order can no longer be paid" in page
+
+
 async def test_an_unpaid_flagged_order_has_its_checkout_closed_and_expires(
     orders, clean_db, sandbox
 ):
