@@ -255,12 +255,27 @@ def unread_parts(degraded: list[str]) -> list[str]:
 def attention_hints(rows: list[dict[str, Any]]) -> list[str]:
     """What a person can do about the listed orders that the table does not say."""
     flagged = [str(row["order_id"]) for row in rows if row["flagged"]]
-    if not flagged:
-        return []
-    return [
-        f"flagged: {', '.join(flagged)}. Once you have looked at one (SumUp's dashboard, the "
-        "buyer), `rose orders end-review ORDER` settles it from what SumUp says now"
+    refused = [
+        str(row["order_id"])
+        for row in rows
+        if any(refund["status"] == "failed" for refund in row["refunds"])
     ]
+    hints = []
+    if flagged:
+        hints.append(
+            f"flagged: {', '.join(flagged)}. Once you have looked at one (SumUp's dashboard, "
+            "the buyer), `rose orders end-review ORDER` settles it from what SumUp says now"
+        )
+    if refused:
+        # Never asked again (a second request could give the money back twice): the review
+        # settles one done once SumUp shows its money given back (review.py).
+        hints.append(
+            f"refunds SumUp refused: order {', '.join(refused)}. orders does not ask for them "
+            "again: give the money back in SumUp's dashboard, then `rose orders flag ORDER "
+            "REASON` and `rose orders end-review ORDER` settle each once SumUp shows it given "
+            "back"
+        )
+    return hints
 
 
 def attention_rows(rows: list[dict[str, Any]]) -> list[tuple[str, str, str, str, str]]:

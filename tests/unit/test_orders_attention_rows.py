@@ -74,3 +74,30 @@ def test_a_flag_says_its_reason_and_how_the_review_ends() -> None:
     ]
     again = flagged_lines({**answer, "flagged_now": False})
     assert again[0] == "order 9 (paid) was flagged already: charged back"
+
+
+def test_a_refund_sumup_refused_is_told_what_a_person_does() -> None:
+    """Probe (money): a refund SumUp refused (failed) is never asked again; the list showed it
+    with SumUp's answer and nothing of what a person does. It says so now: give the money
+    back in SumUp's dashboard, flag the order and end its review (which settles the refund
+    done once SumUp shows it given back)."""
+    failed = {
+        "id": 2,
+        "amount": "1.00",
+        "currency": "EUR",
+        "status": "failed",
+        "reason": "paid after order 5 replaced it",
+        "last_error": "SumUp refused the refund (409)",
+    }
+    waiting = {**failed, "id": 3, "status": "due", "last_error": None}
+    listed = [
+        row(order_id=4, status="refund_due", refunds=[failed]),
+        row(order_id=6, status="refund_due", refunds=[waiting]),
+    ]
+    assert attention_hints(listed) == [
+        "refunds SumUp refused: order 4. orders does not ask for them again: give the money "
+        "back in SumUp's dashboard, then `rose orders flag ORDER REASON` and `rose orders "
+        "end-review ORDER` settle each once SumUp shows it given back"
+    ]
+    flagged = row(order_id=4, status="refund_due", refunds=[failed], flagged=True)
+    assert len(attention_hints([flagged])) == 2  # flagged already: its review settles it too
