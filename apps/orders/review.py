@@ -64,6 +64,7 @@ from apps.orders.payments import (
     SumUpGateway,
 )
 from apps.orders.settlement import (
+    CHECKOUT_STATES,
     OPEN_ATTEMPT_STATES,
     REVIEW,
     MerchantAccounts,
@@ -75,6 +76,7 @@ from apps.orders.settlement import (
     paid_attempt_id,
     record_refund,
     refund_recorded_for,
+    unknown_status_said,
 )
 
 logger = logging.getLogger("rose.orders")
@@ -568,8 +570,9 @@ async def _what_sumup_says(
                     order_id=attempt.order_id,
                 )
             if remote.status not in OPEN_ATTEMPT_STATES:
-                return remote, False
+                return _known(remote, attempt), False
         remote, closing = await close_at_sumup(gateway, account, checkout_id)
+        _known(remote, attempt)
     except CheckoutNotFound:
         if not held_paid:
             return None, False
@@ -587,3 +590,15 @@ async def _what_sumup_says(
             f"checkout {checkout_id} is still {remote.status} at SumUp after closing it"
         )
     return remote, closing
+
+
+def _known(remote: RemoteCheckout, attempt: PaymentAttempt) -> RemoteCheckout:
+    """``remote``, in a status orders knows; else a 409 (nothing written): whether SumUp took
+    the payment cannot be told from it (settlement.unknown_status_said)."""
+    if remote.status not in CHECKOUT_STATES:
+        raise Conflict(
+            f"{unknown_status_said(remote)}; nothing was changed in orders (checkouts closed "
+            "at SumUp before stay closed)",
+            order_id=attempt.order_id,
+        )
+    return remote

@@ -80,6 +80,9 @@ from apps.orders.payments import (
 logger = logging.getLogger("rose.orders")
 
 OPEN_ATTEMPT_STATES = ("PENDING", "FAILED")
+# The checkout statuses orders knows (SumUp's four, as payment_attempts' status_known allows).
+# The SDK's type is open (any other string): one outside them says nothing of the payment.
+CHECKOUT_STATES = (*OPEN_ATTEMPT_STATES, "PAID", "EXPIRED")
 LATE_PAYMENT = "late-payment"
 UNCONFIRMED_BOOKINGS = "unconfirmed-bookings"
 # A payment a review of a flagged order gives back (apps.orders.review).
@@ -549,11 +552,17 @@ async def apply_checkout(
 ) -> Applied:
     if remote.id != attempt.sumup_checkout_id:
         raise ValueError("the checkout does not belong to this attempt")
-    if money(remote.amount) != money(attempt.amount) or remote.currency != attempt.currency:
+    reason = None
+    if remote.status not in CHECKOUT_STATES:
+        # Neither paid nor unpaid to orders: not written (the database refuses it, and a
+        # guess could expire a paid order or pay an unpaid one), left to a person.
+        reason = unknown_status_said(remote)
+    elif money(remote.amount) != money(attempt.amount) or remote.currency != attempt.currency:
         reason = (
             f"SumUp reports {remote.amount} {remote.currency} for checkout {remote.id}, "
             f"the order is {attempt.amount} {attempt.currency}"
         )
+    if reason is not None:
         # The order's row first, as on every settling path, then the attempt as it is now:
         # ``attempt`` was read before SumUp was asked, and one settled since (a review ended
         # from what SumUp said, apps.orders.review) makes this report nothing new: flagging
@@ -688,6 +697,16 @@ async def flag_order(session: AsyncSession, order_id: int, reason: str) -> bool:
     if flagged is not None:
         logger.warning("order %s flagged: %s", order_id, reason)
     return flagged is not None
+
+
+def unknown_status_said(remote: RemoteCheckout) -> str:
+    """Why an order is left to a person when SumUp reports its checkout in a status orders
+    does not know."""
+    return (
+        f"SumUp reports checkout {remote.id} {remote.status}, a status orders does not know: "
+        "whether it took the payment cannot be told; look at it in SumUp's dashboard (its "
+        "review waits until SumUp reports PENDING, FAILED, PAID or EXPIRED)"
+    )
 
 
 def _late_reason(current: Any) -> str:

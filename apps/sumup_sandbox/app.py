@@ -233,7 +233,16 @@ async def list_checkouts(
     checkouts = await service.list_by_reference(
         merchant_code=merchant_code, checkout_reference=checkout_reference
     )
-    return [checkout_as_json(checkout) for checkout in checkouts]
+    return [_as_shown(service, checkout) for checkout in checkouts]
+
+
+def _as_shown(service: CheckoutService, checkout: Checkout) -> JsonObject:
+    """A checkout as the API answers it: its status the ``checkout_status_shown`` control's,
+    when set."""
+    body = checkout_as_json(checkout)
+    if (shown := service.state.controls.checkout_status_shown) is not None:
+        body["status"] = shown
+    return body
 
 
 @get("/checkouts/{checkout_id:str}")
@@ -241,7 +250,7 @@ async def get_checkout(
     checkout_id: CheckoutId, service: Service, merchant_code: AuthenticatedMerchant
 ) -> JsonObject:
     service.state.checkout_reads[checkout_id] += 1
-    return checkout_as_json(await service.get(checkout_id, merchant_code=merchant_code))
+    return _as_shown(service, await service.get(checkout_id, merchant_code=merchant_code))
 
 
 @delete("/checkouts/{checkout_id:str}", status_code=200)
@@ -254,7 +263,7 @@ async def deactivate_checkout(
         current = await service.get(checkout_id, merchant_code=merchant_code)
         if current.status is CheckoutStatus.EXPIRED:
             raise CheckoutNotFound(checkout_id)
-    return checkout_as_json(await service.deactivate(checkout_id, merchant_code=merchant_code))
+    return _as_shown(service, await service.deactivate(checkout_id, merchant_code=merchant_code))
 
 
 # --- SumUp transactions and refunds (/v1.0, /v2.1) -----------------------------------------

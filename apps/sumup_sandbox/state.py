@@ -62,6 +62,10 @@ class SandboxControls(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     # lost on its way (the caller cannot know it was made; asking again is a 409 for the
     # reference).
     checkout_creations: Literal["answer", "lose_answer"] = "answer"
+    # The status the checkout API's answers (GET, list, DELETE) report for every checkout
+    # instead of its own: one a client may not know (the SDK's CheckoutStatus is open: its four
+    # and any other string). None: each its own.
+    checkout_status_shown: Annotated[str, msgspec.Meta(pattern="^[A-Z_]{1,32}$")] | None = None
 
     def updated(self, changes: Mapping[str, object]) -> SandboxControls:
         """A copy with `changes` applied; raises msgspec.ValidationError on a bad name or value."""

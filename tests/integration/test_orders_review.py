@@ -28,6 +28,8 @@ from tests.integration.orders_fixtures import (
 from tests.signed import internal_get, internal_post
 from tests.waiting import eventually
 
+JSON = {"accept": "application/json"}
+
 
 @pytest.fixture
 async def orders(clean_db, credentials, sandbox):
@@ -160,6 +162,45 @@ async def test_the_buyer_is_told_a_review_ended_the_order_not_that_time_ran_out(
     page = await buyers_order_page(orders, unpaid)
     assert "The time to pay this order has passed" not in page
     assert "After a review, this order can no longer be paid" in page
+
+
+async def test_a_checkout_status_orders_does_not_know_flags_the_order_for_a_person(
+    orders, clean_db, sandbox
+):
+    """Probe (money): SumUp's checkout status is an open type (the SDK's CheckoutStatus: its
+    four and any other string). One orders does not know was written to the attempt as it
+    was, which the database refuses (status_known): the webhook, the return page and every
+    reconciliation pass answered 500 (a traceback each), and the review too, for an order
+    whose payment nobody could tell. Now the order is flagged for a person, the attempt kept
+    as it was, and its review refused (409, nothing changed) until SumUp reports a status
+    orders knows."""
+    order_id = (await create(orders)).json()["order_id"]
+    checkout_id = checkout_id_of(clean_db, order_id)
+    sandbox.controls(checkout_status_shown="CANCELLED")
+
+    assert (await webhook(orders, order_id, checkout_id)).status_code == 204
+    status, flagged, reason = order_state(clean_db, order_id)
+    assert (status, flagged) == ("pending", True)
+    assert f"SumUp reports checkout {checkout_id} CANCELLED" in reason
+    assert attempt_rows(clean_db, order_id) == [(1, "PENDING")]
+    assert await attention(orders) == [order_id]
+    browser = orders.browser("orders")
+    assert (await browser.get("/auth/dev-login?user_id=1", headers=JSON)).status_code == 200
+    back = await browser.get(f"/checkout/return/{order_id}/", headers=JSON)
+    assert back.status_code == 200, back.text
+    assert back.json()["state"] == "review"
+
+    refused = await end_review(orders, order_id)
+    assert refused.status_code == 409, refused.text
+    assert "CANCELLED" in refused.json()["detail"]
+    assert order_state(clean_db, order_id)[:2] == ("pending", True)
+    assert attempt_rows(clean_db, order_id) == [(1, "PENDING")]
+
+    sandbox.controls(checkout_status_shown=None)
+    ended = await end_review(orders, order_id)
+    assert ended.status_code == 200, ended.text
+    assert ended.json()["status"] == "expired"
+    assert attempt_rows(clean_db, order_id) == [(1, "EXPIRED")]
 
 
 async def test_an_unpaid_flagged_order_has_its_checkout_closed_and_expires(
