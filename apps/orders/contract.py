@@ -202,7 +202,7 @@ class FlagForReview(msgspec.Struct, forbid_unknown_fields=True):
     otherwise."""
 
     order_id: PositiveId
-    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
+    reason: Annotated[str, msgspec.Meta(max_length=500)]
 
 
 class FlaggedForReview(msgspec.Struct):

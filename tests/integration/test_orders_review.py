@@ -508,6 +508,9 @@ async def test_a_person_flags_a_paid_order_sumup_gave_back_and_its_review_settle
         refused = await internal_post(client, "flag-for-review", {**body, "reason": unreadable})
         assert refused.status_code == 422, (unreadable, refused.text)
         assert refused.json()["errors"][0]["field"] == "reason"
+        if not unreadable.strip():
+            # The service's own words, not the input check's "at least 1 characters".
+            assert "must say what you saw" in refused.text, refused.text
 
 
 async def test_a_person_cannot_flag_a_pending_order_whose_checkout_the_buyer_may_still_pay(
