@@ -38,6 +38,12 @@ from apps.registry import CONTRACTS, service_spec, settings_for
 # The service a worker process builds (set by ``main`` for uvicorn's workers).
 SERVICE_ENV = "ROSE_SERVICE"
 WORKERS_ENV = "WEB_CONCURRENCY"
+# How long uvicorn's supervisor waits for a worker to answer its ping before it kills it and
+# starts another (uvicorn's default: 5 s). A spawned worker answers only once it has imported
+# the service; a whole stack's workers starting at once on two cores took longer, and were
+# killed and started again in a loop while the machine stayed busy. A worker that hangs for
+# good is replaced this much later.
+WORKER_PING_SECONDS = 60
 
 
 def serve(
@@ -65,6 +71,7 @@ def serve(
         "lifespan": lifespan,
         "workers": workers if workers > 1 else None,
         "factory": workers > 1,
+        "timeout_worker_healthcheck": WORKER_PING_SECONDS,
     }
     if fd is None:
         uvicorn.run(app, **options)
