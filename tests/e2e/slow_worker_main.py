@@ -13,7 +13,7 @@ import time
 if __name__ == "__mp_main__":  # a spawned worker importing this program
     time.sleep(float(os.environ["SLOW_WORKER_SECONDS"]))
 
-from litestar import Litestar, get  # noqa: E402
+from litestar import Litestar, get
 
 
 @get("/")
