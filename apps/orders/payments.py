@@ -79,11 +79,13 @@ class CheckoutNotFound(Exception):
 
 
 class RefundRefused(Exception):
-    """SumUp answered a refund with a refusal (400, 403, 404, 409, 422): a person must look."""
+    """SumUp answered a refund with a refusal (400, 403, 404, 409, 422): a person must look
+    (a 401, the merchant's key refused, waits for a new key instead)."""
 
     def __init__(self, status: int | None, detail: str) -> None:
         super().__init__(f"SumUp refused the refund ({status}): {detail}")
         self.status = status
+        self.detail = detail
 
 
 @dataclass(frozen=True)

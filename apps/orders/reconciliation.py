@@ -133,13 +133,14 @@ class WaitingOnSumUp:
             said,
             len(item_ids),
             self.of,
-            _listed(order_ids),
+            _listed(order_ids) if order_ids else f"unknown ({self.of} {_listed(item_ids)})",
         )
 
     async def _merchants(
         self, maker: Callable[[], AsyncSession], ids: Iterable[int]
     ) -> dict[int, tuple[int, str | None]]:
-        """Each id's order and that order's merchant."""
+        """Each id's order and that order's merchant; none when the database cannot say (the
+        warning then names the ids alone, and the pass goes on)."""
         wanted = sorted(ids)
         if self.of == "orders":
             query = select(Order.id, Order.id, Order.merchant_code).where(Order.id.in_(wanted))
@@ -149,9 +150,13 @@ class WaitingOnSumUp:
                 .join(Order, Order.id == Refund.order_id)
                 .where(Refund.id.in_(wanted))
             )
-        async with maker() as session:
-            rows = await session.execute(query)
-            return {item: (order_id, merchant) for item, order_id, merchant in rows}
+        try:
+            async with maker() as session:
+                rows = await session.execute(query)
+                return {item: (order_id, merchant) for item, order_id, merchant in rows}
+        except Exception:
+            logger.warning("the %s waiting on SumUp could not be read back", self.of, exc_info=True)
+            return {}
 
 
 async def reconciliation_metrics(state: State) -> None:

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy import (
     BigInteger,
@@ -1294,10 +1294,9 @@ async def settle_refund(
             seen = await gateway.money_back(account, transaction_id)
         except PaymentProviderError as exc:
             if exc.sumup_status == 401:
-                # The key itself is refused (revoked in SumUp's dashboard): every request of
-                # it alike, until a person gives the page a new one; then this read settles
-                # the refund. A 403 or 404 is this key not shown this transaction: a person.
-                raise
+                # Then this read settles it; a 403 or 404 is this key not shown this
+                # transaction: a person.
+                await _refund_key_refused(session, refund, exc)
             return await _refund_failed(
                 session, refund, order, f"SumUp would not show the transaction: {exc}"
             )
@@ -1315,7 +1314,10 @@ async def settle_refund(
         # Never asked: all of the payment may have gone back already by other means (a person
         # in SumUp's dashboard, the card issuer's charge-back). Asking then would be refused,
         # or could give it back twice. Part of it says nothing of this refund: it is asked.
-        seen = await _money_back_if_known(gateway, account, transaction_id)
+        try:
+            seen = await _money_back_if_known(gateway, account, transaction_id)
+        except PaymentProviderError as exc:
+            await _refund_key_refused(session, refund, exc)
         if seen is not None and seen.all_given_back:
             logger.warning(
                 "order %s: refund %s of %s settled unasked: SumUp gave back all %s of the "
@@ -1345,6 +1347,10 @@ async def settle_refund(
         await session.commit()
         return RefundOutcome(refund.id, "requested")
     except RefundRefused as exc:
+        if exc.status == 401:
+            # Nothing was made (SumUp took no request of the key): the read-back settles it
+            # once the key is back, asking again if it is not.
+            await _refund_key_refused(session, refund, PaymentProviderError(exc.detail, 401))
         if exc.status == 409:
             # Refused as nothing (or too little) is left: all of it went back meanwhile, or an
             # earlier request of this refund went through after all. Else a person decides.
@@ -1451,12 +1457,27 @@ async def _money_back_if_known(
     gateway: SumUpGateway, account: MerchantAccount, transaction_id: str
 ) -> MoneyBack | None:
     """The transaction's money as SumUp says, None when SumUp refuses to tell (a 4xx): the
-    refund is then asked as before this look existed. An outage raises (tried next pass)."""
+    refund is then asked as before this look existed. An outage raises (tried next pass), and
+    so does a refused key (401: no request of it would be taken either)."""
     try:
         return await gateway.money_back(account, transaction_id)
     except PaymentProviderError as exc:
+        if exc.sumup_status == 401:
+            raise
         logger.warning("transaction %s unread before its refund: %s", transaction_id, exc)
         return None
+
+
+async def _refund_key_refused(
+    session: AsyncSession, refund: Refund, exc: PaymentProviderError
+) -> NoReturn:
+    """SumUp refuses the merchant's key itself (401: revoked in its dashboard), so every
+    request of it alike, until a person gives the page a new one: the refund waits as it is
+    (due, or requested with its outcome to be read back), SumUp's refusal its ``last_error``
+    (what attention shows), and the pass warns once per merchant (raises ``exc``)."""
+    refund.last_error = str(exc)[:2000]
+    await session.commit()
+    raise exc
 
 
 async def _refund_waits(session: AsyncSession, refund: Refund, why: str) -> RefundOutcome:
