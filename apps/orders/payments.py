@@ -48,6 +48,22 @@ class PaymentProviderUnavailable(DependencyUnavailable):
         super().__init__(f"SumUp is unavailable: {detail}", service="sumup")
 
 
+class CheckoutStatusUnknown(PaymentProviderUnavailable):
+    """SumUp reports an open checkout in a status orders does not know (the SDK's
+    CheckoutStatus is open: its four and any other string, such as a moment's PROCESSING):
+    whether it took the money cannot be told yet, so it is waited out as SumUp not answering
+    (a webhook 503, SumUp sends it again; the return page still waiting; the next pass asks
+    again). Closing the checkout (the order's time over, or replaced) leaves it to a person."""
+
+    def __init__(self, checkout_id: str, status: str) -> None:
+        DependencyUnavailable.__init__(
+            self,
+            f"SumUp reports checkout {checkout_id} {status}, a status orders does not know: "
+            "asked again until SumUp reports PENDING, FAILED, PAID or EXPIRED",
+            service="sumup",
+        )
+
+
 class PaymentProviderError(BadGateway):
     """SumUp refused a request; ``sumup_status`` is the HTTP status it answered (401: the
     API key is not, or no longer, valid)."""

@@ -68,6 +68,7 @@ from apps.orders.models import (
 from apps.orders.payments import (
     CENT,
     CheckoutNotFound,
+    CheckoutStatusUnknown,
     MerchantAccount,
     MoneyBack,
     PaymentProviderError,
@@ -548,14 +549,25 @@ _ATTEMPT_STATUS = DirectStatement(
 
 
 async def apply_checkout(
-    session: AsyncSession, order: OrderInHand, attempt: AttemptInHand, remote: RemoteCheckout
+    session: AsyncSession,
+    order: OrderInHand,
+    attempt: AttemptInHand,
+    remote: RemoteCheckout,
+    *,
+    closing: bool = False,
 ) -> Applied:
+    """What SumUp said of ``attempt``'s checkout, applied. ``closing``: SumUp's answer to
+    closing it (the order can no longer be paid)."""
     if remote.id != attempt.sumup_checkout_id:
         raise ValueError("the checkout does not belong to this attempt")
     reason = None
     if remote.status not in CHECKOUT_STATES:
-        # Neither paid nor unpaid to orders: not written (the database refuses it, and a
-        # guess could expire a paid order or pay an unpaid one), left to a person.
+        # Neither paid nor unpaid to orders: never written (the database refuses it, and a
+        # guess could expire a paid order or pay an unpaid one). An open one may still be
+        # paid: waited out (a flag now would keep the payment from the order and give it
+        # back, review M2); one being closed is left to a person.
+        if not closing and attempt.status in OPEN_ATTEMPT_STATES:
+            raise CheckoutStatusUnknown(remote.id, remote.status)
         reason = unknown_status_said(remote)
     elif money(remote.amount) != money(attempt.amount) or remote.currency != attempt.currency:
         reason = (
@@ -1198,7 +1210,7 @@ async def close_attempt(
             "EXPIRED (a local sandbox restarted since forgets its checkouts: end it as it is)",
         )
         return Applied(order.status, attempt.status, flagged=True)
-    return await apply_checkout(session, order, attempt, remote)
+    return await apply_checkout(session, order, attempt, remote, closing=True)
 
 
 async def open_attempts(session: AsyncSession, order_id: int) -> list[PaymentAttempt]:

@@ -164,31 +164,65 @@ async def test_the_buyer_is_told_a_review_ended_the_order_not_that_time_ran_out(
     assert "After a review, this order can no longer be paid" in page
 
 
-async def test_a_checkout_status_orders_does_not_know_flags_the_order_for_a_person(
+async def test_a_checkout_status_orders_does_not_know_is_waited_out_and_its_payment_counts(
     orders, clean_db, sandbox
 ):
     """Probe (money): SumUp's checkout status is an open type (the SDK's CheckoutStatus: its
     four and any other string). One orders does not know was written to the attempt as it
     was, which the database refuses (status_known): the webhook, the return page and every
-    reconciliation pass answered 500 (a traceback each), and the review too, for an order
-    whose payment nobody could tell. Now the order is flagged for a person, the attempt kept
-    as it was, and its review refused (409, nothing changed) until SumUp reports a status
-    orders knows."""
+    reconciliation pass answered 500 (a traceback each). Then (review M2) it flagged the
+    order: a moment's unknown status (PROCESSING) kept the buyer's payment, made on time
+    right after, from the order, and the review gave it back. Now an open checkout's unknown
+    status is waited out as SumUp not answering: the webhook a 503 (SumUp sends it again),
+    the return page still waiting, nothing written, nothing flagged; the payment counts."""
+    order_id = (await create(orders)).json()["order_id"]
+    checkout_id = checkout_id_of(clean_db, order_id)
+    sandbox.controls(checkout_status_shown="PROCESSING")
+
+    waited = await webhook(orders, order_id, checkout_id)
+    assert waited.status_code == 503, waited.text
+    assert waited.headers["retry-after"]
+    assert f"SumUp reports checkout {checkout_id} PROCESSING" in waited.json()["detail"]
+    assert order_state(clean_db, order_id) == ("pending", False, None)
+    assert attempt_rows(clean_db, order_id) == [(1, "PENDING")]
+    browser = orders.browser("orders")
+    assert (await browser.get("/auth/dev-login?user_id=1", headers=JSON)).status_code == 200
+    back = await browser.get(f"/checkout/return/{order_id}/", headers=JSON)
+    assert back.status_code == 200, back.text
+    assert back.json()["state"] == "waiting"
+    await orders.apps["orders"].state.reconciler.run_once()
+    assert order_state(clean_db, order_id) == ("pending", False, None)
+    assert await attention(orders) == []
+
+    sandbox.controls(checkout_status_shown=None)
+    sandbox.pay(checkout_id)
+    assert (await webhook(orders, order_id, checkout_id)).status_code == 204
+    assert order_state(clean_db, order_id) == ("paid", False, None)
+    assert refunds(clean_db) == []
+
+
+async def test_a_checkout_in_a_status_orders_does_not_know_when_its_order_ends_is_for_a_person(
+    orders, clean_db, sandbox
+):
+    """The order's time to pay is over while SumUp still reports its checkout in a status
+    orders does not know: closing it, SumUp's answer cannot say whether it took the money, so
+    the order is flagged for a person (not expired: a payment's goods would be let go), its
+    attempt kept as it was, and its review refused (409, nothing changed) until SumUp reports
+    a status orders knows."""
     order_id = (await create(orders)).json()["order_id"]
     checkout_id = checkout_id_of(clean_db, order_id)
     sandbox.controls(checkout_status_shown="CANCELLED")
-
-    assert (await webhook(orders, order_id, checkout_id)).status_code == 204
+    with admin_connect(clean_db, "orders") as connection:
+        connection.execute(
+            "UPDATE orders.orders SET payable_until = now() - interval '1 minute' WHERE id = %s",
+            (order_id,),
+        )
+    await orders.apps["orders"].state.reconciler.run_once()
     status, flagged, reason = order_state(clean_db, order_id)
     assert (status, flagged) == ("pending", True)
     assert f"SumUp reports checkout {checkout_id} CANCELLED" in reason
     assert attempt_rows(clean_db, order_id) == [(1, "PENDING")]
     assert await attention(orders) == [order_id]
-    browser = orders.browser("orders")
-    assert (await browser.get("/auth/dev-login?user_id=1", headers=JSON)).status_code == 200
-    back = await browser.get(f"/checkout/return/{order_id}/", headers=JSON)
-    assert back.status_code == 200, back.text
-    assert back.json()["state"] == "review"
 
     refused = await end_review(orders, order_id)
     assert refused.status_code == 409, refused.text
