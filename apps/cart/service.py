@@ -880,6 +880,15 @@ def _mixed_currencies(cart: CartView, page_post_id: int | None) -> str:
     return f"One order is paid in one currency, and this cart holds several ({listed}): {advice}"
 
 
+def line_title(title: str) -> str:
+    """``title`` as an order's line keeps it: a ticket's (its entry's name, a dash and the type
+    the buyer typed) may be longer than a line holds, and is cut short, not refused, since the
+    buyer could not check out otherwise."""
+    if len(title) <= orders.TITLE_MAX_LENGTH:
+        return title
+    return title[: orders.TITLE_MAX_LENGTH - 1] + "\u2026"
+
+
 def checkout_request(
     cart: CartView, owner: Owner, session_id: str, page_post_id: int | None
 ) -> tuple[CreateOrder, str]:
@@ -916,7 +925,7 @@ def checkout_request(
         return [
             BookingLine(
                 id=booking_id,
-                title=booking.title,
+                title=line_title(booking.title),
                 price=booking.price,
                 currency=booking.currency,
                 container_id=booking.page_id,

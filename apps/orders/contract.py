@@ -33,7 +33,9 @@ Quantity = Annotated[int, msgspec.Meta(ge=1, le=10_000)]
 # Amounts in major units; orders checks them (>= 0, at most 2 decimals) when it validates.
 Money = Decimal
 Currency = Annotated[str, msgspec.Meta(pattern=CURRENCY)]
-Text255 = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+# An order line's title is kept to this many characters (order_items.title, varchar(255)).
+TITLE_MAX_LENGTH = 255
+Text255 = Annotated[str, msgspec.Meta(min_length=1, max_length=TITLE_MAX_LENGTH)]
 SessionId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 # The cart lines one product line stands for: the live line first, then the lines sign-in
 # merged into it. Orders refuses lines already paid for and supersedes orders sharing them.

@@ -1025,6 +1025,42 @@ async def test_tickets_of_one_entry_and_type_are_one_line_with_a_quantity(
     assert [(b["title"], b["quantity"]) for b in left] == [("Morning tour \u2013 child", 1)]
 
 
+async def test_a_ticket_whose_title_is_longer_than_an_orders_line_is_still_checked_out(
+    stack, clean_db, shop
+):
+    """Probe: a ticket's title is its entry's name (up to 255 characters), an en dash and the
+    ticket type the buyer typed (up to 64): events and the cart took it, but every checkout
+    was a 422 naming orders' contract ("tickets[0].title: must be at most 255 characters"),
+    which the buyer could do nothing about. The order's line keeps as much as fits."""
+    name = ("A long evening of cider, perry, cheese and stories " * 5)[:255]
+    with admin_connect(clean_db, "events") as connection:
+        entry_id = connection.execute(
+            "INSERT INTO events.calendar_entries (calendar_id, name, starts_at, cost) "
+            "SELECT id, %s, now() + interval '5 days', 4.00 FROM events.calendars "
+            "WHERE slug = 'farm-tours' RETURNING id",
+            (name,),
+        ).fetchone()[0]
+    cart = await browser_of(stack, "cart", user_id=15)
+    events = stack.browser("events")
+    share_cookies(cart, events)
+    added = await events.post(
+        f"/entries/{entry_id}/tickets/", data={"ticket_type": "adult " * 10 + "pass"}
+    )
+    assert added.status_code == 201, added.text
+
+    checkout = await cart.post("/checkout/")
+    assert checkout.status_code == 200, checkout.text
+    [(order_id, status, _, total, _)] = order_rows(clean_db)
+    assert (status, str(total)) == ("pending", "4.00")
+    with admin_connect(clean_db, "orders") as connection:
+        [(title,)] = connection.execute(
+            "SELECT title FROM orders.order_items WHERE order_id = %s", (order_id,)
+        ).fetchall()
+    assert len(title) == 255
+    assert title.startswith(name[:200])
+    assert title.endswith("\u2026")
+
+
 # One product of a paid order: in the cart before checkout (quantity, or 0: not), whether the
 # order names its line, and a quantity the buyer adds after the first clear (0: none).
 PAID_PRODUCT = st.tuples(
