@@ -68,8 +68,8 @@ EXCERPT_LENGTH = 240
 
 FEATURES: dict[str, type] = {"calendar": bool, "market": bool, "cart": bool}
 FEATURE_LABELS = {
-    "calendar": "Calendars: show attached calendars and take bookings",
-    "market": "Market: show attached market places",
+    "calendar": "Calendars: show attached calendars on the page",
+    "market": "Market: show attached market places on the page",
     "cart": "Cart: a page cart with its own checkout",
 }
 
@@ -537,6 +537,22 @@ async def market_places(session: AsyncSession, ids: list[int] | None = None) -> 
         return [MarketPlace(id=row.id, slug=row.slug, name=row.name) for row in rows]
 
 
+# What each attachment's feature is called in a page's config.
+ATTACHMENT_FEATURES = {"market": "market", "calendar": "calendar"}
+
+
+async def features_switched_off(session: AsyncSession, page_id: int) -> set[str]:
+    """The kinds of attachment (``market``, ``calendar``) the page's editor switched off in its
+    config: its buyers are not shown them. A page without a config, or one that never said,
+    shows them all."""
+    features = await session.scalar(
+        select(PageConfig.features).where(*_is_container(PAGE_CONTAINER, page_id))
+    )
+    if not isinstance(features, dict):
+        return set()
+    return {kind for kind, name in ATTACHMENT_FEATURES.items() if features.get(name) is False}
+
+
 async def get_published_post(
     session: AsyncSession, slug: str, *, user_id: int | None
 ) -> PostDetail:
@@ -546,6 +562,8 @@ async def get_published_post(
     if post.is_page:
         attachments, relations_degraded = await page_attachments(session, post.id)
         degraded = [*degraded, *relations_degraded]
+        switched_off = await features_switched_off(session, post.id)
+        attachments = [item for item in attachments if item.child_type not in switched_off]
     return PostDetail(
         id=post.id,
         slug=post.slug,

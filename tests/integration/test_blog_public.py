@@ -510,6 +510,65 @@ async def test_attach_and_detach_market_places_from_the_admin(browser, clean_db)
     assert "data-market-place-id" not in shown.text
 
 
+async def test_a_page_shows_only_the_attachments_its_features_switch_on(browser, clean_db):
+    """Probe: the admin's "Market: show attached market places" and "Calendars: show attached
+    calendars" were saved and then read by nothing: a page whose editor unticked them showed
+    its market places and calendars to every buyer all the same. A page without a config, or
+    whose config never said, shows them as before."""
+    page_id = insert_post(clean_db, "market-hall", title="Market hall", is_page=True)
+    with admin_connect(clean_db, "market") as connection:
+        connection.execute(
+            "INSERT INTO market.market_places (id, slug, name, container_type, container_id) "
+            "VALUES (4, 'stalls', 'Stalls', 'page', %s)",
+            (page_id,),
+        )
+    with admin_connect(clean_db, "relations") as connection:
+        connection.execute(
+            "INSERT INTO relations.container_relations "
+            "(parent_type, parent_id, child_type, child_id, label, sort_order) "
+            "VALUES ('page', %s, 'market', 4, 'Stalls', 0), "
+            "('page', %s, 'calendar', 7, 'Farm tours', 1)",
+            (page_id, page_id),
+        )
+
+    async def shown() -> tuple[list[int], list[int], str]:
+        api = (await browser.get("/api/posts/market-hall")).json()
+        page = await browser.get("/market-hall/", headers=HTML)
+        assert page.status_code == 200
+        return (
+            [item["child_id"] for item in api["markets"]],
+            [item["child_id"] for item in api["calendars"]],
+            page.text,
+        )
+
+    markets, calendars, _ = await shown()
+    assert (markets, calendars) == ([4], [7])  # no config: as before
+
+    token = await sign_in(browser, user_id=1)
+    saved = await browser.post(
+        "/market-hall/admin/page-config/",
+        data={"features": ["", "calendar"]},
+        headers={**HTML, "X-CSRF-Token": token},
+    )
+    assert saved.status_code == 303
+    markets, calendars, html = await shown()
+    assert (markets, calendars) == ([], [7])
+    assert 'id="markets"' not in html
+    assert 'id="calendars"' in html
+
+    await browser.post(
+        "/market-hall/admin/page-config/",
+        data={"features": ["", "market"]},
+        headers={**HTML, "X-CSRF-Token": token},
+    )
+    markets, calendars, html = await shown()
+    assert (markets, calendars) == ([4], [])
+    assert 'id="calendars"' not in html
+    # The editor's admin page still lists what is attached, switched off or not.
+    admin = await browser.get("/market-hall/admin/page-config/", headers=HTML)
+    assert 'data-market-place-id="4"' in admin.text
+
+
 @pytest.mark.parametrize(
     ("data", "field"),
     [
