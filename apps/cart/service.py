@@ -111,6 +111,9 @@ class PageCart(msgspec.Struct):
     totals: dict[str, Decimal]
     total: Decimal | None
     count: int
+    # Whether the page has a cart of its own (``/page/<slug>/``, its checkout): its config's
+    # "cart" feature, unless its editor switched it off.
+    own_cart: bool = True
 
 
 class EndedHold(msgspec.Struct):
@@ -274,13 +277,25 @@ def ended_holds_said(ended: list[EndedHold]) -> str:
     return f"Your hold ended on {named}, so {'they' if len(ended) > 1 else 'it'} left your cart."
 
 
-async def _page_names(session: AsyncSession, page_ids: list[int]) -> dict[int, tuple[str, str]]:
+def _own_cart(features: Any) -> bool:
+    """Whether a page's config lets it have a cart of its own: yes unless its editor switched
+    the "cart" feature off (a config that never said has one, as before)."""
+    return not (isinstance(features, dict) and features.get("cart") is False)
+
+
+async def _page_names(
+    session: AsyncSession, page_ids: list[int]
+) -> dict[int, tuple[str, str, bool]]:
+    """Each page's slug, title and whether it has a cart of its own (:func:`_own_cart`)."""
     if not page_ids:
         return {}
     async with remote_read(session, "blog"):
         rows = await session.execute(
             select(
-                page_configs.c.container_id, page_configs.c.page_slug, page_configs.c.page_title
+                page_configs.c.container_id,
+                page_configs.c.page_slug,
+                page_configs.c.page_title,
+                page_configs.c.features,
             ).where(
                 page_configs.c.container_type == "page",
                 page_configs.c.container_id
@@ -289,19 +304,32 @@ async def _page_names(session: AsyncSession, page_ids: list[int]) -> dict[int, t
                 ),
             )
         )
-        return {row.container_id: (row.page_slug, row.page_title) for row in rows}
+        return {
+            row.container_id: (row.page_slug, row.page_title, _own_cart(row.features))
+            for row in rows
+        }
 
 
 async def page_id_for_slug(session: AsyncSession, page_slug: str) -> int:
+    """The page of a page cart (its page, its checkout): one whose editor switched its cart
+    off has none, and the buyer is sent to the whole cart."""
     async with remote_read(session, "blog"):
-        page_id = await session.scalar(
-            select(page_configs.c.container_id).where(
-                page_configs.c.container_type == "page", page_configs.c.page_slug == page_slug
+        page = (
+            await session.execute(
+                select(page_configs.c.container_id, page_configs.c.features).where(
+                    page_configs.c.container_type == "page",
+                    page_configs.c.page_slug == page_slug,
+                )
             )
-        )
-    if page_id is None:
+        ).first()
+    if page is None:
         raise NotFound(f"Page {page_slug!r} does not exist")
-    return int(page_id)
+    if not _own_cart(page.features):
+        raise NotFound(
+            f"Page {page_slug!r} has no cart of its own: its lines are in your cart, "
+            "checked out with the rest of it"
+        )
+    return int(page.container_id)
 
 
 def _line(item: CartItem, product: Any | None, merged: list[int]) -> Line:
@@ -384,10 +412,11 @@ async def load_cart(
         if not page_lines and not page_bookings:
             continue
         slug: str | None
+        own_cart = True
         if pid is None:
             slug, title = None, "Other"
         else:
-            slug, title = names.get(pid, (None, f"Page {pid}"))
+            slug, title, own_cart = names.get(pid, (None, f"Page {pid}", True))
         totals = amounts_by_currency(
             [(line.currency, line.line_total) for line in page_lines]
             + [(booking.currency, booking.total) for booking in page_bookings]
@@ -396,7 +425,17 @@ async def load_cart(
             booking.quantity for booking in page_bookings
         )
         pages.append(
-            PageCart(pid, slug, title, page_lines, page_bookings, totals, _one_total(totals), count)
+            PageCart(
+                pid,
+                slug,
+                title,
+                page_lines,
+                page_bookings,
+                totals,
+                _one_total(totals),
+                count,
+                own_cart,
+            )
         )
     currencies = {line.currency for line in lines if line.currency} | {
         booking.currency for booking in bookings

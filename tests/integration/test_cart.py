@@ -422,6 +422,47 @@ async def test_page_checkout_uses_the_page_config_and_only_its_lines(stack, clea
     assert (order[0], str(order[1])) == (2, "2.50")
 
 
+async def test_a_page_whose_editor_switched_its_cart_off_has_no_page_cart(stack, clean_db, shop):
+    """Probe: the page admin's "Cart: a page cart with its own checkout", unticked, was saved
+    and read by nothing: the page's cart and its checkout went on. Now the page has none (a
+    404 saying where its lines are); the cart page offers neither; the whole cart still checks
+    out, the page's lines with it."""
+    with admin_connect(clean_db, "blog") as connection:
+        connection.execute(
+            "UPDATE blog.page_configs SET features = '{\"cart\": false}' "
+            "WHERE container_type = 'page' AND container_id = %s",
+            (shop.page_ids["market-hall"],),
+        )
+    cart = await browser_of(stack, "cart", user_id=16)
+    await cart.post(f"/add/{shop.product_ids[0]}/")  # page 1
+    await cart.post(f"/add/{shop.product_ids[1]}/")  # page 2
+
+    page = await cart.get("/", headers=HTML)
+    assert 'action="/page/farm-shop/checkout/"' in page.text
+    assert 'href="/page/farm-shop/"' in page.text
+    assert "/page/market-hall/" not in page.text
+    view = (await cart.get("/api/cart")).json()
+    assert [(p["page_slug"], p["own_cart"]) for p in view["pages"]] == [
+        ("farm-shop", True),
+        ("market-hall", False),
+    ]
+    for method, path in (
+        ("GET", "/page/market-hall/"),
+        ("GET", "/api/page/market-hall"),
+        ("POST", "/page/market-hall/checkout/"),
+    ):
+        refused = await cart.request(method, path)
+        assert refused.status_code == 404, (path, refused.text)
+        assert "has no cart of its own" in refused.json()["detail"]
+    assert order_rows(clean_db) == []
+
+    assert (await cart.get("/page/farm-shop/")).status_code == 200
+    whole = await cart.post("/checkout/")
+    assert whole.status_code == 200, whole.text
+    [(_, status, _, total, _)] = order_rows(clean_db)
+    assert (status, str(total)) == ("pending", "3.50")
+
+
 async def test_sumup_unavailable_at_checkout_leaves_the_cart_and_no_order(
     stack, clean_db, shop, sandbox
 ):
