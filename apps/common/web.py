@@ -444,7 +444,7 @@ async def read_form(request: Request) -> FormMultiDict:
     try:
         form = await request.form()
     except UnicodeDecodeError:
-        raise BadRequest("the form is not valid UTF-8", field="body") from None
+        raise BadRequest("is not valid UTF-8", field="body") from None
     if request.content_type[0] == "multipart/form-data":
         lists = request.route_handler.opt.get(LIST_FIELDS, ())
         seen: set[str] = set()

@@ -846,6 +846,22 @@ async def test_a_field_given_twice_is_refused_wherever_it_comes_from(stack, shop
     assert page.status_code == 200, page.text
 
 
+async def test_a_multipart_form_that_is_not_utf8_reads_as_one_sentence(stack, shop):
+    """Probe: a multipart field that is not UTF-8 was refused (400) with the message "the form
+    is not valid UTF-8", which the error page put after the field's name: "Body the form is
+    not valid UTF-8". It reads as a URL-encoded body's does."""
+    cart = await browser_of(stack, "cart", user_id=9)
+    body = b'--b0undary\r\nContent-Disposition: form-data; name="quantity"\r\n\r\n\xff\r\n'
+    body += b"--b0undary--\r\n"
+    add = f"/add/{shop.product_ids[0]}/"
+    problem = assert_problem(await cart.post(add, content=body, headers=MULTIPART), 400)
+    assert problem["detail"] == "body: is not valid UTF-8", problem
+    page = await cart.post(add, content=body, headers={**MULTIPART, **HTML})
+    assert page.status_code == 400
+    assert "<li>Body is not valid UTF-8</li>" in page.text
+    assert (await cart.get("/api/cart")).json()["count"] == 0
+
+
 async def test_fields_that_are_lists_may_still_be_repeated(stack, shop):
     """What is a list stays one: a query parameter typed as a list (a contract's ``ids``), and
     the page admin's feature checkboxes (a browser sends one ``features`` per ticked box, after
