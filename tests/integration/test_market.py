@@ -212,6 +212,19 @@ async def test_bad_list_parameters_are_422_naming_them(market_stack, query, fiel
     assert field in response.json()["detail"]
 
 
+async def test_a_liked_filter_that_is_not_true_or_false_is_said_in_words(market_stack):
+    """Probe: ``?liked=maybe`` was refused with msgspec's words, "Expected `bool`, got `str`",
+    which the error page showed alone (a message in capitals is shown as it is): the buyer was
+    not told which field, nor what it takes."""
+    async with market_stack.browser("market") as browser:
+        response = await browser.get("/api/products?liked=maybe")
+        page = await browser.get("/?liked=maybe", headers={"accept": "text/html"})
+    assert response.status_code == 422
+    assert response.json()["errors"] == [{"field": "liked", "message": "must be true or false"}]
+    assert page.status_code == 422
+    assert "<li>Liked must be true or false</li>" in page.text
+
+
 async def test_product_pages_render_and_unknown_is_404(market_stack, clean_db):
     slugs = seed_products(clean_db, 2)
     async with market_stack.browser("market") as browser:
