@@ -234,6 +234,7 @@ _MISSING_PARAM = re.compile(r"Missing required (?:query|path|header|cookie) para
 _IN_WORDS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"^Expected `int(?: \| null)?`, got `\w+`$"), "must be a whole number"),
     (re.compile(r"^Expected `bool(?: \| null)?`, got `\w+`$"), "must be true or false"),
+    (re.compile(r"^Invalid enum value .*$"), "is not one of the values it takes"),
     (re.compile(r"^Expected `int` >= (\d+)$"), r"must be \1 or more"),
     (re.compile(r"^Expected `int` <= (\d+)$"), r"must be \1 or less"),
     (re.compile(r"^Expected `str` of length <= (\d+)$"), r"must be at most \1 characters"),

@@ -681,6 +681,16 @@ async def test_a_url_whose_path_parameter_is_malformed_names_nothing(stack, serv
     assert head.status_code == 404, (service, path)
 
 
+async def test_a_path_word_that_is_none_of_its_values_is_said_in_words(stack):
+    """Probe: removing a booking of a kind there is none of (``/booking/foo/1/delete/``) named
+    nothing, in msgspec's words after the parameter: "its kind Invalid enum value 'foo'"."""
+    cart = await browser_of(stack, "cart", user_id=4)
+    problem = assert_problem(await cart.post("/booking/foo/1/delete/"), 404)
+    assert problem["detail"] == (
+        "Nothing is found at /booking/foo/1/delete: its kind is not one of the values it takes"
+    ), problem
+
+
 async def test_a_post_to_a_malformed_path_is_404_and_a_bad_body_stays_422(stack, shop):
     """Only the path's parameters make a 404: a body (or a query) that breaks a rule is still
     the 422 naming the field, on the same routes."""
