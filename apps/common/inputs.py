@@ -74,8 +74,11 @@ def decimal_number(value: object, field: str, message: str | None = None) -> Dec
 # overrides (U+202A-U+202E) and isolates (U+2066-U+2069), which make text show in another
 # order than it is stored ("gpj.exe" shown as "exe.jpg").
 _NOT_IN_A_NAME = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-# What shows nothing on a page: whitespace, and format characters such as a zero-width space.
-_INVISIBLE = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})
+# What shows nothing on a page: whitespace, format characters such as a zero-width space, and
+# combining marks (on nothing, they mark nothing); and letters drawn as blanks: the Hangul
+# fillers and the blank Braille pattern.
+_INVISIBLE = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp", "Mn", "Me"})
+_BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
 
 
 def one_line_name(value: str, field: str, *, blank: str | None = None) -> str:
@@ -90,6 +93,9 @@ def one_line_name(value: str, field: str, *, blank: str | None = None) -> str:
             field=field,
         )
     name = value.strip()
-    if all(unicodedata.category(character) in _INVISIBLE for character in name):
+    if all(
+        unicodedata.category(character) in _INVISIBLE or character in _BLANK_LETTERS
+        for character in name
+    ):
         raise InvalidInput(blank or f"{what} must not be blank.", field=field)
     return name

@@ -86,6 +86,23 @@ def test_names_are_kept_without_surrounding_whitespace(typed: str, kept: str) ->
      "a\u202a", "a\u2066b\u2069", "", "   ", "\u3000", "\u200b", "\u200e\u200f"],
 )  # fmt: skip
 def test_control_and_direction_characters_and_blanks_are_refused(typed: str) -> None:
+    _assert_refused(typed)
+
+
+# Probe: these show nothing either (Hangul fillers, the blank Braille pattern, a combining mark
+# with nothing to combine with), and a buyer's ticket type of one went into the cart as "".
+@pytest.mark.parametrize(
+    "typed", ["\u3164", "\u115f\u1160", "\uffa0", "\u2800", "\u0301", " \u20dd "]
+)
+def test_letters_that_show_nothing_are_blank(typed: str) -> None:
+    _assert_refused(typed)
+
+
+def test_a_mark_on_a_letter_is_a_name() -> None:
+    assert one_line_name("e\u0301t\u00e9", "name") == "e\u0301t\u00e9"
+
+
+def _assert_refused(typed: str) -> None:
     with pytest.raises(InvalidInput) as refused:
         one_line_name(typed, "ticket_type")
     assert refused.value.field == "ticket_type"
