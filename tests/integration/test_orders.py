@@ -1482,6 +1482,14 @@ async def test_the_order_list_pages_by_per_page_as_market_does(
         assert html.status_code == 200
         assert html.text.count('class="order"') == 2
         assert 'href="?page=3&amp;per_page=2"' in html.text
+        # Probe: a page past the last said "No orders yet." to a buyer with five, and offered
+        # no way back to them.
+        past = await browser.get("/?per_page=2&page=4", headers=HTML)
+        assert past.status_code == 200
+        assert "No orders yet" not in past.text
+        assert 'id="no-orders-here"' in past.text
+        assert 'href="?page=1&amp;per_page=2"' in past.text
+        assert 'href="?page=3&amp;per_page=2"' in past.text
         for query in ("per_page=0", "per_page=101", "per_page=1000000", "per_page=x"):
             for path, headers in (("/api/orders", JSON), ("/", HTML)):
                 refused = await browser.get(f"{path}?{query}", headers=headers)
