@@ -35,7 +35,7 @@ from apps.common.web import (
 )
 from apps.orders import service
 from apps.orders.models import Order
-from apps.orders.payments import PaymentProviderError
+from apps.orders.payments import PaymentProviderError, PaymentProviderUnavailable
 from apps.orders.runtime import OrdersRuntime, Runtime
 
 WEBHOOK_PREFIX = "/checkout/webhook/"
@@ -372,12 +372,22 @@ async def pay_again(
     """A new payment attempt (new checkout, new reference); the browser goes to SumUp. The
     form (or JSON body) may say which attempt the page showed (``attempt``): a second click
     on the same page gets the attempt the first one made."""
+    order_id = order.id  # the objects expire if the transaction is rolled back
     current = order.current_attempt
     seen = _attempt_number(await optional_whole_number(request, "attempt"))
     if seen is None and current is not None:
         seen = current.number
     admission = admission_of(request, runtime.settings.pay_again_per_address)
-    attempt = await service.start_new_attempt(db_session, order, seen, runtime, admission)
+    try:
+        attempt = await service.start_new_attempt(db_session, order, seen, runtime, admission)
+    except PaymentProviderUnavailable as exc:
+        # The buyer's words: what SumUp's SDK raised (APITimeoutError) is for the log.
+        raise DependencyUnavailable(
+            "SumUp, which takes the payment, cannot be reached right now, so no new payment "
+            f"was started. Order {order_id} still waits for its payment: pay again in a minute.",
+            title="Payment not started",
+            service="sumup",
+        ) from exc
     await db_session.commit()
     if attempt is None:
         runtime.relay.wake()

@@ -1370,7 +1370,14 @@ async def test_pay_again_whose_new_checkout_sumup_fails_keeps_the_old_one_closed
     sandbox.controls(api_unavailable=False, api_latency=0)
     assert refused.status_code == 503, refused.text
     assert refused.headers["content-type"].startswith("application/problem+json")
-    assert "SumUp is unavailable" in refused.json()["detail"]
+    # Probe: in the buyer's words, not the SDK's ("SumUp is unavailable: APITimeoutError").
+    assert refused.json()["title"] == "Payment not started"
+    assert refused.json()["detail"] == (
+        "SumUp, which takes the payment, cannot be reached right now, so no new payment was "
+        f"started. Order {order_id} still waits for its payment: pay again in a minute."
+    )
+    assert refused.json()["service"] == "sumup"
+    assert refused.headers["retry-after"]
     assert attempt_rows(clean_db, order_id) == [(1, "EXPIRED")]
     assert order_rows(clean_db)[0][1] == "pending"
 
