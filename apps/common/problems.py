@@ -145,6 +145,35 @@ class NothingHere(NotFound):
         return super().to_response(request)
 
 
+class MethodRefused(Problem):
+    """An address that does not take the request's method (a 405): the detail names the method
+    and those the address takes (its Allow header, kept). A browser that reloads or bookmarks a
+    form's address sends it a GET, and is told the form's button sends it."""
+
+    status_code = 405
+
+    def __init__(self, headers: dict[str, str]) -> None:
+        allow = next((value for key, value in headers.items() if key.lower() == "allow"), "")
+        # HEAD goes with GET, and OPTIONS every address takes: neither is worth naming.
+        self.takes = [
+            method.strip()
+            for method in allow.split(",")
+            if method.strip() and method.strip() not in ("HEAD", "OPTIONS")
+        ]
+        super().__init__(HTTPStatus(405).phrase, headers=headers)
+
+    def to_response(self, request: Request[Any, Any, Any]) -> Response[Any]:
+        path = quote(request.url.path, safe=_PCHAR)
+        method = quote(request.method, safe="")
+        if self.takes:
+            self.detail = f"{path} does not take {method}: it takes {' or '.join(self.takes)}"
+            if self.takes == ["POST"]:
+                self.detail += ", the button of the form that sends it"
+        else:
+            self.detail = f"{path} does not take {method}"
+        return super().to_response(request)
+
+
 class Conflict(Problem):
     status_code = 409
 
@@ -326,6 +355,8 @@ def _from_http(exc: HTTPException) -> Problem:
     if status == 400 and detail.startswith("JSON is malformed"):
         status = 422
     headers = dict(exc.headers or {})
+    if status == 405:
+        return MethodRefused(headers)
     if isinstance(exc, NotAuthorizedException):
         headers.setdefault("WWW-Authenticate", "Signature")
     return Problem(detail, status_code=status, headers=headers)

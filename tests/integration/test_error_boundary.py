@@ -113,6 +113,27 @@ async def test_unknown_urls_and_wrong_methods_are_themed_pages_for_browsers(stac
     assert_problem(await browser.get("/nope", headers=JSON), 404)
 
 
+async def test_a_wrong_method_names_the_method_and_what_the_address_takes(stack):
+    """Probe: a buyer who reloads or bookmarks a form's address (cart's /checkout/, a booking,
+    pay again) sends it a GET, and was told only "Method Not Allowed". The problem says which
+    method the address does not take and which it does; Allow is kept."""
+    for service, path in (("cart", "/checkout/"), ("events", "/entries/1/book/")):
+        browser = stack.browser(service)
+        refused = await browser.get(path, headers=JSON)
+        problem = assert_problem(refused, 405)
+        assert problem["detail"] == (
+            f"{path} does not take GET: it takes POST, the button of the form that sends it"
+        ), problem
+        assert refused.headers["allow"] == "POST, OPTIONS"
+        page = await browser.get(path, headers=HTML)
+        assert page.status_code == 405
+        assert f"{path} does not take GET: it takes POST" in page.text
+    blog = stack.browser("blog")
+    token = (await blog.get("/auth/session", headers=JSON)).json()["csrf_token"]
+    deleted = await blog.delete("/", headers={**JSON, "x-csrf-token": token})
+    assert assert_problem(deleted, 405)["detail"] == "/ does not take DELETE: it takes GET"
+
+
 async def test_paths_that_only_start_like_internal_are_public_paths(stack):
     blog = stack.browser("blog")
     # A post slug that happens to start with "internal" (none exists: 404), and the admin page
