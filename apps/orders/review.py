@@ -260,12 +260,14 @@ async def flag_for_review(session: AsyncSession, order_id: int, reason: str) -> 
     back for nothing wrong. Its payment, or its expiry, settles it as ever. Commits."""
     reason = one_line_name(reason, "reason", blank="The reason must say what you saw.")
     # Locked: a payment settling the order now waits, or is seen.
-    status = await session.scalar(
-        select(Order.status).where(Order.id == order_id).with_for_update()
-    )
-    if status is None:
+    locked = (
+        await session.execute(
+            select(Order.status, Order.flagged).where(Order.id == order_id).with_for_update()
+        )
+    ).first()
+    if locked is None:
         raise NotFound(f"Order {order_id} does not exist")
-    if status == "pending":
+    if locked.status == "pending" and not locked.flagged:
         raise Conflict(
             f"Order {order_id} is pending: its checkout is still open at SumUp, and a flag "
             "would give back the buyer's payment; nothing was flagged. Its payment or its "

@@ -269,11 +269,14 @@ def attention_hints(rows: list[dict[str, Any]]) -> list[str]:
     if refused:
         # Never asked again (a second request could give the money back twice): the review
         # settles one done once SumUp shows its money given back (review.py).
+        # A failed refund may also be a request whose answer was lost and whose transaction
+        # SumUp would not show (settlement): its money may be back already (review M3).
         hints.append(
-            f"refunds SumUp refused: order {', '.join(refused)}. orders does not ask for them "
-            "again: give the money back in SumUp's dashboard, then `rose orders flag ORDER "
-            "REASON` and `rose orders end-review ORDER` settle each once SumUp shows it given "
-            "back"
+            f"refunds that failed: order {', '.join(refused)}. orders does not ask for them "
+            "again: look in SumUp's dashboard whether the money went back (a request whose "
+            "answer was lost may have gone through), and only if it did not, give it back "
+            "there; then `rose orders flag ORDER REASON` and `rose orders end-review ORDER` "
+            "settle each once SumUp shows it given back"
         )
     return hints
 

@@ -569,6 +569,16 @@ async def test_a_person_cannot_flag_a_pending_order_whose_checkout_the_buyer_may
     assert order_state(clean_db, order_id) == ("paid", False, None)
     assert await attention(orders) == []
 
+    # A pending order flagged already (review L5: the 409 said "nothing was flagged") is
+    # answered as any order flagged already: its first reason kept.
+    other = (await create(orders)).json()["order_id"]
+    flag(clean_db, other)
+    again = await internal_post(
+        orders.client("orders"), "flag-for-review", {**body, "order_id": other}
+    )
+    assert again.status_code == 200, again.text
+    assert (again.json()["flag_reason"], again.json()["flagged_now"]) == ("amount differs", False)
+
 
 async def test_a_refused_refund_a_person_gave_back_in_sumups_dashboard_is_settled_by_a_review(
     orders, clean_db, sandbox

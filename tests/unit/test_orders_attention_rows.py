@@ -94,10 +94,14 @@ def test_a_refund_sumup_refused_is_told_what_a_person_does() -> None:
         row(order_id=4, status="refund_due", refunds=[failed]),
         row(order_id=6, status="refund_due", refunds=[waiting]),
     ]
+    # Review M3: a failed refund may be a request whose answer was lost and whose transaction
+    # SumUp would not show: its money may have gone back already. The hint has the person look
+    # before giving anything back by hand, not give it back twice.
     assert attention_hints(listed) == [
-        "refunds SumUp refused: order 4. orders does not ask for them again: give the money "
-        "back in SumUp's dashboard, then `rose orders flag ORDER REASON` and `rose orders "
-        "end-review ORDER` settle each once SumUp shows it given back"
+        "refunds that failed: order 4. orders does not ask for them again: look in SumUp's "
+        "dashboard whether the money went back (a request whose answer was lost may have gone "
+        "through), and only if it did not, give it back there; then `rose orders flag ORDER "
+        "REASON` and `rose orders end-review ORDER` settle each once SumUp shows it given back"
     ]
     flagged = row(order_id=4, status="refund_due", refunds=[failed], flagged=True)
     assert len(attention_hints([flagged])) == 2  # flagged already: its review settles it too
