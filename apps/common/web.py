@@ -533,11 +533,17 @@ def see_other(path: str) -> Redirect:
 _NOT_IN_A_WAY_BACK = re.compile(r"[\x00-\x1f\x7f\\]")
 
 
+# No page of ours has a longer address; a longer Location is one a browser may not follow.
+LONGEST_WAY_BACK = 2000
+
+
 def safe_next(target: str | None, default: str = "/") -> str:
     """Only same-site relative paths may be redirect targets (no open redirects): a path that
-    starts with one "/" and holds no character a URL parser drops or reads as a slash."""
+    starts with one "/", holds no character a URL parser drops or reads as a slash, and is
+    no longer than an address of ours (:data:`LONGEST_WAY_BACK`)."""
     if (
         not target
+        or len(target) > LONGEST_WAY_BACK
         or not target.startswith("/")
         or target.startswith("//")
         or _NOT_IN_A_WAY_BACK.search(target)

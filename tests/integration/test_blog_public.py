@@ -177,6 +177,16 @@ async def test_like_form_post_redirects_back(browser, clean_db):
         headers={**HTML, "X-CSRF-Token": token},
     )
     assert offsite.headers["location"] == "/post-0/"
+    # Probe (buyer): a way back of 200 KB was sent as the 303's Location, which a browser
+    # does not follow (the like done, the buyer left on a blank answer): no page of ours has
+    # an address that long.
+    endless = await browser.post(
+        "/post-0/like/",
+        data={"next": "/?q=" + "x" * 200_000},
+        headers={**HTML, "X-CSRF-Token": token},
+    )
+    assert endless.status_code == 303
+    assert endless.headers["location"] == "/post-0/"
 
 
 async def test_a_client_that_prefers_nothing_gets_json_as_from_market(browser, clean_db):
