@@ -212,6 +212,7 @@ async def list_products(
             if liked_rows:
                 total = liked_rows[0].total
             else:
+                await _require_place(session, market_slug)
                 counted = liked_products_query(user_id, market_slug=market_slug, limit=1, offset=0)
                 total = (
                     await session.scalar(select(func.count()).select_from(counted.subquery()))
@@ -223,6 +224,8 @@ async def list_products(
 
     query = product_rows(market_slug)
     total = await session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    if not total:
+        await _require_place(session, market_slug)
     rows = (
         await session.execute(
             query.order_by(PRODUCTS.c.title, PRODUCTS.c.id).limit(per_page).offset(offset)
@@ -231,6 +234,19 @@ async def list_products(
     liked, degraded = await _liked_among(session, user_id, [row.slug for row in rows])
     items = [to_view(row, _state(liked, row.slug)) for row in rows]
     return ProductPage(items, page, per_page, total, liked_only=False, degraded=degraded)
+
+
+async def _require_place(session: AsyncSession, market_slug: str | None) -> None:
+    """A listing of one market place found nothing: a 404 when there is no such place (a
+    typo, one deleted since), so that it does not read as a place with nothing for sale.
+    Asked only then: a listing with rows needs no look of its own."""
+    if market_slug is None:
+        return
+    found = await session.scalar(
+        select(PLACES.c.id).where(PLACES.c.slug == market_slug, PLACES.c.deleted_at.is_(None))
+    )
+    if found is None:
+        raise NotFound(f"There is no market place {market_slug!r}")
 
 
 async def _liked_among(

@@ -225,6 +225,24 @@ async def test_a_liked_filter_that_is_not_true_or_false_is_said_in_words(market_
     assert "<li>Liked must be true or false</li>" in page.text
 
 
+async def test_a_market_place_that_does_not_exist_is_a_404_not_an_empty_listing(
+    market_stack, clean_db
+):
+    """Probe (buyer): ``?market=`` naming no market place (a typo, one deleted since) was a
+    200 "No products.", as for a market place with nothing for sale: the buyer could not tell
+    which. It is a 404 naming it; an existing one with nothing (liked) is still an empty page."""
+    seed_products(clean_db, 2)
+    async with market_stack.browser("market") as browser:
+        missing = await browser.get("/api/products?market=no-such-place")
+        page = await browser.get("/?market=no-such-place", headers=HTML)
+        known = await browser.get("/api/products?market=item-place-1")
+    assert missing.status_code == 404, missing.text
+    assert "no-such-place" in missing.json()["detail"]
+    assert page.status_code == 404
+    assert known.status_code == 200
+    assert [item["slug"] for item in known.json()["items"]] == ["item-000"]
+
+
 async def test_product_pages_render_and_unknown_is_404(market_stack, clean_db):
     slugs = seed_products(clean_db, 2)
     async with market_stack.browser("market") as browser:
