@@ -128,7 +128,19 @@ class PendingBooking(msgspec.Struct):
     container_id: int | None
 
 
+class HeldBefore(msgspec.Struct, forbid_unknown_fields=True):
+    """Bookings held for an order at least ``seconds`` ago (and not touched since)."""
+
+    seconds: Annotated[int, msgspec.Meta(ge=60, le=86_400)]
+
+
+# Most order ids one answer names (the oldest first): the rest come in the next.
+MAX_HOLDING_ORDERS = 500
+
 pending_bookings = Query(SERVICE, "pending-bookings", IdentityParams, list[PendingBooking])
+# The orders that hold bookings (orders' reconciliation: a hold for an order it never made,
+# its process gone between the hold and the order's commit, is given back).
+orders_holding = Query(SERVICE, "orders-holding", HeldBefore, list[int])
 confirm_for_order = Action(SERVICE, "confirm-for-order", ConfirmForOrder, ConfirmResult)
 adopt_bookings_for_user = Action(SERVICE, "adopt-bookings-for-user", SignIn, Adopted)
 hold_for_order = Action(SERVICE, "hold-for-order", HoldForOrder, Held)
@@ -176,7 +188,7 @@ CONTRACT = Contract(
     dev_port=8004,
     public=True,
     calls=[pending_bookings, confirm_for_order, adopt_bookings_for_user, hold_for_order,
-           release_booking, release_for_order],
+           release_booking, release_for_order, orders_holding],
     views=[PENDING_BOOKINGS, ENDED_HOLDS],
     on_sign_in=adopt_bookings_for_user,
 )  # fmt: skip

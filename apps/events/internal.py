@@ -1,5 +1,6 @@
-"""Internal routes of events (its contract): data pending-bookings; actions confirm-for-order,
-adopt-bookings-for-user, hold-for-order, release-booking and release-for-order."""
+"""Internal routes of events (its contract): data pending-bookings and orders-holding; actions
+confirm-for-order, adopt-bookings-for-user, hold-for-order, release-booking and
+release-for-order."""
 
 from __future__ import annotations
 
@@ -21,6 +22,15 @@ async def pending_bookings(
 ) -> list[contract.PendingBooking]:
     """The held bookings of one identity (user_id or session_id), as cart sees them."""
     return await service.pending_bookings(db_session, user_id=user_id, session_id=session_id)
+
+
+@data_route(contract.orders_holding)
+async def orders_holding(
+    db_session: DbSession, seconds: Annotated[int, Parameter(ge=60, le=86_400)]
+) -> list[int]:
+    """Orders whose holds on bookings were made at least ``seconds`` ago (orders gives back
+    those of orders it never made)."""
+    return await service.orders_holding(db_session, held_before_seconds=seconds)
 
 
 @action_route(contract.release_booking)
@@ -47,6 +57,7 @@ release_for_order = keyed_action(
 
 handlers = [
     pending_bookings,
+    orders_holding,
     confirm_for_order,
     adopt_bookings_for_user,
     hold_for_order,

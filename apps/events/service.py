@@ -37,6 +37,7 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    union,
     union_all,
     update,
 )
@@ -61,6 +62,7 @@ from apps.common.fdw import ProviderUnavailable, remote_read
 from apps.common.inputs import CURRENCY, decimal_number, one_line_name, whole_pattern
 from apps.common.problems import Conflict, InvalidInput, NotFound, Problem, TooManyRequests
 from apps.events.contract import (
+    MAX_HOLDING_ORDERS,
     MAX_ORDER_HOLD,
     ConfirmForOrder,
     ConfirmResult,
@@ -870,6 +872,30 @@ async def release_booking(session: AsyncSession, request: ReleaseBooking) -> Rel
     if released is None:
         raise NotFound(f"There is no {request.kind} {request.id} in your cart")
     return Released(released=True)
+
+
+async def orders_holding(session: AsyncSession, *, held_before_seconds: int) -> list[int]:
+    """The orders (oldest id first, at most MAX_HOLDING_ORDERS) holding pending bookings whose
+    hold was made, or last changed, at least ``held_before_seconds`` ago. An order being made
+    holds its bookings a moment before it is committed: asked with a margin past orders'
+    time to make one, an order orders does not have then is one it never will."""
+    since = func.now() - timedelta(seconds=held_before_seconds)
+    held = union(
+        *(
+            select(model.hold_order_id.label("order_id")).where(
+                model.state == "pending",
+                model.hold_order_id.is_not(None),
+                model.hold_expires_at > func.now(),
+                model.updated_at <= since,
+            )
+            for model in (CalendarEntry, Ticket)
+        )
+    ).subquery()
+    return list(
+        await session.scalars(
+            select(held.c.order_id).order_by(held.c.order_id).limit(MAX_HOLDING_ORDERS)
+        )
+    )
 
 
 async def release_for_order(session: AsyncSession, request: ReleaseForOrder) -> HoldsEnded:

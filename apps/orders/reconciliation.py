@@ -37,6 +37,7 @@ from sqlalchemy.orm import aliased
 
 from apps.common.observability import scrape_gauge, scrape_row
 from apps.common.streaks import FailureStreak
+from apps.events import contract as events
 from apps.orders.models import (
     CLOSED_UNPAID_STATES,
     Order,
@@ -46,7 +47,7 @@ from apps.orders.models import (
 )
 from apps.orders.payments import PaymentProviderUnavailable, sumup_waits
 from apps.orders.runtime import OrdersRuntime
-from apps.orders.service import load_order, recheck
+from apps.orders.service import give_back_holds_key, load_order, recheck
 from apps.orders.settlement import (
     OPEN_ATTEMPT_STATES,
     Applied,
@@ -54,6 +55,7 @@ from apps.orders.settlement import (
     MerchantKeyGone,
     close_attempt,
     close_order_checkouts,
+    enqueue_give_back,
     enqueue_release_of_bookings,
     open_attempts,
     refunds_to_settle,
@@ -62,6 +64,9 @@ from apps.orders.settlement import (
 
 logger = logging.getLogger("rose.orders.reconcile")
 
+# A hold events made this long ago for an order orders does not have is one for an order that
+# never will be (create-order commits within seconds: its calls' deadlines, statement timeouts).
+HOLDS_SETTLED = timedelta(minutes=5)
 # A checkout that has not settled in this long never will: it is no longer asked about.
 RECONCILE_WINDOW = timedelta(days=14)
 PASS_LOCK = "orders-reconciliation-pass"
@@ -194,6 +199,8 @@ class PassReport:
     # Orders whose SumUp merchant has no key in their page config any more: left as they are
     # (what SumUp did is unknown), warned about once a pass, listed by `rose orders attention`.
     keyless: set[int] = field(default_factory=set)
+    # Orders never made whose holds at events were given back (give_back_holds_of_...).
+    given_back: int = 0
 
 
 class Reconciler:
@@ -333,8 +340,9 @@ class Reconciler:
         async with self._runtime.maker() as session:
             closing = await self.closing_orders(session)
         report.failures += await self._each(closing, close, report.keyless)
+        report.given_back += await self.give_back_holds_of_orders_never_made()
         refunds = await self.settle_refunds(report, accounts)
-        if report.paid or report.releasing:
+        if report.paid or report.releasing or report.given_back:
             self._runtime.relay.wake()
         if overdue or due or closing or refunds:
             logger.info(
@@ -380,6 +388,40 @@ class Reconciler:
                 report.refunds[outcome.status] = report.refunds.get(outcome.status, 0) + 1
         await waiting.warn(self._runtime.maker)
         return refunds
+
+    async def give_back_holds_of_orders_never_made(self) -> int:
+        """Bookings events holds for an order orders never made are given back (release-for-
+        order, ``rolled_back``: to the holds they had before, the buyer's cart's). Create-order
+        holds them before its order is committed, and gives them back itself when it fails; a
+        process killed in between left them held until the order's payable time and 30
+        minutes more, every other buyer refused (probe). Only holds made HOLDS_SETTLED ago are
+        asked about: an order being made is committed well within it, or never. Events not
+        answering (or an events without the query, mid-deploy) is tried again next pass.
+        How many were given back."""
+        try:
+            holding = await self._runtime.client.query(
+                events.orders_holding,
+                events.HeldBefore(seconds=int(HOLDS_SETTLED.total_seconds())),
+                timeout=self._runtime.settings.events_timeout,
+            )
+        except Exception as exc:  # events down or older: nothing to do until it answers
+            logger.warning("which orders hold bookings at events is unknown this pass: %s", exc)
+            return 0
+        if not holding:
+            return 0
+        async with self._runtime.maker() as session, session.begin():
+            made = set(await session.scalars(select(Order.id).where(Order.id.in_(holding))))
+            never_made = [order_id for order_id in holding if order_id not in made]
+            for order_id in never_made:
+                await enqueue_give_back(session, order_id, give_back_holds_key(order_id))
+        if never_made:
+            logger.warning(
+                "events held bookings for %d order(s) orders never made (a create-order cut "
+                "off before its commit): given back: %s",
+                len(never_made),
+                _listed(never_made),
+            )
+        return len(never_made)
 
     def settle_refunds_soon(self) -> None:
         """Money found owed (a late payment) goes back without waiting for the next pass."""

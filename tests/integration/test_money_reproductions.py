@@ -6,6 +6,7 @@ sandbox over HTTP. Each test failed before the rules in docs/DESIGN.md ("Money i
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import httpx
@@ -491,3 +492,73 @@ def hold_order_of(server, entry_id: int) -> int | None:
         return events.execute(
             "SELECT hold_order_id FROM events.calendar_entries WHERE id = %s", (entry_id,)
         ).fetchone()[0]
+
+
+def held_for(server, entry_id: int) -> tuple:
+    with admin_connect(server, "events") as connection:
+        return connection.execute(
+            "SELECT state, user_id, hold_order_id, hold_expires_at > now() "
+            "FROM events.calendar_entries WHERE id = %s",
+            (entry_id,),
+        ).fetchone()
+
+
+async def test_a_hold_for_an_order_orders_never_made_is_given_back_by_reconciliation(
+    stack, clean_db, shop, sandbox
+):
+    """Probe (buyer): orders killed mid-checkout, after events held the buyer's booking for the
+    new order and before the order was committed: the only give-back runs in the process that
+    died. The booking stayed held for an order that never existed until its payable time and
+    30 minutes more (about an hour), every other buyer refused it. Reconciliation now asks
+    events which orders hold bookings (held more than a few minutes ago) and gives back those
+    of orders it never made; an order that exists keeps its holds."""
+    cart = await browser_of(stack, "cart", user_id=3)
+    events = stack.browser("events")
+    share_cookies(cart, events)
+    assert (await events.post(f"/entries/{shop.entry_id}/book/")).status_code == 200
+    never_made = 999_999
+    with admin_connect(clean_db, "orders") as connection:
+        assert connection.execute(
+            "SELECT count(*) FROM orders.orders WHERE id = %s", (never_made,)
+        ).fetchone() == (0,)
+    held = await internal_post(
+        stack.client("events"),
+        "hold-for-order",
+        {
+            "order_id": never_made,
+            "user_id": 3,
+            "entry_ids": [shop.entry_id],
+            "until": (datetime.now(UTC) + timedelta(hours=1)).isoformat(),
+        },
+    )
+    assert held.json() == {"held": 1}
+    assert held_for(clean_db, shop.entry_id) == ("pending", 3, never_made, True)
+    reconciler = stack.apps["orders"].state.reconciler
+
+    # A hold of a moment ago may be an order being made right now: left alone.
+    await reconciler.run_once()
+    assert held_for(clean_db, shop.entry_id)[2] == never_made
+
+    with admin_connect(clean_db, "events") as connection:
+        connection.execute(
+            "UPDATE events.calendar_entries SET updated_at = now() - interval '10 minutes' "
+            "WHERE id = %s",
+            (shop.entry_id,),
+        )
+    await reconciler.run_once()
+    assert await eventually(lambda: held_for(clean_db, shop.entry_id)[2] is None)
+    state, user_id, _, _ = held_for(clean_db, shop.entry_id)
+    assert (state, user_id) == ("pending", 3)  # back in the buyer's cart, on its own hold
+
+    # A real order's holds stay, however old.
+    checked_out = await cart.post("/checkout/")
+    assert checked_out.status_code == 200, checked_out.text
+    order_id = checked_out.json()["order_id"]
+    with admin_connect(clean_db, "events") as connection:
+        connection.execute(
+            "UPDATE events.calendar_entries SET updated_at = now() - interval '10 minutes' "
+            "WHERE id = %s",
+            (shop.entry_id,),
+        )
+    await reconciler.run_once()
+    assert held_for(clean_db, shop.entry_id)[2] == order_id
