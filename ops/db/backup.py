@@ -51,7 +51,12 @@ from alembic.util import CommandError
 
 from apps.common.outbox import OUTBOX
 from apps.registry import SERVICES, service_spec
-from ops.db.binaries import client_tool_target, pg_binary, tables_without_data
+from ops.db.binaries import (
+    client_tool_target,
+    pg_binary,
+    sequence_values,
+    tables_without_data,
+)
 from ops.db.check import LEGACY_SCHEMA, check
 from ops.db.checksums import CURRENT_HASH, MD5_HASH, Checksum, table_checksum
 from ops.db.connections import Connections, connect, scalar
@@ -600,15 +605,33 @@ def _sequences(topology: Topology, service: str) -> dict[str, int]:
 RESTORED_IDS_GAP = 1_000_000
 
 
-def _ids_past_the_backup(topology: Topology, service: str, before: dict[str, int]) -> None:
-    """Each sequence goes on RESTORED_IDS_GAP past the restored one, and never below where it
-    was (the backup's, onto a database that had handed out more ids since): an id once handed
-    out is never handed out again, as other services and SumUp may hold it."""
-    after = _sequences(topology, service)
+def _ids_past_the_backup(
+    topology: Topology, service: str, before: dict[str, int], archive: Path
+) -> None:
+    """Each sequence goes on RESTORED_IDS_GAP past the backup's value (the archive's), and
+    never below where it was (onto a database that had handed out more ids since): an id once
+    handed out is never handed out again, as other services and SumUp may hold it. A sequence
+    already that far on was moved by an earlier run cut off after it: left as it is, so that a
+    run again moves each once (a run cut off between pg_restore's commit and this left the
+    backup's values, and a run again found the rows restored and moved nothing)."""
+    try:
+        backed_up = sequence_values(archive)
+    except subprocess.SubprocessError as exc:
+        raise BackupError(f"pg_restore cannot list the sequences of {archive}: {exc}") from None
     with _session(topology, service) as connection:
-        for name, restored in after.items():
-            value = max(restored, before.get(name, restored)) + RESTORED_IDS_GAP
-            connection.execute("SELECT setval(%s, %s, false)", (name, value))
+        rows = connection.execute(
+            "SELECT format('%%I.%%I', schemaname, sequencename), "
+            "coalesce(last_value + increment_by, start_value), increment_by "
+            "FROM pg_sequences WHERE schemaname = %s",
+            (service_spec(service).name,),
+        ).fetchall()
+        for name, now, increment in rows:
+            value, called = backed_up.get(str(name), (1, False))
+            backup_next = value + increment if called else value
+            if now >= backup_next + RESTORED_IDS_GAP:
+                continue
+            past = max(now, backup_next, before.get(str(name), now)) + RESTORED_IDS_GAP
+            connection.execute("SELECT setval(%s, %s, false)", (name, past))
 
 
 def _services_connected(topology: Topology, servers: Connections) -> list[str]:
@@ -703,7 +726,10 @@ def restore(
         return outcome
     provision(topology, credentials, say=lambda _line: None)
     for database, entry in entries.items():
+        archive = directory / entry.own.file
         if states[database][0] == "restored":
+            # Its rows are the backup's; its ids may not have moved on yet (cut off before).
+            _ids_past_the_backup(topology, entry.service, {}, archive)
             line = f"{database}: already restored ({_describe(entry)}, as the backup's), left alone"
             outcome.lines.append(line)
             say(line)
@@ -720,12 +746,16 @@ def restore(
                     "--disable-triggers",
                     "--single-transaction",
                     "--exit-on-error",
-                    str(directory / entry.own.file),
+                    str(archive),
                 ],
                 topology.admin_url(entry.service),
-                f"pg_restore of {directory / entry.own.file}",
+                f"pg_restore of {archive}",
             )
-            _ids_past_the_backup(topology, entry.service, before)
+            _ids_past_the_backup(topology, entry.service, before, archive)
+        else:
+            # Its own rows restored by an earlier run (or none to restore): the ids still go on
+            # past the backup's, once.
+            _ids_past_the_backup(topology, entry.service, {}, archive)
         if entry.split is not None:
             # Whole schemas (not migrated: the split made them), their rows before their
             # triggers (the freeze's among them), as pg_restore orders an archive.

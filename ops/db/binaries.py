@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -51,3 +53,32 @@ def tables_without_data(archive: Path, tables: Iterable[str]) -> tuple[list[str]
         return names, listing.stderr.strip() or "pg_restore --list failed"
     held = listing.stdout
     return [name for name in names if f" TABLE DATA {name.replace('.', ' ', 1)} " not in held], None
+
+
+_SETVAL = re.compile(r"^SELECT pg_catalog\.setval\('((?:[^']|'')+)', (\d+), (true|false)\);$", re.M)
+
+
+def sequence_values(archive: Path) -> dict[str, tuple[int, bool]]:
+    """Each sequence's value in a pg_dump archive ("schema.sequence" as pg_dump quotes it:
+    (value, is_called), what ``setval`` gets), read from its SEQUENCE SET entries alone."""
+    restore = str(pg_binary("pg_restore"))
+    listing = subprocess.run(
+        [restore, "--list", str(archive)], capture_output=True, text=True, timeout=600, check=True
+    ).stdout
+    entries = "".join(line + "\n" for line in listing.splitlines() if " SEQUENCE SET " in line)
+    if not entries:
+        return {}
+    with tempfile.NamedTemporaryFile("w", suffix=".list") as chosen:
+        chosen.write(entries)
+        chosen.flush()
+        script = subprocess.run(
+            [restore, "--use-list", chosen.name, "--file", "-", str(archive)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=True,
+        ).stdout
+    return {
+        name.replace("''", "'"): (int(value), called == "true")
+        for name, value, called in _SETVAL.findall(script)
+    }

@@ -201,6 +201,44 @@ def test_rose_db_backup_and_restore_bring_every_row_back_verified(
             assert relations.execute(relation).fetchone()[0] > handed_out
 
 
+def test_a_restore_cut_off_before_its_ids_moved_on_moves_them_when_run_again(
+    source: Cluster, made_backup: Path
+) -> None:
+    """Probe (December 2026): pg_restore commits a database's rows with the backup's sequence
+    values, and the gap past them is set after that commit. A restore cut off in between left
+    the sequences at the backup's; run again, it found the rows restored, left the database
+    alone and said ok, and the next like (or order: SumUp holds a checkout under each order id
+    handed out since the backup) took the backup's next id again."""
+    with new_server(source) as target:
+        restored = target.rose("db", "restore", str(made_backup))
+        assert restored.exit_code == 0, restored.output
+        # What the cut-off restore left: db_likes' rows committed, its sequence the backup's.
+        with target.admin("likes") as likes:
+            likes.execute("SELECT setval('likes.likes_id_seq', 50)")
+        rerun = target.rose("db", "restore", str(made_backup))
+        assert rerun.exit_code == 0, rerun.output
+        assert "db_likes: already restored" in rerun.output
+        with target.as_role("likes", "likes_app") as likes:
+            new_id = likes.execute(
+                "INSERT INTO likes.likes (user_id, target_type, target_slug) "
+                "VALUES (98, 'product', 'after') RETURNING id"
+            ).fetchone()[0]
+        assert new_id > 50 + RESTORED_IDS_GAP
+        # Once moved on they stay: a third run moves nothing further (nor back).
+        with target.as_role("likes", "likes_app") as likes:
+            likes.execute("DELETE FROM likes.likes WHERE id = %s", (new_id,))
+        again = target.rose("db", "restore", str(made_backup))
+        assert again.exit_code == 0, again.output
+        with target.as_role("likes", "likes_app") as likes:
+            assert (
+                likes.execute(
+                    "INSERT INTO likes.likes (user_id, target_type, target_slug) "
+                    "VALUES (98, 'product', 'again') RETURNING id"
+                ).fetchone()[0]
+                == new_id + 1
+            )
+
+
 def test_a_restore_refuses_a_damaged_backup_before_it_changes_anything(
     source: Cluster, made_backup: Path, tmp_path: Path
 ) -> None:
