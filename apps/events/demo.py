@@ -34,6 +34,12 @@ ENTRIES = [
 ]
 
 
+# The tables seed fills: rose up adds none of it while any of them holds a row.
+FILLS = ("events.calendars", "events.calendar_entries")
+# The services whose demo rows its rows name by id (pages, market places, calendars).
+ATTACHES_TO = ("blog",)
+
+
 def seed(connection: Connection) -> str | None:
     if connection.execute(select(select(Calendar.id).exists())).scalar():
         return None

@@ -19,6 +19,12 @@ MARKET_PLACES = [
 ]
 
 
+# The tables seed fills: rose up adds none of it while any of them holds a row.
+FILLS = ("market.market_places", "market.products")
+# The services whose demo rows its rows name by id (pages, market places, calendars).
+ATTACHES_TO = ("blog",)
+
+
 def seed(connection: Connection) -> str | None:
     if connection.execute(text("SELECT EXISTS (SELECT FROM market.products)")).scalar():
         return None

@@ -18,6 +18,12 @@ ATTACHED = [
 ]
 
 
+# The tables seed fills: rose up adds none of it while any of them holds a row.
+FILLS = ("relations.container_relations",)
+# The services whose demo rows its rows name by id (pages, market places, calendars).
+ATTACHES_TO = ("blog", "market", "events")
+
+
 def seed(connection: Connection) -> str | None:
     if connection.scalar(select(func.count()).select_from(ContainerRelation)):
         return None

@@ -253,6 +253,50 @@ def test_demo_data_seeds_once(clean_db):
     ]
 
 
+def test_demo_data_leaves_a_service_whose_tables_already_hold_rows(clean_db):
+    """Probe (December 2026): a practice split on a stack started with --no-demo moves the
+    monolith's page configs into blog.page_configs (its posts stay in legacy.posts); the next
+    plain `rose up` (demo data is its default) found blog.posts empty, inserted the demo's page
+    configs and died on uq_page_configs_active_container with a traceback, every service left
+    unstarted. Market the same, with market places and no products. Demo data goes only into a
+    service whose tables it fills are all empty, and not into those whose rows name that
+    service's demo rows (market's places and events' calendars sit on blog's demo pages 1 and
+    2); one line names why."""
+    with admin_connect(clean_db, "blog") as connection:
+        connection.execute(
+            "INSERT INTO blog.page_configs (container_type, container_id, features) "
+            "VALUES ('site', 0, '{}')"
+        )
+    said: list[str] = []
+    seed_demo_data(clean_db.topology, ["blog", "market", "events", "relations"], said.append)
+    assert said == [
+        "demo data for blog: not added, blog.page_configs holds rows",
+        "demo data for market: not added, it names the demo rows of blog, which were not added",
+        "demo data for events: not added, it names the demo rows of blog, which were not added",
+        "demo data for relations: not added, it names the demo rows of blog, market, events, "
+        "which were not added",
+    ]
+    with admin_connect(clean_db, "blog") as connection:
+        assert connection.execute("SELECT count(*) FROM blog.posts").fetchone() == (0,)
+        assert connection.execute("SELECT count(*) FROM blog.page_configs").fetchone() == (1,)
+    with admin_connect(clean_db, "market") as connection:
+        assert connection.execute("SELECT count(*) FROM market.market_places").fetchone() == (0,)
+    with admin_connect(clean_db, "events") as connection:
+        assert connection.execute("SELECT count(*) FROM events.calendars").fetchone() == (0,)
+
+    # Market on its own: a market place of the home's, no products.
+    with admin_connect(clean_db, "market") as connection:
+        connection.execute(
+            "INSERT INTO market.market_places (slug, name, container_type, container_id) "
+            "VALUES ('farm-shop-market', 'The farm''s own', 'page', 1)"
+        )
+    said.clear()
+    seed_demo_data(clean_db.topology, ["market"], said.append)
+    assert said == ["demo data for market: not added, market.market_places holds rows"]
+    with admin_connect(clean_db, "market") as connection:
+        assert connection.execute("SELECT count(*) FROM market.products").fetchone() == (0,)
+
+
 RETIRED_KEY_COLUMNS = ["page_config_id", "sumup_merchant_code", "sumup_api_key", "retired_at"]
 
 
