@@ -109,7 +109,7 @@ def db_migrate(
     database_url: DatabaseUrlOption = None,
 ) -> None:
     """Upgrade every service's database to its latest migration, then converge (provision);
-    first provision the services whose database or role is missing (only those)."""
+    first provision the services whose database, role or schema is missing (only those)."""
     from ops.db.lifecycle import converge_databases, missing_for_migrations
     from ops.db.migrate import MigrateError, services_with_migrations
     from ops.db.sqlfiles import ConvergeError

@@ -83,9 +83,11 @@ def converge_databases(
 
 
 def missing_for_migrations(topology: Topology, services: Iterable[str]) -> dict[str, list[str]]:
-    """The services whose database, owner or app role the cluster lacks, each with what it
-    lacks: their migrations cannot run until provisioning creates them (a new server, a
-    dropped database). The others are left out."""
+    """The services whose database, owner or app role the cluster lacks, or whose database
+    lacks its schemas (the service's and ``export``), each with what it lacks: their
+    migrations cannot run until provisioning creates them (a new server, a dropped database,
+    a provisioning cut off after CREATE DATABASE, which commits on its own). The others are
+    left out."""
     missing: dict[str, list[str]] = {}
     with Connections() as connections:
         for name in services:
@@ -100,6 +102,17 @@ def missing_for_migrations(topology: Topology, services: Iterable[str]) -> dict[
             ]
             if not database_exists(connection, spec.database):
                 lacks.append(spec.database)
+            else:
+                inside = connections.get(topology.admin_url(name))
+                lacks += [
+                    f"schema {schema} of {spec.database}"
+                    for schema in (spec.name, "export")
+                    if not scalar(
+                        inside,
+                        "SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = %s)",
+                        (schema,),
+                    )
+                ]
             if lacks:
                 missing[name] = lacks
     return missing

@@ -633,3 +633,23 @@ def test_psql_ended_by_a_signal_removes_its_passfile(db_cluster: Cluster, ending
             for leftover in passfile_path.parent.iterdir():
                 leftover.unlink()
             passfile_path.parent.rmdir()
+
+
+def test_migrate_provisions_first_a_database_whose_provisioning_was_cut_off(db_cluster: Cluster):
+    """Probe (December 2026): `rose db migrate` killed on a new server while provisioning left
+    db_likes made (CREATE DATABASE runs on its own) without its schemas; the next `rose db
+    migrate` saw the database and the roles, provisioned nothing first and failed on every run
+    with `migration 0001 failed: schema "likes" does not exist`. The service's schemas count as
+    what its migrations need, like its database and roles."""
+    with db_cluster.admin() as admin:
+        admin.execute("DROP DATABASE db_likes WITH (FORCE)")
+        admin.execute("CREATE DATABASE db_likes OWNER likes_owner TEMPLATE template0")
+    migrate = db_cluster.rose("db", "migrate")
+    assert migrate.exit_code == 0, migrate.output
+    assert migrate.output.splitlines()[0] == (
+        "provisioning likes first: schema likes of db_likes, schema export of db_likes are missing"
+    ), migrate.output
+    check = db_cluster.rose("db", "check")
+    assert check.exit_code == 0, check.output
+    with db_cluster.as_role("market", "market_app") as market:
+        assert market.execute("SELECT count(*) FROM likes.likes").fetchone() == (0,)
