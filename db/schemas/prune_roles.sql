@@ -10,7 +10,8 @@
 -- is revoked, reset or dropped. Passwords are left out (null): none is compared or changed.
 -- `rose db provision --dry-run` prints the statements a run would execute.
 -- known: every role rose declares on the server; a role of the namespace left out is dropped.
--- A role that still owns objects is not dropped: DROP ROLE fails and names them (reassign or
+-- A role that still owns objects is not dropped: DROP ROLE fails, its detail naming the
+-- databases that hold them ("1 object in database db_likes": connect there and reassign or
 -- drop them by hand first). See db/schemas/roles.sql for how these files work.
 
 SELECT format(E'-- cluster: unknown role %s in rose''s namespace\nDROP ROLE %I', p.rolname, p.rolname)

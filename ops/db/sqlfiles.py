@@ -217,6 +217,11 @@ def converge_file(
                     connection.execute(generated)
                 except psycopg.Error as exc:
                     message = str(exc).strip().splitlines()[0]
+                    # The server's detail says what the message does not (for DROP ROLE: in
+                    # which databases the objects that still depend on the role are).
+                    detail = " ".join((exc.diag.message_detail or "").split())
+                    if detail:
+                        message += f" ({detail.rstrip('.')})"
                     raise ConvergeError(f"{change.line}: {message}") from exc
     return changes
 

@@ -653,3 +653,28 @@ def test_migrate_provisions_first_a_database_whose_provisioning_was_cut_off(db_c
     assert check.exit_code == 0, check.output
     with db_cluster.as_role("market", "market_app") as market:
         assert market.execute("SELECT count(*) FROM likes.likes").fetchone() == (0,)
+
+
+def test_prune_names_where_a_role_it_cannot_drop_owns_objects(db_cluster: Cluster):
+    """Probe (December 2026): db/schemas/prune_roles.sql says a role that still owns objects is
+    not dropped and DROP ROLE names them; `rose db provision --prune` printed only the error's
+    first line, "cannot be dropped because some objects depend on it", naming nothing. The
+    server's detail (which database holds them) comes with it now."""
+    with db_cluster.admin() as admin:
+        admin.execute("CREATE ROLE likes_reporting LOGIN PASSWORD 'reporting-pw'")
+    with db_cluster.admin("likes") as likes:
+        likes.execute("CREATE TABLE public.report (n int)")
+        likes.execute("ALTER TABLE public.report OWNER TO likes_reporting")
+    try:
+        pruned = db_cluster.rose("db", "provision", "--prune")
+        assert pruned.exit_code == 1, pruned.output
+        assert isinstance(pruned.exception, SystemExit), pruned.exception
+        line = " ".join(pruned.output.split())
+        assert "role likes_reporting in rose's namespace" in line, pruned.output
+        assert "some objects depend on it (1 object in database db_likes)" in line, pruned.output
+    finally:
+        with db_cluster.admin("likes") as likes:
+            likes.execute("DROP TABLE public.report")
+        with db_cluster.admin() as admin:
+            admin.execute("DROP ROLE likes_reporting")
+    assert db_cluster.rose("db", "check").exit_code == 0
