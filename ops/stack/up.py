@@ -298,6 +298,23 @@ def _run_stack(options: StackOptions, home: Path, lock_home: Callable[[], None])
             raise StackError(f"--restore: {exc}; nothing was changed") from None
 
     lock_home()
+    data_dir = home / "pgdata"
+    credentials_file = home / "credentials.json"
+    if (
+        options.database_url is None
+        and not options.fresh
+        and os.environ.get("ROSE_ENV", "dev") != "prod"
+        and (data_dir / "PG_VERSION").exists()
+        and not credentials_file.exists()
+    ):
+        # New passwords would not open the database made with the old ones: refused before
+        # any is made (before, a new file was written and every start failed to log in).
+        raise StackError(
+            f"{data_dir} holds a database, and {credentials_file} is missing: it held the "
+            "passwords that database was made with (its superuser's among them), so new ones "
+            "would not open it; put the file back, or start over with rose up --fresh, which "
+            "deletes the database"
+        )
     # Read (or made) before anything starts: a damaged file is refused here.
     credentials = Credentials.for_environment(home)
     embedded: LocalPostgres | None = None
@@ -305,7 +322,7 @@ def _run_stack(options: StackOptions, home: Path, lock_home: Callable[[], None])
     if proxy is not None:
         wanted.append((PROXY, proxy.port))
     if options.database_url is None:
-        embedded = LocalPostgres(home / "pgdata", options.pg_port, credentials.superuser_password())
+        embedded = LocalPostgres(data_dir, options.pg_port, credentials.superuser_password())
         if options.restore is not None and embedded.initialized and not options.fresh:
             # A restore goes into databases that hold no rows (ops.db.backup): this home's hold
             # the stack's. Deleting them is the operator's call, said out loud.

@@ -460,6 +460,28 @@ def test_rose_up_prints_each_public_service_where_a_browser_keeps_its_session(tm
         assert relations in (home / "rose.log").read_text()
 
 
+def test_a_home_whose_credentials_are_gone_is_refused_before_new_ones_are_made(tmp_path: Path):
+    """Probe (December 2026): with .rose/credentials.json removed (or lost) and its database
+    still in .rose/pgdata, `rose up` generated new passwords into a new file, started the
+    server and failed on "password authentication failed for user postgres", every later start
+    the same, nothing saying why or what to do. The file holds the passwords the database was
+    made with: it is refused before any is made, naming the way back."""
+    home = tmp_path / "rose-home"
+    args = ["--pg-port", str(free_port()), "--port-offset", str(PORT_OFFSET)]
+    with rose_up(home, "--fresh", "--no-demo", *args, "--only", "relations", timeout=90):
+        pass
+    (home / "credentials.json").unlink()
+    refused = rose(home, "up", *args, "--only", "relations", check=False)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    line = " ".join((refused.stdout + refused.stderr).split())
+    assert f"{home / 'pgdata'} holds a database, and {home / 'credentials.json'} is missing" in (
+        line
+    ), line
+    assert "--fresh" in line
+    assert "password authentication failed" not in line
+    assert not (home / "credentials.json").exists()
+
+
 def test_a_second_rose_up_in_the_same_home_says_to_give_it_another_home(running_stack):
     """Probe docs: the README offers `--port-offset N` (with `--pg-port`) for "a second stack
     beside the first". Run as written, in the same checkout, it was refused with "a stack
