@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated
 
@@ -51,18 +52,27 @@ def db_provision(
     ] = False,
 ) -> None:
     """Make the cluster equal to db/: create what is missing, revoke and reset what is extra."""
+    from ops.db.exclusive import converging_alone
     from ops.db.provision import provision, refuse_missing_monolith_roles
     from ops.db.sqlfiles import ConvergeError
 
     topology = superuser_topology(database_url, "rose db provision")
     require_role_passwords()
-    show = (lambda text: print(text, flush=True)) if dry_run else (lambda text: None)
+
+    def say_now(text: str) -> None:
+        print(text, flush=True)
+
+    show = say_now if dry_run else (lambda text: None)
     try:
         # The dry run too: it shows what a real run would do, which is to refuse.
         refuse_missing_monolith_roles(topology)
-        report = provision(
-            topology, Credentials.for_environment(), say=show, dry_run=dry_run, prune=prune
-        )
+        with ExitStack() as stack:
+            if not dry_run:
+                # Another provisioning or migration of the server first (it says it waits).
+                stack.enter_context(converging_alone(topology, say_now))
+            report = provision(
+                topology, Credentials.for_environment(), say=show, dry_run=dry_run, prune=prune
+            )
     except (ConfigError, ConvergeError) as exc:
         raise fail(str(exc)) from None
     if not dry_run:

@@ -61,6 +61,7 @@ from ops.db.check import LEGACY_SCHEMA, check
 from ops.db.checksums import CURRENT_HASH, MD5_HASH, Checksum, table_checksum
 from ops.db.connections import Connections, connect, scalar
 from ops.db.credentials import Credentials
+from ops.db.exclusive import converging_alone
 from ops.db.lifecycle import converge_databases
 from ops.db.migrate import alembic_config, services_with_migrations
 from ops.db.provision import provision
@@ -724,6 +725,20 @@ def restore(
             outcome.lines.append(line)
             say(line)
         return outcome
+    with converging_alone(topology, say):
+        _restore_into(topology, credentials, directory, entries, states, outcome, say)
+    return outcome
+
+
+def _restore_into(
+    topology: Topology,
+    credentials: Credentials,
+    directory: Path,
+    entries: dict[str, DatabaseBackup],
+    states: dict[str, tuple[str, str | None]],
+    outcome: Outcome,
+    say: Say,
+) -> None:
     provision(topology, credentials, say=lambda _line: None)
     for database, entry in entries.items():
         archive = directory / entry.own.file
@@ -788,4 +803,3 @@ def restore(
         raise BackupError(
             "the rows are restored, but the cluster differs from db/: " + "; ".join(differences)
         )
-    return outcome

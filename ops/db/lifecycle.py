@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from apps.registry import service_spec
 from ops.db.connections import Connections, scalar
 from ops.db.credentials import Credentials
+from ops.db.exclusive import converging_alone
 from ops.db.manifest import Edge, load_edges
 from ops.db.migrate import migrate, services_with_migrations
 from ops.db.provision import (
@@ -57,6 +58,18 @@ def converge_databases(
     service; False: none). ``rose db migrate`` passes those :func:`missing_for_migrations` finds
     (none on a cluster that has every database and role its migrations need): nothing of
     another service changes before the migrations."""
+    with converging_alone(topology, say):
+        return _converge(topology, credentials, services, edges, provision_first, say)
+
+
+def _converge(
+    topology: Topology,
+    credentials: Credentials,
+    services: Iterable[str] | None,
+    edges: Iterable[Edge] | None,
+    provision_first: bool | Iterable[str],
+    say: Say,
+) -> Converged:
     # Before the migrations too: the last pass would refuse only after them.
     refuse_missing_monolith_roles(topology)
     if provision_first is True:

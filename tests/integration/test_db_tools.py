@@ -678,3 +678,39 @@ def test_prune_names_where_a_role_it_cannot_drop_owns_objects(db_cluster: Cluste
         with db_cluster.admin() as admin:
             admin.execute("DROP ROLE likes_reporting")
     assert db_cluster.rose("db", "check").exit_code == 0
+
+
+def test_a_convergence_waits_while_another_converges_the_server(db_cluster: Cluster):
+    """Probe (December 2026): two `rose db migrate` at once on a new server (two operators, a
+    deploy's migrate job beside a by-hand provision) raced each other's statements: one failed
+    half way with `cluster: missing role relations_ro_blog: duplicate key value violates unique
+    constraint "pg_authid_rolname_index"`. A convergence holds the server (an advisory lock of
+    its maintenance database's); another waits, says so, then finds the work done."""
+    with db_cluster.admin() as admin:
+        admin.execute("DROP DATABASE db_likes WITH (FORCE)")
+    # What a running `rose db migrate` holds.
+    holder = db_cluster.admin()
+    holder.execute("SELECT pg_advisory_lock(hashtextextended('rose:converge', 0))")
+    process = rose_process(db_cluster, "db", "migrate")
+    try:
+        assert process.stdout is not None
+        said = []
+        for line in process.stdout:
+            said.append(line)
+            if line.startswith("waiting: "):
+                break
+        assert said[-1].startswith(
+            "waiting: another rose provisioning or migration is converging 127.0.0.1:"
+        ), said
+        time.sleep(1)  # it would have made db_likes by now, had it not waited
+        with db_cluster.admin() as admin:
+            assert admin.execute(
+                "SELECT count(*) FROM pg_database WHERE datname = 'db_likes'"
+            ).fetchone() == (0,)
+        assert process.poll() is None
+    finally:
+        holder.close()
+        out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, out + err
+    assert "migrated: " in out
+    assert db_cluster.rose("db", "check").exit_code == 0

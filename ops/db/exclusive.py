@@ -1,0 +1,66 @@
+"""One convergence (provisioning, migrations) at a time per server. Two at once (two operators'
+``rose db migrate``, a deploy's migrate job beside a by-hand ``rose db provision``) raced each
+other's statements: one failed half way on the catalog's own constraint (``duplicate key value
+violates unique constraint "pg_authid_rolname_index"``). A session-level advisory lock on each
+server's maintenance database, taken in one order, makes the second wait and then find the work
+done; nested holders in one process (a restore's provisioning, then its convergence) share it."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+
+from sqlalchemy.engine import make_url
+
+from ops.db.connections import connect, scalar
+from ops.db.provision import servers
+from ops.db.topology import Topology
+
+LOCK_KEY = "rose:converge"
+_held: dict[str, int] = {}
+_guard = threading.Lock()
+
+
+@contextmanager
+def _server_lock(url: str, say: Callable[[str], None]) -> Iterator[None]:
+    with _guard:
+        nested = url in _held
+        if nested:
+            _held[url] += 1
+    if nested:
+        try:
+            yield
+        finally:
+            with _guard:
+                _held[url] -= 1
+        return
+    connection = connect(url)
+    try:
+        taken = "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))"
+        if not scalar(connection, taken, (LOCK_KEY,)):
+            server = make_url(url)
+            say(
+                "waiting: another rose provisioning or migration is converging "
+                f"{server.host}:{server.port or 5432}"
+            )
+            connection.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (LOCK_KEY,))
+        with _guard:
+            _held[url] = 1
+        try:
+            yield
+        finally:
+            with _guard:
+                del _held[url]
+    finally:
+        # The session's end releases its advisory lock, also when the process is killed.
+        connection.close()
+
+
+@contextmanager
+def converging_alone(topology: Topology, say: Callable[[str], None]) -> Iterator[None]:
+    """Hold every server of ``topology`` for one convergence (in one order: no deadlock)."""
+    with ExitStack() as stack:
+        for url in sorted({server.maintenance_url for server in servers(topology)}):
+            stack.enter_context(_server_lock(url, say))
+        yield
