@@ -18,22 +18,24 @@ from ops.db.provision import servers
 from ops.db.topology import Topology
 
 LOCK_KEY = "rose:converge"
-_held: dict[str, int] = {}
+# (server, thread) -> how many holders deep: nesting is per thread; another thread waits.
+_held: dict[tuple[str, int], int] = {}
 _guard = threading.Lock()
 
 
 @contextmanager
 def _server_lock(url: str, say: Callable[[str], None]) -> Iterator[None]:
+    holder = (url, threading.get_ident())
     with _guard:
-        nested = url in _held
+        nested = holder in _held
         if nested:
-            _held[url] += 1
+            _held[holder] += 1
     if nested:
         try:
             yield
         finally:
             with _guard:
-                _held[url] -= 1
+                _held[holder] -= 1
         return
     connection = connect(url)
     try:
@@ -46,12 +48,12 @@ def _server_lock(url: str, say: Callable[[str], None]) -> Iterator[None]:
             )
             connection.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (LOCK_KEY,))
         with _guard:
-            _held[url] = 1
+            _held[holder] = 1
         try:
             yield
         finally:
             with _guard:
-                del _held[url]
+                del _held[holder]
     finally:
         # The session's end releases its advisory lock, also when the process is killed.
         connection.close()
