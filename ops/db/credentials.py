@@ -70,7 +70,11 @@ class Credentials:
         if key in self._values:
             return self._values[key]
         if not self._generate:
-            raise ConfigError(f"missing required setting {env_name}")
+            if self.path is None:
+                raise ConfigError(f"missing required setting {env_name}")
+            # Development: the file is where they are, not only the environment.
+            what = key.removeprefix("role:")
+            raise ConfigError(f"no password for {what} in {env_name} or {self.path}")
         value = secrets.token_urlsafe(length)
         self._values[key] = value
         self._save()

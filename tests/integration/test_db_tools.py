@@ -714,3 +714,20 @@ def test_a_convergence_waits_while_another_converges_the_server(db_cluster: Clus
     assert process.returncode == 0, out + err
     assert "migrated: " in out
     assert db_cluster.rose("db", "check").exit_code == 0
+
+
+def test_check_without_the_homes_passwords_says_where_it_looked(
+    db_cluster: Cluster, tmp_path: Path
+):
+    """Probe (December 2026): `rose db check` from a home without credentials.json (a DBA's
+    own checkout, in development) noted "role passwords not compared: missing required setting
+    ROSE_DB_PASSWORD_BLOG_APP", as if that variable were required; in development the
+    passwords are in the home's credentials.json, which the note did not name."""
+    checked = db_cluster.rose("db", "check", env={"ROSE_HOME": str(tmp_path)})
+    assert checked.exit_code == 0, checked.output
+    line = " ".join(checked.output.split())
+    assert (
+        "role passwords not compared: no password for blog_app in ROSE_DB_PASSWORD_BLOG_APP "
+        f"or {tmp_path / 'credentials.json'}"
+    ) in line, checked.output
+    assert not (tmp_path / "credentials.json").exists()
