@@ -16,7 +16,10 @@
 -- "host", "port", "dbname", "reader", "password", "views": [{"name", "columns": [{"name",
 -- "type"}]}]}] (host and port: how the consumer's server reaches the provider's).
 -- password: the reader role's; null (print-psql, and `rose db check`, which has no passwords)
--- compares everything but the password. See db/schemas/roles.sql for how these files work.
+-- compares everything but the password, and a user mapping it creates then has none (nothing
+-- reads through it until `rose db provision`, which knows the passwords, sets them; roles.sql
+-- run by hand likewise creates the login roles without one). See db/schemas/roles.sql for how
+-- these files work.
 
 SELECT format(E'-- %s: missing extension postgres_fdw\nCREATE EXTENSION postgres_fdw',
               current_database())
