@@ -503,6 +503,15 @@ def held_for(server, entry_id: int) -> tuple:
         ).fetchone()
 
 
+def held_ten_minutes_ago(server, entry_id: int) -> None:
+    with admin_connect(server, "events") as connection:
+        connection.execute(
+            "UPDATE events.calendar_entries SET updated_at = now() - interval '10 minutes' "
+            "WHERE id = %s",
+            (entry_id,),
+        )
+
+
 async def test_a_hold_for_an_order_orders_never_made_is_given_back_by_reconciliation(
     stack, clean_db, shop, sandbox
 ):
@@ -539,12 +548,7 @@ async def test_a_hold_for_an_order_orders_never_made_is_given_back_by_reconcilia
     await reconciler.run_once()
     assert held_for(clean_db, shop.entry_id)[2] == never_made
 
-    with admin_connect(clean_db, "events") as connection:
-        connection.execute(
-            "UPDATE events.calendar_entries SET updated_at = now() - interval '10 minutes' "
-            "WHERE id = %s",
-            (shop.entry_id,),
-        )
+    held_ten_minutes_ago(clean_db, shop.entry_id)
     await reconciler.run_once()
     assert await eventually(lambda: held_for(clean_db, shop.entry_id)[2] is None)
     state, user_id, _, _ = held_for(clean_db, shop.entry_id)
@@ -554,11 +558,6 @@ async def test_a_hold_for_an_order_orders_never_made_is_given_back_by_reconcilia
     checked_out = await cart.post("/checkout/")
     assert checked_out.status_code == 200, checked_out.text
     order_id = checked_out.json()["order_id"]
-    with admin_connect(clean_db, "events") as connection:
-        connection.execute(
-            "UPDATE events.calendar_entries SET updated_at = now() - interval '10 minutes' "
-            "WHERE id = %s",
-            (shop.entry_id,),
-        )
+    held_ten_minutes_ago(clean_db, shop.entry_id)
     await reconciler.run_once()
     assert held_for(clean_db, shop.entry_id)[2] == order_id
