@@ -179,6 +179,9 @@ class ReviewEnded(msgspec.Struct):
     # SumUp's answer when it would not show the kept payment's transaction (a key not allowed
     # to read it): what of it went back is not known, so a person looks in its dashboard.
     kept_unchecked: str | None = None
+    # The order's refunds recorded before the review and not done yet (asked of SumUp, or
+    # waiting): what the order still waits for.
+    still_going_back: list[RefundGoingBack] = []
 
 
 class EndReview(msgspec.Struct, forbid_unknown_fields=True):

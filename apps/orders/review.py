@@ -229,6 +229,7 @@ async def end_review(
         session, order.id, paid_back=paid_back
     )
     status = order.status
+    still_going_back = await _refunds_not_done(session, order.id, refunds)
     await session.commit()
     logger.warning(
         "order %s: its review ended (%s): %s, %d checkout(s) closed, %d refund(s) due",
@@ -246,7 +247,26 @@ async def end_review(
         releasing_bookings=releasing,
         kept_payment=kept.sumup_checkout_id if kept is not None and status == "paid" else None,
         kept_unchecked=kept_unchecked if status == "paid" else None,
+        still_going_back=still_going_back,
     )
+
+
+async def _refunds_not_done(
+    session: AsyncSession, order_id: int, recorded_now: list[RefundGoingBack]
+) -> list[RefundGoingBack]:
+    """The order's refunds not done, other than those this review recorded."""
+    rows = await session.execute(
+        select(PaymentAttempt.sumup_checkout_id, Refund.amount, Refund.currency)
+        .join(PaymentAttempt, PaymentAttempt.id == Refund.attempt_id)
+        .where(Refund.order_id == order_id, Refund.status != "done")
+        .order_by(Refund.id)
+    )
+    now = {(refund.checkout_id, refund.amount, refund.currency) for refund in recorded_now}
+    return [
+        RefundGoingBack(checkout_id=checkout_id, amount=str(amount), currency=currency)
+        for checkout_id, amount, currency in rows
+        if (checkout_id, str(amount), currency) not in now
+    ]
 
 
 async def flag_for_review(session: AsyncSession, order_id: int, reason: str) -> FlaggedForReview:

@@ -232,6 +232,12 @@ def review_ended_lines(answer: dict[str, Any]) -> list[str]:
         "it is done)"
         for refund in answer["refunds"]
     ]
+    lines += [
+        f"  still going back: {refund['amount']} {refund['currency']} of checkout "
+        f"{refund['checkout_id']} (recorded before; `rose orders attention` lists it until it is "
+        "done)"
+        for refund in answer.get("still_going_back", [])
+    ]
     if answer["releasing_bookings"]:
         lines.append("  its bookings are being let go of at events")
     return lines

@@ -97,6 +97,7 @@ async def test_a_flagged_payment_goes_back_as_sumup_took_it(orders, clean_db, sa
         "releasing_bookings": False,
         "kept_payment": None,
         "kept_unchecked": None,
+        "still_going_back": [],
     }
     assert review_ended_lines(ended.json()) == [
         f"order {order_id}: review ended; it is refund_due now",
@@ -342,6 +343,7 @@ async def test_a_paid_order_keeps_its_payment_and_gives_back_the_flagged_one(
         "releasing_bookings": False,
         "kept_payment": honoured,
         "kept_unchecked": None,
+        "still_going_back": [],
     }
     assert review_ended_lines(ended.json()) == [
         f"order {order_id}: review ended; it is paid now",
@@ -464,6 +466,7 @@ async def test_a_paid_order_sumup_gave_back_whole_is_refunded_and_lets_go_its_bo
             "releasing_bookings": True,
             "kept_payment": None,
             "kept_unchecked": None,
+            "still_going_back": [],
         }
         assert review_ended_lines(ended.json()) == [
             f"order {order_id}: review ended; it is refunded now",
@@ -844,6 +847,7 @@ async def test_a_person_names_the_payment_an_order_the_release_before_paid_was_p
         "releasing_bookings": False,
         "kept_payment": checkout_id,
         "kept_unchecked": None,
+        "still_going_back": [],
     }
     assert review_ended_lines(ended.json())[1] == (
         f"  kept: checkout {checkout_id}, the payment the order was paid with"

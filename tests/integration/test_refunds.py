@@ -12,6 +12,7 @@ import pytest
 
 from apps.orders import service
 from apps.orders.settlement import CHARGE_BACK_PENDING, PAYMENT_LOCK_NAMESPACE, settle_refund
+from ops.cli.calls import review_ended_lines
 from tests.conftest import admin_connect, lock_waiters
 from tests.integration.orders_fixtures import (
     Sandbox,
@@ -898,3 +899,33 @@ async def test_a_refund_waits_out_a_revoked_key_and_is_made_once_it_is_back(
     await reconciler.settle_refunds()
     assert refunds(clean_db)[0][1] == "done"
     assert refunded_at_sumup(sandbox, transaction_id) == 4.0
+
+
+async def test_a_review_names_the_refunds_of_the_order_still_on_their_way(
+    orders, clean_db, sandbox
+):
+    """Probe (money): end-review of a refund_due order whose refund was asked with its answer
+    lost printed only "it is refund_due now", nothing of that refund: the person could not
+    tell what the order still waits for. Its answer names it (``still_going_back``), and so
+    does the command's output."""
+    sandbox.controls(refunds="unavailable")
+    older, _ = await late_payment(orders, clean_db, sandbox)
+    await orders.apps["orders"].state.reconciler.quiet()
+    assert refunds(clean_db)[0][:2] == (older, "requested")
+    with admin_connect(clean_db, "orders") as connection:
+        connection.execute(
+            "UPDATE orders.orders SET flagged = true, flag_reason = 'looked at' WHERE id = %s",
+            (older,),
+        )
+    ended = await internal_post(orders.client("orders"), "end-review", {"order_id": older})
+    assert ended.status_code == 200, ended.text
+    assert ended.json()["status"] == "refund_due"
+    assert ended.json()["refunds"] == []
+    checkout_id = checkout_id_of(clean_db, older)
+    assert ended.json()["still_going_back"] == [
+        {"checkout_id": checkout_id, "amount": "4.00", "currency": "EUR"}
+    ]
+    assert any(
+        line.startswith(f"  still going back: 4.00 EUR of checkout {checkout_id}")
+        for line in review_ended_lines(ended.json())
+    ), review_ended_lines(ended.json())
