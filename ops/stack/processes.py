@@ -397,6 +397,11 @@ class ProcessGroup:
                 entry.process.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 self.sink.write(entry.name, "did not stop in time; killed")
+                # Its whole group: a uvicorn supervisor killed alone leaves its workers
+                # serving the port (one still importing keeps the supervisor in its ping,
+                # deaf to SIGTERM, for up to serve.WORKER_PING_SECONDS).
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(entry.process.pid, signal.SIGKILL)
                 entry.process.kill()
                 entry.process.wait()
         for entry in self.processes.values():

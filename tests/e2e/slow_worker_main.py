@@ -2,7 +2,8 @@
 inherited socket (as ``rose up --workers 2`` runs a service), whose workers take
 ``SLOW_WORKER_SECONDS`` to import their main module, as every worker of a busy machine does
 when a whole stack's workers start at once: the spawned child imports the parent's main module
-before uvicorn's health-check thread runs. Usage: python slow_worker_main.py FD."""
+before uvicorn's health-check thread runs. Usage: python slow_worker_main.py FD, or
+--bind PORT."""
 
 from __future__ import annotations
 
@@ -33,4 +34,7 @@ if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
     from ops.stack.serve import serve
 
-    serve("slow_worker_main:app_factory", "127.0.0.1", 0, workers=2, fd=int(sys.argv[1]))
+    if sys.argv[1] == "--bind":  # a port to bind, as a service started without --fd
+        serve("slow_worker_main:app_factory", "127.0.0.1", int(sys.argv[2]), workers=2)
+    else:
+        serve("slow_worker_main:app_factory", "127.0.0.1", 0, workers=2, fd=int(sys.argv[1]))

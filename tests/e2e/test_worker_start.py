@@ -53,3 +53,36 @@ def test_workers_slower_to_start_than_uvicorns_default_ping_are_not_killed(tmp_p
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=30)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_a_stop_during_a_slow_worker_start_leaves_no_worker_behind(tmp_path) -> None:
+    """Review (the 60 s ping): a supervisor pinging a worker still importing handles SIGTERM
+    only once the ping ends; `rose up`'s stop killed the supervisor alone after its wait, and
+    the workers it had started went on serving the port. The stop kills the process's whole
+    group (a supervisor's workers are in it) when it has to kill."""
+    from ops.stack.processes import LogSink, ProcessGroup
+
+    group = ProcessGroup(
+        LogSink(None, echo=None), {"SLOW_WORKER_SECONDS": "30"}, cwd=PROGRAM.parent
+    )
+    listening = socket.create_server(("127.0.0.1", 0))
+    port = listening.getsockname()[1]
+    listening.close()
+    entry = group.start("slow", port, [sys.executable, str(PROGRAM), "--bind", str(port)])
+    assert entry.process is not None
+    pgid = entry.process.pid
+    time.sleep(3)  # its workers are importing: the supervisor is in its first ping
+    group.stop(timeout=2)
+    assert entry.process.poll() is not None
+    deadline = time.monotonic() + 10
+    while _group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _group_alive(pgid), "a worker of the stopped supervisor is still running"
