@@ -129,12 +129,15 @@ class PendingBooking(msgspec.Struct):
 
 
 class HeldBefore(msgspec.Struct, forbid_unknown_fields=True):
-    """Bookings held for an order at least ``seconds`` ago (and not touched since)."""
+    """Orders after ``after`` whose bookings were held at least ``seconds`` ago (and not
+    touched since)."""
 
     seconds: Annotated[int, msgspec.Meta(ge=60, le=86_400)]
+    after: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] = 0
 
 
-# Most order ids one answer names (the oldest first): the rest come in the next.
+# Most order ids one answer names (the lowest after ``after`` first): the next are read after
+# its last.
 MAX_HOLDING_ORDERS = 500
 
 pending_bookings = Query(SERVICE, "pending-bookings", IdentityParams, list[PendingBooking])

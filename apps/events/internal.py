@@ -26,11 +26,13 @@ async def pending_bookings(
 
 @data_route(contract.orders_holding)
 async def orders_holding(
-    db_session: DbSession, seconds: Annotated[int, Parameter(ge=60, le=86_400)]
+    db_session: DbSession,
+    seconds: Annotated[int, Parameter(ge=60, le=86_400)],
+    after: Annotated[int, Parameter(ge=0, le=2**63 - 1)] = 0,
 ) -> list[int]:
-    """Orders whose holds on bookings were made at least ``seconds`` ago (orders gives back
-    those of orders it never made)."""
-    return await service.orders_holding(db_session, held_before_seconds=seconds)
+    """Orders after ``after`` whose holds on bookings were made at least ``seconds`` ago
+    (orders gives back those of orders it never made)."""
+    return await service.orders_holding(db_session, held_before_seconds=seconds, after=after)
 
 
 @action_route(contract.release_booking)

@@ -104,6 +104,12 @@ class CalendarEntry(IdentityPkMixin, TimestampedMixin, Base):
             postgresql_where=text("state = 'pending'"),
         ),
         Index("ix_calendar_entries_order_id", "order_id"),
+        # The bookings held for one order (orders' calls about its holds, orders-holding).
+        Index(
+            "ix_calendar_entries_hold_order_id",
+            "hold_order_id",
+            postgresql_where=text("hold_order_id IS NOT NULL"),
+        ),
         # The live anonymous holds of one client network (counted at each anonymous booking).
         Index(
             "ix_calendar_entries_anonymous_holds",
@@ -163,6 +169,11 @@ class Ticket(IdentityPkMixin, TimestampedMixin, Base):
             "ix_tickets_pending_session", "session_id", postgresql_where=text("state = 'pending'")
         ),
         Index("ix_tickets_order_id", "order_id"),
+        Index(
+            "ix_tickets_hold_order_id",
+            "hold_order_id",
+            postgresql_where=text("hold_order_id IS NOT NULL"),
+        ),
     )
 
     calendar_entry_id: Mapped[int] = mapped_column(

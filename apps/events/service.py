@@ -874,17 +874,20 @@ async def release_booking(session: AsyncSession, request: ReleaseBooking) -> Rel
     return Released(released=True)
 
 
-async def orders_holding(session: AsyncSession, *, held_before_seconds: int) -> list[int]:
-    """The orders (oldest id first, at most MAX_HOLDING_ORDERS) holding pending bookings whose
-    hold was made, or last changed, at least ``held_before_seconds`` ago. An order being made
-    holds its bookings a moment before it is committed: asked with a margin past orders'
-    time to make one, an order orders does not have then is one it never will."""
+async def orders_holding(
+    session: AsyncSession, *, held_before_seconds: int, after: int = 0
+) -> list[int]:
+    """The orders after ``after`` (lowest id first, at most MAX_HOLDING_ORDERS) holding
+    pending bookings whose hold was made, or last changed, at least ``held_before_seconds``
+    ago. An order being made holds its bookings a moment before it is committed: asked with a
+    margin past orders' time to make one, an order orders does not have then is one it never
+    will."""
     since = func.now() - timedelta(seconds=held_before_seconds)
     held = union(
         *(
             select(model.hold_order_id.label("order_id")).where(
+                model.hold_order_id > after,
                 model.state == "pending",
-                model.hold_order_id.is_not(None),
                 model.hold_expires_at > func.now(),
                 model.updated_at <= since,
             )

@@ -398,22 +398,27 @@ class Reconciler:
         asked about: an order being made is committed well within it, or never. Events not
         answering (or an events without the query, mid-deploy) is tried again next pass.
         How many were given back."""
-        try:
-            holding = await self._runtime.client.query(
-                events.orders_holding,
-                events.HeldBefore(seconds=int(HOLDS_SETTLED.total_seconds())),
-                timeout=self._runtime.settings.events_timeout,
-            )
-        except Exception as exc:  # events down or older: nothing to do until it answers
-            logger.warning("which orders hold bookings at events is unknown this pass: %s", exc)
-            return 0
-        if not holding:
-            return 0
-        async with self._runtime.maker() as session, session.begin():
-            made = set(await session.scalars(select(Order.id).where(Order.id.in_(holding))))
-            never_made = [order_id for order_id in holding if order_id not in made]
-            for order_id in never_made:
-                await enqueue_give_back(session, order_id, give_back_holds_key(order_id))
+        never_made: list[int] = []
+        after = 0
+        while True:  # a page at a time: a rush's live orders must not hide one after them
+            try:
+                holding = await self._runtime.client.query(
+                    events.orders_holding,
+                    events.HeldBefore(seconds=int(HOLDS_SETTLED.total_seconds()), after=after),
+                    timeout=self._runtime.settings.events_timeout,
+                )
+            except Exception as exc:  # events down or older: tried again next pass
+                logger.warning("which orders hold bookings at events is unknown this pass: %s", exc)
+                break
+            if not holding:
+                break
+            async with self._runtime.maker() as session, session.begin():
+                made = set(await session.scalars(select(Order.id).where(Order.id.in_(holding))))
+                gone = [order_id for order_id in holding if order_id not in made]
+                for order_id in gone:
+                    await enqueue_give_back(session, order_id, give_back_holds_key(order_id))
+            never_made += gone
+            after = max(holding)  # until an empty answer: events says how much one holds
         if never_made:
             logger.warning(
                 "events held bookings for %d order(s) orders never made (a create-order cut "
