@@ -4,6 +4,8 @@ the page admin (page config form, market places attached through relations)."""
 
 from __future__ import annotations
 
+import re
+
 import psycopg
 import pytest
 
@@ -555,6 +557,21 @@ async def test_a_page_shows_only_the_attachments_its_features_switch_on(browser,
     assert (markets, calendars) == ([4], [7])  # no config: as before
 
     token = await sign_in(browser, user_id=1)
+    # Review-2 M2: the admin page showed a page without a config (or whose config never said)
+    # with its boxes unticked, though the page showed them; saving the form as shown, for a
+    # checkout prefix, switched them off. Its boxes are ticked unless the config says off.
+    admin = await browser.get("/market-hall/admin/page-config/", headers=HTML)
+    ticked = re.findall(r'name="features" value="(\w+)" checked', admin.text)
+    assert sorted(ticked) == ["calendar", "cart", "market"], ticked
+    as_shown = await browser.post(
+        "/market-hall/admin/page-config/",
+        data={"features": ["", *ticked], "sumup_checkout_prefix": "HALL"},
+        headers={**HTML, "X-CSRF-Token": token},
+    )
+    assert as_shown.status_code == 303, as_shown.text
+    markets, calendars, _ = await shown()
+    assert (markets, calendars) == ([4], [7])
+
     saved = await browser.post(
         "/market-hall/admin/page-config/",
         data={"features": ["", "calendar"]},
