@@ -7,6 +7,7 @@ done; nested holders in one process (a restore's provisioning, then its converge
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -21,6 +22,14 @@ LOCK_KEY = "rose:converge"
 # (server, thread) -> how many holders deep: nesting is per thread; another thread waits.
 _held: dict[tuple[str, int], int] = {}
 _guard = threading.Lock()
+
+
+# Whether another session of this thread (by its application_name) holds the lock.
+_HELD_BY = (
+    "SELECT EXISTS (SELECT FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+    "WHERE l.locktype = 'advisory' AND l.granted AND a.application_name = %s "
+    "AND a.pid <> pg_backend_pid())"
+)
 
 
 @contextmanager
@@ -39,8 +48,16 @@ def _server_lock(url: str, say: Callable[[str], None]) -> Iterator[None]:
         return
     connection = connect(url)
     try:
+        # Named for this thread: a server another of its locks holds under another address
+        # (localhost and 127.0.0.1) is known as held, not waited for by the thread itself.
+        name = f"rose-converge:{os.getpid()}:{threading.get_ident()}"
+        connection.execute("SELECT set_config('application_name', %s, false)", (name,))
         taken = "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))"
-        if not scalar(connection, taken, (LOCK_KEY,)):
+        locked = scalar(connection, taken, (LOCK_KEY,))
+        if not locked and scalar(connection, _HELD_BY, (name,)):
+            yield
+            return
+        if not locked:
             server = make_url(url)
             say(
                 "waiting: another rose provisioning or migration is converging "

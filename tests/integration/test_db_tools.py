@@ -12,6 +12,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -731,3 +732,29 @@ def test_check_without_the_homes_passwords_says_where_it_looked(
         f"or {tmp_path / 'credentials.json'}"
     ) in line, checked.output
     assert not (tmp_path / "credentials.json").exists()
+
+
+def test_one_server_under_two_addresses_is_held_once_not_waited_for_by_itself(
+    db_cluster: Cluster,
+):
+    """Review-2 (LOW): servers are told apart by their URLs as written, so one server that two
+    services' URLs spell differently (localhost and 127.0.0.1) was locked twice by one
+    convergence: the second lock waited for the first, held by the same thread, for ever.
+    A lock its own thread holds under another address is taken as held."""
+    from ops.db.exclusive import _server_lock
+
+    url = db_cluster.admin_url
+    other = url.replace("127.0.0.1", "localhost")
+    assert other != url
+    said: list[str] = []
+    finished = threading.Event()
+
+    def converge() -> None:
+        with _server_lock(url, said.append), _server_lock(other, said.append):
+            finished.set()
+
+    worker = threading.Thread(target=converge, daemon=True)
+    worker.start()
+    assert finished.wait(20), said
+    worker.join(10)
+    assert said == []
