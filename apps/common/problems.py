@@ -34,6 +34,8 @@ from litestar.plugins.problem_details import (
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from apps.common.internal_paths import is_internal_path
+
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 # What a 503 tells the client to wait before trying again.
 RETRY_AFTER_SECONDS = 5
@@ -167,7 +169,8 @@ class MethodRefused(Problem):
         method = quote(request.method, safe="")
         if self.takes:
             self.detail = f"{path} does not take {method}: it takes {' or '.join(self.takes)}"
-            if self.takes == ["POST"]:
+            if self.takes == ["POST"] and not is_internal_path(request.url.path):
+                # A service's call has no form: the words are for a browser's reload.
                 self.detail += ", the button of the form that sends it"
         else:
             self.detail = f"{path} does not take {method}"

@@ -132,6 +132,11 @@ async def test_a_wrong_method_names_the_method_and_what_the_address_takes(stack)
     token = (await blog.get("/auth/session", headers=JSON)).json()["csrf_token"]
     deleted = await blog.delete("/", headers={**JSON, "x-csrf-token": token})
     assert assert_problem(deleted, 405)["detail"] == "/ does not take DELETE: it takes GET"
+    # Review-2: a service's address has no form to speak of.
+    internal = await stack.browser("events").get("/internal/actions/hold-for-order", headers=JSON)
+    assert assert_problem(internal, 405)["detail"] == (
+        "/internal/actions/hold-for-order does not take GET: it takes POST"
+    )
 
 
 async def test_paths_that_only_start_like_internal_are_public_paths(stack):
