@@ -57,7 +57,7 @@ from apps.blog.models import (
 )
 from apps.common.db import end_read, table_of
 from apps.common.fdw import ProviderUnavailable, remote_read
-from apps.common.inputs import one_line_name, whole_number
+from apps.common.inputs import one_line_name, shows_nothing, whole_number
 from apps.common.internal_client import InternalClient
 from apps.common.problems import DependencyUnavailable, InvalidInput, NotFound
 from apps.likes import contract as likes
@@ -636,7 +636,7 @@ async def attach_market_place(
     await end_read(session)
     # A blank label is no label: the relation carries the market place's name.
     label = place.name
-    if item.label and item.label.strip():
+    if item.label and not shows_nothing(item.label):
         label = one_line_name(item.label, "label")
     return await internal.call(
         relations.attach_child,

@@ -81,6 +81,15 @@ _INVISIBLE = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp", "Mn", "Me"})
 _BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
 
 
+def shows_nothing(value: str) -> bool:
+    """Whether ``value`` shows nothing on a page (whitespace, zero-width and combining
+    characters, letters drawn as blanks): a blank name or label."""
+    return all(
+        unicodedata.category(character) in _INVISIBLE or character in _BLANK_LETTERS
+        for character in value
+    )
+
+
 def one_line_name(value: str, field: str, *, blank: str | None = None) -> str:
     """A name or label as a person typed it on one line, surrounding whitespace taken off. A
     control or text-direction override character anywhere in it, or nothing visible, is a 422
@@ -93,9 +102,6 @@ def one_line_name(value: str, field: str, *, blank: str | None = None) -> str:
             field=field,
         )
     name = value.strip()
-    if all(
-        unicodedata.category(character) in _INVISIBLE or character in _BLANK_LETTERS
-        for character in name
-    ):
+    if shows_nothing(name):
         raise InvalidInput(blank or f"{what} must not be blank.", field=field)
     return name

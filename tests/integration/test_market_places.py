@@ -795,6 +795,19 @@ async def test_blog_labels_are_one_readable_line(stack, clean_db):
     )
     assert attached.status_code == 200, attached.text
     assert live_relations(clean_db)[-1] == ("page", 2, "market", place_id, "Greens")
+    # Review-2: a label that shows nothing (a zero-width space, a Hangul filler) is no label,
+    # as a blank one is: the market place's name, not a 422.
+    for nothing in (" \u200b ", "\u3164"):
+        detached = await blog.post(
+            "/market-hall/admin/menu-items/detach/", data={"market_place_id": str(place_id)}
+        )
+        assert detached.status_code == 200, detached.text
+        attached = await blog.post(
+            "/market-hall/admin/menu-items/attach/",
+            data={"market_place_id": str(place_id), "label": nothing},
+        )
+        assert attached.status_code == 200, (nothing, attached.text)
+        assert live_relations(clean_db)[-1] == ("page", 2, "market", place_id, "Veg stall")
 
 
 FORM = {"content-type": "application/x-www-form-urlencoded"}
