@@ -45,7 +45,7 @@ from apps.orders.models import (
     ReconciliationPass,
     Refund,
 )
-from apps.orders.payments import PaymentProviderUnavailable, sumup_waits
+from apps.orders.payments import CheckoutStatusUnknown, PaymentProviderUnavailable, sumup_waits
 from apps.orders.runtime import OrdersRuntime
 from apps.orders.service import give_back_holds_key, load_order, recheck
 from apps.orders.settlement import (
@@ -95,20 +95,28 @@ class WaitingOnSumUp:
     of: str
     unanswered: dict[int, str] = field(default_factory=dict)
     refused: dict[int, str] = field(default_factory=dict)
+    # Checkouts SumUp reports in a status orders does not know: each its own answer.
+    unsettled: dict[int, str] = field(default_factory=dict)
 
     def waits(self, item_id: int, exc: BaseException) -> bool:
         """Whether ``exc`` is SumUp's to wait out; if so, ``item_id`` is kept for the warning."""
         said = sumup_waits(exc)
         if said is None:
             return False
-        outage = isinstance(exc, PaymentProviderUnavailable)
-        (self.unanswered if outage else self.refused)[item_id] = said
+        if isinstance(exc, CheckoutStatusUnknown):
+            self.unsettled[item_id] = said
+        elif isinstance(exc, PaymentProviderUnavailable):
+            self.unanswered[item_id] = said
+        else:
+            self.refused[item_id] = said
         return True
 
     async def warn(self, maker: Callable[[], AsyncSession]) -> None:
         if self.unanswered:
             # Their answers are alike (one outage): the first of them says what it was.
             await self._warn(maker, self.unanswered[min(self.unanswered)], self.unanswered)
+        for item_id, said in sorted(self.unsettled.items()):  # few, and each its own
+            await self._warn(maker, said, [item_id])
         if self.refused:
             # A key is a merchant's: one warning per merchant, naming it and its orders (a
             # person gives that merchant's page a new key), each with its first answer.
