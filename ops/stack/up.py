@@ -35,6 +35,7 @@ from ops.db.topology import Topology, check_dsn
 from ops.paths import rose_home
 from ops.stack.demo import seed_demo_data
 from ops.stack.pgserver import (
+    DATA_DIR_FILES,
     DEFAULT_PG_PORT,
     MAX_PORT,
     MIN_PORT,
@@ -304,11 +305,12 @@ def _run_stack(options: StackOptions, home: Path, lock_home: Callable[[], None])
         options.database_url is None
         and not options.fresh
         and os.environ.get("ROSE_ENV", "dev") != "prod"
-        and (data_dir / "PG_VERSION").exists()
+        and all((data_dir / name).exists() for name in DATA_DIR_FILES)
         and not credentials_file.exists()
     ):
         # New passwords would not open the database made with the old ones: refused before
-        # any is made (before, a new file was written and every start failed to log in).
+        # any is made (before, a new file was written and every start failed to log in). A
+        # data directory initdb did not finish is named as such further on.
         raise StackError(
             f"{data_dir} holds a database, and {credentials_file} is missing: it held the "
             "passwords that database was made with (its superuser's among them), so new ones "
