@@ -406,6 +406,8 @@ class Reconciler:
         asked about: an order being made is committed well within it, or never. Events not
         answering (or an events without the query, mid-deploy) is tried again next pass.
         How many were given back."""
+        if not self._runtime.client.knows(events.SERVICE):
+            return 0  # a deployment without events: no holds to give back
         never_made: list[int] = []
         after = 0
         while True:  # a page at a time: a rush's live orders must not hide one after them
