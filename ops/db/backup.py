@@ -586,16 +586,20 @@ def _state(
     return "new", None
 
 
+# Each sequence of a service's schema: its quoted name, the next value it would hand out, and
+# its step.
+_SEQUENCES = (
+    "SELECT format('%%I.%%I', schemaname, sequencename), "
+    "coalesce(last_value + increment_by, start_value), increment_by "
+    "FROM pg_sequences WHERE schemaname = %s"
+)
+
+
 def _sequences(topology: Topology, service: str) -> dict[str, int]:
     """The next value each sequence of the service's schema would hand out."""
     with _session(topology, service) as connection:
-        rows = connection.execute(
-            "SELECT format('%%I.%%I', schemaname, sequencename), "
-            "coalesce(last_value + increment_by, start_value) "
-            "FROM pg_sequences WHERE schemaname = %s",
-            (service_spec(service).name,),
-        ).fetchall()
-    return {str(name): int(value) for name, value in rows}
+        rows = connection.execute(_SEQUENCES, (service_spec(service).name,)).fetchall()
+    return {str(name): int(value) for name, value, _ in rows}
 
 
 # How far past the backup's ids a restored database goes on. The ids handed out between the
@@ -620,12 +624,7 @@ def _ids_past_the_backup(
     except subprocess.SubprocessError as exc:
         raise BackupError(f"pg_restore cannot list the sequences of {archive}: {exc}") from None
     with _session(topology, service) as connection:
-        rows = connection.execute(
-            "SELECT format('%%I.%%I', schemaname, sequencename), "
-            "coalesce(last_value + increment_by, start_value), increment_by "
-            "FROM pg_sequences WHERE schemaname = %s",
-            (service_spec(service).name,),
-        ).fetchall()
+        rows = connection.execute(_SEQUENCES, (service_spec(service).name,)).fetchall()
         for name, now, increment in rows:
             value, called = backed_up.get(str(name), (1, False))
             backup_next = value + increment if called else value
