@@ -237,6 +237,7 @@ def _return_page(
         no_script_looks_left=NO_SCRIPT_LOOKS - looked,
         no_script_looks=NO_SCRIPT_LOOKS,
         unconfirmed=service.unconfirmed_note(order),
+        nothing_confirmed=service.nothing_confirmed(order),
         reviewed=service.ended_by_review(order),
         pay_again=service.pay_again_offer(order, runtime.settings.attempts_per_order),
     )
@@ -344,6 +345,7 @@ async def order_detail(
         state=await service.order_state(db_session, order),
         latest=await service.latest_checkout_of(db_session, order),
         unconfirmed=service.unconfirmed_note(order),
+        nothing_confirmed=service.nothing_confirmed(order),
         reviewed=service.ended_by_review(order),
         pay_again=service.pay_again_offer(order, runtime.settings.attempts_per_order),
     )

@@ -1913,6 +1913,12 @@ def unconfirmed_note(order: Order) -> str:
     return note
 
 
+def nothing_confirmed(order: Order) -> bool:
+    """Whether events could confirm none of the order's lines (all bookings): what was paid for
+    it goes back whole (settlement.bookings_not_confirmed), and its pages say so."""
+    return bool(order.items) and all(item.unconfirmed_at is not None for item in order.items)
+
+
 def ended_by_review(order: Order) -> bool:
     """Whether a person's review (``rose orders end-review``) is what ended an order that is
     no longer paid: its flag cleared, its reason kept, and no payment of it that came after it

@@ -1032,8 +1032,8 @@ async def bookings_not_confirmed(
       of the same booking, and an entry's id is the same place for the next buyer;
     - its lines of them record when (``unconfirmed_at``): what the order's pages name;
     - their price is money that must go back, not a log line (a refund is recorded);
-    - an order with nothing to pay has nothing to give back; if none of its lines was
-      confirmed, it is cancelled, so that it does not say it is confirmed.
+    - an order none of whose lines was confirmed does not say it is: a paid one is being
+      refunded (``refund_due``), one with nothing to pay is cancelled.
 
     True when a refund is owed."""
     entry_ids = set(answer.unconfirmed.entry_ids)
@@ -1074,10 +1074,12 @@ async def bookings_not_confirmed(
             )
             .values(unconfirmed_at=func.now())
         )
+    # Nothing of the order is honoured: every line lost now, or by an earlier answer.
+    nothing_left = all(item in lost or item.unconfirmed_at is not None for item in items)
     paid_with = await paid_attempt_id(session, order_id, order.paid_attempt_id)
     paid_attempt = None if paid_with is None else await session.get(PaymentAttempt, paid_with)
     if paid_attempt is None:
-        if order.total == 0 and len(lost) == len(items):
+        if order.total == 0 and nothing_left:
             cancelled = await session.scalar(
                 update(Order)
                 .where(Order.id == order_id, Order.status == "paid")
@@ -1097,6 +1099,15 @@ async def bookings_not_confirmed(
         f"bookings that could not be confirmed: {titles}",
         amount,
     )
+    if nothing_left:
+        # All its money goes back: the order is being refunded (refunded once its refunds are
+        # done, apps.orders.settlement._refund_done), not paid. A flagged one is a person's:
+        # its review decides.
+        await session.execute(
+            update(Order)
+            .where(Order.id == order_id, Order.status == "paid", Order.flagged.is_(False))
+            .values(status="refund_due", updated_at=func.now())
+        )
     return True
 
 

@@ -158,6 +158,45 @@ async def test_a_booking_events_cannot_confirm_is_refunded_at_once(stack, clean_
     ]
 
 
+async def test_a_paid_order_none_of_whose_bookings_could_be_confirmed_ends_refunded(
+    stack, clean_db, shop, sandbox
+):
+    """An order of one tour, paid after the buyer took the tour out of the cart and someone
+    else booked it: every line of it went back. It was refunded whole and still said "paid"
+    (its list, its API, a finance report counting paid orders). It is being refunded, then
+    refunded; a report of its payment sent again gives nothing back twice."""
+    cart = await browser_of(stack, "cart", user_id=3)
+    events = stack.browser("events")
+    share_cookies(cart, events)
+    assert (await events.post(f"/entries/{shop.entry_id}/book/")).status_code == 200
+    order_id = (await cart.post("/checkout/")).json()["order_id"]
+    assert (await cart.post(f"/booking/entry/{shop.entry_id}/delete/")).status_code == 200
+    other = await browser_of(stack, "events", user_id=4)
+    assert (await other.post(f"/entries/{shop.entry_id}/book/")).status_code == 200
+
+    await pay_and_notify(stack, sandbox, clean_db, order_id)
+
+    def refunds() -> list[tuple]:
+        with admin_connect(clean_db, "orders") as connection:
+            return connection.execute(
+                "SELECT amount, status FROM orders.refunds WHERE order_id = %s", (order_id,)
+            ).fetchall()
+
+    assert await eventually(lambda: refunds() == [(Decimal("7.50"), "done")], timeout=10)
+    assert await eventually(lambda: orders_of(clean_db)[order_id][0] == "refunded", timeout=10)
+    checkout_id = checkout_id_of(clean_db, order_id)
+    assert (await webhook(stack, order_id, checkout_id)).status_code == 204
+    given_back = [(Decimal("7.50"), "done")]
+    assert (orders_of(clean_db)[order_id][0], refunds()) == ("refunded", given_back)
+    orders = stack.browser("orders")
+    share_cookies(cart, orders)
+    assert (await orders.get(f"/api/orders/{order_id}")).json()["status"] == "refunded"
+    detail = await orders.get(f"/order/{order_id}/", headers=HTML)
+    state = " ".join(detail.text.split('id="order-state"', 1)[1].split("</p>", 1)[0].split())
+    said = "None of this order's bookings could be confirmed: what you paid for it has been"
+    assert said in state, state
+
+
 async def test_a_booking_a_paid_order_could_not_confirm_can_be_ordered_again(
     stack, clean_db, shop, sandbox
 ):

@@ -725,6 +725,96 @@ def test_a_paid_order_records_the_attempt_it_was_paid_with(cluster: Cluster) -> 
     assert after == before  # every order there was is as it was
 
 
+def test_paid_orders_refunded_whole_for_unconfirmed_bookings_say_so(cluster: Cluster) -> None:
+    """orders 0018: a paid order none of whose lines events could confirm had its money given
+    back whole and still said "paid". The upgrade moves it to refunded (its refunds done) or
+    refund_due (one still going back); an order with a line confirmed, a flagged one, and one
+    with no such refund stay as they were, and so does every other column."""
+    command.downgrade(alembic_config("orders", cluster.topology.admin_url("orders")), "0017")
+    config_id, merchant = 1, DEFAULT_MERCHANT_CODE
+    with cluster.admin("orders") as orders:
+
+        def order(*lines: bool, refund: str | None, flagged: bool = False) -> int:
+            """A paid order of bookings, ``lines`` saying which could not be confirmed, and a
+            refund of them in state ``refund``."""
+            order_id = orders.execute(
+                "INSERT INTO orders.orders (user_id, status, currency, product_total, "
+                "calendar_total, ticket_total, total, description, page_config_id, "
+                "merchant_code, checkout_prefix, paid_at, flagged, flag_reason) VALUES (9, "
+                "'paid', 'EUR', 0, %s, 0, %s, 'o', %s, %s, 'rose-', now(), %s, %s) RETURNING id",
+                (
+                    2 * len(lines),
+                    2 * len(lines),
+                    config_id,
+                    merchant,
+                    flagged,
+                    "a person's" if flagged else None,
+                ),
+            ).fetchone()[0]
+            attempt_id = orders.execute(
+                "INSERT INTO orders.payment_attempts (order_id, number, checkout_reference, "
+                "sumup_checkout_id, status, amount, currency) VALUES (%s, 1, %s, %s, 'PAID', "
+                "%s, 'EUR') RETURNING id",
+                (order_id, f"u18-{order_id}", f"c18-{order_id}", 2 * len(lines)),
+            ).fetchone()[0]
+            orders.execute(
+                "UPDATE orders.orders SET paid_attempt_id = %s WHERE id = %s",
+                (attempt_id, order_id),
+            )
+            for number, lost in enumerate(lines):
+                orders.execute(
+                    "INSERT INTO orders.order_items (order_id, kind, source_id, title, "
+                    "unit_price, currency, quantity, unconfirmed_at) VALUES (%s, "
+                    "'calendar_entry', %s, 'tour', 2, 'EUR', 1, %s)",
+                    (order_id, order_id * 10 + number, "2026-12-01 10:00+00" if lost else None),
+                )
+            if refund is not None:
+                orders.execute(
+                    "INSERT INTO orders.refunds (order_id, attempt_id, reason_key, reason, "
+                    "amount, currency, status) VALUES (%s, %s, %s, 'bookings that could not "
+                    "be confirmed: tour', %s, 'EUR', %s)",
+                    (
+                        order_id,
+                        attempt_id,
+                        f"unconfirmed-bookings:{attempt_id}",
+                        2 * sum(lines),
+                        refund,
+                    ),
+                )
+            return order_id
+
+        given_back = order(True, True, refund="done")
+        going_back = order(True, refund="requested")
+        partly = order(True, False, refund="done")
+        flagged = order(True, refund="done", flagged=True)
+        never_refunded = order(True, refund=None)
+        ours = [given_back, going_back, partly, flagged, never_refunded]
+        before = orders.execute(
+            "SELECT * FROM orders.orders WHERE NOT (id = ANY(%s)) ORDER BY id", (ours,)
+        ).fetchall()
+
+    converge_databases(cluster.topology, cluster.credentials, say=lambda _: None)
+    assert cluster.rose("db", "check").exit_code == 0
+
+    with cluster.admin("orders") as orders:
+        states = dict(
+            orders.execute(
+                "SELECT id, status FROM orders.orders WHERE id = ANY(%s)", (ours,)
+            ).fetchall()
+        )
+        after = orders.execute(
+            "SELECT * FROM orders.orders WHERE NOT (id = ANY(%s)) ORDER BY id", (ours,)
+        ).fetchall()
+    assert states == {
+        given_back: "refunded",
+        going_back: "refund_due",
+        partly: "paid",
+        flagged: "paid",
+        never_refunded: "paid",
+    }
+    assert after == before
+
+
 def test_0015_run_again_after_its_fill_failed_finishes_it(cluster: Cluster) -> None:
     """orders 0015 commits its index and its constraints (NOT VALID) before it fills the column
     and validates them, each without holding the writers. A run that fails after that (its
