@@ -110,7 +110,11 @@ class Settings:
 
         database_url = required(f"DATABASE_URL_{upper}", "DATABASE_URL")
         internal_secret = required("INTERNAL_SECRET")
-        session_secret = required("SESSION_SECRET") if public else env.get("SESSION_SECRET")
+        # A service no browser reaches needs none; given empty (compose blanks it for them),
+        # it has none, as ``required`` reads an empty setting as missing.
+        session_secret = (
+            required("SESSION_SECRET") if public else env.get("SESSION_SECRET", "").strip() or None
+        )
         app_urls = _urls(env, "APP_URL_")
         if production and public:
             # No development URL stands in for a public one in production.

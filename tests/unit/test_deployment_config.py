@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from apps.common.settings import Settings
-from apps.registry import SERVICES
+from apps.registry import CONTRACTS, SERVICES, settings_for
 from ops.cli.db import db_app
 from ops.db.manifest import load_edges
 from ops.stack.proxy import host_of, production_caddyfile
@@ -91,6 +91,78 @@ def test_every_secret_compose_needs_is_in_the_env_template():
     )
     # The rotation windows, with how to use them.
     assert {"INTERNAL_SECRET_PREVIOUS", "SESSION_SECRET_PREVIOUS"} <= env_template_names()
+
+
+def _secrets_given(service: dict) -> dict[str, str]:
+    """The secrets of .env a container gets, by name: all of .env when compose gives it the
+    file (less what its environment blanks), and those its environment interpolates."""
+    environment = {name: str(value) for name, value in (service.get("environment") or {}).items()}
+    secrets = env_template_names()
+    given: dict[str, str] = {}
+    if ".env" in (service.get("env_file") or []) or service.get("env_file") == ".env":
+        given = {name: "from .env" for name in secrets}
+    for name, value in environment.items():
+        if value == "":
+            given.pop(name, None)
+        for used in re.findall(r"\$\{([A-Z0-9_]+)", value):
+            if used in secrets:
+                given[used] = name
+    return given
+
+
+def test_a_container_gets_no_secret_it_has_no_use_for():
+    """One service broken into (its environment read) must not be the whole cluster: no
+    service gets the superuser's password or another role's, relations and likes (no
+    browser reaches them) not the session secret, and SumUp's stand-in none of rose's."""
+    services = compose()["services"]
+    for name, contract in SERVICES.items():
+        needed = {
+            "INTERNAL_SECRET",
+            "INTERNAL_SECRET_PREVIOUS",
+            f"ROSE_DB_PASSWORD_{name.upper()}_APP",
+        }
+        if contract.public:
+            needed |= {"SESSION_SECRET", "SESSION_SECRET_PREVIOUS"}
+        extra = set(_secrets_given(services[name])) - needed
+        assert not extra, f"{name} gets {sorted(extra)}"
+    assert _secrets_given(services["sumup-sandbox"]) == {}
+    # The migrate job provisions every role: it alone has all of .env.
+    assert set(_secrets_given(services["migrate"])) >= env_template_names() - {
+        "INTERNAL_SECRET_PREVIOUS",
+        "SESSION_SECRET_PREVIOUS",
+    }
+
+
+def test_every_service_starts_on_the_environment_compose_gives_it():
+    """What a container's environment is: .env (when compose gives it) under the service's
+    own entries, interpolated from .env as compose does. Each service takes it (a secret it
+    is given blank is one it does without, not one it refuses to start with)."""
+    output = subprocess.run(
+        [sys.executable, "-m", "ops.cli", "env-template"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+    ).stdout
+    dotenv = dict(
+        line.split("=", 1) for line in output.splitlines() if "=" in line and line[0] != "#"
+    )
+
+    def interpolated(value: str) -> str:
+        return re.sub(
+            r"\$\{([A-Z0-9_]+)(?::-([^}]*))?\}",
+            lambda match: dotenv.get(match.group(1)) or match.group(2) or "",
+            value,
+        )
+
+    services = compose()["services"]
+    for name, contract in CONTRACTS.items():
+        service = services[name]
+        environment = dict(dotenv) if service.get("env_file") else {}
+        environment |= {
+            key: interpolated(str(value)) for key, value in service["environment"].items()
+        }
+        settings_for(contract, environment)
 
 
 def test_deploy_script_deploys_every_service():
