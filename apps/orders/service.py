@@ -227,15 +227,24 @@ def _check_amounts(request: CreateOrder) -> None:
         _check_amount("price", booking.price)
 
 
+def _on_public_url(url: str, public_base: str) -> bool:
+    """Whether ``url`` is orders' public URL or a path under it: beginning with it is not
+    enough (``https://orders.rose-ash.com.evil.example``, ``...com@evil.example`` are
+    other hosts)."""
+    return url == public_base or url.startswith(public_base + "/")
+
+
 def _check_urls(request: CreateOrder, urls: OrderUrls) -> None:
-    if request.webhook_base_url is not None and not request.webhook_base_url.rstrip("/").startswith(
-        urls.public_base
+    if request.webhook_base_url is not None and not _on_public_url(
+        request.webhook_base_url.rstrip("/"), urls.public_base
     ):
         raise InvalidInput(
             f"webhook_base_url must be this service's public URL {urls.public_base}",
             field="webhook_base_url",
         )
-    if request.redirect_url is not None and not request.redirect_url.startswith(urls.public_base):
+    if request.redirect_url is not None and not _on_public_url(
+        request.redirect_url, urls.public_base
+    ):
         raise InvalidInput(
             f"redirect_url must be on this service's public URL {urls.public_base}",
             field="redirect_url",

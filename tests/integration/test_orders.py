@@ -161,6 +161,21 @@ async def test_page_config_of_the_page_wins_over_the_site_default(orders, clean_
             order_payload(product_line(1), webhook_base_url="https://evil.example"),
             "webhook_base_url",
         ),
+        # A URL that only begins with orders' public URL names another host.
+        (
+            order_payload(product_line(1), webhook_base_url=f"{ORDERS_PUBLIC_URL}.evil.example"),
+            "webhook_base_url",
+        ),
+        (
+            order_payload(
+                product_line(1), redirect_url=f"{ORDERS_PUBLIC_URL}.evil.example/checkout/return/1/"
+            ),
+            "redirect_url",
+        ),
+        (
+            order_payload(product_line(1), redirect_url=f"{ORDERS_PUBLIC_URL}@evil.example/"),
+            "redirect_url",
+        ),
         ({**order_payload(product_line(1)), "colour": "red"}, "colour"),
         # More than an order's amounts can hold: named, not PostgreSQL's "numeric field overflow".
         (order_payload(product_line(1, "99999999.99", quantity=200)), "total"),
