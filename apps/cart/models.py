@@ -135,19 +135,9 @@ request_nonces = nonce_table(metadata)
 
 # -- foreign tables: other services' export views, as their contracts declare them ------------
 products = market.PRODUCTS.foreign_table()
-# Without the timestamps: the cart edge reads only what it shows.
+# Without the timestamps or the SumUp merchant: the cart edge reads only what it shows.
 page_configs = blog.PAGE_CONFIGS.foreign_table(
-    [
-        "id",
-        "container_type",
-        "container_id",
-        "page_slug",
-        "page_title",
-        "features",
-        "sumup_merchant_code",
-        "sumup_checkout_prefix",
-        "sumup_configured",
-    ]
+    ["id", "container_type", "container_id", "page_slug", "page_title", "features"]
 )
 pending_bookings = events.PENDING_BOOKINGS.foreign_table()
 ended_holds = events.ENDED_HOLDS.foreign_table()

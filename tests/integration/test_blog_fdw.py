@@ -96,14 +96,16 @@ def test_cart_reads_page_configs_without_any_key_column(clean_db, credentials):
     insert_config(clean_db, "page", page_id, deleted_at="2026-01-01T00:00:00Z")
 
     with psycopg.connect(clean_db.topology.app_url("cart", credentials)) as cart:
-        # cart's edge declares only the columns cart reads (db/fdw/manifest.toml).
-        assert columns_of(cart, "blog", "page_configs") == PAGE_CONFIG_COLUMNS[:-2]
+        # cart's edge declares only the columns cart reads (db/fdw/manifest.toml): not the
+        # timestamps, nor the SumUp merchant (orders reads that, through its own edge).
+        assert columns_of(cart, "blog", "page_configs") == PAGE_CONFIG_COLUMNS[:6]
         cursor = cart.execute("SELECT * FROM blog.page_configs ORDER BY id")
         names = [column.name for column in cursor.description]
         rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
         assert not any("key" in name for name in names)
         assert SANDBOX_KEY not in repr(rows)
-        # Active rows only; the page's slug and title come along; the key only as a yes/no.
+        assert "MSANDBOX1" not in repr(rows)
+        # Active rows only; the page's slug and title come along.
         assert [
             (
                 row["container_type"],
@@ -111,23 +113,11 @@ def test_cart_reads_page_configs_without_any_key_column(clean_db, credentials):
                 row["page_slug"],
                 row["page_title"],
                 row["features"],
-                row["sumup_merchant_code"],
-                row["sumup_checkout_prefix"],
-                row["sumup_configured"],
             )
             for row in rows
         ] == [
-            (
-                "page",
-                page_id,
-                "farm-shop",
-                "Farm shop",
-                {"cart": True},
-                "MSANDBOX1",
-                "rose-farm-",
-                True,
-            ),
-            ("site", 0, None, None, {"cart": True}, "MSANDBOX1", "rose-farm-", False),
+            ("page", page_id, "farm-shop", "Farm shop", {"cart": True}),
+            ("site", 0, None, None, {"cart": True}),
         ]
         with pytest.raises(psycopg.errors.UndefinedColumn):
             cart.execute("SELECT sumup_api_key FROM blog.page_configs")
@@ -135,7 +125,7 @@ def test_cart_reads_page_configs_without_any_key_column(clean_db, credentials):
         # cart was given no foreign table with the key.
         assert columns_of(cart, "blog", "page_payment_configs") == []
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            cart.execute("UPDATE blog.page_configs SET sumup_merchant_code = 'STOLEN1'")
+            cart.execute("UPDATE blog.page_configs SET page_title = 'STOLEN1'")
 
 
 def test_the_cart_reader_role_cannot_read_the_key_by_any_path(clean_db, credentials):
@@ -146,6 +136,10 @@ def test_the_cart_reader_role_cannot_read_the_key_by_any_path(clean_db, credenti
     with psycopg.connect(reader) as connection:
         assert connection.execute("SELECT count(*) FROM export.page_configs").fetchone() == (1,)
     for forbidden in (
+        # Nor the SumUp merchant, which cart never reads.
+        "SELECT sumup_merchant_code FROM export.page_configs",
+        "SELECT sumup_checkout_prefix FROM export.page_configs",
+        "SELECT sumup_configured FROM export.page_configs",
         "SELECT sumup_api_key FROM blog.page_configs",
         "SELECT sumup_api_key FROM export.page_payment_configs",
         "SELECT * FROM blog.page_configs",
