@@ -335,6 +335,29 @@ async def test_a_rolling_rotation_of_both_secrets_drops_no_call_and_signs_nobody
         assert (await back.get("/auth/session")).json()["user_id"] == 34
 
 
+async def test_a_cookie_copied_before_sign_out_is_ended_only_by_a_new_secret(clean_db, credentials):
+    """docs/sign-in.md, "What sign-out does not do" (probe attacker): a session is its signed
+    cookie, so sign-out replaces it in the browser and a copy kept from before still signs its
+    holder in. Replacing SESSION_SECRET, the old one not kept as previous, ends every copy."""
+    async with in_process_stack(clean_db, credentials, ["market"]) as running:
+        market = running.browser("market")
+        signed = await market.get("/auth/dev-login?user_id=35", headers=JSON)
+        copy = market.cookies["rose_session"]
+        market.headers["x-csrf-token"] = signed.json()["csrf_token"]
+        assert (await market.post("/auth/logout", headers=JSON)).status_code == 303
+        assert (await market.get("/auth/session")).json()["signed_in"] is False
+        thief = running.browser("market")
+        thief.cookies.set("rose_session", copy, domain="market.test")
+        assert (await thief.get("/auth/session")).json()["user_id"] == 35
+    replaced = {"market": {"session_secret": "a-new-session-secret-0123"}}
+    async with in_process_stack(
+        clean_db, credentials, ["market"], settings_overrides=replaced
+    ) as running:
+        thief = running.browser("market")
+        thief.cookies.set("rose_session", copy, domain="market.test")
+        assert (await thief.get("/auth/session")).json()["signed_in"] is False
+
+
 @pytest.mark.parametrize("service", ["blog", "market", "cart", "events", "orders"])
 async def test_security_headers_on_every_public_page(stack, service):
     for path in ("/", "/no-such-page"):
