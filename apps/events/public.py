@@ -131,8 +131,13 @@ async def book_entry(
     own_settings: OwnSettings,
     entry_id: IdParam,
 ) -> Response[Any]:
-    # An anonymous hold records its client network, which holds so many at once at most.
-    limit = service.HoldLimit(client_network(request), own_settings.anonymous_holds_per_address)
+    # An anonymous hold records its client network, which holds so many at once at most; an
+    # account holds so many at once at most.
+    limit = service.HoldLimit(
+        client_network(request),
+        own_settings.anonymous_holds_per_address,
+        own_settings.holds_per_account,
+    )
     booked = await service.book_entry(
         db_session, entry_id, owner(identity), own_settings.hold, limit
     )

@@ -438,16 +438,20 @@ TICKET_LET_GO: dict[str, Any] = {"state": "cancelled"}
 @dataclass(frozen=True)
 class HoldLimit:
     """Where an anonymous booking comes from (``apps.common.web.client_network``: an address,
-    an IPv6 client's /64; None when unknown), and how many live anonymous holds one network
-    may have at once (0: no limit)."""
+    an IPv6 client's /64; None when unknown), how many live anonymous holds one network may
+    have at once, and how many live holds one signed-in account may have at once (0: no
+    limit)."""
 
     network: str | None = None
     per_network: int = 0
+    per_account: int = 0
 
 
 # Of the advisory lock per client network: its live anonymous holds are counted and a new one
 # is made under it, so concurrent bookings from one network count exactly.
 HOLDS_LOCK_NAMESPACE = "events-anonymous-holds"
+# The same per account, for a signed-in buyer's holds.
+ACCOUNT_HOLDS_LOCK_NAMESPACE = "events-account-holds"
 
 
 def anonymous_hold_of(network: str) -> ColumnElement[bool]:
@@ -463,24 +467,39 @@ def anonymous_hold_of(network: str) -> ColumnElement[bool]:
     )
 
 
+def account_hold_of(user_id: int) -> ColumnElement[bool]:
+    """A live hold of a signed-in buyer, in their cart or for their order not paid yet (the
+    rows of ``ix_calendar_entries_pending_user``)."""
+    return and_(
+        CalendarEntry.state == "pending",
+        CalendarEntry.user_id == user_id,
+        CalendarEntry.hold_expires_at > func.now(),
+    )
+
+
 async def _refuse_over_the_limit(
-    session: AsyncSession, entry_id: int, network: str, per_network: int
+    session: AsyncSession,
+    entry_id: int,
+    held: ColumnElement[bool],
+    limit: int,
+    whose: str,
+    otherwise: str,
 ) -> None:
-    """Under the network's lock, after the booking's update: the network's other live
-    anonymous holds. At the limit, the booking is rolled back and refused (429, Retry-After
-    the seconds until enough of them have ended for one more)."""
-    others = and_(anonymous_hold_of(network), CalendarEntry.id != entry_id)
+    """Under the lock of whoever's holds ``held`` are (a network's, an account's), after the
+    booking's update: the other live holds. At the limit, the booking is rolled back and
+    refused (429, Retry-After the seconds until enough of them have ended for one more)."""
+    others = and_(held, CalendarEntry.id != entry_id)
     count = await session.scalar(select(func.count()).where(others)) or 0
-    if count < per_network:
+    if count < limit:
         return
-    # One more fits once count - per_network + 1 of them have ended (more than the limit are
-    # held where it was lowered, or the release before counted nothing).
+    # One more fits once count - limit + 1 of them have ended (more than the limit are held
+    # where it was lowered, or the release before counted nothing).
     row = (
         await session.execute(
             select(CalendarEntry.hold_expires_at, func.now())
             .where(others)
             .order_by(CalendarEntry.hold_expires_at)
-            .offset(count - per_network)
+            .offset(count - limit)
             .limit(1)
         )
     ).first()
@@ -492,10 +511,9 @@ async def _refuse_over_the_limit(
     await session.rollback()
     retry_after = max(1, math.ceil((place_free - now).total_seconds()))
     raise TooManyRequests(
-        f"Nothing was booked: {per_network} entries are held from your network "
-        f"without signing in, the most there may be at once. Try again in {retry_after} s, "
-        "when enough of those holds have ended (sooner if one is taken out of its cart "
-        "or paid for), or sign in: bookings of a signed-in buyer are not counted.",
+        f"Nothing was booked: {limit} entries are held {whose}, the most there may be at "
+        f"once. Try again in {retry_after} s, when enough of those holds have ended (sooner "
+        f"if one is taken out of its cart or paid for){otherwise}.",
         retry_after=retry_after,
     )
 
@@ -512,13 +530,17 @@ async def book_entry(
     the others see it is held. Booking an entry one already holds answers it as it is.
 
     An anonymous owner's hold records its client network (``limit.network``), and a network
-    has at most ``limit.per_network`` live anonymous holds: a new one past that is refused (a
-    429, nothing written), counted under the network's advisory lock."""
+    has at most ``limit.per_network`` live anonymous holds; a signed-in owner's account has at
+    most ``limit.per_account`` live holds. A new one past either is refused (a 429, nothing
+    written), counted under the network's or the account's advisory lock."""
     await _refuse_if_signed_in(session, owner)
     network = limit.network if limit is not None and owner.user_id is None else None
     per_network = limit.per_network if limit is not None and network is not None else 0
+    per_account = limit.per_account if limit is not None and owner.user_id is not None else 0
     if network is not None and per_network:
         await lock_network(session, HOLDS_LOCK_NAMESPACE, network)
+    if owner.user_id is not None and per_account:
+        await lock_network(session, ACCOUNT_HOLDS_LOCK_NAMESPACE, str(owner.user_id))
     booked = await session.scalar(
         update(CalendarEntry)
         .where(
@@ -539,7 +561,18 @@ async def book_entry(
         .returning(CalendarEntry)
     )
     if booked is not None and network is not None and per_network:
-        await _refuse_over_the_limit(session, entry_id, network, per_network)
+        await _refuse_over_the_limit(
+            session,
+            entry_id,
+            anonymous_hold_of(network),
+            per_network,
+            "from your network without signing in",
+            ", or sign in: a signed-in buyer's bookings are counted for their account",
+        )
+    if booked is not None and owner.user_id is not None and per_account:
+        await _refuse_over_the_limit(
+            session, entry_id, account_hold_of(owner.user_id), per_account, "for your account", ""
+        )
     now = await database_now(session)
     if booked is not None:
         return to_entry(booked, owner, now)

@@ -23,8 +23,12 @@ class EventsSettings:
     # Live anonymous holds of entries per client network (an address, an IPv6 client's /64) at
     # once; 0 turns the limit off. An entry has one booker, so a client minting a session per
     # booking could hold every entry; this bounds it. Generous, as many buyers may share one
-    # address (an office, a mobile carrier's NAT); signed-in buyers are not counted.
+    # address (an office, a mobile carrier's NAT); signed-in buyers are counted per account.
     anonymous_holds_per_address: int = 20
+    # Live holds of entries per signed-in account at once; 0 turns the limit off. An account is
+    # the way round the limit per network: one account could otherwise hold every entry and
+    # book them again as the holds end.
+    holds_per_account: int = 20
 
     @property
     def hold(self) -> timedelta:
@@ -46,6 +50,13 @@ class EventsSettings:
                 "EVENTS_ANONYMOUS_HOLDS_PER_ADDRESS",
                 int,
                 defaults.anonymous_holds_per_address,
+                zero_allowed=True,
+            ),
+            holds_per_account=setting_number(
+                settings.extra,
+                "EVENTS_HOLDS_PER_ACCOUNT",
+                int,
+                defaults.holds_per_account,
                 zero_allowed=True,
             ),
         )

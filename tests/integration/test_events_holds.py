@@ -1,8 +1,9 @@
 """Anonymous holds of calendar entries are bounded per client network (an address, an IPv6
 client's /64): an entry has one booker, so a hold is scarce, and a client minting a session per
 booking held every bookable entry of the demo for 15 minutes, again and again, from one address
-(sixteen requests). At most EVENTS_ANONYMOUS_HOLDS_PER_ADDRESS live anonymous holds per network;
-signed-in buyers are not counted. events over real HTTP against its real database."""
+(sixteen requests). At most EVENTS_ANONYMOUS_HOLDS_PER_ADDRESS live anonymous holds per network, and
+EVENTS_HOLDS_PER_ACCOUNT live holds per signed-in account (an account was the way round the
+first: one held every entry). events over real HTTP against its real database."""
 
 from __future__ import annotations
 
@@ -33,8 +34,12 @@ LIMIT = 3
 
 
 @asynccontextmanager
-async def holds_stack(clean_db, credentials, limit: int = LIMIT) -> AsyncIterator[Any]:
+async def holds_stack(
+    clean_db, credentials, limit: int = LIMIT, per_account: int | None = None
+) -> AsyncIterator[Any]:
     extra = {"EVENTS_ANONYMOUS_HOLDS_PER_ADDRESS": str(limit)}
+    if per_account is not None:
+        extra["EVENTS_HOLDS_PER_ACCOUNT"] = str(per_account)
     async with in_process_stack(
         clean_db,
         credentials,
@@ -286,3 +291,57 @@ async def test_retry_after_names_when_enough_holds_end_for_one_more(clean_db, cr
         assert_problem(refused, 429)
         # Five held, a limit of 3: three must end for one more to fit, the third at 3 minutes.
         assert 170 <= int(refused.headers["retry-after"]) <= 181
+
+
+async def test_one_account_holds_at_most_its_limit_of_entries(clean_db, credentials):
+    """Probe attacker: one signed-in account held every entry of a calendar, every other buyer
+    refused ("held in someone's cart"), and booked them again as its holds ended. An account
+    holds at most EVENTS_HOLDS_PER_ACCOUNT at once: the next is a 429 saying when one more
+    fits, and writes nothing. Another account is not refused; a hold that ended frees a place;
+    the account booking an entry it holds answers it as before."""
+    async with holds_stack(clean_db, credentials, limit=0, per_account=LIMIT) as stack:
+        ids = some_entries(clean_db, LIMIT + 2)
+        user = await user_at(stack, 21, "203.0.113.20")
+        for entry_id in ids[:LIMIT]:
+            assert (await user.post(f"/entries/{entry_id}/book/")).status_code == 200
+        events_rows(
+            clean_db,
+            "UPDATE events.calendar_entries SET hold_expires_at = now() + interval '100 seconds'"
+            " WHERE id = %s RETURNING id",
+            (ids[1],),
+        )
+        before = entries(clean_db)
+        refused = await user.post(f"/entries/{ids[LIMIT]}/book/")
+        problem = assert_problem(refused, 429, "Nothing was booked", "for your account")
+        assert 1 <= int(refused.headers["retry-after"]) <= 101
+        assert problem["retry_after"] == int(refused.headers["retry-after"])
+        assert entries(clean_db) == before
+        # From another address too: the account is counted, not where it is.
+        elsewhere = await user_at(stack, 21, "198.51.100.20")
+        assert_problem(await elsewhere.post(f"/entries/{ids[LIMIT]}/book/"), 429)
+
+        again = await user.post(f"/entries/{ids[0]}/book/")
+        assert again.status_code == 200, again.text
+        other = await user_at(stack, 22, "203.0.113.20")
+        assert (await other.post(f"/entries/{ids[LIMIT]}/book/")).status_code == 200
+
+        end_holds(clean_db, ids[0])
+        assert (await user.post(f"/entries/{ids[LIMIT + 1]}/book/")).status_code == 200
+
+
+async def test_concurrent_bookings_of_one_account_never_pass_its_limit(clean_db, credentials):
+    async with holds_stack(clean_db, credentials, limit=0, per_account=LIMIT) as stack:
+        ids = some_entries(clean_db, 10)
+        user = await user_at(stack, 23, "192.0.2.60")
+        responses = await asyncio.gather(
+            *(user.post(f"/entries/{entry_id}/book/") for entry_id in ids)
+        )
+        statuses = sorted(response.status_code for response in responses)
+        assert statuses == [200] * LIMIT + [429] * (len(ids) - LIMIT), [
+            response.text for response in responses
+        ]
+        held = events_rows(
+            clean_db,
+            "SELECT count(*) FROM events.calendar_entries WHERE state = 'pending'",
+        )
+        assert held == [(LIMIT,)]

@@ -256,6 +256,18 @@ def test_the_checkout_limit_per_address_is_30_and_0_turns_it_off():
     assert off.anonymous_checkouts_per_address == 0
 
 
+def test_the_holds_per_account_are_20_and_0_turns_the_limit_off():
+    default = EventsSettings.from_settings(settings_for(CONTRACTS["events"], COMPLETE))
+    assert default.holds_per_account == 20
+    environment = {**COMPLETE, "EVENTS_HOLDS_PER_ACCOUNT": "0"}
+    off = EventsSettings.from_settings(settings_for(CONTRACTS["events"], environment))
+    assert off.holds_per_account == 0
+    for value in ("-1", "2.5", "many"):
+        environment = {**COMPLETE, "EVENTS_HOLDS_PER_ACCOUNT": value}
+        with pytest.raises(ConfigError, match=f"EVENTS_HOLDS_PER_ACCOUNT must .*'{value}'"):
+            EventsSettings.from_settings(settings_for(CONTRACTS["events"], environment))
+
+
 def test_the_anonymous_holds_per_address_are_20_and_0_turns_the_limit_off():
     default = EventsSettings.from_settings(settings_for(CONTRACTS["events"], COMPLETE))
     assert default.anonymous_holds_per_address == 20
