@@ -102,6 +102,18 @@ def some_entries(server, count: int) -> list[int]:
     return [insert_entry(server, calendar_id, f"Walk {n}") for n in range(count)]
 
 
+def assert_the_limit_held_the_rest_refused(server, responses: list[httpx.Response]) -> None:
+    """Of bookings sent at once, LIMIT were held and the rest refused (429): none past it."""
+    statuses = sorted(response.status_code for response in responses)
+    assert statuses == [200] * LIMIT + [429] * (len(responses) - LIMIT), [
+        response.text for response in responses
+    ]
+    held = events_rows(
+        server, "SELECT count(*) FROM events.calendar_entries WHERE state = 'pending'"
+    )
+    assert held == [(LIMIT,)]
+
+
 async def test_one_network_holds_at_most_the_limit_of_entries_anonymously(clean_db, credentials):
     """Sessions minted at one address hold up to the limit; the next anonymous hold from it is
     a 429 with Retry-After (when the first of its holds ends) and writes nothing. Another
@@ -209,15 +221,7 @@ async def test_concurrent_anonymous_bookings_from_one_network_never_pass_the_lim
                 for visitor, entry_id in zip(visitors, ids, strict=True)
             )
         )
-        statuses = sorted(response.status_code for response in responses)
-        assert statuses == [200] * LIMIT + [429] * (len(ids) - LIMIT), [
-            response.text for response in responses
-        ]
-        held = events_rows(
-            clean_db,
-            "SELECT count(*) FROM events.calendar_entries WHERE state = 'pending'",
-        )
-        assert held == [(LIMIT,)]
+        assert_the_limit_held_the_rest_refused(clean_db, responses)
 
 
 async def test_a_limit_of_0_counts_nothing(clean_db, credentials):
@@ -336,12 +340,4 @@ async def test_concurrent_bookings_of_one_account_never_pass_its_limit(clean_db,
         responses = await asyncio.gather(
             *(user.post(f"/entries/{entry_id}/book/") for entry_id in ids)
         )
-        statuses = sorted(response.status_code for response in responses)
-        assert statuses == [200] * LIMIT + [429] * (len(ids) - LIMIT), [
-            response.text for response in responses
-        ]
-        held = events_rows(
-            clean_db,
-            "SELECT count(*) FROM events.calendar_entries WHERE state = 'pending'",
-        )
-        assert held == [(LIMIT,)]
+        assert_the_limit_held_the_rest_refused(clean_db, responses)
