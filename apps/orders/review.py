@@ -50,6 +50,7 @@ from decimal import Decimal
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 
 from apps.common.inputs import one_line_name
 from apps.common.problems import Conflict, InvalidInput, NotFound
@@ -76,6 +77,7 @@ from apps.orders.settlement import (
     paid_attempt_id,
     record_refund,
     refund_recorded_for,
+    settle_nothing_confirmed,
     unknown_status_said,
 )
 
@@ -225,6 +227,12 @@ async def end_review(
     order.flagged = False
     order.updated_at = func.now()
     await session.flush()
+    if order.status == "paid":
+        # Kept, and flagged when events could confirm none of its bookings: their money going
+        # back is all of it, and the order says so as one never flagged would.
+        settled = await settle_nothing_confirmed(session, order.id)
+        if settled is not None:
+            set_committed_value(order, "status", settled)
     releasing = (was_pending or paid_back) and await enqueue_release_of_bookings(
         session, order.id, paid_back=paid_back
     )

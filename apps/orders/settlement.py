@@ -40,6 +40,7 @@ from sqlalchemy import (
     func,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects.postgresql import array, insert
@@ -654,6 +655,12 @@ async def apply_checkout(
         and await _ATTEMPT_STATUS.scalar(session, {"attempt_id": attempt.id}) == "PAID"
     ):
         return Applied(current.status, "PAID")
+    if attempt.id == current.paid_attempt_id:
+        # The payment the order was paid with, reported again: by a report that read the
+        # attempt open while the transition recorded it, made by a report of the attempt held
+        # EXPIRED (closed by pay again as SumUp took its payment). Whatever became of the order
+        # since (its bookings not confirmed, a review) saw to that money; it is not a late one.
+        return Applied(current.status, "PAID")
     if current.status in (*CLOSED_UNPAID_STATES, "refund_due", "refunded"):
         # Money for an order that will not be honoured (a tab left open on a superseded order,
         # a payment after the order expired): it goes back.
@@ -666,11 +673,6 @@ async def apply_checkout(
             .values(status="refund_due", updated_at=func.now())
         )
         return Applied("refund_due", "PAID", refund_due=True)
-    if current.status == "paid" and attempt.id == current.paid_attempt_id:
-        # The payment the order was paid with, reported again: by a report that read the
-        # attempt open while the transition recorded it, made by a report of the attempt held
-        # EXPIRED (closed by pay again as SumUp took its payment).
-        return Applied("paid", "PAID")
     if (
         current.status == "paid"
         and current.paid_attempt_id is None
@@ -1100,15 +1102,50 @@ async def bookings_not_confirmed(
         amount,
     )
     if nothing_left:
-        # All its money goes back: the order is being refunded (refunded once its refunds are
-        # done, apps.orders.settlement._refund_done), not paid. A flagged one is a person's:
-        # its review decides.
-        await session.execute(
-            update(Order)
-            .where(Order.id == order_id, Order.status == "paid", Order.flagged.is_(False))
-            .values(status="refund_due", updated_at=func.now())
-        )
+        await settle_nothing_confirmed(session, order_id)
     return True
+
+
+# A paid order, not flagged, none of whose lines events confirmed, whose money for them goes
+# back: being refunded while a refund of it is not done, else refunded. Orders 0018 says the
+# same of the orders recorded before it.
+_NOTHING_CONFIRMED = text(
+    """
+    UPDATE orders.orders AS o
+    SET status = CASE
+            WHEN EXISTS (
+                SELECT FROM orders.refunds AS r WHERE r.order_id = o.id AND r.status <> 'done'
+            ) THEN 'refund_due'
+            ELSE 'refunded'
+        END,
+        updated_at = now()
+    WHERE o.id = :order_id
+      AND o.status = 'paid'
+      AND NOT o.flagged
+      AND EXISTS (SELECT FROM orders.order_items AS i WHERE i.order_id = o.id)
+      AND NOT EXISTS (
+          SELECT FROM orders.order_items AS i
+          WHERE i.order_id = o.id AND i.unconfirmed_at IS NULL
+      )
+      AND EXISTS (
+          SELECT FROM orders.refunds AS r
+          WHERE r.order_id = o.id AND r.reason_key LIKE :unconfirmed_refunds
+      )
+    RETURNING o.status
+    """
+)
+
+
+async def settle_nothing_confirmed(session: AsyncSession, order_id: int) -> str | None:
+    """A paid order none of whose bookings events could confirm, its money for them going
+    back, does not say it is paid: ``refund_due`` while a refund of it is not done, else
+    ``refunded``. Said where that becomes true: events' answer, a refund of them done, the
+    end of a review (a flagged order is left to it). Its new status, or None when it is not
+    such an order."""
+    return await session.scalar(
+        _NOTHING_CONFIRMED,
+        {"order_id": order_id, "unconfirmed_refunds": f"{UNCONFIRMED_BOOKINGS}:%"},
+    )
 
 
 async def refresh_attempt(
@@ -1535,6 +1572,9 @@ async def _refund_done(session: AsyncSession, refund: Refund, order: Order) -> R
             .where(Order.id == order.id, Order.status == "refund_due")
             .values(status="refunded", updated_at=func.now())
         )
+    if refund.reason_key.startswith(f"{UNCONFIRMED_BOOKINGS}:"):
+        # Recorded by the release before, which left the order paid: refunded now.
+        await settle_nothing_confirmed(session, order.id)
     await session.commit()
     logger.info("order %s: refund %s of %s done", order.id, refund.id, refund.amount)
     return RefundOutcome(refund.id, "done")

@@ -1471,3 +1471,106 @@ async def test_the_payment_an_order_was_paid_with_stays_its_payment_after_a_revi
     assert order_state(clean_db, order_id) == ("paid", False, "amount differs")
     assert refunds(clean_db) == [(order_id, True, Decimal("10.00"), "EUR", "done")]
     assert sandbox.transaction(sandbox.checkout(paid_with)["transaction_id"])["events"] == []
+
+
+async def test_a_review_of_a_flagged_order_none_of_whose_bookings_were_confirmed_refunds_it(
+    clean_db, credentials, sandbox
+):
+    """Review 3 M1: a paid order, flagged, whose bookings events could then confirm none of
+    (settlement.bookings_not_confirmed records the refund of all of it and leaves the status
+    to the review, as the order is flagged). Its refund not done (SumUp refused it: failed),
+    the review ended and kept the order paid, its flag cleared: "paid" for ever, all of its
+    money going back. It is being refunded."""
+    add_page_config(clean_db, "site", 0)
+    entry_id, ticket_id = held_bookings(clean_db, user_id=1)
+    payload = order_payload(
+        cart_items=[],
+        product_total="0",
+        calendar_entries=[{"id": entry_id, "title": "Tour", "price": "2.00", "currency": "EUR"}],
+        tickets=[{"id": ticket_id, "title": "Tour - adult", "price": "3.00", "currency": "EUR"}],
+        calendar_total="2.00",
+        ticket_total="3.00",
+    )
+    services = ["orders", "blog", "events"]
+    async with orders_stack(clean_db, credentials, sandbox.server, services) as orders:
+        created = await create(orders, payload)
+        assert created.status_code == 200, created.text
+        order_id = created.json()["order_id"]
+        checkout_id = checkout_id_of(clean_db, order_id)
+        sandbox.pay(checkout_id)
+        assert (await webhook(orders, order_id, checkout_id)).status_code == 204
+        confirmed = [("confirmed", order_id), ("confirmed", order_id)]
+        assert await eventually(lambda: bookings_of(clean_db, entry_id, ticket_id) == confirmed)
+        # What bookings_not_confirmed writes for a flagged order none of whose lines events
+        # confirmed: every line unconfirmed, the refund of all of it (here refused by SumUp).
+        with admin_connect(clean_db, "orders") as connection:
+            connection.execute(
+                "UPDATE orders.orders SET flagged = true, flag_reason = 'a person' WHERE id = %s",
+                (order_id,),
+            )
+            connection.execute(
+                "UPDATE orders.order_items SET unconfirmed_at = now() WHERE order_id = %s",
+                (order_id,),
+            )
+            connection.execute(
+                "INSERT INTO orders.refunds (order_id, attempt_id, reason_key, reason, amount, "
+                "currency, status) SELECT o.id, o.paid_attempt_id, 'unconfirmed-bookings:' || "
+                "o.paid_attempt_id, 'bookings that could not be confirmed', 5.00, 'EUR', "
+                "'failed' FROM orders.orders o WHERE o.id = %s",
+                (order_id,),
+            )
+        ended = await end_review(orders, order_id)
+        assert ended.status_code == 200, ended.text
+        assert (ended.json()["status"], order_state(clean_db, order_id)[:2]) == (
+            "refund_due",
+            ("refund_due", False),
+        ), ended.json()
+
+
+async def test_a_late_report_of_the_payment_of_an_order_refunded_for_its_bookings_gives_nothing(
+    orders, clean_db, sandbox
+):
+    """Review 3 M2: the race of
+    test_the_payment_an_order_was_paid_with_is_never_refunded_by_a_second_report_of_it (a
+    report read the checkout open; pay again closed it, EXPIRED in orders, as SumUp took it;
+    another report paid the order with it),
+    and then events could confirm none of the order's bookings: refund_due, its refund of all
+    of it done. The report read before all that applies now: it must give nothing back."""
+    order_id = (await create(orders)).json()["order_id"]
+    checkout_id = checkout_id_of(clean_db, order_id)
+    assert (await webhook(orders, order_id, checkout_id)).status_code == 204
+    sandbox.pay(checkout_id)
+    sandbox.controls(api_latency=2.0)
+    report = asyncio.create_task(webhook(orders, order_id, checkout_id))
+    assert await eventually(lambda: reports_waiting_on_sumup(clean_db) == 1)
+    # Meanwhile (as committed by the other report and events' answer): paid with the
+    # checkout held EXPIRED, then refund_due with the refund of all of it (done).
+    with admin_connect(clean_db, "orders") as connection:
+        attempt_id = connection.execute(
+            "UPDATE orders.payment_attempts SET status = 'EXPIRED' WHERE order_id = %s "
+            "RETURNING id",
+            (order_id,),
+        ).fetchone()[0]
+        connection.execute(
+            "UPDATE orders.orders SET status = 'refunded', paid_at = now(), "
+            "paid_attempt_id = %s WHERE id = %s",
+            (attempt_id, order_id),
+        )
+        connection.execute(
+            "INSERT INTO orders.refunds (order_id, attempt_id, reason_key, reason, amount, "
+            "currency, status) VALUES (%s, %s, %s, 'bookings that could not be confirmed', "
+            "10.00, 'EUR', 'done')",
+            (order_id, attempt_id, f"unconfirmed-bookings:{attempt_id}"),
+        )
+    sandbox.controls(api_latency=0.0)
+    # The refund of all of it, done at SumUp (as orders' own request would have made it).
+    sandbox.refund_in_dashboard(sandbox.checkout(checkout_id)["transaction_id"], 10.00)
+    assert (await report).status_code == 204
+    await orders.apps["orders"].state.reconciler.quiet()
+    with admin_connect(clean_db, "orders") as connection:
+        rows = connection.execute(
+            "SELECT reason_key, amount, status FROM orders.refunds WHERE order_id = %s ORDER BY id",
+            (order_id,),
+        ).fetchall()
+    assert rows == [(f"unconfirmed-bookings:{attempt_id}", Decimal("10.00"), "done")]
+    assert order_state(clean_db, order_id)[0] == "refunded"
