@@ -41,10 +41,11 @@ SESSION_ID_LENGTH = 64
 ONE_OWNER = "num_nonnulls(user_id, session_id) = 1"
 # A pending booking always has an end to its hold.
 PENDING_HAS_HOLD = "state <> 'pending' OR hold_expires_at IS NOT NULL"
-# The entries an anonymous client holds, in its cart or for an order it checked out and has not
-# paid, by its network (service.anonymous_hold_of; the partial index of the count per network,
-# events 0013).
-ANONYMOUS_HOLD_ROWS = "state = 'pending' AND user_id IS NULL AND hold_network IS NOT NULL"
+# The entries held from a client network without signing in, in a cart or for an order not paid
+# yet, whether or not sign-in adopted them since (an account adopting them must not free the
+# network's places: events 0017), by network (service.network_hold_of; the partial index of
+# the count per network).
+NETWORK_HOLD_ROWS = "state = 'pending' AND hold_network IS NOT NULL"
 
 
 class Base(DeclarativeBase):
@@ -112,10 +113,10 @@ class CalendarEntry(IdentityPkMixin, TimestampedMixin, Base):
         ),
         # The live anonymous holds of one client network (counted at each anonymous booking).
         Index(
-            "ix_calendar_entries_anonymous_holds",
+            "ix_calendar_entries_network_holds",
             "hold_network",
             "hold_expires_at",
-            postgresql_where=text(ANONYMOUS_HOLD_ROWS),
+            postgresql_where=text(NETWORK_HOLD_ROWS),
         ),
     )
 
@@ -142,8 +143,9 @@ class CalendarEntry(IdentityPkMixin, TimestampedMixin, Base):
     # what a give-back goes back to when the orders before it were given back too.
     cart_hold_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # The client network (an address, an IPv6 client's /64) an anonymous hold was made from,
-    # counted against EVENTS_ANONYMOUS_HOLDS_PER_ADDRESS while it is held for a session; NULL
-    # for a signed-in hold and an unknown address, cleared when the entry is open again.
+    # counted against EVENTS_ANONYMOUS_HOLDS_PER_ADDRESS while it is held, adopted at sign-in
+    # or not; NULL for a signed-in hold and an unknown address, cleared when the entry is open
+    # again or confirmed.
     hold_network: Mapped[str | None] = mapped_column(INET)
 
 

@@ -76,8 +76,8 @@ from apps.events.contract import (
     Unconfirmed,
 )
 from apps.events.models import (
-    ANONYMOUS_HOLD_ROWS,
     DEFAULT_CURRENCY,
+    NETWORK_HOLD_ROWS,
     Calendar,
     CalendarEntry,
     GivenBackOrder,
@@ -454,14 +454,16 @@ HOLDS_LOCK_NAMESPACE = "events-anonymous-holds"
 ACCOUNT_HOLDS_LOCK_NAMESPACE = "events-account-holds"
 
 
-def anonymous_hold_of(network: str) -> ColumnElement[bool]:
-    """A live anonymous hold from ``network``, in a cart or for an order not paid yet (a
-    checkout keeps the entry from everyone else as a cart does): pending, held still, for no
-    user (sign-in's adoption makes it the user's). The rows of the partial index
-    ``ix_calendar_entries_anonymous_holds``, named in the SQL as its predicate is (not as bound
-    parameters: a generic plan could not use the index with those)."""
+def network_hold_of(network: str) -> ColumnElement[bool]:
+    """A live hold made from ``network`` without signing in, in a cart or for an order not
+    paid yet (a checkout keeps the entry from everyone else as a cart does), pending and held
+    still, whether sign-in adopted it since or not: an account adopting a network's holds
+    freed its places, and one account held as many as it signed in and out for (review 3).
+    The rows of the partial index ``ix_calendar_entries_network_holds``, named in the SQL as
+    its predicate is (not as bound parameters: a generic plan could not use the index with
+    those)."""
     return and_(
-        text(ANONYMOUS_HOLD_ROWS),
+        text(NETWORK_HOLD_ROWS),
         CalendarEntry.hold_network == cast(network, INET),
         CalendarEntry.hold_expires_at > func.now(),
     )
@@ -564,7 +566,7 @@ async def book_entry(
         await _refuse_over_the_limit(
             session,
             entry_id,
-            anonymous_hold_of(network),
+            network_hold_of(network),
             per_network,
             "from your network without signing in",
             ", or sign in: a signed-in buyer's bookings are counted for their account",
@@ -635,7 +637,12 @@ async def adopt_bookings(session: AsyncSession, request: SignIn) -> Adopted:
     sign-in is recorded, so that a checkout the session started before is told why its
     bookings are no longer held for the session (:func:`hold_for_order`). An anonymous
     booking of the session in progress finishes first; one that comes after is refused
-    (apps.common.adoption)."""
+    (apps.common.adoption).
+
+    An entry keeps the network it was held from: it counts for that network's limit until its
+    hold ends, it is let go of or confirmed, as it did before sign-in (review 3: adopting freed
+    the network's places, and one account signing in and out held a network's limit again
+    each time), and for the account's limit from now on."""
     if request.check_only:
         await refuse_another_account(session, ADOPTIONS, request.session_id, request.user_id)
         return Adopted(adopted=0)
@@ -647,8 +654,6 @@ async def adopt_bookings(session: AsyncSession, request: SignIn) -> Adopted:
             "session_id": None,
             "updated_at": func.now(),
         }
-        if model is CalendarEntry:
-            to_user["hold_network"] = None  # a user's hold: its network is not kept
         sessions = and_(model.session_id == request.session_id, model.user_id.is_(None))
         result = await session.execute(
             update(model).where(sessions, held(model)).values(to_user).returning(model.id)

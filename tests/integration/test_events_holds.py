@@ -178,7 +178,9 @@ async def test_one_network_holds_at_most_the_limit_of_entries_anonymously(clean_
         assert (await book(stack, "2001:db8:1:3::1", free[3]))[1].status_code == 200
 
 
-async def test_a_hold_that_ended_or_that_sign_in_adopted_frees_a_place(clean_db, credentials):
+async def test_a_hold_that_ended_or_was_let_go_of_frees_a_place_and_one_adopted_does_not(
+    clean_db, credentials
+):
     async with holds_stack(clean_db, credentials) as stack:
         ids = some_entries(clean_db, LIMIT + 3)
         visitors = await hold_the_limit(stack, "198.51.100.4", ids)
@@ -189,10 +191,15 @@ async def test_a_hold_that_ended_or_that_sign_in_adopted_frees_a_place(clean_db,
         assert (await book(stack, "198.51.100.4", ids[LIMIT]))[1].status_code == 200
         assert_problem((await book(stack, "198.51.100.4", ids[LIMIT + 1]))[1], 429)
 
-        # Sign-in adopted one: the user's hold now, not counted.
+        # Sign-in adopted one: the user's hold now, still held from this network and counted
+        # for it (review 3: adopting freed the place, and one account signing in and out held
+        # the limit again each time).
         adopt = {"user_id": 42, "session_id": session_id_of(visitors[1])}
         adopted = await internal_post(stack.client("events"), "adopt-bookings-for-user", adopt)
         assert adopted.json() == {"adopted": 1}
+        assert hold_network(clean_db, ids[1]) == "198.51.100.4/32"
+        assert_problem((await book(stack, "198.51.100.4", ids[LIMIT + 1]))[1], 429)
+        end_holds(clean_db, ids[1])
         assert (await book(stack, "198.51.100.4", ids[LIMIT + 1]))[1].status_code == 200
         assert_problem((await book(stack, "198.51.100.4", ids[LIMIT + 2]))[1], 429)
 
@@ -245,8 +252,8 @@ async def test_a_hold_checked_out_counts_until_its_order_is_paid(clean_db, crede
     """Holds an order holds (checked out, not yet paid) still keep the entries from everyone
     else: they count for their network until the order is paid (confirmed) or lets them go.
     Not counted, an anonymous client held the limit, checked out, and held the limit again,
-    for as long as its orders could be paid. The network is not kept once a hold is confirmed
-    or adopted at sign-in."""
+    for as long as its orders could be paid. The network is not kept once a hold is
+    confirmed; one adopted at sign-in keeps it, and counts (review 3)."""
     async with holds_stack(clean_db, credentials) as stack:
         ids = some_entries(clean_db, LIMIT + 2)
         visitors = await hold_the_limit(stack, "198.51.100.9", ids)
@@ -272,8 +279,8 @@ async def test_a_hold_checked_out_counts_until_its_order_is_paid(clean_db, crede
         adopt = {"user_id": 43, "session_id": session_id_of(visitors[1])}
         adopted = await internal_post(events, "adopt-bookings-for-user", adopt)
         assert adopted.json() == {"adopted": 1}
-        assert hold_network(clean_db, ids[1]) is None
-        assert (await book(stack, "198.51.100.9", ids[LIMIT + 1]))[1].status_code == 200
+        assert hold_network(clean_db, ids[1]) == "198.51.100.9/32"
+        assert_problem((await book(stack, "198.51.100.9", ids[LIMIT + 1]))[1], 429)
 
 
 async def test_retry_after_names_when_enough_holds_end_for_one_more(clean_db, credentials):
@@ -341,3 +348,24 @@ async def test_concurrent_bookings_of_one_account_never_pass_its_limit(clean_db,
             *(user.post(f"/entries/{entry_id}/book/") for entry_id in ids)
         )
         assert_the_limit_held_the_rest_refused(clean_db, responses)
+
+
+async def test_signing_in_and_out_does_not_hold_more_than_the_limits(clean_db, credentials):
+    """Review 3: a network's anonymous holds, adopted at sign-in by one account (their network
+    cleared, so the network's places were free again), again and again: the account held as
+    many as it signed in and out for. Adopted holds still count for their network."""
+    async with holds_stack(clean_db, credentials, limit=LIMIT, per_account=LIMIT) as stack:
+        ids = some_entries(clean_db, LIMIT * 3)
+        for round_ in range(3):
+            visitor = await visitor_at(stack, "203.0.113.77")
+            for entry_id in ids[round_ * LIMIT : (round_ + 1) * LIMIT]:
+                await visitor.post(f"/entries/{entry_id}/book/")
+            adopt = {"user_id": 77, "session_id": session_id_of(visitor)}
+            adopted = await internal_post(stack.client("events"), "adopt-bookings-for-user", adopt)
+            assert adopted.status_code == 200, adopted.text
+        held = events_rows(
+            clean_db,
+            "SELECT count(*) FROM events.calendar_entries WHERE state = 'pending' "
+            "AND hold_expires_at > now()",
+        )
+        assert held == [(LIMIT,)]
