@@ -18,7 +18,13 @@ from ops.stack.proxy import DEFAULT_PROXY_PORT
 
 
 def up(
-    fresh: Annotated[bool, typer.Option(help="Start from an empty embedded database.")] = False,
+    fresh: Annotated[
+        bool,
+        typer.Option(
+            help="Start from an empty embedded database (and SumUp sandbox). With "
+            "--database-url, refused while that server holds orders."
+        ),
+    ] = False,
     database_url: Annotated[
         str | None,
         typer.Option(

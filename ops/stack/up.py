@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+import psycopg
 from alembic.util import CommandError
 
 from apps.registry import SERVICES, service_spec
@@ -237,6 +238,33 @@ def home_locked(home: Path) -> Iterator[None]:
         yield
 
 
+def _refuse_fresh_over_orders(database_url: str) -> None:
+    """--fresh deletes the embedded database and the SumUp sandbox's checkouts with it; a
+    server given by DSN keeps its databases. Its orders name their checkouts, so forgetting
+    them would leave a pending order unpayable (and flagged) and a paid one unrefundable."""
+    database = service_spec("orders").database
+    topology = Topology.single_server(database_url)
+    with psycopg.connect(topology.maintenance_url("orders"), autocommit=True) as server:
+        if (
+            server.execute("SELECT FROM pg_database WHERE datname = %s", (database,)).fetchone()
+            is None
+        ):
+            return
+    with psycopg.connect(topology.admin_url("orders"), autocommit=True) as orders:
+        if orders.execute("SELECT to_regclass('orders.orders')").fetchone() == (None,):
+            return
+        held = orders.execute("SELECT count(*) FROM orders.orders").fetchone()
+    count = held[0] if held else 0
+    if count:
+        noun = "order" if count == 1 else "orders"
+        raise StackError(
+            f"--fresh empties only the embedded database: the server of --database-url keeps "
+            f"its databases, and {database} there holds {count} {noun} whose SumUp checkouts "
+            f"the sandbox keeps ({SANDBOX_STATE_FILE}); nothing was changed: drop the service "
+            "databases there first, or leave out --fresh"
+        )
+
+
 def run_stack(options: StackOptions) -> int:
     """Run the stack until asked to stop (0), restarting service processes that exit; a stop
     asked for while it starts ends the start, 128 + the signal's number (130 for SIGINT).
@@ -275,6 +303,8 @@ def _run_stack(options: StackOptions, home: Path, lock_home: Callable[[], None])
             require_superusers(Topology.single_server(options.database_url), "rose up")
         except NotASuperuser as exc:
             raise StackError(str(exc)) from None
+        if options.fresh:
+            _refuse_fresh_over_orders(options.database_url)
     ports = {name: SERVICES[name].dev_port + options.port_offset for name in names}
     sandbox_port = SUMUP_SANDBOX_PORT + options.port_offset
     outside = [

@@ -259,3 +259,40 @@ def test_a_second_rose_up_in_a_home_whose_stack_is_starting_is_refused(tmp_path:
         first.send_signal(signal.SIGINT)
         first.wait(timeout=60)
         output.close()
+
+
+def test_fresh_with_a_dsn_whose_server_holds_orders_is_refused_keeping_the_sandbox(
+    tmp_path: Path,
+):
+    """Probe (upgrade): `rose up --fresh --database-url DSN` kept every database of that server
+    (--fresh empties the embedded one only) but deleted the SumUp sandbox's checkouts, which
+    the kept orders name: a pending order's payment page was a 404 and orders flagged it
+    (SumUp does not know its checkout). Refused in one line, nothing changed."""
+    from tests.integration.db_fixtures import start_cluster
+
+    clusters = start_cluster()
+    cluster = next(clusters)
+    try:
+        with cluster.admin("blog") as blog:
+            config_id = blog.execute("SELECT id FROM blog.page_configs").fetchone()[0]
+        with cluster.admin("orders") as orders:
+            orders.execute(
+                "INSERT INTO orders.orders (user_id, status, currency, product_total, "
+                "calendar_total, ticket_total, total, description, page_config_id, "
+                "merchant_code, checkout_prefix, paid_at, payable_until) VALUES (6, 'paid', "
+                "'EUR', 3, 0, 0, 3, 'paid before', %s, 'MSANDBOX1', 'rose-farm-', now(), now())",
+                (config_id,),
+            )
+        home = tmp_path / "home"
+        home.mkdir()
+        sandbox = home / "sumup-sandbox.json"
+        sandbox.write_text('{"kept": true}\n')
+        args = ["up", "--fresh", "--database-url", cluster.admin_url, "--no-demo"]
+        result = rose(home, *args, "--only", "relations", "--port-offset", str(PORT_OFFSET),
+                      check=False)  # fmt: skip
+        one_line(result, "--fresh", "--database-url", "1 order")
+        assert sandbox.read_text() == '{"kept": true}\n'
+        with cluster.admin("orders") as orders:
+            assert orders.execute("SELECT count(*) FROM orders.orders").fetchone() == (1,)
+    finally:
+        clusters.close()
