@@ -19,7 +19,7 @@ from ops.db.connections import Connections, scalar
 from ops.db.credentials import Credentials
 from ops.db.exclusive import converging_alone
 from ops.db.manifest import Edge, load_edges
-from ops.db.migrate import migrate, services_with_migrations
+from ops.db.migrate import migrate_steps, services_with_migrations, steps_line
 from ops.db.provision import (
     ProvisionReport,
     Say,
@@ -79,8 +79,9 @@ def _converge(
         if first:
             provision(topology, credentials, first, say)
     names = list(services) if services is not None else services_with_migrations()
-    migrated = migrate({name: topology.admin_url(name) for name in names}, names)
-    say(f"migrated: {', '.join(migrated)}")
+    steps = migrate_steps({name: topology.admin_url(name) for name in names}, names)
+    say(steps_line(steps))
+    migrated = [step.service for step in steps]
     chosen = load_edges() if edges is None else list(edges)
     ends = {edge.consumer for edge in chosen} | {edge.provider for edge in chosen}
     report = provision(topology, credentials, ends, say)

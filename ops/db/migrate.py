@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import psycopg
 from alembic import command, context
@@ -175,9 +176,9 @@ def _down_revisions(revision: Script) -> set[str]:
     return {down} if isinstance(down, str) else set(down)
 
 
-def upgrade(service: str, admin_url: str) -> None:
+def upgrade(service: str, admin_url: str) -> tuple[list[str], list[str]]:
     """One service to head, or :class:`MigrateError` in one line (nothing is half-applied: each
-    migration runs in its own transaction)."""
+    migration runs in its own transaction). Its versions before and after."""
     database = service_spec(service).database
     try:
         with psycopg.connect(admin_url, connect_timeout=10) as connection:
@@ -205,15 +206,57 @@ def upgrade(service: str, admin_url: str) -> None:
         ]
         what = f"migration {', '.join(failed)}" if failed else "migrating"
         raise MigrateError(f"{database}: {what} failed: {_error_line(exc)}") from exc
+    try:
+        with psycopg.connect(admin_url, connect_timeout=10) as connection:
+            return current, versions_in(connection, service)
+    except psycopg.Error as exc:
+        raise MigrateError(f"{database}: {_error_line(exc)}") from exc
 
 
 def migrate(admin_url_for: dict[str, str], services: Iterable[str] | None = None) -> list[str]:
     """Upgrade each service to head. ``admin_url_for`` maps service -> superuser DSN of its db."""
-    done = []
-    for service in services or services_with_migrations():
-        upgrade(service, admin_url_for[service])
-        done.append(service)
-    return done
+    return [step.service for step in migrate_steps(admin_url_for, services)]
+
+
+@dataclass(frozen=True)
+class Step:
+    """What migrating one service did: its versions before (none: a new database) and after."""
+
+    service: str
+    before: list[str]
+    after: list[str]
+
+    @property
+    def moved(self) -> bool:
+        return set(self.before) != set(self.after)
+
+    def text(self) -> str:
+        after = "+".join(self.after)
+        return (
+            f"{self.service} {'+'.join(self.before)} -> {after}"
+            if self.before
+            else (f"{self.service} to {after}")
+        )
+
+
+def migrate_steps(
+    admin_url_for: dict[str, str], services: Iterable[str] | None = None
+) -> list[Step]:
+    """``migrate``, with each service's versions before and after."""
+    return [
+        Step(service, *upgrade(service, admin_url_for[service]))
+        for service in services or services_with_migrations()
+    ]
+
+
+def steps_line(steps: Iterable[Step]) -> str:
+    """One line an operator reads after an upgrade: which services moved, from which revision to
+    which, and which were at head already (a plain restart: nothing)."""
+    steps = list(steps)
+    moved = [step.text() for step in steps if step.moved]
+    still = [step.service for step in steps if not step.moved]
+    line = f"migrated: {', '.join(moved) or 'nothing'}"
+    return f"{line}; at head already: {', '.join(still)}" if still else line
 
 
 def current_heads(service: str, admin_url: str) -> set[str]:

@@ -15,6 +15,7 @@ import sqlalchemy.exc
 from alembic import command
 from alembic.migration import MigrationContext
 from alembic.operations import Operations
+from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, pool, text
 from sqlalchemy.engine import make_url
 
@@ -897,3 +898,31 @@ def test_0015_run_again_after_its_fill_failed_finishes_it(cluster: Cluster) -> N
     }
     converge_databases(cluster.topology, cluster.credentials, say=lambda _: None)
     assert cluster.rose("db", "check").exit_code == 0
+
+
+def test_the_upgrade_says_which_revisions_it_applied() -> None:
+    """Probe (upgrade): every `rose up` said `migrated: blog, market, cart, ...`, whether the
+    start migrated anything or not, and never from which revision to which: an operator could
+    not tell an upgrade that moved orders from 0002 to head from a plain restart. Each service
+    moved is named with its revisions, and those that were at head; a start with nothing to migrate
+    says so."""
+    clusters = start_cluster()
+    cluster = next(clusters)
+    try:
+        config = alembic_config("likes", cluster.topology.admin_url("likes"))
+        head = ScriptDirectory.from_config(config).get_current_head()
+        command.downgrade(config, "0001")
+        said: list[str] = []
+        converge_databases(cluster.topology, cluster.credentials, say=said.append)
+        assert [line for line in said if line.startswith("migrated: ")] == [
+            f"migrated: likes 0001 -> {head}; at head already: blog, market, cart, events, "
+            "relations, orders"
+        ]
+        said.clear()
+        converge_databases(cluster.topology, cluster.credentials, say=said.append)
+        assert [line for line in said if line.startswith("migrated: ")] == [
+            "migrated: nothing; at head already: blog, market, cart, events, relations, likes, "
+            "orders"
+        ]
+    finally:
+        clusters.close()
