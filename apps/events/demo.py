@@ -40,6 +40,16 @@ FILLS = ("events.calendars", "events.calendar_entries")
 ATTACHES_TO = ("blog",)
 
 
+def holds_demo(connection: Connection) -> bool:
+    """Calendars 1 and 2 are the demo's, which relations' demo rows name by id."""
+    found = connection.execute(
+        select(Calendar.id, Calendar.slug).where(Calendar.id.in_([1, 2])).order_by(Calendar.id)
+    ).all()
+    return [tuple(row) for row in found] == [
+        (index, slug) for index, (slug, _name, _page) in enumerate(CALENDARS, start=1)
+    ]
+
+
 def seed(connection: Connection) -> str | None:
     if connection.execute(select(select(Calendar.id).exists())).scalar():
         return None

@@ -25,6 +25,16 @@ FILLS = ("market.market_places", "market.products")
 ATTACHES_TO = ("blog",)
 
 
+def holds_demo(connection: Connection) -> bool:
+    """Market places 1 and 2 are the demo's, which relations' demo rows name by id."""
+    found = connection.execute(
+        text("SELECT id, slug FROM market.market_places WHERE id IN (1, 2) ORDER BY id")
+    ).all()
+    return [tuple(row) for row in found] == [
+        (index, slug) for index, (slug, _name, _page) in enumerate(MARKET_PLACES, start=1)
+    ]
+
+
 def seed(connection: Connection) -> str | None:
     if connection.execute(text("SELECT EXISTS (SELECT FROM market.products)")).scalar():
         return None

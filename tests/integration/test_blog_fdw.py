@@ -291,6 +291,58 @@ def test_demo_data_leaves_a_service_whose_tables_already_hold_rows(clean_db):
         assert connection.execute("SELECT count(*) FROM market.products").fetchone() == (0,)
 
 
+def test_demo_data_names_no_page_of_the_homes_own(clean_db):
+    """Probe (upgrade): a home started with --no-demo whose blog holds its own pages (and page
+    configs), restarted without --no-demo: market's 300 demo products went on sale on the
+    home's pages 1 and 2, events' demo calendars with them, and relations attached both (as a
+    home made before relations had demo data got attachments on its upgrade). Demo rows that
+    name blog's pages go in only where blog holds the demo's pages."""
+    with admin_connect(clean_db, "blog") as connection:
+        page = connection.execute(
+            "INSERT INTO blog.posts (slug, title, is_page, status, published_at) "
+            "VALUES ('our-shop', 'Our shop', true, 'published', now()) RETURNING id"
+        ).fetchone()[0]
+        connection.execute(
+            "INSERT INTO blog.page_configs (container_type, container_id, features) "
+            "VALUES ('page', %s, '{}')",
+            (page,),
+        )
+    said: list[str] = []
+    seed_demo_data(clean_db.topology, ["blog", "market", "events", "relations"], said.append)
+    assert said == [
+        "demo data for market: not added, it names the demo rows of blog, which were not added",
+        "demo data for events: not added, it names the demo rows of blog, which were not added",
+        "demo data for relations: not added, it names the demo rows of blog, market, events, "
+        "which were not added",
+    ]
+    with admin_connect(clean_db, "market") as connection:
+        assert connection.execute("SELECT count(*) FROM market.products").fetchone() == (0,)
+    with admin_connect(clean_db, "events") as connection:
+        assert connection.execute("SELECT count(*) FROM events.calendars").fetchone() == (0,)
+    with admin_connect(clean_db, "relations") as connection:
+        assert connection.execute(
+            "SELECT count(*) FROM relations.container_relations"
+        ).fetchone() == (0,)
+
+
+def test_demo_data_goes_on_the_demo_pages_blog_got_before(clean_db):
+    """`rose up --only blog` and then `rose up`: blog's demo pages are there, so market's,
+    events' and relations' demo rows go on them, and a restart adds nothing and says nothing."""
+    said: list[str] = []
+    seed_demo_data(clean_db.topology, ["blog"], said.append)
+    said.clear()
+    seed_demo_data(clean_db.topology, ["blog", "market", "events", "relations"], said.append)
+    assert [line.split(":")[0] for line in said] == [
+        "demo data for market",
+        "demo data for events",
+        "demo data for relations",
+    ]
+    assert all("not added" not in line for line in said), said
+    said.clear()
+    seed_demo_data(clean_db.topology, ["blog", "market", "events", "relations"], said.append)
+    assert said == []
+
+
 RETIRED_KEY_COLUMNS = ["page_config_id", "sumup_merchant_code", "sumup_api_key", "retired_at"]
 
 
