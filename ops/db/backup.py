@@ -63,7 +63,7 @@ from ops.db.connections import Connections, connect, scalar
 from ops.db.credentials import Credentials
 from ops.db.exclusive import converging_alone
 from ops.db.lifecycle import converge_databases
-from ops.db.migrate import alembic_config, services_with_migrations
+from ops.db.migrate import alembic_config, services_with_migrations, steps_line
 from ops.db.provision import provision
 from ops.db.topology import Topology
 from ops.paths import private_directory, private_file, sha256_of, sync_directory
@@ -795,7 +795,7 @@ def _restore_into(
         outcome.lines.append(line)
         say(line)
     converged = converge_databases(topology, credentials, say=lambda _line: None)
-    say(f"migrated to this release: {', '.join(converged.migrated)}")
+    say(steps_line(converged.steps, "migrated to this release"))
     differences, notes = check(topology, credentials=credentials)
     outcome.notes.extend(notes)
     if differences:

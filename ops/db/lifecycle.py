@@ -19,7 +19,7 @@ from ops.db.connections import Connections, scalar
 from ops.db.credentials import Credentials
 from ops.db.exclusive import converging_alone
 from ops.db.manifest import Edge, load_edges
-from ops.db.migrate import migrate_steps, services_with_migrations, steps_line
+from ops.db.migrate import Step, migrate_steps, services_with_migrations, steps_line
 from ops.db.provision import (
     ProvisionReport,
     Say,
@@ -35,6 +35,8 @@ logger = logging.getLogger("rose.lifecycle")
 @dataclass
 class Converged:
     migrated: list[str]
+    # What each of them went through (steps_line says it in one line).
+    steps: list[Step]
     # The last provisioning pass (on a cluster that was already as declared: no statements).
     edges_pass: ProvisionReport
     created_edges: list[str] = field(default_factory=list)
@@ -86,7 +88,7 @@ def _converge(
     ends = {edge.consumer for edge in chosen} | {edge.provider for edge in chosen}
     report = provision(topology, credentials, ends, say)
     waiting = {change.where: change.line for change in report.pending}
-    converged = Converged(migrated, report)
+    converged = Converged(migrated, steps, report)
     for edge in chosen:
         database = service_spec(edge.provider).database
         if database in waiting:

@@ -249,13 +249,13 @@ def migrate_steps(
     ]
 
 
-def steps_line(steps: Iterable[Step]) -> str:
+def steps_line(steps: Iterable[Step], label: str = "migrated") -> str:
     """One line an operator reads after an upgrade: which services moved, from which revision to
     which, and which were at head already (a plain restart: nothing)."""
     steps = list(steps)
     moved = [step.text() for step in steps if step.moved]
     still = [step.service for step in steps if not step.moved]
-    line = f"migrated: {', '.join(moved) or 'nothing'}"
+    line = f"{label}: {', '.join(moved) or 'nothing'}"
     return f"{line}; at head already: {', '.join(still)}" if still else line
 
 
