@@ -75,18 +75,18 @@ def _converge(
     # Before the migrations too: the last pass would refuse only after them.
     refuse_missing_monolith_roles(topology)
     if provision_first is True:
-        provision(topology, credentials, say=say)
+        _said_done(provision(topology, credentials, say=say), say)
     elif provision_first is not False:
         first = list(provision_first)
         if first:
-            provision(topology, credentials, first, say)
+            _said_done(provision(topology, credentials, first, say), say)
     names = list(services) if services is not None else services_with_migrations()
     steps = migrate_steps({name: topology.admin_url(name) for name in names}, names)
     say(steps_line(steps))
     migrated = [step.service for step in steps]
     chosen = load_edges() if edges is None else list(edges)
     ends = {edge.consumer for edge in chosen} | {edge.provider for edge in chosen}
-    report = provision(topology, credentials, ends, say)
+    report = _said_done(provision(topology, credentials, ends, say), say)
     waiting = {change.where: change.line for change in report.pending}
     converged = Converged(migrated, steps, report)
     for edge in chosen:
@@ -96,6 +96,15 @@ def _converge(
         else:
             converged.created_edges.append(str(edge))
     return converged
+
+
+def _said_done(report: ProvisionReport, say: Say) -> ProvisionReport:
+    """After a pass's lines (each a difference it found), what it did with them: a first start
+    prints hundreds of "missing ..." lines, which read as faults unless something says they were
+    made. A pass with nothing to do says nothing."""
+    if report.changes:
+        say(report.summary())
+    return report
 
 
 def missing_for_migrations(topology: Topology, services: Iterable[str]) -> dict[str, list[str]]:
