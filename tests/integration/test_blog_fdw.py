@@ -325,6 +325,44 @@ def test_demo_data_names_no_page_of_the_homes_own(clean_db):
         ).fetchone() == (0,)
 
 
+def test_a_start_without_blog_puts_no_demo_data_on_the_homes_own_pages(clean_db):
+    """Review 4: `rose up --only market,events,relations` in a home whose blog holds its own
+    pages: blog was not looked at, so market's demo places went on the home's page 1 and on a
+    page 2 it does not have. A service left out of the start counts as one that got none,
+    unless it holds its demo rows (`rose up --only blog` before: they go on those)."""
+    with admin_connect(clean_db, "blog") as connection:
+        page = connection.execute(
+            "INSERT INTO blog.posts (slug, title, is_page, status, published_at) "
+            "VALUES ('our-shop', 'Our shop', true, 'published', now()) RETURNING id"
+        ).fetchone()[0]
+        connection.execute(
+            "INSERT INTO blog.page_configs (container_type, container_id, features) "
+            "VALUES ('page', %s, '{}')",
+            (page,),
+        )
+    said: list[str] = []
+    seed_demo_data(clean_db.topology, ["market", "events", "relations"], said.append)
+    assert said == [
+        "demo data for market: not added, it names the demo rows of blog, which were not added",
+        "demo data for events: not added, it names the demo rows of blog, which were not added",
+        "demo data for relations: not added, it names the demo rows of blog, market, events, "
+        "which were not added",
+    ]
+    with admin_connect(clean_db, "market") as connection:
+        assert connection.execute("SELECT count(*) FROM market.market_places").fetchone() == (0,)
+    with admin_connect(clean_db, "events") as connection:
+        assert connection.execute("SELECT count(*) FROM events.calendars").fetchone() == (0,)
+
+
+def test_a_start_without_blog_puts_demo_data_on_the_demo_pages_blog_holds(clean_db):
+    said: list[str] = []
+    seed_demo_data(clean_db.topology, ["blog"], said.append)
+    said.clear()
+    seed_demo_data(clean_db.topology, ["market", "events"], said.append)
+    assert [line.split(":")[0] for line in said] == ["demo data for market", "demo data for events"]
+    assert all("not added" not in line for line in said), said
+
+
 def test_demo_data_goes_on_the_demo_pages_blog_got_before(clean_db):
     """`rose up --only blog` and then `rose up`: blog's demo pages are there, so market's,
     events' and relations' demo rows go on them, and a restart adds nothing and says nothing."""
