@@ -1043,6 +1043,17 @@ async def bookings_not_confirmed(
     if not entry_ids and not ticket_ids:
         return False
     order_id = int(payload["order_id"])
+    # The order's row first, as every path that writes it takes it (audit s21 F4): a review
+    # ending meanwhile decides its status after this commits, or before this reads it
+    # (review 4: it read neither the refund nor the lines, and the order stayed paid).
+    order = await session.scalar(
+        select(Order)
+        .where(Order.id == order_id)
+        .with_for_update(key_share=True)
+        .execution_options(populate_existing=True)
+    )
+    if order is None:
+        return False
     await session.execute(
         delete(OrderClaim).where(
             OrderClaim.order_id == order_id,
@@ -1052,9 +1063,6 @@ async def bookings_not_confirmed(
             ),
         )
     )
-    order = await session.get(Order, order_id)
-    if order is None:
-        return False
     items = list(
         await session.scalars(
             select(OrderItem).where(OrderItem.order_id == order_id).order_by(OrderItem.id)

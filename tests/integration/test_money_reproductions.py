@@ -12,10 +12,12 @@ from decimal import Decimal
 import httpx
 import pytest
 
+from apps.common.app_factory import platform_of
 from apps.common.problems import PROBLEM_MEDIA_TYPE
 from apps.sumup_sandbox.app import DEFAULT_API_KEY, DEFAULT_MERCHANT_CODE
-from tests.conftest import admin_connect
+from tests.conftest import admin_connect, lock_waiters
 from tests.integration.commerce_fixtures import (
+    ServiceDown,
     book_and_check_out,
     browser_of,
     cart_rows,
@@ -195,6 +197,52 @@ async def test_a_paid_order_none_of_whose_bookings_could_be_confirmed_ends_refun
     state = " ".join(detail.text.split('id="order-state"', 1)[1].split("</p>", 1)[0].split())
     said = "None of this order's bookings could be confirmed: what you paid for it has been"
     assert said in state, state
+
+
+async def test_events_answer_that_nothing_was_confirmed_waits_for_the_orders_row(
+    stack, clean_db, shop, sandbox
+):
+    """Review 4: events' answer wrote the refund and the lines without the order's row lock,
+    so a review holding it (about to end, the order flagged) decided the order's status
+    without them, and the answer, seeing it flagged, left it to that review: "paid" with all
+    its money going back (until its refund was done; for good while SumUp would not make it).
+    The answer takes the order's row first, as every path does."""
+    cart = await browser_of(stack, "cart", user_id=3)
+    events = stack.browser("events")
+    share_cookies(cart, events)
+    assert (await events.post(f"/entries/{shop.entry_id}/book/")).status_code == 200
+    order_id = (await cart.post("/checkout/")).json()["order_id"]
+    assert (await cart.post(f"/booking/entry/{shop.entry_id}/delete/")).status_code == 200
+    other = await browser_of(stack, "events", user_id=4)
+    assert (await other.post(f"/entries/{shop.entry_id}/book/")).status_code == 200
+    client = platform_of(stack.apps["orders"]).client
+    client.route("events", ServiceDown("events"))  # the confirm waits in orders' outbox
+    try:
+        await pay_and_notify(stack, sandbox, clean_db, order_id)
+    finally:
+        client.route("events", stack.apps["events"])
+    with admin_connect(clean_db, "orders") as connection:  # a person flags it
+        connection.execute(
+            "UPDATE orders.orders SET flagged = true, flag_reason = 'a person' WHERE id = %s",
+            (order_id,),
+        )
+    # Its review ends (its flag cleared, nothing else to decide for it yet), holding the row;
+    # SumUp does not answer refunds for now (the refund's end would settle the order too).
+    sandbox.controls(refunds="unavailable")
+    holder = admin_connect(clean_db, "orders")
+    try:
+        holder.execute("BEGIN")
+        holder.execute("SELECT id FROM orders.orders WHERE id = %s FOR NO KEY UPDATE", (order_id,))
+        holder.execute("UPDATE orders.orders SET flagged = false WHERE id = %s", (order_id,))
+        stack.apps["orders"].state.runtime.relay.wake()
+        assert await eventually(lambda: lock_waiters(clean_db, "orders") == 1, timeout=20)
+        assert orders_of(clean_db)[order_id][0] == "paid"
+    finally:
+        holder.execute("COMMIT")
+        holder.close()
+    # Being refunded (refunded once SumUp makes the refund), not paid.
+    assert await eventually(lambda: orders_of(clean_db)[order_id][0] == "refund_due", timeout=10)
+    sandbox.controls(refunds="accept")
 
 
 async def test_a_booking_a_paid_order_could_not_confirm_can_be_ordered_again(
