@@ -278,7 +278,8 @@ class ProvisionReport:
     def summary(self) -> str:
         created = {change.subject for change in self.of("created")}
         changed = {change.subject for change in self.of("changed")} - created
-        unchanged = max(0, self.inventory - len(changed))
+        # The inventory is counted after the pass: what it created or changed is in it.
+        unchanged = max(0, self.inventory - len(changed) - len(created))
         verb = "provisioned" if self.applied else "dry run (nothing changed)"
         text = (
             f"{verb}: {len(created)} created, {len(changed)} changed, {unchanged} unchanged "

@@ -303,7 +303,8 @@ def _run_stack(options: StackOptions, home: Path, lock_home: Callable[[], None])
             require_superusers(Topology.single_server(options.database_url), "rose up")
         except NotASuperuser as exc:
             raise StackError(str(exc)) from None
-        if options.fresh:
+        if options.fresh and options.restore is None:
+            # A restore keeps the sandbox's checkouts (and resumes one cut off).
             _refuse_fresh_over_orders(options.database_url)
     ports = {name: SERVICES[name].dev_port + options.port_offset for name in names}
     sandbox_port = SUMUP_SANDBOX_PORT + options.port_offset

@@ -292,6 +292,13 @@ def test_fresh_with_a_dsn_whose_server_holds_orders_is_refused_keeping_the_sandb
                       check=False)  # fmt: skip
         one_line(result, "--fresh", "--database-url", "1 order")
         assert sandbox.read_text() == '{"kept": true}\n'
+        # A restore keeps the sandbox's checkouts, and one cut off is run again just so
+        # (review 4): not refused for the orders (here, for a folder that is no backup).
+        (tmp_path / "no-backup").mkdir()
+        restoring = rose(home, *args, "--restore", str(tmp_path / "no-backup"), "--only",
+                         "relations", "--port-offset", str(PORT_OFFSET), check=False)  # fmt: skip
+        one_line(restoring, "--restore")
+        assert "1 order" not in restoring.stderr
         with cluster.admin("orders") as orders:
             assert orders.execute("SELECT count(*) FROM orders.orders").fetchone() == (1,)
     finally:
