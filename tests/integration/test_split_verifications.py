@@ -1,5 +1,6 @@
 """The plan's verification 3 end to end: a page config updated through blog's admin form is seen
-by cart (through its foreign table, without the key) and by orders (with the key)."""
+by cart (through its foreign table: what cart reads, none of the merchant's columns) and by
+orders (the merchant, with the key)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ async def test_admin_form_update_reaches_cart_without_key_and_orders_with_key(
         saved = await browser.post(
             "/farm-shop/admin/page-config/",
             data={
+                "features": ["", "calendar"],
                 "sumup_merchant_code": "MNEWCODE9",
                 "sumup_api_key": "sup_sk_new_secret_key",
                 "sumup_checkout_prefix": "farm-",
@@ -40,10 +42,11 @@ async def test_admin_form_update_reaches_cart_without_key_and_orders_with_key(
         )
         columns = [column.name for column in row.description]
         values = dict(zip(columns, row.fetchone(), strict=True))
-    assert values["sumup_merchant_code"] == "MNEWCODE9"
-    assert values["sumup_configured"] is True
-    assert not any("key" in column for column in columns)
+    assert values["features"] == {"calendar": True, "market": False, "cart": False}
+    # Cart reads none of the merchant's columns, so its edge has none (probe attacker).
+    assert not any("key" in column or "sumup" in column for column in columns), columns
     assert "sup_sk_new_secret_key" not in repr(values)
+    assert "MNEWCODE9" not in repr(values)
 
     with psycopg.connect(topology.app_url("orders", credentials)) as orders:
         key = orders.execute(
