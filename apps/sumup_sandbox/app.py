@@ -185,6 +185,9 @@ def _api_fault_gate(
     async def apply_api_faults(request: Request[Any, Any, Any]) -> Response[Any] | None:
         controls = state.controls
         if controls.api_latency > 0:
+            # Read whole before the wait, as SumUp has it: a caller that stops waiting (its
+            # timeout, its process killed) still has its call made, and no 500 is logged.
+            await request.body()
             state.delayed_calls += 1
             try:
                 await asyncio.sleep(controls.api_latency)

@@ -1244,3 +1244,31 @@ def test_a_sandbox_started_again_on_its_state_file_still_knows_its_checkouts(tmp
     state_file.write_text("not json")
     with pytest.raises(ValueError, match=str(state_file)):
         SandboxState(state_file=state_file)
+
+
+def test_a_call_its_caller_gave_up_on_during_the_latency_is_still_made(
+    sandbox: BackgroundSandbox, operator: httpx.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SumUp received the whole request: a slow answer the caller stopped waiting for still
+    made the checkout (its create is then a 409 for the reference), as SumUp's would. Before,
+    the sandbox read the body after the latency, found the caller gone, made nothing and
+    logged a 500 (seen in a load run with a worker killed while SumUp was slow)."""
+    caplog.set_level("INFO", logger="sumup-sandbox")
+    set_controls(operator, api_latency=0.5)
+    with (
+        Sumup(api_key=DEFAULT_API_KEY, base_url=sandbox.url, timeout=0.1) as impatient,
+        pytest.raises(APITimeoutError),
+    ):
+        create_checkout(impatient, reference="order-given-up-1")
+
+    def answered() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "/v0.1/checkouts" in r.getMessage()]
+
+    deadline = time.monotonic() + WAIT_TIMEOUT
+    while not answered():
+        assert time.monotonic() < deadline, "the call was never answered"
+        time.sleep(0.02)
+    set_controls(operator, api_latency=0.0)
+    assert answered() == ["POST /v0.1/checkouts 201"], answered()
+    made = operator.get("/_sandbox/checkouts").json()
+    assert [c["checkout_reference"] for c in made] == ["order-given-up-1"], made
