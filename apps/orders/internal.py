@@ -3,6 +3,7 @@ order and attention; fragment account-nav-item."""
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any
 
 from litestar import Request
@@ -20,6 +21,8 @@ from apps.orders import contract, review, service
 from apps.orders.contract import AdoptedOrders, CreatedOrder, CreateOrder
 from apps.orders.models import idempotency_keys
 from apps.orders.runtime import Runtime
+
+logger = logging.getLogger("rose.orders")
 
 
 @action_route(contract.create_order, claims_nonce=True)
@@ -63,6 +66,7 @@ async def create_order(
         raise
     runtime.jobs.close_soon(superseded)
     if superseded:
+        logger.info("order %s supersedes %s", created["order_id"], superseded)
         runtime.relay.wake()  # their bookings' give-back, queued in the order's transaction
     if created.get("paid"):
         # Paid as it was made (nothing to pay): the answer says what became of it.

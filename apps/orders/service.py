@@ -761,8 +761,8 @@ async def place_order(
             "updated shortly",
             order_id=blocking_id,
         )
-    if superseded:
-        logger.info("order %s supersedes %s", row["id"], superseded)
+    # Said once committed (apps.orders.internal.create_order): this transaction may yet roll
+    # back (SumUp refusing, the process killed), and the line would name an order never made.
     return superseded
 
 

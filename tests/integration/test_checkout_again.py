@@ -1625,3 +1625,31 @@ async def test_a_booking_removal_answered_by_a_500_a_504_or_an_unreadable_body_i
         assert (await cart.get("/api/cart")).json()["count"] == 0, status
     for browser in (cart, events):
         await browser.aclose()
+
+
+async def test_a_new_order_sumup_refused_is_not_logged_as_superseding(
+    stack, clean_db, shop, sandbox, caplog
+):
+    """The log said 'order N supersedes [M]' before the commit: an order rolled back (SumUp
+    down, its process killed) left that line, naming an order that never existed and an order
+    still pending (seen in a load run: 'order 56 supersedes [4]', order 56 nowhere)."""
+    caplog.set_level("INFO", logger="rose.orders")
+    cart = await browser_of(stack, "cart", user_id=3)
+    await cart.post(f"/add/{shop.product_ids[0]}/")
+    first = (await cart.post("/checkout/")).json()
+    await cart.post(f"/add/{shop.product_ids[1]}/")  # another cart: a new order
+
+    sandbox.controls(api_unavailable=True)
+    try:
+        refused = await cart.post("/checkout/")
+    finally:
+        sandbox.controls(api_unavailable=False)
+    assert refused.status_code == 503, refused.text
+    assert orders_of(clean_db)[first["order_id"]][0] == "pending"
+    said = [r.getMessage() for r in caplog.records if "supersedes" in r.getMessage()]
+    assert said == [], said
+
+    made = (await cart.post("/checkout/")).json()
+    assert orders_of(clean_db)[first["order_id"]][0] == "superseded"
+    said = [r.getMessage() for r in caplog.records if "supersedes" in r.getMessage()]
+    assert said == [f"order {made['order_id']} supersedes [{first['order_id']}]"], said
