@@ -185,6 +185,9 @@ def checkout_failed(exc: InternalCallError, orders_page: str) -> Problem:
         in_time = "in time"
         if exc.waited is not None:
             in_time = f"within {exc.waited:g} second{'' if exc.waited == 1 else 's'}"
+        elif exc.connection_lost:
+            # Orders' process went away mid-call (killed, restarted): nothing was slow.
+            in_time = "(the connection to orders broke before it answered)"
         return Problem(
             f"We could not confirm your checkout {in_time}. If your order was made, it is in "
             f"your orders ({orders_page}). Checking out again is safe: the same cart never "

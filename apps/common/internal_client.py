@@ -70,6 +70,7 @@ class InternalCallError(Exception):
         problem: Mapping[str, Any] | None = None,
         outcome_unknown: bool = False,
         waited: float | None = None,
+        connection_lost: bool = False,
     ) -> None:
         super().__init__(f"{service} {name}: {message}")
         self.message = message
@@ -84,6 +85,9 @@ class InternalCallError(Exception):
         self.outcome_unknown = outcome_unknown
         # The caller's deadline for the whole call (seconds), when that is what ran out.
         self.waited = waited
+        # The connection broke after the request was sent (the other process killed, say):
+        # no wait ran out, so a caller must not say the answer did not come in time.
+        self.connection_lost = connection_lost
 
     @property
     def may_have_happened(self) -> bool:
@@ -290,6 +294,7 @@ class InternalClient:
                     f"connection lost ({type(exc).__name__})",
                     http_status=503,
                     outcome_unknown=True,
+                    connection_lost=True,
                 )
                 unknown = True
                 continue

@@ -567,6 +567,40 @@ async def test_a_checkout_orders_never_answers_ends_at_the_buyers_wait(clean_db,
     assert cart_rows(clean_db) == before
 
 
+async def test_a_checkout_whose_orders_process_died_mid_call_does_not_say_in_time(
+    clean_db, credentials, shop
+):
+    """Probe (load, 2026-12-06): an orders worker killed while it made an order broke the
+    connection 0.2 s into the call, and the buyer read "We could not confirm your checkout in
+    time": nothing had been slow. Orders here is a real socket that reads the request and
+    closes the connection without an answer, as a killed process does."""
+    received = bytearray()
+
+    async def dies(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        received.extend(head)
+        writer.close()
+
+    server = await asyncio.start_server(dies, "127.0.0.1", 0)
+    orders_url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    overrides = {"cart": {"internal_urls": {"orders": orders_url}}}
+    async with (
+        server,
+        in_process_stack(clean_db, credentials, ["cart"], settings_overrides=overrides) as stack,
+    ):
+        cart = await browser_of(stack, "cart")
+        assert (await cart.post(f"/add/{shop.product_ids[0]}/")).status_code == 200
+        checkout = await answer(cart.post("/checkout/"))
+        await cart.aclose()
+    assert b"POST /internal/actions/create-order " in received
+    assert checkout.status_code == 503, checkout.text
+    problem = checkout.json()
+    assert problem["title"] == "Checkout not confirmed", problem
+    assert "in time" not in problem["detail"], problem
+    assert "the connection to orders broke before it answered" in problem["detail"], problem
+    assert "checking out again is safe" in problem["detail"].lower(), problem
+
+
 async def test_a_checkout_while_cart_cannot_read_events_is_refused_naming_events(
     stack, clean_db, shop, sandbox
 ):
