@@ -294,6 +294,9 @@ def attention_rows(rows: list[dict[str, Any]]) -> list[tuple[str, str, str, str,
         reasons = [row["flag_reason"] if row["flagged"] else ""]
         # Absent from an orders service older than the key check.
         reasons.append(row.get("merchant_key_missing") or "")
+        owed = sum(1 for refund in row["refunds"] if refund["status"] != "done")
+        if owed:
+            reasons.append(f"money goes back: {owed} refund{'' if owed == 1 else 's'} not done yet")
         refunds = "; ".join(
             f"{refund['amount']} {refund['currency']} {refund['status']}: {refund['reason']}"
             + (f" ({refund['last_error']})" if refund["last_error"] else "")

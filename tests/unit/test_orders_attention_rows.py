@@ -105,3 +105,22 @@ def test_a_refund_sumup_refused_is_told_what_a_person_does() -> None:
     ]
     flagged = row(order_id=4, status="refund_due", refunds=[failed], flagged=True)
     assert len(attention_hints([flagged])) == 2  # flagged already: its review settles it too
+
+
+def test_an_order_being_refunded_says_why_it_is_listed() -> None:
+    """probe_load: an order listed for money going back (refund_due, or a refund of it not
+    done) had an empty "why"; the reasons were only in the refunds column."""
+    refund = {
+        "amount": "7.50",
+        "currency": "EUR",
+        "status": "due",
+        "reason": "bookings that could not be confirmed: Morning tour",
+        "last_error": None,
+    }
+    [(_, status, _, why, _)] = attention_rows([row(status="refund_due", refunds=[refund])])
+    assert (status, why) == ("refund_due", "money goes back: 1 refund not done yet")
+    [(_, _, _, why, _)] = attention_rows([row(status="paid", refunds=[refund, refund])])
+    assert why == "money goes back: 2 refunds not done yet"
+    done = {**refund, "status": "done"}
+    [(_, _, _, why, _)] = attention_rows([row(status="refund_due", refunds=[done])])
+    assert why == ""
