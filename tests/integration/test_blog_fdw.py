@@ -291,13 +291,9 @@ def test_demo_data_leaves_a_service_whose_tables_already_hold_rows(clean_db):
         assert connection.execute("SELECT count(*) FROM market.products").fetchone() == (0,)
 
 
-def test_demo_data_names_no_page_of_the_homes_own(clean_db):
-    """Probe (upgrade): a home started with --no-demo whose blog holds its own pages (and page
-    configs), restarted without --no-demo: market's 300 demo products went on sale on the
-    home's pages 1 and 2, events' demo calendars with them, and relations attached both (as a
-    home made before relations had demo data got attachments on its upgrade). Demo rows that
-    name blog's pages go in only where blog holds the demo's pages."""
-    with admin_connect(clean_db, "blog") as connection:
+def a_page_of_the_homes_own(server) -> None:
+    """A published page of the home's own in blog, with its page config (no demo rows)."""
+    with admin_connect(server, "blog") as connection:
         page = connection.execute(
             "INSERT INTO blog.posts (slug, title, is_page, status, published_at) "
             "VALUES ('our-shop', 'Our shop', true, 'published', now()) RETURNING id"
@@ -307,14 +303,27 @@ def test_demo_data_names_no_page_of_the_homes_own(clean_db):
             "VALUES ('page', %s, '{}')",
             (page,),
         )
+
+
+# What a start says when blog holds the home's own pages, not the demo's.
+NOT_ON_THE_HOMES_PAGES = [
+    "demo data for market: not added, it names the demo rows of blog, which were not added",
+    "demo data for events: not added, it names the demo rows of blog, which were not added",
+    "demo data for relations: not added, it names the demo rows of blog, market, events, "
+    "which were not added",
+]
+
+
+def test_demo_data_names_no_page_of_the_homes_own(clean_db):
+    """Probe (upgrade): a home started with --no-demo whose blog holds its own pages (and page
+    configs), restarted without --no-demo: market's 300 demo products went on sale on the
+    home's pages 1 and 2, events' demo calendars with them, and relations attached both (as a
+    home made before relations had demo data got attachments on its upgrade). Demo rows that
+    name blog's pages go in only where blog holds the demo's pages."""
+    a_page_of_the_homes_own(clean_db)
     said: list[str] = []
     seed_demo_data(clean_db.topology, ["blog", "market", "events", "relations"], said.append)
-    assert said == [
-        "demo data for market: not added, it names the demo rows of blog, which were not added",
-        "demo data for events: not added, it names the demo rows of blog, which were not added",
-        "demo data for relations: not added, it names the demo rows of blog, market, events, "
-        "which were not added",
-    ]
+    assert said == NOT_ON_THE_HOMES_PAGES
     with admin_connect(clean_db, "market") as connection:
         assert connection.execute("SELECT count(*) FROM market.products").fetchone() == (0,)
     with admin_connect(clean_db, "events") as connection:
@@ -330,24 +339,10 @@ def test_a_start_without_blog_puts_no_demo_data_on_the_homes_own_pages(clean_db)
     pages: blog was not looked at, so market's demo places went on the home's page 1 and on a
     page 2 it does not have. A service left out of the start counts as one that got none,
     unless it holds its demo rows (`rose up --only blog` before: they go on those)."""
-    with admin_connect(clean_db, "blog") as connection:
-        page = connection.execute(
-            "INSERT INTO blog.posts (slug, title, is_page, status, published_at) "
-            "VALUES ('our-shop', 'Our shop', true, 'published', now()) RETURNING id"
-        ).fetchone()[0]
-        connection.execute(
-            "INSERT INTO blog.page_configs (container_type, container_id, features) "
-            "VALUES ('page', %s, '{}')",
-            (page,),
-        )
+    a_page_of_the_homes_own(clean_db)
     said: list[str] = []
     seed_demo_data(clean_db.topology, ["market", "events", "relations"], said.append)
-    assert said == [
-        "demo data for market: not added, it names the demo rows of blog, which were not added",
-        "demo data for events: not added, it names the demo rows of blog, which were not added",
-        "demo data for relations: not added, it names the demo rows of blog, market, events, "
-        "which were not added",
-    ]
+    assert said == NOT_ON_THE_HOMES_PAGES
     with admin_connect(clean_db, "market") as connection:
         assert connection.execute("SELECT count(*) FROM market.market_places").fetchone() == (0,)
     with admin_connect(clean_db, "events") as connection:

@@ -160,13 +160,9 @@ async def test_a_booking_events_cannot_confirm_is_refunded_at_once(stack, clean_
     ]
 
 
-async def test_a_paid_order_none_of_whose_bookings_could_be_confirmed_ends_refunded(
-    stack, clean_db, shop, sandbox
-):
-    """An order of one tour, paid after the buyer took the tour out of the cart and someone
-    else booked it: every line of it went back. It was refunded whole and still said "paid"
-    (its list, its API, a finance report counting paid orders). It is being refunded, then
-    refunded; a report of its payment sent again gives nothing back twice."""
+async def an_order_whose_tour_another_buyer_took(stack, shop) -> tuple[httpx.AsyncClient, int]:
+    """A signed-in buyer's order of the shop's tour alone, the tour then taken out of their
+    cart and booked by another buyer: their cart, and the order (not paid yet)."""
     cart = await browser_of(stack, "cart", user_id=3)
     events = stack.browser("events")
     share_cookies(cart, events)
@@ -175,6 +171,17 @@ async def test_a_paid_order_none_of_whose_bookings_could_be_confirmed_ends_refun
     assert (await cart.post(f"/booking/entry/{shop.entry_id}/delete/")).status_code == 200
     other = await browser_of(stack, "events", user_id=4)
     assert (await other.post(f"/entries/{shop.entry_id}/book/")).status_code == 200
+    return cart, order_id
+
+
+async def test_a_paid_order_none_of_whose_bookings_could_be_confirmed_ends_refunded(
+    stack, clean_db, shop, sandbox
+):
+    """An order of one tour, paid after the buyer took the tour out of the cart and someone
+    else booked it: every line of it went back. It was refunded whole and still said "paid"
+    (its list, its API, a finance report counting paid orders). It is being refunded, then
+    refunded; a report of its payment sent again gives nothing back twice."""
+    cart, order_id = await an_order_whose_tour_another_buyer_took(stack, shop)
 
     await pay_and_notify(stack, sandbox, clean_db, order_id)
 
@@ -207,14 +214,7 @@ async def test_events_answer_that_nothing_was_confirmed_waits_for_the_orders_row
     without them, and the answer, seeing it flagged, left it to that review: "paid" with all
     its money going back (until its refund was done; for good while SumUp would not make it).
     The answer takes the order's row first, as every path does."""
-    cart = await browser_of(stack, "cart", user_id=3)
-    events = stack.browser("events")
-    share_cookies(cart, events)
-    assert (await events.post(f"/entries/{shop.entry_id}/book/")).status_code == 200
-    order_id = (await cart.post("/checkout/")).json()["order_id"]
-    assert (await cart.post(f"/booking/entry/{shop.entry_id}/delete/")).status_code == 200
-    other = await browser_of(stack, "events", user_id=4)
-    assert (await other.post(f"/entries/{shop.entry_id}/book/")).status_code == 200
+    _, order_id = await an_order_whose_tour_another_buyer_took(stack, shop)
     client = platform_of(stack.apps["orders"]).client
     client.route("events", ServiceDown("events"))  # the confirm waits in orders' outbox
     try:
