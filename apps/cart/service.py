@@ -933,9 +933,10 @@ def checkout_request(
 ) -> tuple[CreateOrder, str]:
     """The create-order request (orders' contract) and its idempotency key, derived from this
     cart snapshot (``orders.checkout_key``): a double submit creates one order; a changed cart
-    another; the same cart once its order cannot be paid, another too. ``session_id`` is
-    the browser session, sent even when signed in: orders made before sign-in are the same
-    buyer's."""
+    another; the same cart once its order cannot be paid, another too. ``session_id`` is the
+    browser session, sent for an anonymous cart only: a signed-in buyer is their account in
+    every browser, so their cart checked out on a laptop and on a phone is one order (orders
+    made before sign-in were moved to the account when it signed in)."""
     if "events" in cart.degraded:
         # Its bookings could not be read: an order now would leave them out (the buyer paying
         # for part of the cart), and a cart of bookings only would look empty.
@@ -1001,7 +1002,7 @@ def checkout_request(
         calendar_entries=entries,
         tickets=tickets,
         user_id=owner.user_id,
-        session_id=session_id,
+        session_id=session_id if owner.user_id is None else None,
         product_total=sum((line.line_total or Decimal(0) for line in lines), Decimal(0)),
         calendar_total=sum((entry.price for entry in entries), Decimal(0)),
         ticket_total=sum((ticket.price for ticket in tickets), Decimal(0)),

@@ -82,8 +82,9 @@ BookingLines = Annotated[list[BookingLine], msgspec.Meta(max_length=MAX_IDS_PER_
 
 class CreateOrder(msgspec.Struct, forbid_unknown_fields=True):
     """The plan's section 4.3 payload. ``user_id`` is the buyer once signed in; ``session_id``
-    is the browser session (sent even when signed in, so orders made before sign-in count as
-    the same buyer's)."""
+    is an anonymous buyer's browser session (cart sends it for anonymous carts only: a
+    signed-in buyer is their account in every browser, and sign-in moved the session's orders
+    to it)."""
 
     product_total: Money
     calendar_total: Money

@@ -20,6 +20,7 @@ from tests.integration.commerce_fixtures import (
     cart_rows,
     entry_state,
     hung_server,
+    session_cookie,
     share_cookies,
     shop_stack,
     table_locked,
@@ -720,6 +721,28 @@ async def test_double_submitted_checkout_creates_one_order(stack, clean_db, shop
     await cart.post(f"/add/{shop.product_ids[0]}/")  # the cart changed: a new order
     third = (await cart.post("/checkout/")).json()
     assert third["order_id"] != first["order_id"]
+
+
+async def test_one_account_checking_out_its_cart_in_two_browsers_makes_one_order(
+    stack, clean_db, shop, sandbox
+):
+    """Signed in on a laptop and a phone (two browser sessions), the account's one cart checked
+    out on both, one after the other and at once: one order, payable once (a load probe paid
+    two orders for one cart, the second refunded whole)."""
+    laptop = await browser_of(stack, "cart", user_id=3)
+    phone = await browser_of(stack, "cart", user_id=3)
+    assert session_cookie(laptop) != session_cookie(phone)
+    await laptop.post(f"/add/{shop.product_ids[0]}/")
+    first = await laptop.post("/checkout/")
+    second = await phone.post("/checkout/")
+    assert (first.status_code, second.status_code) == (200, 200), second.text
+    assert first.json() == second.json()
+    await phone.post(f"/add/{shop.product_ids[1]}/")  # the cart changed: one new order
+    answers = await asyncio.gather(laptop.post("/checkout/"), phone.post("/checkout/"))
+    assert [answer.status_code for answer in answers] == [200, 200], answers[1].text
+    assert answers[0].json() == answers[1].json()
+    assert answers[0].json()["order_id"] != first.json()["order_id"]
+    assert len(order_rows(clean_db)) == 2
 
 
 def limited_stack(clean_db, credentials, sandbox):
