@@ -11,6 +11,8 @@ cannot be ordered again. Money that must go back is a row in ``refunds``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
@@ -317,3 +319,34 @@ page_payment_configs = blog.PAGE_PAYMENT_CONFIGS.foreign_table()
 # blog.retired_sumup_keys in db_orders: a config's old merchant's key, for that merchant's
 # orders (late payments, refunds); only the orders edge may read it.
 retired_sumup_keys = blog.RETIRED_SUMUP_KEYS.foreign_table()
+
+
+@dataclass(frozen=True)
+class OrderLine:
+    """A line of an order's pages: its items of one kind, title and price, with their quantity.
+    Orders keeps each ticket as an item (events confirms and refunds them one by one); the
+    buyer chose, and the cart showed, "2 x adult" as one line."""
+
+    kind: str
+    title: str
+    unit_price: Decimal
+    quantity: int
+
+    @property
+    def line_total(self) -> Decimal:
+        return self.unit_price * self.quantity
+
+    @property
+    def named(self) -> str:
+        return self.title if self.quantity == 1 else f"{self.quantity} \u00d7 {self.title}"
+
+
+def order_lines(items: Iterable[OrderItem]) -> list[OrderLine]:
+    """``items`` as the buyer's lines, in the order's order: items of one kind, title and
+    price are one line (tickets of one entry and type). What was ordered, whether or not events
+    could confirm it: the pages name the bookings it could not in a sentence of their own."""
+    lines: dict[tuple[str, str, Decimal], int] = {}
+    for item in items:
+        key = (item.kind, item.title, item.unit_price)
+        lines[key] = lines.get(key, 0) + item.quantity
+    return [OrderLine(*key, quantity) for key, quantity in lines.items()]

@@ -102,6 +102,7 @@ from apps.orders.models import (
     PaymentAttempt,
     Refund,
     adopted_sessions,
+    order_lines,
     outbox,
     page_payment_configs,
     pay_again_starts,
@@ -1915,7 +1916,7 @@ def unconfirmed_note(order: Order) -> str:
     if not lost:
         return ""
     count = sum(item.quantity for item in lost)
-    titles = ", ".join(item.title for item in lost)
+    titles = ", ".join(line.named for line in order_lines(lost))
     note = f"{count} booking{'' if count == 1 else 's'} could not be confirmed: {titles}"
     if any(refund.reason_key.startswith(f"{UNCONFIRMED_BOOKINGS}:") for refund in order.refunds):
         note += f"; what {'it' if count == 1 else 'they'} cost goes back to you"

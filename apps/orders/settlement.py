@@ -62,6 +62,7 @@ from apps.orders.models import (
     OrderItem,
     PaymentAttempt,
     Refund,
+    order_lines,
     outbox,
     page_payment_configs,
     retired_sumup_keys,
@@ -1100,7 +1101,7 @@ async def bookings_not_confirmed(
                 logger.warning("order %s: nothing could be confirmed; cancelled", order_id)
         return False
     amount = sum((item.unit_price * item.quantity for item in lost), Decimal(0))
-    titles = ", ".join(item.title for item in lost)
+    titles = ", ".join(line.named for line in order_lines(lost))
     await record_refund(
         session,
         order,

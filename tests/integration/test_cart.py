@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 from typing import Any
 
 import pytest
@@ -30,6 +31,11 @@ from tests.signed import internal_get, internal_post
 from tests.waiting import eventually
 
 HTML = {"accept": "text/html"}
+# A line of an order's page: kind, title, unit price, quantity, line total.
+ORDER_LINE = re.compile(
+    r'<tr class="item" data-kind="(\w+)"><td>([^<]*)</td><td>([^<]*)</td><td>([^<]*)</td>'
+    r"<td>([^<]*)</td></tr>"
+)
 JSON = {"accept": "application/json"}
 
 
@@ -1111,9 +1117,19 @@ async def test_tickets_of_one_entry_and_type_are_one_line_with_a_quantity(
     assert (view["count"], view["total"]) == (3, "22.50")  # 3 x 7.50
 
     # Checkout sends orders each ticket (it confirms and refunds them one by one).
-    assert (await cart.post("/checkout/")).status_code == 200
+    checkout = await cart.post("/checkout/")
+    assert checkout.status_code == 200
     [(_, _, _, total, _)] = order_rows(clean_db)
     assert str(total) == "22.50"
+    # The order's page shows them as the cart did: one line per entry and type, not per ticket.
+    orders = stack.browser("orders")
+    share_cookies(cart, orders)
+    page = await orders.get(f"/order/{checkout.json()['order_id']}/", headers=HTML)
+    assert page.status_code == 200, page.text
+    assert ORDER_LINE.findall(page.text) == [
+        ("ticket", "Morning tour \u2013 adult", "7.50", "2", "15.00"),
+        ("ticket", "Morning tour \u2013 child", "7.50", "1", "7.50"),
+    ]
 
     # Removing the line releases every ticket of it.
     adult = bookings[0]
