@@ -45,6 +45,7 @@
 --
 -- Quirks:
 --   no description             moved as 'rose-ash order #<id>' (noted)
+--   description over 255       moved as its first 255 characters, the target's limit (noted)
 --   checkout, no reference     the attempt's reference is '<prefix><id>-1' (noted)
 --   item of a product gone     moved as is: the item is a snapshot (title, slug, price) (noted)
 --   item with quantity 0       skipped (a line removed before checkout; the target wants > 0)
@@ -89,7 +90,7 @@ SELECT o.id,
            END
        END,
        CASE WHEN o.status = 'paid' THEN o.updated_at AT TIME ZONE 'UTC' END,
-       coalesce(nullif(o.description, ''), 'rose-ash order #' || o.id),
+       left(coalesce(nullif(o.description, ''), 'rose-ash order #' || o.id), 255),
        chosen.id,
        chosen.sumup_merchant_code,
        CASE WHEN chosen.id IS NOT NULL THEN coalesce(chosen.sumup_checkout_prefix, 'rose-') END,
@@ -138,6 +139,8 @@ FROM (
            nullif(concat_ws('; ',
                CASE WHEN nullif(o.description, '') IS NULL
                     THEN 'no description: moved as "rose-ash order #<id>"' END,
+               CASE WHEN length(o.description) > 255
+                    THEN 'description longer than 255 characters: moved as its first 255' END,
                CASE WHEN o.sumup_checkout_id IS NOT NULL AND o.sumup_reference IS NULL
                     THEN 'no sumup_reference: the payment attempt''s is <prefix><id>-1' END,
                CASE WHEN o.status NOT IN ('paid', 'cancelled') AND s.status = 'cancelled'

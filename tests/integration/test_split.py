@@ -645,6 +645,42 @@ def test_a_free_order_never_paid_moves_as_cancelled_not_waiting_for_sumup(monoli
     assert verified.exit_code == 0, verified.output
 
 
+def test_an_order_whose_description_is_longer_than_the_target_allows_moves_cut_and_noted(
+    monolith,
+):
+    """Probe split: the legacy description is text, the orders service's varchar(255). A paid
+    order with a longer one (non-ASCII here) was in no quirk of plan, and run failed the whole
+    move with "value too long for type character varying(255)", naming neither the order nor
+    the column; run again failed the same way. It moves with the first 255 characters, noted
+    in the ledger (the whole text stays in the legacy table and finalize's backup)."""
+    long_description = "Tarte tatin à la crème fraîche, " + "é" * 300
+    with admin_connect(monolith, "cart") as cart:
+        order = cart.execute(
+            "INSERT INTO legacy.orders (user_id, status, product_total, total_amount, "
+            "description, page_config_id) VALUES (7, 'paid', 12.5, 12.5, %s, "
+            "(SELECT min(id) FROM legacy.page_configs WHERE sumup_merchant_code IS NOT NULL)) "
+            "RETURNING id",
+            (long_description,),
+        ).fetchone()[0]
+    cut = "description longer than 255 characters: moved as its first 255"
+
+    planned = rose_split(monolith, "plan", "--move", "orders")
+    assert planned.exit_code == 0, planned.output
+    assert cut in planned.output
+
+    moved = rose_split(monolith, "run", "--move", "page_configs", "--move", "orders")
+    assert moved.exit_code == 0, moved.output
+    assert "orders: verified: ok" in moved.output
+    assert rows(
+        monolith, "orders", "SELECT status, description FROM orders.orders WHERE id = %s", (order,)
+    ) == [("paid", long_description[:255])]
+    entry = ledger(monolith, "orders")
+    assert entry is not None
+    assert listed_ids(entry, "moved", cut, "orders") == [order]
+    verified = rose_split(monolith, "verify", "--move", "orders")
+    assert verified.exit_code == 0, verified.output
+
+
 def test_page_configs_relation_history_and_sequences(monolith):
     keys = rows(monolith, "cart", "SELECT id, sumup_api_key FROM legacy.page_configs ORDER BY id")
     detached = rows(

@@ -62,7 +62,7 @@ FROM (
     SELECT o.id::bigint AS bucket,
            row(o.id, o.user_id, o.session_id, o.page_post_id, o.target_status, o.currency,
                o.product_total, o.calendar_total, o.ticket_total, o.total_amount,
-               coalesce(nullif(o.description, ''), 'rose-ash order #' || o.id),
+               left(coalesce(nullif(o.description, ''), 'rose-ash order #' || o.id), 255),
                o.target_page_config_id, o.target_merchant_code, o.target_checkout_prefix,
                false, NULL::text,
                CASE WHEN o.status = 'paid' THEN o.updated_at AT TIME ZONE 'UTC' END,
