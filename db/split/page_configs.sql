@@ -12,6 +12,33 @@
 
 -- split:classify
 
+-- A page (or the site) with more than one active config: the monolith had no unique index, the
+-- target allows one, and which SumUp merchant the page's orders pay is a person's decision, not
+-- the split's: refused before anything moves, naming them (the same check in orders.sql).
+DO $check$
+DECLARE
+    found text;
+BEGIN
+    SELECT string_agg(format('%s %s (ids %s)', container_type, container_id, ids), '; '
+                      ORDER BY container_type, container_id)
+    INTO found
+    FROM (
+        SELECT container_type, container_id, string_agg(id::text, ', ' ORDER BY id) AS ids
+        FROM stage_page_configs
+        WHERE deleted_at IS NULL
+        GROUP BY container_type, container_id
+        HAVING count(*) > 1
+    ) AS duplicated;
+    IF found IS NOT NULL THEN
+        RAISE EXCEPTION 'db_cart legacy.page_configs has more than one active config of %: the '
+            'target allows one per page and one for the site, and which one holds the merchant '
+            'its orders pay is for a person to decide. Set deleted_at on all but one in the '
+            'monolith (after a run: rose split abort --move page_configs --move orders unfreezes '
+            'it first), then plan and run again', found;
+    END IF;
+END
+$check$;
+
 INSERT INTO split_outcome (source_table, source_id, outcome, reason)
 SELECT 'page_configs',
        staged.id,

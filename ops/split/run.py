@@ -261,7 +261,12 @@ def classify(target: psycopg.Connection[Any], move: Move, *, read_only: bool) ->
     if read_only:
         # From here on the transaction cannot write anything but temporary tables.
         target.execute("SET LOCAL transaction_read_only = on")
-    execute_sql(target, parts.classify)
+    try:
+        execute_sql(target, parts.classify)
+    except psycopg.errors.RaiseException as exc:
+        # A refusal the move's file raises itself (a legacy row that needs a person's decision):
+        # its own words, without the PL/pgSQL context line.
+        raise SplitError(str(exc.diag.message_primary)) from exc
 
 
 def read_outcome(

@@ -681,6 +681,42 @@ def test_an_order_whose_description_is_longer_than_the_target_allows_moves_cut_a
     assert verified.exit_code == 0, verified.output
 
 
+def test_two_active_configs_of_one_page_are_named_before_anything_moves(monolith):
+    """Probe split: legacy.page_configs has no unique index, so a page (or the site) can have
+    two active configs (deleted_at NULL), two SumUp merchants; the target allows one. plan
+    listed no quirk; run of page_configs failed saying the TARGET already held the key
+    ("resolve it in the target"; it was empty), and plan and run of orders failed with
+    'duplicate key value violates unique constraint "split_orders_pkey"', a table of the
+    split's own. Which merchant a page's orders pay is a person's decision: plan and run refuse
+    both moves naming the page and the ids, and nothing is moved."""
+    with admin_connect(monolith, "cart") as cart:
+        kept, page = cart.execute(
+            "SELECT id, container_id FROM legacy.page_configs WHERE container_type = 'page' "
+            "AND deleted_at IS NULL AND sumup_merchant_code IS NOT NULL ORDER BY id LIMIT 1"
+        ).fetchone()
+        second = cart.execute(
+            "INSERT INTO legacy.page_configs (container_type, container_id, features, "
+            "sumup_merchant_code, sumup_checkout_prefix) VALUES ('page', %s, '{}', "
+            "'MSECOND', 'second-') RETURNING id",
+            (page,),
+        ).fetchone()[0]
+    named = f"page {page} (ids {kept}, {second})"
+
+    for move in ("page_configs", "orders"):
+        planned = rose_split(monolith, "plan", "--move", move)
+        assert planned.exit_code == 1, planned.output
+        assert named in planned.output, planned.output
+        assert "more than one active config" in planned.output, planned.output
+
+    moved = rose_split(monolith, "run", "--move", "page_configs", "--move", "orders")
+    assert moved.exit_code == 1, moved.output
+    assert named in moved.output, moved.output
+    assert "already holds" not in moved.output
+    assert "split_orders_pkey" not in moved.output
+    assert value(monolith, "blog", "SELECT count(*) FROM blog.page_configs") == 0
+    assert value(monolith, "orders", "SELECT count(*) FROM orders.orders") == 0
+
+
 def test_page_configs_relation_history_and_sequences(monolith):
     keys = rows(monolith, "cart", "SELECT id, sumup_api_key FROM legacy.page_configs ORDER BY id")
     detached = rows(
