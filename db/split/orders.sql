@@ -51,6 +51,7 @@
 --   item with quantity 0       skipped (a line removed before checkout; the target wants > 0)
 --   neither user nor session   skipped with its items (nobody could own it in the service)
 --   total <> sum of its parts  skipped with its items (the target checks the sum)
+--   one checkout, two orders   refused, naming them (the checkout's id or reference)
 --   no merchant resolvable     total > 0 (or a checkout): skipped with its items (the target
 --                              needs the snapshot); total 0: moved with NULL merchant columns
 --   free, never paid           total 0, no checkout, pending/failed/expired: moved as
@@ -201,6 +202,42 @@ FROM (
            ON order_outcome.source_table = 'orders' AND order_outcome.source_id = i.order_id
     LEFT JOIN stage_products AS p ON p.id = i.product_id
 ) AS decided;
+
+-- Orders that would move with one SumUp checkout between them (its id, or its reference):
+-- the target gives a checkout one payment attempt of one order, and which order a payment of it
+-- paid is a person's decision: refused before anything moves, naming them.
+DO $check$
+DECLARE
+    found text;
+BEGIN
+    SELECT string_agg(format('%s %s (ids %s)', what, key, ids), '; ' ORDER BY what, key)
+    INTO found
+    FROM (
+        SELECT what, key, string_agg(id::text, ', ' ORDER BY id) AS ids
+        FROM (
+            SELECT 'checkout' AS what, o.sumup_checkout_id AS key, o.id
+            FROM stage_orders AS o JOIN split_orders AS s ON s.id = o.id
+            JOIN split_outcome AS outcome
+              ON outcome.source_table = 'orders' AND outcome.source_id = o.id
+            WHERE outcome.outcome = 'moved' AND s.attempt_status IS NOT NULL
+            UNION ALL
+            SELECT 'reference', s.checkout_reference, o.id
+            FROM stage_orders AS o JOIN split_orders AS s ON s.id = o.id
+            JOIN split_outcome AS outcome
+              ON outcome.source_table = 'orders' AND outcome.source_id = o.id
+            WHERE outcome.outcome = 'moved' AND s.attempt_status IS NOT NULL
+        ) AS attempts
+        GROUP BY what, key
+        HAVING count(*) > 1
+    ) AS shared;
+    IF found IS NOT NULL THEN
+        RAISE EXCEPTION 'db_cart legacy.orders share a SumUp checkout: %: the target gives a '
+            'checkout one payment attempt of one order, and which order its payment belongs to '
+            'is for a person to decide. Correct the orders in the monolith (after a run: rose '
+            'split abort --move orders unfreezes them), then plan and run again', found;
+    END IF;
+END
+$check$;
 
 INSERT INTO split_planned (target_table, planned)
 SELECT 'orders.orders', count(*)

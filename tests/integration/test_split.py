@@ -717,6 +717,42 @@ def test_two_active_configs_of_one_page_are_named_before_anything_moves(monolith
     assert value(monolith, "orders", "SELECT count(*) FROM orders.orders") == 0
 
 
+def test_orders_sharing_a_sumup_checkout_are_named_before_anything_moves(monolith):
+    """Probe split: two legacy orders with one SumUp checkout (its id, or its reference) were in
+    no quirk of plan; run failed saying 'a row the target already holds' under
+    uq_payment_attempts_sumup_checkout_id ('resolve it in the target': it was empty). Which
+    order a payment of that checkout paid is a person's decision: plan and run refuse the move
+    naming the checkout and the orders, and nothing is moved."""
+    with admin_connect(monolith, "cart") as cart:
+        first, checkout, reference = cart.execute(
+            "SELECT id, sumup_checkout_id, sumup_reference FROM legacy.orders "
+            "WHERE status = 'paid' AND sumup_checkout_id IS NOT NULL "
+            "AND sumup_reference IS NOT NULL AND (user_id IS NOT NULL OR session_id IS NOT NULL) "
+            "ORDER BY id LIMIT 1"
+        ).fetchone()
+        insert = (
+            "INSERT INTO legacy.orders (user_id, status, product_total, total_amount, "
+            "page_config_id, sumup_checkout_id, sumup_reference) VALUES (7, 'paid', 5, 5, "
+            "(SELECT page_config_id FROM legacy.orders WHERE id = %s), %s, %s) RETURNING id"
+        )
+        same_checkout = cart.execute(insert, (first, checkout, "another-reference")).fetchone()[0]
+        same_reference = cart.execute(insert, (first, "co_another", reference)).fetchone()[0]
+    named = (
+        f"checkout {checkout} (ids {first}, {same_checkout}); "
+        f"reference {reference} (ids {first}, {same_reference})"
+    )
+
+    planned = rose_split(monolith, "plan", "--move", "orders")
+    assert planned.exit_code == 1, planned.output
+    assert named in planned.output, planned.output
+
+    moved = rose_split(monolith, "run", "--move", "page_configs", "--move", "orders")
+    assert moved.exit_code == 1, moved.output
+    assert named in moved.output, moved.output
+    assert "already holds" not in moved.output
+    assert value(monolith, "orders", "SELECT count(*) FROM orders.orders") == 0
+
+
 def test_page_configs_relation_history_and_sequences(monolith):
     keys = rows(monolith, "cart", "SELECT id, sumup_api_key FROM legacy.page_configs ORDER BY id")
     detached = rows(
