@@ -8,7 +8,9 @@
 -- What moves: every row, deleted history included, with its id (orders keep page_config_id),
 -- the SumUp API key included: blog owns it now and only the orders FDW edge can read it.
 -- Quirk: `features` was json and NULL on old rows; the target wants a jsonb object: NULL moves
--- as {} (noted in the ledger); anything but an object is skipped and listed.
+-- as {}, and so does anything else that is not an object jsonb can hold (an array, a scalar, a
+-- string with \u0000), noted in the ledger. Never skipped: orders keep the config's id as their
+-- merchant snapshot, and its SumUp key must be in blog for their refunds.
 
 -- split:classify
 
@@ -42,16 +44,13 @@ $check$;
 INSERT INTO split_outcome (source_table, source_id, outcome, reason)
 SELECT 'page_configs',
        staged.id,
-       CASE
-           WHEN existing.id IS NOT NULL THEN 'skipped'
-           WHEN json_typeof(staged.features) <> 'object' THEN 'skipped'
-           ELSE 'moved'
-       END,
+       CASE WHEN existing.id IS NOT NULL THEN 'skipped' ELSE 'moved' END,
        CASE
            WHEN existing.id IS NOT NULL THEN 'already in the target'
-           WHEN json_typeof(staged.features) <> 'object'
-               THEN 'features is not a JSON object (the target requires one)'
            WHEN staged.features IS NULL THEN 'features was NULL: moved as {}'
+           WHEN json_typeof(staged.features) <> 'object'
+                OR NOT pg_input_is_valid(staged.features::text, 'jsonb')
+               THEN 'features was not a JSON object the target can hold: moved as {}'
        END
 FROM stage_page_configs AS staged
 LEFT JOIN blog.page_configs AS existing ON existing.id = staged.id;
@@ -73,7 +72,10 @@ inserted AS (
     INSERT INTO blog.page_configs
         (id, container_type, container_id, features, sumup_merchant_code, sumup_api_key,
          sumup_checkout_prefix, created_at, updated_at, deleted_at)
-    SELECT id, container_type, container_id, coalesce(features::jsonb, '{}'::jsonb),
+    SELECT id, container_type, container_id,
+           CASE WHEN json_typeof(features) = 'object'
+                     AND pg_input_is_valid(features::text, 'jsonb')
+                THEN features::jsonb ELSE '{}'::jsonb END,
            sumup_merchant_code, sumup_api_key, sumup_checkout_prefix,
            created_at AT TIME ZONE 'UTC', updated_at AT TIME ZONE 'UTC',
            deleted_at AT TIME ZONE 'UTC'

@@ -753,6 +753,73 @@ def test_orders_sharing_a_sumup_checkout_are_named_before_anything_moves(monolit
     assert value(monolith, "orders", "SELECT count(*) FROM orders.orders") == 0
 
 
+def test_a_page_config_whose_features_are_not_an_object_keeps_its_merchant(monolith):
+    """Probe split: a legacy config whose features json was not an object (an array) was
+    skipped, merchant code and SumUp key with it, while orders moved its paid orders with
+    page_config_id pointing at it: blog had no key for them (no refund, no settling), and the
+    page fell back to the site's merchant. One whose json PostgreSQL's jsonb cannot hold
+    ("\\u0000") failed the whole move with "unsupported Unicode escape sequence", naming no
+    row. Both move with features {} (noted), so every moved order's config is in blog."""
+    with admin_connect(monolith, "cart") as cart:
+        array_config, unicode_config = (
+            row[0]
+            for row in cart.execute(
+                "SELECT page_config_id FROM legacy.orders WHERE status = 'paid' "
+                "AND page_config_id IS NOT NULL GROUP BY 1 ORDER BY 1 LIMIT 2"
+            ).fetchall()
+        )
+        cart.execute(
+            "UPDATE legacy.page_configs SET features = '[1]' WHERE id = %s", (array_config,)
+        )
+        cart.execute(
+            "UPDATE legacy.page_configs SET features = %s WHERE id = %s",
+            ('{"note": "\\u0000"}', unicode_config),
+        )
+    legacy = dict(
+        (row[0], row[1:])
+        for row in rows(
+            monolith,
+            "cart",
+            "SELECT id, sumup_merchant_code, sumup_api_key FROM legacy.page_configs "
+            "WHERE id = ANY(%s)",
+            ([array_config, unicode_config],),
+        )
+    )
+
+    moved = rose_split(monolith, "run", "--move", "page_configs", "--move", "orders")
+    assert moved.exit_code == 0, moved.output
+    assert "page_configs: verified: ok" in moved.output
+
+    assert dict(
+        (row[0], row[1:])
+        for row in rows(
+            monolith,
+            "blog",
+            "SELECT id, sumup_merchant_code, sumup_api_key, features FROM blog.page_configs "
+            "WHERE id = ANY(%s)",
+            ([array_config, unicode_config],),
+        )
+    ) == {config: (*legacy[config], {}) for config in (array_config, unicode_config)}
+    configs = {row[0] for row in rows(monolith, "blog", "SELECT id FROM blog.page_configs")}
+    referenced = {
+        row[0]
+        for row in rows(
+            monolith,
+            "orders",
+            "SELECT DISTINCT page_config_id FROM orders.orders WHERE page_config_id IS NOT NULL",
+        )
+    }
+    assert referenced <= configs
+    entry = ledger(monolith, "page_configs")
+    assert entry is not None
+    noted = "features was not a JSON object the target can hold: moved as {}"
+    assert sorted(listed_ids(entry, "moved", noted, "page_configs")) == sorted(
+        [array_config, unicode_config]
+    )
+    verified = rose_split(monolith, "verify", "--move", "page_configs")
+    assert verified.exit_code == 0, verified.output
+
+
 def test_page_configs_relation_history_and_sequences(monolith):
     keys = rows(monolith, "cart", "SELECT id, sumup_api_key FROM legacy.page_configs ORDER BY id")
     detached = rows(
