@@ -128,9 +128,9 @@ def abort_move(topology: Topology, move: Move, say: Say, fault: FaultHook) -> di
                     # An online sync not cut over: its targets were empty when it started and
                     # nothing but the sync writes them before the cutover.
                     deleted = _delete_synced_rows(target, move)
-                already = ledger is None or (
-                    not ledger.done and ledger.aborted_at is not None and not synced
-                )
+                # Aborted and not run since: a run that failed or crashed after an abort is
+                # that run's (started, not finished), and is recorded as aborted again.
+                already = ledger is None or (ledger.aborted and not synced)
                 if not already:
                     target.execute(
                         """
