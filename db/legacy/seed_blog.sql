@@ -1,7 +1,8 @@
 -- A practice monolith for the split: db_blog's posts and post likes, with the quirks a real one
 -- has. Deterministic (no random()): the same :scale gives the same rows.
 --
---   psql -d db_blog -v scale=1 -f db/legacy/seed_blog.sql     (after db/legacy/blog.sql)
+-- After db/legacy/blog.sql:
+--   psql -d db_blog -v scale=1 -f db/legacy/seed_blog.sql
 -- At scale N: pages 1 .. 20*N, posts up to 200*N, about 2,750*N post likes.
 
 -- Posts 1 .. 200*N; 1 .. 20*N are pages. Every 50th non-page post was deleted outright: its

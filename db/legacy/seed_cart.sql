@@ -1,7 +1,8 @@
 -- A practice monolith for the split: db_cart's page configs, container relations, orders, order
 -- items and cart lines, with the quirks a real one has. Deterministic (no random()).
 --
---   psql -d db_cart -v scale=1 -f db/legacy/seed_cart.sql     (after db/legacy/cart.sql)
+-- After db/legacy/cart.sql:
+--   psql -d db_cart -v scale=1 -f db/legacy/seed_cart.sql
 -- At scale N: pages 1 .. 20*N (the pages of db/legacy/seed_blog.sql), product ids up to
 -- 505*N (those of db/legacy/seed_market.sql, some gone), 1,000*N orders, ~2,500*N items.
 

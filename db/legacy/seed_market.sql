@@ -1,7 +1,8 @@
 -- A practice monolith for the split: db_market's products and product likes, with the quirks a
 -- real one has. Deterministic (no random()): the same :scale gives the same rows.
 --
---   psql -d db_market -v scale=1 -f db/legacy/seed_market.sql     (after db/legacy/market.sql)
+-- After db/legacy/market.sql:
+--   psql -d db_market -v scale=1 -f db/legacy/seed_market.sql
 -- At scale N: 500*N product ids, about 7,500*N product likes.
 
 -- Products 1 .. 500*N. Every 97th was deleted outright: its likes are orphans. Every 53rd is
