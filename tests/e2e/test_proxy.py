@@ -18,7 +18,7 @@ import pytest
 from apps.common.signing import sign_headers
 from ops.stack.pgserver import free_port
 from ops.stack.processes import LogSink, ProcessGroup
-from ops.stack.proxy import caddy_binary, production_caddyfile, public_services
+from ops.stack.proxy import caddy_binary, local_caddyfile, production_caddyfile, public_services
 from tests.conftest import truncate_all
 from tests.e2e.conftest import buy_in_the_browser, live_stack, rose_up
 from tests.integration.commerce_fixtures import cart_rows, open_shop
@@ -28,6 +28,12 @@ from tests.waiting import eventually_sync
 PORT_OFFSET = 21000
 REFUSED = "Not served on this host: the services' internal API, metrics and schema are not public"
 PROBLEM = {"type": "about:blank", "title": "Not Found", "status": 404, "detail": REFUSED}
+DOWN = {
+    "type": "about:blank",
+    "title": "Service Unavailable",
+    "status": 503,
+    "detail": "This site is not answering right now: try again in a moment",
+}
 NO_SITE = {
     "type": "about:blank",
     "title": "Not Found",
@@ -268,6 +274,52 @@ def test_the_production_caddyfile_runs_with_hsts_on_the_public_hosts(proxied: Pr
         )
         assert redirect.status_code == 308
         assert redirect.headers["location"].startswith("https://market.rose-ash.com")
+    finally:
+        group.stop()
+        sink.close()
+
+
+def test_a_site_whose_service_is_down_answers_a_page_or_a_problem_not_a_blank(tmp_path, browser):
+    """While a service is down (restarting, or gone), Caddy has nothing to pass on: the
+    browser gets a page saying the site is not answering (it got a blank 503, Content-Length
+    0, a white page), any other client a problem naming it."""
+    port, dead = free_port(), free_port()
+    config = tmp_path / "Caddyfile"
+    config.write_text(local_caddyfile(port, {"market": f"127.0.0.1:{dead}"}))
+    sink = LogSink(None, echo=sys.stderr)
+    group = ProcessGroup(sink, {"XDG_DATA_HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path)})
+    group.start(
+        "caddy", port, [caddy_binary(), "run", "--config", str(config), "--adapter", "caddyfile"]
+    )
+    url = f"http://market.rose.localhost:{port}/product/apple-jam/"
+    try:
+        with httpx.Client(proxy=f"http://127.0.0.1:{port}", timeout=10) as client:
+
+            def answer() -> httpx.Response | None:
+                try:
+                    return client.get(url)
+                except httpx.HTTPError:
+                    return None
+
+            response = eventually_sync(answer)
+            assert response.status_code == 503
+            assert response.headers["content-type"] == "application/problem+json"
+            assert response.json() == DOWN
+            assert response.headers["retry-after"] == "5"
+        context = browser.new_context()
+        try:
+            page = context.new_page()
+            shown = page.goto(url)
+            assert shown is not None
+            assert (shown.status, shown.headers["content-type"]) == (
+                503,
+                "text/html; charset=utf-8",
+            )
+            assert page.evaluate("document.documentElement.lang") == "en"
+            assert page.title() == "Service Unavailable"
+            assert page.locator('[role="alert"]').inner_text() == DOWN["detail"] + "."
+        finally:
+            context.close()
     finally:
         group.stop()
         sink.close()
