@@ -190,6 +190,39 @@ def test_market_owns_its_market_places_and_blog_attaches_them_by_name(shop_live,
     assert "on Farm Shop" in page.locator(".calendar").first.inner_text()
 
 
+def test_the_first_tab_on_every_page_offers_to_skip_the_navigation(shop_live, shop, browser):
+    """A keyboard user tabbed through the header's eight links and buttons on every page before
+    the page's own (on a phone, the header is a fifth of the screen). The first Tab is a link
+    to the page's content, shown while it has the focus; after it, the next Tab is the page's
+    first control (on a product page, Add to cart)."""
+    context = browser.new_context(viewport={"width": 375, "height": 667})
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    focused = """() => {
+        const e = document.activeElement, box = e.getBoundingClientRect();
+        return [e.tagName, e.id, e.innerText, !!e.closest('main'),
+                box.width > 0 && box.height > 0 && box.top >= 0 && box.bottom <= innerHeight];
+    }"""
+    try:
+        pages = [shop_live.url(service, "/") for service in PUBLIC]
+        pages += [shop_live.url("market", "/product/shop-001/"), shop_live.url("cart", "/x/")]
+        for url in pages:
+            page.goto(url)
+            page.keyboard.press("Tab")
+            assert page.evaluate(focused) == ["A", "", "Skip to content", False, True], url
+            page.keyboard.press("Enter")
+            page.keyboard.press("Tab")
+            tag, id_, _, in_main, shown = page.evaluate(focused)
+            # A page with nothing to focus in it (an empty cart) goes round to the skip link.
+            has_controls = page.locator("main").locator("a[href], button, input").count() > 0
+            assert (in_main, shown) == (has_controls, True), (url, tag, id_)
+            if "/product/" in url:
+                assert id_ == "add-to-cart"
+        assert page.locator("main").get_attribute("id") == "content"
+    finally:
+        context.close()
+
+
 def test_a_provider_that_is_down_leaves_its_slot_out(shop_live, shop, page):
     """Last in this module: it stops the cart process."""
     cart = shop_live.group.processes["cart"].process
