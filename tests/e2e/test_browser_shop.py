@@ -223,6 +223,47 @@ def test_the_first_tab_on_every_page_offers_to_skip_the_navigation(shop_live, sh
         context.close()
 
 
+BUTTON_NAMES = """() => [...document.querySelectorAll('main button')].map(
+    b => b.getAttribute('aria-label') || b.textContent.replace(/\\s+/g, ' ').trim())"""
+
+
+def repeated(names: list[str]) -> list[str]:
+    return sorted({name for name in names if names.count(name) > 1})
+
+
+def test_each_button_of_the_cart_and_calendars_says_what_it_acts_on(
+    shop_live, shop, provisioned, page
+):
+    """A screen reader's list of a page's buttons read Remove, Remove, Remove, Update, Update,
+    and on the calendars Book, Add tickets once per entry: which was which could be told only
+    by reading the table around each. Each says the product, booking or entry it acts on."""
+    with admin_connect(provisioned, "events") as connection:
+        connection.execute("SET ROLE events_owner")
+        connection.execute(
+            "INSERT INTO events.calendar_entries (calendar_id, name, starts_at, cost) "
+            "SELECT calendar_id, 'Evening tour', starts_at + interval '8 hours', cost "
+            "FROM events.calendar_entries WHERE id = %s",
+            (shop.entry_id,),
+        )
+    events = shop_live.url("events")
+    page.goto(f"{events}/auth/dev-login?user_id=66&next=/")
+    names = page.evaluate(BUTTON_NAMES)
+    assert len(names) == 4
+    assert repeated(names) == []
+    assert names[0].startswith("Book Morning tour, ")
+    row = page.locator(f'tr.entry[data-id="{shop.entry_id}"]')
+    row.get_by_role("button", name="Add tickets").click()
+    page.wait_for_url(f"{events}/?added={shop.entry_id}#entry-{shop.entry_id}")
+    for slug in ("shop-001", "shop-002"):
+        page.goto(f"{shop_live.url('market')}/product/{slug}/")
+        page.locator("#add-to-cart").click()
+        page.wait_for_url(shop_live.url("cart", "/"))
+    names = page.evaluate(BUTTON_NAMES)
+    assert repeated(names) == []
+    assert "Remove Item 001" in names
+    assert "Update the quantity of Item 002" in names
+
+
 def test_a_provider_that_is_down_leaves_its_slot_out(shop_live, shop, page):
     """Last in this module: it stops the cart process."""
     cart = shop_live.group.processes["cart"].process
