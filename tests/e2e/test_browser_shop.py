@@ -71,6 +71,40 @@ def test_a_wrong_quantity_is_one_message_beside_the_field(shop_live, shop, page)
     assert page.locator(".line").first.get_attribute("data-quantity") == "1"  # 0 removed nothing
 
 
+def test_a_wrong_quantity_typed_by_keyboard_is_announced_and_keeps_the_focus(shop_live, shop, page):
+    """The cart's message beside a wrong quantity was neither an alert (the admin forms' are)
+    nor where the focus was: after Enter, a screen reader started again at the top of a page
+    that looked like the one before and said nothing of what was wrong. Now the page comes
+    back with the focus in that field, which names its message, an alert."""
+    cart = shop_live.url("cart")
+    page.goto(f"{shop_live.url('market')}/auth/dev-login?user_id=67&next=/product/shop-003/")
+    page.locator("#add-to-cart").click()
+    page.wait_for_url(f"{cart}/")
+    field = page.locator(".line input[name='quantity']").first
+    for _ in range(40):
+        page.keyboard.press("Tab")
+        if field.evaluate("f => f === document.activeElement"):
+            break
+    page.keyboard.press("Control+A")
+    page.keyboard.type("0")
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+    focused = page.evaluate(
+        """() => {
+        const e = document.activeElement;
+        const message = document.getElementById(e.getAttribute('aria-describedby'));
+        return [e.name, e.getAttribute('aria-invalid'), message && message.getAttribute('role'),
+                message && message.innerText];
+    }"""
+    )
+    assert focused == [
+        "quantity",
+        "true",
+        "alert",
+        "Choose a quantity from 1 to 99 (Remove takes the line out).",
+    ]
+
+
 def test_a_wrong_merchant_code_is_one_message_in_words_beside_the_field(shop_live, shop, page):
     blog = shop_live.url("blog")
     page.goto(f"{blog}/auth/dev-login?user_id=1&next=/farm-shop/admin/page-config/")
