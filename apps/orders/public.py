@@ -56,10 +56,19 @@ LooksSoFar = Annotated[int, QueryParameter(ge=0, le=NO_SCRIPT_LOOKS)]
 async def provide_owned_order(
     db_session: DbSession, identity: CurrentIdentity, order_id: OrderId
 ) -> Order:
-    """The order of the path, if it belongs to whoever asks (another's order is a 404)."""
-    return await service.get_owned_order(
-        db_session, order_id, identity.user_id, identity.session_id
-    )
+    """The order of the path, if it belongs to whoever asks (another's order is a 404 saying
+    whose orders are shown, not that it does not exist: its buyer signed out, or on another
+    device, read that of an order they paid; the same words whether it exists or not)."""
+    try:
+        return await service.get_owned_order(
+            db_session, order_id, identity.user_id, identity.session_id
+        )
+    except NotFound:
+        raise NotFound(
+            f"Order {order_id} cannot be shown here: an order is shown to the account that "
+            "made it, or, made without signing in, in the browser it was made in; to see it, "
+            "sign in with the account that made it"
+        ) from None
 
 
 async def provide_returned_order(

@@ -617,6 +617,35 @@ async def test_the_return_page_in_another_browser_says_what_happens_not_missing(
     assert api.headers["content-type"].startswith("application/problem+json")
 
 
+async def test_an_order_page_not_shown_here_says_why_not_that_it_does_not_exist(
+    orders, clean_db, sandbox
+):
+    """Its buyer signed out, or on another device, opened their order's page and read "Order 1
+    does not exist" (the order paid, their money taken). Now it says which orders a browser
+    sees and how to see this one, in the same words for an order that does not exist (nothing
+    is given away), in a page and in a problem."""
+    order_id = (await create(orders)).json()["order_id"]
+    sandbox.pay(checkout_id_of(clean_db, order_id))
+    stranger = orders.browser("orders")
+    pages = [
+        await stranger.get(f"/order/{number}/", headers=HTML)
+        for number in (order_id, order_id + 1000)
+    ]
+    for page in pages:
+        assert page.status_code == 404
+        assert "does not exist" not in page.text
+        assert "sign in with the account that made it" in page.text
+
+    def shown(page: Any, number: int) -> str:
+        text = re.sub(r"request [0-9a-f]{16}", "request R", page.text)
+        return text.replace(f"/order/{number}", "/order/N").replace(f"Order {number} ", "Order N ")
+
+    assert shown(pages[0], order_id) == shown(pages[1], order_id + 1000)
+    api = await stranger.get(f"/api/orders/{order_id}")
+    assert api.status_code == 404
+    assert "does not exist" not in api.json()["detail"]
+
+
 async def test_another_amount_from_sumup_flags_the_order(orders, clean_db, sandbox):
     order_id = (await create(orders)).json()["order_id"]
     checkout_id = checkout_id_of(clean_db, order_id)
