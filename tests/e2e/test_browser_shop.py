@@ -298,6 +298,29 @@ def test_each_button_of_the_cart_and_calendars_says_what_it_acts_on(
     assert "Update the quantity of Item 002" in names
 
 
+def test_signed_in_pages_fit_a_320_px_screen(shop_live, shop, browser):
+    """WCAG 1.4.10 (reflow): at 320 CSS px nothing runs off the side. Signed in, the header's
+    cart count, orders link, "signed in as user N" and Sign out did not wrap: every page
+    scrolled sideways, Sign out half off the screen."""
+    context = browser.new_context(viewport={"width": 320, "height": 640})
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    try:
+        page.goto(f"{shop_live.url('market')}/auth/dev-login?user_id=68&next=/product/shop-001/")
+        page.locator("#add-to-cart").click()
+        page.wait_for_url(shop_live.url("cart", "/"))
+        wider = {}
+        for service in PUBLIC:
+            page.goto(shop_live.url(service, "/"))
+            assert "signed in as user 68" in nav_text(page)
+            width = page.evaluate("document.documentElement.scrollWidth")
+            if width > 320:
+                wider[service] = width
+        assert wider == {}
+    finally:
+        context.close()
+
+
 def test_a_provider_that_is_down_leaves_its_slot_out(shop_live, shop, page):
     """Last in this module: it stops the cart process."""
     cart = shop_live.group.processes["cart"].process
