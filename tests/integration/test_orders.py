@@ -587,6 +587,32 @@ async def test_return_page_waits_then_shows_paid_after_recheck(orders, clean_db,
     assert order_rows(clean_db)[0][1] == "paid"
 
 
+def page_title(html: str) -> str:
+    found = re.search(r"<title>(.*?)</title>", html, re.S)
+    assert found is not None
+    return found.group(1).strip()
+
+
+async def test_the_return_pages_title_says_the_outcome(orders, clean_db, sandbox):
+    """The return page reloads itself once the outcome is known, and a screen reader says the
+    new page's title first: it was "Payment · orders" whatever the outcome, waiting, paid or
+    failed alike. It names the order and its outcome."""
+    browser = await signed_in(orders)
+    paid_id = (await create(orders)).json()["order_id"]
+    page = await browser.get(f"/checkout/return/{paid_id}/", headers=HTML)
+    assert page_title(page.text) == f"Waiting for the payment of order #{paid_id} · orders"
+    sandbox.pay(checkout_id_of(clean_db, paid_id))
+    page = await browser.get(f"/checkout/return/{paid_id}/", headers=HTML)
+    assert 'data-state="paid"' in page.text
+    assert page_title(page.text) == f"Order #{paid_id} paid · orders"
+
+    failed_id = (await create(orders, order_payload(product_line(7, "3.00")))).json()["order_id"]
+    sandbox.fail(checkout_id_of(clean_db, failed_id))
+    page = await browser.get(f"/checkout/return/{failed_id}/", headers=HTML)
+    assert 'data-state="failed"' in page.text
+    assert page_title(page.text) == f"The payment of order #{failed_id} did not go through · orders"
+
+
 async def test_the_return_page_in_another_browser_says_what_happens_not_missing(
     orders, clean_db, sandbox
 ):
