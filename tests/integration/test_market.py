@@ -80,6 +80,23 @@ async def test_the_product_pages_links_keep_the_page_size(market_stack, clean_db
     assert "per_page" not in default.text
 
 
+async def test_a_page_past_the_last_says_so_not_that_there_are_no_products(market_stack, clean_db):
+    """?page=999 of 30 products said "30 products" and "No products." on one page (a link kept
+    from when there were more, or typed): now it says which pages there are, and links the
+    first."""
+    seed_products(clean_db, 30)
+    async with market_stack.browser("market") as browser:
+        past = await browser.get("/?page=9&per_page=12", headers={"accept": "text/html"})
+        empty_market = await browser.get("/?page=1&liked=false", headers={"accept": "text/html"})
+    assert past.status_code == 200
+    assert "No products." not in past.text
+    assert (
+        '<p class="muted" id="empty">There is no page 9: the products are on pages 1 to 3. '
+        '<a href="?page=1&amp;per_page=12">Go to page 1</a>.</p>' in past.text
+    )
+    assert 'id="empty"' not in empty_market.text
+
+
 async def test_like_states_follow_the_signed_in_user(market_stack, clean_db):
     slugs = seed_products(clean_db, 5)
     await like(market_stack.client("likes"), 1, slugs[1])
