@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from os import PathLike
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import msgspec
 from litestar import Litestar, MediaType, Request, Response, get, post
@@ -626,9 +627,33 @@ def html_problem_page(
     if engine is None or not wants_html(request):
         return None
     html = engine.get_template("error.html").render(
-        **page_context(request, problem=problem, status=status, csrf_input=csrf_input(request))
+        **page_context(
+            request,
+            problem=problem,
+            status=status,
+            csrf_input=csrf_input(request),
+            way_back=way_back(request),
+        )
     )
     return Response(html, status_code=status, media_type=MediaType.HTML)
+
+
+def way_back(request: Request[Any, Any, Any]) -> str | None:
+    """The page of this site the request came from (its Referer: the page of the form that
+    was sent, or of the link that was followed), for an error page's Back link; None when it
+    came from another site, from nowhere, or from this very address."""
+    referer = request.headers.get("referer")
+    if not referer:
+        return None
+    try:
+        parts = urlsplit(referer)
+    except ValueError:  # not a URL at all ("http://[x/"): a header anyone can send
+        return None
+    if parts.netloc != request.headers.get("host"):
+        return None
+    back = safe_next(parts.path + (f"?{parts.query}" if parts.query else ""), "")
+    here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return back if back and back != here else None
 
 
 Problem.render_page = html_problem_page

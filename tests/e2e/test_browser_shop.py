@@ -184,6 +184,29 @@ def test_the_cart_page_says_which_bookings_left_it_when_their_hold_ended(
     assert axe_violations(page, axe_source()) == []
 
 
+def test_an_error_pages_back_link_goes_back_to_the_page_of_the_form(shop_live, shop, page):
+    """A form's error page (tickets of a blank type, from a page's calendars) had a link named
+    Back that went to the service's home, not to the calendars the buyer was on. Back is the
+    page the request came from, on this site; a page reached from nowhere says Home."""
+    events = shop_live.url("events")
+    page.goto(f"{events}/auth/dev-login?user_id=69&next=/?page_id=1")
+    row = page.locator(f'tr.entry[data-id="{shop.entry_id}"]')
+    row.locator('input[name="ticket_type"]').evaluate("e => { e.required = false; }")
+    row.locator('input[name="ticket_type"]').fill("   ")
+    with page.expect_navigation() as sent:
+        row.get_by_role("button", name="Add tickets").click()
+    assert sent.value.status == 422
+    assert "Ticket type must not be blank" in page.locator('[role="alert"]').inner_text()
+    back = page.locator("#back")
+    assert (back.inner_text(), back.get_attribute("href")) == ("Back", "/?page_id=1")
+    with page.expect_navigation():
+        back.click()
+    assert page.url == f"{events}/?page_id=1"
+
+    page.goto(f"{events}/no-such-page/")
+    assert (back.inner_text(), back.get_attribute("href")) == ("Home", "/")
+
+
 def test_market_owns_its_market_places_and_blog_attaches_them_by_name(shop_live, shop, page):
     market, blog = shop_live.url("market"), shop_live.url("blog")
     page.goto(f"{market}/auth/dev-login?user_id=1&next=/admin/market-places/")

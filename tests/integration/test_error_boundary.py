@@ -113,6 +113,26 @@ async def test_unknown_urls_and_wrong_methods_are_themed_pages_for_browsers(stac
     assert_problem(await browser.get("/nope", headers=JSON), 404)
 
 
+async def test_an_error_pages_back_link_is_a_page_of_this_site_or_home(stack):
+    """The error page's Back goes to the page the request came from (its Referer) only when
+    that is a page of this very site; any other Referer, one that is not a URL at all among
+    them, is Home, and the page is the 404 it was."""
+    browser = stack.browser("market")
+    host = browser.base_url.netloc.decode()
+    cases = {
+        f"http://{host}/product/x/?page=2": ("Back", "/product/x/?page=2"),
+        "http://evil.example/product/x/": ("Home", "/"),
+        f"http://{host}//evil.example/": ("Home", "/"),
+        f"http://{host}/nope": ("Home", "/"),  # the page itself: no way back
+        "http://[not-a-url/": ("Home", "/"),
+        "": ("Home", "/"),
+    }
+    for referer, (words, href) in cases.items():
+        page = await browser.get("/nope", headers={**HTML, "referer": referer})
+        assert page.status_code == 404, referer
+        assert f'<a href="{href}" id="back">{words}</a>' in page.text, referer
+
+
 async def test_a_wrong_method_names_the_method_and_what_the_address_takes(stack):
     """Probe: a buyer who reloads or bookmarks a form's address (cart's /checkout/, a booking,
     pay again) sends it a GET, and was told only "Method Not Allowed". The problem says which
