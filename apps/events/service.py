@@ -514,10 +514,16 @@ async def _refuse_over_the_limit(
     retry_after = max(1, math.ceil((place_free - now).total_seconds()))
     raise TooManyRequests(
         f"Nothing was booked: {limit} entries are held {whose}, the most there may be at "
-        f"once. Try again in {retry_after} s, when enough of those holds have ended (sooner "
-        f"if one is taken out of its cart or paid for){otherwise}.",
+        f"once. Try again in {wait_in_words(retry_after)}, when enough of those holds have "
+        f"ended (sooner if one is taken out of its cart or paid for){otherwise}.",
         retry_after=retry_after,
     )
+
+
+def wait_in_words(seconds: int) -> str:
+    """A wait as a person reads it: seconds under two minutes, else minutes, rounded up (a
+    hold lasts 15 minutes: "830 s" was the refusal's)."""
+    return f"{seconds} s" if seconds < 120 else f"{math.ceil(seconds / 60)} minutes"
 
 
 async def book_entry(

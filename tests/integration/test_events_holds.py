@@ -178,6 +178,23 @@ async def test_one_network_holds_at_most_the_limit_of_entries_anonymously(clean_
         assert (await book(stack, "2001:db8:1:3::1", free[3]))[1].status_code == 200
 
 
+async def test_a_refusal_whose_wait_is_minutes_says_it_in_minutes(clean_db, credentials):
+    """Holds last 15 minutes: the refusal told a person "Try again in 830 s". A wait of two
+    minutes or more is said in minutes (rounded up); Retry-After stays in seconds."""
+    async with holds_stack(clean_db, credentials) as stack:
+        ids = some_entries(clean_db, LIMIT + 1)
+        await hold_the_limit(stack, "203.0.113.9", ids)
+        events_rows(
+            clean_db,
+            "UPDATE events.calendar_entries SET hold_expires_at = now() + interval '830 seconds'"
+            " WHERE state = 'pending' RETURNING id",
+        )
+        _, refused = await book(stack, "203.0.113.9", ids[LIMIT])
+        problem = assert_problem(refused, 429, "Nothing was booked")
+        assert "Try again in 14 minutes, when" in problem["detail"], problem["detail"]
+        assert 820 <= int(refused.headers["retry-after"]) <= 831
+
+
 async def test_a_hold_that_ended_or_was_let_go_of_frees_a_place_and_one_adopted_does_not(
     clean_db, credentials
 ):
