@@ -71,6 +71,25 @@ async def test_post_list_shows_published_posts_newest_first_20_a_page(browser, c
     assert 'href="/?page=2"' in html.text
 
 
+async def test_a_page_past_the_last_says_so_not_that_there_are_no_posts(browser, clean_db):
+    """?page=9 of 23 posts said "23 posts" and "No posts here." (a link kept from when there
+    were more, or typed): it says which pages there are and links the first, as market's list
+    does (probe a11y)."""
+    seed_posts(clean_db, 23)
+    past = await browser.get("/?page=9", headers=HTML)
+    assert past.status_code == 200
+    assert "No posts here." not in past.text
+    assert (
+        '<p class="muted" id="empty">There is no page 9: the posts are on pages 1 to 2. '
+        '<a href="/?page=1">Go to page 1</a>.</p>' in past.text
+    )
+
+
+async def test_a_blog_without_posts_says_so(browser, clean_db):
+    html = await browser.get("/", headers=HTML)
+    assert '<p class="muted" id="empty">No posts here.</p>' in html.text
+
+
 @pytest.mark.parametrize("page", ["0", "-1", "two"])
 async def test_bad_page_number_is_422_naming_page(browser, page):
     for path in ("/api/posts", "/"):
