@@ -84,6 +84,8 @@ def test_buy_in_the_browser_from_product_page_to_paid_order(shop_live, provision
     assert page.locator("#empty-cart").count() == 1
     page.goto(f"{orders}/")
     assert page.locator(f'.order[data-order-id="{order_id}"]').get_attribute("data-state") == "paid"
+    # Its link says what it opens to a screen reader's list of links, not "#1" (probe a11y).
+    assert page.get_by_role("link", name=f"Order #{order_id}", exact=True).count() == 1
     deliveries = httpx.get(f"{shop_live.sandbox_url}/_sandbox/deliveries").json()
     assert any(entry["outcome"] == "delivered" for entry in deliveries)
 
