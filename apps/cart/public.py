@@ -80,16 +80,16 @@ async def api_cart(db_session: DbSession, identity: CurrentIdentity) -> service.
 async def page_cart(
     request: Request, db_session: DbSession, identity: CurrentIdentity, page_slug: SlugParam
 ) -> Any:
-    page_id = await service.page_id_for_slug(db_session, page_slug)
-    cart = await service.load_cart(db_session, owner_of(identity), page_id, with_ended_holds=True)
-    return _cart_page(request, cart, page_slug=page_slug)
+    page = await service.page_for_slug(db_session, page_slug)
+    cart = await service.load_cart(db_session, owner_of(identity), page.id, with_ended_holds=True)
+    return _cart_page(request, cart, page_slug=page_slug, page_title=page.title)
 
 
 @get("/api/page/{page_slug:str}", operation_id="page_cart")
 async def api_page_cart(
     db_session: DbSession, identity: CurrentIdentity, page_slug: SlugParam
 ) -> service.CartView:
-    page_id = await service.page_id_for_slug(db_session, page_slug)
+    page_id = (await service.page_for_slug(db_session, page_slug)).id
     return await service.load_cart(db_session, owner_of(identity), page_id, with_ended_holds=True)
 
 
@@ -259,7 +259,7 @@ async def page_checkout(
     own_settings: OwnSettings,
     page_slug: SlugParam,
 ) -> Any:
-    page_id = await service.page_id_for_slug(db_session, page_slug)
+    page_id = (await service.page_for_slug(db_session, page_slug)).id
     return await _checkout(request, db_session, internal, identity, settings, own_settings, page_id)
 
 

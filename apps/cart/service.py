@@ -310,13 +310,23 @@ async def _page_names(
         }
 
 
-async def page_id_for_slug(session: AsyncSession, page_slug: str) -> int:
+@dataclass(frozen=True)
+class CartPage:
+    """The page of a page cart: its id, and its title (what the cart's page is called)."""
+
+    id: int
+    title: str
+
+
+async def page_for_slug(session: AsyncSession, page_slug: str) -> CartPage:
     """The page of a page cart (its page, its checkout): one whose editor switched its cart
     off has none, and the buyer is sent to the whole cart."""
     async with remote_read(session, "blog"):
         page = (
             await session.execute(
-                select(page_configs.c.container_id, page_configs.c.features).where(
+                select(
+                    page_configs.c.container_id, page_configs.c.page_title, page_configs.c.features
+                ).where(
                     page_configs.c.container_type == "page",
                     page_configs.c.page_slug == page_slug,
                 )
@@ -329,7 +339,7 @@ async def page_id_for_slug(session: AsyncSession, page_slug: str) -> int:
             f"Page {page_slug!r} has no cart of its own: its lines are in your cart, "
             "checked out with the rest of it"
         )
-    return int(page.container_id)
+    return CartPage(int(page.container_id), page.page_title or page_slug)
 
 
 def _line(item: CartItem, product: Any | None, merged: list[int]) -> Line:

@@ -429,6 +429,18 @@ async def test_page_checkout_uses_the_page_config_and_only_its_lines(stack, clea
     assert (order[0], str(order[1])) == (2, "2.50")
 
 
+async def test_a_page_carts_title_names_the_page_not_its_address(stack, shop):
+    """A screen reader says a page's title first: "Cart for farm-shop" was the page's slug
+    (probe a11y). Its title is the page's, from blog, whether or not the cart has lines."""
+    cart = await browser_of(stack, "cart", user_id=17)
+    empty = await cart.get("/page/farm-shop/", headers=HTML)
+    await cart.post(f"/add/{shop.product_ids[0]}/")  # page 1, the farm shop
+    with_a_line = await cart.get("/page/farm-shop/", headers=HTML)
+    for page in (empty, with_a_line):
+        assert page.status_code == 200, page.text
+        assert "<title>Cart for Farm Shop \u00b7 cart</title>" in page.text
+
+
 async def test_a_page_whose_editor_switched_its_cart_off_has_no_page_cart(stack, clean_db, shop):
     """Probe: the page admin's "Cart: a page cart with its own checkout", unticked, was saved
     and read by nothing: the page's cart and its checkout went on. Now the page has none (a
