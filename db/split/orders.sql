@@ -19,8 +19,13 @@
 --   paid            paid        PAID      paid_at = the legacy updated_at (when it was marked paid),
 --                                         paid_attempt_id = that attempt
 --   failed          pending     FAILED
---   expired         pending     EXPIRED
---   cancelled       cancelled   EXPIRED   (a cancelled order's checkout can no longer be paid)
+--   expired         pending     PENDING   (see below)
+--   cancelled       cancelled   PENDING   (see below)
+-- The monolith's expired and cancelled are its own word, not SumUp's: the checkout may still be
+-- open there and take a payment (a buyer's tab left open). As EXPIRED (final for orders) such a
+-- payment was ignored, webhook included: money taken for an order never paid nor refunded. As
+-- PENDING, orders asks SumUp as for any open attempt (webhook, return page, reconciliation, which
+-- closes it): a payment SumUp took makes the expired one paid and the cancelled one refund_due.
 -- An order without a checkout gets no attempt.
 -- An order with nothing to pay (total 0) and no checkout is paid or cancelled: the orders
 -- service pays such an order as it is made, without SumUp, and cancels one that did not go
@@ -109,12 +114,12 @@ SELECT o.id,
            WHEN o.total_amount = 0 AND o.sumup_checkout_id IS NULL THEN 'cancelled'
            ELSE 'pending'
        END,
+       -- Expired and cancelled: open, so that orders asks SumUp (see the header).
        CASE WHEN o.sumup_checkout_id IS NOT NULL THEN
            CASE o.status
-               WHEN 'pending' THEN 'PENDING'
                WHEN 'paid' THEN 'PAID'
                WHEN 'failed' THEN 'FAILED'
-               ELSE 'EXPIRED'
+               ELSE 'PENDING'
            END
        END,
        CASE WHEN o.status = 'paid' THEN o.updated_at AT TIME ZONE 'UTC' END,

@@ -169,8 +169,10 @@ MOVES: tuple[Move, ...] = (
             # 2: payable_until, which the move fills, covered too (audit s20b L1).
             Check("orders", "orders.orders", definition=2),
             Check("order_items", "orders.order_items"),
-            # 2: whether it is the attempt its order was paid with (orders 0015).
-            Check("payment_attempts", "orders.payment_attempts", bucket="order_id", definition=2),
+            # 2: whether it is the attempt its order was paid with (orders 0015). 3: the attempt
+            # of an expired or cancelled legacy order is open (PENDING), which only the source
+            # side derives differently.
+            Check("payment_attempts", "orders.payment_attempts", bucket="order_id", definition=3),
         ),
         checked_in=("cart",),
     ),

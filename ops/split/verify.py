@@ -244,12 +244,14 @@ def compare_with_sources(
         ThreadPoolExecutor(max_workers=2) as sides,
     ):
         for check in move.checks:
+            # A move recorded by an earlier version is compared with the definition its ledger
+            # names: what the transform derived then (an upgrade mid-night is no difference).
+            recorded = (ledger.checksums or {}).get(check.name)
+            view = check.view_for(recorded) if target_side is None and recorded else check.view
             # The two sides at the same time (their own connections, their own backends).
-            source_side = sides.submit(checksum, sources, check.view)
+            source_side = sides.submit(checksum, sources, view)
             target_sum, target_low, target_high = (
-                target_side[check.name]
-                if target_side is not None
-                else checksum([target], check.view)
+                target_side[check.name] if target_side is not None else checksum([target], view)
             )
             source_sum, source_low, source_high = source_side.result()
             found = CheckResult(
@@ -258,7 +260,7 @@ def compare_with_sources(
             if not found.ok:
                 lows = [value for value in (source_low, target_low) if value is not None]
                 highs = [value for value in (source_high, target_high) if value is not None]
-                found.located = locate(sources, [target], check.view, min(lows), max(highs))
+                found.located = locate(sources, [target], view, min(lows), max(highs))
             result.checks.append(found)
     return result
 

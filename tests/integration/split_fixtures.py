@@ -26,8 +26,9 @@ STATUS_MAPPING = {
     "pending": ("pending", "PENDING"),
     "paid": ("paid", "PAID"),
     "failed": ("pending", "FAILED"),
-    "expired": ("pending", "EXPIRED"),
-    "cancelled": ("cancelled", "EXPIRED"),
+    # Open: the monolith's word, not SumUp's; orders asks SumUp (orders.sql, its header).
+    "expired": ("pending", "PENDING"),
+    "cancelled": ("cancelled", "PENDING"),
 }
 
 

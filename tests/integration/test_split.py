@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import fields
 from datetime import UTC, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,7 @@ import psycopg
 import pytest
 
 from apps.orders.settings import OrdersSettings
+from apps.sumup_sandbox.app import DEFAULT_API_KEY, DEFAULT_MERCHANT_CODE
 from bench.split_load import monolith_writer
 from ops.db.check import check
 from ops.split.common import CRASH_ENV, CRASH_EXIT_CODE, SplitError, connect
@@ -30,6 +32,7 @@ from ops.split.run import (
     source_snapshot,
 )
 from tests.conftest import REPO_ROOT, admin_connect, in_process_stack
+from tests.integration.orders_fixtures import orders_stack, webhook
 from tests.integration.split_fixtures import (
     STATUS_MAPPING,
     ledger,
@@ -896,6 +899,71 @@ async def test_the_services_serve_the_moved_rows(monolith, credentials):
             {"user_id": user_id, "target_type": "product", "target_slug": slug},
         )
         assert liked.json() == {"liked": True}
+
+
+@pytest.mark.parametrize(
+    ("legacy_status", "after"),
+    # The cancelled one's money goes back (refunded once SumUp has answered the refund).
+    [("cancelled", ("refund_due", "refunded")), ("expired", ("paid",))],
+)
+async def test_a_payment_sumup_takes_for_a_legacy_closed_order_is_not_ignored(
+    monolith, credentials, sandbox, legacy_status, after
+):
+    """Probe split: the monolith's 'cancelled' and 'expired' are its own word, not SumUp's, and
+    their attempts moved as EXPIRED, final for orders. A buyer paying the checkout, still open
+    at SumUp, after the cut-over: SumUp took the money, its webhook was answered 204 and
+    ignored, the order stayed cancelled (or pending, then expired by reconciliation without
+    asking), no refund. The attempt moves open (PENDING): the webhook applies the payment, a
+    refund for the cancelled order, the expired one paid."""
+    reference = f"legacy-{legacy_status}-1"
+    made = sandbox.client.post(
+        "/v0.1/checkouts",
+        json={
+            "checkout_reference": reference,
+            "amount": 12.5,
+            "currency": "GBP",
+            "merchant_code": DEFAULT_MERCHANT_CODE,
+            "description": "legacy",
+        },
+        headers={"Authorization": f"Bearer {DEFAULT_API_KEY}"},
+    )
+    assert made.status_code in (200, 201), made.text
+    checkout = made.json()["id"]
+    with admin_connect(monolith, "cart") as cart:
+        config = cart.execute(
+            "INSERT INTO legacy.page_configs (container_type, container_id, features, "
+            "sumup_merchant_code, sumup_api_key, sumup_checkout_prefix) VALUES "
+            "('page', 9999, '{}', %s, %s, 'legacy-') RETURNING id",
+            (DEFAULT_MERCHANT_CODE, DEFAULT_API_KEY),
+        ).fetchone()[0]
+        order = cart.execute(
+            "INSERT INTO legacy.orders (user_id, status, product_total, total_amount, "
+            "page_config_id, sumup_checkout_id, sumup_reference) "
+            "VALUES (7, %s, 12.5, 12.5, %s, %s, %s) RETURNING id",
+            (legacy_status, config, checkout, reference),
+        ).fetchone()[0]
+    moved = rose_split(monolith, "run", "--move", "page_configs", "--move", "orders")
+    assert moved.exit_code == 0, moved.output
+    assert "orders: verified: ok" in moved.output
+
+    # The buyer pays in a tab left open while orders starts (its first reconciliation pass
+    # closes such checkouts at SumUp); SumUp then sends its webhook.
+    sandbox.pay(checkout)
+    async with orders_stack(monolith, credentials, sandbox.server) as stack:
+        answered = await webhook(stack, order, checkout)
+        assert answered.status_code in (200, 204), answered.text
+    status = rows(monolith, "orders", "SELECT status FROM orders.orders WHERE id = %s", (order,))
+    assert status in ([(state,)] for state in after), status
+    assert rows(
+        monolith,
+        "orders",
+        "SELECT status FROM orders.payment_attempts WHERE order_id = %s",
+        (order,),
+    ) == [("PAID",)]
+    refunds = rows(
+        monolith, "orders", "SELECT amount FROM orders.refunds WHERE order_id = %s", (order,)
+    )
+    assert refunds == ([(Decimal("12.50"),)] if legacy_status == "cancelled" else [])
 
 
 # -- freeze, idempotence, crashes --------------------------------------------------------------

@@ -719,7 +719,8 @@ def test_a_ledger_recorded_before_payable_until_was_checked_still_compares(monol
     assert rose_split(monolith, "run", "--move", "orders").exit_code == 0
     recorded = ledger(monolith, "orders")["checksums"]
     assert recorded["orders"]["definition"] == 2
-    assert recorded["payment_attempts"]["definition"] == 2
+    # 3 since the attempts of expired and cancelled legacy orders move open (probe split).
+    assert recorded["payment_attempts"]["definition"] == 3
     with admin_connect(monolith, "orders") as connection:
         before = checksum_as_before(connection, "orders.orders", ORDERS_ROW_BEFORE_PAYABLE_UNTIL)
         assert before != {key: found for key, found in recorded["orders"].items()}
@@ -761,6 +762,39 @@ def test_a_ledger_recorded_before_payable_until_was_checked_still_compares(monol
     aborted = rose_split(monolith, "abort", "--move", "orders")
     assert aborted.exit_code == 0, aborted.output
     assert value(monolith, "orders", "SELECT count(*) FROM orders.orders") == 0
+
+
+def test_a_move_recorded_before_open_attempts_verifies_with_its_definition(monolith):
+    """Probe split: the attempts of expired and cancelled legacy orders now move PENDING
+    (payment attempts' definition 3); a move committed by the version before holds them
+    EXPIRED and its ledger names definition 2. verify (and finalize's, restore's) compares
+    the sources with the target by the definition the ledger names, so an upgrade mid-night
+    is no difference; a change of such an attempt is still one."""
+    assert rose_split(monolith, "run", "--move", "orders").exit_code == 0
+    closed = "SELECT id FROM legacy.orders WHERE status IN ('expired', 'cancelled')"
+    closed_ids = [row[0] for row in rows(monolith, "cart", closed)]
+    with admin_connect(monolith, "orders") as connection:
+        # As the version before wrote them, and recorded them.
+        connection.execute(
+            "UPDATE orders.payment_attempts SET status = 'EXPIRED' WHERE order_id = ANY(%s)",
+            (closed_ids,),
+        )
+        connection.execute(
+            "UPDATE split.ledger SET checksums = jsonb_set(checksums, "
+            "'{payment_attempts,definition}', '2') WHERE move = 'orders'"
+        )
+    verified = rose_split(monolith, "verify", "--move", "orders")
+    assert verified.exit_code == 0, verified.output
+    with admin_connect(monolith, "orders") as connection:
+        connection.execute(
+            "UPDATE orders.payment_attempts SET status = 'PENDING' "
+            "WHERE order_id = (SELECT min(order_id) FROM orders.payment_attempts "
+            "WHERE order_id = ANY(%s))",
+            (closed_ids,),
+        )
+    changed = rose_split(monolith, "verify", "--move", "orders")
+    assert changed.exit_code == 1, changed.output
+    assert "orders.payment_attempts" in changed.output
 
 
 def test_a_lock_timeout_while_freezing_tells_what_is_frozen(monolith):

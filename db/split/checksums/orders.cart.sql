@@ -20,12 +20,19 @@ SELECT o.*,
            WHEN o.total_amount = 0 AND o.sumup_checkout_id IS NULL THEN 'cancelled'
            ELSE 'pending'
        END AS target_status,
+       -- Expired and cancelled: open, so orders asks SumUp (see orders.sql).
+       CASE o.status
+           WHEN 'paid' THEN 'PAID'
+           WHEN 'failed' THEN 'FAILED'
+           ELSE 'PENDING'
+       END AS attempt_status,
+       -- Definitions 1 and 2 of the attempts' view: expired and cancelled were EXPIRED.
        CASE o.status
            WHEN 'pending' THEN 'PENDING'
            WHEN 'paid' THEN 'PAID'
            WHEN 'failed' THEN 'FAILED'
            ELSE 'EXPIRED'
-       END AS attempt_status,
+       END AS attempt_status_v2,
        chosen.id AS target_page_config_id,
        chosen.sumup_merchant_code AS target_merchant_code,
        -- (No merchant: a free order's three are NULL; orders.sql skips any other.)
@@ -106,7 +113,7 @@ FROM (
 ) AS checked;
 
 -- One attempt per moved order that had a checkout; bucketed by order id (attempt ids are new).
--- Definition 2: a paid order's one attempt is the one it was paid with (see orders.target.sql).
+-- Definition 3: the attempt of an expired or cancelled legacy order is open (PENDING).
 CREATE OR REPLACE TEMP VIEW split_check_payment_attempts AS
 SELECT bucket, row_value::text AS row_text,
        hashint8extended(hash_record_extended(row_value, 0), 0) AS row_hash
@@ -121,6 +128,22 @@ FROM (
     WHERE o.sumup_checkout_id IS NOT NULL
 ) AS checked;
 
+-- Definition 2: a paid order's one attempt is the one it was paid with (see orders.target.sql),
+-- expired and cancelled ones EXPIRED. Keep it as it is.
+CREATE OR REPLACE TEMP VIEW split_check_payment_attempts_v2 AS
+SELECT bucket, row_value::text AS row_text,
+       hashint8extended(hash_record_extended(row_value, 0), 0) AS row_hash
+FROM (
+    SELECT o.id::bigint AS bucket,
+           row(o.id, 1,
+               coalesce(o.sumup_reference, o.target_checkout_prefix || o.id || '-1'),
+               o.sumup_checkout_id, o.sumup_hosted_url, o.attempt_status_v2, o.total_amount,
+               o.currency, o.created_at AT TIME ZONE 'UTC', o.updated_at AT TIME ZONE 'UTC',
+               o.status = 'paid') AS row_value
+    FROM split_moved_orders AS o
+    WHERE o.sumup_checkout_id IS NOT NULL
+) AS checked;
+
 -- Definition 1, without it (see orders.target.sql). Keep it as it is.
 CREATE OR REPLACE TEMP VIEW split_check_payment_attempts_v1 AS
 SELECT bucket, row_value::text AS row_text,
@@ -129,7 +152,7 @@ FROM (
     SELECT o.id::bigint AS bucket,
            row(o.id, 1,
                coalesce(o.sumup_reference, o.target_checkout_prefix || o.id || '-1'),
-               o.sumup_checkout_id, o.sumup_hosted_url, o.attempt_status, o.total_amount,
+               o.sumup_checkout_id, o.sumup_hosted_url, o.attempt_status_v2, o.total_amount,
                o.currency, o.created_at AT TIME ZONE 'UTC', o.updated_at AT TIME ZONE 'UTC')
                AS row_value
     FROM split_moved_orders AS o

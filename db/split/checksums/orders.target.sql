@@ -39,9 +39,23 @@ FROM (
     FROM orders.order_items
 ) AS checked;
 
--- Definition 2: whether the attempt is the one its order was paid with (orders 0015,
--- paid_attempt_id), which the move fills.
+-- Definition 3: the same columns as definition 2; the source side derives another status for
+-- the attempt of an expired or cancelled legacy order (orders.cart.sql).
 CREATE OR REPLACE TEMP VIEW split_check_payment_attempts AS
+SELECT bucket, row_value::text AS row_text,
+       hashint8extended(hash_record_extended(row_value, 0), 0) AS row_hash
+FROM (
+    SELECT a.order_id AS bucket,
+           row(a.order_id, a.number, a.checkout_reference, a.sumup_checkout_id, a.hosted_url,
+               a.status, a.amount, a.currency, a.created_at, a.updated_at,
+               coalesce(o.paid_attempt_id = a.id, false)) AS row_value
+    FROM orders.payment_attempts AS a
+    JOIN orders.orders AS o ON o.id = a.order_id
+) AS checked;
+
+-- Definition 2: whether the attempt is the one its order was paid with (orders 0015,
+-- paid_attempt_id), which the move fills. Keep it as it is.
+CREATE OR REPLACE TEMP VIEW split_check_payment_attempts_v2 AS
 SELECT bucket, row_value::text AS row_text,
        hashint8extended(hash_record_extended(row_value, 0), 0) AS row_hash
 FROM (
