@@ -39,7 +39,7 @@ from apps.common.contracts import Action, Contract, Fragment, IdentityParams, Si
 from apps.common.db import (
     close_request_session,
     create_engine,
-    database_reachable,
+    database_unready,
     request_session,
     sessionmaker_for,
     warm_pool,
@@ -240,10 +240,9 @@ def create_base_app(
 
     @get("/readyz", operation_id="readyz", tags=["health"])
     async def readyz(state: State) -> Response[dict[str, Any]]:
-        if not await database_reachable(state.platform.engine):
-            return problem_response(
-                503, f"{name}: database unreachable", instance="/readyz", service=name
-            )
+        why = await database_unready(state.platform.engine)
+        if why is not None:
+            return problem_response(503, f"{name}: {why}", instance="/readyz", service=name)
         return Response({"status": "ready", "service": name})
 
     # /metrics: Prometheus (Litestar's controller); the proxy does not expose it.

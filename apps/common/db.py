@@ -31,6 +31,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -38,7 +39,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.orm import Mapped, mapped_column
-from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection, QueuePool
 
 from apps.common.problems import NotFound
 from apps.common.settings import POOL_SIZE, POOL_TIMEOUT
@@ -331,10 +332,21 @@ async def lock_live_row(session: AsyncSession, model: type[Row], row_id: int, wh
     return row
 
 
-async def database_reachable(engine: AsyncEngine) -> bool:
+async def database_unready(engine: AsyncEngine) -> str | None:
+    """Why the process cannot use its database now (None: it can). A pool whose every
+    connection stays busy is said as such: "database unreachable" sent the on-call to a
+    PostgreSQL that answered at once while slow SumUp calls held the connections."""
     try:
         async with engine.connect() as connection:
             await connection.execute(text("SELECT 1"))
+    except PoolTimeout:
+        pool = engine.pool
+        if not isinstance(pool, QueuePool):
+            return "all its database connections are busy (the pool is full)"
+        return (
+            f"all {pool.size()} database connections are busy (none free within "
+            f"{pool.timeout():g} s: the pool is full, not the database down)"
+        )
     except Exception:
-        return False
-    return True
+        return "database unreachable"
+    return None

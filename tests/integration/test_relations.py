@@ -355,3 +355,25 @@ async def test_a_request_that_finds_every_connection_busy_is_a_503(clean_db, cre
     assert answer.headers["content-type"].startswith("application/problem+json")
     assert "connections" in answer.json()["detail"]
     assert again.status_code == 200
+
+
+async def test_readyz_with_every_connection_busy_does_not_say_the_database_is_unreachable(
+    clean_db, credentials
+):
+    """probe_oncall: with the pool full (SumUp slow, each create-order holding its connection),
+    orders' /readyz said "orders: database unreachable" while PostgreSQL answered at once: the
+    on-call went to look at the database. Not ready it is, for the reason it is."""
+    overrides = {"relations": {"database_pool_size": 1, "database_pool_timeout": 0.2}}
+    async with in_process_stack(
+        clean_db, credentials, ["relations"], settings_overrides=overrides
+    ) as running:
+        engine = running.apps["relations"].state.platform.engine
+        async with engine.connect() as held:
+            await held.execute(text("SELECT 1"))
+            busy = await running.client("relations").get("/readyz")
+        again = await running.client("relations").get("/readyz")
+    assert busy.status_code == 503, busy.text
+    detail = busy.json()["detail"]
+    assert "unreachable" not in detail
+    assert "relations: all 1 database connections are busy" in detail, detail
+    assert again.status_code == 200
