@@ -91,6 +91,18 @@ class Problem(ProblemDetailsException):
         return dict(self.extra) if isinstance(self.extra, dict) else {}
 
     def to_response(self, request: Request[Any, Any, Any]) -> Response[Any]:
+        if self.status_code >= 502:
+            # A dependency failed (SumUp, another service, the database, the pool): the cause
+            # was in the answer alone, the log had only the access line's status. (A 500 is
+            # logged with its traceback where it is made.)
+            logger.warning(
+                "request %s (%s %s) answered %d: %s",
+                current_request_id.get(),
+                request.method,
+                request.url.path,
+                self.status_code,
+                self.detail,
+            )
         body = problem_body(
             self.status_code,
             self.detail,

@@ -377,3 +377,36 @@ async def test_readyz_with_every_connection_busy_does_not_say_the_database_is_un
     assert "unreachable" not in detail
     assert "relations: all 1 database connections are busy" in detail, detail
     assert again.status_code == 200
+
+
+async def test_a_503_the_service_answers_is_logged_with_its_cause(clean_db, credentials, caplog):
+    """probe_oncall: a create-order answered 503 because SumUp was down (or the pool was full)
+    left only its access line, `create-order 503`, in any log: the cause was in the answer
+    alone. Each 5xx problem a service answers is one warning line naming it."""
+    overrides = {"relations": {"database_pool_size": 1, "database_pool_timeout": 0.2}}
+    caplog.set_level("INFO", logger="rose")
+    async with in_process_stack(
+        clean_db, credentials, ["relations"], settings_overrides=overrides
+    ) as running:
+        engine = running.apps["relations"].state.platform.engine
+        async with engine.connect() as held:
+            await held.execute(text("SELECT 1"))
+            answer = await internal_get(
+                running.client("relations"),
+                "get-children",
+                {"parent_type": "page", "parent_id": 1},
+            )
+    assert answer.status_code == 503
+    request_id = answer.json()["request_id"]
+    said = [
+        (r.levelname, r.getMessage())
+        for r in caplog.records
+        if r.name == "rose.errors" and request_id in r.getMessage()
+    ]
+    assert said == [
+        (
+            "WARNING",
+            f"request {request_id} (GET /internal/data/get-children) answered 503: "
+            "All of this service's database connections are busy; try again shortly",
+        )
+    ], caplog.text
