@@ -24,10 +24,11 @@ def test_a_streak_is_one_traceback_then_a_line_a_minute_then_one_recovery(caplog
         streak.succeeded()
     records = [(r.levelname, r.getMessage(), r.exc_info is not None) for r in caplog.records]
     assert records == [
-        ("ERROR", "outbox relay pass failed", True),
+        ("ERROR", "outbox relay pass failed: ConnectionError: database unreachable", True),
         (
             "ERROR",
-            "outbox relay pass still failing (31 passes in a row): database unreachable",
+            "outbox relay pass still failing (31 passes in a row): ConnectionError: database "
+            "unreachable",
             False,
         ),
         ("WARNING", "outbox relay pass works again after 31 failed passes", False),
@@ -43,7 +44,7 @@ def test_a_new_streak_logs_its_traceback_again(caplog, passes):
         streak.succeeded()
         streak.failed(RuntimeError("second"))
     tracebacks = [r.getMessage() for r in caplog.records if r.exc_info is not None]
-    assert tracebacks == ["sweep failed", "sweep failed"]
+    assert tracebacks == ["sweep failed: RuntimeError: first", "sweep failed: RuntimeError: second"]
 
 
 async def test_the_outbox_relay_with_its_database_down_logs_one_traceback(caplog):
@@ -74,4 +75,55 @@ async def test_the_outbox_relay_with_its_database_down_logs_one_traceback(caplog
             await engine.dispose()
     tracebacks = [r for r in caplog.records if r.exc_info is not None]
     assert relay.failures.count >= 10
-    assert [r.getMessage() for r in tracebacks] == ["outbox relay pass failed"]
+    assert [r.getMessage().split(":")[0] for r in tracebacks] == ["outbox relay pass failed"]
+    assert "Connection refused" in tracebacks[0].getMessage()
+
+
+@pytest.mark.parametrize(
+    ("error", "cause"),
+    [
+        (
+            "database",
+            "OperationalError: connection failed: connection to server at "
+            '"127.0.0.1", port 15433 failed: FATAL:  the database system is shutting down',
+        ),
+        (
+            "pool",
+            "every database connection stayed busy (QueuePool limit of size 10 overflow 0 "
+            "reached, connection timed out)",
+        ),
+        ("other", "RuntimeError: first line"),
+    ],
+)
+def test_the_first_line_of_a_streak_names_its_cause(caplog, error, cause):
+    """probe_oncall: with PostgreSQL stopped, each outbox relay logged "outbox relay pass
+    failed" and some 60 lines of traceback; the cause was the last of them. The first line
+    says it now (the traceback still follows it)."""
+    import psycopg
+    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    exc: BaseException = {
+        "database": OperationalError(
+            "SELECT 1",
+            {},
+            psycopg.OperationalError(
+                'connection failed: connection to server at "127.0.0.1", port 15433 failed: '
+                "FATAL:  the database system is shutting down\nMore detail"
+            ),
+        ),
+        "pool": PoolTimeout("QueuePool limit of size 10 overflow 0 reached, connection timed out"),
+        "other": RuntimeError("first line\nsecond line"),
+    }[error]
+    now = [0.0]
+    streak = FailureStreak(
+        logging.getLogger("rose.test"), "outbox relay pass", clock=lambda: now[0]
+    )
+    with caplog.at_level(logging.INFO, logger="rose.test"):
+        streak.failed(exc)
+        now[0] += 61.0
+        streak.failed(exc)
+    assert [(r.getMessage(), r.exc_info is not None) for r in caplog.records] == [
+        (f"outbox relay pass failed: {cause}", True),
+        (f"outbox relay pass still failing (2 passes in a row): {cause}", False),
+    ]
