@@ -1176,6 +1176,9 @@ async def hold_bookings(
             idempotency_key=None if again else f"orders:{order.id}:hold",
             timeout=runtime.settings.events_timeout,
             retry=True,
+            # The whole wait, retries included: three attempts of it each outlasted cart's
+            # wait for the checkout, and the buyer heard "not confirmed", not "events down".
+            deadline=runtime.settings.events_timeout,
         )
     except InternalCallError as exc:
         if exc.remote_status == 409:

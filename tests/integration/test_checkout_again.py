@@ -1653,3 +1653,41 @@ async def test_a_new_order_sumup_refused_is_not_logged_as_superseding(
     assert orders_of(clean_db)[first["order_id"]][0] == "superseded"
     said = [r.getMessage() for r in caplog.records if "supersedes" in r.getMessage()]
     assert said == [f"order {made['order_id']} supersedes [{first['order_id']}]"], said
+
+
+async def test_events_not_answering_a_hold_is_said_to_the_buyer_within_the_carts_wait(
+    clean_db, credentials, sandbox, shop
+):
+    """probe_oncall: with events hung (up, not answering), orders asked it to hold the bookings
+    with ORDERS_EVENTS_TIMEOUT (3 s) per attempt, three attempts: 11.6 s, past cart's 10 s.
+    The buyer was told "We could not confirm your checkout within 10 seconds. If your order was
+    made, it is in your orders", not that events could not be reached and the cart is as it
+    was. ORDERS_EVENTS_TIMEOUT is the whole wait, as the README and the start-up budget say."""
+    async with shop_stack(
+        clean_db, credentials, sandbox.server, ORDERS_EVENTS_TIMEOUT="1"
+    ) as stack:
+        cart = await browser_of(stack, "cart", user_id=3)
+        events = stack.browser("events")
+        share_cookies(cart, events)
+        assert (await events.post(f"/entries/{shop.entry_id}/book/")).status_code == 200
+        client = platform_of(stack.apps["orders"]).client
+        holds = KeptWaiting(stack.apps["events"], events_contract.hold_for_order)
+        client.route("events", holds)
+        try:
+            answered = await cart.post("/checkout/")
+        finally:
+            holds.go.set()
+            client.route("events", stack.apps["events"])
+        assert answered.status_code == 503, answered.text
+        problem = answered.json()
+        assert problem["title"] == "Checkout failed", problem
+        assert problem["service"] == "events", problem
+        assert "events cannot be reached" in problem["detail"], problem
+        assert "Your cart has not changed" in problem["detail"], problem
+        assert orders_of(clean_db) == {}
+        # The hold that reached events after orders gave up holds nothing: the booking is on
+        # the cart's own hold, as before the checkout.
+        await stack.apps["orders"].state.reconciler.quiet()
+        assert await eventually(
+            lambda: booking_hold(clean_db, shop.entry_id)[:3] == ("pending", None, None)
+        ), booking_hold(clean_db, shop.entry_id)
