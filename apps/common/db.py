@@ -347,6 +347,26 @@ async def database_unready(engine: AsyncEngine) -> str | None:
             f"all {pool.size()} database connections are busy (none free within "
             f"{pool.timeout():g} s: the pool is full, not the database down)"
         )
+    except DBAPIError as exc:
+        # The class of the server's refusal, not its text (/readyz is reached through the
+        # proxy: no role, host or port); the service's own log line has the whole of it.
+        # A refused connection carries no SQLSTATE (psycopg raises it from libpq's message),
+        # so the server's FATAL line is read too.
+        sqlstate = getattr(exc.orig, "sqlstate", None) or ""
+        said = str(exc.orig)
+        if sqlstate.startswith("28") or any(
+            words in said
+            for words in ("password authentication failed", "no pg_hba.conf entry", 'role "')
+        ):
+            return (
+                "the database refused its login (a password or role not the server's: "
+                "rose db check names it)"
+            )
+        if sqlstate == "3D000" or ('database "' in said and "does not exist" in said):
+            return "its database does not exist on the server"
+        if sqlstate.startswith("57P0") or "the database system is" in said:
+            return "the database is starting up or shutting down"
+        return "database unreachable"
     except Exception:
         return "database unreachable"
     return None

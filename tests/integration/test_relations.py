@@ -410,3 +410,28 @@ async def test_a_503_the_service_answers_is_logged_with_its_cause(clean_db, cred
             "All of this service's database connections are busy; try again shortly",
         )
     ], caplog.text
+
+
+async def test_readyz_says_the_database_refused_the_login_not_that_it_is_unreachable(
+    clean_db, credentials
+):
+    """probe_oncall: a service whose role's password the server no longer takes (changed by
+    hand, a half-done rotation) answered /readyz "likes: database unreachable" while its
+    start-up line said "password authentication failed". The database answers; it refuses the
+    login, and /readyz says so (not which role or server: it is reached through the proxy)."""
+    from sqlalchemy.engine import make_url
+
+    from tests.conftest import make_settings
+
+    right = make_url(make_settings(clean_db, credentials, "relations").database_url)
+    wrong = right.set(password="not-the-password").render_as_string(hide_password=False)
+    overrides = {"relations": {"database_url": wrong}}
+    async with in_process_stack(
+        clean_db, credentials, ["relations"], settings_overrides=overrides
+    ) as running:
+        ready = await running.client("relations").get("/readyz")
+    assert ready.status_code == 503
+    detail = ready.json()["detail"]
+    assert detail.startswith("relations: the database refused its login"), detail
+    assert "relations_app" not in detail, detail
+    assert str(right.port) not in detail, detail
