@@ -4,6 +4,7 @@ signed internal calls to the running services (ops.stack.calls), their answers p
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -23,8 +24,11 @@ orders_app = typer.Typer(
 
 def _call(call: Callable[[InternalClient], Awaitable[Any]]) -> Any:
     from apps.common.internal_client import InternalCallError
+    from apps.common.internal_client import logger as client_logger
     from ops.stack.calls import call_services
 
+    # The client's warning of a failed call says what the error line below says: one line.
+    client_logger.setLevel(logging.ERROR)
     try:
         return call_services(call)
     except InternalCallError as exc:

@@ -104,3 +104,33 @@ def test_a_database_that_does_not_answer_is_one_line_not_a_traceback(command, tm
     assert len(lines) == 1, lines
     assert lines[0].startswith("error: ")
     assert f"127.0.0.1:{port}" in lines[0] or f"port {port}" in lines[0]
+
+
+def test_a_service_that_does_not_answer_is_one_line(tmp_path) -> None:
+    """probe_oncall: `rose data`/`rose orders attention` with the service down printed the
+    client's retry warning ("internal call failed after 3 attempt(s): ...") and then the
+    error: two lines where the README promises one."""
+    port = free_port()  # nothing listens there
+    for command in (
+        ["data", "relations", "get-children", "parent_type=page", "parent_id=1"],
+        ["orders", "attention"],
+    ):
+        service = command[1] if command[0] == "data" else "orders"
+        done = subprocess.run(
+            [sys.executable, "-m", "ops.cli", *command],
+            env={
+                **os.environ,
+                "ROSE_HOME": str(tmp_path),
+                "INTERNAL_SECRET": "x" * 32,
+                f"INTERNAL_URL_{service.upper()}": f"http://127.0.0.1:{port}",
+            },
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        said = done.stdout + done.stderr
+        assert done.returncode == 1, said
+        lines = said.strip().splitlines()
+        assert len(lines) == 1, lines
+        assert lines[0].startswith(f"error: {service} "), lines
+        assert "unreachable" in lines[0], lines
