@@ -332,13 +332,46 @@ async def lock_live_row(session: AsyncSession, model: type[Row], row_id: int, wh
     return row
 
 
-async def database_unready(engine: AsyncEngine) -> str | None:
+# How long /readyz waits for its database before it answers that it did not answer (a hung
+# server, not a refused connection: without a bound /readyz answered nothing while it hung).
+READY_WAIT_SECONDS = 5.0
+# Checks given up on: their cancellation (psycopg asks the hung server to cancel) goes on
+# without the probe waiting for it.
+_abandoned: set[asyncio.Task[None]] = set()
+
+
+def _forget(check: asyncio.Task[None]) -> None:
+    _abandoned.discard(check)
+    if not check.cancelled():
+        check.exception()  # retrieved: its failure was answered as the wait's end
+
+
+async def _select_one(engine: AsyncEngine) -> None:
+    async with engine.connect() as connection:
+        await connection.execute(text("SELECT 1"))
+
+
+async def database_unready(
+    engine: AsyncEngine, wait_seconds: float = READY_WAIT_SECONDS
+) -> str | None:
     """Why the process cannot use its database now (None: it can). A pool whose every
     connection stays busy is said as such: "database unreachable" sent the on-call to a
     PostgreSQL that answered at once while slow SumUp calls held the connections."""
+    check = asyncio.create_task(_select_one(engine))
+    done, _ = await asyncio.wait({check}, timeout=wait_seconds)
+    if not done:
+        check.cancel()
+        _abandoned.add(check)
+        check.add_done_callback(_forget)
+        pool = engine.pool
+        if isinstance(pool, QueuePool) and pool.checkedout() >= pool.size():
+            return (
+                f"all {pool.size()} database connections are busy (none free within "
+                f"{wait_seconds:g} s: the pool is full, or the database hangs)"
+            )
+        return f"the database did not answer within {wait_seconds:g} s"
     try:
-        async with engine.connect() as connection:
-            await connection.execute(text("SELECT 1"))
+        check.result()
     except PoolTimeout:
         pool = engine.pool
         if not isinstance(pool, QueuePool):

@@ -435,3 +435,70 @@ async def test_readyz_says_the_database_refused_the_login_not_that_it_is_unreach
     assert detail.startswith("relations: the database refused its login"), detail
     assert "relations_app" not in detail, detail
     assert str(right.port) not in detail, detail
+
+
+class FreezableRelay:
+    """A TCP relay in front of PostgreSQL that can stop passing bytes (a server that hangs:
+    stuck storage, a partition that drops packets), without closing anything."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.flowing = asyncio.Event()
+        self.flowing.set()
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                await self.flowing.wait()
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
+        await asyncio.gather(
+            self._pipe(reader, upstream_writer), self._pipe(upstream_reader, writer)
+        )
+
+    async def close(self) -> None:
+        self.flowing.set()
+        if self.server is not None:
+            self.server.close()
+
+
+async def test_readyz_answers_while_the_database_hangs(clean_db, credentials):
+    """probe_oncall: with PostgreSQL hung (its processes stopped: up, not answering), /readyz
+    did not answer at all for as long as it lasted (90 s here), so a probe or deploy.sh
+    waiting on it learnt nothing. It answers 503 within a few seconds, saying the database
+    did not answer."""
+    from sqlalchemy.engine import make_url
+
+    from tests.conftest import make_settings
+
+    direct = make_url(make_settings(clean_db, credentials, "relations").database_url)
+    relay = FreezableRelay(direct.host or "127.0.0.1", direct.port or 5432)
+    relayed = direct.set(host="127.0.0.1", port=await relay.start())
+    overrides = {"relations": {"database_url": relayed.render_as_string(hide_password=False)}}
+    try:
+        async with in_process_stack(
+            clean_db, credentials, ["relations"], settings_overrides=overrides
+        ) as running:
+            client = running.client("relations")
+            assert (await client.get("/readyz")).status_code == 200
+            relay.flowing.clear()
+            hung = await asyncio.wait_for(client.get("/readyz"), timeout=30)
+            relay.flowing.set()
+            again = await client.get("/readyz")
+    finally:
+        await relay.close()
+    assert hung.status_code == 503, hung.text
+    assert hung.json()["detail"] == "relations: the database did not answer within 5 s"
+    assert again.status_code == 200, again.text
