@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NotRequired, TypedDict
 
@@ -90,17 +91,40 @@ def remove_state(path: Path | None = None) -> None:
     (path or stack_state_path()).unlink(missing_ok=True)
 
 
-def health(services: Mapping[str, str]) -> dict[str, str]:
-    """Each service's ``/readyz``: ``ready``, ``not ready`` or ``down``."""
-    answers = {}
-    with httpx.Client(timeout=2.0) as client:
-        for name, url in services.items():
-            try:
-                ready = client.get(url + "/readyz").status_code == 200
-                answers[name] = "ready" if ready else "not ready"
-            except httpx.HTTPError:
-                answers[name] = "down"
-    return answers
+# Longer than a service's own wait for its database (apps.common.db.READY_WAIT_SECONDS), so
+# that its /readyz says why it is not ready rather than this giving up first.
+HEALTH_TIMEOUT_SECONDS = 7.0
+
+
+def _readiness(client: httpx.Client, url: str, timeout: float) -> str:
+    try:
+        answer = client.get(url + "/readyz")
+    except httpx.TimeoutException:
+        # Up (it took the connection), not answering: not "down", which sent the on-call
+        # to a process that ran, its pool busy.
+        return f"no answer within {timeout:g} s"
+    except httpx.HTTPError:
+        return "down"
+    if answer.status_code == 200:
+        return "ready"
+    try:
+        detail = answer.json().get("detail")
+    except ValueError:
+        detail = None
+    return f"not ready: {detail}" if detail else f"not ready ({answer.status_code})"
+
+
+def health(services: Mapping[str, str], timeout: float = HEALTH_TIMEOUT_SECONDS) -> dict[str, str]:
+    """Each service's ``/readyz``: ``ready``, ``not ready: <why>``, ``no answer within N s``
+    or ``down``; asked all at once, so a slow one costs ``timeout`` once."""
+    with (
+        httpx.Client(timeout=timeout) as client,
+        ThreadPoolExecutor(max_workers=max(len(services), 1)) as pool,
+    ):
+        futures = {
+            name: pool.submit(_readiness, client, url, timeout) for name, url in services.items()
+        }
+        return {name: future.result() for name, future in futures.items()}
 
 
 def database_health(database_url: str) -> str:

@@ -1,0 +1,67 @@
+"""`rose status`'s health column against real HTTP servers (ops.stack.state.health)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from ops.stack.pgserver import free_port
+from ops.stack.state import health
+
+
+class _Readyz(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        kind = self.server.kind  # type: ignore[attr-defined]
+        if kind == "slow":
+            time.sleep(3)
+        if kind == "busy":
+            body = json.dumps(
+                {"status": 503, "detail": "orders: all 10 database connections are busy"}
+            ).encode()
+            self.send_response(503)
+            self.send_header("Content-Type", "application/problem+json")
+        else:
+            body = b'{"status":"ready"}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def _serve(kind: str) -> tuple[ThreadingHTTPServer, str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Readyz)
+    server.kind = kind  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def test_status_says_why_a_service_is_not_ready_and_down_only_when_it_is():
+    """probe_oncall: `rose status` said "orders down" while orders ran and its /readyz took
+    more than 2 s (every pooled connection busy), and "not ready" without the reason its
+    /readyz gave. Down is a service that does not take the connection."""
+    servers = {kind: _serve(kind) for kind in ("ready", "busy", "slow")}
+    try:
+        answers = health(
+            {
+                "blog": servers["ready"][1],
+                "orders": servers["busy"][1],
+                "cart": servers["slow"][1],
+                "likes": f"http://127.0.0.1:{free_port()}",
+            },
+            timeout=1.0,
+        )
+    finally:
+        for server, _ in servers.values():
+            server.shutdown()
+    assert answers == {
+        "blog": "ready",
+        "orders": "not ready: orders: all 10 database connections are busy",
+        "cart": "no answer within 1 s",
+        "likes": "down",
+    }
