@@ -34,8 +34,15 @@ class _Readyz(BaseHTTPRequestHandler):
         pass
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # the slow one answers a client that gave up: a broken pipe, expected
+
+
 def _serve(kind: str) -> tuple[ThreadingHTTPServer, str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Readyz)
+    server = _Server(("127.0.0.1", 0), _Readyz)
     server.kind = kind  # type: ignore[attr-defined]
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, f"http://127.0.0.1:{server.server_address[1]}"
