@@ -215,7 +215,10 @@ def checkout_failed(exc: InternalCallError, orders_page: str) -> Problem:
         # back: the service orders could not reach (``service``) or whose data it could not
         # read (``provider``, an FDW read); orders itself only when it named neither.
         service, provider = exc.problem.get("service"), exc.problem.get("provider")
-        if service:
+        if exc.problem.get(orders.CHECKOUTS_BUSY) is True:
+            unavailable = exc.service
+            down = "orders is busy with other checkouts"
+        elif service:
             unavailable = str(service)
             down = f"{SERVICE_WORDS.get(unavailable, unavailable)} cannot be reached"
         elif provider:

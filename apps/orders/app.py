@@ -28,7 +28,7 @@ from apps.orders.contract import CONTRACT
 from apps.orders.models import outbox, request_nonces
 from apps.orders.payments import SumUpGateway
 from apps.orders.reconciliation import Reconciler, reconciliation_metrics
-from apps.orders.runtime import OrdersRuntime, OrderUrls
+from apps.orders.runtime import WAITING_PER_CHECKOUT, AtATime, OrdersRuntime, OrderUrls
 from apps.orders.settings import OrdersSettings
 from apps.orders.settlement import RecentMerchantAccounts, bookings_not_confirmed
 from apps.registry import create_service_app, settings_for
@@ -78,6 +78,10 @@ def create_app(
             maker=platform.sessionmaker,
             relay=relay,
             recent_accounts=RecentMerchantAccounts(own.merchant_account_seconds),
+            checkouts=AtATime(
+                own.checkouts_at_once, waiting=WAITING_PER_CHECKOUT * own.checkouts_at_once
+            ),
+            checkout_turn_seconds=settings.database_pool_timeout,
         )
         runtime.jobs = Reconciler(runtime)
         app.state.runtime = runtime

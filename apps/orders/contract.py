@@ -151,6 +151,9 @@ def checkout_key(request: CreateOrder) -> str:
 # unless it claims none of the cart's lines and bookings any more (it let go of its bookings:
 # not confirmed for it, refunded): then a new order.
 create_order = Action(SERVICE, "create-order", CreateOrder, CreatedOrder)
+# A create-order's 503 problem carries this flag (true) when orders was busy, not down: every
+# checkout it makes at once waits on SumUp or events, and more wait for a turn (nothing made).
+CHECKOUTS_BUSY = "checkouts_busy"
 # Idempotent without a key: a second adoption adopts nothing.
 adopt_orders_for_user = Action(SERVICE, "adopt-orders-for-user", SignIn, AdoptedOrders, keyed=False)
 order = Query(SERVICE, "order", OrderOf, dict[str, Any])

@@ -20,7 +20,7 @@ from apps.common.web import public_url
 from apps.orders import contract, review, service
 from apps.orders.contract import AdoptedOrders, CreatedOrder, CreateOrder
 from apps.orders.models import idempotency_keys
-from apps.orders.runtime import Runtime
+from apps.orders.runtime import CHECKOUTS, OrdersRuntime, Runtime
 
 logger = logging.getLogger("rose.orders")
 
@@ -34,7 +34,18 @@ async def create_order(
     the new one supersedes have their checkouts closed right after the commit, and their
     bookings given back to the cart's hold. A known key
     answers its order's current attempt, or makes a new order once that one cannot be paid
-    (service.replay_checkout)."""
+    (service.replay_checkout). At most ORDERS_CHECKOUTS_AT_ONCE are handled at once (the
+    rest wait for a turn, holding no connection), so that a slow SumUp cannot take every
+    connection of the pool."""
+    async with runtime.checkouts.turn(CHECKOUTS, within=runtime.checkout_turn_seconds) as turn:
+        if not turn:
+            raise service.checkouts_busy(runtime.checkouts.most)
+        return await _create_order(db_session, request, runtime, data)
+
+
+async def _create_order(
+    db_session: DbSession, request: Request, runtime: OrdersRuntime, data: CreateOrder
+) -> dict[str, Any]:
     superseded: list[int] = []
     held = service.HeldForNewOrder()
 

@@ -86,21 +86,32 @@ class AtATime:
             self._release(key)
 
     @contextlib.asynccontextmanager
-    async def turn(self, key: tuple[str, int | str]) -> AsyncIterator[bool]:
+    async def turn(
+        self, key: tuple[str, int | str], *, within: float | None = None
+    ) -> AsyncIterator[bool]:
         """As :meth:`taken`, but beyond ``most`` it waits for a turn while fewer than
-        ``waiting`` of its key wait already (False at once beyond them)."""
+        ``waiting`` of its key wait already (False at once beyond them), and at most ``within``
+        seconds (None: as long as it takes; False once they passed)."""
         if self._handling[key] >= self.most:
             if self._waiting[key] >= self.most_waiting:
                 yield False
                 return
             self._waiting[key] += 1
             try:
-                while self._handling[key] >= self.most:
-                    await self._freed.setdefault(key, asyncio.Event()).wait()
+                async with asyncio.timeout(within):
+                    while self._handling[key] >= self.most:
+                        await self._freed.setdefault(key, asyncio.Event()).wait()
+            except TimeoutError:
+                got_a_turn = False
+            else:
+                got_a_turn = True
             finally:
                 self._waiting[key] -= 1
                 if not self._waiting[key]:
                     del self._waiting[key]
+            if not got_a_turn:
+                yield False
+                return
         self._handling[key] += 1
         try:
             yield True
@@ -114,6 +125,13 @@ class AtATime:
         freed = self._freed.pop(key, None)
         if freed is not None:
             freed.set()
+
+
+# Create-orders that may wait for a turn, per one handled at once: beyond them a checkout is
+# told at once that orders is busy (the buyer's wait would run out before their turn came).
+WAITING_PER_CHECKOUT = 4
+# The one key of OrdersRuntime.checkouts: every create-order of the process.
+CHECKOUTS = ("create-order", 0)
 
 
 @dataclass
@@ -131,6 +149,14 @@ class OrdersRuntime:
     # SumUp's duplicated deliveries of one report come in pairs; a buyer's page and its
     # script's look, too. One webhook beyond them waits for a turn (AtATime says why).
     reports: AtATime = field(default_factory=lambda: AtATime(2, waiting=1))
+    # Create-orders at once (ORDERS_CHECKOUTS_AT_ONCE): each holds a database connection
+    # while events and SumUp answer, so a slow SumUp would otherwise take every connection of
+    # the pool, and webhooks, return pages, order pages and readiness with it. Those beyond
+    # wait for a turn holding none (set when the app starts, from the pool's size).
+    checkouts: AtATime = field(default_factory=lambda: AtATime(7))
+    # How long one waits for its turn before it is told orders is busy: as long as a request
+    # waits for a connection of the pool (DATABASE_POOL_TIMEOUT).
+    checkout_turn_seconds: float = 10.0
 
 
 # Handlers receive it as ``runtime: Runtime``.

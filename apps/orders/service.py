@@ -89,7 +89,13 @@ from apps.common.problems import (
     TooManyRequests,
 )
 from apps.events import contract as events
-from apps.orders.contract import AdoptedOrders, Attention, CreatedOrder, CreateOrder
+from apps.orders.contract import (
+    CHECKOUTS_BUSY,
+    AdoptedOrders,
+    Attention,
+    CreatedOrder,
+    CreateOrder,
+)
 from apps.orders.models import (
     CLAIM_KINDS,
     CLOSED_UNPAID_STATES,
@@ -324,6 +330,16 @@ def choose_payment_config(
                 checkout_prefix=row["sumup_checkout_prefix"] or DEFAULT_CHECKOUT_PREFIX,
             )
     return None
+
+
+def checkouts_busy(at_once: int) -> DependencyUnavailable:
+    """A create-order that found no turn (ORDERS_CHECKOUTS_AT_ONCE, all taken, and as many
+    waiting as may): nothing was made."""
+    return DependencyUnavailable(
+        f"orders is making as many checkouts as it can at once ({at_once}, each waiting on "
+        "SumUp or events) and more are waiting; nothing was created. Try again in a minute",
+        **{CHECKOUTS_BUSY: True},
+    )
 
 
 def payments_not_configured(candidates: list[tuple[str, int]]) -> Conflict:

@@ -23,6 +23,10 @@ MIN_TIME_TO_PAY = timedelta(minutes=2)
 # takes a person about as long as paying does (MIN_TIME_TO_PAY), and pay again then needs
 # MIN_TIME_TO_PAY left; anything shorter would refuse (nearly) every pay again.
 MIN_PAYABLE = 2 * MIN_TIME_TO_PAY
+# Database connections a process keeps from create-orders (ORDERS_CHECKOUTS_AT_ONCE's default):
+# for webhooks, return pages, order pages, readiness, the outbox and reconciliation while every
+# checkout waits on a slow SumUp.
+CONNECTIONS_FOR_THE_REST = 3
 # What create-order needs besides SumUp and events: its own database work.
 DATABASE_MARGIN_SECONDS = 2.0
 
@@ -49,6 +53,10 @@ class OrdersSettings:
     # holding many pending orders (cart admits 30 new anonymous carts a minute per address).
     # Generous, as many buyers may share one address (an office, a mobile carrier's NAT).
     pay_again_per_address: int = 30
+    # Create-orders handled at once by one process (apps.orders.runtime.OrdersRuntime's
+    # checkouts): each holds a database connection while events and SumUp answer. By default
+    # the pool's size less CONNECTIONS_FOR_THE_REST; those beyond wait for a turn, holding none.
+    checkouts_at_once: int = 7
     # Reconciliation: orders asked about per batch, and SumUp calls in flight at once.
     reconcile_batch: int = 200
     reconcile_concurrency: int = 8
@@ -119,7 +127,22 @@ class OrdersSettings:
                 defaults.return_delivery_seconds,
                 zero_allowed=True,
             ),
+            checkouts_at_once=setting_number(
+                extra,
+                "ORDERS_CHECKOUTS_AT_ONCE",
+                int,
+                max(1, settings.database_pool_size - CONNECTIONS_FOR_THE_REST),
+            ),
         )
+        if "ORDERS_CHECKOUTS_AT_ONCE" in extra and (
+            parsed.checkouts_at_once >= settings.database_pool_size
+        ):
+            raise ConfigError(
+                f"ORDERS_CHECKOUTS_AT_ONCE must be less than the pool's size "
+                f"({settings.database_pool_size}, DATABASE_POOL_SIZE), not "
+                f"{parsed.checkouts_at_once}: checkouts waiting on a slow SumUp would take every "
+                "connection, and webhooks, return pages and readiness would wait behind them"
+            )
         parsed.check_budget()
         parsed.check_holds()
         return parsed

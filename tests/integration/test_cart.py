@@ -16,6 +16,7 @@ from apps.cart.models import metadata as cart_metadata
 from apps.common.app_factory import platform_of
 from tests.conftest import admin_connect, in_process_stack, lock_waiters
 from tests.integration.commerce_fixtures import (
+    ALL_SERVICES,
     ServiceDown,
     browser_of,
     cart_rows,
@@ -26,7 +27,13 @@ from tests.integration.commerce_fixtures import (
     shop_stack,
     table_locked,
 )
-from tests.integration.orders_fixtures import checkout_id_of, order_rows, outbox_rows, webhook
+from tests.integration.orders_fixtures import (
+    checkout_id_of,
+    order_rows,
+    orders_overrides,
+    outbox_rows,
+    webhook,
+)
 from tests.signed import internal_get, internal_post
 from tests.waiting import eventually
 
@@ -546,6 +553,54 @@ async def test_a_checkout_orders_could_not_make_names_who_was_unavailable(
 
 async def answer(request):  # a hang guard, not a measurement
     return await asyncio.wait_for(request, timeout=60)
+
+
+async def test_checkouts_waiting_on_a_slow_sumup_leave_orders_connections_for_the_rest(
+    clean_db, credentials, sandbox, shop
+):
+    """Probe on-call: with SumUp slow, every create-order held a database connection while it
+    waited, so 30 checkouts took all 10 of orders' connections: order pages took 6 s, readiness
+    said not ready, webhooks and return pages waited behind them. At most
+    ORDERS_CHECKOUTS_AT_ONCE are handled at once; the rest wait for a turn holding no
+    connection, and one whose turn does not come within the pool's wait is told orders is busy
+    (nothing made). Here: a pool of 4, 2 checkouts at once, SumUp answering in 3 s."""
+    overrides = orders_overrides(
+        sandbox.server.url,
+        ORDERS_OUTBOX_POLL_SECONDS="0.2",
+        ORDERS_SUMUP_TIMEOUT="8",
+        ORDERS_CHECKOUTS_AT_ONCE="2",
+    )
+    overrides["orders"].update(database_pool_size=4, database_pool_timeout=1.0)
+    async with in_process_stack(
+        clean_db, credentials, ALL_SERVICES, settings_overrides=overrides
+    ) as stack:
+        buyers = [await browser_of(stack, "cart", user_id=user_id) for user_id in (41, 42, 43, 44)]
+        for buyer in buyers:
+            await buyer.post(f"/add/{shop.product_ids[0]}/")
+        orders = await browser_of(stack, "orders", user_id=41)
+        sandbox.controls(api_latency=3)
+        try:
+            checkouts = [asyncio.create_task(answer(buyer.post("/checkout/"))) for buyer in buyers]
+            assert await eventually(lambda: sandbox.delayed_calls() >= 2)
+            # While the checkouts wait on SumUp, orders still answers everything else.
+            listing = await answer(orders.get("/api/orders"))
+            ready = await answer(orders.get("/readyz"))
+            answers = await asyncio.gather(*checkouts)
+        finally:
+            sandbox.controls(api_latency=0)
+        assert listing.status_code == 200, listing.text
+        assert ready.status_code == 200, ready.text
+        made = [checkout for checkout in answers if checkout.status_code == 200]
+        busy = [checkout for checkout in answers if checkout.status_code != 200]
+        assert len(made) == 2, [checkout.text for checkout in answers]
+        for refused in busy:
+            assert refused.status_code == 503, refused.text
+            detail = refused.json()["detail"]
+            assert "orders is busy with other checkouts" in detail, detail
+            assert "Your cart has not changed" in detail, detail
+        assert len(order_rows(clean_db)) == 2
+        for client in (*buyers, orders):
+            await client.aclose()
 
 
 async def test_a_checkout_orders_never_answers_ends_at_the_buyers_wait(clean_db, credentials, shop):

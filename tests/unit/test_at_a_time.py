@@ -63,3 +63,26 @@ async def test_a_waiting_report_that_ends_leaves_its_place_to_another():
     assert reports.waiting(KEY) == 1
     gate.set()
     assert await asyncio.gather(first, again) == [True, True]
+
+
+async def test_one_whose_turn_does_not_come_within_its_wait_is_told_so_and_leaves_its_place():
+    """Create-order's bound (ORDERS_CHECKOUTS_AT_ONCE): a checkout waits for a turn at most as
+    long as a request waits for a connection, then is told orders is busy."""
+    checkouts = AtATime(1, waiting=1)
+    gate = asyncio.Event()
+
+    async def checkout(within: float) -> bool:
+        async with checkouts.turn(KEY, within=within) as handling:
+            if handling:
+                await gate.wait()
+            return handling
+
+    first = asyncio.create_task(checkout(60))
+    await asyncio.sleep(0)
+    assert await checkout(0.05) is False
+    assert checkouts.waiting(KEY) == 0  # its place is free for the next
+    late = asyncio.create_task(checkout(60))
+    await asyncio.sleep(0)
+    assert checkouts.waiting(KEY) == 1
+    gate.set()
+    assert await asyncio.gather(first, late) == [True, True]

@@ -183,6 +183,25 @@ def test_a_merchant_account_time_of_zero_remembers_nothing():
     assert default.merchant_account_seconds == 60
 
 
+def test_checkouts_at_once_leave_connections_of_the_pool_for_the_rest():
+    """ORDERS_CHECKOUTS_AT_ONCE: by default the pool's size less 3 (for webhooks, pages,
+    readiness, the outbox); set, it must leave at least one."""
+
+    def own(**environment: str) -> OrdersSettings:
+        return OrdersSettings.from_settings(
+            settings_for(CONTRACTS["orders"], {**COMPLETE, **environment})
+        )
+
+    assert own().checkouts_at_once == 7
+    assert own(DATABASE_POOL_SIZE_ORDERS="20").checkouts_at_once == 17
+    assert own(DATABASE_POOL_SIZE_ORDERS="2").checkouts_at_once == 1
+    assert own(ORDERS_CHECKOUTS_AT_ONCE="9").checkouts_at_once == 9
+    with pytest.raises(ConfigError, match="ORDERS_CHECKOUTS_AT_ONCE must be less than the pool"):
+        own(ORDERS_CHECKOUTS_AT_ONCE="10")
+    with pytest.raises(ConfigError, match="ORDERS_CHECKOUTS_AT_ONCE must be a positive number"):
+        own(ORDERS_CHECKOUTS_AT_ONCE="0")
+
+
 # inf was taken: a hold of inf seconds overflowed timedelta at the first booking (a 500), and a
 # sweep every inf seconds never ran; full-width digits were read as digits.
 @pytest.mark.parametrize("name", ["EVENTS_HOLD_SECONDS", "EVENTS_SWEEP_SECONDS"])
