@@ -342,11 +342,20 @@ class OrderLine:
 
 
 def order_lines(items: Iterable[OrderItem]) -> list[OrderLine]:
-    """``items`` as the buyer's lines, in the order's order: items of one kind, title and
-    price are one line (tickets of one entry and type). What was ordered, whether or not events
-    could confirm it: the pages name the bookings it could not in a sentence of their own."""
-    lines: dict[tuple[str, str, Decimal], int] = {}
+    """``items`` as the buyer's lines, in the order's order: tickets of one title and price are
+    one line (of one entry and type, as the cart showed them); a product or a calendar entry is
+    a line of its own, whatever it shares with another. What was ordered, whether or not
+    events could confirm it: the pages name the bookings it could not in a sentence of their
+    own."""
+    lines: dict[tuple[str, str, Decimal, int | None], OrderLine] = {}
     for item in items:
-        key = (item.kind, item.title, item.unit_price)
-        lines[key] = lines.get(key, 0) + item.quantity
-    return [OrderLine(*key, quantity) for key, quantity in lines.items()]
+        key = (
+            item.kind,
+            item.title,
+            item.unit_price,
+            None if item.kind == "ticket" else item.source_id,
+        )
+        line = lines.get(key)
+        quantity = item.quantity + (line.quantity if line is not None else 0)
+        lines[key] = OrderLine(item.kind, item.title, item.unit_price, quantity)
+    return list(lines.values())

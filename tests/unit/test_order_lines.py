@@ -14,9 +14,12 @@ from apps.orders.models import OrderItem, order_lines
 NOW = datetime(2026, 12, 6, tzinfo=UTC)
 
 
-def item(title: str, price: str = "7.50", *, kind: str = "ticket", lost: bool = False) -> OrderItem:
+def item(
+    title: str, price: str = "7.50", *, kind: str = "ticket", lost: bool = False, source: int = 1
+) -> OrderItem:
     return OrderItem(
         kind=kind,
+        source_id=source,
         title=title,
         unit_price=Decimal(price),
         quantity=1,
@@ -45,6 +48,18 @@ def test_another_price_or_kind_is_another_line():
     assert len(order_lines(items)) == 3
 
 
+def test_products_and_entries_sharing_a_title_and_price_stay_apart():
+    """Review 5: two products called Apple at one price, or Tuesday's and Wednesday's Morning
+    tour (an entry's title carries no date), are two lines, as the cart showed them."""
+    items = [
+        item("Apple", kind="product", source=1),
+        item("Apple", kind="product", source=2),
+        item("Morning tour", kind="calendar_entry", source=7),
+        item("Morning tour", kind="calendar_entry", source=8),
+    ]
+    assert [line.quantity for line in order_lines(items)] == [1, 1, 1, 1]
+
+
 @given(
     st.lists(
         st.tuples(
@@ -53,6 +68,7 @@ def test_another_price_or_kind_is_another_line():
             st.sampled_from(["0.00", "7.50"]),
             st.integers(1, 5),
             st.booleans(),
+            st.integers(1, 3),
         ),
         max_size=12,
     )
@@ -61,15 +77,21 @@ def test_the_lines_add_up_to_the_items(rows):
     items = [
         OrderItem(
             kind=kind,
+            source_id=source,
             title=title,
             unit_price=Decimal(price),
             quantity=quantity,
             unconfirmed_at=NOW if lost else None,
         )
-        for kind, title, price, quantity, lost in rows
+        for kind, title, price, quantity, lost, source in rows
     ]
     lines = order_lines(items)
     assert sum(line.quantity for line in lines) == sum(i.quantity for i in items)
     assert sum(line.line_total for line in lines) == sum(i.line_total for i in items)
-    # One line per kind, title and price.
-    assert len(lines) == len({(kind, title, price) for kind, title, price, _, _ in rows})
+    # Tickets: one line per title and price; a product or an entry: one per product or entry.
+    assert len(lines) == len(
+        {
+            (kind, title, price, None if kind == "ticket" else source)
+            for kind, title, price, _, _, source in rows
+        }
+    )
