@@ -108,9 +108,11 @@ def _readiness(client: httpx.Client, url: str, timeout: float) -> str:
     if answer.status_code == 200:
         return "ready"
     try:
-        detail = answer.json().get("detail")
+        body = answer.json()
     except ValueError:
-        detail = None
+        body = None
+    # Whatever answers on the port may not be ours: only a problem's detail is said.
+    detail = body.get("detail") if isinstance(body, dict) else None
     return f"not ready: {detail}" if detail else f"not ready ({answer.status_code})"
 
 

@@ -16,7 +16,12 @@ class _Readyz(BaseHTTPRequestHandler):
         kind = self.server.kind  # type: ignore[attr-defined]
         if kind == "slow":
             time.sleep(3)
-        if kind == "busy":
+        if kind == "odd":
+            # Something else on the port (a proxy's page, another program): not a problem.
+            body = b'["not", "a", "problem"]'
+            self.send_response(503)
+            self.send_header("Content-Type", "application/json")
+        elif kind == "busy":
             body = json.dumps(
                 {"status": 503, "detail": "orders: all 10 database connections are busy"}
             ).encode()
@@ -52,7 +57,7 @@ def test_status_says_why_a_service_is_not_ready_and_down_only_when_it_is():
     """probe_oncall: `rose status` said "orders down" while orders ran and its /readyz took
     more than 2 s (every pooled connection busy), and "not ready" without the reason its
     /readyz gave. Down is a service that does not take the connection."""
-    servers = {kind: _serve(kind) for kind in ("ready", "busy", "slow")}
+    servers = {kind: _serve(kind) for kind in ("ready", "busy", "slow", "odd")}
     try:
         answers = health(
             {
@@ -60,6 +65,7 @@ def test_status_says_why_a_service_is_not_ready_and_down_only_when_it_is():
                 "orders": servers["busy"][1],
                 "cart": servers["slow"][1],
                 "likes": f"http://127.0.0.1:{free_port()}",
+                "events": servers["odd"][1],
             },
             timeout=1.0,
         )
@@ -71,4 +77,6 @@ def test_status_says_why_a_service_is_not_ready_and_down_only_when_it_is():
         "orders": "not ready: orders: all 10 database connections are busy",
         "cart": "no answer within 1 s",
         "likes": "down",
+        # Review 5: a body that is JSON but no problem raised AttributeError out of status.
+        "events": "not ready (503)",
     }
