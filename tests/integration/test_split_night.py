@@ -764,37 +764,48 @@ def test_a_ledger_recorded_before_payable_until_was_checked_still_compares(monol
     assert value(monolith, "orders", "SELECT count(*) FROM orders.orders") == 0
 
 
-def test_a_move_recorded_before_open_attempts_verifies_with_its_definition(monolith):
+def test_a_move_an_earlier_release_committed_otherwise_is_not_verified_clean(monolith):
     """Probe split: the attempts of expired and cancelled legacy orders now move PENDING
-    (payment attempts' definition 3); a move committed by the version before holds them
-    EXPIRED and its ledger names definition 2. verify (and finalize's, restore's) compares
-    the sources with the target by the definition the ledger names, so an upgrade mid-night
-    is no difference; a change of such an attempt is still one."""
+    (payment attempts' definition 3), so that orders asks SumUp about a payment still taken for
+    them; a move committed by the release before holds them EXPIRED (final: such a payment
+    ignored) and its ledger names definition 2. Review 5: verify compared it by its own
+    definition and passed it, so finalize would have kept the money bug. It is held to this
+    release's definition, and the difference says to abort and run the move again, which
+    moves them open."""
     assert rose_split(monolith, "run", "--move", "orders").exit_code == 0
     closed = "SELECT id FROM legacy.orders WHERE status IN ('expired', 'cancelled')"
     closed_ids = [row[0] for row in rows(monolith, "cart", closed)]
+    move = MOVES_BY_NAME["orders"]
     with admin_connect(monolith, "orders") as connection:
-        # As the version before wrote them, and recorded them.
+        # As the release before wrote them, and recorded them (with its definition's view).
         connection.execute(
             "UPDATE orders.payment_attempts SET status = 'EXPIRED' WHERE order_id = ANY(%s)",
             (closed_ids,),
         )
+        run_file(connection, move.checksum_file("target"))
+        before = checksum([connection], "split_check_payment_attempts_v2")[0]
         connection.execute(
-            "UPDATE split.ledger SET checksums = jsonb_set(checksums, "
-            "'{payment_attempts,definition}', '2') WHERE move = 'orders'"
+            "UPDATE split.ledger SET checksums = jsonb_set(checksums, '{payment_attempts}', "
+            "checksums->'payment_attempts' || %s::jsonb) WHERE move = 'orders'",
+            (as_json({**before.as_dict(), "definition": 2}),),
         )
     verified = rose_split(monolith, "verify", "--move", "orders")
-    assert verified.exit_code == 0, verified.output
+    assert verified.exit_code == 1, verified.output
+    said = " ".join(verified.output.split())
+    assert "orders.payment_attempts: moved by an earlier release (check definition 2, now 3)" in (
+        said
+    ), said
+    assert "rose split abort --move orders" in said, said
+    assert rose_split(monolith, "abort", "--move", "orders").exit_code == 0
+    assert rose_split(monolith, "run", "--move", "orders").exit_code == 0
+    again = rose_split(monolith, "verify", "--move", "orders")
+    assert again.exit_code == 0, again.output
     with admin_connect(monolith, "orders") as connection:
-        connection.execute(
-            "UPDATE orders.payment_attempts SET status = 'PENDING' "
-            "WHERE order_id = (SELECT min(order_id) FROM orders.payment_attempts "
-            "WHERE order_id = ANY(%s))",
+        statuses = connection.execute(
+            "SELECT DISTINCT status FROM orders.payment_attempts WHERE order_id = ANY(%s)",
             (closed_ids,),
-        )
-    changed = rose_split(monolith, "verify", "--move", "orders")
-    assert changed.exit_code == 1, changed.output
-    assert "orders.payment_attempts" in changed.output
+        ).fetchall()
+    assert statuses == [("PENDING",)]
 
 
 def test_a_lock_timeout_while_freezing_tells_what_is_frozen(monolith):
