@@ -351,6 +351,10 @@ async def _select_one(engine: AsyncEngine) -> None:
         await connection.execute(text("SELECT 1"))
 
 
+def _pool_full(pool: QueuePool, waited: float, why: str) -> str:
+    return f"all {pool.size()} database connections are busy (none free within {waited:g} s: {why})"
+
+
 async def database_unready(
     engine: AsyncEngine, wait_seconds: float = READY_WAIT_SECONDS
 ) -> str | None:
@@ -359,27 +363,20 @@ async def database_unready(
     PostgreSQL that answered at once while slow SumUp calls held the connections."""
     check = asyncio.create_task(_select_one(engine))
     done, _ = await asyncio.wait({check}, timeout=wait_seconds)
+    pool = engine.pool
     if not done:
         check.cancel()
         _abandoned.add(check)
         check.add_done_callback(_forget)
-        pool = engine.pool
         if isinstance(pool, QueuePool) and pool.checkedout() >= pool.size():
-            return (
-                f"all {pool.size()} database connections are busy (none free within "
-                f"{wait_seconds:g} s: the pool is full, or the database hangs)"
-            )
+            return _pool_full(pool, wait_seconds, "the pool is full, or the database hangs")
         return f"the database did not answer within {wait_seconds:g} s"
     try:
         check.result()
     except PoolTimeout:
-        pool = engine.pool
         if not isinstance(pool, QueuePool):
             return "all its database connections are busy (the pool is full)"
-        return (
-            f"all {pool.size()} database connections are busy (none free within "
-            f"{pool.timeout():g} s: the pool is full, not the database down)"
-        )
+        return _pool_full(pool, pool.timeout(), "the pool is full, not the database down")
     except DBAPIError as exc:
         # The class of the server's refusal, not its text (/readyz is reached through the
         # proxy: no role, host or port); the service's own log line has the whole of it.

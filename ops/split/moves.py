@@ -44,6 +44,11 @@ class SourceTable:
         return f"{self.database} legacy.{self.table}"
 
 
+def recorded_definition(recorded: Mapping[str, Any]) -> int:
+    """The check definition a ledger's checksum ``recorded`` was taken with (none: the first)."""
+    return int(recorded.get("definition", 1))
+
+
 @dataclass(frozen=True)
 class Check:
     """One checksum comparison: the view ``split_check_<name>`` on both sides."""
@@ -65,7 +70,7 @@ class Check:
     def view_for(self, recorded: Mapping[str, Any]) -> str:
         """The view of the definition a ledger's checksum ``recorded`` was taken with (no
         number: the first)."""
-        number = int(recorded.get("definition", 1))
+        number = recorded_definition(recorded)
         if number == self.definition:
             return self.view
         if number > self.definition:

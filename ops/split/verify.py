@@ -44,7 +44,7 @@ from ops.split.common import (
     submit_in_context,
     table_exists,
 )
-from ops.split.moves import Check, Move
+from ops.split.moves import Check, Move, recorded_definition
 
 SHOWN_LOST = 12
 
@@ -280,7 +280,7 @@ def _earlier_definition(check: Check, ledger: LedgerEntry) -> int | None:
     recorded = (ledger.checksums or {}).get(check.name)
     if recorded is None:
         return None
-    number = int(recorded.get("definition", 1))
+    number = recorded_definition(recorded)
     return number if number < check.definition else None
 
 
