@@ -81,7 +81,7 @@ def _converge(
         if first:
             _said_done(provision(topology, credentials, first, say), say)
     names = list(services) if services is not None else services_with_migrations()
-    steps = migrate_steps({name: topology.admin_url(name) for name in names}, names)
+    steps = migrate_steps({name: topology.admin_url(name) for name in names}, names, say)
     say(steps_line(steps))
     migrated = [step.service for step in steps]
     chosen = load_edges() if edges is None else list(edges)

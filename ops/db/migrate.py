@@ -3,21 +3,30 @@
 Migrations connect as a superuser (or any role allowed to ``SET ROLE <svc>_owner``) and run as
 ``<svc>_owner``, so every object they create belongs to the owner and gets the default privileges
 provisioning declared. Each migration runs in its own transaction.
+
+They run beside the release before, which goes on serving. A statement waiting for a lock an
+open transaction holds queues every writer of that table behind it, so each waits at most
+``ROSE_MIGRATION_LOCK_TIMEOUT`` seconds (its transaction rolls back) and the upgrade tries again,
+up to ``ROSE_MIGRATION_LOCK_TRIES`` times, saying each time who holds the lock.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 from alembic import command, context
 from alembic.config import Config
 from alembic.script import Script, ScriptDirectory
 from alembic.util import CommandError
-from sqlalchemy import Connection, MetaData, create_engine, pool, text
+from sqlalchemy import Connection, MetaData, create_engine, event, pool, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -25,6 +34,46 @@ from apps.registry import SERVICES, service_spec
 from ops.paths import ALEMBIC_INI, DB_DIR, stack_state_path
 
 MIGRATIONS_DIR = DB_DIR / "migrations"
+
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class LockPatience:
+    """How long a migration's statement waits for a lock, and how many times the upgrade tries.
+
+    The services' reads give up after 2 s; queued behind a migration's wait they would fail, so
+    one wait is short. A transaction in the way usually ends soon: the upgrade tries again."""
+
+    timeout: float = 1.0
+    tries: int = 10
+
+    @classmethod
+    def from_environment(cls) -> LockPatience:
+        default = cls()
+        timeout = _setting("ROSE_MIGRATION_LOCK_TIMEOUT", float, default.timeout)
+        tries = _setting("ROSE_MIGRATION_LOCK_TRIES", int, default.tries)
+        if not 0 < timeout <= 600:
+            raise MigrateError(
+                f"ROSE_MIGRATION_LOCK_TIMEOUT={timeout:g}: seconds, above 0, at most 600"
+            )
+        if not 1 <= tries <= 1000:
+            raise MigrateError(f"ROSE_MIGRATION_LOCK_TRIES={tries}: a whole number from 1 to 1000")
+        return cls(timeout, tries)
+
+    @property
+    def setting(self) -> str:
+        return f"{max(1, round(self.timeout * 1000))}ms"
+
+
+def _setting(name: str, kind: Callable[[str], Any], default: Any) -> Any:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        return kind(value)
+    except ValueError:
+        raise MigrateError(f"{name}={value!r}: not a number") from None
 
 
 def services_with_migrations() -> list[str]:
@@ -65,12 +114,17 @@ def run_env(
     ``after_migrations`` runs on the same connection, still as the owner, in a transaction of
     its own (the environments restore the FDW readers' grants on views a migration recreated)."""
     spec = service_spec(service)
-    url = context.config.attributes.get("admin_url") or _admin_url_for(service)
+    attributes = context.config.attributes
+    url = attributes.get("admin_url") or _admin_url_for(service)
     url = make_url(url).set(drivername="postgresql+psycopg")
+    patience = attributes.get("lock_patience") or LockPatience.from_environment()
     engine = create_engine(url, poolclass=pool.NullPool)
     with engine.connect() as connection:
         connection.execute(text(f'SET ROLE "{spec.owner_role}"'))
+        connection.execute(text(f"SET lock_timeout = '{patience.setting}'"))
         connection.commit()
+        _no_lock_timeout_for_concurrent_builds(connection, patience.setting)
+        attributes["backend_pid"] = _driver_connection(connection).info.backend_pid
         context.configure(
             connection=connection,
             target_metadata=target_metadata,
@@ -82,12 +136,38 @@ def run_env(
             context.run_migrations()
         _version_table_for_the_owner_only(connection, spec.name, spec.app_role)
         if after_migrations is not None:
-            raw = connection.connection.driver_connection
-            if not isinstance(raw, psycopg.Connection):  # postgresql+psycopg's own connection
-                raise TypeError(f"expected a psycopg connection, not {type(raw).__name__}")
+            raw = _driver_connection(connection)
             after_migrations(raw, service)
             raw.commit()
     engine.dispose()
+
+
+def _driver_connection(connection: Connection) -> psycopg.Connection[Any]:
+    raw = connection.connection.driver_connection
+    if not isinstance(raw, psycopg.Connection):  # postgresql+psycopg's own connection
+        raise TypeError(f"expected a psycopg connection, not {type(raw).__name__}")
+    return raw
+
+
+_CONCURRENTLY = re.compile(r"\bCONCURRENTLY\b", re.IGNORECASE)
+
+
+def _no_lock_timeout_for_concurrent_builds(connection: Connection, setting: str) -> None:
+    """An index built or dropped ``CONCURRENTLY`` waits for the transactions older than it, and
+    nobody queues behind that wait (it holds no lock a reader or writer needs): it waits as long
+    as they last. Under the lock timeout it would fail over and over beside a long checkout. (A
+    build that fails ends the connection: nothing runs after it without the timeout.)"""
+
+    def before(_conn: Any, cursor: Any, statement: str, *_args: Any) -> None:
+        if _CONCURRENTLY.search(statement):
+            cursor.execute("SET lock_timeout = 0")  # outside a transaction (CONCURRENTLY must be)
+
+    def after(_conn: Any, cursor: Any, statement: str, *_args: Any) -> None:
+        if _CONCURRENTLY.search(statement):
+            cursor.execute(f"SET lock_timeout = '{setting}'")
+
+    event.listen(connection, "before_cursor_execute", before)
+    event.listen(connection, "after_cursor_execute", after)
 
 
 def _version_table_for_the_owner_only(connection: Connection, schema: str, app: str) -> None:
@@ -176,9 +256,108 @@ def _down_revisions(revision: Script) -> set[str]:
     return {down} if isinstance(down, str) else set(down)
 
 
-def upgrade(service: str, admin_url: str) -> tuple[list[str], list[str]]:
+class _LockWatch:
+    """Beside a migration, every 0.1 s: whom its connection waits for (``pg_blocking_pids``),
+    read on a connection of its own. What it last saw names the holders when the wait gives up;
+    a wait longer than ``say_after`` (a build that waits without limit) is said while it lasts."""
+
+    def __init__(self, admin_url: str, config: Config, say: Say, say_after: float = 5.0) -> None:
+        self.admin_url, self.config, self.say, self.say_after = admin_url, config, say, say_after
+        self.holders = ""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="migration-lock-watch")
+
+    def __enter__(self) -> _LockWatch:
+        self.config.attributes.pop("backend_pid", None)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        try:
+            with psycopg.connect(
+                self.admin_url, autocommit=True, connect_timeout=5,
+                application_name="rose migrate: lock watch",
+            ) as connection:  # fmt: skip
+                self._poll(connection)
+        except psycopg.Error:
+            pass  # a watch that cannot read names nobody; the migration goes on without it
+
+    def _poll(self, connection: psycopg.Connection[Any]) -> None:
+        waiting_since: float | None = None
+        said = ""
+        while not self._stop.wait(0.1):
+            pid = self.config.attributes.get("backend_pid")
+            if pid is None:
+                continue
+            rows = connection.execute(_BLOCKERS, (pid,)).fetchall()
+            if not rows:
+                waiting_since = None
+                continue
+            self.holders = "; ".join(_holder(*row) for row in rows)
+            waiting_since = waiting_since or time.monotonic()
+            if time.monotonic() - waiting_since >= self.say_after and self.holders != said:
+                said = self.holders
+                waiting = connection.execute(_STATEMENT, (pid,)).fetchone()
+                statement = _one_line(waiting[0] if waiting else "a migration")
+                self.say(f"waiting: {statement} waits for a lock held by {said}")
+
+
+_BLOCKERS = """
+    SELECT a.query, a.pid, coalesce(nullif(a.application_name, ''), a.usename::text), a.state,
+           extract(epoch FROM now() - coalesce(a.xact_start, a.query_start))::int
+    FROM pg_stat_activity AS a
+    WHERE a.pid = ANY (pg_blocking_pids(%s))
+    ORDER BY a.xact_start
+"""
+_STATEMENT = "SELECT query FROM pg_stat_activity WHERE pid = %s"
+
+
+def _one_line(statement: str | None, width: int = 70) -> str:
+    line = " ".join((statement or "").split())
+    return line if len(line) <= width else line[: width - 3] + "..."
+
+
+def _holder(query: str, pid: int, application: str, state: str, seconds: int | None) -> str:
+    since = f" for {seconds} s" if seconds is not None else ""
+    return f"pid {pid} ({application}, {state}{since}: {_one_line(query, 50)})"
+
+
+def _waited_for_a_lock(exc: BaseException) -> bool:
+    """The statement gave up waiting for a lock (lock_timeout), or lost a deadlock: its
+    migration's transaction rolled back whole, and a later try may find the lock free."""
+    cause = getattr(exc, "orig", None) or exc
+    return isinstance(cause, (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected))
+
+
+def _running_revisions(config: Config, admin_url: str, current: list[str]) -> str:
+    """The migration that failed: the one after the revisions the version table holds now."""
+    try:
+        with psycopg.connect(admin_url, connect_timeout=10) as connection:
+            reached = set(versions_in(connection, service_of(config)))
+    except psycopg.Error:
+        reached = set(current)
+    script = ScriptDirectory.from_config(config)
+    failed = [
+        revision.revision
+        for revision in script.walk_revisions()
+        if (_down_revisions(revision) & reached) or (not reached and not _down_revisions(revision))
+    ]
+    return f"migration {', '.join(failed)}" if failed else "migrating"
+
+
+def service_of(config: Config) -> str:
+    return config.config_ini_section
+
+
+def upgrade(service: str, admin_url: str, say: Say | None = None) -> tuple[list[str], list[str]]:
     """One service to head, or :class:`MigrateError` in one line (nothing is half-applied: each
-    migration runs in its own transaction). Its versions before and after."""
+    migration runs in its own transaction). Its versions before and after. A migration that
+    gave up waiting for a lock is tried again (:class:`LockPatience`), each time said."""
+    say = say or (lambda _line: None)
     database = service_spec(service).database
     try:
         with psycopg.connect(admin_url, connect_timeout=10) as connection:
@@ -188,24 +367,30 @@ def upgrade(service: str, admin_url: str) -> tuple[list[str], list[str]]:
     problem = unknown_version(service, current)
     if problem:
         raise MigrateError(f"{problem}: nothing migrated")
+    patience = LockPatience.from_environment()
     config = alembic_config(service, admin_url)
-    try:
-        command.upgrade(config, "head")
-    except (CommandError, SQLAlchemyError, psycopg.Error) as exc:
+    config.attributes["lock_patience"] = patience
+    for attempt in range(1, patience.tries + 1):
+        watch = _LockWatch(admin_url, config, say)
         try:
-            with psycopg.connect(admin_url, connect_timeout=10) as connection:
-                reached = set(versions_in(connection, service))
-        except psycopg.Error:
-            reached = set(current)
-        script = ScriptDirectory.from_config(config)
-        failed = [
-            revision.revision
-            for revision in script.walk_revisions()
-            if (_down_revisions(revision) & reached)
-            or (not reached and not _down_revisions(revision))
-        ]
-        what = f"migration {', '.join(failed)}" if failed else "migrating"
-        raise MigrateError(f"{database}: {what} failed: {_error_line(exc)}") from exc
+            with watch:
+                command.upgrade(config, "head")
+            break
+        except (CommandError, SQLAlchemyError, psycopg.Error) as exc:
+            what = _running_revisions(config, admin_url, current)
+            if not _waited_for_a_lock(exc):
+                raise MigrateError(f"{database}: {what} failed: {_error_line(exc)}") from exc
+            held = watch.holders or "a transaction that has ended since"
+            if attempt == patience.tries:
+                raise MigrateError(
+                    f"{database}: {what} failed: {_error_line(exc)} ({patience.tries} tries of "
+                    f"{patience.timeout:g} s; the lock held by {held})"
+                ) from exc
+            say(
+                f"{database}: {what} waited {patience.timeout:g} s for a lock held by {held}; "
+                f"trying again ({attempt + 1} of {patience.tries})"
+            )
+            time.sleep(min(1.0, patience.timeout))
     try:
         with psycopg.connect(admin_url, connect_timeout=10) as connection:
             return current, versions_in(connection, service)
@@ -240,11 +425,11 @@ class Step:
 
 
 def migrate_steps(
-    admin_url_for: dict[str, str], services: Iterable[str] | None = None
+    admin_url_for: dict[str, str], services: Iterable[str] | None = None, say: Say | None = None
 ) -> list[Step]:
     """``migrate``, with each service's versions before and after."""
     return [
-        Step(service, *upgrade(service, admin_url_for[service]))
+        Step(service, *upgrade(service, admin_url_for[service], say))
         for service in services or services_with_migrations()
     ]
 

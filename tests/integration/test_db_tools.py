@@ -137,12 +137,15 @@ def watch(process: subprocess.Popen[str]) -> tuple[str, str, list[bytes]]:
     return out, err, command_lines
 
 
-def rose_process(cluster: Cluster, *args: str) -> subprocess.Popen[str]:
+def rose_process(
+    cluster: Cluster, *args: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
     env = {
         **environ_without_rose(),
         "ROSE_HOME": str(cluster.home),
         "ROSE_ADMIN_URL": cluster.admin_url,
         "ROSE_ENV": "dev",
+        **(env or {}),
     }
     return subprocess.Popen(
         [sys.executable, "-m", "ops.cli", *args],
@@ -436,6 +439,151 @@ def test_a_migration_that_fails_is_one_line_naming_it(db_cluster: Cluster):
     finally:
         _set_version(db_cluster, head.revision)
     assert db_cluster.rose("db", "check").exit_code == 0
+
+
+def _orders_one_migration_behind(cluster: Cluster) -> tuple[str, str]:
+    """orders' version table one revision behind its head, whose migration runs again safely
+    (orders 0018 is an UPDATE of the orders it moves, none here): (behind, head)."""
+    script = ScriptDirectory.from_config(alembic_config("orders"))
+    head = script.get_revision(script.get_current_head())
+    assert isinstance(head.down_revision, str)
+    with cluster.admin("orders") as orders:
+        orders.execute("UPDATE orders.alembic_version SET version_num = %s", (head.down_revision,))
+    return head.down_revision, head.revision
+
+
+def _migrate_orders_beside(
+    cluster: Cluster, holder: psycopg.Connection, **settings: str
+) -> subprocess.Popen[str]:
+    """`rose db migrate --service orders` while ``holder`` keeps a transaction open that holds
+    orders.orders in SHARE mode (a report's or a stuck session's): the migration's UPDATE waits
+    for it, and every writer of orders queues behind that wait."""
+    holder.execute("SET application_name = 'nightly-report'")
+    holder.execute("BEGIN")
+    holder.execute("LOCK TABLE orders.orders IN SHARE MODE")
+    return rose_process(
+        cluster, "db", "migrate", "--service", "orders",
+        env={"PYTHONUNBUFFERED": "1", **settings},
+    )  # fmt: skip
+
+
+def test_a_migration_blocked_by_an_open_transaction_gives_up_naming_it(db_cluster: Cluster):
+    """Probe on-call: a migration waited without limit, and said nothing, for a lock an open
+    transaction held, while the writers queued behind it. It waits a bounded time per try, tries
+    a bounded number of times, says each time who holds it, and gives up naming them."""
+    behind, head = _orders_one_migration_behind(db_cluster)
+    holder = db_cluster.admin("orders")
+    holder_pid = holder.info.backend_pid
+    try:
+        process = _migrate_orders_beside(
+            db_cluster, holder, ROSE_MIGRATION_LOCK_TIMEOUT="0.3", ROSE_MIGRATION_LOCK_TRIES="2"
+        )
+        try:
+            out, err = process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            out, err = process.communicate()
+            pytest.fail(f"the migration still waits on the lock after 60 s: {out}{err}")
+        assert process.returncode == 1, out + err
+        waiting = [line for line in out.splitlines() if "trying again" in line]
+        assert len(waiting) == 1, out
+        assert waiting[0].startswith(f"db_orders: migration {head} waited 0.3 s for a lock"), out
+        assert f"pid {holder_pid} (nightly-report, idle in transaction" in waiting[0], out
+        error = err.strip().splitlines()
+        assert len(error) == 1, err
+        assert error[0].startswith(f"error: db_orders: migration {head} failed: "), err
+        assert "lock timeout" in error[0], err
+        assert "2 tries of 0.3 s" in error[0], err
+        assert f"pid {holder_pid} (nightly-report" in error[0], err
+        with db_cluster.admin("orders") as orders:
+            assert orders.execute("SELECT version_num FROM orders.alembic_version").fetchall() == [
+                (behind,)
+            ]
+    finally:
+        holder.close()
+    migrate = db_cluster.rose("db", "migrate", "--service", "orders")
+    assert migrate.exit_code == 0, migrate.output
+    assert f"migrated: orders {behind} -> {head}" in migrate.output, migrate.output
+
+
+def test_a_migration_goes_on_once_the_transaction_in_its_way_ends(db_cluster: Cluster):
+    behind, head = _orders_one_migration_behind(db_cluster)
+    holder = db_cluster.admin("orders")
+    try:
+        process = _migrate_orders_beside(
+            db_cluster, holder, ROSE_MIGRATION_LOCK_TIMEOUT="0.3", ROSE_MIGRATION_LOCK_TRIES="50"
+        )
+        assert process.stdout is not None
+        lines = []
+        try:
+            for line in process.stdout:  # the first refusal, then the holder ends its transaction
+                lines.append(line)
+                if "trying again" in line:
+                    holder.execute("COMMIT")
+                    break
+            out, err = process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            pytest.fail(f"the migration still waits: {''.join(lines)}")
+        assert process.returncode == 0, "".join(lines) + out + err
+        assert f"migrated: orders {behind} -> {head}" in out, out
+    finally:
+        holder.close()
+    with db_cluster.admin("orders") as orders:
+        assert orders.execute("SELECT version_num FROM orders.alembic_version").fetchall() == [
+            (head,)
+        ]
+
+
+def test_an_index_built_concurrently_waits_out_a_long_transaction_and_says_so(
+    db_cluster: Cluster,
+):
+    """A build CONCURRENTLY waits for the writers' transactions older than it, holding nothing
+    anyone queues behind: no lock timeout cuts it short (beside a checkout that holds its
+    transaction while SumUp answers, it would fail every try), and a long wait is said."""
+    index = "ix_calendar_entries_network_holds"
+    script = ScriptDirectory.from_config(alembic_config("events"))
+    head = script.get_revision(script.get_current_head())
+    assert head.revision == "0017"  # events 0017 builds the index again when it is missing
+    with db_cluster.admin("events") as events:
+        events.execute(f"DROP INDEX events.{index}")
+        events.execute("UPDATE events.alembic_version SET version_num = '0016'")
+    holder = db_cluster.admin("events")
+    try:
+        holder.execute("SET application_name = 'a booking'")
+        holder.execute("BEGIN")
+        holder.execute("UPDATE events.calendar_entries SET state = state WHERE false")
+        process = rose_process(
+            db_cluster, "db", "migrate", "--service", "events",
+            env={
+                "PYTHONUNBUFFERED": "1",
+                "ROSE_MIGRATION_LOCK_TIMEOUT": "0.3",
+                "ROSE_MIGRATION_LOCK_TRIES": "2",
+            },
+        )  # fmt: skip
+        assert process.stdout is not None
+        lines = []
+        try:
+            for line in process.stdout:
+                lines.append(line)
+                if line.startswith("waiting: CREATE INDEX CONCURRENTLY"):
+                    assert f"held by pid {holder.info.backend_pid} (a booking" in line, line
+                    holder.execute("COMMIT")
+                    break
+            out, err = process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            pytest.fail(f"the build still waits: {''.join(lines)}")
+        assert process.returncode == 0, "".join(lines) + out + err
+        assert "migrated: events 0016 -> 0017" in out, "".join(lines) + out
+    finally:
+        holder.close()
+    with db_cluster.admin("events") as events:
+        valid = events.execute(
+            "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)",
+            (f"events.{index}",),
+        ).fetchone()
+    assert valid == (True,)
 
 
 def test_migrate_provisions_first_on_a_server_missing_a_service_database(db_cluster: Cluster):
