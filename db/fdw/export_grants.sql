@@ -210,7 +210,7 @@ WITH declared AS (
     JOIN pg_namespace AS n ON n.oid = c.relnamespace AND n.nspname = 'export'
     JOIN pg_attribute AS att ON att.attrelid = c.oid AND att.attnum > 0 AND NOT att.attisdropped
 )
-SELECT format(E'-- %s: pending: export view export.%I does not exist yet (edges %s; run the migrations)',
+SELECT format(E'-- %s: pending: export view export.%I does not exist yet (edges %s; its service''s migrations make it)',
               current_database(), d.view, string_agg(DISTINCT d.edge, ', '))
 FROM declared AS d
 WHERE NOT EXISTS (SELECT FROM actual AS a WHERE a.view = d.view)
