@@ -76,6 +76,10 @@ ALTER TABLE split.ledger ADD COLUMN IF NOT EXISTS aborted_by text;
 ALTER TABLE split.ledger ADD COLUMN IF NOT EXISTS sync_started_at timestamptz;
 ALTER TABLE split.ledger ADD COLUMN IF NOT EXISTS snapshot_at timestamptz;
 ALTER TABLE split.ledger ADD COLUMN IF NOT EXISTS write_pause numeric(10, 3);
+-- The check definitions of the release that took the sync's snapshot, per check view:
+-- {"<check>": n}. Its cutover refuses, before it freezes anything, a snapshot taken with other
+-- definitions (or none recorded: a release before this column), which moved rows otherwise.
+ALTER TABLE split.ledger ADD COLUMN IF NOT EXISTS sync_definitions jsonb;
 
 -- What the sync has applied, committed with the applied rows: every synced source row's group
 -- key and outcome (the cutover's accounting; which target rows a key moved) ...

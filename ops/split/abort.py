@@ -141,7 +141,8 @@ def abort_move(topology: Topology, move: Move, say: Say, fault: FaultHook) -> di
                             inserted_ids = NULL, verified_at = NULL, verification = NULL,
                             verified_by = NULL, finalizing_at = NULL, backups = NULL,
                             aborted_at = clock_timestamp(), aborted_by = %s,
-                            sync_started_at = NULL, snapshot_at = NULL, write_pause = NULL
+                            sync_started_at = NULL, snapshot_at = NULL, write_pause = NULL,
+                            sync_definitions = NULL
                         WHERE move = %s
                         """,
                         (operator(), move.name),

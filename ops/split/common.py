@@ -305,6 +305,7 @@ class LedgerEntry:
     sync_started_at: datetime | None = None
     snapshot_at: datetime | None = None
     write_pause: Decimal | None = None
+    sync_definitions: dict[str, int] | None = None
 
     @property
     def done(self) -> bool:

@@ -46,8 +46,10 @@ from ops.split.capture import CAPTURE_SCHEMA, SyncRules, capture_objects, instal
 from ops.split.checksum import checksum
 from ops.split.common import (
     FaultHook,
+    LedgerEntry,
     Say,
     SplitError,
+    as_json,
     connect,
     crash_from_environment,
     ensure_ledger,
@@ -322,9 +324,12 @@ def _sync_transaction(
         check_inserted(target, move, outcome)
         _record_outcome(target, move, rules)
         if changes is None:
+            # With the check definitions it was moved by: the cutover refuses, before its
+            # freeze, a snapshot another release's definitions moved (the verify would fail).
             target.execute(
-                "UPDATE split.ledger SET snapshot_at = clock_timestamp() WHERE move = %s",
-                (move.name,),
+                "UPDATE split.ledger SET snapshot_at = clock_timestamp(), sync_definitions = %s "
+                "WHERE move = %s",
+                (as_json(definitions_of(move)), move.name),
             )
             fault(move.name, "snapshot-before-commit")
         else:
@@ -349,6 +354,53 @@ def _sync_transaction(
         report.keys = sum(len(found) for found in keys.values())
     report.seconds = time.perf_counter() - started
     return report
+
+
+# -- the release that took the snapshot ----------------------------------------------------------
+def definitions_of(move: Move) -> dict[str, int]:
+    """This release's check definitions of ``move``, as the ledger records a snapshot's."""
+    return {check.name: check.definition for check in move.checks}
+
+
+def snapshot_taken_otherwise(move: Move, ledger: LedgerEntry) -> str | None:
+    """Why this release cannot cut over the sync's snapshot, or None: taken by a release whose
+    check definitions differ (or that recorded none), it moved rows otherwise than this release
+    (review M1: the cutover's verify failed, after the freeze, on every such row)."""
+    if ledger.snapshot_at is None or ledger.done:
+        return None
+    recorded = ledger.sync_definitions
+    if recorded is None:
+        differs = "by a release that recorded no check definitions"
+        newer = False
+    else:
+        changed = [
+            (check, int(recorded.get(check.name, 1)))
+            for check in move.checks
+            if int(recorded.get(check.name, 1)) != check.definition
+        ]
+        if not changed:
+            return None
+        differs = (
+            "with other check definitions ("
+            + "; ".join(
+                f"{check.target_table} {number}, here {check.definition}"
+                for check, number in changed
+            )
+            + ")"
+        )
+        newer = any(number > check.definition for check, number in changed)
+    if newer:
+        todo = "use the rose of that release"
+    else:
+        todo = (
+            f"`rose split abort --move {move.name}`, then `rose split sync --move {move.name}` "
+            "again (a new snapshot, by this release)"
+        )
+    return (
+        f"{move.name}: its sync's snapshot was taken {differs}, which moves rows otherwise than "
+        f"this release does (db/split/{move.name}.sql's header says how), so its cutover's "
+        f"verify would fail; the cutover refuses it before freezing anything: {todo}"
+    )
 
 
 # -- sync ----------------------------------------------------------------------------------------
@@ -385,6 +437,10 @@ def start(topology: Topology, move: Move, say: Say, fault: FaultHook) -> bool:
     install(topology, move)
     fault(move.name, "after-capture")
     if snapshot_at is not None and snapshot_at.snapshot_at is not None:
+        otherwise = snapshot_taken_otherwise(move, snapshot_at)
+        if otherwise is not None:
+            # Said now, not at the night's cutover; the rounds go on (the capture grows else).
+            say(otherwise)
         return True
     started = time.perf_counter()
     _sync_transaction(topology, move, _quiet, fault, None)
@@ -648,6 +704,9 @@ def cutover_move(
         return report
     if ledger is None or ledger.snapshot_at is None:
         raise SplitError(f"{move.name}: not synced (`rose split sync --move {move.name}` first)")
+    otherwise = snapshot_taken_otherwise(move, ledger)
+    if otherwise is not None:
+        raise SplitError(otherwise)
     # The backlog before the freeze, so that the drain under it is short.
     for _ in range(3):
         if apply_round(topology, move, fault).changes < 100:

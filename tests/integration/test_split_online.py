@@ -7,6 +7,7 @@ offline split over the same rows, and compare every target table row for row."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import signal
@@ -377,6 +378,99 @@ def test_a_cutover_killed_after_its_record_is_named_and_completed_by_the_next(mo
     aborted = rose_split(server, "abort", "--move", "relations")
     assert aborted.exit_code == 0, aborted.output
     assert value(server, "relations", "SELECT count(*) FROM relations.container_relations") == 0
+
+
+def _freeze_triggers(server: Any) -> list[str]:
+    found = []
+    for service in LEGACY_SERVICES:
+        found += [
+            f"{service}.{row[0]}"
+            for row in rows(
+                server, service, "SELECT tgname FROM pg_trigger WHERE tgname LIKE 'split_freeze_%%'"
+            )
+        ]
+    return found
+
+
+def _as_begun_by_an_earlier_release(server: Any, definitions: dict[str, int] | None) -> list[int]:
+    """The orders sync's snapshot as a release with ``definitions`` (None: a release that
+    recorded none) took it: the attempts of expired and cancelled legacy orders EXPIRED, as
+    payment attempts' definition 2 moved them. The ids of those orders."""
+    closed = rows(
+        server, "cart", "SELECT id FROM legacy.orders WHERE status IN ('expired', 'cancelled')"
+    )
+    closed_ids = [row[0] for row in closed]
+    assert closed_ids
+    with admin_connect(server, "orders") as connection:
+        connection.execute(
+            "UPDATE orders.payment_attempts SET status = 'EXPIRED' WHERE order_id = ANY(%s)",
+            (closed_ids,),
+        )
+        connection.execute(
+            "UPDATE split.ledger SET sync_definitions = %s WHERE move = 'orders'",
+            (None if definitions is None else json.dumps(definitions),),
+        )
+    return closed_ids
+
+
+@pytest.mark.parametrize(
+    ("definitions", "said"),
+    [
+        (
+            {"orders": 2, "order_items": 1, "payment_attempts": 2},
+            "with other check definitions (orders.payment_attempts 2, here 3)",
+        ),
+        (None, "by a release that recorded no check definitions"),
+    ],
+    ids=["definition-2", "none-recorded"],
+)
+def test_a_sync_an_earlier_release_began_is_refused_before_the_freeze(
+    monolith, definitions: dict[str, int] | None, said: str
+):
+    """Review M1: the snapshot of a sync an earlier release began holds its rows as that
+    release moved them; the cutover froze the sources, then its verify failed on them, and the
+    shop stayed frozen until an abort. It is refused before anything is frozen, naming what to
+    do; abort and a new sync then cut over clean, the attempts PENDING."""
+    server = monolith
+    synced = rose_split(server, "sync", "--once", "--move", "orders")
+    assert synced.exit_code == 0, synced.output
+    assert ledger(server, "orders")["sync_definitions"] == {
+        "orders": 2,
+        "order_items": 1,
+        "payment_attempts": 3,
+    }
+    closed_ids = _as_begun_by_an_earlier_release(server, definitions)
+
+    again = rose_split(server, "sync", "--once", "--move", "orders")
+    assert again.exit_code == 0, again.output
+    assert said in " ".join(again.output.split())
+    refused = rose_split(server, "cutover", "--move", "orders")
+    assert refused.exit_code == 1, refused.output
+    output = " ".join(refused.output.split())
+    assert said in output, output
+    assert "refuses it before freezing anything" in output, output
+    assert "rose split abort --move orders`, then `rose split sync --move orders`" in output
+    assert _freeze_triggers(server) == []
+    entry = ledger(server, "orders")
+    assert entry["finished_at"] is None
+    assert entry["snapshot_at"] is not None
+    with admin_connect(server, "cart") as connection:
+        # The monolith still writes (nothing frozen), and the capture still takes it.
+        connection.execute(
+            "UPDATE legacy.orders SET description = description WHERE id = %s", (closed_ids[0],)
+        )
+
+    assert rose_split(server, "abort", "--move", "orders").exit_code == 0
+    assert rose_split(server, "sync", "--once", "--move", "orders").exit_code == 0
+    cut = rose_split(server, "cutover", "--move", "orders")
+    assert cut.exit_code == 0, cut.output
+    statuses = rows(
+        server,
+        "orders",
+        "SELECT DISTINCT status FROM orders.payment_attempts WHERE order_id = ANY(%s)",
+        (closed_ids,),
+    )
+    assert statuses == [("PENDING",)]
 
 
 @pytest.mark.slow
