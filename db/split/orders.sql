@@ -57,6 +57,7 @@
 --   neither user nor session   skipped with its items (nobody could own it in the service)
 --   total <> sum of its parts  skipped with its items (the target checks the sum)
 --   one checkout, two orders   refused, naming them (the checkout's id or reference)
+--   hosted URL over 1,024      refused, naming them (the target's limit; a cut URL is wrong)
 --   no merchant resolvable     total > 0 (or a checkout): skipped with its items (the target
 --                              needs the snapshot); total 0: moved with NULL merchant columns
 --   free, never paid           total 0, no checkout, pending/failed/expired: moved as
@@ -240,6 +241,31 @@ BEGIN
             'checkout one payment attempt of one order, and which order its payment belongs to '
             'is for a person to decide. Correct the orders in the monolith (after a run: rose '
             'split abort --move orders unfreezes them), then plan and run again', found;
+    END IF;
+END
+$check$;
+
+-- Orders that would move with a SumUp hosted URL longer than the attempt's hosted_url holds
+-- (1,024 characters: SumUp's are far shorter, so such a URL is damaged). Cut, it would send the
+-- buyer to a page that is not their checkout; dropped, the attempt would move changed: which
+-- URL is right is a person's decision: refused before anything moves, naming them.
+DO $check$
+DECLARE
+    found text;
+BEGIN
+    SELECT string_agg(o.id::text, ', ' ORDER BY o.id)
+    INTO found
+    FROM stage_orders AS o
+    JOIN split_orders AS s ON s.id = o.id
+    JOIN split_outcome AS outcome ON outcome.source_table = 'orders' AND outcome.source_id = o.id
+    WHERE outcome.outcome = 'moved' AND s.attempt_status IS NOT NULL
+      AND length(o.sumup_hosted_url) > 1024;
+    IF found IS NOT NULL THEN
+        RAISE EXCEPTION 'db_cart legacy.orders with a sumup_hosted_url longer than 1,024 '
+            'characters (ids %): orders.payment_attempts.hosted_url holds 1,024, and a cut URL '
+            'would not be their checkout. Correct them in the monolith (the checkout''s URL as '
+            'SumUp gives it, or NULL as a checkout without one moves; after a run: rose split '
+            'abort --move orders unfreezes them), then plan and run again', found;
     END IF;
 END
 $check$;

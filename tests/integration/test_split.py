@@ -756,6 +756,39 @@ def test_orders_sharing_a_sumup_checkout_are_named_before_anything_moves(monolit
     assert value(monolith, "orders", "SELECT count(*) FROM orders.orders") == 0
 
 
+def test_an_order_whose_hosted_url_is_too_long_is_named_before_anything_moves(monolith):
+    """Probe split: a legacy order whose sumup_hosted_url is longer than the 1,024 characters
+    orders.payment_attempts.hosted_url holds failed the orders run with 'value too long for type
+    character varying(1024)', naming no row. Cut, the URL would send its buyer to a page that
+    is not their checkout; without it, the order would move changed. Which URL is right is a
+    person's decision: plan and run refuse the move naming the orders, and nothing is moved."""
+    with admin_connect(monolith, "cart") as cart:
+        orders = [
+            row[0]
+            for row in cart.execute(
+                "SELECT id FROM legacy.orders WHERE status = 'pending' "
+                "AND sumup_checkout_id IS NOT NULL ORDER BY id LIMIT 2"
+            )
+        ]
+        cart.execute(
+            "UPDATE legacy.orders SET sumup_hosted_url = %s WHERE id = ANY(%s)",
+            ("https://pay.example/" + "x" * 1100, orders),
+        )
+    named = f"ids {orders[0]}, {orders[1]}"
+
+    planned = rose_split(monolith, "plan", "--move", "orders")
+    assert planned.exit_code == 1, planned.output
+    said = " ".join(planned.output.split())
+    assert named in said, said
+    assert "sumup_hosted_url longer than 1,024 characters" in said, said
+
+    moved = rose_split(monolith, "run", "--move", "page_configs", "--move", "orders")
+    assert moved.exit_code == 1, moved.output
+    assert named in " ".join(moved.output.split()), moved.output
+    assert "value too long" not in moved.output
+    assert value(monolith, "orders", "SELECT count(*) FROM orders.orders") == 0
+
+
 def test_a_page_config_whose_features_are_not_an_object_keeps_its_merchant(monolith):
     """Probe split: a legacy config whose features json was not an object (an array) was
     skipped, merchant code and SumUp key with it, while orders moved its paid orders with
