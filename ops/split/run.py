@@ -564,14 +564,12 @@ def apply_move(target: psycopg.Connection[Any], move: Move, *, bulk_load: bool) 
     naming it."""
     deferred = defer_for_bulk_load(target, move) if bulk_load else []
     try:
-        execute_sql(target, transform_parts(move.transform_file).apply)
+        # A savepoint: after a unique violation the target is read as it was before the apply,
+        # to tell whose row the key is.
+        with target.transaction():
+            execute_sql(target, transform_parts(move.transform_file).apply)
     except psycopg.errors.UniqueViolation as exc:
-        raise SplitError(
-            f"{move.name}: a row to insert conflicts with a row the target already holds under "
-            f"the unique key {exc.diag.constraint_name} ({exc.diag.message_detail}): "
-            "resolve it in the target (or skip the source row) and run again. "
-            "Nothing of the move was committed."
-        ) from exc
+        raise SplitError(_unique_conflict(target, move, exc)) from exc
     try:
         create_deferred(target, deferred)
     except (psycopg.errors.UniqueViolation, psycopg.errors.ForeignKeyViolation) as exc:
@@ -580,6 +578,76 @@ def apply_move(target: psycopg.Connection[Any], move: Move, *, bulk_load: bool) 
             f"({exc.diag.message_detail}): {move.transform_file.name} lets them through. "
             "Nothing of the move was committed."
         ) from exc
+
+
+def _unique_conflict(
+    target: psycopg.Connection[Any], move: Move, exc: psycopg.errors.UniqueViolation
+) -> str:
+    """The refusal of a unique violation in the apply, naming whose the other row is: the
+    target's (there before the move) or the move's own (two source rows the transform makes
+    one key of)."""
+    key = f"the unique key {exc.diag.constraint_name} ({exc.diag.message_detail})"
+    held = _target_holds_key(target, exc)
+    if held:
+        return (
+            f"{move.name}: a row to insert conflicts with a row the target already holds under "
+            f"{key}: resolve it in the target (or skip the source row) and run again. "
+            "Nothing of the move was committed."
+        )
+    if held is None:
+        return (
+            f"{move.name}: rows to insert conflict under {key}, with a row the target held or "
+            f"with another row of the move (could not tell which). Nothing of the move was "
+            "committed."
+        )
+    return (
+        f"{move.name}: two of the rows this move inserts have the same {key}; the target holds "
+        f"no such row: their source rows share the key and {move.transform_file.name} lets both "
+        "through. Correct the source rows in the monolith (or the move's file) and run again. "
+        "Nothing of the move was committed."
+    )
+
+
+def _target_holds_key(
+    target: psycopg.Connection[Any], exc: psycopg.errors.UniqueViolation
+) -> bool | None:
+    """Whether the target (as before the apply) holds a row under the violated key, as
+    PostgreSQL's detail names it ("Key (a, b)=(1, x) already exists."); None when the detail
+    cannot be matched with the index (no detail, an unexpected form)."""
+    diag = exc.diag
+    if not (diag.schema_name and diag.table_name and diag.constraint_name and diag.message_detail):
+        return None
+    found = target.execute(
+        "SELECT array(SELECT pg_get_indexdef(i.indexrelid, k, true) "
+        "             FROM generate_series(1, i.indnkeyatts) AS k ORDER BY k), "
+        "       pg_get_expr(i.indpred, i.indrelid, true) "
+        "FROM pg_index AS i JOIN pg_class AS c ON c.oid = i.indexrelid "
+        "JOIN pg_namespace AS n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = %s",
+        (diag.schema_name, diag.constraint_name),
+    ).fetchone()
+    if found is None:
+        return None
+    columns, predicate = found
+    prefix, suffix = f"Key ({', '.join(columns)})=(", ") already exists."
+    detail = diag.message_detail
+    if not (detail.startswith(prefix) and detail.endswith(suffix)):
+        return None
+    values = detail[len(prefix) : -len(suffix)]
+    # Each key column as PostgreSQL prints it in the detail (its text, "null" for none).
+    printed = sql.SQL(", ").join(
+        sql.SQL("coalesce(({})::text, 'null')").format(sql.SQL(column)) for column in columns
+    )
+    where = sql.SQL(" AND ({})").format(sql.SQL(predicate)) if predicate else sql.SQL("")
+    return bool(
+        scalar(
+            target,
+            sql.SQL("SELECT EXISTS (SELECT FROM {} WHERE concat_ws(', ', {}) = %s{})").format(
+                sql.Identifier(diag.schema_name, diag.table_name), printed, where
+            ),
+            (values,),
+        )
+    )
 
 
 def target_checksums(target: psycopg.Connection[Any], move: Move) -> dict[str, SideChecksum]:

@@ -1137,9 +1137,55 @@ def test_a_row_the_target_holds_under_another_unique_key_refuses_the_move(monoli
     assert refused.exit_code != 0, refused.output
     assert "uq_container_relations_active_pair" in refused.output
     assert "already holds" in refused.output
+    assert "two of the rows this move inserts" not in refused.output
     assert "Nothing of the move was committed" in refused.output
     assert value(monolith, "relations", "SELECT count(*) FROM relations.container_relations") == 1
     assert ledger(monolith, "relations")["finished_at"] is None
+
+
+def test_two_moved_rows_under_one_unique_key_are_not_blamed_on_the_target(monolith, tmp_path):
+    """Probe split: below the bulk threshold, a unique violation always said the TARGET already
+    held the row ('resolve it in the target') though the target was empty and two rows of the
+    move itself collided. Now the refusal says which: here two active attachments of one pair
+    that a faulty move file lets through both, the target empty; and still the target's row
+    when it held one (test_a_row_the_target_holds_under_another_unique_key_refuses_the_move)."""
+    parent_type, parent_id, child_type, child_id = rows(
+        monolith,
+        "cart",
+        "SELECT parent_type, parent_id, child_type, child_id FROM legacy.container_relations "
+        "WHERE deleted_at IS NULL ORDER BY id LIMIT 1",
+    )[0]
+    with admin_connect(monolith, "cart") as connection:
+        connection.execute(
+            "INSERT INTO legacy.container_relations "
+            "(parent_type, parent_id, child_type, child_id, created_at, updated_at) "
+            "VALUES (%s, %s, %s, %s, now(), now())",
+            (parent_type, parent_id, child_type, child_id),
+        )
+    # A move file that forgets the collapse: every second active attachment moves too.
+    faulty = MoveWithFaultyClassification(
+        MOVES_BY_NAME["relations"],
+        tmp_path / "relations.sql",
+        "UPDATE split_outcome SET outcome = 'moved', reason = NULL WHERE outcome = 'collapsed'",
+    )
+    with pytest.raises(SplitError) as ran:
+        run_moves(monolith.topology, [faulty], lambda _: None)
+    said = str(ran.value)
+    assert "uq_container_relations_active_pair" in said, said
+    # The key named is a pair the monolith holds more than once, active (the seed has some).
+    doubled = rows(
+        monolith,
+        "cart",
+        "SELECT parent_type, parent_id, child_type, child_id FROM legacy.container_relations "
+        "WHERE deleted_at IS NULL GROUP BY 1, 2, 3, 4 HAVING count(*) > 1",
+    )
+    assert any(f"=({a}, {b}, {c}, {d})" in said for a, b, c, d in doubled), said
+    assert "already holds" not in said, said
+    assert "resolve it in the target" not in said, said
+    assert "two of the rows this move inserts" in said, said
+    assert "the target holds no such row" in said, said
+    assert "Nothing of the move was committed" in said, said
+    assert value(monolith, "relations", "SELECT count(*) FROM relations.container_relations") == 0
 
 
 class MoveWithFaultyClassification(Move):
