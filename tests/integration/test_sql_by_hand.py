@@ -141,7 +141,7 @@ def test_the_printed_commands_run_from_any_directory(cluster: Cluster, tmp_path:
 
 # db/legacy's and db/split's files a DBA may run by hand, in the order their headers say, each
 # with the psql command its header gives. (The move files and checksum views are run by `rose
-# split` only; drop_sources.sql's header is a template whose manifest finalize's checks fill.)
+# split` only; drop_sources.sql's header is a template it refuses: its own test below.)
 LEGACY_AND_SPLIT_HEADERS = [
     "db/legacy/blog.sql",
     "db/legacy/market.sql",
@@ -199,6 +199,52 @@ def test_the_legacy_and_split_headers_run_as_written(cluster: Cluster):
             with cluster.admin(service) as connection:
                 for schema in ("legacy", "split", "split_capture"):
                     connection.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        cluster.rose("db", "provision")
+    check = cluster.rose("db", "check")
+    assert check.exit_code == 0, check.output
+
+
+def test_the_drop_sources_header_refuses_as_written_and_drops_nothing(cluster: Cluster):
+    """Probe split: drop_sources.sql's header command is a template (its manifest's "..." are
+    finalize's values). Pasted as written, psql dropped the tables in its transaction, failed
+    on the manifest, went on through errors and rolled back at the end, exit 0: safe only by
+    luck, and saying nothing useful. It refuses before any drop, saying why and what to run,
+    psql stops (exit 3), and every legacy table and row is there."""
+    env = environment(cluster)
+    try:
+        # The practice monolith's db_cart, and finalize's records there (dropped.sql's header
+        # names db_market).
+        commands = [
+            *header_commands("db/legacy/cart.sql"),
+            *header_commands("db/legacy/seed_cart.sql"),
+        ]
+        commands.append("psql -d db_cart -v owner=cart_owner -f db/split/dropped.sql")
+        for command in commands:
+            done = shell(command, env)
+            assert done.returncode == 0, (command, done.stderr)
+            assert "ERROR" not in done.stderr, (command, done.stderr)
+        with cluster.admin("cart") as cart:
+            before = cart.execute(
+                "SELECT (SELECT count(*) FROM legacy.orders), "
+                "(SELECT count(*) FROM legacy.order_items)"
+            ).fetchone()
+        (command,) = header_commands("db/split/drop_sources.sql")
+        refused = shell(command, env)
+        assert refused.returncode == 3, (refused.returncode, refused.stderr)
+        said = " ".join(refused.stderr.split())
+        assert "the manifest is not JSON, so nothing is dropped" in said, said
+        assert "Run rose split finalize" in said, said
+        with cluster.admin("cart") as cart:
+            after = cart.execute(
+                "SELECT (SELECT count(*) FROM legacy.orders), "
+                "(SELECT count(*) FROM legacy.order_items)"
+            ).fetchone()
+            assert after == before
+            assert cart.execute("SELECT count(*) FROM split.dropped").fetchone() == (0,)
+    finally:
+        with cluster.admin("cart") as connection:
+            for schema in ("legacy", "split"):
+                connection.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
         cluster.rose("db", "provision")
     check = cluster.rose("db", "check")
     assert check.exit_code == 0, check.output
