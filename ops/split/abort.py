@@ -79,6 +79,83 @@ def _delete_synced_rows(target: psycopg.Connection[Any], move: Move) -> dict[str
     return deleted
 
 
+SHOWN_REFERRING = 12
+
+
+def _rows_referring(
+    target: psycopg.Connection[Any], move: Move, ids: dict[str, str] | None
+) -> list[str]:
+    """Rows of tables outside the move that refer (by a foreign key) to rows abort would delete
+    (``ids``: the ledger's, per target table; None: every row, an online sync's): the service's
+    own records since the move (a refund of a moved order). Deleting would take them with it
+    (ON DELETE CASCADE) or fail on them."""
+    found: list[str] = []
+    for table in move.target_tables:
+        schema, name = table.split(".")
+        keys = target.execute(
+            """
+            SELECT child_ns.nspname, child.relname,
+                   array(SELECT a.attname FROM unnest(con.conkey) WITH ORDINALITY AS k (num, pos)
+                         JOIN pg_attribute AS a ON a.attrelid = con.conrelid
+                          AND a.attnum = k.num ORDER BY k.pos),
+                   array(SELECT a.attname FROM unnest(con.confkey) WITH ORDINALITY AS k (num, pos)
+                         JOIN pg_attribute AS a ON a.attrelid = con.confrelid
+                          AND a.attnum = k.num ORDER BY k.pos),
+                   EXISTS (SELECT FROM pg_attribute AS a WHERE a.attrelid = con.conrelid
+                           AND a.attname = 'id' AND NOT a.attisdropped)
+            FROM pg_constraint AS con
+            JOIN pg_class AS child ON child.oid = con.conrelid
+            JOIN pg_namespace AS child_ns ON child_ns.oid = child.relnamespace
+            WHERE con.contype = 'f' AND con.confrelid = to_regclass(%s)
+            ORDER BY 1, 2, con.conname
+            """,
+            (table,),
+        ).fetchall()
+        for child_schema, child_name, columns, referred, has_id in keys:
+            if f"{child_schema}.{child_name}" in move.target_tables:
+                continue  # the move's own rows: deleted with the others
+            joined = sql.SQL(" AND ").join(
+                sql.SQL("c.{} = p.{}").format(sql.Identifier(column), sql.Identifier(key))
+                for column, key in zip(columns, referred, strict=True)
+            )
+            shown = sql.SQL("array_agg(c.id ORDER BY c.id)" if has_id else "NULL::bigint[]")
+            query = sql.SQL("SELECT count(*), {} FROM {} AS c JOIN {} AS p ON {}").format(
+                shown,
+                sql.Identifier(child_schema, child_name),
+                sql.Identifier(schema, name),
+                joined,
+            )
+            params: tuple[str, ...] = ()
+            if ids is not None:
+                ranges = ids.get(table)
+                if not ranges or ranges == "{}":
+                    continue
+                query += sql.SQL(" WHERE p.id <@ %s::int8multirange")
+                params = (ranges,)
+            count, child_ids = target.execute(query, params).fetchone() or (0, None)
+            if not count:
+                continue
+            listed = ""
+            if child_ids:
+                more = f" and {count - SHOWN_REFERRING:,} more" if count > SHOWN_REFERRING else ""
+                listed = f" (ids {', '.join(str(i) for i in child_ids[:SHOWN_REFERRING])}{more})"
+            found.append(
+                f"{child_schema}.{child_name}: {count:,} rows{listed} refer to rows of {table} "
+                "the move inserted"
+            )
+    return found
+
+
+def _refuse_referring(move: Move, found: list[str]) -> None:
+    if found:
+        raise SplitError(
+            f"{move.name}: {'; '.join(found)}: the service recorded them since the move, and "
+            "deleting the moved rows would take them with them (or fail on them); the move is "
+            "left as it was. Settle those rows in the service first (a refund owes a buyer "
+            "money), then abort again"
+        )
+
+
 def abort_move(topology: Topology, move: Move, say: Say, fault: FaultHook) -> dict[str, int]:
     if dropped_of(move, source_records(topology)):
         raise SplitError(
@@ -116,6 +193,7 @@ def abort_move(topology: Topology, move: Move, say: Say, fault: FaultHook) -> di
                             f"{move.name}: {'; '.join(changed)}: something wrote to the target "
                             "after the move, and abort would lose it; the move is left as it was"
                         )
+                    _refuse_referring(move, _rows_referring(target, move, ledger.inserted_ids))
                     deleted = _delete_moved_rows(target, move, ledger.inserted_ids)
                     expected = {table: int(rows) for table, rows in (ledger.inserted or {}).items()}
                     if deleted != expected:
@@ -127,6 +205,7 @@ def abort_move(topology: Topology, move: Move, say: Say, fault: FaultHook) -> di
                 if synced:
                     # An online sync not cut over: its targets were empty when it started and
                     # nothing but the sync writes them before the cutover.
+                    _refuse_referring(move, _rows_referring(target, move, None))
                     deleted = _delete_synced_rows(target, move)
                 # Aborted and not run since: a run that failed or crashed after an abort is
                 # that run's (started, not finished), and is recorded as aborted again.

@@ -764,6 +764,42 @@ def test_a_ledger_recorded_before_payable_until_was_checked_still_compares(monol
     assert value(monolith, "orders", "SELECT count(*) FROM orders.orders") == 0
 
 
+def test_abort_refuses_while_the_service_keeps_rows_of_its_own_on_the_moved_ones(monolith):
+    """Carried note 'split abort ignores cascading rows': abort compared only the move's own
+    target tables with the commit, then deleted the moved rows; a refund orders recorded
+    since for a moved order (orders.refunds, ON DELETE CASCADE from the order and its
+    attempt) went with them, silently: money owed to a buyer forgotten. Abort refuses,
+    naming the table and its rows, and deletes nothing; once that row is dealt with, it aborts."""
+    assert rose_split(monolith, "run", "--move", "orders").exit_code == 0
+    with admin_connect(monolith, "orders") as connection:
+        order_id, attempt_id, amount, currency = connection.execute(
+            "SELECT order_id, id, amount, currency FROM orders.payment_attempts "
+            "WHERE status = 'PAID' ORDER BY id LIMIT 1"
+        ).fetchone()
+        refund = connection.execute(
+            "INSERT INTO orders.refunds (order_id, attempt_id, reason_key, reason, amount, "
+            "currency, status) VALUES (%s, %s, 'duplicate', 'paid twice', %s, %s, 'due') "
+            "RETURNING id",
+            (order_id, attempt_id, amount, currency),
+        ).fetchone()[0]
+    moved = target_counts(monolith)
+
+    refused = rose_split(monolith, "abort", "--move", "orders")
+    assert refused.exit_code == 1, refused.output
+    said = " ".join(refused.output.split())
+    assert "orders.refunds" in said, said
+    assert f"ids {refund}" in said, said
+    assert value(monolith, "orders", "SELECT count(*) FROM orders.refunds") == 1
+    assert target_counts(monolith) == moved
+    assert ledger(monolith, "orders")["aborted_at"] is None
+
+    with admin_connect(monolith, "orders") as connection:
+        connection.execute("DELETE FROM orders.refunds WHERE id = %s", (refund,))
+    aborted = rose_split(monolith, "abort", "--move", "orders")
+    assert aborted.exit_code == 0, aborted.output
+    assert value(monolith, "orders", "SELECT count(*) FROM orders.orders") == 0
+
+
 def test_a_move_an_earlier_release_committed_otherwise_is_not_verified_clean(monolith):
     """Probe split: the attempts of expired and cancelled legacy orders now move PENDING
     (payment attempts' definition 3), so that orders asks SumUp about a payment still taken for
