@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from ops.db.binaries import client_tool_target, pg_binary
 from ops.db.checksums import Checksum
 from ops.split.checksum import checksum
 from ops.split.common import CRASH_ENV, CRASH_EXIT_CODE, as_json, operator, run_file
@@ -228,6 +229,85 @@ def test_the_backups_restore_the_dropped_rows_and_abort_goes_back(monolith, tmp_
     assert freeze_triggers(monolith) == []
     assert set(target_counts(monolith).values()) == {0}
     assert_writable(monolith)
+
+
+def _restore_by_hand(server: TestServer, archive: Path) -> None:
+    """docs/runbook-split.md's by-hand restore of db_cart's archive: the wheel's pg_restore, in
+    one transaction, everything but the schema (finalize dropped legacy from db_cart)."""
+    dsn, environment = client_tool_target(server.topology.admin_url("cart"))
+    with admin_connect(server, "cart") as connection:
+        connection.execute("CREATE SCHEMA IF NOT EXISTS legacy AUTHORIZATION cart_owner")
+    listing = subprocess.run(
+        [str(pg_binary("pg_restore")), "--list", str(archive)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    selection = archive.parent / "restore.list"
+    selection.write_text(
+        "\n".join(line for line in listing.splitlines() if " SCHEMA - legacy " not in line)
+    )
+    subprocess.run(
+        [
+            str(pg_binary("pg_restore")),
+            "--single-transaction",
+            "--exit-on-error",
+            f"--use-list={selection}",
+            f"--dbname={dsn}",
+            str(archive),
+        ],
+        env=environment,
+        check=True,
+        capture_output=True,
+    )
+
+
+def test_a_restore_by_hand_is_taken_back_by_rose_split_restore(monolith, tmp_path):
+    """Carried note 'restore by hand leaves moves finalized': restored by hand (the runbook's
+    pg_restore), the tables were back but their moves stayed finalized, and `rose split
+    restore` refused ('exist already'), so neither abort nor finalize could take them. Now
+    restore finds them back, checks each is as dropped, and reopens the moves (frozen,
+    verified), which abort then takes back."""
+    before = legacy_snapshot(monolith)
+    run_and_verify(monolith)
+    assert finalize(monolith, tmp_path).exit_code == 0
+    archive = next(tmp_path.glob("*/db_cart.legacy.dump"))
+    _restore_by_hand(monolith, archive)
+
+    restored = rose_split(monolith, "restore", str(archive))
+    assert restored.exit_code == 0, restored.output
+    said = " ".join(restored.output.split())
+    assert "restored db_cart legacy.orders: " in said, said
+    assert "as dropped (restored by hand)" in said, said
+    assert "orders: its sources are all back; verified, no longer finalized" in said, said
+    assert [name for name in dropped_records(monolith) if name.startswith("cart.")] == []
+    assert "cart.orders.split_freeze_orders" in freeze_triggers(monolith)
+    aborted = rose_split(monolith, "abort", "--move", "orders", "--move", "cart")
+    assert aborted.exit_code == 0, aborted.output
+    assert legacy_snapshot(monolith)["cart.orders"] == before["cart.orders"]
+    assert value(monolith, "orders", "SELECT count(*) FROM orders.orders") == 0
+
+
+def test_a_restore_by_hand_whose_rows_changed_is_refused(monolith, tmp_path):
+    """A table restored by hand and then written (its freeze dropped, say) is not what finalize
+    dropped: restore refuses it, naming it, and the moves stay finalized with their records."""
+    run_and_verify(monolith)
+    assert finalize(monolith, tmp_path).exit_code == 0
+    archive = next(tmp_path.glob("*/db_cart.legacy.dump"))
+    _restore_by_hand(monolith, archive)
+    with admin_connect(monolith, "cart") as connection:
+        connection.execute("ALTER TABLE legacy.order_items DISABLE TRIGGER USER")
+        connection.execute(
+            "DELETE FROM legacy.order_items WHERE id = (SELECT max(id) FROM legacy.order_items)"
+        )
+        connection.execute("ALTER TABLE legacy.order_items ENABLE TRIGGER USER")
+    refused = rose_split(monolith, "restore", str(archive))
+    assert refused.exit_code == 1, refused.output
+    said = " ".join(refused.output.split())
+    assert "db_cart legacy.order_items is back (restored by hand) with" in said, said
+    assert "was dropped" in said, said
+    assert "cart.orders" in dropped_records(monolith)
+    assert ledger(monolith, "orders")["finalized_at"] is not None
 
 
 def test_restore_says_the_monolith_changed_a_kept_lookup_not_the_service(monolith, tmp_path):
