@@ -589,10 +589,11 @@ def _unique_conflict(
     key = f"the unique key {exc.diag.constraint_name} ({exc.diag.message_detail})"
     held = _target_holds_key(target, exc)
     if held:
+        table = f"{exc.diag.schema_name}.{exc.diag.table_name}"
         return (
             f"{move.name}: a row to insert conflicts with a row the target already holds under "
-            f"{key}: resolve it in the target (or skip the source row) and run again. "
-            "Nothing of the move was committed."
+            f"{key}, {table} id {', '.join(held)}: resolve it in the target (or skip the "
+            "source row) and run again. Nothing of the move was committed."
         )
     if held is None:
         return (
@@ -610,10 +611,11 @@ def _unique_conflict(
 
 def _target_holds_key(
     target: psycopg.Connection[Any], exc: psycopg.errors.UniqueViolation
-) -> bool | None:
-    """Whether the target (as before the apply) holds a row under the violated key, as
-    PostgreSQL's detail names it ("Key (a, b)=(1, x) already exists."); None when the detail
-    cannot be matched with the index (no detail, an unexpected form)."""
+) -> list[str] | None:
+    """The ids of the target's rows (as before the apply) under the violated key, as
+    PostgreSQL's detail names it ("Key (a, b)=(1, x) already exists."): none, the other row is
+    the move's own; None when the detail cannot be matched with the index (no detail, an
+    unexpected form)."""
     diag = exc.diag
     if not (diag.schema_name and diag.table_name and diag.constraint_name and diag.message_detail):
         return None
@@ -639,15 +641,11 @@ def _target_holds_key(
         sql.SQL("coalesce(({})::text, 'null')").format(sql.SQL(column)) for column in columns
     )
     where = sql.SQL(" AND ({})").format(sql.SQL(predicate)) if predicate else sql.SQL("")
-    return bool(
-        scalar(
-            target,
-            sql.SQL("SELECT EXISTS (SELECT FROM {} WHERE concat_ws(', ', {}) = %s{})").format(
-                sql.Identifier(diag.schema_name, diag.table_name), printed, where
-            ),
-            (values,),
-        )
-    )
+    query = sql.SQL(
+        "SELECT coalesce(to_jsonb(t)->>'id', '?') FROM {} AS t "
+        "WHERE concat_ws(', ', {}) = %s{} LIMIT 3"
+    ).format(sql.Identifier(diag.schema_name, diag.table_name), printed, where)
+    return [row[0] for row in target.execute(query, (values,))]
 
 
 def target_checksums(target: psycopg.Connection[Any], move: Move) -> dict[str, SideChecksum]:

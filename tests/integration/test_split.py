@@ -1137,6 +1137,7 @@ def test_a_row_the_target_holds_under_another_unique_key_refuses_the_move(monoli
     assert refused.exit_code != 0, refused.output
     assert "uq_container_relations_active_pair" in refused.output
     assert "already holds" in refused.output
+    assert "relations.container_relations id 900000" in " ".join(refused.output.split())
     assert "two of the rows this move inserts" not in refused.output
     assert "Nothing of the move was committed" in refused.output
     assert value(monolith, "relations", "SELECT count(*) FROM relations.container_relations") == 1
