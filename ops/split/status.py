@@ -12,6 +12,7 @@ from ops.split.common import LedgerEntry, connect, read_ledger
 from ops.split.finalize import dropped_of, owned_tables, source_records
 from ops.split.freeze import frozen_now
 from ops.split.moves import MOVES, Move
+from ops.split.sync import snapshot_taken_otherwise
 
 
 @dataclass
@@ -74,7 +75,14 @@ def move_status(
     elif ledger.done:
         state = "moved, not verified"
     elif ledger.sync_started_at is not None and ledger.snapshot_at is not None:
-        state = "syncing online (snapshot committed; `rose split cutover` finishes it)"
+        if snapshot_taken_otherwise(move, ledger) is not None:
+            state = (
+                "syncing online, snapshot taken by another release (other check definitions): "
+                f"`rose split cutover` refuses it; `rose split abort --move {move.name}`, then "
+                "`rose split sync` again"
+            )
+        else:
+            state = "syncing online (snapshot committed; `rose split cutover` finishes it)"
     elif ledger.sync_started_at is not None:
         state = "syncing online: capturing, snapshot not committed (`rose split sync` resumes)"
     elif ledger.aborted:

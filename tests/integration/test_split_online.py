@@ -444,6 +444,8 @@ def test_a_sync_an_earlier_release_began_is_refused_before_the_freeze(
     again = rose_split(server, "sync", "--once", "--move", "orders")
     assert again.exit_code == 0, again.output
     assert said in " ".join(again.output.split())
+    states = {status.move.name: status.state for status in split_status(server.topology).moves}
+    assert states["orders"].startswith("syncing online, snapshot taken by another release")
     refused = rose_split(server, "cutover", "--move", "orders")
     assert refused.exit_code == 1, refused.output
     output = " ".join(refused.output.split())
