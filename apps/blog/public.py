@@ -109,9 +109,10 @@ async def toggle_like(
 # -- page admin -------------------------------------------------------------------------------
 def update_from_form(page_id: int, form: FormMultiDict) -> contract.UpdatePageConfig:
     """The admin form as an update: ticked features on, the others off; blank merchant code or
-    prefix clears it; the API key is write-only, so blank keeps it and a tick removes it. A
-    field the request does not carry is left as it is (the form always carries its features
-    as an empty hidden value, so that unticking every box still says so)."""
+    prefix clears it; the API key is write-only, so blank keeps it (for the stored merchant
+    only: another merchant needs its own key, :func:`service.update_page_config`) and a tick
+    removes it. A field the request does not carry is left as it is (the form always carries
+    its features as an empty hidden value, so that unticking every box still says so)."""
 
     def text(name: str) -> str:
         value = form.get(name)

@@ -282,8 +282,10 @@ async def update_page_config(
     migration 0004), in this transaction; those kept longer than ``retired_key_days`` are
     deleted here (:func:`prune_retired_keys`)."""
     check_update(request)
+    request = _key_goes_with_its_merchant(request)
     await _require_container(session, request.container_type, request.container_id)
     await _insert_if_missing(session, request.container_type, request.container_id)
+    await _check_key_is_the_merchants(session, request)
     changes: dict[str, Any] = {}
     if request.features is not UNSET:
         # Merged in the statement (jsonb ||), so concurrent updates of other flags are kept.
@@ -300,6 +302,41 @@ async def update_page_config(
         )
     await prune_retired_keys(session, retired_key_days)
     return await get_page_config(session, request.container_type, request.container_id)
+
+
+def _key_goes_with_its_merchant(request: UpdatePageConfig) -> UpdatePageConfig:
+    """A request removing the merchant removes its key too (kept for its orders by the
+    retiring trigger): a key left without its merchant would pair with whichever merchant the
+    config names next (:func:`_check_key_is_the_merchants`)."""
+    if request.sumup_merchant_code is None and request.sumup_api_key is UNSET:
+        return msgspec.structs.replace(request, sumup_api_key=None)
+    return request
+
+
+async def _check_key_is_the_merchants(session: AsyncSession, request: UpdatePageConfig) -> None:
+    """Refuse a request that names another merchant than the stored one and keeps the stored
+    key: that key is the stored merchant's. Kept, it would pair the new merchant with it (its
+    checkouts asked for with a key SumUp refuses), and the retiring trigger would drop the kept
+    key of a merchant named again (a form opened before another editor switched merchants, sent
+    after): the only copy that merchant's orders are settled and refunded with. A key stored
+    without a merchant was given for the merchant named next. The config's row stays locked, so
+    a concurrent update cannot change the merchant after this check."""
+    code = request.sumup_merchant_code
+    if not isinstance(code, str) or request.sumup_api_key is not UNSET:
+        return
+    stored_code, has_key = (
+        await session.execute(
+            select(PageConfig.sumup_merchant_code, PageConfig.sumup_api_key.is_not(None))
+            .where(*_is_container(request.container_type, request.container_id))
+            .with_for_update()
+        )
+    ).one()
+    if has_key and stored_code is not None and stored_code != code:
+        raise InvalidInput(
+            f"Give the API key of merchant {code} too: the stored key is merchant "
+            f"{stored_code}'s. Or tick Remove the API key to save the page without one.",
+            field="sumup_api_key",
+        )
 
 
 async def record_retired_key_days(session: AsyncSession, days: int) -> None:

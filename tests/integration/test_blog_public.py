@@ -403,6 +403,71 @@ async def test_a_page_config_post_that_is_not_the_form_changes_nothing(browser, 
     assert config_rows(clean_db) == before
 
 
+def retired_keys(server) -> list[tuple]:
+    with admin_connect(server, "blog") as connection:
+        return connection.execute(
+            "SELECT sumup_merchant_code, sumup_api_key FROM blog.retired_sumup_keys "
+            "ORDER BY sumup_merchant_code"
+        ).fetchall()
+
+
+async def test_a_new_merchant_needs_its_own_key_so_a_stale_form_loses_no_key(browser, clean_db):
+    """The stored key is the stored merchant's: a form naming another merchant without a key
+    is refused, nothing changed. Before, the key stayed under the new merchant's code, so an
+    editor saving a form opened before another one switched merchants paired the old merchant
+    with the new one's key and the trigger dropped the old merchant's kept key: the only copy
+    its orders are settled and refunded with."""
+    insert_post(clean_db, "farm-shop", title="Farm shop", is_page=True)
+    token = await sign_in(browser, user_id=1)
+    headers = {**HTML, "X-CSRF-Token": token}
+
+    async def save(code: str, key: str = "") -> object:
+        return await browser.post(
+            "/farm-shop/admin/page-config/",
+            data={"features": [""], "sumup_merchant_code": code, "sumup_api_key": key},
+            headers=headers,
+        )
+
+    assert (await save("MONE111", "sup_sk_one_key")).status_code == 303
+    stale = await browser.get("/farm-shop/admin/page-config/", headers=HTML)  # editor B opens it
+    assert 'value="MONE111"' in stale.text
+    assert (await save("MTWO222", "sup_sk_two_key")).status_code == 303  # editor A switches
+    assert retired_keys(clean_db) == [("MONE111", "sup_sk_one_key")]
+
+    for code in ("MONE111", "MTHREE33"):  # B's stale form; a new merchant without its key
+        refused = await save(code)
+        assert refused.status_code == 422
+        message = refused.text.split('id="error-sumup_api_key">')[1].split("</span>")[0]
+        assert f"merchant {code}" in message
+        assert "MTWO222" in message
+        assert "sup_sk_" not in refused.text
+    assert config_rows(clean_db)[0][3:5] == ("MTWO222", "sup_sk_two_key")
+    assert retired_keys(clean_db) == [("MONE111", "sup_sk_one_key")]
+
+    api = await browser.post(
+        "/farm-shop/admin/page-config/",
+        data={"sumup_merchant_code": "MONE111"},
+        headers={**JSON, "X-CSRF-Token": token},
+    )
+    assert api.status_code == 422
+    assert api.json()["errors"][0]["field"] == "sumup_api_key"
+    # Naming the merchant with its key, or without any key, is fine.
+    assert (await save("MONE111", "sup_sk_one_key")).status_code == 303
+    assert retired_keys(clean_db) == [("MTWO222", "sup_sk_two_key")]
+    # Removing the merchant removes its key (kept for its orders): none is left over for the
+    # next merchant named.
+    assert (await save("")).status_code == 303
+    assert config_rows(clean_db)[0][3:5] == (None, None)
+    assert retired_keys(clean_db) == [("MONE111", "sup_sk_one_key"), ("MTWO222", "sup_sk_two_key")]
+    cleared = await browser.post(
+        "/farm-shop/admin/page-config/",
+        data={"sumup_merchant_code": "MTWO222", "clear_sumup_api_key": "1"},
+        headers=headers,
+    )
+    assert cleared.status_code == 303
+    assert config_rows(clean_db)[0][3:5] == ("MTWO222", None)
+
+
 @pytest.mark.parametrize(
     ("data", "field"),
     [
