@@ -20,7 +20,7 @@ from apps.blog.settings import BlogSettings
 from apps.common.deps import AppSettings, CurrentIdentity, DbSession, Internal
 from apps.common.fdw import ProviderUnavailable
 from apps.common.limits import LIST_FIELDS
-from apps.common.problems import InvalidInput
+from apps.common.problems import Conflict, InvalidInput
 from apps.common.web import (
     PageNumber,
     SlugParam,
@@ -148,7 +148,7 @@ async def _admin_page(
     slug: str,
     *,
     saved: bool = False,
-    error: InvalidInput | None = None,
+    error: InvalidInput | Conflict | None = None,
     form: FormMultiDict | None = None,
     status_code: int = 200,
 ) -> Template:
@@ -180,6 +180,8 @@ async def _admin_page(
         saved=saved,
         error=error,
         form=form,
+        # The version the form showed: the one it was sent with, when it is shown again.
+        config_version=form.get("config_version", "") if form else service.config_version(config),
     )
 
 
@@ -208,9 +210,18 @@ async def page_config_update(
     form = await form_of(request)
     keep_days = BlogSettings.from_settings(settings).retired_sumup_key_days
     try:
+        version = form.get("config_version")
+        if isinstance(version, str):  # the form says which settings it showed
+            await service.check_unchanged_since(db_session, PAGE_CONTAINER, page_id, version)
         config = await service.update_page_config(
             db_session, update_from_form(page_id, form), keep_days
         )
+    except Conflict as problem:
+        if not wants_html(request):
+            raise
+        # Another editor saved meanwhile: the form again, with what is stored now.
+        await db_session.rollback()
+        return await _admin_page(request, db_session, slug, error=problem, status_code=409)
     except InvalidInput as problem:
         if not wants_html(request):
             raise

@@ -59,7 +59,7 @@ from apps.common.db import end_read, table_of
 from apps.common.fdw import ProviderUnavailable, remote_read
 from apps.common.inputs import one_line_name, shows_nothing, whole_number
 from apps.common.internal_client import InternalClient
-from apps.common.problems import DependencyUnavailable, InvalidInput, NotFound
+from apps.common.problems import Conflict, DependencyUnavailable, InvalidInput, NotFound
 from apps.likes import contract as likes
 from apps.relations import contract as relations
 
@@ -337,6 +337,33 @@ async def _check_key_is_the_merchants(session: AsyncSession, request: UpdatePage
             f"{stored_code}'s. Or tick Remove the API key to save the page without one.",
             field="sumup_api_key",
         )
+
+
+CHANGED_SINCE_OPENED = (
+    "These settings changed since you opened them (another editor saved them meanwhile): the "
+    "form now shows them as they are. Make your changes again and save."
+)
+
+
+def config_version(config: PageConfigData | None) -> str:
+    """What the admin form carries to say which settings it showed: the config's last change
+    (empty before the container has one)."""
+    return "" if config is None else config.updated_at.isoformat()
+
+
+async def check_unchanged_since(
+    session: AsyncSession, container_type: str, container_id: int, version: str
+) -> None:
+    """Refuse (409) a form that showed other settings than the stored ones (``version``, from
+    :func:`config_version`): saved, it would put back every field another editor changed since
+    it was opened. The row stays locked until the update that follows commits."""
+    stored = await session.scalar(
+        select(PageConfig.updated_at)
+        .where(*_is_container(container_type, container_id))
+        .with_for_update()
+    )
+    if version != ("" if stored is None else stored.isoformat()):
+        raise Conflict(CHANGED_SINCE_OPENED, field="config_version")
 
 
 async def record_retired_key_days(session: AsyncSession, days: int) -> None:

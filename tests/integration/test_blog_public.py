@@ -468,6 +468,72 @@ async def test_a_new_merchant_needs_its_own_key_so_a_stale_form_loses_no_key(bro
     assert config_rows(clean_db)[0][3:5] == ("MTWO222", None)
 
 
+def form_fields(page_html: str) -> dict[str, list[str]]:
+    """What a browser sends for the page's config form as it is shown: every input's value,
+    a checkbox's only when ticked (the key input is empty: the key is never shown)."""
+    form = page_html.split('id="page-config-form"')[1].split("</form>")[0]
+    fields: dict[str, list[str]] = {}
+    for tag in re.findall(r"<input[^>]*>", form):
+        name = re.search(r'name="([^"]*)"', tag)
+        value = re.search(r'value="([^"]*)"', tag)
+        if name is None or ('type="checkbox"' in tag and "checked" not in tag):
+            continue
+        fields.setdefault(name.group(1), []).append(value.group(1) if value else "")
+    return fields
+
+
+async def test_a_form_opened_before_another_editor_saved_changes_nothing(browser, clean_db):
+    """Two editors with the page's settings open: the second to save is told the settings
+    changed since they opened them (409, the form showing what is stored now), instead of
+    silently putting back every field the first one changed."""
+    insert_post(clean_db, "farm-shop", title="Farm shop", is_page=True)
+    token = await sign_in(browser, user_id=1)
+    headers = {**HTML, "X-CSRF-Token": token}
+    first = await browser.post(
+        "/farm-shop/admin/page-config/",
+        data={
+            "features": ["", "cart", "market", "calendar"],
+            "sumup_merchant_code": "MSANDBOX1",
+            "sumup_checkout_prefix": "farm-",
+            "sumup_api_key": SANDBOX_KEY,
+        },
+        headers=headers,
+    )
+    assert first.status_code == 303
+    shown = (await browser.get("/farm-shop/admin/page-config/", headers=HTML)).text
+    editor_a, editor_b = form_fields(shown), form_fields(shown)
+
+    editor_a["features"] = ["", "market", "calendar"]  # A switches the page cart off
+    assert (
+        await browser.post("/farm-shop/admin/page-config/", data=editor_a, headers=headers)
+    ).status_code == 303
+    assert config_rows(clean_db)[0][2]["cart"] is False
+
+    editor_b["sumup_checkout_prefix"] = ["shop-"]  # B, from the form opened before, the prefix
+    stale = await browser.post("/farm-shop/admin/page-config/", data=editor_b, headers=headers)
+    assert stale.status_code == 409
+    assert "changed since you opened" in stale.text
+    assert config_rows(clean_db)[0][2]["cart"] is False
+    assert config_rows(clean_db)[0][5] == "farm-"
+    # The page B gets back shows what is stored now: saved from it, B's change goes through.
+    again = form_fields(stale.text)
+    assert "cart" not in again["features"]
+    again["sumup_checkout_prefix"] = ["shop-"]
+    assert (
+        await browser.post("/farm-shop/admin/page-config/", data=again, headers=headers)
+    ).status_code == 303
+    assert config_rows(clean_db)[0][2]["cart"] is False
+    assert config_rows(clean_db)[0][5] == "shop-"
+
+    api = await browser.post(
+        "/farm-shop/admin/page-config/",
+        data=editor_b,
+        headers={**JSON, "X-CSRF-Token": token},
+    )
+    assert api.status_code == 409
+    assert api.headers["content-type"].startswith("application/problem+json")
+
+
 @pytest.mark.parametrize(
     ("data", "field"),
     [
