@@ -128,6 +128,11 @@ def update_from_form(page_id: int, form: FormMultiDict) -> contract.UpdatePageCo
             name: False for name in service.FEATURES if name not in ticked
         }
     api_key: str | msgspec.UnsetType | None = service.UNSET
+    if form.get("clear_sumup_api_key") and text("sumup_api_key"):
+        # Which one was meant is not guessed: removing it dropped the new key in silence.
+        raise InvalidInput(
+            "Give a new API key or tick Remove the API key, not both.", field="sumup_api_key"
+        )
     if form.get("clear_sumup_api_key"):
         api_key = None
     elif text("sumup_api_key"):

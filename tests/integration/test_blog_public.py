@@ -540,6 +540,8 @@ async def test_a_form_opened_before_another_editor_saved_changes_nothing(browser
         ({"sumup_merchant_code": "not valid"}, "sumup_merchant_code"),
         ({"sumup_checkout_prefix": "x" * 41}, "sumup_checkout_prefix"),
         ({"sumup_api_key": "tiny"}, "sumup_api_key"),
+        # A new key and the box that removes it: neither is guessed (the key was dropped).
+        ({"sumup_api_key": "sup_sk_new_key_1", "clear_sumup_api_key": "1"}, "sumup_api_key"),
         ({"features": "colour"}, "features.colour"),
     ],
 )
