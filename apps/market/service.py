@@ -449,6 +449,16 @@ async def create_place(session: AsyncSession, link: RelationsLink, form: PlaceFo
     refused before relations is asked), then attach it there in relations."""
     name, slug = check_name(form.name), check_slug(form.slug)
     page_id = await check_page(session, form.page_id)
+    # A removed market place keeps its address (its old links name it); the admin lists it no
+    # more, so "another market place uses it" pointed at nothing the editor could see.
+    if await session.scalar(
+        select(MarketPlace.id).where(MarketPlace.slug == slug, MarketPlace.deleted_at.is_not(None))
+    ):
+        raise Conflict(
+            f"A removed market place used the web address name {slug!r}, and addresses are not "
+            "used again: choose another.",
+            field="slug",
+        )
     await end_read(session)
     place = MarketPlace(slug=slug, name=name, container_type=PAGE, container_id=page_id)
     session.add(place)

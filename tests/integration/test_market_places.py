@@ -86,6 +86,34 @@ async def test_wrong_input_is_one_message_in_words_and_changes_nothing(stack, cl
     assert live_relations(clean_db) == []
 
 
+async def test_a_removed_market_places_address_is_refused_in_words_that_say_so(stack, clean_db):
+    """A removed market place keeps its web address name (its old links name it): a new one
+    asking for it is told a removed market place used it, not that another uses it (the admin
+    lists none that does)."""
+    editor = await browser_of(stack, "market", user_id=1)
+    form = {"name": "Pop-up", "slug": "pop-up", "page_id": "1"}
+    place_id = (await editor.post("/admin/market-places/", data=form)).json()["id"]
+    assert (await editor.post(f"/admin/market-places/{place_id}/delete/")).status_code == 200
+
+    again = await editor.post("/admin/market-places/", data={**form, "name": "Pop-up again"})
+    assert again.status_code == 409
+    [error] = again.json()["errors"]
+    assert error["field"] == "slug"
+    assert error["message"] == (
+        "A removed market place used the web address name 'pop-up', and addresses are not "
+        "used again: choose another."
+    )
+    page = await editor.post("/admin/market-places/", data=form, headers=HTML)
+    assert page.status_code == 409
+    assert 'id="error-slug"' in page.text
+    assert "A removed market place used" in page.text
+    # A live one's address is still "another market place uses it".
+    await editor.post("/admin/market-places/", data={**form, "slug": "stall"})
+    taken = await editor.post("/admin/market-places/", data={**form, "slug": "stall"})
+    assert taken.json()["errors"][0]["message"].startswith("Another market place already uses")
+    assert places(clean_db) == [("pop-up", "Pop-up", 1, False), ("stall", "Pop-up", 1, True)]
+
+
 async def test_a_market_place_with_products_is_not_deleted(stack, clean_db):
     editor = await browser_of(stack, "market", user_id=1)
     place_id = (
