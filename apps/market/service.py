@@ -16,7 +16,7 @@ from decimal import Decimal
 from typing import Annotated, Any
 
 import msgspec
-from sqlalchemy import Integer, Select, String, any_, bindparam, func, select
+from sqlalchemy import Integer, Select, String, any_, bindparam, func, select, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -370,6 +370,29 @@ def check_name(name: str) -> str:
     return one_line_name(name, "name", blank="Give the market place a name.")
 
 
+async def check_name_free(session: AsyncSession, name: str, place_id: int | None = None) -> None:
+    """Refuse a name another live market place has, in any case: blog's editors choose one to
+    attach by its name, and buyers tell them apart by it. Checked, not indexed: places moved
+    from the monolith may share one until an editor renames them. Two editors giving one name
+    at once take turns (a transaction lock on the name), so the second sees the first's."""
+    await session.execute(
+        text("SELECT pg_advisory_xact_lock(hashtext('market:place-name:' || lower(:name)))"),
+        {"name": name},
+    )
+    holder = await session.scalar(
+        select(MarketPlace.name).where(
+            func.lower(MarketPlace.name) == name.lower(),
+            MarketPlace.deleted_at.is_(None),
+            MarketPlace.id != (place_id or 0),
+        )
+    )
+    if holder is not None:
+        raise Conflict(
+            f"Another market place is already called {holder!r}: choose another name.",
+            field="name",
+        )
+
+
 def check_slug(slug: str) -> str:
     slug = slug.strip()
     if not re.fullmatch(SLUG_PATTERN, slug):
@@ -460,6 +483,7 @@ async def create_place(session: AsyncSession, link: RelationsLink, form: PlaceFo
             field="slug",
         )
     await end_read(session)
+    await check_name_free(session, name)  # in the insert's transaction: its lock lasts till then
     place = MarketPlace(slug=slug, name=name, container_type=PAGE, container_id=page_id)
     session.add(place)
     try:
@@ -476,7 +500,9 @@ async def create_place(session: AsyncSession, link: RelationsLink, form: PlaceFo
 async def rename_place(session: AsyncSession, place_id: int, name: str) -> MarketPlaceView:
     """A new name (blog and the shop read it from market: relations keeps no copy to update)."""
     place = await _lock_place(session, place_id)
-    place.name = check_name(name)
+    new_name = check_name(name)
+    await check_name_free(session, new_name, place.id)
+    place.name = new_name
     place.updated_at = func.now()
     await session.flush()
     return _to_place_view(place)

@@ -109,9 +109,51 @@ async def test_a_removed_market_places_address_is_refused_in_words_that_say_so(s
     assert "A removed market place used" in page.text
     # A live one's address is still "another market place uses it".
     await editor.post("/admin/market-places/", data={**form, "slug": "stall"})
-    taken = await editor.post("/admin/market-places/", data={**form, "slug": "stall"})
+    taken = await editor.post(
+        "/admin/market-places/", data={**form, "name": "Other", "slug": "stall"}
+    )
     assert taken.json()["errors"][0]["message"].startswith("Another market place already uses")
     assert places(clean_db) == [("pop-up", "Pop-up", 1, False), ("stall", "Pop-up", 1, True)]
+
+
+async def test_two_live_market_places_never_share_a_name(stack, clean_db):
+    """Blog's editors choose a market place to attach by its name, and buyers see it: two of
+    one name (any case) were two identical choices, so an editor could attach the wrong one."""
+    editor = await browser_of(stack, "market", user_id=1)
+    first = await editor.post(
+        "/admin/market-places/", data={"name": "Dairy", "slug": "dairy", "page_id": "1"}
+    )
+    second = await editor.post(
+        "/admin/market-places/", data={"name": "Cheese", "slug": "cheese", "page_id": "2"}
+    )
+    cheese = second.json()["id"]
+    same = await editor.post(
+        "/admin/market-places/", data={"name": " dairy ", "slug": "dairy-2", "page_id": "2"}
+    )
+    assert same.status_code == 409
+    [error] = same.json()["errors"]
+    assert (error["field"], error["message"]) == (
+        "name",
+        "Another market place is already called 'Dairy': choose another name.",
+    )
+    renamed = await editor.post(f"/admin/market-places/{cheese}/rename/", data={"name": "DAIRY"})
+    assert renamed.status_code == 409
+    assert renamed.json()["errors"][0]["field"] == "name"
+    page = await editor.post(
+        f"/admin/market-places/{cheese}/rename/", data={"name": "Dairy"}, headers=HTML
+    )
+    assert page.status_code == 409
+    assert "Another market place is already called" in page.text
+    # Its own name, in another case, is no collision; a removed one's name is free again.
+    first_id = first.json()["id"]
+    assert (
+        await editor.post(f"/admin/market-places/{first_id}/rename/", data={"name": "DAIRY"})
+    ).status_code == 200
+    assert (await editor.post(f"/admin/market-places/{first_id}/delete/")).status_code == 200
+    assert (
+        await editor.post(f"/admin/market-places/{cheese}/rename/", data={"name": "Dairy"})
+    ).status_code == 200
+    assert places(clean_db) == [("dairy", "DAIRY", 1, False), ("cheese", "Dairy", 2, True)]
 
 
 async def test_a_market_place_with_products_is_not_deleted(stack, clean_db):
