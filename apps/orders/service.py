@@ -342,6 +342,27 @@ def checkouts_busy(at_once: int) -> DependencyUnavailable:
     )
 
 
+def merchant_key_refused(
+    order: Order, account: MerchantAccount, exc: PaymentProviderError
+) -> Conflict:
+    """SumUp refused the key of the merchant the order pays (401: a typo saved, or revoked in
+    its dashboard; 403: not allowed to make checkouts): every checkout of that page fails alike
+    until an editor gives it a key SumUp takes, so the buyer is not told to try again (a 502
+    would say so), and the person who can fix it is told which page and merchant."""
+    logger.warning(
+        "a checkout for page config %s was refused: SumUp refused the API key of merchant %s "
+        "(HTTP %s); no checkout was made, and none will be until an editor gives the page a "
+        "key SumUp takes",
+        order.page_config_id,
+        account.merchant_code,
+        exc.sumup_status,
+    )
+    return Conflict(
+        "Payments cannot be taken here right now: SumUp refused the shop's payment key. "
+        "Nothing was charged; the shop has to set it right"
+    )
+
+
 def payments_not_configured(candidates: list[tuple[str, int]]) -> Conflict:
     """An order with something to pay where no candidate has a SumUp merchant and key. Goods
     of several pages (no page among the candidates) are paid to the site default's merchant
@@ -1345,16 +1366,21 @@ async def _open_checkout(
     if order.checkout_prefix is None:  # nothing to pay (orders 0011): never a checkout
         raise names_no_merchant(order.id)
     reference = checkout_reference(order.checkout_prefix, order.id, number)
-    remote = await runtime.gateway.create_checkout(
-        account,
-        reference=reference,
-        amount=order.total,
-        currency=order.currency,
-        description=order.description,
-        webhook_url=runtime.urls.webhook(order.id),
-        redirect_url=runtime.urls.return_page(order.id),
-        valid_until=valid_until,
-    )
+    try:
+        remote = await runtime.gateway.create_checkout(
+            account,
+            reference=reference,
+            amount=order.total,
+            currency=order.currency,
+            description=order.description,
+            webhook_url=runtime.urls.webhook(order.id),
+            redirect_url=runtime.urls.return_page(order.id),
+            valid_until=valid_until,
+        )
+    except PaymentProviderError as exc:
+        if exc.key_refused:
+            raise merchant_key_refused(order, account, exc) from exc
+        raise
     if not remote.hosted_url:
         raise PaymentProviderError("the checkout has no hosted checkout URL")
     if money(remote.amount) != order.total or remote.currency != order.currency:

@@ -980,3 +980,32 @@ async def test_keys_sumup_refuses_are_one_warning_a_pass_per_merchant_naming_its
             ]
             assert not any(str(order_id) in said.split("pass: ")[1] for order_id in others), said
         assert [row[1] for row in order_rows(clean_db)] == ["pending"] * 4
+
+
+async def test_a_key_sumup_refuses_at_checkout_tells_the_buyer_it_is_not_worth_trying_again(
+    clean_db, credentials, sandbox, caplog
+):
+    """Probe editor: a page's key SumUp refuses (a typo saved by an editor, a key revoked in
+    SumUp's dashboard) failed every checkout with a 502 "SumUp refused the request: HTTP 401",
+    which cart tells the buyer to try again, forever, and logged nothing naming the merchant or
+    the page. Now: a 409 saying the shop's payment key is refused (nothing made), and a warning
+    naming the page config and merchant for the person who can fix it, never the key."""
+    add_page_config(clean_db, "site", 0)
+    async with orders_stack(clean_db, credentials, sandbox.server) as orders:
+        sandbox.controls(revoked_api_keys=[DEFAULT_API_KEY])
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="rose.orders"):
+            refused = await create(orders)
+        assert refused.status_code == 409, refused.text
+        detail = refused.json()["detail"]
+        assert "SumUp refused the shop's payment key" in detail, detail
+        assert "try again" not in detail.lower(), detail
+        assert order_rows(clean_db) == []
+        warnings = [
+            record.getMessage() for record in caplog.records if record.name == "rose.orders"
+        ]
+        [said] = [message for message in warnings if "refused the API key" in message]
+        assert f"merchant {DEFAULT_MERCHANT_CODE}" in said, said
+        assert "page config" in said, said
+        assert DEFAULT_API_KEY not in said, said
+        assert DEFAULT_API_KEY not in refused.text
