@@ -106,9 +106,10 @@ def check_features(features: dict[str, Any]) -> None:
     for key, value in features.items():
         wanted = FEATURES.get(key)
         if wanted is None:
+            shown = key if len(key) <= 40 else f"{key[:40]}..."  # not echoed whole: any length
             raise InvalidInput(
-                f"There is no feature called {key!r} (features: {', '.join(FEATURES)}).",
-                field=f"features.{key}",
+                f"There is no feature called {shown!r} (features: {', '.join(FEATURES)}).",
+                field=f"features.{shown}",
             )
         if not isinstance(value, wanted):
             raise InvalidInput(
