@@ -118,6 +118,12 @@ class ClearCartForOrder(msgspec.Struct, forbid_unknown_fields=True):
     product_ids: Annotated[list[PositiveId], msgspec.Meta(max_length=1000)] | None = None
     # What the order paid for, line by line: removed wherever sign-in moved the lines.
     lines: Annotated[list[PaidLine], msgspec.Meta(max_length=1000)] | None = None
+    # When the order was placed, sent when some of its lines name no cart lines (orders moved
+    # from the monolith): only lines added before it are its, not those the buyer added since.
+    # Absent (a message queued before this field), such lines clear by product as they did.
+    # UNSET is not encoded at all: a cart from before the field, which refuses fields it does
+    # not know, still reads every message that does not need it.
+    placed_at: datetime | msgspec.UnsetType = msgspec.UNSET
 
 
 class Cleared(msgspec.Struct):

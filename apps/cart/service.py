@@ -889,10 +889,10 @@ async def _clear_by_products(
     product_ids: list[int] | None,
     before: int | None,
 ) -> int:
-    """The owner's live lines of ``product_ids`` (all products: None) leave for the order,
-    unless the order cleared anything ``before`` (``_cleared_before``): then this is a repeat,
-    and it answers what the first time cleared of these products without removing anything
-    added since."""
+    """The owner's live lines of ``product_ids`` (all products: None) added before the order was
+    placed (when the request says when) leave for the order, unless the order cleared anything
+    ``before`` (``_cleared_before``): then this is a repeat, and it answers what the first time
+    cleared of these products without removing anything added since."""
     if before is not None:
         return before
     owner = Owner(request.user_id, request.session_id)
@@ -909,6 +909,9 @@ async def _clear_by_products(
         query = query.where(CartItem.product_id.in_(product_ids))
     if request.page_post_id is not None:
         query = query.where(CartItem.market_place_container_id == request.page_post_id)
+    if not isinstance(request.placed_at, msgspec.UnsetType):
+        # A line added after the order (an old order paid late) is not what it bought.
+        query = query.where(CartItem.created_at <= request.placed_at)
     return len((await session.execute(query)).all())
 
 

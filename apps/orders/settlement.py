@@ -22,10 +22,11 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, NoReturn
 
+import msgspec
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
@@ -43,6 +44,7 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.dialects.postgresql import array, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
@@ -124,6 +126,8 @@ class OrderRow:
     page_config_id: int | None
     # The SumUp merchant its checkouts were made for (snapshotted with page_config_id).
     merchant_code: str | None
+    # When it was placed: what a clear of lines naming no cart lines needs (ClearCartForOrder).
+    created_at: datetime
 
 
 @dataclass
@@ -977,6 +981,16 @@ def after_payment_keys(order_id: int) -> tuple[str, ...]:
     return clear_cart_key(order_id), confirm_bookings_key(order_id)
 
 
+async def _placed_at(session: AsyncSession, order: OrderInHand) -> datetime | None:
+    """When the order was placed: held by the webhook's row and a loaded order (no round
+    trip); read for one made in this transaction, whose row has it from the database."""
+    if isinstance(order, OrderRow):
+        return order.created_at
+    if "created_at" not in sa_inspect(order).unloaded and order.created_at is not None:
+        return order.created_at
+    return await session.scalar(select(Order.created_at).where(Order.id == order.id))
+
+
 async def _enqueue_after_payment(
     session: AsyncSession, order: OrderInHand, items: list[PaidItem]
 ) -> None:
@@ -984,6 +998,12 @@ async def _enqueue_after_payment(
     COMMIT (nothing in the transaction reads them; a webhook's commit sends them in its round
     trip)."""
     products = [item for item in items if item.kind == "product"]
+    placed_at: datetime | msgspec.UnsetType = msgspec.UNSET
+    if any(not item.cart_line_ids for item in products):
+        # Lines that name no cart lines (orders moved from the monolith) clear by product: only
+        # those added before the order are its. Sent only then, so that an order naming its
+        # lines is still read by a cart from before the field (a rollout: docs/deployment.md).
+        placed_at = await _placed_at(session, order) or msgspec.UNSET
     clear = ClearCartForOrder(
         order_id=order.id,
         user_id=order.user_id,
@@ -998,6 +1018,7 @@ async def _enqueue_after_payment(
             )
             for item in products
         ],
+        placed_at=placed_at,
     )
     await enqueue_at_commit(
         session,

@@ -1,0 +1,146 @@
+"""Money paths the last session left open (review 5 L3 and the load probe), each reproduced end
+to end through real apps, a real database and the SumUp sandbox over HTTP: a legacy order paid
+late, legacy cancelled orders' checkouts, and a checkout whose order was never committed."""
+
+from __future__ import annotations
+
+import psycopg.types.json
+import pytest
+
+from tests.conftest import admin_connect
+from tests.integration.commerce_fixtures import browser_of, shop_stack
+from tests.integration.orders_fixtures import Sandbox, checkout_id_of, orders_of
+from tests.waiting import eventually
+
+
+@pytest.fixture
+async def stack(clean_db, credentials, sandbox, shop):
+    async with shop_stack(clean_db, credentials, sandbox.server) as running:
+        yield running
+
+
+def lines_of(server, user_id: int) -> dict[int, tuple]:
+    """The buyer's cart lines by id: (product, live, the order that cleared it)."""
+    with admin_connect(server, "cart") as connection:
+        return {
+            row[0]: row[1:]
+            for row in connection.execute(
+                "SELECT id, product_id, deleted_at IS NULL, order_id FROM cart.cart_items "
+                "WHERE user_id = %s ORDER BY id",
+                (user_id,),
+            )
+        }
+
+
+def make_legacy(server, order_id: int, status: str, age: str) -> None:
+    """The order as the split moves a monolith's order placed ``age`` ago (db/split/orders.sql):
+    its lines name no cart lines, its checkout is open (PENDING) so that orders asks SumUp; an
+    expired one is pending and overdue, a cancelled one cancelled."""
+    with admin_connect(server, "orders") as connection:
+        connection.execute(
+            "UPDATE orders.order_items SET cart_line_ids = NULL WHERE order_id = %s", (order_id,)
+        )
+        connection.execute("DELETE FROM orders.order_claims WHERE order_id = %s", (order_id,))
+        connection.execute(
+            "UPDATE orders.orders SET status = %s, created_at = now() - %s::interval, "
+            "updated_at = now() - %s::interval, payable_until = CASE WHEN %s = 'expired' "
+            "THEN now() - %s::interval END WHERE id = %s",
+            ("pending" if status == "expired" else status, age, age, status, age, order_id),
+        )
+        connection.execute(
+            "UPDATE orders.payment_attempts SET created_at = now() - %s::interval "
+            "WHERE order_id = %s",
+            (age, order_id),
+        )
+
+
+def delivered(server, key: str) -> bool:
+    with admin_connect(server, "orders") as connection:
+        row = connection.execute(
+            "SELECT delivered_at IS NOT NULL FROM orders.outbox WHERE idempotency_key = %s",
+            (key,),
+        ).fetchone()
+    return row == (True,)
+
+
+def payload_of(server, key: str) -> dict:
+    with admin_connect(server, "orders") as connection:
+        return connection.execute(
+            "SELECT payload FROM orders.outbox WHERE idempotency_key = %s", (key,)
+        ).fetchone()[0]
+
+
+async def test_a_legacy_order_paid_late_clears_only_the_lines_it_bought(
+    stack, clean_db, shop, sandbox: Sandbox
+):
+    """L3 (1): a legacy order moved as expired, found PAID at SumUp, is paid and clears the
+    cart; its lines name no cart lines, so cart cleared the buyer's live lines of its products,
+    including one the buyer added after that order (bought by no one). Now cart clears only
+    lines added before the order was placed."""
+    cart = await browser_of(stack, "cart", user_id=21)
+    first, second = shop.product_ids[:2]
+    assert (await cart.post(f"/add/{first}/")).status_code == 200
+    assert (await cart.post(f"/add/{second}/")).status_code == 200
+    order_id = (await cart.post("/checkout/")).json()["order_id"]
+    make_legacy(clean_db, order_id, "expired", "2 days")
+    old_line, new_line = lines_of(clean_db, 21)
+    with admin_connect(clean_db, "cart") as connection:
+        # The first line was in the cart when the order was placed; the buyer added the
+        # second one since (after the order, in the monolith or here).
+        connection.execute(
+            "UPDATE cart.cart_items SET created_at = now() - interval '3 days' WHERE id = %s",
+            (old_line,),
+        )
+
+    sandbox.pay(checkout_id_of(clean_db, order_id))
+    await stack.apps["orders"].state.reconciler.run_once()
+    assert orders_of(clean_db)[order_id][0] == "paid"
+    assert await eventually(lambda: delivered(clean_db, f"orders:{order_id}:clear-cart"))
+    assert lines_of(clean_db, 21) == {
+        old_line: (first, False, order_id),
+        new_line: (second, True, None),
+    }
+    # Sent only for lines that name none: a cart from before the field reads the others.
+    assert "placed_at" in payload_of(clean_db, f"orders:{order_id}:clear-cart")
+    assert (await cart.post(f"/add/{first}/")).status_code == 200
+    checked_out = await cart.post("/checkout/")
+    assert checked_out.status_code == 200, checked_out.text
+    paid = checked_out.json()["order_id"]
+    sandbox.pay(checkout_id_of(clean_db, paid))
+    await stack.apps["orders"].state.reconciler.run_once()
+    assert await eventually(lambda: delivered(clean_db, f"orders:{paid}:clear-cart"))
+    assert "placed_at" not in payload_of(clean_db, f"orders:{paid}:clear-cart")
+
+
+async def test_a_clear_queued_before_the_upgrade_is_delivered_as_it_was(
+    stack, clean_db, shop, sandbox: Sandbox
+):
+    """A clear-cart-for-order queued by the release before (no placing time) and delivered by
+    this one: cart reads it and clears as that release asked, the owner's lines of its
+    products."""
+    cart = await browser_of(stack, "cart", user_id=22)
+    first = shop.product_ids[0]
+    assert (await cart.post(f"/add/{first}/")).status_code == 200
+    [line] = lines_of(clean_db, 22)
+    key = "orders:777:clear-cart"
+    with admin_connect(clean_db, "orders") as connection:
+        connection.execute(
+            "INSERT INTO orders.outbox (service, action, payload, idempotency_key) "
+            "VALUES ('cart', 'clear-cart-for-order', %s, %s)",
+            (
+                psycopg.types.json.Jsonb(
+                    {
+                        "order_id": 777,
+                        "user_id": 22,
+                        "session_id": None,
+                        "page_post_id": None,
+                        "product_ids": [first],
+                        "lines": [{"product_id": first, "quantity": 1, "cart_line_ids": []}],
+                    }
+                ),
+                key,
+            ),
+        )
+    stack.apps["orders"].state.runtime.relay.wake()
+    assert await eventually(lambda: delivered(clean_db, key))
+    assert lines_of(clean_db, 22) == {line: (first, False, 777)}
