@@ -7,7 +7,8 @@ change, in this order:
 2. every pending order with an open checkout, least recently checked first, all of them in
    batches (a backlog of junk orders cannot push a real one past the end of the pass);
 3. orders that can no longer be paid (superseded, expired, cancelled) whose checkout may still
-   be open at SumUp: closed now (money that still arrived becomes a refund);
+   be open at SumUp: closed now (money that still arrived becomes a refund); those older than
+   RECONCILE_WINDOW (legacy ones the split moved open) a bounded batch a pass;
 4. refunds due or whose outcome is unknown.
 
 One pass runs at a time across every orders process (a PostgreSQL advisory lock); the others
@@ -220,6 +221,9 @@ class Reconciler:
         # Set once the pass at start-up has ended (made, skipped or failed): until then it
         # may hold rows that work handed over after a commit skips (``SKIP LOCKED``).
         self.started_up = asyncio.Event()
+        # Where the bounded walk over checkouts older than RECONCILE_WINDOW goes on from (an
+        # order id; see ``closing_orders``).
+        self._old_after = 0
 
     # -- the pass ------------------------------------------------------------------------
     async def run_once(self, *, min_interval: float = 0.0) -> PassReport:
@@ -527,23 +531,35 @@ class Reconciler:
         )
 
     async def closing_orders(self, session: AsyncSession) -> list[int]:
-        return list(
-            await session.scalars(
-                select(Order.id)
-                .where(
-                    Order.status.in_(CLOSED_UNPAID_STATES),
-                    # A flagged one is a person's (its checkout unknown to SumUp under the key
-                    # blog holds): closed by ending its review, not a DELETE every pass.
-                    Order.flagged.is_(False),
-                    exists().where(
-                        PaymentAttempt.order_id == Order.id,
-                        PaymentAttempt.status.in_(OPEN_ATTEMPT_STATES),
-                        PaymentAttempt.created_at > func.now() - RECONCILE_WINDOW,
-                    ),
-                )
-                .order_by(Order.id)
-            )
+        """Orders that can no longer be paid with a checkout open: every one made within
+        RECONCILE_WINDOW, and one batch (``reconcile_batch``) of older ones a pass, by order id
+        from where the last pass stopped. The older ones are orders moved from the monolith
+        (a cancelled one moves with its checkout open, db/split/orders.sql): a buyer's tab
+        could still pay it. Walked on, not oldest first, so that one that cannot be closed
+        (SumUp down for its merchant, its key gone) does not hold up the others."""
+        open_since = exists().where(
+            PaymentAttempt.order_id == Order.id,
+            PaymentAttempt.status.in_(OPEN_ATTEMPT_STATES),
+            PaymentAttempt.created_at > func.now() - RECONCILE_WINDOW,
         )
+        open_before = exists().where(
+            PaymentAttempt.order_id == Order.id,
+            PaymentAttempt.status.in_(OPEN_ATTEMPT_STATES),
+            PaymentAttempt.created_at <= func.now() - RECONCILE_WINDOW,
+        )
+        closing = select(Order.id).where(
+            Order.status.in_(CLOSED_UNPAID_STATES),
+            # A flagged one is a person's (its checkout unknown to SumUp under the key
+            # blog holds): closed by ending its review, not a DELETE every pass.
+            Order.flagged.is_(False),
+        )
+        recent = list(await session.scalars(closing.where(open_since).order_by(Order.id)))
+        batch = self._runtime.settings.reconcile_batch
+        older = closing.where(~open_since, open_before).order_by(Order.id).limit(batch)
+        old = list(await session.scalars(older.where(Order.id > self._old_after)))
+        # A short batch reached the end: the next pass starts again from the first.
+        self._old_after = old[-1] if len(old) == batch else 0
+        return sorted({*recent, *old})
 
     async def run_forever(self, every: float) -> None:
         """A pass at start-up (webhooks may have been lost while this process was down), then

@@ -144,3 +144,49 @@ async def test_a_clear_queued_before_the_upgrade_is_delivered_as_it_was(
     stack.apps["orders"].state.runtime.relay.wake()
     assert await eventually(lambda: delivered(clean_db, key))
     assert lines_of(clean_db, 22) == {line: (first, False, 777)}
+
+
+@pytest.fixture
+async def batch_of_two(clean_db, credentials, sandbox, shop):
+    async with shop_stack(clean_db, credentials, sandbox.server, ORDERS_RECONCILE_BATCH="2") as s:
+        yield s
+
+
+async def test_legacy_cancelled_orders_checkouts_are_closed_a_batch_a_pass(
+    batch_of_two, clean_db, shop, sandbox: Sandbox
+):
+    """L3 (2): the split moves a cancelled legacy order with its checkout open (PENDING), and
+    reconciliation closed only checkouts made within RECONCILE_WINDOW (14 days): an older one
+    stayed payable at SumUp for good (a payment then refunded). Now they are closed as recent
+    ones are, a batch (ORDERS_RECONCILE_BATCH) a pass; one paid meanwhile is refunded once."""
+    stack = batch_of_two
+    orders = []
+    for buyer, product in zip((31, 32, 33), shop.product_ids, strict=False):
+        cart = await browser_of(stack, "cart", user_id=buyer)
+        assert (await cart.post(f"/add/{product}/")).status_code == 200
+        orders.append((await cart.post("/checkout/")).json()["order_id"])
+    for order_id in orders:
+        make_legacy(clean_db, order_id, "cancelled", "40 days")
+    checkouts = [checkout_id_of(clean_db, order_id) for order_id in orders]
+    reconciler = stack.apps["orders"].state.reconciler
+
+    await reconciler.run_once()
+    statuses = [sandbox.checkout(checkout)["status"] for checkout in checkouts]
+    assert statuses == ["EXPIRED", "EXPIRED", "PENDING"]
+    sandbox.pay(checkouts[2])  # the buyer's tab, still open, pays before the next pass
+    await reconciler.run_once()
+    assert sandbox.checkout(checkouts[2])["status"] == "PAID"
+    await reconciler.settle_refunds()
+    assert await eventually(lambda: orders_of(clean_db)[orders[2]][0] == "refunded")
+    assert [orders_of(clean_db)[order_id][0] for order_id in orders[:2]] == ["cancelled"] * 2
+    with admin_connect(clean_db, "orders") as connection:
+        assert connection.execute(
+            "SELECT order_id, status FROM orders.refunds ORDER BY id"
+        ).fetchall() == [(orders[2], "done")]
+        assert connection.execute(
+            "SELECT status FROM orders.payment_attempts WHERE order_id = ANY(%s) ORDER BY order_id",
+            (orders,),
+        ).fetchall() == [("EXPIRED",), ("EXPIRED",), ("PAID",)]
+    # Nothing open is left for a pass to take again.
+    async with stack.apps["orders"].state.platform.sessionmaker() as session:
+        assert await reconciler.closing_orders(session) == []
