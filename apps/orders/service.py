@@ -829,16 +829,27 @@ _ATTEMPT_INSERT = DirectStatement(
 )
 
 
+@dataclass(frozen=True)
+class OpenedCheckout:
+    """SumUp's checkout made for a new order, and the account it was made with."""
+
+    order_id: int
+    checkout_id: str
+    account: MerchantAccount
+
+
 @dataclass
 class HeldForNewOrder:
-    """The new order create-order asked events to hold bookings for, if it did. Until the
-    order is committed, a failure must give them back (:func:`give_back_unless_committed`):
-    events applied the hold, or may yet, for an order that then never existed."""
+    """The new order create-order asked events to hold bookings for, if it did, and the SumUp
+    checkout it made for it. Until the order is committed, a failure must give them back and
+    close it (:func:`give_back_unless_committed`): events applied the hold, or may yet, and
+    SumUp's checkout could take money, for an order that then never existed."""
 
     order_id: int | None = None
     # create_order returned: the order is in the transaction, which is committed next. A failure
     # from here on may come after PostgreSQL committed it (review s21 LOW-2).
     made: bool = False
+    opened: OpenedCheckout | None = None
 
 
 async def create_order(
@@ -966,6 +977,8 @@ async def create_order(
                 opening
                 or _open_checkout(order, 1, runtime, config.account, valid_until=payable_until)
             )
+            if held is not None:
+                held.opened = OpenedCheckout(order.id, row["sumup_checkout_id"], config.account)
             # Written with the COMMIT, in its round trip: nothing reads it before.
             await write_at_commit(session, _ATTEMPT_INSERT, row)
             attempt = PaymentAttempt(**row)
@@ -991,11 +1004,33 @@ async def _close_unused_checkout(
         row = await opening
     except Exception:  # SumUp made none, or we cannot know which: nothing to close
         return
-    checkout_id = row["sumup_checkout_id"]
+    await close_checkout_of_no_order(runtime, row["order_id"], row["sumup_checkout_id"], account)
+
+
+async def close_checkout_of_no_order(
+    runtime: OrdersRuntime, order_id: int, checkout_id: str, account: MerchantAccount
+) -> None:
+    """Close a checkout SumUp made for an order that was never committed (refused, or its
+    transaction rolled back): nobody was given its URL, and closed it can take no money even
+    so. Best effort: it expires unpaid at its ``valid_until`` anyway. One SumUp says took money
+    all the same is named for a person, as nothing here records it."""
     try:
-        await runtime.gateway.deactivate_checkout(account, checkout_id)
-    except Exception as exc:  # the refusal is the answer, whatever SumUp says to this
+        remote = await runtime.gateway.deactivate_checkout(account, checkout_id)
+    except Exception as exc:  # the failure is the answer, whatever SumUp says to this
         logger.warning("could not close unused SumUp checkout %s: %s", checkout_id, exc)
+        return
+    if remote.status not in UNUSED_CHECKOUT_STATES or remote.paid_transaction_id is not None:
+        logger.error(
+            "SumUp checkout %s (%s), made for order %s, which was never committed, is %s "
+            "(transaction %s) for %s %s: no order records it; refund it in SumUp's dashboard",
+            checkout_id,
+            remote.reference,
+            order_id,
+            remote.status,
+            remote.paid_transaction_id or remote.transaction_id,
+            remote.amount,
+            remote.currency,
+        )
 
 
 def payable_answer(order: Order, attempt: PaymentAttempt) -> CreatedOrder:
@@ -1243,8 +1278,11 @@ COMMIT_OUTCOME_WAIT = "5s"
 async def give_back_unless_committed(
     session: AsyncSession, runtime: OrdersRuntime, held: HeldForNewOrder, request: CreateOrder
 ) -> None:
-    """Create-order failed after asking events to hold the new order's bookings: give them
-    back (:func:`give_back_holds`) when the order was not committed. A failure before the
+    """Create-order failed after asking events to hold the new order's bookings, or after
+    SumUp made its checkout: give them back (:func:`give_back_holds`) and close the checkout
+    (:func:`close_checkout_of_no_order`, in the background) when the order was not committed,
+    so that no checkout of no order stays payable until it expires (a payment it took is
+    logged). A committed order keeps both: its checkout is reconciled as any. A failure before the
     commit was issued leaves nothing committed. One at or after it (the answer to COMMIT lost,
     a cancellation while awaiting it) may come after PostgreSQL committed the order: giving
     back then would have events refuse every later hold for it, so that the buyer's retry (the
@@ -1252,7 +1290,8 @@ async def give_back_unless_committed(
     (review s21 LOW-2). The database says whether it exists; when it cannot say, nothing is
     given back: the order's expiry (or its holds' end) releases them, whereas a give-back of
     an order that exists would keep its buyer from it."""
-    assert held.order_id is not None
+    order_id = held.order_id if held.opened is None else held.opened.order_id
+    assert order_id is not None
     if held.made:
         # The request's transaction may still be open (its answer not stored, COMMIT never
         # sent): ended here, so that it no longer holds the buyer's lock order_committed waits
@@ -1261,9 +1300,9 @@ async def give_back_unless_committed(
             await session.rollback()
         except Exception:
             logger.debug("order %s: the failed create-order's rollback failed", held.order_id)
-        committed = await order_committed(runtime, held.order_id, request)
+        committed = await order_committed(runtime, order_id, request)
         if committed is not False:
-            if committed is None:
+            if committed is None and held.order_id is not None:
                 logger.warning(
                     "order %s: create-order failed at its commit and whether the order exists "
                     "could not be learnt: its bookings stay held for it until its expiry "
@@ -1271,7 +1310,14 @@ async def give_back_unless_committed(
                     held.order_id,
                 )
             return
-    await give_back_holds(runtime, held.order_id)
+    if held.opened is not None:
+        opened = held.opened
+        runtime.jobs.run_soon(
+            close_checkout_of_no_order(runtime, order_id, opened.checkout_id, opened.account),
+            "orders-close-rolled-back-checkout",
+        )
+    if held.order_id is not None:
+        await give_back_holds(runtime, held.order_id)
 
 
 async def order_committed(

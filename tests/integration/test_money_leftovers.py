@@ -4,9 +4,13 @@ late, legacy cancelled orders' checkouts, and a checkout whose order was never c
 
 from __future__ import annotations
 
+import httpx
 import psycopg.types.json
 import pytest
 
+from apps.common.app_factory import platform_of
+from apps.common.db import REQUEST_SESSION_KEY
+from apps.orders import contract as orders_contract
 from tests.conftest import admin_connect
 from tests.integration.commerce_fixtures import browser_of, shop_stack
 from tests.integration.orders_fixtures import Sandbox, checkout_id_of, orders_of
@@ -190,3 +194,98 @@ async def test_legacy_cancelled_orders_checkouts_are_closed_a_batch_a_pass(
     # Nothing open is left for a pass to take again.
     async with stack.apps["orders"].state.platform.sessionmaker() as session:
         assert await reconciler.closing_orders(session) == []
+
+
+class CommitFails:
+    """Orders as cart reaches it, except that the first create-order's commit fails (see
+    test_checkout_again.CommitAnswerLost): with ``applied`` after PostgreSQL committed, else
+    before. ``meanwhile`` runs just before it fails (a buyer paying the checkout then)."""
+
+    def __init__(self, app, maker, *, applied: bool, meanwhile=None) -> None:
+        self.app = app
+        self.maker = maker
+        self.applied = applied
+        self.meanwhile = meanwhile
+        self.failures = 1
+
+    async def __call__(self, scope, receive, send) -> None:
+        path = orders_contract.create_order.path
+        if scope["type"] == "http" and scope["path"] == path and self.failures > 0:
+            self.failures -= 1
+            session = self.maker()
+            commit = session.commit
+
+            async def failing_commit() -> None:
+                if self.applied:
+                    await commit()
+                if self.meanwhile is not None:
+                    self.meanwhile()
+                raise ConnectionResetError("the commit failed")
+
+            session.commit = failing_commit
+            scope.setdefault("state", {})[REQUEST_SESSION_KEY] = session
+        await self.app(scope, receive, send)
+
+
+async def check_out_failing(stack, user_id: int, product: int, **failing) -> httpx.AsyncClient:
+    cart = await browser_of(stack, "cart", user_id=user_id)
+    assert (await cart.post(f"/add/{product}/")).status_code == 200
+    client = platform_of(stack.apps["cart"]).client
+    orders_app = stack.apps["orders"]
+    client.route("orders", CommitFails(orders_app, platform_of(orders_app).sessionmaker, **failing))
+    try:
+        failed = await cart.post("/checkout/")
+    finally:
+        client.route("orders", orders_app)
+    assert failed.status_code >= 500, failed.text
+    return cart
+
+
+async def test_a_checkout_of_an_order_rolled_back_is_closed_at_sumup(
+    stack, clean_db, shop, sandbox: Sandbox
+):
+    """L3 (3): SumUp made the checkout, then create-order's transaction rolled back (its
+    commit failed): no order, and the checkout stayed PENDING, payable until it expired. It is
+    closed now, once the failure is answered."""
+    await check_out_failing(stack, 41, shop.product_ids[0], applied=False)
+    assert orders_of(clean_db) == {}
+    [made] = sandbox.checkouts()
+    assert await eventually(lambda: sandbox.checkout(made["id"])["status"] == "EXPIRED")
+
+
+async def test_a_checkout_of_an_order_committed_despite_the_failure_stays_open(
+    stack, clean_db, shop, sandbox: Sandbox
+):
+    """The other side: the commit reached PostgreSQL and its answer was lost. The order exists,
+    so its checkout is not closed: the buyer's retry gets it back, and its payment is found by
+    reconciliation as any (never refunded)."""
+    cart = await check_out_failing(stack, 42, shop.product_ids[0], applied=True)
+    [order_id] = orders_of(clean_db)
+    again = await cart.post("/checkout/")
+    assert again.status_code == 200, again.text
+    assert again.json()["order_id"] == order_id
+    [made] = sandbox.checkouts()
+    assert made["status"] == "PENDING"
+    sandbox.pay(made["id"])
+    await stack.apps["orders"].state.reconciler.run_once()
+    assert orders_of(clean_db)[order_id][0] == "paid"
+    with admin_connect(clean_db, "orders") as connection:
+        assert connection.execute("SELECT count(*) FROM orders.refunds").fetchone() == (0,)
+
+
+async def test_a_payment_racing_the_close_of_a_rolled_back_checkout_is_named(
+    stack, clean_db, shop, sandbox: Sandbox, caplog
+):
+    """A payment SumUp took just before the close (nobody was given the URL, so only in a
+    race nobody can win by the shop's pages): the close finds it PAID and names it for a
+    person, as no order records it."""
+
+    def buyer_pays() -> None:
+        [made] = sandbox.checkouts()
+        sandbox.pay(made["id"])
+
+    await check_out_failing(stack, 43, shop.product_ids[0], applied=False, meanwhile=buyer_pays)
+    [made] = sandbox.checkouts()
+    assert await eventually(lambda: "never committed, is PAID" in caplog.text)
+    assert made["id"] in caplog.text
+    assert orders_of(clean_db) == {}
