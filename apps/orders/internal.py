@@ -73,7 +73,7 @@ async def _create_order(
         # Events may hold the bookings, and SumUp have a checkout, for an order that was not
         # committed (run_idempotent commits last); a failure at the commit may come after
         # PostgreSQL committed it.
-        if held.order_id is not None or held.opened is not None:
+        if held.order_id is not None or held.opened is not None or held.asked is not None:
             await service.give_back_unless_committed(db_session, runtime, held, data)
         raise
     runtime.jobs.close_soon(superseded)

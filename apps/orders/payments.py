@@ -351,6 +351,18 @@ class SumUpGateway:
             except APIError as exc:
                 raise _classify(exc) from exc
 
+    async def find_checkout(
+        self, account: MerchantAccount, reference: str
+    ) -> RemoteCheckout | None:
+        """The checkout SumUp holds under ``reference`` for the account's merchant, if any."""
+        async with self._using(account) as client:
+            try:
+                return await self._by_reference(client, reference)
+            except APIConnectionError as exc:
+                raise PaymentProviderUnavailable(type(exc).__name__) from exc
+            except APIError as exc:
+                raise _classify(exc) from exc
+
     async def _by_reference(self, client: AsyncSumup, reference: str) -> RemoteCheckout | None:
         for checkout in await client.checkouts.list(checkout_reference=reference):
             if checkout.checkout_reference == reference:

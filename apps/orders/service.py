@@ -838,6 +838,17 @@ class OpenedCheckout:
     account: MerchantAccount
 
 
+@dataclass(frozen=True)
+class AskedCheckout:
+    """A checkout create-order asked SumUp for, by the reference it asked under: SumUp may
+    have made it even when the answer never came (lost, or too late)."""
+
+    order_id: int
+    reference: str
+    account: MerchantAccount
+    valid_until: datetime
+
+
 @dataclass
 class HeldForNewOrder:
     """The new order create-order asked events to hold bookings for, if it did, and the SumUp
@@ -850,6 +861,7 @@ class HeldForNewOrder:
     # from here on may come after PostgreSQL committed it (review s21 LOW-2).
     made: bool = False
     opened: OpenedCheckout | None = None
+    asked: AskedCheckout | None = None
 
 
 async def create_order(
@@ -973,6 +985,9 @@ async def create_order(
                 # (No config with something to pay was refused above.)
                 await pay_with_nothing_to_pay(session, order)
                 return NewOrder(paid_answer(order, runtime.urls), superseded)
+            if held is not None and order.checkout_prefix is not None:
+                reference = checkout_reference(order.checkout_prefix, order.id, 1)
+                held.asked = AskedCheckout(order.id, reference, config.account, payable_until)
             row = await (
                 opening
                 or _open_checkout(order, 1, runtime, config.account, valid_until=payable_until)
@@ -1005,6 +1020,21 @@ async def _close_unused_checkout(
     except Exception:  # SumUp made none, or we cannot know which: nothing to close
         return
     await close_checkout_of_no_order(runtime, row["order_id"], row["sumup_checkout_id"], account)
+
+
+async def _close_asked_checkout(runtime: OrdersRuntime, asked: AskedCheckout) -> None:
+    """SumUp's answer to the checkout of an order never committed did not come (lost, or too
+    late): the one SumUp holds under its reference, if any, is closed, when it is this order's
+    (the payable time it was asked for; a reference handed out again is another order's, see
+    _open_checkout). Best effort, as :func:`close_checkout_of_no_order`."""
+    try:
+        found = await runtime.gateway.find_checkout(asked.account, asked.reference)
+    except Exception as exc:
+        logger.warning("could not look up unused SumUp checkout %s: %s", asked.reference, exc)
+        return
+    if found is None or not same_moment(found.valid_until, asked.valid_until):
+        return
+    await close_checkout_of_no_order(runtime, asked.order_id, found.id, asked.account)
 
 
 async def close_checkout_of_no_order(
@@ -1290,7 +1320,8 @@ async def give_back_unless_committed(
     (review s21 LOW-2). The database says whether it exists; when it cannot say, nothing is
     given back: the order's expiry (or its holds' end) releases them, whereas a give-back of
     an order that exists would keep its buyer from it."""
-    order_id = held.order_id if held.opened is None else held.opened.order_id
+    made_for = held.opened or held.asked
+    order_id = held.order_id if made_for is None else made_for.order_id
     assert order_id is not None
     if held.made:
         # The request's transaction may still be open (its answer not stored, COMMIT never
@@ -1315,6 +1346,10 @@ async def give_back_unless_committed(
         runtime.jobs.run_soon(
             close_checkout_of_no_order(runtime, order_id, opened.checkout_id, opened.account),
             "orders-close-rolled-back-checkout",
+        )
+    elif held.asked is not None:
+        runtime.jobs.run_soon(
+            _close_asked_checkout(runtime, held.asked), "orders-close-rolled-back-checkout"
         )
     if held.order_id is not None:
         await give_back_holds(runtime, held.order_id)

@@ -289,3 +289,24 @@ async def test_a_payment_racing_the_close_of_a_rolled_back_checkout_is_named(
     assert await eventually(lambda: "never committed, is PAID" in caplog.text)
     assert made["id"] in caplog.text
     assert orders_of(clean_db) == {}
+
+
+async def test_a_checkout_whose_answer_was_lost_is_closed_when_no_order_is_made(
+    stack, clean_db, shop, sandbox: Sandbox
+):
+    """L3 (3), the answer lost: SumUp made the checkout but its answer never came, so create-
+    order failed (503) and rolled back, its checkout open at SumUp. The one SumUp holds under
+    the order's reference, for the payable time asked, is closed."""
+    cart = await browser_of(stack, "cart", user_id=44)
+    assert (await cart.post(f"/add/{shop.product_ids[0]}/")).status_code == 200
+    sandbox.controls(checkout_creations="lose_answer")
+    failed = await cart.post("/checkout/")
+    assert failed.status_code == 503, failed.text
+    sandbox.controls(checkout_creations="answer")
+    assert orders_of(clean_db) == {}
+    [made] = sandbox.checkouts()
+    assert await eventually(lambda: sandbox.checkout(made["id"])["status"] == "EXPIRED")
+
+    again = await cart.post("/checkout/")
+    assert again.status_code == 200, again.text
+    assert [checkout["status"] for checkout in sandbox.checkouts()] == ["EXPIRED", "PENDING"]
