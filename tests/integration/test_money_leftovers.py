@@ -4,6 +4,9 @@ late, legacy cancelled orders' checkouts, and a checkout whose order was never c
 
 from __future__ import annotations
 
+import asyncio
+from decimal import Decimal
+
 import httpx
 import psycopg.types.json
 import pytest
@@ -13,7 +16,7 @@ from apps.common.db import REQUEST_SESSION_KEY
 from apps.orders import contract as orders_contract
 from tests.conftest import admin_connect
 from tests.integration.commerce_fixtures import browser_of, shop_stack
-from tests.integration.orders_fixtures import Sandbox, checkout_id_of, orders_of
+from tests.integration.orders_fixtures import Sandbox, checkout_id_of, orders_of, webhook
 from tests.waiting import eventually
 
 
@@ -194,6 +197,40 @@ async def test_legacy_cancelled_orders_checkouts_are_closed_a_batch_a_pass(
     # Nothing open is left for a pass to take again.
     async with stack.apps["orders"].state.platform.sessionmaker() as session:
         assert await reconciler.closing_orders(session) == []
+
+
+async def test_a_legacy_cancelled_checkout_paid_is_refunded_once_whoever_finds_it(
+    batch_of_two, clean_db, shop, sandbox: Sandbox
+):
+    """The close of an old legacy checkout races SumUp's webhooks of its payment and a second
+    pass: whichever finds the payment, it is refunded once, and SumUp gives back once."""
+    stack = batch_of_two
+    cart = await browser_of(stack, "cart", user_id=34)
+    assert (await cart.post(f"/add/{shop.product_ids[0]}/")).status_code == 200
+    order_id = (await cart.post("/checkout/")).json()["order_id"]
+    make_legacy(clean_db, order_id, "cancelled", "40 days")
+    checkout_id = checkout_id_of(clean_db, order_id)
+    paid = sandbox.pay(checkout_id)
+    reconciler = stack.apps["orders"].state.reconciler
+    await asyncio.gather(
+        reconciler.run_once(),
+        *(webhook(stack, order_id, checkout_id) for _ in range(3)),
+        reconciler.run_once(),
+        reconciler.settle_refunds(),
+    )
+    await reconciler.run_once()
+    await reconciler.settle_refunds()
+    assert await eventually(lambda: orders_of(clean_db)[order_id][0] == "refunded")
+    total = orders_of(clean_db)[order_id][1]
+    with admin_connect(clean_db, "orders") as connection:
+        assert connection.execute(
+            "SELECT status, amount FROM orders.refunds WHERE order_id = %s", (order_id,)
+        ).fetchall() == [("done", total)]
+    # One refund event at SumUp, of all of it.
+    events = sandbox.transaction(paid["transaction_id"])["events"]
+    assert [(event["type"], Decimal(str(event["amount"]))) for event in events] == [
+        ("REFUND", total)
+    ]
 
 
 class CommitFails:
