@@ -360,6 +360,29 @@ def _from_validation(exc: ValidationException) -> Problem:
     return _InvalidRequest(f"Invalid input: {detail}", errors, beside_body)
 
 
+def refused_form(error: Exception) -> Problem:
+    """A form that does not convert to its struct (``msgspec.ValidationError``), refused as
+    Litestar refuses it before the handler runs: the 422 naming the field, in words."""
+    message, _, where = str(error).partition(" - at `$.")
+    item = {"message": message, "key": where.rstrip("`") or "body", "source": "body"}
+    return _from_validation(ValidationException(extra=[item]))
+
+
+def said_to_a_person(problem: Problem) -> str:
+    """A problem as a person reads it beside the form it refused: what was wrong with each
+    field (the error page's words, apps/common/templates/error.html), else its detail."""
+    errors = problem.body_extra.get("errors") or []
+    if not errors:
+        return problem.message
+    sentences = []
+    for error in errors:
+        message = str(error["message"])
+        if not message[:1].isupper():
+            message = f"{str(error['field']).replace('_', ' ').capitalize()} {message}"
+        sentences.append(message if message.endswith(".") else f"{message}.")
+    return " ".join(sentences)
+
+
 def _from_http(exc: HTTPException) -> Problem:
     status = exc.status_code
     detail = str(exc.detail) if exc.detail else HTTPStatus(status).phrase

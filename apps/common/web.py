@@ -8,7 +8,7 @@ import functools
 import ipaddress
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from os import PathLike
 from pathlib import Path
 from typing import Annotated, Any
@@ -57,6 +57,7 @@ from apps.common.problems import (
     NothingHere,
     Problem,
     UnsupportedMediaType,
+    refused_form,
 )
 from apps.common.settings import Settings
 
@@ -407,16 +408,37 @@ def takes_form_body(handler: HTTPRouteHandler) -> bool:
     )
 
 
-async def read_form_body_first(request: Request) -> None:
+# A form route's own page for a browser whose form it refuses (``opt[REFUSED_FORM_PAGE]``): an
+# async ``(request, problem) -> response``, the form's page again with the problem beside it.
+REFUSED_FORM_PAGE = "refused_form_page"
+RefusedFormPage = Callable[[Request, Problem], Awaitable[Response[Any]]]
+
+
+async def read_form_body_first(request: Request) -> Response[Any] | None:
     """Every service's ``before_request``: a handler given its form as a struct is given the
     form :func:`form_of` reads (audit s20 A2). Litestar decodes such a form by the type the
     route declares, whatever the request sent, so a multipart body was read as no fields at
     all ("name: is required", though it was sent) and JSON as a form; it takes the form read
     here instead, which it keeps in the request's scope. So every form route reads either
     encoding, field for field (a multipart field given twice refused as a URL-encoded one is
-    at the edge), and refuses any other body (415)."""
-    if takes_form_body(request.route_handler):
-        await form_of(request)
+    at the edge), and refuses any other body (415).
+
+    A route with a page for a refused form (``opt[REFUSED_FORM_PAGE]``) answers a browser's
+    form that does not convert with that page: Litestar would refuse it before the handler
+    runs, as an error page of its own, losing what was typed. API clients get its problem."""
+    handler = request.route_handler
+    if not takes_form_body(handler):
+        return None
+    form = await form_of(request)
+    page: RefusedFormPage | None = handler.opt.get(REFUSED_FORM_PAGE)
+    if page is None or not wants_html(request):
+        return None
+    struct = handler.parsed_fn_signature.parameters["data"].type_
+    try:
+        msgspec.convert(dict(form.items()), struct, strict=False)
+    except msgspec.ValidationError as error:
+        return await page(request, refused_form(error))
+    return None
 
 
 def check_form_routes(app: Litestar) -> None:

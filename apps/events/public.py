@@ -3,11 +3,14 @@ tickets, and the editors' admin routes for calendars, their pages and their entr
 
 Writes take form fields (``application/x-www-form-urlencoded``), from browsers and API clients
 alike. Browsers (``Accept: text/html``) are sent back to the page with a 303; API clients get
-the JSON of what changed. Errors are problems (problem+json, or an error page for browsers).
+the JSON of what changed. Errors are problems (problem+json, or an error page for browsers);
+a buyer's booking or tickets form that is refused is the calendars page again instead, the
+problem beside the form and what was typed in it kept.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field, replace
 from typing import Annotated, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -15,12 +18,17 @@ from litestar import Request, Response, Router, get, post
 from litestar.di import NamedDependency
 from litestar.params import Parameter
 from litestar.response import Template
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from apps.common.app_factory import platform_of
+from apps.common.db import request_session
 from apps.common.deps import AppSettings, CurrentIdentity, DbSession
-from apps.common.identity import Identity
+from apps.common.identity import Identity, identity_from_scope
+from apps.common.problems import Problem, said_to_a_person
 from apps.common.settings import Settings
 from apps.common.web import (
     FORM_BODY,
+    REFUSED_FORM_PAGE,
     client_network,
     editors_only,
     read_form,
@@ -80,6 +88,24 @@ def with_added(target: str, entry_id: int) -> str:
 # -- reading ----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """A form of the calendars page the server refused, shown beside that form (``beside``:
+    the page shows that form) with what was typed in it."""
+
+    entry_id: int
+    form: str  # "book" or "tickets"
+    message: str
+    invalid: str | None = None  # the field it names
+    typed: dict[str, str] = field(default_factory=dict)
+    beside: bool = False
+
+
+# Refusals of a form a buyer can act on where it is (its values, a conflict, a limit): the page
+# again. Anything else (no such entry, a dependency down) is the error page.
+REFUSED_HERE = (409, 422, 429)
+
+
 @get("/", operation_id="calendars_html")
 async def calendars_page(
     request: Request,
@@ -88,6 +114,24 @@ async def calendars_page(
     settings: AppSettings,
     page_id: PageIdParam = None,
     added: Annotated[int | None, Parameter(ge=1, le=2**63 - 1)] = None,
+) -> Template:
+    return await calendars_view(
+        request, db_session, identity, settings, page_id=page_id, added=added
+    )
+
+
+async def calendars_view(
+    request: Request,
+    db_session: AsyncSession,
+    identity: Identity,
+    settings: Settings,
+    *,
+    page_id: int | None,
+    added: int | None = None,
+    refusal: Refusal | None = None,
+    back: str | None = None,
+    status_code: int = 200,
+    headers: dict[str, str] | None = None,
 ) -> Template:
     calendars = await service.list_calendars(db_session, owner=owner(identity), page_id=page_id)
     # What the last form put in the cart, as the database has it (never what the URL claims).
@@ -100,16 +144,91 @@ async def calendars_page(
         ),
         None,
     )
+    if refusal is not None:
+        shown = [entry for calendar in calendars for entry in calendar.entries]
+        beside = any(
+            entry.id == refusal.entry_id
+            and (entry.bookable if refusal.form == "book" else entry.state != "cancelled")
+            for entry in shown
+        )
+        refusal = replace(refusal, beside=beside)
     pages = [c.container_id for c in calendars if c.container_type == "page" and c.container_id]
     titles = await service.page_titles(db_session, [*pages, *([page_id] if page_id else [])])
     return render(
         request,
         "calendars.html",
+        status_code=status_code,
+        headers=headers,
         calendars=calendars,
         page_id=page_id,
         page_titles=titles,
         added=added_entry,
+        refusal=refusal,
+        form_back=back,
         is_editor=is_editor(settings, identity),
+    )
+
+
+async def refused_page(
+    request: Request,
+    db_session: AsyncSession,
+    identity: Identity,
+    settings: Settings,
+    entry_id: int,
+    form: str,
+    problem: Problem,
+) -> Template:
+    """The calendars page the refused form was on (its ``next``), the problem beside it, with
+    the problem's status and headers (a hold limit's Retry-After)."""
+    sent = await read_form(request)
+    target = sent.get("next")
+    back = safe_next(target if isinstance(target, str) else None, "/")
+    typed = {
+        name: value
+        for name in ("ticket_type", "quantity")
+        if isinstance(value := sent.get(name), str)
+    }
+    errors = problem.body_extra.get("errors") or []
+    refusal = Refusal(
+        entry_id,
+        form,
+        said_to_a_person(problem),
+        invalid=str(errors[0]["field"]) if errors else problem.field,
+        typed=typed,
+    )
+    return await calendars_view(
+        request,
+        db_session,
+        identity,
+        settings,
+        page_id=page_of(back),
+        refusal=refusal,
+        back=back,
+        status_code=problem.status_code,
+        headers=dict(problem.headers or {}),
+    )
+
+
+def page_of(target: str) -> int | None:
+    """The ``page_id`` of a calendars page's address, when it names one."""
+    value = dict(parse_qsl(urlsplit(target).query)).get("page_id", "")
+    if value.isascii() and value.isdigit() and 1 <= int(value) <= 2**63 - 1:
+        return int(value)
+    return None
+
+
+async def refused_tickets_form(request: Request, problem: Problem) -> Template:
+    """A browser's tickets form Litestar would refuse before the handler (its values do not
+    convert): the page again (apps.common.web.read_form_body_first)."""
+    platform = platform_of(request.app)
+    return await refused_page(
+        request,
+        request_session(platform.sessionmaker, request.scope),
+        identity_from_scope(request.scope),
+        platform.settings,
+        int(request.path_params["entry_id"]),
+        "tickets",
+        problem,
     )
 
 
@@ -128,9 +247,10 @@ async def book_entry(
     request: Request,
     db_session: DbSession,
     identity: CurrentIdentity,
+    settings: AppSettings,
     own_settings: OwnSettings,
     entry_id: IdParam,
-) -> Response[Any]:
+) -> Response[Any] | Template:
     # An anonymous hold records its client network, which holds so many at once at most; an
     # account holds so many at once at most.
     limit = service.HoldLimit(
@@ -138,25 +258,48 @@ async def book_entry(
         own_settings.anonymous_holds_per_address,
         own_settings.holds_per_account,
     )
-    booked = await service.book_entry(
-        db_session, entry_id, owner(identity), own_settings.hold, limit
-    )
+    try:
+        booked = await service.book_entry(
+            db_session, entry_id, owner(identity), own_settings.hold, limit
+        )
+    except Problem as problem:
+        if problem.status_code not in REFUSED_HERE or not wants_html(request):
+            raise
+        await db_session.rollback()
+        return await refused_page(
+            request, db_session, identity, settings, entry_id, "book", problem
+        )
     await db_session.commit()
     return await answer(request, booked, added=entry_id)
 
 
-@post("/entries/{entry_id:int}/tickets/", operation_id="entry_tickets_add", status_code=201)
+@post(
+    "/entries/{entry_id:int}/tickets/",
+    operation_id="entry_tickets_add",
+    status_code=201,
+    opt={REFUSED_FORM_PAGE: refused_tickets_form},
+)
 async def add_tickets(
     request: Request,
     db_session: DbSession,
     identity: CurrentIdentity,
+    settings: AppSettings,
     own_settings: OwnSettings,
     entry_id: IdParam,
     data: NewTicketsForm,
-) -> Response[Any]:
-    tickets = await service.add_tickets(
-        db_session, entry_id, owner(identity), data, own_settings.hold
-    )
+) -> Response[Any] | Template:
+    try:
+        tickets = await service.add_tickets(
+            db_session, entry_id, owner(identity), data, own_settings.hold
+        )
+    except Problem as problem:
+        # The buyer's form again, the problem beside it (an API client gets the problem).
+        if problem.status_code not in REFUSED_HERE or not wants_html(request):
+            raise
+        await db_session.rollback()
+        return await refused_page(
+            request, db_session, identity, settings, entry_id, "tickets", problem
+        )
     await db_session.commit()
     return await answer(request, tickets, status_code=201, added=entry_id)
 

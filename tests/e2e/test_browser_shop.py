@@ -184,19 +184,33 @@ def test_the_cart_page_says_which_bookings_left_it_when_their_hold_ended(
     assert axe_violations(page, axe_source()) == []
 
 
-def test_an_error_pages_back_link_goes_back_to_the_page_of_the_form(shop_live, shop, page):
-    """A form's error page (tickets of a blank type, from a page's calendars) had a link named
-    Back that went to the service's home, not to the calendars the buyer was on. Back is the
-    page the request came from, on this site; a page reached from nowhere says Home."""
+def test_an_error_pages_back_link_goes_back_to_the_page_of_the_form(
+    shop_live, shop, provisioned, page
+):
+    """A form's error page (tickets of an entry gone since the page was shown, from a page's
+    calendars) had a link named Back that went to the service's home, not to the calendars the
+    buyer was on. Back is the page the request came from, on this site; a page reached from
+    nowhere says Home."""
+    with admin_connect(provisioned, "events") as connection:
+        connection.execute("SET ROLE events_owner")
+        gone = connection.execute(
+            "INSERT INTO events.calendar_entries (calendar_id, name, starts_at, cost) "
+            "SELECT calendar_id, 'Night walk', starts_at + interval '12 hours', cost "
+            "FROM events.calendar_entries WHERE id = %s RETURNING id",
+            (shop.entry_id,),
+        ).fetchone()[0]
     events = shop_live.url("events")
     page.goto(f"{events}/auth/dev-login?user_id=69&next=/?page_id=1")
-    row = page.locator(f'tr.entry[data-id="{shop.entry_id}"]')
-    row.locator('input[name="ticket_type"]').evaluate("e => { e.required = false; }")
-    row.locator('input[name="ticket_type"]').fill("   ")
+    row = page.locator(f'tr.entry[data-id="{gone}"]')
+    with admin_connect(provisioned, "events") as connection:
+        connection.execute("SET ROLE events_owner")
+        connection.execute(
+            "UPDATE events.calendar_entries SET deleted_at = now() WHERE id = %s", (gone,)
+        )
     with page.expect_navigation() as sent:
         row.get_by_role("button", name="Add tickets").click()
-    assert sent.value.status == 422
-    assert "Ticket type must not be blank" in page.locator('[role="alert"]').inner_text()
+    assert sent.value.status == 404
+    assert f"There is no calendar entry {gone}" in page.locator('[role="alert"]').inner_text()
     back = page.locator("#back")
     assert (back.inner_text(), back.get_attribute("href")) == ("Back", "/?page_id=1")
     with page.expect_navigation():

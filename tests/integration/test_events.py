@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -818,6 +819,72 @@ async def test_tickets_are_pending_at_the_entry_cost(stack, clean_db):
     refused = await user.post(f"/entries/{cancelled}/tickets/", data={"ticket_type": "adult"})
     assert_problem(refused, 409, "cancelled")
     await user.aclose()
+
+
+def tickets_form_of(page: str, entry_id: int) -> str:
+    """The tickets form of entry ``entry_id`` in a calendars page's HTML."""
+    start = page.index(f'action="/entries/{entry_id}/tickets/"')
+    return page[start : page.index("</form>", start)]
+
+
+async def test_a_refused_tickets_form_is_the_calendars_page_again_with_what_was_typed(
+    stack, clean_db
+):
+    """probe a11y: a tickets form the server refused (a quantity of 0, more than a form takes,
+    a cancelled entry) answered a page of its own: what the buyer typed was gone, and Back led
+    to a fresh form. A browser now gets the calendars again, with the refusal's status, the
+    message beside that entry's form (an alert the invalid field names) and the values typed
+    kept; an API client still gets the problem."""
+    calendar_id = insert_calendar(clean_db)
+    entry_id = insert_entry(clean_db, calendar_id)
+    cancelled = insert_entry(clean_db, calendar_id, "Hay ride", state="cancelled")
+    visitor = await anonymous(stack)
+    token = visitor.headers.pop("X-CSRF-Token")
+    for quantity, ticket_type, message, invalid in [
+        ("0", "child", "Quantity must be 1 or more", "quantity"),
+        ("21", "child", "Quantity must be 20 or less", "quantity"),
+        ("two", "child", "Quantity must be a whole number", "quantity"),
+        ("3", "  ", "Ticket type must not be blank", "ticket_type"),
+    ]:
+        form, status = {"ticket_type": ticket_type, "quantity": quantity}, 422
+        sent = {CSRF_FIELD: token, "next": "/?page_id=1", **form}
+        page = await visitor.post(f"/entries/{entry_id}/tickets/", data=sent, headers=HTML)
+        assert page.status_code == status, page.text
+        assert page.headers["content-type"].startswith("text/html")
+        assert f'id="entry-{entry_id}"' in page.text  # the calendars, not an error page
+        tickets = tickets_form_of(page.text, entry_id)
+        error = f"tickets-{entry_id}-error"
+        assert f'<span class="field-error" role="alert" id="{error}">{message}' in tickets, tickets
+        assert page.text.count(message) == 1
+        field = re.search(rf'<input [^>]*name="{invalid}"[^>]*>', tickets)
+        assert field is not None
+        assert 'aria-invalid="true"' in field.group(0)
+        assert f'aria-describedby="{error}"' in field.group(0)
+        assert f'value="{form["ticket_type"]}"' in tickets
+        assert f'value="{form["quantity"]}"' in tickets
+        # The next form still goes back to the page it was on.
+        assert 'name="next" value="/?page_id=1"' in tickets
+        # An API client is told the same, as a problem.
+        problem = assert_problem(
+            await visitor.post(
+                f"/entries/{entry_id}/tickets/",
+                data=form,
+                headers={**JSON, "X-CSRF-Token": token},
+            ),
+            status,
+        )
+        assert names_field(problem, invalid), problem
+    refused = await visitor.post(
+        f"/entries/{cancelled}/tickets/",
+        data={CSRF_FIELD: token, "ticket_type": "senior", "quantity": "2"},
+        headers=HTML,
+    )
+    assert refused.status_code == 409
+    tickets = tickets_form_of(refused.text, entry_id)
+    assert "field-error" not in tickets  # only the form that was sent says something
+    assert f"Calendar entry {cancelled} is cancelled: no tickets" in refused.text
+    assert events_rows(clean_db, "SELECT count(*) FROM events.tickets") == [(0,)]
+    await visitor.aclose()
 
 
 # -- the export view, through postgres_fdw as cart ---------------------------------------------

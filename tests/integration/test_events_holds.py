@@ -138,13 +138,24 @@ async def test_one_network_holds_at_most_the_limit_of_entries_anonymously(clean_
         assert problem["retry_after"] == int(refused.headers["retry-after"])
         assert entries(clean_db) == before
 
-        # A browser is sent the same refusal as a page.
+        # A browser is sent the same refusal as the calendars page it booked from, beside
+        # that entry's Book button (an alert the button names), not a page of its own.
         token = refused_visitor.headers.pop("X-CSRF-Token")
         page = await refused_visitor.post(
-            f"/entries/{ids[LIMIT]}/book/", data={CSRF_FIELD: token}, headers=HTML
+            f"/entries/{ids[LIMIT]}/book/",
+            data={CSRF_FIELD: token, "next": "/?page_id=1"},
+            headers=HTML,
         )
         assert page.status_code == 429
         assert page.headers["content-type"].startswith("text/html")
+        assert 1 <= int(page.headers["retry-after"]) <= 101
+        start = page.text.index(f'action="/entries/{ids[LIMIT]}/book/"')
+        form = page.text[start : page.text.index("</form>", start)]
+        error = f"book-{ids[LIMIT]}-error"
+        assert f'aria-describedby="{error}"' in form
+        assert f'<span class="field-error" role="alert" id="{error}">Nothing was booked' in form
+        assert page.text.count('role="alert"') == 1
+        assert 'name="next" value="/?page_id=1"' in form
         assert entries(clean_db) == before
 
         # The same session booking the entry it holds answers it as before.
