@@ -221,6 +221,63 @@ def test_an_error_pages_back_link_goes_back_to_the_page_of_the_form(
     assert (back.inner_text(), back.get_attribute("href")) == ("Home", "/")
 
 
+# Each field of the calendars' tickets forms, the words its label shows (the entry's name after
+# them is for screen readers) and whether the label is shown.
+FIELD_LABELS = """() => [...document.querySelectorAll('form.tickets input:not([type=hidden])')]
+  .map(field => {
+    const label = field.labels[0];
+    const box = label && label.getBoundingClientRect();
+    return [field.name, label ? label.firstChild.textContent.trim() : null,
+            Boolean(box && box.width > 8 && box.height > 8)];
+  })"""
+
+
+def test_a_refused_tickets_form_says_why_beside_it_with_what_was_typed_at_phone_width(
+    shop_live, shop, browser
+):
+    """probe a11y, at 320 px: the ticket fields were named only for screen readers (no label
+    shown: the table's header is hidden on a phone), and a tickets form the server refused
+    was a page of its own, what was typed lost. Each field has a label shown; a refused form
+    is the calendars again, the focus in the field it names, an alert beside it, the values
+    typed kept; corrected, it goes back to the page it was sent from."""
+    context = browser.new_context(viewport={"width": 320, "height": 640})
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    try:
+        events = shop_live.url("events")
+        page.goto(f"{events}/auth/dev-login?user_id=70&next=/?page_id=1")
+        assert page.evaluate(FIELD_LABELS) == [
+            ["ticket_type", "Ticket type", True],
+            ["quantity", "Number", True],
+        ]
+        assert axe_violations(page, axe_source()) == []
+        row = page.locator(f'tr.entry[data-id="{shop.entry_id}"]')
+        row.get_by_label("Ticket type").fill("   ")
+        row.get_by_label("Number").fill("3")
+        with page.expect_navigation() as sent:
+            row.get_by_role("button", name="Add tickets").click()
+        assert sent.value.status == 422
+        focused = page.evaluate(
+            """() => {
+            const e = document.activeElement;
+            const message = document.getElementById(e.getAttribute('aria-describedby'));
+            return [e.name, e.getAttribute('aria-invalid'), message && message.getAttribute('role'),
+                    message && message.innerText];
+        }"""
+        )
+        assert focused == ["ticket_type", "true", "alert", "Ticket type must not be blank."]
+        row = page.locator(f'tr.entry[data-id="{shop.entry_id}"]')
+        assert row.get_by_label("Number").input_value() == "3"
+        assert page.evaluate("document.documentElement.scrollWidth") <= 320
+        assert axe_violations(page, axe_source()) == []
+        row.get_by_label("Ticket type").fill("child")
+        row.get_by_role("button", name="Add tickets").click()
+        page.wait_for_url(f"{events}/?page_id=1&added={shop.entry_id}#entry-{shop.entry_id}")
+        assert "3 \u00d7 child" in page.locator("#added").inner_text()
+    finally:
+        context.close()
+
+
 def test_market_owns_its_market_places_and_blog_attaches_them_by_name(shop_live, shop, page):
     market, blog = shop_live.url("market"), shop_live.url("blog")
     page.goto(f"{market}/auth/dev-login?user_id=1&next=/admin/market-places/")
