@@ -116,6 +116,9 @@ class Order(IdentityPkMixin, Base):
     # order is not marked paid and a person has to look at it.
     flagged: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default="false")
     flag_reason: Mapped[str | None] = mapped_column(Text)
+    # Whether the person's review (end-review) changed its status: it ended the order. None for
+    # one never reviewed, or reviewed before orders 0019.
+    review_ended_it: Mapped[bool | None] = mapped_column(Boolean)
     # The newer order of the same buyer that took over this one's goods.
     superseded_by: Mapped[int | None] = mapped_column(BigInteger)
     # Until when it can be paid (its SumUp checkouts' valid_until, its bookings' holds); None

@@ -209,6 +209,7 @@ async def end_review(
                 RefundGoingBack(checkout_id=remote.id, amount=str(owed), currency=remote.currency)
             )
     was_pending = order.status == "pending"
+    status_before = order.status
     # A paid order whose payment SumUp gave back whole: settled as what SumUp took goes back.
     paid_back = order.status == "paid" and honoured is not None and kept is None
     if order.status == "paid" and not paid_back:
@@ -224,6 +225,9 @@ async def end_review(
         order.status = "refund_due" if not_done else "refunded"
     elif was_pending:
         order.status = "expired"
+    # What its pages say: an order whose time to pay had passed before it was flagged kept its
+    # status, and was not ended by the review.
+    order.review_ended_it = order.status != status_before
     order.flagged = False
     order.updated_at = func.now()
     await session.flush()

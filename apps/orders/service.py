@@ -2060,10 +2060,14 @@ def ended_by_review(order: Order) -> bool:
     no longer paid: its flag cleared, its reason kept, and no payment of it that came after it
     could no longer be paid (that is its own story, told as such). Its pages then say so: a
     pending order paid in time and flagged (another amount reported, or a person's flag) that
-    the review refunded or expired was neither paid late nor out of time."""
+    the review refunded or expired was neither paid late nor out of time; one whose time to pay
+    had passed before it was flagged, which the review left expired, was."""
     return (
         order.flag_reason is not None
         and not order.flagged
+        # An order whose time to pay had passed before it was flagged: the review kept its
+        # status. (None: reviewed before orders 0019, told by its flag reason as then.)
+        and order.review_ended_it is not False
         and not any(refund.reason_key.startswith(f"{LATE_PAYMENT}:") for refund in order.refunds)
     )
 

@@ -166,6 +166,30 @@ async def test_the_buyer_is_told_a_review_ended_the_order_not_that_time_ran_out(
     assert "After a review, this order can no longer be paid" in page
 
 
+async def test_an_order_that_expired_on_time_and_was_reviewed_after_says_its_time_ran_out(
+    orders, clean_db
+):
+    """Carried note (closing30 review-1 L4): an order whose time to pay passed (the pass expired
+    it), flagged by a person after and then reviewed, kept its status, yet its page said "After
+    a review, this order can no longer be paid": the review ended nothing. It says its time to
+    pay passed; an order the review expired still says the review did."""
+    order_id = (await create(orders)).json()["order_id"]
+    with admin_connect(clean_db, "orders") as connection:
+        connection.execute(
+            "UPDATE orders.orders SET payable_until = now() - interval '1 minute' WHERE id = %s",
+            (order_id,),
+        )
+    await orders.apps["orders"].state.reconciler.run_once()
+    assert order_state(clean_db, order_id)[:2] == ("expired", False)
+    flag(clean_db, order_id)
+    ended = await end_review(orders, order_id)
+    assert ended.status_code == 200, ended.text
+    assert ended.json()["status"] == "expired"
+    page = await buyers_order_page(orders, order_id)
+    assert "After a review" not in page
+    assert "The time to pay this order has passed" in page
+
+
 async def test_a_checkout_status_orders_does_not_know_is_waited_out_and_its_payment_counts(
     orders, clean_db, sandbox, caplog
 ):
