@@ -113,8 +113,15 @@ RETIRED_SUMUP_KEYS = ExportView.of(
 )
 
 # Pages by id: market's admin offers them, events names a calendar's page.
+# Every page, drafts included (market's admin may attach one); ``published`` says which the
+# public may see (events names the others by their number only).
 PAGES = ExportView.of(
-    SERVICE, "pages", "id bigint", "slug character varying(255)", "title character varying(255)"
+    SERVICE,
+    "pages",
+    "id bigint",
+    "slug character varying(255)",
+    "title character varying(255)",
+    "published boolean",
 )
 
 CONTRACT = Contract(

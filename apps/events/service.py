@@ -297,7 +297,8 @@ async def list_calendars(
 
 
 async def page_titles(session: AsyncSession, page_ids: Iterable[int]) -> dict[int, str]:
-    """Blog's titles of these pages (through FDW); none when blog cannot be reached."""
+    """Blog's titles of these pages that are published (through FDW); none when blog cannot be
+    reached. A draft's title is not the public's to read: the page shows its number."""
     wanted = sorted(set(page_ids))
     if not wanted:
         return {}
@@ -305,7 +306,7 @@ async def page_titles(session: AsyncSession, page_ids: Iterable[int]) -> dict[in
         async with remote_read(session, "blog"):
             rows = await session.execute(
                 select(foreign_pages.c.id, foreign_pages.c.title).where(
-                    foreign_pages.c.id.in_(wanted)
+                    foreign_pages.c.id.in_(wanted), foreign_pages.c.published
                 )
             )
             return {row.id: row.title for row in rows}

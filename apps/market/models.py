@@ -54,4 +54,4 @@ outbox = outbox_table(metadata)
 
 # -- foreign tables: other services' export views, as their contracts declare them ------------
 foreign_likes = likes.LIKES.foreign_table()
-foreign_pages = blog.PAGES.foreign_table()
+foreign_pages = blog.PAGES.foreign_table(["id", "slug", "title"])

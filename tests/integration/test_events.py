@@ -21,6 +21,7 @@ from sqlalchemy.engine import make_url
 from apps.common.asgi import read_body, replaying_receive, send_problem
 from apps.common.identity import COOKIE_NAME, CSRF_FIELD, SessionCodec
 from tests.conftest import SESSION_SECRET, admin_connect, in_process_stack, lock_waiters
+from tests.integration.blog_fixtures import insert_post
 from tests.integration.commerce_fixtures import AnswersLost, sweep_ended_holds_now
 from tests.signed import internal_get, internal_post
 from tests.waiting import eventually
@@ -688,6 +689,31 @@ async def test_calendars_list_upcoming_entries_with_their_state(stack, clean_db)
     assert "(yours): in your <a href=" in own_page.text
     await visitor.aclose()
     await other.aclose()
+
+
+async def test_a_draft_pages_title_is_not_shown_on_the_calendars(stack, clean_db):
+    """Carried note "a draft page's title on events' page": blog exports every page, drafts
+    included (market's admin may attach one), and the calendars said "on <its title>" of a
+    calendar on a page nobody may read yet, and "Calendars of <its title>" at its address.
+    A draft page is named by its number only; a published page by its title."""
+    shop = insert_post(clean_db, "farm-shop", title="Farm shop", is_page=True)
+    draft = insert_post(
+        clean_db, "harvest", title="Secret harvest fair", is_page=True, status="draft"
+    )
+    insert_calendar(clean_db, "tours", page_id=shop)
+    insert_calendar(clean_db, "fair", page_id=draft)
+    visitor = await anonymous(stack)
+    page = await visitor.get("/", headers=HTML)
+    assert page.status_code == 200
+    assert "on Farm shop" in page.text
+    assert "Secret harvest fair" not in page.text
+    assert f"on page {draft}" in page.text
+    own = await visitor.get("/", params={"page_id": draft}, headers=HTML)
+    assert "Secret harvest fair" not in own.text
+    assert f"Calendars of page {draft}" in own.text
+    shop_page = await visitor.get("/", params={"page_id": shop}, headers=HTML)
+    assert "Calendars of Farm shop" in shop_page.text
+    await visitor.aclose()
 
 
 # -- booking ----------------------------------------------------------------------------------
