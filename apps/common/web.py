@@ -409,9 +409,10 @@ def takes_form_body(handler: HTTPRouteHandler) -> bool:
 
 
 # A form route's own page for a browser whose form it refuses (``opt[REFUSED_FORM_PAGE]``): an
-# async ``(request, problem) -> response``, the form's page again with the problem beside it.
+# async ``(request, problem) -> response``, the form's page again with the problem beside it
+# (None: refused as any other form is).
 REFUSED_FORM_PAGE = "refused_form_page"
-RefusedFormPage = Callable[[Request, Problem], Awaitable[Response[Any]]]
+RefusedFormPage = Callable[[Request, Problem], Awaitable[Response[Any] | None]]
 
 
 async def read_form_body_first(request: Request) -> Response[Any] | None:

@@ -20,6 +20,7 @@ from litestar.params import Parameter
 from litestar.response import Template
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from apps.common.adoption import START_AFRESH
 from apps.common.app_factory import platform_of
 from apps.common.db import request_session
 from apps.common.deps import AppSettings, CurrentIdentity, DbSession
@@ -102,8 +103,17 @@ class Refusal:
 
 
 # Refusals of a form a buyer can act on where it is (its values, a conflict, a limit): the page
-# again. Anything else (no such entry, a dependency down) is the error page.
+# again. Anything else (no such entry, a dependency down) is the error page, and so is a session
+# sign-in gave away, whose way out (a form to sign out and start afresh) that page offers.
 REFUSED_HERE = (409, 422, 429)
+
+
+def shown_beside_the_form(request: Request, problem: Problem) -> bool:
+    return (
+        wants_html(request)
+        and problem.status_code in REFUSED_HERE
+        and not problem.body_extra.get(START_AFRESH)
+    )
 
 
 @get("/", operation_id="calendars_html")
@@ -217,16 +227,19 @@ def page_of(target: str) -> int | None:
     return None
 
 
-async def refused_tickets_form(request: Request, problem: Problem) -> Template:
+async def refused_tickets_form(request: Request, problem: Problem) -> Template | None:
     """A browser's tickets form Litestar would refuse before the handler (its values do not
     convert): the page again (apps.common.web.read_form_body_first)."""
+    entry_id = int(request.path_params["entry_id"])
+    if not 1 <= entry_id <= 2**63 - 1:
+        return None  # the address names no entry: Litestar's 404 (NothingHere), as for JSON
     platform = platform_of(request.app)
     return await refused_page(
         request,
         request_session(platform.sessionmaker, request.scope),
         identity_from_scope(request.scope),
         platform.settings,
-        int(request.path_params["entry_id"]),
+        entry_id,
         "tickets",
         problem,
     )
@@ -263,7 +276,7 @@ async def book_entry(
             db_session, entry_id, owner(identity), own_settings.hold, limit
         )
     except Problem as problem:
-        if problem.status_code not in REFUSED_HERE or not wants_html(request):
+        if not shown_beside_the_form(request, problem):
             raise
         await db_session.rollback()
         return await refused_page(
@@ -294,7 +307,7 @@ async def add_tickets(
         )
     except Problem as problem:
         # The buyer's form again, the problem beside it (an API client gets the problem).
-        if problem.status_code not in REFUSED_HERE or not wants_html(request):
+        if not shown_beside_the_form(request, problem):
             raise
         await db_session.rollback()
         return await refused_page(

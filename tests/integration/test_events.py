@@ -909,6 +909,13 @@ async def test_a_refused_tickets_form_is_the_calendars_page_again_with_what_was_
     tickets = tickets_form_of(refused.text, entry_id)
     assert "field-error" not in tickets  # only the form that was sent says something
     assert f"Calendar entry {cancelled} is cancelled: no tickets" in refused.text
+    # An address that names no entry is a 404 whatever the form says, as for API clients.
+    nowhere = await visitor.post(
+        "/entries/0/tickets/",
+        data={CSRF_FIELD: token, "ticket_type": "child", "quantity": "0"},
+        headers=HTML,
+    )
+    assert nowhere.status_code == 404
     assert events_rows(clean_db, "SELECT count(*) FROM events.tickets") == [(0,)]
     await visitor.aclose()
 
@@ -1206,6 +1213,14 @@ async def test_a_booking_from_a_session_sign_in_adopted_is_refused_not_held_for_
     assert "signed in" in booked.json()["detail"]
     tickets = await visitor.post(f"/entries/{late}/tickets/", data={"ticket_type": "adult"})
     assert tickets.status_code == 409, tickets.text
+    # A browser is offered the way out on the error page (not the calendars with the refusal
+    # beside the form, which has none).
+    token = visitor.headers["X-CSRF-Token"]
+    page = await visitor.post(
+        f"/entries/{late}/tickets/", data={CSRF_FIELD: token, "ticket_type": "adult"}, headers=HTML
+    )
+    assert page.status_code == 409
+    assert "Sign out and start afresh" in page.text
     assert entry_state(clean_db, late) == ("open", None, None, None)
     assert events_rows(clean_db, "SELECT count(*) FROM events.tickets") == [(0,)]
     assert entry_state(clean_db, first) == ("pending", 42, None, None)
