@@ -304,8 +304,14 @@ async def _page_names(
                 ),
             )
         )
+        # A draft page has no title here (blog 0009): named by its number, as a page blog
+        # does not know.
         return {
-            row.container_id: (row.page_slug, row.page_title, _own_cart(row.features))
+            row.container_id: (
+                row.page_slug,
+                row.page_title or f"Page {row.container_id}",
+                _own_cart(row.features),
+            )
             for row in rows
         }
 

@@ -1294,3 +1294,30 @@ def test_a_repeated_clear_never_changes_the_cart(clean_db, credentials, sandbox,
     finally:
         loop.run_until_complete(context.__aexit__(None, None, None))
         loop.close()
+
+
+async def test_a_draft_pages_title_is_not_shown_in_the_cart(stack, clean_db, shop):
+    """Probe fix_ux: blog exports every page with a config, drafts included (an editor prepares
+    a page and its market before publishing), and cart named a draft page by its title in the
+    cart's groups and at its page cart: a title nobody may read yet. A draft page is named by
+    its number (its page cart by its address, which the buyer followed)."""
+    with admin_connect(clean_db, "blog") as blog:
+        blog.execute(
+            "UPDATE blog.posts SET title = 'Secret harvest fair', status = 'draft', "
+            "published_at = NULL WHERE id = 2"
+        )
+    cart = await browser_of(stack, "cart", user_id=5)
+    first, second = shop.product_ids[:2]
+    await cart.post(f"/add/{first}/")
+    await cart.post(f"/add/{second}/")
+    view = await cart.get("/api/cart")
+    assert [(page["page_id"], page["page_title"]) for page in view.json()["pages"]] == [
+        (1, "Farm Shop"),
+        (2, "Page 2"),
+    ]
+    for path in ("/", "/page/market-hall/", "/api/page/market-hall"):
+        answer = await cart.get(path, headers=HTML)
+        assert answer.status_code == 200, (path, answer.text)
+        assert "Secret harvest fair" not in answer.text, path
+    summary = await internal_get(stack.client("cart"), "cart-summary", {"user_id": 5})
+    assert "Secret harvest fair" not in summary.text
