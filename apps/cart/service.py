@@ -915,10 +915,69 @@ async def _clear_by_products(
         query = query.where(CartItem.product_id.in_(product_ids))
     if request.page_post_id is not None:
         query = query.where(CartItem.market_place_container_id == request.page_post_id)
-    if not isinstance(request.placed_at, msgspec.UnsetType):
-        # A line added after the order (an old order paid late) is not what it bought.
-        query = query.where(CartItem.created_at <= request.placed_at)
-    return len((await session.execute(query)).all())
+    if isinstance(request.placed_at, msgspec.UnsetType):
+        return len((await session.execute(query)).all())
+    # A line added after the order (an old order paid late) is not what it bought...
+    cleared = len(
+        (await session.execute(query.where(CartItem.created_at <= request.placed_at))).all()
+    )
+    # ...but one sign-in merged a line of the order's time into is, by that line's quantity.
+    return cleared + await _clear_merged_before(
+        session, request, owner, product_ids, request.placed_at
+    )
+
+
+async def _clear_merged_before(
+    session: AsyncSession,
+    request: ClearCartForOrder,
+    owner: Owner,
+    product_ids: list[int] | None,
+    placed_at: datetime,
+) -> int:
+    """The owner's live lines added after the order was placed into which sign-in merged lines
+    from before it (an anonymous order's lines, merged into the account's newer ones): the
+    merged lines' quantity leaves (the whole line when nothing else is left), and the merged
+    lines record the order. What the account added after the order stays."""
+    merged = table_of(CartItem).alias("merged")
+    into = table_of(CartItem)
+    query = (
+        select(into.c.id, func.sum(merged.c.quantity), func.array_agg(merged.c.id))
+        .join(merged, merged.c.merged_into_id == into.c.id)
+        .where(
+            owner.clause(),
+            into.c.deleted_at.is_(None),
+            into.c.created_at > placed_at,
+            merged.c.created_at <= placed_at,
+            merged.c.order_id.is_(None),
+        )
+        .group_by(into.c.id)
+        .order_by(into.c.id)
+    )
+    if product_ids is not None:
+        query = query.where(into.c.product_id.in_(product_ids))
+    if request.page_post_id is not None:
+        query = query.where(into.c.market_place_container_id == request.page_post_id)
+    cleared = 0
+    for into_id, quantity, merged_ids in (await session.execute(query)).all():
+        line = await session.scalar(
+            select(CartItem).where(CartItem.id == into_id).with_for_update()
+        )
+        if line is None or line.deleted_at is not None:
+            continue
+        if line.quantity > quantity:
+            line.quantity -= quantity
+        else:
+            line.deleted_at = func.now()
+            line.order_id = request.order_id
+        line.updated_at = func.now()
+        await session.execute(
+            update(CartItem)
+            .where(CartItem.id == any_(bindparam("merged", merged_ids, type_=ARRAY(BigInteger))))
+            .values(order_id=request.order_id, updated_at=func.now())
+            .execution_options(synchronize_session=False)
+        )
+        cleared += 1
+    return cleared
 
 
 # -- checkout ---------------------------------------------------------------------------------

@@ -19,6 +19,8 @@ from tests.integration.commerce_fixtures import browser_of, shop_stack
 from tests.integration.orders_fixtures import Sandbox, checkout_id_of, orders_of, webhook
 from tests.waiting import eventually
 
+JSON = {"accept": "application/json"}
+
 
 @pytest.fixture
 async def stack(clean_db, credentials, sandbox, shop):
@@ -117,6 +119,50 @@ async def test_a_legacy_order_paid_late_clears_only_the_lines_it_bought(
     await stack.apps["orders"].state.reconciler.run_once()
     assert await eventually(lambda: delivered(clean_db, f"orders:{paid}:clear-cart"))
     assert "placed_at" not in payload_of(clean_db, f"orders:{paid}:clear-cart")
+
+
+def cart_lines(server) -> list[tuple]:
+    with admin_connect(server, "cart") as connection:
+        return connection.execute(
+            "SELECT id, user_id, product_id, quantity, deleted_at IS NULL, order_id, "
+            "merged_into_id FROM cart.cart_items ORDER BY id"
+        ).fetchall()
+
+
+async def test_a_legacy_order_paid_late_clears_its_line_sign_in_merged_into_a_newer_one(
+    stack, clean_db, shop, sandbox: Sandbox
+):
+    """Review 6 M: a legacy anonymous order's line (from before the order) that sign-in merged
+    into the account's newer line of the same product: only lines added before the order
+    leave for it, and the live line was newer, so the quantity the order paid for stayed in
+    the cart (to be bought again). The merged quantity comes off the newer line; what the
+    account added after the order stays."""
+    first = shop.product_ids[0]
+    anonymous = await browser_of(stack, "cart")
+    assert (await anonymous.post(f"/add/{first}/")).status_code == 200
+    created = await anonymous.post("/checkout/")
+    assert created.status_code == 200, created.text
+    order_id = created.json()["order_id"]
+    make_legacy(clean_db, order_id, "expired", "2 days")
+    with admin_connect(clean_db, "cart") as connection:
+        connection.execute("UPDATE cart.cart_items SET created_at = now() - interval '3 days'")
+    # The same person, signed in elsewhere, added the product since: a line of the account's.
+    user = await browser_of(stack, "cart", user_id=31)
+    assert (await user.post(f"/add/{first}/")).status_code == 200
+    # Then signs in on the first browser: its line merges into the account's.
+    signed = await anonymous.get("/auth/dev-login", params={"user_id": 31}, headers=JSON)
+    assert signed.status_code == 200, signed.text
+    merged = [row for row in cart_lines(clean_db) if row[6] is not None]
+    assert len(merged) == 1, cart_lines(clean_db)
+
+    sandbox.pay(checkout_id_of(clean_db, order_id))
+    await stack.apps["orders"].state.reconciler.run_once()
+    assert orders_of(clean_db)[order_id][0] == "paid"
+    assert await eventually(lambda: delivered(clean_db, f"orders:{order_id}:clear-cart"))
+    after = cart_lines(clean_db)
+    live = [row for row in after if row[4]]
+    assert [(row[1], row[2], row[3]) for row in live] == [(31, first, 1)], after
+    assert [row[5] for row in after if row[0] == merged[0][0]] == [order_id], after
 
 
 async def test_a_clear_queued_before_the_upgrade_is_delivered_as_it_was(
