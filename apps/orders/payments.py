@@ -79,6 +79,16 @@ class PaymentProviderError(BadGateway):
         return self.sumup_status in (401, 403)
 
 
+class CheckoutRefused(PaymentProviderError):
+    """SumUp answered a request to make a checkout with a refusal (a 4xx: the key, the
+    merchant, the fields): it made none, so there is nothing to look up or close after."""
+
+
+def made_no_checkout(exc: BaseException) -> bool:
+    """``exc`` (or what it was raised from) is SumUp's refusal to make the checkout."""
+    return isinstance(exc, CheckoutRefused) or isinstance(exc.__cause__, CheckoutRefused)
+
+
 def sumup_waits(exc: BaseException) -> str | None:
     """What SumUp said, for a failure the code expects and waits out in one line, without a
     traceback: SumUp down or slow, or refusing the merchant's key (revoked in its dashboard:
@@ -349,7 +359,10 @@ class SumUpGateway:
             except APIConnectionError as exc:
                 raise PaymentProviderUnavailable(type(exc).__name__) from exc
             except APIError as exc:
-                raise _classify(exc) from exc
+                refused = _classify(exc)
+                if isinstance(refused, PaymentProviderError):
+                    refused = CheckoutRefused(refused.detail, refused.sumup_status)
+                raise refused from exc
 
     async def find_checkout(
         self, account: MerchantAccount, reference: str

@@ -119,6 +119,7 @@ from apps.orders.payments import (
     MerchantAccount,
     PaymentProviderError,
     PaymentProviderUnavailable,
+    made_no_checkout,
 )
 from apps.orders.runtime import OrdersRuntime, OrderUrls
 from apps.orders.settings import HOLD_AFTER_PAYABLE, MIN_TIME_TO_PAY
@@ -988,10 +989,15 @@ async def create_order(
             if held is not None and order.checkout_prefix is not None:
                 reference = checkout_reference(order.checkout_prefix, order.id, 1)
                 held.asked = AskedCheckout(order.id, reference, config.account, payable_until)
-            row = await (
-                opening
-                or _open_checkout(order, 1, runtime, config.account, valid_until=payable_until)
-            )
+            try:
+                row = await (
+                    opening
+                    or _open_checkout(order, 1, runtime, config.account, valid_until=payable_until)
+                )
+            except Exception as exc:
+                if held is not None and made_no_checkout(exc):
+                    held.asked = None  # SumUp said no: nothing of it to close after a rollback
+                raise
             if held is not None:
                 held.opened = OpenedCheckout(order.id, row["sumup_checkout_id"], config.account)
             # Written with the COMMIT, in its round trip: nothing reads it before.

@@ -994,9 +994,17 @@ async def test_a_key_sumup_refuses_at_checkout_tells_the_buyer_it_is_not_worth_t
     async with orders_stack(clean_db, credentials, sandbox.server) as orders:
         sandbox.controls(revoked_api_keys=[DEFAULT_API_KEY])
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="rose.orders"):
+        caplog.set_level(logging.INFO, logger="sumup-sandbox")
+        with caplog.at_level(logging.INFO, logger="rose.orders"):
             refused = await create(orders)
+            # Review 6 L5: SumUp answered no, so it made no checkout: nothing to look up and
+            # close after the rollback (each refused checkout asked SumUp once more).
+            await orders.apps["orders"].state.reconciler.quiet()
         assert refused.status_code == 409, refused.text
+        asked = [record.getMessage() for record in caplog.records if record.name == "sumup-sandbox"]
+        assert [line for line in asked if line.startswith("POST /v0.1/checkouts")], asked
+        assert not [line for line in asked if line.startswith("GET /v0.1/checkouts")], asked
+        assert "could not look up unused SumUp checkout" not in caplog.text
         detail = refused.json()["detail"]
         assert "SumUp refused the shop's payment key" in detail, detail
         assert "try again" not in detail.lower(), detail
