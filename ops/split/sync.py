@@ -373,22 +373,25 @@ def snapshot_taken_otherwise(move: Move, ledger: LedgerEntry) -> str | None:
         differs = "by a release that recorded no check definitions"
         newer = False
     else:
+        # A check the snapshot's release recorded no definition of (one this release added)
+        # differs too: nothing says that release moved its rows as this one does.
+        taken = {name: int(number) for name, number in recorded.items()}
         changed = [
-            (check, int(recorded.get(check.name, 1)))
+            (check, taken.get(check.name))
             for check in move.checks
-            if int(recorded.get(check.name, 1)) != check.definition
+            if taken.get(check.name) != check.definition
         ]
         if not changed:
             return None
         differs = (
             "with other check definitions ("
             + "; ".join(
-                f"{check.target_table} {number}, here {check.definition}"
+                f"{check.target_table} {number or 'none'}, here {check.definition}"
                 for check, number in changed
             )
             + ")"
         )
-        newer = any(number > check.definition for check, number in changed)
+        newer = any(number is not None and number > check.definition for check, number in changed)
     if newer:
         todo = "use the rose of that release"
     else:

@@ -421,8 +421,14 @@ def _as_begun_by_an_earlier_release(server: Any, definitions: dict[str, int] | N
             "with other check definitions (orders.payment_attempts 2, here 3)",
         ),
         (None, "by a release that recorded no check definitions"),
+        (
+            # Review 6 L1: a check the snapshot's release recorded nothing of was taken as
+            # definition 1, so a release adding a check would have passed it.
+            {"orders": 2, "payment_attempts": 3},
+            "with other check definitions (orders.order_items none, here 1)",
+        ),
     ],
-    ids=["definition-2", "none-recorded"],
+    ids=["definition-2", "none-recorded", "one-check-unrecorded"],
 )
 def test_a_sync_an_earlier_release_began_is_refused_before_the_freeze(
     monolith, definitions: dict[str, int] | None, said: str
