@@ -381,7 +381,8 @@ async def check_name_free(session: AsyncSession, name: str, place_id: int | None
     )
     holder = await session.scalar(
         select(MarketPlace.name).where(
-            func.lower(MarketPlace.name) == name.lower(),
+            # PostgreSQL's lower() on both sides, as the lock's (Python's differs: 'İ', 'Σ').
+            func.lower(MarketPlace.name) == func.lower(name),
             MarketPlace.deleted_at.is_(None),
             MarketPlace.id != (place_id or 0),
         )

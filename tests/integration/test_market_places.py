@@ -156,6 +156,21 @@ async def test_two_live_market_places_never_share_a_name(stack, clean_db):
     assert places(clean_db) == [("dairy", "DAIRY", 1, False), ("cheese", "Dairy", 2, True)]
 
 
+async def test_a_non_ascii_name_is_compared_in_one_case_mapping(stack, clean_db):
+    """Review 6 L3: the name was lowered by PostgreSQL on one side and by Python on the other,
+    which differ for some letters (Python lowers 'İ' to 'i' and a combining dot): the same name
+    in capitals was taken as another."""
+    editor = await browser_of(stack, "market", user_id=1)
+    first = await editor.post(
+        "/admin/market-places/", data={"name": "İzmir Bazaar", "slug": "izmir", "page_id": "1"}
+    )
+    assert first.status_code == 201, first.text
+    same = await editor.post(
+        "/admin/market-places/", data={"name": "İZMIR BAZAAR", "slug": "izmir-2", "page_id": "2"}
+    )
+    assert same.status_code == 409, same.text
+
+
 async def test_a_market_place_with_products_is_not_deleted(stack, clean_db):
     editor = await browser_of(stack, "market", user_id=1)
     place_id = (
