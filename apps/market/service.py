@@ -35,6 +35,7 @@ from apps.relations.contract import (
     RelationsLink,
     call_relations,
     commit_or_revert_relations,
+    detach_everywhere,
 )
 
 DEFAULT_PAGE_SIZE = 24
@@ -510,7 +511,7 @@ async def rename_place(session: AsyncSession, place_id: int, name: str) -> Marke
 
 
 async def delete_place(session: AsyncSession, link: RelationsLink, place_id: int) -> PlaceChange:
-    """Soft-delete an empty market place and detach it from its page in relations. One that
+    """Soft-delete an empty market place and detach it from every page in relations. One that
     still sells products is refused (they would vanish from every cart and page)."""
     place = await _lock_place(session, place_id)
     products = await session.scalar(
@@ -524,12 +525,14 @@ async def delete_place(session: AsyncSession, link: RelationsLink, place_id: int
             "remove them first.",
             field="market_place",
         )
-    detach = RelationsCall(False, _relation(place.id, place.container_id), place.name)
     doing = f"removing market place {place.name!r}"
-    await call_relations(session, link, detach, doing)
+    # From every page, not only its own: blog's page admin may have attached it to others.
+    detached = await detach_everywhere(
+        session, link, _relation(place.id, place.container_id), doing
+    )
     place.deleted_at = func.now()
     await session.flush()
-    return PlaceChange(_to_place_view(place), [detach], doing)
+    return PlaceChange(_to_place_view(place), detached, doing)
 
 
 async def commit_place(

@@ -58,6 +58,11 @@ class Children(msgspec.Struct, forbid_unknown_fields=True):
     child_type: ContainerType | None = None
 
 
+class Parents(msgspec.Struct, forbid_unknown_fields=True):
+    child_type: ContainerType
+    child_id: ContainerId
+
+
 class AttachChild(msgspec.Struct, forbid_unknown_fields=True):
     parent_type: ContainerType
     parent_id: ContainerId
@@ -80,6 +85,8 @@ class Detached(msgspec.Struct):
 
 
 get_children = Query(SERVICE, "get-children", Children, list[Relation])
+# Where one child is attached (its owner removing it detaches it from every parent).
+get_parents = Query(SERVICE, "get-parents", Parents, list[Relation])
 # Re-attaching is a no-op that answers the relation.
 attach_child = Action(SERVICE, "attach-child", AttachChild, Relation)
 detach_child = Action(SERVICE, "detach-child", DetachChild, Detached)
@@ -103,7 +110,7 @@ CONTRACT = Contract(
     SERVICE,
     dev_port=8008,
     public=False,
-    calls=[get_children, attach_child, detach_child],
+    calls=[get_children, get_parents, attach_child, detach_child],
     views=[CONTAINER_RELATIONS],
 )
 
@@ -121,6 +128,9 @@ class RelationsCall:
     attach: bool
     relation: DetachChild  # which parent and child
     label: str | None = None
+    # Where among the parent's children an attach puts it (None: at the end); the undo of a
+    # detach that knew it puts the child back where it was.
+    sort_order: int | None = None
 
     @classmethod
     def of(cls, action: str, payload: Mapping[str, Any]) -> RelationsCall:
@@ -128,10 +138,24 @@ class RelationsCall:
         relation = msgspec.convert(
             {name: payload[name] for name in DetachChild.__struct_fields__}, DetachChild
         )
-        return cls(action == attach_child.name, relation, payload.get("label"))
+        return cls(
+            action == attach_child.name, relation, payload.get("label"), payload.get("sort_order")
+        )
+
+    @classmethod
+    def detach_of(cls, relation: Relation) -> RelationsCall:
+        """The detach of an attachment relations answered: its undo re-attaches it exactly
+        (same label, same place among the parent's children)."""
+        pair = DetachChild(
+            parent_type=relation.parent_type,
+            parent_id=relation.parent_id,
+            child_type=relation.child_type,
+            child_id=relation.child_id,
+        )
+        return cls(False, pair, relation.label, relation.sort_order)
 
     def undo(self) -> RelationsCall:
-        return RelationsCall(not self.attach, self.relation, self.label)
+        return RelationsCall(not self.attach, self.relation, self.label, self.sort_order)
 
     @property
     def action(self) -> Action[Any, Any]:
@@ -140,7 +164,11 @@ class RelationsCall:
     @property
     def request(self) -> AttachChild | DetachChild:
         if self.attach:
-            return AttachChild(**msgspec.structs.asdict(self.relation), label=self.label)
+            return AttachChild(
+                **msgspec.structs.asdict(self.relation),
+                label=self.label,
+                sort_order=self.sort_order,
+            )
         return self.relation
 
     async def send(self, internal: InternalClient, idempotency_key: str | None = None) -> None:
@@ -344,6 +372,46 @@ async def call_relations(
             status_code=exc.http_status,
             service=SERVICE,
         ) from exc
+
+
+async def detach_everywhere(
+    session: AsyncSession, link: RelationsLink, own: DetachChild, doing: str
+) -> list[RelationsCall]:
+    """Detach a child being removed from every parent relations has it on (``own``, its owner's
+    parent, names the child): other services may have attached it elsewhere (blog's page admin
+    attaches a market place to any page), and a removed child left there is live in relations
+    with no editor to see or detach it. Each detach goes through :func:`call_relations`; should
+    one fail, those done are undone (re-attached exactly: label and sort order) and the problem
+    raised. Returns the calls made, for :func:`commit_or_revert_relations`."""
+    # An earlier change's undo still queued would otherwise re-attach after this read.
+    await link.deliver_pending(session, own, doing)
+    try:
+        attached = await link.client.query(
+            get_parents, Parents(child_type=own.child_type, child_id=own.child_id)
+        )
+    except InternalCallError as exc:
+        raise Problem(
+            f"Nothing was changed: {doing} needs the relations service, which failed ({exc})",
+            status_code=exc.http_status,
+            service=SERVICE,
+        ) from exc
+    done: list[RelationsCall] = []
+    for relation in attached:
+        detach = RelationsCall.detach_of(relation)
+        try:
+            await call_relations(session, link, detach, doing)
+        except Problem as exc:
+            if done and not await revert_relations(link, done, now=not unanswered(exc)):
+                raise Problem(
+                    f"Not saved: {doing} needs the relations service, which failed. Relations "
+                    f"shows this {own.child_type} detached from some pages until it answers "
+                    "again, when that is undone.",
+                    status_code=exc.status_code,
+                    service=SERVICE,
+                ) from exc
+            raise
+        done.append(detach)
+    return done
 
 
 def unanswered(problem: Problem) -> bool:

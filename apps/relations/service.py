@@ -47,6 +47,20 @@ async def get_children(
     return [to_relation(row) for row in rows]
 
 
+async def get_parents(session: AsyncSession, child_type: str, child_id: int) -> list[Relation]:
+    """Every active attachment of one child."""
+    rows = await session.scalars(
+        select(ContainerRelation)
+        .where(
+            ContainerRelation.child_type == child_type,
+            ContainerRelation.child_id == child_id,
+            ContainerRelation.deleted_at.is_(None),
+        )
+        .order_by(ContainerRelation.id)
+    )
+    return [to_relation(row) for row in rows]
+
+
 async def attach_child(session: AsyncSession, request: AttachChild) -> Relation:
     """Attach ``child`` to ``parent``. Already attached: returned unchanged. Detached before:
     that row is restored. Otherwise a new row at the end of the parent's children. A label is

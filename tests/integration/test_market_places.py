@@ -572,7 +572,7 @@ async def test_an_undo_relations_refuses_for_good_is_dead_and_blocks_nothing(
 ):
     """Audit LOW-4: the relay sent every message again until it was taken, whatever the
     answer, and a change of a child waited for what the outbox held about it. An undo relations
-    refuses for good (a re-attach whose label, a name stored before names were checked, is not
+    refuses for good (a re-attach whose label, stored before labels were checked, is not
     one line: a 422) was sent again every 5 minutes for ever, and every later change of that
     market place answered 503 "waits for relations to undo an earlier change" until a person
     deleted the row. Now such a refusal is final: the message is dead (``dead_at``), logged
@@ -587,6 +587,12 @@ async def test_an_undo_relations_refuses_for_good_is_dead_and_blocks_nothing(
     with admin_connect(clean_db, "market") as connection:  # a name from before the check
         connection.execute(
             "UPDATE market.market_places SET name = E'Dairy\\nfarm' WHERE id = %s", (place_id,)
+        )
+    # The undo re-attaches exactly what was detached: the label relations stored then.
+    with admin_connect(clean_db, "relations") as connection:
+        connection.execute(
+            "UPDATE relations.container_relations SET label = E'Dairy\\nfarm' WHERE child_id = %s",
+            (place_id,),
         )
     await queue_a_reattach(stack, clean_db, monkeypatch, editor, place_id)
     [(action, _key, delivered)] = outbox_rows(clean_db)
@@ -933,3 +939,62 @@ async def test_a_multipart_form_that_is_not_utf8_is_a_client_error(stack, clean_
     assert answer.status_code == 400, answer.text
     assert answer.headers["content-type"].startswith("application/problem+json")
     assert "UTF-8" in answer.json()["detail"]
+
+
+def relations_by_page(server) -> list[tuple]:
+    with admin_connect(server, "relations") as connection:
+        return connection.execute(
+            "SELECT parent_id, child_id, label, sort_order, deleted_at IS NULL "
+            "FROM relations.container_relations WHERE child_type = 'market' ORDER BY id"
+        ).fetchall()
+
+
+async def _place_on_two_pages(stack) -> tuple[Any, int]:
+    """Market place 'Veg' on market-hall (page 2), attached by blog's admin to farm-shop (page 1)
+    too, under a label of its own, after another child there (so its sort order is not 0)."""
+    editor = await browser_of(stack, "market", user_id=1)
+    first = {"name": "Fruit", "slug": "fruit", "page_id": "1"}
+    assert (await editor.post("/admin/market-places/", data=first)).status_code == 201
+    form = {"name": "Veg", "slug": "veg", "page_id": "2"}
+    place_id = (await editor.post("/admin/market-places/", data=form)).json()["id"]
+    blog = await browser_of(stack, "blog", user_id=1)
+    attached = await blog.post(
+        "/farm-shop/admin/menu-items/attach/",
+        data={"market_place_id": str(place_id), "label": "Greens here"},
+    )
+    assert attached.status_code == 200, attached.text
+    return editor, place_id
+
+
+async def test_removing_a_market_place_detaches_it_from_every_page(stack, clean_db):
+    """Blog's page admin may attach a market place to any page: removing it in market detaches
+    it from all of them, not only from its own (before: farm-shop's row stayed live, hidden by
+    blog, and no editor could see or detach it)."""
+    editor, place_id = await _place_on_two_pages(stack)
+    deleted = await editor.post(f"/admin/market-places/{place_id}/delete/")
+    assert deleted.status_code == 200, deleted.text
+    assert [row for row in relations_by_page(clean_db) if row[1] == place_id and row[4]] == []
+
+
+async def test_a_failed_commit_reattaches_the_place_everywhere_exactly_as_it_was(
+    stack, clean_db, monkeypatch
+):
+    from apps.market import service
+
+    editor, place_id = await _place_on_two_pages(stack)
+    before = relations_by_page(clean_db)
+    real = service.commit_or_revert_relations
+
+    async def failing_commit(session, link, calls, *doing):
+        async def boom() -> None:
+            raise RuntimeError("commit failed")
+
+        session.commit = boom
+        await real(session, link, calls, *doing)
+
+    monkeypatch.setattr(service, "commit_or_revert_relations", failing_commit)
+    failed = await editor.post(f"/admin/market-places/{place_id}/delete/")
+    assert failed.status_code == 500, failed.text
+    assert places(clean_db)[-1] == ("veg", "Veg", 2, True)
+    # The same rows, live again, with their labels and sort orders.
+    assert relations_by_page(clean_db) == before
