@@ -430,8 +430,14 @@ async def read_form_body_first(request: Request) -> Response[Any] | None:
     handler = request.route_handler
     if not takes_form_body(handler):
         return None
-    form = await form_of(request)
     page: RefusedFormPage | None = handler.opt.get(REFUSED_FORM_PAGE)
+    try:
+        form = await form_of(request)
+    except InvalidInput as problem:
+        # A multipart field given twice (the edge refuses a URL-encoded one before routing).
+        if page is None or not wants_html(request):
+            raise
+        return await page(request, problem)
     if page is None or not wants_html(request):
         return None
     struct = handler.parsed_fn_signature.parameters["data"].type_

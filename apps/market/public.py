@@ -11,11 +11,14 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import Parameter
 from litestar.response import Template
 
+from apps.common.app_factory import platform_of
+from apps.common.db import request_session
 from apps.common.deps import CurrentIdentity, DbSession, Internal
 from apps.common.inputs import URL_SLUG
-from apps.common.problems import Conflict, Forbidden, InvalidInput, Problem
+from apps.common.problems import Conflict, Forbidden, InvalidInput, Problem, said_to_a_person
 from apps.common.web import (
     FORM_BODY,
+    REFUSED_FORM_PAGE,
     PageNumber,
     PageSize,
     SlugParam,
@@ -186,12 +189,51 @@ async def _answer_or_form(
     return answer
 
 
+# What a field refused before the handler (too long, given twice) is told, in the admin's words.
+REFUSED_FIELD_WORDS = {
+    "name": f"The name may be at most {service.NAME_MAX} characters.",
+    "slug": "The web address name may be at most 255 characters.",
+    "page_id": service.CHOOSE_PAGE,
+}
+
+
+async def refused_place_form(request: Request, problem: Problem) -> Template:
+    """A browser's form Litestar would refuse before the handler (apps.common.web.
+    read_form_body_first): the admin page again, the message beside the field, what was typed
+    kept (a rename's beside its market place)."""
+    errors = problem.body_extra.get("errors") or []
+    field = str(errors[0]["field"]) if errors else problem.field
+    words = REFUSED_FIELD_WORDS.get(field or "", said_to_a_person(problem))
+    typed = await request.form()
+    form = service.PlaceForm(
+        **{name: str(typed.get(name, "")) for name in service.PlaceForm.__struct_fields__}
+    )
+    place_id = request.path_params.get("place_id")
+    session = request_session(platform_of(request.app).sessionmaker, request.scope)
+    return await _admin_page(
+        request,
+        session,
+        error=InvalidInput(words, field=field),
+        error_place=place_id,
+        form=None if place_id else form,
+    )
+
+
+REFUSED_PAGE = {REFUSED_FORM_PAGE: refused_place_form}
+
+
 @get(ADMIN_PATH, operation_id="market_places_admin", guards=[editors_only])
 async def market_places_admin(request: Request, db_session: DbSession) -> Template:
     return await _admin_page(request, db_session)
 
 
-@post(ADMIN_PATH, operation_id="market_place_create", guards=[editors_only], status_code=201)
+@post(
+    ADMIN_PATH,
+    operation_id="market_place_create",
+    guards=[editors_only],
+    status_code=201,
+    opt=REFUSED_PAGE,
+)
 async def create_market_place(
     request: Request, db_session: DbSession, relations: Relations, data: PlaceFormBody
 ) -> Any:
@@ -207,6 +249,7 @@ async def create_market_place(
     operation_id="market_place_rename",
     guards=[editors_only],
     status_code=200,
+    opt=REFUSED_PAGE,
 )
 async def rename_market_place(
     request: Request, db_session: DbSession, place_id: PlaceIdParam, data: PlaceFormBody

@@ -998,3 +998,56 @@ async def test_a_failed_commit_reattaches_the_place_everywhere_exactly_as_it_was
     assert places(clean_db)[-1] == ("veg", "Veg", 2, True)
     # The same rows, live again, with their labels and sort orders.
     assert relations_by_page(clean_db) == before
+
+
+def multipart(fields: list[tuple[str, str]]) -> bytes:
+    parts = [
+        f'--b\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
+        for name, value in fields
+    ]
+    return ("".join(parts) + "--b--\r\n").encode()
+
+
+async def test_a_form_refused_before_the_handler_is_the_admin_page_with_the_message_beside(
+    stack, clean_db
+):
+    """probe: a name or web address name of 256+ characters, or page_id sent twice, were
+    refused before the handler: a browser got the generic error page (a Home link), what was
+    typed gone. It now gets the admin page, the message beside the field, the values kept; an
+    API client still gets the problem naming the field."""
+    editor = await browser_of(stack, "market", user_id=1)
+    kept = (
+        await editor.post(
+            "/admin/market-places/", data={"name": "Veg", "slug": "veg", "page_id": "1"}
+        )
+    ).json()["id"]
+    long = "x" * 256
+    for form, field, message in [
+        ({"name": long, "slug": "a", "page_id": "1"}, "name", "The name may be at most 255"),
+        ({"name": "A", "slug": long, "page_id": "1"}, "slug", "The web address name may be"),
+    ]:
+        page = await editor.post("/admin/market-places/", data=form, headers=HTML)
+        assert page.status_code == 422, page.text
+        assert "<h1>Market places</h1>" in page.text  # the admin page, not the error page
+        assert 'data-slug="veg"' in page.text
+        assert f'<span class="field-error" role="alert" id="error-{field}">{message}' in (
+            page.text
+        ), page.text
+        assert f'value="{form[field]}"' in page.text
+        problem = await editor.post("/admin/market-places/", data=form)
+        assert problem.status_code == 422
+        assert problem.json()["errors"][0]["field"] == field
+    renamed = await editor.post(
+        f"/admin/market-places/{kept}/rename/", data={"name": long}, headers=HTML
+    )
+    assert renamed.status_code == 422, renamed.text
+    assert f'id="error-name-{kept}">The name may be at most 255' in renamed.text
+    twice = await editor.post(
+        "/admin/market-places/",
+        content=multipart([("name", "B"), ("slug", "b"), ("page_id", "1"), ("page_id", "2")]),
+        headers={**HTML, "content-type": "multipart/form-data; boundary=b"},
+    )
+    assert twice.status_code == 422, twice.text
+    assert 'id="error-page_id">' in twice.text, twice.text
+    assert 'value="B"' in twice.text
+    assert places(clean_db) == [("veg", "Veg", 1, True)]
