@@ -230,7 +230,9 @@ async def page_config_update(
     except InvalidInput as problem:
         if not wants_html(request):
             raise
-        # Validation happens before any write: show the form again with what was typed.
+        # Show the form again with what was typed (and not the empty config a first save's
+        # check inserted: apps.blog.service.check_unchanged_since).
+        await db_session.rollback()
         return await _admin_page(
             request, db_session, slug, error=problem, form=form, status_code=422
         )

@@ -255,15 +255,22 @@ async def _require_container(session: AsyncSession, container_type: str, contain
 async def _insert_if_missing(session: AsyncSession, container_type: str, container_id: int) -> None:
     """Create an empty config unless an active one exists. Concurrent calls for one container
     create one row: the partial unique index is the ON CONFLICT arbiter."""
+    await _inserted(session, container_type, container_id)
+
+
+async def _inserted(session: AsyncSession, container_type: str, container_id: int) -> bool:
+    """:func:`_insert_if_missing`, saying whether this call created the row."""
     table = table_of(PageConfig)
-    await session.execute(
+    created = await session.scalar(
         insert(table)
         .values(container_type=container_type, container_id=container_id)
         .on_conflict_do_nothing(
             index_elements=["container_type", "container_id"],
             index_where=table.c.deleted_at.is_(None),
         )
+        .returning(table.c.id)
     )
+    return created is not None
 
 
 async def ensure_page_config(
@@ -357,13 +364,19 @@ async def check_unchanged_since(
 ) -> None:
     """Refuse (409) a form that showed other settings than the stored ones (``version``, from
     :func:`config_version`): saved, it would put back every field another editor changed since
-    it was opened. The row stays locked until the update that follows commits."""
+    it was opened. The row stays locked until the update that follows commits.
+
+    A form that showed no config yet (``""``) inserts it here: there is no row to lock, and two
+    editors saving at once both passed, the second overwriting the first. The insert of the
+    second waits for the first's (the unique index) and then inserts nothing: refused."""
     stored = await session.scalar(
         select(PageConfig.updated_at)
         .where(*_is_container(container_type, container_id))
         .with_for_update()
     )
     if version != ("" if stored is None else stored.isoformat()):
+        raise Conflict(CHANGED_SINCE_OPENED, field="config_version")
+    if stored is None and not await _inserted(session, container_type, container_id):
         raise Conflict(CHANGED_SINCE_OPENED, field="config_version")
 
 

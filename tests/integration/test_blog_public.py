@@ -4,12 +4,13 @@ the page admin (page config form, market places attached through relations)."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 import psycopg
 import pytest
 
-from tests.conftest import admin_connect, in_process_stack
+from tests.conftest import admin_connect, in_process_stack, lock_waiters
 from tests.integration.blog_fixtures import (
     HTML,
     JSON,
@@ -23,6 +24,7 @@ from tests.integration.blog_fixtures import (
     relation_rows,
     sign_in,
 )
+from tests.waiting import eventually
 
 
 @pytest.fixture
@@ -782,3 +784,46 @@ async def test_relations_unreachable_degrades_the_page(browser, clean_db):
     assert 'id="degraded-relations"' in page.text
     assert api.json()["degraded"] == ["relations"]
     assert api.json()["markets"] == []
+
+
+async def test_two_first_saves_of_a_page_config_at_once_do_not_overwrite_each_other(
+    browser, clean_db
+):
+    """probe: the form of a page with no config yet says so (an empty config_version), but two
+    editors saving it at once were both accepted, the second silently putting back every field
+    the first had set. The first save is checked too: the second is told the settings changed
+    since it opened them (409), the form showing what is stored now."""
+    insert_post(clean_db, "farm-shop", title="Farm shop", is_page=True)
+    token = await sign_in(browser, user_id=1)
+    headers = {**HTML, "X-CSRF-Token": token}
+    shown = (await browser.get("/farm-shop/admin/page-config/", headers=HTML)).text
+    assert config_rows(clean_db) == []
+    editor_a, editor_b = form_fields(shown), form_fields(shown)
+    assert editor_a["config_version"] == [""]
+    editor_a["sumup_checkout_prefix"] = ["aaa-"]
+    editor_b["sumup_checkout_prefix"] = ["bbb-"]
+
+    def save(form: dict[str, list[str]]) -> asyncio.Task:
+        return asyncio.ensure_future(
+            browser.post("/farm-shop/admin/page-config/", data=form, headers=headers)
+        )
+
+    # Both pass their check before either writes: the configs table is held (SHARE: reads and
+    # row locks go on, writes wait) until both wait to write.
+    with admin_connect(clean_db, "blog") as holder, holder.transaction():
+        holder.execute("LOCK TABLE blog.page_configs IN SHARE MODE")
+        saves = [save(editor_a), save(editor_b)]
+        assert await eventually(
+            lambda: any(task.done() for task in saves) or lock_waiters(clean_db, "blog") >= 2
+        )
+    answers = await asyncio.gather(*saves)
+    assert sorted(answer.status_code for answer in answers) == [303, 409], [
+        answer.text for answer in answers
+    ]
+    saved, refused = sorted(answers, key=lambda answer: answer.status_code)
+    stored = config_rows(clean_db)
+    assert len(stored) == 1
+    winner = "aaa-" if saved is answers[0] else "bbb-"
+    assert stored[0][5] == winner
+    assert "changed since you opened" in refused.text
+    assert form_fields(refused.text)["sumup_checkout_prefix"] == [winner]
