@@ -1000,6 +1000,36 @@ async def test_a_failed_commit_reattaches_the_place_everywhere_exactly_as_it_was
     assert relations_by_page(clean_db) == before
 
 
+class SecondDetachFails:
+    """relations, except that the second detach-child it is sent answers 500."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.detaches = 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == "/internal/actions/detach-child":
+            self.detaches += 1
+            if self.detaches == 2:
+                await read_body(receive)
+                await send_problem(send, 500, "boom", scope["path"])
+                return
+        await self.app(scope, receive, send)
+
+
+async def test_a_detach_relations_refuses_reattaches_those_done_exactly(stack, clean_db):
+    """Removing a market place on two pages: relations detaches it from the first, then fails
+    the second. Nothing was changed: the first is re-attached with its label and sort order."""
+    editor, place_id = await _place_on_two_pages(stack)
+    before = relations_by_page(clean_db)
+    route_relations(stack, SecondDetachFails(stack.apps["relations"]))
+    failed = await editor.post(f"/admin/market-places/{place_id}/delete/")
+    assert failed.status_code == 502, failed.text
+    assert "Nothing was changed" in failed.json()["detail"]
+    assert places(clean_db)[-1] == ("veg", "Veg", 2, True)
+    assert relations_by_page(clean_db) == before
+
+
 def multipart(fields: list[tuple[str, str]]) -> bytes:
     parts = [
         f'--b\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
