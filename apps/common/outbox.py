@@ -62,9 +62,10 @@ MAX_BACKOFF_SECONDS = 300
 # ``(session, payload, answer)``, the answer typed as the action's contract says.
 ReplyHandler = Callable[[AsyncSession, Mapping[str, Any], Any], Awaitable[None]]
 # What a sender does once any message is acknowledged, in the transaction that records the
-# delivery: ``(session, message)`` (a message that must be followed by another, sent only after
-# it: queued there, so that the relay's retries never deliver the two out of order).
-AcknowledgedHandler = Callable[[AsyncSession, Row[Any]], Awaitable[None]]
+# delivery: ``(session, message, answer)``, the answer as the receiver sent it (a message that
+# must be followed by another, sent only after it: queued there, so that the relay's retries
+# never deliver the two out of order).
+AcknowledgedHandler = Callable[[AsyncSession, Row[Any], Any], Awaitable[None]]
 
 
 # The outbox's table name in its service's schema (a backup finds the services that send by it).
@@ -402,7 +403,7 @@ class OutboxRelay:
             action, handle = reply
             await handle(session, message.payload, msgspec.convert(answer, action.answer))
         if self._acknowledged is not None:
-            await self._acknowledged(session, message)
+            await self._acknowledged(session, message, answer)
         # With the COMMIT, in its round trip: a delivery is recorded only if all of it commits.
         await write_at_commit(
             session,

@@ -80,8 +80,10 @@ class DetachChild(msgspec.Struct, forbid_unknown_fields=True):
     child_id: ContainerId
 
 
-class Detached(msgspec.Struct):
+class Detached(msgspec.Struct, omit_defaults=True):
     detached: bool
+    # The attachment detached (None when there was none): what its undo re-attaches, exactly.
+    relation: Relation | None = None
 
 
 get_children = Query(SERVICE, "get-children", Children, list[Relation])
@@ -266,14 +268,19 @@ class RelationsLink:
         self.relay.wake()
         return True
 
-    async def _settled(self, session: AsyncSession, message: Row[Any]) -> None:
+    async def _settled(self, session: AsyncSession, message: Row[Any], answer: Any) -> None:
         """The relay's acknowledgement of a queued message. One that is not an undo repeated a
         call of unknown outcome under its key (relations applied it, once, and the original can
         no longer be applied): its undo is queued now, in the delivery's transaction, so it is
-        never delivered before it."""
+        never delivered before it. A detach's undo re-attaches what relations says it detached
+        (its label and place among the parent's children)."""
         if message.service != SERVICE or message.idempotency_key.endswith(UNDO):
             return
         call = RelationsCall.of(message.action, message.payload).undo()
+        if message.action == detach_child.name:
+            detached = msgspec.convert(answer, Detached)
+            if detached.relation is not None:
+                call = RelationsCall.detach_of(detached.relation).undo()
         await enqueue(
             session,
             self._outbox,
@@ -404,8 +411,8 @@ async def detach_everywhere(
             if done and not await revert_relations(link, done, now=not unanswered(exc)):
                 raise Problem(
                     f"Not saved: {doing} needs the relations service, which failed. Relations "
-                    f"shows this {own.child_type} detached from some pages until it answers "
-                    "again, when that is undone.",
+                    "shows it detached from some of its pages until it answers again, when "
+                    "that is undone.",
                     status_code=exc.status_code,
                     service=SERVICE,
                 ) from exc

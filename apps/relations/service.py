@@ -126,7 +126,8 @@ async def attach_child(session: AsyncSession, request: AttachChild) -> Relation:
 
 
 async def detach_child(session: AsyncSession, request: DetachChild) -> Detached:
-    """Soft-delete the active relation; ``{"detached": false}`` when there was none."""
+    """Soft-delete the active relation, answered as it was (its caller's undo re-attaches it
+    exactly); ``{"detached": false}`` when there was none."""
     detached = await session.scalar(
         update(ContainerRelation)
         .where(
@@ -134,6 +135,8 @@ async def detach_child(session: AsyncSession, request: DetachChild) -> Detached:
             ContainerRelation.deleted_at.is_(None),
         )
         .values(deleted_at=func.now(), updated_at=func.now())
-        .returning(ContainerRelation.id)
+        .returning(ContainerRelation)
     )
-    return Detached(detached=detached is not None)
+    if detached is None:
+        return Detached(detached=False)
+    return Detached(detached=True, relation=to_relation(detached))

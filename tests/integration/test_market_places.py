@@ -1030,6 +1030,49 @@ async def test_a_detach_relations_refuses_reattaches_those_done_exactly(stack, c
     assert relations_by_page(clean_db) == before
 
 
+class LaterDetachAnswersLost:
+    """relations, except that the answers to detach-child calls 2 to 4 are lost after it
+    applied them (market's client times out on the second detach, every attempt)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.detaches = 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == "/internal/actions/detach-child":
+            self.detaches += 1
+            if 2 <= self.detaches <= 4:
+
+                async def nowhere(message: Any) -> None:
+                    pass
+
+                await self.app(scope, receive, nowhere)
+                raise httpx.ReadTimeout("no answer in time")
+        await self.app(scope, receive, send)
+
+
+async def test_a_detach_that_timed_out_but_was_applied_is_undone_to_where_it_was(stack, clean_db):
+    """A detach whose answer was lost is repeated, then undone, by market's outbox: the undo
+    puts the market place back where it was among the page's children, not at their end
+    (before: it took its label back but came after Herbs, attached after it)."""
+    editor, place_id = await _place_on_two_pages(stack)
+    herbs = {"name": "Herbs", "slug": "herbs", "page_id": "2"}
+    herbs_id = (await editor.post("/admin/market-places/", data=herbs)).json()["id"]
+    blog = await browser_of(stack, "blog", user_id=1)
+    attached = await blog.post(
+        "/farm-shop/admin/menu-items/attach/", data={"market_place_id": str(herbs_id)}
+    )
+    assert attached.status_code == 200, attached.text
+    before = relations_by_page(clean_db)
+    route_relations(stack, LaterDetachAnswersLost(stack.apps["relations"]))
+    answer = await editor.post(f"/admin/market-places/{place_id}/delete/")
+    assert answer.status_code == 503, answer.text
+    assert places(clean_db)[1] == ("veg", "Veg", 2, True)
+    route_relations(stack, stack.apps["relations"])
+    await relay_until_delivered(stack, clean_db)
+    assert relations_by_page(clean_db) == before
+
+
 def multipart(fields: list[tuple[str, str]]) -> bytes:
     parts = [
         f'--b\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
