@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
+from apps.common.settings import MIN_SECRET_LENGTH
 from apps.registry import service_spec
 from ops.cli.common import ServiceArgument, console, fail
 
@@ -22,13 +24,14 @@ orders_app = typer.Typer(
 )
 
 
-def _call(call: Callable[[InternalClient], Awaitable[Any]]) -> Any:
+def _call(service: str, call: Callable[[InternalClient], Awaitable[Any]]) -> Any:
     from apps.common.internal_client import InternalCallError
     from apps.common.internal_client import logger as client_logger
     from ops.stack.calls import call_services
 
     # The client's warning of a failed call says what the error line below says: one line.
     client_logger.setLevel(logging.ERROR)
+    signed_as_the_service_checks(service)
     try:
         return call_services(call)
     except InternalCallError as exc:
@@ -51,8 +54,28 @@ def known_service(service: str) -> None:
         )
 
 
-def _print_answer(call: Callable[[InternalClient], Awaitable[Any]]) -> None:
-    print(json.dumps(_call(call), indent=2))
+def signed_as_the_service_checks(service: str) -> None:
+    """The call to ``service`` can be signed with a secret it takes: INTERNAL_SECRET, when set
+    (it wins over the stack's), at least as long as the services require; and set whenever
+    ``INTERNAL_URL_<SVC>`` points at a deployment."""
+    # The deployment checks the signature with its own secret: one made up here (the local
+    # credentials' default) was a bare "401 wrong request signature", and a shorter one than
+    # the services take the same.
+    secret = os.environ.get("INTERNAL_SECRET", "")
+    if secret and len(secret) < MIN_SECRET_LENGTH:
+        raise fail(
+            f"INTERNAL_SECRET must be at least {MIN_SECRET_LENGTH} characters long "
+            "(the services refuse a shorter one): set the deployment's"
+        )
+    if not secret and os.environ.get(f"INTERNAL_URL_{service.upper()}"):
+        raise fail(
+            f"INTERNAL_URL_{service.upper()} is set but INTERNAL_SECRET is not: set the "
+            "deployment's INTERNAL_SECRET (its .env) to sign the call"
+        )
+
+
+def _print_answer(service: str, call: Callable[[InternalClient], Awaitable[Any]]) -> None:
+    print(json.dumps(_call(service, call), indent=2))
 
 
 def _parse_params(pairs: list[str]) -> dict[str, str | list[str]]:
@@ -79,7 +102,7 @@ def data(
     """Signed internal data call: rose data relations get-children parent_type=page parent_id=1"""
     known_service(service)
     query = _parse_params(params or [])
-    _print_answer(lambda client: client.fetch_data(service, name, query))
+    _print_answer(service, lambda client: client.fetch_data(service, name, query))
 
 
 def action(
@@ -107,7 +130,8 @@ def action(
     ):
         raise fail("--idempotency-key must be printable ASCII with no space at either end")
     _print_answer(
-        lambda client: client.call_action(service, name, body, idempotency_key=idempotency_key)
+        service,
+        lambda client: client.call_action(service, name, body, idempotency_key=idempotency_key),
     )
 
 
@@ -119,7 +143,7 @@ def orders_attention(
     and orders whose SumUp merchant has no key any more (a payment may be waiting on SumUp).
     While blog cannot be read, that last part is missing, and it is said so."""
     known_service("orders")
-    answer = _call(lambda client: client.fetch_data("orders", "attention"))
+    answer = _call("orders", lambda client: client.fetch_data("orders", "attention"))
     if as_json:
         print(json.dumps(answer, indent=2))
         return
@@ -169,9 +193,10 @@ def orders_end_review(
     # Its SumUp calls run one after another, a few per checkout (each bounded by orders'
     # SumUp timeout): far longer than a data call may take.
     answer = _call(
+        "orders",
         lambda client: client.call_action(
             "orders", "end-review", request, timeout=END_REVIEW_TIMEOUT
-        )
+        ),
     )
     if as_json:
         print(json.dumps(answer, indent=2))
@@ -195,9 +220,10 @@ def orders_flag(
     payment or expiry settles it. An order flagged already keeps its first reason."""
     known_service("orders")
     answer = _call(
+        "orders",
         lambda client: client.call_action(
             "orders", "flag-for-review", {"order_id": order_id, "reason": reason}
-        )
+        ),
     )
     if as_json:
         print(json.dumps(answer, indent=2))

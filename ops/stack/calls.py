@@ -29,7 +29,12 @@ def operator_urls() -> dict[str, str]:
 
 
 def operator_client() -> InternalClient:
-    secret = os.environ.get("INTERNAL_SECRET") or Credentials.for_environment().internal_secret()
+    # The running stack's secret, never one generated here: a call is no reason to make a
+    # home's credentials (and a made-up secret signs nothing any service accepts).
+    secret = (
+        os.environ.get("INTERNAL_SECRET")
+        or Credentials.for_environment(generate=False).internal_secret()
+    )
     return InternalClient(caller="rose-cli", secret=secret, base_urls=operator_urls())
 
 

@@ -146,6 +146,30 @@ def test_an_idempotency_key_that_cannot_be_a_header_is_one_line(tmp_path: Path, 
     one_line(rose(tmp_path, *args, check=False), "--idempotency-key")
 
 
+def test_a_call_to_a_deployment_without_its_internal_secret_is_one_line(
+    tmp_path: Path, monkeypatch
+):
+    """Probe newuser: with INTERNAL_URL_<SVC> set and no INTERNAL_SECRET (a deployment's host,
+    ROSE_ENV unset), the call was signed with a secret made up on the spot, written into a new
+    credentials.json of the home, and the operator read "401 wrong request signature"."""
+    monkeypatch.setenv("INTERNAL_URL_ORDERS", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.delenv("INTERNAL_SECRET", raising=False)
+    monkeypatch.delenv("ROSE_ENV", raising=False)
+    home = tmp_path / "home"
+    one_line(
+        rose(home, "orders", "attention", check=False), "INTERNAL_SECRET", "INTERNAL_URL_ORDERS"
+    )
+    assert not (home / "credentials.json").exists()
+
+
+def test_an_internal_secret_the_services_would_refuse_is_one_line(tmp_path: Path, monkeypatch):
+    """Probe newuser: a secret shorter than the services take was sent, and refused as a 401."""
+    monkeypatch.setenv("INTERNAL_URL_RELATIONS", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("INTERNAL_SECRET", "short")
+    args = ["data", "relations", "get-children", "parent_type=page", "parent_id=1"]
+    one_line(rose(tmp_path, *args, check=False), "INTERNAL_SECRET", "16")
+
+
 def test_rose_up_names_a_data_directory_initdb_did_not_finish(tmp_path: Path):
     """Probe B: an initdb killed after it wrote PG_VERSION (SIGKILL, the OOM killer, a full disk)
     leaves a data directory `rose up` took for a made one; as root it ended in a traceback
