@@ -115,13 +115,13 @@ class Settings:
         session_secret = (
             required("SESSION_SECRET") if public else env.get("SESSION_SECRET", "").strip() or None
         )
-        app_urls = _urls(env, "APP_URL_")
+        app_urls = url_settings(env, "APP_URL_")
         if production and public:
             # No development URL stands in for a public one in production.
             for name in dev_app_urls or {}:
                 if name not in app_urls:
                     missing.append(f"APP_URL_{name.upper()}")
-        internal_urls = _urls(env, "INTERNAL_URL_")
+        internal_urls = url_settings(env, "INTERNAL_URL_")
         if production:
             missing += [
                 f"INTERNAL_URL_{peer.upper()}"
@@ -227,13 +227,20 @@ def _number(env: Mapping[str, str], kind: type[int] | type[float], *names: str) 
     return None
 
 
-def _urls(env: Mapping[str, str], prefix: str) -> dict[str, str]:
-    """``<PREFIX><SERVICE>=url`` variables as ``{service: url}``."""
-    return {
-        key.removeprefix(prefix).lower(): value.strip().rstrip("/")
-        for key, value in env.items()
-        if key.startswith(prefix) and value.strip()
-    }
+def url_settings(env: Mapping[str, str], prefix: str) -> dict[str, str]:
+    """``<PREFIX><SERVICE>=url`` variables as ``{service: url}``, each an http(s) URL with a
+    host: one without its scheme (``events:8000``) was taken as it was, and failed every call
+    to it (or went to SumUp as a webhook address) long after start-up said all was well."""
+    urls = {}
+    for key, value in env.items():
+        if not key.startswith(prefix) or not value.strip():
+            continue
+        url = value.strip()
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"{key} must be an http:// or https:// URL with a host, not {url!r}")
+        urls[key.removeprefix(prefix).lower()] = url.rstrip("/")
+    return urls
 
 
 def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from apps.common.internal_client import InternalClient
+from apps.common.settings import url_settings
 from apps.registry import SERVICES
 from ops.db.credentials import Credentials
 from ops.stack.state import read_state
@@ -21,10 +22,9 @@ def operator_urls() -> dict[str, str]:
     """Where each service answers: the running stack's address, or ``INTERNAL_URL_<SVC>``."""
     state = read_state()
     urls = dict(state["services"]) if state else {}
-    for name in SERVICES:
-        env_url = os.environ.get(f"INTERNAL_URL_{name.upper()}")
-        if env_url:
-            urls[name] = env_url
+    # Read as the services read them (ConfigError naming one that is not an http(s) URL).
+    deployment = url_settings(os.environ, "INTERNAL_URL_")
+    urls.update({name: url for name, url in deployment.items() if name in SERVICES})
     return urls
 
 

@@ -162,6 +162,14 @@ def test_a_call_to_a_deployment_without_its_internal_secret_is_one_line(
     assert not (home / "credentials.json").exists()
 
 
+def test_an_internal_url_without_its_scheme_is_one_line_naming_it(tmp_path: Path, monkeypatch):
+    """Probe newuser: ``INTERNAL_URL_ORDERS=127.0.0.1:8010`` was "connection lost
+    (TransportError)", though nothing had connected."""
+    monkeypatch.setenv("INTERNAL_URL_ORDERS", f"127.0.0.1:{free_port()}")
+    monkeypatch.setenv("INTERNAL_SECRET", "a-secret-long-enough-0123")
+    one_line(rose(tmp_path, "orders", "attention", check=False), "INTERNAL_URL_ORDERS", "http://")
+
+
 def test_an_internal_secret_the_services_would_refuse_is_one_line(tmp_path: Path, monkeypatch):
     """Probe newuser: a secret shorter than the services take was sent, and refused as a 401."""
     monkeypatch.setenv("INTERNAL_URL_RELATIONS", f"http://127.0.0.1:{free_port()}")

@@ -93,6 +93,30 @@ def test_orders_never_falls_back_to_localhost_in_production():
             settings_for(CONTRACTS["orders"], {**COMPLETE, "APP_URL_ORDERS": local})
 
 
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("APP_URL_ORDERS", "orders.rose-ash.com"),
+        ("APP_URL_MARKET", "market.rose-ash.com:443"),
+        ("INTERNAL_URL_EVENTS", "events:8000"),
+        ("INTERNAL_URL_CART", "ftp://cart:8000"),
+        ("INTERNAL_URL_BLOG", "http://"),
+    ],
+)
+def test_a_url_setting_that_is_not_an_http_url_is_named_at_start(name, value):
+    """Probe newuser: a URL without its scheme was taken as it was: orders handed SumUp
+    "orders.rose-ash.com/checkout/webhook/7/" and every call to "events:8000" failed, long
+    after start-up said all was well."""
+    with pytest.raises(ConfigError) as raised:
+        settings_for(CONTRACTS["orders"], {**COMPLETE, name: value})
+    assert str(raised.value) == (
+        f"{name} must be an http:// or https:// URL with a host, not {value!r}"
+    )
+    # In development too: the local stack's own are such URLs.
+    with pytest.raises(ConfigError, match=name):
+        settings_for(CONTRACTS["orders"], {**COMPLETE, "ROSE_ENV": "dev", name: value})
+
+
 def test_development_keeps_its_defaults():
     settings = settings_for(
         CONTRACTS["orders"],
