@@ -147,14 +147,10 @@ class Settings:
         for name, secret in secrets:
             if secret is not None and len(secret) < MIN_SECRET_LENGTH:
                 raise ConfigError(f"{name} must be at least {MIN_SECRET_LENGTH} characters long")
-        if env.get("SESSION_COOKIE_INSECURE", "") in ("1", "true", "yes"):
-            secure = False
-        else:
-            secure = rose_env == "prod" or env.get("SESSION_COOKIE_SECURE", "") in (
-                "1",
-                "true",
-                "yes",
-            )
+        # Read as every switch is (on or off, or named): ``on`` or ``TRUE`` was ignored.
+        insecure = _switch(env, "SESSION_COOKIE_INSECURE")
+        asked_secure = _switch(env, "SESSION_COOKIE_SECURE")
+        secure = not insecure and (rose_env == "prod" or bool(asked_secure))
 
         pool_size = _number(env, int, f"DATABASE_POOL_SIZE_{upper}", "DATABASE_POOL_SIZE")
         pool_timeout = _number(

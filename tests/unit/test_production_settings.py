@@ -374,3 +374,20 @@ def test_a_prune_interval_that_is_not_a_positive_number_is_named(value):
     environment = {**COMPLETE, "BLOG_RETIRED_SUMUP_KEY_PRUNE_SECONDS": value}
     with pytest.raises(ConfigError, match="BLOG_RETIRED_SUMUP_KEY_PRUNE_SECONDS must be"):
         BlogSettings.from_settings(settings_for(CONTRACTS["blog"], environment))
+
+
+@pytest.mark.parametrize(("value", "secure"), [("on", False), ("TRUE", False), ("off", True)])
+def test_the_cookie_switches_read_on_and_off_as_every_switch_does(value, secure):
+    """Probe newuser: SESSION_COOKIE_INSECURE took only 1, true and yes: ``on`` (as
+    DATABASE_POOL_WARM takes) or ``TRUE`` was ignored without a word, and on a plain-HTTP
+    production nobody could sign in."""
+    environ = {**COMPLETE, "SESSION_COOKIE_INSECURE": value}
+    assert settings_for(CONTRACTS["orders"], environ).session_cookie_secure is secure
+    development = {**COMPLETE, "ROSE_ENV": "dev", "SESSION_COOKIE_SECURE": value}
+    assert settings_for(CONTRACTS["orders"], development).session_cookie_secure is not secure
+
+
+@pytest.mark.parametrize("name", ["SESSION_COOKIE_INSECURE", "SESSION_COOKIE_SECURE"])
+def test_a_cookie_switch_that_is_neither_on_nor_off_is_named(name):
+    with pytest.raises(ConfigError, match=f"{name} must be one of 1, true"):
+        settings_for(CONTRACTS["orders"], {**COMPLETE, name: "sometimes"})
