@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated
@@ -307,7 +308,13 @@ def _dba_session(
         binary = psql_binary() if client == "psql" else pgcli_binary()
     except (DbaError, ValueError, ConfigError) as exc:
         raise fail(str(exc)) from None
-    raise typer.Exit(run_client(binary, login, ctx.args))
+    try:
+        code = run_client(binary, login, ctx.args)
+    except OSError as exc:
+        # A program the kernel cannot run (Exec format error, a directory, ...): a line.
+        named = "ROSE_PSQL=" if client == "psql" and os.environ.get("ROSE_PSQL") else ""
+        raise fail(f"{named}{binary}: cannot run it: {exc.strerror or exc}") from None
+    raise typer.Exit(code)
 
 
 @db_app.command("psql", context_settings=DBA_CONTEXT)

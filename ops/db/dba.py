@@ -93,8 +93,16 @@ def _major_version(binary: str) -> int:
 def psql_binary() -> str:
     """``ROSE_PSQL``, else the psql on PATH when it is as new as the embedded distribution's,
     else the embedded distribution's own psql."""
-    if os.environ.get("ROSE_PSQL"):
-        return os.environ["ROSE_PSQL"]
+    chosen = os.environ.get("ROSE_PSQL")
+    if chosen:
+        # Checked here, so that one naming no program is a line, not a traceback from exec.
+        found = shutil.which(chosen)
+        if found is None:
+            raise DbaError(
+                f"ROSE_PSQL={chosen} is no program this user can run: name a psql, or unset "
+                "it for the psql on PATH (or the embedded one)"
+            )
+        return found
     embedded = str(pg_binary("psql"))
     on_path = shutil.which("psql")
     if on_path and _major_version(on_path) >= _major_version(embedded):

@@ -206,6 +206,24 @@ def test_psql_names_bad_input_in_one_line(db_cluster: Cluster, args: list[str], 
     assert len(result.output.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("mode", [None, 0o644, 0o755])
+def test_a_rose_psql_that_is_no_program_is_one_line_naming_it(
+    db_cluster: Cluster, monkeypatch, tmp_path, mode: int | None
+):
+    """Probe newuser: ROSE_PSQL naming no program (nothing there, a file not executable, or
+    one the kernel cannot run) was a FileNotFoundError or OSError traceback."""
+    chosen = tmp_path / "psql"
+    if mode is not None:
+        chosen.write_text("not a program\n")
+        chosen.chmod(mode)
+    monkeypatch.setenv("ROSE_PSQL", str(chosen))
+    result = db_cluster.rose("db", "psql", "likes", "-c", "SELECT 1")
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    assert f"ROSE_PSQL={chosen}" in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+
+
 def test_client_commands_carry_no_password_and_the_passfile_is_private_and_removed():
     login = Login("127.0.0.1", 5432, "db_likes", "likes_app", "s3cret:pw\\x")
     for binary in ("psql", "pgcli"):
