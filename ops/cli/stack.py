@@ -55,7 +55,10 @@ def up(
     proxy: Annotated[
         bool,
         typer.Option(
-            help="A real Caddy in front: the public sites on http://<svc>.rose.localhost:PORT."
+            help=(
+                "A real Caddy in front: the public sites on http://rose.localhost:PORT (blog), "
+                "http://market.rose.localhost:PORT and so on."
+            )
         ),
     ] = False,
     proxy_port: Annotated[

@@ -134,3 +134,14 @@ def test_a_service_that_does_not_answer_is_one_line(tmp_path) -> None:
         assert len(lines) == 1, lines
         assert lines[0].startswith(f"error: {service} "), lines
         assert "unreachable" in lines[0], lines
+
+
+def test_rose_up_help_names_the_proxied_sites_where_the_proxy_serves_them():
+    """Probe newuser: the help sent every public site to http://<svc>.rose.localhost:PORT, but
+    blog is on the bare domain (http://rose.localhost:PORT, as the README says)."""
+    from ops.stack.proxy import LOCAL_DOMAIN, host_of
+
+    result = runner.invoke(rose_cli, ["up", "--help"], terminal_width=200)
+    words = " ".join(result.output.split())
+    assert f"http://{host_of('blog', LOCAL_DOMAIN)}:PORT (blog)" in words, words
+    assert f"http://{host_of('market', LOCAL_DOMAIN)}:PORT" in words, words
