@@ -498,18 +498,21 @@ def read_backup(directory: Path) -> dict[str, DatabaseBackup]:
             f"the backup holds {', '.join(sorted(entries))}; this release has "
             f"{', '.join(sorted(expected))}"
         )
+    damaged = []  # every file, so that one pass puts them all right
     for entry in entries.values():
         if service_spec(entry.service).database != entry.database:
             raise BackupError(f"{manifest_path}: {entry.database} is not {entry.service}'s")
         for archive, _tables_in_it in entry.archives():
             path = directory / archive.file
             if path.name != archive.file or not path.is_file():
-                raise BackupError(f"{path} is missing")
-            if path.stat().st_size != archive.size or sha256_of(path) != archive.sha256:
-                raise BackupError(
+                damaged.append(f"{path} is missing")
+            elif path.stat().st_size != archive.size or sha256_of(path) != archive.sha256:
+                damaged.append(
                     f"{path} is not the file the backup wrote (its size or sha256 differs): "
                     "the backup is damaged"
                 )
+    if damaged:
+        raise BackupError("; ".join(damaged))
     return entries
 
 
@@ -694,13 +697,26 @@ def restore(
 ) -> Outcome:
     """Everything checked first (nothing changes if a check fails); with ``dry_run`` only that,
     and what it would do, a line per database."""
-    entries = check_backup(directory)
+    # Every reason at once, so that one pass fixes them all: the backup's, and the server's
+    # (a damaged archive hid a service still connected).
+    try:
+        entries = check_backup(directory)
+        refusals = []
+    except BackupError as exc:
+        entries, refusals = {}, [str(exc)]
     # One connection per server for the checks (the databases may share one, or not).
-    with Connections() as servers:
-        connected = _services_connected(topology, servers)
-        states = {database: _state(topology, entry, servers) for database, entry in entries.items()}
-    # Every reason at once, so that one pass fixes them all.
-    refusals = [why for state, why in states.values() if state == "refused" and why]
+    try:
+        with Connections() as servers:
+            connected = _services_connected(topology, servers)
+            states = {
+                database: _state(topology, entry, servers) for database, entry in entries.items()
+            }
+    except psycopg.Error:
+        # A server that does not answer says nothing of the backup found wrong already.
+        if refusals:
+            raise BackupError("; ".join(refusals)) from None
+        raise
+    refusals += [why for state, why in states.values() if state == "refused" and why]
     if connected:
         refusals.insert(
             0,

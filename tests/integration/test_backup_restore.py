@@ -382,6 +382,30 @@ def test_a_restore_waits_for_the_services_to_stop(
         assert target.rose("db", "restore", str(made_backup)).exit_code == 0
 
 
+def test_a_refusal_of_a_damaged_backup_names_every_reason_at_once(
+    source: Cluster, made_backup: Path, tmp_path: Path
+) -> None:
+    """Probe newuser: docs/deployment.md says a refusal names every reason found, not the first
+    only; a damaged archive hid the others (a second damaged archive, a service connected)."""
+    backup = copy_of(made_backup, tmp_path)
+    for name in ("db_orders.dump", "db_events.dump"):
+        damaged = backup / name
+        data = bytearray(damaged.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        damaged.write_bytes(bytes(data))
+    with new_server(source) as target:
+        assert target.rose("db", "restore", str(made_backup)).exit_code == 0
+        with target.as_role("cart", "cart_app"):
+            for arguments in (("--dry-run",), ()):
+                refused = target.rose("db", "restore", *arguments, str(backup))
+                assert refused.exit_code == 1
+                assert "db_orders.dump is not the file the backup wrote" in refused.output
+                assert "db_events.dump is not the file the backup wrote" in refused.output
+                assert "cart_app" in refused.output
+                assert "stop the services" in refused.output
+                assert len(refused.output.strip().splitlines()) == 1, refused.output
+
+
 def test_a_backup_into_a_place_it_cannot_write_says_so(source: Cluster, tmp_path: Path) -> None:
     (tmp_path / "a-file").write_text("x")
     refused = source.rose("db", "backup", str(tmp_path / "a-file"))
