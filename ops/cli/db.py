@@ -32,11 +32,9 @@ db_app = typer.Typer(
 
 def require_role_passwords() -> None:
     """Production generates nothing: name every missing role password at once, in one line."""
-    import os
+    from ops.db.credentials import missing_role_passwords, rose_environment
 
-    from ops.db.credentials import missing_role_passwords
-
-    if os.environ.get("ROSE_ENV", "dev") == "prod":
+    if rose_environment() == "prod":
         missing = missing_role_passwords()
         if missing:
             raise fail(f"ROSE_ENV=prod: missing required settings {', '.join(missing)}")

@@ -12,6 +12,7 @@ from rich.markup import escape
 from apps.common.settings import ConfigError
 from ops.cli import calls, db, outbox, proxy, split, stack
 from ops.cli.common import err_console
+from ops.db.credentials import rose_environment
 
 app = typer.Typer(
     help=__doc__,
@@ -48,6 +49,8 @@ def _line_by_line() -> None:
 def main() -> None:  # pragma: no cover - console entry point
     _line_by_line()
     try:
+        # Before any command reads it: a ROSE_ENV that is no environment is refused at once.
+        rose_environment()
         app()
     except ConfigError as exc:
         err_console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)

@@ -14,7 +14,7 @@ import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
-from apps.common.settings import ConfigError
+from apps.common.settings import ENVIRONMENTS, ConfigError
 from apps.registry import SERVICES
 from ops.db.manifest import load_edges
 from ops.paths import rose_home
@@ -39,6 +39,16 @@ def role_env_name(role: str) -> str:
     return f"ROSE_DB_PASSWORD_{role.upper()}"
 
 
+def rose_environment() -> str:
+    """``ROSE_ENV`` as rose's commands read it: ``dev`` when unset, else one of the services'
+    environments. Anything else is refused: ``production`` was read as development, and
+    provisioning then set every role's password to new generated ones."""
+    value = os.environ.get("ROSE_ENV", "").strip() or "dev"
+    if value not in ENVIRONMENTS:
+        raise ConfigError(f"ROSE_ENV must be one of {', '.join(ENVIRONMENTS)}, not {value!r}")
+    return value
+
+
 class Credentials:
     def __init__(
         self,
@@ -58,7 +68,7 @@ class Credentials:
     def for_environment(cls, home: Path | None = None, *, generate: bool = True) -> Credentials:
         """Production: the environment only. Development: the environment, then the file;
         ``generate=False`` (for read-only commands) makes a missing value an error instead."""
-        production = os.environ.get("ROSE_ENV", "dev") == "prod"
+        production = rose_environment() == "prod"
         if production:
             return cls(None, generate=False)
         return cls((home or rose_home()) / "credentials.json", generate=generate)

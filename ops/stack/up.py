@@ -28,7 +28,7 @@ from alembic.util import CommandError
 from apps.registry import SERVICES, service_spec
 from ops.db.backup import BackupError, check_backup, restore
 from ops.db.connections import NotASuperuser, require_superusers
-from ops.db.credentials import Credentials
+from ops.db.credentials import Credentials, rose_environment
 from ops.db.lifecycle import converge_databases
 from ops.db.migrate import MigrateError
 from ops.db.sqlfiles import ConvergeError
@@ -335,7 +335,7 @@ def _run_stack(options: StackOptions, home: Path, lock_home: Callable[[], None])
     if (
         options.database_url is None
         and not options.fresh
-        and os.environ.get("ROSE_ENV", "dev") != "prod"
+        and rose_environment() != "prod"
         and all((data_dir / name).exists() for name in DATA_DIR_FILES)
         and not credentials_file.exists()
     ):

@@ -178,6 +178,22 @@ def test_an_internal_secret_the_services_would_refuse_is_one_line(tmp_path: Path
     one_line(rose(tmp_path, *args, check=False), "INTERNAL_SECRET", "16")
 
 
+@pytest.mark.parametrize("value", ["production", "Prod", "staging"])
+def test_a_rose_env_that_is_no_environment_is_refused_before_any_password_is_made(
+    tmp_path: Path, monkeypatch, value: str
+):
+    """Probe newuser: ``ROSE_ENV=production`` was read as development by rose (the services
+    refuse it): provision generated a new credentials.json and set every role's password on the
+    server it was given to those, and the production services could no longer log in."""
+    monkeypatch.setenv("ROSE_ENV", value)
+    dsn = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
+    home = tmp_path / "home"
+    for command in (["db", "provision", "--dry-run"], ["db", "migrate"]):
+        result = rose(home, *command, "--database-url", dsn, check=False)
+        one_line(result, "ROSE_ENV", repr(value))
+    assert not (home / "credentials.json").exists()
+
+
 def test_rose_up_names_a_data_directory_initdb_did_not_finish(tmp_path: Path):
     """Probe B: an initdb killed after it wrote PG_VERSION (SIGKILL, the OOM killer, a full disk)
     leaves a data directory `rose up` took for a made one; as root it ended in a traceback
