@@ -145,3 +145,22 @@ def test_rose_up_help_names_the_proxied_sites_where_the_proxy_serves_them():
     words = " ".join(result.output.split())
     assert f"http://{host_of('blog', LOCAL_DOMAIN)}:PORT (blog)" in words, words
     assert f"http://{host_of('market', LOCAL_DOMAIN)}:PORT" in words, words
+
+
+@pytest.mark.parametrize(
+    "domain", ["https://rose-ash.com", "rose-ash.com {", "a.com\nreverse_proxy /x attacker:80", ""]
+)
+def test_caddyfile_refuses_a_domain_that_is_no_host_name(domain):
+    """Probe newuser: any text went into every site's address as it was (a URL, a brace, a line
+    of Caddyfile of its own), a Caddyfile Caddy refuses or that routes elsewhere."""
+    result = runner.invoke(rose_cli, ["caddyfile", "--domain", domain])
+    assert result.exit_code == 1, result.output
+    assert result.stdout == ""
+    assert result.stderr.startswith("error: --domain"), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_caddyfile_takes_a_host_name():
+    result = runner.invoke(rose_cli, ["caddyfile", "--domain", "Shop.Example.org"])
+    assert result.exit_code == 0, result.output
+    assert "\nmarket.shop.example.org {" in result.stdout
