@@ -290,9 +290,9 @@ async def update_page_config(
     migration 0004), in this transaction; those kept longer than ``retired_key_days`` are
     deleted here (:func:`prune_retired_keys`)."""
     check_update(request)
-    request = _key_goes_with_its_merchant(request)
     await _require_container(session, request.container_type, request.container_id)
     await _insert_if_missing(session, request.container_type, request.container_id)
+    request = await _key_goes_with_its_merchant(session, request)
     await _check_key_is_the_merchants(session, request)
     changes: dict[str, Any] = {}
     if request.features is not UNSET:
@@ -312,13 +312,24 @@ async def update_page_config(
     return await get_page_config(session, request.container_type, request.container_id)
 
 
-def _key_goes_with_its_merchant(request: UpdatePageConfig) -> UpdatePageConfig:
+async def _key_goes_with_its_merchant(
+    session: AsyncSession, request: UpdatePageConfig
+) -> UpdatePageConfig:
     """A request removing the merchant removes its key too (kept for its orders by the
     retiring trigger): a key left without its merchant would pair with whichever merchant the
-    config names next (:func:`_check_key_is_the_merchants`)."""
-    if request.sumup_merchant_code is None and request.sumup_api_key is UNSET:
-        return msgspec.structs.replace(request, sumup_api_key=None)
-    return request
+    config names next (:func:`_check_key_is_the_merchants`). A config that names no merchant
+    keeps the key it holds (given before the merchant: a form saved naming none, a feature
+    ticked, is no removal of anything). The row stays locked until the update."""
+    if request.sumup_merchant_code is not None or request.sumup_api_key is not UNSET:
+        return request
+    stored_code = await session.scalar(
+        select(PageConfig.sumup_merchant_code)
+        .where(*_is_container(request.container_type, request.container_id))
+        .with_for_update()
+    )
+    if stored_code is None:
+        return request
+    return msgspec.structs.replace(request, sumup_api_key=None)
 
 
 async def _check_key_is_the_merchants(session: AsyncSession, request: UpdatePageConfig) -> None:

@@ -470,6 +470,31 @@ async def test_a_new_merchant_needs_its_own_key_so_a_stale_form_loses_no_key(bro
     assert config_rows(clean_db)[0][3:5] == ("MTWO222", None)
 
 
+async def test_a_key_given_before_its_merchant_survives_a_save_naming_none(browser, clean_db):
+    """Review 6 L4: "removing the merchant removes its key" also took a key an editor gave
+    before naming any merchant (the form's blank merchant reads as "none"), on any later save
+    of the form (a feature ticked), in silence. Only a merchant that goes takes its key."""
+    insert_post(clean_db, "farm-shop", title="Farm shop", is_page=True)
+    token = await sign_in(browser, user_id=1)
+    headers = {**HTML, "X-CSRF-Token": token}
+
+    async def save(code: str, key: str = "") -> object:
+        return await browser.post(
+            "/farm-shop/admin/page-config/",
+            data={"features": ["cart"], "sumup_merchant_code": code, "sumup_api_key": key},
+            headers=headers,
+        )
+
+    assert (await save("", "sup_sk_first_key")).status_code == 303
+    assert config_rows(clean_db)[0][3:5] == (None, "sup_sk_first_key")
+    assert (await save("")).status_code == 303  # a feature ticked, the rest as shown
+    assert config_rows(clean_db)[0][3:5] == (None, "sup_sk_first_key")
+    assert (await save("MONE111")).status_code == 303  # the merchant it was given for
+    assert config_rows(clean_db)[0][3:5] == ("MONE111", "sup_sk_first_key")
+    assert (await save("")).status_code == 303  # that merchant goes, and its key
+    assert config_rows(clean_db)[0][3:5] == (None, None)
+
+
 def form_fields(page_html: str) -> dict[str, list[str]]:
     """What a browser sends for the page's config form as it is shown: every input's value,
     a checkbox's only when ticked (the key input is empty: the key is never shown)."""
