@@ -92,8 +92,8 @@ def outbox_resend(
     except (OutboxError, ValueError) as exc:
         raise fail(str(exc)) from None
     if not resent:
-        console.print(f"no dead messages in {service}'s outbox: nothing resent")
+        console.print(f"no dead messages in the outbox of {service}: nothing resent")
         return
     console.print(
-        f"resent {len(resent)} of {service}'s outbox, due now: {', '.join(map(str, resent))}"
+        f"resent {len(resent)} of the outbox of {service}, due now: {', '.join(map(str, resent))}"
     )
