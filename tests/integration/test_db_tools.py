@@ -19,6 +19,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from alembic import command as alembic_command
 from alembic.script import ScriptDirectory
 
 from apps.registry import SERVICES, service_spec
@@ -460,13 +461,15 @@ def test_a_migration_that_fails_is_one_line_naming_it(db_cluster: Cluster):
 
 
 def _orders_one_migration_behind(cluster: Cluster) -> tuple[str, str]:
-    """orders' version table one revision behind its head, whose migration runs again safely
-    (orders 0018 is an UPDATE of the orders it moves, none here): (behind, head)."""
+    """orders one revision behind its head, by the head's own downgrade (so that its upgrade
+    runs again whatever it does; a migration taking a lock on orders.orders since orders
+    0019): (behind, head)."""
     script = ScriptDirectory.from_config(alembic_config("orders"))
     head = script.get_revision(script.get_current_head())
     assert isinstance(head.down_revision, str)
-    with cluster.admin("orders") as orders:
-        orders.execute("UPDATE orders.alembic_version SET version_num = %s", (head.down_revision,))
+    alembic_command.downgrade(
+        alembic_config("orders", cluster.topology.admin_url("orders")), head.down_revision
+    )
     return head.down_revision, head.revision
 
 
