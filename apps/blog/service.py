@@ -293,7 +293,6 @@ async def update_page_config(
     await _require_container(session, request.container_type, request.container_id)
     await _insert_if_missing(session, request.container_type, request.container_id)
     request = await _key_goes_with_its_merchant(session, request)
-    await _check_key_is_the_merchants(session, request)
     changes: dict[str, Any] = {}
     if request.features is not UNSET:
         # Merged in the statement (jsonb ||), so concurrent updates of other flags are kept.
@@ -315,34 +314,22 @@ async def update_page_config(
 async def _key_goes_with_its_merchant(
     session: AsyncSession, request: UpdatePageConfig
 ) -> UpdatePageConfig:
-    """A request removing the merchant removes its key too (kept for its orders by the
-    retiring trigger): a key left without its merchant would pair with whichever merchant the
-    config names next (:func:`_check_key_is_the_merchants`). A config that names no merchant
-    keeps the key it holds (given before the merchant: a form saved naming none, a feature
-    ticked, is no removal of anything). The row stays locked until the update."""
-    if request.sumup_merchant_code is not None or request.sumup_api_key is not UNSET:
-        return request
-    stored_code = await session.scalar(
-        select(PageConfig.sumup_merchant_code)
-        .where(*_is_container(request.container_type, request.container_id))
-        .with_for_update()
-    )
-    if stored_code is None:
-        return request
-    return msgspec.structs.replace(request, sumup_api_key=None)
+    """The request as it goes with the stored key, read once under the config row's lock (kept
+    until the update, so a concurrent one cannot change the merchant after this):
 
-
-async def _check_key_is_the_merchants(session: AsyncSession, request: UpdatePageConfig) -> None:
-    """Refuse a request that names another merchant than the stored one and keeps the stored
-    key: that key is the stored merchant's. Kept, it would pair the new merchant with it (its
-    checkouts asked for with a key SumUp refuses), and the retiring trigger would drop the kept
-    key of a merchant named again (a form opened before another editor switched merchants, sent
-    after): the only copy that merchant's orders are settled and refunded with. A key stored
-    without a merchant was given for the merchant named next. The config's row stays locked, so
-    a concurrent update cannot change the merchant after this check."""
+    - one removing the merchant removes its key too (kept for its orders by the retiring
+      trigger): a key left without its merchant would pair with whichever merchant the config
+      names next. A config that names no merchant keeps the key it holds (given before the
+      merchant: a form saved naming none, a feature ticked, is no removal of anything);
+    - one naming another merchant than the stored one while keeping the stored key is refused:
+      that key is the stored merchant's. Kept, it would pair the new merchant with it (its
+      checkouts asked for with a key SumUp refuses), and the retiring trigger would drop the
+      kept key of a merchant named again (a form opened before another editor switched
+      merchants, sent after): the only copy that merchant's orders are settled and refunded
+      with. A key stored without a merchant was given for the merchant named next."""
     code = request.sumup_merchant_code
-    if not isinstance(code, str) or request.sumup_api_key is not UNSET:
-        return
+    if code is UNSET or request.sumup_api_key is not UNSET:
+        return request
     stored_code, has_key = (
         await session.execute(
             select(PageConfig.sumup_merchant_code, PageConfig.sumup_api_key.is_not(None))
@@ -350,12 +337,17 @@ async def _check_key_is_the_merchants(session: AsyncSession, request: UpdatePage
             .with_for_update()
         )
     ).one()
+    if code is None:
+        if stored_code is None:
+            return request
+        return msgspec.structs.replace(request, sumup_api_key=None)
     if has_key and stored_code is not None and stored_code != code:
         raise InvalidInput(
             f"Give the API key of merchant {code} too: the stored key is merchant "
             f"{stored_code}'s. Or tick Remove the API key to save the page without one.",
             field="sumup_api_key",
         )
+    return request
 
 
 CHANGED_SINCE_OPENED = (
@@ -367,7 +359,11 @@ CHANGED_SINCE_OPENED = (
 def config_version(config: PageConfigData | None) -> str:
     """What the admin form carries to say which settings it showed: the config's last change
     (empty before the container has one)."""
-    return "" if config is None else config.updated_at.isoformat()
+    return _version(None if config is None else config.updated_at)
+
+
+def _version(updated_at: datetime | None) -> str:
+    return "" if updated_at is None else updated_at.isoformat()
 
 
 async def check_unchanged_since(
@@ -385,7 +381,7 @@ async def check_unchanged_since(
         .where(*_is_container(container_type, container_id))
         .with_for_update()
     )
-    if version != ("" if stored is None else stored.isoformat()):
+    if version != _version(stored):
         raise Conflict(CHANGED_SINCE_OPENED, field="config_version")
     if stored is None and not await _inserted(session, container_type, container_id):
         raise Conflict(CHANGED_SINCE_OPENED, field="config_version")
