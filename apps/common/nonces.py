@@ -35,6 +35,11 @@ SWEEP_ONE_IN = 100
 SWEEP_BATCH = 10_000
 
 
+def draws_sweep() -> bool:
+    """Whether this action sweeps the expired nonces (one in SWEEP_ONE_IN, at random)."""
+    return random.randrange(SWEEP_ONE_IN) == 0
+
+
 def nonce_table(metadata: MetaData) -> Table:
     """The ``request_nonces`` table of a service, in that service's schema."""
     return Table(
@@ -79,7 +84,7 @@ class NonceStore:
         async with engine.connect() as connection:
             connection = await connection.execution_options(isolation_level="AUTOCOMMIT")
             fresh = await self._remember.scalar(connection, {"presented": nonce})
-            if random.randrange(SWEEP_ONE_IN) == 0:
+            if draws_sweep():
                 await self._sweep_on(connection)  # before the action runs: never fails it
         return fresh is not None
 
@@ -88,7 +93,7 @@ class NonceStore:
         which does not sweep: one call in SWEEP_ONE_IN deletes the nonces that can no longer
         be presented, on a connection of its own (never holding the action's locks). Never
         raises: a failure is logged."""
-        if random.randrange(SWEEP_ONE_IN) != 0:
+        if not draws_sweep():
             return
         try:
             async with engine.connect() as connection:

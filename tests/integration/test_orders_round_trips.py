@@ -78,7 +78,7 @@ def round_trips(app: Any, directory: Path) -> Iterator[list[int]]:
 def sweep_nonces_after(monkeypatch: pytest.MonkeyPatch, *, every_action: bool) -> None:
     """One action in SWEEP_ONE_IN sweeps the expired nonces after its answer, drawn at random:
     a count of round trips must say whether its action drew the sweep."""
-    monkeypatch.setattr(nonces.random, "randrange", lambda stop: 0 if every_action else 1)
+    monkeypatch.setattr(nonces, "draws_sweep", lambda: every_action)
 
 
 async def test_a_checkout_costs_orders_these_round_trips(
