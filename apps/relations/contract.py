@@ -68,7 +68,9 @@ class AttachChild(msgspec.Struct, forbid_unknown_fields=True):
     parent_id: ContainerId
     child_type: ContainerType
     child_id: ContainerId
-    sort_order: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] | None = None
+    # Any the column holds: only the undo of a detach sends one, what relations stored (the
+    # split moves the monolith's as they were, negative ones included).
+    sort_order: Annotated[int, msgspec.Meta(ge=-(2**31), le=2**31 - 1)] | None = None
     # One readable line (apps.common.inputs.one_line_name, checked by relations): a 422 otherwise.
     label: Annotated[str, msgspec.Meta(max_length=255)] | None = None
 
@@ -147,14 +149,16 @@ class RelationsCall:
     @classmethod
     def detach_of(cls, relation: Relation) -> RelationsCall:
         """The detach of an attachment relations answered: its undo re-attaches it exactly
-        (same label, same place among the parent's children)."""
+        (same place among the parent's children; no label, so relations restores the detached
+        row with the label it stored, which it might refuse as a new one: the split moves the
+        monolith's labels unchecked, a blank one included)."""
         pair = DetachChild(
             parent_type=relation.parent_type,
             parent_id=relation.parent_id,
             child_type=relation.child_type,
             child_id=relation.child_id,
         )
-        return cls(False, pair, relation.label, relation.sort_order)
+        return cls(False, pair, None, relation.sort_order)
 
     def undo(self) -> RelationsCall:
         return RelationsCall(not self.attach, self.relation, self.label, self.sort_order)
@@ -279,7 +283,9 @@ class RelationsLink:
         call = RelationsCall.of(message.action, message.payload).undo()
         if message.action == detach_child.name:
             detached = msgspec.convert(answer, Detached)
-            if detached.relation is not None:
+            if not detached.detached:
+                return  # nothing was attached (an editor detached it meanwhile): nothing to undo
+            if detached.relation is not None:  # None: an older relations' answer
                 call = RelationsCall.detach_of(detached.relation).undo()
         await enqueue(
             session,

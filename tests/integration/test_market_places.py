@@ -588,15 +588,16 @@ async def test_an_undo_relations_refuses_for_good_is_dead_and_blocks_nothing(
         connection.execute(
             "UPDATE market.market_places SET name = E'Dairy\\nfarm' WHERE id = %s", (place_id,)
         )
-    # The undo re-attaches exactly what was detached: the label relations stored then.
-    with admin_connect(clean_db, "relations") as connection:
-        connection.execute(
-            "UPDATE relations.container_relations SET label = E'Dairy\\nfarm' WHERE child_id = %s",
-            (place_id,),
-        )
     await queue_a_reattach(stack, clean_db, monkeypatch, editor, place_id)
     [(action, _key, delivered)] = outbox_rows(clean_db)
     assert (action, delivered) == ("attach-child", False)
+    # As an earlier release queued it: its undo carried the label relations stored (this one
+    # sends none, and relations restores the stored label).
+    with admin_connect(clean_db, "market") as connection:
+        connection.execute(
+            "UPDATE market.outbox SET payload = jsonb_set(payload, '{label}', to_jsonb(%s::text))",
+            ("Dairy\nfarm",),
+        )
 
     deleted = await editor.post(f"/admin/market-places/{place_id}/delete/")
     assert deleted.status_code == 200, deleted.text
@@ -1124,3 +1125,73 @@ async def test_a_form_refused_before_the_handler_is_the_admin_page_with_the_mess
     assert 'id="error-page_id">' in twice.text, twice.text
     assert 'value="B"' in twice.text
     assert places(clean_db) == [("veg", "Veg", 1, True)]
+
+
+@pytest.mark.parametrize(
+    ("column", "stored"),
+    [("label", "''"), ("label", "'Greens' || chr(10) || 'here'"), ("sort_order", "-1")],
+)
+async def test_a_detach_undone_restores_what_relations_stored_even_if_it_would_refuse_it_now(
+    stack, clean_db, column, stored
+):
+    """Review 7 M1: the undo of a detach re-attached with the label and sort order relations
+    answered, which relations checks as any attach: a label or place the split moved from the
+    monolith unchecked (a blank or two-line label, a negative sort order) was refused for good,
+    and the place, kept in market, stayed off that page. The undo restores the row as stored."""
+    editor, place_id = await _place_on_two_pages(stack)
+    with admin_connect(clean_db, "relations") as connection:
+        connection.execute(
+            f"UPDATE relations.container_relations SET {column} = {stored} "
+            "WHERE child_type = 'market' AND child_id = %s AND parent_id = 2",
+            (place_id,),
+        )
+    before = relations_by_page(clean_db)
+    route_relations(stack, SecondDetachFails(stack.apps["relations"]))
+    failed = await editor.post(f"/admin/market-places/{place_id}/delete/")
+    assert failed.status_code == 502, failed.text
+    assert places(clean_db)[-1] == ("veg", "Veg", 2, True)
+    route_relations(stack, stack.apps["relations"])
+    await relay_until_delivered(stack, clean_db)
+    assert relations_by_page(clean_db) == before
+    with admin_connect(clean_db, "market") as connection:
+        dead = connection.execute("SELECT count(*) FROM market.outbox WHERE dead_at IS NOT NULL")
+        assert dead.fetchone() == (0,)
+
+
+class DetachesNeverArrive:
+    """relations, except that market's detach-child calls time out before relations sees
+    them, until ``back`` is set."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.back = False
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        caller = dict(scope.get("headers", [])).get(b"x-rose-caller", b"")
+        detach = scope["type"] == "http" and scope["path"] == "/internal/actions/detach-child"
+        if detach and not self.back and caller.startswith(b"market"):
+            await read_body(receive)
+            raise httpx.ReadTimeout("no answer in time")
+        await self.app(scope, receive, send)
+
+
+async def test_the_undo_of_a_repeated_detach_that_detached_nothing_attaches_nothing(
+    stack, clean_db
+):
+    """Review 7 L1: market's detach timed out before relations saw it; meanwhile an editor
+    detached the place from market-hall in blog. The outbox's repeat then detached nothing,
+    and its undo re-attached the place all the same: the editor's detach was lost."""
+    editor, place_id = await _place_on_two_pages(stack)
+    lossy = DetachesNeverArrive(stack.apps["relations"])
+    route_relations(stack, lossy)
+    answer = await editor.post(f"/admin/market-places/{place_id}/delete/")
+    assert answer.status_code >= 500, answer.text
+    blog = await browser_of(stack, "blog", user_id=1)
+    gone = await blog.post(
+        "/market-hall/admin/menu-items/detach/", data={"market_place_id": str(place_id)}
+    )
+    assert gone.status_code == 200, gone.text
+    after_editor = relations_by_page(clean_db)
+    lossy.back = True
+    await relay_until_delivered(stack, clean_db)
+    assert relations_by_page(clean_db) == after_editor

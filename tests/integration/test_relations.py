@@ -128,7 +128,7 @@ async def test_concurrent_attaches_leave_one_active_row(relations, clean_db):
         ({**PAGE_1_MARKET_7, "child_id": -7}, "child_id"),
         ({**PAGE_1_MARKET_7, "parent_id": 0}, "parent_id"),
         ({**PAGE_1_MARKET_7, "parent_type": "Page!"}, "parent_type"),
-        ({**PAGE_1_MARKET_7, "sort_order": -1}, "sort_order"),
+        ({**PAGE_1_MARKET_7, "sort_order": 2**31}, "sort_order"),  # beyond the column
         ({**PAGE_1_MARKET_7, "colour": "red"}, "colour"),
         # Audit: the label is checked here as the callers' forms check it (one readable line).
         ({**PAGE_1_MARKET_7, "label": "Greens\nrow"}, "label"),
