@@ -232,11 +232,23 @@ def url_settings(env: Mapping[str, str], prefix: str) -> dict[str, str]:
         if not key.startswith(prefix) or not value.strip():
             continue
         url = value.strip()
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        if not _is_http_url(url):
             raise ConfigError(f"{key} must be an http:// or https:// URL with a host, not {url!r}")
         urls[key.removeprefix(prefix).lower()] = url.rstrip("/")
     return urls
+
+
+def _is_http_url(url: str) -> bool:
+    """An http(s) URL with a host, a port that is a port (if any), and no whitespace (which
+    urlsplit keeps in the host or path)."""
+    if any(character.isspace() for character in url):
+        return False
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises ValueError for a port that is not one)
+    except ValueError:  # "http://[::1": an unclosed IPv6 address; a port out of range
+        return False
+    return parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
 
 
 def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:

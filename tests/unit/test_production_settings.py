@@ -101,6 +101,12 @@ def test_orders_never_falls_back_to_localhost_in_production():
         ("INTERNAL_URL_EVENTS", "events:8000"),
         ("INTERNAL_URL_CART", "ftp://cart:8000"),
         ("INTERNAL_URL_BLOG", "http://"),
+        # Review 7 L4: a traceback, or taken as they were.
+        ("INTERNAL_URL_EVENTS", "http://[::1"),
+        ("INTERNAL_URL_EVENTS", "http://events:abc"),
+        ("INTERNAL_URL_EVENTS", "http://events:99999"),
+        ("INTERNAL_URL_EVENTS", "http://exa mple:80"),
+        ("INTERNAL_URL_EVENTS", "http://events:8000\nHost: evil"),
     ],
 )
 def test_a_url_setting_that_is_not_an_http_url_is_named_at_start(name, value):
@@ -391,3 +397,17 @@ def test_the_cookie_switches_read_on_and_off_as_every_switch_does(value, secure)
 def test_a_cookie_switch_that_is_neither_on_nor_off_is_named(name):
     with pytest.raises(ConfigError, match=f"{name} must be one of 1, true"):
         settings_for(CONTRACTS["orders"], {**COMPLETE, name: "sometimes"})
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "http://[fd00::7]:8000",
+        "HTTPS://Orders.Rose-Ash.com",
+        "http://events:8000/prefix/",
+        "http://user:pass@events:8000",
+    ],
+)
+def test_valid_url_settings_are_taken(value):
+    settings = settings_for(CONTRACTS["orders"], {**COMPLETE, "INTERNAL_URL_EVENTS": value})
+    assert settings.internal_urls["events"] == value.rstrip("/")
