@@ -940,17 +940,12 @@ async def _clear_merged_before(
     lines record the order. What the account added after the order stays."""
     merged = table_of(CartItem).alias("merged")
     into = table_of(CartItem)
+    untaken = (merged.c.created_at <= placed_at) & merged.c.order_id.is_(None)
     query = (
-        select(into.c.id, func.sum(merged.c.quantity), func.array_agg(merged.c.id))
+        select(into.c.id)
         .join(merged, merged.c.merged_into_id == into.c.id)
-        .where(
-            owner.clause(),
-            into.c.deleted_at.is_(None),
-            into.c.created_at > placed_at,
-            merged.c.created_at <= placed_at,
-            merged.c.order_id.is_(None),
-        )
-        .group_by(into.c.id)
+        .where(owner.clause(), into.c.deleted_at.is_(None), into.c.created_at > placed_at, untaken)
+        .distinct()
         .order_by(into.c.id)
     )
     if product_ids is not None:
@@ -958,12 +953,24 @@ async def _clear_merged_before(
     if request.page_post_id is not None:
         query = query.where(into.c.market_place_container_id == request.page_post_id)
     cleared = 0
-    for into_id, quantity, merged_ids in (await session.execute(query)).all():
+    for into_id in (await session.scalars(query)).all():
         line = await session.scalar(
             select(CartItem).where(CartItem.id == into_id).with_for_update()
         )
         if line is None or line.deleted_at is not None:
             continue
+        # Read under the line's lock: a clear of another order that took them committed first.
+        taking = (
+            await session.execute(
+                select(merged.c.id, merged.c.quantity).where(
+                    merged.c.merged_into_id == into_id, untaken
+                )
+            )
+        ).all()
+        if not taking:
+            continue
+        quantity = sum(row.quantity for row in taking)
+        merged_ids = [row.id for row in taking]
         if line.quantity > quantity:
             line.quantity -= quantity
         else:

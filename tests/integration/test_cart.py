@@ -1321,3 +1321,50 @@ async def test_a_draft_pages_title_is_not_shown_in_the_cart(stack, clean_db, sho
         assert "Secret harvest fair" not in answer.text, path
     summary = await internal_get(stack.client("cart"), "cart-summary", {"user_id": 5})
     assert "Secret harvest fair" not in summary.text
+
+
+async def test_two_legacy_orders_cleared_at_once_take_a_merged_quantity_once(stack, clean_db, shop):
+    """Review 7 L3: two legacy orders paid late, of the same product and owner, both placed
+    after an anonymous line that sign-in merged into the account's newer line: cleared at
+    once, each read the merged quantity before locking that line, and both took it off, so
+    the unit the account added after the orders left too. Shown with the account's line held
+    locked while both clears reach it."""
+    product = shop.product_ids[0]
+    with admin_connect(clean_db, "cart") as connection:
+        into = connection.execute(
+            "INSERT INTO cart.cart_items (user_id, product_id, quantity, "
+            "market_place_container_id) VALUES (41, %s, 2, 1) RETURNING id",
+            (product,),
+        ).fetchone()[0]
+        connection.execute(
+            "INSERT INTO cart.cart_items (session_id, product_id, quantity, created_at, "
+            "deleted_at, merged_into_id, market_place_container_id) "
+            "VALUES ('anon-41', %s, 1, now() - interval '3 days', now(), %s, 1)",
+            (product, into),
+        )
+    placed = {101: "2 days", 102: "1 day"}
+    cart_client = stack.client("cart")
+    with admin_connect(clean_db, "cart") as holder:
+        holder.autocommit = False
+        holder.execute("SELECT 1 FROM cart.cart_items WHERE id = %s FOR UPDATE", (into,))
+        clears = []
+        for order_id, age in placed.items():
+            with admin_connect(clean_db, "cart") as clock:
+                placed_at = clock.execute("SELECT now() - %s::interval", (age,)).fetchone()[0]
+            payload = {
+                "order_id": order_id,
+                "user_id": 41,
+                "lines": [{"product_id": product, "quantity": 1}],
+                "placed_at": placed_at.isoformat(),
+            }
+            clears.append(
+                asyncio.ensure_future(internal_post(cart_client, "clear-cart-for-order", payload))
+            )
+        try:
+            assert await eventually(lambda: lock_waiters(clean_db, "cart") == 2)
+        finally:
+            holder.rollback()
+        answers = await asyncio.gather(*clears)
+    assert [answer.status_code for answer in answers] == [200, 200], [a.text for a in answers]
+    # One order took the merged unit; the unit added after both orders is still in the cart.
+    assert live_lines(clean_db) == [(41, product, 1)]
