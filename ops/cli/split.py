@@ -23,7 +23,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ops.cli.common import DatabaseUrlOption, superuser_topology
-from ops.split.common import SplitError
+from ops.split.common import ServicesConnected, SplitError
 from ops.split.moves import LEGACY_TABLES, Move, select_moves
 from ops.split.run import BULK_LOAD_MIN_ROWS, MovePlan, MoveReport, Outcome
 from ops.split.verify import MoveVerification
@@ -62,6 +62,15 @@ def _moves(names: list[str] | None) -> list[Move]:
 def _fail(message: str) -> typer.Exit:
     # One line: libpq's words about a server that does not answer come over several.
     console.print(f"[red]error:[/red] {escape(' '.join(message.split()))}")
+    return typer.Exit(1)
+
+
+def _refused_while_services_run(refusal: ServicesConnected) -> typer.Exit:
+    """A line per database whose service is connected, and what to do; exit 1."""
+    first, *rest = refusal.lines()
+    console.print(f"[red]error:[/red] {escape(first)}")
+    for line in rest:
+        console.print(escape(line))
     return typer.Exit(1)
 
 
@@ -273,6 +282,8 @@ def run_command(
             verify=verify,
             bulk_load_min_rows=bulk_load_min_rows,
         )
+    except ServicesConnected as refusal:
+        raise _refused_while_services_run(refusal) from None
     except (SplitError, psycopg.Error) as exc:
         frozen = "" if "frozen now" in str(exc) else describe_frozen(topology, LEGACY_SERVICES)
         raise _fail(f"{exc}\nNothing was moved by this run. {frozen}".rstrip()) from None
@@ -464,6 +475,8 @@ def abort_command(move: MoveOption = None, database_url: DatabaseUrlOption = Non
 
     try:
         result = abort(superuser_topology(database_url, "rose split abort"), _moves(move), _say)
+    except ServicesConnected as refusal:
+        raise _refused_while_services_run(refusal) from None
     except (SplitError, psycopg.Error) as exc:
         raise _fail(str(exc)) from None
     for line in result.refused:
@@ -527,6 +540,8 @@ def cutover_command(move: MoveOption = None, database_url: DatabaseUrlOption = N
     topology = superuser_topology(database_url, "rose split cutover")
     try:
         reports = cutover(topology, _moves(move), _say)
+    except ServicesConnected as refusal:
+        raise _refused_while_services_run(refusal) from None
     except (SplitError, psycopg.Error) as exc:
         raise _fail(f"{exc}\n{describe_frozen(topology, LEGACY_SERVICES)}") from None
     for report in reports:

@@ -59,7 +59,7 @@ from ops.db.binaries import (
 )
 from ops.db.check import LEGACY_SCHEMA, check
 from ops.db.checksums import CURRENT_HASH, MD5_HASH, Checksum, table_checksum
-from ops.db.connections import Connections, connect, scalar
+from ops.db.connections import Connections, connect, scalar, services_connected
 from ops.db.credentials import Credentials
 from ops.db.exclusive import converging_alone
 from ops.db.lifecycle import converge_databases
@@ -637,22 +637,6 @@ def _ids_past_the_backup(
             connection.execute("SELECT setval(%s, %s, false)", (name, past))
 
 
-def _services_connected(topology: Topology, servers: Connections) -> list[str]:
-    """The services' own logins still connected to their databases, as "db_cart: cart_app (2
-    sessions)"."""
-    found = []
-    for service in SERVICES:
-        spec = service_spec(service)
-        sessions = scalar(
-            servers.get(topology.maintenance_url(service)),
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND usename = %s",
-            (spec.database, spec.app_role),
-        )
-        if sessions:
-            found.append(f"{spec.database}: {spec.app_role} ({sessions} sessions)")
-    return found
-
-
 def _unreadable(directory: Path, entry: DatabaseBackup) -> str | None:
     """Why this release's pg_restore cannot restore an archive's rows (None: it can): an
     archive of a newer pg_dump, or one without a table's data."""
@@ -707,7 +691,7 @@ def restore(
     # One connection per server for the checks (the databases may share one, or not).
     try:
         with Connections() as servers:
-            connected = _services_connected(topology, servers)
+            connected = services_connected(topology, servers)
             states = {
                 database: _state(topology, entry, servers) for database, entry in entries.items()
             }

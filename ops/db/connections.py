@@ -4,6 +4,7 @@ open by DSN, and the one value a catalog query or an aggregate returns."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, LiteralString
 
 import psycopg
@@ -104,3 +105,25 @@ def one_row(connection: psycopg.Connection[Any], query: Query, params: Params | 
 def scalar(connection: psycopg.Connection[Any], query: Query, params: Params | None = None) -> Any:
     """The first value of that row."""
     return one_row(connection, query, params)[0]
+
+
+def services_connected(
+    topology: Topology, servers: Connections, services: Iterable[str] | None = None
+) -> list[str]:
+    """The services' own logins connected to their databases (of ``services``; default every
+    service), as "db_cart: cart_app (2 sessions)": a service running. What `rose db restore`
+    and the `rose split` steps that write the services' tables refuse to run beside."""
+    from apps.registry import SERVICES, service_spec
+
+    found = []
+    for service in dict.fromkeys(SERVICES if services is None else services):
+        spec = service_spec(service)
+        sessions = scalar(
+            servers.get(topology.maintenance_url(service)),
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND usename = %s",
+            (spec.database, spec.app_role),
+        )
+        if sessions:
+            plural = "" if sessions == 1 else "s"
+            found.append(f"{spec.database}: {spec.app_role} ({sessions} session{plural})")
+    return found

@@ -23,13 +23,16 @@ from apps.registry import service_spec
 from ops.db.topology import Topology
 from ops.split.common import (
     FaultHook,
+    LedgerEntry,
     Say,
     SplitError,
     connect,
     crash_from_environment,
     ledger_exists,
+    ledger_of,
     operator,
     read_ledger,
+    refuse_while_services_run,
 )
 from ops.split.finalize import dropped_of, source_records
 from ops.split.freeze import unfreeze
@@ -249,11 +252,35 @@ def abort_move(topology: Topology, move: Move, say: Say, fault: FaultHook) -> di
     return deleted
 
 
+ABORT_ADVICE = (
+    "Stop them first: abort empties their targets and makes the monolith writable again, so "
+    "what a service wrote after it would be in neither, and a service still serving would "
+    "serve without the moved rows. Nothing was changed."
+)
+
+
+def _holds_rows(ledger: LedgerEntry | None) -> bool:
+    """Whether abort would delete rows of the move from its target (moved, cut over, or
+    syncing; neither aborted nor finalized)."""
+    return (
+        ledger is not None
+        and not ledger.aborted
+        and ledger.finalized_at is None
+        and (ledger.done or ledger.syncing)
+    )
+
+
 def abort(
     topology: Topology, moves: list[Move], say: Say, fault: FaultHook = crash_from_environment
 ) -> AbortResult:
     """Abort each of ``moves`` (the last ones first); a move that cannot be aborted is refused
     with its reason and the others go on."""
+    refuse_while_services_run(
+        topology,
+        [move for move in moves if _holds_rows(ledger_of(topology, move))],
+        "rose split abort",
+        ABORT_ADVICE,
+    )
     result = AbortResult()
     for move in reversed(moves):
         try:

@@ -26,7 +26,7 @@ from psycopg import pq, sql
 from psycopg.rows import dict_row
 
 from apps.registry import service_spec
-from ops.db.connections import scalar
+from ops.db.connections import Connections, scalar, services_connected
 from ops.db.sqlfiles import parse
 from ops.db.topology import Topology
 from ops.split.moves import SPLIT_DIR, Move
@@ -58,6 +58,41 @@ _SECTION_MARKER = re.compile(r"^-- split:(classify|apply)\b.*$", re.MULTILINE)
 
 class SplitError(Exception):
     """A refusal or a failed check, with a message for the operator."""
+
+
+class ServicesConnected(SplitError):
+    """A step that writes the targets refused while their services run: which logins are
+    connected where (a line each), and what to do."""
+
+    def __init__(self, command: str, connected: list[str], advice: str) -> None:
+        self.command = command
+        self.connected = connected
+        self.advice = advice
+        super().__init__(
+            f"{command} refused: the services are running ({'; '.join(connected)}): {advice}"
+        )
+
+    def lines(self) -> list[str]:
+        return [
+            f"{self.command} refused: the services are running (their own logins are "
+            "connected to the databases it would write):",
+            *(f"  {line}" for line in self.connected),
+            self.advice,
+        ]
+
+
+def refuse_while_services_run(
+    topology: Topology, moves: Iterable[Move], command: str, advice: str
+) -> None:
+    """Raise ServicesConnected when a service's own login is connected to the target database
+    of one of ``moves``; reads only (pg_stat_activity), so nothing is changed when it refuses."""
+    targets = list(dict.fromkeys(move.target for move in moves))
+    if not targets:
+        return
+    with Connections() as servers:
+        connected = services_connected(topology, servers, targets)
+    if connected:
+        raise ServicesConnected(command, connected, advice)
 
 
 # Sent with every connection: the fixed settings; a server that notices a dead client within a

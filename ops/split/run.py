@@ -43,9 +43,11 @@ from ops.split.common import (
     databases_of,
     ensure_ledger,
     execute_sql,
+    ledger_of,
     mark_started,
     open_sessions,
     read_ledger,
+    refuse_while_services_run,
     reused_sessions,
     run_file,
     session,
@@ -883,6 +885,20 @@ def run_all(
         return _run_all(topology, moves, say, fault, jobs, lock_timeout, verify, bulk_load_min_rows)
 
 
+# What run says when a target's service is running (docs/runbook-split.md).
+RUN_ADVICE = (
+    'Stop the services first (docs/runbook-split.md, "Before the night", step 2): a running '
+    "service writes its tables during and after the move (orders' reconciliation expires the "
+    "moved orders past their time to pay), and verify, finalize and abort then find the target "
+    "changed. Nothing was frozen or written."
+)
+
+
+def _not_done(topology: Topology, moves: list[Move]) -> list[Move]:
+    """The moves a run would run (its ledger read only: no ledger is made here)."""
+    return [move for move in moves if not ((entry := ledger_of(topology, move)) and entry.done)]
+
+
 def _run_all(
     topology: Topology,
     moves: list[Move],
@@ -896,6 +912,7 @@ def _run_all(
     result = RunResult()
     reports: dict[str, MoveReport] = {}
     pending: list[Move] = []
+    refuse_while_services_run(topology, _not_done(topology, moves), "rose split run", RUN_ADVICE)
     open_sessions(topology, databases_of(moves))
     for move in moves:
         done = _pending(topology, move, say)

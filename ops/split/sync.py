@@ -53,9 +53,11 @@ from ops.split.common import (
     connect,
     crash_from_environment,
     ensure_ledger,
+    ledger_of,
     mark_started,
     operator,
     read_ledger,
+    refuse_while_services_run,
     run_file,
 )
 from ops.split.freeze import FREEZE_LOCK_TIMEOUT, freeze
@@ -755,8 +757,29 @@ def cutover(
     say: Say,
     fault: FaultHook = crash_from_environment,
 ) -> list[CutoverReport]:
-    """One move at a time: each move's sources are frozen only for its own drain and verify."""
+    """One move at a time: each move's sources are frozen only for its own drain and verify.
+    Refused before anything while the service of a move still to cut over runs: the cutover
+    records the target as it is, and what the service wrote before would be taken as moved."""
+    refuse_while_services_run(
+        topology,
+        [move for move in moves if _to_cut_over(ledger_of(topology, move))],
+        "rose split cutover",
+        CUTOVER_ADVICE,
+    )
     return [cutover_move(topology, move, say, fault) for move in moves]
+
+
+CUTOVER_ADVICE = (
+    'Stop them until their moves are cut over (docs/runbook-split.md, "The online night", '
+    "step 2: start each move's service once its move is cut over and verified): the cutover "
+    "records the target as it is, and verify, finalize and abort compare with that record. "
+    "Nothing was frozen or written."
+)
+
+
+def _to_cut_over(ledger: LedgerEntry | None) -> bool:
+    """Whether a cutover would drain into the move's target or record it."""
+    return ledger is not None and (ledger.syncing or ledger.cut_over_unrecorded)
 
 
 def capture_left(topology: Topology, move: Move) -> list[str]:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
+import psycopg
 from click.testing import Result
 from typer.testing import CliRunner
 
@@ -110,3 +112,30 @@ def seeded_monolith(clean_db: TestServer) -> Iterator[TestServer]:
         yield clean_db
     finally:
         drop_split_state(clean_db)
+
+
+@contextmanager
+def service_sessions(
+    server: TestServer, credentials: Credentials, service: str, count: int
+) -> Iterator[None]:
+    """``count`` sessions of ``service``'s own login role in its database: the service running."""
+    with ExitStack() as sessions:
+        for _ in range(count):
+            sessions.enter_context(psycopg.connect(server.topology.app_url(service, credentials)))
+        yield
+
+
+def freeze_triggers(server: TestServer) -> list[str]:
+    """The freeze triggers on the monolith's tables ("<service>.<table>.<trigger>")."""
+    found = []
+    for service in LEGACY_SERVICES:
+        found += [
+            f"{service}.{table}.{trigger}"
+            for table, trigger in rows(
+                server,
+                service,
+                "SELECT c.relname, t.tgname FROM pg_trigger AS t "
+                "JOIN pg_class AS c ON c.oid = t.tgrelid WHERE t.tgname LIKE 'split_freeze_%%'",
+            )
+        ]
+    return found

@@ -35,12 +35,14 @@ from tests.conftest import REPO_ROOT, admin_connect, in_process_stack
 from tests.integration.orders_fixtures import orders_stack, webhook
 from tests.integration.split_fixtures import (
     STATUS_MAPPING,
+    freeze_triggers,
     ledger,
     listed_ids,
     rose_db_check,
     rose_split,
     rows,
     seeded_monolith,
+    service_sessions,
     target_counts,
     value,
 )
@@ -1016,6 +1018,40 @@ def test_the_sources_are_frozen_once_moved(monolith):
     # Tables of moves not run yet are still writable.
     with admin_connect(monolith, "cart") as connection:
         connection.execute("UPDATE legacy.orders SET description = description WHERE id = 1")
+
+
+def test_run_refuses_while_a_service_is_connected_to_a_target_before_anything(
+    monolith, credentials
+):
+    """Probe split: the runbook's "Before the night" step 2 wants the services stopped, and run
+    did not check: with every service running, orders' reconciliation took up the moved orders
+    (expired those past their time to pay), and verify, finalize and abort then refused, the
+    target changed. Refused now, one line per database, before anything is frozen or written;
+    a service whose database no move of the run writes does not stop it."""
+    with service_sessions(monolith, credentials, "orders", 2):
+        with service_sessions(monolith, credentials, "likes", 1):
+            refused = rose_split(monolith, "run")
+        assert refused.exit_code == 1, refused.output
+        lines = refused.output.splitlines()
+        assert lines[0].startswith("error: rose split run refused: ")
+        assert "  db_likes: likes_app (1 session)" in lines
+        assert "  db_orders: orders_app (2 sessions)" in lines
+        assert lines[-1].startswith(
+            'Stop the services first (docs/runbook-split.md, "Before the night", step 2)'
+        )
+        assert lines[-1].endswith("Nothing was frozen or written.")
+        assert freeze_triggers(monolith) == []
+        assert all(ledger(monolith, move.name) is None for move in MOVES)
+        assert set(target_counts(monolith).values()) == {0}
+
+        # Orders still connected: a run of the other moves goes ahead.
+        moved = rose_split(monolith, "run", "--move", "likes", "--move", "relations")
+        assert moved.exit_code == 0, moved.output
+        refused = rose_split(monolith, "run")
+        assert refused.exit_code == 1, refused.output
+        assert "  db_orders: orders_app (2 sessions)" in refused.output.splitlines()
+        assert "db_likes" not in refused.output  # done: this run would not write it
+    assert rose_split(monolith, "run").exit_code == 0
 
 
 def schema_of_targets(server: TestServer) -> dict[str, list[tuple[str, str]]]:

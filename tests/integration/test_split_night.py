@@ -26,10 +26,12 @@ from ops.split.run import run_all
 from ops.split.status import split_status
 from tests.conftest import REPO_ROOT, admin_connect, in_process_stack
 from tests.integration.split_fixtures import (
+    freeze_triggers,
     ledger,
     rose_split,
     rows,
     seeded_monolith,
+    service_sessions,
     target_counts,
     value,
 )
@@ -62,21 +64,6 @@ def legacy_snapshot(server: TestServer) -> Snapshot:
                 ).fetchone()
                 snapshot[f"{service}.{table}"] = (count, digest)
     return snapshot
-
-
-def freeze_triggers(server: TestServer) -> list[str]:
-    found = []
-    for service in LEGACY_SERVICES:
-        found += [
-            f"{service}.{table}.{trigger}"
-            for table, trigger in rows(
-                server,
-                service,
-                "SELECT c.relname, t.tgname FROM pg_trigger AS t "
-                "JOIN pg_class AS c ON c.oid = t.tgrelid WHERE t.tgname LIKE 'split_freeze_%%'",
-            )
-        ]
-    return found
 
 
 def dropped_records(server: TestServer) -> list[str]:
@@ -842,6 +829,32 @@ def test_a_ledger_recorded_before_payable_until_was_checked_still_compares(monol
     aborted = rose_split(monolith, "abort", "--move", "orders")
     assert aborted.exit_code == 0, aborted.output
     assert value(monolith, "orders", "SELECT count(*) FROM orders.orders") == 0
+
+
+def test_abort_refuses_while_the_service_runs(monolith, credentials):
+    """Abort empties the target and makes the monolith writable again: with the service still
+    running, what it wrote after would be in neither, and it would serve without the moved
+    rows. Refused before anything changes; moves with nothing in their targets are no reason."""
+    assert rose_split(monolith, "run", "--move", "relations").exit_code == 0
+    moved = value(monolith, "relations", "SELECT count(*) FROM relations.container_relations")
+    frozen = freeze_triggers(monolith)
+    with service_sessions(monolith, credentials, "relations", 2):
+        with service_sessions(monolith, credentials, "orders", 1):
+            refused = rose_split(monolith, "abort")
+        assert refused.exit_code == 1, refused.output
+        lines = refused.output.splitlines()
+        assert lines[0].startswith("error: rose split abort refused: "), lines
+        assert lines[1:-1] == ["  db_relations: relations_app (2 sessions)"]
+        assert lines[-1].startswith("Stop them first")
+        assert (
+            value(monolith, "relations", "SELECT count(*) FROM relations.container_relations")
+            == moved
+        )
+        assert freeze_triggers(monolith) == frozen
+        assert ledger(monolith, "relations")["aborted_at"] is None
+    aborted = rose_split(monolith, "abort")
+    assert aborted.exit_code == 0, aborted.output
+    assert value(monolith, "relations", "SELECT count(*) FROM relations.container_relations") == 0
 
 
 def test_abort_refuses_while_the_service_keeps_rows_of_its_own_on_the_moved_ones(monolith):

@@ -34,11 +34,13 @@ from ops.split.status import split_status
 from tests.conftest import REPO_ROOT, admin_connect
 from tests.integration.db_fixtures import start_cluster
 from tests.integration.split_fixtures import (
+    freeze_triggers,
     ledger,
     rose_db_check,
     rose_split,
     rows,
     seeded_monolith,
+    service_sessions,
     value,
 )
 from tests.pg import TestServer as Server
@@ -335,6 +337,29 @@ def own_cluster() -> Iterator[Server]:
         clusters.close()
 
 
+def test_cutover_refuses_while_the_service_of_a_move_to_cut_over_runs(monolith, credentials):
+    """The runbook starts each move's service once its move is cut over: the cutover records
+    the target as it is (what the service wrote before would count as moved). A cutover with
+    the service running is refused before its freeze; a move cut over already is no reason."""
+    server = monolith
+    synced = rose_split(server, "sync", "--once", "--move", "relations", "--move", "likes")
+    assert synced.exit_code == 0, synced.output
+    assert rose_split(server, "cutover", "--move", "likes").exit_code == 0
+    with service_sessions(server, credentials, "relations", 1):
+        with service_sessions(server, credentials, "likes", 1):
+            refused = rose_split(server, "cutover", "--move", "likes", "--move", "relations")
+        assert refused.exit_code == 1, refused.output
+        lines = refused.output.splitlines()
+        assert lines[0].startswith("error: rose split cutover refused: "), lines
+        assert lines[1:-1] == ["  db_relations: relations_app (1 session)"]
+        assert lines[-1].startswith("Stop them until their moves are cut over")
+        assert not ledger(server, "relations")["finished_at"]
+        assert [name for name in freeze_triggers(server) if "relations" in name] == []
+    cut = rose_split(server, "cutover", "--move", "likes", "--move", "relations")
+    assert cut.exit_code == 0, cut.output
+    assert "relations: verified: the frozen sources match the target as cut over" in cut.output
+
+
 def test_a_cutover_killed_after_its_record_is_named_and_completed_by_the_next(monolith):
     """Killed between the end of the write pause and the move's record (ids, checksums): verify
     and abort say what happened and what finishes it, no traceback; the next cutover records,
@@ -378,18 +403,6 @@ def test_a_cutover_killed_after_its_record_is_named_and_completed_by_the_next(mo
     aborted = rose_split(server, "abort", "--move", "relations")
     assert aborted.exit_code == 0, aborted.output
     assert value(server, "relations", "SELECT count(*) FROM relations.container_relations") == 0
-
-
-def _freeze_triggers(server: Any) -> list[str]:
-    found = []
-    for service in LEGACY_SERVICES:
-        found += [
-            f"{service}.{row[0]}"
-            for row in rows(
-                server, service, "SELECT tgname FROM pg_trigger WHERE tgname LIKE 'split_freeze_%%'"
-            )
-        ]
-    return found
 
 
 def _as_begun_by_an_earlier_release(server: Any, definitions: dict[str, int] | None) -> list[int]:
@@ -458,7 +471,7 @@ def test_a_sync_an_earlier_release_began_is_refused_before_the_freeze(
     assert said in output, output
     assert "refuses it before freezing anything" in output, output
     assert "rose split abort --move orders`, then `rose split sync --move orders`" in output
-    assert _freeze_triggers(server) == []
+    assert freeze_triggers(server) == []
     entry = ledger(server, "orders")
     assert entry["finished_at"] is None
     assert entry["snapshot_at"] is not None
