@@ -94,9 +94,8 @@ def _refuse_over_split_records(topology: Topology) -> None:
         f"seed-legacy refused: {' and '.join(found)}; nothing seeded, nothing dropped: a "
         "practice monolith would replace the one the split moved. Go back first (`rose split "
         "abort`, after finalize `rose split restore` each backup then `abort`), or practise "
-        "from scratch on a fresh stack (`rose up --fresh --no-demo --only relations`, then "
-        "seed-legacy: with every service running, orders' reconciliation changes the moved "
-        "orders, and abort then refuses them)"
+        "from scratch on a fresh stack (`rose up --fresh --no-demo --only events`, then "
+        "seed-legacy: run refuses beside a running service it moves data into)"
     )
 
 

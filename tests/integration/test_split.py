@@ -1560,9 +1560,8 @@ def test_seed_legacy_refuses_while_a_ledger_records_a_move_not_aborted(monolith)
         line = " ".join(refused.output.split())
         assert SEED_REFUSED in line
         assert "relations (moved" in line
-        # As the runbook says: with every service running, orders' reconciliation changes the
-        # moved orders and abort then refuses them (probe newuser: the line left it out).
-        assert "rose up --fresh --no-demo --only relations" in line
+        # The runbook's practice stack: no service the split moves rows into runs.
+        assert "rose up --fresh --no-demo --only events" in line
         assert "rose split abort" in line
         assert "rows" not in line  # no "seeded ... rows" line
     assert _legacy_counts(monolith) == before
