@@ -474,6 +474,15 @@ def _server_version(topology: Topology) -> str:
 def read_backup(directory: Path) -> dict[str, DatabaseBackup]:
     """The manifest's databases, once every file it names is there with its size and sha256,
     and the databases are this release's."""
+    entries = _manifest(directory)
+    damaged = [why for entry in entries.values() for why in _damaged_files(directory, entry)]
+    if damaged:  # every file, so that one pass puts them all right
+        raise BackupError("; ".join(damaged))
+    return entries
+
+
+def _manifest(directory: Path) -> dict[str, DatabaseBackup]:
+    """The manifest's databases, once it can be read and names this release's databases."""
     manifest_path = directory / MANIFEST
     if not manifest_path.is_file():
         raise BackupError(
@@ -498,22 +507,25 @@ def read_backup(directory: Path) -> dict[str, DatabaseBackup]:
             f"the backup holds {', '.join(sorted(entries))}; this release has "
             f"{', '.join(sorted(expected))}"
         )
-    damaged = []  # every file, so that one pass puts them all right
     for entry in entries.values():
         if service_spec(entry.service).database != entry.database:
             raise BackupError(f"{manifest_path}: {entry.database} is not {entry.service}'s")
-        for archive, _tables_in_it in entry.archives():
-            path = directory / archive.file
-            if path.name != archive.file or not path.is_file():
-                damaged.append(f"{path} is missing")
-            elif path.stat().st_size != archive.size or sha256_of(path) != archive.sha256:
-                damaged.append(
-                    f"{path} is not the file the backup wrote (its size or sha256 differs): "
-                    "the backup is damaged"
-                )
-    if damaged:
-        raise BackupError("; ".join(damaged))
     return entries
+
+
+def _damaged_files(directory: Path, entry: DatabaseBackup) -> list[str]:
+    """The archives of ``entry`` missing, or not the files the backup wrote."""
+    damaged = []
+    for archive, _tables_in_it in entry.archives():
+        path = directory / archive.file
+        if path.name != archive.file or not path.is_file():
+            damaged.append(f"{path} is missing")
+        elif path.stat().st_size != archive.size or sha256_of(path) != archive.sha256:
+            damaged.append(
+                f"{path} is not the file the backup wrote (its size or sha256 differs): "
+                "the backup is damaged"
+            )
+    return damaged
 
 
 def _unknown_revisions(entry: DatabaseBackup) -> list[str]:
@@ -654,21 +666,29 @@ def check_backup(directory: Path) -> dict[str, DatabaseBackup]:
     """The backup's databases, once every file is the one the backup wrote, every revision is
     known to this release and this release's pg_restore reads every archive; raises
     BackupError naming every reason otherwise. Reads no server."""
-    entries = read_backup(directory)
-    refusals = []
-    for entry in entries.values():
-        unknown = _unknown_revisions(entry)
-        if unknown:
-            refusals.append(
-                f"{entry.database}: revision {', '.join(unknown)} is unknown to this release "
-                "(a newer release made the backup): restore with that release"
-            )
-        unreadable = _unreadable(directory, entry)
-        if unreadable:
-            refusals.append(unreadable)
+    entries = _manifest(directory)
+    refusals = [why for entry in entries.values() for why in _unrestorable(directory, entry)]
     if refusals:
         raise BackupError("; ".join(refusals))
     return entries
+
+
+def _unrestorable(directory: Path, entry: DatabaseBackup) -> list[str]:
+    """Why this release cannot restore ``entry`` from the backup (none: it can)."""
+    damaged = _damaged_files(directory, entry)
+    if damaged:
+        return damaged
+    refusals = []
+    unknown = _unknown_revisions(entry)
+    if unknown:
+        refusals.append(
+            f"{entry.database}: revision {', '.join(unknown)} is unknown to this release "
+            "(a newer release made the backup): restore with that release"
+        )
+    unreadable = _unreadable(directory, entry)
+    if unreadable:
+        refusals.append(unreadable)
+    return refusals
 
 
 def restore(
@@ -682,18 +702,21 @@ def restore(
     """Everything checked first (nothing changes if a check fails); with ``dry_run`` only that,
     and what it would do, a line per database."""
     # Every reason at once, so that one pass fixes them all: the backup's, and the server's
-    # (a damaged archive hid a service still connected).
-    try:
-        entries = check_backup(directory)
-        refusals = []
-    except BackupError as exc:
-        entries, refusals = {}, [str(exc)]
+    # (a damaged archive hid a service still connected, and the rows of the other databases).
+    entries = _manifest(directory)
+    refusals = []
+    restorable = {}
+    for database, entry in entries.items():
+        unrestorable = _unrestorable(directory, entry)
+        refusals += unrestorable
+        if not unrestorable:
+            restorable[database] = entry
     # One connection per server for the checks (the databases may share one, or not).
     try:
         with Connections() as servers:
             connected = services_connected(topology, servers)
             states = {
-                database: _state(topology, entry, servers) for database, entry in entries.items()
+                database: _state(topology, entry, servers) for database, entry in restorable.items()
             }
     except psycopg.Error:
         # A server that does not answer says nothing of the backup found wrong already.

@@ -386,7 +386,8 @@ def test_a_refusal_of_a_damaged_backup_names_every_reason_at_once(
     source: Cluster, made_backup: Path, tmp_path: Path
 ) -> None:
     """Probe newuser: docs/deployment.md says a refusal names every reason found, not the first
-    only; a damaged archive hid the others (a second damaged archive, a service connected)."""
+    only; a damaged archive hid the others (a second damaged archive, a service connected;
+    review 7 L5: and the rows of a database whose archive is intact that are not the backup's)."""
     backup = copy_of(made_backup, tmp_path)
     for name in ("db_orders.dump", "db_events.dump"):
         damaged = backup / name
@@ -395,6 +396,11 @@ def test_a_refusal_of_a_damaged_backup_names_every_reason_at_once(
         damaged.write_bytes(bytes(data))
     with new_server(source) as target:
         assert target.rose("db", "restore", str(made_backup)).exit_code == 0
+        with target.admin("likes") as likes:
+            likes.execute(
+                "INSERT INTO likes.likes (user_id, target_type, target_slug) "
+                "VALUES (77, 'product', 'extra')"
+            )
         with target.as_role("cart", "cart_app"):
             for arguments in (("--dry-run",), ()):
                 refused = target.rose("db", "restore", *arguments, str(backup))
@@ -403,6 +409,7 @@ def test_a_refusal_of_a_damaged_backup_names_every_reason_at_once(
                 assert "db_events.dump is not the file the backup wrote" in refused.output
                 assert "cart_app" in refused.output
                 assert "stop the services" in refused.output
+                assert "db_likes already holds rows" in " ".join(refused.output.split())
                 assert len(refused.output.strip().splitlines()) == 1, refused.output
 
 
