@@ -2,9 +2,9 @@
 ``alembic.ini``, the apps' templates) and the operator's home, ``.rose/`` (credentials, the
 running stack's state and log, split backups).
 
-Everything is found through the installed packages, never the working directory: ``db/`` is the
-package ``rose_ash_db`` in the wheel (``setup.py`` maps it), so an installed ``rose`` provisions
-and migrates as a checkout does.
+Everything is found through the code's own location, never the working directory: a checkout
+uses its own ``db/``; installed, ``db/`` is the package ``rose_ash_db`` in the wheel (``setup.py``
+maps it), so an installed ``rose`` provisions and migrates as a checkout does.
 """
 
 from __future__ import annotations
@@ -25,10 +25,14 @@ REPO_ROOT: Path | None = _ROOT if (_ROOT / "pyproject.toml").exists() else None
 
 
 def _db_dir() -> Path:
+    # A checkout's code migrates with its own db/: an importable rose_ash_db may be another
+    # checkout's (a second worktree's editable install, an earlier release run with
+    # PYTHONPATH), whose migrations would take the database past the heads this code knows.
+    if REPO_ROOT is not None and (REPO_ROOT / "db" / "alembic.ini").exists():
+        return (REPO_ROOT / "db").resolve()
     spec = importlib.util.find_spec(DB_PACKAGE)
     if spec is not None and spec.submodule_search_locations:
         return Path(next(iter(spec.submodule_search_locations))).resolve()
-    # A checkout on the path without an install (PYTHONPATH=.): the folder itself.
     return _ROOT / "db"
 
 
