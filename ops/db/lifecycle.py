@@ -75,11 +75,11 @@ def _converge(
     # Before the migrations too: the last pass would refuse only after them.
     refuse_missing_monolith_roles(topology)
     if provision_first is True:
-        _said_done(provision(topology, credentials, say=say), say)
+        _said_done(provision(topology, credentials, say=say, before_migrations=True), say)
     elif provision_first is not False:
         first = list(provision_first)
         if first:
-            _said_done(provision(topology, credentials, first, say), say)
+            _said_done(provision(topology, credentials, first, say, before_migrations=True), say)
     names = list(services) if services is not None else services_with_migrations()
     steps = migrate_steps({name: topology.admin_url(name) for name in names}, names, say)
     say(steps_line(steps))
