@@ -188,6 +188,10 @@ async def test_an_order_that_expired_on_time_and_was_reviewed_after_says_its_tim
     page = await buyers_order_page(orders, order_id)
     assert "After a review" not in page
     assert "The time to pay this order has passed" in page
+    # Probe upgrade2: orders cannot know what the cart still holds (a booking leaves it when
+    # its hold ends, the buyer may have removed lines): the page said it held the goods.
+    assert "still has its goods" not in page
+    assert "What is still in your cart can be checked out again" in page
 
 
 async def test_a_checkout_status_orders_does_not_know_is_waited_out_and_its_payment_counts(
