@@ -52,12 +52,22 @@ def topology_of(database_url: str | None) -> Topology:
     return Topology.single_server(admin_url(database_url))
 
 
-def superuser_topology(database_url: str | None, command: str) -> Topology:
+def superuser_topology(
+    database_url: str | None, command: str, *, sets_passwords: bool = False
+) -> Topology:
     """``topology_of`` for a command that needs a superuser (every ``rose db`` and ``rose split``
-    command that connects): a lesser role is refused in one line before anything is read."""
+    command that connects): a lesser role is refused in one line before anything is read. One
+    that ``sets_passwords`` (provisioning) is refused a server elsewhere with ROSE_ENV unset."""
+    from apps.common.settings import ConfigError
     from ops.db.connections import NotASuperuser, require_superusers
+    from ops.db.topology import refuse_development_elsewhere
 
     topology = topology_of(database_url)
+    if sets_passwords:
+        try:
+            refuse_development_elsewhere(topology)
+        except ConfigError as exc:
+            raise fail(str(exc)) from None
     try:
         require_superusers(topology, command)
     except NotASuperuser as exc:

@@ -55,7 +55,7 @@ def db_provision(
     from ops.db.provision import provision, refuse_missing_monolith_roles
     from ops.db.sqlfiles import ConvergeError
 
-    topology = superuser_topology(database_url, "rose db provision")
+    topology = superuser_topology(database_url, "rose db provision", sets_passwords=True)
     require_role_passwords()
 
     def say_now(text: str) -> None:
@@ -127,7 +127,7 @@ def db_migrate(
         services = [service_spec(service).name] if service else None
     except ValueError as exc:
         raise fail(str(exc)) from None
-    topology = superuser_topology(database_url, "rose db migrate")
+    topology = superuser_topology(database_url, "rose db migrate", sets_passwords=True)
     require_role_passwords()
     missing = missing_for_migrations(topology, services or services_with_migrations())
     if missing:
@@ -269,7 +269,7 @@ def db_restore(
     from ops.db.migrate import MigrateError
     from ops.db.sqlfiles import ConvergeError
 
-    topology = superuser_topology(database_url, "rose db restore")
+    topology = superuser_topology(database_url, "rose db restore", sets_passwords=True)
     require_role_passwords()
     try:
         outcome = restore(

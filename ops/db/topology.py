@@ -13,6 +13,7 @@ there alone (:mod:`ops.db.monolith`). Rose never creates, changes or grants them
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -100,6 +101,12 @@ class Topology:
             hide_password=False
         )
 
+    def hosts_elsewhere(self) -> list[str]:
+        """The hosts of its servers that are not this machine's, once each, in order."""
+        urls = [self.default_admin_url, *self.admin_urls.values()]
+        hosts = [_host_of(url) for url in urls]
+        return list(dict.fromkeys(host for host in hosts if not _on_this_machine(host)))
+
     def maintenance_url(self, service: str) -> str:
         return self.admin_url(service, "postgres")
 
@@ -117,4 +124,36 @@ class Topology:
         return (
             f"postgresql://{spec.app_role}:{password}@{url.host or '127.0.0.1'}:"
             f"{url.port or 5432}/{spec.database}"
+        )
+
+
+def _host_of(url: str) -> str:
+    """The host libpq connects to: the DSN's, its ``?host=``, else ``PGHOST`` (else a socket)."""
+    parsed = make_url(url)
+    host = parsed.host or parsed.query.get("host") or os.environ.get("PGHOST") or ""
+    return host if isinstance(host, str) else host[0]
+
+
+def _on_this_machine(host: str) -> bool:
+    """A Unix socket, localhost or a loopback address (the embedded server is on 127.0.0.1)."""
+    if not host or host.startswith("/") or host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def refuse_development_elsewhere(topology: Topology) -> None:
+    """With ROSE_ENV unset rose is in development, where provisioning generates every login
+    role's password and sets it on the server: on a production server the running services
+    could then no longer log in. A server elsewhere needs ROSE_ENV said out loud."""
+    if os.environ.get("ROSE_ENV", "").strip():
+        return
+    elsewhere = topology.hosts_elsewhere()
+    if elsewhere:
+        raise ConfigError(
+            f"ROSE_ENV is not set, and {', '.join(elsewhere)} is not this machine's server: "
+            "set ROSE_ENV=prod (every password from ROSE_DB_PASSWORD_<ROLE>), or ROSE_ENV=dev "
+            "for a development server there (its passwords generated and set); nothing changed"
         )

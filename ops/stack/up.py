@@ -25,6 +25,7 @@ from types import FrameType
 import psycopg
 from alembic.util import CommandError
 
+from apps.common.settings import ConfigError
 from apps.registry import SERVICES, service_spec
 from ops.db.backup import BackupError, check_backup, restore
 from ops.db.connections import NotASuperuser, require_superusers
@@ -32,7 +33,7 @@ from ops.db.credentials import Credentials, rose_environment
 from ops.db.lifecycle import converge_databases
 from ops.db.migrate import MigrateError
 from ops.db.sqlfiles import ConvergeError
-from ops.db.topology import Topology, check_dsn
+from ops.db.topology import Topology, check_dsn, refuse_development_elsewhere
 from ops.paths import rose_home
 from ops.stack.demo import seed_demo_data
 from ops.stack.pgserver import (
@@ -299,9 +300,11 @@ def _run_stack(options: StackOptions, home: Path, lock_home: Callable[[], None])
     if options.database_url is not None:
         check_dsn(options.database_url)
         # Before anything is made (credentials, the log): provisioning reads pg_authid.
+        topology = Topology.single_server(options.database_url)
         try:
-            require_superusers(Topology.single_server(options.database_url), "rose up")
-        except NotASuperuser as exc:
+            refuse_development_elsewhere(topology)
+            require_superusers(topology, "rose up")
+        except (ConfigError, NotASuperuser) as exc:
             raise StackError(str(exc)) from None
         if options.fresh and options.restore is None:
             # A restore keeps the sandbox's checkouts (and resumes one cut off).

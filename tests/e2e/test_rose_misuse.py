@@ -351,3 +351,39 @@ def test_fresh_with_a_dsn_whose_server_holds_orders_is_refused_keeping_the_sandb
             assert orders.execute("SELECT count(*) FROM orders.orders").fetchone() == (1,)
     finally:
         clusters.close()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["db", "provision"],
+        ["db", "provision", "--dry-run"],
+        ["db", "migrate"],
+        ["db", "restore", "backup"],
+        ["up", "--only", "relations", "--port-offset", str(PORT_OFFSET)],
+    ],
+)
+@pytest.mark.parametrize("host", ["db.example.com", "192.0.2.10", "[2001:db8::1]"])
+def test_rose_env_unset_is_refused_for_a_server_elsewhere_before_any_password_is_made(
+    tmp_path: Path, monkeypatch, command: list[str], host: str
+):
+    """Probe fix_ops: with ROSE_ENV unset rose is in development, where provisioning generates
+    every login role's password and sets it on the server: given a production server's
+    superuser DSN, the running services' passwords changed under them. A server that is not
+    this machine's is refused now, before anything is read or made, naming both ways on."""
+    monkeypatch.delenv("ROSE_ENV", raising=False)
+    dsn = f"postgresql://postgres:secret@{host}:{free_port()}/postgres?connect_timeout=2"
+    home = tmp_path / "home"
+    result = rose(home, *command, "--database-url", dsn, check=False)
+    one_line(result, "ROSE_ENV=prod", "ROSE_ENV=dev", host.strip("[]"))
+    assert not (home / "credentials.json").exists()
+
+
+@pytest.mark.parametrize("environment", ["dev", "prod"])
+def test_rose_env_set_reaches_a_server_elsewhere(tmp_path: Path, monkeypatch, environment: str):
+    """An explicit ROSE_ENV (dev for a development server elsewhere) is not refused: the command
+    goes on to connect (nothing listens there: libpq's own words)."""
+    monkeypatch.setenv("ROSE_ENV", environment)
+    dsn = f"postgresql://postgres:secret@192.0.2.10:{free_port()}/postgres?connect_timeout=1"
+    result = rose(tmp_path / "home", "db", "provision", "--database-url", dsn, check=False)
+    assert "ROSE_ENV" not in result.stderr, result.stderr
