@@ -137,3 +137,20 @@ def test_one_checkout_is_one_trace_and_metrics_show_the_backlog(traced_stack, pr
     ]
     assert service_lines
     assert all(re.search(r" trace=([0-9a-f]{32}|-)$", line) for line in service_lines)
+
+
+OUTBOX_GAUGES = ("rose_outbox_backlog", "rose_outbox_oldest_age_seconds", "rose_outbox_dead")
+
+
+def test_only_a_service_with_an_outbox_exports_its_gauges(provisioned, credentials):
+    """Probe newuser: blog, cart, likes and relations have no outbox, yet their /metrics said
+    ``rose_outbox_backlog 0.0`` (and the age, and the dead): an alert on them read "healthy" for
+    a service with nothing to deliver. Each service is a process of its own here, as deployed;
+    market has an outbox (its undos for relations)."""
+    services = ["relations", "likes", "market"]
+    with live_stack(provisioned, credentials, services) as stack:
+        texts = {name: httpx.get(stack.url(name, "/metrics"), timeout=10).text for name in services}
+    assert [metric(texts["market"], gauge) for gauge in OUTBOX_GAUGES] == [0, 0, 0]
+    for name in ("relations", "likes"):
+        exported = [gauge for gauge in OUTBOX_GAUGES if re.search(rf"^{gauge} ", texts[name], re.M)]
+        assert exported == [], (name, exported)
