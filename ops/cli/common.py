@@ -3,7 +3,9 @@ command works on (``--database-url`` / ``ROSE_ADMIN_URL``, else the running stac
 
 from __future__ import annotations
 
-from typing import Annotated
+import os
+import sys
+from typing import Annotated, TextIO
 
 import typer
 from rich.console import Console
@@ -12,8 +14,23 @@ from rich.markup import escape
 from apps.registry import CONTRACTS
 from ops.db.topology import Topology
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+# Into a pipe or a file every line stays whole, as grep or a script reads it (a table's cells
+# too, up to this many columns): Rich would lay them out for the terminal's width, or 80.
+PIPE_WIDTH = 1000
+
+
+def _console(stream: TextIO) -> Console:
+    piped = not stream.isatty() and "COLUMNS" not in os.environ
+    return Console(
+        stderr=stream is sys.stderr,
+        highlight=False,
+        soft_wrap=piped,
+        width=PIPE_WIDTH if piped else None,
+    )
+
+
+console = _console(sys.stdout)
+err_console = _console(sys.stderr)
 
 DatabaseUrlOption = Annotated[
     str | None,

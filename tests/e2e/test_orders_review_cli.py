@@ -84,9 +84,23 @@ def test_an_operator_ends_a_flagged_orders_review_with_rose(tmp_path: Path) -> N
         )
         paid.raise_for_status()
         assert until(lambda: [o["order_id"] for o in attention(home) if o["flagged"]] == [order_id])
-        # (Words, not lines: the console wraps them to the terminal's width.)
-        listed = words(rose(home, "orders", "attention").stdout)
-        assert "rose orders end-review ORDER" in listed
+        # Into a pipe (rose's stdout here) every line is whole, as grep or a script reads it:
+        # Rich wrapped them at 80 columns, a table's cells too.
+        [row] = attention(home)
+        reason, status = row["flag_reason"], row["status"]
+        assert len(reason) > 80, reason
+        flagged = rose(home, "orders", "flag", str(order_id), "a second look").stdout
+        assert flagged.splitlines() == [
+            f"order {order_id} ({status}) was flagged already: {reason}",
+            f"  once you have looked at it, `rose orders end-review {order_id}` settles it from "
+            "what SumUp says now",
+        ], flagged
+        listed = rose(home, "orders", "attention").stdout.splitlines()
+        assert [line for line in listed if reason in line], listed
+        assert (
+            f"flagged: {order_id}. Once you have looked at one (SumUp's dashboard, the buyer), "
+            "`rose orders end-review ORDER` settles it from what SumUp says now"
+        ) in listed, listed
 
         # Naming a payment is for a paid order that does not know its own: refused, nothing
         # changed.
