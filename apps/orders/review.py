@@ -69,6 +69,7 @@ from apps.orders.settlement import (
     OPEN_ATTEMPT_STATES,
     REVIEW,
     MerchantAccounts,
+    MerchantKeyGone,
     close_at_sumup,
     enqueue_release_of_bookings,
     flag_order,
@@ -330,7 +331,15 @@ async def _accounts_of(session: AsyncSession, order_id: int) -> MerchantAccounts
         select(func.count()).where(PaymentAttempt.order_id == order_id)
     )
     if has_checkouts:
-        await accounts.of(session, order)
+        try:
+            await accounts.of(session, order)
+        except MerchantKeyGone as gone:
+            # A person asked: what puts it right (attention's line), not the buyer's "we
+            # will keep checking" (503), which nothing does for a review.
+            raise Conflict(
+                f"{gone.note}; then end its review again (nothing was changed)",
+                order_id=order_id,
+            ) from None
     await session.rollback()
     return accounts
 

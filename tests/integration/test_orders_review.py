@@ -310,6 +310,43 @@ async def test_what_a_review_cannot_settle_is_refused_and_left_as_it_was(orders,
     assert missing.status_code == 404
 
 
+async def test_a_review_whose_merchant_has_no_key_tells_the_person_what_to_do(
+    clean_db, credentials, sandbox
+):
+    """Probe newuser: the site's SumUp key removed (none retired), ending a flagged order's
+    review answered what a buyer is told, 503 "cannot be checked right now ... we will keep
+    checking": nothing keeps checking a review, and a person is never told what puts it right.
+    It is a 409 now with attention's line for it (restore the key), nothing changed."""
+    add_page_config(clean_db, "site", 0)
+    # Blog read every time: the key the webhook read is not used again.
+    async with orders_stack(
+        clean_db, credentials, sandbox.server, ORDERS_MERCHANT_ACCOUNT_SECONDS="0"
+    ) as orders:
+        await _key_gone_review(orders, clean_db, sandbox)
+
+
+async def _key_gone_review(orders, clean_db, sandbox) -> None:
+    order_id, _ = await paid_order(orders, clean_db, sandbox)
+    flag(clean_db, order_id)
+    with admin_connect(clean_db, "blog") as connection:
+        connection.execute(
+            "UPDATE blog.page_configs SET sumup_api_key = NULL "
+            "WHERE container_type = 'site' AND container_id = 0"
+        )
+        connection.execute("DELETE FROM blog.retired_sumup_keys")  # blog kept it: gone too
+    refused = await end_review(orders, order_id)
+    assert refused.status_code == 409, refused.text
+    detail = refused.json()["detail"]
+    assert detail.startswith(
+        f"order {order_id}: its SumUp merchant {DEFAULT_MERCHANT_CODE} has no key in page config"
+    ), detail
+    assert "restore the key" in detail, detail
+    assert "end its review again" in detail, detail
+    assert "we will keep checking" not in detail, detail
+    assert refused.json()["order_id"] == order_id
+    assert order_state(clean_db, order_id) == ("paid", True, "amount differs")
+
+
 async def stray_checkout(
     clean_db, sandbox, order_id: int, amount: float, *, number: int = 2, recorded: bool = False
 ) -> str:
