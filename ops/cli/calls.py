@@ -17,7 +17,7 @@ from apps.registry import service_spec
 from ops.cli.common import ServiceArgument, console, fail
 
 if TYPE_CHECKING:
-    from apps.common.internal_client import InternalClient
+    from apps.common.internal_client import InternalCallError, InternalClient
 
 orders_app = typer.Typer(
     help="Orders that need a person.", no_args_is_help=True, rich_markup_mode=None
@@ -35,8 +35,22 @@ def _call(service: str, call: Callable[[InternalClient], Awaitable[Any]]) -> Any
     try:
         return call_services(call)
     except InternalCallError as exc:
-        detail = json.dumps(exc.problem) if exc.problem else str(exc)
-        raise fail(f"{exc} {detail if exc.problem else ''}".strip()) from None
+        raise fail(call_failed_line(exc)) from None
+
+
+# What every problem says; its detail is in the error's own words already.
+_PROBLEM_FRAME = ("type", "title", "status", "detail", "instance")
+
+
+def call_failed_line(exc: InternalCallError) -> str:
+    """A failed call in one line: the service's words once, then what else its problem names
+    (the request's id, for its log; the order; the field), as JSON. The whole problem came
+    after the words, saying its detail a second time."""
+    problem = dict(exc.problem or {})
+    detail = problem.get("detail")
+    if detail and str(detail) in str(exc):
+        problem = {key: value for key, value in problem.items() if key not in _PROBLEM_FRAME}
+    return f"{exc} {json.dumps(problem)}" if problem else str(exc)
 
 
 def known_service(service: str) -> None:

@@ -120,4 +120,11 @@ def test_an_operator_ends_a_flagged_orders_review_with_rose(tmp_path: Path) -> N
 
         again = rose(home, "orders", "end-review", str(order_id), check=False)
         assert again.returncode == 1
-        assert "not under review" in again.stderr
+        # orders' words once, on one line, and what else its answer names (the request's id
+        # for its log): they came twice, the second time inside the whole problem's JSON.
+        [refusal] = again.stderr.splitlines()
+        assert refusal.startswith(
+            f"error: orders end-review: answered 409: Order {order_id} is not under review"
+        ), refusal
+        assert refusal.count("not under review") == 1, refusal
+        assert '"request_id": ' in refusal, refusal
