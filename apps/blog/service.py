@@ -58,8 +58,14 @@ from apps.blog.models import (
 from apps.common.db import end_read, table_of
 from apps.common.fdw import ProviderUnavailable, remote_read
 from apps.common.inputs import one_line_name, shows_nothing, whole_number
-from apps.common.internal_client import InternalClient
-from apps.common.problems import Conflict, DependencyUnavailable, InvalidInput, NotFound
+from apps.common.internal_client import InternalCallError, InternalClient
+from apps.common.problems import (
+    Conflict,
+    DependencyUnavailable,
+    InvalidInput,
+    NotFound,
+    Problem,
+)
 from apps.likes import contract as likes
 from apps.relations import contract as relations
 
@@ -723,7 +729,7 @@ async def attach_market_place(
     label = place.name
     if item.label and not shows_nothing(item.label):
         label = one_line_name(item.label, "label")
-    return await internal.call(
+    attached = await internal.call(
         relations.attach_child,
         relations.AttachChild(
             parent_type=PAGE_CONTAINER,
@@ -734,6 +740,51 @@ async def attach_market_place(
         ),
         idempotency_key=_one_call_key("attach"),
     )
+    await _undo_if_removed_meanwhile(session, internal, page_id, place)
+    return attached
+
+
+async def _undo_if_removed_meanwhile(
+    session: AsyncSession, internal: InternalClient, page_id: int, place: MarketPlace
+) -> None:
+    """Look again, now relations attached it: market may have removed the place since it was
+    checked, having read where it is attached before this attach (no lock spans the two
+    services). Gone: this attach is undone, and the editor told. Live: any removal commits after
+    this look, and market then looks again and detaches it (apps.relations.contract.
+    detach_left_behind). Only a place seen gone is detached: a live one keeps its relation."""
+    try:
+        live = await market_places(session, [place.id])
+    except ProviderUnavailable:
+        live = [place]  # it was live a moment ago; a removal since is market's to detach
+    finally:
+        await end_read(session)
+    if live:
+        return
+    gone = (
+        f"Market place {place.name!r} was removed in market meanwhile: it is not attached to "
+        "this page."
+    )
+    try:
+        await internal.call(
+            relations.detach_child,
+            relations.DetachChild(
+                parent_type=PAGE_CONTAINER,
+                parent_id=page_id,
+                child_type="market",
+                child_id=place.id,
+            ),
+            idempotency_key=_one_call_key("detach"),
+        )
+    except InternalCallError as exc:
+        raise Problem(
+            f"Market place {place.name!r} was removed in market meanwhile, and relations could "
+            f"not be asked to detach it again ({exc}): it is not shown on the page; detach it "
+            "once relations answers.",
+            status_code=exc.http_status,
+            field="market_place_id",
+            service="relations",
+        ) from exc
+    raise Conflict(gone, field="market_place_id")
 
 
 async def detach_market_place(

@@ -36,6 +36,7 @@ from apps.relations.contract import (
     call_relations,
     commit_or_revert_relations,
     detach_everywhere,
+    detach_left_behind,
 )
 
 DEFAULT_PAGE_SIZE = 24
@@ -353,6 +354,8 @@ class PlaceChange:
     place: MarketPlaceView
     relations_calls: list[RelationsCall]
     doing: str  # what the change is, in words (a problem names it)
+    # A removal: the child relations must not keep, looked for again once committed.
+    removed: relations.DetachChild | None = None
 
 
 def _to_place_view(place: MarketPlace) -> MarketPlaceView:
@@ -532,11 +535,16 @@ async def delete_place(session: AsyncSession, link: RelationsLink, place_id: int
     )
     place.deleted_at = func.now()
     await session.flush()
-    return PlaceChange(_to_place_view(place), detached, doing)
+    return PlaceChange(
+        _to_place_view(place), detached, doing, _relation(place.id, place.container_id)
+    )
 
 
 async def commit_place(
     session: AsyncSession, link: RelationsLink, change: PlaceChange
 ) -> MarketPlaceView:
     await commit_or_revert_relations(session, link, change.relations_calls, change.doing)
+    if change.removed is not None:
+        # Blog may have attached it meanwhile, having seen it live before this commit.
+        await detach_left_behind(link, change.removed, change.doing)
     return change.place

@@ -123,6 +123,9 @@ CONTRACT = Contract(
 # The key of an undo queued in the owner's outbox ends so (the relay's acknowledgement of any
 # other relations message there is a settled call whose undo it then queues).
 UNDO = "-undo"
+# The key of a detach queued after a removal committed (:func:`detach_left_behind`) ends so:
+# final, like an undo (nothing is undone after it: its child is gone for good).
+LEFT_BEHIND = "-left-behind"
 
 
 @dataclass(frozen=True)
@@ -278,7 +281,7 @@ class RelationsLink:
         no longer be applied): its undo is queued now, in the delivery's transaction, so it is
         never delivered before it. A detach's undo re-attaches what relations says it detached
         (its label and place among the parent's children)."""
-        if message.service != SERVICE or message.idempotency_key.endswith(UNDO):
+        if message.service != SERVICE or message.idempotency_key.endswith((UNDO, LEFT_BEHIND)):
             return
         call = RelationsCall.of(message.action, message.payload).undo()
         if message.action == detach_child.name:
@@ -425,6 +428,48 @@ async def detach_everywhere(
             raise
         done.append(detach)
     return done
+
+
+async def detach_left_behind(link: RelationsLink, own: DetachChild, doing: str) -> None:
+    """Once the removal of a child committed, detach it from the parents relations has it on
+    now: another service may have attached it after :func:`detach_everywhere` read them, having
+    checked (through its own read of the owner) that the child was live, the removal not yet
+    committed. No lock spans the two services; this second look, after the commit, sees every
+    attach such a check let through (an attacher that checks again after attaching undoes its
+    own when it sees the child gone: the two looks between them leave nothing). A detach
+    relations does not take now is queued in the outbox; never raises (the removal stands)."""
+    try:
+        attached = await link.client.query(
+            get_parents, Parents(child_type=own.child_type, child_id=own.child_id)
+        )
+    except InternalCallError as exc:
+        logger.error(
+            "%s: could not look again for attachments made meanwhile (%s); relations may keep "
+            "one of %s %s until it is detached",
+            doing,
+            exc,
+            own.child_type,
+            own.child_id,
+        )
+        return
+    later: list[tuple[RelationsCall, str]] = []
+    for relation in attached:
+        detach = RelationsCall.detach_of(relation)
+        key = f"{link.caller}-{uuid.uuid4()}{LEFT_BEHIND}"
+        if later:
+            later.append((detach, key))
+            continue
+        try:
+            await detach.send(link.client, idempotency_key=key)
+        except InternalCallError as exc:
+            logger.warning("%s: could not %s now, queued: %s", doing, detach, exc)
+            later.append((detach, key))
+    if later and not await link.undo_later(later):
+        logger.error(
+            "%s: relations keeps what should be detached: %s",
+            doing,
+            ", ".join(str(call) for call, _key in later),
+        )
 
 
 def unanswered(problem: Problem) -> bool:

@@ -1195,3 +1195,137 @@ async def test_the_undo_of_a_repeated_detach_that_detached_nothing_attaches_noth
     lossy.back = True
     await relay_until_delivered(stack, clean_db)
     assert relations_by_page(clean_db) == after_editor
+
+
+def _caller(scope: Any) -> bytes:
+    return dict(scope.get("headers", [])).get(b"x-rose-caller", b"")
+
+
+class Interleaved:
+    """relations, with blog's attach-child and market's detach-child each held until an event:
+    the two services' steps run in the order a test chooses (no shared lock orders them)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.attach_arrived = asyncio.Event()  # blog checked the place live, and asks to attach
+        self.attach_may_go = asyncio.Event()
+        self.parents_read = asyncio.Event()  # market read where the place is attached
+        self.detach_may_go = asyncio.Event()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        path = scope["path"] if scope["type"] == "http" else ""
+        if path == "/internal/actions/attach-child" and _caller(scope).startswith(b"blog"):
+            self.attach_arrived.set()
+            await self.attach_may_go.wait()
+        elif path == "/internal/actions/detach-child" and _caller(scope).startswith(b"market"):
+            await self.detach_may_go.wait()
+        await self.app(scope, receive, send)
+        if path == "/internal/data/get-parents":
+            self.parents_read.set()
+
+
+async def _veg_on_market_hall(stack) -> tuple[Any, int]:
+    editor = await browser_of(stack, "market", user_id=1)
+    form = {"name": "Veg", "slug": "veg", "page_id": "2"}
+    created = await editor.post("/admin/market-places/", data=form)
+    assert created.status_code == 201, created.text
+    return editor, created.json()["id"]
+
+
+async def test_an_attach_of_a_place_removed_after_blog_checked_it_is_undone(stack, clean_db):
+    """Review: blog checked the place live, then market removed it (read where it is attached,
+    detached it, committed), then blog's attach reached relations: a live relation to a removed
+    place. Blog checks again once relations attached it, finds it gone, and undoes its attach:
+    the editor is told the place was removed meanwhile."""
+    editor, place_id = await _veg_on_market_hall(stack)
+    held = Interleaved(stack.apps["relations"])
+    held.detach_may_go.set()
+    route_relations(stack, held)
+    blog = await browser_of(stack, "blog", user_id=1)
+    attach = asyncio.create_task(
+        blog.post("/farm-shop/admin/menu-items/attach/", data={"market_place_id": str(place_id)})
+    )
+    await held.attach_arrived.wait()
+    deleted = await editor.post(f"/admin/market-places/{place_id}/delete/")
+    assert deleted.status_code == 200, deleted.text
+    held.attach_may_go.set()
+    attached = await attach
+    assert attached.status_code == 409, attached.text
+    assert attached.headers["content-type"].startswith("application/problem+json")
+    assert "Veg" in attached.json()["detail"]
+    assert "removed" in attached.json()["detail"]
+    assert [row for row in relations_by_page(clean_db) if row[1] == place_id and row[4]] == []
+
+
+async def test_an_attach_made_while_market_removes_the_place_is_detached_after_its_commit(
+    stack, clean_db
+):
+    """Review: market read where the place is attached, then blog attached it to farm-shop (its
+    second look still saw the place live: market had not committed), then market committed the
+    removal. Market looks again once committed and detaches what appeared meanwhile."""
+    editor, place_id = await _veg_on_market_hall(stack)
+    held = Interleaved(stack.apps["relations"])
+    route_relations(stack, held)
+    blog = await browser_of(stack, "blog", user_id=1)
+    attach = asyncio.create_task(
+        blog.post("/farm-shop/admin/menu-items/attach/", data={"market_place_id": str(place_id)})
+    )
+    await held.attach_arrived.wait()
+    delete = asyncio.create_task(editor.post(f"/admin/market-places/{place_id}/delete/"))
+    await held.parents_read.wait()
+    held.attach_may_go.set()
+    attached = await attach
+    # Attached before the removal committed: a true answer then.
+    assert attached.status_code == 200, attached.text
+    held.detach_may_go.set()
+    deleted = await delete
+    assert deleted.status_code == 200, deleted.text
+    assert places(clean_db)[-1] == ("veg", "Veg", 2, False)
+    assert [row for row in relations_by_page(clean_db) if row[1] == place_id and row[4]] == []
+
+
+class InterleavedSweepRefused(Interleaved):
+    """:class:`Interleaved`, whose second detach-child from market (the one after the removal
+    committed) answers 500."""
+
+    def __init__(self, app: Any) -> None:
+        super().__init__(app)
+        self.market_detaches = 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        path = scope["path"] if scope["type"] == "http" else ""
+        if path == "/internal/actions/detach-child" and _caller(scope).startswith(b"market"):
+            self.market_detaches += 1
+            if self.market_detaches == 2:
+                await read_body(receive)
+                await send_problem(send, 500, "boom", path)
+                return
+        await super().__call__(scope, receive, send)
+
+
+async def test_a_detach_after_the_removal_relations_refuses_is_queued_and_never_undone(
+    stack, clean_db
+):
+    """The detach of what appeared meanwhile, refused by relations, is delivered by market's
+    outbox later; as the removal stands, nothing undoes it."""
+    editor, place_id = await _veg_on_market_hall(stack)
+    held = InterleavedSweepRefused(stack.apps["relations"])
+    route_relations(stack, held)
+    blog = await browser_of(stack, "blog", user_id=1)
+    attach = asyncio.create_task(
+        blog.post("/farm-shop/admin/menu-items/attach/", data={"market_place_id": str(place_id)})
+    )
+    await held.attach_arrived.wait()
+    delete = asyncio.create_task(editor.post(f"/admin/market-places/{place_id}/delete/"))
+    await held.parents_read.wait()
+    held.attach_may_go.set()
+    assert (await attach).status_code == 200
+    held.detach_may_go.set()
+    deleted = await delete
+    assert deleted.status_code == 200, deleted.text  # the removal stands
+    assert [row[:2] for row in relations_by_page(clean_db) if row[1] == place_id and row[4]] == [
+        (1, place_id)
+    ]
+    await relay_until_delivered(stack, clean_db)
+    assert [row for row in relations_by_page(clean_db) if row[1] == place_id and row[4]] == []
+    assert [action for action, *_ in outbox_rows(clean_db)] == ["detach-child"]
