@@ -217,6 +217,10 @@ class InvalidInput(Problem):
     status_code = 422
 
 
+class FieldGivenTwice(InvalidInput):
+    """A form field read as one value, given more than once: which one was meant is not guessed."""
+
+
 class DependencyUnavailable(Problem):
     """A service or database this request needs cannot be reached: try again shortly."""
 

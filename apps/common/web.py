@@ -52,6 +52,7 @@ from apps.common.problems import (
     BadRequest,
     Conflict,
     DependencyUnavailable,
+    FieldGivenTwice,
     Forbidden,
     InvalidInput,
     NothingHere,
@@ -426,18 +427,29 @@ async def read_form_body_first(request: Request) -> Response[Any] | None:
 
     A route with a page for a refused form (``opt[REFUSED_FORM_PAGE]``) answers a browser's
     form that does not convert with that page: Litestar would refuse it before the handler
-    runs, as an error page of its own, losing what was typed. API clients get its problem."""
+    runs, as an error page of its own, losing what was typed. API clients get its problem.
+
+    Any other route's multipart form is checked for a field given twice here too."""
     handler = request.route_handler
     if not takes_form_body(handler):
+        if request.content_type[0] == "multipart/form-data" and not is_internal_path(
+            request.url.path
+        ):
+            # A field given twice is refused before the handler acts, as the edge refuses a
+            # URL-encoded one: read after (a form's ``next``), it was refused once the booking,
+            # the cart line or the like it was sent for was made.
+            await read_form(request)
         return None
     page: RefusedFormPage | None = handler.opt.get(REFUSED_FORM_PAGE)
     try:
         form = await form_of(request)
     except InvalidInput as problem:
         # A multipart field given twice (the edge refuses a URL-encoded one before routing).
-        if page is None or not wants_html(request):
+        # A page that declines to show it (None) leaves it refused, never the handler run.
+        shown = await page(request, problem) if page and wants_html(request) else None
+        if shown is None:
             raise
-        return await page(request, problem)
+        return shown
     if page is None or not wants_html(request):
         return None
     struct = handler.parsed_fn_signature.parameters["data"].type_
@@ -480,9 +492,21 @@ async def read_form(request: Request) -> FormMultiDict:
         seen: set[str] = set()
         for name, _ in form.multi_items():
             if name in seen and name not in lists:
-                raise InvalidInput(f"{name}: given more than once", field=name)
+                # The detail names the field ("name: given more than once"), as the edge's
+                # refusal of a URL-encoded one does; the message beside the field does not.
+                raise FieldGivenTwice("given more than once", field=name)
             seen.add(name)
     return form
+
+
+async def form_as_sent(request: Request) -> FormMultiDict:
+    """The request's form, to show what was typed again beside a refusal: a field given more
+    than once (perhaps the refusal itself) is read as its first value, not refused again
+    (which made the page of the refusal an error page of its own)."""
+    try:
+        return await read_form(request)
+    except InvalidInput:
+        return await request.form()  # already read (and decoded) by read_form
 
 
 async def _body_value(request: Request, name: str, default: Any = None) -> Any:

@@ -32,6 +32,7 @@ from apps.common.web import (
     REFUSED_FORM_PAGE,
     client_network,
     editors_only,
+    form_as_sent,
     read_form,
     redirect_back,
     render,
@@ -190,7 +191,7 @@ async def refused_page(
 ) -> Template:
     """The calendars page the refused form was on (its ``next``), the problem beside it, with
     the problem's status and headers (a hold limit's Retry-After)."""
-    sent = await read_form(request)
+    sent = await form_as_sent(request)
     target = sent.get("next")
     back = safe_next(target if isinstance(target, str) else None, "/")
     typed = {

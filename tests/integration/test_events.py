@@ -920,6 +920,82 @@ async def test_a_refused_tickets_form_is_the_calendars_page_again_with_what_was_
     await visitor.aclose()
 
 
+async def test_a_tickets_field_sent_twice_is_the_calendars_page_saying_so(stack, clean_db):
+    """probe attacker2: a browser's multipart tickets form with a field twice was meant to get
+    the calendars page again (apps.common.web.read_form_body_first), but the page read the form
+    again with the same check, which raised: the generic error page, saying "Quantity quantity:
+    given more than once" (the field named twice). It now gets the calendars page, the message
+    beside the form, once, in words; an API client the problem naming the field."""
+    calendar_id = insert_calendar(clean_db)
+    entry_id = insert_entry(clean_db, calendar_id)
+    visitor = await anonymous(stack)
+    token = visitor.headers.pop("X-CSRF-Token")
+    body = (
+        "".join(
+            f'--b\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
+            for name, value in [
+                (CSRF_FIELD, token),
+                ("next", "/?page_id=1"),
+                ("ticket_type", "child"),
+                ("quantity", "1"),
+                ("quantity", "2"),
+            ]
+        ).encode()
+        + b"--b--\r\n"
+    )
+    multipart = {"content-type": "multipart/form-data; boundary=b"}
+    page = await visitor.post(
+        f"/entries/{entry_id}/tickets/", content=body, headers={**HTML, **multipart}
+    )
+    assert page.status_code == 422, page.text
+    assert f'id="entry-{entry_id}"' in page.text, page.text  # the calendars, not an error page
+    tickets = tickets_form_of(page.text, entry_id)
+    message = "Quantity given more than once."
+    assert f'<span class="field-error" role="alert" id="tickets-{entry_id}-error">{message}' in (
+        tickets
+    ), tickets
+    assert 'value="child"' in tickets
+    problem = assert_problem(
+        await visitor.post(
+            f"/entries/{entry_id}/tickets/",
+            content=body,
+            headers={**JSON, **multipart, "X-CSRF-Token": token},
+        ),
+        422,
+    )
+    assert problem["detail"] == "quantity: given more than once", problem
+    assert problem["errors"] == [{"field": "quantity", "message": "given more than once"}]
+    assert events_rows(clean_db, "SELECT count(*) FROM events.tickets") == [(0,)]
+    await visitor.aclose()
+
+
+async def test_a_booking_form_with_a_field_twice_is_refused_and_books_nothing(stack, clean_db):
+    """probe attacker2: a multipart booking form with its ``next`` given twice was refused
+    (422, "next: given more than once") after the hold was committed: the buyer was told the
+    form was refused while the entry sat booked in their cart. A field given twice is refused
+    before any handler acts, as the edge refuses a URL-encoded one."""
+    calendar_id = insert_calendar(clean_db)
+    entry_id = insert_entry(clean_db, calendar_id)
+    visitor = await anonymous(stack)
+    token = visitor.headers.pop("X-CSRF-Token")
+    body = (
+        "".join(
+            f'--b\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
+            for name, value in [(CSRF_FIELD, token), ("next", "/"), ("next", "/?page_id=1")]
+        ).encode()
+        + b"--b--\r\n"
+    )
+    refused = await visitor.post(
+        f"/entries/{entry_id}/book/",
+        content=body,
+        headers={**HTML, "content-type": "multipart/form-data; boundary=b"},
+    )
+    assert refused.status_code == 422, refused.text
+    assert "Next given more than once" in refused.text, refused.text
+    assert entry_state(clean_db, entry_id)[0] == "open"
+    await visitor.aclose()
+
+
 # -- the export view, through postgres_fdw as cart ---------------------------------------------
 
 
