@@ -15,7 +15,14 @@ from apps.common.app_factory import platform_of
 from apps.common.db import request_session
 from apps.common.deps import CurrentIdentity, DbSession, Internal
 from apps.common.inputs import URL_SLUG
-from apps.common.problems import Conflict, Forbidden, InvalidInput, Problem, said_to_a_person
+from apps.common.problems import (
+    Conflict,
+    FieldGivenTwice,
+    Forbidden,
+    InvalidInput,
+    Problem,
+    said_to_a_person,
+)
 from apps.common.web import (
     FORM_BODY,
     REFUSED_FORM_PAGE,
@@ -24,6 +31,7 @@ from apps.common.web import (
     SlugParam,
     degraded_headers,
     editors_only,
+    form_as_sent,
     optional_flag,
     redirect_back,
     render,
@@ -197,19 +205,28 @@ REFUSED_FIELD_WORDS = {
 }
 
 
-async def refused_place_form(request: Request, problem: Problem) -> Template:
+async def refused_place_form(request: Request, problem: Problem) -> Template | None:
     """A browser's form Litestar would refuse before the handler (apps.common.web.
     read_form_body_first): the admin page again, the message beside the field, what was typed
-    kept (a rename's beside its market place)."""
+    kept (a rename's beside its market place). A rename of a market place the page does not
+    list is refused as any other form (None): its message had no place to be shown beside."""
     errors = problem.body_extra.get("errors") or []
     field = str(errors[0]["field"]) if errors else problem.field
-    words = REFUSED_FIELD_WORDS.get(field or "", said_to_a_person(problem))
-    typed = await request.form()
+    # The admin's words say why a field does not convert (too long); a field given twice says so.
+    said = said_to_a_person(problem)
+    words = (
+        said if isinstance(problem, FieldGivenTwice) else REFUSED_FIELD_WORDS.get(field or "", said)
+    )
+    session = request_session(platform_of(request.app).sessionmaker, request.scope)
+    place_id = request.path_params.get("place_id")
+    if place_id is not None and not (
+        1 <= place_id <= 2**63 - 1 and await service.is_live_place(session, place_id)
+    ):
+        return None  # no such market place: Litestar's 404, or its problem with no page
+    typed = await form_as_sent(request)
     form = service.PlaceForm(
         **{name: str(typed.get(name, "")) for name in service.PlaceForm.__struct_fields__}
     )
-    place_id = request.path_params.get("place_id")
-    session = request_session(platform_of(request.app).sessionmaker, request.scope)
     return await _admin_page(
         request,
         session,

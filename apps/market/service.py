@@ -468,6 +468,14 @@ async def admin_places(
     return places, choices, degraded
 
 
+async def is_live_place(session: AsyncSession, place_id: int) -> bool:
+    """Whether market place ``place_id`` exists and is not removed (the admin lists it)."""
+    found = await session.scalar(
+        select(MarketPlace.id).where(MarketPlace.id == place_id, MarketPlace.deleted_at.is_(None))
+    )
+    return found is not None
+
+
 async def _lock_place(session: AsyncSession, place_id: int) -> MarketPlace:
     return await lock_live_row(session, MarketPlace, place_id, "market place")
 

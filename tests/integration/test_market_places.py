@@ -1127,6 +1127,37 @@ async def test_a_form_refused_before_the_handler_is_the_admin_page_with_the_mess
     assert places(clean_db) == [("veg", "Veg", 1, True)]
 
 
+async def test_a_refused_form_page_says_what_was_wrong_and_never_hides_it(stack, clean_db):
+    """probe attacker2: a name or web address name given twice was told "may be at most 255
+    characters" (the admin's words for a field that does not convert, used for any refusal of
+    it); a rename of a market place the admin does not list (removed, never made, or an
+    address no id can be) with a name too long was the admin page, 422, its message beside a
+    place not on it: shown nowhere. A field given twice is now said to be; such a rename is
+    refused as any form is (404 for an address no id can be, as a fitting name is)."""
+    editor = await browser_of(stack, "market", user_id=1)
+    for field in ("name", "slug"):
+        fields = [("name", "B"), ("slug", "b"), ("page_id", "1"), (field, "again")]
+        twice = await editor.post(
+            "/admin/market-places/",
+            content=multipart(fields),
+            headers={**HTML, "content-type": "multipart/form-data; boundary=b"},
+        )
+        assert twice.status_code == 422, twice.text
+        said = twice.text.split(f'id="error-{field}">', 1)[1].split("<", 1)[0]
+        assert said == f"{field.capitalize()} given more than once.", said
+        assert 'value="B"' in twice.text
+    long = "x" * 256
+    for place_id, status in [("99999", 422), ("0", 404), ("99999999999999999999", 404)]:
+        page = await editor.post(
+            f"/admin/market-places/{place_id}/rename/", data={"name": long}, headers=HTML
+        )
+        assert page.status_code == status, (place_id, page.text)
+        assert "<h1>Market places</h1>" not in page.text, place_id
+        if status == 422:
+            assert "at most 255 characters" in page.text, page.text
+    assert places(clean_db) == []
+
+
 @pytest.mark.parametrize(
     ("column", "stored"),
     [("label", "''"), ("label", "'Greens' || chr(10) || 'here'"), ("sort_order", "-1")],
