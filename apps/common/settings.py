@@ -17,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -238,17 +239,32 @@ def url_settings(env: Mapping[str, str], prefix: str) -> dict[str, str]:
     return urls
 
 
+# A host as a URL names it: a DNS name (IDNs in their xn-- form) or an IP address; the brackets
+# of an IPv6 one urlsplit has taken off.
+_HOST = re.compile(r"[A-Za-z0-9._-]+|[0-9A-Fa-f:.]+(%[A-Za-z0-9._~-]+)?")
+
+
 def _is_http_url(url: str) -> bool:
-    """An http(s) URL with a host, a port that is a port (if any), and no whitespace (which
-    urlsplit keeps in the host or path)."""
-    if any(character.isspace() for character in url):
+    """An http(s) URL with a host, a port that is a port (if any), and no whitespace or other
+    control character (which urlsplit keeps in the host or path, and which no header may
+    carry). The services append paths to it: a query or fragment would swallow them."""
+    if any(
+        character.isspace() or ord(character) < 32 or ord(character) == 127 for character in url
+    ):
+        return False
+    if "?" in url or "#" in url:
         return False
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018  (raises ValueError for a port that is not one)
     except ValueError:  # "http://[::1": an unclosed IPv6 address; a port out of range
         return False
-    return parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+    host = parts.hostname
+    return (
+        parts.scheme.lower() in ("http", "https")
+        and bool(host)
+        and _HOST.fullmatch(host or "") is not None
+    )
 
 
 def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:

@@ -107,6 +107,15 @@ def test_orders_never_falls_back_to_localhost_in_production():
         ("INTERNAL_URL_EVENTS", "http://events:99999"),
         ("INTERNAL_URL_EVENTS", "http://exa mple:80"),
         ("INTERNAL_URL_EVENTS", "http://events:8000\nHost: evil"),
+        # Probe attacker2: a control character that is no whitespace (a header made with it is
+        # refused as each request is sent), a host no host name is, and a query or fragment,
+        # after which every path the services append is read as the query (SumUp's webhook to
+        # "https://orders.example/?a=1/checkout/webhook/7/" is the site's root).
+        ("INTERNAL_URL_EVENTS", "http://events:8000\x00"),
+        ("INTERNAL_URL_EVENTS", "http://events\x7f:8000"),
+        ("APP_URL_ORDERS", 'https://orders"><b>.rose-ash.com'),
+        ("APP_URL_ORDERS", "https://orders.rose-ash.com/?utm=1"),
+        ("APP_URL_ORDERS", "https://orders.rose-ash.com/#"),
     ],
 )
 def test_a_url_setting_that_is_not_an_http_url_is_named_at_start(name, value):
