@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
+from psycopg.conninfo import conninfo_to_dict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -102,10 +103,10 @@ class Topology:
         )
 
     def hosts_elsewhere(self) -> list[str]:
-        """The hosts of its servers that are not this machine's, once each, in order."""
+        """The servers it names that are not (known to be) this machine's, once each, in
+        order."""
         urls = [self.default_admin_url, *self.admin_urls.values()]
-        hosts = [_host_of(url) for url in urls]
-        return list(dict.fromkeys(host for host in hosts if not _on_this_machine(host)))
+        return list(dict.fromkeys(server for url in urls for server in _servers_elsewhere(url)))
 
     def maintenance_url(self, service: str) -> str:
         return self.admin_url(service, "postgres")
@@ -127,11 +128,19 @@ class Topology:
         )
 
 
-def _host_of(url: str) -> str:
-    """The host libpq connects to: the DSN's, its ``?host=``, else ``PGHOST`` (else a socket)."""
-    parsed = make_url(url)
-    host = parsed.host or parsed.query.get("host") or os.environ.get("PGHOST") or ""
-    return host if isinstance(host, str) else host[0]
+def _servers_elsewhere(url: str) -> list[str]:
+    """The servers libpq would connect to for ``url`` that are not this machine's, read as
+    libpq reads them (the last of a parameter given twice, every host of a list, ``hostaddr``
+    before ``host``, the PG* variables for what the DSN leaves out). A service (``service=``,
+    PGSERVICE) names its server in a file rose does not read: not known to be here."""
+    libpq_url = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    params = conninfo_to_dict(libpq_url)
+    service = params.get("service") or os.environ.get("PGSERVICE")
+    if service:
+        return [f"service {service}"]
+    addresses = str(params.get("hostaddr") or os.environ.get("PGHOSTADDR") or "")
+    hosts = addresses or str(params.get("host") or os.environ.get("PGHOST") or "")
+    return [host for host in hosts.split(",") if not _on_this_machine(host.strip())]
 
 
 def _on_this_machine(host: str) -> bool:
