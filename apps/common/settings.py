@@ -234,7 +234,10 @@ def url_settings(env: Mapping[str, str], prefix: str) -> dict[str, str]:
             continue
         url = value.strip()
         if not _is_http_url(url):
-            raise ConfigError(f"{key} must be an http:// or https:// URL with a host, not {url!r}")
+            ascii_only = "" if url.isascii() else " (a host name in its xn-- form: IDNA)"
+            raise ConfigError(
+                f"{key} must be an http:// or https:// URL with a host{ascii_only}, not {url!r}"
+            )
         urls[key.removeprefix(prefix).lower()] = url.rstrip("/")
     return urls
 

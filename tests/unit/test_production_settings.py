@@ -420,3 +420,13 @@ def test_a_cookie_switch_that_is_neither_on_nor_off_is_named(name):
 def test_valid_url_settings_are_taken(value):
     settings = settings_for(CONTRACTS["orders"], {**COMPLETE, "INTERNAL_URL_EVENTS": value})
     assert settings.internal_urls["events"] == value.rstrip("/")
+
+
+def test_a_host_name_not_in_its_ascii_form_is_named_so():
+    """Review 8 L4: a Unicode host name was refused as if it were no URL at all."""
+    with pytest.raises(ConfigError, match=r"host name in its xn-- form"):
+        settings_for(CONTRACTS["orders"], {**COMPLETE, "APP_URL_ORDERS": "https://café.example"})
+    settings = settings_for(
+        CONTRACTS["orders"], {**COMPLETE, "APP_URL_ORDERS": "https://xn--caf-dma.example"}
+    )
+    assert settings.public_urls["orders"] == "https://xn--caf-dma.example"
