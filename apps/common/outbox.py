@@ -163,7 +163,7 @@ def _queue_statement(table: Table) -> DirectStatement:
 @functools.cache
 def _backlog_gauges() -> tuple[Gauge, Gauge, Gauge]:
     """The backlog's gauges, made (registered) by the first service that has an outbox: made at
-    import, every service exported them, and blog, cart and likes, which have none, said
+    import, every service exported them, and those without an outbox said
     ``rose_outbox_backlog 0`` to an alert ("healthy" with nothing to deliver)."""
     return (
         scrape_gauge("rose_outbox_backlog", "Outbox messages not yet delivered"),

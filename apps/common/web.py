@@ -436,8 +436,8 @@ async def read_form_body_first(request: Request) -> Response[Any] | None:
             request.url.path
         ):
             # A field given twice is refused before the handler acts, as the edge refuses a
-            # URL-encoded one: read after (a form's ``next``), it was refused once the booking,
-            # the cart line or the like it was sent for was made.
+            # URL-encoded one: read after (a form's ``next``), it was refused once what the
+            # form was sent for was done.
             await read_form(request)
         return None
     page: RefusedFormPage | None = handler.opt.get(REFUSED_FORM_PAGE)
